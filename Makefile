@@ -1,0 +1,137 @@
+# warmpool - one Makefile, strict by default.
+#
+#   make            build every binary into build/
+#   make deps       install what the project needs (deploy/install-deps.sh)
+#   make test       deps + build + the whole suite (unit + integration)
+#   make test-asan  the same under AddressSanitizer + UBSan (build/asan/)
+#   make fuzz       libFuzzer targets (clang), each run for FUZZ_SECONDS
+#   make bench      benchmarks, results under bench/results/
+#   make run        the whole stack on this machine (see README)
+
+BUILD    ?= build
+CC       ?= cc
+WERROR   ?= 1
+SANITIZE ?=
+PREFIX   ?= /opt/warmpool
+FUZZ_SECONDS ?= 30
+
+WARN := -Wall -Wextra -Wstrict-prototypes -Wwrite-strings -Wformat=2 \
+        -Wformat-security -Wshadow -Wno-missing-field-initializers
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+CFLAGS ?= -O2 -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) $(WARN) -I. -MMD -MP \
+              -DWP_PREFIX='"$(PREFIX)"'
+ifneq ($(SANITIZE),)
+ALL_CFLAGS += -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer
+LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+# Libraries. Evaluated lazily (=) so `make deps` can run first.
+PKGS = libcurl hiredis jansson criu
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lev -lpthread -lm
+TEST_LDLIBS = $(LDLIBS) -lcmocka
+
+# Modules append to these in their module.mk:
+#   <mod>_SRCS   sources of lib<mod>.a
+#   BINS         binaries under $(BUILD)/
+MODULES := scheduler pool snapshot agentlink base
+BINS :=
+.DEFAULT_GOAL := all
+include $(wildcard $(addsuffix /module.mk,$(MODULES)))
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+MODLIBS := $(foreach m,$(MODULES),$(if $($(m)_SRCS),$(BUILD)/lib$(m).a))
+
+define MODLIB_RULE
+$(BUILD)/lib$(1).a: $(call obj,$($(1)_SRCS))
+	@mkdir -p $$(@D)
+	@rm -f $$@
+	ar rcs $$@ $$^
+endef
+$(foreach m,$(MODULES),$(if $($(m)_SRCS),$(eval $(call MODLIB_RULE,$(m)))))
+
+# A stamp holding the flags: objects rebuild when the flags change.
+FLAGS_STAMP := $(BUILD)/.flags
+FLAGS_NOW := $(CC) $(ALL_CFLAGS) $(LDFLAGS)
+$(shell mkdir -p $(BUILD); [ "$$(cat $(FLAGS_STAMP) 2>/dev/null)" = "$(FLAGS_NOW)" ] || echo "$(FLAGS_NOW)" > $(FLAGS_STAMP))
+
+$(BUILD)/obj/%.o: %.c $(FLAGS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+# --- tests ---------------------------------------------------------------
+# Every tests/unit/*.c and tests/integration/*.c is one cmocka binary; the
+# helpers in tests/lib/ are linked into each.
+TEST_SRCS := $(wildcard tests/unit/*.c tests/integration/*.c)
+TEST_LIB_SRCS := $(wildcard tests/lib/*.c)
+TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+
+$(BUILD)/tests/%: tests/%.c $(call obj,$(TEST_LIB_SRCS)) $(MODLIBS) $(FLAGS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(PKG_CFLAGS) -Itests $< $(call obj,$(TEST_LIB_SRCS)) $(MODLIBS) \
+	    $(LDFLAGS) $(TEST_LDLIBS) -o $@
+
+.PHONY: all deps test check test-asan fuzz fuzz-replay bench run clean format format-check
+all: $(BINS) $(TEST_BINS)
+
+deps:
+	deploy/install-deps.sh --prefix $(PREFIX)
+
+# `test` installs first, then re-enters make so pkg-config sees the libraries.
+test: deps
+	$(MAKE) check
+
+check: all fuzz-replay-bins
+	tests/run.sh $(BUILD)
+
+test-asan: deps
+	$(MAKE) BUILD=build/asan SANITIZE=address,undefined check
+
+# --- fuzzing -------------------------------------------------------------
+# tests/fuzz/fuzz_<name>.c defines LLVMFuzzerTestOneInput. `make fuzz`
+# builds it with libFuzzer; the suite replays tests/fuzz/<name>/* through
+# tests/fuzz/replay_main.c without libFuzzer.
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRCS))
+FUZZ_LIB_SRCS := $(foreach m,$(MODULES),$($(m)_SRCS))
+REPLAY_BINS := $(patsubst %,$(BUILD)/fuzz-replay/%,$(FUZZ_NAMES))
+
+fuzz-replay-bins: $(REPLAY_BINS)
+$(BUILD)/fuzz-replay/%: tests/fuzz/fuzz_%.c tests/fuzz/replay_main.c $(MODLIBS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(PKG_CFLAGS) $^ $(LDFLAGS) $(LDLIBS) -o $@
+
+fuzz: deps
+	@mkdir -p build/fuzz
+	@for n in $(FUZZ_NAMES); do \
+	  echo "fuzz: building $$n"; \
+	  clang -std=c11 -D_GNU_SOURCE -g -O1 -I. $(PKG_CFLAGS) -DWP_PREFIX='"$(PREFIX)"' \
+	    -fsanitize=fuzzer,address,undefined tests/fuzz/fuzz_$$n.c $(FUZZ_LIB_SRCS) \
+	    $(LDLIBS) -o build/fuzz/$$n || exit 1; \
+	  mkdir -p build/fuzz/corpus-$$n; \
+	  echo "fuzz: running $$n for $(FUZZ_SECONDS)s"; \
+	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	    build/fuzz/corpus-$$n tests/fuzz/$$n || exit 1; \
+	done
+
+# --- benchmarks and the demo ----------------------------------------------
+bench: deps
+	$(MAKE) all
+	bench/run.sh $(BUILD)
+
+run: deps
+	$(MAKE) all
+	$(BUILD)/warmpool-snap demo
+
+clean:
+	rm -rf build
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+format-check:
+	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
+
+-include $(shell find $(BUILD)/obj $(BUILD)/tests -name "*.d" 2>/dev/null)

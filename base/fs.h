@@ -1,0 +1,24 @@
+/* fs.h - small file-system helpers used by every module. */
+#ifndef WP_FS_H
+#define WP_FS_H
+
+#include <stddef.h>
+
+struct wp_err;
+
+/* mkdir -p with mode for created directories. */
+int wp_mkdir_p(const char *path, int mode, struct wp_err *err);
+/* rm -rf that never crosses into another file system (a forgotten mount
+ * under path is left alone and reported as -EBUSY). Missing path is 0. */
+int wp_rm_rf(const char *path, struct wp_err *err);
+/* Write data to path atomically (temp file + fsync-less rename). */
+int wp_write_file(const char *path, const void *data, size_t len, int mode,
+                  struct wp_err *err);
+/* Read a whole file of at most max bytes. *out is caller-owned (free()),
+ * NUL-terminated. WP_ETOOBIG if larger. */
+int wp_read_file(const char *path, size_t max, char **out, size_t *len,
+                 struct wp_err *err);
+/* Close every fd >= lowfd (close_range, or /proc/self/fd as fallback). */
+void wp_close_fds_from(int lowfd);
+
+#endif

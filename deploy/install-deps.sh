@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Installs what warmpool needs on Debian 12, idempotently, and makes sure a
+# working criu is present. Prints each step. Safe to run again.
+#
+#   deploy/install-deps.sh [--prefix DIR]
+#
+# DIR (default /opt/warmpool) receives the private criu when the system one
+# fails `criu check` (Debian 12's criu 3.17 cannot handle Linux >= 6.x vDSO).
+set -euo pipefail
+
+PREFIX=/opt/warmpool
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --prefix) PREFIX="$2"; shift 2 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) echo "install-deps: unknown argument '$1'" >&2; exit 2 ;;
+    esac
+done
+
+say() { printf 'install-deps: %s\n' "$*"; }
+
+PKGS=(
+    build-essential pkg-config clang libclang-rt-14-dev
+    libev-dev libhiredis-dev libcurl4-openssl-dev libjansson-dev
+    libprotobuf-c-dev criu libcmocka-dev node-llhttp
+    redis-server iptables busybox-static python3 iproute2 procps
+    wrk ca-certificates
+)
+
+[ "$(id -u)" = 0 ] || { echo "install-deps: must run as root" >&2; exit 1; }
+
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+        || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+    say "Debian packages: all present"
+fi
+
+# --- criu ----------------------------------------------------------------
+# CRIU keeps its kernel-feature cache in /run; without a tmpfs there it
+# re-probes the kernel on every call (~30 ms per restore).
+if ! mountpoint -q /run || [ "$(stat -f -c %T /run)" != tmpfs ]; then
+    say "/run is not a tmpfs: mounting one (keeping what was there)"
+    tmp=$(mktemp -d)
+    cp -a /run/. "$tmp"/ 2>/dev/null || true
+    mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
+    cp -a "$tmp"/. /run/ 2>/dev/null || true
+    rm -rf "$tmp"
+fi
+
+WRAPPER="$PREFIX/bin/criu"
+if /usr/sbin/criu check >/dev/null 2>&1; then
+    say "system criu passes 'criu check': using /usr/sbin/criu"
+    mkdir -p "$PREFIX/bin"
+    ln -sf /usr/sbin/criu "$WRAPPER"
+elif [ -x "$WRAPPER" ] && "$WRAPPER" check >/dev/null 2>&1; then
+    say "private criu at $WRAPPER passes 'criu check'"
+else
+    say "system criu fails 'criu check' on $(uname -r): fetching the next Debian release's criu into $PREFIX/criu"
+    root="$PREFIX/criu"
+    state=$(mktemp -d)
+    trap 'rm -rf "$state"' EXIT
+    # The mirror comes from this machine's own apt sources, never from the repo.
+    uri=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null \
+            | awk '{print $2}' | grep -v security | grep -i debian | head -1 || true)
+    [ -n "$uri" ] || uri=$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null \
+            | awk '{print $2}' | grep -v security | grep -i debian | head -1 || true)
+    [ -n "$uri" ] || { echo "install-deps: no Debian mirror in /etc/apt sources" >&2; exit 1; }
+    mkdir -p "$state"/{lists/partial,cache/archives/partial,etc/preferences.d,etc/apt.conf.d}
+    cat >"$state/etc/sources.list" <<SRC
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri trixie main
+SRC
+    opts=(-o Dir::State="$state" -o Dir::State::Lists="$state/lists"
+          -o Dir::Cache="$state/cache" -o Dir::Etc::SourceList="$state/etc/sources.list"
+          -o Dir::Etc::SourceParts=/dev/null -o Dir::Etc::Preferences="$state/etc/preferences"
+          -o Dir::Etc::PreferencesParts="$state/etc/preferences.d"
+          -o Dir::State::status=/dev/null -o APT::Architecture=amd64
+          -o Acquire::Languages=none)
+    say "reading trixie package lists from $uri"
+    apt-get "${opts[@]}" update -qq
+    debs=(criu libcompel1 libc6 libgnutls30t64 libnftables1 libnet1 libnl-3-200
+          libprotobuf-c1 libbsd0 libuuid1 libmd0 libp11-kit0 libidn2-0 libunistring5
+          libtasn1-6 libnettle8t64 libhogweed6t64 libgmp10 libffi8 libmnl0 libnftnl11
+          libxtables12 libjansson4 libedit2 libtinfo6 libgcc-s1 libcap2 libzstd1)
+    (cd "$state" && apt-get "${opts[@]}" download "${debs[@]}" >/dev/null)
+    rm -rf "$root.new"
+    mkdir -p "$root.new"
+    for d in "$state"/*.deb; do
+        say "  unpacking $(basename "$d")"
+        dpkg -x "$d" "$root.new"
+    done
+    rm -rf "$root"
+    mv "$root.new" "$root"
+    mkdir -p "$PREFIX/bin"
+    cat >"$WRAPPER" <<WRAP
+#!/bin/sh
+# criu from Debian trixie, run through its own loader (needs glibc >= 2.38).
+P=$root
+exec "\$P/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path "\$P/usr/lib/x86_64-linux-gnu" "\$P/usr/sbin/criu" "\$@"
+WRAP
+    chmod 755 "$WRAPPER"
+    "$WRAPPER" check >/dev/null 2>&1 || {
+        echo "install-deps: the private criu fails 'criu check':" >&2
+        "$WRAPPER" check >&2 || true
+        exit 1
+    }
+fi
+say "criu: $("$WRAPPER" --version | head -1) via $WRAPPER"
+say "done"

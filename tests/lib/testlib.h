@@ -1,0 +1,37 @@
+/* testlib.h - helpers shared by the cmocka test binaries.
+ * Include after <cmocka.h>'s prerequisites; see tests/unit/test_base.c. */
+#ifndef WP_TESTLIB_H
+#define WP_TESTLIB_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+/* Make a fresh directory under /tmp (or $WP_TEST_TMP); caller frees the
+ * string and removes the tree with th_rmtree. */
+char *th_tmpdir(const char *tag);
+void th_rmtree(const char *path);
+
+/* A real redis-server on a free loopback port, in a temp dir, killed by
+ * th_redis_stop. aof: start with appendonly yes. Returns 0 or -1. */
+struct th_redis {
+    int port;
+    int pid;
+    char dir[256];
+};
+int th_redis_start(struct th_redis *r, int aof);
+void th_redis_stop(struct th_redis *r);
+/* Kill -9 and start again on the same port and dir (keeps the AOF). */
+int th_redis_restart(struct th_redis *r);
+
+/* A free TCP port on 127.0.0.1 (bound then released). */
+int th_free_port(void);
+
+/* Run a shell command, capture up to cap-1 bytes of stdout into out.
+ * Returns the exit status (or -1). */
+int th_sh(char *out, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs every test binary under BUILD/tests and every fuzz corpus replay,
+# each with a time limit, and prints one closing line "N passed, N failed".
+#   tests/run.sh [BUILD] [NAME-FILTER]
+set -u
+BUILD=${1:-build}
+FILTER=${2:-}
+TIMEOUT=${WP_TEST_TIMEOUT:-600}
+pass=0; fail=0; failed_bins=()
+
+run_one() {  # name, command...
+    local name=$1; shift
+    local out; out=$(mktemp)
+    echo "# --- $name"
+    CMOCKA_MESSAGE_OUTPUT=TAP timeout -k 10 "$TIMEOUT" "$@" >"$out" 2>&1
+    local rc=$?
+    cat "$out"
+    local ok nok
+    ok=$(grep -cE '^ok [0-9]+' "$out")
+    nok=$(grep -cE '^not ok [0-9]+' "$out")
+    if [ "$rc" -ne 0 ] && [ "$nok" -eq 0 ]; then
+        nok=1   # crashed or timed out outside any test
+        echo "not ok - $name exited with status $rc"
+    fi
+    pass=$((pass + ok)); fail=$((fail + nok))
+    [ "$nok" -gt 0 ] && failed_bins+=("$name")
+    rm -f "$out"
+}
+
+for t in "$BUILD"/tests/unit/* "$BUILD"/tests/integration/*; do
+    [ -x "$t" ] && [ -f "$t" ] || continue
+    case "$t" in *.d|*.o) continue ;; esac
+    [ -n "$FILTER" ] && [[ "$t" != *"$FILTER"* ]] && continue
+    run_one "$(basename "$(dirname "$t")")/$(basename "$t")" "$t"
+done
+
+for r in "$BUILD"/fuzz-replay/*; do
+    [ -x "$r" ] && [ -f "$r" ] || continue
+    case "$r" in *.d) continue ;; esac
+    n=$(basename "$r")
+    [ -n "$FILTER" ] && [[ "fuzz-$n" != *"$FILTER"* ]] && continue
+    run_one "fuzz-replay/$n" "$r" "tests/fuzz/$n"
+done
+
+[ ${#failed_bins[@]} -gt 0 ] && echo "# failed: ${failed_bins[*]}"
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ] && [ "$pass" -gt 0 ]
