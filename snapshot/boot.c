@@ -1,0 +1,432 @@
+/* boot.c - cold boot of a sandbox from a template.
+ *
+ * The caller forks a "middle" process that joins the sandbox's cgroups
+ * and unshares the mount, UTS, IPC, network and PID namespaces; its child
+ * is PID 1 of the new PID namespace ("stage 1"). Stage 1 unshares the
+ * cgroup namespace (rooted at the sandbox's cgroup), builds /proc and
+ * /dev, pivots into the overlay root, drops the old root, runs the
+ * template's setup commands, then execs the template's init. The middle
+ * exits at once, so the sandbox's parent becomes the caller, which
+ * snap_ctx_open() made a child subreaper.
+ */
+#define WP_LOG_COMPONENT "snap"
+#include "snap_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "base/err.h"
+#include "base/fs.h"
+#include "base/log.h"
+#include "base/timeutil.h"
+
+#define DEFAULT_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+/* Messages from stage 1 on the status pipe, one per line:
+ *   "pid <n>"      (from the middle) the sandbox's init pid
+ *   "step <text>"  progress
+ *   "fail <text>"  stage 1 failed; it exits
+ * EOF after the exec of init means success (the pipe is O_CLOEXEC). */
+
+static void st_write(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void st_write(int fd, const char *fmt, ...)
+{
+    char line[600];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (n > (int)sizeof(line) - 2)
+        n = sizeof(line) - 2;
+    for (int i = 0; i < n; i++)
+        if (line[i] == '\n')
+            line[i] = ' ';
+    line[n++] = '\n';
+    if (write(fd, line, n) < 0)
+        return;
+}
+
+#define FAIL(fd, ...)                  \
+    do {                               \
+        st_write(fd, "fail " __VA_ARGS__); \
+        _exit(1);                      \
+    } while (0)
+
+static void stage1_devices(int st, const char *root)
+{
+    static const struct { const char *name; int major, minor; } devs[] = {
+        { "null", 1, 3 }, { "zero", 1, 5 }, { "full", 1, 7 },
+        { "random", 1, 8 }, { "urandom", 1, 9 }, { "tty", 5, 0 },
+    };
+    static const struct { const char *name, *target; } links[] = {
+        { "fd", "/proc/self/fd" }, { "stdin", "/proc/self/fd/0" },
+        { "stdout", "/proc/self/fd/1" }, { "stderr", "/proc/self/fd/2" },
+    };
+    char path[600];
+
+    snprintf(path, sizeof(path), "%s/dev", root);
+    mkdir(path, 0755);
+    if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=1m") < 0)
+        FAIL(st, "mount tmpfs on /dev: %s", strerror(errno));
+    for (size_t i = 0; i < sizeof(devs) / sizeof(devs[0]); i++) {
+        snprintf(path, sizeof(path), "%s/dev/%s", root, devs[i].name);
+        if (mknod(path, S_IFCHR | 0666, makedev(devs[i].major, devs[i].minor)) < 0)
+            FAIL(st, "mknod /dev/%s: %s", devs[i].name, strerror(errno));
+        chmod(path, 0666); /* mknod honours the umask */
+    }
+    for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
+        snprintf(path, sizeof(path), "%s/dev/%s", root, links[i].name);
+        if (symlink(links[i].target, path) < 0)
+            FAIL(st, "symlink /dev/%s: %s", links[i].name, strerror(errno));
+    }
+    snprintf(path, sizeof(path), "%s/dev/shm", root);
+    mkdir(path, 01777);
+    if (mount("shm", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m") < 0)
+        FAIL(st, "mount /dev/shm: %s", strerror(errno));
+}
+
+static void stage1_loopback(int st)
+{
+    struct ifreq ifr = { 0 };
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        FAIL(st, "socket: %s", strerror(errno));
+    strcpy(ifr.ifr_name, "lo");
+    if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0)
+        FAIL(st, "SIOCGIFFLAGS lo: %s", strerror(errno));
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0)
+        FAIL(st, "bring lo up: %s", strerror(errno));
+    close(fd);
+}
+
+static char **build_env(const struct snap_template *t)
+{
+    size_t n = 0;
+    char **env;
+    bool has_path = false, has_home = false;
+
+    for (char **e = t->env; e && *e; e++, n++) {
+        has_path |= strncmp(*e, "PATH=", 5) == 0;
+        has_home |= strncmp(*e, "HOME=", 5) == 0;
+    }
+    env = calloc(n + 3, sizeof(char *));
+    if (!env)
+        return NULL;
+    n = 0;
+    if (!has_path)
+        env[n++] = (char *)DEFAULT_PATH;
+    if (!has_home)
+        env[n++] = (char *)"HOME=/root";
+    for (char **e = t->env; e && *e; e++)
+        env[n++] = *e;
+    return env;
+}
+
+/* Runs as PID 1 of the new PID namespace; never returns. */
+static void stage1(const struct snap_template *t, const char *root, bool host_root, int st,
+                   int prog)
+{
+    char path[600];
+    char **env;
+    int fd;
+
+    if (unshare(CLONE_NEWCGROUP) < 0)
+        FAIL(st, "unshare cgroup namespace: %s", strerror(errno));
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        FAIL(st, "make mounts private: %s", strerror(errno));
+    if (host_root) {
+        /* The host's /usr, read-only; /bin, /lib, /sbin, /lib64 are
+         * symlinks into it in the generated base layer (merged /usr). */
+        snprintf(path, sizeof(path), "%s/usr", root);
+        if (mount("/usr", path, NULL, MS_BIND | MS_REC, NULL) < 0 ||
+            mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+                  NULL) < 0)
+            FAIL(st, "bind /usr read-only: %s", strerror(errno));
+    }
+    snprintf(path, sizeof(path), "%s/proc", root);
+    mkdir(path, 0555);
+    if (mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+        FAIL(st, "mount /proc: %s", strerror(errno));
+    stage1_devices(st, root);
+    snprintf(path, sizeof(path), "%s/tmp", root);
+    mkdir(path, 01777);
+    snprintf(path, sizeof(path), "%s/run", root);
+    mkdir(path, 0755);
+
+    if (chdir(root) < 0)
+        FAIL(st, "chdir %s: %s", root, strerror(errno));
+    if (syscall(SYS_pivot_root, ".", ".") < 0)
+        FAIL(st, "pivot_root: %s", strerror(errno));
+    /* The old root is stacked under the new one: detach it. */
+    if (umount2(".", MNT_DETACH) < 0)
+        FAIL(st, "unmount the old root: %s", strerror(errno));
+    if (chdir("/") < 0)
+        FAIL(st, "chdir /: %s", strerror(errno));
+
+    if (sethostname(t->hostname, strlen(t->hostname)) < 0)
+        FAIL(st, "sethostname: %s", strerror(errno));
+    stage1_loopback(st);
+    if (setsid() < 0)
+        FAIL(st, "setsid: %s", strerror(errno));
+    fd = open("/dev/null", O_RDWR);
+    if (fd < 0)
+        FAIL(st, "open /dev/null: %s", strerror(errno));
+    dup2(fd, 0);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    if (fd > 2)
+        close(fd);
+    env = build_env(t);
+    if (!env)
+        FAIL(st, "out of memory");
+    if (wp_mkdir_p(t->workdir, 0755, NULL) < 0 || chdir(t->workdir) < 0)
+        FAIL(st, "workdir %s: %s", t->workdir, strerror(errno));
+
+    for (int i = 0; t->setup && t->setup[i]; i++) {
+        int status;
+        pid_t pid;
+
+        st_write(st, "step setup %d: %s", i + 1, t->setup[i]);
+        pid = fork();
+        if (pid < 0)
+            FAIL(st, "fork setup: %s", strerror(errno));
+        if (pid == 0) {
+            dup2(prog, 1);
+            dup2(prog, 2);
+            char *argv[] = { (char *)"/bin/sh", (char *)"-c", t->setup[i], NULL };
+            execve("/bin/sh", argv, env);
+            dprintf(2, "exec /bin/sh: %s\n", strerror(errno));
+            _exit(127);
+        }
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            FAIL(st, "setup command %d (%s) failed with %s %d", i + 1, t->setup[i],
+                 WIFEXITED(status) ? "exit status" : "signal",
+                 WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+    }
+    st_write(st, "step exec init %s", t->init[0]);
+    close(prog);
+    execve(t->init[0], t->init, env);
+    FAIL(st, "exec init %s: %s", t->init[0], strerror(errno));
+}
+
+/* The middle process: joins the cgroup, unshares, forks stage 1, exits. */
+static void middle(struct snap_ctx *ctx, const struct snap_template *t, const char *id,
+                   const char *root, bool host_root, int st, int prog)
+{
+    struct wp_err err;
+    pid_t pid;
+
+    if (snap__cg_enter(ctx, id, getpid(), &err) < 0)
+        FAIL(st, "%s", err.msg);
+    if (unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID) < 0)
+        FAIL(st, "unshare namespaces: %s", strerror(errno));
+    pid = fork();
+    if (pid < 0)
+        FAIL(st, "fork stage 1: %s", strerror(errno));
+    if (pid == 0)
+        stage1(t, root, host_root, st, prog);
+    st_write(st, "pid %d", (int)pid);
+    _exit(0);
+}
+
+/* Read status and progress until the status pipe closes. Returns the init
+ * pid (> 0) or a negative code with err set. */
+static int follow_stage1(int st, int prog, snap_progress_cb progress, void *arg,
+                         struct wp_err *err)
+{
+    char sbuf[2048], pbuf[2048];
+    size_t slen = 0, plen = 0;
+    int init_pid = 0, rc = 0;
+    bool st_open = true, prog_open = true;
+
+    while (st_open) {
+        struct pollfd pfd[2] = { { st, POLLIN, 0 }, { prog_open ? prog : -1, POLLIN, 0 } };
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return wp_err_errno(err, "poll");
+        }
+        if (prog_open && (pfd[1].revents & (POLLIN | POLLHUP))) {
+            ssize_t n = read(prog, pbuf + plen, sizeof(pbuf) - 1 - plen);
+            if (n <= 0) {
+                prog_open = false;
+            } else {
+                plen += (size_t)n;
+                char *nl;
+                while ((nl = memchr(pbuf, '\n', plen)) || plen == sizeof(pbuf) - 1) {
+                    size_t l = nl ? (size_t)(nl - pbuf) : plen;
+                    pbuf[l] = '\0';
+                    if (progress)
+                        progress(arg, pbuf);
+                    size_t used = nl ? l + 1 : l;
+                    memmove(pbuf, pbuf + used, plen - used);
+                    plen -= used;
+                }
+            }
+        }
+        if (pfd[0].revents & (POLLIN | POLLHUP)) {
+            ssize_t n = read(st, sbuf + slen, sizeof(sbuf) - 1 - slen);
+            if (n <= 0) {
+                st_open = false;
+                continue;
+            }
+            slen += (size_t)n;
+            char *nl;
+            while ((nl = memchr(sbuf, '\n', slen))) {
+                *nl = '\0';
+                if (strncmp(sbuf, "pid ", 4) == 0) {
+                    init_pid = atoi(sbuf + 4);
+                } else if (strncmp(sbuf, "step ", 5) == 0) {
+                    if (progress)
+                        progress(arg, sbuf);
+                } else if (strncmp(sbuf, "fail ", 5) == 0 && rc == 0) {
+                    rc = wp_err_set(err, WP_ECHILD, "%s", sbuf + 5);
+                }
+                size_t used = (size_t)(nl - sbuf) + 1;
+                memmove(sbuf, sbuf + used, slen - used);
+                slen -= used;
+            }
+            if (slen == sizeof(sbuf) - 1)
+                slen = 0; /* an overlong line from our own code: drop it */
+        }
+    }
+    if (rc < 0)
+        return rc;
+    if (init_pid <= 0)
+        return wp_err_set(err, WP_ECHILD, "sandbox setup exited without starting init");
+    return init_pid;
+}
+
+static int wait_ready(const struct snap_sandbox *sb, const struct snap_template *t,
+                      struct wp_err *err)
+{
+    char path[1100];
+    uint64_t deadline = wp_now_ns() + (uint64_t)(t->ready_timeout_s * 1e9);
+    long sleep_ns = 200 * 1000;
+
+    snprintf(path, sizeof(path), "%s%s", sb->root, t->ready_file);
+    for (;;) {
+        struct stat st;
+        if (stat(path, &st) == 0)
+            return 0;
+        /* init gone? (it is our child through the subreaper) */
+        if (kill(sb->init_pid, 0) < 0 || waitpid(sb->init_pid, NULL, WNOHANG) == sb->init_pid)
+            return wp_err_set(err, WP_ECHILD, "init %s exited before %s appeared", t->init[0],
+                              t->ready_file);
+        if (wp_now_ns() > deadline)
+            return wp_err_set(err, WP_ETIMEDOUT, "%s did not appear within %.1f s", t->ready_file,
+                              t->ready_timeout_s);
+        struct timespec ts = { 0, sleep_ns };
+        nanosleep(&ts, NULL);
+        if (sleep_ns < 5 * 1000 * 1000)
+            sleep_ns *= 2;
+    }
+}
+
+int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *id,
+              snap_progress_cb progress, void *arg, struct snap_sandbox **out,
+              struct wp_err *err)
+{
+    struct snap_sandbox *sb;
+    char lower[1024];
+    int st[2] = { -1, -1 }, prog[2] = { -1, -1 };
+    bool host_root = strcmp(t->rootfs, "host") == 0;
+    uint64_t t0 = wp_now_ns();
+    pid_t mid;
+    int rc;
+
+    if (id && !snap_name_valid(id))
+        return wp_err_set(err, WP_EINVAL_INPUT, "boot: bad sandbox id \"%s\"", id);
+    sb = calloc(1, sizeof(*sb));
+    if (!sb)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    if (id)
+        snprintf(sb->id, sizeof(sb->id), "%s", id);
+    else
+        snap__gen_id(t->name, sb->id, sizeof(sb->id));
+    if ((rc = snap__sandbox_dirs(ctx, sb->id, sb, err)) < 0) {
+        free(sb);
+        return rc;
+    }
+    snprintf(lower, sizeof(lower), "%s", host_root ? ctx->host_layer : t->rootfs);
+    if ((rc = snap__mount_overlay(sb, lower, err)) < 0 ||
+        (rc = snap__cg_create(ctx, sb->id, &t->limits, err)) < 0 ||
+        (rc = snap__meta_write(ctx, sb, "boot", err)) < 0)
+        goto fail;
+    if (pipe2(st, O_CLOEXEC) < 0 || pipe2(prog, O_CLOEXEC) < 0) {
+        rc = wp_err_errno(err, "pipe");
+        goto fail;
+    }
+    mid = fork();
+    if (mid < 0) {
+        rc = wp_err_errno(err, "fork");
+        goto fail;
+    }
+    if (mid == 0) {
+        /* No host fd may reach the sandbox: keep only our two pipe ends. */
+        int keep_st = 1000, keep_prog = 1001;
+        dup3(st[1], keep_st, O_CLOEXEC);
+        dup3(prog[1], keep_prog, O_CLOEXEC);
+        syscall(SYS_close_range, 3u, (unsigned)keep_st - 1, 0u);
+        wp_close_fds_from(keep_prog + 1);
+        middle(ctx, t, sb->id, sb->root, host_root, keep_st, keep_prog);
+    }
+    close(st[1]);
+    close(prog[1]);
+    st[1] = prog[1] = -1;
+    while (waitpid(mid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    rc = follow_stage1(st[0], prog[0], progress, arg, err);
+    if (rc < 0)
+        goto fail;
+    sb->init_pid = rc;
+    if ((rc = snap__meta_write(ctx, sb, "boot", err)) < 0)
+        goto fail;
+    if (t->ready_file) {
+        uint64_t r0 = wp_now_ns();
+        if ((rc = wait_ready(sb, t, err)) < 0)
+            goto fail;
+        sb->ready_ms = (double)(wp_now_ns() - r0) / 1e6;
+    }
+    close(st[0]);
+    close(prog[0]);
+    sb->boot_ms = (double)(wp_now_ns() - t0) / 1e6;
+    log_info("booted sandbox=%s template=%s init_pid=%d ms=%.1f", sb->id, t->name,
+             (int)sb->init_pid, sb->boot_ms);
+    *out = sb;
+    return 0;
+fail:
+    for (int i = 0; i < 2; i++) {
+        if (st[i] >= 0)
+            close(st[i]);
+        if (prog[i] >= 0)
+            close(prog[i]);
+    }
+    wp_err_wrap(err, "boot %s", t->name);
+    snap__teardown(ctx, sb->id, sb->init_pid, NULL);
+    free(sb);
+    return rc;
+}

@@ -1,0 +1,270 @@
+/* cgroup.c - per-sandbox cgroups on v1 (one hierarchy per controller) or
+ * v2 (one tree). Every sandbox gets warmpool/<id> in each hierarchy. */
+#define WP_LOG_COMPONENT "snap"
+#include "snap_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/err.h"
+#include "base/fs.h"
+#include "base/log.h"
+
+#define CG_PARENT "warmpool"
+
+/* v1 controllers we place sandboxes in; memory and pids carry limits,
+ * cpu carries the CPU quota, freezer lets destroy stop a fork race. */
+static const char *v1_wanted[] = { "memory", "pids", "cpu", "freezer", NULL };
+
+static int write_str(const char *dir, const char *file, const char *val, struct wp_err *err)
+{
+    char path[512];
+    int fd;
+    ssize_t n;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return wp_err_errno(err, "open %s", path);
+    n = write(fd, val, strlen(val));
+    if (n < 0) {
+        int code = wp_err_errno(err, "write '%s' to %s", val, path);
+        close(fd);
+        return code;
+    }
+    close(fd);
+    return 0;
+}
+
+static bool has_opt(const char *opts, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = opts; (p = strstr(p, name)); p += n)
+        if ((p == opts || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
+            return true;
+    return false;
+}
+
+int snap__cg_detect(struct snap_ctx *ctx, struct wp_err *err)
+{
+    char line[1024], dev[256], mnt[256], type[64], opts[512];
+    struct stat st;
+    FILE *f;
+
+    ctx->n_ctrl = 0;
+    if (stat("/sys/fs/cgroup/cgroup.controllers", &st) == 0) {
+        ctx->cg = SNAP__CG_V2;
+        ctx->n_ctrl = 1;
+        strcpy(ctx->ctrl_name[0], "unified");
+        strcpy(ctx->ctrl_path[0], "/sys/fs/cgroup");
+        return 0;
+    }
+    f = fopen("/proc/self/mounts", "re");
+    if (!f)
+        return wp_err_errno(err, "open /proc/self/mounts");
+    ctx->cg = SNAP__CG_V1;
+    while (fgets(line, sizeof(line), f)) {
+        if (sscanf(line, "%255s %255s %63s %511s", dev, mnt, type, opts) != 4)
+            continue;
+        if (strcmp(type, "cgroup") != 0)
+            continue;
+        for (const char **w = v1_wanted; *w; w++) {
+            bool dup = false;
+            if (!has_opt(opts, *w))
+                continue;
+            for (int i = 0; i < ctx->n_ctrl; i++)
+                dup |= strcmp(ctx->ctrl_path[i], mnt) == 0;
+            if (dup || ctx->n_ctrl == SNAP__MAX_CTRL || strlen(mnt) >= sizeof(ctx->ctrl_path[0]))
+                continue;
+            snprintf(ctx->ctrl_name[ctx->n_ctrl], sizeof(ctx->ctrl_name[0]), "%s", *w);
+            strcpy(ctx->ctrl_path[ctx->n_ctrl], mnt);
+            ctx->n_ctrl++;
+        }
+    }
+    fclose(f);
+    for (int i = 0; i < ctx->n_ctrl; i++)
+        if (strcmp(ctx->ctrl_name[i], "memory") == 0)
+            return 0;
+    return wp_err_set(err, WP_ECONFIG, "no cgroup v2 tree and no v1 memory controller mounted under /sys/fs/cgroup");
+}
+
+void snap__cg_relpath(const char *id, char *out, size_t cap)
+{
+    snprintf(out, cap, "/" CG_PARENT "/%s", id);
+}
+
+static void cg_dir(const struct snap_ctx *ctx, int i, const char *id, char *out, size_t cap)
+{
+    if (id)
+        snprintf(out, cap, "%s/" CG_PARENT "/%s", ctx->ctrl_path[i], id);
+    else
+        snprintf(out, cap, "%s/" CG_PARENT, ctx->ctrl_path[i]);
+}
+
+static int apply_limits(struct snap_ctx *ctx, int i, const char *dir, const struct snap_limits *lim,
+                        struct wp_err *err)
+{
+    char val[64];
+    const char *name = ctx->ctrl_name[i];
+    int rc = 0;
+
+    if (ctx->cg == SNAP__CG_V2) {
+        if (lim->memory_bytes) {
+            snprintf(val, sizeof(val), "%llu", (unsigned long long)lim->memory_bytes);
+            if ((rc = write_str(dir, "memory.max", val, err)) < 0)
+                return rc;
+            write_str(dir, "memory.swap.max", "0", NULL); /* absent without swap accounting */
+        }
+        if (lim->pids) {
+            snprintf(val, sizeof(val), "%u", lim->pids);
+            if ((rc = write_str(dir, "pids.max", val, err)) < 0)
+                return rc;
+        }
+        if (lim->cpu_millis) {
+            snprintf(val, sizeof(val), "%u 100000", lim->cpu_millis * 100);
+            rc = write_str(dir, "cpu.max", val, err);
+        }
+        return rc;
+    }
+    if (strcmp(name, "memory") == 0 && lim->memory_bytes) {
+        snprintf(val, sizeof(val), "%llu", (unsigned long long)lim->memory_bytes);
+        if ((rc = write_str(dir, "memory.limit_in_bytes", val, err)) < 0)
+            return rc;
+        write_str(dir, "memory.memsw.limit_in_bytes", val, NULL); /* only with swap accounting */
+    } else if (strcmp(name, "pids") == 0 && lim->pids) {
+        snprintf(val, sizeof(val), "%u", lim->pids);
+        rc = write_str(dir, "pids.max", val, err);
+    } else if (strcmp(name, "cpu") == 0 && lim->cpu_millis) {
+        snprintf(val, sizeof(val), "%u", lim->cpu_millis * 100);
+        if ((rc = write_str(dir, "cpu.cfs_period_us", "100000", err)) < 0)
+            return rc;
+        rc = write_str(dir, "cpu.cfs_quota_us", val, err);
+    }
+    return rc;
+}
+
+int snap__cg_create(struct snap_ctx *ctx, const char *id, const struct snap_limits *lim,
+                    struct wp_err *err)
+{
+    char dir[512];
+    int rc;
+
+    for (int i = 0; i < ctx->n_ctrl; i++) {
+        cg_dir(ctx, i, NULL, dir, sizeof(dir));
+        if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+            rc = wp_err_errno(err, "mkdir %s", dir);
+            goto fail;
+        }
+        if (ctx->cg == SNAP__CG_V2) {
+            /* Controllers must be enabled down to our parent. */
+            write_str(ctx->ctrl_path[i], "cgroup.subtree_control", "+memory +pids +cpu", NULL);
+            write_str(dir, "cgroup.subtree_control", "+memory +pids +cpu", NULL);
+        }
+        cg_dir(ctx, i, id, dir, sizeof(dir));
+        if (mkdir(dir, 0755) < 0) {
+            rc = wp_err_errno(err, "mkdir %s", dir);
+            goto fail;
+        }
+        if ((rc = apply_limits(ctx, i, dir, lim, err)) < 0)
+            goto fail;
+    }
+    return 0;
+fail:
+    snap__cg_destroy(ctx, id, NULL);
+    return rc;
+}
+
+int snap__cg_enter(struct snap_ctx *ctx, const char *id, pid_t pid, struct wp_err *err)
+{
+    char dir[512], val[32];
+    int rc;
+
+    snprintf(val, sizeof(val), "%d", (int)pid);
+    for (int i = 0; i < ctx->n_ctrl; i++) {
+        cg_dir(ctx, i, id, dir, sizeof(dir));
+        if ((rc = write_str(dir, "cgroup.procs", val, err)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Pids listed in one cgroup.procs file; returns count, kills them when kill_them. */
+static int scan_procs(const char *dir, bool kill_them)
+{
+    char path[600];
+    FILE *f;
+    int pid, n = 0;
+
+    snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
+    f = fopen(path, "re");
+    if (!f)
+        return errno == ENOENT ? 0 : -errno;
+    while (fscanf(f, "%d", &pid) == 1) {
+        n++;
+        if (kill_them)
+            kill(pid, SIGKILL);
+    }
+    fclose(f);
+    return n;
+}
+
+int snap__cg_nprocs(struct snap_ctx *ctx, const char *id)
+{
+    char dir[512];
+    int max = 0;
+
+    for (int i = 0; i < ctx->n_ctrl; i++) {
+        cg_dir(ctx, i, id, dir, sizeof(dir));
+        int n = scan_procs(dir, false);
+        if (n > max)
+            max = n;
+    }
+    return max;
+}
+
+bool snap__cg_exists(struct snap_ctx *ctx, const char *id)
+{
+    char dir[512];
+    struct stat st;
+
+    for (int i = 0; i < ctx->n_ctrl; i++) {
+        cg_dir(ctx, i, id, dir, sizeof(dir));
+        if (stat(dir, &st) == 0)
+            return true;
+    }
+    return false;
+}
+
+int snap__cg_destroy(struct snap_ctx *ctx, const char *id, struct wp_err *err)
+{
+    char dir[512];
+    int rc = 0;
+
+    for (int i = 0; i < ctx->n_ctrl; i++) {
+        struct stat st;
+        cg_dir(ctx, i, id, dir, sizeof(dir));
+        if (stat(dir, &st) < 0)
+            continue;
+        if (ctx->cg == SNAP__CG_V2)
+            write_str(dir, "cgroup.kill", "1", NULL);
+        /* Kill until empty: a process may fork between read and kill.
+         * Processes vanish from cgroup.procs when they exit, before they
+         * are reaped, so this does not depend on who reaps them. */
+        for (int tries = 0; tries < 2000; tries++) {
+            if (scan_procs(dir, true) <= 0)
+                break;
+            struct timespec ts = { 0, 1000 * 1000 };
+            nanosleep(&ts, NULL);
+        }
+        if (rmdir(dir) < 0 && errno != ENOENT && rc == 0)
+            rc = wp_err_errno(err, "rmdir %s", dir);
+    }
+    return rc;
+}

@@ -1,0 +1,268 @@
+/* restore.c - a clone of an image: fresh overlay (new empty upper over the
+ * image's layer and the rootfs), new cgroup, CRIU restore.
+ *
+ * The restore runs in a short-lived helper process that first joins the
+ * clone's cgroups, so criu and the restored tree are born inside them (no
+ * window where the clone runs unlimited). criu_restore_child() makes the
+ * restored init a child of the helper; when the helper exits it is
+ * reparented to the caller, the subreaper, which reaps it.
+ *
+ * Lazy restores start `criu lazy-pages` first (in the clone's cgroup, its
+ * work dir the clone's dir) and restore with lazy pages on: memory is then
+ * served by userfaultfd on first touch and copied in the background.
+ */
+#define WP_LOG_COMPONENT "snap"
+#include "snap_int.h"
+
+#include <criu/criu.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/err.h"
+#include "base/fs.h"
+#include "base/log.h"
+#include "base/timeutil.h"
+
+struct manifest {
+    char lower[512];
+    bool host_usr;
+    struct snap_limits limits;
+};
+
+static int manifest_load(struct snap_ctx *ctx, const char *name, struct manifest *m,
+                         struct wp_err *err)
+{
+    char path[700];
+    json_error_t jerr;
+    json_t *o, *v, *lim;
+    int rc = 0;
+
+    snprintf(path, sizeof(path), "%s/images/%s/manifest.json", ctx->state_dir, name);
+    o = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!o) {
+        if (access(path, F_OK) < 0)
+            return wp_err_set(err, WP_ENOTFOUND, "no image \"%s\"", name);
+        return wp_err_set(err, WP_EINVAL_INPUT, "%s: %s", path, jerr.text);
+    }
+    v = json_object_get(o, "lower");
+    if (!json_is_string(v) || json_string_value(v)[0] != '/' ||
+        json_string_length(v) >= sizeof(m->lower) || strchr(json_string_value(v), ',') ||
+        strchr(json_string_value(v), ':')) {
+        rc = wp_err_set(err, WP_EINVAL_INPUT, "%s: bad \"lower\"", path);
+        goto out;
+    }
+    strcpy(m->lower, json_string_value(v));
+    m->host_usr = json_is_true(json_object_get(o, "host_usr"));
+    memset(&m->limits, 0, sizeof(m->limits));
+    lim = json_object_get(json_object_get(o, "template"), "limits");
+    v = json_object_get(lim, "memory_mb");
+    if (json_is_number(v) && json_number_value(v) > 0)
+        m->limits.memory_bytes = (uint64_t)(json_number_value(v) * 1048576.0);
+    v = json_object_get(lim, "pids");
+    if (json_is_integer(v) && json_integer_value(v) > 0 && json_integer_value(v) < (1 << 22))
+        m->limits.pids = (uint32_t)json_integer_value(v);
+    v = json_object_get(lim, "cpu");
+    if (json_is_number(v) && json_number_value(v) > 0 && json_number_value(v) <= 1024)
+        m->limits.cpu_millis = (uint32_t)(json_number_value(v) * 1000 + 0.5);
+out:
+    json_decref(o);
+    return rc;
+}
+
+static void hwrite(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void hwrite(int fd, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    if (n > (int)sizeof(line) - 1)
+        n = sizeof(line) - 1;
+    if (n > 0 && write(fd, line, n) < 0)
+        return;
+}
+
+/* Start `criu lazy-pages` for this clone and wait for its socket. */
+static pid_t start_lazy_daemon(struct snap_ctx *ctx, const char *images, const char *workdir,
+                               int out)
+{
+    char sock[700];
+    pid_t pid;
+
+    snprintf(sock, sizeof(sock), "%s/lazy-pages.socket", workdir);
+    pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 0);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        wp_close_fds_from(3);
+        execl(ctx->criu_bin, ctx->criu_bin, "lazy-pages", "--images-dir", images,
+              "--work-dir", workdir, "-o", "lazy-pages.log", "-v4", (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 5000; i++) {
+        struct stat st;
+        if (stat(sock, &st) == 0)
+            return pid;
+        if (waitpid(pid, NULL, WNOHANG) == pid) {
+            hwrite(out, "fail criu lazy-pages exited at start (log: %s/lazy-pages.log)", workdir);
+            return -1;
+        }
+        struct timespec ts = { 0, 100 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    kill(pid, SIGKILL);
+    hwrite(out, "fail criu lazy-pages did not create %s", sock);
+    return -1;
+}
+
+/* The helper: never returns. Reports "pid N [lazy M]" or "fail text". */
+static void helper(struct snap_ctx *ctx, const char *name, const struct manifest *m,
+                   const struct snap_sandbox *sb, bool lazy, int out)
+{
+    char images[700], log[700], excerpt[700];
+    struct wp_err err;
+    criu_opts *opts = NULL;
+    int ifd, wfd, pid;
+    pid_t lazy_pid = 0;
+
+    if (snap__cg_enter(ctx, sb->id, getpid(), &err) < 0) {
+        hwrite(out, "fail %s", err.msg);
+        _exit(1);
+    }
+    snprintf(images, sizeof(images), "%s/images/%s/criu", ctx->state_dir, name);
+    ifd = open(images, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    wfd = open(sb->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (ifd < 0 || wfd < 0) {
+        hwrite(out, "fail open %s: %s", ifd < 0 ? images : sb->dir, strerror(errno));
+        _exit(1);
+    }
+    if (lazy && (lazy_pid = start_lazy_daemon(ctx, images, sb->dir, out)) < 0)
+        _exit(1);
+    if (criu_local_init_opts(&opts) < 0) {
+        hwrite(out, "fail criu: cannot allocate options");
+        _exit(1);
+    }
+    criu_local_set_service_binary(opts, lazy ? ctx->criu_lazy_bin : ctx->criu_bin);
+    criu_local_set_images_dir_fd(opts, ifd);
+    criu_local_set_work_dir_fd(opts, wfd);
+    criu_local_set_log_file(opts, "restore.log");
+    criu_local_set_log_level(opts, 4);
+    criu_local_set_root(opts, sb->root);
+    /* We made and entered the cgroups; criu must not place tasks itself. */
+    criu_local_set_manage_cgroups(opts, true);
+    criu_local_set_manage_cgroups_mode(opts, CRIU_CG_MODE_IGNORE);
+    if (m->host_usr)
+        criu_local_add_ext_mount(opts, "usr", "/usr");
+    pid = criu_local_restore_child(opts);
+    if (pid < 0) {
+        snprintf(log, sizeof(log), "%s/restore.log", sb->dir);
+        snap__log_excerpt(log, excerpt, sizeof(excerpt));
+        hwrite(out, "fail criu restore failed (%d): %s (full log: %s)", pid,
+               excerpt[0] ? excerpt : "no log", log);
+        if (lazy_pid > 0)
+            kill(lazy_pid, SIGKILL);
+        _exit(1);
+    }
+    hwrite(out, "pid %d lazy %d", pid, (int)lazy_pid);
+    _exit(0);
+}
+
+int snap_restore(struct snap_ctx *ctx, const char *name, const struct snap_restore_opts *ro,
+                 struct snap_sandbox **out, struct wp_err *err)
+{
+    struct manifest m;
+    struct snap_sandbox *sb;
+    char lowers[1300], msg[1100];
+    int pfd[2] = { -1, -1 }, rc, status;
+    uint64_t t0 = wp_now_ns();
+    bool lazy = ro && ro->lazy;
+    pid_t hpid;
+    ssize_t n = 0, r;
+
+    if (!snap_name_valid(name))
+        return wp_err_set(err, WP_EINVAL_INPUT, "bad image name \"%s\"", name);
+    if (ro && ro->id && !snap_name_valid(ro->id))
+        return wp_err_set(err, WP_EINVAL_INPUT, "bad sandbox id \"%s\"", ro->id);
+    if ((rc = manifest_load(ctx, name, &m, err)) < 0)
+        return wp_err_wrap(err, "restore");
+    sb = calloc(1, sizeof(*sb));
+    if (!sb)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    snprintf(sb->image, sizeof(sb->image), "%s", name);
+    if (ro && ro->id)
+        snprintf(sb->id, sizeof(sb->id), "%s", ro->id);
+    else
+        snap__gen_id(name, sb->id, sizeof(sb->id));
+    if ((rc = snap__sandbox_dirs(ctx, sb->id, sb, err)) < 0) {
+        free(sb);
+        return wp_err_wrap(err, "restore %s", name);
+    }
+    snprintf(lowers, sizeof(lowers), "%s/images/%s/layer:%s", ctx->state_dir, name, m.lower);
+    if ((rc = snap__mount_overlay(sb, lowers, err)) < 0 ||
+        (rc = snap__cg_create(ctx, sb->id, &m.limits, err)) < 0 ||
+        (rc = snap__meta_write(ctx, sb, "clone", err)) < 0)
+        goto fail;
+    if (pipe2(pfd, O_CLOEXEC) < 0) {
+        rc = wp_err_errno(err, "pipe");
+        goto fail;
+    }
+    hpid = fork();
+    if (hpid < 0) {
+        rc = wp_err_errno(err, "fork");
+        goto fail;
+    }
+    if (hpid == 0) {
+        close(pfd[0]);
+        helper(ctx, name, &m, sb, lazy, pfd[1]);
+    }
+    close(pfd[1]);
+    pfd[1] = -1;
+    while ((r = read(pfd[0], msg + n, sizeof(msg) - 1 - n)) > 0 || (r < 0 && errno == EINTR))
+        if (r > 0)
+            n += r;
+    msg[n] = '\0';
+    while (waitpid(hpid, &status, 0) < 0 && errno == EINTR)
+        ;
+    int pid = 0, lazy_pid = 0;
+    if (sscanf(msg, "pid %d lazy %d", &pid, &lazy_pid) != 2 || pid <= 0) {
+        rc = wp_err_set(err, WP_ECRIU, "%s", strncmp(msg, "fail ", 5) == 0 ? msg + 5
+                                                  : "restore helper died without a result");
+        goto fail;
+    }
+    sb->init_pid = pid;
+    sb->lazy_pid = lazy_pid;
+    if ((rc = snap__meta_write(ctx, sb, "clone", err)) < 0)
+        goto fail;
+    close(pfd[0]);
+    sb->boot_ms = (double)(wp_now_ns() - t0) / 1e6;
+    log_debug("restored sandbox=%s image=%s lazy=%d init_pid=%d ms=%.2f", sb->id, name, lazy,
+              pid, sb->boot_ms);
+    *out = sb;
+    return 0;
+fail:
+    if (pfd[0] >= 0)
+        close(pfd[0]);
+    if (pfd[1] >= 0)
+        close(pfd[1]);
+    snap__teardown(ctx, sb->id, sb->init_pid, NULL);
+    if (sb->lazy_pid > 0)
+        waitpid(sb->lazy_pid, NULL, WNOHANG);
+    free(sb);
+    return wp_err_wrap(err, "restore %s", name);
+}

@@ -1,0 +1,498 @@
+/* sandbox.c - the node's state dir: context, sandbox records, overlay
+ * mounts, teardown, orphan collection and listing.
+ *
+ * state_dir/
+ *   layers/host-v1/            generated base layer for rootfs "host"
+ *   sandboxes/<id>/meta.json   who owns it (pid + start time), init pid
+ *   sandboxes/<id>/{upper,work,root}   overlay; root is mounted in the host
+ *                              mount namespace so the host reaches files
+ *                              and Unix sockets inside the sandbox
+ *   images/<name>/             see checkpoint.c
+ */
+#define WP_LOG_COMPONENT "snap"
+#include "snap_int.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/err.h"
+#include "base/fs.h"
+#include "base/log.h"
+#include "base/timeutil.h"
+
+#define HOST_LAYER "layers/host-v1"
+
+static int write_text(const char *dir, const char *name, const char *text, int mode,
+                      struct wp_err *err)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    return wp_write_file(path, text, strlen(text), mode, err);
+}
+
+/* The base layer for rootfs "host": merged-/usr symlinks, an empty /usr
+ * for the host's read-only bind, and a minimal /etc of our own, so no host
+ * file outside /usr is visible in a sandbox. Built once; images refer to
+ * it by path, so it is never rewritten once complete. */
+static int make_host_layer(struct snap_ctx *ctx, struct wp_err *err)
+{
+    static const char *dirs[] = { "usr", "etc", "proc", "dev", "run", "root", "home", "var/tmp",
+                                  "tmp", "work", NULL };
+    static const char *links[][2] = { { "bin", "usr/bin" }, { "sbin", "usr/sbin" },
+                                      { "lib", "usr/lib" }, { "lib64", "usr/lib64" } };
+    char tmp[400], path[700], done[700];
+    struct stat st;
+    int rc;
+
+    snprintf(done, sizeof(done), "%s/.complete", ctx->host_layer);
+    if (stat(done, &st) == 0)
+        return 0;
+    snprintf(tmp, sizeof(tmp), "%s.tmp", ctx->host_layer);
+    wp_rm_rf(tmp, NULL);
+    for (const char **d = dirs; *d; d++) {
+        snprintf(path, sizeof(path), "%s/%s", tmp, *d);
+        if ((rc = wp_mkdir_p(path, 0755, err)) < 0)
+            return rc;
+    }
+    snprintf(path, sizeof(path), "%s/tmp", tmp);
+    chmod(path, 01777);
+    snprintf(path, sizeof(path), "%s/var/tmp", tmp);
+    chmod(path, 01777);
+    snprintf(path, sizeof(path), "%s/root", tmp);
+    chmod(path, 0700);
+    for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", tmp, links[i][0]);
+        if (symlink(links[i][1], path) < 0)
+            return wp_err_errno(err, "symlink %s", path);
+    }
+    snprintf(path, sizeof(path), "%s/etc", tmp);
+    if ((rc = write_text(path, "passwd",
+                         "root:x:0:0:root:/root:/bin/sh\n"
+                         "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+                         0644, err)) < 0 ||
+        (rc = write_text(path, "group", "root:x:0:\nnogroup:x:65534:\n", 0644, err)) < 0 ||
+        (rc = write_text(path, "hosts", "127.0.0.1 localhost\n::1 localhost\n", 0644, err)) < 0 ||
+        (rc = write_text(path, "nsswitch.conf", "passwd: files\ngroup: files\nhosts: files\n",
+                         0644, err)) < 0 ||
+        (rc = write_text(path, "resolv.conf", "", 0644, err)) < 0)
+        return rc;
+    /* The loader's cache and the alternatives links (awk, editor...). */
+    char *data = NULL;
+    size_t len = 0;
+    if (wp_read_file("/etc/ld.so.cache", 64 << 20, &data, &len, NULL) == 0) {
+        snprintf(path, sizeof(path), "%s/etc/ld.so.cache", tmp);
+        rc = wp_write_file(path, data, len, 0644, err);
+        free(data);
+        if (rc < 0)
+            return rc;
+    }
+    DIR *d = opendir("/etc/alternatives");
+    if (d) {
+        struct dirent *e;
+        snprintf(path, sizeof(path), "%s/etc/alternatives", tmp);
+        mkdir(path, 0755);
+        while ((e = readdir(d))) {
+            char target[512], lpath[800], src[600];
+            ssize_t n;
+            if (e->d_name[0] == '.')
+                continue;
+            snprintf(src, sizeof(src), "/etc/alternatives/%s", e->d_name);
+            n = readlink(src, target, sizeof(target) - 1);
+            if (n <= 0)
+                continue;
+            target[n] = '\0';
+            snprintf(lpath, sizeof(lpath), "%s/%s", path, e->d_name);
+            if (symlink(target, lpath) < 0) {
+                closedir(d);
+                return wp_err_errno(err, "symlink %s", lpath);
+            }
+        }
+        closedir(d);
+    }
+    wp_rm_rf(ctx->host_layer, NULL);
+    if (rename(tmp, ctx->host_layer) < 0)
+        return wp_err_errno(err, "rename %s", tmp);
+    return write_text(ctx->host_layer, ".complete", "", 0644, err);
+}
+
+/* The wrapper that runs criu with lazy pages on: libcriu 3.17 has no
+ * setter for the RPC's lazy_pages field, but criu reads the config file
+ * named by CRIU_CONFIG_FILE in RPC mode too. */
+static int make_lazy_wrapper(struct snap_ctx *ctx, struct wp_err *err)
+{
+    char conf[400], text[1200];
+    int rc;
+
+    snprintf(conf, sizeof(conf), "%s/criu-lazy.conf", ctx->state_dir);
+    if ((rc = wp_write_file(conf, "lazy-pages\n", 11, 0644, err)) < 0)
+        return rc;
+    snprintf(ctx->criu_lazy_bin, sizeof(ctx->criu_lazy_bin), "%s/criu-lazy", ctx->state_dir);
+    snprintf(text, sizeof(text), "#!/bin/sh\nCRIU_CONFIG_FILE=%s exec %s \"$@\"\n", conf,
+             ctx->criu_bin);
+    return wp_write_file(ctx->criu_lazy_bin, text, strlen(text), 0755, err);
+}
+
+static int read_criu_version(struct snap_ctx *ctx, struct wp_err *err)
+{
+    char cmd[400];
+    FILE *p;
+
+    snprintf(cmd, sizeof(cmd), "%s --version 2>/dev/null", ctx->criu_bin);
+    p = popen(cmd, "re");
+    if (!p)
+        return wp_err_errno(err, "run %s", ctx->criu_bin);
+    ctx->criu_version[0] = '\0';
+    char line[128];
+    while (fgets(line, sizeof(line), p))
+        if (strncmp(line, "Version: ", 9) == 0)
+            snprintf(ctx->criu_version, sizeof(ctx->criu_version), "%.*s",
+                     (int)strcspn(line + 9, "\n"), line + 9);
+    if (pclose(p) != 0 || !ctx->criu_version[0])
+        return wp_err_set(err, WP_ECONFIG, "%s does not run (install it with `make deps`)",
+                          ctx->criu_bin);
+    return 0;
+}
+
+int snap_ctx_open(const struct snap_config *cfg, struct snap_ctx **out, struct wp_err *err)
+{
+    struct snap_ctx *ctx;
+    struct utsname u;
+    char path[400];
+    const char *dir = cfg && cfg->state_dir ? cfg->state_dir : "/var/lib/warmpool";
+    const char *criu = cfg && cfg->criu_bin ? cfg->criu_bin : getenv("WARMPOOL_CRIU");
+    int rc;
+
+    if (!criu)
+        criu = WP_PREFIX "/bin/criu";
+    if (dir[0] != '/' || strlen(dir) > 200)
+        return wp_err_set(err, WP_EINVAL_INPUT, "state dir must be an absolute path under 200 bytes");
+    if (access(criu, X_OK) < 0)
+        return wp_err_errno(err, "criu at %s (run `make deps`)", criu);
+    ctx = calloc(1, sizeof(*ctx));
+    if (!ctx)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    snprintf(ctx->state_dir, sizeof(ctx->state_dir), "%s", dir);
+    snprintf(ctx->criu_bin, sizeof(ctx->criu_bin), "%s", criu);
+    snprintf(ctx->host_layer, sizeof(ctx->host_layer), "%s/" HOST_LAYER, dir);
+    uname(&u);
+    snprintf(ctx->kernel, sizeof(ctx->kernel), "%s", u.release);
+    for (const char *sub = "sandboxes\0images\0layers\0"; *sub; sub += strlen(sub) + 1) {
+        snprintf(path, sizeof(path), "%s/%s", dir, sub);
+        if ((rc = wp_mkdir_p(path, 0700, err)) < 0)
+            goto fail;
+    }
+    if ((rc = snap__cg_detect(ctx, err)) < 0 || (rc = read_criu_version(ctx, err)) < 0 ||
+        (rc = make_lazy_wrapper(ctx, err)) < 0 || (rc = make_host_layer(ctx, err)) < 0)
+        goto fail;
+    /* Sandboxes we start outlive the helper processes that start them. */
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) {
+        rc = wp_err_errno(err, "PR_SET_CHILD_SUBREAPER");
+        goto fail;
+    }
+    *out = ctx;
+    return 0;
+fail:
+    free(ctx);
+    return wp_err_wrap(err, "snapshot state %s", dir);
+}
+
+void snap_ctx_close(struct snap_ctx *ctx)
+{
+    free(ctx);
+}
+
+const char *snap_ctx_state_dir(const struct snap_ctx *ctx)
+{
+    return ctx->state_dir;
+}
+
+const char *snap_ctx_cgroup_layout(const struct snap_ctx *ctx)
+{
+    return ctx->cg == SNAP__CG_V2 ? "v2" : "v1";
+}
+
+void snap__gen_id(const char *prefix, char *out, size_t cap)
+{
+    static unsigned counter;
+    struct timespec ts;
+    unsigned r;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r = (unsigned)(ts.tv_nsec ^ (getpid() << 12) ^ (++counter * 2654435761u));
+    snprintf(out, cap, "%.30s-%x%04x", prefix, (unsigned)getpid() & 0xfffff, r & 0xffff);
+    out[strspn(out, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")] = '\0';
+}
+
+int snap__sandbox_dirs(struct snap_ctx *ctx, const char *id, struct snap_sandbox *sb,
+                       struct wp_err *err)
+{
+    char path[600];
+    struct stat st;
+    int rc;
+
+    snprintf(sb->dir, sizeof(sb->dir), "%s/sandboxes/%s", ctx->state_dir, id);
+    snprintf(sb->root, sizeof(sb->root), "%s/root", sb->dir);
+    if (stat(sb->dir, &st) == 0 || snap__cg_exists(ctx, id))
+        return wp_err_set(err, WP_EEXISTS, "sandbox %s already exists", id);
+    if (mkdir(sb->dir, 0700) < 0)
+        return wp_err_errno(err, "mkdir %s", sb->dir);
+    for (const char *sub = "upper\0work\0root\0"; *sub; sub += strlen(sub) + 1) {
+        snprintf(path, sizeof(path), "%s/%s", sb->dir, sub);
+        if (mkdir(path, 0755) < 0) {
+            rc = wp_err_errno(err, "mkdir %s", path);
+            wp_rm_rf(sb->dir, NULL);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+int snap__mount_overlay(const struct snap_sandbox *sb, const char *lowers, struct wp_err *err)
+{
+    char opts[2048];
+
+    if (snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lowers,
+                 sb->dir, sb->dir) >= (int)sizeof(opts))
+        return wp_err_set(err, WP_EINVAL_INPUT, "overlay options too long");
+    if (mount("overlay", sb->root, "overlay", MS_NODEV, opts) < 0)
+        return wp_err_errno(err, "mount overlay on %s (%s)", sb->root, opts);
+    return 0;
+}
+
+static unsigned long long proc_start_time(pid_t pid)
+{
+    char path[64], buf[1024];
+    FILE *f;
+    unsigned long long start = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    f = fopen(path, "re");
+    if (!f)
+        return 0;
+    if (fgets(buf, sizeof(buf), f)) {
+        char *p = strrchr(buf, ')'); /* comm may hold spaces */
+        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+                        &start) != 1)
+            start = 0;
+    }
+    fclose(f);
+    return start;
+}
+
+int snap__meta_write(struct snap_ctx *ctx, const struct snap_sandbox *sb, const char *kind,
+                     struct wp_err *err)
+{
+    char path[600], *s;
+    json_t *o;
+    int rc;
+
+    (void)ctx;
+    o = json_pack("{s:s, s:s, s:s, s:i, s:I, s:i, s:I, s:s}", "id", sb->id, "kind", kind,
+                  "image", sb->image, "owner_pid", (int)getpid(), "owner_start",
+                  (json_int_t)proc_start_time(getpid()), "init_pid", (int)sb->init_pid,
+                  "created_ms", (json_int_t)wp_wall_ms(), "root", sb->root);
+    if (!o)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!s)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    snprintf(path, sizeof(path), "%s/meta.json", sb->dir);
+    rc = wp_write_file(path, s, strlen(s), 0600, err);
+    free(s);
+    return rc;
+}
+
+static bool is_mountpoint(const char *path)
+{
+    struct stat a, b;
+    char parent[700];
+
+    snprintf(parent, sizeof(parent), "%s/..", path);
+    if (stat(path, &a) < 0 || stat(parent, &b) < 0)
+        return false;
+    return a.st_dev != b.st_dev || a.st_ino == b.st_ino;
+}
+
+int snap__teardown(struct snap_ctx *ctx, const char *id, pid_t init_pid, struct wp_err *err)
+{
+    char dir[600], root[700];
+    int rc = 0, r;
+
+    snprintf(dir, sizeof(dir), "%s/sandboxes/%s", ctx->state_dir, id);
+    snprintf(root, sizeof(root), "%s/root", dir);
+    if (init_pid > 0) {
+        /* Killing PID 1 of the namespace kills every process in it. */
+        kill(init_pid, SIGKILL);
+        while (waitpid(init_pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+    }
+    r = snap__cg_destroy(ctx, id, err);
+    if (r < 0 && rc == 0)
+        rc = r;
+    for (int i = 0; i < 8 && is_mountpoint(root); i++)
+        if (umount2(root, MNT_DETACH) < 0 && rc == 0)
+            rc = wp_err_errno(err, "unmount %s", root);
+    r = wp_rm_rf(dir, rc == 0 ? err : NULL);
+    if (r < 0 && rc == 0)
+        rc = r;
+    return rc;
+}
+
+void snap_sandbox_free(struct snap_sandbox *sb)
+{
+    free(sb);
+}
+
+int snap_destroy(struct snap_ctx *ctx, struct snap_sandbox *sb, struct wp_err *err)
+{
+    int rc;
+
+    if (!sb)
+        return 0;
+    rc = snap__teardown(ctx, sb->id, sb->init_pid, err);
+    if (sb->lazy_pid > 0) {
+        /* It lived in the clone's cgroup, so it is dead: reap it. */
+        kill(sb->lazy_pid, SIGKILL);
+        waitpid(sb->lazy_pid, NULL, 0);
+    }
+    if (rc < 0)
+        wp_err_wrap(err, "destroy %s", sb->id);
+    else
+        log_debug("destroyed sandbox=%s", sb->id);
+    free(sb);
+    return rc;
+}
+
+static json_t *meta_load(struct snap_ctx *ctx, const char *id)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/sandboxes/%s/meta.json", ctx->state_dir, id);
+    return json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+}
+
+static pid_t meta_init_pid(json_t *meta)
+{
+    json_t *v = meta ? json_object_get(meta, "init_pid") : NULL;
+    return json_is_integer(v) && json_integer_value(v) > 0 && json_integer_value(v) < (1 << 22)
+               ? (pid_t)json_integer_value(v)
+               : 0;
+}
+
+int snap_destroy_id(struct snap_ctx *ctx, const char *id, struct wp_err *err)
+{
+    char dir[600];
+    struct stat st;
+    json_t *meta;
+    int rc;
+
+    if (!snap_name_valid(id))
+        return wp_err_set(err, WP_EINVAL_INPUT, "bad sandbox id \"%s\"", id);
+    snprintf(dir, sizeof(dir), "%s/sandboxes/%s", ctx->state_dir, id);
+    if (stat(dir, &st) < 0 && !snap__cg_exists(ctx, id))
+        return wp_err_set(err, WP_ENOTFOUND, "no sandbox \"%s\"", id);
+    meta = meta_load(ctx, id);
+    /* Only trust the recorded pid while it still is in the sandbox's
+     * cgroup: the cgroup kill below covers every other case. */
+    pid_t pid = meta_init_pid(meta);
+    json_decref(meta);
+    if (pid > 0 && snap__cg_nprocs(ctx, id) <= 0)
+        pid = 0;
+    rc = snap__teardown(ctx, id, pid, err);
+    return rc < 0 ? wp_err_wrap(err, "destroy %s", id) : 0;
+}
+
+static bool owner_alive(json_t *meta)
+{
+    json_t *p = json_object_get(meta, "owner_pid"), *s = json_object_get(meta, "owner_start");
+    if (!json_is_integer(p) || !json_is_integer(s))
+        return false;
+    pid_t pid = (pid_t)json_integer_value(p);
+    return pid > 0 && proc_start_time(pid) == (unsigned long long)json_integer_value(s);
+}
+
+int snap_gc(struct snap_ctx *ctx, struct wp_err *err)
+{
+    char path[600];
+    DIR *d;
+    struct dirent *e;
+    int cleaned = 0;
+
+    snprintf(path, sizeof(path), "%s/sandboxes", ctx->state_dir);
+    d = opendir(path);
+    if (!d)
+        return wp_err_errno(err, "open %s", path);
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || !snap_name_valid(e->d_name))
+            continue;
+        json_t *meta = meta_load(ctx, e->d_name);
+        bool alive = meta && owner_alive(meta);
+        json_decref(meta);
+        if (alive)
+            continue;
+        log_info("gc: removing orphan sandbox=%s", e->d_name);
+        if (snap_destroy_id(ctx, e->d_name, NULL) == 0)
+            cleaned++;
+    }
+    closedir(d);
+    /* Half-made images (a dump interrupted by a crash). */
+    snprintf(path, sizeof(path), "%s/images", ctx->state_dir);
+    d = opendir(path);
+    if (d) {
+        while ((e = readdir(d))) {
+            size_t n = strlen(e->d_name);
+            if (n > 8 && strcmp(e->d_name + n - 8, ".partial") == 0) {
+                char p2[900];
+                snprintf(p2, sizeof(p2), "%s/%s", path, e->d_name);
+                log_info("gc: removing partial image %s", e->d_name);
+                if (wp_rm_rf(p2, NULL) == 0)
+                    cleaned++;
+            }
+        }
+        closedir(d);
+    }
+    return cleaned;
+}
+
+int snap_list_sandboxes(struct snap_ctx *ctx, snap_list_cb cb, void *arg, struct wp_err *err)
+{
+    char path[600];
+    DIR *d;
+    struct dirent *e;
+    int n = 0;
+
+    snprintf(path, sizeof(path), "%s/sandboxes", ctx->state_dir);
+    d = opendir(path);
+    if (!d)
+        return wp_err_errno(err, "open %s", path);
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        json_t *meta = meta_load(ctx, e->d_name);
+        if (!meta)
+            meta = json_pack("{s:s}", "id", e->d_name);
+        json_object_set_new(meta, "owner_alive", json_boolean(owner_alive(meta)));
+        json_object_set_new(meta, "processes", json_integer(snap__cg_nprocs(ctx, e->d_name)));
+        char *s = json_dumps(meta, JSON_COMPACT | JSON_SORT_KEYS);
+        if (s && cb)
+            cb(arg, s);
+        free(s);
+        json_decref(meta);
+        n++;
+    }
+    closedir(d);
+    return n;
+}

@@ -1,0 +1,63 @@
+/* snap_int.h - shared between the files of snapshot/ only. */
+#ifndef SNAP_INT_H
+#define SNAP_INT_H
+
+#include "snapshot.h"
+
+#include <stddef.h>
+
+struct wp_err;
+
+#define SNAP__MAX_CTRL 8
+
+enum snap__cg_layout { SNAP__CG_V1 = 1, SNAP__CG_V2 = 2 };
+
+struct snap_ctx {
+    char state_dir[256];
+    char criu_bin[256];
+    char criu_lazy_bin[300];   /* wrapper that turns lazy pages on */
+    char criu_version[64];
+    char kernel[128];
+    char host_layer[300];      /* generated base layer for rootfs "host" */
+    enum snap__cg_layout cg;
+    /* v1: one mount per controller; v2: one tree. */
+    int n_ctrl;
+    char ctrl_name[SNAP__MAX_CTRL][16];
+    char ctrl_path[SNAP__MAX_CTRL][128]; /* mount point of the hierarchy */
+};
+
+/* cgroup.c */
+int snap__cg_detect(struct snap_ctx *ctx, struct wp_err *err);
+/* Create warmpool/<id> in every hierarchy and apply limits. */
+int snap__cg_create(struct snap_ctx *ctx, const char *id, const struct snap_limits *lim,
+                    struct wp_err *err);
+/* Put pid into warmpool/<id> in every hierarchy. */
+int snap__cg_enter(struct snap_ctx *ctx, const char *id, pid_t pid, struct wp_err *err);
+/* SIGKILL every process in warmpool/<id>, wait until empty, rmdir. */
+int snap__cg_destroy(struct snap_ctx *ctx, const char *id, struct wp_err *err);
+/* Number of processes in the cgroup, or < 0. */
+int snap__cg_nprocs(struct snap_ctx *ctx, const char *id);
+/* Whether warmpool/<id> exists in any hierarchy. */
+bool snap__cg_exists(struct snap_ctx *ctx, const char *id);
+/* The cgroup path relative to the hierarchy root, for CRIU. */
+void snap__cg_relpath(const char *id, char *out, size_t cap);
+
+/* template.c: serialise the template back to canonical JSON (caller frees). */
+char *snap__template_json(const struct snap_template *t);
+
+/* sandbox.c: records under state_dir/sandboxes/<id>/meta.json */
+int snap__sandbox_dirs(struct snap_ctx *ctx, const char *id, struct snap_sandbox *sb,
+                       struct wp_err *err);
+int snap__meta_write(struct snap_ctx *ctx, const struct snap_sandbox *sb, const char *kind,
+                     struct wp_err *err);
+/* Mount the overlay root: lowers is "a:b:c". */
+int snap__mount_overlay(const struct snap_sandbox *sb, const char *lowers, struct wp_err *err);
+/* Remove everything of a sandbox by its dir (unmount, cgroup, files). */
+int snap__teardown(struct snap_ctx *ctx, const char *id, pid_t init_pid, struct wp_err *err);
+void snap__gen_id(const char *prefix, char *out, size_t cap);
+
+/* criu.c: the last lines of a criu log, for error messages. */
+void snap__log_excerpt(const char *path, char *out, size_t cap);
+uint64_t snap__du(const char *path);
+
+#endif

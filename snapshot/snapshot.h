@@ -1,0 +1,141 @@
+/* snapshot.h - sandboxes that boot, checkpoint and restore (prefix snap_).
+ *
+ * A template describes an environment; snap_boot() starts it as a sandbox
+ * (new PID, mount, UTS, IPC, network and cgroup namespaces, an overlay root,
+ * pivot_root, its own /proc and /dev, cgroup limits); snap_checkpoint()
+ * dumps it with CRIU into an image; snap_restore() starts a clone of an
+ * image into a fresh overlay; snap_destroy() removes every trace.
+ *
+ * Threading: every function here blocks (fork, CRIU) and is meant for a
+ * helper process or the CLI, never a libev loop thread. The process that
+ * calls snap_ctx_open() becomes a child subreaper, so the sandboxes it
+ * boots or restores are its children: it must reap them (snap_destroy
+ * does, or an ev_child watcher in a daemon).
+ */
+#ifndef SNAPSHOT_H
+#define SNAPSHOT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct wp_err;
+
+struct snap_limits {
+    uint64_t memory_bytes; /* 0 = no limit */
+    uint32_t pids;         /* 0 = no limit */
+    uint32_t cpu_millis;   /* 1000 = one CPU; 0 = no limit */
+};
+
+/* An environment template. Loaded from JSON (see ARCHITECTURE.md):
+ *   {"name": "py", "rootfs": "host" | "/dir", "init": ["/bin/sh","-c","..."],
+ *    "env": {"K": "V"}, "workdir": "/work", "hostname": "sandbox",
+ *    "limits": {"memory_mb": 512, "pids": 256, "cpu": 1.0},
+ *    "setup": ["cmd", ...], "ready_file": "/tmp/ready", "ready_timeout_s": 30}
+ * Owned by whoever loaded it; free with snap_template_free(). */
+struct snap_template {
+    char *name;
+    char *rootfs;       /* absolute directory (read-only lower layer) or "host" */
+    char **init;        /* argv, NULL-terminated */
+    char **env;         /* "K=V", NULL-terminated */
+    char *workdir;
+    char *hostname;
+    char **setup;       /* shell commands run before init starts */
+    char *ready_file;   /* absolute path inside the sandbox, or NULL */
+    double ready_timeout_s;
+    struct snap_limits limits;
+    char digest[65];    /* sha256 of the canonical JSON, hex */
+};
+
+int snap_template_parse(const char *json, size_t len, struct snap_template **out,
+                        struct wp_err *err);
+int snap_template_load(const char *path, struct snap_template **out, struct wp_err *err);
+void snap_template_free(struct snap_template *t);
+
+/* Node-wide context. */
+struct snap_config {
+    const char *state_dir; /* default /var/lib/warmpool */
+    const char *criu_bin;  /* default WP_PREFIX/bin/criu, env WARMPOOL_CRIU */
+};
+struct snap_ctx;
+
+/* Creates the state dir, detects the cgroup layout, checks criu is usable,
+ * makes the caller a child subreaper. Caller owns *out (snap_ctx_close). */
+int snap_ctx_open(const struct snap_config *cfg, struct snap_ctx **out, struct wp_err *err);
+void snap_ctx_close(struct snap_ctx *ctx);
+const char *snap_ctx_state_dir(const struct snap_ctx *ctx);
+/* "v1" or "v2": the cgroup layout found. */
+const char *snap_ctx_cgroup_layout(const struct snap_ctx *ctx);
+
+struct snap_sandbox {
+    char id[64];
+    pid_t init_pid;        /* in the host's PID namespace */
+    pid_t lazy_pid;        /* the clone's `criu lazy-pages` daemon, 0 if none */
+    char root[512];        /* host path of the sandbox's root (overlay mount) */
+    char dir[512];         /* its state dir */
+    char image[128];       /* image it was restored from, "" when booted */
+    double boot_ms;        /* boot to ready, or restore duration */
+    double ready_ms;       /* included in boot_ms: the wait for ready_file */
+};
+
+/* Progress of long steps (setup commands' output, phases). */
+typedef void (*snap_progress_cb)(void *arg, const char *line);
+
+/* Boot a sandbox from a template, run its setup, start its init and wait
+ * for ready_file. id may be NULL (generated). Caller owns *out
+ * (snap_destroy or snap_sandbox_free). On failure nothing is left. */
+int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *id,
+              snap_progress_cb progress, void *arg, struct snap_sandbox **out,
+              struct wp_err *err);
+
+struct snap_image_info {
+    uint64_t pages_bytes;  /* memory pages in the image */
+    uint64_t image_bytes;  /* whole image dir */
+    uint64_t layer_bytes;  /* the template's writable layer */
+    double dump_ms;
+};
+
+/* Checkpoint a booted sandbox into image `name` (must not exist) and end
+ * the sandbox: its processes are gone, its writable layer becomes the
+ * image's read-only layer. Writes manifest.json. On failure the image is
+ * not created and the sandbox is destroyed; criu's log excerpt is in err
+ * and the full log path too. `sb` is freed in every case. */
+int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct snap_template *t,
+                    const char *name, double boot_ms, struct snap_image_info *info,
+                    struct wp_err *err);
+
+struct snap_restore_opts {
+    bool lazy;          /* userfaultfd lazy pages: memory is served on first touch */
+    const char *id;     /* NULL = generated */
+};
+
+/* Restore a clone of image `name` into a fresh overlay and new namespaces.
+ * Caller owns *out. On failure nothing is left. */
+int snap_restore(struct snap_ctx *ctx, const char *name, const struct snap_restore_opts *opts,
+                 struct snap_sandbox **out, struct wp_err *err);
+
+/* Kill the tree, reap, unmount, remove cgroups and dirs; frees sb. */
+int snap_destroy(struct snap_ctx *ctx, struct snap_sandbox *sb, struct wp_err *err);
+/* Destroy by id (for the CLI, and for sandboxes of a dead earlier run). */
+int snap_destroy_id(struct snap_ctx *ctx, const char *id, struct wp_err *err);
+void snap_sandbox_free(struct snap_sandbox *sb);
+
+/* Remove sandboxes whose owning process is gone (a killed earlier run) and
+ * half-made images. Returns the number cleaned, or < 0. */
+int snap_gc(struct snap_ctx *ctx, struct wp_err *err);
+
+/* List sandboxes / images: calls cb once per entry with a JSON object
+ * (borrowed for the call). Returns count or < 0. */
+typedef void (*snap_list_cb)(void *arg, const char *json);
+int snap_list_sandboxes(struct snap_ctx *ctx, snap_list_cb cb, void *arg, struct wp_err *err);
+int snap_list_images(struct snap_ctx *ctx, snap_list_cb cb, void *arg, struct wp_err *err);
+int snap_image_delete(struct snap_ctx *ctx, const char *name, struct wp_err *err);
+
+/* Build a minimal rootfs directory around the host's static busybox (for
+ * trivial environments and tests). Idempotent: a complete dir is kept. */
+int snap_rootfs_busybox(const char *dir, struct wp_err *err);
+
+/* Valid ids and image names: [A-Za-z0-9][A-Za-z0-9._-]{0,62}. */
+bool snap_name_valid(const char *s);
+
+#endif
