@@ -3,6 +3,7 @@
 #define WP_LOG_COMPONENT "snap"
 #include "snap_int.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -73,7 +74,9 @@ int snap__cg_detect(struct snap_ctx *ctx, struct wp_err *err)
     while (fgets(line, sizeof(line), f)) {
         if (sscanf(line, "%255s %255s %63s %511s", dev, mnt, type, opts) != 4)
             continue;
-        if (strcmp(type, "cgroup") != 0)
+        /* Only the host's hierarchies: a cgroup yard that a crashed criu
+         * left mounted elsewhere carries the same options. */
+        if (strcmp(type, "cgroup") != 0 || strncmp(mnt, "/sys/fs/cgroup/", 15) != 0)
             continue;
         for (const char **w = v1_wanted; *w; w++) {
             bool dup = false;
@@ -242,6 +245,45 @@ bool snap__cg_exists(struct snap_ctx *ctx, const char *id)
     return false;
 }
 
+/* Kill every process in dir and below; returns how many were seen. */
+static int kill_tree(const char *dir)
+{
+    char sub[1024];
+    struct dirent *e;
+    int n = scan_procs(dir, true);
+    DIR *d = opendir(dir);
+
+    if (!d)
+        return n < 0 ? 0 : n;
+    while ((e = readdir(d))) {
+        if (e->d_type != DT_DIR || e->d_name[0] == '.')
+            continue;
+        snprintf(sub, sizeof(sub), "%s/%s", dir, e->d_name);
+        n += kill_tree(sub);
+    }
+    closedir(d);
+    return n;
+}
+
+/* rmdir dir's child cgroups (criu may make some), then dir. */
+static int rmdir_tree(const char *dir)
+{
+    char sub[1024];
+    struct dirent *e;
+    DIR *d = opendir(dir);
+
+    if (!d)
+        return errno == ENOENT ? 0 : -errno;
+    while ((e = readdir(d))) {
+        if (e->d_type != DT_DIR || e->d_name[0] == '.')
+            continue;
+        snprintf(sub, sizeof(sub), "%s/%s", dir, e->d_name);
+        rmdir_tree(sub);
+    }
+    closedir(d);
+    return rmdir(dir) < 0 && errno != ENOENT ? -errno : 0;
+}
+
 int snap__cg_destroy(struct snap_ctx *ctx, const char *id, struct wp_err *err)
 {
     char dir[512];
@@ -255,16 +297,19 @@ int snap__cg_destroy(struct snap_ctx *ctx, const char *id, struct wp_err *err)
         if (ctx->cg == SNAP__CG_V2)
             write_str(dir, "cgroup.kill", "1", NULL);
         /* Kill until empty: a process may fork between read and kill.
-         * Processes vanish from cgroup.procs when they exit, before they
-         * are reaped, so this does not depend on who reaps them. */
+         * Processes leave cgroup.procs when they exit, before they are
+         * reaped, so this does not depend on who reaps them. */
         for (int tries = 0; tries < 2000; tries++) {
-            if (scan_procs(dir, true) <= 0)
+            if (kill_tree(dir) <= 0)
                 break;
             struct timespec ts = { 0, 1000 * 1000 };
             nanosleep(&ts, NULL);
         }
-        if (rmdir(dir) < 0 && errno != ENOENT && rc == 0)
+        int r = rmdir_tree(dir);
+        if (r < 0 && rc == 0) {
+            errno = -r;
             rc = wp_err_errno(err, "rmdir %s", dir);
+        }
     }
     return rc;
 }

@@ -181,6 +181,11 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
     criu_local_set_leave_running(opts, false);
     criu_local_set_manage_cgroups(opts, true);
     criu_local_set_manage_cgroups_mode(opts, CRIU_CG_MODE_SOFT);
+    /* Only the hierarchies we manage go into the image, so a restore never
+     * creates cgroups we would not remove (cpuset, blkio, name=systemd). */
+    if (ctx->cg == SNAP__CG_V1)
+        for (int i = 0; i < ctx->n_ctrl; i++)
+            criu_local_add_cg_dump_controller(opts, ctx->ctrl_name[i]);
     if (strcmp(t->rootfs, "host") == 0)
         criu_local_add_ext_mount(opts, "/usr", "usr");
     t0 = wp_now_ns();
@@ -194,8 +199,8 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
         snprintf(kept, sizeof(kept), "%s/images/%s.dump-failed.log", ctx->state_dir, name);
         if (rename(log, kept) < 0)
             snprintf(kept, sizeof(kept), "(lost: %s)", strerror(errno));
-        rc = wp_err_set(err, WP_ECRIU, "criu dump failed (%d): %s (full log: %s)", rc,
-                        excerpt[0] ? excerpt : "no log", kept);
+        rc = wp_err_set(err, WP_ECRIU, "criu dump failed (%d), full log: %s: %s", rc, kept,
+                        excerpt[0] ? excerpt : "no log");
         goto fail;
     }
     /* criu killed the tree after the dump: reap init, keep the layer. */

@@ -164,17 +164,26 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
     criu_local_set_log_file(opts, "restore.log");
     criu_local_set_log_level(opts, 4);
     criu_local_set_root(opts, sb->root);
-    /* We made and entered the cgroups; criu must not place tasks itself. */
+    /* We made the clone's cgroups (with limits) and entered them. criu
+     * maps the image's cgroup root onto ours, leaves what exists alone
+     * (soft), and builds the clone's cgroup namespace rooted there. */
+    char cgroot[128];
+    snap__cg_relpath(sb->id, cgroot, sizeof(cgroot));
     criu_local_set_manage_cgroups(opts, true);
-    criu_local_set_manage_cgroups_mode(opts, CRIU_CG_MODE_IGNORE);
+    criu_local_set_manage_cgroups_mode(opts, CRIU_CG_MODE_SOFT);
+    criu_local_add_cg_root(opts, NULL, cgroot);
+    /* v1: the host's /sys/fs/cgroup already holds every hierarchy, one
+     * per controller name: criu uses it instead of mounting a yard. */
+    if (ctx->cg == SNAP__CG_V1)
+        criu_local_add_cg_yard(opts, "/sys/fs/cgroup");
     if (m->host_usr)
         criu_local_add_ext_mount(opts, "usr", "/usr");
     pid = criu_local_restore_child(opts);
     if (pid < 0) {
         snprintf(log, sizeof(log), "%s/restore.log", sb->dir);
         snap__log_excerpt(log, excerpt, sizeof(excerpt));
-        hwrite(out, "fail criu restore failed (%d): %s (full log: %s)", pid,
-               excerpt[0] ? excerpt : "no log", log);
+        hwrite(out, "fail criu restore failed (%d), full log: %s: %s", pid, log,
+               excerpt[0] ? excerpt : "no log");
         if (lazy_pid > 0)
             kill(lazy_pid, SIGKILL);
         _exit(1);

@@ -316,24 +316,41 @@ int snap__meta_write(struct snap_ctx *ctx, const struct snap_sandbox *sb, const 
     return rc;
 }
 
-static bool is_mountpoint(const char *path)
+/* Unmount everything mounted at or below dir (the root overlay, and what a
+ * crashed criu may have left, such as its cgroup yard), deepest first. */
+static int unmount_under(const char *dir, struct wp_err *err)
 {
-    struct stat a, b;
-    char parent[700];
+    char line[4096], mp[4096], *mps[64];
+    size_t dlen = strlen(dir);
+    int n = 0, rc = 0;
+    FILE *f = fopen("/proc/self/mountinfo", "re");
 
-    snprintf(parent, sizeof(parent), "%s/..", path);
-    if (stat(path, &a) < 0 || stat(parent, &b) < 0)
-        return false;
-    return a.st_dev != b.st_dev || a.st_ino == b.st_ino;
+    if (!f)
+        return wp_err_errno(err, "open /proc/self/mountinfo");
+    while (fgets(line, sizeof(line), f) && n < 64) {
+        /* Mount points with spaces are octal-escaped; ours have none. */
+        if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) != 1)
+            continue;
+        if (strncmp(mp, dir, dlen) == 0 && (mp[dlen] == '/' || mp[dlen] == '\0'))
+            mps[n++] = strdup(mp);
+    }
+    fclose(f);
+    /* Later lines are mounted on top of earlier ones: undo in reverse. */
+    for (int i = n - 1; i >= 0; i--) {
+        if (mps[i] && umount2(mps[i], MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT &&
+            rc == 0)
+            rc = wp_err_errno(err, "unmount %s", mps[i]);
+        free(mps[i]);
+    }
+    return rc;
 }
 
 int snap__teardown(struct snap_ctx *ctx, const char *id, pid_t init_pid, struct wp_err *err)
 {
-    char dir[600], root[700];
+    char dir[600];
     int rc = 0, r;
 
     snprintf(dir, sizeof(dir), "%s/sandboxes/%s", ctx->state_dir, id);
-    snprintf(root, sizeof(root), "%s/root", dir);
     if (init_pid > 0) {
         /* Killing PID 1 of the namespace kills every process in it. */
         kill(init_pid, SIGKILL);
@@ -343,9 +360,9 @@ int snap__teardown(struct snap_ctx *ctx, const char *id, pid_t init_pid, struct 
     r = snap__cg_destroy(ctx, id, err);
     if (r < 0 && rc == 0)
         rc = r;
-    for (int i = 0; i < 8 && is_mountpoint(root); i++)
-        if (umount2(root, MNT_DETACH) < 0 && rc == 0)
-            rc = wp_err_errno(err, "unmount %s", root);
+    r = unmount_under(dir, rc == 0 ? err : NULL);
+    if (r < 0 && rc == 0)
+        rc = r;
     r = wp_rm_rf(dir, rc == 0 ? err : NULL);
     if (r < 0 && rc == 0)
         rc = r;

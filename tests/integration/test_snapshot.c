@@ -1,0 +1,480 @@
+/* test_snapshot.c - real namespaces, real overlay mounts, real CRIU:
+ * boot, checkpoint, restore, isolation, limits, cleanup, bad input. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lib/snaplib.h"
+#include "lib/testlib.h"
+#include "base/err.h"
+#include "base/fs.h"
+
+static struct th_snap S;
+
+/* A counter that keeps counting: ready once it has reached 20, so a clone
+ * that continues the image's state starts at 20 or more. */
+#define COUNTER_INIT                                                                     \
+    "[\"/bin/sh\",\"-c\",\"i=0; while :; do i=$((i+1)); echo $i > /tmp/count; "         \
+    "[ $i = 20 ] && touch /tmp/ready; usleep 5000; done\"]"
+
+static const char *IMG = "counter";
+
+static int group_setup(void **state)
+{
+    struct snap_template *t;
+    struct snap_sandbox *sb;
+    struct wp_err err;
+    (void)state;
+
+    if (th_snap_open(&S) < 0)
+        return -1;
+    t = th_template("{\"name\":\"counter\",\"rootfs\":\"%s\",\"init\":" COUNTER_INIT ","
+                    "\"setup\":[\"echo from-setup > /work/setup.txt\"],\"workdir\":\"/work\","
+                    "\"hostname\":\"tmpl\",\"ready_file\":\"/tmp/ready\","
+                    "\"limits\":{\"memory_mb\":64,\"pids\":64}}",
+                    S.rootfs);
+    if (snap_boot(S.ctx, t, NULL, NULL, NULL, &sb, &err) < 0 ||
+        snap_checkpoint(S.ctx, sb, t, IMG, 0, NULL, &err) < 0) {
+        fprintf(stderr, "group setup: %s\n", err.msg);
+        snap_template_free(t);
+        return -1;
+    }
+    snap_template_free(t);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    th_snap_close(&S);
+    return 0;
+}
+
+static void manifest_describes_image(void **state)
+{
+    char path[1024], *m = NULL;
+    size_t len;
+    (void)state;
+
+    snprintf(path, sizeof(path), "%s/images/%s/manifest.json", S.state, IMG);
+    assert_int_equal(wp_read_file(path, 1 << 20, &m, &len, NULL), 0);
+    for (const char *k = "template_digest\0criu_version\0kernel\0pages_bytes\0dump_ms\0boot_ms\0"
+                         "\"name\": \"counter\"\0";
+         *k; k += strlen(k) + 1)
+        if (!strstr(m, k))
+            fail_msg("manifest lacks %s:\n%s", k, m);
+    free(m);
+}
+
+static void clone_continues_state(bool lazy)
+{
+    struct snap_restore_opts ro = { .lazy = lazy };
+    struct snap_sandbox *sb = NULL;
+    struct wp_err err;
+    long first, later;
+    char *txt;
+
+    if (snap_restore(S.ctx, IMG, &ro, &sb, &err) < 0)
+        fail_msg("restore: %s", err.msg);
+    /* The counter was at 20 or more when the image was taken; the clone
+     * counts on from there instead of starting again at 1. */
+    first = th_read_long(sb, "/tmp/count");
+    assert_true(first >= 20);
+    th_msleep(100);
+    later = th_read_long(sb, "/tmp/count");
+    assert_true(later > first);
+    txt = th_read_in(sb, "/work/setup.txt");
+    assert_non_null(txt);
+    assert_string_equal(txt, "from-setup\n");
+    free(txt);
+    pid_t pid = sb->init_pid;
+    char id[64];
+    snprintf(id, sizeof(id), "%s", sb->id);
+    assert_int_equal(snap_destroy(S.ctx, sb, &err), 0);
+    assert_true(th_sandbox_gone(&S, id, pid));
+}
+
+static void eager_clone_continues_state(void **state)
+{
+    (void)state;
+    clone_continues_state(false);
+}
+
+static void lazy_clone_continues_state(void **state)
+{
+    (void)state;
+    clone_continues_state(true);
+}
+
+static void eight_clones_are_isolated(void **state)
+{
+    static const char *nss[] = { "pid", "mnt", "uts", "ipc", "net", "cgroup" };
+    struct snap_sandbox *sb[8] = { 0 };
+    struct wp_err err;
+    char path[1024];
+    (void)state;
+
+    for (int i = 0; i < 8; i++) {
+        struct snap_restore_opts ro = { .lazy = i % 2 };
+        if (snap_restore(S.ctx, IMG, &ro, &sb[i], &err) < 0)
+            fail_msg("restore %d: %s", i, err.msg);
+    }
+    for (int i = 0; i < 8; i++) {
+        char *status, *nspid, *netdev;
+        /* PID 1 of its own namespace. */
+        snprintf(path, sizeof(path), "/proc/%d/status", (int)sb[i]->init_pid);
+        assert_int_equal(wp_read_file(path, 1 << 16, &status, NULL, NULL), 0);
+        nspid = strstr(status, "NSpid:");
+        assert_non_null(nspid);
+        nspid[strcspn(nspid, "\n")] = '\0';
+        assert_non_null(strstr(nspid, "\t1"));
+        assert_string_equal(nspid + strlen(nspid) - 2, "\t1");
+        free(status);
+        /* Its own namespaces: none shared with the host or another clone. */
+        for (size_t n = 0; n < sizeof(nss) / sizeof(nss[0]); n++) {
+            unsigned long ino = th_ns_inode(sb[i]->init_pid, nss[n]);
+            assert_true(ino != 0);
+            if (ino == th_ns_inode(getpid(), nss[n]))
+                fail_msg("clone %d shares the host's %s namespace", i, nss[n]);
+            for (int j = 0; j < i; j++)
+                assert_true(ino != th_ns_inode(sb[j]->init_pid, nss[n]));
+        }
+        /* Its hostname is the template's, in its own UTS namespace. */
+        char hn[256];
+        assert_int_equal(th_hostname_of(sb[i]->init_pid, hn, sizeof(hn)), 0);
+        assert_string_equal(hn, "tmpl");
+        /* No network but its own loopback. */
+        snprintf(path, sizeof(path), "/proc/%d/net/dev", (int)sb[i]->init_pid);
+        assert_int_equal(wp_read_file(path, 1 << 16, &netdev, NULL, NULL), 0);
+        int ifaces = 0;
+        for (char *l = strchr(netdev, '\n'); l && (l = strchr(l + 1, '\n')) && l[1];)
+            ifaces++;
+        assert_int_equal(ifaces, 1);
+        assert_non_null(strstr(netdev, "lo:"));
+        free(netdev);
+    }
+    /* A write in one clone is not seen in another. */
+    snprintf(path, sizeof(path), "%s/work/only-in-0", sb[0]->root);
+    assert_int_equal(wp_write_file(path, "x", 1, 0644, &err), 0);
+    for (int i = 1; i < 8; i++) {
+        struct stat st;
+        snprintf(path, sizeof(path), "%s/work/only-in-0", sb[i]->root);
+        assert_int_equal(stat(path, &st), -1);
+    }
+    /* Each counts on its own. */
+    for (int i = 0; i < 8; i++)
+        assert_true(th_read_long(sb[i], "/tmp/count") >= 20);
+    for (int i = 0; i < 8; i++) {
+        char id[64];
+        pid_t pid = sb[i]->init_pid;
+        snprintf(id, sizeof(id), "%s", sb[i]->id);
+        assert_int_equal(snap_destroy(S.ctx, sb[i], &err), 0);
+        assert_true(th_sandbox_gone(&S, id, pid));
+    }
+}
+
+static void booted_sandbox_holds_no_host_state(void **state)
+{
+    struct snap_template *t;
+    struct snap_sandbox *sb;
+    struct wp_err err;
+    char path[1024], target[256];
+    int leaked = open("/dev/null", O_RDONLY); /* without O_CLOEXEC on purpose */
+    (void)state;
+
+    setenv("WP_TEST_SECRET_TOKEN", "must-not-leak", 1);
+    t = th_template("{\"name\":\"plain\",\"rootfs\":\"%s\",\"init\":[\"/bin/sh\",\"-c\","
+                    "\"env > /tmp/env; cat /proc/self/mountinfo > /tmp/mounts; touch /tmp/ready; "
+                    "exec sleep 1000\"],\"ready_file\":\"/tmp/ready\"}",
+                    S.rootfs);
+    if (snap_boot(S.ctx, t, NULL, NULL, NULL, &sb, &err) < 0)
+        fail_msg("boot: %s", err.msg);
+    /* fds 0-2 only, all the sandbox's own /dev/null. */
+    for (int fd = 0; fd < 64; fd++) {
+        ssize_t n;
+        snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)sb->init_pid, fd);
+        n = readlink(path, target, sizeof(target) - 1);
+        if (fd > 2) {
+            assert_true(n < 0);
+            continue;
+        }
+        assert_true(n > 0);
+        target[n] = '\0';
+        assert_string_equal(target, "/dev/null");
+    }
+    char *env = th_read_in(sb, "/tmp/env");
+    assert_non_null(env);
+    assert_null(strstr(env, "WP_TEST_SECRET_TOKEN"));
+    free(env);
+    /* The old root is gone: its mount table holds only its own mounts. */
+    char *mounts = th_read_in(sb, "/tmp/mounts");
+    assert_non_null(mounts);
+    int nmounts = 0;
+    for (char *save = NULL, *l = strtok_r(mounts, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        char mp[512];
+        assert_int_equal(sscanf(l, "%*s %*s %*s %*s %511s", mp), 1);
+        if (strcmp(mp, "/") && strcmp(mp, "/proc") && strcmp(mp, "/dev") && strcmp(mp, "/dev/shm"))
+            fail_msg("unexpected mount point in the sandbox: %s", l);
+        nmounts++;
+    }
+    assert_int_equal(nmounts, 4);
+    free(mounts);
+    close(leaked);
+    unsetenv("WP_TEST_SECRET_TOKEN");
+    pid_t pid = sb->init_pid;
+    char id[64];
+    snprintf(id, sizeof(id), "%s", sb->id);
+    assert_int_equal(snap_destroy(S.ctx, sb, &err), 0);
+    assert_true(th_sandbox_gone(&S, id, pid));
+    snap_template_free(t);
+}
+
+static void memory_limit_contains_allocation(void **state)
+{
+    struct snap_template *t;
+    struct snap_sandbox *sb;
+    struct wp_err err;
+    int status = 0;
+    (void)state;
+
+    /* rootfs "host": the host's /usr read-only, python3 from it. */
+    t = th_template("{\"name\":\"hog\",\"rootfs\":\"host\",\"init\":[\"/usr/bin/python3\",\"-c\","
+                    "\"import time\\nopen('/tmp/ready','w').close()\\nx=[]\\n"
+                    "while True:\\n  x.append(bytearray(8<<20))\\n  time.sleep(0.001)\"],"
+                    "\"ready_file\":\"/tmp/ready\",\"limits\":{\"memory_mb\":48}}");
+    if (snap_boot(S.ctx, t, NULL, NULL, NULL, &sb, &err) < 0)
+        fail_msg("boot: %s", err.msg);
+    /* It allocates past 48 MiB and is killed by the cgroup's OOM killer. */
+    for (int i = 0; i < 1000; i++) {
+        if (waitpid(sb->init_pid, &status, WNOHANG) == sb->init_pid)
+            break;
+        th_msleep(10);
+    }
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGKILL);
+    char path[512], *v = NULL;
+    snprintf(path, sizeof(path), "/sys/fs/cgroup/memory/warmpool/%s/memory.max_usage_in_bytes",
+             sb->id);
+    if (wp_read_file(path, 64, &v, NULL, NULL) == 0) {
+        assert_true(strtoull(v, NULL, 10) <= 48ull << 20);
+        free(v);
+    }
+    char id[64];
+    snprintf(id, sizeof(id), "%s", sb->id);
+    sb->init_pid = 0; /* already reaped */
+    assert_int_equal(snap_destroy(S.ctx, sb, &err), 0);
+    assert_true(th_sandbox_gone(&S, id, 0));
+    snap_template_free(t);
+}
+
+static void pids_limit_contains_fork_bomb(void **state)
+{
+    struct snap_template *t;
+    struct snap_sandbox *sb;
+    struct wp_err err;
+    char path[512], *v = NULL;
+    (void)state;
+
+    t = th_template("{\"name\":\"bomb\",\"rootfs\":\"%s\",\"init\":[\"/bin/sh\",\"-c\","
+                    "\"touch /tmp/ready; b() { b | b & }; b; sleep 1000\"],"
+                    "\"ready_file\":\"/tmp/ready\",\"limits\":{\"pids\":32,\"memory_mb\":128}}",
+                    S.rootfs);
+    if (snap_boot(S.ctx, t, NULL, NULL, NULL, &sb, &err) < 0)
+        fail_msg("boot: %s", err.msg);
+    th_msleep(500);
+    snprintf(path, sizeof(path), "/sys/fs/cgroup/pids/warmpool/%s/pids.current", sb->id);
+    if (wp_read_file(path, 64, &v, NULL, NULL) == 0) {
+        long cur = strtol(v, NULL, 10);
+        assert_true(cur > 1);
+        assert_true(cur <= 32);
+        free(v);
+    } else {
+        snprintf(path, sizeof(path), "/sys/fs/cgroup/warmpool/%s/pids.current", sb->id);
+        assert_int_equal(wp_read_file(path, 64, &v, NULL, NULL), 0);
+        assert_true(strtol(v, NULL, 10) <= 32);
+        free(v);
+    }
+    /* The host is unaffected: it can still fork. */
+    pid_t p = fork();
+    if (p == 0)
+        _exit(0);
+    assert_true(p > 0);
+    waitpid(p, NULL, 0);
+    pid_t pid = sb->init_pid;
+    char id[64];
+    snprintf(id, sizeof(id), "%s", sb->id);
+    assert_int_equal(snap_destroy(S.ctx, sb, &err), 0);
+    assert_true(th_sandbox_gone(&S, id, pid));
+    snap_template_free(t);
+}
+
+static void corrupt_image_restore_leaves_nothing(void **state)
+{
+    char src[1024], dst[1024], cmd[2200];
+    struct snap_sandbox *sb = NULL;
+    struct wp_err err;
+    (void)state;
+
+    snprintf(src, sizeof(src), "%s/images/%s", S.state, IMG);
+    snprintf(dst, sizeof(dst), "%s/images/broken", S.state);
+    snprintf(cmd, sizeof(cmd), "cp -a %s %s && for f in %s/criu/core-*.img; do "
+                               "head -c 40 /dev/urandom | dd of=$f bs=1 seek=8 conv=notrunc 2>/dev/null; done",
+             src, dst, dst);
+    assert_int_equal(system(cmd), 0);
+    char bid[64];
+    snprintf(bid, sizeof(bid), "broken-%d", (int)getpid());
+    struct snap_restore_opts ro = { .id = bid };
+    assert_true(snap_restore(S.ctx, "broken", &ro, &sb, &err) < 0);
+    assert_null(sb);
+    assert_int_equal(err.code, WP_ECRIU);
+    assert_non_null(strstr(err.msg, "criu restore failed"));
+    assert_non_null(strstr(err.msg, "full log:"));
+    assert_true(th_sandbox_gone(&S, bid, 0));
+    assert_int_equal(snap_image_delete(S.ctx, "broken", &err), 0);
+}
+
+static void killed_restorer_is_cleaned_up_by_gc(void **state)
+{
+    int pfd[2];
+    char ids[3][64] = { { 0 } };
+    (void)state;
+
+    assert_int_equal(pipe(pfd), 0);
+    pid_t child = fork();
+    if (child == 0) {
+        /* An earlier run of the node: restores clones, reports each. */
+        struct snap_config cfg = { .state_dir = S.state };
+        struct snap_ctx *ctx;
+        struct wp_err err;
+        close(pfd[0]);
+        if (snap_ctx_open(&cfg, &ctx, &err) < 0)
+            _exit(1);
+        for (int i = 0; i < 3; i++) {
+            struct snap_sandbox *sb;
+            char id[64];
+            snprintf(id, sizeof(id), "orphan-%d-%d", (int)getpid(), i);
+            struct snap_restore_opts ro = { .id = id, .lazy = i == 1 };
+            /* Announce before restoring, so the parent can kill us mid-way. */
+            if (write(pfd[1], id, sizeof(ids[0])) < 0)
+                _exit(1);
+            if (snap_restore(ctx, IMG, &ro, &sb, &err) < 0)
+                _exit(1);
+        }
+        pause();
+        _exit(0);
+    }
+    close(pfd[1]);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(read(pfd[0], ids[i], sizeof(ids[0])), (ssize_t)sizeof(ids[0]));
+    /* The third restore is under way: kill the restorer now. */
+    th_msleep(20);
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    close(pfd[0]);
+    /* Its clones are orphans now; gc (as a restarted node would) removes
+     * every trace of them. */
+    struct wp_err err;
+    int n = snap_gc(S.ctx, &err);
+    assert_true(n >= 2);
+    for (int i = 0; i < 3; i++)
+        assert_true(th_sandbox_gone(&S, ids[i], 0));
+    /* Nothing of theirs is left running anywhere. */
+    char out[256];
+    th_sh(out, sizeof(out), "ps -eo args | grep -c '[o]rphan-%d'", (int)child);
+    assert_int_equal(atoi(out), 0);
+}
+
+static void expect_template_error(const char *json, const char *needle)
+{
+    struct snap_template *t = NULL;
+    struct wp_err err = { 0 };
+
+    assert_true(snap_template_parse(json, strlen(json), &t, &err) < 0);
+    assert_null(t);
+    if (!strstr(err.msg, needle))
+        fail_msg("error \"%s\" lacks \"%s\" for %s", err.msg, needle, json);
+}
+
+static void bad_templates_get_clear_errors(void **state)
+{
+    struct snap_template *t;
+    struct snap_sandbox *sb = NULL;
+    struct wp_err err;
+    (void)state;
+
+    expect_template_error("{\"name\":\"x\",\"rootfs\":\"/nonexistent/rootfs\",\"init\":[\"/bin/sh\"]}",
+                          "rootfs \"/nonexistent/rootfs\" is not a directory");
+    expect_template_error("{\"name\":\"x\",\"rootfs\":\"host\"}", "\"init\" is required");
+    expect_template_error("{\"name\":\"x\",\"rootfs\":\"host\",\"init\":[]}", "must not be empty");
+    expect_template_error("{\"name\":\"x\",\"rootfs\":\"host\",\"init\":[\"sh\"]}",
+                          "init[0] \"sh\" must be an absolute path");
+    expect_template_error("{\"name\":\"x\",\"rootfs\":\"host\",\"init\":[\"/bin/sh\"],"
+                          "\"limits\":{\"memory_mb\":1}}",
+                          "memory_mb 1 is absurd");
+    expect_template_error("{\"name\":\"x\",\"rootfs\":\"host\",\"init\":[\"/bin/sh\"],"
+                          "\"limits\":{\"memory_mb\":1e12}}",
+                          "is absurd");
+    expect_template_error("{\"name\":\"x\",\"rootfs\":\"host\",\"init\":[\"/bin/sh\"],"
+                          "\"limits\":{\"pids\":0}}",
+                          "pids 0 is absurd");
+    expect_template_error("{\"name\":\"x\",\"rootfs\":\"host\",\"init\":[\"/bin/sh\"],"
+                          "\"limits\":{\"cpu\":-1}}",
+                          "cpu -1 is absurd");
+    expect_template_error("{\"name\":\"x\",\"rootfs\":\"host\",\"init\":[\"/bin/sh\"],"
+                          "\"limits\":{\"disk\":1}}",
+                          "unknown limit \"disk\"");
+    expect_template_error("{\"name\":\"x\",\"rootfs\":\"host\",\"init\":[\"/bin/sh\"],\"colour\":1}",
+                          "unknown field \"colour\"");
+    expect_template_error("{\"name\":\"../x\",\"rootfs\":\"host\",\"init\":[\"/bin/sh\"]}",
+                          "name \"../x\" must match");
+    expect_template_error("{\"name\":\"x\",", "invalid JSON");
+    expect_template_error("{\"name\":\"x\",\"name\":\"y\"}", "invalid JSON");
+    expect_template_error("[1]", "must be a JSON object");
+
+    /* A command that does not exist: the boot fails with the reason and
+     * leaves nothing behind. */
+    t = th_template("{\"name\":\"badcmd\",\"rootfs\":\"%s\",\"init\":[\"/bin/no-such-init\"]}",
+                    S.rootfs);
+    struct snap_sandbox *none = NULL;
+    assert_true(snap_boot(S.ctx, t, "badcmd-1", NULL, NULL, &none, &err) < 0);
+    assert_null(none);
+    assert_non_null(strstr(err.msg, "exec init /bin/no-such-init: No such file or directory"));
+    assert_true(th_sandbox_gone(&S, "badcmd-1", 0));
+    snap_template_free(t);
+
+    /* A failing setup command: its status, nothing left. */
+    t = th_template("{\"name\":\"badsetup\",\"rootfs\":\"%s\",\"init\":[\"/bin/sh\"],"
+                    "\"setup\":[\"true\",\"exit 3\"]}",
+                    S.rootfs);
+    assert_true(snap_boot(S.ctx, t, "badsetup-1", NULL, NULL, &sb, &err) < 0);
+    assert_non_null(strstr(err.msg, "setup command 2 (exit 3) failed with exit status 3"));
+    assert_true(th_sandbox_gone(&S, "badsetup-1", 0));
+    snap_template_free(t);
+
+    /* Restoring an image that does not exist. */
+    assert_int_equal(snap_restore(S.ctx, "no-such-image", NULL, &sb, &err), WP_ENOTFOUND);
+    assert_int_equal(snap_restore(S.ctx, "../etc", NULL, &sb, &err), WP_EINVAL_INPUT);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(manifest_describes_image),
+        cmocka_unit_test(eager_clone_continues_state),
+        cmocka_unit_test(lazy_clone_continues_state),
+        cmocka_unit_test(eight_clones_are_isolated),
+        cmocka_unit_test(booted_sandbox_holds_no_host_state),
+        cmocka_unit_test(memory_limit_contains_allocation),
+        cmocka_unit_test(pids_limit_contains_fork_bomb),
+        cmocka_unit_test(corrupt_image_restore_leaves_nothing),
+        cmocka_unit_test(killed_restorer_is_cleaned_up_by_gc),
+        cmocka_unit_test(bad_templates_get_clear_errors),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

@@ -1,0 +1,38 @@
+/* snaplib.h - helpers for tests that boot real sandboxes. */
+#ifndef WP_SNAPLIB_H
+#define WP_SNAPLIB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "snapshot/snapshot.h"
+
+/* A state dir in /tmp, a busybox rootfs, an open context. */
+struct th_snap {
+    char *state;
+    char rootfs[512];
+    struct snap_ctx *ctx;
+};
+int th_snap_open(struct th_snap *s);
+void th_snap_close(struct th_snap *s);
+
+/* Parse a template from a printf format; fails the test on error. */
+struct snap_template *th_template(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* True when nothing of sandbox `id` remains: no dir, no cgroup, no mount,
+ * no process `pid` (pid may be 0). Prints what it found otherwise. */
+bool th_sandbox_gone(struct th_snap *s, const char *id, pid_t pid);
+
+/* Read a small file under a sandbox root; returns malloc'd text or NULL. */
+char *th_read_in(const struct snap_sandbox *sb, const char *path);
+/* Count /tmp/count-style integer file; -1 if missing. */
+long th_read_long(const struct snap_sandbox *sb, const char *path);
+/* Namespace inode of pid for ns ("pid", "mnt", ...). */
+unsigned long th_ns_inode(pid_t pid, const char *ns);
+/* The hostname seen in pid's UTS namespace. */
+int th_hostname_of(pid_t pid, char *out, size_t cap);
+/* Sleep ms milliseconds. */
+void th_msleep(int ms);
+
+#endif
