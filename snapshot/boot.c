@@ -71,37 +71,19 @@ static void st_write(int fd, const char *fmt, ...)
         _exit(1);                      \
     } while (0)
 
-static void stage1_devices(int st, const char *root)
+/* /dev is the sandbox's own directory of device nodes (made on the host
+ * side by snap__make_dev), bound in. It is an external mount for CRIU:
+ * not dumped, and bound from the clone's own directory at restore, which
+ * spares a tmpfs dump and its restore (a tar run per mount). */
+static void stage1_devices(int st, const char *root, const char *devdir)
 {
-    static const struct { const char *name; int major, minor; } devs[] = {
-        { "null", 1, 3 }, { "zero", 1, 5 }, { "full", 1, 7 },
-        { "random", 1, 8 }, { "urandom", 1, 9 }, { "tty", 5, 0 },
-    };
-    static const struct { const char *name, *target; } links[] = {
-        { "fd", "/proc/self/fd" }, { "stdin", "/proc/self/fd/0" },
-        { "stdout", "/proc/self/fd/1" }, { "stderr", "/proc/self/fd/2" },
-    };
     char path[600];
 
     snprintf(path, sizeof(path), "%s/dev", root);
     mkdir(path, 0755);
-    if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=1m") < 0)
-        FAIL(st, "mount tmpfs on /dev: %s", strerror(errno));
-    for (size_t i = 0; i < sizeof(devs) / sizeof(devs[0]); i++) {
-        snprintf(path, sizeof(path), "%s/dev/%s", root, devs[i].name);
-        if (mknod(path, S_IFCHR | 0666, makedev(devs[i].major, devs[i].minor)) < 0)
-            FAIL(st, "mknod /dev/%s: %s", devs[i].name, strerror(errno));
-        chmod(path, 0666); /* mknod honours the umask */
-    }
-    for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
-        snprintf(path, sizeof(path), "%s/dev/%s", root, links[i].name);
-        if (symlink(links[i].target, path) < 0)
-            FAIL(st, "symlink /dev/%s: %s", links[i].name, strerror(errno));
-    }
-    snprintf(path, sizeof(path), "%s/dev/shm", root);
-    mkdir(path, 01777);
-    if (mount("shm", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m") < 0)
-        FAIL(st, "mount /dev/shm: %s", strerror(errno));
+    if (mount(devdir, path, NULL, MS_BIND, NULL) < 0 ||
+        mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC, NULL) < 0)
+        FAIL(st, "bind %s on /dev: %s", devdir, strerror(errno));
 }
 
 static void stage1_loopback(int st)
@@ -144,8 +126,8 @@ static char **build_env(const struct snap_template *t)
 }
 
 /* Runs as PID 1 of the new PID namespace; never returns. */
-static void stage1(const struct snap_template *t, const char *root, bool host_root, int st,
-                   int prog)
+static void stage1(const struct snap_template *t, const char *root, const char *devdir,
+                   bool host_root, int st, int prog)
 {
     char path[600];
     char **env;
@@ -168,7 +150,7 @@ static void stage1(const struct snap_template *t, const char *root, bool host_ro
     mkdir(path, 0555);
     if (mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
         FAIL(st, "mount /proc: %s", strerror(errno));
-    stage1_devices(st, root);
+    stage1_devices(st, root, devdir);
     snprintf(path, sizeof(path), "%s/tmp", root);
     mkdir(path, 01777);
     snprintf(path, sizeof(path), "%s/run", root);
@@ -233,13 +215,16 @@ static void stage1(const struct snap_template *t, const char *root, bool host_ro
 }
 
 /* The middle process: joins the cgroup, unshares, forks stage 1, exits. */
-static void middle(struct snap_ctx *ctx, const struct snap_template *t, const char *id,
-                   const char *root, bool host_root, int st, int prog)
+static void middle(struct snap_ctx *ctx, const struct snap_template *t,
+                   const struct snap_sandbox *sb, bool host_root, int st, int prog)
 {
     struct wp_err err;
     pid_t pid;
 
-    if (snap__cg_enter(ctx, id, getpid(), &err) < 0)
+    char devdir[600];
+
+    snprintf(devdir, sizeof(devdir), "%s/dev", sb->dir);
+    if (snap__cg_enter(ctx, sb->id, getpid(), &err) < 0)
         FAIL(st, "%s", err.msg);
     if (unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID) < 0)
         FAIL(st, "unshare namespaces: %s", strerror(errno));
@@ -247,7 +232,7 @@ static void middle(struct snap_ctx *ctx, const struct snap_template *t, const ch
     if (pid < 0)
         FAIL(st, "fork stage 1: %s", strerror(errno));
     if (pid == 0)
-        stage1(t, root, host_root, st, prog);
+        stage1(t, sb->root, devdir, host_root, st, prog);
     st_write(st, "pid %d", (int)pid);
     _exit(0);
 }
@@ -372,7 +357,7 @@ int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *i
         return rc;
     }
     snprintf(lower, sizeof(lower), "%s", host_root ? ctx->host_layer : t->rootfs);
-    if ((rc = snap__mount_overlay(sb, lower, err)) < 0 ||
+    if ((rc = snap__make_dev(sb, err)) < 0 || (rc = snap__mount_overlay(sb, lower, err)) < 0 ||
         (rc = snap__cg_create(ctx, sb->id, &t->limits, err)) < 0 ||
         (rc = snap__meta_write(ctx, sb, "boot", err)) < 0)
         goto fail;
@@ -392,7 +377,7 @@ int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *i
         dup3(prog[1], keep_prog, O_CLOEXEC);
         syscall(SYS_close_range, 3u, (unsigned)keep_st - 1, 0u);
         wp_close_fds_from(keep_prog + 1);
-        middle(ctx, t, sb->id, sb->root, host_root, keep_st, keep_prog);
+        middle(ctx, t, sb, host_root, keep_st, keep_prog);
     }
     close(st[1]);
     close(prog[1]);

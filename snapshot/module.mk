@@ -4,3 +4,8 @@ snapshot_SRCS := snapshot/template.c snapshot/cgroup.c snapshot/sandbox.c snapsh
 BINS += $(BUILD)/warmpool-snap
 $(BUILD)/warmpool-snap: $(BUILD)/obj/snapshot/cli.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
 	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
+
+BINS += $(BUILD)/bench/snap_bench
+$(BUILD)/bench/snap_bench: $(BUILD)/obj/bench/snap_bench.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+	@mkdir -p $(@D)
+	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@

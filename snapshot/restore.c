@@ -17,6 +17,10 @@
 #include <criu/criu.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -131,6 +135,30 @@ static pid_t start_lazy_daemon(struct snap_ctx *ctx, const char *images, const c
     return -1;
 }
 
+/* Unshare a network namespace, bring its loopback up; returns an fd of it. */
+static int new_netns(int out)
+{
+    struct ifreq ifr = { 0 };
+    int s, fd;
+
+    if (unshare(CLONE_NEWNET) < 0) {
+        hwrite(out, "fail unshare network namespace: %s", strerror(errno));
+        return -1;
+    }
+    s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    strcpy(ifr.ifr_name, "lo");
+    if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0 ||
+        (ifr.ifr_flags |= IFF_UP | IFF_RUNNING, ioctl(s, SIOCSIFFLAGS, &ifr) < 0)) {
+        hwrite(out, "fail bring loopback up: %s", strerror(errno));
+        return -1;
+    }
+    close(s);
+    fd = open("/proc/self/ns/net", O_RDONLY);
+    if (fd < 0)
+        hwrite(out, "fail open /proc/self/ns/net: %s", strerror(errno));
+    return fd;
+}
+
 /* The helper: never returns. Reports "pid N [lazy M]" or "fail text". */
 static void helper(struct snap_ctx *ctx, const char *name, const struct manifest *m,
                    const struct snap_sandbox *sb, bool lazy, int out)
@@ -154,6 +182,11 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
     }
     if (lazy && (lazy_pid = start_lazy_daemon(ctx, images, sb->dir, out)) < 0)
         _exit(1);
+    /* A new network namespace with only loopback, made here and handed to
+     * criu: restoring the template's (ip and iptables runs) costs more. */
+    int nfd = new_netns(out);
+    if (nfd < 0)
+        _exit(1);
     if (criu_local_init_opts(&opts) < 0) {
         hwrite(out, "fail criu: cannot allocate options");
         _exit(1);
@@ -163,6 +196,9 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
     criu_local_set_work_dir_fd(opts, wfd);
     criu_local_set_log_file(opts, "restore.log");
     criu_local_set_log_level(opts, 4);
+    /* nftables locks the sandbox's network in-process; the iptables method
+     * runs iptables-restore twice per restore (~70 ms). */
+    criu_local_set_network_lock(opts, CRIU_NETWORK_LOCK_NFTABLES);
     criu_local_set_root(opts, sb->root);
     /* We made the clone's cgroups (with limits) and entered them. criu
      * maps the image's cgroup root onto ours, leaves what exists alone
@@ -178,6 +214,10 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
         criu_local_add_cg_yard(opts, "/sys/fs/cgroup");
     if (m->host_usr)
         criu_local_add_ext_mount(opts, "usr", "/usr");
+    char devdir[700];
+    snprintf(devdir, sizeof(devdir), "%s/dev", sb->dir);
+    criu_local_add_ext_mount(opts, "dev", devdir);
+    criu_local_add_inherit_fd(opts, nfd, SNAP__NETNS_KEY);
     pid = criu_local_restore_child(opts);
     if (pid < 0) {
         snprintf(log, sizeof(log), "%s/restore.log", sb->dir);
@@ -192,17 +232,25 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
     _exit(0);
 }
 
-int snap_restore(struct snap_ctx *ctx, const char *name, const struct snap_restore_opts *ro,
-                 struct snap_sandbox **out, struct wp_err *err)
+struct snap_restore_job {
+    struct snap_sandbox *sb;
+    pid_t helper;
+    int fd;          /* read end of the helper's result pipe */
+    uint64_t t0;
+    bool lazy;
+};
+
+int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap_restore_opts *ro,
+                       struct snap_restore_job **out, struct wp_err *err)
 {
     struct manifest m;
+    struct snap_restore_job *job;
     struct snap_sandbox *sb;
-    char lowers[1300], msg[1100];
-    int pfd[2] = { -1, -1 }, rc, status;
+    char lowers[1300];
+    int pfd[2] = { -1, -1 }, rc;
     uint64_t t0 = wp_now_ns();
     bool lazy = ro && ro->lazy;
     pid_t hpid;
-    ssize_t n = 0, r;
 
     if (!snap_name_valid(name))
         return wp_err_set(err, WP_EINVAL_INPUT, "bad image name \"%s\"", name);
@@ -210,9 +258,13 @@ int snap_restore(struct snap_ctx *ctx, const char *name, const struct snap_resto
         return wp_err_set(err, WP_EINVAL_INPUT, "bad sandbox id \"%s\"", ro->id);
     if ((rc = manifest_load(ctx, name, &m, err)) < 0)
         return wp_err_wrap(err, "restore");
+    job = calloc(1, sizeof(*job));
     sb = calloc(1, sizeof(*sb));
-    if (!sb)
+    if (!job || !sb) {
+        free(job);
+        free(sb);
         return wp_err_set(err, -ENOMEM, "out of memory");
+    }
     snprintf(sb->image, sizeof(sb->image), "%s", name);
     if (ro && ro->id)
         snprintf(sb->id, sizeof(sb->id), "%s", ro->id);
@@ -220,10 +272,11 @@ int snap_restore(struct snap_ctx *ctx, const char *name, const struct snap_resto
         snap__gen_id(name, sb->id, sizeof(sb->id));
     if ((rc = snap__sandbox_dirs(ctx, sb->id, sb, err)) < 0) {
         free(sb);
+        free(job);
         return wp_err_wrap(err, "restore %s", name);
     }
     snprintf(lowers, sizeof(lowers), "%s/images/%s/layer:%s", ctx->state_dir, name, m.lower);
-    if ((rc = snap__mount_overlay(sb, lowers, err)) < 0 ||
+    if ((rc = snap__make_dev(sb, err)) < 0 || (rc = snap__mount_overlay(sb, lowers, err)) < 0 ||
         (rc = snap__cg_create(ctx, sb->id, &m.limits, err)) < 0 ||
         (rc = snap__meta_write(ctx, sb, "clone", err)) < 0)
         goto fail;
@@ -241,14 +294,45 @@ int snap_restore(struct snap_ctx *ctx, const char *name, const struct snap_resto
         helper(ctx, name, &m, sb, lazy, pfd[1]);
     }
     close(pfd[1]);
-    pfd[1] = -1;
-    while ((r = read(pfd[0], msg + n, sizeof(msg) - 1 - n)) > 0 || (r < 0 && errno == EINTR))
+    job->sb = sb;
+    job->helper = hpid;
+    job->fd = pfd[0];
+    job->t0 = t0;
+    job->lazy = lazy;
+    *out = job;
+    return 0;
+fail:
+    if (pfd[0] >= 0)
+        close(pfd[0]);
+    if (pfd[1] >= 0)
+        close(pfd[1]);
+    snap__teardown(ctx, sb->id, 0, NULL);
+    free(sb);
+    free(job);
+    return wp_err_wrap(err, "restore %s", name);
+}
+
+int snap_restore_job_fd(const struct snap_restore_job *job)
+{
+    return job->fd;
+}
+
+int snap_restore_finish(struct snap_ctx *ctx, struct snap_restore_job *job,
+                        struct snap_sandbox **out, struct wp_err *err)
+{
+    struct snap_sandbox *sb = job->sb;
+    char msg[1100];
+    ssize_t n = 0, r;
+    int rc, pid = 0, lazy_pid = 0;
+
+    /* The helper writes one line and exits: read to EOF. */
+    while ((r = read(job->fd, msg + n, sizeof(msg) - 1 - n)) > 0 || (r < 0 && errno == EINTR))
         if (r > 0)
             n += r;
     msg[n] = '\0';
-    while (waitpid(hpid, &status, 0) < 0 && errno == EINTR)
+    close(job->fd);
+    while (waitpid(job->helper, NULL, 0) < 0 && errno == EINTR)
         ;
-    int pid = 0, lazy_pid = 0;
     if (sscanf(msg, "pid %d lazy %d", &pid, &lazy_pid) != 2 || pid <= 0) {
         rc = wp_err_set(err, WP_ECRIU, "%s", strncmp(msg, "fail ", 5) == 0 ? msg + 5
                                                   : "restore helper died without a result");
@@ -258,20 +342,27 @@ int snap_restore(struct snap_ctx *ctx, const char *name, const struct snap_resto
     sb->lazy_pid = lazy_pid;
     if ((rc = snap__meta_write(ctx, sb, "clone", err)) < 0)
         goto fail;
-    close(pfd[0]);
-    sb->boot_ms = (double)(wp_now_ns() - t0) / 1e6;
-    log_debug("restored sandbox=%s image=%s lazy=%d init_pid=%d ms=%.2f", sb->id, name, lazy,
-              pid, sb->boot_ms);
+    sb->boot_ms = (double)(wp_now_ns() - job->t0) / 1e6;
+    log_debug("restored sandbox=%s image=%s lazy=%d init_pid=%d ms=%.2f", sb->id, sb->image,
+              job->lazy, pid, sb->boot_ms);
     *out = sb;
+    free(job);
     return 0;
 fail:
-    if (pfd[0] >= 0)
-        close(pfd[0]);
-    if (pfd[1] >= 0)
-        close(pfd[1]);
+    wp_err_wrap(err, "restore %s", sb->image);
     snap__teardown(ctx, sb->id, sb->init_pid, NULL);
     if (sb->lazy_pid > 0)
-        waitpid(sb->lazy_pid, NULL, WNOHANG);
+        waitpid(sb->lazy_pid, NULL, 0);
     free(sb);
-    return wp_err_wrap(err, "restore %s", name);
+    free(job);
+    return rc;
+}
+
+int snap_restore(struct snap_ctx *ctx, const char *name, const struct snap_restore_opts *ro,
+                 struct snap_sandbox **out, struct wp_err *err)
+{
+    struct snap_restore_job *job;
+    int rc = snap_restore_start(ctx, name, ro, &job, err);
+
+    return rc < 0 ? rc : snap_restore_finish(ctx, job, out, err);
 }

@@ -23,6 +23,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -269,6 +270,38 @@ int snap__mount_overlay(const struct snap_sandbox *sb, const char *lowers, struc
         return wp_err_set(err, WP_EINVAL_INPUT, "overlay options too long");
     if (mount("overlay", sb->root, "overlay", MS_NODEV, opts) < 0)
         return wp_err_errno(err, "mount overlay on %s (%s)", sb->root, opts);
+    return 0;
+}
+
+int snap__make_dev(const struct snap_sandbox *sb, struct wp_err *err)
+{
+    static const struct { const char *name; int major, minor; } devs[] = {
+        { "null", 1, 3 }, { "zero", 1, 5 }, { "full", 1, 7 },
+        { "random", 1, 8 }, { "urandom", 1, 9 }, { "tty", 5, 0 },
+    };
+    static const struct { const char *name, *target; } links[] = {
+        { "fd", "/proc/self/fd" }, { "stdin", "/proc/self/fd/0" },
+        { "stdout", "/proc/self/fd/1" }, { "stderr", "/proc/self/fd/2" },
+    };
+    char path[700];
+
+    snprintf(path, sizeof(path), "%s/dev", sb->dir);
+    if (mkdir(path, 0755) < 0)
+        return wp_err_errno(err, "mkdir %s", path);
+    for (size_t i = 0; i < sizeof(devs) / sizeof(devs[0]); i++) {
+        snprintf(path, sizeof(path), "%s/dev/%s", sb->dir, devs[i].name);
+        if (mknod(path, S_IFCHR | 0666, makedev(devs[i].major, devs[i].minor)) < 0)
+            return wp_err_errno(err, "mknod %s", path);
+        chmod(path, 0666); /* mknod honours the umask */
+    }
+    for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
+        snprintf(path, sizeof(path), "%s/dev/%s", sb->dir, links[i].name);
+        if (symlink(links[i].target, path) < 0)
+            return wp_err_errno(err, "symlink %s", path);
+    }
+    snprintf(path, sizeof(path), "%s/dev/shm", sb->dir);
+    if (mkdir(path, 01777) < 0 || chmod(path, 01777) < 0)
+        return wp_err_errno(err, "mkdir %s", path);
     return 0;
 }
 

@@ -9,6 +9,8 @@
 struct wp_err;
 
 #define SNAP__MAX_CTRL 8
+/* The key under which a sandbox's network namespace is external to CRIU. */
+#define SNAP__NETNS_KEY "wp-netns"
 
 enum snap__cg_layout { SNAP__CG_V1 = 1, SNAP__CG_V2 = 2 };
 
@@ -50,6 +52,8 @@ int snap__sandbox_dirs(struct snap_ctx *ctx, const char *id, struct snap_sandbox
                        struct wp_err *err);
 int snap__meta_write(struct snap_ctx *ctx, const struct snap_sandbox *sb, const char *kind,
                      struct wp_err *err);
+/* The sandbox's /dev: a directory of device nodes in its state dir. */
+int snap__make_dev(const struct snap_sandbox *sb, struct wp_err *err);
 /* Mount the overlay root: lowers is "a:b:c". */
 int snap__mount_overlay(const struct snap_sandbox *sb, const char *lowers, struct wp_err *err);
 /* Remove everything of a sandbox by its dir (unmount, cgroup, files). */

@@ -114,6 +114,18 @@ struct snap_restore_opts {
 int snap_restore(struct snap_ctx *ctx, const char *name, const struct snap_restore_opts *opts,
                  struct snap_sandbox **out, struct wp_err *err);
 
+/* The same in two steps, so several restores run at once or a daemon's
+ * loop waits for one: start forks the restoring helper and returns; the
+ * job's fd becomes readable (then EOF) when it is done; finish collects
+ * the result (it blocks until then) and frees the job. If start fails
+ * there is no job; finish is called exactly once per job. */
+struct snap_restore_job;
+int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap_restore_opts *opts,
+                       struct snap_restore_job **job, struct wp_err *err);
+int snap_restore_job_fd(const struct snap_restore_job *job);
+int snap_restore_finish(struct snap_ctx *ctx, struct snap_restore_job *job,
+                        struct snap_sandbox **out, struct wp_err *err);
+
 /* Kill the tree, reap, unmount, remove cgroups and dirs; frees sb. */
 int snap_destroy(struct snap_ctx *ctx, struct snap_sandbox *sb, struct wp_err *err);
 /* Destroy by id (for the CLI, and for sandboxes of a dead earlier run). */

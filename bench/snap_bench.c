@@ -1,0 +1,256 @@
+/* snap_bench.c - sandbox boot, checkpoint and restore timings.
+ *
+ * For each environment: cold boot to ready, dump, eager restore, lazy
+ * restore (each --runs times: median, p95), and 1/8/32 restores of one
+ * image started at once. Writes JSON and a Markdown table. */
+#define WP_LOG_COMPONENT "bench"
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include "base/err.h"
+#include "base/fs.h"
+#include "base/log.h"
+#include "base/timeutil.h"
+#include "snapshot/snapshot.h"
+
+#define MAXR 256
+
+struct series {
+    char name[64];
+    int n;
+    double v[MAXR];
+};
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct(struct series *s, double p)
+{
+    double tmp[MAXR];
+    if (s->n == 0)
+        return NAN;
+    memcpy(tmp, s->v, sizeof(double) * s->n);
+    qsort(tmp, s->n, sizeof(double), cmp_double);
+    /* Nearest rank. */
+    int idx = (int)ceil(p / 100.0 * s->n) - 1;
+    if (idx < 0)
+        idx = 0;
+    return tmp[idx];
+}
+
+static void add(struct series *s, double v)
+{
+    if (s->n < MAXR)
+        s->v[s->n++] = v;
+}
+
+static struct snap_ctx *ctx;
+static FILE *json_out;
+static int json_first = 1;
+
+static void die(struct wp_err *err, const char *what)
+{
+    fprintf(stderr, "snap_bench: %s: %s\n", what, err->msg);
+    exit(1);
+}
+
+static void emit(const char *env, struct series *s, FILE *md)
+{
+    fprintf(json_out, "%s\n    {\"env\":\"%s\",\"metric\":\"%s\",\"runs\":%d,\"median_ms\":%.3f,"
+                      "\"p95_ms\":%.3f,\"min_ms\":%.3f,\"max_ms\":%.3f}",
+            json_first ? "" : ",", env, s->name, s->n, pct(s, 50), pct(s, 95), pct(s, 0),
+            pct(s, 100));
+    json_first = 0;
+    fprintf(md, "| %s | %s | %d | %.1f | %.1f |\n", env, s->name, s->n, pct(s, 50), pct(s, 95));
+    fprintf(stderr, "  %-10s %-28s n=%-3d median %8.1f ms  p95 %8.1f ms\n", env, s->name, s->n,
+            pct(s, 50), pct(s, 95));
+}
+
+/* Start k restores at once; per-restore latency into lat, wall into wall. */
+static void concurrent(const char *img, int k, bool lazy, struct series *lat, struct series *wall)
+{
+    struct snap_restore_job *jobs[64];
+    struct snap_sandbox *sbs[64] = { 0 };
+    struct wp_err err;
+    uint64_t t0 = wp_now_ns(), start[64];
+    int done = 0;
+    bool fin[64] = { 0 };
+
+    for (int i = 0; i < k; i++) {
+        struct snap_restore_opts ro = { .lazy = lazy };
+        start[i] = wp_now_ns();
+        if (snap_restore_start(ctx, img, &ro, &jobs[i], &err) < 0)
+            die(&err, "restore start");
+    }
+    while (done < k) {
+        struct pollfd p[64];
+        int map[64], n = 0;
+        for (int i = 0; i < k; i++)
+            if (!fin[i]) {
+                p[n].fd = snap_restore_job_fd(jobs[i]);
+                p[n].events = POLLIN;
+                map[n++] = i;
+            }
+        if (poll(p, n, -1) < 0 && errno != EINTR)
+            exit(1);
+        for (int j = 0; j < n; j++) {
+            if (!(p[j].revents & (POLLIN | POLLHUP)))
+                continue;
+            int i = map[j];
+            if (snap_restore_finish(ctx, jobs[i], &sbs[i], &err) < 0)
+                die(&err, "restore finish");
+            add(lat, (double)(wp_now_ns() - start[i]) / 1e6);
+            fin[i] = true;
+            done++;
+        }
+    }
+    add(wall, (double)(wp_now_ns() - t0) / 1e6);
+    for (int i = 0; i < k; i++)
+        snap_destroy(ctx, sbs[i], NULL);
+}
+
+static void bench_env(const char *env, const char *tjson, int runs, FILE *md)
+{
+    struct snap_template *t;
+    struct wp_err err;
+    struct series boot = { "cold boot to ready" }, dump = { "dump" },
+                  eager = { "eager restore" }, lazy = { "lazy restore" };
+    char img[64];
+
+    if (snap_template_parse(tjson, strlen(tjson), &t, &err) < 0)
+        die(&err, "template");
+    fprintf(stderr, "%s: %d runs each\n", env, runs);
+    for (int i = 0; i < runs; i++) {
+        struct snap_sandbox *sb;
+        struct snap_image_info info;
+        if (snap_boot(ctx, t, NULL, NULL, NULL, &sb, &err) < 0)
+            die(&err, "boot");
+        add(&boot, sb->boot_ms);
+        snprintf(img, sizeof(img), "bench-%s-%d", env, i);
+        if (snap_checkpoint(ctx, sb, t, img, sb->boot_ms, &info, &err) < 0)
+            die(&err, "checkpoint");
+        add(&dump, info.dump_ms);
+        if (i > 0) {
+            snprintf(img, sizeof(img), "bench-%s-%d", env, i);
+            snap_image_delete(ctx, img, NULL);
+        }
+    }
+    snprintf(img, sizeof(img), "bench-%s-0", env);
+    for (int i = 0; i < runs; i++) {
+        for (int l = 0; l < 2; l++) {
+            struct snap_restore_opts ro = { .lazy = l == 1 };
+            struct snap_sandbox *sb;
+            uint64_t t0 = wp_now_ns();
+            if (snap_restore(ctx, img, &ro, &sb, &err) < 0)
+                die(&err, "restore");
+            add(l ? &lazy : &eager, (double)(wp_now_ns() - t0) / 1e6);
+            snap_destroy(ctx, sb, NULL);
+        }
+    }
+    emit(env, &boot, md);
+    emit(env, &dump, md);
+    emit(env, &eager, md);
+    emit(env, &lazy, md);
+    for (int l = 0; l < 2; l++) {
+        for (int k = 1; k <= 32; k *= k == 1 ? 8 : 4) {
+            struct series lat = { 0 }, wall = { 0 };
+            int reps = k == 32 ? 2 : k == 8 ? 3 : 10;
+            for (int r = 0; r < reps; r++)
+                concurrent(img, k, l == 1, &lat, &wall);
+            snprintf(lat.name, sizeof(lat.name), "%s restore, %d at once: each", l ? "lazy" : "eager", k);
+            snprintf(wall.name, sizeof(wall.name), "%s restore, %d at once: all", l ? "lazy" : "eager", k);
+            emit(env, &lat, md);
+            emit(env, &wall, md);
+        }
+    }
+    snap_image_delete(ctx, img, NULL);
+    snap_template_free(t);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option lo[] = { { "runs", required_argument, NULL, 'n' },
+                                        { "out", required_argument, NULL, 'o' },
+                                        { "state-dir", required_argument, NULL, 's' },
+                                        { "only", required_argument, NULL, 'e' },
+                                        { NULL, 0, NULL, 0 } };
+    struct snap_config cfg = { .state_dir = "/var/lib/warmpool-bench" };
+    const char *out = "bench/results", *only = NULL;
+    int runs = 20, c;
+    struct wp_err err;
+    char path[512], rootfs[512], tjson[4096];
+    struct utsname u;
+
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        if (c == 'n')
+            runs = atoi(optarg);
+        else if (c == 'o')
+            out = optarg;
+        else if (c == 's')
+            cfg.state_dir = optarg;
+        else if (c == 'e')
+            only = optarg;
+        else {
+            fprintf(stderr, "usage: snap_bench [--runs N] [--out DIR] [--state-dir DIR] [--only ENV]\n");
+            return 2;
+        }
+    }
+    if (runs < 1 || runs > MAXR / 2)
+        runs = 20;
+    wp_log_set_level("warn");
+    if (snap_ctx_open(&cfg, &ctx, &err) < 0)
+        die(&err, "open");
+    snap_gc(ctx, NULL);
+    snprintf(rootfs, sizeof(rootfs), "%s/layers/busybox", cfg.state_dir);
+    if (snap_rootfs_busybox(rootfs, &err) < 0)
+        die(&err, "rootfs");
+    wp_mkdir_p(out, 0755, NULL);
+    snprintf(path, sizeof(path), "%s/snapshot.json", out);
+    json_out = fopen(path, "w");
+    snprintf(path, sizeof(path), "%s/snapshot.md", out);
+    FILE *md = fopen(path, "w");
+    if (!json_out || !md)
+        return 1;
+    uname(&u);
+    fprintf(json_out, "{\"kernel\":\"%s\",\"cpus\":%ld,\"runs\":%d,\"results\":[", u.release,
+            sysconf(_SC_NPROCESSORS_ONLN), runs);
+    fprintf(md, "# snapshot benchmark\n\nKernel %s, %ld CPUs, %d runs per row (concurrent rows: "
+                "every restore of 10/3/2 rounds). Times in ms.\n\n"
+                "| environment | what | n | median | p95 |\n|---|---|---|---|---|\n",
+            u.release, sysconf(_SC_NPROCESSORS_ONLN), runs);
+    if (!only || strcmp(only, "busybox") == 0) {
+        snprintf(tjson, sizeof(tjson),
+                 "{\"name\":\"busybox\",\"rootfs\":\"%s\",\"init\":[\"/bin/sh\",\"-c\","
+                 "\"i=0; while :; do i=$((i+1)); [ $i = 1 ] && touch /tmp/ready; sleep 1; done\"],"
+                 "\"ready_file\":\"/tmp/ready\"}",
+                 rootfs);
+        bench_env("busybox", tjson, runs, md);
+    }
+    if (!only || strcmp(only, "python200") == 0) {
+        snprintf(tjson, sizeof(tjson),
+                 "{\"name\":\"python200\",\"rootfs\":\"host\",\"init\":[\"/usr/bin/python3\",\"-c\","
+                 "\"import json, re, os, sys, collections, itertools, functools, datetime, decimal, "
+                 "hashlib, random, threading, subprocess, email.parser, urllib.parse, pathlib\\n"
+                 "buf = bytearray(200 << 20)\\n"
+                 "for i in range(0, len(buf), 4096): buf[i] = (i >> 12) & 0xff or 1\\n"
+                 "open('/tmp/ready', 'w').close()\\n"
+                 "import time\\nwhile True: time.sleep(1)\"],"
+                 "\"ready_file\":\"/tmp/ready\",\"limits\":{\"memory_mb\":1024}}");
+        bench_env("python200", tjson, runs, md);
+    }
+    fprintf(json_out, "\n]}\n");
+    fclose(json_out);
+    fclose(md);
+    snap_ctx_close(ctx);
+    return 0;
+}
