@@ -191,14 +191,11 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
         hwrite(out, "fail criu: cannot allocate options");
         _exit(1);
     }
-    criu_local_set_service_binary(opts, lazy ? ctx->criu_lazy_bin : ctx->criu_bin);
+    criu_local_set_service_binary(opts, lazy ? ctx->criu_lazy_bin : ctx->criu_restore_bin);
     criu_local_set_images_dir_fd(opts, ifd);
     criu_local_set_work_dir_fd(opts, wfd);
     criu_local_set_log_file(opts, "restore.log");
     criu_local_set_log_level(opts, 4);
-    /* nftables locks the sandbox's network in-process; the iptables method
-     * runs iptables-restore twice per restore (~70 ms). */
-    criu_local_set_network_lock(opts, CRIU_NETWORK_LOCK_NFTABLES);
     criu_local_set_root(opts, sb->root);
     /* We made the clone's cgroups (with limits) and entered them. criu
      * maps the image's cgroup root onto ours, leaves what exists alone
@@ -218,7 +215,9 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
     snprintf(devdir, sizeof(devdir), "%s/dev", sb->dir);
     criu_local_add_ext_mount(opts, "dev", devdir);
     criu_local_add_inherit_fd(opts, nfd, SNAP__NETNS_KEY);
+    uint64_t c0 = wp_now_ns();
     pid = criu_local_restore_child(opts);
+    double criu_ms = (double)(wp_now_ns() - c0) / 1e6;
     if (pid < 0) {
         snprintf(log, sizeof(log), "%s/restore.log", sb->dir);
         snap__log_excerpt(log, excerpt, sizeof(excerpt));
@@ -228,7 +227,7 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
             kill(lazy_pid, SIGKILL);
         _exit(1);
     }
-    hwrite(out, "pid %d lazy %d", pid, (int)lazy_pid);
+    hwrite(out, "pid %d lazy %d criu_ms %.3f", pid, (int)lazy_pid, criu_ms);
     _exit(0);
 }
 
@@ -298,6 +297,7 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
     job->helper = hpid;
     job->fd = pfd[0];
     job->t0 = t0;
+    sb->prep_ms = (double)(wp_now_ns() - t0) / 1e6;
     job->lazy = lazy;
     *out = job;
     return 0;
@@ -324,6 +324,7 @@ int snap_restore_finish(struct snap_ctx *ctx, struct snap_restore_job *job,
     char msg[1100];
     ssize_t n = 0, r;
     int rc, pid = 0, lazy_pid = 0;
+    double criu_ms = 0;
 
     /* The helper writes one line and exits: read to EOF. */
     while ((r = read(job->fd, msg + n, sizeof(msg) - 1 - n)) > 0 || (r < 0 && errno == EINTR))
@@ -333,7 +334,7 @@ int snap_restore_finish(struct snap_ctx *ctx, struct snap_restore_job *job,
     close(job->fd);
     while (waitpid(job->helper, NULL, 0) < 0 && errno == EINTR)
         ;
-    if (sscanf(msg, "pid %d lazy %d", &pid, &lazy_pid) != 2 || pid <= 0) {
+    if (sscanf(msg, "pid %d lazy %d criu_ms %lf", &pid, &lazy_pid, &criu_ms) != 3 || pid <= 0) {
         rc = wp_err_set(err, WP_ECRIU, "%s", strncmp(msg, "fail ", 5) == 0 ? msg + 5
                                                   : "restore helper died without a result");
         goto fail;
@@ -343,6 +344,7 @@ int snap_restore_finish(struct snap_ctx *ctx, struct snap_restore_job *job,
     if ((rc = snap__meta_write(ctx, sb, "clone", err)) < 0)
         goto fail;
     sb->boot_ms = (double)(wp_now_ns() - job->t0) / 1e6;
+    sb->criu_ms = criu_ms;
     log_debug("restored sandbox=%s image=%s lazy=%d init_pid=%d ms=%.2f", sb->id, sb->image,
               job->lazy, pid, sb->boot_ms);
     *out = sb;

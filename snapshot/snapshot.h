@@ -76,6 +76,8 @@ struct snap_sandbox {
     char image[128];       /* image it was restored from, "" when booted */
     double boot_ms;        /* boot to ready, or restore duration */
     double ready_ms;       /* included in boot_ms: the wait for ready_file */
+    double prep_ms;        /* restore: dirs, overlay, cgroups before criu */
+    double criu_ms;        /* restore: the libcriu call (swrk start to reply) */
 };
 
 /* Progress of long steps (setup commands' output, phases). */
