@@ -77,8 +77,8 @@ $(BUILD)/tests/%: tests/%.c $(call obj,$(TEST_LIB_SRCS)) $(MODLIBS) $(FLAGS_STAM
 	$(CC) $(ALL_CFLAGS) $(PKG_CFLAGS) -Itests $< $(call obj,$(TEST_LIB_SRCS)) $(MODLIBS) \
 	    $(LDFLAGS) $(TEST_LDLIBS) -o $@
 
-.PHONY: all deps test check test-asan fuzz fuzz-replay bench run clean format format-check
-all: $(BINS) $(TEST_BINS)
+.PHONY: all deps test check test-asan fuzz fuzz-replay-bins bench run clean format format-check
+all: $(BINS) $(TEST_BINS) fuzz-replay-bins
 
 deps:
 	deploy/install-deps.sh --prefix $(PREFIX)
@@ -87,7 +87,7 @@ deps:
 test: deps
 	$(MAKE) check
 
-check: all fuzz-replay-bins
+check: all
 	tests/run.sh $(BUILD)
 
 test-asan: deps

@@ -344,6 +344,40 @@ static void corrupt_image_restore_leaves_nothing(void **state)
     assert_int_equal(snap_image_delete(S.ctx, "broken", &err), 0);
 }
 
+static void failed_dump_leaves_nothing(void **state)
+{
+    struct snap_template *t;
+    struct snap_sandbox *sb;
+    struct wp_err err;
+    char path[1024];
+    struct stat st;
+    (void)state;
+
+    /* criu refuses a namespace file bind-mounted inside the sandbox. */
+    t = th_template("{\"name\":\"nsbind\",\"rootfs\":\"%s\",\"init\":[\"/bin/sh\",\"-c\","
+                    "\"touch /tmp/nsref; mount --bind /proc/self/ns/uts /tmp/nsref; "
+                    "touch /tmp/ready; exec sleep 1000\"],\"ready_file\":\"/tmp/ready\"}",
+                    S.rootfs);
+    if (snap_boot(S.ctx, t, NULL, NULL, NULL, &sb, &err) < 0)
+        fail_msg("boot: %s", err.msg);
+    char id[64];
+    pid_t pid = sb->init_pid;
+    snprintf(id, sizeof(id), "%s", sb->id);
+    assert_int_equal(snap_checkpoint(S.ctx, sb, t, "never", 0, NULL, &err), WP_ECRIU);
+    assert_non_null(strstr(err.msg, "criu dump failed"));
+    assert_non_null(strstr(err.msg, "never.dump-failed.log"));
+    assert_non_null(strstr(err.msg, "mnt:")); /* criu's own words on the cause */
+    snprintf(path, sizeof(path), "%s/images/never", S.state);
+    assert_int_equal(stat(path, &st), -1);
+    snprintf(path, sizeof(path), "%s/images/never.partial", S.state);
+    assert_int_equal(stat(path, &st), -1);
+    snprintf(path, sizeof(path), "%s/images/never.dump-failed.log", S.state);
+    assert_int_equal(stat(path, &st), 0);
+    unlink(path);
+    assert_true(th_sandbox_gone(&S, id, pid));
+    snap_template_free(t);
+}
+
 static void killed_restorer_is_cleaned_up_by_gc(void **state)
 {
     int pfd[2];
@@ -478,6 +512,7 @@ int main(void)
         cmocka_unit_test(memory_limit_contains_allocation),
         cmocka_unit_test(pids_limit_contains_fork_bomb),
         cmocka_unit_test(corrupt_image_restore_leaves_nothing),
+        cmocka_unit_test(failed_dump_leaves_nothing),
         cmocka_unit_test(killed_restorer_is_cleaned_up_by_gc),
         cmocka_unit_test(bad_templates_get_clear_errors),
     };
