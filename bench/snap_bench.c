@@ -119,6 +119,29 @@ static void concurrent(const char *img, int k, bool lazy, struct series *lat, st
         snap_destroy(ctx, sbs[i], NULL);
 }
 
+/* Restore k clones one after another, all kept alive: does the k-th
+ * restore of one image cost more than the first? */
+static void sequential_alive(const char *img, int k, bool lazy, struct series *first,
+                             struct series *last)
+{
+    struct snap_sandbox *sbs[128];
+    struct wp_err err;
+
+    for (int i = 0; i < k; i++) {
+        struct snap_restore_opts ro = { .lazy = lazy };
+        uint64_t t0 = wp_now_ns();
+        if (snap_restore(ctx, img, &ro, &sbs[i], &err) < 0)
+            die(&err, "restore");
+        double ms = (double)(wp_now_ns() - t0) / 1e6;
+        if (i < 10)
+            add(first, ms);
+        else if (i >= k - 10)
+            add(last, ms);
+    }
+    for (int i = 0; i < k; i++)
+        snap_destroy(ctx, sbs[i], NULL);
+}
+
 static void bench_env(const char *env, const char *tjson, int runs, FILE *md)
 {
     struct snap_template *t;
@@ -172,6 +195,14 @@ static void bench_env(const char *env, const char *tjson, int runs, FILE *md)
             emit(env, &lat, md);
             emit(env, &wall, md);
         }
+    }
+    for (int l = 0; l < 2; l++) {
+        struct series first = { 0 }, last = { 0 };
+        sequential_alive(img, 64, l == 1, &first, &last);
+        snprintf(first.name, sizeof(first.name), "%s restore, clones 1-10 of 64 alive", l ? "lazy" : "eager");
+        snprintf(last.name, sizeof(last.name), "%s restore, clones 55-64 of 64 alive", l ? "lazy" : "eager");
+        emit(env, &first, md);
+        emit(env, &last, md);
     }
     snap_image_delete(ctx, img, NULL);
     snap_template_free(t);
@@ -228,6 +259,8 @@ int main(int argc, char **argv)
                 "every restore of 10/3/2 rounds). Times in ms.\n\n"
                 "| environment | what | n | median | p95 |\n|---|---|---|---|---|\n",
             u.release, sysconf(_SC_NPROCESSORS_ONLN), runs);
+    const char *skip_conc = getenv("SNAP_BENCH_ONLY_DRIFT");
+    (void)skip_conc;
     if (!only || strcmp(only, "busybox") == 0) {
         snprintf(tjson, sizeof(tjson),
                  "{\"name\":\"busybox\",\"rootfs\":\"%s\",\"init\":[\"/bin/sh\",\"-c\","

@@ -191,7 +191,9 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
         hwrite(out, "fail criu: cannot allocate options");
         _exit(1);
     }
-    criu_local_set_service_binary(opts, lazy ? ctx->criu_lazy_bin : ctx->criu_restore_bin);
+    criu_local_set_service_binary(opts, ctx->criu_bin);
+    /* This process is ours alone: the environment reaches criu swrk. */
+    setenv("CRIU_CONFIG_FILE", lazy ? ctx->criu_lazy_conf : ctx->criu_restore_conf, 1);
     criu_local_set_images_dir_fd(opts, ifd);
     criu_local_set_work_dir_fd(opts, wfd);
     criu_local_set_log_file(opts, "restore.log");

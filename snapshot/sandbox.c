@@ -129,34 +129,22 @@ static int make_host_layer(struct snap_ctx *ctx, struct wp_err *err)
     return write_text(ctx->host_layer, ".complete", "", 0644, err);
 }
 
-/* Restores run criu through wrappers that name a config file: libcriu
- * 3.17 has no setter for the RPC's lazy_pages field, nor for the
- * network-lock method "skip" (criu 4), but criu reads the file named by
- * CRIU_CONFIG_FILE in RPC mode too. A clone's network namespace is new
- * and empty (restore.c), so there is nothing to lock. */
-static int make_wrapper(struct snap_ctx *ctx, const char *name, const char *conf_text,
-                        char *bin, size_t cap, struct wp_err *err)
+/* Restores run criu with a config file: libcriu 3.17 has no setter for
+ * the RPC's lazy_pages field, nor for the network-lock method "skip"
+ * (criu 4), but criu reads the file named by CRIU_CONFIG_FILE in RPC mode
+ * too; the restoring helper sets it (restore.c). A clone's network
+ * namespace is new and empty, so there is nothing to lock. */
+static int make_confs(struct snap_ctx *ctx, struct wp_err *err)
 {
-    char conf[400], text[1200];
+    static const char eager[] = "network-lock skip\n", lazy[] = "network-lock skip\nlazy-pages\n";
     int rc;
 
-    snprintf(conf, sizeof(conf), "%s/%s.conf", ctx->state_dir, name);
-    if ((rc = wp_write_file(conf, conf_text, strlen(conf_text), 0644, err)) < 0)
-        return rc;
-    snprintf(bin, cap, "%s/%s", ctx->state_dir, name);
-    snprintf(text, sizeof(text), "#!/bin/sh\nCRIU_CONFIG_FILE=%s exec %s \"$@\"\n", conf,
-             ctx->criu_bin);
-    return wp_write_file(bin, text, strlen(text), 0755, err);
-}
-
-static int make_wrappers(struct snap_ctx *ctx, struct wp_err *err)
-{
-    int rc = make_wrapper(ctx, "criu-restore", "network-lock skip\n", ctx->criu_restore_bin,
-                          sizeof(ctx->criu_restore_bin), err);
-    if (rc == 0)
-        rc = make_wrapper(ctx, "criu-lazy", "network-lock skip\nlazy-pages\n",
-                          ctx->criu_lazy_bin, sizeof(ctx->criu_lazy_bin), err);
-    return rc;
+    snprintf(ctx->criu_restore_conf, sizeof(ctx->criu_restore_conf), "%s/criu-restore.conf",
+             ctx->state_dir);
+    snprintf(ctx->criu_lazy_conf, sizeof(ctx->criu_lazy_conf), "%s/criu-lazy.conf",
+             ctx->state_dir);
+    rc = wp_write_file(ctx->criu_restore_conf, eager, strlen(eager), 0644, err);
+    return rc < 0 ? rc : wp_write_file(ctx->criu_lazy_conf, lazy, strlen(lazy), 0644, err);
 }
 
 static int read_criu_version(struct snap_ctx *ctx, struct wp_err *err)
@@ -209,7 +197,7 @@ int snap_ctx_open(const struct snap_config *cfg, struct snap_ctx **out, struct w
             goto fail;
     }
     if ((rc = snap__cg_detect(ctx, err)) < 0 || (rc = read_criu_version(ctx, err)) < 0 ||
-        (rc = make_wrappers(ctx, err)) < 0 || (rc = make_host_layer(ctx, err)) < 0)
+        (rc = make_confs(ctx, err)) < 0 || (rc = make_host_layer(ctx, err)) < 0)
         goto fail;
     /* Sandboxes we start outlive the helper processes that start them. */
     if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) {

@@ -17,8 +17,8 @@ enum snap__cg_layout { SNAP__CG_V1 = 1, SNAP__CG_V2 = 2 };
 struct snap_ctx {
     char state_dir[256];
     char criu_bin[256];
-    char criu_restore_bin[300]; /* wrapper: criu for eager restores */
-    char criu_lazy_bin[300];    /* wrapper: criu for lazy-pages restores */
+    char criu_restore_conf[300]; /* criu config for eager restores */
+    char criu_lazy_conf[300];    /* criu config for lazy-pages restores */
     char criu_version[64];
     char kernel[128];
     char host_layer[300];      /* generated base layer for rootfs "host" */
