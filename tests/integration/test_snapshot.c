@@ -82,6 +82,14 @@ static void clone_continues_state(bool lazy)
 
     if (snap_restore(S.ctx, IMG, &ro, &sb, &err) < 0)
         fail_msg("restore: %s", err.msg);
+    /* The process that restored is the clone's reaper: its parent. */
+    char path[128], *status = NULL;
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)sb->init_pid);
+    assert_int_equal(wp_read_file(path, 1 << 16, &status, NULL, NULL), 0);
+    char *pp = strstr(status, "PPid:");
+    assert_non_null(pp);
+    assert_int_equal(atoi(pp + 5), (int)getpid());
+    free(status);
     /* The counter was at 20 or more when the image was taken; the clone
      * counts on from there instead of starting again at 1. */
     first = th_read_long(sb, "/tmp/count");
