@@ -146,6 +146,27 @@ static void stage1(const struct snap_template *t, const char *root, const char *
                   NULL) < 0)
             FAIL(st, "bind /usr read-only: %s", strerror(errno));
     }
+    for (int i = 0; i < t->n_binds; i++) {
+        struct stat sst;
+        snprintf(path, sizeof(path), "%s%s", root, t->binds[i].target);
+        if (stat(t->binds[i].source, &sst) < 0)
+            FAIL(st, "bind source %s: %s", t->binds[i].source, strerror(errno));
+        if (S_ISDIR(sst.st_mode)) {
+            if (wp_mkdir_p(path, 0755, NULL) < 0)
+                FAIL(st, "mkdir %s: %s", t->binds[i].target, strerror(errno));
+        } else {
+            char *slash = strrchr(path, '/');
+            *slash = '\0';
+            wp_mkdir_p(path, 0755, NULL);
+            *slash = '/';
+            int ffd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+            if (ffd >= 0)
+                close(ffd);
+        }
+        if (mount(t->binds[i].source, path, NULL, MS_BIND, NULL) < 0 ||
+            mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+            FAIL(st, "bind %s on %s: %s", t->binds[i].source, t->binds[i].target, strerror(errno));
+    }
     snprintf(path, sizeof(path), "%s/proc", root);
     mkdir(path, 0555);
     if (mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)

@@ -197,6 +197,11 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
     /* /dev and the network namespace are given to each clone fresh at
      * restore rather than rebuilt by criu (see restore.c). */
     criu_local_add_ext_mount(opts, "/dev", "dev");
+    for (int i = 0; i < t->n_binds; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "bind%d", i);
+        criu_local_add_ext_mount(opts, t->binds[i].target, key);
+    }
     char netns[64];
     snprintf(netns, sizeof(netns), "/proc/%d/ns/net", (int)sb->init_pid);
     if (stat(netns, &st) < 0) {

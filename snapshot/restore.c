@@ -39,6 +39,8 @@
 struct manifest {
     char lower[512];
     bool host_usr;
+    int n_binds;
+    char bind_source[SNAP_MAX_BINDS][512];
     struct snap_limits limits;
 };
 
@@ -67,6 +69,18 @@ static int manifest_load(struct snap_ctx *ctx, const char *name, struct manifest
     strcpy(m->lower, json_string_value(v));
     m->host_usr = json_is_true(json_object_get(o, "host_usr"));
     memset(&m->limits, 0, sizeof(m->limits));
+    json_t *binds = json_object_get(json_object_get(o, "template"), "binds"), *b;
+    size_t i;
+    m->n_binds = 0;
+    json_array_foreach(binds, i, b) {
+        v = json_object_get(b, "source");
+        if (i >= SNAP_MAX_BINDS || !json_is_string(v) || json_string_value(v)[0] != '/' ||
+            json_string_length(v) >= sizeof(m->bind_source[0])) {
+            rc = wp_err_set(err, WP_EINVAL_INPUT, "%s: bad \"binds\"", path);
+            goto out;
+        }
+        strcpy(m->bind_source[m->n_binds++], json_string_value(v));
+    }
     lim = json_object_get(json_object_get(o, "template"), "limits");
     v = json_object_get(lim, "memory_mb");
     if (json_is_number(v) && json_number_value(v) > 0)
@@ -216,6 +230,11 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
     char devdir[700];
     snprintf(devdir, sizeof(devdir), "%s/dev", sb->dir);
     criu_local_add_ext_mount(opts, "dev", devdir);
+    for (int i = 0; i < m->n_binds; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "bind%d", i);
+        criu_local_add_ext_mount(opts, key, m->bind_source[i]);
+    }
     criu_local_add_inherit_fd(opts, nfd, SNAP__NETNS_KEY);
     uint64_t c0 = wp_now_ns();
     pid = criu_local_restore_child(opts);

@@ -27,6 +27,8 @@ struct snap_limits {
     uint32_t cpu_millis;   /* 1000 = one CPU; 0 = no limit */
 };
 
+#define SNAP_MAX_BINDS 8
+
 /* An environment template. Loaded from JSON (see ARCHITECTURE.md):
  *   {"name": "py", "rootfs": "host" | "/dir", "init": ["/bin/sh","-c","..."],
  *    "env": {"K": "V"}, "workdir": "/work", "hostname": "sandbox",
@@ -44,6 +46,10 @@ struct snap_template {
     char *ready_file;   /* absolute path inside the sandbox, or NULL */
     double ready_timeout_s;
     struct snap_limits limits;
+    /* Host paths bound read-only into the sandbox (tools, the hands
+     * binary, datasets): "binds": [{"source": "/host", "target": "/in"}] */
+    int n_binds;
+    struct snap_bind { char *source, *target; } binds[SNAP_MAX_BINDS];
     char digest[65];    /* sha256 of the canonical JSON, hex */
 };
 

@@ -25,7 +25,7 @@
 #define MAX_CPU 1024.0
 
 static const char *known_keys[] = { "name", "rootfs", "init", "env", "workdir", "hostname",
-                                    "limits", "setup", "ready_file", "ready_timeout_s",
+                                    "limits", "setup", "ready_file", "ready_timeout_s", "binds",
                                     NULL };
 
 bool snap_name_valid(const char *s)
@@ -53,6 +53,10 @@ void snap_template_free(struct snap_template *t)
     free(t->workdir);
     free(t->hostname);
     free(t->ready_file);
+    for (int i = 0; i < t->n_binds; i++) {
+        free(t->binds[i].source);
+        free(t->binds[i].target);
+    }
     for (char ***v = (char **[]){ t->init, t->env, t->setup }, ***end = v + 3; v < end; v++) {
         for (char **p = *v; p && *p; p++)
             free(*p);
@@ -180,6 +184,40 @@ static int get_limits(json_t *o, struct snap_limits *lim, struct wp_err *err)
     return 0;
 }
 
+static int check_abs_path(const char *what, const char *p, struct wp_err *err);
+
+static int get_binds(json_t *o, struct snap_template *t, struct wp_err *err)
+{
+    json_t *v = json_object_get(o, "binds"), *b;
+    size_t i;
+    struct stat st;
+    int rc;
+
+    if (!v)
+        return 0;
+    if (!json_is_array(v) || json_array_size(v) > SNAP_MAX_BINDS)
+        return wp_err_set(err, WP_EINVAL_INPUT, "template: \"binds\" must be an array of at most %d objects",
+                          SNAP_MAX_BINDS);
+    json_array_foreach(v, i, b) {
+        struct snap_bind *d = &t->binds[i];
+        if (!json_is_object(b) || json_object_size(b) != 2)
+            return wp_err_set(err, WP_EINVAL_INPUT, "template: binds[%zu] must be {\"source\", \"target\"}", i);
+        t->n_binds = (int)i + 1; /* freed with the template from here */
+        if ((rc = get_str(b, "source", true, &d->source, err)) < 0 ||
+            (rc = get_str(b, "target", true, &d->target, err)) < 0 ||
+            (rc = check_abs_path("binds source", d->source, err)) < 0 ||
+            (rc = check_abs_path("binds target", d->target, err)) < 0)
+            return rc;
+        if (strcmp(d->target, "/") == 0 || strncmp(d->target, "/proc", 5) == 0 ||
+            strncmp(d->target, "/dev", 4) == 0 || strncmp(d->target, "/usr", 4) == 0 ||
+            strchr(d->target, ',') || strchr(d->target, ':'))
+            return wp_err_set(err, WP_EINVAL_INPUT, "template: binds target \"%s\" is reserved", d->target);
+        if (stat(d->source, &st) < 0)
+            return wp_err_set(err, WP_EINVAL_INPUT, "template: binds source \"%s\" does not exist", d->source);
+    }
+    return 0;
+}
+
 static int check_abs_path(const char *what, const char *p, struct wp_err *err)
 {
     if (p[0] != '/' || strstr(p, "/../") || (strlen(p) >= 3 && !strcmp(p + strlen(p) - 3, "/..")))
@@ -244,7 +282,7 @@ int snap_template_parse(const char *json, size_t len, struct snap_template **out
         (rc = get_str(root, "hostname", false, &t->hostname, err)) < 0 ||
         (rc = get_strv(root, "setup", false, &t->setup, err)) < 0 ||
         (rc = get_str(root, "ready_file", false, &t->ready_file, err)) < 0 ||
-        (rc = get_limits(root, &t->limits, err)) < 0)
+        (rc = get_limits(root, &t->limits, err)) < 0 || (rc = get_binds(root, t, err)) < 0)
         goto out;
     if (!snap_name_valid(t->name)) {
         rc = wp_err_set(err, WP_EINVAL_INPUT, "template: name \"%s\" must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}",
@@ -352,6 +390,13 @@ char *snap__template_json(const struct snap_template *t)
     if (t->limits.cpu_millis)
         json_object_set_new(lim, "cpu", json_real(t->limits.cpu_millis / 1000.0));
     json_object_set_new(o, "limits", lim);
+    if (t->n_binds) {
+        json_t *binds = json_array();
+        for (int i = 0; i < t->n_binds; i++)
+            json_array_append_new(binds, json_pack("{s:s, s:s}", "source", t->binds[i].source,
+                                                   "target", t->binds[i].target));
+        json_object_set_new(o, "binds", binds);
+    }
     s = json_dumps(o, JSON_SORT_KEYS | JSON_COMPACT);
     json_decref(o);
     return s;

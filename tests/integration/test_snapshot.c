@@ -34,11 +34,19 @@ static int group_setup(void **state)
 
     if (th_snap_open(&S) < 0)
         return -1;
+    /* A host directory bound read-only into the sandbox (as the hands
+     * binary is): it must be there, unwritable, in every clone. */
+    char tools[1024];
+    snprintf(tools, sizeof(tools), "%s/tools", S.state);
+    mkdir(tools, 0755);
+    snprintf(tools, sizeof(tools), "%s/tools/hello", S.state);
+    wp_write_file(tools, "tool\n", 5, 0755, NULL);
     t = th_template("{\"name\":\"counter\",\"rootfs\":\"%s\",\"init\":" COUNTER_INIT ","
                     "\"setup\":[\"echo from-setup > /work/setup.txt\"],\"workdir\":\"/work\","
                     "\"hostname\":\"tmpl\",\"ready_file\":\"/tmp/ready\","
+                    "\"binds\":[{\"source\":\"%s/tools\",\"target\":\"/opt/tools\"}],"
                     "\"limits\":{\"memory_mb\":64,\"pids\":64}}",
-                    S.rootfs);
+                    S.rootfs, S.state);
     if (snap_boot(S.ctx, t, NULL, NULL, NULL, &sb, &err) < 0 ||
         snap_checkpoint(S.ctx, sb, t, IMG, 0, NULL, &err) < 0) {
         fprintf(stderr, "group setup: %s\n", err.msg);
@@ -97,6 +105,13 @@ static void clone_continues_state(bool lazy)
     th_msleep(100);
     later = th_read_long(sb, "/tmp/count");
     assert_true(later > first);
+    char path2[1024];
+    snprintf(path2, sizeof(path2), "/proc/%d/root/opt/tools/hello", (int)sb->init_pid);
+    char *tool = NULL;
+    assert_int_equal(wp_read_file(path2, 64, &tool, NULL, NULL), 0);
+    assert_string_equal(tool, "tool\n");
+    free(tool);
+    assert_true(access(path2, W_OK) < 0 && errno == EROFS);
     txt = th_read_in(sb, "/work/setup.txt");
     assert_non_null(txt);
     assert_string_equal(txt, "from-setup\n");
@@ -480,6 +495,12 @@ static void bad_templates_get_clear_errors(void **state)
                           "unknown field \"colour\"");
     expect_template_error("{\"name\":\"../x\",\"rootfs\":\"host\",\"init\":[\"/bin/sh\"]}",
                           "name \"../x\" must match");
+    expect_template_error("{\"name\":\"x\",\"rootfs\":\"host\",\"init\":[\"/bin/sh\"],"
+                          "\"binds\":[{\"source\":\"/nonexistent\",\"target\":\"/t\"}]}",
+                          "binds source \"/nonexistent\" does not exist");
+    expect_template_error("{\"name\":\"x\",\"rootfs\":\"host\",\"init\":[\"/bin/sh\"],"
+                          "\"binds\":[{\"source\":\"/tmp\",\"target\":\"/proc/x\"}]}",
+                          "is reserved");
     expect_template_error("{\"name\":\"x\",", "invalid JSON");
     expect_template_error("{\"name\":\"x\",\"name\":\"y\"}", "invalid JSON");
     expect_template_error("[1]", "must be a JSON object");
