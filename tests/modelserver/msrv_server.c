@@ -1,0 +1,728 @@
+/* msrv_server.c - the libev HTTP/1.1 server of wp-modelserver.
+ *
+ * One struct conn per client, with its watchers embedded: rio/wio for the
+ * socket, and one ev_timer that walks the reply plan (TTFT, then one
+ * token interval per segment). Requests on a keep-alive connection are
+ * served one at a time; bytes pipelined behind a request wait in `in`.
+ * Closing is two-phase: conn_close() stops the watchers and puts the conn
+ * on a list that the ev_prepare watcher frees before the loop sleeps, so
+ * nothing is freed under a running callback. */
+#define WP_LOG_COMPONENT "msrv"
+#include "msrv.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ev.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "base/err.h"
+#include "base/log.h"
+#include "base/timeutil.h"
+
+#define IN_MAX (16 * 1024)
+#define OUT_MAX (8 * 1024 * 1024) /* a reader this far behind is dropped */
+#define TTFT_RING 4096
+#define RECENT_MAX 64
+
+struct conn {
+    ev_io rio, wio;
+    ev_timer timer;
+    struct msrv_server *srv;
+    int fd;
+    struct conn *prev, *next; /* srv->conns */
+    struct conn *close_next;  /* srv->closed */
+    bool closing, busy, in_process, keep_alive, close_when_flushed;
+    struct msrv_parser *parser;
+    char in[IN_MAX];
+    size_t in_len;
+    struct wp_buf out;
+    /* The response in progress. */
+    char req_id[40];
+    int status;
+    bool stream;
+    size_t turn;
+    struct msrv_plan plan;
+    size_t seg;
+    enum msrv_fault_kind fault;
+    size_t fault_at;
+    double t0_ms, next_at_ms, ttft_ms;
+};
+
+struct recent {
+    char req_id[40];
+    double ttft_ms, planned_ms;
+};
+
+struct msrv_server {
+    const struct msrv_config *cfg;
+    struct ev_loop *loop;
+    int lfd;
+    ev_io accept_io;
+    ev_prepare prepare;
+    struct conn *conns, *closed;
+    struct msrv_rng id_rng;
+    uint64_t n_http, n_messages, n_streams, n_active, n_client_gone;
+    uint64_t n_fault_status, n_fault_error, n_fault_drop;
+    int seen_status, seen_error, seen_drop; /* requests that reached each rule */
+    json_t *by_status;                      /* "200": count */
+    double ttft[TTFT_RING];
+    uint64_t n_ttft;
+    struct recent recent[RECENT_MAX];
+    uint64_t n_recent;
+};
+
+static void conn_close(struct conn *c);
+static void process(struct conn *c);
+
+/* ---- output ---------------------------------------------------------- */
+
+static void send_raw(struct conn *c, const char *data, size_t len)
+{
+    if (c->closing || len == 0)
+        return;
+    if (c->out.len == 0) {
+        ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            log_debug("send fd=%d: %s", c->fd, strerror(errno));
+            conn_close(c);
+            return;
+        }
+        if (n > 0) {
+            data += n;
+            len -= (size_t)n;
+        }
+        if (len == 0)
+            return;
+    }
+    if (wp_buf_append(&c->out, data, len) < 0) {
+        log_warn("slow reader fd=%d: output over %d bytes, closing", c->fd, OUT_MAX);
+        conn_close(c);
+        return;
+    }
+    ev_io_start(c->srv->loop, &c->wio);
+}
+
+static void send_chunk(struct conn *c, const char *data, size_t len)
+{
+    char head[32];
+    int n = snprintf(head, sizeof(head), "%zx\r\n", len);
+
+    send_raw(c, head, (size_t)n);
+    send_raw(c, data, len);
+    send_raw(c, "\r\n", 2);
+}
+
+static void write_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct conn *c = w->data;
+    ssize_t n;
+    (void)revents;
+
+    n = send(c->fd, c->out.data, c->out.len, MSG_NOSIGNAL);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EINTR)
+            conn_close(c);
+        return;
+    }
+    wp_buf_consume(&c->out, (size_t)n);
+    if (c->out.len > 0)
+        return;
+    ev_io_stop(loop, w);
+    if (c->close_when_flushed && !c->busy)
+        conn_close(c);
+}
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    case 529: return "Site Overloaded";
+    default: return "Unknown";
+    }
+}
+
+/* ---- request bookkeeping -------------------------------------------- */
+
+static void stats_count(struct msrv_server *srv, int status)
+{
+    char key[16];
+    json_t *v;
+
+    snprintf(key, sizeof(key), "%d", status);
+    v = json_object_get(srv->by_status, key);
+    json_object_set_new(srv->by_status, key,
+                        json_integer(v ? json_integer_value(v) + 1 : 1));
+}
+
+static const char *fault_name(enum msrv_fault_kind f)
+{
+    static const char *names[] = { "none", "status", "error", "drop" };
+    return names[f];
+}
+
+/* The response is over (or the connection is): log and count it. */
+static void request_done(struct conn *c, const char *how)
+{
+    struct msrv_server *srv = c->srv;
+    double total = wp_now_ms() - c->t0_ms;
+
+    stats_count(srv, c->status);
+    if (c->ttft_ms >= 0 && c->stream) {
+        struct recent *r = &srv->recent[srv->n_recent++ % RECENT_MAX];
+        srv->ttft[srv->n_ttft++ % TTFT_RING] = c->ttft_ms;
+        snprintf(r->req_id, sizeof(r->req_id), "%s", c->req_id);
+        r->ttft_ms = c->ttft_ms;
+        r->planned_ms = c->plan.ttft_ms;
+    }
+    if (c->stream && srv->n_active > 0)
+        srv->n_active--;
+    log_info("request id=%s status=%d stream=%d turn=%zu ttft_ms=%.3f planned_ttft_ms=%.3f "
+             "total_ms=%.3f output_tokens=%ld stop_reason=%s fault=%s end=%s",
+             c->req_id, c->status, c->stream, c->turn, c->ttft_ms, c->plan.ttft_ms, total,
+             c->plan.output_tokens, c->plan.stop_reason[0] ? c->plan.stop_reason : "-",
+             fault_name(c->fault), how);
+    msrv_plan_free(&c->plan);
+    c->busy = false;
+}
+
+/* Ready for the next request on this connection. */
+static void finish(struct conn *c)
+{
+    if (c->closing) /* conn_close() already accounted for the request */
+        return;
+    request_done(c, "complete");
+    msrv_parser_next(c->parser);
+    if (!c->keep_alive) {
+        c->close_when_flushed = true;
+        if (c->out.len == 0)
+            conn_close(c);
+        return;
+    }
+    if (!c->in_process)
+        process(c);
+}
+
+static void respond(struct conn *c, int status, const char *ctype, const char *extra,
+                    const char *body, size_t len)
+{
+    char head[1024];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "request-id: %s\r\nConnection: %s\r\n%s\r\n",
+                     status, reason(status), ctype, len, c->req_id,
+                     c->keep_alive ? "keep-alive" : "close", extra ? extra : "");
+
+    c->status = status;
+    send_raw(c, head, (size_t)n);
+    send_raw(c, body, len);
+}
+
+static void respond_error(struct conn *c, int status, const char *msg, int retry_after)
+{
+    char extra[128] = "";
+    char *body = msrv_error_body(msrv_error_type(status), msg, c->req_id);
+
+    if (status == 429 || status >= 500) {
+        int n = snprintf(extra, sizeof(extra), "x-should-retry: true\r\n");
+        if (retry_after >= 0)
+            snprintf(extra + n, sizeof(extra) - (size_t)n, "retry-after: %d\r\n", retry_after);
+    }
+    respond(c, status, "application/json", extra, body ? body : "{}",
+            body ? strlen(body) : 2);
+    free(body);
+}
+
+/* ---- streaming ------------------------------------------------------- */
+
+static void arm(struct conn *c)
+{
+    double delay = c->next_at_ms - wp_now_ms();
+
+    ev_now_update(c->srv->loop);
+    ev_timer_set(&c->timer, delay > 0 ? delay / 1000.0 : 0., 0.);
+    ev_timer_start(c->srv->loop, &c->timer);
+}
+
+static void stream_fault(struct conn *c)
+{
+    struct msrv_server *srv = c->srv;
+
+    if (c->fault == MSRV_FAULT_DROP) {
+        srv->n_fault_drop++;
+        request_done(c, "dropped");
+        conn_close(c);
+        return;
+    }
+    /* The API ends an overloaded stream with an error event. */
+    {
+        char *body = msrv_error_body("overloaded_error", "Overloaded", c->req_id);
+        char *ev = NULL;
+        int n = body ? asprintf(&ev, "event: error\ndata: %s\n\n", body) : -1;
+        srv->n_fault_error++;
+        if (n > 0)
+            send_chunk(c, ev, (size_t)n);
+        send_raw(c, "0\r\n\r\n", 5);
+        free(body);
+        free(ev);
+    }
+    if (!c->closing)
+        finish(c);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct conn *c = w->data;
+    const struct msrv_seg *s;
+    (void)loop;
+    (void)revents;
+
+    if (c->closing || !c->busy)
+        return;
+    if (!c->stream) {
+        char *body = json_dumps(c->plan.message, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        c->ttft_ms = wp_now_ms() - c->t0_ms;
+        respond(c, 200, "application/json", NULL, body ? body : "{}", body ? strlen(body) : 2);
+        free(body);
+        if (!c->closing)
+            finish(c);
+        return;
+    }
+    if (c->fault != MSRV_FAULT_NONE && c->seg == c->fault_at) {
+        stream_fault(c);
+        return;
+    }
+    s = &c->plan.segs[c->seg];
+    send_chunk(c, s->data, s->len);
+    if (c->closing)
+        return;
+    if (c->seg == 0)
+        c->ttft_ms = wp_now_ms() - c->t0_ms;
+    if (++c->seg < c->plan.n) {
+        c->next_at_ms += c->plan.segs[c->seg].delay_ms;
+        arm(c);
+        return;
+    }
+    send_raw(c, "0\r\n\r\n", 5);
+    if (!c->closing)
+        finish(c);
+}
+
+/* ---- routes ---------------------------------------------------------- */
+
+static bool rule_hits(const struct msrv_fault_rule *r, int *seen, struct msrv_rng *rng)
+{
+    int idx = (*seen)++;
+
+    if (idx < r->first)
+        return true;
+    return r->rate > 0 && msrv_rng_double(rng) < r->rate;
+}
+
+static void h_messages(struct conn *c, struct msrv_req *req)
+{
+    struct msrv_server *srv = c->srv;
+    const struct msrv_config *cfg = srv->cfg;
+    struct msrv_msgreq mr;
+    struct msrv_rng rng, frng;
+    const struct msrv_turn *turn;
+    struct wp_err err;
+    uint64_t k;
+    int after = cfg->fault_after;
+
+    if (cfg->require_auth && !req->has_api_key && !req->has_auth) {
+        respond_error(c, 401, "x-api-key header is required", -1);
+        finish(c);
+        return;
+    }
+    if (msrv_msgreq_parse(req->body.data ? req->body.data : "", req->body.len, &mr, &err) < 0) {
+        respond_error(c, 400, err.msg, -1);
+        finish(c);
+        return;
+    }
+    k = srv->n_messages++;
+    msrv_rng_seed(&rng, cfg->seed, k);
+    msrv_rng_seed(&frng, cfg->seed ^ 0xfa17fa17ull, k);
+    turn = msrv_config_pick(cfg, &mr);
+    c->turn = mr.n_assistant;
+    c->stream = mr.stream;
+
+    /* A scripted fault wins; else the rules, each counting only the
+     * requests that get as far as it. */
+    if (turn && turn->fault != MSRV_FAULT_NONE) {
+        c->fault = turn->fault;
+        after = turn->fault_after;
+    } else if (rule_hits(&cfg->status_rule, &srv->seen_status, &frng)) {
+        c->fault = MSRV_FAULT_STATUS;
+    } else if (mr.stream && rule_hits(&cfg->error_rule, &srv->seen_error, &frng)) {
+        c->fault = MSRV_FAULT_STREAM_ERROR;
+    } else if (mr.stream && rule_hits(&cfg->drop_rule, &srv->seen_drop, &frng)) {
+        c->fault = MSRV_FAULT_DROP;
+    }
+    if (c->fault == MSRV_FAULT_STATUS) {
+        int st = turn && turn->fault_status ? turn->fault_status : cfg->fault_status;
+        srv->n_fault_status++;
+        c->stream = false;
+        respond_error(c, st, st == 529 ? "Overloaded" : st == 429 ? "Rate limited"
+                                                                   : "Internal server error",
+                      cfg->retry_after);
+        msrv_msgreq_free(&mr);
+        finish(c);
+        return;
+    }
+    if (!mr.stream)
+        c->fault = MSRV_FAULT_NONE;
+    if (msrv_plan_build(cfg, turn, &mr, &rng, &c->plan, &err) < 0) {
+        msrv_msgreq_free(&mr);
+        c->stream = false;
+        respond_error(c, 500, err.msg, -1);
+        finish(c);
+        return;
+    }
+    msrv_msgreq_free(&mr);
+    c->fault_at = after < 0 ? 0 : (size_t)after;
+    if (c->fault_at >= c->plan.n)
+        c->fault_at = c->plan.n - 1;
+    c->seg = 0;
+    c->next_at_ms = c->t0_ms + c->plan.segs[0].delay_ms;
+    if (c->stream) {
+        char head[512];
+        int n = snprintf(head, sizeof(head),
+                         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+                         "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n"
+                         "request-id: %s\r\nx-msrv-planned-ttft-ms: %.3f\r\n"
+                         "Connection: %s\r\n\r\n",
+                         c->req_id, c->plan.ttft_ms, c->keep_alive ? "keep-alive" : "close");
+        c->status = 200;
+        srv->n_streams++;
+        srv->n_active++;
+        send_raw(c, head, (size_t)n);
+        if (c->closing)
+            return;
+    } else {
+        c->next_at_ms = c->t0_ms + c->plan.total_ms;
+    }
+    arm(c);
+}
+
+static double pct(double *sorted, size_t n, double p)
+{
+    size_t i = (size_t)(p * (double)(n - 1) + 0.5);
+    return sorted[i < n ? i : n - 1];
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void h_stats(struct conn *c, struct msrv_req *req)
+{
+    struct msrv_server *srv = c->srv;
+    size_t n = srv->n_ttft < TTFT_RING ? (size_t)srv->n_ttft : TTFT_RING;
+    size_t nr = srv->n_recent < RECENT_MAX ? (size_t)srv->n_recent : RECENT_MAX;
+    double sorted[TTFT_RING], sum = 0;
+    json_t *ttft, *recent = json_array(), *j;
+    char *body;
+    (void)req;
+
+    memcpy(sorted, srv->ttft, n * sizeof(double));
+    qsort(sorted, n, sizeof(double), cmp_double);
+    for (size_t i = 0; i < n; i++)
+        sum += sorted[i];
+    ttft = n ? json_pack("{s:I, s:f, s:f, s:f, s:f, s:f, s:f}", "count", (json_int_t)n, "mean",
+                         sum / (double)n, "min", sorted[0], "p50", pct(sorted, n, 0.5), "p95",
+                         pct(sorted, n, 0.95), "p99", pct(sorted, n, 0.99), "max",
+                         sorted[n - 1])
+             : json_pack("{s:i}", "count", 0);
+    for (size_t i = 0; i < nr; i++) {
+        const struct recent *r = &srv->recent[(srv->n_recent - nr + i) % RECENT_MAX];
+        json_array_append_new(recent, json_pack("{s:s, s:f, s:f}", "request_id", r->req_id,
+                                                "ttft_ms", r->ttft_ms, "planned_ttft_ms",
+                                                r->planned_ms));
+    }
+    j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:O, s:{s:I, s:I, s:I}, s:o, s:o}", "http_requests",
+                  (json_int_t)srv->n_http, "messages", (json_int_t)srv->n_messages, "streams",
+                  (json_int_t)srv->n_streams, "active_streams", (json_int_t)srv->n_active,
+                  "client_gone", (json_int_t)srv->n_client_gone, "status", srv->by_status,
+                  "faults", "status", (json_int_t)srv->n_fault_status, "stream_error",
+                  (json_int_t)srv->n_fault_error, "drop", (json_int_t)srv->n_fault_drop,
+                  "ttft_ms", ttft, "recent", recent);
+    body = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    respond(c, 200, "application/json", NULL, body ? body : "{}", body ? strlen(body) : 2);
+    free(body);
+    json_decref(j);
+    finish(c);
+}
+
+static void h_health(struct conn *c, struct msrv_req *req)
+{
+    (void)req;
+    respond(c, 200, "text/plain", NULL, "ok\n", 3);
+    finish(c);
+}
+
+typedef void (*route_cb)(struct conn *c, struct msrv_req *req);
+
+static const struct route {
+    const char *method;
+    const char *path;
+    route_cb handler;
+} routes[] = {
+    { "POST", "/v1/messages", h_messages },
+    { "GET", "/stats", h_stats },
+    { "GET", "/health", h_health },
+};
+
+static void handle_request(struct conn *c)
+{
+    struct msrv_req *req = msrv_parser_req(c->parser);
+    bool path_known = false;
+
+    c->srv->n_http++;
+    c->busy = true;
+    c->keep_alive = req->keep_alive;
+    c->t0_ms = wp_now_ms();
+    c->ttft_ms = -1;
+    c->status = 0;
+    c->stream = false;
+    c->turn = 0;
+    c->fault = MSRV_FAULT_NONE;
+    msrv_make_id(c->req_id, sizeof(c->req_id), "req", &c->srv->id_rng);
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        if (strcmp(routes[i].path, req->path) != 0)
+            continue;
+        path_known = true;
+        if (strcmp(routes[i].method, req->method) == 0) {
+            routes[i].handler(c, req);
+            return;
+        }
+    }
+    if (path_known)
+        respond_error(c, 405, "Method not allowed", -1);
+    else
+        respond_error(c, 404, "Not found", -1);
+    finish(c);
+}
+
+/* ---- input ----------------------------------------------------------- */
+
+static void process(struct conn *c)
+{
+    c->in_process = true;
+    while (!c->busy && !c->closing && !c->close_when_flushed && c->in_len > 0) {
+        struct wp_err err;
+        bool done = false;
+        int n = msrv_parser_feed(c->parser, c->in, c->in_len, &done, &err);
+
+        if (n < 0) {
+            int st = n == WP_ETOOBIG ? (strstr(err.msg, "body") ? 413 : 431) : 400;
+            c->busy = true;
+            c->keep_alive = false;
+            c->t0_ms = wp_now_ms();
+            c->ttft_ms = -1;
+            msrv_make_id(c->req_id, sizeof(c->req_id), "req", &c->srv->id_rng);
+            log_debug("fd=%d: %s", c->fd, err.msg);
+            respond_error(c, st, err.msg, -1);
+            c->in_len = 0;
+            finish(c);
+            break;
+        }
+        memmove(c->in, c->in + n, c->in_len - (size_t)n);
+        c->in_len -= (size_t)n;
+        if (msrv_parser_take_continue(c->parser))
+            send_raw(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        if (done)
+            handle_request(c);
+        else if (n == 0)
+            break;
+    }
+    c->in_process = false;
+    if (!c->closing && c->in_len < IN_MAX)
+        ev_io_start(c->srv->loop, &c->rio);
+}
+
+static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct conn *c = w->data;
+    ssize_t n;
+    (void)revents;
+
+    if (c->in_len == IN_MAX) { /* a request is in progress: back-pressure */
+        ev_io_stop(loop, w);
+        return;
+    }
+    n = read(c->fd, c->in + c->in_len, IN_MAX - c->in_len);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        conn_close(c); /* counts a request cut short as client_gone */
+        return;
+    }
+    c->in_len += (size_t)n;
+    process(c);
+}
+
+/* ---- connections ----------------------------------------------------- */
+
+static void conn_close(struct conn *c)
+{
+    struct msrv_server *srv = c->srv;
+
+    if (c->closing)
+        return;
+    c->closing = true;
+    ev_io_stop(srv->loop, &c->rio);
+    ev_io_stop(srv->loop, &c->wio);
+    ev_timer_stop(srv->loop, &c->timer);
+    close(c->fd);
+    c->fd = -1;
+    if (c->busy) {
+        srv->n_client_gone++;
+        request_done(c, "closed");
+    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->close_next = srv->closed;
+    srv->closed = c;
+}
+
+static void free_closed(struct msrv_server *srv)
+{
+    while (srv->closed) {
+        struct conn *c = srv->closed;
+        srv->closed = c->close_next;
+        msrv_parser_free(c->parser);
+        msrv_plan_free(&c->plan);
+        wp_buf_free(&c->out);
+        free(c);
+    }
+}
+
+static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    free_closed(w->data);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct msrv_server *srv = w->data;
+    (void)revents;
+
+    for (int i = 0; i < 64; i++) {
+        int one = 1;
+        int fd = accept4(srv->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct conn *c;
+
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                log_perror("accept");
+            return;
+        }
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        c = calloc(1, sizeof(*c));
+        if (c)
+            c->parser = msrv_parser_new(srv->cfg->max_body);
+        if (!c || !c->parser) {
+            log_error("out of memory for a connection");
+            free(c);
+            close(fd);
+            return;
+        }
+        c->srv = srv;
+        c->fd = fd;
+        wp_buf_init(&c->out, OUT_MAX);
+        ev_io_init(&c->rio, read_cb, fd, EV_READ);
+        ev_io_init(&c->wio, write_cb, fd, EV_WRITE);
+        ev_init(&c->timer, timer_cb);
+        c->rio.data = c->wio.data = c->timer.data = c;
+        c->next = srv->conns;
+        if (srv->conns)
+            srv->conns->prev = c;
+        srv->conns = c;
+        ev_io_start(loop, &c->rio);
+    }
+}
+
+int msrv_server_new(const struct msrv_config *cfg, struct msrv_server **out,
+                    struct wp_err *err)
+{
+    struct msrv_server *srv = calloc(1, sizeof(*srv));
+    struct sockaddr_in a = { .sin_family = AF_INET };
+    int one = 1, rc;
+
+    if (!srv)
+        return wp_err_set(err, -ENOMEM, "server");
+    srv->cfg = cfg;
+    srv->loop = EV_DEFAULT;
+    srv->lfd = -1;
+    srv->by_status = json_object();
+    msrv_rng_seed(&srv->id_rng, cfg->seed, 0x1d5);
+    a.sin_port = htons((uint16_t)cfg->port);
+    if (inet_pton(AF_INET, cfg->host, &a.sin_addr) != 1) {
+        rc = wp_err_set(err, WP_ECONFIG, "bad listen address %s", cfg->host);
+        goto fail;
+    }
+    srv->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (srv->lfd < 0) {
+        rc = wp_err_errno(err, "socket");
+        goto fail;
+    }
+    setsockopt(srv->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(srv->lfd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(srv->lfd, 1024) < 0) {
+        rc = wp_err_errno(err, "listen %s:%d", cfg->host, cfg->port);
+        goto fail;
+    }
+    ev_io_init(&srv->accept_io, accept_cb, srv->lfd, EV_READ);
+    srv->accept_io.data = srv;
+    ev_io_start(srv->loop, &srv->accept_io);
+    ev_prepare_init(&srv->prepare, prepare_cb);
+    srv->prepare.data = srv;
+    ev_prepare_start(srv->loop, &srv->prepare);
+    ev_unref(srv->loop); /* the prepare watcher alone keeps nothing alive */
+    *out = srv;
+    return 0;
+fail:
+    if (srv->lfd >= 0)
+        close(srv->lfd);
+    json_decref(srv->by_status);
+    free(srv);
+    return rc;
+}
+
+void msrv_server_free(struct msrv_server *srv)
+{
+    if (!srv)
+        return;
+    while (srv->conns)
+        conn_close(srv->conns);
+    free_closed(srv);
+    ev_io_stop(srv->loop, &srv->accept_io);
+    ev_ref(srv->loop);
+    ev_prepare_stop(srv->loop, &srv->prepare);
+    close(srv->lfd);
+    json_decref(srv->by_status);
+    free(srv);
+}
