@@ -120,5 +120,14 @@ await check('invalid request answers 400 invalid_request_error', async () => {
   );
 });
 
+await check('server stats: one 529 served, streams recorded with their TTFT', async () => {
+  const stats = await (await fetch(`http://127.0.0.1:${port}/stats`)).json();
+  assert.equal(stats.faults.status, 1);
+  assert.equal(stats.status['529'], 1);
+  assert.equal(stats.status['400'], 1);
+  assert.ok(stats.ttft_ms.count >= 4);
+  assert.ok(stats.ttft_ms.min >= 19.5, `min ttft ${stats.ttft_ms.min}`);
+});
+
 console.log(`1..${n}`);
 process.exit(failed ? 1 : 0);
