@@ -44,5 +44,5 @@ $(BUILD)/fuzz-replay/msrv_req: tests/fuzz/fuzz_msrv_req.c tests/fuzz/replay_main
     $(MSRV_LIBS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(PKG_CFLAGS) $^ $(LDFLAGS) $(LDLIBS) -o $@
-override FUZZ_LIB_SRCS = $(foreach m,$(MODULES),$($(m)_SRCS)) tests/modelserver/msrv_http.c \
+override FUZZ_LIB_SRCS = $(foreach m,$(MODULES),$($(m)_SRCS)) $(MSRV_SRCS) \
     $(filter-out $(foreach m,$(MODULES),$($(m)_SRCS)),$(addprefix $(LLHTTP_DIR)/,llhttp.c api.c http.c))

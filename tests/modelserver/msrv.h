@@ -223,6 +223,8 @@ struct msrv_server;
  * default loop. Caller owns the server (msrv_server_free). */
 int msrv_server_new(const struct msrv_config *cfg, struct msrv_server **out,
                     struct wp_err *err);
+/* The port listened on (the kernel's choice when cfg->port is 0). */
+int msrv_server_port(const struct msrv_server *srv);
 /* Stop listening, close every connection. Call after ev_run returns. */
 void msrv_server_free(struct msrv_server *srv);
 

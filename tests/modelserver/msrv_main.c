@@ -16,7 +16,7 @@
 static const char usage[] =
     "usage: wp-modelserver [options]\n"
     "  --host ADDR            listen address (127.0.0.1)\n"
-    "  --port N               listen port (8765)\n"
+    "  --port N               listen port (8765; 0 = any, logged at start)\n"
     "  --script FILE          JSON script: turns, latencies, faults (see README)\n"
     "  --seed N               RNG seed (1); the same seed replays the same samples\n"
     "  --ttft SPEC            fixed:MS | uniform:MIN:MAX | lognormal:MEDIAN:P95 (fixed:200)\n"
@@ -171,7 +171,7 @@ int main(int argc, char **argv)
     ev_signal_start(loop, &sigint);
     ev_signal_start(loop, &sigterm);
     log_info("listening host=%s port=%d seed=%llu ttft=%s:%g:%g rate=%g chunk=%d convs=%zu",
-             cfg.host, cfg.port, (unsigned long long)cfg.seed,
+             cfg.host, msrv_server_port(srv), (unsigned long long)cfg.seed,
              cfg.ttft.kind == MSRV_DIST_FIXED     ? "fixed"
              : cfg.ttft.kind == MSRV_DIST_UNIFORM ? "uniform"
                                                   : "lognormal",

@@ -22,7 +22,7 @@ void msrv_config_init(struct msrv_config *cfg)
     cfg->port = 8765;
     cfg->seed = 1;
     cfg->ttft.kind = MSRV_DIST_FIXED;
-    cfg->ttft.a = 200;
+    cfg->ttft.a = cfg->ttft.b = 200;
     cfg->tokens_per_s = 100;
     cfg->chunk_tokens = 1;
     cfg->text = strdup("Hello! This is the warmpool model server speaking.");

@@ -64,6 +64,7 @@ struct msrv_server {
     const struct msrv_config *cfg;
     struct ev_loop *loop;
     int lfd;
+    int port;
     ev_io accept_io;
     ev_prepare prepare;
     struct conn *conns, *closed;
@@ -695,6 +696,11 @@ int msrv_server_new(const struct msrv_config *cfg, struct msrv_server **out,
         rc = wp_err_errno(err, "listen %s:%d", cfg->host, cfg->port);
         goto fail;
     }
+    {
+        socklen_t alen = sizeof(a);
+        if (getsockname(srv->lfd, (struct sockaddr *)&a, &alen) == 0)
+            srv->port = ntohs(a.sin_port); /* the kernel's choice for port 0 */
+    }
     ev_io_init(&srv->accept_io, accept_cb, srv->lfd, EV_READ);
     srv->accept_io.data = srv;
     ev_io_start(srv->loop, &srv->accept_io);
@@ -710,6 +716,11 @@ fail:
     json_decref(srv->by_status);
     free(srv);
     return rc;
+}
+
+int msrv_server_port(const struct msrv_server *srv)
+{
+    return srv->port;
 }
 
 void msrv_server_free(struct msrv_server *srv)
