@@ -245,6 +245,12 @@ static void text_stream_exact_sequence(void **state)
     }
     json_decref(stats);
     free(st.body);
+    call(&st, "GET", "/stats/requests", NULL, NULL);
+    assert_int_equal(st.status, 200);
+    stats = json_loads(st.body, 0, NULL);
+    assert_int_equal(json_array_size(json_object_get(stats, "requests")), 1);
+    json_decref(stats);
+    free(st.body);
     free(r.body);
     free(body);
     assert_int_equal(msrv_stop(&srv), 0);

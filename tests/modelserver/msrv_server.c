@@ -29,7 +29,8 @@
 #define IN_MAX (16 * 1024)
 #define OUT_MAX (8 * 1024 * 1024) /* a reader this far behind is dropped */
 #define TTFT_RING 4096
-#define RECENT_MAX 64
+#define RECENT_MAX 4096 /* GET /stats/requests */
+#define RECENT_IN_STATS 64
 
 struct conn {
     ev_io rio, wio;
@@ -74,6 +75,7 @@ struct msrv_server {
     int seen_status, seen_error, seen_drop; /* requests that reached each rule */
     json_t *by_status;                      /* "200": count */
     double ttft[TTFT_RING];
+    double late[TTFT_RING]; /* measured - planned TTFT: the server's own overhead */
     uint64_t n_ttft;
     struct recent recent[RECENT_MAX];
     uint64_t n_recent;
@@ -186,6 +188,7 @@ static void request_done(struct conn *c, const char *how)
     stats_count(srv, c->status);
     if (c->ttft_ms >= 0 && c->stream) {
         struct recent *r = &srv->recent[srv->n_recent++ % RECENT_MAX];
+        srv->late[srv->n_ttft % TTFT_RING] = c->ttft_ms - c->plan.ttft_ms;
         srv->ttft[srv->n_ttft++ % TTFT_RING] = c->ttft_ms;
         snprintf(r->req_id, sizeof(r->req_id), "%s", c->req_id);
         r->ttft_ms = c->ttft_ms;
@@ -433,39 +436,76 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* {count, mean, min, p50, p95, p99, max} of the first n values of v. */
+static json_t *summary(const double *v, size_t n)
+{
+    double *sorted, sum = 0;
+    json_t *j;
+
+    if (n == 0)
+        return json_pack("{s:i}", "count", 0);
+    sorted = malloc(n * sizeof(double));
+    if (!sorted)
+        return NULL;
+    memcpy(sorted, v, n * sizeof(double));
+    qsort(sorted, n, sizeof(double), cmp_double);
+    for (size_t i = 0; i < n; i++)
+        sum += sorted[i];
+    j = json_pack("{s:I, s:f, s:f, s:f, s:f, s:f, s:f}", "count", (json_int_t)n, "mean",
+                  sum / (double)n, "min", sorted[0], "p50", pct(sorted, n, 0.5), "p95",
+                  pct(sorted, n, 0.95), "p99", pct(sorted, n, 0.99), "max", sorted[n - 1]);
+    free(sorted);
+    return j;
+}
+
+/* The last `max` streams, oldest first. */
+static json_t *recent_json(const struct msrv_server *srv, size_t max)
+{
+    size_t nr = srv->n_recent < RECENT_MAX ? (size_t)srv->n_recent : RECENT_MAX;
+    json_t *a = json_array();
+
+    if (nr > max)
+        nr = max;
+    for (size_t i = 0; a && i < nr; i++) {
+        const struct recent *r = &srv->recent[(srv->n_recent - nr + i) % RECENT_MAX];
+        json_array_append_new(a, json_pack("{s:s, s:f, s:f}", "request_id", r->req_id,
+                                           "ttft_ms", r->ttft_ms, "planned_ttft_ms",
+                                           r->planned_ms));
+    }
+    return a;
+}
+
 static void h_stats(struct conn *c, struct msrv_req *req)
 {
     struct msrv_server *srv = c->srv;
     size_t n = srv->n_ttft < TTFT_RING ? (size_t)srv->n_ttft : TTFT_RING;
-    size_t nr = srv->n_recent < RECENT_MAX ? (size_t)srv->n_recent : RECENT_MAX;
-    double sorted[TTFT_RING], sum = 0;
-    json_t *ttft, *recent = json_array(), *j;
+    json_t *j;
     char *body;
     (void)req;
 
-    memcpy(sorted, srv->ttft, n * sizeof(double));
-    qsort(sorted, n, sizeof(double), cmp_double);
-    for (size_t i = 0; i < n; i++)
-        sum += sorted[i];
-    ttft = n ? json_pack("{s:I, s:f, s:f, s:f, s:f, s:f, s:f}", "count", (json_int_t)n, "mean",
-                         sum / (double)n, "min", sorted[0], "p50", pct(sorted, n, 0.5), "p95",
-                         pct(sorted, n, 0.95), "p99", pct(sorted, n, 0.99), "max",
-                         sorted[n - 1])
-             : json_pack("{s:i}", "count", 0);
-    for (size_t i = 0; i < nr; i++) {
-        const struct recent *r = &srv->recent[(srv->n_recent - nr + i) % RECENT_MAX];
-        json_array_append_new(recent, json_pack("{s:s, s:f, s:f}", "request_id", r->req_id,
-                                                "ttft_ms", r->ttft_ms, "planned_ttft_ms",
-                                                r->planned_ms));
-    }
-    j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:O, s:{s:I, s:I, s:I}, s:o, s:o}", "http_requests",
-                  (json_int_t)srv->n_http, "messages", (json_int_t)srv->n_messages, "streams",
-                  (json_int_t)srv->n_streams, "active_streams", (json_int_t)srv->n_active,
-                  "client_gone", (json_int_t)srv->n_client_gone, "status", srv->by_status,
-                  "faults", "status", (json_int_t)srv->n_fault_status, "stream_error",
+    j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:O, s:{s:I, s:I, s:I}, s:o, s:o, s:o}",
+                  "http_requests", (json_int_t)srv->n_http, "messages",
+                  (json_int_t)srv->n_messages, "streams", (json_int_t)srv->n_streams,
+                  "active_streams", (json_int_t)srv->n_active, "client_gone",
+                  (json_int_t)srv->n_client_gone, "status", srv->by_status, "faults", "status",
+                  (json_int_t)srv->n_fault_status, "stream_error",
                   (json_int_t)srv->n_fault_error, "drop", (json_int_t)srv->n_fault_drop,
-                  "ttft_ms", ttft, "recent", recent);
+                  "ttft_ms", summary(srv->ttft, n), "ttft_late_ms", summary(srv->late, n),
+                  "recent", recent_json(srv, RECENT_IN_STATS));
     body = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    respond(c, 200, "application/json", NULL, body ? body : "{}", body ? strlen(body) : 2);
+    free(body);
+    json_decref(j);
+    finish(c);
+}
+
+/* Every stream still in the ring, for benchmarks that join on request-id. */
+static void h_stats_requests(struct conn *c, struct msrv_req *req)
+{
+    json_t *j = json_pack("{s:o}", "requests", recent_json(c->srv, RECENT_MAX));
+    char *body = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    (void)req;
+
     respond(c, 200, "application/json", NULL, body ? body : "{}", body ? strlen(body) : 2);
     free(body);
     json_decref(j);
@@ -488,6 +528,7 @@ static const struct route {
 } routes[] = {
     { "POST", "/v1/messages", h_messages },
     { "GET", "/stats", h_stats },
+    { "GET", "/stats/requests", h_stats_requests },
     { "GET", "/health", h_health },
 };
 
