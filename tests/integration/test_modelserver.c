@@ -462,10 +462,11 @@ static void validation_auth_and_routes(void **state)
 
 /* 120 streams at once through curl multi: every one completes, and every
  * TTFT lies within the configured uniform range (loosely above). */
-static void concurrent_streams_ttft_bounds(void **state)
+static void concurrent_streams(const char *timer)
 {
     enum { N = 120 };
-    const char *args[] = { "--ttft", "uniform:50:150", "--rate", "500", "--seed", "9", NULL };
+    const char *args[] = { "--ttft", "uniform:50:150", "--rate", "500", "--seed", "9", timer,
+                           NULL };
     char *body = msgs_body("[{\"role\":\"user\",\"content\":\"hi\"}]", 1, 100);
     struct curl_slist *h = curl_slist_append(NULL, "content-type: application/json");
     struct resp *r = calloc(N, sizeof(*r));
@@ -474,7 +475,6 @@ static void concurrent_streams_ttft_bounds(void **state)
     int running = 1;
     json_t *stats, *t;
     struct resp st;
-    (void)state;
 
     h = curl_slist_append(h, KEY);
     assert_int_equal(msrv_spawn(&srv, args), 0);
@@ -517,6 +517,18 @@ static void concurrent_streams_ttft_bounds(void **state)
     assert_int_equal(msrv_stop(&srv), 0);
 }
 
+static void concurrent_streams_ttft_bounds(void **state)
+{
+    (void)state;
+    concurrent_streams(NULL);
+}
+
+static void concurrent_streams_ev_timer(void **state)
+{
+    (void)state;
+    concurrent_streams("--ev-timer");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -526,6 +538,7 @@ int main(void)
         cmocka_unit_test_teardown(fail_rate_429, teardown),
         cmocka_unit_test_teardown(validation_auth_and_routes, teardown),
         cmocka_unit_test_teardown(concurrent_streams_ttft_bounds, teardown),
+        cmocka_unit_test_teardown(concurrent_streams_ev_timer, teardown),
     };
     int rc;
 

@@ -129,6 +129,7 @@ struct msrv_config {
     int chunk_tokens;    /* tokens per content_block_delta */
     char *text;          /* default reply text; owned */
     bool require_auth;
+    bool ev_timer;   /* libev timers instead of timerfds (ms-rounded) */
     size_t max_body;
     /* Faults. Each rule counts only the requests that reach it. */
     int fault_status;      /* 529 default */

@@ -33,12 +33,13 @@ static const char usage[] =
     "  --drop-first N         drop the connection of the first N streams mid-stream\n"
     "  --drop-rate P          ... and this fraction of the rest\n"
     "  --fault-after N        SSE segments sent before a mid-stream fault (2)\n"
+    "  --ev-timer             libev timers instead of timerfds (up to 1 ms late)\n"
     "  --log-level LEVEL      error | warn | info | debug (info)\n";
 
 enum {
     OPT_HOST = 256, OPT_PORT, OPT_SCRIPT, OPT_SEED, OPT_TTFT, OPT_RATE, OPT_CHUNK, OPT_TEXT,
     OPT_NOAUTH, OPT_FSTATUS, OPT_RETRY, OPT_HFIRST, OPT_HRATE, OPT_EFIRST, OPT_ERATE,
-    OPT_DFIRST, OPT_DRATE, OPT_AFTER, OPT_LOG, OPT_HELP,
+    OPT_DFIRST, OPT_DRATE, OPT_AFTER, OPT_LOG, OPT_HELP, OPT_EVTIMER,
 };
 
 static const struct option options[] = {
@@ -61,6 +62,7 @@ static const struct option options[] = {
     { "drop-rate", required_argument, NULL, OPT_DRATE },
     { "fault-after", required_argument, NULL, OPT_AFTER },
     { "log-level", required_argument, NULL, OPT_LOG },
+    { "ev-timer", no_argument, NULL, OPT_EVTIMER },
     { "help", no_argument, NULL, OPT_HELP },
     { NULL, 0, NULL, 0 },
 };
@@ -98,6 +100,7 @@ static int apply(struct msrv_config *cfg, int opt, const char *arg, struct wp_er
         return 0;
     }
     case OPT_NOAUTH: cfg->require_auth = false; return 0;
+    case OPT_EVTIMER: cfg->ev_timer = true; return 0;
     case OPT_LOG:
         if (wp_log_set_level(arg) < 0)
             return wp_err_set(err, WP_ECONFIG, "bad log level '%s'", arg);

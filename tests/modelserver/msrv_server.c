@@ -696,6 +696,7 @@ static void conn_close(struct conn *c)
         ev_io_stop(srv->loop, &c->tio);
         close(c->tfd);
         c->tfd = -1;
+        c->no_tfd = srv->cfg->ev_timer;
     }
     close(c->fd);
     c->fd = -1;
@@ -760,6 +761,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         c->srv = srv;
         c->fd = fd;
         c->tfd = -1;
+        c->no_tfd = srv->cfg->ev_timer;
         wp_buf_init(&c->out, OUT_MAX);
         ev_io_init(&c->rio, read_cb, fd, EV_READ);
         ev_io_init(&c->wio, write_cb, fd, EV_WRITE);
