@@ -2,7 +2,10 @@
  * exact SSE event sequence, a scripted tool call, faults, validation and
  * auth, keep-alive, TTFT bounds and many concurrent streams. Timing checks
  * assert ordering and loose bounds, never tight ones. */
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -529,6 +532,98 @@ static void concurrent_streams_ev_timer(void **state)
     concurrent_streams("--ev-timer");
 }
 
+/* Send raw bytes, read until the server closes; returns bytes read. */
+static size_t raw_exchange(const char *req, char *out, size_t cap)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET };
+    struct timeval tv = { 10, 0 };
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    size_t n = 0;
+    ssize_t k;
+
+    a.sin_port = htons((uint16_t)srv.port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_true(fd >= 0);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    while (n < cap - 1 && (k = read(fd, out + n, cap - 1 - n)) > 0)
+        n += (size_t)k;
+    out[n] = '\0';
+    close(fd);
+    return n;
+}
+
+static int count(const char *hay, const char *needle)
+{
+    int c = 0;
+    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+        c++;
+    return c;
+}
+
+static size_t abort_after_first(char *p, size_t sz, size_t n, void *ud)
+{
+    (void)p;
+    (void)ud;
+    (void)sz;
+    (void)n;
+    return 0; /* curl aborts the transfer and closes the connection */
+}
+
+/* Pipelined requests are answered in order; Connection: close closes;
+ * malformed input gets 400 and a close; a client that goes away mid-stream
+ * is counted and leaves nothing active. */
+static void pipelining_close_and_client_gone(void **state)
+{
+    const char *args[] = { "--ttft", "fixed:30", "--rate", "50", NULL };
+    char out[16384];
+    struct resp st;
+    json_t *stats;
+    char *body = msgs_body("[{\"role\":\"user\",\"content\":\"hi\"}]", 1, 100);
+    (void)state;
+
+    assert_int_equal(msrv_spawn(&srv, args), 0);
+    raw_exchange("GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                 "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                 "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                 out, sizeof(out));
+    assert_int_equal(count(out, "HTTP/1.1 200 OK"), 2);
+    assert_int_equal(count(out, "HTTP/1.1 404"), 1);
+    assert_true(strstr(out, "HTTP/1.1 404") > strstr(out, "HTTP/1.1 200"));
+    assert_non_null(strstr(out, "Connection: close"));
+
+    raw_exchange("BREW /pot HTCPCP/1.0\r\n\r\n", out, sizeof(out));
+    assert_non_null(strstr(out, "HTTP/1.1 400"));
+    assert_non_null(strstr(out, "invalid_request_error"));
+
+    {
+        struct curl_slist *h = curl_slist_append(NULL, KEY);
+        struct resp r;
+        CURL *e = easy_for(&r, "POST", "/v1/messages", body, h);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, abort_after_first);
+        assert_int_equal(curl_easy_perform(e), CURLE_WRITE_ERROR);
+        curl_easy_cleanup(e);
+        curl_slist_free_all(h);
+    }
+    /* The server notices at its next read or write. */
+    for (int i = 0; i < 100; i++) {
+        call(&st, "GET", "/stats", NULL, NULL);
+        stats = json_loads(st.body, 0, NULL);
+        free(st.body);
+        if (json_integer_value(json_object_get(stats, "client_gone")) == 1)
+            break;
+        json_decref(stats);
+        stats = NULL;
+        usleep(20 * 1000);
+    }
+    assert_non_null(stats);
+    assert_int_equal(json_integer_value(json_object_get(stats, "active_streams")), 0);
+    json_decref(stats);
+    free(body);
+    assert_int_equal(msrv_stop(&srv), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -537,6 +632,7 @@ int main(void)
         cmocka_unit_test_teardown(faults_in_order, teardown),
         cmocka_unit_test_teardown(fail_rate_429, teardown),
         cmocka_unit_test_teardown(validation_auth_and_routes, teardown),
+        cmocka_unit_test_teardown(pipelining_close_and_client_gone, teardown),
         cmocka_unit_test_teardown(concurrent_streams_ttft_bounds, teardown),
         cmocka_unit_test_teardown(concurrent_streams_ev_timer, teardown),
     };
