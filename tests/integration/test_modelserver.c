@@ -547,8 +547,12 @@ static size_t raw_exchange(const char *req, char *out, size_t cap)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
     assert_int_equal(write(fd, req, strlen(req)), (ssize_t)strlen(req));
-    while (n < cap - 1 && (k = read(fd, out + n, cap - 1 - n)) > 0)
+    while (n < cap - 1) {
+        k = read(fd, out + n, cap - 1 - n);
+        if (k <= 0)
+            break;
         n += (size_t)k;
+    }
     out[n] = '\0';
     close(fd);
     return n;

@@ -92,7 +92,11 @@ static int apply(struct msrv_config *cfg, int opt, const char *arg, struct wp_er
     case OPT_SCRIPT: return msrv_config_load_file(cfg, arg, err);
     case OPT_TTFT: return msrv_dist_parse(arg, &cfg->ttft, err);
     case OPT_TEXT: {
-        char *t = strdup(arg);
+        json_t *valid = json_string(arg); /* NULL unless valid UTF-8 */
+        char *t = valid ? strdup(arg) : NULL;
+        json_decref(valid);
+        if (!valid)
+            return wp_err_set(err, WP_ECONFIG, "--text must be UTF-8");
         if (!t)
             return wp_err_set(err, WP_ECONFIG, "out of memory");
         free(cfg->text);
@@ -143,7 +147,10 @@ int main(int argc, char **argv)
     int opt, rc = 1;
 
     msrv_config_init(&cfg);
-    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+    for (;;) {
+        opt = getopt_long(argc, argv, "h", options, NULL);
+        if (opt == -1)
+            break;
         if (opt == 'h' || opt == OPT_HELP) {
             fputs(usage, stdout);
             rc = 0;
