@@ -190,6 +190,15 @@ static void assert_well_formed(const struct sse *s)
 
 /* ---- tests ------------------------------------------------------------- */
 
+static int count(const char *hay, const char *needle)
+{
+    int c = 0;
+    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+        c++;
+    return c;
+}
+
+
 static void text_stream_exact_sequence(void **state)
 {
     const char *args[] = { "--ttft", "fixed:150", "--rate", "200", "--text", "one two three",
@@ -532,6 +541,38 @@ static void concurrent_streams_ev_timer(void **state)
     concurrent_streams("--ev-timer");
 }
 
+/* Deltas are paced at the token rate: 5 tokens at 20/s take 4 intervals
+ * of 50 ms after the first; in one chunk of 5 they come at once. */
+static void token_rate_paces_deltas(void **state)
+{
+    const char *args[] = { "--ttft", "fixed:10", "--rate", "20", "--text", "a b c d e", NULL };
+    const char *args5[] = { "--ttft", "fixed:10", "--rate", "20", "--chunk", "5", "--text",
+                            "a b c d e", NULL };
+    char *body = msgs_body("[{\"role\":\"user\",\"content\":\"hi\"}]", 1, 100);
+    struct resp r;
+    double t;
+    (void)state;
+
+    assert_int_equal(msrv_spawn(&srv, args), 0);
+    call(&r, "POST", "/v1/messages", body, KEY);
+    t = wp_now_ms() - r.t0;
+    assert_int_equal(count(r.body, "event: content_block_delta"), 5);
+    assert_true(t >= 200 && t < 3000);
+    assert_true(t - r.first_delta_ms >= 195);
+    free(r.body);
+    assert_int_equal(msrv_stop(&srv), 0);
+
+    assert_int_equal(msrv_spawn(&srv, args5), 0);
+    call(&r, "POST", "/v1/messages", body, KEY);
+    t = wp_now_ms() - r.t0;
+    assert_int_equal(count(r.body, "event: content_block_delta"), 1);
+    assert_non_null(strstr(r.body, "\"text\":\"a b c d e\""));
+    assert_true(t < 190);
+    free(r.body);
+    free(body);
+    assert_int_equal(msrv_stop(&srv), 0);
+}
+
 /* Send raw bytes, read until the server closes; returns bytes read. */
 static size_t raw_exchange(const char *req, char *out, size_t cap)
 {
@@ -556,14 +597,6 @@ static size_t raw_exchange(const char *req, char *out, size_t cap)
     out[n] = '\0';
     close(fd);
     return n;
-}
-
-static int count(const char *hay, const char *needle)
-{
-    int c = 0;
-    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
-        c++;
-    return c;
 }
 
 static size_t abort_after_first(char *p, size_t sz, size_t n, void *ud)
@@ -633,6 +666,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(text_stream_exact_sequence, teardown),
         cmocka_unit_test_teardown(scripted_tool_call, teardown),
+        cmocka_unit_test_teardown(token_rate_paces_deltas, teardown),
         cmocka_unit_test_teardown(faults_in_order, teardown),
         cmocka_unit_test_teardown(fail_rate_429, teardown),
         cmocka_unit_test_teardown(validation_auth_and_routes, teardown),

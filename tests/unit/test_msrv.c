@@ -160,6 +160,11 @@ static void script_and_plan(void **state)
     msrv_rng_seed(&rng, cfg.seed, 0);
     assert_int_equal(msrv_plan_build(&cfg, t, &r, &rng, &plan, &err), 0);
     assert_true(plan.ttft_ms >= 10 && plan.ttft_ms <= 20);
+    /* Timing: the first segment waits the TTFT, the others 2 tokens at 1000/s. */
+    assert_true(plan.segs[0].delay_ms == plan.ttft_ms);
+    for (size_t i = 1; i < plan.n; i++)
+        assert_true(fabs(plan.segs[i].delay_ms - 2.0) < 1e-9);
+    assert_true(fabs(plan.total_ms - (plan.ttft_ms + 2.0 * (double)(plan.n - 1))) < 1e-6);
     assert_string_equal(plan.stop_reason, "tool_use");
     assert_true(plan.n > 3);
     for (size_t i = 0; i < plan.n; i++)
@@ -212,6 +217,25 @@ static void script_errors(void **state)
     }
 }
 
+/* The scripts shipped for benchmarks load (run from the repository root). */
+static void shipped_scripts_load(void **state)
+{
+    const char *files[] = { "tests/modelserver/scripts/bench-bash.json",
+                            "tests/modelserver/scripts/faults-mixed.json",
+                            "tests/sdk-msrv/script.json" };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        struct msrv_config cfg;
+        struct wp_err err = { 0 };
+        msrv_config_init(&cfg);
+        if (msrv_config_load_file(&cfg, files[i], &err) < 0)
+            fail_msg("%s", err.msg);
+        assert_true(cfg.n_convs >= 1);
+        msrv_config_free(&cfg);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -221,6 +245,7 @@ int main(void)
         cmocka_unit_test(distributions_are_seeded),
         cmocka_unit_test(script_and_plan),
         cmocka_unit_test(script_errors),
+        cmocka_unit_test(shipped_scripts_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
