@@ -20,7 +20,8 @@ LLHTTP_DIR ?= /usr/share/llhttp
 PKG_CFLAGS += -I$(LLHTTP_INC)
 
 MSRV_SRCS := tests/modelserver/msrv_http.c tests/modelserver/msrv_script.c \
-             tests/modelserver/msrv_reply.c tests/modelserver/msrv_server.c
+             tests/modelserver/msrv_reply.c tests/modelserver/msrv_server.c \
+             tests/modelserver/msrv_routes.c
 MSRV_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(MSRV_SRCS))
 MSRV_MAIN_OBJ := $(BUILD)/obj/tests/modelserver/msrv_main.o
 MSRV_LIBS := $(MSRV_OBJS) $(LLHTTP_OBJS) $(BUILD)/libbase.a

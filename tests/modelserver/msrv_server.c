@@ -1,6 +1,6 @@
 /* msrv_server.c - the libev HTTP/1.1 server of wp-modelserver.
  *
- * One struct conn per client, with its watchers embedded: rio/wio for the
+ * One struct msrv_conn per client, with its watchers embedded: rio/wio for the
  * socket, and one timer that walks the reply plan (TTFT, then one
  * token interval per segment). The timer is a timerfd watched by an ev_io:
  * libev's epoll backend waits in whole milliseconds, so an ev_timer fires
@@ -13,7 +13,7 @@
  * on a list that the ev_prepare watcher frees before the loop sleeps, so
  * nothing is freed under a running callback. */
 #define WP_LOG_COMPONENT "msrv"
-#include "msrv.h"
+#include "msrv_int.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -32,70 +32,13 @@
 #include "base/log.h"
 #include "base/timeutil.h"
 
-#define IN_MAX (16 * 1024)
-#define OUT_MAX (8 * 1024 * 1024) /* a reader this far behind is dropped */
-#define TTFT_RING 4096
-#define RECENT_MAX 4096 /* GET /stats/requests */
-#define RECENT_IN_STATS 64
 
-struct conn {
-    ev_io rio, wio;
-    ev_timer timer; /* fallback when tfd < 0 */
-    ev_io tio;      /* the timerfd */
-    int tfd;
-    bool no_tfd;
-    struct msrv_server *srv;
-    int fd;
-    struct conn *prev, *next; /* srv->conns */
-    struct conn *close_next;  /* srv->closed */
-    bool closing, busy, in_process, keep_alive, close_when_flushed;
-    struct msrv_parser *parser;
-    char in[IN_MAX];
-    size_t in_len;
-    struct wp_buf out;
-    /* The response in progress. */
-    char req_id[40];
-    int status;
-    bool stream;
-    size_t turn;
-    struct msrv_plan plan;
-    size_t seg;
-    enum msrv_fault_kind fault;
-    size_t fault_at;
-    double t0_ms, next_at_ms, ttft_ms;
-};
-
-struct recent {
-    char req_id[40];
-    double ttft_ms, planned_ms;
-};
-
-struct msrv_server {
-    const struct msrv_config *cfg;
-    struct ev_loop *loop;
-    int lfd;
-    int port;
-    ev_io accept_io;
-    ev_prepare prepare;
-    struct conn *conns, *closed;
-    struct msrv_rng id_rng;
-    uint64_t n_http, n_messages, n_streams, n_active, n_client_gone;
-    uint64_t n_fault_status, n_fault_error, n_fault_drop;
-    int seen_status, seen_error, seen_drop; /* requests that reached each rule */
-    json_t *by_status;                      /* "200": count */
-    double ttft[TTFT_RING];
-    double late[TTFT_RING]; /* measured - planned TTFT: the server's own overhead */
-    uint64_t n_ttft;
-    struct recent recent[RECENT_MAX];
-    uint64_t n_recent;
-};
-
-static void conn_close(struct conn *c);
-static void process(struct conn *c);
+static void conn_close(struct msrv_conn *c);
+static void process(struct msrv_conn *c);
 
 /* ---- output ---------------------------------------------------------- */
 
-static void send_raw(struct conn *c, const char *data, size_t len)
+void msrv__send_raw(struct msrv_conn *c, const char *data, size_t len)
 {
     if (c->closing || len == 0)
         return;
@@ -114,26 +57,26 @@ static void send_raw(struct conn *c, const char *data, size_t len)
             return;
     }
     if (wp_buf_append(&c->out, data, len) < 0) {
-        log_warn("slow reader fd=%d: output over %d bytes, closing", c->fd, OUT_MAX);
+        log_warn("slow reader fd=%d: output over %d bytes, closing", c->fd, MSRV_OUT_MAX);
         conn_close(c);
         return;
     }
     ev_io_start(c->srv->loop, &c->wio);
 }
 
-static void send_chunk(struct conn *c, const char *data, size_t len)
+static void send_chunk(struct msrv_conn *c, const char *data, size_t len)
 {
     char head[32];
     int n = snprintf(head, sizeof(head), "%zx\r\n", len);
 
-    send_raw(c, head, (size_t)n);
-    send_raw(c, data, len);
-    send_raw(c, "\r\n", 2);
+    msrv__send_raw(c, head, (size_t)n);
+    msrv__send_raw(c, data, len);
+    msrv__send_raw(c, "\r\n", 2);
 }
 
 static void write_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-    struct conn *c = w->data;
+    struct msrv_conn *c = w->data;
     ssize_t n;
     (void)revents;
 
@@ -189,16 +132,16 @@ static const char *fault_name(enum msrv_fault_kind f)
 }
 
 /* The response is over (or the connection is): log and count it. */
-static void request_done(struct conn *c, const char *how)
+static void request_done(struct msrv_conn *c, const char *how)
 {
     struct msrv_server *srv = c->srv;
     double total = wp_now_ms() - c->t0_ms;
 
     stats_count(srv, c->status);
     if (c->ttft_ms >= 0 && c->stream) {
-        struct recent *r = &srv->recent[srv->n_recent++ % RECENT_MAX];
-        srv->late[srv->n_ttft % TTFT_RING] = c->ttft_ms - c->plan.ttft_ms;
-        srv->ttft[srv->n_ttft++ % TTFT_RING] = c->ttft_ms;
+        struct msrv_recent *r = &srv->recent[srv->n_recent++ % MSRV_RECENT_MAX];
+        srv->late[srv->n_ttft % MSRV_TTFT_RING] = c->ttft_ms - c->plan.ttft_ms;
+        srv->ttft[srv->n_ttft++ % MSRV_TTFT_RING] = c->ttft_ms;
         snprintf(r->req_id, sizeof(r->req_id), "%s", c->req_id);
         r->ttft_ms = c->ttft_ms;
         r->planned_ms = c->plan.ttft_ms;
@@ -215,7 +158,7 @@ static void request_done(struct conn *c, const char *how)
 }
 
 /* Ready for the next request on this connection. */
-static void finish(struct conn *c)
+void msrv__finish(struct msrv_conn *c)
 {
     if (c->closing) /* conn_close() already accounted for the request */
         return;
@@ -231,7 +174,7 @@ static void finish(struct conn *c)
         process(c);
 }
 
-static void respond(struct conn *c, int status, const char *ctype, const char *extra,
+void msrv__respond(struct msrv_conn *c, int status, const char *ctype, const char *extra,
                     const char *body, size_t len)
 {
     char head[1024];
@@ -242,11 +185,11 @@ static void respond(struct conn *c, int status, const char *ctype, const char *e
                      c->keep_alive ? "keep-alive" : "close", extra ? extra : "");
 
     c->status = status;
-    send_raw(c, head, (size_t)n);
-    send_raw(c, body, len);
+    msrv__send_raw(c, head, (size_t)n);
+    msrv__send_raw(c, body, len);
 }
 
-static void respond_error(struct conn *c, int status, const char *msg, int retry_after)
+void msrv__respond_error(struct msrv_conn *c, int status, const char *msg, int retry_after)
 {
     char extra[128] = "";
     char *body = msrv_error_body(msrv_error_type(status), msg, c->req_id);
@@ -256,18 +199,18 @@ static void respond_error(struct conn *c, int status, const char *msg, int retry
         if (retry_after >= 0)
             snprintf(extra + n, sizeof(extra) - (size_t)n, "retry-after: %d\r\n", retry_after);
     }
-    respond(c, status, "application/json", extra, body ? body : "{}",
+    msrv__respond(c, status, "application/json", extra, body ? body : "{}",
             body ? strlen(body) : 2);
     free(body);
 }
 
 /* ---- streaming ------------------------------------------------------- */
 
-static void step(struct conn *c);
+static void step(struct msrv_conn *c);
 
 static void tfd_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-    struct conn *c = w->data;
+    struct msrv_conn *c = w->data;
     uint64_t expirations;
     (void)revents;
 
@@ -277,7 +220,7 @@ static void tfd_cb(struct ev_loop *loop, ev_io *w, int revents)
     step(c);
 }
 
-static bool arm_tfd(struct conn *c)
+static bool arm_tfd(struct msrv_conn *c)
 {
     struct itimerspec its = { { 0, 0 }, { 0, 0 } };
     double at = c->next_at_ms > 0 ? c->next_at_ms : 0;
@@ -305,7 +248,7 @@ static bool arm_tfd(struct conn *c)
     return true;
 }
 
-static void arm(struct conn *c)
+void msrv__arm(struct msrv_conn *c)
 {
     double delay = c->next_at_ms - wp_now_ms();
 
@@ -317,7 +260,7 @@ static void arm(struct conn *c)
     ev_timer_start(c->srv->loop, &c->timer);
 }
 
-static void stream_fault(struct conn *c)
+static void stream_fault(struct msrv_conn *c)
 {
     struct msrv_server *srv = c->srv;
 
@@ -335,12 +278,12 @@ static void stream_fault(struct conn *c)
         srv->n_fault_error++;
         if (n > 0)
             send_chunk(c, ev, (size_t)n);
-        send_raw(c, "0\r\n\r\n", 5);
+        msrv__send_raw(c, "0\r\n\r\n", 5);
         free(body);
         free(ev);
     }
     if (!c->closing)
-        finish(c);
+        msrv__finish(c);
 }
 
 static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -351,7 +294,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 /* The timer fired: the whole non-streaming reply, or the next segment. */
-static void step(struct conn *c)
+static void step(struct msrv_conn *c)
 {
     const struct msrv_seg *s;
 
@@ -360,10 +303,10 @@ static void step(struct conn *c)
     if (!c->stream) {
         char *body = json_dumps(c->plan.message, JSON_COMPACT | JSON_PRESERVE_ORDER);
         c->ttft_ms = wp_now_ms() - c->t0_ms;
-        respond(c, 200, "application/json", NULL, body ? body : "{}", body ? strlen(body) : 2);
+        msrv__respond(c, 200, "application/json", NULL, body ? body : "{}", body ? strlen(body) : 2);
         free(body);
         if (!c->closing)
-            finish(c);
+            msrv__finish(c);
         return;
     }
     if (c->fault != MSRV_FAULT_NONE && c->seg == c->fault_at) {
@@ -378,253 +321,17 @@ static void step(struct conn *c)
         c->ttft_ms = wp_now_ms() - c->t0_ms;
     if (++c->seg < c->plan.n) {
         c->next_at_ms += c->plan.segs[c->seg].delay_ms;
-        arm(c);
+        msrv__arm(c);
         return;
     }
-    send_raw(c, "0\r\n\r\n", 5);
+    msrv__send_raw(c, "0\r\n\r\n", 5);
     if (!c->closing)
-        finish(c);
-}
-
-/* ---- routes ---------------------------------------------------------- */
-
-static bool rule_hits(const struct msrv_fault_rule *r, int *seen, struct msrv_rng *rng)
-{
-    int idx = (*seen)++;
-
-    if (idx < r->first)
-        return true;
-    return r->rate > 0 && msrv_rng_double(rng) < r->rate;
-}
-
-static void h_messages(struct conn *c, struct msrv_req *req)
-{
-    struct msrv_server *srv = c->srv;
-    const struct msrv_config *cfg = srv->cfg;
-    struct msrv_msgreq mr;
-    struct msrv_rng rng, frng;
-    const struct msrv_turn *turn;
-    struct wp_err err;
-    uint64_t k;
-    int after = cfg->fault_after;
-
-    if (cfg->require_auth && !req->has_api_key && !req->has_auth) {
-        respond_error(c, 401, "x-api-key header is required", -1);
-        finish(c);
-        return;
-    }
-    if (msrv_msgreq_parse(req->body.data ? req->body.data : "", req->body.len, &mr, &err) < 0) {
-        respond_error(c, 400, err.msg, -1);
-        finish(c);
-        return;
-    }
-    k = srv->n_messages++;
-    msrv_rng_seed(&rng, cfg->seed, k);
-    msrv_rng_seed(&frng, cfg->seed ^ 0xfa17fa17ull, k);
-    turn = msrv_config_pick(cfg, &mr);
-    c->turn = mr.n_assistant;
-    c->stream = mr.stream;
-
-    /* A scripted fault wins; else the rules, each counting only the
-     * requests that get as far as it. */
-    if (turn && turn->fault != MSRV_FAULT_NONE) {
-        c->fault = turn->fault;
-        after = turn->fault_after;
-    } else if (rule_hits(&cfg->status_rule, &srv->seen_status, &frng)) {
-        c->fault = MSRV_FAULT_STATUS;
-    } else if (mr.stream && rule_hits(&cfg->error_rule, &srv->seen_error, &frng)) {
-        c->fault = MSRV_FAULT_STREAM_ERROR;
-    } else if (mr.stream && rule_hits(&cfg->drop_rule, &srv->seen_drop, &frng)) {
-        c->fault = MSRV_FAULT_DROP;
-    }
-    if (c->fault == MSRV_FAULT_STATUS) {
-        int st = turn && turn->fault_status ? turn->fault_status : cfg->fault_status;
-        srv->n_fault_status++;
-        c->stream = false;
-        respond_error(c, st, st == 529 ? "Overloaded" : st == 429 ? "Rate limited"
-                                                                   : "Internal server error",
-                      cfg->retry_after);
-        msrv_msgreq_free(&mr);
-        finish(c);
-        return;
-    }
-    if (!mr.stream)
-        c->fault = MSRV_FAULT_NONE;
-    if (msrv_plan_build(cfg, turn, &mr, &rng, &c->plan, &err) < 0) {
-        msrv_msgreq_free(&mr);
-        c->stream = false;
-        respond_error(c, 500, err.msg, -1);
-        finish(c);
-        return;
-    }
-    msrv_msgreq_free(&mr);
-    c->fault_at = after < 0 ? 0 : (size_t)after;
-    if (c->fault_at >= c->plan.n)
-        c->fault_at = c->plan.n - 1;
-    c->seg = 0;
-    c->next_at_ms = c->t0_ms + c->plan.segs[0].delay_ms;
-    if (c->stream) {
-        char head[512];
-        int n = snprintf(head, sizeof(head),
-                         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
-                         "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n"
-                         "request-id: %s\r\nx-msrv-planned-ttft-ms: %.3f\r\n"
-                         "Connection: %s\r\n\r\n",
-                         c->req_id, c->plan.ttft_ms, c->keep_alive ? "keep-alive" : "close");
-        c->status = 200;
-        srv->n_streams++;
-        srv->n_active++;
-        send_raw(c, head, (size_t)n);
-        if (c->closing)
-            return;
-    } else {
-        c->next_at_ms = c->t0_ms + c->plan.total_ms;
-    }
-    arm(c);
-}
-
-static double pct(double *sorted, size_t n, double p)
-{
-    size_t i = (size_t)(p * (double)(n - 1) + 0.5);
-    return sorted[i < n ? i : n - 1];
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* {count, mean, min, p50, p95, p99, max} of the first n values of v. */
-static json_t *summary(const double *v, size_t n)
-{
-    double *sorted, sum = 0;
-    json_t *j;
-
-    if (n == 0)
-        return json_pack("{s:i}", "count", 0);
-    sorted = malloc(n * sizeof(double));
-    if (!sorted)
-        return NULL;
-    memcpy(sorted, v, n * sizeof(double));
-    qsort(sorted, n, sizeof(double), cmp_double);
-    for (size_t i = 0; i < n; i++)
-        sum += sorted[i];
-    j = json_pack("{s:I, s:f, s:f, s:f, s:f, s:f, s:f}", "count", (json_int_t)n, "mean",
-                  sum / (double)n, "min", sorted[0], "p50", pct(sorted, n, 0.5), "p95",
-                  pct(sorted, n, 0.95), "p99", pct(sorted, n, 0.99), "max", sorted[n - 1]);
-    free(sorted);
-    return j;
-}
-
-/* The last `max` streams, oldest first. */
-static json_t *recent_json(const struct msrv_server *srv, size_t max)
-{
-    size_t nr = srv->n_recent < RECENT_MAX ? (size_t)srv->n_recent : RECENT_MAX;
-    json_t *a = json_array();
-
-    if (nr > max)
-        nr = max;
-    for (size_t i = 0; a && i < nr; i++) {
-        const struct recent *r = &srv->recent[(srv->n_recent - nr + i) % RECENT_MAX];
-        json_array_append_new(a, json_pack("{s:s, s:f, s:f}", "request_id", r->req_id,
-                                           "ttft_ms", r->ttft_ms, "planned_ttft_ms",
-                                           r->planned_ms));
-    }
-    return a;
-}
-
-static void h_stats(struct conn *c, struct msrv_req *req)
-{
-    struct msrv_server *srv = c->srv;
-    size_t n = srv->n_ttft < TTFT_RING ? (size_t)srv->n_ttft : TTFT_RING;
-    json_t *j;
-    char *body;
-    (void)req;
-
-    j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:O, s:{s:I, s:I, s:I}, s:o, s:o, s:o}",
-                  "http_requests", (json_int_t)srv->n_http, "messages",
-                  (json_int_t)srv->n_messages, "streams", (json_int_t)srv->n_streams,
-                  "active_streams", (json_int_t)srv->n_active, "client_gone",
-                  (json_int_t)srv->n_client_gone, "status", srv->by_status, "faults", "status",
-                  (json_int_t)srv->n_fault_status, "stream_error",
-                  (json_int_t)srv->n_fault_error, "drop", (json_int_t)srv->n_fault_drop,
-                  "ttft_ms", summary(srv->ttft, n), "ttft_late_ms", summary(srv->late, n),
-                  "recent", recent_json(srv, RECENT_IN_STATS));
-    body = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-    respond(c, 200, "application/json", NULL, body ? body : "{}", body ? strlen(body) : 2);
-    free(body);
-    json_decref(j);
-    finish(c);
-}
-
-/* Every stream still in the ring, for benchmarks that join on request-id. */
-static void h_stats_requests(struct conn *c, struct msrv_req *req)
-{
-    json_t *j = json_pack("{s:o}", "requests", recent_json(c->srv, RECENT_MAX));
-    char *body = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-    (void)req;
-
-    respond(c, 200, "application/json", NULL, body ? body : "{}", body ? strlen(body) : 2);
-    free(body);
-    json_decref(j);
-    finish(c);
-}
-
-static void h_health(struct conn *c, struct msrv_req *req)
-{
-    (void)req;
-    respond(c, 200, "text/plain", NULL, "ok\n", 3);
-    finish(c);
-}
-
-typedef void (*route_cb)(struct conn *c, struct msrv_req *req);
-
-static const struct route {
-    const char *method;
-    const char *path;
-    route_cb handler;
-} routes[] = {
-    { "POST", "/v1/messages", h_messages },
-    { "GET", "/stats", h_stats },
-    { "GET", "/stats/requests", h_stats_requests },
-    { "GET", "/health", h_health },
-};
-
-static void handle_request(struct conn *c)
-{
-    struct msrv_req *req = msrv_parser_req(c->parser);
-    bool path_known = false;
-
-    c->srv->n_http++;
-    c->busy = true;
-    c->keep_alive = req->keep_alive;
-    c->t0_ms = wp_now_ms();
-    c->ttft_ms = -1;
-    c->status = 0;
-    c->stream = false;
-    c->turn = 0;
-    c->fault = MSRV_FAULT_NONE;
-    msrv_make_id(c->req_id, sizeof(c->req_id), "req", &c->srv->id_rng);
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-        if (strcmp(routes[i].path, req->path) != 0)
-            continue;
-        path_known = true;
-        if (strcmp(routes[i].method, req->method) == 0) {
-            routes[i].handler(c, req);
-            return;
-        }
-    }
-    if (path_known)
-        respond_error(c, 405, "Method not allowed", -1);
-    else
-        respond_error(c, 404, "Not found", -1);
-    finish(c);
+        msrv__finish(c);
 }
 
 /* ---- input ----------------------------------------------------------- */
 
-static void process(struct conn *c)
+static void process(struct msrv_conn *c)
 {
     c->in_process = true;
     while (!c->busy && !c->closing && !c->close_when_flushed && c->in_len > 0) {
@@ -640,36 +347,36 @@ static void process(struct conn *c)
             c->ttft_ms = -1;
             msrv_make_id(c->req_id, sizeof(c->req_id), "req", &c->srv->id_rng);
             log_debug("fd=%d: %s", c->fd, err.msg);
-            respond_error(c, st, err.msg, -1);
+            msrv__respond_error(c, st, err.msg, -1);
             c->in_len = 0;
-            finish(c);
+            msrv__finish(c);
             break;
         }
         memmove(c->in, c->in + n, c->in_len - (size_t)n);
         c->in_len -= (size_t)n;
         if (msrv_parser_take_continue(c->parser))
-            send_raw(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+            msrv__send_raw(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         if (done)
-            handle_request(c);
+            msrv__handle_request(c);
         else if (n == 0)
             break;
     }
     c->in_process = false;
-    if (!c->closing && c->in_len < IN_MAX)
+    if (!c->closing && c->in_len < MSRV_IN_MAX)
         ev_io_start(c->srv->loop, &c->rio);
 }
 
 static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-    struct conn *c = w->data;
+    struct msrv_conn *c = w->data;
     ssize_t n;
     (void)revents;
 
-    if (c->in_len == IN_MAX) { /* a request is in progress: back-pressure */
+    if (c->in_len == MSRV_IN_MAX) { /* a request is in progress: back-pressure */
         ev_io_stop(loop, w);
         return;
     }
-    n = read(c->fd, c->in + c->in_len, IN_MAX - c->in_len);
+    n = read(c->fd, c->in + c->in_len, MSRV_IN_MAX - c->in_len);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n <= 0) {
@@ -682,7 +389,7 @@ static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 /* ---- connections ----------------------------------------------------- */
 
-static void conn_close(struct conn *c)
+static void conn_close(struct msrv_conn *c)
 {
     struct msrv_server *srv = c->srv;
 
@@ -717,7 +424,7 @@ static void conn_close(struct conn *c)
 static void free_closed(struct msrv_server *srv)
 {
     while (srv->closed) {
-        struct conn *c = srv->closed;
+        struct msrv_conn *c = srv->closed;
         srv->closed = c->close_next;
         msrv_parser_free(c->parser);
         msrv_plan_free(&c->plan);
@@ -741,7 +448,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
     for (int i = 0; i < 64; i++) {
         int one = 1;
         int fd = accept4(srv->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        struct conn *c;
+        struct msrv_conn *c;
 
         if (fd < 0) {
             if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
@@ -762,7 +469,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         c->fd = fd;
         c->tfd = -1;
         c->no_tfd = srv->cfg->ev_timer;
-        wp_buf_init(&c->out, OUT_MAX);
+        wp_buf_init(&c->out, MSRV_OUT_MAX);
         ev_io_init(&c->rio, read_cb, fd, EV_READ);
         ev_io_init(&c->wio, write_cb, fd, EV_WRITE);
         ev_init(&c->timer, timer_cb);
@@ -845,3 +552,4 @@ void msrv_server_free(struct msrv_server *srv)
     json_decref(srv->by_status);
     free(srv);
 }
+
