@@ -574,7 +574,7 @@ static void token_rate_paces_deltas(void **state)
 }
 
 /* Send raw bytes, read until the server closes; returns bytes read. */
-static size_t raw_exchange(const char *req, char *out, size_t cap)
+static size_t raw_exchange(const char *req, char *out, size_t cap, int half_close)
 {
     struct sockaddr_in a = { .sin_family = AF_INET };
     struct timeval tv = { 10, 0 };
@@ -588,6 +588,8 @@ static size_t raw_exchange(const char *req, char *out, size_t cap)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
     assert_int_equal(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    if (half_close)
+        shutdown(fd, SHUT_WR);
     while (n < cap - 1) {
         k = read(fd, out + n, cap - 1 - n);
         if (k <= 0)
@@ -624,15 +626,30 @@ static void pipelining_close_and_client_gone(void **state)
     raw_exchange("GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
                  "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
                  "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                 out, sizeof(out));
+                 out, sizeof(out), 0);
     assert_int_equal(count(out, "HTTP/1.1 200 OK"), 2);
     assert_int_equal(count(out, "HTTP/1.1 404"), 1);
     assert_true(strstr(out, "HTTP/1.1 404") > strstr(out, "HTTP/1.1 200"));
     assert_non_null(strstr(out, "Connection: close"));
 
-    raw_exchange("BREW /pot HTCPCP/1.0\r\n\r\n", out, sizeof(out));
+    raw_exchange("BREW /pot HTCPCP/1.0\r\n\r\n", out, sizeof(out), 0);
     assert_non_null(strstr(out, "HTTP/1.1 400"));
     assert_non_null(strstr(out, "invalid_request_error"));
+
+    /* A client that shuts down its sending side still gets its answers,
+     * the stream included, then the close. */
+    {
+        char req[1024];
+        snprintf(req, sizeof(req),
+                 "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                 "POST /v1/messages HTTP/1.1\r\nHost: x\r\n" KEY "\r\n"
+                 "Content-Length: %zu\r\n\r\n%s",
+                 strlen(body), body);
+        raw_exchange(req, out, sizeof(out), 1);
+        assert_int_equal(count(out, "HTTP/1.1 200 OK"), 2);
+        assert_non_null(strstr(out, "event: message_stop"));
+        assert_non_null(strstr(out, "\r\n0\r\n\r\n"));
+    }
 
     {
         struct curl_slist *h = curl_slist_append(NULL, KEY);

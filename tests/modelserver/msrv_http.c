@@ -80,6 +80,7 @@ static int on_url(llhttp_t *h, const char *at, size_t n)
     }
     memcpy(p->url + p->url_len, at, n);
     p->url_len += n;
+    p->url[p->url_len] = '\0';
     return 0;
 }
 

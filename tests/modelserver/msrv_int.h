@@ -24,6 +24,7 @@ struct msrv_conn {
     struct msrv_conn *prev, *next; /* srv->conns */
     struct msrv_conn *close_next;  /* srv->closed */
     bool closing, busy, in_process, keep_alive, close_when_flushed;
+    bool peer_eof; /* read returned 0: serve what is buffered, then close */
     struct msrv_parser *parser;
     char in[MSRV_IN_MAX];
     size_t in_len;

@@ -362,7 +362,18 @@ static void process(struct msrv_conn *c)
             break;
     }
     c->in_process = false;
-    if (!c->closing && c->in_len < MSRV_IN_MAX)
+    if (c->closing)
+        return;
+    if (c->peer_eof) {
+        /* Half-closed: everything buffered has been served or is being. */
+        if (!c->busy) {
+            c->close_when_flushed = true;
+            if (c->out.len == 0)
+                conn_close(c);
+        }
+        return;
+    }
+    if (c->in_len < MSRV_IN_MAX)
         ev_io_start(c->srv->loop, &c->rio);
 }
 
@@ -379,9 +390,16 @@ static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
     n = read(c->fd, c->in + c->in_len, MSRV_IN_MAX - c->in_len);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
-    if (n <= 0) {
+    if (n < 0) {
         conn_close(c); /* counts a request cut short as client_gone */
         return;
+    }
+    if (n == 0) {
+        /* EOF: the client may only have shut down its sending side, so
+         * buffered requests and the one in progress are still answered. A
+         * client that is really gone is noticed when a write fails. */
+        c->peer_eof = true;
+        ev_io_stop(loop, w);
     }
     c->in_len += (size_t)n;
     process(c);
