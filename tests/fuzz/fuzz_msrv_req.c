@@ -1,7 +1,7 @@
 /* fuzz_msrv_req.c - the model server's request parser (llhttp wrapper)
- * and the Messages body validation, over arbitrary bytes.
- * The first byte picks where the input is split into two reads, so header
- * pieces that straddle reads are exercised too. */
+ * and the Messages body validation, over arbitrary bytes; valid bodies go
+ * on to a reply plan. The first byte picks where the input is split into
+ * two reads, so header pieces that straddle reads are exercised too. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -10,14 +10,29 @@
 #include "base/err.h"
 #include "tests/modelserver/msrv.h"
 
+/* A valid body is also turned into a reply plan, with the default config
+ * (kept for the process: still reachable, so no leak report). */
 static void serve(struct msrv_parser *p)
 {
+    static struct msrv_config cfg;
+    static int cfg_ready;
     struct msrv_req *req = msrv_parser_req(p);
     struct msrv_msgreq mr;
+    struct msrv_plan plan;
+    struct msrv_rng rng;
     struct wp_err err;
 
-    if (msrv_msgreq_parse(req->body.data ? req->body.data : "", req->body.len, &mr, &err) == 0)
+    if (!cfg_ready) {
+        msrv_config_init(&cfg);
+        cfg.chunk_tokens = 3;
+        cfg_ready = 1;
+    }
+    if (msrv_msgreq_parse(req->body.data ? req->body.data : "", req->body.len, &mr, &err) == 0) {
+        msrv_rng_seed(&rng, 1, 0);
+        if (msrv_plan_build(&cfg, msrv_config_pick(&cfg, &mr), &mr, &rng, &plan, &err) == 0)
+            msrv_plan_free(&plan);
         msrv_msgreq_free(&mr);
+    }
     msrv_parser_next(p);
 }
 
