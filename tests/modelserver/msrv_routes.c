@@ -64,11 +64,12 @@ static void h_messages(struct msrv_conn *c, struct msrv_req *req)
     }
     if (c->fault == MSRV_FAULT_STATUS) {
         int st = turn && turn->fault_status ? turn->fault_status : cfg->fault_status;
+        const char *msg = st == 529 ? "Overloaded"
+                          : st == 429 ? "Rate limited"
+                                      : "Internal server error";
         srv->n_fault_status++;
         c->stream = false;
-        msrv__respond_error(c, st, st == 529 ? "Overloaded" : st == 429 ? "Rate limited"
-                                                                   : "Internal server error",
-                      cfg->retry_after);
+        msrv__respond_error(c, st, msg, cfg->retry_after);
         msrv_msgreq_free(&mr);
         msrv__finish(c);
         return;

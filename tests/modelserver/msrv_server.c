@@ -175,7 +175,7 @@ void msrv__finish(struct msrv_conn *c)
 }
 
 void msrv__respond(struct msrv_conn *c, int status, const char *ctype, const char *extra,
-                    const char *body, size_t len)
+                   const char *body, size_t len)
 {
     char head[1024];
     int n = snprintf(head, sizeof(head),
@@ -303,7 +303,8 @@ static void step(struct msrv_conn *c)
     if (!c->stream) {
         char *body = json_dumps(c->plan.message, JSON_COMPACT | JSON_PRESERVE_ORDER);
         c->ttft_ms = wp_now_ms() - c->t0_ms;
-        msrv__respond(c, 200, "application/json", NULL, body ? body : "{}", body ? strlen(body) : 2);
+        msrv__respond(c, 200, "application/json", NULL, body ? body : "{}",
+                      body ? strlen(body) : 2);
         free(body);
         if (!c->closing)
             msrv__finish(c);

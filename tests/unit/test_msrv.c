@@ -133,7 +133,8 @@ static const char script[] =
     " \"conversations\": [{\"match\": \"bash\", \"turns\": ["
     "   {\"content\": [{\"type\":\"thinking\",\"thinking\":\"Let me run it.\"},"
     "                  {\"type\":\"text\",\"text\":\"Running ls.\"},"
-    "                  {\"type\":\"tool_use\",\"name\":\"bash\",\"input\":{\"command\":\"ls -la /tmp\"}}]},"
+    "                  {\"type\":\"tool_use\",\"name\":\"bash\","
+    "                   \"input\":{\"command\":\"ls -la /tmp\"}}]},"
     "   \"All done.\"]}]}";
 
 static void script_and_plan(void **state)
@@ -186,7 +187,8 @@ static void script_and_plan(void **state)
     msrv_msgreq_free(&r);
 
     /* max_tokens cuts the default reply. */
-    body = "{\"model\":\"mm\",\"max_tokens\":2,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+    body = "{\"model\":\"mm\",\"max_tokens\":2,"
+           "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
     assert_int_equal(msrv_msgreq_parse(body, strlen(body), &r, &err), 0);
     assert_null(msrv_config_pick(&cfg, &r));
     assert_int_equal(msrv_plan_build(&cfg, NULL, &r, &rng, &plan, &err), 0);
