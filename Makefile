@@ -44,6 +44,7 @@ MODULES := scheduler pool snapshot agentlink base
 BINS :=
 .DEFAULT_GOAL := all
 include $(wildcard $(addsuffix /module.mk,$(MODULES)))
+include tests/modelserver/build.mk
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 MODLIBS := $(foreach m,$(MODULES),$(if $($(m)_SRCS),$(BUILD)/lib$(m).a))
