@@ -43,6 +43,13 @@ else
     say "Debian packages: all present"
 fi
 
+# Node.js runs the official SDK as a test client. Machines of this kind
+# ship Node 20 from their own apt source; elsewhere Debian's is enough.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    say "installing Node.js and npm from Debian"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+
 # --- criu ----------------------------------------------------------------
 # CRIU keeps its kernel-feature cache in /run; without a tmpfs there it
 # re-probes the kernel on every call (~30 ms per restore).
