@@ -409,7 +409,7 @@ int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *i
     if (rc < 0)
         goto fail;
     sb->init_pid = rc;
-    if ((rc = snap__meta_write(ctx, sb, "boot", err)) < 0)
+    if ((rc = snap__pid_write(sb, err)) < 0)
         goto fail;
     if (t->ready_file) {
         uint64_t r0 = wp_now_ns();

@@ -134,13 +134,65 @@ static int write_manifest(struct snap_ctx *ctx, const char *dir, const struct sn
     return rc;
 }
 
+/* criu dump, in a helper process: the dump blocks, and the helper's
+ * environment carries criu's config (network-lock skip: the sandbox's
+ * network namespace is private, with only loopback, and is replaced
+ * at restore). Returns criu's result. */
+static int dump_in_helper(struct snap_ctx *ctx, const struct snap_sandbox *sb,
+                          const struct snap_template *t, int dfd, int wfd, const char *netns)
+{
+    int status;
+    pid_t pid = fork();
+
+    if (pid < 0)
+        return -errno;
+    if (pid == 0) {
+        criu_opts *opts = NULL;
+        if (criu_local_init_opts(&opts) < 0)
+            _exit(100);
+        setenv("CRIU_CONFIG_FILE", ctx->criu_dump_conf, 1);
+        criu_local_set_service_binary(opts, ctx->criu_bin);
+        criu_local_set_images_dir_fd(opts, dfd);
+        criu_local_set_work_dir_fd(opts, wfd);
+        criu_local_set_pid(opts, sb->init_pid);
+        criu_local_set_log_file(opts, "dump.log");
+        criu_local_set_log_level(opts, 4);
+        criu_local_set_leave_running(opts, false);
+        criu_local_set_manage_cgroups(opts, true);
+        criu_local_set_manage_cgroups_mode(opts, CRIU_CG_MODE_SOFT);
+        /* Only the hierarchies we manage go into the image, so a restore
+         * never creates cgroups we would not remove (cpuset, blkio...). */
+        if (ctx->cg == SNAP__CG_V1)
+            for (int i = 0; i < ctx->n_ctrl; i++)
+                criu_local_add_cg_dump_controller(opts, ctx->ctrl_name[i]);
+        if (strcmp(t->rootfs, "host") == 0)
+            criu_local_add_ext_mount(opts, "/usr", "usr");
+        /* /dev and the network namespace are given to each clone fresh at
+         * restore rather than rebuilt by criu (see restore.c). */
+        criu_local_add_ext_mount(opts, "/dev", "dev");
+        for (int i = 0; i < t->n_binds; i++) {
+            char key[32];
+            snprintf(key, sizeof(key), "bind%d", i);
+            criu_local_add_ext_mount(opts, t->binds[i].target, key);
+        }
+        criu_local_add_external(opts, netns);
+        int rc = criu_local_dump(opts);
+        _exit(rc < 0 ? (-rc > 99 ? 99 : -rc) : 0);
+    }
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return -errno;
+    if (!WIFEXITED(status))
+        return -EINTR;
+    return -WEXITSTATUS(status);
+}
+
 int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct snap_template *t,
                     const char *name, double boot_ms, struct snap_image_info *info,
                     struct wp_err *err)
 {
     char final[600], tmp[620], path[700], log[700], excerpt[700];
     struct snap_image_info local = { 0 };
-    criu_opts *opts = NULL;
     struct stat st;
     int dfd = -1, wfd = -1, rc;
     uint64_t t0;
@@ -166,41 +218,10 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
         rc = wp_err_errno(err, "open %s", path);
         goto fail;
     }
-    if (criu_local_init_opts(&opts) < 0) {
-        rc = wp_err_set(err, -ENOMEM, "criu: cannot allocate options");
-        goto fail;
-    }
-    criu_local_set_service_binary(opts, ctx->criu_bin);
-    criu_local_set_images_dir_fd(opts, dfd);
-    criu_local_set_pid(opts, sb->init_pid);
     wfd = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (wfd < 0) {
         rc = wp_err_errno(err, "open %s", tmp);
         goto fail;
-    }
-    criu_local_set_work_dir_fd(opts, wfd);
-    criu_local_set_log_file(opts, "dump.log");
-    criu_local_set_log_level(opts, 4);
-    /* nftables locks the sandbox's network in-process; the iptables method
-     * runs iptables-restore twice per restore (~70 ms). */
-    criu_local_set_network_lock(opts, CRIU_NETWORK_LOCK_NFTABLES);
-    criu_local_set_leave_running(opts, false);
-    criu_local_set_manage_cgroups(opts, true);
-    criu_local_set_manage_cgroups_mode(opts, CRIU_CG_MODE_SOFT);
-    /* Only the hierarchies we manage go into the image, so a restore never
-     * creates cgroups we would not remove (cpuset, blkio, name=systemd). */
-    if (ctx->cg == SNAP__CG_V1)
-        for (int i = 0; i < ctx->n_ctrl; i++)
-            criu_local_add_cg_dump_controller(opts, ctx->ctrl_name[i]);
-    if (strcmp(t->rootfs, "host") == 0)
-        criu_local_add_ext_mount(opts, "/usr", "usr");
-    /* /dev and the network namespace are given to each clone fresh at
-     * restore rather than rebuilt by criu (see restore.c). */
-    criu_local_add_ext_mount(opts, "/dev", "dev");
-    for (int i = 0; i < t->n_binds; i++) {
-        char key[32];
-        snprintf(key, sizeof(key), "bind%d", i);
-        criu_local_add_ext_mount(opts, t->binds[i].target, key);
     }
     char netns[64];
     snprintf(netns, sizeof(netns), "/proc/%d/ns/net", (int)sb->init_pid);
@@ -209,9 +230,8 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
         goto fail;
     }
     snprintf(netns, sizeof(netns), "net[%lu]:" SNAP__NETNS_KEY, (unsigned long)st.st_ino);
-    criu_local_add_external(opts, netns);
     t0 = wp_now_ns();
-    rc = criu_local_dump(opts);
+    rc = dump_in_helper(ctx, sb, t, dfd, wfd, netns);
     info->dump_ms = (double)(wp_now_ns() - t0) / 1e6;
     snprintf(log, sizeof(log), "%s/dump.log", tmp);
     if (rc < 0) {
@@ -252,14 +272,11 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
     }
     log_info("checkpoint image=%s template=%s pages_mb=%.1f dump_ms=%.1f", name, t->name,
              info->pages_bytes / 1048576.0, info->dump_ms);
-    criu_local_free_opts(opts);
     close(dfd);
     close(wfd);
     free(sb);
     return 0;
 fail:
-    if (opts)
-        criu_local_free_opts(opts);
     if (dfd >= 0)
         close(dfd);
     if (wfd >= 0)

@@ -231,16 +231,15 @@ int main(int argc, char **argv)
         snprintf(sb->dir, sizeof(sb->dir), "%s/sandboxes/%s", snap_ctx_state_dir(ctx), args[0]);
         snprintf(sb->root, sizeof(sb->root), "%s/root", sb->dir);
         char mpath[700];
-        snprintf(mpath, sizeof(mpath), "%s/meta.json", sb->dir);
+        snprintf(mpath, sizeof(mpath), "%s/init.pid", sb->dir);
         FILE *f = fopen(mpath, "r");
-        char buf[2048] = "";
+        int pid = 0;
         if (f) {
-            size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-            buf[n] = '\0';
+            if (fscanf(f, "%d", &pid) != 1)
+                pid = 0;
             fclose(f);
         }
-        char *p = strstr(buf, "\"init_pid\":");
-        sb->init_pid = p ? atoi(p + 11) : 0;
+        sb->init_pid = pid;
         if (!snap_name_valid(args[0]) || sb->init_pid <= 0) {
             wp_err_set(&err, WP_ENOTFOUND, "no running sandbox \"%s\"", args[0]);
             free(sb);

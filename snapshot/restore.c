@@ -362,7 +362,7 @@ int snap_restore_finish(struct snap_ctx *ctx, struct snap_restore_job *job,
     }
     sb->init_pid = pid;
     sb->lazy_pid = lazy_pid;
-    if ((rc = snap__meta_write(ctx, sb, "clone", err)) < 0)
+    if ((rc = snap__pid_write(sb, err)) < 0)
         goto fail;
     sb->boot_ms = (double)(wp_now_ns() - job->t0) / 1e6;
     sb->criu_ms = criu_ms;

@@ -139,6 +139,10 @@ static int make_confs(struct snap_ctx *ctx, struct wp_err *err)
     static const char eager[] = "network-lock skip\n", lazy[] = "network-lock skip\nlazy-pages\n";
     int rc;
 
+    snprintf(ctx->criu_dump_conf, sizeof(ctx->criu_dump_conf), "%s/criu-dump.conf",
+             ctx->state_dir);
+    if ((rc = wp_write_file(ctx->criu_dump_conf, eager, strlen(eager), 0644, err)) < 0)
+        return rc;
     snprintf(ctx->criu_restore_conf, sizeof(ctx->criu_restore_conf), "%s/criu-restore.conf",
              ctx->state_dir);
     snprintf(ctx->criu_lazy_conf, sizeof(ctx->criu_lazy_conf), "%s/criu-lazy.conf",
@@ -326,6 +330,19 @@ static unsigned long long proc_start_time(pid_t pid)
     return start;
 }
 
+/* The init pid goes into a file of its own, written once: rewriting
+ * meta.json would free the old file's blocks, and on a file system mounted
+ * with `discard` that is a synchronous device round trip on the restore
+ * path. */
+int snap__pid_write(const struct snap_sandbox *sb, struct wp_err *err)
+{
+    char path[600], text[64];
+    int n = snprintf(text, sizeof(text), "%d %d\n", (int)sb->init_pid, (int)sb->lazy_pid);
+
+    snprintf(path, sizeof(path), "%s/init.pid", sb->dir);
+    return wp_write_file(path, text, (size_t)n, 0600, err);
+}
+
 int snap__meta_write(struct snap_ctx *ctx, const struct snap_sandbox *sb, const char *kind,
                      struct wp_err *err)
 {
@@ -334,10 +351,10 @@ int snap__meta_write(struct snap_ctx *ctx, const struct snap_sandbox *sb, const 
     int rc;
 
     (void)ctx;
-    o = json_pack("{s:s, s:s, s:s, s:i, s:I, s:i, s:I, s:s}", "id", sb->id, "kind", kind,
+    o = json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:s}", "id", sb->id, "kind", kind,
                   "image", sb->image, "owner_pid", (int)getpid(), "owner_start",
-                  (json_int_t)proc_start_time(getpid()), "init_pid", (int)sb->init_pid,
-                  "created_ms", (json_int_t)wp_wall_ms(), "root", sb->root);
+                  (json_int_t)proc_start_time(getpid()), "created_ms", (json_int_t)wp_wall_ms(),
+                  "root", sb->root);
     if (!o)
         return wp_err_set(err, -ENOMEM, "out of memory");
     s = json_dumps(o, JSON_COMPACT);
@@ -435,19 +452,24 @@ static json_t *meta_load(struct snap_ctx *ctx, const char *id)
     return json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
 }
 
-static pid_t meta_init_pid(json_t *meta)
+static pid_t read_init_pid(struct snap_ctx *ctx, const char *id)
 {
-    json_t *v = meta ? json_object_get(meta, "init_pid") : NULL;
-    return json_is_integer(v) && json_integer_value(v) > 0 && json_integer_value(v) < (1 << 22)
-               ? (pid_t)json_integer_value(v)
-               : 0;
+    char path[600], *text = NULL;
+    int pid = 0;
+
+    snprintf(path, sizeof(path), "%s/sandboxes/%s/init.pid", ctx->state_dir, id);
+    if (wp_read_file(path, 64, &text, NULL, NULL) < 0)
+        return 0;
+    if (sscanf(text, "%d", &pid) != 1 || pid <= 0 || pid >= (1 << 22))
+        pid = 0;
+    free(text);
+    return (pid_t)pid;
 }
 
 int snap_destroy_id(struct snap_ctx *ctx, const char *id, struct wp_err *err)
 {
     char dir[600];
     struct stat st;
-    json_t *meta;
     int rc;
 
     if (!snap_name_valid(id))
@@ -455,11 +477,9 @@ int snap_destroy_id(struct snap_ctx *ctx, const char *id, struct wp_err *err)
     snprintf(dir, sizeof(dir), "%s/sandboxes/%s", ctx->state_dir, id);
     if (stat(dir, &st) < 0 && !snap__cg_exists(ctx, id))
         return wp_err_set(err, WP_ENOTFOUND, "no sandbox \"%s\"", id);
-    meta = meta_load(ctx, id);
-    /* Only trust the recorded pid while it still is in the sandbox's
-     * cgroup: the cgroup kill below covers every other case. */
-    pid_t pid = meta_init_pid(meta);
-    json_decref(meta);
+    /* Only trust the recorded pid while the sandbox's cgroup holds
+     * processes: the cgroup kill below covers every other case. */
+    pid_t pid = read_init_pid(ctx, id);
     if (pid > 0 && snap__cg_nprocs(ctx, id) <= 0)
         pid = 0;
     rc = snap__teardown(ctx, id, pid, err);
@@ -536,6 +556,7 @@ int snap_list_sandboxes(struct snap_ctx *ctx, snap_list_cb cb, void *arg, struct
         if (!meta)
             meta = json_pack("{s:s}", "id", e->d_name);
         json_object_set_new(meta, "owner_alive", json_boolean(owner_alive(meta)));
+        json_object_set_new(meta, "init_pid", json_integer(read_init_pid(ctx, e->d_name)));
         json_object_set_new(meta, "processes", json_integer(snap__cg_nprocs(ctx, e->d_name)));
         char *s = json_dumps(meta, JSON_COMPACT | JSON_SORT_KEYS);
         if (s && cb)

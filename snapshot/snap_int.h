@@ -17,6 +17,7 @@ enum snap__cg_layout { SNAP__CG_V1 = 1, SNAP__CG_V2 = 2 };
 struct snap_ctx {
     char state_dir[256];
     char criu_bin[256];
+    char criu_dump_conf[300];    /* criu config for dumps */
     char criu_restore_conf[300]; /* criu config for eager restores */
     char criu_lazy_conf[300];    /* criu config for lazy-pages restores */
     char criu_version[64];
@@ -53,6 +54,7 @@ int snap__sandbox_dirs(struct snap_ctx *ctx, const char *id, struct snap_sandbox
                        struct wp_err *err);
 int snap__meta_write(struct snap_ctx *ctx, const struct snap_sandbox *sb, const char *kind,
                      struct wp_err *err);
+int snap__pid_write(const struct snap_sandbox *sb, struct wp_err *err);
 /* The sandbox's /dev: a directory of device nodes in its state dir. */
 int snap__make_dev(const struct snap_sandbox *sb, struct wp_err *err);
 /* Mount the overlay root: lowers is "a:b:c". */
