@@ -135,6 +135,62 @@ static void lazy_clone_continues_state(void **state)
     clone_continues_state(true);
 }
 
+/* A Python process holding 48 MiB of patterned memory: every lazily
+ * restored clone must see exactly the bytes the image holds, whether a
+ * page arrives by fault or by the background copy. */
+static void lazy_python_clone_memory_intact(void **state)
+{
+    struct snap_template *t;
+    struct snap_sandbox *sb;
+    struct wp_err err;
+    (void)state;
+
+    t = th_template("{\"name\":\"pymem\",\"rootfs\":\"host\",\"init\":[\"/usr/bin/python3\",\"-c\","
+                    "\"import hashlib, time, os\\n"
+                    "buf = bytearray(48 << 20)\\n"
+                    "for i in range(0, len(buf), 4096): buf[i] = (i >> 12) %% 251 + 1\\n"
+                    "def report():\\n"
+                    "  h = hashlib.sha256(buf).hexdigest()\\n"
+                    "  open('/tmp/sum.new', 'w').write(h)\\n"
+                    "  os.rename('/tmp/sum.new', '/tmp/sum')\\n"
+                    "report()\\n"
+                    "open('/tmp/ready', 'w').close()\\n"
+                    "while True:\\n"
+                    "  time.sleep(0.05)\\n"
+                    "  if os.path.exists('/tmp/again'): os.unlink('/tmp/again'); report()\"],"
+                    "\"ready_file\":\"/tmp/ready\",\"limits\":{\"memory_mb\":256}}");
+    if (snap_boot(S.ctx, t, NULL, NULL, NULL, &sb, &err) < 0)
+        fail_msg("boot: %s", err.msg);
+    char *want = th_read_in(sb, "/tmp/sum");
+    assert_non_null(want);
+    assert_int_equal(strlen(want), 64);
+    if (snap_checkpoint(S.ctx, sb, t, "pymem", 0, NULL, &err) < 0)
+        fail_msg("checkpoint: %s", err.msg);
+    for (int lazy = 1; lazy >= 0; lazy--) {
+        struct snap_restore_opts ro = { .lazy = lazy };
+        char path[1024];
+        if (snap_restore(S.ctx, "pymem", &ro, &sb, &err) < 0)
+            fail_msg("restore: %s", err.msg);
+        /* Ask the clone to hash its memory again, now. */
+        snprintf(path, sizeof(path), "%s/tmp/sum", sb->root);
+        unlink(path);
+        snprintf(path, sizeof(path), "%s/tmp/again", sb->root);
+        assert_int_equal(wp_write_file(path, "", 0, 0644, &err), 0);
+        char *got = NULL;
+        for (int i = 0; i < 500 && !got; i++) {
+            th_msleep(10);
+            got = th_read_in(sb, "/tmp/sum");
+        }
+        assert_non_null(got);
+        assert_string_equal(got, want);
+        free(got);
+        assert_int_equal(snap_destroy(S.ctx, sb, &err), 0);
+    }
+    free(want);
+    assert_int_equal(snap_image_delete(S.ctx, "pymem", &err), 0);
+    snap_template_free(t);
+}
+
 static void eight_clones_are_isolated(void **state)
 {
     static const char *nss[] = { "pid", "mnt", "uts", "ipc", "net", "cgroup" };
@@ -536,6 +592,7 @@ int main(void)
         cmocka_unit_test(manifest_describes_image),
         cmocka_unit_test(eager_clone_continues_state),
         cmocka_unit_test(lazy_clone_continues_state),
+        cmocka_unit_test(lazy_python_clone_memory_intact),
         cmocka_unit_test(eight_clones_are_isolated),
         cmocka_unit_test(booted_sandbox_holds_no_host_state),
         cmocka_unit_test(memory_limit_contains_allocation),
