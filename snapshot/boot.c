@@ -326,7 +326,7 @@ static int follow_stage1(int st, int prog, snap_progress_cb progress, void *arg,
     return init_pid;
 }
 
-static int wait_ready(const struct snap_sandbox *sb, const struct snap_template *t,
+static int wait_ready(struct snap_sandbox *sb, const struct snap_template *t,
                       struct wp_err *err)
 {
     char path[1100];
@@ -339,9 +339,11 @@ static int wait_ready(const struct snap_sandbox *sb, const struct snap_template 
         if (stat(path, &st) == 0)
             return 0;
         /* init gone? (it is our child through the subreaper) */
-        if (kill(sb->init_pid, 0) < 0 || waitpid(sb->init_pid, NULL, WNOHANG) == sb->init_pid)
+        if (waitpid(sb->init_pid, NULL, WNOHANG) == sb->init_pid) {
+            sb->init_pid = 0; /* reaped: its pid may be reused, never kill it */
             return wp_err_set(err, WP_ECHILD, "init %s exited before %s appeared", t->init[0],
                               t->ready_file);
+        }
         if (wp_now_ns() > deadline)
             return wp_err_set(err, WP_ETIMEDOUT, "%s did not appear within %.1f s", t->ready_file,
                               t->ready_timeout_s);

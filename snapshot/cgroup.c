@@ -313,3 +313,23 @@ int snap__cg_destroy(struct snap_ctx *ctx, const char *id, struct wp_err *err)
     }
     return rc;
 }
+
+bool snap__cg_contains(struct snap_ctx *ctx, const char *id, pid_t pid)
+{
+    char path[64], line[1024], want[128];
+    bool found = false;
+    FILE *f;
+
+    (void)ctx;
+    snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)pid);
+    snprintf(want, sizeof(want), ":/" CG_PARENT "/%s", id);
+    f = fopen(path, "re");
+    if (!f)
+        return false;
+    while (!found && fgets(line, sizeof(line), f)) {
+        char *p = strstr(line, want);
+        found = p && (p[strlen(want)] == '\n' || p[strlen(want)] == '/');
+    }
+    fclose(f);
+    return found;
+}

@@ -477,10 +477,10 @@ int snap_destroy_id(struct snap_ctx *ctx, const char *id, struct wp_err *err)
     snprintf(dir, sizeof(dir), "%s/sandboxes/%s", ctx->state_dir, id);
     if (stat(dir, &st) < 0 && !snap__cg_exists(ctx, id))
         return wp_err_set(err, WP_ENOTFOUND, "no sandbox \"%s\"", id);
-    /* Only trust the recorded pid while the sandbox's cgroup holds
-     * processes: the cgroup kill below covers every other case. */
+    /* Only trust the recorded pid while it is in the sandbox's cgroup:
+     * the cgroup kill below covers every other case. */
     pid_t pid = read_init_pid(ctx, id);
-    if (pid > 0 && snap__cg_nprocs(ctx, id) <= 0)
+    if (pid > 0 && !snap__cg_contains(ctx, id, pid))
         pid = 0;
     rc = snap__teardown(ctx, id, pid, err);
     return rc < 0 ? wp_err_wrap(err, "destroy %s", id) : 0;

@@ -41,6 +41,9 @@ int snap__cg_enter(struct snap_ctx *ctx, const char *id, pid_t pid, struct wp_er
 int snap__cg_destroy(struct snap_ctx *ctx, const char *id, struct wp_err *err);
 /* Number of processes in the cgroup, or < 0. */
 int snap__cg_nprocs(struct snap_ctx *ctx, const char *id);
+/* Whether pid is a member of warmpool/<id> (or below): a recorded pid is
+ * only signalled while this holds, so a reused pid is never hit. */
+bool snap__cg_contains(struct snap_ctx *ctx, const char *id, pid_t pid);
 /* Whether warmpool/<id> exists in any hierarchy. */
 bool snap__cg_exists(struct snap_ctx *ctx, const char *id);
 /* The cgroup path relative to the hierarchy root, for CRIU. */
