@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/utsname.h>
@@ -233,12 +234,13 @@ const char *snap_ctx_cgroup_layout(const struct snap_ctx *ctx)
 void snap__gen_id(const char *prefix, char *out, size_t cap)
 {
     static unsigned counter;
-    struct timespec ts;
-    unsigned r;
+    uint32_t r = 0;
 
-    clock_gettime(CLOCK_REALTIME, &ts);
-    r = (unsigned)(ts.tv_nsec ^ (getpid() << 12) ^ (++counter * 2654435761u));
-    snprintf(out, cap, "%.30s-%x%04x", prefix, (unsigned)getpid() & 0xfffff, r & 0xffff);
+    /* pid + a per-process counter are unique among live owners; the
+     * random part keeps ids of a restarted owner (same pid) apart. */
+    if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != sizeof(r))
+        r = (uint32_t)wp_now_ns();
+    snprintf(out, cap, "%.30s-%x-%x-%04x", prefix, (unsigned)getpid(), ++counter, r & 0xffff);
     out[strspn(out, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")] = '\0';
 }
 
