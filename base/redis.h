@@ -1,0 +1,38 @@
+/* redis.h - one hiredis async connection on a libev loop, reconnecting by
+ * itself (capped exponential backoff with jitter). Shared by the
+ * scheduler and the node daemon.
+ *
+ * Loop: every function must be called on the loop's thread. Blocking
+ * commands (XREAD BLOCK, BLPOP) get a connection of their own: replies
+ * come back in order, so one blocked read stalls all behind it. */
+#ifndef WP_REDIS_H
+#define WP_REDIS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <hiredis/hiredis.h>
+
+struct ev_loop;
+struct wp_redis;
+
+/* reply is NULL when the connection died; it belongs to hiredis (valid
+ * for the duration of the callback). */
+typedef void (*wp_redis_cb)(void *ctx, redisReply *reply);
+
+/* Starts connecting at once. Caller owns the result (wp_redis_free);
+ * NULL on allocation failure. name appears in logs. */
+struct wp_redis *wp_redis_new(struct ev_loop *loop, const char *host, int port, const char *name);
+/* Pending commands get NULL replies. Safe inside a reply callback. */
+void wp_redis_free(struct wp_redis *r);
+bool wp_redis_ready(const struct wp_redis *r);
+/* Send argv (binary-safe with lens; lens NULL = strlen). Returns 0 and cb
+ * is called exactly once (reply or NULL); < 0 (not connected) and cb is
+ * never called. */
+int wp_redis_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc, const char **argv,
+                  const size_t *lens);
+/* EVAL a Lua script (Redis caches it by SHA1). Same contract. */
+int wp_redis_script(struct wp_redis *r, const char *script, wp_redis_cb cb, void *ctx, int nkeys,
+                    int argc, const char **argv, const size_t *lens);
+
+#endif
