@@ -338,8 +338,10 @@ static int wait_ready(struct snap_sandbox *sb, const struct snap_template *t,
         struct stat st;
         if (stat(path, &st) == 0)
             return 0;
-        /* init gone? (it is our child through the subreaper) */
-        if (waitpid(sb->init_pid, NULL, WNOHANG) == sb->init_pid) {
+        /* init gone? It is our child through the subreaper, or, when a
+         * helper process boots for a daemon, the daemon's. */
+        if (waitpid(sb->init_pid, NULL, WNOHANG) == sb->init_pid ||
+            (kill(sb->init_pid, 0) < 0 && errno == ESRCH)) {
             sb->init_pid = 0; /* reaped: its pid may be reused, never kill it */
             return wp_err_set(err, WP_ECHILD, "init %s exited before %s appeared", t->init[0],
                               t->ready_file);

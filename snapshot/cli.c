@@ -225,24 +225,7 @@ int main(int argc, char **argv)
         NEED(3);
         if (snap_template_load(args[1], &t, &err) < 0)
             goto out_err;
-        sb = calloc(1, sizeof(*sb));
-        /* Rebuild the handle from the record the boot left. */
-        snprintf(sb->id, sizeof(sb->id), "%s", args[0]);
-        snprintf(sb->dir, sizeof(sb->dir), "%s/sandboxes/%s", snap_ctx_state_dir(ctx), args[0]);
-        snprintf(sb->root, sizeof(sb->root), "%s/root", sb->dir);
-        char mpath[700];
-        snprintf(mpath, sizeof(mpath), "%s/init.pid", sb->dir);
-        FILE *f = fopen(mpath, "r");
-        int pid = 0;
-        if (f) {
-            if (fscanf(f, "%d", &pid) != 1)
-                pid = 0;
-            fclose(f);
-        }
-        sb->init_pid = pid;
-        if (!snap_name_valid(args[0]) || sb->init_pid <= 0) {
-            wp_err_set(&err, WP_ENOTFOUND, "no running sandbox \"%s\"", args[0]);
-            free(sb);
+        if (snap_sandbox_open(ctx, args[0], &sb, &err) < 0) {
             snap_template_free(t);
             goto out_err;
         }

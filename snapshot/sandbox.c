@@ -570,3 +570,37 @@ int snap_list_sandboxes(struct snap_ctx *ctx, snap_list_cb cb, void *arg, struct
     closedir(d);
     return n;
 }
+
+int snap_sandbox_open(struct snap_ctx *ctx, const char *id, struct snap_sandbox **out,
+                      struct wp_err *err)
+{
+    struct snap_sandbox *sb;
+    json_t *meta, *v;
+
+    if (!snap_name_valid(id))
+        return wp_err_set(err, WP_EINVAL_INPUT, "bad sandbox id \"%s\"", id);
+    meta = meta_load(ctx, id);
+    if (!meta)
+        return wp_err_set(err, WP_ENOTFOUND, "no sandbox \"%s\"", id);
+    sb = calloc(1, sizeof(*sb));
+    if (!sb) {
+        json_decref(meta);
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    }
+    snprintf(sb->id, sizeof(sb->id), "%s", id);
+    snprintf(sb->dir, sizeof(sb->dir), "%s/sandboxes/%s", ctx->state_dir, id);
+    snprintf(sb->root, sizeof(sb->root), "%s/root", sb->dir);
+    v = json_object_get(meta, "image");
+    if (json_is_string(v))
+        snprintf(sb->image, sizeof(sb->image), "%s", json_string_value(v));
+    json_decref(meta);
+    sb->init_pid = read_init_pid(ctx, id);
+    if (sb->init_pid > 0 && !snap__cg_contains(ctx, id, sb->init_pid))
+        sb->init_pid = 0;
+    if (sb->init_pid <= 0) {
+        free(sb);
+        return wp_err_set(err, WP_ESTATE, "sandbox \"%s\" is not running", id);
+    }
+    *out = sb;
+    return 0;
+}

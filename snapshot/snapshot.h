@@ -139,6 +139,10 @@ int snap_destroy(struct snap_ctx *ctx, struct snap_sandbox *sb, struct wp_err *e
 /* Destroy by id (for the CLI, and for sandboxes of a dead earlier run). */
 int snap_destroy_id(struct snap_ctx *ctx, const char *id, struct wp_err *err);
 void snap_sandbox_free(struct snap_sandbox *sb);
+/* A handle on a running sandbox from its record (another process booted
+ * it). Caller owns *out. WP_ENOTFOUND, or WP_ESTATE when not running. */
+int snap_sandbox_open(struct snap_ctx *ctx, const char *id, struct snap_sandbox **out,
+                      struct wp_err *err);
 
 /* Remove sandboxes whose owning process is gone (a killed earlier run) and
  * half-made images. Returns the number cleaned, or < 0. */

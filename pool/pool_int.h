@@ -1,0 +1,41 @@
+/* pool_int.h - shared between the files of pool/ only. */
+#ifndef POOL_INT_H
+#define POOL_INT_H
+
+#include "pool/pool.h"
+
+/* Redis keys. Everything about one environment E carries the hash tag {E}:
+ *   wp:env:{E}:hot            LIST   idle hot sandbox ids, claim order
+ *   wp:env:{E}:sb:<id>        HASH   node, addr, state (idle|leased|released|lost),
+ *                                    tier, session, token, lease_until, created_ms
+ *   wp:env:{E}:fence          STRING fencing counter (INCR): tokens only grow
+ *   wp:env:{E}:inbox:<node>   STREAM what a node must do for E (claimed, claim,
+ *                                    release)
+ *   wp:env:{E}:reply:<rid>    LIST   a node's answer to one warm/cold claim
+ *   wp:env:{E}:nodes          SET    nodes serving E
+ *   wp:env:{E}:policy         HASH   min_hot, max_hot (per node), live-tunable
+ *   wp:env:{E}:stats          HASH   claims by tier
+ * Nodes:
+ *   wp:nodes                  SET    node ids
+ *   wp:node:<N>               HASH   addr, capacity, mem_free, versions, started_ms
+ *   wp:node:<N>:alive         STRING heartbeat, expires after the node's TTL
+ *   wp:node:<N>:sbs           SET    "<env> <id>" of every sandbox it holds */
+#define POOL__K_HOT "wp:env:{%s}:hot"
+#define POOL__K_SB "wp:env:{%s}:sb:"
+#define POOL__K_FENCE "wp:env:{%s}:fence"
+#define POOL__K_INBOX "wp:env:{%s}:inbox:"
+#define POOL__K_REPLY "wp:env:{%s}:reply:"
+#define POOL__K_NODES_OF "wp:env:{%s}:nodes"
+#define POOL__K_POLICY "wp:env:{%s}:policy"
+#define POOL__K_STATS "wp:env:{%s}:stats"
+#define POOL__K_NODES "wp:nodes"
+#define POOL__K_NODE "wp:node:%s"
+#define POOL__K_ALIVE "wp:node:%s:alive"
+#define POOL__K_NODE_SBS "wp:node:%s:sbs"
+
+extern const char pool__lua_claim_hot[];
+extern const char pool__lua_offer[];
+extern const char pool__lua_renew[];
+extern const char pool__lua_release[];
+
+#endif
