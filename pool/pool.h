@@ -5,6 +5,7 @@
 #ifndef POOL_H
 #define POOL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 /* ---- autoscaler (autoscale.c) ----------------------------------------- */
@@ -51,3 +52,77 @@ void pool_scaler_init(struct pool_scaler *s, double cooldown_s);
 int pool_scaler_step(struct pool_scaler *s, double now_s, int want, int min, int max);
 
 #endif
+
+/* ---- the node daemon (node.c) ----------------------------------------- */
+
+struct wp_err;
+
+#define POOL_MAX_ENVS 16
+
+struct pool_env_config {
+    char name[64];          /* environment name = template name */
+    char template_path[512];
+    int min_hot;            /* initial policy; live values come from Redis */
+    int max_hot;
+    bool lazy;              /* refill the hot tier with lazy restores */
+};
+
+struct pool_node_config {
+    char id[64];
+    char redis_host[128];
+    int redis_port;
+    char state_dir[256];
+    double heartbeat_ttl_s; /* the node counts as dead this long after its last beat */
+    double lease_ms;        /* lease TTL handed out with claims */
+    int restore_slots;      /* restores at once; 0 = one per CPU */
+    int n_envs;
+    struct pool_env_config envs[POOL_MAX_ENVS];
+};
+
+/* Parse `warmpool-node` flags and a config file into cfg (defaults
+ * filled). Returns 0, 1 when --help was printed, or < 0 with err set. */
+int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
+                           struct wp_err *err);
+
+/* Run the node on the default libev loop until SIGTERM/SIGINT. The caller
+ * must be single-threaded. Returns 0 on a clean shutdown. */
+int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err);
+
+/* ---- claims, for schedulers and tests (client.c) ---------------------- */
+
+struct ev_loop;
+struct pool_client;
+
+struct pool_claim_result {
+    char sandbox[64];
+    char node[64];
+    char root[512];     /* host path of the sandbox's root on its node */
+    char tier[8];       /* "hot", "warm" or "cold" */
+    uint64_t token;     /* fencing token of the lease */
+    double ms;          /* claim latency */
+};
+
+typedef void (*pool_claim_cb)(void *ctx, int status, const struct pool_claim_result *res,
+                              const struct wp_err *err);
+typedef void (*pool_done_cb)(void *ctx, int status, const struct wp_err *err);
+
+/* Two Redis connections (commands, replies) on loop. Caller owns *out. */
+int pool_client_new(struct ev_loop *loop, const char *redis_host, int redis_port,
+                    struct pool_client **out, struct wp_err *err);
+void pool_client_free(struct pool_client *c);
+bool pool_client_ready(const struct pool_client *c);
+
+/* Claim a sandbox of env for session. Hot if one is idle; otherwise a node
+ * serving env restores one (warm) or boots one (cold). If this returns
+ * < 0, cb is never called; else exactly once (status 0 or < 0, e.g.
+ * WP_ENOTFOUND for an environment no node serves, WP_ETIMEDOUT). */
+int pool_claim(struct pool_client *c, const char *env, const char *session, double timeout_s,
+               pool_claim_cb cb, void *ctx, struct wp_err *err);
+/* Release a claimed sandbox (the node destroys it). WP_ESTALE when token
+ * is not the current lease's. Same callback contract. */
+int pool_release(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
+                 pool_done_cb cb, void *ctx, struct wp_err *err);
+/* Renew a lease; WP_ESTALE for a stale token, WP_ESTATE when the lease was
+ * lost (its node died) or released. */
+int pool_renew(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
+               pool_done_cb cb, void *ctx, struct wp_err *err);
