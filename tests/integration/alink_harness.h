@@ -5,6 +5,7 @@
 #ifndef ALINK_HARNESS_H
 #define ALINK_HARNESS_H
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -255,13 +256,34 @@ static inline void hh_call(struct hh *h, const char *tool, const char *input_jso
 /* Does any process have this string in its command line? */
 static inline bool hh_proc_with(const char *needle)
 {
-    char out[4096];
-    /* pgrep -f would match itself through the shell running it. */
-    th_sh(out, sizeof(out),
-          "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done"
-          " | grep -F -- '%s' | grep -v -F 'grep -F' || true",
-          needle);
-    return out[0] != '\0';
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    bool found = false;
+
+    assert_non_null(d);
+    while (!found && (e = readdir(d))) {
+        char path[300], buf[4096];
+        ssize_t n;
+        int fd;
+
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n <= 0)
+            continue;
+        for (ssize_t i = 0; i < n; i++)
+            if (buf[i] == '\0')
+                buf[i] = ' ';
+        buf[n] = '\0';
+        found = strstr(buf, needle) != NULL;
+    }
+    closedir(d);
+    return found;
 }
 
 static inline long hh_vmhwm_kb(pid_t pid)
