@@ -9,6 +9,7 @@
 #include <linux/random.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,14 +165,14 @@ static int hexval(int ch)
 
 static void reseed(struct alink__hands *h, const uint8_t *seed, size_t n)
 {
-    struct {
+    union {
         struct rand_pool_info info;
-        uint8_t buf[256];
+        uint8_t raw[sizeof(struct rand_pool_info) + 256];
     } rp;
     int fd;
 
-    if (n > sizeof(rp.buf))
-        n = sizeof(rp.buf);
+    if (n > 256)
+        n = 256;
     for (size_t i = 0; i < n; i++)
         ((uint8_t *)h->rng)[i % sizeof(h->rng)] ^= seed[i];
     if (!h->rng[0] && !h->rng[1])
@@ -183,7 +184,7 @@ static void reseed(struct alink__hands *h, const uint8_t *seed, size_t n)
         return;
     rp.info.entropy_count = (int)(n * 8);
     rp.info.buf_size = (int)n;
-    memcpy(rp.buf, seed, n);
+    memcpy(rp.raw + offsetof(struct rand_pool_info, buf), seed, n);
     if (ioctl(fd, RNDADDENTROPY, &rp) < 0 && write(fd, seed, n) < 0)
         log_debug("reseed: write /dev/urandom: %s", strerror(errno));
     close(fd);
