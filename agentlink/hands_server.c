@@ -591,7 +591,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: warmpool-hands [--socket PATH] [--workdir DIR] [--allow-root DIR]...\n"
             "                      [--shell PATH] [--max-frame BYTES] [--allow-hostname]\n"
-            "                      [--log-level LEVEL]\n"
+            "                      [--ready-fd FD] [--log-level LEVEL]\n"
             "Serves the agentlink protocol on a Unix socket (default %s).\n",
             ALINK_SOCK_PATH_DEFAULT);
 }
@@ -608,6 +608,7 @@ int alink__hands_main(int argc, char **argv)
         {"max-frame", required_argument, NULL, 'm'},
         {"allow-hostname", no_argument, NULL, 'H'},
         {"log-level", required_argument, NULL, 'l'},
+        {"ready-fd", required_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -615,6 +616,7 @@ int alink__hands_main(int argc, char **argv)
     const char *extra[ALINK_MAX_ROOTS];
     size_t n_extra = 0;
     struct wp_err err;
+    int ready_fd = -1;
     int c;
 
     h->sock_path = ALINK_SOCK_PATH_DEFAULT;
@@ -636,6 +638,7 @@ int alink__hands_main(int argc, char **argv)
         case 'S': h->shell_path = optarg; break;
         case 'm': h->max_frame = strtoul(optarg, NULL, 10); break;
         case 'H': h->allow_hostname = true; break;
+        case 'R': ready_fd = atoi(optarg); break;
         case 'l':
             if (wp_log_set_level(optarg) < 0) {
                 fprintf(stderr, "bad --log-level\n");
@@ -650,8 +653,18 @@ int alink__hands_main(int argc, char **argv)
         fprintf(stderr, "--max-frame must be in 4096..67108864\n");
         return 2;
     }
-    /* Hold nothing of whoever started us (the host side of a sandbox boot). */
-    wp_close_fds_from(3);
+    /* Hold nothing of whoever started us (the host side of a sandbox boot),
+     * except the optional readiness pipe, moved to fd 3. */
+    if (ready_fd >= 0) {
+        if (ready_fd != 3 && dup2(ready_fd, 3) < 0) {
+            perror("--ready-fd");
+            return 2;
+        }
+        ready_fd = 3;
+        wp_close_fds_from(4);
+    } else {
+        wp_close_fds_from(3);
+    }
     signal(SIGPIPE, SIG_IGN);
     /* Outside a PID namespace (tests), adopt orphans like PID 1 would. */
     if (getpid() != 1)
@@ -692,14 +705,25 @@ int alink__hands_main(int argc, char **argv)
     ev_child_init(&h->child_w, child_cb, 0, 0);
     h->child_w.data = h;
     ev_child_start(h->loop, &h->child_w);
-    ev_signal_init(&h->term_w, term_cb, SIGTERM);
-    ev_signal_start(h->loop, &h->term_w);
-    ev_signal_init(&h->int_w, term_cb, SIGINT);
-    ev_signal_start(h->loop, &h->int_w);
+    /* As PID 1 no handler is installed: the kernel then drops SIGTERM and
+     * SIGINT sent from inside the sandbox (an agent's `kill 1` cannot take
+     * the hands down); the host stops a sandbox with SIGKILL. */
+    if (getpid() != 1) {
+        ev_signal_init(&h->term_w, term_cb, SIGTERM);
+        ev_signal_start(h->loop, &h->term_w);
+        ev_signal_init(&h->int_w, term_cb, SIGINT);
+        ev_signal_start(h->loop, &h->int_w);
+    }
     ev_prepare_init(&h->prepare_w, prepare_cb);
     h->prepare_w.data = h;
     ev_prepare_start(h->loop, &h->prepare_w);
     log_info("hands ready socket=%s workdir=%s pid=%d", h->sock_path, h->workdir, (int)getpid());
+    if (ready_fd >= 0) {
+        /* The socket accepts from now on; tell whoever booted us, then hold
+         * nothing of theirs. */
+        (void)!write(ready_fd, "ready\n", 6);
+        close(ready_fd);
+    }
 
     ev_run(h->loop, 0);
 
@@ -708,6 +732,10 @@ int alink__hands_main(int argc, char **argv)
     prepare_cb(h->loop, &h->prepare_w, 0);
     alink__bash_shutdown(h);
     ev_io_stop(h->loop, &h->listen_w);
+    if (getpid() != 1) {
+        ev_signal_stop(h->loop, &h->term_w);
+        ev_signal_stop(h->loop, &h->int_w);
+    }
     close(h->listen_fd);
     unlink(h->sock_path);
     return 0;

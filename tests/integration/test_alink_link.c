@@ -41,7 +41,7 @@ static int read_full(int fd, void *p, size_t n)
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         if (poll(&pfd, 1, 5000) <= 0)
             return -1;
-        ssize_t k = recv(fd, (char *)p + got, n - got, 0);
+        ssize_t k = read(fd, (char *)p + got, n - got);
         if (k <= 0)
             return -1;
         got += (size_t)k;
@@ -303,6 +303,92 @@ static void client_timeout(void **state)
     hh_stop(&h);
 }
 
+
+/* ---- what a checkpoint needs ---------------------------------------------------- */
+
+/* The hands keep nothing of whoever started them except the readiness
+ * pipe, which they close after writing "ready". */
+static void no_inherited_fds_and_ready_fd(void **state)
+{
+    struct hh h;
+    int p[2], leak;
+    char buf[16], num[16], marker[600];
+    const char *args[] = {"--ready-fd", num, NULL};
+    (void)state;
+
+    char *tmp = th_tmpdir("leak");
+    snprintf(marker, sizeof(marker), "%s/leak-marker", tmp);
+    leak = open(marker, O_CREAT | O_RDWR, 0600); /* no O_CLOEXEC: inherited */
+    assert_true(leak >= 0);
+    assert_int_equal(pipe(p), 0);
+    snprintf(num, sizeof(num), "%d", p[1]);
+    hh_start_args(&h, args);
+    close(p[1]);
+    assert_int_equal(read_full(p[0], buf, 6), 0);
+    assert_memory_equal(buf, "ready\n", 6);
+    assert_int_equal(read(p[0], buf, 1), 0); /* hands closed their end */
+    close(p[0]);
+    close(leak);
+    /* Nothing in the hands' fd table points at the host's files. */
+    char dpath[64];
+    snprintf(dpath, sizeof(dpath), "/proc/%d/fd", (int)h.pid);
+    DIR *d = opendir(dpath);
+    assert_non_null(d);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char lpath[400], target[1024];
+        ssize_t n;
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(lpath, sizeof(lpath), "%s/%s", dpath, e->d_name);
+        n = readlink(lpath, target, sizeof(target) - 1);
+        if (n < 0)
+            continue;
+        target[n] = '\0';
+        if (strstr(target, "leak-marker"))
+            fail_msg("hands hold the host's fd %s -> %s", e->d_name, target);
+    }
+    closedir(d);
+    hh_connect(&h);
+    EXPECT_CALL(&h, "bash", "{\"command\":\"echo ok\"}", false, "ok");
+    hh_stop(&h);
+    th_rmtree(tmp);
+    free(tmp);
+}
+
+/* Before a checkpoint the host closes its connection: a call still running
+ * is killed, the shell's state otherwise survives, and the host simply
+ * connects anew afterwards (as it will after a restore). */
+static void reconnect_keeps_shell_state(void **state)
+{
+    struct hh h;
+    struct hres a, r;
+    (void)state;
+
+    hh_start(&h);
+    EXPECT_CALL(&h, "bash", "{\"command\":\"cd / && export KEEP=yes\"}", false, "(no output)");
+    alink_client_close(h.c);
+    assert_int_equal(h.closes, 0); /* a host close is not reported as a loss */
+    hh_connect(&h);
+    EXPECT_CALL(&h, "bash", "{\"command\":\"echo $KEEP $PWD\"}", false, "yes /");
+    /* A call running at close time is killed with its process tree. */
+    hh_call_start(&h, "bash", "{\"command\":\"echo started; sleep 4321.8\"}", 0, true, &a);
+    while (a.chunks == 0)
+        ev_run(h.loop, EVRUN_ONCE);
+    alink_client_close(h.c);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.status, -ECONNABORTED);
+    for (int i = 0; i < 100 && hh_proc_with("sleep 4321.8"); i++)
+        usleep(20000);
+    assert_false(hh_proc_with("sleep 4321.8"));
+    hh_connect(&h);
+    hh_call(&h, "bash", "{\"command\":\"echo again\"}", &r);
+    assert_string_equal(r.text, "again");
+    hres_free(&a);
+    hres_free(&r);
+    hh_stop(&h);
+}
+
 /* ---- dead hands ------------------------------------------------------------- */
 
 static void dead_hands_detected(void **state)
@@ -466,6 +552,8 @@ int main(void)
         cmocka_unit_test(several_in_flight),
         cmocka_unit_test(cancel_kills),
         cmocka_unit_test(client_timeout),
+        cmocka_unit_test(no_inherited_fds_and_ready_fd),
+        cmocka_unit_test(reconnect_keeps_shell_state),
         cmocka_unit_test(dead_hands_detected),
         cmocka_unit_test(free_inside_callback),
         cmocka_unit_test(attach_applies),
