@@ -400,9 +400,12 @@ static void dead_hands_detected(void **state)
     (void)state;
 
     hh_start(&h);
-    hh_call_start(&h, "bash", "{\"command\":\"sleep 30\"}", 0, false, &a);
+    hh_call_start(&h, "bash", "{\"command\":\"echo started; sleep 3\"}", 0, true, &a);
     hh_call_start(&h, "bash", "{\"command\":\"echo queued\"}", 0, false, &b);
-    ev_run(h.loop, EVRUN_NOWAIT);
+    /* Wait until the shell runs it: killing the hands while it forks would
+     * leave the listening socket open in the child for a moment. */
+    while (a.chunks == 0)
+        ev_run(h.loop, EVRUN_ONCE);
     kill(h.pid, SIGKILL);
     waitpid(h.pid, &status, 0);
     h.pid = 0;
