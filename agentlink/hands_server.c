@@ -279,8 +279,11 @@ static void handle_attach(struct alink__conn *c, struct alink_msg *m)
     }
     /* bash's $RANDOM is userspace state copied into every clone too. */
     wp_buf_printf(&pre, "RANDOM=%u\n", (unsigned)(alink__rand(h) & 0x7fffffff));
-    if (hostname && h->allow_hostname)
-        wp_buf_printf(&pre, "HOSTNAME=%s\n", "$(hostname 2>/dev/null || echo)");
+    if (hostname && h->allow_hostname) {
+        wp_buf_append(&pre, "HOSTNAME=", 9);
+        shq(&pre, hostname);
+        wp_buf_append(&pre, "\n", 1);
+    }
     alink__bash_preamble(h, pre.data, pre.len);
     snprintf(h->session, sizeof(h->session), "%s", session);
     log_info("attach session=%s workdir=%s env=%zu", h->session, h->workdir,
