@@ -64,6 +64,7 @@ struct alink__shell {
     unsigned char carry[4]; /* incomplete UTF-8 tail held back from a chunk */
     size_t carry_len;
     uint64_t dropped;  /* chunk bytes not streamed (slow reader) */
+    unsigned long long call_start; /* boot-clock ticks when cur started */
 };
 
 struct alink__hands {

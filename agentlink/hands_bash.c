@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agentlink/alink_int.h"
@@ -49,7 +50,19 @@ static void set_nonblock(int fd)
 
 struct proc_ent {
     pid_t pid, ppid, pgrp, sid;
+    unsigned long long start; /* clock ticks since boot */
 };
+
+/* Now, in the unit of /proc/PID/stat's starttime. */
+static unsigned long long now_ticks(void)
+{
+    struct timespec ts;
+    long hz = sysconf(_SC_CLK_TCK);
+
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    return (unsigned long long)ts.tv_sec * (unsigned long long)hz +
+           (unsigned long long)ts.tv_nsec / (1000000000ull / (unsigned long long)hz);
+}
 
 static size_t scan_procs(struct proc_ent *v, size_t cap)
 {
@@ -80,8 +93,13 @@ static size_t scan_procs(struct proc_ent *v, size_t cap)
             continue;
         char state;
         int ppid, pgrp, sid;
-        if (sscanf(p + 1, " %c %d %d %d", &state, &ppid, &pgrp, &sid) != 4)
+        unsigned long long start;
+        if (sscanf(p + 1,
+                   " %c %d %d %d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d"
+                   " %llu",
+                   &state, &ppid, &pgrp, &sid, &start) != 5)
             continue;
+        v[n].start = start;
         v[n].pid = (pid_t)atoi(e->d_name);
         v[n].ppid = ppid;
         v[n].pgrp = pgrp;
@@ -94,9 +112,10 @@ static size_t scan_procs(struct proc_ent *v, size_t cap)
 
 /* SIGKILL the shell S and everything that came from it: its process group
  * and session (background jobs), its descendants (even those that called
- * setsid), and orphans already reparented to us (our only children are
- * shells). Repeated a few times to catch processes forked meanwhile. */
-static void kill_tree(pid_t s)
+ * setsid), and orphans reparented to us that started since the call began
+ * (escaped by double fork; older orphans, daemons of earlier calls, stay).
+ * Repeated a few times to catch processes forked meanwhile. */
+static void kill_tree(pid_t s, unsigned long long since)
 {
     enum { CAP = 8192 };
     struct proc_ent *v = malloc(CAP * sizeof(*v));
@@ -114,7 +133,7 @@ static void kill_tree(pid_t s)
             break;
         for (size_t i = 0; i < n; i++)
             mark[i] = v[i].pid == s || v[i].pgrp == s || v[i].sid == s ||
-                      (v[i].ppid == self && v[i].pid != self);
+                      (v[i].ppid == self && v[i].pid != self && v[i].start + 1 >= since);
         while (changed) {
             changed = false;
             for (size_t i = 0; i < n; i++) {
@@ -150,7 +169,7 @@ static void shell_close(struct alink__hands *h, bool kill_it)
     if (!sh->pid)
         return;
     if (kill_it)
-        kill_tree(sh->pid);
+        kill_tree(sh->pid, sh->call_start);
     ev_io_stop(h->loop, &sh->in_w);
     ev_io_stop(h->loop, &sh->out_w);
     ev_io_stop(h->loop, &sh->st_w);
@@ -536,6 +555,7 @@ static void start_next(struct alink__hands *h)
             sh->tail = NULL;
         call->next = NULL;
         sh->cur = call;
+        sh->call_start = now_ticks();
         sh->total = 0;
         sh->ring_pos = 0;
         sh->carry_len = 0;

@@ -253,15 +253,15 @@ static inline void hh_call(struct hh *h, const char *tool, const char *input_jso
         hres_free(&r_);                                                                    \
     } while (0)
 
-/* Does any process have this string in its command line? */
-static inline bool hh_proc_with(const char *needle)
+/* Pids of processes with this string in their command line (up to cap). */
+static inline int hh_pids_with(const char *needle, pid_t *pids, int cap)
 {
     DIR *d = opendir("/proc");
     struct dirent *e;
-    bool found = false;
+    int found = 0;
 
     assert_non_null(d);
-    while (!found && (e = readdir(d))) {
+    while (found < cap && (e = readdir(d))) {
         char path[300], buf[4096];
         ssize_t n;
         int fd;
@@ -280,10 +280,48 @@ static inline bool hh_proc_with(const char *needle)
             if (buf[i] == '\0')
                 buf[i] = ' ';
         buf[n] = '\0';
-        found = strstr(buf, needle) != NULL;
+        if (strstr(buf, needle))
+            pids[found++] = (pid_t)atoi(e->d_name);
     }
     closedir(d);
     return found;
+}
+
+static inline bool hh_proc_with(const char *needle)
+{
+    pid_t p;
+    return hh_pids_with(needle, &p, 1) > 0;
+}
+
+/* Zombie children of pid (nobody reaped them). */
+static inline int hh_zombies_of(pid_t parent)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    int z = 0;
+
+    assert_non_null(d);
+    while ((e = readdir(d))) {
+        char path[300], buf[512], state;
+        int ppid;
+        FILE *f;
+
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+        f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fgets(buf, sizeof(buf), f)) {
+            char *p = strrchr(buf, ')');
+            if (p && sscanf(p + 1, " %c %d", &state, &ppid) == 2 && state == 'Z' &&
+                ppid == (int)parent)
+                z++;
+        }
+        fclose(f);
+    }
+    closedir(d);
+    return z;
 }
 
 static inline long hh_vmhwm_kb(pid_t pid)

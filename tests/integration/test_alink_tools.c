@@ -88,13 +88,20 @@ static void bash_timeout_kills_everything(void **state)
 {
     struct hh h;
     struct hres r;
+    pid_t old[4];
     (void)state;
 
     hh_start(&h);
-    /* A background job, a job in its own session, and a foreground sleep. */
+    /* A daemon from an earlier call (double fork + setsid) is not this
+     * call's doing and survives its timeout. */
+    EXPECT_CALL(&h, "bash", "{\"command\":\"(setsid sleep 1234.61 >/dev/null 2>&1 &)\"}", false,
+                "(no output)");
+    usleep(50000);
+    /* A background job, a job in its own session, a subshell orphan, a
+     * double-forked setsid orphan, and a foreground sleep. */
     hh_call_start(&h, "bash",
                   "{\"command\":\"sleep 1234.51 & setsid sleep 1234.52 & "
-                  "(sleep 1234.53 &); sleep 1234.54\",\"timeout_ms\":300}",
+                  "(sleep 1234.53 &); (setsid sleep 1234.55 &); sleep 1234.54\",\"timeout_ms\":300}",
                   0, false, &r);
     hh_wait(&h, &r);
     assert_true(r.is_error);
@@ -104,8 +111,16 @@ static void bash_timeout_kills_everything(void **state)
     for (int i = 0; i < 100 && hh_proc_with("sleep 1234.5"); i++)
         usleep(20000);
     assert_false(hh_proc_with("sleep 1234.5"));
+    assert_int_equal(hh_pids_with("sleep 1234.61", old, 4), 1);
+    kill(old[0], SIGKILL);
     /* The next call gets a fresh shell. */
     EXPECT_CALL(&h, "bash", "{\"command\":\"echo alive\"}", false, "alive");
+    /* Orphans are reaped (the hands are their subreaper here, PID 1 in a
+     * sandbox): no zombie is left. */
+    EXPECT_CALL(&h, "bash", "{\"command\":\"(sleep 0.05 &); (true &)\"}", false, "(no output)");
+    usleep(300000);
+    EXPECT_CALL(&h, "bash", "{\"command\":\"true\"}", false, "(no output)");
+    assert_int_equal(hh_zombies_of(h.pid), 0);
     hh_stop(&h);
 }
 
