@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -93,11 +94,13 @@ static inline int hh_wait_socket(const char *path)
     return -1;
 }
 
-/* Start the hands with extra argv (NULL-terminated, may be NULL). */
-static inline void hh_start_args(struct hh *h, const char *const *extra_args)
+/* Start the hands with extra argv (NULL-terminated, may be NULL), run
+ * through the command in prefix (e.g. unshare ...; NULL: none). */
+static inline void hh_start_wrapped(struct hh *h, const char *const *prefix,
+                                    const char *const *extra_args)
 {
     char hands[1024];
-    const char *argv[32];
+    const char *argv[48];
     int n = 0;
 
     memset(h, 0, sizeof(*h));
@@ -109,6 +112,8 @@ static inline void hh_start_args(struct hh *h, const char *const *extra_args)
     assert_int_equal(mkdir(h->work, 0755), 0);
     assert_int_equal(mkdir(h->extra, 0755), 0);
     hh_hands_path(hands, sizeof(hands));
+    for (int i = 0; prefix && prefix[i] && n < 16; i++)
+        argv[n++] = prefix[i];
     argv[n++] = hands;
     argv[n++] = "--socket";
     argv[n++] = h->sock;
@@ -124,10 +129,17 @@ static inline void hh_start_args(struct hh *h, const char *const *extra_args)
     h->pid = fork();
     assert_true(h->pid >= 0);
     if (h->pid == 0) {
-        execv(hands, (char *const *)argv);
+        /* A failed test longjmps past hh_stop: do not outlive us. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        execvp(argv[0], (char *const *)argv);
         _exit(127);
     }
     assert_int_equal(hh_wait_socket(h->sock), 0);
+}
+
+static inline void hh_start_args(struct hh *h, const char *const *extra_args)
+{
+    hh_start_wrapped(h, NULL, extra_args);
 }
 
 static inline void hh_connect(struct hh *h)
@@ -168,8 +180,19 @@ static inline void hh_stop(struct hh *h)
         h->loop = NULL;
     }
     if (h->pid > 0) {
+        /* SIGTERM, then SIGKILL after 2 s (unshare ignores SIGTERM; its
+         * --kill-child then takes the hands down with it). */
+        bool gone = false;
         kill(h->pid, SIGTERM);
-        waitpid(h->pid, &status, 0);
+        for (int i = 0; i < 200 && !gone; i++) {
+            gone = waitpid(h->pid, &status, WNOHANG) == h->pid;
+            if (!gone)
+                usleep(10000);
+        }
+        if (!gone) {
+            kill(h->pid, SIGKILL);
+            waitpid(h->pid, &status, 0);
+        }
         h->pid = 0;
     }
     th_rmtree(h->dir);

@@ -548,6 +548,57 @@ static void attach_hostname_in_uts_ns(void **state)
     hh_stop(&h);
 }
 
+/* The hands as PID 1 of a PID + UTS + mount namespace, as a sandbox boots
+ * them (needs root and util-linux unshare). */
+static void hands_as_pid1(void **state)
+{
+    static const char *const prefix[] = {"unshare", "--pid", "--uts", "--mount-proc",
+                                         "--kill-child=SIGKILL", NULL};
+    struct hh h;
+    struct hres r;
+    struct wp_err err;
+    struct alink_attach a = {.session_id = "s-pid1", .hostname = "wp-pid1"};
+    (void)state;
+
+    if (geteuid() != 0 || access("/usr/bin/unshare", X_OK) != 0) {
+        skip();
+        return;
+    }
+    hh_start_wrapped(&h, prefix, NULL);
+    hh_connect(&h);
+    EXPECT_CALL(&h, "bash", "{\"command\":\"cat /proc/1/comm\"}", false, "warmpool-hands");
+    /* Hostname is allowed by default as PID 1 (its own UTS namespace). */
+    memset(&r, 0, sizeof(r));
+    assert_true(alink_client_attach(h.c, &a, hh_result_cb, &r, &err) > 0);
+    hh_wait(&h, &r);
+    assert_false(r.is_error);
+    hres_free(&r);
+    EXPECT_CALL(&h, "bash", "{\"command\":\"hostname; echo $HOSTNAME\"}", false,
+                "wp-pid1\nwp-pid1");
+    /* An agent cannot take the hands down with SIGTERM/SIGINT to PID 1. */
+    EXPECT_CALL(&h, "bash", "{\"command\":\"kill -TERM 1; kill -INT 1; sleep 0.1; echo survived\"}",
+                false, "survived");
+    /* Orphans are reaped by PID 1: no zombie in the namespace. */
+    EXPECT_CALL(&h, "bash",
+                "{\"command\":\"(sleep 0.05 &); (true &); sleep 0.3; "
+                "grep -h ') Z ' /proc/[0-9]*/stat | wc -l\"}",
+                false, "0");
+    /* A timeout leaves nothing behind inside the namespace either. */
+    hh_call_start(&h, "bash",
+                  "{\"command\":\"sleep 7777.5 & (setsid sleep 7777.6 &); sleep 7777.7\","
+                  "\"timeout_ms\":200}",
+                  0, false, &r);
+    hh_wait(&h, &r);
+    assert_string_equal(r.text, "bash: bash command timed out after 200ms");
+    hres_free(&r);
+    for (int i = 0; i < 100 && hh_proc_with("sleep 7777."); i++)
+        usleep(20000);
+    assert_false(hh_proc_with("sleep 7777."));
+    EXPECT_CALL(&h, "bash", "{\"command\":\"echo $$ > /dev/null; echo ok\"}", false, "ok");
+    /* hh_stop sends SIGTERM to unshare, whose death SIGKILLs the hands. */
+    hh_stop(&h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -560,6 +611,7 @@ int main(void)
         cmocka_unit_test(dead_hands_detected),
         cmocka_unit_test(free_inside_callback),
         cmocka_unit_test(attach_applies),
+        cmocka_unit_test(hands_as_pid1),
         cmocka_unit_test(attach_hostname_in_uts_ns),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
