@@ -214,17 +214,22 @@ static void req_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct alink_req *r = w->data;
     struct alink_client *c = r->c;
-    json_t *m = alink_msg_cancel((uint64_t)r->id);
+    int64_t id = r->id, tmo = r->timeout_ms;
+    json_t *m = alink_msg_cancel((uint64_t)id);
     (void)loop;
     (void)revents;
 
-    /* Tell the hands to kill it; its late result will find no request. */
+    /* Tell the hands to kill it; its late result will find no request.
+     * Sending may find the link dead, which fails (and frees) r: look it
+     * up again by id. */
     if (m && c->state == ST_READY)
         send_msg(c, m, NULL);
     json_decref(m);
-    if (req_find(c, r->id) == r)
-        req_fail(c, r, WP_ETIMEDOUT, "tool call timed out after %lld ms (no answer from the sandbox)",
-                 (long long)r->timeout_ms);
+    r = req_find(c, id);
+    if (r)
+        req_fail(c, r, WP_ETIMEDOUT,
+                 "tool call timed out after %lld ms (no answer from the sandbox)",
+                 (long long)tmo);
     if (c->freeing && !c->in_cb)
         real_free(c);
 }

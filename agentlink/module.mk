@@ -10,7 +10,6 @@ BINS += $(BUILD)/warmpool-hands $(BUILD)/bench/alink_bench
 ifeq ($(SANITIZE),)
 HANDS_STATIC := -static
 endif
-HANDS_OBJS := $(call obj,agentlink/hands_main.c)
 $(BUILD)/warmpool-hands: $(patsubst %.c,$(BUILD)/obj/%.o,agentlink/hands_main.c) \
 		$(BUILD)/libagentlink.a $(BUILD)/libbase.a
 	@mkdir -p $(@D)
