@@ -84,6 +84,32 @@ static void bash_output_truncated(void **state)
     hh_stop(&h);
 }
 
+/* A command larger than a pipe buffer goes through the shell's stdin in
+ * pieces without blocking the hands. */
+static void bash_long_command(void **state)
+{
+    struct hh h;
+    struct hres r;
+    size_t n = 300000;
+    char *in = malloc(n + 64);
+    (void)state;
+
+    hh_start(&h);
+    int k = sprintf(in, "{\"command\":\"echo ");
+    memset(in + k, 'y', n);
+    strcpy(in + k + n, " | wc -c\"}");
+    hh_call(&h, "bash", in, &r);
+    assert_false(r.is_error);
+    assert_string_equal(r.text, "300001");
+    hres_free(&r);
+    free(in);
+    /* Bytes, not characters: UTF-8 content is counted as written. */
+    EXPECT_CALL(&h, "write", "{\"file_path\":\"u.txt\",\"content\":\"h\u00e9\u20ac\"}", false,
+                "wrote 6 bytes to u.txt");
+    EXPECT_CALL(&h, "read", "{\"file_path\":\"u.txt\"}", false, "h\xc3\xa9\xe2\x82\xac");
+    hh_stop(&h);
+}
+
 static void bash_timeout_kills_everything(void **state)
 {
     struct hh h;
@@ -382,6 +408,7 @@ int main(void)
         cmocka_unit_test(bash_status_and_errors),
         cmocka_unit_test(bash_restart),
         cmocka_unit_test(bash_output_truncated),
+        cmocka_unit_test(bash_long_command),
         cmocka_unit_test(bash_timeout_kills_everything),
         cmocka_unit_test(bash_100mb_bounded_memory),
         cmocka_unit_test(read_tool),
