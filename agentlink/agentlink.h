@@ -178,10 +178,12 @@ int alink_client_connect_fd(struct alink_client *c, int fd, alink_connect_cb cb,
 int64_t alink_client_attach(struct alink_client *c, const struct alink_attach *a,
                             alink_result_cb cb, void *ctx, struct wp_err *err);
 
-/* Send a tool call. input is borrowed (serialised before return). Returns
- * the request id (> 0), or < 0 and cb is never called; otherwise cb is
- * called exactly once (result, timeout, cancel or link failure), and
- * opts->on_chunk zero or more times before it. */
+/* Send a tool call. input is borrowed (serialised before return); opts may
+ * be NULL. Returns the request id (> 0), or < 0 and cb is never called;
+ * otherwise cb is called exactly once (result, timeout, cancel or link
+ * failure), and opts->on_chunk zero or more times before it. The frame is
+ * written at once when nothing is queued: if that write finds the link
+ * dead, cb runs before this function returns (the id is still returned). */
 int64_t alink_client_call(struct alink_client *c, const char *tool, const json_t *input,
                           const struct alink_call_opts *opts, alink_result_cb cb, void *ctx,
                           struct wp_err *err);
