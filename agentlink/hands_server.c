@@ -594,7 +594,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: warmpool-hands [--socket PATH] [--workdir DIR] [--allow-root DIR]...\n"
             "                      [--shell PATH] [--max-frame BYTES] [--allow-hostname]\n"
-            "                      [--ready-fd FD] [--log-level LEVEL]\n"
+            "                      [--ready-fd FD] [--ready-file PATH] [--log-level LEVEL]\n"
             "Serves the agentlink protocol on a Unix socket (default %s).\n",
             ALINK_SOCK_PATH_DEFAULT);
 }
@@ -612,6 +612,7 @@ int alink__hands_main(int argc, char **argv)
         {"allow-hostname", no_argument, NULL, 'H'},
         {"log-level", required_argument, NULL, 'l'},
         {"ready-fd", required_argument, NULL, 'R'},
+        {"ready-file", required_argument, NULL, 'F'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -619,6 +620,7 @@ int alink__hands_main(int argc, char **argv)
     const char *extra[ALINK_MAX_ROOTS];
     size_t n_extra = 0;
     struct wp_err err;
+    const char *ready_file = NULL;
     int ready_fd = -1;
     int c;
 
@@ -642,6 +644,7 @@ int alink__hands_main(int argc, char **argv)
         case 'm': h->max_frame = strtoul(optarg, NULL, 10); break;
         case 'H': h->allow_hostname = true; break;
         case 'R': ready_fd = atoi(optarg); break;
+        case 'F': ready_file = optarg; break;
         case 'l':
             if (wp_log_set_level(optarg) < 0) {
                 fprintf(stderr, "bad --log-level\n");
@@ -721,6 +724,16 @@ int alink__hands_main(int argc, char **argv)
     h->prepare_w.data = h;
     ev_prepare_start(h->loop, &h->prepare_w);
     log_info("hands ready socket=%s workdir=%s pid=%d", h->sock_path, h->workdir, (int)getpid());
+    if (ready_file) {
+        char dir[4096];
+        snprintf(dir, sizeof(dir), "%s", ready_file);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir)
+            *slash = '\0';
+        if ((slash && slash != dir && wp_mkdir_p(dir, 0755, &err) < 0) ||
+            wp_write_file(ready_file, "ready\n", 6, 0644, &err) < 0)
+            log_warn("ready file %s: %s", ready_file, err.msg); /* the boot will time out */
+    }
     if (ready_fd >= 0) {
         /* The socket accepts from now on; tell whoever booted us, then hold
          * nothing of theirs. */

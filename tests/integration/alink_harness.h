@@ -38,6 +38,10 @@ struct hh {
     int closes; /* on_close calls */
 };
 
+/* The running harness, so a failed test's teardown can clean up (cmocka
+ * longjmps out of a failing test, past its hh_stop). */
+static struct hh *hh_current;
+
 struct hres {
     bool done;
     int calls; /* times the result cb ran */
@@ -134,6 +138,7 @@ static inline void hh_start_wrapped(struct hh *h, const char *const *prefix,
         execvp(argv[0], (char *const *)argv);
         _exit(127);
     }
+    hh_current = h;
     assert_int_equal(hh_wait_socket(h->sock), 0);
 }
 
@@ -169,6 +174,7 @@ static inline void hh_stop(struct hh *h)
 {
     int status;
 
+    hh_current = NULL;
     if (h->c) {
         alink_client_free(h->c);
         h->c = NULL;
@@ -198,6 +204,32 @@ static inline void hh_stop(struct hh *h)
     th_rmtree(h->dir);
     free(h->dir);
 }
+
+/* cmocka teardown: after a failure, stop what the test left running. */
+static inline int hh_teardown(void **state)
+{
+    struct hh *h = hh_current;
+    int status;
+    (void)state;
+
+    if (!h)
+        return 0;
+    hh_current = NULL;
+    if (h->c)
+        alink_client_free(h->c);
+    if (h->loop)
+        ev_loop_destroy(h->loop);
+    if (h->pid > 0) {
+        kill(h->pid, SIGKILL);
+        waitpid(h->pid, &status, 0);
+    }
+    th_rmtree(h->dir);
+    free(h->dir);
+    memset(h, 0, sizeof(*h));
+    return 0;
+}
+
+#define HH_TEST(f) cmocka_unit_test_teardown(f, hh_teardown)
 
 static inline void hres_free(struct hres *r)
 {

@@ -313,11 +313,13 @@ static void no_inherited_fds_and_ready_fd(void **state)
     struct hh h;
     int p[2], leak;
     char buf[16], num[16], marker[600];
-    const char *args[] = {"--ready-fd", num, NULL};
+    char rfile[700];
+    const char *args[] = {"--ready-fd", num, "--ready-file", rfile, NULL};
     (void)state;
 
     char *tmp = th_tmpdir("leak");
     snprintf(marker, sizeof(marker), "%s/leak-marker", tmp);
+    snprintf(rfile, sizeof(rfile), "%s/state/ready", tmp);
     leak = open(marker, O_CREAT | O_RDWR, 0600); /* no O_CLOEXEC: inherited */
     assert_true(leak >= 0);
     assert_int_equal(pipe(p), 0);
@@ -327,6 +329,7 @@ static void no_inherited_fds_and_ready_fd(void **state)
     assert_int_equal(read_full(p[0], buf, 6), 0);
     assert_memory_equal(buf, "ready\n", 6);
     assert_int_equal(read(p[0], buf, 1), 0); /* hands closed their end */
+    assert_int_equal(access(rfile, F_OK), 0); /* written before the pipe */
     close(p[0]);
     close(leak);
     /* Nothing in the hands' fd table points at the host's files. */
@@ -602,17 +605,17 @@ static void hands_as_pid1(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(frames_bad_and_survive),
-        cmocka_unit_test(several_in_flight),
-        cmocka_unit_test(cancel_kills),
-        cmocka_unit_test(client_timeout),
-        cmocka_unit_test(no_inherited_fds_and_ready_fd),
-        cmocka_unit_test(reconnect_keeps_shell_state),
-        cmocka_unit_test(dead_hands_detected),
-        cmocka_unit_test(free_inside_callback),
-        cmocka_unit_test(attach_applies),
-        cmocka_unit_test(hands_as_pid1),
-        cmocka_unit_test(attach_hostname_in_uts_ns),
+        HH_TEST(frames_bad_and_survive),
+        HH_TEST(several_in_flight),
+        HH_TEST(cancel_kills),
+        HH_TEST(client_timeout),
+        HH_TEST(no_inherited_fds_and_ready_fd),
+        HH_TEST(reconnect_keeps_shell_state),
+        HH_TEST(dead_hands_detected),
+        HH_TEST(free_inside_callback),
+        HH_TEST(attach_applies),
+        HH_TEST(hands_as_pid1),
+        HH_TEST(attach_hostname_in_uts_ns),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

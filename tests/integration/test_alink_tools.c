@@ -404,18 +404,18 @@ static void grep_tool(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(bash_state_persists),
-        cmocka_unit_test(bash_status_and_errors),
-        cmocka_unit_test(bash_restart),
-        cmocka_unit_test(bash_output_truncated),
-        cmocka_unit_test(bash_long_command),
-        cmocka_unit_test(bash_timeout_kills_everything),
-        cmocka_unit_test(bash_100mb_bounded_memory),
-        cmocka_unit_test(read_tool),
-        cmocka_unit_test(confinement),
-        cmocka_unit_test(write_and_edit),
-        cmocka_unit_test(glob_tool),
-        cmocka_unit_test(grep_tool),
+        HH_TEST(bash_state_persists),
+        HH_TEST(bash_status_and_errors),
+        HH_TEST(bash_restart),
+        HH_TEST(bash_output_truncated),
+        HH_TEST(bash_long_command),
+        HH_TEST(bash_timeout_kills_everything),
+        HH_TEST(bash_100mb_bounded_memory),
+        HH_TEST(read_tool),
+        HH_TEST(confinement),
+        HH_TEST(write_and_edit),
+        HH_TEST(glob_tool),
+        HH_TEST(grep_tool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
