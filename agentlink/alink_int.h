@@ -20,6 +20,7 @@ struct wp_err;
 #define ALINK_BASH_KEEP (100u * 1024u)        /* bash keeps the last 100 KiB */
 #define ALINK_BASH_TIMEOUT_MS 120000          /* default per-call timeout */
 #define ALINK_BASH_TIMEOUT_MAX_MS 3600000     /* a caller cannot ask for more */
+#define ALINK_BASH_MAX_QUEUED 256             /* bash calls waiting for the shell */
 #define ALINK_READ_MAX (256u * 1024u)         /* read/edit file limit */
 #define ALINK_GLOB_MAX_RESULTS 200
 #define ALINK_GLOB_MAX_VISIT 50000

@@ -642,7 +642,16 @@ void alink__bash_init(struct alink__hands *h)
 void alink__bash_submit(struct alink__hands *h, struct alink__call *call)
 {
     struct alink__shell *sh = &h->shell;
+    size_t queued = 0;
 
+    for (struct alink__call *c = sh->head; c; c = c->next)
+        queued++;
+    if (queued >= ALINK_BASH_MAX_QUEUED) {
+        alink__replyf(call->conn, call->id, true, "bash: too many commands waiting (%d)",
+                      ALINK_BASH_MAX_QUEUED);
+        alink__call_free(call);
+        return;
+    }
     call->next = NULL;
     if (sh->tail)
         sh->tail->next = call;
