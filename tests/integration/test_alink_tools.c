@@ -354,6 +354,14 @@ static void glob_tool(void **state)
         lines += *p == '\n';
     assert_int_equal(lines, 200);
     hres_free(&r);
+    /* The walk stops after 50 000 entries and says so. */
+    snprintf(cmd, sizeof(cmd), "mkdir -p %s/huge && cd %s/huge && seq -f h%%g 1 50100 | xargs touch",
+             h.work, h.work);
+    assert_int_equal(system(cmd), 0);
+    hh_call(&h, "glob", "{\"pattern\":\"**/*.none\",\"path\":\"huge\"}", &r);
+    assert_false(r.is_error);
+    assert_string_equal(r.text, "no matches\n[search stopped after 50000 entries]");
+    hres_free(&r);
     hh_stop(&h);
 }
 
