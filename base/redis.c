@@ -27,7 +27,28 @@ struct wp_redis {
     char name[32];
     double backoff;
     ev_timer retry;
+    /* One subscription, renewed after every reconnect. */
+    char sub_chan[128];
+    wp_redis_cb sub_cb;
+    void *sub_ctx;
 };
+
+static void sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct wp_redis *r = privdata;
+    (void)ac;
+    /* hiredis calls this for the subscribe confirmation and every message
+     * with the same privdata: nothing here is freed per reply. */
+    if (reply && r && r->sub_cb)
+        r->sub_cb(r->sub_ctx, reply);
+}
+
+static void subscribe_now(struct wp_redis *r)
+{
+    const char *argv[] = { "SUBSCRIBE", r->sub_chan };
+    if (r->ac && r->sub_cb)
+        redisAsyncCommandArgv(r->ac, sub_reply, r, 2, argv, NULL);
+}
 
 struct cmd {
     wp_redis_cb cb;
@@ -49,6 +70,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     }
     r->connected = true;
     r->backoff = 0;
+    subscribe_now(r);
     log_debug("redis connected conn=%s %s:%d", r->name, r->host, r->port);
 }
 
@@ -194,4 +216,16 @@ int wp_redis_script(struct wp_redis *r, const char *script, wp_redis_cb cb,
         al[3 + i] = lens ? lens[i] : strlen(argv[i]);
     }
     return wp_redis_argv(r, cb, ctx, argc + 3, av, al);
+}
+
+int wp_redis_subscribe(struct wp_redis *r, const char *channel, wp_redis_cb cb, void *ctx)
+{
+    if (strlen(channel) >= sizeof(r->sub_chan) || r->sub_cb)
+        return WP_EINVAL_INPUT;
+    snprintf(r->sub_chan, sizeof(r->sub_chan), "%s", channel);
+    r->sub_cb = cb;
+    r->sub_ctx = ctx;
+    if (wp_redis_ready(r))
+        subscribe_now(r);
+    return 0;
 }

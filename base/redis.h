@@ -31,8 +31,14 @@ bool wp_redis_ready(const struct wp_redis *r);
  * never called. */
 int wp_redis_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc, const char **argv,
                   const size_t *lens);
-/* EVAL a Lua script (Redis caches it by SHA1). Same contract. */
+/* EVAL a Lua script (Redis caches it by SHA1): argv holds the nkeys keys
+ * then the arguments, argc counting both. Same contract. */
 int wp_redis_script(struct wp_redis *r, const char *script, wp_redis_cb cb, void *ctx, int nkeys,
                     int argc, const char **argv, const size_t *lens);
+
+/* Put this connection in subscribe mode on one channel (again after each
+ * reconnect): cb gets every reply on it (the confirmation, then
+ * ["message", channel, payload] arrays). Nothing else may be sent on it. */
+int wp_redis_subscribe(struct wp_redis *r, const char *channel, wp_redis_cb cb, void *ctx);
 
 #endif

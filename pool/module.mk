@@ -1,1 +1,5 @@
-pool_SRCS := pool/autoscale.c
+pool_SRCS := pool/autoscale.c pool/scripts.c pool/node.c pool/config.c pool/client.c
+
+BINS += $(BUILD)/warmpool-node
+$(BUILD)/warmpool-node: $(BUILD)/obj/pool/node_main.o $(BUILD)/libpool.a $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@

@@ -13,7 +13,9 @@
  *                                    release)
  *   wp:env:{E}:reply:<rid>    LIST   a node's answer to one warm/cold claim
  *   wp:env:{E}:nodes          SET    nodes serving E
- *   wp:env:{E}:policy         HASH   min_hot, max_hot (per node), live-tunable
+ *   wp:env:{E}:policy         HASH   min_hot, max_hot (per node, every node), and
+ *                                    min_hot:<node>, max_hot:<node> (that node);
+ *                                    live-tunable
  *   wp:env:{E}:stats          HASH   claims by tier
  * Nodes:
  *   wp:nodes                  SET    node ids

@@ -1,0 +1,375 @@
+/* client.c - claims, releases and renewals for schedulers and tests.
+ *
+ * A hot claim is one Lua script. On a miss the client picks a live node
+ * serving the environment, takes a fencing token and puts a claim on that
+ * node's inbox; the node answers on this client's own channel, where one
+ * subscribed connection receives the answers of all its claims (matched
+ * by request id). */
+#define WP_LOG_COMPONENT "pool"
+#include "pool/pool_int.h"
+
+#include <errno.h>
+#include <ev.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "base/err.h"
+#include "base/log.h"
+#include "base/redis.h"
+#include "base/timeutil.h"
+#include "snapshot/snapshot.h"
+
+struct claim {
+    struct pool_client *c;
+    char env[64], session[128], rid[40], node[64];
+    uint64_t token;
+    uint64_t t0;
+    pool_claim_cb cb;
+    void *ctx;
+    ev_timer timer;
+    struct claim *next;
+};
+
+struct pool_client {
+    struct ev_loop *loop;
+    struct wp_redis *r, *sub;
+    char chan[64];
+    struct claim *claims;
+};
+
+struct op {
+    pool_done_cb cb;
+    void *ctx;
+};
+
+/* Pick a random live node among those serving the environment. Single
+ * Redis only: node keys live outside the environment's hash slot. */
+static const char lua_pick_node[] =
+    "local live = {}\n"
+    "for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "  if redis.call('EXISTS', 'wp:node:' .. n .. ':alive') == 1 then live[#live + 1] = n end\n"
+    "end\n"
+    "if #live == 0 then return nil end\n"
+    "return live[math.random(#live)]\n";
+
+static void claim_finish(struct claim *cl, int status, const struct pool_claim_result *res,
+                         const struct wp_err *err)
+{
+    struct pool_client *c = cl->c;
+
+    for (struct claim **pp = &c->claims; *pp; pp = &(*pp)->next)
+        if (*pp == cl) {
+            *pp = cl->next;
+            break;
+        }
+    ev_timer_stop(c->loop, &cl->timer);
+    cl->cb(cl->ctx, status, res, err);
+    free(cl);
+}
+
+static void claim_fail(struct claim *cl, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void claim_fail(struct claim *cl, int code, const char *fmt, ...)
+{
+    struct wp_err err = { .code = code };
+    struct pool_claim_result none = { .tier = "" };
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(err.msg, sizeof(err.msg), fmt, ap);
+    va_end(ap);
+    claim_finish(cl, code, &none, &err);
+}
+
+static void timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct claim *cl = w->data;
+    (void)loop;
+    (void)revents;
+    claim_fail(cl, WP_ETIMEDOUT, "claim for environment %s timed out", cl->env);
+}
+
+static void sub_cb(void *ctx, redisReply *reply)
+{
+    struct pool_client *c = ctx;
+    json_error_t jerr;
+    json_t *o;
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        strcmp(reply->element[0]->str, "message") != 0 ||
+        reply->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    o = json_loadb(reply->element[2]->str, reply->element[2]->len, 0, &jerr);
+    const char *rid = json_string_value(json_object_get(o, "rid"));
+    struct claim *cl = c->claims;
+    while (cl && (!rid || strcmp(cl->rid, rid) != 0))
+        cl = cl->next;
+    if (!cl) {
+        json_decref(o); /* a late answer to a claim that timed out */
+        return;
+    }
+    json_t *st = json_object_get(o, "status");
+    if (!json_is_integer(st) || json_integer_value(st) != 0) {
+        const char *msg = json_string_value(json_object_get(o, "error"));
+        claim_fail(cl, json_is_integer(st) ? (int)json_integer_value(st) : WP_EPROTO,
+                   "node could not serve the claim: %s", msg ? msg : "malformed answer");
+        json_decref(o);
+        return;
+    }
+    struct pool_claim_result res = { 0 };
+    const char *sb = json_string_value(json_object_get(o, "sandbox")),
+               *node = json_string_value(json_object_get(o, "node")),
+               *root = json_string_value(json_object_get(o, "root")),
+               *tier = json_string_value(json_object_get(o, "tier"));
+    json_t *tok = json_object_get(o, "token");
+    if (!sb || !node || !root || !tier || !json_is_integer(tok) ||
+        (uint64_t)json_integer_value(tok) != cl->token) {
+        claim_fail(cl, WP_EPROTO, "malformed answer from node %s", cl->node);
+        json_decref(o);
+        return;
+    }
+    snprintf(res.sandbox, sizeof(res.sandbox), "%s", sb);
+    snprintf(res.node, sizeof(res.node), "%s", node);
+    snprintf(res.root, sizeof(res.root), "%s", root);
+    snprintf(res.tier, sizeof(res.tier), "%s", tier);
+    res.token = cl->token;
+    res.ms = (double)(wp_now_ns() - cl->t0) / 1e6;
+    json_decref(o);
+    claim_finish(cl, 0, &res, NULL);
+}
+
+static void xadd_cb(void *ctx, redisReply *reply)
+{
+    struct claim *cl = ctx;
+    if (!reply || reply->type == REDIS_REPLY_ERROR)
+        claim_fail(cl, WP_ESTATE, "sending the claim to node failed: %s",
+                   reply ? reply->str : "redis disconnected");
+    /* else: wait for the node's answer on our channel */
+}
+
+static void fence_cb(void *ctx, redisReply *reply)
+{
+    struct claim *cl = ctx;
+    struct pool_client *c = cl->c;
+    char inbox[200], tok[32];
+
+    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
+        claim_fail(cl, WP_ESTATE, "fencing token: %s", reply && reply->str ? reply->str : "redis disconnected");
+        return;
+    }
+    cl->token = (uint64_t)reply->integer;
+    snprintf(tok, sizeof(tok), "%llu", (unsigned long long)cl->token);
+    snprintf(inbox, sizeof(inbox), POOL__K_INBOX "%s", cl->env, cl->node);
+    const char *argv[] = { "XADD", inbox, "MAXLEN", "~", "10000", "*", "type", "claim",
+                           "session", cl->session, "token", tok, "reply", c->chan, "rid", cl->rid };
+    if (wp_redis_argv(c->r, xadd_cb, cl, 16, argv, NULL) < 0)
+        claim_fail(cl, WP_ESTATE, "redis not connected");
+}
+
+static void pick_cb(void *ctx, redisReply *reply)
+{
+    struct claim *cl = ctx;
+    struct pool_client *c = cl->c;
+    char fence[160];
+
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        claim_fail(cl, WP_ESTATE, "picking a node: %s", reply ? reply->str : "redis disconnected");
+        return;
+    }
+    if (reply->type != REDIS_REPLY_STRING) {
+        claim_fail(cl, WP_ENOTFOUND, "no live node serves environment %s", cl->env);
+        return;
+    }
+    snprintf(cl->node, sizeof(cl->node), "%s", reply->str);
+    snprintf(fence, sizeof(fence), POOL__K_FENCE, cl->env);
+    const char *argv[] = { "INCR", fence };
+    if (wp_redis_argv(c->r, fence_cb, cl, 2, argv, NULL) < 0)
+        claim_fail(cl, WP_ESTATE, "redis not connected");
+}
+
+static void hot_cb(void *ctx, redisReply *reply)
+{
+    struct claim *cl = ctx;
+    struct pool_client *c = cl->c;
+    char nodes[160];
+
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        claim_fail(cl, WP_ESTATE, "claim: %s", reply ? reply->str : "redis disconnected");
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4) {
+        struct pool_claim_result res = { 0 };
+        for (int i = 0; i < 4; i++)
+            if (reply->element[i]->type != REDIS_REPLY_STRING) {
+                claim_fail(cl, WP_EPROTO, "malformed sandbox entry in environment %s", cl->env);
+                return;
+            }
+        snprintf(res.sandbox, sizeof(res.sandbox), "%s", reply->element[0]->str);
+        snprintf(res.node, sizeof(res.node), "%s", reply->element[1]->str);
+        snprintf(res.root, sizeof(res.root), "%s", reply->element[2]->str);
+        snprintf(res.tier, sizeof(res.tier), "hot");
+        res.token = strtoull(reply->element[3]->str, NULL, 10);
+        res.ms = (double)(wp_now_ns() - cl->t0) / 1e6;
+        claim_finish(cl, 0, &res, NULL);
+        return;
+    }
+    /* Hot tier empty: a node restores (warm) or boots (cold) one. */
+    snprintf(nodes, sizeof(nodes), POOL__K_NODES_OF, cl->env);
+    const char *argv[] = { nodes };
+    if (wp_redis_script(c->r, lua_pick_node, pick_cb, cl, 1, 1, argv, NULL) < 0)
+        claim_fail(cl, WP_ESTATE, "redis not connected");
+}
+
+int pool_client_new(struct ev_loop *loop, const char *host, int port, struct pool_client **out,
+                    struct wp_err *err)
+{
+    struct pool_client *c = calloc(1, sizeof(*c));
+    uint64_t r = 0;
+
+    if (!c)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+        r = wp_now_ns();
+    snprintf(c->chan, sizeof(c->chan), "wp:client:%016llx", (unsigned long long)r);
+    c->loop = loop;
+    c->r = wp_redis_new(loop, host, port, "pool");
+    c->sub = wp_redis_new(loop, host, port, "pool-replies");
+    if (!c->r || !c->sub || wp_redis_subscribe(c->sub, c->chan, sub_cb, c) < 0) {
+        pool_client_free(c);
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    }
+    *out = c;
+    return 0;
+}
+
+void pool_client_free(struct pool_client *c)
+{
+    if (!c)
+        return;
+    while (c->claims)
+        claim_fail(c->claims, -ECANCELED, "client closed");
+    wp_redis_free(c->r);
+    wp_redis_free(c->sub);
+    free(c);
+}
+
+bool pool_client_ready(const struct pool_client *c)
+{
+    return wp_redis_ready(c->r) && wp_redis_ready(c->sub);
+}
+
+int pool_claim(struct pool_client *c, const char *env, const char *session, double timeout_s,
+               pool_claim_cb cb, void *ctx, struct wp_err *err)
+{
+    char hot[160], fence[160], stats[160], sbp[160], inbox[160], now[32], lease[32];
+    struct claim *cl;
+    uint64_t r = 0;
+
+    if (!snap_name_valid(env))
+        return wp_err_set(err, WP_EINVAL_INPUT, "bad environment name \"%s\"", env ? env : "");
+    if (!session || !*session || strlen(session) >= sizeof(cl->session))
+        return wp_err_set(err, WP_EINVAL_INPUT, "session id must be 1-127 bytes");
+    if (!pool_client_ready(c))
+        return wp_err_set(err, WP_ESTATE, "not connected to Redis");
+    cl = calloc(1, sizeof(*cl));
+    if (!cl)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    cl->c = c;
+    cl->cb = cb;
+    cl->ctx = ctx;
+    cl->t0 = wp_now_ns();
+    snprintf(cl->env, sizeof(cl->env), "%s", env);
+    snprintf(cl->session, sizeof(cl->session), "%s", session);
+    if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+        r = wp_now_ns();
+    snprintf(cl->rid, sizeof(cl->rid), "%016llx", (unsigned long long)r);
+    snprintf(hot, sizeof(hot), POOL__K_HOT, env);
+    snprintf(fence, sizeof(fence), POOL__K_FENCE, env);
+    snprintf(stats, sizeof(stats), POOL__K_STATS, env);
+    snprintf(sbp, sizeof(sbp), POOL__K_SB, env);
+    snprintf(inbox, sizeof(inbox), POOL__K_INBOX, env);
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
+    snprintf(lease, sizeof(lease), "60000");
+    const char *argv[] = { hot, fence, stats, sbp, session, now, lease, inbox };
+    if (wp_redis_script(c->r, pool__lua_claim_hot, hot_cb, cl, 3, 8, argv, NULL) < 0) {
+        free(cl);
+        return wp_err_set(err, WP_ESTATE, "not connected to Redis");
+    }
+    ev_timer_init(&cl->timer, timeout_cb, timeout_s > 0 ? timeout_s : 30, 0.);
+    cl->timer.data = cl;
+    ev_timer_start(c->loop, &cl->timer);
+    cl->next = c->claims;
+    c->claims = cl;
+    return 0;
+}
+
+static void op_cb(void *ctx, redisReply *reply)
+{
+    struct op *op = ctx;
+    struct wp_err err = { 0 };
+    int rc = 0;
+
+    if (!reply)
+        rc = wp_err_set(&err, WP_ESTATE, "redis disconnected");
+    else if (reply->type == REDIS_REPLY_ERROR) {
+        if (strncmp(reply->str, "STALE", 5) == 0)
+            rc = wp_err_set(&err, WP_ESTALE, "%s", reply->str);
+        else if (strncmp(reply->str, "GONE", 4) == 0)
+            rc = wp_err_set(&err, WP_ENOTFOUND, "%s", reply->str);
+        else if (strncmp(reply->str, "LOST", 4) == 0)
+            rc = wp_err_set(&err, WP_ESTATE, "%s", reply->str);
+        else
+            rc = wp_err_set(&err, WP_EPROTO, "%s", reply->str);
+    }
+    op->cb(op->ctx, rc, rc < 0 ? &err : NULL);
+    free(op);
+}
+
+static int sb_op(struct pool_client *c, const char *script, const char *env, const char *sandbox,
+                 uint64_t token, pool_done_cb cb, void *ctx, struct wp_err *err)
+{
+    char key[256], tok[32], inbox[160], now[32];
+    struct op *op;
+
+    if (!snap_name_valid(env) || !snap_name_valid(sandbox))
+        return wp_err_set(err, WP_EINVAL_INPUT, "bad environment or sandbox name");
+    op = malloc(sizeof(*op));
+    if (!op)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    op->cb = cb;
+    op->ctx = ctx;
+    snprintf(key, sizeof(key), POOL__K_SB "%s", env, sandbox);
+    snprintf(tok, sizeof(tok), "%llu", (unsigned long long)token);
+    snprintf(inbox, sizeof(inbox), POOL__K_INBOX, env);
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
+    int rc;
+    if (script == pool__lua_release) {
+        const char *argv[] = { key, tok, inbox, sandbox };
+        rc = wp_redis_script(c->r, script, op_cb, op, 1, 4, argv, NULL);
+    } else {
+        const char *argv[] = { key, tok, now, "60000" };
+        rc = wp_redis_script(c->r, script, op_cb, op, 1, 4, argv, NULL);
+    }
+    if (rc < 0) {
+        free(op);
+        return wp_err_set(err, WP_ESTATE, "not connected to Redis");
+    }
+    return 0;
+}
+
+int pool_release(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
+                 pool_done_cb cb, void *ctx, struct wp_err *err)
+{
+    return sb_op(c, pool__lua_release, env, sandbox, token, cb, ctx, err);
+}
+
+int pool_renew(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
+               pool_done_cb cb, void *ctx, struct wp_err *err)
+{
+    return sb_op(c, pool__lua_renew, env, sandbox, token, cb, ctx, err);
+}

@@ -1,0 +1,209 @@
+/* config.c - warmpool-node's flags and config file. */
+#define WP_LOG_COMPONENT "node"
+#include "pool/pool_int.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/err.h"
+#include "base/log.h"
+
+static const char usage[] =
+    "usage: warmpool-node [options]\n"
+    "\n"
+    "The warm pool's node daemon: one per machine. Builds each environment's\n"
+    "image, keeps hot clones ready, serves claims coordinated through Redis.\n"
+    "\n"
+    "  --id ID                 node id (default: the host name)\n"
+    "  --redis HOST:PORT       Redis (default 127.0.0.1:6379)\n"
+    "  --state-dir DIR         sandboxes and images (default /var/lib/warmpool)\n"
+    "  --env TEMPLATE[:MIN[:MAX]]  serve an environment (repeatable); MIN/MAX\n"
+    "                          hot clones on this node until `pool set` changes them\n"
+    "  --eager                 refill with eager restores (default: lazy pages)\n"
+    "  --restore-slots N       restores at once (default: one per CPU)\n"
+    "  --heartbeat-ttl SEC     dead this long after the last heartbeat (default 5)\n"
+    "  --lease-ms MS           lease time handed out with claims (default 60000)\n"
+    "  --config FILE           JSON with the same keys (flags win)\n"
+    "  --log-level LEVEL       error, warn, info, debug (default info)\n"
+    "  -h, --help\n";
+
+static int parse_hostport(const char *s, char *host, size_t cap, int *port, struct wp_err *err)
+{
+    const char *colon = strrchr(s, ':');
+    char *end;
+    long p;
+
+    if (!colon || colon == s || (size_t)(colon - s) >= cap)
+        return wp_err_set(err, WP_ECONFIG, "--redis wants HOST:PORT, got '%s'", s);
+    p = strtol(colon + 1, &end, 10);
+    if (*end || p < 1 || p > 65535)
+        return wp_err_set(err, WP_ECONFIG, "--redis: bad port in '%s'", s);
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    *port = (int)p;
+    return 0;
+}
+
+static int add_env(struct pool_node_config *cfg, const char *spec, struct wp_err *err)
+{
+    struct pool_env_config *e;
+    char buf[600], *mn, *mx;
+
+    if (cfg->n_envs == POOL_MAX_ENVS)
+        return wp_err_set(err, WP_ECONFIG, "at most %d environments per node", POOL_MAX_ENVS);
+    if (strlen(spec) >= sizeof(buf))
+        return wp_err_set(err, WP_ECONFIG, "--env: too long");
+    strcpy(buf, spec);
+    e = &cfg->envs[cfg->n_envs];
+    memset(e, 0, sizeof(*e));
+    e->min_hot = 2;
+    e->max_hot = 8;
+    e->lazy = true;
+    mn = strchr(buf, ':');
+    if (mn) {
+        *mn++ = '\0';
+        mx = strchr(mn, ':');
+        if (mx)
+            *mx++ = '\0';
+        char *end;
+        long v = strtol(mn, &end, 10);
+        if (*end || v < 0 || v > 10000)
+            return wp_err_set(err, WP_ECONFIG, "--env %s: bad MIN", spec);
+        e->min_hot = (int)v;
+        if (mx) {
+            v = strtol(mx, &end, 10);
+            if (*end || v < 0 || v > 10000)
+                return wp_err_set(err, WP_ECONFIG, "--env %s: bad MAX", spec);
+            e->max_hot = (int)v;
+        } else if (e->max_hot < e->min_hot) {
+            e->max_hot = e->min_hot;
+        }
+    }
+    if (e->max_hot < e->min_hot)
+        return wp_err_set(err, WP_ECONFIG, "--env %s: MAX below MIN", spec);
+    if (access(buf, R_OK) < 0)
+        return wp_err_errno(err, "--env %s", buf);
+    snprintf(e->template_path, sizeof(e->template_path), "%s", buf);
+    cfg->n_envs++;
+    return 0;
+}
+
+static int load_file(struct pool_node_config *cfg, const char *path, struct wp_err *err)
+{
+    json_error_t jerr;
+    json_t *o = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr), *v;
+    const char *k;
+    size_t i;
+    int rc = 0;
+
+    if (!o)
+        return wp_err_set(err, WP_ECONFIG, "%s:%d: %s", path, jerr.line, jerr.text);
+    json_object_foreach(o, k, v) {
+        if (strcmp(k, "id") == 0 && json_is_string(v))
+            snprintf(cfg->id, sizeof(cfg->id), "%s", json_string_value(v));
+        else if (strcmp(k, "redis") == 0 && json_is_string(v))
+            rc = parse_hostport(json_string_value(v), cfg->redis_host, sizeof(cfg->redis_host),
+                                &cfg->redis_port, err);
+        else if (strcmp(k, "state_dir") == 0 && json_is_string(v))
+            snprintf(cfg->state_dir, sizeof(cfg->state_dir), "%s", json_string_value(v));
+        else if (strcmp(k, "heartbeat_ttl_s") == 0 && json_is_number(v))
+            cfg->heartbeat_ttl_s = json_number_value(v);
+        else if (strcmp(k, "lease_ms") == 0 && json_is_number(v))
+            cfg->lease_ms = json_number_value(v);
+        else if (strcmp(k, "restore_slots") == 0 && json_is_integer(v))
+            cfg->restore_slots = (int)json_integer_value(v);
+        else if (strcmp(k, "envs") == 0 && json_is_array(v)) {
+            json_t *item;
+            json_array_foreach(v, i, item) {
+                if (!json_is_string(item)) {
+                    rc = wp_err_set(err, WP_ECONFIG, "%s: envs[%zu] must be a string", path, i);
+                    break;
+                }
+                if ((rc = add_env(cfg, json_string_value(item), err)) < 0)
+                    break;
+            }
+        } else
+            rc = wp_err_set(err, WP_ECONFIG, "%s: unknown or mistyped key \"%s\"", path, k);
+        if (rc < 0)
+            break;
+    }
+    json_decref(o);
+    return rc;
+}
+
+int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
+                           struct wp_err *err)
+{
+    static const struct option lo[] = {
+        { "id", required_argument, NULL, 'i' },          { "redis", required_argument, NULL, 'r' },
+        { "state-dir", required_argument, NULL, 's' },   { "env", required_argument, NULL, 'e' },
+        { "eager", no_argument, NULL, 'E' },             { "restore-slots", required_argument, NULL, 'S' },
+        { "heartbeat-ttl", required_argument, NULL, 't' }, { "lease-ms", required_argument, NULL, 'L' },
+        { "config", required_argument, NULL, 'c' },      { "log-level", required_argument, NULL, 'l' },
+        { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
+    };
+    bool eager = false;
+    int c, rc;
+
+    memset(cfg, 0, sizeof(*cfg));
+    gethostname(cfg->id, sizeof(cfg->id) - 1);
+    snprintf(cfg->redis_host, sizeof(cfg->redis_host), "127.0.0.1");
+    cfg->redis_port = 6379;
+    snprintf(cfg->state_dir, sizeof(cfg->state_dir), "/var/lib/warmpool");
+    cfg->heartbeat_ttl_s = 5;
+    cfg->lease_ms = 60000;
+    /* The config file first, so flags override it. */
+    for (int i = 1; i + 1 < argc; i++)
+        if (strcmp(argv[i], "--config") == 0 && (rc = load_file(cfg, argv[i + 1], err)) < 0)
+            return rc;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        rc = 0;
+        switch (c) {
+        case 'i': snprintf(cfg->id, sizeof(cfg->id), "%s", optarg); break;
+        case 'r':
+            rc = parse_hostport(optarg, cfg->redis_host, sizeof(cfg->redis_host), &cfg->redis_port, err);
+            break;
+        case 's': snprintf(cfg->state_dir, sizeof(cfg->state_dir), "%s", optarg); break;
+        case 'e': rc = add_env(cfg, optarg, err); break;
+        case 'E': eager = true; break;
+        case 'S': cfg->restore_slots = atoi(optarg); break;
+        case 't': cfg->heartbeat_ttl_s = atof(optarg); break;
+        case 'L': cfg->lease_ms = atof(optarg); break;
+        case 'c': break;
+        case 'l':
+            if (wp_log_set_level(optarg) < 0)
+                rc = wp_err_set(err, WP_ECONFIG, "bad --log-level '%s'", optarg);
+            break;
+        case 'h': fputs(usage, stdout); return 1;
+        default: return wp_err_set(err, WP_ECONFIG, "bad arguments (see --help)");
+        }
+        if (rc < 0)
+            return rc;
+    }
+    if (optind < argc)
+        return wp_err_set(err, WP_ECONFIG, "unexpected argument '%s'", argv[optind]);
+    if (eager)
+        for (int i = 0; i < cfg->n_envs; i++)
+            cfg->envs[i].lazy = false;
+    for (const char *p = cfg->id; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '_' || *p == '.'))
+            return wp_err_set(err, WP_ECONFIG, "node id '%s': letters, digits, - _ . only", cfg->id);
+    if (!cfg->id[0])
+        return wp_err_set(err, WP_ECONFIG, "node id is empty");
+    if (cfg->heartbeat_ttl_s < 0.5 || cfg->heartbeat_ttl_s > 600)
+        return wp_err_set(err, WP_ECONFIG, "--heartbeat-ttl must be 0.5..600 s");
+    if (cfg->lease_ms < 1000 || cfg->lease_ms > 86400000)
+        return wp_err_set(err, WP_ECONFIG, "--lease-ms must be 1000..86400000");
+    if (cfg->restore_slots < 0 || cfg->restore_slots > 256)
+        return wp_err_set(err, WP_ECONFIG, "--restore-slots must be 0..256");
+    if (cfg->n_envs == 0)
+        return wp_err_set(err, WP_ECONFIG, "no environment to serve (--env TEMPLATE)");
+    return 0;
+}

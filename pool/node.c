@@ -1,0 +1,861 @@
+/* node.c - warmpool-node: one per machine. Keeps each environment's image
+ * (warm tier) and a number of restored idle clones (hot tier), offers the
+ * hot ones in Redis, serves warm and cold claims sent to its inbox, and
+ * destroys what is released. Laid out like redis: one default libev loop,
+ * one cron at 10 Hz, blocking work in helper processes.
+ *
+ * Children: libev's default loop reaps every child on SIGCHLD, so one
+ * catch-all ev_child dispatches exits (sandbox inits, build helpers);
+ * snapshot/'s own waitpid calls then see ECHILD, which they accept. */
+#define WP_LOG_COMPONENT "node"
+#include "pool/pool_int.h"
+
+#include <errno.h>
+#include <ev.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/sysinfo.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "base/err.h"
+#include "base/log.h"
+#include "base/redis.h"
+#include "base/timeutil.h"
+#include "snapshot/snapshot.h"
+
+enum img_state { IMG_NONE, IMG_BUILDING, IMG_READY, IMG_FAILED };
+enum sb_state { SB_RESTORING, SB_IDLE, SB_LEASED };
+
+struct node;
+
+struct env {
+    struct node *n;
+    struct pool_env_config cfg;
+    struct snap_template *t;
+    char image[80];
+    enum img_state img;
+    pid_t build_pid;
+    double build_retry_at;
+    int min_hot, max_hot;   /* live policy */
+    int idle, restoring;    /* hot tier counts */
+    char inbox[160];        /* wp:env:{E}:inbox:<node> */
+    char last_id[64];       /* last inbox entry handled */
+};
+
+struct nsb {
+    struct node *n;
+    struct env *e;
+    struct snap_sandbox *sb;        /* NULL while restoring */
+    struct snap_restore_job *job;
+    ev_io job_io;
+    enum sb_state st;
+    bool for_claim;                 /* warm/cold claim: reply when ready */
+    char reply_chan[128], rid[64], session[128], tier[8];
+    uint64_t token;
+    double t0;
+    struct nsb *next;
+};
+
+struct node {
+    struct ev_loop *loop;
+    struct pool_node_config cfg;
+    struct snap_ctx *snap;
+    struct wp_redis *r;      /* commands */
+    struct wp_redis *rb;     /* blocking inbox reads */
+    bool inbox_reading;
+    ev_timer cron;
+    ev_signal sigterm, sigint;
+    ev_child child;
+    struct env envs[POOL_MAX_ENVS];
+    int n_envs;
+    struct nsb *sbs;
+    int restores;            /* restores in flight */
+    int slots;
+    double now;
+    double last_beat, last_policy, last_reap;
+    bool registered, stopping;
+};
+
+static double now_s(void)
+{
+    return (double)wp_now_ns() / 1e9;
+}
+
+static void fmtkey(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fmtkey(char *out, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out, cap, fmt, ap);
+    va_end(ap);
+}
+
+/* Fire-and-forget command; failures are logged. */
+static void log_reply(void *ctx, redisReply *reply)
+{
+    const char *what = ctx;
+    if (!reply)
+        log_warn("redis: %s: no reply (disconnected)", what);
+    else if (reply->type == REDIS_REPLY_ERROR)
+        log_warn("redis: %s: %s", what, reply->str);
+}
+
+static void cmd(struct node *n, const char *what, int argc, const char **argv)
+{
+    if (wp_redis_argv(n->r, log_reply, (void *)what, argc, argv, NULL) < 0)
+        log_debug("redis not ready: %s dropped", what);
+}
+
+/* ---- sandboxes ------------------------------------------------------------ */
+
+static struct nsb *find_sb(struct node *n, const char *id)
+{
+    for (struct nsb *s = n->sbs; s; s = s->next)
+        if (s->sb && strcmp(s->sb->id, id) == 0)
+            return s;
+    return NULL;
+}
+
+static void unlink_sb(struct node *n, struct nsb *s)
+{
+    for (struct nsb **pp = &n->sbs; *pp; pp = &(*pp)->next)
+        if (*pp == s) {
+            *pp = s->next;
+            return;
+        }
+}
+
+static void forget_in_redis(struct node *n, struct env *e, const char *id)
+{
+    char k[256], member[200], nk[160];
+    fmtkey(k, sizeof(k), POOL__K_SB, e->cfg.name);
+    strncat(k, id, sizeof(k) - strlen(k) - 1);
+    snprintf(member, sizeof(member), "%s %s", e->cfg.name, id);
+    fmtkey(nk, sizeof(nk), POOL__K_NODE_SBS, n->cfg.id);
+    const char *del[] = { "DEL", k };
+    const char *srem[] = { "SREM", nk, member };
+    cmd(n, "forget sandbox", 2, del);
+    cmd(n, "forget sandbox", 3, srem);
+}
+
+/* Destroy off the loop: a helper process does the blocking teardown. The
+ * init is our child (subreaper) and libev reaps it; the helper's own
+ * waitpid sees ECHILD. */
+static void destroy_sb(struct node *n, struct nsb *s, const char *why)
+{
+    unlink_sb(n, s);
+    if (s->st == SB_IDLE)
+        s->e->idle--;
+    if (s->sb) {
+        log_info("destroy sandbox=%s env=%s why=%s", s->sb->id, s->e->cfg.name, why);
+        forget_in_redis(n, s->e, s->sb->id);
+        pid_t pid = fork();
+        if (pid == 0) {
+            snap_destroy(n->snap, s->sb, NULL);
+            _exit(0);
+        }
+        if (pid < 0)
+            snap_destroy(n->snap, s->sb, NULL);
+        else
+            snap_sandbox_free(s->sb);
+    }
+    free(s);
+}
+
+static void publish_reply(struct node *n, struct nsb *s, int status, const char *msg)
+{
+    json_t *o = json_pack("{s:s, s:i}", "rid", s->rid, "status", status);
+    if (status == 0)
+        json_object_update_new(o, json_pack("{s:s, s:s, s:s, s:s, s:I}", "sandbox", s->sb->id,
+                                            "node", n->cfg.id, "root", s->sb->root, "tier",
+                                            s->tier, "token", (json_int_t)s->token));
+    else
+        json_object_set_new(o, "error", json_string(msg));
+    char *text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    const char *argv[] = { "PUBLISH", s->reply_chan, text };
+    cmd(n, "reply", 3, argv);
+    free(text);
+}
+
+static void sb_ready(struct node *n, struct nsb *s)
+{
+    struct env *e = s->e;
+    char k[256], hot[160], nk[160], member[200], created[32];
+
+    fmtkey(k, sizeof(k), POOL__K_SB, e->cfg.name);
+    strncat(k, s->sb->id, sizeof(k) - strlen(k) - 1);
+    fmtkey(nk, sizeof(nk), POOL__K_NODE_SBS, n->cfg.id);
+    snprintf(member, sizeof(member), "%s %s", e->cfg.name, s->sb->id);
+    const char *sadd[] = { "SADD", nk, member };
+    cmd(n, "node sandboxes", 3, sadd);
+    snprintf(created, sizeof(created), "%llu", (unsigned long long)wp_wall_ms());
+    if (s->for_claim) {
+        char tok[32], until[32];
+        snprintf(tok, sizeof(tok), "%llu", (unsigned long long)s->token);
+        snprintf(until, sizeof(until), "%llu",
+                 (unsigned long long)(wp_wall_ms() + (uint64_t)n->cfg.lease_ms));
+        const char *hset[] = { "HSET", k, "node", n->cfg.id, "addr", s->sb->root, "state",
+                               "leased", "session", s->session, "token", tok, "tier", s->tier,
+                               "lease_until", until, "created_ms", created };
+        cmd(n, "lease sandbox", 18, hset);
+        char stats[160];
+        fmtkey(stats, sizeof(stats), POOL__K_STATS, e->cfg.name);
+        const char *incr[] = { "HINCRBY", stats, strcmp(s->tier, "warm") == 0 ? "claims_warm" : "claims_cold", "1" };
+        cmd(n, "stats", 4, incr);
+        s->st = SB_LEASED;
+        publish_reply(n, s, 0, NULL);
+        log_info("claim served sandbox=%s env=%s tier=%s session=%s ms=%.1f", s->sb->id,
+                 e->cfg.name, s->tier, s->session, (now_s() - s->t0) * 1e3);
+        return;
+    }
+    fmtkey(hot, sizeof(hot), POOL__K_HOT, e->cfg.name);
+    const char *argv[] = { k, hot, s->sb->id, n->cfg.id, s->sb->root, created };
+    if (wp_redis_script(n->r, pool__lua_offer, log_reply, (void *)"offer", 2, 6, argv, NULL) < 0)
+        log_warn("offer sandbox=%s: redis not ready", s->sb->id);
+    s->st = SB_IDLE;
+    e->idle++;
+    log_debug("hot clone ready sandbox=%s env=%s ms=%.1f", s->sb->id, e->cfg.name,
+              (now_s() - s->t0) * 1e3);
+}
+
+static void job_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct nsb *s = w->data;
+    struct node *n = s->n;
+    struct wp_err err;
+    (void)revents;
+
+    ev_io_stop(loop, w);
+    n->restores--;
+    if (!s->for_claim)
+        s->e->restoring--;
+    if (snap_restore_finish(n->snap, s->job, &s->sb, &err) < 0) {
+        s->job = NULL;
+        log_error("restore env=%s: %s", s->e->cfg.name, err.msg);
+        if (s->for_claim)
+            publish_reply(n, s, WP_ECRIU, err.msg);
+        unlink_sb(n, s);
+        free(s);
+        return;
+    }
+    s->job = NULL;
+    sb_ready(n, s);
+}
+
+static struct nsb *start_restore(struct node *n, struct env *e, bool for_claim)
+{
+    struct snap_restore_opts ro = { .lazy = e->cfg.lazy };
+    struct nsb *s = calloc(1, sizeof(*s));
+    struct wp_err err;
+
+    if (!s)
+        return NULL;
+    s->n = n;
+    s->e = e;
+    s->for_claim = for_claim;
+    s->t0 = now_s();
+    if (snap_restore_start(n->snap, e->image, &ro, &s->job, &err) < 0) {
+        log_error("restore env=%s: %s", e->cfg.name, err.msg);
+        free(s);
+        return NULL;
+    }
+    ev_io_init(&s->job_io, job_cb, snap_restore_job_fd(s->job), EV_READ);
+    s->job_io.data = s;
+    ev_io_start(n->loop, &s->job_io);
+    s->st = SB_RESTORING;
+    s->next = n->sbs;
+    n->sbs = s;
+    n->restores++;
+    if (!for_claim)
+        e->restoring++;
+    return s;
+}
+
+/* A cold boot runs in a helper process (it blocks for the whole boot);
+ * the helper writes the new sandbox's id on a pipe and exits. The
+ * sandbox's init is reparented to us, the subreaper. */
+static void boot_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct nsb *s = w->data;
+    struct node *n = s->n;
+    struct wp_err err;
+    char line[600];
+    ssize_t len = 0, r;
+    (void)revents;
+
+    ev_io_stop(loop, w);
+    while ((r = read(w->fd, line + len, sizeof(line) - 1 - len)) > 0 || (r < 0 && errno == EINTR))
+        if (r > 0)
+            len += r;
+    line[len] = '\0';
+    close(w->fd);
+    n->restores--;
+    if (strncmp(line, "ok ", 3) != 0 || snap_sandbox_open(n->snap, line + 3, &s->sb, &err) < 0) {
+        const char *why = strncmp(line, "fail ", 5) == 0 ? line + 5 : len ? err.msg : "boot helper died";
+        log_error("cold boot env=%s: %s", s->e->cfg.name, why);
+        publish_reply(n, s, WP_ECHILD, why);
+        unlink_sb(n, s);
+        free(s);
+        return;
+    }
+    sb_ready(n, s);
+}
+
+static struct nsb *start_cold_boot(struct node *n, struct env *e)
+{
+    struct nsb *s = calloc(1, sizeof(*s));
+    int pfd[2];
+    pid_t pid;
+
+    if (!s || pipe2(pfd, O_CLOEXEC) < 0) {
+        free(s);
+        return NULL;
+    }
+    pid = fork();
+    if (pid < 0) {
+        close(pfd[0]);
+        close(pfd[1]);
+        free(s);
+        return NULL;
+    }
+    if (pid == 0) {
+        struct snap_sandbox *sb;
+        struct wp_err err;
+        if (snap_boot(n->snap, e->t, NULL, NULL, NULL, &sb, &err) < 0)
+            dprintf(pfd[1], "fail %s", err.msg);
+        else
+            dprintf(pfd[1], "ok %s", sb->id);
+        _exit(0);
+    }
+    close(pfd[1]);
+    s->n = n;
+    s->e = e;
+    s->for_claim = true;
+    s->t0 = now_s();
+    s->st = SB_RESTORING;
+    ev_io_init(&s->job_io, boot_cb, pfd[0], EV_READ);
+    s->job_io.data = s;
+    ev_io_start(n->loop, &s->job_io);
+    s->next = n->sbs;
+    n->sbs = s;
+    n->restores++;
+    return s;
+}
+
+/* ---- images ------------------------------------------------------------------ */
+
+static void start_build(struct node *n, struct env *e)
+{
+    pid_t pid;
+
+    e->img = IMG_BUILDING;
+    log_info("building image=%s env=%s", e->image, e->cfg.name);
+    pid = fork();
+    if (pid < 0) {
+        e->img = IMG_FAILED;
+        e->build_retry_at = n->now + 10;
+        return;
+    }
+    if (pid == 0) {
+        struct snap_sandbox *sb;
+        struct wp_err err;
+        if (snap_boot(n->snap, e->t, NULL, NULL, NULL, &sb, &err) < 0 ||
+            snap_checkpoint(n->snap, sb, e->t, e->image, sb->boot_ms, NULL, &err) < 0) {
+            fprintf(stderr, "build %s: %s\n", e->image, err.msg);
+            _exit(1);
+        }
+        _exit(0);
+    }
+    e->build_pid = pid;
+}
+
+static void image_name(struct env *e)
+{
+    /* The digest names the image: a changed template builds a new one. */
+    char name[sizeof(e->image)];
+    snprintf(name, sizeof(name), "%.40s-%.12s", e->cfg.name, e->t->digest);
+    memcpy(e->image, name, sizeof(name));
+}
+
+/* ---- inbox -------------------------------------------------------------- */
+
+static const char *field(redisReply *kv, const char *name)
+{
+    for (size_t i = 0; i + 1 < kv->elements; i += 2)
+        if (kv->element[i]->type == REDIS_REPLY_STRING && strcmp(kv->element[i]->str, name) == 0 &&
+            kv->element[i + 1]->type == REDIS_REPLY_STRING)
+            return kv->element[i + 1]->str;
+    return NULL;
+}
+
+static void handle_entry(struct node *n, struct env *e, const char *id, redisReply *kv)
+{
+    const char *type = field(kv, "type"), *sbid = field(kv, "sandbox"), *tok = field(kv, "token");
+    uint64_t token = tok ? strtoull(tok, NULL, 10) : 0;
+
+    if (!type) {
+        log_warn("inbox env=%s entry=%s: no type, ignored", e->cfg.name, id);
+        return;
+    }
+    if (strcmp(type, "claimed") == 0 && sbid) {
+        struct nsb *s = find_sb(n, sbid);
+        if (!s || s->st != SB_IDLE) {
+            log_warn("claimed sandbox=%s is not an idle clone here", sbid);
+            return;
+        }
+        s->st = SB_LEASED;
+        s->token = token;
+        snprintf(s->session, sizeof(s->session), "%s", field(kv, "session") ? field(kv, "session") : "");
+        e->idle--;
+        log_info("claimed sandbox=%s env=%s tier=hot token=%llu", sbid, e->cfg.name,
+                 (unsigned long long)token);
+    } else if (strcmp(type, "release") == 0 && sbid) {
+        struct nsb *s = find_sb(n, sbid);
+        if (!s)
+            return;
+        /* Fencing: only the current lease's token releases. */
+        if (s->st != SB_LEASED || s->token != token) {
+            log_warn("release sandbox=%s refused: stale token %llu (lease %llu)", sbid,
+                     (unsigned long long)token, (unsigned long long)s->token);
+            return;
+        }
+        destroy_sb(n, s, "released");
+    } else if (strcmp(type, "claim") == 0) {
+        const char *chan = field(kv, "reply"), *rid = field(kv, "rid"),
+                   *session = field(kv, "session");
+        /* A claimer waits 30 s at most: older requests have no reader. */
+        if (!chan || !rid || !session || wp_wall_ms() - strtoull(id, NULL, 10) > 30000)
+            return;
+        struct nsb *s = NULL;
+        if (e->img == IMG_READY) {
+            s = start_restore(n, e, true);
+            if (s)
+                snprintf(s->tier, sizeof(s->tier), "warm");
+        }
+        if (!s) {
+            /* No image yet (or restore refused): boot from the template. */
+            s = start_cold_boot(n, e);
+            if (!s) {
+                struct nsb tmp = { .n = n, .e = e };
+                snprintf(tmp.reply_chan, sizeof(tmp.reply_chan), "%s", chan);
+                snprintf(tmp.rid, sizeof(tmp.rid), "%s", rid);
+                publish_reply(n, &tmp, WP_ECHILD, "cold boot could not start");
+                return;
+            }
+            snprintf(s->tier, sizeof(s->tier), "cold");
+        }
+        snprintf(s->reply_chan, sizeof(s->reply_chan), "%s", chan);
+        snprintf(s->rid, sizeof(s->rid), "%s", rid);
+        snprintf(s->session, sizeof(s->session), "%s", session);
+        s->token = token;
+    }
+}
+
+static void read_inbox(struct node *n);
+
+static void inbox_cb(void *ctx, redisReply *reply)
+{
+    struct node *n = ctx;
+
+    n->inbox_reading = false;
+    if (n->stopping)
+        return;
+    if (reply && reply->type == REDIS_REPLY_ARRAY) {
+        /* [[stream, [[id, [k, v, ...]], ...]], ...] */
+        for (size_t i = 0; i < reply->elements; i++) {
+            redisReply *st = reply->element[i];
+            if (st->type != REDIS_REPLY_ARRAY || st->elements != 2)
+                continue;
+            struct env *e = NULL;
+            for (int j = 0; j < n->n_envs; j++)
+                if (strcmp(n->envs[j].inbox, st->element[0]->str) == 0)
+                    e = &n->envs[j];
+            if (!e)
+                continue;
+            redisReply *entries = st->element[1];
+            for (size_t k = 0; k < entries->elements; k++) {
+                redisReply *ent = entries->element[k];
+                if (ent->type != REDIS_REPLY_ARRAY || ent->elements != 2 ||
+                    ent->element[0]->type != REDIS_REPLY_STRING ||
+                    ent->element[1]->type != REDIS_REPLY_ARRAY)
+                    continue;
+                snprintf(e->last_id, sizeof(e->last_id), "%s", ent->element[0]->str);
+                handle_entry(n, e, ent->element[0]->str, ent->element[1]);
+            }
+        }
+    } else if (reply && reply->type == REDIS_REPLY_ERROR) {
+        log_warn("inbox read: %s", reply->str);
+    }
+    if (reply)
+        read_inbox(n);
+    /* No reply: the connection dropped; the cron reads again once it is
+     * back. */
+}
+
+static void read_inbox(struct node *n)
+{
+    const char *argv[4 + 2 * POOL_MAX_ENVS];
+    int argc = 0;
+
+    if (n->inbox_reading || !wp_redis_ready(n->rb) || n->stopping)
+        return;
+    argv[argc++] = "XREAD";
+    argv[argc++] = "BLOCK";
+    argv[argc++] = "1000";
+    argv[argc++] = "STREAMS";
+    for (int i = 0; i < n->n_envs; i++)
+        argv[argc++] = n->envs[i].inbox;
+    for (int i = 0; i < n->n_envs; i++)
+        argv[argc++] = n->envs[i].last_id;
+    if (wp_redis_argv(n->rb, inbox_cb, n, argc, argv, NULL) == 0)
+        n->inbox_reading = true;
+}
+
+/* ---- cron -------------------------------------------------------------------- */
+
+/* Policy fields: min_hot, max_hot (every node), and min_hot:<node>,
+ * max_hot:<node>, which win for that node. */
+static void policy_cb(void *ctx, redisReply *reply)
+{
+    struct env *e = ctx;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4)
+        return;
+    for (int j = 0; j < 4; j++) {
+        int i = j % 2;
+        redisReply *v = reply->element[j];
+        if (j < 2 && reply->element[j + 2]->type == REDIS_REPLY_STRING)
+            continue; /* the node's own value follows */
+        char *end;
+        long x;
+        if (v->type != REDIS_REPLY_STRING)
+            continue;
+        x = strtol(v->str, &end, 10);
+        if (*end || x < 0 || x > 10000) {
+            log_warn("policy env=%s: ignoring bad %s '%s'", e->cfg.name, i ? "max_hot" : "min_hot",
+                     v->str);
+            continue;
+        }
+        if (i == 0)
+            e->min_hot = (int)x;
+        else
+            e->max_hot = (int)x;
+    }
+}
+
+static void register_node(struct node *n)
+{
+    char key[160], alive[160], ttl[32], cap[16], mem[32], started[32];
+    struct sysinfo si;
+
+    sysinfo(&si);
+    fmtkey(key, sizeof(key), POOL__K_NODE, n->cfg.id);
+    fmtkey(alive, sizeof(alive), POOL__K_ALIVE, n->cfg.id);
+    snprintf(ttl, sizeof(ttl), "%d", (int)(n->cfg.heartbeat_ttl_s * 1000));
+    snprintf(cap, sizeof(cap), "%d", n->slots);
+    snprintf(mem, sizeof(mem), "%llu", (unsigned long long)si.freeram * si.mem_unit);
+    snprintf(started, sizeof(started), "%llu", (unsigned long long)wp_wall_ms());
+    const char *set[] = { "SET", alive, "1", "PX", ttl };
+    cmd(n, "heartbeat", 5, set);
+    const char *hset[] = { "HSET", key, "capacity", cap, "mem_free", mem, "heartbeat_ms", started,
+                           "version", "warmpool-node 0.1" };
+    cmd(n, "node", 10, hset);
+    if (n->registered)
+        return;
+    const char *sadd[] = { "SADD", POOL__K_NODES, n->cfg.id };
+    cmd(n, "register", 3, sadd);
+    for (int i = 0; i < n->n_envs; i++) {
+        struct env *e = &n->envs[i];
+        char nodes[160], pol[160], mn[16], mx[16], fmn[96], fmx[96];
+        fmtkey(nodes, sizeof(nodes), POOL__K_NODES_OF, e->cfg.name);
+        fmtkey(pol, sizeof(pol), POOL__K_POLICY, e->cfg.name);
+        snprintf(mn, sizeof(mn), "%d", e->cfg.min_hot);
+        snprintf(mx, sizeof(mx), "%d", e->cfg.max_hot);
+        snprintf(fmn, sizeof(fmn), "min_hot:%s", n->cfg.id);
+        snprintf(fmx, sizeof(fmx), "max_hot:%s", n->cfg.id);
+        const char *s2[] = { "SADD", nodes, n->cfg.id };
+        /* This node's start-up values; `pool set` may change them later. */
+        const char *p1[] = { "HSET", pol, fmn, mn };
+        const char *p2[] = { "HSET", pol, fmx, mx };
+        cmd(n, "env nodes", 3, s2);
+        cmd(n, "policy", 4, p1);
+        cmd(n, "policy", 4, p2);
+    }
+    n->registered = true;
+    log_info("registered node=%s envs=%d slots=%d", n->cfg.id, n->n_envs, n->slots);
+}
+
+/* Mark every sandbox of a node whose heartbeat expired as lost, drop its
+ * hot entries, forget the node. Idempotent: several reapers may race.
+ * Single-instance Redis only (it spans environments' hash slots). */
+static const char lua_reap[] =
+    "if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end\n"
+    "local n = 0\n"
+    "for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "  local env, id = string.match(m, '^(%S+) (%S+)$')\n"
+    "  if env then\n"
+    "    local k = 'wp:env:{' .. env .. '}:sb:' .. id\n"
+    "    if redis.call('HGET', k, 'state') == 'idle' then\n"
+    "      redis.call('LREM', 'wp:env:{' .. env .. '}:hot', 0, id)\n"
+    "      redis.call('DEL', k)\n"
+    "    elseif redis.call('EXISTS', k) == 1 then\n"
+    "      redis.call('HSET', k, 'state', 'lost')\n"
+    "      redis.call('PUBLISH', 'wp:lost:' .. env, id)\n"
+    "    end\n"
+    "    redis.call('SREM', 'wp:env:{' .. env .. '}:nodes', ARGV[1])\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "redis.call('DEL', KEYS[1], 'wp:node:' .. ARGV[1])\n"
+    "redis.call('SREM', 'wp:nodes', ARGV[1])\n"
+    "return n\n";
+
+static void reap_node(struct node *n, const char *other)
+{
+    char sbs[160], alive[160];
+    fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, other);
+    fmtkey(alive, sizeof(alive), POOL__K_ALIVE, other);
+    const char *argv[] = { sbs, alive, other };
+    wp_redis_script(n->r, lua_reap, log_reply, (void *)"reap", 2, 3, argv, NULL);
+}
+
+static void nodes_cb(void *ctx, redisReply *reply)
+{
+    struct node *n = ctx;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY)
+        return;
+    for (size_t i = 0; i < reply->elements; i++)
+        if (reply->element[i]->type == REDIS_REPLY_STRING &&
+            strcmp(reply->element[i]->str, n->cfg.id) != 0)
+            reap_node(n, reply->element[i]->str);
+}
+
+static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct node *n = w->data;
+    (void)loop;
+    (void)revents;
+
+    n->now = now_s();
+    if (n->stopping)
+        return;
+    if (wp_redis_ready(n->r) && n->now - n->last_beat >= n->cfg.heartbeat_ttl_s / 5) {
+        register_node(n);
+        n->last_beat = n->now;
+    }
+    if (wp_redis_ready(n->r) && n->now - n->last_policy >= 1) {
+        for (int i = 0; i < n->n_envs; i++) {
+            char pol[160];
+            fmtkey(pol, sizeof(pol), POOL__K_POLICY, n->envs[i].cfg.name);
+            char mn[96], mx[96];
+            snprintf(mn, sizeof(mn), "min_hot:%s", n->cfg.id);
+            snprintf(mx, sizeof(mx), "max_hot:%s", n->cfg.id);
+            const char *argv[] = { "HMGET", pol, "min_hot", "max_hot", mn, mx };
+            wp_redis_argv(n->r, policy_cb, &n->envs[i], 6, argv, NULL);
+        }
+        n->last_policy = n->now;
+    }
+    if (wp_redis_ready(n->r) && n->now - n->last_reap >= n->cfg.heartbeat_ttl_s / 2) {
+        const char *argv[] = { "SMEMBERS", POOL__K_NODES };
+        wp_redis_argv(n->r, nodes_cb, n, 2, argv, NULL);
+        n->last_reap = n->now;
+    }
+    read_inbox(n);
+    for (int i = 0; i < n->n_envs; i++) {
+        struct env *e = &n->envs[i];
+        if (e->img == IMG_NONE || (e->img == IMG_FAILED && n->now >= e->build_retry_at))
+            start_build(n, e);
+        if (e->img != IMG_READY || !n->registered)
+            continue;
+        int target = e->min_hot < e->max_hot ? e->min_hot : e->max_hot;
+        while (e->idle + e->restoring < target && n->restores < n->slots)
+            if (!start_restore(n, e, false))
+                break;
+        /* Pool shrunk below what is idle: drop the surplus. */
+        while (e->idle > e->max_hot) {
+            struct nsb *s = n->sbs;
+            while (s && !(s->e == e && s->st == SB_IDLE))
+                s = s->next;
+            if (!s)
+                break;
+            char hot[160];
+            fmtkey(hot, sizeof(hot), POOL__K_HOT, e->cfg.name);
+            const char *lrem[] = { "LREM", hot, "0", s->sb->id };
+            cmd(n, "shrink", 4, lrem);
+            destroy_sb(n, s, "pool shrunk");
+        }
+    }
+}
+
+static void child_cb(struct ev_loop *loop, ev_child *w, int revents)
+{
+    struct node *n = w->data;
+    (void)loop;
+    (void)revents;
+
+    for (int i = 0; i < n->n_envs; i++) {
+        struct env *e = &n->envs[i];
+        if (e->build_pid == w->rpid) {
+            e->build_pid = 0;
+            bool ok = WIFEXITED(w->rstatus) && WEXITSTATUS(w->rstatus) == 0;
+            e->img = ok ? IMG_READY : IMG_FAILED;
+            e->build_retry_at = n->now + 10;
+            if (ok)
+                log_info("image ready image=%s env=%s", e->image, e->cfg.name);
+            else
+                log_error("image build failed image=%s env=%s (retry in 10 s)", e->image,
+                          e->cfg.name);
+            return;
+        }
+    }
+    for (struct nsb *s = n->sbs; s; s = s->next) {
+        if (s->sb && s->sb->init_pid == w->rpid) {
+            /* Reaped: the pid may be reused, so never signal it again. */
+            s->sb->init_pid = 0;
+            destroy_sb(n, s, "init exited");
+            return;
+        }
+    }
+}
+
+static void bye_cb(void *ctx, redisReply *reply)
+{
+    struct node *n = ctx;
+    (void)reply;
+    ev_break(n->loop, EVBREAK_ALL);
+}
+
+static void bye_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    ev_break(loop, EVBREAK_ALL);
+}
+
+/* SIGTERM: leave Redis as if we had died (our hot entries dropped, leases
+ * marked lost for their holders), then tear down our sandboxes. */
+static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    struct node *n = w->data;
+    char alive[160], sbs[160];
+    (void)revents;
+
+    if (n->stopping)
+        return;
+    log_info("stopping node=%s", n->cfg.id);
+    n->stopping = true;
+    fmtkey(alive, sizeof(alive), POOL__K_ALIVE, n->cfg.id);
+    fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, n->cfg.id);
+    const char *del[] = { "DEL", alive };
+    const char *argv[] = { sbs, alive, n->cfg.id };
+    if (wp_redis_ready(n->r)) {
+        cmd(n, "bye", 2, del);
+        if (wp_redis_script(n->r, lua_reap, bye_cb, n, 2, 3, argv, NULL) == 0) {
+            static ev_timer t;
+            ev_timer_init(&t, bye_timeout, 2.0, 0.);
+            ev_timer_start(loop, &t);
+            ev_unref(loop);
+            return;
+        }
+    }
+    ev_break(loop, EVBREAK_ALL);
+}
+
+int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
+{
+    struct snap_config sc = { .state_dir = cfg->state_dir };
+    struct node *n;
+    int rc;
+
+    n = calloc(1, sizeof(*n));
+    if (!n)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    n->cfg = *cfg;
+    n->loop = EV_DEFAULT;
+    n->slots = cfg->restore_slots > 0 ? cfg->restore_slots : get_nprocs();
+    if ((rc = snap_ctx_open(&sc, &n->snap, err)) < 0)
+        goto out;
+    /* Sandboxes of an earlier run of this node are orphans now. */
+    rc = snap_gc(n->snap, NULL);
+    if (rc > 0)
+        log_info("removed %d sandboxes left by an earlier run", rc);
+    for (int i = 0; i < cfg->n_envs; i++) {
+        struct env *e = &n->envs[n->n_envs];
+        e->n = n;
+        e->cfg = cfg->envs[i];
+        if ((rc = snap_template_load(e->cfg.template_path, &e->t, err)) < 0)
+            goto out;
+        snprintf(e->cfg.name, sizeof(e->cfg.name), "%s", e->t->name);
+        e->min_hot = e->cfg.min_hot;
+        e->max_hot = e->cfg.max_hot;
+        image_name(e);
+        char inbox[sizeof(e->inbox)];
+        snprintf(inbox, sizeof(inbox), POOL__K_INBOX "%s", e->cfg.name, cfg->id);
+        memcpy(e->inbox, inbox, sizeof(inbox));
+        /* Handle what arrived while we were away (claims expire by age). */
+        snprintf(e->last_id, sizeof(e->last_id), "0-0");
+        char path[700];
+        snprintf(path, sizeof(path), "%s/images/%s/manifest.json", cfg->state_dir, e->image);
+        e->img = access(path, F_OK) == 0 ? IMG_READY : IMG_NONE;
+        n->n_envs++;
+    }
+    n->r = wp_redis_new(n->loop, cfg->redis_host, cfg->redis_port, "node");
+    n->rb = wp_redis_new(n->loop, cfg->redis_host, cfg->redis_port, "node-inbox");
+    if (!n->r || !n->rb) {
+        rc = wp_err_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    ev_timer_init(&n->cron, cron_cb, 0.05, 0.1);
+    n->cron.data = n;
+    ev_timer_start(n->loop, &n->cron);
+    ev_signal_init(&n->sigterm, stop_cb, SIGTERM);
+    ev_signal_init(&n->sigint, stop_cb, SIGINT);
+    n->sigterm.data = n->sigint.data = n;
+    ev_signal_start(n->loop, &n->sigterm);
+    ev_signal_start(n->loop, &n->sigint);
+    ev_child_init(&n->child, child_cb, 0, 0);
+    n->child.data = n;
+    ev_child_start(n->loop, &n->child);
+    log_info("node=%s state=%s redis=%s:%d", cfg->id, cfg->state_dir, cfg->redis_host,
+             cfg->redis_port);
+    ev_run(n->loop, 0);
+
+    /* Clean shutdown: our sandboxes and our entries go. */
+    while (n->sbs) {
+        struct nsb *s = n->sbs;
+        if (s->job) {
+            struct snap_sandbox *sb = NULL;
+            ev_io_stop(n->loop, &s->job_io);
+            if (snap_restore_finish(n->snap, s->job, &sb, NULL) == 0)
+                snap_destroy(n->snap, sb, NULL);
+            n->sbs = s->next;
+            free(s);
+            continue;
+        }
+        n->sbs = s->next;
+        if (s->sb)
+            snap_destroy(n->snap, s->sb, NULL);
+        free(s);
+    }
+    rc = 0;
+out:
+    ev_timer_stop(n->loop, &n->cron);
+    ev_signal_stop(n->loop, &n->sigterm);
+    ev_signal_stop(n->loop, &n->sigint);
+    ev_child_stop(n->loop, &n->child);
+    wp_redis_free(n->r);
+    wp_redis_free(n->rb);
+    for (int i = 0; i < n->n_envs; i++)
+        snap_template_free(n->envs[i].t);
+    if (n->snap)
+        snap_ctx_close(n->snap);
+    free(n);
+    return rc;
+}

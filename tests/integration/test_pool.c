@@ -1,0 +1,407 @@
+/* test_pool.c - node daemons against a real Redis with real sandboxes:
+ * hot/warm claims, 50 concurrent claims over three nodes, fencing, a node
+ * killed with SIGKILL and restarted, bad input. */
+#include <errno.h>
+#include <ev.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lib/snaplib.h"
+#include "lib/testlib.h"
+#include "base/err.h"
+#include "base/fs.h"
+#include "pool/pool.h"
+
+#define ENV "counter"
+
+static struct th_redis R;
+static char *DIR_;
+static char TMPL[1024];
+static redisContext *RC;
+
+struct node_proc {
+    char id[32];
+    char state[1024];
+    pid_t pid;
+};
+
+static struct node_proc NODES[3];
+
+static void node_bin(char *out, size_t cap)
+{
+    char exe[1024];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    assert_true(n > 0);
+    exe[n] = '\0';
+    snprintf(out, cap, "%s/warmpool-node", dirname(dirname(dirname(exe))));
+}
+
+static void node_stop(struct node_proc *np, int sig);
+
+static void node_start(struct node_proc *np, int min_hot, int max_hot)
+{
+    char bin[1024], redis[64], env[1200], log[1200];
+
+    if (np->pid > 0) /* left running by a failed test */
+        node_stop(np, SIGTERM);
+    node_bin(bin, sizeof(bin));
+    snprintf(redis, sizeof(redis), "127.0.0.1:%d", R.port);
+    snprintf(env, sizeof(env), "%s:%d:%d", TMPL, min_hot, max_hot);
+    snprintf(log, sizeof(log), "%s/%s.log", DIR_, np->id);
+    np->pid = fork();
+    if (np->pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        wp_close_fds_from(3);
+        execl(bin, bin, "--id", np->id, "--redis", redis, "--state-dir", np->state, "--env", env,
+              "--heartbeat-ttl", "1", "--log-level", "info", (char *)NULL);
+        _exit(127);
+    }
+    assert_true(np->pid > 0);
+}
+
+static void node_stop(struct node_proc *np, int sig)
+{
+    if (np->pid <= 0)
+        return;
+    kill(np->pid, sig);
+    waitpid(np->pid, NULL, 0);
+    np->pid = 0;
+}
+
+static long long rint_cmd(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(RC, fmt, ap);
+    va_end(ap);
+    long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    freeReplyObject(r);
+    return v;
+}
+
+/* Wait until the environment's hot list holds n entries. */
+static bool wait_hot(long long n, int seconds)
+{
+    for (int i = 0; i < seconds * 20; i++) {
+        if (rint_cmd("LLEN wp:env:{" ENV "}:hot") == n)
+            return true;
+        th_msleep(50);
+    }
+    return false;
+}
+
+static int group_setup(void **state)
+{
+    char rootfs[1024], json[2048];
+    struct wp_err err;
+    (void)state;
+
+    if (th_redis_start(&R, 1) < 0)
+        return -1;
+    RC = redisConnect("127.0.0.1", R.port);
+    if (!RC || RC->err)
+        return -1;
+    DIR_ = th_tmpdir("pool");
+    snprintf(rootfs, sizeof(rootfs), "%s/busybox", DIR_);
+    if (snap_rootfs_busybox(rootfs, &err) < 0)
+        return -1;
+    snprintf(TMPL, sizeof(TMPL), "%s/counter.json", DIR_);
+    snprintf(json, sizeof(json),
+             "{\"name\":\"" ENV "\",\"rootfs\":\"%s\",\"init\":[\"/bin/sh\",\"-c\","
+             "\"i=0; while :; do i=$((i+1)); [ $i = 3 ] && touch /tmp/ready; sleep 0.05; done\"],"
+             "\"ready_file\":\"/tmp/ready\",\"limits\":{\"memory_mb\":32,\"pids\":16}}",
+             rootfs);
+    if (wp_write_file(TMPL, json, strlen(json), 0644, &err) < 0)
+        return -1;
+    for (int i = 0; i < 3; i++) {
+        snprintf(NODES[i].id, sizeof(NODES[i].id), "node%d", i);
+        snprintf(NODES[i].state, sizeof(NODES[i].state), "%s/state-%d", DIR_, i);
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 3; i++)
+        node_stop(&NODES[i], SIGTERM);
+    if (RC)
+        redisFree(RC);
+    th_redis_stop(&R);
+    th_rmtree(DIR_);
+    free(DIR_);
+    return 0;
+}
+
+/* ---- an event loop driving claims to completion ---- */
+
+struct claim_out {
+    int done, status;
+    struct pool_claim_result res;
+    char msg[256];
+};
+
+static void claim_cb(void *ctx, int status, const struct pool_claim_result *res,
+                     const struct wp_err *err)
+{
+    struct claim_out *o = ctx;
+    o->done = 1;
+    o->status = status;
+    o->res = *res;
+    if (err)
+        snprintf(o->msg, sizeof(o->msg), "%s", err->msg);
+}
+
+static void done_cb(void *ctx, int status, const struct wp_err *err)
+{
+    struct claim_out *o = ctx;
+    o->done = 1;
+    o->status = status;
+    if (err)
+        snprintf(o->msg, sizeof(o->msg), "%s", err->msg);
+}
+
+static struct pool_client *client(struct ev_loop *loop)
+{
+    struct pool_client *c;
+    struct wp_err err;
+    assert_int_equal(pool_client_new(loop, "127.0.0.1", R.port, &c, &err), 0);
+    for (int i = 0; i < 200 && !pool_client_ready(c); i++)
+        ev_run(loop, EVRUN_ONCE | EVRUN_NOWAIT), th_msleep(5);
+    assert_true(pool_client_ready(c));
+    th_msleep(50); /* the reply channel's SUBSCRIBE goes through */
+    ev_run(loop, EVRUN_NOWAIT);
+    return c;
+}
+
+static void run_until(struct ev_loop *loop, struct claim_out *o, int n)
+{
+    for (;;) {
+        int done = 0;
+        for (int i = 0; i < n; i++)
+            done += o[i].done;
+        if (done == n)
+            return;
+        ev_run(loop, EVRUN_ONCE);
+    }
+}
+
+static void claim_one(struct pool_client *c, struct ev_loop *loop, const char *session,
+                      struct claim_out *o)
+{
+    struct wp_err err;
+    memset(o, 0, sizeof(*o));
+    if (pool_claim(c, ENV, session, 30, claim_cb, o, &err) < 0)
+        fail_msg("claim: %s", err.msg);
+    run_until(loop, o, 1);
+}
+
+static void hot_then_warm_and_fenced_release(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(0);
+    struct claim_out o[3], r;
+    struct wp_err err;
+    (void)state;
+
+    node_start(&NODES[0], 2, 2);
+    assert_true(wait_hot(2, 30));
+    struct pool_client *c = client(loop);
+    claim_one(c, loop, "s1", &o[0]);
+    claim_one(c, loop, "s2", &o[1]);
+    claim_one(c, loop, "s3", &o[2]);
+    for (int i = 0; i < 3; i++)
+        if (o[i].status != 0)
+            fail_msg("claim %d: %s", i, o[i].msg);
+    assert_string_equal(o[0].res.tier, "hot");
+    assert_string_equal(o[1].res.tier, "hot");
+    /* The hot tier was empty for the third: a restore on demand. */
+    assert_string_equal(o[2].res.tier, "warm");
+    assert_string_not_equal(o[0].res.sandbox, o[1].res.sandbox);
+    assert_string_not_equal(o[1].res.sandbox, o[2].res.sandbox);
+    assert_true(o[1].res.token > o[0].res.token && o[2].res.token > o[1].res.token);
+    /* Each one is a live sandbox whose counter runs. */
+    for (int i = 0; i < 3; i++) {
+        char path[700], *v = NULL;
+        snprintf(path, sizeof(path), "%s/tmp/ready", o[i].res.root);
+        assert_int_equal(access(path, F_OK), 0);
+        (void)v;
+    }
+    /* A stale token cannot release it... */
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(pool_release(c, ENV, o[0].res.sandbox, o[0].res.token - 1, done_cb, &r, &err), 0);
+    run_until(loop, &r, 1);
+    assert_int_equal(r.status, WP_ESTALE);
+    assert_int_equal(access(o[0].res.root, F_OK), 0);
+    /* ...the holder can, and the node destroys it. */
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(pool_release(c, ENV, o[0].res.sandbox, o[0].res.token, done_cb, &r, &err), 0);
+    run_until(loop, &r, 1);
+    assert_int_equal(r.status, 0);
+    bool gone = false;
+    for (int i = 0; i < 100 && !gone; i++, th_msleep(20))
+        gone = access(o[0].res.root, F_OK) < 0;
+    assert_true(gone);
+    /* The node refills its hot tier. */
+    assert_true(wait_hot(2, 30));
+    /* Unknown environment: a clear error, nothing claimed. */
+    memset(&r, 0, sizeof(r));
+    struct claim_out u;
+    memset(&u, 0, sizeof(u));
+    assert_int_equal(pool_claim(c, "no-such-env", "s9", 5, claim_cb, &u, &err), 0);
+    run_until(loop, &u, 1);
+    assert_int_equal(u.status, WP_ENOTFOUND);
+    assert_int_equal(pool_claim(c, "../bad", "s9", 5, claim_cb, &u, &err), WP_EINVAL_INPUT);
+    for (int i = 1; i < 3; i++) {
+        memset(&r, 0, sizeof(r));
+        pool_release(c, ENV, o[i].res.sandbox, o[i].res.token, done_cb, &r, &err);
+        run_until(loop, &r, 1);
+        assert_int_equal(r.status, 0);
+    }
+    pool_client_free(c);
+    ev_loop_destroy(loop);
+    node_stop(&NODES[0], SIGTERM);
+    /* A clean stop took its hot entries out of Redis. */
+    assert_int_equal(rint_cmd("LLEN wp:env:{" ENV "}:hot"), 0);
+}
+
+static void fifty_claims_three_nodes_none_twice(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(0);
+    static struct claim_out o[50];
+    struct wp_err err;
+    int hot = 0, warm = 0, cold = 0;
+    (void)state;
+
+    node_start(&NODES[0], 3, 3);
+    node_start(&NODES[1], 3, 3);
+    node_start(&NODES[2], 4, 4);
+    assert_true(wait_hot(10, 60));
+    struct pool_client *c = client(loop);
+    memset(o, 0, sizeof(o));
+    for (int i = 0; i < 50; i++) {
+        char session[32];
+        snprintf(session, sizeof(session), "session-%d", i);
+        if (pool_claim(c, ENV, session, 60, claim_cb, &o[i], &err) < 0)
+            fail_msg("claim: %s", err.msg);
+    }
+    run_until(loop, o, 50);
+    for (int i = 0; i < 50; i++) {
+        if (o[i].status != 0)
+            fail_msg("claim %d: %s", i, o[i].msg);
+        hot += strcmp(o[i].res.tier, "hot") == 0;
+        warm += strcmp(o[i].res.tier, "warm") == 0;
+        cold += strcmp(o[i].res.tier, "cold") == 0;
+        for (int j = 0; j < i; j++)
+            if (strcmp(o[i].res.sandbox, o[j].res.sandbox) == 0)
+                fail_msg("sandbox %s given twice", o[i].res.sandbox);
+    }
+    fprintf(stderr, "# 50 claims: %d hot, %d warm, %d cold\n", hot, warm, cold);
+    /* Exactly the ten that were idle went out hot; the rest were made. */
+    assert_int_equal(hot, 10);
+    assert_int_equal(warm + cold, 40);
+    int nodes_used[3] = { 0 };
+    for (int i = 0; i < 50; i++)
+        for (int k = 0; k < 3; k++)
+            nodes_used[k] += strcmp(o[i].res.node, NODES[k].id) == 0;
+    for (int k = 0; k < 3; k++)
+        assert_true(nodes_used[k] > 0); /* claims spread */
+    for (int i = 0; i < 50; i++) {
+        struct claim_out r = { 0 };
+        pool_release(c, ENV, o[i].res.sandbox, o[i].res.token, done_cb, &r, &err);
+        run_until(loop, &r, 1);
+        assert_int_equal(r.status, 0);
+    }
+    pool_client_free(c);
+    ev_loop_destroy(loop);
+}
+
+static void killed_node_leases_lost_and_rejoin(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(0);
+    struct claim_out o;
+    struct wp_err err;
+    (void)state;
+
+    /* The three nodes of the previous test are running and refilled. */
+    assert_true(wait_hot(10, 60));
+    struct pool_client *c = client(loop);
+    /* Claim until one lands on node1. */
+    struct claim_out mine[12];
+    int on1 = -1, n = 0;
+    for (; n < 12 && on1 < 0; n++) {
+        char s[32];
+        snprintf(s, sizeof(s), "k-%d", n);
+        claim_one(c, loop, s, &mine[n]);
+        assert_int_equal(mine[n].status, 0);
+        if (strcmp(mine[n].res.node, "node1") == 0)
+            on1 = n;
+    }
+    assert_true(on1 >= 0);
+    node_stop(&NODES[1], SIGKILL);
+    /* Within the heartbeat TTL (1 s) plus a reaper pass, its lease is lost. */
+    char state_[32] = "";
+    for (int i = 0; i < 100; i++) {
+        redisReply *r = redisCommand(RC, "HGET wp:env:{" ENV "}:sb:%s state", mine[on1].res.sandbox);
+        snprintf(state_, sizeof(state_), "%s", r && r->type == REDIS_REPLY_STRING ? r->str : "");
+        freeReplyObject(r);
+        if (strcmp(state_, "lost") == 0)
+            break;
+        th_msleep(50);
+    }
+    assert_string_equal(state_, "lost");
+    /* The holder learns it on renewal. */
+    memset(&o, 0, sizeof(o));
+    pool_renew(c, ENV, mine[on1].res.sandbox, mine[on1].res.token, done_cb, &o, &err);
+    run_until(loop, &o, 1);
+    assert_int_equal(o.status, WP_ESTATE);
+    /* The survivors keep serving, none of node1's idle clones is handed out. */
+    for (int i = 0; i < 8; i++) {
+        claim_one(c, loop, "after-kill", &o);
+        assert_int_equal(o.status, 0);
+        assert_string_not_equal(o.res.node, "node1");
+        struct claim_out r = { 0 };
+        pool_release(c, ENV, o.res.sandbox, o.res.token, done_cb, &r, &err);
+        run_until(loop, &r, 1);
+    }
+    /* Restarted, it removes what its killed run left and rejoins. */
+    node_start(&NODES[1], 3, 3);
+    bool rejoined = false;
+    for (int i = 0; i < 200 && !rejoined; i++, th_msleep(50))
+        rejoined = rint_cmd("EXISTS wp:node:node1:alive") == 1;
+    assert_true(rejoined);
+    struct stat st;
+    char old[1200];
+    snprintf(old, sizeof(old), "%s/sandboxes/%s", NODES[1].state, mine[on1].res.sandbox);
+    for (int i = 0; i < 100 && stat(old, &st) == 0; i++)
+        th_msleep(50);
+    assert_int_equal(stat(old, &st), -1);
+    for (int i = 0; i < n; i++) {
+        if (i == on1)
+            continue;
+        struct claim_out r = { 0 };
+        pool_release(c, ENV, mine[i].res.sandbox, mine[i].res.token, done_cb, &r, &err);
+        run_until(loop, &r, 1);
+    }
+    pool_client_free(c);
+    ev_loop_destroy(loop);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(hot_then_warm_and_fenced_release),
+        cmocka_unit_test(fifty_claims_three_nodes_none_twice),
+        cmocka_unit_test(killed_node_leases_lost_and_rejoin),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
