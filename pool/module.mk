@@ -3,3 +3,8 @@ pool_SRCS := pool/autoscale.c pool/scripts.c pool/node.c pool/config.c pool/clie
 BINS += $(BUILD)/warmpool-node
 $(BUILD)/warmpool-node: $(BUILD)/obj/pool/node_main.o $(BUILD)/libpool.a $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
 	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
+
+BINS += $(BUILD)/bench/pool_bench
+$(BUILD)/bench/pool_bench: $(BUILD)/obj/bench/pool_bench.o $(BUILD)/libpool.a $(BUILD)/libagentlink.a $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+	@mkdir -p $(@D)
+	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@

@@ -112,6 +112,42 @@ static void hwrite(int fd, const char *fmt, ...)
         return;
 }
 
+/* Whether process pid holds a listening Unix socket yet. criu binds its
+ * lazy-pages socket by a relative name, so /proc/net/unix cannot tell one
+ * daemon's from another's: match the inodes of pid's own fds. A test
+ * connect() would not do: the daemon takes its first connection for the
+ * restore's. */
+static bool pid_listening(pid_t pid)
+{
+    char path[128], link[64], line[1024];
+    unsigned long inodes[16];
+    int n = 0;
+    bool found = false;
+
+    for (int fd = 0; fd < 64 && n < 16; fd++) {
+        snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)pid, fd);
+        ssize_t l = readlink(path, link, sizeof(link) - 1);
+        if (l <= 0)
+            continue;
+        link[l] = '\0';
+        if (sscanf(link, "socket:[%lu]", &inodes[n]) == 1)
+            n++;
+    }
+    FILE *f = n ? fopen("/proc/net/unix", "re") : NULL;
+    if (!f)
+        return false;
+    while (!found && fgets(line, sizeof(line), f)) {
+        unsigned long flags, ino;
+        /* Num RefCount Protocol Flags Type St Inode Path */
+        if (sscanf(line, "%*s %*s %*s %lx %*s %*s %lu", &flags, &ino) != 2 || !(flags & 0x10000))
+            continue;
+        for (int i = 0; i < n; i++)
+            found |= inodes[i] == ino;
+    }
+    fclose(f);
+    return found;
+}
+
 /* Start `criu lazy-pages` for this clone and wait for its socket. */
 static pid_t start_lazy_daemon(struct snap_ctx *ctx, const char *images, const char *workdir,
                                int out)
@@ -134,8 +170,7 @@ static pid_t start_lazy_daemon(struct snap_ctx *ctx, const char *images, const c
         _exit(127);
     }
     for (int i = 0; i < 5000; i++) {
-        struct stat st;
-        if (stat(sock, &st) == 0)
+        if (pid_listening(pid))
             return pid;
         if (waitpid(pid, NULL, WNOHANG) == pid) {
             hwrite(out, "fail criu lazy-pages exited at start (log: %s/lazy-pages.log)", workdir);
