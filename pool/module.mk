@@ -8,3 +8,7 @@ BINS += $(BUILD)/bench/pool_bench
 $(BUILD)/bench/pool_bench: $(BUILD)/obj/bench/pool_bench.o $(BUILD)/libpool.a $(BUILD)/libagentlink.a $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
 	@mkdir -p $(@D)
 	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
+
+BINS += $(BUILD)/warmpool
+$(BUILD)/warmpool: $(BUILD)/obj/pool/cli.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@

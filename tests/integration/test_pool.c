@@ -274,6 +274,39 @@ static void hot_then_warm_and_fenced_release(void **state)
     assert_int_equal(rint_cmd("LLEN wp:env:{" ENV "}:hot"), 0);
 }
 
+static void operator_tunes_the_pool_live(void **state)
+{
+    char bin[1024], out[4096];
+    (void)state;
+
+    node_bin(bin, sizeof(bin));
+    strcpy(strrchr(bin, '/') + 1, "warmpool");
+    node_start(&NODES[0], 2, 2);
+    assert_true(wait_hot(2, 30));
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
+                                             " --node node0 min_hot=4 max_hot=4", bin, R.port), 0);
+    assert_true(wait_hot(4, 30)); /* no restart */
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool status " ENV, bin, R.port), 0);
+    assert_non_null(strstr(out, "node0"));
+    assert_non_null(strstr(out, "min_hot:node0=4"));
+    assert_non_null(strstr(out, "hot now: 4"));
+    /* Smaller: the surplus idle clones are destroyed. */
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
+                                             " --node node0 min_hot=1 max_hot=1", bin, R.port), 0);
+    assert_true(wait_hot(1, 30));
+    /* Bad input changes nothing. */
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
+                                             " min_hot=-1 2>&1", bin, R.port), 2);
+    assert_non_null(strstr(out, "0..10000"));
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set '../x' min_hot=1 2>&1",
+                           bin, R.port), 2);
+    assert_true(wait_hot(1, 5));
+    node_stop(&NODES[0], SIGTERM);
+    /* Leave the policy as the next test expects: its nodes set their own. */
+    redisReply *r = redisCommand(RC, "DEL wp:env:{" ENV "}:policy");
+    freeReplyObject(r);
+}
+
 static void fifty_claims_three_nodes_none_twice(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
@@ -400,6 +433,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(hot_then_warm_and_fenced_release),
+        cmocka_unit_test(operator_tunes_the_pool_live),
         cmocka_unit_test(fifty_claims_three_nodes_none_twice),
         cmocka_unit_test(killed_node_leases_lost_and_rejoin),
     };

@@ -1,0 +1,204 @@
+/* cli.c - `warmpool pool set|status`: the operator's view of the pool,
+ * straight from Redis (hiredis, synchronous). */
+#include <getopt.h>
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "snapshot/snapshot.h"
+
+static const char usage[] =
+    "usage: warmpool [--redis HOST:PORT] pool COMMAND\n"
+    "\n"
+    "  pool set ENV [--node NODE] min_hot=N max_hot=N\n"
+    "      hot clones to keep per node (every node, or one node); applied\n"
+    "      by the nodes within a second, no restart\n"
+    "  pool status [ENV]\n"
+    "      per environment and node: hot, leased, lost; claims by tier\n";
+
+static redisContext *rc;
+
+static redisReply *cmd(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(rc, fmt, ap);
+    va_end(ap);
+    if (!r) {
+        fprintf(stderr, "warmpool: redis: %s\n", rc->errstr);
+        exit(1);
+    }
+    return r;
+}
+
+static int pool_set(int argc, char **argv)
+{
+    const char *env, *node = NULL;
+    int n = 0;
+
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    env = argv[1];
+    if (!snap_name_valid(env)) {
+        fprintf(stderr, "warmpool: bad environment name '%s'\n", env);
+        return 2;
+    }
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--node") == 0 && i + 1 < argc) {
+            node = argv[++i];
+            if (!snap_name_valid(node)) {
+                fprintf(stderr, "warmpool: bad node id '%s'\n", node);
+                return 2;
+            }
+            continue;
+        }
+        char key[32];
+        long v;
+        char *end;
+        const char *eq = strchr(argv[i], '=');
+        if (!eq || (size_t)(eq - argv[i]) >= sizeof(key)) {
+            fprintf(stderr, "warmpool: expected min_hot=N or max_hot=N, got '%s'\n", argv[i]);
+            return 2;
+        }
+        snprintf(key, sizeof(key), "%.*s", (int)(eq - argv[i]), argv[i]);
+        v = strtol(eq + 1, &end, 10);
+        if ((strcmp(key, "min_hot") && strcmp(key, "max_hot")) || *end || v < 0 || v > 10000) {
+            fprintf(stderr, "warmpool: '%s': only min_hot and max_hot, 0..10000\n", argv[i]);
+            return 2;
+        }
+        char field[128];
+        if (node)
+            snprintf(field, sizeof(field), "%s:%s", key, node);
+        else
+            snprintf(field, sizeof(field), "%s", key);
+        freeReplyObject(cmd("HSET wp:env:{%s}:policy %s %ld", env, field, v));
+        if (!node) /* every node: drop per-node overrides of this field */
+            freeReplyObject(cmd("EVAL %s 1 wp:env:{%s}:policy %s",
+                                "for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do "
+                                "if string.sub(f, 1, #ARGV[1] + 1) == ARGV[1] .. ':' then "
+                                "redis.call('HDEL', KEYS[1], f) end end return 1",
+                                env, key));
+        printf("%s %s = %ld%s%s\n", env, key, v, node ? " on node " : "", node ? node : "");
+        n++;
+    }
+    if (n == 0) {
+        fprintf(stderr, "warmpool: nothing to set\n");
+        return 2;
+    }
+    return 0;
+}
+
+static void env_status(const char *env)
+{
+    redisReply *pol = cmd("HGETALL wp:env:{%s}:policy", env);
+    redisReply *st = cmd("HGETALL wp:env:{%s}:stats", env);
+    redisReply *hot = cmd("LLEN wp:env:{%s}:hot", env);
+    redisReply *nodes = cmd("SMEMBERS wp:env:{%s}:nodes", env);
+    long long claims[3] = { 0 };
+
+    printf("environment %s\n  policy:", env);
+    for (size_t i = 0; i + 1 < pol->elements; i += 2)
+        printf(" %s=%s", pol->element[i]->str, pol->element[i + 1]->str);
+    for (size_t i = 0; i + 1 < st->elements; i += 2) {
+        const char *k = st->element[i]->str;
+        long long v = atoll(st->element[i + 1]->str);
+        claims[strcmp(k, "claims_hot") == 0 ? 0 : strcmp(k, "claims_warm") == 0 ? 1 : 2] += v;
+    }
+    long long total = claims[0] + claims[1] + claims[2];
+    printf("\n  hot now: %lld   claims: %lld (hot %lld, warm %lld, cold %lld; hot hit rate %.1f%%)\n",
+           hot->integer, total, claims[0], claims[1], claims[2],
+           total ? 100.0 * (double)claims[0] / (double)total : 0.0);
+    printf("  %-20s %6s %7s %6s %6s\n", "node", "alive", "idle", "leased", "lost");
+    for (size_t i = 0; i < nodes->elements; i++) {
+        const char *n = nodes->element[i]->str;
+        redisReply *alive = cmd("EXISTS wp:node:%s:alive", n);
+        redisReply *sbs = cmd("SMEMBERS wp:node:%s:sbs", n);
+        int idle = 0, leased = 0, lost = 0;
+        for (size_t j = 0; j < sbs->elements; j++) {
+            char e[128], id[128];
+            if (sscanf(sbs->element[j]->str, "%127s %127s", e, id) != 2 || strcmp(e, env))
+                continue;
+            redisReply *s = cmd("HGET wp:env:{%s}:sb:%s state", env, id);
+            if (s->type == REDIS_REPLY_STRING) {
+                idle += strcmp(s->str, "idle") == 0;
+                leased += strcmp(s->str, "leased") == 0;
+                lost += strcmp(s->str, "lost") == 0;
+            }
+            freeReplyObject(s);
+        }
+        printf("  %-20s %6s %7d %6d %6d\n", n, alive->integer ? "yes" : "NO", idle, leased, lost);
+        freeReplyObject(alive);
+        freeReplyObject(sbs);
+    }
+    freeReplyObject(pol);
+    freeReplyObject(st);
+    freeReplyObject(hot);
+    freeReplyObject(nodes);
+}
+
+static int pool_status(int argc, char **argv)
+{
+    if (argc > 1) {
+        if (!snap_name_valid(argv[1])) {
+            fprintf(stderr, "warmpool: bad environment name '%s'\n", argv[1]);
+            return 2;
+        }
+        env_status(argv[1]);
+        return 0;
+    }
+    redisReply *keys = cmd("KEYS wp:env:{*}:policy");
+    if (keys->elements == 0)
+        printf("no environments yet (no node has registered one)\n");
+    for (size_t i = 0; i < keys->elements; i++) {
+        char env[128];
+        if (sscanf(keys->element[i]->str, "wp:env:{%127[^}]}:policy", env) == 1)
+            env_status(env);
+    }
+    freeReplyObject(keys);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    char host[128] = "127.0.0.1";
+    int port = 6379, i = 1;
+
+    if (i + 1 < argc && strcmp(argv[i], "--redis") == 0) {
+        const char *colon = strrchr(argv[i + 1], ':');
+        if (!colon || colon == argv[i + 1] || atoi(colon + 1) <= 0) {
+            fprintf(stderr, "warmpool: --redis wants HOST:PORT\n");
+            return 2;
+        }
+        snprintf(host, sizeof(host), "%.*s", (int)(colon - argv[i + 1]), argv[i + 1]);
+        port = atoi(colon + 1);
+        i += 2;
+    }
+    if (i < argc && (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0)) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    if (i + 1 >= argc || strcmp(argv[i], "pool") != 0) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    rc = redisConnect(host, port);
+    if (!rc || rc->err) {
+        fprintf(stderr, "warmpool: cannot reach redis at %s:%d: %s\n", host, port,
+                rc ? rc->errstr : "out of memory");
+        return 1;
+    }
+    int r;
+    if (strcmp(argv[i + 1], "set") == 0)
+        r = pool_set(argc - i - 1, argv + i + 1);
+    else if (strcmp(argv[i + 1], "status") == 0)
+        r = pool_status(argc - i - 1, argv + i + 1);
+    else {
+        fputs(usage, stderr);
+        r = 2;
+    }
+    redisFree(rc);
+    return r;
+}
