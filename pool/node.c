@@ -79,7 +79,7 @@ struct node {
     int restores;            /* restores in flight */
     int slots;
     double now;
-    double last_beat, last_policy, last_reap;
+    double last_beat, last_policy, last_reap, last_reconcile;
     bool registered, stopping;
 };
 
@@ -567,8 +567,8 @@ static void register_node(struct node *n)
     const char *hset[] = { "HSET", key, "capacity", cap, "mem_free", mem, "heartbeat_ms", started,
                            "version", "warmpool-node 0.1" };
     cmd(n, "node", 10, hset);
-    if (n->registered)
-        return;
+    /* Every beat, not once: after a Redis restart that lost writes the
+     * node reappears by itself. */
     const char *sadd[] = { "SADD", POOL__K_NODES, n->cfg.id };
     cmd(n, "register", 3, sadd);
     for (int i = 0; i < n->n_envs; i++) {
@@ -582,14 +582,15 @@ static void register_node(struct node *n)
         snprintf(fmx, sizeof(fmx), "max_hot:%s", n->cfg.id);
         const char *s2[] = { "SADD", nodes, n->cfg.id };
         /* This node's start-up values; `pool set` may change them later. */
-        const char *p1[] = { "HSET", pol, fmn, mn };
-        const char *p2[] = { "HSET", pol, fmx, mx };
+        const char *p1[] = { n->registered ? "HSETNX" : "HSET", pol, fmn, mn };
+        const char *p2[] = { n->registered ? "HSETNX" : "HSET", pol, fmx, mx };
         cmd(n, "env nodes", 3, s2);
         cmd(n, "policy", 4, p1);
         cmd(n, "policy", 4, p2);
     }
+    if (!n->registered)
+        log_info("registered node=%s envs=%d slots=%d", n->cfg.id, n->n_envs, n->slots);
     n->registered = true;
-    log_info("registered node=%s envs=%d slots=%d", n->cfg.id, n->n_envs, n->slots);
 }
 
 /* Mark every sandbox of a node whose heartbeat expired as lost, drop its
@@ -616,6 +617,124 @@ static const char lua_reap[] =
     "redis.call('DEL', KEYS[1], 'wp:node:' .. ARGV[1])\n"
     "redis.call('SREM', 'wp:nodes', ARGV[1])\n"
     "return n\n";
+
+/* The node's view of what exists wins (after a Redis restart, a lost
+ * write, a crash between two commands): every local sandbox is written
+ * back as the node knows it, unless Redis records a claim the node has not
+ * read from its inbox yet; entries naming this node that it does not have
+ * are dropped (idle) or marked lost (leased); the fencing counter never
+ * goes below a token the node has seen. Leases whose holder stopped
+ * renewing are returned so the node destroys them.
+ * KEYS[1] node's sandbox set. ARGV[1] node, ARGV[2] now_ms, ARGV[3]
+ * lease_ms, then one record per local sandbox:
+ * "env<TAB>id<TAB>state<TAB>token<TAB>session<TAB>root". */
+static const char lua_reconcile[] =
+    "local have, expired = {}, {}\n"
+    "for i = 4, #ARGV do\n"
+    "  local env, id, st, tok, sess, root =\n"
+    "    string.match(ARGV[i], '^([^\t]+)\t([^\t]+)\t([^\t]+)\t([^\t]*)\t([^\t]*)\t(.*)$')\n"
+    "  if env then\n"
+    "    local m = env .. ' ' .. id\n"
+    "    have[m] = true\n"
+    "    local k = 'wp:env:{' .. env .. '}:sb:' .. id\n"
+    "    local hot = 'wp:env:{' .. env .. '}:hot'\n"
+    "    local cur = redis.call('HGET', k, 'state')\n"
+    "    if st == 'idle' and cur ~= 'leased' then\n"
+    "      redis.call('HSET', k, 'node', ARGV[1], 'addr', root, 'state', 'idle')\n"
+    "      if not redis.call('LPOS', hot, id) then redis.call('RPUSH', hot, id) end\n"
+    "    elseif st == 'leased' then\n"
+    "      local until_ = tonumber(redis.call('HGET', k, 'lease_until') or '0')\n"
+    "      if cur == 'leased' and until_ > 0 and until_ < tonumber(ARGV[2]) then\n"
+    "        expired[#expired + 1] = m\n"
+    "      else\n"
+    "        if until_ == 0 then until_ = tonumber(ARGV[2]) + tonumber(ARGV[3]) end\n"
+    "        redis.call('HSET', k, 'node', ARGV[1], 'addr', root, 'state', 'leased',\n"
+    "                   'token', tok, 'session', sess, 'lease_until', until_)\n"
+    "      end\n"
+    "      local f = 'wp:env:{' .. env .. '}:fence'\n"
+    "      if tonumber(redis.call('GET', f) or '0') < tonumber(tok) then redis.call('SET', f, tok) end\n"
+    "    end\n"
+    "    redis.call('SADD', KEYS[1], m)\n"
+    "  end\n"
+    "end\n"
+    "for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "  if not have[m] then\n"
+    "    local env, id = string.match(m, '^(%S+) (%S+)$')\n"
+    "    if env then\n"
+    "      local k = 'wp:env:{' .. env .. '}:sb:' .. id\n"
+    "      local st = redis.call('HGET', k, 'state')\n"
+    "      if st == 'idle' or st == 'released' then\n"
+    "        redis.call('LREM', 'wp:env:{' .. env .. '}:hot', 0, id)\n"
+    "        redis.call('DEL', k)\n"
+    "      elseif st == 'leased' then\n"
+    "        redis.call('HSET', k, 'state', 'lost')\n"
+    "        redis.call('PUBLISH', 'wp:lost:' .. env, id)\n"
+    "      end\n"
+    "    end\n"
+    "    redis.call('SREM', KEYS[1], m)\n"
+    "  end\n"
+    "end\n"
+    "return expired\n";
+
+static void reconcile_cb(void *ctx, redisReply *reply)
+{
+    struct node *n = ctx;
+
+    if (!reply || reply->type != REDIS_REPLY_ARRAY) {
+        if (reply && reply->type == REDIS_REPLY_ERROR)
+            log_warn("reconcile: %s", reply->str);
+        return;
+    }
+    for (size_t i = 0; i < reply->elements; i++) {
+        char env[128], id[128];
+        if (reply->element[i]->type != REDIS_REPLY_STRING ||
+            sscanf(reply->element[i]->str, "%127s %127s", env, id) != 2)
+            continue;
+        struct nsb *s = find_sb(n, id);
+        if (s && s->st == SB_LEASED)
+            destroy_sb(n, s, "lease expired (holder stopped renewing)");
+    }
+}
+
+static void reconcile(struct node *n)
+{
+    const char **argv;
+    char **recs;
+    int cnt = 0, argc = 0;
+    char sbs[160], now[32], lease[32];
+
+    for (struct nsb *s = n->sbs; s; s = s->next)
+        cnt += s->sb && s->st != SB_RESTORING;
+    argv = calloc((size_t)cnt + 4, sizeof(*argv));
+    recs = calloc((size_t)cnt + 1, sizeof(*recs));
+    if (!argv || !recs)
+        goto out;
+    fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, n->cfg.id);
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
+    snprintf(lease, sizeof(lease), "%.0f", n->cfg.lease_ms);
+    argv[argc++] = sbs;
+    argv[argc++] = n->cfg.id;
+    argv[argc++] = now;
+    argv[argc++] = lease;
+    int r = 0;
+    for (struct nsb *s = n->sbs; s; s = s->next) {
+        if (!s->sb || s->st == SB_RESTORING)
+            continue;
+        if (asprintf(&recs[r], "%s\t%s\t%s\t%llu\t%s\t%s", s->e->cfg.name, s->sb->id,
+                     s->st == SB_IDLE ? "idle" : "leased", (unsigned long long)s->token,
+                     s->session, s->sb->root) < 0) {
+            recs[r] = NULL;
+            goto out;
+        }
+        argv[argc++] = recs[r++];
+    }
+    wp_redis_script(n->r, lua_reconcile, reconcile_cb, n, 1, argc, argv, NULL);
+out:
+    for (int i = 0; recs && recs[i]; i++)
+        free(recs[i]);
+    free(recs);
+    free(argv);
+}
 
 static void reap_node(struct node *n, const char *other)
 {
@@ -661,6 +780,10 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
             wp_redis_argv(n->r, policy_cb, &n->envs[i], 6, argv, NULL);
         }
         n->last_policy = n->now;
+    }
+    if (wp_redis_ready(n->r) && n->registered && n->now - n->last_reconcile >= 1) {
+        reconcile(n);
+        n->last_reconcile = n->now;
     }
     if (wp_redis_ready(n->r) && n->now - n->last_reap >= n->cfg.heartbeat_ttl_s / 2) {
         const char *argv[] = { "SMEMBERS", POOL__K_NODES };

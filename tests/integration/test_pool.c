@@ -429,6 +429,89 @@ static void killed_node_leases_lost_and_rejoin(void **state)
     ev_loop_destroy(loop);
 }
 
+static void redis_restart_converges_without_double_assignment(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(0);
+    struct claim_out held, o[12], r;
+    struct wp_err err;
+    (void)state;
+
+    assert_true(wait_hot(10, 60));
+    struct pool_client *c = client(loop);
+    claim_one(c, loop, "before-restart", &held);
+    assert_int_equal(held.status, 0);
+    /* Redis dies hard and comes back from its append-only file. */
+    redisFree(RC);
+    assert_int_equal(th_redis_restart(&R), 0);
+    RC = redisConnect("127.0.0.1", R.port);
+    assert_true(RC && !RC->err);
+    /* The nodes reconnect and write their view back: the pool converges. */
+    assert_true(wait_hot(10, 60));
+    pool_client_free(c);
+    c = client(loop);
+    /* The lease taken before the restart is intact... */
+    memset(&r, 0, sizeof(r));
+    pool_renew(c, ENV, held.res.sandbox, held.res.token, done_cb, &r, &err);
+    run_until(loop, &r, 1);
+    assert_int_equal(r.status, 0);
+    /* ...its sandbox is never handed out again, and tokens keep growing. */
+    memset(o, 0, sizeof(o));
+    for (int i = 0; i < 12; i++) {
+        char s[32];
+        snprintf(s, sizeof(s), "after-%d", i);
+        if (pool_claim(c, ENV, s, 60, claim_cb, &o[i], &err) < 0)
+            fail_msg("claim: %s", err.msg);
+    }
+    run_until(loop, o, 12);
+    for (int i = 0; i < 12; i++) {
+        assert_int_equal(o[i].status, 0);
+        assert_string_not_equal(o[i].res.sandbox, held.res.sandbox);
+        assert_true(o[i].res.token > held.res.token);
+        for (int j = 0; j < i; j++)
+            assert_string_not_equal(o[i].res.sandbox, o[j].res.sandbox);
+    }
+    for (int i = 0; i < 12; i++) {
+        memset(&r, 0, sizeof(r));
+        pool_release(c, ENV, o[i].res.sandbox, o[i].res.token, done_cb, &r, &err);
+        run_until(loop, &r, 1);
+        assert_int_equal(r.status, 0);
+    }
+    memset(&r, 0, sizeof(r));
+    pool_release(c, ENV, held.res.sandbox, held.res.token, done_cb, &r, &err);
+    run_until(loop, &r, 1);
+    assert_int_equal(r.status, 0);
+    pool_client_free(c);
+    ev_loop_destroy(loop);
+}
+
+static void malformed_entries_are_skipped(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(0);
+    struct claim_out o;
+    (void)state;
+
+    assert_true(wait_hot(10, 60));
+    /* Garbage at the head of the hot list: ids with no hash, a hash in a
+     * state that is not idle. Claims skip them and still get a sandbox. */
+    freeReplyObject(redisCommand(RC, "LPUSH wp:env:{" ENV "}:hot no-such-sandbox"));
+    freeReplyObject(redisCommand(RC, "HSET wp:env:{" ENV "}:sb:bogus state weird node x"));
+    freeReplyObject(redisCommand(RC, "LPUSH wp:env:{" ENV "}:hot bogus"));
+    struct pool_client *c = client(loop);
+    claim_one(c, loop, "after-garbage", &o);
+    assert_int_equal(o.status, 0);
+    assert_string_equal(o.res.tier, "hot");
+    assert_string_not_equal(o.res.sandbox, "bogus");
+    assert_string_not_equal(o.res.sandbox, "no-such-sandbox");
+    struct claim_out r = { 0 };
+    struct wp_err err;
+    pool_release(c, ENV, o.res.sandbox, o.res.token, done_cb, &r, &err);
+    run_until(loop, &r, 1);
+    assert_int_equal(r.status, 0);
+    freeReplyObject(redisCommand(RC, "DEL wp:env:{" ENV "}:sb:bogus"));
+    pool_client_free(c);
+    ev_loop_destroy(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -436,6 +519,8 @@ int main(void)
         cmocka_unit_test(operator_tunes_the_pool_live),
         cmocka_unit_test(fifty_claims_three_nodes_none_twice),
         cmocka_unit_test(killed_node_leases_lost_and_rejoin),
+        cmocka_unit_test(redis_restart_converges_without_double_assignment),
+        cmocka_unit_test(malformed_entries_are_skipped),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
