@@ -46,6 +46,9 @@ struct env {
     int min_hot, max_hot;   /* live policy */
     int idle, restoring;    /* hot tier counts */
     char inbox[160];        /* wp:env:{E}:inbox:<node> */
+    double refill_at;       /* no refill before this (backoff) */
+    double backoff;         /* seconds; grows while restores fail */
+    int failures;           /* restores failed in a row */
     char last_id[64];       /* last inbox entry handled */
 };
 
@@ -226,6 +229,35 @@ static void sb_ready(struct node *n, struct nsb *s)
               (now_s() - s->t0) * 1e3);
 }
 
+static struct nsb *start_cold_boot(struct node *n, struct env *e);
+
+/* Restores of an image keep failing: back off exponentially (0.1 s to
+ * 10 s) instead of hammering, and after three in a row rebuild the image
+ * (a corrupt or stale image heals itself). */
+static void restore_failed(struct node *n, struct env *e, const char *why)
+{
+    e->failures++;
+    e->backoff = e->backoff ? e->backoff * 2 : 0.1;
+    if (e->backoff > 10)
+        e->backoff = 10;
+    e->refill_at = now_s() + e->backoff;
+    log_error("restore env=%s failed (%d in a row, next refill in %.1f s): %s", e->cfg.name,
+              e->failures, e->backoff, why);
+    if (e->failures >= 3 && e->img == IMG_READY) {
+        char from[700], to[760];
+        log_warn("rebuilding image=%s env=%s after %d failed restores", e->image, e->cfg.name,
+                 e->failures);
+        /* Set aside, not deleted: live clones still have its layer as a
+         * lower layer of their overlays. */
+        snprintf(from, sizeof(from), "%s/images/%s", n->cfg.state_dir, e->image);
+        snprintf(to, sizeof(to), "%s.stale-%llu", from, (unsigned long long)wp_wall_ms());
+        if (rename(from, to) < 0)
+            log_warn("set aside image=%s: %s", e->image, strerror(errno));
+        e->img = IMG_NONE;
+        e->failures = 0;
+    }
+}
+
 static void job_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct nsb *s = w->data;
@@ -238,15 +270,30 @@ static void job_cb(struct ev_loop *loop, ev_io *w, int revents)
     if (!s->for_claim)
         s->e->restoring--;
     if (snap_restore_finish(n->snap, s->job, &s->sb, &err) < 0) {
+        struct env *e = s->e;
         s->job = NULL;
-        log_error("restore env=%s: %s", s->e->cfg.name, err.msg);
-        if (s->for_claim)
-            publish_reply(n, s, WP_ECRIU, err.msg);
+        restore_failed(n, e, err.msg);
         unlink_sb(n, s);
+        if (s->for_claim) {
+            /* The claimer is waiting: boot one from the template instead
+             * of failing it (a failing image must not fail claims). */
+            struct nsb *cold = start_cold_boot(n, e);
+            if (cold) {
+                snprintf(cold->tier, sizeof(cold->tier), "cold");
+                snprintf(cold->reply_chan, sizeof(cold->reply_chan), "%s", s->reply_chan);
+                snprintf(cold->rid, sizeof(cold->rid), "%s", s->rid);
+                snprintf(cold->session, sizeof(cold->session), "%s", s->session);
+                cold->token = s->token;
+            } else {
+                publish_reply(n, s, WP_ECRIU, err.msg);
+            }
+        }
         free(s);
         return;
     }
     s->job = NULL;
+    s->e->failures = 0;
+    s->e->backoff = 0;
     sb_ready(n, s);
 }
 
@@ -798,7 +845,7 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
         if (e->img != IMG_READY || !n->registered)
             continue;
         int target = e->min_hot < e->max_hot ? e->min_hot : e->max_hot;
-        while (e->idle + e->restoring < target && n->restores < n->slots)
+        while (e->idle + e->restoring < target && n->restores < n->slots && n->now >= e->refill_at)
             if (!start_restore(n, e, false))
                 break;
         /* Pool shrunk below what is idle: drop the surplus. */

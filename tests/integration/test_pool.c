@@ -512,6 +512,55 @@ static void malformed_entries_are_skipped(void **state)
     ev_loop_destroy(loop);
 }
 
+static void refill_stall_and_failing_image_do_not_fail_claims(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(0);
+    struct claim_out o[14], r;
+    struct wp_err err;
+    char cmdline[2048], out[256];
+    (void)state;
+
+    /* Only node0 serves from here on; its image goes bad. */
+    node_stop(&NODES[1], SIGTERM);
+    node_stop(&NODES[2], SIGTERM);
+    assert_true(wait_hot(3, 60));
+    snprintf(cmdline, sizeof(cmdline),
+             "for f in %s/images/" ENV "-*/criu/pages-*.img; do "
+             "dd if=/dev/urandom of=$f bs=4096 count=1 conv=notrunc 2>/dev/null; done; "
+             "for f in %s/images/" ENV "-*/criu/core-*.img; do "
+             "dd if=/dev/urandom of=$f bs=1 seek=8 count=64 conv=notrunc 2>/dev/null; done",
+             NODES[0].state, NODES[0].state);
+    assert_int_equal(system(cmdline), 0);
+    struct pool_client *c = client(loop);
+    /* Drain the hot tier and go on: the refills fail, the claims do not. */
+    int hot = 0, cold = 0;
+    for (int i = 0; i < 6; i++) {
+        char s[32];
+        snprintf(s, sizeof(s), "stall-%d", i);
+        claim_one(c, loop, s, &o[i]);
+        if (o[i].status != 0)
+            fail_msg("claim %d: %s", i, o[i].msg);
+        hot += strcmp(o[i].res.tier, "hot") == 0;
+        cold += strcmp(o[i].res.tier, "cold") == 0;
+    }
+    assert_int_equal(hot, 3);
+    assert_true(cold >= 1);
+    /* It backed off instead of hammering, then rebuilt the image. */
+    snprintf(cmdline, sizeof(cmdline), "grep -c 'restore env=" ENV " failed' %s/node0.log", DIR_);
+    th_sh(out, sizeof(out), "%s", cmdline);
+    assert_true(atoi(out) >= 1);
+    assert_true(atoi(out) < 20);
+    assert_true(wait_hot(3, 60)); /* healed: the hot tier is back */
+    for (int i = 0; i < 6; i++) {
+        memset(&r, 0, sizeof(r));
+        pool_release(c, ENV, o[i].res.sandbox, o[i].res.token, done_cb, &r, &err);
+        run_until(loop, &r, 1);
+        assert_int_equal(r.status, 0);
+    }
+    pool_client_free(c);
+    ev_loop_destroy(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -521,6 +570,7 @@ int main(void)
         cmocka_unit_test(killed_node_leases_lost_and_rejoin),
         cmocka_unit_test(redis_restart_converges_without_double_assignment),
         cmocka_unit_test(malformed_entries_are_skipped),
+        cmocka_unit_test(refill_stall_and_failing_image_do_not_fail_claims),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
