@@ -91,6 +91,29 @@ static int pool_set(int argc, char **argv)
     return 0;
 }
 
+/* p-th percentile from power-of-two microsecond buckets, in ms (the
+ * bucket's upper bound). */
+static double hist_pct(redisReply *h, double p)
+{
+    long long counts[41] = { 0 }, total = 0, seen = 0;
+
+    for (size_t i = 0; i + 1 < h->elements; i += 2) {
+        int b = atoi(h->element[i]->str);
+        if (b >= 0 && b <= 40) {
+            counts[b] += atoll(h->element[i + 1]->str);
+            total += atoll(h->element[i + 1]->str);
+        }
+    }
+    if (!total)
+        return -1;
+    for (int b = 0; b <= 40; b++) {
+        seen += counts[b];
+        if ((double)seen >= p / 100 * (double)total)
+            return (double)(1ull << b) / 1000.0;
+    }
+    return -1;
+}
+
 static void env_status(const char *env)
 {
     redisReply *pol = cmd("HGETALL wp:env:{%s}:policy", env);
@@ -111,7 +134,16 @@ static void env_status(const char *env)
     printf("\n  hot now: %lld   claims: %lld (hot %lld, warm %lld, cold %lld; hot hit rate %.1f%%)\n",
            hot->integer, total, claims[0], claims[1], claims[2],
            total ? 100.0 * (double)claims[0] / (double)total : 0.0);
-    printf("  %-20s %6s %7s %6s %6s\n", "node", "alive", "idle", "leased", "lost");
+    static const char *tiers[] = { "hot", "warm", "cold" };
+    for (int t = 0; t < 3; t++) {
+        redisReply *h = cmd("HGETALL wp:env:{%s}:lat:%s", env, tiers[t]);
+        double p50 = hist_pct(h, 50), p95 = hist_pct(h, 95);
+        if (p50 >= 0)
+            printf("  claim latency %-4s p50 <= %.3f ms, p95 <= %.3f ms\n", tiers[t], p50, p95);
+        freeReplyObject(h);
+    }
+    printf("  %-20s %6s %7s %6s %6s %7s %11s %10s %8s\n", "node", "alive", "idle", "leased",
+           "lost", "target", "claims/s", "refill ms", "refills");
     for (size_t i = 0; i < nodes->elements; i++) {
         const char *n = nodes->element[i]->str;
         redisReply *alive = cmd("EXISTS wp:node:%s:alive", n);
@@ -129,7 +161,16 @@ static void env_status(const char *env)
             }
             freeReplyObject(s);
         }
-        printf("  %-20s %6s %7d %6d %6d\n", n, alive->integer ? "yes" : "NO", idle, leased, lost);
+        redisReply *ns = cmd("HMGET wp:node:%s target:%s claims_per_s:%s refill_ms:%s refills:%s",
+                             n, env, env, env, env);
+        const char *v[4];
+        for (int k = 0; k < 4; k++)
+            v[k] = ns->type == REDIS_REPLY_ARRAY && ns->element[k]->type == REDIS_REPLY_STRING
+                       ? ns->element[k]->str
+                       : "-";
+        printf("  %-20s %6s %7d %6d %6d %7s %11s %10s %8s\n", n, alive->integer ? "yes" : "NO",
+               idle, leased, lost, v[0], v[1], v[2], v[3]);
+        freeReplyObject(ns);
         freeReplyObject(alive);
         freeReplyObject(sbs);
     }

@@ -56,6 +56,29 @@ static const char lua_pick_node[] =
     "if #live == 0 then return nil end\n"
     "return live[math.random(#live)]\n";
 
+static void ignore_reply(void *ctx, redisReply *reply)
+{
+    (void)ctx;
+    (void)reply;
+}
+
+/* Claim latency by tier as a histogram of power-of-two microsecond
+ * buckets (`pool status` reads p50/p95 from it). */
+static void record_latency(struct pool_client *c, const char *env,
+                           const struct pool_claim_result *res)
+{
+    char key[160], bucket[16];
+    unsigned long long us = (unsigned long long)(res->ms * 1000) + 1;
+    int b = 0;
+
+    while ((1ull << b) < us && b < 40)
+        b++;
+    snprintf(key, sizeof(key), POOL__K_LAT "%s", env, res->tier);
+    snprintf(bucket, sizeof(bucket), "%d", b);
+    const char *argv[] = { "HINCRBY", key, bucket, "1" };
+    wp_redis_argv(c->r, ignore_reply, NULL, 4, argv, NULL);
+}
+
 static void claim_finish(struct claim *cl, int status, const struct pool_claim_result *res,
                          const struct wp_err *err)
 {
@@ -67,6 +90,8 @@ static void claim_finish(struct claim *cl, int status, const struct pool_claim_r
             break;
         }
     ev_timer_stop(c->loop, &cl->timer);
+    if (status == 0)
+        record_latency(c, cl->env, res);
     cl->cb(cl->ctx, status, res, err);
     free(cl);
 }

@@ -46,6 +46,11 @@ struct env {
     int min_hot, max_hot;   /* live policy */
     int idle, restoring;    /* hot tier counts */
     char inbox[160];        /* wp:env:{E}:inbox:<node> */
+    struct pool_rate claims;   /* claims of this env that reached this node, per s */
+    struct pool_ewma refill;   /* seconds a refill takes */
+    struct pool_scaler scaler; /* the hot target between min_hot and max_hot */
+    int target;                /* hot clones to keep now */
+    uint64_t refills;          /* restores done for the hot tier */
     double refill_at;       /* no refill before this (backoff) */
     double backoff;         /* seconds; grows while restores fail */
     int failures;           /* restores failed in a row */
@@ -294,6 +299,10 @@ static void job_cb(struct ev_loop *loop, ev_io *w, int revents)
     s->job = NULL;
     s->e->failures = 0;
     s->e->backoff = 0;
+    if (!s->for_claim) {
+        s->e->refills++;
+        pool_ewma_add(&s->e->refill, now_s(), now_s() - s->t0);
+    }
     sb_ready(n, s);
 }
 
@@ -452,6 +461,8 @@ static void handle_entry(struct node *n, struct env *e, const char *id, redisRep
         log_warn("inbox env=%s entry=%s: no type, ignored", e->cfg.name, id);
         return;
     }
+    if (strcmp(type, "claimed") == 0 || strcmp(type, "claim") == 0)
+        pool_rate_event(&e->claims, now_s(), 1);
     if (strcmp(type, "claimed") == 0 && sbid) {
         struct nsb *s = find_sb(n, sbid);
         if (!s || s->st != SB_IDLE) {
@@ -634,6 +645,20 @@ static void register_node(struct node *n)
         cmd(n, "env nodes", 3, s2);
         cmd(n, "policy", 4, p1);
         cmd(n, "policy", 4, p2);
+    }
+    for (int i = 0; i < n->n_envs; i++) {
+        struct env *e = &n->envs[i];
+        char f1[96], f2[96], f3[96], f4[96], v1[32], v2[32], v3[32], v4[32];
+        snprintf(f1, sizeof(f1), "target:%s", e->cfg.name);
+        snprintf(f2, sizeof(f2), "claims_per_s:%s", e->cfg.name);
+        snprintf(f3, sizeof(f3), "refill_ms:%s", e->cfg.name);
+        snprintf(f4, sizeof(f4), "refills:%s", e->cfg.name);
+        snprintf(v1, sizeof(v1), "%d", e->target);
+        snprintf(v2, sizeof(v2), "%.3f", pool_rate_get(&e->claims, n->now));
+        snprintf(v3, sizeof(v3), "%.1f", e->refill.value * 1e3);
+        snprintf(v4, sizeof(v4), "%llu", (unsigned long long)e->refills);
+        const char *h[] = { "HSET", key, f1, v1, f2, v2, f3, v3, f4, v4 };
+        cmd(n, "node stats", 10, h);
     }
     if (!n->registered)
         log_info("registered node=%s envs=%d slots=%d", n->cfg.id, n->n_envs, n->slots);
@@ -844,12 +869,20 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
             start_build(n, e);
         if (e->img != IMG_READY || !n->registered)
             continue;
-        int target = e->min_hot < e->max_hot ? e->min_hot : e->max_hot;
+        /* Autoscaler: enough hot clones that a claim finds one 95% of
+         * the time at the observed claim rate and refill time (see
+         * autoscale.c), between min_hot and max_hot, up at once, down
+         * one per cooldown. */
+        double lambda = pool_rate_get(&e->claims, n->now);
+        double refill_s = e->refill.last_s >= 0 ? e->refill.value : 0.05;
+        int want = pool_target_hot(lambda, refill_s, n->slots, 0.95);
+        int target = pool_scaler_step(&e->scaler, n->now, want, e->min_hot, e->max_hot);
+        e->target = target;
         while (e->idle + e->restoring < target && n->restores < n->slots && n->now >= e->refill_at)
             if (!start_restore(n, e, false))
                 break;
         /* Pool shrunk below what is idle: drop the surplus. */
-        while (e->idle > e->max_hot) {
+        while (e->idle > target) {
             struct nsb *s = n->sbs;
             while (s && !(s->e == e && s->st == SB_IDLE))
                 s = s->next;
@@ -964,6 +997,9 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
             goto out;
         snprintf(e->cfg.name, sizeof(e->cfg.name), "%s", e->t->name);
         e->min_hot = e->cfg.min_hot;
+        pool_rate_init(&e->claims, 30);
+        pool_ewma_init(&e->refill, 30);
+        pool_scaler_init(&e->scaler, 30);
         e->max_hot = e->cfg.max_hot;
         image_name(e);
         char inbox[sizeof(e->inbox)];

@@ -17,6 +17,8 @@
  *                                    min_hot:<node>, max_hot:<node> (that node);
  *                                    live-tunable
  *   wp:env:{E}:stats          HASH   claims by tier
+ *   wp:env:{E}:lat:<tier>     HASH   claim latency histogram: bucket b counts claims
+ *                                    that took at most 2^b microseconds
  * Nodes:
  *   wp:nodes                  SET    node ids
  *   wp:node:<N>               HASH   addr, capacity, mem_free, versions, started_ms
@@ -30,6 +32,7 @@
 #define POOL__K_NODES_OF "wp:env:{%s}:nodes"
 #define POOL__K_POLICY "wp:env:{%s}:policy"
 #define POOL__K_STATS "wp:env:{%s}:stats"
+#define POOL__K_LAT "wp:env:{%s}:lat:"
 #define POOL__K_NODES "wp:nodes"
 #define POOL__K_NODE "wp:node:%s"
 #define POOL__K_ALIVE "wp:node:%s:alive"

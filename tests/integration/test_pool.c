@@ -290,6 +290,8 @@ static void operator_tunes_the_pool_live(void **state)
     assert_non_null(strstr(out, "node0"));
     assert_non_null(strstr(out, "min_hot:node0=4"));
     assert_non_null(strstr(out, "hot now: 4"));
+    assert_non_null(strstr(out, "claim latency hot")); /* the first test's claims */
+    assert_non_null(strstr(out, "refill ms"));
     /* Smaller: the surplus idle clones are destroyed. */
     assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
                                              " --node node0 min_hot=1 max_hot=1", bin, R.port), 0);
@@ -561,6 +563,42 @@ static void refill_stall_and_failing_image_do_not_fail_claims(void **state)
     ev_loop_destroy(loop);
 }
 
+static void autoscaler_grows_the_hot_tier_under_load(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(0);
+    struct wp_err err;
+    (void)state;
+
+    node_stop(&NODES[0], SIGTERM);
+    freeReplyObject(redisCommand(RC, "DEL wp:env:{" ENV "}:policy"));
+    node_start(&NODES[0], 1, 6);
+    assert_true(wait_hot(1, 60));
+    struct pool_client *c = client(loop);
+    /* About 10 claims a second for 3 seconds, each released at once. */
+    for (int i = 0; i < 30; i++) {
+        struct claim_out o, r = { 0 };
+        claim_one(c, loop, "burst", &o);
+        assert_int_equal(o.status, 0);
+        pool_release(c, ENV, o.res.sandbox, o.res.token, done_cb, &r, &err);
+        run_until(loop, &r, 1);
+        th_msleep(100);
+    }
+    /* The target rose above min_hot=1 (up at once), within max_hot. */
+    long long target = -1;
+    for (int i = 0; i < 100; i++) {
+        redisReply *r = redisCommand(RC, "HGET wp:node:node0 target:" ENV);
+        target = r && r->type == REDIS_REPLY_STRING ? atoll(r->str) : -1;
+        freeReplyObject(r);
+        if (target > 1)
+            break;
+        th_msleep(50);
+    }
+    assert_true(target > 1 && target <= 6);
+    assert_true(wait_hot(target, 60));
+    pool_client_free(c);
+    ev_loop_destroy(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -571,6 +609,7 @@ int main(void)
         cmocka_unit_test(redis_restart_converges_without_double_assignment),
         cmocka_unit_test(malformed_entries_are_skipped),
         cmocka_unit_test(refill_stall_and_failing_image_do_not_fail_claims),
+        cmocka_unit_test(autoscaler_grows_the_hot_tier_under_load),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
