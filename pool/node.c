@@ -42,6 +42,9 @@ struct env {
     char image[80];
     enum img_state img;
     pid_t build_pid;
+    ev_io build_io;         /* the build helper's progress lines */
+    char build_buf[1024];
+    size_t build_len;
     double build_retry_at;
     int min_hot, max_hot;   /* live policy */
     int idle, restoring;    /* hot tier counts */
@@ -408,14 +411,64 @@ static struct nsb *start_cold_boot(struct node *n, struct env *e)
 
 /* ---- images ------------------------------------------------------------------ */
 
+/* Progress of a build, for the log and for Redis (`build:<env>` in the
+ * node's hash: the last line, then "ready" or "failed: ..."). */
+static void build_status(struct node *n, struct env *e, const char *line)
+{
+    char key[160], field[96];
+    fmtkey(key, sizeof(key), POOL__K_NODE, n->cfg.id);
+    snprintf(field, sizeof(field), "build:%s", e->cfg.name);
+    const char *argv[] = { "HSET", key, field, line };
+    cmd(n, "build progress", 4, argv);
+}
+
+static void build_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct env *e = w->data;
+    ssize_t r;
+    (void)revents;
+
+    r = read(w->fd, e->build_buf + e->build_len, sizeof(e->build_buf) - 1 - e->build_len);
+    if (r <= 0) {
+        ev_io_stop(loop, w);
+        close(w->fd);
+        return;
+    }
+    e->build_len += (size_t)r;
+    char *nl;
+    while ((nl = memchr(e->build_buf, '\n', e->build_len)) ||
+           e->build_len == sizeof(e->build_buf) - 1) {
+        size_t l = nl ? (size_t)(nl - e->build_buf) : e->build_len;
+        e->build_buf[l] = '\0';
+        log_info("build env=%s: %s", e->cfg.name, e->build_buf);
+        build_status(e->n, e, e->build_buf);
+        size_t used = nl ? l + 1 : l;
+        memmove(e->build_buf, e->build_buf + used, e->build_len - used);
+        e->build_len -= used;
+    }
+}
+
+static void build_progress(void *arg, const char *line)
+{
+    dprintf(*(int *)arg, "%s\n", line);
+}
+
 static void start_build(struct node *n, struct env *e)
 {
+    int pfd[2];
     pid_t pid;
 
     e->img = IMG_BUILDING;
     log_info("building image=%s env=%s", e->image, e->cfg.name);
+    if (pipe2(pfd, O_CLOEXEC) < 0) {
+        e->img = IMG_FAILED;
+        e->build_retry_at = n->now + 10;
+        return;
+    }
     pid = fork();
     if (pid < 0) {
+        close(pfd[0]);
+        close(pfd[1]);
         e->img = IMG_FAILED;
         e->build_retry_at = n->now + 10;
         return;
@@ -423,13 +476,25 @@ static void start_build(struct node *n, struct env *e)
     if (pid == 0) {
         struct snap_sandbox *sb;
         struct wp_err err;
-        if (snap_boot(n->snap, e->t, NULL, NULL, NULL, &sb, &err) < 0 ||
-            snap_checkpoint(n->snap, sb, e->t, e->image, sb->boot_ms, NULL, &err) < 0) {
-            fprintf(stderr, "build %s: %s\n", e->image, err.msg);
+        int out = pfd[1];
+        close(pfd[0]);
+        dprintf(out, "booting\n");
+        if (snap_boot(n->snap, e->t, NULL, build_progress, &out, &sb, &err) < 0) {
+            dprintf(out, "failed: %s\n", err.msg);
+            _exit(1);
+        }
+        dprintf(out, "booted in %.1f ms, checkpointing\n", sb->boot_ms);
+        if (snap_checkpoint(n->snap, sb, e->t, e->image, sb->boot_ms, NULL, &err) < 0) {
+            dprintf(out, "failed: %s\n", err.msg);
             _exit(1);
         }
         _exit(0);
     }
+    close(pfd[1]);
+    e->build_len = 0;
+    ev_io_init(&e->build_io, build_io_cb, pfd[0], EV_READ);
+    e->build_io.data = e;
+    ev_io_start(n->loop, &e->build_io);
     e->build_pid = pid;
 }
 
@@ -910,6 +975,7 @@ static void child_cb(struct ev_loop *loop, ev_child *w, int revents)
             bool ok = WIFEXITED(w->rstatus) && WEXITSTATUS(w->rstatus) == 0;
             e->img = ok ? IMG_READY : IMG_FAILED;
             e->build_retry_at = n->now + 10;
+            build_status(n, e, ok ? "ready" : "failed (see the node's log)");
             if (ok)
                 log_info("image ready image=%s env=%s", e->image, e->cfg.name);
             else

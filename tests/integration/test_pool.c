@@ -215,6 +215,11 @@ static void hot_then_warm_and_fenced_release(void **state)
 
     node_start(&NODES[0], 2, 2);
     assert_true(wait_hot(2, 30));
+    /* The build's progress went to Redis. */
+    redisReply *b = redisCommand(RC, "HGET wp:node:node0 build:" ENV);
+    assert_true(b && b->type == REDIS_REPLY_STRING);
+    assert_string_equal(b->str, "ready");
+    freeReplyObject(b);
     struct pool_client *c = client(loop);
     claim_one(c, loop, "s1", &o[0]);
     claim_one(c, loop, "s2", &o[1]);
