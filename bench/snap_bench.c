@@ -165,6 +165,7 @@ static void bench_env(const char *env, const char *tjson, int runs, FILE *md)
             die(&err, "boot");
         add(&boot, sb->boot_ms);
         snprintf(img, sizeof(img), "bench-%s-%d", env, i);
+        snap_image_delete(ctx, img, NULL); /* left by an interrupted run */
         if (snap_checkpoint(ctx, sb, t, img, sb->boot_ms, &info, &err) < 0)
             die(&err, "checkpoint");
         add(&dump, info.dump_ms);
