@@ -15,7 +15,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "agentlink/agentlink.h"
+#include "base/buf.h"
 
 #include "base/err.h"
 #include "base/log.h"
@@ -150,7 +158,8 @@ static void sub_cb(void *ctx, redisReply *reply)
     const char *sb = json_string_value(json_object_get(o, "sandbox")),
                *node = json_string_value(json_object_get(o, "node")),
                *root = json_string_value(json_object_get(o, "root")),
-               *tier = json_string_value(json_object_get(o, "tier"));
+               *tier = json_string_value(json_object_get(o, "tier")),
+               *relay = json_string_value(json_object_get(o, "relay"));
     json_t *tok = json_object_get(o, "token");
     if (!sb || !node || !root || !tier || !json_is_integer(tok) ||
         (uint64_t)json_integer_value(tok) != cl->token) {
@@ -162,6 +171,7 @@ static void sub_cb(void *ctx, redisReply *reply)
     snprintf(res.node, sizeof(res.node), "%s", node);
     snprintf(res.root, sizeof(res.root), "%s", root);
     snprintf(res.tier, sizeof(res.tier), "%s", tier);
+    snprintf(res.relay, sizeof(res.relay), "%s", relay ? relay : "");
     res.token = cl->token;
     res.ms = (double)(wp_now_ns() - cl->t0) / 1e6;
     json_decref(o);
@@ -227,9 +237,9 @@ static void hot_cb(void *ctx, redisReply *reply)
         claim_fail(cl, WP_ESTATE, "claim: %s", reply ? reply->str : "redis disconnected");
         return;
     }
-    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4) {
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 5) {
         struct pool_claim_result res = { 0 };
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < 5; i++)
             if (reply->element[i]->type != REDIS_REPLY_STRING) {
                 claim_fail(cl, WP_EPROTO, "malformed sandbox entry in environment %s", cl->env);
                 return;
@@ -239,6 +249,7 @@ static void hot_cb(void *ctx, redisReply *reply)
         snprintf(res.root, sizeof(res.root), "%s", reply->element[2]->str);
         snprintf(res.tier, sizeof(res.tier), "hot");
         res.token = strtoull(reply->element[3]->str, NULL, 10);
+        snprintf(res.relay, sizeof(res.relay), "%s", reply->element[4]->str);
         res.ms = (double)(wp_now_ns() - cl->t0) / 1e6;
         claim_finish(cl, 0, &res, NULL);
         return;
@@ -397,4 +408,167 @@ int pool_renew(struct pool_client *c, const char *env, const char *sandbox, uint
                pool_done_cb cb, void *ctx, struct wp_err *err)
 {
     return sb_op(c, pool__lua_renew, env, sandbox, token, cb, ctx, err);
+}
+
+/* ---- connecting through a node's relay --------------------------------- */
+
+struct conn {
+    struct ev_loop *loop;
+    ev_io io;
+    ev_timer timer;
+    struct wp_buf buf; /* the route frame out, then the answer in */
+    bool sent;
+    pool_connect_cb cb;
+    void *ctx;
+};
+
+static void conn_done(struct conn *k, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void conn_done(struct conn *k, int status, const char *fmt, ...)
+{
+    struct wp_err err = { .code = status };
+    int fd = k->io.fd;
+    va_list ap;
+
+    ev_io_stop(k->loop, &k->io);
+    ev_timer_stop(k->loop, &k->timer);
+    wp_buf_free(&k->buf);
+    if (status < 0) {
+        va_start(ap, fmt);
+        vsnprintf(err.msg, sizeof(err.msg), fmt, ap);
+        va_end(ap);
+        close(fd);
+        fd = -1;
+    }
+    k->cb(k->ctx, status, fd, status < 0 ? &err : NULL);
+    free(k);
+}
+
+static void conn_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    conn_done(w->data, WP_ETIMEDOUT, "relay did not answer in time");
+}
+
+static void conn_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct conn *k = w->data;
+    (void)loop;
+
+    if (!k->sent && (revents & EV_WRITE)) {
+        int soerr = 0;
+        socklen_t l = sizeof(soerr);
+        getsockopt(w->fd, SOL_SOCKET, SO_ERROR, &soerr, &l);
+        if (soerr) {
+            conn_done(k, -soerr, "connect to relay: %s", strerror(soerr));
+            return;
+        }
+        ssize_t n = send(w->fd, k->buf.data, k->buf.len, MSG_NOSIGNAL);
+        if (n != (ssize_t)k->buf.len) {
+            conn_done(k, -EIO, "sending the route frame failed");
+            return;
+        }
+        k->sent = true;
+        wp_buf_reset(&k->buf);
+        ev_io_stop(k->loop, w);
+        ev_io_set(w, w->fd, EV_READ);
+        ev_io_start(k->loop, w);
+        return;
+    }
+    if (!(revents & EV_READ))
+        return;
+    /* Read exactly the answer frame, header first: nothing of the hands'
+     * may be consumed here. */
+    size_t want = ALINK_FRAME_HDR;
+    if (k->buf.len >= ALINK_FRAME_HDR) {
+        const uint8_t *h = (const uint8_t *)k->buf.data;
+        uint32_t plen = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+        if (plen > 4096) {
+            conn_done(k, WP_EPROTO, "relay answer too large");
+            return;
+        }
+        want = ALINK_FRAME_HDR + plen;
+    }
+    char tmp[4096 + ALINK_FRAME_HDR];
+    ssize_t n = recv(w->fd, tmp, want - k->buf.len, 0);
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        conn_done(k, n == 0 ? -ECONNRESET : -errno, "relay closed before answering");
+        return;
+    }
+    wp_buf_append(&k->buf, tmp, (size_t)n);
+    const uint8_t *payload;
+    size_t plen;
+    int r = alink_frame_decode((const uint8_t *)k->buf.data, k->buf.len, 4096, &payload, &plen);
+    if (r == 0)
+        return;
+    if (r < 0) {
+        conn_done(k, WP_EPROTO, "relay answered with a bad frame");
+        return;
+    }
+    json_t *o = json_loadb((const char *)payload, plen, 0, NULL);
+    const char *t = json_string_value(json_object_get(o, "t"));
+    if (t && strcmp(t, "route") == 0 && json_is_true(json_object_get(o, "ok"))) {
+        json_decref(o);
+        conn_done(k, 0, "ok");
+        return;
+    }
+    const char *code = json_string_value(json_object_get(o, "code"));
+    const char *msg = json_string_value(json_object_get(o, "message"));
+    int status = code && strcmp(code, "stale_token") == 0 ? WP_ESTALE
+                 : code && strcmp(code, "not_found") == 0 ? WP_ENOTFOUND
+                                                          : WP_EPROTO;
+    char text[200];
+    snprintf(text, sizeof(text), "%s", msg ? msg : "refused");
+    json_decref(o);
+    conn_done(k, status, "relay refused: %s", text);
+}
+
+int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, const char *env,
+                 pool_connect_cb cb, void *ctx, struct wp_err *err)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    char host[64], tok[32];
+    const char *colon = strrchr(res->relay, ':');
+    struct conn *k;
+    int fd;
+
+    if (!colon || (size_t)(colon - res->relay) >= sizeof(host))
+        return wp_err_set(err, WP_EINVAL_INPUT, "no relay address for sandbox %s", res->sandbox);
+    snprintf(host, sizeof(host), "%.*s", (int)(colon - res->relay), res->relay);
+    sa.sin_port = htons((uint16_t)atoi(colon + 1));
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
+        return wp_err_set(err, WP_EINVAL_INPUT, "bad relay address %s", res->relay);
+    k = calloc(1, sizeof(*k));
+    if (!k)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    wp_buf_init(&k->buf, 8192);
+    snprintf(tok, sizeof(tok), "%llu", (unsigned long long)res->token);
+    json_t *route = json_pack("{s:s, s:s, s:s, s:s}", "t", "route", "env", env, "sandbox",
+                              res->sandbox, "token", tok);
+    int rc = alink_frame_encode(&k->buf, route, 4096, err);
+    json_decref(route);
+    fd = rc < 0 ? -1 : socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0 || (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 && errno != EINPROGRESS)) {
+        rc = rc < 0 ? rc : wp_err_errno(err, "connect to relay %s", res->relay);
+        if (fd >= 0)
+            close(fd);
+        wp_buf_free(&k->buf);
+        free(k);
+        return rc;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    k->loop = loop;
+    k->cb = cb;
+    k->ctx = ctx;
+    ev_io_init(&k->io, conn_io, fd, EV_WRITE);
+    k->io.data = k;
+    ev_io_start(loop, &k->io);
+    ev_timer_init(&k->timer, conn_timeout, 5.0, 0.);
+    k->timer.data = k;
+    ev_timer_start(loop, &k->timer);
+    return 0;
 }

@@ -22,6 +22,8 @@ static const char usage[] =
     "  --id ID                 node id (default: the host name)\n"
     "  --redis HOST:PORT       Redis (default 127.0.0.1:6379)\n"
     "  --state-dir DIR         sandboxes and images (default /var/lib/warmpool)\n"
+    "  --listen HOST:PORT      agentlink relay for schedulers (default 127.0.0.1:0,\n"
+    "                          any free port; use a private interface for other machines)\n"
     "  --env TEMPLATE[:MIN[:MAX]]  serve an environment (repeatable); MIN/MAX\n"
     "                          hot clones on this node until `pool set` changes them\n"
     "  --eager                 refill with eager restores (default: lazy pages)\n"
@@ -32,17 +34,18 @@ static const char usage[] =
     "  --log-level LEVEL       error, warn, info, debug (default info)\n"
     "  -h, --help\n";
 
-static int parse_hostport(const char *s, char *host, size_t cap, int *port, struct wp_err *err)
+static int parse_hostport(const char *s, char *host, size_t cap, int *port, bool allow_zero,
+                          struct wp_err *err)
 {
     const char *colon = strrchr(s, ':');
     char *end;
     long p;
 
     if (!colon || colon == s || (size_t)(colon - s) >= cap)
-        return wp_err_set(err, WP_ECONFIG, "--redis wants HOST:PORT, got '%s'", s);
+        return wp_err_set(err, WP_ECONFIG, "wanted HOST:PORT, got '%s'", s);
     p = strtol(colon + 1, &end, 10);
-    if (*end || p < 1 || p > 65535)
-        return wp_err_set(err, WP_ECONFIG, "--redis: bad port in '%s'", s);
+    if (*end || p < (allow_zero ? 0 : 1) || p > 65535)
+        return wp_err_set(err, WP_ECONFIG, "bad port in '%s'", s);
     memcpy(host, s, (size_t)(colon - s));
     host[colon - s] = '\0';
     *port = (int)p;
@@ -108,7 +111,7 @@ static int load_file(struct pool_node_config *cfg, const char *path, struct wp_e
             snprintf(cfg->id, sizeof(cfg->id), "%s", json_string_value(v));
         else if (strcmp(k, "redis") == 0 && json_is_string(v))
             rc = parse_hostport(json_string_value(v), cfg->redis_host, sizeof(cfg->redis_host),
-                                &cfg->redis_port, err);
+                                &cfg->redis_port, false, err);
         else if (strcmp(k, "state_dir") == 0 && json_is_string(v))
             snprintf(cfg->state_dir, sizeof(cfg->state_dir), "%s", json_string_value(v));
         else if (strcmp(k, "heartbeat_ttl_s") == 0 && json_is_number(v))
@@ -145,6 +148,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         { "eager", no_argument, NULL, 'E' },             { "restore-slots", required_argument, NULL, 'S' },
         { "heartbeat-ttl", required_argument, NULL, 't' }, { "lease-ms", required_argument, NULL, 'L' },
         { "config", required_argument, NULL, 'c' },      { "log-level", required_argument, NULL, 'l' },
+        { "listen", required_argument, NULL, 'H' },
         { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
     };
     bool eager = false;
@@ -155,6 +159,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
     snprintf(cfg->redis_host, sizeof(cfg->redis_host), "127.0.0.1");
     cfg->redis_port = 6379;
     snprintf(cfg->state_dir, sizeof(cfg->state_dir), "/var/lib/warmpool");
+    snprintf(cfg->listen_host, sizeof(cfg->listen_host), "127.0.0.1");
     cfg->heartbeat_ttl_s = 5;
     cfg->lease_ms = 60000;
     /* The config file first, so flags override it. */
@@ -167,9 +172,14 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         switch (c) {
         case 'i': snprintf(cfg->id, sizeof(cfg->id), "%s", optarg); break;
         case 'r':
-            rc = parse_hostport(optarg, cfg->redis_host, sizeof(cfg->redis_host), &cfg->redis_port, err);
+            rc = parse_hostport(optarg, cfg->redis_host, sizeof(cfg->redis_host), &cfg->redis_port,
+                                false, err);
             break;
         case 's': snprintf(cfg->state_dir, sizeof(cfg->state_dir), "%s", optarg); break;
+        case 'H':
+            rc = parse_hostport(optarg, cfg->listen_host, sizeof(cfg->listen_host),
+                                &cfg->listen_port, true, err);
+            break;
         case 'e': rc = add_env(cfg, optarg, err); break;
         case 'E': eager = true; break;
         case 'S': cfg->restore_slots = atoi(optarg); break;

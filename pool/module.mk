@@ -1,7 +1,7 @@
-pool_SRCS := pool/autoscale.c pool/scripts.c pool/node.c pool/config.c pool/client.c
+pool_SRCS := pool/autoscale.c pool/scripts.c pool/node.c pool/config.c pool/client.c pool/relay.c
 
 BINS += $(BUILD)/warmpool-node
-$(BUILD)/warmpool-node: $(BUILD)/obj/pool/node_main.o $(BUILD)/libpool.a $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+$(BUILD)/warmpool-node: $(BUILD)/obj/pool/node_main.o $(BUILD)/libpool.a $(BUILD)/libagentlink.a $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
 	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
 
 BINS += $(BUILD)/bench/pool_bench

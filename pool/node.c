@@ -80,6 +80,8 @@ struct node {
     struct snap_ctx *snap;
     struct wp_redis *r;      /* commands */
     struct wp_redis *rb;     /* blocking inbox reads */
+    struct pool__relay *relay;
+    char relay_addr[80];     /* host:port */
     bool inbox_reading;
     ev_timer cron;
     ev_signal sigterm, sigint;
@@ -164,6 +166,8 @@ static void destroy_sb(struct node *n, struct nsb *s, const char *why)
     unlink_sb(n, s);
     if (s->st == SB_IDLE)
         s->e->idle--;
+    if (s->sb)
+        pool__relay_drop(n->relay, s->sb->id);
     if (s->sb) {
         log_info("destroy sandbox=%s env=%s why=%s", s->sb->id, s->e->cfg.name, why);
         forget_in_redis(n, s->e, s->sb->id);
@@ -184,9 +188,10 @@ static void publish_reply(struct node *n, struct nsb *s, int status, const char 
 {
     json_t *o = json_pack("{s:s, s:i}", "rid", s->rid, "status", status);
     if (status == 0)
-        json_object_update_new(o, json_pack("{s:s, s:s, s:s, s:s, s:I}", "sandbox", s->sb->id,
+        json_object_update_new(o, json_pack("{s:s, s:s, s:s, s:s, s:I, s:s}", "sandbox", s->sb->id,
                                             "node", n->cfg.id, "root", s->sb->root, "tier",
-                                            s->tier, "token", (json_int_t)s->token));
+                                            s->tier, "token", (json_int_t)s->token, "relay",
+                                            n->relay_addr));
     else
         json_object_set_new(o, "error", json_string(msg));
     char *text = json_dumps(o, JSON_COMPACT);
@@ -215,8 +220,8 @@ static void sb_ready(struct node *n, struct nsb *s)
                  (unsigned long long)(wp_wall_ms() + (uint64_t)n->cfg.lease_ms));
         const char *hset[] = { "HSET", k, "node", n->cfg.id, "addr", s->sb->root, "state",
                                "leased", "session", s->session, "token", tok, "tier", s->tier,
-                               "lease_until", until, "created_ms", created };
-        cmd(n, "lease sandbox", 18, hset);
+                               "lease_until", until, "created_ms", created, "relay", n->relay_addr };
+        cmd(n, "lease sandbox", 20, hset);
         char stats[160];
         fmtkey(stats, sizeof(stats), POOL__K_STATS, e->cfg.name);
         const char *incr[] = { "HINCRBY", stats, strcmp(s->tier, "warm") == 0 ? "claims_warm" : "claims_cold", "1" };
@@ -228,8 +233,8 @@ static void sb_ready(struct node *n, struct nsb *s)
         return;
     }
     fmtkey(hot, sizeof(hot), POOL__K_HOT, e->cfg.name);
-    const char *argv[] = { k, hot, s->sb->id, n->cfg.id, s->sb->root, created };
-    if (wp_redis_script(n->r, pool__lua_offer, log_reply, (void *)"offer", 2, 6, argv, NULL) < 0)
+    const char *argv[] = { k, hot, s->sb->id, n->cfg.id, s->sb->root, created, n->relay_addr };
+    if (wp_redis_script(n->r, pool__lua_offer, log_reply, (void *)"offer", 2, 7, argv, NULL) < 0)
         log_warn("offer sandbox=%s: redis not ready", s->sb->id);
     s->st = SB_IDLE;
     e->idle++;
@@ -688,8 +693,8 @@ static void register_node(struct node *n)
     const char *set[] = { "SET", alive, "1", "PX", ttl };
     cmd(n, "heartbeat", 5, set);
     const char *hset[] = { "HSET", key, "capacity", cap, "mem_free", mem, "heartbeat_ms", started,
-                           "version", "warmpool-node 0.1" };
-    cmd(n, "node", 10, hset);
+                           "version", "warmpool-node 0.1", "relay", n->relay_addr };
+    cmd(n, "node", 12, hset);
     /* Every beat, not once: after a Redis restart that lost writes the
      * node reappears by itself. */
     const char *sadd[] = { "SADD", POOL__K_NODES, n->cfg.id };
@@ -763,11 +768,11 @@ static const char lua_reap[] =
  * goes below a token the node has seen. Leases whose holder stopped
  * renewing are returned so the node destroys them.
  * KEYS[1] node's sandbox set. ARGV[1] node, ARGV[2] now_ms, ARGV[3]
- * lease_ms, then one record per local sandbox:
+ * lease_ms, ARGV[4] relay address, then one record per local sandbox:
  * "env<TAB>id<TAB>state<TAB>token<TAB>session<TAB>root". */
 static const char lua_reconcile[] =
     "local have, expired = {}, {}\n"
-    "for i = 4, #ARGV do\n"
+    "for i = 5, #ARGV do\n"
     "  local env, id, st, tok, sess, root =\n"
     "    string.match(ARGV[i], '^([^\t]+)\t([^\t]+)\t([^\t]+)\t([^\t]*)\t([^\t]*)\t(.*)$')\n"
     "  if env then\n"
@@ -777,7 +782,7 @@ static const char lua_reconcile[] =
     "    local hot = 'wp:env:{' .. env .. '}:hot'\n"
     "    local cur = redis.call('HGET', k, 'state')\n"
     "    if st == 'idle' and cur ~= 'leased' then\n"
-    "      redis.call('HSET', k, 'node', ARGV[1], 'addr', root, 'state', 'idle')\n"
+    "      redis.call('HSET', k, 'node', ARGV[1], 'addr', root, 'state', 'idle', 'relay', ARGV[4])\n"
     "      if not redis.call('LPOS', hot, id) then redis.call('RPUSH', hot, id) end\n"
     "    elseif st == 'leased' then\n"
     "      local until_ = tonumber(redis.call('HGET', k, 'lease_until') or '0')\n"
@@ -786,7 +791,7 @@ static const char lua_reconcile[] =
     "      else\n"
     "        if until_ == 0 then until_ = tonumber(ARGV[2]) + tonumber(ARGV[3]) end\n"
     "        redis.call('HSET', k, 'node', ARGV[1], 'addr', root, 'state', 'leased',\n"
-    "                   'token', tok, 'session', sess, 'lease_until', until_)\n"
+    "                   'token', tok, 'session', sess, 'lease_until', until_, 'relay', ARGV[4])\n"
     "      end\n"
     "      local f = 'wp:env:{' .. env .. '}:fence'\n"
     "      if tonumber(redis.call('GET', f) or '0') < tonumber(tok) then redis.call('SET', f, tok) end\n"
@@ -842,7 +847,7 @@ static void reconcile(struct node *n)
 
     for (struct nsb *s = n->sbs; s; s = s->next)
         cnt += s->sb && s->st != SB_RESTORING;
-    argv = calloc((size_t)cnt + 4, sizeof(*argv));
+    argv = calloc((size_t)cnt + 5, sizeof(*argv));
     recs = calloc((size_t)cnt + 1, sizeof(*recs));
     if (!argv || !recs)
         goto out;
@@ -853,6 +858,7 @@ static void reconcile(struct node *n)
     argv[argc++] = n->cfg.id;
     argv[argc++] = now;
     argv[argc++] = lease;
+    argv[argc++] = n->relay_addr;
     int r = 0;
     for (struct nsb *s = n->sbs; s; s = s->next) {
         if (!s->sb || s->st == SB_RESTORING)
@@ -871,6 +877,21 @@ out:
         free(recs[i]);
     free(recs);
     free(argv);
+}
+
+/* The relay's check: a current lease here with this token? */
+static int relay_lookup(void *ctx, const char *env, const char *sandbox, unsigned long long token,
+                        char *root, size_t cap)
+{
+    struct node *n = ctx;
+    struct nsb *s = find_sb(n, sandbox);
+
+    if (!s || strcmp(s->e->cfg.name, env) != 0 || s->st != SB_LEASED || s->sb->init_pid <= 0)
+        return WP_ENOTFOUND;
+    if (s->token != token)
+        return WP_ESTALE;
+    snprintf(root, cap, "/proc/%d/root", (int)s->sb->init_pid);
+    return 0;
 }
 
 static void reap_node(struct node *n, const char *other)
@@ -1078,6 +1099,11 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
         e->img = access(path, F_OK) == 0 ? IMG_READY : IMG_NONE;
         n->n_envs++;
     }
+    int port = 0;
+    if ((rc = pool__relay_start(n->loop, cfg->listen_host, cfg->listen_port, relay_lookup, n,
+                                &n->relay, &port, err)) < 0)
+        goto out;
+    snprintf(n->relay_addr, sizeof(n->relay_addr), "%s:%d", cfg->listen_host, port);
     n->r = wp_redis_new(n->loop, cfg->redis_host, cfg->redis_port, "node");
     n->rb = wp_redis_new(n->loop, cfg->redis_host, cfg->redis_port, "node-inbox");
     if (!n->r || !n->rb) {
@@ -1095,8 +1121,8 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     ev_child_init(&n->child, child_cb, 0, 0);
     n->child.data = n;
     ev_child_start(n->loop, &n->child);
-    log_info("node=%s state=%s redis=%s:%d", cfg->id, cfg->state_dir, cfg->redis_host,
-             cfg->redis_port);
+    log_info("node=%s state=%s redis=%s:%d relay=%s", cfg->id, cfg->state_dir, cfg->redis_host,
+             cfg->redis_port, n->relay_addr);
     ev_run(n->loop, 0);
 
     /* Clean shutdown: our sandboxes and our entries go. */
@@ -1118,6 +1144,7 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     }
     rc = 0;
 out:
+    pool__relay_stop(n->relay);
     ev_timer_stop(n->loop, &n->cron);
     ev_signal_stop(n->loop, &n->sigterm);
     ev_signal_stop(n->loop, &n->sigint);

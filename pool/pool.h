@@ -72,6 +72,8 @@ struct pool_node_config {
     char redis_host[128];
     int redis_port;
     char state_dir[256];
+    char listen_host[64];   /* the agentlink relay (default 127.0.0.1) */
+    int listen_port;        /* 0: any free port */
     double heartbeat_ttl_s; /* the node counts as dead this long after its last beat */
     double lease_ms;        /* lease TTL handed out with claims */
     int restore_slots;      /* restores at once; 0 = one per CPU */
@@ -97,6 +99,7 @@ struct pool_claim_result {
     char sandbox[64];
     char node[64];
     char root[512];     /* host path of the sandbox's root on its node */
+    char relay[80];     /* "host:port" of its node's agentlink relay */
     char tier[8];       /* "hot", "warm" or "cold" */
     uint64_t token;     /* fencing token of the lease */
     double ms;          /* claim latency */
@@ -122,6 +125,14 @@ int pool_claim(struct pool_client *c, const char *env, const char *session, doub
  * is not the current lease's. Same callback contract. */
 int pool_release(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
                  pool_done_cb cb, void *ctx, struct wp_err *err);
+/* Connect to a claimed sandbox's hands through its node's relay (any
+ * machine): TCP, the route frame with the lease's token, the node's
+ * answer. cb gets a connected fd (caller owns it; hand it to
+ * alink_client_connect_fd) or status < 0: WP_ESTALE (token no longer the
+ * lease's), WP_ENOTFOUND, -ECONNREFUSED... Same callback contract. */
+typedef void (*pool_connect_cb)(void *ctx, int status, int fd, const struct wp_err *err);
+int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, const char *env,
+                 pool_connect_cb cb, void *ctx, struct wp_err *err);
 /* Renew a lease; WP_ESTALE for a stale token, WP_ESTATE when the lease was
  * lost (its node died) or released. */
 int pool_renew(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,

@@ -2,6 +2,8 @@
 #ifndef POOL_INT_H
 #define POOL_INT_H
 
+#include <stddef.h>
+
 #include "pool/pool.h"
 
 /* Redis keys. Everything about one environment E carries the hash tag {E}:
@@ -42,5 +44,19 @@ extern const char pool__lua_claim_hot[];
 extern const char pool__lua_offer[];
 extern const char pool__lua_renew[];
 extern const char pool__lua_release[];
+
+/* relay.c: agentlink over TCP to the sandboxes of this node. lookup
+ * answers whether (env, sandbox, token) is a current lease here: 0 with
+ * the sandbox root, WP_ESTALE, or WP_ENOTFOUND. */
+struct ev_loop;
+struct wp_err;
+struct pool__relay;
+typedef int (*pool__relay_lookup_cb)(void *ctx, const char *env, const char *sandbox,
+                                     unsigned long long token, char *root, size_t cap);
+int pool__relay_start(struct ev_loop *loop, const char *host, int port, pool__relay_lookup_cb lookup,
+                      void *ctx, struct pool__relay **out, int *bound_port, struct wp_err *err);
+/* Close every relay to sandbox (released or destroyed). */
+void pool__relay_drop(struct pool__relay *r, const char *sandbox);
+void pool__relay_stop(struct pool__relay *r);
 
 #endif

@@ -9,7 +9,7 @@
  * ARGV: sandbox key prefix, session, now_ms, lease_ms, inbox key prefix.
  * Pops idle sandboxes until one is still idle (entries whose sandbox was
  * lost or released meanwhile are dropped), leases it with a new fencing
- * token and tells its node. Returns {id, node, addr, token} or nil. */
+ * token and tells its node. Returns {id, node, addr, token, relay} or nil. */
 const char pool__lua_claim_hot[] =
     "while true do\n"
     "  local id = redis.call('LPOP', KEYS[1])\n"
@@ -24,15 +24,16 @@ const char pool__lua_claim_hot[] =
     "    redis.call('XADD', ARGV[5] .. node, 'MAXLEN', '~', 10000, '*', 'type', 'claimed',\n"
     "               'sandbox', id, 'token', tok, 'session', ARGV[2])\n"
     "    redis.call('HINCRBY', KEYS[3], 'claims_hot', 1)\n"
-    "    return {id, node, redis.call('HGET', k, 'addr'), tostring(tok)}\n"
+    "    return {id, node, redis.call('HGET', k, 'addr'), tostring(tok),\n"
+    "            redis.call('HGET', k, 'relay') or ''}\n"
     "  end\n"
     "end\n";
 
-/* KEYS: sandbox hash, hot list. ARGV: id, node, addr, now_ms.
+/* KEYS: sandbox hash, hot list. ARGV: id, node, addr, now_ms, relay.
  * A node offers an idle clone. */
 const char pool__lua_offer[] =
     "redis.call('HSET', KEYS[1], 'node', ARGV[2], 'addr', ARGV[3], 'state', 'idle',\n"
-    "           'created_ms', ARGV[4])\n"
+    "           'created_ms', ARGV[4], 'relay', ARGV[5])\n"
     "redis.call('RPUSH', KEYS[2], ARGV[1])\n"
     "return 1\n";
 

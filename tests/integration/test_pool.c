@@ -18,6 +18,7 @@
 #include "lib/testlib.h"
 #include "base/err.h"
 #include "base/fs.h"
+#include "agentlink/agentlink.h"
 #include "pool/pool.h"
 
 #define ENV "counter"
@@ -100,9 +101,20 @@ static bool wait_hot(long long n, int seconds)
     return false;
 }
 
+static bool wait_hot_at_least(long long n, int seconds)
+{
+    for (int i = 0; i < seconds * 20; i++) {
+        if (rint_cmd("LLEN wp:env:{" ENV "}:hot") >= n)
+            return true;
+        th_msleep(50);
+    }
+    return false;
+}
+
 static int group_setup(void **state)
 {
-    char rootfs[1024], json[2048];
+    char json[2048], hands[1024], wp[1024], dst[1200], *data = NULL;
+    size_t len = 0;
     struct wp_err err;
     (void)state;
 
@@ -112,15 +124,24 @@ static int group_setup(void **state)
     if (!RC || RC->err)
         return -1;
     DIR_ = th_tmpdir("pool");
-    snprintf(rootfs, sizeof(rootfs), "%s/busybox", DIR_);
-    if (snap_rootfs_busybox(rootfs, &err) < 0)
+    /* Sandboxes run the hands as PID 1, bound read-only from a copy. */
+    node_bin(hands, sizeof(hands));
+    strcpy(strrchr(hands, '/') + 1, "warmpool-hands");
+    snprintf(wp, sizeof(wp), "%s/wp", DIR_);
+    snprintf(dst, sizeof(dst), "%s/warmpool-hands", wp);
+    if (mkdir(wp, 0755) < 0 || wp_read_file(hands, 64 << 20, &data, &len, &err) < 0 ||
+        wp_write_file(dst, data, len, 0755, &err) < 0)
         return -1;
+    free(data);
     snprintf(TMPL, sizeof(TMPL), "%s/counter.json", DIR_);
     snprintf(json, sizeof(json),
-             "{\"name\":\"" ENV "\",\"rootfs\":\"%s\",\"init\":[\"/bin/sh\",\"-c\","
-             "\"i=0; while :; do i=$((i+1)); [ $i = 3 ] && touch /tmp/ready; sleep 0.05; done\"],"
-             "\"ready_file\":\"/tmp/ready\",\"limits\":{\"memory_mb\":32,\"pids\":16}}",
-             rootfs);
+             "{\"name\":\"" ENV "\",\"rootfs\":\"host\",\"workdir\":\"/work\","
+             "\"init\":[\"/.wp/warmpool-hands\",\"--socket\",\"/run/warmpool/hands.sock\","
+             "\"--workdir\",\"/work\",\"--ready-file\",\"/run/warmpool/hands.ready\"],"
+             "\"ready_file\":\"/run/warmpool/hands.ready\","
+             "\"binds\":[{\"source\":\"%s\",\"target\":\"/.wp\"}],"
+             "\"limits\":{\"memory_mb\":64,\"pids\":32}}",
+             wp);
     if (wp_write_file(TMPL, json, strlen(json), 0644, &err) < 0)
         return -1;
     for (int i = 0; i < 3; i++) {
@@ -237,7 +258,7 @@ static void hot_then_warm_and_fenced_release(void **state)
     /* Each one is a live sandbox whose counter runs. */
     for (int i = 0; i < 3; i++) {
         char path[700], *v = NULL;
-        snprintf(path, sizeof(path), "%s/tmp/ready", o[i].res.root);
+        snprintf(path, sizeof(path), "%s/run/warmpool/hands.ready", o[i].res.root);
         assert_int_equal(access(path, F_OK), 0);
         (void)v;
     }
@@ -604,6 +625,104 @@ static void autoscaler_grows_the_hot_tier_under_load(void **state)
     ev_loop_destroy(loop);
 }
 
+struct link {
+    int connected, status, fd, closed;
+    struct alink_client *c;
+    int done, is_error;
+    char text[256];
+};
+
+static void link_fd_cb(void *ctx, int status, int fd, const struct wp_err *err)
+{
+    struct link *l = ctx;
+    (void)err;
+    l->connected = 1;
+    l->status = status;
+    l->fd = fd;
+}
+
+static void link_hello_cb(void *ctx, int status, const struct wp_err *err)
+{
+    struct link *l = ctx;
+    (void)err;
+    l->connected = 2;
+    l->status = status;
+}
+
+static void link_result_cb(void *ctx, int status, const struct alink_result *res, const struct wp_err *err)
+{
+    struct link *l = ctx;
+    (void)err;
+    l->done = 1;
+    l->status = status;
+    l->is_error = res->is_error;
+    snprintf(l->text, sizeof(l->text), "%.*s", (int)res->len, res->content);
+}
+
+static void link_closed(void *ctx, const struct wp_err *err)
+{
+    struct link *l = ctx;
+    (void)err;
+    l->closed = 1;
+}
+
+static void relay_reaches_the_hands_and_fences(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(0);
+    struct claim_out o, r;
+    struct link l = { 0 }, bad = { 0 };
+    struct wp_err err;
+    (void)state;
+
+    assert_true(wait_hot_at_least(1, 60));
+    struct pool_client *c = client(loop);
+    claim_one(c, loop, "relay", &o);
+    assert_int_equal(o.status, 0);
+    assert_non_null(strchr(o.res.relay, ':'));
+    /* A stale token is refused by the node itself. */
+    struct pool_claim_result stale = o.res;
+    stale.token--;
+    assert_int_equal(pool_connect(loop, &stale, ENV, link_fd_cb, &bad, &err), 0);
+    while (!bad.connected)
+        ev_run(loop, EVRUN_ONCE);
+    assert_int_equal(bad.status, WP_ESTALE);
+    /* The holder reaches the hands over TCP as if they were local. */
+    assert_int_equal(pool_connect(loop, &o.res, ENV, link_fd_cb, &l, &err), 0);
+    while (!l.connected)
+        ev_run(loop, EVRUN_ONCE);
+    assert_int_equal(l.status, 0);
+    struct alink_client_opts ao = { .on_close = link_closed, .close_ctx = &l };
+    assert_int_equal(alink_client_new(loop, &ao, &l.c, &err), 0);
+    assert_int_equal(alink_client_connect_fd(l.c, l.fd, link_hello_cb, &l, &err), 0);
+    while (l.connected != 2)
+        ev_run(loop, EVRUN_ONCE);
+    assert_int_equal(l.status, 0);
+    struct alink_attach a = { .session_id = "relay" };
+    assert_true(alink_client_attach(l.c, &a, link_result_cb, &l, &err) > 0);
+    while (!l.done)
+        ev_run(loop, EVRUN_ONCE);
+    assert_int_equal(l.status, 0);
+    json_t *in = json_pack("{s:s}", "command", "echo through-the-relay; cat /proc/1/comm");
+    l.done = 0;
+    assert_true(alink_client_call(l.c, "bash", in, NULL, link_result_cb, &l, &err) > 0);
+    json_decref(in);
+    while (!l.done)
+        ev_run(loop, EVRUN_ONCE);
+    assert_false(l.is_error);
+    assert_string_equal(l.text, "through-the-relay\nwarmpool-hands");
+    /* Released: the node closes the relay. */
+    memset(&r, 0, sizeof(r));
+    pool_release(c, ENV, o.res.sandbox, o.res.token, done_cb, &r, &err);
+    run_until(loop, &r, 1);
+    assert_int_equal(r.status, 0);
+    for (int i = 0; i < 200 && !l.closed; i++)
+        ev_run(loop, EVRUN_ONCE);
+    assert_true(l.closed);
+    alink_client_free(l.c);
+    pool_client_free(c);
+    ev_loop_destroy(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -615,6 +734,7 @@ int main(void)
         cmocka_unit_test(malformed_entries_are_skipped),
         cmocka_unit_test(refill_stall_and_failing_image_do_not_fail_claims),
         cmocka_unit_test(autoscaler_grows_the_hot_tier_under_load),
+        cmocka_unit_test(relay_reaches_the_hands_and_fences),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -1,0 +1,325 @@
+/* relay.c - the node's agentlink relay: how a scheduler on any machine
+ * reaches a sandbox that lives behind a Unix socket on this one.
+ *
+ * A client opens a TCP connection to the node and sends one agentlink
+ * frame {"t":"route","env":E,"sandbox":ID,"token":"T"}. The node checks
+ * the token against its own lease record (fencing: a stale or unknown
+ * token is refused), answers {"t":"route","ok":true} or an error frame,
+ * connects to the sandbox's hands socket and from then on copies bytes
+ * both ways: the client then speaks agentlink to the hands as if local.
+ * One TCP connection per sandbox; a released sandbox's relays close. */
+#define WP_LOG_COMPONENT "relay"
+#include "pool/pool_int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ev.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "agentlink/agentlink.h"
+#include "base/buf.h"
+#include "base/err.h"
+#include "base/log.h"
+
+#define RELAY_BUF (256 * 1024) /* per direction; reads pause when full */
+#define ROUTE_MAX 4096
+
+struct pool__relay {
+    struct ev_loop *loop;
+    int fd;
+    ev_io io;
+    pool__relay_lookup_cb lookup;
+    void *ctx;
+    struct rconn *conns;
+};
+
+struct pipe_end {
+    int fd;
+    ev_io rd, wr;
+    struct wp_buf out; /* bytes waiting to be written to this end */
+};
+
+struct rconn {
+    struct pool__relay *r;
+    struct pipe_end a, b; /* a: the client, b: the hands */
+    bool routed;
+    char sandbox[64];
+    struct rconn *next;
+};
+
+static void rconn_close(struct rconn *c)
+{
+    struct pool__relay *r = c->r;
+
+    for (struct rconn **pp = &r->conns; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    struct pipe_end *ends[2] = { &c->a, &c->b };
+    for (int i = 0; i < 2; i++) {
+        ev_io_stop(r->loop, &ends[i]->rd);
+        ev_io_stop(r->loop, &ends[i]->wr);
+        if (ends[i]->fd >= 0)
+            close(ends[i]->fd);
+        wp_buf_free(&ends[i]->out);
+    }
+    free(c);
+}
+
+static struct pipe_end *peer(struct rconn *c, struct pipe_end *e)
+{
+    return e == &c->a ? &c->b : &c->a;
+}
+
+static void flush(struct rconn *c, struct pipe_end *e)
+{
+    while (e->out.len) {
+        ssize_t n = send(e->fd, e->out.data, e->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                break;
+            rconn_close(c);
+            return;
+        }
+        wp_buf_consume(&e->out, (size_t)n);
+    }
+    if (e->out.len)
+        ev_io_start(c->r->loop, &e->wr);
+    else
+        ev_io_stop(c->r->loop, &e->wr);
+    /* Backpressure: read the other side again once this one drained. */
+    struct pipe_end *src = peer(c, e);
+    if (e->out.len < RELAY_BUF / 2 && src->fd >= 0 && c->routed)
+        ev_io_start(c->r->loop, &src->rd);
+}
+
+static void send_frame(struct rconn *c, json_t *msg)
+{
+    wp_buf_reset(&c->a.out);
+    alink_frame_encode(&c->a.out, msg, ROUTE_MAX, NULL);
+    json_decref(msg);
+    send(c->a.fd, c->a.out.data, c->a.out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    wp_buf_reset(&c->a.out);
+}
+
+static void refuse(struct rconn *c, const char *code, const char *msg)
+{
+    log_info("relay refused sandbox=%s: %s", c->sandbox[0] ? c->sandbox : "?", msg);
+    send_frame(c, alink_msg_error(0, code, msg));
+    rconn_close(c);
+}
+
+static void pipe_rd(struct ev_loop *loop, ev_io *w, int revents);
+static void pipe_wr(struct ev_loop *loop, ev_io *w, int revents);
+
+static void end_init(struct rconn *c, struct pipe_end *e, int fd)
+{
+    e->fd = fd;
+    wp_buf_init(&e->out, RELAY_BUF);
+    ev_io_init(&e->rd, pipe_rd, fd, EV_READ);
+    ev_io_init(&e->wr, pipe_wr, fd, EV_WRITE);
+    e->rd.data = e->wr.data = c;
+}
+
+/* The route frame: validate, check the lease, connect to the hands. */
+static void route(struct rconn *c, const uint8_t *payload, size_t len)
+{
+    json_error_t jerr;
+    json_t *o = json_loadb((const char *)payload, len, JSON_REJECT_DUPLICATES, &jerr);
+    const char *t = json_string_value(json_object_get(o, "t")),
+               *env = json_string_value(json_object_get(o, "env")),
+               *sb = json_string_value(json_object_get(o, "sandbox")),
+               *tok = json_string_value(json_object_get(o, "token"));
+    char root[512], path[700];
+    /* root is /proc/<init>/root: short enough for sun_path whatever the
+     * state dir, and it follows the sandbox's own mount namespace. */
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int fd;
+
+    if (!o || !t || strcmp(t, "route") || !env || !sb || !tok || strlen(sb) >= sizeof(c->sandbox)) {
+        json_decref(o);
+        refuse(c, "bad_route", "first frame must be {\"t\":\"route\",\"env\",\"sandbox\",\"token\"}");
+        return;
+    }
+    snprintf(c->sandbox, sizeof(c->sandbox), "%s", sb);
+    char *end;
+    unsigned long long token = strtoull(tok, &end, 10);
+    int rc = *end ? WP_EINVAL_INPUT : c->r->lookup(c->r->ctx, env, sb, token, root, sizeof(root));
+    json_decref(o);
+    if (rc == WP_ESTALE) {
+        refuse(c, "stale_token", "token is not the current lease's");
+        return;
+    }
+    if (rc < 0) {
+        refuse(c, "not_found", "no such leased sandbox on this node");
+        return;
+    }
+    snprintf(path, sizeof(path), "%s%s", root, ALINK_SOCK_PATH_DEFAULT);
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        refuse(c, "internal", "sandbox socket path too long");
+        return;
+    }
+    strcpy(sa.sun_path, path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        if (fd >= 0)
+            close(fd);
+        refuse(c, "unreachable", "the sandbox's hands do not answer");
+        return;
+    }
+    end_init(c, &c->b, fd);
+    c->routed = true;
+    c->a.out.max = RELAY_BUF; /* from here on it carries the hands' bytes */
+    send_frame(c, json_pack("{s:s, s:b}", "t", "route", "ok", 1));
+    ev_io_start(c->r->loop, &c->b.rd);
+    log_debug("relay routed sandbox=%s", c->sandbox);
+}
+
+static void pipe_rd(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct rconn *c = w->data;
+    struct pipe_end *src = w == &c->a.rd ? &c->a : &c->b, *dst = peer(c, src);
+    char buf[65536];
+    (void)loop;
+    (void)revents;
+
+    ssize_t n = recv(src->fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+        rconn_close(c);
+        return;
+    }
+    if (n < 0)
+        return;
+    if (!c->routed) {
+        /* Collect the route frame (bounded) in the client's out buffer
+         * slot, which is unused until routed. */
+        if (wp_buf_append(&src->out, buf, (size_t)n) < 0) {
+            refuse(c, "bad_route", "route frame too large");
+            return;
+        }
+        const uint8_t *payload;
+        size_t plen;
+        int k = alink_frame_decode((const uint8_t *)src->out.data, src->out.len, ROUTE_MAX,
+                                   &payload, &plen);
+        if (k == 0)
+            return;
+        if (k < 0 || (size_t)k != src->out.len) {
+            refuse(c, "bad_route", "one route frame, then wait for its answer");
+            return;
+        }
+        route(c, payload, plen);
+        return;
+    }
+    if (wp_buf_append(&dst->out, buf, (size_t)n) < 0) {
+        rconn_close(c);
+        return;
+    }
+    if (dst->out.len >= RELAY_BUF / 2)
+        ev_io_stop(c->r->loop, &src->rd);
+    flush(c, dst);
+}
+
+static void pipe_wr(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct rconn *c = w->data;
+    (void)loop;
+    (void)revents;
+    flush(c, w == &c->a.wr ? &c->a : &c->b);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct pool__relay *r = w->data;
+    (void)loop;
+    (void)revents;
+
+    for (;;) {
+        int fd = accept4(r->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0)
+            return;
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        struct rconn *c = calloc(1, sizeof(*c));
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        c->r = r;
+        end_init(c, &c->a, fd);
+        wp_buf_init(&c->a.out, ROUTE_MAX + ALINK_FRAME_HDR);
+        c->b.fd = -1;
+        wp_buf_init(&c->b.out, RELAY_BUF);
+        c->next = r->conns;
+        r->conns = c;
+        ev_io_start(r->loop, &c->a.rd);
+    }
+}
+
+int pool__relay_start(struct ev_loop *loop, const char *host, int port, pool__relay_lookup_cb lookup,
+                      void *ctx, struct pool__relay **out, int *bound_port, struct wp_err *err)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    socklen_t len = sizeof(sa);
+    struct pool__relay *r;
+    int one = 1, fd;
+
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
+        return wp_err_set(err, WP_ECONFIG, "relay: '%s' is not an IPv4 address", host);
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return wp_err_errno(err, "relay socket");
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 512) < 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
+        int code = wp_err_errno(err, "relay listen on %s:%d", host, port);
+        close(fd);
+        return code;
+    }
+    r = calloc(1, sizeof(*r));
+    if (!r) {
+        close(fd);
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    }
+    r->loop = loop;
+    r->fd = fd;
+    r->lookup = lookup;
+    r->ctx = ctx;
+    ev_io_init(&r->io, accept_cb, fd, EV_READ);
+    r->io.data = r;
+    ev_io_start(loop, &r->io);
+    *bound_port = ntohs(sa.sin_port);
+    *out = r;
+    return 0;
+}
+
+void pool__relay_drop(struct pool__relay *r, const char *sandbox)
+{
+    struct rconn *c = r ? r->conns : NULL;
+    while (c) {
+        struct rconn *next = c->next;
+        if (strcmp(c->sandbox, sandbox) == 0)
+            rconn_close(c);
+        c = next;
+    }
+}
+
+void pool__relay_stop(struct pool__relay *r)
+{
+    if (!r)
+        return;
+    while (r->conns)
+        rconn_close(r->conns);
+    ev_io_stop(r->loop, &r->io);
+    close(r->fd);
+    free(r);
+}
