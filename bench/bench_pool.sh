@@ -39,6 +39,10 @@ for c in 1 10 50; do
     "$BUILD/bench/pool_bench" --redis "$PORT" --env bench --hot 10 --concurrency "$c" \
         --rounds "$rounds" --out "$T/c$c.json"
 done
+"$BUILD/bench/pool_bench" --redis "$PORT" --env bench --hot 10 --concurrency 1 --rounds 20 \
+    --relay --out "$T/r1.json"
+"$BUILD/bench/pool_bench" --redis "$PORT" --env bench --hot 10 --concurrency 10 --rounds 20 \
+    --relay --out "$T/r10.json"
 redis-cli -p "$PORT" hset 'wp:env:{bench}:policy' min_hot:bench-node 100 max_hot:bench-node 100 >/dev/null
 start=$(date +%s.%N)
 wait_hot 100
@@ -50,18 +54,18 @@ import json, sys, platform, os
 t, out, refill = sys.argv[1], sys.argv[2], float(sys.argv[3])
 res = {"kernel": platform.release(), "cpus": os.cpu_count(),
        "refill_90_clones_s": refill, "refill_clones_per_s": round(90 / refill, 1),
-       "runs": [json.load(open(f"{t}/c{c}.json")) for c in (1, 10, 50, 100)]}
+       "runs": [json.load(open(f"{t}/{c}.json")) for c in ("c1", "c10", "c50", "c100", "r1", "r10")]}
 json.dump(res, open(f"{out}/pool.json", "w"), indent=1)
 md = ["# pool benchmark", "",
       f"Kernel {res['kernel']}, {res['cpus']} CPUs. One node, a Redis on loopback; sandboxes run",
       "the hands as PID 1 (host /usr, lazy restores). \"attached\" = claim + agentlink connect,",
       "hello and attach answered by the sandbox. Times in ms.", "",
-      "| concurrent claims | hot clones | tier | n | claim p50 | claim p95 | attached p50 | attached p95 | all attached p50 |",
-      "|---|---|---|---|---|---|---|---|---|"]
+      "| path | concurrent claims | hot clones | tier | n | claim p50 | claim p95 | attached p50 | attached p95 | all attached p50 |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
 for r in res["runs"]:
     for tier, v in r["tiers"].items():
         if v["n"]:
-            md.append(f"| {r['concurrency']} | {r['hot_target']} | {tier} | {v['n']} | {v['claim_median_ms']:.2f} | {v['claim_p95_ms']:.2f} | {v['attached_median_ms']:.2f} | {v['attached_p95_ms']:.2f} | {r['all_attached_ms']['median']:.1f} |")
+            md.append(f"| {r['path']} | {r['concurrency']} | {r['hot_target']} | {tier} | {v['n']} | {v['claim_median_ms']:.2f} | {v['claim_p95_ms']:.2f} | {v['attached_median_ms']:.2f} | {v['attached_p95_ms']:.2f} | {r['all_attached_ms']['median']:.1f} |")
 md += ["", f"Refill: 90 clones restored in {refill:.2f} s on one node ({res['refill_clones_per_s']} clones/s)."]
 open(f"{out}/pool.md", "w").write("\n".join(md) + "\n")
 print("\n".join(md))

@@ -36,6 +36,7 @@ struct one {
 };
 
 static struct ev_loop *loop;
+static bool use_relay;
 static double lat[3][MAXS];
 static int nlat[3];
 static double claim_only[3][MAXS];
@@ -81,6 +82,21 @@ static void connect_cb(void *ctx, int status, const struct wp_err *err)
         finish(o, false);
 }
 
+static void relay_cb(void *ctx, int status, int fd, const struct wp_err *err)
+{
+    struct one *o = ctx;
+    struct wp_err e2;
+
+    if (status != 0) {
+        fprintf(stderr, "relay: %s\n", err ? err->msg : "?");
+        finish(o, false);
+        return;
+    }
+    if (alink_client_new(loop, NULL, &o->ac, &e2) < 0 ||
+        alink_client_connect_fd(o->ac, fd, connect_cb, o, &e2) < 0)
+        finish(o, false);
+}
+
 static void claim_cb(void *ctx, int status, const struct pool_claim_result *res, const struct wp_err *err)
 {
     struct one *o = ctx;
@@ -94,6 +110,11 @@ static void claim_cb(void *ctx, int status, const struct pool_claim_result *res,
     }
     o->res = *res;
     o->claim_ms = (double)(wp_now_ns() - o->t0) / 1e6;
+    if (use_relay) {
+        if (pool_connect(loop, res, o->env, relay_cb, o, &e2) < 0)
+            finish(o, false);
+        return;
+    }
     snprintf(sock, sizeof(sock), "%s/run/warmpool/hands.sock", res->root);
     if (alink_client_new(loop, NULL, &o->ac, &e2) < 0 ||
         alink_client_connect_unix(o->ac, sock, connect_cb, o, &e2) < 0) {
@@ -133,6 +154,7 @@ int main(int argc, char **argv)
                                         { "concurrency", required_argument, NULL, 'c' },
                                         { "rounds", required_argument, NULL, 'n' },
                                         { "out", required_argument, NULL, 'o' },
+                                        { "relay", no_argument, NULL, 'R' },
                                         { NULL, 0, NULL, 0 } };
     int port = 6379, hot = 10, conc = 1, rounds = 20, c;
     const char *env = "bench", *out = NULL;
@@ -146,6 +168,7 @@ int main(int argc, char **argv)
         case 'c': conc = atoi(optarg); break;
         case 'n': rounds = atoi(optarg); break;
         case 'o': out = optarg; break;
+        case 'R': use_relay = true; break;
         default: return 2;
         }
     }
@@ -179,6 +202,7 @@ int main(int argc, char **argv)
         uint64_t t0 = wp_now_ns();
         for (int i = 0; i < conc; i++) {
             os[i].t0 = wp_now_ns();
+            snprintf(os[i].env, sizeof(os[i].env), "%s", env);
             if (pool_claim(pc, env, "bench", 60, claim_cb, &os[i], &err) < 0) {
                 fprintf(stderr, "claim: %s\n", err.msg);
                 return 1;
@@ -210,9 +234,10 @@ int main(int argc, char **argv)
     int failed = 0;
     for (int i = 0; i < conc; i++)
         failed += os[i].failed;
-    fprintf(f, "{\"concurrency\":%d,\"rounds\":%d,\"hot_target\":%d,\"failed_last_round\":%d,"
+    fprintf(f, "{\"path\":\"%s\",\"concurrency\":%d,\"rounds\":%d,\"hot_target\":%d,\"failed_last_round\":%d,"
                "\"all_attached_ms\":{\"median\":%.3f,\"p95\":%.3f},\"tiers\":{",
-            conc, rounds, hot, failed, pct(wall, nwall, 50), pct(wall, nwall, 95));
+            use_relay ? "tcp relay" : "unix socket", conc, rounds, hot, failed, pct(wall, nwall, 50),
+            pct(wall, nwall, 95));
     for (int t = 0; t < 3; t++) {
         /* Empty tiers are reported with n = 0 and zeros (JSON has no NaN). */
         int n = nlat[t];

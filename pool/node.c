@@ -545,6 +545,7 @@ static void handle_entry(struct node *n, struct env *e, const char *id, redisRep
         e->idle--;
         log_info("claimed sandbox=%s env=%s tier=hot token=%llu", sbid, e->cfg.name,
                  (unsigned long long)token);
+        pool__relay_retry(n->relay, sbid);
     } else if (strcmp(type, "release") == 0 && sbid) {
         struct nsb *s = find_sb(n, sbid);
         if (!s)
@@ -886,7 +887,11 @@ static int relay_lookup(void *ctx, const char *env, const char *sandbox, unsigne
     struct node *n = ctx;
     struct nsb *s = find_sb(n, sandbox);
 
-    if (!s || strcmp(s->e->cfg.name, env) != 0 || s->st != SB_LEASED || s->sb->init_pid <= 0)
+    if (!s || strcmp(s->e->cfg.name, env) != 0 || !s->sb || s->sb->init_pid <= 0)
+        return WP_ENOTFOUND;
+    if (s->st == SB_IDLE)
+        return WP_ESTATE; /* claimed in Redis, our inbox not read yet */
+    if (s->st != SB_LEASED)
         return WP_ENOTFOUND;
     if (s->token != token)
         return WP_ESTALE;

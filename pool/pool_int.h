@@ -47,7 +47,9 @@ extern const char pool__lua_release[];
 
 /* relay.c: agentlink over TCP to the sandboxes of this node. lookup
  * answers whether (env, sandbox, token) is a current lease here: 0 with
- * the sandbox root, WP_ESTALE, or WP_ENOTFOUND. */
+ * the sandbox root, WP_ESTALE, WP_ENOTFOUND, or WP_ESTATE when the
+ * sandbox is idle here (its claim not read yet: the relay waits for
+ * pool__relay_retry). */
 struct ev_loop;
 struct wp_err;
 struct pool__relay;
@@ -55,6 +57,8 @@ typedef int (*pool__relay_lookup_cb)(void *ctx, const char *env, const char *san
                                      unsigned long long token, char *root, size_t cap);
 int pool__relay_start(struct ev_loop *loop, const char *host, int port, pool__relay_lookup_cb lookup,
                       void *ctx, struct pool__relay **out, int *bound_port, struct wp_err *err);
+/* The node just learnt sandbox was claimed: routes waiting for it go on. */
+void pool__relay_retry(struct pool__relay *r, const char *sandbox);
 /* Close every relay to sandbox (released or destroyed). */
 void pool__relay_drop(struct pool__relay *r, const char *sandbox);
 void pool__relay_stop(struct pool__relay *r);

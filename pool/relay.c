@@ -52,7 +52,10 @@ struct rconn {
     struct pool__relay *r;
     struct pipe_end a, b; /* a: the client, b: the hands */
     bool routed;
-    char sandbox[64];
+    bool parked;          /* waiting for the node to read the claim */
+    ev_timer park;
+    char sandbox[64], env[64];
+    unsigned long long token;
     struct rconn *next;
 };
 
@@ -65,6 +68,7 @@ static void rconn_close(struct rconn *c)
             *pp = c->next;
             break;
         }
+    ev_timer_stop(r->loop, &c->park);
     struct pipe_end *ends[2] = { &c->a, &c->b };
     for (int i = 0; i < 2; i++) {
         ev_io_stop(r->loop, &ends[i]->rd);
@@ -131,31 +135,31 @@ static void end_init(struct rconn *c, struct pipe_end *e, int fd)
     e->rd.data = e->wr.data = c;
 }
 
-/* The route frame: validate, check the lease, connect to the hands. */
-static void route(struct rconn *c, const uint8_t *payload, size_t len)
+static void park_timeout(struct ev_loop *loop, ev_timer *w, int revents);
+
+/* Check the lease and connect to the hands. A hot claim reaches the node
+ * through its inbox, which it may not have read yet when the claimer's
+ * route arrives: then the connection waits (at most 2 s) for
+ * pool__relay_retry. */
+static void route_try(struct rconn *c)
 {
-    json_error_t jerr;
-    json_t *o = json_loadb((const char *)payload, len, JSON_REJECT_DUPLICATES, &jerr);
-    const char *t = json_string_value(json_object_get(o, "t")),
-               *env = json_string_value(json_object_get(o, "env")),
-               *sb = json_string_value(json_object_get(o, "sandbox")),
-               *tok = json_string_value(json_object_get(o, "token"));
     char root[512], path[700];
     /* root is /proc/<init>/root: short enough for sun_path whatever the
      * state dir, and it follows the sandbox's own mount namespace. */
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    int fd;
+    int fd, rc = c->r->lookup(c->r->ctx, c->env, c->sandbox, c->token, root, sizeof(root));
 
-    if (!o || !t || strcmp(t, "route") || !env || !sb || !tok || strlen(sb) >= sizeof(c->sandbox)) {
-        json_decref(o);
-        refuse(c, "bad_route", "first frame must be {\"t\":\"route\",\"env\",\"sandbox\",\"token\"}");
+    if (rc == WP_ESTATE) {
+        if (!c->parked) {
+            c->parked = true;
+            ev_timer_init(&c->park, park_timeout, 2.0, 0.);
+            c->park.data = c;
+            ev_timer_start(c->r->loop, &c->park);
+        }
         return;
     }
-    snprintf(c->sandbox, sizeof(c->sandbox), "%s", sb);
-    char *end;
-    unsigned long long token = strtoull(tok, &end, 10);
-    int rc = *end ? WP_EINVAL_INPUT : c->r->lookup(c->r->ctx, env, sb, token, root, sizeof(root));
-    json_decref(o);
+    ev_timer_stop(c->r->loop, &c->park);
+    c->parked = false;
     if (rc == WP_ESTALE) {
         refuse(c, "stale_token", "token is not the current lease's");
         return;
@@ -183,6 +187,38 @@ static void route(struct rconn *c, const uint8_t *payload, size_t len)
     send_frame(c, json_pack("{s:s, s:b}", "t", "route", "ok", 1));
     ev_io_start(c->r->loop, &c->b.rd);
     log_debug("relay routed sandbox=%s", c->sandbox);
+}
+
+static void park_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct rconn *c = w->data;
+    (void)loop;
+    (void)revents;
+    c->parked = false;
+    refuse(c, "not_found", "no such leased sandbox on this node");
+}
+
+/* The route frame: validate it, then route_try. */
+static void route(struct rconn *c, const uint8_t *payload, size_t len)
+{
+    json_error_t jerr;
+    json_t *o = json_loadb((const char *)payload, len, JSON_REJECT_DUPLICATES, &jerr);
+    const char *t = json_string_value(json_object_get(o, "t")),
+               *env = json_string_value(json_object_get(o, "env")),
+               *sb = json_string_value(json_object_get(o, "sandbox")),
+               *tok = json_string_value(json_object_get(o, "token"));
+    char *end = NULL;
+
+    if (!o || !t || strcmp(t, "route") || !env || !sb || !tok || strlen(sb) >= sizeof(c->sandbox) ||
+        strlen(env) >= sizeof(c->env) || (c->token = strtoull(tok, &end, 10), *end)) {
+        json_decref(o);
+        refuse(c, "bad_route", "first frame must be {\"t\":\"route\",\"env\",\"sandbox\",\"token\"}");
+        return;
+    }
+    snprintf(c->sandbox, sizeof(c->sandbox), "%s", sb);
+    snprintf(c->env, sizeof(c->env), "%s", env);
+    json_decref(o);
+    route_try(c);
 }
 
 static void pipe_rd(struct ev_loop *loop, ev_io *w, int revents)
@@ -255,6 +291,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             continue;
         }
         c->r = r;
+        ev_timer_init(&c->park, park_timeout, 2.0, 0.);
+        c->park.data = c;
         end_init(c, &c->a, fd);
         wp_buf_init(&c->a.out, ROUTE_MAX + ALINK_FRAME_HDR);
         c->b.fd = -1;
@@ -309,6 +347,17 @@ void pool__relay_drop(struct pool__relay *r, const char *sandbox)
         struct rconn *next = c->next;
         if (strcmp(c->sandbox, sandbox) == 0)
             rconn_close(c);
+        c = next;
+    }
+}
+
+void pool__relay_retry(struct pool__relay *r, const char *sandbox)
+{
+    struct rconn *c = r ? r->conns : NULL;
+    while (c) {
+        struct rconn *next = c->next;
+        if (c->parked && strcmp(c->sandbox, sandbox) == 0)
+            route_try(c);
         c = next;
     }
 }
