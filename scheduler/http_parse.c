@@ -224,10 +224,6 @@ int sched_http_parser_feed(struct sched_http_parser *p, const char *data, size_t
     }
     if (!p->err_status) {
         switch (e) {
-        case HPE_INVALID_METHOD:
-            p->err_status = 501;
-            p->err_reason = "method not implemented";
-            break;
         case HPE_INVALID_VERSION:
             p->err_status = 505;
             p->err_reason = "HTTP version not supported";

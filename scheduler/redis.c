@@ -37,6 +37,8 @@ static void schedule_retry(struct sched_redis *r);
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     struct sched_redis *r = ac->data;
+    if (!r)
+        return; /* detached by sched__redis_free */
     if (status != REDIS_OK) {
         log_warn("redis connect failed conn=%s err=%s", r->name, ac->errstr);
         r->ac = NULL; /* hiredis frees the context after this callback */
@@ -51,6 +53,8 @@ static void on_connect(const redisAsyncContext *ac, int status)
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct sched_redis *r = ac->data;
+    if (!r)
+        return;
     r->ac = NULL;
     r->connected = false;
     if (r->closing)
@@ -122,9 +126,12 @@ void sched__redis_free(struct sched_redis *r)
     ev_timer_stop(r->loop, &r->retry);
     if (r->ac) {
         redisAsyncContext *ac = r->ac;
-        ac->data = r;
-        /* Pending callbacks get NULL replies; the disconnect callback runs
-         * synchronously and clears r->ac. */
+        r->ac = NULL;
+        /* Detach first: when called from inside one of this context's reply
+         * callbacks, hiredis defers the real free until the callback
+         * returns and only then runs the disconnect callback, by which time
+         * r is gone. Pending commands get NULL replies (now, or then). */
+        ac->data = NULL;
         redisAsyncFree(ac);
     }
     free(r);

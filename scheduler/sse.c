@@ -118,7 +118,12 @@ static void read_cb(void *ctx, redisReply *reply)
     /* [[key, [[id, [f, v, f, v]], ...]]] */
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1) {
         redisReply *entries = reply->element[0]->element[1];
-        for (size_t i = 0; i < entries->elements && s->conn; i++) {
+        /* Stop at the soft limit: the rest is read again from last_id once
+         * the socket drains, so a batch never overshoots by more than one
+         * event and only a reader that does not drain is cut off. */
+        for (size_t i = 0; i < entries->elements && s->conn &&
+                           sched__conn_queued(s->conn) <= s->srv->cfg.sse_soft_limit;
+             i++) {
             redisReply *ent = entries->element[i];
             const char *id = ent->element[0]->str;
             redisReply *f = ent->element[1];
