@@ -11,7 +11,7 @@ const client = new Anthropic({
   timeout: 20000,
 });
 let n = 0;
-function ok(name) { console.log(`ok ${++n} - sdk: ${name}`); }
+function ok(name) { console.log(`# ok ${++n} - sdk: ${name}`); }
 function check(cond, what) { if (!cond) throw new Error(`check failed: ${what}`); }
 
 async function main() {
@@ -119,7 +119,7 @@ async function main() {
   const cred2 = await client.beta.vaults.credentials.retrieve(cred.id, { vault_id: vault.id });
   check(!JSON.stringify(cred2).includes('sekrit') && !JSON.stringify(cred).includes('sekrit'), 'secret never returned');
   ok('vaults + credentials');
-  console.log(`1..${n}`);
+  console.log(`# sdk: ${n} steps passed`);
 }
 
-main().catch((e) => { console.log(`not ok ${n + 1} - sdk: ${e && e.stack || e}`); process.exit(1); });
+main().catch((e) => { console.log(`# FAILED step ${n + 1} - sdk: ${e && e.stack || e}`); process.exit(1); });
