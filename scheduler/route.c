@@ -31,15 +31,25 @@ static const struct sched_route routes[] = {
     R("POST", "/v1/environments/:id", env_update, SCHED_R_BODY),
     R("DELETE", "/v1/environments/:id", env_delete, 0),
     R("POST", "/v1/environments/:id/archive", env_archive, 0),
+    R("POST", "/v1/environments/:id/keys", env_key_create, 0),
+    /* Literal segments (poll, stats) before the work id. */
+    R("GET", "/v1/environments/:id/work/poll", work_poll, SCHED_R_ENVKEY),
+    R("GET", "/v1/environments/:id/work/stats", work_stats, SCHED_R_ENVKEY),
+    R("GET", "/v1/environments/:id/work", work_list, SCHED_R_ENVKEY),
+    R("GET", "/v1/environments/:id/work/:wid", work_get, 0),
+    R("POST", "/v1/environments/:id/work/:wid", work_update, SCHED_R_BODY),
+    R("POST", "/v1/environments/:id/work/:wid/ack", work_ack, SCHED_R_ENVKEY),
+    R("POST", "/v1/environments/:id/work/:wid/heartbeat", work_heartbeat, SCHED_R_ENVKEY),
+    R("POST", "/v1/environments/:id/work/:wid/stop", work_stop, SCHED_R_ENVKEY),
     R("POST", "/v1/sessions", session_create, SCHED_R_CREATE | SCHED_R_BODY),
     R("GET", "/v1/sessions", session_list, 0),
-    R("GET", "/v1/sessions/:id", session_get, 0),
+    R("GET", "/v1/sessions/:id", session_get, SCHED_R_ENVKEY),
     R("POST", "/v1/sessions/:id", session_update, SCHED_R_BODY),
     R("DELETE", "/v1/sessions/:id", session_delete, 0),
     R("POST", "/v1/sessions/:id/archive", session_archive, 0),
-    R("GET", "/v1/sessions/:id/events", events_list, 0),
-    R("POST", "/v1/sessions/:id/events", events_send, SCHED_R_BODY),
-    R("GET", "/v1/sessions/:id/events/stream", events_stream, 0),
+    R("GET", "/v1/sessions/:id/events", events_list, SCHED_R_ENVKEY),
+    R("POST", "/v1/sessions/:id/events", events_send, SCHED_R_BODY | SCHED_R_ENVKEY),
+    R("GET", "/v1/sessions/:id/events/stream", events_stream, SCHED_R_ENVKEY),
     R("POST", "/v1/vaults", vault_create, SCHED_R_CREATE | SCHED_R_BODY),
     R("GET", "/v1/vaults", vault_list, 0),
     R("GET", "/v1/vaults/:id", vault_get, 0),
@@ -228,6 +238,39 @@ static void ratelimit_cb(void *ctx, redisReply *reply)
     run_handler(req);
 }
 
+static void dispatch_authed(struct sched_req *req);
+
+/* Environment keys live in Redis as wp:envkey:<sha256 hex> -> org, env. */
+static void env_key_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_STRING) {
+        sched__respond_error(req, 401, "authentication_error", NULL, "invalid API key");
+        return;
+    }
+    if (!(req->route->flags & SCHED_R_ENVKEY)) {
+        sched__respond_error(req, 403, "permission_error", NULL,
+                             "an environment key cannot call %s", req->route->name);
+        return;
+    }
+    snprintf(req->org, sizeof(req->org), "%s", reply->element[0]->str);
+    snprintf(req->env_key, sizeof(req->env_key), "%s", reply->element[1]->str);
+    dispatch_authed(req);
+}
+
+static void lookup_env_key(struct sched_req *req, const char *key)
+{
+    unsigned char h[32];
+    char kk[128];
+    int n = snprintf(kk, sizeof(kk), "wp:envkey:");
+    sched__sha256(key, strlen(key), h);
+    for (int i = 0; i < 32; i++)
+        n += snprintf(kk + n, sizeof(kk) - (size_t)n, "%02x", h[i]);
+    const char *argv[] = {"HMGET", kk, "org", "env"};
+    sched__req_redis(req, env_key_cb, 4, argv, NULL);
+}
+
 void sched__dispatch(struct sched_req *req)
 {
     struct sched_server *srv = req->srv;
@@ -265,6 +308,10 @@ void sched__dispatch(struct sched_req *req)
         if (!key && authz && strncasecmp(authz, "Bearer ", 7) == 0)
             key = authz + 7;
         const char *org = key ? auth_org(srv, key) : NULL;
+        if (!org && key && strncmp(key, "wpek_", 5) == 0) {
+            lookup_env_key(req, key);
+            return;
+        }
         if (!org) {
             sched__respond_error(req, 401, "authentication_error", NULL,
                                  key ? "invalid API key" : "missing API key");
@@ -272,7 +319,13 @@ void sched__dispatch(struct sched_req *req)
         }
         snprintf(req->org, sizeof(req->org), "%s", org);
     }
+    dispatch_authed(req);
+}
 
+static void dispatch_authed(struct sched_req *req)
+{
+    struct sched_server *srv = req->srv;
+    const struct sched_http_req *h = req->http;
     if (h->body.len > 0) {
         const char *ct = sched_http_header(h, "content-type");
         if (ct && strncasecmp(ct, "application/json", 16) != 0 && !strstr(ct, "+json")) {

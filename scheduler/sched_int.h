@@ -133,6 +133,10 @@ struct sched_req {
     /* Set by a handler: called with the stored object (owned) instead of
      * answering 200 when an object create/store succeeds. */
     void (*after)(struct sched_req *req, json_t *obj);
+    char env_key[128];        /* set when authenticated by an environment key: its env */
+    int block_ms, reclaim_ms; /* work poll */
+    double started_ms;
+    ev_timer retry;           /* work poll re-check */
 };
 
 /* Write a complete response (status, JSON body) and finish req. */
@@ -179,6 +183,7 @@ enum {
     SCHED_R_CREATE = 1 << 0, /* counts against the create rate limit */
     SCHED_R_BODY = 1 << 1,   /* a JSON object body is required */
     SCHED_R_NOAUTH = 1 << 2,
+    SCHED_R_ENVKEY = 1 << 3, /* an environment key is accepted too */
 };
 
 struct sched_route {
@@ -240,7 +245,9 @@ char *sched__unseal(const unsigned char key[32], const char *sealed, size_t *n);
     X(vault_create) X(vault_list) X(vault_get) X(vault_update)              \
     X(vault_delete) X(vault_archive)                                        \
     X(cred_create) X(cred_list) X(cred_get) X(cred_update) X(cred_delete)   \
-    X(cred_archive)
+    X(cred_archive)                                                         \
+    X(work_poll) X(work_ack) X(work_heartbeat) X(work_stop) X(work_list)    \
+    X(work_get) X(work_update) X(work_stats) X(env_key_create)
 #define SCHED_HANDLER_DECL(name) void sched__h_##name(struct sched_req *req);
 SCHED_HANDLERS(SCHED_HANDLER_DECL)
 #undef SCHED_HANDLER_DECL
@@ -253,7 +260,11 @@ struct sched_kind {
     const char *deleted_type;
 };
 extern const struct sched_kind sched__kind_agent, sched__kind_env, sched__kind_session,
-    sched__kind_vault, sched__kind_cred;
+    sched__kind_vault, sched__kind_cred, sched__kind_work;
+
+/* Queue a session work item in a self_hosted environment (work.c). */
+void sched__work_enqueue(struct sched_req *req, const char *env, const char *session_id,
+                         sched_redis_cb cb);
 
 /* Redis key helpers: "wp:obj:<id>", "wp:idx:<org>:<kind>[:active]". */
 void sched__key_obj(char *out, size_t cap, const char *id);

@@ -178,9 +178,8 @@ static void initial_done(void *ctx, redisReply *reply)
     sched__respond_json(req, 200, s);
 }
 
-static void created(struct sched_req *req, json_t *s)
+static void run_initial(struct sched_req *req, json_t *s)
 {
-    req->after = NULL;
     json_t *prepared = req->tmp2;
     if (!prepared || json_array_size(prepared) == 0) {
         sched__respond_json(req, 200, s);
@@ -189,6 +188,31 @@ static void created(struct sched_req *req, json_t *s)
     req->tmp = s;
     sched__events_append(req, json_string_value(json_object_get(s, "id")), prepared,
                          initial_done);
+}
+
+static void enqueued(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    json_t *s = req->tmp;
+    req->tmp = NULL;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        json_decref(s);
+        sched__respond_error(req, 500, "api_error", NULL, "work queue: %s", reply->str);
+        return;
+    }
+    run_initial(req, s);
+}
+
+static void created(struct sched_req *req, json_t *s)
+{
+    req->after = NULL;
+    if (req->step == 1) { /* self_hosted: a worker picks the session up */
+        req->tmp = s;
+        sched__work_enqueue(req, json_string_value(json_object_get(s, "environment_id")),
+                            json_string_value(json_object_get(s, "id")), enqueued);
+        return;
+    }
+    run_initial(req, s);
 }
 
 static void prep_cb(void *ctx, redisReply *reply)
@@ -216,6 +240,7 @@ static void prep_cb(void *ctx, redisReply *reply)
             sched__respond_error(req, 500, "api_error", NULL, "%s", e);
         return;
     }
+    req->step = reply->element[1]->str && !strcmp(reply->element[1]->str, "self_hosted");
     json_t *agent = json_loadb(reply->element[0]->str, reply->element[0]->len, 0, NULL);
     json_t *ov = NULL, *snap = NULL;
     json_t *ar = json_object_get(body, "agent");

@@ -746,6 +746,141 @@ static void graceful_drain_on_sigterm(void **state)
     free(sid);
 }
 
+
+static json_t *callk(const char *key, const char *method, const char *path, const char *body, int want)
+{
+    struct th_resp r;
+    assert_int_equal(th_http(S.port, method, path, key, body, &r), 0);
+    if (r.status != want)
+        fprintf(stderr, "%s %s -> %d %s\n", method, path, r.status, r.body);
+    assert_int_equal(r.status, want);
+    json_t *j = json_loads(r.body, JSON_DECODE_ANY, NULL);
+    assert_non_null(j);
+    th_resp_free(&r);
+    return j;
+}
+
+static void work_queue(void **state)
+{
+    (void)state;
+    char path[512], body[256], ek[128], hb[128];
+    char *a = new_agent("wq");
+    json_t *e = call("POST", "/v1/environments", "{\"name\":\"sh\",\"config\":{\"type\":\"self_hosted\"}}", 200);
+    char *env = strdup(s_(e, "id"));
+    json_decref(e);
+    snprintf(path, sizeof(path), "/v1/environments/%s/keys", env);
+    e = call("POST", path, NULL, 200);
+    snprintf(ek, sizeof(ek), "%s", s_(e, "key"));
+    json_decref(e);
+    /* Empty queue: JSON null, also after blocking ~300 ms. */
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/poll", env);
+    e = callk(ek, "GET", path, NULL, 200);
+    assert_true(json_is_null(e));
+    json_decref(e);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/poll?block_ms=300", env);
+    json_decref(callk(ek, "GET", path, NULL, 200));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
+    assert_true(ms >= 250 && ms < 1500);
+    /* A session in the environment queues a work item. */
+    snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}", a, env);
+    e = call("POST", "/v1/sessions", body, 200);
+    char *sid = strdup(s_(e, "id"));
+    json_decref(e);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/stats", env);
+    e = callk(ek, "GET", path, NULL, 200);
+    assert_int_equal(json_integer_value(json_object_get(e, "depth")), 1);
+    assert_non_null(s_(e, "oldest_queued_at"));
+    json_decref(e);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/poll?block_ms=999", env);
+    json_t *w = callk(ek, "GET", path, NULL, 200);
+    assert_string_equal(s_(w, "type"), "work");
+    assert_string_equal(s_(json_object_get(w, "data"), "id"), sid);
+    assert_string_equal(s_(w, "state"), "queued");
+    assert_true(json_is_null(json_object_get(w, "secret")));
+    char *wid = strdup(s_(w, "id"));
+    json_decref(w);
+    /* Not acked: reclaimed by a later poll. */
+    usleep(20000);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/poll?reclaim_older_than_ms=10", env);
+    w = callk(ek, "GET", path, NULL, 200);
+    assert_string_equal(s_(w, "id"), wid);
+    json_decref(w);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/%s/ack", env, wid);
+    w = callk(ek, "POST", path, NULL, 200);
+    assert_string_equal(s_(w, "state"), "starting");
+    assert_non_null(s_(w, "acknowledged_at"));
+    json_decref(w);
+    json_decref(callk(ek, "POST", path, NULL, 409)); /* ack twice */
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/%s/heartbeat?expected_last_heartbeat=NO_HEARTBEAT", env, wid);
+    w = callk(ek, "POST", path, NULL, 200);
+    assert_string_equal(s_(w, "type"), "work_heartbeat");
+    assert_true(json_is_true(json_object_get(w, "lease_extended")));
+    assert_string_equal(s_(w, "state"), "active");
+    assert_int_equal(json_integer_value(json_object_get(w, "ttl_seconds")), 90);
+    snprintf(hb, sizeof(hb), "%s", s_(w, "last_heartbeat"));
+    json_decref(w);
+    /* Replaying NO_HEARTBEAT now fails the precondition. */
+    w = callk(ek, "POST", path, NULL, 412);
+    json_t *det = json_object_get(json_object_get(w, "error"), "details");
+    assert_string_equal(s_(det, "error_code"), "heartbeat_precondition_failed");
+    assert_string_equal(s_(json_object_get(det, "current_state"), "last_heartbeat"), hb);
+    json_decref(w);
+    char enc[256];
+    size_t k = 0;
+    for (const char *p = hb; *p && k < sizeof(enc) - 4; p++) {
+        if (*p == ':' || *p == '#' || *p == '+')
+            k += (size_t)snprintf(enc + k, sizeof(enc) - k, "%%%02X", (unsigned char)*p);
+        else
+            enc[k++] = *p;
+    }
+    enc[k] = '\0';
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/%s/heartbeat?expected_last_heartbeat=%s", env, wid, enc);
+    w = callk(ek, "POST", path, NULL, 200);
+    assert_string_not_equal(s_(w, "last_heartbeat"), hb);
+    json_decref(w);
+    /* The worker reads its session with the environment key. */
+    snprintf(path, sizeof(path), "/v1/sessions/%s", sid);
+    json_decref(callk(ek, "GET", path, NULL, 200));
+    /* ... but cannot create agents with it. */
+    json_decref(callk(ek, "POST", "/v1/agents", "{\"name\":\"x\",\"model\":\"m\"}", 403));
+    snprintf(path, sizeof(path), "/v1/environments/%s/work", env);
+    w = callk(ek, "GET", path, NULL, 200);
+    assert_int_equal(json_array_size(json_object_get(w, "data")), 1);
+    json_decref(w);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/%s", env, wid);
+    w = call("POST", path, "{\"metadata\":{\"host\":\"w1\"}}", 200);
+    assert_string_equal(s_(json_object_get(w, "metadata"), "host"), "w1");
+    assert_string_equal(s_(w, "state"), "active");
+    json_decref(w);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/%s/stop", env, wid);
+    w = callk(ek, "POST", path, "{\"force\":true}", 200);
+    assert_string_equal(s_(w, "state"), "stopped");
+    assert_non_null(s_(w, "stopped_at"));
+    json_decref(w);
+    struct th_resp r;
+    assert_int_equal(th_http(S.port, "POST", path, ek, "{}", &r), 0);
+    assert_int_equal(r.status, 409);
+    char v[16];
+    assert_int_equal(th_resp_header(&r, "x-should-retry", v, sizeof(v)), 0);
+    th_resp_free(&r);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/%s/heartbeat?expected_last_heartbeat=x", env, wid);
+    w = callk(ek, "POST", path, NULL, 200);
+    assert_string_equal(s_(w, "state"), "stopped");
+    json_decref(w);
+    /* A key for another environment is refused. */
+    json_t *e2 = call("POST", "/v1/environments", "{\"name\":\"sh2\",\"config\":{\"type\":\"self_hosted\"}}", 200);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/poll", s_(e2, "id"));
+    json_decref(callk(ek, "GET", path, NULL, 403));
+    json_decref(e2);
+    free(a);
+    free(env);
+    free(sid);
+    free(wid);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -761,6 +896,7 @@ int main(void)
         cmocka_unit_test(slow_reader_cut_off_then_resumes),
         cmocka_unit_test(rate_limits_shared_across_processes),
         cmocka_unit_test(vault_secrets_never_returned),
+        cmocka_unit_test(work_queue),
         cmocka_unit_test(graceful_drain_on_sigterm),
     };
     return cmocka_run_group_tests_name("sched_api", tests, group_setup, group_teardown);

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,39 @@ const char *th_build_dir(void)
     char *d = dirname(dirname(dirname(exe)));
     snprintf(dir, sizeof(dir), "%s", d);
     return dir;
+}
+
+/* Children still running at exit (a failed assertion skips the stop)
+ * are killed so no scheduler outlives its test binary. */
+static int live_pids[64];
+
+static void kill_survivors(void)
+{
+    for (int i = 0; i < 64; i++)
+        if (live_pids[i] > 0) {
+            kill(live_pids[i], SIGKILL);
+            waitpid(live_pids[i], NULL, 0);
+            live_pids[i] = 0;
+        }
+}
+
+static void track(int pid, bool add)
+{
+    static bool registered;
+    if (!registered) {
+        atexit(kill_survivors);
+        registered = true;
+    }
+    for (int i = 0; i < 64; i++) {
+        if (add && live_pids[i] == 0) {
+            live_pids[i] = pid;
+            return;
+        }
+        if (!add && live_pids[i] == pid) {
+            live_pids[i] = 0;
+            return;
+        }
+    }
 }
 
 int th_sched_start(struct th_sched *s, int redis_port, ...)
@@ -72,6 +106,7 @@ int th_sched_start(struct th_sched *s, int redis_port, ...)
     }
     close(pfd[1]);
     s->pid = pid;
+    track(pid, true);
     s->port = 0;
     char buf[256];
     size_t len = 0;
@@ -101,6 +136,7 @@ int th_sched_stop(struct th_sched *s)
     int st = 0;
     if (s->pid <= 0)
         return -1;
+    track(s->pid, false);
     kill(s->pid, SIGTERM);
     for (int i = 0; i < 1000; i++) {
         int r = waitpid(s->pid, &st, WNOHANG);
