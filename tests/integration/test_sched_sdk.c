@@ -35,7 +35,7 @@ static void sdk_drives_the_api(void **state)
     /* Report each SDK step as a diagnostic; the verdict is this test's. */
     assert_int_equal(rc, 0);
     assert_null(strstr(out, "FAILED"));
-    assert_non_null(strstr(out, "sdk: vaults + credentials"));
+    assert_non_null(strstr(out, "sdk: SDK EnvironmentWorker"));
     assert_int_equal(th_sched_stop(&s), 0);
     th_redis_stop(&r);
 }

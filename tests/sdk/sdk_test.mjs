@@ -119,6 +119,37 @@ async function main() {
   const cred2 = await client.beta.vaults.credentials.retrieve(cred.id, { vault_id: vault.id });
   check(!JSON.stringify(cred2).includes('sekrit') && !JSON.stringify(cred).includes('sekrit'), 'secret never returned');
   ok('vaults + credentials');
+  // The SDK's own self-hosted worker against the work queue.
+  const shEnv = await client.beta.environments.create({ name: 'sh', config: { type: 'self_hosted' } });
+  const kr = await fetch(`${process.env.WP_BASE_URL}/v1/environments/${shEnv.id}/keys`,
+                         { method: 'POST', headers: { 'x-api-key': process.env.WP_API_KEY } });
+  const envKey = (await kr.json()).key;
+  check(typeof envKey === 'string' && envKey.length > 10, 'environment key issued');
+  const shSession = await client.beta.sessions.create({ agent: agent.id, environment_id: shEnv.id });
+  const os = await import('node:os');
+  const fs = await import('node:fs');
+  const workdir = fs.mkdtempSync(`${os.tmpdir()}/wp-worker-`);
+  const ac = new AbortController();
+  const worker = client.beta.environments.work.worker({ environmentId: shEnv.id, environmentKey: envKey,
+                                                        workdir, maxIdleMs: 2000, memorySyncIntervalMs: null });
+  const running = worker.run(ac.signal).catch((e) => { if (!ac.signal.aborted) throw e; });
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  async function workState() {
+    const items = [];
+    for await (const w of client.beta.environments.work.list(shEnv.id)) items.push(w);
+    check(items.length === 1 && items[0].data.id === shSession.id, 'one work item for the session');
+    return items[0].state;
+  }
+  let state = '';
+  for (let i = 0; i < 100 && state !== 'active'; i++) { await sleep(100); state = await workState(); }
+  check(state === 'active', `worker acked and heartbeated (state ${state})`);
+  await client.beta.sessions.archive(shSession.id);   // -> session.status_terminated on its stream
+  for (let i = 0; i < 100 && state !== 'stopped'; i++) { await sleep(100); state = await workState(); }
+  check(state === 'stopped', `worker stopped the item when the session terminated (state ${state})`);
+  ac.abort();
+  await Promise.race([running, sleep(5000)]);
+  fs.rmSync(workdir, { recursive: true, force: true });
+  ok('SDK EnvironmentWorker: poll, ack, heartbeat, stream, stop');
   console.log(`# sdk: ${n} steps passed`);
 }
 
