@@ -168,19 +168,24 @@ static void arm_timer(struct sched_conn *c, double secs, bool header)
 
 static void write_error_and_close(struct sched_conn *c, int status, const char *msg)
 {
-    char body[512], head[512];
-    json_t *j = json_pack("{s:s,s:{s:s,s:s},s:n}", "type", "error", "error", "type",
-                          error_type_for(status), "message", msg, "request_id");
+    struct sched_server *srv = c->srv;
+    char body[512], head[512], rid[40];
+    /* Even a request that never parsed gets a request-id. */
+    snprintf(rid, sizeof(rid), "req_%08llx%010llx",
+             (unsigned long long)(srv->boot_id & 0xffffffffu),
+             (unsigned long long)++srv->req_seq);
+    json_t *j = json_pack("{s:s,s:{s:s,s:s},s:s}", "type", "error", "error", "type",
+                          error_type_for(status), "message", msg, "request_id", rid);
     char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
     snprintf(body, sizeof(body), "%s", s ? s : "{}");
     free(s);
     json_decref(j);
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-                      "content-length: %zu\r\nconnection: close\r\n\r\n",
-                      status, status_text(status), strlen(body));
+                      "content-length: %zu\r\nrequest-id: %s\r\nconnection: close\r\n\r\n",
+                      status, status_text(status), strlen(body), rid);
     c->close_after_write = true;
-    ev_io_stop(c->srv->loop, &c->rio);
+    ev_io_stop(srv->loop, &c->rio);
     wp_buf_append(&c->out, head, (size_t)hl);
     wp_buf_append(&c->out, body, strlen(body));
     flush_out(c);

@@ -348,6 +348,7 @@ static void raw_expect(const char *req, size_t len, int want_status)
     int n = th_read_until(fd, buf, sizeof(buf), "\r\n\r\n", 5000);
     assert_true(n > 0);
     sscanf(buf, "HTTP/1.1 %d", &st);
+    assert_non_null(strstr(buf, "request-id: req_")); /* on every response */
     if (st != want_status)
         fprintf(stderr, "got: %s\n", buf);
     assert_int_equal(st, want_status);
