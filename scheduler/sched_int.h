@@ -100,6 +100,7 @@ struct sched_server {
     ev_signal sigterm, sigint;
     ev_prepare prepare;   /* before-sleep: frees closed connections */
     ev_timer drain_timer;
+    ev_timer accept_pause; /* re-enables accepting after EMFILE */
     struct sched_conn *conns;       /* live connections */
     struct sched_conn *close_list;  /* closed, freed in prepare */
     struct sched_redis *rds;        /* request/response traffic */

@@ -333,8 +333,16 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
     for (int i = 0; i < 64; i++) {
         int fd = accept4(srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: the listener would stay readable and
+                 * spin the loop; pause accepting for a moment instead. */
+                log_warn("accept: %s; pausing the listener for 100 ms", strerror(errno));
+                ev_io_stop(loop, &srv->listen_io);
+                ev_timer_set(&srv->accept_pause, 0.1, 0.);
+                ev_timer_start(loop, &srv->accept_pause);
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                 log_perror("accept");
+            }
             return;
         }
         int one = 1;
@@ -360,6 +368,14 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         ev_io_start(loop, &c->rio);
         arm_timer(c, srv->cfg.idle_timeout, false);
     }
+}
+
+static void accept_pause_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct sched_server *srv = w->data;
+    if (!srv->draining && srv->listen_fd >= 0)
+        ev_io_start(loop, &srv->listen_io);
 }
 
 /* ---- requests ---- */
@@ -603,6 +619,7 @@ void sched_server_drain(struct sched_server *srv)
     if (!srv->draining) {
         srv->draining = true;
         ev_io_stop(loop, &srv->listen_io);
+        ev_timer_stop(loop, &srv->accept_pause);
         if (srv->listen_fd >= 0) {
             close(srv->listen_fd);
             srv->listen_fd = -1;
@@ -705,6 +722,8 @@ struct sched_server *sched_server_new(struct ev_loop *loop, const struct sched_c
         wp_err_set(err, -ENOMEM, "redis client");
         goto fail;
     }
+    ev_timer_init(&srv->accept_pause, accept_pause_cb, 0.1, 0.);
+    srv->accept_pause.data = srv;
     ev_io_init(&srv->listen_io, accept_cb, srv->listen_fd, EV_READ);
     srv->listen_io.data = srv;
     ev_io_start(loop, &srv->listen_io);

@@ -882,6 +882,27 @@ static void work_queue(void **state)
     free(wid);
 }
 
+static void survives_redis_restart(void **state)
+{
+    (void)state;
+    struct th_resp r;
+    assert_int_equal(th_redis_restart(&R), 0);
+    /* Requests fail cleanly (503) until the reconnect, then succeed. */
+    int ok = 0;
+    for (int i = 0; i < 100 && !ok; i++) {
+        assert_int_equal(th_http(S.port, "GET", "/v1/agents?limit=1", KEY, NULL, &r), 0);
+        assert_true(r.status == 200 || r.status == 503);
+        if (r.status == 503)
+            assert_non_null(strstr(r.body, "\"type\":\"error\""));
+        ok = r.status == 200;
+        th_resp_free(&r);
+        if (!ok)
+            usleep(50000);
+    }
+    assert_true(ok);
+    json_decref(call("POST", "/v1/vaults", "{\"display_name\":\"after-restart\"}", 200));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -899,6 +920,7 @@ int main(void)
         cmocka_unit_test(vault_secrets_never_returned),
         cmocka_unit_test(work_queue),
         cmocka_unit_test(graceful_drain_on_sigterm),
+        cmocka_unit_test(survives_redis_restart),
     };
     return cmocka_run_group_tests_name("sched_api", tests, group_setup, group_teardown);
 }
