@@ -2,6 +2,7 @@
 scheduler_SRCS := scheduler/http_parse.c scheduler/server.c scheduler/route.c \
                   scheduler/redis.c scheduler/util.c scheduler/resources.c \
                   scheduler/agents.c scheduler/envs.c scheduler/sessions.c \
+                  scheduler/resources_session.c \
                   scheduler/events.c scheduler/sse.c scheduler/vaults.c scheduler/work.c \
                   scheduler/config.c
 

@@ -248,7 +248,8 @@ char *sched__unseal(const unsigned char key[32], const char *sealed, size_t *n);
     X(cred_create) X(cred_list) X(cred_get) X(cred_update) X(cred_delete)   \
     X(cred_archive)                                                         \
     X(work_poll) X(work_ack) X(work_heartbeat) X(work_stop) X(work_list)    \
-    X(work_get) X(work_update) X(work_stats) X(env_key_create)
+    X(work_get) X(work_update) X(work_stats) X(env_key_create)               \
+    X(sres_add) X(sres_list) X(sres_get) X(sres_update) X(sres_delete)
 #define SCHED_HANDLER_DECL(name) void sched__h_##name(struct sched_req *req);
 SCHED_HANDLERS(SCHED_HANDLER_DECL)
 #undef SCHED_HANDLER_DECL

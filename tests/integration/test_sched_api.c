@@ -903,6 +903,56 @@ static void survives_redis_restart(void **state)
     json_decref(call("POST", "/v1/vaults", "{\"display_name\":\"after-restart\"}", 200));
 }
 
+static void session_resources(void **state)
+{
+    (void)state;
+    char path[512], body[512];
+    char *a = new_agent("res"), *env = new_env();
+    snprintf(body, sizeof(body),
+             "{\"agent\":\"%s\",\"environment_id\":\"%s\",\"resources\":[{\"type\":\"github_repository\","
+             "\"url\":\"https://github.com/o/r.git\",\"authorization_token\":\"ghp_secret\"}]}", a, env);
+    json_t *s = call("POST", "/v1/sessions", body, 200);
+    char *sid = strdup(s_(s, "id"));
+    json_t *gh = json_array_get(json_object_get(s, "resources"), 0);
+    assert_string_equal(s_(gh, "mount_path"), "/workspace/r");
+    assert_null(json_object_get(gh, "authorization_token"));
+    char *ghid = strdup(s_(gh, "id"));
+    json_decref(s);
+    snprintf(path, sizeof(path), "/v1/sessions/%s/resources", sid);
+    json_t *r = call("POST", path, "{\"type\":\"file\",\"file_id\":\"file_9\"}", 200);
+    char *fid = strdup(s_(r, "id"));
+    assert_string_equal(s_(r, "mount_path"), "/mnt/session/uploads/file_9");
+    json_decref(r);
+    json_decref(call("POST", path, "{\"type\":\"github_repository\",\"url\":\"x\"}", 400));
+    snprintf(path, sizeof(path), "/v1/sessions/%s/resources?limit=1", sid);
+    r = call("GET", path, NULL, 200);
+    assert_int_equal(json_array_size(json_object_get(r, "data")), 1);
+    char next[512];
+    snprintf(next, sizeof(next), "/v1/sessions/%s/resources?limit=1&page=%s", sid, s_(r, "next_page"));
+    json_decref(r);
+    r = call("GET", next, NULL, 200);
+    assert_string_equal(s_(json_array_get(json_object_get(r, "data"), 0), "id"), fid);
+    assert_true(json_is_null(json_object_get(r, "next_page")));
+    json_decref(r);
+    snprintf(path, sizeof(path), "/v1/sessions/%s/resources/%s", sid, ghid);
+    r = call("POST", path, "{\"authorization_token\":\"ghp_new\"}", 200);
+    char *dump = json_dumps(r, 0);
+    assert_null(strstr(dump, "ghp_new"));
+    free(dump);
+    json_decref(r);
+    snprintf(path, sizeof(path), "/v1/sessions/%s/resources/%s", sid, fid);
+    json_decref(call("POST", path, "{\"authorization_token\":\"t\"}", 400));
+    r = call("DELETE", path, NULL, 200);
+    assert_string_equal(s_(r, "type"), "session_resource_deleted");
+    json_decref(r);
+    json_decref(call("GET", path, NULL, 404));
+    snprintf(path, sizeof(path), "/v1/sessions/%s", sid);
+    s = call("GET", path, NULL, 200);
+    assert_int_equal(json_array_size(json_object_get(s, "resources")), 1);
+    json_decref(s);
+    free(a); free(env); free(sid); free(ghid); free(fid);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -919,6 +969,7 @@ int main(void)
         cmocka_unit_test(rate_limits_shared_across_processes),
         cmocka_unit_test(vault_secrets_never_returned),
         cmocka_unit_test(work_queue),
+        cmocka_unit_test(session_resources),
         cmocka_unit_test(graceful_drain_on_sigterm),
         cmocka_unit_test(survives_redis_restart),
     };
