@@ -90,6 +90,7 @@ int sched__redis_script(struct sched_redis *r, const char *script, sched_redis_c
 struct sched_conn;
 struct sched_req;
 struct sched_sse;
+struct sched_hub;
 
 struct sched_server {
     struct ev_loop *loop;
@@ -104,6 +105,7 @@ struct sched_server {
     struct sched_conn *conns;       /* live connections */
     struct sched_conn *close_list;  /* closed, freed in prepare */
     struct sched_redis *rds;        /* request/response traffic */
+    struct sched_hub *hubs;         /* sse.c: one live tail per streamed session */
     bool draining;
     uint64_t req_seq;
     uint64_t boot_id;
