@@ -220,6 +220,7 @@ void sched__conn_close(struct sched_conn *c)
     c->fd = -1;
     if (c->req) {
         c->req->conn = NULL; /* the request finishes on its own, silently */
+        c->req->http = NULL; /* it pointed into this connection's parser */
         c->req = NULL;
     }
     if (c->sse) {
@@ -424,7 +425,8 @@ static void new_req(struct sched_conn *c)
 void sched__req_finish(struct sched_req *req)
 {
     struct sched_conn *c = req->conn;
-    bool keep_alive = req->http ? req->http->keep_alive : false;
+    /* req->http lives in the connection's parser: only valid while c is. */
+    bool keep_alive = c && req->http ? req->http->keep_alive : false;
     req->answered = true;
     ev_timer_stop(req->srv->loop, &req->timeout);
     req->conn = NULL;

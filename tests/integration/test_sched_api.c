@@ -785,6 +785,18 @@ static void work_queue(void **state)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
     assert_true(ms >= 250 && ms < 1500);
+    /* A client that leaves during a long poll (the SDK aborts its poll on
+     * shutdown): the request must finish quietly (ASan checks the rest). */
+    {
+        char req[512];
+        int fd = th_connect(S.port);
+        snprintf(req, sizeof(req), "GET /v1/environments/%s/work/poll?block_ms=500 HTTP/1.1\r\n"
+                 "Host: x\r\nAuthorization: Bearer %s\r\n\r\n", env, ek);
+        th_send_all(fd, req, strlen(req));
+        usleep(100000);
+        close(fd);
+        usleep(600000);
+    }
     /* A session in the environment queues a work item. */
     snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}", a, env);
     e = call("POST", "/v1/sessions", body, 200);
