@@ -88,7 +88,10 @@ validated and written to Redis (one Lua script) before it is answered.
 
 SSE fan-out: {f['subscribers']} subscribers on one session, {f['events']} events appended (pipelined, one
 connection): {f['delivered']} deliveries in {f['seconds']} s = **{f['events_per_s_delivered']} events/s delivered**
-({f['events_per_s_per_subscriber']} events/s per subscriber; appending took {f['append_seconds']} s).
+({f['events_per_s_per_subscriber']} events/s per subscriber; appending took {f['append_seconds']} s:
+when the two times are equal, delivery kept pace with the appender and the figure is a lower bound).
+The machine is shared with other work, so figures vary between runs; the subscribers and the
+appender are Python asyncio clients on the same 2 CPUs.
 """
 open(sys.argv[2], "w").write(md)
 PY
