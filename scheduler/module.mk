@@ -34,6 +34,8 @@ PKG_CFLAGS += $(LLHTTP_CFLAGS)
 # Every binary linking libscheduler.a needs llhttp; order after the module libs.
 LDLIBS += $(LLHTTP_LIBS)
 $(BUILD)/libscheduler.a: | $(LLHTTP_A)
+# `make fuzz` links every target with $(LDLIBS), which names the archive.
+fuzz: $(LLHTTP_A)
 
 BINS += $(BUILD)/warmpool-scheduler
 $(BUILD)/warmpool-scheduler: $(BUILD)/obj/scheduler/main.o $(BUILD)/libscheduler.a \

@@ -150,6 +150,9 @@ void sched__respond_raw(struct sched_req *req, int status, const char *json, siz
 void sched__respond_error(struct sched_req *req, int status, const char *type,
                           const char *error_code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+/* The API's error.type for an HTTP status (400 invalid_request_error, 401
+ * authentication_error, 404 not_found_error, 429 rate_limit_error, ...). */
+const char *sched__error_type_for(int status);
 /* Convenience wrappers. */
 #define sched__bad_request(req, ...) \
     sched__respond_error((req), 400, "invalid_request_error", NULL, __VA_ARGS__)

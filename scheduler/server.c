@@ -73,7 +73,7 @@ static const char *status_text(int status)
     }
 }
 
-static const char *error_type_for(int status)
+const char *sched__error_type_for(int status)
 {
     switch (status) {
     case 400: case 405: case 413: case 415: case 431: case 505:
@@ -175,7 +175,7 @@ static void write_error_and_close(struct sched_conn *c, int status, const char *
              (unsigned long long)(srv->boot_id & 0xffffffffu),
              (unsigned long long)++srv->req_seq);
     json_t *j = json_pack("{s:s,s:{s:s,s:s},s:s}", "type", "error", "error", "type",
-                          error_type_for(status), "message", msg, "request_id", rid);
+                          sched__error_type_for(status), "message", msg, "request_id", rid);
     char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
     snprintf(body, sizeof(body), "%s", s ? s : "{}");
     free(s);
@@ -483,7 +483,7 @@ void sched__respond_error(struct sched_req *req, int status, const char *type,
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     if (!type)
-        type = error_type_for(status);
+        type = sched__error_type_for(status);
     json_t *err = json_pack("{s:s,s:s}", "type", type, "message", msg);
     if (error_code)
         json_object_set_new(err, "details", json_pack("{s:s}", "error_code", error_code));

@@ -319,6 +319,22 @@ static void config_parsing(void **state)
     free(dir);
 }
 
+static void error_mapping(void **state)
+{
+    (void)state;
+    static const struct {
+        int status;
+        const char *type;
+    } map[] = {{400, "invalid_request_error"}, {401, "authentication_error"},
+               {403, "permission_error"},      {404, "not_found_error"},
+               {405, "invalid_request_error"}, {408, "timeout_error"},
+               {409, "conflict_error"},        {413, "invalid_request_error"},
+               {429, "rate_limit_error"},      {431, "invalid_request_error"},
+               {500, "api_error"},             {503, "overloaded_error"}};
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+        assert_string_equal(sched__error_type_for(map[i].status), map[i].type);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -330,6 +346,7 @@ int main(void)
         cmocka_unit_test(event_validation),
         cmocka_unit_test(sealing),
         cmocka_unit_test(config_parsing),
+        cmocka_unit_test(error_mapping),
     };
     return cmocka_run_group_tests_name("sched_unit", tests, NULL, NULL);
 }
