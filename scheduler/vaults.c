@@ -73,6 +73,8 @@ static const char *apply_common(json_t *o, json_t *body, bool create)
     return NULL;
 }
 
+static void cred_scope(struct sched_req *req, char *out, size_t cap);
+
 /* ---- vaults ---- */
 
 void sched__h_vault_create(struct sched_req *req)
@@ -140,8 +142,33 @@ void sched__h_vault_archive(struct sched_req *req)
     sched__obj_load(req, &sched__kind_vault, req->params[0], vault_archive_loaded);
 }
 
+/* KEYS: vault obj, credential index (all), credential index (active).
+ * ARGV: org. Deletes the vault's credentials (their sealed secrets too). */
+static const char lua_drop_creds[] =
+    "if redis.call('HGET', KEYS[1], 'org') ~= ARGV[1] then return 0 end\n"
+    "for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do\n"
+    "  redis.call('DEL', 'wp:obj:' .. id)\n"
+    "end\n"
+    "redis.call('DEL', KEYS[2], KEYS[3])\n"
+    "return 1\n";
+
+static void creds_dropped(void *ctx, redisReply *reply)
+{
+    (void)ctx;
+    (void)reply; /* the vault delete queued right behind reports the outcome */
+}
+
 void sched__h_vault_delete(struct sched_req *req)
 {
+    char kobj[200], scope[200], kall[200], kact[200];
+    sched__key_obj(kobj, sizeof(kobj), req->params[0]);
+    cred_scope(req, scope, sizeof(scope));
+    sched__key_idx(kall, sizeof(kall), scope, sched__kind_cred.name, false);
+    sched__key_idx(kact, sizeof(kact), scope, sched__kind_cred.name, true);
+    const char *argv[] = {kobj, kall, kact, req->org};
+    /* Same connection, so it runs before the delete below. */
+    if (sched__req_script(req, lua_drop_creds, creds_dropped, 3, 4, argv, NULL) < 0)
+        return;
     sched__obj_delete(req, &sched__kind_vault, req->org, req->params[0]);
 }
 
