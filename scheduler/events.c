@@ -12,21 +12,28 @@
 #include <string.h>
 
 #include "base/log.h"
+#include "base/timeutil.h"
 #include "scheduler/sched_int.h"
 
-/* KEYS: session obj, stream. ARGV: org, then (type, json) pairs.
+/* KEYS: session obj, stream. ARGV: org, a fresh work id, now (ms), now
+ * (RFC 3339), then (type, json) pairs.
  * Appends each event and the status events its arrival causes, updates
  * the session's live status; returns the stream ids of the client events
- * followed by the final status. Errors: NOTFOUND, TERMINATED. */
+ * followed by the final status. Errors: NOTFOUND, TERMINATED.
+ * A session of a self_hosted environment whose last work item has stopped
+ * (a dormant session) gets a new work item when input arrives, with the
+ * fresh id, so a worker picks it up again (work.c has the layout). */
 const char sched__lua_append[] =
-    "local h = redis.call('HMGET', KEYS[1], 'org', 'status', 'archived')\n"
+    "local h = redis.call('HMGET', KEYS[1], 'org', 'status', 'archived', 'self_hosted', 'work_id', 'environment_id')\n"
     "if h[1] ~= ARGV[1] then return redis.error_reply('NOTFOUND') end\n"
     "local status = h[2] or 'idle'\n"
     "if status == 'terminated' or h[3] == '1' then return redis.error_reply('TERMINATED') end\n"
     "local ids = {}\n"
-    "for i = 2, #ARGV, 2 do\n"
+    "local input = false\n"
+    "for i = 5, #ARGV, 2 do\n"
     "  local t = ARGV[i]\n"
     "  table.insert(ids, redis.call('XADD', KEYS[2], '*', 't', t, 'e', ARGV[i + 1]))\n"
+    "  if t ~= 'user.interrupt' then input = true end\n"
     /* The status machine of events.md 15. The brain (a later issue) emits
      * the running -> idle transitions of a finished turn; an interrupt is
      * answered here so a session without a brain still returns to idle. */
@@ -39,6 +46,24 @@ const char sched__lua_append[] =
     "  end\n"
     "end\n"
     "redis.call('HSET', KEYS[1], 'status', status, 'live', '\"status\":\"' .. status .. '\"')\n"
+    "if input and h[4] == '1' and h[6] then\n"
+    "  local state = h[5] and redis.call('HGET', 'wp:obj:' .. h[5], 'state')\n"
+    "  if not state or state == 'stopped' then\n"
+    "    local env, wid, sid = h[6], ARGV[2], string.match(KEYS[1], '^wp:obj:(.*)$')\n"
+    "    local scope = ARGV[1] .. ':' .. env\n"
+    "    local k = 'wp:obj:' .. wid\n"
+    "    local seq = redis.call('INCR', 'wp:seq')\n"
+    "    local js = '{\"id\":\"' .. wid .. '\",\"type\":\"work\",\"environment_id\":\"' .. env ..\n"
+    "      '\",\"data\":{\"type\":\"session\",\"id\":\"' .. sid .. '\"},\"metadata\":{},\"secret\":null,\"created_at\":\"' .. ARGV[4] .. '\"}'\n"
+    "    redis.call('HSET', k, 'org', ARGV[1], 'scope', scope, 'json', js, 'rev', 1, 'archived', 0,\n"
+    "      'seq', seq, 'state', 'queued', 'created_ms', ARGV[3], 'live',\n"
+    "      '\"state\":\"queued\",\"acknowledged_at\":null,\"started_at\":null,\"latest_heartbeat_at\":null,\"stop_requested_at\":null,\"stopped_at\":null')\n"
+    "    redis.call('ZADD', 'wp:wq:{' .. env .. '}:queued', seq, wid)\n"
+    "    redis.call('ZADD', 'wp:idx:' .. scope .. ':work', seq, wid)\n"
+    "    redis.call('ZADD', 'wp:idx:' .. scope .. ':work:active', seq, wid)\n"
+    "    redis.call('HSET', KEYS[1], 'work_id', wid)\n"
+    "  end\n"
+    "end\n"
     "table.insert(ids, status)\n"
     "return ids\n";
 
@@ -227,9 +252,9 @@ int sched__events_prepare(json_t *events, bool initial, int max, json_t **out,
 void sched__events_append(struct sched_req *req, const char *sid, json_t *prepared,
                           sched_redis_cb cb)
 {
-    char kobj[200], kev[200];
+    char kobj[200], kev[200], wid[64], ms[32], now[40];
     size_t n = json_array_size(prepared), i;
-    const char **argv = calloc(3 + 2 * n, sizeof(*argv));
+    const char **argv = calloc(6 + 2 * n, sizeof(*argv));
     char **dumps = calloc(n + 1, sizeof(*dumps));
     if (!argv || !dumps) {
         free(argv);
@@ -239,19 +264,26 @@ void sched__events_append(struct sched_req *req, const char *sid, json_t *prepar
     }
     sched__key_obj(kobj, sizeof(kobj), sid);
     sched__key_events(kev, sizeof(kev), sid);
+    uint64_t t = wp_wall_ms();
+    sched__new_id("work_", wid, sizeof(wid));
+    snprintf(ms, sizeof(ms), "%llu", (unsigned long long)t);
+    sched__rfc3339(t, now, sizeof(now));
     argv[0] = kobj;
     argv[1] = kev;
     argv[2] = req->org;
+    argv[3] = wid;
+    argv[4] = ms;
+    argv[5] = now;
     for (i = 0; i < n; i++) {
         json_t *e = json_array_get(prepared, i);
         dumps[i] = json_dumps(e, JSON_COMPACT | JSON_ENSURE_ASCII);
-        argv[3 + 2 * i] = json_string_value(json_object_get(e, "type"));
-        argv[4 + 2 * i] = dumps[i] ? dumps[i] : "{}";
+        argv[6 + 2 * i] = json_string_value(json_object_get(e, "type"));
+        argv[7 + 2 * i] = dumps[i] ? dumps[i] : "{}";
     }
-    if (3 + 2 * n > 250)
+    if (6 + 2 * n > 250)
         sched__respond_error(req, 400, "invalid_request_error", NULL, "too many events");
     else
-        sched__req_script(req, sched__lua_append, cb, 2, (int)(3 + 2 * n), argv, NULL);
+        sched__req_script(req, sched__lua_append, cb, 2, (int)(6 + 2 * n), argv, NULL);
     for (i = 0; i < n; i++)
         free(dumps[i]);
     free(dumps);

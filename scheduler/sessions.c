@@ -291,7 +291,8 @@ static void prep_cb(void *ctx, redisReply *reply)
              (long long)json_integer_value(json_object_get(snap, "version")));
     const char *extra[] = {"status", "idle", "agent_id", req->scratch, "agent_version", ver,
                            "created_ms", ms, "environment_id",
-                           json_string_value(json_object_get(body, "environment_id")), NULL};
+                           json_string_value(json_object_get(body, "environment_id")),
+                           "self_hosted", req->step == 1 ? "1" : "0", NULL};
     req->after = created;
     sched__obj_create_live(req, &sched__kind_session, req->org, s, "\"status\":\"idle\"", extra);
 }

@@ -137,8 +137,10 @@ static const char lua_stats[] =
     "return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), oldest and tostring(oldest) or '',\n"
     "        redis.call('ZCOUNT', KEYS[3], now - 30000, '+inf')}\n";
 
-/* KEYS: obj, queued, idx all, idx active, seq. ARGV: id, org, scope, json, live, created_ms. */
+/* KEYS: obj, queued, idx all, idx active, seq, session obj. ARGV: id, org, scope, json,
+ * live, created_ms. */
 static const char lua_enqueue[] =
+    "redis.call('HSET', KEYS[6], 'work_id', ARGV[1])\n"
     "local seq = redis.call('INCR', KEYS[5])\n"
     "redis.call('HSET', KEYS[1], 'org', ARGV[2], 'scope', ARGV[3], 'json', ARGV[4], 'rev', 1,\n"
     "  'archived', 0, 'seq', seq, 'live', ARGV[5], 'state', 'queued', 'created_ms', ARGV[6])\n"
@@ -197,6 +199,7 @@ void sched__work_enqueue(struct sched_req *req, const char *env, const char *ses
                          sched_redis_cb cb)
 {
     char id[64], now[40], ms[32], scope[200], kobj[200], kq[200], kall[200], kact[200];
+    char ksess[200];
     uint64_t t = wp_wall_ms();
     sched__new_id("work_", id, sizeof(id));
     sched__rfc3339(t, now, sizeof(now));
@@ -211,11 +214,12 @@ void sched__work_enqueue(struct sched_req *req, const char *env, const char *ses
     wq_key(kq, sizeof(kq), env, "queued");
     sched__key_idx(kall, sizeof(kall), scope, "work", false);
     sched__key_idx(kact, sizeof(kact), scope, "work", true);
-    const char *argv[] = {kobj, kq, kall, kact, "wp:seq", id, req->org, scope, js ? js : "{}",
+    sched__key_obj(ksess, sizeof(ksess), session_id);
+    const char *argv[] = {kobj, kq, kall, kact, "wp:seq", ksess, id, req->org, scope, js ? js : "{}",
                           "\"state\":\"queued\",\"acknowledged_at\":null,\"started_at\":null,"
                           "\"latest_heartbeat_at\":null,\"stop_requested_at\":null,\"stopped_at\":null",
                           ms};
-    sched__req_script(req, lua_enqueue, cb, 5, 11, argv, NULL);
+    sched__req_script(req, lua_enqueue, cb, 6, 12, argv, NULL);
     free(js);
 }
 

@@ -921,6 +921,23 @@ static void work_queue(void **state)
     w = callk(ek, "POST", path, NULL, 200);
     assert_string_equal(s_(w, "state"), "stopped");
     json_decref(w);
+    /* A dormant session (its work item stopped) is queued again by input. */
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/poll", env);
+    e = callk(ek, "GET", path, NULL, 200);
+    assert_true(json_is_null(e));
+    json_decref(e);
+    send_msg(S.port, sid, "wake up");
+    w = callk(ek, "GET", path, NULL, 200);
+    assert_string_equal(s_(json_object_get(w, "data"), "id"), sid);
+    assert_string_not_equal(s_(w, "id"), wid);
+    assert_string_equal(s_(w, "state"), "queued");
+    json_decref(w);
+    send_msg(S.port, sid, "again"); /* the new item is not stopped: no third one */
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/stats", env);
+    e = callk(ek, "GET", path, NULL, 200);
+    assert_int_equal(json_integer_value(json_object_get(e, "depth")), 0);
+    assert_int_equal(json_integer_value(json_object_get(e, "pending")), 1);
+    json_decref(e);
     /* A key for another environment is refused. */
     json_t *e2 = call("POST", "/v1/environments", "{\"name\":\"sh2\",\"config\":{\"type\":\"self_hosted\"}}", 200);
     snprintf(path, sizeof(path), "/v1/environments/%s/work/poll", s_(e2, "id"));
