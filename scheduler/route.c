@@ -245,11 +245,13 @@ static void ratelimit_cb(void *ctx, redisReply *reply)
 
 static void dispatch_authed(struct sched_req *req);
 
-/* Environment keys live in Redis as wp:envkey:<sha256 hex> -> org, env. */
-static void env_key_cb(void *ctx, redisReply *reply)
+/* Environment keys live in Redis as wp:envkey:<sha256 hex> -> org, env;
+ * sessions tokens (work secrets) as wp:sesstok:<sha256 hex> -> org, env,
+ * session, work, with a TTL. */
+static void key_lookup_cb(void *ctx, redisReply *reply)
 {
     struct sched_req *req = ctx;
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 ||
         reply->element[0]->type != REDIS_REPLY_STRING) {
         sched__respond_error(req, 401, "authentication_error", NULL, "invalid API key");
         return;
@@ -261,19 +263,33 @@ static void env_key_cb(void *ctx, redisReply *reply)
     }
     snprintf(req->org, sizeof(req->org), "%s", reply->element[0]->str);
     snprintf(req->env_key, sizeof(req->env_key), "%s", reply->element[1]->str);
+    if (reply->element[2]->type == REDIS_REPLY_STRING) {
+        /* A sessions token: its own session, its own work item's lease. */
+        const char *pat = req->route->pattern;
+        snprintf(req->tok_session, sizeof(req->tok_session), "%s", reply->element[2]->str);
+        snprintf(req->tok_work, sizeof(req->tok_work), "%s",
+                 reply->element[3]->str ? reply->element[3]->str : "");
+        bool ok = false;
+        if (!strncmp(pat, "/v1/sessions/", 13))
+            ok = !strcmp(req->params[0], req->tok_session);
+        else if (strstr(pat, "/heartbeat") || strstr(pat, "/stop"))
+            ok = !strcmp(req->params[1], req->tok_work);
+        if (!ok) {
+            sched__respond_error(req, 403, "permission_error", NULL,
+                                 "this sessions token does not cover %s", req->route->name);
+            return;
+        }
+    }
     dispatch_authed(req);
 }
 
-static void lookup_env_key(struct sched_req *req, const char *key)
+static void lookup_key(struct sched_req *req, const char *family, const char *key)
 {
-    unsigned char h[32];
-    char kk[128];
-    int n = snprintf(kk, sizeof(kk), "wp:envkey:");
-    sched__sha256(key, strlen(key), h);
-    for (int i = 0; i < 32; i++)
-        n += snprintf(kk + n, sizeof(kk) - (size_t)n, "%02x", h[i]);
-    const char *argv[] = {"HMGET", kk, "org", "env"};
-    sched__req_redis(req, env_key_cb, 4, argv, NULL);
+    char kk[128], hex[65];
+    sched__sha256_hex(key, hex);
+    snprintf(kk, sizeof(kk), "%s%s", family, hex);
+    const char *argv[] = {"HMGET", kk, "org", "env", "session", "work"};
+    sched__req_redis(req, key_lookup_cb, 6, argv, NULL);
 }
 
 void sched__dispatch(struct sched_req *req)
@@ -314,7 +330,11 @@ void sched__dispatch(struct sched_req *req)
             key = authz + 7;
         const char *org = key ? auth_org(srv, key) : NULL;
         if (!org && key && strncmp(key, "wpek_", 5) == 0) {
-            lookup_env_key(req, key);
+            lookup_key(req, "wp:envkey:", key);
+            return;
+        }
+        if (!org && key && strncmp(key, "sk-wp-req-", 10) == 0) {
+            lookup_key(req, "wp:sesstok:", key);
             return;
         }
         if (!org) {

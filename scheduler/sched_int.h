@@ -137,6 +137,8 @@ struct sched_req {
      * answering 200 when an object create/store succeeds. */
     void (*after)(struct sched_req *req, json_t *obj);
     char env_key[128];        /* set when authenticated by an environment key: its env */
+    char tok_session[64];     /* set when authenticated by a work item's sessions token */
+    char tok_work[64];
     int block_ms, reclaim_ms; /* work poll */
     double started_ms;
     ev_timer retry;           /* work poll re-check */
@@ -234,6 +236,10 @@ const char *sched__unknown_field(json_t *obj, const char *const *allowed);
 int sched__page_params(struct sched_req *req, int *limit, const char **page);
 bool sched__query_bool(struct sched_req *req, const char *key, bool def, bool *bad);
 void sched__sha256(const void *p, size_t n, unsigned char out[32]);
+/* SHA-256 as 64 hex digits + NUL into out (>= 65 bytes). */
+void sched__sha256_hex(const char *s, char *out);
+/* base64url without padding into out (cap >= 4 * n / 3 + 4). */
+void sched__b64url(const void *p, size_t n, char *out, size_t cap);
 /* AES-256-GCM; out is base64 of nonce|tag|ciphertext. Caller frees. */
 char *sched__seal(const unsigned char key[32], const char *plain, size_t n);
 char *sched__unseal(const unsigned char key[32], const char *sealed, size_t *n);

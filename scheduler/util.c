@@ -218,6 +218,32 @@ void sched__sha256(const void *p, size_t n, unsigned char out[32])
     EVP_Digest(p, n, out, &len, EVP_sha256(), NULL);
 }
 
+void sched__sha256_hex(const char *s, char *out)
+{
+    unsigned char h[32];
+    sched__sha256(s, strlen(s), h);
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", h[i]);
+}
+
+void sched__b64url(const void *p, size_t n, char *out, size_t cap)
+{
+    if (cap < 4 * ((n + 2) / 3) + 1) {
+        out[0] = '\0';
+        return;
+    }
+    int l = EVP_EncodeBlock((unsigned char *)out, p, (int)n);
+    while (l > 0 && out[l - 1] == '=')
+        l--;
+    out[l] = '\0';
+    for (char *c = out; *c; c++) {
+        if (*c == '+')
+            *c = '-';
+        else if (*c == '/')
+            *c = '_';
+    }
+}
+
 /* AES-256-GCM: base64(nonce[12] | tag[16] | ciphertext). */
 char *sched__seal(const unsigned char key[32], const char *plain, size_t n)
 {

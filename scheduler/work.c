@@ -12,9 +12,10 @@
  * reclaim_older_than_ms, and leases not heartbeated within their TTL (the
  * old holder then gets 412 on its next heartbeat). Long polls re-check the
  * queue every 25 ms on the loop, up to block_ms (at most 999 ms).
- * Items are queued when a session is created in a self_hosted environment.
- * The poll answers secret: null, so the SDK worker uses its environment
- * key for the session calls too (work-queue.md 2.1).
+ * Items are queued when a session is created in a self_hosted environment
+ * and when a dormant one (its item stopped) gets input (events.c).
+ * Each poll answer carries a fresh sessions token in its secret
+ * (work-queue.md 2.1); route.c limits it to the item's session and lease.
  */
 #define WP_LOG_COMPONENT "work"
 #include <stdio.h>
@@ -240,11 +241,64 @@ static void poll_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
     poll_send(req);
 }
 
+static void token_stored_expire(void *ctx, redisReply *reply)
+{
+    (void)ctx;
+    (void)reply;
+}
+
+static void token_stored(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    json_t *w = req->tmp2;
+    req->tmp2 = NULL;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        json_decref(w);
+        sched__respond_error(req, 500, "api_error", NULL, "%s", reply->str);
+        return;
+    }
+    sched__respond_json(req, 200, w);
+}
+
+/* Hand out a polled item with a fresh sessions token in its secret: the
+ * worker then uses it, not its environment key, for this item's session
+ * and lease calls. Only the token's hash is stored, for a day. */
+static void respond_polled(struct sched_req *req, redisReply *json, redisReply *live)
+{
+    char rnd[64], token[80], hex[65], kk[128], secret[256];
+    json_t *w = sched__obj_parse(json->str, json->len, live->str ? live->str : "",
+                                 live->str ? live->len : 0);
+    const char *sid = json_string_value(json_object_get(json_object_get(w, "data"), "id"));
+    const char *wid = json_string_value(json_object_get(w, "id"));
+    if (!w || !sid || !wid) {
+        json_decref(w);
+        sched__respond_error(req, 500, "api_error", NULL, "stored work item is corrupt");
+        return;
+    }
+    sched__new_id("", rnd, sizeof(rnd));
+    snprintf(token, sizeof(token), "sk-wp-req-%s", rnd);
+    json_t *sj = json_pack("{s:s}", "sessions_token", token);
+    char *sjs = json_dumps(sj, JSON_COMPACT);
+    json_decref(sj);
+    sched__b64url(sjs, strlen(sjs), secret, sizeof(secret));
+    free(sjs);
+    json_object_set_new(w, "secret", json_string(secret));
+    sched__sha256_hex(token, hex);
+    snprintf(kk, sizeof(kk), "wp:sesstok:%s", hex);
+    req->tmp2 = w;
+    const char *argv[] = {"HSET", kk, "org", req->org, "env", req->params[0], "session", sid,
+                          "work", wid};
+    const char *exp[] = {"EXPIRE", kk, "86400"};
+    sched__req_redis(req, token_stored, 10, argv, NULL);
+    if (!req->answered)
+        sched__req_redis(req, token_stored_expire, 3, exp, NULL);
+}
+
 static void poll_cb(void *ctx, redisReply *reply)
 {
     struct sched_req *req = ctx;
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
-        respond_work(req, reply->element[0], reply->element[1]);
+        respond_polled(req, reply->element[0], reply->element[1]);
         return;
     }
     if (reply->type == REDIS_REPLY_ERROR) {

@@ -850,7 +850,14 @@ static void work_queue(void **state)
     assert_string_equal(s_(w, "type"), "work");
     assert_string_equal(s_(json_object_get(w, "data"), "id"), sid);
     assert_string_equal(s_(w, "state"), "queued");
-    assert_true(json_is_null(json_object_get(w, "secret")));
+    /* secret: base64url of {"sessions_token": "sk-wp-req-..."} */
+    char out[512], tok[128] = "";
+    assert_non_null(s_(w, "secret"));
+    th_sh(out, sizeof(out), "python3 -c 'import base64,json,sys; s=sys.argv[1]; "
+          "print(json.loads(base64.urlsafe_b64decode(s + \"=\" * (-len(s) %% 4)))[\"sessions_token\"])' %s",
+          s_(w, "secret"));
+    sscanf(out, "%127s", tok);
+    assert_int_equal(strncmp(tok, "sk-wp-req-", 10), 0);
     char *wid = strdup(s_(w, "id"));
     json_decref(w);
     /* Not acked: reclaimed by a later poll. */
@@ -895,11 +902,29 @@ static void work_queue(void **state)
     /* The worker reads its session with the environment key. */
     snprintf(path, sizeof(path), "/v1/sessions/%s", sid);
     json_decref(callk(ek, "GET", path, NULL, 200));
+    /* The sessions token of the first poll was replaced by the reclaim's;
+     * a token covers its own session only, and never the queue itself. */
+    json_decref(callk(tok, "GET", path, NULL, 200));
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/poll", env);
+    json_decref(callk(tok, "GET", path, NULL, 403));
+    {
+        char other[256];
+        char *s2 = new_session(a, env);
+        snprintf(other, sizeof(other), "/v1/sessions/%s", s2);
+        json_decref(callk(tok, "GET", other, NULL, 403));
+        free(s2);
+        /* that session queued an item: take it out of the way */
+        snprintf(path, sizeof(path), "/v1/environments/%s/work/poll", env);
+        json_t *w2 = callk(ek, "GET", path, NULL, 200);
+        snprintf(other, sizeof(other), "/v1/environments/%s/work/%s/stop", env, s_(w2, "id"));
+        json_decref(callk(ek, "POST", other, "{\"force\":true}", 200));
+        json_decref(w2);
+    }
     /* ... but cannot create agents with it. */
     json_decref(callk(ek, "POST", "/v1/agents", "{\"name\":\"x\",\"model\":\"m\"}", 403));
     snprintf(path, sizeof(path), "/v1/environments/%s/work", env);
     w = callk(ek, "GET", path, NULL, 200);
-    assert_int_equal(json_array_size(json_object_get(w, "data")), 1);
+    assert_int_equal(json_array_size(json_object_get(w, "data")), 2);
     json_decref(w);
     snprintf(path, sizeof(path), "/v1/environments/%s/work/%s", env, wid);
     w = call("POST", path, "{\"metadata\":{\"host\":\"w1\"}}", 200);
