@@ -28,6 +28,7 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->rate_create = 60;
     cfg->rate_read = 600;
     cfg->drain_timeout = 10;
+    cfg->max_conns = 10000;
 }
 
 int sched_config_add_key(struct sched_config *cfg, const char *spec, struct wp_err *err)
@@ -84,6 +85,7 @@ static void usage(void)
            "  --sse-soft-limit BYTES   stop reading the log above this much queued output (262144)\n"
            "  --sse-hard-limit BYTES   cut a stream off above this much queued output (4194304)\n"
            "  --sse-soft-seconds SECS  cut a stream off after this long above the soft limit (30)\n"
+           "  --max-conns N            open connections, streams included (10000); more get 503\n"
            "  --vault-key HEX          64 hex digits: AES-256 key for vault secrets\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
            "  --log-components SPEC    e.g. all,-redis\n"
@@ -189,6 +191,8 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->redis_timeout = d;
     else if (!strcmp(name, "drain-timeout"))
         cfg->drain_timeout = d;
+    else if (!strcmp(name, "max-conns"))
+        cfg->max_conns = (int)d;
     else
         return wp_err_set(err, WP_ECONFIG, "unknown option --%s (see --help)", name);
     return 0;

@@ -40,6 +40,7 @@ struct sched_config {
     int rate_create;         /* per organization and minute; 0 = unlimited */
     int rate_read;
     double drain_timeout;    /* seconds SIGTERM waits for in-flight requests */
+    int max_conns;           /* connections (streams included) beyond this get 503 */
     char vault_key_hex[65];  /* AES-256 key for vault secrets (hex); empty = derived */
 };
 

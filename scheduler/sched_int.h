@@ -103,6 +103,7 @@ struct sched_server {
     ev_timer drain_timer;
     ev_timer accept_pause; /* re-enables accepting after EMFILE */
     struct sched_conn *conns;       /* live connections */
+    int nconns;
     struct sched_conn *close_list;  /* closed, freed in prepare */
     struct sched_redis *rds;        /* request/response traffic */
     struct sched_hub *hubs;         /* sse.c: one live tail per streamed session */

@@ -229,6 +229,7 @@ void sched__conn_close(struct sched_conn *c)
         sched__sse_conn_closed(s);
     }
     /* Unlink from the live list; free before the loop sleeps. */
+    srv->nconns--;
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -347,6 +348,22 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             return;
         }
         int one = 1;
+        if (srv->cfg.max_conns > 0 && srv->nconns >= srv->cfg.max_conns) {
+            /* Best effort, non-blocking: a full socket buffer just drops it. */
+            static const char body[] = "{\"type\":\"error\",\"error\":{\"type\":"
+                                       "\"overloaded_error\",\"message\":\"too many connections\"}}";
+            char busy[512];
+            int bl = snprintf(busy, sizeof(busy),
+                              "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                              "content-length: %zu\r\nrequest-id: req_%08llx%010llx\r\n"
+                              "connection: close\r\n\r\n%s",
+                              sizeof(body) - 1, (unsigned long long)(srv->boot_id & 0xffffffffu),
+                              (unsigned long long)++srv->req_seq, body);
+            ssize_t sent = send(fd, busy, (size_t)bl, MSG_NOSIGNAL);
+            (void)sent;
+            close(fd);
+            continue;
+        }
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         struct sched_conn *c = calloc(1, sizeof(*c));
         if (!c || sched_http_parser_init(&c->parser, srv->cfg.max_head, srv->cfg.max_body)) {
@@ -366,6 +383,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         if (srv->conns)
             srv->conns->prev = c;
         srv->conns = c;
+        srv->nconns++;
         ev_io_start(loop, &c->rio);
         arm_timer(c, srv->cfg.idle_timeout, false);
     }

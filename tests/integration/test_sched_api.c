@@ -1049,6 +1049,30 @@ static void session_resources(void **state)
     free(a); free(env); free(sid); free(ghid); free(fid);
 }
 
+static void connection_limit(void **state)
+{
+    (void)state;
+    struct th_sched d;
+    struct th_resp r;
+    char buf[1024];
+    assert_int_equal(th_sched_start(&d, R.port, "--max-conns", "2", (char *)NULL), 0);
+    int a = th_connect(d.port), b = th_connect(d.port);
+    usleep(100000);
+    int c = th_connect(d.port);
+    int n = th_read_all(c, buf, sizeof(buf), 3000);
+    assert_true(n > 0);
+    assert_non_null(strstr(buf, "503"));
+    assert_non_null(strstr(buf, "overloaded_error"));
+    close(c);
+    close(a);
+    usleep(100000);
+    assert_int_equal(th_http(d.port, "GET", "/v1/agents?limit=1", KEY, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    th_resp_free(&r);
+    close(b);
+    assert_int_equal(th_sched_stop(&d), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1066,6 +1090,7 @@ int main(void)
         cmocka_unit_test(vault_secrets_never_returned),
         cmocka_unit_test(work_queue),
         cmocka_unit_test(session_resources),
+        cmocka_unit_test(connection_limit),
         cmocka_unit_test(graceful_drain_on_sigterm),
         cmocka_unit_test(survives_redis_connection_loss),
     };
