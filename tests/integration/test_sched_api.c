@@ -84,8 +84,12 @@ static int group_setup(void **state)
     (void)state;
     if (th_redis_start(&R, 0) < 0)
         return -1;
-    return th_sched_start(&S, R.port, "--rate-create", "0", "--rate-read", "0", "--max-body",
-                          "65536", "--header-timeout", "1", (char *)NULL);
+    if (th_sched_start(&S, R.port, "--rate-create", "0", "--rate-read", "0", "--max-body",
+                       "65536", "--header-timeout", "1", (char *)NULL) < 0) {
+        th_redis_stop(&R);
+        return -1;
+    }
+    return 0;
 }
 
 static int group_teardown(void **state)

@@ -32,12 +32,14 @@ static void sdk_drives_the_api(void **state)
                    "timeout 120 node sdk_test.mjs 2>&1",
                    s.port);
     printf("%s", out);
+    /* Stop both before any assertion, so a failure leaves no process behind. */
+    int st = th_sched_stop(&s);
+    th_redis_stop(&r);
     /* Report each SDK step as a diagnostic; the verdict is this test's. */
     assert_int_equal(rc, 0);
     assert_null(strstr(out, "FAILED"));
     assert_non_null(strstr(out, "sdk: SDK EnvironmentWorker"));
-    assert_int_equal(th_sched_stop(&s), 0);
-    th_redis_stop(&r);
+    assert_int_equal(st, 0); /* clean exit: no sanitizer report, no leak */
 }
 
 int main(void)
