@@ -1,0 +1,22 @@
+-- wrk script: POST a JSON body (WRK_BODY) to WRK_PATH with the API key;
+-- done() prints one JSON line with rps and latency percentiles (ms).
+wrk.method = "POST"
+wrk.path = os.getenv("WRK_PATH")
+wrk.body = os.getenv("WRK_BODY")
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["x-api-key"] = os.getenv("WRK_KEY")
+
+local errors = 0
+function response(status, headers, body)
+  if status ~= 200 then errors = errors + 1 end
+end
+
+function done(summary, latency, requests)
+  local secs = summary.duration / 1e6
+  io.write(string.format(
+    'RESULT {"requests":%d,"seconds":%.2f,"rps":%.0f,"p50_ms":%.3f,"p95_ms":%.3f,"p99_ms":%.3f,"non_200":%d,"socket_errors":%d}\n',
+    summary.requests, secs, summary.requests / secs, latency:percentile(50) / 1000,
+    latency:percentile(95) / 1000, latency:percentile(99) / 1000,
+    errors + summary.errors.status, summary.errors.connect + summary.errors.read +
+    summary.errors.write + summary.errors.timeout))
+end

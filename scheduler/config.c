@@ -1,0 +1,231 @@
+/* config.c - command-line flags and the optional config file. */
+#define WP_LOG_COMPONENT "config"
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/fs.h"
+#include "base/log.h"
+#include "scheduler/sched_int.h"
+
+void sched_config_defaults(struct sched_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    snprintf(cfg->listen_host, sizeof(cfg->listen_host), "127.0.0.1");
+    cfg->listen_port = 8080;
+    snprintf(cfg->redis_host, sizeof(cfg->redis_host), "127.0.0.1");
+    cfg->redis_port = 6379;
+    cfg->max_head = 16 * 1024;
+    cfg->max_body = 4 * 1024 * 1024;
+    cfg->header_timeout = 10;
+    cfg->idle_timeout = 75;
+    cfg->redis_timeout = 5;
+    cfg->sse_keepalive = 15;
+    cfg->sse_soft_limit = 256 * 1024;
+    cfg->sse_hard_limit = 4 * 1024 * 1024;
+    cfg->sse_soft_seconds = 30;
+    cfg->rate_create = 60;
+    cfg->rate_read = 600;
+    cfg->drain_timeout = 10;
+    cfg->max_conns = 10000;
+}
+
+int sched_config_add_key(struct sched_config *cfg, const char *spec, struct wp_err *err)
+{
+    const char *colon = strchr(spec, ':');
+    if (!colon || colon == spec || !colon[1] || (size_t)(colon - spec) >= sizeof(cfg->orgs[0].org))
+        return wp_err_set(err, WP_ECONFIG, "--api-key wants ORG:KEY");
+    if (cfg->norgs >= SCHED_MAX_ORGS)
+        return wp_err_set(err, WP_ECONFIG, "at most %d API keys", SCHED_MAX_ORGS);
+    struct sched_org_key *k = &cfg->orgs[cfg->norgs];
+    for (const char *p = spec; p < colon; p++)
+        if (*p == '{' || *p == '}' || *p == ' ')
+            return wp_err_set(err, WP_ECONFIG, "organization names may not contain {, } or space");
+    memcpy(k->org, spec, (size_t)(colon - spec));
+    k->org[colon - spec] = '\0';
+    sched__sha256(colon + 1, strlen(colon + 1), k->key_sha256);
+    cfg->norgs++;
+    return 0;
+}
+
+static int parse_hostport(const char *s, char *host, size_t cap, int *port, struct wp_err *err)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon)
+        return wp_err_set(err, WP_ECONFIG, "%s: want HOST:PORT", s);
+    size_t hl = (size_t)(colon - s);
+    if (hl == 0 || hl >= cap)
+        return wp_err_set(err, WP_ECONFIG, "%s: bad host", s);
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end || p < 0 || p > 65535)
+        return wp_err_set(err, WP_ECONFIG, "%s: bad port", s);
+    memcpy(host, s, hl);
+    host[hl] = '\0';
+    *port = (int)p;
+    return 0;
+}
+
+static void usage(void)
+{
+    printf("usage: warmpool-scheduler [options]\n"
+           "  --listen HOST:PORT       HTTP listen address (default 127.0.0.1:8080; port 0 = any)\n"
+           "  --redis HOST:PORT        Redis server (default 127.0.0.1:6379)\n"
+           "  --api-key ORG:KEY        accept KEY for organization ORG (repeatable; only a\n"
+           "                           SHA-256 of KEY is kept in memory)\n"
+           "  --config FILE            read options from FILE, one 'option value' per line\n"
+           "  --rate-create N          create requests per organization and minute (60; 0 = off)\n"
+           "  --rate-read N            other requests per organization and minute (600; 0 = off)\n"
+           "  --max-body BYTES         request body limit (4194304)\n"
+           "  --max-head BYTES         request line + headers limit (16384)\n"
+           "  --header-timeout SECS    time to receive a whole request (10)\n"
+           "  --idle-timeout SECS      keep-alive idle time (75)\n"
+           "  --sse-keepalive SECS     keepalive comment interval on streams (15)\n"
+           "  --sse-soft-limit BYTES   stop reading the log above this much queued output (262144)\n"
+           "  --sse-hard-limit BYTES   cut a stream off above this much queued output (4194304)\n"
+           "  --sse-soft-seconds SECS  cut a stream off after this long above the soft limit (30)\n"
+           "  --max-conns N            open connections, streams included (10000); more get 503\n"
+           "  --vault-key HEX          64 hex digits: AES-256 key for vault secrets\n"
+           "  --log-level LEVEL        error, warn, info (default), debug\n"
+           "  --log-components SPEC    e.g. all,-redis\n"
+           "  --help                   this text\n");
+}
+
+static int apply_opt(struct sched_config *cfg, const char *name, const char *val,
+                     struct wp_err *err);
+
+static int load_file(struct sched_config *cfg, const char *path, struct wp_err *err)
+{
+    char *data = NULL;
+    size_t len = 0;
+    if (wp_read_file(path, 1 << 20, &data, &len, err) < 0)
+        return wp_err_wrap(err, "config");
+    int rc = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(data, "\n", &save); line && rc == 0;
+         line = strtok_r(NULL, "\n", &save)) {
+        while (*line == ' ' || *line == '\t')
+            line++;
+        if (!*line || *line == '#')
+            continue;
+        char *sp = strpbrk(line, " \t=");
+        char empty[1] = "", *val = empty;
+        if (sp) {
+            *sp = '\0';
+            val = sp + 1;
+            while (*val == ' ' || *val == '\t' || *val == '=')
+                val++;
+            size_t vl = strlen(val);
+            while (vl > 0 && (val[vl - 1] == ' ' || val[vl - 1] == '\r'))
+                val[--vl] = '\0';
+        }
+        if (line[0] == '-' && line[1] == '-')
+            line += 2;
+        rc = apply_opt(cfg, line, val, err);
+    }
+    free(data);
+    return rc;
+}
+
+static int num(const char *v, double *out, struct wp_err *err, const char *name)
+{
+    char *end;
+    double d = strtod(v, &end);
+    if (!*v || *end || d < 0)
+        return wp_err_set(err, WP_ECONFIG, "--%s wants a non-negative number", name);
+    *out = d;
+    return 0;
+}
+
+static int apply_opt(struct sched_config *cfg, const char *name, const char *val,
+                     struct wp_err *err)
+{
+    double d = 0;
+    if (!strcmp(name, "listen"))
+        return parse_hostport(val, cfg->listen_host, sizeof(cfg->listen_host),
+                              &cfg->listen_port, err);
+    if (!strcmp(name, "redis"))
+        return parse_hostport(val, cfg->redis_host, sizeof(cfg->redis_host), &cfg->redis_port,
+                              err);
+    if (!strcmp(name, "api-key"))
+        return sched_config_add_key(cfg, val, err);
+    if (!strcmp(name, "config"))
+        return load_file(cfg, val, err);
+    if (!strcmp(name, "log-level"))
+        return wp_log_set_level(val) < 0 ? wp_err_set(err, WP_ECONFIG, "bad --log-level %s", val)
+                                         : 0;
+    if (!strcmp(name, "log-components"))
+        return wp_log_set_components(val) < 0
+                   ? wp_err_set(err, WP_ECONFIG, "bad --log-components %s", val)
+                   : 0;
+    if (!strcmp(name, "vault-key")) {
+        if (strlen(val) != 64 || strspn(val, "0123456789abcdefABCDEF") != 64)
+            return wp_err_set(err, WP_ECONFIG, "--vault-key wants 64 hex digits");
+        snprintf(cfg->vault_key_hex, sizeof(cfg->vault_key_hex), "%s", val);
+        return 0;
+    }
+    if (num(val, &d, err, name) < 0)
+        return WP_ECONFIG;
+    if (!strcmp(name, "rate-create"))
+        cfg->rate_create = (int)d;
+    else if (!strcmp(name, "rate-read"))
+        cfg->rate_read = (int)d;
+    else if (!strcmp(name, "max-body"))
+        cfg->max_body = (size_t)d;
+    else if (!strcmp(name, "max-head"))
+        cfg->max_head = (size_t)d;
+    else if (!strcmp(name, "header-timeout"))
+        cfg->header_timeout = d;
+    else if (!strcmp(name, "idle-timeout"))
+        cfg->idle_timeout = d;
+    else if (!strcmp(name, "sse-keepalive"))
+        cfg->sse_keepalive = d > 0.01 ? d : 0.01;
+    else if (!strcmp(name, "sse-soft-limit"))
+        cfg->sse_soft_limit = (size_t)d;
+    else if (!strcmp(name, "sse-hard-limit"))
+        cfg->sse_hard_limit = (size_t)d;
+    else if (!strcmp(name, "sse-soft-seconds"))
+        cfg->sse_soft_seconds = d;
+    else if (!strcmp(name, "redis-timeout"))
+        cfg->redis_timeout = d;
+    else if (!strcmp(name, "drain-timeout"))
+        cfg->drain_timeout = d;
+    else if (!strcmp(name, "max-conns"))
+        cfg->max_conns = (int)d;
+    else
+        return wp_err_set(err, WP_ECONFIG, "unknown option --%s (see --help)", name);
+    return 0;
+}
+
+int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
+                            struct wp_err *err)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage();
+            return 1;
+        }
+        if (strncmp(a, "--", 2) != 0)
+            return wp_err_set(err, WP_ECONFIG, "unexpected argument %s (see --help)", a);
+        char name[64];
+        const char *val;
+        const char *eq = strchr(a + 2, '=');
+        if (eq) {
+            snprintf(name, sizeof(name), "%.*s", (int)(eq - a - 2), a + 2);
+            val = eq + 1;
+        } else {
+            snprintf(name, sizeof(name), "%s", a + 2);
+            if (i + 1 >= argc)
+                return wp_err_set(err, WP_ECONFIG, "--%s needs a value", name);
+            val = argv[++i];
+        }
+        int rc = apply_opt(cfg, name, val, err);
+        if (rc < 0)
+            return rc;
+    }
+    if (cfg->sse_hard_limit < cfg->sse_soft_limit)
+        cfg->sse_hard_limit = cfg->sse_soft_limit;
+    return 0;
+}

@@ -1,0 +1,471 @@
+/* events.c - the session event log: validation of client events, append
+ * (one Lua script that also runs the session status machine), and the
+ * paginated history. Each session's log is the Redis Stream
+ * wp:events:{<session id>}; an event's id is "sevt_" + its stream id and
+ * its processed_at is the stream id's millisecond time, so the stream is
+ * the only source of truth for both. Stored entries have two fields:
+ * t (type) and e (the event JSON without id and processed_at).
+ */
+#define WP_LOG_COMPONENT "events"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "base/timeutil.h"
+#include "scheduler/sched_int.h"
+
+/* KEYS: session obj, stream. ARGV: org, a fresh work id, now (ms), now
+ * (RFC 3339), then (type, json) pairs.
+ * Appends each event and the status events its arrival causes, updates
+ * the session's live status; returns the stream ids of the client events
+ * followed by the final status. Errors: NOTFOUND, TERMINATED.
+ * A session of a self_hosted environment whose last work item has stopped
+ * (a dormant session) gets a new work item when input arrives, with the
+ * fresh id, so a worker picks it up again (work.c has the layout). */
+const char sched__lua_append[] =
+    "local h = redis.call('HMGET', KEYS[1], 'org', 'status', 'archived', 'self_hosted', 'work_id', 'environment_id')\n"
+    "if h[1] ~= ARGV[1] then return redis.error_reply('NOTFOUND') end\n"
+    "local status = h[2] or 'idle'\n"
+    "if status == 'terminated' or h[3] == '1' then return redis.error_reply('TERMINATED') end\n"
+    "local ids = {}\n"
+    "local input = false\n"
+    "for i = 5, #ARGV, 2 do\n"
+    "  local t = ARGV[i]\n"
+    "  table.insert(ids, redis.call('XADD', KEYS[2], '*', 't', t, 'e', ARGV[i + 1]))\n"
+    "  if t ~= 'user.interrupt' then input = true end\n"
+    /* The status machine of events.md 15. The brain (a later issue) emits
+     * the running -> idle transitions of a finished turn; an interrupt is
+     * answered here so a session without a brain still returns to idle. */
+    "  if (t == 'user.message' or t == 'user.define_outcome') and status == 'idle' then\n"
+    "    status = 'running'\n"
+    "    redis.call('XADD', KEYS[2], '*', 't', 'session.status_running', 'e', '{\"type\":\"session.status_running\"}')\n"
+    "  elseif t == 'user.interrupt' and (status == 'running' or status == 'rescheduling') then\n"
+    "    status = 'idle'\n"
+    "    redis.call('XADD', KEYS[2], '*', 't', 'session.status_idle', 'e', '{\"type\":\"session.status_idle\",\"stop_reason\":{\"type\":\"end_turn\"},\"stop_details\":null}')\n"
+    "  end\n"
+    "end\n"
+    "redis.call('HSET', KEYS[1], 'status', status, 'live', '\"status\":\"' .. status .. '\"')\n"
+    "if input and h[4] == '1' and h[6] then\n"
+    "  local state = h[5] and redis.call('HGET', 'wp:obj:' .. h[5], 'state')\n"
+    "  if not state or state == 'stopped' then\n"
+    "    local env, wid, sid = h[6], ARGV[2], string.match(KEYS[1], '^wp:obj:(.*)$')\n"
+    "    local scope = ARGV[1] .. ':' .. env\n"
+    "    local k = 'wp:obj:' .. wid\n"
+    "    local seq = redis.call('INCR', 'wp:seq')\n"
+    "    local js = '{\"id\":\"' .. wid .. '\",\"type\":\"work\",\"environment_id\":\"' .. env ..\n"
+    "      '\",\"data\":{\"type\":\"session\",\"id\":\"' .. sid .. '\"},\"metadata\":{},\"secret\":null,\"created_at\":\"' .. ARGV[4] .. '\"}'\n"
+    "    redis.call('HSET', k, 'org', ARGV[1], 'scope', scope, 'json', js, 'rev', 1, 'archived', 0,\n"
+    "      'seq', seq, 'state', 'queued', 'created_ms', ARGV[3], 'live',\n"
+    "      '\"state\":\"queued\",\"acknowledged_at\":null,\"started_at\":null,\"latest_heartbeat_at\":null,\"stop_requested_at\":null,\"stopped_at\":null')\n"
+    "    redis.call('ZADD', 'wp:wq:{' .. env .. '}:queued', seq, wid)\n"
+    "    redis.call('ZADD', 'wp:idx:' .. scope .. ':work', seq, wid)\n"
+    "    redis.call('ZADD', 'wp:idx:' .. scope .. ':work:active', seq, wid)\n"
+    "    redis.call('HSET', KEYS[1], 'work_id', wid)\n"
+    "  end\n"
+    "end\n"
+    "table.insert(ids, status)\n"
+    "return ids\n";
+
+static const char *const block_types_user[] = {"text", "image", "document", "redacted", NULL};
+static const char *const block_types_result[] = {"text", "image", "document", "search_result",
+                                                 NULL};
+static const char *const block_types_text[] = {"text", NULL};
+
+static bool in_list(const char *s, const char *const *l)
+{
+    for (; s && *l; l++)
+        if (!strcmp(s, *l))
+            return true;
+    return false;
+}
+
+static const char *check_blocks(json_t *c, const char *const *allowed, bool required)
+{
+    size_t i;
+    json_t *b;
+    if (!c || json_is_null(c))
+        return required ? "content is required" : NULL;
+    if (!json_is_array(c))
+        return "content must be an array of content blocks";
+    if (required && json_array_size(c) == 0)
+        return "content must not be empty";
+    json_array_foreach(c, i, b) {
+        const char *ty = json_string_value(json_object_get(b, "type"));
+        if (!json_is_object(b) || !in_list(ty, allowed))
+            return "content block type is not allowed here";
+        if (!strcmp(ty, "text") && !json_is_string(json_object_get(b, "text")))
+            return "text blocks need a text string";
+        if ((!strcmp(ty, "image") || !strcmp(ty, "document")) &&
+            !json_is_object(json_object_get(b, "source")))
+            return "image and document blocks need a source object";
+    }
+    return NULL;
+}
+
+static bool opt_string(json_t *e, const char *k)
+{
+    json_t *v = json_object_get(e, k);
+    return !v || json_is_null(v) || json_is_string(v);
+}
+
+const char *sched__event_validate(json_t *e, bool initial)
+{
+    const char *ty = json_string_value(json_object_get(e, "type"));
+    if (!json_is_object(e) || !ty)
+        return "each event must be an object with a type";
+    if (initial && strcmp(ty, "user.message") && strcmp(ty, "user.define_outcome"))
+        return "initial_events accepts only user.message and user.define_outcome";
+#define ALLOW(...)                                                              \
+    do {                                                                        \
+        static const char *const f[] = {"type", __VA_ARGS__, NULL};             \
+        const char *bad = sched__unknown_field(e, f);                           \
+        if (bad)                                                                \
+            return "event has a field that is not permitted for its type";      \
+    } while (0)
+    if (!strcmp(ty, "user.message")) {
+        ALLOW("content");
+        return check_blocks(json_object_get(e, "content"), block_types_user, true);
+    }
+    if (!strcmp(ty, "user.interrupt")) {
+        ALLOW("session_thread_id");
+        return opt_string(e, "session_thread_id") ? NULL : "session_thread_id must be a string";
+    }
+    if (!strcmp(ty, "user.tool_confirmation")) {
+        ALLOW("tool_use_id", "result", "deny_message", "session_thread_id");
+        const char *r = json_string_value(json_object_get(e, "result"));
+        if (!json_is_string(json_object_get(e, "tool_use_id")))
+            return "tool_use_id is required";
+        if (!r || (strcmp(r, "allow") && strcmp(r, "deny")))
+            return "result must be allow or deny";
+        json_t *dm = json_object_get(e, "deny_message");
+        if (dm && !json_is_null(dm) && (strcmp(r, "deny") || !json_is_string(dm)))
+            return "deny_message is a string and only allowed with deny";
+        return NULL;
+    }
+    if (!strcmp(ty, "user.custom_tool_result") || !strcmp(ty, "user.tool_result")) {
+        const char *idk = ty[5] == 'c' ? "custom_tool_use_id" : "tool_use_id";
+        ALLOW("custom_tool_use_id", "tool_use_id", "content", "is_error", "session_thread_id");
+        if (!json_is_string(json_object_get(e, idk)))
+            return ty[5] == 'c' ? "custom_tool_use_id is required" : "tool_use_id is required";
+        if (json_object_get(e, ty[5] == 'c' ? "tool_use_id" : "custom_tool_use_id"))
+            return "event has a field that is not permitted for its type";
+        json_t *ie = json_object_get(e, "is_error");
+        if (ie && !json_is_null(ie) && !json_is_boolean(ie))
+            return "is_error must be a boolean";
+        return check_blocks(json_object_get(e, "content"), block_types_result, false);
+    }
+    if (!strcmp(ty, "user.define_outcome")) {
+        ALLOW("description", "rubric", "max_iterations");
+        json_t *rub = json_object_get(e, "rubric");
+        const char *rt = json_string_value(json_object_get(rub, "type"));
+        json_t *mi = json_object_get(e, "max_iterations");
+        if (!json_is_string(json_object_get(e, "description")))
+            return "description is required";
+        if (!rt || (!strcmp(rt, "text") && !json_is_string(json_object_get(rub, "content"))) ||
+            (!strcmp(rt, "file") && !json_is_string(json_object_get(rub, "file_id"))) ||
+            (strcmp(rt, "text") && strcmp(rt, "file")))
+            return "rubric must be {type: text, content} or {type: file, file_id}";
+        if (!strcmp(rt, "text") && json_string_length(json_object_get(rub, "content")) > 262144)
+            return "rubric content is too long";
+        if (mi && !json_is_null(mi) &&
+            (!json_is_integer(mi) || json_integer_value(mi) < 1 || json_integer_value(mi) > 20))
+            return "max_iterations must be an integer from 1 to 20";
+        return NULL;
+    }
+    if (!strcmp(ty, "system.message")) {
+        ALLOW("content");
+        return check_blocks(json_object_get(e, "content"), block_types_text, true);
+    }
+#undef ALLOW
+    return "unknown or server-only event type";
+}
+
+/* The echo/stored form of a client event (adds server fields). Owned. */
+static json_t *normalize(json_t *e)
+{
+    json_t *n = json_deep_copy(e);
+    const char *ty = json_string_value(json_object_get(n, "type"));
+    if (!strcmp(ty, "user.define_outcome")) {
+        char oid[64];
+        sched__new_id("outc_", oid, sizeof(oid));
+        json_object_set_new(n, "outcome_id", json_string(oid));
+        if (!json_object_get(n, "max_iterations") ||
+            json_is_null(json_object_get(n, "max_iterations")))
+            json_object_set_new(n, "max_iterations", json_integer(3));
+    }
+    return n;
+}
+
+void sched__event_splice(struct wp_buf *b, const char *sid, const char *json, size_t len)
+{
+    char ts[40];
+    uint64_t ms = strtoull(sid, NULL, 10);
+    sched__rfc3339(ms, ts, sizeof(ts));
+    wp_buf_printf(b, "{\"id\":\"sevt_%s\",\"processed_at\":\"%s\"", sid, ts);
+    if (len > 2)
+        wp_buf_append(b, ",", 1);
+    if (len >= 1)
+        wp_buf_append(b, json + 1, len - 1);
+}
+
+int sched__events_prepare(json_t *events, bool initial, int max, json_t **out,
+                          const char **msg)
+{
+    size_t i;
+    json_t *e;
+    *out = NULL;
+    if (!json_is_array(events)) {
+        *msg = "events must be an array";
+        return -1;
+    }
+    if (json_array_size(events) == 0 && !initial) {
+        *msg = "events must not be empty";
+        return -1;
+    }
+    if ((int)json_array_size(events) > max) {
+        *msg = initial ? "at most 50 initial_events" : "too many events in one request";
+        return -1;
+    }
+    json_array_foreach(events, i, e) {
+        if ((*msg = sched__event_validate(e, initial)))
+            return -1;
+        const char *ty = json_string_value(json_object_get(e, "type"));
+        if (!strcmp(ty, "system.message")) {
+            const char *prev = i ? json_string_value(json_object_get(json_array_get(events, i - 1),
+                                                                     "type"))
+                                 : NULL;
+            if (i + 1 != json_array_size(events) ||
+                !in_list(prev, (const char *const[]){"user.message", "user.tool_result",
+                                                     "user.custom_tool_result", NULL})) {
+                *msg = "system.message must be the last event, right after a user.message or tool result";
+                return -1;
+            }
+        }
+    }
+    *out = json_array();
+    json_array_foreach(events, i, e) json_array_append_new(*out, normalize(e));
+    return 0;
+}
+
+/* Append prepared events for session sid; cb gets the script's reply. */
+void sched__events_append(struct sched_req *req, const char *sid, json_t *prepared,
+                          sched_redis_cb cb)
+{
+    char kobj[200], kev[200], wid[64], ms[32], now[40];
+    size_t n = json_array_size(prepared), i;
+    const char **argv = calloc(6 + 2 * n, sizeof(*argv));
+    char **dumps = calloc(n + 1, sizeof(*dumps));
+    if (!argv || !dumps) {
+        free(argv);
+        free(dumps);
+        sched__respond_error(req, 500, "api_error", NULL, "out of memory");
+        return;
+    }
+    sched__key_obj(kobj, sizeof(kobj), sid);
+    sched__key_events(kev, sizeof(kev), sid);
+    uint64_t t = wp_wall_ms();
+    sched__new_id("work_", wid, sizeof(wid));
+    snprintf(ms, sizeof(ms), "%llu", (unsigned long long)t);
+    sched__rfc3339(t, now, sizeof(now));
+    argv[0] = kobj;
+    argv[1] = kev;
+    argv[2] = req->org;
+    argv[3] = wid;
+    argv[4] = ms;
+    argv[5] = now;
+    for (i = 0; i < n; i++) {
+        json_t *e = json_array_get(prepared, i);
+        dumps[i] = json_dumps(e, JSON_COMPACT | JSON_ENSURE_ASCII);
+        argv[6 + 2 * i] = json_string_value(json_object_get(e, "type"));
+        argv[7 + 2 * i] = dumps[i] ? dumps[i] : "{}";
+    }
+    if (6 + 2 * n > 250)
+        sched__respond_error(req, 400, "invalid_request_error", NULL, "too many events");
+    else
+        sched__req_script(req, sched__lua_append, cb, 2, (int)(6 + 2 * n), argv, NULL);
+    for (i = 0; i < n; i++)
+        free(dumps[i]);
+    free(dumps);
+    free(argv);
+}
+
+/* Answer {"data":[echoes]} from the append reply and req->tmp2 (prepared). */
+static void send_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        if (strstr(reply->str, "NOTFOUND"))
+            sched__not_found(req, "No session with id %s", req->params[0]);
+        else if (strstr(reply->str, "TERMINATED"))
+            sched__bad_request(req, "session %s is terminated or archived and accepts no input",
+                               req->params[0]);
+        else
+            sched__respond_error(req, 500, "api_error", NULL, "append failed: %s", reply->str);
+        return;
+    }
+    struct wp_buf b;
+    wp_buf_init(&b, (size_t)1 << 30);
+    wp_buf_append(&b, "{\"data\":[", 9);
+    for (size_t i = 0; i + 1 < reply->elements; i++) {
+        char *s = json_dumps(json_array_get(req->tmp2, i), JSON_COMPACT | JSON_ENSURE_ASCII);
+        if (i)
+            wp_buf_append(&b, ",", 1);
+        sched__event_splice(&b, reply->element[i]->str, s ? s : "{}", s ? strlen(s) : 2);
+        free(s);
+    }
+    wp_buf_append(&b, "]}", 2);
+    sched__respond_raw(req, 200, b.data, b.len);
+    wp_buf_free(&b);
+}
+
+void sched__h_events_send(struct sched_req *req)
+{
+    const char *msg = NULL;
+    json_t *prepared;
+    static const char *const f[] = {"events", NULL};
+    if (sched__unknown_field(req->body, f)) {
+        sched__bad_request(req, "%s: Extra inputs are not permitted",
+                           sched__unknown_field(req->body, f));
+        return;
+    }
+    if (sched__events_prepare(json_object_get(req->body, "events"), false, 100, &prepared,
+                              &msg) < 0) {
+        sched__bad_request(req, "%s", msg);
+        return;
+    }
+    req->tmp2 = prepared;
+    sched__events_append(req, req->params[0], prepared, send_cb);
+}
+
+/* ---- history ---- */
+
+/* KEYS: obj, stream. ARGV: org, start, end, limit, order, types (comma
+ * list or ''). Start/end are XRANGE bounds (exclusive '(' allowed).
+ * Returns {more, id1, json1, ...}. */
+static const char lua_list[] =
+    "if redis.call('HGET', KEYS[1], 'org') ~= ARGV[1] then return redis.error_reply('NOTFOUND') end\n"
+    "local lo, hi, limit, asc, types = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] == 'asc', ARGV[6]\n"
+    "local out, more, scanned = {}, 0, 0\n"
+    "while true do\n"
+    "  local batch\n"
+    "  if asc then batch = redis.call('XRANGE', KEYS[2], lo, hi, 'COUNT', limit + 1)\n"
+    "  else batch = redis.call('XREVRANGE', KEYS[2], hi, lo, 'COUNT', limit + 1) end\n"
+    "  if #batch == 0 then break end\n"
+    "  for _, ent in ipairs(batch) do\n"
+    "    local id, f = ent[1], ent[2]\n"
+    "    scanned = scanned + 1\n"
+    "    if asc then lo = '(' .. id else hi = '(' .. id end\n"
+    "    local t, e = f[2], f[4]\n"
+    "    if types == '' or string.find(',' .. types .. ',', ',' .. t .. ',', 1, true) then\n"
+    "      if #out >= 2 * limit then more = 1; break end\n"
+    "      table.insert(out, id); table.insert(out, e)\n"
+    "    end\n"
+    "  end\n"
+    "  if more == 1 or #batch < limit + 1 or scanned > 20000 then break end\n"
+    "end\n"
+    "if scanned > 20000 and more == 0 then more = 1 end\n"
+    "local res = {more}\n"
+    "for i = 1, #out do table.insert(res, out[i]) end\n"
+    "return res\n";
+
+static void list_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        if (strstr(reply->str, "NOTFOUND"))
+            sched__not_found(req, "No session with id %s", req->params[0]);
+        else
+            sched__respond_error(req, 500, "api_error", NULL, "list failed: %s", reply->str);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1) {
+        sched__respond_error(req, 500, "api_error", NULL, "list failed");
+        return;
+    }
+    struct wp_buf b;
+    size_t n = (reply->elements - 1) / 2;
+    wp_buf_init(&b, (size_t)1 << 30);
+    wp_buf_append(&b, "{\"data\":[", 9);
+    for (size_t i = 0; i < n; i++) {
+        redisReply *id = reply->element[1 + 2 * i], *js = reply->element[2 + 2 * i];
+        if (i)
+            wp_buf_append(&b, ",", 1);
+        sched__event_splice(&b, id->str, js->str, js->len);
+    }
+    if (reply->element[0]->integer == 1 && n > 0)
+        wp_buf_printf(&b, "],\"next_page\":\"page_%s\"}", reply->element[1 + 2 * (n - 1)]->str);
+    else
+        wp_buf_append(&b, "],\"next_page\":null}", 19);
+    sched__respond_raw(req, 200, b.data, b.len);
+    wp_buf_free(&b);
+}
+
+/* Stream id bound from a created_at filter; exclusive bounds use '('. */
+static int ts_bound(struct sched_req *req, const char *key, bool upper, bool exclusive,
+                    char *out, size_t cap)
+{
+    const char *v = sched__query(req, key);
+    uint64_t ms;
+    if (!v)
+        return 0;
+    if (sched__parse_rfc3339(v, &ms) < 0) {
+        sched__bad_request(req, "%s must be an RFC 3339 timestamp", key);
+        return -1;
+    }
+    if (!upper)
+        snprintf(out, cap, "%s%llu-%s", exclusive ? "(" : "", (unsigned long long)ms,
+                 exclusive ? "18446744073709551615" : "0");
+    else
+        snprintf(out, cap, "%s%llu-%s", exclusive ? "(" : "", (unsigned long long)ms,
+                 exclusive ? "0" : "18446744073709551615");
+    return 1;
+}
+
+void sched__h_events_list(struct sched_req *req)
+{
+    int limit;
+    const char *page;
+    char kobj[200], kev[200], lo[64] = "-", hi[64] = "+", lim[16], types[1024] = "";
+    const char *order = sched__query(req, "order");
+    const char *tv[32];
+    if (sched__page_params(req, &limit, &page) < 0)
+        return;
+    if (order && strcmp(order, "asc") && strcmp(order, "desc")) {
+        sched__bad_request(req, "order must be asc or desc");
+        return;
+    }
+    bool asc = !order || !strcmp(order, "asc");
+    if (ts_bound(req, "created_at[gte]", false, false, lo, sizeof(lo)) < 0 ||
+        ts_bound(req, "created_at[gt]", false, true, lo, sizeof(lo)) < 0 ||
+        ts_bound(req, "created_at[lte]", true, false, hi, sizeof(hi)) < 0 ||
+        ts_bound(req, "created_at[lt]", true, true, hi, sizeof(hi)) < 0)
+        return;
+    int nt = sched__query_all(req, "types", tv, 32);
+    for (int i = 0; i < nt; i++) {
+        if (strchr(tv[i], ',') || strlen(types) + strlen(tv[i]) + 2 >= sizeof(types)) {
+            sched__bad_request(req, "invalid types filter");
+            return;
+        }
+        if (i)
+            strcat(types, ",");
+        strcat(types, tv[i]);
+    }
+    if (page) {
+        const char *id = page + 5;
+        size_t l = strspn(id, "0123456789-");
+        if (l == 0 || id[l] || l > 40) {
+            sched__bad_request(req, "invalid page cursor");
+            return;
+        }
+        if (asc)
+            snprintf(lo, sizeof(lo), "(%s", id);
+        else
+            snprintf(hi, sizeof(hi), "(%s", id);
+    }
+    sched__key_obj(kobj, sizeof(kobj), req->params[0]);
+    sched__key_events(kev, sizeof(kev), req->params[0]);
+    snprintf(lim, sizeof(lim), "%d", limit);
+    const char *argv[] = {kobj, kev, req->org, lo, hi, lim, asc ? "asc" : "desc", types};
+    sched__req_script(req, lua_list, list_cb, 2, 8, argv, NULL);
+}

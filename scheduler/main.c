@@ -1,0 +1,43 @@
+/* main.c - warmpool-scheduler: parse config, init logging, run the HTTP
+ * API on the default libev loop until SIGTERM/SIGINT drains it. */
+#define WP_LOG_COMPONENT "sched"
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <ev.h>
+
+#include "base/log.h"
+#include "scheduler/sched.h"
+
+int main(int argc, char **argv)
+{
+    struct sched_config cfg;
+    struct wp_err err = {0};
+
+    wp_log_set_level("info");
+    sched_config_defaults(&cfg);
+    int rc = sched_config_parse_args(&cfg, argc, argv, &err);
+    if (rc == 1)
+        return 0;
+    if (rc < 0) {
+        fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
+        return 2;
+    }
+    if (cfg.norgs == 0)
+        log_warn("no --api-key configured: every request will be refused with 401");
+    signal(SIGPIPE, SIG_IGN);
+    struct ev_loop *loop = EV_DEFAULT;
+    struct sched_server *srv = sched_server_new(loop, &cfg, &err);
+    if (!srv) {
+        log_error("start: %s", err.msg);
+        return 1;
+    }
+    /* Tests and scripts read the bound port from this line. */
+    printf("listening %d\n", sched_server_port(srv));
+    fflush(stdout);
+    ev_run(loop, 0);
+    sched_server_free(srv);
+    log_info("stopped");
+    return 0;
+}

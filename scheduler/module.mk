@@ -1,0 +1,44 @@
+# scheduler/: the HTTP API (Managed Agents-compatible) and the session event log.
+scheduler_SRCS := scheduler/http_parse.c scheduler/server.c scheduler/route.c \
+                  scheduler/redis.c scheduler/util.c scheduler/resources.c \
+                  scheduler/agents.c scheduler/envs.c scheduler/sessions.c \
+                  scheduler/resources_session.c \
+                  scheduler/events.c scheduler/sse.c scheduler/vaults.c scheduler/work.c \
+                  scheduler/config.c
+
+# The scheduler hashes API keys and encrypts vault secrets with libcrypto.
+PKGS += libcrypto
+
+# llhttp: prefer a system libllhttp (Debian 13+), else compile the generated C
+# shipped by Debian 12's node-llhttp, with relaxed warnings and no -Werror
+# (our own flags never weaken for it; style.md section 8).
+ifeq ($(shell pkg-config --exists libllhttp 2>/dev/null && echo y),y)
+LLHTTP_CFLAGS := $(shell pkg-config --cflags libllhttp)
+LLHTTP_LIBS := $(shell pkg-config --libs libllhttp)
+LLHTTP_A :=
+else
+LLHTTP_DIR ?= /usr/share/llhttp
+LLHTTP_CFLAGS := -I/usr/share/include/llhttp
+LLHTTP_A := $(BUILD)/third_party/libllhttp.a
+LLHTTP_LIBS := $(LLHTTP_A)
+LLHTTP_OBJS := $(BUILD)/third_party/llhttp.o $(BUILD)/third_party/api.o \
+               $(BUILD)/third_party/http.o
+$(BUILD)/third_party/%.o: $(LLHTTP_DIR)/%.c $(FLAGS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) -std=c11 -O2 -g -w -fPIC $(filter -fsanitize=% -fno-sanitize-recover=% -fno-omit-frame-pointer,$(ALL_CFLAGS)) -I/usr/share/include/llhttp -c $< -o $@
+$(LLHTTP_A): $(LLHTTP_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+endif
+PKG_CFLAGS += $(LLHTTP_CFLAGS)
+# Every binary linking libscheduler.a needs llhttp; order after the module libs.
+LDLIBS += $(LLHTTP_LIBS)
+$(BUILD)/libscheduler.a: | $(LLHTTP_A)
+# `make fuzz` links every target with $(LDLIBS), which names the archive.
+fuzz: $(LLHTTP_A)
+
+BINS += $(BUILD)/warmpool-scheduler
+$(BUILD)/warmpool-scheduler: $(BUILD)/obj/scheduler/main.o $(BUILD)/libscheduler.a \
+                             $(BUILD)/libbase.a $(LLHTTP_A)
+	$(CC) $(ALL_CFLAGS) $(BUILD)/obj/scheduler/main.o $(BUILD)/libscheduler.a \
+	    $(BUILD)/libbase.a $(LDFLAGS) $(LDLIBS) -o $@

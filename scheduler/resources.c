@@ -1,0 +1,476 @@
+/* resources.c - the generic object store behind every resource.
+ *
+ * An object is one Redis hash wp:obj:<id> (org, scope, json, rev, archived,
+ * seq, live, plus per-kind filter fields). json is the API object as
+ * served, except for fields that change without an update (a session's
+ * status), which live in the "live" fragment and are spliced in on read.
+ * Listing uses two sorted sets per scope and kind (all, active) scored by
+ * a global creation sequence; a cursor is the last score served. Every
+ * write is one Lua script so processes never interleave half-writes.
+ */
+#define WP_LOG_COMPONENT "store"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "scheduler/sched_int.h"
+
+const struct sched_kind sched__kind_agent = {"agent", "agent_", NULL};
+const struct sched_kind sched__kind_env = {"environment", "env_", "environment_deleted"};
+const struct sched_kind sched__kind_session = {"session", "sesn_", "session_deleted"};
+const struct sched_kind sched__kind_vault = {"vault", "vlt_", "vault_deleted"};
+const struct sched_kind sched__kind_cred = {"credential", "vcrd_", "vault_credential_deleted"};
+
+void sched__key_obj(char *out, size_t cap, const char *id)
+{
+    snprintf(out, cap, "wp:obj:%s", id);
+}
+
+void sched__key_idx(char *out, size_t cap, const char *scope, const char *kind, bool active)
+{
+    snprintf(out, cap, "wp:idx:%s:%s%s", scope, kind, active ? ":active" : "");
+}
+
+void sched__key_events(char *out, size_t cap, const char *session_id)
+{
+    snprintf(out, cap, "wp:events:{%s}", session_id);
+}
+
+static const char lua_create[] =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('EXISTS') end\n"
+    "local seq = redis.call('INCR', KEYS[4])\n"
+    "redis.call('HSET', KEYS[1], 'org', ARGV[2], 'scope', ARGV[3], 'json', ARGV[4],\n"
+    "  'rev', 1, 'archived', 0, 'seq', seq, 'live', ARGV[5])\n"
+    "for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end\n"
+    "redis.call('ZADD', KEYS[2], seq, ARGV[1])\n"
+    "redis.call('ZADD', KEYS[3], seq, ARGV[1])\n"
+    "return seq\n";
+
+/* KEYS: obj, active index[, aux]. ARGV: rev, json, archive, id, live,
+ * auxmode ('' | 'rpush' | 'xadd'), auxval, auxtype, then field pairs. */
+static const char lua_store[] =
+    "local cur = redis.call('HGET', KEYS[1], 'rev')\n"
+    "if not cur then return redis.error_reply('NOTFOUND') end\n"
+    "if cur ~= ARGV[1] then return redis.error_reply('CONFLICT') end\n"
+    "redis.call('HSET', KEYS[1], 'json', ARGV[2], 'rev', tonumber(cur) + 1)\n"
+    "if ARGV[3] == '1' then\n"
+    "  redis.call('HSET', KEYS[1], 'archived', 1)\n"
+    "  redis.call('ZREM', KEYS[2], ARGV[4])\n"
+    "end\n"
+    "if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'live', ARGV[5]) end\n"
+    "if ARGV[6] == 'rpush' then redis.call('RPUSH', KEYS[3], ARGV[7]) end\n"
+    "if ARGV[6] == 'xadd' then redis.call('XADD', KEYS[3], '*', 't', ARGV[8], 'e', ARGV[7]) end\n"
+    "for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end\n"
+    "return tonumber(cur) + 1\n";
+
+static const char lua_delete[] =
+    "if redis.call('HGET', KEYS[1], 'org') ~= ARGV[2] then return 0 end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "redis.call('ZREM', KEYS[2], ARGV[1])\n"
+    "redis.call('ZREM', KEYS[3], ARGV[1])\n"
+    "return 1\n";
+
+/* ARGV: cursor score or '', limit, 'asc'|'desc', then filter triples
+ * (field, op, value) with op in eq, in (comma list), gte, lte, gt, lt.
+ * Returns {first, last, more, json1, live1, json2, live2, ...}. */
+static const char lua_list[] =
+    "local idx, cur, limit, asc = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3] == 'asc'\n"
+    "local fields, ops, vals = {'json', 'live'}, {}, {}\n"
+    "for i = 4, #ARGV, 3 do\n"
+    "  table.insert(fields, ARGV[i]); table.insert(ops, ARGV[i+1]); table.insert(vals, ARGV[i+2])\n"
+    "end\n"
+    "local function pass(h)\n"
+    "  for j = 1, #ops do\n"
+    "    local v, op, want = h[j + 2], ops[j], vals[j]\n"
+    "    if op == 'eq' then if v ~= want then return false end\n"
+    "    elseif op == 'in' then\n"
+    "      if not v or not string.find(',' .. want .. ',', ',' .. v .. ',', 1, true) then return false end\n"
+    "    else\n"
+    "      local a, b = tonumber(v or ''), tonumber(want)\n"
+    "      if not a or not b then return false end\n"
+    "      if op == 'gte' and a < b then return false end\n"
+    "      if op == 'lte' and a > b then return false end\n"
+    "      if op == 'gt' and a <= b then return false end\n"
+    "      if op == 'lt' and a >= b then return false end\n"
+    "    end\n"
+    "  end\n"
+    "  return true\n"
+    "end\n"
+    "local out, first, last, scanned = {}, '', cur, 0\n"
+    "local done = false\n"
+    "while #out < 2 * limit and not done and scanned < 5000 do\n"
+    "  local ids\n"
+    "  if asc then\n"
+    "    ids = redis.call('ZRANGEBYSCORE', idx, last == '' and '-inf' or '(' .. last, '+inf', 'WITHSCORES', 'LIMIT', 0, limit + 10)\n"
+    "  else\n"
+    "    ids = redis.call('ZREVRANGEBYSCORE', idx, last == '' and '+inf' or '(' .. last, '-inf', 'WITHSCORES', 'LIMIT', 0, limit + 10)\n"
+    "  end\n"
+    "  if #ids == 0 then done = true end\n"
+    "  for i = 1, #ids, 2 do\n"
+    "    local h = redis.call('HMGET', 'wp:obj:' .. ids[i], unpack(fields))\n"
+    "    last = ids[i + 1]\n"
+    "    scanned = scanned + 1\n"
+    "    if h[1] and pass(h) then\n"
+    "      if first == '' then first = last end\n"
+    "      table.insert(out, h[1]); table.insert(out, h[2] or '')\n"
+    "      if #out >= 2 * limit then break end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "local more = 0\n"
+    "if last ~= '' and not done then\n"
+    "  local r\n"
+    "  if asc then r = redis.call('ZRANGEBYSCORE', idx, '(' .. last, '+inf', 'LIMIT', 0, 1)\n"
+    "  else r = redis.call('ZREVRANGEBYSCORE', idx, '(' .. last, '-inf', 'LIMIT', 0, 1) end\n"
+    "  if #r > 0 then more = 1 end\n"
+    "end\n"
+    "local res = {first, last, more}\n"
+    "for i = 1, #out do table.insert(res, out[i]) end\n"
+    "return res\n";
+
+/* Splice the live fragment into a stored object: {"a":1} + "\"s\":\"x\"". */
+static void append_obj(struct wp_buf *b, const char *json, size_t jl, const char *live,
+                       size_t ll)
+{
+    if (ll == 0 || jl < 2) {
+        wp_buf_append(b, json, jl);
+        return;
+    }
+    wp_buf_append(b, "{", 1);
+    wp_buf_append(b, live, ll);
+    if (jl > 2)
+        wp_buf_append(b, ",", 1);
+    wp_buf_append(b, json + 1, jl - 1);
+}
+
+json_t *sched__obj_parse(const char *json, size_t jl, const char *live, size_t ll)
+{
+    struct wp_buf b;
+    wp_buf_init(&b, jl + ll + 16);
+    append_obj(&b, json, jl, live, ll);
+    json_t *o = json_loadb(b.data ? b.data : "", b.len, 0, NULL);
+    wp_buf_free(&b);
+    return o;
+}
+
+/* ---- create ---- */
+
+static void create_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        sched__respond_error(req, 500, "api_error", NULL, "store failed: %s", reply->str);
+        return;
+    }
+    json_t *obj = req->tmp;
+    req->tmp = NULL;
+    if (req->after) {
+        req->after(req, obj);
+        return;
+    }
+    sched__respond_json(req, 200, obj);
+}
+
+void sched__obj_create_live(struct sched_req *req, const struct sched_kind *k, const char *scope,
+                            json_t *obj, const char *live, const char *const *extra)
+{
+    char kobj[200], kall[200], kact[200];
+    const char *argv[40];
+    int argc = 0;
+    const char *id = json_string_value(json_object_get(obj, "id"));
+    /* The stored form has no live fields; the response has them. */
+    json_t *stored = json_deep_copy(obj);
+    json_object_del(stored, "status");
+    char *s = json_dumps(stored, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(stored);
+    if (!s) {
+        json_decref(obj);
+        sched__respond_error(req, 500, "api_error", NULL, "could not encode %s", k->name);
+        return;
+    }
+    sched__key_obj(kobj, sizeof(kobj), id);
+    sched__key_idx(kall, sizeof(kall), scope, k->name, false);
+    sched__key_idx(kact, sizeof(kact), scope, k->name, true);
+    argv[argc++] = kobj;
+    argv[argc++] = kall;
+    argv[argc++] = kact;
+    argv[argc++] = "wp:seq";
+    argv[argc++] = id;
+    argv[argc++] = req->org;
+    argv[argc++] = scope;
+    argv[argc++] = s;
+    argv[argc++] = live ? live : "";
+    for (int i = 0; extra && extra[i] && argc < 38; i++)
+        argv[argc++] = extra[i];
+    json_decref(req->tmp);
+    req->tmp = obj;
+    sched__req_script(req, lua_create, create_cb, 4, argc, argv, NULL);
+    free(s);
+}
+
+void sched__obj_create(struct sched_req *req, const struct sched_kind *k, const char *scope,
+                       json_t *obj, const char *const *extra)
+{
+    sched__obj_create_live(req, k, scope, obj, NULL, extra);
+}
+
+/* ---- load ---- */
+
+struct sched_load_state {
+    sched_obj_cb cb;
+    const struct sched_kind *kind;
+    char id[128];
+    char scope[200];
+};
+
+static void load_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    struct sched_load_state *ls = (void *)req->load_state;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 6) {
+        sched__respond_error(req, 500, "api_error", NULL, "unexpected storage reply");
+        return;
+    }
+    redisReply **e = reply->element;
+    if (e[0]->type != REDIS_REPLY_STRING || strcmp(e[0]->str, req->org) != 0 ||
+        e[1]->type != REDIS_REPLY_STRING ||
+        (ls->scope[0] && (e[4]->type != REDIS_REPLY_STRING || strcmp(e[4]->str, ls->scope)))) {
+        const char *code = ls->kind == &sched__kind_env ? "environment_not_found" : NULL;
+        sched__respond_error(req, 404, "not_found_error", code, "No %s with id %s",
+                             ls->kind->name, ls->id);
+        return;
+    }
+    const char *live = e[5]->type == REDIS_REPLY_STRING ? e[5]->str : "";
+    json_t *obj = sched__obj_parse(e[1]->str, e[1]->len, live, strlen(live));
+    long long rev = e[2]->type == REDIS_REPLY_STRING ? atoll(e[2]->str) : 0;
+    if (!obj) {
+        sched__respond_error(req, 500, "api_error", NULL, "stored %s is corrupt", ls->kind->name);
+        return;
+    }
+    ls->cb(req, obj, rev);
+}
+
+void sched__obj_load_scoped(struct sched_req *req, const struct sched_kind *k, const char *id,
+                            const char *scope, sched_obj_cb cb)
+{
+    struct sched_load_state *ls = (void *)req->load_state;
+    char kobj[200];
+    _Static_assert(sizeof(struct sched_load_state) <= sizeof(req->load_state), "load_state");
+    ls->cb = cb;
+    ls->kind = k;
+    snprintf(ls->id, sizeof(ls->id), "%s", id);
+    snprintf(ls->scope, sizeof(ls->scope), "%s", scope ? scope : "");
+    sched__key_obj(kobj, sizeof(kobj), id);
+    const char *argv[] = {"HMGET", kobj, "org", "json", "rev", "archived", "scope", "live"};
+    sched__req_redis(req, load_cb, 8, argv, NULL);
+}
+
+void sched__obj_load(struct sched_req *req, const struct sched_kind *k, const char *id,
+                     sched_obj_cb cb)
+{
+    sched__obj_load_scoped(req, k, id, NULL, cb);
+}
+
+/* ---- store ---- */
+
+static void store_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        if (strstr(reply->str, "CONFLICT")) {
+            snprintf(req->extra_headers, sizeof(req->extra_headers), "x-should-retry: true\r\n");
+            sched__respond_error(req, 409, "conflict_error", NULL,
+                                 "the object was modified concurrently; retry");
+        } else if (strstr(reply->str, "NOTFOUND")) {
+            sched__not_found(req, "the object was deleted");
+        } else {
+            sched__respond_error(req, 500, "api_error", NULL, "store failed: %s", reply->str);
+        }
+        return;
+    }
+    json_t *obj = req->tmp;
+    req->tmp = NULL;
+    if (req->after) {
+        req->after(req, obj);
+        return;
+    }
+    sched__respond_json(req, 200, obj);
+}
+
+void sched__obj_store_live(struct sched_req *req, const struct sched_kind *k,
+                           const char *scope, json_t *obj, long long rev, bool archive,
+                           const char *live, const char *const *extra,
+                           const char *push_version_key)
+{
+    sched__obj_store_aux(req, k, scope, obj, rev, archive, live, extra,
+                         push_version_key ? "rpush" : NULL, push_version_key, NULL, NULL);
+}
+
+void sched__obj_store_aux(struct sched_req *req, const struct sched_kind *k,
+                          const char *scope, json_t *obj, long long rev, bool archive,
+                          const char *live, const char *const *extra, const char *auxmode,
+                          const char *auxkey, const char *auxval, const char *auxtype)
+{
+    char kobj[200], kact[200], revs[32];
+    const char *argv[40];
+    int argc = 0;
+    const char *id = json_string_value(json_object_get(obj, "id"));
+    json_t *stored = json_deep_copy(obj);
+    json_object_del(stored, "status");
+    char *s = json_dumps(stored, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(stored);
+    if (!s) {
+        json_decref(obj);
+        sched__respond_error(req, 500, "api_error", NULL, "could not encode %s", k->name);
+        return;
+    }
+    sched__key_obj(kobj, sizeof(kobj), id);
+    sched__key_idx(kact, sizeof(kact), scope, k->name, true);
+    snprintf(revs, sizeof(revs), "%lld", rev);
+    argv[argc++] = kobj;
+    argv[argc++] = kact;
+    if (auxkey)
+        argv[argc++] = auxkey;
+    int nkeys = argc;
+    argv[argc++] = revs;
+    argv[argc++] = s;
+    argv[argc++] = archive ? "1" : "0";
+    argv[argc++] = id;
+    argv[argc++] = live ? live : "";
+    argv[argc++] = auxmode ? auxmode : "";
+    /* rpush stores the object itself as the new version snapshot. */
+    argv[argc++] = auxval ? auxval : s;
+    argv[argc++] = auxtype ? auxtype : "";
+    for (int i = 0; extra && extra[i] && argc < 38; i++)
+        argv[argc++] = extra[i];
+    json_decref(req->tmp);
+    req->tmp = obj;
+    sched__req_script(req, lua_store, store_cb, nkeys, argc, argv, NULL);
+    free(s);
+}
+
+void sched__obj_store(struct sched_req *req, const struct sched_kind *k, const char *scope,
+                      json_t *obj, long long rev, bool archive, const char *const *extra,
+                      const char *push_version_key)
+{
+    sched__obj_store_live(req, k, scope, obj, rev, archive, NULL, extra, push_version_key);
+}
+
+/* ---- delete ---- */
+
+static void delete_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    struct sched_load_state *ls = (void *)req->load_state;
+    if (reply->type != REDIS_REPLY_INTEGER) {
+        sched__respond_error(req, 500, "api_error", NULL, "delete failed");
+        return;
+    }
+    if (reply->integer == 0) {
+        sched__not_found(req, "No %s with id %s", ls->kind->name, ls->id);
+        return;
+    }
+    sched__respond_json(req, 200, json_pack("{s:s,s:s}", "id", ls->id, "type",
+                                            ls->kind->deleted_type));
+}
+
+void sched__obj_delete(struct sched_req *req, const struct sched_kind *k, const char *scope,
+                       const char *id)
+{
+    struct sched_load_state *ls = (void *)req->load_state;
+    char kobj[200], kall[200], kact[200];
+    ls->kind = k;
+    snprintf(ls->id, sizeof(ls->id), "%s", id);
+    sched__key_obj(kobj, sizeof(kobj), id);
+    sched__key_idx(kall, sizeof(kall), scope, k->name, false);
+    sched__key_idx(kact, sizeof(kact), scope, k->name, true);
+    const char *argv[] = {kobj, kall, kact, id, req->org};
+    sched__req_script(req, lua_delete, delete_cb, 3, 5, argv, NULL);
+}
+
+/* ---- list ---- */
+
+static void list_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    bool reverse = req->step & 1, bidi = req->step & 2, had_cursor = req->step & 4;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 3) {
+        sched__respond_error(req, 500, "api_error", NULL, "list failed: %s",
+                             reply->type == REDIS_REPLY_ERROR ? reply->str : "bad reply");
+        return;
+    }
+    redisReply **e = reply->element;
+    const char *first = e[0]->str ? e[0]->str : "";
+    const char *last = e[1]->str ? e[1]->str : "";
+    bool more = e[2]->type == REDIS_REPLY_INTEGER && e[2]->integer == 1;
+    size_t n = (reply->elements - 3) / 2;
+    struct wp_buf b;
+    wp_buf_init(&b, (size_t)1 << 30);
+    wp_buf_append(&b, "{\"data\":[", 9);
+    for (size_t i = 0; i < n; i++) {
+        size_t j = reverse ? n - 1 - i : i;
+        redisReply *js = e[3 + 2 * j], *lv = e[4 + 2 * j];
+        if (i)
+            wp_buf_append(&b, ",", 1);
+        append_obj(&b, js->str, js->len, lv->str ? lv->str : "", lv->str ? lv->len : 0);
+    }
+    char next[64] = "", prev[64] = "";
+    if (!reverse) {
+        if (more && n > 0)
+            snprintf(next, sizeof(next), "page_%s", last);
+        if (had_cursor && n > 0)
+            snprintf(prev, sizeof(prev), "page_r%s", first);
+    } else {
+        if (more && n > 0)
+            snprintf(prev, sizeof(prev), "page_r%s", last);
+        if (n > 0)
+            snprintf(next, sizeof(next), "page_%s", first);
+    }
+    wp_buf_printf(&b, "],\"next_page\":%s%s%s", next[0] ? "\"" : "", next[0] ? next : "null",
+                  next[0] ? "\"" : "");
+    if (bidi)
+        wp_buf_printf(&b, ",\"prev_page\":%s%s%s", prev[0] ? "\"" : "",
+                      prev[0] ? prev : "null", prev[0] ? "\"" : "");
+    wp_buf_append(&b, "}", 1);
+    sched__respond_raw(req, 200, b.data, b.len);
+    wp_buf_free(&b);
+}
+
+void sched__obj_list(struct sched_req *req, const struct sched_kind *k, const char *scope,
+                     bool include_archived, bool asc, const char *const *filter,
+                     bool bidirectional)
+{
+    int limit;
+    const char *page;
+    char kidx[200], cur[32] = "", lim[16];
+    const char *argv[40];
+    int argc = 0;
+    bool reverse = false;
+    if (sched__page_params(req, &limit, &page) < 0)
+        return;
+    if (page) {
+        const char *p = page + 5;
+        if (*p == 'r') {
+            reverse = true;
+            p++;
+        }
+        char *end;
+        long long v = strtoll(p, &end, 10);
+        if (*p == '\0' || *end || v < 0) {
+            sched__bad_request(req, "invalid page cursor");
+            return;
+        }
+        snprintf(cur, sizeof(cur), "%lld", v);
+    }
+    sched__key_idx(kidx, sizeof(kidx), scope, k->name, !include_archived);
+    snprintf(lim, sizeof(lim), "%d", limit);
+    argv[argc++] = kidx;
+    argv[argc++] = cur;
+    argv[argc++] = lim;
+    argv[argc++] = (asc != reverse) ? "asc" : "desc";
+    for (int i = 0; filter && filter[i] && argc < 39; i++)
+        argv[argc++] = filter[i];
+    req->step = (reverse ? 1 : 0) | (bidirectional ? 2 : 0) | (page ? 4 : 0);
+    sched__req_script(req, lua_list, list_cb, 1, argc, argv, NULL);
+}

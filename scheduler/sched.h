@@ -1,0 +1,72 @@
+/* sched.h - warmpool-scheduler: the HTTP API (Managed Agents-compatible)
+ * and the session event log. Public interface used by main.c and tests.
+ *
+ * All state lives in Redis; a scheduler process holds only connections.
+ * Every function here runs on the loop thread (EV_DEFAULT).
+ */
+#ifndef SCHED_H
+#define SCHED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ev.h>
+
+#include "base/err.h"
+
+#define SCHED_MAX_ORGS 64
+
+struct sched_org_key {
+    char org[64];
+    unsigned char key_sha256[32]; /* only the hash of the key is kept */
+};
+
+struct sched_config {
+    char listen_host[64];
+    int listen_port;
+    char redis_host[128];
+    int redis_port;
+    int norgs;
+    struct sched_org_key orgs[SCHED_MAX_ORGS];
+    size_t max_head;         /* request line + headers, bytes (431 above) */
+    size_t max_body;         /* request body, bytes (413 above) */
+    double header_timeout;   /* seconds from the first byte to a complete request */
+    double idle_timeout;     /* seconds a keep-alive connection may sit idle */
+    double redis_timeout;    /* seconds a Redis command may take */
+    double sse_keepalive;    /* seconds between SSE keepalive comments */
+    size_t sse_soft_limit;   /* SSE output queued above this: stop reading the log */
+    size_t sse_hard_limit;   /* SSE output queued above this: cut the client off */
+    double sse_soft_seconds; /* over the soft limit this long: cut the client off */
+    int rate_create;         /* per organization and minute; 0 = unlimited */
+    int rate_read;
+    double drain_timeout;    /* seconds SIGTERM waits for in-flight requests */
+    int max_conns;           /* connections (streams included) beyond this get 503 */
+    char vault_key_hex[65];  /* AES-256 key for vault secrets (hex); empty = derived */
+};
+
+/* Defaults (listen 127.0.0.1:8080, redis 127.0.0.1:6379, limits 60/600). */
+void sched_config_defaults(struct sched_config *cfg);
+
+/* Parse argv into cfg (after defaults). Returns 0, 1 when --help was
+ * printed (caller exits 0), or WP_ECONFIG with err filled. */
+int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
+                            struct wp_err *err);
+
+/* Add "ORG:KEY" to cfg (hashes KEY). Returns 0 or WP_ECONFIG. */
+int sched_config_add_key(struct sched_config *cfg, const char *spec, struct wp_err *err);
+
+struct sched_server;
+
+/* Create the server on loop: binds the listener, starts connecting to
+ * Redis. Caller owns the result (free with sched_server_free after the
+ * loop returned). Returns NULL with err filled on failure. */
+struct sched_server *sched_server_new(struct ev_loop *loop, const struct sched_config *cfg,
+                                      struct wp_err *err);
+/* Port actually bound (useful with --listen 127.0.0.1:0). */
+int sched_server_port(const struct sched_server *srv);
+/* Stop accepting, finish in-flight requests, close streams, then stop
+ * every watcher so ev_run returns. Idempotent. */
+void sched_server_drain(struct sched_server *srv);
+void sched_server_free(struct sched_server *srv);
+
+#endif

@@ -1,0 +1,350 @@
+/* sched_int.h - shared between the files of scheduler/ only (sched__*). */
+#ifndef SCHED_INT_H
+#define SCHED_INT_H
+
+#include <ev.h>
+#include <hiredis/async.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/buf.h"
+#include "base/err.h"
+#include "scheduler/sched.h"
+
+/* ---- HTTP request parsing (http_parse.c; the only user of llhttp.h) ---- */
+
+#define SCHED_HTTP_MAX_HEADERS 64
+
+struct sched_http_header {
+    size_t name;  /* offsets into head; NUL-terminated; name lowercased */
+    size_t value;
+};
+
+struct sched_http_req {
+    char method[16];
+    struct wp_buf head;  /* url, header names and values, NUL-separated */
+    size_t url;          /* offset of the url in head */
+    int nheaders;
+    struct sched_http_header headers[SCHED_HTTP_MAX_HEADERS];
+    struct wp_buf body;
+    bool keep_alive;
+    bool has_content_length;
+};
+
+struct sched_http_parser {
+    void *llhttp;          /* llhttp_t, opaque outside http_parse.c */
+    void *settings;        /* llhttp_settings_t */
+    struct sched_http_req req;
+    int err_status;        /* HTTP status to answer with after an error */
+    const char *err_reason;
+    bool in_message;       /* a request has started (for the header timeout) */
+    bool headers_done;
+    bool piece_open;       /* a header name/value piece is being accumulated */
+};
+
+enum {
+    SCHED_HTTP_MORE = 0, /* all input consumed, request incomplete */
+    SCHED_HTTP_DONE = 1, /* one request complete; *consumed says how far */
+};
+
+/* Init with limits on the head (url + headers) and body. Returns 0 or -ENOMEM. */
+int sched_http_parser_init(struct sched_http_parser *p, size_t max_head, size_t max_body);
+void sched_http_parser_free(struct sched_http_parser *p);
+/* Feed bytes. Returns SCHED_HTTP_MORE, SCHED_HTTP_DONE (one full request is
+ * in p->req; bytes after *consumed belong to the next, pipelined request;
+ * call sched_http_parser_next before feeding them) or WP_EPROTO with
+ * p->err_status (400, 413, 431, 501, 505) and p->err_reason set. */
+int sched_http_parser_feed(struct sched_http_parser *p, const char *data, size_t len,
+                           size_t *consumed);
+/* Forget the finished request and get ready for the next one. */
+void sched_http_parser_next(struct sched_http_parser *p);
+/* Header value by lowercase name, or NULL. Borrowed until next(). */
+const char *sched_http_header(const struct sched_http_req *r, const char *name);
+const char *sched_http_url(const struct sched_http_req *r);
+
+/* ---- Redis (redis.c) ---- */
+
+struct sched_redis;
+/* Reply callback: reply is NULL when the connection died or the command
+ * timed out (the request has already been answered 503 in that case only
+ * if the caller asked for it). The reply belongs to hiredis. */
+typedef void (*sched_redis_cb)(void *ctx, redisReply *reply);
+
+struct sched_redis *sched__redis_new(struct ev_loop *loop, const char *host, int port,
+                                     const char *name);
+void sched__redis_free(struct sched_redis *r);
+bool sched__redis_ready(const struct sched_redis *r);
+/* Send argv; cb is called exactly once (reply or NULL) if this returns 0;
+ * never if it returns < 0 (not connected). */
+int sched__redis_argv(struct sched_redis *r, sched_redis_cb cb, void *ctx, int argc,
+                      const char **argv, const size_t *lens);
+/* Run a Lua script by its sha (EVALSHA with EVAL fallback on NOSCRIPT). */
+int sched__redis_script(struct sched_redis *r, const char *script, sched_redis_cb cb,
+                        void *ctx, int nkeys, int argc, const char **argv,
+                        const size_t *lens);
+
+/* ---- Server, connections, requests (server.c) ---- */
+
+struct sched_conn;
+struct sched_req;
+struct sched_sse;
+struct sched_hub;
+
+struct sched_server {
+    struct ev_loop *loop;
+    struct sched_config cfg;
+    int listen_fd;
+    int port;
+    ev_io listen_io;
+    ev_signal sigterm, sigint;
+    ev_prepare prepare;   /* before-sleep: frees closed connections */
+    ev_timer drain_timer;
+    ev_timer accept_pause; /* re-enables accepting after EMFILE */
+    struct sched_conn *conns;       /* live connections */
+    int nconns;
+    struct sched_conn *close_list;  /* closed, freed in prepare */
+    struct sched_redis *rds;        /* request/response traffic */
+    struct sched_hub *hubs;         /* sse.c: one live tail per streamed session */
+    bool draining;
+    uint64_t req_seq;
+    uint64_t boot_id;
+    unsigned char vault_key[32];
+};
+
+struct sched_req {
+    struct sched_server *srv;
+    struct sched_conn *conn;  /* NULL once the client is gone */
+    const struct sched_http_req *http;
+    char request_id[40];
+    char org[64];
+    const struct sched_route *route;
+    int nparams;
+    char params[3][128];      /* decoded path parameters */
+    int nquery;
+    char *qkeys[64], *qvals[64]; /* decoded query, owned */
+    json_t *body;             /* parsed JSON body or NULL; owned */
+    json_t *tmp;              /* scratch owned by handlers (freed at end) */
+    json_t *tmp2;
+    int step;                 /* handler-defined state */
+    int pending;              /* Redis commands in flight */
+    bool answered;
+    ev_timer timeout;
+    char extra_headers[256]; /* "name: value\r\n" lines added to the response */
+    _Alignas(16) unsigned char load_state[512]; /* resources.c scratch */
+    char scratch[256];       /* handler scratch (ids, cursors) */
+    /* Set by a handler: called with the stored object (owned) instead of
+     * answering 200 when an object create/store succeeds. */
+    void (*after)(struct sched_req *req, json_t *obj);
+    char env_key[128];        /* set when authenticated by an environment key: its env */
+    char tok_session[64];     /* set when authenticated by a work item's sessions token */
+    char tok_work[64];
+    int block_ms, reclaim_ms; /* work poll */
+    double started_ms;
+    ev_timer retry;           /* work poll re-check */
+};
+
+/* Write a complete response (status, JSON body) and finish req. */
+void sched__respond_json(struct sched_req *req, int status, json_t *body /* steals */);
+void sched__respond_raw(struct sched_req *req, int status, const char *json, size_t len);
+/* API error: {"type":"error","error":{"type","message",details?},"request_id"}.
+ * error_code may be NULL. */
+void sched__respond_error(struct sched_req *req, int status, const char *type,
+                          const char *error_code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* The API's error.type for an HTTP status (400 invalid_request_error, 401
+ * authentication_error, 404 not_found_error, 429 rate_limit_error, ...). */
+const char *sched__error_type_for(int status);
+/* Convenience wrappers. */
+#define sched__bad_request(req, ...) \
+    sched__respond_error((req), 400, "invalid_request_error", NULL, __VA_ARGS__)
+#define sched__not_found(req, ...) \
+    sched__respond_error((req), 404, "not_found_error", NULL, __VA_ARGS__)
+
+/* Issue a Redis command for req; on a NULL reply answers 503 and frees
+ * req, so cb only ever sees a live reply and a live req. */
+int sched__req_redis(struct sched_req *req, sched_redis_cb cb, int argc, const char **argv,
+                     const size_t *lens);
+int sched__req_script(struct sched_req *req, const char *script, sched_redis_cb cb,
+                      int nkeys, int argc, const char **argv, const size_t *lens);
+
+/* Turn a connection into an SSE stream: sends the 200 headers, returns
+ * the connection (borrowed; it outlives req). */
+struct sched_conn *sched__conn_take_for_sse(struct sched_req *req);
+/* Queue bytes on a connection; returns 0 or WP_ETOOBIG (hard limit). */
+int sched__conn_write(struct sched_conn *c, const char *p, size_t n);
+size_t sched__conn_queued(const struct sched_conn *c);
+void sched__conn_close(struct sched_conn *c);
+bool sched__conn_closing(const struct sched_conn *c);
+void sched__conn_set_sse(struct sched_conn *c, struct sched_sse *s);
+/* sse.c, called by server.c: the connection closed (free the stream state)
+ * or its output queue drained (read more of the log). */
+void sched__sse_conn_closed(struct sched_sse *s);
+void sched__sse_conn_drained(struct sched_sse *s);
+void sched__req_finish(struct sched_req *req);
+
+/* ---- Routing (route.c) ---- */
+
+typedef void (*sched_handler_cb)(struct sched_req *req);
+
+enum {
+    SCHED_R_CREATE = 1 << 0, /* counts against the create rate limit */
+    SCHED_R_BODY = 1 << 1,   /* a JSON object body is required */
+    SCHED_R_NOAUTH = 1 << 2,
+    SCHED_R_ENVKEY = 1 << 3, /* an environment key is accepted too */
+};
+
+struct sched_route {
+    const char *method;
+    const char *pattern; /* "/v1/agents/:id/versions" */
+    sched_handler_cb handler;
+    int flags;
+    const char *name;
+};
+
+/* Match method+path; returns the route or NULL. *path_matched is set when
+ * some route matches the path with another method (405). Fills params. */
+const struct sched_route *sched__route_match(const char *method, const char *path,
+                                             bool *path_matched, int *nparams,
+                                             char params[3][128]);
+/* Dispatch a parsed request (server.c calls this). */
+void sched__dispatch(struct sched_req *req);
+const char *sched__query(const struct sched_req *req, const char *key);
+/* All values of key, accepting "key[]" and "key". Returns count. */
+int sched__query_all(const struct sched_req *req, const char *key, const char **out, int max);
+/* Decode %XX in place; returns -1 on a bad escape. plus: '+' means ' '. */
+int sched__pct_decode(char *s, bool plus);
+
+/* ---- Utilities (util.c) ---- */
+
+/* "agent_" + 24 random base62 characters into out (>= 40 bytes). */
+void sched__new_id(const char *prefix, char *out, size_t cap);
+/* RFC 3339 UTC with milliseconds. */
+void sched__rfc3339(uint64_t ms, char *out, size_t cap);
+int sched__parse_rfc3339(const char *s, uint64_t *ms);
+bool sched__utf8_valid(const char *s, size_t n);
+/* Metadata validation: object of strings, 16 keys / 64 / 512. patch: allow
+ * null values (and "" when empty_deletes). Returns NULL or a message. */
+const char *sched__check_metadata(json_t *m, bool patch);
+/* Apply a metadata patch onto stored (a borrowed object). */
+void sched__apply_metadata_patch(json_t *stored, json_t *patch, bool empty_deletes);
+/* Reject fields of obj not in the NULL-terminated allowed list; returns the
+ * first unknown key or NULL. */
+const char *sched__unknown_field(json_t *obj, const char *const *allowed);
+/* Pagination: limit (1..1000, default 20) and page cursor. Returns 0 or
+ * answers 400 and returns -1. */
+int sched__page_params(struct sched_req *req, int *limit, const char **page);
+bool sched__query_bool(struct sched_req *req, const char *key, bool def, bool *bad);
+void sched__sha256(const void *p, size_t n, unsigned char out[32]);
+/* SHA-256 as 64 hex digits + NUL into out (>= 65 bytes). */
+void sched__sha256_hex(const char *s, char *out);
+/* base64url without padding into out (cap >= 4 * n / 3 + 4). */
+void sched__b64url(const void *p, size_t n, char *out, size_t cap);
+/* AES-256-GCM; out is base64 of nonce|tag|ciphertext. Caller frees. */
+char *sched__seal(const unsigned char key[32], const char *plain, size_t n);
+char *sched__unseal(const unsigned char key[32], const char *sealed, size_t *n);
+
+/* ---- Handlers (one per route; agents.c, envs.c, sessions.c, events.c,
+ * sse.c, vaults.c) ---- */
+#define SCHED_HANDLERS(X)                                                   \
+    X(agent_create) X(agent_list) X(agent_get) X(agent_update)              \
+    X(agent_archive) X(agent_versions)                                      \
+    X(env_create) X(env_list) X(env_get) X(env_update) X(env_delete)        \
+    X(env_archive)                                                          \
+    X(session_create) X(session_list) X(session_get) X(session_update)      \
+    X(session_delete) X(session_archive)                                    \
+    X(events_list) X(events_send) X(events_stream)                          \
+    X(vault_create) X(vault_list) X(vault_get) X(vault_update)              \
+    X(vault_delete) X(vault_archive)                                        \
+    X(cred_create) X(cred_list) X(cred_get) X(cred_update) X(cred_delete)   \
+    X(cred_archive)                                                         \
+    X(work_poll) X(work_ack) X(work_heartbeat) X(work_stop) X(work_list)    \
+    X(work_get) X(work_update) X(work_stats) X(env_key_create)               \
+    X(sres_add) X(sres_list) X(sres_get) X(sres_update) X(sres_delete)
+#define SCHED_HANDLER_DECL(name) void sched__h_##name(struct sched_req *req);
+SCHED_HANDLERS(SCHED_HANDLER_DECL)
+#undef SCHED_HANDLER_DECL
+
+/* Generic resources (resources.c), used by agents, environments, sessions,
+ * vaults, credentials. */
+struct sched_kind {
+    const char *name;       /* "agent" */
+    const char *id_prefix;  /* "agent_" */
+    const char *deleted_type;
+};
+extern const struct sched_kind sched__kind_agent, sched__kind_env, sched__kind_session,
+    sched__kind_vault, sched__kind_cred, sched__kind_work;
+
+/* Queue a session work item in a self_hosted environment (work.c). */
+void sched__work_enqueue(struct sched_req *req, const char *env, const char *session_id,
+                         sched_redis_cb cb);
+
+/* Redis key helpers: "wp:obj:<id>", "wp:idx:<org>:<kind>[:active]". */
+void sched__key_obj(char *out, size_t cap, const char *id);
+void sched__key_idx(char *out, size_t cap, const char *org, const char *kind, bool active);
+void sched__key_events(char *out, size_t cap, const char *session_id);
+
+/* Store a new object (json, steals) and answer 200 with it. extra: flat
+ * list of name/value pairs also kept as hash fields (for list filters),
+ * NULL-terminated. scope: index owner ("<org>" or "<org>:<parent>"). */
+void sched__obj_create(struct sched_req *req, const struct sched_kind *k, const char *scope,
+                       json_t *obj, const char *const *extra);
+/* Load an object owned by req->org; cb gets it (owned) or the request was
+ * answered 404. */
+typedef void (*sched_obj_cb)(struct sched_req *req, json_t *obj, long long rev);
+void sched__obj_load(struct sched_req *req, const struct sched_kind *k, const char *id,
+                     sched_obj_cb cb);
+/* Compare-and-set the stored object at rev; answers 200 with obj or 409.
+ * archive: also remove from the active index of scope. Steals obj. */
+void sched__obj_store(struct sched_req *req, const struct sched_kind *k, const char *scope,
+                      json_t *obj, long long rev, bool archive, const char *const *extra,
+                      const char *push_version_key);
+/* Variants: live is a JSON fragment ("\"status\":\"idle\"") kept apart
+ * from json and spliced in on every read; scope (may be NULL) must match
+ * the object's scope on load. */
+void sched__obj_create_live(struct sched_req *req, const struct sched_kind *k,
+                            const char *scope, json_t *obj, const char *live,
+                            const char *const *extra);
+void sched__obj_store_live(struct sched_req *req, const struct sched_kind *k,
+                           const char *scope, json_t *obj, long long rev, bool archive,
+                           const char *live, const char *const *extra,
+                           const char *push_version_key);
+/* Store and, in the same script, RPUSH (auxmode "rpush") or XADD ("xadd":
+ * fields t=auxtype, e=auxval) onto auxkey. */
+void sched__obj_store_aux(struct sched_req *req, const struct sched_kind *k,
+                          const char *scope, json_t *obj, long long rev, bool archive,
+                          const char *live, const char *const *extra, const char *auxmode,
+                          const char *auxkey, const char *auxval, const char *auxtype);
+void sched__obj_load_scoped(struct sched_req *req, const struct sched_kind *k, const char *id,
+                            const char *scope, sched_obj_cb cb);
+/* Parse a stored object with its live fragment. Caller owns the result. */
+json_t *sched__obj_parse(const char *json, size_t jl, const char *live, size_t ll);
+void sched__obj_delete(struct sched_req *req, const struct sched_kind *k, const char *scope,
+                       const char *id);
+/* List one page of scope's index; filter: Lua-evaluated hash field equality
+ * pairs (NULL-terminated). next_page and (sessions) prev_page cursors. */
+void sched__obj_list(struct sched_req *req, const struct sched_kind *k, const char *scope,
+                     bool include_archived, bool asc, const char *const *filter,
+                     bool bidirectional);
+
+/* Session events (events.c). */
+extern const char sched__lua_append[];
+/* Validate one client event; NULL or a message (static). */
+const char *sched__event_validate(json_t *e, bool initial);
+/* Validate an events array and build the stored forms (*out, owned).
+ * Returns 0, or -1 with *msg. */
+int sched__events_prepare(json_t *events, bool initial, int max, json_t **out,
+                          const char **msg);
+/* Append prepared events to session sid (status machine included). */
+void sched__events_append(struct sched_req *req, const char *sid, json_t *prepared,
+                          sched_redis_cb cb);
+/* Write one event as served: stored json + id + processed_at from the
+ * stream id. */
+void sched__event_splice(struct wp_buf *b, const char *stream_id, const char *json,
+                         size_t len);
+
+/* Rate limit (route.c). */
+extern const char sched__lua_ratelimit[];
+
+#endif

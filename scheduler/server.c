@@ -1,0 +1,784 @@
+/* server.c - listener, connections and the request lifecycle on libev.
+ *
+ * One struct sched_conn per client with its watchers embedded (read, write,
+ * one timer). A connection serves one request at a time: the parser pauses
+ * at the end of each message and the rest of a pipelined batch waits in
+ * conn->in until the response is queued. Closing is two-phase: close()
+ * stops the watchers and moves the connection to a close list that the
+ * ev_prepare watcher frees before the loop sleeps (style habit 3).
+ */
+#define WP_LOG_COMPONENT "sched"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "base/timeutil.h"
+#include "scheduler/sched_int.h"
+
+#define CONN_OUT_MAX (64u << 20)
+
+struct sched_conn {
+    struct sched_server *srv;
+    int fd;
+    ev_io rio, wio;
+    ev_timer timer;
+    struct sched_http_parser parser;
+    struct wp_buf in;   /* bytes read, not yet parsed */
+    struct wp_buf out;  /* bytes queued for the client */
+    struct sched_req *req;
+    struct sched_sse *sse;
+    bool closing;
+    bool close_after_write;
+    bool sse_mode;
+    bool processing;
+    bool timer_is_header;
+    struct sched_conn *next, *prev; /* live list */
+    struct sched_conn *next_close;
+};
+
+static void process_input(struct sched_conn *c);
+static void flush_out(struct sched_conn *c);
+
+static const char *status_text(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 412: return "Precondition Failed";
+    case 413: return "Content Too Large";
+    case 415: return "Unsupported Media Type";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Status";
+    }
+}
+
+const char *sched__error_type_for(int status)
+{
+    switch (status) {
+    case 400: case 405: case 413: case 415: case 431: case 505:
+        return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 408: return "timeout_error";
+    case 409: return "conflict_error";
+    case 429: return "rate_limit_error";
+    case 503: return "overloaded_error";
+    default: return "api_error";
+    }
+}
+
+/* ---- connection output ---- */
+
+int sched__conn_write(struct sched_conn *c, const char *p, size_t n)
+{
+    if (c->closing)
+        return WP_ESTATE;
+    int rc = wp_buf_append(&c->out, p, n);
+    if (rc < 0)
+        return rc;
+    flush_out(c);
+    return 0;
+}
+
+size_t sched__conn_queued(const struct sched_conn *c)
+{
+    return c->out.len;
+}
+
+bool sched__conn_closing(const struct sched_conn *c)
+{
+    return c->closing;
+}
+
+void sched__conn_set_sse(struct sched_conn *c, struct sched_sse *s)
+{
+    c->sse = s;
+}
+
+static void flush_out(struct sched_conn *c)
+{
+    struct ev_loop *loop = c->srv->loop;
+    while (c->out.len > 0) {
+        ssize_t n = send(c->fd, c->out.data, c->out.len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            log_debug("send failed fd=%d errno=%d", c->fd, errno);
+            sched__conn_close(c);
+            return;
+        }
+        wp_buf_consume(&c->out, (size_t)n);
+    }
+    if (c->out.len > 0) {
+        if (!ev_is_active(&c->wio))
+            ev_io_start(loop, &c->wio);
+        return;
+    }
+    ev_io_stop(loop, &c->wio);
+    if (c->close_after_write) {
+        shutdown(c->fd, SHUT_WR);
+        sched__conn_close(c);
+        return;
+    }
+    if (c->sse_mode && c->sse)
+        sched__sse_conn_drained(c->sse);
+}
+
+static void write_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sched_conn *c = w->data;
+    flush_out(c);
+}
+
+/* ---- timers ---- */
+
+static void arm_timer(struct sched_conn *c, double secs, bool header)
+{
+    ev_timer_stop(c->srv->loop, &c->timer);
+    ev_timer_set(&c->timer, secs, 0.);
+    ev_timer_start(c->srv->loop, &c->timer);
+    c->timer_is_header = header;
+}
+
+static void write_error_and_close(struct sched_conn *c, int status, const char *msg)
+{
+    struct sched_server *srv = c->srv;
+    char body[512], head[512], rid[40];
+    /* Even a request that never parsed gets a request-id. */
+    snprintf(rid, sizeof(rid), "req_%08llx%010llx",
+             (unsigned long long)(srv->boot_id & 0xffffffffu),
+             (unsigned long long)++srv->req_seq);
+    json_t *j = json_pack("{s:s,s:{s:s,s:s},s:s}", "type", "error", "error", "type",
+                          sched__error_type_for(status), "message", msg, "request_id", rid);
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    snprintf(body, sizeof(body), "%s", s ? s : "{}");
+    free(s);
+    json_decref(j);
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                      "content-length: %zu\r\nrequest-id: %s\r\nconnection: close\r\n\r\n",
+                      status, status_text(status), strlen(body), rid);
+    c->close_after_write = true;
+    ev_io_stop(srv->loop, &c->rio);
+    wp_buf_append(&c->out, head, (size_t)hl);
+    wp_buf_append(&c->out, body, strlen(body));
+    flush_out(c);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sched_conn *c = w->data;
+    if (c->timer_is_header && !c->req) {
+        log_info("request timeout fd=%d (slow client)", c->fd);
+        write_error_and_close(c, 408, "request not received in time");
+        return;
+    }
+    if (!c->req && !c->sse_mode)
+        sched__conn_close(c);
+}
+
+/* ---- connection lifecycle ---- */
+
+void sched__conn_close(struct sched_conn *c)
+{
+    struct sched_server *srv = c->srv;
+    if (c->closing)
+        return;
+    c->closing = true;
+    ev_io_stop(srv->loop, &c->rio);
+    ev_io_stop(srv->loop, &c->wio);
+    ev_timer_stop(srv->loop, &c->timer);
+    close(c->fd);
+    c->fd = -1;
+    if (c->req) {
+        c->req->conn = NULL; /* the request finishes on its own, silently */
+        c->req->http = NULL; /* it pointed into this connection's parser */
+        c->req = NULL;
+    }
+    if (c->sse) {
+        struct sched_sse *s = c->sse;
+        c->sse = NULL;
+        sched__sse_conn_closed(s);
+    }
+    /* Unlink from the live list; free before the loop sleeps. */
+    srv->nconns--;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->next_close = srv->close_list;
+    srv->close_list = c;
+    if (srv->draining && !srv->conns)
+        sched_server_drain(srv); /* last one out stops the loop */
+}
+
+static void conn_free(struct sched_conn *c)
+{
+    sched_http_parser_free(&c->parser);
+    wp_buf_free(&c->in);
+    wp_buf_free(&c->out);
+    free(c);
+}
+
+static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sched_conn *c = w->data;
+    char tmp[16384];
+    ssize_t n = recv(c->fd, tmp, sizeof(tmp), 0);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR || errno == EWOULDBLOCK)
+            return;
+        sched__conn_close(c);
+        return;
+    }
+    if (n == 0) {
+        sched__conn_close(c);
+        return;
+    }
+    if (c->sse_mode)
+        return; /* a stream's client has nothing more to say */
+    if (wp_buf_append(&c->in, tmp, (size_t)n) < 0) {
+        write_error_and_close(c, 413, "request too large");
+        return;
+    }
+    if (!c->req)
+        process_input(c);
+}
+
+static void new_req(struct sched_conn *c);
+
+static void process_input(struct sched_conn *c)
+{
+    struct sched_server *srv = c->srv;
+    if (c->processing)
+        return;
+    c->processing = true;
+    while (!c->closing && !c->req && !c->sse_mode && !c->close_after_write) {
+        size_t used = 0;
+        int rc = sched_http_parser_feed(&c->parser, c->in.data, c->in.len, &used);
+        wp_buf_consume(&c->in, used);
+        if (rc == SCHED_HTTP_MORE) {
+            if (c->parser.in_message && !c->timer_is_header)
+                arm_timer(c, srv->cfg.header_timeout, true);
+            break;
+        }
+        if (rc < 0) {
+            log_info("bad request fd=%d status=%d reason=%s", c->fd, c->parser.err_status,
+                     c->parser.err_reason);
+            write_error_and_close(c, c->parser.err_status, c->parser.err_reason);
+            break;
+        }
+        ev_timer_stop(srv->loop, &c->timer);
+        c->timer_is_header = false;
+        new_req(c);
+    }
+    c->processing = false;
+}
+
+/* Called when a request's response has been queued (or the stream took the
+ * connection): get ready for the next pipelined request. */
+static void conn_request_done(struct sched_conn *c, bool keep_alive)
+{
+    struct sched_server *srv = c->srv;
+    c->req = NULL;
+    if (c->closing || c->sse_mode)
+        return;
+    if (!keep_alive || srv->draining) {
+        c->close_after_write = true;
+        if (c->out.len == 0) {
+            sched__conn_close(c);
+        }
+        return;
+    }
+    sched_http_parser_next(&c->parser);
+    arm_timer(c, srv->cfg.idle_timeout, false);
+    if (!c->processing)
+        process_input(c);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)revents;
+    struct sched_server *srv = w->data;
+    for (int i = 0; i < 64; i++) {
+        int fd = accept4(srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: the listener would stay readable and
+                 * spin the loop; pause accepting for a moment instead. */
+                log_warn("accept: %s; pausing the listener for 100 ms", strerror(errno));
+                ev_io_stop(loop, &srv->listen_io);
+                ev_timer_set(&srv->accept_pause, 0.1, 0.);
+                ev_timer_start(loop, &srv->accept_pause);
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                log_perror("accept");
+            }
+            return;
+        }
+        int one = 1;
+        if (srv->cfg.max_conns > 0 && srv->nconns >= srv->cfg.max_conns) {
+            /* Best effort, non-blocking: a full socket buffer just drops it. */
+            static const char body[] = "{\"type\":\"error\",\"error\":{\"type\":"
+                                       "\"overloaded_error\",\"message\":\"too many connections\"}}";
+            char busy[512];
+            int bl = snprintf(busy, sizeof(busy),
+                              "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                              "content-length: %zu\r\nrequest-id: req_%08llx%010llx\r\n"
+                              "connection: close\r\n\r\n%s",
+                              sizeof(body) - 1, (unsigned long long)(srv->boot_id & 0xffffffffu),
+                              (unsigned long long)++srv->req_seq, body);
+            ssize_t sent = send(fd, busy, (size_t)bl, MSG_NOSIGNAL);
+            (void)sent;
+            close(fd);
+            continue;
+        }
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        struct sched_conn *c = calloc(1, sizeof(*c));
+        if (!c || sched_http_parser_init(&c->parser, srv->cfg.max_head, srv->cfg.max_body)) {
+            free(c);
+            close(fd);
+            continue;
+        }
+        c->srv = srv;
+        c->fd = fd;
+        wp_buf_init(&c->in, srv->cfg.max_head + srv->cfg.max_body + 65536);
+        wp_buf_init(&c->out, CONN_OUT_MAX);
+        ev_io_init(&c->rio, read_cb, fd, EV_READ);
+        ev_io_init(&c->wio, write_cb, fd, EV_WRITE);
+        ev_timer_init(&c->timer, timer_cb, 0., 0.);
+        c->rio.data = c->wio.data = c->timer.data = c;
+        c->next = srv->conns;
+        if (srv->conns)
+            srv->conns->prev = c;
+        srv->conns = c;
+        srv->nconns++;
+        ev_io_start(loop, &c->rio);
+        arm_timer(c, srv->cfg.idle_timeout, false);
+    }
+}
+
+static void accept_pause_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct sched_server *srv = w->data;
+    if (!srv->draining && srv->listen_fd >= 0)
+        ev_io_start(loop, &srv->listen_io);
+}
+
+/* ---- requests ---- */
+
+static void req_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sched_req *req = w->data;
+    if (!req->answered)
+        sched__respond_error(req, 503, "api_error", NULL, "storage did not answer in time");
+}
+
+static void req_free(struct sched_req *req)
+{
+    for (int i = 0; i < req->nquery; i++) {
+        free(req->qkeys[i]);
+        free(req->qvals[i]);
+    }
+    json_decref(req->body);
+    json_decref(req->tmp);
+    json_decref(req->tmp2);
+    free(req);
+}
+
+static void new_req(struct sched_conn *c)
+{
+    struct sched_server *srv = c->srv;
+    struct sched_req *req = calloc(1, sizeof(*req));
+    if (!req) {
+        write_error_and_close(c, 503, "out of memory");
+        return;
+    }
+    req->srv = srv;
+    req->conn = c;
+    req->http = &c->parser.req;
+    snprintf(req->request_id, sizeof(req->request_id), "req_%08llx%010llx",
+             (unsigned long long)(srv->boot_id & 0xffffffffu),
+             (unsigned long long)++srv->req_seq);
+    ev_timer_init(&req->timeout, req_timeout_cb, srv->cfg.redis_timeout, 0.);
+    req->timeout.data = req;
+    c->req = req;
+    sched__dispatch(req);
+}
+
+void sched__req_finish(struct sched_req *req)
+{
+    struct sched_conn *c = req->conn;
+    /* req->http lives in the connection's parser: only valid while c is. */
+    bool keep_alive = c && req->http ? req->http->keep_alive : false;
+    req->answered = true;
+    ev_timer_stop(req->srv->loop, &req->timeout);
+    req->conn = NULL;
+    if (c)
+        conn_request_done(c, keep_alive);
+    if (req->pending == 0)
+        req_free(req);
+}
+
+void sched__respond_raw(struct sched_req *req, int status, const char *json, size_t len)
+{
+    struct sched_conn *c = req->conn;
+    if (req->answered)
+        return;
+    if (c && !c->closing) {
+        char head[1024];
+        bool ka = req->http->keep_alive && !req->srv->draining;
+        int hl = snprintf(head, sizeof(head),
+                          "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                          "content-length: %zu\r\nrequest-id: %s\r\n%s%s\r\n",
+                          status, status_text(status), len, req->request_id,
+                          ka ? "" : "connection: close\r\n", req->extra_headers);
+        if (wp_buf_append(&c->out, head, (size_t)hl) < 0 ||
+            wp_buf_append(&c->out, json, len) < 0) {
+            c->close_after_write = true;
+        }
+        log_debug("%s %s -> %d request_id=%s", req->http->method, sched_http_url(req->http),
+                  status, req->request_id);
+    }
+    sched__req_finish(req);
+    if (c && !c->closing)
+        flush_out(c);
+}
+
+void sched__respond_json(struct sched_req *req, int status, json_t *body)
+{
+    char *s = body ? json_dumps(body, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    json_decref(body);
+    if (!s) {
+        sched__respond_raw(req, 500, "{\"type\":\"error\",\"error\":{\"type\":\"api_error\","
+                                     "\"message\":\"could not encode the response\"}}", 83);
+        return;
+    }
+    sched__respond_raw(req, status, s, strlen(s));
+    free(s);
+}
+
+void sched__respond_error(struct sched_req *req, int status, const char *type,
+                          const char *error_code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (!type)
+        type = sched__error_type_for(status);
+    json_t *err = json_pack("{s:s,s:s}", "type", type, "message", msg);
+    if (error_code)
+        json_object_set_new(err, "details", json_pack("{s:s}", "error_code", error_code));
+    json_t *body = json_pack("{s:s,s:o,s:s}", "type", "error", "error", err, "request_id",
+                             req->request_id);
+    /* Conflicts here are semantic: a retry cannot succeed (managed-agents-api.md 4). */
+    if (status == 409 && !strstr(req->extra_headers, "x-should-retry"))
+        strncat(req->extra_headers, "x-should-retry: false\r\n",
+                sizeof(req->extra_headers) - strlen(req->extra_headers) - 1);
+    sched__respond_json(req, status, body);
+}
+
+struct req_cmd {
+    struct sched_req *req;
+    sched_redis_cb cb;
+};
+
+static void req_reply_cb(void *ctx, redisReply *reply)
+{
+    struct req_cmd *rc = ctx;
+    struct sched_req *req = rc->req;
+    sched_redis_cb cb = rc->cb;
+    free(rc);
+    req->pending--;
+    if (req->answered || !req->conn) {
+        if (!req->answered) {
+            req->answered = true;
+            ev_timer_stop(req->srv->loop, &req->timeout);
+        }
+        if (req->pending == 0)
+            req_free(req);
+        return;
+    }
+    if (!reply) {
+        sched__respond_error(req, 503, "api_error", NULL, "storage unavailable");
+        return;
+    }
+    if (req->pending == 0)
+        ev_timer_stop(req->srv->loop, &req->timeout);
+    cb(req, reply);
+}
+
+static int req_send(struct sched_req *req, const char *script, sched_redis_cb cb, int nkeys,
+                    int argc, const char **argv, const size_t *lens)
+{
+    struct req_cmd *rc = malloc(sizeof(*rc));
+    if (!rc)
+        return -ENOMEM;
+    rc->req = req;
+    rc->cb = cb;
+    int r = script ? sched__redis_script(req->srv->rds, script, req_reply_cb, rc, nkeys, argc,
+                                         argv, lens)
+                   : sched__redis_argv(req->srv->rds, req_reply_cb, rc, argc, argv, lens);
+    if (r < 0) {
+        free(rc);
+        sched__respond_error(req, 503, "api_error", NULL, "storage unavailable");
+        return r;
+    }
+    req->pending++;
+    if (!ev_is_active(&req->timeout)) {
+        ev_timer_set(&req->timeout, req->srv->cfg.redis_timeout, 0.);
+        ev_timer_start(req->srv->loop, &req->timeout);
+    }
+    return 0;
+}
+
+int sched__req_redis(struct sched_req *req, sched_redis_cb cb, int argc, const char **argv,
+                     const size_t *lens)
+{
+    return req_send(req, NULL, cb, 0, argc, argv, lens);
+}
+
+int sched__req_script(struct sched_req *req, const char *script, sched_redis_cb cb,
+                      int nkeys, int argc, const char **argv, const size_t *lens)
+{
+    return req_send(req, script, cb, nkeys, argc, argv, lens);
+}
+
+struct sched_conn *sched__conn_take_for_sse(struct sched_req *req)
+{
+    struct sched_conn *c = req->conn;
+    if (!c || c->closing)
+        return NULL;
+    char head[512];
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                      "cache-control: no-cache\r\nrequest-id: %s\r\nconnection: close\r\n"
+                      "x-accel-buffering: no\r\n\r\n: connected\n\n",
+                      req->request_id);
+    c->sse_mode = true;
+    ev_timer_stop(req->srv->loop, &c->timer);
+    wp_buf_append(&c->out, head, (size_t)hl);
+    sched__req_finish(req); /* the request is over; the connection lives on */
+    flush_out(c);
+    return c->closing ? NULL : c;
+}
+
+/* ---- server ---- */
+
+static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sched_server *srv = w->data;
+    while (srv->close_list) {
+        struct sched_conn *c = srv->close_list;
+        srv->close_list = c->next_close;
+        conn_free(c);
+    }
+}
+
+static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sched_server *srv = w->data;
+    log_info("signal %d: draining", w->signum);
+    sched_server_drain(srv);
+}
+
+static void drain_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sched_server *srv = w->data;
+    log_warn("drain timeout: closing %s connections", srv->conns ? "remaining" : "no");
+    while (srv->conns)
+        sched__conn_close(srv->conns);
+    sched_server_drain(srv);
+}
+
+void sched_server_drain(struct sched_server *srv)
+{
+    struct ev_loop *loop = srv->loop;
+    if (!srv->draining) {
+        srv->draining = true;
+        ev_io_stop(loop, &srv->listen_io);
+        ev_timer_stop(loop, &srv->accept_pause);
+        if (srv->listen_fd >= 0) {
+            close(srv->listen_fd);
+            srv->listen_fd = -1;
+        }
+        /* Idle connections and streams go now (streams resume elsewhere);
+         * busy ones close after their response. */
+        struct sched_conn *c = srv->conns, *next;
+        for (; c; c = next) {
+            next = c->next;
+            if (!c->req)
+                sched__conn_close(c);
+            else
+                c->close_after_write = true;
+        }
+        if (srv->conns) {
+            ev_timer_init(&srv->drain_timer, drain_timer_cb, srv->cfg.drain_timeout, 0.);
+            srv->drain_timer.data = srv;
+            ev_timer_start(loop, &srv->drain_timer);
+            return;
+        }
+    }
+    if (srv->conns)
+        return;
+    /* Nothing left: stop every watcher so ev_run returns. */
+    ev_timer_stop(loop, &srv->drain_timer);
+    ev_signal_stop(loop, &srv->sigterm);
+    ev_signal_stop(loop, &srv->sigint);
+    if (srv->rds) {
+        struct sched_redis *r = srv->rds;
+        srv->rds = NULL;
+        sched__redis_free(r);
+    }
+    /* The prepare watcher stays until the close list is empty: free now. */
+    prepare_cb(loop, &srv->prepare, 0);
+    ev_prepare_stop(loop, &srv->prepare);
+}
+
+static int parse_listen(const char *host, int port, struct sockaddr_in *sa, struct wp_err *err)
+{
+    memset(sa, 0, sizeof(*sa));
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &sa->sin_addr) != 1)
+        return wp_err_set(err, WP_ECONFIG, "listen address %s is not an IPv4 address", host);
+    return 0;
+}
+
+struct sched_server *sched_server_new(struct ev_loop *loop, const struct sched_config *cfg,
+                                      struct wp_err *err)
+{
+    struct sockaddr_in sa;
+    struct sched_server *srv = NULL;
+    int fd = -1, one = 1;
+
+    if (parse_listen(cfg->listen_host, cfg->listen_port, &sa, err) < 0)
+        return NULL;
+    srv = calloc(1, sizeof(*srv));
+    if (!srv) {
+        wp_err_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    srv->loop = loop;
+    srv->cfg = *cfg;
+    srv->listen_fd = -1;
+    srv->boot_id = ((uint64_t)getpid() << 20) ^ wp_now_ns();
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        wp_err_errno(err, "socket");
+        goto fail;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        wp_err_errno(err, "bind %s:%d", cfg->listen_host, cfg->listen_port);
+        goto fail;
+    }
+    if (listen(fd, 1024) < 0) {
+        wp_err_errno(err, "listen");
+        goto fail;
+    }
+    socklen_t sl = sizeof(sa);
+    getsockname(fd, (struct sockaddr *)&sa, &sl);
+    srv->port = ntohs(sa.sin_port);
+    srv->listen_fd = fd;
+    fd = -1;
+
+    if (cfg->vault_key_hex[0]) {
+        for (int i = 0; i < 32; i++) {
+            unsigned v = 0;
+            sscanf(cfg->vault_key_hex + 2 * i, "%2x", &v);
+            srv->vault_key[i] = (unsigned char)v;
+        }
+    } else {
+        /* Derived from the org keys' hashes: stable across processes that
+         * share a configuration. Operators should set --vault-key. */
+        sched__sha256(cfg->orgs, sizeof(cfg->orgs[0]) * (size_t)cfg->norgs, srv->vault_key);
+    }
+
+    srv->rds = sched__redis_new(loop, cfg->redis_host, cfg->redis_port, "cmd");
+    if (!srv->rds) {
+        wp_err_set(err, -ENOMEM, "redis client");
+        goto fail;
+    }
+    ev_timer_init(&srv->accept_pause, accept_pause_cb, 0.1, 0.);
+    srv->accept_pause.data = srv;
+    ev_io_init(&srv->listen_io, accept_cb, srv->listen_fd, EV_READ);
+    srv->listen_io.data = srv;
+    ev_io_start(loop, &srv->listen_io);
+    ev_signal_init(&srv->sigterm, signal_cb, SIGTERM);
+    ev_signal_init(&srv->sigint, signal_cb, SIGINT);
+    srv->sigterm.data = srv->sigint.data = srv;
+    ev_signal_start(loop, &srv->sigterm);
+    ev_signal_start(loop, &srv->sigint);
+    ev_prepare_init(&srv->prepare, prepare_cb);
+    srv->prepare.data = srv;
+    ev_prepare_start(loop, &srv->prepare);
+    log_info("listening on %s:%d redis=%s:%d orgs=%d", cfg->listen_host, srv->port,
+             cfg->redis_host, cfg->redis_port, cfg->norgs);
+    return srv;
+fail:
+    if (fd >= 0)
+        close(fd);
+    if (srv && srv->listen_fd >= 0)
+        close(srv->listen_fd);
+    free(srv);
+    return NULL;
+}
+
+int sched_server_port(const struct sched_server *srv)
+{
+    return srv->port;
+}
+
+void sched_server_free(struct sched_server *srv)
+{
+    if (!srv)
+        return;
+    while (srv->conns)
+        sched__conn_close(srv->conns);
+    srv->draining = true;
+    sched_server_drain(srv);
+    free(srv);
+}

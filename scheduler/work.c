@@ -1,0 +1,613 @@
+/* work.c - the self-hosted work queue: /v1/environments/{id}/work/...
+ * and warmpool's environment-key issuance (POST /v1/environments/{id}/keys).
+ *
+ * A work item is a generic object (resources.c; kind "work", scope
+ * "<org>:<env>") whose changing fields (state and the five timestamps) are
+ * its live fragment, rebuilt by the Lua scripts below. Per environment:
+ *   wp:wq:{<env>}:queued   ZSET id -> creation seq (FIFO)
+ *   wp:wq:{<env>}:pending  ZSET id -> poll time ms (polled, not acked)
+ *   wp:wq:{<env>}:leased   ZSET id -> lease expiry ms (acked/heartbeated)
+ *   wp:wq:{<env>}:workers  ZSET worker id -> last poll ms
+ * A poll first returns expired items to the queue: unacked ones older than
+ * reclaim_older_than_ms, and leases not heartbeated within their TTL (the
+ * old holder then gets 412 on its next heartbeat). Long polls re-check the
+ * queue every 25 ms on the loop, up to block_ms (at most 999 ms).
+ * Items are queued when a session is created in a self_hosted environment
+ * and when a dormant one (its item stopped) gets input (events.c).
+ * Each poll answer carries a fresh sessions token in its secret
+ * (work-queue.md 2.1); route.c limits it to the item's session and lease.
+ */
+#define WP_LOG_COMPONENT "work"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "base/timeutil.h"
+#include "scheduler/sched_int.h"
+
+#define LEASE_TTL_S 90
+
+const struct sched_kind sched__kind_work = {"work", "work_", NULL};
+
+/* Shared Lua: q() quotes a timestamp or gives null; live() rebuilds the
+ * fragment from the hash. */
+#define LUA_LIVE                                                                        \
+    "local function q(v) if not v or v == '' then return 'null' end return '\"' .. v .. '\"' end\n" \
+    "local function live(k)\n"                                                          \
+    "  local h = redis.call('HMGET', k, 'state', 'acked_at', 'started_at', 'hb_at', 'stop_req_at', 'stopped_at')\n" \
+    "  local l = '\"state\":\"' .. h[1] .. '\",\"acknowledged_at\":' .. q(h[2]) .. ',\"started_at\":' .. q(h[3]) ..\n" \
+    "    ',\"latest_heartbeat_at\":' .. q(h[4]) .. ',\"stop_requested_at\":' .. q(h[5]) .. ',\"stopped_at\":' .. q(h[6])\n" \
+    "  redis.call('HSET', k, 'live', l)\n"                                              \
+    "  return l\n"                                                                      \
+    "end\n"
+
+/* KEYS: queued, pending, leased, workers. ARGV: now_ms, reclaim_ms, worker. */
+static const char lua_poll[] = LUA_LIVE
+    "local now = tonumber(ARGV[1])\n"
+    "if ARGV[3] ~= '' then\n"
+    "  redis.call('ZADD', KEYS[4], now, ARGV[3])\n"
+    "  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 60000)\n"
+    "end\n"
+    "for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))) do\n"
+    "  redis.call('ZREM', KEYS[2], id)\n"
+    "  redis.call('ZADD', KEYS[1], redis.call('HGET', 'wp:obj:' .. id, 'seq') or now, id)\n"
+    "end\n"
+    "for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do\n"
+    "  local k = 'wp:obj:' .. id\n"
+    "  redis.call('ZREM', KEYS[3], id)\n"
+    "  if redis.call('EXISTS', k) == 1 then\n"
+    "    redis.call('HSET', k, 'state', 'queued', 'hb', '', 'acked_at', '', 'started_at', '', 'hb_at', '')\n"
+    "    live(k)\n"
+    "    redis.call('ZADD', KEYS[1], redis.call('HGET', k, 'seq') or now, id)\n"
+    "  end\n"
+    "end\n"
+    "while true do\n"
+    "  local p = redis.call('ZPOPMIN', KEYS[1])\n"
+    "  if #p == 0 then return false end\n"
+    "  local k = 'wp:obj:' .. p[1]\n"
+    "  if redis.call('EXISTS', k) == 1 then\n"
+    "    redis.call('ZADD', KEYS[2], now, p[1])\n"
+    "    local h = redis.call('HMGET', k, 'json', 'live')\n"
+    "    return {h[1], h[2]}\n"
+    "  end\n"
+    "end\n";
+
+/* KEYS: obj, pending, leased. ARGV: scope, now_ms, now_str, ttl_s, id. */
+static const char lua_ack[] = LUA_LIVE
+    "local h = redis.call('HMGET', KEYS[1], 'scope', 'state')\n"
+    "if h[1] ~= ARGV[1] then return redis.error_reply('NOTFOUND') end\n"
+    "if h[2] ~= 'queued' then return redis.error_reply('STATE ' .. h[2]) end\n"
+    "redis.call('ZREM', KEYS[2], ARGV[5])\n"
+    "redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + 1000 * tonumber(ARGV[4]), ARGV[5])\n"
+    "redis.call('HSET', KEYS[1], 'state', 'starting', 'acked_at', ARGV[3])\n"
+    "live(KEYS[1])\n"
+    "local r = redis.call('HMGET', KEYS[1], 'json', 'live')\n"
+    "return {r[1], r[2]}\n";
+
+/* KEYS: obj, leased. ARGV: scope, now_ms, now_str, ttl_s, id, expected.
+ * Returns {ok(1|0), last_heartbeat, lease_extended, state, ttl}. */
+static const char lua_heartbeat[] = LUA_LIVE
+    "local h = redis.call('HMGET', KEYS[1], 'scope', 'state', 'hb')\n"
+    "if h[1] ~= ARGV[1] then return redis.error_reply('NOTFOUND') end\n"
+    "local state, last, ttl = h[2], h[3] or '', tonumber(ARGV[4])\n"
+    "if state == 'stopping' or state == 'stopped' then\n"
+    "  return {1, last, state == 'stopping' and 1 or 0, state, ttl}\n"
+    "end\n"
+    "local exp = ARGV[6]\n"
+    "if state == 'queued' or (exp == 'NO_HEARTBEAT' and last ~= '') or (exp ~= 'NO_HEARTBEAT' and exp ~= last) then\n"
+    "  return {0, last, 0, state, ttl}\n"
+    "end\n"
+    "local now = tonumber(ARGV[2])\n"
+    "redis.call('ZADD', KEYS[2], now + 1000 * ttl, ARGV[5])\n"
+    "if state == 'starting' then redis.call('HSET', KEYS[1], 'state', 'active', 'started_at', ARGV[3]) end\n"
+    /* The heartbeat token must change on every beat: time plus a counter. */
+    "local n = redis.call('HINCRBY', KEYS[1], 'hbn', 1)\n"
+    "local token = ARGV[3] .. '#' .. n\n"
+    "redis.call('HSET', KEYS[1], 'hb', token, 'hb_at', ARGV[3])\n"
+    "live(KEYS[1])\n"
+    "return {1, token, 1, redis.call('HGET', KEYS[1], 'state'), ttl}\n";
+
+/* KEYS: obj, queued, pending, leased. ARGV: scope, now_str, force, id. */
+static const char lua_stop[] = LUA_LIVE
+    "local h = redis.call('HMGET', KEYS[1], 'scope', 'state')\n"
+    "if h[1] ~= ARGV[1] then return redis.error_reply('NOTFOUND') end\n"
+    "if h[2] == 'stopped' or (h[2] == 'stopping' and ARGV[3] ~= '1') then return redis.error_reply('STOPPED') end\n"
+    "for i = 2, 4 do redis.call('ZREM', KEYS[i], ARGV[4]) end\n"
+    "if ARGV[3] == '1' or h[2] == 'queued' then\n"
+    "  redis.call('HSET', KEYS[1], 'state', 'stopped', 'stopped_at', ARGV[2])\n"
+    "  if h[2] ~= 'stopping' then redis.call('HSET', KEYS[1], 'stop_req_at', ARGV[2]) end\n"
+    "else\n"
+    "  redis.call('HSET', KEYS[1], 'state', 'stopping', 'stop_req_at', ARGV[2])\n"
+    "end\n"
+    "live(KEYS[1])\n"
+    "local r = redis.call('HMGET', KEYS[1], 'json', 'live')\n"
+    "return {r[1], r[2]}\n";
+
+/* KEYS: queued, pending, workers. ARGV: now_ms. */
+static const char lua_stats[] =
+    "local now = tonumber(ARGV[1])\n"
+    "local oldest = nil\n"
+    "for i = 1, 2 do\n"
+    "  local f = redis.call('ZRANGE', KEYS[i], 0, 0)\n"
+    "  if #f > 0 then\n"
+    "    local c = redis.call('HGET', 'wp:obj:' .. f[1], 'created_ms')\n"
+    "    if c and (not oldest or tonumber(c) < oldest) then oldest = tonumber(c) end\n"
+    "  end\n"
+    "end\n"
+    "return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), oldest and tostring(oldest) or '',\n"
+    "        redis.call('ZCOUNT', KEYS[3], now - 30000, '+inf')}\n";
+
+/* KEYS: obj, queued, idx all, idx active, seq, session obj. ARGV: id, org, scope, json,
+ * live, created_ms. */
+static const char lua_enqueue[] =
+    "redis.call('HSET', KEYS[6], 'work_id', ARGV[1])\n"
+    "local seq = redis.call('INCR', KEYS[5])\n"
+    "redis.call('HSET', KEYS[1], 'org', ARGV[2], 'scope', ARGV[3], 'json', ARGV[4], 'rev', 1,\n"
+    "  'archived', 0, 'seq', seq, 'live', ARGV[5], 'state', 'queued', 'created_ms', ARGV[6])\n"
+    "redis.call('ZADD', KEYS[2], seq, ARGV[1])\n"
+    "redis.call('ZADD', KEYS[3], seq, ARGV[1])\n"
+    "redis.call('ZADD', KEYS[4], seq, ARGV[1])\n"
+    "return seq\n";
+
+static void wq_key(char *out, size_t cap, const char *env, const char *which)
+{
+    snprintf(out, cap, "wp:wq:{%s}:%s", env, which);
+}
+
+static void scope_of(struct sched_req *req, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s:%s", req->org, req->params[0]);
+}
+
+static bool env_allowed(struct sched_req *req)
+{
+    if (req->env_key[0] && strcmp(req->env_key, req->params[0]) != 0) {
+        sched__respond_error(req, 403, "permission_error", NULL,
+                             "this environment key belongs to another environment");
+        return false;
+    }
+    return true;
+}
+
+static void respond_work(struct sched_req *req, redisReply *json, redisReply *live)
+{
+    json_t *w = sched__obj_parse(json->str, json->len, live->str ? live->str : "",
+                                 live->str ? live->len : 0);
+    sched__respond_json(req, 200, w);
+}
+
+static bool map_error(struct sched_req *req, redisReply *reply)
+{
+    if (reply->type != REDIS_REPLY_ERROR)
+        return false;
+    if (strstr(reply->str, "NOTFOUND"))
+        sched__not_found(req, "No work item %s in environment %s", req->params[1], req->params[0]);
+    else if (strstr(reply->str, "STOPPED"))
+        sched__respond_error(req, 409, "conflict_error", NULL, "work item %s is already stopped",
+                             req->params[1]);
+    else if (strstr(reply->str, "STATE"))
+        sched__respond_error(req, 409, "conflict_error", NULL, "work item %s is not queued (%s)",
+                             req->params[1], reply->str);
+    else
+        sched__respond_error(req, 500, "api_error", NULL, "%s", reply->str);
+    return true;
+}
+
+/* ---- enqueue (from sessions.c) ---- */
+
+void sched__work_enqueue(struct sched_req *req, const char *env, const char *session_id,
+                         sched_redis_cb cb)
+{
+    char id[64], now[40], ms[32], scope[200], kobj[200], kq[200], kall[200], kact[200];
+    char ksess[200];
+    uint64_t t = wp_wall_ms();
+    sched__new_id("work_", id, sizeof(id));
+    sched__rfc3339(t, now, sizeof(now));
+    snprintf(ms, sizeof(ms), "%llu", (unsigned long long)t);
+    snprintf(scope, sizeof(scope), "%s:%s", req->org, env);
+    json_t *w = json_pack("{s:s,s:s,s:s,s:{s:s,s:s},s:{},s:n,s:s}", "id", id, "type", "work",
+                          "environment_id", env, "data", "type", "session", "id", session_id,
+                          "metadata", "secret", "created_at", now);
+    char *js = json_dumps(w, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(w);
+    sched__key_obj(kobj, sizeof(kobj), id);
+    wq_key(kq, sizeof(kq), env, "queued");
+    sched__key_idx(kall, sizeof(kall), scope, "work", false);
+    sched__key_idx(kact, sizeof(kact), scope, "work", true);
+    sched__key_obj(ksess, sizeof(ksess), session_id);
+    const char *argv[] = {kobj, kq, kall, kact, "wp:seq", ksess, id, req->org, scope, js ? js : "{}",
+                          "\"state\":\"queued\",\"acknowledged_at\":null,\"started_at\":null,"
+                          "\"latest_heartbeat_at\":null,\"stop_requested_at\":null,\"stopped_at\":null",
+                          ms};
+    sched__req_script(req, lua_enqueue, cb, 6, 12, argv, NULL);
+    free(js);
+}
+
+/* ---- poll ---- */
+
+static void poll_send(struct sched_req *req);
+
+static void poll_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sched_req *req = w->data;
+    req->pending--; /* the timer held the request like a command */
+    if (req->answered || !req->conn) {
+        sched__req_finish(req);
+        return;
+    }
+    poll_send(req);
+}
+
+static void token_stored_expire(void *ctx, redisReply *reply)
+{
+    (void)ctx;
+    (void)reply;
+}
+
+static void token_stored(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    json_t *w = req->tmp2;
+    req->tmp2 = NULL;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        json_decref(w);
+        sched__respond_error(req, 500, "api_error", NULL, "%s", reply->str);
+        return;
+    }
+    sched__respond_json(req, 200, w);
+}
+
+/* Hand out a polled item with a fresh sessions token in its secret: the
+ * worker then uses it, not its environment key, for this item's session
+ * and lease calls. Only the token's hash is stored, for a day. */
+static void respond_polled(struct sched_req *req, redisReply *json, redisReply *live)
+{
+    char rnd[64], token[80], hex[65], kk[128], secret[256];
+    json_t *w = sched__obj_parse(json->str, json->len, live->str ? live->str : "",
+                                 live->str ? live->len : 0);
+    const char *sid = json_string_value(json_object_get(json_object_get(w, "data"), "id"));
+    const char *wid = json_string_value(json_object_get(w, "id"));
+    if (!w || !sid || !wid) {
+        json_decref(w);
+        sched__respond_error(req, 500, "api_error", NULL, "stored work item is corrupt");
+        return;
+    }
+    sched__new_id("", rnd, sizeof(rnd));
+    snprintf(token, sizeof(token), "sk-wp-req-%s", rnd);
+    json_t *sj = json_pack("{s:s}", "sessions_token", token);
+    char *sjs = json_dumps(sj, JSON_COMPACT);
+    json_decref(sj);
+    sched__b64url(sjs, strlen(sjs), secret, sizeof(secret));
+    free(sjs);
+    json_object_set_new(w, "secret", json_string(secret));
+    sched__sha256_hex(token, hex);
+    snprintf(kk, sizeof(kk), "wp:sesstok:%s", hex);
+    req->tmp2 = w;
+    const char *argv[] = {"HSET", kk, "org", req->org, "env", req->params[0], "session", sid,
+                          "work", wid};
+    const char *exp[] = {"EXPIRE", kk, "86400"};
+    sched__req_redis(req, token_stored, 10, argv, NULL);
+    if (!req->answered)
+        sched__req_redis(req, token_stored_expire, 3, exp, NULL);
+}
+
+static void poll_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+        respond_polled(req, reply->element[0], reply->element[1]);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        sched__respond_error(req, 500, "api_error", NULL, "%s", reply->str);
+        return;
+    }
+    double waited = wp_now_ms() - req->started_ms;
+    if (waited + 25 < req->block_ms) {
+        /* Not a Redis command, but it must keep req alive the same way. */
+        ev_timer_init(&req->retry, poll_retry_cb, 0.025, 0.);
+        req->retry.data = req;
+        req->pending++;
+        ev_timer_start(req->srv->loop, &req->retry);
+        return;
+    }
+    sched__respond_raw(req, 200, "null", 4); /* empty queue: JSON null */
+}
+
+static void poll_send(struct sched_req *req)
+{
+    char kq[200], kp[200], kl[200], kw[200], now[32], reclaim[32];
+    const char *env = req->params[0];
+    const char *worker = sched_http_header(req->http, "anthropic-worker-id");
+    wq_key(kq, sizeof(kq), env, "queued");
+    wq_key(kp, sizeof(kp), env, "pending");
+    wq_key(kl, sizeof(kl), env, "leased");
+    wq_key(kw, sizeof(kw), env, "workers");
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
+    snprintf(reclaim, sizeof(reclaim), "%d", req->reclaim_ms);
+    const char *argv[] = {kq, kp, kl, kw, now, reclaim, worker ? worker : ""};
+    sched__req_script(req, lua_poll, poll_cb, 4, 7, argv, NULL);
+}
+
+static long query_int(struct sched_req *req, const char *k, long def, long lo, long hi, bool *bad)
+{
+    const char *v = sched__query(req, k);
+    if (!v)
+        return def;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (!*v || *end || n < lo || n > hi)
+        *bad = true;
+    return n;
+}
+
+void sched__h_work_poll(struct sched_req *req)
+{
+    bool bad = false;
+    if (!env_allowed(req))
+        return;
+    req->block_ms = (int)query_int(req, "block_ms", 0, 1, 999, &bad);
+    req->reclaim_ms = (int)query_int(req, "reclaim_older_than_ms", 5000, 0, 86400000, &bad);
+    if (bad) {
+        sched__bad_request(req, "block_ms must be 1..999 and reclaim_older_than_ms >= 0");
+        return;
+    }
+    req->started_ms = wp_now_ms();
+    poll_send(req);
+}
+
+/* ---- ack, heartbeat, stop ---- */
+
+static void ack_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    if (map_error(req, reply))
+        return;
+    respond_work(req, reply->element[0], reply->element[1]);
+}
+
+void sched__h_work_ack(struct sched_req *req)
+{
+    char kobj[200], kp[200], kl[200], scope[200], now[40], ms[32], ttl[16];
+    uint64_t t = wp_wall_ms();
+    if (!env_allowed(req))
+        return;
+    sched__key_obj(kobj, sizeof(kobj), req->params[1]);
+    wq_key(kp, sizeof(kp), req->params[0], "pending");
+    wq_key(kl, sizeof(kl), req->params[0], "leased");
+    scope_of(req, scope, sizeof(scope));
+    sched__rfc3339(t, now, sizeof(now));
+    snprintf(ms, sizeof(ms), "%llu", (unsigned long long)t);
+    snprintf(ttl, sizeof(ttl), "%d", LEASE_TTL_S);
+    const char *argv[] = {kobj, kp, kl, scope, ms, now, ttl, req->params[1]};
+    sched__req_script(req, lua_ack, ack_cb, 3, 8, argv, NULL);
+}
+
+static void heartbeat_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    if (map_error(req, reply))
+        return;
+    redisReply **e = reply->element;
+    bool ok = e[0]->integer == 1;
+    const char *last = e[1]->str ? e[1]->str : "";
+    json_t *st = json_pack("{s:s,s:b,s:s,s:I}", "last_heartbeat", last, "lease_extended",
+                           (int)e[2]->integer, "state", e[3]->str ? e[3]->str : "queued",
+                           "ttl_seconds", (json_int_t)e[4]->integer);
+    if (ok) {
+        json_object_set_new(st, "type", json_string("work_heartbeat"));
+        sched__respond_json(req, 200, st);
+        return;
+    }
+    if (!last[0])
+        json_object_set_new(st, "last_heartbeat", json_null());
+    json_t *body = json_pack(
+        "{s:s,s:{s:s,s:s,s:{s:s,s:o}},s:s}", "type", "error", "error", "type",
+        "invalid_request_error", "message", "heartbeat precondition failed", "details",
+        "error_code", "heartbeat_precondition_failed", "current_state", st, "request_id",
+        req->request_id);
+    sched__respond_json(req, 412, body);
+}
+
+void sched__h_work_heartbeat(struct sched_req *req)
+{
+    char kobj[200], kl[200], scope[200], now[40], ms[32], ttl[16];
+    uint64_t t = wp_wall_ms();
+    bool bad = false;
+    if (!env_allowed(req))
+        return;
+    const char *exp = sched__query(req, "expected_last_heartbeat");
+    const char *dt = sched__query(req, "desired_ttl_seconds");
+    long want = LEASE_TTL_S;
+    if (dt && *dt) {
+        want = (long)strtod(dt, NULL);
+        if (want < 5)
+            want = 5;
+        if (want > 3600)
+            want = 3600;
+    }
+    (void)bad;
+    sched__key_obj(kobj, sizeof(kobj), req->params[1]);
+    wq_key(kl, sizeof(kl), req->params[0], "leased");
+    scope_of(req, scope, sizeof(scope));
+    sched__rfc3339(t, now, sizeof(now));
+    snprintf(ms, sizeof(ms), "%llu", (unsigned long long)t);
+    snprintf(ttl, sizeof(ttl), "%ld", want);
+    const char *argv[] = {kobj, kl, scope, ms, now, ttl, req->params[1], exp ? exp : "NO_HEARTBEAT"};
+    sched__req_script(req, lua_heartbeat, heartbeat_cb, 2, 8, argv, NULL);
+}
+
+void sched__h_work_stop(struct sched_req *req)
+{
+    char kobj[200], kq[200], kp[200], kl[200], scope[200], now[40];
+    if (!env_allowed(req))
+        return;
+    json_t *force = req->body ? json_object_get(req->body, "force") : NULL;
+    static const char *const f[] = {"force", NULL};
+    if ((req->body && sched__unknown_field(req->body, f)) ||
+        (force && !json_is_boolean(force))) {
+        sched__bad_request(req, "stop takes {\"force\": boolean}");
+        return;
+    }
+    sched__key_obj(kobj, sizeof(kobj), req->params[1]);
+    wq_key(kq, sizeof(kq), req->params[0], "queued");
+    wq_key(kp, sizeof(kp), req->params[0], "pending");
+    wq_key(kl, sizeof(kl), req->params[0], "leased");
+    scope_of(req, scope, sizeof(scope));
+    sched__rfc3339(wp_wall_ms(), now, sizeof(now));
+    const char *argv[] = {kobj, kq, kp, kl, scope, now, json_is_true(force) ? "1" : "0",
+                          req->params[1]};
+    sched__req_script(req, lua_stop, ack_cb, 4, 8, argv, NULL);
+}
+
+/* ---- list, retrieve, update, stats ---- */
+
+void sched__h_work_list(struct sched_req *req)
+{
+    char scope[200];
+    if (!env_allowed(req))
+        return;
+    scope_of(req, scope, sizeof(scope));
+    sched__obj_list(req, &sched__kind_work, scope, true, false, NULL, false);
+}
+
+static void got(struct sched_req *req, json_t *obj, long long rev)
+{
+    (void)rev;
+    sched__respond_json(req, 200, obj);
+}
+
+void sched__h_work_get(struct sched_req *req)
+{
+    char scope[200];
+    scope_of(req, scope, sizeof(scope));
+    sched__obj_load_scoped(req, &sched__kind_work, req->params[1], scope, got);
+}
+
+static void update_loaded(struct sched_req *req, json_t *w, long long rev)
+{
+    char scope[200];
+    json_t *md = json_object_get(req->body, "metadata");
+    const char *msg = sched__check_metadata(md, true);
+    if (msg) {
+        json_decref(w);
+        sched__bad_request(req, "%s", msg);
+        return;
+    }
+    sched__apply_metadata_patch(json_object_get(w, "metadata"), md, false);
+    /* Only the static part is stored; the live fields stay in the fragment. */
+    static const char *const live_keys[] = {"state", "acknowledged_at", "started_at",
+                                            "latest_heartbeat_at", "stop_requested_at",
+                                            "stopped_at", NULL};
+    json_t *resp = json_deep_copy(w);
+    for (int i = 0; live_keys[i]; i++)
+        json_object_del(w, live_keys[i]);
+    json_decref(req->tmp2);
+    req->tmp2 = resp;
+    scope_of(req, scope, sizeof(scope));
+    sched__obj_store(req, &sched__kind_work, scope, w, rev, false, NULL, NULL);
+}
+
+static void update_stored(struct sched_req *req, json_t *stored)
+{
+    json_decref(stored);
+    json_t *resp = req->tmp2;
+    req->tmp2 = NULL;
+    sched__respond_json(req, 200, resp);
+}
+
+void sched__h_work_update(struct sched_req *req)
+{
+    char scope[200];
+    static const char *const f[] = {"metadata", NULL};
+    if (sched__unknown_field(req->body, f) || !json_is_object(json_object_get(req->body, "metadata"))) {
+        sched__bad_request(req, "update takes {\"metadata\": {...}}");
+        return;
+    }
+    scope_of(req, scope, sizeof(scope));
+    sched__obj_load_scoped(req, &sched__kind_work, req->params[1], scope, update_loaded);
+    req->after = update_stored;
+}
+
+static void stats_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    char ts[40];
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
+        sched__respond_error(req, 500, "api_error", NULL, "stats failed");
+        return;
+    }
+    redisReply **e = reply->element;
+    json_t *s = json_pack("{s:s,s:I,s:I,s:n,s:I}", "type", "work_queue_stats", "depth",
+                          (json_int_t)e[0]->integer, "pending", (json_int_t)e[1]->integer,
+                          "oldest_queued_at", "workers_polling", (json_int_t)e[3]->integer);
+    if (e[2]->str && e[2]->str[0]) {
+        sched__rfc3339(strtoull(e[2]->str, NULL, 10), ts, sizeof(ts));
+        json_object_set_new(s, "oldest_queued_at", json_string(ts));
+    }
+    sched__respond_json(req, 200, s);
+}
+
+void sched__h_work_stats(struct sched_req *req)
+{
+    char kq[200], kp[200], kw[200], now[32];
+    if (!env_allowed(req))
+        return;
+    wq_key(kq, sizeof(kq), req->params[0], "queued");
+    wq_key(kp, sizeof(kp), req->params[0], "pending");
+    wq_key(kw, sizeof(kw), req->params[0], "workers");
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
+    const char *argv[] = {kq, kp, kw, now};
+    sched__req_script(req, lua_stats, stats_cb, 3, 4, argv, NULL);
+}
+
+/* ---- environment keys (warmpool extension) ---- */
+
+static void key_stored(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        sched__respond_error(req, 500, "api_error", NULL, "%s", reply->str);
+        return;
+    }
+    json_t *k = req->tmp2;
+    req->tmp2 = NULL;
+    sched__respond_json(req, 200, k);
+}
+
+static void key_env_loaded(struct sched_req *req, json_t *env, long long rev)
+{
+    (void)rev;
+    char key[64], hex[65], kk[128];
+    unsigned char h[32];
+    const char *ty = json_string_value(json_object_get(json_object_get(env, "config"), "type"));
+    bool self_hosted = ty && !strcmp(ty, "self_hosted");
+    json_decref(env);
+    if (!self_hosted) {
+        sched__bad_request(req, "environment keys are only for self_hosted environments");
+        return;
+    }
+    sched__new_id("wpek_", key, sizeof(key));
+    sched__sha256(key, strlen(key), h);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", h[i]);
+    snprintf(kk, sizeof(kk), "wp:envkey:%s", hex);
+    req->tmp2 = json_pack("{s:s,s:s,s:s}", "type", "environment_key", "environment_id",
+                          req->params[0], "key", key);
+    /* Only the hash is stored; the key is shown this once. */
+    const char *argv[] = {"HSET", kk, "org", req->org, "env", req->params[0]};
+    sched__req_redis(req, key_stored, 6, argv, NULL);
+}
+
+void sched__h_env_key_create(struct sched_req *req)
+{
+    if (req->env_key[0]) {
+        sched__respond_error(req, 403, "permission_error", NULL,
+                             "environment keys cannot issue environment keys");
+        return;
+    }
+    sched__obj_load(req, &sched__kind_env, req->params[0], key_env_loaded);
+}

@@ -1,0 +1,288 @@
+/* sched_testlib.c - see sched_testlib.h. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sched_testlib.h"
+
+const char *th_build_dir(void)
+{
+    static char dir[4096];
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return "build";
+    exe[n] = '\0';
+    /* BUILD/tests/<unit|integration>/<name> */
+    char *d = dirname(dirname(dirname(exe)));
+    snprintf(dir, sizeof(dir), "%s", d);
+    return dir;
+}
+
+/* Children still running at exit (a failed assertion skips the stop)
+ * are killed so no scheduler outlives its test binary. */
+static int live_pids[64];
+
+static void kill_survivors(void)
+{
+    for (int i = 0; i < 64; i++)
+        if (live_pids[i] > 0) {
+            kill(live_pids[i], SIGKILL);
+            waitpid(live_pids[i], NULL, 0);
+            live_pids[i] = 0;
+        }
+}
+
+static void track(int pid, bool add)
+{
+    static bool registered;
+    if (!registered) {
+        atexit(kill_survivors);
+        registered = true;
+    }
+    for (int i = 0; i < 64; i++) {
+        if (add && live_pids[i] == 0) {
+            live_pids[i] = pid;
+            return;
+        }
+        if (!add && live_pids[i] == pid) {
+            live_pids[i] = 0;
+            return;
+        }
+    }
+}
+
+int th_sched_start(struct th_sched *s, int redis_port, ...)
+{
+    const char *argv[64];
+    char bin[4200], redis[64];
+    int argc = 0, pfd[2];
+    va_list ap;
+
+    snprintf(bin, sizeof(bin), "%s/warmpool-scheduler", th_build_dir());
+    snprintf(redis, sizeof(redis), "127.0.0.1:%d", redis_port);
+    argv[argc++] = bin;
+    argv[argc++] = "--listen";
+    argv[argc++] = "127.0.0.1:0";
+    argv[argc++] = "--redis";
+    argv[argc++] = redis;
+    argv[argc++] = "--api-key";
+    argv[argc++] = "acme:sk-acme";
+    argv[argc++] = "--api-key";
+    argv[argc++] = "beta:sk-beta";
+    argv[argc++] = "--log-level";
+    argv[argc++] = getenv("WP_SCHED_LOG") ? getenv("WP_SCHED_LOG") : "warn";
+    va_start(ap, redis_port);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) && argc < 62)
+        argv[argc++] = a;
+    va_end(ap);
+    argv[argc] = NULL;
+    if (pipe(pfd) < 0)
+        return -1;
+    int pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        dup2(pfd[1], 1);
+        close(pfd[0]);
+        close(pfd[1]);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    close(pfd[1]);
+    s->pid = pid;
+    track(pid, true);
+    s->port = 0;
+    char buf[256];
+    size_t len = 0;
+    struct pollfd p = {.fd = pfd[0], .events = POLLIN};
+    while (len < sizeof(buf) - 1 && poll(&p, 1, 10000) > 0) {
+        ssize_t n = read(pfd[0], buf + len, sizeof(buf) - 1 - len);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        buf[len] = '\0';
+        if (sscanf(buf, "listening %d", &s->port) == 1 && strchr(buf, '\n'))
+            break;
+    }
+    close(pfd[0]);
+    if (s->port <= 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
+    /* Give the Redis connection a moment to come up. */
+    usleep(50000);
+    return 0;
+}
+
+int th_sched_stop(struct th_sched *s)
+{
+    int st = 0;
+    if (s->pid <= 0)
+        return -1;
+    track(s->pid, false);
+    kill(s->pid, SIGTERM);
+    for (int i = 0; i < 1000; i++) {
+        int r = waitpid(s->pid, &st, WNOHANG);
+        if (r == s->pid) {
+            s->pid = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        usleep(10000);
+    }
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, &st, 0);
+    s->pid = 0;
+    return -1;
+}
+
+int th_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct timeval tv = {.tv_sec = 10};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int th_send_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+int th_read_until(int fd, char *out, size_t cap, const char *needle, int timeout_ms)
+{
+    size_t len = 0;
+    long deadline = now_ms() + timeout_ms;
+    out[0] = '\0';
+    while (len < cap - 1) {
+        if (needle && strstr(out, needle))
+            break;
+        long left = deadline - now_ms();
+        if (left <= 0)
+            break;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, (int)left) <= 0)
+            break;
+        ssize_t n = recv(fd, out + len, cap - 1 - len, 0);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        out[len] = '\0';
+    }
+    return (int)len;
+}
+
+int th_read_all(int fd, char *out, size_t cap, int timeout_ms)
+{
+    return th_read_until(fd, out, cap, NULL, timeout_ms);
+}
+
+void th_resp_free(struct th_resp *r)
+{
+    free(r->body);
+    r->body = NULL;
+}
+
+int th_resp_header(const struct th_resp *r, const char *name, char *out, size_t cap)
+{
+    size_t nl = strlen(name);
+    for (const char *p = r->head; (p = strchr(p, '\n')); ) {
+        p++;
+        if (strncasecmp(p, name, nl) == 0 && p[nl] == ':') {
+            const char *v = p + nl + 1;
+            while (*v == ' ')
+                v++;
+            size_t l = strcspn(v, "\r\n");
+            snprintf(out, cap, "%.*s", (int)l, v);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int th_http(int port, const char *method, const char *path, const char *key, const char *body,
+            struct th_resp *r)
+{
+    memset(r, 0, sizeof(*r));
+    int fd = th_connect(port);
+    if (fd < 0)
+        return -1;
+    size_t bl = body ? strlen(body) : 0;
+    size_t cap = 8192 + bl;
+    char *req = malloc(cap);
+    int n = snprintf(req, cap,
+                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s%s%s"
+                     "%s",
+                     method, path, key ? "x-api-key: " : "", key ? key : "", key ? "\r\n" : "",
+                     body ? "Content-Type: application/json\r\n" : "");
+    if (body)
+        n += snprintf(req + n, cap - (size_t)n, "Content-Length: %zu\r\n", bl);
+    n += snprintf(req + n, cap - (size_t)n, "\r\n");
+    if (body) {
+        memcpy(req + n, body, bl);
+        n += (int)bl;
+    }
+    int rc = th_send_all(fd, req, (size_t)n);
+    free(req);
+    if (rc < 0) {
+        close(fd);
+        return -1;
+    }
+    size_t rcap = 1 << 24;
+    char *buf = malloc(rcap);
+    int len = th_read_all(fd, buf, rcap, 10000);
+    close(fd);
+    char *sep = strstr(buf, "\r\n\r\n");
+    if (len <= 0 || !sep || sscanf(buf, "HTTP/1.1 %d", &r->status) != 1) {
+        free(buf);
+        return -1;
+    }
+    size_t hl = (size_t)(sep - buf);
+    snprintf(r->head, sizeof(r->head), "%.*s", (int)(hl < sizeof(r->head) ? hl : sizeof(r->head) - 1), buf);
+    r->body_len = (size_t)len - hl - 4;
+    r->body = malloc(r->body_len + 1);
+    memcpy(r->body, sep + 4, r->body_len);
+    r->body[r->body_len] = '\0';
+    free(buf);
+    return 0;
+}

@@ -1,0 +1,45 @@
+/* sched_testlib.h - helpers for scheduler tests: run warmpool-scheduler as
+ * a child process and talk HTTP/1.1 to it over loopback. */
+#ifndef WP_SCHED_TESTLIB_H
+#define WP_SCHED_TESTLIB_H
+
+#include <stddef.h>
+
+struct th_sched {
+    int pid;
+    int port;
+};
+
+/* Start BUILD/warmpool-scheduler (found next to the test binary's build
+ * dir) with --listen 127.0.0.1:0 --redis 127.0.0.1:<redis_port>
+ * --api-key acme:sk-acme --api-key beta:sk-beta plus extra args (NULL-
+ * terminated). Waits for its "listening PORT" line. Returns 0 or -1. */
+int th_sched_start(struct th_sched *s, int redis_port, ...);
+/* SIGTERM, wait up to 10 s (then SIGKILL). Returns the exit status. */
+int th_sched_stop(struct th_sched *s);
+/* Path of the build directory (e.g. "build" or "build/asan"); static. */
+const char *th_build_dir(void);
+
+struct th_resp {
+    int status;
+    char head[4096];
+    char *body; /* malloc'ed, NUL-terminated */
+    size_t body_len;
+};
+void th_resp_free(struct th_resp *r);
+/* One request on a new connection (Connection: close). key may be NULL
+ * (no auth). body may be NULL. Returns 0 or -1 (I/O). */
+int th_http(int port, const char *method, const char *path, const char *key, const char *body,
+            struct th_resp *r);
+/* Header value from a response head (case-insensitive name), copied. */
+int th_resp_header(const struct th_resp *r, const char *name, char *out, size_t cap);
+
+/* Raw: connect to 127.0.0.1:port (blocking fd, 10 s timeouts). */
+int th_connect(int port);
+/* Write all; read until EOF or timeout into out (cap). Returns bytes. */
+int th_send_all(int fd, const char *p, size_t n);
+int th_read_all(int fd, char *out, size_t cap, int timeout_ms);
+/* Read until needle appears (or timeout); returns bytes read so far. */
+int th_read_until(int fd, char *out, size_t cap, const char *needle, int timeout_ms);
+
+#endif
