@@ -250,7 +250,7 @@ int sched__events_prepare(json_t *events, bool initial, int max, json_t **out,
 
 /* Append prepared events for session sid; cb gets the script's reply. */
 void sched__events_append(struct sched_req *req, const char *sid, json_t *prepared,
-                          sched_redis_cb cb)
+                          wp_redis_cb cb)
 {
     char kobj[200], kev[200], wid[64], ms[32], now[40];
     size_t n = json_array_size(prepared), i;

@@ -1,6 +1,6 @@
 # scheduler/: the HTTP API (Managed Agents-compatible) and the session event log.
 scheduler_SRCS := scheduler/http_parse.c scheduler/server.c scheduler/route.c \
-                  scheduler/redis.c scheduler/util.c scheduler/resources.c \
+                  scheduler/util.c scheduler/resources.c \
                   scheduler/agents.c scheduler/envs.c scheduler/sessions.c \
                   scheduler/resources_session.c \
                   scheduler/events.c scheduler/sse.c scheduler/vaults.c scheduler/work.c \

@@ -4,6 +4,8 @@
 
 #include <ev.h>
 #include <hiredis/async.h>
+
+#include "base/redis.h"
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -64,26 +66,7 @@ void sched_http_parser_next(struct sched_http_parser *p);
 const char *sched_http_header(const struct sched_http_req *r, const char *name);
 const char *sched_http_url(const struct sched_http_req *r);
 
-/* ---- Redis (redis.c) ---- */
-
-struct sched_redis;
-/* Reply callback: reply is NULL when the connection died or the command
- * timed out (the request has already been answered 503 in that case only
- * if the caller asked for it). The reply belongs to hiredis. */
-typedef void (*sched_redis_cb)(void *ctx, redisReply *reply);
-
-struct sched_redis *sched__redis_new(struct ev_loop *loop, const char *host, int port,
-                                     const char *name);
-void sched__redis_free(struct sched_redis *r);
-bool sched__redis_ready(const struct sched_redis *r);
-/* Send argv; cb is called exactly once (reply or NULL) if this returns 0;
- * never if it returns < 0 (not connected). */
-int sched__redis_argv(struct sched_redis *r, sched_redis_cb cb, void *ctx, int argc,
-                      const char **argv, const size_t *lens);
-/* Run a Lua script by its sha (EVALSHA with EVAL fallback on NOSCRIPT). */
-int sched__redis_script(struct sched_redis *r, const char *script, sched_redis_cb cb,
-                        void *ctx, int nkeys, int argc, const char **argv,
-                        const size_t *lens);
+/* ---- Redis: base/redis.h (wp_redis, shared with the node daemon) ---- */
 
 /* ---- Server, connections, requests (server.c) ---- */
 
@@ -105,7 +88,7 @@ struct sched_server {
     struct sched_conn *conns;       /* live connections */
     int nconns;
     struct sched_conn *close_list;  /* closed, freed in prepare */
-    struct sched_redis *rds;        /* request/response traffic */
+    struct wp_redis *rds;        /* request/response traffic */
     struct sched_hub *hubs;         /* sse.c: one live tail per streamed session */
     bool draining;
     uint64_t req_seq;
@@ -164,9 +147,9 @@ const char *sched__error_type_for(int status);
 
 /* Issue a Redis command for req; on a NULL reply answers 503 and frees
  * req, so cb only ever sees a live reply and a live req. */
-int sched__req_redis(struct sched_req *req, sched_redis_cb cb, int argc, const char **argv,
+int sched__req_redis(struct sched_req *req, wp_redis_cb cb, int argc, const char **argv,
                      const size_t *lens);
-int sched__req_script(struct sched_req *req, const char *script, sched_redis_cb cb,
+int sched__req_script(struct sched_req *req, const char *script, wp_redis_cb cb,
                       int nkeys, int argc, const char **argv, const size_t *lens);
 
 /* Turn a connection into an SSE stream: sends the 200 headers, returns
@@ -278,7 +261,7 @@ extern const struct sched_kind sched__kind_agent, sched__kind_env, sched__kind_s
 
 /* Queue a session work item in a self_hosted environment (work.c). */
 void sched__work_enqueue(struct sched_req *req, const char *env, const char *session_id,
-                         sched_redis_cb cb);
+                         wp_redis_cb cb);
 
 /* Redis key helpers: "wp:obj:<id>", "wp:idx:<org>:<kind>[:active]". */
 void sched__key_obj(char *out, size_t cap, const char *id);
@@ -338,7 +321,7 @@ int sched__events_prepare(json_t *events, bool initial, int max, json_t **out,
                           const char **msg);
 /* Append prepared events to session sid (status machine included). */
 void sched__events_append(struct sched_req *req, const char *sid, json_t *prepared,
-                          sched_redis_cb cb);
+                          wp_redis_cb cb);
 /* Write one event as served: stored json + id + processed_at from the
  * stream id. */
 void sched__event_splice(struct wp_buf *b, const char *stream_id, const char *json,

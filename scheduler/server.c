@@ -516,14 +516,14 @@ void sched__respond_error(struct sched_req *req, int status, const char *type,
 
 struct req_cmd {
     struct sched_req *req;
-    sched_redis_cb cb;
+    wp_redis_cb cb;
 };
 
 static void req_reply_cb(void *ctx, redisReply *reply)
 {
     struct req_cmd *rc = ctx;
     struct sched_req *req = rc->req;
-    sched_redis_cb cb = rc->cb;
+    wp_redis_cb cb = rc->cb;
     free(rc);
     req->pending--;
     if (req->answered || !req->conn) {
@@ -544,7 +544,7 @@ static void req_reply_cb(void *ctx, redisReply *reply)
     cb(req, reply);
 }
 
-static int req_send(struct sched_req *req, const char *script, sched_redis_cb cb, int nkeys,
+static int req_send(struct sched_req *req, const char *script, wp_redis_cb cb, int nkeys,
                     int argc, const char **argv, const size_t *lens)
 {
     struct req_cmd *rc = malloc(sizeof(*rc));
@@ -552,9 +552,9 @@ static int req_send(struct sched_req *req, const char *script, sched_redis_cb cb
         return -ENOMEM;
     rc->req = req;
     rc->cb = cb;
-    int r = script ? sched__redis_script(req->srv->rds, script, req_reply_cb, rc, nkeys, argc,
+    int r = script ? wp_redis_script(req->srv->rds, script, req_reply_cb, rc, nkeys, argc,
                                          argv, lens)
-                   : sched__redis_argv(req->srv->rds, req_reply_cb, rc, argc, argv, lens);
+                   : wp_redis_argv(req->srv->rds, req_reply_cb, rc, argc, argv, lens);
     if (r < 0) {
         free(rc);
         sched__respond_error(req, 503, "api_error", NULL, "storage unavailable");
@@ -568,13 +568,13 @@ static int req_send(struct sched_req *req, const char *script, sched_redis_cb cb
     return 0;
 }
 
-int sched__req_redis(struct sched_req *req, sched_redis_cb cb, int argc, const char **argv,
+int sched__req_redis(struct sched_req *req, wp_redis_cb cb, int argc, const char **argv,
                      const size_t *lens)
 {
     return req_send(req, NULL, cb, 0, argc, argv, lens);
 }
 
-int sched__req_script(struct sched_req *req, const char *script, sched_redis_cb cb,
+int sched__req_script(struct sched_req *req, const char *script, wp_redis_cb cb,
                       int nkeys, int argc, const char **argv, const size_t *lens)
 {
     return req_send(req, script, cb, nkeys, argc, argv, lens);
@@ -668,9 +668,9 @@ void sched_server_drain(struct sched_server *srv)
     ev_signal_stop(loop, &srv->sigterm);
     ev_signal_stop(loop, &srv->sigint);
     if (srv->rds) {
-        struct sched_redis *r = srv->rds;
+        struct wp_redis *r = srv->rds;
         srv->rds = NULL;
-        sched__redis_free(r);
+        wp_redis_free(r);
     }
     /* The prepare watcher stays until the close list is empty: free now. */
     prepare_cb(loop, &srv->prepare, 0);
@@ -737,7 +737,7 @@ struct sched_server *sched_server_new(struct ev_loop *loop, const struct sched_c
         sched__sha256(cfg->orgs, sizeof(cfg->orgs[0]) * (size_t)cfg->norgs, srv->vault_key);
     }
 
-    srv->rds = sched__redis_new(loop, cfg->redis_host, cfg->redis_port, "cmd");
+    srv->rds = wp_redis_new(loop, cfg->redis_host, cfg->redis_port, "cmd");
     if (!srv->rds) {
         wp_err_set(err, -ENOMEM, "redis client");
         goto fail;

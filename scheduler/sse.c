@@ -38,7 +38,7 @@ struct sched_hub {
     struct sched_server *srv;
     char key[200];
     char last_id[64];          /* the hub has read everything up to here */
-    struct sched_redis *rd;    /* blocking reads only */
+    struct wp_redis *rd;    /* blocking reads only */
     struct sched_sse *members;
     bool reading, in_cb, dead;
     int wait_ticks;
@@ -89,10 +89,10 @@ static void set_id(char *dst, size_t cap, const char *src)
 
 static void hub_free_now(struct sched_hub *h)
 {
-    struct sched_redis *rd = h->rd;
+    struct wp_redis *rd = h->rd;
     h->rd = NULL;
     ev_timer_stop(h->srv->loop, &h->start);
-    sched__redis_free(rd); /* a pending XREAD callback sees dead */
+    wp_redis_free(rd); /* a pending XREAD callback sees dead */
     free(h);
 }
 
@@ -296,7 +296,7 @@ static void hub_read(struct sched_hub *h)
         return;
     snprintf(block, sizeof(block), "%d", (int)(h->srv->cfg.sse_keepalive * 1000));
     const char *argv[] = {"XREAD", "COUNT", "100", "BLOCK", block, "STREAMS", h->key, h->last_id};
-    if (sched__redis_argv(h->rd, hub_read_cb, h, 8, argv, NULL) < 0) {
+    if (wp_redis_argv(h->rd, hub_read_cb, h, 8, argv, NULL) < 0) {
         while (h->members) {
             struct sched_sse *s = h->members;
             hub_remove(s); /* the last removal destroys h */
@@ -311,7 +311,7 @@ static void hub_start_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)revents;
     struct sched_hub *h = w->data;
-    if (sched__redis_ready(h->rd)) {
+    if (wp_redis_ready(h->rd)) {
         ev_timer_stop(loop, w);
         hub_read(h);
         return;
@@ -349,7 +349,7 @@ static void attach(struct sched_sse *s)
     h->srv = srv;
     set_id(h->key, sizeof(h->key), s->key);
     set_id(h->last_id, sizeof(h->last_id), s->last_id);
-    h->rd = sched__redis_new(srv->loop, srv->cfg.redis_host, srv->cfg.redis_port, "sse");
+    h->rd = wp_redis_new(srv->loop, srv->cfg.redis_host, srv->cfg.redis_port, "sse");
     if (!h->rd) {
         free(h);
         cut_off(s, "out of memory");
@@ -395,7 +395,7 @@ static void catch_up(struct sched_sse *s)
     if (s->closed || s->catching || s->paused || s->hub)
         return;
     const char *argv[] = {"XREAD", "COUNT", "100", "STREAMS", s->key, s->last_id};
-    if (sched__redis_argv(s->srv->rds, catch_cb, s, 6, argv, NULL) < 0) {
+    if (wp_redis_argv(s->srv->rds, catch_cb, s, 6, argv, NULL) < 0) {
         cut_off(s, "redis");
         return;
     }

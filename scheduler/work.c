@@ -197,7 +197,7 @@ static bool map_error(struct sched_req *req, redisReply *reply)
 /* ---- enqueue (from sessions.c) ---- */
 
 void sched__work_enqueue(struct sched_req *req, const char *env, const char *session_id,
-                         sched_redis_cb cb)
+                         wp_redis_cb cb)
 {
     char id[64], now[40], ms[32], scope[200], kobj[200], kq[200], kall[200], kact[200];
     char ksess[200];
