@@ -362,7 +362,8 @@ static void op_cb(void *ctx, redisReply *reply)
         else
             rc = wp_err_set(&err, WP_EPROTO, "%s", reply->str);
     }
-    op->cb(op->ctx, rc, rc < 0 ? &err : NULL);
+    if (op->cb)
+        op->cb(op->ctx, rc, rc < 0 ? &err : NULL);
     free(op);
 }
 

@@ -122,7 +122,7 @@ bool pool_client_ready(const struct pool_client *c);
 int pool_claim(struct pool_client *c, const char *env, const char *session, double timeout_s,
                pool_claim_cb cb, void *ctx, struct wp_err *err);
 /* Release a claimed sandbox (the node destroys it). WP_ESTALE when token
- * is not the current lease's. Same callback contract. */
+ * is not the current lease's. Same callback contract; cb may be NULL. */
 int pool_release(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
                  pool_done_cb cb, void *ctx, struct wp_err *err);
 /* Connect to a claimed sandbox's hands through its node's relay (any

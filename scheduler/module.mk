@@ -4,7 +4,7 @@ scheduler_SRCS := scheduler/http_parse.c scheduler/server.c scheduler/route.c \
                   scheduler/agents.c scheduler/envs.c scheduler/sessions.c \
                   scheduler/resources_session.c \
                   scheduler/events.c scheduler/sse.c scheduler/vaults.c scheduler/work.c \
-                  scheduler/config.c
+                  scheduler/config.c scheduler/sandboxes.c
 
 # The scheduler hashes API keys and encrypts vault secrets with libcrypto.
 PKGS += libcrypto
@@ -38,7 +38,7 @@ $(BUILD)/libscheduler.a: | $(LLHTTP_A)
 fuzz: $(LLHTTP_A)
 
 BINS += $(BUILD)/warmpool-scheduler
-$(BUILD)/warmpool-scheduler: $(BUILD)/obj/scheduler/main.o $(BUILD)/libscheduler.a \
-                             $(BUILD)/libbase.a $(LLHTTP_A)
-	$(CC) $(ALL_CFLAGS) $(BUILD)/obj/scheduler/main.o $(BUILD)/libscheduler.a \
-	    $(BUILD)/libbase.a $(LDFLAGS) $(LDLIBS) -o $@
+SCHED_LIBS := $(BUILD)/libscheduler.a $(BUILD)/libpool.a $(BUILD)/libagentlink.a \
+              $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+$(BUILD)/warmpool-scheduler: $(BUILD)/obj/scheduler/main.o $(SCHED_LIBS) $(LLHTTP_A)
+	$(CC) $(ALL_CFLAGS) $(BUILD)/obj/scheduler/main.o $(SCHED_LIBS) $(LDFLAGS) $(LDLIBS) -o $@

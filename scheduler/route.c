@@ -67,6 +67,11 @@ static const struct sched_route routes[] = {
     R("POST", "/v1/vaults/:id/credentials/:cid", cred_update, SCHED_R_BODY),
     R("DELETE", "/v1/vaults/:id/credentials/:cid", cred_delete, 0),
     R("POST", "/v1/vaults/:id/credentials/:cid/archive", cred_archive, 0),
+    /* warmpool's extension: sandboxes for harnesses with their own loop. */
+    R("POST", "/v1/sandboxes", sbx_create, SCHED_R_CREATE | SCHED_R_BODY),
+    R("GET", "/v1/sandboxes/:id", sbx_get, 0),
+    R("POST", "/v1/sandboxes/:id/execute", sbx_execute, SCHED_R_BODY),
+    R("DELETE", "/v1/sandboxes/:id", sbx_delete, 0),
 };
 #undef R
 

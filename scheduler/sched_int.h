@@ -90,6 +90,8 @@ struct sched_server {
     struct sched_conn *close_list;  /* closed, freed in prepare */
     struct wp_redis *rds;        /* request/response traffic */
     struct sched_hub *hubs;         /* sse.c: one live tail per streamed session */
+    struct pool_client *pool;       /* sandboxes.c: claims for /v1/sandboxes */
+    struct sched_sbx *sbxs;         /* sandboxes.c: sandboxes this process links to */
     bool draining;
     uint64_t req_seq;
     uint64_t boot_id;
@@ -166,6 +168,12 @@ void sched__conn_set_sse(struct sched_conn *c, struct sched_sse *s);
 void sched__sse_conn_closed(struct sched_sse *s);
 void sched__sse_conn_drained(struct sched_sse *s);
 void sched__req_finish(struct sched_req *req);
+/* Keep req alive across asynchronous work that is not a Redis command (a
+ * tool call, a wait for a sandbox). release returns false when the client
+ * went away meanwhile (req is then freed once nothing holds it): do not
+ * touch req after a false. */
+void sched__req_hold(struct sched_req *req);
+bool sched__req_release(struct sched_req *req);
 
 /* ---- Routing (route.c) ---- */
 
@@ -244,7 +252,8 @@ char *sched__unseal(const unsigned char key[32], const char *sealed, size_t *n);
     X(cred_archive)                                                         \
     X(work_poll) X(work_ack) X(work_heartbeat) X(work_stop) X(work_list)    \
     X(work_get) X(work_update) X(work_stats) X(env_key_create)               \
-    X(sres_add) X(sres_list) X(sres_get) X(sres_update) X(sres_delete)
+    X(sres_add) X(sres_list) X(sres_get) X(sres_update) X(sres_delete)     \
+    X(sbx_create) X(sbx_get) X(sbx_execute) X(sbx_delete)
 #define SCHED_HANDLER_DECL(name) void sched__h_##name(struct sched_req *req);
 SCHED_HANDLERS(SCHED_HANDLER_DECL)
 #undef SCHED_HANDLER_DECL
@@ -326,6 +335,12 @@ void sched__events_append(struct sched_req *req, const char *sid, json_t *prepar
  * stream id. */
 void sched__event_splice(struct wp_buf *b, const char *stream_id, const char *json,
                          size_t len);
+
+/* /v1/sandboxes (sandboxes.c): the pool client and the links this
+ * process holds. */
+struct sched_sbx;
+int sched__sbx_init(struct sched_server *srv, struct wp_err *err);
+void sched__sbx_shutdown(struct sched_server *srv);
 
 /* Rate limit (route.c). */
 extern const char sched__lua_ratelimit[];

@@ -454,6 +454,26 @@ void sched__req_finish(struct sched_req *req)
         req_free(req);
 }
 
+void sched__req_hold(struct sched_req *req)
+{
+    req->pending++;
+}
+
+bool sched__req_release(struct sched_req *req)
+{
+    req->pending--;
+    if (req->answered || !req->conn) {
+        if (!req->answered) {
+            req->answered = true;
+            ev_timer_stop(req->srv->loop, &req->timeout);
+        }
+        if (req->pending == 0)
+            req_free(req);
+        return false;
+    }
+    return true;
+}
+
 void sched__respond_raw(struct sched_req *req, int status, const char *json, size_t len)
 {
     struct sched_conn *c = req->conn;
@@ -667,6 +687,7 @@ void sched_server_drain(struct sched_server *srv)
     ev_timer_stop(loop, &srv->drain_timer);
     ev_signal_stop(loop, &srv->sigterm);
     ev_signal_stop(loop, &srv->sigint);
+    sched__sbx_shutdown(srv);
     if (srv->rds) {
         struct wp_redis *r = srv->rds;
         srv->rds = NULL;
@@ -742,6 +763,8 @@ struct sched_server *sched_server_new(struct ev_loop *loop, const struct sched_c
         wp_err_set(err, -ENOMEM, "redis client");
         goto fail;
     }
+    if (sched__sbx_init(srv, err) < 0)
+        goto fail;
     ev_timer_init(&srv->accept_pause, accept_pause_cb, 0.1, 0.);
     srv->accept_pause.data = srv;
     ev_io_init(&srv->listen_io, accept_cb, srv->listen_fd, EV_READ);
@@ -763,6 +786,8 @@ fail:
         close(fd);
     if (srv && srv->listen_fd >= 0)
         close(srv->listen_fd);
+    if (srv)
+        wp_redis_free(srv->rds);
     free(srv);
     return NULL;
 }

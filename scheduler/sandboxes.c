@@ -1,0 +1,541 @@
+/* sandboxes.c - warmpool's own extension, outside the Managed Agents API:
+ * sandboxes for harnesses that run their own agent loop and only need
+ * hands (provision + execute(name, input) -> result).
+ *
+ *   POST   /v1/sandboxes              {"environment", "env"?, "workdir"?, "hostname"?,
+ *                                      "session_id"?}  -> the sandbox, at once
+ *   GET    /v1/sandboxes/:id          state, tier, node, timings
+ *   POST   /v1/sandboxes/:id/execute  {"name", "input", "timeout_ms"?} -> tool result
+ *   DELETE /v1/sandboxes/:id          release (the node destroys it)
+ *
+ * Create answers before the sandbox exists: the claim (hot, warm or cold)
+ * and the attach run in the background, and an execute sent meanwhile
+ * waits for them. The record lives in Redis (wp:sbx:<id>): any scheduler
+ * process can execute on a ready sandbox by connecting through its node's
+ * relay with the lease's token; the process that created it keeps its
+ * link open. */
+#define WP_LOG_COMPONENT "sbx"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agentlink/agentlink.h"
+#include "base/log.h"
+#include "base/timeutil.h"
+#include "pool/pool.h"
+#include "scheduler/sched_int.h"
+#include "snapshot/snapshot.h"
+
+enum sbx_state { SBX_PROVISIONING, SBX_READY, SBX_FAILED };
+
+struct waiter {
+    struct sched_req *req;
+    json_t *call;       /* {"name", "input", "timeout_ms"} owned */
+    struct waiter *next;
+};
+
+struct sched_sbx {
+    struct sched_server *srv;
+    char id[40], org[64], env[64], session[128];
+    enum sbx_state st;
+    bool attach;                 /* this process provisions: attach with settings */
+    json_t *settings;            /* env, workdir, hostname (owned) */
+    struct pool_claim_result res;
+    struct alink_client *ac;
+    struct waiter *waiters;
+    uint64_t t0;
+    double claim_ms, attached_ms;
+    char error[256];
+    struct sched_sbx *next;
+};
+
+static const char *const create_fields[] = { "environment", "env", "workdir", "hostname",
+                                             "session_id", NULL };
+
+static void key_sbx(char *out, size_t cap, const char *id)
+{
+    snprintf(out, cap, "wp:sbx:%s", id);
+}
+
+static void ignore_cb(void *ctx, redisReply *reply)
+{
+    (void)ctx;
+    (void)reply;
+}
+
+/* Write the record's changing fields (best effort: the request that reads
+ * it answers from Redis, so a lost write shows an older state). */
+static void save(struct sched_sbx *s)
+{
+    char key[80], tok[32], cms[32], ams[32];
+    static const char *names[] = { "provisioning", "ready", "failed" };
+
+    key_sbx(key, sizeof(key), s->id);
+    snprintf(tok, sizeof(tok), "%llu", (unsigned long long)s->res.token);
+    snprintf(cms, sizeof(cms), "%.3f", s->claim_ms);
+    snprintf(ams, sizeof(ams), "%.3f", s->attached_ms);
+    const char *argv[] = { "HSET", key, "status", names[s->st], "sandbox", s->res.sandbox,
+                           "node", s->res.node, "relay", s->res.relay, "tier", s->res.tier,
+                           "token", tok, "claim_ms", cms, "attached_ms", ams, "error", s->error };
+    wp_redis_argv(s->srv->rds, ignore_cb, NULL, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
+}
+
+static struct sched_sbx *find_local(struct sched_server *srv, const char *id)
+{
+    for (struct sched_sbx *s = srv->sbxs; s; s = s->next)
+        if (strcmp(s->id, id) == 0)
+            return s;
+    return NULL;
+}
+
+static void drop_local(struct sched_sbx *s)
+{
+    for (struct sched_sbx **pp = &s->srv->sbxs; *pp; pp = &(*pp)->next)
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    if (s->ac)
+        alink_client_free(s->ac); /* in-flight calls get their callbacks */
+    json_decref(s->settings);
+    free(s);
+}
+
+/* ---- execute ------------------------------------------------------------ */
+
+struct exec {
+    struct sched_req *req;
+};
+
+static void exec_done(void *ctx, int status, const struct alink_result *res, const struct wp_err *err)
+{
+    struct exec *x = ctx;
+    struct sched_req *req = x->req;
+    (void)err;
+
+    free(x);
+    if (!sched__req_release(req))
+        return; /* the client went away meanwhile */
+    /* A link failure is a tool error the model can read, as in Managed
+     * Agents; the HTTP call itself succeeded. */
+    json_t *text = json_pack("{s:s, s:s%}", "type", "text", "text", res->content, res->len);
+    sched__respond_json(req, 200,
+                        json_pack("{s:s, s:b, s:[o]}", "type", "tool_result", "is_error",
+                                  status != 0 || res->is_error, "content", text));
+}
+
+static void run_call(struct sched_sbx *s, struct sched_req *req, json_t *call)
+{
+    struct alink_call_opts o = { .timeout_ms = json_integer_value(json_object_get(call, "timeout_ms")) };
+    struct exec *x = malloc(sizeof(*x));
+    struct wp_err err;
+
+    if (!x) {
+        sched__respond_error(req, 500, "api_error", NULL, "out of memory");
+        return;
+    }
+    x->req = req;
+    sched__req_hold(req);
+    if (alink_client_call(s->ac, json_string_value(json_object_get(call, "name")),
+                          json_object_get(call, "input"), &o, exec_done, x, &err) < 0) {
+        free(x);
+        if (sched__req_release(req))
+            sched__respond_error(req, 502, "api_error", NULL, "sandbox %s: %s", s->id, err.msg);
+    }
+}
+
+static void flush_waiters(struct sched_sbx *s)
+{
+    while (s->waiters) {
+        struct waiter *w = s->waiters;
+        s->waiters = w->next;
+        if (sched__req_release(w->req)) {
+            if (s->st == SBX_READY)
+                run_call(s, w->req, w->call);
+            else
+                sched__respond_error(w->req, 502, "api_error", "sandbox_failed",
+                                     "sandbox %s could not be provisioned: %s", s->id, s->error);
+        }
+        json_decref(w->call);
+        free(w);
+    }
+}
+
+static void fail(struct sched_sbx *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(struct sched_sbx *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->error, sizeof(s->error), fmt, ap);
+    va_end(ap);
+    s->st = SBX_FAILED;
+    log_warn("sandbox=%s failed: %s", s->id, s->error);
+    save(s);
+    flush_waiters(s);
+}
+
+static void ready(struct sched_sbx *s)
+{
+    s->st = SBX_READY;
+    s->attached_ms = (double)(wp_now_ns() - s->t0) / 1e6;
+    if (s->attach)
+        save(s);
+    flush_waiters(s);
+}
+
+static void attach_cb(void *ctx, int status, const struct alink_result *res, const struct wp_err *err)
+{
+    struct sched_sbx *s = ctx;
+    (void)err;
+    if (status != 0 || res->is_error)
+        fail(s, "attach: %.*s", (int)res->len, res->content);
+    else
+        ready(s);
+}
+
+static void link_closed(void *ctx, const struct wp_err *err)
+{
+    struct sched_sbx *s = ctx;
+    /* The sandbox or its node went away: later calls must reconnect. */
+    log_info("sandbox=%s link closed: %s", s->id, err ? err->msg : "");
+    s->st = SBX_FAILED;
+    snprintf(s->error, sizeof(s->error), "the sandbox's link closed");
+}
+
+static void hello_cb(void *ctx, int status, const struct wp_err *err)
+{
+    struct sched_sbx *s = ctx;
+    struct wp_err e2;
+
+    if (status != 0) {
+        fail(s, "connect: %s", err ? err->msg : "failed");
+        return;
+    }
+    if (!s->attach) {
+        ready(s);
+        return;
+    }
+    /* Per-session settings, applied to a warm clone without a cold start. */
+    json_t *env = json_object_get(s->settings, "env"), *v;
+    const char *k;
+    struct alink_env_var vars[64];
+    size_t n = 0;
+    json_object_foreach(env, k, v) {
+        if (n < 64) {
+            vars[n].name = k;
+            vars[n++].value = json_string_value(v);
+        }
+    }
+    struct alink_attach a = {
+        .session_id = s->session,
+        .workdir = json_string_value(json_object_get(s->settings, "workdir")),
+        .hostname = json_string_value(json_object_get(s->settings, "hostname")),
+        .env = vars,
+        .n_env = n,
+    };
+    if (alink_client_attach(s->ac, &a, attach_cb, s, &e2) < 0)
+        fail(s, "attach: %s", e2.msg);
+}
+
+static void relay_cb(void *ctx, int status, int fd, const struct wp_err *err)
+{
+    struct sched_sbx *s = ctx;
+    struct alink_client_opts o = { .on_close = link_closed, .close_ctx = s };
+    struct wp_err e2;
+
+    if (status != 0) {
+        fail(s, "relay: %s", err ? err->msg : "failed");
+        return;
+    }
+    if (alink_client_new(s->srv->loop, &o, &s->ac, &e2) < 0 ||
+        alink_client_connect_fd(s->ac, fd, hello_cb, s, &e2) < 0)
+        fail(s, "connect: %s", e2.msg);
+}
+
+static void connect_link(struct sched_sbx *s)
+{
+    struct wp_err err;
+    if (pool_connect(s->srv->loop, &s->res, s->env, relay_cb, s, &err) < 0)
+        fail(s, "relay: %s", err.msg);
+}
+
+static void claim_cb(void *ctx, int status, const struct pool_claim_result *res, const struct wp_err *err)
+{
+    struct sched_sbx *s = ctx;
+
+    if (status != 0) {
+        fail(s, "claim: %s", err ? err->msg : "failed");
+        return;
+    }
+    s->res = *res;
+    s->claim_ms = res->ms;
+    save(s);
+    connect_link(s);
+}
+
+/* ---- handlers -------------------------------------------------------------- */
+
+static json_t *record_json(redisReply *r, const char *id)
+{
+    json_t *o = json_pack("{s:s, s:s}", "type", "sandbox", "id", id), *t = json_object();
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const char *k = r->element[i]->str, *v = r->element[i + 1]->str;
+        if (!strcmp(k, "environment") || !strcmp(k, "status") || !strcmp(k, "tier") ||
+            !strcmp(k, "node") || !strcmp(k, "created_at") || !strcmp(k, "session_id"))
+            json_object_set_new(o, k, *v ? json_string(v) : json_null());
+        else if (!strcmp(k, "error"))
+            json_object_set_new(o, k, *v ? json_string(v) : json_null());
+        else if (!strcmp(k, "claim_ms") || !strcmp(k, "attached_ms"))
+            json_object_set_new(t, k, json_real(atof(v)));
+    }
+    json_object_set_new(o, "timings", t);
+    return o;
+}
+
+static const char *field(redisReply *r, const char *name)
+{
+    for (size_t i = 0; i + 1 < r->elements; i += 2)
+        if (strcmp(r->element[i]->str, name) == 0)
+            return r->element[i + 1]->str;
+    return NULL;
+}
+
+static void created(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    (void)reply;
+    /* Answer at once; the claim goes on in the background. */
+    sched__respond_json(req, 200, req->tmp ? json_incref(req->tmp) : json_object());
+}
+
+void sched__h_sbx_create(struct sched_req *req)
+{
+    json_t *b = req->body, *env = json_object_get(b, "env"), *v;
+    const char *name = json_string_value(json_object_get(b, "environment"));
+    const char *bad = sched__unknown_field(b, create_fields), *k;
+    struct sched_server *srv = req->srv;
+    struct sched_sbx *s;
+    struct wp_err err;
+    char key[80], now[40], created_ms[32];
+
+    if (bad) {
+        sched__bad_request(req, "%s: Extra inputs are not permitted", bad);
+        return;
+    }
+    if (!name || !snap_name_valid(name)) {
+        sched__bad_request(req, "environment: a warmpool environment name is required");
+        return;
+    }
+    if (env && (!json_is_object(env) || json_object_size(env) > 64)) {
+        sched__bad_request(req, "env: an object of at most 64 strings");
+        return;
+    }
+    json_object_foreach(env, k, v) {
+        if (!json_is_string(v) || !*k || strchr(k, '=')) {
+            sched__bad_request(req, "env.%s: values are strings, names have no '='", k);
+            return;
+        }
+    }
+    const char *wd = json_string_value(json_object_get(b, "workdir"));
+    if ((json_object_get(b, "workdir") && (!wd || wd[0] != '/')) ||
+        (json_object_get(b, "hostname") && !json_is_string(json_object_get(b, "hostname"))) ||
+        (json_object_get(b, "session_id") && !json_is_string(json_object_get(b, "session_id")))) {
+        sched__bad_request(req, "workdir must be an absolute path; hostname and session_id strings");
+        return;
+    }
+    if (!srv->pool || !pool_client_ready(srv->pool)) {
+        sched__respond_error(req, 503, "api_error", NULL, "the pool is not reachable");
+        return;
+    }
+    s = calloc(1, sizeof(*s));
+    if (!s) {
+        sched__respond_error(req, 500, "api_error", NULL, "out of memory");
+        return;
+    }
+    s->srv = srv;
+    s->attach = true;
+    s->t0 = wp_now_ns();
+    sched__new_id("sbx_", s->id, sizeof(s->id));
+    snprintf(s->org, sizeof(s->org), "%s", req->org);
+    snprintf(s->env, sizeof(s->env), "%s", name);
+    const char *sid = json_string_value(json_object_get(b, "session_id"));
+    snprintf(s->session, sizeof(s->session), "%s", sid ? sid : s->id);
+    s->settings = json_deep_copy(b);
+    if (pool_claim(srv->pool, name, s->session, 60, claim_cb, s, &err) < 0) {
+        json_decref(s->settings);
+        free(s);
+        sched__respond_error(req, 503, "api_error", NULL, "claim: %s", err.msg);
+        return;
+    }
+    s->next = srv->sbxs;
+    srv->sbxs = s;
+    sched__rfc3339(wp_wall_ms(), now, sizeof(now));
+    snprintf(created_ms, sizeof(created_ms), "%llu", (unsigned long long)wp_wall_ms());
+    key_sbx(key, sizeof(key), s->id);
+    req->tmp = json_pack("{s:s, s:s, s:s, s:s, s:s, s:n, s:n, s:{}, s:n}", "type", "sandbox", "id",
+                         s->id, "environment", name, "session_id", s->session, "status",
+                         "provisioning", "tier", "node", "timings", "error");
+    json_object_set_new(req->tmp, "created_at", json_string(now));
+    const char *argv[] = { "HSET", key, "org", s->org, "environment", name, "status",
+                           "provisioning", "session_id", s->session, "created_at", now };
+    sched__req_redis(req, created, 12, argv, NULL);
+}
+
+static void got_record(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    const char *org = reply->type == REDIS_REPLY_ARRAY ? field(reply, "org") : NULL;
+    if (!org || strcmp(org, req->org) != 0) {
+        sched__not_found(req, "sandbox %s not found", req->params[0]);
+        return;
+    }
+    if (req->step == 0) { /* GET */
+        sched__respond_json(req, 200, record_json(reply, req->params[0]));
+        return;
+    }
+    if (req->step == 2) { /* DELETE */
+        const char *sb = field(reply, "sandbox"), *env = field(reply, "environment"),
+                   *tok = field(reply, "token");
+        struct sched_sbx *s = find_local(req->srv, req->params[0]);
+        if (s && s->st == SBX_PROVISIONING) {
+            sched__respond_error(req, 409, "invalid_request_error", NULL,
+                                 "sandbox %s is still being provisioned; delete it once ready",
+                                 req->params[0]);
+            return;
+        }
+        if (s)
+            drop_local(s);
+        if (sb && *sb && env && tok)
+            pool_release(req->srv->pool, env, sb, strtoull(tok, NULL, 10), NULL, NULL, NULL);
+        char key[80];
+        key_sbx(key, sizeof(key), req->params[0]);
+        const char *argv[] = { "DEL", key };
+        wp_redis_argv(req->srv->rds, ignore_cb, NULL, 2, argv, NULL);
+        sched__respond_json(req, 200, json_pack("{s:s, s:s}", "type", "sandbox_deleted", "id",
+                                                req->params[0]));
+        return;
+    }
+    /* execute on a sandbox another process provisioned */
+    const char *status = field(reply, "status");
+    if (status && strcmp(status, "failed") == 0) {
+        const char *why = field(reply, "error");
+        sched__respond_error(req, 502, "api_error", "sandbox_failed",
+                             "sandbox %s could not be provisioned: %s", req->params[0],
+                             why ? why : "unknown");
+        return;
+    }
+    if (!status || strcmp(status, "ready") != 0) {
+        snprintf(req->extra_headers, sizeof(req->extra_headers), "retry-after: 1\r\n");
+        sched__respond_error(req, 409, "invalid_request_error", "sandbox_not_ready",
+                             "sandbox %s is %s", req->params[0], status ? status : "unknown");
+        return;
+    }
+    struct sched_sbx *s = calloc(1, sizeof(*s));
+    if (!s) {
+        sched__respond_error(req, 500, "api_error", NULL, "out of memory");
+        return;
+    }
+    s->srv = req->srv;
+    s->t0 = wp_now_ns();
+    snprintf(s->id, sizeof(s->id), "%s", req->params[0]);
+    snprintf(s->org, sizeof(s->org), "%s", org);
+    snprintf(s->env, sizeof(s->env), "%s", field(reply, "environment"));
+    snprintf(s->res.sandbox, sizeof(s->res.sandbox), "%s", field(reply, "sandbox"));
+    snprintf(s->res.relay, sizeof(s->res.relay), "%s", field(reply, "relay"));
+    s->res.token = strtoull(field(reply, "token"), NULL, 10);
+    s->next = req->srv->sbxs;
+    req->srv->sbxs = s;
+    struct waiter *w = calloc(1, sizeof(*w));
+    w->req = req;
+    w->call = json_incref(req->body);
+    sched__req_hold(req);
+    s->waiters = w;
+    connect_link(s);
+}
+
+static void load(struct sched_req *req, int step)
+{
+    char key[80];
+    key_sbx(key, sizeof(key), req->params[0]);
+    req->step = step;
+    const char *argv[] = { "HGETALL", key };
+    sched__req_redis(req, got_record, 2, argv, NULL);
+}
+
+void sched__h_sbx_get(struct sched_req *req)
+{
+    load(req, 0);
+}
+
+void sched__h_sbx_delete(struct sched_req *req)
+{
+    load(req, 2);
+}
+
+void sched__h_sbx_execute(struct sched_req *req)
+{
+    json_t *b = req->body;
+    static const char *const fields[] = { "name", "input", "timeout_ms", NULL };
+    const char *bad = sched__unknown_field(b, fields);
+    struct sched_sbx *s;
+
+    if (bad) {
+        sched__bad_request(req, "%s: Extra inputs are not permitted", bad);
+        return;
+    }
+    if (!json_is_string(json_object_get(b, "name")) || !json_is_object(json_object_get(b, "input")) ||
+        (json_object_get(b, "timeout_ms") && !json_is_integer(json_object_get(b, "timeout_ms")))) {
+        sched__bad_request(req, "execute wants {\"name\": tool, \"input\": {...}, \"timeout_ms\"?: int}");
+        return;
+    }
+    s = find_local(req->srv, req->params[0]);
+    if (!s || strcmp(s->org, req->org) != 0 || s->st == SBX_FAILED) {
+        if (s && s->st == SBX_FAILED && strcmp(s->org, req->org) == 0)
+            drop_local(s); /* reconnect from the record */
+        load(req, 1);
+        return;
+    }
+    if (s->st == SBX_READY) {
+        run_call(s, req, b);
+        return;
+    }
+    /* Not attached yet: wait for it (the claim has its own timeout). */
+    struct waiter *w = calloc(1, sizeof(*w));
+    if (!w) {
+        sched__respond_error(req, 500, "api_error", NULL, "out of memory");
+        return;
+    }
+    w->req = req;
+    w->call = json_incref(b);
+    sched__req_hold(req);
+    struct waiter **pp = &s->waiters;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = w;
+}
+
+int sched__sbx_init(struct sched_server *srv, struct wp_err *err)
+{
+    return pool_client_new(srv->loop, srv->cfg.redis_host, srv->cfg.redis_port, &srv->pool, err);
+}
+
+void sched__sbx_shutdown(struct sched_server *srv)
+{
+    /* The pool client first: its pending claims call back into live
+     * sandboxes (which fail their waiters). */
+    pool_client_free(srv->pool);
+    srv->pool = NULL;
+    while (srv->sbxs) {
+        struct sched_sbx *s = srv->sbxs;
+        srv->sbxs = s->next;
+        s->next = NULL;
+        s->st = SBX_FAILED;
+        snprintf(s->error, sizeof(s->error), "scheduler shutting down");
+        flush_waiters(s);
+        if (s->ac)
+            alink_client_free(s->ac);
+        json_decref(s->settings);
+        free(s);
+    }
+}

@@ -1,0 +1,234 @@
+/* test_sched_sandboxes.c - /v1/sandboxes end to end: a real Redis, a real
+ * node with hands sandboxes, two scheduler processes, plain HTTP. */
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lib/sched_testlib.h"
+#include "lib/snaplib.h"
+#include "lib/testlib.h"
+#include "base/err.h"
+#include "base/fs.h"
+
+#define KEY "sk-acme"
+
+static struct th_redis R;
+static struct th_sched A, B;
+static char *DIR_;
+static pid_t NODE;
+
+static int group_setup(void **state)
+{
+    char hands[1024], wp[1024], dst[1200], tmpl[1024], json[2048], bin[1024], redis[64],
+        env[1200], log[1200], *data = NULL;
+    size_t len = 0;
+    struct wp_err err;
+    (void)state;
+
+    if (th_redis_start(&R, 0) < 0)
+        return -1;
+    DIR_ = th_tmpdir("sbx");
+    snprintf(hands, sizeof(hands), "%s/warmpool-hands", th_build_dir());
+    snprintf(wp, sizeof(wp), "%s/wp", DIR_);
+    snprintf(dst, sizeof(dst), "%s/warmpool-hands", wp);
+    if (mkdir(wp, 0755) < 0 || wp_read_file(hands, 64 << 20, &data, &len, &err) < 0 ||
+        wp_write_file(dst, data, len, 0755, &err) < 0)
+        return -1;
+    free(data);
+    snprintf(tmpl, sizeof(tmpl), "%s/py.json", DIR_);
+    snprintf(json, sizeof(json),
+             "{\"name\":\"py\",\"rootfs\":\"host\",\"workdir\":\"/work\","
+             "\"init\":[\"/.wp/warmpool-hands\",\"--socket\",\"/run/warmpool/hands.sock\","
+             "\"--workdir\",\"/work\",\"--ready-file\",\"/run/warmpool/hands.ready\"],"
+             "\"ready_file\":\"/run/warmpool/hands.ready\","
+             "\"binds\":[{\"source\":\"%s\",\"target\":\"/.wp\"}],"
+             "\"limits\":{\"memory_mb\":64,\"pids\":32}}",
+             wp);
+    if (wp_write_file(tmpl, json, strlen(json), 0644, &err) < 0)
+        return -1;
+    snprintf(bin, sizeof(bin), "%s/warmpool-node", th_build_dir());
+    snprintf(redis, sizeof(redis), "127.0.0.1:%d", R.port);
+    snprintf(env, sizeof(env), "%s:2:2", tmpl);
+    snprintf(log, sizeof(log), "%s/node.log", DIR_);
+    char state_dir[1100];
+    snprintf(state_dir, sizeof(state_dir), "%s/state", DIR_);
+    NODE = fork();
+    if (NODE == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        wp_close_fds_from(3);
+        execl(bin, bin, "--id", "n1", "--redis", redis, "--state-dir", state_dir, "--env", env,
+              (char *)NULL);
+        _exit(127);
+    }
+    if (th_sched_start(&A, R.port, NULL) < 0 || th_sched_start(&B, R.port, NULL) < 0)
+        return -1;
+    /* Wait for the node's hot tier. */
+    for (int i = 0; i < 600; i++) {
+        char out[64];
+        th_sh(out, sizeof(out), "redis-cli -p %d llen 'wp:env:{py}:hot'", R.port);
+        if (atoi(out) >= 2)
+            return 0;
+        th_msleep(50);
+    }
+    return -1;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    th_sched_stop(&A);
+    th_sched_stop(&B);
+    if (NODE > 0) {
+        kill(NODE, SIGTERM);
+        waitpid(NODE, NULL, 0);
+    }
+    th_redis_stop(&R);
+    th_rmtree(DIR_);
+    free(DIR_);
+    return 0;
+}
+
+static json_t *call(struct th_sched *s, const char *method, const char *path, const char *body,
+                    int want_status)
+{
+    struct th_resp r;
+    assert_int_equal(th_http(s->port, method, path, KEY, body, &r), 0);
+    if (r.status != want_status)
+        fail_msg("%s %s: status %d, want %d: %s", method, path, r.status, want_status, r.body);
+    json_t *o = json_loads(r.body, 0, NULL);
+    th_resp_free(&r);
+    assert_non_null(o);
+    return o;
+}
+
+static void create_answers_at_once_and_execute_waits(void **state)
+{
+    char path[128];
+    (void)state;
+
+    json_t *sb = call(&A, "POST", "/v1/sandboxes",
+                      "{\"environment\":\"py\",\"env\":{\"GREETING\":\"hi\"},\"hostname\":\"mybox\"}",
+                      200);
+    const char *id = json_string_value(json_object_get(sb, "id"));
+    assert_non_null(id);
+    /* The handle comes back before the sandbox is attached. */
+    assert_string_equal(json_string_value(json_object_get(sb, "status")), "provisioning");
+    /* An execute sent at once runs when it is. */
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
+    json_t *res = call(&A, "POST", path,
+                       "{\"name\":\"bash\",\"input\":{\"command\":\"echo $GREETING $(hostname); pwd\"}}",
+                       200);
+    assert_false(json_is_true(json_object_get(res, "is_error")));
+    json_t *c0 = json_array_get(json_object_get(res, "content"), 0);
+    assert_string_equal(json_string_value(json_object_get(c0, "text")), "hi mybox\n/work");
+    json_decref(res);
+    /* Its state, tier and timings. */
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", id);
+    json_t *got = call(&A, "GET", path, NULL, 200);
+    assert_string_equal(json_string_value(json_object_get(got, "status")), "ready");
+    assert_string_equal(json_string_value(json_object_get(got, "tier")), "hot");
+    assert_true(json_real_value(json_object_get(json_object_get(got, "timings"), "attached_ms")) > 0);
+    json_decref(got);
+    /* Another scheduler process executes on it through the node's relay. */
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
+    res = call(&B, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"echo $GREETING\"}}", 200);
+    c0 = json_array_get(json_object_get(res, "content"), 0);
+    assert_string_equal(json_string_value(json_object_get(c0, "text")), "hi");
+    json_decref(res);
+    /* Another organization cannot see it. */
+    struct th_resp r;
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", id);
+    assert_int_equal(th_http(A.port, "GET", path, "sk-beta", NULL, &r), 0);
+    assert_int_equal(r.status, 404);
+    th_resp_free(&r);
+    /* Release: the sandbox is destroyed and the handle gone. */
+    char *sandbox_dir = NULL;
+    (void)sandbox_dir;
+    json_decref(call(&A, "DELETE", path, NULL, 200));
+    assert_int_equal(th_http(A.port, "GET", path, KEY, NULL, &r), 0);
+    assert_int_equal(r.status, 404);
+    th_resp_free(&r);
+    json_decref(sb);
+}
+
+static void two_creates_never_share_and_release_destroys(void **state)
+{
+    char path[128], out[256];
+    (void)state;
+
+    json_t *a = call(&A, "POST", "/v1/sandboxes", "{\"environment\":\"py\"}", 200);
+    json_t *b = call(&B, "POST", "/v1/sandboxes", "{\"environment\":\"py\"}", 200);
+    const char *ida = json_string_value(json_object_get(a, "id")),
+               *idb = json_string_value(json_object_get(b, "id"));
+    /* Each writes a file; neither sees the other's. */
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", ida);
+    json_decref(call(&A, "POST", path, "{\"name\":\"write\",\"input\":{\"file_path\":\"/work/mine\",\"content\":\"a\"}}", 200));
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", idb);
+    json_t *res = call(&B, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"ls /work; cat /proc/1/comm\"}}", 200);
+    json_t *c0 = json_array_get(json_object_get(res, "content"), 0);
+    assert_string_equal(json_string_value(json_object_get(c0, "text")), "warmpool-hands");
+    json_decref(res);
+    /* Different sandboxes underneath. */
+    th_sh(out, sizeof(out), "redis-cli -p %d hget wp:sbx:%s sandbox", R.port, ida);
+    char sa[128];
+    snprintf(sa, sizeof(sa), "%s", out);
+    th_sh(out, sizeof(out), "redis-cli -p %d hget wp:sbx:%s sandbox", R.port, idb);
+    assert_string_not_equal(sa, out);
+    /* Release destroys it on the node. */
+    sa[strcspn(sa, "\n")] = '\0';
+    char dir[1200];
+    snprintf(dir, sizeof(dir), "%s/state/sandboxes/%s", DIR_, sa);
+    assert_int_equal(access(dir, F_OK), 0);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", ida);
+    json_decref(call(&A, "DELETE", path, NULL, 200));
+    bool gone = false;
+    for (int i = 0; i < 100 && !gone; i++, th_msleep(20))
+        gone = access(dir, F_OK) < 0;
+    assert_true(gone);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", idb);
+    json_decref(call(&B, "DELETE", path, NULL, 200));
+    json_decref(a);
+    json_decref(b);
+}
+
+static void bad_input_is_refused(void **state)
+{
+    (void)state;
+    json_decref(call(&A, "POST", "/v1/sandboxes", "{}", 400));
+    json_decref(call(&A, "POST", "/v1/sandboxes", "{\"environment\":\"../x\"}", 400));
+    json_decref(call(&A, "POST", "/v1/sandboxes", "{\"environment\":\"py\",\"colour\":1}", 400));
+    json_decref(call(&A, "POST", "/v1/sandboxes", "{\"environment\":\"py\",\"env\":{\"A\":1}}", 400));
+    json_decref(call(&A, "POST", "/v1/sandboxes", "{\"environment\":\"py\",\"workdir\":\"rel\"}", 400));
+    json_decref(call(&A, "GET", "/v1/sandboxes/sbx_nope", NULL, 404));
+    json_decref(call(&A, "POST", "/v1/sandboxes/sbx_nope/execute",
+                     "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", 404));
+    json_decref(call(&A, "POST", "/v1/sandboxes/sbx_nope/execute", "{\"name\":\"bash\"}", 400));
+    /* An environment no node serves: the sandbox fails, clearly. */
+    json_t *sb = call(&A, "POST", "/v1/sandboxes", "{\"environment\":\"nowhere\"}", 200);
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute",
+             json_string_value(json_object_get(sb, "id")));
+    json_t *e = call(&A, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", 502);
+    const char *msg = json_string_value(json_object_get(json_object_get(e, "error"), "message"));
+    assert_non_null(strstr(msg, "no live node serves environment nowhere"));
+    json_decref(e);
+    json_decref(sb);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(create_answers_at_once_and_execute_waits),
+        cmocka_unit_test(two_creates_never_share_and_release_destroys),
+        cmocka_unit_test(bad_input_is_refused),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
