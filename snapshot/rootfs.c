@@ -17,7 +17,7 @@
 
 int snap_rootfs_busybox(const char *dir, struct wp_err *err)
 {
-    static const char *dirs[] = { "bin", "etc", "proc", "dev", "tmp", "run", "root", "work", NULL };
+    static const char *const dirs[] = { "bin", "etc", "proc", "dev", "tmp", "run", "root", "work", NULL };
     char path[700], tmp[600], done[700], *data = NULL;
     size_t len = 0;
     struct stat st;
@@ -30,14 +30,8 @@ int snap_rootfs_busybox(const char *dir, struct wp_err *err)
     if (strlen(dir) > 500 || dir[0] != '/')
         return wp_err_set(err, WP_EINVAL_INPUT, "rootfs dir must be an absolute path");
     snprintf(tmp, sizeof(tmp), "%s.tmp", dir);
-    wp_rm_rf(tmp, NULL);
-    for (const char **d = dirs; *d; d++) {
-        snprintf(path, sizeof(path), "%s/%s", tmp, *d);
-        if ((rc = wp_mkdir_p(path, 0755, err)) < 0)
-            return rc;
-    }
-    snprintf(path, sizeof(path), "%s/tmp", tmp);
-    chmod(path, 01777);
+    if ((rc = snap__skeleton(tmp, dirs, err)) < 0)
+        return rc;
     if ((rc = wp_read_file(BUSYBOX, 16 << 20, &data, &len, err)) < 0)
         return wp_err_wrap(err, "busybox (install busybox-static)");
     snprintf(path, sizeof(path), "%s/bin/busybox", tmp);

@@ -45,13 +45,28 @@ static int write_text(const char *dir, const char *name, const char *text, int m
     return wp_write_file(path, text, strlen(text), mode, err);
 }
 
+int snap__skeleton(const char *tmp, const char *const *dirs, struct wp_err *err)
+{
+    char path[700];
+    int rc;
+
+    wp_rm_rf(tmp, NULL);
+    for (const char *const *d = dirs; *d; d++) {
+        snprintf(path, sizeof(path), "%s/%s", tmp, *d);
+        if ((rc = wp_mkdir_p(path, 0755, err)) < 0)
+            return rc;
+    }
+    snprintf(path, sizeof(path), "%s/tmp", tmp);
+    return chmod(path, 01777) < 0 ? wp_err_errno(err, "chmod %s", path) : 0;
+}
+
 /* The base layer for rootfs "host": merged-/usr symlinks, an empty /usr
  * for the host's read-only bind, and a minimal /etc of our own, so no host
  * file outside /usr is visible in a sandbox. Built once; images refer to
  * it by path, so it is never rewritten once complete. */
 static int make_host_layer(struct snap_ctx *ctx, struct wp_err *err)
 {
-    static const char *dirs[] = { "usr", "etc", "proc", "dev", "run", "root", "home", "var/tmp",
+    static const char *const dirs[] = { "usr", "etc", "proc", "dev", "run", "root", "home", "var/tmp",
                                   "tmp", "work", NULL };
     static const char *links[][2] = { { "bin", "usr/bin" }, { "sbin", "usr/sbin" },
                                       { "lib", "usr/lib" }, { "lib64", "usr/lib64" } };
@@ -63,14 +78,8 @@ static int make_host_layer(struct snap_ctx *ctx, struct wp_err *err)
     if (stat(done, &st) == 0)
         return 0;
     snprintf(tmp, sizeof(tmp), "%s.tmp", ctx->host_layer);
-    wp_rm_rf(tmp, NULL);
-    for (const char **d = dirs; *d; d++) {
-        snprintf(path, sizeof(path), "%s/%s", tmp, *d);
-        if ((rc = wp_mkdir_p(path, 0755, err)) < 0)
-            return rc;
-    }
-    snprintf(path, sizeof(path), "%s/tmp", tmp);
-    chmod(path, 01777);
+    if ((rc = snap__skeleton(tmp, dirs, err)) < 0)
+        return rc;
     snprintf(path, sizeof(path), "%s/var/tmp", tmp);
     chmod(path, 01777);
     snprintf(path, sizeof(path), "%s/root", tmp);

@@ -49,6 +49,10 @@ bool snap__cg_exists(struct snap_ctx *ctx, const char *id);
 /* The cgroup path relative to the hierarchy root, for CRIU. */
 void snap__cg_relpath(const char *id, char *out, size_t cap);
 
+/* sandbox.c: a fresh directory tree at tmp (removed first) with dirs
+ * (NULL-terminated, relative), tmp/tmp made 1777. For generated layers. */
+int snap__skeleton(const char *tmp, const char *const *dirs, struct wp_err *err);
+
 /* template.c: serialise the template back to canonical JSON (caller frees). */
 char *snap__template_json(const struct snap_template *t);
 
