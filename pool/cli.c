@@ -11,9 +11,9 @@
 static const char usage[] =
     "usage: warmpool [--redis HOST:PORT] pool COMMAND\n"
     "\n"
-    "  pool set ENV [--node NODE] min_hot=N max_hot=N\n"
-    "      hot clones to keep per node (every node, or one node); applied\n"
-    "      by the nodes within a second, no restart\n"
+    "  pool set ENV [--node NODE] min_hot=N max_hot=N [max_hot_total=N]\n"
+    "      hot clones to keep per node (every node, or one node), and at most\n"
+    "      over all nodes (0: no cap); applied within a second, no restart\n"
     "  pool status [ENV]\n"
     "      per environment and node: hot, leased, lost; claims by tier\n";
 
@@ -65,8 +65,10 @@ static int pool_set(int argc, char **argv)
         }
         snprintf(key, sizeof(key), "%.*s", (int)(eq - argv[i]), argv[i]);
         v = strtol(eq + 1, &end, 10);
-        if ((strcmp(key, "min_hot") && strcmp(key, "max_hot")) || *end || v < 0 || v > 10000) {
-            fprintf(stderr, "warmpool: '%s': only min_hot and max_hot, 0..10000\n", argv[i]);
+        if ((strcmp(key, "min_hot") && strcmp(key, "max_hot") && strcmp(key, "max_hot_total")) ||
+            *end || v < 0 || v > 10000 || (node && !strcmp(key, "max_hot_total"))) {
+            fprintf(stderr, "warmpool: '%s': min_hot, max_hot (per node) or max_hot_total "
+                            "(all nodes), 0..10000\n", argv[i]);
             return 2;
         }
         char field[128];
@@ -142,8 +144,8 @@ static void env_status(const char *env)
             printf("  claim latency %-4s p50 <= %.3f ms, p95 <= %.3f ms\n", tiers[t], p50, p95);
         freeReplyObject(h);
     }
-    printf("  %-20s %6s %7s %6s %6s %7s %11s %10s %8s\n", "node", "alive", "idle", "leased",
-           "lost", "target", "claims/s", "refill ms", "refills");
+    printf("  %-20s %6s %7s %6s %6s %7s %11s %10s %8s  %s\n", "node", "alive", "idle", "leased",
+           "lost", "target", "claims/s", "refill ms", "refills", "image");
     for (size_t i = 0; i < nodes->elements; i++) {
         const char *n = nodes->element[i]->str;
         redisReply *alive = cmd("EXISTS wp:node:%s:alive", n);
@@ -161,15 +163,15 @@ static void env_status(const char *env)
             }
             freeReplyObject(s);
         }
-        redisReply *ns = cmd("HMGET wp:node:%s target:%s claims_per_s:%s refill_ms:%s refills:%s",
-                             n, env, env, env, env);
-        const char *v[4];
-        for (int k = 0; k < 4; k++)
+        redisReply *ns = cmd("HMGET wp:node:%s target:%s claims_per_s:%s refill_ms:%s refills:%s build:%s",
+                             n, env, env, env, env, env);
+        const char *v[5];
+        for (int k = 0; k < 5; k++)
             v[k] = ns->type == REDIS_REPLY_ARRAY && ns->element[k]->type == REDIS_REPLY_STRING
                        ? ns->element[k]->str
                        : "-";
-        printf("  %-20s %6s %7d %6d %6d %7s %11s %10s %8s\n", n, alive->integer ? "yes" : "NO",
-               idle, leased, lost, v[0], v[1], v[2], v[3]);
+        printf("  %-20s %6s %7d %6d %6d %7s %11s %10s %8s  %.40s\n", n, alive->integer ? "yes" : "NO",
+               idle, leased, lost, v[0], v[1], v[2], v[3], v[4]);
         freeReplyObject(ns);
         freeReplyObject(alive);
         freeReplyObject(sbs);

@@ -46,7 +46,11 @@ struct env {
     char build_buf[1024];
     size_t build_len;
     double build_retry_at;
-    int min_hot, max_hot;   /* live policy */
+    int min_hot, max_hot;   /* live policy, this node */
+    int max_total;          /* live policy, all nodes (0: no cap) */
+    long long hot_total;    /* idle clones of this env on all nodes, last read */
+    double policy_at, shrunk_at;
+    bool found_on_disk;     /* the image was there when the node started */
     int idle, restoring;    /* hot tier counts */
     char inbox[160];        /* wp:env:{E}:inbox:<node> */
     struct pool_rate claims;   /* claims of this env that reached this node, per s */
@@ -238,6 +242,7 @@ static void sb_ready(struct node *n, struct nsb *s)
         log_warn("offer sandbox=%s: redis not ready", s->sb->id);
     s->st = SB_IDLE;
     e->idle++;
+    e->hot_total++; /* until the next LLEN says better */
     log_debug("hot clone ready sandbox=%s env=%s ms=%.1f", s->sb->id, e->cfg.name,
               (now_s() - s->t0) * 1e3);
 }
@@ -651,12 +656,16 @@ static void read_inbox(struct node *n)
 /* ---- cron -------------------------------------------------------------------- */
 
 /* Policy fields: min_hot, max_hot (every node), and min_hot:<node>,
- * max_hot:<node>, which win for that node. */
+ * max_hot:<node>, which win for that node; max_hot_total caps all nodes
+ * together (a soft cap: nodes racing may overshoot by one refill each). */
 static void policy_cb(void *ctx, redisReply *reply)
 {
     struct env *e = ctx;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4)
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 5)
         return;
+    redisReply *tot = reply->element[4];
+    long t = tot->type == REDIS_REPLY_STRING ? strtol(tot->str, NULL, 10) : 0;
+    e->max_total = t > 0 && t <= 1000000 ? (int)t : 0;
     for (int j = 0; j < 4; j++) {
         int i = j % 2;
         redisReply *v = reply->element[j];
@@ -676,6 +685,15 @@ static void policy_cb(void *ctx, redisReply *reply)
             e->min_hot = (int)x;
         else
             e->max_hot = (int)x;
+    }
+}
+
+static void hot_total_cb(void *ctx, redisReply *reply)
+{
+    struct env *e = ctx;
+    if (reply && reply->type == REDIS_REPLY_INTEGER) {
+        e->hot_total = reply->integer;
+        e->policy_at = now_s();
     }
 }
 
@@ -731,8 +749,12 @@ static void register_node(struct node *n)
         const char *h[] = { "HSET", key, f1, v1, f2, v2, f3, v3, f4, v4 };
         cmd(n, "node stats", 10, h);
     }
-    if (!n->registered)
+    if (!n->registered) {
         log_info("registered node=%s envs=%d slots=%d", n->cfg.id, n->n_envs, n->slots);
+        for (int i = 0; i < n->n_envs; i++)
+            if (n->envs[i].found_on_disk)
+                build_status(n, &n->envs[i], "ready (image on disk)");
+    }
     n->registered = true;
 }
 
@@ -939,8 +961,12 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
             char mn[96], mx[96];
             snprintf(mn, sizeof(mn), "min_hot:%s", n->cfg.id);
             snprintf(mx, sizeof(mx), "max_hot:%s", n->cfg.id);
-            const char *argv[] = { "HMGET", pol, "min_hot", "max_hot", mn, mx };
-            wp_redis_argv(n->r, policy_cb, &n->envs[i], 6, argv, NULL);
+            const char *argv[] = { "HMGET", pol, "min_hot", "max_hot", mn, mx, "max_hot_total" };
+            wp_redis_argv(n->r, policy_cb, &n->envs[i], 7, argv, NULL);
+            char hot[160];
+            fmtkey(hot, sizeof(hot), POOL__K_HOT, n->envs[i].cfg.name);
+            const char *llen[] = { "LLEN", hot };
+            wp_redis_argv(n->r, hot_total_cb, &n->envs[i], 2, llen, NULL);
         }
         n->last_policy = n->now;
     }
@@ -969,11 +995,21 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
         int want = pool_target_hot(lambda, refill_s, n->slots, 0.95);
         int target = pool_scaler_step(&e->scaler, n->now, want, e->min_hot, e->max_hot);
         e->target = target;
-        while (e->idle + e->restoring < target && n->restores < n->slots && n->now >= e->refill_at)
+        while (e->idle + e->restoring < target && n->restores < n->slots && n->now >= e->refill_at &&
+               (e->max_total == 0 || e->hot_total + e->restoring < e->max_total))
             if (!start_restore(n, e, false))
                 break;
+        /* Over the cap of all nodes: give back one idle clone per policy
+         * refresh (each node does, so the pool converges without every node
+         * dropping the whole surplus at once). */
+        int keep = target;
+        if (e->max_total && e->hot_total > e->max_total && e->idle > 0 && e->shrunk_at < e->policy_at) {
+            keep = e->idle - 1;
+            e->shrunk_at = n->now;
+            e->hot_total--;
+        }
         /* Pool shrunk below what is idle: drop the surplus. */
-        while (e->idle > target) {
+        while (e->idle > keep) {
             struct nsb *s = n->sbs;
             while (s && !(s->e == e && s->st == SB_IDLE))
                 s = s->next;
@@ -1101,7 +1137,8 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
         snprintf(e->last_id, sizeof(e->last_id), "0-0");
         char path[700];
         snprintf(path, sizeof(path), "%s/images/%s/manifest.json", cfg->state_dir, e->image);
-        e->img = access(path, F_OK) == 0 ? IMG_READY : IMG_NONE;
+        e->found_on_disk = access(path, F_OK) == 0;
+        e->img = e->found_on_disk ? IMG_READY : IMG_NONE;
         n->n_envs++;
     }
     int port = 0;

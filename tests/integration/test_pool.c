@@ -318,9 +318,24 @@ static void operator_tunes_the_pool_live(void **state)
     assert_non_null(strstr(out, "hot now: 4"));
     assert_non_null(strstr(out, "claim latency hot")); /* the first test's claims */
     assert_non_null(strstr(out, "refill ms"));
+    assert_non_null(strstr(out, "ready")); /* the node's image */
     /* Smaller: the surplus idle clones are destroyed. */
     assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
                                              " --node node0 min_hot=1 max_hot=1", bin, R.port), 0);
+    assert_true(wait_hot(1, 30));
+    /* A cap over all nodes wins over a node's own minimum. */
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
+                                             " max_hot_total=3", bin, R.port), 0);
+    th_msleep(1200); /* the node has read it */
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
+                                             " --node node0 min_hot=5 max_hot=5", bin, R.port), 0);
+    assert_true(wait_hot(3, 30));
+    th_msleep(1500);
+    assert_int_equal(rint_cmd("LLEN wp:env:{" ENV "}:hot"), 3); /* capped */
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
+                                             " --node node0 min_hot=1 max_hot=1 && "
+                                             "%s --redis 127.0.0.1:%d pool set " ENV " max_hot_total=0",
+                           bin, R.port, bin, R.port), 0);
     assert_true(wait_hot(1, 30));
     /* Bad input changes nothing. */
     assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
