@@ -328,5 +328,12 @@ int snap_image_delete(struct snap_ctx *ctx, const char *name, struct wp_err *err
     snprintf(path, sizeof(path), "%s/images/%s", ctx->state_dir, name);
     if (stat(path, &st) < 0)
         return wp_err_set(err, WP_ENOTFOUND, "no image \"%s\"", name);
+    /* Clones keep the image's layer as a lower layer of their overlays:
+     * removing it under them is undefined behaviour for overlayfs. */
+    char user[64];
+    int n = snap__image_users(ctx, name, user, sizeof(user));
+    if (n > 0)
+        return wp_err_set(err, WP_ESTATE, "image \"%s\" is in use by %d sandbox(es), e.g. %s",
+                          name, n, user);
     return wp_rm_rf(path, err);
 }

@@ -613,3 +613,29 @@ int snap_sandbox_open(struct snap_ctx *ctx, const char *id, struct snap_sandbox 
     *out = sb;
     return 0;
 }
+
+int snap__image_users(struct snap_ctx *ctx, const char *image, char *first, size_t cap)
+{
+    char path[600];
+    struct dirent *e;
+    DIR *d;
+    int n = 0;
+
+    snprintf(path, sizeof(path), "%s/sandboxes", ctx->state_dir);
+    d = opendir(path);
+    if (!d)
+        return 0;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || !snap_name_valid(e->d_name))
+            continue;
+        json_t *meta = meta_load(ctx, e->d_name);
+        const char *img = json_string_value(json_object_get(meta, "image"));
+        if (img && strcmp(img, image) == 0) {
+            if (n++ == 0)
+                snprintf(first, cap, "%s", e->d_name);
+        }
+        json_decref(meta);
+    }
+    closedir(d);
+    return n;
+}

@@ -69,6 +69,9 @@ int snap__mount_overlay(const struct snap_sandbox *sb, const char *lowers, struc
 /* Remove everything of a sandbox by its dir (unmount, cgroup, files). */
 int snap__teardown(struct snap_ctx *ctx, const char *id, pid_t init_pid, struct wp_err *err);
 void snap__gen_id(const char *prefix, char *out, size_t cap);
+/* Sandboxes restored from image (recorded, live or not yet collected);
+ * the first one's id into first. */
+int snap__image_users(struct snap_ctx *ctx, const char *image, char *first, size_t cap);
 
 /* criu.c: the last lines of a criu log, for error messages. */
 void snap__log_excerpt(const char *path, char *out, size_t cap);

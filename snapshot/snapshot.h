@@ -153,6 +153,7 @@ int snap_gc(struct snap_ctx *ctx, struct wp_err *err);
 typedef void (*snap_list_cb)(void *arg, const char *json);
 int snap_list_sandboxes(struct snap_ctx *ctx, snap_list_cb cb, void *arg, struct wp_err *err);
 int snap_list_images(struct snap_ctx *ctx, snap_list_cb cb, void *arg, struct wp_err *err);
+/* Delete an image; WP_ESTATE while sandboxes restored from it exist. */
 int snap_image_delete(struct snap_ctx *ctx, const char *name, struct wp_err *err);
 
 /* Build a minimal rootfs directory around the host's static busybox (for

@@ -254,6 +254,9 @@ static void eight_clones_are_isolated(void **state)
     /* Each counts on its own. */
     for (int i = 0; i < 8; i++)
         assert_true(th_read_long(sb[i], "/tmp/count") >= 20);
+    /* The image cannot be deleted under its clones. */
+    assert_int_equal(snap_image_delete(S.ctx, IMG, &err), WP_ESTATE);
+    assert_non_null(strstr(err.msg, "in use by 8 sandbox"));
     for (int i = 0; i < 8; i++) {
         char id[64];
         pid_t pid = sb[i]->init_pid;
