@@ -78,7 +78,7 @@ $(BUILD)/tests/%: tests/%.c $(call obj,$(TEST_LIB_SRCS)) $(MODLIBS) $(FLAGS_STAM
 	$(CC) $(ALL_CFLAGS) $(PKG_CFLAGS) -Itests $< $(call obj,$(TEST_LIB_SRCS)) $(MODLIBS) \
 	    $(LDFLAGS) $(TEST_LDLIBS) -o $@
 
-.PHONY: all deps test check test-asan fuzz fuzz-replay-bins bench run clean format format-check
+.PHONY: all deps test check test-asan fuzz fuzz-replay-bins bench run demo clean format format-check
 all: $(BINS) $(TEST_BINS) fuzz-replay-bins
 
 deps:
@@ -127,6 +127,11 @@ bench: deps
 	bench/run.sh $(BUILD)
 
 run: deps
+	$(MAKE) all
+	deploy/run-local.sh $(BUILD)
+
+# The snapshot layer alone: boot, checkpoint, restore clones, timings.
+demo: deps
 	$(MAKE) all
 	$(BUILD)/warmpool-snap demo
 
