@@ -148,4 +148,8 @@ bool alink__tool_grep(struct alink__hands *h, json_t *input, struct wp_buf *out)
 /* Doublestar match of a relative path against a pattern (no braces). */
 bool alink__glob_match(const char *pattern, const char *path);
 
+/* hands_files.c: replace out with a tool error message; returns true
+ * (the result is an error) so tools can `return alink__tool_fail(...)`. */
+bool alink__tool_fail(struct wp_buf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 #endif

@@ -139,8 +139,7 @@ int alink__resolve(struct alink__hands *h, const char *path, char *resolved, siz
 
 /* ---- helpers -------------------------------------------------------------- */
 
-static bool fail(struct wp_buf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static bool fail(struct wp_buf *out, const char *fmt, ...)
+bool alink__tool_fail(struct wp_buf *out, const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
@@ -252,41 +251,41 @@ bool alink__tool_read(struct alink__hands *h, json_t *input, struct wp_buf *out)
     int fd;
 
     if (!fp)
-        return fail(out, "read: file_path is required");
+        return alink__tool_fail(out, "read: file_path is required");
     if (vr) {
         if (!json_is_array(vr) || json_array_size(vr) != 2 ||
             !json_is_integer(json_array_get(vr, 0)) || !json_is_integer(json_array_get(vr, 1)))
-            return fail(out, "read: view_range must be an array of exactly 2 integers");
+            return alink__tool_fail(out, "read: view_range must be an array of exactly 2 integers");
         start = json_integer_value(json_array_get(vr, 0));
         end = json_integer_value(json_array_get(vr, 1));
         if (start < 1)
-            return fail(out, "read: view_range start must be >= 1");
+            return alink__tool_fail(out, "read: view_range start must be >= 1");
         if (end > 0 && end < start)
-            return fail(out, "read: view_range end is before start");
+            return alink__tool_fail(out, "read: view_range end is before start");
     }
     if (alink__resolve(h, fp, path, sizeof(path), &err) < 0)
-        return fail(out, "read: %s", err.msg);
+        return alink__tool_fail(out, "read: %s", err.msg);
     fd = open_regular(path, &st, &err);
     if (fd < 0)
-        return fail(out, "read: %s: %s", fp, err.msg);
+        return alink__tool_fail(out, "read: %s: %s", fp, err.msg);
     if (!vr) {
         char *data;
         size_t len;
         bool is_err = false;
         if ((size_t)st.st_size > ALINK_READ_MAX) {
             close(fd);
-            return fail(out,
+            return alink__tool_fail(out,
                         "read: %s is %lld bytes, over the %u-byte limit; use view_range to "
                         "read part of it",
                         fp, (long long)st.st_size, ALINK_READ_MAX);
         }
         if (read_all(fd, (size_t)st.st_size, &data, &len) < 0) {
             close(fd);
-            return fail(out, "read: out of memory");
+            return alink__tool_fail(out, "read: out of memory");
         }
         close(fd);
         if (wp_buf_append(out, data, len) < 0)
-            is_err = fail(out, "read: out of memory");
+            is_err = alink__tool_fail(out, "read: out of memory");
         free(data);
         return is_err;
     }
@@ -300,7 +299,7 @@ bool alink__tool_read(struct alink__hands *h, json_t *input, struct wp_buf *out)
 
     if (!f) {
         close(fd);
-        return fail(out, "read: %s: %s", fp, strerror(errno));
+        return alink__tool_fail(out, "read: %s: %s", fp, strerror(errno));
     }
     while ((n = getline(&line, &cap, f)) >= 0) {
         lineno++;
@@ -317,10 +316,10 @@ bool alink__tool_read(struct alink__hands *h, json_t *input, struct wp_buf *out)
     free(line);
     fclose(f);
     if (over)
-        return fail(out, "read: the selected lines of %s exceed the %u-byte limit; narrow "
+        return alink__tool_fail(out, "read: the selected lines of %s exceed the %u-byte limit; narrow "
                          "view_range", fp, ALINK_READ_MAX);
     if (lineno < start)
-        return fail(out, "read: %s has %lld lines; view_range starts at %lld", fp, lineno,
+        return alink__tool_fail(out, "read: %s has %lld lines; view_range starts at %lld", fp, lineno,
                     start);
     return false;
 }
@@ -335,20 +334,20 @@ bool alink__tool_write(struct alink__hands *h, json_t *input, struct wp_buf *out
     struct wp_err err;
 
     if (!fp)
-        return fail(out, "write: file_path is required");
+        return alink__tool_fail(out, "write: file_path is required");
     if (!json_is_string(jc))
-        return fail(out, "write: content is required");
+        return alink__tool_fail(out, "write: content is required");
     if (alink__resolve(h, fp, path, sizeof(path), &err) < 0)
-        return fail(out, "write: %s", err.msg);
+        return alink__tool_fail(out, "write: %s", err.msg);
     snprintf(dir, sizeof(dir), "%s", path);
     char *slash = strrchr(dir, '/');
     if (slash && slash != dir) {
         *slash = '\0';
         if (wp_mkdir_p(dir, 0755, &err) < 0)
-            return fail(out, "write: %s: %s", fp, err.msg);
+            return alink__tool_fail(out, "write: %s: %s", fp, err.msg);
     }
     if (write_atomic(path, json_string_value(jc), json_string_length(jc), &err) < 0)
-        return fail(out, "write: %s: %s", fp, err.msg);
+        return alink__tool_fail(out, "write: %s: %s", fp, err.msg);
     wp_buf_printf(out, "wrote %zu bytes to %s", json_string_length(jc), fp);
     return false;
 }
@@ -386,38 +385,38 @@ bool alink__tool_edit(struct alink__hands *h, json_t *input, struct wp_buf *out)
     int fd;
 
     if (!fp)
-        return fail(out, "edit: file_path is required");
+        return alink__tool_fail(out, "edit: file_path is required");
     if (!json_is_string(jo) || !json_is_string(jn))
-        return fail(out, "edit: old_string and new_string are required");
+        return alink__tool_fail(out, "edit: old_string and new_string are required");
     if (ja && !json_is_boolean(ja))
-        return fail(out, "edit: replace_all must be a boolean");
+        return alink__tool_fail(out, "edit: replace_all must be a boolean");
     olen = json_string_length(jo);
     nlen = json_string_length(jn);
     if (olen == 0)
-        return fail(out, "edit: old_string must not be empty");
+        return alink__tool_fail(out, "edit: old_string must not be empty");
     if (alink__resolve(h, fp, path, sizeof(path), &err) < 0)
-        return fail(out, "edit: %s", err.msg);
+        return alink__tool_fail(out, "edit: %s", err.msg);
     fd = open_regular(path, &st, &err);
     if (fd < 0)
-        return fail(out, "edit: %s: %s", fp, err.msg);
+        return alink__tool_fail(out, "edit: %s: %s", fp, err.msg);
     if ((size_t)st.st_size > ALINK_READ_MAX) {
         close(fd);
-        return fail(out, "edit: %s is %lld bytes, over the %u-byte limit", fp,
+        return alink__tool_fail(out, "edit: %s is %lld bytes, over the %u-byte limit", fp,
                     (long long)st.st_size, ALINK_READ_MAX);
     }
     if (read_all(fd, (size_t)st.st_size, &data, &len) < 0) {
         close(fd);
-        return fail(out, "edit: out of memory");
+        return alink__tool_fail(out, "edit: out of memory");
     }
     close(fd);
     count = count_occ(data, len, json_string_value(jo), olen);
     if (count == 0) {
         free(data);
-        return fail(out, "edit: old_string not found in %s", fp);
+        return alink__tool_fail(out, "edit: old_string not found in %s", fp);
     }
     if (count > 1 && !json_is_true(ja)) {
         free(data);
-        return fail(out,
+        return alink__tool_fail(out,
                     "edit: old_string found %zu times in %s; it must occur exactly once "
                     "(add context to make it unique, or set replace_all)",
                     count, fp);
@@ -433,9 +432,9 @@ bool alink__tool_edit(struct alink__hands *h, json_t *input, struct wp_buf *out)
         p = m + olen;
     }
     if (wp_buf_append(&nb, p, (size_t)(end - p)) < 0) {
-        is_err = fail(out, "edit: result too large");
+        is_err = alink__tool_fail(out, "edit: result too large");
     } else if (write_atomic(path, nb.data ? nb.data : "", nb.len, &err) < 0) {
-        is_err = fail(out, "edit: %s: %s", fp, err.msg);
+        is_err = alink__tool_fail(out, "edit: %s: %s", fp, err.msg);
     } else {
         wp_buf_printf(out, "edited %s (%zu replacement%s)", fp, count, count == 1 ? "" : "s");
         is_err = false;

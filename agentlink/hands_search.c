@@ -20,21 +20,6 @@
 
 #define MAX_SEGS 64
 
-static bool fail(struct wp_buf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static bool fail(struct wp_buf *out, const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    wp_buf_reset(out);
-    if (n > 0)
-        wp_buf_append(out, msg, (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
-    return true;
-}
 
 /* ---- doublestar ------------------------------------------------------------ */
 
@@ -191,20 +176,20 @@ static int search_root(struct alink__hands *h, json_t *input, const char *tool, 
     struct wp_err err;
 
     if (jp && !json_is_string(jp))
-        return fail(out, "%s: path must be a string", tool), -1;
+        return alink__tool_fail(out, "%s: path must be a string", tool), -1;
     if (!p || !*p || strcmp(p, ".") == 0) {
         snprintf(abs, cap, "%s", h->workdir);
         shown[0] = '\0';
     } else {
         if (alink__resolve(h, p, abs, cap, &err) < 0)
-            return fail(out, "%s: %s", tool, err.msg), -1;
+            return alink__tool_fail(out, "%s: %s", tool, err.msg), -1;
         snprintf(shown, shown_cap, "%s", p);
         size_t l = strlen(shown);
         while (l > 1 && shown[l - 1] == '/')
             shown[--l] = '\0';
     }
     if (stat(abs, st) < 0)
-        return fail(out, "%s: %s: %s", tool, p ? p : ".", strerror(errno)), -1;
+        return alink__tool_fail(out, "%s: %s: %s", tool, p ? p : ".", strerror(errno)), -1;
     return 0;
 }
 
@@ -269,17 +254,17 @@ bool alink__tool_glob(struct alink__hands *h, json_t *input, struct wp_buf *out)
     bool is_err = false;
 
     if (!pat || !*pat)
-        return fail(out, "glob: pattern is required");
+        return alink__tool_fail(out, "glob: pattern is required");
     if (pat[0] == '/')
-        return fail(out, "glob: pattern must be relative (use path for the directory)");
+        return alink__tool_fail(out, "glob: pattern must be relative (use path for the directory)");
     if (strcmp(pat, "..") == 0 || strncmp(pat, "../", 3) == 0 || strstr(pat, "/../") ||
         (strlen(pat) >= 3 && strcmp(pat + strlen(pat) - 3, "/..") == 0))
-        return fail(out, "glob: pattern must not contain ..");
+        return alink__tool_fail(out, "glob: pattern must not contain ..");
     if (search_root(h, input, "glob", w.root, sizeof(w.root), shown, sizeof(shown), &st, out) <
         0)
         return true;
     if (!S_ISDIR(st.st_mode))
-        return fail(out, "glob: path is not a directory");
+        return alink__tool_fail(out, "glob: path is not a directory");
     g.n_pats = expand_braces(pat, pats, 0, 64);
     g.pats = pats;
     w.max_visit = ALINK_GLOB_MAX_VISIT;
@@ -402,7 +387,7 @@ bool alink__tool_grep(struct alink__hands *h, json_t *input, struct wp_buf *out)
     int rc;
 
     if (!pat || !*pat)
-        return fail(out, "grep: pattern is required");
+        return alink__tool_fail(out, "grep: pattern is required");
     wp_buf_init(&re, 64 * 1024);
     translate_regex(pat, &re);
     rc = regcomp(&g.re, re.data ? re.data : "", REG_EXTENDED | REG_NEWLINE | REG_NOSUB);
@@ -410,7 +395,7 @@ bool alink__tool_grep(struct alink__hands *h, json_t *input, struct wp_buf *out)
     if (rc != 0) {
         char msg[256];
         regerror(rc, &g.re, msg, sizeof(msg));
-        return fail(out, "grep: invalid regular expression: %s", msg);
+        return alink__tool_fail(out, "grep: invalid regular expression: %s", msg);
     }
     if (search_root(h, input, "grep", w.root, sizeof(w.root), shown, sizeof(shown), &st, out) <
         0) {
@@ -431,7 +416,7 @@ bool alink__tool_grep(struct alink__hands *h, json_t *input, struct wp_buf *out)
         walk_dir(&w, "");
     } else {
         regfree(&g.re);
-        return fail(out, "grep: path is not a file or directory");
+        return alink__tool_fail(out, "grep: path is not a file or directory");
     }
     regfree(&g.re);
     if (out->len && out->data[out->len - 1] == '\n')
