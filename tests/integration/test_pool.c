@@ -227,6 +227,17 @@ static void claim_one(struct pool_client *c, struct ev_loop *loop, const char *s
     run_until(loop, o, 1);
 }
 
+/* Release a claimed sandbox and expect success. */
+static void release_ok(struct pool_client *c, struct ev_loop *loop, const struct pool_claim_result *res)
+{
+    struct claim_out r = { 0 };
+    struct wp_err err;
+
+    assert_int_equal(pool_release(c, ENV, res->sandbox, res->token, done_cb, &r, &err), 0);
+    run_until(loop, &r, 1);
+    assert_int_equal(r.status, 0);
+}
+
 static void hot_then_warm_and_fenced_release(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
@@ -288,10 +299,7 @@ static void hot_then_warm_and_fenced_release(void **state)
     assert_int_equal(u.status, WP_ENOTFOUND);
     assert_int_equal(pool_claim(c, "../bad", "s9", 5, claim_cb, &u, &err), WP_EINVAL_INPUT);
     for (int i = 1; i < 3; i++) {
-        memset(&r, 0, sizeof(r));
-        pool_release(c, ENV, o[i].res.sandbox, o[i].res.token, done_cb, &r, &err);
-        run_until(loop, &r, 1);
-        assert_int_equal(r.status, 0);
+        release_ok(c, loop, &o[i].res);
     }
     pool_client_free(c);
     ev_loop_destroy(loop);
@@ -392,10 +400,7 @@ static void fifty_claims_three_nodes_none_twice(void **state)
     for (int k = 0; k < 3; k++)
         assert_true(nodes_used[k] > 0); /* claims spread */
     for (int i = 0; i < 50; i++) {
-        struct claim_out r = { 0 };
-        pool_release(c, ENV, o[i].res.sandbox, o[i].res.token, done_cb, &r, &err);
-        run_until(loop, &r, 1);
-        assert_int_equal(r.status, 0);
+        release_ok(c, loop, &o[i].res);
     }
     pool_client_free(c);
     ev_loop_destroy(loop);
@@ -514,15 +519,9 @@ static void redis_restart_converges_without_double_assignment(void **state)
             assert_string_not_equal(o[i].res.sandbox, o[j].res.sandbox);
     }
     for (int i = 0; i < 12; i++) {
-        memset(&r, 0, sizeof(r));
-        pool_release(c, ENV, o[i].res.sandbox, o[i].res.token, done_cb, &r, &err);
-        run_until(loop, &r, 1);
-        assert_int_equal(r.status, 0);
+        release_ok(c, loop, &o[i].res);
     }
-    memset(&r, 0, sizeof(r));
-    pool_release(c, ENV, held.res.sandbox, held.res.token, done_cb, &r, &err);
-    run_until(loop, &r, 1);
-    assert_int_equal(r.status, 0);
+    release_ok(c, loop, &held.res);
     pool_client_free(c);
     ev_loop_destroy(loop);
 }
@@ -558,8 +557,7 @@ static void malformed_entries_are_skipped(void **state)
 static void refill_stall_and_failing_image_do_not_fail_claims(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    struct claim_out o[14], r;
-    struct wp_err err;
+    struct claim_out o[14];
     char cmdline[2048], out[256];
     (void)state;
 
@@ -595,10 +593,7 @@ static void refill_stall_and_failing_image_do_not_fail_claims(void **state)
     assert_true(atoi(out) < 20);
     assert_true(wait_hot(3, 60)); /* healed: the hot tier is back */
     for (int i = 0; i < 6; i++) {
-        memset(&r, 0, sizeof(r));
-        pool_release(c, ENV, o[i].res.sandbox, o[i].res.token, done_cb, &r, &err);
-        run_until(loop, &r, 1);
-        assert_int_equal(r.status, 0);
+        release_ok(c, loop, &o[i].res);
     }
     pool_client_free(c);
     ev_loop_destroy(loop);
@@ -684,7 +679,7 @@ static void link_closed(void *ctx, const struct wp_err *err)
 static void relay_reaches_the_hands_and_fences(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    struct claim_out o, r;
+    struct claim_out o;
     struct link l = { 0 }, bad = { 0 };
     struct wp_err err;
     (void)state;
@@ -726,10 +721,7 @@ static void relay_reaches_the_hands_and_fences(void **state)
     assert_false(l.is_error);
     assert_string_equal(l.text, "through-the-relay\nwarmpool-hands");
     /* Released: the node closes the relay. */
-    memset(&r, 0, sizeof(r));
-    pool_release(c, ENV, o.res.sandbox, o.res.token, done_cb, &r, &err);
-    run_until(loop, &r, 1);
-    assert_int_equal(r.status, 0);
+    release_ok(c, loop, &o.res);
     for (int i = 0; i < 200 && !l.closed; i++)
         ev_run(loop, EVRUN_ONCE);
     assert_true(l.closed);
