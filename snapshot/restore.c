@@ -408,9 +408,7 @@ int snap_restore_finish(struct snap_ctx *ctx, struct snap_restore_job *job,
     return 0;
 fail:
     wp_err_wrap(err, "restore %s", sb->image);
-    snap__teardown(ctx, sb->id, sb->init_pid, NULL);
-    if (sb->lazy_pid > 0)
-        waitpid(sb->lazy_pid, NULL, 0);
+    snap__teardown(ctx, sb->id, sb->init_pid, NULL); /* kills the lazy daemon too */
     free(sb);
     free(job);
     return rc;

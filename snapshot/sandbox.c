@@ -442,12 +442,11 @@ int snap_destroy(struct snap_ctx *ctx, struct snap_sandbox *sb, struct wp_err *e
 
     if (!sb)
         return 0;
+    /* The lazy-pages daemon lived in the clone's cgroup, so the teardown
+     * killed it too. It is never signalled or waited for by pid here: it
+     * may have exited long ago and its pid been reused; the owner's child
+     * reaping (libev in a daemon) collects it. */
     rc = snap__teardown(ctx, sb->id, sb->init_pid, err);
-    if (sb->lazy_pid > 0) {
-        /* It lived in the clone's cgroup, so it is dead: reap it. */
-        kill(sb->lazy_pid, SIGKILL);
-        waitpid(sb->lazy_pid, NULL, 0);
-    }
     if (rc < 0)
         wp_err_wrap(err, "destroy %s", sb->id);
     else

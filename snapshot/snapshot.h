@@ -76,7 +76,8 @@ const char *snap_ctx_cgroup_layout(const struct snap_ctx *ctx);
 struct snap_sandbox {
     char id[64];
     pid_t init_pid;        /* in the host's PID namespace */
-    pid_t lazy_pid;        /* the clone's `criu lazy-pages` daemon, 0 if none */
+    pid_t lazy_pid;        /* the clone's `criu lazy-pages` daemon, 0 if none; it runs in
+                              the clone's cgroup and is the owner's child to reap */
     char root[512];        /* host path of the sandbox's root (overlay mount) */
     char dir[512];         /* its state dir */
     char image[128];       /* image it was restored from, "" when booted */
