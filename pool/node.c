@@ -51,6 +51,7 @@ struct env {
     long long hot_total;    /* idle clones of this env on all nodes, last read */
     double policy_at, shrunk_at;
     bool found_on_disk;     /* the image was there when the node started */
+    struct claimq *claims_q; /* warm/cold claims waiting for a restore slot */
     int idle, restoring;    /* hot tier counts */
     char inbox[160];        /* wp:env:{E}:inbox:<node> */
     struct pool_rate claims;   /* claims of this env that reached this node, per s */
@@ -62,6 +63,14 @@ struct env {
     double backoff;         /* seconds; grows while restores fail */
     int failures;           /* restores failed in a row */
     char last_id[64];       /* last inbox entry handled */
+};
+
+/* A warm/cold claim waiting for a restore slot. */
+struct claimq {
+    char chan[128], rid[64], session[128];
+    uint64_t token;
+    uint64_t at_ms;
+    struct claimq *next;
 };
 
 struct nsb {
@@ -248,6 +257,7 @@ static void sb_ready(struct node *n, struct nsb *s)
 }
 
 static struct nsb *start_cold_boot(struct node *n, struct env *e);
+static void serve_claims(struct node *n, struct env *e);
 
 /* Restores of an image keep failing: back off exponentially (0.1 s to
  * 10 s) instead of hammering, and after three in a row rebuild the image
@@ -317,6 +327,7 @@ static void job_cb(struct ev_loop *loop, ev_io *w, int revents)
         pool_ewma_add(&s->e->refill, now_s(), now_s() - s->t0);
     }
     sb_ready(n, s);
+    serve_claims(n, s->e); /* a slot is free: queued claims first */
 }
 
 static struct nsb *start_restore(struct node *n, struct env *e, bool for_claim)
@@ -527,6 +538,43 @@ static const char *field(redisReply *kv, const char *name)
     return NULL;
 }
 
+/* Start queued warm/cold claims while restore slots are free. */
+static void serve_claims(struct node *n, struct env *e)
+{
+    while (e->claims_q && n->restores < n->slots) {
+        struct claimq *q = e->claims_q;
+        e->claims_q = q->next;
+        if (wp_wall_ms() - q->at_ms > 30000) { /* its claimer gave up */
+            free(q);
+            continue;
+        }
+        struct nsb *s = NULL;
+        if (e->img == IMG_READY) {
+            s = start_restore(n, e, true);
+            if (s)
+                snprintf(s->tier, sizeof(s->tier), "warm");
+        }
+        if (!s) {
+            /* No image yet (or restore refused): boot from the template. */
+            s = start_cold_boot(n, e);
+            if (!s) {
+                struct nsb tmp = { .n = n, .e = e };
+                snprintf(tmp.reply_chan, sizeof(tmp.reply_chan), "%s", q->chan);
+                snprintf(tmp.rid, sizeof(tmp.rid), "%s", q->rid);
+                publish_reply(n, &tmp, WP_ECHILD, "cold boot could not start");
+                free(q);
+                continue;
+            }
+            snprintf(s->tier, sizeof(s->tier), "cold");
+        }
+        snprintf(s->reply_chan, sizeof(s->reply_chan), "%s", q->chan);
+        snprintf(s->rid, sizeof(s->rid), "%s", q->rid);
+        snprintf(s->session, sizeof(s->session), "%s", q->session);
+        s->token = q->token;
+        free(q);
+    }
+}
+
 static void handle_entry(struct node *n, struct env *e, const char *id, redisReply *kv)
 {
     const char *type = field(kv, "type"), *sbid = field(kv, "sandbox"), *tok = field(kv, "token");
@@ -565,31 +613,25 @@ static void handle_entry(struct node *n, struct env *e, const char *id, redisRep
     } else if (strcmp(type, "claim") == 0) {
         const char *chan = field(kv, "reply"), *rid = field(kv, "rid"),
                    *session = field(kv, "session");
+        uint64_t at = strtoull(id, NULL, 10); /* the stream id's milliseconds */
         /* A claimer waits 30 s at most: older requests have no reader. */
-        if (!chan || !rid || !session || wp_wall_ms() - strtoull(id, NULL, 10) > 30000)
+        if (!chan || !rid || !session || wp_wall_ms() - at > 30000)
             return;
-        struct nsb *s = NULL;
-        if (e->img == IMG_READY) {
-            s = start_restore(n, e, true);
-            if (s)
-                snprintf(s->tier, sizeof(s->tier), "warm");
-        }
-        if (!s) {
-            /* No image yet (or restore refused): boot from the template. */
-            s = start_cold_boot(n, e);
-            if (!s) {
-                struct nsb tmp = { .n = n, .e = e };
-                snprintf(tmp.reply_chan, sizeof(tmp.reply_chan), "%s", chan);
-                snprintf(tmp.rid, sizeof(tmp.rid), "%s", rid);
-                publish_reply(n, &tmp, WP_ECHILD, "cold boot could not start");
-                return;
-            }
-            snprintf(s->tier, sizeof(s->tier), "cold");
-        }
-        snprintf(s->reply_chan, sizeof(s->reply_chan), "%s", chan);
-        snprintf(s->rid, sizeof(s->rid), "%s", rid);
-        snprintf(s->session, sizeof(s->session), "%s", session);
-        s->token = token;
+        struct claimq *q = calloc(1, sizeof(*q));
+        if (!q)
+            return;
+        snprintf(q->chan, sizeof(q->chan), "%s", chan);
+        snprintf(q->rid, sizeof(q->rid), "%s", rid);
+        snprintf(q->session, sizeof(q->session), "%s", session);
+        q->token = token;
+        q->at_ms = at;
+        /* Claims queue for a restore slot and go before refills: restores
+         * beyond one per CPU only make every one of them slower. */
+        struct claimq **pp = &e->claims_q;
+        while (*pp)
+            pp = &(*pp)->next;
+        *pp = q;
+        serve_claims(n, e);
     }
 }
 
@@ -984,6 +1026,7 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
         struct env *e = &n->envs[i];
         if (e->img == IMG_NONE || (e->img == IMG_FAILED && n->now >= e->build_retry_at))
             start_build(n, e);
+        serve_claims(n, e);
         if (e->img != IMG_READY || !n->registered)
             continue;
         /* Autoscaler: enough hot clones that a claim finds one 95% of
@@ -1125,7 +1168,9 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
             goto out;
         snprintf(e->cfg.name, sizeof(e->cfg.name), "%s", e->t->name);
         e->min_hot = e->cfg.min_hot;
-        pool_rate_init(&e->claims, 30);
+        /* 10 s half life: a burst registers within seconds (scale up at
+         * once); the scaler's cooldown makes the way down slow. */
+        pool_rate_init(&e->claims, 10);
         pool_ewma_init(&e->refill, 30);
         pool_scaler_init(&e->scaler, 30);
         e->max_hot = e->cfg.max_hot;
@@ -1193,8 +1238,14 @@ out:
     ev_child_stop(n->loop, &n->child);
     wp_redis_free(n->r);
     wp_redis_free(n->rb);
-    for (int i = 0; i < n->n_envs; i++)
+    for (int i = 0; i < n->n_envs; i++) {
         snap_template_free(n->envs[i].t);
+        while (n->envs[i].claims_q) {
+            struct claimq *q = n->envs[i].claims_q;
+            n->envs[i].claims_q = q->next;
+            free(q);
+        }
+    }
     if (n->snap)
         snap_ctx_close(n->snap);
     free(n);
