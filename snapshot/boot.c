@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -34,6 +35,10 @@
 #include "base/fs.h"
 #include "base/log.h"
 #include "base/timeutil.h"
+
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE 67
+#endif
 
 #define DEFAULT_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -229,6 +234,10 @@ static void stage1(const struct snap_template *t, const char *root, const char *
                  WIFEXITED(status) ? "exit status" : "signal",
                  WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
     }
+    /* Mergeable memory passes through exec and fork to everything the
+     * sandbox runs (and criu restores it with the tasks). */
+    if (t->ksm && prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) < 0)
+        FAIL(st, "PR_SET_MEMORY_MERGE: %s", strerror(errno));
     st_write(st, "step exec init %s", t->init[0]);
     close(prog);
     execve(t->init[0], t->init, env);

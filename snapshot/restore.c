@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -36,9 +37,14 @@
 #include "base/log.h"
 #include "base/timeutil.h"
 
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE 67
+#endif
+
 struct manifest {
     char lower[512];
     bool host_usr;
+    bool ksm;
     int n_binds;
     char bind_source[SNAP_MAX_BINDS][512];
     struct snap_limits limits;
@@ -68,6 +74,7 @@ static int manifest_load(struct snap_ctx *ctx, const char *name, struct manifest
     }
     strcpy(m->lower, json_string_value(v));
     m->host_usr = json_is_true(json_object_get(o, "host_usr"));
+    m->ksm = json_is_true(json_object_get(json_object_get(o, "template"), "ksm"));
     memset(&m->limits, 0, sizeof(m->limits));
     json_t *binds = json_object_get(json_object_get(o, "template"), "binds"), *b;
     size_t i;
@@ -220,6 +227,12 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
 
     if (snap__cg_enter(ctx, sb->id, getpid(), &err) < 0) {
         hwrite(out, "fail %s", err.msg);
+        _exit(1);
+    }
+    /* The flag passes through criu's exec and forks to the restored tasks:
+     * clones of one image then share identical pages once KSM scans. */
+    if (m->ksm && prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) < 0) {
+        hwrite(out, "fail PR_SET_MEMORY_MERGE: %s", strerror(errno));
         _exit(1);
     }
     snprintf(images, sizeof(images), "%s/images/%s/criu", ctx->state_dir, name);

@@ -46,6 +46,11 @@ struct snap_template {
     char *ready_file;   /* absolute path inside the sandbox, or NULL */
     double ready_timeout_s;
     struct snap_limits limits;
+    /* Kernel samepage merging for this environment's sandboxes: their
+     * memory is mergeable (PR_SET_MEMORY_MERGE), so clones of one image can
+     * share identical pages. Off by default: merging across sandboxes is a
+     * timing side channel (see ARCHITECTURE.md). */
+    bool ksm;
     /* Host paths bound read-only into the sandbox (tools, the hands
      * binary, datasets): "binds": [{"source": "/host", "target": "/in"}] */
     int n_binds;

@@ -25,7 +25,7 @@
 #define MAX_CPU 1024.0
 
 static const char *known_keys[] = { "name", "rootfs", "init", "env", "workdir", "hostname",
-                                    "limits", "setup", "ready_file", "ready_timeout_s", "binds",
+                                    "limits", "setup", "ready_file", "ready_timeout_s", "binds", "ksm",
                                     NULL };
 
 bool snap_name_valid(const char *s)
@@ -289,6 +289,12 @@ int snap_template_parse(const char *json, size_t len, struct snap_template **out
                         t->name);
         goto out;
     }
+    v = json_object_get(root, "ksm");
+    if (v && !json_is_boolean(v)) {
+        rc = wp_err_set(err, WP_EINVAL_INPUT, "template: \"ksm\" must be true or false");
+        goto out;
+    }
+    t->ksm = json_is_true(v);
     v = json_object_get(root, "ready_timeout_s");
     t->ready_timeout_s = 60;
     if (v) {
@@ -390,6 +396,8 @@ char *snap__template_json(const struct snap_template *t)
     if (t->limits.cpu_millis)
         json_object_set_new(lim, "cpu", json_real(t->limits.cpu_millis / 1000.0));
     json_object_set_new(o, "limits", lim);
+    if (t->ksm)
+        json_object_set_new(o, "ksm", json_true());
     if (t->n_binds) {
         json_t *binds = json_array();
         for (int i = 0; i < t->n_binds; i++)

@@ -191,6 +191,66 @@ static void lazy_python_clone_memory_intact(void **state)
     snap_template_free(t);
 }
 
+static bool merge_any(pid_t pid)
+{
+    char path[64], *st = NULL;
+    bool yes;
+
+    snprintf(path, sizeof(path), "/proc/%d/ksm_stat", (int)pid);
+    assert_int_equal(wp_read_file(path, 4096, &st, NULL, NULL), 0);
+    assert_non_null(strstr(st, "ksm_merge_any:"));
+    yes = strstr(st, "ksm_merge_any: yes") != NULL;
+    free(st);
+    return yes;
+}
+
+/* "ksm": true makes a sandbox's memory mergeable, and its clones', which
+ * still behave as clones; without it, nothing is mergeable. */
+static void ksm_setting_reaches_clones(void **state)
+{
+    struct snap_template *t;
+    struct snap_sandbox *sb, *c[2];
+    struct wp_err err;
+    (void)state;
+
+    t = th_template("{\"name\":\"merged\",\"rootfs\":\"%s\",\"ksm\":true,\"init\":" COUNTER_INIT ","
+                    "\"ready_file\":\"/tmp/ready\"}",
+                    S.rootfs);
+    if (snap_boot(S.ctx, t, NULL, NULL, NULL, &sb, &err) < 0)
+        fail_msg("boot: %s", err.msg);
+    assert_true(merge_any(sb->init_pid));
+    if (snap_checkpoint(S.ctx, sb, t, "merged", 0, NULL, &err) < 0)
+        fail_msg("checkpoint: %s", err.msg);
+    for (int i = 0; i < 2; i++) {
+        struct snap_restore_opts ro = { .lazy = i == 1 };
+        if (snap_restore(S.ctx, "merged", &ro, &c[i], &err) < 0)
+            fail_msg("restore: %s", err.msg);
+        assert_true(merge_any(c[i]->init_pid));
+        assert_true(th_read_long(c[i], "/tmp/count") >= 20);
+    }
+    /* Writes stay private. */
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/tmp/only-0", c[0]->root);
+    assert_int_equal(wp_write_file(path, "x", 1, 0644, &err), 0);
+    snprintf(path, sizeof(path), "%s/tmp/only-0", c[1]->root);
+    assert_int_equal(access(path, F_OK), -1);
+    for (int i = 0; i < 2; i++) {
+        char id[64];
+        pid_t pid = c[i]->init_pid;
+        snprintf(id, sizeof(id), "%s", c[i]->id);
+        assert_int_equal(snap_destroy(S.ctx, c[i], &err), 0);
+        assert_true(th_sandbox_gone(&S, id, pid));
+    }
+    assert_int_equal(snap_image_delete(S.ctx, "merged", &err), 0);
+    snap_template_free(t);
+    /* The counter image was made without "ksm": its clones are not mergeable. */
+    struct snap_restore_opts ro = { 0 };
+    if (snap_restore(S.ctx, IMG, &ro, &sb, &err) < 0)
+        fail_msg("restore: %s", err.msg);
+    assert_false(merge_any(sb->init_pid));
+    assert_int_equal(snap_destroy(S.ctx, sb, &err), 0);
+}
+
 static void eight_clones_are_isolated(void **state)
 {
     static const char *nss[] = { "pid", "mnt", "uts", "ipc", "net", "cgroup" };
@@ -560,6 +620,8 @@ static void bad_templates_get_clear_errors(void **state)
     expect_template_error("{\"name\":\"x\",\"rootfs\":\"host\",\"init\":[\"/bin/sh\"],"
                           "\"binds\":[{\"source\":\"/tmp\",\"target\":\"/proc/x\"}]}",
                           "is reserved");
+    expect_template_error("{\"name\":\"x\",\"rootfs\":\"host\",\"init\":[\"/bin/sh\"],\"ksm\":1}",
+                          "\"ksm\" must be true or false");
     expect_template_error("{\"name\":\"x\",", "invalid JSON");
     expect_template_error("{\"name\":\"x\",\"name\":\"y\"}", "invalid JSON");
     expect_template_error("[1]", "must be a JSON object");
@@ -596,6 +658,7 @@ int main(void)
         cmocka_unit_test(eager_clone_continues_state),
         cmocka_unit_test(lazy_clone_continues_state),
         cmocka_unit_test(lazy_python_clone_memory_intact),
+        cmocka_unit_test(ksm_setting_reaches_clones),
         cmocka_unit_test(eight_clones_are_isolated),
         cmocka_unit_test(booted_sandbox_holds_no_host_state),
         cmocka_unit_test(memory_limit_contains_allocation),
