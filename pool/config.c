@@ -30,7 +30,8 @@ static const char usage[] =
     "  --restore-slots N       restores at once (default: one per CPU)\n"
     "  --heartbeat-ttl SEC     dead this long after the last heartbeat (default 5)\n"
     "  --lease-ms MS           lease time handed out with claims (default 60000)\n"
-    "  --config FILE           JSON with the same keys (flags win)\n"
+    "  --config FILE           JSON with the same keys (flags win), plus ksm_slow_pages,\n"
+    "                          ksm_fast_pages, ksm_sleep_ms for environments with \"ksm\"\n"
     "  --log-level LEVEL       error, warn, info, debug (default info)\n"
     "  -h, --help\n";
 
@@ -120,6 +121,12 @@ static int load_file(struct pool_node_config *cfg, const char *path, struct wp_e
             cfg->lease_ms = json_number_value(v);
         else if (strcmp(k, "restore_slots") == 0 && json_is_integer(v))
             cfg->restore_slots = (int)json_integer_value(v);
+        else if (strcmp(k, "ksm_slow_pages") == 0 && json_is_integer(v))
+            cfg->ksm_slow_pages = (long)json_integer_value(v);
+        else if (strcmp(k, "ksm_fast_pages") == 0 && json_is_integer(v))
+            cfg->ksm_fast_pages = (long)json_integer_value(v);
+        else if (strcmp(k, "ksm_sleep_ms") == 0 && json_is_integer(v))
+            cfg->ksm_sleep_ms = (long)json_integer_value(v);
         else if (strcmp(k, "envs") == 0 && json_is_array(v)) {
             json_t *item;
             json_array_foreach(v, i, item) {
@@ -162,6 +169,9 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
     snprintf(cfg->listen_host, sizeof(cfg->listen_host), "127.0.0.1");
     cfg->heartbeat_ttl_s = 5;
     cfg->lease_ms = 60000;
+    cfg->ksm_slow_pages = 100;
+    cfg->ksm_fast_pages = 5000;
+    cfg->ksm_sleep_ms = 20;
     /* The config file first, so flags override it. */
     for (int i = 1; i + 1 < argc; i++)
         if (strcmp(argv[i], "--config") == 0 && (rc = load_file(cfg, argv[i + 1], err)) < 0)
@@ -211,6 +221,9 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         return wp_err_set(err, WP_ECONFIG, "--heartbeat-ttl must be 0.5..600 s");
     if (cfg->lease_ms < 1000 || cfg->lease_ms > 86400000)
         return wp_err_set(err, WP_ECONFIG, "--lease-ms must be 1000..86400000");
+    if (cfg->ksm_slow_pages < 1 || cfg->ksm_fast_pages < cfg->ksm_slow_pages ||
+        cfg->ksm_fast_pages > 1000000 || cfg->ksm_sleep_ms < 1 || cfg->ksm_sleep_ms > 100000)
+        return wp_err_set(err, WP_ECONFIG, "ksm: 1 <= slow pages <= fast pages <= 1000000, sleep 1..100000 ms");
     if (cfg->restore_slots < 0 || cfg->restore_slots > 256)
         return wp_err_set(err, WP_ECONFIG, "--restore-slots must be 0..256");
     if (cfg->n_envs == 0)

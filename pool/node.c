@@ -60,6 +60,7 @@ struct env {
     int target;                /* hot clones to keep now */
     uint64_t refills;          /* restores done for the hot tier */
     double refill_at;       /* no refill before this (backoff) */
+    double last_refill;     /* a hot clone was restored (KSM scans fast for a while) */
     double backoff;         /* seconds; grows while restores fail */
     int failures;           /* restores failed in a row */
     char last_id[64];       /* last inbox entry handled */
@@ -107,6 +108,8 @@ struct node {
     double now;
     double last_beat, last_policy, last_reap, last_reconcile;
     bool registered, stopping;
+    bool ksm_on;             /* we turned KSM on (some env has "ksm") */
+    long ksm_rate;           /* pages_to_scan set now */
 };
 
 static double now_s(void)
@@ -323,6 +326,7 @@ static void job_cb(struct ev_loop *loop, ev_io *w, int revents)
     s->e->failures = 0;
     s->e->backoff = 0;
     if (!s->for_claim) {
+        s->e->last_refill = now_s();
         s->e->refills++;
         pool_ewma_add(&s->e->refill, now_s(), now_s() - s->t0);
     }
@@ -1022,6 +1026,15 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
         n->last_reap = n->now;
     }
     read_inbox(n);
+    if (n->ksm_on) {
+        /* Fast right after refills (new clones to merge), slow when steady. */
+        bool fresh = false;
+        for (int i = 0; i < n->n_envs; i++)
+            fresh |= n->envs[i].t->ksm && n->now - n->envs[i].last_refill < 5;
+        long want = fresh ? n->cfg.ksm_fast_pages : n->cfg.ksm_slow_pages;
+        if (want != n->ksm_rate && pool__ksm_scan_rate(want) == 0)
+            n->ksm_rate = want;
+    }
     for (int i = 0; i < n->n_envs; i++) {
         struct env *e = &n->envs[i];
         if (e->img == IMG_NONE || (e->img == IMG_FAILED && n->now >= e->build_retry_at))
@@ -1156,6 +1169,9 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     n->slots = cfg->restore_slots > 0 ? cfg->restore_slots : get_nprocs();
     if ((rc = snap_ctx_open(&sc, &n->snap, err)) < 0)
         goto out;
+    /* KSM settings a killed earlier run left changed go back first. */
+    if (pool__ksm_recover(cfg->state_dir) > 0)
+        log_info("put back the host's KSM settings changed by an earlier run");
     /* Sandboxes of an earlier run of this node are orphans now. */
     rc = snap_gc(n->snap, NULL);
     if (rc > 0)
@@ -1185,6 +1201,16 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
         e->found_on_disk = access(path, F_OK) == 0;
         e->img = e->found_on_disk ? IMG_READY : IMG_NONE;
         n->n_envs++;
+    }
+    for (int i = 0; i < n->n_envs && !n->ksm_on; i++) {
+        if (!n->envs[i].t->ksm)
+            continue;
+        if ((rc = pool__ksm_enable(cfg->state_dir, cfg->ksm_slow_pages, cfg->ksm_sleep_ms, err)) < 0)
+            goto out;
+        n->ksm_on = true;
+        n->ksm_rate = cfg->ksm_slow_pages;
+        log_info("KSM on for env=%s (pages_to_scan %ld..%ld, sleep %ld ms)", n->envs[i].cfg.name,
+                 cfg->ksm_slow_pages, cfg->ksm_fast_pages, cfg->ksm_sleep_ms);
     }
     int port = 0;
     if ((rc = pool__relay_start(n->loop, cfg->listen_host, cfg->listen_port, relay_lookup, n,
@@ -1231,6 +1257,8 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     }
     rc = 0;
 out:
+    if (n->ksm_on)
+        pool__ksm_disable(cfg->state_dir);
     pool__relay_stop(n->relay);
     ev_timer_stop(n->loop, &n->cron);
     ev_signal_stop(n->loop, &n->sigterm);

@@ -77,6 +77,9 @@ struct pool_node_config {
     double heartbeat_ttl_s; /* the node counts as dead this long after its last beat */
     double lease_ms;        /* lease TTL handed out with claims */
     int restore_slots;      /* restores at once; 0 = one per CPU */
+    long ksm_slow_pages;    /* KSM pages_to_scan when steady (envs with "ksm") */
+    long ksm_fast_pages;    /* ... right after refills */
+    long ksm_sleep_ms;      /* KSM sleep_millisecs */
     int n_envs;
     struct pool_env_config envs[POOL_MAX_ENVS];
 };

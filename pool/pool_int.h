@@ -63,4 +63,13 @@ void pool__relay_retry(struct pool__relay *r, const char *sandbox);
 void pool__relay_drop(struct pool__relay *r, const char *sandbox);
 void pool__relay_stop(struct pool__relay *r);
 
+/* ksm.c: KSM settings of the host, driven while the node holds mergeable
+ * clones. recover: put back settings a killed earlier run left changed
+ * (returns 1 if it did). enable: save the host's settings (once) and turn
+ * merging on. disable: put the saved settings back. */
+int pool__ksm_recover(const char *state_dir);
+int pool__ksm_enable(const char *state_dir, long pages_to_scan, long sleep_ms, struct wp_err *err);
+int pool__ksm_scan_rate(long pages_to_scan);
+void pool__ksm_disable(const char *state_dir);
+
 #endif

@@ -727,6 +727,68 @@ static void relay_reaches_the_hands_and_fences(void **state)
     ev_loop_destroy(loop);
 }
 
+static long ksm_knob(const char *name)
+{
+    char path[128], *v = NULL;
+    long x = -1;
+    snprintf(path, sizeof(path), "/sys/kernel/mm/ksm/%s", name);
+    if (wp_read_file(path, 64, &v, NULL, NULL) == 0)
+        x = strtol(v, NULL, 10);
+    free(v);
+    return x;
+}
+
+static void node_with_ksm_leaves_host_settings_as_found(void **state)
+{
+    char json[4096], *orig = NULL, path[1200], ksm_tmpl[1200];
+    size_t len;
+    struct wp_err err;
+    (void)state;
+
+    long run0 = ksm_knob("run"), pages0 = ksm_knob("pages_to_scan");
+    assert_true(run0 >= 0 && pages0 >= 0);
+    for (int i = 0; i < 3; i++)
+        node_stop(&NODES[i], SIGTERM);
+    /* The same environment under another name, with merging on. */
+    assert_int_equal(wp_read_file(TMPL, 1 << 16, &orig, &len, &err), 0);
+    char *name = strstr(orig, "\"name\":\"" ENV "\"");
+    assert_non_null(name);
+    snprintf(json, sizeof(json), "{\"ksm\":true,\"name\":\"merged\",%s", name + strlen("\"name\":\"" ENV "\","));
+    free(orig);
+    snprintf(ksm_tmpl, sizeof(ksm_tmpl), "%s/merged.json", DIR_);
+    assert_int_equal(wp_write_file(ksm_tmpl, json, strlen(json), 0644, &err), 0);
+    char saved_tmpl[1024];
+    snprintf(saved_tmpl, sizeof(saved_tmpl), "%s", TMPL);
+    snprintf(TMPL, sizeof(TMPL), "%s", ksm_tmpl);
+    /* Clean run: on while it serves, as found after SIGTERM. */
+    node_start(&NODES[0], 1, 1);
+    bool on = false;
+    for (int i = 0; i < 200 && !on; i++, th_msleep(25))
+        on = ksm_knob("run") == 1;
+    assert_true(on);
+    node_stop(&NODES[0], SIGTERM);
+    assert_int_equal(ksm_knob("run"), run0);
+    assert_int_equal(ksm_knob("pages_to_scan"), pages0);
+    /* Killed: the settings stay changed, the saved ones stay on disk... */
+    node_start(&NODES[0], 1, 1);
+    on = false;
+    for (int i = 0; i < 200 && !on; i++, th_msleep(25))
+        on = ksm_knob("run") == 1;
+    assert_true(on);
+    node_stop(&NODES[0], SIGKILL);
+    snprintf(path, sizeof(path), "%s/ksm-saved", NODES[0].state);
+    assert_int_equal(access(path, F_OK), 0);
+    /* ...and a restart without merging puts the host's back at once. */
+    snprintf(TMPL, sizeof(TMPL), "%s", saved_tmpl);
+    node_start(&NODES[0], 1, 1);
+    bool back = false;
+    for (int i = 0; i < 200 && !back; i++, th_msleep(25))
+        back = ksm_knob("run") == run0 && access(path, F_OK) < 0;
+    assert_true(back);
+    assert_int_equal(ksm_knob("pages_to_scan"), pages0);
+    node_stop(&NODES[0], SIGTERM);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -739,6 +801,7 @@ int main(void)
         cmocka_unit_test(refill_stall_and_failing_image_do_not_fail_claims),
         cmocka_unit_test(autoscaler_grows_the_hot_tier_under_load),
         cmocka_unit_test(relay_reaches_the_hands_and_fences),
+        cmocka_unit_test(node_with_ksm_leaves_host_settings_as_found),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
