@@ -144,8 +144,8 @@ static void env_status(const char *env)
             printf("  claim latency %-4s p50 <= %.3f ms, p95 <= %.3f ms\n", tiers[t], p50, p95);
         freeReplyObject(h);
     }
-    printf("  %-20s %6s %7s %6s %6s %7s %11s %10s %8s  %s\n", "node", "alive", "idle", "leased",
-           "lost", "target", "claims/s", "refill ms", "refills", "image");
+    printf("  %-20s %6s %7s %6s %6s %7s %11s %10s %8s  %-4s %s\n", "node", "alive", "idle", "leased",
+           "lost", "target", "claims/s", "refill ms", "refills", "ksm", "image");
     for (size_t i = 0; i < nodes->elements; i++) {
         const char *n = nodes->element[i]->str;
         redisReply *alive = cmd("EXISTS wp:node:%s:alive", n);
@@ -163,15 +163,19 @@ static void env_status(const char *env)
             }
             freeReplyObject(s);
         }
-        redisReply *ns = cmd("HMGET wp:node:%s target:%s claims_per_s:%s refill_ms:%s refills:%s build:%s",
-                             n, env, env, env, env, env);
-        const char *v[5];
-        for (int k = 0; k < 5; k++)
+        redisReply *ns = cmd("HMGET wp:node:%s target:%s claims_per_s:%s refill_ms:%s refills:%s build:%s ksm:%s",
+                             n, env, env, env, env, env, env);
+        const char *v[6];
+        for (int k = 0; k < 6; k++)
             v[k] = ns->type == REDIS_REPLY_ARRAY && ns->element[k]->type == REDIS_REPLY_STRING
                        ? ns->element[k]->str
                        : "-";
-        printf("  %-20s %6s %7d %6d %6d %7s %11s %10s %8s  %.40s\n", n, alive->integer ? "yes" : "NO",
-               idle, leased, lost, v[0], v[1], v[2], v[3], v[4]);
+        printf("  %-20s %6s %7d %6d %6d %7s %11s %10s %8s  %-4s %.40s\n", n,
+               alive->integer ? "yes" : "NO", idle, leased, lost, v[0], v[1], v[2], v[3], v[5], v[4]);
+        if (strcmp(v[5], "on") == 0)
+            printf("  %-20s note: KSM merges memory across this node's sandboxes, a timing side\n"
+                   "  %-20s channel between them; keep it off where organizations share a node\n",
+                   "", "");
         freeReplyObject(ns);
         freeReplyObject(alive);
         freeReplyObject(sbs);

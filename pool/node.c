@@ -783,7 +783,7 @@ static void register_node(struct node *n)
     }
     for (int i = 0; i < n->n_envs; i++) {
         struct env *e = &n->envs[i];
-        char f1[96], f2[96], f3[96], f4[96], v1[32], v2[32], v3[32], v4[32];
+        char f1[96], f2[96], f3[96], f4[96], f5[96], v1[32], v2[32], v3[32], v4[32];
         snprintf(f1, sizeof(f1), "target:%s", e->cfg.name);
         snprintf(f2, sizeof(f2), "claims_per_s:%s", e->cfg.name);
         snprintf(f3, sizeof(f3), "refill_ms:%s", e->cfg.name);
@@ -792,8 +792,9 @@ static void register_node(struct node *n)
         snprintf(v2, sizeof(v2), "%.3f", pool_rate_get(&e->claims, n->now));
         snprintf(v3, sizeof(v3), "%.1f", e->refill.value * 1e3);
         snprintf(v4, sizeof(v4), "%llu", (unsigned long long)e->refills);
-        const char *h[] = { "HSET", key, f1, v1, f2, v2, f3, v3, f4, v4 };
-        cmd(n, "node stats", 10, h);
+        snprintf(f5, sizeof(f5), "ksm:%s", e->cfg.name);
+        const char *h[] = { "HSET", key, f1, v1, f2, v2, f3, v3, f4, v4, f5, e->t->ksm ? "on" : "off" };
+        cmd(n, "node stats", 12, h);
     }
     if (!n->registered) {
         log_info("registered node=%s envs=%d slots=%d", n->cfg.id, n->n_envs, n->slots);

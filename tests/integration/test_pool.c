@@ -766,6 +766,17 @@ static void node_with_ksm_leaves_host_settings_as_found(void **state)
     for (int i = 0; i < 200 && !on; i++, th_msleep(25))
         on = ksm_knob("run") == 1;
     assert_true(on);
+    /* pool status says so, with the side channel it opens. */
+    char bin[1024], out[4096];
+    node_bin(bin, sizeof(bin));
+    strcpy(strrchr(bin, '/') + 1, "warmpool");
+    for (int i = 0; i < 100; i++, th_msleep(50)) {
+        th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool status merged", bin, R.port);
+        if (strstr(out, "side"))
+            break;
+    }
+    assert_non_null(strstr(out, " on "));
+    assert_non_null(strstr(out, "timing side"));
     node_stop(&NODES[0], SIGTERM);
     assert_int_equal(ksm_knob("run"), run0);
     assert_int_equal(ksm_knob("pages_to_scan"), pages0);
