@@ -113,11 +113,7 @@ static void tools_work_in_a_booted_sandbox(void **state)
     assert_string_equal(txt, "one\n2\n");
     free(txt);
     hh_stop(&h);
-    pid_t pid = sb->init_pid;
-    char id[64];
-    snprintf(id, sizeof(id), "%s", sb->id);
-    assert_int_equal(snap_destroy(S.ctx, sb, &err), 0);
-    assert_true(th_sandbox_gone(&S, id, pid));
+    th_destroy_gone(&S, sb);
 }
 
 static void shell_state_survives_checkpoint_and_restore(void **state)

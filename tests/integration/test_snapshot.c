@@ -116,11 +116,7 @@ static void clone_continues_state(bool lazy)
     assert_non_null(txt);
     assert_string_equal(txt, "from-setup\n");
     free(txt);
-    pid_t pid = sb->init_pid;
-    char id[64];
-    snprintf(id, sizeof(id), "%s", sb->id);
-    assert_int_equal(snap_destroy(S.ctx, sb, &err), 0);
-    assert_true(th_sandbox_gone(&S, id, pid));
+    th_destroy_gone(&S, sb);
 }
 
 static void eager_clone_continues_state(void **state)
@@ -235,11 +231,7 @@ static void ksm_setting_reaches_clones(void **state)
     snprintf(path, sizeof(path), "%s/tmp/only-0", c[1]->root);
     assert_int_equal(access(path, F_OK), -1);
     for (int i = 0; i < 2; i++) {
-        char id[64];
-        pid_t pid = c[i]->init_pid;
-        snprintf(id, sizeof(id), "%s", c[i]->id);
-        assert_int_equal(snap_destroy(S.ctx, c[i], &err), 0);
-        assert_true(th_sandbox_gone(&S, id, pid));
+        th_destroy_gone(&S, c[i]);
     }
     assert_int_equal(snap_image_delete(S.ctx, "merged", &err), 0);
     snap_template_free(t);
@@ -318,11 +310,7 @@ static void eight_clones_are_isolated(void **state)
     assert_int_equal(snap_image_delete(S.ctx, IMG, &err), WP_ESTATE);
     assert_non_null(strstr(err.msg, "in use by 8 sandbox"));
     for (int i = 0; i < 8; i++) {
-        char id[64];
-        pid_t pid = sb[i]->init_pid;
-        snprintf(id, sizeof(id), "%s", sb[i]->id);
-        assert_int_equal(snap_destroy(S.ctx, sb[i], &err), 0);
-        assert_true(th_sandbox_gone(&S, id, pid));
+        th_destroy_gone(&S, sb[i]);
     }
 }
 
@@ -374,11 +362,7 @@ static void booted_sandbox_holds_no_host_state(void **state)
     free(mounts);
     close(leaked);
     unsetenv("WP_TEST_SECRET_TOKEN");
-    pid_t pid = sb->init_pid;
-    char id[64];
-    snprintf(id, sizeof(id), "%s", sb->id);
-    assert_int_equal(snap_destroy(S.ctx, sb, &err), 0);
-    assert_true(th_sandbox_gone(&S, id, pid));
+    th_destroy_gone(&S, sb);
     snap_template_free(t);
 }
 
@@ -453,11 +437,7 @@ static void pids_limit_contains_fork_bomb(void **state)
         _exit(0);
     assert_true(p > 0);
     waitpid(p, NULL, 0);
-    pid_t pid = sb->init_pid;
-    char id[64];
-    snprintf(id, sizeof(id), "%s", sb->id);
-    assert_int_equal(snap_destroy(S.ctx, sb, &err), 0);
-    assert_true(th_sandbox_gone(&S, id, pid));
+    th_destroy_gone(&S, sb);
     snap_template_free(t);
 }
 

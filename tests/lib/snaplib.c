@@ -112,6 +112,18 @@ bool th_sandbox_gone(struct th_snap *s, const char *id, pid_t pid)
     return gone;
 }
 
+void th_destroy_gone(struct th_snap *s, struct snap_sandbox *sb)
+{
+    struct wp_err err;
+    char id[64];
+    pid_t pid = sb->init_pid;
+
+    snprintf(id, sizeof(id), "%s", sb->id);
+    if (snap_destroy(s->ctx, sb, &err) < 0)
+        fail_msg("destroy %s: %s", id, err.msg);
+    assert_true(th_sandbox_gone(s, id, pid));
+}
+
 char *th_read_in(const struct snap_sandbox *sb, const char *path)
 {
     char full[1024], *data = NULL;

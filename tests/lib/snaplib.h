@@ -24,6 +24,10 @@ struct snap_template *th_template(const char *fmt, ...) __attribute__((format(pr
  * no process `pid` (pid may be 0). Prints what it found otherwise. */
 bool th_sandbox_gone(struct th_snap *s, const char *id, pid_t pid);
 
+/* snap_destroy(sb) must succeed and leave nothing of it (th_sandbox_gone);
+ * sb is freed. */
+void th_destroy_gone(struct th_snap *s, struct snap_sandbox *sb);
+
 /* Read a small file under a sandbox root; returns malloc'd text or NULL. */
 char *th_read_in(const struct snap_sandbox *sb, const char *path);
 /* Count /tmp/count-style integer file; -1 if missing. */
