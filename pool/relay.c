@@ -29,6 +29,7 @@
 #include "base/buf.h"
 #include "base/err.h"
 #include "base/log.h"
+#include "base/net.h"
 
 #define RELAY_BUF (256 * 1024) /* per direction; reads pause when full */
 #define ROUTE_MAX 4096
@@ -306,23 +307,11 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 int pool__relay_start(struct ev_loop *loop, const char *host, int port, pool__relay_lookup_cb lookup,
                       void *ctx, struct pool__relay **out, int *bound_port, struct wp_err *err)
 {
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    socklen_t len = sizeof(sa);
     struct pool__relay *r;
-    int one = 1, fd;
+    int fd = wp_tcp_listen(host, port, 512, bound_port, err);
 
-    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
-        return wp_err_set(err, WP_ECONFIG, "relay: '%s' is not an IPv4 address", host);
-    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
-        return wp_err_errno(err, "relay socket");
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 512) < 0 ||
-        getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
-        int code = wp_err_errno(err, "relay listen on %s:%d", host, port);
-        close(fd);
-        return code;
-    }
+        return wp_err_wrap(err, "relay");
     r = calloc(1, sizeof(*r));
     if (!r) {
         close(fd);
@@ -335,7 +324,6 @@ int pool__relay_start(struct ev_loop *loop, const char *host, int port, pool__re
     ev_io_init(&r->io, accept_cb, fd, EV_READ);
     r->io.data = r;
     ev_io_start(loop, &r->io);
-    *bound_port = ntohs(sa.sin_port);
     *out = r;
     return 0;
 }

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "base/net.h"
 #include "base/timeutil.h"
 #include "scheduler/sched_int.h"
 
@@ -698,25 +699,12 @@ void sched_server_drain(struct sched_server *srv)
     ev_prepare_stop(loop, &srv->prepare);
 }
 
-static int parse_listen(const char *host, int port, struct sockaddr_in *sa, struct wp_err *err)
-{
-    memset(sa, 0, sizeof(*sa));
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)port);
-    if (inet_pton(AF_INET, host, &sa->sin_addr) != 1)
-        return wp_err_set(err, WP_ECONFIG, "listen address %s is not an IPv4 address", host);
-    return 0;
-}
-
 struct sched_server *sched_server_new(struct ev_loop *loop, const struct sched_config *cfg,
                                       struct wp_err *err)
 {
-    struct sockaddr_in sa;
     struct sched_server *srv = NULL;
-    int fd = -1, one = 1;
+    int fd = -1;
 
-    if (parse_listen(cfg->listen_host, cfg->listen_port, &sa, err) < 0)
-        return NULL;
     srv = calloc(1, sizeof(*srv));
     if (!srv) {
         wp_err_set(err, -ENOMEM, "out of memory");
@@ -726,23 +714,9 @@ struct sched_server *sched_server_new(struct ev_loop *loop, const struct sched_c
     srv->cfg = *cfg;
     srv->listen_fd = -1;
     srv->boot_id = ((uint64_t)getpid() << 20) ^ wp_now_ns();
-    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        wp_err_errno(err, "socket");
+    fd = wp_tcp_listen(cfg->listen_host, cfg->listen_port, 1024, &srv->port, err);
+    if (fd < 0)
         goto fail;
-    }
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        wp_err_errno(err, "bind %s:%d", cfg->listen_host, cfg->listen_port);
-        goto fail;
-    }
-    if (listen(fd, 1024) < 0) {
-        wp_err_errno(err, "listen");
-        goto fail;
-    }
-    socklen_t sl = sizeof(sa);
-    getsockname(fd, (struct sockaddr *)&sa, &sl);
-    srv->port = ntohs(sa.sin_port);
     srv->listen_fd = fd;
     fd = -1;
 

@@ -30,6 +30,7 @@
 
 #include "base/err.h"
 #include "base/log.h"
+#include "base/net.h"
 #include "base/timeutil.h"
 
 
@@ -505,8 +506,7 @@ int msrv_server_new(const struct msrv_config *cfg, struct msrv_server **out,
                     struct wp_err *err)
 {
     struct msrv_server *srv = calloc(1, sizeof(*srv));
-    struct sockaddr_in a = { .sin_family = AF_INET };
-    int one = 1, rc;
+    int rc;
 
     if (!srv)
         return wp_err_set(err, -ENOMEM, "server");
@@ -515,26 +515,11 @@ int msrv_server_new(const struct msrv_config *cfg, struct msrv_server **out,
     srv->lfd = -1;
     srv->by_status = json_object();
     msrv_rng_seed(&srv->id_rng, cfg->seed, 0x1d5);
-    a.sin_port = htons((uint16_t)cfg->port);
-    if (inet_pton(AF_INET, cfg->host, &a.sin_addr) != 1) {
-        rc = wp_err_set(err, WP_ECONFIG, "bad listen address %s", cfg->host);
+    /* Port 0: the kernel chooses; srv->port is the one bound. */
+    rc = wp_tcp_listen(cfg->host, cfg->port, 1024, &srv->port, err);
+    if (rc < 0)
         goto fail;
-    }
-    srv->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (srv->lfd < 0) {
-        rc = wp_err_errno(err, "socket");
-        goto fail;
-    }
-    setsockopt(srv->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(srv->lfd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(srv->lfd, 1024) < 0) {
-        rc = wp_err_errno(err, "listen %s:%d", cfg->host, cfg->port);
-        goto fail;
-    }
-    {
-        socklen_t alen = sizeof(a);
-        if (getsockname(srv->lfd, (struct sockaddr *)&a, &alen) == 0)
-            srv->port = ntohs(a.sin_port); /* the kernel's choice for port 0 */
-    }
+    srv->lfd = rc;
     ev_io_init(&srv->accept_io, accept_cb, srv->lfd, EV_READ);
     srv->accept_io.data = srv;
     ev_io_start(srv->loop, &srv->accept_io);
