@@ -1,0 +1,41 @@
+/* metrics.h - process-local histograms and counters of one scheduler
+ * (prefix sched_metrics_), served with pool gauges read from Redis as
+ * Prometheus text on GET /metrics. Loop thread only. */
+#ifndef SCHED_METRICS_H
+#define SCHED_METRICS_H
+
+#include <stdint.h>
+
+enum sched_hist {
+    SCHED_HIST_TTFT,             /* turn started (user input appended) -> first token appended */
+    SCHED_HIST_SANDBOX_ATTACHED, /* claim started -> hands attached; label: tier */
+    SCHED_HIST_CLAIM,            /* pool claim latency; label: tier */
+    SCHED_HIST_RESTORE,          /* node restore latency; label: tier (from the nodes) */
+    SCHED_HIST_TOOL,             /* tool call round trip; label: tool name */
+    SCHED_HIST_TOOL_WAIT,        /* a tool call waiting for its sandbox to attach */
+    SCHED_HIST_MODEL,            /* model request start -> end; label: ok | error */
+    SCHED_HIST_MODEL_TTFT,       /* model request start -> first token from the model */
+    SCHED_HIST__COUNT
+};
+
+enum sched_counter {
+    SCHED_CTR_TURNS,            /* turns started */
+    SCHED_CTR_MODEL_RETRIES,    /* label: error type */
+    SCHED_CTR_MODEL_ERRORS,     /* label: error type (not recovered) */
+    SCHED_CTR_TOOL_CALLS,       /* label: tool name */
+    SCHED_CTR_SANDBOX_LOST,     /* a session's sandbox died and was replaced */
+    SCHED_CTR_TAKEOVERS,        /* sessions taken over from a dead scheduler */
+    SCHED_CTR__COUNT
+};
+
+struct sched_metrics;
+
+struct sched_metrics *sched_metrics_new(void);
+void sched_metrics_free(struct sched_metrics *m);
+/* label may be NULL; at most 32 distinct labels per metric (more fold
+ * into "other"). Values in seconds. */
+void sched_metrics_observe(struct sched_metrics *m, enum sched_hist h, const char *label,
+                           double seconds);
+void sched_metrics_inc(struct sched_metrics *m, enum sched_counter c, const char *label);
+
+#endif
