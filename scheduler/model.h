@@ -13,6 +13,7 @@
 #include <ev.h>
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "base/err.h"
 
