@@ -29,6 +29,7 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->rate_read = 600;
     cfg->drain_timeout = 10;
     cfg->max_conns = 10000;
+    sched_model_config_defaults(&cfg->model);
 }
 
 int sched_config_add_key(struct sched_config *cfg, const char *spec, struct wp_err *err)
@@ -87,6 +88,16 @@ static void usage(void)
            "  --sse-soft-seconds SECS  cut a stream off after this long above the soft limit (30)\n"
            "  --max-conns N            open connections, streams included (10000); more get 503\n"
            "  --vault-key HEX          64 hex digits: AES-256 key for vault secrets\n"
+           "  --model-url URL          Messages API base (https://api.anthropic.com); the key\n"
+           "                           comes from $ANTHROPIC_API_KEY only (never a flag)\n"
+           "  --model-version V        anthropic-version header (2023-06-01)\n"
+           "  --model-timeout SECS     sets both --model-header-timeout and --model-idle-timeout\n"
+           "  --model-connect-timeout SECS  connect (10)\n"
+           "  --model-header-timeout SECS   request start to response headers (60)\n"
+           "  --model-idle-timeout SECS     no byte from a stream for this long (120)\n"
+           "  --model-max-retries N    retries before the first event (4)\n"
+           "  --model-backoff SECS     first retry backoff, doubling, full jitter (0.5)\n"
+           "  --model-backoff-max SECS backoff cap (8)\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
            "  --log-components SPEC    e.g. all,-redis\n"
            "  --help                   this text\n");
@@ -138,10 +149,67 @@ static int num(const char *v, double *out, struct wp_err *err, const char *name)
     return 0;
 }
 
+/* --model-* (the model client). NAME is without the "model-" prefix. */
+static int apply_model_opt(struct sched_model_config *mc, const char *name, const char *val,
+                           struct wp_err *err)
+{
+    double d = 0;
+
+    if (!strcmp(name, "url") || !strcmp(name, "version")) {
+        bool url = name[0] == 'u';
+        char *dst = url ? mc->base_url : mc->version;
+        size_t cap = url ? sizeof(mc->base_url) : sizeof(mc->version);
+        if (!*val || strlen(val) >= cap || strpbrk(val, "\r\n "))
+            return wp_err_set(err, WP_ECONFIG, "--model-%s: bad value", name);
+        if (url && strncmp(val, "http://", 7) && strncmp(val, "https://", 8))
+            return wp_err_set(err, WP_ECONFIG, "--model-url wants http:// or https://");
+        snprintf(dst, cap, "%s", val);
+        return 0;
+    }
+    char full[64];
+    snprintf(full, sizeof(full), "model-%s", name);
+    if (num(val, &d, err, full) < 0)
+        return WP_ECONFIG;
+    if (!strcmp(name, "timeout"))
+        mc->header_timeout_s = mc->idle_timeout_s = d;
+    else if (!strcmp(name, "connect-timeout"))
+        mc->connect_timeout_s = d;
+    else if (!strcmp(name, "header-timeout"))
+        mc->header_timeout_s = d;
+    else if (!strcmp(name, "idle-timeout"))
+        mc->idle_timeout_s = d;
+    else if (!strcmp(name, "max-retries"))
+        mc->max_retries = (int)d;
+    else if (!strcmp(name, "backoff"))
+        mc->backoff_base_s = d;
+    else if (!strcmp(name, "backoff-max"))
+        mc->backoff_max_s = d;
+    else
+        return wp_err_set(err, WP_ECONFIG, "unknown option --model-%s (see --help)", name);
+    if (d <= 0 && strstr(name, "timeout"))
+        return wp_err_set(err, WP_ECONFIG, "--model-%s must be > 0", name);
+    return 0;
+}
+
+/* The key is read from the environment so it never shows in ps. */
+static int model_key_from_env(struct sched_model_config *mc, struct wp_err *err)
+{
+    const char *k = getenv("ANTHROPIC_API_KEY");
+
+    if (!k)
+        return 0;
+    if (strlen(k) >= sizeof(mc->api_key) || strpbrk(k, "\r\n"))
+        return wp_err_set(err, WP_ECONFIG, "ANTHROPIC_API_KEY: too long or not one line");
+    snprintf(mc->api_key, sizeof(mc->api_key), "%s", k);
+    return 0;
+}
+
 static int apply_opt(struct sched_config *cfg, const char *name, const char *val,
                      struct wp_err *err)
 {
     double d = 0;
+    if (!strncmp(name, "model-", 6))
+        return apply_model_opt(&cfg->model, name + 6, val, err);
     if (!strcmp(name, "listen"))
         return parse_hostport(val, cfg->listen_host, sizeof(cfg->listen_host),
                               &cfg->listen_port, err);
@@ -225,6 +293,8 @@ int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
         if (rc < 0)
             return rc;
     }
+    if (model_key_from_env(&cfg->model, err) < 0)
+        return WP_ECONFIG;
     if (cfg->sse_hard_limit < cfg->sse_soft_limit)
         cfg->sse_hard_limit = cfg->sse_soft_limit;
     return 0;

@@ -22,7 +22,7 @@ struct sched_model_config {
     char api_key[256];           /* sent as x-api-key; never logged */
     char version[32];            /* anthropic-version header, "2023-06-01" */
     double connect_timeout_s;    /* TCP/TLS connect (10) */
-    double header_timeout_s;     /* request sent -> response headers (60) */
+    double header_timeout_s;     /* attempt start (connect included) -> response headers (60) */
     double idle_timeout_s;       /* no byte for this long mid-stream (the API pings) (120) */
     int max_retries;             /* retries of one call (4); 0 = none */
     double backoff_base_s;       /* first backoff (0.5), doubling, full jitter */
@@ -47,12 +47,18 @@ struct sched_model_cbs {
     /* One SSE event of the stream, in order: message_start,
      * content_block_start, content_block_delta, content_block_stop,
      * message_delta, message_stop (ping is not passed; an `error` event
-     * ends the call through on_done). data is the event's JSON, borrowed. */
+     * ends the call through on_done). data is the event's JSON, borrowed.
+     * message_start is passed just before the event after it, so an
+     * error right after it still counts as "nothing delivered" (retried). */
     void (*on_event)(void *ctx, const char *type, json_t *data);
     /* A retry was scheduled after delay_s (only before any event was
      * delivered). May be NULL. */
     void (*on_retry)(void *ctx, int attempt, const struct sched_model_error *e, double delay_s);
-    /* Exactly once: status 0 after message_stop, else < 0 with e filled. */
+    /* Exactly once: status 0 after message_stop (e NULL), else < 0 with e
+     * filled (borrowed for the callback): WP_EPROTO (an API error, HTTP or
+     * `error` event, or a bad stream), WP_ETOOBIG (an SSE event over
+     * 1 MiB), WP_ETIMEDOUT, -ECONNREFUSED / -EHOSTUNREACH / -ECONNRESET
+     * (connection errors), -ENOMEM. e->type is the one to branch on. */
     void (*on_done)(void *ctx, int status, const struct sched_model_error *e);
 };
 
@@ -60,7 +66,8 @@ struct sched_model;      /* one curl multi handle and its libev watchers */
 struct sched_model_call; /* one request and its retries */
 
 /* Caller owns *out; free after every call finished or was cancelled (or
- * free cancels them: no callbacks). cfg is copied. */
+ * free cancels them: no callbacks). cfg is copied. sched_model_free must
+ * not be called from inside one of this client's callbacks. */
 int sched_model_new(struct ev_loop *loop, const struct sched_model_config *cfg,
                     struct sched_model **out, struct wp_err *err);
 void sched_model_free(struct sched_model *m);
@@ -87,7 +94,8 @@ typedef int (*sched_sse_event_cb)(void *ctx, const char *event, const char *data
 /* cb returns 0 to go on or < 0 to stop (the feed returns that value). */
 struct sched_sse_parser *sched_sse_parser_new(size_t max_event, sched_sse_event_cb cb, void *ctx);
 void sched_sse_parser_free(struct sched_sse_parser *p);
-/* Returns 0, WP_ETOOBIG (an event over max_event) or cb's error. */
+/* Returns 0, WP_ETOOBIG (an event over max_event), -ENOMEM or cb's error;
+ * after an error every later feed returns the same. */
 int sched_sse_parser_feed(struct sched_sse_parser *p, const char *data, size_t len);
 
 #endif

@@ -13,6 +13,7 @@
 #include <ev.h>
 
 #include "base/err.h"
+#include "scheduler/model.h"
 
 #define SCHED_MAX_ORGS 64
 
@@ -42,6 +43,7 @@ struct sched_config {
     double drain_timeout;    /* seconds SIGTERM waits for in-flight requests */
     int max_conns;           /* connections (streams included) beyond this get 503 */
     char vault_key_hex[65];  /* AES-256 key for vault secrets (hex); empty = derived */
+    struct sched_model_config model; /* --model-*; the key from $ANTHROPIC_API_KEY only */
 };
 
 /* Defaults (listen 127.0.0.1:8080, redis 127.0.0.1:6379, limits 60/600). */
