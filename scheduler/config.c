@@ -87,6 +87,8 @@ static void usage(void)
            "  --sse-soft-seconds SECS  cut a stream off after this long above the soft limit (30)\n"
            "  --max-conns N            open connections, streams included (10000); more get 503\n"
            "  --vault-key HEX          64 hex digits: AES-256 key for vault secrets\n"
+           "  --metrics-token TOKEN    GET /metrics wants Authorization: Bearer TOKEN (default:\n"
+           "                           open, like a scrape endpoint on a private network)\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
            "  --log-components SPEC    e.g. all,-redis\n"
            "  --help                   this text\n");
@@ -163,6 +165,13 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         if (strlen(val) != 64 || strspn(val, "0123456789abcdefABCDEF") != 64)
             return wp_err_set(err, WP_ECONFIG, "--vault-key wants 64 hex digits");
         snprintf(cfg->vault_key_hex, sizeof(cfg->vault_key_hex), "%s", val);
+        return 0;
+    }
+    if (!strcmp(name, "metrics-token")) {
+        if (!*val || strlen(val) > 256)
+            return wp_err_set(err, WP_ECONFIG, "--metrics-token wants 1-256 characters");
+        sched__sha256(val, strlen(val), cfg->metrics_token_sha256);
+        cfg->metrics_token_set = true;
         return 0;
     }
     if (num(val, &d, err, name) < 0)
