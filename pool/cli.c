@@ -1,6 +1,7 @@
 /* cli.c - `warmpool pool set|status`: the operator's view of the pool,
  * straight from Redis (hiredis, synchronous). */
 #include <getopt.h>
+#include <stdbool.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,9 @@ static const char usage[] =
     "  pool set ENV [--node NODE] min_hot=N max_hot=N [max_hot_total=N]\n"
     "      hot clones to keep per node (every node, or one node), and at most\n"
     "      over all nodes (0: no cap); applied within a second, no restart\n"
+    "  pool set ENV tiers=hot,warm,cold|warm,cold|hot,cold|cold\n"
+    "      which tiers may serve claims (cold always: the last resort); e.g.\n"
+    "      warm,cold leaves hot clones unused, cold boots every claim\n"
     "  pool status [ENV]\n"
     "      per environment and node: hot, leased, lost; claims by tier\n";
 
@@ -30,6 +34,37 @@ static redisReply *cmd(const char *fmt, ...)
         exit(1);
     }
     return r;
+}
+
+/* "hot,warm,cold" in any order, each at most once, cold included ->
+ * the canonical order into out. Returns 0 or -1. */
+static int parse_tiers(const char *s, char *out, size_t cap)
+{
+    static const char *const names[] = { "hot", "warm", "cold" };
+    bool on[3] = { false, false, false };
+    while (*s) {
+        size_t l = strcspn(s, ",");
+        int k = -1;
+        for (int i = 0; i < 3; i++)
+            if (l == strlen(names[i]) && strncmp(s, names[i], l) == 0)
+                k = i;
+        if (k < 0 || on[k])
+            return -1;
+        on[k] = true;
+        s += l;
+        if (*s == ',' && !*++s)
+            return -1;
+    }
+    if (!on[2])
+        return -1;
+    out[0] = '\0';
+    for (int i = 0; i < 3; i++)
+        if (on[i]) {
+            if (out[0])
+                strncat(out, ",", cap - strlen(out) - 1);
+            strncat(out, names[i], cap - strlen(out) - 1);
+        }
+    return 0;
 }
 
 static int pool_set(int argc, char **argv)
@@ -64,6 +99,19 @@ static int pool_set(int argc, char **argv)
             return 2;
         }
         snprintf(key, sizeof(key), "%.*s", (int)(eq - argv[i]), argv[i]);
+        if (strcmp(key, "tiers") == 0) {
+            char tiers[32];
+            /* Per environment only: the claimer reads it, not a node. */
+            if (node || parse_tiers(eq + 1, tiers, sizeof(tiers)) < 0) {
+                fprintf(stderr, "warmpool: '%s': tiers is a list of hot, warm, cold that "
+                                "includes cold, for every node (no --node)\n", argv[i]);
+                return 2;
+            }
+            freeReplyObject(cmd("HSET wp:env:{%s}:policy tiers %s", env, tiers));
+            printf("%s tiers = %s\n", env, tiers);
+            n++;
+            continue;
+        }
         v = strtol(eq + 1, &end, 10);
         if ((strcmp(key, "min_hot") && strcmp(key, "max_hot") && strcmp(key, "max_hot_total")) ||
             *end || v < 0 || v > 10000 || (node && !strcmp(key, "max_hot_total"))) {

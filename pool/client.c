@@ -34,6 +34,7 @@
 struct claim {
     struct pool_client *c;
     char env[64], session[128], rid[40], node[64];
+    char tiers[32]; /* the policy's tiers, passed to the node ("" = all) */
     uint64_t token;
     uint64_t t0;
     pool_claim_cb cb;
@@ -201,8 +202,9 @@ static void fence_cb(void *ctx, redisReply *reply)
     snprintf(tok, sizeof(tok), "%llu", (unsigned long long)cl->token);
     snprintf(inbox, sizeof(inbox), POOL__K_INBOX "%s", cl->env, cl->node);
     const char *argv[] = { "XADD", inbox, "MAXLEN", "~", "10000", "*", "type", "claim",
-                           "session", cl->session, "token", tok, "reply", c->chan, "rid", cl->rid };
-    if (wp_redis_argv(c->r, xadd_cb, cl, 16, argv, NULL) < 0)
+                           "session", cl->session, "token", tok, "reply", c->chan, "rid", cl->rid,
+                           "tiers", cl->tiers };
+    if (wp_redis_argv(c->r, xadd_cb, cl, 18, argv, NULL) < 0)
         claim_fail(cl, WP_ESTATE, "redis not connected");
 }
 
@@ -254,7 +256,10 @@ static void hot_cb(void *ctx, redisReply *reply)
         claim_finish(cl, 0, &res, NULL);
         return;
     }
-    /* Hot tier empty: a node restores (warm) or boots (cold) one. */
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 &&
+        reply->element[0]->type == REDIS_REPLY_STRING)
+        snprintf(cl->tiers, sizeof(cl->tiers), "%s", reply->element[0]->str);
+    /* Hot tier empty (or off): a node restores (warm) or boots (cold) one. */
     snprintf(nodes, sizeof(nodes), POOL__K_NODES_OF, cl->env);
     const char *argv[] = { nodes };
     if (wp_redis_script(c->r, lua_pick_node, pick_cb, cl, 1, 1, argv, NULL) < 0)
@@ -302,7 +307,7 @@ bool pool_client_ready(const struct pool_client *c)
 int pool_claim(struct pool_client *c, const char *env, const char *session, double timeout_s,
                pool_claim_cb cb, void *ctx, struct wp_err *err)
 {
-    char hot[160], fence[160], stats[160], sbp[160], inbox[160], now[32], lease[32];
+    char hot[160], fence[160], stats[160], policy[160], sbp[160], inbox[160], now[32], lease[32];
     struct claim *cl;
     uint64_t r = 0;
 
@@ -327,12 +332,13 @@ int pool_claim(struct pool_client *c, const char *env, const char *session, doub
     snprintf(hot, sizeof(hot), POOL__K_HOT, env);
     snprintf(fence, sizeof(fence), POOL__K_FENCE, env);
     snprintf(stats, sizeof(stats), POOL__K_STATS, env);
+    snprintf(policy, sizeof(policy), POOL__K_POLICY, env);
     snprintf(sbp, sizeof(sbp), POOL__K_SB, env);
     snprintf(inbox, sizeof(inbox), POOL__K_INBOX, env);
     snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
     snprintf(lease, sizeof(lease), "60000");
-    const char *argv[] = { hot, fence, stats, sbp, session, now, lease, inbox };
-    if (wp_redis_script(c->r, pool__lua_claim_hot, hot_cb, cl, 3, 8, argv, NULL) < 0) {
+    const char *argv[] = { hot, fence, stats, policy, sbp, session, now, lease, inbox };
+    if (wp_redis_script(c->r, pool__lua_claim_hot, hot_cb, cl, 4, 9, argv, NULL) < 0) {
         free(cl);
         return wp_err_set(err, WP_ESTATE, "not connected to Redis");
     }

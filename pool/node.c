@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "base/err.h"
+#include "base/hist.h"
 #include "base/log.h"
 #include "base/redis.h"
 #include "base/timeutil.h"
@@ -71,6 +72,7 @@ struct claimq {
     char chan[128], rid[64], session[128];
     uint64_t token;
     uint64_t at_ms;
+    bool warm_ok;           /* the policy's tiers allow a warm restore */
     struct claimq *next;
 };
 
@@ -109,12 +111,31 @@ struct node {
     double last_beat, last_policy, last_reap, last_reconcile;
     bool registered, stopping;
     bool ksm_on;             /* we turned KSM on (some env has "ksm") */
+    /* Restore latency by tier (hot refill, warm claim, cold boot), in the
+     * buckets of base/hist.h, published as restore_hist:<tier> for
+     * /metrics. Since the node started; all environments together. */
+    struct {
+        uint64_t b[WP_HIST_NB + 1], count;
+        double sum;
+    } rh[3];
     long ksm_rate;           /* pages_to_scan set now */
 };
 
 static double now_s(void)
 {
     return (double)wp_now_ns() / 1e9;
+}
+
+enum { RH_HOT, RH_WARM, RH_COLD };
+static const char *const rh_names[] = { "hot", "warm", "cold" };
+
+static void record_restore(struct node *n, int tier, double seconds)
+{
+    if (!(seconds >= 0))
+        seconds = 0;
+    n->rh[tier].b[wp_hist_bucket(seconds)]++;
+    n->rh[tier].count++;
+    n->rh[tier].sum += seconds;
 }
 
 static void fmtkey(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -325,6 +346,7 @@ static void job_cb(struct ev_loop *loop, ev_io *w, int revents)
     s->job = NULL;
     s->e->failures = 0;
     s->e->backoff = 0;
+    record_restore(n, s->for_claim ? RH_WARM : RH_HOT, now_s() - s->t0);
     if (!s->for_claim) {
         s->e->last_refill = now_s();
         s->e->refills++;
@@ -390,6 +412,7 @@ static void boot_cb(struct ev_loop *loop, ev_io *w, int revents)
         free(s);
         return;
     }
+    record_restore(n, RH_COLD, now_s() - s->t0);
     sb_ready(n, s);
 }
 
@@ -553,7 +576,7 @@ static void serve_claims(struct node *n, struct env *e)
             continue;
         }
         struct nsb *s = NULL;
-        if (e->img == IMG_READY) {
+        if (e->img == IMG_READY && q->warm_ok) {
             s = start_restore(n, e, true);
             if (s)
                 snprintf(s->tier, sizeof(s->tier), "warm");
@@ -616,7 +639,7 @@ static void handle_entry(struct node *n, struct env *e, const char *id, redisRep
         destroy_sb(n, s, "released");
     } else if (strcmp(type, "claim") == 0) {
         const char *chan = field(kv, "reply"), *rid = field(kv, "rid"),
-                   *session = field(kv, "session");
+                   *session = field(kv, "session"), *tiers = field(kv, "tiers");
         uint64_t at = strtoull(id, NULL, 10); /* the stream id's milliseconds */
         /* A claimer waits 30 s at most: older requests have no reader. */
         if (!chan || !rid || !session || wp_wall_ms() - at > 30000)
@@ -629,6 +652,9 @@ static void handle_entry(struct node *n, struct env *e, const char *id, redisRep
         snprintf(q->session, sizeof(q->session), "%s", session);
         q->token = token;
         q->at_ms = at;
+        /* The claimer read the policy's tiers with its hot attempt ("" or
+         * absent: every tier). Without warm the claim is a cold boot. */
+        q->warm_ok = !tiers || !*tiers || strstr(tiers, "warm") != NULL;
         /* Claims queue for a restore slot and go before refills: restores
          * beyond one per CPU only make every one of them slower. */
         struct claimq **pp = &e->claims_q;
@@ -796,6 +822,20 @@ static void register_node(struct node *n)
         const char *h[] = { "HSET", key, f1, v1, f2, v2, f3, v3, f4, v4, f5, e->t->ksm ? "on" : "off" };
         cmd(n, "node stats", 12, h);
     }
+    /* Restore histograms: "<count> <sum seconds> <per-bucket counts...>",
+     * bucket bounds in hist_le (base/hist.h), last bucket +Inf. */
+    char hv[3][64 + 21 * (WP_HIST_NB + 1)], hf[3][32];
+    for (int t = 0; t < 3; t++) {
+        int l = snprintf(hv[t], sizeof(hv[t]), "%llu %.6f", (unsigned long long)n->rh[t].count,
+                         n->rh[t].sum);
+        for (size_t b = 0; b <= WP_HIST_NB && l > 0 && (size_t)l < sizeof(hv[t]); b++)
+            l += snprintf(hv[t] + l, sizeof(hv[t]) - (size_t)l, " %llu",
+                          (unsigned long long)n->rh[t].b[b]);
+        snprintf(hf[t], sizeof(hf[t]), "restore_hist:%s", rh_names[t]);
+    }
+    const char *hh[] = { "HSET", key, "hist_le", WP_HIST_LE_TEXT, hf[0], hv[0], hf[1], hv[1],
+                         hf[2], hv[2] };
+    cmd(n, "restore histograms", 10, hh);
     if (!n->registered) {
         log_info("registered node=%s envs=%d slots=%d", n->cfg.id, n->n_envs, n->slots);
         for (int i = 0; i < n->n_envs; i++)

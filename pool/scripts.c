@@ -5,15 +5,22 @@
  * prefix passed in ARGV (same tag), which Cluster accepts in one slot. */
 #include "pool/pool_int.h"
 
-/* KEYS: hot list, fence counter, stats hash.
+/* KEYS: hot list, fence counter, stats hash, policy hash.
  * ARGV: sandbox key prefix, session, now_ms, lease_ms, inbox key prefix.
  * Pops idle sandboxes until one is still idle (entries whose sandbox was
  * lost or released meanwhile are dropped), leases it with a new fencing
- * token and tells its node. Returns {id, node, addr, token, relay} or nil. */
+ * token and tells its node. Returns {id, node, addr, token, relay}, or
+ * on a miss {tiers}: the policy's `tiers` ("" = every tier), which the
+ * warm/cold claim carries to the node. A policy without "hot" misses at
+ * once, leaving the hot clones where they are. */
 const char pool__lua_claim_hot[] =
+    "local tiers = redis.call('HGET', KEYS[4], 'tiers') or ''\n"
+    "if tiers ~= '' and not string.find(',' .. tiers .. ',', ',hot,', 1, true) then\n"
+    "  return {tiers}\n"
+    "end\n"
     "while true do\n"
     "  local id = redis.call('LPOP', KEYS[1])\n"
-    "  if not id then return nil end\n"
+    "  if not id then return {tiers} end\n"
     "  local k = ARGV[1] .. id\n"
     "  if redis.call('HGET', k, 'state') == 'idle' then\n"
     "    local tok = redis.call('INCR', KEYS[2])\n"

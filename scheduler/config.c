@@ -98,6 +98,8 @@ static void usage(void)
            "  --model-max-retries N    retries before the first event (4)\n"
            "  --model-backoff SECS     first retry backoff, doubling, full jitter (0.5)\n"
            "  --model-backoff-max SECS backoff cap (8)\n"
+           "  --metrics-token TOKEN    GET /metrics wants Authorization: Bearer TOKEN (default:\n"
+           "                           open, like a scrape endpoint on a private network)\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
            "  --log-components SPEC    e.g. all,-redis\n"
            "  --help                   this text\n");
@@ -231,6 +233,13 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         if (strlen(val) != 64 || strspn(val, "0123456789abcdefABCDEF") != 64)
             return wp_err_set(err, WP_ECONFIG, "--vault-key wants 64 hex digits");
         snprintf(cfg->vault_key_hex, sizeof(cfg->vault_key_hex), "%s", val);
+        return 0;
+    }
+    if (!strcmp(name, "metrics-token")) {
+        if (!*val || strlen(val) > 256)
+            return wp_err_set(err, WP_ECONFIG, "--metrics-token wants 1-256 characters");
+        sched__sha256(val, strlen(val), cfg->metrics_token_sha256);
+        cfg->metrics_token_set = true;
         return 0;
     }
     if (num(val, &d, err, name) < 0)

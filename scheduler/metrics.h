@@ -6,6 +6,8 @@
 
 #include <stdint.h>
 
+#include "base/buf.h"
+
 enum sched_hist {
     SCHED_HIST_TTFT,             /* turn started (user input appended) -> first token appended */
     SCHED_HIST_SANDBOX_ATTACHED, /* claim started -> hands attached; label: tier */
@@ -37,5 +39,18 @@ void sched_metrics_free(struct sched_metrics *m);
 void sched_metrics_observe(struct sched_metrics *m, enum sched_hist h, const char *label,
                            double seconds);
 void sched_metrics_inc(struct sched_metrics *m, enum sched_counter c, const char *label);
+
+/* Append the registry in Prometheus text format 0.0.4 (HELP, TYPE, then
+ * one line per series: _bucket{le=...} cumulative, +Inf, _sum, _count).
+ * SCHED_HIST_RESTORE is not rendered here: it comes from the nodes (see
+ * metrics_pool.c). Returns 0, WP_ETOOBIG or -ENOMEM (out keeps what was
+ * appended). */
+int sched_metrics_render(const struct sched_metrics *m, struct wp_buf *out);
+/* Append s as a label value, escaped (backslash, double quote, newline). */
+int sched_metrics_label_value(struct wp_buf *out, const char *s);
+/* Metric name and help of a histogram (for callers that render data of the
+ * same layout from elsewhere, as the nodes' restore histograms). */
+const char *sched_metrics_hist_name(enum sched_hist h);
+const char *sched_metrics_hist_help(enum sched_hist h);
 
 #endif

@@ -72,6 +72,8 @@ static const struct sched_route routes[] = {
     R("GET", "/v1/sandboxes/:id", sbx_get, 0),
     R("POST", "/v1/sandboxes/:id/execute", sbx_execute, SCHED_R_BODY),
     R("DELETE", "/v1/sandboxes/:id", sbx_delete, 0),
+    /* Prometheus scrapes: no API key (--metrics-token may ask for one). */
+    R("GET", "/metrics", metrics, SCHED_R_NOAUTH),
 };
 #undef R
 

@@ -24,6 +24,7 @@
 #include "base/log.h"
 #include "base/timeutil.h"
 #include "pool/pool.h"
+#include "scheduler/metrics.h"
 #include "scheduler/sched_int.h"
 #include "snapshot/snapshot.h"
 
@@ -32,6 +33,7 @@ enum sbx_state { SBX_PROVISIONING, SBX_READY, SBX_FAILED };
 struct waiter {
     struct sched_req *req;
     json_t *call;       /* {"name", "input", "timeout_ms"} owned */
+    uint64_t t0;        /* queued (the wait for the attach is measured) */
     struct waiter *next;
 };
 
@@ -106,6 +108,9 @@ static void drop_local(struct sched_sbx *s)
 
 struct exec {
     struct sched_req *req;
+    struct sched_metrics *metrics;
+    uint64_t t0;
+    char tool[64];
 };
 
 static void exec_done(void *ctx, int status, const struct alink_result *res, const struct wp_err *err)
@@ -114,6 +119,7 @@ static void exec_done(void *ctx, int status, const struct alink_result *res, con
     struct sched_req *req = x->req;
     (void)err;
 
+    sched_metrics_observe(x->metrics, SCHED_HIST_TOOL, x->tool, (double)(wp_now_ns() - x->t0) / 1e9);
     free(x);
     if (!sched__req_release(req))
         return; /* the client went away meanwhile */
@@ -136,6 +142,10 @@ static void run_call(struct sched_sbx *s, struct sched_req *req, json_t *call)
         return;
     }
     x->req = req;
+    x->metrics = s->srv->metrics;
+    x->t0 = wp_now_ns();
+    snprintf(x->tool, sizeof(x->tool), "%s", json_string_value(json_object_get(call, "name")));
+    sched_metrics_inc(s->srv->metrics, SCHED_CTR_TOOL_CALLS, x->tool);
     sched__req_hold(req);
     if (alink_client_call(s->ac, json_string_value(json_object_get(call, "name")),
                           json_object_get(call, "input"), &o, exec_done, x, &err) < 0) {
@@ -151,8 +161,11 @@ static void flush_waiters(struct sched_sbx *s)
         struct waiter *w = s->waiters;
         s->waiters = w->next;
         if (sched__req_release(w->req)) {
-            if (s->st == SBX_READY)
+            if (s->st == SBX_READY) {
+                sched_metrics_observe(s->srv->metrics, SCHED_HIST_TOOL_WAIT, NULL,
+                                      (double)(wp_now_ns() - w->t0) / 1e9);
                 run_call(s, w->req, w->call);
+            }
             else
                 sched__respond_error(w->req, 502, "api_error", "sandbox_failed",
                                      "sandbox %s could not be provisioned: %s", s->id, s->error);
@@ -179,8 +192,12 @@ static void ready(struct sched_sbx *s)
 {
     s->st = SBX_READY;
     s->attached_ms = (double)(wp_now_ns() - s->t0) / 1e6;
-    if (s->attach)
+    if (s->attach) {
+        /* Only the process that claimed: another one merely reconnects. */
+        sched_metrics_observe(s->srv->metrics, SCHED_HIST_SANDBOX_ATTACHED, s->res.tier,
+                              s->attached_ms / 1e3);
         save(s);
+    }
     flush_waiters(s);
 }
 
@@ -270,6 +287,7 @@ static void claim_cb(void *ctx, int status, const struct pool_claim_result *res,
     }
     s->res = *res;
     s->claim_ms = res->ms;
+    sched_metrics_observe(s->srv->metrics, SCHED_HIST_CLAIM, res->tier, res->ms / 1e3);
     save(s);
     connect_link(s);
 }
@@ -449,6 +467,7 @@ static void got_record(void *ctx, redisReply *reply)
     struct waiter *w = calloc(1, sizeof(*w));
     w->req = req;
     w->call = json_incref(req->body);
+    w->t0 = wp_now_ns();
     sched__req_hold(req);
     s->waiters = w;
     connect_link(s);
@@ -508,6 +527,7 @@ void sched__h_sbx_execute(struct sched_req *req)
     }
     w->req = req;
     w->call = json_incref(b);
+    w->t0 = wp_now_ns();
     sched__req_hold(req);
     struct waiter **pp = &s->waiters;
     while (*pp)

@@ -7,6 +7,7 @@
 #ifndef SCHED_H
 #define SCHED_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -44,6 +45,8 @@ struct sched_config {
     int max_conns;           /* connections (streams included) beyond this get 503 */
     char vault_key_hex[65];  /* AES-256 key for vault secrets (hex); empty = derived */
     struct sched_model_config model; /* --model-*; the key from $ANTHROPIC_API_KEY only */
+    bool metrics_token_set;  /* GET /metrics wants Authorization: Bearer <token> */
+    unsigned char metrics_token_sha256[32]; /* only the hash of the token is kept */
 };
 
 /* Defaults (listen 127.0.0.1:8080, redis 127.0.0.1:6379, limits 60/600). */

@@ -92,6 +92,7 @@ struct sched_server {
     struct sched_hub *hubs;         /* sse.c: one live tail per streamed session */
     struct pool_client *pool;       /* sandboxes.c: claims for /v1/sandboxes */
     struct sched_sbx *sbxs;         /* sandboxes.c: sandboxes this process links to */
+    struct sched_metrics *metrics;  /* metrics.c: histograms and counters of this process */
     bool draining;
     uint64_t req_seq;
     uint64_t boot_id;
@@ -133,6 +134,9 @@ struct sched_req {
 /* Write a complete response (status, JSON body) and finish req. */
 void sched__respond_json(struct sched_req *req, int status, json_t *body /* steals */);
 void sched__respond_raw(struct sched_req *req, int status, const char *json, size_t len);
+/* The same with another content type (e.g. Prometheus text). */
+void sched__respond_body(struct sched_req *req, int status, const char *content_type,
+                         const char *body, size_t len);
 /* API error: {"type":"error","error":{"type","message",details?},"request_id"}.
  * error_code may be NULL. */
 void sched__respond_error(struct sched_req *req, int status, const char *type,
@@ -253,7 +257,8 @@ char *sched__unseal(const unsigned char key[32], const char *sealed, size_t *n);
     X(work_poll) X(work_ack) X(work_heartbeat) X(work_stop) X(work_list)    \
     X(work_get) X(work_update) X(work_stats) X(env_key_create)               \
     X(sres_add) X(sres_list) X(sres_get) X(sres_update) X(sres_delete)     \
-    X(sbx_create) X(sbx_get) X(sbx_execute) X(sbx_delete)
+    X(sbx_create) X(sbx_get) X(sbx_execute) X(sbx_delete)                  \
+    X(metrics)
 #define SCHED_HANDLER_DECL(name) void sched__h_##name(struct sched_req *req);
 SCHED_HANDLERS(SCHED_HANDLER_DECL)
 #undef SCHED_HANDLER_DECL
@@ -341,6 +346,11 @@ void sched__event_splice(struct wp_buf *b, const char *stream_id, const char *js
 struct sched_sbx;
 int sched__sbx_init(struct sched_server *srv, struct wp_err *err);
 void sched__sbx_shutdown(struct sched_server *srv);
+
+/* GET /metrics (metrics_pool.c): append the pool snapshot the scrape
+ * script returns (parsed JSON, borrowed) as Prometheus text. Returns 0,
+ * WP_EPROTO (not a snapshot), WP_ETOOBIG or -ENOMEM. */
+int sched__metrics_render_pool(json_t *snap, struct wp_buf *out);
 
 /* Rate limit (route.c). */
 extern const char sched__lua_ratelimit[];

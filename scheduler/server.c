@@ -23,6 +23,7 @@
 #include "base/log.h"
 #include "base/net.h"
 #include "base/timeutil.h"
+#include "scheduler/metrics.h"
 #include "scheduler/sched_int.h"
 
 #define CONN_OUT_MAX (64u << 20)
@@ -477,6 +478,12 @@ bool sched__req_release(struct sched_req *req)
 
 void sched__respond_raw(struct sched_req *req, int status, const char *json, size_t len)
 {
+    sched__respond_body(req, status, "application/json", json, len);
+}
+
+void sched__respond_body(struct sched_req *req, int status, const char *content_type,
+                         const char *json, size_t len)
+{
     struct sched_conn *c = req->conn;
     if (req->answered)
         return;
@@ -484,9 +491,9 @@ void sched__respond_raw(struct sched_req *req, int status, const char *json, siz
         char head[1024];
         bool ka = req->http->keep_alive && !req->srv->draining;
         int hl = snprintf(head, sizeof(head),
-                          "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                          "HTTP/1.1 %d %s\r\ncontent-type: %s\r\n"
                           "content-length: %zu\r\nrequest-id: %s\r\n%s%s\r\n",
-                          status, status_text(status), len, req->request_id,
+                          status, status_text(status), content_type, len, req->request_id,
                           ka ? "" : "connection: close\r\n", req->extra_headers);
         if (wp_buf_append(&c->out, head, (size_t)hl) < 0 ||
             wp_buf_append(&c->out, json, len) < 0) {
@@ -737,6 +744,11 @@ struct sched_server *sched_server_new(struct ev_loop *loop, const struct sched_c
         wp_err_set(err, -ENOMEM, "redis client");
         goto fail;
     }
+    srv->metrics = sched_metrics_new();
+    if (!srv->metrics) {
+        wp_err_set(err, -ENOMEM, "metrics registry");
+        goto fail;
+    }
     if (sched__sbx_init(srv, err) < 0)
         goto fail;
     ev_timer_init(&srv->accept_pause, accept_pause_cb, 0.1, 0.);
@@ -760,8 +772,10 @@ fail:
         close(fd);
     if (srv && srv->listen_fd >= 0)
         close(srv->listen_fd);
-    if (srv)
+    if (srv) {
         wp_redis_free(srv->rds);
+        sched_metrics_free(srv->metrics);
+    }
     free(srv);
     return NULL;
 }
@@ -779,5 +793,6 @@ void sched_server_free(struct sched_server *srv)
         sched__conn_close(srv->conns);
     srv->draining = true;
     sched_server_drain(srv);
+    sched_metrics_free(srv->metrics);
     free(srv);
 }

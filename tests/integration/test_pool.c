@@ -358,6 +358,63 @@ static void operator_tunes_the_pool_live(void **state)
     freeReplyObject(r);
 }
 
+/* The claim-tier knob: with tiers=warm,cold a claim is restored although
+ * hot clones are idle; with tiers=cold it is booted; bad lists change
+ * nothing. */
+static void claim_tiers_follow_the_policy(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(0);
+    struct claim_out o;
+    char bin[1024], out[4096];
+    (void)state;
+
+    node_bin(bin, sizeof(bin));
+    strcpy(strrchr(bin, '/') + 1, "warmpool");
+    node_start(&NODES[0], 2, 2);
+    assert_true(wait_hot(2, 30));
+    struct pool_client *c = client(loop);
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
+                                             " tiers=cold,warm", bin, R.port), 0);
+    assert_non_null(strstr(out, "tiers = warm,cold")); /* stored in canonical order */
+    claim_one(c, loop, "tiers-1", &o);
+    if (o.status != 0)
+        fail_msg("claim: %s", o.msg);
+    assert_string_equal(o.res.tier, "warm");
+    assert_int_equal(rint_cmd("LLEN wp:env:{" ENV "}:hot"), 2); /* left idle */
+    release_ok(c, loop, &o.res);
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV " tiers=cold",
+                           bin, R.port), 0);
+    claim_one(c, loop, "tiers-2", &o);
+    if (o.status != 0)
+        fail_msg("claim: %s", o.msg);
+    assert_string_equal(o.res.tier, "cold");
+    assert_int_equal(rint_cmd("LLEN wp:env:{" ENV "}:hot"), 2);
+    release_ok(c, loop, &o.res);
+    /* Bad lists: refused, the stored value stays. */
+    static const char *const bad[] = { "hot,warm", "", "cold,cold", "cold,", "tepid,cold" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
+                                                 " 'tiers=%s' 2>&1", bin, R.port, bad[i]), 2);
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
+                                             " --node node0 tiers=cold 2>&1", bin, R.port), 2);
+    redisReply *t = redisCommand(RC, "HGET wp:env:{" ENV "}:policy tiers");
+    assert_true(t && t->type == REDIS_REPLY_STRING);
+    assert_string_equal(t->str, "cold");
+    freeReplyObject(t);
+    /* Every tier again: the hot clones serve. */
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
+                                             " tiers=hot,warm,cold", bin, R.port), 0);
+    claim_one(c, loop, "tiers-3", &o);
+    assert_int_equal(o.status, 0);
+    assert_string_equal(o.res.tier, "hot");
+    release_ok(c, loop, &o.res);
+    pool_client_free(c);
+    ev_loop_destroy(loop);
+    node_stop(&NODES[0], SIGTERM);
+    redisReply *r = redisCommand(RC, "DEL wp:env:{" ENV "}:policy");
+    freeReplyObject(r);
+}
+
 static void fifty_claims_three_nodes_none_twice(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
@@ -805,6 +862,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(hot_then_warm_and_fenced_release),
         cmocka_unit_test(operator_tunes_the_pool_live),
+        cmocka_unit_test(claim_tiers_follow_the_policy),
         cmocka_unit_test(fifty_claims_three_nodes_none_twice),
         cmocka_unit_test(killed_node_leases_lost_and_rejoin),
         cmocka_unit_test(redis_restart_converges_without_double_assignment),

@@ -199,6 +199,94 @@ static void two_creates_never_share_and_release_destroys(void **state)
     json_decref(b);
 }
 
+/* GET /metrics with an optional bearer token; the body (malloc'ed) or
+ * NULL, status in *status. */
+static char *get_metrics(int port, const char *token, int *status)
+{
+    char req[512], *out = malloc(1 << 20);
+    int fd = th_connect(port);
+    assert_true(fd >= 0);
+    int n = snprintf(req, sizeof(req),
+                     "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n%s%s%s\r\n",
+                     token ? "authorization: Bearer " : "", token ? token : "", token ? "\r\n" : "");
+    assert_int_equal(th_send_all(fd, req, (size_t)n), 0);
+    int got = th_read_all(fd, out, (1 << 20) - 1, 5000);
+    close(fd);
+    assert_true(got > 12);
+    out[got] = '\0';
+    *status = atoi(out + 9);
+    return out;
+}
+
+static double metric(const char *text, const char *series)
+{
+    const char *p = strstr(text, series);
+    size_t l = strlen(series);
+    while (p && p[l] != ' ')
+        p = strstr(p + 1, series);
+    return p ? atof(p + l + 1) : -1;
+}
+
+/* First in the group: the claim below is this scheduler's only one. */
+static void metrics_show_the_claim_and_the_pool(void **state)
+{
+    struct th_sched C;
+    struct th_resp r;
+    char path[128];
+    int status;
+    (void)state;
+
+    assert_int_equal(th_sched_start(&C, R.port, "--metrics-token", "scrape-me", NULL), 0);
+    assert_int_equal(th_http(C.port, "POST", "/v1/sandboxes", KEY, "{\"environment\":\"py\"}", &r), 0);
+    assert_int_equal(r.status, 200);
+    json_t *sb = json_loads(r.body, 0, NULL);
+    th_resp_free(&r);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", json_string_value(json_object_get(sb, "id")));
+    assert_int_equal(th_http(C.port, "POST", path, KEY, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", &r), 0);
+    assert_int_equal(r.status, 200);
+    th_resp_free(&r);
+    /* No token, or a wrong one: refused. API keys are not metrics tokens. */
+    free(get_metrics(C.port, NULL, &status));
+    assert_int_equal(status, 401);
+    free(get_metrics(C.port, KEY, &status));
+    assert_int_equal(status, 401);
+    /* The node publishes its restore histograms with its heartbeat. */
+    char *m = NULL;
+    for (int i = 0; i < 100; i++) {
+        free(m);
+        m = get_metrics(C.port, "scrape-me", &status);
+        assert_int_equal(status, 200);
+        if (metric(m, "warmpool_restore_seconds_count{tier=\"hot\",node=\"n1\"}") >= 2)
+            break;
+        th_msleep(100);
+    }
+    assert_non_null(strstr(m, "content-type: text/plain; version=0.0.4"));
+    assert_true(metric(m, "warmpool_claim_seconds_count{tier=\"hot\"}") == 1);
+    assert_true(metric(m, "warmpool_claim_seconds_bucket{tier=\"hot\",le=\"+Inf\"}") == 1);
+    assert_true(metric(m, "warmpool_sandbox_attached_seconds_count{tier=\"hot\"}") == 1);
+    assert_true(metric(m, "warmpool_tool_calls_total{tool=\"bash\"}") == 1);
+    assert_true(metric(m, "warmpool_tool_seconds_count{tool=\"bash\"}") == 1);
+    assert_true(metric(m, "warmpool_node_up{node=\"n1\"}") == 1);
+    assert_true(metric(m, "warmpool_pool_sandboxes{env=\"py\",node=\"n1\",state=\"leased\"}") >= 1);
+    assert_true(metric(m, "warmpool_pool_hot{env=\"py\"}") >= 0);
+    assert_true(metric(m, "warmpool_pool_min_hot{env=\"py\",node=\"n1\"}") == 2);
+    assert_true(metric(m, "warmpool_pool_max_hot{env=\"py\",node=\"n1\"}") == 2);
+    assert_true(metric(m, "warmpool_pool_claims_total{env=\"py\",tier=\"hot\"}") >= 1);
+    assert_true(metric(m, "warmpool_pool_tier_enabled{env=\"py\",tier=\"hot\"}") == 1);
+    assert_true(metric(m, "warmpool_restore_seconds_count{tier=\"hot\",node=\"n1\"}") >= 2);
+    assert_true(metric(m, "warmpool_metrics_pool_scrape_ok") == 1);
+    free(m);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", json_string_value(json_object_get(sb, "id")));
+    json_decref(call(&C, "DELETE", path, NULL, 200));
+    json_decref(sb);
+    /* The other schedulers serve /metrics without a token. */
+    m = get_metrics(A.port, NULL, &status);
+    assert_int_equal(status, 200);
+    assert_non_null(strstr(m, "# TYPE warmpool_ttft_seconds histogram"));
+    free(m);
+    assert_int_equal(th_sched_stop(&C), 0);
+}
+
 static void bad_input_is_refused(void **state)
 {
     (void)state;
@@ -226,6 +314,7 @@ static void bad_input_is_refused(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(metrics_show_the_claim_and_the_pool),
         cmocka_unit_test(create_answers_at_once_and_execute_waits),
         cmocka_unit_test(two_creates_never_share_and_release_destroys),
         cmocka_unit_test(bad_input_is_refused),

@@ -1,0 +1,342 @@
+/* metrics_pool.c - GET /metrics: this process's registry (metrics.c) plus
+ * the pool as Redis holds it at scrape time: gauges per environment and
+ * node, claims by tier, and the nodes' restore histograms. One Lua script
+ * reads it all in one round trip and one consistent view; it spans the
+ * environments' hash slots, so it needs the single Redis the reaper needs
+ * too. No API key: monitoring scrapes it; --metrics-token makes it ask for
+ * `Authorization: Bearer <token>`. */
+#define WP_LOG_COMPONENT "metrics"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "base/hist.h"
+#include "base/log.h"
+#include "scheduler/metrics.h"
+#include "scheduler/sched_int.h"
+
+#define METRICS_MAX_BYTES (8u << 20)
+
+/* Returns JSON: {"nodes": {N: {"alive": 0|1, "fields": {node hash},
+ * "sbs": {E: {state: count}}}}, "envs": {E: {"hot": LLEN, "policy": {...},
+ * "stats": {...}, "nodes": [N...]}}}. Environments are those some node
+ * holds sandboxes of or publishes a target for. */
+static const char lua_scrape[] =
+    "local out, envs = {nodes = {}, envs = {}}, {}\n"
+    "for _, n in ipairs(redis.call('SMEMBERS', 'wp:nodes')) do\n"
+    "  local h, f = redis.call('HGETALL', 'wp:node:' .. n), {}\n"
+    "  for i = 1, #h, 2 do f[h[i]] = h[i + 1] end\n"
+    "  local node = {alive = redis.call('EXISTS', 'wp:node:' .. n .. ':alive'), fields = f, sbs = {}}\n"
+    "  for k, _ in pairs(f) do\n"
+    "    local e = string.match(k, '^target:(.+)$')\n"
+    "    if e then envs[e] = true end\n"
+    "  end\n"
+    "  for _, m in ipairs(redis.call('SMEMBERS', 'wp:node:' .. n .. ':sbs')) do\n"
+    "    local e, id = string.match(m, '^(%S+) (%S+)$')\n"
+    "    if e then\n"
+    "      envs[e] = true\n"
+    "      local st = redis.call('HGET', 'wp:env:{' .. e .. '}:sb:' .. id, 'state') or 'unknown'\n"
+    "      node.sbs[e] = node.sbs[e] or {}\n"
+    "      node.sbs[e][st] = (node.sbs[e][st] or 0) + 1\n"
+    "    end\n"
+    "  end\n"
+    "  out.nodes[n] = node\n"
+    "end\n"
+    "for e, _ in pairs(envs) do\n"
+    "  local p, s = redis.call('HGETALL', 'wp:env:{' .. e .. '}:policy'),\n"
+    "               redis.call('HGETALL', 'wp:env:{' .. e .. '}:stats')\n"
+    "  local env = {hot = redis.call('LLEN', 'wp:env:{' .. e .. '}:hot'), policy = {}, stats = {},\n"
+    "               nodes = redis.call('SMEMBERS', 'wp:env:{' .. e .. '}:nodes')}\n"
+    "  for i = 1, #p, 2 do env.policy[p[i]] = p[i + 1] end\n"
+    "  for i = 1, #s, 2 do env.stats[s[i]] = s[i + 1] end\n"
+    "  out.envs[e] = env\n"
+    "end\n"
+    "return cjson.encode(out)\n";
+
+/* ---- rendering the snapshot (pure; unit-tested) ---------------------------- */
+
+static int family(struct wp_buf *o, const char *name, const char *type, const char *help)
+{
+    return wp_buf_printf(o, "# HELP %s %s.\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* name{k1="v1",k2="v2"} value; k2 may be NULL. */
+static int sample(struct wp_buf *o, const char *name, const char *k1, const char *v1,
+                  const char *k2, const char *v2, double value)
+{
+    int rc = wp_buf_printf(o, "%s{%s=\"", name, k1);
+    rc = rc ? rc : sched_metrics_label_value(o, v1);
+    if (k2) {
+        rc = rc ? rc : wp_buf_printf(o, "\",%s=\"", k2);
+        rc = rc ? rc : sched_metrics_label_value(o, v2);
+    }
+    return rc ? rc : wp_buf_printf(o, "\"} %.17g\n", value);
+}
+
+static const char *str(json_t *obj, const char *key)
+{
+    return json_string_value(json_object_get(obj, key));
+}
+
+/* A policy value as a number: the node's own field wins ("min_hot:<node>"). */
+static bool policy_num(json_t *policy, const char *field, const char *node, double *out)
+{
+    char k[200];
+    const char *v = NULL;
+    if (node) {
+        snprintf(k, sizeof(k), "%s:%s", field, node);
+        v = str(policy, k);
+    }
+    if (!v)
+        v = str(policy, field);
+    if (!v)
+        return false;
+    char *end;
+    *out = strtod(v, &end);
+    return *end == '\0' && end != v;
+}
+
+/* Whether tier is in the policy's tiers list (absent: every tier). */
+static bool tier_on(json_t *policy, const char *tier)
+{
+    const char *t = str(policy, "tiers");
+    if (!t || !*t)
+        return true;
+    size_t tl = strlen(tier);
+    for (const char *p = t; *p;) {
+        size_t l = strcspn(p, ",");
+        if (l == tl && strncmp(p, tier, tl) == 0)
+            return true;
+        p += l + (p[l] == ',');
+    }
+    return false;
+}
+
+static const char *const TIERS[] = { "hot", "warm", "cold" };
+
+/* "<count> <sum> <b0> ... <bNB>" (per-bucket counts, last = +Inf), as
+ * the node publishes restore_hist:<tier>. Returns 0 or -1. */
+static int parse_hist(const char *s, uint64_t *count, double *sum, uint64_t b[WP_HIST_NB + 1])
+{
+    char *end;
+    *count = strtoull(s, &end, 10);
+    if (end == s)
+        return -1;
+    s = end;
+    *sum = strtod(s, &end);
+    if (end == s)
+        return -1;
+    s = end;
+    for (size_t i = 0; i <= WP_HIST_NB; i++) {
+        b[i] = strtoull(s, &end, 10);
+        if (end == s)
+            return -1;
+        s = end;
+    }
+    return 0;
+}
+
+static int render_restore(struct wp_buf *o, json_t *nodes)
+{
+    const char *name = sched_metrics_hist_name(SCHED_HIST_RESTORE), *node;
+    json_t *n;
+    int rc = family(o, name, "histogram", sched_metrics_hist_help(SCHED_HIST_RESTORE));
+    json_object_foreach(nodes, node, n) {
+        json_t *f = json_object_get(n, "fields");
+        const char *le = str(f, "hist_le");
+        if (json_integer_value(json_object_get(n, "alive")) != 1 || !le)
+            continue;
+        if (strcmp(le, WP_HIST_LE_TEXT) != 0) {
+            log_debug("node=%s publishes another bucket layout; its restores are skipped", node);
+            continue;
+        }
+        for (int t = 0; t < 3 && rc == 0; t++) {
+            char field[32];
+            uint64_t count, b[WP_HIST_NB + 1], cum = 0;
+            double sum;
+            snprintf(field, sizeof(field), "restore_hist:%s", TIERS[t]);
+            const char *v = str(f, field);
+            if (!v || parse_hist(v, &count, &sum, b) < 0)
+                continue;
+            for (size_t i = 0; i <= WP_HIST_NB && rc == 0; i++) {
+                char lev[32];
+                cum += b[i];
+                if (i < WP_HIST_NB)
+                    snprintf(lev, sizeof(lev), "%g", wp_hist_bound(i));
+                else
+                    snprintf(lev, sizeof(lev), "+Inf");
+                rc = wp_buf_printf(o, "%s_bucket{tier=\"%s\",node=\"", name, TIERS[t]);
+                rc = rc ? rc : sched_metrics_label_value(o, node);
+                rc = rc ? rc : wp_buf_printf(o, "\",le=\"%s\"} %llu\n", lev, (unsigned long long)cum);
+            }
+            rc = rc ? rc : sample(o, "warmpool_restore_seconds_sum", "tier", TIERS[t], "node", node, sum);
+            rc = rc ? rc : sample(o, "warmpool_restore_seconds_count", "tier", TIERS[t], "node", node,
+                                  (double)count);
+        }
+    }
+    return rc;
+}
+
+int sched__metrics_render_pool(json_t *snap, struct wp_buf *o)
+{
+    json_t *nodes = json_object_get(snap, "nodes"), *envs = json_object_get(snap, "envs"), *n, *e;
+    const char *node, *env;
+    int rc = 0;
+
+    if (!json_is_object(nodes) || !json_is_object(envs))
+        return WP_EPROTO; /* cjson turns an empty table into {} too, so both are objects */
+
+    rc = rc ? rc : family(o, "warmpool_node_up", "gauge", "1 while a node's heartbeat is alive");
+    json_object_foreach(nodes, node, n) {
+        double up = json_integer_value(json_object_get(n, "alive")) == 1;
+        rc = rc ? rc : wp_buf_printf(o, "warmpool_node_up{node=\"");
+        rc = rc ? rc : sched_metrics_label_value(o, node);
+        rc = rc ? rc : wp_buf_printf(o, "\"} %g\n", up);
+    }
+    rc = rc ? rc : family(o, "warmpool_pool_hot", "gauge",
+                          "Idle hot sandboxes an environment's claims can take now");
+    json_object_foreach(envs, env, e)
+        rc = rc ? rc : sample(o, "warmpool_pool_hot", "env", env, NULL, NULL,
+                              (double)json_integer_value(json_object_get(e, "hot")));
+    rc = rc ? rc : family(o, "warmpool_pool_sandboxes", "gauge",
+                          "Sandboxes a node holds, by environment and state (idle = hot, leased, "
+                          "lost, released)");
+    json_object_foreach(nodes, node, n) {
+        json_t *by_env = json_object_get(n, "sbs"), *states, *cnt;
+        const char *st;
+        json_object_foreach(by_env, env, states) {
+            json_object_foreach(states, st, cnt) {
+                rc = rc ? rc : wp_buf_printf(o, "warmpool_pool_sandboxes{env=\"");
+                rc = rc ? rc : sched_metrics_label_value(o, env);
+                rc = rc ? rc : wp_buf_printf(o, "\",node=\"");
+                rc = rc ? rc : sched_metrics_label_value(o, node);
+                rc = rc ? rc : wp_buf_printf(o, "\",state=\"");
+                rc = rc ? rc : sched_metrics_label_value(o, st);
+                rc = rc ? rc : wp_buf_printf(o, "\"} %lld\n", (long long)json_integer_value(cnt));
+            }
+        }
+    }
+    static const char *const pol[] = { "min_hot", "max_hot" };
+    for (int k = 0; k < 2; k++) {
+        char name[64];
+        snprintf(name, sizeof(name), "warmpool_pool_%s", pol[k]);
+        rc = rc ? rc : family(o, name, "gauge",
+                              k ? "Policy: most hot sandboxes a node keeps for an environment"
+                                : "Policy: fewest hot sandboxes a node keeps for an environment");
+        json_object_foreach(envs, env, e) {
+            json_t *p = json_object_get(e, "policy"), *nn;
+            size_t i;
+            json_array_foreach(json_object_get(e, "nodes"), i, nn) {
+                double v;
+                if (json_is_string(nn) && policy_num(p, pol[k], json_string_value(nn), &v))
+                    rc = rc ? rc : sample(o, name, "env", env, "node", json_string_value(nn), v);
+            }
+        }
+    }
+    rc = rc ? rc : family(o, "warmpool_pool_max_hot_total", "gauge",
+                          "Policy: cap on an environment's hot sandboxes over all nodes (0 = none)");
+    json_object_foreach(envs, env, e) {
+        double v = 0;
+        policy_num(json_object_get(e, "policy"), "max_hot_total", NULL, &v);
+        rc = rc ? rc : sample(o, "warmpool_pool_max_hot_total", "env", env, NULL, NULL, v);
+    }
+    rc = rc ? rc : family(o, "warmpool_pool_tier_enabled", "gauge",
+                          "Policy: 1 when claims of an environment may be served by a tier");
+    json_object_foreach(envs, env, e)
+        for (int t = 0; t < 3; t++)
+            rc = rc ? rc : sample(o, "warmpool_pool_tier_enabled", "env", env, "tier", TIERS[t],
+                                  tier_on(json_object_get(e, "policy"), TIERS[t]));
+    rc = rc ? rc : family(o, "warmpool_pool_target_hot", "gauge",
+                          "Hot sandboxes a node's autoscaler keeps for an environment now");
+    json_object_foreach(nodes, node, n) {
+        json_t *f = json_object_get(n, "fields"), *v;
+        const char *k;
+        json_object_foreach(f, k, v) {
+            if (strncmp(k, "target:", 7) == 0 && json_is_string(v))
+                rc = rc ? rc : sample(o, "warmpool_pool_target_hot", "env", k + 7, "node", node,
+                                      atof(json_string_value(v)));
+        }
+    }
+    rc = rc ? rc : family(o, "warmpool_pool_claims_total", "counter",
+                          "Claims of an environment served, by tier (all schedulers)");
+    json_object_foreach(envs, env, e)
+        for (int t = 0; t < 3; t++) {
+            char f[32];
+            snprintf(f, sizeof(f), "claims_%s", TIERS[t]);
+            const char *v = str(json_object_get(e, "stats"), f);
+            rc = rc ? rc : sample(o, "warmpool_pool_claims_total", "env", env, "tier", TIERS[t],
+                                  v ? atof(v) : 0);
+        }
+    rc = rc ? rc : render_restore(o, nodes);
+    /* ---- KSM memory (issue 9): the node will publish its KSM figures in
+     * its hash (wp:node:<N>); render them here per node and environment,
+     * e.g. warmpool_ksm_shared_bytes{node}, warmpool_sandbox_private_bytes
+     * {env,node}, from json_object_get(n, "fields"). Nothing published yet. */
+    return rc;
+}
+
+/* ---- the route ------------------------------------------------------------- */
+
+static void respond(struct sched_req *req, json_t *snap, bool redis_ok)
+{
+    struct wp_buf b;
+    wp_buf_init(&b, METRICS_MAX_BYTES);
+    int rc = sched_metrics_render(req->srv->metrics, &b);
+    if (rc == 0 && snap)
+        rc = sched__metrics_render_pool(snap, &b);
+    if (rc == 0)
+        rc = family(&b, "warmpool_metrics_pool_scrape_ok", "gauge",
+                    "1 when the pool gauges of this scrape were read from Redis");
+    if (rc == 0)
+        rc = wp_buf_printf(&b, "warmpool_metrics_pool_scrape_ok %d\n", redis_ok && snap && rc == 0);
+    if (rc < 0) {
+        wp_buf_free(&b);
+        sched__respond_error(req, 500, "api_error", NULL, "metrics: %s", wp_strerror(rc));
+        return;
+    }
+    sched__respond_body(req, 200, "text/plain; version=0.0.4; charset=utf-8", b.data ? b.data : "",
+                        b.len);
+    wp_buf_free(&b);
+}
+
+static void scrape_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    json_t *snap = NULL;
+    if (reply->type == REDIS_REPLY_STRING)
+        snap = json_loadb(reply->str, reply->len, 0, NULL);
+    else
+        log_warn("metrics: pool scrape failed: %s",
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+    respond(req, snap, snap != NULL);
+    json_decref(snap);
+}
+
+void sched__h_metrics(struct sched_req *req)
+{
+    const struct sched_config *cfg = &req->srv->cfg;
+    if (cfg->metrics_token_set) {
+        const char *authz = sched_http_header(req->http, "authorization");
+        unsigned char h[32];
+        bool ok = authz && strncasecmp(authz, "Bearer ", 7) == 0;
+        if (ok) {
+            sched__sha256(authz + 7, strlen(authz + 7), h);
+            ok = CRYPTO_memcmp(h, cfg->metrics_token_sha256, 32) == 0;
+        }
+        if (!ok) {
+            sched__respond_error(req, 401, "authentication_error", NULL,
+                                 "/metrics wants Authorization: Bearer <metrics token>");
+            return;
+        }
+    }
+    /* With Redis away this process's own metrics are still worth serving
+     * (scrape_ok says the pool part is missing). */
+    if (!wp_redis_ready(req->srv->rds)) {
+        respond(req, NULL, false);
+        return;
+    }
+    sched__req_script(req, lua_scrape, scrape_cb, 0, 0, NULL, NULL);
+}
