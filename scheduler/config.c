@@ -30,6 +30,11 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->drain_timeout = 10;
     cfg->max_conns = 10000;
     sched_model_config_defaults(&cfg->model);
+    cfg->brain = -1;
+    cfg->brain_lease_ms = 6000;
+    cfg->brain_linger_s = 300;
+    cfg->max_tokens = 8192;
+    cfg->max_model_rounds = 100;
 }
 
 int sched_config_add_key(struct sched_config *cfg, const char *spec, struct wp_err *err)
@@ -100,6 +105,12 @@ static void usage(void)
            "  --model-backoff-max SECS backoff cap (8)\n"
            "  --metrics-token TOKEN    GET /metrics wants Authorization: Bearer TOKEN (default:\n"
            "                           open, like a scrape endpoint on a private network)\n"
+           "  --brain on|off|auto      run sessions' agent loops (auto: when a model is configured)\n"
+           "  --brain-lease-ms MS      a session's brain lease (6000); another scheduler takes\n"
+           "                           the session over this long after its brain died\n"
+           "  --brain-linger SECS      an idle session keeps its brain and sandbox (300)\n"
+           "  --max-tokens N           max_tokens of model requests (8192)\n"
+           "  --max-model-rounds N     model requests in one turn (100)\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
            "  --log-components SPEC    e.g. all,-redis\n"
            "  --help                   this text\n");
@@ -242,6 +253,12 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->metrics_token_set = true;
         return 0;
     }
+    if (!strcmp(name, "brain")) {
+        if (strcmp(val, "on") && strcmp(val, "off") && strcmp(val, "auto"))
+            return wp_err_set(err, WP_ECONFIG, "--brain wants on, off or auto");
+        cfg->brain = !strcmp(val, "on") ? 1 : !strcmp(val, "off") ? 0 : -1;
+        return 0;
+    }
     if (num(val, &d, err, name) < 0)
         return WP_ECONFIG;
     if (!strcmp(name, "rate-create"))
@@ -270,6 +287,14 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->drain_timeout = d;
     else if (!strcmp(name, "max-conns"))
         cfg->max_conns = (int)d;
+    else if (!strcmp(name, "brain-lease-ms") && d >= 300 && d <= 600000)
+        cfg->brain_lease_ms = (int)d;
+    else if (!strcmp(name, "brain-linger"))
+        cfg->brain_linger_s = d;
+    else if (!strcmp(name, "max-tokens") && d >= 1 && d <= 1000000)
+        cfg->max_tokens = (int)d;
+    else if (!strcmp(name, "max-model-rounds") && d >= 1)
+        cfg->max_model_rounds = (int)d;
     else
         return wp_err_set(err, WP_ECONFIG, "unknown option --%s (see --help)", name);
     return 0;

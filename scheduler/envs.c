@@ -9,6 +9,7 @@
 #include "base/log.h"
 #include "base/timeutil.h"
 #include "scheduler/sched_int.h"
+#include "snapshot/snapshot.h"
 
 static const char *const create_fields[] = {"name", "config", "description", "metadata",
                                             "scope", NULL};
@@ -263,4 +264,14 @@ void sched__h_env_list(struct sched_req *req)
         return;
     }
     sched__obj_list(req, &sched__kind_env, req->org, arch, false, NULL, false);
+}
+
+int sched__env_pool_name(const char *env_id, char *out, size_t cap)
+{
+    /* API environment ids are valid pool environment names: the pool
+     * environment that serves env_X is named env_X. */
+    if (!env_id || !snap_name_valid(env_id) || strlen(env_id) >= cap)
+        return WP_EINVAL_INPUT;
+    snprintf(out, cap, "%s", env_id);
+    return 0;
 }

@@ -15,7 +15,7 @@
 #include "base/timeutil.h"
 #include "scheduler/sched_int.h"
 
-/* KEYS: session obj, stream. ARGV: org, a fresh work id, now (ms), now
+/* KEYS: session obj, stream, brain lease. ARGV: org, a fresh work id, now (ms), now
  * (RFC 3339), then (type, json) pairs.
  * Appends each event and the status events its arrival causes, updates
  * the session's live status; returns the stream ids of the client events
@@ -34,18 +34,22 @@ const char sched__lua_append[] =
     "  local t = ARGV[i]\n"
     "  table.insert(ids, redis.call('XADD', KEYS[2], '*', 't', t, 'e', ARGV[i + 1]))\n"
     "  if t ~= 'user.interrupt' then input = true end\n"
-    /* The status machine of events.md 15. The brain (a later issue) emits
-     * the running -> idle transitions of a finished turn; an interrupt is
-     * answered here so a session without a brain still returns to idle. */
+    /* The status machine of events.md 15. The brain (brain.c) emits the
+     * running -> idle transitions of a finished turn; an interrupt is
+     * answered here only when no brain holds the session (none runs, or
+     * none is configured), so a session without a brain returns to idle. */
     "  if (t == 'user.message' or t == 'user.define_outcome') and status == 'idle' then\n"
     "    status = 'running'\n"
     "    redis.call('XADD', KEYS[2], '*', 't', 'session.status_running', 'e', '{\"type\":\"session.status_running\"}')\n"
-    "  elseif t == 'user.interrupt' and (status == 'running' or status == 'rescheduling') then\n"
+    "  elseif t == 'user.interrupt' and (status == 'running' or status == 'rescheduling') and\n"
+    "         redis.call('EXISTS', KEYS[3]) == 0 then\n"
     "    status = 'idle'\n"
     "    redis.call('XADD', KEYS[2], '*', 't', 'session.status_idle', 'e', '{\"type\":\"session.status_idle\",\"stop_reason\":{\"type\":\"end_turn\"},\"stop_details\":null}')\n"
     "  end\n"
     "end\n"
     "redis.call('HSET', KEYS[1], 'status', status, 'live', '\"status\":\"' .. status .. '\"')\n"
+    /* The brain's sweep looks for sessions with input and no brain here. */
+    "if input then redis.call('ZADD', 'wp:brain:active', 'NX', 0, string.match(KEYS[1], '^wp:obj:(.*)$')) end\n"
     "if input and h[4] == '1' and h[6] then\n"
     "  local state = h[5] and redis.call('HGET', 'wp:obj:' .. h[5], 'state')\n"
     "  if not state or state == 'stopped' then\n"
@@ -199,10 +203,20 @@ static json_t *normalize(json_t *e)
 
 void sched__event_splice(struct wp_buf *b, const char *sid, const char *json, size_t len)
 {
+    sched__event_splice_id(b, sid, NULL, json, len);
+}
+
+void sched__event_splice_id(struct wp_buf *b, const char *sid, const char *xid, const char *json,
+                            size_t len)
+{
     char ts[40];
     uint64_t ms = strtoull(sid, NULL, 10);
     sched__rfc3339(ms, ts, sizeof(ts));
-    wp_buf_printf(b, "{\"id\":\"sevt_%s\",\"processed_at\":\"%s\"", sid, ts);
+    /* xid: checked by the brain that wrote it (sched__new_id), so no escaping */
+    if (xid && *xid && strspn(xid, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == strlen(xid))
+        wp_buf_printf(b, "{\"id\":\"%s\",\"processed_at\":\"%s\"", xid, ts);
+    else
+        wp_buf_printf(b, "{\"id\":\"sevt_%s\",\"processed_at\":\"%s\"", sid, ts);
     if (len > 2)
         wp_buf_append(b, ",", 1);
     if (len >= 1)
@@ -252,9 +266,9 @@ int sched__events_prepare(json_t *events, bool initial, int max, json_t **out,
 void sched__events_append(struct sched_req *req, const char *sid, json_t *prepared,
                           wp_redis_cb cb)
 {
-    char kobj[200], kev[200], wid[64], ms[32], now[40];
+    char kobj[200], kev[200], klease[200], wid[64], ms[32], now[40];
     size_t n = json_array_size(prepared), i;
-    const char **argv = calloc(6 + 2 * n, sizeof(*argv));
+    const char **argv = calloc(7 + 2 * n, sizeof(*argv));
     char **dumps = calloc(n + 1, sizeof(*dumps));
     if (!argv || !dumps) {
         free(argv);
@@ -268,22 +282,24 @@ void sched__events_append(struct sched_req *req, const char *sid, json_t *prepar
     sched__new_id("work_", wid, sizeof(wid));
     snprintf(ms, sizeof(ms), "%llu", (unsigned long long)t);
     sched__rfc3339(t, now, sizeof(now));
+    snprintf(klease, sizeof(klease), "wp:brain:{%s}", sid);
     argv[0] = kobj;
     argv[1] = kev;
-    argv[2] = req->org;
-    argv[3] = wid;
-    argv[4] = ms;
-    argv[5] = now;
+    argv[2] = klease;
+    argv[3] = req->org;
+    argv[4] = wid;
+    argv[5] = ms;
+    argv[6] = now;
     for (i = 0; i < n; i++) {
         json_t *e = json_array_get(prepared, i);
         dumps[i] = json_dumps(e, JSON_COMPACT | JSON_ENSURE_ASCII);
-        argv[6 + 2 * i] = json_string_value(json_object_get(e, "type"));
-        argv[7 + 2 * i] = dumps[i] ? dumps[i] : "{}";
+        argv[7 + 2 * i] = json_string_value(json_object_get(e, "type"));
+        argv[8 + 2 * i] = dumps[i] ? dumps[i] : "{}";
     }
-    if (6 + 2 * n > 250)
+    if (7 + 2 * n > 250)
         sched__respond_error(req, 400, "invalid_request_error", NULL, "too many events");
     else
-        sched__req_script(req, sched__lua_append, cb, 2, (int)(6 + 2 * n), argv, NULL);
+        sched__req_script(req, sched__lua_append, cb, 3, (int)(7 + 2 * n), argv, NULL);
     for (i = 0; i < n; i++)
         free(dumps[i]);
     free(dumps);
@@ -315,6 +331,8 @@ static void send_cb(void *ctx, redisReply *reply)
         free(s);
     }
     wp_buf_append(&b, "]}", 2);
+    /* Wake the session's brain before answering (req is gone after). */
+    sched__brain_kick(req->srv, req->params[0]);
     sched__respond_raw(req, 200, b.data, b.len);
     wp_buf_free(&b);
 }
@@ -342,7 +360,10 @@ void sched__h_events_send(struct sched_req *req)
 
 /* KEYS: obj, stream. ARGV: org, start, end, limit, order, types (comma
  * list or ''). Start/end are XRANGE bounds (exclusive '(' allowed).
- * Returns {more, id1, json1, ...}. */
+ * Entries may carry an explicit event id (field i, set by the brain for
+ * events announced before they were written); stream-only previews
+ * (event_start, event_delta) are never history.
+ * Returns {more, stream id1, explicit id1 or '', json1, ...}. */
 static const char lua_list[] =
     "if redis.call('HGET', KEYS[1], 'org') ~= ARGV[1] then return redis.error_reply('NOTFOUND') end\n"
     "local lo, hi, limit, asc, types = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] == 'asc', ARGV[6]\n"
@@ -356,10 +377,12 @@ static const char lua_list[] =
     "    local id, f = ent[1], ent[2]\n"
     "    scanned = scanned + 1\n"
     "    if asc then lo = '(' .. id else hi = '(' .. id end\n"
-    "    local t, e = f[2], f[4]\n"
-    "    if types == '' or string.find(',' .. types .. ',', ',' .. t .. ',', 1, true) then\n"
-    "      if #out >= 2 * limit then more = 1; break end\n"
-    "      table.insert(out, id); table.insert(out, e)\n"
+    "    local t, e, x = f[2], f[4], ''\n"
+    "    if f[5] == 'i' then x = f[6] end\n"
+    "    if t ~= 'event_start' and t ~= 'event_delta' and\n"
+    "       (types == '' or string.find(',' .. types .. ',', ',' .. t .. ',', 1, true)) then\n"
+    "      if #out >= 3 * limit then more = 1; break end\n"
+    "      table.insert(out, id); table.insert(out, x); table.insert(out, e)\n"
     "    end\n"
     "  end\n"
     "  if more == 1 or #batch < limit + 1 or scanned > 20000 then break end\n"
@@ -384,17 +407,18 @@ static void list_cb(void *ctx, redisReply *reply)
         return;
     }
     struct wp_buf b;
-    size_t n = (reply->elements - 1) / 2;
+    size_t n = (reply->elements - 1) / 3;
     wp_buf_init(&b, (size_t)1 << 30);
     wp_buf_append(&b, "{\"data\":[", 9);
     for (size_t i = 0; i < n; i++) {
-        redisReply *id = reply->element[1 + 2 * i], *js = reply->element[2 + 2 * i];
+        redisReply *id = reply->element[1 + 3 * i], *x = reply->element[2 + 3 * i],
+                   *js = reply->element[3 + 3 * i];
         if (i)
             wp_buf_append(&b, ",", 1);
-        sched__event_splice(&b, id->str, js->str, js->len);
+        sched__event_splice_id(&b, id->str, x->str, js->str, js->len);
     }
     if (reply->element[0]->integer == 1 && n > 0)
-        wp_buf_printf(&b, "],\"next_page\":\"page_%s\"}", reply->element[1 + 2 * (n - 1)]->str);
+        wp_buf_printf(&b, "],\"next_page\":\"page_%s\"}", reply->element[1 + 3 * (n - 1)]->str);
     else
         wp_buf_append(&b, "],\"next_page\":null}", 19);
     sched__respond_raw(req, 200, b.data, b.len);

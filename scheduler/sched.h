@@ -47,6 +47,13 @@ struct sched_config {
     struct sched_model_config model; /* --model-*; the key from $ANTHROPIC_API_KEY only */
     bool metrics_token_set;  /* GET /metrics wants Authorization: Bearer <token> */
     unsigned char metrics_token_sha256[32]; /* only the hash of the token is kept */
+    /* the brain (brain.c) */
+    int brain;               /* 1 on, 0 off, -1 auto: on when a model is configured
+                              * (--model-url given or ANTHROPIC_API_KEY set) */
+    int brain_lease_ms;      /* a session's brain lease; renewed every third */
+    double brain_linger_s;   /* an idle session keeps its brain and sandbox this long */
+    int max_tokens;          /* max_tokens of each model request */
+    int max_model_rounds;    /* model requests in one turn before it is stopped */
 };
 
 /* Defaults (listen 127.0.0.1:8080, redis 127.0.0.1:6379, limits 60/600). */

@@ -92,7 +92,8 @@ struct sched_server {
     struct sched_hub *hubs;         /* sse.c: one live tail per streamed session */
     struct pool_client *pool;       /* sandboxes.c: claims for /v1/sandboxes */
     struct sched_sbx *sbxs;         /* sandboxes.c: sandboxes this process links to */
-    struct sched_metrics *metrics;  /* metrics.c: histograms and counters of this process */
+    struct sched_brains *brains;    /* brain.c: sessions whose loop this process runs */
+    struct sched_metrics *metrics;  /* metrics.c */
     bool draining;
     uint64_t req_seq;
     uint64_t boot_id;
@@ -338,12 +339,29 @@ void sched__events_append(struct sched_req *req, const char *sid, json_t *prepar
                           wp_redis_cb cb);
 /* Write one event as served: stored json + id + processed_at from the
  * stream id. */
+/* Same, with an explicit event id (the entry's i field) when non-empty. */
+void sched__event_splice_id(struct wp_buf *b, const char *stream_id, const char *xid,
+                            const char *json, size_t len);
 void sched__event_splice(struct wp_buf *b, const char *stream_id, const char *json,
                          size_t len);
 
 /* /v1/sandboxes (sandboxes.c): the pool client and the links this
  * process holds. */
 struct sched_sbx;
+/* ---- the brain (brain.c) ---- */
+/* Start the brain if configured (srv->cfg.brain). */
+int sched__brain_init(struct sched_server *srv, struct wp_err *err);
+/* Before srv->rds goes: brains stop (their leases expire, so other
+ * schedulers take their sessions over). */
+void sched__brain_shutdown(struct sched_server *srv);
+/* After srv->rds is gone (its callbacks have run). */
+void sched__brain_free(struct sched_server *srv);
+/* Client input was appended to session sid: run its loop here, or wake
+ * the scheduler that does. */
+void sched__brain_kick(struct sched_server *srv, const char *sid);
+/* The pool environment that serves API environment env_id. */
+int sched__env_pool_name(const char *env_id, char *out, size_t cap);
+
 int sched__sbx_init(struct sched_server *srv, struct wp_err *err);
 void sched__sbx_shutdown(struct sched_server *srv);
 

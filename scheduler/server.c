@@ -695,12 +695,14 @@ void sched_server_drain(struct sched_server *srv)
     ev_timer_stop(loop, &srv->drain_timer);
     ev_signal_stop(loop, &srv->sigterm);
     ev_signal_stop(loop, &srv->sigint);
+    sched__brain_shutdown(srv);
     sched__sbx_shutdown(srv);
     if (srv->rds) {
         struct wp_redis *r = srv->rds;
         srv->rds = NULL;
         wp_redis_free(r);
     }
+    sched__brain_free(srv);
     /* The prepare watcher stays until the close list is empty: free now. */
     prepare_cb(loop, &srv->prepare, 0);
     ev_prepare_stop(loop, &srv->prepare);
@@ -749,7 +751,7 @@ struct sched_server *sched_server_new(struct ev_loop *loop, const struct sched_c
         wp_err_set(err, -ENOMEM, "metrics registry");
         goto fail;
     }
-    if (sched__sbx_init(srv, err) < 0)
+    if (sched__sbx_init(srv, err) < 0 || sched__brain_init(srv, err) < 0)
         goto fail;
     ev_timer_init(&srv->accept_pause, accept_pause_cb, 0.1, 0.);
     srv->accept_pause.data = srv;

@@ -174,6 +174,7 @@ static void initial_done(void *ctx, redisReply *reply)
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0) {
         redisReply *st = reply->element[reply->elements - 1];
         json_object_set_new(s, "status", json_string(st->str));
+        sched__brain_kick(req->srv, json_string_value(json_object_get(s, "id")));
     }
     sched__respond_json(req, 200, s);
 }

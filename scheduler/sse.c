@@ -54,6 +54,7 @@ struct sched_sse {
     char key[200];
     char last_id[64];          /* last event written to this client */
     bool catching;             /* a catch-up XREAD is in flight */
+    bool deltas_msg, deltas_thinking; /* event_deltas[] asked for these previews */
     bool in_cb;
     bool closed;
     bool paused;
@@ -211,20 +212,35 @@ static bool deliver(struct sched_sse *s, redisReply *entries)
         if (id_cmp(id, s->last_id) <= 0)
             continue;
         redisReply *f = ent->element[1];
-        const char *type = "message", *json = "{}";
+        const char *type = "message", *json = "{}", *xid = NULL, *dof = "";
         size_t jl = 2;
         for (size_t k = 0; k + 1 < f->elements; k += 2) {
-            if (!strcmp(f->element[k]->str, "t")) {
+            const char *n = f->element[k]->str;
+            if (!strcmp(n, "t")) {
                 type = f->element[k + 1]->str;
-            } else if (!strcmp(f->element[k]->str, "e")) {
+            } else if (!strcmp(n, "e")) {
                 json = f->element[k + 1]->str;
                 jl = f->element[k + 1]->len;
+            } else if (!strcmp(n, "i")) {
+                xid = f->element[k + 1]->str;
+            } else if (!strcmp(n, "d")) {
+                dof = f->element[k + 1]->str;
             }
+        }
+        bool preview = !strcmp(type, "event_start") || !strcmp(type, "event_delta");
+        if (preview && !((s->deltas_msg && !strcmp(dof, "agent.message")) ||
+                         (s->deltas_thinking && !strcmp(dof, "agent.thinking")))) {
+            set_id(s->last_id, sizeof(s->last_id), id); /* not asked for: skipped */
+            continue;
         }
         struct wp_buf b;
         wp_buf_init(&b, jl + 4096);
+        /* id: the resume cursor (Last-Event-ID), always the stream id */
         wp_buf_printf(&b, "event: %s\nid: sevt_%s\ndata: ", type, id);
-        sched__event_splice(&b, id, json, jl);
+        if (preview) /* previews carry no id or processed_at (events.md 10) */
+            wp_buf_append(&b, json, jl);
+        else
+            sched__event_splice_id(&b, id, xid, json, jl);
         wp_buf_append(&b, "\n\n", 2);
         int rc = sched__conn_write(s->conn, b.data, b.len);
         wp_buf_free(&b);
@@ -428,6 +444,8 @@ static void open_cb(void *ctx, redisReply *reply)
         return;
     }
     s->srv = srv;
+    s->deltas_msg = req->step & 1;
+    s->deltas_thinking = (req->step & 2) != 0;
     sched__key_events(s->key, sizeof(s->key), req->params[0]);
     set_id(s->last_id, sizeof(s->last_id),
            req->scratch[0] ? req->scratch : (reply->str ? reply->str : "0-0"));
@@ -449,11 +467,13 @@ void sched__h_events_stream(struct sched_req *req)
     char kobj[200], kev[200];
     const char *deltas[4];
     int nd = sched__query_all(req, "event_deltas", deltas, 4);
+    req->step = 0;
     for (int i = 0; i < nd; i++) {
         if (strcmp(deltas[i], "agent.message") && strcmp(deltas[i], "agent.thinking")) {
             sched__bad_request(req, "event_deltas accepts agent.message and agent.thinking");
             return;
         }
+        req->step |= !strcmp(deltas[i], "agent.message") ? 1 : 2;
     }
     /* Resume point: the standard SSE header (the SDK never sends it, but
      * any SSE client does), or ?after=<event id>. */

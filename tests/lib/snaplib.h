@@ -39,4 +39,14 @@ int th_hostname_of(pid_t pid, char *out, size_t cap);
 /* Sleep ms milliseconds. */
 void th_msleep(int ms);
 
+/* A pool environment whose sandboxes run the hands as PID 1: copies
+ * build/warmpool-hands into dir/wp (bound read-only at /.wp) and writes the
+ * template JSON for `name` (hostname may be NULL) to path. Returns 0/-1. */
+int th_hands_template(const char *dir, const char *name, const char *hostname, char *path,
+                      size_t cap);
+/* Start build/warmpool-node --id id against Redis on port serving
+ * env_spec ("TEMPLATE:MIN:MAX"), state in dir/state-<id>, output in
+ * dir/node-<id>.log. Returns its pid or -1. */
+pid_t th_node_spawn(const char *dir, const char *id, int redis_port, const char *env_spec);
+
 #endif

@@ -1,0 +1,1710 @@
+/* brain.c - the harness loop: turns a session's log into model requests
+ * and tool calls, and their results back into events.
+ *
+ * The brain is a function of the log. Whatever a brain knows about a
+ * session it read from the session's stream (wp:events:{sid}) or wrote
+ * there itself; derive() recomputes what is pending from those events
+ * alone, and step() starts whatever is missing: a model request, tool
+ * calls, the sandbox, a status event. A scheduler that takes a session over
+ * runs the same code on the same log, so there is one path, not two.
+ *
+ * One brain per session in the whole cluster: the brain lease
+ * wp:brain:{sid} holds a fencing token (from INCR wp:brain:fence), and
+ * every event the brain appends goes through a script that checks the
+ * token first; a brain that lost its lease cannot write. Leases are renewed
+ * every third of their TTL. Who runs a session:
+ *   - the scheduler that appended client input kicks the session: it takes
+ *     the lease when free, else publishes wp:brain:wake <sid> so the holder
+ *     reads the new input;
+ *   - every scheduler sweeps wp:brain:active (sessions with work to do)
+ *     once a second and takes over those whose lease has expired.
+ *
+ * On the critical path of a turn the model request and the sandbox claim
+ * start in the same loop iteration; text deltas are appended as
+ * event_start/event_delta entries (stream-only previews, filtered out of
+ * the history) at the end of the loop iteration in which they arrived.
+ */
+#define WP_LOG_COMPONENT "brain"
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agentlink/agentlink.h"
+#include "base/log.h"
+#include "base/timeutil.h"
+#include "pool/pool.h"
+#include "scheduler/metrics.h"
+#include "scheduler/model.h"
+#include "scheduler/sched_int.h"
+
+#define BRAIN_ACTIVE_KEY "wp:brain:active"
+#define BRAIN_WAKE_CHANNEL "wp:brain:wake"
+#define BRAIN_MAX_PARTIAL_RETRIES 2
+#define BRAIN_MAX_LOG 200000 /* events read into memory for one session */
+
+enum sbx_state { SBX_NONE, SBX_CLAIMING, SBX_LINKING, SBX_READY, SBX_FAILED };
+
+struct brain;
+
+/* A built-in tool call this brain runs. */
+struct btool {
+    struct brain *b;
+    char use_id[64];
+    char name[32];
+    json_t *input;      /* owned */
+    uint64_t t0;        /* when the call was due */
+    int64_t call_id;    /* on the link; 0 while waiting for the sandbox */
+    bool waited;
+    struct btool *next;
+};
+
+/* A content block of the model's reply being streamed. */
+struct block {
+    int kind;           /* 0 text, 1 tool_use, 2 thinking, 3 other */
+    char ev_id[64];     /* explicit id of the event it becomes */
+    char tool_name[128];
+    struct wp_buf buf;  /* text or tool input JSON */
+};
+
+struct brain {
+    struct sched_brains *bs;
+    struct sched_server *srv;
+    char sid[64], org[64], env_id[64], pool_env[64];
+    char key_obj[200], key_ev[200], key_lease[200];
+    char token[32];          /* the brain lease's fencing token */
+    bool loaded;             /* session read, log read */
+    bool self_hosted;
+    bool stopped;            /* lost the lease or the session is gone: no more writes */
+    json_t *agent;           /* the session's agent snapshot (owned) */
+    json_t *log;             /* array of event objects, each with "type" and "id" */
+    char last_pos[64];       /* stream id read up to */
+    bool reading, reread;
+    int refs;                /* Redis replies and pool callbacks still to come */
+    bool in_step, step_again;
+
+    /* the model call in flight */
+    struct sched_model_call *call;
+    char span_id[64];
+    uint64_t call_t0;
+    bool call_first_token;
+    struct block blocks[16];
+    int nblocks;
+    json_t *usage;           /* model_usage being accumulated (owned) */
+    char stop_reason[32];
+    int partial_failures;
+    struct wp_buf delta;     /* text deltas not yet appended */
+    char delta_ev[64];
+    bool delta_dirty;
+    int model_rounds;        /* requests in this turn */
+
+    /* the turn */
+    uint64_t turn_t0;        /* input seen (monotonic ns) */
+    bool turn_first_token;
+
+    /* the sandbox */
+    enum sbx_state sbx;
+    struct pool_claim_result claim;
+    struct alink_client *ac;
+    uint64_t claim_t0;
+    char sbx_error[200];
+    struct btool *tools;
+
+    ev_timer renew;
+    ev_timer linger;
+    struct brain *next, *dnext;
+};
+
+struct sched_brains {
+    struct sched_server *srv;
+    struct sched_model *model;
+    struct wp_redis *sub;    /* wake subscription */
+    struct brain *list;
+    struct brain *dirty;     /* brains with deltas to flush before the loop sleeps */
+    ev_prepare flush;
+    ev_timer sweep;
+    bool sweeping;
+};
+
+static void step(struct brain *b);
+static void read_new(struct brain *b);
+static void brain_free(struct brain *b);
+
+/* ---- scripts ------------------------------------------------------------ */
+
+/* KEYS: lease. ARGV: ttl ms. Returns a fresh token, or 0 when held. */
+static const char lua_acquire[] =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
+    "local t = redis.call('INCR', 'wp:brain:fence')\n"
+    "redis.call('SET', KEYS[1], t, 'PX', ARGV[1])\n"
+    "return t\n";
+
+/* KEYS: lease. ARGV: token, ttl ms (0 = release). 1 if still ours. */
+static const char lua_renew[] =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+    "if ARGV[2] == '0' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end\n"
+    "return 1\n";
+
+/* KEYS: session obj, stream, lease. ARGV: token, status ('' = unchanged),
+ * sid, then (type, explicit id, delta-of type, json) quads. The fenced
+ * append: nothing is written unless the lease is still this token's. A
+ * status idle also takes the session out of the active set. */
+static const char lua_emit[] =
+    "if redis.call('GET', KEYS[3]) ~= ARGV[1] then return redis.error_reply('STALE') end\n"
+    "if not redis.call('HGET', KEYS[1], 'org') then return redis.error_reply('GONE') end\n"
+    "local ids = {}\n"
+    "for i = 4, #ARGV, 4 do\n"
+    "  local f = {'t', ARGV[i], 'e', ARGV[i + 3]}\n"
+    "  if ARGV[i + 1] ~= '' then f[5] = 'i'; f[6] = ARGV[i + 1] end\n"
+    "  if ARGV[i + 2] ~= '' then f[#f + 1] = 'd'; f[#f + 1] = ARGV[i + 2] end\n"
+    "  table.insert(ids, redis.call('XADD', KEYS[2], '*', unpack(f)))\n"
+    "end\n"
+    "local st = ARGV[2]\n"
+    "if st ~= '' then\n"
+    "  redis.call('HSET', KEYS[1], 'status', st, 'live', '\"status\":\"' .. st .. '\"')\n"
+    "  if st == 'idle' then redis.call('ZREM', 'wp:brain:active', ARGV[3])\n"
+    "  else redis.call('ZADD', 'wp:brain:active', 'NX', 0, ARGV[3]) end\n"
+    "end\n"
+    "return ids\n";
+
+/* ARGV: max. Sessions in the active set whose brain lease is gone. */
+static const char lua_orphans[] =
+    "local out = {}\n"
+    "for _, s in ipairs(redis.call('ZRANGE', 'wp:brain:active', 0, 999)) do\n"
+    "  if redis.call('EXISTS', 'wp:brain:{' .. s .. '}') == 0 then\n"
+    "    if redis.call('EXISTS', 'wp:obj:' .. s) == 0 then redis.call('ZREM', 'wp:brain:active', s)\n"
+    "    else table.insert(out, s) end\n"
+    "    if #out >= tonumber(ARGV[1]) then break end\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+static void ignore_cb(void *ctx, redisReply *reply)
+{
+    (void)ctx;
+    (void)reply;
+}
+
+/* ---- bookkeeping -------------------------------------------------------- */
+
+static struct brain *find(struct sched_brains *bs, const char *sid)
+{
+    for (struct brain *b = bs->list; b; b = b->next)
+        if (strcmp(b->sid, sid) == 0)
+            return b;
+    return NULL;
+}
+
+static double since_s(uint64_t t0)
+{
+    return (double)(wp_now_ns() - t0) / 1e9;
+}
+
+static struct sched_metrics *metrics(struct brain *b)
+{
+    return b->srv->metrics;
+}
+
+/* The brain stops writing: its lease is gone or the session is. In-flight
+ * work is cancelled; maybe_free() frees it once nothing refers to it. */
+static void brain_stop(struct brain *b, const char *why)
+{
+    if (b->stopped)
+        return;
+    b->stopped = true;
+    log_info("session=%s brain stops: %s", b->sid, why);
+    if (b->call) {
+        sched_model_cancel(b->call);
+        b->call = NULL;
+    }
+    ev_timer_stop(b->srv->loop, &b->renew);
+    ev_timer_stop(b->srv->loop, &b->linger);
+}
+
+/* Free a stopped brain once no callback can reach it any more. Called at
+ * the end of every entry point (callbacks, timers); never deeper. */
+static void maybe_free(struct brain *b)
+{
+    if (b->stopped && b->refs == 0 && !b->reading && !b->in_step)
+        brain_free(b);
+}
+
+/* ---- appending events ------------------------------------------------- */
+
+static void emit_cb(void *ctx, redisReply *reply)
+{
+    struct brain *b = ctx;
+    b->refs--;
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        const char *e = reply ? reply->str : "redis disconnected";
+        if (!b->stopped)
+            brain_stop(b, strstr(e, "GONE") ? "session deleted" : strstr(e, "STALE") ? "lease lost" : e);
+    }
+    maybe_free(b);
+}
+
+/* Append one event (fenced) and add it to the in-memory log at once, so
+ * derive() sees it before Redis answers. ev is stolen; id may be "" (the
+ * stream id becomes the event id). status: "" or the session's new status. */
+static void emit_full(struct brain *b, json_t *ev, const char *id, const char *delta_of,
+                      const char *status)
+{
+    if (b->stopped) {
+        json_decref(ev);
+        return;
+    }
+    const char *type = json_string_value(json_object_get(ev, "type"));
+    char *js = json_dumps(ev, JSON_COMPACT | JSON_ENSURE_ASCII);
+    const char *argv[] = { b->key_obj, b->key_ev, b->key_lease, b->token, status, b->sid,
+                           type, id, delta_of, js ? js : "{}" };
+    int rc = wp_redis_script(b->srv->rds, lua_emit, emit_cb, b, 3, 10, argv, NULL);
+    if (strcmp(type, "event_start") && strcmp(type, "event_delta")) {
+        if (id[0])
+            json_object_set_new(ev, "id", json_string(id));
+        json_array_append(b->log, ev);
+    }
+    json_decref(ev); /* type points into ev: used above only */
+    free(js);
+    if (rc == 0)
+        b->refs++;
+    else
+        brain_stop(b, "redis not connected");
+}
+
+static void emit(struct brain *b, json_t *ev, const char *id)
+{
+    emit_full(b, ev, id ? id : "", "", "");
+}
+
+static void new_event_id(char *out, size_t cap)
+{
+    sched__new_id("sevt_", out, cap);
+}
+
+/* Deltas that arrived in this loop iteration go out as one event_delta,
+ * before the loop sleeps (ev_prepare). */
+static void flush_delta(struct brain *b)
+{
+    if (!b->delta_dirty || b->delta.len == 0 || b->stopped)
+        return;
+    b->delta_dirty = false;
+    json_t *d = json_pack("{s:s, s:s, s:{s:s, s:i, s:{s:s, s:s%}}}", "type", "event_delta",
+                          "event_id", b->delta_ev, "delta", "type", "content_delta", "index", 0,
+                          "content", "type", "text", "text", b->delta.data, b->delta.len);
+    b->delta.len = 0;
+    if (!d)
+        return;
+    if (!b->turn_first_token) {
+        b->turn_first_token = true;
+        sched_metrics_observe(metrics(b), SCHED_HIST_TTFT, NULL, since_s(b->turn_t0));
+    }
+    emit_full(b, d, "", "agent.message", "");
+}
+
+static void flush_all_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sched_brains *bs = w->data;
+    while (bs->dirty) {
+        struct brain *b = bs->dirty;
+        bs->dirty = b->dnext;
+        b->dnext = NULL;
+        flush_delta(b);
+    }
+}
+
+static void mark_dirty(struct brain *b)
+{
+    if (b->delta_dirty)
+        return;
+    b->delta_dirty = true;
+    b->dnext = b->bs->dirty;
+    b->bs->dirty = b;
+}
+
+static void set_status(struct brain *b, const char *status, json_t *ev)
+{
+    emit_full(b, ev, "", "", status);
+}
+
+/* ---- deriving what is pending from the log ----------------------------- */
+
+struct pend {
+    char id[64];
+    int kind;         /* 0 built-in (we run it), 1 external (client/worker answers) */
+};
+
+struct dstate {
+    bool turn_active;     /* input arrived after the last end of turn */
+    bool awaiting_model;  /* a model request must run */
+    bool model_open;      /* span start without end in the log */
+    char open_span[64];
+    bool interrupted;     /* an interrupt not yet answered by an idle */
+    bool idle_for_pending;/* a requires_action idle lists the current externals */
+    bool running;         /* last status event was running */
+    bool last_stop_tool_use;
+    int npend;
+    struct pend pend[64];
+};
+
+static int pend_find(struct dstate *d, const char *id)
+{
+    for (int i = 0; i < d->npend; i++)
+        if (strcmp(d->pend[i].id, id) == 0)
+            return i;
+    return -1;
+}
+
+static void pend_del(struct dstate *d, const char *id)
+{
+    int i = pend_find(d, id);
+    if (i < 0)
+        return;
+    d->pend[i] = d->pend[--d->npend];
+    d->idle_for_pending = false;
+    if (d->npend == 0)
+        d->awaiting_model = true;
+}
+
+static const char *policy_for(json_t *agent, const char *tool)
+{
+    size_t i, j;
+    json_t *t, *c;
+    json_array_foreach(json_object_get(agent, "tools"), i, t) {
+        if (strcmp(json_string_value(json_object_get(t, "type")) ?: "", "agent_toolset_20260401"))
+            continue;
+        const char *pol = json_string_value(json_object_get(
+            json_object_get(json_object_get(t, "default_config"), "permission_policy"), "type"));
+        json_array_foreach(json_object_get(t, "configs"), j, c) {
+            if (!strcmp(json_string_value(json_object_get(c, "name")) ?: "", tool)) {
+                const char *p = json_string_value(
+                    json_object_get(json_object_get(c, "permission_policy"), "type"));
+                if (p)
+                    pol = p;
+            }
+        }
+        return pol ? pol : "always_allow";
+    }
+    return "always_allow";
+}
+
+static void derive(struct brain *b, struct dstate *d)
+{
+    size_t i;
+    json_t *e;
+    memset(d, 0, sizeof(*d));
+    json_array_foreach(b->log, i, e) {
+        const char *t = json_string_value(json_object_get(e, "type")) ?: "";
+        const char *id = json_string_value(json_object_get(e, "id")) ?: "";
+        if (!strcmp(t, "user.message") || !strcmp(t, "user.define_outcome") ||
+            !strcmp(t, "system.message")) {
+            d->turn_active = d->awaiting_model = true;
+            for (int k = d->npend - 1; k >= 0; k--) /* a new message drops unanswered externals */
+                if (d->pend[k].kind == 1)
+                    d->pend[k] = d->pend[--d->npend];
+        } else if (!strcmp(t, "user.interrupt")) {
+            if (d->turn_active)
+                d->interrupted = true;
+        } else if (!strcmp(t, "span.model_request_start")) {
+            d->model_open = true;
+            snprintf(d->open_span, sizeof(d->open_span), "%s", id);
+        } else if (!strcmp(t, "span.model_request_end")) {
+            d->model_open = false;
+            if (!json_is_true(json_object_get(e, "is_error")))
+                d->awaiting_model = false;
+        } else if (!strcmp(t, "agent.tool_use") || !strcmp(t, "agent.custom_tool_use")) {
+            if (d->npend < 64) {
+                struct pend *p = &d->pend[d->npend++];
+                snprintf(p->id, sizeof(p->id), "%s", id);
+                const char *perm = json_string_value(json_object_get(e, "evaluated_permission"));
+                p->kind = (!strcmp(t, "agent.custom_tool_use") || b->self_hosted ||
+                           (perm && !strcmp(perm, "ask")))
+                              ? 1
+                              : 0;
+                d->idle_for_pending = false;
+            }
+        } else if (!strcmp(t, "agent.tool_result") || !strcmp(t, "user.tool_result")) {
+            pend_del(d, json_string_value(json_object_get(e, "tool_use_id")) ?: "");
+        } else if (!strcmp(t, "user.custom_tool_result")) {
+            pend_del(d, json_string_value(json_object_get(e, "custom_tool_use_id")) ?: "");
+        } else if (!strcmp(t, "user.tool_confirmation")) {
+            const char *tu = json_string_value(json_object_get(e, "tool_use_id")) ?: "";
+            int k = pend_find(d, tu);
+            if (k >= 0) {
+                if (!strcmp(json_string_value(json_object_get(e, "result")) ?: "", "allow")) {
+                    if (!b->self_hosted)
+                        d->pend[k].kind = 0; /* we run it now */
+                } else {
+                    pend_del(d, tu); /* a denial is the call's result */
+                }
+            }
+        } else if (!strcmp(t, "session.status_idle")) {
+            const char *sr = json_string_value(
+                json_object_get(json_object_get(e, "stop_reason"), "type")) ?: "";
+            d->running = false;
+            if (!strcmp(sr, "requires_action")) {
+                d->idle_for_pending = true;
+            } else {
+                d->turn_active = d->awaiting_model = d->interrupted = false;
+                d->npend = 0;
+            }
+        } else if (!strcmp(t, "session.status_running")) {
+            d->running = true;
+        }
+    }
+}
+
+/* ---- the model request from the log ------------------------------------ */
+
+static const char *const builtin_tools[] = { "bash", "read", "write", "edit", "glob", "grep", NULL };
+
+static bool tool_enabled(json_t *agent, const char *name)
+{
+    size_t i, j;
+    json_t *t, *c;
+    json_array_foreach(json_object_get(agent, "tools"), i, t) {
+        if (strcmp(json_string_value(json_object_get(t, "type")) ?: "", "agent_toolset_20260401"))
+            continue;
+        json_t *dc = json_object_get(json_object_get(t, "default_config"), "enabled");
+        bool on = !json_is_false(dc);
+        json_array_foreach(json_object_get(t, "configs"), j, c)
+            if (!strcmp(json_string_value(json_object_get(c, "name")) ?: "", name) &&
+                json_is_boolean(json_object_get(c, "enabled")))
+                on = json_is_true(json_object_get(c, "enabled"));
+        return on;
+    }
+    return false;
+}
+
+static json_t *tool_defs(json_t *agent)
+{
+    static const char *const schemas[] = {
+        "{\"type\":\"object\",\"properties\":{\"command\":{\"type\":\"string\"},\"restart\":{\"type\":\"boolean\"},\"timeout_ms\":{\"type\":\"integer\"}}}",
+        "{\"type\":\"object\",\"properties\":{\"file_path\":{\"type\":\"string\"},\"view_range\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}},\"required\":[\"file_path\"]}",
+        "{\"type\":\"object\",\"properties\":{\"file_path\":{\"type\":\"string\"},\"content\":{\"type\":\"string\"}},\"required\":[\"file_path\",\"content\"]}",
+        "{\"type\":\"object\",\"properties\":{\"file_path\":{\"type\":\"string\"},\"old_string\":{\"type\":\"string\"},\"new_string\":{\"type\":\"string\"},\"replace_all\":{\"type\":\"boolean\"}},\"required\":[\"file_path\",\"old_string\",\"new_string\"]}",
+        "{\"type\":\"object\",\"properties\":{\"pattern\":{\"type\":\"string\"},\"path\":{\"type\":\"string\"}},\"required\":[\"pattern\"]}",
+        "{\"type\":\"object\",\"properties\":{\"pattern\":{\"type\":\"string\"},\"path\":{\"type\":\"string\"}},\"required\":[\"pattern\"]}",
+    };
+    static const char *const descs[] = {
+        "Run a command in a persistent bash shell in the sandbox.",
+        "Read a text file.",
+        "Write a file (creates parent directories).",
+        "Replace an exact string in a file.",
+        "Find files by glob pattern.",
+        "Search file contents with a regular expression.",
+    };
+    json_t *out = json_array();
+    for (int i = 0; builtin_tools[i]; i++) {
+        if (!tool_enabled(agent, builtin_tools[i]))
+            continue;
+        json_array_append_new(out, json_pack("{s:s, s:s, s:o}", "name", builtin_tools[i],
+                                             "description", descs[i], "input_schema",
+                                             json_loads(schemas[i], 0, NULL)));
+    }
+    size_t k;
+    json_t *t;
+    json_array_foreach(json_object_get(agent, "tools"), k, t) {
+        if (strcmp(json_string_value(json_object_get(t, "type")) ?: "", "custom"))
+            continue;
+        json_t *d = json_pack("{s:O, s:O}", "name", json_object_get(t, "name"), "input_schema",
+                              json_object_get(t, "input_schema"));
+        if (d && json_is_string(json_object_get(t, "description")))
+            json_object_set(d, "description", json_object_get(t, "description"));
+        if (d)
+            json_array_append_new(out, d);
+    }
+    return out;
+}
+
+/* Append content to the conversation, merging into the last message when
+ * it has the same role (the API wants roles to alternate). */
+static void conv_add(json_t *msgs, const char *role, json_t *block /* stolen */)
+{
+    json_t *last = json_array_get(msgs, json_array_size(msgs) - 1);
+    if (!last || strcmp(json_string_value(json_object_get(last, "role")), role)) {
+        last = json_pack("{s:s, s:[]}", "role", role, "content");
+        json_array_append_new(msgs, last);
+    }
+    json_t *content = json_object_get(last, "content");
+    /* tool results go first in a user message */
+    if (!strcmp(json_string_value(json_object_get(block, "type")) ?: "", "tool_result")) {
+        size_t pos = 0;
+        while (pos < json_array_size(content) &&
+               !strcmp(json_string_value(json_object_get(json_array_get(content, pos), "type")) ?: "",
+                       "tool_result"))
+            pos++;
+        json_array_insert_new(content, pos, block);
+    } else {
+        json_array_append_new(content, block);
+    }
+}
+
+static json_t *result_blocks(json_t *content, const char *fallback)
+{
+    json_t *out = json_array();
+    size_t i;
+    json_t *c;
+    json_array_foreach(content, i, c) {
+        const char *ty = json_string_value(json_object_get(c, "type")) ?: "";
+        if (!strcmp(ty, "text") || !strcmp(ty, "image") || !strcmp(ty, "document"))
+            json_array_append(out, c);
+    }
+    if (json_array_size(out) == 0 && fallback)
+        json_array_append_new(out, json_pack("{s:s, s:s}", "type", "text", "text", fallback));
+    return out;
+}
+
+/* Every tool_use in the last assistant message needs a result before the
+ * conversation goes on; calls left unanswered (an interrupt, a message
+ * sent instead of a custom tool result) get an error result. */
+static void close_open_uses(json_t *msgs, json_t *answered)
+{
+    json_t *last = json_array_get(msgs, json_array_size(msgs) - 1);
+    if (!last || strcmp(json_string_value(json_object_get(last, "role")), "assistant"))
+        return;
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(last, "content"), i, c) {
+        const char *id = json_string_value(json_object_get(c, "id"));
+        if (strcmp(json_string_value(json_object_get(c, "type")) ?: "", "tool_use") || !id ||
+            json_object_get(answered, id))
+            continue;
+        json_object_set_new(answered, id, json_true());
+        conv_add(msgs, "user",
+                 json_pack("{s:s, s:s, s:b, s:[{s:s, s:s}]}", "type", "tool_result", "tool_use_id",
+                           id, "is_error", 1, "content", "type", "text", "text",
+                           "the tool call was interrupted and did not complete"));
+    }
+}
+
+static json_t *build_request(struct brain *b)
+{
+    json_t *msgs = json_array(), *answered = json_object();
+    size_t i;
+    json_t *e;
+    json_array_foreach(b->log, i, e) {
+        const char *t = json_string_value(json_object_get(e, "type")) ?: "";
+        const char *id = json_string_value(json_object_get(e, "id")) ?: "";
+        if (!strcmp(t, "user.message") || !strcmp(t, "system.message")) {
+            close_open_uses(msgs, answered);
+            size_t k;
+            json_t *c;
+            json_array_foreach(json_object_get(e, "content"), k, c) {
+                if (!strcmp(t, "system.message"))
+                    conv_add(msgs, "user",
+                             json_pack("{s:s, s:s++}", "type", "text", "text", "[system] ",
+                                       json_string_value(json_object_get(c, "text")) ?: ""));
+                else if (strcmp(json_string_value(json_object_get(c, "type")) ?: "", "redacted"))
+                    conv_add(msgs, "user", json_deep_copy(c));
+            }
+        } else if (!strcmp(t, "user.define_outcome")) {
+            close_open_uses(msgs, answered);
+            conv_add(msgs, "user",
+                     json_pack("{s:s, s:s}", "type", "text", "text",
+                               json_string_value(json_object_get(e, "description")) ?: ""));
+        } else if (!strcmp(t, "agent.message")) {
+            size_t k;
+            json_t *c;
+            json_array_foreach(json_object_get(e, "content"), k, c)
+                if (!strcmp(json_string_value(json_object_get(c, "type")) ?: "", "text") &&
+                    json_string_length(json_object_get(c, "text")) > 0)
+                    conv_add(msgs, "assistant", json_deep_copy(c));
+        } else if (!strcmp(t, "agent.tool_use") || !strcmp(t, "agent.custom_tool_use")) {
+            conv_add(msgs, "assistant",
+                     json_pack("{s:s, s:s, s:O, s:O}", "type", "tool_use", "id", id, "name",
+                               json_object_get(e, "name"), "input", json_object_get(e, "input")));
+        } else if (!strcmp(t, "agent.tool_result") || !strcmp(t, "user.tool_result") ||
+                   !strcmp(t, "user.custom_tool_result") ||
+                   (!strcmp(t, "user.tool_confirmation") &&
+                    strcmp(json_string_value(json_object_get(e, "result")) ?: "", "allow"))) {
+            const char *use = json_string_value(json_object_get(
+                e, !strcmp(t, "user.custom_tool_result") ? "custom_tool_use_id" : "tool_use_id"));
+            if (!use || json_object_get(answered, use))
+                continue;
+            json_object_set_new(answered, use, json_true());
+            bool denied = !strcmp(t, "user.tool_confirmation");
+            const char *why = denied ? (json_string_value(json_object_get(e, "deny_message"))
+                                            ?: "the user denied this tool call")
+                                     : "(no output)";
+            conv_add(msgs, "user",
+                     json_pack("{s:s, s:s, s:b, s:o}", "type", "tool_result", "tool_use_id", use,
+                               "is_error", denied || json_is_true(json_object_get(e, "is_error")),
+                               "content",
+                               result_blocks(denied ? NULL : json_object_get(e, "content"), why)));
+        }
+    }
+    json_decref(answered);
+    json_t *model = json_object_get(b->agent, "model");
+    const char *mid = json_is_string(model) ? json_string_value(model)
+                                            : json_string_value(json_object_get(model, "id"));
+    json_t *req = json_pack("{s:s, s:i, s:o}", "model", mid ? mid : "claude-sonnet-4-5",
+                            "max_tokens", b->srv->cfg.max_tokens, "messages", msgs);
+    json_t *sys = json_object_get(b->agent, "system");
+    if (json_is_string(sys) && json_string_length(sys) > 0)
+        json_object_set(req, "system", sys);
+    json_t *tools = tool_defs(b->agent);
+    if (json_array_size(tools))
+        json_object_set_new(req, "tools", tools);
+    else
+        json_decref(tools);
+    return req;
+}
+
+/* ---- the model call ----------------------------------------------------- */
+
+static void blocks_reset(struct brain *b)
+{
+    for (int i = 0; i < b->nblocks; i++)
+        wp_buf_free(&b->blocks[i].buf);
+    b->nblocks = 0;
+}
+
+static struct block *block_at(struct brain *b, json_t *data)
+{
+    json_int_t i = json_integer_value(json_object_get(data, "index"));
+    if (!json_is_integer(json_object_get(data, "index")) || i < 0 || i >= b->nblocks)
+        return NULL;
+    return &b->blocks[i];
+}
+
+static void usage_add(struct brain *b, json_t *u)
+{
+    static const char *const f[] = { "input_tokens", "output_tokens", "cache_creation_input_tokens",
+                                     "cache_read_input_tokens", NULL };
+    for (int i = 0; f[i]; i++) {
+        json_t *v = json_object_get(u, f[i]);
+        if (json_is_integer(v))
+            json_object_set_new(b->usage, f[i], json_integer(json_integer_value(v)));
+    }
+}
+
+static void on_model_event(void *ctx, const char *type, json_t *data)
+{
+    struct brain *b = ctx;
+    if (b->stopped)
+        return;
+    if (!strcmp(type, "message_start")) {
+        usage_add(b, json_object_get(json_object_get(data, "message"), "usage"));
+    } else if (!strcmp(type, "content_block_start")) {
+        json_t *cb = json_object_get(data, "content_block");
+        const char *ty = json_string_value(json_object_get(cb, "type")) ?: "";
+        if (b->nblocks >= 16 ||
+            json_integer_value(json_object_get(data, "index")) != b->nblocks)
+            return; /* out of order or too many: the block is ignored */
+        struct block *k = &b->blocks[b->nblocks++];
+        memset(k, 0, sizeof(*k));
+        wp_buf_init(&k->buf, (size_t)8 << 20);
+        new_event_id(k->ev_id, sizeof(k->ev_id));
+        if (!strcmp(ty, "text")) {
+            k->kind = 0;
+            flush_delta(b);
+            snprintf(b->delta_ev, sizeof(b->delta_ev), "%s", k->ev_id);
+            emit_full(b,
+                      json_pack("{s:s, s:{s:s, s:s}}", "type", "event_start", "event", "type",
+                                "agent.message", "id", k->ev_id),
+                      "", "agent.message", "");
+        } else if (!strcmp(ty, "tool_use")) {
+            k->kind = 1;
+            snprintf(k->tool_name, sizeof(k->tool_name), "%s",
+                     json_string_value(json_object_get(cb, "name")) ?: "");
+        } else if (!strcmp(ty, "thinking")) {
+            k->kind = 2;
+            emit_full(b,
+                      json_pack("{s:s, s:{s:s, s:s}}", "type", "event_start", "event", "type",
+                                "agent.thinking", "id", k->ev_id),
+                      "", "agent.thinking", "");
+        } else {
+            k->kind = 3;
+        }
+    } else if (!strcmp(type, "content_block_delta")) {
+        struct block *k = block_at(b, data);
+        json_t *d = json_object_get(data, "delta");
+        const char *dt = json_string_value(json_object_get(d, "type")) ?: "";
+        if (!k)
+            return;
+        if (k->kind == 0 && !strcmp(dt, "text_delta")) {
+            json_t *tx = json_object_get(d, "text");
+            wp_buf_append(&k->buf, json_string_value(tx) ?: "", json_string_length(tx));
+            if (!b->call_first_token) {
+                b->call_first_token = true;
+                sched_metrics_observe(metrics(b), SCHED_HIST_MODEL_TTFT, NULL, since_s(b->call_t0));
+            }
+            wp_buf_append(&b->delta, json_string_value(tx) ?: "", json_string_length(tx));
+            mark_dirty(b);
+        } else if (k->kind == 1 && !strcmp(dt, "input_json_delta")) {
+            json_t *pj = json_object_get(d, "partial_json");
+            wp_buf_append(&k->buf, json_string_value(pj) ?: "", json_string_length(pj));
+        }
+    } else if (!strcmp(type, "content_block_stop")) {
+        struct block *k = block_at(b, data);
+        if (!k)
+            return;
+        if (k->kind == 0) {
+            flush_delta(b);
+            emit(b,
+                 json_pack("{s:s, s:[{s:s, s:s%}]}", "type", "agent.message", "content", "type",
+                           "text", "text", k->buf.data ? k->buf.data : "", k->buf.len),
+                 k->ev_id);
+        } else if (k->kind == 2) {
+            emit(b, json_pack("{s:s}", "type", "agent.thinking"), k->ev_id);
+        } else if (k->kind == 1) {
+            json_error_t je;
+            json_t *input = k->buf.len ? json_loadb(k->buf.data, k->buf.len, 0, &je) : json_object();
+            if (!json_is_object(input)) {
+                json_decref(input);
+                input = json_object(); /* the model's JSON was bad: the tool says so */
+                json_object_set_new(input, "_invalid_input", json_true());
+            }
+            bool custom = true;
+            for (int i = 0; builtin_tools[i]; i++)
+                if (!strcmp(builtin_tools[i], k->tool_name) && tool_enabled(b->agent, k->tool_name))
+                    custom = false;
+            if (custom) {
+                emit(b, json_pack("{s:s, s:s, s:o}", "type", "agent.custom_tool_use", "name",
+                                  k->tool_name, "input", input), k->ev_id);
+            } else {
+                const char *pol = policy_for(b->agent, k->tool_name);
+                bool ask = !strcmp(pol, "always_ask");
+                emit(b, json_pack("{s:s, s:s, s:o, s:s, s:{s:s}}", "type", "agent.tool_use", "name",
+                                  k->tool_name, "input", input, "evaluated_permission",
+                                  ask ? "ask" : "allow", "evaluation", "type",
+                                  ask ? "always_ask" : "always_allow"),
+                     k->ev_id);
+            }
+        }
+    } else if (!strcmp(type, "message_delta")) {
+        usage_add(b, json_object_get(data, "usage"));
+        const char *sr = json_string_value(json_object_get(json_object_get(data, "delta"), "stop_reason"));
+        if (sr)
+            snprintf(b->stop_reason, sizeof(b->stop_reason), "%s", sr);
+    }
+    maybe_free(b);
+}
+
+static void span_end(struct brain *b, const char *span, bool is_error)
+{
+    json_t *u = b->usage ? json_incref(b->usage) : json_object();
+    static const char *const f[] = { "input_tokens", "output_tokens", "cache_creation_input_tokens",
+                                     "cache_read_input_tokens", NULL };
+    for (int i = 0; f[i]; i++)
+        if (!json_object_get(u, f[i]))
+            json_object_set_new(u, f[i], json_integer(0));
+    emit(b, json_pack("{s:s, s:s, s:b, s:o}", "type", "span.model_request_end",
+                      "model_request_start_id", span, "is_error", is_error, "model_usage", u),
+         NULL);
+}
+
+static const char *session_error_type(const struct sched_model_error *e)
+{
+    if (!strcmp(e->type, "overloaded_error") || e->http_status == 529)
+        return "model_overloaded_error";
+    if (!strcmp(e->type, "rate_limit_error") || e->http_status == 429)
+        return "model_rate_limited_error";
+    if (!strcmp(e->type, "billing_error"))
+        return "billing_error";
+    return "model_request_failed_error";
+}
+
+/* The turn is abandoned, as the API defines for errors whose retries are
+ * used up: session.error (exhausted), then idle with retries_exhausted. */
+static void turn_abandon(struct brain *b, const char *type, const char *msg)
+{
+    emit(b, json_pack("{s:s, s:{s:s, s:s, s:{s:s}}}", "type", "session.error", "error", "type",
+                      type, "message", msg, "retry_status", "type", "exhausted"),
+         NULL);
+    set_status(b, "idle", json_pack("{s:s, s:{s:s}, s:n}", "type", "session.status_idle",
+                                    "stop_reason", "type", "retries_exhausted", "stop_details"));
+}
+
+static void on_model_retry(void *ctx, int attempt, const struct sched_model_error *e, double delay_s)
+{
+    struct brain *b = ctx;
+    (void)attempt;
+    (void)delay_s;
+    sched_metrics_inc(metrics(b), SCHED_CTR_MODEL_RETRIES, e->type);
+    emit(b, json_pack("{s:s, s:{s:s, s:s, s:{s:s}}}", "type", "session.error", "error", "type",
+                      session_error_type(e), "message", e->message, "retry_status", "type",
+                      "retrying"),
+         NULL);
+    maybe_free(b);
+}
+
+static void on_model_done(void *ctx, int status, const struct sched_model_error *e)
+{
+    struct brain *b = ctx;
+    b->call = NULL;
+    flush_delta(b);
+    sched_metrics_observe(metrics(b), SCHED_HIST_MODEL, status == 0 ? "ok" : "error",
+                          since_s(b->call_t0));
+    if (b->stopped) {
+        maybe_free(b);
+        return;
+    }
+    if (status == 0) {
+        b->partial_failures = 0;
+        span_end(b, b->span_id, false);
+    } else {
+        log_warn("session=%s model request failed: %s %s%s", b->sid, e->type, e->message,
+                 e->partial ? " (mid-stream)" : "");
+        span_end(b, b->span_id, true);
+        if (!(e->partial && e->retryable && ++b->partial_failures <= BRAIN_MAX_PARTIAL_RETRIES)) {
+            /* Retries are used up (the client retried what it could before
+             * any event): the turn is abandoned, as the API defines. */
+            sched_metrics_inc(metrics(b), SCHED_CTR_MODEL_ERRORS, e->type);
+            b->partial_failures = 0;
+            turn_abandon(b, session_error_type(e), e->message);
+        }
+    }
+    blocks_reset(b);
+    step(b);
+    maybe_free(b);
+}
+
+static void start_model(struct brain *b)
+{
+    static const struct sched_model_cbs cbs = { on_model_event, on_model_retry, on_model_done };
+    struct wp_err err;
+    if (!b->bs->model) {
+        turn_abandon(b, "model_request_failed_error", "this scheduler has no model configured");
+        return;
+    }
+    if (++b->model_rounds > b->srv->cfg.max_model_rounds) {
+        turn_abandon(b, "tool_use_limit_reached_error", "too many model requests in one turn");
+        return;
+    }
+    json_t *req = build_request(b);
+    new_event_id(b->span_id, sizeof(b->span_id));
+    json_decref(b->usage);
+    b->usage = json_object();
+    b->stop_reason[0] = '\0';
+    b->call_first_token = false;
+    b->call_t0 = wp_now_ns();
+    emit(b, json_pack("{s:s}", "type", "span.model_request_start"), b->span_id);
+    if (sched_model_stream(b->bs->model, req, &cbs, b, &b->call, &err) < 0) {
+        struct sched_model_error e = { .retryable = false, .retry_after_s = -1 };
+        snprintf(e.type, sizeof(e.type), "api_error");
+        snprintf(e.message, sizeof(e.message), "%s", err.msg);
+        json_decref(req);
+        bool was = b->in_step;
+        b->in_step = true; /* on_model_done must not free b under our caller */
+        on_model_done(b, err.code ? err.code : -EIO, &e);
+        b->in_step = was;
+        return;
+    }
+    json_decref(req);
+}
+
+/* ---- the sandbox ------------------------------------------------------- */
+
+static void tools_run(struct brain *b);
+static void claim_sandbox(struct brain *b);
+
+static void save_sandbox(struct brain *b)
+{
+    char tok[32];
+    snprintf(tok, sizeof(tok), "%llu", (unsigned long long)b->claim.token);
+    const char *argv[] = { "HSET", b->key_obj, "sbx_sandbox", b->claim.sandbox, "sbx_node",
+                           b->claim.node, "sbx_relay", b->claim.relay, "sbx_token", tok,
+                           "sbx_tier", b->claim.tier, "sbx_env", b->pool_env };
+    wp_redis_argv(b->srv->rds, ignore_cb, NULL, 14, argv, NULL);
+}
+
+static void sandbox_failed(struct brain *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sandbox_failed(struct brain *b, const char *fmt, ...)
+{
+    va_list ap;
+    if (b->stopped)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->sbx_error, sizeof(b->sbx_error), fmt, ap);
+    va_end(ap);
+    log_warn("session=%s sandbox: %s", b->sid, b->sbx_error);
+    b->sbx = SBX_FAILED;
+    if (b->ac) {
+        struct alink_client *ac = b->ac;
+        b->ac = NULL;
+        alink_client_free(ac);
+    }
+    /* Tools waiting for it fail now: the model sees why. */
+    tools_run(b);
+}
+
+static void link_closed(void *ctx, const struct wp_err *err)
+{
+    struct brain *b = ctx;
+    if (b->stopped)
+        return;
+    sched_metrics_inc(metrics(b), SCHED_CTR_SANDBOX_LOST, NULL);
+    sandbox_failed(b, "the sandbox's link closed: %s", err ? err->msg : "");
+    maybe_free(b);
+}
+
+static void attach_cb(void *ctx, int status, const struct alink_result *res, const struct wp_err *err)
+{
+    struct brain *b = ctx;
+    (void)err;
+    if (b->stopped)
+        return;
+    if (status != 0 || res->is_error) {
+        sandbox_failed(b, "attach: %.*s", (int)res->len, res->content);
+        maybe_free(b);
+        return;
+    }
+    b->sbx = SBX_READY;
+    sched_metrics_observe(metrics(b), SCHED_HIST_SANDBOX_ATTACHED, b->claim.tier, since_s(b->claim_t0));
+    log_info("session=%s sandbox %s attached tier=%s in %.1f ms", b->sid, b->claim.sandbox,
+             b->claim.tier, since_s(b->claim_t0) * 1e3);
+    tools_run(b);
+    maybe_free(b);
+}
+
+static void hello_cb(void *ctx, int status, const struct wp_err *err)
+{
+    struct brain *b = ctx;
+    struct wp_err e2;
+    if (b->stopped)
+        return;
+    if (status != 0)
+        sandbox_failed(b, "connect: %s", err ? err->msg : "failed");
+    else {
+        struct alink_attach a = { .session_id = b->sid };
+        if (alink_client_attach(b->ac, &a, attach_cb, b, &e2) < 0)
+            sandbox_failed(b, "attach: %s", e2.msg);
+    }
+    maybe_free(b);
+}
+
+static void relay_cb(void *ctx, int status, int fd, const struct wp_err *err)
+{
+    struct brain *b = ctx;
+    struct alink_client_opts o = { .on_close = link_closed, .close_ctx = b };
+    struct wp_err e2;
+    b->refs--;
+    if (b->stopped) {
+        if (status == 0)
+            close(fd);
+    } else if (status != 0) {
+        if (status == WP_ESTALE || status == WP_ENOTFOUND) {
+            /* The lease recorded for the session is gone: claim anew. */
+            log_info("session=%s recorded sandbox %s is gone; claiming another", b->sid,
+                     b->claim.sandbox);
+            b->sbx = SBX_NONE;
+            memset(&b->claim, 0, sizeof(b->claim));
+            claim_sandbox(b);
+        } else {
+            sandbox_failed(b, "relay: %s", err ? err->msg : "failed");
+        }
+    } else if (alink_client_new(b->srv->loop, &o, &b->ac, &e2) < 0 ||
+               alink_client_connect_fd(b->ac, fd, hello_cb, b, &e2) < 0) {
+        sandbox_failed(b, "connect: %s", e2.msg);
+    }
+    maybe_free(b);
+}
+
+static void connect_link(struct brain *b)
+{
+    struct wp_err err;
+    b->sbx = SBX_LINKING;
+    if (pool_connect(b->srv->loop, &b->claim, b->pool_env, relay_cb, b, &err) < 0)
+        sandbox_failed(b, "relay: %s", err.msg);
+    else
+        b->refs++;
+}
+
+static void claim_cb(void *ctx, int status, const struct pool_claim_result *res, const struct wp_err *err)
+{
+    struct brain *b = ctx;
+    b->refs--;
+    if (b->stopped) {
+        if (status == 0 && b->srv->pool) /* nobody will use it */
+            pool_release(b->srv->pool, b->pool_env, res->sandbox, res->token, NULL, NULL, NULL);
+    } else if (status != 0) {
+        sandbox_failed(b, "no sandbox for environment %s: %s", b->pool_env, err ? err->msg : "claim failed");
+    } else {
+        b->claim = *res;
+        sched_metrics_observe(metrics(b), SCHED_HIST_CLAIM, res->tier, res->ms / 1e3);
+        log_info("session=%s claimed %s tier=%s in %.2f ms", b->sid, res->sandbox, res->tier, res->ms);
+        save_sandbox(b);
+        connect_link(b);
+    }
+    maybe_free(b);
+}
+
+static void claim_sandbox(struct brain *b)
+{
+    struct wp_err err;
+    if (b->self_hosted || b->sbx == SBX_CLAIMING || b->sbx == SBX_LINKING || b->sbx == SBX_READY)
+        return;
+    if (!b->srv->pool || !pool_client_ready(b->srv->pool)) {
+        sandbox_failed(b, "the pool is not reachable");
+        return;
+    }
+    b->claim_t0 = wp_now_ns();
+    b->sbx = SBX_CLAIMING;
+    if (b->claim.sandbox[0]) { /* recorded by an earlier brain of this session */
+        connect_link(b);
+        return;
+    }
+    if (!b->pool_env[0])
+        sandbox_failed(b, "environment %s has no warmpool pool", b->env_id);
+    else if (pool_claim(b->srv->pool, b->pool_env, b->sid, 60, claim_cb, b, &err) < 0)
+        sandbox_failed(b, "claim: %s", err.msg);
+    else
+        b->refs++;
+}
+
+/* ---- tools -------------------------------------------------------------- */
+
+static void tool_result(struct brain *b, struct btool *t, const char *text, size_t len, bool is_error)
+{
+    for (struct btool **pp = &b->tools; *pp; pp = &(*pp)->next)
+        if (*pp == t) {
+            *pp = t->next;
+            break;
+        }
+    emit(b, json_pack("{s:s, s:s, s:[{s:s, s:s%}], s:b}", "type", "agent.tool_result", "tool_use_id",
+                      t->use_id, "content", "type", "text", "text", text, len, "is_error", is_error),
+         NULL);
+    json_decref(t->input);
+    free(t);
+}
+
+static void tool_done(void *ctx, int status, const struct alink_result *res, const struct wp_err *err)
+{
+    struct btool *t = ctx;
+    struct brain *b = t->b;
+    (void)err;
+    t->call_id = 0;
+    if (b->stopped)
+        return; /* brain_free frees t */
+    sched_metrics_observe(metrics(b), SCHED_HIST_TOOL, t->name, since_s(t->t0));
+    tool_result(b, t, res->content, res->len, status != 0 || res->is_error);
+    if (status != 0 && status != -ECANCELED && status != WP_ETIMEDOUT && b->sbx == SBX_READY &&
+        !alink_client_connected(b->ac)) {
+        sched_metrics_inc(metrics(b), SCHED_CTR_SANDBOX_LOST, NULL);
+        sandbox_failed(b, "the sandbox's link closed during a call");
+    }
+    step(b);
+    maybe_free(b);
+}
+
+/* Start the tool calls that can start; fail them when the sandbox cannot
+ * come. Called when tools are due and whenever the sandbox changes. */
+static void tools_run(struct brain *b)
+{
+    struct wp_err err;
+    bool failed_any = false;
+    if (b->stopped)
+        return;
+    for (struct btool *t = b->tools, *next; t; t = next) {
+        next = t->next;
+        if (t->call_id)
+            continue;
+        if (b->sbx == SBX_FAILED) {
+            char msg[300];
+            int n = snprintf(msg, sizeof(msg), "sandbox unavailable: %s", b->sbx_error);
+            tool_result(b, t, msg, (size_t)n, true);
+            failed_any = true;
+            continue;
+        }
+        if (b->sbx != SBX_READY) {
+            t->waited = true;
+            continue;
+        }
+        if (t->waited)
+            sched_metrics_observe(metrics(b), SCHED_HIST_TOOL_WAIT, NULL, since_s(t->t0));
+        sched_metrics_inc(metrics(b), SCHED_CTR_TOOL_CALLS, t->name);
+        struct alink_call_opts o = { 0 };
+        int64_t id = alink_client_call(b->ac, t->name, t->input, &o, tool_done, t, &err);
+        if (id < 0) {
+            char msg[300];
+            int n = snprintf(msg, sizeof(msg), "%s: %s", t->name, err.msg);
+            tool_result(b, t, msg, (size_t)n, true);
+            failed_any = true;
+            continue;
+        }
+        t->call_id = id;
+    }
+    if (b->sbx == SBX_FAILED) {
+        /* The next call claims a fresh sandbox. */
+        b->sbx = SBX_NONE;
+        memset(&b->claim, 0, sizeof(b->claim));
+        const char *argv[] = { "HDEL", b->key_obj, "sbx_sandbox", "sbx_token" };
+        wp_redis_argv(b->srv->rds, ignore_cb, NULL, 4, argv, NULL);
+    }
+    if (failed_any)
+        step(b);
+}
+
+static struct btool *tool_find(struct brain *b, const char *use_id)
+{
+    for (struct btool *t = b->tools; t; t = t->next)
+        if (!strcmp(t->use_id, use_id))
+            return t;
+    return NULL;
+}
+
+static void tool_start(struct brain *b, json_t *ev)
+{
+    const char *id = json_string_value(json_object_get(ev, "id")) ?: "";
+    const char *name = json_string_value(json_object_get(ev, "name")) ?: "";
+    if (tool_find(b, id))
+        return;
+    struct btool *t = calloc(1, sizeof(*t));
+    if (!t)
+        return;
+    t->b = b;
+    t->t0 = wp_now_ns();
+    snprintf(t->use_id, sizeof(t->use_id), "%s", id);
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->input = json_incref(json_object_get(ev, "input"));
+    t->next = b->tools;
+    b->tools = t;
+    bool known = false;
+    for (int i = 0; builtin_tools[i]; i++)
+        known |= !strcmp(builtin_tools[i], name);
+    if (!known || json_object_get(t->input, "_invalid_input")) {
+        char msg[200];
+        int n = known ? snprintf(msg, sizeof(msg), "%s: the tool input was not valid JSON", name)
+                      : snprintf(msg, sizeof(msg), "%s: no such tool in this sandbox", name);
+        tool_result(b, t, msg, (size_t)n, true);
+        return;
+    }
+    if (b->sbx == SBX_NONE)
+        claim_sandbox(b);
+}
+
+static void tools_cancel_all(struct brain *b)
+{
+    while (b->tools) {
+        struct btool *t = b->tools;
+        if (t->call_id && b->ac) {
+            char use[64];
+            snprintf(use, sizeof(use), "%s", t->use_id);
+            /* tool_done runs at once with -ECANCELED and appends the result */
+            alink_client_cancel(b->ac, t->call_id, NULL);
+            if (!(t = tool_find(b, use)))
+                continue;
+            t->call_id = 0;
+        }
+        tool_result(b, t, "interrupted", 11, true);
+    }
+}
+
+/* ---- the step ------------------------------------------------------------ */
+
+static void linger_cb(struct ev_loop *loop, ev_timer *w, int revents);
+
+static void step_once(struct brain *b)
+{
+    struct dstate d;
+    if (b->stopped || !b->loaded || b->reading)
+        return;
+    derive(b, &d);
+    ev_timer_stop(b->srv->loop, &b->linger);
+
+    if (d.interrupted) {
+        if (b->call) {
+            sched_model_cancel(b->call);
+            b->call = NULL;
+            flush_delta(b);
+            blocks_reset(b);
+        }
+        if (d.model_open)
+            span_end(b, d.open_span, true);
+        tools_cancel_all(b);
+        /* built-in calls the log still lists as unanswered */
+        derive(b, &d);
+        for (int i = 0; i < d.npend; i++)
+            if (d.pend[i].kind == 0)
+                emit(b, json_pack("{s:s, s:s, s:[{s:s, s:s}], s:b}", "type", "agent.tool_result",
+                                  "tool_use_id", d.pend[i].id, "content", "type", "text", "text",
+                                  "interrupted", "is_error", 1),
+                     NULL);
+        set_status(b, "idle", json_pack("{s:s, s:{s:s}, s:n}", "type", "session.status_idle",
+                                        "stop_reason", "type", "end_turn", "stop_details"));
+        goto quiet;
+    }
+    if (b->call)
+        return; /* the model is talking */
+    if (d.model_open) {
+        /* A request this brain does not run (an earlier brain died): close
+         * it; it is retried below. */
+        span_end(b, d.open_span, true);
+        derive(b, &d);
+    }
+    if (d.turn_active && !b->self_hosted && b->sbx == SBX_NONE)
+        claim_sandbox(b); /* in parallel with the model, from the turn's start */
+
+    bool builtin = false, external = false;
+    for (int i = 0; i < d.npend; i++) {
+        if (d.pend[i].kind == 0) {
+            builtin = true;
+            size_t k;
+            json_t *e;
+            json_array_foreach(b->log, k, e)
+                if (!strcmp(json_string_value(json_object_get(e, "id")) ?: "", d.pend[i].id))
+                    tool_start(b, e);
+        } else {
+            external = true;
+        }
+    }
+    if (builtin) {
+        tools_run(b);
+        return;
+    }
+    if (external) {
+        if (!d.idle_for_pending) {
+            json_t *ids = json_array();
+            for (int i = 0; i < d.npend; i++)
+                json_array_append_new(ids, json_string(d.pend[i].id));
+            set_status(b, "idle", json_pack("{s:s, s:{s:s, s:o}, s:n}", "type", "session.status_idle",
+                                            "stop_reason", "type", "requires_action", "event_ids",
+                                            ids, "stop_details"));
+        }
+        goto quiet;
+    }
+    if (d.awaiting_model && d.turn_active) {
+        if (!d.running)
+            set_status(b, "running", json_pack("{s:s}", "type", "session.status_running"));
+        start_model(b);
+        return;
+    }
+    if (d.turn_active) {
+        set_status(b, "idle", json_pack("{s:s, s:{s:s}, s:n}", "type", "session.status_idle",
+                                        "stop_reason", "type", "end_turn", "stop_details"));
+    }
+quiet:
+    /* Nothing to do until input arrives: stay a while with the sandbox. */
+    b->model_rounds = 0;
+    ev_timer_set(&b->linger, b->srv->cfg.brain_linger_s, 0.);
+    ev_timer_start(b->srv->loop, &b->linger);
+}
+
+/* step() may be reached again from inside itself (a tool that fails at
+ * once, a sandbox that cannot come): run it again after, never nested. */
+static void step(struct brain *b)
+{
+    if (b->in_step) {
+        b->step_again = true;
+        return;
+    }
+    b->in_step = true;
+    do {
+        b->step_again = false;
+        step_once(b);
+    } while (b->step_again && !b->stopped);
+    b->in_step = false;
+}
+
+/* ---- reading the log ---------------------------------------------------- */
+
+static bool client_type(const char *t)
+{
+    return !strncmp(t, "user.", 5) || !strcmp(t, "system.message");
+}
+
+/* Entries after last_pos. On the first read everything is taken; later,
+ * only what clients wrote (the brain's own events are in memory already). */
+static void read_cb(void *ctx, redisReply *reply)
+{
+    struct brain *b = ctx;
+    b->reading = false;
+    if (b->stopped || !reply || reply->type != REDIS_REPLY_ARRAY) {
+        brain_stop(b, "reading the log failed");
+        maybe_free(b);
+        return;
+    }
+    bool first = !b->loaded;
+    bool input = false;
+    for (size_t i = 0; i < reply->elements; i++) {
+        redisReply *ent = reply->element[i];
+        if (ent->type != REDIS_REPLY_ARRAY || ent->elements != 2 || ent->element[1]->type != REDIS_REPLY_ARRAY)
+            continue;
+        const char *sid = ent->element[0]->str;
+        redisReply *f = ent->element[1];
+        const char *t = "", *js = NULL, *xid = NULL;
+        size_t jl = 0;
+        for (size_t k = 0; k + 1 < f->elements; k += 2) {
+            const char *n = f->element[k]->str;
+            if (!strcmp(n, "t"))
+                t = f->element[k + 1]->str;
+            else if (!strcmp(n, "e")) {
+                js = f->element[k + 1]->str;
+                jl = f->element[k + 1]->len;
+            } else if (!strcmp(n, "i"))
+                xid = f->element[k + 1]->str;
+        }
+        snprintf(b->last_pos, sizeof(b->last_pos), "%s", sid);
+        if (!js || !strcmp(t, "event_start") || !strcmp(t, "event_delta"))
+            continue;
+        if (!first && !client_type(t))
+            continue;
+        if (json_array_size(b->log) >= BRAIN_MAX_LOG)
+            continue;
+        json_t *e = json_loadb(js, jl, 0, NULL);
+        if (!json_is_object(e)) {
+            json_decref(e);
+            continue; /* not ours to repair; the API never stores such */
+        }
+        char id[80];
+        if (xid && *xid)
+            snprintf(id, sizeof(id), "%s", xid);
+        else
+            snprintf(id, sizeof(id), "sevt_%s", sid);
+        json_object_set_new(e, "id", json_string(id));
+        json_object_set_new(e, "type", json_string(t));
+        json_array_append_new(b->log, e);
+        if (client_type(t) && strcmp(t, "user.interrupt"))
+            input = true;
+    }
+    b->loaded = true;
+    if (reply->elements >= 1000 || b->reread) {
+        b->reread = false;
+        read_new(b);
+        maybe_free(b);
+        return;
+    }
+    if (input) {
+        b->turn_t0 = wp_now_ns();
+        b->turn_first_token = false;
+        sched_metrics_inc(metrics(b), SCHED_CTR_TURNS, NULL);
+    }
+    step(b);
+    maybe_free(b);
+}
+
+static void read_new(struct brain *b)
+{
+    if (b->stopped)
+        return;
+    if (b->reading) {
+        b->reread = true;
+        return;
+    }
+    char from[80];
+    snprintf(from, sizeof(from), "(%s", b->last_pos);
+    const char *argv[] = { "XRANGE", b->key_ev, b->last_pos[0] ? from : "-", "+", "COUNT", "1000" };
+    if (wp_redis_argv(b->srv->rds, read_cb, b, 6, argv, NULL) == 0)
+        b->reading = true;
+    else
+        brain_stop(b, "redis not connected");
+}
+
+/* ---- lease, load, life ------------------------------------------------- */
+
+static void brain_free(struct brain *b)
+{
+    struct sched_brains *bs = b->bs;
+    for (struct brain **pp = &bs->list; *pp; pp = &(*pp)->next)
+        if (*pp == b) {
+            *pp = b->next;
+            break;
+        }
+    for (struct brain **pp = &bs->dirty; *pp; pp = &(*pp)->dnext)
+        if (*pp == b) {
+            *pp = b->dnext;
+            break;
+        }
+    ev_timer_stop(b->srv->loop, &b->renew);
+    ev_timer_stop(b->srv->loop, &b->linger);
+    if (b->call)
+        sched_model_cancel(b->call);
+    b->stopped = true;
+    if (b->ac) {
+        struct alink_client *ac = b->ac;
+        b->ac = NULL;
+        alink_client_free(ac); /* in-flight calls end (tool_done sees stopped) */
+    }
+    while (b->tools) {
+        struct btool *t = b->tools;
+        b->tools = t->next;
+        json_decref(t->input);
+        free(t);
+    }
+    blocks_reset(b);
+    wp_buf_free(&b->delta);
+    json_decref(b->usage);
+    json_decref(b->agent);
+    json_decref(b->log);
+    free(b);
+}
+
+static void renew_cb(void *ctx, redisReply *reply)
+{
+    struct brain *b = ctx;
+    b->refs--;
+    if (!b->stopped && (!reply || reply->type != REDIS_REPLY_INTEGER || reply->integer != 1))
+        brain_stop(b, "lease lost");
+    maybe_free(b);
+}
+
+static void renew_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct brain *b = w->data;
+    char ttl[32];
+    snprintf(ttl, sizeof(ttl), "%d", b->srv->cfg.brain_lease_ms);
+    const char *argv[] = { b->key_lease, b->token, ttl };
+    if (wp_redis_script(b->srv->rds, lua_renew, renew_cb, b, 1, 3, argv, NULL) == 0)
+        b->refs++;
+    if (b->sbx == SBX_READY && b->claim.sandbox[0])
+        pool_renew(b->srv->pool, b->pool_env, b->claim.sandbox, b->claim.token, NULL, NULL, NULL);
+}
+
+/* Nothing happened for a while: give the session back (lease and sandbox). */
+static void linger_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct brain *b = w->data;
+    if (b->call || b->tools)
+        return;
+    if (b->claim.sandbox[0]) {
+        pool_release(b->srv->pool, b->pool_env, b->claim.sandbox, b->claim.token, NULL, NULL, NULL);
+        const char *argv[] = { "HDEL", b->key_obj, "sbx_sandbox", "sbx_token" };
+        wp_redis_argv(b->srv->rds, ignore_cb, NULL, 4, argv, NULL);
+    }
+    const char *argv[] = { b->key_lease, b->token, "0" };
+    wp_redis_script(b->srv->rds, lua_renew, ignore_cb, NULL, 1, 3, argv, NULL);
+    log_info("session=%s brain released after %.0f s idle", b->sid, b->srv->cfg.brain_linger_s);
+    brain_stop(b, "idle");
+    maybe_free(b);
+}
+
+static const char *hfield(redisReply *r, size_t i)
+{
+    return i < r->elements && r->element[i]->type == REDIS_REPLY_STRING ? r->element[i]->str : NULL;
+}
+
+static void session_cb(void *ctx, redisReply *reply)
+{
+    struct brain *b = ctx;
+    b->reading = false;
+    if (b->stopped) {
+        maybe_free(b);
+        return;
+    }
+    /* org, json, environment_id, self_hosted, status, archived, sbx_* */
+    const char *org = reply && reply->type == REDIS_REPLY_ARRAY ? hfield(reply, 0) : NULL;
+    const char *js = org ? hfield(reply, 1) : NULL;
+    json_t *s = js ? json_loads(js, 0, NULL) : NULL;
+    if (!s || !json_is_object(json_object_get(s, "agent"))) {
+        json_decref(s);
+        brain_stop(b, org ? "session record unreadable" : "session gone");
+        maybe_free(b);
+        return;
+    }
+    snprintf(b->org, sizeof(b->org), "%s", org);
+    snprintf(b->env_id, sizeof(b->env_id), "%s", hfield(reply, 2) ?: "");
+    b->self_hosted = hfield(reply, 3) && !strcmp(hfield(reply, 3), "1");
+    b->agent = json_incref(json_object_get(s, "agent"));
+    json_decref(s);
+    if (sched__env_pool_name(b->env_id, b->pool_env, sizeof(b->pool_env)) < 0)
+        b->pool_env[0] = '\0';
+    const char *sb = hfield(reply, 6), *tok = hfield(reply, 7);
+    if (sb && *sb && tok && hfield(reply, 8) && hfield(reply, 9)) {
+        snprintf(b->claim.sandbox, sizeof(b->claim.sandbox), "%s", sb);
+        b->claim.token = strtoull(tok, NULL, 10);
+        snprintf(b->claim.relay, sizeof(b->claim.relay), "%s", hfield(reply, 8));
+        snprintf(b->claim.node, sizeof(b->claim.node), "%s", hfield(reply, 9));
+        snprintf(b->claim.tier, sizeof(b->claim.tier), "%s", hfield(reply, 10) ?: "");
+    }
+    b->turn_t0 = wp_now_ns();
+    read_new(b);
+    maybe_free(b);
+}
+
+static void acquire_cb(void *ctx, redisReply *reply)
+{
+    struct brain *b = ctx;
+    struct sched_brains *bs = b->bs;
+    b->reading = false;
+    if (b->stopped || !reply || reply->type != REDIS_REPLY_INTEGER || reply->integer == 0) {
+        bool held = reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0;
+        if (held && !b->stopped) {
+            /* Someone else runs it: tell them there is new input. */
+            const char *argv[] = { "PUBLISH", BRAIN_WAKE_CHANNEL, b->sid };
+            wp_redis_argv(bs->srv->rds, ignore_cb, NULL, 3, argv, NULL);
+        }
+        b->stopped = true;
+        maybe_free(b);
+        return;
+    }
+    snprintf(b->token, sizeof(b->token), "%lld", reply->integer);
+    ev_timer_set(&b->renew, bs->srv->cfg.brain_lease_ms / 3000.0, bs->srv->cfg.brain_lease_ms / 3000.0);
+    ev_timer_start(bs->srv->loop, &b->renew);
+    log_debug("session=%s brain lease token=%s", b->sid, b->token);
+    const char *argv[] = { "HMGET", b->key_obj, "org", "json", "environment_id", "self_hosted",
+                           "status", "archived", "sbx_sandbox", "sbx_token", "sbx_relay",
+                           "sbx_node", "sbx_tier" };
+    if (wp_redis_argv(bs->srv->rds, session_cb, b, 13, argv, NULL) == 0)
+        b->reading = true;
+    else
+        brain_stop(b, "redis not connected");
+    maybe_free(b);
+}
+
+static void take(struct sched_brains *bs, const char *sid, bool takeover)
+{
+    char ttl[32];
+    struct brain *b = calloc(1, sizeof(*b));
+    if (!b)
+        return;
+    b->bs = bs;
+    b->srv = bs->srv;
+    snprintf(b->sid, sizeof(b->sid), "%s", sid);
+    sched__key_obj(b->key_obj, sizeof(b->key_obj), sid);
+    sched__key_events(b->key_ev, sizeof(b->key_ev), sid);
+    snprintf(b->key_lease, sizeof(b->key_lease), "wp:brain:{%s}", sid);
+    b->log = json_array();
+    wp_buf_init(&b->delta, (size_t)8 << 20);
+    ev_timer_init(&b->renew, renew_timer_cb, 1., 1.);
+    b->renew.data = b;
+    ev_timer_init(&b->linger, linger_cb, 1., 0.);
+    b->linger.data = b;
+    b->next = bs->list;
+    bs->list = b;
+    if (takeover)
+        sched_metrics_inc(bs->srv->metrics, SCHED_CTR_TAKEOVERS, NULL);
+    snprintf(ttl, sizeof(ttl), "%d", bs->srv->cfg.brain_lease_ms);
+    const char *argv[] = { b->key_lease, ttl };
+    if (wp_redis_script(bs->srv->rds, lua_acquire, acquire_cb, b, 1, 2, argv, NULL) == 0)
+        b->reading = true;
+    else {
+        b->stopped = true;
+        maybe_free(b);
+    }
+}
+
+void sched__brain_kick(struct sched_server *srv, const char *sid)
+{
+    struct sched_brains *bs = srv->brains;
+    if (!bs || !sid || !*sid)
+        return;
+    struct brain *b = find(bs, sid);
+    if (b) {
+        if (!b->stopped)
+            read_new(b);
+        return;
+    }
+    take(bs, sid, false);
+}
+
+static void wake_cb(void *ctx, redisReply *reply)
+{
+    struct sched_brains *bs = ctx;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+        reply->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    if (strcmp(reply->element[0]->str ?: "", "message"))
+        return;
+    struct brain *b = find(bs, reply->element[2]->str);
+    if (b && !b->stopped)
+        read_new(b);
+}
+
+static void orphans_cb(void *ctx, redisReply *reply)
+{
+    struct sched_brains *bs = ctx;
+    bs->sweeping = false;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY)
+        return;
+    for (size_t i = 0; i < reply->elements; i++) {
+        const char *sid = reply->element[i]->str;
+        if (sid && !find(bs, sid)) {
+            log_info("session=%s has no brain: taking it over", sid);
+            take(bs, sid, true);
+        }
+    }
+}
+
+static void sweep_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sched_brains *bs = w->data;
+    if (bs->sweeping || !wp_redis_ready(bs->srv->rds))
+        return;
+    const char *argv[] = { "8" };
+    if (wp_redis_script(bs->srv->rds, lua_orphans, orphans_cb, bs, 0, 1, argv, NULL) == 0)
+        bs->sweeping = true;
+    /* jitter so that schedulers do not all sweep at once */
+    w->repeat = 0.8 + (double)(rand() % 400) / 1000.0;
+    ev_timer_again(loop, w);
+}
+
+int sched__brain_init(struct sched_server *srv, struct wp_err *err)
+{
+    int on = srv->cfg.brain;
+    if (on < 0) /* auto: a model is configured */
+        on = getenv("ANTHROPIC_API_KEY") != NULL ||
+             (srv->cfg.model.base_url[0] &&
+              strcmp(srv->cfg.model.base_url, "https://api.anthropic.com") != 0);
+    if (!on)
+        return 0;
+    struct sched_brains *bs = calloc(1, sizeof(*bs));
+    if (!bs)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    bs->srv = srv;
+    if (sched_model_new(srv->loop, &srv->cfg.model, &bs->model, err) < 0) {
+        free(bs);
+        return err ? err->code : -EIO;
+    }
+    bs->sub = wp_redis_new(srv->loop, srv->cfg.redis_host, srv->cfg.redis_port, "brain-wake");
+    if (!bs->sub || wp_redis_subscribe(bs->sub, BRAIN_WAKE_CHANNEL, wake_cb, bs) < 0) {
+        wp_redis_free(bs->sub);
+        sched_model_free(bs->model);
+        free(bs);
+        return wp_err_set(err, -ENOMEM, "brain: redis subscription");
+    }
+    ev_prepare_init(&bs->flush, flush_all_cb);
+    bs->flush.data = bs;
+    ev_prepare_start(srv->loop, &bs->flush);
+    ev_timer_init(&bs->sweep, sweep_cb, 0., 1.0);
+    bs->sweep.data = bs;
+    ev_timer_again(srv->loop, &bs->sweep);
+    srv->brains = bs;
+    log_info("brain on: model %s, lease %d ms", srv->cfg.model.base_url, srv->cfg.brain_lease_ms);
+    return 0;
+}
+
+void sched__brain_shutdown(struct sched_server *srv)
+{
+    struct sched_brains *bs = srv->brains;
+    if (!bs)
+        return;
+    ev_prepare_stop(srv->loop, &bs->flush);
+    ev_timer_stop(srv->loop, &bs->sweep);
+    /* Leases are left to expire: another scheduler takes the sessions over
+     * from their logs, and the sandboxes stay leased to them meanwhile. */
+    for (struct brain *b = bs->list, *next; b; b = next) {
+        next = b->next;
+        brain_stop(b, "scheduler shutting down");
+        maybe_free(b);
+    }
+    sched_model_free(bs->model);
+    bs->model = NULL;
+    wp_redis_free(bs->sub);
+    bs->sub = NULL;
+}
+
+void sched__brain_free(struct sched_server *srv)
+{
+    struct sched_brains *bs = srv->brains;
+    if (!bs)
+        return;
+    while (bs->list) {
+        struct brain *b = bs->list;
+        b->refs = 0;
+        b->reading = b->in_step = false;
+        brain_free(b);
+    }
+    srv->brains = NULL;
+    free(bs);
+}

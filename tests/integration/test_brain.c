@@ -1,0 +1,507 @@
+/* test_brain.c - the brain end to end: a real Redis, a real node with
+ * hands sandboxes, scheduler processes with the brain on, the local model
+ * server, plain HTTP and SSE as a client sees them. */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lib/sched_testlib.h"
+#include "lib/snaplib.h"
+#include "lib/testlib.h"
+#include "modelserver/msrv_spawn.h"
+#include "base/err.h"
+#include "base/fs.h"
+#include "base/timeutil.h"
+
+#define KEY "sk-acme"
+
+static struct th_redis R;
+static struct th_sched A, B;
+static struct msrv_proc M;
+static char *DIR_;
+static pid_t NODE;
+static char ENV_ID[64], AGENT_ID[64];
+
+static const char script[] =
+    "{\"seed\":1,\"ttft_ms\":30,\"tokens_per_s\":25,\"chunk_tokens\":1,"
+    "\"conversations\":["
+    " {\"match\":\"run bash\",\"turns\":["
+    "   {\"content\":[{\"type\":\"text\",\"text\":\"Let me look at the sandbox.\"},"
+    "     {\"type\":\"tool_use\",\"name\":\"bash\",\"input\":{\"command\":\"echo from-$(hostname)-$((6*7)); pwd\"}}]},"
+    "   {\"text\":\"All done here.\"}]},"
+    " {\"match\":\"slow\",\"turns\":[{\"text\":\"one two three four five six seven eight nine ten "
+    "eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty "
+    "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty one two three four five six seven eight nine ten\","
+    "   \"ttft_ms\":20}]},"
+    " {\"match\":\"custom\",\"turns\":["
+    "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"lookup_order\",\"input\":{\"order\":\"42\"}}]},"
+    "   {\"text\":\"Your order has shipped.\"}]},"
+    " {\"turns\":[\"Hello!\"]}]}";
+
+/* ---- HTTP helpers ---- */
+
+static json_t *call(int port, const char *method, const char *path, const char *body, int want)
+{
+    struct th_resp r;
+    assert_int_equal(th_http(port, method, path, KEY, body, &r), 0);
+    if (r.status != want)
+        fail_msg("%s %s: status %d, want %d: %s", method, path, r.status, want, r.body);
+    json_t *o = json_loads(r.body, 0, NULL);
+    th_resp_free(&r);
+    assert_non_null(o);
+    return o;
+}
+
+static const char *s_(json_t *o, const char *k)
+{
+    return json_string_value(json_object_get(o, k));
+}
+
+/* ---- an SSE client that records when each event arrived ---- */
+
+struct sse {
+    int fd;
+    char *buf;
+    size_t len;
+};
+
+static void sse_open(struct sse *s, int port, const char *sid)
+{
+    char req[512];
+    s->fd = th_connect(port);
+    assert_true(s->fd >= 0);
+    s->buf = malloc(1 << 22);
+    s->len = 0;
+    snprintf(req, sizeof(req),
+             "GET /v1/sessions/%s/events/stream?event_deltas%%5B%%5D=agent.message HTTP/1.1\r\n"
+             "Host: x\r\nx-api-key: " KEY "\r\nanthropic-beta: managed-agents-2026-04-01\r\n\r\n",
+             sid);
+    assert_int_equal(th_send_all(s->fd, req, strlen(req)), 0);
+    char head[4096];
+    int n = th_read_until(s->fd, head, sizeof(head), ": connected\n\n", 5000);
+    assert_true(n > 0 && strstr(head, "200 OK"));
+    /* keep whatever followed the connected comment */
+    char *after = strstr(head, ": connected\n\n") + 13;
+    s->len = (size_t)(head + n - after);
+    memcpy(s->buf, after, s->len);
+}
+
+/* Next event's data (owned) or NULL after timeout_ms. */
+static json_t *sse_next(struct sse *s, int timeout_ms)
+{
+    uint64_t end = wp_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    for (;;) {
+        char *sep;
+        while (s->len && (sep = memmem(s->buf, s->len, "\n\n", 2))) {
+            size_t used = (size_t)(sep - s->buf) + 2;
+            *sep = '\0';
+            char *data = strstr(s->buf, "data: ");
+            json_t *j = data ? json_loads(data + 6, 0, NULL) : NULL;
+            memmove(s->buf, s->buf + used, s->len - used);
+            s->len -= used;
+            if (j)
+                return j;
+        }
+        int64_t left = (int64_t)(end - wp_now_ns()) / 1000000;
+        if ((int64_t)(end - wp_now_ns()) <= 0)
+            return NULL;
+        struct pollfd p = { .fd = s->fd, .events = POLLIN };
+        if (poll(&p, 1, (int)left) <= 0)
+            return NULL;
+        ssize_t n = read(s->fd, s->buf + s->len, (1 << 22) - 1 - s->len);
+        if (n <= 0)
+            return NULL;
+        s->len += (size_t)n;
+    }
+}
+
+static void sse_close(struct sse *s)
+{
+    close(s->fd);
+    free(s->buf);
+}
+
+/* Read until the first event_delta (true) or timeout. */
+static bool wait_delta(struct sse *s, int timeout_ms)
+{
+    json_t *e;
+    while ((e = sse_next(s, timeout_ms))) {
+        bool d = !strcmp(s_(e, "type"), "event_delta");
+        json_decref(e);
+        if (d)
+            return true;
+    }
+    return false;
+}
+
+/* Events until (and with) the first session.status_idle whose stop
+ * reason is `stop` (or any idle when stop is NULL). */
+static json_t *until_idle(struct sse *s, const char *stop, int timeout_ms)
+{
+    json_t *all = json_array();
+    uint64_t end = wp_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    for (;;) {
+        int left = (int)((int64_t)(end - wp_now_ns()) / 1000000);
+        json_t *e = left > 0 ? sse_next(s, left) : NULL;
+        if (!e) {
+            char *d = json_dumps(all, JSON_COMPACT);
+            fail_msg("no idle (%s) within %d ms; got %s", stop ? stop : "any", timeout_ms, d);
+        }
+        json_object_set_new(e, "_t", json_integer((json_int_t)(wp_now_ns() / 1000)));
+        json_array_append_new(all, e);
+        if (!strcmp(s_(e, "type"), "session.status_idle")) {
+            const char *sr = s_(json_object_get(e, "stop_reason"), "type");
+            if (!stop || !strcmp(sr, stop))
+                return all;
+        }
+    }
+}
+
+static int index_of(json_t *evs, const char *type, int from)
+{
+    for (size_t i = (size_t)from; i < json_array_size(evs); i++)
+        if (!strcmp(s_(json_array_get(evs, i), "type"), type))
+            return (int)i;
+    return -1;
+}
+
+static int count_of(json_t *evs, const char *type)
+{
+    int n = 0;
+    for (size_t i = 0; i < json_array_size(evs); i++)
+        n += !strcmp(s_(json_array_get(evs, i), "type"), type);
+    return n;
+}
+
+static char *new_session(int port)
+{
+    char body[256];
+    snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}", AGENT_ID, ENV_ID);
+    json_t *s = call(port, "POST", "/v1/sessions", body, 200);
+    char *id = strdup(s_(s, "id"));
+    json_decref(s);
+    return id;
+}
+
+static void send_text(int port, const char *sid, const char *text)
+{
+    char path[128], body[512];
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events", sid);
+    snprintf(body, sizeof(body),
+             "{\"events\":[{\"type\":\"user.message\",\"content\":[{\"type\":\"text\",\"text\":\"%s\"}]}]}",
+             text);
+    json_decref(call(port, "POST", path, body, 200));
+}
+
+/* ---- set-up: Redis, model server, two schedulers, an API environment
+ * served by a node ---- */
+
+static int group_setup(void **state)
+{
+    char tmpl[1024], env[1200], url[128], scr[1100];
+    struct wp_err err;
+    (void)state;
+
+    if (th_redis_start(&R, 0) < 0)
+        return -1;
+    DIR_ = th_tmpdir("brain");
+    snprintf(scr, sizeof(scr), "%s/script.json", DIR_);
+    if (wp_write_file(scr, script, strlen(script), 0644, &err) < 0)
+        return -1;
+    const char *margs[] = { "--script", scr, "--log-level", "warn", NULL };
+    if (msrv_spawn(&M, margs) < 0)
+        return -1;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", M.port);
+    setenv("ANTHROPIC_API_KEY", "sk-test-model", 1);
+    if (th_sched_start(&A, R.port, "--model-url", url, "--brain-lease-ms", "1500", NULL) < 0 ||
+        th_sched_start(&B, R.port, "--model-url", url, "--brain-lease-ms", "1500", NULL) < 0)
+        return -1;
+    json_t *ag = call(A.port, "POST", "/v1/agents",
+                      "{\"name\":\"t\",\"model\":\"claude-test\",\"system\":\"be brief\","
+                      "\"tools\":[{\"type\":\"agent_toolset_20260401\"},"
+                      "{\"type\":\"custom\",\"name\":\"lookup_order\",\"description\":\"orders\","
+                      "\"input_schema\":{\"type\":\"object\",\"properties\":{\"order\":{\"type\":\"string\"}}}}]}",
+                      200);
+    snprintf(AGENT_ID, sizeof(AGENT_ID), "%s", s_(ag, "id"));
+    json_decref(ag);
+    json_t *en = call(A.port, "POST", "/v1/environments",
+                      "{\"name\":\"brain-env\",\"config\":{\"type\":\"cloud\"}}", 200);
+    snprintf(ENV_ID, sizeof(ENV_ID), "%s", s_(en, "id"));
+    json_decref(en);
+
+    /* The pool environment that serves it (named as the API env). */
+    if (th_hands_template(DIR_, ENV_ID, "box", tmpl, sizeof(tmpl)) < 0)
+        return -1;
+    snprintf(env, sizeof(env), "%s:2:2", tmpl);
+    if ((NODE = th_node_spawn(DIR_, "n1", R.port, env)) < 0)
+        return -1;
+    for (int i = 0; i < 600; i++) {
+        char out[64];
+        th_sh(out, sizeof(out), "redis-cli -p %d llen 'wp:env:{%s}:hot'", R.port, ENV_ID);
+        if (atoi(out) >= 2)
+            return 0;
+        th_msleep(50);
+    }
+    return -1;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    int rc = 0;
+    if (A.pid > 0)
+        th_sched_stop(&A);
+    /* A clean drain (and, under ASan, no leak at exit) with brains running. */
+    if (th_sched_stop(&B) != 0) {
+        fprintf(stderr, "scheduler B did not exit cleanly\n");
+        rc = -1;
+    }
+    if (NODE > 0) {
+        kill(NODE, SIGCONT);
+        kill(NODE, SIGTERM);
+        waitpid(NODE, NULL, 0);
+    }
+    msrv_stop(&M);
+    th_redis_stop(&R);
+    th_rmtree(DIR_);
+    free(DIR_);
+    return rc;
+}
+
+/* ---- tests ---- */
+
+/* The model asks for bash: it runs in the session's sandbox and the turn
+ * ends, every event in order, the first token streamed as a delta. */
+static void bash_turn_runs_in_sandbox(void **state)
+{
+    (void)state;
+    char *sid = new_session(A.port);
+    struct sse s;
+    sse_open(&s, A.port, sid);
+    send_text(A.port, sid, "please run bash");
+    json_t *ev = until_idle(&s, "end_turn", 30000);
+
+    int run = index_of(ev, "session.status_running", 0);
+    int span = index_of(ev, "span.model_request_start", 0);
+    int start = index_of(ev, "event_start", 0);
+    int delta = index_of(ev, "event_delta", 0);
+    int msg = index_of(ev, "agent.message", 0);
+    int use = index_of(ev, "agent.tool_use", 0);
+    int end1 = index_of(ev, "span.model_request_end", 0);
+    int res = index_of(ev, "agent.tool_result", 0);
+    int span2 = index_of(ev, "span.model_request_start", res);
+    int msg2 = index_of(ev, "agent.message", res);
+    int idle = index_of(ev, "session.status_idle", 0);
+    assert_true(run >= 0 && run < span && span < start && start < delta && delta < msg &&
+                msg < use && use < end1 && end1 < res && res < span2 && span2 < msg2 &&
+                msg2 < idle);
+    /* the preview announces the message's id; the deltas add up to it */
+    json_t *m = json_array_get(ev, (size_t)msg);
+    assert_string_equal(s_(json_object_get(json_array_get(ev, (size_t)start), "event"), "id"),
+                        s_(m, "id"));
+    char text[512] = "";
+    for (size_t i = (size_t)start; i < (size_t)msg; i++) {
+        json_t *d = json_array_get(ev, i);
+        if (!strcmp(s_(d, "type"), "event_delta"))
+            strncat(text, s_(json_object_get(json_object_get(d, "delta"), "content"), "text"),
+                    sizeof(text) - strlen(text) - 1);
+    }
+    json_t *mc = json_array_get(json_object_get(m, "content"), 0);
+    assert_string_equal(text, s_(mc, "text"));
+    assert_string_equal(s_(mc, "text"), "Let me look at the sandbox.");
+    /* the tool ran in the sandbox (hostname from the template, workdir) */
+    json_t *tu = json_array_get(ev, (size_t)use), *tr = json_array_get(ev, (size_t)res);
+    assert_string_equal(s_(tu, "name"), "bash");
+    assert_string_equal(s_(tu, "evaluated_permission"), "allow");
+    assert_string_equal(s_(tr, "tool_use_id"), s_(tu, "id"));
+    assert_false(json_is_true(json_object_get(tr, "is_error")));
+    assert_string_equal(s_(json_array_get(json_object_get(tr, "content"), 0), "text"),
+                        "from-box-42\n/work");
+    json_t *e1 = json_array_get(ev, (size_t)end1);
+    assert_string_equal(s_(e1, "model_request_start_id"), s_(json_array_get(ev, (size_t)span), "id"));
+    assert_false(json_is_true(json_object_get(e1, "is_error")));
+    assert_true(json_integer_value(json_object_get(json_object_get(e1, "model_usage"), "output_tokens")) > 0);
+    assert_string_equal(s_(json_array_get(json_object_get(json_array_get(ev, (size_t)msg2), "content"), 0), "text"),
+                        "All done here.");
+
+    /* The history has the same events with the same ids, without previews. */
+    char path[160];
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events?limit=1000", sid);
+    json_t *h = call(B.port, "GET", path, NULL, 200), *data = json_object_get(h, "data");
+    if (count_of(data, "event_delta") + count_of(data, "event_start") != 0)
+        fail_msg("previews in the history: %s", json_dumps(data, JSON_COMPACT));
+    assert_int_equal(count_of(data, "agent.tool_result"), 1);
+    int hm = index_of(data, "agent.message", 0);
+    assert_string_equal(s_(json_array_get(data, (size_t)hm), "id"), s_(m, "id"));
+    json_decref(h);
+    snprintf(path, sizeof(path), "/v1/sessions/%s", sid);
+    json_t *so = call(B.port, "GET", path, NULL, 200);
+    assert_string_equal(s_(so, "status"), "idle");
+    json_decref(so);
+
+    /* A second turn reuses the session's sandbox (files persist). */
+    json_decref(ev);
+    sse_close(&s);
+    free(sid);
+}
+
+/* The first token streams while the sandbox cannot be attached: the node
+ * (and with it the relay to every sandbox) is stopped until after the
+ * first delta arrived. */
+static void first_token_before_sandbox(void **state)
+{
+    (void)state;
+    char *sid = new_session(A.port);
+    struct sse s;
+    sse_open(&s, A.port, sid);
+    assert_int_equal(kill(NODE, SIGSTOP), 0);
+    send_text(A.port, sid, "run bash now");
+    json_t *e;
+    bool got_delta = false;
+    while ((e = sse_next(&s, 10000))) {
+        bool d = !strcmp(s_(e, "type"), "event_delta");
+        assert_string_not_equal(s_(e, "type"), "agent.tool_result");
+        json_decref(e);
+        if (d) {
+            got_delta = true;
+            break;
+        }
+    }
+    assert_true(got_delta);
+    /* No tool result can exist yet: the sandbox cannot attach while its
+     * node is stopped. Let it stay stopped a little longer. */
+    th_msleep(300);
+    assert_int_equal(kill(NODE, SIGCONT), 0);
+    json_t *ev = until_idle(&s, "end_turn", 30000);
+    int res = index_of(ev, "agent.tool_result", 0);
+    assert_true(res >= 0);
+    assert_false(json_is_true(json_object_get(json_array_get(ev, (size_t)res), "is_error")));
+    json_decref(ev);
+    sse_close(&s);
+    free(sid);
+}
+
+/* An interrupt cancels the model request mid-stream: the span ends in
+ * error, no agent.message for the cut text, the session is idle. */
+static void interrupt_mid_stream(void **state)
+{
+    (void)state;
+    char *sid = new_session(A.port), path[160];
+    struct sse s;
+    sse_open(&s, A.port, sid);
+    send_text(A.port, sid, "go slow please");
+    assert_true(wait_delta(&s, 10000));
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events", sid);
+    /* sent to the other scheduler: it wakes the one running the brain */
+    json_decref(call(B.port, "POST", path, "{\"events\":[{\"type\":\"user.interrupt\"}]}", 200));
+    json_t *ev = until_idle(&s, NULL, 10000);
+    int end = index_of(ev, "span.model_request_end", 0);
+    assert_true(end >= 0);
+    assert_true(json_is_true(json_object_get(json_array_get(ev, (size_t)end), "is_error")));
+    assert_int_equal(count_of(ev, "agent.message"), 0);
+    assert_true(index_of(ev, "user.interrupt", 0) < end);
+    json_decref(ev);
+    snprintf(path, sizeof(path), "/v1/sessions/%s", sid);
+    json_t *so = call(A.port, "GET", path, NULL, 200);
+    assert_string_equal(s_(so, "status"), "idle");
+    json_decref(so);
+    sse_close(&s);
+    free(sid);
+}
+
+/* A custom tool: the session waits for the client's result. */
+static void custom_tool_waits_for_client(void **state)
+{
+    (void)state;
+    char *sid = new_session(A.port), path[160], body[512];
+    struct sse s;
+    sse_open(&s, A.port, sid);
+    send_text(A.port, sid, "check my custom order");
+    json_t *ev = until_idle(&s, "requires_action", 10000);
+    int cu = index_of(ev, "agent.custom_tool_use", 0);
+    assert_true(cu >= 0);
+    json_t *idle = json_array_get(ev, json_array_size(ev) - 1);
+    json_t *ids = json_object_get(json_object_get(idle, "stop_reason"), "event_ids");
+    const char *use_id = s_(json_array_get(ev, (size_t)cu), "id");
+    assert_string_equal(json_string_value(json_array_get(ids, 0)), use_id);
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events", sid);
+    snprintf(body, sizeof(body),
+             "{\"events\":[{\"type\":\"user.custom_tool_result\",\"custom_tool_use_id\":\"%s\","
+             "\"content\":[{\"type\":\"text\",\"text\":\"shipped\"}]}]}",
+             use_id);
+    json_decref(call(B.port, "POST", path, body, 200));
+    json_t *ev2 = until_idle(&s, "end_turn", 10000);
+    assert_true(index_of(ev2, "session.status_running", 0) >= 0);
+    int m = index_of(ev2, "agent.message", 0);
+    assert_string_equal(
+        s_(json_array_get(json_object_get(json_array_get(ev2, (size_t)m), "content"), 0), "text"),
+        "Your order has shipped.");
+    json_decref(ev);
+    json_decref(ev2);
+    sse_close(&s);
+    free(sid);
+}
+
+/* The scheduler running a session is killed mid-turn: another one takes
+ * the session over from its log and finishes the turn. */
+static void takeover_after_kill(void **state)
+{
+    (void)state;
+    char *sid = new_session(A.port), path[160];
+    struct sse s;
+    sse_open(&s, B.port, sid);
+    send_text(A.port, sid, "slow again");
+    assert_true(wait_delta(&s, 10000));
+    kill(A.pid, SIGKILL);
+    waitpid(A.pid, NULL, 0);
+    A.pid = 0;
+    json_t *ev = until_idle(&s, "end_turn", 20000);
+    /* the interrupted request closed in error, retried, and answered */
+    int end = index_of(ev, "span.model_request_end", 0);
+    assert_true(end >= 0);
+    assert_true(json_is_true(json_object_get(json_array_get(ev, (size_t)end), "is_error")));
+    int m = index_of(ev, "agent.message", end);
+    assert_true(m > end);
+    json_decref(ev);
+    /* no event twice in the history */
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events?limit=1000", sid);
+    json_t *h = call(B.port, "GET", path, NULL, 200), *data = json_object_get(h, "data");
+    json_t *seen = json_object();
+    for (size_t i = 0; i < json_array_size(data); i++) {
+        const char *id = s_(json_array_get(data, i), "id");
+        assert_null(json_object_get(seen, id));
+        json_object_set_new(seen, id, json_true());
+    }
+    assert_int_equal(count_of(data, "agent.message"), 1);
+    assert_int_equal(count_of(data, "session.status_idle"), 1);
+    json_decref(seen);
+    json_decref(h);
+    sse_close(&s);
+    free(sid);
+}
+
+int main(void)
+{
+    if (geteuid() != 0) {
+        printf("1..0 # SKIP needs root (sandboxes)\n");
+        return 0;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(bash_turn_runs_in_sandbox),
+        cmocka_unit_test(first_token_before_sandbox),
+        cmocka_unit_test(interrupt_mid_stream),
+        cmocka_unit_test(custom_tool_waits_for_client),
+        cmocka_unit_test(takeover_after_kill),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
