@@ -452,6 +452,66 @@ static void custom_tool_waits_for_client(void **state)
     free(sid);
 }
 
+/* The model server answers 529 first: the model client retries, the
+ * session shows a retrying session.error, and the turn completes. */
+static void overloaded_then_success(void **state)
+{
+    (void)state;
+    struct msrv_proc m2;
+    struct th_sched c;
+    char url[128], scr[1100];
+    snprintf(scr, sizeof(scr), "%s/script.json", DIR_);
+    const char *margs[] = { "--script", scr, "--http-fail-first", "1", "--fail-status", "529",
+                            "--retry-after", "0", "--log-level", "warn", NULL };
+    assert_int_equal(msrv_spawn(&m2, margs), 0);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", m2.port);
+    assert_int_equal(th_sched_start(&c, R.port, "--model-url", url, "--model-backoff", "0.05",
+                                    NULL), 0);
+    char *sid = new_session(c.port);
+    struct sse s;
+    sse_open(&s, c.port, sid);
+    send_text(c.port, sid, "hello there");
+    json_t *ev = until_idle(&s, "end_turn", 20000);
+    int err = index_of(ev, "session.error", 0);
+    assert_true(err >= 0);
+    json_t *e = json_object_get(json_array_get(ev, (size_t)err), "error");
+    assert_string_equal(s_(e, "type"), "model_overloaded_error");
+    assert_string_equal(s_(json_object_get(e, "retry_status"), "type"), "retrying");
+    int m = index_of(ev, "agent.message", err);
+    assert_true(m > err);
+    assert_string_equal(
+        s_(json_array_get(json_object_get(json_array_get(ev, (size_t)m), "content"), 0), "text"),
+        "Hello!");
+    json_decref(ev);
+    sse_close(&s);
+    free(sid);
+    assert_int_equal(th_sched_stop(&c), 0);
+    msrv_stop(&m2);
+}
+
+/* The official SDK streams whole sessions: a cloud one whose bash runs in
+ * a sandbox, and a self-hosted one whose bash the SDK's own worker runs. */
+static void sdk_streams_sessions(void **state)
+{
+    (void)state;
+    static char out[1 << 16];
+    if (access("tests/sdk/node_modules/@anthropic-ai/sdk/package.json", R_OK) != 0) {
+        int rc = th_sh(out, sizeof(out),
+                       "cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error 2>&1");
+        if (rc != 0)
+            fprintf(stderr, "npm ci: %s\n", out);
+        assert_int_equal(rc, 0);
+    }
+    int rc = th_sh(out, sizeof(out),
+                   "cd tests/sdk && WP_BASE_URL=http://127.0.0.1:%d WP_API_KEY=" KEY
+                   " WP_AGENT=%s WP_ENV=%s timeout 120 node sdk_brain.mjs 2>&1",
+                   B.port, AGENT_ID, ENV_ID);
+    printf("%s", out);
+    assert_int_equal(rc, 0);
+    assert_null(strstr(out, "FAILED"));
+    assert_non_null(strstr(out, "sdk-brain: 3 steps passed"));
+}
+
 /* The scheduler running a session is killed mid-turn: another one takes
  * the session over from its log and finishes the turn. */
 static void takeover_after_kill(void **state)
@@ -501,6 +561,8 @@ int main(void)
         cmocka_unit_test(first_token_before_sandbox),
         cmocka_unit_test(interrupt_mid_stream),
         cmocka_unit_test(custom_tool_waits_for_client),
+        cmocka_unit_test(overloaded_then_success),
+        cmocka_unit_test(sdk_streams_sessions),
         cmocka_unit_test(takeover_after_kill),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
