@@ -215,7 +215,7 @@ static void finish(struct sched_model_call *c, int status, const struct sched_mo
     c->done = true;
     ev_timer_stop(m->loop, &c->wait);
     if (status < 0)
-        log_info("model call failed status=%d type=%s partial=%d attempts=%d request_id=%s",
+        log_info("call failed status=%d type=%s partial=%d attempts=%d request_id=%s",
                  e->http_status, e->type, e->partial, c->attempts, c->timing.request_id);
     c->busy++;
     m->in_cb++;
@@ -249,20 +249,24 @@ static void attempt_failed(struct sched_model_call *c, int code, struct sched_mo
             cap = cfg->backoff_max_s;
         delay = cap * rand01(m);
     }
-    log_info("model retry attempt=%d type=%s status=%d delay_ms=%.0f request_id=%s",
+    log_info("retry attempt=%d type=%s status=%d delay_ms=%.0f request_id=%s",
              c->attempts, e->type, e->http_status, delay * 1000, c->timing.request_id);
-    /* The delay counts from now, not from the loop's cached time. */
-    ev_now_update(m->loop);
-    ev_timer_set(&c->wait, delay, 0.);
-    ev_timer_start(m->loop, &c->wait);
     if (c->cbs.on_retry) {
         c->busy++;
         m->in_cb++;
         c->cbs.on_retry(c->ctx, c->attempts, e, delay);
         m->in_cb--;
         c->busy--;
+        if (c->cancelled) {
+            maybe_free(c);
+            return;
+        }
     }
-    maybe_free(c); /* cancelled inside on_retry */
+    /* Armed after on_retry, from the current time (not the loop's cached
+     * one), so the next attempt starts at least delay after on_retry. */
+    ev_now_update(m->loop);
+    ev_timer_set(&c->wait, delay, 0.);
+    ev_timer_start(m->loop, &c->wait);
 }
 
 static void on_wait(struct ev_loop *loop, ev_timer *w, int revents)
