@@ -493,6 +493,11 @@ static void attempt_done(struct sched_model_call *c, CURLcode res)
         maybe_free(c);
         return;
     }
+    long conns = 0;
+    curl_easy_getinfo(c->easy, CURLINFO_NUM_CONNECTS, &conns);
+    log_debug("attempt done http=%ld curl=%d new_connections=%ld ms=%.1f request_id=%s", c->status,
+              (int)res, conns, (double)(wp_now_ns() - c->timing.started_ns) / 1e6,
+              c->timing.request_id);
     if (c->failed) {
         e = c->err;
         code = c->err_code;
@@ -745,9 +750,11 @@ int sched_model_new(struct ev_loop *loop, const struct sched_model_config *cfg,
     if (!header_safe(cfg->api_key) || !header_safe(cfg->version) || !cfg->version[0])
         return wp_err_set(err, WP_ECONFIG, "model: bad api key or version");
     if (!(cfg->connect_timeout_s > 0) || !(cfg->header_timeout_s > 0) ||
-        !(cfg->idle_timeout_s > 0) || cfg->max_retries < 0 || cfg->backoff_base_s < 0 ||
-        cfg->backoff_max_s < 0)
-        return wp_err_set(err, WP_ECONFIG, "model: timeouts must be > 0, retries >= 0");
+        !(cfg->idle_timeout_s > 0) || cfg->max_retries < 0 || !(cfg->backoff_base_s >= 0) ||
+        !(cfg->backoff_max_s >= 0) || cfg->connect_timeout_s > 1e6 ||
+        cfg->header_timeout_s > 1e6 || cfg->idle_timeout_s > 1e6 || cfg->max_retries > 1000)
+        return wp_err_set(err, WP_ECONFIG,
+                          "model: timeouts must be in (0, 1e6] s, retries in [0, 1000]");
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return wp_err_set(err, WP_ECONFIG, "model: curl_global_init failed");
     m = calloc(1, sizeof(*m));
