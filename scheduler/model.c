@@ -215,7 +215,7 @@ static void finish(struct sched_model_call *c, int status, const struct sched_mo
     c->done = true;
     ev_timer_stop(m->loop, &c->wait);
     if (status < 0)
-        log_info("call failed status=%d type=%s partial=%d attempts=%d request_id=%s",
+        log_info("call failed http=%d type=%s partial=%d attempts=%d request_id=%s",
                  e->http_status, e->type, e->partial, c->attempts, c->timing.request_id);
     c->busy++;
     m->in_cb++;
@@ -249,7 +249,7 @@ static void attempt_failed(struct sched_model_call *c, int code, struct sched_mo
             cap = cfg->backoff_max_s;
         delay = cap * rand01(m);
     }
-    log_info("retry attempt=%d type=%s status=%d delay_ms=%.0f request_id=%s",
+    log_info("retry attempt=%d type=%s http=%d delay_ms=%.0f request_id=%s",
              c->attempts, e->type, e->http_status, delay * 1000, c->timing.request_id);
     if (c->cbs.on_retry) {
         c->busy++;
@@ -651,7 +651,8 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
         curl_multi_assign(m->multi, fd, s);
     }
     ev_io_stop(m->loop, &s->io);
-    ev_io_set(&s->io, fd, (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0));
+    ev_io_set(&s->io, fd,
+              (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0));
     ev_io_start(m->loop, &s->io);
     return 0;
 }
