@@ -349,40 +349,106 @@ static void error_event_retried_only_before_content(void **state)
     h_done(&h);
 }
 
+static void on_cancel_now(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct rec *r = w->data;
+    (void)loop;
+    (void)revents;
+    assert_true(r->n > 0 && !r->done); /* mid-stream */
+    r->cancelled = true;
+    sched_model_cancel(r->call);
+}
+
+static void wait_client_gone(long want)
+{
+    long gone = 0;
+    for (int i = 0; i < 200 && gone != want; i++) {
+        gone = stat_int("client_gone");
+        if (gone != want)
+            usleep(10000);
+    }
+    assert_int_equal(gone, want);
+}
+
+/* a is cancelled inside its own on_event (inside curl), c from a timer
+ * while it streams; b runs on meanwhile, so the loop would show any late
+ * callback of a or c. */
 static void cancel_mid_stream(void **state)
 {
     (void)state;
     const char *args[] = { "--ttft", "fixed:10", "--rate", "50", "--text",
                            REPLY " " REPLY, NULL };
     struct h h;
-    struct rec a, b;
+    struct rec a, b, c;
+    ev_timer t;
 
     spawn(args);
     h_init(&h, srv.port, 30);
     h_model(&h);
     rec_init(&a, &h);
     rec_init(&b, &h);
-    a.cancel_at = 4; /* message_start, block start, two deltas: cancelled inside on_event */
+    rec_init(&c, &h);
+    a.cancel_at = 4; /* message_start, block start, two deltas */
     start(&a, "hello");
-    start(&b, "hello"); /* keeps the loop busy for a second after the cancel */
+    start(&b, "hello");
+    start(&c, "hello");
+    ev_timer_init(&t, on_cancel_now, 0.2, 0.);
+    t.data = &c;
+    ev_timer_start(h.loop, &t);
     h_run(&h);
-    assert_true(a.cancelled);
+    assert_true(a.cancelled && c.cancelled);
     assert_int_equal(a.n, 4);
-    assert_int_equal(a.after_cancel, 0);
-    assert_int_equal(a.done, 0);
+    assert_int_equal(a.after_cancel + c.after_cancel, 0);
+    assert_int_equal(a.done + c.done, 0);
     assert_int_equal(b.done, 1);
     assert_int_equal(b.status, 0);
     assert_string_equal(b.text.data, REPLY " " REPLY);
+    assert_true(c.n > 0 && c.n < b.n);
     rec_free(&a);
     rec_free(&b);
+    rec_free(&c);
     h_done(&h);
-    long gone = 0;
-    for (int i = 0; i < 200 && gone != 1; i++) {
-        gone = stat_int("client_gone");
-        if (gone != 1)
-            usleep(10000);
+    wait_client_gone(2);
+}
+
+/* sched_model_free with calls streaming and one waiting to retry: no
+ * callback, nothing left on the loop, nothing leaked (ASan). */
+static void on_break(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static void free_with_calls_in_flight(void **state)
+{
+    (void)state;
+    const char *args[] = { "--http-fail-first", "1", "--retry-after", "5", "--ttft", "fixed:10",
+                           "--rate", "20", "--text", REPLY, NULL };
+    struct h h;
+    struct rec r[3];
+    ev_timer t;
+
+    spawn(args);
+    h_init(&h, srv.port, 20);
+    h_model(&h);
+    for (int i = 0; i < 3; i++) {
+        rec_init(&r[i], &h);
+        start(&r[i], "hello");
     }
-    assert_int_equal(gone, 1);
+    ev_timer_init(&t, on_break, 0.3, 0.);
+    ev_timer_start(h.loop, &t);
+    ev_run(h.loop, 0);
+    assert_int_equal(r[0].retries + r[1].retries + r[2].retries, 1);
+    sched_model_free(h.m);
+    h.m = NULL;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(r[i].done, 0);
+        rec_free(&r[i]);
+    }
+    h_run(&h); /* returns at once: the client left no watcher */
+    h_done(&h);
+    wait_client_gone(2);
 }
 
 /* Cancelled while waiting to retry (from outside any callback). */
@@ -450,13 +516,7 @@ static void idle_timeout_on_stalled_stream(void **state)
     assert_true(wp_now_ns() - t0 >= 600000000ull); /* two attempts of 0.3 s */
     rec_free(&r);
     h_done(&h);
-    long gone = 0;
-    for (int i = 0; i < 200 && gone != 2; i++) {
-        gone = stat_int("client_gone");
-        if (gone != 2)
-            usleep(10000);
-    }
-    assert_int_equal(gone, 2); /* the timed-out connections were closed */
+    wait_client_gone(2); /* the timed-out connections were closed */
 }
 
 static struct rec many[50];
@@ -544,6 +604,7 @@ int main(void)
         cmocka_unit_test_teardown(error_event_retried_only_before_content, teardown),
         cmocka_unit_test_teardown(cancel_mid_stream, teardown),
         cmocka_unit_test_teardown(cancel_during_backoff, teardown),
+        cmocka_unit_test_teardown(free_with_calls_in_flight, teardown),
         cmocka_unit_test_teardown(idle_timeout_on_stalled_stream, teardown),
         cmocka_unit_test_teardown(fifty_concurrent_streams, teardown),
     };
