@@ -183,6 +183,8 @@ static int apply_model_opt(struct sched_model_config *mc, const char *name, cons
     snprintf(full, sizeof(full), "model-%s", name);
     if (num(val, &d, err, full) < 0)
         return WP_ECONFIG;
+    if (d > 1e6)
+        return wp_err_set(err, WP_ECONFIG, "--%s: too large", full);
     if (!strcmp(name, "timeout"))
         mc->header_timeout_s = mc->idle_timeout_s = d;
     else if (!strcmp(name, "connect-timeout"))

@@ -215,7 +215,7 @@ static void finish(struct sched_model_call *c, int status, const struct sched_mo
     c->done = true;
     ev_timer_stop(m->loop, &c->wait);
     if (status < 0)
-        log_info("model call failed status=%d type=%s partial=%d attempts=%d request_id=%s",
+        log_info("call failed http=%d type=%s partial=%d attempts=%d request_id=%s",
                  e->http_status, e->type, e->partial, c->attempts, c->timing.request_id);
     c->busy++;
     m->in_cb++;
@@ -249,20 +249,24 @@ static void attempt_failed(struct sched_model_call *c, int code, struct sched_mo
             cap = cfg->backoff_max_s;
         delay = cap * rand01(m);
     }
-    log_info("model retry attempt=%d type=%s status=%d delay_ms=%.0f request_id=%s",
+    log_info("retry attempt=%d type=%s http=%d delay_ms=%.0f request_id=%s",
              c->attempts, e->type, e->http_status, delay * 1000, c->timing.request_id);
-    /* The delay counts from now, not from the loop's cached time. */
-    ev_now_update(m->loop);
-    ev_timer_set(&c->wait, delay, 0.);
-    ev_timer_start(m->loop, &c->wait);
     if (c->cbs.on_retry) {
         c->busy++;
         m->in_cb++;
         c->cbs.on_retry(c->ctx, c->attempts, e, delay);
         m->in_cb--;
         c->busy--;
+        if (c->cancelled) {
+            maybe_free(c);
+            return;
+        }
     }
-    maybe_free(c); /* cancelled inside on_retry */
+    /* Armed after on_retry, from the current time (not the loop's cached
+     * one), so the next attempt starts at least delay after on_retry. */
+    ev_now_update(m->loop);
+    ev_timer_set(&c->wait, delay, 0.);
+    ev_timer_start(m->loop, &c->wait);
 }
 
 static void on_wait(struct ev_loop *loop, ev_timer *w, int revents)
@@ -489,6 +493,11 @@ static void attempt_done(struct sched_model_call *c, CURLcode res)
         maybe_free(c);
         return;
     }
+    long conns = 0;
+    curl_easy_getinfo(c->easy, CURLINFO_NUM_CONNECTS, &conns);
+    log_debug("attempt done http=%ld curl=%d new_connections=%ld ms=%.1f request_id=%s", c->status,
+              (int)res, conns, (double)(wp_now_ns() - c->timing.started_ns) / 1e6,
+              c->timing.request_id);
     if (c->failed) {
         e = c->err;
         code = c->err_code;
@@ -642,7 +651,8 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
         curl_multi_assign(m->multi, fd, s);
     }
     ev_io_stop(m->loop, &s->io);
-    ev_io_set(&s->io, fd, (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0));
+    ev_io_set(&s->io, fd,
+              (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0));
     ev_io_start(m->loop, &s->io);
     return 0;
 }
@@ -741,9 +751,11 @@ int sched_model_new(struct ev_loop *loop, const struct sched_model_config *cfg,
     if (!header_safe(cfg->api_key) || !header_safe(cfg->version) || !cfg->version[0])
         return wp_err_set(err, WP_ECONFIG, "model: bad api key or version");
     if (!(cfg->connect_timeout_s > 0) || !(cfg->header_timeout_s > 0) ||
-        !(cfg->idle_timeout_s > 0) || cfg->max_retries < 0 || cfg->backoff_base_s < 0 ||
-        cfg->backoff_max_s < 0)
-        return wp_err_set(err, WP_ECONFIG, "model: timeouts must be > 0, retries >= 0");
+        !(cfg->idle_timeout_s > 0) || cfg->max_retries < 0 || !(cfg->backoff_base_s >= 0) ||
+        !(cfg->backoff_max_s >= 0) || cfg->connect_timeout_s > 1e6 ||
+        cfg->header_timeout_s > 1e6 || cfg->idle_timeout_s > 1e6 || cfg->max_retries > 1000)
+        return wp_err_set(err, WP_ECONFIG,
+                          "model: timeouts must be in (0, 1e6] s, retries in [0, 1000]");
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return wp_err_set(err, WP_ECONFIG, "model: curl_global_init failed");
     m = calloc(1, sizeof(*m));

@@ -49,7 +49,8 @@ struct sched_model_cbs {
      * message_delta, message_stop (ping is not passed; an `error` event
      * ends the call through on_done). data is the event's JSON, borrowed.
      * message_start is passed just before the event after it, so an
-     * error right after it still counts as "nothing delivered" (retried). */
+     * error right after it still counts as "nothing delivered" (retried).
+     * Event types not listed here are passed through as they come. */
     void (*on_event)(void *ctx, const char *type, json_t *data);
     /* A retry was scheduled after delay_s (only before any event was
      * delivered). May be NULL. */

@@ -151,7 +151,7 @@ static void oversized_event(void **state)
         assert_int_equal(r.n, 0);
     }
     /* Many small data lines add up to the limit too. */
-    char many[400] = "";
+    char many[600] = "";
     for (int i = 0; i < 30; i++)
         strcat(many, "data: 0123456789\n");
     strcat(many, "\n");
