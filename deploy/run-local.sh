@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The whole stack on this machine with embedded defaults: a Redis of its own,
-# one node daemon keeping hot sandboxes of a default environment (host /usr,
-# the hands as PID 1), the scheduler's HTTP API. Then a demo: a sandbox is
-# provisioned through /v1/sandboxes and runs a command; the timings and the
-# tier that served it are printed. Keeps serving until Ctrl-C.
+# one node daemon, the scheduler (HTTP API + brain), and a model: Anthropic's
+# API when ANTHROPIC_API_KEY is set, else the local model server. It creates
+# an agent and an environment through the API (the node builds the
+# environment's image and warms its pool, progress shown), runs one demo
+# session whose tokens, tool calls, time to first token and sandbox tier are
+# printed as they happen, and keeps serving until Ctrl-C.
 #   deploy/run-local.sh [BUILD]      (make run)
 set -euo pipefail
 BUILD=${1:-build}
+BUILD=$(cd "$BUILD" && pwd)
+HERE=$(cd "$(dirname "$0")" && pwd)
 STATE=${WARMPOOL_STATE:-/var/lib/warmpool}
 RUN=$(mktemp -d /tmp/warmpool-run-XXXXXX)
 KEY=sk-local-demo
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-RPORT=$(port); HPORT=$(port)
+RPORT=$(port); HPORT=$(port); MPORT=$(port)
 say() { printf '\033[1mwarmpool:\033[0m %s\n' "$*"; }
 pids=()
 cleanup() {
@@ -27,46 +31,58 @@ say "redis on 127.0.0.1:$RPORT (data in $RUN)"
 redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$RUN" --appendonly yes \
     --appendfsync everysec --save '' --daemonize yes --logfile "$RUN/redis.log" >/dev/null
 
-mkdir -p "$STATE/wp"
-cp "$BUILD/warmpool-hands" "$STATE/wp/warmpool-hands.new"
-mv "$STATE/wp/warmpool-hands.new" "$STATE/wp/warmpool-hands"
-cat >"$RUN/default.json" <<JSON
-{"name":"default","rootfs":"host","workdir":"/work","hostname":"sandbox",
- "init":["/.wp/warmpool-hands","--socket","/run/warmpool/hands.sock","--workdir","/work",
-         "--ready-file","/run/warmpool/hands.ready"],
- "ready_file":"/run/warmpool/hands.ready",
- "binds":[{"source":"$STATE/wp","target":"/.wp"}],
- "setup":["python3 -c 'import json, re, hashlib' && echo python warmed"],
- "limits":{"memory_mb":512,"pids":256,"cpu":1.0}}
-JSON
-say "node daemon: building the default environment and warming its pool"
+if [ -n "${ANTHROPIC_API_KEY:-}" ]; then
+    MODEL_URL=${ANTHROPIC_BASE_URL:-https://api.anthropic.com}
+    MODEL=${WARMPOOL_DEMO_MODEL:-claude-sonnet-4-5}
+    say "model: $MODEL at $MODEL_URL (ANTHROPIC_API_KEY is set)"
+else
+    MODEL_URL="http://127.0.0.1:$MPORT"
+    MODEL=claude-local-demo
+    export ANTHROPIC_API_KEY=sk-local-model
+    say "model: the local model server on $MODEL_URL (set ANTHROPIC_API_KEY to use Anthropic's API)"
+    "$BUILD/wp-modelserver" --port "$MPORT" --script "$HERE/demo-model.json" \
+        --log-level warn 2> >(sed 's/^/  model | /' >&2) &
+    pids+=($!)
+fi
+
+# The node serves the environments created through the API (its catalog
+# reads them from Redis); sandboxes bind the hands from the build directory.
 "$BUILD/warmpool-node" --id local --redis "127.0.0.1:$RPORT" --state-dir "$STATE" \
-    --env "$RUN/default.json:4:8" --log-level info 2> >(sed 's/^/  node | /' >&2) &
+    --log-level info 2> >(sed 's/^/  node  | /' >&2) &
 pids+=($!)
 "$BUILD/warmpool-scheduler" --listen "127.0.0.1:$HPORT" --redis "127.0.0.1:$RPORT" \
-    --api-key "local:$KEY" 2> >(sed 's/^/  api  | /' >&2) >/dev/null &
+    --api-key "local:$KEY" --model-url "$MODEL_URL" --brain on --hands-dir "$BUILD" \
+    2> >(sed 's/^/  api   | /' >&2) >/dev/null &
 pids+=($!)
-for _ in $(seq 600); do
-    n=$(redis-cli -p "$RPORT" llen 'wp:env:{default}:hot' 2>/dev/null || echo 0)
+api() { curl -sS -H "x-api-key: $KEY" -H 'content-type: application/json' "$@"; }
+for _ in $(seq 100); do
+    api "http://127.0.0.1:$HPORT/v1/agents" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+AGENT=$(api -X POST "http://127.0.0.1:$HPORT/v1/agents" -d "{\"name\":\"demo\",\"model\":\"$MODEL\",
+  \"system\":\"You are a concise assistant with a Linux sandbox. Use bash when it helps.\",
+  \"tools\":[{\"type\":\"agent_toolset_20260401\"}]}" | field id)
+ENV=$(api -X POST "http://127.0.0.1:$HPORT/v1/environments" -d '{"name":"default",
+  "config":{"type":"cloud"},"metadata":{"warmpool.min_hot":"4","warmpool.max_hot":"8"}}' | field id)
+say "agent $AGENT, environment $ENV: the node builds its image and warms 4 hot clones"
+last=""
+for _ in $(seq 1200); do
+    n=$(redis-cli -p "$RPORT" llen "wp:env:{$ENV}:hot" 2>/dev/null || echo 0)
+    b=$(redis-cli -p "$RPORT" hget "wp:tpl:{$ENV}" build:local 2>/dev/null || true)
+    if [ "$b" != "$last" ] && [ -n "$b" ]; then say "  build: $b"; last=$b; fi
+    case "$b" in failed*) say "the environment failed to build"; exit 1 ;; esac
     [ "${n:-0}" -ge 4 ] && break
     sleep 0.1
 done
-say "hot pool ready: $(redis-cli -p "$RPORT" llen 'wp:env:{default}:hot') clones"
-api() { curl -sS -H "x-api-key: $KEY" -H 'content-type: application/json' "$@"; }
-sb=$(api -w '\n%{time_total}' -X POST "http://127.0.0.1:$HPORT/v1/sandboxes" \
-     -d '{"environment":"default","env":{"GREETING":"hello from warmpool"}}')
-id=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1].split("\n")[0])["id"])' "$sb")
-say "sandbox $id: create answered in $(echo "$sb" | tail -1) s (before the sandbox is attached)"
-out=$(api -w '\n%{time_total}' -X POST "http://127.0.0.1:$HPORT/v1/sandboxes/$id/execute" \
-      -d '{"name":"bash","input":{"command":"echo $GREETING; hostname; cat /proc/1/comm; python3 -c \"import sys; print(sys.version.split()[0])\""}}')
-say "bash ran in the sandbox (execute answered in $(echo "$out" | tail -1) s):"
-python3 -c 'import json,sys; print("    " + json.loads(sys.argv[1].rsplit("\n", 1)[0])["content"][0]["text"].replace("\n", "\n    "))' "$out"
-api "http://127.0.0.1:$HPORT/v1/sandboxes/$id" | python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-print("    tier %s, node %s, claim %.2f ms, attached %.2f ms" % (d["tier"], d["node"],
-      d["timings"].get("claim_ms", 0), d["timings"].get("attached_ms", 0)))'
-api -X DELETE "http://127.0.0.1:$HPORT/v1/sandboxes/$id" >/dev/null
-"$BUILD/warmpool" --redis "127.0.0.1:$RPORT" pool status default | sed 's/^/    /'
+say "hot pool ready: $(redis-cli -p "$RPORT" llen "wp:env:{$ENV}:hot") clones"
+"$BUILD/warmpool" --redis "127.0.0.1:$RPORT" pool status "$ENV" | sed 's/^/    /'
+
+say "demo session (tokens stream as the model writes them; the sandbox is claimed meanwhile)"
+python3 "$HERE/demo_session.py" --api "http://127.0.0.1:$HPORT" --key "$KEY" \
+    --agent "$AGENT" --env "$ENV" --redis-port "$RPORT"
+say "metrics: http://127.0.0.1:$HPORT/metrics (TTFT, attach, claim, tool and model latency)"
+curl -s "http://127.0.0.1:$HPORT/metrics" | grep -E '^warmpool_(ttft_seconds|claim_seconds)_(count|sum)' \
+    | sed 's/^/    /' || true
 say "serving: API http://127.0.0.1:$HPORT (x-api-key: $KEY), redis 127.0.0.1:$RPORT; Ctrl-C to stop"
 wait
