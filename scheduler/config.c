@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/fs.h"
 #include "base/log.h"
@@ -29,6 +30,20 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->rate_read = 600;
     cfg->drain_timeout = 10;
     cfg->max_conns = 10000;
+    /* Next to our own binary, where `make` builds warmpool-hands. */
+    char exe[256];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    char *slash = NULL;
+    if (n > 0) {
+        exe[n] = '\0';
+        slash = strrchr(exe, '/');
+    }
+    if (slash && slash > exe) {
+        *slash = '\0';
+        snprintf(cfg->hands_dir, sizeof(cfg->hands_dir), "%s", exe);
+    } else {
+        snprintf(cfg->hands_dir, sizeof(cfg->hands_dir), "%s", WP_PREFIX "/bin");
+    }
 }
 
 int sched_config_add_key(struct sched_config *cfg, const char *spec, struct wp_err *err)
@@ -87,6 +102,8 @@ static void usage(void)
            "  --sse-soft-seconds SECS  cut a stream off after this long above the soft limit (30)\n"
            "  --max-conns N            open connections, streams included (10000); more get 503\n"
            "  --vault-key HEX          64 hex digits: AES-256 key for vault secrets\n"
+           "  --hands-dir DIR          directory with warmpool-hands on the nodes, bound at /.wp\n"
+           "                           in API environments' templates (default: this binary's)\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
            "  --log-components SPEC    e.g. all,-redis\n"
            "  --help                   this text\n");
@@ -163,6 +180,12 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         if (strlen(val) != 64 || strspn(val, "0123456789abcdefABCDEF") != 64)
             return wp_err_set(err, WP_ECONFIG, "--vault-key wants 64 hex digits");
         snprintf(cfg->vault_key_hex, sizeof(cfg->vault_key_hex), "%s", val);
+        return 0;
+    }
+    if (!strcmp(name, "hands-dir")) {
+        if (val[0] != '/' || strlen(val) >= sizeof(cfg->hands_dir) || strchr(val, '"'))
+            return wp_err_set(err, WP_ECONFIG, "--hands-dir wants an absolute path");
+        snprintf(cfg->hands_dir, sizeof(cfg->hands_dir), "%s", val);
         return 0;
     }
     if (num(val, &d, err, name) < 0)

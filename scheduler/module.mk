@@ -4,7 +4,7 @@ scheduler_SRCS := scheduler/http_parse.c scheduler/server.c scheduler/route.c \
                   scheduler/agents.c scheduler/envs.c scheduler/sessions.c \
                   scheduler/resources_session.c \
                   scheduler/events.c scheduler/sse.c scheduler/vaults.c scheduler/work.c \
-                  scheduler/config.c scheduler/sandboxes.c
+                  scheduler/config.c scheduler/sandboxes.c scheduler/envtpl.c
 
 # The scheduler hashes API keys and encrypts vault secrets with libcrypto.
 PKGS += libcrypto

@@ -42,6 +42,8 @@ struct sched_config {
     double drain_timeout;    /* seconds SIGTERM waits for in-flight requests */
     int max_conns;           /* connections (streams included) beyond this get 503 */
     char vault_key_hex[65];  /* AES-256 key for vault secrets (hex); empty = derived */
+    char hands_dir[256];     /* directory holding warmpool-hands on the nodes (bound at
+                                /.wp in API environments' templates) */
 };
 
 /* Defaults (listen 127.0.0.1:8080, redis 127.0.0.1:6379, limits 60/600). */

@@ -342,6 +342,26 @@ struct sched_sbx;
 int sched__sbx_init(struct sched_server *srv, struct wp_err *err);
 void sched__sbx_shutdown(struct sched_server *srv);
 
+/* API environments -> pool environments (envtpl.c). */
+/* The pool environment that serves API environment env_id (its id as it
+ * is: "env_..." is a valid pool name). Returns 0, WP_EINVAL_INPUT for
+ * anything that is not an environment id, WP_ETOOBIG when cap is short. */
+int sched__env_pool_name(const char *env_id, char *out, size_t cap);
+/* Check what the pool needs of a (merged) environment: warmpool.* metadata
+ * keys and values, supported package managers, apt names. NULL or a
+ * message valid until the next call. */
+const char *sched__envtpl_check(json_t *env);
+/* The snapshot template (caller owns) and the policy of a stored cloud
+ * environment, or NULL. */
+json_t *sched__envtpl_template(json_t *env, const char *hands_dir, double *min_hot,
+                               double *max_hot);
+/* req->after hooks: publish a stored cloud environment (template +
+ * policy) / withdraw an archived one, then answer 200 with env (steals). */
+void sched__envtpl_publish(struct sched_req *req, json_t *env);
+void sched__envtpl_withdraw(struct sched_req *req, json_t *env);
+/* DELETE /v1/environments/:id: withdraw, then delete the object. */
+void sched__envtpl_delete(struct sched_req *req);
+
 /* Rate limit (route.c). */
 extern const char sched__lua_ratelimit[];
 
