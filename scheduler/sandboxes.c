@@ -309,22 +309,41 @@ static void created(void *ctx, redisReply *reply)
     sched__respond_json(req, 200, req->tmp ? json_incref(req->tmp) : json_object());
 }
 
+static void start(struct sched_req *req, const char *name);
+
+/* An API environment: the organization's own, cloud, not archived; its
+ * sandboxes come from the pool environment of the same name. */
+static void api_env_loaded(struct sched_req *req, json_t *env, long long rev)
+{
+    char name[64];
+    const char *type = json_string_value(json_object_get(json_object_get(env, "config"), "type"));
+    (void)rev;
+    if (!json_is_null(json_object_get(env, "archived_at"))) {
+        sched__bad_request(req, "environment %s is archived", req->scratch);
+    } else if (!type || strcmp(type, "cloud") != 0) {
+        sched__bad_request(req, "environment %s is self_hosted: its work goes to your workers",
+                           req->scratch);
+    } else if (sched__env_pool_name(req->scratch, name, sizeof(name)) < 0) {
+        sched__bad_request(req, "environment %s has no pool environment", req->scratch);
+    } else {
+        start(req, name);
+    }
+    json_decref(env);
+}
+
 void sched__h_sbx_create(struct sched_req *req)
 {
     json_t *b = req->body, *env = json_object_get(b, "env"), *v;
     const char *name = json_string_value(json_object_get(b, "environment"));
     const char *bad = sched__unknown_field(b, create_fields), *k;
-    struct sched_server *srv = req->srv;
-    struct sched_sbx *s;
-    struct wp_err err;
-    char key[80], now[40], created_ms[32];
 
     if (bad) {
         sched__bad_request(req, "%s: Extra inputs are not permitted", bad);
         return;
     }
     if (!name || !snap_name_valid(name)) {
-        sched__bad_request(req, "environment: a warmpool environment name is required");
+        sched__bad_request(req, "environment: an environment id (env_...) or a warmpool "
+                                "environment name is required");
         return;
     }
     if (env && (!json_is_object(env) || json_object_size(env) > 64)) {
@@ -344,6 +363,23 @@ void sched__h_sbx_create(struct sched_req *req)
         sched__bad_request(req, "workdir must be an absolute path; hostname and session_id strings");
         return;
     }
+    if (strncmp(name, "env_", 4) == 0) {
+        snprintf(req->scratch, sizeof(req->scratch), "%s", name);
+        sched__obj_load(req, &sched__kind_env, name, api_env_loaded);
+        return;
+    }
+    start(req, name);
+}
+
+/* Claim in the background and answer at once. */
+static void start(struct sched_req *req, const char *name)
+{
+    json_t *b = req->body;
+    struct sched_server *srv = req->srv;
+    struct sched_sbx *s;
+    struct wp_err err;
+    char key[80], now[40], created_ms[32];
+
     if (!srv->pool || !pool_client_ready(srv->pool)) {
         sched__respond_error(req, 503, "api_error", NULL, "the pool is not reachable");
         return;
