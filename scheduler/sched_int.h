@@ -163,6 +163,11 @@ size_t sched__conn_queued(const struct sched_conn *c);
 void sched__conn_close(struct sched_conn *c);
 bool sched__conn_closing(const struct sched_conn *c);
 void sched__conn_set_sse(struct sched_conn *c, struct sched_sse *s);
+/* For streams that are not a session's (a streamed execute): cb(ctx) runs
+ * once when c closes, for whatever reason (NULL cb: no longer). */
+void sched__conn_on_close(struct sched_conn *c, void (*cb)(void *ctx), void *ctx);
+/* Close c once everything queued is written (the end of a stream). */
+void sched__conn_end(struct sched_conn *c);
 /* sse.c, called by server.c: the connection closed (free the stream state)
  * or its output queue drained (read more of the log). */
 void sched__sse_conn_closed(struct sched_sse *s);

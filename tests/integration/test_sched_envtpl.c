@@ -218,6 +218,82 @@ static void api_env_is_built_and_served_by_a_node_without_config(void **state)
     th_resp_free(&r);
 }
 
+static int count(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+static void execute_streams_output_as_sse(void **state)
+{
+    char body[256], path[160], req[1024];
+    static char buf[65536];
+    (void)state;
+
+    assert_true(ENV1[0]);
+    snprintf(body, sizeof(body), "{\"environment\":\"%s\"}", ENV1);
+    json_t *sb = call("POST", "/v1/sandboxes", body, 200);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", json_string_value(json_object_get(sb, "id")));
+    /* A bad stream flag is refused before anything streams. */
+    json_decref(call("POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"},\"stream\":1}", 400));
+    const char *cmd = "{\"name\":\"bash\",\"stream\":true,\"input\":{\"command\":"
+                      "\"for i in 1 2 3; do echo line$i; sleep 0.5; done\"}}";
+    int fd = th_connect(A.port);
+    assert_true(fd >= 0);
+    int n = snprintf(req, sizeof(req),
+                     "POST %s HTTP/1.1\r\nHost: x\r\nx-api-key: " KEY "\r\n"
+                     "content-type: application/json\r\ncontent-length: %zu\r\n\r\n%s",
+                     path, strlen(cmd), cmd);
+    assert_int_equal(th_send_all(fd, req, (size_t)n), 0);
+    /* The first chunk arrives while the command still runs. */
+    int got = th_read_until(fd, buf, sizeof(buf) - 1, "event: chunk", 10000);
+    buf[got] = '\0';
+    assert_non_null(strstr(buf, "content-type: text/event-stream"));
+    assert_non_null(strstr(buf, "event: chunk"));
+    assert_null(strstr(buf, "event: result"));
+    /* Then the rest, the result last, and the server closes. */
+    got += th_read_all(fd, buf + got, sizeof(buf) - 1 - (size_t)got, 10000);
+    buf[got] = '\0';
+    close(fd);
+    assert_true(count(buf, "event: chunk") >= 2);
+    assert_int_equal(count(buf, "event: result"), 1);
+    const char *res = strstr(buf, "event: result\ndata: ");
+    assert_non_null(res);
+    assert_null(strstr(res, "event: chunk"));
+    json_t *r = json_loads(res + strlen("event: result\ndata: "), JSON_DISABLE_EOF_CHECK, NULL);
+    assert_non_null(r);
+    assert_false(json_is_true(json_object_get(r, "is_error")));
+    assert_string_equal(text_of(r), "line1\nline2\nline3");
+    json_decref(r);
+    /* Every chunk event is one JSON line with the output text. */
+    const char *c = strstr(buf, "event: chunk\ndata: ");
+    json_t *ch = json_loads(c + strlen("event: chunk\ndata: "), JSON_DISABLE_EOF_CHECK, NULL);
+    assert_non_null(ch);
+    assert_string_equal(json_string_value(json_object_get(ch, "type")), "chunk");
+    assert_non_null(strstr(json_string_value(json_object_get(ch, "text")), "line1"));
+    json_decref(ch);
+    /* A client that leaves mid-stream cancels the command; the sandbox
+     * goes on serving. */
+    cmd = "{\"name\":\"bash\",\"stream\":true,\"input\":{\"command\":"
+          "\"echo start; sleep 30; echo late\"}}";
+    fd = th_connect(A.port);
+    n = snprintf(req, sizeof(req),
+                 "POST %s HTTP/1.1\r\nHost: x\r\nx-api-key: " KEY "\r\n"
+                 "content-type: application/json\r\ncontent-length: %zu\r\n\r\n%s",
+                 path, strlen(cmd), cmd);
+    assert_int_equal(th_send_all(fd, req, (size_t)n), 0);
+    th_read_until(fd, buf, sizeof(buf) - 1, "event: chunk", 10000);
+    close(fd);
+    json_t *after = call("POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"echo still here\"}}", 200);
+    assert_string_equal(text_of(after), "still here");
+    json_decref(after);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", json_string_value(json_object_get(sb, "id")));
+    json_decref(call("DELETE", path, NULL, 200));
+    json_decref(sb);
+}
+
 static void update_that_changes_the_template_rebuilds(void **state)
 {
     char args[200], before[2048], digest0[80], digest1[80], path[160];
@@ -385,6 +461,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(api_env_is_built_and_served_by_a_node_without_config),
+        cmocka_unit_test(execute_streams_output_as_sse),
         cmocka_unit_test(update_that_changes_the_template_rebuilds),
         cmocka_unit_test(archive_stops_serving_and_destroys_clones),
         cmocka_unit_test(delete_stops_serving_and_destroys_clones),
