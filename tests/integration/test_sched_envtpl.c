@@ -331,46 +331,51 @@ static void update_that_changes_the_template_rebuilds(void **state)
     assert_string_equal(out, "100");
 }
 
+/* Withdraw env (archive or delete) with idle clones running: it is
+ * unpublished at once, and soon no node serves it, its clones left
+ * nothing behind and its images are gone. */
+static void withdraw_and_check(const char *env, const char *method, const char *path)
+{
+    char args[200], before[2048];
+    assert_true(wait_hot(env, 1, 90));
+    hot_ids(env, before, sizeof(before));
+    json_decref(call(method, path, NULL, 200));
+    snprintf(args, sizeof(args), "hexists wp:tpls %s", env);
+    assert_true(wait_for(args, "0", 1));
+    snprintf(args, sizeof(args), "exists 'wp:tpl:{%s}'", env);
+    assert_true(wait_for(args, "0", 1));
+    snprintf(args, sizeof(args), "sismember 'wp:env:{%s}:nodes' n1", env);
+    assert_true(wait_for(args, "0", 10));
+    assert_true(all_gone(before, 20));
+    assert_int_equal(hot_count(env), 0);
+    assert_int_equal(wait_images(env, 0, 10), 0);
+}
+
 static void archive_stops_serving_and_destroys_clones(void **state)
 {
-    char args[200], before[2048], path[160], body[200];
+    char path[160], body[200];
     (void)state;
 
     assert_true(ENV1[0]);
-    assert_true(wait_hot(ENV1, 1, 30));
-    hot_ids(ENV1, before, sizeof(before));
     snprintf(path, sizeof(path), "/v1/environments/%s/archive", ENV1);
-    json_decref(call("POST", path, NULL, 200));
-    snprintf(args, sizeof(args), "exists 'wp:tpl:{%s}'", ENV1);
-    assert_true(wait_for(args, "0", 1));
-    snprintf(args, sizeof(args), "sismember 'wp:env:{%s}:nodes' n1", ENV1);
-    assert_true(wait_for(args, "0", 10));
-    assert_true(all_gone(before, 20));
-    assert_int_equal(hot_count(ENV1), 0);
-    /* Its image goes too, and no sandbox of it can be created. */
-    assert_int_equal(wait_images(ENV1, 0, 10), 0);
+    withdraw_and_check(ENV1, "POST", path);
+    /* No sandbox of it can be created any more. */
     snprintf(body, sizeof(body), "{\"environment\":\"%s\"}", ENV1);
     json_decref(call("POST", "/v1/sandboxes", body, 400));
 }
 
 static void delete_stops_serving_and_destroys_clones(void **state)
 {
-    char args[200], before[2048], path[160], id[64];
+    char path[160], id[64];
     (void)state;
 
     json_t *e = call("POST", "/v1/environments",
                      "{\"name\":\"tmp\",\"metadata\":{\"warmpool.min_hot\":\"2\"}}", 200);
     snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(e, "id")));
     json_decref(e);
-    assert_true(wait_hot(id, 2, 90));
-    hot_ids(id, before, sizeof(before));
+    assert_true(wait_hot(id, 2, 90)); /* both clones exist before it goes */
     snprintf(path, sizeof(path), "/v1/environments/%s", id);
-    json_decref(call("DELETE", path, NULL, 200));
-    snprintf(args, sizeof(args), "hexists wp:tpls %s", id);
-    assert_true(wait_for(args, "0", 1));
-    snprintf(args, sizeof(args), "sismember 'wp:env:{%s}:nodes' n1", id);
-    assert_true(wait_for(args, "0", 10));
-    assert_true(all_gone(before, 20));
+    withdraw_and_check(id, "DELETE", path);
     json_decref(call("GET", path, NULL, 404));
 }
 
