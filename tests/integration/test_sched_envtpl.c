@@ -209,6 +209,11 @@ static void api_env_is_built_and_served_by_a_node_without_config(void **state)
     assert_true(wait_hot(ENV1, 1, 30));
     /* A sandbox of that environment runs commands. */
     assert_string_equal(run_in(ENV1, "echo hello from $(pwd)"), "hello from /work");
+    /* The operator's `warmpool pool set` wins over the metadata. */
+    char bin[1200];
+    snprintf(bin, sizeof(bin), "%s/warmpool", th_build_dir());
+    th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set %s min_hot=2", bin, R.port, ENV1);
+    assert_true(wait_hot(ENV1, 2, 30));
     /* Another organization cannot use it. */
     char body[200];
     struct th_resp r;
