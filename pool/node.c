@@ -854,6 +854,8 @@ static void register_node(struct node *n)
     for (int i = 0; i < n->n_envs; i++) {
         struct env *e = &n->envs[i];
         char f1[96], f2[96], f3[96], f4[96], f5[96], v1[32], v2[32], v3[32], v4[32];
+        if (e->retired)
+            continue; /* its fields were removed from the node's hash */
         snprintf(f1, sizeof(f1), "target:%s", e->cfg.name);
         snprintf(f2, sizeof(f2), "claims_per_s:%s", e->cfg.name);
         snprintf(f3, sizeof(f3), "refill_ms:%s", e->cfg.name);
