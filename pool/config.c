@@ -26,6 +26,8 @@ static const char usage[] =
     "                          any free port; use a private interface for other machines)\n"
     "  --env TEMPLATE[:MIN[:MAX]]  serve an environment (repeatable); MIN/MAX\n"
     "                          hot clones on this node until `pool set` changes them\n"
+    "  --no-api-envs           serve only --env environments, not those the scheduler\n"
+    "                          publishes for API environments (default: serve them too)\n"
     "  --eager                 refill with eager restores (default: lazy pages)\n"
     "  --restore-slots N       restores at once (default: one per CPU)\n"
     "  --heartbeat-ttl SEC     dead this long after the last heartbeat (default 5)\n"
@@ -125,6 +127,8 @@ static int load_file(struct pool_node_config *cfg, const char *path, struct wp_e
             cfg->ksm_slow_pages = (long)json_integer_value(v);
         else if (strcmp(k, "ksm_fast_pages") == 0 && json_is_integer(v))
             cfg->ksm_fast_pages = (long)json_integer_value(v);
+        else if (strcmp(k, "api_envs") == 0 && json_is_boolean(v))
+            cfg->api_envs = json_is_true(v);
         else if (strcmp(k, "ksm_sleep_ms") == 0 && json_is_integer(v))
             cfg->ksm_sleep_ms = (long)json_integer_value(v);
         else if (strcmp(k, "envs") == 0 && json_is_array(v)) {
@@ -155,7 +159,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         { "eager", no_argument, NULL, 'E' },             { "restore-slots", required_argument, NULL, 'S' },
         { "heartbeat-ttl", required_argument, NULL, 't' }, { "lease-ms", required_argument, NULL, 'L' },
         { "config", required_argument, NULL, 'c' },      { "log-level", required_argument, NULL, 'l' },
-        { "listen", required_argument, NULL, 'H' },
+        { "listen", required_argument, NULL, 'H' },      { "no-api-envs", no_argument, NULL, 'A' },
         { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
     };
     bool eager = false;
@@ -172,6 +176,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
     cfg->ksm_slow_pages = 100;
     cfg->ksm_fast_pages = 5000;
     cfg->ksm_sleep_ms = 20;
+    cfg->api_envs = true;
     /* The config file first, so flags override it. */
     for (int i = 1; i + 1 < argc; i++)
         if (strcmp(argv[i], "--config") == 0 && (rc = load_file(cfg, argv[i + 1], err)) < 0)
@@ -192,6 +197,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
             break;
         case 'e': rc = add_env(cfg, optarg, err); break;
         case 'E': eager = true; break;
+        case 'A': cfg->api_envs = false; break;
         case 'S': cfg->restore_slots = atoi(optarg); break;
         case 't': cfg->heartbeat_ttl_s = atof(optarg); break;
         case 'L': cfg->lease_ms = atof(optarg); break;
@@ -226,7 +232,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         return wp_err_set(err, WP_ECONFIG, "ksm: 1 <= slow pages <= fast pages <= 1000000, sleep 1..100000 ms");
     if (cfg->restore_slots < 0 || cfg->restore_slots > 256)
         return wp_err_set(err, WP_ECONFIG, "--restore-slots must be 0..256");
-    if (cfg->n_envs == 0)
-        return wp_err_set(err, WP_ECONFIG, "no environment to serve (--env TEMPLATE)");
+    if (cfg->n_envs == 0 && !cfg->api_envs)
+        return wp_err_set(err, WP_ECONFIG, "no environment to serve (--env TEMPLATE, or drop --no-api-envs)");
     return 0;
 }

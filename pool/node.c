@@ -10,6 +10,7 @@
 #define WP_LOG_COMPONENT "node"
 #include "pool/pool_int.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <ev.h>
 #include <fcntl.h>
@@ -65,6 +66,10 @@ struct env {
     double backoff;         /* seconds; grows while restores fail */
     int failures;           /* restores failed in a row */
     char last_id[64];       /* last inbox entry handled */
+    bool api;               /* learnt from the catalog (an API environment) */
+    bool retired;           /* withdrawn: no builds, refills or claims; the slot is
+                               reused once no sandbox of it is left */
+    bool build_failed_line; /* the build helper reported why it failed */
 };
 
 /* A warm/cold claim waiting for a restore slot. */
@@ -110,6 +115,7 @@ struct node {
     double now;
     double last_beat, last_policy, last_reap, last_reconcile;
     bool registered, stopping;
+    struct pool__catalog *catalog; /* environments published in Redis */
     bool ksm_on;             /* we turned KSM on (some env has "ksm") */
     /* Restore latency by tier (hot refill, warm claim, cold boot), in the
      * buckets of base/hist.h, published as restore_hist:<tier> for
@@ -468,6 +474,8 @@ static void build_status(struct node *n, struct env *e, const char *line)
     snprintf(field, sizeof(field), "build:%s", e->cfg.name);
     const char *argv[] = { "HSET", key, field, line };
     cmd(n, "build progress", 4, argv);
+    if (e->api)
+        pool__catalog_note(n->r, n->cfg.id, e->cfg.name, line);
 }
 
 static void build_io_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -489,6 +497,8 @@ static void build_io_cb(struct ev_loop *loop, ev_io *w, int revents)
         size_t l = nl ? (size_t)(nl - e->build_buf) : e->build_len;
         e->build_buf[l] = '\0';
         log_info("build env=%s: %s", e->cfg.name, e->build_buf);
+        if (strncmp(e->build_buf, "failed: ", 8) == 0)
+            e->build_failed_line = true;
         build_status(e->n, e, e->build_buf);
         size_t used = nl ? l + 1 : l;
         memmove(e->build_buf, e->build_buf + used, e->build_len - used);
@@ -507,6 +517,7 @@ static void start_build(struct node *n, struct env *e)
     pid_t pid;
 
     e->img = IMG_BUILDING;
+    e->build_failed_line = false;
     log_info("building image=%s env=%s", e->image, e->cfg.name);
     if (pipe2(pfd, O_CLOEXEC) < 0) {
         e->img = IMG_FAILED;
@@ -554,6 +565,46 @@ static void image_name(struct env *e)
     memcpy(e->image, name, sizeof(name));
 }
 
+/* The image of e's template is on disk already (an earlier run built it). */
+static void image_on_disk(struct node *n, struct env *e)
+{
+    char path[700];
+    image_name(e);
+    snprintf(path, sizeof(path), "%s/images/%s/manifest.json", n->cfg.state_dir, e->image);
+    e->found_on_disk = access(path, F_OK) == 0;
+    e->img = e->found_on_disk ? IMG_READY : IMG_NONE;
+}
+
+/* Set up slot e (zeroed or retired and empty) to serve template t (steals). */
+static void env_init(struct node *n, struct env *e, const struct pool_env_config *cfg,
+                     struct snap_template *t)
+{
+    snap_template_free(e->t);
+    while (e->claims_q) {
+        struct claimq *q = e->claims_q;
+        e->claims_q = q->next;
+        free(q);
+    }
+    memset(e, 0, sizeof(*e));
+    e->n = n;
+    e->cfg = *cfg;
+    e->t = t;
+    snprintf(e->cfg.name, sizeof(e->cfg.name), "%s", t->name);
+    e->min_hot = e->cfg.min_hot;
+    e->max_hot = e->cfg.max_hot;
+    /* 10 s half life: a burst registers within seconds (scale up at
+     * once); the scaler's cooldown makes the way down slow. */
+    pool_rate_init(&e->claims, 10);
+    pool_ewma_init(&e->refill, 30);
+    pool_scaler_init(&e->scaler, 30);
+    char inbox[sizeof(e->inbox)];
+    snprintf(inbox, sizeof(inbox), POOL__K_INBOX "%s", e->cfg.name, n->cfg.id);
+    memcpy(e->inbox, inbox, sizeof(inbox));
+    /* Handle what arrived while we were away (claims expire by age). */
+    snprintf(e->last_id, sizeof(e->last_id), "0-0");
+    image_on_disk(n, e);
+}
+
 /* ---- inbox -------------------------------------------------------------- */
 
 static const char *field(redisReply *kv, const char *name)
@@ -568,6 +619,15 @@ static const char *field(redisReply *kv, const char *name)
 /* Start queued warm/cold claims while restore slots are free. */
 static void serve_claims(struct node *n, struct env *e)
 {
+    while (e->retired && e->claims_q) {
+        struct claimq *q = e->claims_q;
+        struct nsb tmp = { .n = n, .e = e };
+        e->claims_q = q->next;
+        snprintf(tmp.reply_chan, sizeof(tmp.reply_chan), "%s", q->chan);
+        snprintf(tmp.rid, sizeof(tmp.rid), "%s", q->rid);
+        publish_reply(n, &tmp, WP_ENOTFOUND, "environment no longer served on this node");
+        free(q);
+    }
     while (e->claims_q && n->restores < n->slots) {
         struct claimq *q = e->claims_q;
         e->claims_q = q->next;
@@ -733,30 +793,35 @@ static void read_inbox(struct node *n)
 static void policy_cb(void *ctx, redisReply *reply)
 {
     struct env *e = ctx;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 5)
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 7)
         return;
     redisReply *tot = reply->element[4];
     long t = tot->type == REDIS_REPLY_STRING ? strtol(tot->str, NULL, 10) : 0;
     e->max_total = t > 0 && t <= 1000000 ? (int)t : 0;
-    for (int j = 0; j < 4; j++) {
-        int i = j % 2;
-        redisReply *v = reply->element[j];
-        if (j < 2 && reply->element[j + 2]->type == REDIS_REPLY_STRING)
-            continue; /* the node's own value follows */
-        char *end;
-        long x;
-        if (v->type != REDIS_REPLY_STRING)
-            continue;
-        x = strtol(v->str, &end, 10);
-        if (*end || x < 0 || x > 10000) {
-            log_warn("policy env=%s: ignoring bad %s '%s'", e->cfg.name, i ? "max_hot" : "min_hot",
-                     v->str);
-            continue;
+    /* For min (i = 0) and max (i = 1): this node's value, else every
+     * node's (`pool set`), else the API environment's (its metadata),
+     * else the start-up value. */
+    for (int i = 0; i < 2; i++) {
+        static const int order[2][3] = { { 2, 0, 5 }, { 3, 1, 6 } };
+        int x = i ? e->cfg.max_hot : e->cfg.min_hot;
+        for (int k = 0; k < 3; k++) {
+            redisReply *v = reply->element[order[i][k]];
+            char *end;
+            if (v->type != REDIS_REPLY_STRING)
+                continue;
+            long l = strtol(v->str, &end, 10);
+            if (*end || l < 0 || l > 10000) {
+                log_warn("policy env=%s: ignoring bad %s '%s'", e->cfg.name,
+                         i ? "max_hot" : "min_hot", v->str);
+                continue;
+            }
+            x = (int)l;
+            break;
         }
         if (i == 0)
-            e->min_hot = (int)x;
+            e->min_hot = x;
         else
-            e->max_hot = (int)x;
+            e->max_hot = x;
     }
 }
 
@@ -793,6 +858,8 @@ static void register_node(struct node *n)
     for (int i = 0; i < n->n_envs; i++) {
         struct env *e = &n->envs[i];
         char nodes[160], pol[160], mn[16], mx[16], fmn[96], fmx[96];
+        if (e->retired)
+            continue;
         fmtkey(nodes, sizeof(nodes), POOL__K_NODES_OF, e->cfg.name);
         fmtkey(pol, sizeof(pol), POOL__K_POLICY, e->cfg.name);
         snprintf(mn, sizeof(mn), "%d", e->cfg.min_hot);
@@ -800,16 +867,21 @@ static void register_node(struct node *n)
         snprintf(fmn, sizeof(fmn), "min_hot:%s", n->cfg.id);
         snprintf(fmx, sizeof(fmx), "max_hot:%s", n->cfg.id);
         const char *s2[] = { "SADD", nodes, n->cfg.id };
-        /* This node's start-up values; `pool set` may change them later. */
+        /* This node's start-up values; `pool set` may change them later.
+         * API environments have none: their policy comes with them. */
         const char *p1[] = { n->registered ? "HSETNX" : "HSET", pol, fmn, mn };
         const char *p2[] = { n->registered ? "HSETNX" : "HSET", pol, fmx, mx };
         cmd(n, "env nodes", 3, s2);
-        cmd(n, "policy", 4, p1);
-        cmd(n, "policy", 4, p2);
+        if (!e->api) {
+            cmd(n, "policy", 4, p1);
+            cmd(n, "policy", 4, p2);
+        }
     }
     for (int i = 0; i < n->n_envs; i++) {
         struct env *e = &n->envs[i];
         char f1[96], f2[96], f3[96], f4[96], f5[96], v1[32], v2[32], v3[32], v4[32];
+        if (e->retired)
+            continue; /* its fields were removed from the node's hash */
         snprintf(f1, sizeof(f1), "target:%s", e->cfg.name);
         snprintf(f2, sizeof(f2), "claims_per_s:%s", e->cfg.name);
         snprintf(f3, sizeof(f3), "refill_ms:%s", e->cfg.name);
@@ -1048,8 +1120,9 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
             char mn[96], mx[96];
             snprintf(mn, sizeof(mn), "min_hot:%s", n->cfg.id);
             snprintf(mx, sizeof(mx), "max_hot:%s", n->cfg.id);
-            const char *argv[] = { "HMGET", pol, "min_hot", "max_hot", mn, mx, "max_hot_total" };
-            wp_redis_argv(n->r, policy_cb, &n->envs[i], 7, argv, NULL);
+            const char *argv[] = { "HMGET", pol, "min_hot", "max_hot", mn, mx, "max_hot_total",
+                                   "api_min_hot", "api_max_hot" };
+            wp_redis_argv(n->r, policy_cb, &n->envs[i], 9, argv, NULL);
             char hot[160];
             fmtkey(hot, sizeof(hot), POOL__K_HOT, n->envs[i].cfg.name);
             const char *llen[] = { "LLEN", hot };
@@ -1066,6 +1139,8 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
         wp_redis_argv(n->r, nodes_cb, n, 2, argv, NULL);
         n->last_reap = n->now;
     }
+    if (n->catalog)
+        pool__catalog_tick(n->catalog, n->now);
     read_inbox(n);
     if (n->ksm_on) {
         /* Fast right after refills (new clones to merge), slow when steady. */
@@ -1078,6 +1153,8 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
     for (int i = 0; i < n->n_envs; i++) {
         struct env *e = &n->envs[i];
+        if (e->retired)
+            continue;
         if (e->img == IMG_NONE || (e->img == IMG_FAILED && n->now >= e->build_retry_at))
             start_build(n, e);
         serve_claims(n, e);
@@ -1121,6 +1198,168 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
 }
 
+/* ---- environments learnt at run time (catalog.c) ---------------------- */
+
+static struct env *find_env(struct node *n, const char *name)
+{
+    for (int i = 0; i < n->n_envs; i++)
+        if (strcmp(n->envs[i].cfg.name, name) == 0)
+            return &n->envs[i];
+    return NULL;
+}
+
+static int count_sbs(struct node *n, struct env *e)
+{
+    int c = 0;
+    for (struct nsb *s = n->sbs; s; s = s->next)
+        c += s->e == e;
+    return c;
+}
+
+/* Destroy e's idle clones (all, or only those of another image). */
+static void drop_idle(struct node *n, struct env *e, bool stale_only, const char *why)
+{
+    char hot[160];
+    fmtkey(hot, sizeof(hot), POOL__K_HOT, e->cfg.name);
+    for (struct nsb *s = n->sbs, *next; s; s = next) {
+        next = s->next;
+        if (s->e != e || s->st != SB_IDLE || (stale_only && strcmp(s->sb->image, e->image) == 0))
+            continue;
+        const char *lrem[] = { "LREM", hot, "0", s->sb->id };
+        cmd(n, "drop idle", 4, lrem);
+        destroy_sb(n, s, why);
+    }
+}
+
+/* Delete env's images but keep (may be ""), in a helper process: removing
+ * trees blocks. An image clones still use is refused by snapshot/; the
+ * helper tries for 10 s, then it stays until the environment is withdrawn. */
+static void delete_images(struct node *n, const char *env, const char *keep)
+{
+    char dir[600];
+    size_t el = strlen(env);
+    pid_t pid = fork();
+    if (pid != 0)
+        return; /* libev reaps the helper; a fork failure only leaves disk used */
+    snprintf(dir, sizeof(dir), "%s/images", n->cfg.state_dir);
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && (de = readdir(d)) != NULL) {
+        /* Exactly <env>-<12 hex>: not set-aside (.stale-) or partial ones. */
+        if (strncmp(de->d_name, env, el) != 0 || de->d_name[el] != '-' ||
+            strlen(de->d_name + el + 1) != 12 || strspn(de->d_name + el + 1, "0123456789abcdef") != 12 ||
+            strcmp(de->d_name, keep) == 0)
+            continue;
+        /* Idle clones being destroyed right now release it within
+         * moments; a leased one keeps it until the environment goes. */
+        struct wp_err err;
+        int rc = 0;
+        for (int i = 0; i < 50 && (rc = snap_image_delete(n->snap, de->d_name, &err)) == WP_ESTATE; i++)
+            usleep(200 * 1000);
+        if (rc < 0)
+            log_info("image=%s kept: %s", de->d_name, err.msg);
+        else
+            log_info("image=%s deleted", de->d_name);
+    }
+    if (d)
+        closedir(d);
+    _exit(0);
+}
+
+static int env_put(void *ctx, const char *name, struct snap_template *t, struct wp_err *err)
+{
+    struct node *n = ctx;
+    struct env *e = find_env(n, name);
+
+    if (e && !e->api) {
+        snap_template_free(t);
+        return wp_err_set(err, WP_EEXISTS, "%s is served from this node's configuration", name);
+    }
+    if (e && !e->retired) {
+        /* A new template: swap it once nothing is being made from the
+         * old one (asked again next round). */
+        if (e->img == IMG_BUILDING || e->restoring > 0) {
+            snap_template_free(t);
+            return WP_ESTATE;
+        }
+        snap_template_free(e->t);
+        e->t = t;
+        char old[sizeof(e->image)];
+        memcpy(old, e->image, sizeof(old));
+        image_on_disk(n, e);
+        e->failures = 0;
+        e->backoff = 0;
+        e->refill_at = 0;
+        if (strcmp(old, e->image) != 0) {
+            log_info("env=%s template changed: image %s -> %s", name, old, e->image);
+            drop_idle(n, e, true, "template changed");
+            delete_images(n, name, e->image);
+        }
+        return 0;
+    }
+    if (e && count_sbs(n, e) > 0) {
+        snap_template_free(t);
+        return WP_ESTATE; /* withdrawn and back: once the old clones are gone */
+    }
+    if (!e) {
+        /* A free slot: retired and empty, else a new one. */
+        for (int i = 0; i < n->n_envs && !e; i++)
+            if (n->envs[i].retired && count_sbs(n, &n->envs[i]) == 0)
+                e = &n->envs[i];
+        if (!e && n->n_envs < POOL_MAX_ENVS)
+            e = &n->envs[n->n_envs++];
+    }
+    if (!e) {
+        snap_template_free(t);
+        return wp_err_set(err, WP_ETOOBIG, "node full: at most %d environments", POOL_MAX_ENVS);
+    }
+    /* Policy until the first refresh (within a second): nothing hot. */
+    struct pool_env_config c = { .min_hot = 0, .max_hot = 0, .lazy = true };
+    env_init(n, e, &c, t);
+    e->api = true;
+    if (e->found_on_disk)
+        build_status(n, e, "ready (image on disk)");
+    return 0;
+}
+
+static int env_retire(void *ctx, const char *name)
+{
+    struct node *n = ctx;
+    struct env *e = find_env(n, name);
+    char nodes[160];
+
+    if (!e || !e->api)
+        return 0;
+    if (!e->retired) {
+        log_info("env=%s withdrawn: no longer served here", name);
+        e->retired = true;
+        fmtkey(nodes, sizeof(nodes), POOL__K_NODES_OF, name);
+        const char *srem[] = { "SREM", nodes, n->cfg.id };
+        cmd(n, "env nodes", 3, srem);
+        char key[160], f[6][96];
+        static const char *const fields[] = { "build", "target", "claims_per_s", "refill_ms",
+                                              "refills", "ksm" };
+        fmtkey(key, sizeof(key), POOL__K_NODE, n->cfg.id);
+        const char *hdel[8] = { "HDEL", key };
+        for (int i = 0; i < 6; i++) {
+            snprintf(f[i], sizeof(f[i]), "%s:%s", fields[i], name);
+            hdel[2 + i] = f[i];
+        }
+        cmd(n, "node fields", 8, hdel);
+        serve_claims(n, e); /* queued claims are answered: not here */
+    }
+    /* Idle clones go now (also those a refill finished since); leased
+     * ones stay with their holders until released. */
+    drop_idle(n, e, false, "environment withdrawn");
+    int left = count_sbs(n, e);
+    if (left == 0 && e->build_pid == 0 && e->img != IMG_NONE) {
+        /* Nothing restored from it is left: its images go too. */
+        e->img = IMG_NONE;
+        delete_images(n, name, "");
+    }
+    return left > 0 || e->build_pid > 0;
+}
+
 static void child_cb(struct ev_loop *loop, ev_child *w, int revents)
 {
     struct node *n = w->data;
@@ -1134,7 +1373,9 @@ static void child_cb(struct ev_loop *loop, ev_child *w, int revents)
             bool ok = WIFEXITED(w->rstatus) && WEXITSTATUS(w->rstatus) == 0;
             e->img = ok ? IMG_READY : IMG_FAILED;
             e->build_retry_at = n->now + 10;
-            build_status(n, e, ok ? "ready" : "failed (see the node's log)");
+            /* The helper's own "failed: why" line says more than we can. */
+            if (ok || !e->build_failed_line)
+                build_status(n, e, ok ? "ready" : "failed (see the node's log)");
             if (ok)
                 log_info("image ready image=%s env=%s", e->image, e->cfg.name);
             else
@@ -1219,28 +1460,10 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
         log_info("removed %d sandboxes left by an earlier run", rc);
     for (int i = 0; i < cfg->n_envs; i++) {
         struct env *e = &n->envs[n->n_envs];
-        e->n = n;
-        e->cfg = cfg->envs[i];
-        if ((rc = snap_template_load(e->cfg.template_path, &e->t, err)) < 0)
+        struct snap_template *t;
+        if ((rc = snap_template_load(cfg->envs[i].template_path, &t, err)) < 0)
             goto out;
-        snprintf(e->cfg.name, sizeof(e->cfg.name), "%s", e->t->name);
-        e->min_hot = e->cfg.min_hot;
-        /* 10 s half life: a burst registers within seconds (scale up at
-         * once); the scaler's cooldown makes the way down slow. */
-        pool_rate_init(&e->claims, 10);
-        pool_ewma_init(&e->refill, 30);
-        pool_scaler_init(&e->scaler, 30);
-        e->max_hot = e->cfg.max_hot;
-        image_name(e);
-        char inbox[sizeof(e->inbox)];
-        snprintf(inbox, sizeof(inbox), POOL__K_INBOX "%s", e->cfg.name, cfg->id);
-        memcpy(e->inbox, inbox, sizeof(inbox));
-        /* Handle what arrived while we were away (claims expire by age). */
-        snprintf(e->last_id, sizeof(e->last_id), "0-0");
-        char path[700];
-        snprintf(path, sizeof(path), "%s/images/%s/manifest.json", cfg->state_dir, e->image);
-        e->found_on_disk = access(path, F_OK) == 0;
-        e->img = e->found_on_disk ? IMG_READY : IMG_NONE;
+        env_init(n, e, &cfg->envs[i], t);
         n->n_envs++;
     }
     for (int i = 0; i < n->n_envs && !n->ksm_on; i++) {
@@ -1263,6 +1486,11 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     if (!n->r || !n->rb) {
         rc = wp_err_set(err, -ENOMEM, "out of memory");
         goto out;
+    }
+    if (cfg->api_envs) {
+        struct pool__catalog_ops ops = { .ctx = n, .put = env_put, .retire = env_retire };
+        if ((rc = pool__catalog_new(n->r, cfg->id, &ops, &n->catalog, err)) < 0)
+            goto out;
     }
     ev_timer_init(&n->cron, cron_cb, 0.05, 0.1);
     n->cron.data = n;
@@ -1305,6 +1533,7 @@ out:
     ev_signal_stop(n->loop, &n->sigterm);
     ev_signal_stop(n->loop, &n->sigint);
     ev_child_stop(n->loop, &n->child);
+    pool__catalog_free(n->catalog);
     wp_redis_free(n->r);
     wp_redis_free(n->rb);
     for (int i = 0; i < n->n_envs; i++) {

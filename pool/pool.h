@@ -80,6 +80,7 @@ struct pool_node_config {
     long ksm_slow_pages;    /* KSM pages_to_scan when steady (envs with "ksm") */
     long ksm_fast_pages;    /* ... right after refills */
     long ksm_sleep_ms;      /* KSM sleep_millisecs */
+    bool api_envs;          /* also serve environments published in Redis (wp:tpls) */
     int n_envs;
     struct pool_env_config envs[POOL_MAX_ENVS];
 };

@@ -39,6 +39,12 @@
 #define POOL__K_NODE "wp:node:%s"
 #define POOL__K_ALIVE "wp:node:%s:alive"
 #define POOL__K_NODE_SBS "wp:node:%s:sbs"
+/* Environments published by the scheduler for API environments:
+ *   wp:tpls                   HASH   env name -> template digest
+ *   wp:tpl:{E}                HASH   template (JSON), digest, org, env, updated_ms,
+ *                                    build:<node> (each node's build status) */
+#define POOL__K_TPLS "wp:tpls"
+#define POOL__K_TPL "wp:tpl:{%s}"
 
 extern const char pool__lua_claim_hot[];
 extern const char pool__lua_offer[];
@@ -71,5 +77,29 @@ int pool__ksm_recover(const char *state_dir);
 int pool__ksm_enable(const char *state_dir, long pages_to_scan, long sleep_ms, struct wp_err *err);
 int pool__ksm_scan_rate(long pages_to_scan);
 void pool__ksm_disable(const char *state_dir);
+
+/* catalog.c: environments learnt from Redis (wp:tpls), next to the
+ * config file's. put: serve template t (steals it) as environment name, or
+ * swap the template of one already served from the catalog; returns 0,
+ * WP_ESTATE when busy (asked again next round) or another error (the
+ * catalog reports it in build:<node> and waits for a new digest). retire:
+ * stop serving name; returns > 0 while sandboxes of it remain (asked
+ * again), 0 once nothing is left. Both run on the loop. */
+struct snap_template;
+struct wp_redis;
+struct pool__catalog;
+struct pool__catalog_ops {
+    void *ctx;
+    int (*put)(void *ctx, const char *name, struct snap_template *t, struct wp_err *err);
+    int (*retire)(void *ctx, const char *name);
+};
+int pool__catalog_new(struct wp_redis *r, const char *node, const struct pool__catalog_ops *ops,
+                      struct pool__catalog **out, struct wp_err *err);
+void pool__catalog_free(struct pool__catalog *c);
+/* Every cron tick; reads wp:tpls at most once a second. */
+void pool__catalog_tick(struct pool__catalog *c, double now);
+/* Mirror a build status line into wp:tpl:{env} build:<node> (only while
+ * the environment is published). */
+void pool__catalog_note(struct wp_redis *r, const char *node, const char *env, const char *line);
 
 #endif

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/fs.h"
 #include "base/log.h"
@@ -35,6 +36,20 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->brain_linger_s = 300;
     cfg->max_tokens = 8192;
     cfg->max_model_rounds = 100;
+    /* Next to our own binary, where `make` builds warmpool-hands. */
+    char exe[256];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    char *slash = NULL;
+    if (n > 0) {
+        exe[n] = '\0';
+        slash = strrchr(exe, '/');
+    }
+    if (slash && slash > exe) {
+        *slash = '\0';
+        snprintf(cfg->hands_dir, sizeof(cfg->hands_dir), "%s", exe);
+    } else {
+        snprintf(cfg->hands_dir, sizeof(cfg->hands_dir), "%s", WP_PREFIX "/bin");
+    }
 }
 
 int sched_config_add_key(struct sched_config *cfg, const char *spec, struct wp_err *err)
@@ -111,6 +126,8 @@ static void usage(void)
            "  --brain-linger SECS      an idle session keeps its brain and sandbox (300)\n"
            "  --max-tokens N           max_tokens of model requests (8192)\n"
            "  --max-model-rounds N     model requests in one turn (100)\n"
+           "  --hands-dir DIR          directory with warmpool-hands on the nodes, bound at /.wp\n"
+           "                           in API environments' templates (default: this binary's)\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
            "  --log-components SPEC    e.g. all,-redis\n"
            "  --help                   this text\n");
@@ -259,6 +276,12 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         if (strcmp(val, "on") && strcmp(val, "off") && strcmp(val, "auto"))
             return wp_err_set(err, WP_ECONFIG, "--brain wants on, off or auto");
         cfg->brain = !strcmp(val, "on") ? 1 : !strcmp(val, "off") ? 0 : -1;
+        return 0;
+    }
+    if (!strcmp(name, "hands-dir")) {
+        if (val[0] != '/' || strlen(val) >= sizeof(cfg->hands_dir) || strchr(val, '"'))
+            return wp_err_set(err, WP_ECONFIG, "--hands-dir wants an absolute path");
+        snprintf(cfg->hands_dir, sizeof(cfg->hands_dir), "%s", val);
         return 0;
     }
     if (num(val, &d, err, name) < 0)

@@ -1,6 +1,6 @@
 /* envs.c - /v1/environments. The config maps to a warmpool environment
- * template (cloud: packages + networking; the pool turns it into a
- * template and pool policy) or to a self-hosted work queue. */
+ * template (cloud: envtpl.c derives the template and pool policy and
+ * publishes them for the nodes) or to a self-hosted work queue. */
 #define WP_LOG_COMPONENT "envs"
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +68,18 @@ static const char *merge_cloud(json_t *stored, json_t *p)
     if (pk && !json_is_null(pk)) {
         if (!json_is_object(pk))
             return "packages must be an object";
+        const char *k;
+        json_t *kv;
+        json_object_foreach(pk, k, kv) {
+            bool known = !strcmp(k, "type");
+            for (int i = 0; pkg_managers[i]; i++)
+                known = known || !strcmp(k, pkg_managers[i]);
+            if (!known)
+                return "packages: unknown package manager (apt, cargo, gem, go, npm, pip)";
+        }
+        json_t *pt = json_object_get(pk, "type");
+        if (pt && !json_is_null(pt) && !(json_is_string(pt) && !strcmp(json_string_value(pt), "packages")))
+            return "packages.type must be \"packages\"";
         for (int i = 0; pkg_managers[i]; i++) {
             json_t *l = json_object_get(pk, pkg_managers[i]);
             if (!l)
@@ -157,7 +169,9 @@ static const char *apply(json_t *env, json_t *body, bool create, bool *type_chan
         if (json_object_size(json_object_get(env, "metadata")) > 16)
             return "metadata may have at most 16 keys";
     }
-    return NULL;
+    /* What the pool needs (policy and limits in metadata, packages it can
+     * provide): refused here, so nothing unservable is stored. */
+    return sched__envtpl_check(env);
 }
 
 void sched__h_env_create(struct sched_req *req)
@@ -186,6 +200,7 @@ void sched__h_env_create(struct sched_req *req)
     const char *extra[] = {"config_type",
                            json_string_value(json_object_get(json_object_get(e, "config"), "type")),
                            NULL};
+    req->after = sched__envtpl_publish; /* cloud: nodes learn it from Redis */
     sched__obj_create(req, &sched__kind_env, req->org, e, extra);
 }
 
@@ -219,6 +234,7 @@ static void update_loaded(struct sched_req *req, json_t *e, long long rev)
     }
     sched__rfc3339(wp_wall_ms(), now, sizeof(now));
     json_object_set_new(e, "updated_at", json_string(now));
+    req->after = sched__envtpl_publish; /* a changed template rebuilds on the nodes */
     sched__obj_store(req, &sched__kind_env, req->org, e, rev, false, NULL, NULL);
 }
 
@@ -242,6 +258,7 @@ static void archive_loaded(struct sched_req *req, json_t *e, long long rev)
     sched__rfc3339(wp_wall_ms(), now, sizeof(now));
     json_object_set_new(e, "archived_at", json_string(now));
     json_object_set_new(e, "updated_at", json_string(now));
+    req->after = sched__envtpl_withdraw; /* nodes stop serving it */
     sched__obj_store(req, &sched__kind_env, req->org, e, rev, true, NULL, NULL);
 }
 
@@ -252,7 +269,7 @@ void sched__h_env_archive(struct sched_req *req)
 
 void sched__h_env_delete(struct sched_req *req)
 {
-    sched__obj_delete(req, &sched__kind_env, req->org, req->params[0]);
+    sched__envtpl_delete(req);
 }
 
 void sched__h_env_list(struct sched_req *req)
@@ -264,14 +281,4 @@ void sched__h_env_list(struct sched_req *req)
         return;
     }
     sched__obj_list(req, &sched__kind_env, req->org, arch, false, NULL, false);
-}
-
-int sched__env_pool_name(const char *env_id, char *out, size_t cap)
-{
-    /* API environment ids are valid pool environment names: the pool
-     * environment that serves env_X is named env_X. */
-    if (!env_id || !snap_name_valid(env_id) || strlen(env_id) >= cap)
-        return WP_EINVAL_INPUT;
-    snprintf(out, cap, "%s", env_id);
-    return 0;
 }

@@ -7,7 +7,8 @@ scheduler_SRCS := scheduler/http_parse.c scheduler/server.c scheduler/route.c \
                   scheduler/config.c scheduler/sandboxes.c \
                   scheduler/model.c scheduler/model_sse.c \
                   scheduler/metrics.c scheduler/metrics_pool.c \
-                  scheduler/brain.c
+                  scheduler/brain.c \
+                  scheduler/envtpl.c
 
 # The scheduler hashes API keys and encrypts vault secrets with libcrypto.
 PKGS += libcrypto

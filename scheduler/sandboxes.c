@@ -5,7 +5,10 @@
  *   POST   /v1/sandboxes              {"environment", "env"?, "workdir"?, "hostname"?,
  *                                      "session_id"?}  -> the sandbox, at once
  *   GET    /v1/sandboxes/:id          state, tier, node, timings
- *   POST   /v1/sandboxes/:id/execute  {"name", "input", "timeout_ms"?} -> tool result
+ *   POST   /v1/sandboxes/:id/execute  {"name", "input", "timeout_ms"?, "stream"?} -> tool
+ *                                      result; with "stream": true, SSE: `chunk` events
+ *                                      ({"type":"chunk","stream":"output","text"}) while
+ *                                      it runs, then one `result` event (the tool result)
  *   DELETE /v1/sandboxes/:id          release (the node destroys it)
  *
  * Create answers before the sandbox exists: the claim (hot, warm or cold)
@@ -33,7 +36,7 @@ enum sbx_state { SBX_PROVISIONING, SBX_READY, SBX_FAILED };
 struct waiter {
     struct sched_req *req;
     json_t *call;       /* {"name", "input", "timeout_ms"} owned */
-    uint64_t t0;        /* queued (the wait for the attach is measured) */
+    uint64_t t0;        /* when it started waiting for the attach */
     struct waiter *next;
 };
 
@@ -106,53 +109,137 @@ static void drop_local(struct sched_sbx *s)
 
 /* ---- execute ------------------------------------------------------------ */
 
+/* One call. Answered as one JSON response (req), or streamed as SSE on
+ * conn when the body said "stream": true: `chunk` events while it runs,
+ * then one `result` event, then the connection closes. */
 struct exec {
-    struct sched_req *req;
+    struct sched_req *req;      /* plain: held until the result */
+    struct sched_conn *conn;    /* streamed: NULL once closed or done */
+    struct alink_client *ac;    /* alive while the call is in flight */
+    int64_t call_id;
+    bool starting, done;        /* the result came before alink_client_call returned */
     struct sched_metrics *metrics;
     uint64_t t0;
     char tool[64];
 };
 
+static json_t *result_json(int status, const struct alink_result *res)
+{
+    /* A link failure is a tool error the model can read, as in Managed
+     * Agents; the HTTP call itself succeeded. */
+    json_t *text = json_pack("{s:s, s:s%}", "type", "text", "text", res->content, res->len);
+    return json_pack("{s:s, s:b, s:[o]}", "type", "tool_result", "is_error",
+                     status != 0 || res->is_error, "content", text);
+}
+
+/* One SSE event; data is compact JSON (no raw newlines). */
+static void sse_event(struct sched_conn *c, const char *event, json_t *data /* steals */)
+{
+    char *s = data ? json_dumps(data, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    json_decref(data);
+    if (!s)
+        return;
+    struct wp_buf b;
+    wp_buf_init(&b, strlen(s) + 64);
+    wp_buf_printf(&b, "event: %s\ndata: %s\n\n", event, s);
+    free(s);
+    if (b.data)
+        sched__conn_write(c, b.data, b.len); /* may close c: the caller's last step */
+    wp_buf_free(&b);
+}
+
+static void exec_chunk(void *ctx, const char *data, size_t len)
+{
+    struct exec *x = ctx;
+    if (x->conn)
+        sse_event(x->conn, "chunk", json_pack("{s:s, s:s, s:s%}", "type", "chunk", "stream",
+                                              "output", "text", data, len));
+}
+
+/* The streamed client went away: the call is cancelled (the hands kill
+ * what it runs); its callback comes at once and frees x. */
+static void exec_conn_closed(void *ctx)
+{
+    struct exec *x = ctx;
+    x->conn = NULL;
+    if (!x->starting)
+        alink_client_cancel(x->ac, x->call_id, NULL);
+}
+
 static void exec_done(void *ctx, int status, const struct alink_result *res, const struct wp_err *err)
 {
     struct exec *x = ctx;
     struct sched_req *req = x->req;
+    struct sched_conn *c = x->conn;
     (void)err;
 
     sched_metrics_observe(x->metrics, SCHED_HIST_TOOL, x->tool, (double)(wp_now_ns() - x->t0) / 1e9);
-    free(x);
-    if (!sched__req_release(req))
-        return; /* the client went away meanwhile */
-    /* A link failure is a tool error the model can read, as in Managed
-     * Agents; the HTTP call itself succeeded. */
-    json_t *text = json_pack("{s:s, s:s%}", "type", "text", "text", res->content, res->len);
-    sched__respond_json(req, 200,
-                        json_pack("{s:s, s:b, s:[o]}", "type", "tool_result", "is_error",
-                                  status != 0 || res->is_error, "content", text));
+    x->done = true;
+    if (c) {
+        x->conn = NULL;
+        sched__conn_on_close(c, NULL, NULL);
+        sse_event(c, "result", result_json(status, res));
+        sched__conn_end(c);
+    }
+    if (!x->starting)
+        free(x);
+    if (!req || !sched__req_release(req))
+        return; /* streamed, or the client went away meanwhile */
+    sched__respond_json(req, 200, result_json(status, res));
 }
 
 static void run_call(struct sched_sbx *s, struct sched_req *req, json_t *call)
 {
-    struct alink_call_opts o = { .timeout_ms = json_integer_value(json_object_get(call, "timeout_ms")) };
-    struct exec *x = malloc(sizeof(*x));
+    bool stream = json_is_true(json_object_get(call, "stream"));
+    struct alink_call_opts o = { .timeout_ms = json_integer_value(json_object_get(call, "timeout_ms")),
+                                 .on_chunk = stream ? exec_chunk : NULL };
+    struct exec *x = calloc(1, sizeof(*x));
     struct wp_err err;
 
     if (!x) {
         sched__respond_error(req, 500, "api_error", NULL, "out of memory");
         return;
     }
-    x->req = req;
+    x->ac = s->ac;
     x->metrics = s->srv->metrics;
     x->t0 = wp_now_ns();
-    snprintf(x->tool, sizeof(x->tool), "%s", json_string_value(json_object_get(call, "name")));
+    snprintf(x->tool, sizeof(x->tool), "%s", json_string_value(json_object_get(call, "name")) ?: "");
     sched_metrics_inc(s->srv->metrics, SCHED_CTR_TOOL_CALLS, x->tool);
-    sched__req_hold(req);
-    if (alink_client_call(s->ac, json_string_value(json_object_get(call, "name")),
-                          json_object_get(call, "input"), &o, exec_done, x, &err) < 0) {
-        free(x);
-        if (sched__req_release(req))
-            sched__respond_error(req, 502, "api_error", NULL, "sandbox %s: %s", s->id, err.msg);
+    if (stream) {
+        /* Headers go out now; req ends here and the connection lives on. */
+        x->conn = sched__conn_take_for_sse(req);
+        if (!x->conn) {
+            free(x);
+            return;
+        }
+        sched__conn_on_close(x->conn, exec_conn_closed, x);
+    } else {
+        x->req = req;
+        sched__req_hold(req);
     }
+    x->starting = true;
+    int64_t id = alink_client_call(s->ac, json_string_value(json_object_get(call, "name")),
+                                   json_object_get(call, "input"), &o, exec_done, x, &err);
+    x->starting = false;
+    if (id < 0) {
+        if (x->conn) {
+            sched__conn_on_close(x->conn, NULL, NULL);
+            sse_event(x->conn, "error", json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error",
+                                                  "type", "api_error", "message", err.msg));
+            sched__conn_end(x->conn);
+        } else if (sched__req_release(req)) {
+            sched__respond_error(req, 502, "api_error", NULL, "sandbox %s: %s", s->id, err.msg);
+        }
+        free(x);
+        return;
+    }
+    if (x->done) { /* answered before the call returned: nothing in flight */
+        free(x);
+        return;
+    }
+    x->call_id = id;
+    if (stream && !x->conn) /* closed while the call was being sent */
+        alink_client_cancel(x->ac, id, NULL);
 }
 
 static void flush_waiters(struct sched_sbx *s)
@@ -165,8 +252,7 @@ static void flush_waiters(struct sched_sbx *s)
                 sched_metrics_observe(s->srv->metrics, SCHED_HIST_TOOL_WAIT, NULL,
                                       (double)(wp_now_ns() - w->t0) / 1e9);
                 run_call(s, w->req, w->call);
-            }
-            else
+            } else
                 sched__respond_error(w->req, 502, "api_error", "sandbox_failed",
                                      "sandbox %s could not be provisioned: %s", s->id, s->error);
         }
@@ -327,22 +413,41 @@ static void created(void *ctx, redisReply *reply)
     sched__respond_json(req, 200, req->tmp ? json_incref(req->tmp) : json_object());
 }
 
+static void start(struct sched_req *req, const char *name);
+
+/* An API environment: the organization's own, cloud, not archived; its
+ * sandboxes come from the pool environment of the same name. */
+static void api_env_loaded(struct sched_req *req, json_t *env, long long rev)
+{
+    char name[64];
+    const char *type = json_string_value(json_object_get(json_object_get(env, "config"), "type"));
+    (void)rev;
+    if (!json_is_null(json_object_get(env, "archived_at"))) {
+        sched__bad_request(req, "environment %s is archived", req->scratch);
+    } else if (!type || strcmp(type, "cloud") != 0) {
+        sched__bad_request(req, "environment %s is self_hosted: its work goes to your workers",
+                           req->scratch);
+    } else if (sched__env_pool_name(req->scratch, name, sizeof(name)) < 0) {
+        sched__bad_request(req, "environment %s has no pool environment", req->scratch);
+    } else {
+        start(req, name);
+    }
+    json_decref(env);
+}
+
 void sched__h_sbx_create(struct sched_req *req)
 {
     json_t *b = req->body, *env = json_object_get(b, "env"), *v;
     const char *name = json_string_value(json_object_get(b, "environment"));
     const char *bad = sched__unknown_field(b, create_fields), *k;
-    struct sched_server *srv = req->srv;
-    struct sched_sbx *s;
-    struct wp_err err;
-    char key[80], now[40], created_ms[32];
 
     if (bad) {
         sched__bad_request(req, "%s: Extra inputs are not permitted", bad);
         return;
     }
     if (!name || !snap_name_valid(name)) {
-        sched__bad_request(req, "environment: a warmpool environment name is required");
+        sched__bad_request(req, "environment: an environment id (env_...) or a warmpool "
+                                "environment name is required");
         return;
     }
     if (env && (!json_is_object(env) || json_object_size(env) > 64)) {
@@ -362,6 +467,23 @@ void sched__h_sbx_create(struct sched_req *req)
         sched__bad_request(req, "workdir must be an absolute path; hostname and session_id strings");
         return;
     }
+    if (strncmp(name, "env_", 4) == 0) {
+        snprintf(req->scratch, sizeof(req->scratch), "%s", name);
+        sched__obj_load(req, &sched__kind_env, name, api_env_loaded);
+        return;
+    }
+    start(req, name);
+}
+
+/* Claim in the background and answer at once. */
+static void start(struct sched_req *req, const char *name)
+{
+    json_t *b = req->body;
+    struct sched_server *srv = req->srv;
+    struct sched_sbx *s;
+    struct wp_err err;
+    char key[80], now[40], created_ms[32];
+
     if (!srv->pool || !pool_client_ready(srv->pool)) {
         sched__respond_error(req, 503, "api_error", NULL, "the pool is not reachable");
         return;
@@ -495,7 +617,7 @@ void sched__h_sbx_delete(struct sched_req *req)
 void sched__h_sbx_execute(struct sched_req *req)
 {
     json_t *b = req->body;
-    static const char *const fields[] = { "name", "input", "timeout_ms", NULL };
+    static const char *const fields[] = { "name", "input", "timeout_ms", "stream", NULL };
     const char *bad = sched__unknown_field(b, fields);
     struct sched_sbx *s;
 
@@ -504,8 +626,10 @@ void sched__h_sbx_execute(struct sched_req *req)
         return;
     }
     if (!json_is_string(json_object_get(b, "name")) || !json_is_object(json_object_get(b, "input")) ||
-        (json_object_get(b, "timeout_ms") && !json_is_integer(json_object_get(b, "timeout_ms")))) {
-        sched__bad_request(req, "execute wants {\"name\": tool, \"input\": {...}, \"timeout_ms\"?: int}");
+        (json_object_get(b, "timeout_ms") && !json_is_integer(json_object_get(b, "timeout_ms"))) ||
+        (json_object_get(b, "stream") && !json_is_boolean(json_object_get(b, "stream")))) {
+        sched__bad_request(req, "execute wants {\"name\": tool, \"input\": {...}, \"timeout_ms\"?: "
+                                "int, \"stream\"?: bool}");
         return;
     }
     s = find_local(req->srv, req->params[0]);

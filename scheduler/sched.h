@@ -54,6 +54,8 @@ struct sched_config {
     double brain_linger_s;   /* an idle session keeps its brain and sandbox this long */
     int max_tokens;          /* max_tokens of each model request */
     int max_model_rounds;    /* model requests in one turn before it is stopped */
+    char hands_dir[256];     /* directory holding warmpool-hands on the nodes (bound at
+                                /.wp in API environments' templates) */
 };
 
 /* Defaults (listen 127.0.0.1:8080, redis 127.0.0.1:6379, limits 60/600). */

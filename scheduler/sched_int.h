@@ -168,6 +168,11 @@ size_t sched__conn_queued(const struct sched_conn *c);
 void sched__conn_close(struct sched_conn *c);
 bool sched__conn_closing(const struct sched_conn *c);
 void sched__conn_set_sse(struct sched_conn *c, struct sched_sse *s);
+/* For streams that are not a session's (a streamed execute): cb(ctx) runs
+ * once when c closes, for whatever reason (NULL cb: no longer). */
+void sched__conn_on_close(struct sched_conn *c, void (*cb)(void *ctx), void *ctx);
+/* Close c once everything queued is written (the end of a stream). */
+void sched__conn_end(struct sched_conn *c);
 /* sse.c, called by server.c: the connection closed (free the stream state)
  * or its output queue drained (read more of the log). */
 void sched__sse_conn_closed(struct sched_sse *s);
@@ -359,8 +364,6 @@ void sched__brain_free(struct sched_server *srv);
 /* Client input was appended to session sid: run its loop here, or wake
  * the scheduler that does. */
 void sched__brain_kick(struct sched_server *srv, const char *sid);
-/* The pool environment that serves API environment env_id. */
-int sched__env_pool_name(const char *env_id, char *out, size_t cap);
 
 int sched__sbx_init(struct sched_server *srv, struct wp_err *err);
 void sched__sbx_shutdown(struct sched_server *srv);
@@ -369,6 +372,25 @@ void sched__sbx_shutdown(struct sched_server *srv);
  * script returns (parsed JSON, borrowed) as Prometheus text. Returns 0,
  * WP_EPROTO (not a snapshot), WP_ETOOBIG or -ENOMEM. */
 int sched__metrics_render_pool(json_t *snap, struct wp_buf *out);
+/* API environments -> pool environments (envtpl.c). */
+/* The pool environment that serves API environment env_id (its id as it
+ * is: "env_..." is a valid pool name). Returns 0, WP_EINVAL_INPUT for
+ * anything that is not an environment id, WP_ETOOBIG when cap is short. */
+int sched__env_pool_name(const char *env_id, char *out, size_t cap);
+/* Check what the pool needs of a (merged) environment: warmpool.* metadata
+ * keys and values, supported package managers, apt names. NULL or a
+ * message valid until the next call. */
+const char *sched__envtpl_check(json_t *env);
+/* The snapshot template (caller owns) and the policy of a stored cloud
+ * environment, or NULL. */
+json_t *sched__envtpl_template(json_t *env, const char *hands_dir, double *min_hot,
+                               double *max_hot);
+/* req->after hooks: publish a stored cloud environment (template +
+ * policy) / withdraw an archived one, then answer 200 with env (steals). */
+void sched__envtpl_publish(struct sched_req *req, json_t *env);
+void sched__envtpl_withdraw(struct sched_req *req, json_t *env);
+/* DELETE /v1/environments/:id: withdraw, then delete the object. */
+void sched__envtpl_delete(struct sched_req *req);
 
 /* Rate limit (route.c). */
 extern const char sched__lua_ratelimit[];

@@ -38,6 +38,8 @@ struct sched_conn {
     struct wp_buf out;  /* bytes queued for the client */
     struct sched_req *req;
     struct sched_sse *sse;
+    void (*close_cb)(void *ctx); /* other streams (execute): told when c closes */
+    void *close_ctx;
     bool closing;
     bool close_after_write;
     bool sse_mode;
@@ -119,6 +121,20 @@ void sched__conn_set_sse(struct sched_conn *c, struct sched_sse *s)
     c->sse = s;
 }
 
+void sched__conn_on_close(struct sched_conn *c, void (*cb)(void *ctx), void *ctx)
+{
+    c->close_cb = cb;
+    c->close_ctx = ctx;
+}
+
+void sched__conn_end(struct sched_conn *c)
+{
+    if (c->closing)
+        return;
+    c->close_after_write = true;
+    flush_out(c); /* closes at once when nothing is queued */
+}
+
 static void flush_out(struct sched_conn *c)
 {
     struct ev_loop *loop = c->srv->loop;
@@ -141,7 +157,7 @@ static void flush_out(struct sched_conn *c)
         return;
     }
     ev_io_stop(loop, &c->wio);
-    if (c->close_after_write) {
+    if (c->close_after_write && !c->closing) {
         shutdown(c->fd, SHUT_WR);
         sched__conn_close(c);
         return;
@@ -229,6 +245,11 @@ void sched__conn_close(struct sched_conn *c)
         struct sched_sse *s = c->sse;
         c->sse = NULL;
         sched__sse_conn_closed(s);
+    }
+    if (c->close_cb) {
+        void (*cb)(void *) = c->close_cb;
+        c->close_cb = NULL;
+        cb(c->close_ctx);
     }
     /* Unlink from the live list; free before the loop sleeps. */
     srv->nconns--;

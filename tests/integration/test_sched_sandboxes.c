@@ -25,22 +25,15 @@ static pid_t NODE;
 
 static int group_setup(void **state)
 {
-    char hands[1024], wp[1024], dst[1200], tmpl[1024], json[2048], bin[1024], redis[64],
-        env[1200], log[1200], *data = NULL;
-    size_t len = 0;
+    char wp[1024], tmpl[1024], json[2048], env[1200], log[1200];
     struct wp_err err;
     (void)state;
 
     if (th_redis_start(&R, 0) < 0)
         return -1;
     DIR_ = th_tmpdir("sbx");
-    snprintf(hands, sizeof(hands), "%s/warmpool-hands", th_build_dir());
-    snprintf(wp, sizeof(wp), "%s/wp", DIR_);
-    snprintf(dst, sizeof(dst), "%s/warmpool-hands", wp);
-    if (mkdir(wp, 0755) < 0 || wp_read_file(hands, 64 << 20, &data, &len, &err) < 0 ||
-        wp_write_file(dst, data, len, 0755, &err) < 0)
+    if (th_hands_copy(DIR_, wp, sizeof(wp)) < 0)
         return -1;
-    free(data);
     snprintf(tmpl, sizeof(tmpl), "%s/py.json", DIR_);
     snprintf(json, sizeof(json),
              "{\"name\":\"py\",\"rootfs\":\"host\",\"workdir\":\"/work\","
@@ -52,22 +45,13 @@ static int group_setup(void **state)
              wp);
     if (wp_write_file(tmpl, json, strlen(json), 0644, &err) < 0)
         return -1;
-    snprintf(bin, sizeof(bin), "%s/warmpool-node", th_build_dir());
-    snprintf(redis, sizeof(redis), "127.0.0.1:%d", R.port);
     snprintf(env, sizeof(env), "%s:2:2", tmpl);
     snprintf(log, sizeof(log), "%s/node.log", DIR_);
     char state_dir[1100];
     snprintf(state_dir, sizeof(state_dir), "%s/state", DIR_);
-    NODE = fork();
-    if (NODE == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        wp_close_fds_from(3);
-        execl(bin, bin, "--id", "n1", "--redis", redis, "--state-dir", state_dir, "--env", env,
-              (char *)NULL);
-        _exit(127);
-    }
+    NODE = th_node_start("n1", R.port, state_dir, log, "--env", env, "--no-api-envs", NULL);
+    if (NODE < 0)
+        return -1;
     if (th_sched_start(&A, R.port, NULL) < 0 || th_sched_start(&B, R.port, NULL) < 0)
         return -1;
     /* Wait for the node's hot tier. */

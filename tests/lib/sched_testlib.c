@@ -13,11 +13,14 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "sched_testlib.h"
+#include "base/err.h"
+#include "base/fs.h"
 
 const char *th_build_dir(void)
 {
@@ -31,6 +34,56 @@ const char *th_build_dir(void)
     char *d = dirname(dirname(dirname(exe)));
     snprintf(dir, sizeof(dir), "%s", d);
     return dir;
+}
+
+int th_hands_copy(const char *dir, char *out, size_t cap)
+{
+    char hands[4200], dst[4200], *data = NULL;
+    size_t len = 0;
+    struct wp_err err;
+    int rc = -1;
+
+    snprintf(hands, sizeof(hands), "%s/warmpool-hands", th_build_dir());
+    snprintf(out, cap, "%s/wp", dir);
+    snprintf(dst, sizeof(dst), "%s/warmpool-hands", out);
+    if (mkdir(out, 0755) == 0 && wp_read_file(hands, 64 << 20, &data, &len, &err) == 0 &&
+        wp_write_file(dst, data, len, 0755, &err) == 0)
+        rc = 0;
+    free(data);
+    return rc;
+}
+
+int th_node_start(const char *id, int redis_port, const char *state, const char *log, ...)
+{
+    const char *argv[64];
+    char bin[4200], redis[64];
+    int argc = 0;
+    va_list ap;
+
+    snprintf(bin, sizeof(bin), "%s/warmpool-node", th_build_dir());
+    snprintf(redis, sizeof(redis), "127.0.0.1:%d", redis_port);
+    argv[argc++] = bin;
+    argv[argc++] = "--id";
+    argv[argc++] = id;
+    argv[argc++] = "--redis";
+    argv[argc++] = redis;
+    argv[argc++] = "--state-dir";
+    argv[argc++] = state;
+    va_start(ap, log);
+    for (const char *a; argc < 62 && (a = va_arg(ap, const char *)) != NULL;)
+        argv[argc++] = a;
+    va_end(ap);
+    argv[argc] = NULL;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        wp_close_fds_from(3);
+        execv(bin, (char **)argv);
+        _exit(127);
+    }
+    return pid;
 }
 
 /* Children still running at exit (a failed assertion skips the stop)

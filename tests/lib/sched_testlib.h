@@ -20,6 +20,15 @@ int th_sched_stop(struct th_sched *s);
 /* Path of the build directory (e.g. "build" or "build/asan"); static. */
 const char *th_build_dir(void);
 
+/* Copy BUILD/warmpool-hands into DIR/wp (a sandbox binds that dir at /.wp:
+ * a copy, so a rebuild does not change what running sandboxes see). The
+ * dir's path goes into out. Returns 0 or -1. */
+int th_hands_copy(const char *dir, char *out, size_t cap);
+/* Start BUILD/warmpool-node --id ID --redis 127.0.0.1:PORT --state-dir
+ * STATE plus extra args (NULL-terminated), output appended to LOG.
+ * Returns its pid or -1 (stop it with SIGTERM and waitpid). */
+int th_node_start(const char *id, int redis_port, const char *state, const char *log, ...);
+
 struct th_resp {
     int status;
     char head[4096];

@@ -335,6 +335,46 @@ static void error_mapping(void **state)
         assert_string_equal(sched__error_type_for(map[i].status), map[i].type);
 }
 
+static void env_pool_names_and_templates(void **state)
+{
+    char out[64];
+    (void)state;
+
+    /* The pool environment of an API environment is its id. */
+    assert_int_equal(sched__env_pool_name("env_01ABCdef", out, sizeof(out)), 0);
+    assert_string_equal(out, "env_01ABCdef");
+    assert_int_equal(sched__env_pool_name("env_01ABCdef", out, 8), WP_ETOOBIG);
+    assert_int_equal(sched__env_pool_name("py", out, sizeof(out)), WP_EINVAL_INPUT);
+    assert_int_equal(sched__env_pool_name("env_../x", out, sizeof(out)), WP_EINVAL_INPUT);
+    assert_int_equal(sched__env_pool_name(NULL, out, sizeof(out)), WP_EINVAL_INPUT);
+
+    /* Metadata and apt packages shape the template; policy comes apart. */
+    json_t *env = json_loads("{\"id\":\"env_x1\",\"config\":{\"type\":\"cloud\",\"packages\":"
+                             "{\"apt\":[\"jq\",\"curl=7.88.1-10\"]}},\"metadata\":"
+                             "{\"warmpool.max_hot\":\"9\",\"warmpool.memory_mb\":\"128\"}}", 0, NULL);
+    assert_null(sched__envtpl_check(env));
+    double mn, mx;
+    json_t *t = sched__envtpl_template(env, "/opt/wp", &mn, &mx);
+    assert_non_null(t);
+    assert_true(mn == 1 && mx == 9);
+    assert_string_equal(json_string_value(json_object_get(t, "name")), "env_x1");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(t, "limits"), "memory_mb")), 128);
+    json_t *setup = json_object_get(t, "setup");
+    assert_int_equal(json_array_size(setup), 2);
+    assert_non_null(strstr(json_string_value(json_array_get(setup, 1)), "'installed 7.88.1-10'"));
+    /* The host's package database is bound only when apt packages need it. */
+    assert_int_equal(json_array_size(json_object_get(t, "binds")), 2);
+    json_decref(t);
+    json_object_set_new(json_object_get(json_object_get(env, "config"), "packages"), "apt", json_array());
+    t = sched__envtpl_template(env, "/opt/wp", &mn, &mx);
+    assert_int_equal(json_array_size(json_object_get(t, "binds")), 1);
+    json_decref(t);
+    /* Bad values name the key. */
+    json_object_set_new(json_object_get(env, "metadata"), "warmpool.pids", json_string("0x10"));
+    assert_non_null(strstr(sched__envtpl_check(env), "warmpool.pids"));
+    json_decref(env);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -347,6 +387,7 @@ int main(void)
         cmocka_unit_test(sealing),
         cmocka_unit_test(config_parsing),
         cmocka_unit_test(error_mapping),
+        cmocka_unit_test(env_pool_names_and_templates),
     };
     return cmocka_run_group_tests_name("sched_unit", tests, NULL, NULL);
 }

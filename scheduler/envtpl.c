@@ -1,0 +1,366 @@
+/* envtpl.c - an API environment's config becomes a warmpool environment
+ * template and its pool policy, published in Redis for the nodes.
+ *
+ *   wp:tpls            HASH  pool env name -> template digest (what nodes serve)
+ *   wp:tpl:{E}         HASH  template (JSON), digest, org, env (API id),
+ *                            updated_ms; nodes add build:<node>
+ *   wp:env:{E}:policy  HASH  api_min_hot, api_max_hot (from metadata); the
+ *                            operator's fields (`warmpool pool set`) win
+ *
+ * The pool name of an API environment is its id. Only cloud environments
+ * are published; self_hosted ones queue work for external workers.
+ *
+ * Packages: sandboxes of rootfs "host" see the host's /usr read-only and
+ * have no network, so nothing can be installed into them. apt packages are
+ * accepted and checked at build time on each node against the host's
+ * package database (bound read-only at /var/lib/dpkg): a missing package
+ * or another version is a build failure naming it. The other managers
+ * (pip, npm, cargo, gem, go) need a package index during the build, which
+ * sandboxes cannot reach: refused at create time rather than accepted and
+ * silently not installed. */
+#define WP_LOG_COMPONENT "envtpl"
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "base/timeutil.h"
+#include "scheduler/sched_int.h"
+#include "snapshot/snapshot.h"
+
+#define HANDS_SOCKET "/run/warmpool/hands.sock"
+#define HANDS_READY "/run/warmpool/hands.ready"
+#define WORKDIR "/work"
+#define MAX_APT 64
+
+/* Defaults of the policy and limits an environment's metadata may change. */
+#define DEF_MIN_HOT 1
+#define DEF_MAX_HOT 4
+#define DEF_MEMORY_MB 512
+#define DEF_PIDS 256
+#define DEF_CPU "1"
+
+struct meta_key {
+    const char *name;
+    double min, max;
+    bool integer;
+};
+
+static const struct meta_key meta_keys[] = {
+    { "warmpool.min_hot", 0, 10000, true },
+    { "warmpool.max_hot", 0, 10000, true },
+    { "warmpool.memory_mb", 8, 1024 * 1024, true },
+    { "warmpool.pids", 1, 1 << 22, true },
+    { "warmpool.cpu", 0.01, 1024, false },
+    { NULL, 0, 0, false },
+};
+
+/* Messages built here live in this buffer until the next call (loop
+ * thread only), like the static strings apply() returns. */
+static char msgbuf[320];
+
+int sched__env_pool_name(const char *env_id, char *out, size_t cap)
+{
+    /* Ids are "env_" + base62, which snap_name_valid accepts as they are:
+     * the identity keeps pool keys, images and logs readable. */
+    if (!env_id || strncmp(env_id, "env_", 4) != 0 || !snap_name_valid(env_id))
+        return WP_EINVAL_INPUT;
+    if (strlen(env_id) >= cap)
+        return WP_ETOOBIG;
+    memcpy(out, env_id, strlen(env_id) + 1);
+    return 0;
+}
+
+/* A metadata value as a number within its key's bounds; *ok false when the
+ * key is set to something else. Absent keys give def. */
+static double meta_num(json_t *md, const struct meta_key *k, double def, bool *ok)
+{
+    const char *s = json_string_value(json_object_get(md, k->name));
+    char *end;
+    if (!s)
+        return def;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || isspace((unsigned char)*s) || *end || errno || v < k->min || v > k->max ||
+        (k->integer && v != (double)(long long)v) || (k->integer && strpbrk(s, ".eExX")))
+        *ok = false;
+    return v;
+}
+
+static const struct meta_key *meta_key(const char *name)
+{
+    for (const struct meta_key *k = meta_keys; k->name; k++)
+        if (!strcmp(k->name, name))
+            return k;
+    return NULL;
+}
+
+/* Debian package names (policy 5.6.1), optionally "=version". */
+static bool apt_spec_valid(const char *s)
+{
+    const char *eq = strchr(s, '=');
+    size_t n = eq ? (size_t)(eq - s) : strlen(s);
+    if (n < 2 || n > 100 || !(islower((unsigned char)s[0]) || isdigit((unsigned char)s[0])))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!(islower((unsigned char)s[i]) || isdigit((unsigned char)s[i]) || s[i] == '+' ||
+              s[i] == '-' || s[i] == '.'))
+            return false;
+    if (!eq)
+        return true;
+    const char *v = eq + 1;
+    if (!*v || strlen(v) > 100 || !isdigit((unsigned char)*v))
+        return false;
+    for (; *v; v++)
+        if (!(isalnum((unsigned char)*v) || strchr(".+~:-", *v)))
+            return false;
+    return true;
+}
+
+const char *sched__envtpl_check(json_t *env)
+{
+    json_t *md = json_object_get(env, "metadata"), *v;
+    const char *k;
+    bool ok = true;
+
+    json_object_foreach(md, k, v) {
+        if (strncmp(k, "warmpool.", 9) != 0)
+            continue;
+        const struct meta_key *mk = meta_key(k);
+        if (!mk) {
+            snprintf(msgbuf, sizeof(msgbuf),
+                     "metadata.%s: unknown warmpool key (warmpool.min_hot, warmpool.max_hot, "
+                     "warmpool.memory_mb, warmpool.pids, warmpool.cpu)", k);
+            return msgbuf;
+        }
+        meta_num(md, mk, 0, &ok);
+        if (!ok) {
+            snprintf(msgbuf, sizeof(msgbuf), "metadata.%s must be %s from %g to %g, got \"%s\"",
+                     k, mk->integer ? "an integer" : "a number", mk->min, mk->max,
+                     json_string_value(v) ? json_string_value(v) : "");
+            return msgbuf;
+        }
+    }
+    if (meta_num(md, &meta_keys[0], DEF_MIN_HOT, &ok) > meta_num(md, &meta_keys[1], DEF_MAX_HOT, &ok))
+        return "metadata: warmpool.min_hot must not exceed warmpool.max_hot (default 4)";
+    json_t *cfg = json_object_get(env, "config");
+    const char *type = json_string_value(json_object_get(cfg, "type"));
+    if (!type || strcmp(type, "cloud") != 0)
+        return NULL;
+    json_t *pk = json_object_get(cfg, "packages");
+    json_object_foreach(pk, k, v) {
+        if (!strcmp(k, "type"))
+            continue;
+        if (!json_is_array(v) || json_array_size(v) == 0)
+            continue;
+        if (strcmp(k, "apt") != 0) {
+            snprintf(msgbuf, sizeof(msgbuf),
+                     "packages.%s: not supported: sandboxes have no network to reach a package "
+                     "index; only apt packages already installed on the nodes' hosts can be "
+                     "provided", k);
+            return msgbuf;
+        }
+        if (json_array_size(v) > MAX_APT)
+            return "packages.apt: at most 64 packages";
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) {
+            if (!apt_spec_valid(json_string_value(e))) {
+                snprintf(msgbuf, sizeof(msgbuf),
+                         "packages.apt[%zu]: \"%.60s\" is not a Debian package name "
+                         "(lowercase, digits, + - .; optionally =VERSION)", i, json_string_value(e));
+                return msgbuf;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* The setup step that checks one apt package on the node's host: short,
+ * because a failing command is quoted in the build's error. */
+static json_t *apt_step(const char *spec)
+{
+    char name[128], want[300], cmd[600];
+    const char *eq = strchr(spec, '=');
+    snprintf(name, sizeof(name), "%.*s", (int)(eq ? eq - spec : (long)strlen(spec)), spec);
+    if (eq)
+        snprintf(want, sizeof(want), "installed %s", eq + 1);
+    else
+        snprintf(want, sizeof(want), "installed");
+    /* Names and versions were validated: nothing in them needs quoting. */
+    snprintf(cmd, sizeof(cmd),
+             "[ \"$(dpkg-query -W -f='${db:Status-Status}%s' %s 2>/dev/null)\" = '%s' ] || "
+             "{ echo 'apt %s: not installed on this node (sandboxes use the host /usr)'; exit 1; }",
+             eq ? " ${Version}" : "", name, want, spec);
+    return json_string(cmd);
+}
+
+json_t *sched__envtpl_template(json_t *env, const char *hands_dir, double *min_hot,
+                               double *max_hot)
+{
+    char name[64];
+    bool ok = true;
+    json_t *md = json_object_get(env, "metadata");
+    const char *id = json_string_value(json_object_get(env, "id"));
+
+    if (sched__env_pool_name(id, name, sizeof(name)) < 0)
+        return NULL;
+    *min_hot = meta_num(md, &meta_keys[0], DEF_MIN_HOT, &ok);
+    *max_hot = meta_num(md, &meta_keys[1], DEF_MAX_HOT, &ok);
+    double mem = meta_num(md, &meta_keys[2], DEF_MEMORY_MB, &ok);
+    double pids = meta_num(md, &meta_keys[3], DEF_PIDS, &ok);
+    double cpu = meta_num(md, &meta_keys[4], atof(DEF_CPU), &ok);
+    json_t *t = json_pack("{s:s, s:s, s:s, s:s, s:[s,s,s,s,s,s,s], s:s, s:{s:I, s:I, s:f}}",
+                          "name", name, "rootfs", "host", "workdir", WORKDIR, "hostname",
+                          "sandbox", "init", "/.wp/warmpool-hands", "--socket", HANDS_SOCKET,
+                          "--workdir", WORKDIR, "--ready-file", HANDS_READY, "ready_file",
+                          HANDS_READY, "limits", "memory_mb", (json_int_t)mem, "pids",
+                          (json_int_t)pids, "cpu", cpu);
+    json_t *binds = json_pack("[{s:s, s:s}]", "source", hands_dir, "target", "/.wp");
+    json_t *setup = json_array();
+    if (!t || !binds || !setup || !ok) {
+        json_decref(t);
+        json_decref(binds);
+        json_decref(setup);
+        return NULL;
+    }
+    json_t *apt = json_object_get(json_object_get(json_object_get(env, "config"), "packages"), "apt");
+    size_t i;
+    json_t *e;
+    json_array_foreach(apt, i, e)
+        json_array_append_new(setup, apt_step(json_string_value(e)));
+    if (json_array_size(setup) > 0)
+        json_array_append_new(binds, json_pack("{s:s, s:s}", "source", "/var/lib/dpkg", "target",
+                                               "/var/lib/dpkg"));
+    json_object_set_new(t, "binds", binds);
+    json_object_set_new(t, "setup", setup);
+    return t;
+}
+
+/* ---- publishing ---------------------------------------------------------- */
+
+/* KEYS: tpl, tpls, policy. ARGV: name, template, digest, org, min, max,
+ * now_ms, env id. One script: a node never sees a template without its
+ * policy. Spans hash slots (wp:tpls): single Redis, like the reaper. */
+static const char lua_publish[] =
+    "redis.call('HSET', KEYS[1], 'template', ARGV[2], 'digest', ARGV[3], 'org', ARGV[4],\n"
+    "  'updated_ms', ARGV[7], 'env', ARGV[8])\n"
+    "redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n"
+    "redis.call('HSET', KEYS[3], 'api_min_hot', ARGV[5], 'api_max_hot', ARGV[6])\n"
+    "return 1\n";
+
+/* KEYS: tpl, tpls, policy, obj. ARGV: name, org. Only the owner's
+ * environment (the object is checked in the same script). */
+static const char lua_unpublish[] =
+    "if redis.call('HGET', KEYS[4], 'org') ~= ARGV[2] then return 0 end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "redis.call('HDEL', KEYS[2], ARGV[1])\n"
+    "redis.call('HDEL', KEYS[3], 'api_min_hot', 'api_max_hot')\n"
+    "return 1\n";
+
+static void keys_of(const char *name, char *tpl, char *pol, size_t cap)
+{
+    snprintf(tpl, cap, "wp:tpl:{%s}", name);
+    snprintf(pol, cap, "wp:env:{%s}:policy", name);
+}
+
+static void published(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    json_t *obj = req->tmp;
+    req->tmp = NULL;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        json_decref(obj);
+        /* The environment is stored; its next update publishes again. */
+        sched__respond_error(req, 500, "api_error", NULL,
+                             "environment stored but not published to the pool: %s", reply->str);
+        return;
+    }
+    sched__respond_json(req, 200, obj);
+}
+
+void sched__envtpl_publish(struct sched_req *req, json_t *env)
+{
+    char name[64], tpl[128], pol[128], digest[65], mn[16], mx[16], now[32];
+    double min_hot, max_hot;
+    const char *type = json_string_value(json_object_get(json_object_get(env, "config"), "type"));
+
+    if (!type || strcmp(type, "cloud") != 0 || !json_is_null(json_object_get(env, "archived_at"))) {
+        sched__respond_json(req, 200, env);
+        return;
+    }
+    json_t *t = sched__envtpl_template(env, req->srv->cfg.hands_dir, &min_hot, &max_hot);
+    char *s = t ? json_dumps(t, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(t);
+    if (!s || sched__env_pool_name(json_string_value(json_object_get(env, "id")), name,
+                                   sizeof(name)) < 0) {
+        free(s);
+        json_decref(env);
+        sched__respond_error(req, 500, "api_error", NULL, "could not derive the template");
+        return;
+    }
+    sched__sha256_hex(s, digest);
+    keys_of(name, tpl, pol, sizeof(tpl));
+    snprintf(mn, sizeof(mn), "%d", (int)min_hot);
+    snprintf(mx, sizeof(mx), "%d", (int)max_hot);
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
+    const char *argv[] = { tpl, "wp:tpls", pol, name, s, digest, req->org, mn, mx, now,
+                           json_string_value(json_object_get(env, "id")) };
+    json_decref(req->tmp);
+    req->tmp = env;
+    sched__req_script(req, lua_publish, published, 3, 11, argv, NULL);
+    log_info("publish env=%s digest=%.12s min_hot=%s max_hot=%s", name, digest, mn, mx);
+    free(s);
+}
+
+static void unpublished(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    json_t *obj = req->tmp;
+    req->tmp = NULL;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        json_decref(obj);
+        sched__respond_error(req, 500, "api_error", NULL, "unpublish failed: %s", reply->str);
+        return;
+    }
+    if (!obj) { /* delete: now the object itself */
+        sched__obj_delete(req, &sched__kind_env, req->org, req->params[0]);
+        return;
+    }
+    sched__respond_json(req, 200, obj);
+}
+
+static void unpublish(struct sched_req *req, const char *id, json_t *obj)
+{
+    char name[64], tpl[128], pol[128], kobj[200];
+    if (sched__env_pool_name(id, name, sizeof(name)) < 0) {
+        /* Never published (no such pool name): nothing to withdraw. */
+        if (obj)
+            sched__respond_json(req, 200, obj);
+        else
+            sched__obj_delete(req, &sched__kind_env, req->org, id);
+        return;
+    }
+    keys_of(name, tpl, pol, sizeof(tpl));
+    sched__key_obj(kobj, sizeof(kobj), id);
+    const char *argv[] = { tpl, "wp:tpls", pol, kobj, name, req->org };
+    json_decref(req->tmp);
+    req->tmp = obj;
+    sched__req_script(req, lua_unpublish, unpublished, 4, 6, argv, NULL);
+}
+
+void sched__envtpl_withdraw(struct sched_req *req, json_t *env)
+{
+    unpublish(req, json_string_value(json_object_get(env, "id")), env);
+}
+
+void sched__envtpl_delete(struct sched_req *req)
+{
+    /* Withdraw first: a crash in between leaves a stored environment
+     * nodes no longer serve (its next update publishes it again), never a
+     * template served for an environment that is gone. */
+    unpublish(req, req->params[0], NULL);
+}
