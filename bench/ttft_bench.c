@@ -25,8 +25,8 @@
  * /stats/requests on the response's request-id; warmpool on the
  * model_request_id of span.model_request_end events when the brain writes
  * them, else the sessions are matched to the model server's first-turn
- * requests of the run in order (both are in arrival order for sessions
- * that got that far; reported as model_join: "order"). */
+ * requests (turn 0) of the run in order (roughly arrival order; reported
+ * as model_join: "order"). */
 #include <curl/curl.h>
 #include <ev.h>
 #include <getopt.h>
@@ -85,6 +85,7 @@ static struct {
     int max_inflight, inflight, n, shed, live;
     bool arrivals_over;
     double t_start;
+    char msrv_last[64]; /* the model server's last request id before the run */
     struct sess *sess[MAXS];
 } B;
 
@@ -632,10 +633,16 @@ static int write_results(void)
     json_t *reqs = msrv_requests(), *fails = json_array();
     const char *join = "request_id";
     size_t order = 0;
+    json_t *r0;
+    json_array_foreach(reqs, order, r0) /* this run's requests start after msrv_last */
+        if (B.msrv_last[0] &&
+            !strcmp(json_string_value(json_object_get(r0, "request_id")) ?: "", B.msrv_last))
+            break;
+    order = order < json_array_size(reqs) ? order + 1 : 0;
     bool warm = strcmp(B.mode, "baseline") != 0;
 
-    /* The model server keeps the last 4096 requests; a run's first turns
-     * are, in order, those whose planned TTFT the sessions' own ids name. */
+    /* The model server keeps the last 4096 requests, each run starting
+     * after the previous one's: its first turns are this run's. */
     for (int i = 0; i < B.n; i++) {
         struct sess *s = B.sess[i];
         if (s->failed || !s->t_first) {
@@ -654,7 +661,7 @@ static int write_results(void)
             join = "order";
             json_t *r;
             while ((r = json_array_get(reqs, order)) &&
-                   json_number_value(json_object_get(r, "planned_ttft_ms")) <= 0)
+                   json_integer_value(json_object_get(r, "turn")) != 0)
                 order++;
             r = json_array_get(reqs, order++);
             m = r ? json_number_value(json_object_get(r, "ttft_ms")) : -1;
@@ -721,6 +728,11 @@ int main(int argc, char **argv)
     curl_multi_setopt(B.multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
     curl_multi_setopt(B.multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(B.multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+    json_t *before = msrv_requests();
+    json_t *last = json_array_get(before, json_array_size(before) - 1);
+    snprintf(B.msrv_last, sizeof(B.msrv_last), "%s",
+             json_string_value(json_object_get(last, "request_id")) ?: "");
+    json_decref(before);
     ev_init(&B.curl_timer, curl_timer_cb);
     ev_timer_init(&B.arrival, arrival_cb, exp_sample(B.rate), 0.);
     B.t_start = now_ms();
