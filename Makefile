@@ -6,6 +6,7 @@
 #   make test-asan  the same under AddressSanitizer + UBSan (build/asan/)
 #   make fuzz       libFuzzer targets (clang), each run for FUZZ_SECONDS
 #   make bench      benchmarks, results under bench/results/
+#   make bench-ttft the TTFT benchmark alone (FULL=1: every rate)
 #   make run        the whole stack on this machine (see README)
 
 BUILD    ?= build
@@ -78,7 +79,7 @@ $(BUILD)/tests/%: tests/%.c $(call obj,$(TEST_LIB_SRCS)) $(MODLIBS) $(FLAGS_STAM
 	$(CC) $(ALL_CFLAGS) $(PKG_CFLAGS) -Itests $< $(call obj,$(TEST_LIB_SRCS)) $(MODLIBS) \
 	    $(LDFLAGS) $(TEST_LDLIBS) -o $@
 
-.PHONY: all deps test check test-asan fuzz fuzz-replay-bins bench run demo clean format format-check
+.PHONY: all deps test check test-asan fuzz fuzz-replay-bins bench bench-ttft run demo clean format format-check
 all: $(BINS) $(TEST_BINS) fuzz-replay-bins
 
 deps:
@@ -125,6 +126,12 @@ fuzz: deps
 bench: deps
 	$(MAKE) all
 	bench/run.sh $(BUILD)
+
+# TTFT: warmpool's sessions against a coupled cold-boot harness (FULL=1 for
+# every rate up to 100 sessions/s; see bench/bench_ttft.sh for the knobs).
+bench-ttft: deps
+	$(MAKE) all
+	bench/bench_ttft.sh $(BUILD)
 
 run: deps
 	$(MAKE) all

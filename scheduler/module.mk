@@ -46,3 +46,10 @@ SCHED_LIBS := $(BUILD)/libscheduler.a $(BUILD)/libpool.a $(BUILD)/libagentlink.a
               $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
 $(BUILD)/warmpool-scheduler: $(BUILD)/obj/scheduler/main.o $(SCHED_LIBS) $(LLHTTP_A)
 	$(CC) $(ALL_CFLAGS) $(BUILD)/obj/scheduler/main.o $(SCHED_LIBS) $(LDFLAGS) $(LDLIBS) -o $@
+
+# The TTFT benchmark's load generator (bench/bench_ttft.sh): libcurl multi
+# on libev, speaking to the scheduler and the model server over HTTP only.
+BINS += $(BUILD)/bench/ttft_bench
+$(BUILD)/bench/ttft_bench: $(BUILD)/obj/bench/ttft_bench.o $(BUILD)/libbase.a | $(LLHTTP_A)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $^ $(LDFLAGS) $(LDLIBS) -o $@

@@ -44,6 +44,7 @@ struct msrv_conn {
 struct msrv_recent {
     char req_id[40];
     double ttft_ms, planned_ms;
+    size_t turn; /* the conversation turn played (0 = a session's first reply) */
 };
 
 struct msrv_server {

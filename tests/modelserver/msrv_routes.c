@@ -153,9 +153,9 @@ static json_t *recent_json(const struct msrv_server *srv, size_t max)
         nr = max;
     for (size_t i = 0; a && i < nr; i++) {
         const struct msrv_recent *r = &srv->recent[(srv->n_recent - nr + i) % MSRV_RECENT_MAX];
-        json_array_append_new(a, json_pack("{s:s, s:f, s:f}", "request_id", r->req_id,
+        json_array_append_new(a, json_pack("{s:s, s:f, s:f, s:I}", "request_id", r->req_id,
                                            "ttft_ms", r->ttft_ms, "planned_ttft_ms",
-                                           r->planned_ms));
+                                           r->planned_ms, "turn", (json_int_t)r->turn));
     }
     return a;
 }

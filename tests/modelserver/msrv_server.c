@@ -146,6 +146,7 @@ static void request_done(struct msrv_conn *c, const char *how)
         snprintf(r->req_id, sizeof(r->req_id), "%s", c->req_id);
         r->ttft_ms = c->ttft_ms;
         r->planned_ms = c->plan.ttft_ms;
+        r->turn = c->turn;
     }
     if (c->stream && srv->n_active > 0)
         srv->n_active--;
