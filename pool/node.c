@@ -96,7 +96,8 @@ struct nsb {
     uint64_t token;
     double t0;
     double ready_at;                /* restored or booted */
-    long scans_at_ready;            /* KSM full_scans then */
+    long scans_at_change;           /* KSM full_scans when its private bytes last moved */
+    uint64_t last_private;          /* at the previous measure */
     bool settled;                   /* measured as it will stay (see measure_memory) */
     struct nsb *next;
 };
@@ -248,7 +249,8 @@ static void sb_ready(struct node *n, struct nsb *s)
     cmd(n, "node sandboxes", 3, sadd);
     snprintf(created, sizeof(created), "%llu", (unsigned long long)wp_wall_ms());
     s->ready_at = now_s();
-    s->scans_at_ready = n->kh.full_scans;
+    s->scans_at_change = n->kh.full_scans;
+    s->last_private = 0;
     if (s->e->ksm == KSM_ON || s->e->ksm == KSM_OVERRIDE)
         n->unsettled++; /* KSM scans fast until the next measure says better */
     if (s->for_claim) {
@@ -749,9 +751,10 @@ static bool merging(const struct env *e)
 
 /* Every MEM_PERIOD_S: what each clone holds (memory.c), per environment
  * one shared copy plus private bytes per clone, and from that how many hot
- * clones fit the budget. A clone counts as settled once measured 2 s after
- * it arrived (lazy pages have landed) and, when mergeable, after KSM has
- * made two full scans since: before that it counts at its image's size,
+ * clones fit the budget. A clone counts as settled once its private bytes
+ * held still between two measures (lazy pages have landed) and, when
+ * mergeable, KSM has made two full scans since they last moved (it is
+ * merged): before that it counts at its image's size,
  * what it may hold until merged. The estimate for one more clone is the
  * p95 of settled clones' private bytes, or the image's size when none is
  * settled: pessimistic while little is known, as measured as it can be
@@ -788,9 +791,17 @@ static void measure_memory(struct node *n)
             }
             if (pool__mem_clone(n->snap, s->sb->id, &cm, NULL) < 0)
                 continue;
-            s->settled = n->now - s->ready_at >= 2 &&
-                         (!merging(e) || (n->kh.full_scans >= 0 && s->scans_at_ready >= 0 &&
-                                          n->kh.full_scans >= s->scans_at_ready + 2));
+            /* Settled: lazy pages have landed (private bytes held still
+             * over a measure) and, when mergeable, KSM made two full scans
+             * since they last moved (merging is done, not just begun). */
+            bool moved = cm.private_ > s->last_private + (1u << 20) ||
+                         cm.private_ + (1u << 20) < s->last_private;
+            if (moved)
+                s->scans_at_change = n->kh.full_scans;
+            s->last_private = cm.private_;
+            s->settled = n->now - s->ready_at >= 2 && !moved &&
+                         (!merging(e) || (n->kh.full_scans >= 0 && s->scans_at_change >= 0 &&
+                                          n->kh.full_scans >= s->scans_at_change + 2));
             m->clones++;
             m->pss += cm.pss;
             m->private_sum += cm.private_;
