@@ -16,10 +16,9 @@ cleanup() {
     rm -rf "$T"
 }
 trap cleanup EXIT
-redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-    --dir "$T" --logfile "$T/redis.log" >/dev/null
-mkdir -p "$T/wp"
-cp "$BUILD/warmpool-hands" "$T/wp/"
+. bench/lib.sh
+wp_bench_redis "$T" "$PORT"
+wp_bench_hands "$BUILD" "$T"
 cat >"$T/bench.json" <<JSON
 {"name":"bench","rootfs":"host","workdir":"/work",
  "init":["/.wp/warmpool-hands","--socket","/run/warmpool/hands.sock","--workdir","/work",

@@ -147,3 +147,22 @@ int pool_scaler_step(struct pool_scaler *s, double now_s, int want, int min, int
         s->current = min;
     return s->current;
 }
+
+int pool_mem_fit(uint64_t budget, uint64_t used, uint64_t per_clone, int hot_now)
+{
+    if (per_clone == 0)
+        return POOL_TARGET_UNBOUNDED;
+    if (hot_now < 0)
+        hot_now = 0;
+    uint64_t more = budget > used ? (budget - used) / per_clone : 0;
+    if (more > POOL_TARGET_UNBOUNDED)
+        return POOL_TARGET_UNBOUNDED;
+    int fit = hot_now + (int)more;
+    /* used counts the hot clones too: when they alone exceed the budget,
+     * fit drops below hot_now so the surplus goes. */
+    if (used > budget) {
+        uint64_t over = (used - budget + per_clone - 1) / per_clone;
+        fit = over >= (uint64_t)hot_now ? 0 : hot_now - (int)over;
+    }
+    return fit > POOL_TARGET_UNBOUNDED ? POOL_TARGET_UNBOUNDED : fit;
+}

@@ -1,8 +1,10 @@
 /* cli.c - `warmpool pool set|status`: the operator's view of the pool,
  * straight from Redis (hiredis, synchronous). */
+#include <errno.h>
 #include <getopt.h>
 #include <stdbool.h>
 #include <hiredis/hiredis.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +67,29 @@ static int parse_tiers(const char *s, char *out, size_t cap)
             strncat(out, names[i], cap - strlen(out) - 1);
         }
     return 0;
+}
+
+static bool num(redisReply *r, size_t i, unsigned long long *v);
+
+/* A node keeps no more hot clones than fit its memory budget: say so now
+ * rather than let the operator wonder why the pool stays smaller. */
+static void warn_fit(const char *env, const char *node, long want)
+{
+    redisReply *nodes = node ? NULL : cmd("SMEMBERS wp:env:{%s}:nodes", env);
+    size_t count = node ? 1 : nodes->type == REDIS_REPLY_ARRAY ? nodes->elements : 0;
+
+    for (size_t i = 0; i < count; i++) {
+        const char *id = node ? node : nodes->element[i]->str;
+        redisReply *f = cmd("HMGET wp:env:{%s}:mem:%s hot_fit per_clone_bytes", env, id);
+        unsigned long long fit, per;
+        if (num(f, 0, &fit) && num(f, 1, &per) && per && fit < (unsigned long long)want)
+            printf("note: node %s fits %llu hot clones of %s in its memory budget "
+                   "(hot_memory_mb; %.1f MiB each, measured); it keeps at most that many\n",
+                   id, fit, env, (double)per / 1048576.0);
+        freeReplyObject(f);
+    }
+    if (nodes)
+        freeReplyObject(nodes);
 }
 
 static int pool_set(int argc, char **argv)
@@ -132,6 +157,8 @@ static int pool_set(int argc, char **argv)
                                 "redis.call('HDEL', KEYS[1], f) end end return 1",
                                 env, key));
         printf("%s %s = %ld%s%s\n", env, key, v, node ? " on node " : "", node ? node : "");
+        if (strcmp(key, "min_hot") == 0)
+            warn_fit(env, node, v);
         n++;
     }
     if (n == 0) {
@@ -162,6 +189,70 @@ static double hist_pct(redisReply *h, double p)
             return (double)(1ull << b) / 1000.0;
     }
     return -1;
+}
+
+/* A non-negative integer field of a reply array, or false. */
+static bool num(redisReply *r, size_t i, unsigned long long *v)
+{
+    char *end;
+    if (!r || r->type != REDIS_REPLY_ARRAY || i >= r->elements ||
+        r->element[i]->type != REDIS_REPLY_STRING)
+        return false;
+    errno = 0;
+    *v = strtoull(r->element[i]->str, &end, 10);
+    return end != r->element[i]->str && !*end && errno == 0 && r->element[i]->str[0] != '-';
+}
+
+static double mib(unsigned long long b)
+{
+    return (double)b / 1048576.0;
+}
+
+/* What the environment's clones hold on node (memory.c's figures), the
+ * node's budget, and KSM's progress. */
+static void mem_status(const char *env, const char *node)
+{
+    redisReply *m = cmd("HMGET wp:env:{%s}:mem:%s clones shared_bytes private_p50_bytes "
+                        "private_p95_bytes anon_bytes merged_bytes hot_fit hot_asked per_clone_bytes ksm",
+                        env, node);
+    redisReply *h = cmd("HMGET wp:node:%s hot_memory_bytes mem_used_bytes ksm_pages_shared "
+                        "ksm_pages_sharing ksm_full_scans ksmd_cpu_ms", node);
+    unsigned long long clones, shared, p50, p95, anon, merged, fit, asked, per, budget, used, ps,
+        pg, fs, cpu;
+
+    if (num(m, 0, &clones) && num(m, 1, &shared) && num(m, 2, &p50) && num(m, 3, &p95) &&
+        num(m, 4, &anon) && num(m, 5, &merged)) {
+        bool on = m->element[9]->type == REDIS_REPLY_STRING && strncmp(m->element[9]->str, "on", 2) == 0;
+        printf("  %-20s memory: %llu clones, shared %.1f MiB (one copy), private per clone "
+               "p50 %.1f MiB p95 %.1f MiB",
+               "", clones, mib(shared), mib(p50), mib(p95));
+        if (on || merged)
+            printf(", merged %.0f%% of %.1f MiB anonymous", anon ? 100.0 * (double)merged / (double)anon : 0.0,
+                   mib(anon));
+        printf("\n");
+    }
+    if (num(h, 0, &budget) && num(h, 1, &used)) {
+        printf("  %-20s budget: hot_memory %.0f MiB, clones hold %.1f MiB", "", mib(budget), mib(used));
+        if (num(m, 6, &fit) && fit < 100000)
+            printf("; %llu hot clones fit%s", fit,
+                   num(m, 8, &per) && per ? "" : " (nothing measured yet)");
+        printf("\n");
+        if (num(m, 6, &fit) && num(m, 7, &asked) && asked > fit)
+            printf("  %-20s capped by memory: the policy asks %llu hot clones, %llu fit "
+                   "(%.1f MiB each)\n",
+                   "", asked, fit, num(m, 8, &per) ? mib(per) : 0.0);
+    }
+    if (num(h, 2, &ps) && num(h, 3, &pg) && num(h, 4, &fs)) {
+        printf("  %-20s ksm (host): pages_shared %llu, pages_sharing %llu", "", ps, pg);
+        if (ps)
+            printf(" (%.1f mappings per page)", 1.0 + (double)pg / (double)ps);
+        printf(", full scans %llu", fs);
+        if (num(h, 5, &cpu))
+            printf(", ksmd cpu %.1f s", (double)cpu / 1000.0);
+        printf("\n");
+    }
+    freeReplyObject(m);
+    freeReplyObject(h);
 }
 
 static void env_status(const char *env)
@@ -220,10 +311,18 @@ static void env_status(const char *env)
                        : "-";
         printf("  %-20s %6s %7d %6d %6d %7s %11s %10s %8s  %-4s %.40s\n", n,
                alive->integer ? "yes" : "NO", idle, leased, lost, v[0], v[1], v[2], v[3], v[5], v[4]);
-        if (strcmp(v[5], "on") == 0)
+        if (strcmp(v[5], "on") == 0 || strcmp(v[5], "on-override") == 0)
             printf("  %-20s note: KSM merges memory across this node's sandboxes, a timing side\n"
                    "  %-20s channel between them; keep it off where organizations share a node\n",
                    "", "");
+        if (strcmp(v[5], "on-override") == 0)
+            printf("  %-20s ksm: on although the node is multi-tenant (operator override)\n", "");
+        if (strcmp(v[5], "refused") == 0)
+            printf("  %-20s ksm: refused: the template asks for it, but this node serves several\n"
+                   "  %-20s organizations (multi_tenant) and merging is a timing side channel\n"
+                   "  %-20s between them; override: --ksm-multi-tenant-override\n",
+                   "", "", "");
+        mem_status(env, n);
         freeReplyObject(ns);
         freeReplyObject(alive);
         freeReplyObject(sbs);

@@ -32,8 +32,15 @@ static const char usage[] =
     "  --restore-slots N       restores at once (default: one per CPU)\n"
     "  --heartbeat-ttl SEC     dead this long after the last heartbeat (default 5)\n"
     "  --lease-ms MS           lease time handed out with claims (default 60000)\n"
-    "  --config FILE           JSON with the same keys (flags win), plus ksm_slow_pages,\n"
-    "                          ksm_fast_pages, ksm_sleep_ms for environments with \"ksm\"\n"
+    "  --hot-memory-mb N       memory for this node's clones (default: 80%% of\n"
+    "                          MemAvailable at start); caps hot targets by what fits,\n"
+    "                          measured (one shared copy per image + private bytes)\n"
+    "  --multi-tenant          the node serves several organizations: environments\n"
+    "                          with \"ksm\" run without merging (a timing side channel)\n"
+    "  --ksm-multi-tenant-override  merge anyway on a multi-tenant node\n"
+    "  --config FILE           JSON with the same keys (flags win: hot_memory_mb,\n"
+    "                          multi_tenant, ksm_multi_tenant_override...), plus\n"
+    "                          ksm_slow_pages, ksm_fast_pages, ksm_sleep_ms\n"
     "  --log-level LEVEL       error, warn, info, debug (default info)\n"
     "  -h, --help\n";
 
@@ -99,6 +106,15 @@ static int add_env(struct pool_node_config *cfg, const char *spec, struct wp_err
     return 0;
 }
 
+/* 0 keeps the default (derived from MemAvailable at start). */
+static int set_memory_mb(struct pool_node_config *cfg, long long mb, struct wp_err *err)
+{
+    if (mb < 0 || mb > (64ll << 20)) /* 64 TiB */
+        return wp_err_set(err, WP_ECONFIG, "hot_memory_mb must be 0..%lld", 64ll << 20);
+    cfg->hot_memory_bytes = (uint64_t)mb << 20;
+    return 0;
+}
+
 static int load_file(struct pool_node_config *cfg, const char *path, struct wp_err *err)
 {
     json_error_t jerr;
@@ -131,6 +147,12 @@ static int load_file(struct pool_node_config *cfg, const char *path, struct wp_e
             cfg->api_envs = json_is_true(v);
         else if (strcmp(k, "ksm_sleep_ms") == 0 && json_is_integer(v))
             cfg->ksm_sleep_ms = (long)json_integer_value(v);
+        else if (strcmp(k, "hot_memory_mb") == 0 && json_is_integer(v))
+            rc = set_memory_mb(cfg, json_integer_value(v), err);
+        else if (strcmp(k, "multi_tenant") == 0 && json_is_boolean(v))
+            cfg->multi_tenant = json_is_true(v);
+        else if (strcmp(k, "ksm_multi_tenant_override") == 0 && json_is_boolean(v))
+            cfg->ksm_multi_tenant = json_is_true(v);
         else if (strcmp(k, "envs") == 0 && json_is_array(v)) {
             json_t *item;
             json_array_foreach(v, i, item) {
@@ -160,6 +182,9 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         { "heartbeat-ttl", required_argument, NULL, 't' }, { "lease-ms", required_argument, NULL, 'L' },
         { "config", required_argument, NULL, 'c' },      { "log-level", required_argument, NULL, 'l' },
         { "listen", required_argument, NULL, 'H' },      { "no-api-envs", no_argument, NULL, 'A' },
+        { "hot-memory-mb", required_argument, NULL, 'M' },
+        { "multi-tenant", no_argument, NULL, 'T' },
+        { "ksm-multi-tenant-override", no_argument, NULL, 'O' },
         { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
     };
     bool eager = false;
@@ -202,6 +227,15 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         case 't': cfg->heartbeat_ttl_s = atof(optarg); break;
         case 'L': cfg->lease_ms = atof(optarg); break;
         case 'c': break;
+        case 'M': {
+            char *end;
+            long long mb = strtoll(optarg, &end, 10);
+            rc = *end || end == optarg ? wp_err_set(err, WP_ECONFIG, "bad --hot-memory-mb '%s'", optarg)
+                                       : set_memory_mb(cfg, mb, err);
+            break;
+        }
+        case 'T': cfg->multi_tenant = true; break;
+        case 'O': cfg->ksm_multi_tenant = true; break;
         case 'l':
             if (wp_log_set_level(optarg) < 0)
                 rc = wp_err_set(err, WP_ECONFIG, "bad --log-level '%s'", optarg);

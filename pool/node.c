@@ -33,6 +33,11 @@
 #include "snapshot/snapshot.h"
 
 enum img_state { IMG_NONE, IMG_BUILDING, IMG_READY, IMG_FAILED };
+/* Merging for an environment: off (its template), on, refused (a
+ * multi-tenant node), or on by the operator's override on such a node. */
+enum ksm_mode { KSM_OFF, KSM_ON, KSM_REFUSED, KSM_OVERRIDE };
+static const char *const ksm_names[] = { "off", "on", "refused", "on-override" };
+#define MEM_PERIOD_S 2.0 /* how often clones' memory is measured */
 enum sb_state { SB_RESTORING, SB_IDLE, SB_LEASED };
 
 struct node;
@@ -70,6 +75,11 @@ struct env {
     bool retired;           /* withdrawn: no builds, refills or claims; the slot is
                                reused once no sandbox of it is left */
     bool build_failed_line; /* the build helper reported why it failed */
+    enum ksm_mode ksm;
+    uint64_t image_bytes;   /* memory pages in the image: a new clone before it merges */
+    struct pool__env_mem mem; /* last measured (memory.c) */
+    int fit;                /* hot clones that fit the node's memory budget */
+    int fit_keep;           /* the same with 2% slack: shrink only below this */
 };
 
 /* A warm/cold claim waiting for a restore slot. */
@@ -92,6 +102,10 @@ struct nsb {
     char reply_chan[128], rid[64], session[128], tier[8];
     uint64_t token;
     double t0;
+    double ready_at;                /* restored or booted */
+    long scans_at_change;           /* KSM full_scans when its private bytes last moved */
+    uint64_t last_private;          /* at the previous measure */
+    bool settled;                   /* measured as it will stay (see measure_memory) */
     struct nsb *next;
 };
 
@@ -125,6 +139,11 @@ struct node {
         double sum;
     } rh[3];
     long ksm_rate;           /* pages_to_scan set now */
+    uint64_t budget;         /* memory for clones (hot_memory_bytes) */
+    uint64_t used_now;       /* what clones hold now, unmerged ones at image size */
+    double last_mem;
+    int unsettled;           /* mergeable clones KSM has not scanned twice yet */
+    struct pool__ksm_host kh;
 };
 
 static double now_s(void)
@@ -256,6 +275,11 @@ static void sb_ready(struct node *n, struct nsb *s)
     const char *sadd[] = { "SADD", nk, member };
     cmd(n, "node sandboxes", 3, sadd);
     snprintf(created, sizeof(created), "%llu", (unsigned long long)wp_wall_ms());
+    s->ready_at = now_s();
+    s->scans_at_change = n->kh.full_scans;
+    s->last_private = 0;
+    if (s->e->ksm == KSM_ON || s->e->ksm == KSM_OVERRIDE)
+        n->unsettled++; /* KSM scans fast until the next measure says better */
     if (s->for_claim) {
         char tok[32], until[32];
         snprintf(tok, sizeof(tok), "%llu", (unsigned long long)s->token);
@@ -364,7 +388,8 @@ static void job_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 static struct nsb *start_restore(struct node *n, struct env *e, bool for_claim)
 {
-    struct snap_restore_opts ro = { .lazy = e->cfg.lazy };
+    struct snap_restore_opts ro = { .lazy = e->cfg.lazy,
+                                    .merge = e->ksm == KSM_ON || e->ksm == KSM_OVERRIDE ? 1 : -1 };
     struct nsb *s = calloc(1, sizeof(*s));
     struct wp_err err;
 
@@ -388,6 +413,7 @@ static struct nsb *start_restore(struct node *n, struct env *e, bool for_claim)
     n->restores++;
     if (!for_claim)
         e->restoring++;
+    n->used_now += e->image_bytes; /* until the next measure says better */
     return s;
 }
 
@@ -566,6 +592,8 @@ static void image_name(struct env *e)
 }
 
 /* The image of e's template is on disk already (an earlier run built it). */
+static void read_image_bytes(struct node *n, struct env *e);
+
 static void image_on_disk(struct node *n, struct env *e)
 {
     char path[700];
@@ -573,6 +601,8 @@ static void image_on_disk(struct node *n, struct env *e)
     snprintf(path, sizeof(path), "%s/images/%s/manifest.json", n->cfg.state_dir, e->image);
     e->found_on_disk = access(path, F_OK) == 0;
     e->img = e->found_on_disk ? IMG_READY : IMG_NONE;
+    if (e->found_on_disk)
+        read_image_bytes(n, e);
 }
 
 /* Set up slot e (zeroed or retired and empty) to serve template t (steals). */
@@ -603,6 +633,26 @@ static void env_init(struct node *n, struct env *e, const struct pool_env_config
     /* Handle what arrived while we were away (claims expire by age). */
     snprintf(e->last_id, sizeof(e->last_id), "0-0");
     image_on_disk(n, e);
+    e->fit = e->fit_keep = POOL_TARGET_UNBOUNDED; /* until measured */
+    e->ksm = e->t->ksm ? KSM_ON : KSM_OFF;
+    if (e->t->ksm && n->cfg.multi_tenant && !n->cfg.ksm_multi_tenant) {
+        /* Merging across organizations lets one learn, by copy-on-write
+         * timing, whether a page with given content exists in another's
+         * sandbox: refused unless the operator overrides. Boots (the
+         * image build, cold boots) and restores both run unmerged. */
+        log_warn("KSM refused for env=%s: this node is multi-tenant (--multi-tenant); merging "
+                 "would open a timing side channel between organizations. Its sandboxes run "
+                 "unmerged; --ksm-multi-tenant-override merges anyway",
+                 e->cfg.name);
+        e->t->ksm = false;
+        e->ksm = KSM_REFUSED;
+    } else if (e->t->ksm && n->cfg.multi_tenant) {
+        log_warn("KSM on for env=%s on a multi-tenant node by operator override: organizations "
+                 "sharing this node can probe each other's memory contents by copy-on-write "
+                 "timing",
+                 e->cfg.name);
+        e->ksm = KSM_OVERRIDE;
+    }
 }
 
 /* ---- inbox -------------------------------------------------------------- */
@@ -785,6 +835,126 @@ static void read_inbox(struct node *n)
         n->inbox_reading = true;
 }
 
+/* ---- memory ------------------------------------------------------------------ */
+
+/* Memory pages in the image (its manifest's sizes.pages_bytes): what a new
+ * clone holds before KSM merges it. 0 when unknown. */
+static void read_image_bytes(struct node *n, struct env *e)
+{
+    char path[700];
+    json_t *o, *v;
+
+    snprintf(path, sizeof(path), "%s/images/%s/manifest.json", n->cfg.state_dir, e->image);
+    o = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+    v = json_object_get(json_object_get(o, "sizes"), "pages_bytes");
+    e->image_bytes = json_is_integer(v) && json_integer_value(v) > 0 &&
+                             json_integer_value(v) < (1ll << 40)
+                         ? (uint64_t)json_integer_value(v)
+                         : 0;
+    json_decref(o);
+}
+
+static bool merging(const struct env *e)
+{
+    return e->ksm == KSM_ON || e->ksm == KSM_OVERRIDE;
+}
+
+/* Every MEM_PERIOD_S: what each clone holds (memory.c), per environment
+ * one shared copy plus private bytes per clone, and from that how many hot
+ * clones fit the budget. A clone counts as settled once its private bytes
+ * held still between two measures (lazy pages have landed) and, when
+ * mergeable, KSM has made two full scans since they last moved (it is
+ * merged): before that it counts at its image's size,
+ * what it may hold until merged. The estimate for one more clone is the
+ * p95 of settled clones' private bytes, or the image's size when none is
+ * settled: pessimistic while little is known, as measured as it can be
+ * once the pool runs. Cost: a few /proc reads per clone (smaps_rollup
+ * walks the page tables: ~0.1 ms for 200 MB). */
+static void measure_memory(struct node *n)
+{
+    uint64_t *priv = NULL, *settled = NULL, used_steady = 0;
+    int cnt = 0;
+
+    pool__mem_ksm_host(&n->kh);
+    for (struct nsb *s = n->sbs; s; s = s->next)
+        cnt++;
+    priv = calloc((size_t)cnt + 1, sizeof(*priv));
+    settled = calloc((size_t)cnt + 1, sizeof(*settled));
+    if (!priv || !settled)
+        goto out;
+    n->used_now = 0;
+    n->unsettled = 0;
+    for (int i = 0; i < n->n_envs; i++) {
+        struct env *e = &n->envs[i];
+        struct pool__env_mem *m = &e->mem;
+        int k = 0, ks = 0, restoring = 0;
+        uint64_t pending = 0;
+
+        memset(m, 0, sizeof(*m));
+        for (struct nsb *s = n->sbs; s; s = s->next) {
+            struct pool__clone_mem cm;
+            if (s->e != e)
+                continue;
+            if (!s->sb || s->sb->init_pid <= 0) {
+                restoring++;
+                continue;
+            }
+            if (pool__mem_clone(n->snap, s->sb->id, &cm, NULL) < 0)
+                continue;
+            /* Settled: lazy pages have landed (private bytes held still
+             * over a measure) and, when mergeable, KSM made two full scans
+             * since they last moved (merging is done, not just begun). */
+            bool moved = cm.private_ > s->last_private + (1u << 20) ||
+                         cm.private_ + (1u << 20) < s->last_private;
+            if (moved)
+                s->scans_at_change = n->kh.full_scans;
+            s->last_private = cm.private_;
+            s->settled = n->now - s->ready_at >= 2 && !moved &&
+                         (!merging(e) || (n->kh.full_scans >= 0 && s->scans_at_change >= 0 &&
+                                          n->kh.full_scans >= s->scans_at_change + 2));
+            m->clones++;
+            m->pss += cm.pss;
+            m->private_sum += cm.private_;
+            m->anon += cm.anon;
+            m->merged += cm.merged;
+            m->kernel += cm.kernel;
+            m->cgroup += cm.cgroup;
+            priv[k++] = cm.private_;
+            if (s->settled)
+                settled[ks++] = cm.private_;
+            else {
+                n->unsettled += merging(e);
+                /* Not merged yet: it may still grow to the image's size. */
+                pending += e->image_bytes > cm.private_ ? e->image_bytes - cm.private_ : 0;
+            }
+        }
+        m->shared = m->pss > m->private_sum ? m->pss - m->private_sum : 0;
+        struct pool__env_mem tmp;
+        pool__mem_summary(settled, ks, &tmp);
+        m->per_clone = ks ? tmp.p95 : e->image_bytes;
+        pool__mem_summary(priv, k, m);
+        n->used_now += m->pss + pending + (uint64_t)restoring * e->image_bytes;
+        used_steady += m->pss + (uint64_t)restoring * m->per_clone;
+    }
+    for (int i = 0; i < n->n_envs; i++) {
+        struct env *e = &n->envs[i];
+        int hot = e->idle + e->restoring;
+        e->fit = pool_mem_fit(n->budget, used_steady, e->mem.per_clone, hot);
+        e->fit_keep = pool_mem_fit(n->budget + n->budget / 50, used_steady, e->mem.per_clone, hot);
+        e->mem.fit = e->fit;
+        e->mem.asked = e->target;
+        pool__mem_publish(n->r, n->cfg.id, e->cfg.name, ksm_names[e->ksm], &e->mem,
+                          n->cfg.heartbeat_ttl_s * 2 + 10);
+        if (e->fit < e->target && e->fit < POOL_TARGET_UNBOUNDED)
+            log_debug("env=%s hot target %d capped to %d by memory (budget %llu MB, used %llu MB)",
+                      e->cfg.name, e->target, e->fit, (unsigned long long)(n->budget >> 20),
+                      (unsigned long long)(used_steady >> 20));
+    }
+out:
+    free(priv);
+    free(settled);
+}
+
 /* ---- cron -------------------------------------------------------------------- */
 
 /* Policy fields: min_hot, max_hot (every node), and min_hot:<node>,
@@ -891,7 +1061,7 @@ static void register_node(struct node *n)
         snprintf(v3, sizeof(v3), "%.1f", e->refill.value * 1e3);
         snprintf(v4, sizeof(v4), "%llu", (unsigned long long)e->refills);
         snprintf(f5, sizeof(f5), "ksm:%s", e->cfg.name);
-        const char *h[] = { "HSET", key, f1, v1, f2, v2, f3, v3, f4, v4, f5, e->t->ksm ? "on" : "off" };
+        const char *h[] = { "HSET", key, f1, v1, f2, v2, f3, v3, f4, v4, f5, ksm_names[e->ksm] };
         cmd(n, "node stats", 12, h);
     }
     /* Restore histograms: "<count> <sum seconds> <per-bucket counts...>",
@@ -908,6 +1078,20 @@ static void register_node(struct node *n)
     const char *hh[] = { "HSET", key, "hist_le", WP_HIST_LE_TEXT, hf[0], hv[0], hf[1], hv[1],
                          hf[2], hv[2] };
     cmd(n, "restore histograms", 10, hh);
+    {
+        char b[32], u[32], ps[32], pg[32], fs[32], cpu[32];
+        snprintf(b, sizeof(b), "%llu", (unsigned long long)n->budget);
+        snprintf(u, sizeof(u), "%llu", (unsigned long long)n->used_now);
+        snprintf(ps, sizeof(ps), "%ld", n->kh.pages_shared);
+        snprintf(pg, sizeof(pg), "%ld", n->kh.pages_sharing);
+        snprintf(fs, sizeof(fs), "%ld", n->kh.full_scans);
+        snprintf(cpu, sizeof(cpu), "%llu", (unsigned long long)n->kh.ksmd_cpu_ms);
+        const char *h[] = { "HSET", key, "hot_memory_bytes", b, "mem_used_bytes", u,
+                            "ksm_pages_shared", ps, "ksm_pages_sharing", pg, "ksm_full_scans", fs,
+                            "multi_tenant", n->cfg.multi_tenant ? "yes" : "no", "ksmd_cpu_ms", cpu };
+        /* No ksmd (KSM not built in): no CPU figure rather than a false 0. */
+        cmd(n, "node memory", n->kh.ksmd_found ? 16 : 14, h);
+    }
     if (!n->registered) {
         log_info("registered node=%s envs=%d slots=%d", n->cfg.id, n->n_envs, n->slots);
         for (int i = 0; i < n->n_envs; i++)
@@ -1142,11 +1326,16 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
     if (n->catalog)
         pool__catalog_tick(n->catalog, n->now);
     read_inbox(n);
+    if (n->now - n->last_mem >= MEM_PERIOD_S) {
+        measure_memory(n);
+        n->last_mem = n->now;
+    }
     if (n->ksm_on) {
-        /* Fast right after refills (new clones to merge), slow when steady. */
-        bool fresh = false;
+        /* Fast right after refills and until KSM has scanned the new clones
+         * twice (they are merged then), slow when steady. */
+        bool fresh = n->unsettled > 0;
         for (int i = 0; i < n->n_envs; i++)
-            fresh |= n->envs[i].t->ksm && n->now - n->envs[i].last_refill < 5;
+            fresh |= merging(&n->envs[i]) && n->now - n->envs[i].last_refill < 5;
         long want = fresh ? n->cfg.ksm_fast_pages : n->cfg.ksm_slow_pages;
         if (want != n->ksm_rate && pool__ksm_scan_rate(want) == 0)
             n->ksm_rate = want;
@@ -1169,15 +1358,21 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
         int want = pool_target_hot(lambda, refill_s, n->slots, 0.95);
         int target = pool_scaler_step(&e->scaler, n->now, want, e->min_hot, e->max_hot);
         e->target = target;
+        /* Memory: no more hot clones than fit the budget (measured), and a
+         * refill only while a new clone fits even before it merges. */
+        int keep = target < e->fit_keep ? target : e->fit_keep;
+        if (e->fit < target)
+            target = e->fit;
         while (e->idle + e->restoring < target && n->restores < n->slots && n->now >= e->refill_at &&
-               (e->max_total == 0 || e->hot_total + e->restoring < e->max_total))
+               (e->max_total == 0 || e->hot_total + e->restoring < e->max_total) &&
+               n->used_now + e->image_bytes <= n->budget)
             if (!start_restore(n, e, false))
                 break;
         /* Over the cap of all nodes: give back one idle clone per policy
          * refresh (each node does, so the pool converges without every node
          * dropping the whole surplus at once). */
-        int keep = target;
-        if (e->max_total && e->hot_total > e->max_total && e->idle > 0 && e->shrunk_at < e->policy_at) {
+        if (e->max_total && e->hot_total > e->max_total && e->idle > 0 && e->shrunk_at < e->policy_at &&
+            keep > e->idle - 1) {
             keep = e->idle - 1;
             e->shrunk_at = n->now;
             e->hot_total--;
@@ -1373,6 +1568,8 @@ static void child_cb(struct ev_loop *loop, ev_child *w, int revents)
             bool ok = WIFEXITED(w->rstatus) && WEXITSTATUS(w->rstatus) == 0;
             e->img = ok ? IMG_READY : IMG_FAILED;
             e->build_retry_at = n->now + 10;
+            if (ok)
+                read_image_bytes(n, e);
             /* The helper's own "failed: why" line says more than we can. */
             if (ok || !e->build_failed_line)
                 build_status(n, e, ok ? "ready" : "failed (see the node's log)");
@@ -1426,6 +1623,12 @@ static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
     const char *argv[] = { sbs, alive, n->cfg.id };
     if (wp_redis_ready(n->r)) {
         cmd(n, "bye", 2, del);
+        for (int i = 0; i < n->n_envs; i++) {
+            char mk[200];
+            fmtkey(mk, sizeof(mk), POOL__K_MEM "%s", n->envs[i].cfg.name, n->cfg.id);
+            const char *dm[] = { "DEL", mk };
+            cmd(n, "bye", 2, dm);
+        }
         if (wp_redis_script(n->r, lua_reap, bye_cb, n, 2, 3, argv, NULL) == 0) {
             static ev_timer t;
             ev_timer_init(&t, bye_timeout, 2.0, 0.);
@@ -1449,6 +1652,11 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     n->cfg = *cfg;
     n->loop = EV_DEFAULT;
     n->slots = cfg->restore_slots > 0 ? cfg->restore_slots : get_nprocs();
+    /* The budget for clones: configured, or 80% of what is available now
+     * (the rest for the node, Redis, page cache). */
+    n->budget = cfg->hot_memory_bytes ? cfg->hot_memory_bytes : pool__mem_available() / 5 * 4;
+    if (!n->budget)
+        n->budget = UINT64_MAX / 2; /* no /proc/meminfo: no cap */
     if ((rc = snap_ctx_open(&sc, &n->snap, err)) < 0)
         goto out;
     /* KSM settings a killed earlier run left changed go back first. */
@@ -1467,7 +1675,7 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
         n->n_envs++;
     }
     for (int i = 0; i < n->n_envs && !n->ksm_on; i++) {
-        if (!n->envs[i].t->ksm)
+        if (!merging(&n->envs[i]))
             continue;
         if ((rc = pool__ksm_enable(cfg->state_dir, cfg->ksm_slow_pages, cfg->ksm_sleep_ms, err)) < 0)
             goto out;
@@ -1503,8 +1711,9 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     ev_child_init(&n->child, child_cb, 0, 0);
     n->child.data = n;
     ev_child_start(n->loop, &n->child);
-    log_info("node=%s state=%s redis=%s:%d relay=%s", cfg->id, cfg->state_dir, cfg->redis_host,
-             cfg->redis_port, n->relay_addr);
+    log_info("node=%s state=%s redis=%s:%d relay=%s hot_memory_mb=%llu%s", cfg->id, cfg->state_dir,
+             cfg->redis_host, cfg->redis_port, n->relay_addr, (unsigned long long)(n->budget >> 20),
+             cfg->multi_tenant ? " multi-tenant" : "");
     ev_run(n->loop, 0);
 
     /* Clean shutdown: our sandboxes and our entries go. */

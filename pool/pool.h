@@ -41,6 +41,13 @@ double pool_erlang_c(double a, int k);
  * cannot keep up at all. */
 int pool_target_hot(double lambda, double refill_s, int refill_slots, double hit_target);
 
+/* Hot clones of one environment that fit in a node's memory budget: the
+ * ones it has (hot_now: idle + restoring) plus what the room left holds at
+ * per_clone bytes each. used is what every clone on the node holds now,
+ * one shared copy per image plus each clone's private bytes. Never below
+ * 0; POOL_TARGET_UNBOUNDED when per_clone is 0 (nothing measured). */
+int pool_mem_fit(uint64_t budget, uint64_t used, uint64_t per_clone, int hot_now);
+
 /* Up at once, down one step per cooldown. */
 struct pool_scaler {
     double cooldown_s;
@@ -81,6 +88,10 @@ struct pool_node_config {
     long ksm_fast_pages;    /* ... right after refills */
     long ksm_sleep_ms;      /* KSM sleep_millisecs */
     bool api_envs;          /* also serve environments published in Redis (wp:tpls) */
+    uint64_t hot_memory_bytes; /* memory budget of this node's clones; 0: 80% of
+                                  MemAvailable at start */
+    bool multi_tenant;      /* serves several organizations: no KSM... */
+    bool ksm_multi_tenant;  /* ...unless the operator overrides */
     int n_envs;
     struct pool_env_config envs[POOL_MAX_ENVS];
 };

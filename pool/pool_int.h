@@ -2,7 +2,9 @@
 #ifndef POOL_INT_H
 #define POOL_INT_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "pool/pool.h"
 
@@ -21,6 +23,8 @@
  *   wp:env:{E}:stats          HASH   claims by tier
  *   wp:env:{E}:lat:<tier>     HASH   claim latency histogram: bucket b counts claims
  *                                    that took at most 2^b microseconds
+ *   wp:env:{E}:mem:<node>     HASH   what E's clones on a node hold (memory.c,
+ *                                    ARCHITECTURE.md); expires with the node
  * Nodes:
  *   wp:nodes                  SET    node ids
  *   wp:node:<N>               HASH   addr, capacity, mem_free, versions, started_ms
@@ -35,6 +39,7 @@
 #define POOL__K_POLICY "wp:env:{%s}:policy"
 #define POOL__K_STATS "wp:env:{%s}:stats"
 #define POOL__K_LAT "wp:env:{%s}:lat:"
+#define POOL__K_MEM "wp:env:{%s}:mem:"
 #define POOL__K_NODES "wp:nodes"
 #define POOL__K_NODE "wp:node:%s"
 #define POOL__K_ALIVE "wp:node:%s:alive"
@@ -101,5 +106,58 @@ void pool__catalog_tick(struct pool__catalog *c, double now);
 /* Mirror a build status line into wp:tpl:{env} build:<node> (only while
  * the environment is published). */
 void pool__catalog_note(struct wp_redis *r, const char *node, const char *env, const char *line);
+/* memory.c: what clones really hold (see the file's comment). */
+struct snap_ctx;
+struct wp_redis;
+
+#define POOL__MEM_NB 12 /* private-bytes histogram buckets; the last is +Inf */
+extern const uint64_t pool__mem_bounds[POOL__MEM_NB - 1];
+
+/* One process, from /proc/PID/smaps_rollup, in bytes. */
+struct pool__proc_mem {
+    uint64_t rss, pss, private_, anon;
+};
+/* Parsers of /proc text: 0, or WP_EINVAL_INPUT when a field is missing or
+ * not a sane number. cpu_ticks: utime + stime of a /proc/PID/stat line. */
+int pool__mem_parse_rollup(const char *text, struct pool__proc_mem *m);
+int pool__mem_parse_ksm_stat(const char *text, uint64_t *merging_pages);
+int pool__mem_parse_cpu_ticks(const char *stat, uint64_t *ticks);
+
+/* One clone: sums over the processes of its cgroup, plus the cgroup's
+ * kernel memory (counted in pss and private_). */
+struct pool__clone_mem {
+    uint64_t pss, private_, anon, merged, kernel, cgroup;
+    int nprocs;
+};
+/* WP_ENOTFOUND when the clone's cgroup is gone. Reads /proc only. */
+int pool__mem_clone(struct snap_ctx *ctx, const char *id, struct pool__clone_mem *out,
+                    struct wp_err *err);
+
+/* Host-wide: /sys/kernel/mm/ksm counters (-1 when unreadable) and ksmd's
+ * CPU time (ksmd_found false when there is no ksmd). */
+struct pool__ksm_host {
+    long pages_shared, pages_sharing, full_scans;
+    uint64_t ksmd_cpu_ms;
+    bool ksmd_found;
+};
+void pool__mem_ksm_host(struct pool__ksm_host *h);
+/* MemAvailable from /proc/meminfo in bytes, 0 when unknown. */
+uint64_t pool__mem_available(void);
+
+/* An environment's clones on this node, as published. */
+struct pool__env_mem {
+    int clones;
+    uint64_t pss, private_sum, anon, merged, kernel, cgroup;
+    uint64_t shared;     /* pss - private_sum: about one copy of what they share */
+    uint64_t p50, p95;   /* private bytes per clone */
+    uint64_t hist[POOL__MEM_NB]; /* clones per bucket (not cumulative) */
+    uint64_t per_clone;  /* what one more hot clone is expected to hold */
+    int fit, asked;      /* hot clones that fit / the policy's target */
+};
+/* p50, p95 and hist of the private bytes of n clones (sorts priv). */
+void pool__mem_summary(uint64_t *priv, int n, struct pool__env_mem *m);
+/* HSET wp:env:{env}:mem:<node> with every figure, expiring after ttl_s. */
+void pool__mem_publish(struct wp_redis *r, const char *node, const char *env, const char *ksm,
+                       const struct pool__env_mem *m, double ttl_s);
 
 #endif

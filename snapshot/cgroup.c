@@ -333,3 +333,120 @@ bool snap__cg_contains(struct snap_ctx *ctx, const char *id, pid_t pid)
     fclose(f);
     return found;
 }
+
+/* The hierarchy that carries memory: v1 "memory", v2 the one tree. */
+static int mem_ctrl(const struct snap_ctx *ctx)
+{
+    for (int i = 0; i < ctx->n_ctrl; i++)
+        if (ctx->cg == SNAP__CG_V2 || strcmp(ctx->ctrl_name[i], "memory") == 0)
+            return i;
+    return -1;
+}
+
+/* A cgroup file holding one unsigned number; false if absent or not one. */
+static bool read_u64(const char *dir, const char *file, uint64_t *v)
+{
+    char path[600], *text = NULL, *end;
+    bool ok = false;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    if (wp_read_file(path, 64, &text, NULL, NULL) < 0)
+        return false;
+    errno = 0;
+    unsigned long long x = strtoull(text, &end, 10);
+    if (end != text && (*end == '\n' || *end == '\0') && errno == 0) {
+        *v = x;
+        ok = true;
+    }
+    free(text);
+    return ok;
+}
+
+/* v2: the "kernel" line of memory.stat (6.x kernels). */
+static bool read_v2_kernel(const char *dir, uint64_t *v)
+{
+    char path[600], line[128];
+    unsigned long long x;
+    bool ok = false;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/memory.stat", dir);
+    f = fopen(path, "re");
+    if (!f)
+        return false;
+    while (!ok && fgets(line, sizeof(line), f))
+        if (sscanf(line, "kernel %llu", &x) == 1) {
+            *v = x;
+            ok = true;
+        }
+    fclose(f);
+    return ok;
+}
+
+int snap_sandbox_cgroup_mem(struct snap_ctx *ctx, const char *id, struct snap_cgroup_mem *out,
+                            struct wp_err *err)
+{
+    char dir[512];
+    int i = mem_ctrl(ctx);
+
+    memset(out, 0, sizeof(*out));
+    if (!snap_name_valid(id))
+        return wp_err_set(err, WP_EINVAL_INPUT, "bad sandbox id \"%s\"", id);
+    if (i < 0)
+        return wp_err_set(err, WP_ECONFIG, "no memory cgroup hierarchy");
+    cg_dir(ctx, i, id, dir, sizeof(dir));
+    if (!read_u64(dir, ctx->cg == SNAP__CG_V2 ? "memory.current" : "memory.usage_in_bytes",
+                  &out->usage))
+        return wp_err_set(err, WP_ENOTFOUND, "no memory usage for sandbox %s (%s)", id, dir);
+    if (ctx->cg == SNAP__CG_V2)
+        read_v2_kernel(dir, &out->kernel);
+    else
+        read_u64(dir, "memory.kmem.usage_in_bytes", &out->kernel);
+    if (out->kernel > out->usage)
+        out->kernel = out->usage;
+    return 0;
+}
+
+/* Append the pids of dir's cgroup.procs and its children's to pids. */
+static int collect_pids(const char *dir, pid_t *pids, int n, int cap, int depth)
+{
+    char path[1024];
+    struct dirent *e;
+    FILE *f;
+    int pid;
+    DIR *d;
+
+    snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
+    f = fopen(path, "re");
+    if (!f)
+        return n;
+    while (n < cap && fscanf(f, "%d", &pid) == 1)
+        if (pid > 0)
+            pids[n++] = pid;
+    fclose(f);
+    /* criu may nest cgroups below the sandbox's; a few levels at most. */
+    if (depth >= 8 || !(d = opendir(dir)))
+        return n;
+    while (n < cap && (e = readdir(d))) {
+        if (e->d_type != DT_DIR || e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        n = collect_pids(path, pids, n, cap, depth + 1);
+    }
+    closedir(d);
+    return n;
+}
+
+int snap_sandbox_pids(struct snap_ctx *ctx, const char *id, pid_t *pids, int cap,
+                      struct wp_err *err)
+{
+    char dir[512];
+    int i = mem_ctrl(ctx);
+
+    if (!snap_name_valid(id) || cap < 0)
+        return wp_err_set(err, WP_EINVAL_INPUT, "bad sandbox id \"%s\"", id);
+    if (i < 0)
+        return wp_err_set(err, WP_ECONFIG, "no memory cgroup hierarchy");
+    cg_dir(ctx, i, id, dir, sizeof(dir));
+    return collect_pids(dir, pids, 0, cap, 0);
+}

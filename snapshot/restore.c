@@ -326,6 +326,8 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
         return wp_err_set(err, WP_EINVAL_INPUT, "bad sandbox id \"%s\"", ro->id);
     if ((rc = manifest_load(ctx, name, &m, err)) < 0)
         return wp_err_wrap(err, "restore");
+    if (ro && ro->merge)
+        m.ksm = ro->merge > 0; /* the caller's policy (a multi-tenant node) wins */
     job = calloc(1, sizeof(*job));
     sb = calloc(1, sizeof(*sb));
     if (!job || !sb) {

@@ -121,6 +121,8 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
 struct snap_restore_opts {
     bool lazy;          /* userfaultfd lazy pages: memory is served on first touch */
     const char *id;     /* NULL = generated */
+    int merge;          /* 0: mergeable as the image's template says ("ksm"),
+                           1: mergeable, -1: not (a node's own policy wins) */
 };
 
 /* Restore a clone of image `name` into a fresh overlay and new namespaces.
@@ -139,6 +141,24 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
 int snap_restore_job_fd(const struct snap_restore_job *job);
 int snap_restore_finish(struct snap_ctx *ctx, struct snap_restore_job *job,
                         struct snap_sandbox **out, struct wp_err *err);
+
+/* What a sandbox's cgroup holds (warmpool/<id> and below): usage (v1
+ * memory.usage_in_bytes, v2 memory.current) and its kernel part (v1
+ * memory.kmem.usage_in_bytes, v2 memory.stat "kernel"; 0 where neither
+ * exists). Kernel memory (page tables, slab) is never shared between
+ * clones, so it is private to the sandbox. WP_ENOTFOUND when the cgroup is
+ * gone. Cheap (a few small file reads): fine on a daemon's loop. */
+struct snap_cgroup_mem {
+    uint64_t usage;
+    uint64_t kernel;
+};
+int snap_sandbox_cgroup_mem(struct snap_ctx *ctx, const char *id, struct snap_cgroup_mem *out,
+                            struct wp_err *err);
+/* Pids of the processes in the sandbox's cgroup and below (its init, its
+ * children, a lazy-pages daemon). Stores at most cap; returns how many it
+ * stored, or < 0. */
+int snap_sandbox_pids(struct snap_ctx *ctx, const char *id, pid_t *pids, int cap,
+                      struct wp_err *err);
 
 /* Kill the tree, reap, unmount, remove cgroups and dirs; frees sb. */
 int snap_destroy(struct snap_ctx *ctx, struct snap_sandbox *sb, struct wp_err *err);

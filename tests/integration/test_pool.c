@@ -47,15 +47,20 @@ static void node_bin(char *out, size_t cap)
 
 static void node_stop(struct node_proc *np, int sig);
 
-static void node_start(struct node_proc *np, int min_hot, int max_hot)
+/* A node serving template tmpl, with extra flags (NULL-terminated, may be
+ * NULL). */
+static void node_start_with(struct node_proc *np, const char *tmpl, int min_hot, int max_hot,
+                            const char *const *extra)
 {
     char bin[1024], redis[64], env[1200], log[1200];
+    const char *argv[32];
+    int argc = 0;
 
     if (np->pid > 0) /* left running by a failed test */
         node_stop(np, SIGTERM);
     node_bin(bin, sizeof(bin));
     snprintf(redis, sizeof(redis), "127.0.0.1:%d", R.port);
-    snprintf(env, sizeof(env), "%s:%d:%d", TMPL, min_hot, max_hot);
+    snprintf(env, sizeof(env), "%s:%d:%d", tmpl, min_hot, max_hot);
     snprintf(log, sizeof(log), "%s/%s.log", DIR_, np->id);
     np->pid = fork();
     if (np->pid == 0) {
@@ -63,11 +68,22 @@ static void node_start(struct node_proc *np, int min_hot, int max_hot)
         dup2(fd, 1);
         dup2(fd, 2);
         wp_close_fds_from(3);
-        execl(bin, bin, "--id", np->id, "--redis", redis, "--state-dir", np->state, "--env", env,
-              "--heartbeat-ttl", "1", "--log-level", "info", (char *)NULL);
+        const char *base[] = { bin, "--id", np->id, "--redis", redis, "--state-dir", np->state,
+                               "--env", env, "--heartbeat-ttl", "1", "--log-level", "info" };
+        for (size_t i = 0; i < sizeof(base) / sizeof(base[0]); i++)
+            argv[argc++] = base[i];
+        for (int i = 0; extra && extra[i] && argc < 31; i++)
+            argv[argc++] = extra[i];
+        argv[argc] = NULL;
+        execv(bin, (char *const *)argv);
         _exit(127);
     }
     assert_true(np->pid > 0);
+}
+
+static void node_start(struct node_proc *np, int min_hot, int max_hot)
+{
+    node_start_with(np, TMPL, min_hot, max_hot, NULL);
 }
 
 static void node_stop(struct node_proc *np, int sig)
@@ -857,6 +873,235 @@ static void node_with_ksm_leaves_host_settings_as_found(void **state)
     node_stop(&NODES[0], SIGTERM);
 }
 
+/* ---- memory: measured sharing, the budget, the multi-tenant guard ---- */
+
+/* A Python process holding 32 MiB of random bytes: nothing in it merges
+ * with itself, everything merges across clones of one image. */
+static void py_template(char *path, size_t cap, const char *name, bool ksm)
+{
+    char json[1024];
+    struct wp_err err;
+
+    snprintf(path, cap, "%s/%s.json", DIR_, name);
+    snprintf(json, sizeof(json),
+             "{\"name\":\"%s\",\"rootfs\":\"host\",\"ksm\":%s,\"init\":[\"/usr/bin/python3\",\"-c\","
+             "\"import os, time\\nb = os.urandom(32 << 20)\\nopen('/tmp/ready', 'w').close()\\n"
+             "while True: time.sleep(1)\"],\"ready_file\":\"/tmp/ready\","
+             "\"limits\":{\"memory_mb\":256,\"pids\":32}}",
+             name, ksm ? "true" : "false");
+    assert_int_equal(wp_write_file(path, json, strlen(json), 0644, &err), 0);
+}
+
+/* A field of wp:env:{env}:mem:node0 as a number, -1 when absent. */
+static long long mem_field(const char *env, const char *field)
+{
+    redisReply *r = redisCommand(RC, "HGET wp:env:{%s}:mem:node0 %s", env, field);
+    long long v = r && r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : -1;
+    freeReplyObject(r);
+    return v;
+}
+
+static long long hot_len(const char *env)
+{
+    return rint_cmd("LLEN wp:env:{%s}:hot", env);
+}
+
+static bool wait_env_hot(const char *env, long long n, int seconds)
+{
+    for (int i = 0; i < seconds * 20; i++, th_msleep(50))
+        if (hot_len(env) == n)
+            return true;
+    return false;
+}
+
+static void pool_status_of(const char *env, char *out, size_t cap)
+{
+    char bin[1024];
+    node_bin(bin, sizeof(bin));
+    strcpy(strrchr(bin, '/') + 1, "warmpool");
+    th_sh(out, cap, "%s --redis 127.0.0.1:%d pool status %s", bin, R.port, env);
+}
+
+/* The ksm_stat of the init of one of node0's sandboxes of env. */
+static void clone_ksm_stat(const char *env, char *out, size_t cap)
+{
+    redisReply *r = redisCommand(RC, "SMEMBERS wp:node:node0:sbs");
+    char path[1200], *text = NULL, e[128], id[128];
+    int pid = 0, lazy = 0;
+
+    out[0] = '\0';
+    assert_true(r && r->type == REDIS_REPLY_ARRAY);
+    for (size_t i = 0; i < r->elements && !pid; i++) {
+        if (sscanf(r->element[i]->str, "%127s %127s", e, id) != 2 || strcmp(e, env))
+            continue;
+        snprintf(path, sizeof(path), "%s/sandboxes/%s/init.pid", NODES[0].state, id);
+        if (wp_read_file(path, 64, &text, NULL, NULL) == 0 && sscanf(text, "%d %d", &pid, &lazy) < 1)
+            pid = 0;
+        free(text);
+        text = NULL;
+    }
+    freeReplyObject(r);
+    assert_true(pid > 0);
+    snprintf(path, sizeof(path), "/proc/%d/ksm_stat", pid);
+    assert_int_equal(wp_read_file(path, 4096, &text, NULL, NULL), 0);
+    snprintf(out, cap, "%s", text);
+    free(text);
+}
+
+#define MiB (1ll << 20)
+
+/* The operator's view must say it; show what it said otherwise. */
+#define assert_says(out, what)                                                                  \
+    do {                                                                                          \
+        if (!strstr(out, what))                                                                   \
+            fail_msg("expected \"%s\" in:\n%s", what, out);                                       \
+    } while (0)
+
+static void merged_clones_hold_one_shared_copy(void **state)
+{
+    char tmpl[1200], out[8192];
+    (void)state;
+
+    for (int i = 0; i < 3; i++)
+        node_stop(&NODES[i], SIGTERM);
+    py_template(tmpl, sizeof(tmpl), "pyksm", true);
+    node_start_with(&NODES[0], tmpl, 3, 3, NULL);
+    assert_true(wait_env_hot("pyksm", 3, 60));
+    /* KSM scans the new clones; the node measures them every 2 s. What a
+     * user checks: the 32 MiB is held about once, each clone keeps little
+     * of its own. */
+    bool merged = false;
+    for (int i = 0; i < 120 && !merged; i++, th_msleep(500))
+        merged = mem_field("pyksm", "clones") == 3 && mem_field("pyksm", "merged_bytes") > 48 * MiB &&
+                 mem_field("pyksm", "private_p95_bytes") < 12 * MiB;
+    if (!merged)
+        fail_msg("not merged: clones %lld merged %lld p95 %lld shared %lld", mem_field("pyksm", "clones"),
+                 mem_field("pyksm", "merged_bytes"), mem_field("pyksm", "private_p95_bytes"),
+                 mem_field("pyksm", "shared_bytes"));
+    long long shared = mem_field("pyksm", "shared_bytes"), p50 = mem_field("pyksm", "private_p50_bytes");
+    assert_true(shared > 28 * MiB);             /* one copy of the buffer... */
+    assert_true(shared < 3 * 32 * MiB);         /* ...not three */
+    assert_true(p50 > 0 && p50 < 12 * MiB);     /* much less than the 32 MiB image */
+    /* The histogram counts every clone; its buckets are cumulative. */
+    assert_int_equal(mem_field("pyksm", "private_le_inf"), 3);
+    assert_int_equal(mem_field("pyksm", "private_count"), 3);
+    assert_true(mem_field("pyksm", "private_le_16777216") == 3);
+    assert_true(mem_field("pyksm", "private_sum_bytes") >= 3 * p50 / 2);
+    /* Host-wide KSM progress and ksmd's CPU time in the node's hash. */
+    redisReply *h = redisCommand(RC, "HMGET wp:node:node0 ksm_pages_sharing ksmd_cpu_ms hot_memory_bytes");
+    assert_true(h && h->type == REDIS_REPLY_ARRAY && h->elements == 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(h->element[i]->type, REDIS_REPLY_STRING);
+    assert_true(atoll(h->element[0]->str) > 0);
+    assert_true(atoll(h->element[2]->str) > 0);
+    freeReplyObject(h);
+    pool_status_of("pyksm", out, sizeof(out));
+    assert_non_null(strstr(out, "memory: 3 clones, shared"));
+    assert_non_null(strstr(out, "ksm (host): pages_shared"));
+    node_stop(&NODES[0], SIGTERM);
+    /* A clean stop takes its figures out of Redis. */
+    assert_int_equal(mem_field("pyksm", "clones"), -1);
+}
+
+static void unmerged_clones_share_nothing(void **state)
+{
+    char tmpl[1200], out[4096];
+    (void)state;
+
+    py_template(tmpl, sizeof(tmpl), "pyplain", false);
+    node_start_with(&NODES[0], tmpl, 2, 2, NULL);
+    assert_true(wait_env_hot("pyplain", 2, 60));
+    bool seen = false;
+    for (int i = 0; i < 100 && !seen; i++, th_msleep(200))
+        seen = mem_field("pyplain", "clones") == 2 && mem_field("pyplain", "private_p50_bytes") > 32 * MiB;
+    assert_true(seen);
+    /* Each clone holds its own copy of the buffer; only host files (the
+     * interpreter, libraries) are shared. */
+    assert_int_equal(mem_field("pyplain", "merged_bytes"), 0);
+    assert_true(mem_field("pyplain", "shared_bytes") < 16 * MiB);
+    clone_ksm_stat("pyplain", out, sizeof(out));
+    assert_non_null(strstr(out, "ksm_merge_any: no"));
+    pool_status_of("pyplain", out, sizeof(out));
+    assert_non_null(strstr(out, "memory: 2 clones"));
+    node_stop(&NODES[0], SIGTERM);
+}
+
+static void memory_budget_caps_hot_clones(void **state)
+{
+    char tmpl[1200], out[8192], bin[1024];
+    const char *const extra[] = { "--hot-memory-mb", "100", NULL };
+    (void)state;
+
+    py_template(tmpl, sizeof(tmpl), "pyplain", false);
+    node_start_with(&NODES[0], tmpl, 1, 1, extra);
+    assert_true(wait_env_hot("pyplain", 1, 60));
+    node_bin(bin, sizeof(bin));
+    strcpy(strrchr(bin, '/') + 1, "warmpool");
+    /* Six clones of ~40 MiB each asked for, 100 MiB to hold them. */
+    bool capped = false;
+    for (int i = 0; i < 100 && !capped; i++, th_msleep(200)) {
+        th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set pyplain --node node0 min_hot=6 max_hot=6",
+              bin, R.port);
+        capped = mem_field("pyplain", "hot_capped") == 1;
+    }
+    assert_true(capped);
+    long long fit = mem_field("pyplain", "hot_fit");
+    assert_true(fit >= 1 && fit < 6);
+    /* Give the node every chance to overshoot: it never does. */
+    for (int i = 0; i < 30; i++, th_msleep(200))
+        assert_true(hot_len("pyplain") <= fit && hot_len("pyplain") < 6);
+    assert_true(hot_len("pyplain") >= 1);
+    pool_status_of("pyplain", out, sizeof(out));
+    assert_says(out, "capped by memory: the policy asks 6 hot clones");
+    /* pool set says so too. */
+    th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set pyplain --node node0 min_hot=6 max_hot=6",
+          bin, R.port);
+    assert_says(out, "fits");
+    node_stop(&NODES[0], SIGTERM);
+    redisReply *r = redisCommand(RC, "DEL wp:env:{pyplain}:policy");
+    freeReplyObject(r);
+}
+
+static void multi_tenant_node_refuses_ksm(void **state)
+{
+    char tmpl[1200], out[8192], cmdline[1400], saved[1200];
+    const char *const mt[] = { "--multi-tenant", NULL };
+    const char *const override[] = { "--multi-tenant", "--ksm-multi-tenant-override", NULL };
+    (void)state;
+
+    py_template(tmpl, sizeof(tmpl), "pyksm", true);
+    node_start_with(&NODES[0], tmpl, 1, 1, mt);
+    assert_true(wait_env_hot("pyksm", 1, 60));
+    /* The template asks for merging; this node serves several
+     * organizations: its clones are not mergeable, KSM is left alone. */
+    clone_ksm_stat("pyksm", out, sizeof(out));
+    assert_non_null(strstr(out, "ksm_merge_any: no"));
+    snprintf(saved, sizeof(saved), "%s/ksm-saved", NODES[0].state);
+    assert_true(access(saved, F_OK) < 0);
+    snprintf(cmdline, sizeof(cmdline), "grep -c 'KSM refused for env=pyksm: this node is multi-tenant' %s/node0.log", DIR_);
+    assert_int_equal(th_sh(out, sizeof(out), "%s", cmdline), 0);
+    bool said = false;
+    for (int i = 0; i < 50 && !said; i++, th_msleep(100)) {
+        pool_status_of("pyksm", out, sizeof(out));
+        said = strstr(out, "ksm: refused") && strstr(out, "several") && strstr(out, "side channel");
+    }
+    assert_true(said);
+    node_stop(&NODES[0], SIGTERM);
+    /* The operator's explicit override merges, and pool status says how. */
+    node_start_with(&NODES[0], tmpl, 1, 1, override);
+    assert_true(wait_env_hot("pyksm", 1, 60));
+    clone_ksm_stat("pyksm", out, sizeof(out));
+    assert_non_null(strstr(out, "ksm_merge_any: yes"));
+    said = false;
+    for (int i = 0; i < 50 && !said; i++, th_msleep(100)) {
+        pool_status_of("pyksm", out, sizeof(out));
+        said = strstr(out, "operator override") != NULL;
+    }
+    assert_true(said);
+    node_stop(&NODES[0], SIGTERM);
+    assert_true(access(saved, F_OK) < 0); /* the host's KSM settings are back */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -871,6 +1116,13 @@ int main(void)
         cmocka_unit_test(autoscaler_grows_the_hot_tier_under_load),
         cmocka_unit_test(relay_reaches_the_hands_and_fences),
         cmocka_unit_test(node_with_ksm_leaves_host_settings_as_found),
+        cmocka_unit_test(merged_clones_hold_one_shared_copy),
+        cmocka_unit_test(unmerged_clones_share_nothing),
+        cmocka_unit_test(memory_budget_caps_hot_clones),
+        cmocka_unit_test(multi_tenant_node_refuses_ksm),
     };
+    /* WP_TEST_FILTER=pattern runs only matching tests (while iterating). */
+    if (getenv("WP_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("WP_TEST_FILTER"));
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
