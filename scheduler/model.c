@@ -24,6 +24,7 @@
 
 #include "base/buf.h"
 #include "base/log.h"
+#include "base/sse.h"
 #include "base/timeutil.h"
 #include "scheduler/model.h"
 
@@ -68,7 +69,7 @@ struct sched_model_call {
     bool cancelled, done;
     /* The running attempt. */
     CURL *easy;
-    struct sched_sse_parser *sse;
+    struct wp_sse_parser *sse;
     json_t *held;                /* message_start, held back (see on_sse) */
     bool headers_done, got_stop, failed;
     long status;
@@ -189,7 +190,7 @@ static void detach(struct sched_model_call *c)
         curl_easy_cleanup(c->easy);
         c->easy = NULL;
     }
-    sched_sse_parser_free(c->sse);
+    wp_sse_parser_free(c->sse);
     c->sse = NULL;
     json_decref(c->held);
     c->held = NULL;
@@ -378,7 +379,7 @@ static size_t on_write(char *p, size_t sz, size_t n, void *ud)
             return 0;
         return len;
     }
-    int rc = sched_sse_parser_feed(c->sse, p, len);
+    int rc = wp_sse_parser_feed(c->sse, p, len);
     if (rc < 0 && (c->cancelled || c->failed))
         return 0;
     if (rc < 0) {
@@ -684,7 +685,7 @@ static int start_attempt(struct sched_model_call *c, struct wp_err *err)
     c->retry_after_s = c->retry_after_ms_s = -1;
     c->errbuf[0] = '\0';
     wp_buf_init(&c->errbody, MODEL_MAX_ERRBODY);
-    c->sse = sched_sse_parser_new(MODEL_MAX_EVENT, on_sse, c);
+    c->sse = wp_sse_parser_new(MODEL_MAX_EVENT, on_sse, c);
     c->easy = curl_easy_init();
     if (!c->sse || !c->easy) {
         detach(c);
