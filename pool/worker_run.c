@@ -85,6 +85,8 @@ struct pool__runner {
     ev_timer idle;
     /* the sandbox */
     enum sbx sbx;
+    int sbx_failures;           /* in a row; a few are retried (a dead node's hot clone) */
+    ev_timer sbx_retry;
     struct pool_claim_result claim;
     struct alink_client *ac;
     ev_timer renew;
@@ -239,7 +241,9 @@ static void drop_sandbox(struct pool__runner *r, const char *why)
     r->sbx = SBX_NONE;
 }
 
-/* No sandbox could be had: the queued calls fail, so the model reads why. */
+/* No sandbox could be had. A hot clone of a node that died but is not
+ * reaped yet fails at the relay: claim again (twice, a second apart).
+ * Then the queued calls fail, so the model reads why. */
 static void fail_queued(struct pool__runner *r, const char *step, const char *detail)
 {
     char msg[400];
@@ -247,6 +251,13 @@ static void fail_queued(struct pool__runner *r, const char *step, const char *de
 
     log_warn("session=%s %s", r->sid, msg);
     drop_sandbox(r, NULL);
+    if (++r->sbx_failures < 3) {
+        r->sbx = SBX_CLAIMING; /* nothing else claims meanwhile */
+        ev_timer_set(&r->sbx_retry, 1., 0.);
+        ev_timer_start(r->loop, &r->sbx_retry);
+        return;
+    }
+    r->sbx_failures = 0;
     for (struct rtool *t = r->tools, *next; t; t = next) {
         next = t->next; /* t may be freed */
         if (t->st == T_QUEUED)
@@ -291,6 +302,7 @@ static void attach_cb(void *ctx, int status, const struct alink_result *res, con
         return;
     }
     r->sbx = SBX_READY;
+    r->sbx_failures = 0;
     log_info("session=%s sandbox %s attached tier=%s node=%s", r->sid, r->claim.sandbox,
              r->claim.tier, r->claim.node);
     pump(r);
@@ -362,6 +374,17 @@ static void claim_cb(void *ctx, int status, const struct pool_claim_result *res,
             r->refs++;
     }
     maybe_free(r);
+}
+
+static void claim_sandbox(struct pool__runner *r);
+
+static void sbx_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct pool__runner *r = w->data;
+    (void)loop;
+    (void)revents;
+    r->sbx = SBX_NONE;
+    claim_sandbox(r);
 }
 
 static void claim_sandbox(struct pool__runner *r)
@@ -778,6 +801,8 @@ int pool__runner_new(const struct pool__run_opts *o, pool__run_end_cb on_end, vo
     r->idle.data = r;
     ev_init(&r->renew, renew_cb);
     r->renew.data = r;
+    ev_init(&r->sbx_retry, sbx_retry_cb);
+    r->sbx_retry.data = r;
     if (!r->backlog || !r->answered || !r->verdicts || !r->dead_threads) {
         r->stopped = true;
         pool__runner_free(r);
@@ -803,6 +828,7 @@ void pool__runner_free(struct pool__runner *r)
     pool__http_cancel(r->hist);
     ev_timer_stop(r->loop, &r->reconnect);
     ev_timer_stop(r->loop, &r->idle);
+    ev_timer_stop(r->loop, &r->sbx_retry);
     drop_sandbox(r, NULL); /* in-flight calls end; tool_done sees stopped */
     while (r->tools)
         tool_free(r, r->tools);
