@@ -48,6 +48,7 @@ struct witem {
     enum lease lease;
     ev_timer end;               /* teardown, outside every callback */
     bool ending;
+    bool end_after_beat;        /* not a session: stop once the first beat answered */
 };
 
 struct pool__worker {
@@ -289,6 +290,12 @@ static void hb_done(void *ctx, const struct pool__http_res *res)
     json_t *o = NULL;
 
     it->hb = NULL;
+    if (it->end_after_beat) {
+        if (res->status == 0 && res->code == 412)
+            it->lease = LEASE_LOST;
+        teardown(it);
+        return;
+    }
     if (ok2xx(res))
         o = json_loadb(res->body, res->len, JSON_REJECT_DUPLICATES, NULL);
     if (o) {
@@ -420,7 +427,11 @@ static void ack_done(void *ctx, const struct pool__http_res *res)
     /* The lease first, before anything slow (step 4). */
     beat(it);
     if (strcmp(it->kind, "session") != 0) {
-        teardown(it); /* healthcheck or unknown: acked, heartbeated, stopped */
+        /* healthcheck or unknown: acked, heartbeated once, stopped (step 5) */
+        if (it->hb)
+            it->end_after_beat = true;
+        else
+            teardown(it);
         return;
     }
     snprintf(url, sizeof(url), "%s/v1/sessions/%s", w->cfg.url, it->sid);

@@ -142,15 +142,18 @@ static void work_state(const char *sid, char *out, size_t cap)
 
 /* warmpool-node --id id --worker ... with the key in the environment
  * (never a flag); lease_ttl > 0 asks for that lease TTL; output appended
- * to DIR_/node-<id>.log. */
-static pid_t spawn_worker(const char *id, const char *url, const char *key, int lease_ttl)
+ * to DIR_/node-<id>.log. Nodes that only check failures keep no hot clones
+ * and use n1's state dir once n1 built the image: a node stopped during
+ * an image build leaves the build's sandbox behind (node.c). */
+static pid_t spawn_worker_in(const char *id, const char *state_of, int hot, const char *url, const char *key,
+                             int lease_ttl)
 {
     char bin[1024], redis[64], log[1100], state[1100], env[1100], ttl[16];
     snprintf(bin, sizeof(bin), "%s/warmpool-node", th_build_dir());
     snprintf(redis, sizeof(redis), "127.0.0.1:%d", R.port);
     snprintf(log, sizeof(log), "%s/node-%s.log", DIR_, id);
-    snprintf(state, sizeof(state), "%s/state-%s", DIR_, id);
-    snprintf(env, sizeof(env), "%s:1:1", TMPL);
+    snprintf(state, sizeof(state), "%s/state-%s", DIR_, state_of);
+    snprintf(env, sizeof(env), "%s:%d:%d", TMPL, hot, hot);
     snprintf(ttl, sizeof(ttl), "%d", lease_ttl);
     pid_t pid = fork();
     if (pid == 0) {
@@ -167,6 +170,11 @@ static pid_t spawn_worker(const char *id, const char *url, const char *key, int 
         _exit(127);
     }
     return pid;
+}
+
+static pid_t spawn_worker(const char *id, const char *url, const char *key, int lease_ttl)
+{
+    return spawn_worker_in(id, id, 1, url, key, lease_ttl);
 }
 
 static char *read_log(const char *id)
@@ -290,7 +298,7 @@ static void wrong_key_exits(void **state)
     (void)state;
     char url[64];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d", A.port);
-    pid_t p = spawn_worker("badkey", url, "wpek_not-a-key", 0);
+    pid_t p = spawn_worker_in("badkey", "n1", 0, url, "wpek_not-a-key", 0);
     int st = wait_exit(p, 15000);
     char *log = read_log("badkey");
     if (st != 1)
@@ -307,7 +315,7 @@ static void unreachable_control_plane_retries(void **state)
     (void)state;
     char url[64];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d", th_free_port());
-    pid_t p = spawn_worker("nourl", url, ENV_KEY, 0);
+    pid_t p = spawn_worker_in("nourl", "n1", 0, url, ENV_KEY, 0);
     th_msleep(3500);
     assert_int_equal(wait_exit(p, 0), -1); /* still running */
     stop_node(p);
@@ -420,9 +428,9 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(worker_needs_key),
+        cmocka_unit_test(bash_runs_in_worker_sandbox), /* starts n1 (and its image) */
         cmocka_unit_test(wrong_key_exits),
         cmocka_unit_test(unreachable_control_plane_retries),
-        cmocka_unit_test(bash_runs_in_worker_sandbox),
         cmocka_unit_test(killed_worker_item_reclaimed),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
