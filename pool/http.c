@@ -1,8 +1,6 @@
 /* http.c - a small HTTP client for the node's work-queue worker: one curl
- * multi handle driven by the node's libev loop exactly as style habit 5
- * (curl's multi-uv.c) says: an ev_io per socket curl asks for, one
- * ev_timer for curl's timeout, curl_multi_socket_action, then
- * curl_multi_info_read.
+ * multi handle driven by the node's libev loop (base/curlev.c, style
+ * habit 5), curl_multi_info_read after every action.
  *
  * libcurl refuses curl_multi_add/remove_handle from inside its own
  * callbacks, and the worker starts and cancels requests from inside its
@@ -22,17 +20,11 @@
 #include <strings.h>
 
 #include "base/buf.h"
+#include "base/curlev.h"
 #include "base/err.h"
 #include "base/log.h"
 
 #define ERRBODY_MAX (64 * 1024)
-
-struct hsock {
-    ev_io io;
-    curl_socket_t fd;
-    struct pool__http *h;
-    struct hsock *prev, *next;
-};
 
 struct pool__http_req {
     struct pool__http *h;
@@ -54,12 +46,9 @@ struct pool__http_req {
 
 struct pool__http {
     struct ev_loop *loop;
-    CURLM *multi;
-    ev_timer timer;              /* curl's timeout */
+    struct wp_curlev ce;         /* the multi handle and its watchers */
     ev_timer kick;               /* adds requests started inside curl */
-    struct hsock *socks;
     struct pool__http_req *reqs; /* every live request */
-    int in_curl;
     bool reap;                   /* a request was cancelled inside curl */
 };
 
@@ -82,7 +71,7 @@ static void req_free(struct pool__http_req *r)
     req_unlink(r);
     if (r->easy) {
         if (r->added)
-            curl_multi_remove_handle(r->h->multi, r->easy);
+            curl_multi_remove_handle(r->h->ce.multi, r->easy);
         curl_easy_cleanup(r->easy);
     }
     curl_slist_free_all(r->headers);
@@ -160,7 +149,7 @@ static void finish(struct pool__http_req *r, CURLcode res)
     char msg[CURL_ERROR_SIZE + 64];
 
     /* Removed first: done may start or cancel anything, r included. */
-    curl_multi_remove_handle(r->h->multi, r->easy);
+    curl_multi_remove_handle(r->h->ce.multi, r->easy);
     r->added = false;
     if (!r->cancelled) {
         out.code = r->code;
@@ -185,7 +174,7 @@ static void check_done(struct pool__http *h)
 {
     for (;;) {
         int left;
-        CURLMsg *msg = curl_multi_info_read(h->multi, &left);
+        CURLMsg *msg = curl_multi_info_read(h->ce.multi, &left);
         char *priv = NULL;
 
         if (!msg)
@@ -208,92 +197,19 @@ static void reap(struct pool__http *h)
     }
 }
 
-static void action(struct pool__http *h, curl_socket_t fd, int flags)
+/* After every curl_multi_socket_action. */
+static void after_curl(void *ctx)
 {
-    int running;
+    struct pool__http *h = ctx;
 
-    h->in_curl++;
-    curl_multi_socket_action(h->multi, fd, flags, &running);
-    h->in_curl--;
     if (h->reap)
         reap(h);
     check_done(h);
 }
 
-static void on_io(struct ev_loop *loop, ev_io *w, int revents)
-{
-    /* Copy first: the socket callback may free s during the action. */
-    struct hsock *s = w->data;
-    struct pool__http *h = s->h;
-    curl_socket_t fd = s->fd;
-
-    (void)loop;
-    action(h, fd, (revents & EV_READ ? CURL_CSELECT_IN : 0) | (revents & EV_WRITE ? CURL_CSELECT_OUT : 0));
-}
-
-static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    (void)loop;
-    (void)revents;
-    action(w->data, CURL_SOCKET_TIMEOUT, 0);
-}
-
-static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *sockp)
-{
-    struct pool__http *h = userp;
-    struct hsock *s = sockp;
-
-    (void)e;
-    if (what == CURL_POLL_REMOVE) {
-        if (s) {
-            ev_io_stop(h->loop, &s->io);
-            curl_multi_assign(h->multi, fd, NULL);
-            if (s->prev)
-                s->prev->next = s->next;
-            else
-                h->socks = s->next;
-            if (s->next)
-                s->next->prev = s->prev;
-            free(s);
-        }
-        return 0;
-    }
-    if (!s) {
-        s = calloc(1, sizeof(*s));
-        if (!s)
-            return -1;
-        s->fd = fd;
-        s->h = h;
-        ev_init(&s->io, on_io);
-        s->io.data = s;
-        s->next = h->socks;
-        if (h->socks)
-            h->socks->prev = s;
-        h->socks = s;
-        curl_multi_assign(h->multi, fd, s);
-    }
-    ev_io_stop(h->loop, &s->io);
-    ev_io_set(&s->io, fd, (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0));
-    ev_io_start(h->loop, &s->io);
-    return 0;
-}
-
-static int on_timer_set(CURLM *multi, long timeout_ms, void *userp)
-{
-    struct pool__http *h = userp;
-
-    (void)multi;
-    ev_timer_stop(h->loop, &h->timer);
-    if (timeout_ms >= 0) {
-        ev_timer_set(&h->timer, timeout_ms / 1000.0, 0.);
-        ev_timer_start(h->loop, &h->timer);
-    }
-    return 0;
-}
-
 static void add_now(struct pool__http_req *r)
 {
-    if (curl_multi_add_handle(r->h->multi, r->easy) == CURLM_OK) {
+    if (curl_multi_add_handle(r->h->ce.multi, r->easy) == CURLM_OK) {
         r->added = true;
         return;
     }
@@ -324,20 +240,14 @@ int pool__http_new(struct ev_loop *loop, struct pool__http **out, struct wp_err 
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return wp_err_set(err, -ENOMEM, "curl_global_init failed");
     h = calloc(1, sizeof(*h));
-    if (!h || !(h->multi = curl_multi_init())) {
+    if (!h || wp_curlev_init(&h->ce, loop, after_curl, h) < 0) {
         free(h);
         curl_global_cleanup();
         return wp_err_set(err, -ENOMEM, "http: out of memory");
     }
     h->loop = loop;
-    ev_init(&h->timer, on_timer);
-    h->timer.data = h;
     ev_init(&h->kick, on_kick);
     h->kick.data = h;
-    curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-    curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
-    curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_timer_set);
-    curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
     *out = h;
     return 0;
 }
@@ -346,18 +256,11 @@ void pool__http_free(struct pool__http *h)
 {
     if (!h)
         return;
-    wp_assert(h->in_curl == 0);
+    wp_assert(h->ce.in_curl == 0);
     while (h->reqs)
         req_free(h->reqs);
-    curl_multi_cleanup(h->multi); /* may still call on_socket */
-    ev_timer_stop(h->loop, &h->timer);
+    wp_curlev_cleanup(&h->ce);
     ev_timer_stop(h->loop, &h->kick);
-    while (h->socks) {
-        struct hsock *s = h->socks;
-        h->socks = s->next;
-        ev_io_stop(h->loop, &s->io);
-        free(s);
-    }
     free(h);
     curl_global_cleanup();
 }
@@ -449,12 +352,12 @@ int pool__http_start(struct pool__http *h, const struct pool__http_opts *o, pool
     }
     if (out)
         *out = r;
-    if (h->in_curl) {
+    if (h->ce.in_curl) {
         ev_timer_set(&h->kick, 0., 0.);
         ev_timer_start(h->loop, &h->kick);
         return 0;
     }
-    if (curl_multi_add_handle(h->multi, r->easy) != CURLM_OK)
+    if (curl_multi_add_handle(h->ce.multi, r->easy) != CURLM_OK)
         goto nomem;
     r->added = true;
     return 0;
@@ -468,7 +371,7 @@ void pool__http_cancel(struct pool__http_req *r)
     if (!r || r->cancelled)
         return;
     r->cancelled = true;
-    if (r->added && r->h->in_curl) {
+    if (r->added && r->h->ce.in_curl) {
         r->h->reap = true; /* removed when curl returns */
         return;
     }
