@@ -42,6 +42,18 @@ static const char usage[] =
     "                          multi_tenant, ksm_multi_tenant_override...), plus\n"
     "                          ksm_slow_pages, ksm_fast_pages, ksm_sleep_ms\n"
     "  --log-level LEVEL       error, warn, info, debug (default info)\n"
+    "\n"
+    "Worker mode: the node also serves a self-hosted environment's work queue\n"
+    "(any Managed Agents control plane: warmpool's scheduler or the hosted API),\n"
+    "running its sessions' tool calls in sandboxes of its pool:\n"
+    "  --worker                serve the work queue (the key comes from the\n"
+    "                          WARMPOOL_ENVIRONMENT_KEY environment variable)\n"
+    "  --control-plane URL     the API's base URL, e.g. https://api.anthropic.com\n"
+    "  --environment ID        the self-hosted environment (env_...)\n"
+    "  --worker-pool ENV       pool environment of the sandboxes (default: the first --env)\n"
+    "  --worker-id ID          Anthropic-Worker-ID (default: <hostname>-<uuid4>)\n"
+    "  --worker-max-idle MS    detach from a session this long after a turn (default 60000)\n"
+    "  --worker-lease-ttl SEC  ask for this lease TTL on heartbeats (default: the server's)\n"
     "  -h, --help\n";
 
 static int parse_hostport(const char *s, char *host, size_t cap, int *port, bool allow_zero,
@@ -59,6 +71,51 @@ static int parse_hostport(const char *s, char *host, size_t cap, int *port, bool
     memcpy(host, s, (size_t)(colon - s));
     host[colon - s] = '\0';
     *port = (int)p;
+    return 0;
+}
+
+static int set_str(char *dst, size_t cap, const char *v, const char *flag, struct wp_err *err)
+{
+    if (strlen(v) >= cap)
+        return wp_err_set(err, WP_ECONFIG, "%s: too long", flag);
+    snprintf(dst, cap, "%s", v);
+    return 0;
+}
+
+/* Worker mode: the URL goes into every request, the key into a header;
+ * the key is read from the environment (never a flag: `ps` shows flags)
+ * and removed from it, so helpers and sandboxes never inherit it. */
+static int worker_check(struct pool_worker_config *w, struct wp_err *err)
+{
+    const char *key = getenv("WARMPOOL_ENVIRONMENT_KEY");
+    size_t n = strlen(w->url);
+
+    if (strncmp(w->url, "http://", 7) != 0 && strncmp(w->url, "https://", 8) != 0)
+        return wp_err_set(err, WP_ECONFIG, "--control-plane must be an http:// or https:// URL");
+    for (const char *p = w->url; *p; p++)
+        if (*p <= 0x20 || *p >= 0x7f || *p == '?' || *p == '#')
+            return wp_err_set(err, WP_ECONFIG, "--control-plane: no spaces, query or fragment");
+    while (n > 8 && w->url[n - 1] == '/')
+        w->url[--n] = '\0';
+    if (!w->environment[0])
+        return wp_err_set(err, WP_ECONFIG, "--worker needs --environment ENV_ID");
+    for (const char *p = w->environment; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
+              *p == '-'))
+            return wp_err_set(err, WP_ECONFIG, "--environment: letters, digits, _ and - only");
+    if (!key || !*key)
+        return wp_err_set(err, WP_ECONFIG, "--worker needs the environment key in WARMPOOL_ENVIRONMENT_KEY");
+    if (strlen(key) >= sizeof(w->key))
+        return wp_err_set(err, WP_ECONFIG, "WARMPOOL_ENVIRONMENT_KEY: too long");
+    for (const char *p = key; *p; p++)
+        if (*p <= 0x20 || *p >= 0x7f)
+            return wp_err_set(err, WP_ECONFIG, "WARMPOOL_ENVIRONMENT_KEY: printable ASCII without spaces only");
+    snprintf(w->key, sizeof(w->key), "%s", key);
+    unsetenv("WARMPOOL_ENVIRONMENT_KEY");
+    if (w->max_idle_ms < 100 || w->max_idle_ms > 86400000)
+        return wp_err_set(err, WP_ECONFIG, "--worker-max-idle must be 100..86400000 ms");
+    if (w->lease_ttl_s < 0 || w->lease_ttl_s > 3600)
+        return wp_err_set(err, WP_ECONFIG, "--worker-lease-ttl must be 0..3600 s");
     return 0;
 }
 
@@ -185,6 +242,10 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         { "hot-memory-mb", required_argument, NULL, 'M' },
         { "multi-tenant", no_argument, NULL, 'T' },
         { "ksm-multi-tenant-override", no_argument, NULL, 'O' },
+        { "worker", no_argument, NULL, 'W' },            { "control-plane", required_argument, NULL, 'C' },
+        { "environment", required_argument, NULL, 'N' }, { "worker-pool", required_argument, NULL, 'P' },
+        { "worker-id", required_argument, NULL, 'I' },   { "worker-max-idle", required_argument, NULL, 'X' },
+        { "worker-lease-ttl", required_argument, NULL, 'Y' },
         { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
     };
     bool eager = false;
@@ -202,6 +263,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
     cfg->ksm_fast_pages = 5000;
     cfg->ksm_sleep_ms = 20;
     cfg->api_envs = true;
+    cfg->worker.max_idle_ms = 60000;
     /* The config file first, so flags override it. */
     for (int i = 1; i + 1 < argc; i++)
         if (strcmp(argv[i], "--config") == 0 && (rc = load_file(cfg, argv[i + 1], err)) < 0)
@@ -236,6 +298,13 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         }
         case 'T': cfg->multi_tenant = true; break;
         case 'O': cfg->ksm_multi_tenant = true; break;
+        case 'W': cfg->worker.enabled = true; break;
+        case 'C': rc = set_str(cfg->worker.url, sizeof(cfg->worker.url), optarg, "--control-plane", err); break;
+        case 'N': rc = set_str(cfg->worker.environment, sizeof(cfg->worker.environment), optarg, "--environment", err); break;
+        case 'P': rc = set_str(cfg->worker.pool_env, sizeof(cfg->worker.pool_env), optarg, "--worker-pool", err); break;
+        case 'I': rc = set_str(cfg->worker.worker_id, sizeof(cfg->worker.worker_id), optarg, "--worker-id", err); break;
+        case 'X': cfg->worker.max_idle_ms = atoi(optarg); break;
+        case 'Y': cfg->worker.lease_ttl_s = atoi(optarg); break;
         case 'l':
             if (wp_log_set_level(optarg) < 0)
                 rc = wp_err_set(err, WP_ECONFIG, "bad --log-level '%s'", optarg);
@@ -268,5 +337,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         return wp_err_set(err, WP_ECONFIG, "--restore-slots must be 0..256");
     if (cfg->n_envs == 0 && !cfg->api_envs)
         return wp_err_set(err, WP_ECONFIG, "no environment to serve (--env TEMPLATE, or drop --no-api-envs)");
-    return 0;
+    if (cfg->worker.enabled && cfg->n_envs == 0 && !cfg->worker.pool_env[0])
+        return wp_err_set(err, WP_ECONFIG, "--worker needs --worker-pool ENV (or an --env whose sandboxes run the tools)");
+    return cfg->worker.enabled ? worker_check(&cfg->worker, err) : 0;
 }

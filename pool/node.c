@@ -144,6 +144,8 @@ struct node {
     double last_mem;
     int unsettled;           /* mergeable clones KSM has not scanned twice yet */
     struct pool__ksm_host kh;
+    struct pool__worker *worker; /* --worker: this node serves a work queue */
+    struct wp_err worker_err;    /* why the worker gave up (the node exits 1) */
 };
 
 static double now_s(void)
@@ -1615,6 +1617,7 @@ static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
 
     if (n->stopping)
         return;
+    pool__worker_stop(n->worker);
     log_info("stopping node=%s", n->cfg.id);
     n->stopping = true;
     fmtkey(alive, sizeof(alive), POOL__K_ALIVE, n->cfg.id);
@@ -1638,6 +1641,13 @@ static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
         }
     }
     ev_break(loop, EVBREAK_ALL);
+}
+
+static void worker_fatal(void *ctx, const struct wp_err *err)
+{
+    struct node *n = ctx;
+    n->worker_err = *err;
+    stop_cb(n->loop, &n->sigterm, 0);
 }
 
 int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
@@ -1711,6 +1721,10 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     ev_child_init(&n->child, child_cb, 0, 0);
     n->child.data = n;
     ev_child_start(n->loop, &n->child);
+    if (cfg->worker.enabled &&
+        (rc = pool__worker_start(n->loop, &cfg->worker, cfg->worker.pool_env[0] ? cfg->worker.pool_env : n->envs[0].cfg.name,
+                                 cfg->redis_host, cfg->redis_port, cfg->lease_ms, worker_fatal, n, &n->worker, err)) < 0)
+        goto out;
     log_info("node=%s state=%s redis=%s:%d relay=%s hot_memory_mb=%llu%s", cfg->id, cfg->state_dir,
              cfg->redis_host, cfg->redis_port, n->relay_addr, (unsigned long long)(n->budget >> 20),
              cfg->multi_tenant ? " multi-tenant" : "");
@@ -1733,8 +1747,9 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
             snap_destroy(n->snap, s->sb, NULL);
         free(s);
     }
-    rc = 0;
+    rc = n->worker_err.code ? wp_err_set(err, n->worker_err.code, "%s", n->worker_err.msg) : 0;
 out:
+    pool__worker_free(n->worker);
     if (n->ksm_on)
         pool__ksm_disable(cfg->state_dir);
     pool__relay_stop(n->relay);

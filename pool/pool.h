@@ -74,6 +74,21 @@ struct pool_env_config {
     bool lazy;              /* refill the hot tier with lazy restores */
 };
 
+/* The work-queue worker (worker.c): the node serves one self-hosted
+ * environment's work queue of a Managed Agents control plane (warmpool's
+ * scheduler or the hosted API), running the sessions' tool calls in
+ * sandboxes of its own pool. */
+struct pool_worker_config {
+    bool enabled;
+    char url[256];          /* control plane base URL (http or https, no trailing /) */
+    char environment[128];  /* the self-hosted environment's id (env_...) */
+    char pool_env[64];      /* pool environment of the tools' sandboxes ("": the first --env) */
+    char worker_id[160];    /* Anthropic-Worker-ID ("": <hostname>-<uuid4>) */
+    char key[512];          /* environment key: from WARMPOOL_ENVIRONMENT_KEY only */
+    int max_idle_ms;        /* detach this long after a finished turn (60000) */
+    int lease_ttl_s;        /* desired_ttl_seconds on heartbeats; 0: not sent (as the SDK) */
+};
+
 struct pool_node_config {
     char id[64];
     char redis_host[128];
@@ -94,6 +109,7 @@ struct pool_node_config {
     bool ksm_multi_tenant;  /* ...unless the operator overrides */
     int n_envs;
     struct pool_env_config envs[POOL_MAX_ENVS];
+    struct pool_worker_config worker;
 };
 
 /* Parse `warmpool-node` flags and a config file into cfg (defaults

@@ -159,5 +159,104 @@ void pool__mem_summary(uint64_t *priv, int n, struct pool__env_mem *m);
 /* HSET wp:env:{env}:mem:<node> with every figure, expiring after ttl_s. */
 void pool__mem_publish(struct wp_redis *r, const char *node, const char *env, const char *ksm,
                        const struct pool__env_mem *m, double ttl_s);
+/* ---- the work-queue worker (worker.c, worker_run.c, http.c) ---------- */
+
+/* Headers of every worker call, as the SDK's worker sends them
+ * (work-queue.md 2.3). */
+#define POOL__WORKER_API_VERSION "2026-10-21"
+#define POOL__WORKER_API_BETA "managed-agents-2026-04-01"
+
+/* http.c: libcurl multi on the node's loop. A start that returns < 0
+ * never calls done; otherwise done runs exactly once, outside curl, unless
+ * pool__http_cancel came first (no callback after it returns). */
+struct pool__http;
+struct pool__http_req;
+struct pool__http_res {
+    int status;           /* 0: an HTTP answer (see code); < 0: transport error
+                           * (-ECONNREFUSED, -EHOSTUNREACH, -ECONNRESET, WP_ETIMEDOUT,
+                           * WP_ETOOBIG: body over max_body, or on_data's code) */
+    long code;            /* HTTP status, 0 when none arrived */
+    int should_retry;     /* x-should-retry: -1 absent, 0, 1 */
+    const char *body;     /* NUL-terminated; borrowed for the callback (non-2xx
+                           * bodies of stream requests too, up to 64 KiB) */
+    size_t len;
+    const char *errmsg;   /* status < 0: why, for logs */
+};
+typedef void (*pool__http_done_cb)(void *ctx, const struct pool__http_res *res);
+/* Called inside curl: may start or cancel requests (both deferred), never
+ * free the client. Return < 0 to abort the transfer (done gets that). */
+typedef int (*pool__http_data_cb)(void *ctx, const char *p, size_t n);
+typedef void (*pool__http_head_cb)(void *ctx, long code);
+struct pool__http_opts {
+    const char *method;          /* "GET" or "POST" */
+    const char *url;
+    const char *bearer;          /* Authorization: Bearer; borrowed, never logged */
+    const char *worker_id;       /* Anthropic-Worker-ID or NULL */
+    const char *body;            /* POST: JSON (copied); NULL: empty body, no Content-Type */
+    size_t body_len;
+    double timeout_s;            /* whole transfer; 0: none */
+    double low_speed_s;          /* fail a transfer silent this long; 0: off */
+    size_t max_body;             /* 0: 64 KiB */
+    pool__http_data_cb on_data;  /* non-NULL: a 2xx body streams here, not buffered */
+    pool__http_head_cb on_head;  /* the final response's head arrived */
+};
+int pool__http_new(struct ev_loop *loop, struct pool__http **out, struct wp_err *err);
+/* Cancels every request (no callbacks). Not from inside a callback. */
+void pool__http_free(struct pool__http *h);
+/* *out (may be NULL) names the request until done or cancel. */
+int pool__http_start(struct pool__http *h, const struct pool__http_opts *o, pool__http_done_cb done,
+                     void *ctx, struct pool__http_req **out, struct wp_err *err);
+void pool__http_cancel(struct pool__http_req *r);
+/* Worth retrying (work-queue.md 10): transport errors, 408, 409, 429, 5xx;
+ * x-should-retry wins. Anything else is a permanent failure. */
+bool pool__http_transient(const struct pool__http_res *res);
+
+/* worker_run.c: the session tool runner for one work item (work-queue.md
+ * 8): event stream, history, dispatch of built-in tool calls to a sandbox
+ * claimed from the pool, results posted back, idle countdown. */
+struct pool__runner;
+enum pool__run_end {
+    POOL__RUN_TERMINATED, /* session.status_terminated / session.deleted */
+    POOL__RUN_IDLE,       /* the idle countdown ran out */
+    POOL__RUN_FAILED,     /* a permanent 4xx opening the stream, or no memory */
+};
+typedef void (*pool__run_end_cb)(void *ctx, enum pool__run_end why);
+struct pool__run_opts {
+    struct ev_loop *loop;
+    struct pool__http *http;       /* borrowed, outlives the runner */
+    struct pool_client *pool;      /* borrowed: claims of the tools' sandbox */
+    const char *base_url;          /* control plane (copied, as the strings below) */
+    const char *session_id;
+    const char *token;             /* sessions token, else the environment key */
+    const char *pool_env;          /* pool environment the sandboxes come from */
+    double sandbox_lease_ms;       /* lease of a claimed sandbox (renewed every third) */
+    int max_idle_ms;
+};
+/* Starts attaching at once. on_end runs at most once, inside the
+ * runner's callbacks: free the runner later (a zero timer), not there. */
+int pool__runner_new(const struct pool__run_opts *o, pool__run_end_cb on_end, void *ctx,
+                     struct pool__runner **out, struct wp_err *err);
+/* The lease TTL from the last heartbeat: the result-send retry window. */
+void pool__runner_set_send_window(struct pool__runner *r, double seconds);
+/* Stops everything, releases the sandbox. No callback after it. NULL ok. */
+void pool__runner_free(struct pool__runner *r);
+
+/* worker.c: the poller and the work items (work-queue.md 5, 6, 10), on the
+ * node's loop. fatal runs once when the control plane refuses the
+ * environment key or environment for good (a permanent 4xx on poll): the
+ * node then exits non-zero. pool_env: the pool environment whose
+ * sandboxes run the tools. Caller owns *out (pool__worker_free). */
+struct pool__worker;
+typedef void (*pool__worker_fatal_cb)(void *ctx, const struct wp_err *err);
+int pool__worker_start(struct ev_loop *loop, const struct pool_worker_config *cfg, const char *pool_env,
+                       const char *redis_host, int redis_port, double sandbox_lease_ms,
+                       pool__worker_fatal_cb fatal, void *ctx, struct pool__worker **out,
+                       struct wp_err *err);
+/* SIGTERM: stop polling; the current item's runner ends and the item is
+ * force-stopped (the request goes out at once; a node exiting before the
+ * answer leaves the lease to expire). NULL ok. */
+void pool__worker_stop(struct pool__worker *w);
+/* Not from inside the worker's callbacks. NULL ok. */
+void pool__worker_free(struct pool__worker *w);
 
 #endif

@@ -23,7 +23,9 @@
 #include <unistd.h>
 
 #include "base/buf.h"
+#include "base/curlev.h"
 #include "base/log.h"
+#include "base/sse.h"
 #include "base/timeutil.h"
 #include "scheduler/model.h"
 
@@ -31,23 +33,13 @@
 #define MODEL_MAX_ERRBODY (64u << 10)  /* error bodies are cut here */
 #define MODEL_RETRY_AFTER_MAX_S 60.0
 
-struct msock {
-    ev_io io;
-    curl_socket_t fd;
-    struct sched_model *m;
-    struct msock *prev, *next;
-};
-
 struct sched_model {
     struct ev_loop *loop;
     struct sched_model_config cfg;
-    CURLM *multi;
-    ev_timer timer;              /* curl's one timeout */
+    struct wp_curlev ce;         /* the multi handle and its watchers */
     struct curl_slist *headers;  /* shared by every request; holds the key */
     char url[300];
     struct sched_model_call *calls; /* every call not yet freed */
-    struct msock *socks;
-    int in_curl;                 /* inside curl_multi_socket_action */
     int in_cb;                   /* inside a user callback */
     bool reap;                   /* a call was cancelled inside curl */
     uint64_t rng;
@@ -68,7 +60,7 @@ struct sched_model_call {
     bool cancelled, done;
     /* The running attempt. */
     CURL *easy;
-    struct sched_sse_parser *sse;
+    struct wp_sse_parser *sse;
     json_t *held;                /* message_start, held back (see on_sse) */
     bool headers_done, got_stop, failed;
     long status;
@@ -185,11 +177,11 @@ static void detach(struct sched_model_call *c)
 
     ev_timer_stop(m->loop, &c->watchdog);
     if (c->easy) {
-        curl_multi_remove_handle(m->multi, c->easy);
+        curl_multi_remove_handle(m->ce.multi, c->easy);
         curl_easy_cleanup(c->easy);
         c->easy = NULL;
     }
-    sched_sse_parser_free(c->sse);
+    wp_sse_parser_free(c->sse);
     c->sse = NULL;
     json_decref(c->held);
     c->held = NULL;
@@ -378,7 +370,7 @@ static size_t on_write(char *p, size_t sz, size_t n, void *ud)
             return 0;
         return len;
     }
-    int rc = sched_sse_parser_feed(c->sse, p, len);
+    int rc = wp_sse_parser_feed(c->sse, p, len);
     if (rc < 0 && (c->cancelled || c->failed))
         return 0;
     if (rc < 0) {
@@ -559,7 +551,7 @@ static void check_done(struct sched_model *m)
 {
     for (;;) {
         int left;
-        CURLMsg *msg = curl_multi_info_read(m->multi, &left);
+        CURLMsg *msg = curl_multi_info_read(m->ce.multi, &left);
         if (!msg)
             break;
         if (msg->msg != CURLMSG_DONE)
@@ -584,90 +576,14 @@ static void reap(struct sched_model *m)
     }
 }
 
-static void action(struct sched_model *m, curl_socket_t fd, int flags)
+/* After every curl_multi_socket_action (base/curlev.c). */
+static void after_curl(void *ctx)
 {
-    int running;
+    struct sched_model *m = ctx;
 
-    m->in_curl++;
-    curl_multi_socket_action(m->multi, fd, flags, &running);
-    m->in_curl--;
     if (m->reap)
         reap(m);
     check_done(m);
-}
-
-static void on_io(struct ev_loop *loop, ev_io *w, int revents)
-{
-    /* Copy first: the socket callback may free s during the action. */
-    struct msock *s = w->data;
-    struct sched_model *m = s->m;
-    curl_socket_t fd = s->fd;
-    int flags = (revents & EV_READ ? CURL_CSELECT_IN : 0) |
-                (revents & EV_WRITE ? CURL_CSELECT_OUT : 0);
-
-    (void)loop;
-    action(m, fd, flags);
-}
-
-static void on_curl_timer(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    (void)loop;
-    (void)revents;
-    action(w->data, CURL_SOCKET_TIMEOUT, 0);
-}
-
-static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *sockp)
-{
-    struct sched_model *m = userp;
-    struct msock *s = sockp;
-
-    (void)e;
-    if (what == CURL_POLL_REMOVE) {
-        if (s) {
-            ev_io_stop(m->loop, &s->io);
-            curl_multi_assign(m->multi, fd, NULL);
-            if (s->prev)
-                s->prev->next = s->next;
-            else
-                m->socks = s->next;
-            if (s->next)
-                s->next->prev = s->prev;
-            free(s);
-        }
-        return 0;
-    }
-    if (!s) {
-        s = calloc(1, sizeof(*s));
-        if (!s)
-            return -1;
-        s->fd = fd;
-        s->m = m;
-        ev_init(&s->io, on_io);
-        s->io.data = s;
-        s->next = m->socks;
-        if (m->socks)
-            m->socks->prev = s;
-        m->socks = s;
-        curl_multi_assign(m->multi, fd, s);
-    }
-    ev_io_stop(m->loop, &s->io);
-    ev_io_set(&s->io, fd,
-              (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0));
-    ev_io_start(m->loop, &s->io);
-    return 0;
-}
-
-static int on_timer_set(CURLM *multi, long timeout_ms, void *userp)
-{
-    struct sched_model *m = userp;
-
-    (void)multi;
-    ev_timer_stop(m->loop, &m->timer);
-    if (timeout_ms >= 0) {
-        ev_timer_set(&m->timer, timeout_ms / 1000.0, 0.);
-        ev_timer_start(m->loop, &m->timer);
-    }
-    return 0;
 }
 
 /* ---- attempts ------------------------------------------------------------ */
@@ -684,7 +600,7 @@ static int start_attempt(struct sched_model_call *c, struct wp_err *err)
     c->retry_after_s = c->retry_after_ms_s = -1;
     c->errbuf[0] = '\0';
     wp_buf_init(&c->errbody, MODEL_MAX_ERRBODY);
-    c->sse = sched_sse_parser_new(MODEL_MAX_EVENT, on_sse, c);
+    c->sse = wp_sse_parser_new(MODEL_MAX_EVENT, on_sse, c);
     c->easy = curl_easy_init();
     if (!c->sse || !c->easy) {
         detach(c);
@@ -717,7 +633,7 @@ static int start_attempt(struct sched_model_call *c, struct wp_err *err)
     c->timing.request_id[0] = '\0';
     ev_now_update(m->loop);
     c->t_start = c->last_io = ev_now(m->loop);
-    if (curl_multi_add_handle(m->multi, c->easy) != CURLM_OK) {
+    if (curl_multi_add_handle(m->ce.multi, c->easy) != CURLM_OK) {
         curl_easy_cleanup(c->easy);
         c->easy = NULL;
         detach(c);
@@ -772,9 +688,9 @@ int sched_model_new(struct ev_loop *loop, const struct sched_model_config *cfg,
     while (ul > 0 && cfg->base_url[ul - 1] == '/')
         ul--;
     snprintf(m->url, sizeof(m->url), "%.*s/v1/messages", (int)ul, cfg->base_url);
-    ev_init(&m->timer, on_curl_timer);
-    m->timer.data = m;
     struct curl_slist *h = NULL, *t;
+    if (wp_curlev_init(&m->ce, loop, after_curl, m) < 0)
+        goto nomem;
     const char *fixed[] = { "content-type: application/json", "accept: text/event-stream",
                             "Expect:" /* no 100-continue round trip for large bodies */ };
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
@@ -798,13 +714,6 @@ int sched_model_new(struct ev_loop *loop, const struct sched_model_config *cfg,
     }
     m->headers = h;
     h = NULL;
-    m->multi = curl_multi_init();
-    if (!m->multi)
-        goto nomem;
-    curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-    curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
-    curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_timer_set);
-    curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
     *out = m;
     return 0;
 nomem:
@@ -821,22 +730,15 @@ void sched_model_free(struct sched_model *m)
 {
     if (!m)
         return;
-    wp_assert(m->in_cb == 0 && m->in_curl == 0); /* not from a callback */
+    wp_assert(m->in_cb == 0 && m->ce.in_curl == 0); /* not from a callback */
     while (m->calls) {
         struct sched_model_call *c = m->calls;
         c->cancelled = true;
         detach(c);
         maybe_free(c);
     }
-    if (m->multi)
-        curl_multi_cleanup(m->multi); /* may still call on_socket */
-    ev_timer_stop(m->loop, &m->timer);
-    while (m->socks) {
-        struct msock *s = m->socks;
-        m->socks = s->next;
-        ev_io_stop(m->loop, &s->io);
-        free(s);
-    }
+    if (m->ce.loop)
+        wp_curlev_cleanup(&m->ce);
     curl_slist_free_all(m->headers); /* the key's only copy besides cfg */
     explicit_bzero(&m->cfg, sizeof(m->cfg));
     free(m);
@@ -882,7 +784,7 @@ int sched_model_stream(struct sched_model *m, json_t *body, const struct sched_m
     if (m->calls)
         m->calls->prev = c;
     m->calls = c;
-    if (m->in_curl) {
+    if (m->ce.in_curl) {
         ev_timer_set(&c->wait, 0., 0.); /* curl refuses add_handle from its callbacks */
         ev_timer_start(m->loop, &c->wait);
     } else {
@@ -906,7 +808,7 @@ void sched_model_cancel(struct sched_model_call *c)
     c->cancelled = true;
     ev_timer_stop(c->m->loop, &c->wait);
     ev_timer_stop(c->m->loop, &c->watchdog);
-    if (c->easy && c->m->in_curl) {
+    if (c->easy && c->m->ce.in_curl) {
         c->m->reap = true; /* taken out as soon as curl returns */
         return;
     }

@@ -89,14 +89,4 @@ struct sched_model_timing {
 };
 void sched_model_timing(const struct sched_model_call *call, struct sched_model_timing *t);
 
-/* ---- SSE parsing (model_sse.c; pure, fuzzed) ---- */
-struct sched_sse_parser; /* line-oriented text/event-stream parser */
-typedef int (*sched_sse_event_cb)(void *ctx, const char *event, const char *data, size_t len);
-/* cb returns 0 to go on or < 0 to stop (the feed returns that value). */
-struct sched_sse_parser *sched_sse_parser_new(size_t max_event, sched_sse_event_cb cb, void *ctx);
-void sched_sse_parser_free(struct sched_sse_parser *p);
-/* Returns 0, WP_ETOOBIG (an event over max_event), -ENOMEM or cb's error;
- * after an error every later feed returns the same. */
-int sched_sse_parser_feed(struct sched_sse_parser *p, const char *data, size_t len);
-
 #endif

@@ -11,7 +11,7 @@
 
 #include "base/buf.h"
 #include "base/err.h"
-#include "scheduler/model.h"
+#include "base/sse.h"
 
 #define MAX_EVENT 512
 
@@ -30,15 +30,15 @@ static int on_ev(void *ctx, const char *event, const char *data, size_t len)
 
 static int run(const uint8_t *data, size_t size, size_t step, struct wp_buf *out)
 {
-    struct sched_sse_parser *p = sched_sse_parser_new(MAX_EVENT, on_ev, out);
+    struct wp_sse_parser *p = wp_sse_parser_new(MAX_EVENT, on_ev, out);
     int rc = 0;
 
     if (!p)
         abort();
     for (size_t off = 0; off < size && rc == 0; off += step)
-        rc = sched_sse_parser_feed(p, (const char *)data + off,
+        rc = wp_sse_parser_feed(p, (const char *)data + off,
                                    size - off < step ? size - off : step);
-    sched_sse_parser_free(p);
+    wp_sse_parser_free(p);
     return rc;
 }
 

@@ -8,7 +8,7 @@
 
 #include "base/err.h"
 #include "lib/testlib.h"
-#include "scheduler/model.h"
+#include "base/sse.h"
 
 /* Events are recorded as "type|data\n" lines (data's '\n' shown as '~'). */
 struct rec {
@@ -35,15 +35,15 @@ static int on_ev(void *ctx, const char *event, const char *data, size_t len)
 /* Feeds s in pieces of `step` bytes (0 = whole); returns the feed's rc. */
 static int parse(const char *s, size_t len, size_t step, size_t max, struct rec *r)
 {
-    struct sched_sse_parser *p = sched_sse_parser_new(max, on_ev, r);
+    struct wp_sse_parser *p = wp_sse_parser_new(max, on_ev, r);
     int rc = 0;
 
     assert_non_null(p);
     if (step == 0)
         step = len ? len : 1;
     for (size_t off = 0; off < len && rc == 0; off += step)
-        rc = sched_sse_parser_feed(p, s + off, len - off < step ? len - off : step);
-    sched_sse_parser_free(p);
+        rc = wp_sse_parser_feed(p, s + off, len - off < step ? len - off : step);
+    wp_sse_parser_free(p);
     return rc;
 }
 
@@ -62,10 +62,10 @@ static void expect(const char *stream, const char *want)
     }
     for (size_t cut = 0; cut <= len; cut++) {
         struct rec r = { .len = 0 };
-        struct sched_sse_parser *p = sched_sse_parser_new(4096, on_ev, &r);
-        assert_int_equal(sched_sse_parser_feed(p, stream, cut), 0);
-        assert_int_equal(sched_sse_parser_feed(p, stream + cut, len - cut), 0);
-        sched_sse_parser_free(p);
+        struct wp_sse_parser *p = wp_sse_parser_new(4096, on_ev, &r);
+        assert_int_equal(wp_sse_parser_feed(p, stream, cut), 0);
+        assert_int_equal(wp_sse_parser_feed(p, stream + cut, len - cut), 0);
+        wp_sse_parser_free(p);
         assert_string_equal(r.out, want);
     }
 }
@@ -158,13 +158,13 @@ static void oversized_event(void **state)
     memset(&r, 0, sizeof(r));
     assert_int_equal(parse(many, strlen(many), 0, 100, &r), WP_ETOOBIG);
     /* Events before the big one are delivered; the error is sticky. */
-    struct sched_sse_parser *p = sched_sse_parser_new(100, on_ev, &r);
+    struct wp_sse_parser *p = wp_sse_parser_new(100, on_ev, &r);
     memset(&r, 0, sizeof(r));
-    assert_int_equal(sched_sse_parser_feed(p, "data: ok\n\n", 10), 0);
-    assert_int_equal(sched_sse_parser_feed(p, big, 152), WP_ETOOBIG);
-    assert_int_equal(sched_sse_parser_feed(p, "data: ok\n\n", 10), WP_ETOOBIG);
+    assert_int_equal(wp_sse_parser_feed(p, "data: ok\n\n", 10), 0);
+    assert_int_equal(wp_sse_parser_feed(p, big, 152), WP_ETOOBIG);
+    assert_int_equal(wp_sse_parser_feed(p, "data: ok\n\n", 10), WP_ETOOBIG);
     assert_int_equal(r.n, 1);
-    sched_sse_parser_free(p);
+    wp_sse_parser_free(p);
     /* A comment longer than the limit costs nothing: it is not buffered. */
     char cm[400];
     memset(cm, 'c', sizeof(cm));
@@ -188,15 +188,15 @@ static void callback_stops_feed(void **state)
     (void)state;
     struct rec r = { .stop_at = 2 };
     const char *s = "data: 1\n\ndata: 2\n\ndata: 3\n\n";
-    struct sched_sse_parser *p = sched_sse_parser_new(4096, on_ev, &r);
+    struct wp_sse_parser *p = wp_sse_parser_new(4096, on_ev, &r);
 
-    assert_int_equal(sched_sse_parser_feed(p, s, strlen(s)), -5);
+    assert_int_equal(wp_sse_parser_feed(p, s, strlen(s)), -5);
     assert_int_equal(r.n, 2);
-    assert_int_equal(sched_sse_parser_feed(p, s, strlen(s)), -5);
+    assert_int_equal(wp_sse_parser_feed(p, s, strlen(s)), -5);
     assert_int_equal(r.n, 2);
-    sched_sse_parser_free(p);
-    assert_null(sched_sse_parser_new(0, on_ev, &r));
-    assert_null(sched_sse_parser_new(10, NULL, &r));
+    wp_sse_parser_free(p);
+    assert_null(wp_sse_parser_new(0, on_ev, &r));
+    assert_null(wp_sse_parser_new(10, NULL, &r));
 }
 
 /* The shape the Messages API sends, split at every byte. */

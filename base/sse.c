@@ -1,4 +1,4 @@
-/* model_sse.c - a text/event-stream parser (WHATWG HTML, "Server-sent
+/* sse.c - a text/event-stream parser (WHATWG HTML, "Server-sent
  * events", interpreting an event stream). Pure: bytes in, events out, no
  * I/O, so it is unit-tested and fuzzed alone.
  *
@@ -18,11 +18,11 @@
 #include <string.h>
 
 #include "base/buf.h"
-#include "scheduler/model.h"
+#include "base/sse.h"
 
-struct sched_sse_parser {
+struct wp_sse_parser {
     size_t max_event;
-    sched_sse_event_cb cb;
+    wp_sse_event_cb cb;
     void *ctx;
     struct wp_buf line;  /* the current line, without its end */
     struct wp_buf event; /* the event type field */
@@ -35,9 +35,9 @@ struct sched_sse_parser {
 
 static const unsigned char BOM[3] = { 0xef, 0xbb, 0xbf };
 
-struct sched_sse_parser *sched_sse_parser_new(size_t max_event, sched_sse_event_cb cb, void *ctx)
+struct wp_sse_parser *wp_sse_parser_new(size_t max_event, wp_sse_event_cb cb, void *ctx)
 {
-    struct sched_sse_parser *p;
+    struct wp_sse_parser *p;
 
     if (!cb || max_event == 0)
         return NULL;
@@ -54,7 +54,7 @@ struct sched_sse_parser *sched_sse_parser_new(size_t max_event, sched_sse_event_
     return p;
 }
 
-void sched_sse_parser_free(struct sched_sse_parser *p)
+void wp_sse_parser_free(struct wp_sse_parser *p)
 {
     if (!p)
         return;
@@ -65,12 +65,12 @@ void sched_sse_parser_free(struct sched_sse_parser *p)
 }
 
 /* Bytes held for the event being assembled. */
-static size_t pending(const struct sched_sse_parser *p)
+static size_t pending(const struct wp_sse_parser *p)
 {
     return p->line.len + p->event.len + p->data.len;
 }
 
-static int dispatch(struct sched_sse_parser *p)
+static int dispatch(struct wp_sse_parser *p)
 {
     int rc = 0;
 
@@ -84,7 +84,7 @@ static int dispatch(struct sched_sse_parser *p)
     return rc;
 }
 
-static int line_done(struct sched_sse_parser *p)
+static int line_done(struct wp_sse_parser *p)
 {
     const char *l = p->line.data;
     size_t n = p->line.len, flen, vlen;
@@ -113,7 +113,7 @@ static int line_done(struct sched_sse_parser *p)
     return rc;
 }
 
-static int process(struct sched_sse_parser *p, const char *s, size_t n)
+static int process(struct wp_sse_parser *p, const char *s, size_t n)
 {
     while (n > 0) {
         if (p->after_cr) {
@@ -152,7 +152,7 @@ static int process(struct sched_sse_parser *p, const char *s, size_t n)
     return 0;
 }
 
-int sched_sse_parser_feed(struct sched_sse_parser *p, const char *data, size_t len)
+int wp_sse_parser_feed(struct wp_sse_parser *p, const char *data, size_t len)
 {
     int rc = 0;
 
