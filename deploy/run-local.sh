@@ -18,14 +18,41 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 RPORT=$(port); HPORT=$(port); MPORT=$(port)
 say() { printf '\033[1mwarmpool:\033[0m %s\n' "$*"; }
 pids=()
+ENV=""
 cleanup() {
+    trap - EXIT INT TERM
     say "stopping"
+    # Withdraw the demo environment first: the node destroys its clones and
+    # deletes its image, so runs do not pile images up in $STATE.
+    if [ -n "$ENV" ]; then
+        # Sessions first: each gives its sandbox back.
+        for s in $(curl -s -H "x-api-key: $KEY" "http://127.0.0.1:$HPORT/v1/sessions?limit=100" |
+                   python3 -c 'import json,sys; print(" ".join(x["id"] for x in json.load(sys.stdin)["data"]))' 2>/dev/null); do
+            curl -s -X DELETE -H "x-api-key: $KEY" "http://127.0.0.1:$HPORT/v1/sessions/$s" >/dev/null || true
+        done
+        curl -s -X DELETE -H "x-api-key: $KEY" "http://127.0.0.1:$HPORT/v1/environments/$ENV" >/dev/null || true
+        for _ in $(seq 150); do
+            [ -z "$(ls -d "$STATE/images/$ENV"-* 2>/dev/null)" ] && break
+            sleep 0.1
+        done
+    fi
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    for p in "${tails[@]}"; do kill "$p" 2>/dev/null || true; done
     redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
     rm -rf "$RUN"
 }
 trap cleanup EXIT INT TERM
+# Daemons run in their own session, logging to files (shown with a prefix):
+# Ctrl-C reaches only this script, whose cleanup still talks to them.
+start() {
+    local name=$1; shift
+    setsid "$@" >"$RUN/$name.log" 2>&1 < /dev/null &
+    pids+=($!)
+    tail -n +1 -F "$RUN/$name.log" 2>/dev/null | sed -u "s/^/  $(printf '%-5s' "$name") | /" >&2 &
+    tails+=($!)
+}
+tails=()
 
 say "redis on 127.0.0.1:$RPORT (data in $RUN)"
 redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$RUN" --appendonly yes \
@@ -40,20 +67,16 @@ else
     MODEL=claude-local-demo
     export ANTHROPIC_API_KEY=sk-local-model
     say "model: the local model server on $MODEL_URL (set ANTHROPIC_API_KEY to use Anthropic's API)"
-    "$BUILD/wp-modelserver" --port "$MPORT" --script "$HERE/demo-model.json" \
-        --log-level warn 2> >(sed 's/^/  model | /' >&2) &
-    pids+=($!)
+    start model "$BUILD/wp-modelserver" --port "$MPORT" --script "$HERE/demo-model.json" \
+        --log-level warn
 fi
 
 # The node serves the environments created through the API (its catalog
 # reads them from Redis); sandboxes bind the hands from the build directory.
-"$BUILD/warmpool-node" --id local --redis "127.0.0.1:$RPORT" --state-dir "$STATE" \
-    --log-level info 2> >(sed 's/^/  node  | /' >&2) &
-pids+=($!)
-"$BUILD/warmpool-scheduler" --listen "127.0.0.1:$HPORT" --redis "127.0.0.1:$RPORT" \
-    --api-key "local:$KEY" --model-url "$MODEL_URL" --brain on --hands-dir "$BUILD" \
-    2> >(sed 's/^/  api   | /' >&2) >/dev/null &
-pids+=($!)
+start node "$BUILD/warmpool-node" --id local --redis "127.0.0.1:$RPORT" --state-dir "$STATE" \
+    --log-level info
+start api "$BUILD/warmpool-scheduler" --listen "127.0.0.1:$HPORT" --redis "127.0.0.1:$RPORT" \
+    --api-key "local:$KEY" --model-url "$MODEL_URL" --brain on --hands-dir "$BUILD"
 api() { curl -sS -H "x-api-key: $KEY" -H 'content-type: application/json' "$@"; }
 for _ in $(seq 100); do
     api "http://127.0.0.1:$HPORT/v1/agents" >/dev/null 2>&1 && break
@@ -75,6 +98,7 @@ for _ in $(seq 1200); do
     [ "${n:-0}" -ge 4 ] && break
     sleep 0.1
 done
+[ -z "$last" ] && say "  build: $(redis-cli -p "$RPORT" hget "wp:tpl:{$ENV}" build:local)"
 say "hot pool ready: $(redis-cli -p "$RPORT" llen "wp:env:{$ENV}:hot") clones"
 "$BUILD/warmpool" --redis "127.0.0.1:$RPORT" pool status "$ENV" | sed 's/^/    /'
 

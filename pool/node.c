@@ -810,7 +810,9 @@ static void inbox_cb(void *ctx, redisReply *reply)
             }
         }
     } else if (reply && reply->type == REDIS_REPLY_ERROR) {
+        /* Not again at once (that would spin): the cron retries. */
         log_warn("inbox read: %s", reply->str);
+        return;
     }
     if (reply)
         read_inbox(n);
@@ -823,8 +825,8 @@ static void read_inbox(struct node *n)
     const char *argv[4 + 2 * POOL_MAX_ENVS];
     int argc = 0;
 
-    if (n->inbox_reading || !wp_redis_ready(n->rb) || n->stopping)
-        return;
+    if (n->inbox_reading || !wp_redis_ready(n->rb) || n->stopping || n->n_envs == 0)
+        return; /* no environment yet (API ones arrive through the catalog) */
     argv[argc++] = "XREAD";
     argv[argc++] = "BLOCK";
     argv[argc++] = "1000";

@@ -153,7 +153,8 @@ static const char lua_renew[] =
  * status idle also takes the session out of the active set. */
 static const char lua_emit[] =
     "if redis.call('GET', KEYS[3]) ~= ARGV[1] then return redis.error_reply('STALE') end\n"
-    "if not redis.call('HGET', KEYS[1], 'org') then return redis.error_reply('GONE') end\n"
+    "local h = redis.call('HMGET', KEYS[1], 'org', 'archived')\n"
+    "if not h[1] or h[2] == '1' then return redis.error_reply('GONE') end\n"
     "local ids = {}\n"
     "for i = 4, #ARGV, 4 do\n"
     "  local f = {'t', ARGV[i], 'e', ARGV[i + 3]}\n"
@@ -1320,7 +1321,7 @@ static void read_cb(void *ctx, redisReply *reply)
         return;
     }
     bool first = !b->loaded;
-    bool input = false;
+    bool input = false, ended = false;
     for (size_t i = 0; i < reply->elements; i++) {
         redisReply *ent = reply->element[i];
         if (ent->type != REDIS_REPLY_ARRAY || ent->elements != 2 || ent->element[1]->type != REDIS_REPLY_ARRAY)
@@ -1340,6 +1341,10 @@ static void read_cb(void *ctx, redisReply *reply)
                 xid = f->element[k + 1]->str;
         }
         snprintf(b->last_pos, sizeof(b->last_pos), "%s", sid);
+        if (!strcmp(t, "session.status_terminated") || !strcmp(t, "session.deleted")) {
+            ended = true;
+            continue;
+        }
         if (!js || !strcmp(t, "event_start") || !strcmp(t, "event_delta"))
             continue;
         if (!first && !client_type(t))
@@ -1363,6 +1368,15 @@ static void read_cb(void *ctx, redisReply *reply)
             input = true;
     }
     b->loaded = true;
+    if (ended) {
+        /* Archived or deleted: the sandbox goes back, nothing more is written. */
+        if (b->claim.sandbox[0] && b->srv->pool)
+            pool_release(b->srv->pool, b->pool_env, b->claim.sandbox, b->claim.token, NULL, NULL, NULL);
+        memset(&b->claim, 0, sizeof(b->claim));
+        brain_stop(b, "session ended");
+        maybe_free(b);
+        return;
+    }
     if (reply->elements >= 1000 || b->reread) {
         b->reread = false;
         read_new(b);
@@ -1594,6 +1608,54 @@ void sched__brain_kick(struct sched_server *srv, const char *sid)
         return;
     }
     take(bs, sid, false);
+}
+
+struct session_end {
+    struct sched_server *srv;
+    char org[64];
+    char sid[64];
+};
+
+static void end_cb(void *ctx, redisReply *reply)
+{
+    struct session_end *se = ctx;
+    struct sched_server *srv = se->srv;
+    /* org, sbx_sandbox, sbx_token, sbx_env; only the session's own
+     * organization ends it (another one gets 404 from the handler). */
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 4 && srv->pool &&
+        hfield(reply, 0) && !strcmp(hfield(reply, 0), se->org)) {
+        const char *sb = hfield(reply, 1), *tok = hfield(reply, 2), *env = hfield(reply, 3);
+        if (sb && *sb && tok && env)
+            pool_release(srv->pool, env, sb, strtoull(tok, NULL, 10), NULL, NULL, NULL);
+        /* Commands sent from here on run after the caller's archive or
+         * delete (one connection, in order): the brain reading the log now
+         * finds the end there and stops. */
+        if (srv->brains) {
+            struct brain *b = find(srv->brains, se->sid);
+            const char *pub[] = { "PUBLISH", BRAIN_WAKE_CHANNEL, se->sid };
+            if (b && !b->stopped)
+                read_new(b);
+            else
+                wp_redis_argv(srv->rds, ignore_cb, NULL, 3, pub, NULL);
+        }
+    }
+    free(se);
+}
+
+void sched__brain_session_end(struct sched_server *srv, const char *org, const char *sid)
+{
+    char kobj[200];
+    struct session_end *se = calloc(1, sizeof(*se));
+    if (!se)
+        return;
+    se->srv = srv;
+    snprintf(se->org, sizeof(se->org), "%s", org);
+    snprintf(se->sid, sizeof(se->sid), "%s", sid);
+    sched__key_obj(kobj, sizeof(kobj), sid);
+    /* Sent before the caller's delete on the same connection: read first. */
+    const char *argv[] = { "HMGET", kobj, "org", "sbx_sandbox", "sbx_token", "sbx_env" };
+    if (wp_redis_argv(srv->rds, end_cb, se, 6, argv, NULL) < 0)
+        free(se);
 }
 
 static void wake_cb(void *ctx, redisReply *reply)

@@ -364,6 +364,9 @@ void sched__brain_free(struct sched_server *srv);
 /* Client input was appended to session sid: run its loop here, or wake
  * the scheduler that does. */
 void sched__brain_kick(struct sched_server *srv, const char *sid);
+/* Session sid is being archived or deleted: its sandbox goes back to the
+ * pool and its brain stops. Call before the delete is sent. */
+void sched__brain_session_end(struct sched_server *srv, const char *org, const char *sid);
 
 int sched__sbx_init(struct sched_server *srv, struct wp_err *err);
 void sched__sbx_shutdown(struct sched_server *srv);

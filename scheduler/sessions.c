@@ -506,6 +506,7 @@ static void archive_loaded(struct sched_req *req, json_t *s, long long rev)
     json_object_set_new(s, "updated_at", json_string(now));
     json_object_set_new(s, "status", json_string("terminated"));
     sched__key_events(kev, sizeof(kev), req->params[0]);
+    sched__brain_session_end(req->srv, req->org, req->params[0]);
     const char *extra[] = {"status", "terminated", NULL};
     sched__obj_store_aux(req, &sched__kind_session, req->org, s, rev, true,
                          "\"status\":\"terminated\"", extra, "xadd", kev,
@@ -542,6 +543,7 @@ void sched__h_session_delete(struct sched_req *req)
     sched__key_idx(kact, sizeof(kact), req->org, "session", true);
     /* The log outlives the session briefly so open streams see session.deleted. */
     const char *argv[] = {kobj, kev, kall, kact, req->org, req->params[0], "300000"};
+    sched__brain_session_end(req->srv, req->org, req->params[0]);
     sched__req_script(req, lua_delete, delete_cb, 4, 7, argv, NULL);
 }
 

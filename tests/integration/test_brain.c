@@ -349,7 +349,21 @@ static void bash_turn_runs_in_sandbox(void **state)
     assert_string_equal(s_(so, "status"), "idle");
     json_decref(so);
 
-    /* A second turn reuses the session's sandbox (files persist). */
+    /* Deleting the session gives its sandbox back: the node destroys it
+     * and nothing of it is left. */
+    char sbx[128], sdir[1100];
+    th_sh(sbx, sizeof(sbx), "redis-cli -p %d hget wp:obj:%s sbx_sandbox", R.port, sid);
+    sbx[strcspn(sbx, "\n")] = '\0';
+    assert_true(sbx[0]);
+    json_decref(call(A.port, "DELETE", path, NULL, 200));
+    snprintf(sdir, sizeof(sdir), "%s/state-n1", DIR_);
+    struct th_snap ts = { .state = sdir };
+    bool gone = false;
+    for (int i = 0; i < 100 && !gone; i++) {
+        th_msleep(100);
+        gone = th_sandbox_gone(&ts, sbx, 0);
+    }
+    assert_true(gone);
     json_decref(ev);
     sse_close(&s);
     free(sid);
