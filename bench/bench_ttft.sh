@@ -133,7 +133,7 @@ warmpool_setup() {
         -d '{"name":"ttft-bench","model":"claude-bench","tools":[{"type":"agent_toolset_20260401"}]}' | jget id)
     for e in $ENVS; do
         ENV_ID[$e]=$(api -X POST "127.0.0.1:$SPORT/v1/environments" \
-            -d "{\"name\":\"$e\",\"config\":{\"type\":\"cloud\"}}" | jget id)
+            -d "{\"name\":\"$e\",\"config\":{\"type\":\"cloud\"},\"metadata\":{\"warmpool.pool\":\"$e\"}}" | jget id)
     done
 }
 

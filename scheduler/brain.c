@@ -1496,6 +1496,19 @@ static const char *hfield(redisReply *r, size_t i)
     return i < r->elements && r->element[i]->type == REDIS_REPLY_STRING ? r->element[i]->str : NULL;
 }
 
+static void env_cb(void *ctx, redisReply *reply)
+{
+    struct brain *b = ctx;
+    b->reading = false;
+    json_t *env = reply && reply->type == REDIS_REPLY_STRING ? json_loads(reply->str, 0, NULL) : NULL;
+    if (!b->stopped && (!env || sched__env_pool_of(env, b->pool_env, sizeof(b->pool_env)) < 0))
+        b->pool_env[0] = '\0'; /* no sandbox: tools get an error result saying why */
+    json_decref(env);
+    if (!b->stopped)
+        read_new(b);
+    maybe_free(b);
+}
+
 static void session_cb(void *ctx, redisReply *reply)
 {
     struct brain *b = ctx;
@@ -1519,8 +1532,6 @@ static void session_cb(void *ctx, redisReply *reply)
     b->self_hosted = hfield(reply, 3) && !strcmp(hfield(reply, 3), "1");
     b->agent = json_incref(json_object_get(s, "agent"));
     json_decref(s);
-    if (sched__env_pool_name(b->env_id, b->pool_env, sizeof(b->pool_env)) < 0)
-        b->pool_env[0] = '\0';
     const char *sb = hfield(reply, 6), *tok = hfield(reply, 7);
     if (sb && *sb && tok && hfield(reply, 8) && hfield(reply, 9)) {
         snprintf(b->claim.sandbox, sizeof(b->claim.sandbox), "%s", sb);
@@ -1530,7 +1541,14 @@ static void session_cb(void *ctx, redisReply *reply)
         snprintf(b->claim.tier, sizeof(b->claim.tier), "%s", hfield(reply, 10) ?: "");
     }
     b->turn_t0 = wp_now_ns();
-    read_new(b);
+    /* The environment names the pool its sandboxes come from. */
+    char kenv[200];
+    sched__key_obj(kenv, sizeof(kenv), b->env_id);
+    const char *argv[] = { "HGET", kenv, "json" };
+    if (wp_redis_argv(b->srv->rds, env_cb, b, 3, argv, NULL) == 0)
+        b->reading = true;
+    else
+        brain_stop(b, "redis not connected");
     maybe_free(b);
 }
 

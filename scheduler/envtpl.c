@@ -74,6 +74,29 @@ int sched__env_pool_name(const char *env_id, char *out, size_t cap)
     return 0;
 }
 
+/* "warmpool.pool" names an operator's pool environment (a template in a
+ * node's config, e.g. one with packages the API cannot describe) that
+ * serves this API environment instead of one derived from its config.
+ * Names of API environments ("env_...") are refused: an organization must
+ * not reach another's environment by naming it. */
+static const char *pool_override(json_t *env)
+{
+    const char *p = json_string_value(json_object_get(json_object_get(env, "metadata"),
+                                                      "warmpool.pool"));
+    return p && snap_name_valid(p) && strncmp(p, "env_", 4) != 0 ? p : NULL;
+}
+
+int sched__env_pool_of(json_t *env, char *out, size_t cap)
+{
+    const char *p = pool_override(env);
+    if (!p)
+        return sched__env_pool_name(json_string_value(json_object_get(env, "id")), out, cap);
+    if (strlen(p) >= cap)
+        return WP_ETOOBIG;
+    memcpy(out, p, strlen(p) + 1);
+    return 0;
+}
+
 /* A metadata value as a number within its key's bounds; *ok false when the
  * key is set to something else. Absent keys give def. */
 static double meta_num(json_t *md, const struct meta_key *k, double def, bool *ok)
@@ -129,11 +152,17 @@ const char *sched__envtpl_check(json_t *env)
     json_object_foreach(md, k, v) {
         if (strncmp(k, "warmpool.", 9) != 0)
             continue;
+        if (!strcmp(k, "warmpool.pool")) {
+            if (!pool_override(env))
+                return "metadata.warmpool.pool must name a pool environment of the nodes' "
+                       "configuration ([A-Za-z0-9][A-Za-z0-9._-]{0,62}, not env_...)";
+            continue;
+        }
         const struct meta_key *mk = meta_key(k);
         if (!mk) {
             snprintf(msgbuf, sizeof(msgbuf),
                      "metadata.%s: unknown warmpool key (warmpool.min_hot, warmpool.max_hot, "
-                     "warmpool.memory_mb, warmpool.pids, warmpool.cpu)", k);
+                     "warmpool.memory_mb, warmpool.pids, warmpool.cpu, warmpool.pool)", k);
             return msgbuf;
         }
         meta_num(md, mk, 0, &ok);
@@ -290,6 +319,12 @@ void sched__envtpl_publish(struct sched_req *req, json_t *env)
 
     if (!type || strcmp(type, "cloud") != 0 || !json_is_null(json_object_get(env, "archived_at"))) {
         sched__respond_json(req, 200, env);
+        return;
+    }
+    if (pool_override(env)) {
+        /* Served by an operator's pool: nothing of its own to publish (and
+         * a template published before the override is withdrawn). */
+        sched__envtpl_withdraw(req, env);
         return;
     }
     json_t *t = sched__envtpl_template(env, req->srv->cfg.hands_dir, &min_hot, &max_hot);

@@ -416,7 +416,7 @@ static void created(void *ctx, redisReply *reply)
 static void start(struct sched_req *req, const char *name);
 
 /* An API environment: the organization's own, cloud, not archived; its
- * sandboxes come from the pool environment of the same name. */
+ * sandboxes come from its pool environment (sched__env_pool_of). */
 static void api_env_loaded(struct sched_req *req, json_t *env, long long rev)
 {
     char name[64];
@@ -427,7 +427,7 @@ static void api_env_loaded(struct sched_req *req, json_t *env, long long rev)
     } else if (!type || strcmp(type, "cloud") != 0) {
         sched__bad_request(req, "environment %s is self_hosted: its work goes to your workers",
                            req->scratch);
-    } else if (sched__env_pool_name(req->scratch, name, sizeof(name)) < 0) {
+    } else if (sched__env_pool_of(env, name, sizeof(name)) < 0) {
         sched__bad_request(req, "environment %s has no pool environment", req->scratch);
     } else {
         start(req, name);

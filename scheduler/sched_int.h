@@ -380,6 +380,10 @@ int sched__metrics_render_pool(json_t *snap, struct wp_buf *out);
  * is: "env_..." is a valid pool name). Returns 0, WP_EINVAL_INPUT for
  * anything that is not an environment id, WP_ETOOBIG when cap is short. */
 int sched__env_pool_name(const char *env_id, char *out, size_t cap);
+/* The pool environment that serves API environment env (its stored
+ * object): metadata warmpool.pool when set (an operator's pool), else
+ * sched__env_pool_name of its id. */
+int sched__env_pool_of(json_t *env, char *out, size_t cap);
 /* Check what the pool needs of a (merged) environment: warmpool.* metadata
  * keys and values, supported package managers, apt names. NULL or a
  * message valid until the next call. */

@@ -235,19 +235,21 @@ static int group_setup(void **state)
     snprintf(AGENT_ID, sizeof(AGENT_ID), "%s", s_(ag, "id"));
     json_decref(ag);
     json_t *en = call(A.port, "POST", "/v1/environments",
-                      "{\"name\":\"brain-env\",\"config\":{\"type\":\"cloud\"}}", 200);
+                      "{\"name\":\"brain-env\",\"config\":{\"type\":\"cloud\"},"
+                      "\"metadata\":{\"warmpool.pool\":\"brainpool\"}}", 200);
     snprintf(ENV_ID, sizeof(ENV_ID), "%s", s_(en, "id"));
     json_decref(en);
 
-    /* The pool environment that serves it (named as the API env). */
-    if (th_hands_template(DIR_, ENV_ID, "box", tmpl, sizeof(tmpl)) < 0)
+    /* The operator's pool environment that serves it (metadata
+     * warmpool.pool): a node config template, not one derived from the API. */
+    if (th_hands_template(DIR_, "brainpool", "box", tmpl, sizeof(tmpl)) < 0)
         return -1;
     snprintf(env, sizeof(env), "%s:2:2", tmpl);
     if ((NODE = th_node_spawn(DIR_, "n1", R.port, env)) < 0)
         return -1;
     for (int i = 0; i < 600; i++) {
         char out[64];
-        th_sh(out, sizeof(out), "redis-cli -p %d llen 'wp:env:{%s}:hot'", R.port, ENV_ID);
+        th_sh(out, sizeof(out), "redis-cli -p %d llen 'wp:env:{brainpool}:hot'", R.port);
         if (atoi(out) >= 2)
             return 0;
         th_msleep(50);

@@ -348,6 +348,21 @@ static void env_pool_names_and_templates(void **state)
     assert_int_equal(sched__env_pool_name("env_../x", out, sizeof(out)), WP_EINVAL_INPUT);
     assert_int_equal(sched__env_pool_name(NULL, out, sizeof(out)), WP_EINVAL_INPUT);
 
+    /* metadata warmpool.pool: an operator's pool serves the environment;
+     * another API environment's name is refused. */
+    json_t *ov = json_loads("{\"id\":\"env_y2\",\"config\":{\"type\":\"cloud\"},"
+                            "\"metadata\":{\"warmpool.pool\":\"py-3.11\"}}", 0, NULL);
+    assert_null(sched__envtpl_check(ov));
+    assert_int_equal(sched__env_pool_of(ov, out, sizeof(out)), 0);
+    assert_string_equal(out, "py-3.11");
+    json_object_set_new(json_object_get(ov, "metadata"), "warmpool.pool", json_string("env_other"));
+    assert_non_null(sched__envtpl_check(ov));
+    assert_int_equal(sched__env_pool_of(ov, out, sizeof(out)), 0);
+    assert_string_equal(out, "env_y2"); /* never someone else's */
+    json_object_set_new(json_object_get(ov, "metadata"), "warmpool.pool", json_string("../x"));
+    assert_non_null(sched__envtpl_check(ov));
+    json_decref(ov);
+
     /* Metadata and apt packages shape the template; policy comes apart. */
     json_t *env = json_loads("{\"id\":\"env_x1\",\"config\":{\"type\":\"cloud\",\"packages\":"
                              "{\"apt\":[\"jq\",\"curl=7.88.1-10\"]}},\"metadata\":"
