@@ -22,7 +22,7 @@
 
 /* Returns JSON: {"nodes": {N: {"alive": 0|1, "fields": {node hash},
  * "sbs": {E: {state: count}}}}, "envs": {E: {"hot": LLEN, "policy": {...},
- * "stats": {...}, "nodes": [N...]}}}. Environments are those some node
+ * "stats": {...}, "nodes": [N...], "mem": {N: {wp:env:{E}:mem:N}}}}}. Environments are those some node
  * holds sandboxes of or publishes a target for. */
 static const char lua_scrape[] =
     "local out, envs = {nodes = {}, envs = {}}, {}\n"
@@ -52,6 +52,13 @@ static const char lua_scrape[] =
     "               nodes = redis.call('SMEMBERS', 'wp:env:{' .. e .. '}:nodes')}\n"
     "  for i = 1, #p, 2 do env.policy[p[i]] = p[i + 1] end\n"
     "  for i = 1, #s, 2 do env.stats[s[i]] = s[i + 1] end\n"
+    /* what its clones hold on each node (memory.c publishes it) */
+    "  env.mem = {}\n"
+    "  for _, n in ipairs(env.nodes) do\n"
+    "    local m, f = redis.call('HGETALL', 'wp:env:{' .. e .. '}:mem:' .. n), {}\n"
+    "    for i = 1, #m, 2 do f[m[i]] = m[i + 1] end\n"
+    "    if #m > 0 then env.mem[n] = f end\n"
+    "  end\n"
     "  out.envs[e] = env\n"
     "end\n"
     "return cjson.encode(out)\n";
@@ -180,6 +187,99 @@ static int render_restore(struct wp_buf *o, json_t *nodes)
     return rc;
 }
 
+/* One gauge per (env, node) from the memory hashes; field may be absent. */
+static int mem_gauge(struct wp_buf *o, json_t *envs, const char *name, const char *help,
+                     const char *field, double scale)
+{
+    json_t *e, *m;
+    const char *env, *node;
+    int rc = family(o, name, "gauge", help);
+    json_object_foreach(envs, env, e) {
+        json_object_foreach(json_object_get(e, "mem"), node, m) {
+            const char *v = str(m, field);
+            if (v)
+                rc = rc ? rc : sample(o, name, "env", env, "node", node, atof(v) * scale);
+        }
+    }
+    return rc;
+}
+
+/* KSM and what clones really hold (issue 9): shared bytes, merge
+ * progress, private bytes per clone as a histogram (the node publishes it
+ * cumulative, in bytes: private_le_<bound>, private_le_inf, _count,
+ * _sum_bytes), hot clones that fit, and ksmd's CPU time per node. */
+static int render_memory(struct wp_buf *o, json_t *nodes, json_t *envs)
+{
+    json_t *e, *m, *n, *v;
+    const char *env, *node, *k;
+    int rc = 0;
+
+    rc = rc ? rc : mem_gauge(o, envs, "warmpool_ksm_shared_bytes",
+                             "One copy of an environment's merged memory on a node", "shared_bytes", 1);
+    rc = rc ? rc : mem_gauge(o, envs, "warmpool_ksm_merged_bytes",
+                             "Anonymous memory of an environment's clones that KSM has merged",
+                             "merged_bytes", 1);
+    rc = rc ? rc : mem_gauge(o, envs, "warmpool_clones_anon_bytes",
+                             "Anonymous memory of an environment's clones (merge progress: merged / this)",
+                             "anon_bytes", 1);
+    rc = rc ? rc : mem_gauge(o, envs, "warmpool_pool_hot_fit",
+                             "Hot clones of an environment that fit a node's memory budget", "hot_fit", 1);
+    rc = rc ? rc : family(o, "warmpool_sandbox_private_bytes", "histogram",
+                          "Private bytes an idle clone holds beyond the shared copy");
+    json_object_foreach(envs, env, e) {
+        json_object_foreach(json_object_get(e, "mem"), node, m) {
+            /* bounds in ascending order: collect, then sort (at most 16) */
+            double bound[16];
+            const char *val[16];
+            int nb = 0;
+            json_object_foreach(m, k, v) {
+                if (strncmp(k, "private_le_", 11) || !strcmp(k + 11, "inf") || nb == 16 ||
+                    !json_is_string(v))
+                    continue;
+                char *end;
+                double b = strtod(k + 11, &end);
+                if (*end || b <= 0)
+                    continue; /* not a bound we understand: skipped, never guessed */
+                int i = nb++;
+                while (i > 0 && bound[i - 1] > b) {
+                    bound[i] = bound[i - 1];
+                    val[i] = val[i - 1];
+                    i--;
+                }
+                bound[i] = b;
+                val[i] = json_string_value(v);
+            }
+            const char *inf = str(m, "private_le_inf"), *cnt = str(m, "private_count"),
+                       *sum = str(m, "private_sum_bytes");
+            if (!inf || !cnt || !sum)
+                continue;
+            for (int i = 0; i <= nb && rc == 0; i++) {
+                rc = wp_buf_printf(o, "warmpool_sandbox_private_bytes_bucket{env=\"");
+                rc = rc ? rc : sched_metrics_label_value(o, env);
+                rc = rc ? rc : wp_buf_printf(o, "\",node=\"");
+                rc = rc ? rc : sched_metrics_label_value(o, node);
+                if (i < nb)
+                    rc = rc ? rc : wp_buf_printf(o, "\",le=\"%.17g\"} %s\n", bound[i], val[i]);
+                else
+                    rc = rc ? rc : wp_buf_printf(o, "\",le=\"+Inf\"} %s\n", inf);
+            }
+            rc = rc ? rc : sample(o, "warmpool_sandbox_private_bytes_sum", "env", env, "node", node,
+                                  atof(sum));
+            rc = rc ? rc : sample(o, "warmpool_sandbox_private_bytes_count", "env", env, "node",
+                                  node, atof(cnt));
+        }
+    }
+    rc = rc ? rc : family(o, "warmpool_ksmd_cpu_seconds_total", "counter",
+                          "CPU time of the host's ksmd since boot (host-wide)");
+    json_object_foreach(nodes, node, n) {
+        const char *c = str(json_object_get(n, "fields"), "ksmd_cpu_ms");
+        if (c)
+            rc = rc ? rc : sample(o, "warmpool_ksmd_cpu_seconds_total", "node", node, NULL, NULL,
+                                  atof(c) / 1e3);
+    }
+    return rc;
+}
+
 int sched__metrics_render_pool(json_t *snap, struct wp_buf *o)
 {
     json_t *nodes = json_object_get(snap, "nodes"), *envs = json_object_get(snap, "envs"), *n, *e;
@@ -271,10 +371,7 @@ int sched__metrics_render_pool(json_t *snap, struct wp_buf *o)
                                   v ? atof(v) : 0);
         }
     rc = rc ? rc : render_restore(o, nodes);
-    /* ---- KSM memory (issue 9): the node will publish its KSM figures in
-     * its hash (wp:node:<N>); render them here per node and environment,
-     * e.g. warmpool_ksm_shared_bytes{node}, warmpool_sandbox_private_bytes
-     * {env,node}, from json_object_get(n, "fields"). Nothing published yet. */
+    rc = rc ? rc : render_memory(o, nodes, envs);
     return rc;
 }
 

@@ -158,6 +158,31 @@ static void pool_snapshot_renders_gauges_and_restores(void **state)
     /* A dead node's restores and data without the bucket layout are left out. */
     assert_null(strstr(t, "tier=\"warm\",node=\"n2\""));
     wp_buf_free(&b);
+
+    /* What clones hold (memory.c's hash): gauges and the private-bytes
+     * histogram with its bounds in order, ksmd CPU per node. */
+    json_object_set_new(json_object_get(json_object_get(json_object_get(snap, "nodes"), "n1"), "fields"),
+                        "ksmd_cpu_ms", json_string("12300"));
+    json_object_set_new(json_object_get(json_object_get(snap, "envs"), "py"), "mem",
+                        json_pack("{s:{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}}", "n1",
+                                  "shared_bytes", "209715200", "hot_fit", "40", "private_le_2097152",
+                                  "3", "private_le_1048576", "2", "private_le_bogus", "9",
+                                  "private_le_inf", "4", "private_count", "4", "private_sum_bytes",
+                                  "5000000", "merged_bytes", "100"));
+    wp_buf_init(&b, 1 << 20);
+    assert_int_equal(sched__metrics_render_pool(snap, &b), 0);
+    t = b.data;
+    assert_true(value_of(t, "warmpool_ksm_shared_bytes{env=\"py\",node=\"n1\"}") == 209715200);
+    assert_true(value_of(t, "warmpool_pool_hot_fit{env=\"py\",node=\"n1\"}") == 40);
+    assert_non_null(strstr(t, "# TYPE warmpool_sandbox_private_bytes histogram\n"));
+    const char *b1 = strstr(t, "warmpool_sandbox_private_bytes_bucket{env=\"py\",node=\"n1\",le=\"1048576\"} 2");
+    const char *b2 = strstr(t, "warmpool_sandbox_private_bytes_bucket{env=\"py\",node=\"n1\",le=\"2097152\"} 3");
+    const char *bi = strstr(t, "warmpool_sandbox_private_bytes_bucket{env=\"py\",node=\"n1\",le=\"+Inf\"} 4");
+    assert_true(b1 && b2 && bi && b1 < b2 && b2 < bi);
+    assert_null(strstr(t, "bogus"));
+    assert_true(value_of(t, "warmpool_sandbox_private_bytes_count{env=\"py\",node=\"n1\"}") == 4);
+    assert_true(value_of(t, "warmpool_ksmd_cpu_seconds_total{node=\"n1\"}") == 12.3);
+    wp_buf_free(&b);
     json_decref(snap);
     /* Not a snapshot: refused, nothing half-written matters. */
     json_t *bad = json_pack("{s:[]}", "nodes");
