@@ -188,7 +188,7 @@ static void exec_done(void *ctx, int status, const struct alink_result *res, con
     sched__respond_json(req, 200, result_json(status, res));
 }
 
-static void run_call(struct sched_sbx *s, struct sched_req *req, json_t *call)
+static void run_call_held(struct sched_sbx *s, struct sched_req *req, json_t *call)
 {
     bool stream = json_is_true(json_object_get(call, "stream"));
     struct alink_call_opts o = { .timeout_ms = json_integer_value(json_object_get(call, "timeout_ms")),
@@ -240,6 +240,15 @@ static void run_call(struct sched_sbx *s, struct sched_req *req, json_t *call)
     x->call_id = id;
     if (stream && !x->conn) /* closed while the call was being sent */
         alink_client_cancel(x->ac, id, NULL);
+}
+
+static void run_call(struct sched_sbx *s, struct sched_req *req, json_t *call)
+{
+    /* A streamed call finishes req (whose body call may be) before the
+     * call is sent: hold it until then. */
+    json_incref(call);
+    run_call_held(s, req, call);
+    json_decref(call);
 }
 
 static void flush_waiters(struct sched_sbx *s)

@@ -243,6 +243,9 @@ static void execute_streams_output_as_sse(void **state)
     snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", json_string_value(json_object_get(sb, "id")));
     /* A bad stream flag is refused before anything streams. */
     json_decref(call("POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"},\"stream\":1}", 400));
+    /* Attached first, so what follows times the stream, not the claim (a
+     * loaded machine under ASan can take seconds to restore a clone). */
+    json_decref(call("POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", 200));
     const char *cmd = "{\"name\":\"bash\",\"stream\":true,\"input\":{\"command\":"
                       "\"for i in 1 2 3; do echo line$i; sleep 1; done\"}}";
     int fd = th_connect(A.port);
@@ -253,7 +256,7 @@ static void execute_streams_output_as_sse(void **state)
                      path, strlen(cmd), cmd);
     assert_int_equal(th_send_all(fd, req, (size_t)n), 0);
     /* The first chunk arrives while the command still runs. */
-    int got = th_read_until(fd, buf, sizeof(buf) - 1, "event: chunk", 10000);
+    int got = th_read_until(fd, buf, sizeof(buf) - 1, "event: chunk", 30000);
     buf[got] = '\0';
     assert_non_null(strstr(buf, "content-type: text/event-stream"));
     assert_non_null(strstr(buf, "event: chunk"));
