@@ -96,6 +96,7 @@ struct nsb {
     struct env *e;
     struct snap_sandbox *sb;        /* NULL while restoring */
     struct snap_restore_job *job;
+    pid_t boot_helper;              /* a cold boot's helper while it runs */
     ev_io job_io;
     enum sb_state st;
     bool for_claim;                 /* warm/cold claim: reply when ready */
@@ -432,6 +433,7 @@ static void boot_cb(struct ev_loop *loop, ev_io *w, int revents)
     (void)revents;
 
     ev_io_stop(loop, w);
+    s->boot_helper = 0;
     while ((r = read(w->fd, line + len, sizeof(line) - 1 - len)) > 0 || (r < 0 && errno == EINTR))
         if (r > 0)
             len += r;
@@ -477,6 +479,7 @@ static struct nsb *start_cold_boot(struct node *n, struct env *e)
         _exit(0);
     }
     close(pfd[1]);
+    s->boot_helper = pid;
     s->n = n;
     s->e = e;
     s->for_claim = true;
@@ -1732,7 +1735,20 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
              cfg->multi_tenant ? " multi-tenant" : "");
     ev_run(n->loop, 0);
 
-    /* Clean shutdown: our sandboxes and our entries go. */
+    /* Clean shutdown: our sandboxes and our entries go. Boots and builds
+     * still running in helpers are stopped; what they made (their sandbox
+     * records name the helper as owner) is collected by snap_gc below. */
+    bool helpers = false;
+    for (struct nsb *s = n->sbs; s; s = s->next)
+        if (s->boot_helper > 0 && kill(s->boot_helper, SIGKILL) == 0) {
+            waitpid(s->boot_helper, NULL, 0);
+            helpers = true;
+        }
+    for (int i = 0; i < n->n_envs; i++)
+        if (n->envs[i].build_pid > 0 && kill(n->envs[i].build_pid, SIGKILL) == 0) {
+            waitpid(n->envs[i].build_pid, NULL, 0);
+            helpers = true;
+        }
     while (n->sbs) {
         struct nsb *s = n->sbs;
         if (s->job) {
@@ -1749,6 +1765,8 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
             snap_destroy(n->snap, s->sb, NULL);
         free(s);
     }
+    if (helpers && (rc = snap_gc(n->snap, NULL)) > 0)
+        log_info("removed %d sandboxes of boots cut short", rc);
     rc = n->worker_err.code ? wp_err_set(err, n->worker_err.code, "%s", n->worker_err.msg) : 0;
 out:
     pool__worker_free(n->worker);

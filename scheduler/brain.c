@@ -134,12 +134,21 @@ static void brain_free(struct brain *b);
 
 /* ---- scripts ------------------------------------------------------------ */
 
-/* KEYS: lease. ARGV: ttl ms. Returns a fresh token, or 0 when held. */
+/* KEYS: lease, session obj. ARGV: ttl ms. 0 when the lease is held;
+ * else {fresh token, the session's fields (load_session), its
+ * environment's json}: one round trip on a turn's critical path. */
 static const char lua_acquire[] =
     "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
     "local t = redis.call('INCR', 'wp:brain:fence')\n"
     "redis.call('SET', KEYS[1], t, 'PX', ARGV[1])\n"
-    "return t\n";
+    "local h = redis.call('HMGET', KEYS[2], 'org', 'json', 'environment_id', 'self_hosted', 'status',\n"
+    "  'archived', 'sbx_sandbox', 'sbx_token', 'sbx_relay', 'sbx_node', 'sbx_tier')\n"
+    "local env = false\n"
+    "if h[3] then env = redis.call('HGET', 'wp:obj:' .. h[3], 'json') end\n"
+    "local out = {t}\n"
+    "for i = 1, 11 do out[i + 1] = h[i] end\n"
+    "out[13] = env\n"
+    "return out\n";
 
 /* KEYS: lease. ARGV: token, ttl ms (0 = release). 1 if still ours. */
 static const char lua_renew[] =
@@ -786,7 +795,10 @@ static void on_model_event(void *ctx, const char *type, json_t *data)
     maybe_free(b);
 }
 
-static void span_end(struct brain *b, const char *span, bool is_error)
+/* model_request_id (the response's request-id, when the model answered)
+ * is warmpool's addition: it joins a span to the model provider's logs and
+ * lets the TTFT benchmark subtract the model's own time. */
+static void span_end_id(struct brain *b, const char *span, bool is_error, const char *model_rid)
 {
     json_t *u = b->usage ? json_incref(b->usage) : json_object();
     static const char *const f[] = { "input_tokens", "output_tokens", "cache_creation_input_tokens",
@@ -794,9 +806,16 @@ static void span_end(struct brain *b, const char *span, bool is_error)
     for (int i = 0; f[i]; i++)
         if (!json_object_get(u, f[i]))
             json_object_set_new(u, f[i], json_integer(0));
-    emit(b, json_pack("{s:s, s:s, s:b, s:o}", "type", "span.model_request_end",
-                      "model_request_start_id", span, "is_error", is_error, "model_usage", u),
-         NULL);
+    json_t *ev = json_pack("{s:s, s:s, s:b, s:o}", "type", "span.model_request_end",
+                           "model_request_start_id", span, "is_error", is_error, "model_usage", u);
+    if (ev && model_rid && *model_rid)
+        json_object_set_new(ev, "model_request_id", json_string(model_rid));
+    emit(b, ev, NULL);
+}
+
+static void span_end(struct brain *b, const char *span, bool is_error)
+{
+    span_end_id(b, span, is_error, NULL);
 }
 
 static const char *session_error_type(const struct sched_model_error *e)
@@ -837,6 +856,9 @@ static void on_model_retry(void *ctx, int attempt, const struct sched_model_erro
 static void on_model_done(void *ctx, int status, const struct sched_model_error *e)
 {
     struct brain *b = ctx;
+    struct sched_model_timing tm = { 0 };
+    if (b->call)
+        sched_model_timing(b->call, &tm); /* valid until this callback returns */
     b->call = NULL;
     flush_delta(b);
     sched_metrics_observe(metrics(b), SCHED_HIST_MODEL, status == 0 ? "ok" : "error",
@@ -847,11 +869,11 @@ static void on_model_done(void *ctx, int status, const struct sched_model_error 
     }
     if (status == 0) {
         b->partial_failures = 0;
-        span_end(b, b->span_id, false);
+        span_end_id(b, b->span_id, false, tm.request_id);
     } else {
         log_warn("session=%s model request failed: %s %s%s", b->sid, e->type, e->message,
                  e->partial ? " (mid-stream)" : "");
-        span_end(b, b->span_id, true);
+        span_end_id(b, b->span_id, true, tm.request_id);
         if (!(e->partial && e->retryable && ++b->partial_failures <= BRAIN_MAX_PARTIAL_RETRIES)) {
             /* Retries are used up (the client retried what it could before
              * any event): the turn is abandoned, as the API defines. */
@@ -1496,60 +1518,40 @@ static const char *hfield(redisReply *r, size_t i)
     return i < r->elements && r->element[i]->type == REDIS_REPLY_STRING ? r->element[i]->str : NULL;
 }
 
-static void env_cb(void *ctx, redisReply *reply)
+/* The session as the acquire script read it (fields from index 1 of its
+ * reply): org, json, environment_id, self_hosted, status, archived,
+ * sbx_sandbox, sbx_token, sbx_relay, sbx_node, sbx_tier, then the
+ * environment's json. Returns 0 or -1 (the brain stops). */
+static int load_session(struct brain *b, redisReply *r)
 {
-    struct brain *b = ctx;
-    b->reading = false;
-    json_t *env = reply && reply->type == REDIS_REPLY_STRING ? json_loads(reply->str, 0, NULL) : NULL;
-    if (!b->stopped && (!env || sched__env_pool_of(env, b->pool_env, sizeof(b->pool_env)) < 0))
-        b->pool_env[0] = '\0'; /* no sandbox: tools get an error result saying why */
-    json_decref(env);
-    if (!b->stopped)
-        read_new(b);
-    maybe_free(b);
-}
-
-static void session_cb(void *ctx, redisReply *reply)
-{
-    struct brain *b = ctx;
-    b->reading = false;
-    if (b->stopped) {
-        maybe_free(b);
-        return;
-    }
-    /* org, json, environment_id, self_hosted, status, archived, sbx_* */
-    const char *org = reply && reply->type == REDIS_REPLY_ARRAY ? hfield(reply, 0) : NULL;
-    const char *js = org ? hfield(reply, 1) : NULL;
+#define F(i) hfield(r, (i) + 1)
+    const char *org = F(0), *js = org ? F(1) : NULL;
     json_t *s = js ? json_loads(js, 0, NULL) : NULL;
     if (!s || !json_is_object(json_object_get(s, "agent"))) {
         json_decref(s);
         brain_stop(b, org ? "session record unreadable" : "session gone");
-        maybe_free(b);
-        return;
+        return -1;
     }
     snprintf(b->org, sizeof(b->org), "%s", org);
-    snprintf(b->env_id, sizeof(b->env_id), "%s", hfield(reply, 2) ?: "");
-    b->self_hosted = hfield(reply, 3) && !strcmp(hfield(reply, 3), "1");
+    snprintf(b->env_id, sizeof(b->env_id), "%s", F(2) ?: "");
+    b->self_hosted = F(3) && !strcmp(F(3), "1");
     b->agent = json_incref(json_object_get(s, "agent"));
     json_decref(s);
-    const char *sb = hfield(reply, 6), *tok = hfield(reply, 7);
-    if (sb && *sb && tok && hfield(reply, 8) && hfield(reply, 9)) {
+    const char *sb = F(6), *tok = F(7);
+    if (sb && *sb && tok && F(8) && F(9)) {
         snprintf(b->claim.sandbox, sizeof(b->claim.sandbox), "%s", sb);
         b->claim.token = strtoull(tok, NULL, 10);
-        snprintf(b->claim.relay, sizeof(b->claim.relay), "%s", hfield(reply, 8));
-        snprintf(b->claim.node, sizeof(b->claim.node), "%s", hfield(reply, 9));
-        snprintf(b->claim.tier, sizeof(b->claim.tier), "%s", hfield(reply, 10) ?: "");
+        snprintf(b->claim.relay, sizeof(b->claim.relay), "%s", F(8));
+        snprintf(b->claim.node, sizeof(b->claim.node), "%s", F(9));
+        snprintf(b->claim.tier, sizeof(b->claim.tier), "%s", F(10) ?: "");
     }
-    b->turn_t0 = wp_now_ns();
     /* The environment names the pool its sandboxes come from. */
-    char kenv[200];
-    sched__key_obj(kenv, sizeof(kenv), b->env_id);
-    const char *argv[] = { "HGET", kenv, "json" };
-    if (wp_redis_argv(b->srv->rds, env_cb, b, 3, argv, NULL) == 0)
-        b->reading = true;
-    else
-        brain_stop(b, "redis not connected");
-    maybe_free(b);
+    json_t *env = F(11) ? json_loads(F(11), 0, NULL) : NULL;
+    if (!env || sched__env_pool_of(env, b->pool_env, sizeof(b->pool_env)) < 0)
+        b->pool_env[0] = '\0'; /* no sandbox: tools get an error result saying why */
+    json_decref(env);
+    return 0;
+#undef F
 }
 
 static void acquire_cb(void *ctx, redisReply *reply)
@@ -1557,7 +1559,8 @@ static void acquire_cb(void *ctx, redisReply *reply)
     struct brain *b = ctx;
     struct sched_brains *bs = b->bs;
     b->reading = false;
-    if (b->stopped || !reply || reply->type != REDIS_REPLY_INTEGER || reply->integer == 0) {
+    if (b->stopped || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 13 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER) {
         bool held = reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0;
         if (held && !b->stopped) {
             /* Someone else runs it: tell them there is new input. */
@@ -1568,17 +1571,14 @@ static void acquire_cb(void *ctx, redisReply *reply)
         maybe_free(b);
         return;
     }
-    snprintf(b->token, sizeof(b->token), "%lld", reply->integer);
+    snprintf(b->token, sizeof(b->token), "%lld", reply->element[0]->integer);
     ev_timer_set(&b->renew, bs->srv->cfg.brain_lease_ms / 3000.0, bs->srv->cfg.brain_lease_ms / 3000.0);
     ev_timer_start(bs->srv->loop, &b->renew);
     log_debug("session=%s brain lease token=%s", b->sid, b->token);
-    const char *argv[] = { "HMGET", b->key_obj, "org", "json", "environment_id", "self_hosted",
-                           "status", "archived", "sbx_sandbox", "sbx_token", "sbx_relay",
-                           "sbx_node", "sbx_tier" };
-    if (wp_redis_argv(bs->srv->rds, session_cb, b, 13, argv, NULL) == 0)
-        b->reading = true;
-    else
-        brain_stop(b, "redis not connected");
+    if (load_session(b, reply) == 0) {
+        b->turn_t0 = wp_now_ns();
+        read_new(b);
+    }
     maybe_free(b);
 }
 
@@ -1605,8 +1605,8 @@ static void take(struct sched_brains *bs, const char *sid, bool takeover)
     if (takeover)
         sched_metrics_inc(bs->srv->metrics, SCHED_CTR_TAKEOVERS, NULL);
     snprintf(ttl, sizeof(ttl), "%d", bs->srv->cfg.brain_lease_ms);
-    const char *argv[] = { b->key_lease, ttl };
-    if (wp_redis_script(bs->srv->rds, lua_acquire, acquire_cb, b, 1, 2, argv, NULL) == 0)
+    const char *argv[] = { b->key_lease, b->key_obj, ttl };
+    if (wp_redis_script(bs->srv->rds, lua_acquire, acquire_cb, b, 2, 3, argv, NULL) == 0)
         b->reading = true;
     else {
         b->stopped = true;

@@ -43,6 +43,11 @@ static const char script[] =
     "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
     "sixteen seventeen eighteen nineteen twenty one two three four five six seven eight nine ten\","
     "   \"ttft_ms\":20}]},"
+    " {\"match\":\"twice\",\"turns\":["
+    "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"bash\",\"input\":{\"command\":\"echo first > /work/f; cat /work/f\"}}]},"
+    "   {\"text\":\"one\"},"
+    "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"bash\",\"input\":{\"command\":\"cat /work/f || echo fresh\"}}]},"
+    "   {\"text\":\"two\"}]},"
     " {\"match\":\"custom\",\"turns\":["
     "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"lookup_order\",\"input\":{\"order\":\"42\"}}]},"
     "   {\"text\":\"Your order has shipped.\"}]},"
@@ -332,6 +337,8 @@ static void bash_turn_runs_in_sandbox(void **state)
     json_t *e1 = json_array_get(ev, (size_t)end1);
     assert_string_equal(s_(e1, "model_request_start_id"), s_(json_array_get(ev, (size_t)span), "id"));
     assert_false(json_is_true(json_object_get(e1, "is_error")));
+    /* the model's own request id (its request-id header) joins the span to it */
+    assert_non_null(s_(e1, "model_request_id"));
     assert_true(json_integer_value(json_object_get(json_object_get(e1, "model_usage"), "output_tokens")) > 0);
     assert_string_equal(s_(json_array_get(json_object_get(json_array_get(ev, (size_t)msg2), "content"), 0), "text"),
                         "All done here.");
@@ -468,6 +475,51 @@ static void custom_tool_waits_for_client(void **state)
     free(sid);
 }
 
+/* The session's sandbox dies between turns: the next call gets a new
+ * sandbox (a fresh one: the old one's files are gone) and the turn ends
+ * normally. */
+static void dead_sandbox_is_replaced(void **state)
+{
+    (void)state;
+    char *sid = new_session(A.port), sbx[128], pidtxt[64];
+    struct sse s;
+    sse_open(&s, A.port, sid);
+    send_text(A.port, sid, "twice please");
+    json_t *ev = until_idle(&s, "end_turn", 20000);
+    int r1 = index_of(ev, "agent.tool_result", 0);
+    assert_true(r1 >= 0);
+    assert_string_equal(s_(json_array_get(json_object_get(json_array_get(ev, (size_t)r1), "content"), 0), "text"),
+                        "first");
+    json_decref(ev);
+    th_sh(sbx, sizeof(sbx), "redis-cli -p %d hget wp:obj:%s sbx_sandbox", R.port, sid);
+    sbx[strcspn(sbx, "\n")] = '\0';
+    th_sh(pidtxt, sizeof(pidtxt), "head -n1 %s/state-n1/sandboxes/%s/init.pid", DIR_, sbx);
+    pid_t init = (pid_t)atoi(pidtxt);
+    assert_true(init > 1);
+    assert_int_equal(kill(init, SIGKILL), 0);
+    send_text(A.port, sid, "and again");
+    ev = until_idle(&s, "end_turn", 20000);
+    int r2 = index_of(ev, "agent.tool_result", 0);
+    assert_true(r2 >= 0);
+    json_t *res = json_array_get(ev, (size_t)r2);
+    /* Either the call saw the dead link (an error the model reads) and the
+     * session claimed anew, or the death was noticed first and it ran in a
+     * new sandbox; either way the old sandbox's file is not there. */
+    const char *text = s_(json_array_get(json_object_get(res, "content"), 0), "text");
+    if (json_is_true(json_object_get(res, "is_error")))
+        assert_non_null(strstr(text, "sandbox"));
+    else
+        assert_non_null(strstr(text, "fresh"));
+    char sbx2[128];
+    th_sh(sbx2, sizeof(sbx2), "redis-cli -p %d hget wp:obj:%s sbx_sandbox", R.port, sid);
+    sbx2[strcspn(sbx2, "\n")] = '\0';
+    if (!json_is_true(json_object_get(res, "is_error")))
+        assert_string_not_equal(sbx2, sbx);
+    json_decref(ev);
+    sse_close(&s);
+    free(sid);
+}
+
 /* The model server answers 529 first: the model client retries, the
  * session shows a retrying session.error, and the turn completes. */
 static void overloaded_then_success(void **state)
@@ -577,6 +629,7 @@ int main(void)
         cmocka_unit_test(first_token_before_sandbox),
         cmocka_unit_test(interrupt_mid_stream),
         cmocka_unit_test(custom_tool_waits_for_client),
+        cmocka_unit_test(dead_sandbox_is_replaced),
         cmocka_unit_test(overloaded_then_success),
         cmocka_unit_test(sdk_streams_sessions),
         cmocka_unit_test(takeover_after_kill),
