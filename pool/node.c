@@ -1034,25 +1034,31 @@ static void register_node(struct node *n)
     cmd(n, "register", 3, sadd);
     for (int i = 0; i < n->n_envs; i++) {
         struct env *e = &n->envs[i];
-        char nodes[160], pol[160], mn[16], mx[16], fmn[96], fmx[96];
+        char nodes[160], pol[160], mn[16], mx[16];
         if (e->retired)
             continue;
         fmtkey(nodes, sizeof(nodes), POOL__K_NODES_OF, e->cfg.name);
         fmtkey(pol, sizeof(pol), POOL__K_POLICY, e->cfg.name);
         snprintf(mn, sizeof(mn), "%d", e->cfg.min_hot);
         snprintf(mx, sizeof(mx), "%d", e->cfg.max_hot);
-        snprintf(fmn, sizeof(fmn), "min_hot:%s", n->cfg.id);
-        snprintf(fmx, sizeof(fmx), "max_hot:%s", n->cfg.id);
         const char *s2[] = { "SADD", nodes, n->cfg.id };
-        /* This node's start-up values; `pool set` may change them later.
-         * API environments have none: their policy comes with them. */
-        const char *p1[] = { n->registered ? "HSETNX" : "HSET", pol, fmn, mn };
-        const char *p2[] = { n->registered ? "HSETNX" : "HSET", pol, fmx, mx };
+        /* This node's start-up values, written once when it registers and
+         * only where the operator has set nothing for every node: an
+         * operator's `pool set` (which drops per-node fields) must not be
+         * undone by the next heartbeat or by a restart. Without a field the
+         * node uses its start-up value anyway (policy_cb). API environments
+         * have none: their policy comes with them. */
+        static const char lua_startup[] =
+            "for i = 1, 2 do\n"
+            "  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then\n"
+            "    redis.call('HSETNX', KEYS[1], ARGV[i] .. ':' .. ARGV[5], ARGV[i + 2])\n"
+            "  end\n"
+            "end\n"
+            "return 1\n";
+        const char *p1[] = { "EVAL", lua_startup, "1", pol, "min_hot", "max_hot", mn, mx, n->cfg.id };
         cmd(n, "env nodes", 3, s2);
-        if (!e->api) {
-            cmd(n, "policy", 4, p1);
-            cmd(n, "policy", 4, p2);
-        }
+        if (!e->api && !n->registered)
+            cmd(n, "policy", 9, p1);
     }
     for (int i = 0; i < n->n_envs; i++) {
         struct env *e = &n->envs[i];

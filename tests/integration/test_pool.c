@@ -361,6 +361,17 @@ static void operator_tunes_the_pool_live(void **state)
                                              "%s --redis 127.0.0.1:%d pool set " ENV " max_hot_total=0",
                            bin, R.port, bin, R.port), 0);
     assert_true(wait_hot(1, 30));
+    /* A setting for every node (no --node) replaces the node's own value
+     * and stays: neither heartbeats nor the node's start-up values bring
+     * the old one back. */
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
+                                             " min_hot=2 max_hot=2", bin, R.port), 0);
+    assert_true(wait_hot(2, 30));
+    th_msleep(2500); /* several heartbeats */
+    assert_int_equal(rint_cmd("LLEN wp:env:{" ENV "}:hot"), 2);
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
+                                             " --node node0 min_hot=1 max_hot=1", bin, R.port), 0);
+    assert_true(wait_hot(1, 30));
     /* Bad input changes nothing. */
     assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
                                              " min_hot=-1 2>&1", bin, R.port), 2);
