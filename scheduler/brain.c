@@ -134,9 +134,10 @@ static void brain_free(struct brain *b);
 
 /* ---- scripts ------------------------------------------------------------ */
 
-/* KEYS: lease, session obj. ARGV: ttl ms. 0 when the lease is held;
+/* KEYS: lease, session obj, log. ARGV: ttl ms. 0 when the lease is held;
  * else {fresh token, the session's fields (load_session), its
- * environment's json}: one round trip on a turn's critical path. */
+ * environment's json, the log's first 1000 entries}: one round trip on a
+ * turn's critical path. */
 static const char lua_acquire[] =
     "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
     "local t = redis.call('INCR', 'wp:brain:fence')\n"
@@ -148,6 +149,7 @@ static const char lua_acquire[] =
     "local out = {t}\n"
     "for i = 1, 11 do out[i + 1] = h[i] end\n"
     "out[13] = env\n"
+    "out[14] = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1000)\n"
     "return out\n";
 
 /* KEYS: lease. ARGV: token, ttl ms (0 = release). 1 if still ours. */
@@ -1333,15 +1335,9 @@ static bool client_type(const char *t)
 
 /* Entries after last_pos. On the first read everything is taken; later,
  * only what clients wrote (the brain's own events are in memory already). */
-static void read_cb(void *ctx, redisReply *reply)
+/* Take in entries of the log (an XRANGE reply), then step. */
+static void ingest(struct brain *b, redisReply *reply)
 {
-    struct brain *b = ctx;
-    b->reading = false;
-    if (b->stopped || !reply || reply->type != REDIS_REPLY_ARRAY) {
-        brain_stop(b, "reading the log failed");
-        maybe_free(b);
-        return;
-    }
     bool first = !b->loaded;
     bool input = false, ended = false;
     for (size_t i = 0; i < reply->elements; i++) {
@@ -1396,13 +1392,11 @@ static void read_cb(void *ctx, redisReply *reply)
             pool_release(b->srv->pool, b->pool_env, b->claim.sandbox, b->claim.token, NULL, NULL, NULL);
         memset(&b->claim, 0, sizeof(b->claim));
         brain_stop(b, "session ended");
-        maybe_free(b);
         return;
     }
     if (reply->elements >= 1000 || b->reread) {
         b->reread = false;
         read_new(b);
-        maybe_free(b);
         return;
     }
     if (input) {
@@ -1411,6 +1405,16 @@ static void read_cb(void *ctx, redisReply *reply)
         sched_metrics_inc(metrics(b), SCHED_CTR_TURNS, NULL);
     }
     step(b);
+}
+
+static void read_cb(void *ctx, redisReply *reply)
+{
+    struct brain *b = ctx;
+    b->reading = false;
+    if (b->stopped || !reply || reply->type != REDIS_REPLY_ARRAY)
+        brain_stop(b, "reading the log failed");
+    else
+        ingest(b, reply);
     maybe_free(b);
 }
 
@@ -1559,7 +1563,7 @@ static void acquire_cb(void *ctx, redisReply *reply)
     struct brain *b = ctx;
     struct sched_brains *bs = b->bs;
     b->reading = false;
-    if (b->stopped || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 13 ||
+    if (b->stopped || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 14 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER) {
         bool held = reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0;
         if (held && !b->stopped) {
@@ -1577,7 +1581,10 @@ static void acquire_cb(void *ctx, redisReply *reply)
     log_debug("session=%s brain lease token=%s", b->sid, b->token);
     if (load_session(b, reply) == 0) {
         b->turn_t0 = wp_now_ns();
-        read_new(b);
+        if (reply->element[13]->type == REDIS_REPLY_ARRAY)
+            ingest(b, reply->element[13]);
+        else
+            brain_stop(b, "reading the log failed");
     }
     maybe_free(b);
 }
@@ -1605,8 +1612,8 @@ static void take(struct sched_brains *bs, const char *sid, bool takeover)
     if (takeover)
         sched_metrics_inc(bs->srv->metrics, SCHED_CTR_TAKEOVERS, NULL);
     snprintf(ttl, sizeof(ttl), "%d", bs->srv->cfg.brain_lease_ms);
-    const char *argv[] = { b->key_lease, b->key_obj, ttl };
-    if (wp_redis_script(bs->srv->rds, lua_acquire, acquire_cb, b, 2, 3, argv, NULL) == 0)
+    const char *argv[] = { b->key_lease, b->key_obj, b->key_ev, ttl };
+    if (wp_redis_script(bs->srv->rds, lua_acquire, acquire_cb, b, 3, 4, argv, NULL) == 0)
         b->reading = true;
     else {
         b->stopped = true;
