@@ -189,9 +189,7 @@ done
 curl -s "127.0.0.1:$SPORT/metrics" >"$T/metrics.txt" || true
 
 python3 bench/ttft_report.py "$OUT" "$(uname -r)" "$(nproc)" "$DURATION" "${RUNS[@]}"
-if command -v gnuplot >/dev/null; then
-    (cd "$OUT" && gnuplot ttft.gp) && echo "bench_ttft: plot $OUT/ttft.svg"
-else
-    echo "bench_ttft: gnuplot not installed (apt-get install gnuplot-nox): no plot"
-fi
+# ttft_report.py draws bench/results/ttft.svg itself; ttft.gp is the same
+# plot for gnuplot users (gnuplot ttft.gp -> ttft.svg).
+echo "bench_ttft: plot $OUT/ttft.svg"
 cat "$OUT/ttft.md"

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """ttft_report.py OUT KERNEL CPUS DURATION RUN.json... -> OUT/ttft.json,
-OUT/ttft.md (the README's table) and OUT/ttft.gp (a gnuplot script with
-its data inline, rendered to ttft.svg where gnuplot is installed).
+OUT/ttft.md (the README's table), OUT/ttft.svg (the plot, drawn here with
+the standard library) and OUT/ttft.gp (the same plot for gnuplot).
 Ratios are to the baseline of the same environment and rate."""
 import json
+import math
 import sys
 
 out, kernel, cpus, duration = sys.argv[1:5]
@@ -103,3 +104,53 @@ for e in envs:
 gp.append("unset multiplot")
 open(f"{out}/ttft.gp", "w").write("\n".join(gp) + "\n")
 
+
+# The same plot as SVG without gnuplot (standard library only), so every
+# run leaves a picture: one panel per environment, log-scaled TTFT against
+# the arrival rate, p50 solid and p95 dashed, one colour per mode.
+COLORS = ["#444444", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"]
+W, PH, ML, MR, MT, MB = 1000, 300, 70, 230, 40, 45
+panels = []
+for e in envs:
+    series = []
+    for m in MODES:
+        pts = sorted((r["rate"], r["ttft_ms"].get("p50"), r["ttft_ms"].get("p95"))
+                     for r in runs if r["env"] == e and r["bench_mode"] == m and r["ttft_ms"].get("n"))
+        if pts:
+            series.append((m, pts))
+    if series:
+        panels.append((e, series))
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{PH * max(1, len(panels))}" '
+       'font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="#fff"/>']
+for pi, (e, series) in enumerate(panels):
+    y0 = pi * PH
+    rates = sorted({x for _, pts in series for x, _, _ in pts})
+    vals = [v for _, pts in series for _, a, b in pts for v in (a, b) if v and v > 0]
+    lo, hi = math.log10(min(vals)), math.log10(max(vals))
+    if hi - lo < 0.5:
+        lo, hi = lo - 0.25, hi + 0.25
+    pw, ph = W - ML - MR, PH - MT - MB
+    xs = {x: ML + (pw * i / max(1, len(rates) - 1) if len(rates) > 1 else pw / 2) for i, x in enumerate(rates)}
+    ys = lambda v: y0 + MT + ph * (1 - (math.log10(v) - lo) / (hi - lo))  # noqa: E731
+    svg.append(f'<text x="{ML}" y="{y0 + 22}" font-size="14" font-weight="bold">TTFT, {e} (ms, log scale)</text>')
+    svg.append(f'<rect x="{ML}" y="{y0 + MT}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+    for k in range(int(math.floor(lo)), int(math.ceil(hi)) + 1):
+        for mant in (1, 2, 5):
+            v = mant * 10 ** k
+            if lo <= math.log10(v) <= hi:
+                y = ys(v)
+                svg.append(f'<line x1="{ML}" y1="{y:.1f}" x2="{ML + pw}" y2="{y:.1f}" stroke="#eee"/>')
+                svg.append(f'<text x="{ML - 6}" y="{y + 4:.1f}" text-anchor="end">{v:g}</text>')
+    for x in rates:
+        svg.append(f'<text x="{xs[x]:.1f}" y="{y0 + MT + ph + 16}" text-anchor="middle">{x:g}/s</text>')
+    for si, (m, pts) in enumerate(series):
+        c = COLORS[si % len(COLORS)]
+        for q, dash in ((1, ""), (2, ' stroke-dasharray="6,4"')):
+            p = " ".join(f"{xs[pt[0]]:.1f},{ys(pt[q]):.1f}" for pt in pts if pt[q] and pt[q] > 0)
+            if p:
+                svg.append(f'<polyline points="{p}" fill="none" stroke="{c}" stroke-width="2"{dash}/>')
+        ly = y0 + MT + 18 * si
+        svg.append(f'<line x1="{W - MR + 15}" y1="{ly + 6}" x2="{W - MR + 40}" y2="{ly + 6}" stroke="{c}" stroke-width="2"/>')
+        svg.append(f'<text x="{W - MR + 46}" y="{ly + 10}">{LABEL[m]} (p50 solid, p95 dashed)</text>')
+svg.append("</svg>")
+open(f"{out}/ttft.svg", "w").write("\n".join(svg) + "\n")
