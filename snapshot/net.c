@@ -239,9 +239,13 @@ static int resolve_hosts(const struct snap_network *net, char *elems, size_t eca
         }
         struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM }, *res = NULL;
         int g = getaddrinfo(h, NULL, &hints, &res);
-        if (g != 0)
-            return wp_err_set(err, WP_EINVAL_INPUT, "network: allowed host %s: %s", h,
-                              gai_strerror(g));
+        if (g != 0) {
+            /* Fails closed: the name stays unreachable. A sandbox is not
+             * refused for a resolver's hiccup or a mirror this node lacks. */
+            log_warn("network: allowed host %s does not resolve (%s): not reachable", h,
+                     gai_strerror(g));
+            continue;
+        }
         int k = 0;
         for (struct addrinfo *r = res; r && k < 16; r = r->ai_next, k++) {
             char ip[16];
