@@ -23,7 +23,7 @@ PKGS=(
     build-essential pkg-config clang libclang-rt-14-dev
     libev-dev libhiredis-dev libcurl4-openssl-dev libjansson-dev
     libprotobuf-c-dev criu libcmocka-dev node-llhttp
-    redis-server iptables busybox-static python3 iproute2 procps
+    redis-server iptables nftables busybox-static python3 iproute2 procps
     wrk ca-certificates libssl-dev curl
 )
 

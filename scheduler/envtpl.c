@@ -10,14 +10,21 @@
  * The pool name of an API environment is its id. Only cloud environments
  * are published; self_hosted ones queue work for external workers.
  *
- * Packages: sandboxes of rootfs "host" see the host's /usr read-only and
- * have no network, so nothing can be installed into them. apt packages are
- * accepted and checked at build time on each node against the host's
- * package database (bound read-only at /var/lib/dpkg): a missing package
- * or another version is a build failure naming it. The other managers
- * (pip, npm, cargo, gem, go) need a package index during the build, which
- * sandboxes cannot reach: refused at create time rather than accepted and
- * silently not installed. */
+ * Networking: config.networking becomes the template's "network":
+ * unrestricted -> unrestricted, limited -> limited with allowed_hosts (plus
+ * the package hosts below when allow_package_managers is true). Hosts the
+ * sandbox filter cannot enforce (wildcards, URLs, ports, IPv6) are refused
+ * at create time with the template parser's own message.
+ *
+ * Packages: sandboxes of rootfs "host" see the host's /usr read-only, so
+ * nothing can be installed into it. apt packages are accepted and checked
+ * at build time on each node against the host's package database (bound
+ * read-only at /var/lib/dpkg): a missing package or another version is a
+ * build failure naming it. npm packages are installed during the image
+ * build from the registry (npm -g into /opt/pkgs, on PATH) when the
+ * environment's networking reaches it. pip, cargo, gem, go need an index
+ * the nodes do not reach or a toolchain they lack: refused at create time
+ * rather than accepted and silently not installed. */
 #define WP_LOG_COMPONENT "envtpl"
 #include <ctype.h>
 #include <errno.h>
@@ -35,6 +42,19 @@
 #define HANDS_READY "/run/warmpool/hands.ready"
 #define WORKDIR "/work"
 #define MAX_APT 64
+#define MAX_NPM 64
+#define PKG_PREFIX "/opt/pkgs"
+#define CA_DIR "/etc/ssl/certs"
+#define CA_BUNDLE CA_DIR "/ca-certificates.crt"
+#define MAX_NPM_TEXT 3500 /* the install command is one setup step (< 4096) */
+
+/* Hosts added to a limited environment's allowed_hosts by
+ * allow_package_managers: Debian's archive and security mirror, and the
+ * registries of the managers the API names (those a node cannot resolve
+ * stay unreachable; only npm installs run during the build today). */
+static const char *const pkg_hosts[] = { "deb.debian.org", "security.debian.org",
+                                         "registry.npmjs.org", "pypi.org",
+                                         "files.pythonhosted.org", NULL };
 
 /* Defaults of the policy and limits an environment's metadata may change. */
 #define DEF_MIN_HOT 1
@@ -121,6 +141,74 @@ static const struct meta_key *meta_key(const char *name)
     return NULL;
 }
 
+/* The template's "network" for the environment's config.networking (the
+ * stored, response form: always set on cloud environments). Caller owns. */
+static json_t *network_of(json_t *cfg)
+{
+    json_t *n = json_object_get(cfg, "networking");
+    const char *ty = json_string_value(json_object_get(n, "type"));
+
+    if (!ty)
+        return json_pack("{s:s}", "mode", "none");
+    if (strcmp(ty, "limited") != 0)
+        return json_pack("{s:s}", "mode", "unrestricted");
+    json_t *hosts = json_array(), *e;
+    size_t i;
+    json_array_foreach(json_object_get(n, "allowed_hosts"), i, e)
+        json_array_append(hosts, e);
+    if (json_is_true(json_object_get(n, "allow_package_managers")))
+        for (const char *const *h = pkg_hosts; *h; h++)
+            json_array_append_new(hosts, json_string(*h));
+    return json_pack("{s:s, s:o}", "mode", "limited", "allowed_hosts", hosts);
+}
+
+/* Whether the environment's network reaches the package registries. */
+static bool reaches_registries(json_t *cfg)
+{
+    json_t *n = json_object_get(cfg, "networking");
+    const char *ty = json_string_value(json_object_get(n, "type"));
+    return ty && (strcmp(ty, "unrestricted") == 0 ||
+                  json_is_true(json_object_get(n, "allow_package_managers")));
+}
+
+/* The network settings through the snapshot template parser, so the API
+ * refuses exactly what a node would. NULL when fine, else a message. */
+static const char *network_check(json_t *cfg)
+{
+    json_t *t = json_pack("{s:s, s:s, s:[s], s:o}", "name", "x", "rootfs", "host", "init",
+                          "/x", "network", network_of(cfg));
+    char *s = t ? json_dumps(t, JSON_COMPACT) : NULL;
+    struct snap_template *st = NULL;
+    struct wp_err err;
+    const char *msg = NULL;
+
+    json_decref(t);
+    if (!s)
+        return "could not check networking";
+    if (snap_template_parse(s, strlen(s), &st, &err) < 0) {
+        const char *m = strncmp(err.msg, "template: network.", 18) == 0 ? err.msg + 18 : err.msg;
+        snprintf(msgbuf, sizeof(msgbuf), "networking.%s", m);
+        msg = msgbuf;
+    }
+    snap_template_free(st);
+    free(s);
+    return msg;
+}
+
+/* npm specs: [@scope/]name[@version-or-range], registry names only (no
+ * URLs, paths or git specs), nothing a shell would read. */
+static bool npm_spec_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 214 || s[0] == '.' || s[0] == '-')
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!(islower((unsigned char)s[i]) || isdigit((unsigned char)s[i]) ||
+              strchr("@/._-^~=<>*+", s[i])))
+            return false;
+    return !strstr(s, "..") && !strstr(s, "//");
+}
+
 /* Debian package names (policy 5.6.1), optionally "=version". */
 static bool apt_spec_valid(const char *s)
 {
@@ -185,17 +273,38 @@ const char *sched__envtpl_check(json_t *env)
             continue;
         if (!json_is_array(v) || json_array_size(v) == 0)
             continue;
+        size_t i;
+        json_t *e;
+        if (!strcmp(k, "npm")) {
+            if (!reaches_registries(cfg))
+                return "packages.npm: the registry is reached during the image build, which "
+                       "needs networking unrestricted or limited with allow_package_managers";
+            if (json_array_size(v) > MAX_NPM)
+                return "packages.npm: at most 64 packages";
+            size_t text = 0;
+            json_array_foreach(v, i, e) {
+                text += strlen(json_string_value(e)) + 1;
+                if (text > MAX_NPM_TEXT)
+                    return "packages.npm: the names add up to more than 3500 bytes";
+                if (!npm_spec_valid(json_string_value(e))) {
+                    snprintf(msgbuf, sizeof(msgbuf),
+                             "packages.npm[%zu]: \"%.60s\" is not a registry package name "
+                             "([@scope/]name[@version]; no URLs, paths or git specs)", i,
+                             json_string_value(e));
+                    return msgbuf;
+                }
+            }
+            continue;
+        }
         if (strcmp(k, "apt") != 0) {
             snprintf(msgbuf, sizeof(msgbuf),
-                     "packages.%s: not supported: sandboxes have no network to reach a package "
-                     "index; only apt packages already installed on the nodes' hosts can be "
-                     "provided", k);
+                     "packages.%s: not supported: the nodes reach no %s index or lack its "
+                     "toolchain; apt packages installed on the nodes' hosts and npm packages "
+                     "can be provided", k, k);
             return msgbuf;
         }
         if (json_array_size(v) > MAX_APT)
             return "packages.apt: at most 64 packages";
-        size_t i;
-        json_t *e;
         json_array_foreach(v, i, e) {
             if (!apt_spec_valid(json_string_value(e))) {
                 snprintf(msgbuf, sizeof(msgbuf),
@@ -205,7 +314,7 @@ const char *sched__envtpl_check(json_t *env)
             }
         }
     }
-    return NULL;
+    return network_check(cfg);
 }
 
 /* The setup step that checks one apt package on the node's host: short,
@@ -264,6 +373,31 @@ json_t *sched__envtpl_template(json_t *env, const char *hands_dir, double *min_h
     if (json_array_size(setup) > 0)
         json_array_append_new(binds, json_pack("{s:s, s:s}", "source", "/var/lib/dpkg", "target",
                                                "/var/lib/dpkg"));
+    json_t *cfg = json_object_get(env, "config");
+    json_t *npm = json_object_get(json_object_get(cfg, "packages"), "npm");
+    if (json_array_size(npm) > 0) {
+        /* One npm run for all (validated names: no quoting needed); the
+         * prefix is in the image's writable layer, on every clone's PATH. */
+        char cmd[16384];
+        size_t off = (size_t)snprintf(cmd, sizeof(cmd),
+                                      "npm install -g --prefix " PKG_PREFIX
+                                      " --no-audit --no-fund --no-update-notifier");
+        json_array_foreach(npm, i, e)
+            if (off < sizeof(cmd))
+                off += (size_t)snprintf(cmd + off, sizeof(cmd) - off, " %s", json_string_value(e));
+        json_array_append_new(setup, json_string(cmd));
+        json_object_set_new(t, "env", json_pack("{s:s, s:s, s:s}", "PATH",
+                                                PKG_PREFIX "/bin:/usr/local/sbin:/usr/local/bin:"
+                                                "/usr/sbin:/usr/bin:/sbin:/bin",
+                                                "NODE_PATH", PKG_PREFIX "/lib/node_modules",
+                                                "NODE_EXTRA_CA_CERTS", CA_BUNDLE));
+    }
+    json_t *net = network_of(cfg);
+    /* TLS from a networked sandbox needs the host's CA certificates (public
+     * data; a node behind a TLS-inspecting proxy has its CA there too). */
+    if (strcmp(json_string_value(json_object_get(net, "mode")), "none") != 0)
+        json_array_append_new(binds, json_pack("{s:s, s:s}", "source", CA_DIR, "target", CA_DIR));
+    json_object_set_new(t, "network", net);
     json_object_set_new(t, "binds", binds);
     json_object_set_new(t, "setup", setup);
     return t;

@@ -246,18 +246,28 @@ static void stage1(const struct snap_template *t, const char *root, const char *
 
 /* The middle process: joins the cgroup, unshares, forks stage 1, exits. */
 static void middle(struct snap_ctx *ctx, const struct snap_template *t,
-                   const struct snap_sandbox *sb, bool host_root, int st, int prog)
+                   const struct snap_sandbox *sb, bool host_root, int slot, int st, int prog)
 {
+    struct snap__net_fds nf = { -1, -1 };
     struct wp_err err;
+    char devdir[600], msg[300];
     pid_t pid;
-
-    char devdir[600];
 
     snprintf(devdir, sizeof(devdir), "%s/dev", sb->dir);
     if (snap__cg_enter(ctx, sb->id, getpid(), &err) < 0)
         FAIL(st, "%s", err.msg);
+    /* Sockets of the host's namespace, kept across the unshare: the veth's
+     * host end is made and configured through them. */
+    if (slot >= 0 && snap__net_host_fds(&nf) < 0)
+        FAIL(st, "network: host sockets: %s", strerror(errno));
     if (unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID) < 0)
         FAIL(st, "unshare namespaces: %s", strerror(errno));
+    /* Before stage 1, so setup commands (the image build) have it. */
+    if (slot >= 0) {
+        if (snap__net_attach(slot, &nf, msg, sizeof(msg)) < 0)
+            FAIL(st, "%s", msg);
+        snap__net_close_fds(&nf);
+    }
     pid = fork();
     if (pid < 0)
         FAIL(st, "fork stage 1: %s", strerror(errno));
@@ -375,7 +385,7 @@ int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *i
     bool host_root = strcmp(t->rootfs, "host") == 0;
     uint64_t t0 = wp_now_ns();
     pid_t mid;
-    int rc;
+    int rc, slot = -1;
 
     if (id && !snap_name_valid(id))
         return wp_err_set(err, WP_EINVAL_INPUT, "boot: bad sandbox id \"%s\"", id);
@@ -393,7 +403,8 @@ int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *i
     snprintf(lower, sizeof(lower), "%s", host_root ? ctx->host_layer : t->rootfs);
     if ((rc = snap__make_dev(sb, err)) < 0 || (rc = snap__mount_overlay(sb, lower, err)) < 0 ||
         (rc = snap__cg_create(ctx, sb->id, &t->limits, err)) < 0 ||
-        (rc = snap__meta_write(ctx, sb, "boot", err)) < 0)
+        (rc = snap__meta_write(ctx, sb, "boot", err)) < 0 ||
+        (rc = snap__net_prepare(ctx, sb, &t->network, &slot, err)) < 0)
         goto fail;
     if (pipe2(st, O_CLOEXEC) < 0 || pipe2(prog, O_CLOEXEC) < 0) {
         rc = wp_err_errno(err, "pipe");
@@ -411,7 +422,7 @@ int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *i
         dup3(prog[1], keep_prog, O_CLOEXEC);
         syscall(SYS_close_range, 3u, (unsigned)keep_st - 1, 0u);
         wp_close_fds_from(keep_prog + 1);
-        middle(ctx, t, sb, host_root, keep_st, keep_prog);
+        middle(ctx, t, sb, host_root, slot, keep_st, keep_prog);
     }
     close(st[1]);
     close(prog[1]);

@@ -48,6 +48,7 @@ struct manifest {
     int n_binds;
     char bind_source[SNAP_MAX_BINDS][512];
     struct snap_limits limits;
+    struct snap_network net;
 };
 
 static int manifest_load(struct snap_ctx *ctx, const char *name, struct manifest *m,
@@ -87,6 +88,10 @@ static int manifest_load(struct snap_ctx *ctx, const char *name, struct manifest
             goto out;
         }
         strcpy(m->bind_source[m->n_binds++], json_string_value(v));
+    }
+    if ((rc = snap__template_network(json_object_get(o, "template"), &m->net, err)) < 0) {
+        wp_err_wrap(err, "%s", path);
+        goto out;
     }
     lim = json_object_get(json_object_get(o, "template"), "limits");
     v = json_object_get(lim, "memory_mb");
@@ -217,8 +222,10 @@ static int new_netns(int out)
 
 /* The helper: never returns. Reports "pid N [lazy M]" or "fail text". */
 static void helper(struct snap_ctx *ctx, const char *name, const struct manifest *m,
-                   const struct snap_sandbox *sb, bool lazy, int out)
+                   const struct snap_sandbox *sb, bool lazy, int slot, int out)
 {
+    struct snap__net_fds nf = { -1, -1 };
+    char nmsg[300];
     char images[700], log[700], excerpt[700];
     struct wp_err err;
     criu_opts *opts = NULL;
@@ -246,9 +253,23 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
         _exit(1);
     /* A new network namespace with only loopback, made here and handed to
      * criu: restoring the template's (ip and iptables runs) costs more. */
+    if (slot >= 0 && snap__net_host_fds(&nf) < 0) {
+        hwrite(out, "fail network: host sockets: %s", strerror(errno));
+        _exit(1);
+    }
     int nfd = new_netns(out);
     if (nfd < 0)
         _exit(1);
+    /* The clone's own veth and address (its slot), in place before criu
+     * starts: the restored tasks find eth0 configured, never the image's
+     * address (the namespace is external to the image). */
+    if (slot >= 0) {
+        if (snap__net_attach(slot, &nf, nmsg, sizeof(nmsg)) < 0) {
+            hwrite(out, "fail %s", nmsg);
+            _exit(1);
+        }
+        snap__net_close_fds(&nf);
+    }
     if (criu_local_init_opts(&opts) < 0) {
         hwrite(out, "fail criu: cannot allocate options");
         _exit(1);
@@ -319,7 +340,9 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
     uint64_t t0 = wp_now_ns();
     bool lazy = ro && ro->lazy;
     pid_t hpid;
+    int slot = -1;
 
+    memset(&m, 0, sizeof(m));
     if (!snap_name_valid(name))
         return wp_err_set(err, WP_EINVAL_INPUT, "bad image name \"%s\"", name);
     if (ro && ro->id && !snap_name_valid(ro->id))
@@ -333,6 +356,7 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
     if (!job || !sb) {
         free(job);
         free(sb);
+        snap__network_free(&m.net);
         return wp_err_set(err, -ENOMEM, "out of memory");
     }
     snprintf(sb->image, sizeof(sb->image), "%s", name);
@@ -343,12 +367,14 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
     if ((rc = snap__sandbox_dirs(ctx, sb->id, sb, err)) < 0) {
         free(sb);
         free(job);
+        snap__network_free(&m.net);
         return wp_err_wrap(err, "restore %s", name);
     }
     snprintf(lowers, sizeof(lowers), "%s/images/%s/layer:%s", ctx->state_dir, name, m.lower);
     if ((rc = snap__make_dev(sb, err)) < 0 || (rc = snap__mount_overlay(sb, lowers, err)) < 0 ||
         (rc = snap__cg_create(ctx, sb->id, &m.limits, err)) < 0 ||
-        (rc = snap__meta_write(ctx, sb, "clone", err)) < 0)
+        (rc = snap__meta_write(ctx, sb, "clone", err)) < 0 ||
+        (rc = snap__net_prepare(ctx, sb, &m.net, &slot, err)) < 0)
         goto fail;
     if (pipe2(pfd, O_CLOEXEC) < 0) {
         rc = wp_err_errno(err, "pipe");
@@ -361,7 +387,7 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
     }
     if (hpid == 0) {
         close(pfd[0]);
-        helper(ctx, name, &m, sb, lazy, pfd[1]);
+        helper(ctx, name, &m, sb, lazy, slot, pfd[1]);
     }
     close(pfd[1]);
     job->sb = sb;
@@ -371,6 +397,7 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
     sb->prep_ms = (double)(wp_now_ns() - t0) / 1e6;
     job->lazy = lazy;
     *out = job;
+    snap__network_free(&m.net);
     return 0;
 fail:
     if (pfd[0] >= 0)
@@ -380,6 +407,7 @@ fail:
     snap__teardown(ctx, sb->id, 0, NULL);
     free(sb);
     free(job);
+    snap__network_free(&m.net);
     return wp_err_wrap(err, "restore %s", name);
 }
 

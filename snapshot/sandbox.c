@@ -422,6 +422,11 @@ int snap__teardown(struct snap_ctx *ctx, const char *id, pid_t init_pid, struct 
     r = snap__cg_destroy(ctx, id, err);
     if (r < 0 && rc == 0)
         rc = r;
+    /* Its veth went with its namespace; the nft objects and the address
+     * slot are released here (the record is in the dir removed below). */
+    r = snap__net_release(ctx, id, rc == 0 ? err : NULL);
+    if (r < 0 && rc == 0)
+        rc = r;
     r = unmount_under(dir, rc == 0 ? err : NULL);
     if (r < 0 && rc == 0)
         rc = r;
@@ -545,6 +550,9 @@ int snap_gc(struct snap_ctx *ctx, struct wp_err *err)
         }
         closedir(d);
     }
+    /* Address slots and nft objects of sandboxes whose dir is gone (a
+     * crash between removing the dir and releasing them, any state dir). */
+    cleaned += snap__net_sweep();
     return cleaned;
 }
 

@@ -73,6 +73,34 @@ void snap__gen_id(const char *prefix, char *out, size_t cap);
  * the first one's id into first. */
 int snap__image_users(struct snap_ctx *ctx, const char *image, char *first, size_t cap);
 
+/* net.c: networked sandboxes (see its header comment). Prepare runs in
+ * the caller after the overlay is mounted: a machine-wide address slot
+ * (recorded in the sandbox dir), the nft rules, resolv.conf/hosts in the
+ * root; *slot = -1 for mode none. Attach runs in the child that made the
+ * sandbox's network namespace (boot's middle, restore's helper), with
+ * sockets it opened in the host's namespace before unsharing: the veth,
+ * addresses, default route; on failure msg says why. Release (teardown)
+ * undoes prepare; a slot whose file no longer names this sandbox is left
+ * alone. Sweep (gc) releases slots whose sandbox dir is gone. */
+struct snap__net_fds {
+    int nl;   /* NETLINK_ROUTE socket in the host's namespace */
+    int inet; /* AF_INET socket in the host's namespace, for ioctls */
+};
+int snap__net_prepare(struct snap_ctx *ctx, const struct snap_sandbox *sb,
+                      const struct snap_network *net, int *slot, struct wp_err *err);
+int snap__net_host_fds(struct snap__net_fds *f);
+void snap__net_close_fds(struct snap__net_fds *f);
+int snap__net_attach(int slot, struct snap__net_fds *f, char *msg, size_t cap);
+int snap__net_release(struct snap_ctx *ctx, const char *id, struct wp_err *err);
+int snap__net_sweep(void);
+/* Host and sandbox addresses of a slot, dotted quads. */
+void snap__net_addrs(int slot, char host[16], char sbx[16]);
+
+/* template.c: the "network" field of a template object (a manifest's). */
+struct json_t;
+int snap__template_network(struct json_t *tmpl, struct snap_network *net, struct wp_err *err);
+void snap__network_free(struct snap_network *net);
+
 /* criu.c: the last lines of a criu log, for error messages. */
 void snap__log_excerpt(const char *path, char *out, size_t cap);
 uint64_t snap__du(const char *path);

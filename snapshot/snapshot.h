@@ -28,12 +28,28 @@ struct snap_limits {
 };
 
 #define SNAP_MAX_BINDS 8
+#define SNAP_MAX_ALLOWED_HOSTS 64
+
+/* A sandbox's network (template "network"). none: loopback only (the
+ * default: no host network unless configured). unrestricted: a veth to the
+ * host and NAT to the outside, except private, link-local and the host's
+ * own addresses. limited: the same, but only DNS and allowed_hosts
+ * (hostnames resolved when the sandbox is set up, IPv4 addresses or
+ * IPv4/prefix) are reachable. See ARCHITECTURE.md (snapshot/, Network). */
+enum snap_net_mode { SNAP_NET_NONE = 0, SNAP_NET_UNRESTRICTED, SNAP_NET_LIMITED };
+struct snap_network {
+    enum snap_net_mode mode;
+    int n_hosts;
+    char **hosts; /* allowed_hosts (limited only); owned by the template */
+};
 
 /* An environment template. Loaded from JSON (see ARCHITECTURE.md):
  *   {"name": "py", "rootfs": "host" | "/dir", "init": ["/bin/sh","-c","..."],
  *    "env": {"K": "V"}, "workdir": "/work", "hostname": "sandbox",
  *    "limits": {"memory_mb": 512, "pids": 256, "cpu": 1.0},
- *    "setup": ["cmd", ...], "ready_file": "/tmp/ready", "ready_timeout_s": 30}
+ *    "setup": ["cmd", ...], "ready_file": "/tmp/ready", "ready_timeout_s": 30,
+ *    "network": {"mode": "none" | "unrestricted" | "limited",
+ *                "allowed_hosts": ["deb.debian.org", "203.0.113.7", "198.18.0.0/24"]}}
  * Owned by whoever loaded it; free with snap_template_free(). */
 struct snap_template {
     char *name;
@@ -55,6 +71,7 @@ struct snap_template {
      * binary, datasets): "binds": [{"source": "/host", "target": "/in"}] */
     int n_binds;
     struct snap_bind { char *source, *target; } binds[SNAP_MAX_BINDS];
+    struct snap_network network;
     char digest[65];    /* sha256 of the canonical JSON, hex */
 };
 

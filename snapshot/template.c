@@ -2,6 +2,7 @@
 #define WP_LOG_COMPONENT "snap"
 #include "snap_int.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
 #include <openssl/evp.h>
@@ -26,7 +27,7 @@
 
 static const char *known_keys[] = { "name", "rootfs", "init", "env", "workdir", "hostname",
                                     "limits", "setup", "ready_file", "ready_timeout_s", "binds", "ksm",
-                                    NULL };
+                                    "network", NULL };
 
 bool snap_name_valid(const char *s)
 {
@@ -53,6 +54,7 @@ void snap_template_free(struct snap_template *t)
     free(t->workdir);
     free(t->hostname);
     free(t->ready_file);
+    snap__network_free(&t->network);
     for (int i = 0; i < t->n_binds; i++) {
         free(t->binds[i].source);
         free(t->binds[i].target);
@@ -218,6 +220,133 @@ static int get_binds(json_t *o, struct snap_template *t, struct wp_err *err)
     return 0;
 }
 
+/* An allowed host: a hostname (LDH labels), an IPv4 address, or
+ * IPv4/prefix. Everything the nft set cannot hold is refused by name. */
+static int check_host(size_t i, const char *h, struct wp_err *err)
+{
+    const char *slash = strchr(h, '/');
+    struct in_addr a;
+    size_t n = strlen(h), label = 0;
+
+    if (h[0] == '*')
+        return wp_err_set(err, WP_EINVAL_INPUT,
+                          "template: network.allowed_hosts[%zu] \"%s\": wildcards cannot be "
+                          "enforced by address; name each host", i, h);
+    if (slash) {
+        char ip[16], *end;
+        long p;
+        if ((size_t)(slash - h) >= sizeof(ip))
+            goto bad;
+        memcpy(ip, h, slash - h);
+        ip[slash - h] = '\0';
+        errno = 0;
+        p = strtol(slash + 1, &end, 10);
+        if (inet_pton(AF_INET, ip, &a) != 1 || !slash[1] || *end || errno || p < 0 || p > 32)
+            goto bad;
+        return 0;
+    }
+    if (inet_pton(AF_INET, h, &a) == 1)
+        return 0;
+    if (n == 0 || n > 253)
+        goto bad;
+    for (size_t k = 0; k <= n; k++) {
+        char c = h[k];
+        if (c == '.' || c == '\0') {
+            if (label == 0 || h[k - 1] == '-')
+                goto bad;
+            label = 0;
+            continue;
+        }
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  (c == '-' && label > 0);
+        if (!ok || ++label > 63)
+            goto bad;
+    }
+    return 0;
+bad:
+    return wp_err_set(err, WP_EINVAL_INPUT,
+                      "template: network.allowed_hosts[%zu] \"%.100s\" must be a bare hostname, "
+                      "an IPv4 address or IPv4/prefix (no URL, port, path, wildcard or IPv6)", i, h);
+}
+
+static int get_network(json_t *o, struct snap_network *net, struct wp_err *err)
+{
+    json_t *v = json_object_get(o, "network"), *m, *hosts, *h;
+    const char *k;
+    size_t i;
+    int rc;
+
+    if (!v)
+        return 0;
+    if (!json_is_object(v))
+        return wp_err_set(err, WP_EINVAL_INPUT, "template: \"network\" must be an object");
+    json_object_foreach(v, k, h) {
+        if (strcmp(k, "mode") && strcmp(k, "allowed_hosts"))
+            return wp_err_set(err, WP_EINVAL_INPUT,
+                              "template: unknown network field \"%s\" (mode, allowed_hosts)", k);
+    }
+    m = json_object_get(v, "mode");
+    if (!json_is_string(m))
+        return wp_err_set(err, WP_EINVAL_INPUT,
+                          "template: network.mode must be \"none\", \"unrestricted\" or \"limited\"");
+    if (!strcmp(json_string_value(m), "none"))
+        net->mode = SNAP_NET_NONE;
+    else if (!strcmp(json_string_value(m), "unrestricted"))
+        net->mode = SNAP_NET_UNRESTRICTED;
+    else if (!strcmp(json_string_value(m), "limited"))
+        net->mode = SNAP_NET_LIMITED;
+    else
+        return wp_err_set(err, WP_EINVAL_INPUT,
+                          "template: network.mode \"%.64s\" must be \"none\", \"unrestricted\" or "
+                          "\"limited\"", json_string_value(m));
+    hosts = json_object_get(v, "allowed_hosts");
+    if (!hosts)
+        return 0;
+    if (net->mode != SNAP_NET_LIMITED)
+        return wp_err_set(err, WP_EINVAL_INPUT,
+                          "template: network.allowed_hosts is only for mode \"limited\"");
+    if (!json_is_array(hosts) || json_array_size(hosts) > SNAP_MAX_ALLOWED_HOSTS)
+        return wp_err_set(err, WP_EINVAL_INPUT,
+                          "template: network.allowed_hosts must be an array of at most %d strings",
+                          SNAP_MAX_ALLOWED_HOSTS);
+    net->hosts = calloc(json_array_size(hosts) + 1, sizeof(char *));
+    if (!net->hosts)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    json_array_foreach(hosts, i, h) {
+        if (!json_is_string(h) || strlen(json_string_value(h)) != json_string_length(h))
+            return wp_err_set(err, WP_EINVAL_INPUT,
+                              "template: network.allowed_hosts[%zu] must be a string", i);
+        if ((rc = check_host(i, json_string_value(h), err)) < 0)
+            return rc;
+        net->hosts[i] = strdup(json_string_value(h));
+        if (!net->hosts[i])
+            return wp_err_set(err, -ENOMEM, "out of memory");
+        net->n_hosts = (int)i + 1; /* freed with the template from here */
+    }
+    return 0;
+}
+
+int snap__template_network(json_t *tmpl, struct snap_network *net, struct wp_err *err)
+{
+    int rc;
+
+    memset(net, 0, sizeof(*net));
+    if (!json_is_object(tmpl))
+        return 0;
+    rc = get_network(tmpl, net, err);
+    if (rc < 0)
+        snap__network_free(net);
+    return rc;
+}
+
+void snap__network_free(struct snap_network *net)
+{
+    for (int i = 0; i < net->n_hosts; i++)
+        free(net->hosts[i]);
+    free(net->hosts);
+    memset(net, 0, sizeof(*net));
+}
+
 static int check_abs_path(const char *what, const char *p, struct wp_err *err)
 {
     if (p[0] != '/' || strstr(p, "/../") || (strlen(p) >= 3 && !strcmp(p + strlen(p) - 3, "/..")))
@@ -282,7 +411,8 @@ int snap_template_parse(const char *json, size_t len, struct snap_template **out
         (rc = get_str(root, "hostname", false, &t->hostname, err)) < 0 ||
         (rc = get_strv(root, "setup", false, &t->setup, err)) < 0 ||
         (rc = get_str(root, "ready_file", false, &t->ready_file, err)) < 0 ||
-        (rc = get_limits(root, &t->limits, err)) < 0 || (rc = get_binds(root, t, err)) < 0)
+        (rc = get_limits(root, &t->limits, err)) < 0 || (rc = get_binds(root, t, err)) < 0 ||
+        (rc = get_network(root, &t->network, err)) < 0)
         goto out;
     if (!snap_name_valid(t->name)) {
         rc = wp_err_set(err, WP_EINVAL_INPUT, "template: name \"%s\" must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}",
@@ -404,6 +534,14 @@ char *snap__template_json(const struct snap_template *t)
             json_array_append_new(binds, json_pack("{s:s, s:s}", "source", t->binds[i].source,
                                                    "target", t->binds[i].target));
         json_object_set_new(o, "binds", binds);
+    }
+    /* Only when set, so templates without it keep their digests. */
+    if (t->network.mode != SNAP_NET_NONE) {
+        static const char *const modes[] = { "none", "unrestricted", "limited" };
+        json_t *net = json_pack("{s:s}", "mode", modes[t->network.mode]);
+        if (t->network.mode == SNAP_NET_LIMITED)
+            json_object_set_new(net, "allowed_hosts", strv_json(t->network.hosts));
+        json_object_set_new(o, "network", net);
     }
     s = json_dumps(o, JSON_SORT_KEYS | JSON_COMPACT);
     json_decref(o);

@@ -412,6 +412,19 @@ static void bad_config_is_refused_and_nothing_stored(void **state)
           "must not exceed" },
         { "{\"name\":\"b\",\"metadata\":{\"warmpool.cpu\":\"0\"}}", "warmpool.cpu must be a number" },
         { "{\"name\":\"b\",\"metadata\":{\"warmpool.colour\":\"red\"}}", "unknown warmpool key" },
+        { "{\"name\":\"b\",\"config\":{\"type\":\"cloud\",\"networking\":{\"type\":\"limited\","
+          "\"allowed_hosts\":[\"*.example.com\"]}}}",
+          "networking.allowed_hosts[0] \"*.example.com\": wildcards cannot be enforced" },
+        { "{\"name\":\"b\",\"config\":{\"type\":\"cloud\",\"networking\":{\"type\":\"limited\","
+          "\"allowed_hosts\":[\"example.com\",\"https://example.com/x\"]}}}",
+          "networking.allowed_hosts[1] \"https://example.com/x\" must be a bare hostname" },
+        { "{\"name\":\"b\",\"config\":{\"type\":\"cloud\",\"networking\":{\"type\":\"limited\","
+          "\"allowed_hosts\":[\"2001:db8::1\"]}}}", "no URL, port, path, wildcard or IPv6" },
+        { "{\"name\":\"b\",\"config\":{\"type\":\"cloud\",\"networking\":{\"type\":\"limited\","
+          "\"allow_package_managers\":true},\"packages\":{\"npm\":[\"git+https://x/y.git\"]}}}",
+          "is not a registry package name" },
+        { "{\"name\":\"b\",\"config\":{\"type\":\"cloud\",\"packages\":{\"cargo\":[\"serde\"]}}}",
+          "packages.cargo: not supported" },
     };
     char before_tpls[64], before_keys[64], out[64];
     (void)state;
@@ -441,6 +454,45 @@ static void bad_config_is_refused_and_nothing_stored(void **state)
     rcli(out, sizeof(out), "dbsize");
     /* Nothing stored but rate-limit counters (one key per minute). */
     assert_true(atoi(out) <= atoi(before_keys) + 1);
+}
+
+/* config.networking reaches the template, the image build installs npm
+ * packages from the registry (limited + allow_package_managers), and the
+ * sandbox has its veth. */
+static void networking_maps_to_the_template_and_npm_installs(void **state)
+{
+    char args[200], out[4096], id[64], path[160];
+    (void)state;
+
+    json_t *e = call("POST", "/v1/environments",
+                     "{\"name\":\"net\",\"config\":{\"type\":\"cloud\",\"networking\":"
+                     "{\"type\":\"limited\",\"allowed_hosts\":[\"198.18.0.0/24\"],"
+                     "\"allow_package_managers\":true},\"packages\":{\"npm\":[\"is-number@7.0.0\"]}},"
+                     "\"metadata\":{\"warmpool.min_hot\":\"1\",\"warmpool.max_hot\":\"1\"}}",
+                     200);
+    snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(e, "id")));
+    json_decref(e);
+    snprintf(args, sizeof(args), "hget 'wp:tpl:{%s}' template", id);
+    rcli(out, sizeof(out), args);
+    json_t *t = json_loads(out, 0, NULL);
+    assert_non_null(t);
+    json_t *net = json_object_get(t, "network");
+    assert_string_equal(json_string_value(json_object_get(net, "mode")), "limited");
+    char *hosts = json_dumps(json_object_get(net, "allowed_hosts"), JSON_COMPACT);
+    assert_non_null(strstr(hosts, "\"198.18.0.0/24\""));
+    assert_non_null(strstr(hosts, "\"registry.npmjs.org\""));
+    assert_non_null(strstr(hosts, "\"deb.debian.org\""));
+    free(hosts);
+    json_decref(t);
+    snprintf(args, sizeof(args), "hget 'wp:tpl:{%s}' build:n1", id);
+    if (th_sh(out, sizeof(out), "getent hosts registry.npmjs.org >/dev/null") == 0) {
+        assert_true(wait_for(args, "ready", 120));
+        assert_true(wait_hot(id, 1, 60));
+        assert_string_equal(run_in(id, "node -e \"console.log(require('is-number')(5))\""), "true");
+        assert_string_equal(run_in(id, "grep -c eth0 /proc/net/dev"), "1");
+    }
+    snprintf(path, sizeof(path), "/v1/environments/%s", id);
+    json_decref(call("DELETE", path, NULL, 200));
 }
 
 static void unsatisfiable_apt_package_fails_the_build_visibly(void **state)
@@ -480,6 +532,7 @@ int main(void)
         cmocka_unit_test(delete_stops_serving_and_destroys_clones),
         cmocka_unit_test(bad_config_is_refused_and_nothing_stored),
         cmocka_unit_test(unsatisfiable_apt_package_fails_the_build_visibly),
+        cmocka_unit_test(networking_maps_to_the_template_and_npm_installs),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
