@@ -31,6 +31,7 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->drain_timeout = 10;
     cfg->max_conns = 10000;
     sched_model_config_defaults(&cfg->model);
+    cfg->api_network = SCHED_NET_UNRESTRICTED;
     cfg->brain = -1;
     cfg->brain_lease_ms = 6000;
     cfg->brain_linger_s = 300;
@@ -126,6 +127,9 @@ static void usage(void)
            "  --brain-linger SECS      an idle session keeps its brain and sandbox (300)\n"
            "  --max-tokens N           max_tokens of model requests (8192)\n"
            "  --max-model-rounds N     model requests in one turn (100)\n"
+           "  --api-network MAX        the most network an API environment gets: unrestricted\n"
+           "                           (default: as the API says), limited (unrestricted becomes\n"
+           "                           limited with no hosts), none (loopback only)\n"
            "  --hands-dir DIR          directory with warmpool-hands on the nodes, bound at /.wp\n"
            "                           in API environments' templates (default: this binary's)\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
@@ -270,6 +274,17 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
             return wp_err_set(err, WP_ECONFIG, "--metrics-token wants 1-256 characters");
         sched__sha256(val, strlen(val), cfg->metrics_token_sha256);
         cfg->metrics_token_set = true;
+        return 0;
+    }
+    if (!strcmp(name, "api-network")) {
+        if (!strcmp(val, "none"))
+            cfg->api_network = SCHED_NET_NONE;
+        else if (!strcmp(val, "limited"))
+            cfg->api_network = SCHED_NET_LIMITED;
+        else if (!strcmp(val, "unrestricted"))
+            cfg->api_network = SCHED_NET_UNRESTRICTED;
+        else
+            return wp_err_set(err, WP_ECONFIG, "--api-network wants none, limited or unrestricted");
         return 0;
     }
     if (!strcmp(name, "brain")) {

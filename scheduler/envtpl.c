@@ -336,6 +336,21 @@ static json_t *apt_step(const char *spec)
     return json_string(cmd);
 }
 
+json_t *sched__envtpl_cap_network(json_t *env, int cap)
+{
+    json_t *cfg = json_object_get(env, "config"), *n = json_object_get(cfg, "networking");
+    const char *ty = json_string_value(json_object_get(n, "type"));
+    if (cap >= SCHED_NET_UNRESTRICTED || !ty || !json_is_object(cfg))
+        return env;
+    if (cap == SCHED_NET_NONE)
+        json_object_set_new(cfg, "networking", json_object()); /* no type: no network */
+    else if (strcmp(ty, "unrestricted") == 0)
+        json_object_set_new(cfg, "networking", json_pack("{s:s, s:[], s:b, s:b}", "type", "limited",
+                                                         "allowed_hosts", "allow_mcp_servers", 0,
+                                                         "allow_package_managers", 0));
+    return env;
+}
+
 json_t *sched__envtpl_template(json_t *env, const char *hands_dir, double *min_hot,
                                double *max_hot)
 {
@@ -461,7 +476,8 @@ void sched__envtpl_publish(struct sched_req *req, json_t *env)
         sched__envtpl_withdraw(req, env);
         return;
     }
-    json_t *t = sched__envtpl_template(env, req->srv->cfg.hands_dir, &min_hot, &max_hot);
+    json_t *t = sched__envtpl_template(sched__envtpl_cap_network(env, req->srv->cfg.api_network),
+                                       req->srv->cfg.hands_dir, &min_hot, &max_hot);
     char *s = t ? json_dumps(t, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(t);
     if (!s || sched__env_pool_name(json_string_value(json_object_get(env, "id")), name,

@@ -23,6 +23,8 @@ struct sched_org_key {
     unsigned char key_sha256[32]; /* only the hash of the key is kept */
 };
 
+enum { SCHED_NET_NONE, SCHED_NET_LIMITED, SCHED_NET_UNRESTRICTED };
+
 struct sched_config {
     char listen_host[64];
     int listen_port;
@@ -54,6 +56,7 @@ struct sched_config {
     double brain_linger_s;   /* an idle session keeps its brain and sandbox this long */
     int max_tokens;          /* max_tokens of each model request */
     int max_model_rounds;    /* model requests in one turn before it is stopped */
+    int api_network;         /* most network an API environment gets: SCHED_NET_* */
     char hands_dir[256];     /* directory holding warmpool-hands on the nodes (bound at
                                 /.wp in API environments' templates) */
 };

@@ -390,6 +390,11 @@ int sched__env_pool_of(json_t *env, char *out, size_t cap);
 const char *sched__envtpl_check(json_t *env);
 /* The snapshot template (caller owns) and the policy of a stored cloud
  * environment, or NULL. */
+/* The operator's cap on what API environments' networking becomes
+ * (--api-network): none drops it, limited turns unrestricted into limited
+ * with no hosts. Changes env's config in place (the caller's copy, about
+ * to be published) and returns env. */
+json_t *sched__envtpl_cap_network(json_t *env, int cap);
 json_t *sched__envtpl_template(json_t *env, const char *hands_dir, double *min_hot,
                                double *max_hot);
 /* req->after hooks: publish a stored cloud environment (template +

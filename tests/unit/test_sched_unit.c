@@ -363,6 +363,25 @@ static void env_pool_names_and_templates(void **state)
     assert_non_null(sched__envtpl_check(ov));
     json_decref(ov);
 
+    /* The operator's cap on API networking (--api-network). */
+    json_t *net = json_loads("{\"id\":\"env_n1\",\"config\":{\"type\":\"cloud\",\"networking\":"
+                             "{\"type\":\"unrestricted\"}}}", 0, NULL);
+    double a, z;
+    json_t *tn = sched__envtpl_template(net, "/opt/wp", &a, &z);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(tn, "network"), "mode")),
+                        "unrestricted");
+    json_decref(tn);
+    tn = sched__envtpl_template(sched__envtpl_cap_network(net, SCHED_NET_LIMITED), "/opt/wp", &a, &z);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(tn, "network"), "mode")),
+                        "limited");
+    assert_int_equal(json_array_size(json_object_get(json_object_get(tn, "network"), "allowed_hosts")), 0);
+    json_decref(tn);
+    tn = sched__envtpl_template(sched__envtpl_cap_network(net, SCHED_NET_NONE), "/opt/wp", &a, &z);
+    json_t *mode = json_object_get(json_object_get(tn, "network"), "mode");
+    assert_true(!mode || !strcmp(json_string_value(mode), "none"));
+    json_decref(tn);
+    json_decref(net);
+
     /* Metadata and apt packages shape the template; policy comes apart. */
     json_t *env = json_loads("{\"id\":\"env_x1\",\"config\":{\"type\":\"cloud\",\"packages\":"
                              "{\"apt\":[\"jq\",\"curl=7.88.1-10\"]}},\"metadata\":"
