@@ -1661,11 +1661,26 @@ static void worker_fatal(void *ctx, const struct wp_err *err)
     stop_cb(n->loop, &n->sigterm, 0);
 }
 
+/* A stop asked for before the loop's watchers exist (during start-up gc,
+ * which must not be cut short: a sandbox half destroyed keeps its
+ * processes and mounts) is remembered and served once they do. */
+static volatile sig_atomic_t early_stop;
+
+static void early_stop_handler(int sig)
+{
+    early_stop = sig;
+}
+
 int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
 {
     struct snap_config sc = { .state_dir = cfg->state_dir };
     struct node *n;
     int rc;
+    struct sigaction sa = { .sa_handler = early_stop_handler };
+
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
 
     n = calloc(1, sizeof(*n));
     if (!n)
@@ -1729,6 +1744,8 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     n->sigterm.data = n->sigint.data = n;
     ev_signal_start(n->loop, &n->sigterm);
     ev_signal_start(n->loop, &n->sigint);
+    if (early_stop)
+        ev_feed_signal_event(n->loop, early_stop);
     ev_child_init(&n->child, child_cb, 0, 0);
     n->child.data = n;
     ev_child_start(n->loop, &n->child);

@@ -175,9 +175,16 @@ static int group_teardown(void **state)
     if (RC)
         redisFree(RC);
     th_redis_stop(&R);
+    /* Every node stopped: nothing any of them made may be left, whatever
+     * the tests did to them (kill -9, a stop during start-up). */
+    char out[64];
+    th_sh(out, sizeof(out), "mount | grep -c '%s/' || true", DIR_);
+    int mounts = atoi(out);
+    if (mounts)
+        fprintf(stderr, "leak: %d mounts under %s\n", mounts, DIR_);
     th_rmtree(DIR_);
     free(DIR_);
-    return 0;
+    return mounts ? -1 : 0;
 }
 
 /* ---- an event loop driving claims to completion ---- */
