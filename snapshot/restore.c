@@ -222,8 +222,9 @@ static int new_netns(int out)
 
 /* The helper: never returns. Reports "pid N [lazy M]" or "fail text". */
 static void helper(struct snap_ctx *ctx, const char *name, const struct manifest *m,
-                   const struct snap_sandbox *sb, bool lazy, int slot, int out)
+                   const struct snap_sandbox *sb, bool lazy, int out)
 {
+    int slot = -1;
     struct snap__net_fds nf = { -1, -1 };
     char nmsg[300];
     char images[700], log[700], excerpt[700];
@@ -233,6 +234,13 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
     pid_t lazy_pid = 0;
 
     if (snap__cg_enter(ctx, sb->id, getpid(), &err) < 0) {
+        hwrite(out, "fail %s", err.msg);
+        _exit(1);
+    }
+    /* The network's slot, rules and files: here, not in the caller, whose
+     * event loop must not wait for DNS or nft. A failure is the restore's;
+     * destroying the sandbox releases the slot (by the sandbox's id). */
+    if (snap__net_prepare(ctx, sb, &m->net, &slot, &err) < 0) {
         hwrite(out, "fail %s", err.msg);
         _exit(1);
     }
@@ -340,7 +348,6 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
     uint64_t t0 = wp_now_ns();
     bool lazy = ro && ro->lazy;
     pid_t hpid;
-    int slot = -1;
 
     memset(&m, 0, sizeof(m));
     if (!snap_name_valid(name))
@@ -373,8 +380,7 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
     snprintf(lowers, sizeof(lowers), "%s/images/%s/layer:%s", ctx->state_dir, name, m.lower);
     if ((rc = snap__make_dev(sb, err)) < 0 || (rc = snap__mount_overlay(sb, lowers, err)) < 0 ||
         (rc = snap__cg_create(ctx, sb->id, &m.limits, err)) < 0 ||
-        (rc = snap__meta_write(ctx, sb, "clone", err)) < 0 ||
-        (rc = snap__net_prepare(ctx, sb, &m.net, &slot, err)) < 0)
+        (rc = snap__meta_write(ctx, sb, "clone", err)) < 0)
         goto fail;
     if (pipe2(pfd, O_CLOEXEC) < 0) {
         rc = wp_err_errno(err, "pipe");
@@ -387,7 +393,7 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
     }
     if (hpid == 0) {
         close(pfd[0]);
-        helper(ctx, name, &m, sb, lazy, slot, pfd[1]);
+        helper(ctx, name, &m, sb, lazy, pfd[1]);
     }
     close(pfd[1]);
     job->sb = sb;
