@@ -43,11 +43,13 @@ cleanup() {
     rm -rf "$RUN"
 }
 trap cleanup EXIT INT TERM
-# Daemons run in their own session, logging to files (shown with a prefix):
-# Ctrl-C reaches only this script, whose cleanup still talks to them.
+# Daemons run in process groups of their own (job control), logging to
+# files shown with a prefix: Ctrl-C reaches only this script, whose cleanup
+# still talks to them, then stops them.
+set -m
 start() {
     local name=$1; shift
-    setsid "$@" >"$RUN/$name.log" 2>&1 < /dev/null &
+    "$@" >"$RUN/$name.log" 2>&1 < /dev/null &
     pids+=($!)
     tail -n +1 -F "$RUN/$name.log" 2>/dev/null | sed -u "s/^/  $(printf '%-5s' "$name") | /" >&2 &
     tails+=($!)

@@ -233,14 +233,17 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
     int ifd, wfd, pid;
     pid_t lazy_pid = 0;
 
-    if (snap__cg_enter(ctx, sb->id, getpid(), &err) < 0) {
+    /* The network's slot, rules and files: here, not in the caller, whose
+     * event loop must not wait for DNS or nft; and before joining the
+     * clone's cgroups, whose destroy kills everything in them (a prepare
+     * cut short there would leave rules without the record that releases
+     * them). A failure is the restore's; destroying the sandbox releases
+     * the slot (by the sandbox's id). */
+    if (snap__net_prepare(ctx, sb, &m->net, &slot, &err) < 0) {
         hwrite(out, "fail %s", err.msg);
         _exit(1);
     }
-    /* The network's slot, rules and files: here, not in the caller, whose
-     * event loop must not wait for DNS or nft. A failure is the restore's;
-     * destroying the sandbox releases the slot (by the sandbox's id). */
-    if (snap__net_prepare(ctx, sb, &m->net, &slot, &err) < 0) {
+    if (snap__cg_enter(ctx, sb->id, getpid(), &err) < 0) {
         hwrite(out, "fail %s", err.msg);
         _exit(1);
     }
