@@ -331,8 +331,6 @@ static void send_cb(void *ctx, redisReply *reply)
         free(s);
     }
     wp_buf_append(&b, "]}", 2);
-    /* Wake the session's brain before answering (req is gone after). */
-    sched__brain_kick(req->srv, req->params[0]);
     sched__respond_raw(req, 200, b.data, b.len);
     wp_buf_free(&b);
 }
@@ -352,8 +350,18 @@ void sched__h_events_send(struct sched_req *req)
         sched__bad_request(req, "%s", msg);
         return;
     }
+    /* req may be answered (and gone) when the append returns: copy first. */
+    struct sched_server *srv = req->srv;
+    char sid[128];
+    snprintf(sid, sizeof(sid), "%s", req->params[0]);
     req->tmp2 = prepared;
-    sched__events_append(req, req->params[0], prepared, send_cb);
+    sched__events_append(req, sid, prepared, send_cb);
+    /* Wake the session's brain now, not after the append's reply: its
+     * commands go out on the same connection after the append, so Redis
+     * runs them after it, and the first model request starts one round
+     * trip earlier. (An append that fails leaves a brain that finds
+     * nothing to do, or no session, and stops.) */
+    sched__brain_kick(srv, sid);
 }
 
 /* ---- history ---- */

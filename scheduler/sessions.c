@@ -174,7 +174,6 @@ static void initial_done(void *ctx, redisReply *reply)
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0) {
         redisReply *st = reply->element[reply->elements - 1];
         json_object_set_new(s, "status", json_string(st->str));
-        sched__brain_kick(req->srv, json_string_value(json_object_get(s, "id")));
     }
     sched__respond_json(req, 200, s);
 }
@@ -186,9 +185,14 @@ static void run_initial(struct sched_req *req, json_t *s)
         sched__respond_json(req, 200, s);
         return;
     }
+    struct sched_server *srv = req->srv;
+    char sid[64];
+    snprintf(sid, sizeof(sid), "%s", json_string_value(json_object_get(s, "id")));
     req->tmp = s;
-    sched__events_append(req, json_string_value(json_object_get(s, "id")), prepared,
-                         initial_done);
+    sched__events_append(req, sid, prepared, initial_done);
+    /* As for sent events: the brain's commands run after the append (and
+     * req may be gone by now). */
+    sched__brain_kick(srv, sid);
 }
 
 static void enqueued(void *ctx, redisReply *reply)
