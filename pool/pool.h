@@ -1,7 +1,6 @@
-/* pool.h - the Redis-coordinated warm pool (prefix pool_).
- *
- * This header grows with the node daemon; today it holds the autoscaler's
- * arithmetic, which is pure and loop-free. */
+/* pool.h - the Redis-coordinated warm pool (prefix pool_): the
+ * autoscaler's arithmetic (pure), the node daemon's configuration and entry
+ * point, and the claim client schedulers use. */
 #ifndef POOL_H
 #define POOL_H
 
@@ -58,7 +57,6 @@ void pool_scaler_init(struct pool_scaler *s, double cooldown_s);
 /* Returns the size to keep now, clamped to [min, max]. */
 int pool_scaler_step(struct pool_scaler *s, double now_s, int want, int min, int max);
 
-#endif
 
 /* ---- the node daemon (node.c) ----------------------------------------- */
 
@@ -168,3 +166,5 @@ int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, cons
  * lost (its node died) or released. */
 int pool_renew(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
                pool_done_cb cb, void *ctx, struct wp_err *err);
+
+#endif

@@ -46,78 +46,6 @@
 #define BRAIN_MAX_PARTIAL_RETRIES 2
 #define BRAIN_MAX_LOG 200000 /* events read into memory for one session */
 
-enum sbx_state { SBX_NONE, SBX_CLAIMING, SBX_LINKING, SBX_READY, SBX_FAILED };
-
-struct brain;
-
-/* A built-in tool call this brain runs. */
-struct btool {
-    struct brain *b;
-    char use_id[64];
-    char name[32];
-    json_t *input;      /* owned */
-    uint64_t t0;        /* when the call was due */
-    int64_t call_id;    /* on the link; 0 while waiting for the sandbox */
-    bool waited;
-    struct btool *next;
-};
-
-/* A content block of the model's reply being streamed. */
-struct block {
-    int kind;           /* 0 text, 1 tool_use, 2 thinking, 3 other */
-    char ev_id[64];     /* explicit id of the event it becomes */
-    char tool_name[128];
-    struct wp_buf buf;  /* text or tool input JSON */
-};
-
-struct brain {
-    struct sched_brains *bs;
-    struct sched_server *srv;
-    char sid[64], org[64], env_id[64], pool_env[64];
-    char key_obj[200], key_ev[200], key_lease[200];
-    char token[32];          /* the brain lease's fencing token */
-    bool loaded;             /* session read, log read */
-    bool self_hosted;
-    bool stopped;            /* lost the lease or the session is gone: no more writes */
-    json_t *agent;           /* the session's agent snapshot (owned) */
-    json_t *log;             /* array of event objects, each with "type" and "id" */
-    char last_pos[64];       /* stream id read up to */
-    bool reading, reread;
-    int refs;                /* Redis replies and pool callbacks still to come */
-    bool in_step, step_again;
-
-    /* the model call in flight */
-    struct sched_model_call *call;
-    char span_id[64];
-    uint64_t call_t0;
-    bool call_first_token;
-    struct block blocks[16];
-    int nblocks;
-    json_t *usage;           /* model_usage being accumulated (owned) */
-    char stop_reason[32];
-    int partial_failures;
-    struct wp_buf delta;     /* text deltas not yet appended */
-    char delta_ev[64];
-    bool delta_dirty;
-    int model_rounds;        /* requests in this turn */
-
-    /* the turn */
-    uint64_t turn_t0;        /* input seen (monotonic ns) */
-    bool turn_first_token;
-
-    /* the sandbox */
-    enum sbx_state sbx;
-    struct pool_claim_result claim;
-    struct alink_client *ac;
-    uint64_t claim_t0;
-    char sbx_error[200];
-    struct btool *tools;
-
-    ev_timer renew;
-    ev_timer linger;
-    struct brain *next, *dnext;
-};
-
 struct sched_brains {
     struct sched_server *srv;
     struct sched_model *model;
@@ -129,7 +57,6 @@ struct sched_brains {
     bool sweeping;
 };
 
-static void step(struct brain *b);
 static void read_new(struct brain *b);
 static void brain_free(struct brain *b);
 
@@ -210,12 +137,12 @@ static struct brain *find(struct sched_brains *bs, const char *sid)
     return NULL;
 }
 
-static double since_s(uint64_t t0)
+double sched__brain_since(uint64_t t0)
 {
     return (double)(wp_now_ns() - t0) / 1e9;
 }
 
-static struct sched_metrics *metrics(struct brain *b)
+struct sched_metrics *sched__brain_metrics(struct brain *b)
 {
     return b->srv->metrics;
 }
@@ -238,7 +165,7 @@ static void brain_stop(struct brain *b, const char *why)
 
 /* Free a stopped brain once no callback can reach it any more. Called at
  * the end of every entry point (callbacks, timers); never deeper. */
-static void maybe_free(struct brain *b)
+void sched__brain_maybe_free(struct brain *b)
 {
     if (b->stopped && b->refs == 0 && !b->reading && !b->in_step)
         brain_free(b);
@@ -255,7 +182,7 @@ static void emit_cb(void *ctx, redisReply *reply)
         if (!b->stopped)
             brain_stop(b, strstr(e, "GONE") ? "session deleted" : strstr(e, "STALE") ? "lease lost" : e);
     }
-    maybe_free(b);
+    sched__brain_maybe_free(b);
 }
 
 /* Append one event (fenced) and add it to the in-memory log at once, so
@@ -286,7 +213,7 @@ static void emit_full(struct brain *b, json_t *ev, const char *id, const char *d
         brain_stop(b, "redis not connected");
 }
 
-static void emit(struct brain *b, json_t *ev, const char *id)
+void sched__brain_emit(struct brain *b, json_t *ev, const char *id)
 {
     emit_full(b, ev, id ? id : "", "", "");
 }
@@ -311,7 +238,7 @@ static void flush_delta(struct brain *b)
         return;
     if (!b->turn_first_token) {
         b->turn_first_token = true;
-        sched_metrics_observe(metrics(b), SCHED_HIST_TTFT, NULL, since_s(b->turn_t0));
+        sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_TTFT, NULL, sched__brain_since(b->turn_t0));
     }
     emit_full(b, d, "", "agent.message", "");
 }
@@ -420,7 +347,7 @@ static void on_model_event(void *ctx, const char *type, json_t *data)
             wp_buf_append(&k->buf, json_string_value(tx) ?: "", json_string_length(tx));
             if (!b->call_first_token) {
                 b->call_first_token = true;
-                sched_metrics_observe(metrics(b), SCHED_HIST_MODEL_TTFT, NULL, since_s(b->call_t0));
+                sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_MODEL_TTFT, NULL, sched__brain_since(b->call_t0));
             }
             wp_buf_append(&b->delta, json_string_value(tx) ?: "", json_string_length(tx));
             mark_dirty(b);
@@ -434,12 +361,12 @@ static void on_model_event(void *ctx, const char *type, json_t *data)
             return;
         if (k->kind == 0) {
             flush_delta(b);
-            emit(b,
+            sched__brain_emit(b,
                  json_pack("{s:s, s:[{s:s, s:s%}]}", "type", "agent.message", "content", "type",
                            "text", "text", k->buf.data ? k->buf.data : "", k->buf.len),
                  k->ev_id);
         } else if (k->kind == 2) {
-            emit(b, json_pack("{s:s}", "type", "agent.thinking"), k->ev_id);
+            sched__brain_emit(b, json_pack("{s:s}", "type", "agent.thinking"), k->ev_id);
         } else if (k->kind == 1) {
             json_error_t je;
             json_t *input = k->buf.len ? json_loadb(k->buf.data, k->buf.len, 0, &je) : json_object();
@@ -452,12 +379,12 @@ static void on_model_event(void *ctx, const char *type, json_t *data)
             if (sched__brain_builtin(k->tool_name) && sched__brain_tool_enabled(b->agent, k->tool_name))
                 custom = false;
             if (custom) {
-                emit(b, json_pack("{s:s, s:s, s:o}", "type", "agent.custom_tool_use", "name",
+                sched__brain_emit(b, json_pack("{s:s, s:s, s:o}", "type", "agent.custom_tool_use", "name",
                                   k->tool_name, "input", input), k->ev_id);
             } else {
                 const char *pol = sched__brain_policy(b->agent, k->tool_name);
                 bool ask = !strcmp(pol, "always_ask");
-                emit(b, json_pack("{s:s, s:s, s:o, s:s, s:{s:s}}", "type", "agent.tool_use", "name",
+                sched__brain_emit(b, json_pack("{s:s, s:s, s:o, s:s, s:{s:s}}", "type", "agent.tool_use", "name",
                                   k->tool_name, "input", input, "evaluated_permission",
                                   ask ? "ask" : "allow", "evaluation", "type",
                                   ask ? "always_ask" : "always_allow"),
@@ -470,7 +397,7 @@ static void on_model_event(void *ctx, const char *type, json_t *data)
         if (sr)
             snprintf(b->stop_reason, sizeof(b->stop_reason), "%s", sr);
     }
-    maybe_free(b);
+    sched__brain_maybe_free(b);
 }
 
 /* model_request_id (the response's request-id, when the model answered)
@@ -488,7 +415,7 @@ static void span_end_id(struct brain *b, const char *span, bool is_error, const 
                            "model_request_start_id", span, "is_error", is_error, "model_usage", u);
     if (ev && model_rid && *model_rid)
         json_object_set_new(ev, "model_request_id", json_string(model_rid));
-    emit(b, ev, NULL);
+    sched__brain_emit(b, ev, NULL);
 }
 
 static void span_end(struct brain *b, const char *span, bool is_error)
@@ -511,7 +438,7 @@ static const char *session_error_type(const struct sched_model_error *e)
  * used up: session.error (exhausted), then idle with retries_exhausted. */
 static void turn_abandon(struct brain *b, const char *type, const char *msg)
 {
-    emit(b, json_pack("{s:s, s:{s:s, s:s, s:{s:s}}}", "type", "session.error", "error", "type",
+    sched__brain_emit(b, json_pack("{s:s, s:{s:s, s:s, s:{s:s}}}", "type", "session.error", "error", "type",
                       type, "message", msg, "retry_status", "type", "exhausted"),
          NULL);
     set_status(b, "idle", json_pack("{s:s, s:{s:s}, s:n}", "type", "session.status_idle",
@@ -523,12 +450,12 @@ static void on_model_retry(void *ctx, int attempt, const struct sched_model_erro
     struct brain *b = ctx;
     (void)attempt;
     (void)delay_s;
-    sched_metrics_inc(metrics(b), SCHED_CTR_MODEL_RETRIES, e->type);
-    emit(b, json_pack("{s:s, s:{s:s, s:s, s:{s:s}}}", "type", "session.error", "error", "type",
+    sched_metrics_inc(sched__brain_metrics(b), SCHED_CTR_MODEL_RETRIES, e->type);
+    sched__brain_emit(b, json_pack("{s:s, s:{s:s, s:s, s:{s:s}}}", "type", "session.error", "error", "type",
                       session_error_type(e), "message", e->message, "retry_status", "type",
                       "retrying"),
          NULL);
-    maybe_free(b);
+    sched__brain_maybe_free(b);
 }
 
 static void on_model_done(void *ctx, int status, const struct sched_model_error *e)
@@ -539,10 +466,10 @@ static void on_model_done(void *ctx, int status, const struct sched_model_error 
         sched_model_timing(b->call, &tm); /* valid until this callback returns */
     b->call = NULL;
     flush_delta(b);
-    sched_metrics_observe(metrics(b), SCHED_HIST_MODEL, status == 0 ? "ok" : "error",
-                          since_s(b->call_t0));
+    sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_MODEL, status == 0 ? "ok" : "error",
+                          sched__brain_since(b->call_t0));
     if (b->stopped) {
-        maybe_free(b);
+        sched__brain_maybe_free(b);
         return;
     }
     if (status == 0) {
@@ -555,14 +482,14 @@ static void on_model_done(void *ctx, int status, const struct sched_model_error 
         if (!(e->partial && e->retryable && ++b->partial_failures <= BRAIN_MAX_PARTIAL_RETRIES)) {
             /* Retries are used up (the client retried what it could before
              * any event): the turn is abandoned, as the API defines. */
-            sched_metrics_inc(metrics(b), SCHED_CTR_MODEL_ERRORS, e->type);
+            sched_metrics_inc(sched__brain_metrics(b), SCHED_CTR_MODEL_ERRORS, e->type);
             b->partial_failures = 0;
             turn_abandon(b, session_error_type(e), e->message);
         }
     }
     blocks_reset(b);
-    step(b);
-    maybe_free(b);
+    sched__brain_step(b);
+    sched__brain_maybe_free(b);
 }
 
 static void start_model(struct brain *b)
@@ -584,7 +511,7 @@ static void start_model(struct brain *b)
     b->stop_reason[0] = '\0';
     b->call_first_token = false;
     b->call_t0 = wp_now_ns();
-    emit(b, json_pack("{s:s}", "type", "span.model_request_start"), b->span_id);
+    sched__brain_emit(b, json_pack("{s:s}", "type", "span.model_request_start"), b->span_id);
     if (sched_model_stream(b->bs->model, req, &cbs, b, &b->call, &err) < 0) {
         struct sched_model_error e = { .retryable = false, .retry_after_s = -1 };
         snprintf(e.type, sizeof(e.type), "api_error");
@@ -597,301 +524,6 @@ static void start_model(struct brain *b)
         return;
     }
     json_decref(req);
-}
-
-/* ---- the sandbox ------------------------------------------------------- */
-
-static void tools_run(struct brain *b);
-static void claim_sandbox(struct brain *b);
-
-static void save_sandbox(struct brain *b)
-{
-    char tok[32];
-    snprintf(tok, sizeof(tok), "%llu", (unsigned long long)b->claim.token);
-    const char *argv[] = { "HSET", b->key_obj, "sbx_sandbox", b->claim.sandbox, "sbx_node",
-                           b->claim.node, "sbx_relay", b->claim.relay, "sbx_token", tok,
-                           "sbx_tier", b->claim.tier, "sbx_env", b->pool_env };
-    wp_redis_argv(b->srv->rds, ignore_cb, NULL, 14, argv, NULL);
-}
-
-static void sandbox_failed(struct brain *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sandbox_failed(struct brain *b, const char *fmt, ...)
-{
-    va_list ap;
-    if (b->stopped)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(b->sbx_error, sizeof(b->sbx_error), fmt, ap);
-    va_end(ap);
-    log_warn("session=%s sandbox: %s", b->sid, b->sbx_error);
-    b->sbx = SBX_FAILED;
-    if (b->ac) {
-        struct alink_client *ac = b->ac;
-        b->ac = NULL;
-        alink_client_free(ac);
-    }
-    /* Tools waiting for it fail now: the model sees why. */
-    tools_run(b);
-}
-
-static void link_closed(void *ctx, const struct wp_err *err)
-{
-    struct brain *b = ctx;
-    if (b->stopped)
-        return;
-    sched_metrics_inc(metrics(b), SCHED_CTR_SANDBOX_LOST, NULL);
-    sandbox_failed(b, "the sandbox's link closed: %s", err ? err->msg : "");
-    maybe_free(b);
-}
-
-static void attach_cb(void *ctx, int status, const struct alink_result *res, const struct wp_err *err)
-{
-    struct brain *b = ctx;
-    (void)err;
-    if (b->stopped)
-        return;
-    if (status != 0 || res->is_error) {
-        sandbox_failed(b, "attach: %.*s", (int)res->len, res->content);
-        maybe_free(b);
-        return;
-    }
-    b->sbx = SBX_READY;
-    sched_metrics_observe(metrics(b), SCHED_HIST_SANDBOX_ATTACHED, b->claim.tier, since_s(b->claim_t0));
-    log_info("session=%s sandbox %s attached tier=%s in %.1f ms", b->sid, b->claim.sandbox,
-             b->claim.tier, since_s(b->claim_t0) * 1e3);
-    tools_run(b);
-    maybe_free(b);
-}
-
-static void hello_cb(void *ctx, int status, const struct wp_err *err)
-{
-    struct brain *b = ctx;
-    struct wp_err e2;
-    if (b->stopped)
-        return;
-    if (status != 0)
-        sandbox_failed(b, "connect: %s", err ? err->msg : "failed");
-    else {
-        struct alink_attach a = { .session_id = b->sid };
-        if (alink_client_attach(b->ac, &a, attach_cb, b, &e2) < 0)
-            sandbox_failed(b, "attach: %s", e2.msg);
-    }
-    maybe_free(b);
-}
-
-static void relay_cb(void *ctx, int status, int fd, const struct wp_err *err)
-{
-    struct brain *b = ctx;
-    struct alink_client_opts o = { .on_close = link_closed, .close_ctx = b };
-    struct wp_err e2;
-    b->refs--;
-    if (b->stopped) {
-        if (status == 0)
-            close(fd);
-    } else if (status != 0) {
-        if (status == WP_ESTALE || status == WP_ENOTFOUND) {
-            /* The lease recorded for the session is gone: claim anew. */
-            log_info("session=%s recorded sandbox %s is gone; claiming another", b->sid,
-                     b->claim.sandbox);
-            b->sbx = SBX_NONE;
-            memset(&b->claim, 0, sizeof(b->claim));
-            claim_sandbox(b);
-        } else {
-            sandbox_failed(b, "relay: %s", err ? err->msg : "failed");
-        }
-    } else if (alink_client_new(b->srv->loop, &o, &b->ac, &e2) < 0 ||
-               alink_client_connect_fd(b->ac, fd, hello_cb, b, &e2) < 0) {
-        sandbox_failed(b, "connect: %s", e2.msg);
-    }
-    maybe_free(b);
-}
-
-static void connect_link(struct brain *b)
-{
-    struct wp_err err;
-    b->sbx = SBX_LINKING;
-    if (pool_connect(b->srv->loop, &b->claim, b->pool_env, relay_cb, b, &err) < 0)
-        sandbox_failed(b, "relay: %s", err.msg);
-    else
-        b->refs++;
-}
-
-static void claim_cb(void *ctx, int status, const struct pool_claim_result *res, const struct wp_err *err)
-{
-    struct brain *b = ctx;
-    b->refs--;
-    if (b->stopped) {
-        if (status == 0 && b->srv->pool) /* nobody will use it */
-            pool_release(b->srv->pool, b->pool_env, res->sandbox, res->token, NULL, NULL, NULL);
-    } else if (status != 0) {
-        sandbox_failed(b, "no sandbox for environment %s: %s", b->pool_env, err ? err->msg : "claim failed");
-    } else {
-        b->claim = *res;
-        sched_metrics_observe(metrics(b), SCHED_HIST_CLAIM, res->tier, res->ms / 1e3);
-        log_info("session=%s claimed %s tier=%s in %.2f ms", b->sid, res->sandbox, res->tier, res->ms);
-        save_sandbox(b);
-        connect_link(b);
-    }
-    maybe_free(b);
-}
-
-static void claim_sandbox(struct brain *b)
-{
-    struct wp_err err;
-    if (b->self_hosted || b->sbx == SBX_CLAIMING || b->sbx == SBX_LINKING || b->sbx == SBX_READY)
-        return;
-    if (!b->srv->pool || !pool_client_ready(b->srv->pool)) {
-        sandbox_failed(b, "the pool is not reachable");
-        return;
-    }
-    b->claim_t0 = wp_now_ns();
-    b->sbx = SBX_CLAIMING;
-    if (b->claim.sandbox[0]) { /* recorded by an earlier brain of this session */
-        connect_link(b);
-        return;
-    }
-    if (!b->pool_env[0])
-        sandbox_failed(b, "environment %s has no warmpool pool", b->env_id);
-    else if (pool_claim(b->srv->pool, b->pool_env, b->sid, 60, claim_cb, b, &err) < 0)
-        sandbox_failed(b, "claim: %s", err.msg);
-    else
-        b->refs++;
-}
-
-/* ---- tools -------------------------------------------------------------- */
-
-static void tool_result(struct brain *b, struct btool *t, const char *text, size_t len, bool is_error)
-{
-    for (struct btool **pp = &b->tools; *pp; pp = &(*pp)->next)
-        if (*pp == t) {
-            *pp = t->next;
-            break;
-        }
-    emit(b, json_pack("{s:s, s:s, s:[{s:s, s:s%}], s:b}", "type", "agent.tool_result", "tool_use_id",
-                      t->use_id, "content", "type", "text", "text", text, len, "is_error", is_error),
-         NULL);
-    json_decref(t->input);
-    free(t);
-}
-
-static void tool_done(void *ctx, int status, const struct alink_result *res, const struct wp_err *err)
-{
-    struct btool *t = ctx;
-    struct brain *b = t->b;
-    (void)err;
-    t->call_id = 0;
-    if (b->stopped)
-        return; /* brain_free frees t */
-    sched_metrics_observe(metrics(b), SCHED_HIST_TOOL, t->name, since_s(t->t0));
-    tool_result(b, t, res->content, res->len, status != 0 || res->is_error);
-    if (status != 0 && status != -ECANCELED && status != WP_ETIMEDOUT && b->sbx == SBX_READY &&
-        !alink_client_connected(b->ac)) {
-        sched_metrics_inc(metrics(b), SCHED_CTR_SANDBOX_LOST, NULL);
-        sandbox_failed(b, "the sandbox's link closed during a call");
-    }
-    step(b);
-    maybe_free(b);
-}
-
-/* Start the tool calls that can start; fail them when the sandbox cannot
- * come. Called when tools are due and whenever the sandbox changes. */
-static void tools_run(struct brain *b)
-{
-    struct wp_err err;
-    bool failed_any = false;
-    if (b->stopped)
-        return;
-    for (struct btool *t = b->tools, *next; t; t = next) {
-        next = t->next;
-        if (t->call_id)
-            continue;
-        if (b->sbx == SBX_FAILED) {
-            char msg[300];
-            int n = snprintf(msg, sizeof(msg), "sandbox unavailable: %s", b->sbx_error);
-            tool_result(b, t, msg, (size_t)n, true);
-            failed_any = true;
-            continue;
-        }
-        if (b->sbx != SBX_READY) {
-            t->waited = true;
-            continue;
-        }
-        if (t->waited)
-            sched_metrics_observe(metrics(b), SCHED_HIST_TOOL_WAIT, NULL, since_s(t->t0));
-        sched_metrics_inc(metrics(b), SCHED_CTR_TOOL_CALLS, t->name);
-        struct alink_call_opts o = { 0 };
-        int64_t id = alink_client_call(b->ac, t->name, t->input, &o, tool_done, t, &err);
-        if (id < 0) {
-            char msg[300];
-            int n = snprintf(msg, sizeof(msg), "%s: %s", t->name, err.msg);
-            tool_result(b, t, msg, (size_t)n, true);
-            failed_any = true;
-            continue;
-        }
-        t->call_id = id;
-    }
-    if (b->sbx == SBX_FAILED) {
-        /* The next call claims a fresh sandbox. */
-        b->sbx = SBX_NONE;
-        memset(&b->claim, 0, sizeof(b->claim));
-        const char *argv[] = { "HDEL", b->key_obj, "sbx_sandbox", "sbx_token" };
-        wp_redis_argv(b->srv->rds, ignore_cb, NULL, 4, argv, NULL);
-    }
-    if (failed_any)
-        step(b);
-}
-
-static struct btool *tool_find(struct brain *b, const char *use_id)
-{
-    for (struct btool *t = b->tools; t; t = t->next)
-        if (!strcmp(t->use_id, use_id))
-            return t;
-    return NULL;
-}
-
-static void tool_start(struct brain *b, json_t *ev)
-{
-    const char *id = json_string_value(json_object_get(ev, "id")) ?: "";
-    const char *name = json_string_value(json_object_get(ev, "name")) ?: "";
-    if (tool_find(b, id))
-        return;
-    struct btool *t = calloc(1, sizeof(*t));
-    if (!t)
-        return;
-    t->b = b;
-    t->t0 = wp_now_ns();
-    snprintf(t->use_id, sizeof(t->use_id), "%s", id);
-    snprintf(t->name, sizeof(t->name), "%s", name);
-    t->input = json_incref(json_object_get(ev, "input"));
-    t->next = b->tools;
-    b->tools = t;
-    bool known = sched__brain_builtin(name);
-    if (!known || json_object_get(t->input, "_invalid_input")) {
-        char msg[200];
-        int n = known ? snprintf(msg, sizeof(msg), "%s: the tool input was not valid JSON", name)
-                      : snprintf(msg, sizeof(msg), "%s: no such tool in this sandbox", name);
-        tool_result(b, t, msg, (size_t)n, true);
-        return;
-    }
-    if (b->sbx == SBX_NONE)
-        claim_sandbox(b);
-}
-
-static void tools_cancel_all(struct brain *b)
-{
-    while (b->tools) {
-        struct btool *t = b->tools;
-        if (t->call_id && b->ac) {
-            char use[64];
-            snprintf(use, sizeof(use), "%s", t->use_id);
-            /* tool_done runs at once with -ECANCELED and appends the result */
-            alink_client_cancel(b->ac, t->call_id, NULL);
-            if (!(t = tool_find(b, use)))
-                continue;
-            t->call_id = 0;
-        }
-        tool_result(b, t, "interrupted", 11, true);
-    }
 }
 
 /* ---- the step ------------------------------------------------------------ */
@@ -915,12 +547,12 @@ static void step_once(struct brain *b)
         }
         if (d.model_open)
             span_end(b, d.open_span, true);
-        tools_cancel_all(b);
+        sched__brain_tools_cancel(b);
         /* built-in calls the log still lists as unanswered */
         sched__brain_derive(b->log, b->self_hosted, &d);
         for (int i = 0; i < d.npend; i++)
             if (d.pend[i].kind == 0)
-                emit(b, json_pack("{s:s, s:s, s:[{s:s, s:s}], s:b}", "type", "agent.tool_result",
+                sched__brain_emit(b, json_pack("{s:s, s:s, s:[{s:s, s:s}], s:b}", "type", "agent.tool_result",
                                   "tool_use_id", d.pend[i].id, "content", "type", "text", "text",
                                   "interrupted", "is_error", 1),
                      NULL);
@@ -937,7 +569,7 @@ static void step_once(struct brain *b)
         sched__brain_derive(b->log, b->self_hosted, &d);
     }
     if (d.turn_active && !b->self_hosted && b->sbx == SBX_NONE)
-        claim_sandbox(b); /* in parallel with the model, from the turn's start */
+        sched__brain_claim(b); /* in parallel with the model, from the turn's start */
 
     bool builtin = false, external = false;
     for (int i = 0; i < d.npend; i++) {
@@ -947,13 +579,13 @@ static void step_once(struct brain *b)
             json_t *e;
             json_array_foreach(b->log, k, e)
                 if (!strcmp(json_string_value(json_object_get(e, "id")) ?: "", d.pend[i].id))
-                    tool_start(b, e);
+                    sched__brain_tool_start(b, e);
         } else {
             external = true;
         }
     }
     if (builtin) {
-        tools_run(b);
+        sched__brain_tools_run(b);
         return;
     }
     if (external) {
@@ -986,7 +618,7 @@ quiet:
 
 /* step() may be reached again from inside itself (a tool that fails at
  * once, a sandbox that cannot come): run it again after, never nested. */
-static void step(struct brain *b)
+void sched__brain_step(struct brain *b)
 {
     if (b->in_step) {
         b->step_again = true;
@@ -1076,9 +708,9 @@ static void ingest(struct brain *b, redisReply *reply)
     if (input) {
         b->turn_t0 = wp_now_ns();
         b->turn_first_token = false;
-        sched_metrics_inc(metrics(b), SCHED_CTR_TURNS, NULL);
+        sched_metrics_inc(sched__brain_metrics(b), SCHED_CTR_TURNS, NULL);
     }
-    step(b);
+    sched__brain_step(b);
 }
 
 static void read_cb(void *ctx, redisReply *reply)
@@ -1089,7 +721,7 @@ static void read_cb(void *ctx, redisReply *reply)
         brain_stop(b, "reading the log failed");
     else
         ingest(b, reply);
-    maybe_free(b);
+    sched__brain_maybe_free(b);
 }
 
 static void read_new(struct brain *b)
@@ -1154,7 +786,7 @@ static void renew_cb(void *ctx, redisReply *reply)
     b->refs--;
     if (!b->stopped && (!reply || reply->type != REDIS_REPLY_INTEGER || reply->integer != 1))
         brain_stop(b, "lease lost");
-    maybe_free(b);
+    sched__brain_maybe_free(b);
 }
 
 static void renew_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -1188,7 +820,7 @@ static void linger_cb(struct ev_loop *loop, ev_timer *w, int revents)
     wp_redis_script(b->srv->rds, lua_renew, ignore_cb, NULL, 1, 3, argv, NULL);
     log_info("session=%s brain released after %.0f s idle", b->sid, b->srv->cfg.brain_linger_s);
     brain_stop(b, "idle");
-    maybe_free(b);
+    sched__brain_maybe_free(b);
 }
 
 static const char *hfield(redisReply *r, size_t i)
@@ -1246,7 +878,7 @@ static void acquire_cb(void *ctx, redisReply *reply)
             wp_redis_argv(bs->srv->rds, ignore_cb, NULL, 3, argv, NULL);
         }
         b->stopped = true;
-        maybe_free(b);
+        sched__brain_maybe_free(b);
         return;
     }
     snprintf(b->token, sizeof(b->token), "%lld", reply->element[0]->integer);
@@ -1260,7 +892,7 @@ static void acquire_cb(void *ctx, redisReply *reply)
         else
             brain_stop(b, "reading the log failed");
     }
-    maybe_free(b);
+    sched__brain_maybe_free(b);
 }
 
 static void take(struct sched_brains *bs, const char *sid, bool takeover)
@@ -1291,7 +923,7 @@ static void take(struct sched_brains *bs, const char *sid, bool takeover)
         b->reading = true;
     else {
         b->stopped = true;
-        maybe_free(b);
+        sched__brain_maybe_free(b);
     }
 }
 
@@ -1447,7 +1079,7 @@ void sched__brain_shutdown(struct sched_server *srv)
     for (struct brain *b = bs->list, *next; b; b = next) {
         next = b->next;
         brain_stop(b, "scheduler shutting down");
-        maybe_free(b);
+        sched__brain_maybe_free(b);
     }
     sched_model_free(bs->model);
     bs->model = NULL;

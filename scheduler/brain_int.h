@@ -40,4 +40,110 @@ const char *sched__brain_policy(json_t *agent, const char *tool);
 bool sched__brain_tool_enabled(json_t *agent, const char *name);
 bool sched__brain_builtin(const char *name);
 
+/* ---- the loop's state (brain.c, brain_tools.c) ---- */
+
+#include <ev.h>
+#include <stdint.h>
+
+#include "base/buf.h"
+#include "pool/pool.h"
+
+struct sched_brains;
+struct sched_server;
+struct sched_model_call;
+struct alink_client;
+struct sched_metrics;
+
+enum sbx_state { SBX_NONE, SBX_CLAIMING, SBX_LINKING, SBX_READY, SBX_FAILED };
+
+/* A built-in tool call this brain runs. */
+struct btool {
+    struct brain *b;
+    char use_id[64];
+    char name[32];
+    json_t *input;      /* owned */
+    uint64_t t0;        /* when the call was due */
+    int64_t call_id;    /* on the link; 0 while waiting for the sandbox */
+    bool waited;
+    struct btool *next;
+};
+
+/* A content block of the model's reply being streamed. */
+struct block {
+    int kind;           /* 0 text, 1 tool_use, 2 thinking, 3 other */
+    char ev_id[64];     /* explicit id of the event it becomes */
+    char tool_name[128];
+    struct wp_buf buf;  /* text or tool input JSON */
+};
+
+struct brain {
+    struct sched_brains *bs;
+    struct sched_server *srv;
+    char sid[64], org[64], env_id[64], pool_env[64];
+    char key_obj[200], key_ev[200], key_lease[200];
+    char token[32];          /* the brain lease's fencing token */
+    bool loaded;             /* session read, log read */
+    bool self_hosted;
+    bool stopped;            /* lost the lease or the session is gone: no more writes */
+    json_t *agent;           /* the session's agent snapshot (owned) */
+    json_t *log;             /* array of event objects, each with "type" and "id" */
+    char last_pos[64];       /* stream id read up to */
+    bool reading, reread;
+    int refs;                /* Redis replies and pool callbacks still to come */
+    bool in_step, step_again;
+
+    /* the model call in flight */
+    struct sched_model_call *call;
+    char span_id[64];
+    uint64_t call_t0;
+    bool call_first_token;
+    struct block blocks[16];
+    int nblocks;
+    json_t *usage;           /* model_usage being accumulated (owned) */
+    char stop_reason[32];
+    int partial_failures;
+    struct wp_buf delta;     /* text deltas not yet appended */
+    char delta_ev[64];
+    bool delta_dirty;
+    int model_rounds;        /* requests in this turn */
+
+    /* the turn */
+    uint64_t turn_t0;        /* input seen (monotonic ns) */
+    bool turn_first_token;
+
+    /* the sandbox */
+    enum sbx_state sbx;
+    struct pool_claim_result claim;
+    struct alink_client *ac;
+    uint64_t claim_t0;
+    char sbx_error[200];
+    struct btool *tools;
+
+    ev_timer renew;
+    ev_timer linger;
+    struct brain *next, *dnext;
+};
+
+
+/* brain.c, for brain_tools.c: append an event (fenced; ev stolen; id ""
+ * or NULL: the stream id becomes the event's id), run the step, free a
+ * stopped brain once nothing refers to it, the process's metrics, seconds
+ * since a monotonic time. */
+void sched__brain_emit(struct brain *b, json_t *ev, const char *id);
+void sched__brain_step(struct brain *b);
+void sched__brain_maybe_free(struct brain *b);
+struct sched_metrics *sched__brain_metrics(struct brain *b);
+double sched__brain_since(uint64_t t0);
+
+/* brain_tools.c: the session's sandbox (claim, relay, attach) and the
+ * built-in tool calls run in it. claim: unless one is there or coming;
+ * tools_run: start what can start, fail what cannot (called when tools
+ * are due and whenever the sandbox changes); tool_start: a call the log
+ * lists (agent.tool_use event) without a result; tools_cancel: interrupt
+ * every call (each gets its result). */
+void sched__brain_claim(struct brain *b);
+void sched__brain_tools_run(struct brain *b);
+void sched__brain_tool_start(struct brain *b, json_t *ev);
+void sched__brain_tools_cancel(struct brain *b);
+
 #endif

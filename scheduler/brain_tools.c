@@ -1,0 +1,320 @@
+/* brain_tools.c - a session's hands, for its brain: the sandbox is claimed
+ * from the pool (in parallel with the first model request), reached
+ * through its node's relay and attached with the session's id; built-in
+ * tool calls the log lists run in it, in order of arrival, and each ends
+ * as an agent.tool_result. A sandbox that cannot come or dies is an error
+ * result the model reads; the next call claims another. */
+#define WP_LOG_COMPONENT "brain"
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agentlink/agentlink.h"
+#include "base/log.h"
+#include "base/timeutil.h"
+#include "pool/pool.h"
+#include "scheduler/brain_int.h"
+#include "scheduler/metrics.h"
+#include "scheduler/sched_int.h"
+
+static void ignore_cb(void *ctx, redisReply *reply)
+{
+    (void)ctx;
+    (void)reply;
+}
+
+/* ---- the sandbox ------------------------------------------------------- */
+
+
+static void save_sandbox(struct brain *b)
+{
+    char tok[32];
+    snprintf(tok, sizeof(tok), "%llu", (unsigned long long)b->claim.token);
+    const char *argv[] = { "HSET", b->key_obj, "sbx_sandbox", b->claim.sandbox, "sbx_node",
+                           b->claim.node, "sbx_relay", b->claim.relay, "sbx_token", tok,
+                           "sbx_tier", b->claim.tier, "sbx_env", b->pool_env };
+    wp_redis_argv(b->srv->rds, ignore_cb, NULL, 14, argv, NULL);
+}
+
+static void sandbox_failed(struct brain *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sandbox_failed(struct brain *b, const char *fmt, ...)
+{
+    va_list ap;
+    if (b->stopped)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->sbx_error, sizeof(b->sbx_error), fmt, ap);
+    va_end(ap);
+    log_warn("session=%s sandbox: %s", b->sid, b->sbx_error);
+    b->sbx = SBX_FAILED;
+    if (b->ac) {
+        struct alink_client *ac = b->ac;
+        b->ac = NULL;
+        alink_client_free(ac);
+    }
+    /* Tools waiting for it fail now: the model sees why. */
+    sched__brain_tools_run(b);
+}
+
+static void link_closed(void *ctx, const struct wp_err *err)
+{
+    struct brain *b = ctx;
+    if (b->stopped)
+        return;
+    sched_metrics_inc(sched__brain_metrics(b), SCHED_CTR_SANDBOX_LOST, NULL);
+    sandbox_failed(b, "the sandbox's link closed: %s", err ? err->msg : "");
+    sched__brain_maybe_free(b);
+}
+
+static void attach_cb(void *ctx, int status, const struct alink_result *res, const struct wp_err *err)
+{
+    struct brain *b = ctx;
+    (void)err;
+    if (b->stopped)
+        return;
+    if (status != 0 || res->is_error) {
+        sandbox_failed(b, "attach: %.*s", (int)res->len, res->content);
+        sched__brain_maybe_free(b);
+        return;
+    }
+    b->sbx = SBX_READY;
+    sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_SANDBOX_ATTACHED, b->claim.tier, sched__brain_since(b->claim_t0));
+    log_info("session=%s sandbox %s attached tier=%s in %.1f ms", b->sid, b->claim.sandbox,
+             b->claim.tier, sched__brain_since(b->claim_t0) * 1e3);
+    sched__brain_tools_run(b);
+    sched__brain_maybe_free(b);
+}
+
+static void hello_cb(void *ctx, int status, const struct wp_err *err)
+{
+    struct brain *b = ctx;
+    struct wp_err e2;
+    if (b->stopped)
+        return;
+    if (status != 0)
+        sandbox_failed(b, "connect: %s", err ? err->msg : "failed");
+    else {
+        struct alink_attach a = { .session_id = b->sid };
+        if (alink_client_attach(b->ac, &a, attach_cb, b, &e2) < 0)
+            sandbox_failed(b, "attach: %s", e2.msg);
+    }
+    sched__brain_maybe_free(b);
+}
+
+static void relay_cb(void *ctx, int status, int fd, const struct wp_err *err)
+{
+    struct brain *b = ctx;
+    struct alink_client_opts o = { .on_close = link_closed, .close_ctx = b };
+    struct wp_err e2;
+    b->refs--;
+    if (b->stopped) {
+        if (status == 0)
+            close(fd);
+    } else if (status != 0) {
+        if (status == WP_ESTALE || status == WP_ENOTFOUND) {
+            /* The lease recorded for the session is gone: claim anew. */
+            log_info("session=%s recorded sandbox %s is gone; claiming another", b->sid,
+                     b->claim.sandbox);
+            b->sbx = SBX_NONE;
+            memset(&b->claim, 0, sizeof(b->claim));
+            sched__brain_claim(b);
+        } else {
+            sandbox_failed(b, "relay: %s", err ? err->msg : "failed");
+        }
+    } else if (alink_client_new(b->srv->loop, &o, &b->ac, &e2) < 0 ||
+               alink_client_connect_fd(b->ac, fd, hello_cb, b, &e2) < 0) {
+        sandbox_failed(b, "connect: %s", e2.msg);
+    }
+    sched__brain_maybe_free(b);
+}
+
+static void connect_link(struct brain *b)
+{
+    struct wp_err err;
+    b->sbx = SBX_LINKING;
+    if (pool_connect(b->srv->loop, &b->claim, b->pool_env, relay_cb, b, &err) < 0)
+        sandbox_failed(b, "relay: %s", err.msg);
+    else
+        b->refs++;
+}
+
+static void claim_cb(void *ctx, int status, const struct pool_claim_result *res, const struct wp_err *err)
+{
+    struct brain *b = ctx;
+    b->refs--;
+    if (b->stopped) {
+        if (status == 0 && b->srv->pool) /* nobody will use it */
+            pool_release(b->srv->pool, b->pool_env, res->sandbox, res->token, NULL, NULL, NULL);
+    } else if (status != 0) {
+        sandbox_failed(b, "no sandbox for environment %s: %s", b->pool_env, err ? err->msg : "claim failed");
+    } else {
+        b->claim = *res;
+        sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_CLAIM, res->tier, res->ms / 1e3);
+        log_info("session=%s claimed %s tier=%s in %.2f ms", b->sid, res->sandbox, res->tier, res->ms);
+        save_sandbox(b);
+        connect_link(b);
+    }
+    sched__brain_maybe_free(b);
+}
+
+void sched__brain_claim(struct brain *b)
+{
+    struct wp_err err;
+    if (b->self_hosted || b->sbx == SBX_CLAIMING || b->sbx == SBX_LINKING || b->sbx == SBX_READY)
+        return;
+    if (!b->srv->pool || !pool_client_ready(b->srv->pool)) {
+        sandbox_failed(b, "the pool is not reachable");
+        return;
+    }
+    b->claim_t0 = wp_now_ns();
+    b->sbx = SBX_CLAIMING;
+    if (b->claim.sandbox[0]) { /* recorded by an earlier brain of this session */
+        connect_link(b);
+        return;
+    }
+    if (!b->pool_env[0])
+        sandbox_failed(b, "environment %s has no warmpool pool", b->env_id);
+    else if (pool_claim(b->srv->pool, b->pool_env, b->sid, 60, claim_cb, b, &err) < 0)
+        sandbox_failed(b, "claim: %s", err.msg);
+    else
+        b->refs++;
+}
+
+/* ---- tools -------------------------------------------------------------- */
+
+static void tool_result(struct brain *b, struct btool *t, const char *text, size_t len, bool is_error)
+{
+    for (struct btool **pp = &b->tools; *pp; pp = &(*pp)->next)
+        if (*pp == t) {
+            *pp = t->next;
+            break;
+        }
+    sched__brain_emit(b, json_pack("{s:s, s:s, s:[{s:s, s:s%}], s:b}", "type", "agent.tool_result", "tool_use_id",
+                      t->use_id, "content", "type", "text", "text", text, len, "is_error", is_error),
+         NULL);
+    json_decref(t->input);
+    free(t);
+}
+
+static void tool_done(void *ctx, int status, const struct alink_result *res, const struct wp_err *err)
+{
+    struct btool *t = ctx;
+    struct brain *b = t->b;
+    (void)err;
+    t->call_id = 0;
+    if (b->stopped)
+        return; /* brain_free frees t */
+    sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_TOOL, t->name, sched__brain_since(t->t0));
+    tool_result(b, t, res->content, res->len, status != 0 || res->is_error);
+    if (status != 0 && status != -ECANCELED && status != WP_ETIMEDOUT && b->sbx == SBX_READY &&
+        !alink_client_connected(b->ac)) {
+        sched_metrics_inc(sched__brain_metrics(b), SCHED_CTR_SANDBOX_LOST, NULL);
+        sandbox_failed(b, "the sandbox's link closed during a call");
+    }
+    sched__brain_step(b);
+    sched__brain_maybe_free(b);
+}
+
+/* Start the tool calls that can start; fail them when the sandbox cannot
+ * come. Called when tools are due and whenever the sandbox changes. */
+void sched__brain_tools_run(struct brain *b)
+{
+    struct wp_err err;
+    bool failed_any = false;
+    if (b->stopped)
+        return;
+    for (struct btool *t = b->tools, *next; t; t = next) {
+        next = t->next;
+        if (t->call_id)
+            continue;
+        if (b->sbx == SBX_FAILED) {
+            char msg[300];
+            int n = snprintf(msg, sizeof(msg), "sandbox unavailable: %s", b->sbx_error);
+            tool_result(b, t, msg, (size_t)n, true);
+            failed_any = true;
+            continue;
+        }
+        if (b->sbx != SBX_READY) {
+            t->waited = true;
+            continue;
+        }
+        if (t->waited)
+            sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_TOOL_WAIT, NULL, sched__brain_since(t->t0));
+        sched_metrics_inc(sched__brain_metrics(b), SCHED_CTR_TOOL_CALLS, t->name);
+        struct alink_call_opts o = { 0 };
+        int64_t id = alink_client_call(b->ac, t->name, t->input, &o, tool_done, t, &err);
+        if (id < 0) {
+            char msg[300];
+            int n = snprintf(msg, sizeof(msg), "%s: %s", t->name, err.msg);
+            tool_result(b, t, msg, (size_t)n, true);
+            failed_any = true;
+            continue;
+        }
+        t->call_id = id;
+    }
+    if (b->sbx == SBX_FAILED) {
+        /* The next call claims a fresh sandbox. */
+        b->sbx = SBX_NONE;
+        memset(&b->claim, 0, sizeof(b->claim));
+        const char *argv[] = { "HDEL", b->key_obj, "sbx_sandbox", "sbx_token" };
+        wp_redis_argv(b->srv->rds, ignore_cb, NULL, 4, argv, NULL);
+    }
+    if (failed_any)
+        sched__brain_step(b);
+}
+
+static struct btool *tool_find(struct brain *b, const char *use_id)
+{
+    for (struct btool *t = b->tools; t; t = t->next)
+        if (!strcmp(t->use_id, use_id))
+            return t;
+    return NULL;
+}
+
+void sched__brain_tool_start(struct brain *b, json_t *ev)
+{
+    const char *id = json_string_value(json_object_get(ev, "id")) ?: "";
+    const char *name = json_string_value(json_object_get(ev, "name")) ?: "";
+    if (tool_find(b, id))
+        return;
+    struct btool *t = calloc(1, sizeof(*t));
+    if (!t)
+        return;
+    t->b = b;
+    t->t0 = wp_now_ns();
+    snprintf(t->use_id, sizeof(t->use_id), "%s", id);
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->input = json_incref(json_object_get(ev, "input"));
+    t->next = b->tools;
+    b->tools = t;
+    bool known = sched__brain_builtin(name);
+    if (!known || json_object_get(t->input, "_invalid_input")) {
+        char msg[200];
+        int n = known ? snprintf(msg, sizeof(msg), "%s: the tool input was not valid JSON", name)
+                      : snprintf(msg, sizeof(msg), "%s: no such tool in this sandbox", name);
+        tool_result(b, t, msg, (size_t)n, true);
+        return;
+    }
+    if (b->sbx == SBX_NONE)
+        sched__brain_claim(b);
+}
+
+void sched__brain_tools_cancel(struct brain *b)
+{
+    while (b->tools) {
+        struct btool *t = b->tools;
+        if (t->call_id && b->ac) {
+            char use[64];
+            snprintf(use, sizeof(use), "%s", t->use_id);
+            /* tool_done runs at once with -ECANCELED and appends the result */
+            alink_client_cancel(b->ac, t->call_id, NULL);
+            if (!(t = tool_find(b, use)))
+                continue;
+            t->call_id = 0;
+        }
+        tool_result(b, t, "interrupted", 11, true);
+    }
+}
