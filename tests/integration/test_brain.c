@@ -252,14 +252,7 @@ static int group_setup(void **state)
     snprintf(env, sizeof(env), "%s:2:2", tmpl);
     if ((NODE = th_node_spawn(DIR_, "n1", R.port, env)) < 0)
         return -1;
-    for (int i = 0; i < 600; i++) {
-        char out[64];
-        th_sh(out, sizeof(out), "redis-cli -p %d llen 'wp:env:{brainpool}:hot'", R.port);
-        if (atoi(out) >= 2)
-            return 0;
-        th_msleep(50);
-    }
-    return -1;
+    return th_wait_hot(R.port, "brainpool", 2, 30) ? 0 : -1;
 }
 
 static int group_teardown(void **state)

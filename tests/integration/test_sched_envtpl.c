@@ -105,12 +105,7 @@ static int hot_count(const char *env)
 
 static bool wait_hot(const char *env, int n, int secs)
 {
-    for (int i = 0; i < secs * 10; i++) {
-        if (hot_count(env) >= n)
-            return true;
-        th_msleep(100);
-    }
-    return false;
+    return th_wait_hot(R.port, env, n, secs);
 }
 
 /* Idle clone ids of env, newline-separated, into out. */

@@ -55,14 +55,7 @@ static int group_setup(void **state)
     if (th_sched_start(&A, R.port, NULL) < 0 || th_sched_start(&B, R.port, NULL) < 0)
         return -1;
     /* Wait for the node's hot tier. */
-    for (int i = 0; i < 600; i++) {
-        char out[64];
-        th_sh(out, sizeof(out), "redis-cli -p %d llen 'wp:env:{py}:hot'", R.port);
-        if (atoi(out) >= 2)
-            return 0;
-        th_msleep(50);
-    }
-    return -1;
+    return th_wait_hot(R.port, "py", 2, 30) ? 0 : -1;
 }
 
 static int group_teardown(void **state)

@@ -148,27 +148,20 @@ static void work_state(const char *sid, char *out, size_t cap)
 static pid_t spawn_worker_in(const char *id, const char *state_of, int hot, const char *url, const char *key,
                              int lease_ttl)
 {
-    char bin[1024], redis[64], log[1100], state[1100], env[1100], ttl[16];
-    snprintf(bin, sizeof(bin), "%s/warmpool-node", th_build_dir());
-    snprintf(redis, sizeof(redis), "127.0.0.1:%d", R.port);
+    char log[1100], state[1100], env[1100], ttl[16];
     snprintf(log, sizeof(log), "%s/node-%s.log", DIR_, id);
     snprintf(state, sizeof(state), "%s/state-%s", DIR_, state_of);
     snprintf(env, sizeof(env), "%s:%d:%d", TMPL, hot, hot);
     snprintf(ttl, sizeof(ttl), "%d", lease_ttl);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        wp_close_fds_from(3);
-        if (key)
-            setenv("WARMPOOL_ENVIRONMENT_KEY", key, 1);
-        else
-            unsetenv("WARMPOOL_ENVIRONMENT_KEY");
-        execl(bin, bin, "--id", id, "--redis", redis, "--state-dir", state, "--env", env, "--worker",
-              "--control-plane", url, "--environment", ENV_ID, "--worker-lease-ttl", ttl, (char *)NULL);
-        _exit(127);
-    }
+    /* The key reaches the node through its environment only: set here for
+     * the fork, gone again at once (this test is single-threaded). */
+    if (key)
+        setenv("WARMPOOL_ENVIRONMENT_KEY", key, 1);
+    else
+        unsetenv("WARMPOOL_ENVIRONMENT_KEY");
+    pid_t pid = th_node_start(id, R.port, state, log, "--env", env, "--worker", "--control-plane",
+                              url, "--environment", ENV_ID, "--worker-lease-ttl", ttl, (char *)NULL);
+    unsetenv("WARMPOOL_ENVIRONMENT_KEY");
     return pid;
 }
 
@@ -211,14 +204,7 @@ static void stop_node(pid_t pid)
 
 static int wait_hot(int n)
 {
-    for (int i = 0; i < 1200; i++) {
-        char out[64];
-        th_sh(out, sizeof(out), "redis-cli -p %d llen 'wp:env:{" POOL_ENV "}:hot'", R.port);
-        if (atoi(out) >= n)
-            return 0;
-        th_msleep(50);
-    }
-    return -1;
+    return th_wait_hot(R.port, POOL_ENV, n, 60) ? 0 : -1;
 }
 
 /* ---- set-up ---- */

@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include "sched_testlib.h"
+#include "snaplib.h"
+#include "testlib.h"
 #include "base/err.h"
 #include "base/fs.h"
 
@@ -46,7 +48,10 @@ int th_hands_copy(const char *dir, char *out, size_t cap)
     snprintf(hands, sizeof(hands), "%s/warmpool-hands", th_build_dir());
     snprintf(out, cap, "%s/wp", dir);
     snprintf(dst, sizeof(dst), "%s/warmpool-hands", out);
-    if (mkdir(out, 0755) == 0 && wp_read_file(hands, 64 << 20, &data, &len, &err) == 0 &&
+    if (access(dst, X_OK) == 0)
+        return 0; /* copied already (templates of one test share it) */
+    if ((mkdir(out, 0755) == 0 || errno == EEXIST) &&
+        wp_read_file(hands, 64 << 20, &data, &len, &err) == 0 &&
         wp_write_file(dst, data, len, 0755, &err) == 0)
         rc = 0;
     free(data);
@@ -84,6 +89,18 @@ int th_node_start(const char *id, int redis_port, const char *state, const char 
         _exit(127);
     }
     return pid;
+}
+
+bool th_wait_hot(int redis_port, const char *env, int n, int secs)
+{
+    for (int i = 0; i < secs * 20; i++) {
+        char out[64];
+        th_sh(out, sizeof(out), "redis-cli -p %d llen 'wp:env:{%s}:hot'", redis_port, env);
+        if (atoi(out) >= n)
+            return true;
+        th_msleep(50);
+    }
+    return false;
 }
 
 /* Children still running at exit (a failed assertion skips the stop)

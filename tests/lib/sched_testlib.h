@@ -3,6 +3,7 @@
 #ifndef WP_SCHED_TESTLIB_H
 #define WP_SCHED_TESTLIB_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct th_sched {
@@ -21,13 +22,16 @@ int th_sched_stop(struct th_sched *s);
 const char *th_build_dir(void);
 
 /* Copy BUILD/warmpool-hands into DIR/wp (a sandbox binds that dir at /.wp:
- * a copy, so a rebuild does not change what running sandboxes see). The
- * dir's path goes into out. Returns 0 or -1. */
+ * a copy, so a rebuild does not change what running sandboxes see), once.
+ * The dir's path goes into out. Returns 0 or -1. */
 int th_hands_copy(const char *dir, char *out, size_t cap);
 /* Start BUILD/warmpool-node --id ID --redis 127.0.0.1:PORT --state-dir
  * STATE plus extra args (NULL-terminated), output appended to LOG.
  * Returns its pid or -1 (stop it with SIGTERM and waitpid). */
 int th_node_start(const char *id, int redis_port, const char *state, const char *log, ...);
+/* Wait up to secs for env's hot list (wp:env:{env}:hot) to hold at least
+ * n idle sandboxes. Returns true when it does. */
+bool th_wait_hot(int redis_port, const char *env, int n, int secs);
 
 struct th_resp {
     int status;

@@ -200,21 +200,11 @@ int th_hostname_of(pid_t pid, char *out, size_t cap)
 int th_hands_template(const char *dir, const char *name, const char *hostname, char *path,
                       size_t cap)
 {
-    char hands[1024], wp[1024], dst[1100], json[2048], host[128] = "", *data = NULL;
-    size_t len = 0;
+    char wp[1024], json[2048], host[128] = "";
     struct wp_err err;
 
-    snprintf(hands, sizeof(hands), "%s/warmpool-hands", th_build_dir());
-    snprintf(wp, sizeof(wp), "%s/wp", dir);
-    snprintf(dst, sizeof(dst), "%s/warmpool-hands", wp);
-    if (access(dst, X_OK) != 0 &&
-        ((mkdir(wp, 0755) < 0 && errno != EEXIST) ||
-         wp_read_file(hands, 64 << 20, &data, &len, &err) < 0 ||
-         wp_write_file(dst, data, len, 0755, &err) < 0)) {
-        free(data);
+    if (th_hands_copy(dir, wp, sizeof(wp)) < 0)
         return -1;
-    }
-    free(data);
     if (hostname)
         snprintf(host, sizeof(host), "\"hostname\":\"%s\",", hostname);
     snprintf(path, cap, "%s/%s.json", dir, name);
@@ -231,20 +221,8 @@ int th_hands_template(const char *dir, const char *name, const char *hostname, c
 
 pid_t th_node_spawn(const char *dir, const char *id, int redis_port, const char *env_spec)
 {
-    char bin[1024], redis[64], log[1100], state[1100];
-    snprintf(bin, sizeof(bin), "%s/warmpool-node", th_build_dir());
-    snprintf(redis, sizeof(redis), "127.0.0.1:%d", redis_port);
+    char log[1100], state[1100];
     snprintf(log, sizeof(log), "%s/node-%s.log", dir, id);
     snprintf(state, sizeof(state), "%s/state-%s", dir, id);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        wp_close_fds_from(3);
-        execl(bin, bin, "--id", id, "--redis", redis, "--state-dir", state, "--env", env_spec,
-              (char *)NULL);
-        _exit(127);
-    }
-    return pid;
+    return th_node_start(id, redis_port, state, log, "--env", env_spec, (char *)NULL);
 }
