@@ -39,6 +39,7 @@
 #include <sys/random.h>
 
 #include "base/buf.h"
+#include "base/curlev.h"
 #include "base/timeutil.h"
 
 #define MAXS 20000
@@ -78,8 +79,8 @@ struct sess {
 
 static struct {
     struct ev_loop *loop;
-    CURLM *multi;
-    ev_timer curl_timer, arrival, stop;
+    struct wp_curlev ce;         /* the multi handle on the loop */
+    ev_timer arrival, stop;
     const char *mode, *sched, *key, *msrv, *env, *agent, *env_id, *out;
     double rate, duration, timeout;
     int max_inflight, inflight, n, shed, live;
@@ -94,74 +95,14 @@ static double now_ms(void)
     return wp_now_ms();
 }
 
-/* ---- libcurl multi on libev (style.md habit 5) ----------------------------- */
-
-struct sock {
-    ev_io io;
-    curl_socket_t fd;
-};
+/* ---- libcurl multi on libev: base/curlev.h ------------------------------------ */
 
 static void check_done(void);
 
-static void sock_cb_io(struct ev_loop *loop, ev_io *w, int revents)
+static void curl_after(void *ctx)
 {
-    CURLM *multi = B.multi; /* the socket callback may free w's struct: copy first */
-    curl_socket_t fd = w->fd;
-    int running, flags = (revents & EV_READ ? CURL_CSELECT_IN : 0) |
-                         (revents & EV_WRITE ? CURL_CSELECT_OUT : 0);
-    (void)loop;
-    curl_multi_socket_action(multi, fd, flags, &running);
+    (void)ctx;
     check_done();
-}
-
-static int socket_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *sockp)
-{
-    struct sock *s = sockp;
-    (void)e;
-    (void)userp;
-    if (what == CURL_POLL_REMOVE) {
-        if (s) {
-            ev_io_stop(B.loop, &s->io);
-            curl_multi_assign(B.multi, fd, NULL);
-            free(s);
-        }
-        return 0;
-    }
-    if (!s) {
-        s = calloc(1, sizeof(*s));
-        if (!s)
-            return -1;
-        s->fd = fd;
-        curl_multi_assign(B.multi, fd, s);
-        ev_init(&s->io, sock_cb_io);
-    }
-    int ev = (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0);
-    ev_io_stop(B.loop, &s->io);
-    ev_io_set(&s->io, fd, ev);
-    ev_io_start(B.loop, &s->io);
-    return 0;
-}
-
-static void curl_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    int running;
-    (void)loop;
-    (void)w;
-    (void)revents;
-    curl_multi_socket_action(B.multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_done();
-}
-
-static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
-{
-    (void)multi;
-    (void)userp;
-    ev_timer_stop(B.loop, &B.curl_timer);
-    if (timeout_ms >= 0) {
-        ev_timer_set(&B.curl_timer, timeout_ms / 1000.0, 0.);
-        ev_timer_start(B.loop, &B.curl_timer);
-    }
-    return 0;
 }
 
 /* ---- requests ------------------------------------------------------------------ */
@@ -231,14 +172,14 @@ static struct hreq *request(struct sess *s, enum kind k, const char *method, con
         json_decref(body);
         curl_easy_setopt(h->e, CURLOPT_POSTFIELDS, h->post);
     }
-    curl_multi_add_handle(B.multi, h->e);
+    curl_multi_add_handle(B.ce.multi, h->e);
     return h;
 }
 
 static void hreq_free(struct hreq *h)
 {
     B.live -= h->kind != K_SESS_STREAM;
-    curl_multi_remove_handle(B.multi, h->e);
+    curl_multi_remove_handle(B.ce.multi, h->e);
     curl_easy_cleanup(h->e);
     curl_slist_free_all(h->hdrs);
     free(h->post);
@@ -250,7 +191,7 @@ static void check_done(void)
 {
     CURLMsg *m;
     int left;
-    while ((m = curl_multi_info_read(B.multi, &left))) {
+    while ((m = curl_multi_info_read(B.ce.multi, &left))) {
         if (m->msg != CURLMSG_DONE)
             continue;
         struct hreq *h;
@@ -513,7 +454,7 @@ static void kick_cb(struct ev_loop *loop, ev_timer *w, int revents)
         delete_resource(s);
     s->kick_send = s->kick_delete = false;
     int running;
-    curl_multi_socket_action(B.multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    curl_multi_socket_action(B.ce.multi, CURL_SOCKET_TIMEOUT, 0, &running);
     check_done();
 }
 
@@ -567,7 +508,7 @@ static void arrival_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
     start_session();
     int running;
-    curl_multi_socket_action(B.multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    curl_multi_socket_action(B.ce.multi, CURL_SOCKET_TIMEOUT, 0, &running);
     check_done();
     ev_timer_set(w, exp_sample(B.rate), 0.);
     ev_timer_start(loop, w);
@@ -724,16 +665,16 @@ int main(int argc, char **argv)
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     B.loop = EV_DEFAULT;
-    B.multi = curl_multi_init();
-    curl_multi_setopt(B.multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
-    curl_multi_setopt(B.multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-    curl_multi_setopt(B.multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+    if (wp_curlev_init(&B.ce, B.loop, curl_after, NULL) < 0) {
+        fprintf(stderr, "ttft_bench: out of memory\n");
+        return 1;
+    }
+    curl_multi_setopt(B.ce.multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
     json_t *before = msrv_requests();
     json_t *last = json_array_get(before, json_array_size(before) - 1);
     snprintf(B.msrv_last, sizeof(B.msrv_last), "%s",
              json_string_value(json_object_get(last, "request_id")) ?: "");
     json_decref(before);
-    ev_init(&B.curl_timer, curl_timer_cb);
     ev_timer_init(&B.arrival, arrival_cb, exp_sample(B.rate), 0.);
     B.t_start = now_ms();
     ev_timer_start(B.loop, &B.arrival);
@@ -749,7 +690,7 @@ int main(int argc, char **argv)
     int rc = write_results();
     fprintf(stderr, "ttft_bench: mode=%s env=%s rate=%g sessions=%d shed=%d -> %s\n", B.mode,
             B.env, B.rate, B.n, B.shed, B.out);
-    curl_multi_cleanup(B.multi);
+    wp_curlev_cleanup(&B.ce);
     curl_global_cleanup();
     return rc == 0 ? 0 : 1;
 }
