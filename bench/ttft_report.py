@@ -78,10 +78,9 @@ open(f"{out}/ttft.md", "w").write("\n".join(md) + "\n")
 # gnuplot: TTFT p50 (solid) and p95 (dashed) against the rate, one colour
 # per mode, one panel per environment, log scale.
 envs = sorted({r["env"] for r in runs})
-gp = ["set terminal svg size 1200,%d dynamic background '#ffffff'" % (360 * max(1, len(envs))),
-      "set output 'ttft.svg'", "set multiplot layout %d,1" % max(1, len(envs)),
-      "set logscale y", "set xlabel 'arrivals per second'", "set ylabel 'TTFT ms'", "set key outside right",
-      "set grid"]
+# One panel per environment: (env, [(mode, [(rate, p50, p95), ...]), ...]),
+# for both plots below.
+panels = []
 for e in envs:
     series = []
     for m in MODES:
@@ -89,8 +88,13 @@ for e in envs:
                      for r in runs if r["env"] == e and r["bench_mode"] == m and r["ttft_ms"].get("n"))
         if pts:
             series.append((m, pts))
-    if not series:
-        continue
+    if series:
+        panels.append((e, series))
+gp = ["set terminal svg size 1200,%d dynamic background '#ffffff'" % (360 * max(1, len(envs))),
+      "set output 'ttft.svg'", "set multiplot layout %d,1" % max(1, len(envs)),
+      "set logscale y", "set xlabel 'arrivals per second'", "set ylabel 'TTFT ms'", "set key outside right",
+      "set grid"]
+for e, series in panels:
     gp.append(f"set title 'TTFT, {e}'")
     for i, (m, pts) in enumerate(series):
         gp.append(f"$d_{e}_{m} << EOD")
@@ -110,16 +114,6 @@ open(f"{out}/ttft.gp", "w").write("\n".join(gp) + "\n")
 # the arrival rate, p50 solid and p95 dashed, one colour per mode.
 COLORS = ["#444444", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"]
 W, PH, ML, MR, MT, MB = 1000, 300, 70, 230, 40, 45
-panels = []
-for e in envs:
-    series = []
-    for m in MODES:
-        pts = sorted((r["rate"], r["ttft_ms"].get("p50"), r["ttft_ms"].get("p95"))
-                     for r in runs if r["env"] == e and r["bench_mode"] == m and r["ttft_ms"].get("n"))
-        if pts:
-            series.append((m, pts))
-    if series:
-        panels.append((e, series))
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{PH * max(1, len(panels))}" '
        'font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="#fff"/>']
 for pi, (e, series) in enumerate(panels):
