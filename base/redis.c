@@ -173,7 +173,8 @@ static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
     wp_redis_cb cb = c->cb;
     void *ctx = c->ctx;
     free(c);
-    cb(ctx, reply);
+    if (cb)
+        cb(ctx, reply);
 }
 
 int wp_redis_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc,

@@ -28,7 +28,8 @@ void wp_redis_free(struct wp_redis *r);
 bool wp_redis_ready(const struct wp_redis *r);
 /* Send argv (binary-safe with lens; lens NULL = strlen). Returns 0 and cb
  * is called exactly once (reply or NULL); < 0 (not connected) and cb is
- * never called. */
+ * never called. cb may be NULL: the reply is dropped (writes whose outcome
+ * the sender does not act on). */
 int wp_redis_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc, const char **argv,
                   const size_t *lens);
 /* EVAL a Lua script (Redis caches it by SHA1): argv holds the nkeys keys

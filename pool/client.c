@@ -65,12 +65,6 @@ static const char lua_pick_node[] =
     "if #live == 0 then return nil end\n"
     "return live[math.random(#live)]\n";
 
-static void ignore_reply(void *ctx, redisReply *reply)
-{
-    (void)ctx;
-    (void)reply;
-}
-
 /* Claim latency by tier as a histogram of power-of-two microsecond
  * buckets (`pool status` reads p50/p95 from it). */
 static void record_latency(struct pool_client *c, const char *env,
@@ -85,7 +79,7 @@ static void record_latency(struct pool_client *c, const char *env,
     snprintf(key, sizeof(key), POOL__K_LAT "%s", env, res->tier);
     snprintf(bucket, sizeof(bucket), "%d", b);
     const char *argv[] = { "HINCRBY", key, bucket, "1" };
-    wp_redis_argv(c->r, ignore_reply, NULL, 4, argv, NULL);
+    wp_redis_argv(c->r, NULL, NULL, 4, argv, NULL);
 }
 
 static void claim_finish(struct claim *cl, int status, const struct pool_claim_result *res,

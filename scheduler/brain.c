@@ -121,12 +121,6 @@ static const char lua_orphans[] =
     "end\n"
     "return out\n";
 
-static void ignore_cb(void *ctx, redisReply *reply)
-{
-    (void)ctx;
-    (void)reply;
-}
-
 /* ---- bookkeeping -------------------------------------------------------- */
 
 static struct brain *find(struct sched_brains *bs, const char *sid)
@@ -814,10 +808,10 @@ static void linger_cb(struct ev_loop *loop, ev_timer *w, int revents)
     if (b->claim.sandbox[0]) {
         pool_release(b->srv->pool, b->pool_env, b->claim.sandbox, b->claim.token, NULL, NULL, NULL);
         const char *argv[] = { "HDEL", b->key_obj, "sbx_sandbox", "sbx_token" };
-        wp_redis_argv(b->srv->rds, ignore_cb, NULL, 4, argv, NULL);
+        wp_redis_argv(b->srv->rds, NULL, NULL, 4, argv, NULL);
     }
     const char *argv[] = { b->key_lease, b->token, "0" };
-    wp_redis_script(b->srv->rds, lua_renew, ignore_cb, NULL, 1, 3, argv, NULL);
+    wp_redis_script(b->srv->rds, lua_renew, NULL, NULL, 1, 3, argv, NULL);
     log_info("session=%s brain released after %.0f s idle", b->sid, b->srv->cfg.brain_linger_s);
     brain_stop(b, "idle");
     sched__brain_maybe_free(b);
@@ -875,7 +869,7 @@ static void acquire_cb(void *ctx, redisReply *reply)
         if (held && !b->stopped) {
             /* Someone else runs it: tell them there is new input. */
             const char *argv[] = { "PUBLISH", BRAIN_WAKE_CHANNEL, b->sid };
-            wp_redis_argv(bs->srv->rds, ignore_cb, NULL, 3, argv, NULL);
+            wp_redis_argv(bs->srv->rds, NULL, NULL, 3, argv, NULL);
         }
         b->stopped = true;
         sched__brain_maybe_free(b);
@@ -967,7 +961,7 @@ static void end_cb(void *ctx, redisReply *reply)
             if (b && !b->stopped)
                 read_new(b);
             else
-                wp_redis_argv(srv->rds, ignore_cb, NULL, 3, pub, NULL);
+                wp_redis_argv(srv->rds, NULL, NULL, 3, pub, NULL);
         }
     }
     free(se);

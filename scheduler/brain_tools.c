@@ -20,12 +20,6 @@
 #include "scheduler/metrics.h"
 #include "scheduler/sched_int.h"
 
-static void ignore_cb(void *ctx, redisReply *reply)
-{
-    (void)ctx;
-    (void)reply;
-}
-
 /* ---- the sandbox ------------------------------------------------------- */
 
 
@@ -36,7 +30,7 @@ static void save_sandbox(struct brain *b)
     const char *argv[] = { "HSET", b->key_obj, "sbx_sandbox", b->claim.sandbox, "sbx_node",
                            b->claim.node, "sbx_relay", b->claim.relay, "sbx_token", tok,
                            "sbx_tier", b->claim.tier, "sbx_env", b->pool_env };
-    wp_redis_argv(b->srv->rds, ignore_cb, NULL, 14, argv, NULL);
+    wp_redis_argv(b->srv->rds, NULL, NULL, 14, argv, NULL);
 }
 
 static void sandbox_failed(struct brain *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -260,7 +254,7 @@ void sched__brain_tools_run(struct brain *b)
         b->sbx = SBX_NONE;
         memset(&b->claim, 0, sizeof(b->claim));
         const char *argv[] = { "HDEL", b->key_obj, "sbx_sandbox", "sbx_token" };
-        wp_redis_argv(b->srv->rds, ignore_cb, NULL, 4, argv, NULL);
+        wp_redis_argv(b->srv->rds, NULL, NULL, 4, argv, NULL);
     }
     if (failed_any)
         sched__brain_step(b);

@@ -63,12 +63,6 @@ static void key_sbx(char *out, size_t cap, const char *id)
     snprintf(out, cap, "wp:sbx:%s", id);
 }
 
-static void ignore_cb(void *ctx, redisReply *reply)
-{
-    (void)ctx;
-    (void)reply;
-}
-
 /* Write the record's changing fields (best effort: the request that reads
  * it answers from Redis, so a lost write shows an older state). */
 static void save(struct sched_sbx *s)
@@ -83,7 +77,7 @@ static void save(struct sched_sbx *s)
     const char *argv[] = { "HSET", key, "status", names[s->st], "sandbox", s->res.sandbox,
                            "node", s->res.node, "relay", s->res.relay, "tier", s->res.tier,
                            "token", tok, "claim_ms", cms, "attached_ms", ams, "error", s->error };
-    wp_redis_argv(s->srv->rds, ignore_cb, NULL, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
+    wp_redis_argv(s->srv->rds, NULL, NULL, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
 }
 
 static struct sched_sbx *find_local(struct sched_server *srv, const char *id)
@@ -560,7 +554,7 @@ static void got_record(void *ctx, redisReply *reply)
         char key[80];
         key_sbx(key, sizeof(key), req->params[0]);
         const char *argv[] = { "DEL", key };
-        wp_redis_argv(req->srv->rds, ignore_cb, NULL, 2, argv, NULL);
+        wp_redis_argv(req->srv->rds, NULL, NULL, 2, argv, NULL);
         sched__respond_json(req, 200, json_pack("{s:s, s:s}", "type", "sandbox_deleted", "id",
                                                 req->params[0]));
         return;
