@@ -338,10 +338,13 @@ static json_t *apt_step(const char *spec)
 
 json_t *sched__envtpl_cap_network(json_t *env, int cap)
 {
-    json_t *cfg = json_object_get(env, "config"), *n = json_object_get(cfg, "networking");
+    json_t *n = json_object_get(json_object_get(env, "config"), "networking");
     const char *ty = json_string_value(json_object_get(n, "type"));
-    if (cap >= SCHED_NET_UNRESTRICTED || !ty || !json_is_object(cfg))
-        return env;
+    if (cap >= SCHED_NET_UNRESTRICTED || !ty || !json_is_object(json_object_get(env, "config")))
+        return json_incref(env);
+    /* A copy: env is the stored object the client gets back unchanged. */
+    env = json_deep_copy(env);
+    json_t *cfg = json_object_get(env, "config");
     if (cap == SCHED_NET_NONE)
         json_object_set_new(cfg, "networking", json_object()); /* no type: no network */
     else if (strcmp(ty, "unrestricted") == 0)
@@ -476,8 +479,10 @@ void sched__envtpl_publish(struct sched_req *req, json_t *env)
         sched__envtpl_withdraw(req, env);
         return;
     }
-    json_t *t = sched__envtpl_template(sched__envtpl_cap_network(env, req->srv->cfg.api_network),
-                                       req->srv->cfg.hands_dir, &min_hot, &max_hot);
+    json_t *capped = sched__envtpl_cap_network(env, req->srv->cfg.api_network);
+    json_t *t = capped ? sched__envtpl_template(capped, req->srv->cfg.hands_dir, &min_hot, &max_hot)
+                       : NULL;
+    json_decref(capped);
     char *s = t ? json_dumps(t, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(t);
     if (!s || sched__env_pool_name(json_string_value(json_object_get(env, "id")), name,

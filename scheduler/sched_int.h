@@ -392,8 +392,8 @@ const char *sched__envtpl_check(json_t *env);
  * environment, or NULL. */
 /* The operator's cap on what API environments' networking becomes
  * (--api-network): none drops it, limited turns unrestricted into limited
- * with no hosts. Changes env's config in place (the caller's copy, about
- * to be published) and returns env. */
+ * with no hosts. Returns a new reference (caller owns): env itself when
+ * the cap changes nothing, else a changed copy; env is never modified. */
 json_t *sched__envtpl_cap_network(json_t *env, int cap);
 json_t *sched__envtpl_template(json_t *env, const char *hands_dir, double *min_hot,
                                double *max_hot);

@@ -371,12 +371,20 @@ static void env_pool_names_and_templates(void **state)
     assert_string_equal(json_string_value(json_object_get(json_object_get(tn, "network"), "mode")),
                         "unrestricted");
     json_decref(tn);
-    tn = sched__envtpl_template(sched__envtpl_cap_network(net, SCHED_NET_LIMITED), "/opt/wp", &a, &z);
+    json_t *capped = sched__envtpl_cap_network(net, SCHED_NET_LIMITED);
+    tn = sched__envtpl_template(capped, "/opt/wp", &a, &z);
+    json_decref(capped);
+    /* the stored environment (what its client reads) is left as it is */
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_object_get(net, "config"),
+                                                                           "networking"), "type")),
+                        "unrestricted");
     assert_string_equal(json_string_value(json_object_get(json_object_get(tn, "network"), "mode")),
                         "limited");
     assert_int_equal(json_array_size(json_object_get(json_object_get(tn, "network"), "allowed_hosts")), 0);
     json_decref(tn);
-    tn = sched__envtpl_template(sched__envtpl_cap_network(net, SCHED_NET_NONE), "/opt/wp", &a, &z);
+    capped = sched__envtpl_cap_network(net, SCHED_NET_NONE);
+    tn = sched__envtpl_template(capped, "/opt/wp", &a, &z);
+    json_decref(capped);
     json_t *mode = json_object_get(json_object_get(tn, "network"), "mode");
     assert_true(!mode || !strcmp(json_string_value(mode), "none"));
     json_decref(tn);
