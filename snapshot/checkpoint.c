@@ -253,8 +253,10 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
         snap__log_excerpt(log, excerpt, sizeof(excerpt));
         /* Keep the log for the operator next to where the image would be. */
         snprintf(kept, sizeof(kept), "%s/images/%s.dump-failed.log", ctx->state_dir, name);
-        if (rename(log, kept) < 0)
-            snprintf(kept, sizeof(kept), "(lost: %s)", strerror(errno));
+        if (rename(log, kept) < 0) {
+            size_t l = strlen(kept);
+            snprintf(kept + l, sizeof(kept) - l, " (criu wrote none)");
+        }
         if (rc == WP_ETIMEDOUT)
             rc = wp_err_set(err, WP_ECRIU,
                             "criu dump did not finish within %.0f s (killed; mode %s), log: %s",

@@ -485,8 +485,10 @@ static void keep_log(struct snap_ctx *ctx, const struct snap_sandbox *sb, char *
 
     snprintf(out, cap, "%s/images/%s.restore-failed.log", ctx->state_dir, sb->image);
     snprintf(from, sizeof(from), "%s/restore.log", sb->dir);
-    if (rename(from, out) < 0)
-        snprintf(out, cap, "(none written)");
+    if (rename(from, out) < 0) {
+        size_t l = strlen(out);
+        snprintf(out + l, cap - l, " (criu wrote none)");
+    }
     snprintf(from, sizeof(from), "%s/lazy-pages.log", sb->dir);
     char lazy[760];
     snprintf(lazy, sizeof(lazy), "%s/images/%s.lazy-pages-failed.log", ctx->state_dir, sb->image);
