@@ -134,36 +134,55 @@ struct step {
     int status;
 };
 
-/* Run criu with argv under a deadline, stdout/stderr to /dev/null (it
- * logs to the file named in argv). */
-static int run_criu(const char *criu, const char *const *args, enum snap_criu_mode mode,
-                    double deadline_s, struct step *st)
+/* In a child: nothing inherited but /dev/null as stdin/out/err. */
+static void child_stdio_null(void)
+{
+    int devnull = open("/dev/null", O_RDWR);
+    dup2(devnull, 0);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    wp_close_fds_from(3);
+}
+
+/* Start criu with args in the mode, leading a process group of its own
+ * (killed whole at a deadline); output to /dev/null (it logs to the file
+ * named in args). Returns its pid or -errno. */
+static pid_t spawn_criu(const char *criu, const char *const *args, enum snap_criu_mode mode)
 {
     const char *argv[24];
-    int n = 0, rc;
-    uint64_t t0 = wp_now_ns();
+    int n = 0;
     pid_t pid;
 
     argv[n++] = criu;
     for (const char *const *a = args; *a && n < 23; a++)
         argv[n++] = *a;
     argv[n] = NULL;
-    memset(st, 0, sizeof(*st));
     pid = fork();
     if (pid < 0)
         return -errno;
     if (pid == 0) {
-        int devnull = open("/dev/null", O_RDWR);
         setpgid(0, 0);
-        dup2(devnull, 0);
-        dup2(devnull, 1);
-        dup2(devnull, 2);
-        wp_close_fds_from(3);
+        child_stdio_null();
         snap__criu_env(mode);
         unsetenv("CRIU_CONFIG_FILE");
         execv(criu, (char *const *)argv);
         _exit(127);
     }
+    return pid;
+}
+
+/* Run criu under a deadline. */
+static int run_criu(const char *criu, const char *const *args, enum snap_criu_mode mode,
+                    double deadline_s, struct step *st)
+{
+    uint64_t t0 = wp_now_ns();
+    int rc;
+    pid_t pid;
+
+    memset(st, 0, sizeof(*st));
+    pid = spawn_criu(criu, args, mode);
+    if (pid < 0)
+        return pid;
     rc = snap__wait_deadline(pid, t0 + (uint64_t)(deadline_s * 1e9), &st->status);
     if (rc == WP_ETIMEDOUT) {
         snap__kill_group(pid);
@@ -178,12 +197,8 @@ static pid_t start_target(void)
 {
     pid_t pid = fork();
     if (pid == 0) {
-        int devnull = open("/dev/null", O_RDWR);
         setsid();
-        dup2(devnull, 0);
-        dup2(devnull, 1);
-        dup2(devnull, 2);
-        wp_close_fds_from(3);
+        child_stdio_null();
         execl("/bin/sleep", "sleep", "1000", (char *)NULL);
         _exit(127);
     }
@@ -325,20 +340,8 @@ static void probe_mode(const char *criu, const char *dir, enum snap_criu_mode mo
      * in from it. Both share the work dir, where the socket lives. */
     snprintf(sock, sizeof(sock), "%s/lazy-pages.socket", img);
     unlink(pidf);
-    pid_t daemon = fork();
-    if (daemon == 0) {
-        int devnull = open("/dev/null", O_RDWR);
-        setpgid(0, 0);
-        dup2(devnull, 0);
-        dup2(devnull, 1);
-        dup2(devnull, 2);
-        wp_close_fds_from(3);
-        snap__criu_env(mode);
-        unsetenv("CRIU_CONFIG_FILE");
-        execl(criu, criu, "lazy-pages", "-D", img, "-W", img, "-o", "lazy-pages.log", "-v4",
-              (char *)NULL);
-        _exit(127);
-    }
+    const char *lp[] = { "lazy-pages", "-D", img, "-W", img, "-o", "lazy-pages.log", "-v4", NULL };
+    pid_t daemon = spawn_criu(criu, lp, mode);
     if (daemon < 0 || !wait_socket(sock, daemon, deadline_s)) {
         snprintf(r->why, sizeof(r->why), "lazy-pages daemon did not listen within %.1f s",
                  deadline_s);

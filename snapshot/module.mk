@@ -10,3 +10,8 @@ BINS += $(BUILD)/bench/snap_bench
 $(BUILD)/bench/snap_bench: $(BUILD)/obj/bench/snap_bench.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
 	@mkdir -p $(@D)
 	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
+
+BINS += $(BUILD)/bench/criu_bench
+$(BUILD)/bench/criu_bench: $(BUILD)/obj/bench/criu_bench.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+	@mkdir -p $(@D)
+	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@

@@ -193,8 +193,21 @@ static void real_criu_on_this_machine(void **state)
 
 /* ---- a criu that hangs in the middle of real work ------------------------ */
 
-static struct snap_ctx *hang_ctx(struct th_snap *s, const char *criu)
+/* A context on s's state dir whose criu hangs in `criu swrk` (what libcriu
+ * runs) while dir/flag-<what> exists, for dumps (what "dump") or restores
+ * ("restore"): the helpers name their criu config, criu-dump.conf or not.
+ * The flag's path into flag. */
+static struct snap_ctx *hang_ctx(struct th_snap *s, const char *what, char *flag, size_t cap)
 {
+    char body[900], name[64];
+    bool dump = strcmp(what, "dump") == 0;
+    snprintf(flag, cap, "%s/flag-%s", dir, what);
+    snprintf(body, sizeof(body),
+             "[ \"$1\" = swrk ] && [ -e %s ] && case \"$CRIU_CONFIG_FILE\" in *dump.conf) %s;; "
+             "*) %s;; esac",
+             flag, dump ? HANG : "", dump ? "" : HANG);
+    snprintf(name, sizeof(name), "hang-%s", what);
+    const char *criu = standin(name, body);
     struct snap_config cfg = { .state_dir = s->state, .criu_bin = criu, .criu_timeout_s = 2,
                                .criu_mode = snap_criu_mode_name(snap_ctx_criu(s->ctx)->mode) };
     struct snap_ctx *ctx;
@@ -214,17 +227,11 @@ static void hung_restore_is_killed_and_cleaned(void **state)
     struct th_snap s;
     struct snap_sandbox *sb;
     struct wp_err err;
-    char flag[600], body[900];
+    char flag[600];
     (void)state;
 
     assert_int_equal(th_snap_open(&s), 0);
-    snprintf(flag, sizeof(flag), "%s/flag-restore", dir);
-    /* libcriu runs `criu swrk`; the restoring helper names its config. */
-    snprintf(body, sizeof(body),
-             "[ \"$1\" = swrk ] && [ -e %s ] && case \"$CRIU_CONFIG_FILE\" in *dump.conf) ;; *) " HANG
-             ";; esac",
-             flag);
-    struct snap_ctx *ctx = hang_ctx(&s, standin("hang-restore", body));
+    struct snap_ctx *ctx = hang_ctx(&s, "restore", flag, sizeof(flag));
     struct snap_template *t = th_template(COUNTER, s.rootfs);
     assert_int_equal(snap_boot(ctx, t, NULL, NULL, NULL, &sb, &err), 0);
     assert_int_equal(snap_checkpoint(ctx, sb, t, "img", 0, NULL, &err), 0);
@@ -262,16 +269,11 @@ static void hung_dump_is_killed_and_cleaned(void **state)
     struct th_snap s;
     struct snap_sandbox *sb;
     struct wp_err err;
-    char flag[600], body[900], path[900];
+    char flag[600], path[900];
     (void)state;
 
     assert_int_equal(th_snap_open(&s), 0);
-    snprintf(flag, sizeof(flag), "%s/flag-dump", dir);
-    snprintf(body, sizeof(body),
-             "[ \"$1\" = swrk ] && [ -e %s ] && case \"$CRIU_CONFIG_FILE\" in *dump.conf) " HANG
-             ";; esac",
-             flag);
-    struct snap_ctx *ctx = hang_ctx(&s, standin("hang-dump", body));
+    struct snap_ctx *ctx = hang_ctx(&s, "dump", flag, sizeof(flag));
     struct snap_template *t = th_template(COUNTER, s.rootfs);
     assert_int_equal(wp_write_file(flag, "", 0, 0644, NULL), 0);
     assert_int_equal(snap_boot(ctx, t, "dumped-1", NULL, NULL, &sb, &err), 0);
