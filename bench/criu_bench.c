@@ -165,11 +165,10 @@ int main(int argc, char **argv)
     fprintf(md, "# criu modes: what the no-breakpoints fallback costs\n\n"
                 "`make bench` (bench/criu_bench.c): a busybox sandbox booted, dumped, restored "
                 "eagerly and lazily, %d runs per mode interleaved in one process; times in ms.\n"
-                "Kernel %s. Probe on this host: **%s**%s%s.\n\n",
-            runs, u.release, snap_criu_mode_name(p.mode), p.why[0] ? " (" : "", p.why[0] ? p.why : "");
-    if (p.why[0])
-        fprintf(md, ")");
-    fprintf(md, "\n\n| step | mode | median | p95 | ratio to default (median / p95) |\n|---|---|---|---|---|\n");
+                "Kernel %s. Probe on this host: **%s**%s%s%s.\n",
+            runs, u.release, snap_criu_mode_name(p.mode), p.why[0] ? " (" : "",
+            p.why[0] ? p.why : "", p.why[0] ? ")" : "");
+    fprintf(md, "\n| step | mode | median | p95 | ratio to default (median / p95) |\n|---|---|---|---|---|\n");
     fprintf(js, "{\"probe\":\"%s\",\"runs\":%d,\"results\":[", snap_criu_mode_name(p.mode), runs);
     bool firstj = true;
     for (int st = 0; st < NSTEP; st++)

@@ -352,7 +352,8 @@ static void nodes_status(void)
                        ? h->element[k]->str
                        : "";
         printf("  %-20s alive %-3s criu %s%s%s%s\n", n, alive->integer ? "yes" : "NO",
-               v[0][0] ? v[0] : "?", strcmp(v[1], "no") == 0 ? " (lazy pages off)" : "",
+               v[0][0] ? v[0] : "?",
+               strcmp(v[1], "no") == 0 && strcmp(v[0], "none") != 0 ? " (lazy pages off)" : "",
                v[2][0] ? ", " : "", v[2]);
         if (strcmp(v[0], "none") == 0)
             printf("  %-20s criu does not work there: every sandbox is booted cold\n", "");

@@ -334,6 +334,80 @@ static void criu_off_refuses_at_once(void **state)
     th_snap_close(&s);
 }
 
+/* The build dir this test runs from (…/build/tests/integration/x). */
+static void build_dir(char *out, size_t cap)
+{
+    char exe[600];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    assert_true(n > 0);
+    exe[n] = '\0';
+    for (int i = 0; i < 3; i++)
+        *strrchr(exe, '/') = '\0';
+    snprintf(out, cap, "%s", exe);
+}
+
+/* `warmpool doctor`: every item with a verdict; this host serves. With a
+ * criu that works in no mode it still serves (cold boots), and says so. */
+static void doctor_reports_each_item(void **state)
+{
+    char build[600], out[8192];
+    (void)state;
+    build_dir(build, sizeof(build));
+    int rc = th_sh(out, sizeof(out), "%s/warmpool doctor", build);
+    print_message("%s", out);
+    assert_int_equal(rc, 0);
+    static const char *const items[] = { "root", "criu", "userfaultfd", "cgroups", "overlayfs",
+                                         "user namespaces", "seccomp", "nftables", "ksm", "/run",
+                                         "open files" };
+    for (size_t i = 0; i < sizeof(items) / sizeof(items[0]); i++) {
+        char want[64];
+        snprintf(want, sizeof(want), " %-16s ", items[i]);
+        assert_non_null(strstr(out, want));
+    }
+    assert_non_null(strstr(out, "ok    criu"));
+    assert_non_null(strstr(out, "this host can serve"));
+
+    const char *broken = standin("doctor-broken", "[ \"$1\" = dump ] && exit 3");
+    rc = th_sh(out, sizeof(out), "%s/warmpool doctor --criu %s --probe-cache '' --probe-timeout 1",
+               build, broken);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "warn  criu"));
+    assert_non_null(strstr(out, "no mode works"));
+    assert_non_null(strstr(out, "boots every sandbox cold"));
+    assert_non_null(strstr(out, "fix: "));
+    assert_non_null(strstr(out, "can serve, degraded"));
+    /* Bad input: a clear error, exit 2. */
+    rc = th_sh(out, sizeof(out), "%s/warmpool doctor --probe-timeout soon 2>&1", build);
+    assert_int_equal(rc, 2);
+}
+
+/* The suite itself stops at once, with the reason on one line, where no
+ * criu mode works (a build dir whose warmpool-snap says so). */
+static void suite_fails_fast_without_criu(void **state)
+{
+    char build[600], fake[700], out[4096], path[800];
+    (void)state;
+    build_dir(build, sizeof(build));
+    snprintf(fake, sizeof(fake), "%s/fakebuild", dir);
+    snprintf(path, sizeof(path), "%s/tests/unit", fake);
+    assert_int_equal(wp_mkdir_p(path, 0755, NULL), 0);
+    /* A test that would hang: it must never run. */
+    snprintf(path, sizeof(path), "%s/tests/unit/test_hang", fake);
+    assert_int_equal(wp_write_file(path, "#!/bin/sh\nexec sleep 4321\n", 26, 0755, NULL), 0);
+    snprintf(path, sizeof(path), "%s/warmpool-snap", fake);
+    const char *snap = "#!/bin/sh\necho '{\"mode\":\"none\",\"why\":\"default mode: dump hung; "
+                       "no-breakpoints mode: dump hung\"}'\nexit 1\n";
+    assert_int_equal(wp_write_file(path, snap, strlen(snap), 0755, NULL), 0);
+    uint64_t t0 = wp_now_ns();
+    int rc = th_sh(out, sizeof(out), "cd %s/.. && bash tests/run.sh %s", build, fake);
+    assert_true((double)(wp_now_ns() - t0) / 1e9 < 30);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "not ok - criu does not work on this host: default mode: dump "
+                                "hung; no-breakpoints mode: dump hung\n"));
+    assert_non_null(strstr(out, "0 passed, 1 failed"));
+    assert_int_equal(count_hung(), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -343,6 +417,8 @@ int main(void)
         cmocka_unit_test(hung_restore_is_killed_and_cleaned),
         cmocka_unit_test(hung_dump_is_killed_and_cleaned),
         cmocka_unit_test(criu_off_refuses_at_once),
+        cmocka_unit_test(doctor_reports_each_item),
+        cmocka_unit_test(suite_fails_fast_without_criu),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
