@@ -23,8 +23,14 @@
 #include "base/timeutil.h"
 
 #define REAL_CRIU WP_PREFIX "/bin/criu"
-/* What a hung stand-in runs: a number no other process uses, to count. */
-#define HANG "exec sleep 4321"
+/* What a hung stand-in runs: `sleep N`, N this test process's own (other
+ * runs of the suite may hang stand-ins at the same time), to count them. */
+#define HANG "exec sleep $HANG_SECS"
+
+static int hang_secs(void)
+{
+    return 40000 + (int)(getpid() % 20000);
+}
 
 static char *dir;
 
@@ -54,10 +60,11 @@ static const char *standin(const char *name, const char *body)
     int n = snprintf(text, sizeof(text),
                      "#!/bin/sh\n"
                      "[ \"$1\" = --version ] && exec %s --version\n"
+                     "HANG_SECS=%d\n"
                      "%s\n"
                      "export CRIU_FAULT=130\n"
                      "exec %s \"$@\"\n",
-                     REAL_CRIU, body, REAL_CRIU);
+                     REAL_CRIU, hang_secs(), body, REAL_CRIU);
     assert_int_equal(wp_write_file(path, text, (size_t)n, 0755, NULL), 0);
     return path;
 }
@@ -65,7 +72,7 @@ static const char *standin(const char *name, const char *body)
 static int count_hung(void)
 {
     char out[64];
-    th_sh(out, sizeof(out), "pgrep -cxf 'sleep 4321' || true");
+    th_sh(out, sizeof(out), "pgrep -cxf 'sleep %d' || true", hang_secs());
     return atoi(out);
 }
 
@@ -346,6 +353,20 @@ static void build_dir(char *out, size_t cap)
     snprintf(out, cap, "%s", exe);
 }
 
+/* The checkout holding it (build/ or build/asan/ under it). */
+static void repo_root(char *out, size_t cap)
+{
+    char probe[700];
+    build_dir(out, cap);
+    for (char *slash; (slash = strrchr(out, '/'));) {
+        *slash = '\0';
+        snprintf(probe, sizeof(probe), "%s/tests/run.sh", out);
+        if (access(probe, F_OK) == 0)
+            return;
+    }
+    fail_msg("no tests/run.sh above the build dir");
+}
+
 /* `warmpool doctor`: every item with a verdict; this host serves. With a
  * criu that works in no mode it still serves (cold boots), and says so. */
 static void doctor_reports_each_item(void **state)
@@ -385,27 +406,40 @@ static void doctor_reports_each_item(void **state)
  * criu mode works (a build dir whose warmpool-snap says so). */
 static void suite_fails_fast_without_criu(void **state)
 {
-    char build[600], fake[700], out[4096], path[800];
+    char root[600], fake[700], out[4096], path[800];
     (void)state;
-    build_dir(build, sizeof(build));
+    repo_root(root, sizeof(root));
     snprintf(fake, sizeof(fake), "%s/fakebuild", dir);
     snprintf(path, sizeof(path), "%s/tests/unit", fake);
     assert_int_equal(wp_mkdir_p(path, 0755, NULL), 0);
     /* A test that would hang: it must never run. */
     snprintf(path, sizeof(path), "%s/tests/unit/test_hang", fake);
-    assert_int_equal(wp_write_file(path, "#!/bin/sh\nexec sleep 4321\n", 26, 0755, NULL), 0);
+    char hang[64];
+    int hl = snprintf(hang, sizeof(hang), "#!/bin/sh\nexec sleep %d\n", hang_secs());
+    assert_int_equal(wp_write_file(path, hang, (size_t)hl, 0755, NULL), 0);
     snprintf(path, sizeof(path), "%s/warmpool-snap", fake);
     const char *snap = "#!/bin/sh\necho '{\"mode\":\"none\",\"why\":\"default mode: dump hung; "
                        "no-breakpoints mode: dump hung\"}'\nexit 1\n";
     assert_int_equal(wp_write_file(path, snap, strlen(snap), 0755, NULL), 0);
     uint64_t t0 = wp_now_ns();
-    int rc = th_sh(out, sizeof(out), "cd %s/.. && bash tests/run.sh %s", build, fake);
+    int rc = th_sh(out, sizeof(out), "cd %s && bash tests/run.sh %s", root, fake);
     assert_true((double)(wp_now_ns() - t0) / 1e9 < 30);
     assert_int_equal(rc, 1);
     assert_non_null(strstr(out, "not ok - criu does not work on this host: default mode: dump "
                                 "hung; no-breakpoints mode: dump hung\n"));
     assert_non_null(strstr(out, "0 passed, 1 failed"));
     assert_int_equal(count_hung(), 0);
+
+    /* A suite that skips as root is a failure, not a quiet nothing. */
+    snprintf(path, sizeof(path), "%s/warmpool-snap", fake);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/tests/unit/test_hang", fake);
+    const char *skipper = "#!/bin/sh\necho '1..0 # SKIP needs root'\n";
+    assert_int_equal(wp_write_file(path, skipper, strlen(skipper), 0755, NULL), 0);
+    rc = th_sh(out, sizeof(out), "cd %s && bash tests/run.sh %s", root, fake);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "not ok - unit/test_hang skipped 1 time(s) as root"));
+    assert_non_null(strstr(out, "0 passed, 1 failed"));
 }
 
 int main(void)
