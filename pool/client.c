@@ -368,9 +368,9 @@ static void op_cb(void *ctx, redisReply *reply)
 }
 
 static int sb_op(struct pool_client *c, const char *script, const char *env, const char *sandbox,
-                 uint64_t token, pool_done_cb cb, void *ctx, struct wp_err *err)
+                 uint64_t token, double lease_ms, pool_done_cb cb, void *ctx, struct wp_err *err)
 {
-    char key[256], tok[32], inbox[160], now[32];
+    char key[256], tok[32], inbox[160], now[32], lease[32];
     struct op *op;
 
     if (!snap_name_valid(env) || !snap_name_valid(sandbox))
@@ -389,7 +389,8 @@ static int sb_op(struct pool_client *c, const char *script, const char *env, con
         const char *argv[] = { key, tok, inbox, sandbox };
         rc = wp_redis_script(c->r, script, op_cb, op, 1, 4, argv, NULL);
     } else {
-        const char *argv[] = { key, tok, now, "60000" };
+        snprintf(lease, sizeof(lease), "%.0f", lease_ms);
+        const char *argv[] = { key, tok, now, lease };
         rc = wp_redis_script(c->r, script, op_cb, op, 1, 4, argv, NULL);
     }
     if (rc < 0) {
@@ -402,13 +403,21 @@ static int sb_op(struct pool_client *c, const char *script, const char *env, con
 int pool_release(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
                  pool_done_cb cb, void *ctx, struct wp_err *err)
 {
-    return sb_op(c, pool__lua_release, env, sandbox, token, cb, ctx, err);
+    return sb_op(c, pool__lua_release, env, sandbox, token, 0, cb, ctx, err);
 }
 
 int pool_renew(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
                pool_done_cb cb, void *ctx, struct wp_err *err)
 {
-    return sb_op(c, pool__lua_renew, env, sandbox, token, cb, ctx, err);
+    return pool_renew_for(c, env, sandbox, token, 60000, cb, ctx, err);
+}
+
+int pool_renew_for(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
+                   double lease_ms, pool_done_cb cb, void *ctx, struct wp_err *err)
+{
+    if (!(lease_ms >= 1000 && lease_ms <= 86400000))
+        return wp_err_set(err, WP_EINVAL_INPUT, "lease must be 1 s .. 1 day");
+    return sb_op(c, pool__lua_renew, env, sandbox, token, lease_ms, cb, ctx, err);
 }
 
 /* ---- connecting through a node's relay --------------------------------- */

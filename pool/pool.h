@@ -168,5 +168,8 @@ int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, cons
  * lost (its node died) or released. */
 int pool_renew(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
                pool_done_cb cb, void *ctx, struct wp_err *err);
+/* The same for lease_ms (1 s .. 1 day) from now; pool_renew asks 60 s. */
+int pool_renew_for(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
+                   double lease_ms, pool_done_cb cb, void *ctx, struct wp_err *err);
 
 #endif

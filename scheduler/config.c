@@ -35,6 +35,8 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->brain = -1;
     cfg->brain_lease_ms = 6000;
     cfg->brain_linger_s = 300;
+    cfg->sandbox_idle_s = 1800;
+    cfg->sandbox_lease_s = 60;
     cfg->max_tokens = 8192;
     cfg->max_model_rounds = 100;
     /* Next to our own binary, where `make` builds warmpool-hands. */
@@ -125,6 +127,10 @@ static void usage(void)
            "  --brain-lease-ms MS      a session's brain lease (6000); another scheduler takes\n"
            "                           the session over this long after its brain died\n"
            "  --brain-linger SECS      an idle session keeps its brain and sandbox (300)\n"
+           "  --sandbox-idle-timeout SECS  a /v1/sandboxes sandbox is kept (its lease renewed)\n"
+           "                           until this long after its last execute (1800; 1..604800)\n"
+           "  --sandbox-lease SECS     the lease such a sandbox holds, renewed at a third (60;\n"
+           "                           3..3600): how soon a node reclaims it if we die\n"
            "  --max-tokens N           max_tokens of model requests (8192)\n"
            "  --max-model-rounds N     model requests in one turn (100)\n"
            "  --api-network MAX        the most network an API environment gets: unrestricted\n"
@@ -331,6 +337,10 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->brain_lease_ms = (int)d;
     else if (!strcmp(name, "brain-linger"))
         cfg->brain_linger_s = d;
+    else if (!strcmp(name, "sandbox-idle-timeout") && d >= 1 && d <= 7 * 86400)
+        cfg->sandbox_idle_s = d;
+    else if (!strcmp(name, "sandbox-lease") && d >= 3 && d <= 3600)
+        cfg->sandbox_lease_s = d;
     else if (!strcmp(name, "max-tokens") && d >= 1 && d <= 1000000)
         cfg->max_tokens = (int)d;
     else if (!strcmp(name, "max-model-rounds") && d >= 1)

@@ -54,6 +54,9 @@ struct sched_config {
                               * (--model-url given or ANTHROPIC_API_KEY set) */
     int brain_lease_ms;      /* a session's brain lease; renewed every third */
     double brain_linger_s;   /* an idle session keeps its brain and sandbox this long */
+    double sandbox_idle_s;   /* a /v1/sandboxes sandbox without an execute this long is
+                                released (its lease is renewed until then) */
+    double sandbox_lease_s;  /* ...and its lease, renewed at a third (default 60) */
     int max_tokens;          /* max_tokens of each model request */
     int max_model_rounds;    /* model requests in one turn before it is stopped */
     int api_network;         /* most network an API environment gets: SCHED_NET_* */

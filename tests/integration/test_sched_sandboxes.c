@@ -288,6 +288,95 @@ static void bad_input_is_refused(void **state)
     json_decref(sb);
 }
 
+static long long node_lease_until(const char *sbx_id)
+{
+    char out[128], sandbox[128];
+    th_sh(out, sizeof(out), "redis-cli -p %d hget wp:sbx:%s sandbox", R.port, sbx_id);
+    snprintf(sandbox, sizeof(sandbox), "%.*s", (int)strcspn(out, "\n"), out);
+    th_sh(out, sizeof(out), "redis-cli -p %d hget 'wp:env:{py}:sb:%s' lease_until", R.port, sandbox);
+    return atoll(out);
+}
+
+/* A harness holds a sandbox as long as it uses it: the lease is renewed
+ * (here every second of a 3 s lease), the sandbox is released once idle
+ * (6 s here), and GET tells the truth about a sandbox its node destroyed. */
+static void lease_renewed_while_used_released_when_idle(void **state)
+{
+    struct th_sched C;
+    char path[160], out[256];
+    (void)state;
+
+    assert_int_equal(th_sched_start(&C, R.port, "--sandbox-lease", "3", "--sandbox-idle-timeout",
+                                    "6", NULL), 0);
+    json_t *sb = call(&C, "POST", "/v1/sandboxes", "{\"environment\":\"py\"}", 200);
+    const char *id = json_string_value(json_object_get(sb, "id"));
+    assert_int_equal(json_integer_value(json_object_get(sb, "idle_timeout_s")), 6);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
+    json_decref(call(&C, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", 200));
+    th_msleep(1500); /* the first renewal: from the claim's lease to ours */
+    long long u0 = node_lease_until(id);
+    /* In use for two lease periods and more: renewed all along. */
+    for (int i = 0; i < 3; i++) {
+        th_msleep(2000);
+        json_decref(call(&C, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", 200));
+    }
+    long long u1 = node_lease_until(id);
+    assert_true(u1 > u0);
+    /* The renewal keeps it close to one lease ahead, no further. */
+    th_sh(out, sizeof(out), "date +%%s%%3N");
+    assert_true(u1 - atoll(out) <= 3000 + 500);
+    /* Then idle: released, and said so. */
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", id);
+    const char *st = NULL;
+    json_t *got = NULL;
+    for (int i = 0; i < 100; i++, th_msleep(100)) {
+        json_decref(got);
+        got = call(&C, "GET", path, NULL, 200);
+        st = json_string_value(json_object_get(got, "status"));
+        if (strcmp(st, "ready") != 0)
+            break;
+    }
+    assert_string_equal(st, "expired");
+    assert_non_null(strstr(json_string_value(json_object_get(got, "error")), "idle timeout is 6 s"));
+    assert_non_null(json_object_get(got, "last_used_at"));
+    json_decref(got);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
+    struct th_resp r;
+    assert_int_equal(th_http(C.port, "POST", path, KEY,
+                             "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", &r), 0);
+    assert_int_equal(r.status, 502);
+    assert_non_null(strstr(r.body, "expired"));
+    th_resp_free(&r);
+    json_decref(sb);
+    assert_int_equal(th_sched_stop(&C), 0);
+
+    /* Its node destroys a sandbox under a ready record: GET says so. */
+    sb = call(&A, "POST", "/v1/sandboxes", "{\"environment\":\"py\"}", 200);
+    id = json_string_value(json_object_get(sb, "id"));
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
+    json_decref(call(&A, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", 200));
+    th_sh(out, sizeof(out), "redis-cli -p %d hget wp:sbx:%s sandbox", R.port, id);
+    out[strcspn(out, "\n")] = '\0';
+    char cmd[1400];
+    snprintf(cmd, sizeof(cmd), "%s/warmpool-snap --state-dir %s/state destroy %s >/dev/null",
+             th_build_dir(), DIR_, out);
+    assert_int_equal(system(cmd), 0);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", id);
+    got = NULL;
+    for (int i = 0; i < 100; i++, th_msleep(100)) {
+        json_decref(got);
+        got = call(&A, "GET", path, NULL, 200);
+        st = json_string_value(json_object_get(got, "status"));
+        if (strcmp(st, "ready") != 0)
+            break;
+    }
+    assert_string_equal(st, "failed");
+    assert_non_null(strstr(json_string_value(json_object_get(got, "error")), "the sandbox is gone"));
+    json_decref(got);
+    json_decref(call(&A, "DELETE", path, NULL, 200));
+    json_decref(sb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -295,6 +384,7 @@ int main(void)
         cmocka_unit_test(create_answers_at_once_and_execute_waits),
         cmocka_unit_test(two_creates_never_share_and_release_destroys),
         cmocka_unit_test(bad_input_is_refused),
+        cmocka_unit_test(lease_renewed_while_used_released_when_idle),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
