@@ -230,7 +230,8 @@ static json_t *result_json(int status, const struct alink_result *res)
 /* One SSE event; data is compact JSON (no raw newlines). */
 static void sse_event(struct sched_conn *c, const char *event, json_t *data /* steals */)
 {
-    char *s = data ? json_dumps(data, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    char *s = data ? json_dumps(data, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(10))
+                   : NULL;
     json_decref(data);
     if (!s)
         return;

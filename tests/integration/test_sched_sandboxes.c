@@ -114,6 +114,13 @@ static void create_answers_at_once_and_execute_waits(void **state)
     assert_string_equal(json_string_value(json_object_get(got, "tier")), "hot");
     assert_true(json_real_value(json_object_get(json_object_get(got, "timings"), "attached_ms")) > 0);
     json_decref(got);
+    /* Timings print as the numbers they are (0.582, not 0.58199999999999996). */
+    struct th_resp raw;
+    assert_int_equal(th_http(A.port, "GET", path, KEY, NULL, &raw), 0);
+    char *ms = strstr(raw.body, "\"claim_ms\":");
+    assert_non_null(ms);
+    assert_true(strcspn(ms + 11, ",}") <= 12);
+    th_resp_free(&raw);
     /* Another scheduler process executes on it through the node's relay. */
     snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
     res = call(&B, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"echo $GREETING\"}}", 200);
