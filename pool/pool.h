@@ -134,6 +134,8 @@ struct pool_claim_result {
     char tier[8];       /* "hot", "warm" or "cold" */
     uint64_t token;     /* fencing token of the lease */
     double ms;          /* claim latency */
+    double node_wait_ms; /* of which waiting for a first node to serve the
+                            environment (one just published); 0 mostly */
 };
 
 typedef void (*pool_claim_cb)(void *ctx, int status, const struct pool_claim_result *res,

@@ -75,15 +75,17 @@ static void key_sbx(char *out, size_t cap, const char *id)
  * it answers from Redis, so a lost write shows an older state). */
 static void save(struct sched_sbx *s)
 {
-    char key[80], tok[32], cms[32], ams[32];
+    char key[80], tok[32], cms[32], ams[32], wms[32];
 
     key_sbx(key, sizeof(key), s->id);
     snprintf(tok, sizeof(tok), "%llu", (unsigned long long)s->res.token);
     snprintf(cms, sizeof(cms), "%.3f", s->claim_ms);
     snprintf(ams, sizeof(ams), "%.3f", s->attached_ms);
+    snprintf(wms, sizeof(wms), "%.3f", s->res.node_wait_ms);
     const char *argv[] = { "HSET", key, "status", state_names[s->st], "sandbox", s->res.sandbox,
                            "node", s->res.node, "relay", s->res.relay, "tier", s->res.tier,
-                           "token", tok, "claim_ms", cms, "attached_ms", ams, "error", s->error };
+                           "token", tok, "claim_ms", cms, "attached_ms", ams, "node_wait_ms", wms,
+                           "error", s->error };
     wp_redis_argv(s->srv->rds, NULL, NULL, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
 }
 
@@ -480,6 +482,9 @@ static void claim_cb(void *ctx, int status, const struct pool_claim_result *res,
     s->res = *res;
     s->claim_ms = res->ms;
     sched_metrics_observe(s->srv->metrics, SCHED_HIST_CLAIM, res->tier, res->ms / 1e3);
+    if (res->node_wait_ms > 0)
+        sched_metrics_observe(s->srv->metrics, SCHED_HIST_CLAIM_NODE_WAIT, NULL,
+                              res->node_wait_ms / 1e3);
     save(s);
     stamp_used(s->srv, s->id); /* the idle clock starts with the sandbox */
     double every = s->srv->cfg.sandbox_lease_s / 3;
@@ -502,7 +507,7 @@ static json_t *record_json(redisReply *r, const char *id)
             json_object_set_new(o, k, *v ? json_string(v) : json_null());
         else if (!strcmp(k, "error"))
             json_object_set_new(o, k, *v ? json_string(v) : json_null());
-        else if (!strcmp(k, "claim_ms") || !strcmp(k, "attached_ms"))
+        else if (!strcmp(k, "claim_ms") || !strcmp(k, "attached_ms") || !strcmp(k, "node_wait_ms"))
             json_object_set_new(t, k, json_real(atof(v)));
         else if (!strcmp(k, "idle_timeout_s"))
             json_object_set_new(o, k, json_integer(atoll(v)));
