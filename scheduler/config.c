@@ -36,6 +36,7 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->brain_lease_ms = 6000;
     cfg->brain_linger_s = 300;
     cfg->sandbox_idle_s = 1800;
+    cfg->metrics_cache_s = 1;
     cfg->sandbox_lease_s = 60;
     cfg->max_tokens = 8192;
     cfg->max_model_rounds = 100;
@@ -122,7 +123,10 @@ static void usage(void)
            "  --model-backoff SECS     first retry backoff, doubling, full jitter (0.5)\n"
            "  --model-backoff-max SECS backoff cap (8)\n"
            "  --metrics-token TOKEN    GET /metrics wants Authorization: Bearer TOKEN (default:\n"
-           "                           open, like a scrape endpoint on a private network)\n"
+           "                           open on loopback; required when listening beyond it)\n"
+           "  --metrics-open           serve /metrics without a token beyond loopback too\n"
+           "  --metrics-cache SECS     the pool part of /metrics is read from Redis at most\n"
+           "                           this often; scrapes in between share it (1; 0..60)\n"
            "  --brain on|off|auto      run sessions' agent loops (auto: when a model is configured)\n"
            "  --brain-lease-ms MS      a session's brain lease (6000); another scheduler takes\n"
            "                           the session over this long after its brain died\n"
@@ -275,6 +279,12 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         snprintf(cfg->vault_key_hex, sizeof(cfg->vault_key_hex), "%s", val);
         return 0;
     }
+    if (!strcmp(name, "metrics-open")) {
+        if (strcmp(val, "on") && strcmp(val, "off"))
+            return wp_err_set(err, WP_ECONFIG, "metrics-open wants on or off");
+        cfg->metrics_open = !strcmp(val, "on");
+        return 0;
+    }
     if (!strcmp(name, "metrics-token")) {
         if (!*val || strlen(val) > 256)
             return wp_err_set(err, WP_ECONFIG, "--metrics-token wants 1-256 characters");
@@ -341,6 +351,8 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->sandbox_idle_s = d;
     else if (!strcmp(name, "sandbox-lease") && d >= 3 && d <= 3600)
         cfg->sandbox_lease_s = d;
+    else if (!strcmp(name, "metrics-cache") && d >= 0 && d <= 60)
+        cfg->metrics_cache_s = d;
     else if (!strcmp(name, "max-tokens") && d >= 1 && d <= 1000000)
         cfg->max_tokens = (int)d;
     else if (!strcmp(name, "max-model-rounds") && d >= 1)
@@ -348,6 +360,12 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
     else
         return wp_err_set(err, WP_ECONFIG, "unknown option --%s (see --help)", name);
     return 0;
+}
+
+static bool loopback(const char *host)
+{
+    return strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 ||
+           strcmp(host, "::1") == 0 || strcmp(host, "[::1]") == 0;
 }
 
 int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
@@ -367,6 +385,9 @@ int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
         if (eq) {
             snprintf(name, sizeof(name), "%.*s", (int)(eq - a - 2), a + 2);
             val = eq + 1;
+        } else if (!strcmp(a, "--metrics-open")) { /* a flag: no value */
+            snprintf(name, sizeof(name), "%s", a + 2);
+            val = "on";
         } else {
             snprintf(name, sizeof(name), "%s", a + 2);
             if (i + 1 >= argc)
@@ -381,5 +402,12 @@ int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
         return WP_ECONFIG;
     if (cfg->sse_hard_limit < cfg->sse_soft_limit)
         cfg->sse_hard_limit = cfg->sse_soft_limit;
+    /* /metrics shows the whole pool (node names, environments, sizes):
+     * beyond loopback only with a token, or by the operator's choice. */
+    if (!cfg->metrics_token_set && !cfg->metrics_open && !loopback(cfg->listen_host))
+        return wp_err_set(err, WP_ECONFIG,
+                          "listening on %s, beyond loopback: /metrics needs --metrics-token "
+                          "(or --metrics-open to serve it to anyone who can connect)",
+                          cfg->listen_host);
     return 0;
 }

@@ -48,6 +48,8 @@ struct sched_config {
     char vault_key_hex[65];  /* AES-256 key for vault secrets (hex); empty = derived */
     struct sched_model_config model; /* --model-*; the key from $ANTHROPIC_API_KEY only */
     bool metrics_token_set;  /* GET /metrics wants Authorization: Bearer <token> */
+    bool metrics_open;       /* --metrics-open: no token although listening beyond loopback */
+    double metrics_cache_s;  /* the pool part of /metrics is read from Redis at most this often */
     unsigned char metrics_token_sha256[32]; /* only the hash of the token is kept */
     /* the brain (brain.c) */
     int brain;               /* 1 on, 0 off, -1 auto: on when a model is configured

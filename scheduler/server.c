@@ -819,6 +819,7 @@ void sched_server_free(struct sched_server *srv)
         sched__conn_close(srv->conns);
     srv->draining = true;
     sched_server_drain(srv);
+    sched__metrics_cache_free(srv);
     sched_metrics_free(srv->metrics);
     free(srv);
 }

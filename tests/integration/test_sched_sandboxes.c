@@ -13,6 +13,7 @@
 #include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
+#include "base/timeutil.h"
 #include "base/err.h"
 #include "base/fs.h"
 
@@ -206,7 +207,8 @@ static double metric(const char *text, const char *series)
 {
     const char *p = strstr(text, series);
     size_t l = strlen(series);
-    while (p && p[l] != ' ')
+    /* A sample line, not the family's # HELP line (whose text follows a space too). */
+    while (p && (p[l] != ' ' || (p != text && p[-1] != '\n')))
         p = strstr(p + 1, series);
     return p ? atof(p + l + 1) : -1;
 }
@@ -384,6 +386,54 @@ static void lease_renewed_while_used_released_when_idle(void **state)
     json_decref(sb);
 }
 
+/* Scrapes share one pool scan per --metrics-cache (ten Prometheus servers
+ * cost Redis one scan, not ten), and /metrics beyond loopback needs a
+ * token. */
+static void metrics_scans_shared_and_token_beyond_loopback(void **state)
+{
+    struct th_sched C, D;
+    int status;
+    (void)state;
+
+    assert_int_equal(th_sched_start(&C, R.port, "--metrics-cache", "3", NULL), 0);
+    char *m = NULL;
+    for (int i = 0; i < 50; i++, th_msleep(50)) { /* until its Redis connection is up */
+        free(m);
+        m = get_metrics(C.port, NULL, &status);
+        assert_int_equal(status, 200);
+        if (metric(m, "warmpool_metrics_pool_scrape_ok") == 1)
+            break;
+    }
+    double first = metric(m, "warmpool_metrics_pool_scans_total");
+    free(m);
+    assert_true(first == 1);
+    uint64_t t0 = wp_now_ns();
+    for (int i = 0; i < 20; i++) {
+        m = get_metrics(C.port, NULL, &status);
+        assert_int_equal(status, 200);
+        assert_true(metric(m, "warmpool_metrics_pool_scrape_ok") == 1);
+        free(m);
+    }
+    m = get_metrics(C.port, NULL, &status);
+    double after = metric(m, "warmpool_metrics_pool_scans_total");
+    free(m);
+    if ((double)(wp_now_ns() - t0) / 1e9 < 3)
+        assert_true(after == 1); /* all within the cache's life: no new scan */
+    th_msleep(3100);
+    m = get_metrics(C.port, NULL, &status);
+    assert_true(metric(m, "warmpool_metrics_pool_scans_total") == after + 1);
+    free(m);
+    assert_int_equal(th_sched_stop(&C), 0);
+
+    /* Beyond loopback: refused without a token, served with one. */
+    assert_int_equal(th_sched_start(&D, R.port, "--listen", "0.0.0.0:0", NULL), -1);
+    assert_int_equal(th_sched_start(&D, R.port, "--listen", "0.0.0.0:0", "--metrics-token", "tok",
+                                    NULL), 0);
+    free(get_metrics(D.port, NULL, &status));
+    assert_int_equal(status, 401);
+    assert_int_equal(th_sched_stop(&D), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -392,6 +442,7 @@ int main(void)
         cmocka_unit_test(two_creates_never_share_and_release_destroys),
         cmocka_unit_test(bad_input_is_refused),
         cmocka_unit_test(lease_renewed_while_used_released_when_idle),
+        cmocka_unit_test(metrics_scans_shared_and_token_beyond_loopback),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
