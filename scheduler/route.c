@@ -252,6 +252,31 @@ static void ratelimit_cb(void *ctx, redisReply *reply)
 
 static void dispatch_authed(struct sched_req *req);
 
+/* An environment key on a session's route: only a session of its own
+ * environment (one its workers serve); any other answers 404, as for a
+ * session that does not exist (no probing another's ids). */
+static void env_session_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    json_t *o = NULL;
+    const char *env = NULL;
+
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[0]->type == REDIS_REPLY_STRING &&
+        reply->element[1]->type == REDIS_REPLY_STRING &&
+        strcmp(reply->element[0]->str, req->org) == 0) {
+        o = json_loadb(reply->element[1]->str, reply->element[1]->len, 0, NULL);
+        env = json_string_value(json_object_get(o, "environment_id"));
+    }
+    bool ok = env && strcmp(env, req->env_key) == 0;
+    json_decref(o);
+    if (!ok) {
+        sched__not_found(req, "session %s not found", req->params[0]);
+        return;
+    }
+    dispatch_authed(req);
+}
+
 /* Environment keys live in Redis as wp:envkey:<sha256 hex> -> org, env;
  * sessions tokens (work secrets) as wp:sesstok:<sha256 hex> -> org, env,
  * session, work, with a TTL. */
@@ -286,6 +311,12 @@ static void key_lookup_cb(void *ctx, redisReply *reply)
                                  "this sessions token does not cover %s", req->route->name);
             return;
         }
+    } else if (!strncmp(req->route->pattern, "/v1/sessions/", 13)) {
+        char kobj[200];
+        sched__key_obj(kobj, sizeof(kobj), req->params[0]);
+        const char *argv[] = { "HMGET", kobj, "org", "json" };
+        sched__req_redis(req, env_session_cb, 4, argv, NULL);
+        return;
     }
     dispatch_authed(req);
 }

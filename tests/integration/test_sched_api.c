@@ -844,6 +844,24 @@ static void work_queue(void **state)
     e = call("POST", "/v1/sessions", body, 200);
     char *sid = strdup(s_(e, "id"));
     json_decref(e);
+    /* The environment key reaches that session, and no other of the
+     * organization's: one in anosess environment is not found. */
+    snprintf(path, sizeof(path), "/v1/sessions/%s", sid);
+    json_decref(callk(ek, "GET", path, NULL, 200));
+    json_t *oenv = call("POST", "/v1/environments", "{\"name\":\"osess\",\"config\":{\"type\":\"self_hosted\"}}", 200);
+    snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}", a, s_(oenv, "id"));
+    json_t *osess = call("POST", "/v1/sessions", body, 200);
+    snprintf(path, sizeof(path), "/v1/sessions/%s", s_(osess, "id"));
+    json_decref(callk(ek, "GET", path, NULL, 404));
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events", s_(osess, "id"));
+    json_decref(callk(ek, "GET", path, NULL, 404));
+    json_decref(callk(ek, "POST", path, "{\"events\":[{\"type\":\"user.message\",\"content\":"
+                                        "[{\"type\":\"text\",\"text\":\"hi\"}]}]}", 404));
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events/stream", s_(osess, "id"));
+    json_decref(callk(ek, "GET", path, NULL, 404));
+    json_decref(callk(ek, "GET", "/v1/sessions/sesn_nope", NULL, 404));
+    json_decref(osess);
+    json_decref(oenv);
     snprintf(path, sizeof(path), "/v1/environments/%s/work/stats", env);
     e = callk(ek, "GET", path, NULL, 200);
     assert_int_equal(json_integer_value(json_object_get(e, "depth")), 1);
