@@ -845,7 +845,7 @@ static void work_queue(void **state)
     char *sid = strdup(s_(e, "id"));
     json_decref(e);
     /* The environment key reaches that session, and no other of the
-     * organization's: one in anosess environment is not found. */
+     * organization's: one in another environment is not found. */
     snprintf(path, sizeof(path), "/v1/sessions/%s", sid);
     json_decref(callk(ek, "GET", path, NULL, 200));
     json_t *oenv = call("POST", "/v1/environments", "{\"name\":\"osess\",\"config\":{\"type\":\"self_hosted\"}}", 200);
