@@ -937,8 +937,9 @@ static void inbox_position(struct node *n)
             snprintf(e->seen_id, sizeof(e->seen_id), "%s", e->last_id);
         }
         if (trim) {
-            const char *xt[] = { "XTRIM", e->inbox, "MINID", "~", minid };
-            cmd(n, "inbox trim", 5, xt);
+            /* Exact, not "~": it only ever removes a few old entries. */
+            const char *xt[] = { "XTRIM", e->inbox, "MINID", minid };
+            cmd(n, "inbox trim", 4, xt);
         }
     }
     if (trim)
