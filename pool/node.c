@@ -478,6 +478,10 @@ static void boot_cb(struct ev_loop *loop, ev_io *w, int revents)
         free(s);
         return;
     }
+    /* Its record names the helper, now gone: ours from here on, or any
+     * gc (warmpool-snap gc, too) would take it for an orphan. */
+    if (snap_sandbox_adopt(n->snap, s->sb, &err) < 0)
+        log_warn("cold boot env=%s sandbox=%s: %s", s->e->cfg.name, s->sb->id, err.msg);
     record_restore(n, RH_COLD, now_s() - s->t0);
     if (!s->for_claim) {
         s->e->failures = 0;

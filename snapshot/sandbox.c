@@ -510,6 +510,26 @@ static pid_t read_init_pid(struct snap_ctx *ctx, const char *id)
     return (pid_t)pid;
 }
 
+int snap_sandbox_adopt(struct snap_ctx *ctx, const struct snap_sandbox *sb, struct wp_err *err)
+{
+    char path[600], *s;
+    json_t *meta = meta_load(ctx, sb->id);
+    int rc;
+
+    if (!meta)
+        return wp_err_set(err, WP_ENOTFOUND, "no record of sandbox \"%s\"", sb->id);
+    json_object_set_new(meta, "owner_pid", json_integer(getpid()));
+    json_object_set_new(meta, "owner_start", json_integer((json_int_t)proc_start_time(getpid())));
+    s = json_dumps(meta, JSON_COMPACT);
+    json_decref(meta);
+    if (!s)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    snprintf(path, sizeof(path), "%s/sandboxes/%s/meta.json", ctx->state_dir, sb->id);
+    rc = wp_write_file(path, s, strlen(s), 0600, err);
+    free(s);
+    return rc;
+}
+
 int snap_destroy_id(struct snap_ctx *ctx, const char *id, struct wp_err *err)
 {
     char dir[600];

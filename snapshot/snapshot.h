@@ -241,6 +241,10 @@ int snap_destroy(struct snap_ctx *ctx, struct snap_sandbox *sb, struct wp_err *e
 /* Destroy by id (for the CLI, and for sandboxes of a dead earlier run). */
 int snap_destroy_id(struct snap_ctx *ctx, const char *id, struct wp_err *err);
 void snap_sandbox_free(struct snap_sandbox *sb);
+/* Record the calling process as the sandbox's owner (gc removes
+ * sandboxes whose owner is gone): for a sandbox a helper booted and
+ * exited. One small file written (atomically). */
+int snap_sandbox_adopt(struct snap_ctx *ctx, const struct snap_sandbox *sb, struct wp_err *err);
 /* A handle on a running sandbox from its record (another process booted
  * it). Caller owns *out. WP_ENOTFOUND, or WP_ESTATE when not running. */
 int snap_sandbox_open(struct snap_ctx *ctx, const char *id, struct snap_sandbox **out,
