@@ -892,8 +892,11 @@ static void seen_cb(void *ctx, redisReply *reply)
     if (!e->inbox_asking)
         return; /* the slot was set up again meanwhile */
     e->inbox_asking = false;
-    if (!reply || (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_NIL))
-        return; /* asked again next tick */
+    if (!reply)
+        return; /* the connection dropped: asked again next tick */
+    if (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_NIL)
+        log_warn("inbox env=%s: saved position unreadable (%.80s), reading the last 30 s",
+                 e->cfg.name, reply->type == REDIS_REPLY_ERROR ? reply->str : "not a string");
     if (reply->type == REDIS_REPLY_STRING) {
         if (stream_id(reply->str, &ms, &seq) && stream_id(e->last_id, &ms0, &seq0) &&
             (ms > ms0 || (ms == ms0 && seq > seq0)))
