@@ -371,6 +371,19 @@ static void restart_reads_no_old_claim(void **state)
     }
     assert_true(trimmed);
     node_stop(SIGTERM);
+    /* A saved position that is garbage, or not even a string: the node
+     * says so and reads the last 30 s rather than nothing. */
+    freeReplyObject(redisCommand(RC, "SET wp:env:{" ENV "}:seen:" NODE " 12abc"));
+    NODE_PID = node_start(4);
+    assert_true(wait_log(4, "inbox env=" ENV " reading after", 1, 30));
+    assert_int_equal(log_count(4, "bad saved position"), 1);
+    node_stop(SIGTERM);
+    freeReplyObject(redisCommand(RC, "DEL wp:env:{" ENV "}:seen:" NODE));
+    freeReplyObject(redisCommand(RC, "HSET wp:env:{" ENV "}:seen:" NODE " a b"));
+    NODE_PID = node_start(5);
+    assert_true(wait_log(5, "inbox env=" ENV " reading after", 1, 30));
+    assert_int_equal(log_count(5, "saved position unreadable"), 1);
+    node_stop(SIGTERM);
 }
 
 int main(void)
