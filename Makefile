@@ -133,6 +133,8 @@ bench-ttft: deps
 	$(MAKE) all
 	bench/bench_ttft.sh $(BUILD)
 
+# Ctrl-C is how it ends: "stopping", then status 0 (deploy/run-local.sh runs
+# as the terminal's foreground job, so make itself never sees the SIGINT).
 run: deps
 	$(MAKE) all
 	deploy/run-local.sh $(BUILD)

@@ -28,6 +28,9 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->sse_soft_seconds = 30;
     cfg->rate_create = 60;
     cfg->rate_read = 600;
+    /* Harnesses: 10 sandboxes a second, 100 tool calls a second. */
+    cfg->rate_sbx_create = 600;
+    cfg->rate_sbx = 6000;
     cfg->drain_timeout = 10;
     cfg->max_conns = 10000;
     sched_model_config_defaults(&cfg->model);
@@ -102,6 +105,10 @@ static void usage(void)
            "  --config FILE            read options from FILE, one 'option value' per line\n"
            "  --rate-create N          create requests per organization and minute (60; 0 = off)\n"
            "  --rate-read N            other requests per organization and minute (600; 0 = off)\n"
+           "  --rate-sandbox-create N  POST /v1/sandboxes per organization and minute (600;\n"
+           "                           0 = off); not counted in --rate-create\n"
+           "  --rate-sandbox N         other /v1/sandboxes requests (execute, get, delete) per\n"
+           "                           organization and minute (6000; 0 = off)\n"
            "  --max-body BYTES         request body limit (4194304)\n"
            "  --max-head BYTES         request line + headers limit (16384)\n"
            "  --header-timeout SECS    time to receive a whole request (10)\n"
@@ -321,6 +328,10 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->rate_create = (int)d;
     else if (!strcmp(name, "rate-read"))
         cfg->rate_read = (int)d;
+    else if (!strcmp(name, "rate-sandbox-create") && d <= 1e9)
+        cfg->rate_sbx_create = (int)d;
+    else if (!strcmp(name, "rate-sandbox") && d <= 1e9)
+        cfg->rate_sbx = (int)d;
     else if (!strcmp(name, "max-body"))
         cfg->max_body = (size_t)d;
     else if (!strcmp(name, "max-head"))

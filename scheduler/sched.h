@@ -43,6 +43,8 @@ struct sched_config {
     double sse_soft_seconds; /* over the soft limit this long: cut the client off */
     int rate_create;         /* per organization and minute; 0 = unlimited */
     int rate_read;
+    int rate_sbx_create;     /* POST /v1/sandboxes, per organization and minute */
+    int rate_sbx;            /* other /v1/sandboxes requests (execute, get, delete) */
     double drain_timeout;    /* seconds SIGTERM waits for in-flight requests */
     int max_conns;           /* connections (streams included) beyond this get 503 */
     char vault_key_hex[65];  /* AES-256 key for vault secrets (hex); empty = derived */

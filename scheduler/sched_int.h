@@ -195,6 +195,8 @@ enum {
     SCHED_R_BODY = 1 << 1,   /* a JSON object body is required */
     SCHED_R_NOAUTH = 1 << 2,
     SCHED_R_ENVKEY = 1 << 3, /* an environment key is accepted too */
+    SCHED_R_SBX = 1 << 4,    /* /v1/sandboxes: its own rate limits (with
+                                SCHED_R_CREATE: --rate-sandbox-create) */
 };
 
 struct sched_route {
