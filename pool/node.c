@@ -1673,7 +1673,7 @@ static void early_stop_handler(int sig)
 
 int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
 {
-    struct snap_config sc = { .state_dir = cfg->state_dir };
+    struct snap_config sc = { .state_dir = cfg->state_dir, .unconfined = cfg->unconfined };
     struct node *n;
     int rc;
     struct sigaction sa = { .sa_handler = early_stop_handler };

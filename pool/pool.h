@@ -105,6 +105,8 @@ struct pool_node_config {
                                   MemAvailable at start */
     bool multi_tenant;      /* serves several organizations: no KSM... */
     bool ksm_multi_tenant;  /* ...unless the operator overrides */
+    bool unconfined;        /* --insecure-allow-unconfined: sandboxes without
+                               snapshot/confine.c's layers (never in production) */
     int n_envs;
     struct pool_env_config envs[POOL_MAX_ENVS];
     struct pool_worker_config worker;
