@@ -427,8 +427,8 @@ int snap__confine_task(const struct snap_ctx *ctx, bool init_keeps_admin, struct
 static const struct bpf_insn dev_prog[] = {
     /* 0 */ INSN(BPF_LDX | BPF_W | BPF_MEM, BPF_REG_2, BPF_REG_1, 0, 0), /* access_type */
     /* 1 */ INSN(BPF_ALU64 | BPF_AND | BPF_K, BPF_REG_2, 0, 0, 0xffff),  /* its device type */
-    /* 2 */ INSN(BPF_LDX | BPF_W | BPF_MEM, BPF_REG_3, BPF_REG_1, 0, 4), /* major */
-    /* 3 */ INSN(BPF_LDX | BPF_W | BPF_MEM, BPF_REG_4, BPF_REG_1, 0, 8), /* minor */
+    /* 2 */ INSN(BPF_LDX | BPF_W | BPF_MEM, BPF_REG_3, BPF_REG_1, 4, 0), /* major */
+    /* 3 */ INSN(BPF_LDX | BPF_W | BPF_MEM, BPF_REG_4, BPF_REG_1, 8, 0), /* minor */
     /* 4 */ INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_2, 0, 12, BPF_DEVCG_DEV_CHAR), /* deny */
     /* 5 */ JEQ(BPF_REG_3, 136, 13),                                     /* allow */
     /* 6 */ JEQ(BPF_REG_3, 1, 2),                                        /* mem */
