@@ -103,8 +103,16 @@ int snap__confine_host_prepare(struct snap_ctx *ctx, const struct snap_sandbox *
     int rc;
 
     snprintf(rw, cap, "%s", sb->dir);
-    if (ctx->unconfined)
+    if (ctx->unconfined) {
+        /* Plain dirs where a confined image's clone expects its external
+         * mounts: an image made confined still restores. */
+        for (const char *sub = "shm\0mask\0"; *sub; sub += strlen(sub) + 1) {
+            snprintf(path, sizeof(path), "%s/%s", sb->dir, sub);
+            if (mkdir(path, 0755) < 0)
+                return wp_err_errno(err, "mkdir %s", path);
+        }
         return 0;
+    }
     snprintf(path, sizeof(path), "%s/rw", sb->dir);
     if ((rc = mount_tmpfs(path, mb_or(lim->disk_bytes, DEFAULT_DISK_MB), "0755", MS_NOSUID,
                           err)) < 0)
