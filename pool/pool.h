@@ -105,6 +105,8 @@ struct pool_node_config {
                                   MemAvailable at start */
     bool multi_tenant;      /* serves several organizations: no KSM... */
     bool ksm_multi_tenant;  /* ...unless the operator overrides */
+    char criu_mode[16];     /* "" or "auto": probe; default, no-breakpoints, none */
+    double criu_timeout_s;  /* each dump and restore; 0: the snapshot default */
     bool unconfined;        /* --insecure-allow-unconfined: sandboxes without
                                snapshot/confine.c's layers (never in production) */
     int n_envs;

@@ -98,9 +98,18 @@ int snap__cg_detect(struct snap_ctx *ctx, struct wp_err *err)
         }
     }
     fclose(f);
-    for (int i = 0; i < ctx->n_ctrl; i++)
-        if (strcmp(ctx->ctrl_name[i], "memory") == 0)
-            return 0;
+    bool mem = false, devices = false;
+    for (int i = 0; i < ctx->n_ctrl; i++) {
+        mem |= strcmp(ctx->ctrl_name[i], "memory") == 0;
+        devices |= strcmp(ctx->ctrl_name[i], "devices") == 0;
+    }
+    /* No device allow-list is no sandbox we would call confined. */
+    if (mem && !devices && !ctx->unconfined)
+        return wp_err_set(err, WP_ECONFIG, "no v1 devices hierarchy under /sys/fs/cgroup: sandboxes "
+                                           "would have no device allow-list (mount it, or run "
+                                           "unconfined: --insecure-allow-unconfined)");
+    if (mem)
+        return 0;
     return wp_err_set(err, WP_ECONFIG, "no cgroup v2 tree and no v1 memory controller mounted under /sys/fs/cgroup");
 }
 

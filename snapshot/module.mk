@@ -1,6 +1,6 @@
 snapshot_SRCS := snapshot/template.c snapshot/cgroup.c snapshot/sandbox.c snapshot/boot.c \
                  snapshot/checkpoint.c snapshot/restore.c snapshot/rootfs.c \
-                 snapshot/net.c snapshot/confine.c
+                 snapshot/net.c snapshot/criu.c snapshot/confine.c
 
 BINS += $(BUILD)/warmpool-snap
 $(BUILD)/warmpool-snap: $(BUILD)/obj/snapshot/cli.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
@@ -8,5 +8,10 @@ $(BUILD)/warmpool-snap: $(BUILD)/obj/snapshot/cli.o $(BUILD)/libsnapshot.a $(BUI
 
 BINS += $(BUILD)/bench/snap_bench
 $(BUILD)/bench/snap_bench: $(BUILD)/obj/bench/snap_bench.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+	@mkdir -p $(@D)
+	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
+
+BINS += $(BUILD)/bench/criu_bench
+$(BUILD)/bench/criu_bench: $(BUILD)/obj/bench/criu_bench.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
 	@mkdir -p $(@D)
 	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
