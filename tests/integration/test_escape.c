@@ -2,7 +2,9 @@
  * model runs it (the hands' bash tool) in a cold-booted, an eager-restored
  * and a lazy-restored sandbox, and during an image build. Every probe must
  * fail the expected way; the output names the layer that stopped it.
- * Positive checks make sure the confinement leaves real work possible.
+ * Positive checks make sure the confinement leaves real work possible
+ * (python3, cc, chown, setpriv, strace, gdb, git, port 80, and a fork bomb
+ * and a memory hog contained by the sandbox's limits).
  *
  * Probes never harm the host if they "succeed": writability is checked
  * with access(), reads take one line. The Python helper is
@@ -78,6 +80,10 @@ static const struct check checks[] = {
     { "chown", "touch /work/o && chown 65534:65534 /work/o && stat -c %u:%g /work/o", "65534:65534" },
     { "setpriv", "setpriv --reuid=65534 --regid=65534 --clear-groups id -u", "65534" },
     { "strace", "strace -f -e trace=execve true 2>&1 | grep -c execve", "1" },
+    { "gdb", "printf 'int main(void) { return 3; }' > /tmp/g.c && cc -g -o /tmp/g /tmp/g.c && "
+             "gdb -q -batch -ex run /tmp/g 2>&1 | grep -o 'exited with code 03'", "exited with code 03" },
+    { "git", "cd /tmp && rm -rf g.git && git init -q g.git && cd g.git && git -c user.email=a@b "
+             "-c user.name=a commit -q --allow-empty -m x && git log --oneline | wc -l", "1" },
     { "bind :80", PY("bind80"), "OK" },
     { "fork bomb", PY("forkbomb"), "OK contained" },
     { "memory hog", PY("memhog"), "OK contained" },
