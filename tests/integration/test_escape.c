@@ -79,6 +79,10 @@ static const struct check checks[] = {
     { "cc", "printf 'int main(void) { return 42; }' > /tmp/t.c && cc -o /tmp/t /tmp/t.c && /tmp/t; echo rc=$?", "rc=42" },
     { "chown", "touch /work/o && chown 65534:65534 /work/o && stat -c %u:%g /work/o", "65534:65534" },
     { "setpriv", "setpriv --reuid=65534 --regid=65534 --clear-groups id -u", "65534" },
+    /* The host layer has no /etc/pam.d: su needs one, as in any image. */
+    { "su", "mkdir -p /etc/pam.d && printf 'auth sufficient pam_rootok.so\\naccount required "
+            "pam_permit.so\\nsession required pam_permit.so\\n' > /etc/pam.d/su && "
+            "su -s /bin/sh nobody -c 'id -u'", "65534" },
     { "strace", "strace -f -e trace=execve true 2>&1 | grep -c execve", "1" },
     { "gdb", "printf 'int main(void) { return 3; }' > /tmp/g.c && cc -g -o /tmp/g /tmp/g.c && "
              "gdb -q -batch -ex run /tmp/g 2>&1 | grep -o 'exited with code 03'", "exited with code 03" },
