@@ -33,7 +33,7 @@ LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
 # Libraries. Evaluated lazily (=) so `make deps` can run first.
-PKGS = libcurl hiredis jansson criu libcrypto
+PKGS = libcurl hiredis jansson criu libcrypto libseccomp
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lev -lpthread -lm
 TEST_LDLIBS = $(LDLIBS) -lcmocka

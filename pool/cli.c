@@ -220,7 +220,7 @@ static void mem_status(const char *env, const char *node)
                         "private_p95_bytes anon_bytes merged_bytes hot_fit hot_asked per_clone_bytes ksm",
                         env, node);
     redisReply *h = cmd("HMGET wp:node:%s hot_memory_bytes mem_used_bytes ksm_pages_shared "
-                        "ksm_pages_sharing ksm_full_scans ksmd_cpu_ms", node);
+                        "ksm_pages_sharing ksm_full_scans ksmd_cpu_ms confined", node);
     unsigned long long clones, shared, p50, p95, anon, merged, fit, asked, per, budget, used, ps,
         pg, fs, cpu;
 
@@ -255,6 +255,10 @@ static void mem_status(const char *env, const char *node)
             printf(", ksmd cpu %.1f s", (double)cpu / 1000.0);
         printf("\n");
     }
+    /* A node serving sandboxes without confine.c's layers says so. */
+    if (h && h->type == REDIS_REPLY_ARRAY && h->elements > 6 &&
+        h->element[6]->type == REDIS_REPLY_STRING && strcmp(h->element[6]->str, "yes") != 0)
+        printf("  %-20s sandboxes confined: %s\n", "", h->element[6]->str);
     freeReplyObject(m);
     freeReplyObject(h);
 }

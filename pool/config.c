@@ -36,6 +36,8 @@ static const char usage[] =
     "  --hot-memory-mb N       memory for this node's clones (default: 80%% of\n"
     "                          MemAvailable at start); caps hot targets by what fits,\n"
     "                          measured (one shared copy per image + private bytes)\n"
+    "  --insecure-allow-unconfined  run sandboxes WITHOUT capability drop, seccomp, /proc\n"
+    "                          masks, device list and disk limits (benchmark baseline)\n"
     "  --multi-tenant          the node serves several organizations: environments\n"
     "                          with \"ksm\" run without merging (a timing side channel)\n"
     "  --ksm-multi-tenant-override  merge anyway on a multi-tenant node\n"
@@ -260,6 +262,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         { "listen", required_argument, NULL, 'H' },      { "no-api-envs", no_argument, NULL, 'A' },
         { "hot-memory-mb", required_argument, NULL, 'M' },
         { "multi-tenant", no_argument, NULL, 'T' },
+        { "insecure-allow-unconfined", no_argument, NULL, 'U' },
         { "ksm-multi-tenant-override", no_argument, NULL, 'O' },
         { "worker", no_argument, NULL, 'W' },            { "control-plane", required_argument, NULL, 'C' },
         { "environment", required_argument, NULL, 'N' }, { "worker-pool", required_argument, NULL, 'P' },
@@ -317,6 +320,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
             break;
         }
         case 'T': cfg->multi_tenant = true; break;
+        case 'U': cfg->unconfined = true; break;
         case 'O': cfg->ksm_multi_tenant = true; break;
         case 'W': cfg->worker.enabled = true; break;
         case 'C': rc = set_str(cfg->worker.url, sizeof(cfg->worker.url), optarg, "--control-plane", err); break;

@@ -1242,9 +1242,11 @@ static void register_node(struct node *n)
         snprintf(cpu, sizeof(cpu), "%llu", (unsigned long long)n->kh.ksmd_cpu_ms);
         const char *h[] = { "HSET", key, "hot_memory_bytes", b, "mem_used_bytes", u,
                             "ksm_pages_shared", ps, "ksm_pages_sharing", pg, "ksm_full_scans", fs,
-                            "multi_tenant", n->cfg.multi_tenant ? "yes" : "no", "ksmd_cpu_ms", cpu };
+                            "multi_tenant", n->cfg.multi_tenant ? "yes" : "no",
+                            "confined", n->cfg.unconfined ? "NO (--insecure-allow-unconfined)" : "yes",
+                            "ksmd_cpu_ms", cpu };
         /* No ksmd (KSM not built in): no CPU figure rather than a false 0. */
-        cmd(n, "node memory", n->kh.ksmd_found ? 16 : 14, h);
+        cmd(n, "node memory", n->kh.ksmd_found ? 18 : 16, h);
     }
     {
         /* What the orphan checks could not remove, for pool status. */
@@ -1886,7 +1888,8 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
 {
     struct snap_config sc = { .state_dir = cfg->state_dir,
                               .criu_mode = cfg->criu_mode[0] ? cfg->criu_mode : NULL,
-                              .criu_timeout_s = cfg->criu_timeout_s };
+                              .criu_timeout_s = cfg->criu_timeout_s,
+                              .unconfined = cfg->unconfined };
     struct node *n;
     int rc;
     struct sigaction sa = { .sa_handler = early_stop_handler };

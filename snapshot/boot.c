@@ -131,12 +131,15 @@ static char **build_env(const struct snap_template *t)
 }
 
 /* Runs as PID 1 of the new PID namespace; never returns. */
-static void stage1(const struct snap_template *t, const char *root, const char *devdir,
-                   bool host_root, int st, int prog)
+static void stage1(const struct snap_ctx *ctx, const struct snap_template *t, const char *root,
+                   const char *sbdir, bool host_root, int st, int prog)
 {
-    char path[600];
+    char path[600], devdir[600];
+    struct wp_err err;
     char **env;
     int fd;
+
+    snprintf(devdir, sizeof(devdir), "%s/dev", sbdir);
 
     if (unshare(CLONE_NEWCGROUP) < 0)
         FAIL(st, "unshare cgroup namespace: %s", strerror(errno));
@@ -177,6 +180,8 @@ static void stage1(const struct snap_template *t, const char *root, const char *
     if (mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
         FAIL(st, "mount /proc: %s", strerror(errno));
     stage1_devices(st, root, devdir);
+    if (snap__confine_proc(ctx, root, sbdir, &err) < 0)
+        FAIL(st, "confine: %s", err.msg);
     snprintf(path, sizeof(path), "%s/tmp", root);
     mkdir(path, 01777);
     snprintf(path, sizeof(path), "%s/run", root);
@@ -211,6 +216,10 @@ static void stage1(const struct snap_template *t, const char *root, const char *
     if (wp_mkdir_p(t->workdir, 0755, NULL) < 0 || chdir(t->workdir) < 0)
         FAIL(st, "workdir %s: %s", t->workdir, strerror(errno));
 
+    /* Last: everything above needed privileges the sandbox must not keep.
+     * Setup commands (the image build) and init run confined. */
+    if (snap__confine_task(ctx, t->init_sets_hostname, &err) < 0)
+        FAIL(st, "confine: %s", err.msg);
     for (int i = 0; t->setup && t->setup[i]; i++) {
         int status;
         pid_t pid;
@@ -220,6 +229,11 @@ static void stage1(const struct snap_template *t, const char *root, const char *
         if (pid < 0)
             FAIL(st, "fork setup: %s", strerror(errno));
         if (pid == 0) {
+            if (t->init_sets_hostname && snap__confine_is_on(ctx) &&
+                snap__confine_drop_extra(&err) < 0) {
+                dprintf(prog, "confine: %s\n", err.msg);
+                _exit(126);
+            }
             dup2(prog, 1);
             dup2(prog, 2);
             char *argv[] = { (char *)"/bin/sh", (char *)"-c", t->setup[i], NULL };
@@ -250,10 +264,9 @@ static void middle(struct snap_ctx *ctx, const struct snap_template *t,
 {
     struct snap__net_fds nf = { -1, -1 };
     struct wp_err err;
-    char devdir[600], msg[300];
+    char msg[300];
     pid_t pid;
 
-    snprintf(devdir, sizeof(devdir), "%s/dev", sb->dir);
     if (snap__cg_enter(ctx, sb->id, getpid(), &err) < 0)
         FAIL(st, "%s", err.msg);
     /* Sockets of the host's namespace, kept across the unshare: the veth's
@@ -272,7 +285,7 @@ static void middle(struct snap_ctx *ctx, const struct snap_template *t,
     if (pid < 0)
         FAIL(st, "fork stage 1: %s", strerror(errno));
     if (pid == 0)
-        stage1(t, sb->root, devdir, host_root, st, prog);
+        stage1(ctx, t, sb->root, sb->dir, host_root, st, prog);
     st_write(st, "pid %d", (int)pid);
     _exit(0);
 }
@@ -401,7 +414,10 @@ int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *i
         return rc;
     }
     snprintf(lower, sizeof(lower), "%s", host_root ? ctx->host_layer : t->rootfs);
-    if ((rc = snap__make_dev(sb, err)) < 0 || (rc = snap__mount_overlay(sb, lower, err)) < 0 ||
+    char rw[600];
+    if ((rc = snap__make_dev(sb, err)) < 0 ||
+        (rc = snap__confine_host_prepare(ctx, sb, &t->limits, rw, sizeof(rw), err)) < 0 ||
+        (rc = snap__mount_overlay(sb, lower, rw, err)) < 0 ||
         (rc = snap__cg_create(ctx, sb->id, &t->limits, err)) < 0 ||
         (rc = snap__meta_write(ctx, sb, "boot", err)) < 0 ||
         (rc = snap__net_prepare(ctx, sb, &t->network, &slot, err)) < 0)

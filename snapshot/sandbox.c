@@ -218,6 +218,10 @@ int snap_ctx_open(const struct snap_config *cfg, struct snap_ctx **out, struct w
     snprintf(ctx->state_dir, sizeof(ctx->state_dir), "%s", dir);
     snprintf(ctx->criu_bin, sizeof(ctx->criu_bin), "%s", criu);
     snprintf(ctx->host_layer, sizeof(ctx->host_layer), "%s/" HOST_LAYER, dir);
+    ctx->unconfined = cfg && cfg->unconfined;
+    if (ctx->unconfined)
+        log_warn("sandboxes run UNCONFINED (no capability drop, seccomp, /proc masks, device "
+                 "list, disk limits): benchmark baseline or --insecure-allow-unconfined");
     uname(&u);
     snprintf(ctx->kernel, sizeof(ctx->kernel), "%s", u.release);
     for (const char *sub = "sandboxes\0images\0layers\0"; *sub; sub += strlen(sub) + 1) {
@@ -297,12 +301,13 @@ int snap__sandbox_dirs(struct snap_ctx *ctx, const char *id, struct snap_sandbox
     return 0;
 }
 
-int snap__mount_overlay(const struct snap_sandbox *sb, const char *lowers, struct wp_err *err)
+int snap__mount_overlay(const struct snap_sandbox *sb, const char *lowers, const char *rw,
+                        struct wp_err *err)
 {
     char opts[2048];
 
     if (snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lowers,
-                 sb->dir, sb->dir) >= (int)sizeof(opts))
+                 rw, rw) >= (int)sizeof(opts))
         return wp_err_set(err, WP_EINVAL_INPUT, "overlay options too long");
     if (mount("overlay", sb->root, "overlay", MS_NODEV, opts) < 0)
         return wp_err_errno(err, "mount overlay on %s (%s)", sb->root, opts);

@@ -25,6 +25,8 @@ struct snap_limits {
     uint64_t memory_bytes; /* 0 = no limit */
     uint32_t pids;         /* 0 = no limit */
     uint32_t cpu_millis;   /* 1000 = one CPU; 0 = no limit */
+    uint64_t disk_bytes;   /* writable layer (a tmpfs); 0 = the default, 1 GiB */
+    uint64_t shm_bytes;    /* /dev/shm; 0 = the default, 64 MiB */
 };
 
 #define SNAP_MAX_BINDS 8
@@ -67,6 +69,10 @@ struct snap_template {
      * share identical pages. Off by default: merging across sandboxes is a
      * timing side channel (see ARCHITECTURE.md). */
     bool ksm;
+    /* The init sets the hostname per session (the hands): it keeps
+     * CAP_SYS_ADMIN for itself and must drop it from the bounding set
+     * before it runs anything (agentlink does). */
+    bool init_sets_hostname;
     /* Host paths bound read-only into the sandbox (tools, the hands
      * binary, datasets): "binds": [{"source": "/host", "target": "/in"}] */
     int n_binds;
@@ -135,6 +141,10 @@ struct snap_config {
     double criu_timeout_s;   /* each dump/restore; 0: env WARMPOOL_CRIU_TIMEOUT, else 120 */
     double probe_timeout_s;  /* each probe step; 0: 5 */
     const char *probe_cache_dir; /* NULL: env WARMPOOL_CRIU_CACHE, else SNAP_PROBE_CACHE_DIR */
+    /* Sandboxes without confine.c's layers (capabilities, seccomp, /proc
+     * masks, device list, disk limits). Only for the benchmark's baseline
+     * and an operator's --insecure-allow-unconfined. */
+    bool unconfined;
 };
 struct snap_ctx;
 

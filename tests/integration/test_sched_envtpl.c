@@ -406,6 +406,10 @@ static void bad_config_is_refused_and_nothing_stored(void **state)
         { "{\"name\":\"b\",\"metadata\":{\"warmpool.min_hot\":\"5\",\"warmpool.max_hot\":\"2\"}}",
           "must not exceed" },
         { "{\"name\":\"b\",\"metadata\":{\"warmpool.cpu\":\"0\"}}", "warmpool.cpu must be a number" },
+        { "{\"name\":\"b\",\"metadata\":{\"warmpool.disk_mb\":\"-5\"}}",
+          "warmpool.disk_mb must be an integer" },
+        { "{\"name\":\"b\",\"metadata\":{\"warmpool.shm_mb\":\"lots\"}}",
+          "warmpool.shm_mb must be an integer" },
         { "{\"name\":\"b\",\"metadata\":{\"warmpool.colour\":\"red\"}}", "unknown warmpool key" },
         { "{\"name\":\"b\",\"config\":{\"type\":\"cloud\",\"networking\":{\"type\":\"limited\","
           "\"allowed_hosts\":[\"*.example.com\"]}}}",

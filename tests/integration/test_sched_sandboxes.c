@@ -38,7 +38,7 @@ static int group_setup(void **state)
     snprintf(tmpl, sizeof(tmpl), "%s/py.json", DIR_);
     snprintf(json, sizeof(json),
              "{\"name\":\"py\",\"rootfs\":\"host\",\"workdir\":\"/work\","
-             "\"init\":[\"/.wp/warmpool-hands\",\"--socket\",\"/run/warmpool/hands.sock\","
+             "\"init_sets_hostname\":true,\"init\":[\"/.wp/warmpool-hands\",\"--socket\",\"/run/warmpool/hands.sock\","
              "\"--workdir\",\"/work\",\"--ready-file\",\"/run/warmpool/hands.ready\"],"
              "\"ready_file\":\"/run/warmpool/hands.ready\","
              "\"binds\":[{\"source\":\"%s\",\"target\":\"/.wp\"}],"
