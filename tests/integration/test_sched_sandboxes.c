@@ -306,6 +306,20 @@ static long long node_lease_until(const char *sbx_id)
     return atoll(out);
 }
 
+/* GET path until the sandbox is no longer ready (10 s at most); the last
+ * answer, caller-owned. */
+static json_t *until_not_ready(struct th_sched *s, const char *path)
+{
+    json_t *got = NULL;
+    for (int i = 0; i < 100; i++, th_msleep(100)) {
+        json_decref(got);
+        got = call(s, "GET", path, NULL, 200);
+        if (strcmp(json_string_value(json_object_get(got, "status")), "ready") != 0)
+            break;
+    }
+    return got;
+}
+
 /* A harness holds a sandbox as long as it uses it: the lease is renewed
  * (here every second of a 3 s lease), the sandbox is released once idle
  * (6 s here), and GET tells the truth about a sandbox its node destroyed. */
@@ -336,15 +350,8 @@ static void lease_renewed_while_used_released_when_idle(void **state)
     assert_true(u1 - atoll(out) <= 3000 + 500);
     /* Then idle: released, and said so. */
     snprintf(path, sizeof(path), "/v1/sandboxes/%s", id);
-    const char *st = NULL;
-    json_t *got = NULL;
-    for (int i = 0; i < 100; i++, th_msleep(100)) {
-        json_decref(got);
-        got = call(&C, "GET", path, NULL, 200);
-        st = json_string_value(json_object_get(got, "status"));
-        if (strcmp(st, "ready") != 0)
-            break;
-    }
+    json_t *got = until_not_ready(&C, path);
+    const char *st = json_string_value(json_object_get(got, "status"));
     assert_string_equal(st, "expired");
     assert_non_null(strstr(json_string_value(json_object_get(got, "error")), "idle timeout is 6 s"));
     assert_non_null(json_object_get(got, "last_used_at"));
@@ -371,14 +378,8 @@ static void lease_renewed_while_used_released_when_idle(void **state)
              th_build_dir(), DIR_, out);
     assert_int_equal(system(cmd), 0);
     snprintf(path, sizeof(path), "/v1/sandboxes/%s", id);
-    got = NULL;
-    for (int i = 0; i < 100; i++, th_msleep(100)) {
-        json_decref(got);
-        got = call(&A, "GET", path, NULL, 200);
-        st = json_string_value(json_object_get(got, "status"));
-        if (strcmp(st, "ready") != 0)
-            break;
-    }
+    got = until_not_ready(&A, path);
+    st = json_string_value(json_object_get(got, "status"));
     assert_string_equal(st, "failed");
     assert_non_null(strstr(json_string_value(json_object_get(got, "error")), "the sandbox is gone"));
     json_decref(got);
