@@ -33,6 +33,7 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->rate_sbx = 6000;
     cfg->drain_timeout = 10;
     cfg->max_conns = 10000;
+    cfg->max_conns_per_addr = 2000;
     sched_model_config_defaults(&cfg->model);
     cfg->api_network = SCHED_NET_UNRESTRICTED;
     cfg->brain = -1;
@@ -119,6 +120,7 @@ static void usage(void)
            "  --sse-hard-limit BYTES   cut a stream off above this much queued output (4194304)\n"
            "  --sse-soft-seconds SECS  cut a stream off after this long above the soft limit (30)\n"
            "  --max-conns N            open connections, streams included (10000); more get 503\n"
+           "  --max-conns-per-addr N   ...of them from one client address (2000; 0: no cap)\n"
            "  --vault-key HEX          64 hex digits: AES-256 key for vault secrets (else\n"
            "                           $WARMPOOL_VAULT_KEY, else --vault-key-file)\n"
            "  --vault-key-file PATH    the key's file, made on first start; every scheduler of\n"
@@ -379,6 +381,8 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->drain_timeout = d;
     else if (!strcmp(name, "max-conns"))
         cfg->max_conns = (int)d;
+    else if (!strcmp(name, "max-conns-per-addr"))
+        cfg->max_conns_per_addr = (int)d;
     else if (!strcmp(name, "brain-lease-ms") && d >= 300 && d <= 600000)
         cfg->brain_lease_ms = (int)d;
     else if (!strcmp(name, "brain-linger"))

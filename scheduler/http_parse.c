@@ -130,6 +130,14 @@ static int on_headers_complete(llhttp_t *h)
         return fail(p, 413, "request body too large");
     p->req.has_content_length = (h->flags & F_CONTENT_LENGTH) != 0;
     p->headers_done = true;
+    if (p->on_head) {
+        const char *why = "refused";
+        int st = p->on_head(p->on_head_arg, &p->req, &why);
+        if (st)
+            return fail(p, st, why);
+        if ((h->flags & F_CONTENT_LENGTH) && h->content_length > p->req.body.max)
+            return fail(p, 413, "request body too large for an unverified key");
+    }
     return 0;
 }
 
@@ -176,6 +184,7 @@ int sched_http_parser_init(struct sched_http_parser *p, size_t max_head, size_t 
     p->settings = s;
     wp_buf_init(&p->req.head, max_head);
     wp_buf_init(&p->req.body, max_body);
+    p->max_body = max_body;
     return 0;
 }
 
@@ -193,6 +202,7 @@ static void clear_req(struct sched_http_parser *p)
     struct sched_http_req *r = &p->req;
     wp_buf_reset(&r->head);
     wp_buf_reset(&r->body);
+    r->body.max = p->max_body; /* an on_head hook may have lowered it */
     r->method[0] = '\0';
     r->url = 0;
     r->nheaders = 0;

@@ -219,6 +219,42 @@ static const char *auth_org(const struct sched_server *srv, const char *key)
     return found;
 }
 
+/* What an unchecked environment key or sessions token may send before
+ * Redis says whether it is one: enough for a worker's events. */
+#define UNVERIFIED_MAX_BODY (1u << 20)
+
+int sched__early_auth(struct sched_server *srv, const struct sched_http_req *h, size_t *max_body,
+                      const char **why)
+{
+    char path[1024];
+    bool matched = false;
+    int np = 0;
+    char params[3][128];
+    const char *url = h->head.data + h->url;
+    size_t plen = strcspn(url, "?");
+
+    if (plen >= sizeof(path))
+        return 0; /* dispatch answers 404 */
+    memcpy(path, url, plen);
+    path[plen] = '\0';
+    const struct sched_route *r = sched__route_match(h->method, path, &matched, &np, params);
+    if (!r || (r->flags & SCHED_R_NOAUTH))
+        return 0; /* 404/405 or open: dispatch answers */
+    const char *key = sched_http_header(h, "x-api-key");
+    const char *authz = sched_http_header(h, "authorization");
+    if (!key && authz && strncasecmp(authz, "Bearer ", 7) == 0)
+        key = authz + 7;
+    if (key && auth_org(srv, key))
+        return 0;
+    if (key && (strncmp(key, "wpek_", 5) == 0 || strncmp(key, "sk-wp-req-", 10) == 0)) {
+        if (*max_body > UNVERIFIED_MAX_BODY)
+            *max_body = UNVERIFIED_MAX_BODY;
+        return 0;
+    }
+    *why = key ? "invalid API key" : "missing API key";
+    return 401;
+}
+
 const char sched__lua_ratelimit[] =
     "local n = redis.call('INCR', KEYS[1])\n"
     "if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end\n"

@@ -47,6 +47,7 @@ struct sched_config {
     int rate_sbx;            /* other /v1/sandboxes requests (execute, get, delete) */
     double drain_timeout;    /* seconds SIGTERM waits for in-flight requests */
     int max_conns;           /* connections (streams included) beyond this get 503 */
+    int max_conns_per_addr;  /* ...and beyond this many from one client address */
     char vault_key_hex[65];  /* AES-256 key for vault secrets (hex); empty: env
                               * WARMPOOL_VAULT_KEY, else vault_key_file */
     char vault_key_file[256]; /* made on first start (default /etc/warmpool/vault.key) */

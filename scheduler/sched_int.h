@@ -43,6 +43,12 @@ struct sched_http_parser {
     const char *err_reason;
     bool in_message;       /* a request has started (for the header timeout) */
     bool headers_done;
+    /* Called once the head is complete, before any body byte is kept: 0
+     * to go on, or an HTTP status to refuse the request with (reason in
+     * *why); may lower req.body.max for this request. */
+    int (*on_head)(void *arg, struct sched_http_req *req, const char **why);
+    void *on_head_arg;
+    size_t max_body;       /* configured; each request starts with it */
     bool piece_open;       /* a header name/value piece is being accumulated */
 };
 
@@ -229,6 +235,12 @@ struct sched_route {
 
 /* Match method+path; returns the route or NULL. *path_matched is set when
  * some route matches the path with another method (405). Fills params. */
+/* Before the body is read: 0, or 401 when the request has no credential
+ * that could be valid (a configured API key, or the shape of an
+ * environment key or sessions token, which Redis checks later). Those get
+ * a smaller body allowance (*max_body lowered) until they are checked. */
+int sched__early_auth(struct sched_server *srv, const struct sched_http_req *h, size_t *max_body,
+                      const char **why);
 const struct sched_route *sched__route_match(const char *method, const char *path,
                                              bool *path_matched, int *nparams,
                                              char params[3][128]);

@@ -31,6 +31,7 @@
 struct sched_conn {
     struct sched_server *srv;
     int fd;
+    struct in6_addr peer;  /* the client's address (IPv4 mapped), for the per-address limit */
     ev_io rio, wio;
     ev_timer timer;
     struct sched_http_parser parser;
@@ -51,6 +52,23 @@ struct sched_conn {
 
 static void process_input(struct sched_conn *c);
 static void flush_out(struct sched_conn *c);
+
+/* The head is in: refuse a request that carries no credential that could
+ * be valid before a byte of its body is kept (route.c). */
+static int head_check(void *arg, struct sched_http_req *req, const char **why)
+{
+    struct sched_conn *c = arg;
+    return sched__early_auth(c->srv, req, &req->body.max, why);
+}
+
+/* Connections from one address, to cap what one client can hold open. */
+static int conns_from(const struct sched_server *srv, const struct in6_addr *a)
+{
+    int n = 0;
+    for (const struct sched_conn *c = srv->conns; c; c = c->next)
+        n += memcmp(&c->peer, a, sizeof(*a)) == 0;
+    return n;
+}
 
 static const char *status_text(int status)
 {
@@ -356,7 +374,9 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
     (void)revents;
     struct sched_server *srv = w->data;
     for (int i = 0; i < 64; i++) {
-        int fd = accept4(srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int fd = accept4(srv->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 /* Out of descriptors: the listener would stay readable and
@@ -371,7 +391,16 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             return;
         }
         int one = 1;
-        if (srv->cfg.max_conns > 0 && srv->nconns >= srv->cfg.max_conns) {
+        struct in6_addr peer = { 0 };
+        if (ss.ss_family == AF_INET6) {
+            peer = ((struct sockaddr_in6 *)&ss)->sin6_addr;
+        } else if (ss.ss_family == AF_INET) {
+            peer.s6_addr[10] = peer.s6_addr[11] = 0xff;
+            memcpy(&peer.s6_addr[12], &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        }
+        bool per_addr = srv->cfg.max_conns_per_addr > 0 &&
+                        conns_from(srv, &peer) >= srv->cfg.max_conns_per_addr;
+        if ((srv->cfg.max_conns > 0 && srv->nconns >= srv->cfg.max_conns) || per_addr) {
             /* Best effort, non-blocking: a full socket buffer just drops it. */
             static const char body[] = "{\"type\":\"error\",\"error\":{\"type\":"
                                        "\"overloaded_error\",\"message\":\"too many connections\"}}";
@@ -396,6 +425,9 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         }
         c->srv = srv;
         c->fd = fd;
+        c->peer = peer;
+        c->parser.on_head = head_check;
+        c->parser.on_head_arg = c;
         wp_buf_init(&c->in, srv->cfg.max_head + srv->cfg.max_body + 65536);
         wp_buf_init(&c->out, CONN_OUT_MAX);
         ev_io_init(&c->rio, read_cb, fd, EV_READ);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "lib/testlib.h"
+#include "base/timeutil.h"
 #include "lib/sched_testlib.h"
 
 static struct th_redis R;
@@ -1219,6 +1220,68 @@ static void connection_limit(void **state)
     assert_int_equal(th_sched_stop(&d), 0);
 }
 
+/* Nothing is held for a client that cannot authenticate: the key is
+ * checked once the head is in, before any body byte is read; a token
+ * Redis has not checked yet gets a small body; one address gets at most
+ * --max-conns-per-addr connections. */
+static void auth_before_body_and_per_address_limit(void **state)
+{
+    (void)state;
+    char buf[2048], req[512];
+    static const char *const keys[] = { NULL, "sk-wrong", "wpek_unchecked" };
+    static const char *const want[] = { "401", "401", "413" };
+    static const char *const lens[] = { "1000", "1000", "2000000" };
+    struct th_sched big; /* bodies up to 4 MiB for configured keys */
+    assert_int_equal(th_sched_start(&big, R.port, "--max-body", "4194304", (char *)NULL), 0);
+    for (int i = 0; i < 3; i++) {
+        int fd = th_connect(big.port);
+        /* A body announced, none sent: a server that waits for it would
+         * answer only at its header timeout (10 s). */
+        int n = snprintf(req, sizeof(req),
+                         "POST /v1/agents HTTP/1.1\r\nHost: x\r\n%s%s%sContent-Type: application/json\r\n"
+                         "Content-Length: %s\r\n\r\n",
+                         keys[i] ? "x-api-key: " : "", keys[i] ? keys[i] : "", keys[i] ? "\r\n" : "",
+                         lens[i]);
+        th_send_all(fd, req, (size_t)n);
+        uint64_t t0 = wp_now_ns();
+        int got = th_read_until(fd, buf, sizeof(buf), "\r\n\r\n", 3000);
+        double secs = (double)(wp_now_ns() - t0) / 1e9;
+        assert_true(got > 0);
+        buf[got] = '\0';
+        if (!strstr(buf, want[i]))
+            fail_msg("key %s: want %s, got %s", keys[i] ? keys[i] : "(none)", want[i], buf);
+        assert_true(secs < 2);
+        close(fd);
+    }
+    /* A configured key sends a large body as before. */
+    size_t bl = 2000000;
+    char *body = malloc(bl + 1);
+    int hl = snprintf(body, bl, "{\"name\":\"big\",\"model\":\"claude-x\",\"system\":\"");
+    memset(body + hl, 'a', bl - (size_t)hl - 2);
+    memcpy(body + bl - 2, "\"}", 3);
+    struct th_resp r;
+    assert_int_equal(th_http(big.port, "POST", "/v1/agents", KEY, body, &r), 0);
+    assert_int_not_equal(r.status, 413);
+    assert_int_not_equal(r.status, 401);
+    th_resp_free(&r);
+    free(body);
+    assert_int_equal(th_sched_stop(&big), 0);
+
+    struct th_sched d;
+    assert_int_equal(th_sched_start(&d, R.port, "--max-conns-per-addr", "2", (char *)NULL), 0);
+    int a = th_connect(d.port), b = th_connect(d.port);
+    usleep(100000);
+    int c = th_connect(d.port);
+    int n = th_read_all(c, buf, sizeof(buf) - 1, 3000);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_non_null(strstr(buf, "503"));
+    close(c);
+    close(a);
+    close(b);
+    assert_int_equal(th_sched_stop(&d), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1239,6 +1302,7 @@ int main(void)
         cmocka_unit_test(work_queue),
         cmocka_unit_test(session_resources),
         cmocka_unit_test(connection_limit),
+        cmocka_unit_test(auth_before_body_and_per_address_limit),
         cmocka_unit_test(graceful_drain_on_sigterm),
         cmocka_unit_test(survives_redis_connection_loss),
     };
