@@ -70,9 +70,14 @@ start() {
 }
 tails=()
 
-say "redis on 127.0.0.1:$RPORT (data in $RUN)"
+# WARMPOOL_REDIS_DURABLE=1: every acknowledged event is on disk before the
+# reply (appendfsync always; bench/results/durability.md says what it costs);
+# else up to ~1 s of acknowledged events can be lost if Redis or the host dies.
+FSYNC=everysec
+[ -n "${WARMPOOL_REDIS_DURABLE:-}" ] && FSYNC=always
+say "redis on 127.0.0.1:$RPORT (data in $RUN, appendfsync $FSYNC)"
 redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$RUN" --appendonly yes \
-    --appendfsync everysec --save '' --daemonize yes --logfile "$RUN/redis.log" >/dev/null
+    --appendfsync "$FSYNC" --save '' --daemonize yes --logfile "$RUN/redis.log" >/dev/null
 
 if [ -n "${ANTHROPIC_API_KEY:-}" ]; then
     MODEL_URL=${ANTHROPIC_BASE_URL:-https://api.anthropic.com}
