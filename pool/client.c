@@ -41,6 +41,7 @@ struct claim {
     struct pool_client *c;
     char env[64], session[128], rid[40], node[64];
     char tiers[32]; /* the policy's tiers, passed to the node ("" = all) */
+    char rkey[33];  /* the lease's relay key, made here (see pool.h) */
     uint64_t token;
     uint64_t t0;
     uint64_t wait_t0;   /* when it started waiting for a node; 0: not waiting */
@@ -193,6 +194,7 @@ static void sub_cb(void *ctx, redisReply *reply)
     snprintf(res.root, sizeof(res.root), "%s", root);
     snprintf(res.tier, sizeof(res.tier), "%s", tier);
     snprintf(res.relay, sizeof(res.relay), "%s", relay ? relay : "");
+    snprintf(res.rkey, sizeof(res.rkey), "%s", cl->rkey);
     res.token = cl->token;
     res.ms = (double)(wp_now_ns() - cl->t0) / 1e6;
     res.node_wait_ms = cl->waited_ms;
@@ -224,8 +226,8 @@ static void fence_cb(void *ctx, redisReply *reply)
     snprintf(inbox, sizeof(inbox), POOL__K_INBOX "%s", cl->env, cl->node);
     const char *argv[] = { "XADD", inbox, "MAXLEN", "~", "10000", "*", "type", "claim",
                            "session", cl->session, "token", tok, "reply", c->chan, "rid", cl->rid,
-                           "tiers", cl->tiers };
-    if (wp_redis_argv(c->r, xadd_cb, cl, 18, argv, NULL) < 0)
+                           "tiers", cl->tiers, "rkey", cl->rkey };
+    if (wp_redis_argv(c->r, xadd_cb, cl, 20, argv, NULL) < 0)
         claim_fail(cl, WP_ESTATE, "redis not connected");
 }
 
@@ -296,6 +298,7 @@ static void hot_cb(void *ctx, redisReply *reply)
         snprintf(res.tier, sizeof(res.tier), "hot");
         res.token = strtoull(reply->element[3]->str, NULL, 10);
         snprintf(res.relay, sizeof(res.relay), "%s", reply->element[4]->str);
+        snprintf(res.rkey, sizeof(res.rkey), "%s", cl->rkey);
         res.ms = (double)(wp_now_ns() - cl->t0) / 1e6;
         claim_finish(cl, 0, &res, NULL);
         return;
@@ -379,6 +382,13 @@ int pool_claim(struct pool_client *c, const char *env, const char *session, doub
     if (getrandom(&r, sizeof(r), 0) != sizeof(r))
         r = wp_now_ns();
     snprintf(cl->rid, sizeof(cl->rid), "%016llx", (unsigned long long)r);
+    unsigned char kb[16];
+    if (getrandom(kb, sizeof(kb), 0) != sizeof(kb)) {
+        free(cl);
+        return wp_err_set(err, -EIO, "no randomness for a relay key");
+    }
+    for (int i = 0; i < 16; i++)
+        snprintf(cl->rkey + 2 * i, 3, "%02x", kb[i]);
     snprintf(hot, sizeof(hot), POOL__K_HOT, env);
     snprintf(fence, sizeof(fence), POOL__K_FENCE, env);
     snprintf(stats, sizeof(stats), POOL__K_STATS, env);
@@ -387,8 +397,8 @@ int pool_claim(struct pool_client *c, const char *env, const char *session, doub
     snprintf(inbox, sizeof(inbox), POOL__K_INBOX, env);
     snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
     snprintf(lease, sizeof(lease), "60000");
-    const char *argv[] = { hot, fence, stats, policy, sbp, session, now, lease, inbox };
-    if (wp_redis_script(c->r, pool__lua_claim_hot, hot_cb, cl, 4, 9, argv, NULL) < 0) {
+    const char *argv[] = { hot, fence, stats, policy, sbp, session, now, lease, inbox, cl->rkey };
+    if (wp_redis_script(c->r, pool__lua_claim_hot, hot_cb, cl, 4, 10, argv, NULL) < 0) {
         free(cl);
         return wp_err_set(err, WP_ESTATE, "not connected to Redis");
     }
@@ -614,8 +624,8 @@ int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, cons
         return wp_err_set(err, -ENOMEM, "out of memory");
     wp_buf_init(&k->buf, 8192);
     snprintf(tok, sizeof(tok), "%llu", (unsigned long long)res->token);
-    json_t *route = json_pack("{s:s, s:s, s:s, s:s}", "t", "route", "env", env, "sandbox",
-                              res->sandbox, "token", tok);
+    json_t *route = json_pack("{s:s, s:s, s:s, s:s, s:s}", "t", "route", "env", env, "sandbox",
+                              res->sandbox, "token", tok, "key", res->rkey);
     int rc = alink_frame_encode(&k->buf, route, 4096, err);
     json_decref(route);
     fd = rc < 0 ? -1 : socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);

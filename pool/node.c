@@ -15,6 +15,7 @@
 #include <ev.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -88,6 +89,7 @@ struct env {
 /* A warm/cold claim waiting for a restore slot. */
 struct claimq {
     char chan[128], rid[64], session[128];
+    char rkey[33];          /* the claimer's relay key for the lease */
     uint64_t token;
     uint64_t at_ms;
     bool warm_ok;           /* the policy's tiers allow a warm restore */
@@ -104,6 +106,7 @@ struct nsb {
     enum sb_state st;
     bool for_claim;                 /* warm/cold claim: reply when ready */
     char reply_chan[128], rid[64], session[128], tier[8];
+    char rkey[33];                  /* the lease's relay key (leased only) */
     uint64_t token;
     double t0;
     double ready_at;                /* restored or booted */
@@ -372,6 +375,7 @@ static void job_done(struct node *n, struct nsb *s)
                 snprintf(cold->rid, sizeof(cold->rid), "%s", s->rid);
                 snprintf(cold->session, sizeof(cold->session), "%s", s->session);
                 cold->token = s->token;
+                memcpy(cold->rkey, s->rkey, sizeof(cold->rkey));
             } else {
                 publish_reply(n, s, WP_ECRIU, err.msg);
             }
@@ -760,6 +764,7 @@ static void serve_claims(struct node *n, struct env *e)
         snprintf(s->rid, sizeof(s->rid), "%s", q->rid);
         snprintf(s->session, sizeof(s->session), "%s", q->session);
         s->token = q->token;
+        memcpy(s->rkey, q->rkey, sizeof(s->rkey));
         free(q);
     }
 }
@@ -783,6 +788,7 @@ static void handle_entry(struct node *n, struct env *e, const char *id, redisRep
         }
         s->st = SB_LEASED;
         s->token = token;
+        snprintf(s->rkey, sizeof(s->rkey), "%s", field(kv, "rkey") ? field(kv, "rkey") : "");
         snprintf(s->session, sizeof(s->session), "%s", field(kv, "session") ? field(kv, "session") : "");
         e->idle--;
         log_info("claimed sandbox=%s env=%s tier=hot token=%llu", sbid, e->cfg.name,
@@ -812,6 +818,7 @@ static void handle_entry(struct node *n, struct env *e, const char *id, redisRep
         snprintf(q->chan, sizeof(q->chan), "%s", chan);
         snprintf(q->rid, sizeof(q->rid), "%s", rid);
         snprintf(q->session, sizeof(q->session), "%s", session);
+        snprintf(q->rkey, sizeof(q->rkey), "%s", field(kv, "rkey") ? field(kv, "rkey") : "");
         q->token = token;
         q->at_ms = at;
         /* The claimer read the policy's tiers with its hot attempt ("" or
@@ -1411,7 +1418,7 @@ out:
 
 /* The relay's check: a current lease here with this token? */
 static int relay_lookup(void *ctx, const char *env, const char *sandbox, unsigned long long token,
-                        char *root, size_t cap)
+                        const char *rkey, char *root, size_t cap)
 {
     struct node *n = ctx;
     struct nsb *s = find_sb(n, sandbox);
@@ -1422,7 +1429,9 @@ static int relay_lookup(void *ctx, const char *env, const char *sandbox, unsigne
         return WP_ESTATE; /* claimed in Redis, our inbox not read yet */
     if (s->st != SB_LEASED)
         return WP_ENOTFOUND;
-    if (s->token != token)
+    /* No key recorded (a claimer that sent none): nobody gets in. */
+    if (s->token != token || strlen(s->rkey) != 32 || strlen(rkey) != 32 ||
+        CRYPTO_memcmp(s->rkey, rkey, 32) != 0)
         return WP_ESTALE;
     snprintf(root, cap, "/proc/%d/root", (int)s->sb->init_pid);
     return 0;

@@ -134,7 +134,9 @@ struct pool_claim_result {
     char root[512];     /* host path of the sandbox's root on its node */
     char relay[80];     /* "host:port" of its node's agentlink relay */
     char tier[8];       /* "hot", "warm" or "cold" */
-    uint64_t token;     /* fencing token of the lease */
+    uint64_t token;     /* fencing token of the lease (a counter: ordered, guessable) */
+    char rkey[33];      /* the lease's relay key: 128 random bits, hex, made by the
+                           claimer; the node's relay routes only to its holder */
     double ms;          /* claim latency */
     double node_wait_ms; /* of which waiting for a first node to serve the
                             environment (one just published); 0 mostly */

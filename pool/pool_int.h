@@ -64,7 +64,8 @@ extern const char pool__lua_renew[];
 extern const char pool__lua_release[];
 
 /* relay.c: agentlink over TCP to the sandboxes of this node. lookup
- * answers whether (env, sandbox, token) is a current lease here: 0 with
+ * answers whether (env, sandbox, token, relay key) is a current lease
+ * here (the key compared in constant time): 0 with
  * the sandbox root, WP_ESTALE, WP_ENOTFOUND, or WP_ESTATE when the
  * sandbox is idle here (its claim not read yet: the relay waits for
  * pool__relay_retry). */
@@ -72,7 +73,8 @@ struct ev_loop;
 struct wp_err;
 struct pool__relay;
 typedef int (*pool__relay_lookup_cb)(void *ctx, const char *env, const char *sandbox,
-                                     unsigned long long token, char *root, size_t cap);
+                                     unsigned long long token, const char *rkey, char *root,
+                                     size_t cap);
 int pool__relay_start(struct ev_loop *loop, const char *host, int port, pool__relay_lookup_cb lookup,
                       void *ctx, struct pool__relay **out, int *bound_port, struct wp_err *err);
 /* The node just learnt sandbox was claimed: routes waiting for it go on. */

@@ -2,8 +2,10 @@
  * reaches a sandbox that lives behind a Unix socket on this one.
  *
  * A client opens a TCP connection to the node and sends one agentlink
- * frame {"t":"route","env":E,"sandbox":ID,"token":"T"}. The node checks
- * the token against its own lease record (fencing: a stale or unknown
+ * frame {"t":"route","env":E,"sandbox":ID,"token":"T","key":K}. The node
+ * checks the token and the lease's relay key (128 random bits the claimer
+ * made; the token is a counter anyone can guess) against its own lease
+ * record (fencing: a stale or unknown
  * token is refused), answers {"t":"route","ok":true} or an error frame,
  * connects to the sandbox's hands socket and from then on copies bytes
  * both ways: the client then speaks agentlink to the hands as if local.
@@ -58,6 +60,7 @@ struct rconn {
     ev_timer park;
     char sandbox[64], env[64];
     unsigned long long token;
+    char rkey[33];
     struct rconn *next;
 };
 
@@ -148,7 +151,8 @@ static void route_try(struct rconn *c)
     char root[512];
     /* root is /proc/<init>/root: it follows the sandbox's own mount
      * namespace. */
-    int fd, rc = c->r->lookup(c->r->ctx, c->env, c->sandbox, c->token, root, sizeof(root));
+    int fd, rc = c->r->lookup(c->r->ctx, c->env, c->sandbox, c->token, c->rkey, root,
+                                  sizeof(root));
 
     if (rc == WP_ESTATE) {
         if (!c->parked) {
@@ -201,15 +205,19 @@ static void route(struct rconn *c, const uint8_t *payload, size_t len)
     const char *t = json_string_value(json_object_get(o, "t")),
                *env = json_string_value(json_object_get(o, "env")),
                *sb = json_string_value(json_object_get(o, "sandbox")),
-               *tok = json_string_value(json_object_get(o, "token"));
+               *tok = json_string_value(json_object_get(o, "token")),
+               *key = json_string_value(json_object_get(o, "key"));
     char *end = NULL;
 
-    if (!o || !t || strcmp(t, "route") || !env || !sb || !tok || strlen(sb) >= sizeof(c->sandbox) ||
-        strlen(env) >= sizeof(c->env) || (c->token = strtoull(tok, &end, 10), *end)) {
+    if (!o || !t || strcmp(t, "route") || !env || !sb || !tok || !key || strlen(key) != 32 ||
+        strlen(sb) >= sizeof(c->sandbox) || strlen(env) >= sizeof(c->env) ||
+        (c->token = strtoull(tok, &end, 10), *end)) {
         json_decref(o);
-        refuse(c, "bad_route", "first frame must be {\"t\":\"route\",\"env\",\"sandbox\",\"token\"}");
+        refuse(c, "bad_route",
+               "first frame must be {\"t\":\"route\",\"env\",\"sandbox\",\"token\",\"key\"}");
         return;
     }
+    snprintf(c->rkey, sizeof(c->rkey), "%s", key);
     snprintf(c->sandbox, sizeof(c->sandbox), "%s", sb);
     snprintf(c->env, sizeof(c->env), "%s", env);
     json_decref(o);

@@ -6,7 +6,7 @@
 #include "pool/pool_int.h"
 
 /* KEYS: hot list, fence counter, stats hash, policy hash.
- * ARGV: sandbox key prefix, session, now_ms, lease_ms, inbox key prefix.
+ * ARGV: sandbox key prefix, session, now_ms, lease_ms, inbox key prefix, relay key.
  * Pops idle sandboxes until one is still idle (entries whose sandbox was
  * lost or released meanwhile are dropped), leases it with a new fencing
  * token and tells its node. Returns {id, node, addr, token, relay}, or
@@ -29,7 +29,7 @@ const char pool__lua_claim_hot[] =
     "               'tier', 'hot', 'leased_ms', ARGV[3],\n"
     "               'lease_until', tonumber(ARGV[3]) + tonumber(ARGV[4]))\n"
     "    redis.call('XADD', ARGV[5] .. node, 'MAXLEN', '~', 10000, '*', 'type', 'claimed',\n"
-    "               'sandbox', id, 'token', tok, 'session', ARGV[2])\n"
+    "               'sandbox', id, 'token', tok, 'session', ARGV[2], 'rkey', ARGV[6])\n"
     "    redis.call('HINCRBY', KEYS[3], 'claims_hot', 1)\n"
     "    return {id, node, redis.call('HGET', k, 'addr'), tostring(tok),\n"
     "            redis.call('HGET', k, 'relay') or ''}\n"

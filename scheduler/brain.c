@@ -83,13 +83,13 @@ static const char lua_acquire[] =
     "redis.call('SET', 'wp:brain:fence', t)\n"
     "redis.call('SET', KEYS[1], t, 'PX', ARGV[1])\n"
     "local h = redis.call('HMGET', KEYS[2], 'org', 'json', 'environment_id', 'self_hosted', 'status',\n"
-    "  'archived', 'sbx_sandbox', 'sbx_token', 'sbx_relay', 'sbx_node', 'sbx_tier')\n"
+    "  'archived', 'sbx_sandbox', 'sbx_token', 'sbx_relay', 'sbx_node', 'sbx_tier', 'sbx_rkey')\n"
     "local env = false\n"
     "if h[3] then env = redis.call('HGET', 'wp:obj:' .. h[3], 'json') end\n"
     "local out = {n}\n"
-    "for i = 1, 11 do out[i + 1] = h[i] end\n"
-    "out[13] = env\n"
-    "out[14] = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1000)\n"
+    "for i = 1, 12 do out[i + 1] = h[i] end\n"
+    "out[14] = env\n"
+    "out[15] = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1000)\n"
     "return out\n";
 
 /* KEYS: lease. ARGV: token, ttl ms (0 = release). 1 if still ours. */
@@ -819,8 +819,8 @@ static void linger_cb(struct ev_loop *loop, ev_timer *w, int revents)
         return;
     if (b->claim.sandbox[0]) {
         pool_release(b->srv->pool, b->pool_env, b->claim.sandbox, b->claim.token, NULL, NULL, NULL);
-        const char *argv[] = { "HDEL", b->key_obj, "sbx_sandbox", "sbx_token" };
-        wp_redis_argv(b->srv->rds, NULL, NULL, 4, argv, NULL);
+        const char *argv[] = { "HDEL", b->key_obj, "sbx_sandbox", "sbx_token", "sbx_rkey" };
+        wp_redis_argv(b->srv->rds, NULL, NULL, 5, argv, NULL);
     }
     const char *argv[] = { b->key_lease, b->token, "0" };
     wp_redis_script(b->srv->rds, lua_renew, NULL, NULL, 1, 3, argv, NULL);
@@ -836,7 +836,7 @@ static const char *hfield(redisReply *r, size_t i)
 
 /* The session as the acquire script read it (fields from index 1 of its
  * reply): org, json, environment_id, self_hosted, status, archived,
- * sbx_sandbox, sbx_token, sbx_relay, sbx_node, sbx_tier, then the
+ * sbx_sandbox, sbx_token, sbx_relay, sbx_node, sbx_tier, sbx_rkey, then the
  * environment's json. Returns 0 or -1 (the brain stops). */
 static int load_session(struct brain *b, redisReply *r)
 {
@@ -860,9 +860,10 @@ static int load_session(struct brain *b, redisReply *r)
         snprintf(b->claim.relay, sizeof(b->claim.relay), "%s", F(8));
         snprintf(b->claim.node, sizeof(b->claim.node), "%s", F(9));
         snprintf(b->claim.tier, sizeof(b->claim.tier), "%s", F(10) ?: "");
+        snprintf(b->claim.rkey, sizeof(b->claim.rkey), "%s", F(11) ?: "");
     }
     /* The environment names the pool its sandboxes come from. */
-    json_t *env = F(11) ? json_loads(F(11), 0, NULL) : NULL;
+    json_t *env = F(12) ? json_loads(F(12), 0, NULL) : NULL;
     if (!env || sched__env_pool_of(env, b->pool_env, sizeof(b->pool_env)) < 0)
         b->pool_env[0] = '\0'; /* no sandbox: tools get an error result saying why */
     json_decref(env);
@@ -875,7 +876,7 @@ static void acquire_cb(void *ctx, redisReply *reply)
     struct brain *b = ctx;
     struct sched_brains *bs = b->bs;
     b->reading = false;
-    if (b->stopped || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 14 ||
+    if (b->stopped || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 15 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER) {
         bool held = reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0;
         if (held && !b->stopped) {
@@ -893,8 +894,8 @@ static void acquire_cb(void *ctx, redisReply *reply)
     log_debug("session=%s brain lease token=%s", b->sid, b->token);
     if (load_session(b, reply) == 0) {
         b->turn_t0 = wp_now_ns();
-        if (reply->element[13]->type == REDIS_REPLY_ARRAY)
-            ingest(b, reply->element[13]);
+        if (reply->element[14]->type == REDIS_REPLY_ARRAY)
+            ingest(b, reply->element[14]);
         else
             brain_stop(b, "reading the log failed");
     }

@@ -29,8 +29,9 @@ static void save_sandbox(struct brain *b)
     snprintf(tok, sizeof(tok), "%llu", (unsigned long long)b->claim.token);
     const char *argv[] = { "HSET", b->key_obj, "sbx_sandbox", b->claim.sandbox, "sbx_node",
                            b->claim.node, "sbx_relay", b->claim.relay, "sbx_token", tok,
-                           "sbx_tier", b->claim.tier, "sbx_env", b->pool_env };
-    wp_redis_argv(b->srv->rds, NULL, NULL, 14, argv, NULL);
+                           "sbx_tier", b->claim.tier, "sbx_env", b->pool_env, "sbx_rkey",
+                           b->claim.rkey };
+    wp_redis_argv(b->srv->rds, NULL, NULL, 16, argv, NULL);
 }
 
 static void sandbox_failed(struct brain *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -257,8 +258,8 @@ void sched__brain_tools_run(struct brain *b)
         /* The next call claims a fresh sandbox. */
         b->sbx = SBX_NONE;
         memset(&b->claim, 0, sizeof(b->claim));
-        const char *argv[] = { "HDEL", b->key_obj, "sbx_sandbox", "sbx_token" };
-        wp_redis_argv(b->srv->rds, NULL, NULL, 4, argv, NULL);
+        const char *argv[] = { "HDEL", b->key_obj, "sbx_sandbox", "sbx_token", "sbx_rkey" };
+        wp_redis_argv(b->srv->rds, NULL, NULL, 5, argv, NULL);
     }
     if (failed_any)
         sched__brain_step(b);

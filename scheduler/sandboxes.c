@@ -83,7 +83,8 @@ static void save(struct sched_sbx *s)
     snprintf(ams, sizeof(ams), "%.3f", s->attached_ms);
     snprintf(wms, sizeof(wms), "%.3f", s->res.node_wait_ms);
     const char *argv[] = { "HSET", key, "status", state_names[s->st], "sandbox", s->res.sandbox,
-                           "node", s->res.node, "relay", s->res.relay, "tier", s->res.tier,
+                           "node", s->res.node, "relay", s->res.relay, "rkey", s->res.rkey,
+                           "tier", s->res.tier,
                            "token", tok, "claim_ms", cms, "attached_ms", ams, "node_wait_ms", wms,
                            "error", s->error };
     wp_redis_argv(s->srv->rds, NULL, NULL, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
@@ -747,6 +748,7 @@ static void got_record(void *ctx, redisReply *reply)
     snprintf(s->env, sizeof(s->env), "%s", field(reply, "environment"));
     snprintf(s->res.sandbox, sizeof(s->res.sandbox), "%s", field(reply, "sandbox"));
     snprintf(s->res.relay, sizeof(s->res.relay), "%s", field(reply, "relay"));
+    snprintf(s->res.rkey, sizeof(s->res.rkey), "%s", field(reply, "rkey") ?: "");
     s->res.token = strtoull(field(reply, "token"), NULL, 10);
     s->next = req->srv->sbxs;
     req->srv->sbxs = s;

@@ -789,6 +789,16 @@ static void relay_reaches_the_hands_and_fences(void **state)
     while (!bad.connected)
         ev_run(loop, EVRUN_ONCE);
     assert_int_equal(bad.status, WP_ESTALE);
+    /* The right token (a counter: anyone can guess it) with another relay
+     * key is refused as well; the key is 128 random bits of the claimer's. */
+    assert_int_equal(strlen(o.res.rkey), 32);
+    struct pool_claim_result guess = o.res;
+    guess.rkey[5] = guess.rkey[5] == 'a' ? 'b' : 'a';
+    struct link bad2 = { 0 };
+    assert_int_equal(pool_connect(loop, &guess, ENV, link_fd_cb, &bad2, &err), 0);
+    while (!bad2.connected)
+        ev_run(loop, EVRUN_ONCE);
+    assert_int_equal(bad2.status, WP_ESTALE);
     /* The holder reaches the hands over TCP as if they were local. */
     assert_int_equal(pool_connect(loop, &o.res, ENV, link_fd_cb, &l, &err), 0);
     while (!l.connected)
