@@ -7,6 +7,7 @@
  */
 #define WP_LOG_COMPONENT "redis"
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,6 +58,78 @@ struct cmd {
 
 static void schedule_retry(struct wp_redis *r);
 
+/* See wp_redis_auth_file. */
+static struct {
+    bool set;
+    char user[128];
+    char pass[512];
+} auth;
+
+int wp_redis_auth_file(const char *user, const char *path, struct wp_err *err)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return wp_err_errno(err, "redis password file %s", path);
+    char line[sizeof(auth.pass)] = "";
+    bool ok = fgets(line, sizeof(line), f) != NULL;
+    fclose(f);
+    line[strcspn(line, "\r\n")] = '\0';
+    if (!ok || !line[0])
+        return wp_err_set(err, WP_ECONFIG, "redis password file %s: empty first line", path);
+    if (user && strlen(user) >= sizeof(auth.user))
+        return wp_err_set(err, WP_ECONFIG, "redis user name too long");
+    snprintf(auth.user, sizeof(auth.user), "%s", user ? user : "");
+    memcpy(auth.pass, line, sizeof(auth.pass));
+    memset(line, 0, sizeof(line));
+    auth.set = true;
+    return 0;
+}
+
+static int auth_argv(const char *argv[3])
+{
+    argv[0] = "AUTH";
+    if (auth.user[0]) {
+        argv[1] = auth.user;
+        argv[2] = auth.pass;
+        return 3;
+    }
+    argv[1] = auth.pass;
+    return 2;
+}
+
+int wp_redis_auth_sync(redisContext *c, struct wp_err *err)
+{
+    const char *argv[3];
+    if (!auth.set)
+        return 0;
+    int argc = auth_argv(argv);
+    redisReply *r = redisCommandArgv(c, argc, argv, NULL);
+    int rc = 0;
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        rc = wp_err_set(err, WP_ECONFIG, "redis AUTH: %s", r ? r->str : c->errstr);
+    freeReplyObject(r);
+    return rc;
+}
+
+static void auth_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct wp_redis *r = privdata;
+    redisReply *rep = reply;
+    if (!r || ac->data != r)
+        return; /* freed or detached meanwhile */
+    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+        /* Wrong credentials heal only by configuration: say it, keep
+         * retrying at the capped backoff. */
+        log_error("redis AUTH refused conn=%s: %s", r->name, rep ? rep->str : "no reply");
+        redisAsyncDisconnect(ac); /* on_disconnect schedules the retry */
+        return;
+    }
+    r->connected = true;
+    r->backoff = 0;
+    subscribe_now(r);
+    log_debug("redis connected conn=%s %s:%d (authenticated)", r->name, r->host, r->port);
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     struct wp_redis *r = ac->data;
@@ -68,6 +141,8 @@ static void on_connect(const redisAsyncContext *ac, int status)
         schedule_retry(r);
         return;
     }
+    if (auth.set)
+        return; /* ready once AUTH is accepted (auth_reply) */
     r->connected = true;
     r->backoff = 0;
     subscribe_now(r);
@@ -102,6 +177,12 @@ static void do_connect(struct wp_redis *r)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     r->ac = ac;
+    if (auth.set) {
+        /* Queued before anything else: Redis reads it first. */
+        const char *argv[3];
+        int argc = auth_argv(argv);
+        redisAsyncCommandArgv(ac, auth_reply, r, argc, argv, NULL);
+    }
 }
 
 static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents)

@@ -37,6 +37,18 @@ int wp_redis_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc, const
 int wp_redis_script(struct wp_redis *r, const char *script, wp_redis_cb cb, void *ctx, int nkeys,
                     int argc, const char **argv, const size_t *lens);
 
+/* Credentials for every connection this process makes (AUTH [user] pass
+ * as each connection's first command; a connection is ready only once
+ * Redis accepted them). Process-wide on purpose: every connection of a
+ * process talks to the same Redis as the same user. Set once at start,
+ * before the first wp_redis_new. Reads the password from the first line
+ * of path; user may be NULL (the default user). 0, or < 0 with err. */
+struct wp_err;
+int wp_redis_auth_file(const char *user, const char *path, struct wp_err *err);
+/* The same AUTH on a synchronous hiredis context (CLIs). 0 when no
+ * credentials are set or Redis accepted them; < 0 with err otherwise. */
+int wp_redis_auth_sync(redisContext *c, struct wp_err *err);
+
 /* Put this connection in subscribe mode on one channel (again after each
  * reconnect): cb gets every reply on it (the confirmation, then
  * ["message", channel, payload] arrays). Nothing else may be sent on it. */

@@ -10,11 +10,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/err.h"
+#include "base/redis.h"
 #include "pool/pool_int.h"
 #include "snapshot/snapshot.h"
 
 static const char usage[] =
-    "usage: warmpool [--redis HOST:PORT] pool COMMAND\n"
+    "usage: warmpool [--redis HOST:PORT] [--redis-password-file PATH [--redis-user NAME]]\n"
+    "                pool COMMAND\n"
     "       warmpool doctor [--reprobe]   what this host needs, each item with its fix\n"
     "\n"
     "  pool set ENV [--node NODE] min_hot=N max_hot=N [max_hot_total=N]\n"
@@ -432,15 +435,30 @@ int main(int argc, char **argv)
     char host[128] = "127.0.0.1";
     int port = 6379, i = 1;
 
-    if (i + 1 < argc && strcmp(argv[i], "--redis") == 0) {
-        const char *colon = strrchr(argv[i + 1], ':');
-        if (!colon || colon == argv[i + 1] || atoi(colon + 1) <= 0) {
-            fprintf(stderr, "warmpool: --redis wants HOST:PORT\n");
+    const char *pwfile = NULL, *user = NULL;
+    while (i + 1 < argc && strncmp(argv[i], "--redis", 7) == 0) {
+        if (strcmp(argv[i], "--redis") == 0) {
+            const char *colon = strrchr(argv[i + 1], ':');
+            if (!colon || colon == argv[i + 1] || atoi(colon + 1) <= 0) {
+                fprintf(stderr, "warmpool: --redis wants HOST:PORT\n");
+                return 2;
+            }
+            snprintf(host, sizeof(host), "%.*s", (int)(colon - argv[i + 1]), argv[i + 1]);
+            port = atoi(colon + 1);
+        } else if (strcmp(argv[i], "--redis-password-file") == 0) {
+            pwfile = argv[i + 1];
+        } else if (strcmp(argv[i], "--redis-user") == 0) {
+            user = argv[i + 1];
+        } else {
+            fprintf(stderr, "warmpool: unknown option %s\n", argv[i]);
             return 2;
         }
-        snprintf(host, sizeof(host), "%.*s", (int)(colon - argv[i + 1]), argv[i + 1]);
-        port = atoi(colon + 1);
         i += 2;
+    }
+    struct wp_err aerr;
+    if (pwfile && wp_redis_auth_file(user, pwfile, &aerr) < 0) {
+        fprintf(stderr, "warmpool: %s\n", aerr.msg);
+        return 2;
     }
     if (i < argc && (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0)) {
         fputs(usage, stdout);
@@ -456,6 +474,11 @@ int main(int argc, char **argv)
     if (!rc || rc->err) {
         fprintf(stderr, "warmpool: cannot reach redis at %s:%d: %s\n", host, port,
                 rc ? rc->errstr : "out of memory");
+        return 1;
+    }
+    if (wp_redis_auth_sync(rc, &aerr) < 0) {
+        fprintf(stderr, "warmpool: %s\n", aerr.msg);
+        redisFree(rc);
         return 1;
     }
     int r;

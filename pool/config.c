@@ -41,6 +41,8 @@ static const char usage[] =
     "  --multi-tenant          the node serves several organizations: environments\n"
     "                          with \"ksm\" run without merging (a timing side channel)\n"
     "  --ksm-multi-tenant-override  merge anyway on a multi-tenant node\n"
+    "  --redis-password-file PATH  AUTH to Redis with the password on its first line\n"
+    "  --redis-user NAME       ...as this ACL user (default: Redis's default user)\n"
     "  --criu-mode MODE        auto (default: probe this host, cached), default,\n"
     "                          no-breakpoints (CRIU_FAULT=130 for every criu run),\n"
     "                          none (no images: the pool is cold-booted sandboxes)\n"
@@ -223,6 +225,12 @@ static int load_file(struct pool_node_config *cfg, const char *path, struct wp_e
             cfg->ksm_sleep_ms = (long)json_integer_value(v);
         else if (strcmp(k, "hot_memory_mb") == 0 && json_is_integer(v))
             rc = set_memory_mb(cfg, json_integer_value(v), err);
+        else if (strcmp(k, "redis_password_file") == 0 && json_is_string(v))
+            rc = set_str(cfg->redis_password_file, sizeof(cfg->redis_password_file),
+                         json_string_value(v), "redis_password_file", err);
+        else if (strcmp(k, "redis_user") == 0 && json_is_string(v))
+            rc = set_str(cfg->redis_user, sizeof(cfg->redis_user), json_string_value(v),
+                         "redis_user", err);
         else if (strcmp(k, "criu_mode") == 0 && json_is_string(v))
             rc = set_criu_mode(cfg, json_string_value(v), err);
         else if (strcmp(k, "criu_timeout_s") == 0 && json_is_number(v))
@@ -268,6 +276,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         { "environment", required_argument, NULL, 'N' }, { "worker-pool", required_argument, NULL, 'P' },
         { "worker-id", required_argument, NULL, 'I' },   { "worker-max-idle", required_argument, NULL, 'X' },
         { "worker-lease-ttl", required_argument, NULL, 'Y' },
+        { "redis-password-file", required_argument, NULL, 'Q' }, { "redis-user", required_argument, NULL, 'V' },
         { "criu-mode", required_argument, NULL, 'K' },   { "criu-timeout", required_argument, NULL, 'D' },
         { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
     };
@@ -330,6 +339,8 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         case 'X': cfg->worker.max_idle_ms = atoi(optarg); break;
         case 'Y': cfg->worker.lease_ttl_s = atoi(optarg); break;
         case 'K': rc = set_criu_mode(cfg, optarg, err); break;
+        case 'Q': rc = set_str(cfg->redis_password_file, sizeof(cfg->redis_password_file), optarg, "--redis-password-file", err); break;
+        case 'V': rc = set_str(cfg->redis_user, sizeof(cfg->redis_user), optarg, "--redis-user", err); break;
         case 'D': {
             char *end;
             cfg->criu_timeout_s = strtod(optarg, &end);

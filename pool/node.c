@@ -1907,6 +1907,10 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
 
+    if (cfg->redis_password_file[0] &&
+        (rc = wp_redis_auth_file(cfg->redis_user[0] ? cfg->redis_user : NULL,
+                                 cfg->redis_password_file, err)) < 0)
+        return rc;
     n = calloc(1, sizeof(*n));
     if (!n)
         return wp_err_set(err, -ENOMEM, "out of memory");

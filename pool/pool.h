@@ -90,6 +90,8 @@ struct pool_worker_config {
 struct pool_node_config {
     char id[64];
     char redis_host[128];
+    char redis_user[128];          /* AUTH user ("" = default) */
+    char redis_password_file[256]; /* AUTH password's file ("" = no AUTH) */
     int redis_port;
     char state_dir[256];
     char listen_host[64];   /* the agentlink relay (default 127.0.0.1) */

@@ -128,6 +128,8 @@ static void usage(void)
            "  --vault-key-previous HEX, --vault-key-previous-file PATH\n"
            "                           the key before a rotation: what it sealed still opens\n"
            "  --rotate-vault-key       re-seal every stored secret with the current key, exit\n"
+           "  --redis-password-file PATH  AUTH to Redis with the password on its first line\n"
+           "  --redis-user NAME        ...as this ACL user (default: Redis's default user)\n"
            "  --model-url URL          Messages API base (https://api.anthropic.com); the key\n"
            "                           comes from $ANTHROPIC_API_KEY only (never a flag)\n"
            "  --model-version V        anthropic-version header (2023-06-01)\n"
@@ -301,6 +303,15 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
             return wp_err_set(err, WP_ECONFIG, "--%s wants an absolute path", name);
         snprintf(prev ? cfg->vault_prev_file : cfg->vault_key_file, sizeof(cfg->vault_key_file),
                  "%s", val);
+        return 0;
+    }
+    if (!strcmp(name, "redis-password-file") || !strcmp(name, "redis-user")) {
+        bool file = name[6] == 'p';
+        if ((file && val[0] != '/') || strlen(val) >= sizeof(cfg->redis_password_file))
+            return wp_err_set(err, WP_ECONFIG, "--%s wants %s", name,
+                              file ? "an absolute path" : "a user name");
+        snprintf(file ? cfg->redis_password_file : cfg->redis_user, sizeof(cfg->redis_user), "%s",
+                 val);
         return 0;
     }
     if (!strcmp(name, "rotate-vault-key")) {

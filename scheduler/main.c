@@ -8,6 +8,7 @@
 #include <ev.h>
 
 #include "base/log.h"
+#include "base/redis.h"
 #include "scheduler/sched.h"
 #include "scheduler/sched_int.h"
 
@@ -22,6 +23,12 @@ int main(int argc, char **argv)
     if (rc == 1)
         return 0;
     if (rc < 0) {
+        fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
+        return 2;
+    }
+    if (cfg.redis_password_file[0] &&
+        wp_redis_auth_file(cfg.redis_user[0] ? cfg.redis_user : NULL, cfg.redis_password_file,
+                           &err) < 0) {
         fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
         return 2;
     }

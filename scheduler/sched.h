@@ -29,6 +29,8 @@ struct sched_config {
     char listen_host[64];
     int listen_port;
     char redis_host[128];
+    char redis_user[128];          /* AUTH user ("" = default) */
+    char redis_password_file[256]; /* AUTH password's file ("" = no AUTH) */
     int redis_port;
     int norgs;
     struct sched_org_key orgs[SCHED_MAX_ORGS];

@@ -28,6 +28,7 @@
 #include "base/err.h"
 #include "base/fs.h"
 #include "base/log.h"
+#include "base/redis.h"
 #include "scheduler/sched_int.h"
 
 static int parse_hex(const char *hex, unsigned char key[32])
@@ -206,6 +207,10 @@ int sched__vault_rotate(const struct sched_config *cfg, struct wp_err *err)
     if (!r || r->err) {
         rc = wp_err_set(err, WP_ECONFIG, "redis %s:%d: %s", cfg->redis_host, cfg->redis_port,
                         r ? r->errstr : "out of memory");
+        redisFree(r);
+        return rc;
+    }
+    if ((rc = wp_redis_auth_sync(r, err)) < 0) {
         redisFree(r);
         return rc;
     }
