@@ -402,6 +402,15 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
         return wp_err_wrap(err, "restore");
     if (ro && ro->merge)
         m.ksm = ro->merge > 0; /* the caller's policy (a multi-tenant node) wins */
+    if (lazy && m.uns >= 0 && !snap__userns_lazy_ok()) {
+        static bool told;
+        if (!told)
+            log_warn("lazy restores of sandboxes in a user namespace need "
+                     "vm.unprivileged_userfaultfd=1 (criu opens userfaultfd from the restored "
+                     "task): restoring eagerly");
+        told = true;
+        lazy = false;
+    }
     job = calloc(1, sizeof(*job));
     sb = calloc(1, sizeof(*sb));
     if (!job || !sb) {

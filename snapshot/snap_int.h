@@ -113,6 +113,9 @@ uid_t snap__userns_base(int idx);
 int snap__userns_index(uid_t base); /* -1 if base is no range's */
 /* Whether this kernel lets us make user namespaces; why not into why. */
 bool snap__userns_supported(char *why, size_t cap);
+/* Whether a clone in a user namespace can be restored with lazy pages
+ * (vm.unprivileged_userfaultfd = 1; see userns.c). */
+bool snap__userns_lazy_ok(void);
 /* A free range recorded machine-wide as owner's (an absolute dir): its
  * index, or < 0. Transfer passes it from one owner to another (a booted
  * sandbox to its image); release frees it only while owner holds it;

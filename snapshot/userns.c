@@ -97,6 +97,25 @@ bool snap__userns_supported(char *why, size_t cap)
     return true;
 }
 
+/* criu 4.1.1 opens each restored task's userfaultfd with userfaultfd(2)
+ * from the task itself, inside the sandbox's user namespace; the kernel
+ * allows that only with CAP_SYS_PTRACE in the initial user namespace or
+ * vm.unprivileged_userfaultfd = 1 (/dev/userfaultfd would do, but this
+ * criu does not use it). Without the sysctl a lazy restore fails with
+ * "uffd: Unable to open an userfaultfd descriptor: Operation not
+ * permitted", so the caller restores eagerly instead. */
+bool snap__userns_lazy_ok(void)
+{
+    char *t = NULL;
+    bool ok;
+
+    if (wp_read_file("/proc/sys/vm/unprivileged_userfaultfd", 64, &t, NULL, NULL) < 0)
+        return false;
+    ok = atoi(t) == 1;
+    free(t);
+    return ok;
+}
+
 /* ---- allocation ---- */
 
 static int lock_ranges(struct wp_err *err)
