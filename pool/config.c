@@ -38,8 +38,12 @@ static const char usage[] =
     "  --multi-tenant          the node serves several organizations: environments\n"
     "                          with \"ksm\" run without merging (a timing side channel)\n"
     "  --ksm-multi-tenant-override  merge anyway on a multi-tenant node\n"
+    "  --insecure-allow-unconfined  serve even where the host cannot give each sandbox\n"
+    "                          its own user namespace (sandboxes then run as the host's\n"
+    "                          root; logged); without it such a node refuses to start\n"
     "  --config FILE           JSON with the same keys (flags win: hot_memory_mb,\n"
-    "                          multi_tenant, ksm_multi_tenant_override...), plus\n"
+    "                          multi_tenant, ksm_multi_tenant_override,\n"
+    "                          insecure_allow_unconfined...), plus\n"
     "                          ksm_slow_pages, ksm_fast_pages, ksm_sleep_ms\n"
     "  --log-level LEVEL       error, warn, info, debug (default info)\n"
     "\n"
@@ -210,6 +214,8 @@ static int load_file(struct pool_node_config *cfg, const char *path, struct wp_e
             cfg->multi_tenant = json_is_true(v);
         else if (strcmp(k, "ksm_multi_tenant_override") == 0 && json_is_boolean(v))
             cfg->ksm_multi_tenant = json_is_true(v);
+        else if (strcmp(k, "insecure_allow_unconfined") == 0 && json_is_boolean(v))
+            cfg->insecure_allow_unconfined = json_is_true(v);
         else if (strcmp(k, "envs") == 0 && json_is_array(v)) {
             json_t *item;
             json_array_foreach(v, i, item) {
@@ -242,6 +248,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         { "hot-memory-mb", required_argument, NULL, 'M' },
         { "multi-tenant", no_argument, NULL, 'T' },
         { "ksm-multi-tenant-override", no_argument, NULL, 'O' },
+        { "insecure-allow-unconfined", no_argument, NULL, 'U' },
         { "worker", no_argument, NULL, 'W' },            { "control-plane", required_argument, NULL, 'C' },
         { "environment", required_argument, NULL, 'N' }, { "worker-pool", required_argument, NULL, 'P' },
         { "worker-id", required_argument, NULL, 'I' },   { "worker-max-idle", required_argument, NULL, 'X' },
@@ -298,6 +305,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         }
         case 'T': cfg->multi_tenant = true; break;
         case 'O': cfg->ksm_multi_tenant = true; break;
+        case 'U': cfg->insecure_allow_unconfined = true; break;
         case 'W': cfg->worker.enabled = true; break;
         case 'C': rc = set_str(cfg->worker.url, sizeof(cfg->worker.url), optarg, "--control-plane", err); break;
         case 'N': rc = set_str(cfg->worker.environment, sizeof(cfg->worker.environment), optarg, "--environment", err); break;

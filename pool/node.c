@@ -1101,9 +1101,11 @@ static void register_node(struct node *n)
         snprintf(cpu, sizeof(cpu), "%llu", (unsigned long long)n->kh.ksmd_cpu_ms);
         const char *h[] = { "HSET", key, "hot_memory_bytes", b, "mem_used_bytes", u,
                             "ksm_pages_shared", ps, "ksm_pages_sharing", pg, "ksm_full_scans", fs,
-                            "multi_tenant", n->cfg.multi_tenant ? "yes" : "no", "ksmd_cpu_ms", cpu };
+                            "multi_tenant", n->cfg.multi_tenant ? "yes" : "no",
+                            "userns", snap_ctx_userns(n->snap) ? "yes" : "UNCONFINED",
+                            "ksmd_cpu_ms", cpu };
         /* No ksmd (KSM not built in): no CPU figure rather than a false 0. */
-        cmd(n, "node memory", n->kh.ksmd_found ? 16 : 14, h);
+        cmd(n, "node memory", n->kh.ksmd_found ? 18 : 16, h);
     }
     if (!n->registered) {
         log_info("registered node=%s envs=%d slots=%d", n->cfg.id, n->n_envs, n->slots);
@@ -1673,7 +1675,8 @@ static void early_stop_handler(int sig)
 
 int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
 {
-    struct snap_config sc = { .state_dir = cfg->state_dir };
+    struct snap_config sc = { .state_dir = cfg->state_dir,
+                              .insecure_allow_unconfined = cfg->insecure_allow_unconfined };
     struct node *n;
     int rc;
     struct sigaction sa = { .sa_handler = early_stop_handler };

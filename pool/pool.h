@@ -105,6 +105,8 @@ struct pool_node_config {
                                   MemAvailable at start */
     bool multi_tenant;      /* serves several organizations: no KSM... */
     bool ksm_multi_tenant;  /* ...unless the operator overrides */
+    bool insecure_allow_unconfined; /* serve without a user namespace per sandbox
+                                       where the host has none (snap_config) */
     int n_envs;
     struct pool_env_config envs[POOL_MAX_ENVS];
     struct pool_worker_config worker;

@@ -39,6 +39,8 @@ static const char usage[] =
     "  --criu PATH       criu binary (default " WP_PREFIX "/bin/criu)\n"
     "  --id ID           sandbox id for boot/restore\n"
     "  --lazy            lazy-pages restore (userfaultfd)\n"
+    "  --insecure-allow-unconfined  run even where the host has no user namespaces\n"
+    "                    (sandboxes then run as the host's root)\n"
     "  --log-level L     error, warn, info, debug (default warn)\n"
     "  -h, --help        this text\n";
 
@@ -139,6 +141,7 @@ int main(int argc, char **argv)
         { "state-dir", required_argument, NULL, 's' }, { "criu", required_argument, NULL, 'c' },
         { "id", required_argument, NULL, 'i' },        { "lazy", no_argument, NULL, 'z' },
         { "log-level", required_argument, NULL, 'l' }, { "help", no_argument, NULL, 'h' },
+        { "insecure-allow-unconfined", no_argument, NULL, 'U' },
         { NULL, 0, NULL, 0 },
     };
     struct snap_config cfg = { 0 };
@@ -155,6 +158,7 @@ int main(int argc, char **argv)
         case 'c': cfg.criu_bin = optarg; break;
         case 'i': id = optarg; break;
         case 'z': lazy = true; break;
+        case 'U': cfg.insecure_allow_unconfined = true; break;
         case 'l':
             if (wp_log_set_level(optarg) < 0) {
                 fprintf(stderr, "warmpool-snap: bad log level '%s'\n", optarg);
