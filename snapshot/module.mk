@@ -10,3 +10,8 @@ BINS += $(BUILD)/bench/snap_bench
 $(BUILD)/bench/snap_bench: $(BUILD)/obj/bench/snap_bench.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
 	@mkdir -p $(@D)
 	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
+
+BINS += $(BUILD)/bench/userns_bench
+$(BUILD)/bench/userns_bench: $(BUILD)/obj/bench/userns_bench.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+	@mkdir -p $(@D)
+	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
