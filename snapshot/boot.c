@@ -442,6 +442,7 @@ int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *i
     if (ctx->userns) {
         const char *lowers[1] = { host_root ? ctx->host_layer : t->rootfs };
         if ((rc = uns = snap__userns_alloc(sb->dir, err)) < 0 ||
+            (rc = snap__userns_record(sb, uns, err)) < 0 ||
             (rc = snap__userns_own_dirs(sb, snap__userns_base(uns), err)) < 0 ||
             (rc = snap__userns_lowers(sb, snap__userns_base(uns), lowers, 1, lower,
                                       sizeof(lower), err)) < 0)
@@ -450,7 +451,8 @@ int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *i
     if ((rc = snap__make_dev(sb, err)) < 0 || (rc = snap__mount_overlay(sb, lower, err)) < 0 ||
         (rc = snap__cg_create(ctx, sb->id, &t->limits, err)) < 0 ||
         (rc = snap__meta_write(ctx, sb, "boot", err)) < 0 ||
-        (rc = snap__net_prepare(ctx, sb, &t->network, &slot, err)) < 0)
+        (rc = snap__net_prepare(ctx, sb, &t->network, &slot, err)) < 0 ||
+        (slot >= 0 && uns >= 0 && (rc = snap__userns_own_etc(sb, snap__userns_base(uns), err)) < 0))
         goto fail;
     if (pipe2(st, O_CLOEXEC) < 0 || pipe2(prog, O_CLOEXEC) < 0 ||
         socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sync) < 0) {
@@ -482,8 +484,16 @@ int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *i
     sync[0] = -1;
     while (waitpid(mid, NULL, 0) < 0 && errno == EINTR)
         ;
-    if (ctx->userns && rc < 0)
+    if (ctx->userns && rc < 0) {
+        /* The middle may have failed before the handshake (EOF for us):
+         * then its own words say why. */
+        struct wp_err why;
+        if (follow_stage1(st[0], prog[0], NULL, NULL, &why) < 0 && err &&
+            strstr(err->msg, "before its user namespace") &&
+            !strstr(why.msg, "exited without starting init"))
+            *err = why;
         goto fail;
+    }
     rc = follow_stage1(st[0], prog[0], progress, arg, err);
     if (rc < 0)
         goto fail;

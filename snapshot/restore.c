@@ -268,7 +268,8 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
      * cut short there would leave rules without the record that releases
      * them). A failure is the restore's; destroying the sandbox releases
      * the slot (by the sandbox's id). */
-    if (snap__net_prepare(ctx, sb, &m->net, &slot, &err) < 0) {
+    if (snap__net_prepare(ctx, sb, &m->net, &slot, &err) < 0 ||
+        (slot >= 0 && m->uns >= 0 && snap__userns_own_etc(sb, snap__userns_base(m->uns), &err) < 0)) {
         hwrite(out, "fail %s", err.msg);
         _exit(1);
     }
@@ -443,13 +444,10 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
         snprintf(layer, sizeof(layer), "%s/images/%s/layer", ctx->state_dir, name);
         const char *ls[2] = { layer, m.lower };
         uid_t base = snap__userns_base(m.uns);
+        /* The image owns the range, not the clone: nothing recorded. */
         if ((rc = snap__userns_own_dirs(sb, base, err)) < 0 ||
             (rc = snap__userns_lowers(sb, base, ls, 2, lowers, sizeof(lowers), err)) < 0)
             goto fail;
-        /* The image owns the range, not the clone: nothing to release. */
-        char rec[700];
-        snprintf(rec, sizeof(rec), "%s/userns", sb->dir);
-        unlink(rec);
     }
     if ((rc = snap__make_dev(sb, err)) < 0 || (rc = snap__mount_overlay(sb, lowers, err)) < 0 ||
         (rc = snap__cg_create(ctx, sb->id, &m.limits, err)) < 0 ||

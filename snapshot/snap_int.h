@@ -130,10 +130,14 @@ int snap__userns_write_maps(pid_t pid, uid_t base, struct wp_err *err);
 int snap__userns_fd(uid_t base, struct wp_err *err);
 int snap__userns_idmap_mount(const char *src, const char *dst, int usernsfd,
                              struct wp_err *err);
-/* Sandbox dir 0710 root:base, upper and work owned by base, and the index
- * recorded in <dir>/userns (read back by snap__userns_read, -1 if none). */
+/* Sandbox dir 0710 root:base, upper and work owned by base. A booted
+ * sandbox, owner of its range, records the index in <dir>/userns (read
+ * back by snap__userns_read, -1 if none; teardown releases it). */
 int snap__userns_own_dirs(const struct snap_sandbox *sb, uid_t base, struct wp_err *err);
+int snap__userns_record(const struct snap_sandbox *sb, int idx, struct wp_err *err);
 int snap__userns_read(const char *dir);
+/* The /etc files net.c writes, given to root inside (after prepare). */
+int snap__userns_own_etc(const struct snap_sandbox *sb, uid_t base, struct wp_err *err);
 /* The overlay's lowers for a sandbox: those not owned by base are used
  * through idmapped mounts at <dir>/lowerN. out gets "a:b:c". */
 int snap__userns_lowers(const struct snap_sandbox *sb, uid_t base, const char *const *lowers,

@@ -28,6 +28,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/mount.h>
+#include <linux/openat2.h>
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
@@ -384,10 +385,43 @@ int snap__userns_own_dirs(const struct snap_sandbox *sb, uid_t base, struct wp_e
         if (chown(path, base, base) < 0)
             return wp_err_errno(err, "chown %s", path);
     }
+    return 0;
+}
+
+int snap__userns_record(const struct snap_sandbox *sb, int idx, struct wp_err *err)
+{
+    char path[700], text[32];
+    int n = snprintf(text, sizeof(text), "%d\n", idx);
+
     snprintf(path, sizeof(path), "%s/userns", sb->dir);
-    char text[32];
-    int n = snprintf(text, sizeof(text), "%d\n", snap__userns_index(base));
     return wp_write_file(path, text, (size_t)n, 0600, err);
+}
+
+/* net.c writes resolv.conf, hosts and nsswitch.conf into the root as the
+ * host's root: hand them to root inside, so it may edit them as any file
+ * of its image. The dir is opened inside the root without following a
+ * symlink, and the files are changed without following one either. */
+int snap__userns_own_etc(const struct snap_sandbox *sb, uid_t base, struct wp_err *err)
+{
+    static const char *const files[] = { "resolv.conf", "hosts", "nsswitch.conf" };
+    struct open_how how = { .flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+                            .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV };
+    int root, dir, rc = 0;
+
+    root = open(sb->root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0)
+        return wp_err_errno(err, "open %s", sb->root);
+    dir = (int)syscall(SYS_openat2, root, "etc", &how, sizeof(how));
+    close(root);
+    if (dir < 0)
+        return wp_err_errno(err, "open %s/etc", sb->root);
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+        if (fchownat(dir, files[i], base, base, AT_SYMLINK_NOFOLLOW) < 0 && errno != ENOENT) {
+            rc = wp_err_errno(err, "chown %s/etc/%s", sb->root, files[i]);
+            break;
+        }
+    close(dir);
+    return rc;
 }
 
 int snap__userns_read(const char *dir)
