@@ -180,7 +180,10 @@ static void stage1(const struct snap_template *t, const char *root, const char *
         struct stat sst;
         snprintf(path, sizeof(path), "%s%s", root, t->binds[i].target);
         if (stat(t->binds[i].source, &sst) < 0)
-            FAIL(st, "bind source %s: %s", t->binds[i].source, strerror(errno));
+            FAIL(st, "bind source %s: %s%s", t->binds[i].source, strerror(errno),
+                 userns && errno == EACCES ? " (root of the sandbox is an unprivileged host id: "
+                                             "the source's dirs must be searchable by others)"
+                                           : "");
         if (S_ISDIR(sst.st_mode)) {
             if (wp_mkdir_p(path, 0755, NULL) < 0)
                 FAIL(st, "mkdir %s: %s", t->binds[i].target, strerror(errno));

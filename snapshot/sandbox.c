@@ -207,6 +207,19 @@ static int userns_setup(struct snap_ctx *ctx, const struct snap_config *cfg,
         return 0;
     }
     ctx->userns = true;
+    /* The dirs above the state dir are the operator's: say which one
+     * stops a sandbox's root rather than change it. */
+    snprintf(path, sizeof(path), "%s", ctx->state_dir);
+    for (char *slash = strrchr(path, '/'); slash; slash = strrchr(path, '/')) {
+        *slash = '\0';
+        const char *p = path[0] ? path : "/";
+        if (stat(p, &st) == 0 && !(st.st_mode & S_IXOTH))
+            return wp_err_set(err, WP_ECONFIG,
+                              "%s (above the state dir) is not searchable by others (mode %o): "
+                              "a sandbox's root, an unprivileged host id in its user namespace, "
+                              "reaches its dir by path; chmod o+x it or use another state dir",
+                              p, (unsigned)(st.st_mode & 07777));
+    }
     snprintf(path, sizeof(path), "%s/sandboxes", ctx->state_dir);
     if (stat(ctx->state_dir, &st) < 0 || chmod(ctx->state_dir, (st.st_mode & 07777) | 0111) < 0 ||
         chmod(path, 0711) < 0)
