@@ -306,47 +306,54 @@ int snap__userns_write_maps(pid_t pid, uid_t base, struct wp_err *err)
  * maps, keep its namespace, and let it go. */
 int snap__userns_fd(uid_t base, struct wp_err *err)
 {
-    int p[2], fd = -1, rc;
+    int go[2], ready[2], fd = -1, rc;
     char path[64], c;
     pid_t pid;
 
-    if (pipe2(p, O_CLOEXEC) < 0)
+    if (pipe2(go, O_CLOEXEC) < 0)
         return wp_err_errno(err, "pipe");
+    if (pipe2(ready, O_CLOEXEC) < 0) {
+        rc = wp_err_errno(err, "pipe");
+        close(go[0]);
+        close(go[1]);
+        return rc;
+    }
     pid = fork();
     if (pid < 0) {
         rc = wp_err_errno(err, "fork");
-        close(p[0]);
-        close(p[1]);
-        return rc;
+        goto out;
     }
     if (pid == 0) {
-        close(p[1]);
+        close(go[1]);
+        close(ready[0]);
         if (unshare(CLONE_NEWUSER) < 0)
             _exit(1);
+        (void)!write(ready[1], "u", 1);
         /* Blocks until the parent closes its end. */
-        (void)!read(p[0], &c, 1);
+        (void)!read(go[0], &c, 1);
         _exit(0);
     }
-    close(p[0]);
-    /* The child's namespace must be the new one before we map it. */
-    char self[64], its[64];
-    snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)pid);
-    for (int i = 0; i < 10000; i++) {
-        ssize_t a = readlink("/proc/self/ns/user", self, sizeof(self) - 1);
-        ssize_t b = readlink(path, its, sizeof(its) - 1);
-        if (a > 0 && b > 0 && (self[a] = its[b] = '\0', strcmp(self, its) != 0))
-            break;
-        usleep(50);
-    }
-    rc = snap__userns_write_maps(pid, base, err);
-    if (rc == 0) {
+    close(ready[1]);
+    ready[1] = -1;
+    if (read(ready[0], &c, 1) != 1) {
+        rc = wp_err_set(err, WP_ECHILD, "unshare(CLONE_NEWUSER) failed in a child");
+    } else if ((rc = snap__userns_write_maps(pid, base, err)) == 0) {
+        snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)pid);
         fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
             rc = wp_err_errno(err, "open %s", path);
     }
-    close(p[1]);
+    close(go[1]);
+    go[1] = -1;
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
         ;
+out:
+    for (int i = 0; i < 2; i++) {
+        if (go[i] >= 0)
+            close(go[i]);
+        if (ready[i] >= 0)
+            close(ready[i]);
+    }
     return rc < 0 ? rc : fd;
 }
 
@@ -438,6 +445,28 @@ int snap__userns_read(const char *dir)
     return idx;
 }
 
+/* The maps are a function of base alone, so a namespace made for a base
+ * serves every later mount for it, even after its range was freed and
+ * taken again: keep a few per process (a restore then forks no child). */
+static int userns_fd_cached(uid_t base, struct wp_err *err)
+{
+    static struct { uid_t base; int fd; } cache[16];
+    static unsigned next;
+    int fd;
+
+    for (size_t i = 0; i < sizeof(cache) / sizeof(cache[0]); i++)
+        if (cache[i].fd > 0 && cache[i].base == base)
+            return cache[i].fd;
+    if ((fd = snap__userns_fd(base, err)) < 0)
+        return fd;
+    unsigned slot = next++ % (sizeof(cache) / sizeof(cache[0]));
+    if (cache[slot].fd > 0)
+        close(cache[slot].fd);
+    cache[slot].base = base;
+    cache[slot].fd = fd;
+    return fd;
+}
+
 /* The lowers of a sandbox's overlay, "a:b", each that is owned by the
  * host's root seen through an idmapped mount at <dir>/lowerN. */
 int snap__userns_lowers(const struct snap_sandbox *sb, uid_t base, const char *const *lowers,
@@ -454,7 +483,7 @@ int snap__userns_lowers(const struct snap_sandbox *sb, uid_t base, const char *c
         if (stat(lowers[i], &st) < 0)
             return wp_err_errno(err, "stat %s", lowers[i]);
         if (st.st_uid != base) {
-            if (fd < 0 && (fd = rc = snap__userns_fd(base, err)) < 0)
+            if (fd < 0 && (fd = rc = userns_fd_cached(base, err)) < 0)
                 return rc;
             snprintf(dst, sizeof(dst), "%s/lower%d", sb->dir, i);
             if ((rc = snap__userns_idmap_mount(lowers[i], dst, fd, err)) < 0)
@@ -468,8 +497,6 @@ int snap__userns_lowers(const struct snap_sandbox *sb, uid_t base, const char *c
         }
         used += (size_t)w;
     }
-    if (fd >= 0)
-        close(fd);
     return rc < 0 ? rc : 0;
 }
 
@@ -553,8 +580,9 @@ int snap__userns_parent(int sync, pid_t mid, uid_t base, int slot, struct wp_err
 
     if (read(sync, &c, 1) != 1 || c != 'u')
         return wp_err_set(err, WP_ECHILD, "sandbox setup exited before its user namespace");
+    /* Stage 1 brings loopback up itself: only a veth needs us inside. */
     if ((rc = snap__userns_write_maps(mid, base, err)) < 0 ||
-        (rc = snap__userns_net(mid, slot, err)) < 0) {
+        (slot >= 0 && (rc = snap__userns_net(mid, slot, err)) < 0)) {
         (void)!write(sync, "n", 1);
         return rc;
     }
