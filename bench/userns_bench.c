@@ -192,8 +192,8 @@ int main(int argc, char **argv)
     fprintf(js, "{\"kernel\":\"%s\",\"cpus\":%ld,\"runs\":%d,\"results\":[", u.release,
             sysconf(_SC_NPROCESSORS_ONLN), runs);
     fprintf(md, "# user namespace per sandbox: cost\n\n"
-                "`bench/bench_userns.sh` (build/bench/userns_bench). Kernel %s, %ld CPUs, %d runs "
-                "per row and mode, the two modes interleaved in one run. Times in ms; ratio = "
+                "`bench/bench_userns.sh` (build/bench/userns_bench). Kernel %s, %ld CPUs, n runs "
+                "per row and mode (busybox %d, python200 half), the two modes interleaved in one run. Times in ms; ratio = "
                 "user namespace / none.\n\n"
                 "| environment | what | n | none median | none p95 | userns median | userns p95 "
                 "| ratio median | ratio p95 |\n|---|---|---|---|---|---|---|---|---|\n",
