@@ -120,4 +120,55 @@ WRAP
     }
 fi
 say "criu: $("$WRAPPER" --version | head -1) via $WRAPPER"
+
+# --- how criu runs here ------------------------------------------------------
+# `criu check` passing is not enough: on some CPUs the hardware breakpoint
+# criu stops a task with never fires and every dump hangs. Dump and restore
+# a throwaway process under a deadline, in the default mode and then with
+# CRIU_FAULT=130 (no breakpoints); the node does the same at start-up (and
+# caches it), `warmpool doctor` prints it. The answer is kept per criu,
+# kernel and CPU, so a re-run does not wait on a hang again.
+probe_mode() {  # $1: value of CRIU_FAULT ("" for the default mode); prints why it failed
+    local d pid rc
+    d=$(mktemp -d /tmp/criu-install-probe.XXXXXX)
+    setsid sleep 1000 </dev/null >/dev/null 2>&1 &
+    pid=$!
+    env -u CRIU_CONFIG_FILE ${1:+CRIU_FAULT=$1} timeout -k 1 5 "$WRAPPER" dump -t "$pid" -D "$d" \
+        -o dump.log -v4 >/dev/null 2>&1
+    rc=$?
+    if [ "$rc" -ne 0 ]; then
+        kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+        [ "$rc" -ge 124 ] && echo "dump did not finish within 5 s (log $d/dump.log)" \
+                          || echo "dump failed (log $d/dump.log)"
+        return 1
+    fi
+    wait "$pid" 2>/dev/null
+    env -u CRIU_CONFIG_FILE ${1:+CRIU_FAULT=$1} timeout -k 1 5 "$WRAPPER" restore -D "$d" \
+        -o restore.log -v4 -d --pidfile "$d/restored.pid" >/dev/null 2>&1
+    rc=$?
+    [ -s "$d/restored.pid" ] && kill -9 "$(cat "$d/restored.pid")" 2>/dev/null
+    if [ "$rc" -ne 0 ]; then
+        [ "$rc" -ge 124 ] && echo "restore did not finish within 5 s (log $d/restore.log)" \
+                          || echo "restore failed (log $d/restore.log)"
+        return 1
+    fi
+    rm -rf "$d"
+}
+cpu=$(grep -m5 -E '^(vendor_id|cpu family|model|model name|stepping)[[:space:]]*:' /proc/cpuinfo | tr '\n' ';')
+key=$(printf '%s|%s|%s' "$("$WRAPPER" --version | head -1)" "$(uname -rv)" "$cpu" | sha256sum | cut -c1-16)
+stamp=/var/cache/warmpool/install-probe-$key
+if [ -s "$stamp" ]; then
+    say "criu probe (cached): $(cat "$stamp")"
+else
+    mkdir -p /var/cache/warmpool
+    if why=$(probe_mode ""); then
+        verdict="default mode works"
+    elif why2=$(probe_mode 130); then
+        verdict="only the no-breakpoints mode works (default mode: $why): warmpool runs every criu with CRIU_FAULT=130"
+    else
+        verdict="NO mode works (default: $why; no-breakpoints: $why2): nodes will boot every sandbox cold"
+    fi
+    echo "$verdict" >"$stamp"
+    say "criu probe: $verdict"
+fi
 say "done"

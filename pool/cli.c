@@ -9,10 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pool/pool_int.h"
 #include "snapshot/snapshot.h"
 
 static const char usage[] =
     "usage: warmpool [--redis HOST:PORT] pool COMMAND\n"
+    "       warmpool doctor [--reprobe]   what this host needs, each item with its fix\n"
     "\n"
     "  pool set ENV [--node NODE] min_hot=N max_hot=N [max_hot_total=N]\n"
     "      hot clones to keep per node (every node, or one node), and at most\n"
@@ -21,7 +23,8 @@ static const char usage[] =
     "      which tiers may serve claims (cold always: the last resort); e.g.\n"
     "      warm,cold leaves hot clones unused, cold boots every claim\n"
     "  pool status [ENV]\n"
-    "      per environment and node: hot, leased, lost; claims by tier\n";
+    "      per environment and node: hot, leased, lost; claims by tier; each\n"
+    "      node's criu mode (and why, where criu is degraded or off)\n";
 
 static redisContext *rc;
 
@@ -339,6 +342,35 @@ static void env_status(const char *env)
     freeReplyObject(nodes);
 }
 
+/* Nodes and how criu runs on each (the probe's answer, from their hash). */
+static void nodes_status(void)
+{
+    redisReply *nodes = cmd("SMEMBERS wp:nodes");
+    printf("nodes\n");
+    for (size_t i = 0; i < nodes->elements; i++) {
+        const char *n = nodes->element[i]->str;
+        redisReply *alive = cmd("EXISTS wp:node:%s:alive", n);
+        redisReply *h = cmd("HMGET wp:node:%s criu_mode criu_lazy criu_source criu_why", n);
+        const char *v[4];
+        for (int k = 0; k < 4; k++)
+            v[k] = h->type == REDIS_REPLY_ARRAY && h->elements == 4 &&
+                           h->element[k]->type == REDIS_REPLY_STRING
+                       ? h->element[k]->str
+                       : "";
+        printf("  %-20s alive %-3s criu %s%s%s%s\n", n, alive->integer ? "yes" : "NO",
+               v[0][0] ? v[0] : "?",
+               strcmp(v[1], "no") == 0 && strcmp(v[0], "none") != 0 ? " (lazy pages off)" : "",
+               v[2][0] ? ", " : "", v[2]);
+        if (strcmp(v[0], "none") == 0)
+            printf("  %-20s criu does not work there: every sandbox is booted cold\n", "");
+        if (v[3][0])
+            printf("  %-20s why: %s\n", "", v[3]);
+        freeReplyObject(alive);
+        freeReplyObject(h);
+    }
+    freeReplyObject(nodes);
+}
+
 static int pool_status(int argc, char **argv)
 {
     if (argc > 1) {
@@ -349,6 +381,7 @@ static int pool_status(int argc, char **argv)
         env_status(argv[1]);
         return 0;
     }
+    nodes_status();
     redisReply *keys = cmd("KEYS wp:env:{*}:policy");
     if (keys->elements == 0)
         printf("no environments yet (no node has registered one)\n");
@@ -380,6 +413,8 @@ int main(int argc, char **argv)
         fputs(usage, stdout);
         return 0;
     }
+    if (i < argc && strcmp(argv[i], "doctor") == 0)
+        return pool__doctor(argc - i, argv + i);
     if (i + 1 >= argc || strcmp(argv[i], "pool") != 0) {
         fputs(usage, stderr);
         return 2;

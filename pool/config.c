@@ -12,6 +12,7 @@
 
 #include "base/err.h"
 #include "base/log.h"
+#include "snapshot/snapshot.h"
 
 static const char usage[] =
     "usage: warmpool-node [options]\n"
@@ -41,6 +42,10 @@ static const char usage[] =
     "  --insecure-allow-unconfined  serve even where the host cannot give each sandbox\n"
     "                          its own user namespace (sandboxes then run as the host's\n"
     "                          root; logged); without it such a node refuses to start\n"
+    "  --criu-mode MODE        auto (default: probe this host, cached), default,\n"
+    "                          no-breakpoints (CRIU_FAULT=130 for every criu run),\n"
+    "                          none (no images: the pool is cold-booted sandboxes)\n"
+    "  --criu-timeout SEC      deadline of each dump and restore (default 120)\n"
     "  --config FILE           JSON with the same keys (flags win: hot_memory_mb,\n"
     "                          multi_tenant, ksm_multi_tenant_override,\n"
     "                          insecure_allow_unconfined...), plus\n"
@@ -176,6 +181,16 @@ static int set_memory_mb(struct pool_node_config *cfg, long long mb, struct wp_e
     return 0;
 }
 
+static int set_criu_mode(struct pool_node_config *cfg, const char *v, struct wp_err *err)
+{
+    enum snap_criu_mode m;
+    if (snap_criu_mode_parse(v, &m) < 0)
+        return wp_err_set(err, WP_ECONFIG,
+                          "criu mode '%s': auto, default, no-breakpoints or none", v);
+    snprintf(cfg->criu_mode, sizeof(cfg->criu_mode), "%s", v);
+    return 0;
+}
+
 static int load_file(struct pool_node_config *cfg, const char *path, struct wp_err *err)
 {
     json_error_t jerr;
@@ -210,6 +225,10 @@ static int load_file(struct pool_node_config *cfg, const char *path, struct wp_e
             cfg->ksm_sleep_ms = (long)json_integer_value(v);
         else if (strcmp(k, "hot_memory_mb") == 0 && json_is_integer(v))
             rc = set_memory_mb(cfg, json_integer_value(v), err);
+        else if (strcmp(k, "criu_mode") == 0 && json_is_string(v))
+            rc = set_criu_mode(cfg, json_string_value(v), err);
+        else if (strcmp(k, "criu_timeout_s") == 0 && json_is_number(v))
+            cfg->criu_timeout_s = json_number_value(v);
         else if (strcmp(k, "multi_tenant") == 0 && json_is_boolean(v))
             cfg->multi_tenant = json_is_true(v);
         else if (strcmp(k, "ksm_multi_tenant_override") == 0 && json_is_boolean(v))
@@ -253,6 +272,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         { "environment", required_argument, NULL, 'N' }, { "worker-pool", required_argument, NULL, 'P' },
         { "worker-id", required_argument, NULL, 'I' },   { "worker-max-idle", required_argument, NULL, 'X' },
         { "worker-lease-ttl", required_argument, NULL, 'Y' },
+        { "criu-mode", required_argument, NULL, 'K' },   { "criu-timeout", required_argument, NULL, 'D' },
         { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
     };
     bool eager = false;
@@ -313,6 +333,14 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         case 'I': rc = set_str(cfg->worker.worker_id, sizeof(cfg->worker.worker_id), optarg, "--worker-id", err); break;
         case 'X': cfg->worker.max_idle_ms = atoi(optarg); break;
         case 'Y': cfg->worker.lease_ttl_s = atoi(optarg); break;
+        case 'K': rc = set_criu_mode(cfg, optarg, err); break;
+        case 'D': {
+            char *end;
+            cfg->criu_timeout_s = strtod(optarg, &end);
+            if (*end || end == optarg)
+                cfg->criu_timeout_s = -1; /* refused below */
+            break;
+        }
         case 'l':
             if (wp_log_set_level(optarg) < 0)
                 rc = wp_err_set(err, WP_ECONFIG, "bad --log-level '%s'", optarg);
@@ -341,6 +369,8 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
     if (cfg->ksm_slow_pages < 1 || cfg->ksm_fast_pages < cfg->ksm_slow_pages ||
         cfg->ksm_fast_pages > 1000000 || cfg->ksm_sleep_ms < 1 || cfg->ksm_sleep_ms > 100000)
         return wp_err_set(err, WP_ECONFIG, "ksm: 1 <= slow pages <= fast pages <= 1000000, sleep 1..100000 ms");
+    if (cfg->criu_timeout_s != 0 && !(cfg->criu_timeout_s >= 1 && cfg->criu_timeout_s <= 3600))
+        return wp_err_set(err, WP_ECONFIG, "--criu-timeout must be 1..3600 s");
     if (cfg->restore_slots < 0 || cfg->restore_slots > 256)
         return wp_err_set(err, WP_ECONFIG, "--restore-slots must be 0..256");
     if (cfg->n_envs == 0 && !cfg->api_envs)

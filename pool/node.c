@@ -313,7 +313,7 @@ static void sb_ready(struct node *n, struct nsb *s)
               (now_s() - s->t0) * 1e3);
 }
 
-static struct nsb *start_cold_boot(struct node *n, struct env *e);
+static struct nsb *start_cold_boot(struct node *n, struct env *e, bool for_claim);
 static void serve_claims(struct node *n, struct env *e);
 
 /* Restores of an image keep failing: back off exponentially (0.1 s to
@@ -343,14 +343,13 @@ static void restore_failed(struct node *n, struct env *e, const char *why)
     }
 }
 
-static void job_cb(struct ev_loop *loop, ev_io *w, int revents)
+/* A restore helper finished (its fd reached EOF), or its deadline passed
+ * (the cron): snap_restore_finish then kills what is left and fails it. */
+static void job_done(struct node *n, struct nsb *s)
 {
-    struct nsb *s = w->data;
-    struct node *n = s->n;
     struct wp_err err;
-    (void)revents;
 
-    ev_io_stop(loop, w);
+    ev_io_stop(n->loop, &s->job_io);
     n->restores--;
     if (!s->for_claim)
         s->e->restoring--;
@@ -362,7 +361,7 @@ static void job_cb(struct ev_loop *loop, ev_io *w, int revents)
         if (s->for_claim) {
             /* The claimer is waiting: boot one from the template instead
              * of failing it (a failing image must not fail claims). */
-            struct nsb *cold = start_cold_boot(n, e);
+            struct nsb *cold = start_cold_boot(n, e, true);
             if (cold) {
                 snprintf(cold->tier, sizeof(cold->tier), "cold");
                 snprintf(cold->reply_chan, sizeof(cold->reply_chan), "%s", s->reply_chan);
@@ -387,6 +386,28 @@ static void job_cb(struct ev_loop *loop, ev_io *w, int revents)
     }
     sb_ready(n, s);
     serve_claims(n, s->e); /* a slot is free: queued claims first */
+}
+
+static void job_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    job_done(((struct nsb *)w->data)->n, w->data);
+}
+
+/* Restores past their deadline (criu hung): fail them, one per pass, as
+ * job_done may free s and start a cold boot in its place. */
+static void expire_restores(struct node *n)
+{
+    for (bool again = true; again;) {
+        again = false;
+        for (struct nsb *s = n->sbs; s; s = s->next)
+            if (s->job && snap_restore_job_expired(s->job)) {
+                job_done(n, s);
+                again = true;
+                break;
+            }
+    }
 }
 
 static struct nsb *start_restore(struct node *n, struct env *e, bool for_claim)
@@ -434,6 +455,8 @@ static void boot_cb(struct ev_loop *loop, ev_io *w, int revents)
 
     ev_io_stop(loop, w);
     s->boot_helper = 0;
+    if (!s->for_claim)
+        s->e->restoring--;
     while ((r = read(w->fd, line + len, sizeof(line) - 1 - len)) > 0 || (r < 0 && errno == EINTR))
         if (r > 0)
             len += r;
@@ -443,16 +466,27 @@ static void boot_cb(struct ev_loop *loop, ev_io *w, int revents)
     if (strncmp(line, "ok ", 3) != 0 || snap_sandbox_open(n->snap, line + 3, &s->sb, &err) < 0) {
         const char *why = strncmp(line, "fail ", 5) == 0 ? line + 5 : len ? err.msg : "boot helper died";
         log_error("cold boot env=%s: %s", s->e->cfg.name, why);
-        publish_reply(n, s, WP_ECHILD, why);
+        if (s->for_claim)
+            publish_reply(n, s, WP_ECHILD, why);
+        else
+            restore_failed(n, s->e, why);
         unlink_sb(n, s);
         free(s);
         return;
     }
     record_restore(n, RH_COLD, now_s() - s->t0);
+    if (!s->for_claim) {
+        s->e->failures = 0;
+        s->e->backoff = 0;
+        s->e->refills++;
+        pool_ewma_add(&s->e->refill, now_s(), now_s() - s->t0);
+    }
     sb_ready(n, s);
 }
 
-static struct nsb *start_cold_boot(struct node *n, struct env *e)
+/* for_claim: a claimer waits for it; else it refills the hot tier (where
+ * criu does not work, the hot tier is made of cold-booted sandboxes). */
+static struct nsb *start_cold_boot(struct node *n, struct env *e, bool for_claim)
 {
     struct nsb *s = calloc(1, sizeof(*s));
     int pfd[2];
@@ -482,7 +516,9 @@ static struct nsb *start_cold_boot(struct node *n, struct env *e)
     s->boot_helper = pid;
     s->n = n;
     s->e = e;
-    s->for_claim = true;
+    s->for_claim = for_claim;
+    if (!for_claim)
+        e->restoring++;
     s->t0 = now_s();
     s->st = SB_RESTORING;
     ev_io_init(&s->job_io, boot_cb, pfd[0], EV_READ);
@@ -698,7 +734,7 @@ static void serve_claims(struct node *n, struct env *e)
         }
         if (!s) {
             /* No image yet (or restore refused): boot from the template. */
-            s = start_cold_boot(n, e);
+            s = start_cold_boot(n, e, true);
             if (!s) {
                 struct nsb tmp = { .n = n, .e = e };
                 snprintf(tmp.reply_chan, sizeof(tmp.reply_chan), "%s", q->chan);
@@ -1025,9 +1061,14 @@ static void register_node(struct node *n)
     snprintf(started, sizeof(started), "%llu", (unsigned long long)wp_wall_ms());
     const char *set[] = { "SET", alive, "1", "PX", ttl };
     cmd(n, "heartbeat", 5, set);
+    const struct snap_probe *cp = snap_ctx_criu(n->snap);
     const char *hset[] = { "HSET", key, "capacity", cap, "mem_free", mem, "heartbeat_ms", started,
-                           "version", "warmpool-node 0.1", "relay", n->relay_addr };
-    cmd(n, "node", 12, hset);
+                           "version", "warmpool-node 0.1", "relay", n->relay_addr,
+                           "criu_mode", snap_criu_mode_name(cp->mode),
+                           "criu_lazy", cp->lazy_ok ? "yes" : "no",
+                           "criu_source", cp->forced ? "configured" : cp->cached ? "cached" : "probed",
+                           "criu_why", cp->why };
+    cmd(n, "node", 20, hset);
     /* Every beat, not once: after a Redis restart that lost writes the
      * node reappears by itself. */
     const char *sadd[] = { "SADD", POOL__K_NODES, n->cfg.id };
@@ -1355,14 +1396,20 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
         if (want != n->ksm_rate && pool__ksm_scan_rate(want) == 0)
             n->ksm_rate = want;
     }
+    expire_restores(n);
+    /* Where criu does not work there are no images: the hot tier is made
+     * of cold-booted sandboxes (the probe's reason is in the log, the
+     * node's hash and /metrics). */
+    bool criu_off = snap_ctx_criu(n->snap)->mode == SNAP_CRIU_NONE;
     for (int i = 0; i < n->n_envs; i++) {
         struct env *e = &n->envs[i];
         if (e->retired)
             continue;
-        if (e->img == IMG_NONE || (e->img == IMG_FAILED && n->now >= e->build_retry_at))
+        if (!criu_off &&
+            (e->img == IMG_NONE || (e->img == IMG_FAILED && n->now >= e->build_retry_at)))
             start_build(n, e);
         serve_claims(n, e);
-        if (e->img != IMG_READY || !n->registered)
+        if ((e->img != IMG_READY && !criu_off) || !n->registered)
             continue;
         /* Autoscaler: enough hot clones that a claim finds one 95% of
          * the time at the observed claim rate and refill time (see
@@ -1381,7 +1428,7 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
         while (e->idle + e->restoring < target && n->restores < n->slots && n->now >= e->refill_at &&
                (e->max_total == 0 || e->hot_total + e->restoring < e->max_total) &&
                n->used_now + e->image_bytes <= n->budget)
-            if (!start_restore(n, e, false))
+            if (!(criu_off ? start_cold_boot(n, e, false) : start_restore(n, e, false)))
                 break;
         /* Over the cap of all nodes: give back one idle clone per policy
          * refresh (each node does, so the pool converges without every node
@@ -1666,6 +1713,25 @@ static void worker_fatal(void *ctx, const struct wp_err *err)
 /* A stop asked for before the loop's watchers exist (during start-up gc,
  * which must not be cut short: a sandbox half destroyed keeps its
  * processes and mounts) is remembered and served once they do. */
+/* Say how criu runs here, once, at the level it deserves. */
+static void log_criu(const struct snap_probe *p)
+{
+    const char *src = p->forced ? "configured" : p->cached ? "cached probe" : "probed now";
+    if (p->mode == SNAP_CRIU_NONE)
+        log_error("criu does not work on this host (%s): %s. No images are built; every "
+                  "sandbox is booted cold (the hot tier too). `warmpool doctor` tells more",
+                  src, p->why);
+    else if (p->mode == SNAP_CRIU_NOBP)
+        log_warn("criu mode=no-breakpoints lazy=%s (%s): %s; every criu run gets CRIU_FAULT=130",
+                 p->lazy_ok ? "yes" : "no", src, p->why);
+    else
+        log_info("criu mode=default lazy=%s (%s)%s%s", p->lazy_ok ? "yes" : "no", src,
+                 p->why[0] ? ": " : "", p->why);
+    if (!p->cached && !p->forced)
+        log_info("criu probe took %.0f ms (dump %.1f ms, restore %.1f ms, lazy %.1f ms)",
+                 p->probed_ms, p->dump_ms, p->restore_ms, p->lazy_ms);
+}
+
 static volatile sig_atomic_t early_stop;
 
 static void early_stop_handler(int sig)
@@ -1676,7 +1742,9 @@ static void early_stop_handler(int sig)
 int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
 {
     struct snap_config sc = { .state_dir = cfg->state_dir,
-                              .insecure_allow_unconfined = cfg->insecure_allow_unconfined };
+                              .insecure_allow_unconfined = cfg->insecure_allow_unconfined,
+                              .criu_mode = cfg->criu_mode[0] ? cfg->criu_mode : NULL,
+                              .criu_timeout_s = cfg->criu_timeout_s };
     struct node *n;
     int rc;
     struct sigaction sa = { .sa_handler = early_stop_handler };
@@ -1698,6 +1766,7 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
         n->budget = UINT64_MAX / 2; /* no /proc/meminfo: no cap */
     if ((rc = snap_ctx_open(&sc, &n->snap, err)) < 0)
         goto out;
+    log_criu(snap_ctx_criu(n->snap));
     /* KSM settings a killed earlier run left changed go back first. */
     if (pool__ksm_recover(cfg->state_dir) > 0)
         log_info("put back the host's KSM settings changed by an earlier run");

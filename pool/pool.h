@@ -107,6 +107,8 @@ struct pool_node_config {
     bool ksm_multi_tenant;  /* ...unless the operator overrides */
     bool insecure_allow_unconfined; /* serve without a user namespace per sandbox
                                        where the host has none (snap_config) */
+    char criu_mode[16];     /* "" or "auto": probe; default, no-breakpoints, none */
+    double criu_timeout_s;  /* each dump and restore; 0: the snapshot default */
     int n_envs;
     struct pool_env_config envs[POOL_MAX_ENVS];
     struct pool_worker_config worker;

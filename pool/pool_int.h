@@ -259,4 +259,7 @@ void pool__worker_stop(struct pool__worker *w);
 /* Not from inside the worker's callbacks. NULL ok. */
 void pool__worker_free(struct pool__worker *w);
 
+/* doctor.c: `warmpool doctor` (argv from "doctor" on). Exit status. */
+int pool__doctor(int argc, char **argv);
+
 #endif

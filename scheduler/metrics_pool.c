@@ -296,6 +296,23 @@ int sched__metrics_render_pool(json_t *snap, struct wp_buf *o)
         rc = rc ? rc : sched_metrics_label_value(o, node);
         rc = rc ? rc : wp_buf_printf(o, "\"} %g\n", up);
     }
+    /* How criu runs on each node (its probe): 1 for the mode in use. A
+     * dashboard alerts on mode="none" (every sandbox cold) and on lazy 0. */
+    rc = rc ? rc : family(o, "warmpool_node_criu_mode", "gauge",
+                          "1 for the criu mode a node uses (default, no-breakpoints, none)");
+    json_object_foreach(nodes, node, n) {
+        const char *mode = str(json_object_get(n, "fields"), "criu_mode");
+        if (mode)
+            rc = rc ? rc : sample(o, "warmpool_node_criu_mode", "node", node, "mode", mode, 1);
+    }
+    rc = rc ? rc : family(o, "warmpool_node_criu_lazy", "gauge",
+                          "1 where lazy-pages restores work on a node, 0 where they go eager");
+    json_object_foreach(nodes, node, n) {
+        const char *lazy = str(json_object_get(n, "fields"), "criu_lazy");
+        if (lazy)
+            rc = rc ? rc : sample(o, "warmpool_node_criu_lazy", "node", node, NULL, NULL,
+                                  strcmp(lazy, "yes") == 0);
+    }
     rc = rc ? rc : family(o, "warmpool_pool_hot", "gauge",
                           "Idle hot sandboxes an environment's claims can take now");
     json_object_foreach(envs, env, e)

@@ -140,19 +140,24 @@ static int write_manifest(struct snap_ctx *ctx, const char *dir, const struct sn
 /* criu dump, in a helper process: the dump blocks, and the helper's
  * environment carries criu's config (network-lock skip: the sandbox's
  * network namespace is private, with only loopback, and is replaced
- * at restore). Returns criu's result. */
+ * at restore) and mode. The helper leads a process group holding criu
+ * swrk, so a dump past its deadline is killed whole. Returns criu's
+ * result, or WP_ETIMEDOUT. */
 static int dump_in_helper(struct snap_ctx *ctx, const struct snap_sandbox *sb,
                           const struct snap_template *t, int dfd, int wfd, const char *netns)
 {
-    int status;
+    int status, rc;
+    uint64_t deadline = wp_now_ns() + (uint64_t)(ctx->criu_timeout_s * 1e9);
     pid_t pid = fork();
 
     if (pid < 0)
         return -errno;
     if (pid == 0) {
         criu_opts *opts = NULL;
+        setpgid(0, 0);
         if (criu_local_init_opts(&opts) < 0)
             _exit(100);
+        snap__criu_env(ctx->probe.mode);
         bool uns = snap__userns_read(sb->dir) >= 0;
         setenv("CRIU_CONFIG_FILE", uns ? ctx->criu_dump_uns_conf : ctx->criu_dump_conf, 1);
         criu_local_set_service_binary(opts, ctx->criu_bin);
@@ -183,12 +188,17 @@ static int dump_in_helper(struct snap_ctx *ctx, const struct snap_sandbox *sb,
          * image (empty-ns net in the config): see make_confs. */
         if (!uns)
             criu_local_add_external(opts, netns);
-        int rc = criu_local_dump(opts);
-        _exit(rc < 0 ? (-rc > 99 ? 99 : -rc) : 0);
+        int drc = criu_local_dump(opts);
+        _exit(drc < 0 ? (-drc > 99 ? 99 : -drc) : 0);
     }
-    while (waitpid(pid, &status, 0) < 0)
-        if (errno != EINTR)
-            return -errno;
+    setpgid(pid, pid); /* as the child does: no window where a kill misses swrk */
+    rc = snap__wait_deadline(pid, deadline, &status);
+    if (rc == WP_ETIMEDOUT) {
+        snap__kill_group(pid);
+        return WP_ETIMEDOUT;
+    }
+    if (rc < 0)
+        return rc;
     if (!WIFEXITED(status))
         return -EINTR;
     return -WEXITSTATUS(status);
@@ -208,6 +218,10 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
         info = &local;
     if (!snap_name_valid(name)) {
         rc = wp_err_set(err, WP_EINVAL_INPUT, "bad image name \"%s\"", name);
+        goto fail_sb;
+    }
+    if (ctx->probe.mode == SNAP_CRIU_NONE) {
+        rc = wp_err_set(err, WP_ECRIU, "criu does not work on this host: %s", ctx->probe.why);
         goto fail_sb;
     }
     snprintf(final, sizeof(final), "%s/images/%s", ctx->state_dir, name);
@@ -246,10 +260,17 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
         snap__log_excerpt(log, excerpt, sizeof(excerpt));
         /* Keep the log for the operator next to where the image would be. */
         snprintf(kept, sizeof(kept), "%s/images/%s.dump-failed.log", ctx->state_dir, name);
-        if (rename(log, kept) < 0)
-            snprintf(kept, sizeof(kept), "(lost: %s)", strerror(errno));
-        rc = wp_err_set(err, WP_ECRIU, "criu dump failed (%d), full log: %s: %s", rc, kept,
-                        excerpt[0] ? excerpt : "no log");
+        if (rename(log, kept) < 0) {
+            size_t l = strlen(kept);
+            snprintf(kept + l, sizeof(kept) - l, " (criu wrote none)");
+        }
+        if (rc == WP_ETIMEDOUT)
+            rc = wp_err_set(err, WP_ECRIU,
+                            "criu dump did not finish within %.0f s (killed; mode %s), log: %s",
+                            ctx->criu_timeout_s, snap_criu_mode_name(ctx->probe.mode), kept);
+        else
+            rc = wp_err_set(err, WP_ECRIU, "criu dump failed (%d), full log: %s: %s", rc, kept,
+                            excerpt[0] ? excerpt : "no log");
         goto fail;
     }
     /* criu killed the tree after the dump: reap init, keep the layer. */

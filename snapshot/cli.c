@@ -30,6 +30,9 @@ static const char usage[] =
     "  list                          sandboxes and images\n"
     "  rmi IMAGE                     delete an image\n"
     "  gc                            remove sandboxes whose owner died, partial images\n"
+    "  probe [--reprobe]             how criu runs here: dump and restore a throwaway\n"
+    "                                process under a deadline (cached per kernel, criu\n"
+    "                                and CPU); exit 1 when no mode works\n"
     "  rootfs-busybox DIR            make a minimal busybox root filesystem\n"
     "  demo                          build a busybox environment, restore clones,\n"
     "                                print timings, clean up\n"
@@ -41,6 +44,10 @@ static const char usage[] =
     "  --lazy            lazy-pages restore (userfaultfd)\n"
     "  --insecure-allow-unconfined  run even where the host has no user namespaces\n"
     "                    (sandboxes then run as the host's root)\n"
+    "  --criu-mode M     auto (probe; default), default, no-breakpoints, none\n"
+    "  --criu-timeout S  deadline of each dump and restore (default 120)\n"
+    "  --probe-timeout S deadline of each probe step (default 5)\n"
+    "  --probe-cache DIR where probe results are kept (default " SNAP_PROBE_CACHE_DIR ")\n"
     "  --log-level L     error, warn, info, debug (default warn)\n"
     "  -h, --help        this text\n";
 
@@ -142,13 +149,16 @@ int main(int argc, char **argv)
         { "id", required_argument, NULL, 'i' },        { "lazy", no_argument, NULL, 'z' },
         { "log-level", required_argument, NULL, 'l' }, { "help", no_argument, NULL, 'h' },
         { "insecure-allow-unconfined", no_argument, NULL, 'U' },
+        { "criu-mode", required_argument, NULL, 'm' }, { "criu-timeout", required_argument, NULL, 't' },
+        { "probe-timeout", required_argument, NULL, 'p' }, { "probe-cache", required_argument, NULL, 'C' },
+        { "reprobe", no_argument, NULL, 'R' },
         { NULL, 0, NULL, 0 },
     };
     struct snap_config cfg = { 0 };
     struct snap_ctx *ctx = NULL;
     struct wp_err err = { 0 };
     const char *id = NULL, *cmd;
-    bool lazy = false;
+    bool lazy = false, reprobe = false;
     int c, rc = 1;
 
     wp_log_set_level("warn");
@@ -159,6 +169,20 @@ int main(int argc, char **argv)
         case 'i': id = optarg; break;
         case 'z': lazy = true; break;
         case 'U': cfg.insecure_allow_unconfined = true; break;
+        case 'm': cfg.criu_mode = optarg; break;
+        case 't':
+        case 'p': {
+            char *end;
+            double v = strtod(optarg, &end);
+            if (*end || !(v > 0 && v < 86400)) {
+                fprintf(stderr, "warmpool-snap: bad seconds '%s'\n", optarg);
+                return 2;
+            }
+            *(c == 't' ? &cfg.criu_timeout_s : &cfg.probe_timeout_s) = v;
+            break;
+        }
+        case 'C': cfg.probe_cache_dir = optarg; break;
+        case 'R': reprobe = true; break;
         case 'l':
             if (wp_log_set_level(optarg) < 0) {
                 fprintf(stderr, "warmpool-snap: bad log level '%s'\n", optarg);
@@ -190,6 +214,21 @@ int main(int argc, char **argv)
             return fail(&err);
         printf("{\"rootfs\":\"%s\"}\n", args[0]);
         return 0;
+    }
+    if (strcmp(cmd, "probe") == 0) {
+        struct snap_probe p;
+        struct snap_probe_config pc = { .criu_bin = cfg.criu_bin ? cfg.criu_bin : getenv("WARMPOOL_CRIU"),
+                                        .cache_dir = cfg.probe_cache_dir ? cfg.probe_cache_dir
+                                                                         : getenv("WARMPOOL_CRIU_CACHE"),
+                                        .deadline_s = cfg.probe_timeout_s,
+                                        .force = reprobe };
+        NEED(0);
+        if (snap_criu_probe(&pc, &p, &err) < 0)
+            return fail(&err);
+        char *s = snap_probe_json(&p);
+        printf("%s\n", s ? s : "{}");
+        free(s);
+        return p.mode == SNAP_CRIU_NONE;
     }
     if (snap_ctx_open(&cfg, &ctx, &err) < 0)
         return fail(&err);

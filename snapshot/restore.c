@@ -22,6 +22,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <jansson.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -262,6 +263,10 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
     int ifd, wfd, pid, nfd = -1;
     pid_t lazy_pid = 0;
 
+    /* A group of its own: past the deadline the caller kills it whole
+     * (criu swrk, the lazy-pages daemon) before the clone's cgroup. */
+    setpgid(0, 0);
+    snap__criu_env(ctx->probe.mode);
     /* The network's slot, rules and files: here, not in the caller, whose
      * event loop must not wait for DNS or nft; and before joining the
      * clone's cgroups, whose destroy kills everything in them (a prepare
@@ -364,8 +369,9 @@ opts:
     if (pid < 0) {
         snprintf(log, sizeof(log), "%s/restore.log", sb->dir);
         snap__log_excerpt(log, excerpt, sizeof(excerpt));
-        hwrite(out, "fail criu restore failed (%d), full log: %s: %s%s%s", pid, log,
-               excerpt[0] ? excerpt : "no log", uns_net.msg[0] ? " | " : "", uns_net.msg);
+        hwrite(out, "fail criu restore failed (%d), full log: %s/images/%s.restore-failed.log: %s%s%s",
+               pid, ctx->state_dir, name, excerpt[0] ? excerpt : "no log",
+               uns_net.msg[0] ? " | " : "", uns_net.msg);
         if (lazy_pid > 0)
             kill(lazy_pid, SIGKILL);
         _exit(1);
@@ -379,6 +385,9 @@ struct snap_restore_job {
     pid_t helper;
     int fd;          /* read end of the helper's result pipe */
     uint64_t t0;
+    uint64_t deadline; /* monotonic ns: killed and failed past it */
+    double timeout_s;
+    enum snap_criu_mode mode;
     bool lazy;
 };
 
@@ -399,6 +408,14 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
         return wp_err_set(err, WP_EINVAL_INPUT, "bad image name \"%s\"", name);
     if (ro && ro->id && !snap_name_valid(ro->id))
         return wp_err_set(err, WP_EINVAL_INPUT, "bad sandbox id \"%s\"", ro->id);
+    if (ctx->probe.mode == SNAP_CRIU_NONE)
+        return wp_err_set(err, WP_ECRIU, "restore %s: criu does not work on this host: %s", name,
+                          ctx->probe.why);
+    if (lazy && !ctx->probe.lazy_ok) {
+        /* Said once at start-up (the probe's why); each restore goes eager. */
+        log_debug("restore %s: lazy pages do not work here, restoring eagerly", name);
+        lazy = false;
+    }
     if ((rc = manifest_load(ctx, name, &m, err)) < 0)
         return wp_err_wrap(err, "restore");
     if (ro && ro->merge)
@@ -466,7 +483,11 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
         close(pfd[0]);
         helper(ctx, name, &m, sb, lazy, pfd[1]);
     }
+    setpgid(hpid, hpid); /* as the helper does: no window where a kill misses */
     close(pfd[1]);
+    job->deadline = t0 + (uint64_t)(ctx->criu_timeout_s * 1e9);
+    job->timeout_s = ctx->criu_timeout_s;
+    job->mode = ctx->probe.mode;
     job->sb = sb;
     job->helper = hpid;
     job->fd = pfd[0];
@@ -493,24 +514,84 @@ int snap_restore_job_fd(const struct snap_restore_job *job)
     return job->fd;
 }
 
+bool snap_restore_job_expired(const struct snap_restore_job *job)
+{
+    return wp_now_ns() >= job->deadline;
+}
+
+/* Read the helper's line until EOF or the deadline. Returns false when
+ * the deadline passed first. */
+static bool read_result(struct snap_restore_job *job, char *msg, size_t cap)
+{
+    size_t n = 0;
+
+    for (;;) {
+        uint64_t now = wp_now_ns();
+        int left = now >= job->deadline ? 0 : (int)((job->deadline - now) / 1000000 + 1);
+        struct pollfd p = { job->fd, POLLIN, 0 };
+        int pr = poll(&p, 1, left);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr <= 0) {
+            msg[n] = '\0';
+            return false;
+        }
+        ssize_t r = read(job->fd, msg + n, cap - 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0 || (n += (size_t)r) == cap - 1)
+            break;
+    }
+    msg[n] = '\0';
+    return true;
+}
+
+/* A failed restore's criu logs outlive the clone's dir (teardown removes
+ * it): images/<image>.restore-failed.log, the last failure's. */
+static void keep_log(struct snap_ctx *ctx, const struct snap_sandbox *sb, char *out, size_t cap)
+{
+    char from[700];
+
+    snprintf(out, cap, "%s/images/%s.restore-failed.log", ctx->state_dir, sb->image);
+    snprintf(from, sizeof(from), "%s/restore.log", sb->dir);
+    if (rename(from, out) < 0) {
+        size_t l = strlen(out);
+        snprintf(out + l, cap - l, " (criu wrote none)");
+    }
+    snprintf(from, sizeof(from), "%s/lazy-pages.log", sb->dir);
+    char lazy[760];
+    snprintf(lazy, sizeof(lazy), "%s/images/%s.lazy-pages-failed.log", ctx->state_dir, sb->image);
+    rename(from, lazy);
+}
+
 int snap_restore_finish(struct snap_ctx *ctx, struct snap_restore_job *job,
                         struct snap_sandbox **out, struct wp_err *err)
 {
     struct snap_sandbox *sb = job->sb;
     char msg[1100];
-    ssize_t n = 0, r;
     int rc, pid = 0, lazy_pid = 0;
     double criu_ms = 0;
 
-    /* The helper writes one line and exits: read to EOF. */
-    while ((r = read(job->fd, msg + n, sizeof(msg) - 1 - n)) > 0 || (r < 0 && errno == EINTR))
-        if (r > 0)
-            n += r;
-    msg[n] = '\0';
+    /* The helper writes one line and exits: read to EOF, or kill it
+     * (criu swrk and the lazy-pages daemon are in its group; what criu
+     * restored so far is in the clone's cgroup, which teardown kills). */
+    bool done = read_result(job, msg, sizeof(msg));
     close(job->fd);
+    if (!done) {
+        char log[760];
+        snap__kill_group(job->helper);
+        keep_log(ctx, sb, log, sizeof(log));
+        rc = wp_err_set(err, WP_ECRIU,
+                        "criu %srestore did not finish within %.0f s (killed; mode %s), log: %s",
+                        job->lazy ? "lazy " : "", job->timeout_s, snap_criu_mode_name(job->mode),
+                        log);
+        goto fail;
+    }
     while (waitpid(job->helper, NULL, 0) < 0 && errno == EINTR)
         ;
     if (sscanf(msg, "pid %d lazy %d criu_ms %lf", &pid, &lazy_pid, &criu_ms) != 3 || pid <= 0) {
+        char log[760];
+        keep_log(ctx, sb, log, sizeof(log));
         rc = wp_err_set(err, WP_ECRIU, "%s", strncmp(msg, "fail ", 5) == 0 ? msg + 5
                                                   : "restore helper died without a result");
         goto fail;

@@ -227,25 +227,39 @@ static int userns_setup(struct snap_ctx *ctx, const struct snap_config *cfg,
     return 0;
 }
 
-static int read_criu_version(struct snap_ctx *ctx, struct wp_err *err)
+/* How criu runs here: forced by the operator, or probed (cached). */
+static int criu_setup(struct snap_ctx *ctx, const struct snap_config *cfg, struct wp_err *err)
 {
-    char cmd[400];
-    FILE *p;
+    const char *ms = cfg && cfg->criu_mode ? cfg->criu_mode : getenv("WARMPOOL_CRIU_MODE");
+    const char *ts = getenv("WARMPOOL_CRIU_TIMEOUT");
+    enum snap_criu_mode mode;
+    int rc;
 
-    snprintf(cmd, sizeof(cmd), "%s --version 2>/dev/null", ctx->criu_bin);
-    p = popen(cmd, "re");
-    if (!p)
-        return wp_err_errno(err, "run %s", ctx->criu_bin);
-    ctx->criu_version[0] = '\0';
-    char line[128];
-    while (fgets(line, sizeof(line), p))
-        if (strncmp(line, "Version: ", 9) == 0)
-            snprintf(ctx->criu_version, sizeof(ctx->criu_version), "%.*s",
-                     (int)strcspn(line + 9, "\n"), line + 9);
-    if (pclose(p) != 0 || !ctx->criu_version[0])
-        return wp_err_set(err, WP_ECONFIG, "%s does not run (install it with `make deps`)",
-                          ctx->criu_bin);
-    return 0;
+    if (snap_criu_mode_parse(ms, &mode) < 0)
+        return wp_err_set(err, WP_ECONFIG,
+                          "criu mode \"%s\": want auto, default, no-breakpoints or none", ms);
+    ctx->criu_timeout_s = cfg && cfg->criu_timeout_s > 0 ? cfg->criu_timeout_s
+                          : ts && atof(ts) > 0        ? atof(ts)
+                                                      : 120;
+    if ((rc = snap__criu_version(ctx->criu_bin, ctx->criu_version, sizeof(ctx->criu_version),
+                                 err)) < 0)
+        return rc;
+    if (mode != SNAP_CRIU_UNKNOWN) {
+        memset(&ctx->probe, 0, sizeof(ctx->probe));
+        ctx->probe.mode = mode;
+        ctx->probe.lazy_ok = mode != SNAP_CRIU_NONE;
+        ctx->probe.forced = true;
+        snap__criu_key(ctx->criu_bin, ctx->criu_version, ctx->probe.key, sizeof(ctx->probe.key));
+        if (mode == SNAP_CRIU_NONE)
+            snprintf(ctx->probe.why, sizeof(ctx->probe.why), "criu turned off by configuration");
+        return 0;
+    }
+    struct snap_probe_config pc = {
+        .criu_bin = ctx->criu_bin,
+        .cache_dir = cfg && cfg->probe_cache_dir ? cfg->probe_cache_dir : getenv("WARMPOOL_CRIU_CACHE"),
+        .deadline_s = cfg ? cfg->probe_timeout_s : 0,
+    };
+    return snap_criu_probe(&pc, &ctx->probe, err);
 }
 
 int snap_ctx_open(const struct snap_config *cfg, struct snap_ctx **out, struct wp_err *err)
@@ -277,7 +291,7 @@ int snap_ctx_open(const struct snap_config *cfg, struct snap_ctx **out, struct w
             goto fail;
     }
     if ((rc = snap__cg_detect(ctx, err)) < 0 || (rc = userns_setup(ctx, cfg, err)) < 0 ||
-        (rc = read_criu_version(ctx, err)) < 0 ||
+        (rc = criu_setup(ctx, cfg, err)) < 0 ||
         (rc = make_confs(ctx, err)) < 0 || (rc = make_host_layer(ctx, err)) < 0)
         goto fail;
     /* Sandboxes we start outlive the helper processes that start them. */
@@ -310,6 +324,11 @@ bool snap_ctx_userns(const struct snap_ctx *ctx)
 const char *snap_ctx_cgroup_layout(const struct snap_ctx *ctx)
 {
     return ctx->cg == SNAP__CG_V2 ? "v2" : "v1";
+}
+
+const struct snap_probe *snap_ctx_criu(const struct snap_ctx *ctx)
+{
+    return &ctx->probe;
 }
 
 void snap__gen_id(const char *prefix, char *out, size_t cap)

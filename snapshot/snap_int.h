@@ -21,6 +21,8 @@ struct snap_ctx {
     char criu_restore_conf[300]; /* criu config for eager restores */
     char criu_lazy_conf[300];    /* criu config for lazy-pages restores */
     char criu_version[64];
+    struct snap_probe probe;     /* how criu runs here (criu.c) */
+    double criu_timeout_s;       /* each dump and restore */
     char kernel[128];
     char host_layer[300];      /* generated base layer for rootfs "host" */
     char criu_dump_uns_conf[300];    /* the same three for sandboxes in a user */
@@ -151,8 +153,19 @@ int snap__userns_net(pid_t pid, int slot, struct wp_err *err);
 int snap__userns_parent(int sync, pid_t mid, uid_t base, int slot, struct wp_err *err);
 int snap__userns_child(int sync, int flags, char *msg, size_t cap);
 
-/* criu.c: the last lines of a criu log, for error messages. */
+/* checkpoint.c: the last lines of a criu log, for error messages. */
 void snap__log_excerpt(const char *path, char *out, size_t cap);
 uint64_t snap__du(const char *path);
+
+/* criu.c. In a child about to run criu (or libcriu's swrk): the mode's
+ * environment (CRIU_FAULT set or removed). */
+void snap__criu_env(enum snap_criu_mode mode);
+/* Wait for child pid until deadline (monotonic ns): 0 when it exited
+ * (*status set; 0 if another reaper took it), WP_ETIMEDOUT, or < 0. */
+int snap__wait_deadline(pid_t pid, uint64_t deadline_ns, int *status);
+/* SIGKILL pid's process group and pid, reap pid. */
+void snap__kill_group(pid_t pid);
+int snap__criu_version(const char *criu, char *out, size_t cap, struct wp_err *err);
+void snap__criu_key(const char *criu, const char *version, char *out, size_t cap);
 
 #endif

@@ -80,6 +80,51 @@ int snap_template_parse(const char *json, size_t len, struct snap_template **out
 int snap_template_load(const char *path, struct snap_template **out, struct wp_err *err);
 void snap_template_free(struct snap_template *t);
 
+/* How this host runs criu (criu.c). `criu check` passing is not enough:
+ * on some CPUs the hardware breakpoint compel stops a task with never
+ * fires and every dump hangs; criu's FI_NO_BREAKPOINTS switch
+ * (CRIU_FAULT=130) works there. The probe dumps and restores a throwaway
+ * process under a deadline and picks the first mode that works:
+ *   DEFAULT  criu as it is
+ *   NOBP     every criu run (swrk, CLI, lazy-pages) with CRIU_FAULT=130
+ *   NONE     neither: no checkpoint or restore; a node boots cold only */
+enum snap_criu_mode { SNAP_CRIU_UNKNOWN = 0, SNAP_CRIU_DEFAULT, SNAP_CRIU_NOBP, SNAP_CRIU_NONE };
+/* "default", "no-breakpoints", "none" ("unknown" for UNKNOWN). */
+const char *snap_criu_mode_name(enum snap_criu_mode m);
+/* The names above, and "auto" (or NULL) -> UNKNOWN (probe). WP_EINVAL_INPUT otherwise. */
+int snap_criu_mode_parse(const char *s, enum snap_criu_mode *out);
+
+#define SNAP_PROBE_CACHE_DIR "/var/cache/warmpool"
+
+struct snap_probe_config {
+    const char *criu_bin;  /* default WP_PREFIX/bin/criu */
+    const char *cache_dir; /* NULL: SNAP_PROBE_CACHE_DIR; "": no cache */
+    const char *work_dir;  /* scratch parent, default /tmp (failed modes' logs stay there) */
+    double deadline_s;     /* per criu step; default 5 */
+    bool force;            /* probe even where a cached answer exists */
+};
+
+struct snap_probe {
+    enum snap_criu_mode mode;
+    bool lazy_ok;          /* lazy-pages restores work in that mode */
+    bool cached;           /* read from the cache, not probed now */
+    bool forced;           /* set by the operator (config), not probed */
+    bool default_untraced; /* default mode hung: after criu was killed the
+                              task it held ran on, untraced */
+    double dump_ms, restore_ms, lazy_ms; /* the probe's steps in that mode */
+    double probed_ms;      /* what the probe took when it ran */
+    char key[512];         /* criu path + version | kernel | CPU model */
+    char why[512];         /* what failed, one line; "" when all works */
+};
+
+/* Probe (or read the cached answer). Blocks for up to a few deadlines;
+ * never hangs. < 0 only when criu cannot run at all (not installed). */
+int snap_criu_probe(const struct snap_probe_config *cfg, struct snap_probe *out,
+                    struct wp_err *err);
+/* The probe as one JSON object: mode, lazy_ok, source (probed, cached,
+ * configured), why, key and the steps' times. Caller frees; NULL on ENOMEM. */
+char *snap_probe_json(const struct snap_probe *p);
+
 /* Node-wide context. */
 struct snap_config {
     const char *state_dir; /* default /var/lib/warmpool */
@@ -92,11 +137,18 @@ struct snap_config {
     /* Benchmarks and tests only: no user namespace even where the host
      * has them. Needs insecure_allow_unconfined. */
     bool no_userns;
+    /* "auto" (NULL: env WARMPOOL_CRIU_MODE, else auto) probes; a mode name
+     * forces it. */
+    const char *criu_mode;
+    double criu_timeout_s;   /* each dump/restore; 0: env WARMPOOL_CRIU_TIMEOUT, else 120 */
+    double probe_timeout_s;  /* each probe step; 0: 5 */
+    const char *probe_cache_dir; /* NULL: env WARMPOOL_CRIU_CACHE, else SNAP_PROBE_CACHE_DIR */
 };
 struct snap_ctx;
 
-/* Creates the state dir, detects the cgroup layout, checks criu is usable,
- * makes the caller a child subreaper. Caller owns *out (snap_ctx_close). */
+/* Creates the state dir, detects the cgroup layout, finds how criu runs
+ * here (snap_criu_probe, cached), makes the caller a child subreaper.
+ * Caller owns *out (snap_ctx_close). */
 int snap_ctx_open(const struct snap_config *cfg, struct snap_ctx **out, struct wp_err *err);
 void snap_ctx_close(struct snap_ctx *ctx);
 const char *snap_ctx_state_dir(const struct snap_ctx *ctx);
@@ -104,6 +156,9 @@ const char *snap_ctx_state_dir(const struct snap_ctx *ctx);
 bool snap_ctx_userns(const struct snap_ctx *ctx);
 /* "v1" or "v2": the cgroup layout found. */
 const char *snap_ctx_cgroup_layout(const struct snap_ctx *ctx);
+/* How criu runs here (borrowed for the ctx's life). Mode NONE: every
+ * checkpoint and restore fails at once with WP_ECRIU and probe->why. */
+const struct snap_probe *snap_ctx_criu(const struct snap_ctx *ctx);
 
 struct snap_sandbox {
     char id[64];
@@ -166,6 +221,10 @@ struct snap_restore_job;
 int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap_restore_opts *opts,
                        struct snap_restore_job **job, struct wp_err *err);
 int snap_restore_job_fd(const struct snap_restore_job *job);
+/* Past the job's deadline (snap_config.criu_timeout_s from its start): a
+ * daemon then calls finish, which kills what is left and fails it. finish
+ * itself never waits past the deadline. */
+bool snap_restore_job_expired(const struct snap_restore_job *job);
 int snap_restore_finish(struct snap_ctx *ctx, struct snap_restore_job *job,
                         struct snap_sandbox **out, struct wp_err *err);
 

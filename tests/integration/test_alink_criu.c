@@ -9,6 +9,8 @@
 
 #include <sys/prctl.h>
 
+#include "snapshot/snapshot.h"
+
 static const char *criu_path(void)
 {
     const char *p = getenv("WARMPOOL_CRIU");
@@ -44,12 +46,27 @@ static void reap_all(void)
     }
 }
 
+/* criu as warmpool runs it on this host: in the mode its probe chose
+ * (cached), and never without a deadline. */
+static const char *criu_mode_env(void)
+{
+    static const char *env;
+    if (!env) {
+        struct snap_probe p;
+        struct snap_probe_config pc = { .criu_bin = criu_path() };
+        env = snap_criu_probe(&pc, &p, NULL) == 0 && p.mode == SNAP_CRIU_NOBP
+                  ? "env CRIU_FAULT=130"
+                  : "env -u CRIU_FAULT";
+    }
+    return env;
+}
+
 static void criu_run(const char *args, const char *img, const char *logname)
 {
     char cmd[4096];
 
-    snprintf(cmd, sizeof(cmd), "%s %s -D %s -o %s -v2 >/dev/null 2>&1", criu_path(), args, img,
-             logname);
+    snprintf(cmd, sizeof(cmd), "%s timeout -k 5 60 %s %s -D %s -o %s -v2 >/dev/null 2>&1",
+             criu_mode_env(), criu_path(), args, img, logname);
     if (system(cmd) != 0) {
         snprintf(cmd, sizeof(cmd), "grep -E 'Error|Warn' %s/%s | tail -5 >&2", img, logname);
         (void)!system(cmd);

@@ -35,6 +35,9 @@ struct node_proc {
 };
 
 static struct node_proc NODES[3];
+/* Nodes of the criu tests, stopped by the group's teardown too (a failed
+ * assertion skips a test's own stop). */
+static struct node_proc NOCRIU = { .id = "node-nocriu" }, HANGING = { .id = "node-hang" };
 
 static void node_bin(char *out, size_t cap)
 {
@@ -172,6 +175,8 @@ static int group_teardown(void **state)
     (void)state;
     for (int i = 0; i < 3; i++)
         node_stop(&NODES[i], SIGTERM);
+    node_stop(&NOCRIU, SIGTERM);
+    node_stop(&HANGING, SIGTERM);
     if (RC)
         redisFree(RC);
     th_redis_stop(&R);
@@ -1127,6 +1132,134 @@ static void multi_tenant_node_refuses_ksm(void **state)
     assert_true(access(saved, F_OK) < 0); /* the host's KSM settings are back */
 }
 
+/* ---- where criu does not work, or hangs ---------------------------------- */
+
+/* A node on a host where no criu mode works (here: the operator says so):
+ * no image is built, the hot tier is made of cold-booted sandboxes, claims
+ * are served, and the node says why in its log and in `pool status`. */
+static void node_without_criu_serves_cold(void **state)
+{
+    struct node_proc *np = &NOCRIU;
+    struct ev_loop *loop = ev_loop_new(0);
+    struct claim_out o;
+    char out[4096], path[1200];
+    (void)state;
+
+    for (int i = 0; i < 3; i++)
+        node_stop(&NODES[i], SIGTERM);
+    freeReplyObject(redisCommand(RC, "DEL wp:env:{" ENV "}:policy wp:env:{" ENV "}:hot"));
+    snprintf(np->state, sizeof(np->state), "%s/state-nocriu", DIR_);
+    const char *extra[] = { "--criu-mode", "none", NULL };
+    char base[1200]; /* the counter template: a failed KSM test leaves TMPL changed */
+    snprintf(base, sizeof(base), "%s/counter.json", DIR_);
+    node_start_with(np, base, 2, 2, extra);
+    assert_true(wait_hot(2, 60));
+    struct pool_client *c = client(loop);
+    claim_one(c, loop, "nocriu-1", &o);
+    if (o.status != 0)
+        fail_msg("claim: %s", o.msg);
+    assert_string_equal(o.res.tier, "hot");
+    release_ok(c, loop, &o.res);
+    assert_true(wait_hot(2, 60)); /* refilled, cold again */
+    /* No image: nothing was dumped. */
+    snprintf(path, sizeof(path), "ls %s/images | wc -l", np->state);
+    th_sh(out, sizeof(out), "%s", path);
+    assert_int_equal(atoi(out), 0);
+    th_sh(out, sizeof(out), "grep -c 'criu does not work on this host' %s/%s.log", DIR_, np->id);
+    assert_true(atoi(out) >= 1);
+    char bin[1024];
+    node_bin(bin, sizeof(bin));
+    strcpy(strrchr(bin, '/') + 1, "warmpool");
+    th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool status", bin, R.port);
+    assert_non_null(strstr(out, "node-nocriu"));
+    assert_non_null(strstr(out, "criu none, configured"));
+    assert_non_null(strstr(out, "every sandbox is booted cold"));
+    pool_client_free(c);
+    ev_loop_destroy(loop);
+    node_stop(np, SIGTERM);
+    freeReplyObject(redisCommand(RC, "SREM wp:nodes node-nocriu"));
+    freeReplyObject(redisCommand(RC, "SREM wp:env:{" ENV "}:nodes node-nocriu"));
+}
+
+/* A criu that hangs restoring one environment's image: those restores are
+ * killed at the deadline, the node keeps serving the other environment,
+ * and nothing hung is left once it stops. */
+static void hung_restores_do_not_stop_the_node(void **state)
+{
+    struct node_proc *np = &HANGING;
+    char standin[1200], text[2048], tmpl2[1200], json[4096], out[256];
+    struct snap_probe real;
+    struct snap_probe_config pc = { 0 };
+    struct wp_err err;
+    (void)state;
+
+    assert_int_equal(snap_criu_probe(&pc, &real, &err), 0); /* cached by now */
+    /* The restoring helper holds the image's criu dir open: hang where it
+     * is hang-env's (a dump's dir is <image>.partial: let it be). */
+    snprintf(standin, sizeof(standin), "%s/criu-hang", DIR_);
+    int n = snprintf(text, sizeof(text),
+                     "#!/bin/sh\n"
+                     "if [ \"$1\" = swrk ]; then\n"
+                     "  for f in /proc/$PPID/fd/*; do\n"
+                     "    case \"$(readlink \"$f\")\" in\n"
+                     "      */images/hang-env-*.partial/*) ;;\n"
+                     "      */images/hang-env-*/criu) exec sleep 4321 ;;\n"
+                     "    esac\n"
+                     "  done\n"
+                     "fi\n"
+                     "exec " WP_PREFIX "/bin/criu \"$@\"\n");
+    assert_int_equal(wp_write_file(standin, text, (size_t)n, 0755, NULL), 0);
+    char *tj = NULL;
+    size_t tl;
+    char base[1200]; /* as above */
+    snprintf(base, sizeof(base), "%s/counter.json", DIR_);
+    assert_int_equal(wp_read_file(base, 1 << 20, &tj, &tl, NULL), 0);
+    char *name = strstr(tj, "\"name\":\"" ENV "\"");
+    assert_non_null(name);
+    snprintf(json, sizeof(json), "%.*s\"name\":\"hang-env\"%s", (int)(name - tj), tj,
+             name + strlen("\"name\":\"" ENV "\""));
+    free(tj);
+    snprintf(tmpl2, sizeof(tmpl2), "%s/hang-env.json", DIR_);
+    assert_int_equal(wp_write_file(tmpl2, json, strlen(json), 0644, NULL), 0);
+
+    for (int i = 0; i < 3; i++)
+        node_stop(&NODES[i], SIGTERM);
+    freeReplyObject(redisCommand(RC, "DEL wp:env:{" ENV "}:policy wp:env:{" ENV "}:hot"));
+    snprintf(np->state, sizeof(np->state), "%s/state-hang", DIR_);
+    char env2[1300];
+    snprintf(env2, sizeof(env2), "%s:1:1", tmpl2);
+    const char *extra[] = { "--env", env2, "--criu-timeout", "2", "--criu-mode",
+                            snap_criu_mode_name(real.mode), NULL };
+    setenv("WARMPOOL_CRIU", standin, 1);
+    node_start_with(np, base, 2, 2, extra);
+    unsetenv("WARMPOOL_CRIU");
+    /* The good environment fills while the other's restores hang. */
+    assert_true(wait_hot(2, 90));
+    bool timed_out = false;
+    for (int i = 0; i < 100 && !timed_out; i++, th_msleep(100)) {
+        th_sh(out, sizeof(out),
+              "grep -c 'restore env=hang-env failed.*did not finish within 2 s' %s/%s.log", DIR_,
+              np->id);
+        timed_out = atoi(out) >= 1;
+    }
+    assert_true(timed_out);
+    struct ev_loop *loop = ev_loop_new(0);
+    struct pool_client *c = client(loop);
+    struct claim_out o;
+    claim_one(c, loop, "beside-hang", &o);
+    if (o.status != 0)
+        fail_msg("claim: %s", o.msg);
+    assert_string_equal(o.res.tier, "hot");
+    release_ok(c, loop, &o.res);
+    pool_client_free(c);
+    ev_loop_destroy(loop);
+    node_stop(np, SIGTERM);
+    th_sh(out, sizeof(out), "pgrep -cxf 'sleep 4321' || true");
+    assert_int_equal(atoi(out), 0);
+    freeReplyObject(redisCommand(RC, "SREM wp:nodes node-hang"));
+    freeReplyObject(redisCommand(RC, "SREM wp:env:{" ENV "}:nodes node-hang"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1145,6 +1278,8 @@ int main(void)
         cmocka_unit_test(unmerged_clones_share_nothing),
         cmocka_unit_test(memory_budget_caps_hot_clones),
         cmocka_unit_test(multi_tenant_node_refuses_ksm),
+        cmocka_unit_test(node_without_criu_serves_cold),
+        cmocka_unit_test(hung_restores_do_not_stop_the_node),
     };
     /* WP_TEST_FILTER=pattern runs only matching tests (while iterating). */
     if (getenv("WP_TEST_FILTER"))
