@@ -167,11 +167,11 @@ static int make_confs(struct snap_ctx *ctx, struct wp_err *err)
      * set up from the setup-namespaces notification (restore.c). */
     static const char ueager[] = "network-lock skip\nempty-ns net\n",
                       ulazy[] = "network-lock skip\nempty-ns net\nlazy-pages\n";
-    snprintf(ctx->criu_dump_uns_conf, sizeof(ctx->criu_dump_uns_conf), "%s/criu-dump-uns.conf",
+    snprintf(ctx->criu_dump_uns_conf, sizeof(ctx->criu_dump_uns_conf), "%s/criu-uns-dump.conf",
              ctx->state_dir);
     snprintf(ctx->criu_restore_uns_conf, sizeof(ctx->criu_restore_uns_conf),
-             "%s/criu-restore-uns.conf", ctx->state_dir);
-    snprintf(ctx->criu_lazy_uns_conf, sizeof(ctx->criu_lazy_uns_conf), "%s/criu-lazy-uns.conf",
+             "%s/criu-uns-restore.conf", ctx->state_dir);
+    snprintf(ctx->criu_lazy_uns_conf, sizeof(ctx->criu_lazy_uns_conf), "%s/criu-uns-lazy.conf",
              ctx->state_dir);
     if ((rc = wp_write_file(ctx->criu_dump_uns_conf, ueager, strlen(ueager), 0644, err)) < 0 ||
         (rc = wp_write_file(ctx->criu_restore_uns_conf, ueager, strlen(ueager), 0644, err)) < 0)
