@@ -33,7 +33,7 @@ LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
 # Libraries. Evaluated lazily (=) so `make deps` can run first.
-PKGS = libcurl hiredis jansson criu libcrypto
+PKGS = libcurl hiredis jansson criu libcrypto libseccomp
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lev -lpthread -lm
 TEST_LDLIBS = $(LDLIBS) -lcmocka
@@ -133,6 +133,8 @@ bench-ttft: deps
 	$(MAKE) all
 	bench/bench_ttft.sh $(BUILD)
 
+# Ctrl-C is how it ends: "stopping", then status 0 (deploy/run-local.sh runs
+# as the terminal's foreground job, so make itself never sees the SIGINT).
 run: deps
 	$(MAKE) all
 	deploy/run-local.sh $(BUILD)

@@ -13,8 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -163,6 +165,49 @@ static int hexval(int ch)
     return -1;
 }
 
+/* CAP_SYS_ADMIN in the effective set (on) or only in the permitted set
+ * (off). A sandbox whose template says init_sets_hostname starts us with it
+ * so attach can set the hostname; it is effective only around that call. */
+static int admin_effective(bool on)
+{
+    struct __user_cap_header_struct hd = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct d[2];
+
+    if (syscall(SYS_capget, &hd, d) < 0)
+        return -errno;
+    if (!(d[0].permitted & (1u << CAP_SYS_ADMIN)))
+        return -EPERM;
+    if (on)
+        d[0].effective |= 1u << CAP_SYS_ADMIN;
+    else
+        d[0].effective &= ~(1u << CAP_SYS_ADMIN);
+    return syscall(SYS_capset, &hd, d) < 0 ? -errno : 0;
+}
+
+/* Keep CAP_SYS_ADMIN for ourselves only: out of the bounding and
+ * inheritable sets, so nothing we run (the shell, tools) can have it, and
+ * out of the effective set until attach needs it. No-op without it. */
+static void admin_confine(void)
+{
+    struct __user_cap_header_struct hd = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct d[2];
+
+    if (prctl(PR_CAPBSET_READ, CAP_SYS_ADMIN, 0, 0, 0) != 1)
+        return;
+    if (prctl(PR_CAPBSET_DROP, CAP_SYS_ADMIN, 0, 0, 0) < 0) {
+        /* Unconfined sandboxes (benchmark baseline) have no SETPCAP
+         * reduction to fear; confined ones always keep SETPCAP. */
+        log_warn("drop CAP_SYS_ADMIN from the bounding set: %s", strerror(errno));
+        return;
+    }
+    if (syscall(SYS_capget, &hd, d) == 0) {
+        d[0].inheritable &= ~(1u << CAP_SYS_ADMIN);
+        if (syscall(SYS_capset, &hd, d) < 0)
+            log_warn("capset: %s", strerror(errno));
+    }
+    admin_effective(false);
+}
+
 static void reseed(struct alink__hands *h, const uint8_t *seed, size_t n)
 {
     union {
@@ -254,9 +299,15 @@ static void handle_attach(struct alink__conn *c, struct alink_msg *m)
             goto out;
         }
     }
-    if (hostname && h->allow_hostname && sethostname(hostname, strlen(hostname)) < 0) {
-        alink__replyf(c, m->id, true, "attach: sethostname: %s", strerror(errno));
-        goto out;
+    if (hostname && h->allow_hostname) {
+        int raised = admin_effective(true);
+        int rc = sethostname(hostname, strlen(hostname)) < 0 ? -errno : 0;
+        if (raised == 0)
+            admin_effective(false);
+        if (rc < 0) {
+            alink__replyf(c, m->id, true, "attach: sethostname: %s", strerror(-rc));
+            goto out;
+        }
     }
     json_object_foreach(env, k, v) {
         const char *val = json_string_value(v);
@@ -672,6 +723,8 @@ int alink__hands_main(int argc, char **argv)
         wp_close_fds_from(3);
     }
     signal(SIGPIPE, SIG_IGN);
+    if (getpid() == 1)
+        admin_confine();
     /* Outside a PID namespace (tests), adopt orphans like PID 1 would. */
     if (getpid() != 1)
         prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);

@@ -9,8 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/openat2.h>
+#include <stdint.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 int wp_mkdir_p(const char *path, int mode, struct wp_err *err)
@@ -179,4 +183,142 @@ void wp_close_fds_from(int lowfd)
             close(fd);
     }
     closedir(d);
+}
+
+/* ---- paths inside a sandbox's root, opened by a privileged host process:
+ * every component resolves within the root (RESOLVE_IN_ROOT: ".." and
+ * absolute symlinks stop at it), magic links (/proc/<pid>/fd/...) are
+ * refused, so a sandbox that makes /etc or /run a symlink cannot redirect
+ * a host-root write or connect onto the host. */
+
+static int openat2_in(int rootfd, const char *path, int flags, int mode)
+{
+    struct open_how how = { .flags = (uint64_t)flags, .mode = (uint64_t)mode,
+                            .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+
+    while (*path == '/')
+        path++;
+    return (int)syscall(SYS_openat2, rootfd, *path ? path : ".", &how, sizeof(how));
+}
+
+int wp_open_in_root(const char *root, const char *path, int flags, int mode, struct wp_err *err)
+{
+    int rfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC), fd;
+
+    if (rfd < 0)
+        return wp_err_errno(err, "open %s", root);
+    fd = openat2_in(rfd, path, flags | O_CLOEXEC, mode);
+    if (fd < 0)
+        wp_err_errno(err, "open %s in %s", path, root);
+    close(rfd);
+    return fd < 0 ? (err ? err->code : -EIO) : fd;
+}
+
+int wp_mkdir_in_root(const char *root, const char *path, int mode, struct wp_err *err)
+{
+    char parent[4096] = "", name[256];
+    const char *p = path;
+    int rfd, rc = 0;
+
+    if (strlen(path) >= sizeof(parent))
+        return wp_err_set(err, WP_EINVAL_INPUT, "path too long: %s", path);
+    rfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rfd < 0)
+        return wp_err_errno(err, "open %s", root);
+    /* One component at a time: its parent resolved in the root, the new
+     * directory made relative to that (mkdirat never follows the name). */
+    while (rc == 0) {
+        while (*p == '/')
+            p++;
+        size_t n = strcspn(p, "/");
+        if (n == 0)
+            break;
+        if (n >= sizeof(name)) {
+            rc = wp_err_set(err, WP_EINVAL_INPUT, "path component too long: %s", path);
+            break;
+        }
+        snprintf(name, sizeof(name), "%.*s", (int)n, p);
+        int dfd = openat2_in(rfd, parent, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+        if (dfd < 0 || (mkdirat(dfd, name, (mode_t)mode) < 0 && errno != EEXIST))
+            rc = wp_err_errno(err, "mkdir %s/%s in %s", parent, name, root);
+        if (dfd >= 0)
+            close(dfd);
+        size_t used = strlen(parent);
+        snprintf(parent + used, sizeof(parent) - used, "/%s", name);
+        p += n;
+    }
+    close(rfd);
+    return rc;
+}
+
+int wp_write_file_in_root(const char *root, const char *path, const void *data, size_t len,
+                          int mode, struct wp_err *err)
+{
+    char dir[4096], tmp[64];
+    const char *name = strrchr(path, '/'), *p = data;
+    int dfd, fd, rc = 0;
+
+    if (!name || name == path + strlen(path) - 1 || (size_t)(name - path) >= sizeof(dir))
+        return wp_err_set(err, WP_EINVAL_INPUT, "bad path %s", path);
+    snprintf(dir, sizeof(dir), "%.*s", (int)(name - path), path);
+    name++;
+    dfd = wp_open_in_root(root, dir, O_PATH | O_DIRECTORY, 0, err);
+    if (dfd < 0)
+        return dfd;
+    /* A fresh name next to it, then rename over: the old entry (a file, a
+     * symlink planted by the sandbox) is replaced, never followed. */
+    snprintf(tmp, sizeof(tmp), ".wp-tmp.%d", getpid());
+    unlinkat(dfd, tmp, 0);
+    fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+    if (fd < 0) {
+        rc = wp_err_errno(err, "create %s/%s in %s", dir, tmp, root);
+        goto out;
+    }
+    while (len > 0 && rc == 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno != EINTR)
+            rc = wp_err_errno(err, "write %s in %s", path, root);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+        }
+    }
+    close(fd);
+    if (rc == 0 && renameat(dfd, tmp, dfd, name) < 0)
+        rc = wp_err_errno(err, "rename to %s in %s", path, root);
+    if (rc < 0)
+        unlinkat(dfd, tmp, 0);
+out:
+    close(dfd);
+    return rc;
+}
+
+int wp_connect_unix_in_root(const char *root, const char *path, int type, struct wp_err *err)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    struct stat st;
+    int pfd = wp_open_in_root(root, path, O_PATH, 0, err), fd;
+
+    if (pfd < 0)
+        return pfd;
+    if (fstat(pfd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        close(pfd);
+        return wp_err_set(err, -ENOTSOCK, "%s in %s is not a socket", path, root);
+    }
+    /* Connect through the O_PATH fd: the inode found above, whatever the
+     * sandbox renames or replaces in between. */
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d", pfd);
+    fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        close(pfd);
+        return wp_err_errno(err, "socket");
+    }
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int code = wp_err_errno(err, "connect %s in %s", path, root);
+        close(fd);
+        close(pfd);
+        return code;
+    }
+    close(pfd);
+    return fd;
 }

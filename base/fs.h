@@ -18,6 +18,19 @@ int wp_write_file(const char *path, const void *data, size_t len, int mode,
  * NUL-terminated. WP_ETOOBIG if larger. */
 int wp_read_file(const char *path, size_t max, char **out, size_t *len,
                  struct wp_err *err);
+/* Paths inside a sandbox's root (root: its host path, e.g. the overlay
+ * mount or /proc/<pid>/root), for host processes running as root: every
+ * component of path resolves within root (openat2 RESOLVE_IN_ROOT |
+ * RESOLVE_NO_MAGICLINKS), so symlinks the sandbox planted never lead out.
+ * open: returns an fd (caller closes) or < 0. mkdir: mkdir -p. write: the
+ * file replaced atomically (temp + rename in its dir; a symlink at path is
+ * replaced, not followed). connect: a connected Unix socket of type (e.g.
+ * SOCK_STREAM | SOCK_NONBLOCK) to the socket at path, or < 0. */
+int wp_open_in_root(const char *root, const char *path, int flags, int mode, struct wp_err *err);
+int wp_mkdir_in_root(const char *root, const char *path, int mode, struct wp_err *err);
+int wp_write_file_in_root(const char *root, const char *path, const void *data, size_t len,
+                          int mode, struct wp_err *err);
+int wp_connect_unix_in_root(const char *root, const char *path, int type, struct wp_err *err);
 /* Close every fd >= lowfd (close_range, or /proc/self/fd as fallback). */
 void wp_close_fds_from(int lowfd);
 

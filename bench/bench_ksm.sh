@@ -41,7 +41,7 @@ wp_bench_hands "$BUILD" "$T"
 for mode in off on; do
     ksm=false; [ "$mode" = on ] && ksm=true
     cat >"$T/py200-$mode.json" <<JSON
-{"name":"py200$mode","rootfs":"host","workdir":"/work","ksm":$ksm,
+{"name":"py200$mode","rootfs":"host","workdir":"/work","ksm":$ksm,"init_sets_hostname":true,
  "init":["/bin/sh","-c","/usr/bin/python3 -c \"import json, re, os, sys, collections, itertools, functools, datetime, decimal, hashlib, random, threading, subprocess, email.parser, urllib.parse, pathlib, time\nbuf = os.urandom(200 << 20)\nopen('/tmp/py.ready', 'w').close()\nwhile True: time.sleep(1)\" & while [ ! -e /tmp/py.ready ]; do sleep 0.05; done; exec /.wp/warmpool-hands --socket /run/warmpool/hands.sock --workdir /work --ready-file /run/warmpool/hands.ready"],
  "ready_file":"/run/warmpool/hands.ready","ready_timeout_s":120,
  "binds":[{"source":"$T/wp","target":"/.wp"}],

@@ -22,7 +22,7 @@ wp_bench_redis "$T" "$PORT"
 wp_bench_hands "$BUILD" "$T"
 cat >"$T/bench.json" <<JSON
 {"name":"bench","rootfs":"host","workdir":"/work",
- "init":["/.wp/warmpool-hands","--socket","/run/warmpool/hands.sock","--workdir","/work",
+ "init_sets_hostname":true,"init":["/.wp/warmpool-hands","--socket","/run/warmpool/hands.sock","--workdir","/work",
          "--ready-file","/run/warmpool/hands.ready"],
  "ready_file":"/run/warmpool/hands.ready",
  "binds":[{"source":"$T/wp","target":"/.wp"}],

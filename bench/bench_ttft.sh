@@ -67,7 +67,7 @@ cp "$BUILD/warmpool-hands" "$T/wp/"
 tmpl() { # name setup-json-array memory_mb
     cat >"$T/$1.json" <<JSON
 {"name":"$1","rootfs":"host","workdir":"/work","env":{"PATH":"/usr/bin:/bin"},
- "init":["/.wp/warmpool-hands","--socket","/run/warmpool/hands.sock","--workdir","/work",
+ "init_sets_hostname":true,"init":["/.wp/warmpool-hands","--socket","/run/warmpool/hands.sock","--workdir","/work",
          "--ready-file","/run/warmpool/hands.ready"],
  "ready_file":"/run/warmpool/hands.ready","setup":$2,
  "binds":[{"source":"$T/wp","target":"/.wp"}],

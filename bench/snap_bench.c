@@ -221,13 +221,126 @@ static void bench_env(const char *env, const char *tjson, int runs, FILE *md)
     snap_template_free(t);
 }
 
+/* --isolation: the same environment in a confined and an unconfined
+ * context (snap_config.unconfined), runs interleaved so both see the same
+ * machine, into isolation.md: cold boot, eager and lazy restore. */
+static void iso_env(struct snap_ctx *cx[2], const char *env, const char *tjson, int runs, FILE *md)
+{
+    struct series s[3][2] = { { { "cold boot to ready" }, { "cold boot to ready" } },
+                              { { "eager restore" }, { "eager restore" } },
+                              { { "lazy restore" }, { "lazy restore" } } };
+    struct snap_template *t;
+    struct snap_sandbox *sb;
+    struct wp_err err;
+    char img[64];
+
+    if (snap_template_parse(tjson, strlen(tjson), &t, &err) < 0)
+        die(&err, "template");
+    snprintf(img, sizeof(img), "iso-%s", env);
+    fprintf(stderr, "%s: %d runs each, confined and unconfined interleaved\n", env, runs);
+    for (int i = 0; i < runs; i++)
+        for (int k = 0; k < 2; k++) {
+            int m = (i + k) % 2; /* alternate which goes first */
+            if (snap_boot(cx[m], t, NULL, NULL, NULL, &sb, &err) < 0)
+                die(&err, "boot");
+            add(&s[0][m], sb->boot_ms);
+            if (i == 0) {
+                snap_image_delete(cx[m], img, NULL);
+                if (snap_checkpoint(cx[m], sb, t, img, sb->boot_ms, NULL, &err) < 0)
+                    die(&err, "checkpoint");
+            } else {
+                snap_destroy(cx[m], sb, NULL);
+            }
+        }
+    for (int i = 0; i < runs; i++)
+        for (int l = 0; l < 2; l++)
+            for (int k = 0; k < 2; k++) {
+                int m = (i + k) % 2;
+                struct snap_restore_opts ro = { .lazy = l == 1 };
+                uint64_t t0 = wp_now_ns();
+                if (snap_restore(cx[m], img, &ro, &sb, &err) < 0)
+                    die(&err, "restore");
+                add(&s[1 + l][m], (double)(wp_now_ns() - t0) / 1e6);
+                snap_destroy(cx[m], sb, NULL);
+            }
+    for (int w = 0; w < 3; w++) {
+        double on = pct(&s[w][0], 50), off = pct(&s[w][1], 50);
+        fprintf(md, "| %s | %s | %d | %.1f | %.1f | %.1f | %.1f | %.3f |\n", env, s[w][0].name,
+                s[w][0].n, on, pct(&s[w][0], 95), off, pct(&s[w][1], 95), on / off);
+        fprintf(stderr, "  %-10s %-20s confined %7.1f ms (p95 %7.1f)  unconfined %7.1f ms (p95 %7.1f)  ratio %.3f\n",
+                env, s[w][0].name, on, pct(&s[w][0], 95), off, pct(&s[w][1], 95), on / off);
+    }
+    for (int m = 0; m < 2; m++)
+        snap_image_delete(cx[m], img, NULL);
+    snap_template_free(t);
+}
+
+static int iso_main(int runs, const char *out, const char *only)
+{
+    struct snap_config cfg[2] = { { .state_dir = "/var/lib/warmpool-bench-iso-on" },
+                                  { .state_dir = "/var/lib/warmpool-bench-iso-off", .unconfined = true } };
+    struct snap_ctx *cx[2];
+    struct wp_err err;
+    char path[600], rootfs[2][512], tjson[4096];
+    struct utsname u;
+
+    for (int m = 0; m < 2; m++) {
+        if (snap_ctx_open(&cfg[m], &cx[m], &err) < 0)
+            die(&err, "open");
+        snap_gc(cx[m], NULL);
+        snprintf(rootfs[m], sizeof(rootfs[m]), "%s/layers/busybox", cfg[m].state_dir);
+        if (snap_rootfs_busybox(rootfs[m], &err) < 0)
+            die(&err, "rootfs");
+    }
+    wp_mkdir_p(out, 0755, NULL);
+    snprintf(path, sizeof(path), "%s/isolation-table.md", out);
+    FILE *md = fopen(path, "w");
+    if (!md)
+        return 1;
+    uname(&u);
+    fprintf(md, "Kernel %s, %ld CPUs, %d runs per row, confined and unconfined interleaved in one "
+                "run. Times in ms.\n\n"
+                "| environment | what | n | confined median | confined p95 | unconfined median | "
+                "unconfined p95 | ratio (median) |\n|---|---|---|---|---|---|---|---|\n",
+            u.release, sysconf(_SC_NPROCESSORS_ONLN), runs);
+    /* The busybox rootfs path differs per state dir but not its content:
+     * one template per context would differ only there, so use the first
+     * (a plain directory, read-only lower layer for both). */
+    if (!only || strcmp(only, "busybox") == 0) {
+        snprintf(tjson, sizeof(tjson),
+                 "{\"name\":\"busybox\",\"rootfs\":\"%s\",\"init\":[\"/bin/sh\",\"-c\","
+                 "\"i=0; while :; do i=$((i+1)); [ $i = 1 ] && touch /tmp/ready; sleep 1; done\"],"
+                 "\"ready_file\":\"/tmp/ready\"}",
+                 rootfs[0]);
+        iso_env(cx, "busybox", tjson, runs, md);
+    }
+    if (!only || strcmp(only, "python200") == 0) {
+        snprintf(tjson, sizeof(tjson),
+                 "{\"name\":\"python200\",\"rootfs\":\"host\",\"init\":[\"/usr/bin/python3\",\"-c\","
+                 "\"import json, re, os, sys, collections, itertools, functools, datetime, decimal, "
+                 "hashlib, random, threading, subprocess, email.parser, urllib.parse, pathlib\\n"
+                 "buf = bytearray(200 << 20)\\n"
+                 "for i in range(0, len(buf), 4096): buf[i] = (i >> 12) & 0xff or 1\\n"
+                 "open('/tmp/ready', 'w').close()\\n"
+                 "import time\\nwhile True: time.sleep(1)\"],"
+                 "\"ready_file\":\"/tmp/ready\",\"limits\":{\"memory_mb\":1024}}");
+        iso_env(cx, "python200", tjson, runs, md);
+    }
+    fclose(md);
+    for (int m = 0; m < 2; m++)
+        snap_ctx_close(cx[m]);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option lo[] = { { "runs", required_argument, NULL, 'n' },
                                         { "out", required_argument, NULL, 'o' },
                                         { "state-dir", required_argument, NULL, 's' },
                                         { "only", required_argument, NULL, 'e' },
+                                        { "isolation", no_argument, NULL, 'i' },
                                         { NULL, 0, NULL, 0 } };
+    bool isolation = false;
     struct snap_config cfg = { .state_dir = "/var/lib/warmpool-bench" };
     const char *out = "bench/results", *only = NULL;
     int runs = 20, c;
@@ -244,14 +357,18 @@ int main(int argc, char **argv)
             cfg.state_dir = optarg;
         else if (c == 'e')
             only = optarg;
+        else if (c == 'i')
+            isolation = true;
         else {
-            fprintf(stderr, "usage: snap_bench [--runs N] [--out DIR] [--state-dir DIR] [--only ENV]\n");
+            fprintf(stderr, "usage: snap_bench [--runs N] [--out DIR] [--state-dir DIR] [--only ENV] [--isolation]\n");
             return 2;
         }
     }
     if (runs < 1 || runs > MAXR / 2)
         runs = 20;
     wp_log_set_level("warn");
+    if (isolation)
+        return iso_main(runs, out, only);
     if (snap_ctx_open(&cfg, &ctx, &err) < 0)
         die(&err, "open");
     snap_gc(ctx, NULL);

@@ -24,7 +24,7 @@ PKGS=(
     libev-dev libhiredis-dev libcurl4-openssl-dev libjansson-dev
     libprotobuf-c-dev criu libcmocka-dev node-llhttp
     redis-server iptables nftables busybox-static python3 iproute2 procps
-    wrk ca-certificates libssl-dev curl
+    wrk ca-certificates libssl-dev curl libseccomp-dev strace
 )
 
 [ "$(id -u)" = 0 ] || { echo "install-deps: must run as root" >&2; exit 1; }

@@ -8,6 +8,14 @@
 # printed as they happen, and keeps serving until Ctrl-C.
 #   deploy/run-local.sh [BUILD]      (make run)
 set -euo pipefail
+# On a terminal, run as a job of our own, the one the terminal sends Ctrl-C
+# to: make (our parent) then does not get it and fail with "Error 130".
+# Ctrl-C is the normal way to end this, so it ends with status 0.
+if [ -t 0 ] && [ -z "${WP_RUN_JOB:-}" ]; then
+    set -m
+    WP_RUN_JOB=1 "$0" "$@"
+    exit
+fi
 BUILD=${1:-build}
 BUILD=$(cd "$BUILD" && pwd)
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -38,11 +46,16 @@ cleanup() {
     fi
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    for p in "${tails[@]}"; do kill "$p" 2>/dev/null || true; done
+    # Each tail | sed is a process group of its own (job control).
+    for p in "${tails[@]}"; do
+        g=$(ps -o pgid= -p "$p" 2>/dev/null | tr -d ' ')
+        kill -- "-${g:-$p}" 2>/dev/null || kill "$p" 2>/dev/null || true
+    done
     redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
     rm -rf "$RUN"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM
 # Daemons run in process groups of their own (job control), logging to
 # files shown with a prefix: Ctrl-C reaches only this script, whose cleanup
 # still talks to them, then stops them.
@@ -53,6 +66,7 @@ start() {
     pids+=($!)
     tail -n +1 -F "$RUN/$name.log" 2>/dev/null | sed -u "s/^/  $(printf '%-5s' "$name") | /" >&2 &
     tails+=($!)
+    disown %%   # no "[2] Terminated tail ..." when cleanup stops it
 }
 tails=()
 

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "pool/pool_int.h"
 #include "snapshot/snapshot.h"
@@ -219,7 +220,7 @@ static void mem_status(const char *env, const char *node)
                         "private_p95_bytes anon_bytes merged_bytes hot_fit hot_asked per_clone_bytes ksm",
                         env, node);
     redisReply *h = cmd("HMGET wp:node:%s hot_memory_bytes mem_used_bytes ksm_pages_shared "
-                        "ksm_pages_sharing ksm_full_scans ksmd_cpu_ms", node);
+                        "ksm_pages_sharing ksm_full_scans ksmd_cpu_ms confined", node);
     unsigned long long clones, shared, p50, p95, anon, merged, fit, asked, per, budget, used, ps,
         pg, fs, cpu;
 
@@ -254,6 +255,10 @@ static void mem_status(const char *env, const char *node)
             printf(", ksmd cpu %.1f s", (double)cpu / 1000.0);
         printf("\n");
     }
+    /* A node serving sandboxes without confine.c's layers says so. */
+    if (h && h->type == REDIS_REPLY_ARRAY && h->elements > 6 &&
+        h->element[6]->type == REDIS_REPLY_STRING && strcmp(h->element[6]->str, "yes") != 0)
+        printf("  %-20s sandboxes confined: %s\n", "", h->element[6]->str);
     freeReplyObject(m);
     freeReplyObject(h);
 }
@@ -342,6 +347,39 @@ static void env_status(const char *env)
     freeReplyObject(nodes);
 }
 
+/* Sandboxes a node's orphan checks could not remove, and why (the node's
+ * hash: orphans, orphans_why, orphans_checked_ms; see pool/orphans.c). */
+static void node_orphans(const char *n)
+{
+    redisReply *h = cmd("HMGET wp:node:%s orphans orphans_why orphans_checked_ms", n);
+    const char *v[3] = { NULL, NULL, NULL };
+    for (size_t k = 0; h->type == REDIS_REPLY_ARRAY && k < 3 && k < h->elements; k++)
+        if (h->element[k]->type == REDIS_REPLY_STRING)
+            v[k] = h->element[k]->str;
+    char *end = NULL;
+    long count = v[0] ? strtol(v[0], &end, 10) : 0;
+    if (v[0] && (*end || count < 0))
+        count = 0; /* not a count: nothing to say */
+    if (count > 0) {
+        long long at = v[2] ? atoll(v[2]) : 0;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        long long ago = at > 0 ? (ts.tv_sec * 1000LL + ts.tv_nsec / 1000000 - at) / 1000 : -1;
+        printf("  %-20s %ld sandbox%s of dead owners not cleaned (last check %llds ago):\n", "",
+               count, count == 1 ? "" : "es", ago);
+        /* One "<id>: <why>" per line, as many as the node names. */
+        const char *p = v[1] ? v[1] : "";
+        while (*p) {
+            size_t len = strcspn(p, "\n");
+            printf("  %-20s   %.*s\n", "", (int)(len < 300 ? len : 300), p);
+            p += len;
+            if (*p)
+                p++;
+        }
+    }
+    freeReplyObject(h);
+}
+
 /* Nodes and how criu runs on each (the probe's answer, from their hash). */
 static void nodes_status(void)
 {
@@ -365,6 +403,7 @@ static void nodes_status(void)
             printf("  %-20s criu does not work there: every sandbox is booted cold\n", "");
         if (v[3][0])
             printf("  %-20s why: %s\n", "", v[3]);
+        node_orphans(n);
         freeReplyObject(alive);
         freeReplyObject(h);
     }

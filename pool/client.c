@@ -4,7 +4,13 @@
  * serving the environment, takes a fencing token and puts a claim on that
  * node's inbox; the node answers on this client's own channel, where one
  * subscribed connection receives the answers of all its claims (matched
- * by request id). */
+ * by request id).
+ *
+ * An environment no live node serves yet is waited for: one the API just
+ * published (nodes learn it within a second or two), or one whose nodes
+ * are all down for now (a restart). The claim then retries the pick, with
+ * backoff, until its own timeout, and the wait is in the result. One that
+ * is neither published nor was ever served fails at once: no node will. */
 #define WP_LOG_COMPONENT "pool"
 #include "pool/pool_int.h"
 
@@ -37,9 +43,13 @@ struct claim {
     char tiers[32]; /* the policy's tiers, passed to the node ("" = all) */
     uint64_t token;
     uint64_t t0;
+    uint64_t wait_t0;   /* when it started waiting for a node; 0: not waiting */
+    double waited_ms;   /* how long, once a node was found */
+    double backoff;     /* seconds until the next pick while waiting */
     pool_claim_cb cb;
     void *ctx;
     ev_timer timer;
+    ev_timer retry;     /* the next pick while waiting for a node */
     struct claim *next;
 };
 
@@ -55,14 +65,15 @@ struct op {
     void *ctx;
 };
 
-/* Pick a random live node among those serving the environment. Single
- * Redis only: node keys live outside the environment's hash slot. */
+/* Pick a random live node among those serving the environment. None:
+ * {published in wp:tpls (0/1), nodes that served it (live or not)}.
+ * Single Redis only: node keys live outside the environment's slot. */
 static const char lua_pick_node[] =
-    "local live = {}\n"
-    "for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "local live, all = {}, redis.call('SMEMBERS', KEYS[1])\n"
+    "for _, n in ipairs(all) do\n"
     "  if redis.call('EXISTS', 'wp:node:' .. n .. ':alive') == 1 then live[#live + 1] = n end\n"
     "end\n"
-    "if #live == 0 then return nil end\n"
+    "if #live == 0 then return {redis.call('HEXISTS', KEYS[2], ARGV[1]), #all} end\n"
     "return live[math.random(#live)]\n";
 
 /* Claim latency by tier as a histogram of power-of-two microsecond
@@ -93,6 +104,7 @@ static void claim_finish(struct claim *cl, int status, const struct pool_claim_r
             break;
         }
     ev_timer_stop(c->loop, &cl->timer);
+    ev_timer_stop(c->loop, &cl->retry);
     if (status == 0)
         record_latency(c, cl->env, res);
     cl->cb(cl->ctx, status, res, err);
@@ -113,12 +125,26 @@ static void claim_fail(struct claim *cl, int code, const char *fmt, ...)
     claim_finish(cl, code, &none, &err);
 }
 
+static void pick(struct claim *cl);
+
+static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    pick(w->data);
+}
+
 static void timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct claim *cl = w->data;
     (void)loop;
     (void)revents;
-    claim_fail(cl, WP_ETIMEDOUT, "claim for environment %s timed out", cl->env);
+    if (cl->wait_t0)
+        claim_fail(cl, WP_ETIMEDOUT,
+                   "claim for environment %s timed out waiting %.1f s for a node to serve it",
+                   cl->env, (double)(wp_now_ns() - cl->wait_t0) / 1e9);
+    else
+        claim_fail(cl, WP_ETIMEDOUT, "claim for environment %s timed out", cl->env);
 }
 
 static void sub_cb(void *ctx, redisReply *reply)
@@ -169,6 +195,7 @@ static void sub_cb(void *ctx, redisReply *reply)
     snprintf(res.relay, sizeof(res.relay), "%s", relay ? relay : "");
     res.token = cl->token;
     res.ms = (double)(wp_now_ns() - cl->t0) / 1e6;
+    res.node_wait_ms = cl->waited_ms;
     json_decref(o);
     claim_finish(cl, 0, &res, NULL);
 }
@@ -212,10 +239,35 @@ static void pick_cb(void *ctx, redisReply *reply)
         claim_fail(cl, WP_ESTATE, "picking a node: %s", reply ? reply->str : "redis disconnected");
         return;
     }
-    if (reply->type != REDIS_REPLY_STRING) {
-        claim_fail(cl, WP_ENOTFOUND, "no live node serves environment %s", cl->env);
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[0]->type == REDIS_REPLY_INTEGER &&
+        reply->element[1]->type == REDIS_REPLY_INTEGER) {
+        long long published = reply->element[0]->integer, known = reply->element[1]->integer;
+        if (!published && !known) {
+            claim_fail(cl, WP_ENOTFOUND,
+                       "no node serves environment %s, and none will: it is not published "
+                       "(an API environment) and no node was started with it",
+                       cl->env);
+            return;
+        }
+        /* Published and not built yet, or its nodes are restarting. */
+        if (!cl->wait_t0) {
+            cl->wait_t0 = wp_now_ns();
+            cl->backoff = 0.02;
+            log_info("claim env=%s: waiting for a node to serve it (%s)", cl->env,
+                     known ? "its nodes are down" : "just published");
+        }
+        ev_timer_set(&cl->retry, cl->backoff, 0.);
+        ev_timer_start(c->loop, &cl->retry);
+        cl->backoff = cl->backoff * 2 > 0.25 ? 0.25 : cl->backoff * 2;
         return;
     }
+    if (reply->type != REDIS_REPLY_STRING) {
+        claim_fail(cl, WP_EPROTO, "picking a node for %s: malformed reply", cl->env);
+        return;
+    }
+    if (cl->wait_t0)
+        cl->waited_ms = (double)(wp_now_ns() - cl->wait_t0) / 1e6;
     snprintf(cl->node, sizeof(cl->node), "%s", reply->str);
     snprintf(fence, sizeof(fence), POOL__K_FENCE, cl->env);
     const char *argv[] = { "INCR", fence };
@@ -226,8 +278,6 @@ static void pick_cb(void *ctx, redisReply *reply)
 static void hot_cb(void *ctx, redisReply *reply)
 {
     struct claim *cl = ctx;
-    struct pool_client *c = cl->c;
-    char nodes[160];
 
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
         claim_fail(cl, WP_ESTATE, "claim: %s", reply ? reply->str : "redis disconnected");
@@ -254,9 +304,15 @@ static void hot_cb(void *ctx, redisReply *reply)
         reply->element[0]->type == REDIS_REPLY_STRING)
         snprintf(cl->tiers, sizeof(cl->tiers), "%s", reply->element[0]->str);
     /* Hot tier empty (or off): a node restores (warm) or boots (cold) one. */
+    pick(cl);
+}
+
+static void pick(struct claim *cl)
+{
+    char nodes[160];
     snprintf(nodes, sizeof(nodes), POOL__K_NODES_OF, cl->env);
-    const char *argv[] = { nodes };
-    if (wp_redis_script(c->r, lua_pick_node, pick_cb, cl, 1, 1, argv, NULL) < 0)
+    const char *argv[] = { nodes, POOL__K_TPLS, cl->env };
+    if (wp_redis_script(cl->c->r, lua_pick_node, pick_cb, cl, 2, 3, argv, NULL) < 0)
         claim_fail(cl, WP_ESTATE, "redis not connected");
 }
 
@@ -338,6 +394,8 @@ int pool_claim(struct pool_client *c, const char *env, const char *session, doub
     }
     ev_timer_init(&cl->timer, timeout_cb, timeout_s > 0 ? timeout_s : 30, 0.);
     cl->timer.data = cl;
+    ev_timer_init(&cl->retry, retry_cb, 1., 0.);
+    cl->retry.data = cl;
     ev_timer_start(c->loop, &cl->timer);
     cl->next = c->claims;
     c->claims = cl;
@@ -368,9 +426,9 @@ static void op_cb(void *ctx, redisReply *reply)
 }
 
 static int sb_op(struct pool_client *c, const char *script, const char *env, const char *sandbox,
-                 uint64_t token, pool_done_cb cb, void *ctx, struct wp_err *err)
+                 uint64_t token, double lease_ms, pool_done_cb cb, void *ctx, struct wp_err *err)
 {
-    char key[256], tok[32], inbox[160], now[32];
+    char key[256], tok[32], inbox[160], now[32], lease[32];
     struct op *op;
 
     if (!snap_name_valid(env) || !snap_name_valid(sandbox))
@@ -389,7 +447,8 @@ static int sb_op(struct pool_client *c, const char *script, const char *env, con
         const char *argv[] = { key, tok, inbox, sandbox };
         rc = wp_redis_script(c->r, script, op_cb, op, 1, 4, argv, NULL);
     } else {
-        const char *argv[] = { key, tok, now, "60000" };
+        snprintf(lease, sizeof(lease), "%.0f", lease_ms);
+        const char *argv[] = { key, tok, now, lease };
         rc = wp_redis_script(c->r, script, op_cb, op, 1, 4, argv, NULL);
     }
     if (rc < 0) {
@@ -402,13 +461,21 @@ static int sb_op(struct pool_client *c, const char *script, const char *env, con
 int pool_release(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
                  pool_done_cb cb, void *ctx, struct wp_err *err)
 {
-    return sb_op(c, pool__lua_release, env, sandbox, token, cb, ctx, err);
+    return sb_op(c, pool__lua_release, env, sandbox, token, 0, cb, ctx, err);
 }
 
 int pool_renew(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
                pool_done_cb cb, void *ctx, struct wp_err *err)
 {
-    return sb_op(c, pool__lua_renew, env, sandbox, token, cb, ctx, err);
+    return pool_renew_for(c, env, sandbox, token, 60000, cb, ctx, err);
+}
+
+int pool_renew_for(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
+                   double lease_ms, pool_done_cb cb, void *ctx, struct wp_err *err)
+{
+    if (!(lease_ms >= 1000 && lease_ms <= 86400000))
+        return wp_err_set(err, WP_EINVAL_INPUT, "lease must be 1 s .. 1 day");
+    return sb_op(c, pool__lua_renew, env, sandbox, token, lease_ms, cb, ctx, err);
 }
 
 /* ---- connecting through a node's relay --------------------------------- */

@@ -36,12 +36,15 @@ static const char usage[] =
     "  --hot-memory-mb N       memory for this node's clones (default: 80%% of\n"
     "                          MemAvailable at start); caps hot targets by what fits,\n"
     "                          measured (one shared copy per image + private bytes)\n"
+    "  --insecure-allow-unconfined  run sandboxes WITHOUT capability drop, seccomp, /proc\n"
+    "                          masks, device list and disk limits (benchmark baseline);\n"
+    "                          a user namespace is still used where the host has them,\n"
+    "                          else sandboxes run as the host's root (logged); without\n"
+    "                          this flag a host without user namespaces refuses to serve\n"
     "  --multi-tenant          the node serves several organizations: environments\n"
     "                          with \"ksm\" run without merging (a timing side channel)\n"
     "  --ksm-multi-tenant-override  merge anyway on a multi-tenant node\n"
-    "  --insecure-allow-unconfined  serve even where the host cannot give each sandbox\n"
-    "                          its own user namespace (sandboxes then run as the host's\n"
-    "                          root; logged); without it such a node refuses to start\n"
+
     "  --criu-mode MODE        auto (default: probe this host, cached), default,\n"
     "                          no-breakpoints (CRIU_FAULT=130 for every criu run),\n"
     "                          none (no images: the pool is cold-booted sandboxes)\n"
@@ -234,7 +237,7 @@ static int load_file(struct pool_node_config *cfg, const char *path, struct wp_e
         else if (strcmp(k, "ksm_multi_tenant_override") == 0 && json_is_boolean(v))
             cfg->ksm_multi_tenant = json_is_true(v);
         else if (strcmp(k, "insecure_allow_unconfined") == 0 && json_is_boolean(v))
-            cfg->insecure_allow_unconfined = json_is_true(v);
+            cfg->unconfined = json_is_true(v);
         else if (strcmp(k, "envs") == 0 && json_is_array(v)) {
             json_t *item;
             json_array_foreach(v, i, item) {
@@ -266,8 +269,8 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         { "listen", required_argument, NULL, 'H' },      { "no-api-envs", no_argument, NULL, 'A' },
         { "hot-memory-mb", required_argument, NULL, 'M' },
         { "multi-tenant", no_argument, NULL, 'T' },
-        { "ksm-multi-tenant-override", no_argument, NULL, 'O' },
         { "insecure-allow-unconfined", no_argument, NULL, 'U' },
+        { "ksm-multi-tenant-override", no_argument, NULL, 'O' },
         { "worker", no_argument, NULL, 'W' },            { "control-plane", required_argument, NULL, 'C' },
         { "environment", required_argument, NULL, 'N' }, { "worker-pool", required_argument, NULL, 'P' },
         { "worker-id", required_argument, NULL, 'I' },   { "worker-max-idle", required_argument, NULL, 'X' },
@@ -324,8 +327,8 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
             break;
         }
         case 'T': cfg->multi_tenant = true; break;
+        case 'U': cfg->unconfined = true; break;
         case 'O': cfg->ksm_multi_tenant = true; break;
-        case 'U': cfg->insecure_allow_unconfined = true; break;
         case 'W': cfg->worker.enabled = true; break;
         case 'C': rc = set_str(cfg->worker.url, sizeof(cfg->worker.url), optarg, "--control-plane", err); break;
         case 'N': rc = set_str(cfg->worker.environment, sizeof(cfg->worker.environment), optarg, "--environment", err); break;

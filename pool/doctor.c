@@ -148,10 +148,14 @@ static void check_cgroups(struct doctor *d)
     bool cpu = stat("/sys/fs/cgroup/cpu/cgroup.procs", &st) == 0 ||
                stat("/sys/fs/cgroup/cpu,cpuacct/cgroup.procs", &st) == 0;
     bool dev = stat("/sys/fs/cgroup/devices/cgroup.procs", &st) == 0;
-    item(d, mem && pids ? OK : FAIL, "cgroups",
-         "mount the v1 memory and pids hierarchies under /sys/fs/cgroup (or boot with cgroup v2)",
+    /* No devices hierarchy, no device allow-list: the node refuses to
+     * boot sandboxes unless run with --insecure-allow-unconfined. */
+    item(d, mem && pids && dev ? OK : FAIL, "cgroups",
+         "mount the v1 memory, pids and devices hierarchies under /sys/fs/cgroup (or boot with "
+         "cgroup v2)",
          "v1; hierarchies: memory %s, pids %s, cpu %s, devices %s", mem ? "yes" : "NO",
-         pids ? "yes" : "NO", cpu ? "yes" : "no (no CPU limits)", dev ? "yes" : "no");
+         pids ? "yes" : "NO", cpu ? "yes" : "no (no CPU limits)",
+         dev ? "yes" : "NO (no device allow-list)");
 }
 
 static void check_overlay(struct doctor *d)
@@ -190,8 +194,9 @@ static void check_seccomp(struct doctor *d)
         access("/proc/sys/kernel/seccomp/actions_avail", R_OK) == 0)
         item(d, OK, "seccomp", NULL, "filters available");
     else
-        item(d, WARN, "seccomp", "a kernel with CONFIG_SECCOMP_FILTER=y",
-             "no seccomp filters: sandboxes cannot be filtered");
+        item(d, FAIL, "seccomp", "a kernel with CONFIG_SECCOMP_FILTER=y",
+             "no seccomp filters: sandboxes cannot be confined, the node refuses to boot them "
+             "(unless run with --insecure-allow-unconfined)");
 }
 
 static bool in_path(const char *prog)

@@ -71,6 +71,9 @@ struct env {
     double backoff;         /* seconds; grows while restores fail */
     int failures;           /* restores failed in a row */
     char last_id[64];       /* last inbox entry handled */
+    char seen_id[64];       /* last_id as last written to Redis (POOL__K_SEEN) */
+    bool inbox_started;     /* where to start reading is known */
+    bool inbox_asking;      /* the persisted position is being read */
     bool api;               /* learnt from the catalog (an API environment) */
     bool retired;           /* withdrawn: no builds, refills or claims; the slot is
                                reused once no sandbox of it is left */
@@ -128,9 +131,10 @@ struct node {
     int restores;            /* restores in flight */
     int slots;
     double now;
-    double last_beat, last_policy, last_reap, last_reconcile;
+    double last_beat, last_policy, last_reap, last_reconcile, last_trim;
     bool registered, stopping;
     struct pool__catalog *catalog; /* environments published in Redis */
+    struct pool__orphans *orphans; /* checks for sandboxes of dead owners */
     bool ksm_on;             /* we turned KSM on (some env has "ksm") */
     /* Restore latency by tier (hot refill, warm claim, cold boot), in the
      * buckets of base/hist.h, published as restore_hist:<tier> for
@@ -474,6 +478,10 @@ static void boot_cb(struct ev_loop *loop, ev_io *w, int revents)
         free(s);
         return;
     }
+    /* Its record names the helper, now gone: ours from here on, or any
+     * gc (warmpool-snap gc, too) would take it for an orphan. */
+    if (snap_sandbox_adopt(n->snap, s->sb, &err) < 0)
+        log_warn("cold boot env=%s sandbox=%s: %s", s->e->cfg.name, s->sb->id, err.msg);
     record_restore(n, RH_COLD, now_s() - s->t0);
     if (!s->for_claim) {
         s->e->failures = 0;
@@ -671,8 +679,11 @@ static void env_init(struct node *n, struct env *e, const struct pool_env_config
     char inbox[sizeof(e->inbox)];
     snprintf(inbox, sizeof(inbox), POOL__K_INBOX "%s", e->cfg.name, n->cfg.id);
     memcpy(e->inbox, inbox, sizeof(inbox));
-    /* Handle what arrived while we were away (claims expire by age). */
-    snprintf(e->last_id, sizeof(e->last_id), "0-0");
+    /* Where the previous run stopped (read from Redis before the first
+     * read), but nothing older than a claim's 30 s: the earlier run's
+     * sandboxes are gone, so its claimed/release notes mean nothing. */
+    snprintf(e->last_id, sizeof(e->last_id), "%llu-0",
+             (unsigned long long)(wp_wall_ms() - POOL__CLAIM_MAX_AGE_MS));
     image_on_disk(n, e);
     e->fit = e->fit_keep = POOL_TARGET_UNBOUNDED; /* until measured */
     e->ksm = e->t->ksm ? KSM_ON : KSM_OFF;
@@ -722,7 +733,7 @@ static void serve_claims(struct node *n, struct env *e)
     while (e->claims_q && n->restores < n->slots) {
         struct claimq *q = e->claims_q;
         e->claims_q = q->next;
-        if (wp_wall_ms() - q->at_ms > 30000) { /* its claimer gave up */
+        if (wp_wall_ms() - q->at_ms > POOL__CLAIM_MAX_AGE_MS) { /* its claimer gave up */
             free(q);
             continue;
         }
@@ -793,7 +804,7 @@ static void handle_entry(struct node *n, struct env *e, const char *id, redisRep
                    *session = field(kv, "session"), *tiers = field(kv, "tiers");
         uint64_t at = strtoull(id, NULL, 10); /* the stream id's milliseconds */
         /* A claimer waits 30 s at most: older requests have no reader. */
-        if (!chan || !rid || !session || wp_wall_ms() - at > 30000)
+        if (!chan || !rid || !session || wp_wall_ms() - at > POOL__CLAIM_MAX_AGE_MS)
             return;
         struct claimq *q = calloc(1, sizeof(*q));
         if (!q)
@@ -859,6 +870,89 @@ static void inbox_cb(void *ctx, redisReply *reply)
      * back. */
 }
 
+/* "<ms>-<seq>" as Redis writes stream ids; false for anything else. */
+static bool stream_id(const char *s, unsigned long long *ms, unsigned long long *seq)
+{
+    char *end;
+    if (!s || !*s || strlen(s) > 41 || *s < '0' || *s > '9')
+        return false;
+    errno = 0;
+    *ms = strtoull(s, &end, 10);
+    if (errno || *end != '-' || end[1] < '0' || end[1] > '9')
+        return false;
+    *seq = strtoull(end + 1, &end, 10);
+    return !errno && *end == '\0';
+}
+
+static void seen_cb(void *ctx, redisReply *reply)
+{
+    struct env *e = ctx;
+    unsigned long long ms, seq, ms0, seq0;
+
+    if (!e->inbox_asking)
+        return; /* the slot was set up again meanwhile */
+    e->inbox_asking = false;
+    if (!reply)
+        return; /* the connection dropped: asked again next tick */
+    if (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_NIL)
+        log_warn("inbox env=%s: saved position unreadable (%.80s), reading the last 30 s",
+                 e->cfg.name, reply->type == REDIS_REPLY_ERROR ? reply->str : "not a string");
+    if (reply->type == REDIS_REPLY_STRING) {
+        if (stream_id(reply->str, &ms, &seq) && stream_id(e->last_id, &ms0, &seq0) &&
+            (ms > ms0 || (ms == ms0 && seq > seq0)))
+            snprintf(e->last_id, sizeof(e->last_id), "%s", reply->str);
+        else if (!stream_id(reply->str, &ms, &seq))
+            log_warn("inbox env=%s: bad saved position \"%.40s\", ignored", e->cfg.name, reply->str);
+    }
+    snprintf(e->seen_id, sizeof(e->seen_id), "%s", e->last_id);
+    e->inbox_started = true;
+    log_info("inbox env=%s reading after %s", e->cfg.name, e->last_id);
+}
+
+static void seen_key(struct node *n, struct env *e, char *out, size_t cap)
+{
+    fmtkey(out, cap, POOL__K_SEEN "%s", e->cfg.name, n->cfg.id);
+}
+
+/* Where each inbox is read from: asked once per environment, then the
+ * position handled last is written back when it moves (at most once per
+ * cron tick), so a restarted node, even after SIGKILL, does not read again
+ * what its previous run handled. Inboxes are trimmed of what no one can
+ * need any more (claims are dropped after 30 s). */
+static void inbox_position(struct node *n)
+{
+    bool trim = n->now - n->last_trim >= 10;
+    char key[200], minid[32], ttl[16];
+
+    if (!wp_redis_ready(n->r))
+        return;
+    snprintf(ttl, sizeof(ttl), "%d", POOL__SEEN_TTL_MS);
+    snprintf(minid, sizeof(minid), "%llu",
+             (unsigned long long)(wp_wall_ms() - 2 * POOL__CLAIM_MAX_AGE_MS));
+    for (int i = 0; i < n->n_envs; i++) {
+        struct env *e = &n->envs[i];
+        seen_key(n, e, key, sizeof(key));
+        if (!e->inbox_started && !e->inbox_asking) {
+            const char *get[] = { "GET", key };
+            if (wp_redis_argv(n->r, seen_cb, e, 2, get, NULL) == 0)
+                e->inbox_asking = true;
+            continue;
+        }
+        if (e->inbox_started && strcmp(e->seen_id, e->last_id) != 0) {
+            const char *set[] = { "SET", key, e->last_id, "PX", ttl };
+            cmd(n, "inbox position", 5, set);
+            snprintf(e->seen_id, sizeof(e->seen_id), "%s", e->last_id);
+        }
+        if (trim) {
+            /* Exact, not "~": it only ever removes a few old entries. */
+            const char *xt[] = { "XTRIM", e->inbox, "MINID", minid };
+            cmd(n, "inbox trim", 4, xt);
+        }
+    }
+    if (trim)
+        n->last_trim = n->now;
+}
+
 static void read_inbox(struct node *n)
 {
     const char *argv[4 + 2 * POOL_MAX_ENVS];
@@ -870,10 +964,16 @@ static void read_inbox(struct node *n)
     argv[argc++] = "BLOCK";
     argv[argc++] = "1000";
     argv[argc++] = "STREAMS";
+    int first = argc;
     for (int i = 0; i < n->n_envs; i++)
-        argv[argc++] = n->envs[i].inbox;
+        if (n->envs[i].inbox_started)
+            argv[argc++] = n->envs[i].inbox;
+    int streams = argc - first;
+    if (streams == 0)
+        return;
     for (int i = 0; i < n->n_envs; i++)
-        argv[argc++] = n->envs[i].last_id;
+        if (n->envs[i].inbox_started)
+            argv[argc++] = n->envs[i].last_id;
     if (wp_redis_argv(n->rb, inbox_cb, n, argc, argv, NULL) == 0)
         n->inbox_reading = true;
 }
@@ -1143,10 +1243,19 @@ static void register_node(struct node *n)
         const char *h[] = { "HSET", key, "hot_memory_bytes", b, "mem_used_bytes", u,
                             "ksm_pages_shared", ps, "ksm_pages_sharing", pg, "ksm_full_scans", fs,
                             "multi_tenant", n->cfg.multi_tenant ? "yes" : "no",
+                            "confined", n->cfg.unconfined ? "NO (--insecure-allow-unconfined)" : "yes",
                             "userns", snap_ctx_userns(n->snap) ? "yes" : "UNCONFINED",
                             "ksmd_cpu_ms", cpu };
         /* No ksmd (KSM not built in): no CPU figure rather than a false 0. */
-        cmd(n, "node memory", n->kh.ksmd_found ? 18 : 16, h);
+        cmd(n, "node memory", n->kh.ksmd_found ? 20 : 18, h);
+    }
+    {
+        /* What the orphan checks could not remove, for pool status. */
+        struct pool__orphans_text ot;
+        pool__orphans_text(n->orphans, &ot);
+        const char *h[] = { "HSET", key, "orphans", ot.count, "orphans_why", ot.why,
+                            "orphans_cleaned", ot.cleaned, "orphans_checked_ms", ot.checked_ms };
+        cmd(n, "node orphans", 10, h);
     }
     if (!n->registered) {
         log_info("registered node=%s envs=%d slots=%d", n->cfg.id, n->n_envs, n->slots);
@@ -1340,6 +1449,40 @@ static void nodes_cb(void *ctx, redisReply *reply)
             reap_node(n, reply->element[i]->str);
 }
 
+/* Re-check for sandboxes of dead owners (orphans.c) in a helper. What the
+ * node holds, and what its helpers (alive, or exited but not yet handled)
+ * are making, is in use: the lists say so. */
+static void check_orphans(struct node *n)
+{
+    const char **ids;
+    pid_t *pids;
+    int ni = 0, np = 0, cap = 1 + POOL_MAX_ENVS;
+    struct wp_err err;
+
+    if (!pool__orphans_due(n->orphans, n->now))
+        return;
+    for (struct nsb *s = n->sbs; s; s = s->next)
+        cap++;
+    ids = calloc((size_t)cap, sizeof(*ids));
+    pids = calloc((size_t)cap, sizeof(*pids));
+    if (ids && pids) {
+        pids[np++] = getpid();
+        for (struct nsb *s = n->sbs; s; s = s->next) {
+            if (s->sb)
+                ids[ni++] = s->sb->id;
+            if (s->boot_helper > 0)
+                pids[np++] = s->boot_helper;
+        }
+        for (int i = 0; i < n->n_envs; i++)
+            if (n->envs[i].build_pid > 0)
+                pids[np++] = n->envs[i].build_pid;
+        if (pool__orphans_start(n->orphans, n->snap, ids, ni, pids, np, n->now, &err) < 0)
+            log_warn("orphan check: %s", err.msg);
+    }
+    free(ids);
+    free(pids);
+}
+
 static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct node *n = w->data;
@@ -1381,6 +1524,8 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
     if (n->catalog)
         pool__catalog_tick(n->catalog, n->now);
+    check_orphans(n);
+    inbox_position(n);
     read_inbox(n);
     if (n->now - n->last_mem >= MEM_PERIOD_S) {
         measure_memory(n);
@@ -1685,6 +1830,7 @@ static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
     const char *del[] = { "DEL", alive };
     const char *argv[] = { sbs, alive, n->cfg.id };
     if (wp_redis_ready(n->r)) {
+        inbox_position(n);
         cmd(n, "bye", 2, del);
         for (int i = 0; i < n->n_envs; i++) {
             char mk[200];
@@ -1742,9 +1888,10 @@ static void early_stop_handler(int sig)
 int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
 {
     struct snap_config sc = { .state_dir = cfg->state_dir,
-                              .insecure_allow_unconfined = cfg->insecure_allow_unconfined,
+                              .insecure_allow_unconfined = cfg->unconfined,
                               .criu_mode = cfg->criu_mode[0] ? cfg->criu_mode : NULL,
-                              .criu_timeout_s = cfg->criu_timeout_s };
+                              .criu_timeout_s = cfg->criu_timeout_s,
+                              .unconfined = cfg->unconfined };
     struct node *n;
     int rc;
     struct sigaction sa = { .sa_handler = early_stop_handler };
@@ -1770,8 +1917,11 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     /* KSM settings a killed earlier run left changed go back first. */
     if (pool__ksm_recover(cfg->state_dir) > 0)
         log_info("put back the host's KSM settings changed by an earlier run");
-    /* Sandboxes of an earlier run of this node are orphans now. */
-    rc = snap_gc(n->snap, NULL);
+    /* Sandboxes of an earlier run of this node are orphans now (checked
+     * again from the cron: see orphans.c). */
+    if ((rc = pool__orphans_new(n->loop, now_s(), &n->orphans, err)) < 0)
+        goto out;
+    rc = pool__orphans_check_now(n->orphans, n->snap, NULL);
     if (rc > 0)
         log_info("removed %d sandboxes left by an earlier run", rc);
     for (int i = 0; i < cfg->n_envs; i++) {
@@ -1864,6 +2014,7 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
         log_info("removed %d sandboxes of boots cut short", rc);
     rc = n->worker_err.code ? wp_err_set(err, n->worker_err.code, "%s", n->worker_err.msg) : 0;
 out:
+    pool__orphans_free(n->orphans);
     pool__worker_free(n->worker);
     if (n->ksm_on)
         pool__ksm_disable(cfg->state_dir);

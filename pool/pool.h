@@ -105,10 +105,10 @@ struct pool_node_config {
                                   MemAvailable at start */
     bool multi_tenant;      /* serves several organizations: no KSM... */
     bool ksm_multi_tenant;  /* ...unless the operator overrides */
-    bool insecure_allow_unconfined; /* serve without a user namespace per sandbox
-                                       where the host has none (snap_config) */
     char criu_mode[16];     /* "" or "auto": probe; default, no-breakpoints, none */
     double criu_timeout_s;  /* each dump and restore; 0: the snapshot default */
+    bool unconfined;        /* --insecure-allow-unconfined: sandboxes without
+                               snapshot/confine.c's layers (never in production) */
     int n_envs;
     struct pool_env_config envs[POOL_MAX_ENVS];
     struct pool_worker_config worker;
@@ -136,6 +136,8 @@ struct pool_claim_result {
     char tier[8];       /* "hot", "warm" or "cold" */
     uint64_t token;     /* fencing token of the lease */
     double ms;          /* claim latency */
+    double node_wait_ms; /* of which waiting for a first node to serve the
+                            environment (one just published); 0 mostly */
 };
 
 typedef void (*pool_claim_cb)(void *ctx, int status, const struct pool_claim_result *res,
@@ -170,5 +172,8 @@ int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, cons
  * lost (its node died) or released. */
 int pool_renew(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
                pool_done_cb cb, void *ctx, struct wp_err *err);
+/* The same for lease_ms (1 s .. 1 day) from now; pool_renew asks 60 s. */
+int pool_renew_for(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
+                   double lease_ms, pool_done_cb cb, void *ctx, struct wp_err *err);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "pool/pool.h"
 
@@ -34,6 +35,12 @@
 #define POOL__K_SB "wp:env:{%s}:sb:"
 #define POOL__K_FENCE "wp:env:{%s}:fence"
 #define POOL__K_INBOX "wp:env:{%s}:inbox:"
+/* wp:env:{E}:seen:<node>  STRING the last inbox entry the node handled
+ *                                (PX POOL__SEEN_TTL_MS, renewed as it moves) */
+#define POOL__K_SEEN "wp:env:{%s}:seen:"
+#define POOL__SEEN_TTL_MS 86400000
+/* A warm/cold claim older than this has no claimer waiting any more. */
+#define POOL__CLAIM_MAX_AGE_MS 30000
 #define POOL__K_REPLY "wp:env:{%s}:reply:"
 #define POOL__K_NODES_OF "wp:env:{%s}:nodes"
 #define POOL__K_POLICY "wp:env:{%s}:policy"
@@ -159,6 +166,33 @@ void pool__mem_summary(uint64_t *priv, int n, struct pool__env_mem *m);
 /* HSET wp:env:{env}:mem:<node> with every figure, expiring after ttl_s. */
 void pool__mem_publish(struct wp_redis *r, const char *node, const char *env, const char *ksm,
                        const struct pool__env_mem *m, double ttl_s);
+/* orphans.c: the node's checks for sandboxes of dead owners (start-up,
+ * re-checks in its first seconds, then periodic; re-checks in a helper
+ * process). check_now blocks (start-up, before the loop). start: ids the
+ * node holds and pids of the node and its helpers (alive or just exited),
+ * all borrowed for the call; the report arrives on the loop. Caller owns
+ * *out (pool__orphans_free: waits for a running check). */
+#define POOL__ORPHANS_PERIOD_S 30.0
+#define POOL__ORPHANS_SHOWN 8   /* sandboxes left that are named in the node's hash */
+#define POOL__ORPHAN_LINE 240   /* "<id>: <why>" */
+struct snap_ctx;
+struct pool__orphans;
+struct pool__orphans_text {
+    char count[16];    /* sandboxes the last check left */
+    char cleaned[24];  /* removed since start-up */
+    char checked_ms[24];
+    char why[POOL__ORPHANS_SHOWN * (POOL__ORPHAN_LINE + 1)]; /* "<id>: <why>" lines */
+};
+int pool__orphans_new(struct ev_loop *loop, double now, struct pool__orphans **out,
+                      struct wp_err *err);
+int pool__orphans_check_now(struct pool__orphans *o, struct snap_ctx *snap, struct wp_err *err);
+bool pool__orphans_due(const struct pool__orphans *o, double now);
+int pool__orphans_start(struct pool__orphans *o, struct snap_ctx *snap, const char *const *ids,
+                        int n_ids, const pid_t *owners, int n_owners, double now,
+                        struct wp_err *err);
+void pool__orphans_text(const struct pool__orphans *o, struct pool__orphans_text *t);
+void pool__orphans_free(struct pool__orphans *o);
+
 /* ---- the work-queue worker (worker.c, worker_run.c, http.c) ---------- */
 
 /* Headers of every worker call, as the SDK's worker sends them

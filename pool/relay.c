@@ -28,6 +28,7 @@
 #include "agentlink/agentlink.h"
 #include "base/buf.h"
 #include "base/err.h"
+#include "base/fs.h"
 #include "base/log.h"
 #include "base/net.h"
 
@@ -144,10 +145,9 @@ static void park_timeout(struct ev_loop *loop, ev_timer *w, int revents);
  * pool__relay_retry. */
 static void route_try(struct rconn *c)
 {
-    char root[512], path[700];
-    /* root is /proc/<init>/root: short enough for sun_path whatever the
-     * state dir, and it follows the sandbox's own mount namespace. */
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    char root[512];
+    /* root is /proc/<init>/root: it follows the sandbox's own mount
+     * namespace. */
     int fd, rc = c->r->lookup(c->r->ctx, c->env, c->sandbox, c->token, root, sizeof(root));
 
     if (rc == WP_ESTATE) {
@@ -169,16 +169,10 @@ static void route_try(struct rconn *c)
         refuse(c, "not_found", "no such leased sandbox on this node");
         return;
     }
-    snprintf(path, sizeof(path), "%s%s", root, ALINK_SOCK_PATH_DEFAULT);
-    if (strlen(path) >= sizeof(sa.sun_path)) {
-        refuse(c, "internal", "sandbox socket path too long");
-        return;
-    }
-    strcpy(sa.sun_path, path);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        if (fd >= 0)
-            close(fd);
+    /* Resolved inside the sandbox's root: a sandbox that makes /run or
+     * /run/warmpool a symlink must not point the node at a host socket. */
+    fd = wp_connect_unix_in_root(root, ALINK_SOCK_PATH_DEFAULT, SOCK_STREAM | SOCK_NONBLOCK, NULL);
+    if (fd < 0) {
         refuse(c, "unreachable", "the sandbox's hands do not answer");
         return;
     }

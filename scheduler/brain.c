@@ -9,7 +9,8 @@
  * runs the same code on the same log, so there is one path, not two.
  *
  * One brain per session in the whole cluster: the brain lease
- * wp:brain:{sid} holds a fencing token (from INCR wp:brain:fence), and
+ * wp:brain:{sid} holds a fencing token (wp:brain:fence + 1, never below
+ * Redis's clock in microseconds: see lua_acquire), and
  * every event the brain appends goes through a script that checks the
  * token first; a brain that lost its lease cannot write. Leases are renewed
  * every third of their TTL. Who runs a session:
@@ -65,16 +66,27 @@ static void brain_free(struct brain *b);
 /* KEYS: lease, session obj, log. ARGV: ttl ms. 0 when the lease is held;
  * else {fresh token, the session's fields (load_session), its
  * environment's json, the log's first 1000 entries}: one round trip on a
- * turn's critical path. */
+ * turn's critical path.
+ *
+ * The token is the fence counter plus one, but never below Redis's clock
+ * in microseconds: with `appendfsync everysec` a restart can lose the last
+ * second of writes, counter included, and a plain INCR would then hand a
+ * token again that a brain still holds. Tokens handed out before the loss
+ * are below the clock at the restart, so the next one is above them all. */
 static const char lua_acquire[] =
     "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
-    "local t = redis.call('INCR', 'wp:brain:fence')\n"
+    "local now = redis.call('TIME')\n"
+    "local n = tonumber(redis.call('GET', 'wp:brain:fence') or '0') + 1\n"
+    "local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])\n"
+    "if n < floor then n = floor end\n"
+    "local t = string.format('%d', n)\n"
+    "redis.call('SET', 'wp:brain:fence', t)\n"
     "redis.call('SET', KEYS[1], t, 'PX', ARGV[1])\n"
     "local h = redis.call('HMGET', KEYS[2], 'org', 'json', 'environment_id', 'self_hosted', 'status',\n"
     "  'archived', 'sbx_sandbox', 'sbx_token', 'sbx_relay', 'sbx_node', 'sbx_tier')\n"
     "local env = false\n"
     "if h[3] then env = redis.call('HGET', 'wp:obj:' .. h[3], 'json') end\n"
-    "local out = {t}\n"
+    "local out = {n}\n"
     "for i = 1, 11 do out[i + 1] = h[i] end\n"
     "out[13] = env\n"
     "out[14] = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1000)\n"

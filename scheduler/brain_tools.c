@@ -147,7 +147,11 @@ static void claim_cb(void *ctx, int status, const struct pool_claim_result *res,
     } else {
         b->claim = *res;
         sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_CLAIM, res->tier, res->ms / 1e3);
-        log_info("session=%s claimed %s tier=%s in %.2f ms", b->sid, res->sandbox, res->tier, res->ms);
+        if (res->node_wait_ms > 0)
+            sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_CLAIM_NODE_WAIT, NULL,
+                                  res->node_wait_ms / 1e3);
+        log_info("session=%s claimed %s tier=%s in %.2f ms (%.1f ms waiting for a node)", b->sid,
+                 res->sandbox, res->tier, res->ms, res->node_wait_ms);
         save_sandbox(b);
         connect_link(b);
     }

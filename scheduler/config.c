@@ -28,6 +28,9 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->sse_soft_seconds = 30;
     cfg->rate_create = 60;
     cfg->rate_read = 600;
+    /* Harnesses: 10 sandboxes a second, 100 tool calls a second. */
+    cfg->rate_sbx_create = 600;
+    cfg->rate_sbx = 6000;
     cfg->drain_timeout = 10;
     cfg->max_conns = 10000;
     sched_model_config_defaults(&cfg->model);
@@ -35,6 +38,9 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->brain = -1;
     cfg->brain_lease_ms = 6000;
     cfg->brain_linger_s = 300;
+    cfg->sandbox_idle_s = 1800;
+    cfg->metrics_cache_s = 1;
+    cfg->sandbox_lease_s = 60;
     cfg->max_tokens = 8192;
     cfg->max_model_rounds = 100;
     /* Next to our own binary, where `make` builds warmpool-hands. */
@@ -99,6 +105,10 @@ static void usage(void)
            "  --config FILE            read options from FILE, one 'option value' per line\n"
            "  --rate-create N          create requests per organization and minute (60; 0 = off)\n"
            "  --rate-read N            other requests per organization and minute (600; 0 = off)\n"
+           "  --rate-sandbox-create N  POST /v1/sandboxes per organization and minute (600;\n"
+           "                           0 = off); not counted in --rate-create\n"
+           "  --rate-sandbox N         other /v1/sandboxes requests (execute, get, delete) per\n"
+           "                           organization and minute (6000; 0 = off)\n"
            "  --max-body BYTES         request body limit (4194304)\n"
            "  --max-head BYTES         request line + headers limit (16384)\n"
            "  --header-timeout SECS    time to receive a whole request (10)\n"
@@ -120,11 +130,18 @@ static void usage(void)
            "  --model-backoff SECS     first retry backoff, doubling, full jitter (0.5)\n"
            "  --model-backoff-max SECS backoff cap (8)\n"
            "  --metrics-token TOKEN    GET /metrics wants Authorization: Bearer TOKEN (default:\n"
-           "                           open, like a scrape endpoint on a private network)\n"
+           "                           open on loopback; required when listening beyond it)\n"
+           "  --metrics-open           serve /metrics without a token beyond loopback too\n"
+           "  --metrics-cache SECS     the pool part of /metrics is read from Redis at most\n"
+           "                           this often; scrapes in between share it (1; 0..60)\n"
            "  --brain on|off|auto      run sessions' agent loops (auto: when a model is configured)\n"
            "  --brain-lease-ms MS      a session's brain lease (6000); another scheduler takes\n"
            "                           the session over this long after its brain died\n"
            "  --brain-linger SECS      an idle session keeps its brain and sandbox (300)\n"
+           "  --sandbox-idle-timeout SECS  a /v1/sandboxes sandbox is kept (its lease renewed)\n"
+           "                           until this long after its last execute (1800; 1..604800)\n"
+           "  --sandbox-lease SECS     the lease such a sandbox holds, renewed at a third (60;\n"
+           "                           3..3600): how soon a node reclaims it if we die\n"
            "  --max-tokens N           max_tokens of model requests (8192)\n"
            "  --max-model-rounds N     model requests in one turn (100)\n"
            "  --api-network MAX        the most network an API environment gets: unrestricted\n"
@@ -269,6 +286,12 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         snprintf(cfg->vault_key_hex, sizeof(cfg->vault_key_hex), "%s", val);
         return 0;
     }
+    if (!strcmp(name, "metrics-open")) {
+        if (strcmp(val, "on") && strcmp(val, "off"))
+            return wp_err_set(err, WP_ECONFIG, "metrics-open wants on or off");
+        cfg->metrics_open = !strcmp(val, "on");
+        return 0;
+    }
     if (!strcmp(name, "metrics-token")) {
         if (!*val || strlen(val) > 256)
             return wp_err_set(err, WP_ECONFIG, "--metrics-token wants 1-256 characters");
@@ -305,6 +328,10 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->rate_create = (int)d;
     else if (!strcmp(name, "rate-read"))
         cfg->rate_read = (int)d;
+    else if (!strcmp(name, "rate-sandbox-create") && d <= 1e9)
+        cfg->rate_sbx_create = (int)d;
+    else if (!strcmp(name, "rate-sandbox") && d <= 1e9)
+        cfg->rate_sbx = (int)d;
     else if (!strcmp(name, "max-body"))
         cfg->max_body = (size_t)d;
     else if (!strcmp(name, "max-head"))
@@ -331,6 +358,12 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->brain_lease_ms = (int)d;
     else if (!strcmp(name, "brain-linger"))
         cfg->brain_linger_s = d;
+    else if (!strcmp(name, "sandbox-idle-timeout") && d >= 1 && d <= 7 * 86400)
+        cfg->sandbox_idle_s = d;
+    else if (!strcmp(name, "sandbox-lease") && d >= 3 && d <= 3600)
+        cfg->sandbox_lease_s = d;
+    else if (!strcmp(name, "metrics-cache") && d >= 0 && d <= 60)
+        cfg->metrics_cache_s = d;
     else if (!strcmp(name, "max-tokens") && d >= 1 && d <= 1000000)
         cfg->max_tokens = (int)d;
     else if (!strcmp(name, "max-model-rounds") && d >= 1)
@@ -338,6 +371,12 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
     else
         return wp_err_set(err, WP_ECONFIG, "unknown option --%s (see --help)", name);
     return 0;
+}
+
+static bool loopback(const char *host)
+{
+    return strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 ||
+           strcmp(host, "::1") == 0 || strcmp(host, "[::1]") == 0;
 }
 
 int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
@@ -357,6 +396,9 @@ int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
         if (eq) {
             snprintf(name, sizeof(name), "%.*s", (int)(eq - a - 2), a + 2);
             val = eq + 1;
+        } else if (!strcmp(a, "--metrics-open")) { /* a flag: no value */
+            snprintf(name, sizeof(name), "%s", a + 2);
+            val = "on";
         } else {
             snprintf(name, sizeof(name), "%s", a + 2);
             if (i + 1 >= argc)
@@ -371,5 +413,12 @@ int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
         return WP_ECONFIG;
     if (cfg->sse_hard_limit < cfg->sse_soft_limit)
         cfg->sse_hard_limit = cfg->sse_soft_limit;
+    /* /metrics shows the whole pool (node names, environments, sizes):
+     * beyond loopback only with a token, or by the operator's choice. */
+    if (!cfg->metrics_token_set && !cfg->metrics_open && !loopback(cfg->listen_host))
+        return wp_err_set(err, WP_ECONFIG,
+                          "listening on %s, beyond loopback: /metrics needs --metrics-token "
+                          "(or --metrics-open to serve it to anyone who can connect)",
+                          cfg->listen_host);
     return 0;
 }

@@ -75,6 +75,10 @@ static const struct meta_key meta_keys[] = {
     { "warmpool.memory_mb", 8, 1024 * 1024, true },
     { "warmpool.pids", 1, 1 << 22, true },
     { "warmpool.cpu", 0.01, 1024, false },
+    /* Size of the sandbox's writable layer and /dev/shm (tmpfs); absent =
+     * the node's defaults (snapshot/confine.c). */
+    { "warmpool.disk_mb", 1, 1024 * 1024, true },
+    { "warmpool.shm_mb", 1, 64 * 1024, true },
     { NULL, 0, 0, false },
 };
 
@@ -369,13 +373,24 @@ json_t *sched__envtpl_template(json_t *env, const char *hands_dir, double *min_h
     double mem = meta_num(md, &meta_keys[2], DEF_MEMORY_MB, &ok);
     double pids = meta_num(md, &meta_keys[3], DEF_PIDS, &ok);
     double cpu = meta_num(md, &meta_keys[4], atof(DEF_CPU), &ok);
-    json_t *t = json_pack("{s:s, s:s, s:s, s:s, s:[s,s,s,s,s,s,s], s:s, s:{s:I, s:I, s:f}}",
-                          "name", name, "rootfs", "host", "workdir", WORKDIR, "hostname",
+    json_t *t = json_pack("{s:s, s:s, s:s, s:b, s:s, s:[s,s,s,s,s,s,s], s:s, s:{s:I, s:I, s:f}}",
+                          "name", name, "rootfs", "host", "workdir", WORKDIR,
+                          "init_sets_hostname", 1, "hostname",
                           "sandbox", "init", "/.wp/warmpool-hands", "--socket", HANDS_SOCKET,
                           "--workdir", WORKDIR, "--ready-file", HANDS_READY, "ready_file",
                           HANDS_READY, "limits", "memory_mb", (json_int_t)mem, "pids",
                           (json_int_t)pids, "cpu", cpu);
-    json_t *binds = json_pack("[{s:s, s:s}]", "source", hands_dir, "target", "/.wp");
+    /* Only the hands binary, not the directory it lives in (the operator's
+     * bin or build dir): a sandbox sees nothing else of the host there. */
+    char hands[600];
+    snprintf(hands, sizeof(hands), "%s/warmpool-hands", hands_dir);
+    json_t *binds = json_pack("[{s:s, s:s}]", "source", hands, "target", "/.wp/warmpool-hands");
+    json_t *lim = json_object_get(t, "limits");
+    for (int i = 5; i <= 6; i++) {
+        double v = meta_num(md, &meta_keys[i], 0, &ok);
+        if (v > 0)
+            json_object_set_new(lim, meta_keys[i].name + 9, json_integer((json_int_t)v));
+    }
     json_t *setup = json_array();
     if (!t || !binds || !setup || !ok) {
         json_decref(t);

@@ -60,6 +60,10 @@ static const struct def hist_defs[SCHED_HIST__COUNT] = {
                                       "tier that served the claim" },
     [SCHED_HIST_CLAIM] = { "warmpool_claim_seconds", "tier",
                            "Pool claim latency, by the tier that served it" },
+    [SCHED_HIST_CLAIM_NODE_WAIT] = { "warmpool_claim_node_wait_seconds", NULL,
+                                     "Time a claim waited for a first node to serve its "
+                                     "environment (one just published, or whose nodes were "
+                                     "restarting)" },
     [SCHED_HIST_RESTORE] = { "warmpool_restore_seconds", "tier",
                              "Sandbox restore (hot refill, warm claim) or boot (cold claim) on a "
                              "node, by tier and node, as the live nodes publish them" },

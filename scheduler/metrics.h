@@ -12,6 +12,7 @@ enum sched_hist {
     SCHED_HIST_TTFT,             /* turn started (user input appended) -> first token appended */
     SCHED_HIST_SANDBOX_ATTACHED, /* claim started -> hands attached; label: tier */
     SCHED_HIST_CLAIM,            /* pool claim latency; label: tier */
+    SCHED_HIST_CLAIM_NODE_WAIT,  /* of a claim, the wait for a first node to serve its env */
     SCHED_HIST_RESTORE,          /* node restore latency; label: tier (from the nodes) */
     SCHED_HIST_TOOL,             /* tool call round trip; label: tool name */
     SCHED_HIST_TOOL_WAIT,        /* a tool call waiting for its sandbox to attach */

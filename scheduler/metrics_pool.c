@@ -3,8 +3,11 @@
  * node, claims by tier, and the nodes' restore histograms. One Lua script
  * reads it all in one round trip and one consistent view; it spans the
  * environments' hash slots, so it needs the single Redis the reaper needs
- * too. No API key: monitoring scrapes it; --metrics-token makes it ask for
- * `Authorization: Bearer <token>`. */
+ * too. The scan's answer is kept --metrics-cache seconds (1) and scrapes
+ * meanwhile share it; scrapes that arrive while it runs wait for the same
+ * one, so ten Prometheus servers cost Redis one scan a second per
+ * scheduler. No API key: monitoring scrapes it; --metrics-token makes it
+ * ask for `Authorization: Bearer <token>` (required beyond loopback). */
 #define WP_LOG_COMPONENT "metrics"
 #include <errno.h>
 #include <stdio.h>
@@ -15,6 +18,7 @@
 
 #include "base/hist.h"
 #include "base/log.h"
+#include "base/timeutil.h"
 #include "scheduler/metrics.h"
 #include "scheduler/sched_int.h"
 
@@ -394,6 +398,26 @@ int sched__metrics_render_pool(json_t *snap, struct wp_buf *o)
 
 /* ---- the route ------------------------------------------------------------- */
 
+#define MCACHE_MAX_WAITERS 64
+
+struct sched_mcache {
+    json_t *snap;       /* the last scan's answer (owned), NULL if none or failed */
+    uint64_t at;        /* when it arrived (monotonic ns) */
+    bool running;       /* a scan is in flight */
+    uint64_t scans;     /* scans run by this process */
+    int nwait;
+    struct sched_req *waiters[MCACHE_MAX_WAITERS]; /* held until the scan answers */
+};
+
+void sched__metrics_cache_free(struct sched_server *srv)
+{
+    if (!srv->mcache)
+        return;
+    json_decref(srv->mcache->snap);
+    free(srv->mcache);
+    srv->mcache = NULL;
+}
+
 static void respond(struct sched_req *req, json_t *snap, bool redis_ok)
 {
     struct wp_buf b;
@@ -406,6 +430,13 @@ static void respond(struct sched_req *req, json_t *snap, bool redis_ok)
                     "1 when the pool gauges of this scrape were read from Redis");
     if (rc == 0)
         rc = wp_buf_printf(&b, "warmpool_metrics_pool_scrape_ok %d\n", redis_ok && snap && rc == 0);
+    if (rc == 0 && req->srv->mcache)
+        rc = family(&b, "warmpool_metrics_pool_scans_total", "counter",
+                    "Pool scans (one Lua script over every node and sandbox) this process ran "
+                    "for /metrics; scrapes within --metrics-cache share one");
+    if (rc == 0 && req->srv->mcache)
+        rc = wp_buf_printf(&b, "warmpool_metrics_pool_scans_total %llu\n",
+                           (unsigned long long)req->srv->mcache->scans);
     if (rc < 0) {
         wp_buf_free(&b);
         sched__respond_error(req, 500, "api_error", NULL, "metrics: %s", wp_strerror(rc));
@@ -419,14 +450,24 @@ static void respond(struct sched_req *req, json_t *snap, bool redis_ok)
 static void scrape_cb(void *ctx, redisReply *reply)
 {
     struct sched_req *req = ctx;
+    struct sched_mcache *mc = req->srv->mcache;
     json_t *snap = NULL;
     if (reply->type == REDIS_REPLY_STRING)
         snap = json_loadb(reply->str, reply->len, 0, NULL);
     else
         log_warn("metrics: pool scrape failed: %s",
                  reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+    json_decref(mc->snap);
+    mc->snap = snap; /* a failed scan is not kept: the next scrape tries again */
+    mc->at = wp_now_ns();
+    mc->running = false;
     respond(req, snap, snap != NULL);
-    json_decref(snap);
+    /* Scrapes that came while it ran get the same answer. */
+    int n = mc->nwait;
+    mc->nwait = 0;
+    for (int i = 0; i < n; i++)
+        if (sched__req_release(mc->waiters[i]))
+            respond(mc->waiters[i], snap, snap != NULL);
 }
 
 void sched__h_metrics(struct sched_req *req)
@@ -452,5 +493,21 @@ void sched__h_metrics(struct sched_req *req)
         respond(req, NULL, false);
         return;
     }
+    struct sched_mcache *mc = req->srv->mcache;
+    if (!mc && !(mc = req->srv->mcache = calloc(1, sizeof(*mc)))) {
+        sched__respond_error(req, 500, "api_error", NULL, "out of memory");
+        return;
+    }
+    if (mc->snap && (double)(wp_now_ns() - mc->at) / 1e9 < cfg->metrics_cache_s) {
+        respond(req, mc->snap, true);
+        return;
+    }
+    if (mc->running && mc->nwait < MCACHE_MAX_WAITERS) {
+        sched__req_hold(req);
+        mc->waiters[mc->nwait++] = req;
+        return;
+    }
+    mc->running = true;
+    mc->scans++;
     sched__req_script(req, lua_scrape, scrape_cb, 0, 0, NULL, NULL);
 }

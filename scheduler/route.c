@@ -68,10 +68,10 @@ static const struct sched_route routes[] = {
     R("DELETE", "/v1/vaults/:id/credentials/:cid", cred_delete, 0),
     R("POST", "/v1/vaults/:id/credentials/:cid/archive", cred_archive, 0),
     /* warmpool's extension: sandboxes for harnesses with their own loop. */
-    R("POST", "/v1/sandboxes", sbx_create, SCHED_R_CREATE | SCHED_R_BODY),
-    R("GET", "/v1/sandboxes/:id", sbx_get, 0),
-    R("POST", "/v1/sandboxes/:id/execute", sbx_execute, SCHED_R_BODY),
-    R("DELETE", "/v1/sandboxes/:id", sbx_delete, 0),
+    R("POST", "/v1/sandboxes", sbx_create, SCHED_R_SBX | SCHED_R_CREATE | SCHED_R_BODY),
+    R("GET", "/v1/sandboxes/:id", sbx_get, SCHED_R_SBX),
+    R("POST", "/v1/sandboxes/:id/execute", sbx_execute, SCHED_R_SBX | SCHED_R_BODY),
+    R("DELETE", "/v1/sandboxes/:id", sbx_delete, SCHED_R_SBX),
     /* Prometheus scrapes: no API key (--metrics-token may ask for one). */
     R("GET", "/metrics", metrics, SCHED_R_NOAUTH),
 };
@@ -224,6 +224,40 @@ const char sched__lua_ratelimit[] =
     "if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end\n"
     "return n\n";
 
+/* Rate-limit classes, one counter each per organization and minute: the
+ * Managed Agents API's create and read limits, and /v1/sandboxes' own,
+ * sized for harnesses that open sandboxes and run tools in a loop (they
+ * would exhaust the API's 60 creates a minute in as many seconds). */
+enum rl_class { RL_CREATE, RL_READ, RL_SBX_CREATE, RL_SBX };
+static const struct {
+    char tag;          /* in the key wp:rl:{<org>}:<tag>:<minute> */
+    const char *what;  /* in the 429's message */
+} rl_classes[] = {
+    [RL_CREATE] = { 'c', "create" },
+    [RL_READ] = { 'r', "read" },
+    [RL_SBX_CREATE] = { 's', "sandbox create" },
+    [RL_SBX] = { 'x', "sandbox" },
+};
+
+static enum rl_class rl_class_of(const struct sched_route *route)
+{
+    bool create = (route->flags & SCHED_R_CREATE) != 0;
+    if (route->flags & SCHED_R_SBX)
+        return create ? RL_SBX_CREATE : RL_SBX;
+    return create ? RL_CREATE : RL_READ;
+}
+
+static int rl_limit(const struct sched_config *cfg, enum rl_class c)
+{
+    switch (c) {
+    case RL_CREATE: return cfg->rate_create;
+    case RL_READ: return cfg->rate_read;
+    case RL_SBX_CREATE: return cfg->rate_sbx_create;
+    case RL_SBX: return cfg->rate_sbx;
+    }
+    return 0;
+}
+
 static void run_handler(struct sched_req *req)
 {
     req->route->handler(req);
@@ -232,8 +266,8 @@ static void run_handler(struct sched_req *req)
 static void ratelimit_cb(void *ctx, redisReply *reply)
 {
     struct sched_req *req = ctx;
-    bool create = (req->route->flags & SCHED_R_CREATE) != 0;
-    int limit = create ? req->srv->cfg.rate_create : req->srv->cfg.rate_read;
+    enum rl_class c = rl_class_of(req->route);
+    int limit = rl_limit(&req->srv->cfg, c);
     if (reply->type != REDIS_REPLY_INTEGER) {
         sched__respond_error(req, 503, "api_error", NULL, "rate limiter unavailable");
         return;
@@ -244,13 +278,38 @@ static void ratelimit_cb(void *ctx, redisReply *reply)
         snprintf(req->extra_headers, sizeof(req->extra_headers), "retry-after: %d\r\n", wait);
         sched__respond_error(req, 429, "rate_limit_error", NULL,
                              "rate limit of %d %s requests per minute exceeded", limit,
-                             create ? "create" : "read");
+                             rl_classes[c].what);
         return;
     }
     run_handler(req);
 }
 
 static void dispatch_authed(struct sched_req *req);
+
+/* An environment key on a session's route: only a session of its own
+ * environment (one its workers serve); any other answers 404, as for a
+ * session that does not exist (no probing another's ids). */
+static void env_session_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    json_t *o = NULL;
+    const char *env = NULL;
+
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[0]->type == REDIS_REPLY_STRING &&
+        reply->element[1]->type == REDIS_REPLY_STRING &&
+        strcmp(reply->element[0]->str, req->org) == 0) {
+        o = json_loadb(reply->element[1]->str, reply->element[1]->len, 0, NULL);
+        env = json_string_value(json_object_get(o, "environment_id"));
+    }
+    bool ok = env && strcmp(env, req->env_key) == 0;
+    json_decref(o);
+    if (!ok) {
+        sched__not_found(req, "session %s not found", req->params[0]);
+        return;
+    }
+    dispatch_authed(req);
+}
 
 /* Environment keys live in Redis as wp:envkey:<sha256 hex> -> org, env;
  * sessions tokens (work secrets) as wp:sesstok:<sha256 hex> -> org, env,
@@ -286,6 +345,12 @@ static void key_lookup_cb(void *ctx, redisReply *reply)
                                  "this sessions token does not cover %s", req->route->name);
             return;
         }
+    } else if (!strncmp(req->route->pattern, "/v1/sessions/", 13)) {
+        char kobj[200];
+        sched__key_obj(kobj, sizeof(kobj), req->params[0]);
+        const char *argv[] = { "HMGET", kobj, "org", "json" };
+        sched__req_redis(req, env_session_cb, 4, argv, NULL);
+        return;
     }
     dispatch_authed(req);
 }
@@ -381,14 +446,14 @@ static void dispatch_authed(struct sched_req *req)
         return;
     }
 
-    bool create = (req->route->flags & SCHED_R_CREATE) != 0;
-    int limit = create ? srv->cfg.rate_create : srv->cfg.rate_read;
+    enum rl_class c = rl_class_of(req->route);
+    int limit = rl_limit(&srv->cfg, c);
     if (limit <= 0 || !req->org[0]) {
         run_handler(req);
         return;
     }
     char key[160];
-    snprintf(key, sizeof(key), "wp:rl:{%s}:%c:%lld", req->org, create ? 'c' : 'r',
+    snprintf(key, sizeof(key), "wp:rl:{%s}:%c:%lld", req->org, rl_classes[c].tag,
              (long long)(time(NULL) / 60));
     const char *argv[] = {key, "61000"};
     sched__req_script(req, sched__lua_ratelimit, ratelimit_cb, 1, 2, argv, NULL);

@@ -13,7 +13,11 @@
  *
  * Create answers before the sandbox exists: the claim (hot, warm or cold)
  * and the attach run in the background, and an execute sent meanwhile
- * waits for them. The record lives in Redis (wp:sbx:<id>): any scheduler
+ * waits for them. The process that claimed holds the lease: it renews it
+ * at a third of --sandbox-lease until the sandbox has had no execute (from any
+ * process: each one stamps last_used_ms) for --sandbox-idle-timeout, then
+ * releases it ("expired"). GET reads the node's own record of the
+ * sandbox too, so a sandbox its node destroyed is never reported ready. The record lives in Redis (wp:sbx:<id>): any scheduler
  * process can execute on a ready sandbox by connecting through its node's
  * relay with the lease's token; the process that created it keeps its
  * link open. */
@@ -31,7 +35,10 @@
 #include "scheduler/sched_int.h"
 #include "snapshot/snapshot.h"
 
-enum sbx_state { SBX_PROVISIONING, SBX_READY, SBX_FAILED };
+enum sbx_state { SBX_PROVISIONING, SBX_READY, SBX_FAILED, SBX_EXPIRED };
+static const char *const state_names[] = { "provisioning", "ready", "failed", "expired" };
+
+/* The lease (--sandbox-lease) is renewed at a third of it. */
 
 struct waiter {
     struct sched_req *req;
@@ -52,6 +59,7 @@ struct sched_sbx {
     uint64_t t0;
     double claim_ms, attached_ms;
     char error[256];
+    ev_timer keep;               /* the lease holder: renew or expire */
     struct sched_sbx *next;
 };
 
@@ -67,16 +75,17 @@ static void key_sbx(char *out, size_t cap, const char *id)
  * it answers from Redis, so a lost write shows an older state). */
 static void save(struct sched_sbx *s)
 {
-    char key[80], tok[32], cms[32], ams[32];
-    static const char *names[] = { "provisioning", "ready", "failed" };
+    char key[80], tok[32], cms[32], ams[32], wms[32];
 
     key_sbx(key, sizeof(key), s->id);
     snprintf(tok, sizeof(tok), "%llu", (unsigned long long)s->res.token);
     snprintf(cms, sizeof(cms), "%.3f", s->claim_ms);
     snprintf(ams, sizeof(ams), "%.3f", s->attached_ms);
-    const char *argv[] = { "HSET", key, "status", names[s->st], "sandbox", s->res.sandbox,
+    snprintf(wms, sizeof(wms), "%.3f", s->res.node_wait_ms);
+    const char *argv[] = { "HSET", key, "status", state_names[s->st], "sandbox", s->res.sandbox,
                            "node", s->res.node, "relay", s->res.relay, "tier", s->res.tier,
-                           "token", tok, "claim_ms", cms, "attached_ms", ams, "error", s->error };
+                           "token", tok, "claim_ms", cms, "attached_ms", ams, "node_wait_ms", wms,
+                           "error", s->error };
     wp_redis_argv(s->srv->rds, NULL, NULL, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
 }
 
@@ -95,10 +104,104 @@ static void drop_local(struct sched_sbx *s)
             *pp = s->next;
             break;
         }
+    ev_timer_stop(s->srv->loop, &s->keep);
     if (s->ac)
         alink_client_free(s->ac); /* in-flight calls get their callbacks */
     json_decref(s->settings);
     free(s);
+}
+
+/* ---- the lease: renewed while in use, released when idle ------------------ */
+
+/* A Redis reply may come after the sandbox was deleted: callbacks find it
+ * again by id. */
+struct keep_ctx {
+    struct sched_server *srv;
+    char id[40];
+};
+
+static struct sched_sbx *find_local(struct sched_server *srv, const char *id);
+
+static struct keep_ctx *keep_ctx_new(struct sched_sbx *s)
+{
+    struct keep_ctx *k = malloc(sizeof(*k));
+    if (k) {
+        k->srv = s->srv;
+        snprintf(k->id, sizeof(k->id), "%s", s->id);
+    }
+    return k;
+}
+
+static void renew_done(void *ctx, int status, const struct wp_err *err)
+{
+    struct keep_ctx *k = ctx;
+    struct sched_sbx *s = find_local(k->srv, k->id);
+    free(k);
+    if (!s || status == 0 || (status == WP_ESTATE && err && strstr(err->msg, "disconnected")))
+        return; /* renewed, or Redis away: the next round tries again */
+    ev_timer_stop(s->srv->loop, &s->keep);
+    s->st = SBX_FAILED;
+    snprintf(s->error, sizeof(s->error), "its lease was lost: %s", err ? err->msg : "unknown");
+    log_warn("sandbox=%s %s", s->id, s->error);
+    save(s);
+}
+
+static void last_used_cb(void *ctx, redisReply *reply)
+{
+    struct keep_ctx *k = ctx;
+    struct sched_sbx *s = find_local(k->srv, k->id);
+    struct wp_err err;
+
+    if (!s || s->st != SBX_READY || !reply || reply->type != REDIS_REPLY_STRING) {
+        free(k); /* gone, failed, or Redis away (next round) */
+        return;
+    }
+    double idle = (double)wp_wall_ms() / 1e3 - strtod(reply->str, NULL) / 1e3;
+    if (idle >= s->srv->cfg.sandbox_idle_s) {
+        free(k);
+        ev_timer_stop(s->srv->loop, &s->keep);
+        pool_release(s->srv->pool, s->env, s->res.sandbox, s->res.token, NULL, NULL, NULL);
+        s->st = SBX_EXPIRED;
+        snprintf(s->error, sizeof(s->error),
+                 "released after %.0f s without an execute (the idle timeout is %.0f s)", idle,
+                 s->srv->cfg.sandbox_idle_s);
+        log_info("sandbox=%s %s", s->id, s->error);
+        save(s);
+        if (s->ac) {
+            alink_client_free(s->ac);
+            s->ac = NULL;
+        }
+        return;
+    }
+    if (pool_renew_for(s->srv->pool, s->env, s->res.sandbox, s->res.token,
+                       s->srv->cfg.sandbox_lease_s * 1e3, renew_done, k, &err) < 0)
+        free(k); /* Redis away: the next round tries again */
+}
+
+static void keep_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct sched_sbx *s = w->data;
+    char key[80];
+    (void)loop;
+    (void)revents;
+
+    struct keep_ctx *k = keep_ctx_new(s);
+    if (!k)
+        return;
+    key_sbx(key, sizeof(key), s->id);
+    const char *argv[] = { "HGET", key, "last_used_ms" };
+    if (wp_redis_argv(s->srv->rds, last_used_cb, k, 3, argv, NULL) < 0)
+        free(k);
+}
+
+/* An execute (any process): the sandbox is in use now. */
+static void stamp_used(struct sched_server *srv, const char *id)
+{
+    char key[80], now[32];
+    key_sbx(key, sizeof(key), id);
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
+    const char *argv[] = { "HSET", key, "last_used_ms", now };
+    wp_redis_argv(srv->rds, NULL, NULL, 4, argv, NULL);
 }
 
 /* ---- execute ------------------------------------------------------------ */
@@ -129,7 +232,8 @@ static json_t *result_json(int status, const struct alink_result *res)
 /* One SSE event; data is compact JSON (no raw newlines). */
 static void sse_event(struct sched_conn *c, const char *event, json_t *data /* steals */)
 {
-    char *s = data ? json_dumps(data, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    char *s = data ? json_dumps(data, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(10))
+                   : NULL;
     json_decref(data);
     if (!s)
         return;
@@ -238,6 +342,7 @@ static void run_call_held(struct sched_sbx *s, struct sched_req *req, json_t *ca
 
 static void run_call(struct sched_sbx *s, struct sched_req *req, json_t *call)
 {
+    stamp_used(s->srv, s->id);
     /* A streamed call finishes req (whose body call may be) before the
      * call is sent: hold it until then. */
     json_incref(call);
@@ -377,7 +482,16 @@ static void claim_cb(void *ctx, int status, const struct pool_claim_result *res,
     s->res = *res;
     s->claim_ms = res->ms;
     sched_metrics_observe(s->srv->metrics, SCHED_HIST_CLAIM, res->tier, res->ms / 1e3);
+    if (res->node_wait_ms > 0)
+        sched_metrics_observe(s->srv->metrics, SCHED_HIST_CLAIM_NODE_WAIT, NULL,
+                              res->node_wait_ms / 1e3);
     save(s);
+    stamp_used(s->srv, s->id); /* the idle clock starts with the sandbox */
+    double every = s->srv->cfg.sandbox_lease_s / 3;
+    /* The first renewal soon: the claim's own lease may be shorter. */
+    ev_timer_init(&s->keep, keep_cb, every < 10 ? every : 10, every);
+    s->keep.data = s;
+    ev_timer_start(s->srv->loop, &s->keep);
     connect_link(s);
 }
 
@@ -393,8 +507,15 @@ static json_t *record_json(redisReply *r, const char *id)
             json_object_set_new(o, k, *v ? json_string(v) : json_null());
         else if (!strcmp(k, "error"))
             json_object_set_new(o, k, *v ? json_string(v) : json_null());
-        else if (!strcmp(k, "claim_ms") || !strcmp(k, "attached_ms"))
+        else if (!strcmp(k, "claim_ms") || !strcmp(k, "attached_ms") || !strcmp(k, "node_wait_ms"))
             json_object_set_new(t, k, json_real(atof(v)));
+        else if (!strcmp(k, "idle_timeout_s"))
+            json_object_set_new(o, k, json_integer(atoll(v)));
+        else if (!strcmp(k, "last_used_ms")) {
+            char at[40];
+            sched__rfc3339((uint64_t)strtoull(v, NULL, 10), at, sizeof(at));
+            json_object_set_new(o, "last_used_at", json_string(at));
+        }
     }
     json_object_set_new(o, "timings", t);
     return o;
@@ -406,6 +527,34 @@ static const char *field(redisReply *r, const char *name)
         if (strcmp(r->element[i]->str, name) == 0)
             return r->element[i + 1]->str;
     return NULL;
+}
+
+/* The record, and the node's own state of the sandbox ("node_state":
+ * leased, idle, lost, released, or "gone" when the node destroyed it),
+ * in one round trip. Single Redis: the keys are in different slots. */
+static const char lua_sbx_get[] =
+    "local h = redis.call('HGETALL', KEYS[1])\n"
+    "local f = {}\n"
+    "for i = 1, #h, 2 do f[h[i]] = h[i + 1] end\n"
+    "if f.environment and f.sandbox and f.sandbox ~= '' then\n"
+    "  local st = redis.call('HGET', 'wp:env:{' .. f.environment .. '}:sb:' .. f.sandbox, 'state')\n"
+    "  h[#h + 1] = 'node_state'\n"
+    "  h[#h + 1] = st or 'gone'\n"
+    "end\n"
+    "return h\n";
+
+/* What the record says, corrected by the node's state: a sandbox the
+ * record calls ready whose node no longer holds it leased is failed. */
+static void truth(redisReply *r, const char **status, char *why, size_t cap)
+{
+    const char *ns = field(r, "node_state");
+    why[0] = '\0';
+    if (!*status || strcmp(*status, "ready") != 0 || !ns || strcmp(ns, "leased") == 0)
+        return;
+    *status = "failed";
+    snprintf(why, cap, "the sandbox is gone: its node %s", strcmp(ns, "lost") == 0 ? "died"
+                                                       : strcmp(ns, "gone") == 0 ? "destroyed it"
+                                                       : "took it back");
 }
 
 static void created(void *ctx, redisReply *reply)
@@ -520,9 +669,13 @@ static void start(struct sched_req *req, const char *name)
                          s->id, "environment", name, "session_id", s->session, "status",
                          "provisioning", "tier", "node", "timings", "error");
     json_object_set_new(req->tmp, "created_at", json_string(now));
+    char idle[32];
+    snprintf(idle, sizeof(idle), "%.0f", srv->cfg.sandbox_idle_s);
+    json_object_set_new(req->tmp, "idle_timeout_s", json_integer((json_int_t)srv->cfg.sandbox_idle_s));
     const char *argv[] = { "HSET", key, "org", s->org, "environment", name, "status",
-                           "provisioning", "session_id", s->session, "created_at", now };
-    sched__req_redis(req, created, 12, argv, NULL);
+                           "provisioning", "session_id", s->session, "created_at", now,
+                           "idle_timeout_s", idle };
+    sched__req_redis(req, created, 14, argv, NULL);
 }
 
 static void got_record(void *ctx, redisReply *reply)
@@ -533,8 +686,16 @@ static void got_record(void *ctx, redisReply *reply)
         sched__not_found(req, "sandbox %s not found", req->params[0]);
         return;
     }
+    const char *status = field(reply, "status");
+    char gone[128];
+    truth(reply, &status, gone, sizeof(gone));
     if (req->step == 0) { /* GET */
-        sched__respond_json(req, 200, record_json(reply, req->params[0]));
+        json_t *o = record_json(reply, req->params[0]);
+        if (gone[0]) {
+            json_object_set_new(o, "status", json_string(status));
+            json_object_set_new(o, "error", json_string(gone));
+        }
+        sched__respond_json(req, 200, o);
         return;
     }
     if (req->step == 2) { /* DELETE */
@@ -560,12 +721,12 @@ static void got_record(void *ctx, redisReply *reply)
         return;
     }
     /* execute on a sandbox another process provisioned */
-    const char *status = field(reply, "status");
-    if (status && strcmp(status, "failed") == 0) {
-        const char *why = field(reply, "error");
-        sched__respond_error(req, 502, "api_error", "sandbox_failed",
-                             "sandbox %s could not be provisioned: %s", req->params[0],
-                             why ? why : "unknown");
+    if (status && (strcmp(status, "failed") == 0 || strcmp(status, "expired") == 0)) {
+        const char *why = gone[0] ? gone : field(reply, "error");
+        sched__respond_error(req, 502, "api_error", "sandbox_failed", "sandbox %s %s: %s",
+                             req->params[0],
+                             strcmp(status, "expired") == 0 ? "expired" : "is not available",
+                             why && *why ? why : "unknown");
         return;
     }
     if (!status || strcmp(status, "ready") != 0) {
@@ -603,8 +764,8 @@ static void load(struct sched_req *req, int step)
     char key[80];
     key_sbx(key, sizeof(key), req->params[0]);
     req->step = step;
-    const char *argv[] = { "HGETALL", key };
-    sched__req_redis(req, got_record, 2, argv, NULL);
+    const char *argv[] = { "EVAL", lua_sbx_get, "1", key };
+    sched__req_redis(req, got_record, 4, argv, NULL);
 }
 
 void sched__h_sbx_get(struct sched_req *req)
@@ -636,9 +797,10 @@ void sched__h_sbx_execute(struct sched_req *req)
         return;
     }
     s = find_local(req->srv, req->params[0]);
-    if (!s || strcmp(s->org, req->org) != 0 || s->st == SBX_FAILED) {
-        if (s && s->st == SBX_FAILED && strcmp(s->org, req->org) == 0)
-            drop_local(s); /* reconnect from the record */
+    bool over = s && (s->st == SBX_FAILED || s->st == SBX_EXPIRED);
+    if (!s || strcmp(s->org, req->org) != 0 || over) {
+        if (over && strcmp(s->org, req->org) == 0)
+            drop_local(s); /* reconnect from the record, or say why not */
         load(req, 1);
         return;
     }
@@ -677,6 +839,7 @@ void sched__sbx_shutdown(struct sched_server *srv)
         struct sched_sbx *s = srv->sbxs;
         srv->sbxs = s->next;
         s->next = NULL;
+        ev_timer_stop(srv->loop, &s->keep);
         s->st = SBX_FAILED;
         snprintf(s->error, sizeof(s->error), "scheduler shutting down");
         flush_waiters(s);

@@ -43,17 +43,24 @@ struct sched_config {
     double sse_soft_seconds; /* over the soft limit this long: cut the client off */
     int rate_create;         /* per organization and minute; 0 = unlimited */
     int rate_read;
+    int rate_sbx_create;     /* POST /v1/sandboxes, per organization and minute */
+    int rate_sbx;            /* other /v1/sandboxes requests (execute, get, delete) */
     double drain_timeout;    /* seconds SIGTERM waits for in-flight requests */
     int max_conns;           /* connections (streams included) beyond this get 503 */
     char vault_key_hex[65];  /* AES-256 key for vault secrets (hex); empty = derived */
     struct sched_model_config model; /* --model-*; the key from $ANTHROPIC_API_KEY only */
     bool metrics_token_set;  /* GET /metrics wants Authorization: Bearer <token> */
+    bool metrics_open;       /* --metrics-open: no token although listening beyond loopback */
+    double metrics_cache_s;  /* the pool part of /metrics is read from Redis at most this often */
     unsigned char metrics_token_sha256[32]; /* only the hash of the token is kept */
     /* the brain (brain.c) */
     int brain;               /* 1 on, 0 off, -1 auto: on when a model is configured
                               * (--model-url given or ANTHROPIC_API_KEY set) */
     int brain_lease_ms;      /* a session's brain lease; renewed every third */
     double brain_linger_s;   /* an idle session keeps its brain and sandbox this long */
+    double sandbox_idle_s;   /* a /v1/sandboxes sandbox without an execute this long is
+                                released (its lease is renewed until then) */
+    double sandbox_lease_s;  /* ...and its lease, renewed at a third (default 60) */
     int max_tokens;          /* max_tokens of each model request */
     int max_model_rounds;    /* model requests in one turn before it is stopped */
     int api_network;         /* most network an API environment gets: SCHED_NET_* */

@@ -94,6 +94,7 @@ struct sched_server {
     struct sched_sbx *sbxs;         /* sandboxes.c: sandboxes this process links to */
     struct sched_brains *brains;    /* brain.c: sessions whose loop this process runs */
     struct sched_metrics *metrics;  /* metrics.c */
+    struct sched_mcache *mcache;    /* metrics_pool.c: the last pool scrape, shared */
     bool draining;
     uint64_t req_seq;
     uint64_t boot_id;
@@ -194,6 +195,8 @@ enum {
     SCHED_R_BODY = 1 << 1,   /* a JSON object body is required */
     SCHED_R_NOAUTH = 1 << 2,
     SCHED_R_ENVKEY = 1 << 3, /* an environment key is accepted too */
+    SCHED_R_SBX = 1 << 4,    /* /v1/sandboxes: its own rate limits (with
+                                SCHED_R_CREATE: --rate-sandbox-create) */
 };
 
 struct sched_route {
@@ -268,6 +271,8 @@ char *sched__unseal(const unsigned char key[32], const char *sealed, size_t *n);
 #define SCHED_HANDLER_DECL(name) void sched__h_##name(struct sched_req *req);
 SCHED_HANDLERS(SCHED_HANDLER_DECL)
 #undef SCHED_HANDLER_DECL
+/* metrics_pool.c: frees the shared pool scrape (server teardown). */
+void sched__metrics_cache_free(struct sched_server *srv);
 
 /* Generic resources (resources.c), used by agents, environments, sessions,
  * vaults, credentials. */

@@ -152,12 +152,15 @@ static char **build_env(const struct snap_template *t)
 }
 
 /* Runs as PID 1 of the new PID namespace; never returns. */
-static void stage1(const struct snap_template *t, const char *root, const char *devdir,
-                   bool host_root, bool userns, int st, int prog)
+static void stage1(const struct snap_ctx *ctx, const struct snap_template *t, const char *root,
+                   const char *sbdir, bool host_root, int st, int prog)
 {
-    char path[600];
+    char path[600], devdir[600];
+    struct wp_err err;
     char **env;
     int fd;
+
+    snprintf(devdir, sizeof(devdir), "%s/dev", sbdir);
 
     if (unshare(CLONE_NEWCGROUP) < 0)
         FAIL(st, "unshare cgroup namespace: %s", strerror(errno));
@@ -166,7 +169,7 @@ static void stage1(const struct snap_template *t, const char *root, const char *
     /* Mounts copied from the host's namespace into one owned by a user
      * namespace are locked, and pivot_root refuses a locked new root:
      * bind the root onto itself, a mount of our own namespace. */
-    if (userns && mount(root, root, NULL, MS_BIND | MS_REC, NULL) < 0)
+    if (ctx->userns && mount(root, root, NULL, MS_BIND | MS_REC, NULL) < 0)
         FAIL(st, "bind the root onto itself: %s", strerror(errno));
     if (host_root) {
         /* The host's /usr, read-only; /bin, /lib, /sbin, /lib64 are
@@ -181,7 +184,7 @@ static void stage1(const struct snap_template *t, const char *root, const char *
         snprintf(path, sizeof(path), "%s%s", root, t->binds[i].target);
         if (stat(t->binds[i].source, &sst) < 0)
             FAIL(st, "bind source %s: %s%s", t->binds[i].source, strerror(errno),
-                 userns && errno == EACCES ? " (root of the sandbox is an unprivileged host id: "
+                 ctx->userns && errno == EACCES ? " (root of the sandbox is an unprivileged host id: "
                                              "the source's dirs must be searchable by others)"
                                            : "");
         if (S_ISDIR(sst.st_mode)) {
@@ -205,6 +208,8 @@ static void stage1(const struct snap_template *t, const char *root, const char *
     if (mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
         FAIL(st, "mount /proc: %s", strerror(errno));
     stage1_devices(st, root, devdir);
+    if (snap__confine_proc(ctx, root, sbdir, &err) < 0)
+        FAIL(st, "confine: %s", err.msg);
     snprintf(path, sizeof(path), "%s/tmp", root);
     mkdir(path, 01777);
     snprintf(path, sizeof(path), "%s/run", root);
@@ -239,6 +244,10 @@ static void stage1(const struct snap_template *t, const char *root, const char *
     if (wp_mkdir_p(t->workdir, 0755, NULL) < 0 || chdir(t->workdir) < 0)
         FAIL(st, "workdir %s: %s", t->workdir, strerror(errno));
 
+    /* Last: everything above needed privileges the sandbox must not keep.
+     * Setup commands (the image build) and init run confined. */
+    if (snap__confine_task(ctx, t->init_sets_hostname, &err) < 0)
+        FAIL(st, "confine: %s", err.msg);
     for (int i = 0; t->setup && t->setup[i]; i++) {
         int status;
         pid_t pid;
@@ -248,6 +257,11 @@ static void stage1(const struct snap_template *t, const char *root, const char *
         if (pid < 0)
             FAIL(st, "fork setup: %s", strerror(errno));
         if (pid == 0) {
+            if (t->init_sets_hostname && snap__confine_is_on(ctx) &&
+                snap__confine_drop_extra(&err) < 0) {
+                dprintf(prog, "confine: %s\n", err.msg);
+                _exit(126);
+            }
             dup2(prog, 1);
             dup2(prog, 2);
             char *argv[] = { (char *)"/bin/sh", (char *)"-c", t->setup[i], NULL };
@@ -279,10 +293,9 @@ static void middle(struct snap_ctx *ctx, const struct snap_template *t,
 {
     struct snap__net_fds nf = { -1, -1 };
     struct wp_err err;
-    char devdir[600], msg[300];
+    char msg[300];
     pid_t pid;
 
-    snprintf(devdir, sizeof(devdir), "%s/dev", sb->dir);
     if (snap__cg_enter(ctx, sb->id, getpid(), &err) < 0)
         FAIL(st, "%s", err.msg);
     if (ctx->userns) {
@@ -312,7 +325,7 @@ fork_stage1:
     if (pid < 0)
         FAIL(st, "fork stage 1: %s", strerror(errno));
     if (pid == 0)
-        stage1(t, sb->root, devdir, host_root, ctx->userns, st, prog);
+        stage1(ctx, t, sb->root, sb->dir, host_root, st, prog);
     st_write(st, "pid %d", (int)pid);
     _exit(0);
 }
@@ -441,17 +454,21 @@ int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *i
         return rc;
     }
     snprintf(lower, sizeof(lower), "%s", host_root ? ctx->host_layer : t->rootfs);
+    char rw[600];
+    if ((rc = snap__make_dev(sb, err)) < 0 ||
+        (rc = snap__confine_host_prepare(ctx, sb, &t->limits, rw, sizeof(rw), err)) < 0)
+        goto fail;
     /* A fresh id range for this sandbox (an image made from it keeps it). */
     if (ctx->userns) {
         const char *lowers[1] = { host_root ? ctx->host_layer : t->rootfs };
         if ((rc = uns = snap__userns_alloc(sb->dir, err)) < 0 ||
             (rc = snap__userns_record(sb, uns, err)) < 0 ||
-            (rc = snap__userns_own_dirs(sb, snap__userns_base(uns), err)) < 0 ||
+            (rc = snap__userns_own_dirs(sb, rw, snap__userns_base(uns), err)) < 0 ||
             (rc = snap__userns_lowers(sb, snap__userns_base(uns), lowers, 1, lower,
                                       sizeof(lower), err)) < 0)
             goto fail;
     }
-    if ((rc = snap__make_dev(sb, err)) < 0 || (rc = snap__mount_overlay(sb, lower, err)) < 0 ||
+    if ((rc = snap__mount_overlay(sb, lower, rw, err)) < 0 ||
         (rc = snap__cg_create(ctx, sb->id, &t->limits, err)) < 0 ||
         (rc = snap__meta_write(ctx, sb, "boot", err)) < 0 ||
         (rc = snap__net_prepare(ctx, sb, &t->network, &slot, err)) < 0 ||

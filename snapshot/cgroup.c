@@ -21,8 +21,9 @@
 #define CG_PARENT "warmpool"
 
 /* v1 controllers we place sandboxes in; memory and pids carry limits,
- * cpu carries the CPU quota, freezer lets destroy stop a fork race. */
-static const char *v1_wanted[] = { "memory", "pids", "cpu", "freezer", NULL };
+ * cpu carries the CPU quota, freezer lets destroy stop a fork race,
+ * devices carries the device allow-list (confine.c). */
+static const char *v1_wanted[] = { "memory", "pids", "cpu", "freezer", "devices", NULL };
 
 static int write_str(const char *dir, const char *file, const char *val, struct wp_err *err)
 {
@@ -42,6 +43,11 @@ static int write_str(const char *dir, const char *file, const char *val, struct 
     }
     close(fd);
     return 0;
+}
+
+int snap__cg_write(const char *dir, const char *file, const char *val, struct wp_err *err)
+{
+    return write_str(dir, file, val, err);
 }
 
 static bool has_opt(const char *opts, const char *name)
@@ -92,9 +98,18 @@ int snap__cg_detect(struct snap_ctx *ctx, struct wp_err *err)
         }
     }
     fclose(f);
-    for (int i = 0; i < ctx->n_ctrl; i++)
-        if (strcmp(ctx->ctrl_name[i], "memory") == 0)
-            return 0;
+    bool mem = false, devices = false;
+    for (int i = 0; i < ctx->n_ctrl; i++) {
+        mem |= strcmp(ctx->ctrl_name[i], "memory") == 0;
+        devices |= strcmp(ctx->ctrl_name[i], "devices") == 0;
+    }
+    /* No device allow-list is no sandbox we would call confined. */
+    if (mem && !devices && !ctx->unconfined)
+        return wp_err_set(err, WP_ECONFIG, "no v1 devices hierarchy under /sys/fs/cgroup: sandboxes "
+                                           "would have no device allow-list (mount it, or run "
+                                           "unconfined: --insecure-allow-unconfined)");
+    if (mem)
+        return 0;
     return wp_err_set(err, WP_ECONFIG, "no cgroup v2 tree and no v1 memory controller mounted under /sys/fs/cgroup");
 }
 
@@ -132,9 +147,11 @@ static int apply_limits(struct snap_ctx *ctx, int i, const char *dir, const stru
         }
         if (lim->cpu_millis) {
             snprintf(val, sizeof(val), "%u 100000", lim->cpu_millis * 100);
-            rc = write_str(dir, "cpu.max", val, err);
+            if ((rc = write_str(dir, "cpu.max", val, err)) < 0)
+                return rc;
         }
-        return rc;
+        /* v2 has no devices controller: a BPF program on the cgroup. */
+        return ctx->unconfined ? 0 : snap__confine_cg_devices_v2(dir, err);
     }
     if (strcmp(name, "memory") == 0 && lim->memory_bytes) {
         snprintf(val, sizeof(val), "%llu", (unsigned long long)lim->memory_bytes);
@@ -144,6 +161,8 @@ static int apply_limits(struct snap_ctx *ctx, int i, const char *dir, const stru
     } else if (strcmp(name, "pids") == 0 && lim->pids) {
         snprintf(val, sizeof(val), "%u", lim->pids);
         rc = write_str(dir, "pids.max", val, err);
+    } else if (strcmp(name, "devices") == 0) {
+        rc = snap__confine_cg_devices_v1(ctx, dir, err);
     } else if (strcmp(name, "cpu") == 0 && lim->cpu_millis) {
         snprintf(val, sizeof(val), "%u", lim->cpu_millis * 100);
         if ((rc = write_str(dir, "cpu.cfs_period_us", "100000", err)) < 0)

@@ -179,6 +179,7 @@ static int dump_in_helper(struct snap_ctx *ctx, const struct snap_sandbox *sb,
         /* /dev and the network namespace are given to each clone fresh at
          * restore rather than rebuilt by criu (see restore.c). */
         criu_local_add_ext_mount(opts, "/dev", "dev");
+        snap__confine_criu_dump(ctx, opts);
         for (int i = 0; i < t->n_binds; i++) {
             char key[32];
             snprintf(key, sizeof(key), "bind%d", i);
@@ -280,13 +281,14 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
         rc = wp_err_errno(err, "unmount %s", sb->root);
         goto fail;
     }
-    snprintf(path, sizeof(path), "%s/upper", sb->dir);
+    /* The upper dir is on the sandbox's tmpfs when confined (confine.c). */
+    snprintf(path, sizeof(path), "%s/rw/upper", sb->dir);
+    if (stat(path, &st) < 0)
+        snprintf(path, sizeof(path), "%s/upper", sb->dir);
     char layer[700];
     snprintf(layer, sizeof(layer), "%s/layer", tmp);
-    if (rename(path, layer) < 0) {
-        rc = wp_err_errno(err, "move %s to %s", path, layer);
+    if ((rc = snap__confine_move_layer(path, layer, err)) < 0)
         goto fail;
-    }
     /* The id range goes with the layer: its files are owned by it, and
      * criu restores every clone with its maps. */
     uns = snap__userns_read(sb->dir);

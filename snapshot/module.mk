@@ -1,6 +1,6 @@
 snapshot_SRCS := snapshot/template.c snapshot/cgroup.c snapshot/sandbox.c snapshot/boot.c \
                  snapshot/checkpoint.c snapshot/restore.c snapshot/rootfs.c \
-                 snapshot/net.c snapshot/criu.c snapshot/userns.c
+                 snapshot/net.c snapshot/criu.c snapshot/confine.c snapshot/userns.c
 
 BINS += $(BUILD)/warmpool-snap
 $(BUILD)/warmpool-snap: $(BUILD)/obj/snapshot/cli.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a

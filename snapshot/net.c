@@ -268,28 +268,22 @@ static int resolve_hosts(const struct snap_network *net, char *elems, size_t eca
 static int write_etc(const struct snap_sandbox *sb, char ns[MAX_NS][16], int n_ns,
                      const char *pins, struct wp_err *err)
 {
-    char path[700], text[1024] = "";
+    char text[1024] = "", hosts[4096];
     int rc;
 
-    snprintf(path, sizeof(path), "%s/etc", sb->root);
-    if ((rc = wp_mkdir_p(path, 0755, err)) < 0)
+    /* Resolved inside the root: an image whose /etc is a symlink (made by
+     * a setup command, say) cannot send these host-root writes elsewhere. */
+    if ((rc = wp_mkdir_in_root(sb->root, "/etc", 0755, err)) < 0)
         return rc;
     for (int i = 0; i < n_ns; i++)
         cat(text, sizeof(text), "nameserver %s\n", ns[i]);
-    snprintf(path, sizeof(path), "%s/etc/resolv.conf", sb->root);
-    unlink(path); /* a symlink in a custom rootfs must not be followed out */
-    if ((rc = wp_write_file(path, text, strlen(text), 0644, err)) < 0)
+    if ((rc = wp_write_file_in_root(sb->root, "/etc/resolv.conf", text, strlen(text), 0644, err)) < 0)
         return rc;
-    snprintf(path, sizeof(path), "%s/etc/nsswitch.conf", sb->root);
-    unlink(path);
     snprintf(text, sizeof(text), "passwd: files\ngroup: files\nhosts: files dns\n");
-    if ((rc = wp_write_file(path, text, strlen(text), 0644, err)) < 0)
+    if ((rc = wp_write_file_in_root(sb->root, "/etc/nsswitch.conf", text, strlen(text), 0644, err)) < 0)
         return rc;
-    snprintf(path, sizeof(path), "%s/etc/hosts", sb->root);
-    unlink(path);
-    char hosts[4096];
     snprintf(hosts, sizeof(hosts), "127.0.0.1 localhost\n::1 localhost\n%s", pins);
-    return wp_write_file(path, hosts, strlen(hosts), 0644, err);
+    return wp_write_file_in_root(sb->root, "/etc/hosts", hosts, strlen(hosts), 0644, err);
 }
 
 static int lock_slots(struct wp_err *err)

@@ -111,6 +111,12 @@ static int manifest_load(struct snap_ctx *ctx, const char *name, struct manifest
     v = json_object_get(lim, "cpu");
     if (json_is_number(v) && json_number_value(v) > 0 && json_number_value(v) <= 1024)
         m->limits.cpu_millis = (uint32_t)(json_number_value(v) * 1000 + 0.5);
+    v = json_object_get(lim, "disk_mb");
+    if (json_is_integer(v) && json_integer_value(v) > 0 && json_integer_value(v) <= 1 << 20)
+        m->limits.disk_bytes = (uint64_t)json_integer_value(v) << 20;
+    v = json_object_get(lim, "shm_mb");
+    if (json_is_integer(v) && json_integer_value(v) > 0 && json_integer_value(v) <= 1 << 16)
+        m->limits.shm_bytes = (uint64_t)json_integer_value(v) << 20;
 out:
     json_decref(o);
     return rc;
@@ -354,6 +360,7 @@ opts:
     char devdir[700];
     snprintf(devdir, sizeof(devdir), "%s/dev", sb->dir);
     criu_local_add_ext_mount(opts, "dev", devdir);
+    snap__confine_criu_restore(ctx, opts, sb->dir);
     for (int i = 0; i < m->n_binds; i++) {
         char key[32];
         snprintf(key, sizeof(key), "bind%d", i);
@@ -454,6 +461,10 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
                         "clones would run as the host's root; rebuild it", name);
         goto fail;
     }
+    char rw[600];
+    if ((rc = snap__make_dev(sb, err)) < 0 ||
+        (rc = snap__confine_host_prepare(ctx, sb, &m.limits, rw, sizeof(rw), err)) < 0)
+        goto fail;
     if (m.uns >= 0) {
         /* The clone's upper and work dirs belong to the image's range;
          * layers owned by the host's root are seen through idmapped mounts. */
@@ -462,11 +473,11 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
         const char *ls[2] = { layer, m.lower };
         uid_t base = snap__userns_base(m.uns);
         /* The image owns the range, not the clone: nothing recorded. */
-        if ((rc = snap__userns_own_dirs(sb, base, err)) < 0 ||
+        if ((rc = snap__userns_own_dirs(sb, rw, base, err)) < 0 ||
             (rc = snap__userns_lowers(sb, base, ls, 2, lowers, sizeof(lowers), err)) < 0)
             goto fail;
     }
-    if ((rc = snap__make_dev(sb, err)) < 0 || (rc = snap__mount_overlay(sb, lowers, err)) < 0 ||
+    if ((rc = snap__mount_overlay(sb, lowers, rw, err)) < 0 ||
         (rc = snap__cg_create(ctx, sb->id, &m.limits, err)) < 0 ||
         (rc = snap__meta_write(ctx, sb, "clone", err)) < 0)
         goto fail;

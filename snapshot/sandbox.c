@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -283,6 +284,10 @@ int snap_ctx_open(const struct snap_config *cfg, struct snap_ctx **out, struct w
     snprintf(ctx->state_dir, sizeof(ctx->state_dir), "%s", dir);
     snprintf(ctx->criu_bin, sizeof(ctx->criu_bin), "%s", criu);
     snprintf(ctx->host_layer, sizeof(ctx->host_layer), "%s/" HOST_LAYER, dir);
+    ctx->unconfined = cfg && cfg->unconfined;
+    if (ctx->unconfined)
+        log_warn("sandboxes run UNCONFINED (no capability drop, seccomp, /proc masks, device "
+                 "list, disk limits): benchmark baseline or --insecure-allow-unconfined");
     uname(&u);
     snprintf(ctx->kernel, sizeof(ctx->kernel), "%s", u.release);
     for (const char *sub = "sandboxes\0images\0layers\0"; *sub; sub += strlen(sub) + 1) {
@@ -368,12 +373,13 @@ int snap__sandbox_dirs(struct snap_ctx *ctx, const char *id, struct snap_sandbox
     return 0;
 }
 
-int snap__mount_overlay(const struct snap_sandbox *sb, const char *lowers, struct wp_err *err)
+int snap__mount_overlay(const struct snap_sandbox *sb, const char *lowers, const char *rw,
+                        struct wp_err *err)
 {
     char opts[2048];
 
     if (snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lowers,
-                 sb->dir, sb->dir) >= (int)sizeof(opts))
+                 rw, rw) >= (int)sizeof(opts))
         return wp_err_set(err, WP_EINVAL_INPUT, "overlay options too long");
     if (mount("overlay", sb->root, "overlay", MS_NODEV, opts) < 0)
         return wp_err_errno(err, "mount overlay on %s (%s)", sb->root, opts);
@@ -412,24 +418,33 @@ int snap__make_dev(const struct snap_sandbox *sb, struct wp_err *err)
     return 0;
 }
 
-static unsigned long long proc_start_time(pid_t pid)
+/* Start time (field 22) and state (field 3) of pid from /proc/<pid>/stat;
+ * 0 when there is no such process. */
+static unsigned long long proc_stat(pid_t pid, char *state)
 {
     char path[64], buf[1024];
     FILE *f;
     unsigned long long start = 0;
 
+    *state = '?';
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
     f = fopen(path, "re");
     if (!f)
         return 0;
     if (fgets(buf, sizeof(buf), f)) {
         char *p = strrchr(buf, ')'); /* comm may hold spaces */
-        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
-                        &start) != 1)
+        if (!p || sscanf(p + 2, "%c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+                         state, &start) != 2)
             start = 0;
     }
     fclose(f);
     return start;
+}
+
+static unsigned long long proc_start_time(pid_t pid)
+{
+    char state;
+    return proc_stat(pid, &state);
 }
 
 /* The init pid goes into a file of its own, written once: rewriting
@@ -574,6 +589,26 @@ static pid_t read_init_pid(struct snap_ctx *ctx, const char *id)
     return (pid_t)pid;
 }
 
+int snap_sandbox_adopt(struct snap_ctx *ctx, const struct snap_sandbox *sb, struct wp_err *err)
+{
+    char path[600], *s;
+    json_t *meta = meta_load(ctx, sb->id);
+    int rc;
+
+    if (!meta)
+        return wp_err_set(err, WP_ENOTFOUND, "no record of sandbox \"%s\"", sb->id);
+    json_object_set_new(meta, "owner_pid", json_integer(getpid()));
+    json_object_set_new(meta, "owner_start", json_integer((json_int_t)proc_start_time(getpid())));
+    s = json_dumps(meta, JSON_COMPACT);
+    json_decref(meta);
+    if (!s)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    snprintf(path, sizeof(path), "%s/sandboxes/%s/meta.json", ctx->state_dir, sb->id);
+    rc = wp_write_file(path, s, strlen(s), 0600, err);
+    free(s);
+    return rc;
+}
+
 int snap_destroy_id(struct snap_ctx *ctx, const char *id, struct wp_err *err)
 {
     char dir[600];
@@ -594,16 +629,119 @@ int snap_destroy_id(struct snap_ctx *ctx, const char *id, struct wp_err *err)
     return rc < 0 ? wp_err_wrap(err, "destroy %s", id) : 0;
 }
 
-static bool owner_alive(json_t *meta)
+/* The recorded owner (pid + start time) still runs. A zombie does not: it
+ * has exited, and its parent may take a long time to reap it (a PID 1 that
+ * reaps late, a parent that never does), so /proc/<pid> alone says
+ * nothing. */
+static bool owner_running(json_t *meta, pid_t *pid_out)
 {
     json_t *p = json_object_get(meta, "owner_pid"), *s = json_object_get(meta, "owner_start");
+    char state;
+
+    *pid_out = 0;
     if (!json_is_integer(p) || !json_is_integer(s))
         return false;
-    pid_t pid = (pid_t)json_integer_value(p);
-    return pid > 0 && proc_start_time(pid) == (unsigned long long)json_integer_value(s);
+    json_int_t pid = json_integer_value(p);
+    if (pid <= 0 || pid >= (1 << 22))
+        return false;
+    *pid_out = (pid_t)pid;
+    unsigned long long start = proc_stat((pid_t)pid, &state);
+    return start != 0 && start == (unsigned long long)json_integer_value(s) && state != 'Z' &&
+           state != 'X' && state != 'x';
 }
 
-int snap_gc(struct snap_ctx *ctx, struct wp_err *err)
+static bool owner_alive(json_t *meta)
+{
+    pid_t pid;
+    return owner_running(meta, &pid);
+}
+
+static bool pid_in(pid_t pid, const pid_t *set, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (set[i] == pid)
+            return true;
+    return false;
+}
+
+static bool id_in(const char *id, const char *const *set, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (set[i] && strcmp(set[i], id) == 0)
+            return true;
+    return false;
+}
+
+static void gc_left(const struct snap_gc_opts *o, const char *id, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void gc_left(const struct snap_gc_opts *o, const char *id, const char *fmt, ...)
+{
+    char why[300];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    log_warn("gc: left sandbox=%s: %s", id, why);
+    if (o && o->on_left)
+        o->on_left(o->arg, id, why);
+}
+
+/* Made after the gc began (its owner is at work on it, or a sandbox with
+ * no record yet is being set up): not for this round to judge. */
+static bool too_young(struct snap_ctx *ctx, const char *id, json_t *meta, uint64_t since_ms)
+{
+    if (!since_ms)
+        return false;
+    json_t *c = json_object_get(meta, "created_ms");
+    if (json_is_integer(c))
+        return (uint64_t)json_integer_value(c) >= since_ms;
+    /* No record: the dir and its record are made in one call; allow a slow
+     * set-up a few seconds before calling it a crash's leftover. */
+    char dir[600];
+    struct stat st;
+    snprintf(dir, sizeof(dir), "%s/sandboxes/%s", ctx->state_dir, id);
+    if (stat(dir, &st) < 0)
+        return true; /* gone meanwhile */
+    return (uint64_t)st.st_mtime * 1000 + 5000 >= since_ms;
+}
+
+/* One sandbox: 1 destroyed, 0 kept (in use, or left and reported). */
+static int gc_one(struct snap_ctx *ctx, const char *id, const struct snap_gc_opts *o)
+{
+    struct wp_err derr;
+    json_t *meta = meta_load(ctx, id);
+    pid_t owner = 0;
+    bool running = meta && owner_running(meta, &owner);
+    bool young = too_young(ctx, id, meta, o ? o->since_ms : 0);
+    json_decref(meta);
+
+    if (young || (o && id_in(id, o->keep_ids, o->n_keep_ids)))
+        return 0;
+    if (o && owner > 0 && pid_in(owner, o->keep_owners, o->n_keep_owners))
+        return 0; /* the caller's, or a helper of the caller's just done */
+    if (running) {
+        if (o && o->on_left) {
+            char comm[64] = "?", path[64], *text = NULL;
+            snprintf(path, sizeof(path), "/proc/%d/comm", (int)owner);
+            if (wp_read_file(path, 64, &text, NULL, NULL) == 0) {
+                snprintf(comm, sizeof(comm), "%s", text);
+                comm[strcspn(comm, "\n")] = '\0';
+            }
+            free(text);
+            gc_left(o, id, "its owner pid %d (%s) is still running", (int)owner, comm);
+        }
+        return 0;
+    }
+    log_info("gc: removing orphan sandbox=%s", id);
+    if (snap_destroy_id(ctx, id, &derr) < 0 && derr.code != WP_ENOTFOUND) {
+        gc_left(o, id, "destroy failed: %s", derr.msg);
+        return 0;
+    }
+    return 1;
+}
+
+int snap_gc_with(struct snap_ctx *ctx, const struct snap_gc_opts *o, struct wp_err *err)
 {
     char path[600];
     DIR *d;
@@ -617,19 +755,13 @@ int snap_gc(struct snap_ctx *ctx, struct wp_err *err)
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.' || !snap_name_valid(e->d_name))
             continue;
-        json_t *meta = meta_load(ctx, e->d_name);
-        bool alive = meta && owner_alive(meta);
-        json_decref(meta);
-        if (alive)
-            continue;
-        log_info("gc: removing orphan sandbox=%s", e->d_name);
-        if (snap_destroy_id(ctx, e->d_name, NULL) == 0)
-            cleaned++;
+        cleaned += gc_one(ctx, e->d_name, o);
     }
     closedir(d);
-    /* Half-made images (a dump interrupted by a crash). */
+    /* Half-made images (a dump interrupted by a crash). A caller whose
+     * builds may be writing one asks for sandboxes only. */
     snprintf(path, sizeof(path), "%s/images", ctx->state_dir);
-    d = opendir(path);
+    d = (o && o->sandboxes_only) ? NULL : opendir(path);
     if (d) {
         while ((e = readdir(d))) {
             size_t n = strlen(e->d_name);
@@ -648,6 +780,11 @@ int snap_gc(struct snap_ctx *ctx, struct wp_err *err)
     cleaned += snap__net_sweep();
     cleaned += snap__userns_sweep();
     return cleaned;
+}
+
+int snap_gc(struct snap_ctx *ctx, struct wp_err *err)
+{
+    return snap_gc_with(ctx, NULL, err);
 }
 
 int snap_list_sandboxes(struct snap_ctx *ctx, snap_list_cb cb, void *arg, struct wp_err *err)

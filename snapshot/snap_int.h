@@ -31,6 +31,7 @@ struct snap_ctx {
     bool userns;               /* a user namespace per sandbox (off only when
                                   the operator allowed running unconfined) */
     enum snap__cg_layout cg;
+    bool unconfined;           /* snap_config.unconfined: confine.c does nothing */
     /* v1: one mount per controller; v2: one tree. */
     int n_ctrl;
     char ctrl_name[SNAP__MAX_CTRL][16];
@@ -63,6 +64,32 @@ int snap__skeleton(const char *tmp, const char *const *dirs, struct wp_err *err)
 /* template.c: serialise the template back to canonical JSON (caller frees). */
 char *snap__template_json(const struct snap_template *t);
 
+/* Write val to dir/file (a cgroup knob). */
+int snap__cg_write(const char *dir, const char *file, const char *val, struct wp_err *err);
+
+/* confine.c: the confinement layers (see its header comment). host_prepare
+ * mounts the sandbox's writable-layer tmpfs (its path into rw: where the
+ * overlay's upper and work dirs go), /dev/shm tmpfs and mask dir; proc runs
+ * in stage 1 before pivot_root (root: the new root's host path, sbdir: the
+ * sandbox's state dir); task runs last in stage 1 (capabilities,
+ * no_new_privs, seccomp; init_keeps_admin: CAP_SYS_ADMIN stays for init
+ * only, see drop_extra); drop_extra runs in a child of stage 1 before it
+ * execs anything else. criu_dump/criu_restore add the external mounts
+ * (opts is a criu_opts *). */
+bool snap__confine_is_on(const struct snap_ctx *ctx);
+int snap__confine_host_prepare(struct snap_ctx *ctx, const struct snap_sandbox *sb,
+                               const struct snap_limits *lim, char *rw, size_t cap,
+                               struct wp_err *err);
+int snap__confine_move_layer(const char *src, const char *dst, struct wp_err *err);
+int snap__confine_proc(const struct snap_ctx *ctx, const char *root, const char *sbdir,
+                       struct wp_err *err);
+int snap__confine_task(const struct snap_ctx *ctx, bool init_keeps_admin, struct wp_err *err);
+int snap__confine_drop_extra(struct wp_err *err);
+int snap__confine_criu_dump(const struct snap_ctx *ctx, void *opts);
+int snap__confine_criu_restore(const struct snap_ctx *ctx, void *opts, const char *sbdir);
+int snap__confine_cg_devices_v1(const struct snap_ctx *ctx, const char *dir, struct wp_err *err);
+int snap__confine_cg_devices_v2(const char *dir, struct wp_err *err);
+
 /* sandbox.c: records under state_dir/sandboxes/<id>/meta.json */
 int snap__sandbox_dirs(struct snap_ctx *ctx, const char *id, struct snap_sandbox *sb,
                        struct wp_err *err);
@@ -71,8 +98,9 @@ int snap__meta_write(struct snap_ctx *ctx, const struct snap_sandbox *sb, const 
 int snap__pid_write(const struct snap_sandbox *sb, struct wp_err *err);
 /* The sandbox's /dev: a directory of device nodes in its state dir. */
 int snap__make_dev(const struct snap_sandbox *sb, struct wp_err *err);
-/* Mount the overlay root: lowers is "a:b:c". */
-int snap__mount_overlay(const struct snap_sandbox *sb, const char *lowers, struct wp_err *err);
+/* Mount the overlay root: lowers is "a:b:c", upper and work dirs in rw. */
+int snap__mount_overlay(const struct snap_sandbox *sb, const char *lowers, const char *rw,
+                        struct wp_err *err);
 /* Remove everything of a sandbox by its dir (unmount, cgroup, files). */
 int snap__teardown(struct snap_ctx *ctx, const char *id, pid_t init_pid, struct wp_err *err);
 void snap__gen_id(const char *prefix, char *out, size_t cap);
@@ -132,10 +160,12 @@ int snap__userns_write_maps(pid_t pid, uid_t base, struct wp_err *err);
 int snap__userns_fd(uid_t base, struct wp_err *err);
 int snap__userns_idmap_mount(const char *src, const char *dst, int usernsfd,
                              struct wp_err *err);
-/* Sandbox dir 0710 root:base, upper and work owned by base. A booted
+/* Sandbox dir 0710 root:base, rw/upper and rw/work (rw: the dir that holds
+ * them, confine.c's tmpfs or the sandbox dir) owned by base. A booted
  * sandbox, owner of its range, records the index in <dir>/userns (read
  * back by snap__userns_read, -1 if none; teardown releases it). */
-int snap__userns_own_dirs(const struct snap_sandbox *sb, uid_t base, struct wp_err *err);
+int snap__userns_own_dirs(const struct snap_sandbox *sb, const char *rw, uid_t base,
+                          struct wp_err *err);
 int snap__userns_record(const struct snap_sandbox *sb, int idx, struct wp_err *err);
 int snap__userns_read(const char *dir);
 /* The /etc files net.c writes, given to root inside (after prepare). */

@@ -25,6 +25,8 @@ struct snap_limits {
     uint64_t memory_bytes; /* 0 = no limit */
     uint32_t pids;         /* 0 = no limit */
     uint32_t cpu_millis;   /* 1000 = one CPU; 0 = no limit */
+    uint64_t disk_bytes;   /* writable layer (a tmpfs); 0 = the default, 1 GiB */
+    uint64_t shm_bytes;    /* /dev/shm; 0 = the default, 64 MiB */
 };
 
 #define SNAP_MAX_BINDS 8
@@ -67,6 +69,10 @@ struct snap_template {
      * share identical pages. Off by default: merging across sandboxes is a
      * timing side channel (see ARCHITECTURE.md). */
     bool ksm;
+    /* The init sets the hostname per session (the hands): it keeps
+     * CAP_SYS_ADMIN for itself and must drop it from the bounding set
+     * before it runs anything (agentlink does). */
+    bool init_sets_hostname;
     /* Host paths bound read-only into the sandbox (tools, the hands
      * binary, datasets): "binds": [{"source": "/host", "target": "/in"}] */
     int n_binds;
@@ -143,6 +149,10 @@ struct snap_config {
     double criu_timeout_s;   /* each dump/restore; 0: env WARMPOOL_CRIU_TIMEOUT, else 120 */
     double probe_timeout_s;  /* each probe step; 0: 5 */
     const char *probe_cache_dir; /* NULL: env WARMPOOL_CRIU_CACHE, else SNAP_PROBE_CACHE_DIR */
+    /* Sandboxes without confine.c's layers (capabilities, seccomp, /proc
+     * masks, device list, disk limits). Only for the benchmark's baseline
+     * and an operator's --insecure-allow-unconfined. */
+    bool unconfined;
 };
 struct snap_ctx;
 
@@ -251,14 +261,40 @@ int snap_destroy(struct snap_ctx *ctx, struct snap_sandbox *sb, struct wp_err *e
 /* Destroy by id (for the CLI, and for sandboxes of a dead earlier run). */
 int snap_destroy_id(struct snap_ctx *ctx, const char *id, struct wp_err *err);
 void snap_sandbox_free(struct snap_sandbox *sb);
+/* Record the calling process as the sandbox's owner (gc removes
+ * sandboxes whose owner is gone): for a sandbox a helper booted and
+ * exited. One small file written (atomically). */
+int snap_sandbox_adopt(struct snap_ctx *ctx, const struct snap_sandbox *sb, struct wp_err *err);
 /* A handle on a running sandbox from its record (another process booted
  * it). Caller owns *out. WP_ENOTFOUND, or WP_ESTATE when not running. */
 int snap_sandbox_open(struct snap_ctx *ctx, const char *id, struct snap_sandbox **out,
                       struct wp_err *err);
 
 /* Remove sandboxes whose owning process is gone (a killed earlier run) and
- * half-made images. Returns the number cleaned, or < 0. */
+ * half-made images. An owner that is a zombie is gone (its parent may reap
+ * it late or never). Returns the number cleaned, or < 0. */
 int snap_gc(struct snap_ctx *ctx, struct wp_err *err);
+
+/* A sandbox gc left in place although it may be an orphan: its owner is
+ * another process that still runs, or its destroy failed. why is borrowed
+ * for the call. */
+typedef void (*snap_gc_left_cb)(void *arg, const char *id, const char *why);
+/* snap_gc for a process that keeps making sandboxes while gc runs (a
+ * node's periodic check, from a helper). Every array is borrowed for the
+ * call; NULL opts = snap_gc. */
+struct snap_gc_opts {
+    const char *const *keep_ids; /* sandboxes the caller holds */
+    int n_keep_ids;
+    const pid_t *keep_owners;    /* the caller and its helpers (alive or just
+                                    exited): what they made is in use */
+    int n_keep_owners;
+    uint64_t since_ms;           /* wall ms the caller took its lists: younger
+                                    sandboxes are not judged (0: judge all) */
+    bool sandboxes_only;         /* leave partial images (a build may be writing) */
+    snap_gc_left_cb on_left;     /* may be NULL */
+    void *arg;
+};
+int snap_gc_with(struct snap_ctx *ctx, const struct snap_gc_opts *opts, struct wp_err *err);
 
 /* List sandboxes / images: calls cb once per entry with a JSON object
  * (borrowed for the call). Returns count or < 0. */

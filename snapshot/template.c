@@ -24,10 +24,12 @@
 #define MAX_MEMORY_MB (1024 * 1024)
 #define MAX_PIDS (1 << 22)
 #define MAX_CPU 1024.0
+#define MAX_DISK_MB (1024 * 1024)
+#define MAX_SHM_MB (64 * 1024)
 
 static const char *known_keys[] = { "name", "rootfs", "init", "env", "workdir", "hostname",
                                     "limits", "setup", "ready_file", "ready_timeout_s", "binds", "ksm",
-                                    "network", NULL };
+                                    "network", "init_sets_hostname", NULL };
 
 bool snap_name_valid(const char *s)
 {
@@ -156,8 +158,10 @@ static int get_limits(json_t *o, struct snap_limits *lim, struct wp_err *err)
     if (!json_is_object(l))
         return wp_err_set(err, WP_EINVAL_INPUT, "template: \"limits\" must be an object");
     json_object_foreach(l, k, v) {
-        if (strcmp(k, "memory_mb") && strcmp(k, "pids") && strcmp(k, "cpu"))
-            return wp_err_set(err, WP_EINVAL_INPUT, "template: unknown limit \"%s\" (memory_mb, pids, cpu)", k);
+        if (strcmp(k, "memory_mb") && strcmp(k, "pids") && strcmp(k, "cpu") &&
+            strcmp(k, "disk_mb") && strcmp(k, "shm_mb"))
+            return wp_err_set(err, WP_EINVAL_INPUT,
+                              "template: unknown limit \"%s\" (memory_mb, pids, cpu, disk_mb, shm_mb)", k);
         if (!json_is_number(v))
             return wp_err_set(err, WP_EINVAL_INPUT, "template: limit \"%s\" must be a number", k);
     }
@@ -182,6 +186,22 @@ static int get_limits(json_t *o, struct snap_limits *lim, struct wp_err *err)
         if (c < 0.01 || c > MAX_CPU)
             return wp_err_set(err, WP_EINVAL_INPUT, "template: limits.cpu %g is absurd (0.01..%g)", c, MAX_CPU);
         lim->cpu_millis = (uint32_t)(c * 1000 + 0.5);
+    }
+    /* Size limits of the writable layer and /dev/shm (tmpfs, confine.c);
+     * absent = the default, never unlimited. */
+    v = json_object_get(l, "disk_mb");
+    if (v) {
+        double mb = json_number_value(v);
+        if (mb < 1 || mb > MAX_DISK_MB || mb != (double)(uint32_t)mb)
+            return wp_err_set(err, WP_EINVAL_INPUT, "template: limits.disk_mb %g is absurd (1..%d)", mb, MAX_DISK_MB);
+        lim->disk_bytes = (uint64_t)mb << 20;
+    }
+    v = json_object_get(l, "shm_mb");
+    if (v) {
+        double mb = json_number_value(v);
+        if (mb < 1 || mb > MAX_SHM_MB || mb != (double)(uint32_t)mb)
+            return wp_err_set(err, WP_EINVAL_INPUT, "template: limits.shm_mb %g is absurd (1..%d)", mb, MAX_SHM_MB);
+        lim->shm_bytes = (uint64_t)mb << 20;
     }
     return 0;
 }
@@ -425,6 +445,12 @@ int snap_template_parse(const char *json, size_t len, struct snap_template **out
         goto out;
     }
     t->ksm = json_is_true(v);
+    v = json_object_get(root, "init_sets_hostname");
+    if (v && !json_is_boolean(v)) {
+        rc = wp_err_set(err, WP_EINVAL_INPUT, "template: \"init_sets_hostname\" must be true or false");
+        goto out;
+    }
+    t->init_sets_hostname = json_is_true(v);
     v = json_object_get(root, "ready_timeout_s");
     t->ready_timeout_s = 60;
     if (v) {
@@ -525,9 +551,15 @@ char *snap__template_json(const struct snap_template *t)
         json_object_set_new(lim, "pids", json_integer(t->limits.pids));
     if (t->limits.cpu_millis)
         json_object_set_new(lim, "cpu", json_real(t->limits.cpu_millis / 1000.0));
+    if (t->limits.disk_bytes)
+        json_object_set_new(lim, "disk_mb", json_integer((json_int_t)(t->limits.disk_bytes >> 20)));
+    if (t->limits.shm_bytes)
+        json_object_set_new(lim, "shm_mb", json_integer((json_int_t)(t->limits.shm_bytes >> 20)));
     json_object_set_new(o, "limits", lim);
     if (t->ksm)
         json_object_set_new(o, "ksm", json_true());
+    if (t->init_sets_hostname)
+        json_object_set_new(o, "init_sets_hostname", json_true());
     if (t->n_binds) {
         json_t *binds = json_array();
         for (int i = 0; i < t->n_binds; i++)

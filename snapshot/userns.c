@@ -378,7 +378,8 @@ int snap__userns_idmap_mount(const char *src, const char *dst, int usernsfd, str
 
 /* ---- a sandbox's dirs ---- */
 
-int snap__userns_own_dirs(const struct snap_sandbox *sb, uid_t base, struct wp_err *err)
+int snap__userns_own_dirs(const struct snap_sandbox *sb, const char *rw, uid_t base,
+                          struct wp_err *err)
 {
     static const char *const subs[] = { "upper", "work", NULL };
     char path[700];
@@ -388,7 +389,7 @@ int snap__userns_own_dirs(const struct snap_sandbox *sb, uid_t base, struct wp_e
     if (chown(sb->dir, 0, base) < 0 || chmod(sb->dir, 0710) < 0)
         return wp_err_errno(err, "own %s", sb->dir);
     for (int i = 0; subs[i]; i++) {
-        snprintf(path, sizeof(path), "%s/%s", sb->dir, subs[i]);
+        snprintf(path, sizeof(path), "%s/%s", rw, subs[i]);
         if (chown(path, base, base) < 0)
             return wp_err_errno(err, "chown %s", path);
     }

@@ -29,7 +29,7 @@ static int group_setup(void **state)
     }
     free(data);
     T = th_template("{\"name\":\"hands\",\"rootfs\":\"host\",\"workdir\":\"/work\","
-                    "\"init\":[\"/.wp/warmpool-hands\",\"--socket\",\"/run/warmpool/hands.sock\","
+                    "\"init_sets_hostname\":true,\"init\":[\"/.wp/warmpool-hands\",\"--socket\",\"/run/warmpool/hands.sock\","
                     "\"--workdir\",\"/work\",\"--ready-file\",\"/run/warmpool/hands.ready\"],"
                     "\"ready_file\":\"/run/warmpool/hands.ready\","
                     "\"binds\":[{\"source\":\"%s\",\"target\":\"/.wp\"}],"

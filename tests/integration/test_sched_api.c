@@ -715,6 +715,50 @@ static void rate_limits_shared_across_processes(void **state)
     assert_int_equal(th_sched_stop(&e), 0);
 }
 
+/* /v1/sandboxes has limits of its own: a harness opening sandboxes does
+ * not eat the organization's create budget, nor the other way round. */
+static void sandbox_limits_apart_from_creates(void **state)
+{
+    (void)state;
+    struct th_sched d;
+    struct th_resp r;
+    assert_int_equal(th_sched_start(&d, R.port, "--api-key", "delta:sk-delta", "--rate-create", "2",
+                                    "--rate-read", "0", "--rate-sandbox-create", "4",
+                                    "--rate-sandbox", "3", (char *)NULL), 0);
+    if (time(NULL) % 60 > 50)
+        sleep(11);
+    /* Refused by the handler (400), after the limiter counted them. */
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(th_http(d.port, "POST", "/v1/sandboxes", "sk-delta", "{}", &r), 0);
+        assert_int_equal(r.status, 400);
+        th_resp_free(&r);
+    }
+    assert_int_equal(th_http(d.port, "POST", "/v1/sandboxes", "sk-delta", "{}", &r), 0);
+    assert_int_equal(r.status, 429);
+    assert_non_null(strstr(r.body, "4 sandbox create requests per minute"));
+    th_resp_free(&r);
+    /* The create budget is untouched... */
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(th_http(d.port, "POST", "/v1/vaults", "sk-delta", "{\"display_name\":\"v\"}", &r), 0);
+        assert_int_equal(r.status, 200);
+        th_resp_free(&r);
+    }
+    assert_int_equal(th_http(d.port, "POST", "/v1/vaults", "sk-delta", "{\"display_name\":\"v\"}", &r), 0);
+    assert_int_equal(r.status, 429);
+    assert_non_null(strstr(r.body, "2 create requests per minute"));
+    th_resp_free(&r);
+    /* ...and the other sandbox requests count apart again. */
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(th_http(d.port, "GET", "/v1/sandboxes/sbx_none", "sk-delta", NULL, &r), 0);
+        assert_int_equal(r.status, 404);
+        th_resp_free(&r);
+    }
+    assert_int_equal(th_http(d.port, "GET", "/v1/sandboxes/sbx_none", "sk-delta", NULL, &r), 0);
+    assert_int_equal(r.status, 429);
+    th_resp_free(&r);
+    assert_int_equal(th_sched_stop(&d), 0);
+}
+
 static void vault_secrets_never_returned(void **state)
 {
     (void)state;
@@ -844,6 +888,24 @@ static void work_queue(void **state)
     e = call("POST", "/v1/sessions", body, 200);
     char *sid = strdup(s_(e, "id"));
     json_decref(e);
+    /* The environment key reaches that session, and no other of the
+     * organization's: one in another environment is not found. */
+    snprintf(path, sizeof(path), "/v1/sessions/%s", sid);
+    json_decref(callk(ek, "GET", path, NULL, 200));
+    json_t *oenv = call("POST", "/v1/environments", "{\"name\":\"osess\",\"config\":{\"type\":\"self_hosted\"}}", 200);
+    snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}", a, s_(oenv, "id"));
+    json_t *osess = call("POST", "/v1/sessions", body, 200);
+    snprintf(path, sizeof(path), "/v1/sessions/%s", s_(osess, "id"));
+    json_decref(callk(ek, "GET", path, NULL, 404));
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events", s_(osess, "id"));
+    json_decref(callk(ek, "GET", path, NULL, 404));
+    json_decref(callk(ek, "POST", path, "{\"events\":[{\"type\":\"user.message\",\"content\":"
+                                        "[{\"type\":\"text\",\"text\":\"hi\"}]}]}", 404));
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events/stream", s_(osess, "id"));
+    json_decref(callk(ek, "GET", path, NULL, 404));
+    json_decref(callk(ek, "GET", "/v1/sessions/sesn_nope", NULL, 404));
+    json_decref(osess);
+    json_decref(oenv);
     snprintf(path, sizeof(path), "/v1/environments/%s/work/stats", env);
     e = callk(ek, "GET", path, NULL, 200);
     assert_int_equal(json_integer_value(json_object_get(e, "depth")), 1);
@@ -1091,6 +1153,7 @@ int main(void)
         cmocka_unit_test(two_schedulers_one_session),
         cmocka_unit_test(slow_reader_cut_off_then_resumes),
         cmocka_unit_test(rate_limits_shared_across_processes),
+        cmocka_unit_test(sandbox_limits_apart_from_creates),
         cmocka_unit_test(vault_secrets_never_returned),
         cmocka_unit_test(work_queue),
         cmocka_unit_test(session_resources),

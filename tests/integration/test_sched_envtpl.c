@@ -406,6 +406,10 @@ static void bad_config_is_refused_and_nothing_stored(void **state)
         { "{\"name\":\"b\",\"metadata\":{\"warmpool.min_hot\":\"5\",\"warmpool.max_hot\":\"2\"}}",
           "must not exceed" },
         { "{\"name\":\"b\",\"metadata\":{\"warmpool.cpu\":\"0\"}}", "warmpool.cpu must be a number" },
+        { "{\"name\":\"b\",\"metadata\":{\"warmpool.disk_mb\":\"-5\"}}",
+          "warmpool.disk_mb must be an integer" },
+        { "{\"name\":\"b\",\"metadata\":{\"warmpool.shm_mb\":\"lots\"}}",
+          "warmpool.shm_mb must be an integer" },
         { "{\"name\":\"b\",\"metadata\":{\"warmpool.colour\":\"red\"}}", "unknown warmpool key" },
         { "{\"name\":\"b\",\"config\":{\"type\":\"cloud\",\"networking\":{\"type\":\"limited\","
           "\"allowed_hosts\":[\"*.example.com\"]}}}",
@@ -517,10 +521,44 @@ static void unsatisfiable_apt_package_fails_the_build_visibly(void **state)
     json_decref(call("DELETE", path, NULL, 200));
 }
 
+/* The usual first flow: create an environment, a sandbox of it right
+ * after (the node has not learnt it yet), run a command. The claim waits
+ * for the first node to serve it, and says how long. */
+static void sandbox_right_after_create_waits_for_a_node(void **state)
+{
+    char body[256], path[160];
+    (void)state;
+
+    json_t *e = call("POST", "/v1/environments",
+                     "{\"name\":\"fresh\",\"config\":{\"type\":\"cloud\"}}", 200);
+    const char *id = json_string_value(json_object_get(e, "id"));
+    snprintf(body, sizeof(body), "{\"environment\":\"%s\"}", id);
+    json_t *sb = call("POST", "/v1/sandboxes", body, 200);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute",
+             json_string_value(json_object_get(sb, "id")));
+    json_t *res = call("POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"echo first\"}}", 200);
+    if (json_is_true(json_object_get(res, "is_error")))
+        fail_msg("first command: %s", text_of(res));
+    assert_string_equal(text_of(res), "first");
+    json_decref(res);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", json_string_value(json_object_get(sb, "id")));
+    json_t *got = call("GET", path, NULL, 200);
+    double waited = json_number_value(json_object_get(json_object_get(got, "timings"), "node_wait_ms"));
+    print_message("# waited %.0f ms for a node to serve %s\n", waited, id);
+    assert_true(waited > 0);
+    json_decref(got);
+    json_decref(call("DELETE", path, NULL, 200));
+    json_decref(sb);
+    snprintf(path, sizeof(path), "/v1/environments/%s", id);
+    json_decref(call("DELETE", path, NULL, 200));
+    json_decref(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(api_env_is_built_and_served_by_a_node_without_config),
+        cmocka_unit_test(sandbox_right_after_create_waits_for_a_node),
         cmocka_unit_test(execute_streams_output_as_sse),
         cmocka_unit_test(update_that_changes_the_template_rebuilds),
         cmocka_unit_test(archive_stops_serving_and_destroys_clones),

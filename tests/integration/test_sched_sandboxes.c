@@ -13,6 +13,7 @@
 #include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
+#include "base/timeutil.h"
 #include "base/err.h"
 #include "base/fs.h"
 
@@ -37,7 +38,7 @@ static int group_setup(void **state)
     snprintf(tmpl, sizeof(tmpl), "%s/py.json", DIR_);
     snprintf(json, sizeof(json),
              "{\"name\":\"py\",\"rootfs\":\"host\",\"workdir\":\"/work\","
-             "\"init\":[\"/.wp/warmpool-hands\",\"--socket\",\"/run/warmpool/hands.sock\","
+             "\"init_sets_hostname\":true,\"init\":[\"/.wp/warmpool-hands\",\"--socket\",\"/run/warmpool/hands.sock\","
              "\"--workdir\",\"/work\",\"--ready-file\",\"/run/warmpool/hands.ready\"],"
              "\"ready_file\":\"/run/warmpool/hands.ready\","
              "\"binds\":[{\"source\":\"%s\",\"target\":\"/.wp\"}],"
@@ -114,6 +115,13 @@ static void create_answers_at_once_and_execute_waits(void **state)
     assert_string_equal(json_string_value(json_object_get(got, "tier")), "hot");
     assert_true(json_real_value(json_object_get(json_object_get(got, "timings"), "attached_ms")) > 0);
     json_decref(got);
+    /* Timings print as the numbers they are (0.582, not 0.58199999999999996). */
+    struct th_resp raw;
+    assert_int_equal(th_http(A.port, "GET", path, KEY, NULL, &raw), 0);
+    char *ms = strstr(raw.body, "\"claim_ms\":");
+    assert_non_null(ms);
+    assert_true(strcspn(ms + 11, ",}") <= 12);
+    th_resp_free(&raw);
     /* Another scheduler process executes on it through the node's relay. */
     snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
     res = call(&B, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"echo $GREETING\"}}", 200);
@@ -199,7 +207,8 @@ static double metric(const char *text, const char *series)
 {
     const char *p = strstr(text, series);
     size_t l = strlen(series);
-    while (p && p[l] != ' ')
+    /* A sample line, not the family's # HELP line (whose text follows a space too). */
+    while (p && (p[l] != ' ' || (p != text && p[-1] != '\n')))
         p = strstr(p + 1, series);
     return p ? atof(p + l + 1) : -1;
 }
@@ -283,9 +292,147 @@ static void bad_input_is_refused(void **state)
              json_string_value(json_object_get(sb, "id")));
     json_t *e = call(&A, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", 502);
     const char *msg = json_string_value(json_object_get(json_object_get(e, "error"), "message"));
-    assert_non_null(strstr(msg, "no live node serves environment nowhere"));
+    assert_non_null(strstr(msg, "no node serves environment nowhere, and none will"));
     json_decref(e);
     json_decref(sb);
+}
+
+static long long node_lease_until(const char *sbx_id)
+{
+    char out[128], sandbox[128];
+    th_sh(out, sizeof(out), "redis-cli -p %d hget wp:sbx:%s sandbox", R.port, sbx_id);
+    snprintf(sandbox, sizeof(sandbox), "%.*s", (int)strcspn(out, "\n"), out);
+    th_sh(out, sizeof(out), "redis-cli -p %d hget 'wp:env:{py}:sb:%s' lease_until", R.port, sandbox);
+    return atoll(out);
+}
+
+/* GET path until the sandbox is no longer ready (10 s at most); the last
+ * answer, caller-owned. */
+static json_t *until_not_ready(struct th_sched *s, const char *path)
+{
+    json_t *got = NULL;
+    for (int i = 0; i < 100; i++, th_msleep(100)) {
+        json_decref(got);
+        got = call(s, "GET", path, NULL, 200);
+        if (strcmp(json_string_value(json_object_get(got, "status")), "ready") != 0)
+            break;
+    }
+    return got;
+}
+
+/* A harness holds a sandbox as long as it uses it: the lease is renewed
+ * (here every second of a 3 s lease), the sandbox is released once idle
+ * (6 s here), and GET tells the truth about a sandbox its node destroyed. */
+static void lease_renewed_while_used_released_when_idle(void **state)
+{
+    struct th_sched C;
+    char path[160], out[256];
+    (void)state;
+
+    assert_int_equal(th_sched_start(&C, R.port, "--sandbox-lease", "3", "--sandbox-idle-timeout",
+                                    "6", NULL), 0);
+    json_t *sb = call(&C, "POST", "/v1/sandboxes", "{\"environment\":\"py\"}", 200);
+    const char *id = json_string_value(json_object_get(sb, "id"));
+    assert_int_equal(json_integer_value(json_object_get(sb, "idle_timeout_s")), 6);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
+    json_decref(call(&C, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", 200));
+    th_msleep(1500); /* the first renewal: from the claim's lease to ours */
+    long long u0 = node_lease_until(id);
+    /* In use for two lease periods and more: renewed all along. */
+    for (int i = 0; i < 3; i++) {
+        th_msleep(2000);
+        json_decref(call(&C, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", 200));
+    }
+    long long u1 = node_lease_until(id);
+    assert_true(u1 > u0);
+    /* The renewal keeps it close to one lease ahead, no further. */
+    th_sh(out, sizeof(out), "date +%%s%%3N");
+    assert_true(u1 - atoll(out) <= 3000 + 500);
+    /* Then idle: released, and said so. */
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", id);
+    json_t *got = until_not_ready(&C, path);
+    const char *st = json_string_value(json_object_get(got, "status"));
+    assert_string_equal(st, "expired");
+    assert_non_null(strstr(json_string_value(json_object_get(got, "error")), "idle timeout is 6 s"));
+    assert_non_null(json_object_get(got, "last_used_at"));
+    json_decref(got);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
+    struct th_resp r;
+    assert_int_equal(th_http(C.port, "POST", path, KEY,
+                             "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", &r), 0);
+    assert_int_equal(r.status, 502);
+    assert_non_null(strstr(r.body, "expired"));
+    th_resp_free(&r);
+    json_decref(sb);
+    assert_int_equal(th_sched_stop(&C), 0);
+
+    /* Its node destroys a sandbox under a ready record: GET says so. */
+    sb = call(&A, "POST", "/v1/sandboxes", "{\"environment\":\"py\"}", 200);
+    id = json_string_value(json_object_get(sb, "id"));
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
+    json_decref(call(&A, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", 200));
+    th_sh(out, sizeof(out), "redis-cli -p %d hget wp:sbx:%s sandbox", R.port, id);
+    out[strcspn(out, "\n")] = '\0';
+    char cmd[1400];
+    snprintf(cmd, sizeof(cmd), "%s/warmpool-snap --state-dir %s/state destroy %s >/dev/null",
+             th_build_dir(), DIR_, out);
+    assert_int_equal(system(cmd), 0);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", id);
+    got = until_not_ready(&A, path);
+    st = json_string_value(json_object_get(got, "status"));
+    assert_string_equal(st, "failed");
+    assert_non_null(strstr(json_string_value(json_object_get(got, "error")), "the sandbox is gone"));
+    json_decref(got);
+    json_decref(call(&A, "DELETE", path, NULL, 200));
+    json_decref(sb);
+}
+
+/* Scrapes share one pool scan per --metrics-cache (ten Prometheus servers
+ * cost Redis one scan, not ten), and /metrics beyond loopback needs a
+ * token. */
+static void metrics_scans_shared_and_token_beyond_loopback(void **state)
+{
+    struct th_sched C, D;
+    int status;
+    (void)state;
+
+    assert_int_equal(th_sched_start(&C, R.port, "--metrics-cache", "3", NULL), 0);
+    char *m = NULL;
+    for (int i = 0; i < 50; i++, th_msleep(50)) { /* until its Redis connection is up */
+        free(m);
+        m = get_metrics(C.port, NULL, &status);
+        assert_int_equal(status, 200);
+        if (metric(m, "warmpool_metrics_pool_scrape_ok") == 1)
+            break;
+    }
+    double first = metric(m, "warmpool_metrics_pool_scans_total");
+    free(m);
+    assert_true(first == 1);
+    uint64_t t0 = wp_now_ns();
+    for (int i = 0; i < 20; i++) {
+        m = get_metrics(C.port, NULL, &status);
+        assert_int_equal(status, 200);
+        assert_true(metric(m, "warmpool_metrics_pool_scrape_ok") == 1);
+        free(m);
+    }
+    m = get_metrics(C.port, NULL, &status);
+    double after = metric(m, "warmpool_metrics_pool_scans_total");
+    free(m);
+    if ((double)(wp_now_ns() - t0) / 1e9 < 3)
+        assert_true(after == 1); /* all within the cache's life: no new scan */
+    th_msleep(3100);
+    m = get_metrics(C.port, NULL, &status);
+    assert_true(metric(m, "warmpool_metrics_pool_scans_total") == after + 1);
+    free(m);
+    assert_int_equal(th_sched_stop(&C), 0);
+
+    /* Beyond loopback: refused without a token, served with one. */
+    assert_int_equal(th_sched_start(&D, R.port, "--listen", "0.0.0.0:0", NULL), -1);
+    assert_int_equal(th_sched_start(&D, R.port, "--listen", "0.0.0.0:0", "--metrics-token", "tok",
+                                    NULL), 0);
+    free(get_metrics(D.port, NULL, &status));
+    assert_int_equal(status, 401);
+    assert_int_equal(th_sched_stop(&D), 0);
 }
 
 int main(void)
@@ -295,6 +442,8 @@ int main(void)
         cmocka_unit_test(create_answers_at_once_and_execute_waits),
         cmocka_unit_test(two_creates_never_share_and_release_destroys),
         cmocka_unit_test(bad_input_is_refused),
+        cmocka_unit_test(lease_renewed_while_used_released_when_idle),
+        cmocka_unit_test(metrics_scans_shared_and_token_beyond_loopback),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -210,7 +210,7 @@ int th_hands_template(const char *dir, const char *name, const char *hostname, c
     snprintf(path, cap, "%s/%s.json", dir, name);
     snprintf(json, sizeof(json),
              "{\"name\":\"%s\",\"rootfs\":\"host\",\"workdir\":\"/work\",%s"
-             "\"init\":[\"/.wp/warmpool-hands\",\"--socket\",\"/run/warmpool/hands.sock\","
+             "\"init_sets_hostname\":true,\"init\":[\"/.wp/warmpool-hands\",\"--socket\",\"/run/warmpool/hands.sock\","
              "\"--workdir\",\"/work\",\"--ready-file\",\"/run/warmpool/hands.ready\"],"
              "\"ready_file\":\"/run/warmpool/hands.ready\","
              "\"binds\":[{\"source\":\"%s\",\"target\":\"/.wp\"}],"

@@ -393,7 +393,8 @@ static void env_pool_names_and_templates(void **state)
     /* Metadata and apt packages shape the template; policy comes apart. */
     json_t *env = json_loads("{\"id\":\"env_x1\",\"config\":{\"type\":\"cloud\",\"packages\":"
                              "{\"apt\":[\"jq\",\"curl=7.88.1-10\"]}},\"metadata\":"
-                             "{\"warmpool.max_hot\":\"9\",\"warmpool.memory_mb\":\"128\"}}", 0, NULL);
+                             "{\"warmpool.max_hot\":\"9\",\"warmpool.memory_mb\":\"128\","
+                             "\"warmpool.disk_mb\":\"300\"}}", 0, NULL);
     assert_null(sched__envtpl_check(env));
     double mn, mx;
     json_t *t = sched__envtpl_template(env, "/opt/wp", &mn, &mx);
@@ -401,6 +402,13 @@ static void env_pool_names_and_templates(void **state)
     assert_true(mn == 1 && mx == 9);
     assert_string_equal(json_string_value(json_object_get(t, "name")), "env_x1");
     assert_int_equal(json_integer_value(json_object_get(json_object_get(t, "limits"), "memory_mb")), 128);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(t, "limits"), "disk_mb")), 300);
+    assert_null(json_object_get(json_object_get(t, "limits"), "shm_mb")); /* the node's default */
+    /* Only the hands binary is bound at /.wp, not the directory it is in. */
+    json_t *b0 = json_array_get(json_object_get(t, "binds"), 0);
+    assert_string_equal(json_string_value(json_object_get(b0, "source")), "/opt/wp/warmpool-hands");
+    assert_string_equal(json_string_value(json_object_get(b0, "target")), "/.wp/warmpool-hands");
+    assert_true(json_is_true(json_object_get(t, "init_sets_hostname")));
     json_t *setup = json_object_get(t, "setup");
     assert_int_equal(json_array_size(setup), 2);
     assert_non_null(strstr(json_string_value(json_array_get(setup, 1)), "'installed 7.88.1-10'"));
@@ -414,6 +422,9 @@ static void env_pool_names_and_templates(void **state)
     /* Bad values name the key. */
     json_object_set_new(json_object_get(env, "metadata"), "warmpool.pids", json_string("0x10"));
     assert_non_null(strstr(sched__envtpl_check(env), "warmpool.pids"));
+    json_object_set_new(json_object_get(env, "metadata"), "warmpool.pids", json_string("16"));
+    json_object_set_new(json_object_get(env, "metadata"), "warmpool.shm_mb", json_string("0"));
+    assert_non_null(strstr(sched__envtpl_check(env), "warmpool.shm_mb"));
     json_decref(env);
 }
 
