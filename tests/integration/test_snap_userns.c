@@ -128,6 +128,19 @@ static unsigned long status_field(pid_t pid, const char *key)
     return v;
 }
 
+/* A path in the sandbox's writable layer: on confine.c's tmpfs (rw/upper)
+ * when the sandbox is confined, else in its dir. */
+static void upper_path(const struct snap_sandbox *sb, const char *rel, char *out, size_t cap)
+{
+    struct stat st;
+
+    snprintf(out, cap, "%s/rw/upper", sb->dir);
+    if (stat(out, &st) < 0)
+        snprintf(out, cap, "%s/upper%s", sb->dir, rel);
+    else
+        snprintf(out, cap, "%s/rw/upper%s", sb->dir, rel);
+}
+
 /* What every sandbox must show, whatever made it. Returns the range base. */
 static unsigned long check_confined(struct snap_sandbox *sb, const char *what)
 {
@@ -168,7 +181,7 @@ static unsigned long check_confined(struct snap_sandbox *sb, const char *what)
 
     /* A file made inside is the range's on the host (the clone's upper). */
     free(bash(&h, "echo hi > /work/made-inside"));
-    snprintf(path, sizeof(path), "%s/upper/work/made-inside", sb->dir);
+    upper_path(sb, "/work/made-inside", path, sizeof(path));
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_uid, base);
     assert_int_equal(st.st_gid, base);
@@ -179,7 +192,7 @@ static unsigned long check_confined(struct snap_sandbox *sb, const char *what)
                    "echo '10.1.2.3 added' >> /etc/hosts && tail -n1 /etc/hosts");
     assert_string_equal(out, "0 0 65534 10.1.2.3 added");
     free(out);
-    snprintf(path, sizeof(path), "%s/upper/etc/hosts", sb->dir);
+    upper_path(sb, "/etc/hosts", path, sizeof(path));
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_uid, base);
 
@@ -189,7 +202,7 @@ static unsigned long check_confined(struct snap_sandbox *sb, const char *what)
                    "setpriv --reuid=65534 --regid=65534 --clear-groups id -u");
     assert_string_equal(out, "1000:1000\n65534\n65534\n65534");
     free(out);
-    snprintf(path, sizeof(path), "%s/upper/tmp/c", sb->dir);
+    upper_path(sb, "/tmp/c", path, sizeof(path));
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_uid, base + 1000);
 
