@@ -249,7 +249,7 @@ static int notify_cb(char *action, criu_notify_arg_t na)
 
     if (strcmp(action, "setup-namespaces") != 0)
         return 0;
-    if (snap__userns_net(criu_notify_pid(na), uns_net.slot, &err) < 0) {
+    if (snap__userns_net(criu_notify_pid(na), uns_net.slot, true, &err) < 0) {
         snprintf(uns_net.msg, sizeof(uns_net.msg), "%s", err.msg);
         return -1;
     }

@@ -175,8 +175,9 @@ int snap__userns_own_etc(const struct snap_sandbox *sb, uid_t base, struct wp_er
 int snap__userns_lowers(const struct snap_sandbox *sb, uid_t base, const char *const *lowers,
                         int n, char *out, size_t cap, struct wp_err *err);
 /* Loopback up and, for slot >= 0, the veth, in the network namespace of
- * pid (owned by the sandbox's user namespace), from a child of ours. */
-int snap__userns_net(pid_t pid, int slot, struct wp_err *err);
+ * pid (owned by the sandbox's user namespace): from a child of ours, or
+ * (here: a single-threaded caller) by entering it and coming back. */
+int snap__userns_net(pid_t pid, int slot, bool here, struct wp_err *err);
 /* Boot: the middle calls child (unshare CLONE_NEWUSER | flags, wait for
  * the host, become root inside); the caller calls parent (maps, network)
  * with the other end of the socketpair sync. */

@@ -524,13 +524,48 @@ static int lo_up(void)
  * process of the sandbox cannot make the veth's host end. A child of ours
  * (host root) enters that namespace and does: loopback up, and for a
  * networked sandbox the veth through sockets opened in the host's. */
-int snap__userns_net(pid_t pid, int slot, struct wp_err *err)
+/* Enter pid's network namespace, loopback up, the veth; msg says what
+ * failed (empty on success). The caller's network namespace changes. */
+static void net_in(pid_t pid, int slot, char *msg, size_t cap)
 {
     struct snap__net_fds nf = { -1, -1 };
     char path[64];
+    int ns, rc;
+
+    msg[0] = '\0';
+    snprintf(path, sizeof(path), "/proc/%d/ns/net", (int)pid);
+    ns = open(path, O_RDONLY | O_CLOEXEC);
+    if (slot >= 0 && snap__net_host_fds(&nf) < 0)
+        snprintf(msg, cap, "network: host sockets: %s", strerror(errno));
+    else if (ns < 0 || setns(ns, CLONE_NEWNET) < 0)
+        snprintf(msg, cap, "enter %s: %s", path, strerror(errno));
+    else if ((rc = lo_up()) < 0)
+        snprintf(msg, cap, "bring loopback up: %s", strerror(-rc));
+    else if (slot >= 0)
+        snap__net_attach(slot, &nf, msg, cap);
+    snap__net_close_fds(&nf);
+    if (ns >= 0)
+        close(ns);
+}
+
+int snap__userns_net(pid_t pid, int slot, bool here, struct wp_err *err)
+{
+    char msg[300];
     int p[2], status, rc = 0;
     pid_t child;
 
+    /* A single-threaded helper enters and comes back: no fork on the
+     * restore path. */
+    if (here) {
+        int self = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (self < 0)
+            return wp_err_errno(err, "open /proc/self/ns/net");
+        net_in(pid, slot, msg, sizeof(msg));
+        if (setns(self, CLONE_NEWNET) < 0 && !msg[0])
+            snprintf(msg, sizeof(msg), "back to our network namespace: %s", strerror(errno));
+        close(self);
+        return msg[0] ? wp_err_set(err, WP_ECHILD, "%s", msg) : 0;
+    }
     if (pipe2(p, O_CLOEXEC) < 0)
         return wp_err_errno(err, "pipe");
     child = fork();
@@ -541,24 +576,13 @@ int snap__userns_net(pid_t pid, int slot, struct wp_err *err)
         return rc;
     }
     if (child == 0) {
-        char msg[300] = "";
         close(p[0]);
-        snprintf(path, sizeof(path), "/proc/%d/ns/net", (int)pid);
-        int ns = open(path, O_RDONLY | O_CLOEXEC);
-        if (slot >= 0 && snap__net_host_fds(&nf) < 0)
-            snprintf(msg, sizeof(msg), "network: host sockets: %s", strerror(errno));
-        else if (ns < 0 || setns(ns, CLONE_NEWNET) < 0)
-            snprintf(msg, sizeof(msg), "enter %s: %s", path, strerror(errno));
-        else if ((rc = lo_up()) < 0)
-            snprintf(msg, sizeof(msg), "bring loopback up: %s", strerror(-rc));
-        else if (slot >= 0)
-            snap__net_attach(slot, &nf, msg, sizeof(msg));
+        net_in(pid, slot, msg, sizeof(msg));
         if (msg[0])
             (void)!write(p[1], msg, strlen(msg));
         _exit(msg[0] ? 1 : 0);
     }
     close(p[1]);
-    char msg[300];
     ssize_t n = read(p[0], msg, sizeof(msg) - 1);
     close(p[0]);
     while (waitpid(child, &status, 0) < 0 && errno == EINTR)
@@ -583,7 +607,7 @@ int snap__userns_parent(int sync, pid_t mid, uid_t base, int slot, struct wp_err
         return wp_err_set(err, WP_ECHILD, "sandbox setup exited before its user namespace");
     /* Stage 1 brings loopback up itself: only a veth needs us inside. */
     if ((rc = snap__userns_write_maps(mid, base, err)) < 0 ||
-        (slot >= 0 && (rc = snap__userns_net(mid, slot, err)) < 0)) {
+        (slot >= 0 && (rc = snap__userns_net(mid, slot, false, err)) < 0)) {
         (void)!write(sync, "n", 1);
         return rc;
     }
