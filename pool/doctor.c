@@ -113,7 +113,7 @@ static void check_uffd(struct doctor *d)
         /* criu opens it from the restored task, inside the sandbox's user
          * namespace: without the sysctl only host root may (snapshot/userns.c). */
         if (read_long("/proc/sys/vm/unprivileged_userfaultfd", 0) != 1)
-            item(d, WARN, "lazy pages in user namespaces",
+            item(d, WARN, "lazy in userns",
                  "sysctl vm.unprivileged_userfaultfd=1 (a host-wide trade-off: every host user "
                  "may then handle kernel page faults with userfaultfd)",
                  "criu opens userfaultfd from the restored task, inside the sandbox's user "
