@@ -39,6 +39,7 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->brain_lease_ms = 6000;
     cfg->brain_linger_s = 300;
     cfg->sandbox_idle_s = 1800;
+    snprintf(cfg->vault_key_file, sizeof(cfg->vault_key_file), "/etc/warmpool/vault.key");
     cfg->metrics_cache_s = 1;
     cfg->sandbox_lease_s = 60;
     cfg->max_tokens = 8192;
@@ -118,7 +119,13 @@ static void usage(void)
            "  --sse-hard-limit BYTES   cut a stream off above this much queued output (4194304)\n"
            "  --sse-soft-seconds SECS  cut a stream off after this long above the soft limit (30)\n"
            "  --max-conns N            open connections, streams included (10000); more get 503\n"
-           "  --vault-key HEX          64 hex digits: AES-256 key for vault secrets\n"
+           "  --vault-key HEX          64 hex digits: AES-256 key for vault secrets (else\n"
+           "                           $WARMPOOL_VAULT_KEY, else --vault-key-file)\n"
+           "  --vault-key-file PATH    the key's file, made on first start; every scheduler of\n"
+           "                           a deployment needs the same (/etc/warmpool/vault.key)\n"
+           "  --vault-key-previous HEX, --vault-key-previous-file PATH\n"
+           "                           the key before a rotation: what it sealed still opens\n"
+           "  --rotate-vault-key       re-seal every stored secret with the current key, exit\n"
            "  --model-url URL          Messages API base (https://api.anthropic.com); the key\n"
            "                           comes from $ANTHROPIC_API_KEY only (never a flag)\n"
            "  --model-version V        anthropic-version header (2023-06-01)\n"
@@ -280,6 +287,24 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         return wp_log_set_components(val) < 0
                    ? wp_err_set(err, WP_ECONFIG, "bad --log-components %s", val)
                    : 0;
+    if (!strcmp(name, "vault-key-previous")) {
+        if (strlen(val) != 64 || strspn(val, "0123456789abcdefABCDEF") != 64)
+            return wp_err_set(err, WP_ECONFIG, "--vault-key-previous wants 64 hex digits");
+        snprintf(cfg->vault_prev_hex, sizeof(cfg->vault_prev_hex), "%s", val);
+        return 0;
+    }
+    if (!strcmp(name, "vault-key-file") || !strcmp(name, "vault-key-previous-file")) {
+        bool prev = name[10] == 'p'; /* vault-key-previous-file */
+        if (val[0] != '/' || strlen(val) >= sizeof(cfg->vault_key_file))
+            return wp_err_set(err, WP_ECONFIG, "--%s wants an absolute path", name);
+        snprintf(prev ? cfg->vault_prev_file : cfg->vault_key_file, sizeof(cfg->vault_key_file),
+                 "%s", val);
+        return 0;
+    }
+    if (!strcmp(name, "rotate-vault-key")) {
+        cfg->rotate_vault_key = true;
+        return 0;
+    }
     if (!strcmp(name, "vault-key")) {
         if (strlen(val) != 64 || strspn(val, "0123456789abcdefABCDEF") != 64)
             return wp_err_set(err, WP_ECONFIG, "--vault-key wants 64 hex digits");
@@ -396,7 +421,7 @@ int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
         if (eq) {
             snprintf(name, sizeof(name), "%.*s", (int)(eq - a - 2), a + 2);
             val = eq + 1;
-        } else if (!strcmp(a, "--metrics-open")) { /* a flag: no value */
+        } else if (!strcmp(a, "--metrics-open") || !strcmp(a, "--rotate-vault-key")) { /* flags */
             snprintf(name, sizeof(name), "%s", a + 2);
             val = "on";
         } else {

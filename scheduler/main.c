@@ -9,6 +9,7 @@
 
 #include "base/log.h"
 #include "scheduler/sched.h"
+#include "scheduler/sched_int.h"
 
 int main(int argc, char **argv)
 {
@@ -23,6 +24,13 @@ int main(int argc, char **argv)
     if (rc < 0) {
         fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
         return 2;
+    }
+    if (cfg.rotate_vault_key) {
+        if (sched__vault_rotate(&cfg, &err) < 0) {
+            fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
+            return 1;
+        }
+        return 0;
     }
     if (cfg.norgs == 0)
         log_warn("no --api-key configured: every request will be refused with 401");

@@ -47,7 +47,12 @@ struct sched_config {
     int rate_sbx;            /* other /v1/sandboxes requests (execute, get, delete) */
     double drain_timeout;    /* seconds SIGTERM waits for in-flight requests */
     int max_conns;           /* connections (streams included) beyond this get 503 */
-    char vault_key_hex[65];  /* AES-256 key for vault secrets (hex); empty = derived */
+    char vault_key_hex[65];  /* AES-256 key for vault secrets (hex); empty: env
+                              * WARMPOOL_VAULT_KEY, else vault_key_file */
+    char vault_key_file[256]; /* made on first start (default /etc/warmpool/vault.key) */
+    char vault_prev_hex[65];  /* the key before a rotation (hex), or... */
+    char vault_prev_file[256]; /* ...in a file; values it sealed still open */
+    bool rotate_vault_key;   /* --rotate-vault-key: re-seal every stored value, exit */
     struct sched_model_config model; /* --model-*; the key from $ANTHROPIC_API_KEY only */
     bool metrics_token_set;  /* GET /metrics wants Authorization: Bearer <token> */
     bool metrics_open;       /* --metrics-open: no token although listening beyond loopback */

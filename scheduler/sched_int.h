@@ -75,6 +75,26 @@ struct sched_req;
 struct sched_sse;
 struct sched_hub;
 
+/* vault_key.c: the key that seals vault secrets (never derived from API
+ * keys), the one before a rotation, and the first format's derived key. */
+struct sched_vault_keys {
+    unsigned char cur[32], prev[32], legacy[32];
+    bool has_prev;
+    char cur_kid[17], prev_kid[17]; /* hex of sha256(key)[0..8) */
+    char source[256];               /* where the current key came from */
+};
+int sched__vault_keys_load(const struct sched_config *cfg, struct sched_vault_keys *k,
+                           struct wp_err *err);
+/* "v2:<kid>:<sealed>"; caller frees; NULL on failure. */
+char *sched__vault_seal(const struct sched_vault_keys *k, const char *plain, size_t n);
+/* The plain text (caller frees, *n its length), *stale when it was not
+ * sealed with the current key (write it back sealed again); NULL when no
+ * key opens it, why then says which key it needs. */
+char *sched__vault_unseal(const struct sched_vault_keys *k, const char *sealed, size_t *n,
+                          bool *stale, char *why, size_t cap);
+/* --rotate-vault-key: re-seal every stored value; prints a JSON summary. */
+int sched__vault_rotate(const struct sched_config *cfg, struct wp_err *err);
+
 struct sched_server {
     struct ev_loop *loop;
     struct sched_config cfg;
@@ -98,7 +118,7 @@ struct sched_server {
     bool draining;
     uint64_t req_seq;
     uint64_t boot_id;
-    unsigned char vault_key[32];
+    struct sched_vault_keys vk;
 };
 
 struct sched_req {

@@ -753,17 +753,10 @@ struct sched_server *sched_server_new(struct ev_loop *loop, const struct sched_c
     srv->listen_fd = fd;
     fd = -1;
 
-    if (cfg->vault_key_hex[0]) {
-        for (int i = 0; i < 32; i++) {
-            unsigned v = 0;
-            sscanf(cfg->vault_key_hex + 2 * i, "%2x", &v);
-            srv->vault_key[i] = (unsigned char)v;
-        }
-    } else {
-        /* Derived from the org keys' hashes: stable across processes that
-         * share a configuration. Operators should set --vault-key. */
-        sched__sha256(cfg->orgs, sizeof(cfg->orgs[0]) * (size_t)cfg->norgs, srv->vault_key);
-    }
+    if (sched__vault_keys_load(cfg, &srv->vk, err) < 0)
+        goto fail;
+    log_info("vault key %s from %s%s%s", srv->vk.cur_kid, srv->vk.source,
+             srv->vk.has_prev ? ", previous " : "", srv->vk.has_prev ? srv->vk.prev_kid : "");
 
     srv->rds = wp_redis_new(loop, cfg->redis_host, cfg->redis_port, "cmd");
     if (!srv->rds) {

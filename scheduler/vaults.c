@@ -278,7 +278,7 @@ static const char *split_auth(json_t *auth, json_t *secrets, bool create, const 
 static char *seal_secrets(struct sched_req *req, json_t *secrets)
 {
     char *plain = json_dumps(secrets, JSON_COMPACT);
-    char *sealed = plain ? sched__seal(req->srv->vault_key, plain, strlen(plain)) : NULL;
+    char *sealed = plain ? sched__vault_seal(&req->srv->vk, plain, strlen(plain)) : NULL;
     if (plain) {
         memset(plain, 0, strlen(plain));
         free(plain);
@@ -359,9 +359,11 @@ static void cred_sealed_cb(void *ctx, redisReply *reply)
     json_t *c = req->tmp2;
     req->tmp2 = NULL;
     json_t *secrets = NULL;
+    char why[256] = "missing";
     if (reply->type == REDIS_REPLY_STRING) {
         size_t n = 0;
-        char *plain = sched__unseal(req->srv->vault_key, reply->str, &n);
+        bool stale; /* written back below with the current key anyway */
+        char *plain = sched__vault_unseal(&req->srv->vk, reply->str, &n, &stale, why, sizeof(why));
         secrets = plain ? json_loadb(plain, n, 0, NULL) : NULL;
         if (plain) {
             memset(plain, 0, n);
@@ -370,8 +372,8 @@ static void cred_sealed_cb(void *ctx, redisReply *reply)
     }
     if (!secrets) {
         json_decref(c);
-        sched__respond_error(req, 500, "api_error", NULL,
-                             "stored secrets cannot be opened (wrong --vault-key?)");
+        sched__respond_error(req, 500, "api_error", "vault_key_mismatch",
+                             "the credential's stored secrets cannot be opened: %s", why);
         return;
     }
     const char *k;

@@ -197,7 +197,7 @@ static bool cat(char *buf, size_t cap, const char *fmt, ...)
 /* The table, its sets, map and base chains. Base chains are flushed and
  * refilled in the same transaction, so re-running it is idempotent and
  * never leaves a moment without the rules; per-sandbox objects stay. */
-static bool base_rules(char *b, size_t cap, char ns[MAX_NS][16], int n_ns)
+static bool base_rules(char *b, size_t cap, char ns[MAX_NS][16], int n_ns, bool host_forwards)
 {
     bool ok = cat(b, cap,
         "add table " TABLE "\n"
@@ -216,9 +216,14 @@ static bool base_rules(char *b, size_t cap, char ns[MAX_NS][16], int n_ns)
         "add rule " TABLE " forward oifname \"wpn*\" drop\n"
         "add rule " TABLE " forward iifname \"wpn*\" iifname vmap @sbx\n"
         "add rule " TABLE " forward iifname \"wpn*\" drop\n"
+        /* Forwarding is on for the sandboxes' sake: where the host did not
+         * forward before, it forwards nothing else (a drop in any base
+         * chain is final; an accept here would not be). */
+        "%s"
         "add chain " TABLE " postrouting { type nat hook postrouting priority srcnat; policy accept; }\n"
         "flush chain " TABLE " postrouting\n"
-        "add rule " TABLE " postrouting ip saddr 10.88.0.0/16 oifname != \"wpn*\" masquerade\n");
+        "add rule " TABLE " postrouting ip saddr 10.88.0.0/16 oifname != \"wpn*\" masquerade\n",
+        host_forwards ? "" : "add rule " TABLE " forward drop\n");
     for (int i = 0; i < n_ns; i++)
         ok = ok && cat(b, cap, "add element " TABLE " dns4 { %s }\n", ns[i]);
     return ok;
@@ -475,7 +480,9 @@ int snap__net_prepare(struct snap_ctx *ctx, const struct snap_sandbox *sb,
         rc = wp_err_set(err, -ENOMEM, "out of memory");
         goto fail;
     }
-    bool ok = base_rules(text, TEXT_CAP, ns, n_ns) &&
+    /* A saved value means we turned forwarding on: the host did not forward. */
+    bool host_forwards = access(FWD_SAVED, F_OK) != 0;
+    bool ok = base_rules(text, TEXT_CAP, ns, n_ns, host_forwards) &&
               cat(text, TEXT_CAP,
                   "add chain " TABLE " s%d\n"
                   "flush chain " TABLE " s%d\n"

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -759,6 +760,85 @@ static void sandbox_limits_apart_from_creates(void **state)
     assert_int_equal(th_sched_stop(&d), 0);
 }
 
+/* The vault key is its own: a scheduler with another API key opens what
+ * the first sealed; a rotation re-seals with the new key (the old one
+ * still opens meanwhile); a wrong key says which key the value needs. */
+static void vault_key_survives_api_keys_and_rotates(void **state)
+{
+    (void)state;
+    char path[256], k1[300], k2[300], k3[300], out[4096];
+    struct th_sched s2;
+    char *dir = th_tmpdir("vaultkey");
+    snprintf(k1, sizeof(k1), "%s/k1", dir);
+    snprintf(k2, sizeof(k2), "%s/k2", dir);
+    snprintf(k3, sizeof(k3), "%s/k3", dir);
+    assert_int_equal(th_sched_start(&s2, R.port, "--vault-key-file", k1, NULL), 0);
+    /* Made on first start: 64 hex digits, readable by root only. */
+    struct stat st;
+    assert_int_equal(stat(k1, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    struct th_resp r;
+    assert_int_equal(th_http(s2.port, "POST", "/v1/vaults", KEY, "{\"display_name\":\"vk\"}", &r), 0);
+    json_t *v = json_loads(r.body, 0, NULL);
+    th_resp_free(&r);
+    char *vid = strdup(s_(v, "id"));
+    json_decref(v);
+    snprintf(path, sizeof(path), "/v1/vaults/%s/credentials", vid);
+    assert_int_equal(th_http(s2.port, "POST", path, KEY,
+                             "{\"auth\":{\"type\":\"environment_variable\",\"secret_name\":\"T\","
+                             "\"secret_value\":\"s1\",\"networking\":{\"type\":\"unrestricted\"}}}",
+                             &r), 0);
+    assert_int_equal(r.status, 200);
+    v = json_loads(r.body, 0, NULL);
+    th_resp_free(&r);
+    char *cid = strdup(s_(v, "id"));
+    json_decref(v);
+    th_sh(out, sizeof(out), "redis-cli -p %d HGET wp:obj:%s sealed", R.port, cid);
+    assert_int_equal(strncmp(out, "v2:", 3), 0);
+    assert_int_equal(th_sched_stop(&s2), 0);
+    snprintf(path, sizeof(path), "/v1/vaults/%s/credentials/%s", vid, cid);
+    const char *upd = "{\"auth\":{\"type\":\"environment_variable\",\"secret_value\":\"s2\"}}";
+
+    /* Another API key added: the secrets still open (update reads them). */
+    assert_int_equal(th_sched_start(&s2, R.port, "--vault-key-file", k1, "--api-key", "gamma:sk-g",
+                                    NULL), 0);
+    assert_int_equal(th_http(s2.port, "POST", path, KEY, upd, &r), 0);
+    assert_int_equal(r.status, 200);
+    th_resp_free(&r);
+    assert_int_equal(th_sched_stop(&s2), 0);
+
+    /* A new key with the old as previous: the rotation opens each value
+     * with the old one and seals it with the new. */
+    char cmd[1200];
+    snprintf(cmd, sizeof(cmd), "%s/warmpool-scheduler --redis 127.0.0.1:%d --vault-key-file %s "
+             "--vault-key-previous-file %s --rotate-vault-key", th_build_dir(), R.port, k2, k1);
+    assert_int_equal(th_sh(out, sizeof(out), "%s", cmd), 0);
+    assert_non_null(strstr(out, "\"resealed\":1"));
+    assert_non_null(strstr(out, "\"failed\":0"));
+    /* Now the new key alone opens it. */
+    assert_int_equal(th_sched_start(&s2, R.port, "--vault-key-file", k2, NULL), 0);
+    assert_int_equal(th_http(s2.port, "POST", path, KEY, upd, &r), 0);
+    assert_int_equal(r.status, 200);
+    th_resp_free(&r);
+    assert_int_equal(th_sched_stop(&s2), 0);
+
+    /* A wrong key: a clear error naming the key the value needs. */
+    assert_int_equal(th_sched_start(&s2, R.port, "--vault-key-file", k3, NULL), 0);
+    assert_int_equal(th_http(s2.port, "POST", path, KEY, upd, &r), 0);
+    assert_int_equal(r.status, 500);
+    assert_non_null(strstr(r.body, "sealed with vault key"));
+    assert_non_null(strstr(r.body, "vault_key_mismatch"));
+    th_resp_free(&r);
+    assert_int_equal(th_sched_stop(&s2), 0);
+    /* A damaged key file is refused at start. */
+    th_sh(out, sizeof(out), "echo nothex > %s", k3);
+    assert_int_equal(th_sched_start(&s2, R.port, "--vault-key-file", k3, NULL), -1);
+    free(vid);
+    free(cid);
+    th_rmtree(dir);
+    free(dir);
+}
+
 static void vault_secrets_never_returned(void **state)
 {
     (void)state;
@@ -1155,6 +1235,7 @@ int main(void)
         cmocka_unit_test(rate_limits_shared_across_processes),
         cmocka_unit_test(sandbox_limits_apart_from_creates),
         cmocka_unit_test(vault_secrets_never_returned),
+        cmocka_unit_test(vault_key_survives_api_keys_and_rotates),
         cmocka_unit_test(work_queue),
         cmocka_unit_test(session_resources),
         cmocka_unit_test(connection_limit),

@@ -438,6 +438,46 @@ static void bad_network_settings_get_clear_errors(void **state)
     snap_template_free(c);
 }
 
+/* While sandboxes have network the host forwards for them, and for
+ * nothing else it did not forward before: two namespaces of the test's
+ * own, each behind its own host interface, stand for a host's other
+ * networks. */
+static void host_forwards_only_sandbox_traffic(void **state)
+{
+    char out[1024], a[32], b[32], ha[16], hb[16];
+    (void)state;
+
+    th_sh(out, sizeof(out), "cat /proc/sys/net/ipv4/ip_forward");
+    bool was_on = out[0] == '1';
+    snprintf(a, sizeof(a), "wpt-a-%d", (int)getpid());
+    snprintf(b, sizeof(b), "wpt-b-%d", (int)getpid());
+    snprintf(ha, sizeof(ha), "wpa%d", (int)getpid() % 100000);
+    snprintf(hb, sizeof(hb), "wpb%d", (int)getpid() % 100000);
+    assert_int_equal(th_sh(out, sizeof(out),
+                           "set -e; for x in %s:%s:1 %s:%s:2; do n=${x%%%%:*}; r=${x#*:}; h=${r%%%%:*}; "
+                           "i=${x##*:}; ip netns add $n; ip link add $h type veth peer name eth0 netns $n; "
+                           "ip addr add 10.99.$i.1/24 dev $h; ip link set $h up; "
+                           "ip -n $n addr add 10.99.$i.2/24 dev eth0; ip -n $n link set eth0 up; "
+                           "ip -n $n route add default via 10.99.$i.1; done",
+                           a, ha, b, hb),
+                     0);
+    struct snap_sandbox *sb = boot_net("fwd", "{\"mode\":\"unrestricted\"}");
+    th_sh(out, sizeof(out), "cat /proc/sys/net/ipv4/ip_forward");
+    assert_int_equal(out[0], '1'); /* on, for the sandbox */
+    int rc = th_sh(out, sizeof(out), "ip netns exec %s busybox ping -c 1 -W 1 10.99.2.2", a);
+    if (was_on)
+        assert_int_equal(rc, 0); /* the host forwarded before: still does */
+    else
+        assert_int_not_equal(rc, 0); /* it did not: it does not now either */
+    assert_int_equal(probe(sb->init_pid, INET_ADDR), 'i'); /* the sandbox's own, forwarded */
+    th_destroy_gone(&S, sb);
+    th_sh(out, sizeof(out), "cat /proc/sys/net/ipv4/ip_forward");
+    assert_int_equal(out[0], was_on ? '1' : '0');
+    th_sh(out, sizeof(out), "ip link del %s; ip link del %s; ip netns del %s; ip netns del %s", ha, hb,
+          a, b);
+    assert_no_net_state();
+}
+
 int main(void)
 {
     if (geteuid() != 0) {
@@ -451,6 +491,7 @@ int main(void)
         cmocka_unit_test(limited_reaches_only_allowed_hosts),
         cmocka_unit_test(clones_of_networked_image_each_have_network),
         cmocka_unit_test(gc_releases_network_of_dead_owner),
+        cmocka_unit_test(host_forwards_only_sandbox_traffic),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

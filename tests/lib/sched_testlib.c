@@ -136,6 +136,14 @@ static void track(int pid, bool add)
     }
 }
 
+static char vkey[64];
+static pid_t vkey_owner;
+static void drop_vault_key(void)
+{
+    if (vkey[0] && getpid() == vkey_owner) /* not a forked child's exit */
+        unlink(vkey);
+}
+
 int th_sched_start(struct th_sched *s, int redis_port, ...)
 {
     const char *argv[64];
@@ -156,6 +164,15 @@ int th_sched_start(struct th_sched *s, int redis_port, ...)
     argv[argc++] = "beta:sk-beta";
     argv[argc++] = "--log-level";
     argv[argc++] = getenv("WP_SCHED_LOG") ? getenv("WP_SCHED_LOG") : "warn";
+    /* One vault key per test process (its schedulers share it), not the
+     * machine's /etc/warmpool/vault.key; a test may pass its own after. */
+    if (!vkey[0]) {
+        snprintf(vkey, sizeof(vkey), "/tmp/wp-test-vault-%d.key", (int)getpid());
+        vkey_owner = getpid();
+        atexit(drop_vault_key);
+    }
+    argv[argc++] = "--vault-key-file";
+    argv[argc++] = vkey;
     va_start(ap, redis_port);
     const char *a;
     while ((a = va_arg(ap, const char *)) && argc < 62)

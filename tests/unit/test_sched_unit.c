@@ -282,11 +282,16 @@ static void config_parsing(void **state)
     struct sched_config c;
     struct wp_err err;
     const char *argv[] = {"x", "--listen", "0.0.0.0:9000", "--redis=10.0.0.1:6380", "--api-key", "acme:k1",
-                    "--rate-create", "5", "--sse-keepalive", "2.5", NULL};
+                    "--rate-create", "5", "--sse-keepalive", "2.5", "--metrics-open", NULL};
     sched_config_defaults(&c);
     assert_int_equal(c.rate_create, 60);
     assert_int_equal(c.rate_read, 600);
-    assert_int_equal(sched_config_parse_args(&c, 10, (char **)argv, &err), 0);
+    /* Beyond loopback, /metrics needs a token (or the operator's explicit open). */
+    assert_int_equal(sched_config_parse_args(&c, 10, (char **)argv, &err), WP_ECONFIG);
+    assert_non_null(strstr(err.msg, "--metrics-token"));
+    sched_config_defaults(&c);
+    assert_int_equal(sched_config_parse_args(&c, 11, (char **)argv, &err), 0);
+    assert_true(c.metrics_open);
     assert_string_equal(c.listen_host, "0.0.0.0");
     assert_int_equal(c.listen_port, 9000);
     assert_string_equal(c.redis_host, "10.0.0.1");
