@@ -9,6 +9,8 @@
 #include "base/fs.h"
 
 #include <fcntl.h>
+#include <sched.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 
 static struct th_snap S;
@@ -354,6 +356,68 @@ static void deleting_the_image_frees_its_range(void **state)
     assert_false(range_recorded(image_base));
 }
 
+static void write_file_in(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
+        _exit(90);
+    close(fd);
+}
+
+/* A host without user namespaces, played by a user namespace of the
+ * test's own whose max_user_namespaces is 0 (the limit is per namespace):
+ * the context refuses, and says why, unless the operator allows it. */
+static void refuses_without_user_namespaces(void **state)
+{
+    int p[2], status;
+    (void)state;
+
+    assert_int_equal(pipe(p), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct snap_ctx *ctx = NULL;
+        struct wp_err err = { 0 };
+        char out[600];
+        close(p[0]);
+        if (unshare(CLONE_NEWUSER) < 0)
+            _exit(91);
+        write_file_in("/proc/self/uid_map", "0 0 1");
+        write_file_in("/proc/self/setgroups", "deny");
+        write_file_in("/proc/self/gid_map", "0 0 1");
+        write_file_in("/proc/sys/user/max_user_namespaces", "0");
+        for (int allow = 0; allow < 2; allow++) {
+            struct snap_config cfg = { .state_dir = S.state, .insecure_allow_unconfined = allow };
+            err.msg[0] = '\0';
+            int rc = snap_ctx_open(&cfg, &ctx, &err);
+            snprintf(out, sizeof(out), "%d %d %s\n", allow, rc, err.msg);
+            (void)!write(p[1], out, strlen(out));
+            if (rc == 0)
+                snap_ctx_close(ctx);
+        }
+        _exit(0);
+    }
+    close(p[1]);
+    char buf[2048] = "";
+    size_t n = 0;
+    ssize_t r;
+    while ((r = read(p[0], buf + n, sizeof(buf) - 1 - n)) > 0)
+        n += (size_t)r;
+    buf[n] = '\0';
+    close(p[0]);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    print_message("# %s", buf);
+    /* Refused, naming the cause and the flag. */
+    assert_non_null(strstr(buf, "0 -10002 "));
+    assert_non_null(strstr(buf, "cannot give sandboxes a user namespace"));
+    assert_non_null(strstr(buf, "--insecure-allow-unconfined"));
+    /* Allowed: whatever else this fake host lacks, not that refusal. */
+    char *second = strstr(buf, "\n1 ");
+    assert_non_null(second);
+    assert_null(strstr(second, "cannot give sandboxes a user namespace"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -363,6 +427,7 @@ int main(void)
         HH_TEST(lazy_without_the_sysctl_restores_eagerly),
         HH_TEST(two_clones_side_by_side),
         HH_TEST(deleting_the_image_frees_its_range),
+        HH_TEST(refuses_without_user_namespaces),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
