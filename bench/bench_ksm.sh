@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 OUT=bench/results
 mkdir -p "$OUT"
 T=$(mktemp -d /tmp/wp-ksmbench-XXXXXX)
+chmod 711 "$T"  # sandboxes in a user namespace reach state dirs below as an unprivileged id
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export NODE_PID_FILE="$T/node.pid"
 cleanup() {

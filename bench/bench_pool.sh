@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 OUT=bench/results
 mkdir -p "$OUT"
 T=$(mktemp -d /tmp/wp-poolbench-XXXXXX)
+chmod 711 "$T"  # sandboxes in a user namespace reach state dirs below as an unprivileged id
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cleanup() {
     [ -n "${NODE:-}" ] && kill "$NODE" 2>/dev/null && wait "$NODE" 2>/dev/null || true

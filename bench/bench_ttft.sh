@@ -41,6 +41,7 @@ HOT=${HOT:-8}
 KEY=sk-bench
 
 T=$(mktemp -d /tmp/wp-ttftbench-XXXXXX)
+chmod 711 "$T"  # sandboxes in a user namespace reach state dirs below as an unprivileged id
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 RPORT=$(free_port)
 MPORT=$(free_port)

@@ -333,6 +333,12 @@ static void env_status(const char *env)
                    "  %-20s organizations (multi_tenant) and merging is a timing side channel\n"
                    "  %-20s between them; override: --ksm-multi-tenant-override\n",
                    "", "", "");
+        redisReply *u = cmd("HGET wp:node:%s userns", n);
+        if (u->type == REDIS_REPLY_STRING && strcmp(u->str, "UNCONFINED") == 0)
+            printf("  %-20s UNCONFINED: no user namespace per sandbox on this node (the host has\n"
+                   "  %-20s none; --insecure-allow-unconfined): its sandboxes run as the host's root\n",
+                   "", "");
+        freeReplyObject(u);
         mem_status(env, n);
         freeReplyObject(ns);
         freeReplyObject(alive);

@@ -37,7 +37,10 @@ static const char usage[] =
     "                          MemAvailable at start); caps hot targets by what fits,\n"
     "                          measured (one shared copy per image + private bytes)\n"
     "  --insecure-allow-unconfined  run sandboxes WITHOUT capability drop, seccomp, /proc\n"
-    "                          masks, device list and disk limits (benchmark baseline)\n"
+    "                          masks, device list and disk limits (benchmark baseline);\n"
+    "                          a user namespace is still used where the host has them,\n"
+    "                          else sandboxes run as the host's root (logged); without\n"
+    "                          this flag a host without user namespaces refuses to serve\n"
     "  --multi-tenant          the node serves several organizations: environments\n"
     "                          with \"ksm\" run without merging (a timing side channel)\n"
     "  --ksm-multi-tenant-override  merge anyway on a multi-tenant node\n"
@@ -48,7 +51,8 @@ static const char usage[] =
     "                          none (no images: the pool is cold-booted sandboxes)\n"
     "  --criu-timeout SEC      deadline of each dump and restore (default 120)\n"
     "  --config FILE           JSON with the same keys (flags win: hot_memory_mb,\n"
-    "                          multi_tenant, ksm_multi_tenant_override...), plus\n"
+    "                          multi_tenant, ksm_multi_tenant_override,\n"
+    "                          insecure_allow_unconfined...), plus\n"
     "                          ksm_slow_pages, ksm_fast_pages, ksm_sleep_ms\n"
     "  --log-level LEVEL       error, warn, info, debug (default info)\n"
     "\n"
@@ -239,6 +243,8 @@ static int load_file(struct pool_node_config *cfg, const char *path, struct wp_e
             cfg->multi_tenant = json_is_true(v);
         else if (strcmp(k, "ksm_multi_tenant_override") == 0 && json_is_boolean(v))
             cfg->ksm_multi_tenant = json_is_true(v);
+        else if (strcmp(k, "insecure_allow_unconfined") == 0 && json_is_boolean(v))
+            cfg->unconfined = json_is_true(v);
         else if (strcmp(k, "envs") == 0 && json_is_array(v)) {
             json_t *item;
             json_array_foreach(v, i, item) {

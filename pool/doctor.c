@@ -110,6 +110,14 @@ static void check_uffd(struct doctor *d)
     if (fd >= 0) {
         close(fd);
         item(d, OK, "userfaultfd", NULL, "available (lazy restores)");
+        /* criu opens it from the restored task, inside the sandbox's user
+         * namespace: without the sysctl only host root may (snapshot/userns.c). */
+        if (read_long("/proc/sys/vm/unprivileged_userfaultfd", 0) != 1)
+            item(d, WARN, "lazy in userns",
+                 "sysctl vm.unprivileged_userfaultfd=1 (a host-wide trade-off: every host user "
+                 "may then handle kernel page faults with userfaultfd)",
+                 "criu opens userfaultfd from the restored task, inside the sandbox's user "
+                 "namespace: lazy restores go eager");
     } else {
         item(d, WARN, "userfaultfd", "a kernel with CONFIG_USERFAULTFD=y",
              "userfaultfd(): %s; lazy restores go eager", strerror(errno));
@@ -172,10 +180,11 @@ static void check_userns(struct doctor *d)
     if (ok && max != 0)
         item(d, OK, "user namespaces", NULL, "available (max_user_namespaces %ld)", max);
     else
-        item(d, WARN, "user namespaces",
-             "sysctl user.max_user_namespaces=15000 (and CONFIG_USER_NS=y)",
+        item(d, FAIL, "user namespaces",
+             "sysctl user.max_user_namespaces=15000 (and CONFIG_USER_NS=y); or run the node with "
+             "--insecure-allow-unconfined (sandboxes then run as the host's root)",
              "cannot create one (max_user_namespaces %ld): sandboxes cannot map root to an "
-             "unprivileged range",
+             "unprivileged range, and the node refuses to start",
              max);
 }
 

@@ -1251,9 +1251,10 @@ static void register_node(struct node *n)
                             "ksm_pages_shared", ps, "ksm_pages_sharing", pg, "ksm_full_scans", fs,
                             "multi_tenant", n->cfg.multi_tenant ? "yes" : "no",
                             "confined", n->cfg.unconfined ? "NO (--insecure-allow-unconfined)" : "yes",
+                            "userns", snap_ctx_userns(n->snap) ? "yes" : "UNCONFINED",
                             "ksmd_cpu_ms", cpu };
         /* No ksmd (KSM not built in): no CPU figure rather than a false 0. */
-        cmd(n, "node memory", n->kh.ksmd_found ? 18 : 16, h);
+        cmd(n, "node memory", n->kh.ksmd_found ? 20 : 18, h);
     }
     {
         /* What the orphan checks could not remove, for pool status. */
@@ -1896,6 +1897,7 @@ static void early_stop_handler(int sig)
 int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
 {
     struct snap_config sc = { .state_dir = cfg->state_dir,
+                              .insecure_allow_unconfined = cfg->unconfined,
                               .criu_mode = cfg->criu_mode[0] ? cfg->criu_mode : NULL,
                               .criu_timeout_s = cfg->criu_timeout_s,
                               .unconfined = cfg->unconfined };

@@ -26,6 +26,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -76,6 +77,26 @@ static void st_write(int fd, const char *fmt, ...)
         _exit(1);                      \
     } while (0)
 
+/* A bind remount adding flags. In a user namespace the kernel locks the
+ * flags of mounts that came from the host (MNT_LOCK_*): a remount that
+ * would clear one (say relatime or nosuid) is refused, so keep those the
+ * mount already has. */
+static int remount_bind(const char *path, unsigned long flags)
+{
+    static const struct { unsigned long st, ms; } keep[] = {
+        { ST_RDONLY, MS_RDONLY }, { ST_NOSUID, MS_NOSUID }, { ST_NODEV, MS_NODEV },
+        { ST_NOEXEC, MS_NOEXEC }, { ST_NOATIME, MS_NOATIME }, { ST_NODIRATIME, MS_NODIRATIME },
+        { ST_RELATIME, MS_RELATIME },
+    };
+    struct statvfs sv;
+
+    if (statvfs(path, &sv) == 0)
+        for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++)
+            if (sv.f_flag & keep[i].st)
+                flags |= keep[i].ms;
+    return mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | flags, NULL);
+}
+
 /* /dev is the sandbox's own directory of device nodes (made on the host
  * side by snap__make_dev), bound in. It is an external mount for CRIU:
  * not dumped, and bound from the clone's own directory at restore, which
@@ -87,7 +108,7 @@ static void stage1_devices(int st, const char *root, const char *devdir)
     snprintf(path, sizeof(path), "%s/dev", root);
     mkdir(path, 0755);
     if (mount(devdir, path, NULL, MS_BIND, NULL) < 0 ||
-        mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC, NULL) < 0)
+        remount_bind(path, MS_NOSUID | MS_NOEXEC) < 0)
         FAIL(st, "bind %s on /dev: %s", devdir, strerror(errno));
 }
 
@@ -145,20 +166,27 @@ static void stage1(const struct snap_ctx *ctx, const struct snap_template *t, co
         FAIL(st, "unshare cgroup namespace: %s", strerror(errno));
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
         FAIL(st, "make mounts private: %s", strerror(errno));
+    /* Mounts copied from the host's namespace into one owned by a user
+     * namespace are locked, and pivot_root refuses a locked new root:
+     * bind the root onto itself, a mount of our own namespace. */
+    if (ctx->userns && mount(root, root, NULL, MS_BIND | MS_REC, NULL) < 0)
+        FAIL(st, "bind the root onto itself: %s", strerror(errno));
     if (host_root) {
         /* The host's /usr, read-only; /bin, /lib, /sbin, /lib64 are
          * symlinks into it in the generated base layer (merged /usr). */
         snprintf(path, sizeof(path), "%s/usr", root);
         if (mount("/usr", path, NULL, MS_BIND | MS_REC, NULL) < 0 ||
-            mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
-                  NULL) < 0)
+            remount_bind(path, MS_RDONLY | MS_NOSUID | MS_NODEV) < 0)
             FAIL(st, "bind /usr read-only: %s", strerror(errno));
     }
     for (int i = 0; i < t->n_binds; i++) {
         struct stat sst;
         snprintf(path, sizeof(path), "%s%s", root, t->binds[i].target);
         if (stat(t->binds[i].source, &sst) < 0)
-            FAIL(st, "bind source %s: %s", t->binds[i].source, strerror(errno));
+            FAIL(st, "bind source %s: %s%s", t->binds[i].source, strerror(errno),
+                 ctx->userns && errno == EACCES ? " (root of the sandbox is an unprivileged host id: "
+                                             "the source's dirs must be searchable by others)"
+                                           : "");
         if (S_ISDIR(sst.st_mode)) {
             if (wp_mkdir_p(path, 0755, NULL) < 0)
                 FAIL(st, "mkdir %s: %s", t->binds[i].target, strerror(errno));
@@ -172,7 +200,7 @@ static void stage1(const struct snap_ctx *ctx, const struct snap_template *t, co
                 close(ffd);
         }
         if (mount(t->binds[i].source, path, NULL, MS_BIND, NULL) < 0 ||
-            mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+            remount_bind(path, MS_RDONLY | MS_NOSUID | MS_NODEV) < 0)
             FAIL(st, "bind %s on %s: %s", t->binds[i].source, t->binds[i].target, strerror(errno));
     }
     snprintf(path, sizeof(path), "%s/proc", root);
@@ -260,7 +288,8 @@ static void stage1(const struct snap_ctx *ctx, const struct snap_template *t, co
 
 /* The middle process: joins the cgroup, unshares, forks stage 1, exits. */
 static void middle(struct snap_ctx *ctx, const struct snap_template *t,
-                   const struct snap_sandbox *sb, bool host_root, int slot, int st, int prog)
+                   const struct snap_sandbox *sb, bool host_root, int slot, int st, int prog,
+                   int sync)
 {
     struct snap__net_fds nf = { -1, -1 };
     struct wp_err err;
@@ -269,6 +298,16 @@ static void middle(struct snap_ctx *ctx, const struct snap_template *t,
 
     if (snap__cg_enter(ctx, sb->id, getpid(), &err) < 0)
         FAIL(st, "%s", err.msg);
+    if (ctx->userns) {
+        /* Every namespace belongs to the new user namespace; the host
+         * writes its maps and makes the veth (we no longer can). */
+        if (snap__userns_child(sync, CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET |
+                                         CLONE_NEWPID, msg, sizeof(msg)) < 0)
+            FAIL(st, "%s", msg);
+        close(sync);
+        slot = -1;
+        goto fork_stage1;
+    }
     /* Sockets of the host's namespace, kept across the unshare: the veth's
      * host end is made and configured through them. */
     if (slot >= 0 && snap__net_host_fds(&nf) < 0)
@@ -281,6 +320,7 @@ static void middle(struct snap_ctx *ctx, const struct snap_template *t,
             FAIL(st, "%s", msg);
         snap__net_close_fds(&nf);
     }
+fork_stage1:
     pid = fork();
     if (pid < 0)
         FAIL(st, "fork stage 1: %s", strerror(errno));
@@ -394,11 +434,11 @@ int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *i
 {
     struct snap_sandbox *sb;
     char lower[1024];
-    int st[2] = { -1, -1 }, prog[2] = { -1, -1 };
+    int st[2] = { -1, -1 }, prog[2] = { -1, -1 }, sync[2] = { -1, -1 };
     bool host_root = strcmp(t->rootfs, "host") == 0;
     uint64_t t0 = wp_now_ns();
     pid_t mid;
-    int rc, slot = -1;
+    int rc, slot = -1, uns = -1;
 
     if (id && !snap_name_valid(id))
         return wp_err_set(err, WP_EINVAL_INPUT, "boot: bad sandbox id \"%s\"", id);
@@ -416,13 +456,26 @@ int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *i
     snprintf(lower, sizeof(lower), "%s", host_root ? ctx->host_layer : t->rootfs);
     char rw[600];
     if ((rc = snap__make_dev(sb, err)) < 0 ||
-        (rc = snap__confine_host_prepare(ctx, sb, &t->limits, rw, sizeof(rw), err)) < 0 ||
-        (rc = snap__mount_overlay(sb, lower, rw, err)) < 0 ||
+        (rc = snap__confine_host_prepare(ctx, sb, &t->limits, rw, sizeof(rw), err)) < 0)
+        goto fail;
+    /* A fresh id range for this sandbox (an image made from it keeps it). */
+    if (ctx->userns) {
+        const char *lowers[1] = { host_root ? ctx->host_layer : t->rootfs };
+        if ((rc = uns = snap__userns_alloc(sb->dir, err)) < 0 ||
+            (rc = snap__userns_record(sb, uns, err)) < 0 ||
+            (rc = snap__userns_own_dirs(sb, rw, snap__userns_base(uns), err)) < 0 ||
+            (rc = snap__userns_lowers(sb, snap__userns_base(uns), lowers, 1, lower,
+                                      sizeof(lower), err)) < 0)
+            goto fail;
+    }
+    if ((rc = snap__mount_overlay(sb, lower, rw, err)) < 0 ||
         (rc = snap__cg_create(ctx, sb->id, &t->limits, err)) < 0 ||
         (rc = snap__meta_write(ctx, sb, "boot", err)) < 0 ||
-        (rc = snap__net_prepare(ctx, sb, &t->network, &slot, err)) < 0)
+        (rc = snap__net_prepare(ctx, sb, &t->network, &slot, err)) < 0 ||
+        (slot >= 0 && uns >= 0 && (rc = snap__userns_own_etc(sb, snap__userns_base(uns), err)) < 0))
         goto fail;
-    if (pipe2(st, O_CLOEXEC) < 0 || pipe2(prog, O_CLOEXEC) < 0) {
+    if (pipe2(st, O_CLOEXEC) < 0 || pipe2(prog, O_CLOEXEC) < 0 ||
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sync) < 0) {
         rc = wp_err_errno(err, "pipe");
         goto fail;
     }
@@ -433,18 +486,34 @@ int snap_boot(struct snap_ctx *ctx, const struct snap_template *t, const char *i
     }
     if (mid == 0) {
         /* No host fd may reach the sandbox: keep only our two pipe ends. */
-        int keep_st = 1000, keep_prog = 1001;
+        int keep_st = 1000, keep_prog = 1001, keep_sync = 1002;
         dup3(st[1], keep_st, O_CLOEXEC);
         dup3(prog[1], keep_prog, O_CLOEXEC);
+        dup3(sync[1], keep_sync, O_CLOEXEC);
         syscall(SYS_close_range, 3u, (unsigned)keep_st - 1, 0u);
-        wp_close_fds_from(keep_prog + 1);
-        middle(ctx, t, sb, host_root, slot, keep_st, keep_prog);
+        wp_close_fds_from(keep_sync + 1);
+        middle(ctx, t, sb, host_root, slot, keep_st, keep_prog, keep_sync);
     }
     close(st[1]);
     close(prog[1]);
-    st[1] = prog[1] = -1;
+    close(sync[1]);
+    st[1] = prog[1] = sync[1] = -1;
+    if (ctx->userns)
+        rc = snap__userns_parent(sync[0], mid, snap__userns_base(uns), slot, err);
+    close(sync[0]);
+    sync[0] = -1;
     while (waitpid(mid, NULL, 0) < 0 && errno == EINTR)
         ;
+    if (ctx->userns && rc < 0) {
+        /* The middle may have failed before the handshake (EOF for us):
+         * then its own words say why. */
+        struct wp_err why;
+        if (follow_stage1(st[0], prog[0], NULL, NULL, &why) < 0 && err &&
+            strstr(err->msg, "before its user namespace") &&
+            !strstr(why.msg, "exited without starting init"))
+            *err = why;
+        goto fail;
+    }
     rc = follow_stage1(st[0], prog[0], progress, arg, err);
     if (rc < 0)
         goto fail;
@@ -470,6 +539,8 @@ fail:
             close(st[i]);
         if (prog[i] >= 0)
             close(prog[i]);
+        if (sync[i] >= 0)
+            close(sync[i]);
     }
     wp_err_wrap(err, "boot %s", t->name);
     snap__teardown(ctx, sb->id, sb->init_pid, NULL);

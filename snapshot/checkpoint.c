@@ -105,7 +105,7 @@ static uint64_t pages_bytes(const char *criu_dir)
 
 static int write_manifest(struct snap_ctx *ctx, const char *dir, const struct snap_template *t,
                           const char *name, double boot_ms, const struct snap_image_info *info,
-                          struct wp_err *err)
+                          int uns, struct wp_err *err)
 {
     char *tjson = snap__template_json(t), *s = NULL, path[700];
     json_t *tobj = tjson ? json_loads(tjson, 0, NULL) : NULL;
@@ -123,6 +123,9 @@ static int write_manifest(struct snap_ctx *ctx, const char *dir, const struct sn
                           (json_int_t)info->image_bytes, "layer_bytes",
                           (json_int_t)info->layer_bytes, "boot_ms", boot_ms, "dump_ms",
                           info->dump_ms, "created_ms", (json_int_t)wp_wall_ms());
+    /* The id range the image's files and userns.img use (see userns.c). */
+    if (m && uns >= 0)
+        json_object_set_new(m, "userns_base", json_integer(snap__userns_base(uns)));
     if (m)
         s = json_dumps(m, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(m);
@@ -155,7 +158,8 @@ static int dump_in_helper(struct snap_ctx *ctx, const struct snap_sandbox *sb,
         if (criu_local_init_opts(&opts) < 0)
             _exit(100);
         snap__criu_env(ctx->probe.mode);
-        setenv("CRIU_CONFIG_FILE", ctx->criu_dump_conf, 1);
+        bool uns = snap__userns_read(sb->dir) >= 0;
+        setenv("CRIU_CONFIG_FILE", uns ? ctx->criu_dump_uns_conf : ctx->criu_dump_conf, 1);
         criu_local_set_service_binary(opts, ctx->criu_bin);
         criu_local_set_images_dir_fd(opts, dfd);
         criu_local_set_work_dir_fd(opts, wfd);
@@ -181,7 +185,10 @@ static int dump_in_helper(struct snap_ctx *ctx, const struct snap_sandbox *sb,
             snprintf(key, sizeof(key), "bind%d", i);
             criu_local_add_ext_mount(opts, t->binds[i].target, key);
         }
-        criu_local_add_external(opts, netns);
+        /* In a user namespace the network namespace stays out of the
+         * image (empty-ns net in the config): see make_confs. */
+        if (!uns)
+            criu_local_add_external(opts, netns);
         int drc = criu_local_dump(opts);
         _exit(drc < 0 ? (-drc > 99 ? 99 : -drc) : 0);
     }
@@ -205,7 +212,7 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
     char final[600], tmp[620], path[700], log[700], excerpt[700];
     struct snap_image_info local = { 0 };
     struct stat st;
-    int dfd = -1, wfd = -1, rc;
+    int dfd = -1, wfd = -1, rc, uns = -1;
     uint64_t t0;
 
     if (!info)
@@ -282,12 +289,17 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
     snprintf(layer, sizeof(layer), "%s/layer", tmp);
     if ((rc = snap__confine_move_layer(path, layer, err)) < 0)
         goto fail;
+    /* The id range goes with the layer: its files are owned by it, and
+     * criu restores every clone with its maps. */
+    uns = snap__userns_read(sb->dir);
+    if (uns >= 0 && (rc = snap__userns_transfer(uns, sb->dir, final, err)) < 0)
+        goto fail;
     snap__teardown(ctx, sb->id, 0, NULL);
     snprintf(path, sizeof(path), "%s/criu", tmp);
     info->pages_bytes = pages_bytes(path);
     info->layer_bytes = snap__du(layer);
     info->image_bytes = snap__du(path);
-    if ((rc = write_manifest(ctx, tmp, t, name, boot_ms, info, err)) < 0)
+    if ((rc = write_manifest(ctx, tmp, t, name, boot_ms, info, uns, err)) < 0)
         goto fail;
     if (rename(tmp, final) < 0) {
         rc = wp_err_errno(err, "rename %s", tmp);
@@ -305,6 +317,7 @@ fail:
     if (wfd >= 0)
         close(wfd);
     wp_rm_rf(tmp, NULL);
+    snap__userns_release(uns, final); /* when it was passed on already */
 fail_sb:
     snap__teardown(ctx, sb->id, sb->init_pid, NULL);
     free(sb);
@@ -358,5 +371,15 @@ int snap_image_delete(struct snap_ctx *ctx, const char *name, struct wp_err *err
     if (n > 0)
         return wp_err_set(err, WP_ESTATE, "image \"%s\" is in use by %d sandbox(es), e.g. %s",
                           name, n, user);
-    return wp_rm_rf(path, err);
+    /* Its id range, once the files owned by it are gone. */
+    char mpath[700];
+    snprintf(mpath, sizeof(mpath), "%s/manifest.json", path);
+    json_t *m = json_load_file(mpath, 0, NULL);
+    json_t *b = json_object_get(m, "userns_base");
+    int uns = json_is_integer(b) ? snap__userns_index((uid_t)json_integer_value(b)) : -1;
+    json_decref(m);
+    int rc = wp_rm_rf(path, err);
+    if (rc == 0)
+        snap__userns_release(uns, path);
+    return rc;
 }

@@ -42,6 +42,9 @@ static const char usage[] =
     "  --criu PATH       criu binary (default " WP_PREFIX "/bin/criu)\n"
     "  --id ID           sandbox id for boot/restore\n"
     "  --lazy            lazy-pages restore (userfaultfd)\n"
+    "  --insecure-allow-unconfined  no capability drop, seccomp, /proc masks, device\n"
+    "                    list, disk limits; a user namespace only where the host has\n"
+    "                    them (else sandboxes run as the host's root)\n"
     "  --criu-mode M     auto (probe; default), default, no-breakpoints, none\n"
     "  --criu-timeout S  deadline of each dump and restore (default 120)\n"
     "  --probe-timeout S deadline of each probe step (default 5)\n"
@@ -146,6 +149,7 @@ int main(int argc, char **argv)
         { "state-dir", required_argument, NULL, 's' }, { "criu", required_argument, NULL, 'c' },
         { "id", required_argument, NULL, 'i' },        { "lazy", no_argument, NULL, 'z' },
         { "log-level", required_argument, NULL, 'l' }, { "help", no_argument, NULL, 'h' },
+        { "insecure-allow-unconfined", no_argument, NULL, 'U' },
         { "criu-mode", required_argument, NULL, 'm' }, { "criu-timeout", required_argument, NULL, 't' },
         { "probe-timeout", required_argument, NULL, 'p' }, { "probe-cache", required_argument, NULL, 'C' },
         { "reprobe", no_argument, NULL, 'R' },
@@ -165,6 +169,7 @@ int main(int argc, char **argv)
         case 'c': cfg.criu_bin = optarg; break;
         case 'i': id = optarg; break;
         case 'z': lazy = true; break;
+        case 'U': cfg.insecure_allow_unconfined = cfg.unconfined = true; break;
         case 'm': cfg.criu_mode = optarg; break;
         case 't':
         case 'p': {

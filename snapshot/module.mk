@@ -1,6 +1,6 @@
 snapshot_SRCS := snapshot/template.c snapshot/cgroup.c snapshot/sandbox.c snapshot/boot.c \
                  snapshot/checkpoint.c snapshot/restore.c snapshot/rootfs.c \
-                 snapshot/net.c snapshot/criu.c snapshot/confine.c
+                 snapshot/net.c snapshot/criu.c snapshot/confine.c snapshot/userns.c
 
 BINS += $(BUILD)/warmpool-snap
 $(BUILD)/warmpool-snap: $(BUILD)/obj/snapshot/cli.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
@@ -8,6 +8,11 @@ $(BUILD)/warmpool-snap: $(BUILD)/obj/snapshot/cli.o $(BUILD)/libsnapshot.a $(BUI
 
 BINS += $(BUILD)/bench/snap_bench
 $(BUILD)/bench/snap_bench: $(BUILD)/obj/bench/snap_bench.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+	@mkdir -p $(@D)
+	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
+
+BINS += $(BUILD)/bench/userns_bench
+$(BUILD)/bench/userns_bench: $(BUILD)/obj/bench/userns_bench.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
 	@mkdir -p $(@D)
 	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
 

@@ -50,6 +50,7 @@ struct manifest {
     char bind_source[SNAP_MAX_BINDS][512];
     struct snap_limits limits;
     struct snap_network net;
+    int uns;             /* the image's id range (userns.c), -1: none */
 };
 
 static int manifest_load(struct snap_ctx *ctx, const char *name, struct manifest *m,
@@ -76,6 +77,12 @@ static int manifest_load(struct snap_ctx *ctx, const char *name, struct manifest
     }
     strcpy(m->lower, json_string_value(v));
     m->host_usr = json_is_true(json_object_get(o, "host_usr"));
+    v = json_object_get(o, "userns_base");
+    m->uns = json_is_integer(v) ? snap__userns_index((uid_t)json_integer_value(v)) : -1;
+    if (json_is_integer(v) && m->uns < 0) {
+        rc = wp_err_set(err, WP_EINVAL_INPUT, "%s: bad \"userns_base\"", path);
+        goto out;
+    }
     m->ksm = json_is_true(json_object_get(json_object_get(o, "template"), "ksm"));
     memset(&m->limits, 0, sizeof(m->limits));
     json_t *binds = json_object_get(json_object_get(o, "template"), "binds"), *b;
@@ -227,6 +234,28 @@ static int new_netns(int out)
     return fd;
 }
 
+/* In a user namespace criu makes the clone's network namespace itself
+ * (empty-ns net); it calls back once its root task is in it, before any
+ * task is restored: loopback up and the clone's veth then. The callback
+ * has no argument: the helper is a process of its own, so a static. */
+static struct {
+    int slot;
+    char msg[300];
+} uns_net;
+
+static int notify_cb(char *action, criu_notify_arg_t na)
+{
+    struct wp_err err;
+
+    if (strcmp(action, "setup-namespaces") != 0)
+        return 0;
+    if (snap__userns_net(criu_notify_pid(na), uns_net.slot, true, &err) < 0) {
+        snprintf(uns_net.msg, sizeof(uns_net.msg), "%s", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
 /* The helper: never returns. Reports "pid N [lazy M]" or "fail text". */
 static void helper(struct snap_ctx *ctx, const char *name, const struct manifest *m,
                    const struct snap_sandbox *sb, bool lazy, int out)
@@ -237,7 +266,7 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
     char images[700], log[700], excerpt[700];
     struct wp_err err;
     criu_opts *opts = NULL;
-    int ifd, wfd, pid;
+    int ifd, wfd, pid, nfd = -1;
     pid_t lazy_pid = 0;
 
     /* A group of its own: past the deadline the caller kills it whole
@@ -250,7 +279,8 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
      * cut short there would leave rules without the record that releases
      * them). A failure is the restore's; destroying the sandbox releases
      * the slot (by the sandbox's id). */
-    if (snap__net_prepare(ctx, sb, &m->net, &slot, &err) < 0) {
+    if (snap__net_prepare(ctx, sb, &m->net, &slot, &err) < 0 ||
+        (slot >= 0 && m->uns >= 0 && snap__userns_own_etc(sb, snap__userns_base(m->uns), &err) < 0)) {
         hwrite(out, "fail %s", err.msg);
         _exit(1);
     }
@@ -273,13 +303,18 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
     }
     if (lazy && (lazy_pid = start_lazy_daemon(ctx, images, sb->dir, out)) < 0)
         _exit(1);
+    bool uns = m->uns >= 0;
     /* A new network namespace with only loopback, made here and handed to
      * criu: restoring the template's (ip and iptables runs) costs more. */
+    if (uns) {
+        uns_net.slot = slot;
+        goto opts;
+    }
     if (slot >= 0 && snap__net_host_fds(&nf) < 0) {
         hwrite(out, "fail network: host sockets: %s", strerror(errno));
         _exit(1);
     }
-    int nfd = new_netns(out);
+    nfd = new_netns(out);
     if (nfd < 0)
         _exit(1);
     /* The clone's own veth and address (its slot), in place before criu
@@ -292,13 +327,17 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
         }
         snap__net_close_fds(&nf);
     }
+opts:
     if (criu_local_init_opts(&opts) < 0) {
         hwrite(out, "fail criu: cannot allocate options");
         _exit(1);
     }
     criu_local_set_service_binary(opts, ctx->criu_bin);
     /* This process is ours alone: the environment reaches criu swrk. */
-    setenv("CRIU_CONFIG_FILE", lazy ? ctx->criu_lazy_conf : ctx->criu_restore_conf, 1);
+    if (uns)
+        setenv("CRIU_CONFIG_FILE", lazy ? ctx->criu_lazy_uns_conf : ctx->criu_restore_uns_conf, 1);
+    else
+        setenv("CRIU_CONFIG_FILE", lazy ? ctx->criu_lazy_conf : ctx->criu_restore_conf, 1);
     criu_local_set_images_dir_fd(opts, ifd);
     criu_local_set_work_dir_fd(opts, wfd);
     criu_local_set_log_file(opts, "restore.log");
@@ -327,15 +366,19 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
         snprintf(key, sizeof(key), "bind%d", i);
         criu_local_add_ext_mount(opts, key, m->bind_source[i]);
     }
-    criu_local_add_inherit_fd(opts, nfd, SNAP__NETNS_KEY);
+    if (uns)
+        criu_local_set_notify_cb(opts, notify_cb);
+    else
+        criu_local_add_inherit_fd(opts, nfd, SNAP__NETNS_KEY);
     uint64_t c0 = wp_now_ns();
     pid = criu_local_restore_child(opts);
     double criu_ms = (double)(wp_now_ns() - c0) / 1e6;
     if (pid < 0) {
         snprintf(log, sizeof(log), "%s/restore.log", sb->dir);
         snap__log_excerpt(log, excerpt, sizeof(excerpt));
-        hwrite(out, "fail criu restore failed (%d), full log: %s/images/%s.restore-failed.log: %s",
-               pid, ctx->state_dir, name, excerpt[0] ? excerpt : "no log");
+        hwrite(out, "fail criu restore failed (%d), full log: %s/images/%s.restore-failed.log: %s%s%s",
+               pid, ctx->state_dir, name, excerpt[0] ? excerpt : "no log",
+               uns_net.msg[0] ? " | " : "", uns_net.msg);
         if (lazy_pid > 0)
             kill(lazy_pid, SIGKILL);
         _exit(1);
@@ -384,6 +427,15 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
         return wp_err_wrap(err, "restore");
     if (ro && ro->merge)
         m.ksm = ro->merge > 0; /* the caller's policy (a multi-tenant node) wins */
+    if (lazy && m.uns >= 0 && !snap__userns_lazy_ok()) {
+        static bool told;
+        if (!told)
+            log_warn("lazy restores of sandboxes in a user namespace need "
+                     "vm.unprivileged_userfaultfd=1 (criu opens userfaultfd from the restored "
+                     "task): restoring eagerly");
+        told = true;
+        lazy = false;
+    }
     job = calloc(1, sizeof(*job));
     sb = calloc(1, sizeof(*sb));
     if (!job || !sb) {
@@ -404,10 +456,28 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
         return wp_err_wrap(err, "restore %s", name);
     }
     snprintf(lowers, sizeof(lowers), "%s/images/%s/layer:%s", ctx->state_dir, name, m.lower);
+    if (ctx->userns && m.uns < 0) {
+        rc = wp_err_set(err, WP_ESTATE, "image \"%s\" was made without a user namespace: its "
+                        "clones would run as the host's root; rebuild it", name);
+        goto fail;
+    }
     char rw[600];
     if ((rc = snap__make_dev(sb, err)) < 0 ||
-        (rc = snap__confine_host_prepare(ctx, sb, &m.limits, rw, sizeof(rw), err)) < 0 ||
-        (rc = snap__mount_overlay(sb, lowers, rw, err)) < 0 ||
+        (rc = snap__confine_host_prepare(ctx, sb, &m.limits, rw, sizeof(rw), err)) < 0)
+        goto fail;
+    if (m.uns >= 0) {
+        /* The clone's upper and work dirs belong to the image's range;
+         * layers owned by the host's root are seen through idmapped mounts. */
+        char layer[700];
+        snprintf(layer, sizeof(layer), "%s/images/%s/layer", ctx->state_dir, name);
+        const char *ls[2] = { layer, m.lower };
+        uid_t base = snap__userns_base(m.uns);
+        /* The image owns the range, not the clone: nothing recorded. */
+        if ((rc = snap__userns_own_dirs(sb, rw, base, err)) < 0 ||
+            (rc = snap__userns_lowers(sb, base, ls, 2, lowers, sizeof(lowers), err)) < 0)
+            goto fail;
+    }
+    if ((rc = snap__mount_overlay(sb, lowers, rw, err)) < 0 ||
         (rc = snap__cg_create(ctx, sb->id, &m.limits, err)) < 0 ||
         (rc = snap__meta_write(ctx, sb, "clone", err)) < 0)
         goto fail;

@@ -159,7 +159,73 @@ static int make_confs(struct snap_ctx *ctx, struct wp_err *err)
     snprintf(ctx->criu_lazy_conf, sizeof(ctx->criu_lazy_conf), "%s/criu-lazy.conf",
              ctx->state_dir);
     rc = wp_write_file(ctx->criu_restore_conf, eager, strlen(eager), 0644, err);
-    return rc < 0 ? rc : wp_write_file(ctx->criu_lazy_conf, lazy, strlen(lazy), 0644, err);
+    if (rc < 0 || (rc = wp_write_file(ctx->criu_lazy_conf, lazy, strlen(lazy), 0644, err)) < 0)
+        return rc;
+    /* A sandbox in a user namespace has a network namespace that belongs
+     * to it: one made outside cannot be handed in (criu's restored root
+     * task, already in the new user namespace, may not setns into it).
+     * criu leaves it out of the image and makes an empty one at restore,
+     * set up from the setup-namespaces notification (restore.c). */
+    static const char ueager[] = "network-lock skip\nempty-ns net\n",
+                      ulazy[] = "network-lock skip\nempty-ns net\nlazy-pages\n";
+    snprintf(ctx->criu_dump_uns_conf, sizeof(ctx->criu_dump_uns_conf), "%s/criu-uns-dump.conf",
+             ctx->state_dir);
+    snprintf(ctx->criu_restore_uns_conf, sizeof(ctx->criu_restore_uns_conf),
+             "%s/criu-uns-restore.conf", ctx->state_dir);
+    snprintf(ctx->criu_lazy_uns_conf, sizeof(ctx->criu_lazy_uns_conf), "%s/criu-uns-lazy.conf",
+             ctx->state_dir);
+    if ((rc = wp_write_file(ctx->criu_dump_uns_conf, ueager, strlen(ueager), 0644, err)) < 0 ||
+        (rc = wp_write_file(ctx->criu_restore_uns_conf, ueager, strlen(ueager), 0644, err)) < 0)
+        return rc;
+    return wp_write_file(ctx->criu_lazy_uns_conf, ulazy, strlen(ulazy), 0644, err);
+}
+
+/* User namespaces, or the operator's explicit leave to run without. Root
+ * inside a sandbox reaches its dir by path (stage 1 mounts /dev and binds
+ * there), so the state dir and sandboxes/ get search permission for
+ * others; each sandbox dir is 0710 for its own range's group only. */
+static int userns_setup(struct snap_ctx *ctx, const struct snap_config *cfg,
+                        struct wp_err *err)
+{
+    char why[256], path[400];
+    bool allow = cfg && cfg->insecure_allow_unconfined;
+    struct stat st;
+
+    if (allow && cfg->no_userns) {
+        log_warn("user namespaces turned off (no_userns): sandboxes run as the host's root");
+        return 0;
+    }
+    if (!snap__userns_supported(why, sizeof(why))) {
+        if (!allow)
+            return wp_err_set(err, WP_ECONFIG,
+                              "this host cannot give sandboxes a user namespace (%s): refusing "
+                              "to run code as the host's root; pass "
+                              "--insecure-allow-unconfined to run anyway",
+                              why);
+        log_warn("no user namespaces (%s): sandboxes run UNCONFINED as the host's root "
+                 "(--insecure-allow-unconfined)",
+                 why);
+        return 0;
+    }
+    ctx->userns = true;
+    /* The dirs above the state dir are the operator's: say which one
+     * stops a sandbox's root rather than change it. */
+    snprintf(path, sizeof(path), "%s", ctx->state_dir);
+    for (char *slash = strrchr(path, '/'); slash; slash = strrchr(path, '/')) {
+        *slash = '\0';
+        const char *p = path[0] ? path : "/";
+        if (stat(p, &st) == 0 && !(st.st_mode & S_IXOTH))
+            return wp_err_set(err, WP_ECONFIG,
+                              "%s (above the state dir) is not searchable by others (mode %o): "
+                              "a sandbox's root, an unprivileged host id in its user namespace, "
+                              "reaches its dir by path; chmod o+x it or use another state dir",
+                              p, (unsigned)(st.st_mode & 07777));
+    }
+    snprintf(path, sizeof(path), "%s/sandboxes", ctx->state_dir);
+    if (stat(ctx->state_dir, &st) < 0 || chmod(ctx->state_dir, (st.st_mode & 07777) | 0111) < 0 ||
+        chmod(path, 0711) < 0)
+        return wp_err_errno(err, "make %s searchable", path);
+    return 0;
 }
 
 /* How criu runs here: forced by the operator, or probed (cached). */
@@ -229,7 +295,8 @@ int snap_ctx_open(const struct snap_config *cfg, struct snap_ctx **out, struct w
         if ((rc = wp_mkdir_p(path, 0700, err)) < 0)
             goto fail;
     }
-    if ((rc = snap__cg_detect(ctx, err)) < 0 || (rc = criu_setup(ctx, cfg, err)) < 0 ||
+    if ((rc = snap__cg_detect(ctx, err)) < 0 || (rc = userns_setup(ctx, cfg, err)) < 0 ||
+        (rc = criu_setup(ctx, cfg, err)) < 0 ||
         (rc = make_confs(ctx, err)) < 0 || (rc = make_host_layer(ctx, err)) < 0)
         goto fail;
     /* Sandboxes we start outlive the helper processes that start them. */
@@ -252,6 +319,11 @@ void snap_ctx_close(struct snap_ctx *ctx)
 const char *snap_ctx_state_dir(const struct snap_ctx *ctx)
 {
     return ctx->state_dir;
+}
+
+bool snap_ctx_userns(const struct snap_ctx *ctx)
+{
+    return ctx->userns;
 }
 
 const char *snap_ctx_cgroup_layout(const struct snap_ctx *ctx)
@@ -464,6 +536,8 @@ int snap__teardown(struct snap_ctx *ctx, const char *id, pid_t init_pid, struct 
     r = unmount_under(dir, rc == 0 ? err : NULL);
     if (r < 0 && rc == 0)
         rc = r;
+    /* Its id range, unless a checkpoint passed it to an image. */
+    snap__userns_release(snap__userns_read(dir), dir);
     r = wp_rm_rf(dir, rc == 0 ? err : NULL);
     if (r < 0 && rc == 0)
         rc = r;
@@ -704,6 +778,7 @@ int snap_gc_with(struct snap_ctx *ctx, const struct snap_gc_opts *o, struct wp_e
     /* Address slots and nft objects of sandboxes whose dir is gone (a
      * crash between removing the dir and releasing them, any state dir). */
     cleaned += snap__net_sweep();
+    cleaned += snap__userns_sweep();
     return cleaned;
 }
 

@@ -25,6 +25,11 @@ struct snap_ctx {
     double criu_timeout_s;       /* each dump and restore */
     char kernel[128];
     char host_layer[300];      /* generated base layer for rootfs "host" */
+    char criu_dump_uns_conf[300];    /* the same three for sandboxes in a user */
+    char criu_restore_uns_conf[300]; /* namespace (empty-ns net: see userns.c) */
+    char criu_lazy_uns_conf[300];
+    bool userns;               /* a user namespace per sandbox (off only when
+                                  the operator allowed running unconfined) */
     enum snap__cg_layout cg;
     bool unconfined;           /* snap_config.unconfined: confine.c does nothing */
     /* v1: one mount per controller; v2: one tree. */
@@ -130,6 +135,54 @@ void snap__net_addrs(int slot, char host[16], char sbx[16]);
 struct json_t;
 int snap__template_network(struct json_t *tmpl, struct snap_network *net, struct wp_err *err);
 void snap__network_free(struct snap_network *net);
+
+/* userns.c: a user namespace per sandbox (see its header comment). Ranges
+ * of SNAP__UNS_SIZE host ids, index N at base 2^30 + N * SIZE. */
+#define SNAP__UNS_SIZE 65536u
+uid_t snap__userns_base(int idx);
+int snap__userns_index(uid_t base); /* -1 if base is no range's */
+/* Whether this kernel lets us make user namespaces; why not into why. */
+bool snap__userns_supported(char *why, size_t cap);
+/* Whether a clone in a user namespace can be restored with lazy pages
+ * (vm.unprivileged_userfaultfd = 1; see userns.c). */
+bool snap__userns_lazy_ok(void);
+/* A free range recorded machine-wide as owner's (an absolute dir): its
+ * index, or < 0. Transfer passes it from one owner to another (a booted
+ * sandbox to its image); release frees it only while owner holds it;
+ * sweep (gc) frees ranges whose owner dir is gone. */
+int snap__userns_alloc(const char *owner, struct wp_err *err);
+int snap__userns_transfer(int idx, const char *from, const char *to, struct wp_err *err);
+void snap__userns_release(int idx, const char *owner);
+int snap__userns_sweep(void);
+/* Write "0 base SIZE" into pid's uid_map and gid_map. */
+int snap__userns_write_maps(pid_t pid, uid_t base, struct wp_err *err);
+/* A user namespace with the range's maps: an fd (caller closes). */
+int snap__userns_fd(uid_t base, struct wp_err *err);
+int snap__userns_idmap_mount(const char *src, const char *dst, int usernsfd,
+                             struct wp_err *err);
+/* Sandbox dir 0710 root:base, rw/upper and rw/work (rw: the dir that holds
+ * them, confine.c's tmpfs or the sandbox dir) owned by base. A booted
+ * sandbox, owner of its range, records the index in <dir>/userns (read
+ * back by snap__userns_read, -1 if none; teardown releases it). */
+int snap__userns_own_dirs(const struct snap_sandbox *sb, const char *rw, uid_t base,
+                          struct wp_err *err);
+int snap__userns_record(const struct snap_sandbox *sb, int idx, struct wp_err *err);
+int snap__userns_read(const char *dir);
+/* The /etc files net.c writes, given to root inside (after prepare). */
+int snap__userns_own_etc(const struct snap_sandbox *sb, uid_t base, struct wp_err *err);
+/* The overlay's lowers for a sandbox: those not owned by base are used
+ * through idmapped mounts at <dir>/lowerN. out gets "a:b:c". */
+int snap__userns_lowers(const struct snap_sandbox *sb, uid_t base, const char *const *lowers,
+                        int n, char *out, size_t cap, struct wp_err *err);
+/* Loopback up and, for slot >= 0, the veth, in the network namespace of
+ * pid (owned by the sandbox's user namespace): from a child of ours, or
+ * (here: a single-threaded caller) by entering it and coming back. */
+int snap__userns_net(pid_t pid, int slot, bool here, struct wp_err *err);
+/* Boot: the middle calls child (unshare CLONE_NEWUSER | flags, wait for
+ * the host, become root inside); the caller calls parent (maps, network)
+ * with the other end of the socketpair sync. */
+int snap__userns_parent(int sync, pid_t mid, uid_t base, int slot, struct wp_err *err);
+int snap__userns_child(int sync, int flags, char *msg, size_t cap);
 
 /* checkpoint.c: the last lines of a criu log, for error messages. */
 void snap__log_excerpt(const char *path, char *out, size_t cap);

@@ -135,6 +135,14 @@ char *snap_probe_json(const struct snap_probe *p);
 struct snap_config {
     const char *state_dir; /* default /var/lib/warmpool */
     const char *criu_bin;  /* default WP_PREFIX/bin/criu, env WARMPOOL_CRIU */
+    /* Every sandbox gets its own user namespace (root inside is an
+     * unprivileged host id range). Where the host cannot make one,
+     * snap_ctx_open fails unless this is set; it then logs why and runs
+     * sandboxes as the host's root. */
+    bool insecure_allow_unconfined;
+    /* Benchmarks and tests only: no user namespace even where the host
+     * has them. Needs insecure_allow_unconfined. */
+    bool no_userns;
     /* "auto" (NULL: env WARMPOOL_CRIU_MODE, else auto) probes; a mode name
      * forces it. */
     const char *criu_mode;
@@ -154,6 +162,8 @@ struct snap_ctx;
 int snap_ctx_open(const struct snap_config *cfg, struct snap_ctx **out, struct wp_err *err);
 void snap_ctx_close(struct snap_ctx *ctx);
 const char *snap_ctx_state_dir(const struct snap_ctx *ctx);
+/* Whether sandboxes get their own user namespace. */
+bool snap_ctx_userns(const struct snap_ctx *ctx);
 /* "v1" or "v2": the cgroup layout found. */
 const char *snap_ctx_cgroup_layout(const struct snap_ctx *ctx);
 /* How criu runs here (borrowed for the ctx's life). Mode NONE: every

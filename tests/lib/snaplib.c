@@ -51,6 +51,14 @@ void th_snap_close(struct th_snap *s)
                 snap_destroy_id(s->ctx, e->d_name, NULL);
         if (d)
             closedir(d);
+        /* Images too, through the API: each gives back its uid range. */
+        snprintf(dir, sizeof(dir), "%s/images", s->state);
+        d = opendir(dir);
+        while (d && (e = readdir(d)))
+            if (e->d_name[0] != '.' && snap_name_valid(e->d_name))
+                snap_image_delete(s->ctx, e->d_name, NULL);
+        if (d)
+            closedir(d);
         snap_gc(s->ctx, NULL);
         snap_ctx_close(s->ctx);
     }

@@ -30,6 +30,9 @@ char *th_tmpdir(const char *tag)
         free(path);
         return NULL;
     }
+    /* Sandboxes in a user namespace reach their dirs (state dirs, bind
+     * sources made here) as an unprivileged host id: search for others. */
+    chmod(path, 0711);
     return path;
 }
 
