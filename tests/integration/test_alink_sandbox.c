@@ -2,6 +2,7 @@
  * booted sandbox, a shell's state across checkpoint and restore, clones
  * attached with different settings. */
 #include "alink_harness.h"
+#include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
 #include "base/fs.h"
 
@@ -11,23 +12,16 @@ static const char *IMG = "hands";
 
 static int group_setup(void **state)
 {
-    char hands[1024], dir[1024], dst[1200], *data = NULL;
-    size_t len = 0;
-    struct wp_err err;
+    char dir[1024];
     (void)state;
 
     if (th_snap_open(&S) < 0)
         return -1;
     /* A host dir holding only the hands binary, bound read-only at /.wp. */
-    hh_hands_path(hands, sizeof(hands));
-    snprintf(dir, sizeof(dir), "%s/wp", S.state);
-    snprintf(dst, sizeof(dst), "%s/warmpool-hands", dir);
-    if (mkdir(dir, 0755) < 0 || wp_read_file(hands, 64 << 20, &data, &len, &err) < 0 ||
-        wp_write_file(dst, data, len, 0755, &err) < 0) {
-        fprintf(stderr, "setup: %s\n", err.msg);
+    if (th_hands_copy(S.state, dir, sizeof(dir)) < 0) {
+        fprintf(stderr, "setup: cannot copy warmpool-hands into %s\n", S.state);
         return -1;
     }
-    free(data);
     T = th_template("{\"name\":\"hands\",\"rootfs\":\"host\",\"workdir\":\"/work\","
                     "\"init_sets_hostname\":true,\"init\":[\"/.wp/warmpool-hands\",\"--socket\",\"/run/warmpool/hands.sock\","
                     "\"--workdir\",\"/work\",\"--ready-file\",\"/run/warmpool/hands.ready\"],"

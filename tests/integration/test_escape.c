@@ -14,6 +14,7 @@
  * engineer's): "uid_map" reports whether root inside is host uid 0 and is
  * printed as a TODO, not asserted. */
 #include "alink_harness.h"
+#include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
 #include "base/fs.h"
 
@@ -172,22 +173,16 @@ static int probe_dir(char *out, size_t cap)
 
 static int group_setup(void **state)
 {
-    char hands[1024], dir[1024], dst[1200], probe[1024], *data = NULL;
-    size_t len = 0;
+    char dir[1024], probe[1024];
     struct wp_err err;
     (void)state;
 
     if (th_snap_open(&S) < 0)
         return -1;
-    hh_hands_path(hands, sizeof(hands));
-    snprintf(dir, sizeof(dir), "%s/wp", S.state);
-    snprintf(dst, sizeof(dst), "%s/warmpool-hands", dir);
-    if (mkdir(dir, 0755) < 0 || wp_read_file(hands, 64 << 20, &data, &len, &err) < 0 ||
-        wp_write_file(dst, data, len, 0755, &err) < 0) {
-        fprintf(stderr, "setup: %s\n", err.msg);
+    if (th_hands_copy(S.state, dir, sizeof(dir)) < 0) {
+        fprintf(stderr, "setup: cannot copy warmpool-hands into %s\n", S.state);
         return -1;
     }
-    free(data);
     if (probe_dir(probe, sizeof(probe)) < 0) {
         fprintf(stderr, "setup: escape_probe.py not found above the test binary\n");
         return -1;

@@ -5,6 +5,7 @@
  * on the host; it owns its image's files (copy-up works), chowns, drops
  * to nobody; two clones of one image run side by side. */
 #include "alink_harness.h"
+#include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
 #include "base/fs.h"
 
@@ -20,22 +21,15 @@ static const char *IMG = "uns";
 
 static int group_setup(void **state)
 {
-    char hands[1024], dir[1024], dst[1200], *data = NULL;
-    size_t len = 0;
-    struct wp_err err;
+    char dir[1024];
     (void)state;
 
     if (th_snap_open(&S) < 0)
         return -1;
-    hh_hands_path(hands, sizeof(hands));
-    snprintf(dir, sizeof(dir), "%s/wp", S.state);
-    snprintf(dst, sizeof(dst), "%s/warmpool-hands", dir);
-    if (mkdir(dir, 0755) < 0 || wp_read_file(hands, 64 << 20, &data, &len, &err) < 0 ||
-        wp_write_file(dst, data, len, 0755, &err) < 0) {
-        fprintf(stderr, "setup: %s\n", err.msg);
+    if (th_hands_copy(S.state, dir, sizeof(dir)) < 0) {
+        fprintf(stderr, "setup: cannot copy warmpool-hands into %s\n", S.state);
         return -1;
     }
-    free(data);
     /* The setup step is the image's build: what it writes goes into the
      * image's layer, owned by the range. */
     T = th_template("{\"name\":\"uns\",\"rootfs\":\"host\",\"workdir\":\"/work\","
