@@ -3,7 +3,8 @@
  * and a lazy-restored sandbox, and during an image build. Every probe must
  * fail the expected way; the output names the layer that stopped it.
  * Positive checks make sure the confinement leaves real work possible
- * (python3, cc, chown, setpriv, strace, gdb, git, port 80, and a fork bomb
+ * (python3, cc, chown, setpriv, strace, gdb, git, pip install --user, npm
+ * install, port 80, and a fork bomb
  * and a memory hog contained by the sandbox's limits).
  *
  * Probes never harm the host if they "succeed": writability is checked
@@ -89,6 +90,20 @@ static const struct check checks[] = {
              "gdb -q -batch -ex run /tmp/g 2>&1 | grep -o 'exited with code 03'", "exited with code 03" },
     { "git", "cd /tmp && rm -rf g.git && git init -q g.git && cd g.git && git -c user.email=a@b "
              "-c user.name=a commit -q --allow-empty -m x && git log --oneline | wc -l", "1" },
+    /* Installs as a developer does them, from local packages (the default
+     * sandbox has no network): into the user's site-packages, and npm's
+     * node_modules with a package's scripts run under confinement. */
+    { "pip install --user", "rm -rf /tmp/pp && mkdir -p /tmp/pp/wpdemo && echo 'X = 42' > "
+                            "/tmp/pp/wpdemo/__init__.py && printf 'from setuptools import setup\n"
+                            "setup(name=\"wpdemo\", version=\"1.0\", packages=[\"wpdemo\"])\n' > "
+                            "/tmp/pp/setup.py && python3 -m pip install -q --user --no-index "
+                            "--no-build-isolation --break-system-packages /tmp/pp >/dev/null 2>&1; "
+                            "cd / && python3 -c 'import wpdemo; print(wpdemo.X)'", "42" },
+    { "npm install", "rm -rf /tmp/np /tmp/app && mkdir -p /tmp/np /tmp/app && echo 'module.exports = 42' > "
+                     "/tmp/np/index.js && printf '{\"name\":\"wpdemo\",\"version\":\"1.0.0\","
+                     "\"scripts\":{\"postinstall\":\"echo ran > /tmp/np/post\"}}' > /tmp/np/package.json "
+                     "&& cd /tmp/app && npm install --offline --no-audit --no-fund --install-links "
+                     "/tmp/np >/dev/null 2>&1; node -e 'console.log(require(\"wpdemo\"))'", "42" },
     { "bind :80", PY("bind80"), "OK" },
     { "fork bomb", PY("forkbomb"), "OK contained" },
     { "memory hog", PY("memhog"), "OK contained" },

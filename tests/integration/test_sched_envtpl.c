@@ -349,7 +349,12 @@ static void withdraw_and_check(const char *env, const char *method, const char *
     assert_true(wait_for(args, "0", 1));
     snprintf(args, sizeof(args), "sismember 'wp:env:{%s}:nodes' n1", env);
     assert_true(wait_for(args, "0", 10));
-    assert_true(all_gone(before, 20));
+    if (!all_gone(before, 20)) {
+        /* What the node did meanwhile says why (for the failure's reader). */
+        char out[16384];
+        th_sh(out, sizeof(out), "grep -v debug %s/node.log | tail -60", DIR_);
+        fail_msg("clones of %s not destroyed; hot before: %s\nnode log:\n%s", env, before, out);
+    }
     assert_int_equal(hot_count(env), 0);
     assert_int_equal(wait_images(env, 0, 10), 0);
 }
