@@ -20,11 +20,13 @@
 # DURATION (s per rate), MODES, ENVS, MAX_INFLIGHT (sessions at once; more
 # arrivals are counted as shed), TIMEOUT (s per session), HOT (hot clones
 # per environment in mode hot), SCHED_MODEL_ARGS (how the scheduler reaches
-# the model server; default: detected from warmpool-scheduler --help).
+# the model server; default: detected from warmpool-scheduler --help),
+# NODE_ARGS (extra warmpool-node flags, e.g. --insecure-allow-unconfined),
+# OUT (results dir, default bench/results).
 set -euo pipefail
 BUILD=${1:-build}
 cd "$(dirname "$0")/.."
-OUT=bench/results
+OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 if [ "${FULL:-0}" = 1 ]; then
     RATES=${RATES:-"1 5 10 25 50 100"}
@@ -82,7 +84,7 @@ tmpl slow5s '["sleep 5"]' 128
 NODE_ENVS=()
 for e in $ENVS; do NODE_ENVS+=(--env "$T/$e.json:0:0"); done
 "$BUILD/warmpool-node" --id bench-node --redis "127.0.0.1:$RPORT" --state-dir "$T/state" \
-    "${NODE_ENVS[@]}" --heartbeat-ttl 5 --log-level warn 2>"$T/node.log" &
+    "${NODE_ENVS[@]}" --heartbeat-ttl 5 --log-level warn ${NODE_ARGS:-} 2>"$T/node.log" &
 PIDS+=($!)
 
 if [ -z "${SCHED_MODEL_ARGS+x}" ]; then
