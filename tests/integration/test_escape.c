@@ -11,9 +11,8 @@
  * with access(), reads take one line. The Python helper is
  * tests/integration/escape_probe.py, bound read-only at /probe.
  *
- * Not covered here (the user namespace layer, snapshot/userns.c, is another
- * engineer's): "uid_map" reports whether root inside is host uid 0 and is
- * printed as a TODO, not asserted. */
+ * "uid_map": root inside must map to an unprivileged host range (the user
+ * namespace layer, snapshot/userns.c; test_snap_userns.c checks it more). */
 #include "alink_harness.h"
 #include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
@@ -259,9 +258,14 @@ static void escape_probes(int which)
         failed += !ok;
         free(out);
     }
+    /* Root inside is not the host's root: the user namespace maps it to
+     * an unprivileged range (snapshot/userns.c). */
     char *out = run(&h, PY("uid_map"));
     out[strcspn(out, "\n")] = '\0';
-    printf("# %-5s probe %-18s TODO(userns layer, not asserted): %s\n", KIND[which], "uid_map", out);
+    bool mapped = strstr(out, "BLOCKED") && !strstr(out, "ESCAPED");
+    printf("# %-5s probe %-18s %s by %-24s %s\n", KIND[which], "uid_map",
+           mapped ? "stopped" : "NOT STOPPED", "user namespace", out);
+    failed += !mapped;
     free(out);
     hh_stop(&h);
     assert_int_equal(failed, 0);
