@@ -1661,11 +1661,13 @@ static void delete_images(struct node *n, const char *env, const char *keep)
             strlen(de->d_name + el + 1) != 12 || strspn(de->d_name + el + 1, "0123456789abcdef") != 12 ||
             strcmp(de->d_name, keep) == 0)
             continue;
-        /* Idle clones being destroyed right now release it within
-         * moments; a leased one keeps it until the environment goes. */
+        /* Idle clones being destroyed right now release it: their destroy
+         * helpers run beside this one, and a loaded machine can take tens
+         * of seconds over them (10 s was seen to be too short); a leased
+         * clone keeps it until the environment goes. */
         struct wp_err err;
         int rc = 0;
-        for (int i = 0; i < 50 && (rc = snap_image_delete(n->snap, de->d_name, &err)) == WP_ESTATE; i++)
+        for (int i = 0; i < 600 && (rc = snap_image_delete(n->snap, de->d_name, &err)) == WP_ESTATE; i++)
             usleep(200 * 1000);
         if (rc < 0)
             log_info("image=%s kept: %s", de->d_name, err.msg);
