@@ -21,29 +21,7 @@
 #include "base/timeutil.h"
 #include "snapshot/snapshot.h"
 
-#define MAXR 200
-
-struct series {
-    int n;
-    double v[MAXR];
-};
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct(const struct series *s, double p)
-{
-    double t[MAXR];
-    if (!s->n)
-        return NAN;
-    memcpy(t, s->v, sizeof(double) * (size_t)s->n);
-    qsort(t, (size_t)s->n, sizeof(double), cmp);
-    int i = (int)ceil(p / 100.0 * s->n) - 1;
-    return t[i < 0 ? 0 : i];
-}
+#include "bench/bench_stats.h"
 
 static void die(const struct wp_err *err, const char *what)
 {

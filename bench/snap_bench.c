@@ -20,39 +20,7 @@
 #include "base/timeutil.h"
 #include "snapshot/snapshot.h"
 
-#define MAXR 256
-
-struct series {
-    char name[64];
-    int n;
-    double v[MAXR];
-};
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct(struct series *s, double p)
-{
-    double tmp[MAXR];
-    if (s->n == 0)
-        return NAN;
-    memcpy(tmp, s->v, sizeof(double) * s->n);
-    qsort(tmp, s->n, sizeof(double), cmp_double);
-    /* Nearest rank. */
-    int idx = (int)ceil(p / 100.0 * s->n) - 1;
-    if (idx < 0)
-        idx = 0;
-    return tmp[idx];
-}
-
-static void add(struct series *s, double v)
-{
-    if (s->n < MAXR)
-        s->v[s->n++] = v;
-}
+#include "bench/bench_stats.h"
 
 static struct snap_ctx *ctx;
 static FILE *json_out;

@@ -21,36 +21,9 @@
 #include "base/timeutil.h"
 #include "snapshot/snapshot.h"
 
-#define MAXR 128
 #define UFFD "/proc/sys/vm/unprivileged_userfaultfd"
 
-struct series {
-    int n;
-    double v[MAXR];
-};
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct(const struct series *s, double p)
-{
-    double tmp[MAXR];
-    if (s->n == 0)
-        return NAN;
-    memcpy(tmp, s->v, sizeof(double) * s->n);
-    qsort(tmp, s->n, sizeof(double), cmp_double);
-    int idx = (int)ceil(p / 100.0 * s->n) - 1;
-    return tmp[idx < 0 ? 0 : idx];
-}
-
-static void add(struct series *s, double v)
-{
-    if (s->n < MAXR)
-        s->v[s->n++] = v;
-}
+#include "bench/bench_stats.h"
 
 static void die(const struct wp_err *err, const char *what)
 {
