@@ -1,5 +1,5 @@
 /* bench_stats.h - a series of timings and its nearest-rank percentiles,
- * shared by the C benchmarks (header-only: each benchmark is a binary of
+ * and the Python environment they time, shared by the C benchmarks (header-only: each benchmark is a binary of
  * its own, and these are a few lines). */
 #ifndef WP_BENCH_STATS_H
 #define WP_BENCH_STATS_H
@@ -40,5 +40,17 @@ static inline void add(struct series *s, double v)
     if (s->n < MAXR)
         s->v[s->n++] = v;
 }
+
+/* The 200 MB Python environment the snapshot benchmarks time: stdlib
+ * imports, 200 MiB touched page by page, then idle. */
+#define PYTHON200_TEMPLATE                                                                        \
+    "{\"name\":\"python200\",\"rootfs\":\"host\",\"init\":[\"/usr/bin/python3\",\"-c\","            \
+    "\"import json, re, os, sys, collections, itertools, functools, datetime, decimal, "          \
+    "hashlib, random, threading, subprocess, email.parser, urllib.parse, pathlib\\n"            \
+    "buf = bytearray(200 << 20)\\n"                                                             \
+    "for i in range(0, len(buf), 4096): buf[i] = (i >> 12) & 0xff or 1\\n"                       \
+    "open('/tmp/ready', 'w').close()\\n"                                                        \
+    "import time\\nwhile True: time.sleep(1)\"],"                                               \
+    "\"ready_file\":\"/tmp/ready\",\"limits\":{\"memory_mb\":1024}}"
 
 #endif

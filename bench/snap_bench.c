@@ -284,14 +284,7 @@ static int iso_main(int runs, const char *out, const char *only)
     }
     if (!only || strcmp(only, "python200") == 0) {
         snprintf(tjson, sizeof(tjson),
-                 "{\"name\":\"python200\",\"rootfs\":\"host\",\"init\":[\"/usr/bin/python3\",\"-c\","
-                 "\"import json, re, os, sys, collections, itertools, functools, datetime, decimal, "
-                 "hashlib, random, threading, subprocess, email.parser, urllib.parse, pathlib\\n"
-                 "buf = bytearray(200 << 20)\\n"
-                 "for i in range(0, len(buf), 4096): buf[i] = (i >> 12) & 0xff or 1\\n"
-                 "open('/tmp/ready', 'w').close()\\n"
-                 "import time\\nwhile True: time.sleep(1)\"],"
-                 "\"ready_file\":\"/tmp/ready\",\"limits\":{\"memory_mb\":1024}}");
+                 PYTHON200_TEMPLATE);
         iso_env(cx, "python200", tjson, runs, md);
     }
     fclose(md);
@@ -367,14 +360,7 @@ int main(int argc, char **argv)
     }
     if (!only || strcmp(only, "python200") == 0) {
         snprintf(tjson, sizeof(tjson),
-                 "{\"name\":\"python200\",\"rootfs\":\"host\",\"init\":[\"/usr/bin/python3\",\"-c\","
-                 "\"import json, re, os, sys, collections, itertools, functools, datetime, decimal, "
-                 "hashlib, random, threading, subprocess, email.parser, urllib.parse, pathlib\\n"
-                 "buf = bytearray(200 << 20)\\n"
-                 "for i in range(0, len(buf), 4096): buf[i] = (i >> 12) & 0xff or 1\\n"
-                 "open('/tmp/ready', 'w').close()\\n"
-                 "import time\\nwhile True: time.sleep(1)\"],"
-                 "\"ready_file\":\"/tmp/ready\",\"limits\":{\"memory_mb\":1024}}");
+                 PYTHON200_TEMPLATE);
         bench_env("python200", tjson, runs, md);
     }
     fprintf(json_out, "\n]}\n");

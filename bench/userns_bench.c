@@ -181,14 +181,7 @@ int main(int argc, char **argv)
     }
     if (!only || strcmp(only, "python200") == 0) {
         snprintf(tjson, sizeof(tjson),
-                 "{\"name\":\"python200\",\"rootfs\":\"host\",\"init\":[\"/usr/bin/python3\",\"-c\","
-                 "\"import json, re, os, sys, collections, itertools, functools, datetime, decimal, "
-                 "hashlib, random, threading, subprocess, email.parser, urllib.parse, pathlib\\n"
-                 "buf = bytearray(200 << 20)\\n"
-                 "for i in range(0, len(buf), 4096): buf[i] = (i >> 12) & 0xff or 1\\n"
-                 "open('/tmp/ready', 'w').close()\\n"
-                 "import time\\nwhile True: time.sleep(1)\"],"
-                 "\"ready_file\":\"/tmp/ready\",\"limits\":{\"memory_mb\":1024}}");
+                 PYTHON200_TEMPLATE);
         bench_env(ctx, "python200", tjson, runs / 2 > 0 ? runs / 2 : 1, md, js, &first);
     }
     fprintf(js, "\n]}\n");
