@@ -171,4 +171,27 @@ else
     echo "$verdict" >"$stamp"
     say "criu probe: $verdict"
 fi
+# --- lazy restores in a user namespace --------------------------------------
+# criu opens each restored task's userfaultfd from the task itself, inside
+# the sandbox's user namespace, where only vm.unprivileged_userfaultfd=1
+# allows it (the kernel checks CAP_SYS_PTRACE in the host's namespace).
+# Without it every lazy restore goes eager. The trade-off, as Firecracker's
+# snapshot docs make it too: any unprivileged *host* process may then
+# handle kernel page faults; sandboxed code still may not (seccomp denies
+# userfaultfd(2), /dev has no userfaultfd node: tests/integration/test_escape).
+# A node host runs no untrusted host users. WARMPOOL_KEEP_UFFD_SYSCTL=1 opts
+# out (lazy restores then go eager; `warmpool doctor` says so).
+if [ -z "${WARMPOOL_KEEP_UFFD_SYSCTL:-}" ] && [ -e /proc/sys/vm/unprivileged_userfaultfd ]; then
+    conf=/etc/sysctl.d/60-warmpool-userfaultfd.conf
+    if [ ! -f "$conf" ]; then
+        say "lazy restores in user namespaces: vm.unprivileged_userfaultfd=1 ($conf)"
+        cat >"$conf" <<'CONF'
+# warmpool: criu restores sandboxes lazily (userfaultfd) from inside their
+# user namespace, which needs this. Sandboxed code cannot use userfaultfd
+# (its seccomp filter denies it). Remove to make lazy restores eager.
+vm.unprivileged_userfaultfd = 1
+CONF
+    fi
+    sysctl -q -p "$conf" >/dev/null   # the file's value: an operator's edit wins
+fi
 say "done"

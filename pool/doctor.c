@@ -114,8 +114,9 @@ static void check_uffd(struct doctor *d)
          * namespace: without the sysctl only host root may (snapshot/userns.c). */
         if (read_long("/proc/sys/vm/unprivileged_userfaultfd", 0) != 1)
             item(d, WARN, "lazy in userns",
-                 "sysctl vm.unprivileged_userfaultfd=1 (a host-wide trade-off: every host user "
-                 "may then handle kernel page faults with userfaultfd)",
+                 "deploy/install-deps.sh sets vm.unprivileged_userfaultfd=1 in /etc/sysctl.d "
+                 "(a host-wide trade-off: every host user may then handle kernel page faults; "
+                 "sandboxed code still may not, its seccomp filter denies userfaultfd)",
                  "criu opens userfaultfd from the restored task, inside the sandbox's user "
                  "namespace: lazy restores go eager");
     } else {

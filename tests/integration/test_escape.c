@@ -226,6 +226,14 @@ static int group_setup(void **state)
             return -1;
         }
     }
+    /* The lazy clone's probes mean something only if it is lazy: a restore
+     * that went eager (vm.unprivileged_userfaultfd=0, see snapshot/userns.c)
+     * would pass them as an eager clone. */
+    if (SB[2]->lazy_pid <= 0) {
+        fprintf(stderr, "setup: the lazy clone was restored eagerly (no lazy-pages daemon); "
+                        "is vm.unprivileged_userfaultfd 1? (deploy/install-deps.sh sets it)\n");
+        return -1;
+    }
     return 0;
 }
 

@@ -266,23 +266,32 @@ static void eager_restore_is_confined(void **state)
     assert_true(range_recorded(image_base));
 }
 
+/* Restores IMG lazily with vm.unprivileged_userfaultfd set to `value` for
+ * the restore only, and puts the host's value back. */
+static int restore_lazy_with_sysctl(const char *value, struct snap_sandbox **sb,
+                                    struct wp_err *err)
+{
+    char *old = NULL;
+
+    assert_int_equal(wp_read_file("/proc/sys/vm/unprivileged_userfaultfd", 16, &old, NULL, NULL), 0);
+    sysctl_set("/proc/sys/vm/unprivileged_userfaultfd", value);
+    struct snap_restore_opts ro = { .lazy = true };
+    int rc = snap_restore(S.ctx, IMG, &ro, sb, err);
+    old[1] = '\0';
+    sysctl_set("/proc/sys/vm/unprivileged_userfaultfd", old);
+    free(old);
+    return rc;
+}
+
 static void lazy_restore_is_confined(void **state)
 {
     struct snap_sandbox *sb;
     struct wp_err err;
-    char *old = NULL;
     (void)state;
 
     /* criu needs unprivileged userfaultfd to restore lazily in a user
-     * namespace (see snapshot/userns.c); set it for this test only. */
-    assert_int_equal(wp_read_file("/proc/sys/vm/unprivileged_userfaultfd", 16, &old, NULL, NULL), 0);
-    sysctl_set("/proc/sys/vm/unprivileged_userfaultfd", "1");
-    struct snap_restore_opts ro = { .lazy = true };
-    int rc = snap_restore(S.ctx, IMG, &ro, &sb, &err);
-    old[1] = '\0';
-    sysctl_set("/proc/sys/vm/unprivileged_userfaultfd", old);
-    free(old);
-    if (rc < 0)
+     * namespace (see snapshot/userns.c; install-deps sets it). */
+    if (restore_lazy_with_sysctl("1", &sb, &err) < 0)
         fail_msg("restore: %s", err.msg);
     assert_true(sb->lazy_pid > 0);
     assert_int_equal(check_confined(sb, "lazy restore"), image_base);
@@ -293,19 +302,12 @@ static void lazy_without_the_sysctl_restores_eagerly(void **state)
 {
     struct snap_sandbox *sb;
     struct wp_err err;
-    char *old = NULL;
     (void)state;
 
-    assert_int_equal(wp_read_file("/proc/sys/vm/unprivileged_userfaultfd", 16, &old, NULL, NULL), 0);
-    if (old[0] != '0') {
-        free(old);
-        skip();
-    }
-    free(old);
-    struct snap_restore_opts ro = { .lazy = true };
-    if (snap_restore(S.ctx, IMG, &ro, &sb, &err) < 0)
+    if (restore_lazy_with_sysctl("0", &sb, &err) < 0)
         fail_msg("restore: %s", err.msg);
     assert_int_equal(sb->lazy_pid, 0);
+    assert_int_equal(check_confined(sb, "eager fallback"), image_base);
     th_destroy_gone(&S, sb);
 }
 
