@@ -59,20 +59,26 @@ static bool has_opt(const char *opts, const char *name)
     return false;
 }
 
-int snap__cg_detect(struct snap_ctx *ctx, struct wp_err *err)
+int snap__cg_detect(struct snap_ctx *ctx, const char *v2_root, struct wp_err *err)
 {
-    char line[1024], dev[256], mnt[256], type[64], opts[512];
+    char line[1024], dev[256], mnt[256], type[64], opts[512], path[300];
     struct stat st;
     FILE *f;
 
     ctx->n_ctrl = 0;
-    if (stat("/sys/fs/cgroup/cgroup.controllers", &st) == 0) {
+    if (v2_root && strlen(v2_root) >= sizeof(ctx->ctrl_path[0]) - 32)
+        return wp_err_set(err, WP_EINVAL_INPUT, "cgroup v2 root \"%s\": too long", v2_root);
+    snprintf(path, sizeof(path), "%s/cgroup.controllers", v2_root ? v2_root : "/sys/fs/cgroup");
+    if (stat(path, &st) == 0) {
         ctx->cg = SNAP__CG_V2;
         ctx->n_ctrl = 1;
         strcpy(ctx->ctrl_name[0], "unified");
-        strcpy(ctx->ctrl_path[0], "/sys/fs/cgroup");
+        snprintf(ctx->ctrl_path[0], sizeof(ctx->ctrl_path[0]), "%s",
+                 v2_root ? v2_root : "/sys/fs/cgroup");
         return 0;
     }
+    if (v2_root)
+        return wp_err_set(err, WP_ECONFIG, "cgroup v2 root \"%s\": not a cgroup v2 tree", v2_root);
     f = fopen("/proc/self/mounts", "re");
     if (!f)
         return wp_err_errno(err, "open /proc/self/mounts");

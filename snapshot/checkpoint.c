@@ -170,9 +170,10 @@ static int dump_in_helper(struct snap_ctx *ctx, const struct snap_sandbox *sb,
         criu_local_set_manage_cgroups(opts, true);
         criu_local_set_manage_cgroups_mode(opts, CRIU_CG_MODE_SOFT);
         /* Only the hierarchies we manage go into the image, so a restore
-         * never creates cgroups we would not remove (cpuset, blkio...). */
-        if (ctx->cg == SNAP__CG_V1)
-            for (int i = 0; i < ctx->n_ctrl; i++)
+         * never creates cgroups we would not remove (cpuset, blkio...; on
+         * v2 criu calls the one tree "unified", and a hybrid host's v1
+         * hierarchies stay out). */
+        for (int i = 0; i < ctx->n_ctrl; i++)
                 criu_local_add_cg_dump_controller(opts, ctx->ctrl_name[i]);
         if (strcmp(t->rootfs, "host") == 0)
             criu_local_add_ext_mount(opts, "/usr", "usr");

@@ -49,6 +49,8 @@ static const char usage[] =
     "  --criu-timeout S  deadline of each dump and restore (default 120)\n"
     "  --probe-timeout S deadline of each probe step (default 5)\n"
     "  --probe-cache DIR where probe results are kept (default " SNAP_PROBE_CACHE_DIR ")\n"
+    "  --cgroup2-root DIR  a cgroup v2 tree to use instead of detecting /sys/fs/cgroup\n"
+    "                    (a hybrid host's /sys/fs/cgroup/unified)\n"
     "  --log-level L     error, warn, info, debug (default warn)\n"
     "  -h, --help        this text\n";
 
@@ -152,7 +154,7 @@ int main(int argc, char **argv)
         { "insecure-allow-unconfined", no_argument, NULL, 'U' },
         { "criu-mode", required_argument, NULL, 'm' }, { "criu-timeout", required_argument, NULL, 't' },
         { "probe-timeout", required_argument, NULL, 'p' }, { "probe-cache", required_argument, NULL, 'C' },
-        { "reprobe", no_argument, NULL, 'R' },
+        { "reprobe", no_argument, NULL, 'R' }, { "cgroup2-root", required_argument, NULL, 'G' },
         { NULL, 0, NULL, 0 },
     };
     struct snap_config cfg = { 0 };
@@ -184,6 +186,7 @@ int main(int argc, char **argv)
         }
         case 'C': cfg.probe_cache_dir = optarg; break;
         case 'R': reprobe = true; break;
+        case 'G': cfg.cgroup2_root = optarg; break;
         case 'l':
             if (wp_log_set_level(optarg) < 0) {
                 fprintf(stderr, "warmpool-snap: bad log level '%s'\n", optarg);

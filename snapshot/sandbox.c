@@ -295,7 +295,7 @@ int snap_ctx_open(const struct snap_config *cfg, struct snap_ctx **out, struct w
         if ((rc = wp_mkdir_p(path, 0700, err)) < 0)
             goto fail;
     }
-    if ((rc = snap__cg_detect(ctx, err)) < 0 || (rc = userns_setup(ctx, cfg, err)) < 0 ||
+    if ((rc = snap__cg_detect(ctx, cfg ? cfg->cgroup2_root : NULL, err)) < 0 || (rc = userns_setup(ctx, cfg, err)) < 0 ||
         (rc = criu_setup(ctx, cfg, err)) < 0 ||
         (rc = make_confs(ctx, err)) < 0 || (rc = make_host_layer(ctx, err)) < 0)
         goto fail;

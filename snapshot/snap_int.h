@@ -39,7 +39,7 @@ struct snap_ctx {
 };
 
 /* cgroup.c */
-int snap__cg_detect(struct snap_ctx *ctx, struct wp_err *err);
+int snap__cg_detect(struct snap_ctx *ctx, const char *v2_root, struct wp_err *err);
 /* Create warmpool/<id> in every hierarchy and apply limits. */
 int snap__cg_create(struct snap_ctx *ctx, const char *id, const struct snap_limits *lim,
                     struct wp_err *err);

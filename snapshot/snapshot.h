@@ -153,6 +153,11 @@ struct snap_config {
      * masks, device list, disk limits). Only for the benchmark's baseline
      * and an operator's --insecure-allow-unconfined. */
     bool unconfined;
+    /* A cgroup v2 tree to use instead of detecting /sys/fs/cgroup (NULL:
+     * detect). Hybrid hosts keep one beside their v1 hierarchies
+     * (/sys/fs/cgroup/unified), which is how the v2 path is tested on a
+     * v1 machine. */
+    const char *cgroup2_root;
 };
 struct snap_ctx;
 

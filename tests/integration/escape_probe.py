@@ -76,6 +76,19 @@ elif p == "personality":
     verdict(*sc(135, 0x0040000), errno.EPERM)  # ADDR_NO_RANDOMIZE
 elif p == "settime":
     verdict(*sc(227, 0, ctypes.addressof(ctypes.create_string_buffer(16))), errno.EPERM)
+elif p == "statmount":
+    # statmount(2) (Linux 6.8) is newer than the allow list: not on it, so ENOSYS
+    req = (0).to_bytes(4, "little") + bytes(4) + (0).to_bytes(8, "little") * 2
+    b = ctypes.create_string_buffer(req, 24)
+    verdict(*sc(457, ctypes.addressof(b), ctypes.addressof(ctypes.create_string_buffer(512)), 512, 0), errno.ENOSYS)
+elif p == "kcmp":
+    verdict(*sc(312, os.getpid(), os.getpid(), 0, 0, 0), errno.EPERM)  # KCMP_FILE, itself: allowed without the filter
+elif p == "modify_ldt":
+    verdict(*sc(154, 0, ctypes.addressof(ctypes.create_string_buffer(64)), 64), errno.EPERM)
+elif p == "fanotify":
+    verdict(*sc(300, 0x200, 0), errno.EPERM)  # FAN_REPORT_FID: allowed unprivileged since 5.13
+elif p == "vsock":
+    verdict(*sc(41, 40, 1, 0), errno.EAFNOSUPPORT)  # socket(AF_VSOCK, SOCK_STREAM)
 elif p == "ptrace_init":
     verdict(*sc(101, 16, 1, 0, 0), errno.EPERM)  # PTRACE_ATTACH to PID 1 (the hands)
 elif p == "mknod":

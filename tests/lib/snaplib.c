@@ -22,9 +22,16 @@
 
 int th_snap_open(struct th_snap *s)
 {
+    return th_snap_open_cfg(s, NULL);
+}
+
+int th_snap_open_cfg(struct th_snap *s, const struct snap_config *base)
+{
     struct wp_err err;
     struct snap_config cfg = { 0 };
 
+    if (base)
+        cfg = *base;
     memset(s, 0, sizeof(*s));
     s->state = th_tmpdir("snap");
     if (!s->state)

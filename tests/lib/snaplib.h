@@ -15,6 +15,8 @@ struct th_snap {
     struct snap_ctx *ctx;
 };
 int th_snap_open(struct th_snap *s);
+/* The same with settings of the caller's (its state_dir is replaced). */
+int th_snap_open_cfg(struct th_snap *s, const struct snap_config *cfg);
 void th_snap_close(struct th_snap *s);
 
 /* Parse a template from a printf format; fails the test on error. */
