@@ -22,11 +22,14 @@
 #include <fcntl.h>
 #include <linux/bpf.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -502,21 +505,60 @@ static int build_filter(scmp_filter_ctx f, char *what, size_t cap)
     return seccomp_attr_set(f, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_ERRNO(ENOSYS));
 }
 
-static int load_seccomp(struct wp_err *err)
+/* Builds the filter once per context (libseccomp's rule set and tree take
+ * milliseconds: most of a busybox cold boot) and keeps its BPF program;
+ * each sandbox's stage 1, a fork of the context's owner, loads that copy. */
+int snap__confine_compile(struct snap_ctx *ctx, struct wp_err *err)
 {
-    scmp_filter_ctx f = seccomp_init(SCMP_ACT_ERRNO(ENOSYS));
+    scmp_filter_ctx f;
     char what[64] = "init";
-    int rc;
+    struct stat st;
+    int rc, fd = -1;
 
-    if (!f)
+    if (ctx->unconfined)
+        return 0;
+    if (!(f = seccomp_init(SCMP_ACT_ERRNO(ENOSYS))))
         return wp_err_set(err, -ENOMEM, "seccomp_init failed");
-    rc = build_filter(f, what, sizeof(what));
-    if (rc == 0)
-        rc = seccomp_load(f);
+    if ((rc = build_filter(f, what, sizeof(what))) < 0)
+        goto out;
+    /* libseccomp 2.5 exports to an fd only. */
+    snprintf(what, sizeof(what), "export");
+    if ((fd = memfd_create("wp-seccomp", MFD_CLOEXEC)) < 0) {
+        rc = -errno;
+        goto out;
+    }
+    if ((rc = seccomp_export_bpf(f, fd)) < 0)
+        goto out;
+    if (fstat(fd, &st) < 0 || st.st_size <= 0 || st.st_size % sizeof(struct sock_filter) ||
+        st.st_size / sizeof(struct sock_filter) > BPF_MAXINSNS) {
+        rc = -EINVAL;
+        goto out;
+    }
+    ctx->seccomp.filter = malloc((size_t)st.st_size);
+    if (!ctx->seccomp.filter) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if (pread(fd, ctx->seccomp.filter, (size_t)st.st_size, 0) != st.st_size) {
+        rc = -EIO;
+        free(ctx->seccomp.filter);
+        ctx->seccomp.filter = NULL;
+        goto out;
+    }
+    ctx->seccomp.len = (unsigned short)(st.st_size / sizeof(struct sock_filter));
+out:
+    if (fd >= 0)
+        close(fd);
     seccomp_release(f);
     if (rc < 0)
         return wp_err_set(err, rc, "seccomp (%s): %s", what, strerror(-rc));
     return 0;
+}
+
+void snap__confine_release(struct snap_ctx *ctx)
+{
+    free(ctx->seccomp.filter);
+    ctx->seccomp.filter = NULL;
 }
 
 int snap__confine_task(const struct snap_ctx *ctx, bool init_keeps_admin, struct wp_err *err)
@@ -525,11 +567,15 @@ int snap__confine_task(const struct snap_ctx *ctx, bool init_keeps_admin, struct
 
     if (ctx->unconfined)
         return 0;
+    if (!ctx->seccomp.filter)
+        return wp_err_set(err, WP_ESTATE, "seccomp filter not compiled");
     if ((rc = drop_caps(init_keeps_admin ? 1ull << CAP_SYS_ADMIN : 0, err)) < 0)
         return rc;
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         return wp_err_errno(err, "PR_SET_NO_NEW_PRIVS");
-    return load_seccomp(err);
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &ctx->seccomp, 0, 0) < 0)
+        return wp_err_errno(err, "seccomp filter");
+    return 0;
 }
 
 /* ---- cgroup v2: the device allow-list as a BPF program --------------- */

@@ -297,7 +297,8 @@ int snap_ctx_open(const struct snap_config *cfg, struct snap_ctx **out, struct w
     }
     if ((rc = snap__cg_detect(ctx, cfg ? cfg->cgroup2_root : NULL, err)) < 0 || (rc = userns_setup(ctx, cfg, err)) < 0 ||
         (rc = criu_setup(ctx, cfg, err)) < 0 ||
-        (rc = make_confs(ctx, err)) < 0 || (rc = make_host_layer(ctx, err)) < 0)
+        (rc = make_confs(ctx, err)) < 0 || (rc = make_host_layer(ctx, err)) < 0 ||
+        (rc = snap__confine_compile(ctx, err)) < 0)
         goto fail;
     /* Sandboxes we start outlive the helper processes that start them. */
     if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) {
@@ -307,12 +308,15 @@ int snap_ctx_open(const struct snap_config *cfg, struct snap_ctx **out, struct w
     *out = ctx;
     return 0;
 fail:
+    snap__confine_release(ctx);
     free(ctx);
     return wp_err_wrap(err, "snapshot state %s", dir);
 }
 
 void snap_ctx_close(struct snap_ctx *ctx)
 {
+    if (ctx)
+        snap__confine_release(ctx);
     free(ctx);
 }
 

@@ -4,6 +4,8 @@
 
 #include "snapshot.h"
 
+#include <linux/filter.h>
+
 #include <stddef.h>
 
 struct wp_err;
@@ -32,6 +34,7 @@ struct snap_ctx {
                                   the operator allowed running unconfined) */
     enum snap__cg_layout cg;
     bool unconfined;           /* snap_config.unconfined: confine.c does nothing */
+    struct sock_fprog seccomp; /* the compiled filter (owned; confine.c) */
     /* v1: one mount per controller; v2: one tree. */
     int n_ctrl;
     char ctrl_name[SNAP__MAX_CTRL][16];
@@ -84,6 +87,9 @@ int snap__confine_move_layer(const char *src, const char *dst, struct wp_err *er
 int snap__confine_proc(const struct snap_ctx *ctx, const char *root, const char *sbdir,
                        struct wp_err *err);
 int snap__confine_task(const struct snap_ctx *ctx, bool init_keeps_admin, struct wp_err *err);
+/* Compile the seccomp filter into ctx once (snap_ctx_open); release frees it. */
+int snap__confine_compile(struct snap_ctx *ctx, struct wp_err *err);
+void snap__confine_release(struct snap_ctx *ctx);
 int snap__confine_drop_extra(struct wp_err *err);
 int snap__confine_criu_dump(const struct snap_ctx *ctx, void *opts);
 int snap__confine_criu_restore(const struct snap_ctx *ctx, void *opts, const char *sbdir);
