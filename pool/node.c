@@ -323,6 +323,21 @@ static void sb_ready(struct node *n, struct nsb *s)
 static struct nsb *start_cold_boot(struct node *n, struct env *e, bool for_claim);
 static void serve_claims(struct node *n, struct env *e);
 
+/* The image of e goes out of use and is built again. Set aside, not
+ * deleted: live clones still have its layer as a lower layer of their
+ * overlays. */
+static void image_set_aside(struct node *n, struct env *e)
+{
+    char from[700], to[760];
+
+    snprintf(from, sizeof(from), "%s/images/%s", n->cfg.state_dir, e->image);
+    snprintf(to, sizeof(to), "%s.stale-%llu", from, (unsigned long long)wp_wall_ms());
+    if (rename(from, to) < 0)
+        log_warn("set aside image=%s: %s", e->image, strerror(errno));
+    e->img = IMG_NONE;
+    e->failures = 0;
+}
+
 /* Restores of an image keep failing: back off exponentially (0.1 s to
  * 10 s) instead of hammering, and after three in a row rebuild the image
  * (a corrupt or stale image heals itself). */
@@ -336,17 +351,9 @@ static void restore_failed(struct node *n, struct env *e, const char *why)
     log_error("restore env=%s failed (%d in a row, next refill in %.1f s): %s", e->cfg.name,
               e->failures, e->backoff, why);
     if (e->failures >= 3 && e->img == IMG_READY) {
-        char from[700], to[760];
         log_warn("rebuilding image=%s env=%s after %d failed restores", e->image, e->cfg.name,
                  e->failures);
-        /* Set aside, not deleted: live clones still have its layer as a
-         * lower layer of their overlays. */
-        snprintf(from, sizeof(from), "%s/images/%s", n->cfg.state_dir, e->image);
-        snprintf(to, sizeof(to), "%s.stale-%llu", from, (unsigned long long)wp_wall_ms());
-        if (rename(from, to) < 0)
-            log_warn("set aside image=%s: %s", e->image, strerror(errno));
-        e->img = IMG_NONE;
-        e->failures = 0;
+        image_set_aside(n, e);
     }
 }
 
@@ -432,8 +439,14 @@ static struct nsb *start_restore(struct node *n, struct env *e, bool for_claim)
     s->for_claim = for_claim;
     s->t0 = now_s();
     if (snap_restore_start(n->snap, e->image, &ro, &s->job, &err) < 0) {
-        log_error("restore env=%s: %s", e->cfg.name, err.msg);
         free(s);
+        if (err.code == WP_ESTATE && e->img == IMG_READY) {
+            /* One this node must not use (snap_image_check): build anew. */
+            log_warn("image=%s env=%s: %s: rebuilding", e->image, e->cfg.name, err.msg);
+            image_set_aside(n, e);
+        } else {
+            restore_failed(n, e, err.msg);
+        }
         return NULL;
     }
     ev_io_init(&s->job_io, job_cb, snap_restore_job_fd(s->job), EV_READ);
@@ -654,6 +667,15 @@ static void image_on_disk(struct node *n, struct env *e)
     snprintf(path, sizeof(path), "%s/images/%s/manifest.json", n->cfg.state_dir, e->image);
     e->found_on_disk = access(path, F_OK) == 0;
     e->img = e->found_on_disk ? IMG_READY : IMG_NONE;
+    struct wp_err err;
+    if (e->found_on_disk && snap_image_check(n->snap, e->image, &err) < 0) {
+        /* Damaged, or made by an older build this node must not restore
+         * (no user namespace): built again rather than failing claims. */
+        log_warn("image=%s env=%s on disk is not usable: %s: rebuilding", e->image, e->cfg.name,
+                 err.msg);
+        image_set_aside(n, e);
+        e->found_on_disk = false;
+    }
     if (e->found_on_disk)
         read_image_bytes(n, e);
 }

@@ -122,6 +122,22 @@ out:
     return rc;
 }
 
+int snap_image_check(struct snap_ctx *ctx, const char *name, struct wp_err *err)
+{
+    struct manifest m;
+    int rc;
+
+    if (!snap_name_valid(name))
+        return wp_err_set(err, WP_EINVAL_INPUT, "bad image name \"%s\"", name);
+    if ((rc = manifest_load(ctx, name, &m, err)) < 0)
+        return rc;
+    snap__network_free(&m.net);
+    if (ctx->userns && m.uns < 0)
+        return wp_err_set(err, WP_ESTATE, "image \"%s\" was made without a user namespace: its "
+                          "clones would run as the host's root; rebuild it", name);
+    return 0;
+}
+
 static void hwrite(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void hwrite(int fd, const char *fmt, ...)
 {

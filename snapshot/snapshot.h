@@ -306,6 +306,10 @@ int snap_gc_with(struct snap_ctx *ctx, const struct snap_gc_opts *opts, struct w
 typedef void (*snap_list_cb)(void *arg, const char *json);
 int snap_list_sandboxes(struct snap_ctx *ctx, snap_list_cb cb, void *arg, struct wp_err *err);
 int snap_list_images(struct snap_ctx *ctx, snap_list_cb cb, void *arg, struct wp_err *err);
+/* Whether this context can restore image `name`: WP_ENOTFOUND, a damaged
+ * manifest (WP_EINVAL_INPUT), or WP_ESTATE for one it must not use (made by
+ * an older build without a user namespace, on a node that confines). */
+int snap_image_check(struct snap_ctx *ctx, const char *name, struct wp_err *err);
 /* Delete an image; WP_ESTATE while sandboxes restored from it exist. */
 int snap_image_delete(struct snap_ctx *ctx, const char *name, struct wp_err *err);
 

@@ -386,11 +386,63 @@ static void restart_reads_no_old_claim(void **state)
     node_stop(SIGTERM);
 }
 
+/* An image an older build made without a user namespace (as every image
+ * was before issue 14) is on disk under the name this node will look for:
+ * the node sets it aside and builds anew instead of failing restores, and
+ * its clones run in a user namespace. */
+static void image_without_userns_is_rebuilt(void **state)
+{
+    char state_dir[1300], log[1300], img[128], *json = NULL, man[1500], *mtext = NULL;
+    struct snap_config cfg = { .insecure_allow_unconfined = true, .no_userns = true };
+    struct snap_template *t = NULL;
+    struct snap_sandbox *sb = NULL;
+    struct snap_ctx *ctx = NULL;
+    struct wp_err err;
+    (void)state;
+
+    snprintf(state_dir, sizeof(state_dir), "%s/state-old", DIR_);
+    assert_int_equal(wp_read_file(TMPL, 1 << 20, &json, NULL, NULL), 0);
+    assert_int_equal(snap_template_parse(json, strlen(json), &t, &err), 0);
+    free(json);
+    snprintf(img, sizeof(img), "%.40s-%.12s", ENV, t->digest);
+    cfg.state_dir = state_dir;
+    if (snap_ctx_open(&cfg, &ctx, &err) < 0 || snap_boot(ctx, t, NULL, NULL, NULL, &sb, &err) < 0 ||
+        snap_checkpoint(ctx, sb, t, img, 0, NULL, &err) < 0)
+        fail_msg("old image: %s", err.msg);
+    snap_ctx_close(ctx);
+    snap_template_free(t);
+
+    snprintf(log, sizeof(log), "%s/node-old.log", DIR_);
+    NODE_PID = th_node_start(NODE, R.port, state_dir, log, "--env", SPEC, "--heartbeat-ttl", "1",
+                             "--log-level", "info", (char *)NULL);
+    assert_true(NODE_PID > 0);
+    /* Set aside at start-up, built again, served. */
+    bool rebuilt = false;
+    snprintf(man, sizeof(man), "%s/images/%s/manifest.json", state_dir, img);
+    for (int i = 0; i < 1200 && !rebuilt; i++) {
+        msleep_reaping(100);
+        free(mtext);
+        mtext = NULL;
+        rebuilt = wp_read_file(man, 1 << 20, &mtext, NULL, NULL) == 0 && strstr(mtext, "userns_base");
+    }
+    free(mtext);
+    char out[4096];
+    th_sh(out, sizeof(out), "grep -c 'not usable' %s || true", log);
+    if (!rebuilt || atoi(out) != 1) {
+        th_sh(out, sizeof(out), "tail -20 %s", log);
+        fail_msg("not rebuilt (or not said once): %s", out);
+    }
+    th_sh(out, sizeof(out), "ls -d %s/images/%s.stale-* | wc -l", state_dir, img);
+    assert_int_equal(atoi(out), 1);
+    node_stop(SIGTERM);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(crashed_node_unreaped_leaves_nothing),
         cmocka_unit_test(restart_reads_no_old_claim),
+        cmocka_unit_test(image_without_userns_is_rebuilt),
     };
     if (geteuid() != 0) {
         printf("1..0 # SKIP needs root (sandboxes)\n");
