@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 OUT=bench/results
 mkdir -p "$OUT"
 T=$(mktemp -d /tmp/wp-isobench-XXXXXX)
+chmod 711 "$T"  # sandboxes in a user namespace reach state dirs below as an unprivileged id
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cleanup() {
     [ -n "${NODE:-}" ] && kill "$NODE" 2>/dev/null && wait "$NODE" 2>/dev/null || true
@@ -31,7 +32,14 @@ cat >"$T/bench.json" <<JSON
  "limits":{"memory_mb":128,"pids":64}}
 JSON
 hot() { redis-cli -p "$PORT" llen 'wp:env:{bench}:hot'; }
-wait_hot() { for _ in $(seq 6000); do [ "$(hot)" -ge "$1" ] && return 0; sleep 0.01; done; echo "bench_isolation: hot tier never reached $1" >&2; cat "$T/node.log" >&2; exit 1; }
+wait_hot() {
+    for _ in $(seq 6000); do
+        [ "$(hot)" -ge "$1" ] && return 0
+        kill -0 "$NODE" 2>/dev/null || break
+        sleep 0.01
+    done
+    echo "bench_isolation: hot tier never reached $1" >&2; cat "$T/node.log" >&2; exit 1
+}
 for mode in on off; do
     flag=""; [ "$mode" = off ] && flag="--insecure-allow-unconfined"
     "$BUILD/warmpool-node" --id "iso-$mode" --redis "127.0.0.1:$PORT" --state-dir "$T/state-$mode" \
