@@ -178,6 +178,9 @@ const char *sched__error_type_for(int status);
     sched__respond_error((req), 400, "invalid_request_error", NULL, __VA_ARGS__)
 #define sched__not_found(req, ...) \
     sched__respond_error((req), 404, "not_found_error", NULL, __VA_ARGS__)
+/* NOT YET BUILT (issue 16; sessions.c): answers 400 "not supported yet"
+ * and returns true when vault_ids or resources is a non-empty array. */
+bool sched__refuse_unbuilt(struct sched_req *req, json_t *vault_ids, json_t *resources);
 
 /* Issue a Redis command for req; on a NULL reply answers 503 and frees
  * req, so cb only ever sees a live reply and a live req. */
