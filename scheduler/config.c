@@ -26,6 +26,7 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->sse_soft_limit = 256 * 1024;
     cfg->sse_hard_limit = 4 * 1024 * 1024;
     cfg->sse_soft_seconds = 30;
+    cfg->sse_keys_per_conn = 1000;
     cfg->rate_create = 60;
     cfg->rate_read = 600;
     /* Harnesses: 10 sandboxes a second, 100 tool calls a second. */
@@ -119,6 +120,7 @@ static void usage(void)
            "  --sse-soft-limit BYTES   stop reading the log above this much queued output (262144)\n"
            "  --sse-hard-limit BYTES   cut a stream off above this much queued output (4194304)\n"
            "  --sse-soft-seconds SECS  cut a stream off after this long above the soft limit (30)\n"
+           "  --sse-keys-per-conn N    streamed sessions one Redis connection tails (1000, 1..100000)\n"
            "  --max-conns N            open connections, streams included (10000); more get 503\n"
            "  --max-conns-per-addr N   ...of them from one client address (2000; 0: no cap)\n"
            "  --vault-key HEX          64 hex digits: AES-256 key for vault secrets (else\n"
@@ -386,6 +388,8 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->sse_hard_limit = (size_t)d;
     else if (!strcmp(name, "sse-soft-seconds"))
         cfg->sse_soft_seconds = d;
+    else if (!strcmp(name, "sse-keys-per-conn") && d >= 1 && d <= 100000)
+        cfg->sse_keys_per_conn = (int)d;
     else if (!strcmp(name, "redis-timeout"))
         cfg->redis_timeout = d;
     else if (!strcmp(name, "drain-timeout"))

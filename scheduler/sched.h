@@ -43,6 +43,7 @@ struct sched_config {
     size_t sse_soft_limit;   /* SSE output queued above this: stop reading the log */
     size_t sse_hard_limit;   /* SSE output queued above this: cut the client off */
     double sse_soft_seconds; /* over the soft limit this long: cut the client off */
+    int sse_keys_per_conn;   /* streamed sessions tailed by one Redis connection (XREAD keys) */
     int rate_create;         /* per organization and minute; 0 = unlimited */
     int rate_read;
     int rate_sbx_create;     /* POST /v1/sandboxes, per organization and minute */

@@ -79,6 +79,7 @@ const char *sched_http_url(const struct sched_http_req *r);
 struct sched_conn;
 struct sched_req;
 struct sched_sse;
+struct sse_reader;
 struct sched_hub;
 
 /* vault_key.c: the key that seals vault secrets (never derived from API
@@ -116,6 +117,7 @@ struct sched_server {
     struct sched_conn *close_list;  /* closed, freed in prepare */
     struct wp_redis *rds;        /* request/response traffic */
     struct sched_hub *hubs;         /* sse.c: one live tail per streamed session */
+    struct sse_reader *readers;     /* sse.c: the Redis connections tailing the hubs */
     struct pool_client *pool;       /* sandboxes.c: claims for /v1/sandboxes */
     struct sched_sbx *sbxs;         /* sandboxes.c: sandboxes this process links to */
     struct sched_brains *brains;    /* brain.c: sessions whose loop this process runs */
