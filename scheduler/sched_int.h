@@ -149,6 +149,9 @@ struct sched_req {
     ev_timer timeout;
     char extra_headers[256]; /* "name: value\r\n" lines added to the response */
     _Alignas(16) unsigned char load_state[512]; /* resources.c scratch */
+    /* quota.c: what runs once a quota check passed */
+    void (*quota_next)(struct sched_req *, json_t *env, long long rev);
+    void (*quota_sbx_next)(struct sched_req *, const char *pool, const char *id);
     char scratch[256];       /* handler scratch (ids, cursors) */
     /* Set by a handler: called with the stored object (owned) instead of
      * answering 200 when an object create/store succeeds. */
@@ -426,6 +429,26 @@ int sched__env_pool_name(const char *env_id, char *out, size_t cap);
  * object): metadata warmpool.pool when set (an operator's pool), else
  * sched__env_pool_name of its id. */
 int sched__env_pool_of(json_t *env, char *out, size_t cap);
+/* What a cloud environment keeps hot on the nodes (quota.c): warmpool.min_hot
+ * and each clone's memory_mb, cpu and disk_mb (0 when the node's default). */
+void sched__envtpl_size(json_t *env, double *min_hot, double *memory_mb, double *cpu,
+                        double *disk_mb);
+
+/* ---- quota.c: per-organization quotas, operator pools' organizations ---- */
+/* wp:quota:<org> (what NULL) or wp:quotause:<what>:<org>. */
+void sched__key_quota(char *out, size_t cap, const char *what, const char *org);
+/* Answer a script's QUOTA / POOL error (429 quota_exceeded, 403
+ * pool_not_allowed); false when lua_err is neither. */
+bool sched__quota_refused(struct sched_req *req, const char *lua_err);
+/* Check (and record) what env keeps hot against the org's quotas, or that
+ * the org may use the operator pool it names; then next(req, env, rev), or
+ * an error answer. Takes env. */
+void sched__quota_env(struct sched_req *req, json_t *env, long long rev,
+                      void (*next)(struct sched_req *, json_t *, long long));
+/* Count one more live sandbox of the org (and check it may use pool);
+ * then next(req, pool, new sandbox id), or an error answer. */
+void sched__quota_sbx(struct sched_req *req, const char *pool,
+                      void (*next)(struct sched_req *, const char *pool, const char *id));
 /* Check what the pool needs of a (merged) environment: warmpool.* metadata
  * keys and values, supported package managers, apt names. NULL or a
  * message valid until the next call. */
