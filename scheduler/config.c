@@ -45,6 +45,7 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->metrics_cache_s = 1;
     cfg->sandbox_lease_s = 60;
     cfg->max_tokens = 8192;
+    cfg->prompt_cache = true;
     cfg->max_model_rounds = 100;
     /* Next to our own binary, where `make` builds warmpool-hands. */
     char exe[256];
@@ -156,6 +157,7 @@ static void usage(void)
            "  --sandbox-lease SECS     the lease such a sandbox holds, renewed at a third (60;\n"
            "                           3..3600): how soon a node reclaims it if we die\n"
            "  --max-tokens N           max_tokens of model requests (8192)\n"
+           "  --prompt-cache on|off    mark each model request's prompt for caching (on)\n"
            "  --max-model-rounds N     model requests in one turn (100)\n"
            "  --api-network MAX        the most network an API environment gets: unrestricted\n"
            "                           (default: as the API says), limited (unrestricted becomes\n"
@@ -348,6 +350,12 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
             cfg->api_network = SCHED_NET_UNRESTRICTED;
         else
             return wp_err_set(err, WP_ECONFIG, "--api-network wants none, limited or unrestricted");
+        return 0;
+    }
+    if (!strcmp(name, "prompt-cache")) {
+        if (strcmp(val, "on") && strcmp(val, "off"))
+            return wp_err_set(err, WP_ECONFIG, "--prompt-cache wants on or off");
+        cfg->prompt_cache = !strcmp(val, "on");
         return 0;
     }
     if (!strcmp(name, "brain")) {

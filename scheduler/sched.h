@@ -71,6 +71,7 @@ struct sched_config {
                                 released (its lease is renewed until then) */
     double sandbox_lease_s;  /* ...and its lease, renewed at a third (default 60) */
     int max_tokens;          /* max_tokens of each model request */
+    bool prompt_cache;       /* cache_control on the end of each request's prompt */
     int max_model_rounds;    /* model requests in one turn before it is stopped */
     int api_network;         /* most network an API environment gets: SCHED_NET_* */
     char hands_dir[256];     /* directory holding warmpool-hands on the nodes (bound at
