@@ -46,6 +46,7 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->sandbox_lease_s = 60;
     cfg->max_tokens = 8192;
     cfg->prompt_cache = true;
+    cfg->session_log_max = 200000;
     cfg->max_model_rounds = 100;
     /* Next to our own binary, where `make` builds warmpool-hands. */
     char exe[256];
@@ -158,6 +159,10 @@ static void usage(void)
            "                           3..3600): how soon a node reclaims it if we die\n"
            "  --max-tokens N           max_tokens of model requests (8192)\n"
            "  --prompt-cache on|off    mark each model request's prompt for caching (on)\n"
+           "  --archived-session-ttl S an archived session (object and log) expires after S\n"
+           "                           seconds (0: kept; default 0)\n"
+           "  --session-log-max N      a session whose log holds N entries refuses more input\n"
+           "                           (200000; 0: no cap)\n"
            "  --max-model-rounds N     model requests in one turn (100)\n"
            "  --api-network MAX        the most network an API environment gets: unrestricted\n"
            "                           (default: as the API says), limited (unrestricted becomes\n"
@@ -416,6 +421,10 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->sandbox_lease_s = d;
     else if (!strcmp(name, "metrics-cache") && d >= 0 && d <= 60)
         cfg->metrics_cache_s = d;
+    else if (!strcmp(name, "archived-session-ttl") && d >= 0 && d <= 10 * 365 * 86400.)
+        cfg->archived_ttl_s = d;
+    else if (!strcmp(name, "session-log-max") && d >= 0 && d <= 1e9)
+        cfg->session_log_max = (long)d;
     else if (!strcmp(name, "max-tokens") && d >= 1 && d <= 1000000)
         cfg->max_tokens = (int)d;
     else if (!strcmp(name, "max-model-rounds") && d >= 1)

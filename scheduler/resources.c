@@ -121,6 +121,7 @@ static const char lua_list[] =
     "    local h = redis.call('HMGET', 'wp:obj:' .. ids[i], unpack(fields))\n"
     "    last = ids[i + 1]\n"
     "    scanned = scanned + 1\n"
+    "    if not h[1] then redis.call('ZREM', idx, ids[i]) end\n" /* expired (archived TTL) */
     "    if h[1] and pass(h) then\n"
     "      if first == '' then first = last end\n"
     "      table.insert(out, h[1]); table.insert(out, h[2] or '')\n"

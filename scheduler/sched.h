@@ -72,6 +72,8 @@ struct sched_config {
     double sandbox_lease_s;  /* ...and its lease, renewed at a third (default 60) */
     int max_tokens;          /* max_tokens of each model request */
     bool prompt_cache;       /* cache_control on the end of each request's prompt */
+    double archived_ttl_s;   /* an archived session's object and log expire after this (0: kept) */
+    long session_log_max;    /* a session's log refuses client input beyond this many entries */
     int max_model_rounds;    /* model requests in one turn before it is stopped */
     int api_network;         /* most network an API environment gets: SCHED_NET_* */
     char hands_dir[256];     /* directory holding warmpool-hands on the nodes (bound at

@@ -524,6 +524,24 @@ void sched__h_session_update(struct sched_req *req)
     sched__obj_load(req, &sched__kind_session, req->params[0], update_loaded);
 }
 
+/* After the archive is stored: with --archived-session-ttl, the session's
+ * object and log expire (listings drop the index entries they find gone). */
+static void archived(struct sched_req *req, json_t *s)
+{
+    double ttl = req->srv->cfg.archived_ttl_s;
+    if (ttl > 0) {
+        char kobj[200], kev[200], ms[32];
+        const char *id = json_string_value(json_object_get(s, "id"));
+        sched__key_obj(kobj, sizeof(kobj), id);
+        sched__key_events(kev, sizeof(kev), id);
+        snprintf(ms, sizeof(ms), "%.0f", ttl * 1000);
+        const char *a1[] = {"PEXPIRE", kobj, ms}, *a2[] = {"PEXPIRE", kev, ms};
+        wp_redis_argv(req->srv->rds, NULL, NULL, 3, a1, NULL);
+        wp_redis_argv(req->srv->rds, NULL, NULL, 3, a2, NULL);
+    }
+    sched__respond_json(req, 200, s);
+}
+
 static void archive_loaded(struct sched_req *req, json_t *s, long long rev)
 {
     char now[40], kev[200];
@@ -538,6 +556,7 @@ static void archive_loaded(struct sched_req *req, json_t *s, long long rev)
     sched__key_events(kev, sizeof(kev), req->params[0]);
     sched__brain_session_end(req->srv, req->org, req->params[0]);
     const char *extra[] = {"status", "terminated", NULL};
+    req->after = archived;
     sched__obj_store_aux(req, &sched__kind_session, req->org, s, rev, true,
                          "\"status\":\"terminated\"", extra, "xadd", kev,
                          "{\"type\":\"session.status_terminated\"}",
