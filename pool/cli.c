@@ -518,7 +518,7 @@ int main(int argc, char **argv)
     }
     int r;
     if (strcmp(argv[i], "quota") == 0)
-        r = pool__cli_quota(rc, argc - i - 1, argv + i + 1);
+        r = pool__cli_quota(cmd, argc - i - 1, argv + i + 1);
     else if (strcmp(argv[i + 1], "set") == 0)
         r = pool_set(argc - i - 1, argv + i + 1);
     else if (strcmp(argv[i + 1], "status") == 0)

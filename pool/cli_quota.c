@@ -23,24 +23,19 @@ static bool org_valid(const char *o)
                                         "0123456789_-.") == l;
 }
 
-static redisReply *q_cmd(redisContext *rc, const char *fmt, ...)
+/* cli.c's command helper (exits on a dead connection); error replies are
+ * checked where one can come. */
+typedef redisReply *(*cmd_fn)(const char *fmt, ...);
+
+static bool reply_ok(redisReply *r)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(rc, fmt, ap);
-    va_end(ap);
-    if (!r) {
-        fprintf(stderr, "warmpool: redis: %s\n", rc->errstr);
-        exit(1);
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        fprintf(stderr, "warmpool: redis: %s\n", r->str);
-        exit(1);
-    }
-    return r;
+    if (r->type != REDIS_REPLY_ERROR)
+        return true;
+    fprintf(stderr, "warmpool: redis: %s\n", r->str);
+    return false;
 }
 
-static int quota_set(redisContext *rc, int argc, char **argv)
+static int quota_set(cmd_fn cmd, int argc, char **argv)
 {
     if (argc < 3 || !org_valid(argv[1])) {
         fprintf(stderr, "warmpool: quota set ORG NAME=N|none ... (ORG as in --api-key)\n");
@@ -70,9 +65,9 @@ static int quota_set(redisContext *rc, int argc, char **argv)
         const char *eq = strchr(argv[i], '=');
         snprintf(name, sizeof(name), "%.*s", (int)(eq - argv[i]), argv[i]);
         if (!strcmp(eq + 1, "none"))
-            freeReplyObject(q_cmd(rc, "HDEL wp:quota:%s %s", org, name));
+            freeReplyObject(cmd("HDEL wp:quota:%s %s", org, name));
         else
-            freeReplyObject(q_cmd(rc, "HSET wp:quota:%s %s %s", org, name, eq + 1));
+            freeReplyObject(cmd("HSET wp:quota:%s %s %s", org, name, eq + 1));
         printf("%s %s = %s\n", org, name, eq + 1);
     }
     return 0;
@@ -100,16 +95,20 @@ static const char lua_usage[] =
     "return {tostring(redis.call('ZCARD', KEYS[1])), tostring(sbx), tostring(h), tostring(m),\n"
     "        tostring(c), tostring(d)}\n";
 
-static void show_org(redisContext *rc, const char *org)
+static int show_org(cmd_fn cmd, const char *org)
 {
     struct timeval tv;
     gettimeofday(&tv, NULL);
     long long now = (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-    redisReply *u = q_cmd(rc, "EVAL %s 3 wp:idx:%s:session:active wp:quotause:sbx:%s "
-                              "wp:quotause:envs:%s %lld", lua_usage, org, org, org, now);
+    redisReply *u = cmd("EVAL %s 3 wp:idx:%s:session:active wp:quotause:sbx:%s "
+                        "wp:quotause:envs:%s %lld", lua_usage, org, org, org, now);
+    if (!reply_ok(u)) {
+        freeReplyObject(u);
+        return 1;
+    }
     printf("%s\n", org);
     for (int k = 0; quota_names[k]; k++) {
-        redisReply *q = q_cmd(rc, "HGET wp:quota:%s %s", org, quota_names[k]);
+        redisReply *q = cmd("HGET wp:quota:%s %s", org, quota_names[k]);
         const char *use = u->type == REDIS_REPLY_ARRAY && (size_t)k < u->elements
                               ? u->element[k]->str : "?";
         const char *lim = q->type == REDIS_REPLY_STRING ? q->str : NULL;
@@ -120,20 +119,20 @@ static void show_org(redisContext *rc, const char *org)
     }
     printf("  (hot, memory_mb, cpu, disk_mb: what its environments keep hot, min_hot x size)\n");
     freeReplyObject(u);
+    return 0;
 }
 
-static int quota_show(redisContext *rc, int argc, char **argv)
+static int quota_show(cmd_fn cmd, int argc, char **argv)
 {
     if (argc >= 2) {
         if (!org_valid(argv[1])) {
             fprintf(stderr, "warmpool: bad organization name '%s'\n", argv[1]);
             return 2;
         }
-        show_org(rc, argv[1]);
-        return 0;
+        return show_org(cmd, argv[1]);
     }
     /* Every organization with a quota or with use counted. */
-    redisReply *k = q_cmd(rc, "EVAL %s 0",
+    redisReply *k = cmd("EVAL %s 0",
                           "local seen, out = {}, {}\n"
                           "for _, p in ipairs({'wp:quota:*', 'wp:quotause:envs:*', 'wp:quotause:sbx:*'}) do\n"
                           "  local cur = '0'\n"
@@ -148,13 +147,16 @@ static int quota_show(redisContext *rc, int argc, char **argv)
                           "end\n"
                           "table.sort(out)\n"
                           "return out\n");
-    if (k->elements == 0)
+    int rc = reply_ok(k) ? 0 : 1;
+    if (!rc && k->elements == 0)
         printf("no organization has a quota or counted use\n");
-    for (size_t i = 0; i < k->elements; i++)
-        show_org(rc, k->element[i]->str);
+    for (size_t i = 0; !rc && i < k->elements; i++)
+        rc = show_org(cmd, k->element[i]->str);
     freeReplyObject(k);
+    if (rc)
+        return rc;
     /* Pools open to every organization, the operator should know. */
-    redisReply *p = q_cmd(rc, "EVAL %s 0",
+    redisReply *p = cmd("EVAL %s 0",
                           "local out = {}\n"
                           "local cur = '0'\n"
                           "repeat\n"
@@ -169,7 +171,7 @@ static int quota_show(redisContext *rc, int argc, char **argv)
                           "until cur == '0'\n"
                           "table.sort(out)\n"
                           "return out\n");
-    for (size_t i = 0; i < p->elements; i++) {
+    for (size_t i = 0; reply_ok(p) && i < p->elements; i++) {
         char name[128], orgs[1024];
         if (sscanf(p->element[i]->str, "%127s %1023s", name, orgs) == 2)
             printf("pool %s: %s\n", name,
@@ -179,12 +181,12 @@ static int quota_show(redisContext *rc, int argc, char **argv)
     return 0;
 }
 
-int pool__cli_quota(redisContext *rc, int argc, char **argv)
+int pool__cli_quota(redisReply *(*cmd)(const char *fmt, ...), int argc, char **argv)
 {
     if (argc >= 1 && !strcmp(argv[0], "set"))
-        return quota_set(rc, argc, argv);
+        return quota_set(cmd, argc, argv);
     if (argc >= 1 && !strcmp(argv[0], "show"))
-        return quota_show(rc, argc, argv);
+        return quota_show(cmd, argc, argv);
     fprintf(stderr, "warmpool: quota set ORG NAME=N|none ... | quota show [ORG]\n");
     return 2;
 }

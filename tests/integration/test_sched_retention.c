@@ -17,14 +17,8 @@ static struct th_sched S;
 
 static json_t *call(const char *method, const char *path, const char *body, int want)
 {
-    struct th_resp r;
-    assert_int_equal(th_http(S.port, method, path, "sk-acme", body, &r), 0);
-    if (r.status != want)
-        fprintf(stderr, "%s %s -> %d %s\n", method, path, r.status, r.body);
-    assert_int_equal(r.status, want);
-    json_t *j = json_loads(r.body, 0, NULL);
+    json_t *j = th_call(S.port, "sk-acme", method, path, body, want);
     assert_non_null(j);
-    th_resp_free(&r);
     return j;
 }
 
