@@ -102,6 +102,20 @@ static const char lua_sbx_gate[] = LUA_POOL_ALLOWED
     "redis.call('ZADD', KEYS[2], now, ARGV[2])\n"
     "return 1\n";
 
+bool sched__pool_org_allowed(const char *orgs, const char *org)
+{
+    if (!orgs || !strcmp(orgs, "*"))
+        return true;
+    size_t l = strlen(org);
+    for (const char *p = orgs; *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == l && !strncmp(p, org, l))
+            return true;
+        p += n + (p[n] == ',');
+    }
+    return false;
+}
+
 bool sched__quota_refused(struct sched_req *req, const char *lua_err)
 {
     const char *q = lua_err ? strstr(lua_err, "QUOTA ") : NULL;

@@ -437,6 +437,9 @@ void sched__envtpl_size(json_t *env, double *min_hot, double *memory_mb, double 
 /* ---- quota.c: per-organization quotas, operator pools' organizations ---- */
 /* wp:quota:<org> (what NULL) or wp:quotause:<what>:<org>. */
 void sched__key_quota(char *out, size_t cap, const char *what, const char *org);
+/* Whether an operator pool whose policy says orgs (NULL: never set) serves
+ * org: "*" or unset, every organization; else a comma list. */
+bool sched__pool_org_allowed(const char *orgs, const char *org);
 /* Answer a script's QUOTA / POOL error (429 quota_exceeded, 403
  * pool_not_allowed); false when lua_err is neither. */
 bool sched__quota_refused(struct sched_req *req, const char *lua_err);

@@ -573,6 +573,33 @@ static void sdk_streams_sessions(void **state)
     assert_non_null(strstr(out, "sdk-brain: 3 steps passed"));
 }
 
+/* Issue 15 defect 5: an operator pool serves only the organizations it
+ * names, checked at each claim: once the operator names only beta, an acme
+ * session's bash call gets an error result saying why, and no sandbox. */
+static void operator_pool_names_its_orgs(void **state)
+{
+    (void)state;
+    char out[256];
+    assert_int_equal(th_sh(out, sizeof(out), "redis-cli -p %d HSET wp:env:{brainpool}:policy orgs beta",
+                           R.port), 0);
+    char *sid = new_session(A.port);
+    struct sse s;
+    sse_open(&s, A.port, sid);
+    send_text(A.port, sid, "run bash now");
+    json_t *ev = until_idle(&s, "end_turn", 30000);
+    int res = index_of(ev, "agent.tool_result", 0);
+    assert_true(res >= 0);
+    json_t *r = json_array_get(ev, (size_t)res);
+    assert_true(json_is_true(json_object_get(r, "is_error")));
+    char *d = json_dumps(r, JSON_COMPACT);
+    assert_non_null(strstr(d, "may not use pool environment brainpool"));
+    free(d);
+    json_decref(ev);
+    sse_close(&s);
+    th_sh(out, sizeof(out), "redis-cli -p %d HDEL wp:env:{brainpool}:policy orgs", R.port);
+    free(sid);
+}
+
 /* Issue 15 defect 12: prompt caching. A 50-turn session: each request
  * carries a cache_control breakpoint at the end of its prompt, so the model
  * stand-in (billing as the Messages API does) reads the previous turns from
@@ -723,6 +750,7 @@ int main(void)
         cmocka_unit_test(overloaded_then_success),
         cmocka_unit_test(sdk_streams_sessions),
         cmocka_unit_test(prompt_cache_fifty_turns),
+        cmocka_unit_test(operator_pool_names_its_orgs),
         cmocka_unit_test(fence_only_grows_after_lost_writes),
         cmocka_unit_test(takeover_after_kill),
     };
