@@ -17,7 +17,7 @@
 
 static const char usage[] =
     "usage: warmpool [--redis HOST:PORT] [--redis-password-file PATH [--redis-user NAME]]\n"
-    "                pool COMMAND\n"
+    "                pool COMMAND | quota COMMAND\n"
     "       warmpool doctor [--reprobe]   what this host needs, each item with its fix\n"
     "\n"
     "  pool set ENV [--node NODE] min_hot=N max_hot=N [max_hot_total=N]\n"
@@ -28,7 +28,17 @@ static const char usage[] =
     "      warm,cold leaves hot clones unused, cold boots every claim\n"
     "  pool status [ENV]\n"
     "      per environment and node: hot, leased, lost; claims by tier; each\n"
-    "      node's criu mode (and why, where criu is degraded or off)\n";
+    "      node's criu mode (and why, where criu is degraded or off)\n"
+    "  pool set POOL orgs=ORG,ORG|*\n"
+    "      the organizations that may use an operator's pool environment (from\n"
+    "      a node's config) through the API; * (or never set): every one\n"
+    "  quota set ORG sessions=N sandboxes=N hot=N memory_mb=N cpu=X disk_mb=N\n"
+    "      an organization's quotas (any subset; =none removes one): live\n"
+    "      sessions, live /v1/sandboxes, and what its environments keep hot\n"
+    "      (hot clones, and min_hot x memory/cpu/disk, also the cap of one\n"
+    "      sandbox); every scheduler enforces them at once\n"
+    "  quota show [ORG]\n"
+    "      quotas against what each organization uses; pools and their orgs\n";
 
 static redisContext *rc;
 
@@ -131,6 +141,25 @@ static int pool_set(int argc, char **argv)
             return 2;
         }
         snprintf(key, sizeof(key), "%.*s", (int)(eq - argv[i]), argv[i]);
+        if (strcmp(key, "orgs") == 0) {
+            /* Per pool: the schedulers read it when an organization names
+             * the pool (scheduler/quota.c). API environments are each
+             * their organization's own already. */
+            const char *o = eq + 1;
+            size_t ol = strlen(o);
+            if (node || strncmp(env, "env_", 4) == 0 || ol == 0 || ol > 1000 ||
+                (strcmp(o, "*") && (strspn(o, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                               "0123456789_-.,") != ol ||
+                                    o[0] == ',' || o[ol - 1] == ',' || strstr(o, ",,")))) {
+                fprintf(stderr, "warmpool: '%s': orgs is a comma list of organizations or *, "
+                                "for an operator's pool (not env_...), every node\n", argv[i]);
+                return 2;
+            }
+            freeReplyObject(cmd("HSET wp:env:{%s}:policy orgs %s", env, o));
+            printf("%s orgs = %s\n", env, o);
+            n++;
+            continue;
+        }
         if (strcmp(key, "tiers") == 0) {
             char tiers[32];
             /* Per environment only: the claimer reads it, not a node. */
@@ -472,7 +501,7 @@ int main(int argc, char **argv)
     }
     if (i < argc && strcmp(argv[i], "doctor") == 0)
         return pool__doctor(argc - i, argv + i);
-    if (i + 1 >= argc || strcmp(argv[i], "pool") != 0) {
+    if (i + 1 >= argc || (strcmp(argv[i], "pool") != 0 && strcmp(argv[i], "quota") != 0)) {
         fputs(usage, stderr);
         return 2;
     }
@@ -488,7 +517,9 @@ int main(int argc, char **argv)
         return 1;
     }
     int r;
-    if (strcmp(argv[i + 1], "set") == 0)
+    if (strcmp(argv[i], "quota") == 0)
+        r = pool__cli_quota(cmd, argc - i - 1, argv + i + 1);
+    else if (strcmp(argv[i + 1], "set") == 0)
         r = pool_set(argc - i - 1, argv + i + 1);
     else if (strcmp(argv[i + 1], "status") == 0)
         r = pool_status(argc - i - 1, argv + i + 1);

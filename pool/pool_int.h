@@ -297,5 +297,9 @@ void pool__worker_free(struct pool__worker *w);
 
 /* doctor.c: `warmpool doctor` (argv from "doctor" on). Exit status. */
 int pool__doctor(int argc, char **argv);
+/* `warmpool quota set|show` (cli_quota.c); argv[0] is "set" or "show";
+ * cmd: the CLI's Redis command helper. */
+struct redisReply;
+int pool__cli_quota(struct redisReply *(*cmd)(const char *fmt, ...), int argc, char **argv);
 
 #endif

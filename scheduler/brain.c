@@ -511,6 +511,8 @@ static void start_model(struct brain *b)
         return;
     }
     json_t *req = sched__brain_request(b->log, b->agent, b->srv->cfg.max_tokens);
+    if (b->srv->cfg.prompt_cache)
+        sched__brain_cache_mark(req);
     new_event_id(b->span_id, sizeof(b->span_id));
     json_decref(b->usage);
     b->usage = json_object();

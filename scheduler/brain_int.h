@@ -33,6 +33,12 @@ void sched__brain_derive(json_t *log, bool self_hosted, struct sched_brain_state
 /* The Messages API request (caller owns) for the conversation in log,
  * with the agent snapshot's model, system prompt and tools. */
 json_t *sched__brain_request(json_t *log, json_t *agent, int max_tokens);
+/* Prompt caching: a cache_control breakpoint on the last content block of
+ * the last message. Tools, system and the history before it are the
+ * stable prefix each turn extends, so the next request reads all of it
+ * from the cache and pays in full only for what is new (the Messages API
+ * looks up to 20 blocks back for the previous breakpoint). */
+void sched__brain_cache_mark(json_t *req);
 /* The agent's permission policy type for a toolset tool ("always_allow"
  * when none is set), whether the toolset enables it, and whether name is
  * one of the six sandbox tools the brain runs. */

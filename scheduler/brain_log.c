@@ -319,3 +319,12 @@ json_t *sched__brain_request(json_t *log, json_t *agent, int max_tokens)
         json_decref(tools);
     return req;
 }
+
+void sched__brain_cache_mark(json_t *req)
+{
+    json_t *msgs = json_object_get(req, "messages");
+    json_t *content = json_object_get(json_array_get(msgs, json_array_size(msgs) - 1), "content");
+    json_t *last = json_array_get(content, json_array_size(content) - 1);
+    if (json_is_object(last))
+        json_object_set_new(last, "cache_control", json_pack("{s:s}", "type", "ephemeral"));
+}

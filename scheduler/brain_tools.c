@@ -159,9 +159,37 @@ static void claim_cb(void *ctx, int status, const struct pool_claim_result *res,
     sched__brain_maybe_free(b);
 }
 
-void sched__brain_claim(struct brain *b)
+static void claim_now(struct brain *b)
 {
     struct wp_err err;
+    if (pool_claim(b->srv->pool, b->pool_env, b->sid, 60, claim_cb, b, &err) < 0)
+        sandbox_failed(b, "claim: %s", err.msg);
+    else
+        b->refs++;
+}
+
+/* An operator pool serves only the organizations its policy names
+ * (quota.c), checked at each claim so the operator's change applies to
+ * sessions already running. */
+static void pool_orgs_cb(void *ctx, redisReply *reply)
+{
+    struct brain *b = ctx;
+    b->refs--;
+    if (!b->stopped) {
+        if (!reply || reply->type == REDIS_REPLY_ERROR)
+            sandbox_failed(b, "the pool is not reachable");
+        else if (!sched__pool_org_allowed(reply->type == REDIS_REPLY_STRING ? reply->str : NULL,
+                                          b->org))
+            sandbox_failed(b, "organization %s may not use pool environment %s (the operator "
+                              "names the organizations each pool serves)", b->org, b->pool_env);
+        else
+            claim_now(b);
+    }
+    sched__brain_maybe_free(b);
+}
+
+void sched__brain_claim(struct brain *b)
+{
     if (b->self_hosted || b->sbx == SBX_CLAIMING || b->sbx == SBX_LINKING || b->sbx == SBX_READY)
         return;
     if (!b->srv->pool || !pool_client_ready(b->srv->pool)) {
@@ -174,12 +202,19 @@ void sched__brain_claim(struct brain *b)
         connect_link(b);
         return;
     }
-    if (!b->pool_env[0])
+    if (!b->pool_env[0]) {
         sandbox_failed(b, "environment %s has no warmpool pool", b->env_id);
-    else if (pool_claim(b->srv->pool, b->pool_env, b->sid, 60, claim_cb, b, &err) < 0)
-        sandbox_failed(b, "claim: %s", err.msg);
-    else
-        b->refs++;
+    } else if (strncmp(b->pool_env, "env_", 4) == 0) {
+        claim_now(b); /* the organization's own environment */
+    } else {
+        char pol[128];
+        snprintf(pol, sizeof(pol), "wp:env:{%s}:policy", b->pool_env);
+        const char *argv[] = {"HGET", pol, "orgs"};
+        if (wp_redis_argv(b->srv->rds, pool_orgs_cb, b, 3, argv, NULL) < 0)
+            sandbox_failed(b, "the pool is not reachable");
+        else
+            b->refs++;
+    }
 }
 
 /* ---- tools -------------------------------------------------------------- */

@@ -26,6 +26,7 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->sse_soft_limit = 256 * 1024;
     cfg->sse_hard_limit = 4 * 1024 * 1024;
     cfg->sse_soft_seconds = 30;
+    cfg->sse_keys_per_conn = 1000;
     cfg->rate_create = 60;
     cfg->rate_read = 600;
     /* Harnesses: 10 sandboxes a second, 100 tool calls a second. */
@@ -44,6 +45,8 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->metrics_cache_s = 1;
     cfg->sandbox_lease_s = 60;
     cfg->max_tokens = 8192;
+    cfg->prompt_cache = true;
+    cfg->session_log_max = 200000;
     cfg->max_model_rounds = 100;
     /* Next to our own binary, where `make` builds warmpool-hands. */
     char exe[256];
@@ -119,6 +122,7 @@ static void usage(void)
            "  --sse-soft-limit BYTES   stop reading the log above this much queued output (262144)\n"
            "  --sse-hard-limit BYTES   cut a stream off above this much queued output (4194304)\n"
            "  --sse-soft-seconds SECS  cut a stream off after this long above the soft limit (30)\n"
+           "  --sse-keys-per-conn N    streamed sessions one Redis connection tails (1000, 1..100000)\n"
            "  --max-conns N            open connections, streams included (10000); more get 503\n"
            "  --max-conns-per-addr N   ...of them from one client address (2000; 0: no cap)\n"
            "  --vault-key HEX          64 hex digits: AES-256 key for vault secrets (else\n"
@@ -154,6 +158,11 @@ static void usage(void)
            "  --sandbox-lease SECS     the lease such a sandbox holds, renewed at a third (60;\n"
            "                           3..3600): how soon a node reclaims it if we die\n"
            "  --max-tokens N           max_tokens of model requests (8192)\n"
+           "  --prompt-cache on|off    mark each model request's prompt for caching (on)\n"
+           "  --archived-session-ttl S an archived session (object and log) expires after S\n"
+           "                           seconds (0: kept; default 0)\n"
+           "  --session-log-max N      a session whose log holds N entries refuses more input\n"
+           "                           (200000; 0: no cap)\n"
            "  --max-model-rounds N     model requests in one turn (100)\n"
            "  --api-network MAX        the most network an API environment gets: unrestricted\n"
            "                           (default: as the API says), limited (unrestricted becomes\n"
@@ -348,6 +357,12 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
             return wp_err_set(err, WP_ECONFIG, "--api-network wants none, limited or unrestricted");
         return 0;
     }
+    if (!strcmp(name, "prompt-cache")) {
+        if (strcmp(val, "on") && strcmp(val, "off"))
+            return wp_err_set(err, WP_ECONFIG, "--prompt-cache wants on or off");
+        cfg->prompt_cache = !strcmp(val, "on");
+        return 0;
+    }
     if (!strcmp(name, "brain")) {
         if (strcmp(val, "on") && strcmp(val, "off") && strcmp(val, "auto"))
             return wp_err_set(err, WP_ECONFIG, "--brain wants on, off or auto");
@@ -386,6 +401,8 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->sse_hard_limit = (size_t)d;
     else if (!strcmp(name, "sse-soft-seconds"))
         cfg->sse_soft_seconds = d;
+    else if (!strcmp(name, "sse-keys-per-conn") && d >= 1 && d <= 100000)
+        cfg->sse_keys_per_conn = (int)d;
     else if (!strcmp(name, "redis-timeout"))
         cfg->redis_timeout = d;
     else if (!strcmp(name, "drain-timeout"))
@@ -404,6 +421,10 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->sandbox_lease_s = d;
     else if (!strcmp(name, "metrics-cache") && d >= 0 && d <= 60)
         cfg->metrics_cache_s = d;
+    else if (!strcmp(name, "archived-session-ttl") && d >= 0 && d <= 10 * 365 * 86400.)
+        cfg->archived_ttl_s = d;
+    else if (!strcmp(name, "session-log-max") && d >= 0 && d <= 1e9)
+        cfg->session_log_max = (long)d;
     else if (!strcmp(name, "max-tokens") && d >= 1 && d <= 1000000)
         cfg->max_tokens = (int)d;
     else if (!strcmp(name, "max-model-rounds") && d >= 1)

@@ -174,6 +174,22 @@ static const char *apply(json_t *env, json_t *body, bool create, bool *type_chan
     return sched__envtpl_check(env);
 }
 
+static void create_checked(struct sched_req *req, json_t *e, long long rev)
+{
+    (void)rev;
+    const char *extra[] = {"config_type",
+                           json_string_value(json_object_get(json_object_get(e, "config"), "type")),
+                           NULL};
+    req->after = sched__envtpl_publish; /* cloud: nodes learn it from Redis */
+    sched__obj_create(req, &sched__kind_env, req->org, e, extra);
+}
+
+static void update_checked(struct sched_req *req, json_t *e, long long rev)
+{
+    req->after = sched__envtpl_publish; /* a changed template rebuilds on the nodes */
+    sched__obj_store(req, &sched__kind_env, req->org, e, rev, false, NULL, NULL);
+}
+
 void sched__h_env_create(struct sched_req *req)
 {
     char id[64], now[40];
@@ -197,11 +213,9 @@ void sched__h_env_create(struct sched_req *req)
     json_object_set_new(e, "created_at", json_string(now));
     json_object_set_new(e, "updated_at", json_string(now));
     json_object_set_new(e, "archived_at", json_null());
-    const char *extra[] = {"config_type",
-                           json_string_value(json_object_get(json_object_get(e, "config"), "type")),
-                           NULL};
-    req->after = sched__envtpl_publish; /* cloud: nodes learn it from Redis */
-    sched__obj_create(req, &sched__kind_env, req->org, e, extra);
+    /* Its hot clones within the org's quotas (or the operator's pool it
+     * names open to the org), then stored. */
+    sched__quota_env(req, e, 0, create_checked);
 }
 
 static void got(struct sched_req *req, json_t *obj, long long rev)
@@ -234,8 +248,7 @@ static void update_loaded(struct sched_req *req, json_t *e, long long rev)
     }
     sched__rfc3339(wp_wall_ms(), now, sizeof(now));
     json_object_set_new(e, "updated_at", json_string(now));
-    req->after = sched__envtpl_publish; /* a changed template rebuilds on the nodes */
-    sched__obj_store(req, &sched__kind_env, req->org, e, rev, false, NULL, NULL);
+    sched__quota_env(req, e, rev, update_checked);
 }
 
 void sched__h_env_update(struct sched_req *req)

@@ -145,6 +145,17 @@ static const struct meta_key *meta_key(const char *name)
     return NULL;
 }
 
+void sched__envtpl_size(json_t *env, double *min_hot, double *memory_mb, double *cpu,
+                        double *disk_mb)
+{
+    bool ok = true; /* checked at create and update (sched__envtpl_check) */
+    json_t *md = json_object_get(env, "metadata");
+    *min_hot = meta_num(md, &meta_keys[0], DEF_MIN_HOT, &ok);
+    *memory_mb = meta_num(md, &meta_keys[2], DEF_MEMORY_MB, &ok);
+    *cpu = meta_num(md, &meta_keys[4], atof(DEF_CPU), &ok);
+    *disk_mb = meta_num(md, &meta_keys[5], 0, &ok);
+}
+
 /* The template's "network" for the environment's config.networking (the
  * stored, response form: always set on cloud environments). Caller owns. */
 static json_t *network_of(json_t *cfg)
@@ -448,10 +459,11 @@ static const char lua_publish[] =
     "redis.call('HSET', KEYS[3], 'api_min_hot', ARGV[5], 'api_max_hot', ARGV[6])\n"
     "return 1\n";
 
-/* KEYS: tpl, tpls, policy, obj. ARGV: name, org. Only the owner's
+/* KEYS: tpl, tpls, policy, obj, quota use. ARGV: name, org, env id. Only the owner's
  * environment (the object is checked in the same script). */
 static const char lua_unpublish[] =
     "if redis.call('HGET', KEYS[4], 'org') ~= ARGV[2] then return 0 end\n"
+    "redis.call('HDEL', KEYS[5], ARGV[3])\n" /* its hot clones leave the org's quota use */
     "redis.call('DEL', KEYS[1])\n"
     "redis.call('HDEL', KEYS[2], ARGV[1])\n"
     "redis.call('HDEL', KEYS[3], 'api_min_hot', 'api_max_hot')\n"
@@ -551,10 +563,12 @@ static void unpublish(struct sched_req *req, const char *id, json_t *obj)
     }
     keys_of(name, tpl, pol, sizeof(tpl));
     sched__key_obj(kobj, sizeof(kobj), id);
-    const char *argv[] = { tpl, "wp:tpls", pol, kobj, name, req->org };
+    char ku[160];
+    sched__key_quota(ku, sizeof(ku), "envs", req->org);
+    const char *argv[] = { tpl, "wp:tpls", pol, kobj, ku, name, req->org, id };
     json_decref(req->tmp);
     req->tmp = obj;
-    sched__req_script(req, lua_unpublish, unpublished, 4, 6, argv, NULL);
+    sched__req_script(req, lua_unpublish, unpublished, 5, 8, argv, NULL);
 }
 
 void sched__envtpl_withdraw(struct sched_req *req, json_t *env)

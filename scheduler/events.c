@@ -19,7 +19,9 @@
  * (RFC 3339), then (type, json) pairs.
  * Appends each event and the status events its arrival causes, updates
  * the session's live status; returns the stream ids of the client events
- * followed by the final status. Errors: NOTFOUND, TERMINATED.
+ * followed by the final status. Errors: NOTFOUND, TERMINATED, LOGFULL.
+ * ARGV: org, work id, now ms, now, log cap (0: none), then (type, json)
+ * pairs.
  * A session of a self_hosted environment whose last work item has stopped
  * (a dormant session) gets a new work item when input arrives, with the
  * fresh id, so a worker picks it up again (work.c has the layout). */
@@ -28,9 +30,15 @@ const char sched__lua_append[] =
     "if h[1] ~= ARGV[1] then return redis.error_reply('NOTFOUND') end\n"
     "local status = h[2] or 'idle'\n"
     "if status == 'terminated' or h[3] == '1' then return redis.error_reply('TERMINATED') end\n"
+    /* The log's cap: input that would take it past ARGV[5] entries is
+     * refused whole (the turn it would start could not be logged). */
+    "local cap, len = tonumber(ARGV[5]), redis.call('XLEN', KEYS[2])\n"
+    "if cap > 0 and len + (#ARGV - 5) / 2 + 1 > cap then\n"
+    "  return redis.error_reply('LOGFULL ' .. len .. ' ' .. cap)\n"
+    "end\n"
     "local ids = {}\n"
     "local input = false\n"
-    "for i = 5, #ARGV, 2 do\n"
+    "for i = 6, #ARGV, 2 do\n"
     "  local t = ARGV[i]\n"
     "  table.insert(ids, redis.call('XADD', KEYS[2], '*', 't', t, 'e', ARGV[i + 1]))\n"
     "  if t ~= 'user.interrupt' then input = true end\n"
@@ -268,7 +276,7 @@ void sched__events_append(struct sched_req *req, const char *sid, json_t *prepar
 {
     char kobj[200], kev[200], klease[200], wid[64], ms[32], now[40];
     size_t n = json_array_size(prepared), i;
-    const char **argv = calloc(7 + 2 * n, sizeof(*argv));
+    const char **argv = calloc(8 + 2 * n, sizeof(*argv));
     char **dumps = calloc(n + 1, sizeof(*dumps));
     if (!argv || !dumps) {
         free(argv);
@@ -290,16 +298,19 @@ void sched__events_append(struct sched_req *req, const char *sid, json_t *prepar
     argv[4] = wid;
     argv[5] = ms;
     argv[6] = now;
+    char cap[32];
+    snprintf(cap, sizeof(cap), "%ld", req->srv->cfg.session_log_max);
+    argv[7] = cap;
     for (i = 0; i < n; i++) {
         json_t *e = json_array_get(prepared, i);
         dumps[i] = json_dumps(e, JSON_COMPACT | JSON_ENSURE_ASCII);
-        argv[7 + 2 * i] = json_string_value(json_object_get(e, "type"));
-        argv[8 + 2 * i] = dumps[i] ? dumps[i] : "{}";
+        argv[8 + 2 * i] = json_string_value(json_object_get(e, "type"));
+        argv[9 + 2 * i] = dumps[i] ? dumps[i] : "{}";
     }
-    if (7 + 2 * n > 250)
+    if (8 + 2 * n > 250)
         sched__respond_error(req, 400, "invalid_request_error", NULL, "too many events");
     else
-        sched__req_script(req, sched__lua_append, cb, 3, (int)(7 + 2 * n), argv, NULL);
+        sched__req_script(req, sched__lua_append, cb, 3, (int)(8 + 2 * n), argv, NULL);
     for (i = 0; i < n; i++)
         free(dumps[i]);
     free(dumps);
@@ -316,6 +327,16 @@ static void send_cb(void *ctx, redisReply *reply)
         else if (strstr(reply->str, "TERMINATED"))
             sched__bad_request(req, "session %s is terminated or archived and accepts no input",
                                req->params[0]);
+        else if (strstr(reply->str, "LOGFULL")) {
+            long len = 0, cap = 0;
+            sscanf(strstr(reply->str, "LOGFULL") + 7, "%ld %ld", &len, &cap);
+            /* Refused whole, never trimmed: the history stays complete. */
+            sched__respond_error(req, 400, "invalid_request_error", "session_log_full",
+                                 "session %s's event log holds %ld entries and this server "
+                                 "keeps at most %ld per session (--session-log-max): archive "
+                                 "it and continue in a new session; nothing was appended",
+                                 req->params[0], len, cap);
+        }
         else
             sched__respond_error(req, 500, "api_error", NULL, "append failed: %s", reply->str);
         return;

@@ -37,8 +37,18 @@ void sched__key_events(char *out, size_t cap, const char *session_id)
     snprintf(out, cap, "wp:events:{%s}", session_id);
 }
 
+/* KEYS: obj, all index, active index, seq[, quota]. With a quota key
+ * (sessions only), its "sessions" field caps the active index: the count
+ * and the add are one step, so racing creates cannot pass it together. */
 static const char lua_create[] =
     "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('EXISTS') end\n"
+    "if KEYS[5] then\n"
+    "  local lim = tonumber(redis.call('HGET', KEYS[5], 'sessions') or '')\n"
+    "  local n = redis.call('ZCARD', KEYS[3])\n"
+    "  if lim and n >= lim then\n"
+    "    return redis.error_reply('QUOTA sessions ' .. lim .. ' ' .. n .. ' live')\n"
+    "  end\n"
+    "end\n"
     "local seq = redis.call('INCR', KEYS[4])\n"
     "redis.call('HSET', KEYS[1], 'org', ARGV[2], 'scope', ARGV[3], 'json', ARGV[4],\n"
     "  'rev', 1, 'archived', 0, 'seq', seq, 'live', ARGV[5])\n"
@@ -111,6 +121,7 @@ static const char lua_list[] =
     "    local h = redis.call('HMGET', 'wp:obj:' .. ids[i], unpack(fields))\n"
     "    last = ids[i + 1]\n"
     "    scanned = scanned + 1\n"
+    "    if not h[1] then redis.call('ZREM', idx, ids[i]) end\n" /* expired (archived TTL) */
     "    if h[1] and pass(h) then\n"
     "      if first == '' then first = last end\n"
     "      table.insert(out, h[1]); table.insert(out, h[2] or '')\n"
@@ -160,7 +171,8 @@ static void create_cb(void *ctx, redisReply *reply)
 {
     struct sched_req *req = ctx;
     if (reply->type == REDIS_REPLY_ERROR) {
-        sched__respond_error(req, 500, "api_error", NULL, "store failed: %s", reply->str);
+        if (!sched__quota_refused(req, reply->str))
+            sched__respond_error(req, 500, "api_error", NULL, "store failed: %s", reply->str);
         return;
     }
     json_t *obj = req->tmp;
@@ -175,9 +187,9 @@ static void create_cb(void *ctx, redisReply *reply)
 void sched__obj_create_live(struct sched_req *req, const struct sched_kind *k, const char *scope,
                             json_t *obj, const char *live, const char *const *extra)
 {
-    char kobj[200], kall[200], kact[200];
+    char kobj[200], kall[200], kact[200], kquota[160];
     const char *argv[40];
-    int argc = 0;
+    int argc = 0, nkeys = 4;
     const char *id = json_string_value(json_object_get(obj, "id"));
     /* The stored form has no live fields; the response has them. */
     json_t *stored = json_deep_copy(obj);
@@ -196,6 +208,11 @@ void sched__obj_create_live(struct sched_req *req, const struct sched_kind *k, c
     argv[argc++] = kall;
     argv[argc++] = kact;
     argv[argc++] = "wp:seq";
+    if (k == &sched__kind_session) { /* live sessions: the org's quota */
+        sched__key_quota(kquota, sizeof(kquota), NULL, req->org);
+        argv[argc++] = kquota;
+        nkeys = 5;
+    }
     argv[argc++] = id;
     argv[argc++] = req->org;
     argv[argc++] = scope;
@@ -205,7 +222,7 @@ void sched__obj_create_live(struct sched_req *req, const struct sched_kind *k, c
         argv[argc++] = extra[i];
     json_decref(req->tmp);
     req->tmp = obj;
-    sched__req_script(req, lua_create, create_cb, 4, argc, argv, NULL);
+    sched__req_script(req, lua_create, create_cb, nkeys, argc, argv, NULL);
     free(s);
 }
 

@@ -82,6 +82,11 @@ void sched__h_sres_add(struct sched_req *req)
         sched__bad_request(req, "only {type: file, file_id, mount_path?} resources can be added");
         return;
     }
+    json_t *one = json_pack("[O]", b);
+    bool refused = sched__refuse_unbuilt(req, NULL, one); /* issue 16 removes this */
+    json_decref(one);
+    if (refused)
+        return;
     sched__obj_load(req, &sched__kind_session, req->params[0], add_loaded);
 }
 

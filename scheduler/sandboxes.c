@@ -566,7 +566,7 @@ static void created(void *ctx, redisReply *reply)
     sched__respond_json(req, 200, req->tmp ? json_incref(req->tmp) : json_object());
 }
 
-static void start(struct sched_req *req, const char *name);
+static void start(struct sched_req *req, const char *name, const char *id);
 
 /* An API environment: the organization's own, cloud, not archived; its
  * sandboxes come from its pool environment (sched__env_pool_of). */
@@ -583,7 +583,7 @@ static void api_env_loaded(struct sched_req *req, json_t *env, long long rev)
     } else if (sched__env_pool_of(env, name, sizeof(name)) < 0) {
         sched__bad_request(req, "environment %s has no pool environment", req->scratch);
     } else {
-        start(req, name);
+        sched__quota_sbx(req, name, start); /* the org's sandbox quota, the pool's orgs */
     }
     json_decref(env);
 }
@@ -625,11 +625,11 @@ void sched__h_sbx_create(struct sched_req *req)
         sched__obj_load(req, &sched__kind_env, name, api_env_loaded);
         return;
     }
-    start(req, name);
+    sched__quota_sbx(req, name, start);
 }
 
 /* Claim in the background and answer at once. */
-static void start(struct sched_req *req, const char *name)
+static void start(struct sched_req *req, const char *name, const char *id)
 {
     json_t *b = req->body;
     struct sched_server *srv = req->srv;
@@ -649,7 +649,7 @@ static void start(struct sched_req *req, const char *name)
     s->srv = srv;
     s->attach = true;
     s->t0 = wp_now_ns();
-    sched__new_id("sbx_", s->id, sizeof(s->id));
+    snprintf(s->id, sizeof(s->id), "%s", id); /* counted by sched__quota_sbx */
     snprintf(s->org, sizeof(s->org), "%s", req->org);
     snprintf(s->env, sizeof(s->env), "%s", name);
     const char *sid = json_string_value(json_object_get(b, "session_id"));
@@ -717,6 +717,10 @@ static void got_record(void *ctx, redisReply *reply)
         key_sbx(key, sizeof(key), req->params[0]);
         const char *argv[] = { "DEL", key };
         wp_redis_argv(req->srv->rds, NULL, NULL, 2, argv, NULL);
+        char kz[160]; /* no longer counted against the org's quota */
+        sched__key_quota(kz, sizeof(kz), "sbx", req->org);
+        const char *zargv[] = { "ZREM", kz, req->params[0] };
+        wp_redis_argv(req->srv->rds, NULL, NULL, 3, zargv, NULL);
         sched__respond_json(req, 200, json_pack("{s:s, s:s}", "type", "sandbox_deleted", "id",
                                                 req->params[0]));
         return;

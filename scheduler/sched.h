@@ -43,6 +43,7 @@ struct sched_config {
     size_t sse_soft_limit;   /* SSE output queued above this: stop reading the log */
     size_t sse_hard_limit;   /* SSE output queued above this: cut the client off */
     double sse_soft_seconds; /* over the soft limit this long: cut the client off */
+    int sse_keys_per_conn;   /* streamed sessions tailed by one Redis connection (XREAD keys) */
     int rate_create;         /* per organization and minute; 0 = unlimited */
     int rate_read;
     int rate_sbx_create;     /* POST /v1/sandboxes, per organization and minute */
@@ -70,6 +71,9 @@ struct sched_config {
                                 released (its lease is renewed until then) */
     double sandbox_lease_s;  /* ...and its lease, renewed at a third (default 60) */
     int max_tokens;          /* max_tokens of each model request */
+    bool prompt_cache;       /* cache_control on the end of each request's prompt */
+    double archived_ttl_s;   /* an archived session's object and log expire after this (0: kept) */
+    long session_log_max;    /* a session's log refuses client input beyond this many entries */
     int max_model_rounds;    /* model requests in one turn before it is stopped */
     int api_network;         /* most network an API environment gets: SCHED_NET_* */
     char hands_dir[256];     /* directory holding warmpool-hands on the nodes (bound at

@@ -79,6 +79,7 @@ const char *sched_http_url(const struct sched_http_req *r);
 struct sched_conn;
 struct sched_req;
 struct sched_sse;
+struct sse_reader;
 struct sched_hub;
 
 /* vault_key.c: the key that seals vault secrets (never derived from API
@@ -116,6 +117,7 @@ struct sched_server {
     struct sched_conn *close_list;  /* closed, freed in prepare */
     struct wp_redis *rds;        /* request/response traffic */
     struct sched_hub *hubs;         /* sse.c: one live tail per streamed session */
+    struct sse_reader *readers;     /* sse.c: the Redis connections tailing the hubs */
     struct pool_client *pool;       /* sandboxes.c: claims for /v1/sandboxes */
     struct sched_sbx *sbxs;         /* sandboxes.c: sandboxes this process links to */
     struct sched_brains *brains;    /* brain.c: sessions whose loop this process runs */
@@ -147,6 +149,9 @@ struct sched_req {
     ev_timer timeout;
     char extra_headers[256]; /* "name: value\r\n" lines added to the response */
     _Alignas(16) unsigned char load_state[512]; /* resources.c scratch */
+    /* quota.c: what runs once a quota check passed */
+    void (*quota_next)(struct sched_req *, json_t *env, long long rev);
+    void (*quota_sbx_next)(struct sched_req *, const char *pool, const char *id);
     char scratch[256];       /* handler scratch (ids, cursors) */
     /* Set by a handler: called with the stored object (owned) instead of
      * answering 200 when an object create/store succeeds. */
@@ -178,6 +183,9 @@ const char *sched__error_type_for(int status);
     sched__respond_error((req), 400, "invalid_request_error", NULL, __VA_ARGS__)
 #define sched__not_found(req, ...) \
     sched__respond_error((req), 404, "not_found_error", NULL, __VA_ARGS__)
+/* NOT YET BUILT (issue 16; sessions.c): answers 400 "not supported yet"
+ * and returns true when vault_ids or resources is a non-empty array. */
+bool sched__refuse_unbuilt(struct sched_req *req, json_t *vault_ids, json_t *resources);
 
 /* Issue a Redis command for req; on a NULL reply answers 503 and frees
  * req, so cb only ever sees a live reply and a live req. */
@@ -421,6 +429,29 @@ int sched__env_pool_name(const char *env_id, char *out, size_t cap);
  * object): metadata warmpool.pool when set (an operator's pool), else
  * sched__env_pool_name of its id. */
 int sched__env_pool_of(json_t *env, char *out, size_t cap);
+/* What a cloud environment keeps hot on the nodes (quota.c): warmpool.min_hot
+ * and each clone's memory_mb, cpu and disk_mb (0 when the node's default). */
+void sched__envtpl_size(json_t *env, double *min_hot, double *memory_mb, double *cpu,
+                        double *disk_mb);
+
+/* ---- quota.c: per-organization quotas, operator pools' organizations ---- */
+/* wp:quota:<org> (what NULL) or wp:quotause:<what>:<org>. */
+void sched__key_quota(char *out, size_t cap, const char *what, const char *org);
+/* Whether an operator pool whose policy says orgs (NULL: never set) serves
+ * org: "*" or unset, every organization; else a comma list. */
+bool sched__pool_org_allowed(const char *orgs, const char *org);
+/* Answer a script's QUOTA / POOL error (429 quota_exceeded, 403
+ * pool_not_allowed); false when lua_err is neither. */
+bool sched__quota_refused(struct sched_req *req, const char *lua_err);
+/* Check (and record) what env keeps hot against the org's quotas, or that
+ * the org may use the operator pool it names; then next(req, env, rev), or
+ * an error answer. Takes env. */
+void sched__quota_env(struct sched_req *req, json_t *env, long long rev,
+                      void (*next)(struct sched_req *, json_t *, long long));
+/* Count one more live sandbox of the org (and check it may use pool);
+ * then next(req, pool, new sandbox id), or an error answer. */
+void sched__quota_sbx(struct sched_req *req, const char *pool,
+                      void (*next)(struct sched_req *, const char *pool, const char *id));
 /* Check what the pool needs of a (merged) environment: warmpool.* metadata
  * keys and values, supported package managers, apt names. NULL or a
  * message valid until the next call. */

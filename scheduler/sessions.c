@@ -107,6 +107,30 @@ static const char *norm_resource(json_t *r, const char *now, json_t **out)
     return "resource type must be github_repository, file or memory_store";
 }
 
+/* NOT YET BUILT (issue 16): vault credentials and resources are stored
+ * (norm_resource above, resources_session.c) but nothing mounts, clones or
+ * injects them into a sandbox. Refusing them is better than accepting and
+ * silently ignoring them, as envtpl.c does for packages it cannot install.
+ * Issue 16 removes this function and its two callers. Empty arrays pass. */
+bool sched__refuse_unbuilt(struct sched_req *req, json_t *vault_ids, json_t *resources)
+{
+    if (json_array_size(vault_ids) > 0) {
+        sched__respond_error(req, 400, "invalid_request_error", "not_supported_yet",
+                             "vault_ids: not supported yet: this server does not yet give "
+                             "vault credentials to sessions; send [] or omit it");
+        return true;
+    }
+    if (json_array_size(resources) > 0) {
+        const char *ty = json_string_value(json_object_get(json_array_get(resources, 0), "type"));
+        sched__respond_error(req, 400, "invalid_request_error", "not_supported_yet",
+                             "resources: %s resources are not supported yet: this server does "
+                             "not yet mount files, clone repositories or attach memory stores; "
+                             "send [] or omit it", ty ? ty : "session");
+        return true;
+    }
+    return false;
+}
+
 static const char *check_budget(json_t *b)
 {
     json_t *mlc = json_object_get(b, "max_list_cost");
@@ -376,6 +400,8 @@ void sched__h_session_create(struct sched_req *req)
         sched__bad_request(req, "resources must be an array");
         return;
     }
+    if (sched__refuse_unbuilt(req, json_object_get(body, "vault_ids"), v))
+        return;
     v = json_object_get(body, "budget");
     if (v && !json_is_null(v) && (msg = check_budget(v))) {
         sched__bad_request(req, "%s", msg);
@@ -498,6 +524,24 @@ void sched__h_session_update(struct sched_req *req)
     sched__obj_load(req, &sched__kind_session, req->params[0], update_loaded);
 }
 
+/* After the archive is stored: with --archived-session-ttl, the session's
+ * object and log expire (listings drop the index entries they find gone). */
+static void archived(struct sched_req *req, json_t *s)
+{
+    double ttl = req->srv->cfg.archived_ttl_s;
+    if (ttl > 0) {
+        char kobj[200], kev[200], ms[32];
+        const char *id = json_string_value(json_object_get(s, "id"));
+        sched__key_obj(kobj, sizeof(kobj), id);
+        sched__key_events(kev, sizeof(kev), id);
+        snprintf(ms, sizeof(ms), "%.0f", ttl * 1000);
+        const char *a1[] = {"PEXPIRE", kobj, ms}, *a2[] = {"PEXPIRE", kev, ms};
+        wp_redis_argv(req->srv->rds, NULL, NULL, 3, a1, NULL);
+        wp_redis_argv(req->srv->rds, NULL, NULL, 3, a2, NULL);
+    }
+    sched__respond_json(req, 200, s);
+}
+
 static void archive_loaded(struct sched_req *req, json_t *s, long long rev)
 {
     char now[40], kev[200];
@@ -512,6 +556,7 @@ static void archive_loaded(struct sched_req *req, json_t *s, long long rev)
     sched__key_events(kev, sizeof(kev), req->params[0]);
     sched__brain_session_end(req->srv, req->org, req->params[0]);
     const char *extra[] = {"status", "terminated", NULL};
+    req->after = archived;
     sched__obj_store_aux(req, &sched__kind_session, req->org, s, rev, true,
                          "\"status\":\"terminated\"", extra, "xadd", kev,
                          "{\"type\":\"session.status_terminated\"}",

@@ -1,18 +1,22 @@
 /* sse.c - GET /v1/sessions/{id}/events/stream: Server-Sent Events.
  *
- * Two phases per subscriber, so that the live tail costs one Redis
- * connection and one XREAD per session and process, however many
- * subscribers there are:
+ * Two phases per subscriber, so that the live tail costs a handful of
+ * Redis connections per process however many sessions are streamed and
+ * however many subscribers each has:
  *
  * - catch-up: non-blocking XREAD COUNT 100 from the subscriber's own
  *   last id on the shared command connection, until the log has nothing
  *   newer. A resume (Last-Event-ID) replays this way.
- * - live: the subscriber joins the session's hub (struct sched_hub), which
- *   loops XREAD BLOCK <keepalive> from its own position on its own Redis
- *   connection and hands each batch to every member. A member takes only
- *   ids above its own last id, and joins only if the hub has not read past
- *   it (otherwise it catches up again first), so no event is lost or sent
- *   twice at the seam. A timeout writes a keepalive comment to members.
+ * - live: the subscriber joins the session's hub (struct sched_hub), whose
+ *   position a reader (struct sse_reader) tails: one Redis connection
+ *   looping XREAD COUNT 100 BLOCK STREAMS <up to sse_keys_per_conn session
+ *   logs> <their hubs' positions> and handing each session's batch to its
+ *   hub's members. A member takes only ids above its own last id, and joins
+ *   only if the hub has not read past it (otherwise it catches up again
+ *   first), so no event is lost or sent twice at the seam. A hub with
+ *   nothing new for sse_keepalive seconds writes a keepalive comment.
+ *   A hub joining a reader whose XREAD is blocked wakes it with CLIENT
+ *   UNBLOCK (from the command connection) so the next XREAD includes it.
  *
  * Without a resume point a stream starts at the log's end as it was when
  * the headers were sent (the SDK reads history itself, events.md 14).
@@ -22,8 +26,8 @@
  * catches up on its own; over the soft limit for sse_soft_seconds, or over
  * the hard limit, it is cut off and resumes with Last-Event-ID.
  *
- * Freeing: a subscriber or hub is never freed inside a callback that still
- * uses it (in_cb / busy flags); the last step of that callback frees it.
+ * Freeing: a subscriber, hub or reader is never freed inside a callback
+ * that still uses it (in_cb / in_read flags); the last step frees it.
  */
 #define WP_LOG_COMPONENT "sse"
 #include <inttypes.h>
@@ -34,16 +38,37 @@
 #include "base/log.h"
 #include "scheduler/sched_int.h"
 
+/* One Redis connection tailing many sessions' logs (one XREAD). */
+struct sse_reader {
+    struct sched_server *srv;
+    struct wp_redis *rd;        /* blocking reads only; owned */
+    long long client_id;        /* CLIENT ID of rd (for CLIENT UNBLOCK); 0 = not yet */
+    struct sched_hub *hubs;     /* the hubs it tails (rnext/rprev) */
+    int nhubs;
+    struct sched_hub **inflight; /* the hubs of the XREAD in flight, in key order; owned */
+    size_t ninflight;
+    bool reading, in_cb, broken;
+    bool wake;                  /* a hub joined that the XREAD in flight lacks */
+    int unblocks;               /* CLIENT UNBLOCKs in flight (they point at this) */
+    bool dead;                  /* unlinked; freed once unblocks == 0 */
+    bool freeing;               /* inside reader_free_now */
+    int wait_ticks;
+    ev_timer start;             /* waits for rd to connect */
+    ev_timer retry;             /* re-sends CLIENT UNBLOCK */
+    struct sse_reader *next, *prev;
+};
+
 struct sched_hub {
     struct sched_server *srv;
     char key[200];
     char last_id[64];          /* the hub has read everything up to here */
-    struct wp_redis *rd;    /* blocking reads only */
+    struct sse_reader *rdr;    /* the reader tailing it (NULL once dead) */
     struct sched_sse *members;
-    bool reading, in_cb, dead;
-    int wait_ticks;
-    ev_timer start;            /* waits for rd to connect */
-    struct sched_hub *next, *prev;
+    bool in_read;              /* in its reader's XREAD in flight: freed after it */
+    bool dead;
+    ev_timer ka;               /* keepalive after sse_keepalive without events */
+    struct sched_hub *next, *prev;   /* srv->hubs */
+    struct sched_hub *rnext, *rprev; /* rdr->hubs */
 };
 
 struct sched_sse {
@@ -62,7 +87,9 @@ struct sched_sse {
 };
 
 static void catch_up(struct sched_sse *s);
-static void hub_read(struct sched_hub *h);
+static void cut_off(struct sched_sse *s, const char *why);
+static void reader_read(struct sse_reader *r);
+static void reader_release(struct sse_reader *r);
 
 /* Stream ids "ms-seq" compared as numbers. */
 static int id_cmp(const char *a, const char *b)
@@ -90,14 +117,12 @@ static void set_id(char *dst, size_t cap, const char *src)
 
 static void hub_free_now(struct sched_hub *h)
 {
-    struct wp_redis *rd = h->rd;
-    h->rd = NULL;
-    ev_timer_stop(h->srv->loop, &h->start);
-    wp_redis_free(rd); /* a pending XREAD callback sees dead */
+    ev_timer_stop(h->srv->loop, &h->ka);
     free(h);
 }
 
-/* Unlink and free (or, inside its own callback, mark for freeing). */
+/* Unlink from the server and its reader; free now, or after the XREAD it
+ * is part of returns. */
 static void hub_destroy(struct sched_hub *h)
 {
     struct sched_server *srv = h->srv;
@@ -110,8 +135,19 @@ static void hub_destroy(struct sched_hub *h)
         srv->hubs = h->next;
     if (h->next)
         h->next->prev = h->prev;
-    if (!h->in_cb)
+    struct sse_reader *r = h->rdr;
+    h->rdr = NULL;
+    if (h->rprev)
+        h->rprev->rnext = h->rnext;
+    else
+        r->hubs = h->rnext;
+    if (h->rnext)
+        h->rnext->rprev = h->rprev;
+    r->nhubs--;
+    ev_timer_stop(srv->loop, &h->ka);
+    if (!h->in_read)
         hub_free_now(h);
+    reader_release(r);
 }
 
 static void hub_remove(struct sched_sse *s)
@@ -139,6 +175,29 @@ static void hub_add(struct sched_hub *h, struct sched_sse *s)
     if (h->members)
         h->members->hprev = s;
     h->members = s;
+}
+
+/* Cut off every member (they resume with Last-Event-ID); the last removal
+ * destroys h. */
+static void hub_cut_all(struct sched_hub *h, const char *why)
+{
+    while (!h->dead && h->members) {
+        struct sched_sse *s = h->members;
+        hub_remove(s);
+        cut_off(s, why);
+    }
+}
+
+static void hub_ka_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sched_hub *h = w->data;
+    for (struct sched_sse *s = h->members, *next; s; s = next) {
+        next = s->hnext;
+        if (sched__conn_write(s->conn, ": keepalive\n\n", 13) < 0)
+            cut_off(s, "write"); /* may destroy h: then next is NULL */
+    }
 }
 
 /* ---- subscribers ---- */
@@ -254,92 +313,269 @@ static bool deliver(struct sched_sse *s, redisReply *entries)
     return ended;
 }
 
-static void hub_read_cb(void *ctx, redisReply *reply)
+/* ---- readers ---- */
+
+static void reader_free_now(struct sse_reader *r)
 {
-    struct sched_hub *h = ctx;
-    h->reading = false;
-    if (h->dead)
-        return; /* being freed by hub_free_now */
-    h->in_cb = true;
-    if (!reply || reply->type == REDIS_REPLY_ERROR) {
-        /* The members resume elsewhere (or here) with Last-Event-ID. */
-        while (h->members) {
-            struct sched_sse *s = h->members;
+    struct wp_redis *rd = r->rd;
+    r->rd = NULL;
+    r->freeing = true;
+    ev_timer_stop(r->srv->loop, &r->start);
+    ev_timer_stop(r->srv->loop, &r->retry);
+    wp_redis_free(rd); /* a pending XREAD callback sees dead */
+    free(r->inflight);
+    free(r);
+}
+
+/* Unlink; free once nothing points at r any more. */
+static void reader_destroy(struct sse_reader *r)
+{
+    struct sched_server *srv = r->srv;
+    if (r->dead)
+        return;
+    r->dead = true;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        srv->readers = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    if (!r->in_cb && !r->unblocks)
+        reader_free_now(r);
+}
+
+/* A reader tailing nothing goes away (unless its own callback runs). */
+static void reader_release(struct sse_reader *r)
+{
+    if (!r->nhubs && !r->in_cb)
+        reader_destroy(r);
+}
+
+static void reader_fail(struct sse_reader *r, const char *why)
+{
+    r->broken = true; /* no new hub joins it */
+    while (r->hubs)
+        hub_cut_all(r->hubs, why);
+}
+
+static void unblock_cb(void *ctx, redisReply *reply);
+
+/* Wake the blocked XREAD so the next one includes the hubs that joined. */
+static void reader_wake(struct sse_reader *r)
+{
+    if (!r->reading || r->unblocks || r->dead)
+        return; /* the XREAD not yet sent will include them */
+    char id[32];
+    snprintf(id, sizeof(id), "%lld", r->client_id);
+    const char *argv[] = {"CLIENT", "UNBLOCK", id};
+    if (wp_redis_argv(r->srv->rds, unblock_cb, r, 3, argv, NULL) < 0) {
+        ev_timer_set(&r->retry, 0.05, 0.);
+        ev_timer_start(r->srv->loop, &r->retry);
+        return;
+    }
+    r->unblocks++;
+}
+
+static void unblock_cb(void *ctx, redisReply *reply)
+{
+    struct sse_reader *r = ctx;
+    r->unblocks--;
+    if (r->dead) {
+        if (!r->unblocks && !r->in_cb && !r->freeing)
+            reader_free_now(r);
+        return;
+    }
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        log_warn("CLIENT UNBLOCK refused (%s): new streams wait up to --sse-keepalive", reply->str);
+    else if (r->wake && r->reading) {
+        /* Not blocked yet (the XREAD had not reached Redis) or the wrong
+         * read: try again shortly. */
+        ev_timer_set(&r->retry, 0.002, 0.);
+        ev_timer_start(r->srv->loop, &r->retry);
+    }
+}
+
+static void reader_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sse_reader *r = w->data;
+    if (r->wake)
+        reader_wake(r);
+}
+
+/* Hand one session's batch to its hub's members. */
+static void hub_deliver(struct sched_hub *h, redisReply *entries)
+{
+    if (entries->elements == 0)
+        return;
+    ev_timer_again(h->srv->loop, &h->ka);
+    const char *top = entries->element[entries->elements - 1]->element[0]->str;
+    for (struct sched_sse *s = h->members, *next; s; s = next) {
+        next = s->hnext;
+        s->in_cb = true;
+        if (deliver(s, entries))
+            cut_off(s, "session deleted");
+        else if (s->conn && !maybe_pause(s) && id_cmp(s->last_id, top) < 0) {
+            /* Stopped early at the soft limit without pausing: catch up alone. */
             hub_remove(s);
-            cut_off(s, "redis");
+            catch_up(s);
         }
-    } else if (reply->type == REDIS_REPLY_NIL) {
-        for (struct sched_sse *s = h->members, *next; s; s = next) {
-            next = s->hnext;
-            if (sched__conn_write(s->conn, ": keepalive\n\n", 13) < 0)
-                cut_off(s, "write");
-        }
-    } else if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1) {
-        redisReply *entries = reply->element[0]->element[1];
-        for (struct sched_sse *s = h->members, *next; s; s = next) {
-            next = s->hnext;
-            s->in_cb = true;
-            if (deliver(s, entries))
-                cut_off(s, "session deleted");
-            else if (s->conn && !maybe_pause(s) &&
-                     id_cmp(s->last_id, entries->element[entries->elements - 1]->element[0]->str) < 0) {
-                /* Stopped early at the soft limit without pausing: catch up alone. */
-                hub_remove(s);
-                catch_up(s);
-            }
-            s->in_cb = false;
-            if (s->closed && !s->catching)
-                sse_free(s);
-        }
-        if (entries->elements > 0)
-            set_id(h->last_id, sizeof(h->last_id),
-                   entries->element[entries->elements - 1]->element[0]->str);
+        s->in_cb = false;
+        if (s->closed && !s->catching)
+            sse_free(s);
     }
-    h->in_cb = false;
-    if (!h->members)
-        hub_destroy(h);
-    if (h->dead) {
-        hub_free_now(h);
-        return;
-    }
-    hub_read(h);
+    set_id(h->last_id, sizeof(h->last_id), top);
 }
 
-static void hub_read(struct sched_hub *h)
+static void reader_read_cb(void *ctx, redisReply *reply)
 {
-    char block[32];
-    if (h->dead || h->reading)
-        return;
-    snprintf(block, sizeof(block), "%d", (int)(h->srv->cfg.sse_keepalive * 1000));
-    const char *argv[] = {"XREAD", "COUNT", "100", "BLOCK", block, "STREAMS", h->key, h->last_id};
-    if (wp_redis_argv(h->rd, hub_read_cb, h, 8, argv, NULL) < 0) {
-        while (h->members) {
-            struct sched_sse *s = h->members;
-            hub_remove(s); /* the last removal destroys h */
-            cut_off(s, "redis");
+    struct sse_reader *r = ctx;
+    r->reading = false;
+    r->in_cb = true;
+    if (r->dead) {
+        /* Being freed: only the hubs are released below. */
+    } else if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        reader_fail(r, "redis");
+    } else if (reply->type == REDIS_REPLY_ARRAY) {
+        /* Keys come back in the order asked, only those with entries. */
+        size_t j = 0;
+        for (size_t k = 0; k < reply->elements; k++) {
+            redisReply *kv = reply->element[k];
+            if (kv->type != REDIS_REPLY_ARRAY || kv->elements != 2)
+                continue;
+            const char *key = kv->element[0]->str;
+            size_t start = j;
+            while (j < r->ninflight && strcmp(r->inflight[j]->key, key))
+                j++;
+            if (j == r->ninflight) { /* out of order: look from the start */
+                for (j = 0; j < start && strcmp(r->inflight[j]->key, key); j++)
+                    ;
+                if (j == start)
+                    continue;
+            }
+            struct sched_hub *h = r->inflight[j];
+            if (!h->dead)
+                hub_deliver(h, kv->element[1]);
         }
+    }
+    /* NIL: the block timed out or CLIENT UNBLOCK woke it; read again. */
+    for (size_t k = 0; k < r->ninflight; k++) {
+        struct sched_hub *h = r->inflight[k];
+        h->in_read = false;
+        if (h->dead)
+            hub_free_now(h);
+    }
+    r->ninflight = 0;
+    r->in_cb = false;
+    if (r->dead) {
+        if (!r->unblocks && !r->freeing)
+            reader_free_now(r);
         return;
     }
-    h->reading = true;
+    if (!r->nhubs) {
+        reader_destroy(r);
+        return;
+    }
+    reader_read(r);
 }
 
-static void hub_start_cb(struct ev_loop *loop, ev_timer *w, int revents)
+static void reader_read(struct sse_reader *r)
+{
+    if (r->dead || r->reading || r->broken || !r->client_id || !r->nhubs)
+        return;
+    size_t n = (size_t)r->nhubs, argc = 6 + 2 * n;
+    const char **argv = malloc(argc * sizeof(*argv));
+    struct sched_hub **inf = realloc(r->inflight, n * sizeof(*inf));
+    if (inf)
+        r->inflight = inf;
+    if (!argv || !inf) {
+        free(argv);
+        reader_fail(r, "out of memory");
+        return;
+    }
+    char block[32];
+    snprintf(block, sizeof(block), "%d", (int)(r->srv->cfg.sse_keepalive * 1000));
+    argv[0] = "XREAD", argv[1] = "COUNT", argv[2] = "100", argv[3] = "BLOCK";
+    argv[4] = block, argv[5] = "STREAMS";
+    size_t k = 0;
+    for (struct sched_hub *h = r->hubs; h; h = h->rnext, k++) {
+        argv[6 + k] = h->key;
+        argv[6 + n + k] = h->last_id;
+        inf[k] = h;
+    }
+    int rc = wp_redis_argv(r->rd, reader_read_cb, r, (int)argc, argv, NULL);
+    free(argv);
+    if (rc < 0) {
+        reader_fail(r, "redis");
+        return;
+    }
+    for (k = 0; k < n; k++)
+        inf[k]->in_read = true;
+    r->ninflight = n;
+    r->reading = true;
+    r->wake = false;
+}
+
+static void client_id_cb(void *ctx, redisReply *reply)
+{
+    struct sse_reader *r = ctx;
+    if (r->dead)
+        return;
+    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
+        reader_fail(r, "redis");
+        reader_release(r);
+        return;
+    }
+    r->client_id = reply->integer;
+    reader_read(r);
+}
+
+static void reader_start_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)revents;
-    struct sched_hub *h = w->data;
-    if (wp_redis_ready(h->rd)) {
+    struct sse_reader *r = w->data;
+    if (wp_redis_ready(r->rd)) {
         ev_timer_stop(loop, w);
-        hub_read(h);
+        const char *argv[] = {"CLIENT", "ID"};
+        if (wp_redis_argv(r->rd, client_id_cb, r, 2, argv, NULL) < 0) {
+            reader_fail(r, "redis");
+            reader_release(r);
+        }
         return;
     }
-    if (++h->wait_ticks > 2500) { /* ~5 s */
+    if (++r->wait_ticks > 2500) { /* ~5 s */
         ev_timer_stop(loop, w);
-        while (h->members) {
-            struct sched_sse *s = h->members;
-            hub_remove(s);
-            cut_off(s, "redis connect");
-        }
+        reader_fail(r, "redis connect");
+        reader_release(r);
     }
+}
+
+/* A reader with room for one more hub, made when all are full. */
+static struct sse_reader *reader_for_new_hub(struct sched_server *srv)
+{
+    for (struct sse_reader *r = srv->readers; r; r = r->next)
+        if (!r->broken && r->nhubs < srv->cfg.sse_keys_per_conn)
+            return r;
+    struct sse_reader *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->srv = srv;
+    r->rd = wp_redis_new(srv->loop, srv->cfg.redis_host, srv->cfg.redis_port, "sse");
+    if (!r->rd) {
+        free(r);
+        return NULL;
+    }
+    ev_timer_init(&r->start, reader_start_cb, 0.002, 0.002);
+    r->start.data = r;
+    ev_timer_init(&r->retry, reader_retry_cb, 0., 0.);
+    r->retry.data = r;
+    r->next = srv->readers;
+    if (srv->readers)
+        srv->readers->prev = r;
+    srv->readers = r;
+    ev_timer_start(srv->loop, &r->start);
+    return r;
 }
 
 /* Join the session's hub, creating it; or catch up more if it is ahead. */
@@ -357,28 +593,37 @@ static void attach(struct sched_sse *s)
         hub_add(h, s);
         return;
     }
-    h = calloc(1, sizeof(*h));
+    struct sse_reader *r = reader_for_new_hub(srv);
+    h = r ? calloc(1, sizeof(*h)) : NULL;
     if (!h) {
+        if (r)
+            reader_release(r);
         cut_off(s, "out of memory");
         return;
     }
     h->srv = srv;
     set_id(h->key, sizeof(h->key), s->key);
     set_id(h->last_id, sizeof(h->last_id), s->last_id);
-    h->rd = wp_redis_new(srv->loop, srv->cfg.redis_host, srv->cfg.redis_port, "sse");
-    if (!h->rd) {
-        free(h);
-        cut_off(s, "out of memory");
-        return;
-    }
-    ev_timer_init(&h->start, hub_start_cb, 0.002, 0.002);
-    h->start.data = h;
+    ev_timer_init(&h->ka, hub_ka_cb, 0., srv->cfg.sse_keepalive);
+    h->ka.data = h;
+    ev_timer_again(srv->loop, &h->ka);
     h->next = srv->hubs;
     if (srv->hubs)
         srv->hubs->prev = h;
     srv->hubs = h;
+    h->rdr = r;
+    h->rnext = r->hubs;
+    if (r->hubs)
+        r->hubs->rprev = h;
+    r->hubs = h;
+    r->nhubs++;
     hub_add(h, s);
-    ev_timer_start(srv->loop, &h->start);
+    if (r->reading) {
+        r->wake = true;
+        reader_wake(r);
+    } else {
+        reader_read(r);
+    }
 }
 
 static void catch_cb(void *ctx, redisReply *reply)

@@ -573,6 +573,98 @@ static void sdk_streams_sessions(void **state)
     assert_non_null(strstr(out, "sdk-brain: 3 steps passed"));
 }
 
+/* Issue 15 defect 5: an operator pool serves only the organizations it
+ * names, checked at each claim: once the operator names only beta, an acme
+ * session's bash call gets an error result saying why, and no sandbox. */
+static void operator_pool_names_its_orgs(void **state)
+{
+    (void)state;
+    char out[256];
+    assert_int_equal(th_sh(out, sizeof(out), "redis-cli -p %d HSET wp:env:{brainpool}:policy orgs beta",
+                           R.port), 0);
+    char *sid = new_session(A.port);
+    struct sse s;
+    sse_open(&s, A.port, sid);
+    send_text(A.port, sid, "run bash now");
+    json_t *ev = until_idle(&s, "end_turn", 30000);
+    int res = index_of(ev, "agent.tool_result", 0);
+    assert_true(res >= 0);
+    json_t *r = json_array_get(ev, (size_t)res);
+    assert_true(json_is_true(json_object_get(r, "is_error")));
+    char *d = json_dumps(r, JSON_COMPACT);
+    assert_non_null(strstr(d, "may not use pool environment brainpool"));
+    free(d);
+    json_decref(ev);
+    sse_close(&s);
+    th_sh(out, sizeof(out), "redis-cli -p %d HDEL wp:env:{brainpool}:policy orgs", R.port);
+    free(sid);
+}
+
+/* Issue 15 defect 12: prompt caching. A 50-turn session: each request
+ * carries a cache_control breakpoint at the end of its prompt, so the model
+ * stand-in (billing as the Messages API does) reads the previous turns from
+ * its cache and charges in full only the new part. Figures per turn go to
+ * WP_CACHE_REPORT (bench/bench_prompt_cache.sh); "before" is the whole
+ * prompt, which is what a request without cache_control is billed. */
+static void prompt_cache_fifty_turns(void **state)
+{
+    (void)state;
+    enum { TURNS = 50 };
+    char *sid = new_session(A.port);
+    struct sse s;
+    sse_open(&s, A.port, sid);
+    long full[TURNS], input[TURNS], read[TURNS], created[TURNS];
+    double sum_full = 0, sum_billed = 0;
+    for (int t = 0; t < TURNS; t++) {
+        char text[96];
+        snprintf(text, sizeof(text), "cache turn %d: tell me something short", t + 1);
+        send_text(A.port, sid, text);
+        json_t *ev = until_idle(&s, "end_turn", 30000);
+        int k = index_of(ev, "span.model_request_end", 0);
+        assert_true(k >= 0);
+        json_t *u = json_object_get(json_array_get(ev, (size_t)k), "model_usage");
+        input[t] = (long)json_integer_value(json_object_get(u, "input_tokens"));
+        read[t] = (long)json_integer_value(json_object_get(u, "cache_read_input_tokens"));
+        created[t] = (long)json_integer_value(json_object_get(u, "cache_creation_input_tokens"));
+        full[t] = input[t] + read[t] + created[t];
+        /* Billed as input-token equivalents: cache writes 1.25x, reads 0.1x. */
+        sum_full += (double)full[t];
+        sum_billed += (double)input[t] + 1.25 * (double)created[t] + 0.1 * (double)read[t];
+        json_decref(ev);
+    }
+    sse_close(&s);
+    printf("# prompt cache, 50 turns: whole prompt turn 1 %ld, turn 50 %ld; turn 50 billed: "
+           "input %ld + written %ld + read %ld; all turns: %.0f input-token equivalents with "
+           "caching, %.0f without (%.1f%%)\n",
+           full[0], full[TURNS - 1], input[TURNS - 1], created[TURNS - 1], read[TURNS - 1],
+           sum_billed, sum_full, 100.0 * sum_billed / sum_full);
+    const char *rep = getenv("WP_CACHE_REPORT");
+    FILE *f = rep ? fopen(rep, "w") : NULL;
+    if (f) {
+        fprintf(f, "{\"turns\":[");
+        for (int t = 0; t < TURNS; t++)
+            fprintf(f, "%s{\"turn\":%d,\"prompt\":%ld,\"input\":%ld,\"cache_write\":%ld,\"cache_read\":%ld}",
+                    t ? "," : "", t + 1, full[t], input[t], created[t], read[t]);
+        fprintf(f, "],\"billed_with_cache\":%.0f,\"billed_without\":%.0f}\n", sum_billed, sum_full);
+        fclose(f);
+    }
+    /* The history grows, what is paid in full does not: once the previous
+     * prompt was long enough to cache (1024 tokens), every turn reads it
+     * and pays in full only the new part. */
+    assert_true(full[TURNS - 1] > full[0]);
+    int cached_turns = 0;
+    for (int t = 1; t < TURNS; t++) {
+        if (full[t - 1] < 1100)
+            continue;
+        cached_turns++;
+        assert_true(read[t] >= full[t - 1] - 64);
+        assert_true(input[t] + created[t] < full[t] / 4);
+    }
+    assert_true(cached_turns >= TURNS / 2);
+    assert_true(sum_billed < 0.6 * sum_full);
+    free(sid);
+}
+
 /* The scheduler running a session is killed mid-turn: another one takes
  * the session over from its log and finishes the turn. */
 /* Redis restarted from an AOF fsynced every second can lose the last
@@ -657,6 +749,8 @@ int main(void)
         cmocka_unit_test(dead_sandbox_is_replaced),
         cmocka_unit_test(overloaded_then_success),
         cmocka_unit_test(sdk_streams_sessions),
+        cmocka_unit_test(prompt_cache_fifty_turns),
+        cmocka_unit_test(operator_pool_names_its_orgs),
         cmocka_unit_test(fence_only_grows_after_lost_writes),
         cmocka_unit_test(takeover_after_kill),
     };

@@ -18,6 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "sched_testlib.h"
 #include "snaplib.h"
 #include "testlib.h"
@@ -302,6 +304,21 @@ int th_read_until(int fd, char *out, size_t cap, const char *needle, int timeout
 int th_read_all(int fd, char *out, size_t cap, int timeout_ms)
 {
     return th_read_until(fd, out, cap, NULL, timeout_ms);
+}
+
+json_t *th_call(int port, const char *key, const char *method, const char *path,
+                const char *body, int want)
+{
+    struct th_resp r;
+    if (th_http(port, method, path, key, body, &r) < 0) {
+        fprintf(stderr, "%s %s: no response\n", method, path);
+        return NULL;
+    }
+    json_t *j = r.status == want ? json_loads(r.body, 0, NULL) : NULL;
+    if (!j)
+        fprintf(stderr, "%s %s -> %d (want %d) %s\n", method, path, r.status, want, r.body);
+    th_resp_free(&r);
+    return j;
 }
 
 void th_resp_free(struct th_resp *r)

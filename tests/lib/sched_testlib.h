@@ -44,6 +44,12 @@ void th_resp_free(struct th_resp *r);
  * (no auth). body may be NULL. Returns 0 or -1 (I/O). */
 int th_http(int port, const char *method, const char *path, const char *key, const char *body,
             struct th_resp *r);
+/* One request as key: the parsed JSON body (owned by the caller), or NULL
+ * when the request failed, the status is not want (both printed) or the
+ * body is not JSON. Callers assert non-NULL. */
+struct json_t;
+struct json_t *th_call(int port, const char *key, const char *method, const char *path,
+                       const char *body, int want);
 /* Header value from a response head (case-insensitive name), copied. */
 int th_resp_header(const struct th_resp *r, const char *name, char *out, size_t cap);
 

@@ -21,7 +21,7 @@ PKG_CFLAGS += -I$(LLHTTP_INC)
 
 MSRV_SRCS := tests/modelserver/msrv_http.c tests/modelserver/msrv_script.c \
              tests/modelserver/msrv_reply.c tests/modelserver/msrv_server.c \
-             tests/modelserver/msrv_routes.c
+             tests/modelserver/msrv_routes.c tests/modelserver/msrv_cache.c
 MSRV_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(MSRV_SRCS))
 MSRV_MAIN_OBJ := $(BUILD)/obj/tests/modelserver/msrv_main.o
 MSRV_LIBS := $(MSRV_OBJS) $(LLHTTP_OBJS) $(BUILD)/libbase.a

@@ -167,7 +167,26 @@ struct msrv_msgreq {
     size_t n_tool_results;
     const char *first_user;    /* first user text, borrowed; "" if none */
     long input_tokens;         /* an estimate: body bytes / 4 */
+    long cache_read;           /* of those, read from the prompt cache (msrv_cache_bill) */
+    long cache_created;        /* of those, written to it */
 };
+
+/* ---- prompt caching (msrv_cache.c) ---------------------------------- */
+
+#define MSRV_CACHE_SLOTS 4096
+#define MSRV_CACHE_MAX_BLOCKS 4096
+struct msrv_cache_entry {
+    uint64_t key;        /* hash of a prompt prefix ending at a breakpoint */
+    uint64_t expires_ms;
+};
+struct msrv_cache {
+    struct msrv_cache_entry e[MSRV_CACHE_SLOTS];
+};
+/* Bill a request body's prompt against the cache (and record what it
+ * writes): *read tokens read from it, *created written; both 0 without
+ * cache_control. */
+void msrv_cache_bill(struct msrv_cache *c, json_t *root, uint64_t now_ms, long *read,
+                     long *created);
 
 /* Validate a Messages API body. On failure returns WP_EINVAL_INPUT with
  * err->msg the message for an invalid_request_error. out owns root on

@@ -65,6 +65,7 @@ struct msrv_server {
     uint64_t n_ttft;
     struct msrv_recent recent[MSRV_RECENT_MAX];
     uint64_t n_recent;
+    struct msrv_cache *cache; /* the prompt cache (msrv_cache.c); owned */
 };
 
 /* Output; each may close the conn (check c->closing after). */

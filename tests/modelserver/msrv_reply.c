@@ -372,6 +372,11 @@ int msrv_plan_build(const struct msrv_config *cfg, const struct msrv_turn *turn,
     size_t n = turn ? turn->n_blocks : 1;
     bool has_tool = false;
     json_t *content = json_array(), *usage;
+    /* input_tokens counts only what was neither read from nor written to
+     * the prompt cache, as the API reports it. */
+    json_int_t uncached = req->input_tokens - req->cache_read - req->cache_created;
+    if (uncached < 1)
+        uncached = 1;
 
     memset(plan, 0, sizeof(*plan));
     wp_buf_init(&b.cur, SEG_MAX);
@@ -384,12 +389,12 @@ int msrv_plan_build(const struct msrv_config *cfg, const struct msrv_turn *turn,
         return wp_err_set(err, -ENOMEM, "plan");
 
     emit(&b, "message_start",
-         json_pack("{s:s, s:{s:s, s:s, s:s, s:s, s:[], s:n, s:n, s:{s:I, s:i, s:i, s:i}}}",
+         json_pack("{s:s, s:{s:s, s:s, s:s, s:s, s:[], s:n, s:n, s:{s:I, s:I, s:I, s:i}}}",
                    "type", "message_start", "message", "id", plan->msg_id, "type", "message",
                    "role", "assistant", "model", req->model ? req->model : "", "content",
-                   "stop_reason", "stop_sequence", "usage", "input_tokens",
-                   (json_int_t)req->input_tokens, "cache_creation_input_tokens", 0,
-                   "cache_read_input_tokens", 0, "output_tokens", 1));
+                   "stop_reason", "stop_sequence", "usage", "input_tokens", uncached,
+                   "cache_creation_input_tokens", (json_int_t)req->cache_created,
+                   "cache_read_input_tokens", (json_int_t)req->cache_read, "output_tokens", 1));
     if (n == 0)
         emit(&b, "ping", json_pack("{s:s}", "type", "ping"));
     for (size_t i = 0; i < n; i++) {
@@ -415,9 +420,10 @@ int msrv_plan_build(const struct msrv_config *cfg, const struct msrv_turn *turn,
     flush(&b);
     wp_buf_free(&b.cur);
 
-    usage = json_pack("{s:I, s:i, s:i, s:I}", "input_tokens", (json_int_t)req->input_tokens,
-                      "cache_creation_input_tokens", 0, "cache_read_input_tokens", 0,
-                      "output_tokens", (json_int_t)plan->output_tokens);
+    usage = json_pack("{s:I, s:I, s:I, s:I}", "input_tokens", uncached,
+                      "cache_creation_input_tokens", (json_int_t)req->cache_created,
+                      "cache_read_input_tokens", (json_int_t)req->cache_read, "output_tokens",
+                      (json_int_t)plan->output_tokens);
     plan->message = json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:n, s:o}", "id", plan->msg_id,
                               "type", "message", "role", "assistant", "model",
                               req->model ? req->model : "", "content", content, "stop_reason",

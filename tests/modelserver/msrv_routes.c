@@ -43,6 +43,8 @@ static void h_messages(struct msrv_conn *c, struct msrv_req *req)
         msrv__finish(c);
         return;
     }
+    msrv_cache_bill(srv->cache, mr.root, (uint64_t)wp_wall_ms(), &mr.cache_read,
+                    &mr.cache_created);
     k = srv->n_messages++;
     msrv_rng_seed(&rng, cfg->seed, k);
     msrv_rng_seed(&frng, cfg->seed ^ 0xfa17fa17ull, k);

@@ -515,6 +515,11 @@ int msrv_server_new(const struct msrv_config *cfg, struct msrv_server **out,
     srv->loop = EV_DEFAULT;
     srv->lfd = -1;
     srv->by_status = json_object();
+    srv->cache = calloc(1, sizeof(*srv->cache));
+    if (!srv->cache) {
+        rc = wp_err_set(err, -ENOMEM, "cache");
+        goto fail;
+    }
     msrv_rng_seed(&srv->id_rng, cfg->seed, 0x1d5);
     /* Port 0: the kernel chooses; srv->port is the one bound. */
     rc = wp_tcp_listen(cfg->host, cfg->port, 1024, &srv->port, err);
@@ -534,6 +539,7 @@ fail:
     if (srv->lfd >= 0)
         close(srv->lfd);
     json_decref(srv->by_status);
+    free(srv->cache);
     free(srv);
     return rc;
 }
@@ -555,6 +561,7 @@ void msrv_server_free(struct msrv_server *srv)
     ev_prepare_stop(srv->loop, &srv->prepare);
     close(srv->lfd);
     json_decref(srv->by_status);
+    free(srv->cache);
     free(srv);
 }
 

@@ -238,6 +238,72 @@ static void shipped_scripts_load(void **state)
     }
 }
 
+/* A conversation of n user/assistant turns after a long system prompt,
+ * with a cache_control breakpoint on the last block when mark. */
+static json_t *convo(int n, bool mark, size_t system_bytes)
+{
+    char *sys = malloc(system_bytes + 1);
+    memset(sys, 's', system_bytes);
+    sys[system_bytes] = '\0';
+    json_t *msgs = json_array();
+    for (int i = 0; i < n; i++) {
+        char t[64];
+        snprintf(t, sizeof(t), "question number %d", i);
+        json_array_append_new(msgs, json_pack("{s:s, s:[{s:s, s:s}]}", "role", "user", "content",
+                                              "type", "text", "text", t));
+        if (i + 1 < n)
+            json_array_append_new(msgs, json_pack("{s:s, s:[{s:s, s:s}]}", "role", "assistant",
+                                                  "content", "type", "text", "text", "an answer"));
+    }
+    if (mark) {
+        json_t *c = json_object_get(json_array_get(msgs, json_array_size(msgs) - 1), "content");
+        json_object_set_new(json_array_get(c, 0), "cache_control", json_pack("{s:s}", "type", "ephemeral"));
+    }
+    json_t *r = json_pack("{s:s, s:i, s:s, s:o}", "model", "m", "max_tokens", 10, "system", sys,
+                          "messages", msgs);
+    free(sys);
+    return r;
+}
+
+/* The stand-in bills prompt caching as the Messages API does. */
+static void prompt_cache_billing(void **state)
+{
+    (void)state;
+    struct msrv_cache *c = calloc(1, sizeof(*c));
+    long rd, cr;
+    json_t *r = convo(3, false, 8000);
+    msrv_cache_bill(c, r, 1000, &rd, &cr);
+    assert_int_equal(rd + cr, 0); /* no cache_control: nothing cached */
+    json_decref(r);
+    r = convo(3, true, 8000);
+    msrv_cache_bill(c, r, 1000, &rd, &cr);
+    assert_int_equal(rd, 0);
+    assert_true(cr > 2000); /* the whole prompt written */
+    long first = cr;
+    msrv_cache_bill(c, r, 2000, &rd, &cr);
+    assert_int_equal(rd, first); /* the same prompt again: all read */
+    assert_int_equal(cr, 0);
+    json_decref(r);
+    r = convo(4, true, 8000); /* one more turn: the old prefix is read */
+    msrv_cache_bill(c, r, 3000, &rd, &cr);
+    assert_int_equal(rd, first);
+    assert_true(cr > 0 && cr < 50);
+    json_decref(r);
+    r = convo(16, true, 8000); /* the last hit is more than 20 blocks back */
+    msrv_cache_bill(c, r, 4000, &rd, &cr);
+    assert_int_equal(rd, 0);
+    json_decref(r);
+    r = convo(16, true, 8000);
+    msrv_cache_bill(c, r, 4000 + 5 * 60 * 1000 + 1, &rd, &cr);
+    assert_int_equal(rd, 0); /* expired after 5 minutes */
+    json_decref(r);
+    r = convo(2, true, 100); /* under 1024 tokens: not cached */
+    msrv_cache_bill(c, r, 5000, &rd, &cr);
+    assert_int_equal(rd + cr, 0);
+    json_decref(r);
+    free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -248,6 +314,7 @@ int main(void)
         cmocka_unit_test(script_and_plan),
         cmocka_unit_test(script_errors),
         cmocka_unit_test(shipped_scripts_load),
+        cmocka_unit_test(prompt_cache_billing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

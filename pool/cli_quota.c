@@ -1,0 +1,192 @@
+/* cli_quota.c - `warmpool quota set|show`: an organization's quotas, set by
+ * the operator straight into Redis (where every scheduler's check script
+ * reads them: scheduler/quota.c), and what each organization uses. */
+#include <hiredis/hiredis.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "pool/pool_int.h"
+
+static const char *const quota_names[] = {"sessions", "sandboxes", "hot", "memory_mb", "cpu",
+                                          "disk_mb", NULL};
+
+/* Organization names as the scheduler's --api-key takes them. */
+static bool org_valid(const char *o)
+{
+    size_t l = strlen(o);
+    return l > 0 && l < 64 && strspn(o, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                        "0123456789_-.") == l;
+}
+
+/* cli.c's command helper (exits on a dead connection); error replies are
+ * checked where one can come. */
+typedef redisReply *(*cmd_fn)(const char *fmt, ...);
+
+static bool reply_ok(redisReply *r)
+{
+    if (r->type != REDIS_REPLY_ERROR)
+        return true;
+    fprintf(stderr, "warmpool: redis: %s\n", r->str);
+    return false;
+}
+
+static int quota_set(cmd_fn cmd, int argc, char **argv)
+{
+    if (argc < 3 || !org_valid(argv[1])) {
+        fprintf(stderr, "warmpool: quota set ORG NAME=N|none ... (ORG as in --api-key)\n");
+        return 2;
+    }
+    const char *org = argv[1];
+    /* Check every argument before writing any: bad input changes nothing. */
+    for (int i = 2; i < argc; i++) {
+        const char *eq = strchr(argv[i], '=');
+        bool known = false;
+        for (int k = 0; eq && quota_names[k]; k++)
+            known |= strlen(quota_names[k]) == (size_t)(eq - argv[i]) &&
+                     !strncmp(argv[i], quota_names[k], (size_t)(eq - argv[i]));
+        char *end;
+        double v = eq ? strtod(eq + 1, &end) : 0;
+        bool integer = eq && strncmp(argv[i], "cpu=", 4) != 0;
+        if (!known || (strcmp(eq + 1, "none") &&
+                       (!eq[1] || *end || !isfinite(v) || v < 0 || v > 1e12 ||
+                        (integer && v != floor(v))))) {
+            fprintf(stderr, "warmpool: '%s': one of sessions, sandboxes, hot, memory_mb, disk_mb "
+                            "(whole numbers), cpu (a number), each =N or =none\n", argv[i]);
+            return 2;
+        }
+    }
+    for (int i = 2; i < argc; i++) {
+        char name[32];
+        const char *eq = strchr(argv[i], '=');
+        snprintf(name, sizeof(name), "%.*s", (int)(eq - argv[i]), argv[i]);
+        if (!strcmp(eq + 1, "none"))
+            freeReplyObject(cmd("HDEL wp:quota:%s %s", org, name));
+        else
+            freeReplyObject(cmd("HSET wp:quota:%s %s %s", org, name, eq + 1));
+        printf("%s %s = %s\n", org, name, eq + 1);
+    }
+    return 0;
+}
+
+/* One organization's use, computed by Redis as the schedulers count it:
+ * {sessions, sandboxes, hot, memory_mb, cpu, disk_mb}. */
+static const char lua_usage[] =
+    "local now = tonumber(ARGV[1])\n"
+    "local sbx = 0\n"
+    "local all = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')\n"
+    "for i = 1, #all, 2 do\n"
+    "  local st = redis.call('HGET', 'wp:sbx:' .. all[i], 'status')\n"
+    "  if not (st == 'failed' or st == 'expired' or (not st and now - tonumber(all[i + 1]) > 60000)) then\n"
+    "    sbx = sbx + 1 end\n"
+    "end\n"
+    "local h, m, c, d = 0, 0, 0, 0\n"
+    "local envs = redis.call('HGETALL', KEYS[3])\n"
+    "for i = 2, #envs, 2 do\n"
+    "  local a, b, x, y = string.match(envs[i], '^(%S+) (%S+) (%S+) (%S+)$')\n"
+    "  a = tonumber(a) or 0\n"
+    "  h = h + a; m = m + a * (tonumber(b) or 0); c = c + a * (tonumber(x) or 0)\n"
+    "  d = d + a * (tonumber(y) or 0)\n"
+    "end\n"
+    "return {tostring(redis.call('ZCARD', KEYS[1])), tostring(sbx), tostring(h), tostring(m),\n"
+    "        tostring(c), tostring(d)}\n";
+
+static int show_org(cmd_fn cmd, const char *org)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    long long now = (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+    redisReply *u = cmd("EVAL %s 3 wp:idx:%s:session:active wp:quotause:sbx:%s "
+                        "wp:quotause:envs:%s %lld", lua_usage, org, org, org, now);
+    if (!reply_ok(u)) {
+        freeReplyObject(u);
+        return 1;
+    }
+    printf("%s\n", org);
+    for (int k = 0; quota_names[k]; k++) {
+        redisReply *q = cmd("HGET wp:quota:%s %s", org, quota_names[k]);
+        const char *use = u->type == REDIS_REPLY_ARRAY && (size_t)k < u->elements
+                              ? u->element[k]->str : "?";
+        const char *lim = q->type == REDIS_REPLY_STRING ? q->str : NULL;
+        bool over = lim && atof(use) > atof(lim);
+        printf("  %-10s %10s used of %-10s%s\n", quota_names[k], use, lim ? lim : "unlimited",
+               over ? "  OVER (set below what is in use: nothing new until it drops)" : "");
+        freeReplyObject(q);
+    }
+    printf("  (hot, memory_mb, cpu, disk_mb: what its environments keep hot, min_hot x size)\n");
+    freeReplyObject(u);
+    return 0;
+}
+
+static int quota_show(cmd_fn cmd, int argc, char **argv)
+{
+    if (argc >= 2) {
+        if (!org_valid(argv[1])) {
+            fprintf(stderr, "warmpool: bad organization name '%s'\n", argv[1]);
+            return 2;
+        }
+        return show_org(cmd, argv[1]);
+    }
+    /* Every organization with a quota or with use counted. */
+    redisReply *k = cmd("EVAL %s 0",
+                          "local seen, out = {}, {}\n"
+                          "for _, p in ipairs({'wp:quota:*', 'wp:quotause:envs:*', 'wp:quotause:sbx:*'}) do\n"
+                          "  local cur = '0'\n"
+                          "  repeat\n"
+                          "    local r = redis.call('SCAN', cur, 'MATCH', p, 'COUNT', 1000)\n"
+                          "    cur = r[1]\n"
+                          "    for _, key in ipairs(r[2]) do\n"
+                          "      local o = string.match(key, '([^:]+)$')\n"
+                          "      if not seen[o] then seen[o] = true; table.insert(out, o) end\n"
+                          "    end\n"
+                          "  until cur == '0'\n"
+                          "end\n"
+                          "table.sort(out)\n"
+                          "return out\n");
+    int rc = reply_ok(k) ? 0 : 1;
+    if (!rc && k->elements == 0)
+        printf("no organization has a quota or counted use\n");
+    for (size_t i = 0; !rc && i < k->elements; i++)
+        rc = show_org(cmd, k->element[i]->str);
+    freeReplyObject(k);
+    if (rc)
+        return rc;
+    /* Pools open to every organization, the operator should know. */
+    redisReply *p = cmd("EVAL %s 0",
+                          "local out = {}\n"
+                          "local cur = '0'\n"
+                          "repeat\n"
+                          "  local r = redis.call('SCAN', cur, 'MATCH', 'wp:env:{*}:policy', 'COUNT', 1000)\n"
+                          "  cur = r[1]\n"
+                          "  for _, key in ipairs(r[2]) do\n"
+                          "    local name = string.match(key, '^wp:env:{(.*)}:policy$')\n"
+                          "    if name and string.sub(name, 1, 4) ~= 'env_' then\n"
+                          "      table.insert(out, name .. ' ' .. (redis.call('HGET', key, 'orgs') or '*'))\n"
+                          "    end\n"
+                          "  end\n"
+                          "until cur == '0'\n"
+                          "table.sort(out)\n"
+                          "return out\n");
+    for (size_t i = 0; reply_ok(p) && i < p->elements; i++) {
+        char name[128], orgs[1024];
+        if (sscanf(p->element[i]->str, "%127s %1023s", name, orgs) == 2)
+            printf("pool %s: %s\n", name,
+                   strcmp(orgs, "*") ? orgs : "every organization (warmpool pool set NAME orgs=...)");
+    }
+    freeReplyObject(p);
+    return 0;
+}
+
+int pool__cli_quota(redisReply *(*cmd)(const char *fmt, ...), int argc, char **argv)
+{
+    if (argc >= 1 && !strcmp(argv[0], "set"))
+        return quota_set(cmd, argc, argv);
+    if (argc >= 1 && !strcmp(argv[0], "show"))
+        return quota_show(cmd, argc, argv);
+    fprintf(stderr, "warmpool: quota set ORG NAME=N|none ... | quota show [ORG]\n");
+    return 2;
+}

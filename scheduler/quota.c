@@ -1,0 +1,236 @@
+/* quota.c - per-organization quotas and who may use an operator's pools.
+ *
+ * The operator sets them with `warmpool quota set ORG ...` (pool/cli.c)
+ * straight into Redis; every check here is one Lua script that reads the
+ * quota, counts the use and records the new use together, so two
+ * schedulers racing for an organization's last slot cannot both win.
+ *
+ *   wp:quota:<org>       HASH  sessions, sandboxes, hot, memory_mb, cpu, disk_mb
+ *                              (absent field: no limit)
+ *   wp:quotause:envs:<org> HASH  env id -> "min_hot memory_mb cpu disk_mb": what each
+ *                              of its published cloud environments keeps hot
+ *   wp:quotause:sbx:<org>  ZSET  /v1/sandboxes ids -> created ms (dead ones are
+ *                              dropped by the next check)
+ *   wp:env:{P}:policy    HASH  orgs: who may use operator pool P ("a,b" or "*";
+ *                              absent: every organization)
+ *
+ * Live sessions are the organization's active session index (resources.c
+ * checks the limit inside its create script). A refusal is 429
+ * rate_limit_error with x-should-retry: false (a quota does not clear in
+ * the SDK's retry window) and details {error_code: quota_exceeded, quota,
+ * limit, usage}; a pool the organization may not use is 403
+ * permission_error (pool_not_allowed).
+ */
+#define WP_LOG_COMPONENT "quota"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "base/timeutil.h"
+#include "scheduler/sched_int.h"
+
+void sched__key_quota(char *out, size_t cap, const char *what, const char *org)
+{
+    if (what)
+        snprintf(out, cap, "wp:quotause:%s:%s", what, org);
+    else
+        snprintf(out, cap, "wp:quota:%s", org);
+}
+
+/* Shared Lua: may ARGV[1] (org) use the pool whose policy is KEYS[3]? */
+#define LUA_POOL_ALLOWED                                                                      \
+    "local function pool_ok(pol, org)\n"                                                      \
+    "  local orgs = redis.call('HGET', pol, 'orgs')\n"                                        \
+    "  if not orgs or orgs == '*' then return true end\n"                                     \
+    "  return string.find(',' .. orgs .. ',', ',' .. org .. ',', 1, true) ~= nil\n"            \
+    "end\n"
+
+/* KEYS: quota, envs use, pool policy. ARGV: org, env id, mode ('pool' |
+ * 'hot' | 'none'), min_hot, memory_mb, cpu, disk_mb. */
+static const char lua_env_gate[] = LUA_POOL_ALLOWED
+    "if ARGV[3] == 'pool' and not pool_ok(KEYS[3], ARGV[1]) then\n"
+    "  return redis.error_reply('POOL')\n"
+    "end\n"
+    "if ARGV[3] ~= 'hot' then redis.call('HDEL', KEYS[2], ARGV[2]) return 1 end\n"
+    "local h, m, c, d = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])\n"
+    "local use = {hot = h, memory_mb = h * m, cpu = h * c, disk_mb = h * d}\n"
+    "local one = {memory_mb = m, cpu = c, disk_mb = d}\n"
+    "local all = redis.call('HGETALL', KEYS[2])\n"
+    "for i = 1, #all, 2 do\n"
+    "  if all[i] ~= ARGV[2] then\n"
+    "    local a, b, x, y = string.match(all[i + 1], '^(%S+) (%S+) (%S+) (%S+)$')\n"
+    "    a, b, x, y = tonumber(a) or 0, tonumber(b) or 0, tonumber(x) or 0, tonumber(y) or 0\n"
+    "    use.hot = use.hot + a; use.memory_mb = use.memory_mb + a * b\n"
+    "    use.cpu = use.cpu + a * x; use.disk_mb = use.disk_mb + a * y\n"
+    "  end\n"
+    "end\n"
+    "for _, q in ipairs({'hot', 'memory_mb', 'cpu', 'disk_mb'}) do\n"
+    "  local lim = tonumber(redis.call('HGET', KEYS[1], q) or '')\n"
+    "  if lim then\n"
+    "    if one[q] and one[q] > lim then\n"
+    "      return redis.error_reply('QUOTA ' .. q .. ' ' .. lim .. ' ' .. one[q] .. ' one sandbox')\n"
+    "    end\n"
+    "    if use[q] > lim then\n"
+    "      return redis.error_reply('QUOTA ' .. q .. ' ' .. lim .. ' ' .. use[q] .. ' hot clones')\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "redis.call('HSET', KEYS[2], ARGV[2], ARGV[4] .. ' ' .. ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. ARGV[7])\n"
+    "return 1\n";
+
+/* KEYS: quota, sandboxes zset, pool policy. ARGV: org, sandbox id, now ms,
+ * '1' for an operator pool. A member is dead once its record says failed or
+ * expired, or has been missing for a minute (released, or never written
+ * because its claim failed to start). */
+static const char lua_sbx_gate[] = LUA_POOL_ALLOWED
+    "if ARGV[4] == '1' and not pool_ok(KEYS[3], ARGV[1]) then\n"
+    "  return redis.error_reply('POOL')\n"
+    "end\n"
+    "local now, live = tonumber(ARGV[3]), 0\n"
+    "local all = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')\n"
+    "for i = 1, #all, 2 do\n"
+    "  local st = redis.call('HGET', 'wp:sbx:' .. all[i], 'status')\n"
+    "  if st == 'failed' or st == 'expired' or (not st and now - tonumber(all[i + 1]) > 60000) then\n"
+    "    redis.call('ZREM', KEYS[2], all[i])\n"
+    "  else live = live + 1 end\n"
+    "end\n"
+    "local lim = tonumber(redis.call('HGET', KEYS[1], 'sandboxes') or '')\n"
+    "if lim and live >= lim then\n"
+    "  return redis.error_reply('QUOTA sandboxes ' .. lim .. ' ' .. live .. ' live')\n"
+    "end\n"
+    "redis.call('ZADD', KEYS[2], now, ARGV[2])\n"
+    "return 1\n";
+
+bool sched__pool_org_allowed(const char *orgs, const char *org)
+{
+    if (!orgs || !strcmp(orgs, "*"))
+        return true;
+    size_t l = strlen(org);
+    for (const char *p = orgs; *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == l && !strncmp(p, org, l))
+            return true;
+        p += n + (p[n] == ',');
+    }
+    return false;
+}
+
+bool sched__quota_refused(struct sched_req *req, const char *lua_err)
+{
+    const char *q = lua_err ? strstr(lua_err, "QUOTA ") : NULL;
+    if (lua_err && !q && strstr(lua_err, "POOL")) {
+        sched__respond_error(req, 403, "permission_error", "pool_not_allowed",
+                             "organization %s may not use this pool environment (the operator "
+                             "names the organizations each pool serves)", req->org);
+        return true;
+    }
+    if (!q)
+        return false;
+    char name[32] = "", what[64] = "";
+    double lim = 0, use = 0;
+    sscanf(q + 6, "%31s %lf %lf %63[^\n]", name, &lim, &use, what);
+    char msg[400];
+    snprintf(msg, sizeof(msg),
+             "organization %s: quota %s is %g and this request needs %g (%s); archive or delete "
+             "what it no longer uses, or ask the operator to raise it",
+             req->org, name, lim, !strcmp(what, "live") ? use + 1 : use, what);
+    json_t *err = json_pack("{s:s,s:s,s:{s:s,s:s,s:f,s:f}}", "type", "rate_limit_error", "message",
+                            msg, "details", "error_code", "quota_exceeded", "quota", name, "limit",
+                            lim, "usage", use);
+    json_t *body = json_pack("{s:s,s:o,s:s}", "type", "error", "error", err, "request_id",
+                             req->request_id);
+    strncat(req->extra_headers, "x-should-retry: false\r\n",
+            sizeof(req->extra_headers) - strlen(req->extra_headers) - 1);
+    sched__respond_json(req, 429, body);
+    return true;
+}
+
+/* ---- environments ---- */
+
+static void env_gated(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    json_t *env = req->tmp;
+    req->tmp = NULL;
+    long long rev = json_integer_value(req->tmp2);
+    json_decref(req->tmp2);
+    req->tmp2 = NULL;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        json_decref(env);
+        if (!sched__quota_refused(req, reply->str))
+            sched__respond_error(req, 500, "api_error", NULL, "quota check: %s", reply->str);
+        return;
+    }
+    req->quota_next(req, env, rev);
+}
+
+void sched__quota_env(struct sched_req *req, json_t *env, long long rev,
+                      void (*next)(struct sched_req *, json_t *, long long))
+{
+    char kq[160], ku[160], pol[160], pool[64], mh[32], mem[32], cpu[32], disk[32];
+    const char *id = json_string_value(json_object_get(env, "id"));
+    const char *type = json_string_value(json_object_get(json_object_get(env, "config"), "type"));
+    const char *mode = "none";
+    double h = 0, m = 0, c = 0, d = 0;
+    snprintf(pol, sizeof(pol), "wp:quota:none"); /* an unused key */
+    if (type && !strcmp(type, "cloud") && json_is_null(json_object_get(env, "archived_at")) &&
+        sched__env_pool_of(env, pool, sizeof(pool)) == 0) {
+        if (strcmp(pool, id)) {
+            mode = "pool";
+            snprintf(pol, sizeof(pol), "wp:env:{%s}:policy", pool);
+        } else {
+            mode = "hot";
+            sched__envtpl_size(env, &h, &m, &c, &d);
+        }
+    }
+    sched__key_quota(kq, sizeof(kq), NULL, req->org);
+    sched__key_quota(ku, sizeof(ku), "envs", req->org);
+    snprintf(mh, sizeof(mh), "%.0f", h);
+    snprintf(mem, sizeof(mem), "%.0f", m);
+    snprintf(cpu, sizeof(cpu), "%g", c);
+    snprintf(disk, sizeof(disk), "%.0f", d);
+    json_decref(req->tmp);
+    json_decref(req->tmp2);
+    req->tmp = env;
+    req->tmp2 = json_integer(rev);
+    req->quota_next = next;
+    const char *argv[] = {kq, ku, pol, req->org, id, mode, mh, mem, cpu, disk};
+    sched__req_script(req, lua_env_gate, env_gated, 3, 10, argv, NULL);
+}
+
+/* ---- /v1/sandboxes ---- */
+
+static void sbx_gated(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    json_t *g = req->tmp2;
+    req->tmp2 = NULL;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        json_decref(g);
+        if (!sched__quota_refused(req, reply->str))
+            sched__respond_error(req, 500, "api_error", NULL, "quota check: %s", reply->str);
+        return;
+    }
+    char pool[64], id[64];
+    snprintf(pool, sizeof(pool), "%s", json_string_value(json_object_get(g, "pool")));
+    snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(g, "id")));
+    json_decref(g);
+    req->quota_sbx_next(req, pool, id);
+}
+
+void sched__quota_sbx(struct sched_req *req, const char *pool,
+                      void (*next)(struct sched_req *, const char *pool, const char *id))
+{
+    char kq[160], kz[160], pol[160], id[64], now[32];
+    sched__new_id("sbx_", id, sizeof(id));
+    sched__key_quota(kq, sizeof(kq), NULL, req->org);
+    sched__key_quota(kz, sizeof(kz), "sbx", req->org);
+    snprintf(pol, sizeof(pol), "wp:env:{%s}:policy", pool);
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
+    json_decref(req->tmp2);
+    req->tmp2 = json_pack("{s:s,s:s}", "pool", pool, "id", id);
+    req->quota_sbx_next = next;
+    const char *argv[] = {kq, kz, pol, req->org, id, now, strncmp(pool, "env_", 4) ? "1" : "0"};
+    sched__req_script(req, lua_sbx_gate, sbx_gated, 3, 7, argv, NULL);
+}
