@@ -50,6 +50,10 @@ static const char usage[] =
     "                          no-breakpoints (CRIU_FAULT=130 for every criu run),\n"
     "                          none (no images: the pool is cold-booted sandboxes)\n"
     "  --criu-timeout SEC      deadline of each dump and restore (default 120)\n"
+    "  --drain-timeout SEC     SIGTERM drains: no new claims, idle clones go, leased\n"
+    "                          sandboxes stay until released or this deadline\n"
+    "                          (default 30; 0: stop at once, leases become lost).\n"
+    "                          A second SIGTERM, or SIGINT, stops at once\n"
     "  --config FILE           JSON with the same keys (flags win: hot_memory_mb,\n"
     "                          multi_tenant, ksm_multi_tenant_override,\n"
     "                          insecure_allow_unconfined...), plus\n"
@@ -239,6 +243,8 @@ static int load_file(struct pool_node_config *cfg, const char *path, struct wp_e
             rc = set_criu_mode(cfg, json_string_value(v), err);
         else if (strcmp(k, "criu_timeout_s") == 0 && json_is_number(v))
             cfg->criu_timeout_s = json_number_value(v);
+        else if (strcmp(k, "drain_timeout_s") == 0 && json_is_number(v))
+            cfg->drain_timeout_s = json_number_value(v);
         else if (strcmp(k, "multi_tenant") == 0 && json_is_boolean(v))
             cfg->multi_tenant = json_is_true(v);
         else if (strcmp(k, "ksm_multi_tenant_override") == 0 && json_is_boolean(v))
@@ -284,6 +290,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         { "worker-lease-ttl", required_argument, NULL, 'Y' },
         { "redis-password-file", required_argument, NULL, 'Q' }, { "redis-user", required_argument, NULL, 'V' },
         { "criu-mode", required_argument, NULL, 'K' },   { "criu-timeout", required_argument, NULL, 'D' },
+        { "drain-timeout", required_argument, NULL, 'G' },
         { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
     };
     bool eager = false;
@@ -302,6 +309,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
     cfg->ksm_sleep_ms = 20;
     cfg->api_envs = true;
     cfg->worker.max_idle_ms = 60000;
+    cfg->drain_timeout_s = 30;
     /* The config file first, so flags override it. */
     for (int i = 1; i + 1 < argc; i++)
         if (strcmp(argv[i], "--config") == 0 && (rc = load_file(cfg, argv[i + 1], err)) < 0)
@@ -354,6 +362,13 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
                 cfg->criu_timeout_s = -1; /* refused below */
             break;
         }
+        case 'G': {
+            char *end;
+            cfg->drain_timeout_s = strtod(optarg, &end);
+            if (*end || end == optarg)
+                cfg->drain_timeout_s = -1; /* refused below */
+            break;
+        }
         case 'l':
             if (wp_log_set_level(optarg) < 0)
                 rc = wp_err_set(err, WP_ECONFIG, "bad --log-level '%s'", optarg);
@@ -384,6 +399,8 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         return wp_err_set(err, WP_ECONFIG, "ksm: 1 <= slow pages <= fast pages <= 1000000, sleep 1..100000 ms");
     if (cfg->criu_timeout_s != 0 && !(cfg->criu_timeout_s >= 1 && cfg->criu_timeout_s <= 3600))
         return wp_err_set(err, WP_ECONFIG, "--criu-timeout must be 1..3600 s");
+    if (!(cfg->drain_timeout_s >= 0 && cfg->drain_timeout_s <= 86400))
+        return wp_err_set(err, WP_ECONFIG, "--drain-timeout must be 0..86400 s");
     if (cfg->restore_slots < 0 || cfg->restore_slots > 256)
         return wp_err_set(err, WP_ECONFIG, "--restore-slots must be 0..256");
     if (cfg->n_envs == 0 && !cfg->api_envs)

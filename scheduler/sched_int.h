@@ -122,6 +122,7 @@ struct sched_server {
     struct sched_metrics *metrics;  /* metrics.c */
     struct sched_mcache *mcache;    /* metrics_pool.c: the last pool scrape, shared */
     bool draining;
+    bool drain_forced;              /* the drain timeout passed: stop regardless */
     uint64_t req_seq;
     uint64_t boot_id;
     struct sched_vault_keys vk;
@@ -393,7 +394,14 @@ struct sched_sbx;
 /* ---- the brain (brain.c) ---- */
 /* Start the brain if configured (srv->cfg.brain). */
 int sched__brain_init(struct sched_server *srv, struct wp_err *err);
-/* Before srv->rds goes: brains stop (their leases expire, so other
+/* The drain begins: every brain stops and its lease is released at once,
+ * announced on the wake channel, so another scheduler continues each
+ * session without waiting for the lease to expire; no brain is taken here
+ * from then on (input is announced for the others). */
+void sched__brain_handover(struct sched_server *srv);
+/* Lease releases not answered yet (the drain waits for them). */
+int sched__brain_handovers(const struct sched_server *srv);
+/* Before srv->rds goes: brains left stop (their leases expire, so other
  * schedulers take their sessions over). */
 void sched__brain_shutdown(struct sched_server *srv);
 /* After srv->rds is gone (its callbacks have run). */

@@ -712,6 +712,7 @@ static void drain_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct sched_server *srv = w->data;
     log_warn("drain timeout: closing %s connections", srv->conns ? "remaining" : "no");
+    srv->drain_forced = true;
     while (srv->conns)
         sched__conn_close(srv->conns);
     sched_server_drain(srv);
@@ -728,6 +729,9 @@ void sched_server_drain(struct sched_server *srv)
             close(srv->listen_fd);
             srv->listen_fd = -1;
         }
+        /* Sessions this process runs go to other schedulers now, not
+         * when their leases would expire. */
+        sched__brain_handover(srv);
         /* Idle connections and streams go now (streams resume elsewhere);
          * busy ones close after their response. */
         struct sched_conn *c = srv->conns, *next;
@@ -738,14 +742,14 @@ void sched_server_drain(struct sched_server *srv)
             else
                 c->close_after_write = true;
         }
-        if (srv->conns) {
+        if (srv->conns || sched__brain_handovers(srv) > 0) {
             ev_timer_init(&srv->drain_timer, drain_timer_cb, srv->cfg.drain_timeout, 0.);
             srv->drain_timer.data = srv;
             ev_timer_start(loop, &srv->drain_timer);
             return;
         }
     }
-    if (srv->conns)
+    if (srv->conns || (sched__brain_handovers(srv) > 0 && !srv->drain_forced))
         return;
     /* Nothing left: stop every watcher so ev_run returns. */
     ev_timer_stop(loop, &srv->drain_timer);
