@@ -143,6 +143,7 @@ struct node {
     double drain_deadline;   /* now_s() clock */
     double last_drain_check;
     uint64_t started_ms;     /* wall clock: older drain requests are stale */
+    uint64_t restore_failures; /* since start, all environments (/metrics) */
     struct pool__catalog *catalog; /* environments published in Redis */
     struct pool__orphans *orphans; /* checks for sandboxes of dead owners */
     bool ksm_on;             /* we turned KSM on (some env has "ksm") */
@@ -342,6 +343,7 @@ static void serve_claims(struct node *n, struct env *e);
  * (a corrupt or stale image heals itself). */
 static void restore_failed(struct node *n, struct env *e, const char *why)
 {
+    n->restore_failures++;
     e->failures++;
     e->backoff = e->backoff ? e->backoff * 2 : 0.1;
     if (e->backoff > 10)
@@ -1277,7 +1279,10 @@ static void register_node(struct node *n)
                          hf[2], hv[2] };
     cmd(n, "restore histograms", 10, hh);
     {
-        char b[32], u[32], ps[32], pg[32], fs[32], cpu[32];
+        char b[32], u[32], ps[32], pg[32], fs[32], cpu[32], rf[32];
+        snprintf(rf, sizeof(rf), "%llu", (unsigned long long)n->restore_failures);
+        const char *hrf[] = { "HSET", key, "restore_failures", rf };
+        cmd(n, "node restore failures", 4, hrf);
         snprintf(b, sizeof(b), "%llu", (unsigned long long)n->budget);
         snprintf(u, sizeof(u), "%llu", (unsigned long long)n->used_now);
         snprintf(ps, sizeof(ps), "%ld", n->kh.pages_shared);

@@ -300,7 +300,7 @@ char *sched__unseal(const unsigned char key[32], const char *sealed, size_t *n);
     X(work_get) X(work_update) X(work_stats) X(env_key_create)               \
     X(sres_add) X(sres_list) X(sres_get) X(sres_update) X(sres_delete)     \
     X(sbx_create) X(sbx_get) X(sbx_execute) X(sbx_delete)                  \
-    X(metrics)
+    X(metrics) X(dashboard)
 #define SCHED_HANDLER_DECL(name) void sched__h_##name(struct sched_req *req);
 SCHED_HANDLERS(SCHED_HANDLER_DECL)
 #undef SCHED_HANDLER_DECL
