@@ -171,7 +171,7 @@ install: $(addprefix $(BUILD)/,$(INSTALL_BINS))
 	    else echo "install: keeping $(SYSCONFDIR)/warmpool/$$c (new one: $(PREFIX)/share/warmpool/$$c)"; fi; \
 	    install -m 644 deploy/etc/$$c $(DESTDIR)$(PREFIX)/share/warmpool/$$c; done
 	install -m 644 README.md ARCHITECTURE.md $(DESTDIR)$(PREFIX)/share/doc/warmpool/
-	cp -r deploy/prometheus deploy/grafana $(DESTDIR)$(PREFIX)/share/warmpool/
+	cp -r deploy/prometheus deploy/grafana deploy/proxy $(DESTDIR)$(PREFIX)/share/warmpool/
 	install -m 755 deploy/postinstall.sh $(DESTDIR)$(PREFIX)/share/warmpool/postinstall.sh
 
 deb: all

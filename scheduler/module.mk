@@ -6,7 +6,7 @@ scheduler_SRCS := scheduler/http_parse.c scheduler/server.c scheduler/route.c \
                   scheduler/events.c scheduler/sse.c scheduler/vaults.c scheduler/work.c \
                   scheduler/config.c scheduler/sandboxes.c \
                   scheduler/model.c \
-                  scheduler/metrics.c scheduler/metrics_pool.c scheduler/dashboard.c \
+                  scheduler/metrics.c scheduler/metrics_pool.c scheduler/dashboard.c scheduler/tls.c \
                   scheduler/brain.c scheduler/brain_log.c scheduler/brain_tools.c \
                   scheduler/envtpl.c scheduler/vault_key.c
 
@@ -18,7 +18,7 @@ $(BUILD)/obj/scheduler/dashboard.o: $(BUILD)/gen/dashboard_html.h
 $(BUILD)/obj/scheduler/dashboard.o: PKG_CFLAGS += -I$(BUILD)/gen
 
 # The scheduler hashes API keys and encrypts vault secrets with libcrypto.
-PKGS += libcrypto
+PKGS += libcrypto libssl
 
 # llhttp: prefer a system libllhttp (Debian 13+), else compile the generated C
 # shipped by Debian 12's node-llhttp, with relaxed warnings and no -Werror

@@ -106,6 +106,7 @@ struct sched_server {
     struct sched_config cfg;
     int listen_fd;
     int port;
+    void *tls;            /* SSL_CTX when --tls-cert/--tls-key are set, else NULL */
     ev_io listen_io;
     ev_signal sigterm, sigint;
     ev_prepare prepare;   /* before-sleep: frees closed connections */
@@ -391,6 +392,18 @@ void sched__event_splice(struct wp_buf *b, const char *stream_id, const char *js
 /* /v1/sandboxes (sandboxes.c): the pool client and the links this
  * process holds. */
 struct sched_sbx;
+/* ---- TLS (tls.c): the SSL_CTX and SSL objects as void * so that only
+ * tls.c includes OpenSSL's headers. ---- */
+#define SCHED_TLS_WANT_READ (-100001)
+#define SCHED_TLS_WANT_WRITE (-100002)
+int sched__tls_ctx_new(const char *cert, const char *key, void **out, struct wp_err *err);
+void sched__tls_ctx_free(void *ctx);
+void *sched__tls_conn_new(void *ctx, int fd);
+/* notify: send close_notify first (a clean end of the response). */
+void sched__tls_conn_free(void *ssl, bool notify);
+ssize_t sched__tls_read(void *ssl, void *buf, size_t n);
+ssize_t sched__tls_write(void *ssl, const void *buf, size_t n);
+
 /* ---- the brain (brain.c) ---- */
 /* Start the brain if configured (srv->cfg.brain). */
 int sched__brain_init(struct sched_server *srv, struct wp_err *err);

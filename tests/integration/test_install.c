@@ -39,6 +39,8 @@ static const char *const expected[] = {
     "opt/warmpool/share/warmpool/postinstall.sh",
     "opt/warmpool/share/warmpool/prometheus/prometheus.yml",
     "opt/warmpool/share/warmpool/prometheus/warmpool-rules.yml",
+    "opt/warmpool/share/warmpool/proxy/haproxy.cfg",
+    "opt/warmpool/share/warmpool/proxy/nginx.conf",
     "opt/warmpool/share/warmpool/scheduler.conf",
 };
 
@@ -74,7 +76,7 @@ static void make_install_lays_out_files(void **state)
     }
     if (th_sh(out, sizeof(out), "make -s install DESTDIR=%s 2>&1", DEST) != 0)
         fail_msg("make install: %s", out);
-    assert_int_equal(th_sh(out, sizeof(out), "cd %s && find . -type f | sed 's|^\\./||' | sort", DEST), 0);
+    assert_int_equal(th_sh(out, sizeof(out), "cd %s && find . -type f | sed 's|^\\./||' | LC_ALL=C sort", DEST), 0);
     char want[4096] = "";
     for (size_t i = 0; i < sizeof(expected) / sizeof(expected[0]); i++) {
         strcat(want, expected[i]);
