@@ -916,17 +916,23 @@ static void handover_cb(void *ctx, redisReply *reply)
 
 /* Stop b and give its lease back at once (the other schedulers hear it on
  * the wake channel). Its writes already sent run first: same connection. */
-static void handover(struct sched_brains *bs, struct brain *b)
+static void give_back(struct sched_brains *bs, struct brain *b)
 {
     char msg[sizeof(BRAIN_HANDOVER_PREFIX) + sizeof(b->sid)];
-    bool held = b->token[0] && !b->stopped;
-    brain_stop(b, "scheduler draining: lease handed over");
-    if (!held || !bs->srv->rds)
+    if (!b->token[0] || !bs->srv->rds)
         return;
     snprintf(msg, sizeof(msg), BRAIN_HANDOVER_PREFIX "%s", b->sid);
     const char *argv[] = { b->key_lease, b->token, msg };
     if (wp_redis_script(bs->srv->rds, lua_handover, handover_cb, bs, 1, 3, argv, NULL) == 0)
         bs->handovers++;
+}
+
+static void handover(struct sched_brains *bs, struct brain *b)
+{
+    bool held = b->token[0] && !b->stopped;
+    brain_stop(b, "scheduler draining: lease handed over");
+    if (held)
+        give_back(bs, b);
 }
 
 void sched__brain_handover(struct sched_server *srv)
@@ -953,6 +959,16 @@ static void acquire_cb(void *ctx, redisReply *reply)
     struct brain *b = ctx;
     struct sched_brains *bs = b->bs;
     b->reading = false;
+    if (bs->handing_over && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 15 &&
+        reply->element[0]->type == REDIS_REPLY_INTEGER) {
+        /* Taken while this scheduler began draining (the brain may be
+         * stopped already): the lease goes straight back. */
+        snprintf(b->token, sizeof(b->token), "%lld", reply->element[0]->integer);
+        brain_stop(b, "scheduler draining: lease handed over");
+        give_back(bs, b);
+        sched__brain_maybe_free(b);
+        return;
+    }
     if (b->stopped || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 15 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER) {
         bool held = reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0;
@@ -966,11 +982,6 @@ static void acquire_cb(void *ctx, redisReply *reply)
         return;
     }
     snprintf(b->token, sizeof(b->token), "%lld", reply->element[0]->integer);
-    if (bs->handing_over) { /* taken while this scheduler began draining */
-        handover(bs, b);
-        sched__brain_maybe_free(b);
-        return;
-    }
     ev_timer_set(&b->renew, bs->srv->cfg.brain_lease_ms / 3000.0, bs->srv->cfg.brain_lease_ms / 3000.0);
     ev_timer_start(bs->srv->loop, &b->renew);
     log_debug("session=%s brain lease token=%s", b->sid, b->token);
