@@ -41,6 +41,7 @@ static const char *const expected[] = {
     "opt/warmpool/share/warmpool/prometheus/warmpool-rules.yml",
     "opt/warmpool/share/warmpool/proxy/haproxy.cfg",
     "opt/warmpool/share/warmpool/proxy/nginx.conf",
+    "opt/warmpool/share/warmpool/redis-warmpool.conf",
     "opt/warmpool/share/warmpool/scheduler.conf",
 };
 
