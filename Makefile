@@ -8,6 +8,8 @@
 #   make bench      benchmarks, results under bench/results/
 #   make bench-ttft the TTFT benchmark alone (FULL=1: every rate)
 #   make run        the whole stack on this machine (see README)
+#   make install    binaries, systemd units, /etc/warmpool (PREFIX, DESTDIR)
+#   make deb        a Debian package of the tree (build/deb/warmpool_*.deb)
 
 BUILD    ?= build
 CC       ?= cc
@@ -79,7 +81,7 @@ $(BUILD)/tests/%: tests/%.c $(call obj,$(TEST_LIB_SRCS)) $(MODLIBS) $(FLAGS_STAM
 	$(CC) $(ALL_CFLAGS) $(PKG_CFLAGS) -Itests $< $(call obj,$(TEST_LIB_SRCS)) $(MODLIBS) \
 	    $(LDFLAGS) $(TEST_LDLIBS) -o $@
 
-.PHONY: all deps test check test-asan fuzz fuzz-replay-bins bench bench-ttft run demo clean format format-check
+.PHONY: all deps test check test-asan fuzz fuzz-replay-bins bench bench-ttft run demo clean format format-check install deb
 all: $(BINS) $(TEST_BINS) fuzz-replay-bins
 
 deps:
@@ -143,6 +145,38 @@ run: deps
 demo: deps
 	$(MAKE) all
 	$(BUILD)/warmpool-snap demo
+
+# --- install and package ---------------------------------------------------
+# Binaries under PREFIX/bin (the private criu of deploy/install-deps.sh lives
+# there too, and is what the binaries look for: WP_PREFIX), units under
+# SYSTEMDDIR with PREFIX filled in, the config files under /etc/warmpool
+# (every option commented; an existing file is kept unless DESTDIR is set,
+# i.e. when packaging). The system user and `warmpool doctor` are the
+# package's postinst (deploy/debian/), or deploy/postinstall.sh by hand.
+SYSTEMDDIR ?= /lib/systemd/system
+SYSCONFDIR ?= /etc
+DESTDIR ?=
+INSTALL_BINS := warmpool-scheduler warmpool-node warmpool warmpool-snap warmpool-hands
+install: $(addprefix $(BUILD)/,$(INSTALL_BINS))
+	install -d -m 755 $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSTEMDDIR) \
+	    $(DESTDIR)$(PREFIX)/share/doc/warmpool $(DESTDIR)$(PREFIX)/share/warmpool
+	install -d -m 750 $(DESTDIR)$(SYSCONFDIR)/warmpool
+	for b in $(INSTALL_BINS); do install -m 755 $(BUILD)/$$b $(DESTDIR)$(PREFIX)/bin/$$b; done
+	for u in warmpool-scheduler warmpool-node; do \
+	    sed 's|@PREFIX@|$(PREFIX)|g' deploy/systemd/$$u.service > $(DESTDIR)$(SYSTEMDDIR)/$$u.service; \
+	    chmod 644 $(DESTDIR)$(SYSTEMDDIR)/$$u.service; done
+	for c in scheduler.conf node.conf; do \
+	    if [ -n "$(DESTDIR)" ] || [ ! -e $(SYSCONFDIR)/warmpool/$$c ]; then \
+	        install -m 640 deploy/etc/$$c $(DESTDIR)$(SYSCONFDIR)/warmpool/$$c; \
+	    else echo "install: keeping $(SYSCONFDIR)/warmpool/$$c (new one: $(PREFIX)/share/warmpool/$$c)"; fi; \
+	    install -m 644 deploy/etc/$$c $(DESTDIR)$(PREFIX)/share/warmpool/$$c; done
+	install -m 644 README.md ARCHITECTURE.md $(DESTDIR)$(PREFIX)/share/doc/warmpool/
+	cp -r deploy/prometheus deploy/grafana deploy/proxy $(DESTDIR)$(PREFIX)/share/warmpool/
+	install -m 755 deploy/postinstall.sh $(DESTDIR)$(PREFIX)/share/warmpool/postinstall.sh
+	install -m 644 deploy/etc/redis-warmpool.conf $(DESTDIR)$(PREFIX)/share/warmpool/
+
+deb: all
+	deploy/debian/build-deb.sh $(BUILD)
 
 clean:
 	rm -rf build

@@ -25,6 +25,9 @@ PKGS=(
     libprotobuf-c-dev criu libcmocka-dev node-llhttp
     redis-server iptables nftables busybox-static python3 iproute2 procps
     wrk ca-certificates libssl-dev curl libseccomp-dev strace
+    # test_dashboard: promtool and a real prometheus on the rules, headless
+    # chromium rendering /dashboard (a screenshot, figures checked)
+    prometheus chromium
 )
 
 [ "$(id -u)" = 0 ] || { echo "install-deps: must run as root" >&2; exit 1; }

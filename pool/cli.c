@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "base/err.h"
 #include "base/redis.h"
@@ -17,7 +18,7 @@
 
 static const char usage[] =
     "usage: warmpool [--redis HOST:PORT] [--redis-password-file PATH [--redis-user NAME]]\n"
-    "                pool COMMAND | quota COMMAND\n"
+    "                pool COMMAND | quota COMMAND | node drain NODE [--deadline SECS] [--wait]\n"
     "       warmpool doctor [--reprobe]   what this host needs, each item with its fix\n"
     "\n"
     "  pool set ENV [--node NODE] min_hot=N max_hot=N [max_hot_total=N]\n"
@@ -38,7 +39,15 @@ static const char usage[] =
     "      (hot clones, and min_hot x memory/cpu/disk, also the cap of one\n"
     "      sandbox); every scheduler enforces them at once\n"
     "  quota show [ORG]\n"
-    "      quotas against what each organization uses; pools and their orgs\n";
+    "      quotas against what each organization uses; pools and their orgs\n"
+    "\n"
+    "  node drain NODE [--deadline SECS] [--wait]\n"
+    "      the node takes no new claims (they go to other nodes, or wait for\n"
+    "      its successor), destroys its idle clones, keeps leased sandboxes\n"
+    "      until their holders release them or the deadline passes (default\n"
+    "      600 s; then they are lost to their holders), and exits cleanly:\n"
+    "      under systemd it restarts (an upgrade: install, then drain).\n"
+    "      --wait: until it has exited, printing what is left\n";
 
 static redisContext *rc;
 
@@ -349,8 +358,9 @@ static void env_status(const char *env)
             v[k] = ns->type == REDIS_REPLY_ARRAY && ns->element[k]->type == REDIS_REPLY_STRING
                        ? ns->element[k]->str
                        : "-";
+        redisReply *dr = cmd("EXISTS " POOL__K_DRAIN, n);
         printf("  %-20s %6s %7d %6d %6d %7s %11s %10s %8s  %-4s %.40s\n", n,
-               alive->integer ? "yes" : "NO", idle, leased, lost, v[0], v[1], v[2], v[3], v[5], v[4]);
+               alive->integer ? (dr->integer ? "drain" : "yes") : "NO", idle, leased, lost, v[0], v[1], v[2], v[3], v[5], v[4]);
         if (strcmp(v[5], "on") == 0 || strcmp(v[5], "on-override") == 0)
             printf("  %-20s note: KSM merges memory across this node's sandboxes, a timing side\n"
                    "  %-20s channel between them; keep it off where organizations share a node\n",
@@ -369,6 +379,7 @@ static void env_status(const char *env)
                    "", "");
         freeReplyObject(u);
         mem_status(env, n);
+        freeReplyObject(dr);
         freeReplyObject(ns);
         freeReplyObject(alive);
         freeReplyObject(sbs);
@@ -412,6 +423,22 @@ static void node_orphans(const char *n)
     freeReplyObject(h);
 }
 
+/* A draining node (its hash: "draining" = "<deadline ms> <leased left>"). */
+static void node_draining(const char *n)
+{
+    redisReply *d = cmd("HGET wp:node:%s draining", n);
+    unsigned long long dl = 0;
+    int leased = 0;
+    if (d->type == REDIS_REPLY_STRING && sscanf(d->str, "%llu %d", &dl, &leased) == 2) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        long long left = ((long long)dl - (ts.tv_sec * 1000LL + ts.tv_nsec / 1000000)) / 1000;
+        printf("  %-20s draining: no new claims, %d leased sandbox%s left, deadline in %llds\n", "",
+               leased, leased == 1 ? "" : "es", left < 0 ? 0 : left);
+    }
+    freeReplyObject(d);
+}
+
 /* Nodes and how criu runs on each (the probe's answer, from their hash). */
 static void nodes_status(void)
 {
@@ -433,6 +460,7 @@ static void nodes_status(void)
                v[2][0] ? ", " : "", v[2]);
         if (strcmp(v[0], "none") == 0)
             printf("  %-20s criu does not work there: every sandbox is booted cold\n", "");
+        node_draining(n);
         if (v[3][0])
             printf("  %-20s why: %s\n", "", v[3]);
         node_orphans(n);
@@ -462,6 +490,81 @@ static int pool_status(int argc, char **argv)
             env_status(env);
     }
     freeReplyObject(keys);
+    return 0;
+}
+
+/* `node drain NODE [--deadline SECS] [--wait]` (argv from "drain" on). */
+static int node_drain(int argc, char **argv)
+{
+    const char *node = NULL;
+    double deadline = 600;
+    bool wait = false;
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--deadline") == 0 && i + 1 < argc) {
+            char *end;
+            deadline = strtod(argv[++i], &end);
+            if (*end || end == argv[i] || !(deadline >= 0 && deadline <= 86400)) {
+                fprintf(stderr, "warmpool: --deadline wants seconds, 0..86400\n");
+                return 2;
+            }
+        } else if (strcmp(argv[i], "--wait") == 0) {
+            wait = true;
+        } else if (!node && argv[i][0] != '-') {
+            node = argv[i];
+        } else {
+            fprintf(stderr, "warmpool: node drain: unexpected '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!node || !snap_name_valid(node)) {
+        fprintf(stderr, "warmpool: node drain wants a node id (see pool status)\n");
+        return 2;
+    }
+    redisReply *alive = cmd("EXISTS wp:node:%s:alive", node);
+    long long up = alive->integer;
+    freeReplyObject(alive);
+    if (!up) {
+        fprintf(stderr, "warmpool: node %s is not running (no heartbeat)\n", node);
+        return 1;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    unsigned long long now = (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000;
+    unsigned long long ms = (unsigned long long)(deadline * 1000);
+    /* "<deadline ms> <set ms>"; it outlives the deadline by a minute in
+     * case the node dies before deleting it. */
+    char val[64];
+    snprintf(val, sizeof(val), "%llu %llu", now + ms, now);
+    redisReply *r = cmd("SET " POOL__K_DRAIN " %s PX %llu", node, val, ms + 60000);
+    if (r->type == REDIS_REPLY_ERROR) {
+        fprintf(stderr, "warmpool: redis: %s\n", r->str);
+        freeReplyObject(r);
+        return 1;
+    }
+    freeReplyObject(r);
+    printf("node %s draining: no new claims; leased sandboxes kept for at most %.0f s\n", node,
+           deadline);
+    if (!wait)
+        return 0;
+    for (;;) {
+        redisReply *a = cmd("EXISTS wp:node:%s:alive", node);
+        redisReply *d = cmd("HGET wp:node:%s draining", node);
+        long long still = a->integer;
+        if (still && d->type == REDIS_REPLY_STRING) {
+            unsigned long long dl = 0;
+            int leased = 0;
+            if (sscanf(d->str, "%llu %d", &dl, &leased) == 2)
+                printf("  %d leased sandbox%s left\n", leased, leased == 1 ? "" : "es");
+        }
+        freeReplyObject(a);
+        freeReplyObject(d);
+        if (!still)
+            break;
+        fflush(stdout);
+        sleep(1);
+    }
+    printf("node %s drained and stopped\n", node);
     return 0;
 }
 
@@ -501,7 +604,8 @@ int main(int argc, char **argv)
     }
     if (i < argc && strcmp(argv[i], "doctor") == 0)
         return pool__doctor(argc - i, argv + i);
-    if (i + 1 >= argc || (strcmp(argv[i], "pool") != 0 && strcmp(argv[i], "quota") != 0)) {
+    bool drain = i + 2 < argc && strcmp(argv[i], "node") == 0 && strcmp(argv[i + 1], "drain") == 0;
+    if (!drain && (i + 1 >= argc || (strcmp(argv[i], "pool") != 0 && strcmp(argv[i], "quota") != 0))) {
         fputs(usage, stderr);
         return 2;
     }
@@ -517,7 +621,9 @@ int main(int argc, char **argv)
         return 1;
     }
     int r;
-    if (strcmp(argv[i], "quota") == 0)
+    if (drain)
+        r = node_drain(argc - i - 1, argv + i + 1);
+    else if (strcmp(argv[i], "quota") == 0)
         r = pool__cli_quota(cmd, argc - i - 1, argv + i + 1);
     else if (strcmp(argv[i + 1], "set") == 0)
         r = pool_set(argc - i - 1, argv + i + 1);

@@ -66,13 +66,15 @@ struct op {
     void *ctx;
 };
 
-/* Pick a random live node among those serving the environment. None:
- * {published in wp:tpls (0/1), nodes that served it (live or not)}.
+/* Pick a random live node among those serving the environment that is
+ * not draining. None: {published in wp:tpls (0/1), nodes that served it
+ * (live, draining or not)}: a claim waits for a draining node's successor.
  * Single Redis only: node keys live outside the environment's slot. */
 static const char lua_pick_node[] =
     "local live, all = {}, redis.call('SMEMBERS', KEYS[1])\n"
     "for _, n in ipairs(all) do\n"
-    "  if redis.call('EXISTS', 'wp:node:' .. n .. ':alive') == 1 then live[#live + 1] = n end\n"
+    "  if redis.call('EXISTS', 'wp:node:' .. n .. ':alive') == 1 and\n"
+    "     redis.call('EXISTS', 'wp:node:' .. n .. ':drain') == 0 then live[#live + 1] = n end\n"
     "end\n"
     "if #live == 0 then return {redis.call('HEXISTS', KEYS[2], ARGV[1]), #all} end\n"
     "return live[math.random(#live)]\n";
@@ -169,6 +171,15 @@ static void sub_cb(void *ctx, redisReply *reply)
         return;
     }
     json_t *st = json_object_get(o, "status");
+    if (json_is_integer(st) && json_integer_value(st) != 0 && json_is_true(json_object_get(o, "retry"))) {
+        /* The node is draining: another node (or this one's successor)
+         * serves it; the pick skips draining nodes. */
+        log_info("claim env=%s: node %s is draining, picking again", cl->env, cl->node);
+        json_decref(o);
+        ev_timer_set(&cl->retry, 0.02, 0.);
+        ev_timer_start(c->loop, &cl->retry);
+        return;
+    }
     if (!json_is_integer(st) || json_integer_value(st) != 0) {
         const char *msg = json_string_value(json_object_get(o, "error"));
         claim_fail(cl, json_is_integer(st) ? (int)json_integer_value(st) : WP_EPROTO,
@@ -486,6 +497,39 @@ int pool_renew_for(struct pool_client *c, const char *env, const char *sandbox, 
     if (!(lease_ms >= 1000 && lease_ms <= 86400000))
         return wp_err_set(err, WP_EINVAL_INPUT, "lease must be 1 s .. 1 day");
     return sb_op(c, pool__lua_renew, env, sandbox, token, lease_ms, cb, ctx, err);
+}
+
+static void draining_cb(void *ctx, redisReply *reply)
+{
+    struct op *op = ctx;
+    struct wp_err err = { 0 };
+    int rc = reply && reply->type == REDIS_REPLY_INTEGER ? reply->integer != 0
+             : wp_err_set(&err, WP_ESTATE, "%s", reply && reply->str ? reply->str : "redis disconnected");
+    if (op->cb)
+        op->cb(op->ctx, rc, rc < 0 ? &err : NULL);
+    free(op);
+}
+
+int pool_node_draining(struct pool_client *c, const char *node, pool_done_cb cb, void *ctx,
+                       struct wp_err *err)
+{
+    char key[160];
+    struct op *op;
+
+    if (!snap_name_valid(node))
+        return wp_err_set(err, WP_EINVAL_INPUT, "bad node name");
+    op = malloc(sizeof(*op));
+    if (!op)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    op->cb = cb;
+    op->ctx = ctx;
+    snprintf(key, sizeof(key), POOL__K_DRAIN, node);
+    const char *argv[] = { "EXISTS", key };
+    if (wp_redis_argv(c->r, draining_cb, op, 2, argv, NULL) < 0) {
+        free(op);
+        return wp_err_set(err, WP_ESTATE, "not connected to Redis");
+    }
+    return 0;
 }
 
 /* ---- connecting through a node's relay --------------------------------- */

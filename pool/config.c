@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "base/err.h"
+#include "base/fs.h"
 #include "base/log.h"
 #include "snapshot/snapshot.h"
 
@@ -50,10 +51,15 @@ static const char usage[] =
     "                          no-breakpoints (CRIU_FAULT=130 for every criu run),\n"
     "                          none (no images: the pool is cold-booted sandboxes)\n"
     "  --criu-timeout SEC      deadline of each dump and restore (default 120)\n"
-    "  --config FILE           JSON with the same keys (flags win: hot_memory_mb,\n"
-    "                          multi_tenant, ksm_multi_tenant_override,\n"
-    "                          insecure_allow_unconfined...), plus\n"
-    "                          ksm_slow_pages, ksm_fast_pages, ksm_sleep_ms\n"
+    "  --drain-timeout SEC     SIGTERM drains: no new claims, idle clones go, leased\n"
+    "                          sandboxes stay until released or this deadline\n"
+    "                          (default 30; 0: stop at once, leases become lost).\n"
+    "                          A second SIGTERM, or SIGINT, stops at once\n"
+    "  --config FILE           options from FILE, one `option value` per line, the\n"
+    "                          flags' names (`env` repeatable, a switch alone or\n"
+    "                          on/off), # comments; flags win. Also: ksm-slow-pages,\n"
+    "                          ksm-fast-pages, ksm-sleep-ms. A JSON file (earlier\n"
+    "                          releases) is still read, with a warning\n"
     "  --log-level LEVEL       error, warn, info, debug (default info)\n"
     "\n"
     "Worker mode: the node also serves a self-hosted environment's work queue\n"
@@ -195,7 +201,129 @@ static int set_criu_mode(struct pool_node_config *cfg, const char *v, struct wp_
     return 0;
 }
 
-static int load_file(struct pool_node_config *cfg, const char *path, struct wp_err *err)
+static const struct option lo[] = {
+    { "id", required_argument, NULL, 'i' },          { "redis", required_argument, NULL, 'r' },
+    { "state-dir", required_argument, NULL, 's' },   { "env", required_argument, NULL, 'e' },
+    { "eager", no_argument, NULL, 'E' },             { "restore-slots", required_argument, NULL, 'S' },
+    { "heartbeat-ttl", required_argument, NULL, 't' }, { "lease-ms", required_argument, NULL, 'L' },
+    { "config", required_argument, NULL, 'c' },      { "log-level", required_argument, NULL, 'l' },
+    { "listen", required_argument, NULL, 'H' },      { "no-api-envs", no_argument, NULL, 'A' },
+    { "hot-memory-mb", required_argument, NULL, 'M' },
+    { "multi-tenant", no_argument, NULL, 'T' },
+    { "insecure-allow-unconfined", no_argument, NULL, 'U' },
+    { "ksm-multi-tenant-override", no_argument, NULL, 'O' },
+    { "worker", no_argument, NULL, 'W' },            { "control-plane", required_argument, NULL, 'C' },
+    { "environment", required_argument, NULL, 'N' }, { "worker-pool", required_argument, NULL, 'P' },
+    { "worker-id", required_argument, NULL, 'I' },   { "worker-max-idle", required_argument, NULL, 'X' },
+    { "worker-lease-ttl", required_argument, NULL, 'Y' },
+    { "redis-password-file", required_argument, NULL, 'Q' }, { "redis-user", required_argument, NULL, 'V' },
+    { "criu-mode", required_argument, NULL, 'K' },   { "criu-timeout", required_argument, NULL, 'D' },
+    { "drain-timeout", required_argument, NULL, 'G' },
+    { "ksm-slow-pages", required_argument, NULL, 1001 }, { "ksm-fast-pages", required_argument, NULL, 1002 },
+    { "ksm-sleep-ms", required_argument, NULL, 1003 },
+    { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
+};
+
+/* getopt over argv (the command line, or a config file's lines made into
+ * one): 0, 1 when --help was printed, or < 0 with err set. */
+static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bool *eager,
+                         bool from_file, struct wp_err *err)
+{
+    int c, rc;
+
+    optind = 0; /* a full rescan: the config file's lines came first */
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        rc = 0;
+        switch (c) {
+        case 'i': snprintf(cfg->id, sizeof(cfg->id), "%s", optarg); break;
+        case 'r':
+            rc = parse_hostport(optarg, cfg->redis_host, sizeof(cfg->redis_host), &cfg->redis_port,
+                                false, err);
+            break;
+        case 's': snprintf(cfg->state_dir, sizeof(cfg->state_dir), "%s", optarg); break;
+        case 'H':
+            rc = parse_hostport(optarg, cfg->listen_host, sizeof(cfg->listen_host),
+                                &cfg->listen_port, true, err);
+            break;
+        case 'e': rc = add_env(cfg, optarg, err); break;
+        case 'E': *eager = true; break;
+        case 'A': cfg->api_envs = false; break;
+        case 'S': cfg->restore_slots = atoi(optarg); break;
+        case 't': cfg->heartbeat_ttl_s = atof(optarg); break;
+        case 'L': cfg->lease_ms = atof(optarg); break;
+        case 'c':
+            if (from_file)
+                return wp_err_set(err, WP_ECONFIG, "config files do not nest (config)");
+            break;
+        case 'M': {
+            char *end;
+            long long mb = strtoll(optarg, &end, 10);
+            rc = *end || end == optarg ? wp_err_set(err, WP_ECONFIG, "bad --hot-memory-mb '%s'", optarg)
+                                       : set_memory_mb(cfg, mb, err);
+            break;
+        }
+        case 'T': cfg->multi_tenant = true; break;
+        case 'U': cfg->unconfined = true; break;
+        case 'O': cfg->ksm_multi_tenant = true; break;
+        case 'W': cfg->worker.enabled = true; break;
+        case 'C': rc = set_str(cfg->worker.url, sizeof(cfg->worker.url), optarg, "--control-plane", err); break;
+        case 'N': rc = set_str(cfg->worker.environment, sizeof(cfg->worker.environment), optarg, "--environment", err); break;
+        case 'P': rc = set_str(cfg->worker.pool_env, sizeof(cfg->worker.pool_env), optarg, "--worker-pool", err); break;
+        case 'I': rc = set_str(cfg->worker.worker_id, sizeof(cfg->worker.worker_id), optarg, "--worker-id", err); break;
+        case 'X': cfg->worker.max_idle_ms = atoi(optarg); break;
+        case 'Y': cfg->worker.lease_ttl_s = atoi(optarg); break;
+        case 'K': rc = set_criu_mode(cfg, optarg, err); break;
+        case 'Q': rc = set_str(cfg->redis_password_file, sizeof(cfg->redis_password_file), optarg, "--redis-password-file", err); break;
+        case 'V': rc = set_str(cfg->redis_user, sizeof(cfg->redis_user), optarg, "--redis-user", err); break;
+        case 'D': {
+            char *end;
+            cfg->criu_timeout_s = strtod(optarg, &end);
+            if (*end || end == optarg)
+                cfg->criu_timeout_s = -1; /* refused below */
+            break;
+        }
+        case 1001: case 1002: case 1003: {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || end == optarg)
+                v = -1; /* refused below */
+            *(c == 1001 ? &cfg->ksm_slow_pages : c == 1002 ? &cfg->ksm_fast_pages : &cfg->ksm_sleep_ms) = v;
+            break;
+        }
+        case 'G': {
+            char *end;
+            cfg->drain_timeout_s = strtod(optarg, &end);
+            if (*end || end == optarg)
+                cfg->drain_timeout_s = -1; /* refused below */
+            break;
+        }
+        case 'l':
+            if (wp_log_set_level(optarg) < 0)
+                rc = wp_err_set(err, WP_ECONFIG, "bad --log-level '%s'", optarg);
+            break;
+        case 'h':
+            if (from_file)
+                return wp_err_set(err, WP_ECONFIG, "help is not a config option");
+            fputs(usage, stdout);
+            return 1;
+        default: return wp_err_set(err, WP_ECONFIG, "bad arguments (see --help)");
+        }
+        if (rc < 0)
+            return rc;
+    }
+    if (optind < argc)
+        return wp_err_set(err, WP_ECONFIG, "unexpected argument '%s'", argv[optind]);
+    return 0;
+}
+
+static int apply_args(struct pool_node_config *cfg, int argc, char **argv, bool *eager,
+                      struct wp_err *err)
+{
+    return apply_args_in(cfg, argc, argv, eager, false, err);
+}
+
+/* The old JSON config (read for one more release, with a warning). */
+static int load_json(struct pool_node_config *cfg, const char *path, struct wp_err *err)
 {
     json_error_t jerr;
     json_t *o = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr), *v;
@@ -239,6 +367,8 @@ static int load_file(struct pool_node_config *cfg, const char *path, struct wp_e
             rc = set_criu_mode(cfg, json_string_value(v), err);
         else if (strcmp(k, "criu_timeout_s") == 0 && json_is_number(v))
             cfg->criu_timeout_s = json_number_value(v);
+        else if (strcmp(k, "drain_timeout_s") == 0 && json_is_number(v))
+            cfg->drain_timeout_s = json_number_value(v);
         else if (strcmp(k, "multi_tenant") == 0 && json_is_boolean(v))
             cfg->multi_tenant = json_is_true(v);
         else if (strcmp(k, "ksm_multi_tenant_override") == 0 && json_is_boolean(v))
@@ -264,30 +394,116 @@ static int load_file(struct pool_node_config *cfg, const char *path, struct wp_e
     return rc;
 }
 
+/* The config file: one `option value` per line, the options being the
+ * flags' long names (`redis 10.0.0.5:6379`, `env /etc/warmpool/py.json:2:8`,
+ * repeatable where the flag is), `#` comments, the same format as
+ * warmpool-scheduler's --config. A switch takes no value, or on/off (yes,
+ * no, true, false). A file starting with `{` is the JSON of earlier
+ * releases: read, with a warning. */
+static int load_file(struct pool_node_config *cfg, const char *path, bool *eager, struct wp_err *err)
+{
+    char *data = NULL;
+    size_t len = 0;
+    int rc, lineno = 0, argc = 1, cap = 64;
+    char **argv = NULL;
+
+    if ((rc = wp_read_file(path, 1 << 20, &data, &len, err)) < 0)
+        return wp_err_wrap(err, "config");
+    const char *p = data;
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+        p++;
+    if (*p == '{') {
+        free(data);
+        log_warn("%s: a JSON config file is deprecated and read for this release only; write "
+                 "`option value` lines (the flags' names, see /etc/warmpool/node.conf)", path);
+        return load_json(cfg, path, err);
+    }
+    argv = calloc((size_t)cap, sizeof(*argv));
+    if (!argv) {
+        free(data);
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    }
+    static char arg0[] = "config";
+    argv[0] = arg0;
+    rc = 0;
+    for (char *line = data, *next; line && rc == 0; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        lineno++;
+        while (*line == ' ' || *line == '\t')
+            line++;
+        size_t ll = strlen(line);
+        while (ll > 0 && (line[ll - 1] == ' ' || line[ll - 1] == '\t' || line[ll - 1] == '\r'))
+            line[--ll] = '\0';
+        if (!*line || *line == '#')
+            continue;
+        char *val = line + strcspn(line, " \t=");
+        if (*val) {
+            *val++ = '\0';
+            while (*val == ' ' || *val == '\t' || *val == '=')
+                val++;
+        }
+        const char *name = strncmp(line, "--", 2) == 0 ? line + 2 : line;
+        const struct option *o = lo;
+        while (o->name && strcmp(o->name, name) != 0)
+            o++;
+        if (!o->name) {
+            rc = wp_err_set(err, WP_ECONFIG, "%s:%d: unknown option \"%.60s\" (see warmpool-node --help)",
+                            path, lineno, name);
+            break;
+        }
+        if (argc + 3 > cap) {
+            char **more = realloc(argv, (size_t)(cap *= 2) * sizeof(*argv));
+            if (!more) {
+                rc = wp_err_set(err, -ENOMEM, "out of memory");
+                break;
+            }
+            argv = more;
+        }
+        char flag[80];
+        snprintf(flag, sizeof(flag), "--%s", name);
+        if (o->has_arg == no_argument) {
+            bool on = !*val || !strcmp(val, "on") || !strcmp(val, "yes") || !strcmp(val, "true");
+            bool off = !strcmp(val, "off") || !strcmp(val, "no") || !strcmp(val, "false");
+            if (!on && !off) {
+                rc = wp_err_set(err, WP_ECONFIG, "%s:%d: %s is a switch: nothing, on or off", path,
+                                lineno, name);
+                break;
+            }
+            if (on)
+                argv[argc++] = strdup(flag);
+        } else {
+            if (!*val) {
+                rc = wp_err_set(err, WP_ECONFIG, "%s:%d: %s wants a value", path, lineno, name);
+                break;
+            }
+            argv[argc++] = strdup(flag);
+            argv[argc++] = strdup(val);
+        }
+        if (!argv[argc - 1]) {
+            rc = wp_err_set(err, -ENOMEM, "out of memory");
+            break;
+        }
+    }
+    argv[argc] = NULL;
+    if (rc == 0) {
+        rc = apply_args_in(cfg, argc, argv, eager, true, err);
+        if (rc < 0)
+            wp_err_wrap(err, "%s", path);
+    }
+    for (int i = 1; i < argc; i++)
+        free(argv[i]);
+    free(argv);
+    free(data);
+    return rc;
+}
+
 int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
                            struct wp_err *err)
 {
-    static const struct option lo[] = {
-        { "id", required_argument, NULL, 'i' },          { "redis", required_argument, NULL, 'r' },
-        { "state-dir", required_argument, NULL, 's' },   { "env", required_argument, NULL, 'e' },
-        { "eager", no_argument, NULL, 'E' },             { "restore-slots", required_argument, NULL, 'S' },
-        { "heartbeat-ttl", required_argument, NULL, 't' }, { "lease-ms", required_argument, NULL, 'L' },
-        { "config", required_argument, NULL, 'c' },      { "log-level", required_argument, NULL, 'l' },
-        { "listen", required_argument, NULL, 'H' },      { "no-api-envs", no_argument, NULL, 'A' },
-        { "hot-memory-mb", required_argument, NULL, 'M' },
-        { "multi-tenant", no_argument, NULL, 'T' },
-        { "insecure-allow-unconfined", no_argument, NULL, 'U' },
-        { "ksm-multi-tenant-override", no_argument, NULL, 'O' },
-        { "worker", no_argument, NULL, 'W' },            { "control-plane", required_argument, NULL, 'C' },
-        { "environment", required_argument, NULL, 'N' }, { "worker-pool", required_argument, NULL, 'P' },
-        { "worker-id", required_argument, NULL, 'I' },   { "worker-max-idle", required_argument, NULL, 'X' },
-        { "worker-lease-ttl", required_argument, NULL, 'Y' },
-        { "redis-password-file", required_argument, NULL, 'Q' }, { "redis-user", required_argument, NULL, 'V' },
-        { "criu-mode", required_argument, NULL, 'K' },   { "criu-timeout", required_argument, NULL, 'D' },
-        { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
-    };
     bool eager = false;
-    int c, rc;
+    int rc;
 
     memset(cfg, 0, sizeof(*cfg));
     gethostname(cfg->id, sizeof(cfg->id) - 1);
@@ -302,70 +518,14 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
     cfg->ksm_sleep_ms = 20;
     cfg->api_envs = true;
     cfg->worker.max_idle_ms = 60000;
+    cfg->drain_timeout_s = 30;
     /* The config file first, so flags override it. */
     for (int i = 1; i + 1 < argc; i++)
-        if (strcmp(argv[i], "--config") == 0 && (rc = load_file(cfg, argv[i + 1], err)) < 0)
+        if (strcmp(argv[i], "--config") == 0 && (rc = load_file(cfg, argv[i + 1], &eager, err)) < 0)
             return rc;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
-        rc = 0;
-        switch (c) {
-        case 'i': snprintf(cfg->id, sizeof(cfg->id), "%s", optarg); break;
-        case 'r':
-            rc = parse_hostport(optarg, cfg->redis_host, sizeof(cfg->redis_host), &cfg->redis_port,
-                                false, err);
-            break;
-        case 's': snprintf(cfg->state_dir, sizeof(cfg->state_dir), "%s", optarg); break;
-        case 'H':
-            rc = parse_hostport(optarg, cfg->listen_host, sizeof(cfg->listen_host),
-                                &cfg->listen_port, true, err);
-            break;
-        case 'e': rc = add_env(cfg, optarg, err); break;
-        case 'E': eager = true; break;
-        case 'A': cfg->api_envs = false; break;
-        case 'S': cfg->restore_slots = atoi(optarg); break;
-        case 't': cfg->heartbeat_ttl_s = atof(optarg); break;
-        case 'L': cfg->lease_ms = atof(optarg); break;
-        case 'c': break;
-        case 'M': {
-            char *end;
-            long long mb = strtoll(optarg, &end, 10);
-            rc = *end || end == optarg ? wp_err_set(err, WP_ECONFIG, "bad --hot-memory-mb '%s'", optarg)
-                                       : set_memory_mb(cfg, mb, err);
-            break;
-        }
-        case 'T': cfg->multi_tenant = true; break;
-        case 'U': cfg->unconfined = true; break;
-        case 'O': cfg->ksm_multi_tenant = true; break;
-        case 'W': cfg->worker.enabled = true; break;
-        case 'C': rc = set_str(cfg->worker.url, sizeof(cfg->worker.url), optarg, "--control-plane", err); break;
-        case 'N': rc = set_str(cfg->worker.environment, sizeof(cfg->worker.environment), optarg, "--environment", err); break;
-        case 'P': rc = set_str(cfg->worker.pool_env, sizeof(cfg->worker.pool_env), optarg, "--worker-pool", err); break;
-        case 'I': rc = set_str(cfg->worker.worker_id, sizeof(cfg->worker.worker_id), optarg, "--worker-id", err); break;
-        case 'X': cfg->worker.max_idle_ms = atoi(optarg); break;
-        case 'Y': cfg->worker.lease_ttl_s = atoi(optarg); break;
-        case 'K': rc = set_criu_mode(cfg, optarg, err); break;
-        case 'Q': rc = set_str(cfg->redis_password_file, sizeof(cfg->redis_password_file), optarg, "--redis-password-file", err); break;
-        case 'V': rc = set_str(cfg->redis_user, sizeof(cfg->redis_user), optarg, "--redis-user", err); break;
-        case 'D': {
-            char *end;
-            cfg->criu_timeout_s = strtod(optarg, &end);
-            if (*end || end == optarg)
-                cfg->criu_timeout_s = -1; /* refused below */
-            break;
-        }
-        case 'l':
-            if (wp_log_set_level(optarg) < 0)
-                rc = wp_err_set(err, WP_ECONFIG, "bad --log-level '%s'", optarg);
-            break;
-        case 'h': fputs(usage, stdout); return 1;
-        default: return wp_err_set(err, WP_ECONFIG, "bad arguments (see --help)");
-        }
-        if (rc < 0)
-            return rc;
-    }
-    if (optind < argc)
-        return wp_err_set(err, WP_ECONFIG, "unexpected argument '%s'", argv[optind]);
+    rc = apply_args(cfg, argc, argv, &eager, err);
+    if (rc != 0)
+        return rc;
     if (eager)
         for (int i = 0; i < cfg->n_envs; i++)
             cfg->envs[i].lazy = false;
@@ -384,6 +544,8 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         return wp_err_set(err, WP_ECONFIG, "ksm: 1 <= slow pages <= fast pages <= 1000000, sleep 1..100000 ms");
     if (cfg->criu_timeout_s != 0 && !(cfg->criu_timeout_s >= 1 && cfg->criu_timeout_s <= 3600))
         return wp_err_set(err, WP_ECONFIG, "--criu-timeout must be 1..3600 s");
+    if (!(cfg->drain_timeout_s >= 0 && cfg->drain_timeout_s <= 86400))
+        return wp_err_set(err, WP_ECONFIG, "--drain-timeout must be 0..86400 s");
     if (cfg->restore_slots < 0 || cfg->restore_slots > 256)
         return wp_err_set(err, WP_ECONFIG, "--restore-slots must be 0..256");
     if (cfg->n_envs == 0 && !cfg->api_envs)

@@ -136,6 +136,14 @@ struct node {
     double now;
     double last_beat, last_policy, last_reap, last_reconcile, last_trim;
     bool registered, stopping;
+    /* Draining (`warmpool node drain`, or SIGTERM): no claims taken, idle
+     * clones destroyed, leased sandboxes kept until released or until the
+     * deadline; then the node stops as on SIGINT. */
+    bool draining, drain_by_signal, drain_asking;
+    double drain_deadline;   /* now_s() clock */
+    double last_drain_check;
+    uint64_t started_ms;     /* wall clock: older drain requests are stale */
+    uint64_t restore_failures; /* since start, all environments (/metrics) */
     struct pool__catalog *catalog; /* environments published in Redis */
     struct pool__orphans *orphans; /* checks for sandboxes of dead owners */
     bool ksm_on;             /* we turned KSM on (some env has "ksm") */
@@ -266,6 +274,9 @@ static void publish_reply(struct node *n, struct nsb *s, int status, const char 
                                             n->relay_addr));
     else
         json_object_set_new(o, "error", json_string(msg));
+    /* A draining node's refusal: the claimer picks another node. */
+    if (status != 0 && n->draining)
+        json_object_set_new(o, "retry", json_true());
     char *text = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     const char *argv[] = { "PUBLISH", s->reply_chan, text };
@@ -309,6 +320,10 @@ static void sb_ready(struct node *n, struct nsb *s)
                  e->cfg.name, s->tier, s->session, (now_s() - s->t0) * 1e3);
         return;
     }
+    if (n->draining) {
+        destroy_sb(n, s, "node draining");
+        return;
+    }
     fmtkey(hot, sizeof(hot), POOL__K_HOT, e->cfg.name);
     const char *argv[] = { k, hot, s->sb->id, n->cfg.id, s->sb->root, created, n->relay_addr };
     if (wp_redis_script(n->r, pool__lua_offer, log_reply, (void *)"offer", 2, 7, argv, NULL) < 0)
@@ -343,6 +358,7 @@ static void image_set_aside(struct node *n, struct env *e)
  * (a corrupt or stale image heals itself). */
 static void restore_failed(struct node *n, struct env *e, const char *why)
 {
+    n->restore_failures++;
     e->failures++;
     e->backoff = e->backoff ? e->backoff * 2 : 0.1;
     if (e->backoff > 10)
@@ -399,8 +415,9 @@ static void job_done(struct node *n, struct nsb *s)
         s->e->refills++;
         pool_ewma_add(&s->e->refill, now_s(), now_s() - s->t0);
     }
-    sb_ready(n, s);
-    serve_claims(n, s->e); /* a slot is free: queued claims first */
+    struct env *e = s->e;
+    sb_ready(n, s); /* may destroy s (a draining node keeps no new hot clone) */
+    serve_claims(n, e); /* a slot is free: queued claims first */
 }
 
 static void job_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -747,13 +764,14 @@ static const char *field(redisReply *kv, const char *name)
 /* Start queued warm/cold claims while restore slots are free. */
 static void serve_claims(struct node *n, struct env *e)
 {
-    while (e->retired && e->claims_q) {
+    while ((e->retired || n->draining) && e->claims_q) {
         struct claimq *q = e->claims_q;
         struct nsb tmp = { .n = n, .e = e };
         e->claims_q = q->next;
         snprintf(tmp.reply_chan, sizeof(tmp.reply_chan), "%s", q->chan);
         snprintf(tmp.rid, sizeof(tmp.rid), "%s", q->rid);
-        publish_reply(n, &tmp, WP_ENOTFOUND, "environment no longer served on this node");
+        publish_reply(n, &tmp, n->draining ? WP_ESTATE : WP_ENOTFOUND,
+                      n->draining ? "node draining" : "environment no longer served on this node");
         free(q);
     }
     while (e->claims_q && n->restores < n->slots) {
@@ -1176,6 +1194,27 @@ static void hot_total_cb(void *ctx, redisReply *reply)
     }
 }
 
+/* Draining, for pool status: node hash field "draining" = "<deadline ms>
+ * <leased sandboxes left>"; removed when not draining. */
+static void publish_draining(struct node *n)
+{
+    char key[160], v[64];
+    int leased = 0;
+    double left = n->drain_deadline - now_s();
+
+    fmtkey(key, sizeof(key), POOL__K_NODE, n->cfg.id);
+    for (struct nsb *s = n->sbs; s; s = s->next)
+        leased += s->st == SB_LEASED;
+    snprintf(v, sizeof(v), "%llu %d", (unsigned long long)(wp_wall_ms() + (uint64_t)(left > 0 ? left * 1e3 : 0)),
+             leased);
+    const char *hs[] = { "HSET", key, "draining", v };
+    const char *hd[] = { "HDEL", key, "draining" };
+    if (n->draining)
+        cmd(n, "node draining", 4, hs);
+    else
+        cmd(n, "node draining", 3, hd);
+}
+
 static void register_node(struct node *n)
 {
     char key[160], alive[160], ttl[32], cap[16], mem[32], started[32];
@@ -1262,7 +1301,10 @@ static void register_node(struct node *n)
                          hf[2], hv[2] };
     cmd(n, "restore histograms", 10, hh);
     {
-        char b[32], u[32], ps[32], pg[32], fs[32], cpu[32];
+        char b[32], u[32], ps[32], pg[32], fs[32], cpu[32], rf[32];
+        snprintf(rf, sizeof(rf), "%llu", (unsigned long long)n->restore_failures);
+        const char *hrf[] = { "HSET", key, "restore_failures", rf };
+        cmd(n, "node restore failures", 4, hrf);
         snprintf(b, sizeof(b), "%llu", (unsigned long long)n->budget);
         snprintf(u, sizeof(u), "%llu", (unsigned long long)n->used_now);
         snprintf(ps, sizeof(ps), "%ld", n->kh.pages_shared);
@@ -1286,6 +1328,8 @@ static void register_node(struct node *n)
                             "orphans_cleaned", ot.cleaned, "orphans_checked_ms", ot.checked_ms };
         cmd(n, "node orphans", 10, h);
     }
+    if (n->draining || !n->registered)
+        publish_draining(n);
     if (!n->registered) {
         log_info("registered node=%s envs=%d slots=%d", n->cfg.id, n->n_envs, n->slots);
         for (int i = 0; i < n->n_envs; i++)
@@ -1514,6 +1558,10 @@ static void check_orphans(struct node *n)
     free(pids);
 }
 
+static void drop_idle(struct node *n, struct env *e, bool stale_only, const char *why);
+static void drain_tick(struct node *n);
+static void drain_cb(void *ctx, redisReply *reply);
+
 static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct node *n = w->data;
@@ -1544,6 +1592,14 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
         }
         n->last_policy = n->now;
     }
+    if (wp_redis_ready(n->r) && !n->drain_asking && n->now - n->last_drain_check >= 1) {
+        char key[160];
+        fmtkey(key, sizeof(key), POOL__K_DRAIN, n->cfg.id);
+        const char *get[] = { "GET", key };
+        if (wp_redis_argv(n->r, drain_cb, n, 2, get, NULL) == 0)
+            n->drain_asking = true;
+        n->last_drain_check = n->now;
+    }
     if (wp_redis_ready(n->r) && n->registered && n->now - n->last_reconcile >= 1) {
         reconcile(n);
         n->last_reconcile = n->now;
@@ -1573,6 +1629,10 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
             n->ksm_rate = want;
     }
     expire_restores(n);
+    if (n->draining) {
+        drain_tick(n);
+        return;
+    }
     /* Where criu does not work there are no images: the hot tier is made
      * of cold-booted sandboxes (the probe's reason is in the log, the
      * node's hash and /metrics). */
@@ -1845,13 +1905,13 @@ static void bye_timeout(struct ev_loop *loop, ev_timer *w, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
-/* SIGTERM: leave Redis as if we had died (our hot entries dropped, leases
- * marked lost for their holders), then tear down our sandboxes. */
-static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
+/* Stop now: leave Redis as if we had died (our hot entries dropped, leases
+ * marked lost for their holders), then tear down our sandboxes (after the
+ * loop, in pool_node_run). */
+static void node_stop(struct node *n)
 {
-    struct node *n = w->data;
+    struct ev_loop *loop = n->loop;
     char alive[160], sbs[160];
-    (void)revents;
 
     if (n->stopping)
         return;
@@ -1882,11 +1942,143 @@ static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
+/* ---- drain ------------------------------------------------------------------ */
+
+static int count_leased(struct node *n, int *busy)
+{
+    int leased = 0;
+    *busy = 0;
+    for (struct nsb *s = n->sbs; s; s = s->next) {
+        leased += s->st == SB_LEASED;
+        *busy += s->st == SB_RESTORING && s->for_claim; /* a claimer waits for it */
+    }
+    return leased;
+}
+
+static void drain_key(struct node *n, char *out, size_t cap)
+{
+    fmtkey(out, cap, POOL__K_DRAIN, n->cfg.id);
+}
+
+/* Start draining (or move the deadline closer): claims pick other nodes
+ * from now on (the pick script skips a node with a drain key; queued and
+ * new claims are answered "retry"), idle clones go, no refills or builds;
+ * leased sandboxes stay with their holders. */
+static void drain_start(struct node *n, double deadline, bool by_signal)
+{
+    char key[160], val[64], px[32];
+    int busy, leased = count_leased(n, &busy);
+
+    if (n->draining && deadline >= n->drain_deadline) {
+        n->drain_by_signal |= by_signal;
+        return;
+    }
+    n->drain_by_signal |= by_signal;
+    n->drain_deadline = deadline;
+    double left = deadline - now_s();
+    if (left < 0)
+        left = 0;
+    /* Ours too, so that claims skip us at once (the CLI's is the same
+     * request; after a SIGTERM it is ours alone). Expires a minute after
+     * the deadline in case we die before deleting it. */
+    drain_key(n, key, sizeof(key));
+    snprintf(val, sizeof(val), "%llu %llu", (unsigned long long)(wp_wall_ms() + (uint64_t)(left * 1e3)),
+             (unsigned long long)wp_wall_ms());
+    snprintf(px, sizeof(px), "%llu", (unsigned long long)(left * 1e3) + 60000);
+    const char *set[] = { "SET", key, val, "PX", px };
+    cmd(n, "drain", 5, set);
+    if (n->draining) {
+        log_info("drain deadline now in %.0f s (%d leased sandboxes left)", left, leased);
+        publish_draining(n);
+        return;
+    }
+    n->draining = true;
+    pool__worker_stop(n->worker);
+    log_info("draining node=%s: no new claims, idle clones go, %d leased sandboxes kept until "
+             "released (deadline in %.0f s)", n->cfg.id, leased, left);
+    for (int i = 0; i < n->n_envs; i++) {
+        serve_claims(n, &n->envs[i]);
+        drop_idle(n, &n->envs[i], false, "node draining");
+    }
+    publish_draining(n);
+}
+
+/* GET of the drain key: "<deadline ms> <set ms>". A request set before this
+ * run started was for the run that drained (or was killed): deleted. */
+static void drain_cb(void *ctx, redisReply *reply)
+{
+    struct node *n = ctx;
+    unsigned long long dl, at;
+
+    n->drain_asking = false;
+    if (!reply || reply->type != REDIS_REPLY_STRING || n->stopping)
+        return;
+    if (sscanf(reply->str, "%llu %llu", &dl, &at) != 2) {
+        log_warn("drain request \"%.40s\" unreadable: ignored", reply->str);
+        return;
+    }
+    if (at < n->started_ms) {
+        if (!n->draining) {
+            char key[160];
+            drain_key(n, key, sizeof(key));
+            const char *del[] = { "DEL", key };
+            cmd(n, "stale drain", 2, del);
+            log_info("drain request of an earlier run deleted");
+        }
+        return;
+    }
+    double deadline = now_s() + ((double)dl - (double)wp_wall_ms()) / 1e3;
+    drain_start(n, deadline, false);
+}
+
+/* Each cron tick while draining: done once no sandbox is leased (nor being
+ * made for a claimer), or at the deadline (what is left becomes lost, as
+ * on an immediate stop). */
+static void drain_tick(struct node *n)
+{
+    char key[160];
+    int busy, leased = count_leased(n, &busy);
+
+    for (int i = 0; i < n->n_envs; i++) {
+        serve_claims(n, &n->envs[i]);
+        drop_idle(n, &n->envs[i], false, "node draining");
+    }
+    if (leased + busy > 0 && n->now < n->drain_deadline)
+        return;
+    if (leased + busy > 0)
+        log_warn("drain deadline passed: %d leased sandboxes left are destroyed (lost to their "
+                 "holders)", leased + busy);
+    else
+        log_info("drained: no leased sandbox left");
+    drain_key(n, key, sizeof(key));
+    const char *del[] = { "DEL", key };
+    cmd(n, "drained", 2, del);
+    node_stop(n);
+}
+
+/* SIGTERM drains for --drain-timeout (0: stops at once); a second SIGTERM,
+ * or SIGINT, stops at once. */
+static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    struct node *n = w->data;
+    (void)loop;
+    (void)revents;
+
+    if (n->stopping)
+        return;
+    if (w->signum == SIGTERM && n->cfg.drain_timeout_s > 0 && !n->drain_by_signal &&
+        wp_redis_ready(n->r)) {
+        drain_start(n, now_s() + n->cfg.drain_timeout_s, true);
+        return;
+    }
+    node_stop(n);
+}
+
 static void worker_fatal(void *ctx, const struct wp_err *err)
 {
     struct node *n = ctx;
     n->worker_err = *err;
-    stop_cb(n->loop, &n->sigterm, 0);
+    node_stop(n);
 }
 
 /* A stop asked for before the loop's watchers exist (during start-up gc,
@@ -1942,6 +2134,7 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
         return wp_err_set(err, -ENOMEM, "out of memory");
     n->cfg = *cfg;
     n->loop = EV_DEFAULT;
+    n->started_ms = wp_wall_ms();
     n->slots = cfg->restore_slots > 0 ? cfg->restore_slots : get_nprocs();
     /* The budget for clones: configured, or 80% of what is available now
      * (the rest for the node, Redis, page cache). */
@@ -1998,8 +2191,8 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     ev_timer_init(&n->cron, cron_cb, 0.05, 0.1);
     n->cron.data = n;
     ev_timer_start(n->loop, &n->cron);
-    ev_signal_init(&n->sigterm, stop_cb, SIGTERM);
-    ev_signal_init(&n->sigint, stop_cb, SIGINT);
+    ev_signal_init(&n->sigterm, signal_cb, SIGTERM);
+    ev_signal_init(&n->sigint, signal_cb, SIGINT);
     n->sigterm.data = n->sigint.data = n;
     ev_signal_start(n->loop, &n->sigterm);
     ev_signal_start(n->loop, &n->sigint);

@@ -109,6 +109,8 @@ struct pool_node_config {
     bool ksm_multi_tenant;  /* ...unless the operator overrides */
     char criu_mode[16];     /* "" or "auto": probe; default, no-breakpoints, none */
     double criu_timeout_s;  /* each dump and restore; 0: the snapshot default */
+    double drain_timeout_s; /* SIGTERM drains this long (leased sandboxes kept until
+                               released); 0: stop at once, leases marked lost */
     bool unconfined;        /* --insecure-allow-unconfined: sandboxes without
                                snapshot/confine.c's layers (never in production) */
     int n_envs;
@@ -176,6 +178,11 @@ int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, cons
  * lost (its node died) or released. */
 int pool_renew(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
                pool_done_cb cb, void *ctx, struct wp_err *err);
+/* Is node draining (`warmpool node drain`, or its SIGTERM)? cb's status:
+ * 1 draining, 0 not, < 0 Redis failed. A holder gives a draining node's
+ * sandbox back as soon as it is idle, so the node can stop. */
+int pool_node_draining(struct pool_client *c, const char *node, pool_done_cb cb, void *ctx,
+                       struct wp_err *err);
 /* The same for lease_ms (1 s .. 1 day) from now; pool_renew asks 60 s. */
 int pool_renew_for(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
                    double lease_ms, pool_done_cb cb, void *ctx, struct wp_err *err);

@@ -30,7 +30,10 @@
  *   wp:nodes                  SET    node ids
  *   wp:node:<N>               HASH   addr, capacity, mem_free, versions, started_ms
  *   wp:node:<N>:alive         STRING heartbeat, expires after the node's TTL
- *   wp:node:<N>:sbs           SET    "<env> <id>" of every sandbox it holds */
+ *   wp:node:<N>:sbs           SET    "<env> <id>" of every sandbox it holds
+ *   wp:node:<N>:drain         STRING "<deadline ms> <set ms>": the node drains (no
+ *                                    new claims; `warmpool node drain`, or the node
+ *                                    itself on SIGTERM); claims pick other nodes */
 #define POOL__K_HOT "wp:env:{%s}:hot"
 #define POOL__K_SB "wp:env:{%s}:sb:"
 #define POOL__K_FENCE "wp:env:{%s}:fence"
@@ -51,6 +54,7 @@
 #define POOL__K_NODE "wp:node:%s"
 #define POOL__K_ALIVE "wp:node:%s:alive"
 #define POOL__K_NODE_SBS "wp:node:%s:sbs"
+#define POOL__K_DRAIN "wp:node:%s:drain"
 /* Environments published by the scheduler for API environments:
  *   wp:tpls                   HASH   env name -> template digest
  *   wp:tpl:{E}                HASH   template (JSON), digest, org, env, updated_ms,

@@ -44,6 +44,9 @@
 
 #define BRAIN_ACTIVE_KEY "wp:brain:active"
 #define BRAIN_WAKE_CHANNEL "wp:brain:wake"
+/* On the wake channel: "handover <sid>", a draining scheduler released the
+ * session's lease; any other scheduler takes it at once. */
+#define BRAIN_HANDOVER_PREFIX "handover "
 #define BRAIN_MAX_PARTIAL_RETRIES 2
 #define BRAIN_MAX_LOG 200000 /* events read into memory for one session */
 
@@ -56,6 +59,8 @@ struct sched_brains {
     ev_prepare flush;
     ev_timer sweep;
     bool sweeping;
+    bool handing_over;       /* draining: no brain is taken here any more */
+    int handovers;           /* lease releases Redis has not answered yet */
 };
 
 static void read_new(struct brain *b);
@@ -120,6 +125,15 @@ static const char lua_emit[] =
     "  else redis.call('ZADD', 'wp:brain:active', 'NX', 0, ARGV[3]) end\n"
     "end\n"
     "return ids\n";
+
+/* KEYS: lease. ARGV: token, "handover <sid>". A draining scheduler gives
+ * the lease back (if still its) and says so, so that another scheduler
+ * continues at once instead of after the lease's TTL. */
+static const char lua_handover[] =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "redis.call('PUBLISH', '" BRAIN_WAKE_CHANNEL "', ARGV[2])\n"
+    "return 1\n";
 
 /* ARGV: max. Sessions in the active set whose brain lease is gone. */
 static const char lua_orphans[] =
@@ -244,7 +258,8 @@ static void flush_delta(struct brain *b)
         return;
     if (!b->turn_first_token) {
         b->turn_first_token = true;
-        sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_TTFT, NULL, sched__brain_since(b->turn_t0));
+        sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_TTFT, b->pool_env[0] ? b->pool_env : "none",
+                              sched__brain_since(b->turn_t0));
     }
     emit_full(b, d, "", "agent.message", "");
 }
@@ -538,6 +553,21 @@ static void start_model(struct brain *b)
 
 static void linger_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
+static void node_draining_cb(void *ctx, int status, const struct wp_err *err)
+{
+    struct brain *b = ctx;
+    (void)err;
+    b->refs--;
+    /* Still idle (the linger timer runs only then): give it all back now. */
+    if (status == 1 && !b->stopped && ev_is_active(&b->linger) && !b->call && !b->tools) {
+        log_info("session=%s sandbox=%s: its node %s drains, released at idle", b->sid,
+                 b->claim.sandbox, b->claim.node);
+        linger_cb(b->srv->loop, &b->linger, 0); /* frees b if nothing else refers to it */
+        return;
+    }
+    sched__brain_maybe_free(b);
+}
+
 static void step_once(struct brain *b)
 {
     struct sched_brain_state d;
@@ -618,10 +648,15 @@ static void step_once(struct brain *b)
                                         "stop_reason", "type", "end_turn", "stop_details"));
     }
 quiet:
-    /* Nothing to do until input arrives: stay a while with the sandbox. */
+    /* Nothing to do until input arrives: stay a while with the sandbox,
+     * unless its node drains (then it goes back now, and the next turn
+     * claims one elsewhere). */
     b->model_rounds = 0;
     ev_timer_set(&b->linger, b->srv->cfg.brain_linger_s, 0.);
     ev_timer_start(b->srv->loop, &b->linger);
+    if (b->sbx == SBX_READY && b->claim.node[0] && b->srv->pool &&
+        pool_node_draining(b->srv->pool, b->claim.node, node_draining_cb, b, NULL) == 0)
+        b->refs++;
 }
 
 /* step() may be reached again from inside itself (a tool that fails at
@@ -873,11 +908,69 @@ static int load_session(struct brain *b, redisReply *r)
 #undef F
 }
 
+static void handover_cb(void *ctx, redisReply *reply)
+{
+    struct sched_brains *bs = ctx;
+    (void)reply;
+    if (--bs->handovers == 0 && bs->srv->draining)
+        sched_server_drain(bs->srv); /* it waited for these */
+}
+
+/* Stop b and give its lease back at once (the other schedulers hear it on
+ * the wake channel). Its writes already sent run first: same connection. */
+static void give_back(struct sched_brains *bs, struct brain *b)
+{
+    char msg[sizeof(BRAIN_HANDOVER_PREFIX) + sizeof(b->sid)];
+    if (!b->token[0] || !bs->srv->rds)
+        return;
+    snprintf(msg, sizeof(msg), BRAIN_HANDOVER_PREFIX "%s", b->sid);
+    const char *argv[] = { b->key_lease, b->token, msg };
+    if (wp_redis_script(bs->srv->rds, lua_handover, handover_cb, bs, 1, 3, argv, NULL) == 0)
+        bs->handovers++;
+}
+
+static void handover(struct sched_brains *bs, struct brain *b)
+{
+    bool held = b->token[0] && !b->stopped;
+    brain_stop(b, "scheduler draining: lease handed over");
+    if (held)
+        give_back(bs, b);
+}
+
+void sched__brain_handover(struct sched_server *srv)
+{
+    struct sched_brains *bs = srv->brains;
+    if (!bs || bs->handing_over)
+        return;
+    bs->handing_over = true;
+    ev_timer_stop(srv->loop, &bs->sweep);
+    for (struct brain *b = bs->list, *next; b; b = next) {
+        next = b->next;
+        handover(bs, b);
+        sched__brain_maybe_free(b);
+    }
+}
+
+int sched__brain_handovers(const struct sched_server *srv)
+{
+    return srv->brains ? srv->brains->handovers : 0;
+}
+
 static void acquire_cb(void *ctx, redisReply *reply)
 {
     struct brain *b = ctx;
     struct sched_brains *bs = b->bs;
     b->reading = false;
+    if (bs->handing_over && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 15 &&
+        reply->element[0]->type == REDIS_REPLY_INTEGER) {
+        /* Taken while this scheduler began draining (the brain may be
+         * stopped already): the lease goes straight back. */
+        snprintf(b->token, sizeof(b->token), "%lld", reply->element[0]->integer);
+        brain_stop(b, "scheduler draining: lease handed over");
+        give_back(bs, b);
+        sched__brain_maybe_free(b);
+        return;
+    }
     if (b->stopped || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 15 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER) {
         bool held = reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0;
@@ -941,6 +1034,15 @@ void sched__brain_kick(struct sched_server *srv, const char *sid)
     struct sched_brains *bs = srv->brains;
     if (!bs || !sid || !*sid)
         return;
+    if (bs->handing_over) {
+        /* Draining: whoever holds it reads the input, else another
+         * scheduler takes it (its acquire fails where it is held). */
+        char msg[300];
+        snprintf(msg, sizeof(msg), BRAIN_HANDOVER_PREFIX "%s", sid);
+        const char *argv[] = { "PUBLISH", BRAIN_WAKE_CHANNEL, msg };
+        wp_redis_argv(srv->rds, NULL, NULL, 3, argv, NULL);
+        return;
+    }
     struct brain *b = find(bs, sid);
     if (b) {
         if (!b->stopped)
@@ -1006,7 +1108,23 @@ static void wake_cb(void *ctx, redisReply *reply)
         return;
     if (strcmp(reply->element[0]->str ?: "", "message"))
         return;
-    struct brain *b = find(bs, reply->element[2]->str);
+    const char *sid = reply->element[2]->str;
+    if (!strncmp(sid, BRAIN_HANDOVER_PREFIX, strlen(BRAIN_HANDOVER_PREFIX))) {
+        sid += strlen(BRAIN_HANDOVER_PREFIX);
+        /* From Redis: an id of ours or nothing (it names keys). */
+        size_t l = strlen(sid);
+        if (bs->handing_over || l == 0 || l >= sizeof(((struct brain *)0)->sid) ||
+            strspn(sid, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != l)
+            return;
+        struct brain *h = find(bs, sid);
+        if (!h) {
+            log_info("session=%s handed over by a draining scheduler: taking it", sid);
+            take(bs, sid, true);
+        } else if (!h->stopped)
+            read_new(h);
+        return;
+    }
+    struct brain *b = find(bs, sid);
     if (b && !b->stopped)
         read_new(b);
 }
@@ -1083,8 +1201,9 @@ void sched__brain_shutdown(struct sched_server *srv)
         return;
     ev_prepare_stop(srv->loop, &bs->flush);
     ev_timer_stop(srv->loop, &bs->sweep);
-    /* Leases are left to expire: another scheduler takes the sessions over
-     * from their logs, and the sandboxes stay leased to them meanwhile. */
+    /* Leases were handed over when the drain began (sched__brain_handover);
+     * any left here expire: another scheduler takes the sessions over from
+     * their logs, and the sandboxes stay leased to them meanwhile. */
     for (struct brain *b = bs->list, *next; b; b = next) {
         next = b->next;
         brain_stop(b, "scheduler shutting down");

@@ -144,6 +144,9 @@ static void usage(void)
            "  --model-max-retries N    retries before the first event (4)\n"
            "  --model-backoff SECS     first retry backoff, doubling, full jitter (0.5)\n"
            "  --model-backoff-max SECS backoff cap (8)\n"
+           "  --tls-cert PATH          serve HTTPS: PEM certificate chain (with --tls-key);\n"
+           "                           without both, plain HTTP (e.g. behind nginx/haproxy)\n"
+           "  --tls-key PATH           the certificate's PEM private key\n"
            "  --metrics-token TOKEN    GET /metrics wants Authorization: Bearer TOKEN (default:\n"
            "                           open on loopback; required when listening beyond it)\n"
            "  --metrics-open           serve /metrics without a token beyond loopback too\n"
@@ -339,6 +342,13 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->metrics_open = !strcmp(val, "on");
         return 0;
     }
+    if (!strcmp(name, "tls-cert") || !strcmp(name, "tls-key")) {
+        char *dst = name[4] == 'c' ? cfg->tls_cert : cfg->tls_key;
+        if (!*val || strlen(val) >= sizeof(cfg->tls_cert))
+            return wp_err_set(err, WP_ECONFIG, "--%s wants a file path", name);
+        snprintf(dst, sizeof(cfg->tls_cert), "%s", val);
+        return 0;
+    }
     if (!strcmp(name, "metrics-token")) {
         if (!*val || strlen(val) > 256)
             return wp_err_set(err, WP_ECONFIG, "--metrics-token wants 1-256 characters");
@@ -474,6 +484,8 @@ int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
         return WP_ECONFIG;
     if (cfg->sse_hard_limit < cfg->sse_soft_limit)
         cfg->sse_hard_limit = cfg->sse_soft_limit;
+    if (!cfg->tls_cert[0] != !cfg->tls_key[0])
+        return wp_err_set(err, WP_ECONFIG, "HTTPS needs both --tls-cert and --tls-key");
     /* /metrics shows the whole pool (node names, environments, sizes):
      * beyond loopback only with a token, or by the operator's choice. */
     if (!cfg->metrics_token_set && !cfg->metrics_open && !loopback(cfg->listen_host))

@@ -52,9 +52,9 @@ struct def {
 /* Names follow Prometheus conventions: base unit seconds, _total on
  * counters, the label named for what it holds. */
 static const struct def hist_defs[SCHED_HIST__COUNT] = {
-    [SCHED_HIST_TTFT] = { "warmpool_ttft_seconds", NULL,
+    [SCHED_HIST_TTFT] = { "warmpool_ttft_seconds", "env",
                           "Turn started (user input appended) to the first model token appended "
-                          "to the session log" },
+                          "to the session log, by pool environment" },
     [SCHED_HIST_SANDBOX_ATTACHED] = { "warmpool_sandbox_attached_seconds", "tier",
                                       "Claim started to the sandbox's hands attached, by the "
                                       "tier that served the claim" },

@@ -273,6 +273,21 @@ static int render_memory(struct wp_buf *o, json_t *nodes, json_t *envs)
                                   node, atof(cnt));
         }
     }
+    rc = rc ? rc : family(o, "warmpool_restore_failures_total", "counter",
+                          "Restores and boots that failed on a node since it started (a refill "
+                          "retried later, a warm claim booted cold instead)");
+    json_object_foreach(nodes, node, n) {
+        const char *f = str(json_object_get(n, "fields"), "restore_failures");
+        if (f)
+            rc = rc ? rc : sample(o, "warmpool_restore_failures_total", "node", node, NULL, NULL,
+                                  atof(f));
+    }
+    rc = rc ? rc : family(o, "warmpool_node_draining", "gauge",
+                          "1 while a node drains (no new claims; leased sandboxes kept until "
+                          "released or its deadline)");
+    json_object_foreach(nodes, node, n)
+        rc = rc ? rc : sample(o, "warmpool_node_draining", "node", node, NULL, NULL,
+                              str(json_object_get(n, "fields"), "draining") != NULL);
     rc = rc ? rc : family(o, "warmpool_ksmd_cpu_seconds_total", "counter",
                           "CPU time of the host's ksmd since boot (host-wide)");
     json_object_foreach(nodes, node, n) {

@@ -6,12 +6,19 @@ scheduler_SRCS := scheduler/http_parse.c scheduler/server.c scheduler/route.c \
                   scheduler/events.c scheduler/sse.c scheduler/vaults.c scheduler/work.c \
                   scheduler/config.c scheduler/sandboxes.c \
                   scheduler/model.c \
-                  scheduler/metrics.c scheduler/metrics_pool.c \
+                  scheduler/metrics.c scheduler/metrics_pool.c scheduler/dashboard.c scheduler/tls.c \
                   scheduler/brain.c scheduler/brain_log.c scheduler/brain_tools.c \
                   scheduler/envtpl.c scheduler/vault_key.c scheduler/quota.c
 
+# /dashboard's page: scheduler/dashboard.html as C string literals.
+$(BUILD)/gen/dashboard_html.h: scheduler/dashboard.html
+	@mkdir -p $(@D)
+	sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $< > $@
+$(BUILD)/obj/scheduler/dashboard.o: $(BUILD)/gen/dashboard_html.h
+$(BUILD)/obj/scheduler/dashboard.o: PKG_CFLAGS += -I$(BUILD)/gen
+
 # The scheduler hashes API keys and encrypts vault secrets with libcrypto.
-PKGS += libcrypto
+PKGS += libcrypto libssl
 
 # llhttp: prefer a system libllhttp (Debian 13+), else compile the generated C
 # shipped by Debian 12's node-llhttp, with relaxed warnings and no -Werror

@@ -74,6 +74,8 @@ static const struct sched_route routes[] = {
     R("DELETE", "/v1/sandboxes/:id", sbx_delete, SCHED_R_SBX),
     /* Prometheus scrapes: no API key (--metrics-token may ask for one). */
     R("GET", "/metrics", metrics, SCHED_R_NOAUTH),
+    /* The live page over /metrics (its figures need the metrics token). */
+    R("GET", "/dashboard", dashboard, SCHED_R_NOAUTH),
 };
 #undef R
 

@@ -59,6 +59,8 @@ struct sched_config {
     bool rotate_vault_key;   /* --rotate-vault-key: re-seal every stored value, exit */
     struct sched_model_config model; /* --model-*; the key from $ANTHROPIC_API_KEY only */
     bool metrics_token_set;  /* GET /metrics wants Authorization: Bearer <token> */
+    char tls_cert[512];      /* --tls-cert: PEM chain; with tls_key, HTTPS only */
+    char tls_key[512];       /* --tls-key: PEM private key */
     bool metrics_open;       /* --metrics-open: no token although listening beyond loopback */
     double metrics_cache_s;  /* the pool part of /metrics is read from Redis at most this often */
     unsigned char metrics_token_sha256[32]; /* only the hash of the token is kept */

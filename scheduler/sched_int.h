@@ -107,6 +107,7 @@ struct sched_server {
     struct sched_config cfg;
     int listen_fd;
     int port;
+    void *tls;            /* SSL_CTX when --tls-cert/--tls-key are set, else NULL */
     ev_io listen_io;
     ev_signal sigterm, sigint;
     ev_prepare prepare;   /* before-sleep: frees closed connections */
@@ -124,6 +125,7 @@ struct sched_server {
     struct sched_metrics *metrics;  /* metrics.c */
     struct sched_mcache *mcache;    /* metrics_pool.c: the last pool scrape, shared */
     bool draining;
+    bool drain_forced;              /* the drain timeout passed: stop regardless */
     uint64_t req_seq;
     uint64_t boot_id;
     struct sched_vault_keys vk;
@@ -307,7 +309,7 @@ char *sched__unseal(const unsigned char key[32], const char *sealed, size_t *n);
     X(work_get) X(work_update) X(work_stats) X(env_key_create)               \
     X(sres_add) X(sres_list) X(sres_get) X(sres_update) X(sres_delete)     \
     X(sbx_create) X(sbx_get) X(sbx_execute) X(sbx_delete)                  \
-    X(metrics)
+    X(metrics) X(dashboard)
 #define SCHED_HANDLER_DECL(name) void sched__h_##name(struct sched_req *req);
 SCHED_HANDLERS(SCHED_HANDLER_DECL)
 #undef SCHED_HANDLER_DECL
@@ -398,10 +400,29 @@ void sched__event_splice(struct wp_buf *b, const char *stream_id, const char *js
 /* /v1/sandboxes (sandboxes.c): the pool client and the links this
  * process holds. */
 struct sched_sbx;
+/* ---- TLS (tls.c): the SSL_CTX and SSL objects as void * so that only
+ * tls.c includes OpenSSL's headers. ---- */
+#define SCHED_TLS_WANT_READ (-100001)
+#define SCHED_TLS_WANT_WRITE (-100002)
+int sched__tls_ctx_new(const char *cert, const char *key, void **out, struct wp_err *err);
+void sched__tls_ctx_free(void *ctx);
+void *sched__tls_conn_new(void *ctx, int fd);
+/* notify: send close_notify first (a clean end of the response). */
+void sched__tls_conn_free(void *ssl, bool notify);
+ssize_t sched__tls_read(void *ssl, void *buf, size_t n);
+ssize_t sched__tls_write(void *ssl, const void *buf, size_t n);
+
 /* ---- the brain (brain.c) ---- */
 /* Start the brain if configured (srv->cfg.brain). */
 int sched__brain_init(struct sched_server *srv, struct wp_err *err);
-/* Before srv->rds goes: brains stop (their leases expire, so other
+/* The drain begins: every brain stops and its lease is released at once,
+ * announced on the wake channel, so another scheduler continues each
+ * session without waiting for the lease to expire; no brain is taken here
+ * from then on (input is announced for the others). */
+void sched__brain_handover(struct sched_server *srv);
+/* Lease releases not answered yet (the drain waits for them). */
+int sched__brain_handovers(const struct sched_server *srv);
+/* Before srv->rds goes: brains left stop (their leases expire, so other
  * schedulers take their sessions over). */
 void sched__brain_shutdown(struct sched_server *srv);
 /* After srv->rds is gone (its callbacks have run). */

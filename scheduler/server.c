@@ -46,6 +46,9 @@ struct sched_conn {
     bool sse_mode;
     bool processing;
     bool timer_is_header;
+    void *ssl;               /* HTTPS: this connection's SSL (tls.c), else NULL */
+    bool read_wants_write;   /* TLS: a read waits for the socket to be writable */
+    bool write_wants_read;   /* TLS: a write waits for it to be readable */
     struct sched_conn *next, *prev; /* live list */
     struct sched_conn *next_close;
 };
@@ -156,7 +159,25 @@ void sched__conn_end(struct sched_conn *c)
 static void flush_out(struct sched_conn *c)
 {
     struct ev_loop *loop = c->srv->loop;
+    c->write_wants_read = false;
     while (c->out.len > 0) {
+        if (c->ssl) {
+            ssize_t n = sched__tls_write(c->ssl, c->out.data, c->out.len);
+            if (n == SCHED_TLS_WANT_WRITE)
+                break;
+            if (n == SCHED_TLS_WANT_READ) { /* the handshake first: read_cb calls again */
+                c->write_wants_read = true;
+                ev_io_stop(loop, &c->wio);
+                return;
+            }
+            if (n <= 0) {
+                log_debug("TLS write failed fd=%d (%zd)", c->fd, n);
+                sched__conn_close(c);
+                return;
+            }
+            wp_buf_consume(&c->out, (size_t)n);
+            continue;
+        }
         ssize_t n = send(c->fd, c->out.data, c->out.len, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR)
@@ -176,6 +197,10 @@ static void flush_out(struct sched_conn *c)
     }
     ev_io_stop(loop, &c->wio);
     if (c->close_after_write && !c->closing) {
+        if (c->ssl) {
+            sched__tls_conn_free(c->ssl, true); /* close_notify: the response is whole */
+            c->ssl = NULL;
+        }
         shutdown(c->fd, SHUT_WR);
         sched__conn_close(c);
         return;
@@ -184,12 +209,21 @@ static void flush_out(struct sched_conn *c)
         sched__sse_conn_drained(c->sse);
 }
 
+static void read_cb(struct ev_loop *loop, ev_io *w, int revents);
+
 static void write_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-    (void)loop;
-    (void)revents;
     struct sched_conn *c = w->data;
-    flush_out(c);
+    if (c->read_wants_write) {
+        c->read_wants_write = false;
+        read_cb(loop, &c->rio, revents);
+        if (c->closing)
+            return;
+    }
+    if (c->out.len > 0)
+        flush_out(c);
+    else
+        ev_io_stop(loop, w);
 }
 
 /* ---- timers ---- */
@@ -252,6 +286,8 @@ void sched__conn_close(struct sched_conn *c)
     ev_io_stop(srv->loop, &c->rio);
     ev_io_stop(srv->loop, &c->wio);
     ev_timer_stop(srv->loop, &c->timer);
+    sched__tls_conn_free(c->ssl, false);
+    c->ssl = NULL;
     close(c->fd);
     c->fd = -1;
     if (c->req) {
@@ -291,12 +327,55 @@ static void conn_free(struct sched_conn *c)
     free(c);
 }
 
+/* Bytes from the client; false when the connection is done with. */
+static bool got_bytes(struct sched_conn *c, const char *p, size_t n)
+{
+    if (c->sse_mode)
+        return true; /* a stream's client has nothing more to say */
+    if (wp_buf_append(&c->in, p, n) < 0) {
+        write_error_and_close(c, 413, "request too large");
+        return false;
+    }
+    return true;
+}
+
+/* HTTPS: read until OpenSSL wants the socket again (what it decrypted is
+ * not visible to poll, so one read per wake-up is not enough). */
+static void tls_read(struct sched_conn *c)
+{
+    char tmp[16384];
+    for (;;) {
+        ssize_t n = sched__tls_read(c->ssl, tmp, sizeof(tmp));
+        if (n == SCHED_TLS_WANT_READ)
+            break;
+        if (n == SCHED_TLS_WANT_WRITE) {
+            c->read_wants_write = true;
+            ev_io_start(c->srv->loop, &c->wio);
+            break;
+        }
+        if (n <= 0) { /* closed, or not TLS at all (a plain-HTTP client) */
+            sched__conn_close(c);
+            return;
+        }
+        if (!got_bytes(c, tmp, (size_t)n))
+            return;
+    }
+    if (c->write_wants_read)
+        flush_out(c);
+    if (!c->closing && !c->req)
+        process_input(c);
+}
+
 static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     (void)revents;
     struct sched_conn *c = w->data;
     char tmp[16384];
+    if (c->ssl) {
+        tls_read(c);
+        return;
+    }
     ssize_t n = recv(c->fd, tmp, sizeof(tmp), 0);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR || errno == EWOULDBLOCK)
@@ -308,12 +387,8 @@ static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
         sched__conn_close(c);
         return;
     }
-    if (c->sse_mode)
-        return; /* a stream's client has nothing more to say */
-    if (wp_buf_append(&c->in, tmp, (size_t)n) < 0) {
-        write_error_and_close(c, 413, "request too large");
+    if (!got_bytes(c, tmp, (size_t)n))
         return;
-    }
     if (!c->req)
         process_input(c);
 }
@@ -411,14 +486,22 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
                               "connection: close\r\n\r\n%s",
                               sizeof(body) - 1, (unsigned long long)(srv->boot_id & 0xffffffffu),
                               (unsigned long long)++srv->req_seq, body);
-            ssize_t sent = send(fd, busy, (size_t)bl, MSG_NOSIGNAL);
-            (void)sent;
+            if (!srv->tls) { /* plain text means nothing to a TLS client */
+                ssize_t sent = send(fd, busy, (size_t)bl, MSG_NOSIGNAL);
+                (void)sent;
+            }
             close(fd);
             continue;
         }
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         struct sched_conn *c = calloc(1, sizeof(*c));
         if (!c || sched_http_parser_init(&c->parser, srv->cfg.max_head, srv->cfg.max_body)) {
+            free(c);
+            close(fd);
+            continue;
+        }
+        if (srv->tls && !(c->ssl = sched__tls_conn_new(srv->tls, fd))) {
+            sched_http_parser_free(&c->parser);
             free(c);
             close(fd);
             continue;
@@ -712,6 +795,7 @@ static void drain_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct sched_server *srv = w->data;
     log_warn("drain timeout: closing %s connections", srv->conns ? "remaining" : "no");
+    srv->drain_forced = true;
     while (srv->conns)
         sched__conn_close(srv->conns);
     sched_server_drain(srv);
@@ -728,6 +812,9 @@ void sched_server_drain(struct sched_server *srv)
             close(srv->listen_fd);
             srv->listen_fd = -1;
         }
+        /* Sessions this process runs go to other schedulers now, not
+         * when their leases would expire. */
+        sched__brain_handover(srv);
         /* Idle connections and streams go now (streams resume elsewhere);
          * busy ones close after their response. */
         struct sched_conn *c = srv->conns, *next;
@@ -738,14 +825,14 @@ void sched_server_drain(struct sched_server *srv)
             else
                 c->close_after_write = true;
         }
-        if (srv->conns) {
+        if (srv->conns || sched__brain_handovers(srv) > 0) {
             ev_timer_init(&srv->drain_timer, drain_timer_cb, srv->cfg.drain_timeout, 0.);
             srv->drain_timer.data = srv;
             ev_timer_start(loop, &srv->drain_timer);
             return;
         }
     }
-    if (srv->conns)
+    if (srv->conns || (sched__brain_handovers(srv) > 0 && !srv->drain_forced))
         return;
     /* Nothing left: stop every watcher so ev_run returns. */
     ev_timer_stop(loop, &srv->drain_timer);
@@ -784,6 +871,8 @@ struct sched_server *sched_server_new(struct ev_loop *loop, const struct sched_c
         goto fail;
     srv->listen_fd = fd;
     fd = -1;
+    if (cfg->tls_cert[0] && sched__tls_ctx_new(cfg->tls_cert, cfg->tls_key, &srv->tls, err) < 0)
+        goto fail;
 
     if (sched__vault_keys_load(cfg, &srv->vk, err) < 0)
         goto fail;
@@ -815,8 +904,8 @@ struct sched_server *sched_server_new(struct ev_loop *loop, const struct sched_c
     ev_prepare_init(&srv->prepare, prepare_cb);
     srv->prepare.data = srv;
     ev_prepare_start(loop, &srv->prepare);
-    log_info("listening on %s:%d redis=%s:%d orgs=%d", cfg->listen_host, srv->port,
-             cfg->redis_host, cfg->redis_port, cfg->norgs);
+    log_info("listening on %s:%d (%s) redis=%s:%d orgs=%d", cfg->listen_host, srv->port,
+             srv->tls ? "https" : "http", cfg->redis_host, cfg->redis_port, cfg->norgs);
     return srv;
 fail:
     if (fd >= 0)
@@ -826,6 +915,7 @@ fail:
     if (srv) {
         wp_redis_free(srv->rds);
         sched_metrics_free(srv->metrics);
+        sched__tls_ctx_free(srv->tls);
     }
     free(srv);
     return NULL;
@@ -846,5 +936,6 @@ void sched_server_free(struct sched_server *srv)
     sched_server_drain(srv);
     sched__metrics_cache_free(srv);
     sched_metrics_free(srv->metrics);
+    sched__tls_ctx_free(srv->tls);
     free(srv);
 }

@@ -66,8 +66,10 @@ static int key_file(const char *path, bool create, unsigned char key[32], struct
         free(data);
         if (bad)
             return wp_err_set(err, WP_ECONFIG, "%s: not a vault key (64 hex digits)", path);
-        if (stat(path, &st) == 0 && (st.st_mode & 077))
-            log_warn("%s is readable by others (mode %o): chmod 600 it", path, st.st_mode & 0777);
+        /* Group-readable is how a package shares it with the scheduler's
+         * user (root:warmpool 0640); others never. */
+        if (stat(path, &st) == 0 && (st.st_mode & 007))
+            log_warn("%s is readable by others (mode %o): chmod 640 it", path, st.st_mode & 0777);
         return 0;
     }
     if (!create)

@@ -72,7 +72,8 @@ static void node_start_with(struct node_proc *np, const char *tmpl, int min_hot,
         dup2(fd, 2);
         wp_close_fds_from(3);
         const char *base[] = { bin, "--id", np->id, "--redis", redis, "--state-dir", np->state,
-                               "--env", env, "--heartbeat-ttl", "1", "--log-level", "info" };
+                               "--env", env, "--heartbeat-ttl", "1", "--log-level", "info",
+                               "--drain-timeout", "0" /* SIGTERM: stop at once */ };
         for (size_t i = 0; i < sizeof(base) / sizeof(base[0]); i++)
             argv[argc++] = base[i];
         for (int i = 0; extra && extra[i] && argc < 31; i++)

@@ -76,6 +76,10 @@ int th_node_start(const char *id, int redis_port, const char *state, const char 
     argv[argc++] = redis;
     argv[argc++] = "--state-dir";
     argv[argc++] = state;
+    /* Tests stop nodes with SIGTERM and expect them gone at once (leased
+     * sandboxes lost); test_drain passes its own --drain-timeout after. */
+    argv[argc++] = "--drain-timeout";
+    argv[argc++] = "0";
     va_start(ap, log);
     for (const char *a; argc < 62 && (a = va_arg(ap, const char *)) != NULL;)
         argv[argc++] = a;

@@ -55,8 +55,10 @@ static void buckets_are_cumulative_with_inf_sum_count(void **state)
     assert_true(value_of(t, "warmpool_claim_seconds_bucket{tier=\"warm\",le=\"0.02\"}") == 0);
     assert_true(value_of(t, "warmpool_claim_seconds_bucket{tier=\"warm\",le=\"0.05\"}") == 1);
     /* Unlabelled histograms and counters show zeroes before any sample. */
-    assert_true(value_of(t, "warmpool_ttft_seconds_bucket{le=\"+Inf\"}") == 0);
-    assert_true(value_of(t, "warmpool_ttft_seconds_count") == 0);
+    assert_true(value_of(t, "warmpool_tool_wait_seconds_bucket{le=\"+Inf\"}") == 0);
+    assert_true(value_of(t, "warmpool_tool_wait_seconds_count") == 0);
+    /* TTFT is by pool environment: its type line only, before a turn. */
+    assert_non_null(strstr(t, "# TYPE warmpool_ttft_seconds histogram"));
     assert_true(value_of(t, "warmpool_turns_total") == 0);
     /* Restore latency is the nodes' (from Redis), not this registry's. */
     assert_null(strstr(t, "warmpool_restore_seconds"));

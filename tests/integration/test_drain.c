@@ -1,0 +1,696 @@
+/* test_drain.c - drain and upgrade: `warmpool node drain`, a node's
+ * SIGTERM drain with a deadline, a scheduler's SIGTERM handing its brain
+ * leases over at once, and a rolling restart of every process under steady
+ * session load. A real Redis (AOF), two nodes with hands sandboxes, two
+ * schedulers with the brain on, the local model server. */
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lib/sched_testlib.h"
+#include "lib/snaplib.h"
+#include "lib/testlib.h"
+#include "modelserver/msrv_spawn.h"
+#include "base/err.h"
+#include "base/fs.h"
+#include "base/timeutil.h"
+
+#define KEY "sk-acme"
+#define POOL "drainpool"
+#define LEASE_MS "10000" /* brain lease: a handover must beat its expiry */
+
+static struct th_redis R;
+static struct th_sched S[2];
+static struct msrv_proc M;
+static char *DIR_;
+static char MURL[128], SPEC[1200], ENV_ID[64], AGENT_ID[64];
+static const char *NODE_ID[2] = { "dn0", "dn1" };
+static pid_t NODE[2];
+static redisContext *RC;
+
+/* ---- helpers ---- */
+
+static json_t *call(int port, const char *method, const char *path, const char *body, int want)
+{
+    struct th_resp r;
+    assert_int_equal(th_http(port, method, path, KEY, body, &r), 0);
+    if (r.status != want)
+        fail_msg("%s %s: status %d, want %d: %s", method, path, r.status, want, r.body);
+    json_t *o = json_loads(r.body, 0, NULL);
+    th_resp_free(&r);
+    assert_non_null(o);
+    return o;
+}
+
+static const char *s_(json_t *o, const char *k)
+{
+    return json_string_value(json_object_get(o, k));
+}
+
+static long long rint_cmd(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(RC, fmt, ap);
+    va_end(ap);
+    long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer
+                  : r && r->type == REDIS_REPLY_STRING ? atoll(r->str)
+                                                        : -1;
+    freeReplyObject(r);
+    return v;
+}
+
+static void node_start(int i)
+{
+    char log[1100], state[1100];
+    snprintf(log, sizeof(log), "%s/node-%s.log", DIR_, NODE_ID[i]);
+    snprintf(state, sizeof(state), "%s/state-%s", DIR_, NODE_ID[i]);
+    NODE[i] = th_node_start(NODE_ID[i], R.port, state, log, "--env", SPEC, "--no-api-envs",
+                            "--drain-timeout", "4", NULL);
+    assert_true(NODE[i] > 0);
+}
+
+/* Wait up to secs for pid to exit; its status, or -1 when it still runs. */
+static int wait_exit(pid_t pid, int secs)
+{
+    int st;
+    for (int i = 0; i < secs * 20; i++) {
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        th_msleep(50);
+    }
+    return -1;
+}
+
+/* Sandboxes leased on node n, from Redis. */
+static int leased_on(int n)
+{
+    int c = 0;
+    redisReply *m = redisCommand(RC, "SMEMBERS wp:node:%s:sbs", NODE_ID[n]);
+    for (size_t i = 0; m && m->type == REDIS_REPLY_ARRAY && i < m->elements; i++) {
+        char env[128], id[128];
+        if (sscanf(m->element[i]->str, "%127s %127s", env, id) != 2)
+            continue;
+        redisReply *s = redisCommand(RC, "HGET wp:env:{%s}:sb:%s state", env, id);
+        c += s && s->type == REDIS_REPLY_STRING && !strcmp(s->str, "leased");
+        freeReplyObject(s);
+    }
+    freeReplyObject(m);
+    return c;
+}
+
+/* Idle hot clones of node n in the hot list. */
+static int hot_of(int n)
+{
+    int c = 0;
+    redisReply *l = redisCommand(RC, "LRANGE wp:env:{" POOL "}:hot 0 -1");
+    for (size_t i = 0; l && l->type == REDIS_REPLY_ARRAY && i < l->elements; i++) {
+        redisReply *s = redisCommand(RC, "HGET wp:env:{" POOL "}:sb:%s node", l->element[i]->str);
+        c += s && s->type == REDIS_REPLY_STRING && !strcmp(s->str, NODE_ID[n]);
+        freeReplyObject(s);
+    }
+    freeReplyObject(l);
+    return c;
+}
+
+static bool wait_hot_of(int n, int want, int secs)
+{
+    for (int i = 0; i < secs * 10; i++, th_msleep(100))
+        if (hot_of(n) >= want)
+            return true;
+    return false;
+}
+
+/* A sandbox through /v1/sandboxes, attached (an execute answered). */
+static char *sandbox_new(int port)
+{
+    char path[160];
+    json_t *sb = call(port, "POST", "/v1/sandboxes", "{\"environment\":\"" POOL "\"}", 200);
+    char *id = strdup(s_(sb, "id"));
+    json_decref(sb);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
+    json_t *res = call(port, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"echo up\"}}", 200);
+    assert_false(json_is_true(json_object_get(res, "is_error")));
+    json_decref(res);
+    return id;
+}
+
+/* An execute on sandbox id answers; quiet: no diagnostic when it does not
+ * (where it must not). */
+static bool sandbox_works_q(int port, const char *id, bool quiet)
+{
+    char path[160];
+    struct th_resp r;
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
+    if (th_http(port, "POST", path, KEY, "{\"name\":\"bash\",\"input\":{\"command\":\"echo still-here\"}}", &r) < 0)
+        return false;
+    bool ok = r.status == 200 && strstr(r.body, "\"still-here\"") && !strstr(r.body, "\"is_error\":true");
+    if (!ok && !quiet)
+        print_message("# execute on %s: %d %s\n", id, r.status, r.body);
+    th_resp_free(&r);
+    return ok;
+}
+
+static bool sandbox_works(int port, const char *id)
+{
+    return sandbox_works_q(port, id, false);
+}
+
+static void sandbox_delete(int port, const char *id)
+{
+    char path[160];
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", id);
+    json_decref(call(port, "DELETE", path, NULL, 200));
+}
+
+static void sched_start(int i)
+{
+    assert_int_equal(th_sched_start(&S[i], R.port, "--model-url", MURL, "--brain-lease-ms", LEASE_MS,
+                                    "--brain-linger", "1", NULL), 0);
+}
+
+static void warmpool_cli(char *out, size_t cap, int want, const char *args)
+{
+    int rc = th_sh(out, cap, "%s/warmpool --redis 127.0.0.1:%d %s 2>&1", th_build_dir(), R.port, args);
+    if (rc != want)
+        fail_msg("warmpool %s: exit %d, want %d: %s", args, rc, want, out);
+}
+
+/* ---- set-up ---- */
+
+/* A conversation long enough for every round of the load: each user
+ * message is a bash call, then a text answer. */
+static int write_script(const char *path)
+{
+    struct wp_err err;
+    char *buf = malloc(1 << 16);
+    int n = snprintf(buf, 1 << 16, "{\"seed\":3,\"ttft_ms\":40,\"tokens_per_s\":200,\"chunk_tokens\":2,"
+                                   "\"conversations\":[{\"match\":\"load\",\"turns\":[");
+    for (int i = 0; i < 60; i++)
+        n += snprintf(buf + n, (1 << 16) - (size_t)n,
+                      "%s{\"content\":[{\"type\":\"tool_use\",\"name\":\"bash\",\"input\":{\"command\":"
+                      "\"echo round-%d\"}}]},{\"text\":\"round %d done, all fine here\"}",
+                      i ? "," : "", i, i);
+    n += snprintf(buf + n, (1 << 16) - (size_t)n,
+                  "]},{\"match\":\"slow\",\"turns\":[{\"text\":\"one two three four five six seven "
+                  "eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen "
+                  "nineteen twenty one two three four five six seven eight nine ten\","
+                  "\"tokens_per_s\":15}]},{\"turns\":[\"Hello!\"]}]}");
+    int rc = wp_write_file(path, buf, (size_t)n, 0644, &err);
+    free(buf);
+    return rc;
+}
+
+static int group_setup(void **state)
+{
+    char tmpl[1024], scr[1100];
+    (void)state;
+
+    if (th_redis_start(&R, 1) < 0)
+        return -1;
+    RC = redisConnect("127.0.0.1", R.port);
+    DIR_ = th_tmpdir("drain");
+    snprintf(scr, sizeof(scr), "%s/script.json", DIR_);
+    if (write_script(scr) < 0)
+        return -1;
+    const char *margs[] = { "--script", scr, "--log-level", "warn", NULL };
+    if (msrv_spawn(&M, margs) < 0)
+        return -1;
+    snprintf(MURL, sizeof(MURL), "http://127.0.0.1:%d", M.port);
+    setenv("ANTHROPIC_API_KEY", "sk-test-model", 1);
+    if (th_hands_template(DIR_, POOL, "box", tmpl, sizeof(tmpl)) < 0)
+        return -1;
+    snprintf(SPEC, sizeof(SPEC), "%s:1:1", tmpl);
+    node_start(0);
+    node_start(1);
+    sched_start(0);
+    sched_start(1);
+    json_t *ag = call(S[0].port, "POST", "/v1/agents",
+                      "{\"name\":\"d\",\"model\":\"claude-test\",\"tools\":[{\"type\":\"agent_toolset_20260401\"}]}",
+                      200);
+    snprintf(AGENT_ID, sizeof(AGENT_ID), "%s", s_(ag, "id"));
+    json_decref(ag);
+    json_t *en = call(S[0].port, "POST", "/v1/environments",
+                      "{\"name\":\"drain-env\",\"config\":{\"type\":\"cloud\"},"
+                      "\"metadata\":{\"warmpool.pool\":\"" POOL "\"}}", 200);
+    snprintf(ENV_ID, sizeof(ENV_ID), "%s", s_(en, "id"));
+    json_decref(en);
+    return wait_hot_of(0, 1, 120) && wait_hot_of(1, 1, 120) ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 2; i++)
+        if (S[i].pid > 0)
+            th_sched_stop(&S[i]);
+    for (int i = 0; i < 2; i++)
+        if (NODE[i] > 0) {
+            kill(NODE[i], SIGINT); /* at once */
+            waitpid(NODE[i], NULL, 0);
+        }
+    msrv_stop(&M);
+    if (RC)
+        redisFree(RC);
+    th_redis_stop(&R);
+    th_rmtree(DIR_);
+    free(DIR_);
+    return 0;
+}
+
+/* ---- tests ---- */
+
+/* `warmpool node drain`: no new claims (they go to the other node), idle
+ * clones gone, the leased sandbox kept and working until released, then
+ * the node exits 0; its successor serves again. */
+static void node_drain_keeps_leased_until_released(void **state)
+{
+    char out[8192], args[256];
+    (void)state;
+
+    /* Bad input: said, nothing changes. */
+    warmpool_cli(out, sizeof(out), 1, "node drain no-such-node");
+    assert_non_null(strstr(out, "not running"));
+    warmpool_cli(out, sizeof(out), 2, "node drain dn0 --deadline -5");
+    assert_non_null(strstr(out, "--deadline"));
+    warmpool_cli(out, sizeof(out), 2, "node drain '../x'");
+    assert_int_equal(rint_cmd("EXISTS wp:node:dn0:drain"), 0);
+
+    char *held = sandbox_new(S[0].port);
+    int d = leased_on(0) == 1 ? 0 : 1, other = 1 - d;
+    assert_int_equal(leased_on(d), 1);
+    snprintf(args, sizeof(args), "node drain %s --deadline 120", NODE_ID[d]);
+    warmpool_cli(out, sizeof(out), 0, args);
+    assert_non_null(strstr(out, "draining"));
+    /* The node has read it (within a second or two)... */
+    for (int i = 0; i < 50 && rint_cmd("HEXISTS wp:node:%s draining", NODE_ID[d]) != 1; i++)
+        th_msleep(100);
+    assert_int_equal(rint_cmd("HEXISTS wp:node:%s draining", NODE_ID[d]), 1);
+    /* ...its idle clones leave the hot list; no refill comes back. */
+    for (int i = 0; i < 50 && hot_of(d) > 0; i++)
+        th_msleep(100);
+    assert_int_equal(hot_of(d), 0);
+    warmpool_cli(out, sizeof(out), 0, "pool status");
+    if (!strstr(out, "draining: no new claims, 1 leased sandbox left"))
+        fail_msg("pool status: %s", out);
+    warmpool_cli(out, sizeof(out), 0, "pool status " POOL);
+    assert_non_null(strstr(out, "drain"));
+    /* New claims land on the other node: its hot clone, then a warm one. */
+    char *n1 = sandbox_new(S[1].port), *n2 = sandbox_new(S[0].port);
+    assert_int_equal(leased_on(d), 1);
+    assert_int_equal(leased_on(other), 2);
+    th_msleep(1500);
+    assert_int_equal(hot_of(d), 0);
+    /* The leased sandbox still works, and the node waits for it. */
+    assert_true(sandbox_works(S[1].port, held));
+    assert_int_equal(wait_exit(NODE[d], 1), -1);
+    /* Released: the node is drained and exits cleanly. */
+    sandbox_delete(S[0].port, held);
+    assert_int_equal(wait_exit(NODE[d], 15), 0);
+    NODE[d] = 0;
+    assert_int_equal(rint_cmd("EXISTS wp:node:%s:drain", NODE_ID[d]), 0);
+    assert_int_equal(rint_cmd("EXISTS wp:node:%s:alive", NODE_ID[d]), 0);
+    th_sh(out, sizeof(out), "grep -c 'drained: no leased sandbox left' %s/node-%s.log", DIR_, NODE_ID[d]);
+    assert_int_equal(atoi(out), 1);
+    /* The upgrade: its successor (same id, same state dir) serves again. */
+    node_start(d);
+    assert_true(wait_hot_of(d, 1, 60));
+    sandbox_delete(S[1].port, n1);
+    sandbox_delete(S[0].port, n2);
+    free(n1);
+    free(n2);
+    free(held);
+}
+
+/* SIGTERM: the node drains (claims skip it at once, the leased sandbox
+ * keeps working) until its --drain-timeout (4 s), then exits 0 and the
+ * sandbox is lost to its holder. */
+static void sigterm_drains_until_deadline(void **state)
+{
+    char *mine = NULL;
+    (void)state;
+
+    assert_true(wait_hot_of(0, 1, 60) && wait_hot_of(1, 1, 60));
+    /* A sandbox on node 0 (claims take whichever hot clone comes first). */
+    char *other[4] = { 0 };
+    int no = 0;
+    for (int i = 0; i < 4 && !mine; i++) {
+        int before = leased_on(0);
+        char *id = sandbox_new(S[0].port);
+        if (leased_on(0) > before)
+            mine = id;
+        else
+            other[no++] = id;
+    }
+    assert_non_null(mine);
+    uint64_t t0 = wp_now_ns();
+    kill(NODE[0], SIGTERM);
+    for (int i = 0; i < 20 && rint_cmd("EXISTS wp:node:%s:drain", NODE_ID[0]) != 1; i++)
+        th_msleep(50);
+    assert_int_equal(rint_cmd("EXISTS wp:node:%s:drain", NODE_ID[0]), 1);
+    char *fresh = sandbox_new(S[1].port); /* served by node 1 */
+    assert_true(sandbox_works(S[0].port, mine));
+    assert_int_equal(wait_exit(NODE[0], 1), -1);
+    int st = wait_exit(NODE[0], 15);
+    double waited = (double)(wp_now_ns() - t0) / 1e9;
+    NODE[0] = 0;
+    assert_int_equal(st, 0);
+    print_message("# node drained for %.1f s (deadline 4 s)\n", waited);
+    assert_true(waited >= 3.5);
+    assert_false(sandbox_works_q(S[0].port, mine, true)); /* lost at the deadline */
+    assert_int_equal(rint_cmd("EXISTS wp:node:%s:drain", NODE_ID[0]), 0);
+    node_start(0);
+    assert_true(wait_hot_of(0, 1, 60));
+    sandbox_delete(S[1].port, fresh);
+    for (int i = 0; i < no; i++) {
+        sandbox_delete(S[0].port, other[i]);
+        free(other[i]);
+    }
+    struct th_resp r;
+    char path[160];
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", mine);
+    th_http(S[0].port, "DELETE", path, KEY, NULL, &r);
+    th_resp_free(&r);
+    free(mine);
+    free(fresh);
+}
+
+static char *new_session(int port)
+{
+    char body[256];
+    snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}", AGENT_ID, ENV_ID);
+    json_t *s = call(port, "POST", "/v1/sessions", body, 200);
+    char *id = strdup(s_(s, "id"));
+    json_decref(s);
+    return id;
+}
+
+/* The session's history (data array, owned) from scheduler port, or NULL. */
+static json_t *history(int port, const char *sid)
+{
+    char path[160];
+    struct th_resp r;
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events?limit=1000", sid);
+    if (th_http(port, "GET", path, KEY, NULL, &r) < 0)
+        return NULL;
+    json_t *o = r.status == 200 ? json_loads(r.body, 0, NULL) : NULL;
+    th_resp_free(&r);
+    json_t *d = json_incref(json_object_get(o, "data"));
+    json_decref(o);
+    return d;
+}
+
+static int count_idle_end(json_t *data)
+{
+    int n = 0;
+    for (size_t i = 0; i < json_array_size(data); i++) {
+        json_t *e = json_array_get(data, i);
+        n += !strcmp(s_(e, "type"), "session.status_idle") &&
+             !strcmp(s_(json_object_get(e, "stop_reason"), "type") ?: "", "end_turn");
+    }
+    return n;
+}
+
+/* Tool results that are errors (a sandbox lost under a call, say). */
+static int count_tool_errors(json_t *data)
+{
+    int n = 0;
+    for (size_t i = 0; i < json_array_size(data); i++) {
+        json_t *e = json_array_get(data, i);
+        n += !strcmp(s_(e, "type"), "agent.tool_result") && json_is_true(json_object_get(e, "is_error"));
+    }
+    return n;
+}
+
+static int count_type(json_t *data, const char *type)
+{
+    int n = 0;
+    for (size_t i = 0; i < json_array_size(data); i++)
+        n += !strcmp(s_(json_array_get(data, i), "type"), type);
+    return n;
+}
+
+/* SIGTERM to the scheduler running a turn: its lease is released at once
+ * and the other scheduler finishes the turn well before the lease (10 s)
+ * would have expired. */
+static void scheduler_sigterm_hands_over(void **state)
+{
+    char body[256], path[160], key[200];
+    (void)state;
+
+    char *sid = new_session(S[0].port);
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events", sid);
+    snprintf(body, sizeof(body),
+             "{\"events\":[{\"type\":\"user.message\",\"content\":[{\"type\":\"text\",\"text\":\"slow please\"}]}]}");
+    json_decref(call(S[0].port, "POST", path, body, 200));
+    snprintf(key, sizeof(key), "wp:brain:{%s}", sid);
+    /* Running on S[0] (the kick takes the lease where the input came). */
+    long long tok = 0;
+    for (int i = 0; i < 40 && tok <= 0; i++, th_msleep(50))
+        tok = rint_cmd("GET %s", key);
+    assert_true(tok > 0);
+    th_msleep(500); /* mid-stream */
+    uint64_t t0 = wp_now_ns();
+    assert_int_equal(th_sched_stop(&S[0]), 0);
+    S[0].pid = 0;
+    long long tok2 = 0;
+    for (int i = 0; i < 100 && (tok2 <= 0 || tok2 == tok); i++, th_msleep(50))
+        tok2 = rint_cmd("GET %s", key);
+    double took = (double)(wp_now_ns() - t0) / 1e9;
+    print_message("# lease taken by the other scheduler %.2f s after SIGTERM\n", took);
+    assert_true(tok2 > tok);
+    assert_true(took < 5.0); /* the lease would have lasted 10 s */
+    json_t *h = NULL;
+    for (int i = 0; i < 100; i++, th_msleep(100)) {
+        json_decref(h);
+        h = history(S[1].port, sid);
+        if (count_idle_end(h) >= 1)
+            break;
+    }
+    assert_int_equal(count_idle_end(h), 1);
+    assert_int_equal(count_type(h, "session.error"), 0);
+    json_t *seen = json_object();
+    for (size_t i = 0; i < json_array_size(h); i++) {
+        const char *id = s_(json_array_get(h, i), "id");
+        assert_null(json_object_get(seen, id));
+        json_object_set_new(seen, id, json_true());
+    }
+    json_decref(seen);
+    json_decref(h);
+    sched_start(0);
+    free(sid);
+}
+
+/* ---- the rolling restart ---- */
+
+#define NSESS 3
+struct shared {
+    volatile int ports[2];
+    volatile int stop;
+    int turns, failed;
+    char why[512];
+    char acked[NSESS][64][64]; /* event ids the API acknowledged, per session */
+    int nacked[NSESS];
+};
+
+/* POST a user.message to any scheduler; its acknowledged id, or -1 when
+ * none answered 200 within 30 s (nothing acknowledged: the load resends). */
+static int load_send(struct shared *sh, const char *sid, char *id, size_t cap)
+{
+    char path[160];
+    const char *body = "{\"events\":[{\"type\":\"user.message\",\"content\":[{\"type\":\"text\","
+                       "\"text\":\"load round\"}]}]}";
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events", sid);
+    for (int i = 0; i < 300; i++) {
+        struct th_resp r;
+        int port = sh->ports[i % 2];
+        if (port > 0 && th_http(port, "POST", path, KEY, body, &r) == 0) {
+            json_t *o = r.status == 200 ? json_loads(r.body, 0, NULL) : NULL;
+            const char *eid = json_string_value(json_object_get(json_array_get(json_object_get(o, "data"), 0), "id"));
+            if (eid)
+                snprintf(id, cap, "%s", eid);
+            json_decref(o);
+            th_resp_free(&r);
+            if (eid)
+                return 0;
+        }
+        th_msleep(100);
+    }
+    return -1;
+}
+
+/* The load: NSESS sessions, each a turn at a time (a bash call in its
+ * sandbox, then text), until told to stop; fails on a session.error or a
+ * turn that does not end within 60 s. */
+static void load_run(struct shared *sh, char **sids)
+{
+    bool inflight[NSESS] = { false };
+    uint64_t t0[NSESS] = { 0 };
+    for (;;) {
+        bool busy = false;
+        for (int s = 0; s < NSESS; s++) {
+            if (!inflight[s]) {
+                if (sh->stop || sh->nacked[s] >= 64)
+                    continue;
+                if (load_send(sh, sids[s], sh->acked[s][sh->nacked[s]], 64) < 0) {
+                    snprintf(sh->why, sizeof(sh->why), "session %s: no scheduler acknowledged input", sids[s]);
+                    sh->failed = 1;
+                    return;
+                }
+                sh->nacked[s]++;
+                inflight[s] = true;
+                t0[s] = wp_now_ns();
+            }
+            busy = true;
+            json_t *h = history(sh->ports[s % 2], sids[s]);
+            if (!h)
+                h = history(sh->ports[1 - s % 2], sids[s]);
+            if (!h)
+                continue;
+            if (count_type(h, "session.error") > 0 || count_tool_errors(h) > 0) {
+                snprintf(sh->why, sizeof(sh->why), "session %s: %s", sids[s],
+                         count_tool_errors(h) ? "a tool call failed" : "session.error");
+                sh->failed = 1;
+                json_decref(h);
+                return;
+            }
+            if (count_idle_end(h) >= sh->nacked[s]) {
+                inflight[s] = false;
+                sh->turns++;
+            } else if (wp_now_ns() - t0[s] > 60000000000ull) {
+                snprintf(sh->why, sizeof(sh->why), "session %s: turn %d did not end within 60 s",
+                         sids[s], sh->nacked[s]);
+                sh->failed = 1;
+                json_decref(h);
+                return;
+            }
+            json_decref(h);
+        }
+        if (sh->stop && !busy)
+            return;
+        th_msleep(150);
+    }
+}
+
+static void restart_sched(struct shared *sh, int i)
+{
+    assert_int_equal(th_sched_stop(&S[i]), 0);
+    sh->ports[i] = 0;
+    sched_start(i);
+    sh->ports[i] = S[i].port;
+}
+
+/* Drains of node i that ended at their deadline (leased sandboxes lost). */
+static int deadline_drains(int i)
+{
+    char out[64];
+    th_sh(out, sizeof(out), "grep -c 'drain deadline passed' %s/node-%s.log || true", DIR_, NODE_ID[i]);
+    return atoi(out);
+}
+
+static void restart_node(int i)
+{
+    kill(NODE[i], SIGTERM);
+    int st = wait_exit(NODE[i], 30);
+    assert_int_equal(st, 0);
+    node_start(i);
+    assert_true(wait_hot_of(i, 1, 60));
+}
+
+/* Every process restarted one at a time (schedulers with SIGTERM, nodes
+ * with their SIGTERM drain, Redis with a clean SHUTDOWN and its AOF) while
+ * three sessions run turns: no session fails, every acknowledged event is
+ * in the history afterwards, every turn ends. */
+static void rolling_restart_under_load(void **state)
+{
+    (void)state;
+    struct shared *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(sh != MAP_FAILED);
+    memset(sh, 0, sizeof(*sh));
+    char *sids[NSESS];
+    for (int s = 0; s < NSESS; s++)
+        sids[s] = new_session(S[s % 2].port);
+    sh->ports[0] = S[0].port;
+    sh->ports[1] = S[1].port;
+    pid_t load = fork();
+    if (load == 0) {
+        load_run(sh, sids);
+        _exit(sh->failed);
+    }
+    int lost0 = deadline_drains(0), lost1 = deadline_drains(1);
+    th_msleep(3000);
+    int before = sh->turns;
+    restart_sched(sh, 0);
+    th_msleep(2000);
+    restart_node(0);
+    th_msleep(2000);
+    restart_sched(sh, 1);
+    th_msleep(2000);
+    restart_node(1);
+    th_msleep(2000);
+    /* Redis: a clean shutdown writes the AOF; everyone reconnects. */
+    char out[256];
+    th_sh(out, sizeof(out), "redis-cli -p %d shutdown 2>&1", R.port);
+    assert_int_equal(th_redis_restart(&R), 0);
+    redisFree(RC);
+    RC = redisConnect("127.0.0.1", R.port);
+    th_msleep(4000);
+    sh->stop = 1;
+    int st;
+    waitpid(load, &st, 0);
+    print_message("# %d turns under load (%d before the first restart)%s%s\n", sh->turns, before,
+                  sh->why[0] ? ": " : "", sh->why);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_true(sh->turns > before + NSESS);
+    /* Each node drained because its sandboxes were released, not because
+     * its deadline cut them off: sessions between turns give a draining
+     * node's sandbox back. */
+    assert_int_equal(deadline_drains(0), lost0);
+    assert_int_equal(deadline_drains(1), lost1);
+    /* Every acknowledged event is in the history; every turn ended. */
+    for (int s = 0; s < NSESS; s++) {
+        json_t *h = history(S[0].port, sids[s]);
+        assert_non_null(h);
+        json_t *ids = json_object();
+        for (size_t i = 0; i < json_array_size(h); i++) {
+            const char *id = s_(json_array_get(h, i), "id");
+            assert_null(json_object_get(ids, id)); /* none twice */
+            json_object_set_new(ids, id, json_true());
+        }
+        for (int k = 0; k < sh->nacked[s]; k++)
+            if (!json_object_get(ids, sh->acked[s][k]))
+                fail_msg("session %s: acknowledged event %s lost", sids[s], sh->acked[s][k]);
+        assert_int_equal(count_idle_end(h), sh->nacked[s]);
+        assert_int_equal(count_type(h, "session.error"), 0);
+        assert_int_equal(count_tool_errors(h), 0);
+        json_decref(ids);
+        json_decref(h);
+        free(sids[s]);
+    }
+    munmap(sh, sizeof(*sh));
+}
+
+int main(void)
+{
+    if (geteuid() != 0) {
+        printf("1..0 # SKIP needs root (sandboxes)\n");
+        return 0;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(node_drain_keeps_leased_until_released),
+        cmocka_unit_test(sigterm_drains_until_deadline),
+        cmocka_unit_test(scheduler_sigterm_hands_over),
+        cmocka_unit_test(rolling_restart_under_load),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
