@@ -31,6 +31,9 @@ static const char usage[] =
     "                          publishes for API environments (default: serve them too)\n"
     "  --eager                 refill with eager restores (default: lazy pages)\n"
     "  --restore-slots N       restores at once (default: one per CPU)\n"
+    "  --claim-wait-max MS     a warm/cold claim that would wait longer than this\n"
+    "                          for a restore slot is refused at once as overloaded\n"
+    "                          (retryable; default 5000, 0 = queue without bound)\n"
     "  --heartbeat-ttl SEC     dead this long after the last heartbeat (default 5)\n"
     "  --lease-ms MS           lease time handed out with claims (default 60000)\n"
     "  --hot-memory-mb N       memory for this node's clones (default: 80%% of\n"
@@ -219,6 +222,8 @@ static int load_file(struct pool_node_config *cfg, const char *path, struct wp_e
             cfg->lease_ms = json_number_value(v);
         else if (strcmp(k, "restore_slots") == 0 && json_is_integer(v))
             cfg->restore_slots = (int)json_integer_value(v);
+        else if (strcmp(k, "claim_wait_max_ms") == 0 && json_is_number(v))
+            cfg->claim_wait_max_ms = json_number_value(v);
         else if (strcmp(k, "ksm_slow_pages") == 0 && json_is_integer(v))
             cfg->ksm_slow_pages = (long)json_integer_value(v);
         else if (strcmp(k, "ksm_fast_pages") == 0 && json_is_integer(v))
@@ -284,6 +289,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         { "worker-lease-ttl", required_argument, NULL, 'Y' },
         { "redis-password-file", required_argument, NULL, 'Q' }, { "redis-user", required_argument, NULL, 'V' },
         { "criu-mode", required_argument, NULL, 'K' },   { "criu-timeout", required_argument, NULL, 'D' },
+        { "claim-wait-max", required_argument, NULL, 'q' },
         { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
     };
     bool eager = false;
@@ -297,6 +303,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
     snprintf(cfg->listen_host, sizeof(cfg->listen_host), "127.0.0.1");
     cfg->heartbeat_ttl_s = 5;
     cfg->lease_ms = 60000;
+    cfg->claim_wait_max_ms = 5000;
     cfg->ksm_slow_pages = 100;
     cfg->ksm_fast_pages = 5000;
     cfg->ksm_sleep_ms = 20;
@@ -324,6 +331,13 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         case 'E': eager = true; break;
         case 'A': cfg->api_envs = false; break;
         case 'S': cfg->restore_slots = atoi(optarg); break;
+        case 'q': {
+            char *end;
+            cfg->claim_wait_max_ms = strtod(optarg, &end);
+            if (*end || end == optarg)
+                cfg->claim_wait_max_ms = -1; /* refused below */
+            break;
+        }
         case 't': cfg->heartbeat_ttl_s = atof(optarg); break;
         case 'L': cfg->lease_ms = atof(optarg); break;
         case 'c': break;
@@ -384,6 +398,8 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         return wp_err_set(err, WP_ECONFIG, "ksm: 1 <= slow pages <= fast pages <= 1000000, sleep 1..100000 ms");
     if (cfg->criu_timeout_s != 0 && !(cfg->criu_timeout_s >= 1 && cfg->criu_timeout_s <= 3600))
         return wp_err_set(err, WP_ECONFIG, "--criu-timeout must be 1..3600 s");
+    if (!(cfg->claim_wait_max_ms >= 0 && cfg->claim_wait_max_ms <= 600000))
+        return wp_err_set(err, WP_ECONFIG, "--claim-wait-max must be 0..600000 ms");
     if (cfg->restore_slots < 0 || cfg->restore_slots > 256)
         return wp_err_set(err, WP_ECONFIG, "--restore-slots must be 0..256");
     if (cfg->n_envs == 0 && !cfg->api_envs)
