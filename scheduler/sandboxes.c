@@ -52,6 +52,7 @@ struct sched_sbx {
     char id[40], org[64], env[64], session[128];
     enum sbx_state st;
     bool overloaded;             /* failed: its node refused the claim as overloaded */
+    bool overload_told;          /* ...and an execute got the 529: the next claims anew */
     bool attach;                 /* this process provisions: attach with settings */
     json_t *settings;            /* env, workdir, hostname (owned) */
     struct pool_claim_result res;
@@ -372,8 +373,10 @@ static void flush_waiters(struct sched_sbx *s)
                 sched_metrics_observe(s->srv->metrics, SCHED_HIST_TOOL_WAIT, NULL,
                                       (double)(wp_now_ns() - w->t0) / 1e9);
                 run_call(s, w->req, w->call);
-            } else if (s->overloaded)
+            } else if (s->overloaded) {
+                s->overload_told = true;
                 respond_overloaded(w->req, s->id, s->error);
+            }
             else
                 sched__respond_error(w->req, 502, "api_error", "sandbox_failed",
                                      "sandbox %s could not be provisioned: %s", s->id, s->error);
@@ -811,7 +814,7 @@ static int reclaim(struct sched_sbx *s)
         return -1;
     }
     s->st = SBX_PROVISIONING;
-    s->overloaded = false;
+    s->overloaded = s->overload_told = false;
     s->error[0] = '\0';
     s->t0 = wp_now_ns();
     save(s);
@@ -838,7 +841,9 @@ void sched__h_sbx_execute(struct sched_req *req)
     }
     s = find_local(req->srv, req->params[0]);
     if (s && s->st == SBX_FAILED && s->overloaded && strcmp(s->org, req->org) == 0 &&
-        reclaim(s) < 0) {
+        (!s->overload_told || reclaim(s) < 0)) {
+        /* The caller hears of the overload once; its retry claims anew. */
+        s->overload_told = true;
         respond_overloaded(req, s->id, s->error);
         return;
     }
