@@ -523,6 +523,11 @@ static void overloaded_claims_are_refused_not_queued(void **state)
         }
         assert_int_equal(shed, refused);
         assert_int_equal(waiting, 0);
+        th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool status " ENV, bin, R.port);
+        char want[96];
+        snprintf(want, sizeof(want), "%d refused as overloaded since the node started", refused);
+        if (!strstr(out, want))
+            fail_msg("pool status lacks [%s]:\n%s", want, out);
         /* The burst is over: a claim is served again. */
         th_msleep(1500);
         claim_one(c, loop, "after-burst", &o[0]);
@@ -533,6 +538,21 @@ static void overloaded_claims_are_refused_not_queued(void **state)
         node_stop(&NODES[0], SIGTERM);
         freeReplyObject(redisCommand(RC, "DEL wp:env:{" ENV "}:policy wp:env:{" ENV "}:hot"));
     }
+    /* What `pool status` says when the CPU is the limit: the figures of
+     * the issue (py200: 600 ms refills, two slots, 10 claims/s), as a node
+     * would publish them. */
+    freeReplyObject(redisCommand(RC, "HSET wp:node:node-cpu capacity 2 claims_per_s:" ENV " 10.0 "
+                                     "refill_ms:" ENV " 600.0 target:" ENV " 8"));
+    freeReplyObject(redisCommand(RC, "SADD wp:env:{" ENV "}:nodes node-cpu"));
+    th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool status " ENV, bin, R.port);
+    if (!strstr(out, "CPU-bound: claims arrive at 10.0/s, 2 restore slots refilling in 600 ms") ||
+        !strstr(out, "keep up with 3.3/s"))
+        fail_msg("pool status:\n%s", out);
+    freeReplyObject(redisCommand(RC, "HSET wp:node:node-cpu claims_per_s:" ENV " 1.0"));
+    th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool status " ENV, bin, R.port);
+    assert_null(strstr(out, "CPU-bound")); /* 1/s: the policy decides */
+    freeReplyObject(redisCommand(RC, "DEL wp:node:node-cpu"));
+    freeReplyObject(redisCommand(RC, "SREM wp:env:{" ENV "}:nodes node-cpu"));
     ev_loop_destroy(loop);
 }
 
