@@ -77,10 +77,11 @@ int main(int argc, char **argv)
                                         { "out", required_argument, NULL, 'o' },
                                         { "state-dir", required_argument, NULL, 's' },
                                         { "eager-only", no_argument, NULL, 'e' },
+                                        { "lazy-only", no_argument, NULL, 'l' },
                                         { NULL, 0, NULL, 0 } };
     struct snap_config cfg = { .state_dir = "/var/lib/warmpool-bench" };
     const char *out = "bench/results";
-    int runs = 10, c, modes = 2;
+    int runs = 10, c, first = 0, modes = 2;
     struct wp_err err;
     struct snap_template *t;
     struct snap_sandbox *sb;
@@ -96,8 +97,10 @@ int main(int argc, char **argv)
             cfg.state_dir = optarg;
         else if (c == 'e')
             modes = 1;
+        else if (c == 'l')
+            first = 1;
         else {
-            fprintf(stderr, "usage: clonecpu_bench [--runs N] [--out DIR] [--state-dir DIR] [--eager-only]\n");
+            fprintf(stderr, "usage: clonecpu_bench [--runs N] [--out DIR] [--state-dir DIR] [--eager-only|--lazy-only]\n");
             return 2;
         }
     }
@@ -136,7 +139,7 @@ int main(int argc, char **argv)
                 "ours (set-up) | helper + criu | restored tasks | destroy (own) | processes |\n"
                 "|---|---|---|---|---|---|---|---|---|---|\n",
             u.release, sysconf(_SC_NPROCESSORS_ONLN), runs);
-    for (int lazy = 0; lazy < modes; lazy++) {
+    for (int lazy = first; lazy < modes; lazy++) {
         struct series wall = { "wall" }, total = { "total" }, ours = { "ours" },
                       helper = { "helper" }, tasks = { "tasks" }, destroy = { "destroy" },
                       full = { "full" }, life = { "lifecycle" };
@@ -173,7 +176,7 @@ int main(int argc, char **argv)
         }
         const char *name = lazy ? "lazy" : "eager";
         struct series *all[] = { &wall, &full, &life, &total, &ours, &helper, &tasks, &destroy };
-        fprintf(js, "%s{\"restore\":\"%s\",\"processes\":%d", lazy ? "," : "", name, nprocs);
+        fprintf(js, "%s{\"restore\":\"%s\",\"processes\":%d", lazy > first ? "," : "", name, nprocs);
         for (int k = 0; k < 8; k++)
             fprintf(js, ",\"%s_p50_ms\":%.1f,\"%s_p95_ms\":%.1f", all[k]->name, pct(all[k], 50),
                     all[k]->name, pct(all[k], 95));
