@@ -19,17 +19,10 @@ mkdir -p "$OUT"
 
 T=$(mktemp -d /tmp/wp-firstcall-XXXXXX)
 chmod 711 "$T"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-RPORT=$(free_port)
-SPORT=$(free_port)
+RPORT=$(wp_free_port)
+SPORT=$(wp_free_port)
 PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
-    [ -n "${KEEP:-}" ] || rm -rf "$T"
-}
-trap cleanup EXIT
+trap wp_bench_cleanup EXIT
 wp_bench_redis "$T" "$RPORT"
 wp_bench_hands "$BUILD" "$T"
 tmpl() { # name extra-hands-flag

@@ -5,8 +5,11 @@
 #define WP_BENCH_STATS_H
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "base/fs.h"
 
 #define MAXR 256
 
@@ -39,6 +42,26 @@ static inline void add(struct series *s, double v)
 {
     if (s->n < MAXR)
         s->v[s->n++] = v;
+}
+
+/* Open OUT/NAME.json and OUT/NAME.md for writing (OUT created). Returns
+ * 0, or -1 with nothing left open. */
+static inline int bench_open_results(const char *out, const char *name, FILE **js, FILE **md)
+{
+    char path[1024];
+
+    wp_mkdir_p(out, 0755, NULL);
+    snprintf(path, sizeof(path), "%s/%s.json", out, name);
+    *js = fopen(path, "w");
+    snprintf(path, sizeof(path), "%s/%s.md", out, name);
+    *md = fopen(path, "w");
+    if (*js && *md)
+        return 0;
+    if (*js)
+        fclose(*js);
+    if (*md)
+        fclose(*md);
+    return -1;
 }
 
 /* The 200 MB Python environment the snapshot benchmarks time: stdlib

@@ -86,7 +86,6 @@ int main(int argc, char **argv)
     struct snap_template *t;
     struct snap_sandbox *sb;
     struct utsname u;
-    char path[600];
 
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         if (c == 'n')
@@ -118,12 +117,8 @@ int main(int argc, char **argv)
     if (snap_checkpoint(ctx, sb, t, "clonecpu-py200", sb->boot_ms, NULL, &err) < 0)
         die(&err, "checkpoint");
     uname(&u);
-    wp_mkdir_p(out, 0755, NULL);
-    snprintf(path, sizeof(path), "%s/clonecpu.json", out);
-    FILE *js = fopen(path, "w");
-    snprintf(path, sizeof(path), "%s/clonecpu.md", out);
-    FILE *md = fopen(path, "w");
-    if (!js || !md)
+    FILE *js, *md;
+    if (bench_open_results(out, "clonecpu", &js, &md) < 0)
         return 1;
     fprintf(js, "{\"kernel\":\"%s\",\"cpus\":%ld,\"runs\":%d,\"results\":[", u.release,
             sysconf(_SC_NPROCESSORS_ONLN), runs);
