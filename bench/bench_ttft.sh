@@ -158,6 +158,11 @@ run() { # mode env rate out [extra]
     fi
 }
 
+# "hot warm cold": claims of an environment so far (absent counters are 0).
+claim_counts() {
+    redis-cli -p "$RPORT" hmget "wp:env:{$1}:stats" claims_hot claims_warm claims_cold |
+        sed 's/^$/0/' | tr '\n' ' '
+}
 RUNS=()
 brain=unknown
 for mode in $MODES; do
@@ -185,11 +190,11 @@ for mode in $MODES; do
         for r in $RATES; do
             f="$T/run-$mode-$e-$r.json"
             echo "bench_ttft: mode=$mode env=$e rate=$r/s for ${DURATION}s"
-            before=$(redis-cli -p "$RPORT" hmget "wp:env:{$e}:stats" claims_hot claims_warm claims_cold | tr '\n' ' ')
+            before=$(claim_counts "$e")
             run "$mode" "$e" "$r" "$f" || true
             [ -f "$f" ] && RUNS+=("$f")
             if [ -f "$f" ] && [ -n "${RUNS_OUT:-}" ]; then
-                after=$(redis-cli -p "$RPORT" hmget "wp:env:{$e}:stats" claims_hot claims_warm claims_cold | tr '\n' ' ')
+                after=$(claim_counts "$e")
                 mkdir -p "$RUNS_OUT"
                 python3 -c 'import json,sys; o=json.load(open(sys.argv[1])); b=[int(x or 0) for x in sys.argv[2].split()]; a=[int(x or 0) for x in sys.argv[3].split()]; o["claims"]={t: a[i]-b[i] for i, t in enumerate(["hot","warm","cold"])}; json.dump(o, open(sys.argv[4], "w"))' \
                     "$f" "$before" "$after" "$RUNS_OUT/$(basename "$f")"
