@@ -44,6 +44,19 @@ static inline void add(struct series *s, double v)
         s->v[s->n++] = v;
 }
 
+/* The options every snapshot benchmark takes: --runs N ('n'), --out DIR
+ * ('o'), --state-dir DIR ('s'). Returns 1 when c was one of them. */
+static inline int bench_std_opt(int c, const char *arg, int *runs, const char **out,
+                                const char **state_dir)
+{
+    switch (c) {
+    case 'n': *runs = atoi(arg); return 1;
+    case 'o': *out = arg; return 1;
+    case 's': *state_dir = arg; return 1;
+    default: return 0;
+    }
+}
+
 /* Open OUT/NAME.json and OUT/NAME.md for writing (OUT created). Returns
  * 0, or -1 with nothing left open. */
 static inline int bench_open_results(const char *out, const char *name, FILE **js, FILE **md)

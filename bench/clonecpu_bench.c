@@ -88,13 +88,9 @@ int main(int argc, char **argv)
     struct utsname u;
 
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-        if (c == 'n')
-            runs = atoi(optarg);
-        else if (c == 'o')
-            out = optarg;
-        else if (c == 's')
-            cfg.state_dir = optarg;
-        else if (c == 'e')
+        if (bench_std_opt(c, optarg, &runs, &out, &cfg.state_dir))
+            continue;
+        if (c == 'e')
             modes = 1;
         else if (c == 'l')
             first = 1;
