@@ -66,6 +66,9 @@ struct alink__shell {
     size_t carry_len;
     uint64_t dropped;  /* chunk bytes not streamed (slow reader) */
     unsigned long long call_start; /* boot-clock ticks when cur started */
+    /* Status lines still owed by the warm-up command of a shell started
+     * ahead of its first call (not a call's; dropped when they arrive). */
+    int warmups;
 };
 
 struct alink__hands {
@@ -86,6 +89,15 @@ struct alink__hands {
     char session[128];
     bool allow_hostname;
     uint64_t rng[2];        /* xorshift128+ state, reseeded by attach */
+    bool lazy_shell;        /* --lazy-shell: start the shell on the first call */
+    bool stopping;          /* leaving ev_run: start no more shells */
+    /* Readiness (--ready-file / --ready-fd): said once the socket accepts
+     * and the first shell has answered, so a checkpoint holds a shell that
+     * is already waiting for input. ready_w bounds that wait. */
+    const char *ready_file; /* borrowed from argv */
+    int ready_fd;
+    bool ready_sent;
+    ev_timer ready_w;
     struct alink__shell shell;
 };
 
@@ -128,6 +140,11 @@ void alink__bash_child_exit(struct alink__hands *h, pid_t pid, int status);
 /* Append shell text run before the next command (attach settings). */
 void alink__bash_preamble(struct alink__hands *h, const char *text, size_t len);
 void alink__bash_shutdown(struct alink__hands *h);
+/* Start the shell now (unless --lazy-shell or one runs): it then answers a
+ * warm-up command and alink__hands_ready follows. */
+void alink__bash_prestart(struct alink__hands *h);
+/* hands_server.c: say "ready" (once; later calls do nothing). */
+void alink__hands_ready(struct alink__hands *h);
 
 /* hands_files.c: synchronous tools. Each writes the result text into out
  * (bounded) and returns true if it is an error result. */

@@ -1,7 +1,9 @@
 /* hands_bash.c - the persistent shell behind the bash tool.
  *
- * One /bin/bash --noprofile --norc per sandbox, started lazily in its own
- * session (setsid), with three pipes: its stdin (commands), its stdout and
+ * One /bin/bash --noprofile --norc per sandbox, started when the hands come
+ * up (so a checkpoint holds it and a clone's first call costs what its
+ * second does; --lazy-shell: on the first call) and again as soon as one is
+ * killed, in its own session (setsid), with three pipes: its stdin (commands), its stdout and
  * stderr merged (output), and its fd 3 (one status line per command).
  * A command is sent as
  *
@@ -15,7 +17,7 @@
  * ring (a 100 MB output costs 100 KiB) and is optionally streamed as
  * chunks. Timeout and cancel kill the shell's whole process tree (group,
  * session, descendants) and the next call starts a fresh shell, as the
- * SDK's runner does.
+ * SDK's runner does (here already started when that call comes).
  */
 #define WP_LOG_COMPONENT "hands"
 #include <ctype.h>
@@ -181,6 +183,7 @@ static void shell_close(struct alink__hands *h, bool kill_it)
      * which then no longer matches sh->pid and just reaps it. */
     sh->pid = 0;
     sh->st_len = 0;
+    sh->warmups = 0;
     wp_buf_reset(&sh->inbuf);
 }
 
@@ -507,6 +510,11 @@ static void st_cb(struct ev_loop *loop, ev_io *w, int revents)
             size_t used = (size_t)(nl - sh->st) + 1;
             memmove(sh->st, nl + 1, sh->st_len - used + 1);
             sh->st_len -= used;
+            if (sh->warmups > 0) {
+                sh->warmups--; /* a prestarted shell now reads its input */
+                alink__hands_ready(h);
+                continue;
+            }
             if (sh->cur)
                 finish(h, rc, false);
             if (!sh->pid)
@@ -524,6 +532,13 @@ void alink__bash_child_exit(struct alink__hands *h, pid_t pid, int status)
     if (!sh->pid || pid != sh->pid)
         return; /* an orphan or an old shell: reaped, nothing else to do */
     log_debug("shell pid=%d exited status=%d", (int)pid, status);
+    if (sh->warmups > 0) {
+        /* Died before it could answer the warm-up (no shell in the image?):
+         * say ready anyway, and start the next one on the next call only,
+         * so a broken shell is not restarted in a loop. */
+        log_warn("shell %s exited status=%d before it was ready", h->shell_path, status);
+        alink__hands_ready(h);
+    }
     read_output(h, 4u << 20);
     shell_close(h, false);
     if (sh->cur)
@@ -610,6 +625,29 @@ static void start_next(struct alink__hands *h)
         ev_timer_start(h->loop, &call->timer);
         shell_flush_in(h);
     }
+    /* A call killed the shell (timeout, cancel, restart, exit): the next
+     * one is started now rather than on the next call. */
+    if (!sh->cur && !sh->pid)
+        alink__bash_prestart(h);
+}
+
+void alink__bash_prestart(struct alink__hands *h)
+{
+    struct alink__shell *sh = &h->shell;
+    struct wp_err err;
+    static const char warm[] = "printf '0\\n' >&3\n";
+
+    if (h->lazy_shell || h->stopping || sh->pid)
+        return;
+    if (shell_start(h, &err) < 0) {
+        log_warn("cannot start shell %s: %s", h->shell_path, err.msg);
+        alink__hands_ready(h);
+        return;
+    }
+    /* Its answer says the shell has loaded and waits for input. */
+    sh->warmups = 1;
+    wp_buf_append(&sh->inbuf, warm, sizeof(warm) - 1);
+    shell_flush_in(h);
 }
 
 static void timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)

@@ -315,7 +315,8 @@ static void handle_attach(struct alink__conn *c, struct alink_msg *m)
             alink__replyf(c, m->id, true, "attach: setenv %.64s: %s", k, strerror(errno));
             goto out;
         }
-        if (shell_name_ok(k)) {
+        /* The running shell gets what a fresh one would inherit. */
+        if (shell_name_ok(k) && strncmp(k, "ANTHROPIC_", 10) != 0) {
             wp_buf_printf(&pre, "export %s=", k);
             shq(&pre, val);
             wp_buf_append(&pre, "\n", 1);
@@ -640,12 +641,50 @@ static int listen_unix(struct alink__hands *h, struct wp_err *err)
     return 0;
 }
 
+void alink__hands_ready(struct alink__hands *h)
+{
+    struct wp_err err;
+
+    if (h->ready_sent)
+        return;
+    h->ready_sent = true;
+    ev_timer_stop(h->loop, &h->ready_w);
+    log_info("hands ready socket=%s shell=%d", h->sock_path, (int)h->shell.pid);
+    if (h->ready_file) {
+        char dir[4096];
+        snprintf(dir, sizeof(dir), "%s", h->ready_file);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir)
+            *slash = '\0';
+        if ((slash && slash != dir && wp_mkdir_p(dir, 0755, &err) < 0) ||
+            wp_write_file(h->ready_file, "ready\n", 6, 0644, &err) < 0)
+            log_warn("ready file %s: %s", h->ready_file, err.msg); /* the boot will time out */
+    }
+    if (h->ready_fd >= 0) {
+        /* The socket accepts from now on; tell whoever booted us, then hold
+         * nothing of theirs. */
+        (void)!write(h->ready_fd, "ready\n", 6);
+        close(h->ready_fd);
+        h->ready_fd = -1;
+    }
+}
+
+static void ready_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct alink__hands *h = w->data;
+    (void)loop;
+    (void)revents;
+    log_warn("shell %s not ready after 5 s: saying ready without it", h->shell_path);
+    alink__hands_ready(h);
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: warmpool-hands [--socket PATH] [--workdir DIR] [--allow-root DIR]...\n"
             "                      [--shell PATH] [--max-frame BYTES] [--allow-hostname]\n"
-            "                      [--ready-fd FD] [--ready-file PATH] [--log-level LEVEL]\n"
+            "                      [--ready-fd FD] [--ready-file PATH] [--lazy-shell]\n"
+            "                      [--log-level LEVEL]\n"
             "Serves the agentlink protocol on a Unix socket (default %s).\n",
             ALINK_SOCK_PATH_DEFAULT);
 }
@@ -664,6 +703,7 @@ int alink__hands_main(int argc, char **argv)
         {"log-level", required_argument, NULL, 'l'},
         {"ready-fd", required_argument, NULL, 'R'},
         {"ready-file", required_argument, NULL, 'F'},
+        {"lazy-shell", no_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -696,6 +736,7 @@ int alink__hands_main(int argc, char **argv)
         case 'H': h->allow_hostname = true; break;
         case 'R': ready_fd = atoi(optarg); break;
         case 'F': ready_file = optarg; break;
+        case 'L': h->lazy_shell = true; break;
         case 'l':
             if (wp_log_set_level(optarg) < 0) {
                 fprintf(stderr, "bad --log-level\n");
@@ -776,26 +817,22 @@ int alink__hands_main(int argc, char **argv)
     ev_prepare_init(&h->prepare_w, prepare_cb);
     h->prepare_w.data = h;
     ev_prepare_start(h->loop, &h->prepare_w);
-    log_info("hands ready socket=%s workdir=%s pid=%d", h->sock_path, h->workdir, (int)getpid());
-    if (ready_file) {
-        char dir[4096];
-        snprintf(dir, sizeof(dir), "%s", ready_file);
-        char *slash = strrchr(dir, '/');
-        if (slash && slash != dir)
-            *slash = '\0';
-        if ((slash && slash != dir && wp_mkdir_p(dir, 0755, &err) < 0) ||
-            wp_write_file(ready_file, "ready\n", 6, 0644, &err) < 0)
-            log_warn("ready file %s: %s", ready_file, err.msg); /* the boot will time out */
-    }
-    if (ready_fd >= 0) {
-        /* The socket accepts from now on; tell whoever booted us, then hold
-         * nothing of theirs. */
-        (void)!write(ready_fd, "ready\n", 6);
-        close(ready_fd);
-    }
+    log_info("hands up socket=%s workdir=%s pid=%d", h->sock_path, h->workdir, (int)getpid());
+    h->ready_file = ready_file;
+    h->ready_fd = ready_fd;
+    /* Ready once the shell answers; a shell that hangs loading delays a
+     * boot by at most this much. */
+    ev_timer_init(&h->ready_w, ready_timeout_cb, 5.0, 0.);
+    h->ready_w.data = h;
+    ev_timer_start(h->loop, &h->ready_w);
+    alink__bash_prestart(h);
+    if (h->lazy_shell)
+        alink__hands_ready(h);
 
     ev_run(h->loop, 0);
 
+    h->stopping = true;
+    ev_timer_stop(h->loop, &h->ready_w);
     while (h->conns)
         conn_close(h->conns);
     prepare_cb(h->loop, &h->prepare_w, 0);

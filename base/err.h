@@ -22,7 +22,8 @@
     X(WP_ETIMEDOUT, -10008, "timed out")                           \
     X(WP_ECHILD, -10009, "child process failed")                   \
     X(WP_ESTALE, -10010, "stale token")                            \
-    X(WP_EEXISTS, -10011, "already exists")
+    X(WP_EEXISTS, -10011, "already exists")                        \
+    X(WP_EOVERLOADED, -10012, "overloaded, retry later")
 
 enum wp_err_code {
 #define WP_ERR_ENUM(name, val, text) name = (val),

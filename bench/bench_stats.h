@@ -5,8 +5,11 @@
 #define WP_BENCH_STATS_H
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "base/fs.h"
 
 #define MAXR 256
 
@@ -39,6 +42,39 @@ static inline void add(struct series *s, double v)
 {
     if (s->n < MAXR)
         s->v[s->n++] = v;
+}
+
+/* The options every snapshot benchmark takes: --runs N ('n'), --out DIR
+ * ('o'), --state-dir DIR ('s'). Returns 1 when c was one of them. */
+static inline int bench_std_opt(int c, const char *arg, int *runs, const char **out,
+                                const char **state_dir)
+{
+    switch (c) {
+    case 'n': *runs = atoi(arg); return 1;
+    case 'o': *out = arg; return 1;
+    case 's': *state_dir = arg; return 1;
+    default: return 0;
+    }
+}
+
+/* Open OUT/NAME.json and OUT/NAME.md for writing (OUT created). Returns
+ * 0, or -1 with nothing left open. */
+static inline int bench_open_results(const char *out, const char *name, FILE **js, FILE **md)
+{
+    char path[1024];
+
+    wp_mkdir_p(out, 0755, NULL);
+    snprintf(path, sizeof(path), "%s/%s.json", out, name);
+    *js = fopen(path, "w");
+    snprintf(path, sizeof(path), "%s/%s.md", out, name);
+    *md = fopen(path, "w");
+    if (*js && *md)
+        return 0;
+    if (*js)
+        fclose(*js);
+    if (*md)
+        fclose(*md);
+    return -1;
 }
 
 /* The 200 MB Python environment the snapshot benchmarks time: stdlib

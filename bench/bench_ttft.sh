@@ -22,7 +22,9 @@
 # per environment in mode hot), SCHED_MODEL_ARGS (how the scheduler reaches
 # the model server; default: detected from warmpool-scheduler --help),
 # NODE_ARGS (extra warmpool-node flags, e.g. --insecure-allow-unconfined),
-# OUT (results dir, default bench/results).
+# HANDS_ARGS (extra warmpool-hands flags in every template, e.g. --lazy-shell),
+# OUT (results dir, default bench/results), RUNS_OUT (also keep each run's
+# JSON there, with the claims it made by tier: bench_capacity.sh reads them).
 set -euo pipefail
 BUILD=${1:-build}
 cd "$(dirname "$0")/.."
@@ -66,11 +68,13 @@ PIDS+=($!)
 # Environments: every sandbox runs the hands as PID 1 over the host's /usr.
 mkdir -p "$T/wp"
 cp "$BUILD/warmpool-hands" "$T/wp/"
+HANDS_EXTRA=""
+[ -n "${HANDS_ARGS:-}" ] && HANDS_EXTRA=",\"$HANDS_ARGS\""
 tmpl() { # name setup-json-array memory_mb
     cat >"$T/$1.json" <<JSON
 {"name":"$1","rootfs":"host","workdir":"/work","env":{"PATH":"/usr/bin:/bin"},
  "init_sets_hostname":true,"init":["/.wp/warmpool-hands","--socket","/run/warmpool/hands.sock","--workdir","/work",
-         "--ready-file","/run/warmpool/hands.ready"],
+         "--ready-file","/run/warmpool/hands.ready"$HANDS_EXTRA],
  "ready_file":"/run/warmpool/hands.ready","setup":$2,
  "binds":[{"source":"$T/wp","target":"/.wp"}],
  "limits":{"memory_mb":$3,"pids":64}}
@@ -154,6 +158,11 @@ run() { # mode env rate out [extra]
     fi
 }
 
+# "hot warm cold": claims of an environment so far (absent counters are 0).
+claim_counts() {
+    redis-cli -p "$RPORT" hmget "wp:env:{$1}:stats" claims_hot claims_warm claims_cold |
+        sed 's/^$/0/' | tr '\n' ' '
+}
 RUNS=()
 brain=unknown
 for mode in $MODES; do
@@ -181,8 +190,15 @@ for mode in $MODES; do
         for r in $RATES; do
             f="$T/run-$mode-$e-$r.json"
             echo "bench_ttft: mode=$mode env=$e rate=$r/s for ${DURATION}s"
+            before=$(claim_counts "$e")
             run "$mode" "$e" "$r" "$f" || true
             [ -f "$f" ] && RUNS+=("$f")
+            if [ -f "$f" ] && [ -n "${RUNS_OUT:-}" ]; then
+                after=$(claim_counts "$e")
+                mkdir -p "$RUNS_OUT"
+                python3 -c 'import json,sys; o=json.load(open(sys.argv[1])); b=[int(x or 0) for x in sys.argv[2].split()]; a=[int(x or 0) for x in sys.argv[3].split()]; o["claims"]={t: a[i]-b[i] for i, t in enumerate(["hot","warm","cold"])}; json.dump(o, open(sys.argv[4], "w"))' \
+                    "$f" "$before" "$after" "$RUNS_OUT/$(basename "$f")"
+            fi
             # Let the node destroy what the run released before the next.
             sleep 2
         done

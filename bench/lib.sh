@@ -9,3 +9,15 @@ wp_bench_hands() {
     mkdir -p "$2/wp"
     cp "$1/warmpool-hands" "$2/wp/"
 }
+# wp_free_port: a free loopback TCP port.
+wp_free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+# wp_bench_cleanup: the EXIT trap of a bench that started PIDS and a Redis on
+# RPORT in the scratch dir T (kept with KEEP=1).
+wp_bench_cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
+    [ -n "${KEEP:-}" ] || rm -rf "$T"
+}

@@ -71,6 +71,7 @@ struct sess {
     struct wp_buf tool_input;    /* partial_json pieces of the tool call */
     bool in_tool, failed, done, stream_open, idle_after_tool;
     char why[160];
+    bool tool_error;    /* the first tool result was an error */
     struct hreq *stream;
     ev_timer deadline;
     ev_timer kick;               /* work decided inside a curl callback runs from here */
@@ -310,6 +311,14 @@ static void sse_event(struct hreq *h, json_t *d)
         if (!s->t_first)
             s->t_first = now_ms();
     } else if (!strcmp(type, "agent.tool_result")) {
+        /* A tool that did not run (e.g. its sandbox was refused as
+         * overloaded) is a failed session, not a fast first result. */
+        if (!s->t_tool && json_is_true(json_object_get(d, "is_error")) && !s->why[0]) {
+            json_t *c0 = json_array_get(json_object_get(d, "content"), 0);
+            snprintf(s->why, sizeof(s->why), "tool error: %.140s",
+                     json_string_value(json_object_get(c0, "text")) ?: "");
+            s->tool_error = true;
+        }
         if (!s->t_tool)
             s->t_tool = now_ms();
     } else if (!strcmp(type, "span.model_request_end")) {
@@ -586,7 +595,7 @@ static int write_results(void)
      * after the previous one's: its first turns are this run's. */
     for (int i = 0; i < B.n; i++) {
         struct sess *s = B.sess[i];
-        if (s->failed || !s->t_first) {
+        if (s->failed || !s->t_first || s->tool_error) {
             failed++;
             if (json_array_size(fails) < 20)
                 json_array_append_new(fails, json_string(s->why[0] ? s->why : "no first token"));

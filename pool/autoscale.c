@@ -119,6 +119,27 @@ int pool_target_hot(double lambda, double refill_s, int refill_slots, double hit
     return c;
 }
 
+double pool_refill_capacity(double refill_s, int refill_slots)
+{
+    if (refill_s <= 0 || refill_slots <= 0)
+        return 0;
+    return refill_slots / refill_s;
+}
+
+/* The claim starts once the restores ahead of it (queued or running) have
+ * left a slot to it: the (ahead + busy - k + 1)-th completion from now,
+ * completions coming k per restore_s. Running restores are counted whole
+ * (pessimistic by up to one restore_s / k). */
+double pool_claim_wait_s(int ahead, int busy, int refill_slots, double restore_s)
+{
+    int k = refill_slots > 0 ? refill_slots : 1;
+    int m = (ahead > 0 ? ahead : 0) + (busy > 0 ? busy : 0) - k + 1;
+
+    if (m <= 0 || restore_s <= 0)
+        return 0;
+    return m * restore_s / k;
+}
+
 void pool_scaler_init(struct pool_scaler *s, double cooldown_s)
 {
     s->cooldown_s = cooldown_s > 0 ? cooldown_s : 60;

@@ -255,6 +255,7 @@ static double mib(unsigned long long b)
 
 /* What the environment's clones hold on node (memory.c's figures), the
  * node's budget, and KSM's progress. */
+static void cpu_and_queue_status(const char *env, const char *n);
 static void mem_status(const char *env, const char *node)
 {
     redisReply *m = cmd("HMGET wp:env:{%s}:mem:%s clones shared_bytes private_p50_bytes "
@@ -372,6 +373,7 @@ static void env_status(const char *env)
                    "  %-20s organizations (multi_tenant) and merging is a timing side channel\n"
                    "  %-20s between them; override: --ksm-multi-tenant-override\n",
                    "", "", "");
+        cpu_and_queue_status(env, n);
         redisReply *u = cmd("HGET wp:node:%s userns", n);
         if (u->type == REDIS_REPLY_STRING && strcmp(u->str, "UNCONFINED") == 0)
             printf("  %-20s UNCONFINED: no user namespace per sandbox on this node (the host has\n"
@@ -388,6 +390,32 @@ static void env_status(const char *env)
     freeReplyObject(st);
     freeReplyObject(hot);
     freeReplyObject(nodes);
+}
+
+/* When the CPU, not the policy, limits the hot tier: claims arrive faster
+ * than the node's restore slots can refill (issue 20). And its claim queue:
+ * waiting, and refused as overloaded. */
+static void cpu_and_queue_status(const char *env, const char *n)
+{
+    redisReply *h = cmd("HMGET wp:node:%s capacity claims_per_s:%s refill_ms:%s claims_waiting:%s "
+                        "claim_wait_ms:%s claims_shed:%s",
+                        n, env, env, env, env, env);
+    double v[6] = { 0 };
+    for (size_t k = 0; h->type == REDIS_REPLY_ARRAY && k < 6 && k < h->elements; k++)
+        if (h->element[k]->type == REDIS_REPLY_STRING)
+            v[k] = atof(h->element[k]->str);
+    int slots = (int)v[0];
+    double lambda = v[1], refill_s = v[2] / 1e3, cap = pool_refill_capacity(refill_s, slots);
+    if (cap > 0 && lambda >= cap)
+        printf("  %-20s CPU-bound: claims arrive at %.1f/s, %d restore slot%s refilling in %.0f ms\n"
+               "  %-20s keep up with %.1f/s: the hot tier drains whatever the policy asks (more\n"
+               "  %-20s CPUs or nodes, or cheaper clones: lazy restores)\n",
+               "", lambda, slots, slots == 1 ? "" : "s", refill_s * 1e3, "", cap, "");
+    if (v[3] > 0 || v[5] > 0)
+        printf("  %-20s claims: %.0f waiting for a restore slot (oldest %.1f s), %.0f refused as "
+               "overloaded since the node started\n",
+               "", v[3], v[4] / 1e3, v[5]);
+    freeReplyObject(h);
 }
 
 /* Sandboxes a node's orphan checks could not remove, and why (the node's

@@ -32,6 +32,9 @@ static const char usage[] =
     "                          publishes for API environments (default: serve them too)\n"
     "  --eager                 refill with eager restores (default: lazy pages)\n"
     "  --restore-slots N       restores at once (default: one per CPU)\n"
+    "  --claim-wait-max MS     a warm/cold claim that would wait longer than this\n"
+    "                          for a restore slot is refused at once as overloaded\n"
+    "                          (retryable; default 5000, 0 = queue without bound)\n"
     "  --heartbeat-ttl SEC     dead this long after the last heartbeat (default 5)\n"
     "  --lease-ms MS           lease time handed out with claims (default 60000)\n"
     "  --hot-memory-mb N       memory for this node's clones (default: 80%% of\n"
@@ -218,7 +221,7 @@ static const struct option lo[] = {
     { "worker-lease-ttl", required_argument, NULL, 'Y' },
     { "redis-password-file", required_argument, NULL, 'Q' }, { "redis-user", required_argument, NULL, 'V' },
     { "criu-mode", required_argument, NULL, 'K' },   { "criu-timeout", required_argument, NULL, 'D' },
-    { "drain-timeout", required_argument, NULL, 'G' },
+    { "drain-timeout", required_argument, NULL, 'G' }, { "claim-wait-max", required_argument, NULL, 'q' },
     { "ksm-slow-pages", required_argument, NULL, 1001 }, { "ksm-fast-pages", required_argument, NULL, 1002 },
     { "ksm-sleep-ms", required_argument, NULL, 1003 },
     { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
@@ -290,6 +293,13 @@ static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bo
             *(c == 1001 ? &cfg->ksm_slow_pages : c == 1002 ? &cfg->ksm_fast_pages : &cfg->ksm_sleep_ms) = v;
             break;
         }
+        case 'q': {
+            char *end;
+            cfg->claim_wait_max_ms = strtod(optarg, &end);
+            if (*end || end == optarg)
+                cfg->claim_wait_max_ms = -1; /* refused below */
+            break;
+        }
         case 'G': {
             char *end;
             cfg->drain_timeout_s = strtod(optarg, &end);
@@ -347,6 +357,8 @@ static int load_json(struct pool_node_config *cfg, const char *path, struct wp_e
             cfg->lease_ms = json_number_value(v);
         else if (strcmp(k, "restore_slots") == 0 && json_is_integer(v))
             cfg->restore_slots = (int)json_integer_value(v);
+        else if (strcmp(k, "claim_wait_max_ms") == 0 && json_is_number(v))
+            cfg->claim_wait_max_ms = json_number_value(v);
         else if (strcmp(k, "ksm_slow_pages") == 0 && json_is_integer(v))
             cfg->ksm_slow_pages = (long)json_integer_value(v);
         else if (strcmp(k, "ksm_fast_pages") == 0 && json_is_integer(v))
@@ -513,6 +525,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
     snprintf(cfg->listen_host, sizeof(cfg->listen_host), "127.0.0.1");
     cfg->heartbeat_ttl_s = 5;
     cfg->lease_ms = 60000;
+    cfg->claim_wait_max_ms = 5000;
     cfg->ksm_slow_pages = 100;
     cfg->ksm_fast_pages = 5000;
     cfg->ksm_sleep_ms = 20;
@@ -546,6 +559,8 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         return wp_err_set(err, WP_ECONFIG, "--criu-timeout must be 1..3600 s");
     if (!(cfg->drain_timeout_s >= 0 && cfg->drain_timeout_s <= 86400))
         return wp_err_set(err, WP_ECONFIG, "--drain-timeout must be 0..86400 s");
+    if (!(cfg->claim_wait_max_ms >= 0 && cfg->claim_wait_max_ms <= 600000))
+        return wp_err_set(err, WP_ECONFIG, "--claim-wait-max must be 0..600000 ms");
     if (cfg->restore_slots < 0 || cfg->restore_slots > 256)
         return wp_err_set(err, WP_ECONFIG, "--restore-slots must be 0..256");
     if (cfg->n_envs == 0 && !cfg->api_envs)

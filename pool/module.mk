@@ -12,5 +12,5 @@ $(BUILD)/bench/pool_bench: $(BUILD)/obj/bench/pool_bench.o $(BUILD)/libpool.a $(
 	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
 
 BINS += $(BUILD)/warmpool
-$(BUILD)/warmpool: $(BUILD)/obj/pool/cli.o $(BUILD)/obj/pool/cli_quota.o $(BUILD)/obj/pool/doctor.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+$(BUILD)/warmpool: $(BUILD)/obj/pool/cli.o $(BUILD)/obj/pool/cli_quota.o $(BUILD)/obj/pool/doctor.o $(BUILD)/obj/pool/autoscale.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
 	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@

@@ -67,6 +67,7 @@ struct env {
     struct pool_scaler scaler; /* the hot target between min_hot and max_hot */
     int target;                /* hot clones to keep now */
     uint64_t refills;          /* restores done for the hot tier */
+    uint64_t shed;             /* warm/cold claims refused as overloaded */
     double refill_at;       /* no refill before this (backoff) */
     double last_refill;     /* a hot clone was restored (KSM scans fast for a while) */
     double backoff;         /* seconds; grows while restores fail */
@@ -761,18 +762,72 @@ static const char *field(redisReply *kv, const char *name)
     return NULL;
 }
 
+/* Answer a claim that will not be served with an error; frees q. */
+static void refuse_claim(struct node *n, struct env *e, struct claimq *q, int code,
+                         const char *msg)
+{
+    struct nsb tmp = { .n = n, .e = e };
+    snprintf(tmp.reply_chan, sizeof(tmp.reply_chan), "%s", q->chan);
+    snprintf(tmp.rid, sizeof(tmp.rid), "%s", q->rid);
+    publish_reply(n, &tmp, code, msg);
+    free(q);
+}
+
+static int claims_queued(const struct node *n)
+{
+    int k = 0;
+    for (int i = 0; i < n->n_envs; i++)
+        for (const struct claimq *q = n->envs[i].claims_q; q; q = q->next)
+            k++;
+    return k;
+}
+
+/* Overload is said, not queued: a claim that waited (or, arriving, would
+ * wait) longer than --claim-wait-max for a restore slot gets a retryable
+ * WP_EOVERLOADED with the figures, so its caller can back off or go
+ * elsewhere instead of sitting in a queue the node cannot drain. */
+static void refuse_overloaded(struct node *n, struct env *e, struct claimq *q, double wait_ms,
+                              bool waited)
+{
+    char msg[256];
+    snprintf(msg, sizeof(msg),
+             "node %s is overloaded: the claim %s %.0f ms for a restore slot (bound %.0f ms; "
+             "%d claims waiting, %d of %d slots busy, restores take %.0f ms); retry later",
+             n->cfg.id, waited ? "waited" : "would wait", wait_ms, n->cfg.claim_wait_max_ms,
+             claims_queued(n), n->restores, n->slots, e->refill.value * 1e3);
+    e->shed++;
+    log_warn("claim refused env=%s session=%s: %s", e->cfg.name, q->session, msg);
+    refuse_claim(n, e, q, WP_EOVERLOADED, msg);
+}
+
+/* Refuse queued claims that have waited past the bound. */
+static void shed_waiting(struct node *n, struct env *e)
+{
+    uint64_t now = wp_wall_ms();
+    struct claimq **pp = &e->claims_q;
+
+    if (n->cfg.claim_wait_max_ms <= 0)
+        return;
+    while (*pp) {
+        struct claimq *q = *pp;
+        double waited = now > q->at_ms ? (double)(now - q->at_ms) : 0;
+        if (waited > n->cfg.claim_wait_max_ms) {
+            *pp = q->next;
+            refuse_overloaded(n, e, q, waited, true);
+            continue;
+        }
+        pp = &q->next;
+    }
+}
+
 /* Start queued warm/cold claims while restore slots are free. */
 static void serve_claims(struct node *n, struct env *e)
 {
     while ((e->retired || n->draining) && e->claims_q) {
         struct claimq *q = e->claims_q;
-        struct nsb tmp = { .n = n, .e = e };
         e->claims_q = q->next;
-        snprintf(tmp.reply_chan, sizeof(tmp.reply_chan), "%s", q->chan);
-        snprintf(tmp.rid, sizeof(tmp.rid), "%s", q->rid);
-        publish_reply(n, &tmp, n->draining ? WP_ESTATE : WP_ENOTFOUND,
-                      n->draining ? "node draining" : "environment no longer served on this node");
-        free(q);
+        refuse_claim(n, e, q, n->draining ? WP_ESTATE : WP_ENOTFOUND,
+                     n->draining ? "node draining" : "environment no longer served on this node");
     }
     while (e->claims_q && n->restores < n->slots) {
         struct claimq *q = e->claims_q;
@@ -791,11 +846,7 @@ static void serve_claims(struct node *n, struct env *e)
             /* No image yet (or restore refused): boot from the template. */
             s = start_cold_boot(n, e, true);
             if (!s) {
-                struct nsb tmp = { .n = n, .e = e };
-                snprintf(tmp.reply_chan, sizeof(tmp.reply_chan), "%s", q->chan);
-                snprintf(tmp.rid, sizeof(tmp.rid), "%s", q->rid);
-                publish_reply(n, &tmp, WP_ECHILD, "cold boot could not start");
-                free(q);
+                refuse_claim(n, e, q, WP_ECHILD, "cold boot could not start");
                 continue;
             }
             snprintf(s->tier, sizeof(s->tier), "cold");
@@ -866,6 +917,12 @@ static void handle_entry(struct node *n, struct env *e, const char *id, redisRep
         q->warm_ok = !tiers || !*tiers || strstr(tiers, "warm") != NULL;
         /* Claims queue for a restore slot and go before refills: restores
          * beyond one per CPU only make every one of them slower. */
+        double est_ms = 1e3 * pool_claim_wait_s(claims_queued(n), n->restores, n->slots,
+                                                e->refill.value);
+        if (n->cfg.claim_wait_max_ms > 0 && est_ms > n->cfg.claim_wait_max_ms) {
+            refuse_overloaded(n, e, q, est_ms, false);
+            return;
+        }
         struct claimq **pp = &e->claims_q;
         while (*pp)
             pp = &(*pp)->next;
@@ -1272,8 +1329,22 @@ static void register_node(struct node *n)
     for (int i = 0; i < n->n_envs; i++) {
         struct env *e = &n->envs[i];
         char f1[96], f2[96], f3[96], f4[96], f5[96], v1[32], v2[32], v3[32], v4[32];
+        char f6[96], f7[96], f8[96], v6[32], v7[32], v8[32];
         if (e->retired)
             continue; /* its fields were removed from the node's hash */
+        /* The claim queue: how many wait for a restore slot, how long the
+         * oldest has, how many were refused as overloaded (since start). */
+        int waiting = 0;
+        uint64_t oldest = 0, wall = wp_wall_ms();
+        for (const struct claimq *q = e->claims_q; q; q = q->next, waiting++)
+            if (wall > q->at_ms && wall - q->at_ms > oldest)
+                oldest = wall - q->at_ms;
+        snprintf(f6, sizeof(f6), "claims_waiting:%s", e->cfg.name);
+        snprintf(f7, sizeof(f7), "claim_wait_ms:%s", e->cfg.name);
+        snprintf(f8, sizeof(f8), "claims_shed:%s", e->cfg.name);
+        snprintf(v6, sizeof(v6), "%d", waiting);
+        snprintf(v7, sizeof(v7), "%llu", (unsigned long long)oldest);
+        snprintf(v8, sizeof(v8), "%llu", (unsigned long long)e->shed);
         snprintf(f1, sizeof(f1), "target:%s", e->cfg.name);
         snprintf(f2, sizeof(f2), "claims_per_s:%s", e->cfg.name);
         snprintf(f3, sizeof(f3), "refill_ms:%s", e->cfg.name);
@@ -1283,8 +1354,9 @@ static void register_node(struct node *n)
         snprintf(v3, sizeof(v3), "%.1f", e->refill.value * 1e3);
         snprintf(v4, sizeof(v4), "%llu", (unsigned long long)e->refills);
         snprintf(f5, sizeof(f5), "ksm:%s", e->cfg.name);
-        const char *h[] = { "HSET", key, f1, v1, f2, v2, f3, v3, f4, v4, f5, ksm_names[e->ksm] };
-        cmd(n, "node stats", 12, h);
+        const char *h[] = { "HSET", key, f1, v1, f2, v2, f3, v3, f4, v4, f5, ksm_names[e->ksm],
+                            f6, v6, f7, v7, f8, v8 };
+        cmd(n, "node stats", 18, h);
     }
     /* Restore histograms: "<count> <sum seconds> <per-bucket counts...>",
      * bucket bounds in hist_le (base/hist.h), last bucket +Inf. */
@@ -1644,6 +1716,7 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
         if (!criu_off &&
             (e->img == IMG_NONE || (e->img == IMG_FAILED && n->now >= e->build_retry_at)))
             start_build(n, e);
+        shed_waiting(n, e);
         serve_claims(n, e);
         if ((e->img != IMG_READY && !criu_off) || !n->registered)
             continue;
@@ -1831,16 +1904,17 @@ static int env_retire(void *ctx, const char *name)
         fmtkey(nodes, sizeof(nodes), POOL__K_NODES_OF, name);
         const char *srem[] = { "SREM", nodes, n->cfg.id };
         cmd(n, "env nodes", 3, srem);
-        char key[160], f[6][96];
+        char key[160], f[9][96];
         static const char *const fields[] = { "build", "target", "claims_per_s", "refill_ms",
-                                              "refills", "ksm" };
+                                              "refills", "ksm", "claims_waiting",
+                                              "claim_wait_ms", "claims_shed" };
         fmtkey(key, sizeof(key), POOL__K_NODE, n->cfg.id);
-        const char *hdel[8] = { "HDEL", key };
-        for (int i = 0; i < 6; i++) {
+        const char *hdel[11] = { "HDEL", key };
+        for (int i = 0; i < 9; i++) {
             snprintf(f[i], sizeof(f[i]), "%s:%s", fields[i], name);
             hdel[2 + i] = f[i];
         }
-        cmd(n, "node fields", 8, hdel);
+        cmd(n, "node fields", 11, hdel);
         serve_claims(n, e); /* queued claims are answered: not here */
     }
     /* Idle clones go now (also those a refill finished since); leased

@@ -40,6 +40,16 @@ double pool_erlang_c(double a, int k);
  * cannot keep up at all. */
 int pool_target_hot(double lambda, double refill_s, int refill_slots, double hit_target);
 
+/* Claims per second that k restore slots refilling in refill_s seconds
+ * each can keep up with (k / refill_s); 0 while refill_s is unknown. Past
+ * it the hot tier drains whatever the policy asks: the CPU is the limit. */
+double pool_refill_capacity(double refill_s, int refill_slots);
+
+/* How long a warm/cold claim arriving now waits for a restore slot: ahead
+ * claims queued before it, busy restores running, k slots, restore_s per
+ * restore (0 = unknown: 0 is returned). */
+double pool_claim_wait_s(int ahead, int busy, int refill_slots, double restore_s);
+
 /* Hot clones of one environment that fit in a node's memory budget: the
  * ones it has (hot_now: idle + restoring) plus what the room left holds at
  * per_clone bytes each. used is what every clone on the node holds now,
@@ -99,6 +109,9 @@ struct pool_node_config {
     double heartbeat_ttl_s; /* the node counts as dead this long after its last beat */
     double lease_ms;        /* lease TTL handed out with claims */
     int restore_slots;      /* restores at once; 0 = one per CPU */
+    double claim_wait_max_ms; /* a warm/cold claim that would wait longer than
+                                 this for a restore slot is refused as
+                                 overloaded (WP_EOVERLOADED); 0 = never */
     long ksm_slow_pages;    /* KSM pages_to_scan when steady (envs with "ksm") */
     long ksm_fast_pages;    /* ... right after refills */
     long ksm_sleep_ms;      /* KSM sleep_millisecs */

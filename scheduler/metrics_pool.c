@@ -299,6 +299,26 @@ static int render_memory(struct wp_buf *o, json_t *nodes, json_t *envs)
     return rc;
 }
 
+/* One family from the per-environment fields "<prefix><env>" of the
+ * nodes' hashes: name{env,node} = value * scale. */
+static int node_env_field(struct wp_buf *o, json_t *nodes, const char *prefix, const char *name,
+                          const char *type, const char *help, double scale)
+{
+    json_t *n, *v;
+    const char *node, *k;
+    size_t pl = strlen(prefix);
+    int rc = family(o, name, type, help);
+
+    json_object_foreach(nodes, node, n) {
+        json_object_foreach(json_object_get(n, "fields"), k, v) {
+            if (strncmp(k, prefix, pl) == 0 && k[pl] && json_is_string(v))
+                rc = rc ? rc : sample(o, name, "env", k + pl, "node", node,
+                                      atof(json_string_value(v)) * scale);
+        }
+    }
+    return rc;
+}
+
 int sched__metrics_render_pool(json_t *snap, struct wp_buf *o)
 {
     json_t *nodes = json_object_get(snap, "nodes"), *envs = json_object_get(snap, "envs"), *n, *e;
@@ -385,17 +405,21 @@ int sched__metrics_render_pool(json_t *snap, struct wp_buf *o)
         for (int t = 0; t < 3; t++)
             rc = rc ? rc : sample(o, "warmpool_pool_tier_enabled", "env", env, "tier", TIERS[t],
                                   tier_on(json_object_get(e, "policy"), TIERS[t]));
-    rc = rc ? rc : family(o, "warmpool_pool_target_hot", "gauge",
-                          "Hot sandboxes a node's autoscaler keeps for an environment now");
-    json_object_foreach(nodes, node, n) {
-        json_t *f = json_object_get(n, "fields"), *v;
-        const char *k;
-        json_object_foreach(f, k, v) {
-            if (strncmp(k, "target:", 7) == 0 && json_is_string(v))
-                rc = rc ? rc : sample(o, "warmpool_pool_target_hot", "env", k + 7, "node", node,
-                                      atof(json_string_value(v)));
-        }
-    }
+    rc = rc ? rc : node_env_field(o, nodes, "target:", "warmpool_pool_target_hot", "gauge",
+                                  "Hot sandboxes a node's autoscaler keeps for an environment now",
+                                  1);
+    /* The claim queue (issue 20): overload is said, not hidden. */
+    rc = rc ? rc : node_env_field(o, nodes, "claims_waiting:", "warmpool_node_claims_waiting",
+                                  "gauge", "Warm/cold claims waiting on a node for a restore slot",
+                                  1);
+    rc = rc ? rc : node_env_field(o, nodes, "claim_wait_ms:",
+                                  "warmpool_node_claim_wait_oldest_seconds", "gauge",
+                                  "How long the oldest claim waiting on a node has waited", 1e-3);
+    rc = rc ? rc : node_env_field(o, nodes, "claims_shed:", "warmpool_node_claims_shed_total",
+                                  "counter",
+                                  "Claims a node refused as overloaded (they would have waited "
+                                  "past --claim-wait-max), since it started",
+                                  1);
     rc = rc ? rc : family(o, "warmpool_pool_claims_total", "counter",
                           "Claims of an environment served, by tier (all schedulers)");
     json_object_foreach(envs, env, e)

@@ -51,6 +51,8 @@ struct sched_sbx {
     struct sched_server *srv;
     char id[40], org[64], env[64], session[128];
     enum sbx_state st;
+    bool overloaded;             /* failed: its node refused the claim as overloaded */
+    bool overload_told;          /* ...and an execute got the 529: the next claims anew */
     bool attach;                 /* this process provisions: attach with settings */
     json_t *settings;            /* env, workdir, hostname (owned) */
     struct pool_claim_result res;
@@ -86,7 +88,7 @@ static void save(struct sched_sbx *s)
                            "node", s->res.node, "relay", s->res.relay, "rkey", s->res.rkey,
                            "tier", s->res.tier,
                            "token", tok, "claim_ms", cms, "attached_ms", ams, "node_wait_ms", wms,
-                           "error", s->error };
+                           "error", s->error, "overloaded", s->overloaded ? "1" : "0" };
     wp_redis_argv(s->srv->rds, NULL, NULL, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
 }
 
@@ -351,6 +353,16 @@ static void run_call(struct sched_sbx *s, struct sched_req *req, json_t *call)
     json_decref(call);
 }
 
+/* 529 overloaded_error (retried by the SDK): the node would not have
+ * served the claim in time. The next execute on the sandbox claims it
+ * anew (reclaim), so a retry after retry-after can succeed. */
+static void respond_overloaded(struct sched_req *req, const char *id, const char *why)
+{
+    snprintf(req->extra_headers, sizeof(req->extra_headers), "retry-after: 1\r\n");
+    sched__respond_error(req, 529, "overloaded_error", "sandbox_overloaded",
+                         "sandbox %s is not ready: %s", id, why);
+}
+
 static void flush_waiters(struct sched_sbx *s)
 {
     while (s->waiters) {
@@ -361,7 +373,11 @@ static void flush_waiters(struct sched_sbx *s)
                 sched_metrics_observe(s->srv->metrics, SCHED_HIST_TOOL_WAIT, NULL,
                                       (double)(wp_now_ns() - w->t0) / 1e9);
                 run_call(s, w->req, w->call);
-            } else
+            } else if (s->overloaded) {
+                s->overload_told = true;
+                respond_overloaded(w->req, s->id, s->error);
+            }
+            else
                 sched__respond_error(w->req, 502, "api_error", "sandbox_failed",
                                      "sandbox %s could not be provisioned: %s", s->id, s->error);
         }
@@ -477,6 +493,7 @@ static void claim_cb(void *ctx, int status, const struct pool_claim_result *res,
     struct sched_sbx *s = ctx;
 
     if (status != 0) {
+        s->overloaded = status == WP_EOVERLOADED;
         fail(s, "claim: %s", err ? err->msg : "failed");
         return;
     }
@@ -726,6 +743,12 @@ static void got_record(void *ctx, redisReply *reply)
         return;
     }
     /* execute on a sandbox another process provisioned */
+    const char *ov = field(reply, "overloaded");
+    if (status && strcmp(status, "failed") == 0 && !gone[0] && ov && strcmp(ov, "1") == 0) {
+        const char *why = field(reply, "error");
+        respond_overloaded(req, req->params[0], why && *why ? why : "its node is overloaded");
+        return;
+    }
     if (status && (strcmp(status, "failed") == 0 || strcmp(status, "expired") == 0)) {
         const char *why = gone[0] ? gone : field(reply, "error");
         sched__respond_error(req, 502, "api_error", "sandbox_failed", "sandbox %s %s: %s",
@@ -784,6 +807,24 @@ void sched__h_sbx_delete(struct sched_req *req)
     load(req, 2);
 }
 
+/* A sandbox whose claim was refused as overloaded is claimed again when
+ * it is used (the caller retried): provisioning as at create. */
+static int reclaim(struct sched_sbx *s)
+{
+    struct wp_err err;
+
+    if (pool_claim(s->srv->pool, s->env, s->session, 60, claim_cb, s, &err) < 0) {
+        snprintf(s->error, sizeof(s->error), "claim: %s", err.msg);
+        return -1;
+    }
+    s->st = SBX_PROVISIONING;
+    s->overloaded = s->overload_told = false;
+    s->error[0] = '\0';
+    s->t0 = wp_now_ns();
+    save(s);
+    return 0;
+}
+
 void sched__h_sbx_execute(struct sched_req *req)
 {
     json_t *b = req->body;
@@ -803,6 +844,13 @@ void sched__h_sbx_execute(struct sched_req *req)
         return;
     }
     s = find_local(req->srv, req->params[0]);
+    if (s && s->st == SBX_FAILED && s->overloaded && strcmp(s->org, req->org) == 0 &&
+        (!s->overload_told || reclaim(s) < 0)) {
+        /* The caller hears of the overload once; its retry claims anew. */
+        s->overload_told = true;
+        respond_overloaded(req, s->id, s->error);
+        return;
+    }
     bool over = s && (s->st == SBX_FAILED || s->st == SBX_EXPIRED);
     if (!s || strcmp(s->org, req->org) != 0 || over) {
         if (over && strcmp(s->org, req->org) == 0)

@@ -94,6 +94,7 @@ static const char *status_text(int status)
     case 501: return "Not Implemented";
     case 503: return "Service Unavailable";
     case 505: return "HTTP Version Not Supported";
+    case 529: return "Overloaded";
     default: return "Status";
     }
 }
@@ -109,7 +110,7 @@ const char *sched__error_type_for(int status)
     case 408: return "timeout_error";
     case 409: return "conflict_error";
     case 429: return "rate_limit_error";
-    case 503: return "overloaded_error";
+    case 503: case 529: return "overloaded_error";
     default: return "api_error";
     }
 }

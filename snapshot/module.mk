@@ -20,3 +20,8 @@ BINS += $(BUILD)/bench/criu_bench
 $(BUILD)/bench/criu_bench: $(BUILD)/obj/bench/criu_bench.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
 	@mkdir -p $(@D)
 	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
+
+BINS += $(BUILD)/bench/clonecpu_bench
+$(BUILD)/bench/clonecpu_bench: $(BUILD)/obj/bench/clonecpu_bench.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+	@mkdir -p $(@D)
+	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@

@@ -470,6 +470,126 @@ static void free_inside_callback(void **state)
     hh_stop(&h);
 }
 
+/* ---- the shell is ready at attach ---------------------------------------------- */
+
+/* Pids of the running bash children of parent (up to cap). */
+static int bash_children(pid_t parent, pid_t *out, int cap)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    int n = 0;
+
+    assert_non_null(d);
+    while (n < cap && (e = readdir(d))) {
+        char path[300], buf[512], *p;
+        int ppid = 0;
+        char state = 0;
+
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        size_t k = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[k] = '\0';
+        p = strrchr(buf, ')');
+        if (!p || !strstr(buf, "(bash)") || sscanf(p + 1, " %c %d", &state, &ppid) != 2)
+            continue;
+        if (ppid == parent && state != 'Z')
+            out[n++] = (pid_t)atoi(e->d_name);
+    }
+    closedir(d);
+    return n;
+}
+
+/* Starts the hands with --ready-fd (plus extra) and waits for "ready". */
+static void start_ready(struct hh *h, const char *extra)
+{
+    int p[2];
+    char num[16], buf[8];
+    const char *args[] = {"--ready-fd", num, extra, NULL};
+
+    assert_int_equal(pipe(p), 0);
+    snprintf(num, sizeof(num), "%d", p[1]);
+    hh_start_args(h, args);
+    close(p[1]);
+    assert_int_equal(read_full(p[0], buf, 6), 0);
+    assert_memory_equal(buf, "ready\n", 6);
+    close(p[0]);
+}
+
+/* By "ready" the shell is already running (a checkpoint taken then holds
+ * it, so a clone's first call starts no shell); the first call runs in
+ * that very shell; a killed shell is replaced at once, with fresh state. */
+static void shell_ready_before_first_call(void **state)
+{
+    struct hh h;
+    struct hres r;
+    pid_t sh[4], sh2[4];
+    char want[32];
+    (void)state;
+
+    start_ready(&h, NULL);
+    assert_int_equal(bash_children(h.pid, sh, 4), 1);
+    hh_connect(&h);
+    snprintf(want, sizeof(want), "%d", (int)sh[0]);
+    EXPECT_CALL(&h, "bash", "{\"command\":\"echo $$\"}", false, want);
+    EXPECT_CALL(&h, "bash", "{\"command\":\"WP_OLD=stale; echo set\"}", false, "set");
+    /* A restart ends that shell and starts the next one before any call. */
+    EXPECT_CALL(&h, "bash", "{\"restart\":true}", false, "bash session restarted");
+    int n = 0;
+    for (int i = 0; i < 200; i++) {
+        n = bash_children(h.pid, sh2, 4);
+        if (n == 1 && sh2[0] != sh[0])
+            break;
+        usleep(10000);
+    }
+    assert_int_equal(n, 1);
+    assert_int_not_equal(sh2[0], sh[0]);
+    snprintf(want, sizeof(want), "%d|", (int)sh2[0]);
+    EXPECT_CALL(&h, "bash", "{\"command\":\"echo \\\"$$|$WP_OLD\\\"\"}", false, want);
+    /* The same after a timeout kills the shell. */
+    hh_call(&h, "bash", "{\"command\":\"sleep 30\",\"timeout_ms\":100}", &r);
+    assert_true(r.is_error);
+    hres_free(&r);
+    for (int i = 0; i < 200 && bash_children(h.pid, sh, 4) != 1; i++)
+        usleep(10000);
+    assert_int_equal(bash_children(h.pid, sh, 4), 1);
+    assert_int_not_equal(sh[0], sh2[0]);
+    EXPECT_CALL(&h, "bash", "{\"command\":\"echo ok\"}", false, "ok");
+    hh_stop(&h);
+
+    /* --lazy-shell keeps the old behaviour: no shell until the first call. */
+    start_ready(&h, "--lazy-shell");
+    assert_int_equal(bash_children(h.pid, sh, 4), 0);
+    hh_connect(&h);
+    EXPECT_CALL(&h, "bash", "{\"command\":\"echo ok\"}", false, "ok");
+    assert_int_equal(bash_children(h.pid, sh, 4), 1);
+    hh_stop(&h);
+}
+
+/* A shell that cannot start does not hold the hands back: ready comes,
+ * and calls say why. */
+static void shell_broken_still_ready(void **state)
+{
+    struct hh h;
+    struct hres r;
+    pid_t sh[4];
+    (void)state;
+
+    start_ready(&h, "--shell=/nonexistent/bash");
+    hh_connect(&h);
+    hh_call(&h, "bash", "{\"command\":\"echo ok\"}", &r);
+    assert_true(r.is_error);
+    hres_free(&r);
+    assert_int_equal(bash_children(h.pid, sh, 4), 0);
+    EXPECT_CALL(&h, "read", "{\"file_path\":\"nope\"}", true,
+                "read: nope: cannot open: No such file or directory");
+    hh_stop(&h);
+}
+
 /* ---- attach ------------------------------------------------------------------- */
 
 static void attach_applies(void **state)
@@ -614,6 +734,8 @@ int main(void)
         HH_TEST(dead_hands_detected),
         HH_TEST(free_inside_callback),
         HH_TEST(attach_applies),
+        HH_TEST(shell_ready_before_first_call),
+        HH_TEST(shell_broken_still_ready),
         HH_TEST(hands_as_pid1),
         HH_TEST(attach_hostname_in_uts_ns),
     };

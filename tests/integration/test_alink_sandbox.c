@@ -183,12 +183,66 @@ static void clones_attached_differently_see_only_their_own(void **state)
     }
 }
 
+/* Host pids of the bash processes in a sandbox (up to cap). */
+static int shells_in(const struct snap_sandbox *sb, pid_t *out, int cap)
+{
+    pid_t pids[64];
+    struct wp_err err;
+    int n = snap_sandbox_pids(S.ctx, sb->id, pids, 64, &err), found = 0;
+
+    assert_true(n >= 0);
+    for (int i = 0; i < n && found < cap; i++) {
+        char path[64], comm[32] = "";
+        snprintf(path, sizeof(path), "/proc/%d/comm", (int)pids[i]);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fgets(comm, sizeof(comm), f) && strcmp(comm, "bash\n") == 0)
+            out[found++] = pids[i];
+        fclose(f);
+    }
+    return found;
+}
+
+/* The image of a sandbox nobody has used holds its shell: a clone's first
+ * call runs in that restored shell (no shell started), with the clone's own
+ * attach settings. */
+static void a_clone_holds_its_shell_before_the_first_call(void **state)
+{
+    struct snap_sandbox *sb;
+    struct wp_err err;
+    struct hh h;
+    pid_t sh[4], after[4];
+    (void)state;
+
+    if (snap_boot(S.ctx, T, NULL, NULL, NULL, &sb, &err) < 0)
+        fail_msg("boot: %s", err.msg);
+    assert_int_equal(shells_in(sb, sh, 4), 1); /* ready means the shell runs */
+    if (snap_checkpoint(S.ctx, sb, T, "hands-fresh", 0, NULL, &err) < 0)
+        fail_msg("checkpoint: %s", err.msg);
+    for (int lazy = 0; lazy < 2; lazy++) {
+        struct snap_restore_opts ro = { .lazy = lazy };
+        if (snap_restore(S.ctx, "hands-fresh", &ro, &sb, &err) < 0)
+            fail_msg("restore: %s", err.msg);
+        assert_int_equal(shells_in(sb, sh, 4), 1);
+        connect_to(&h, sb);
+        attach(&h, "fresh", "MINE", lazy ? "lazy" : "eager");
+        EXPECT_CALL(&h, "bash", "{\"command\":\"echo $MINE; pwd\"}", false,
+                    lazy ? "lazy\n/work" : "eager\n/work");
+        assert_int_equal(shells_in(sb, after, 4), 1);
+        assert_int_equal(after[0], sh[0]); /* the same, restored shell */
+        hh_stop(&h);
+        assert_int_equal(snap_destroy(S.ctx, sb, &err), 0);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         HH_TEST(tools_work_in_a_booted_sandbox),
         HH_TEST(shell_state_survives_checkpoint_and_restore),
         HH_TEST(clones_attached_differently_see_only_their_own),
+        HH_TEST(a_clone_holds_its_shell_before_the_first_call),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

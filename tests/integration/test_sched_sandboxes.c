@@ -435,6 +435,93 @@ static void metrics_scans_shared_and_token_beyond_loopback(void **state)
     assert_int_equal(th_sched_stop(&D), 0);
 }
 
+/* Overload is explicit (issue 20): a node with one restore slot and a
+ * 1 ms bound refuses the claims of a burst it cannot serve at once; their
+ * executes answer 529 overloaded_error with retry-after (the SDK retries
+ * those), /metrics counts them, and the retried execute claims anew and
+ * runs. */
+static void overloaded_claims_answer_529_and_a_retry_runs(void **state)
+{
+    char wp[1024], tmpl[1200], json[2048], env[1300], log[1200], state_dir[1200], path[160];
+    char out[256], ra[32];
+    struct wp_err err;
+    struct th_resp r;
+    json_t *sb[5];
+    int over = -1, n529 = 0, status;
+    (void)state;
+
+    assert_int_equal(th_hands_copy(DIR_, wp, sizeof(wp)), 0);
+    snprintf(tmpl, sizeof(tmpl), "%s/busy.json", DIR_);
+    snprintf(json, sizeof(json),
+             "{\"name\":\"busy\",\"rootfs\":\"host\",\"workdir\":\"/work\","
+             "\"init\":[\"/.wp/warmpool-hands\",\"--socket\",\"/run/warmpool/hands.sock\","
+             "\"--workdir\",\"/work\",\"--ready-file\",\"/run/warmpool/hands.ready\"],"
+             "\"ready_file\":\"/run/warmpool/hands.ready\","
+             "\"binds\":[{\"source\":\"%s\",\"target\":\"/.wp\"}],"
+             "\"limits\":{\"memory_mb\":64,\"pids\":32}}",
+             wp);
+    assert_int_equal(wp_write_file(tmpl, json, strlen(json), 0644, &err), 0);
+    snprintf(env, sizeof(env), "%s:1:1", tmpl);
+    snprintf(log, sizeof(log), "%s/node-busy.log", DIR_);
+    snprintf(state_dir, sizeof(state_dir), "%s/state-busy", DIR_);
+    pid_t node = th_node_start("n-busy", R.port, state_dir, log, "--env", env, "--no-api-envs",
+                               "--restore-slots", "1", "--claim-wait-max", "1", NULL);
+    assert_true(node > 0);
+    assert_true(th_wait_hot(R.port, "busy", 1, 60)); /* one refill: its time is known */
+    th_sh(out, sizeof(out), "redis-cli -p %d hset 'wp:env:{busy}:policy' tiers warm,cold", R.port);
+    /* Five at once: the node restores one, the others would wait. */
+    for (int i = 0; i < 5; i++)
+        sb[i] = call(&A, "POST", "/v1/sandboxes", "{\"environment\":\"busy\"}", 200);
+    for (int i = 0; i < 5; i++) {
+        snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute",
+                 json_string_value(json_object_get(sb[i], "id")));
+        assert_int_equal(th_http(A.port, "POST", path, KEY,
+                                 "{\"name\":\"bash\",\"input\":{\"command\":\"echo hi\"}}", &r), 0);
+        if (r.status == 529) {
+            json_t *o = json_loads(r.body, 0, NULL);
+            json_t *e = json_object_get(o, "error");
+            assert_string_equal(json_string_value(json_object_get(e, "type")), "overloaded_error");
+            assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "is overloaded"));
+            assert_int_equal(th_resp_header(&r, "retry-after", ra, sizeof(ra)), 0);
+            assert_true(atoi(ra) >= 1);
+            json_decref(o);
+            n529++;
+            over = i;
+        } else if (r.status != 200) {
+            fail_msg("execute %d: %d %s", i, r.status, r.body);
+        }
+        th_resp_free(&r);
+    }
+    assert_true(n529 >= 1);
+    assert_true(n529 <= 4);
+    /* What a dashboard sees. */
+    char *m = get_metrics(A.port, NULL, &status);
+    for (int i = 0; i < 50 && metric(m, "warmpool_node_claims_shed_total{env=\"busy\",node=\"n-busy\"}") < n529; i++) {
+        free(m);
+        th_msleep(100);
+        m = get_metrics(A.port, NULL, &status);
+    }
+    assert_true(metric(m, "warmpool_node_claims_shed_total{env=\"busy\",node=\"n-busy\"}") == n529);
+    assert_true(metric(m, "warmpool_node_claims_waiting{env=\"busy\",node=\"n-busy\"}") == 0);
+    free(m);
+    /* The retry, once the burst is over, is served. */
+    th_msleep(1500);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute",
+             json_string_value(json_object_get(sb[over], "id")));
+    json_t *res = call(&A, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"echo again\"}}", 200);
+    json_t *c0 = json_array_get(json_object_get(res, "content"), 0);
+    assert_string_equal(json_string_value(json_object_get(c0, "text")), "again");
+    json_decref(res);
+    for (int i = 0; i < 5; i++) {
+        snprintf(path, sizeof(path), "/v1/sandboxes/%s", json_string_value(json_object_get(sb[i], "id")));
+        assert_int_equal(th_http(A.port, "DELETE", path, KEY, NULL, &r), 0);
+        th_resp_free(&r);
+        json_decref(sb[i]);
+    }
+    kill(node, SIGTERM);
+    waitpid(node, NULL, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -444,6 +531,7 @@ int main(void)
         cmocka_unit_test(bad_input_is_refused),
         cmocka_unit_test(lease_renewed_while_used_released_when_idle),
         cmocka_unit_test(metrics_scans_shared_and_token_beyond_loopback),
+        cmocka_unit_test(overloaded_claims_answer_529_and_a_retry_runs),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -87,6 +87,41 @@ static void ewma_tracks_samples(void **state)
     assert_true(fabs(e.value - 150) < 1e-9);
 }
 
+/* The issue's case: py200 refills cost ~0.6 s of CPU each, two slots on
+ * two vCPUs: about 3.3 claims/s, so 10/s is past what any policy can keep
+ * hot, and the target says so (unbounded) rather than a number. */
+static void refill_capacity_says_when_cpu_is_the_limit(void **state)
+{
+    (void)state;
+    assert_true(fabs(pool_refill_capacity(0.6, 2) - 3.333333) < 1e-5);
+    assert_true(pool_refill_capacity(0, 2) == 0); /* unknown */
+    assert_true(pool_refill_capacity(0.6, 0) == 0);
+    assert_int_equal(pool_target_hot(10, 0.6, 2, 0.95), POOL_TARGET_UNBOUNDED);
+    /* Below capacity the pool is sized, and grows with the rate. */
+    int lo = pool_target_hot(1, 0.6, 2, 0.95), hi = pool_target_hot(3, 0.6, 2, 0.95);
+    assert_true(lo >= 1 && lo < POOL_TARGET_UNBOUNDED);
+    assert_true(hi > lo && hi < POOL_TARGET_UNBOUNDED);
+    /* Faster refills (cheaper clones) raise the capacity past 10/s. */
+    assert_true(pool_refill_capacity(0.1, 2) > 10);
+    assert_true(pool_target_hot(10, 0.1, 2, 0.95) < POOL_TARGET_UNBOUNDED);
+}
+
+static void claim_wait_counts_what_is_ahead(void **state)
+{
+    (void)state;
+    /* A free slot: no wait. */
+    assert_true(pool_claim_wait_s(0, 0, 2, 0.6) == 0);
+    assert_true(pool_claim_wait_s(0, 1, 2, 0.6) == 0);
+    /* Both slots busy: the next completion, k per restore time. */
+    assert_true(fabs(pool_claim_wait_s(0, 2, 2, 0.6) - 0.3) < 1e-9);
+    /* Ten queued ahead on two slots: eleven completions at 0.3 s each. */
+    assert_true(fabs(pool_claim_wait_s(10, 2, 2, 0.6) - 3.3) < 1e-9);
+    /* Unknown restore time: no estimate (nothing is shed on a guess). */
+    assert_true(pool_claim_wait_s(10, 2, 2, 0) == 0);
+    /* No slots given: one. */
+    assert_true(fabs(pool_claim_wait_s(1, 1, 0, 1.0) - 2.0) < 1e-9);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -96,6 +131,8 @@ int main(void)
         cmocka_unit_test(rate_converges_to_arrival_rate),
         cmocka_unit_test(scaler_goes_up_at_once_and_down_slowly),
         cmocka_unit_test(ewma_tracks_samples),
+        cmocka_unit_test(refill_capacity_says_when_cpu_is_the_limit),
+        cmocka_unit_test(claim_wait_counts_what_is_ahead),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

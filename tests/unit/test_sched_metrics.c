@@ -163,6 +163,25 @@ static void pool_snapshot_renders_gauges_and_restores(void **state)
     assert_true(value_of(t, "warmpool_restore_seconds_count{tier=\"warm\",node=\"n1\"}") == 3);
     /* A dead node's restores and data without the bucket layout are left out. */
     assert_null(strstr(t, "tier=\"warm\",node=\"n2\""));
+    assert_null(strstr(t, "warmpool_node_claims_waiting{")); /* no node publishes a queue */
+    wp_buf_free(&b);
+
+    /* The claim queue a node publishes (issue 20): waiting, oldest wait in
+     * seconds, refused as overloaded (a counter). */
+    json_t *f1 = json_object_get(json_object_get(json_object_get(snap, "nodes"), "n1"), "fields");
+    json_object_set_new(f1, "claims_waiting:py", json_string("3"));
+    json_object_set_new(f1, "claim_wait_ms:py", json_string("2500"));
+    json_object_set_new(f1, "claims_shed:py", json_string("17"));
+    json_object_set_new(f1, "claims_shed:", json_string("5")); /* no env: skipped */
+    wp_buf_init(&b, 1 << 20);
+    assert_int_equal(sched__metrics_render_pool(snap, &b), 0);
+    t = b.data;
+    assert_true(value_of(t, "warmpool_node_claims_waiting{env=\"py\",node=\"n1\"}") == 3);
+    assert_true(value_of(t, "warmpool_node_claim_wait_oldest_seconds{env=\"py\",node=\"n1\"}") == 2.5);
+    assert_true(value_of(t, "warmpool_node_claims_shed_total{env=\"py\",node=\"n1\"}") == 17);
+    assert_non_null(strstr(t, "# TYPE warmpool_node_claims_shed_total counter\n"));
+    assert_null(strstr(t, "warmpool_node_claims_shed_total{env=\"\""));
+    assert_true(value_of(t, "warmpool_pool_target_hot{env=\"py\",node=\"n1\"}") == 4);
     wp_buf_free(&b);
 
     /* What clones hold (memory.c's hash): gauges and the private-bytes
