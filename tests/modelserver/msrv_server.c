@@ -555,6 +555,7 @@ void msrv_server_free(struct msrv_server *srv)
     ev_prepare_stop(srv->loop, &srv->prepare);
     close(srv->lfd);
     json_decref(srv->by_status);
+    json_decref(srv->last_tools);
     free(srv);
 }
 

@@ -1,0 +1,542 @@
+/* test_brain_mcp.c - MCP toolsets end to end: a real MCP server built with
+ * the official SDK (tests/sdk/mcp_server.mjs, @modelcontextprotocol/sdk,
+ * streamable HTTP on loopback, bearer and OAuth), a real Redis, a
+ * scheduler with the brain on, the model stand-in scripting calls to the
+ * MCP tools. What a user checks: the tools the model was offered, the
+ * session's event log, the credential as the API shows it afterwards. */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lib/sched_testlib.h"
+#include "lib/testlib.h"
+#include "modelserver/msrv_spawn.h"
+#include "base/err.h"
+#include "base/fs.h"
+#include "base/timeutil.h"
+
+#define KEY "sk-acme"
+
+static struct th_redis R;
+static struct th_sched S;
+static struct msrv_proc M;
+static char *DIR_;
+static pid_t MCP_PID = -1;
+static int MCP_PORT;
+static char ENV_ID[64];
+
+static const char script[] =
+    "{\"seed\":1,\"ttft_ms\":5,\"tokens_per_s\":0,"
+    "\"conversations\":["
+    " {\"match\":\"use echo\",\"turns\":["
+    "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"echo\",\"input\":{\"text\":\"hello mcp\"}}]},"
+    "   {\"text\":\"done\"}]},"
+    " {\"match\":\"use danger\",\"turns\":["
+    "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"danger\",\"input\":{}}]},"
+    "   {\"text\":\"ok\"}]},"
+    " {\"turns\":[\"Hello!\"]}]}";
+
+/* ---- HTTP helpers ---- */
+
+static json_t *call(int port, const char *method, const char *path, const char *body, int want)
+{
+    struct th_resp r;
+    assert_int_equal(th_http(port, method, path, KEY, body, &r), 0);
+    if (r.status != want)
+        fail_msg("%s %s: status %d, want %d: %s", method, path, r.status, want, r.body);
+    json_t *o = json_loads(r.body, 0, NULL);
+    th_resp_free(&r);
+    assert_non_null(o);
+    return o;
+}
+
+static const char *s_(json_t *o, const char *k)
+{
+    return json_string_value(json_object_get(o, k));
+}
+
+static json_t *get_json(int port, const char *path)
+{
+    struct th_resp r;
+    if (th_http(port, "GET", path, NULL, NULL, &r) != 0)
+        return NULL;
+    json_t *o = json_loads(r.body, 0, NULL);
+    th_resp_free(&r);
+    return o;
+}
+
+/* The session's history (caller owns). */
+static json_t *history(const char *sid)
+{
+    char path[160];
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events?limit=1000", sid);
+    json_t *h = call(S.port, "GET", path, NULL, 200);
+    json_t *d = json_incref(json_object_get(h, "data"));
+    json_decref(h);
+    return d;
+}
+
+/* The first event of type (with field == value when field is given), polling
+ * the history up to ms. Caller owns; NULL on timeout. */
+static json_t *wait_event(const char *sid, const char *type, const char *field, const char *value, int ms)
+{
+    uint64_t end = wp_now_ms() + (uint64_t)ms;
+    do {
+        json_t *h = history(sid);
+        size_t i;
+        json_t *e;
+        json_array_foreach(h, i, e) {
+            if (strcmp(s_(e, "type") ?: "", type))
+                continue;
+            if (field) {
+                const char *v = s_(e, field);
+                json_t *sr = json_object_get(e, field);
+                if (!v && json_is_object(sr))
+                    v = s_(sr, "type"); /* stop_reason.type, error.type */
+                if (!v || strcmp(v, value))
+                    continue;
+            }
+            json_t *out = json_incref(e);
+            json_decref(h);
+            return out;
+        }
+        json_decref(h);
+        usleep(50 * 1000);
+    } while (wp_now_ms() < end);
+    return NULL;
+}
+
+static void send_events(const char *sid, const char *events)
+{
+    char path[160], body[2048];
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events", sid);
+    snprintf(body, sizeof(body), "{\"events\":[%s]}", events);
+    json_decref(call(S.port, "POST", path, body, 200));
+}
+
+static void send_text(const char *sid, const char *text)
+{
+    char ev[512];
+    snprintf(ev, sizeof(ev), "{\"type\":\"user.message\",\"content\":[{\"type\":\"text\",\"text\":\"%s\"}]}", text);
+    send_events(sid, ev);
+}
+
+static char *new_vault(void)
+{
+    json_t *v = call(S.port, "POST", "/v1/vaults", "{\"display_name\":\"mcp\"}", 200);
+    char *id = strdup(s_(v, "id"));
+    json_decref(v);
+    return id;
+}
+
+static char *new_cred(const char *vault, const char *auth_json)
+{
+    char path[160], body[2048];
+    snprintf(path, sizeof(path), "/v1/vaults/%s/credentials", vault);
+    snprintf(body, sizeof(body), "{\"auth\":%s}", auth_json);
+    json_t *c = call(S.port, "POST", path, body, 200);
+    char *id = strdup(s_(c, "id"));
+    json_decref(c);
+    return id;
+}
+
+/* An agent with one MCP server at url named "tools": hidden disabled,
+ * danger asks first. */
+static char *new_agent(const char *url)
+{
+    char body[2048];
+    snprintf(body, sizeof(body),
+             "{\"name\":\"m\",\"model\":\"claude-test\","
+             "\"mcp_servers\":[{\"type\":\"url\",\"name\":\"tools\",\"url\":\"%s\"}],"
+             "\"tools\":[{\"type\":\"mcp_toolset\",\"mcp_server_name\":\"tools\","
+             "\"configs\":[{\"name\":\"hidden\",\"enabled\":false},"
+             "{\"name\":\"danger\",\"permission_policy\":{\"type\":\"always_ask\"}}]}]}",
+             url);
+    json_t *a = call(S.port, "POST", "/v1/agents", body, 200);
+    char *id = strdup(s_(a, "id"));
+    json_decref(a);
+    return id;
+}
+
+static char *new_session(const char *agent, const char *vault)
+{
+    char body[512];
+    snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\",\"vault_ids\":[%s%s%s]}",
+             agent, ENV_ID, vault ? "\"" : "", vault ? vault : "", vault ? "\"" : "");
+    json_t *s = call(S.port, "POST", "/v1/sessions", body, 200);
+    char *id = strdup(s_(s, "id"));
+    json_decref(s);
+    return id;
+}
+
+static json_t *mcp_admin(void)
+{
+    json_t *a = get_json(MCP_PORT, "/admin");
+    assert_non_null(a);
+    return a;
+}
+
+/* ---- the MCP server process ---- */
+
+static int mcp_start(void)
+{
+    static char out[1 << 16];
+    if (access("tests/sdk/node_modules/@modelcontextprotocol/sdk/package.json", R_OK) != 0 &&
+        th_sh(out, sizeof(out), "cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error 2>&1") != 0) {
+        fprintf(stderr, "npm ci: %s\n", out);
+        return -1;
+    }
+    int p[2];
+    if (pipe(p) < 0)
+        return -1;
+    MCP_PID = fork();
+    if (MCP_PID == 0) {
+        dup2(p[1], 1);
+        close(p[0]);
+        close(p[1]);
+        execlp("node", "node", "tests/sdk/mcp_server.mjs", (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    char line[128] = "";
+    size_t n = 0;
+    struct pollfd pf = { .fd = p[0], .events = POLLIN };
+    while (n < sizeof(line) - 1 && !strchr(line, '\n') && poll(&pf, 1, 20000) > 0) {
+        ssize_t k = read(p[0], line + n, sizeof(line) - 1 - n);
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+        line[n] = '\0';
+    }
+    close(p[0]);
+    return sscanf(line, "port %d", &MCP_PORT) == 1 ? 0 : -1;
+}
+
+/* ---- set-up ---- */
+
+static int group_setup(void **state)
+{
+    char url[128], scr[1100];
+    struct wp_err err;
+    (void)state;
+    if (mcp_start() < 0 || th_redis_start(&R, 0) < 0)
+        return -1;
+    DIR_ = th_tmpdir("brain-mcp");
+    snprintf(scr, sizeof(scr), "%s/script.json", DIR_);
+    if (wp_write_file(scr, script, strlen(script), 0644, &err) < 0)
+        return -1;
+    const char *margs[] = { "--script", scr, "--log-level", "warn", NULL };
+    if (msrv_spawn(&M, margs) < 0)
+        return -1;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", M.port);
+    setenv("ANTHROPIC_API_KEY", "sk-test-model", 1);
+    if (th_sched_start(&S, R.port, "--model-url", url, "--rate-create", "0", "--rate-read", "0", NULL) < 0)
+        return -1;
+    /* MCP calls need no sandbox: an environment no node serves */
+    json_t *en = call(S.port, "POST", "/v1/environments",
+                      "{\"name\":\"mcp-env\",\"config\":{\"type\":\"cloud\"},"
+                      "\"metadata\":{\"warmpool.pool\":\"nopool\"}}", 200);
+    snprintf(ENV_ID, sizeof(ENV_ID), "%s", s_(en, "id"));
+    json_decref(en);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    int rc = 0;
+    if (S.pid > 0 && th_sched_stop(&S) != 0) {
+        fprintf(stderr, "scheduler did not exit cleanly\n");
+        rc = -1;
+    }
+    msrv_stop(&M);
+    th_redis_stop(&R);
+    if (MCP_PID > 0) {
+        kill(MCP_PID, SIGTERM);
+        waitpid(MCP_PID, NULL, 0);
+    }
+    if (DIR_)
+        th_rmtree(DIR_);
+    free(DIR_);
+    return rc;
+}
+
+/* ---- tests ---- */
+
+static bool has_name(json_t *arr, const char *name)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v)
+        if (!strcmp(json_string_value(v) ?: "", name))
+            return true;
+    return false;
+}
+
+/* A static bearer credential (matched although its URL differs from the
+ * server's in case and a trailing slash); the tools, over two pages, are
+ * offered to the model but for the disabled one; a call's result is in
+ * the log. */
+static void bearer_tools_listed_and_called(void **state)
+{
+    (void)state;
+    char url[128], curl_[128], auth[512];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/mcp", MCP_PORT);
+    snprintf(curl_, sizeof(curl_), "HTTP://127.0.0.1:%d/mcp/", MCP_PORT);
+    char *vault = new_vault();
+    snprintf(auth, sizeof(auth), "{\"type\":\"static_bearer\",\"mcp_server_url\":\"%s\",\"token\":\"static-good\"}", curl_);
+    free(new_cred(vault, auth));
+    char *agent = new_agent(url);
+    char *sid = new_session(agent, vault);
+    send_text(sid, "please use echo");
+
+    json_t *idle = wait_event(sid, "session.status_idle", "stop_reason", "end_turn", 20000);
+    assert_non_null(idle);
+    json_decref(idle);
+    json_t *use = wait_event(sid, "agent.mcp_tool_use", NULL, NULL, 100);
+    assert_non_null(use);
+    assert_string_equal(s_(use, "name"), "echo");
+    assert_string_equal(s_(use, "mcp_server_name"), "tools");
+    assert_string_equal(s_(use, "evaluated_permission"), "allow");
+    assert_string_equal(s_(json_object_get(use, "input"), "text"), "hello mcp");
+    json_t *res = wait_event(sid, "agent.mcp_tool_result", "mcp_tool_use_id", s_(use, "id"), 100);
+    assert_non_null(res);
+    assert_false(json_is_true(json_object_get(res, "is_error")));
+    assert_string_equal(s_(json_array_get(json_object_get(res, "content"), 0), "text"), "echo: hello mcp");
+    /* no error on the way */
+    assert_null(wait_event(sid, "session.error", NULL, NULL, 50));
+    /* the model was offered every enabled tool of both pages, not hidden */
+    json_t *st = get_json(M.port, "/stats");
+    json_t *tools = json_object_get(st, "last_tools");
+    assert_true(has_name(tools, "echo"));
+    assert_true(has_name(tools, "add"));
+    assert_true(has_name(tools, "danger"));
+    assert_false(has_name(tools, "hidden"));
+    json_decref(st);
+    /* the server ran it once */
+    json_t *adm = mcp_admin();
+    size_t i, n = 0;
+    json_t *c;
+    json_array_foreach(json_object_get(adm, "calls"), i, c)
+        if (!strcmp(s_(c, "name"), "echo"))
+            n++;
+    assert_int_equal(n, 1);
+    json_decref(adm);
+    json_decref(use);
+    json_decref(res);
+    free(sid);
+    free(agent);
+    free(vault);
+}
+
+/* always_ask: the call waits for the user's confirmation, then runs. */
+static void ask_waits_for_confirmation(void **state)
+{
+    (void)state;
+    char url[128], auth[512];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/mcp", MCP_PORT);
+    char *vault = new_vault();
+    snprintf(auth, sizeof(auth), "{\"type\":\"static_bearer\",\"mcp_server_url\":\"%s\",\"token\":\"static-good\"}", url);
+    free(new_cred(vault, auth));
+    char *agent = new_agent(url);
+    char *sid = new_session(agent, vault);
+    send_text(sid, "please use danger");
+
+    json_t *idle = wait_event(sid, "session.status_idle", "stop_reason", "requires_action", 20000);
+    assert_non_null(idle);
+    json_t *use = wait_event(sid, "agent.mcp_tool_use", NULL, NULL, 100);
+    assert_non_null(use);
+    assert_string_equal(s_(use, "name"), "danger");
+    assert_string_equal(s_(use, "evaluated_permission"), "ask");
+    assert_string_equal(s_(json_object_get(use, "evaluation"), "type"), "always_ask");
+    json_t *ids = json_object_get(json_object_get(idle, "stop_reason"), "event_ids");
+    assert_int_equal(json_array_size(ids), 1);
+    assert_string_equal(json_string_value(json_array_get(ids, 0)), s_(use, "id"));
+    /* not run while waiting */
+    usleep(300 * 1000);
+    json_t *adm = mcp_admin();
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(adm, "calls"), i, c)
+        assert_string_not_equal(s_(c, "name"), "danger");
+    json_decref(adm);
+    assert_null(wait_event(sid, "agent.mcp_tool_result", NULL, NULL, 50));
+
+    char ev[256];
+    snprintf(ev, sizeof(ev), "{\"type\":\"user.tool_confirmation\",\"tool_use_id\":\"%s\",\"result\":\"allow\"}",
+             s_(use, "id"));
+    send_events(sid, ev);
+    json_t *res = wait_event(sid, "agent.mcp_tool_result", "mcp_tool_use_id", s_(use, "id"), 20000);
+    assert_non_null(res);
+    assert_string_equal(s_(json_array_get(json_object_get(res, "content"), 0), "text"), "danger done");
+    json_t *end = wait_event(sid, "session.status_idle", "stop_reason", "end_turn", 20000);
+    assert_non_null(end);
+    json_decref(end);
+    json_decref(res);
+    json_decref(idle);
+    json_decref(use);
+    free(sid);
+    free(agent);
+    free(vault);
+}
+
+/* A token the server refuses: mcp_authentication_failed_error naming the
+ * server; the turn goes on without its tools. */
+static void revoked_token_is_an_auth_error(void **state)
+{
+    (void)state;
+    char url[128], auth[512];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/mcp", MCP_PORT);
+    char *vault = new_vault();
+    snprintf(auth, sizeof(auth), "{\"type\":\"static_bearer\",\"mcp_server_url\":\"%s\",\"token\":\"static-revoked\"}", url);
+    free(new_cred(vault, auth));
+    char *agent = new_agent(url);
+    char *sid = new_session(agent, vault);
+    send_text(sid, "just chat");
+    json_t *e = wait_event(sid, "session.error", "error", "mcp_authentication_failed_error", 20000);
+    assert_non_null(e);
+    assert_string_equal(s_(json_object_get(e, "error"), "mcp_server_name"), "tools");
+    json_t *idle = wait_event(sid, "session.status_idle", "stop_reason", "end_turn", 20000);
+    assert_non_null(idle); /* the model still answered */
+    json_t *st = get_json(M.port, "/stats");
+    assert_false(has_name(json_object_get(st, "last_tools"), "echo"));
+    json_decref(st);
+    /* without any credential the server refuses too */
+    char *sid2 = new_session(agent, NULL);
+    send_text(sid2, "just chat");
+    json_t *e2 = wait_event(sid2, "session.error", "error", "mcp_authentication_failed_error", 20000);
+    assert_non_null(e2);
+    json_decref(e2);
+    json_decref(idle);
+    json_decref(e);
+    free(sid2);
+    free(sid);
+    free(agent);
+    free(vault);
+}
+
+/* Nothing listens at the server's URL: mcp_connection_failed_error. */
+static void dead_server_is_a_connection_error(void **state)
+{
+    (void)state;
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/mcp", th_free_port());
+    char *agent = new_agent(url);
+    char *sid = new_session(agent, NULL);
+    send_text(sid, "just chat");
+    json_t *e = wait_event(sid, "session.error", "error", "mcp_connection_failed_error", 20000);
+    assert_non_null(e);
+    assert_string_equal(s_(json_object_get(e, "error"), "mcp_server_name"), "tools");
+    assert_string_equal(s_(json_object_get(json_object_get(e, "error"), "retry_status"), "type"), "retrying");
+    json_t *idle = wait_event(sid, "session.status_idle", "stop_reason", "end_turn", 20000);
+    assert_non_null(idle);
+    json_decref(idle);
+    json_decref(e);
+    free(sid);
+    free(agent);
+}
+
+/* An mcp_oauth token about to expire (and refused by the server) is
+ * refreshed at the token endpoint with client_secret_basic; the call runs
+ * with the new token; the new token and its expiry are stored back, so a
+ * later session uses it without refreshing again. */
+static void oauth_expired_token_refreshed_and_stored(void **state)
+{
+    (void)state;
+    char url[128], tokurl[128], auth[1024], exp[40], path[200];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/oauth/mcp", MCP_PORT);
+    snprintf(tokurl, sizeof(tokurl), "http://127.0.0.1:%d/token", MCP_PORT);
+    uint64_t soon = wp_wall_ms() + 30000;
+    time_t t = (time_t)(soon / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(exp, sizeof(exp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    char *vault = new_vault();
+    snprintf(auth, sizeof(auth),
+             "{\"type\":\"mcp_oauth\",\"mcp_server_url\":\"%s\",\"access_token\":\"oauth-stale\","
+             "\"expires_at\":\"%s\",\"refresh\":{\"client_id\":\"wp-client\",\"refresh_token\":\"R1\","
+             "\"token_endpoint\":\"%s\",\"token_endpoint_auth\":{\"type\":\"client_secret_basic\","
+             "\"client_secret\":\"s3cret\"}}}",
+             url, exp, tokurl);
+    char *cred = new_cred(vault, auth);
+    char kobj[128], sealed_before[4096], sealed_after[4096];
+    snprintf(kobj, sizeof(kobj), "wp:obj:%s", cred);
+    th_sh(sealed_before, sizeof(sealed_before), "redis-cli -p %d HGET %s sealed", R.port, kobj);
+
+    char *agent = new_agent(url);
+    char *sid = new_session(agent, vault);
+    send_text(sid, "please use echo");
+    json_t *res = wait_event(sid, "agent.mcp_tool_result", NULL, NULL, 20000);
+    assert_non_null(res);
+    assert_false(json_is_true(json_object_get(res, "is_error")));
+    assert_string_equal(s_(json_array_get(json_object_get(res, "content"), 0), "text"), "echo: hello mcp");
+    assert_null(wait_event(sid, "session.error", NULL, NULL, 50));
+    json_t *adm = mcp_admin();
+    json_t *reqs = json_object_get(adm, "token_requests");
+    assert_int_equal(json_array_size(reqs), 1);
+    json_t *r0 = json_array_get(reqs, 0);
+    assert_string_equal(s_(r0, "auth"), "basic");
+    assert_string_equal(s_(r0, "client_id"), "wp-client");
+    assert_string_equal(s_(r0, "refresh_token"), "R1");
+    assert_false(json_is_true(json_object_get(r0, "secret_in_form")));
+    json_decref(adm);
+
+    /* stored back: a later expiry through the API, other sealed bytes
+     * in Redis, no token in clear there */
+    snprintf(path, sizeof(path), "/v1/vaults/%s/credentials/%s", vault, cred);
+    uint64_t end = wp_wall_ms() + 5000;
+    const char *e2 = NULL;
+    json_t *c = NULL;
+    do {
+        json_decref(c);
+        c = call(S.port, "GET", path, NULL, 200);
+        e2 = s_(json_object_get(c, "auth"), "expires_at");
+        if (e2 && strcmp(e2, exp))
+            break;
+        usleep(50 * 1000);
+    } while (wp_wall_ms() < end);
+    assert_non_null(e2);
+    assert_string_not_equal(e2, exp);
+    assert_null(json_object_get(json_object_get(c, "auth"), "access_token"));
+    json_decref(c);
+    th_sh(sealed_after, sizeof(sealed_after), "redis-cli -p %d HGET %s sealed", R.port, kobj);
+    assert_string_not_equal(sealed_before, sealed_after);
+    assert_null(strstr(sealed_after, "oauth-new"));
+
+    /* a new session uses the stored token: no second refresh */
+    char *sid2 = new_session(agent, vault);
+    send_text(sid2, "please use echo");
+    json_t *res2 = wait_event(sid2, "agent.mcp_tool_result", NULL, NULL, 20000);
+    assert_non_null(res2);
+    assert_false(json_is_true(json_object_get(res2, "is_error")));
+    adm = mcp_admin();
+    assert_int_equal(json_array_size(json_object_get(adm, "token_requests")), 1);
+    json_decref(adm);
+    json_decref(res2);
+    json_decref(res);
+    free(sid2);
+    free(sid);
+    free(agent);
+    free(cred);
+    free(vault);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(bearer_tools_listed_and_called),
+        cmocka_unit_test(ask_waits_for_confirmation),
+        cmocka_unit_test(revoked_token_is_an_auth_error),
+        cmocka_unit_test(dead_server_is_a_connection_error),
+        cmocka_unit_test(oauth_expired_token_refreshed_and_stored),
+    };
+    return cmocka_run_group_tests_name("brain_mcp", tests, group_setup, group_teardown);
+}
