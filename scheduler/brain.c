@@ -51,7 +51,6 @@
 struct sched_brains {
     struct sched_server *srv;
     struct sched_model *model;
-    struct mcp_hub *mcp;     /* MCP servers of every session here */
     struct wp_redis *sub;    /* wake subscription */
     struct brain *list;
     struct brain *dirty;     /* brains with deltas to flush before the loop sleeps */
@@ -934,7 +933,7 @@ static void take(struct sched_brains *bs, const char *sid, bool takeover)
         return;
     b->bs = bs;
     b->srv = bs->srv;
-    b->mcp_hub = bs->mcp;
+    b->mcp_hub = sched__mcp_hub(bs->srv);
     snprintf(b->sid, sizeof(b->sid), "%s", sid);
     sched__key_obj(b->key_obj, sizeof(b->key_obj), sid);
     sched__key_events(b->key_ev, sizeof(b->key_ev), sid);
@@ -1081,15 +1080,9 @@ int sched__brain_init(struct sched_server *srv, struct wp_err *err)
         free(bs);
         return err ? err->code : -EIO;
     }
-    if (mcp_hub_new(srv->loop, &bs->mcp, err) < 0) {
-        sched_model_free(bs->model);
-        free(bs);
-        return err ? err->code : -ENOMEM;
-    }
     bs->sub = wp_redis_new(srv->loop, srv->cfg.redis_host, srv->cfg.redis_port, "brain-wake");
     if (!bs->sub || wp_redis_subscribe(bs->sub, BRAIN_WAKE_CHANNEL, wake_cb, bs) < 0) {
         wp_redis_free(bs->sub);
-        mcp_hub_free(bs->mcp);
         sched_model_free(bs->model);
         free(bs);
         return wp_err_set(err, -ENOMEM, "brain: redis subscription");
@@ -1122,9 +1115,7 @@ void sched__brain_shutdown(struct sched_server *srv)
     sched_model_free(bs->model);
     bs->model = NULL;
     for (struct brain *b = bs->list; b; b = b->next)
-        sched__brain_mcp_free(b); /* before the hub their clients are on */
-    mcp_hub_free(bs->mcp);
-    bs->mcp = NULL;
+        sched__brain_mcp_free(b); /* before the hub their clients are on goes */
     wp_redis_free(bs->sub);
     bs->sub = NULL;
 }

@@ -93,15 +93,6 @@ static const char lua_creds[] =
     "end\n"
     "return out\n";
 
-/* KEYS: credential obj. ARGV: org, rev read, new json, new sealed. The
- * refreshed token is stored unless the credential changed meanwhile (an
- * update through the API wins). */
-static const char lua_store_token[] =
-    "local h = redis.call('HMGET', KEYS[1], 'org', 'rev')\n"
-    "if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return 0 end\n"
-    "redis.call('HSET', KEYS[1], 'json', ARGV[3], 'sealed', ARGV[4], 'rev', tonumber(h[2]) + 1)\n"
-    "return 1\n";
-
 static void list_server(struct sched_brain_mcp *m, int i);
 static void call_run(struct bmcp_call *c);
 
@@ -272,59 +263,12 @@ static void load_creds(struct sched_brain_mcp *m)
 
 /* ---- the OAuth refresh ------------------------------------------------------ */
 
-static bool can_refresh(struct bmcp_server *v)
-{
-    return v->cred == CRED_OAUTH && json_is_object(json_object_get(json_object_get(v->cred_json, "auth"), "refresh")) &&
-           sget(v->secrets, "refresh_token") && !v->refreshed;
-}
-
 static bool expiring(struct bmcp_server *v)
 {
     const char *e = sget(json_object_get(v->cred_json, "auth"), "expires_at");
     uint64_t ms;
     return v->cred == CRED_OAUTH && e && sched__parse_rfc3339(e, &ms) == 0 &&
            ms <= wp_wall_ms() + MCP_REFRESH_EARLY_MS;
-}
-
-/* The new token into the credential, sealed; the public part's
- * expires_at and updated_at follow. */
-static void store_token(struct brain *b, struct bmcp_server *v, json_t *tok)
-{
-    json_t *sec = json_deep_copy(v->secrets);
-    json_object_set(sec, "access_token", json_object_get(tok, "access_token"));
-    if (sget(tok, "refresh_token"))
-        json_object_set(sec, "refresh_token", json_object_get(tok, "refresh_token"));
-    json_t *auth = json_object_get(v->cred_json, "auth");
-    char now[40], exp[40];
-    sched__rfc3339(wp_wall_ms(), now, sizeof(now));
-    json_t *ei = json_object_get(tok, "expires_in");
-    if (json_is_integer(ei)) {
-        sched__rfc3339(wp_wall_ms() + (uint64_t)json_integer_value(ei) * 1000, exp, sizeof(exp));
-        json_object_set_new(auth, "expires_at", json_string(exp));
-    } else {
-        json_object_set_new(auth, "expires_at", json_null());
-    }
-    json_object_set_new(v->cred_json, "updated_at", json_string(now));
-    wipe_json(v->secrets);
-    v->secrets = sec;
-    char *plain = json_dumps(sec, JSON_COMPACT);
-    char *sealed = plain ? sched__vault_seal(&b->srv->vk, plain, strlen(plain)) : NULL;
-    if (plain) {
-        memset(plain, 0, strlen(plain));
-        free(plain);
-    }
-    char *js = json_dumps(v->cred_json, JSON_COMPACT);
-    char kobj[200], rev[32];
-    sched__key_obj(kobj, sizeof(kobj), v->cred_id);
-    snprintf(rev, sizeof(rev), "%lld", v->cred_rev);
-    if (sealed && js) {
-        const char *argv[] = { kobj, b->org, rev, js, sealed };
-        if (wp_redis_script(b->srv->rds, lua_store_token, NULL, NULL, 1, 5, argv, NULL) == 0)
-            v->cred_rev++;
-        log_info("session=%s credential %s refreshed for MCP server %s", b->sid, v->cred_id, v->name);
-    }
-    free(js);
-    free(sealed);
 }
 
 /* After a refresh (or its failure) the listing or the call goes on with
@@ -335,7 +279,8 @@ static bool refresh_result(struct bmcp_server *v, const struct mcp_status *st, j
     if (b->stopped)
         return false;
     if (st->kind == MCP_OK) {
-        store_token(b, v, tok);
+        sched__cred_store_token(b->srv, b->org, v->cred_id, &v->cred_rev, v->cred_json, v->secrets, tok);
+        log_info("session=%s credential %s refreshed for MCP server %s", b->sid, v->cred_id, v->name);
         apply_token(v);
     } else {
         log_warn("session=%s refresh for MCP server %s failed: %s", b->sid, v->name, st->message);
@@ -368,19 +313,9 @@ static void refresh_call_done(void *ctx, const struct mcp_status *st, json_t *to
 static bool refresh(struct brain *b, int server, struct bmcp_call *call)
 {
     struct bmcp_server *v = &b->mcp->srv[server];
-    if (!can_refresh(v))
+    struct mcp_refresh req;
+    if (v->cred != CRED_OAUTH || v->refreshed || !sched__cred_refresh_req(v->cred_json, v->secrets, &req))
         return false;
-    json_t *r = json_object_get(json_object_get(v->cred_json, "auth"), "refresh");
-    json_t *tea = json_object_get(r, "token_endpoint_auth");
-    struct mcp_refresh req = {
-        .token_endpoint = sget(r, "token_endpoint"),
-        .client_id = sget(r, "client_id"),
-        .client_secret = sget(v->secrets, "client_secret"),
-        .auth = sget(tea, "type") ?: "none",
-        .refresh_token = sget(v->secrets, "refresh_token"),
-        .resource = sget(r, "resource"),
-        .scope = sget(r, "scope"),
-    };
     struct wp_err err;
     v->refreshed = true;
     int rc = call ? mcp_oauth_refresh(b->mcp_hub, &req, 30, refresh_call_done, call, &call->op, &err)

@@ -8,7 +8,7 @@ scheduler_SRCS := scheduler/http_parse.c scheduler/server.c scheduler/route.c \
                   scheduler/model.c scheduler/mcp.c \
                   scheduler/metrics.c scheduler/metrics_pool.c \
                   scheduler/brain.c scheduler/brain_log.c scheduler/brain_tools.c scheduler/brain_mcp.c \
-                  scheduler/envtpl.c scheduler/vault_key.c
+                  scheduler/envtpl.c scheduler/vault_key.c scheduler/mcp_creds.c
 
 # The scheduler hashes API keys and encrypts vault secrets with libcrypto.
 PKGS += libcrypto

@@ -529,6 +529,75 @@ static void oauth_expired_token_refreshed_and_stored(void **state)
     free(vault);
 }
 
+static json_t *validate(const char *vault, const char *cred, int want)
+{
+    char path[200];
+    snprintf(path, sizeof(path), "/v1/vaults/%s/credentials/%s/mcp_oauth_validate", vault, cred);
+    return call(S.port, "POST", path, NULL, want);
+}
+
+/* mcp_oauth_validate: a working token, a refused one without refresh, a
+ * refresh the token endpoint refuses, a static_bearer credential. Runs
+ * after the refresh test: the server's refresh token has moved past R1. */
+static void oauth_validate_answers(void **state)
+{
+    (void)state;
+    char url[128], tokurl[128], auth[1024];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/oauth/mcp", MCP_PORT);
+    snprintf(tokurl, sizeof(tokurl), "http://127.0.0.1:%d/token", MCP_PORT);
+    char *vault = new_vault();
+    /* oauth-new-1 was issued (and is still accepted) by the refresh test */
+    snprintf(auth, sizeof(auth), "{\"type\":\"mcp_oauth\",\"mcp_server_url\":\"%s\",\"access_token\":\"oauth-new-1\"}", url);
+    char *good = new_cred(vault, auth);
+    json_t *v = validate(vault, good, 200);
+    assert_string_equal(s_(v, "type"), "vault_credential_validation");
+    assert_string_equal(s_(v, "status"), "valid");
+    assert_string_equal(s_(v, "credential_id"), good);
+    assert_string_equal(s_(v, "vault_id"), vault);
+    assert_true(json_is_null(json_object_get(v, "mcp_probe")));
+    assert_true(json_is_null(json_object_get(v, "refresh")));
+    assert_false(json_is_true(json_object_get(v, "has_refresh_token")));
+    assert_non_null(s_(v, "validated_at"));
+    json_decref(v);
+
+    snprintf(auth, sizeof(auth), "{\"type\":\"mcp_oauth\",\"mcp_server_url\":\"%s\",\"access_token\":\"nope\"}", url);
+    char *bad = new_cred(vault, auth);
+    v = validate(vault, bad, 200);
+    assert_string_equal(s_(v, "status"), "invalid");
+    json_t *pr = json_object_get(v, "mcp_probe");
+    assert_string_equal(s_(pr, "method"), "initialize");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(pr, "http_response"), "status_code")), 401);
+    assert_string_equal(s_(json_object_get(v, "refresh"), "status"), "no_refresh_token");
+    json_decref(v);
+
+    snprintf(auth, sizeof(auth),
+             "{\"type\":\"mcp_oauth\",\"mcp_server_url\":\"%s\",\"access_token\":\"nope\","
+             "\"refresh\":{\"client_id\":\"wp-client\",\"refresh_token\":\"R1\",\"token_endpoint\":\"%s\","
+             "\"token_endpoint_auth\":{\"type\":\"client_secret_basic\",\"client_secret\":\"s3cret\"}}}",
+             url, tokurl);
+    char *stale = new_cred(vault, auth);
+    v = validate(vault, stale, 200);
+    assert_string_equal(s_(v, "status"), "invalid");
+    assert_true(json_is_true(json_object_get(v, "has_refresh_token")));
+    json_t *rf = json_object_get(v, "refresh");
+    assert_string_equal(s_(rf, "status"), "failed");
+    json_t *hr = json_object_get(rf, "http_response");
+    assert_int_equal(json_integer_value(json_object_get(hr, "status_code")), 400);
+    assert_non_null(strstr(s_(hr, "body"), "invalid_grant"));
+    json_decref(v);
+
+    char sb[512];
+    snprintf(sb, sizeof(sb), "{\"type\":\"static_bearer\",\"mcp_server_url\":\"%s\",\"token\":\"x\"}", url);
+    char *bearer = new_cred(vault, sb);
+    json_decref(validate(vault, bearer, 400));
+    json_decref(validate(vault, "vcrd_doesnotexist", 404));
+    free(bearer);
+    free(stale);
+    free(bad);
+    free(good);
+    free(vault);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -537,6 +606,7 @@ int main(void)
         cmocka_unit_test(revoked_token_is_an_auth_error),
         cmocka_unit_test(dead_server_is_a_connection_error),
         cmocka_unit_test(oauth_expired_token_refreshed_and_stored),
+        cmocka_unit_test(oauth_validate_answers),
     };
     return cmocka_run_group_tests_name("brain_mcp", tests, group_setup, group_teardown);
 }
