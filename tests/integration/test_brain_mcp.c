@@ -529,6 +529,36 @@ static void oauth_expired_token_refreshed_and_stored(void **state)
     free(vault);
 }
 
+/* A malformed mcp_toolset is refused and nothing is stored. */
+static void bad_toolset_refused(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "\"configs\":[{\"name\":\"x\",\"enabled\":\"yes\"}]",
+        "\"configs\":[{\"enabled\":true}]",
+        "\"configs\":{}",
+        "\"default_config\":{\"permission_policy\":{\"type\":\"sometimes\"}}",
+        "\"default_config\":{\"colour\":1}",
+        "\"extra\":1",
+    };
+    json_t *before = call(S.port, "GET", "/v1/agents?limit=100", NULL, 200);
+    size_t n0 = json_array_size(json_object_get(before, "data"));
+    json_decref(before);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char body[1024];
+        snprintf(body, sizeof(body),
+                 "{\"name\":\"b\",\"model\":\"claude-test\","
+                 "\"mcp_servers\":[{\"type\":\"url\",\"name\":\"s\",\"url\":\"http://127.0.0.1:1/mcp\"}],"
+                 "\"tools\":[{\"type\":\"mcp_toolset\",\"mcp_server_name\":\"s\",%s}]}", bad[i]);
+        json_t *e = call(S.port, "POST", "/v1/agents", body, 400);
+        assert_string_equal(s_(json_object_get(e, "error"), "type"), "invalid_request_error");
+        json_decref(e);
+    }
+    json_t *after = call(S.port, "GET", "/v1/agents?limit=100", NULL, 200);
+    assert_int_equal(json_array_size(json_object_get(after, "data")), n0);
+    json_decref(after);
+}
+
 static json_t *validate(const char *vault, const char *cred, int want)
 {
     char path[200];
@@ -607,6 +637,7 @@ int main(void)
         cmocka_unit_test(dead_server_is_a_connection_error),
         cmocka_unit_test(oauth_expired_token_refreshed_and_stored),
         cmocka_unit_test(oauth_validate_answers),
+        cmocka_unit_test(bad_toolset_refused),
     };
     return cmocka_run_group_tests_name("brain_mcp", tests, group_setup, group_teardown);
 }
