@@ -397,6 +397,7 @@ static void op_free(struct mcp_op *op)
             break;
         }
     xfer_end(op);
+    free(op->method);
     json_decref(op->params);
     json_decref(op->acc);
     free(op->cursor);
