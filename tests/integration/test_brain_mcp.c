@@ -529,6 +529,47 @@ static void oauth_expired_token_refreshed_and_stored(void **state)
     free(vault);
 }
 
+/* An mcp_oauth token the server refuses (no expiry known) is refreshed
+ * once, with client_secret_post this time, and the turn goes on. */
+static void oauth_refused_token_refreshed(void **state)
+{
+    (void)state;
+    char url[128], tokurl[128], auth[1024];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/oauth/mcp", MCP_PORT);
+    snprintf(tokurl, sizeof(tokurl), "http://127.0.0.1:%d/token", MCP_PORT);
+    json_t *adm = mcp_admin();
+    char rt[64];
+    snprintf(rt, sizeof(rt), "%s", s_(adm, "refresh_token"));
+    size_t n0 = json_array_size(json_object_get(adm, "token_requests"));
+    json_decref(adm);
+    char *vault = new_vault();
+    snprintf(auth, sizeof(auth),
+             "{\"type\":\"mcp_oauth\",\"mcp_server_url\":\"%s\",\"access_token\":\"revoked-x\","
+             "\"refresh\":{\"client_id\":\"wp-client\",\"refresh_token\":\"%s\",\"token_endpoint\":\"%s\","
+             "\"token_endpoint_auth\":{\"type\":\"client_secret_post\",\"client_secret\":\"s3cret\"}}}",
+             url, rt, tokurl);
+    free(new_cred(vault, auth));
+    char *agent = new_agent(url);
+    char *sid = new_session(agent, vault);
+    send_text(sid, "please use echo");
+    json_t *res = wait_event(sid, "agent.mcp_tool_result", NULL, NULL, 20000);
+    assert_non_null(res);
+    assert_false(json_is_true(json_object_get(res, "is_error")));
+    assert_null(wait_event(sid, "session.error", NULL, NULL, 50));
+    adm = mcp_admin();
+    json_t *reqs = json_object_get(adm, "token_requests");
+    assert_int_equal(json_array_size(reqs), n0 + 1);
+    json_t *r = json_array_get(reqs, n0);
+    assert_string_equal(s_(r, "auth"), "none"); /* no Basic header */
+    assert_true(json_is_true(json_object_get(r, "secret_in_form")));
+    assert_string_equal(s_(r, "client_id"), "wp-client");
+    json_decref(adm);
+    json_decref(res);
+    free(sid);
+    free(agent);
+    free(vault);
+}
+
 /* A malformed mcp_toolset is refused and nothing is stored. */
 static void bad_toolset_refused(void **state)
 {
@@ -638,6 +679,7 @@ int main(void)
         cmocka_unit_test(oauth_expired_token_refreshed_and_stored),
         cmocka_unit_test(oauth_validate_answers),
         cmocka_unit_test(bad_toolset_refused),
+        cmocka_unit_test(oauth_refused_token_refreshed),
     };
     return cmocka_run_group_tests_name("brain_mcp", tests, group_setup, group_teardown);
 }

@@ -6,9 +6,10 @@
 //               answers as text/event-stream (the SDK's default)
 //   /oauth/mcp  bearer tokens issued by /token only; answers as JSON
 //   /token      OAuth token endpoint: grant_type=refresh_token with
-//               client_secret_basic (client "wp-client", secret "s3cret"),
+//               client_secret_basic or _post (client "wp-client", secret "s3cret"),
 //               refresh token "R1" (rotated to "R2", then "R3", ...)
-//   /admin      GET: what happened (calls, token requests) as JSON
+//   /admin      GET: what happened (calls, token requests) and the refresh
+//               token the endpoint accepts now, as JSON
 //
 // tools/list pages two tools at a time, so clients must follow nextCursor.
 import http from 'node:http';
@@ -112,6 +113,7 @@ async function token(req, res) {
                 grant_type: form.get('grant_type'), refresh_token: form.get('refresh_token'),
                 secret_in_form: form.has('client_secret') };
   state.token_requests.push(rec);
+  if (!h.startsWith('Basic ')) { client = form.get('client_id'); secret = form.get('client_secret'); }
   if (rec.grant_type !== 'refresh_token' || client !== 'wp-client' || secret !== 's3cret' ||
       form.get('refresh_token') !== refreshToken) {
     res.writeHead(400, { 'content-type': 'application/json' });
@@ -131,7 +133,7 @@ const srv = http.createServer((req, res) => {
   const path = new URL(req.url, 'http://x').pathname;
   const p = path === '/mcp' || path === '/oauth/mcp' ? mcp(path, req, res)
           : path === '/token' && req.method === 'POST' ? token(req, res)
-          : path === '/admin' ? Promise.resolve(res.end(JSON.stringify(state)))
+          : path === '/admin' ? Promise.resolve(res.end(JSON.stringify({ ...state, refresh_token: refreshToken })))
           : Promise.resolve((res.writeHead(404), res.end()));
   p.catch((e) => { console.error(e); if (!res.headersSent) res.writeHead(500); res.end(); });
 });
