@@ -39,7 +39,7 @@ static const char script[] =
     " {\"match\":\"use echo\",\"turns\":["
     "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"echo\",\"input\":{\"text\":\"hello mcp\"}}]},"
     "   {\"text\":\"done\"}]},"
-    " {\"match\":\"use danger\",\"turns\":["
+    " {\"match\":\"danger\",\"turns\":["
     "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"danger\",\"input\":{}}]},"
     "   {\"text\":\"ok\"}]},"
     " {\"turns\":[\"Hello!\"]}]}";
@@ -570,6 +570,22 @@ static void oauth_refused_token_refreshed(void **state)
     free(vault);
 }
 
+/* The official Anthropic SDK drives an MCP session (tests/sdk/sdk_mcp.mjs). */
+static void sdk_drives_an_mcp_session(void **state)
+{
+    (void)state;
+    static char out[1 << 16];
+    int rc = th_sh(out, sizeof(out),
+                   "cd tests/sdk && WP_BASE_URL=http://127.0.0.1:%d WP_API_KEY=%s WP_ENV=%s "
+                   "WP_MCP_URL=http://127.0.0.1:%d/mcp WP_OAUTH_URL=http://127.0.0.1:%d/oauth/mcp "
+                   "timeout 120 node sdk_mcp.mjs 2>&1",
+                   S.port, KEY, ENV_ID, MCP_PORT, MCP_PORT);
+    printf("%s", out);
+    assert_int_equal(rc, 0);
+    assert_null(strstr(out, "FAILED"));
+    assert_non_null(strstr(out, "sdk-mcp: 4 steps passed"));
+}
+
 /* A malformed mcp_toolset is refused and nothing is stored. */
 static void bad_toolset_refused(void **state)
 {
@@ -680,6 +696,7 @@ int main(void)
         cmocka_unit_test(oauth_validate_answers),
         cmocka_unit_test(bad_toolset_refused),
         cmocka_unit_test(oauth_refused_token_refreshed),
+        cmocka_unit_test(sdk_drives_an_mcp_session),
     };
     return cmocka_run_group_tests_name("brain_mcp", tests, group_setup, group_teardown);
 }
