@@ -98,19 +98,6 @@ static void call_run(struct bmcp_call *c);
 
 /* ---- small helpers ------------------------------------------------------- */
 
-static void wipe_json(json_t *j)
-{
-    const char *k;
-    json_t *v;
-    json_object_foreach(j, k, v) {
-        if (json_is_string(v))
-            memset((char *)json_string_value(v), 0, json_string_length(v));
-        else if (json_is_object(v))
-            wipe_json(v);
-    }
-    json_decref(j);
-}
-
 static const char *sget(json_t *o, const char *k)
 {
     return json_string_value(json_object_get(o, k));
@@ -205,16 +192,8 @@ static void creds_cb(void *ctx, redisReply *reply)
                 json_decref(c);
                 continue;
             }
-            size_t n = 0;
-            bool stale;
             char why[256];
-            char *plain = sched__vault_unseal(&b->srv->vk, reply->element[k + 2]->str ?: "", &n, &stale,
-                                              why, sizeof(why));
-            json_t *sec = plain ? json_loadb(plain, n, 0, NULL) : NULL;
-            if (plain) {
-                memset(plain, 0, n);
-                free(plain);
-            }
+            json_t *sec = sched__cred_secrets(&b->srv->vk, reply->element[k + 2]->str, why, sizeof(why));
             if (!sec) {
                 log_warn("session=%s credential %s cannot be opened: %s", b->sid,
                          reply->element[k]->str, why);
@@ -659,7 +638,7 @@ void sched__brain_mcp_free(struct brain *b)
         json_decref(v->tools);
         json_decref(v->cred_json);
         if (v->secrets)
-            wipe_json(v->secrets);
+            sched__json_wipe(v->secrets);
     }
     free(m);
     b->mcp = NULL;

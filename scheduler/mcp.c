@@ -611,6 +611,9 @@ static int rpc_send(struct mcp_op *op, const char *method, json_t *params /* bor
 
 static int stage_send(struct mcp_op *op, struct wp_err *err)
 {
+    if (op->kind == OP_TOKEN)
+        return xfer_start(op, op->form_url, op->form ? strdup(op->form) : NULL, "application/x-www-form-urlencoded",
+                          "application/json", err);
     switch (op->stage) {
     case ST_INIT: {
         json_t *p = json_pack("{s:s, s:{}, s:{s:s, s:s}}", "protocolVersion", MCP_PROTOCOL_VERSION,
@@ -995,24 +998,7 @@ int mcp_oauth_refresh(struct mcp_hub *h, const struct mcp_refresh *r, double tim
         op_free(op);
         return wp_err_set(err, -ENOMEM, "mcp: out of memory");
     }
-    op->method = NULL;
     size_t fl;
-    char *form = wp_buf_steal(&f, &fl);
-    op->form = strdup(form ? form : "");
-    wipe_free(form);
-    if (!op->form) {
-        op->cb = NULL;
-        op_free(op);
-        return wp_err_set(err, -ENOMEM, "mcp: out of memory");
-    }
-    rc = xfer_start(op, op->form_url, strdup(op->form), "application/x-www-form-urlencoded",
-                    "application/json", err);
-    if (rc < 0) {
-        op->cb = NULL;
-        op_free(op);
-        return rc;
-    }
-    if (out)
-        *out = op;
-    return 0;
+    op->form = wp_buf_steal(&f, &fl);
+    return op_begin(op, out, err);
 }

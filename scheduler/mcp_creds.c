@@ -32,6 +32,34 @@ void sched__mcp_hub_free(struct sched_server *srv)
     srv->mcp = NULL;
 }
 
+void sched__json_wipe(json_t *j)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(j, k, v) {
+        if (json_is_string(v))
+            memset((char *)json_string_value(v), 0, json_string_length(v));
+        else if (json_is_object(v))
+            sched__json_wipe(json_incref(v));
+    }
+    json_decref(j);
+}
+
+json_t *sched__cred_secrets(const struct sched_vault_keys *vk, const char *sealed, char *why, size_t cap)
+{
+    size_t n = 0;
+    bool stale; /* whoever writes it next seals it with the current key */
+    char *plain = sealed ? sched__vault_unseal(vk, sealed, &n, &stale, why, cap) : NULL;
+    json_t *j = plain ? json_loadb(plain, n, 0, NULL) : NULL;
+    if (plain) {
+        memset(plain, 0, n);
+        free(plain);
+    }
+    if (!j && plain)
+        snprintf(why, cap, "the opened secrets are not JSON");
+    return j;
+}
+
 static const char *sget(json_t *o, const char *k)
 {
     return json_string_value(json_object_get(o, k));
@@ -116,19 +144,6 @@ struct validation {
     bool refreshed;
 };
 
-static void wipe(json_t *j)
-{
-    const char *k;
-    json_t *v;
-    json_object_foreach(j, k, v) {
-        if (json_is_string(v))
-            memset((char *)json_string_value(v), 0, json_string_length(v));
-        else if (json_is_object(v))
-            wipe(v);
-    }
-    json_decref(j);
-}
-
 /* An HTTPResponse with the credential's secrets replaced. */
 static json_t *http_response(struct validation *v, const struct mcp_status *st)
 {
@@ -163,7 +178,7 @@ static void answer(struct validation *v, const char *status)
     json_decref(v->probe);
     json_decref(v->refresh);
     if (v->secrets)
-        wipe(v->secrets);
+        sched__json_wipe(v->secrets);
     free(v);
     if (sched__req_release(req))
         sched__respond_json(req, 200, o);
@@ -236,18 +251,10 @@ static void sealed_cb(struct sched_req *req, redisReply *reply)
 {
     json_t *cred = req->tmp2;
     req->tmp2 = NULL;
-    json_t *secrets = NULL;
     char why[256] = "missing";
-    if (reply->type == REDIS_REPLY_STRING) {
-        size_t n = 0;
-        bool stale;
-        char *plain = sched__vault_unseal(&req->srv->vk, reply->str, &n, &stale, why, sizeof(why));
-        secrets = plain ? json_loadb(plain, n, 0, NULL) : NULL;
-        if (plain) {
-            memset(plain, 0, n);
-            free(plain);
-        }
-    }
+    json_t *secrets = reply->type == REDIS_REPLY_STRING
+                          ? sched__cred_secrets(&req->srv->vk, reply->str, why, sizeof(why))
+                          : NULL;
     if (!secrets) {
         json_decref(cred);
         sched__respond_error(req, 500, "api_error", "vault_key_mismatch",
@@ -260,7 +267,7 @@ static void sealed_cb(struct sched_req *req, redisReply *reply)
     const char *url = sget(json_object_get(cred, "auth"), "mcp_server_url") ?: "";
     if (!v || !h) {
         free(v);
-        wipe(secrets);
+        sched__json_wipe(secrets);
         json_decref(cred);
         sched__respond_error(req, 500, "api_error", NULL, "out of memory");
         return;

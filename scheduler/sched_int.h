@@ -81,21 +81,6 @@ struct sched_req;
 struct sched_sse;
 struct sched_hub;
 
-/* The process's MCP client, made on first use (NULL when out of memory);
- * freed by sched__mcp_hub_free at the drain's end. mcp_validate.c. */
-struct mcp_hub *sched__mcp_hub(struct sched_server *srv);
-void sched__mcp_hub_free(struct sched_server *srv);
-/* The refresh request of a stored mcp_oauth credential (cred: its JSON,
- * secrets: its unsealed secrets; out borrows from both); false when it
- * has no refresh configuration or no refresh token. */
-struct mcp_refresh;
-bool sched__cred_refresh_req(json_t *cred, json_t *secrets, struct mcp_refresh *out);
-/* A token endpoint's answer tok into the credential: secrets and cred
- * (auth.expires_at, updated_at) updated in place, then sealed and stored
- * unless the credential's rev moved on (*rev follows). Fire and forget. */
-int sched__cred_store_token(struct sched_server *srv, const char *org, const char *cred_id,
-                            long long *rev, json_t *cred, json_t *secrets, json_t *tok);
-
 /* vault_key.c: the key that seals vault secrets (never derived from API
  * keys), the one before a rotation, and the first format's derived key. */
 struct sched_vault_keys {
@@ -115,6 +100,27 @@ char *sched__vault_unseal(const struct sched_vault_keys *k, const char *sealed, 
                           bool *stale, char *why, size_t cap);
 /* --rotate-vault-key: re-seal every stored value; prints a JSON summary. */
 int sched__vault_rotate(const struct sched_config *cfg, struct wp_err *err);
+
+/* The process's MCP client, made on first use (NULL when out of memory);
+ * freed by sched__mcp_hub_free at the drain's end. mcp_validate.c. */
+struct mcp_hub *sched__mcp_hub(struct sched_server *srv);
+void sched__mcp_hub_free(struct sched_server *srv);
+/* A credential's sealed secrets opened as JSON (caller owns; release with
+ * sched__json_wipe); NULL with why when no key opens them. */
+json_t *sched__cred_secrets(const struct sched_vault_keys *vk, const char *sealed, char *why, size_t cap);
+/* Zero every string in j (objects recursively), then drop the reference. */
+void sched__json_wipe(json_t *j);
+/* The refresh request of a stored mcp_oauth credential (cred: its JSON,
+ * secrets: its unsealed secrets; out borrows from both); false when it
+ * has no refresh configuration or no refresh token. */
+struct mcp_refresh;
+bool sched__cred_refresh_req(json_t *cred, json_t *secrets, struct mcp_refresh *out);
+/* A token endpoint's answer tok into the credential: secrets and cred
+ * (auth.expires_at, updated_at) updated in place, then sealed and stored
+ * unless the credential's rev moved on (*rev follows). Fire and forget. */
+int sched__cred_store_token(struct sched_server *srv, const char *org, const char *cred_id,
+                            long long *rev, json_t *cred, json_t *secrets, json_t *tok);
+
 
 struct sched_server {
     struct ev_loop *loop;

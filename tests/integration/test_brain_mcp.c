@@ -177,6 +177,21 @@ static char *new_session(const char *agent, const char *vault)
     return id;
 }
 
+/* A session of an agent whose server "tools" is the /mcp endpoint, with a
+ * vault holding a static_bearer credential for cred_url (the server's
+ * when NULL) with token. *agent and *vault: caller frees. */
+static char *bearer_session(const char *cred_url, const char *token, char **agent, char **vault)
+{
+    char url[128], auth[512];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/mcp", MCP_PORT);
+    *vault = new_vault();
+    snprintf(auth, sizeof(auth), "{\"type\":\"static_bearer\",\"mcp_server_url\":\"%s\",\"token\":\"%s\"}",
+             cred_url ? cred_url : url, token);
+    free(new_cred(*vault, auth));
+    *agent = new_agent(url);
+    return new_session(*agent, *vault);
+}
+
 static json_t *mcp_admin(void)
 {
     json_t *a = get_json(MCP_PORT, "/admin");
@@ -288,14 +303,9 @@ static bool has_name(json_t *arr, const char *name)
 static void bearer_tools_listed_and_called(void **state)
 {
     (void)state;
-    char url[128], curl_[128], auth[512];
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/mcp", MCP_PORT);
+    char curl_[128], *agent, *vault;
     snprintf(curl_, sizeof(curl_), "HTTP://127.0.0.1:%d/mcp/", MCP_PORT);
-    char *vault = new_vault();
-    snprintf(auth, sizeof(auth), "{\"type\":\"static_bearer\",\"mcp_server_url\":\"%s\",\"token\":\"static-good\"}", curl_);
-    free(new_cred(vault, auth));
-    char *agent = new_agent(url);
-    char *sid = new_session(agent, vault);
+    char *sid = bearer_session(curl_, "static-good", &agent, &vault);
     send_text(sid, "please use echo");
 
     json_t *idle = wait_event(sid, "session.status_idle", "stop_reason", "end_turn", 20000);
@@ -341,13 +351,8 @@ static void bearer_tools_listed_and_called(void **state)
 static void ask_waits_for_confirmation(void **state)
 {
     (void)state;
-    char url[128], auth[512];
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/mcp", MCP_PORT);
-    char *vault = new_vault();
-    snprintf(auth, sizeof(auth), "{\"type\":\"static_bearer\",\"mcp_server_url\":\"%s\",\"token\":\"static-good\"}", url);
-    free(new_cred(vault, auth));
-    char *agent = new_agent(url);
-    char *sid = new_session(agent, vault);
+    char *agent, *vault;
+    char *sid = bearer_session(NULL, "static-good", &agent, &vault);
     send_text(sid, "please use danger");
 
     json_t *idle = wait_event(sid, "session.status_idle", "stop_reason", "requires_action", 20000);
@@ -393,13 +398,8 @@ static void ask_waits_for_confirmation(void **state)
 static void revoked_token_is_an_auth_error(void **state)
 {
     (void)state;
-    char url[128], auth[512];
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/mcp", MCP_PORT);
-    char *vault = new_vault();
-    snprintf(auth, sizeof(auth), "{\"type\":\"static_bearer\",\"mcp_server_url\":\"%s\",\"token\":\"static-revoked\"}", url);
-    free(new_cred(vault, auth));
-    char *agent = new_agent(url);
-    char *sid = new_session(agent, vault);
+    char *agent, *vault;
+    char *sid = bearer_session(NULL, "static-revoked", &agent, &vault);
     send_text(sid, "just chat");
     json_t *e = wait_event(sid, "session.error", "error", "mcp_authentication_failed_error", 20000);
     assert_non_null(e);
