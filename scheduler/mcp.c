@@ -766,17 +766,10 @@ static void token_done(struct mcp_op *op, CURLcode res)
 
 static void check_done(struct mcp_hub *h)
 {
-    for (;;) {
-        int left;
-        CURLMsg *msg = curl_multi_info_read(h->ce.multi, &left);
-        if (!msg)
-            break;
-        if (msg->msg != CURLMSG_DONE)
-            continue;
-        CURLcode res = msg->data.result;
-        char *priv = NULL;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
-        struct mcp_op *op = (struct mcp_op *)(void *)priv;
+    void *priv;
+    CURLcode res;
+    while (wp_curlev_next_done(&h->ce, &priv, &res)) {
+        struct mcp_op *op = priv;
         if (op->cancelled) {
             op_free(op);
             continue;

@@ -60,6 +60,18 @@ json_t *sched__cred_secrets(const struct sched_vault_keys *vk, const char *seale
     return j;
 }
 
+json_t *sched__req_cred_secrets(struct sched_req *req, redisReply *reply)
+{
+    char why[256] = "missing";
+    json_t *j = reply->type == REDIS_REPLY_STRING
+                    ? sched__cred_secrets(&req->srv->vk, reply->str, why, sizeof(why))
+                    : NULL;
+    if (!j)
+        sched__respond_error(req, 500, "api_error", "vault_key_mismatch",
+                             "the credential's stored secrets cannot be opened: %s", why);
+    return j;
+}
+
 static const char *sget(json_t *o, const char *k)
 {
     return json_string_value(json_object_get(o, k));
@@ -251,14 +263,9 @@ static void sealed_cb(struct sched_req *req, redisReply *reply)
 {
     json_t *cred = req->tmp2;
     req->tmp2 = NULL;
-    char why[256] = "missing";
-    json_t *secrets = reply->type == REDIS_REPLY_STRING
-                          ? sched__cred_secrets(&req->srv->vk, reply->str, why, sizeof(why))
-                          : NULL;
+    json_t *secrets = sched__req_cred_secrets(req, reply);
     if (!secrets) {
         json_decref(cred);
-        sched__respond_error(req, 500, "api_error", "vault_key_mismatch",
-                             "the credential's stored secrets cannot be opened: %s", why);
         return;
     }
     struct validation *v = calloc(1, sizeof(*v));

@@ -108,6 +108,9 @@ void sched__mcp_hub_free(struct sched_server *srv);
 /* A credential's sealed secrets opened as JSON (caller owns; release with
  * sched__json_wipe); NULL with why when no key opens them. */
 json_t *sched__cred_secrets(const struct sched_vault_keys *vk, const char *sealed, char *why, size_t cap);
+/* The same from an HGET reply for a request: on failure answers 500
+ * vault_key_mismatch and returns NULL. */
+json_t *sched__req_cred_secrets(struct sched_req *req, redisReply *reply);
 /* Zero every string in j (objects recursively), then drop the reference. */
 void sched__json_wipe(json_t *j);
 /* The refresh request of a stored mcp_oauth credential (cred: its JSON,

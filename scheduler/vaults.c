@@ -358,15 +358,10 @@ static void cred_sealed_cb(void *ctx, redisReply *reply)
     char scope[200];
     json_t *c = req->tmp2;
     req->tmp2 = NULL;
-    char why[256] = "missing";
     /* written back below with the current key anyway */
-    json_t *secrets = reply->type == REDIS_REPLY_STRING
-                          ? sched__cred_secrets(&req->srv->vk, reply->str, why, sizeof(why))
-                          : NULL;
+    json_t *secrets = sched__req_cred_secrets(req, reply);
     if (!secrets) {
         json_decref(c);
-        sched__respond_error(req, 500, "api_error", "vault_key_mismatch",
-                             "the credential's stored secrets cannot be opened: %s", why);
         return;
     }
     const char *k;

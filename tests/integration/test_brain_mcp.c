@@ -46,16 +46,22 @@ static const char script[] =
 
 /* ---- HTTP helpers ---- */
 
-static json_t *call(int port, const char *method, const char *path, const char *body, int want)
+static json_t *call_as(const char *key, int port, const char *method, const char *path, const char *body,
+                       int want)
 {
     struct th_resp r;
-    assert_int_equal(th_http(port, method, path, KEY, body, &r), 0);
+    assert_int_equal(th_http(port, method, path, key, body, &r), 0);
     if (r.status != want)
         fail_msg("%s %s: status %d, want %d: %s", method, path, r.status, want, r.body);
     json_t *o = json_loads(r.body, 0, NULL);
     th_resp_free(&r);
     assert_non_null(o);
     return o;
+}
+
+static json_t *call(int port, const char *method, const char *path, const char *body, int want)
+{
+    return call_as(KEY, port, method, path, body, want);
 }
 
 static const char *s_(json_t *o, const char *k)
@@ -423,6 +429,54 @@ static void revoked_token_is_an_auth_error(void **state)
     free(vault);
 }
 
+/* Another organization's vault named in vault_ids lends nothing: the
+ * server is called without a credential and refuses. */
+static void another_orgs_vault_is_not_used(void **state)
+{
+    (void)state;
+    char *agent, *vault, body[1024], url[128];
+    free(bearer_session(NULL, "static-good", &agent, &vault)); /* acme's vault, a good token */
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/mcp", MCP_PORT);
+    snprintf(body, sizeof(body),
+             "{\"name\":\"b\",\"model\":\"claude-test\","
+             "\"mcp_servers\":[{\"type\":\"url\",\"name\":\"tools\",\"url\":\"%s\"}],"
+             "\"tools\":[{\"type\":\"mcp_toolset\",\"mcp_server_name\":\"tools\"}]}", url);
+    json_t *a = call_as("sk-beta", S.port, "POST", "/v1/agents", body, 200);
+    json_t *en = call_as("sk-beta", S.port, "POST", "/v1/environments",
+                         "{\"name\":\"beta-env\",\"config\":{\"type\":\"cloud\"},"
+                         "\"metadata\":{\"warmpool.pool\":\"nopool\"}}", 200);
+    snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\",\"vault_ids\":[\"%s\"]}",
+             s_(a, "id"), s_(en, "id"), vault);
+    json_t *ses = call_as("sk-beta", S.port, "POST", "/v1/sessions", body, 200);
+    char path[160];
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events", s_(ses, "id"));
+    json_decref(call_as("sk-beta", S.port, "POST", path,
+                        "{\"events\":[{\"type\":\"user.message\",\"content\":[{\"type\":\"text\",\"text\":\"just chat\"}]}]}",
+                        200));
+    /* the history, polled as beta */
+    json_t *found = NULL;
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events?limit=1000", s_(ses, "id"));
+    for (int i = 0; i < 400 && !found; i++) {
+        json_t *h = call_as("sk-beta", S.port, "GET", path, NULL, 200);
+        size_t k;
+        json_t *e;
+        json_array_foreach(json_object_get(h, "data"), k, e)
+            if (!strcmp(s_(e, "type") ?: "", "session.error"))
+                found = json_incref(e);
+        json_decref(h);
+        if (!found)
+            usleep(50 * 1000);
+    }
+    assert_non_null(found);
+    assert_string_equal(s_(json_object_get(found, "error"), "type"), "mcp_authentication_failed_error");
+    json_decref(found);
+    json_decref(ses);
+    json_decref(en);
+    json_decref(a);
+    free(agent);
+    free(vault);
+}
+
 /* Nothing listens at the server's URL: mcp_connection_failed_error. */
 static void dead_server_is_a_connection_error(void **state)
 {
@@ -692,6 +746,7 @@ int main(void)
         cmocka_unit_test(ask_waits_for_confirmation),
         cmocka_unit_test(revoked_token_is_an_auth_error),
         cmocka_unit_test(dead_server_is_a_connection_error),
+        cmocka_unit_test(another_orgs_vault_is_not_used),
         cmocka_unit_test(oauth_expired_token_refreshed_and_stored),
         cmocka_unit_test(oauth_validate_answers),
         cmocka_unit_test(bad_toolset_refused),
