@@ -167,8 +167,8 @@ void sched__brain_tools_cancel(struct brain *b);
  * call: run a call the log lists (1 while it runs or waits, 0 when its
  * result was written at once). busy: calls, listings or refreshes in
  * flight. cancel: every call ends with an error result. turn_end: the
- * next turn lists again. free: everything, no callbacks after. */
-bool sched__brain_mcp_wanted(struct brain *b);
+ * next turn reads the credentials and lists again. free: everything, no
+ * callbacks after. */
 bool sched__brain_mcp_ready(struct brain *b);
 void sched__brain_mcp_add_tools(struct brain *b, json_t *req);
 json_t *sched__brain_mcp_use(struct brain *b, const char *name, json_t *input);

@@ -144,11 +144,6 @@ static struct sched_brain_mcp *get(struct brain *b)
     return m;
 }
 
-bool sched__brain_mcp_wanted(struct brain *b)
-{
-    return json_array_size(json_object_get(b->agent, "mcp_servers")) > 0 && b->mcp_hub;
-}
-
 /* ---- credentials ----------------------------------------------------------- */
 
 static void apply_token(struct bmcp_server *v)
@@ -208,8 +203,10 @@ static void creds_cb(void *ctx, redisReply *reply)
             break;
         }
     }
-    for (int i = 0; i < m->n; i++)
+    for (int i = 0; i < m->n; i++) {
+        apply_token(&m->srv[i]); /* a client kept from an earlier turn */
         list_server(m, i);
+    }
     sched__brain_maybe_free(b);
 }
 
@@ -388,11 +385,20 @@ void sched__brain_mcp_turn_end(struct brain *b)
         if (m->srv[i].op)
             return;
     }
-    /* The next turn lists again (tools change; a failed server is tried again). */
+    /* The next turn reads the credentials and lists again: tools change,
+     * a credential may have been replaced, a failed server is tried again. */
     m->started = false;
+    m->creds_loaded = false;
     for (int i = 0; i < m->n; i++) {
-        m->srv[i].done = false;
-        m->srv[i].refreshed = false;
+        struct bmcp_server *v = &m->srv[i];
+        v->done = false;
+        v->refreshed = false;
+        v->cred = CRED_NONE;
+        json_decref(v->cred_json);
+        v->cred_json = NULL;
+        if (v->secrets)
+            sched__json_wipe(v->secrets);
+        v->secrets = NULL;
     }
 }
 

@@ -839,6 +839,8 @@ int mcp_client_set_token(struct mcp_client *c, const char *token)
 {
     if (token && (strpbrk(token, "\r\n") || strlen(token) > 8192))
         return WP_EINVAL_INPUT;
+    if ((!token && !c->token) || (token && c->token && !strcmp(token, c->token)))
+        return 0; /* the same: the server session stays */
     char *t = token ? strdup(token) : NULL;
     if (token && !t)
         return -ENOMEM;

@@ -104,8 +104,9 @@ void mcp_hub_free(struct mcp_hub *h);
 int mcp_client_new(struct mcp_hub *h, const char *url, double timeout_s, struct mcp_client **out,
                    struct wp_err *err);
 /* The bearer token sent from the next request on (NULL: none). Copied;
- * refused (WP_EINVAL_INPUT) when it has CR/LF or is over 8 KiB. A new
- * token drops the server session (the next operation initializes). */
+ * refused (WP_EINVAL_INPUT) when it has CR/LF or is over 8 KiB. Another
+ * token than before drops the server session (the next operation
+ * initializes). */
 int mcp_client_set_token(struct mcp_client *c, const char *token);
 /* Cancels its operations (no callbacks); the token is wiped. */
 void mcp_client_free(struct mcp_client *c);

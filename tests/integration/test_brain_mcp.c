@@ -186,16 +186,26 @@ static char *new_session(const char *agent, const char *vault)
 /* A session of an agent whose server "tools" is the /mcp endpoint, with a
  * vault holding a static_bearer credential for cred_url (the server's
  * when NULL) with token. *agent and *vault: caller frees. */
-static char *bearer_session(const char *cred_url, const char *token, char **agent, char **vault)
+static char *bearer_session_cred(const char *cred_url, const char *token, char **agent, char **vault,
+                                 char **cred)
 {
     char url[128], auth[512];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/mcp", MCP_PORT);
     *vault = new_vault();
     snprintf(auth, sizeof(auth), "{\"type\":\"static_bearer\",\"mcp_server_url\":\"%s\",\"token\":\"%s\"}",
              cred_url ? cred_url : url, token);
-    free(new_cred(*vault, auth));
+    char *c = new_cred(*vault, auth);
+    if (cred)
+        *cred = c;
+    else
+        free(c);
     *agent = new_agent(url);
     return new_session(*agent, *vault);
+}
+
+static char *bearer_session(const char *cred_url, const char *token, char **agent, char **vault)
+{
+    return bearer_session_cred(cred_url, token, agent, vault, NULL);
 }
 
 static json_t *mcp_admin(void)
@@ -404,8 +414,8 @@ static void ask_waits_for_confirmation(void **state)
 static void revoked_token_is_an_auth_error(void **state)
 {
     (void)state;
-    char *agent, *vault;
-    char *sid = bearer_session(NULL, "static-revoked", &agent, &vault);
+    char *agent, *vault, *cred;
+    char *sid = bearer_session_cred(NULL, "static-revoked", &agent, &vault, &cred);
     send_text(sid, "just chat");
     json_t *e = wait_event(sid, "session.error", "error", "mcp_authentication_failed_error", 20000);
     assert_non_null(e);
@@ -414,6 +424,31 @@ static void revoked_token_is_an_auth_error(void **state)
     assert_non_null(idle); /* the model still answered */
     json_t *st = get_json(M.port, "/stats");
     assert_false(has_name(json_object_get(st, "last_tools"), "echo"));
+    json_decref(st);
+    /* the token replaced through the API: the next turn of the same
+     * session uses it */
+    char path[200];
+    snprintf(path, sizeof(path), "/v1/vaults/%s/credentials/%s", vault, cred);
+    json_decref(call(S.port, "POST", path, "{\"auth\":{\"type\":\"static_bearer\",\"token\":\"static-good\"}}", 200));
+    send_text(sid, "again");
+    int idles = 0, errors = 0;
+    for (int i = 0; i < 400 && idles < 2; i++) {
+        json_t *h = history(sid);
+        size_t k;
+        json_t *ev;
+        idles = errors = 0;
+        json_array_foreach(h, k, ev) {
+            idles += !strcmp(s_(ev, "type"), "session.status_idle");
+            errors += !strcmp(s_(ev, "type"), "session.error");
+        }
+        json_decref(h);
+        if (idles < 2)
+            usleep(50 * 1000);
+    }
+    assert_int_equal(idles, 2);
+    assert_int_equal(errors, 1); /* the first turn's only */
+    st = get_json(M.port, "/stats");
+    assert_true(has_name(json_object_get(st, "last_tools"), "echo"));
     json_decref(st);
     /* without any credential the server refuses too */
     char *sid2 = new_session(agent, NULL);
@@ -425,6 +460,7 @@ static void revoked_token_is_an_auth_error(void **state)
     json_decref(e);
     free(sid2);
     free(sid);
+    free(cred);
     free(agent);
     free(vault);
 }
