@@ -315,7 +315,7 @@ static void list_server(struct sched_brain_mcp *m, int i)
     if (v->done || v->op || b->stopped)
         return;
     if (!v->cl) {
-        if (mcp_client_new(b->mcp_hub, v->url, MCP_CALL_TIMEOUT_S, &v->cl, &err) < 0) {
+        if (mcp_client_new(b->mcp_hub, v->url, MCP_LIST_TIMEOUT_S, &v->cl, &err) < 0) {
             v->done = true;
             session_error(b, "mcp_connection_failed_error", v->name, err.msg);
             sched__brain_step(b);
@@ -548,9 +548,9 @@ static void call_run(struct bmcp_call *c)
     struct brain *b = c->b;
     struct bmcp_server *v = &b->mcp->srv[c->server];
     struct wp_err err;
-    if (!v->cl && mcp_client_new(b->mcp_hub, v->url, MCP_CALL_TIMEOUT_S, &v->cl, &err) == 0)
+    if (!v->cl && mcp_client_new(b->mcp_hub, v->url, MCP_LIST_TIMEOUT_S, &v->cl, &err) == 0)
         apply_token(v);
-    if (!v->cl || mcp_call_tool(v->cl, c->name, c->input, call_done, c, &c->op, &err) < 0) {
+    if (!v->cl || mcp_call_tool(v->cl, c->name, c->input, MCP_CALL_TIMEOUT_S, call_done, c, &c->op, &err) < 0) {
         char msg[400];
         snprintf(msg, sizeof(msg), "MCP server %s: %s", v->name, v->cl ? err.msg : "bad url");
         session_error(b, "mcp_connection_failed_error", v->name, msg);

@@ -344,7 +344,8 @@ struct mcp_op {
     char *form;              /* a token request's body (owned, wiped) */
     const char *url;         /* token endpoint (in form_url) */
     char *form_url;
-    double timeout_s;
+    double timeout_s;        /* of each request */
+    double call_timeout_s;   /* of tools/call itself */
     /* the transfer in flight */
     CURL *easy;
     struct curl_slist *hdrs;
@@ -571,7 +572,8 @@ static int xfer_start(struct mcp_op *op, const char *url, char *body, const char
     rc |= curl_easy_setopt(op->easy, CURLOPT_ERRORBUFFER, op->errbuf);
     rc |= curl_easy_setopt(op->easy, CURLOPT_NOSIGNAL, 1L);
     rc |= curl_easy_setopt(op->easy, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
-    rc |= curl_easy_setopt(op->easy, CURLOPT_TIMEOUT_MS, (long)(op->timeout_s * 1000));
+    double t = op->kind == OP_CALL && op->stage == ST_MAIN ? op->call_timeout_s : op->timeout_s;
+    rc |= curl_easy_setopt(op->easy, CURLOPT_TIMEOUT_MS, (long)(t * 1000));
     /* no redirects: a bearer token must not follow one to another host */
     rc |= curl_easy_setopt(op->easy, CURLOPT_FOLLOWLOCATION, 0L);
     rc |= curl_easy_setopt(op->easy, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -911,8 +913,8 @@ int mcp_list_tools(struct mcp_client *c, mcp_done_cb cb, void *ctx, struct mcp_o
     return op_begin(op, out, err);
 }
 
-int mcp_call_tool(struct mcp_client *c, const char *name, json_t *arguments, mcp_done_cb cb,
-                  void *ctx, struct mcp_op **out, struct wp_err *err)
+int mcp_call_tool(struct mcp_client *c, const char *name, json_t *arguments, double timeout_s,
+                  mcp_done_cb cb, void *ctx, struct mcp_op **out, struct wp_err *err)
 {
     struct mcp_op *op = op_new(c->h, c, OP_CALL, cb, ctx);
     if (!op || !(op->params = json_pack("{s:s, s:O}", "name", name, "arguments",
@@ -921,6 +923,7 @@ int mcp_call_tool(struct mcp_client *c, const char *name, json_t *arguments, mcp
             op_free(op);
         return wp_err_set(err, -ENOMEM, "mcp: out of memory");
     }
+    op->call_timeout_s = timeout_s > 0 ? timeout_s : op->timeout_s;
     return op_begin(op, out, err);
 }
 

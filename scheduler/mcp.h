@@ -99,8 +99,8 @@ int mcp_hub_new(struct ev_loop *loop, struct mcp_hub **out, struct wp_err *err);
 /* Cancels every operation (no callbacks). Not from inside an mcp callback. */
 void mcp_hub_free(struct mcp_hub *h);
 
-/* url: http(s) only. timeout_s: a whole operation's deadline per HTTP
- * request. */
+/* url: http(s) only. timeout_s: the deadline of each HTTP request of an
+ * operation (initialize, tools/list; tools/call has its own). */
 int mcp_client_new(struct mcp_hub *h, const char *url, double timeout_s, struct mcp_client **out,
                    struct wp_err *err);
 /* The bearer token sent from the next request on (NULL: none). Copied;
@@ -116,8 +116,8 @@ void mcp_client_free(struct mcp_client *c);
  * NULL) is valid until cb runs or mcp_op_cancel. */
 int mcp_list_tools(struct mcp_client *c, mcp_done_cb cb, void *ctx, struct mcp_op **op,
                    struct wp_err *err);
-int mcp_call_tool(struct mcp_client *c, const char *name, json_t *arguments, mcp_done_cb cb,
-                  void *ctx, struct mcp_op **op, struct wp_err *err);
+int mcp_call_tool(struct mcp_client *c, const char *name, json_t *arguments, double timeout_s,
+                  mcp_done_cb cb, void *ctx, struct mcp_op **op, struct wp_err *err);
 
 /* The refresh_token grant at a token endpoint. auth: "none" (client_id in
  * the form), "client_secret_basic" (HTTP Basic) or "client_secret_post"
