@@ -5,6 +5,8 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -312,6 +314,7 @@ enum op_stage { ST_INIT, ST_INITIALIZED, ST_MAIN };
 
 struct mcp_hub {
     struct wp_curlev ce;
+    bool allow_private;
     struct mcp_op *ops;
     int64_t next_id;
     bool reap;      /* an op was cancelled inside curl */
@@ -358,6 +361,7 @@ struct mcp_op {
     struct mcp_sse_scan *scan;
     json_t *early;           /* the response, read off an SSE stream still open */
     char errbuf[CURL_ERROR_SIZE];
+    bool refused_addr;       /* the server's address is not allowed */
     struct mcp_op *next;
 };
 
@@ -537,6 +541,49 @@ static int add_hdr(struct mcp_op *op, const char *fmt, ...)
     return 0;
 }
 
+/* a: an IPv4 address in host order. */
+static bool v4_public(uint32_t a)
+{
+    return !((a >> 24) == 0 || (a >> 24) == 10 || (a >> 24) == 127 ||
+             (a >> 16) == 0xa9fe /* 169.254/16 */ || (a >> 20) == 0xac1 /* 172.16/12 */ ||
+             (a >> 16) == 0xc0a8 /* 192.168/16 */ || (a >> 22) == 0x191 /* 100.64/10 */ ||
+             (a >> 28) >= 0xe /* multicast, reserved */);
+}
+
+bool mcp_addr_public(const struct sockaddr *addr)
+{
+    if (addr->sa_family == AF_INET) {
+        struct sockaddr_in v4;
+        memcpy(&v4, addr, sizeof(v4));
+        return v4_public(ntohl(v4.sin_addr.s_addr));
+    }
+    if (addr->sa_family == AF_INET6) {
+        struct sockaddr_in6 v6;
+        memcpy(&v6, addr, sizeof(v6));
+        const struct in6_addr *a = &v6.sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a)) {
+            uint32_t x;
+            memcpy(&x, &a->s6_addr[12], 4);
+            return v4_public(ntohl(x));
+        }
+        return !(IN6_IS_ADDR_UNSPECIFIED(a) || IN6_IS_ADDR_LOOPBACK(a) || IN6_IS_ADDR_LINKLOCAL(a) ||
+                 IN6_IS_ADDR_MULTICAST(a) || (a->s6_addr[0] & 0xfe) == 0xfc /* fc00::/7 */);
+    }
+    return false;
+}
+
+/* Every socket curl opens: refused for private addresses unless allowed. */
+static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    struct mcp_op *op = ud;
+    (void)purpose;
+    if (!op->h->allow_private && !mcp_addr_public(&a->addr)) {
+        op->refused_addr = true;
+        return CURL_SOCKET_BAD;
+    }
+    return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
 /* Start one HTTP POST of op: body (stolen) to url. */
 static int xfer_start(struct mcp_op *op, const char *url, char *body, const char *ctype_out,
                       const char *accept, struct wp_err *err)
@@ -569,6 +616,8 @@ static int xfer_start(struct mcp_op *op, const char *url, char *body, const char
     rc |= curl_easy_setopt(op->easy, CURLOPT_HEADERFUNCTION, on_header);
     rc |= curl_easy_setopt(op->easy, CURLOPT_HEADERDATA, op);
     rc |= curl_easy_setopt(op->easy, CURLOPT_PRIVATE, op);
+    rc |= curl_easy_setopt(op->easy, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+    rc |= curl_easy_setopt(op->easy, CURLOPT_OPENSOCKETDATA, op);
     rc |= curl_easy_setopt(op->easy, CURLOPT_ERRORBUFFER, op->errbuf);
     rc |= curl_easy_setopt(op->easy, CURLOPT_NOSIGNAL, 1L);
     rc |= curl_easy_setopt(op->easy, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
@@ -726,8 +775,12 @@ static void rpc_done(struct mcp_op *op, CURLcode res)
     finish(op, MCP_OK, op->acc, NULL);
     return;
 neterr:
-    finish(op, MCP_CONN, NULL, "%s: %s", op->method ? op->method : "request",
-           op->errbuf[0] ? op->errbuf : curl_easy_strerror(res));
+    if (op->refused_addr)
+        finish(op, MCP_CONN, NULL, "%s: the server's address is on a private network (not allowed here)",
+               op->method ? op->method : "request");
+    else
+        finish(op, MCP_CONN, NULL, "%s: %s", op->method ? op->method : "request",
+               op->errbuf[0] ? op->errbuf : curl_easy_strerror(res));
 }
 
 static void token_done(struct mcp_op *op, CURLcode res)
@@ -736,7 +789,10 @@ static void token_done(struct mcp_op *op, CURLcode res)
     char *access = NULL, *refresh = NULL;
     long exp = -1;
     if (res != CURLE_OK) {
-        finish(op, MCP_CONN, NULL, "token endpoint: %s", op->errbuf[0] ? op->errbuf : curl_easy_strerror(res));
+        finish(op, MCP_CONN, NULL, "token endpoint: %s",
+               op->refused_addr ? "its address is on a private network (not allowed here)"
+               : op->errbuf[0]  ? op->errbuf
+                                : curl_easy_strerror(res));
         return;
     }
     if (op->status < 200 || op->status > 299 ||
@@ -798,7 +854,7 @@ static void after_curl(void *ctx)
     check_done(h);
 }
 
-int mcp_hub_new(struct ev_loop *loop, struct mcp_hub **out, struct wp_err *err)
+int mcp_hub_new(struct ev_loop *loop, bool allow_private, struct mcp_hub **out, struct wp_err *err)
 {
     struct mcp_hub *h = calloc(1, sizeof(*h));
     if (!h || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK ||
@@ -806,6 +862,7 @@ int mcp_hub_new(struct ev_loop *loop, struct mcp_hub **out, struct wp_err *err)
         free(h);
         return wp_err_set(err, -ENOMEM, "mcp: out of memory");
     }
+    h->allow_private = allow_private;
     *out = h;
     return 0;
 }

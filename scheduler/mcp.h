@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "base/err.h"
 
@@ -95,7 +96,13 @@ struct mcp_status {
  * expires_in?, refresh_token?} (borrowed); NULL on failure. */
 typedef void (*mcp_done_cb)(void *ctx, const struct mcp_status *st, json_t *value);
 
-int mcp_hub_new(struct ev_loop *loop, struct mcp_hub **out, struct wp_err *err);
+/* allow_private: connections to loopback, private (RFC 1918, CGNAT,
+ * IPv6 unique-local), link-local and unspecified addresses are allowed;
+ * otherwise refused when curl opens the socket, after name resolution, so
+ * a name that resolves to such an address is refused too. */
+int mcp_hub_new(struct ev_loop *loop, bool allow_private, struct mcp_hub **out, struct wp_err *err);
+/* Whether addr may be connected to under allow_private = false. */
+bool mcp_addr_public(const struct sockaddr *addr);
 /* Cancels every operation (no callbacks). Not from inside an mcp callback. */
 void mcp_hub_free(struct mcp_hub *h);
 

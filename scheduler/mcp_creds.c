@@ -19,7 +19,7 @@
 struct mcp_hub *sched__mcp_hub(struct sched_server *srv)
 {
     struct wp_err err;
-    if (!srv->mcp && mcp_hub_new(srv->loop, &srv->mcp, &err) < 0) {
+    if (!srv->mcp && mcp_hub_new(srv->loop, srv->cfg.mcp_private, &srv->mcp, &err) < 0) {
         log_error("mcp client: %s", err.msg);
         srv->mcp = NULL;
     }

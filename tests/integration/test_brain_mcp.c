@@ -269,7 +269,9 @@ static int group_setup(void **state)
         return -1;
     snprintf(url, sizeof(url), "http://127.0.0.1:%d", M.port);
     setenv("ANTHROPIC_API_KEY", "sk-test-model", 1);
-    if (th_sched_start(&S, R.port, "--model-url", url, "--rate-create", "0", "--rate-read", "0", NULL) < 0)
+    /* the MCP server is on loopback: allowed here, refused by default */
+    if (th_sched_start(&S, R.port, "--model-url", url, "--rate-create", "0", "--rate-read", "0",
+                       "--mcp-private", "on", NULL) < 0)
         return -1;
     /* MCP calls need no sandbox: an environment no node serves */
     json_t *en = call(S.port, "POST", "/v1/environments",
@@ -509,6 +511,51 @@ static void another_orgs_vault_is_not_used(void **state)
     json_decref(ses);
     json_decref(en);
     json_decref(a);
+    free(agent);
+    free(vault);
+}
+
+/* By default an MCP server on loopback (or any private address) is not
+ * reached: mcp_connection_failed_error, and the server sees nothing. */
+static void private_servers_refused_by_default(void **state)
+{
+    (void)state;
+    char murl[128], env_saved[64];
+    struct th_redis r2;
+    struct th_sched s2, saved = S;
+    /* a deployment of its own (Redis and scheduler), so no scheduler with
+     * --mcp-private on can take the session over */
+    snprintf(murl, sizeof(murl), "http://127.0.0.1:%d", M.port);
+    assert_int_equal(th_redis_start(&r2, 0), 0);
+    assert_int_equal(th_sched_start(&s2, r2.port, "--model-url", murl, "--rate-create", "0", "--rate-read", "0",
+                                    NULL), 0);
+    S = s2;
+    snprintf(env_saved, sizeof(env_saved), "%s", ENV_ID);
+    json_t *en = call(S.port, "POST", "/v1/environments",
+                      "{\"name\":\"mcp-env\",\"config\":{\"type\":\"cloud\"},"
+                      "\"metadata\":{\"warmpool.pool\":\"nopool\"}}", 200);
+    snprintf(ENV_ID, sizeof(ENV_ID), "%s", s_(en, "id"));
+    json_decref(en);
+    json_t *adm = mcp_admin();
+    json_int_t lists0 = json_integer_value(json_object_get(adm, "lists"));
+    json_int_t refused0 = json_integer_value(json_object_get(adm, "refused"));
+    json_decref(adm);
+    char *agent, *vault;
+    char *sid = bearer_session(NULL, "static-good", &agent, &vault);
+    send_text(sid, "just chat");
+    json_t *e = wait_event(sid, "session.error", "error", "mcp_connection_failed_error", 20000);
+    S = saved;
+    snprintf(ENV_ID, sizeof(ENV_ID), "%s", env_saved);
+    assert_non_null(e);
+    assert_non_null(strstr(s_(json_object_get(e, "error"), "message"), "private network"));
+    adm = mcp_admin();
+    assert_int_equal(json_integer_value(json_object_get(adm, "lists")), lists0);
+    assert_int_equal(json_integer_value(json_object_get(adm, "refused")), refused0);
+    json_decref(adm);
+    json_decref(e);
+    assert_int_equal(th_sched_stop(&s2), 0);
+    th_redis_stop(&r2);
+    free(sid);
     free(agent);
     free(vault);
 }
@@ -783,6 +830,7 @@ int main(void)
         cmocka_unit_test(revoked_token_is_an_auth_error),
         cmocka_unit_test(dead_server_is_a_connection_error),
         cmocka_unit_test(another_orgs_vault_is_not_used),
+        cmocka_unit_test(private_servers_refused_by_default),
         cmocka_unit_test(oauth_expired_token_refreshed_and_stored),
         cmocka_unit_test(oauth_validate_answers),
         cmocka_unit_test(bad_toolset_refused),

@@ -2,7 +2,9 @@
  * responses in JSON and event-stream bodies (batches, server requests in
  * between, every split point of a stream), results and errors, tools/list
  * pages, tools/call content, token endpoint answers, URL normalization. */
+#include <arpa/inet.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -211,12 +213,46 @@ static void urls(void **state)
     assert_int_equal(mcp_url_normalize("http://", out, sizeof(out)), WP_EINVAL_INPUT);
 }
 
+static bool pub(const char *ip)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    if (strchr(ip, ':')) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        a->sin6_family = AF_INET6;
+        assert_int_equal(inet_pton(AF_INET6, ip, &a->sin6_addr), 1);
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        a->sin_family = AF_INET;
+        assert_int_equal(inet_pton(AF_INET, ip, &a->sin_addr), 1);
+    }
+    return mcp_addr_public((struct sockaddr *)&ss);
+}
+
+static void private_addresses(void **state)
+{
+    (void)state;
+    static const char *const priv[] = { "127.0.0.1", "127.1.2.3", "10.0.0.1", "172.16.0.1", "172.31.255.255",
+                                        "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+                                        "224.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fd00::1",
+                                        "fc00::1", "::ffff:127.0.0.1", "::ffff:10.1.2.3", "ff02::1" };
+    static const char *const publ[] = { "1.1.1.1", "8.8.8.8", "172.32.0.1", "172.15.255.255", "192.169.0.1",
+                                        "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8" };
+    for (size_t i = 0; i < sizeof(priv) / sizeof(priv[0]); i++)
+        if (pub(priv[i]))
+            fail_msg("%s counted as public", priv[i]);
+    for (size_t i = 0; i < sizeof(publ) / sizeof(publ[0]); i++)
+        if (!pub(publ[i]))
+            fail_msg("%s counted as private", publ[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(json_answers), cmocka_unit_test(sse_answers),
         cmocka_unit_test(tools_pages),  cmocka_unit_test(call_content),
         cmocka_unit_test(token_answers), cmocka_unit_test(urls),
+        cmocka_unit_test(private_addresses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
