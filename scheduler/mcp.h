@@ -45,6 +45,9 @@ int mcp_sse_scan_feed(struct mcp_sse_scan *s, const char *data, size_t len, bool
 /* The response (caller owns) or NULL; once. */
 json_t *mcp_sse_take(struct mcp_sse_scan *s);
 
+/* Whether a Content-Type ("type/sub; params") is want, case-insensitively. */
+bool mcp_ctype_is(const char *ctype, const char *want);
+
 /* The result of a response message (borrowed from msg), or the JSON-RPC
  * error as WP_EPROTO with its code and message in err. */
 int mcp_rpc_result(json_t *msg, json_t **result, struct wp_err *err);

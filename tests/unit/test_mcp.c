@@ -1,4 +1,4 @@
-/* test_mcp.c - the pure half of the MCP client (scheduler/mcp.c): JSON-RPC
+/* test_mcp.c - the pure half of the MCP client (scheduler/mcp_rpc.c): JSON-RPC
  * responses in JSON and event-stream bodies (batches, server requests in
  * between, every split point of a stream), results and errors, tools/list
  * pages, tools/call content, token endpoint answers, URL normalization. */
