@@ -560,6 +560,57 @@ static void private_servers_refused_by_default(void **state)
     free(vault);
 }
 
+/* The turn count of a session: its idle events. */
+static int idles_of(const char *sid)
+{
+    json_t *h = history(sid);
+    size_t k;
+    json_t *ev;
+    int n = 0;
+    json_array_foreach(h, k, ev) n += !strcmp(s_(ev, "type"), "session.status_idle");
+    json_decref(h);
+    return n;
+}
+
+static void turn_and_wait(const char *sid, int want_idles)
+{
+    send_text(sid, "more");
+    for (int i = 0; i < 400 && idles_of(sid) < want_idles; i++)
+        usleep(50 * 1000);
+    assert_int_equal(idles_of(sid), want_idles);
+}
+
+/* The server session (Mcp-Session-Id) is kept from turn to turn; a server
+ * that forgot it answers 404 and the client initializes again, unseen. */
+static void server_session_kept_and_renewed(void **state)
+{
+    (void)state;
+    char *agent, *vault;
+    char *sid = bearer_session(NULL, "static-good", &agent, &vault);
+    turn_and_wait(sid, 1);
+    json_t *adm = mcp_admin();
+    json_int_t inits = json_integer_value(json_object_get(adm, "inits"));
+    json_int_t lists = json_integer_value(json_object_get(adm, "lists"));
+    json_decref(adm);
+    turn_and_wait(sid, 2);
+    adm = mcp_admin();
+    assert_int_equal(json_integer_value(json_object_get(adm, "inits")), inits); /* kept */
+    assert_int_equal(json_integer_value(json_object_get(adm, "lists")), lists + 2); /* listed again: 2 pages */
+    json_decref(adm);
+    struct th_resp r;
+    assert_int_equal(th_http(MCP_PORT, "POST", "/admin/forget", NULL, "{}", &r), 0);
+    th_resp_free(&r);
+    turn_and_wait(sid, 3);
+    adm = mcp_admin();
+    assert_int_equal(json_integer_value(json_object_get(adm, "inits")), inits + 1); /* after the 404 */
+    assert_int_equal(json_integer_value(json_object_get(adm, "lists")), lists + 4);
+    json_decref(adm);
+    assert_null(wait_event(sid, "session.error", NULL, NULL, 50));
+    free(sid);
+    free(agent);
+    free(vault);
+}
+
 /* Nothing listens at the server's URL: mcp_connection_failed_error. */
 static void dead_server_is_a_connection_error(void **state)
 {
@@ -829,6 +880,7 @@ int main(void)
         cmocka_unit_test(ask_waits_for_confirmation),
         cmocka_unit_test(revoked_token_is_an_auth_error),
         cmocka_unit_test(dead_server_is_a_connection_error),
+        cmocka_unit_test(server_session_kept_and_renewed),
         cmocka_unit_test(another_orgs_vault_is_not_used),
         cmocka_unit_test(private_servers_refused_by_default),
         cmocka_unit_test(oauth_expired_token_refreshed_and_stored),

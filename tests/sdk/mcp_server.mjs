@@ -8,8 +8,9 @@
 //   /token      OAuth token endpoint: grant_type=refresh_token with
 //               client_secret_basic or _post (client "wp-client", secret "s3cret"),
 //               refresh token "R1" (rotated to "R2", then "R3", ...)
-//   /admin      GET: what happened (calls, token requests) and the refresh
-//               token the endpoint accepts now, as JSON
+//   /admin      GET: what happened (calls, token requests, initializations)
+//               and the refresh token the endpoint accepts now, as JSON
+//   /admin/forget  drop every MCP session (as a restarted server would)
 //
 // tools/list pages two tools at a time, so clients must follow nextCursor.
 import http from 'node:http';
@@ -20,7 +21,7 @@ import {
   ListToolsRequestSchema, CallToolRequestSchema, isInitializeRequest,
 } from '@modelcontextprotocol/sdk/types.js';
 
-const state = { calls: [], token_requests: [], lists: 0, refused: 0 };
+const state = { calls: [], token_requests: [], lists: 0, refused: 0, inits: 0 };
 const oauthTokens = new Set();
 let refreshToken = 'R1';
 let issued = 0;
@@ -86,6 +87,7 @@ async function mcp(path, req, res) {
   const sid = req.headers['mcp-session-id'];
   let t = sid ? transports.get(sid) : undefined;
   if (!t && req.method === 'POST' && body && isInitializeRequest(body)) {
+    state.inits++;
     t = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
       enableJsonResponse: path !== '/mcp',
@@ -133,6 +135,7 @@ const srv = http.createServer((req, res) => {
   const path = new URL(req.url, 'http://x').pathname;
   const p = path === '/mcp' || path === '/oauth/mcp' ? mcp(path, req, res)
           : path === '/token' && req.method === 'POST' ? token(req, res)
+          : path === '/admin/forget' ? Promise.resolve((transports.clear(), res.end('{}')))
           : path === '/admin' ? Promise.resolve(res.end(JSON.stringify({ ...state, refresh_token: refreshToken })))
           : Promise.resolve((res.writeHead(404), res.end()));
   p.catch((e) => { console.error(e); if (!res.headersSent) res.writeHead(500); res.end(); });
