@@ -5,7 +5,8 @@
  * request; a tool_use of one becomes agent.mcp_tool_use, runs as
  * tools/call and ends as agent.mcp_tool_result.
  *
- * Credentials: the session's vault_ids are read in one script (vaults of
+ * Credentials: the session's vault_ids are read in one script at each
+ * turn's start (vaults of
  * the session's organization, not archived; their credentials not
  * archived). A server gets the first static_bearer or mcp_oauth
  * credential, in vault_ids order and then creation order, whose
