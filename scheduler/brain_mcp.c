@@ -6,9 +6,8 @@
  * tools/call and ends as agent.mcp_tool_result.
  *
  * Credentials: the session's vault_ids are read in one script at each
- * turn's start (vaults of
- * the session's organization, not archived; their credentials not
- * archived). A server gets the first static_bearer or mcp_oauth
+ * turn's start (vaults of the session's organization, not archived;
+ * their credentials not archived). A server gets the first static_bearer or mcp_oauth
  * credential, in vault_ids order and then creation order, whose
  * mcp_server_url equals the server's url once both are normalized
  * (mcp_url_normalize). An mcp_oauth token that expires within a minute,
