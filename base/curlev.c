@@ -126,3 +126,20 @@ void wp_curlev_cleanup(struct wp_curlev *ce)
     while (ce->socks)
         sock_free(ce, ce->socks);
 }
+
+bool wp_curlev_next_done(struct wp_curlev *ce, void **priv, CURLcode *res)
+{
+    for (;;) {
+        int left;
+        CURLMsg *msg = curl_multi_info_read(ce->multi, &left);
+        if (!msg)
+            return false;
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        char *p = NULL;
+        *res = msg->data.result;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &p);
+        *priv = p;
+        return true; /* msg is not to be used once the owner removes the handle */
+    }
+}

@@ -7,6 +7,7 @@
 
 #include <curl/curl.h>
 #include <ev.h>
+#include <stdbool.h>
 
 struct wp_curlev_sock;
 /* Runs after every curl_multi_socket_action, outside curl: the owner
@@ -25,6 +26,9 @@ struct wp_curlev {
 
 /* Embedded in its owner. Returns 0 or -ENOMEM. */
 int wp_curlev_init(struct wp_curlev *ce, struct ev_loop *loop, wp_curlev_after_cb after, void *ctx);
+/* The next finished transfer (CURLMSG_DONE): its CURLOPT_PRIVATE pointer
+ * and result; false when there is none. For the owner's after hook. */
+bool wp_curlev_next_done(struct wp_curlev *ce, void **priv, CURLcode *res);
 /* curl_multi_cleanup (remove every easy handle first), then the watchers.
  * Not from inside curl. */
 void wp_curlev_cleanup(struct wp_curlev *ce);

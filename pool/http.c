@@ -172,19 +172,10 @@ static void finish(struct pool__http_req *r, CURLcode res)
 
 static void check_done(struct pool__http *h)
 {
-    for (;;) {
-        int left;
-        CURLMsg *msg = curl_multi_info_read(h->ce.multi, &left);
-        char *priv = NULL;
-
-        if (!msg)
-            break;
-        if (msg->msg != CURLMSG_DONE)
-            continue;
-        CURLcode res = msg->data.result;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
-        finish((struct pool__http_req *)(void *)priv, res); /* msg unused after */
-    }
+    void *priv;
+    CURLcode res;
+    while (wp_curlev_next_done(&h->ce, &priv, &res))
+        finish(priv, res);
 }
 
 static void reap(struct pool__http *h)

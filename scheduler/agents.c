@@ -95,6 +95,27 @@ static json_t *norm_model(json_t *m, json_t *stored, const char **msg)
     return out;
 }
 
+/* {enabled?: bool|null, permission_policy?: {type}|null} (+ name in configs). */
+static const char *check_mcp_config(json_t *c, bool named)
+{
+    static const char *const f[] = { "enabled", "permission_policy", NULL };
+    static const char *const fn[] = { "name", "enabled", "permission_policy", NULL };
+    if (!json_is_object(c) || sched__unknown_field(c, named ? fn : f))
+        return "mcp_toolset configs take name, enabled and permission_policy";
+    json_t *n = json_object_get(c, "name");
+    if (named && (!json_is_string(n) || json_string_length(n) < 1 || json_string_length(n) > 128))
+        return "mcp_toolset configs need a name of 1 to 128 characters";
+    json_t *e = json_object_get(c, "enabled");
+    if (e && !json_is_null(e) && !json_is_boolean(e))
+        return "mcp_toolset enabled must be a boolean";
+    json_t *p = json_object_get(c, "permission_policy");
+    const char *pt = json_string_value(json_object_get(p, "type"));
+    if (p && !json_is_null(p) &&
+        (!pt || (strcmp(pt, "always_allow") && strcmp(pt, "always_ask") && strcmp(pt, "auto"))))
+        return "permission_policy.type must be always_allow, always_ask or auto";
+    return NULL;
+}
+
 static const char *check_tools(json_t *tools, json_t *servers)
 {
     size_t i, j;
@@ -121,6 +142,18 @@ static const char *check_tools(json_t *tools, json_t *servers)
                     found = true;
             if (!found)
                 return "mcp_toolset names an MCP server that is not in mcp_servers";
+            static const char *const tf[] = { "type", "mcp_server_name", "default_config", "configs", NULL };
+            if (sched__unknown_field(t, tf))
+                return "mcp_toolset takes mcp_server_name, default_config and configs";
+            json_t *dc = json_object_get(t, "default_config"), *cs = json_object_get(t, "configs");
+            const char *msg;
+            if (dc && !json_is_null(dc) && (msg = check_mcp_config(dc, false)))
+                return msg;
+            if (cs && !json_is_null(cs) && !json_is_array(cs))
+                return "mcp_toolset configs must be an array";
+            json_array_foreach(cs, j, s)
+                if ((msg = check_mcp_config(s, true)))
+                    return msg;
         } else if (strcmp(ty, "agent_toolset_20260401") != 0) {
             return "unknown tool type";
         }

@@ -38,6 +38,7 @@
 #include "base/timeutil.h"
 #include "pool/pool.h"
 #include "scheduler/brain_int.h"
+#include "scheduler/mcp.h"
 #include "scheduler/metrics.h"
 #include "scheduler/model.h"
 #include "scheduler/sched_int.h"
@@ -397,9 +398,15 @@ static void on_model_event(void *ctx, const char *type, json_t *data)
                 json_object_set_new(input, "_invalid_input", json_true());
             }
             bool custom = true;
+            json_t *mcp_use = NULL;
             if (sched__brain_builtin(k->tool_name) && sched__brain_tool_enabled(b->agent, k->tool_name))
                 custom = false;
-            if (custom) {
+            else if ((mcp_use = sched__brain_mcp_use(b, k->tool_name, input)))
+                custom = false;
+            if (mcp_use) {
+                json_decref(input);
+                sched__brain_emit(b, mcp_use, k->ev_id);
+            } else if (custom) {
                 sched__brain_emit(b, json_pack("{s:s, s:s, s:o}", "type", "agent.custom_tool_use", "name",
                                   k->tool_name, "input", input), k->ev_id);
             } else {
@@ -526,8 +533,9 @@ static void start_model(struct brain *b)
         return;
     }
     json_t *req = sched__brain_request(b->log, b->agent, b->srv->cfg.max_tokens);
+    sched__brain_mcp_add_tools(b, req);
     if (b->srv->cfg.prompt_cache)
-        sched__brain_cache_mark(req);
+        sched__brain_cache_mark(req); /* after the tools: they lead the cached prefix */
     new_event_id(b->span_id, sizeof(b->span_id));
     json_decref(b->usage);
     b->usage = json_object();
@@ -586,13 +594,15 @@ static void step_once(struct brain *b)
         if (d.model_open)
             span_end(b, d.open_span, true);
         sched__brain_tools_cancel(b);
-        /* built-in calls the log still lists as unanswered */
+        sched__brain_mcp_cancel(b);
+        /* calls the log still lists as unanswered */
         sched__brain_derive(b->log, b->self_hosted, &d);
         for (int i = 0; i < d.npend; i++)
             if (d.pend[i].kind == 0)
-                sched__brain_emit(b, json_pack("{s:s, s:s, s:[{s:s, s:s}], s:b}", "type", "agent.tool_result",
-                                  "tool_use_id", d.pend[i].id, "content", "type", "text", "text",
-                                  "interrupted", "is_error", 1),
+                sched__brain_emit(b, json_pack("{s:s, s:s, s:[{s:s, s:s}], s:b}", "type",
+                                  d.pend[i].mcp ? "agent.mcp_tool_result" : "agent.tool_result",
+                                  d.pend[i].mcp ? "mcp_tool_use_id" : "tool_use_id", d.pend[i].id,
+                                  "content", "type", "text", "text", "interrupted", "is_error", 1),
                      NULL);
         set_status(b, "idle", json_pack("{s:s, s:{s:s}, s:n}", "type", "session.status_idle",
                                         "stop_reason", "type", "end_turn", "stop_details"));
@@ -609,9 +619,16 @@ static void step_once(struct brain *b)
     if (d.turn_active && !b->self_hosted && b->sbx == SBX_NONE)
         sched__brain_claim(b); /* in parallel with the model, from the turn's start */
 
-    bool builtin = false, external = false;
+    bool builtin = false, external = false, mcp = false;
     for (int i = 0; i < d.npend; i++) {
-        if (d.pend[i].kind == 0) {
+        if (d.pend[i].kind == 0 && d.pend[i].mcp) {
+            size_t k;
+            json_t *e;
+            json_array_foreach(b->log, k, e)
+                if (!strcmp(json_string_value(json_object_get(e, "id")) ?: "", d.pend[i].id) &&
+                    sched__brain_mcp_call(b, e))
+                    mcp = true;
+        } else if (d.pend[i].kind == 0) {
             builtin = true;
             size_t k;
             json_t *e;
@@ -622,10 +639,10 @@ static void step_once(struct brain *b)
             external = true;
         }
     }
-    if (builtin) {
+    if (builtin)
         sched__brain_tools_run(b);
+    if (builtin || mcp)
         return;
-    }
     if (external) {
         if (!d.idle_for_pending) {
             json_t *ids = json_array();
@@ -640,6 +657,8 @@ static void step_once(struct brain *b)
     if (d.awaiting_model && d.turn_active) {
         if (!d.running)
             set_status(b, "running", json_pack("{s:s}", "type", "session.status_running"));
+        if (!sched__brain_mcp_ready(b))
+            return; /* the MCP servers' tools first; their callbacks step again */
         start_model(b);
         return;
     }
@@ -652,6 +671,7 @@ quiet:
      * unless its node drains (then it goes back now, and the next turn
      * claims one elsewhere). */
     b->model_rounds = 0;
+    sched__brain_mcp_turn_end(b);
     ev_timer_set(&b->linger, b->srv->cfg.brain_linger_s, 0.);
     ev_timer_start(b->srv->loop, &b->linger);
     if (b->sbx == SBX_READY && b->claim.node[0] && b->srv->pool &&
@@ -815,9 +835,11 @@ static void brain_free(struct brain *b)
         json_decref(t->input);
         free(t);
     }
+    sched__brain_mcp_free(b);
     blocks_reset(b);
     wp_buf_free(&b->delta);
     json_decref(b->usage);
+    json_decref(b->vault_ids);
     json_decref(b->agent);
     json_decref(b->log);
     free(b);
@@ -852,7 +874,7 @@ static void linger_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct brain *b = w->data;
-    if (b->call || b->tools)
+    if (b->call || b->tools || sched__brain_mcp_busy(b))
         return;
     if (b->claim.sandbox[0]) {
         pool_release(b->srv->pool, b->pool_env, b->claim.sandbox, b->claim.token, NULL, NULL, NULL);
@@ -889,6 +911,7 @@ static int load_session(struct brain *b, redisReply *r)
     snprintf(b->env_id, sizeof(b->env_id), "%s", F(2) ?: "");
     b->self_hosted = F(3) && !strcmp(F(3), "1");
     b->agent = json_incref(json_object_get(s, "agent"));
+    b->vault_ids = json_incref(json_object_get(s, "vault_ids"));
     json_decref(s);
     const char *sb = F(6), *tok = F(7);
     if (sb && *sb && tok && F(8) && F(9)) {
@@ -1005,6 +1028,7 @@ static void take(struct sched_brains *bs, const char *sid, bool takeover)
         return;
     b->bs = bs;
     b->srv = bs->srv;
+    b->mcp_hub = sched__mcp_hub(bs->srv);
     snprintf(b->sid, sizeof(b->sid), "%s", sid);
     sched__key_obj(b->key_obj, sizeof(b->key_obj), sid);
     sched__key_events(b->key_ev, sizeof(b->key_ev), sid);
@@ -1211,6 +1235,8 @@ void sched__brain_shutdown(struct sched_server *srv)
     }
     sched_model_free(bs->model);
     bs->model = NULL;
+    for (struct brain *b = bs->list; b; b = b->next)
+        sched__brain_mcp_free(b); /* before the hub their clients are on goes */
     wp_redis_free(bs->sub);
     bs->sub = NULL;
 }

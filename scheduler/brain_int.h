@@ -10,7 +10,8 @@
 /* A tool call without its result. */
 struct sched_brain_pend {
     char id[64];
-    int kind;             /* 0 built-in (the brain runs it), 1 external (a client or worker) */
+    int kind;             /* 0 the brain runs it, 1 external (a client, a worker, a confirmation) */
+    bool mcp;             /* an agent.mcp_tool_use */
 };
 
 /* What the log says, read from its start. */
@@ -44,6 +45,13 @@ void sched__brain_cache_mark(json_t *req);
  * one of the six sandbox tools the brain runs. */
 const char *sched__brain_policy(json_t *agent, const char *tool);
 bool sched__brain_tool_enabled(json_t *agent, const char *name);
+/* The request's definitions of the enabled sandbox tools and the custom
+ * tools (caller owns). */
+json_t *sched__brain_tool_defs(json_t *agent);
+/* The mcp_toolset of server: tool's permission policy type
+ * ("always_allow" when none is set) and, when enabled is not NULL,
+ * whether the toolset enables it (false when no toolset names server). */
+const char *sched__brain_mcp_config(json_t *agent, const char *server, const char *tool, bool *enabled);
 bool sched__brain_builtin(const char *name);
 
 /* ---- the loop's state (brain.c, brain_tools.c) ---- */
@@ -59,6 +67,8 @@ struct sched_server;
 struct sched_model_call;
 struct alink_client;
 struct sched_metrics;
+struct sched_brain_mcp;
+struct mcp_hub;
 
 enum sbx_state { SBX_NONE, SBX_CLAIMING, SBX_LINKING, SBX_READY, SBX_FAILED };
 
@@ -92,6 +102,9 @@ struct brain {
     bool self_hosted;
     bool stopped;            /* lost the lease or the session is gone: no more writes */
     json_t *agent;           /* the session's agent snapshot (owned) */
+    json_t *vault_ids;       /* the session's (owned) */
+    struct mcp_hub *mcp_hub; /* the process's MCP client (borrowed) */
+    struct sched_brain_mcp *mcp; /* brain_mcp.c: its MCP servers (owned), NULL before use */
     json_t *log;             /* array of event objects, each with "type" and "id" */
     char last_pos[64];       /* stream id read up to */
     bool reading, reread;
@@ -151,5 +164,24 @@ void sched__brain_claim(struct brain *b);
 void sched__brain_tools_run(struct brain *b);
 void sched__brain_tool_start(struct brain *b, json_t *ev);
 void sched__brain_tools_cancel(struct brain *b);
+
+/* brain_mcp.c: the session's MCP servers. ready: lists every server (its
+ * credential first) unless done this turn; true once each is listed or
+ * failed (the step runs again then). add_tools: their enabled tools into
+ * a model request. use: the agent.mcp_tool_use event for a model's
+ * tool_use of name (input borrowed), NULL when no server offers it.
+ * call: run a call the log lists (1 while it runs or waits, 0 when its
+ * result was written at once). busy: calls, listings or refreshes in
+ * flight. cancel: every call ends with an error result. turn_end: the
+ * next turn reads the credentials and lists again. free: everything, no
+ * callbacks after. */
+bool sched__brain_mcp_ready(struct brain *b);
+void sched__brain_mcp_add_tools(struct brain *b, json_t *req);
+json_t *sched__brain_mcp_use(struct brain *b, const char *name, json_t *input);
+int sched__brain_mcp_call(struct brain *b, json_t *ev);
+bool sched__brain_mcp_busy(struct brain *b);
+void sched__brain_mcp_cancel(struct brain *b);
+void sched__brain_mcp_turn_end(struct brain *b);
+void sched__brain_mcp_free(struct brain *b);
 
 #endif

@@ -49,6 +49,35 @@ const char *sched__brain_policy(json_t *agent, const char *tool)
     return "always_allow";
 }
 
+const char *sched__brain_mcp_config(json_t *agent, const char *server, const char *tool, bool *enabled)
+{
+    size_t i, j;
+    json_t *t, *c;
+    const char *pol = NULL;
+    bool on = false;
+    json_array_foreach(json_object_get(agent, "tools"), i, t) {
+        if (strcmp(json_string_value(json_object_get(t, "type")) ?: "", "mcp_toolset") ||
+            strcmp(json_string_value(json_object_get(t, "mcp_server_name")) ?: "", server))
+            continue;
+        json_t *dc = json_object_get(t, "default_config");
+        on = !json_is_false(json_object_get(dc, "enabled"));
+        pol = json_string_value(json_object_get(json_object_get(dc, "permission_policy"), "type"));
+        json_array_foreach(json_object_get(t, "configs"), j, c) {
+            if (strcmp(json_string_value(json_object_get(c, "name")) ?: "", tool))
+                continue;
+            if (json_is_boolean(json_object_get(c, "enabled")))
+                on = json_is_true(json_object_get(c, "enabled"));
+            const char *p = json_string_value(json_object_get(json_object_get(c, "permission_policy"), "type"));
+            if (p)
+                pol = p;
+        }
+        break;
+    }
+    if (enabled)
+        *enabled = on;
+    return pol ? pol : "always_allow";
+}
+
 void sched__brain_derive(json_t *log, bool self_hosted, struct sched_brain_state *d)
 {
     size_t i;
@@ -77,6 +106,7 @@ void sched__brain_derive(json_t *log, bool self_hosted, struct sched_brain_state
             if (d->npend < 64) {
                 struct sched_brain_pend *p = &d->pend[d->npend++];
                 snprintf(p->id, sizeof(p->id), "%s", id);
+                p->mcp = false;
                 const char *perm = json_string_value(json_object_get(e, "evaluated_permission"));
                 p->kind = (!strcmp(t, "agent.custom_tool_use") || self_hosted ||
                            (perm && !strcmp(perm, "ask")))
@@ -84,6 +114,18 @@ void sched__brain_derive(json_t *log, bool self_hosted, struct sched_brain_state
                               : 0;
                 d->idle_for_pending = false;
             }
+        } else if (!strcmp(t, "agent.mcp_tool_use")) {
+            /* the server runs MCP calls, self-hosted or not; ask waits for the user */
+            if (d->npend < 64) {
+                struct sched_brain_pend *p = &d->pend[d->npend++];
+                snprintf(p->id, sizeof(p->id), "%s", id);
+                const char *perm = json_string_value(json_object_get(e, "evaluated_permission"));
+                p->mcp = true;
+                p->kind = perm && !strcmp(perm, "ask") ? 1 : 0;
+                d->idle_for_pending = false;
+            }
+        } else if (!strcmp(t, "agent.mcp_tool_result")) {
+            pend_del(d, json_string_value(json_object_get(e, "mcp_tool_use_id")) ?: "");
         } else if (!strcmp(t, "agent.tool_result") || !strcmp(t, "user.tool_result")) {
             pend_del(d, json_string_value(json_object_get(e, "tool_use_id")) ?: "");
         } else if (!strcmp(t, "user.custom_tool_result")) {
@@ -93,7 +135,7 @@ void sched__brain_derive(json_t *log, bool self_hosted, struct sched_brain_state
             int k = pend_find(d, tu);
             if (k >= 0) {
                 if (!strcmp(json_string_value(json_object_get(e, "result")) ?: "", "allow")) {
-                    if (!self_hosted)
+                    if (!self_hosted || d->pend[k].mcp)
                         d->pend[k].kind = 0; /* we run it now */
                 } else {
                     pend_del(d, tu); /* a denial is the call's result */
@@ -145,7 +187,7 @@ bool sched__brain_tool_enabled(json_t *agent, const char *name)
     return false;
 }
 
-static json_t *tool_defs(json_t *agent)
+json_t *sched__brain_tool_defs(json_t *agent)
 {
     static const char *const schemas[] = {
         "{\"type\":\"object\",\"properties\":{\"command\":{\"type\":\"string\"},\"restart\":{\"type\":\"boolean\"},\"timeout_ms\":{\"type\":\"integer\"}}}",
@@ -279,16 +321,19 @@ json_t *sched__brain_request(json_t *log, json_t *agent, int max_tokens)
                 if (!strcmp(json_string_value(json_object_get(c, "type")) ?: "", "text") &&
                     json_string_length(json_object_get(c, "text")) > 0)
                     conv_add(msgs, "assistant", json_deep_copy(c));
-        } else if (!strcmp(t, "agent.tool_use") || !strcmp(t, "agent.custom_tool_use")) {
+        } else if (!strcmp(t, "agent.tool_use") || !strcmp(t, "agent.custom_tool_use") ||
+                   !strcmp(t, "agent.mcp_tool_use")) {
             conv_add(msgs, "assistant",
                      json_pack("{s:s, s:s, s:O, s:O}", "type", "tool_use", "id", id, "name",
                                json_object_get(e, "name"), "input", json_object_get(e, "input")));
         } else if (!strcmp(t, "agent.tool_result") || !strcmp(t, "user.tool_result") ||
-                   !strcmp(t, "user.custom_tool_result") ||
+                   !strcmp(t, "user.custom_tool_result") || !strcmp(t, "agent.mcp_tool_result") ||
                    (!strcmp(t, "user.tool_confirmation") &&
                     strcmp(json_string_value(json_object_get(e, "result")) ?: "", "allow"))) {
             const char *use = json_string_value(json_object_get(
-                e, !strcmp(t, "user.custom_tool_result") ? "custom_tool_use_id" : "tool_use_id"));
+                e, !strcmp(t, "user.custom_tool_result")  ? "custom_tool_use_id"
+                   : !strcmp(t, "agent.mcp_tool_result") ? "mcp_tool_use_id"
+                                                          : "tool_use_id"));
             if (!use || json_object_get(answered, use))
                 continue;
             json_object_set_new(answered, use, json_true());
@@ -312,7 +357,7 @@ json_t *sched__brain_request(json_t *log, json_t *agent, int max_tokens)
     json_t *sys = json_object_get(agent, "system");
     if (json_is_string(sys) && json_string_length(sys) > 0)
         json_object_set(req, "system", sys);
-    json_t *tools = tool_defs(agent);
+    json_t *tools = sched__brain_tool_defs(agent);
     if (json_array_size(tools))
         json_object_set_new(req, "tools", tools);
     else

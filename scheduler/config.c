@@ -152,6 +152,9 @@ static void usage(void)
            "  --metrics-open           serve /metrics without a token beyond loopback too\n"
            "  --metrics-cache SECS     the pool part of /metrics is read from Redis at most\n"
            "                           this often; scrapes in between share it (1; 0..60)\n"
+           "  --mcp-private on|off     let MCP servers and OAuth token endpoints be on loopback,\n"
+           "                           private or link-local addresses (off: refused, so an\n"
+           "                           agent cannot reach this host's network through them)\n"
            "  --brain on|off|auto      run sessions' agent loops (auto: when a model is configured)\n"
            "  --brain-lease-ms MS      a session's brain lease (6000); another scheduler takes\n"
            "                           the session over this long after its brain died\n"
@@ -334,6 +337,12 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         if (strlen(val) != 64 || strspn(val, "0123456789abcdefABCDEF") != 64)
             return wp_err_set(err, WP_ECONFIG, "--vault-key wants 64 hex digits");
         snprintf(cfg->vault_key_hex, sizeof(cfg->vault_key_hex), "%s", val);
+        return 0;
+    }
+    if (!strcmp(name, "mcp-private")) {
+        if (strcmp(val, "on") && strcmp(val, "off"))
+            return wp_err_set(err, WP_ECONFIG, "mcp-private wants on or off");
+        cfg->mcp_private = !strcmp(val, "on");
         return 0;
     }
     if (!strcmp(name, "metrics-open")) {

@@ -549,19 +549,10 @@ static void on_watchdog(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void check_done(struct sched_model *m)
 {
-    for (;;) {
-        int left;
-        CURLMsg *msg = curl_multi_info_read(m->ce.multi, &left);
-        if (!msg)
-            break;
-        if (msg->msg != CURLMSG_DONE)
-            continue;
-        CURLcode res = msg->data.result;
-        char *priv = NULL;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
-        /* attempt_done removes the handle: msg is not used after this. */
-        attempt_done((struct sched_model_call *)(void *)priv, res);
-    }
+    void *priv;
+    CURLcode res;
+    while (wp_curlev_next_done(&m->ce, &priv, &res))
+        attempt_done(priv, res); /* removes the handle */
 }
 
 static void reap(struct sched_model *m)

@@ -5,10 +5,10 @@ scheduler_SRCS := scheduler/http_parse.c scheduler/server.c scheduler/route.c \
                   scheduler/resources_session.c \
                   scheduler/events.c scheduler/sse.c scheduler/vaults.c scheduler/work.c \
                   scheduler/config.c scheduler/sandboxes.c \
-                  scheduler/model.c \
+                  scheduler/model.c scheduler/mcp_rpc.c scheduler/mcp.c \
                   scheduler/metrics.c scheduler/metrics_pool.c scheduler/dashboard.c scheduler/tls.c \
-                  scheduler/brain.c scheduler/brain_log.c scheduler/brain_tools.c \
-                  scheduler/envtpl.c scheduler/vault_key.c scheduler/quota.c
+                  scheduler/brain.c scheduler/brain_log.c scheduler/brain_tools.c scheduler/brain_mcp.c \
+                  scheduler/envtpl.c scheduler/vault_key.c scheduler/quota.c scheduler/mcp_creds.c
 
 # /dashboard's page: scheduler/dashboard.html as C string literals.
 $(BUILD)/gen/dashboard_html.h: scheduler/dashboard.html

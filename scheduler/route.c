@@ -67,6 +67,7 @@ static const struct sched_route routes[] = {
     R("POST", "/v1/vaults/:id/credentials/:cid", cred_update, SCHED_R_BODY),
     R("DELETE", "/v1/vaults/:id/credentials/:cid", cred_delete, 0),
     R("POST", "/v1/vaults/:id/credentials/:cid/archive", cred_archive, 0),
+    R("POST", "/v1/vaults/:id/credentials/:cid/mcp_oauth_validate", cred_validate, 0),
     /* warmpool's extension: sandboxes for harnesses with their own loop. */
     R("POST", "/v1/sandboxes", sbx_create, SCHED_R_SBX | SCHED_R_CREATE | SCHED_R_BODY),
     R("GET", "/v1/sandboxes/:id", sbx_get, SCHED_R_SBX),

@@ -64,6 +64,8 @@ struct sched_config {
     bool metrics_open;       /* --metrics-open: no token although listening beyond loopback */
     double metrics_cache_s;  /* the pool part of /metrics is read from Redis at most this often */
     unsigned char metrics_token_sha256[32]; /* only the hash of the token is kept */
+    bool mcp_private;        /* --mcp-private on: MCP servers and token endpoints may be on
+                              * loopback or private networks (default: refused) */
     /* the brain (brain.c) */
     int brain;               /* 1 on, 0 off, -1 auto: on when a model is configured
                               * (--model-url given or ANTHROPIC_API_KEY set) */

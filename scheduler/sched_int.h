@@ -102,6 +102,30 @@ char *sched__vault_unseal(const struct sched_vault_keys *k, const char *sealed, 
 /* --rotate-vault-key: re-seal every stored value; prints a JSON summary. */
 int sched__vault_rotate(const struct sched_config *cfg, struct wp_err *err);
 
+/* The process's MCP client, made on first use (NULL when out of memory);
+ * freed by sched__mcp_hub_free at the drain's end. mcp_validate.c. */
+struct mcp_hub *sched__mcp_hub(struct sched_server *srv);
+void sched__mcp_hub_free(struct sched_server *srv);
+/* A credential's sealed secrets opened as JSON (caller owns; release with
+ * sched__json_wipe); NULL with why when no key opens them. */
+json_t *sched__cred_secrets(const struct sched_vault_keys *vk, const char *sealed, char *why, size_t cap);
+/* The same from an HGET reply for a request: on failure answers 500
+ * vault_key_mismatch and returns NULL. */
+json_t *sched__req_cred_secrets(struct sched_req *req, redisReply *reply);
+/* Zero every string in j (objects recursively), then drop the reference. */
+void sched__json_wipe(json_t *j);
+/* The refresh request of a stored mcp_oauth credential (cred: its JSON,
+ * secrets: its unsealed secrets; out borrows from both); false when it
+ * has no refresh configuration or no refresh token. */
+struct mcp_refresh;
+bool sched__cred_refresh_req(json_t *cred, json_t *secrets, struct mcp_refresh *out);
+/* A token endpoint's answer tok into the credential: secrets and cred
+ * (auth.expires_at, updated_at) updated in place, then sealed and stored
+ * unless the credential's rev moved on (*rev follows). Fire and forget. */
+int sched__cred_store_token(struct sched_server *srv, const char *org, const char *cred_id,
+                            long long *rev, json_t *cred, json_t *secrets, json_t *tok);
+
+
 struct sched_server {
     struct ev_loop *loop;
     struct sched_config cfg;
@@ -122,6 +146,7 @@ struct sched_server {
     struct pool_client *pool;       /* sandboxes.c: claims for /v1/sandboxes */
     struct sched_sbx *sbxs;         /* sandboxes.c: sandboxes this process links to */
     struct sched_brains *brains;    /* brain.c: sessions whose loop this process runs */
+    struct mcp_hub *mcp;            /* MCP client (brains, mcp_oauth_validate); sched__mcp_hub() */
     struct sched_metrics *metrics;  /* metrics.c */
     struct sched_mcache *mcache;    /* metrics_pool.c: the last pool scrape, shared */
     bool draining;
@@ -304,7 +329,7 @@ char *sched__unseal(const unsigned char key[32], const char *sealed, size_t *n);
     X(vault_create) X(vault_list) X(vault_get) X(vault_update)              \
     X(vault_delete) X(vault_archive)                                        \
     X(cred_create) X(cred_list) X(cred_get) X(cred_update) X(cred_delete)   \
-    X(cred_archive)                                                         \
+    X(cred_archive) X(cred_validate)                                        \
     X(work_poll) X(work_ack) X(work_heartbeat) X(work_stop) X(work_list)    \
     X(work_get) X(work_update) X(work_stats) X(env_key_create)               \
     X(sres_add) X(sres_list) X(sres_get) X(sres_update) X(sres_delete)     \

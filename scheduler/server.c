@@ -840,6 +840,7 @@ void sched_server_drain(struct sched_server *srv)
     ev_signal_stop(loop, &srv->sigterm);
     ev_signal_stop(loop, &srv->sigint);
     sched__brain_shutdown(srv);
+    sched__mcp_hub_free(srv);
     sched__sbx_shutdown(srv);
     if (srv->rds) {
         struct wp_redis *r = srv->rds;

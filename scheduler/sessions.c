@@ -107,19 +107,15 @@ static const char *norm_resource(json_t *r, const char *now, json_t **out)
     return "resource type must be github_repository, file or memory_store";
 }
 
-/* NOT YET BUILT (issue 16): vault credentials and resources are stored
- * (norm_resource above, resources_session.c) but nothing mounts, clones or
- * injects them into a sandbox. Refusing them is better than accepting and
- * silently ignoring them, as envtpl.c does for packages it cannot install.
- * Issue 16 removes this function and its two callers. Empty arrays pass. */
+/* NOT YET BUILT (issue 16): resources are stored (norm_resource above,
+ * resources_session.c) but nothing mounts, clones or attaches them to a
+ * sandbox. Refusing them is better than accepting and silently ignoring
+ * them, as envtpl.c does for packages it cannot install. vault_ids pass:
+ * the brain lends their MCP credentials (brain_mcp.c). Issue 16 removes
+ * this function and its two callers. An empty array passes. */
 bool sched__refuse_unbuilt(struct sched_req *req, json_t *vault_ids, json_t *resources)
 {
-    if (json_array_size(vault_ids) > 0) {
-        sched__respond_error(req, 400, "invalid_request_error", "not_supported_yet",
-                             "vault_ids: not supported yet: this server does not yet give "
-                             "vault credentials to sessions; send [] or omit it");
-        return true;
-    }
+    (void)vault_ids;
     if (json_array_size(resources) > 0) {
         const char *ty = json_string_value(json_object_get(json_array_get(resources, 0), "type"));
         sched__respond_error(req, 400, "invalid_request_error", "not_supported_yet",

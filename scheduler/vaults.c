@@ -358,22 +358,10 @@ static void cred_sealed_cb(void *ctx, redisReply *reply)
     char scope[200];
     json_t *c = req->tmp2;
     req->tmp2 = NULL;
-    json_t *secrets = NULL;
-    char why[256] = "missing";
-    if (reply->type == REDIS_REPLY_STRING) {
-        size_t n = 0;
-        bool stale; /* written back below with the current key anyway */
-        char *plain = sched__vault_unseal(&req->srv->vk, reply->str, &n, &stale, why, sizeof(why));
-        secrets = plain ? json_loadb(plain, n, 0, NULL) : NULL;
-        if (plain) {
-            memset(plain, 0, n);
-            free(plain);
-        }
-    }
+    /* written back below with the current key anyway */
+    json_t *secrets = sched__req_cred_secrets(req, reply);
     if (!secrets) {
         json_decref(c);
-        sched__respond_error(req, 500, "api_error", "vault_key_mismatch",
-                             "the credential's stored secrets cannot be opened: %s", why);
         return;
     }
     const char *k;

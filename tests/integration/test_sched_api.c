@@ -1145,10 +1145,11 @@ static void survives_redis_connection_loss(void **state)
     json_decref(call("POST", "/v1/vaults", "{\"display_name\":\"after-restart\"}", 200));
 }
 
-/* Issue 15 defect 10: resources and vault_ids are stored but nothing
- * mounts, clones or injects them yet (issue 16), so a session that asks for
- * them is refused with a clear invalid_request_error and nothing is stored;
- * empty arrays are fine. The shapes are the reference's (12.6, 14). */
+/* Issue 15 defect 10: resources are stored but nothing mounts, clones or
+ * attaches them yet (issue 16), so a session that asks for them is refused
+ * with a clear invalid_request_error and nothing is stored; an empty array
+ * is fine. vault_ids are taken (the brain lends their MCP credentials) and
+ * kept on the session. The shapes are the reference's (12.6, 14). */
 static void refused_resources_check(json_t *e, const char *what)
 {
     json_t *err = json_object_get(e, "error");
@@ -1171,8 +1172,7 @@ static void session_resources(void **state)
          "github_repository"},
         {"\"resources\":[{\"type\":\"file\",\"file_id\":\"file_1\",\"mount_path\":null}]", "file"},
         {"\"resources\":[{\"type\":\"memory_store\",\"memory_store_id\":\"memstore_1\"}]", "memory_store"},
-        {"\"vault_ids\":[\"vlt_1\"]", "vault_ids"},
-        {"\"resources\":[],\"vault_ids\":[\"vlt_1\"]", "vault_ids"},
+        {"\"resources\":[{\"type\":\"file\",\"file_id\":\"file_1\"}],\"vault_ids\":[\"vlt_1\"]", "file"},
     };
     json_t *before = call("GET", "/v1/sessions?limit=1000", NULL, 200);
     size_t n0 = json_array_size(json_object_get(before, "data"));
@@ -1193,6 +1193,15 @@ static void session_resources(void **state)
     assert_int_equal(json_array_size(json_object_get(s, "resources")), 0);
     assert_int_equal(json_array_size(json_object_get(s, "vault_ids")), 0);
     json_decref(s);
+    json_t *v = call("POST", "/v1/vaults", "{\"display_name\":\"res\"}", 200);
+    snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\",\"vault_ids\":[\"%s\"]}",
+             a, env, s_(v, "id"));
+    s = call("POST", "/v1/sessions", body, 200);
+    assert_int_equal(json_array_size(json_object_get(s, "vault_ids")), 1);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(s, "vault_ids"), 0)),
+                        s_(v, "id"));
+    json_decref(s);
+    json_decref(v);
     snprintf(path, sizeof(path), "/v1/sessions/%s/resources", sid);
     refused_resources_check(call("POST", path, "{\"type\":\"file\",\"file_id\":\"file_9\"}", 400), "file");
     json_decref(call("POST", path, "{\"type\":\"github_repository\",\"url\":\"x\"}", 400));

@@ -60,6 +60,7 @@ struct msrv_server {
     uint64_t n_fault_status, n_fault_error, n_fault_drop;
     int seen_status, seen_error, seen_drop; /* requests that reached each rule */
     json_t *by_status;                      /* "200": count */
+    json_t *last_tools;                     /* names of the last request's tools (owned) */
     double ttft[MSRV_TTFT_RING];
     double late[MSRV_TTFT_RING]; /* measured - planned TTFT: the server's own overhead */
     uint64_t n_ttft;

@@ -46,6 +46,14 @@ static void h_messages(struct msrv_conn *c, struct msrv_req *req)
     msrv_cache_bill(srv->cache, mr.root, (uint64_t)wp_wall_ms(), &mr.cache_read,
                     &mr.cache_created);
     k = srv->n_messages++;
+    /* What the last request offered the model, for tests (GET /stats). */
+    json_decref(srv->last_tools);
+    srv->last_tools = json_array();
+    size_t ti;
+    json_t *tv;
+    json_array_foreach(json_object_get(mr.root, "tools"), ti, tv)
+        if (json_is_string(json_object_get(tv, "name")))
+            json_array_append(srv->last_tools, json_object_get(tv, "name"));
     msrv_rng_seed(&rng, cfg->seed, k);
     msrv_rng_seed(&frng, cfg->seed ^ 0xfa17fa17ull, k);
     turn = msrv_config_pick(cfg, &mr);
@@ -170,7 +178,7 @@ static void h_stats(struct msrv_conn *c, struct msrv_req *req)
     char *body;
     (void)req;
 
-    j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:O, s:{s:I, s:I, s:I}, s:o, s:o, s:o}",
+    j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:O, s:{s:I, s:I, s:I}, s:o, s:o, s:o, s:O}",
                   "http_requests", (json_int_t)srv->n_http, "messages",
                   (json_int_t)srv->n_messages, "streams", (json_int_t)srv->n_streams,
                   "active_streams", (json_int_t)srv->n_active, "client_gone",
@@ -178,7 +186,8 @@ static void h_stats(struct msrv_conn *c, struct msrv_req *req)
                   (json_int_t)srv->n_fault_status, "stream_error",
                   (json_int_t)srv->n_fault_error, "drop", (json_int_t)srv->n_fault_drop,
                   "ttft_ms", summary(srv->ttft, n), "ttft_late_ms", summary(srv->late, n),
-                  "recent", recent_json(srv, RECENT_IN_STATS));
+                  "recent", recent_json(srv, RECENT_IN_STATS), "last_tools",
+                  srv->last_tools ? srv->last_tools : json_null());
     body = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     msrv__respond(c, 200, "application/json", NULL, body ? body : "{}", body ? strlen(body) : 2);
     free(body);

@@ -562,6 +562,7 @@ void msrv_server_free(struct msrv_server *srv)
     close(srv->lfd);
     json_decref(srv->by_status);
     free(srv->cache);
+    json_decref(srv->last_tools);
     free(srv);
 }
 

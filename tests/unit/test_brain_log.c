@@ -212,6 +212,94 @@ static void the_request_follows_the_log(void **state)
     json_decref(agent);
 }
 
+/* MCP calls: the brain runs them even in self-hosted environments; ask
+ * waits for a confirmation; results and denials resolve them; both go
+ * back to the model as tool_use/tool_result. */
+static void mcp_calls_in_the_log(void **state)
+{
+    struct sched_brain_state d;
+    (void)state;
+    for (int sh = 0; sh < 2; sh++) {
+        json_t *log = log_of(
+            "[{\"type\":\"user.message\",\"id\":\"u1\",\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]},"
+            "{\"type\":\"agent.mcp_tool_use\",\"id\":\"m1\",\"name\":\"echo\",\"mcp_server_name\":\"s\","
+            "\"input\":{\"text\":\"x\"},\"evaluated_permission\":\"allow\"},"
+            "{\"type\":\"agent.mcp_tool_use\",\"id\":\"m2\",\"name\":\"danger\",\"mcp_server_name\":\"s\","
+            "\"input\":{},\"evaluated_permission\":\"ask\"}]");
+        sched__brain_derive(log, sh, &d);
+        assert_int_equal(d.npend, 2);
+        assert_true(d.pend[0].mcp && d.pend[1].mcp);
+        assert_int_equal(d.pend[0].kind, 0); /* run by the brain, self-hosted or not */
+        assert_int_equal(d.pend[1].kind, 1); /* waits for the user */
+        json_array_append_new(log, json_pack("{s:s, s:s, s:s, s:s}", "type", "user.tool_confirmation", "id",
+                                             "c1", "tool_use_id", "m2", "result", "allow"));
+        json_array_append_new(log, json_pack("{s:s, s:s, s:s, s:[{s:s, s:s}]}", "type", "agent.mcp_tool_result",
+                                             "id", "r1", "mcp_tool_use_id", "m1", "content", "type", "text",
+                                             "text", "echo: x"));
+        sched__brain_derive(log, sh, &d);
+        assert_int_equal(d.npend, 1);
+        assert_string_equal(d.pend[0].id, "m2");
+        assert_int_equal(d.pend[0].kind, 0); /* confirmed: the brain runs it, self-hosted too */
+        json_array_append_new(log, json_pack("{s:s, s:s, s:s, s:b, s:[{s:s, s:s}]}", "type", "agent.mcp_tool_result",
+                                             "id", "r2", "mcp_tool_use_id", "m2", "is_error", 1, "content",
+                                             "type", "text", "text", "boom"));
+        sched__brain_derive(log, sh, &d);
+        assert_int_equal(d.npend, 0);
+        assert_true(d.awaiting_model);
+
+        json_t *agent = log_of("{\"model\":\"claude-x\"}");
+        json_t *req = sched__brain_request(log, agent, 100);
+        json_t *msgs = json_object_get(req, "messages");
+        assert_int_equal(json_array_size(msgs), 3);
+        json_t *uses = json_object_get(json_array_get(msgs, 1), "content");
+        assert_string_equal(json_string_value(json_object_get(json_array_get(uses, 0), "name")), "echo");
+        assert_string_equal(json_string_value(json_object_get(json_array_get(uses, 0), "id")), "m1");
+        json_t *res = json_object_get(json_array_get(msgs, 2), "content");
+        assert_int_equal(json_array_size(res), 2);
+        assert_string_equal(json_string_value(json_object_get(json_array_get(res, 0), "tool_use_id")), "m1");
+        assert_false(json_is_true(json_object_get(json_array_get(res, 0), "is_error")));
+        assert_true(json_is_true(json_object_get(json_array_get(res, 1), "is_error")));
+        json_decref(req);
+        json_decref(agent);
+        json_decref(log);
+    }
+    /* a denial is the call's result */
+    json_t *log = log_of(
+        "[{\"type\":\"user.message\",\"id\":\"u1\",\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]},"
+        "{\"type\":\"agent.mcp_tool_use\",\"id\":\"m1\",\"name\":\"danger\",\"mcp_server_name\":\"s\","
+        "\"input\":{},\"evaluated_permission\":\"ask\"},"
+        "{\"type\":\"user.tool_confirmation\",\"id\":\"c1\",\"tool_use_id\":\"m1\",\"result\":\"deny\"}]");
+    sched__brain_derive(log, false, &d);
+    assert_int_equal(d.npend, 0);
+    assert_true(d.awaiting_model);
+    json_decref(log);
+}
+
+static void mcp_toolset_configs(void **state)
+{
+    (void)state;
+    bool on = false;
+    json_t *agent = log_of(
+        "{\"tools\":[{\"type\":\"mcp_toolset\",\"mcp_server_name\":\"a\","
+        "\"default_config\":{\"permission_policy\":{\"type\":\"always_ask\"}},"
+        "\"configs\":[{\"name\":\"x\",\"enabled\":false},{\"name\":\"y\",\"permission_policy\":{\"type\":\"always_allow\"}}]},"
+        "{\"type\":\"mcp_toolset\",\"mcp_server_name\":\"b\",\"default_config\":{\"enabled\":false},"
+        "\"configs\":[{\"name\":\"z\",\"enabled\":true}]}]}");
+    assert_string_equal(sched__brain_mcp_config(agent, "a", "w", &on), "always_ask");
+    assert_true(on);
+    sched__brain_mcp_config(agent, "a", "x", &on);
+    assert_false(on);
+    assert_string_equal(sched__brain_mcp_config(agent, "a", "y", &on), "always_allow");
+    assert_true(on);
+    sched__brain_mcp_config(agent, "b", "w", &on);
+    assert_false(on);
+    assert_string_equal(sched__brain_mcp_config(agent, "b", "z", &on), "always_allow");
+    assert_true(on);
+    sched__brain_mcp_config(agent, "nobody", "z", &on);
+    assert_false(on);
+    json_decref(agent);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -219,6 +307,8 @@ int main(void)
         cmocka_unit_test(external_calls_wait_for_their_answers),
         cmocka_unit_test(interrupts_end_the_turn),
         cmocka_unit_test(the_request_follows_the_log),
+        cmocka_unit_test(mcp_calls_in_the_log),
+        cmocka_unit_test(mcp_toolset_configs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
