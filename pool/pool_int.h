@@ -298,4 +298,16 @@ void pool__worker_free(struct pool__worker *w);
 /* doctor.c: `warmpool doctor` (argv from "doctor" on). Exit status. */
 int pool__doctor(int argc, char **argv);
 
+/* egress_tls.c: the proxy's CA, leaf certificates and upstream trust. */
+typedef struct ssl_st SSL;
+struct pool__egress_tls;
+int pool__egress_tls_open(const char *ca_dir, const char *upstream_ca_file,
+                          struct pool__egress_tls **out, struct wp_err *err);
+void pool__egress_tls_close(struct pool__egress_tls *t);
+const char *pool__egress_tls_ca_pem(const struct pool__egress_tls *t);
+/* An SSL for the sandbox's side (a leaf for host) / the server's side
+ * (verifying host). NULL on failure. Caller owns. */
+SSL *pool__egress_tls_server(struct pool__egress_tls *t, int fd, const char *host);
+SSL *pool__egress_tls_client(struct pool__egress_tls *t, int fd, const char *host);
+
 #endif

@@ -1,0 +1,1123 @@
+/* egress.c - the node's egress proxy: a confined sandbox's only way out
+ * while a secret is in play (ARCHITECTURE.md, "The egress proxy").
+ *
+ * One listener per registered sandbox, on the host end of its veth; the
+ * nft rule (snap_net_egress_only) lets in only the sandbox's own address
+ * on its own interface, and the proxy checks the peer address again. So
+ * which sandbox is speaking is known from the network, never from what
+ * the sandbox sends.
+ *
+ * Each connection carries one request: HTTP in absolute form, or CONNECT
+ * host:port, after which the proxy answers 200, terminates TLS with a
+ * certificate its CA signs for that host (egress_tls.c), reads one request
+ * and re-encrypts it upstream with normal verification. The request is
+ * parsed with llhttp and buffered whole (bounded), placeholders of the
+ * sandbox's credentials are replaced by their secrets in headers and/or
+ * body when the host the proxy connects to (the CONNECT target, which
+ * TLS verified, never the Host header) matches the credential's allowed
+ * hosts, and it goes out with Content-Length and `Connection: close`.
+ * The answer is copied back as bytes until the server closes.
+ *
+ * Where the proxy connects is checked as the sandbox's own filter would:
+ * never the host's private, loopback, link-local or multicast ranges (the
+ * proxy runs on the host: without this it would reach Redis for the
+ * sandbox), and for a limited environment only its allowed hosts. Names
+ * resolve with glibc's getaddrinfo_a off the loop. */
+#define WP_LOG_COMPONENT "egress"
+#include "pool/pool_int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ev.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <llhttp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "base/buf.h"
+#include "base/err.h"
+#include "base/fs.h"
+#include "base/log.h"
+#include "base/net.h"
+#include "snapshot/snapshot.h"
+
+#define HEAD_MAX (64 * 1024)
+#define BODY_MAX (16 * 1024 * 1024)
+#define OUT_MAX (256 * 1024) /* answer bytes waiting for the sandbox; reads pause */
+#define MAX_HEADERS 128
+#define IDLE_S 120.0
+
+struct cred {
+    char *placeholder, *secret;
+    bool in_header, in_body, any_host;
+    char **hosts;
+    size_t n_hosts;
+};
+
+struct sbx {
+    struct sbx *next;
+    struct pool_egress *px;
+    char id[64], host[16], addr[16];
+    int lfd;
+    ev_io lio;
+    bool limited;
+    char **allowed; /* the environment's allowed_hosts (limited) */
+    size_t n_allowed;
+    struct cred *creds;
+    size_t n_creds;
+};
+
+struct lookup;
+
+struct pool_egress {
+    struct ev_loop *loop;
+    struct pool__egress_tls *tls;
+    int port;
+    char **pins; /* "name=ipv4" */
+    struct sbx *sbxs;
+    struct conn *conns;
+    struct lookup *lookups;
+    ev_async async;
+    llhttp_settings_t http;
+};
+
+enum phase { PH_HEAD, PH_RESOLVE, PH_CONNECT, PH_TLS_IN, PH_TLS_UP, PH_RELAY, PH_CLOSING };
+
+struct conn {
+    struct conn *next;
+    struct pool_egress *px;
+    struct sbx *sb;
+    int cfd, ufd;
+    ev_io cio, uio;
+    ev_timer idle;
+    SSL *cssl, *ussl;
+    enum phase phase;
+    bool tunneled, is_connect, done, want_continue;
+    llhttp_t p;
+    int piece; /* 1 url, 2 field, 3 value: the one being appended to */
+    struct wp_buf head, body, to_up, to_cl;
+    size_t url, hname[MAX_HEADERS], hval[MAX_HEADERS];
+    int nh;
+    char host[256];
+    int port;
+    struct lookup *lk;
+};
+
+struct lookup {
+    struct lookup *next;
+    struct gaicb cb;
+    struct addrinfo hints;
+    char name[256];
+    struct conn *c; /* NULL once the connection went */
+};
+
+/* ---- matching --------------------------------------------------------- */
+
+/* The reference's rule: an entry matches the host exactly; "*.x.com"
+ * matches any name under x.com but not x.com itself. No case. */
+static bool host_match(const char *pattern, const char *host)
+{
+    if (pattern[0] == '*' && pattern[1] == '.') {
+        size_t pl = strlen(pattern + 1), hl = strlen(host);
+        return hl > pl && strcasecmp(host + hl - pl, pattern + 1) == 0;
+    }
+    return strcasecmp(pattern, host) == 0;
+}
+
+static bool cred_applies(const struct cred *cr, const char *host)
+{
+    if (cr->any_host)
+        return true;
+    for (size_t i = 0; i < cr->n_hosts; i++)
+        if (host_match(cr->hosts[i], host))
+            return true;
+    return false;
+}
+
+/* The ranges the sandboxes' own filter drops (net.c's blocked4): the
+ * host's services, other sandboxes, metadata, multicast. */
+static bool addr_blocked(uint32_t a)
+{
+    static const struct { uint32_t net, mask; } b[] = {
+        { 0x00000000, 0xff000000 }, { 0x0a000000, 0xff000000 }, { 0x64400000, 0xffc00000 },
+        { 0x7f000000, 0xff000000 }, { 0xa9fe0000, 0xffff0000 }, { 0xac100000, 0xfff00000 },
+        { 0xc0a80000, 0xffff0000 }, { 0xe0000000, 0xe0000000 },
+    };
+    for (size_t i = 0; i < sizeof(b) / sizeof(b[0]); i++)
+        if ((a & b[i].mask) == b[i].net)
+            return true;
+    return false;
+}
+
+/* A limited environment's allowed_hosts: a name equal to the one asked
+ * for, or an address / prefix covering the address it resolved to. */
+static bool env_allows(const struct sbx *sb, const char *host, uint32_t a)
+{
+    if (!sb->limited)
+        return true;
+    for (size_t i = 0; i < sb->n_allowed; i++) {
+        char ip[32];
+        int bits = 32;
+        struct in_addr in;
+        const char *e = sb->allowed[i], *slash = strchr(e, '/');
+        if (strcasecmp(e, host) == 0)
+            return true;
+        snprintf(ip, sizeof(ip), "%.*s", slash ? (int)(slash - e) : (int)strlen(e), e);
+        if (slash)
+            bits = atoi(slash + 1);
+        if (inet_pton(AF_INET, ip, &in) != 1 || bits < 0 || bits > 32)
+            continue;
+        uint32_t mask = bits ? 0xffffffffu << (32 - bits) : 0;
+        if ((ntohl(in.s_addr) & mask) == (a & mask))
+            return true;
+    }
+    return false;
+}
+
+/* out = s with every `from` replaced by `to`; returns how many. */
+static int replace_all(struct wp_buf *out, const char *s, size_t n, const char *from, const char *to)
+{
+    size_t fl = strlen(from), tl = strlen(to);
+    int count = 0;
+
+    while (n) {
+        const char *hit = fl ? memmem(s, n, from, fl) : NULL;
+        size_t pre = hit ? (size_t)(hit - s) : n;
+        if (wp_buf_append(out, s, pre) < 0)
+            return -1;
+        if (!hit)
+            break;
+        if (wp_buf_append(out, to, tl) < 0)
+            return -1;
+        count++;
+        s += pre + fl;
+        n -= pre + fl;
+    }
+    return count;
+}
+
+/* ---- connections ------------------------------------------------------ */
+
+static void conn_free(struct conn *c)
+{
+    struct pool_egress *px = c->px;
+
+    for (struct conn **pp = &px->conns; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    if (c->lk)
+        c->lk->c = NULL;
+    ev_io_stop(px->loop, &c->cio);
+    ev_io_stop(px->loop, &c->uio);
+    ev_timer_stop(px->loop, &c->idle);
+    SSL_free(c->cssl);
+    SSL_free(c->ussl);
+    if (c->cfd >= 0)
+        close(c->cfd);
+    if (c->ufd >= 0)
+        close(c->ufd);
+    wp_buf_free(&c->head);
+    wp_buf_free(&c->body);
+    wp_buf_free(&c->to_up);
+    wp_buf_free(&c->to_cl);
+    free(c);
+}
+
+/* An answer of the proxy's own, then close. */
+static void refuse(struct conn *c, int status, const char *reason, const char *detail)
+{
+    wp_buf_reset(&c->to_cl);
+    wp_buf_printf(&c->to_cl,
+                  "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                  "Content-Length: %zu\r\n\r\n%s\n",
+                  status, reason, strlen(detail) + 1, detail);
+    log_info("egress sandbox=%s host=%s:%d refused=%d %s", c->sb->id, c->host[0] ? c->host : "-",
+             c->port, status, detail);
+    c->phase = PH_CLOSING;
+}
+
+/* 1 done, 0 would block (*want set), -1 failed or closed. */
+static ssize_t io_read(SSL *ssl, int fd, void *b, size_t n, short *want)
+{
+    if (!ssl) {
+        ssize_t r = read(fd, b, n);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
+            *want |= EV_READ;
+            return 0;
+        }
+        return r > 0 ? r : -1;
+    }
+    int r = SSL_read(ssl, b, (int)n);
+    if (r > 0)
+        return r;
+    int e = SSL_get_error(ssl, r);
+    ERR_clear_error();
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        *want |= e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE;
+        return 0;
+    }
+    return -1;
+}
+
+static ssize_t io_write(SSL *ssl, int fd, const void *b, size_t n, short *want)
+{
+    if (!ssl) {
+        ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
+        if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
+            *want |= EV_WRITE;
+            return 0;
+        }
+        return w > 0 ? w : -1;
+    }
+    int w = SSL_write(ssl, b, (int)n);
+    if (w > 0)
+        return w;
+    int e = SSL_get_error(ssl, w);
+    ERR_clear_error();
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        *want |= e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE;
+        return 0;
+    }
+    return -1;
+}
+
+/* 1 done, 0 would block, -1 failed. */
+static int handshake(SSL *ssl, short *want)
+{
+    int r = SSL_do_handshake(ssl);
+    if (r == 1)
+        return 1;
+    int e = SSL_get_error(ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        *want |= e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE;
+        return 0;
+    }
+    return -1;
+}
+
+static void arm(struct conn *c, ev_io *w, int fd, short events)
+{
+    if (fd < 0 || (ev_is_active(w) && w->events == events))
+        return;
+    ev_io_stop(c->px->loop, w);
+    if (events) {
+        ev_io_set(w, fd, events);
+        ev_io_start(c->px->loop, w);
+    }
+}
+
+static void pump(struct conn *c);
+static void start_lookup(struct conn *c);
+
+/* "host[:port]" into c->host and c->port (default dflt). */
+static int parse_authority(struct conn *c, const char *s, size_t n, int dflt)
+{
+    const char *colon = memchr(s, ':', n);
+    size_t hl = colon ? (size_t)(colon - s) : n;
+
+    if (hl == 0 || hl >= sizeof(c->host) || memchr(s, '@', n) || memchr(s, '[', n))
+        return -1;
+    for (size_t i = 0; i < hl; i++)
+        if (!(s[i] == '.' || s[i] == '-' || s[i] == '_' || (s[i] >= '0' && s[i] <= '9') ||
+              ((s[i] | 0x20) >= 'a' && (s[i] | 0x20) <= 'z')))
+            return -1;
+    memcpy(c->host, s, hl);
+    c->host[hl] = '\0';
+    c->port = dflt;
+    if (colon) {
+        char num[8];
+        size_t pl = n - hl - 1;
+        if (pl == 0 || pl >= sizeof(num))
+            return -1;
+        memcpy(num, colon + 1, pl);
+        num[pl] = '\0';
+        char *end;
+        long v = strtol(num, &end, 10);
+        if (*end || v < 1 || v > 65535)
+            return -1;
+        c->port = (int)v;
+    }
+    return 0;
+}
+
+static bool skip_header(const char *name)
+{
+    static const char *const hop[] = { "connection", "proxy-connection", "keep-alive",
+                                       "proxy-authorization", "transfer-encoding",
+                                       "content-length", "te", "upgrade", "expect", NULL };
+    for (const char *const *h = hop; *h; h++)
+        if (strcasecmp(name, *h) == 0)
+            return true;
+    return false;
+}
+
+/* The parsed request, rewritten for the origin server into c->to_up. */
+static void build_request(struct conn *c)
+{
+    const char *url = c->head.data + c->url, *path = url;
+    struct wp_buf tmp;
+    int injected = 0;
+    bool has_host = false;
+
+    if (!c->tunneled) {
+        if (strncasecmp(url, "http://", 7) != 0) {
+            refuse(c, 400, "Bad Request", "the proxy takes absolute http:// URLs, or CONNECT for https");
+            return;
+        }
+        const char *a = url + 7;
+        size_t al = strcspn(a, "/?#");
+        if (parse_authority(c, a, al, 80) < 0) {
+            refuse(c, 400, "Bad Request", "bad host in the URL");
+            return;
+        }
+        path = a + al;
+    } else if (url[0] != '/') {
+        /* An absolute URL inside a tunnel: its path only; the host is the tunnel's. */
+        const char *sl = strstr(url, "://");
+        path = sl ? sl + 3 + strcspn(sl + 3, "/?#") : "/";
+    }
+    wp_buf_init(&tmp, BODY_MAX + 65536);
+    wp_buf_printf(&c->to_up, "%s %s%s HTTP/1.1\r\n", llhttp_method_name(llhttp_get_method(&c->p)),
+                  path[0] == '/' ? "" : "/", path);
+    for (int i = 0; i < c->nh; i++) {
+        const char *name = c->head.data + c->hname[i], *val = c->head.data + c->hval[i];
+        if (skip_header(name))
+            continue;
+        has_host |= strcasecmp(name, "host") == 0;
+        wp_buf_reset(&tmp);
+        wp_buf_append(&tmp, val, strlen(val));
+        for (size_t k = 0; k < c->sb->n_creds; k++) {
+            const struct cred *cr = &c->sb->creds[k];
+            if (!cr->in_header || !cred_applies(cr, c->host) || !strstr(tmp.data, cr->placeholder))
+                continue;
+            struct wp_buf r;
+            wp_buf_init(&r, HEAD_MAX * 4);
+            injected += replace_all(&r, tmp.data, tmp.len, cr->placeholder, cr->secret);
+            wp_buf_reset(&tmp);
+            wp_buf_append(&tmp, r.data ? r.data : "", r.len);
+            wp_buf_free(&r);
+        }
+        wp_buf_printf(&c->to_up, "%s: ", name);
+        wp_buf_append(&c->to_up, tmp.data ? tmp.data : "", tmp.len);
+        wp_buf_append(&c->to_up, "\r\n", 2);
+    }
+    if (!has_host)
+        wp_buf_printf(&c->to_up, "Host: %s\r\n", c->host);
+    for (size_t k = 0; k < c->sb->n_creds; k++) {
+        const struct cred *cr = &c->sb->creds[k];
+        if (!cr->in_body || !cred_applies(cr, c->host) || !c->body.len ||
+            !memmem(c->body.data, c->body.len, cr->placeholder, strlen(cr->placeholder)))
+            continue;
+        wp_buf_reset(&tmp);
+        injected += replace_all(&tmp, c->body.data, c->body.len, cr->placeholder, cr->secret);
+        wp_buf_reset(&c->body);
+        wp_buf_append(&c->body, tmp.data ? tmp.data : "", tmp.len);
+    }
+    wp_buf_free(&tmp);
+    if (c->body.len || c->p.flags & (F_CONTENT_LENGTH | F_CHUNKED))
+        wp_buf_printf(&c->to_up, "Content-Length: %zu\r\n", c->body.len);
+    wp_buf_append(&c->to_up, "Connection: close\r\n\r\n", 21);
+    if (wp_buf_append(&c->to_up, c->body.data ? c->body.data : "", c->body.len) < 0) {
+        refuse(c, 413, "Payload Too Large", "request too large for the egress proxy");
+        return;
+    }
+    wp_buf_free(&c->body);
+    /* Never the secret, never the URL (a query may carry anything). */
+    log_info("egress sandbox=%s %s %s:%d tls=%d injected=%d", c->sb->id,
+             llhttp_method_name(llhttp_get_method(&c->p)), c->host, c->port, c->tunneled, injected);
+}
+
+/* A whole request (or a CONNECT) has been read. */
+static void request_done(struct conn *c)
+{
+    if (c->is_connect && !c->tunneled) {
+        const char *url = c->head.data + c->url;
+        if (parse_authority(c, url, strlen(url), 443) < 0 || !strchr(url, ':')) {
+            refuse(c, 400, "Bad Request", "CONNECT wants host:port");
+            return;
+        }
+        wp_buf_free(&c->head);
+        c->phase = PH_RESOLVE;
+        start_lookup(c);
+        return;
+    }
+    if (c->is_connect) {
+        refuse(c, 400, "Bad Request", "CONNECT inside a tunnel");
+        return;
+    }
+    build_request(c);
+    if (c->phase == PH_CLOSING)
+        return;
+    if (c->tunneled) {
+        c->ussl = pool__egress_tls_client(c->px->tls, c->ufd, c->host);
+        if (!c->ussl) {
+            refuse(c, 502, "Bad Gateway", "TLS set-up failed");
+            return;
+        }
+        c->phase = PH_TLS_UP;
+    } else {
+        c->phase = PH_RESOLVE;
+        start_lookup(c);
+    }
+}
+
+static void conn_idle(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    conn_free(w->data);
+}
+
+static void upstream_ready(struct conn *c)
+{
+    int soerr = 0;
+    socklen_t sl = sizeof(soerr);
+
+    getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+    if (soerr) {
+        refuse(c, 502, "Bad Gateway", strerror(soerr));
+        return;
+    }
+    if (c->is_connect && !c->tunneled) {
+        /* The tunnel is granted; TLS with the sandbox comes next. */
+        wp_buf_printf(&c->to_cl, "HTTP/1.1 200 Connection established\r\n\r\n");
+        c->cssl = pool__egress_tls_server(c->px->tls, c->cfd, c->host);
+        if (!c->cssl) {
+            refuse(c, 502, "Bad Gateway", "no certificate for this host");
+            return;
+        }
+        c->tunneled = true;
+        c->is_connect = false;
+        c->phase = PH_TLS_IN;
+        return;
+    }
+    c->phase = PH_RELAY;
+}
+
+static void conn_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct conn *c = w->data;
+    (void)loop;
+    (void)revents;
+    if (w == &c->uio && c->phase == PH_CONNECT) {
+        ev_io_stop(c->px->loop, &c->uio);
+        upstream_ready(c);
+    }
+    pump(c);
+}
+
+/* Feed bytes read from the sandbox to the parser. */
+static void feed(struct conn *c, const char *b, size_t n)
+{
+    llhttp_errno_t e = llhttp_execute(&c->p, b, n);
+    if (c->done || e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
+        if (!c->done && !c->is_connect) {
+            refuse(c, 400, "Bad Request", "upgrades are not supported");
+            return;
+        }
+        request_done(c);
+    } else if (e != HPE_OK) {
+        refuse(c, e == HPE_USER ? 431 : 400, e == HPE_USER ? "Request Header Fields Too Large"
+                                                          : "Bad Request",
+               e == HPE_USER ? llhttp_get_error_reason(&c->p) : "malformed request");
+    }
+}
+
+/* Do what can be done without waiting, then wait for what is needed. */
+static void pump(struct conn *c)
+{
+    char buf[16384];
+    short cw, uw;
+    bool progress = true;
+
+    while (progress) {
+        progress = false;
+        cw = uw = 0;
+        if (c->to_cl.len) {
+            ssize_t w = io_write(c->cssl && c->phase != PH_TLS_IN ? c->cssl : NULL, c->cfd,
+                                 c->to_cl.data, c->to_cl.len, &cw);
+            if (w < 0) {
+                conn_free(c);
+                return;
+            }
+            if (w > 0) {
+                wp_buf_consume(&c->to_cl, (size_t)w);
+                progress = true;
+            }
+        }
+        if (c->phase == PH_CLOSING && !c->to_cl.len) {
+            conn_free(c);
+            return;
+        }
+        switch (c->phase) {
+        case PH_HEAD: {
+            ssize_t r = io_read(c->cssl, c->cfd, buf, sizeof(buf), &cw);
+            if (r < 0) {
+                conn_free(c);
+                return;
+            }
+            if (r > 0) {
+                feed(c, buf, (size_t)r);
+                progress = true;
+            }
+            break;
+        }
+        case PH_TLS_IN:
+            if (c->to_cl.len)
+                break; /* the 200 goes out in the clear first */
+            switch (handshake(c->cssl, &cw)) {
+            case 1:
+                c->phase = PH_HEAD;
+                c->done = false;
+                c->nh = 0;
+                c->piece = 0;
+                wp_buf_init(&c->head, HEAD_MAX);
+                llhttp_init(&c->p, HTTP_REQUEST, &c->px->http);
+                c->p.data = c;
+                progress = true;
+                break;
+            case -1:
+                log_info("egress sandbox=%s host=%s: the sandbox's TLS handshake failed "
+                         "(does it trust the node's CA?)", c->sb->id, c->host);
+                ERR_clear_error();
+                conn_free(c);
+                return;
+            }
+            break;
+        case PH_TLS_UP:
+            switch (handshake(c->ussl, &uw)) {
+            case 1:
+                c->phase = PH_RELAY;
+                progress = true;
+                break;
+            case -1: {
+                long v = SSL_get_verify_result(c->ussl);
+                char d[300];
+                snprintf(d, sizeof(d), "TLS to %s failed: %s", c->host,
+                         v != X509_V_OK ? X509_verify_cert_error_string(v) : "handshake error");
+                ERR_clear_error();
+                refuse(c, 502, "Bad Gateway", d);
+                progress = true;
+                break;
+            }
+            }
+            break;
+        case PH_RELAY:
+            if (c->to_up.len) {
+                ssize_t w = io_write(c->ussl, c->ufd, c->to_up.data, c->to_up.len, &uw);
+                if (w < 0) {
+                    conn_free(c);
+                    return;
+                }
+                if (w > 0) {
+                    wp_buf_consume(&c->to_up, (size_t)w);
+                    progress = true;
+                }
+            }
+            if (c->to_cl.len < OUT_MAX) {
+                ssize_t r = io_read(c->ussl, c->ufd, buf, sizeof(buf), &uw);
+                if (r < 0) {
+                    c->phase = PH_CLOSING; /* the server is done: flush, close */
+                    progress = true;
+                } else if (r > 0) {
+                    wp_buf_append(&c->to_cl, buf, (size_t)r);
+                    progress = true;
+                }
+            }
+            break;
+        case PH_CONNECT:
+            uw |= EV_WRITE;
+            break;
+        case PH_RESOLVE:
+        case PH_CLOSING:
+            break;
+        }
+        if (progress)
+            ev_timer_again(c->px->loop, &c->idle);
+    }
+    if (c->phase == PH_TLS_IN && c->to_cl.len)
+        cw |= EV_WRITE;
+    arm(c, &c->cio, c->cfd, cw);
+    if (c->phase != PH_CONNECT || !ev_is_active(&c->uio))
+        arm(c, &c->uio, c->ufd, uw);
+}
+
+/* ---- name resolution and connecting ------------------------------------ */
+
+static void connect_to(struct conn *c, uint32_t addr)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)c->port) };
+
+    if (addr_blocked(addr)) {
+        refuse(c, 403, "Forbidden", "that address is not reachable from a sandbox");
+        return;
+    }
+    if (!env_allows(c->sb, c->host, addr)) {
+        refuse(c, 403, "Forbidden", "host not in this environment's allowed_hosts");
+        return;
+    }
+    sa.sin_addr.s_addr = htonl(addr);
+    c->ufd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->ufd < 0 || (connect(c->ufd, (struct sockaddr *)&sa, sizeof(sa)) < 0 &&
+                       errno != EINPROGRESS)) {
+        refuse(c, 502, "Bad Gateway", strerror(errno));
+        return;
+    }
+    c->phase = PH_CONNECT;
+    ev_io_set(&c->uio, c->ufd, EV_WRITE);
+    ev_io_start(c->px->loop, &c->uio);
+}
+
+static void lookup_notify(union sigval v)
+{
+    struct pool_egress *px = v.sival_ptr;
+    ev_async_send(px->loop, &px->async);
+}
+
+static void lookups_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+    struct pool_egress *px = w->data;
+    (void)loop;
+    (void)revents;
+    for (struct lookup **pp = &px->lookups; *pp;) {
+        struct lookup *lk = *pp;
+        int e = gai_error(&lk->cb);
+        if (e == EAI_INPROGRESS) {
+            pp = &lk->next;
+            continue;
+        }
+        *pp = lk->next;
+        struct conn *c = lk->c;
+        if (c) {
+            c->lk = NULL;
+            if (e == 0 && lk->cb.ar_result)
+                connect_to(c, ntohl(((struct sockaddr_in *)lk->cb.ar_result->ai_addr)->sin_addr.s_addr));
+            else
+                refuse(c, 502, "Bad Gateway", "the host's name does not resolve");
+            pump(c);
+        }
+        if (lk->cb.ar_result)
+            freeaddrinfo(lk->cb.ar_result);
+        free(lk);
+    }
+}
+
+static void start_lookup(struct conn *c)
+{
+    struct pool_egress *px = c->px;
+    struct in_addr a;
+    size_t hl = strlen(c->host);
+
+    for (char **p = px->pins; p && *p; p++)
+        if (strncasecmp(*p, c->host, hl) == 0 && (*p)[hl] == '=' &&
+            inet_pton(AF_INET, *p + hl + 1, &a) == 1) {
+            connect_to(c, ntohl(a.s_addr));
+            return;
+        }
+    if (inet_pton(AF_INET, c->host, &a) == 1) {
+        connect_to(c, ntohl(a.s_addr));
+        return;
+    }
+    struct lookup *lk = calloc(1, sizeof(*lk));
+    if (!lk) {
+        refuse(c, 502, "Bad Gateway", "out of memory");
+        return;
+    }
+    snprintf(lk->name, sizeof(lk->name), "%s", c->host);
+    lk->hints.ai_family = AF_INET;
+    lk->hints.ai_socktype = SOCK_STREAM;
+    lk->cb.ar_name = lk->name;
+    lk->cb.ar_request = &lk->hints;
+    struct gaicb *list[1] = { &lk->cb };
+    struct sigevent sev = { .sigev_notify = SIGEV_THREAD };
+    sev.sigev_value.sival_ptr = px;
+    sev.sigev_notify_function = lookup_notify;
+    if (getaddrinfo_a(GAI_NOWAIT, list, 1, &sev) != 0) {
+        free(lk);
+        refuse(c, 502, "Bad Gateway", "name lookup failed to start");
+        return;
+    }
+    lk->c = c;
+    c->lk = lk;
+    lk->next = px->lookups;
+    px->lookups = lk;
+}
+
+/* ---- llhttp callbacks: the head into c->head as NUL-ended pieces ------- */
+
+static int piece(struct conn *c, int kind, const char *at, size_t n)
+{
+    if (c->piece != kind) {
+        if (kind == 1) {
+            c->url = c->head.len;
+        } else if (kind == 2) {
+            if (c->nh >= MAX_HEADERS)
+                return llhttp_set_error_reason(&c->p, "too many headers"), HPE_USER;
+            c->hname[c->nh] = c->head.len;
+        } else {
+            c->hval[c->nh] = c->head.len;
+        }
+        c->piece = kind;
+    }
+    if (wp_buf_append(&c->head, at, n) < 0)
+        return llhttp_set_error_reason(&c->p, "request head too large"), HPE_USER;
+    return 0;
+}
+
+static int piece_end(llhttp_t *h)
+{
+    struct conn *c = h->data;
+    if (c->piece == 0) /* an empty piece: still mark where it starts */
+        return 0;
+    if (wp_buf_append(&c->head, "", 1) < 0)
+        return llhttp_set_error_reason(h, "request head too large"), HPE_USER;
+    if (c->piece == 3)
+        c->nh++;
+    c->piece = 0;
+    return 0;
+}
+
+static int on_url(llhttp_t *h, const char *at, size_t n) { return piece(h->data, 1, at, n); }
+static int on_field(llhttp_t *h, const char *at, size_t n) { return piece(h->data, 2, at, n); }
+
+static int on_value(llhttp_t *h, const char *at, size_t n)
+{
+    return piece(h->data, 3, at, n);
+}
+
+static int on_value_done(llhttp_t *h)
+{
+    struct conn *c = h->data;
+    if (c->piece != 3) { /* an empty value */
+        c->hval[c->nh] = c->head.len;
+        c->piece = 3;
+    }
+    return piece_end(h);
+}
+
+static int on_headers(llhttp_t *h)
+{
+    struct conn *c = h->data;
+    c->is_connect = llhttp_get_method(h) == HTTP_CONNECT;
+    for (int i = 0; i < c->nh; i++)
+        if (strcasecmp(c->head.data + c->hname[i], "expect") == 0 &&
+            strcasecmp(c->head.data + c->hval[i], "100-continue") == 0)
+            wp_buf_printf(&c->to_cl, "HTTP/1.1 100 Continue\r\n\r\n");
+    return 0;
+}
+
+static int on_body(llhttp_t *h, const char *at, size_t n)
+{
+    struct conn *c = h->data;
+    if (wp_buf_append(&c->body, at, n) < 0)
+        return llhttp_set_error_reason(h, "request body too large for the egress proxy"), HPE_USER;
+    return 0;
+}
+
+static int on_done(llhttp_t *h)
+{
+    struct conn *c = h->data;
+    c->done = true;
+    return HPE_PAUSED;
+}
+
+/* ---- listeners and registration ---------------------------------------- */
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct sbx *sb = w->data;
+    struct pool_egress *px = sb->px;
+    (void)loop;
+    (void)revents;
+
+    for (;;) {
+        struct sockaddr_in peer;
+        socklen_t pl = sizeof(peer);
+        char ip[16] = "";
+        int fd = accept4(sb->lfd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof(ip));
+        if (peer.sin_family != AF_INET || strcmp(ip, sb->addr) != 0) {
+            log_warn("egress: sandbox=%s's proxy port refused a connection from %s", sb->id, ip);
+            close(fd);
+            continue;
+        }
+        struct conn *c = calloc(1, sizeof(*c));
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        c->px = px;
+        c->sb = sb;
+        c->cfd = fd;
+        c->ufd = -1;
+        wp_buf_init(&c->head, HEAD_MAX);
+        wp_buf_init(&c->body, BODY_MAX);
+        wp_buf_init(&c->to_up, BODY_MAX + 2 * HEAD_MAX);
+        wp_buf_init(&c->to_cl, OUT_MAX + 16384);
+        llhttp_init(&c->p, HTTP_REQUEST, &px->http);
+        c->p.data = c;
+        ev_io_init(&c->cio, conn_cb, fd, EV_READ);
+        ev_io_init(&c->uio, conn_cb, -1, EV_READ);
+        c->cio.data = c->uio.data = c;
+        ev_init(&c->idle, conn_idle);
+        c->idle.repeat = IDLE_S;
+        c->idle.data = c;
+        ev_timer_again(px->loop, &c->idle);
+        c->next = px->conns;
+        px->conns = c;
+        pump(c);
+    }
+}
+
+static void strv_free(char **v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+static char **strv_dup(const char *const *v, size_t n)
+{
+    char **o = calloc(n + 1, sizeof(*o));
+    for (size_t i = 0; o && i < n; i++)
+        if (!(o[i] = strdup(v[i]))) {
+            strv_free(o, i);
+            return NULL;
+        }
+    return o;
+}
+
+static void sbx_free(struct sbx *sb)
+{
+    if (sb->lfd >= 0) {
+        ev_io_stop(sb->px->loop, &sb->lio);
+        close(sb->lfd);
+    }
+    strv_free(sb->allowed, sb->n_allowed);
+    for (size_t i = 0; i < sb->n_creds; i++) {
+        struct cred *cr = &sb->creds[i];
+        if (cr->secret)
+            OPENSSL_cleanse(cr->secret, strlen(cr->secret));
+        free(cr->secret);
+        free(cr->placeholder);
+        strv_free(cr->hosts, cr->n_hosts);
+    }
+    free(sb->creds);
+    free(sb);
+}
+
+int pool_egress_add(struct pool_egress *px, const struct pool_egress_sandbox *s,
+                    struct wp_err *err)
+{
+    struct sbx *sb = calloc(1, sizeof(*sb));
+    int bound = 0, rc = -ENOMEM;
+
+    if (!sb)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    sb->px = px;
+    sb->lfd = -1;
+    snprintf(sb->id, sizeof(sb->id), "%s", s->sandbox_id);
+    snprintf(sb->host, sizeof(sb->host), "%s", s->host_addr);
+    snprintf(sb->addr, sizeof(sb->addr), "%s", s->sbx_addr);
+    sb->limited = s->limited;
+    if (s->limited && !(sb->allowed = strv_dup(s->allowed_hosts, s->n_allowed)))
+        goto fail;
+    sb->n_allowed = s->limited ? s->n_allowed : 0;
+    if (s->n_creds && !(sb->creds = calloc(s->n_creds, sizeof(*sb->creds))))
+        goto fail;
+    for (size_t i = 0; i < s->n_creds; i++) {
+        const struct pool_egress_cred *in = &s->creds[i];
+        struct cred *cr = &sb->creds[i];
+        sb->n_creds = i + 1;
+        if (!in->placeholder || strlen(in->placeholder) < 16 || !in->secret || !in->secret[0]) {
+            rc = wp_err_set(err, WP_EINVAL_INPUT, "egress: credential %zu needs a placeholder "
+                            "of at least 16 characters and a secret", i);
+            goto fail_set;
+        }
+        cr->in_header = in->in_header;
+        cr->in_body = in->in_body;
+        cr->any_host = in->any_host;
+        if (!(cr->placeholder = strdup(in->placeholder)) || !(cr->secret = strdup(in->secret)) ||
+            !(cr->hosts = strv_dup(in->hosts, in->n_hosts)))
+            goto fail;
+        cr->n_hosts = in->n_hosts;
+    }
+    if ((sb->lfd = wp_tcp_listen(sb->host, px->port, 64, &bound, err)) < 0) {
+        rc = wp_err_wrap(err, "egress: listen for sandbox %s", sb->id);
+        goto fail_set;
+    }
+    ev_io_init(&sb->lio, accept_cb, sb->lfd, EV_READ);
+    sb->lio.data = sb;
+    ev_io_start(px->loop, &sb->lio);
+    sb->next = px->sbxs;
+    px->sbxs = sb;
+    log_info("egress: sandbox=%s behind the proxy at %s:%d with %zu credential(s)", sb->id,
+             sb->host, px->port, sb->n_creds);
+    return 0;
+fail:
+    rc = wp_err_set(err, -ENOMEM, "out of memory");
+fail_set:
+    sbx_free(sb);
+    return rc;
+}
+
+void pool_egress_remove(struct pool_egress *px, const char *sandbox_id)
+{
+    for (struct sbx **pp = &px->sbxs; *pp; pp = &(*pp)->next) {
+        struct sbx *sb = *pp;
+        if (strcmp(sb->id, sandbox_id) != 0)
+            continue;
+        for (struct conn *c = px->conns, *n; c; c = n) {
+            n = c->next;
+            if (c->sb == sb)
+                conn_free(c);
+        }
+        *pp = sb->next;
+        sbx_free(sb);
+        return;
+    }
+}
+
+int pool_egress_open(struct ev_loop *loop, const struct pool_egress_cfg *cfg,
+                     struct pool_egress **out, struct wp_err *err)
+{
+    struct pool_egress *px = calloc(1, sizeof(*px));
+    size_t np = 0;
+    int rc;
+
+    *out = NULL;
+    if (!px)
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    px->loop = loop;
+    px->port = cfg->port;
+    if (cfg->port <= 0 || cfg->port > 65535) {
+        free(px);
+        return wp_err_set(err, WP_ECONFIG, "egress: port %d out of range", cfg->port);
+    }
+    while (cfg->pins && cfg->pins[np])
+        np++;
+    if (np && !(px->pins = strv_dup(cfg->pins, np))) {
+        free(px);
+        return wp_err_set(err, -ENOMEM, "out of memory");
+    }
+    if ((rc = pool__egress_tls_open(cfg->ca_dir, cfg->upstream_ca_file, &px->tls, err)) < 0) {
+        pool_egress_close(px);
+        return rc;
+    }
+    llhttp_settings_init(&px->http);
+    px->http.on_url = on_url;
+    px->http.on_url_complete = piece_end;
+    px->http.on_header_field = on_field;
+    px->http.on_header_field_complete = piece_end;
+    px->http.on_header_value = on_value;
+    px->http.on_header_value_complete = on_value_done;
+    px->http.on_headers_complete = on_headers;
+    px->http.on_body = on_body;
+    px->http.on_message_complete = on_done;
+    ev_async_init(&px->async, lookups_cb);
+    px->async.data = px;
+    ev_async_start(loop, &px->async);
+    *out = px;
+    return 0;
+}
+
+void pool_egress_close(struct pool_egress *px)
+{
+    if (!px)
+        return;
+    while (px->sbxs)
+        pool_egress_remove(px, px->sbxs->id);
+    while (px->conns)
+        conn_free(px->conns);
+    /* Lookups still running belong to glibc's threads until they end. */
+    for (struct lookup *lk = px->lookups, *n; lk; lk = n) {
+        n = lk->next;
+        if (gai_cancel(&lk->cb) != EAI_CANCELED) {
+            const struct gaicb *one[1] = { &lk->cb };
+            while (gai_error(&lk->cb) == EAI_INPROGRESS)
+                gai_suspend(one, 1, NULL);
+        }
+        if (lk->cb.ar_result)
+            freeaddrinfo(lk->cb.ar_result);
+        free(lk);
+    }
+    if (ev_is_active(&px->async))
+        ev_async_stop(px->loop, &px->async);
+    if (px->pins) {
+        size_t n = 0;
+        while (px->pins[n])
+            n++;
+        strv_free(px->pins, n);
+    }
+    pool__egress_tls_close(px->tls);
+    free(px);
+}
+
+const char *pool_egress_ca_pem(const struct pool_egress *px)
+{
+    return pool__egress_tls_ca_pem(px->tls);
+}
+
+int pool_egress_placeholder(char out[POOL_EGRESS_PLACEHOLDER_LEN])
+{
+    unsigned char r[16];
+    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r))
+        return -errno;
+    int n = snprintf(out, POOL_EGRESS_PLACEHOLDER_LEN, "wpcred_");
+    for (size_t i = 0; i < sizeof(r); i++)
+        n += snprintf(out + n, POOL_EGRESS_PLACEHOLDER_LEN - (size_t)n, "%02x", r[i]);
+    return 0;
+}
+
+void pool_egress_env(const char *host_addr, int port, struct pool_egress_env *e)
+{
+    static const char *const proxy_vars[] = { "HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
+                                              "http_proxy", "ALL_PROXY", "all_proxy" };
+    static const char *const ca_vars[] = { "SSL_CERT_FILE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE",
+                                           "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO" };
+    size_t n = 0;
+
+    snprintf(e->url, sizeof(e->url), "http://%s:%d", host_addr, port);
+    for (size_t i = 0; i < sizeof(proxy_vars) / sizeof(proxy_vars[0]); i++)
+        e->vars[n++] = (struct alink_env_var){ proxy_vars[i], e->url };
+    for (size_t i = 0; i < sizeof(ca_vars) / sizeof(ca_vars[0]); i++)
+        e->vars[n++] = (struct alink_env_var){ ca_vars[i], POOL_EGRESS_CA_PATH };
+    e->vars[n++] = (struct alink_env_var){ "NO_PROXY", "localhost,127.0.0.1,::1" };
+    e->vars[n++] = (struct alink_env_var){ "no_proxy", "localhost,127.0.0.1,::1" };
+    e->n = n;
+}
+
+int pool_egress_confine(struct pool_egress *px, struct snap_ctx *ctx,
+                        const struct snap_sandbox *sb, struct pool_egress_sandbox *s,
+                        struct wp_err *err)
+{
+    char host[16], addr[16];
+    const char *pem = pool_egress_ca_pem(px);
+    int rc;
+
+    /* The CA first: a sandbox confined without it could not use TLS. */
+    if ((rc = wp_mkdir_in_root(sb->root, "/etc/warmpool", 0755, err)) < 0 ||
+        (rc = wp_write_file_in_root(sb->root, POOL_EGRESS_CA_PATH, pem, strlen(pem), 0644, err)) < 0 ||
+        (rc = snap_net_egress_only(ctx, sb, px->port, host, addr, err)) < 0)
+        return wp_err_wrap(err, "egress");
+    s->sandbox_id = sb->id;
+    snprintf(s->host_buf, sizeof(s->host_buf), "%s", host);
+    snprintf(s->addr_buf, sizeof(s->addr_buf), "%s", addr);
+    s->host_addr = s->host_buf;
+    s->sbx_addr = s->addr_buf;
+    return pool_egress_add(px, s, err);
+}
