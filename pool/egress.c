@@ -125,7 +125,7 @@ struct lookup {
 
 /* The reference's rule: an entry matches the host exactly; "*.x.com"
  * matches any name under x.com but not x.com itself. No case. */
-static bool host_match(const char *pattern, const char *host)
+bool pool_egress_host_match(const char *pattern, const char *host)
 {
     if (pattern[0] == '*' && pattern[1] == '.') {
         size_t pl = strlen(pattern + 1), hl = strlen(host);
@@ -134,12 +134,41 @@ static bool host_match(const char *pattern, const char *host)
     return strcasecmp(pattern, host) == 0;
 }
 
+const char *pool_egress_host_pattern_check(const char *h)
+{
+    struct in_addr a;
+    size_t len = h ? strlen(h) : 0;
+
+    if (len == 0 || len > 253)
+        return "an allowed host is 1 to 253 characters";
+    if (inet_pton(AF_INET, h, &a) == 1)
+        return NULL;
+    if (h[0] == '*') {
+        if (h[1] != '.')
+            return "a wildcard is \"*.\" followed by a domain";
+        h += 2;
+    }
+    /* Labels of letters, digits and hyphens: no scheme, port, path, IPv6. */
+    for (const char *l = h;;) {
+        size_t n = strspn(l, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-");
+        if (n == 0 || n > 63 || l[0] == '-' || l[n - 1] == '-')
+            return "an allowed host is a bare host name, an IPv4 address or a *. wildcard "
+                   "(no URL, port, path or IPv6)";
+        if (l[n] == '\0')
+            return NULL;
+        if (l[n] != '.')
+            return "an allowed host is a bare host name, an IPv4 address or a *. wildcard "
+                   "(no URL, port, path or IPv6)";
+        l += n + 1;
+    }
+}
+
 static bool cred_applies(const struct cred *cr, const char *host)
 {
     if (cr->any_host)
         return true;
     for (size_t i = 0; i < cr->n_hosts; i++)
-        if (host_match(cr->hosts[i], host))
+        if (pool_egress_host_match(cr->hosts[i], host))
             return true;
     return false;
 }
@@ -948,6 +977,17 @@ int pool_egress_add(struct pool_egress *px, const struct pool_egress_sandbox *s,
                             "of at least 16 characters and a secret", i);
             goto fail_set;
         }
+        for (size_t k = 0; k < in->n_hosts; k++) {
+            const char *why = pool_egress_host_pattern_check(in->hosts[k]);
+            if (why) {
+                rc = wp_err_set(err, WP_EINVAL_INPUT, "egress: credential %zu: %s", i, why);
+                goto fail_set;
+            }
+        }
+        if (!in->in_header && !in->in_body) {
+            rc = wp_err_set(err, WP_EINVAL_INPUT, "egress: credential %zu is injected nowhere", i);
+            goto fail_set;
+        }
         cr->in_header = in->in_header;
         cr->in_body = in->in_body;
         cr->any_host = in->any_host;
@@ -1101,23 +1141,16 @@ void pool_egress_env(const char *host_addr, int port, struct pool_egress_env *e)
     e->n = n;
 }
 
-int pool_egress_confine(struct pool_egress *px, struct snap_ctx *ctx,
-                        const struct snap_sandbox *sb, struct pool_egress_sandbox *s,
-                        struct wp_err *err)
+int pool_egress_confine(struct snap_ctx *ctx, const struct snap_sandbox *sb, int port,
+                        const char *ca_pem, char host[16], char addr[16], struct wp_err *err)
 {
-    char host[16], addr[16];
-    const char *pem = pool_egress_ca_pem(px);
     int rc;
 
     /* The CA first: a sandbox confined without it could not use TLS. */
     if ((rc = wp_mkdir_in_root(sb->root, "/etc/warmpool", 0755, err)) < 0 ||
-        (rc = wp_write_file_in_root(sb->root, POOL_EGRESS_CA_PATH, pem, strlen(pem), 0644, err)) < 0 ||
-        (rc = snap_net_egress_only(ctx, sb, px->port, host, addr, err)) < 0)
+        (rc = wp_write_file_in_root(sb->root, POOL_EGRESS_CA_PATH, ca_pem, strlen(ca_pem), 0644,
+                                    err)) < 0 ||
+        (rc = snap_net_egress_only(ctx, sb, port, host, addr, err)) < 0)
         return wp_err_wrap(err, "egress");
-    s->sandbox_id = sb->id;
-    snprintf(s->host_buf, sizeof(s->host_buf), "%s", host);
-    snprintf(s->addr_buf, sizeof(s->addr_buf), "%s", addr);
-    s->host_addr = s->host_buf;
-    s->sbx_addr = s->addr_buf;
-    return pool_egress_add(px, s, err);
+    return 0;
 }

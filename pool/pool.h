@@ -218,7 +218,6 @@ struct pool_egress_sandbox {
     size_t n_allowed;
     const struct pool_egress_cred *creds;
     size_t n_creds;
-    char host_buf[16], addr_buf[16]; /* storage pool_egress_confine fills */
 };
 
 /* What a confined sandbox's tools need in their environment: the proxy
@@ -240,11 +239,25 @@ int pool_egress_add(struct pool_egress *px, const struct pool_egress_sandbox *s,
                     struct wp_err *err);
 /* Forget a sandbox: its listener and connections close, secrets wiped. */
 void pool_egress_remove(struct pool_egress *px, const char *sandbox_id);
-/* Install the CA in sb, confine its network to the proxy
- * (snap_net_egress_only) and add it; fills s's addresses. */
-int pool_egress_confine(struct pool_egress *px, struct snap_ctx *ctx,
-                        const struct snap_sandbox *sb, struct pool_egress_sandbox *s,
-                        struct wp_err *err);
+/* The node's side: install the CA (PEM) at POOL_EGRESS_CA_PATH in sb and
+ * confine its network to the proxy's port (snap_net_egress_only); host
+ * and addr get the veth's two ends, for pool_egress_add / the "add"
+ * command. */
+int pool_egress_confine(struct snap_ctx *ctx, const struct snap_sandbox *sb, int port,
+                        const char *ca_pem, char host[16], char addr[16], struct wp_err *err);
+/* The reference's host rule: exact, or "*.x.com" for names under x.com
+ * (not x.com itself); no case. */
+bool pool_egress_host_match(const char *pattern, const char *host);
+/* NULL when h is a bare host name, an IPv4 address or a "*." wildcard
+ * (a credential's allowed_hosts entry), else why not. */
+const char *pool_egress_host_pattern_check(const char *h);
+
+/* warmpool-egress's control socket (egress_ctl.c): the node adds and
+ * removes sandboxes with one JSON line each. */
+struct pool_egress_ctl;
+int pool_egress_ctl_open(struct ev_loop *loop, struct pool_egress *px, const char *path,
+                         struct pool_egress_ctl **out, struct wp_err *err);
+void pool_egress_ctl_close(struct pool_egress_ctl *ctl);
 /* "wpcred_" + 128 random bits in hex. 0 or -errno. */
 int pool_egress_placeholder(char out[POOL_EGRESS_PLACEHOLDER_LEN]);
 void pool_egress_env(const char *host_addr, int port, struct pool_egress_env *e);

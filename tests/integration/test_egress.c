@@ -7,8 +7,9 @@
  * an HTTPS server with a certificate of a test CA (which the proxy trusts
  * upstream, as it would trust a public CA) and a plain HTTP one; both
  * record every request exactly as it arrives. The proxy runs in a child
- * process on its own libev loop, as the node would run it, with names of
- * the test's hosts pinned to that address. The credentials are handed in
+ * process of its own (warmpool-egress, told about the sandbox on its control
+ * socket as the node would tell it), with the test's host names pinned to
+ * that address. The credentials are handed in
  * by the test (the scheduler -> claim -> node path is not built yet).
  *
  * Credentials: API_TOKEN (header and body, hosts "*.allowed.test") and
@@ -32,6 +33,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/un.h>
 #include <sys/random.h>
 
 #define INET_GW "198.18.4.1"
@@ -43,7 +45,7 @@ static struct snap_sandbox *SB;
 static char NS[32], HOSTIF[16], TLSDIR[600], SRVLOG[700], PXLOG[700];
 static int TLS_PORT, HTTP_PORT, PX_PORT;
 static pid_t srv_pid = -1, px_pid = -1;
-static char PX_HOST[16];
+static char PX_HOST[16], SBX_ADDR[16], CTL[700];
 static char P1[POOL_EGRESS_PLACEHOLDER_LEN], P2[POOL_EGRESS_PLACEHOLDER_LEN];
 static char S1[64], S2[64];
 static struct hh H;
@@ -116,67 +118,94 @@ static int start_internet(void)
     return access(ready, F_OK) == 0 ? 0 : -1;
 }
 
-/* The proxy, in a child on its own loop as the node runs it. It confines
- * the sandbox and writes the host end's address on `ready`. */
-static void proxy_main(int ready)
+/* One line to warmpool-egress's control socket, as the node sends it;
+ * returns the reply line (caller frees). */
+static char *control(const char *line)
 {
-    static const char *const pins[] = { "api.allowed.test=" INET_ADDR, "allowed.test=" INET_ADDR,
-                                        "api.other.test=" INET_ADDR, NULL };
-    static const char *const h1[] = { "*.allowed.test" }, *const h2[] = { "api.allowed.test" };
-    char ca_dir[700], upstream[700];
-    struct pool_egress_cred creds[2] = {
-        { .placeholder = P1, .secret = S1, .in_header = true, .in_body = true, .hosts = h1,
-          .n_hosts = 1 },
-        { .placeholder = P2, .secret = S2, .in_header = true, .in_body = false, .hosts = h2,
-          .n_hosts = 1 },
-    };
-    struct pool_egress_sandbox s = { .creds = creds, .n_creds = 2 };
-    struct pool_egress *px;
-    struct wp_err err;
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    int fd = open(PXLOG, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    char buf[1024];
+    size_t n = 0;
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
 
-    if (fd >= 0)
-        dup2(fd, 2);
-    snprintf(ca_dir, sizeof(ca_dir), "%s/egress", S.state);
-    snprintf(upstream, sizeof(upstream), "%s/ca.pem", TLSDIR);
-    struct pool_egress_cfg cfg = { .ca_dir = ca_dir, .upstream_ca_file = upstream, .pins = pins,
-                                   .port = PX_PORT };
-    if (pool_egress_open(loop, &cfg, &px, &err) < 0 ||
-        pool_egress_confine(px, S.ctx, SB, &s, &err) < 0) {
-        fprintf(stderr, "proxy: %s\n", err.msg);
-        _exit(1);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", CTL);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_true(write(fd, line, strlen(line)) == (ssize_t)strlen(line));
+    assert_int_equal(write(fd, "\n", 1), 1);
+    while (n < sizeof(buf) - 1) {
+        ssize_t r = read(fd, buf + n, sizeof(buf) - 1 - n);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+        if (buf[n - 1] == '\n')
+            break;
     }
-    if (write(ready, s.host_buf, strlen(s.host_buf) + 1) < 0)
-        _exit(1);
-    close(ready);
-    ev_run(loop, 0);
-    _exit(0);
+    buf[n] = '\0';
+    close(fd);
+    return strdup(buf);
 }
 
+/* The "add" command for the sandbox: API_TOKEN (header and body, hosts
+ * "*.allowed.test"), HDR_ONLY (header only, "api.allowed.test"). */
+static char *add_command(void)
+{
+    json_t *j = json_pack(
+        "{s:s, s:s, s:s, s:s, s:{s:s}, s:[{s:s, s:s, s:{s:b, s:b}, s:{s:s, s:[s]}},"
+        "{s:s, s:s, s:{s:b, s:b}, s:{s:s, s:[s]}}]}",
+        "t", "add", "sandbox", SB->id, "host", PX_HOST, "addr", SBX_ADDR, "network", "type",
+        "unrestricted", "credentials", "placeholder", P1, "secret", S1, "injection_location",
+        "header", 1, "body", 1, "networking", "type", "limited", "allowed_hosts",
+        "*.allowed.test", "placeholder", P2, "secret", S2, "injection_location", "header", 1,
+        "body", 0, "networking", "type", "limited", "allowed_hosts", "api.allowed.test");
+    char *line = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    return line;
+}
+
+/* warmpool-egress, started as the node starts it, then the node's part:
+ * the CA into the sandbox, the network confined, the sandbox added. */
 static int start_proxy(void)
 {
-    int p[2];
-    ssize_t n;
+    char bin[PATH_MAX], port[16], ca_dir[700], upstream[700], ca_pem[800], *pem = NULL;
+    struct wp_err err;
 
     snprintf(PXLOG, sizeof(PXLOG), "%s/egress.log", S.state);
+    snprintf(CTL, sizeof(CTL), "%s/egress.sock", S.state);
+    snprintf(ca_dir, sizeof(ca_dir), "%s/egress", S.state);
+    snprintf(ca_pem, sizeof(ca_pem), "%s/ca.pem", ca_dir);
+    snprintf(upstream, sizeof(upstream), "%s/ca.pem", TLSDIR);
+    hh_hands_path(bin, sizeof(bin));
+    snprintf(strrchr(bin, '/'), sizeof(bin) - (size_t)(strrchr(bin, '/') - bin), "/warmpool-egress");
     PX_PORT = th_free_port();
-    if (pipe(p) < 0)
-        return -1;
+    snprintf(port, sizeof(port), "%d", PX_PORT);
     px_pid = fork();
     if (px_pid == 0) {
-        close(p[0]);
-        proxy_main(p[1]);
+        int fd = open(PXLOG, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0)
+            dup2(fd, 2);
+        execl(bin, bin, "--port", port, "--control", CTL, "--ca-dir", ca_dir, "--upstream-ca",
+              upstream, "--pin", "api.allowed.test=" INET_ADDR, "--pin", "allowed.test=" INET_ADDR,
+              "--pin", "api.other.test=" INET_ADDR, (char *)NULL);
+        _exit(127);
     }
-    close(p[1]);
-    n = read(p[0], PX_HOST, sizeof(PX_HOST) - 1);
-    close(p[0]);
-    if (n <= 1) {
-        fprintf(stderr, "setup: the proxy did not start (see %s)\n", PXLOG);
+    for (int i = 0; i < 200 && access(CTL, F_OK) != 0; i++)
+        th_msleep(25);
+    if (access(CTL, F_OK) != 0 || wp_read_file(ca_pem, 1 << 16, &pem, NULL, &err) < 0) {
+        fprintf(stderr, "setup: warmpool-egress did not start (see %s)\n", PXLOG);
         return -1;
     }
-    PX_HOST[n - 1] = '\0';
-    return 0;
+    if (pool_egress_confine(S.ctx, SB, PX_PORT, pem, PX_HOST, SBX_ADDR, &err) < 0) {
+        fprintf(stderr, "setup: confine: %s\n", err.msg);
+        free(pem);
+        return -1;
+    }
+    free(pem);
+    char *line = add_command(), *reply = control(line);
+    free(line);
+    int ok = strcmp(reply, "{\"ok\":true}\n") == 0 ? 0 : -1;
+    if (ok < 0)
+        fprintf(stderr, "setup: add: %s\n", reply);
+    free(reply);
+    return ok;
 }
 
 static void attach_with_placeholders(void)
@@ -450,6 +479,63 @@ static void nobody_else_uses_the_sandboxs_proxy(void **state)
     assert_null(got);
 }
 
+static void bad_commands_change_nothing(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "not json",
+        "{\"t\":\"add\"}",
+        "{\"t\":\"drop\",\"sandbox\":\"x\"}",
+        "{\"t\":\"add\",\"sandbox\":\"y\",\"host\":\"10.88.0.1\",\"addr\":\"nope\","
+        "\"network\":{\"type\":\"unrestricted\"},\"credentials\":[]}",
+        "{\"t\":\"add\",\"sandbox\":\"y\",\"host\":\"10.88.0.1\",\"addr\":\"10.88.0.2\","
+        "\"network\":{\"type\":\"unrestricted\"},\"credentials\":[{\"placeholder\":"
+        "\"wpcred_0123456789abcdef\",\"secret\":\"s\",\"injection_location\":{\"header\":true},"
+        "\"networking\":{\"type\":\"limited\",\"allowed_hosts\":[\"https://x.com/a\"]}}]}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *reply = control(bad[i]);
+        if (!strstr(reply, "\"ok\":false") || !strstr(reply, "\"error\":"))
+            fail_msg("%s -> %s", bad[i], reply);
+        free(reply);
+    }
+    /* The sandbox is still served as before. */
+    char *out = send_from_sandbox("https://api.allowed.test", TLS_PORT, "/after-bad", NULL);
+    char *got = arrived("/after-bad");
+    if (!got)
+        fail_msg("nothing arrived; curl said: %s", out);
+    assert_non_null(strstr(got, S1));
+    free(got);
+    free(out);
+}
+
+static void a_removed_sandbox_is_cut_off(void **state)
+{
+    (void)state;
+    char *reply = control("{\"t\":\"remove\",\"sandbox\":\"nonexistent\"}");
+    free(reply);
+    char remove[200];
+    snprintf(remove, sizeof(remove), "{\"t\":\"remove\",\"sandbox\":\"%s\"}", SB->id);
+    reply = control(remove);
+    assert_string_equal(reply, "{\"ok\":true}\n");
+    free(reply);
+    char *out = send_from_sandbox("https://api.allowed.test", TLS_PORT, "/removed", NULL);
+    assert_null(arrived("/removed"));
+    free(out);
+    /* Added again, it works again (the next test wants it served). */
+    char *line = add_command();
+    reply = control(line);
+    free(line);
+    assert_string_equal(reply, "{\"ok\":true}\n");
+    free(reply);
+    out = send_from_sandbox("https://api.allowed.test", TLS_PORT, "/readded", NULL);
+    char *got = arrived("/readded");
+    if (!got)
+        fail_msg("nothing arrived; curl said: %s", out);
+    free(got);
+    free(out);
+}
+
 /* 1 if any file under dir holds needle. */
 static const char *g_needle;
 static int g_found;
@@ -571,6 +657,8 @@ int main(void)
         cmocka_unit_test(plain_http_in_absolute_form),
         cmocka_unit_test(only_the_proxy_is_reachable),
         cmocka_unit_test(nobody_else_uses_the_sandboxs_proxy),
+        cmocka_unit_test(bad_commands_change_nothing),
+        cmocka_unit_test(a_removed_sandbox_is_cut_off),
         cmocka_unit_test(the_secret_is_nowhere_in_the_sandbox),
     };
     if (geteuid() != 0) {
