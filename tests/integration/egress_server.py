@@ -24,11 +24,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
             f.write(bytes(self.headers))
             f.write(body + b"\n")
         out = b"ok\n"
+        size = len(out)
+        if self.path.startswith("/big/"):  # a large answer, for the proxy's back-pressure
+            size = int(self.path.split("/")[2])
         self.send_response(200)
-        self.send_header("Content-Length", str(len(out)))
+        self.send_header("Content-Length", str(size))
         self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(out)
+        if size == len(out):
+            self.wfile.write(out)
+            return
+        chunk = b"x" * 65536
+        while size > 0:
+            self.wfile.write(chunk[:size])
+            size -= min(size, len(chunk))
 
     do_GET = do_POST = do_PUT = handle_any
 

@@ -315,7 +315,7 @@ static char *arrived(const char *path)
     char *log = NULL, key[128];
     struct wp_err err;
 
-    if (wp_read_file(SRVLOG, 1 << 20, &log, NULL, &err) < 0)
+    if (wp_read_file(SRVLOG, 1 << 26, &log, NULL, &err) < 0)
         return NULL;
     snprintf(key, sizeof(key), " %s HTTP/", path);
     char *at = strstr(log, key);
@@ -418,6 +418,50 @@ static void plain_http_in_absolute_form(void **state)
     /* The origin server sees an origin-form request, not the proxy form. */
     assert_true(strncmp(got, " /plain HTTP/1.1\n", 17) == 0);
     free(got);
+    free(out);
+}
+
+static void large_and_chunked_requests_and_large_answers(void **state)
+{
+    char cmd[1024], want[160];
+    (void)state;
+
+    /* 2 MB: curl asks "Expect: 100-continue", the proxy answers it, buffers
+     * the body and replaces the placeholder at its very end. */
+    snprintf(cmd, sizeof(cmd),
+             "head -c 2000000 /dev/zero | tr '\\0' a > /tmp/big && printf '&tok=%%s' "
+             "\"$API_TOKEN\" >> /tmp/big && curl -sS --max-time 30 -H 'Content-Type: text/plain' "
+             "--data-binary @/tmp/big https://api.allowed.test:%d/bigpost; rm -f /tmp/big",
+             TLS_PORT);
+    char *out = run(cmd);
+    char *got = arrived("/bigpost");
+    if (!got)
+        fail_msg("nothing arrived; curl said: %s", out);
+    snprintf(want, sizeof(want), "aaaa&tok=%s\n", S1);
+    assert_non_null(strstr(got, want));
+    snprintf(want, sizeof(want), "Content-Length: %zu", (size_t)2000000 + 5 + strlen(S1));
+    assert_non_null(strstr(got, want));
+    free(got);
+    free(out);
+    /* A chunked body goes out whole, with its length. */
+    snprintf(cmd, sizeof(cmd),
+             "curl -sS --max-time 10 -H 'Transfer-Encoding: chunked' --data-binary "
+             "\"tok=$API_TOKEN\" https://api.allowed.test:%d/chunked", TLS_PORT);
+    out = run(cmd);
+    got = arrived("/chunked");
+    if (!got)
+        fail_msg("nothing arrived; curl said: %s", out);
+    snprintf(want, sizeof(want), "tok=%s", S1);
+    assert_non_null(strstr(got, want));
+    snprintf(want, sizeof(want), "Content-Length: %zu", 4 + strlen(S1));
+    assert_non_null(strstr(got, want));
+    free(got);
+    free(out);
+    /* An answer far larger than the proxy's buffer comes through whole. */
+    snprintf(cmd, sizeof(cmd),
+             "curl -sS --max-time 30 https://api.allowed.test:%d/big/5000000 | wc -c", TLS_PORT);
+    out = run(cmd);
+    assert_int_equal(atol(out), 5000000);
     free(out);
 }
 
@@ -655,6 +699,7 @@ int main(void)
         cmocka_unit_test(allowed_host_gets_the_secret),
         cmocka_unit_test(other_hosts_get_the_placeholder),
         cmocka_unit_test(plain_http_in_absolute_form),
+        cmocka_unit_test(large_and_chunked_requests_and_large_answers),
         cmocka_unit_test(only_the_proxy_is_reachable),
         cmocka_unit_test(nobody_else_uses_the_sandboxs_proxy),
         cmocka_unit_test(bad_commands_change_nothing),
