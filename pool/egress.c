@@ -56,6 +56,9 @@
 #define OUT_MAX (256 * 1024) /* answer bytes waiting for the sandbox; reads pause */
 #define MAX_HEADERS 128
 #define IDLE_S 120.0
+/* Per sandbox: bounds what one sandbox can make the proxy hold (each
+ * connection buffers up to a request) at 32 x 16 MiB. */
+#define MAX_CONNS 32
 
 struct cred {
     char *placeholder, *secret;
@@ -75,6 +78,7 @@ struct sbx {
     size_t n_allowed;
     struct cred *creds;
     size_t n_creds;
+    int n_conns;
 };
 
 struct lookup;
@@ -248,6 +252,7 @@ static void conn_free(struct conn *c)
         }
     if (c->lk)
         c->lk->c = NULL;
+    c->sb->n_conns--;
     ev_io_stop(px->loop, &c->cio);
     ev_io_stop(px->loop, &c->uio);
     ev_timer_stop(px->loop, &c->idle);
@@ -884,11 +889,14 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             close(fd);
             continue;
         }
-        struct conn *c = calloc(1, sizeof(*c));
+        struct conn *c = sb->n_conns < MAX_CONNS ? calloc(1, sizeof(*c)) : NULL;
         if (!c) {
+            log_warn("egress: sandbox=%s has %d connections open: refused one", sb->id,
+                     sb->n_conns);
             close(fd);
             continue;
         }
+        sb->n_conns++;
         c->px = px;
         c->sb = sb;
         c->cfd = fd;

@@ -503,6 +503,28 @@ static void only_the_proxy_is_reachable(void **state)
     free(out);
 }
 
+static void one_sandbox_holds_a_bounded_number_of_connections(void **state)
+{
+    char cmd[1024];
+    (void)state;
+    /* 40 idle connections: the proxy keeps 32, so a request made while
+     * they are open fails; once they go, requests work again. */
+    snprintf(cmd, sizeof(cmd),
+             "python3 -c 'import socket,time; c=[socket.create_connection((\"%s\",%d)) "
+             "for _ in range(40)]; time.sleep(4)' & sleep 1.5; "
+             "curl -sS --max-time 3 -o /dev/null https://api.allowed.test:%d/crowded 2>/dev/null;"
+             " echo rc=$?; wait; curl -sS --max-time 10 https://api.allowed.test:%d/uncrowded",
+             PX_HOST, PX_PORT, TLS_PORT, TLS_PORT);
+    char *out = run(cmd);
+    assert_null(strstr(out, "rc=0"));
+    assert_null(arrived("/crowded"));
+    char *got = arrived("/uncrowded");
+    if (!got)
+        fail_msg("nothing arrived after the crowd left: %s", out);
+    free(got);
+    free(out);
+}
+
 static void nobody_else_uses_the_sandboxs_proxy(void **state)
 {
     (void)state;
@@ -723,6 +745,7 @@ int main(void)
         cmocka_unit_test(large_and_chunked_requests_and_large_answers),
         cmocka_unit_test(only_the_proxy_is_reachable),
         cmocka_unit_test(nobody_else_uses_the_sandboxs_proxy),
+        cmocka_unit_test(one_sandbox_holds_a_bounded_number_of_connections),
         cmocka_unit_test(bad_commands_change_nothing),
         cmocka_unit_test(a_removed_sandbox_is_cut_off),
         cmocka_unit_test(the_secret_is_nowhere_in_the_sandbox),
