@@ -73,6 +73,7 @@ struct sbx {
     char id[64], host[16], addr[16];
     int lfd;
     ev_io lio;
+    ev_timer pause; /* accepting paused while out of descriptors */
     bool limited;
     char **allowed; /* the environment's allowed_hosts (limited) */
     size_t n_allowed;
@@ -881,8 +882,17 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         socklen_t pl = sizeof(peer);
         char ip[16] = "";
         int fd = accept4(sb->lfd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* The listener would stay readable and spin the loop. */
+                log_warn("egress: accept: %s; pausing sandbox=%s's listener for 100 ms",
+                         strerror(errno), sb->id);
+                ev_io_stop(px->loop, &sb->lio);
+                ev_timer_set(&sb->pause, 0.1, 0.);
+                ev_timer_start(px->loop, &sb->pause);
+            }
             return;
+        }
         inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof(ip));
         if (peer.sin_family != AF_INET || strcmp(ip, sb->addr) != 0) {
             log_warn("egress: sandbox=%s's proxy port refused a connection from %s", sb->id, ip);
@@ -920,6 +930,13 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
     }
 }
 
+static void accept_resume(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct sbx *sb = w->data;
+    (void)revents;
+    ev_io_start(loop, &sb->lio);
+}
+
 static void strv_free(char **v, size_t n)
 {
     for (size_t i = 0; v && i < n; i++)
@@ -942,6 +959,7 @@ static void sbx_free(struct sbx *sb)
 {
     if (sb->lfd >= 0) {
         ev_io_stop(sb->px->loop, &sb->lio);
+        ev_timer_stop(sb->px->loop, &sb->pause);
         close(sb->lfd);
     }
     strv_free(sb->allowed, sb->n_allowed);
@@ -1010,6 +1028,8 @@ int pool_egress_add(struct pool_egress *px, const struct pool_egress_sandbox *s,
     }
     ev_io_init(&sb->lio, accept_cb, sb->lfd, EV_READ);
     sb->lio.data = sb;
+    ev_init(&sb->pause, accept_resume);
+    sb->pause.data = sb;
     ev_io_start(px->loop, &sb->lio);
     sb->next = px->sbxs;
     px->sbxs = sb;
