@@ -107,7 +107,7 @@ struct conn {
     ev_timer idle;
     SSL *cssl, *ussl;
     enum phase phase;
-    bool tunneled, is_connect, done, want_continue;
+    bool tunneled, is_connect, done, body_full;
     llhttp_t p;
     int piece; /* 1 url, 2 field, 3 value: the one being appended to */
     struct wp_buf head, body, to_up, to_cl;
@@ -564,8 +564,11 @@ static void feed(struct conn *c, const char *b, size_t n)
         }
         request_done(c);
     } else if (e != HPE_OK) {
-        refuse(c, e == HPE_USER ? 431 : 400, e == HPE_USER ? "Request Header Fields Too Large"
-                                                          : "Bad Request",
+        /* HPE_USER: one of our limits (the head, the header count, the body). */
+        bool body = e == HPE_USER && c->body_full;
+        refuse(c, e != HPE_USER ? 400 : body ? 413 : 431,
+               e != HPE_USER ? "Bad Request" : body ? "Payload Too Large"
+                                                    : "Request Header Fields Too Large",
                e == HPE_USER ? llhttp_get_error_reason(&c->p) : "malformed request");
     }
 }
@@ -856,8 +859,10 @@ static int on_headers(llhttp_t *h)
 static int on_body(llhttp_t *h, const char *at, size_t n)
 {
     struct conn *c = h->data;
-    if (wp_buf_append(&c->body, at, n) < 0)
+    if (wp_buf_append(&c->body, at, n) < 0) {
+        c->body_full = true;
         return llhttp_set_error_reason(h, "request body too large for the egress proxy"), HPE_USER;
+    }
     return 0;
 }
 

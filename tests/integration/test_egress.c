@@ -457,6 +457,16 @@ static void large_and_chunked_requests_and_large_answers(void **state)
     assert_non_null(strstr(got, want));
     free(got);
     free(out);
+    /* Past the proxy's 16 MiB: refused (413, or a reset while curl still
+     * sends), never sent on. */
+    snprintf(cmd, sizeof(cmd),
+             "head -c 17000000 /dev/zero > /tmp/huge && curl -sS --max-time 30 -o /dev/null -w "
+             "'%%{http_code}' --data-binary @/tmp/huge https://api.allowed.test:%d/toobig "
+             "2>/dev/null; rm -f /tmp/huge", TLS_PORT);
+    out = run(cmd);
+    assert_null(strstr(out, "200"));
+    assert_null(arrived("/toobig"));
+    free(out);
     /* An answer far larger than the proxy's buffer comes through whole. */
     snprintf(cmd, sizeof(cmd),
              "curl -sS --max-time 30 https://api.allowed.test:%d/big/5000000 | wc -c", TLS_PORT);
