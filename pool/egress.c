@@ -694,11 +694,26 @@ static void pump(struct conn *c)
 
 /* ---- name resolution and connecting ------------------------------------ */
 
+/* One of this host's own addresses (its public one among them): the
+ * sandbox's filter keeps it from all of them, and so must the proxy,
+ * which would otherwise reach the host's services over loopback. An
+ * address binds only if it is local (ip_nonlocal_bind would make every
+ * address look local: the proxy then refuses all, failing closed). */
+static bool addr_is_local(uint32_t a)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(a) };
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    bool local = fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    if (fd >= 0)
+        close(fd);
+    return local;
+}
+
 static void connect_to(struct conn *c, uint32_t addr)
 {
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)c->port) };
 
-    if (addr_blocked(addr)) {
+    if (addr_blocked(addr) || addr_is_local(addr)) {
         refuse(c, 403, "Forbidden", "that address is not reachable from a sandbox");
         return;
     }
