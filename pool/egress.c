@@ -108,6 +108,8 @@ struct conn {
     SSL *cssl, *ussl;
     enum phase phase;
     bool tunneled, is_connect, done, body_full;
+    bool answer_head; /* the answer's head has been seen (and closed) */
+    size_t head_at;   /* where in to_cl the answer's current head starts */
     llhttp_t p;
     int piece; /* 1 url, 2 field, 3 value: the one being appended to */
     struct wp_buf head, body, to_up, to_cl;
@@ -573,6 +575,47 @@ static void feed(struct conn *c, const char *b, size_t n)
     }
 }
 
+/* The proxy closes after one answer: make the answer say so, or a client
+ * may send its next request into a connection about to close. Looks at
+ * the head (past any 1xx) once it is whole in to_cl. */
+static void close_answer(struct conn *c)
+{
+    for (;;) {
+        const char *h = c->to_cl.data + c->head_at;
+        size_t n = c->to_cl.len - c->head_at;
+        const char *end = memmem(h, n, "\r\n\r\n", 4);
+        if (!end) {
+            if (n > HEAD_MAX)
+                c->answer_head = true; /* not HTTP as we know it: pass it on */
+            return;
+        }
+        size_t hl = (size_t)(end - h) + 2; /* through the last header's CRLF */
+        if (n > 9 && memcmp(h, "HTTP/1.", 7) == 0 && h[9] == '1') {
+            c->head_at += hl + 2; /* an interim 1xx: the final head follows */
+            continue;
+        }
+        bool says = false;
+        for (const char *l = memchr(h, '\n', hl); l && l < h + hl; l = memchr(l + 1, '\n', (size_t)(h + hl - l - 1)))
+            if (strncasecmp(l + 1, "connection:", 11) == 0)
+                says = true;
+        if (!says) {
+            struct wp_buf nb;
+            wp_buf_init(&nb, c->to_cl.max);
+            size_t at = c->head_at + hl;
+            if (wp_buf_append(&nb, c->to_cl.data, at) == 0 &&
+                wp_buf_append(&nb, "Connection: close\r\n", 19) == 0 &&
+                wp_buf_append(&nb, c->to_cl.data + at, c->to_cl.len - at) == 0) {
+                wp_buf_free(&c->to_cl);
+                c->to_cl = nb;
+            } else {
+                wp_buf_free(&nb);
+            }
+        }
+        c->answer_head = true;
+        return;
+    }
+}
+
 /* Do what can be done without waiting, then wait for what is needed. */
 static void pump(struct conn *c)
 {
@@ -583,7 +626,8 @@ static void pump(struct conn *c)
     while (progress) {
         progress = false;
         cw = uw = 0;
-        if (c->to_cl.len) {
+        /* An answer's head waits in to_cl until it says Connection: close. */
+        if (c->to_cl.len && (c->phase != PH_RELAY || c->answer_head)) {
             ssize_t w = io_write(c->cssl && c->phase != PH_TLS_IN ? c->cssl : NULL, c->cfd,
                                  c->to_cl.data, c->to_cl.len, &cw);
             if (w < 0) {
@@ -671,6 +715,8 @@ static void pump(struct conn *c)
                     progress = true;
                 } else if (r > 0) {
                     wp_buf_append(&c->to_cl, buf, (size_t)r);
+                    if (!c->answer_head)
+                        close_answer(c);
                     progress = true;
                 }
             }

@@ -29,7 +29,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             size = int(self.path.split("/")[2])
         self.send_response(200)
         self.send_header("Content-Length", str(size))
-        self.send_header("Connection", "close")
+        if self.path != "/keepalive":  # a server that does not say it closes
+            self.send_header("Connection", "close")
         self.end_headers()
         if size == len(out):
             self.wfile.write(out)

@@ -467,6 +467,14 @@ static void large_and_chunked_requests_and_large_answers(void **state)
     assert_null(strstr(out, "200"));
     assert_null(arrived("/toobig"));
     free(out);
+    /* An answer that does not say it closes is made to (the proxy serves
+     * one request per connection). */
+    snprintf(cmd, sizeof(cmd), "curl -sS --max-time 10 -D - -o /dev/null "
+                               "https://api.allowed.test:%d/keepalive", TLS_PORT);
+    out = run(cmd);
+    if (!strcasestr(out, "\nConnection: close"))
+        fail_msg("answer head: %s", out);
+    free(out);
     /* An answer far larger than the proxy's buffer comes through whole. */
     snprintf(cmd, sizeof(cmd),
              "curl -sS --max-time 30 https://api.allowed.test:%d/big/5000000 | wc -c", TLS_PORT);
