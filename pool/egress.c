@@ -51,204 +51,42 @@
 #include "base/net.h"
 #include "snapshot/snapshot.h"
 
-#define HEAD_MAX (64 * 1024)
-#define BODY_MAX (16 * 1024 * 1024)
 #define OUT_MAX (256 * 1024) /* answer bytes waiting for the sandbox; reads pause */
-#define MAX_HEADERS 128
 #define IDLE_S 120.0
 /* Per sandbox: bounds what one sandbox can make the proxy hold (each
  * connection buffers up to a request) at 32 x 16 MiB. */
 #define MAX_CONNS 32
-
-struct cred {
-    char *placeholder, *secret;
-    bool in_header, in_body, any_host;
-    char **hosts;
-    size_t n_hosts;
-};
-
-struct sbx {
-    struct sbx *next;
-    struct pool_egress *px;
-    char id[64], host[16], addr[16];
-    int lfd;
-    ev_io lio;
-    ev_timer pause; /* accepting paused while out of descriptors */
-    bool limited;
-    char **allowed; /* the environment's allowed_hosts (limited) */
-    size_t n_allowed;
-    struct cred *creds;
-    size_t n_creds;
-    int n_conns;
-};
-
-struct lookup;
 
 struct pool_egress {
     struct ev_loop *loop;
     struct pool__egress_tls *tls;
     int port;
     char **pins; /* "name=ipv4" */
-    struct sbx *sbxs;
-    struct conn *conns;
-    struct lookup *lookups;
+    struct pool__egsbx *sbxs;
+    struct pool__egconn *conns;
+    struct pool__eglookup *lookups;
     ev_async async;
     llhttp_settings_t http;
 };
 
 enum phase { PH_HEAD, PH_RESOLVE, PH_CONNECT, PH_TLS_IN, PH_TLS_UP, PH_RELAY, PH_CLOSING };
 
-struct conn {
-    struct conn *next;
-    struct pool_egress *px;
-    struct sbx *sb;
-    int cfd, ufd;
-    ev_io cio, uio;
-    ev_timer idle;
-    SSL *cssl, *ussl;
-    enum phase phase;
-    bool tunneled, is_connect, done, body_full;
-    bool answer_head; /* the answer's head has been seen (and closed) */
-    size_t head_at;   /* where in to_cl the answer's current head starts */
-    llhttp_t p;
-    int piece; /* 1 url, 2 field, 3 value: the one being appended to */
-    struct wp_buf head, body, to_up, to_cl;
-    size_t url, hname[MAX_HEADERS], hval[MAX_HEADERS];
-    int nh;
-    char host[256];
-    int port;
-    struct lookup *lk;
-};
-
-struct lookup {
-    struct lookup *next;
+struct pool__eglookup {
+    struct pool__eglookup *next;
     struct gaicb cb;
     struct addrinfo hints;
     char name[256];
-    struct conn *c; /* NULL once the connection went */
+    struct pool__egconn *c; /* NULL once the connection went */
 };
 
-/* ---- matching --------------------------------------------------------- */
-
-/* The reference's rule: an entry matches the host exactly; "*.x.com"
- * matches any name under x.com but not x.com itself. No case. */
-bool pool_egress_host_match(const char *pattern, const char *host)
-{
-    if (pattern[0] == '*' && pattern[1] == '.') {
-        size_t pl = strlen(pattern + 1), hl = strlen(host);
-        return hl > pl && strcasecmp(host + hl - pl, pattern + 1) == 0;
-    }
-    return strcasecmp(pattern, host) == 0;
-}
-
-const char *pool_egress_host_pattern_check(const char *h)
-{
-    struct in_addr a;
-    size_t len = h ? strlen(h) : 0;
-
-    if (len == 0 || len > 253)
-        return "an allowed host is 1 to 253 characters";
-    if (inet_pton(AF_INET, h, &a) == 1)
-        return NULL;
-    if (h[0] == '*') {
-        if (h[1] != '.')
-            return "a wildcard is \"*.\" followed by a domain";
-        h += 2;
-    }
-    /* Labels of letters, digits and hyphens: no scheme, port, path, IPv6. */
-    for (const char *l = h;;) {
-        size_t n = strspn(l, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-");
-        if (n == 0 || n > 63 || l[0] == '-' || l[n - 1] == '-')
-            return "an allowed host is a bare host name, an IPv4 address or a *. wildcard "
-                   "(no URL, port, path or IPv6)";
-        if (l[n] == '\0')
-            return NULL;
-        if (l[n] != '.')
-            return "an allowed host is a bare host name, an IPv4 address or a *. wildcard "
-                   "(no URL, port, path or IPv6)";
-        l += n + 1;
-    }
-}
-
-static bool cred_applies(const struct cred *cr, const char *host)
-{
-    if (cr->any_host)
-        return true;
-    for (size_t i = 0; i < cr->n_hosts; i++)
-        if (pool_egress_host_match(cr->hosts[i], host))
-            return true;
-    return false;
-}
-
-/* The ranges the sandboxes' own filter drops (net.c's blocked4): the
- * host's services, other sandboxes, metadata, multicast. */
-static bool addr_blocked(uint32_t a)
-{
-    static const struct { uint32_t net, mask; } b[] = {
-        { 0x00000000, 0xff000000 }, { 0x0a000000, 0xff000000 }, { 0x64400000, 0xffc00000 },
-        { 0x7f000000, 0xff000000 }, { 0xa9fe0000, 0xffff0000 }, { 0xac100000, 0xfff00000 },
-        { 0xc0a80000, 0xffff0000 }, { 0xe0000000, 0xe0000000 },
-    };
-    for (size_t i = 0; i < sizeof(b) / sizeof(b[0]); i++)
-        if ((a & b[i].mask) == b[i].net)
-            return true;
-    return false;
-}
-
-/* A limited environment's allowed_hosts: a name equal to the one asked
- * for, or an address / prefix covering the address it resolved to. */
-static bool env_allows(const struct sbx *sb, const char *host, uint32_t a)
-{
-    if (!sb->limited)
-        return true;
-    for (size_t i = 0; i < sb->n_allowed; i++) {
-        char ip[32];
-        int bits = 32;
-        struct in_addr in;
-        const char *e = sb->allowed[i], *slash = strchr(e, '/');
-        if (strcasecmp(e, host) == 0)
-            return true;
-        snprintf(ip, sizeof(ip), "%.*s", slash ? (int)(slash - e) : (int)strlen(e), e);
-        if (slash)
-            bits = atoi(slash + 1);
-        if (inet_pton(AF_INET, ip, &in) != 1 || bits < 0 || bits > 32)
-            continue;
-        uint32_t mask = bits ? 0xffffffffu << (32 - bits) : 0;
-        if ((ntohl(in.s_addr) & mask) == (a & mask))
-            return true;
-    }
-    return false;
-}
-
-/* out = s with every `from` replaced by `to`; returns how many. */
-static int replace_all(struct wp_buf *out, const char *s, size_t n, const char *from, const char *to)
-{
-    size_t fl = strlen(from), tl = strlen(to);
-    int count = 0;
-
-    while (n) {
-        const char *hit = fl ? memmem(s, n, from, fl) : NULL;
-        size_t pre = hit ? (size_t)(hit - s) : n;
-        if (wp_buf_append(out, s, pre) < 0)
-            return -1;
-        if (!hit)
-            break;
-        if (wp_buf_append(out, to, tl) < 0)
-            return -1;
-        count++;
-        s += pre + fl;
-        n -= pre + fl;
-    }
-    return count;
-}
 
 /* ---- connections ------------------------------------------------------ */
 
-static void conn_free(struct conn *c)
+static void conn_free(struct pool__egconn *c)
 {
     struct pool_egress *px = c->px;
 
-    for (struct conn **pp = &px->conns; *pp; pp = &(*pp)->next)
+    for (struct pool__egconn **pp = &px->conns; *pp; pp = &(*pp)->next)
         if (*pp == c) {
             *pp = c->next;
             break;
@@ -273,7 +111,7 @@ static void conn_free(struct conn *c)
 }
 
 /* An answer of the proxy's own, then close. */
-static void refuse(struct conn *c, int status, const char *reason, const char *detail)
+void pool__egress_refuse(struct pool__egconn *c, int status, const char *reason, const char *detail)
 {
     wp_buf_reset(&c->to_cl);
     wp_buf_printf(&c->to_cl,
@@ -344,7 +182,7 @@ static int handshake(SSL *ssl, short *want)
     return -1;
 }
 
-static void arm(struct conn *c, ev_io *w, int fd, short events)
+static void arm(struct pool__egconn *c, ev_io *w, int fd, short events)
 {
     if (fd < 0 || (ev_is_active(w) && w->events == events))
         return;
@@ -355,134 +193,16 @@ static void arm(struct conn *c, ev_io *w, int fd, short events)
     }
 }
 
-static void pump(struct conn *c);
-static void start_lookup(struct conn *c);
-
-/* "host[:port]" into c->host and c->port (default dflt). */
-static int parse_authority(struct conn *c, const char *s, size_t n, int dflt)
-{
-    const char *colon = memchr(s, ':', n);
-    size_t hl = colon ? (size_t)(colon - s) : n;
-
-    if (hl == 0 || hl >= sizeof(c->host) || memchr(s, '@', n) || memchr(s, '[', n))
-        return -1;
-    for (size_t i = 0; i < hl; i++)
-        if (!(s[i] == '.' || s[i] == '-' || s[i] == '_' || (s[i] >= '0' && s[i] <= '9') ||
-              ((s[i] | 0x20) >= 'a' && (s[i] | 0x20) <= 'z')))
-            return -1;
-    memcpy(c->host, s, hl);
-    c->host[hl] = '\0';
-    c->port = dflt;
-    if (colon) {
-        char num[8];
-        size_t pl = n - hl - 1;
-        if (pl == 0 || pl >= sizeof(num))
-            return -1;
-        memcpy(num, colon + 1, pl);
-        num[pl] = '\0';
-        char *end;
-        long v = strtol(num, &end, 10);
-        if (*end || v < 1 || v > 65535)
-            return -1;
-        c->port = (int)v;
-    }
-    return 0;
-}
-
-static bool skip_header(const char *name)
-{
-    static const char *const hop[] = { "connection", "proxy-connection", "keep-alive",
-                                       "proxy-authorization", "transfer-encoding",
-                                       "content-length", "te", "upgrade", "expect", NULL };
-    for (const char *const *h = hop; *h; h++)
-        if (strcasecmp(name, *h) == 0)
-            return true;
-    return false;
-}
-
-/* The parsed request, rewritten for the origin server into c->to_up. */
-static void build_request(struct conn *c)
-{
-    const char *url = c->head.data + c->url, *path = url;
-    struct wp_buf tmp;
-    int injected = 0;
-    bool has_host = false;
-
-    if (!c->tunneled) {
-        if (strncasecmp(url, "http://", 7) != 0) {
-            refuse(c, 400, "Bad Request", "the proxy takes absolute http:// URLs, or CONNECT for https");
-            return;
-        }
-        const char *a = url + 7;
-        size_t al = strcspn(a, "/?#");
-        if (parse_authority(c, a, al, 80) < 0) {
-            refuse(c, 400, "Bad Request", "bad host in the URL");
-            return;
-        }
-        path = a + al;
-    } else if (url[0] != '/') {
-        /* An absolute URL inside a tunnel: its path only; the host is the tunnel's. */
-        const char *sl = strstr(url, "://");
-        path = sl ? sl + 3 + strcspn(sl + 3, "/?#") : "/";
-    }
-    wp_buf_init(&tmp, BODY_MAX + 65536);
-    wp_buf_printf(&c->to_up, "%s %s%s HTTP/1.1\r\n", llhttp_method_name(llhttp_get_method(&c->p)),
-                  path[0] == '/' ? "" : "/", path);
-    for (int i = 0; i < c->nh; i++) {
-        const char *name = c->head.data + c->hname[i], *val = c->head.data + c->hval[i];
-        if (skip_header(name))
-            continue;
-        has_host |= strcasecmp(name, "host") == 0;
-        wp_buf_reset(&tmp);
-        wp_buf_append(&tmp, val, strlen(val));
-        for (size_t k = 0; k < c->sb->n_creds; k++) {
-            const struct cred *cr = &c->sb->creds[k];
-            if (!cr->in_header || !cred_applies(cr, c->host) || !strstr(tmp.data, cr->placeholder))
-                continue;
-            struct wp_buf r;
-            wp_buf_init(&r, HEAD_MAX * 4);
-            injected += replace_all(&r, tmp.data, tmp.len, cr->placeholder, cr->secret);
-            wp_buf_reset(&tmp);
-            wp_buf_append(&tmp, r.data ? r.data : "", r.len);
-            wp_buf_free(&r);
-        }
-        wp_buf_printf(&c->to_up, "%s: ", name);
-        wp_buf_append(&c->to_up, tmp.data ? tmp.data : "", tmp.len);
-        wp_buf_append(&c->to_up, "\r\n", 2);
-    }
-    if (!has_host)
-        wp_buf_printf(&c->to_up, "Host: %s\r\n", c->host);
-    for (size_t k = 0; k < c->sb->n_creds; k++) {
-        const struct cred *cr = &c->sb->creds[k];
-        if (!cr->in_body || !cred_applies(cr, c->host) || !c->body.len ||
-            !memmem(c->body.data, c->body.len, cr->placeholder, strlen(cr->placeholder)))
-            continue;
-        wp_buf_reset(&tmp);
-        injected += replace_all(&tmp, c->body.data, c->body.len, cr->placeholder, cr->secret);
-        wp_buf_reset(&c->body);
-        wp_buf_append(&c->body, tmp.data ? tmp.data : "", tmp.len);
-    }
-    wp_buf_free(&tmp);
-    if (c->body.len || c->p.flags & (F_CONTENT_LENGTH | F_CHUNKED))
-        wp_buf_printf(&c->to_up, "Content-Length: %zu\r\n", c->body.len);
-    wp_buf_append(&c->to_up, "Connection: close\r\n\r\n", 21);
-    if (wp_buf_append(&c->to_up, c->body.data ? c->body.data : "", c->body.len) < 0) {
-        refuse(c, 413, "Payload Too Large", "request too large for the egress proxy");
-        return;
-    }
-    wp_buf_free(&c->body);
-    /* Never the secret, never the URL (a query may carry anything). */
-    log_info("egress sandbox=%s %s %s:%d tls=%d injected=%d", c->sb->id,
-             llhttp_method_name(llhttp_get_method(&c->p)), c->host, c->port, c->tunneled, injected);
-}
+static void pump(struct pool__egconn *c);
+static void start_lookup(struct pool__egconn *c);
 
 /* A whole request (or a CONNECT) has been read. */
-static void request_done(struct conn *c)
+static void request_done(struct pool__egconn *c)
 {
     if (c->is_connect && !c->tunneled) {
         const char *url = c->head.data + c->url;
-        if (parse_authority(c, url, strlen(url), 443) < 0 || !strchr(url, ':')) {
-            refuse(c, 400, "Bad Request", "CONNECT wants host:port");
+        if (pool__egress_parse_authority(c, url, strlen(url), 443) < 0 || !strchr(url, ':')) {
+            pool__egress_refuse(c, 400, "Bad Request", "CONNECT wants host:port");
             return;
         }
         wp_buf_free(&c->head);
@@ -491,16 +211,16 @@ static void request_done(struct conn *c)
         return;
     }
     if (c->is_connect) {
-        refuse(c, 400, "Bad Request", "CONNECT inside a tunnel");
+        pool__egress_refuse(c, 400, "Bad Request", "CONNECT inside a tunnel");
         return;
     }
-    build_request(c);
+    pool__egress_build_request(c);
     if (c->phase == PH_CLOSING)
         return;
     if (c->tunneled) {
         c->ussl = pool__egress_tls_client(c->px->tls, c->ufd, c->host);
         if (!c->ussl) {
-            refuse(c, 502, "Bad Gateway", "TLS set-up failed");
+            pool__egress_refuse(c, 502, "Bad Gateway", "TLS set-up failed");
             return;
         }
         c->phase = PH_TLS_UP;
@@ -517,14 +237,14 @@ static void conn_idle(struct ev_loop *loop, ev_timer *w, int revents)
     conn_free(w->data);
 }
 
-static void upstream_ready(struct conn *c)
+static void upstream_ready(struct pool__egconn *c)
 {
     int soerr = 0;
     socklen_t sl = sizeof(soerr);
 
     getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
     if (soerr) {
-        refuse(c, 502, "Bad Gateway", strerror(soerr));
+        pool__egress_refuse(c, 502, "Bad Gateway", strerror(soerr));
         return;
     }
     if (c->is_connect && !c->tunneled) {
@@ -532,7 +252,7 @@ static void upstream_ready(struct conn *c)
         wp_buf_printf(&c->to_cl, "HTTP/1.1 200 Connection established\r\n\r\n");
         c->cssl = pool__egress_tls_server(c->px->tls, c->cfd, c->host);
         if (!c->cssl) {
-            refuse(c, 502, "Bad Gateway", "no certificate for this host");
+            pool__egress_refuse(c, 502, "Bad Gateway", "no certificate for this host");
             return;
         }
         c->tunneled = true;
@@ -545,7 +265,7 @@ static void upstream_ready(struct conn *c)
 
 static void conn_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-    struct conn *c = w->data;
+    struct pool__egconn *c = w->data;
     (void)loop;
     (void)revents;
     if (w == &c->uio && c->phase == PH_CONNECT) {
@@ -556,68 +276,27 @@ static void conn_cb(struct ev_loop *loop, ev_io *w, int revents)
 }
 
 /* Feed bytes read from the sandbox to the parser. */
-static void feed(struct conn *c, const char *b, size_t n)
+static void feed(struct pool__egconn *c, const char *b, size_t n)
 {
     llhttp_errno_t e = llhttp_execute(&c->p, b, n);
     if (c->done || e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
         if (!c->done && !c->is_connect) {
-            refuse(c, 400, "Bad Request", "upgrades are not supported");
+            pool__egress_refuse(c, 400, "Bad Request", "upgrades are not supported");
             return;
         }
         request_done(c);
     } else if (e != HPE_OK) {
         /* HPE_USER: one of our limits (the head, the header count, the body). */
         bool body = e == HPE_USER && c->body_full;
-        refuse(c, e != HPE_USER ? 400 : body ? 413 : 431,
+        pool__egress_refuse(c, e != HPE_USER ? 400 : body ? 413 : 431,
                e != HPE_USER ? "Bad Request" : body ? "Payload Too Large"
                                                     : "Request Header Fields Too Large",
                e == HPE_USER ? llhttp_get_error_reason(&c->p) : "malformed request");
     }
 }
 
-/* The proxy closes after one answer: make the answer say so, or a client
- * may send its next request into a connection about to close. Looks at
- * the head (past any 1xx) once it is whole in to_cl. */
-static void close_answer(struct conn *c)
-{
-    for (;;) {
-        const char *h = c->to_cl.data + c->head_at;
-        size_t n = c->to_cl.len - c->head_at;
-        const char *end = memmem(h, n, "\r\n\r\n", 4);
-        if (!end) {
-            if (n > HEAD_MAX)
-                c->answer_head = true; /* not HTTP as we know it: pass it on */
-            return;
-        }
-        size_t hl = (size_t)(end - h) + 2; /* through the last header's CRLF */
-        if (n > 9 && memcmp(h, "HTTP/1.", 7) == 0 && h[9] == '1') {
-            c->head_at += hl + 2; /* an interim 1xx: the final head follows */
-            continue;
-        }
-        bool says = false;
-        for (const char *l = memchr(h, '\n', hl); l && l < h + hl; l = memchr(l + 1, '\n', (size_t)(h + hl - l - 1)))
-            if (strncasecmp(l + 1, "connection:", 11) == 0)
-                says = true;
-        if (!says) {
-            struct wp_buf nb;
-            wp_buf_init(&nb, c->to_cl.max);
-            size_t at = c->head_at + hl;
-            if (wp_buf_append(&nb, c->to_cl.data, at) == 0 &&
-                wp_buf_append(&nb, "Connection: close\r\n", 19) == 0 &&
-                wp_buf_append(&nb, c->to_cl.data + at, c->to_cl.len - at) == 0) {
-                wp_buf_free(&c->to_cl);
-                c->to_cl = nb;
-            } else {
-                wp_buf_free(&nb);
-            }
-        }
-        c->answer_head = true;
-        return;
-    }
-}
-
 /* Do what can be done without waiting, then wait for what is needed. */
-static void pump(struct conn *c)
+static void pump(struct pool__egconn *c)
 {
     char buf[16384];
     short cw, uw;
@@ -665,7 +344,7 @@ static void pump(struct conn *c)
                 c->done = false;
                 c->nh = 0;
                 c->piece = 0;
-                wp_buf_init(&c->head, HEAD_MAX);
+                wp_buf_init(&c->head, POOL__EG_HEAD_MAX);
                 llhttp_init(&c->p, HTTP_REQUEST, &c->px->http);
                 c->p.data = c;
                 progress = true;
@@ -690,7 +369,7 @@ static void pump(struct conn *c)
                 snprintf(d, sizeof(d), "TLS to %s failed: %s", c->host,
                          v != X509_V_OK ? X509_verify_cert_error_string(v) : "handshake error");
                 ERR_clear_error();
-                refuse(c, 502, "Bad Gateway", d);
+                pool__egress_refuse(c, 502, "Bad Gateway", d);
                 progress = true;
                 break;
             }
@@ -716,7 +395,7 @@ static void pump(struct conn *c)
                 } else if (r > 0) {
                     wp_buf_append(&c->to_cl, buf, (size_t)r);
                     if (!c->answer_head)
-                        close_answer(c);
+                        pool__egress_close_answer(c);
                     progress = true;
                 }
             }
@@ -755,23 +434,23 @@ static bool addr_is_local(uint32_t a)
     return local;
 }
 
-static void connect_to(struct conn *c, uint32_t addr)
+static void connect_to(struct pool__egconn *c, uint32_t addr)
 {
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)c->port) };
 
-    if (addr_blocked(addr) || addr_is_local(addr)) {
-        refuse(c, 403, "Forbidden", "that address is not reachable from a sandbox");
+    if (pool__egress_addr_blocked(addr) || addr_is_local(addr)) {
+        pool__egress_refuse(c, 403, "Forbidden", "that address is not reachable from a sandbox");
         return;
     }
-    if (!env_allows(c->sb, c->host, addr)) {
-        refuse(c, 403, "Forbidden", "host not in this environment's allowed_hosts");
+    if (!pool__egress_env_allows(c->sb, c->host, addr)) {
+        pool__egress_refuse(c, 403, "Forbidden", "host not in this environment's allowed_hosts");
         return;
     }
     sa.sin_addr.s_addr = htonl(addr);
     c->ufd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->ufd < 0 || (connect(c->ufd, (struct sockaddr *)&sa, sizeof(sa)) < 0 &&
                        errno != EINPROGRESS)) {
-        refuse(c, 502, "Bad Gateway", strerror(errno));
+        pool__egress_refuse(c, 502, "Bad Gateway", strerror(errno));
         return;
     }
     c->phase = PH_CONNECT;
@@ -790,21 +469,21 @@ static void lookups_cb(struct ev_loop *loop, ev_async *w, int revents)
     struct pool_egress *px = w->data;
     (void)loop;
     (void)revents;
-    for (struct lookup **pp = &px->lookups; *pp;) {
-        struct lookup *lk = *pp;
+    for (struct pool__eglookup **pp = &px->lookups; *pp;) {
+        struct pool__eglookup *lk = *pp;
         int e = gai_error(&lk->cb);
         if (e == EAI_INPROGRESS) {
             pp = &lk->next;
             continue;
         }
         *pp = lk->next;
-        struct conn *c = lk->c;
+        struct pool__egconn *c = lk->c;
         if (c) {
             c->lk = NULL;
             if (e == 0 && lk->cb.ar_result)
                 connect_to(c, ntohl(((struct sockaddr_in *)lk->cb.ar_result->ai_addr)->sin_addr.s_addr));
             else
-                refuse(c, 502, "Bad Gateway", "the host's name does not resolve");
+                pool__egress_refuse(c, 502, "Bad Gateway", "the host's name does not resolve");
             pump(c);
         }
         if (lk->cb.ar_result)
@@ -813,7 +492,7 @@ static void lookups_cb(struct ev_loop *loop, ev_async *w, int revents)
     }
 }
 
-static void start_lookup(struct conn *c)
+static void start_lookup(struct pool__egconn *c)
 {
     struct pool_egress *px = c->px;
     struct in_addr a;
@@ -829,9 +508,9 @@ static void start_lookup(struct conn *c)
         connect_to(c, ntohl(a.s_addr));
         return;
     }
-    struct lookup *lk = calloc(1, sizeof(*lk));
+    struct pool__eglookup *lk = calloc(1, sizeof(*lk));
     if (!lk) {
-        refuse(c, 502, "Bad Gateway", "out of memory");
+        pool__egress_refuse(c, 502, "Bad Gateway", "out of memory");
         return;
     }
     snprintf(lk->name, sizeof(lk->name), "%s", c->host);
@@ -845,7 +524,7 @@ static void start_lookup(struct conn *c)
     sev.sigev_notify_function = lookup_notify;
     if (getaddrinfo_a(GAI_NOWAIT, list, 1, &sev) != 0) {
         free(lk);
-        refuse(c, 502, "Bad Gateway", "name lookup failed to start");
+        pool__egress_refuse(c, 502, "Bad Gateway", "name lookup failed to start");
         return;
     }
     lk->c = c;
@@ -854,91 +533,11 @@ static void start_lookup(struct conn *c)
     px->lookups = lk;
 }
 
-/* ---- llhttp callbacks: the head into c->head as NUL-ended pieces ------- */
-
-static int piece(struct conn *c, int kind, const char *at, size_t n)
-{
-    if (c->piece != kind) {
-        if (kind == 1) {
-            c->url = c->head.len;
-        } else if (kind == 2) {
-            if (c->nh >= MAX_HEADERS)
-                return llhttp_set_error_reason(&c->p, "too many headers"), HPE_USER;
-            c->hname[c->nh] = c->head.len;
-        } else {
-            c->hval[c->nh] = c->head.len;
-        }
-        c->piece = kind;
-    }
-    if (wp_buf_append(&c->head, at, n) < 0)
-        return llhttp_set_error_reason(&c->p, "request head too large"), HPE_USER;
-    return 0;
-}
-
-static int piece_end(llhttp_t *h)
-{
-    struct conn *c = h->data;
-    if (c->piece == 0) /* an empty piece: still mark where it starts */
-        return 0;
-    if (wp_buf_append(&c->head, "", 1) < 0)
-        return llhttp_set_error_reason(h, "request head too large"), HPE_USER;
-    if (c->piece == 3)
-        c->nh++;
-    c->piece = 0;
-    return 0;
-}
-
-static int on_url(llhttp_t *h, const char *at, size_t n) { return piece(h->data, 1, at, n); }
-static int on_field(llhttp_t *h, const char *at, size_t n) { return piece(h->data, 2, at, n); }
-
-static int on_value(llhttp_t *h, const char *at, size_t n)
-{
-    return piece(h->data, 3, at, n);
-}
-
-static int on_value_done(llhttp_t *h)
-{
-    struct conn *c = h->data;
-    if (c->piece != 3) { /* an empty value */
-        c->hval[c->nh] = c->head.len;
-        c->piece = 3;
-    }
-    return piece_end(h);
-}
-
-static int on_headers(llhttp_t *h)
-{
-    struct conn *c = h->data;
-    c->is_connect = llhttp_get_method(h) == HTTP_CONNECT;
-    for (int i = 0; i < c->nh; i++)
-        if (strcasecmp(c->head.data + c->hname[i], "expect") == 0 &&
-            strcasecmp(c->head.data + c->hval[i], "100-continue") == 0)
-            wp_buf_printf(&c->to_cl, "HTTP/1.1 100 Continue\r\n\r\n");
-    return 0;
-}
-
-static int on_body(llhttp_t *h, const char *at, size_t n)
-{
-    struct conn *c = h->data;
-    if (wp_buf_append(&c->body, at, n) < 0) {
-        c->body_full = true;
-        return llhttp_set_error_reason(h, "request body too large for the egress proxy"), HPE_USER;
-    }
-    return 0;
-}
-
-static int on_done(llhttp_t *h)
-{
-    struct conn *c = h->data;
-    c->done = true;
-    return HPE_PAUSED;
-}
-
 /* ---- listeners and registration ---------------------------------------- */
 
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-    struct sbx *sb = w->data;
+    struct pool__egsbx *sb = w->data;
     struct pool_egress *px = sb->px;
     (void)loop;
     (void)revents;
@@ -965,7 +564,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             close(fd);
             continue;
         }
-        struct conn *c = sb->n_conns < MAX_CONNS ? calloc(1, sizeof(*c)) : NULL;
+        struct pool__egconn *c = sb->n_conns < MAX_CONNS ? calloc(1, sizeof(*c)) : NULL;
         if (!c) {
             log_warn("egress: sandbox=%s has %d connections open: refused one", sb->id,
                      sb->n_conns);
@@ -977,9 +576,9 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         c->sb = sb;
         c->cfd = fd;
         c->ufd = -1;
-        wp_buf_init(&c->head, HEAD_MAX);
-        wp_buf_init(&c->body, BODY_MAX);
-        wp_buf_init(&c->to_up, BODY_MAX + 2 * HEAD_MAX);
+        wp_buf_init(&c->head, POOL__EG_HEAD_MAX);
+        wp_buf_init(&c->body, POOL__EG_BODY_MAX);
+        wp_buf_init(&c->to_up, POOL__EG_BODY_MAX + 2 * POOL__EG_HEAD_MAX);
         wp_buf_init(&c->to_cl, OUT_MAX + 16384);
         llhttp_init(&c->p, HTTP_REQUEST, &px->http);
         c->p.data = c;
@@ -998,7 +597,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 static void accept_resume(struct ev_loop *loop, ev_timer *w, int revents)
 {
-    struct sbx *sb = w->data;
+    struct pool__egsbx *sb = w->data;
     (void)revents;
     ev_io_start(loop, &sb->lio);
 }
@@ -1021,7 +620,7 @@ static char **strv_dup(const char *const *v, size_t n)
     return o;
 }
 
-static void sbx_free(struct sbx *sb)
+static void sbx_free(struct pool__egsbx *sb)
 {
     if (sb->lfd >= 0) {
         ev_io_stop(sb->px->loop, &sb->lio);
@@ -1030,7 +629,7 @@ static void sbx_free(struct sbx *sb)
     }
     strv_free(sb->allowed, sb->n_allowed);
     for (size_t i = 0; i < sb->n_creds; i++) {
-        struct cred *cr = &sb->creds[i];
+        struct pool__egcred *cr = &sb->creds[i];
         if (cr->secret)
             OPENSSL_cleanse(cr->secret, strlen(cr->secret));
         free(cr->secret);
@@ -1044,7 +643,7 @@ static void sbx_free(struct sbx *sb)
 int pool_egress_add(struct pool_egress *px, const struct pool_egress_sandbox *s,
                     struct wp_err *err)
 {
-    struct sbx *sb = calloc(1, sizeof(*sb));
+    struct pool__egsbx *sb = calloc(1, sizeof(*sb));
     int bound = 0, rc = -ENOMEM;
 
     if (!sb)
@@ -1062,7 +661,7 @@ int pool_egress_add(struct pool_egress *px, const struct pool_egress_sandbox *s,
         goto fail;
     for (size_t i = 0; i < s->n_creds; i++) {
         const struct pool_egress_cred *in = &s->creds[i];
-        struct cred *cr = &sb->creds[i];
+        struct pool__egcred *cr = &sb->creds[i];
         sb->n_creds = i + 1;
         if (!in->placeholder || strlen(in->placeholder) < 16 || !in->secret || !in->secret[0]) {
             rc = wp_err_set(err, WP_EINVAL_INPUT, "egress: credential %zu needs a placeholder "
@@ -1111,11 +710,11 @@ fail_set:
 
 void pool_egress_remove(struct pool_egress *px, const char *sandbox_id)
 {
-    for (struct sbx **pp = &px->sbxs; *pp; pp = &(*pp)->next) {
-        struct sbx *sb = *pp;
+    for (struct pool__egsbx **pp = &px->sbxs; *pp; pp = &(*pp)->next) {
+        struct pool__egsbx *sb = *pp;
         if (strcmp(sb->id, sandbox_id) != 0)
             continue;
-        for (struct conn *c = px->conns, *n; c; c = n) {
+        for (struct pool__egconn *c = px->conns, *n; c; c = n) {
             n = c->next;
             if (c->sb == sb)
                 conn_free(c);
@@ -1152,16 +751,7 @@ int pool_egress_open(struct ev_loop *loop, const struct pool_egress_cfg *cfg,
         pool_egress_close(px);
         return rc;
     }
-    llhttp_settings_init(&px->http);
-    px->http.on_url = on_url;
-    px->http.on_url_complete = piece_end;
-    px->http.on_header_field = on_field;
-    px->http.on_header_field_complete = piece_end;
-    px->http.on_header_value = on_value;
-    px->http.on_header_value_complete = on_value_done;
-    px->http.on_headers_complete = on_headers;
-    px->http.on_body = on_body;
-    px->http.on_message_complete = on_done;
+    pool__egress_http_settings(&px->http);
     ev_async_init(&px->async, lookups_cb);
     px->async.data = px;
     ev_async_start(loop, &px->async);
@@ -1178,7 +768,7 @@ void pool_egress_close(struct pool_egress *px)
     while (px->conns)
         conn_free(px->conns);
     /* Lookups still running belong to glibc's threads until they end. */
-    for (struct lookup *lk = px->lookups, *n; lk; lk = n) {
+    for (struct pool__eglookup *lk = px->lookups, *n; lk; lk = n) {
         n = lk->next;
         if (gai_cancel(&lk->cb) != EAI_CANCELED) {
             const struct gaicb *one[1] = { &lk->cb };
