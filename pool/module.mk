@@ -1,6 +1,13 @@
 pool_SRCS := pool/autoscale.c pool/scripts.c pool/node.c pool/config.c pool/client.c pool/relay.c pool/ksm.c \
              pool/catalog.c pool/memory.c pool/http.c pool/worker.c pool/worker_run.c \
-             pool/orphans.c
+             pool/orphans.c pool/egress.c pool/egress_http.c pool/egress_tls.c pool/egress_ctl.c
+
+# The egress proxy terminates and re-encrypts TLS with libssl.
+PKGS += libssl
+
+BINS += $(BUILD)/warmpool-egress
+$(BUILD)/warmpool-egress: $(BUILD)/obj/pool/egress_main.o $(BUILD)/libpool.a $(BUILD)/libagentlink.a $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
 
 BINS += $(BUILD)/warmpool-node
 $(BUILD)/warmpool-node: $(BUILD)/obj/pool/node_main.o $(BUILD)/libpool.a $(BUILD)/libagentlink.a $(BUILD)/libsnapshot.a $(BUILD)/libbase.a

@@ -200,4 +200,86 @@ int pool_node_draining(struct pool_client *c, const char *node, pool_done_cb cb,
 int pool_renew_for(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,
                    double lease_ms, pool_done_cb cb, void *ctx, struct wp_err *err);
 
+/* ---- the egress proxy (egress.c, egress_tls.c; ARCHITECTURE.md) -------- */
+
+#include "agentlink/agentlink.h"
+
+struct snap_ctx;
+struct snap_sandbox;
+struct pool_egress;
+
+/* Where a confined sandbox finds the node's CA certificate. */
+#define POOL_EGRESS_CA_PATH "/etc/warmpool/egress-ca.pem"
+#define POOL_EGRESS_PLACEHOLDER_LEN 48
+
+struct pool_egress_cfg {
+    const char *ca_dir;           /* ca.key (0600) and ca.pem; made at first start */
+    const char *upstream_ca_file; /* trusted upstream besides the system's store; may be NULL */
+    const char *const *pins;      /* "name=ipv4" answered before DNS, NULL-ended; may be NULL */
+    int port;                     /* listened on at each confined sandbox's host end */
+};
+
+/* An environment_variable credential as the proxy uses it. Borrowed. */
+struct pool_egress_cred {
+    const char *placeholder; /* what the sandbox's variable holds (pool_egress_placeholder) */
+    const char *secret;
+    bool in_header, in_body; /* injection_location */
+    bool any_host;           /* networking unrestricted */
+    const char *const *hosts; /* limited: exact names or "*.suffix" */
+    size_t n_hosts;
+};
+
+/* A sandbox behind the proxy. Strings borrowed for the call. */
+struct pool_egress_sandbox {
+    const char *sandbox_id;
+    const char *host_addr, *sbx_addr; /* its veth's two ends (snap_net_egress_only) */
+    bool limited;                     /* the environment's network: limited to ... */
+    const char *const *allowed_hosts; /* ... these (names, IPv4, IPv4/prefix) */
+    size_t n_allowed;
+    const struct pool_egress_cred *creds;
+    size_t n_creds;
+};
+
+/* What a confined sandbox's tools need in their environment: the proxy
+ * and the CA for every common client (curl, OpenSSL, Python, Node, git). */
+struct pool_egress_env {
+    char url[40];
+    struct alink_env_var vars[16];
+    size_t n;
+};
+
+int pool_egress_open(struct ev_loop *loop, const struct pool_egress_cfg *cfg,
+                     struct pool_egress **out, struct wp_err *err);
+void pool_egress_close(struct pool_egress *px);
+/* The CA certificate (PEM) sandboxes trust. Borrowed. */
+const char *pool_egress_ca_pem(const struct pool_egress *px);
+/* Serve a sandbox: a listener on its host end; connections from any
+ * other address are refused. The proxy keeps copies of everything. */
+int pool_egress_add(struct pool_egress *px, const struct pool_egress_sandbox *s,
+                    struct wp_err *err);
+/* Forget a sandbox: its listener and connections close, secrets wiped. */
+void pool_egress_remove(struct pool_egress *px, const char *sandbox_id);
+/* The node's side: install the CA (PEM) at POOL_EGRESS_CA_PATH in sb and
+ * confine its network to the proxy's port (snap_net_egress_only); host
+ * and addr get the veth's two ends, for pool_egress_add / the "add"
+ * command. */
+int pool_egress_confine(struct snap_ctx *ctx, const struct snap_sandbox *sb, int port,
+                        const char *ca_pem, char host[16], char addr[16], struct wp_err *err);
+/* The reference's host rule: exact, or "*.x.com" for names under x.com
+ * (not x.com itself); no case. */
+bool pool_egress_host_match(const char *pattern, const char *host);
+/* NULL when h is a bare host name, an IPv4 address or a "*." wildcard
+ * (a credential's allowed_hosts entry), else why not. */
+const char *pool_egress_host_pattern_check(const char *h);
+
+/* warmpool-egress's control socket (egress_ctl.c): the node adds and
+ * removes sandboxes with one JSON line each. */
+struct pool_egress_ctl;
+int pool_egress_ctl_open(struct ev_loop *loop, struct pool_egress *px, const char *path,
+                         struct pool_egress_ctl **out, struct wp_err *err);
+void pool_egress_ctl_close(struct pool_egress_ctl *ctl);
+/* "wpcred_" + 128 random bits in hex. 0 or -errno. */
+int pool_egress_placeholder(char out[POOL_EGRESS_PLACEHOLDER_LEN]);
+void pool_egress_env(const char *host_addr, int port, struct pool_egress_env *e);
+
 #endif

@@ -306,4 +306,84 @@ int pool__doctor(int argc, char **argv);
 struct redisReply;
 int pool__cli_quota(struct redisReply *(*cmd)(const char *fmt, ...), int argc, char **argv);
 
+/* egress_tls.c: the proxy's CA, leaf certificates and upstream trust. */
+typedef struct ssl_st SSL;
+struct pool__egress_tls;
+int pool__egress_tls_open(const char *ca_dir, const char *upstream_ca_file,
+                          struct pool__egress_tls **out, struct wp_err *err);
+void pool__egress_tls_close(struct pool__egress_tls *t);
+const char *pool__egress_tls_ca_pem(const struct pool__egress_tls *t);
+/* An SSL for the sandbox's side (a leaf for host) / the server's side
+ * (verifying host). NULL on failure. Caller owns. */
+SSL *pool__egress_tls_server(struct pool__egress_tls *t, int fd, const char *host);
+SSL *pool__egress_tls_client(struct pool__egress_tls *t, int fd, const char *host);
+
+/* egress.c + egress_http.c: one connection of the egress proxy, and the
+ * sandbox and credentials it serves (the process, its loop and listeners
+ * stay in egress.c; the rules and the HTTP in egress_http.c). */
+#include <ev.h>
+#include <llhttp.h>
+
+#include "base/buf.h"
+
+#define POOL__EG_HEAD_MAX (64 * 1024)
+#define POOL__EG_BODY_MAX (16 * 1024 * 1024)
+#define POOL__EG_MAX_HEADERS 128
+
+struct pool__egcred {
+    char *placeholder, *secret;
+    bool in_header, in_body, any_host;
+    char **hosts;
+    size_t n_hosts;
+};
+
+struct pool__egsbx {
+    struct pool__egsbx *next;
+    struct pool_egress *px;
+    char id[64], host[16], addr[16];
+    int lfd;
+    ev_io lio;
+    ev_timer pause; /* accepting paused while out of descriptors */
+    bool limited;
+    char **allowed; /* the environment's allowed_hosts (limited) */
+    size_t n_allowed;
+    struct pool__egcred *creds;
+    size_t n_creds;
+    int n_conns;
+};
+
+struct pool__eglookup;
+
+struct pool__egconn {
+    struct pool__egconn *next;
+    struct pool_egress *px;
+    struct pool__egsbx *sb;
+    int cfd, ufd;
+    ev_io cio, uio;
+    ev_timer idle;
+    SSL *cssl, *ussl;
+    int phase; /* egress.c's enum phase */
+    bool tunneled, is_connect, done, body_full;
+    bool answer_head; /* the answer's head has been seen (and closed) */
+    size_t head_at;   /* where in to_cl the answer's current head starts */
+    llhttp_t p;
+    int piece; /* 1 url, 2 field, 3 value: the one being appended to */
+    struct wp_buf head, body, to_up, to_cl;
+    size_t url, hname[POOL__EG_MAX_HEADERS], hval[POOL__EG_MAX_HEADERS];
+    int nh;
+    char host[256];
+    int port;
+    struct pool__eglookup *lk;
+};
+
+/* egress.c: an answer of the proxy's own, then close. */
+void pool__egress_refuse(struct pool__egconn *c, int status, const char *reason, const char *detail);
+/* egress_http.c */
+bool pool__egress_addr_blocked(uint32_t a);
+bool pool__egress_env_allows(const struct pool__egsbx *sb, const char *host, uint32_t a);
+int pool__egress_parse_authority(struct pool__egconn *c, const char *s, size_t n, int dflt);
+void pool__egress_build_request(struct pool__egconn *c);
+void pool__egress_close_answer(struct pool__egconn *c);
+void pool__egress_http_settings(llhttp_settings_t *s);
+
 #endif

@@ -9,6 +9,7 @@
 
 #include "base/log.h"
 #include "base/timeutil.h"
+#include "pool/pool.h"
 #include "scheduler/sched_int.h"
 
 static const char *const vault_fields[] = {"display_name", "metadata", NULL};
@@ -191,6 +192,17 @@ static void cred_scope(struct sched_req *req, char *out, size_t cap)
 }
 
 /* Move secret fields of auth into secrets; validate the public part. */
+/* secret_name becomes a variable in the sandbox's environment. */
+static bool env_name_ok(const char *n)
+{
+    size_t len = n ? strlen(n) : 0;
+    if (len == 0 || len > 255 || (n[0] >= '0' && n[0] <= '9'))
+        return false;
+    return strspn(n, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") == len;
+}
+
+static const char *const inj_fields[] = {"body", "header", NULL};
+
 static const char *split_auth(json_t *auth, json_t *secrets, bool create, const char *stored_type)
 {
     const char *ty = json_string_value(json_object_get(auth, "type"));
@@ -257,13 +269,32 @@ static const char *split_auth(json_t *auth, json_t *secrets, bool create, const 
             return "environment_variable needs secret_name, secret_value and networking";
         if (!create && json_object_get(auth, "secret_name"))
             return "secret_name is immutable";
+        if (create && !env_name_ok(json_string_value(json_object_get(auth, "secret_name"))))
+            return "secret_name must be an environment variable name (letters, digits, _; "
+                   "not starting with a digit; up to 255)";
         json_t *net = json_object_get(auth, "networking");
         if (net && !json_is_null(net)) {
             const char *nt = json_string_value(json_object_get(net, "type"));
-            json_t *hosts = json_object_get(net, "allowed_hosts");
+            json_t *hosts = json_object_get(net, "allowed_hosts"), *h;
+            size_t i;
             if (!nt || (strcmp(nt, "unrestricted") && strcmp(nt, "limited")) ||
                 (!strcmp(nt, "limited") && (!json_is_array(hosts) || json_array_size(hosts) > 16)))
                 return "networking must be unrestricted or limited with up to 16 allowed_hosts";
+            /* The egress proxy matches these (pool/egress.c): what it
+             * could not match is refused here, not ignored there. */
+            json_array_foreach(hosts, i, h)
+                if (!json_is_string(h) || pool_egress_host_pattern_check(json_string_value(h)))
+                    return "networking.allowed_hosts: each entry is a bare host name, an IPv4 "
+                           "address or a *. wildcard (no URL, port, path or IPv6)";
+        }
+        json_t *inj = json_object_get(auth, "injection_location");
+        if (inj && !json_is_null(inj)) {
+            json_t *b = json_object_get(inj, "body"), *hd = json_object_get(inj, "header");
+            if (!json_is_object(inj) || sched__unknown_field(inj, inj_fields) ||
+                (b && !json_is_boolean(b)) || (hd && !json_is_boolean(hd)))
+                return "injection_location: {\"body\"?: boolean, \"header\"?: boolean}";
+            if (create && !json_is_true(b) && !json_is_true(hd))
+                return "injection_location: at least one of body and header must be enabled";
         }
         TAKE(auth, "secret_value");
         if (create && !json_object_get(auth, "injection_location"))
@@ -399,6 +430,10 @@ static void cred_update_loaded(struct sched_req *req, json_t *c, long long rev)
                 else if (!json_is_null(v) || strcmp(k, "networking"))
                     json_object_set(stored, k, v);
             }
+            json_t *inj = json_object_get(stored, "injection_location");
+            if (inj && !json_is_true(json_object_get(inj, "body")) &&
+                !json_is_true(json_object_get(inj, "header")))
+                msg = "injection_location: at least one of body and header must stay enabled";
         }
         json_decref(a);
     }

@@ -207,8 +207,12 @@ static bool base_rules(char *b, size_t cap, char ns[MAX_NS][16], int n_ns, bool 
         "169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/3 }\n"
         "add set " TABLE " dns4 { type ipv4_addr; }\n"
         "add map " TABLE " sbx { type ifname : verdict; }\n"
+        "add map " TABLE " sbxin { type ifname : verdict; }\n"
         "add chain " TABLE " input { type filter hook input priority -10; policy accept; }\n"
         "flush chain " TABLE " input\n"
+        /* e<N> is empty unless the sandbox was confined to the egress
+         * proxy (snap_net_egress_only): then it accepts that one port. */
+        "add rule " TABLE " input iifname \"wpn*\" iifname vmap @sbxin\n"
         "add rule " TABLE " input iifname \"wpn*\" drop\n"
         "add chain " TABLE " forward { type filter hook forward priority -10; policy accept; }\n"
         "flush chain " TABLE " forward\n"
@@ -409,9 +413,11 @@ static void slot_rules_del(int s, char *b, size_t cap)
 {
     snprintf(b, cap,
              "delete element " TABLE " sbx { \"wpn%d\" }\n"
+             "delete element " TABLE " sbxin { \"wpn%d\" }\n"
              "delete chain " TABLE " s%d\n"
+             "delete chain " TABLE " e%d\n"
              "delete set " TABLE " a%d\n",
-             s, s, s);
+             s, s, s, s, s);
 }
 
 static void link_delete(const char *name);
@@ -501,8 +507,12 @@ int snap__net_prepare(struct snap_ctx *ctx, const struct snap_sandbox *sb,
             ok = ok && cat(text, TEXT_CAP, "add element " TABLE " a%d { %s }\n", slot, elems);
         ok = ok && cat(text, TEXT_CAP, "add rule " TABLE " s%d ip daddr @a%d accept\n", slot, slot);
     }
-    ok = ok && cat(text, TEXT_CAP, "add element " TABLE " sbx { \"wpn%d\" : jump s%d }\n", slot,
-                   slot);
+    ok = ok && cat(text, TEXT_CAP,
+                   "add element " TABLE " sbx { \"wpn%d\" : jump s%d }\n"
+                   "add chain " TABLE " e%d\n"
+                   "flush chain " TABLE " e%d\n"
+                   "add element " TABLE " sbxin { \"wpn%d\" : jump e%d }\n",
+                   slot, slot, slot, slot, slot, slot);
     if (!ok) {
         rc = wp_err_set(err, WP_ETOOBIG, "network: ruleset too large");
         goto fail;
@@ -776,6 +786,37 @@ int snap__net_release(struct snap_ctx *ctx, const char *id, struct wp_err *err)
     unlock_slots(lock);
     unlink(rec);
     return 0;
+}
+
+int snap_net_egress_only(struct snap_ctx *ctx, const struct snap_sandbox *sb, int port,
+                         char host[16], char sbx[16], struct wp_err *err)
+{
+    char rec[700], text[1024];
+    int s, lock, rc;
+
+    (void)ctx;
+    snprintf(rec, sizeof(rec), "%s/net.slot", sb->dir);
+    if ((s = read_slot_file(rec)) < 0)
+        return wp_err_set(err, WP_ESTATE, "sandbox %s has no network to confine", sb->id);
+    if (port <= 0 || port > 65535)
+        return wp_err_set(err, WP_EINVAL_INPUT, "egress port %d out of range", port);
+    snap__net_addrs(s, host, sbx);
+    /* Forwarding: nothing (DNS neither: the proxy resolves). Input: the
+     * proxy's port on the host end, from the sandbox's own address only
+     * (the interface and the address together: one sandbox cannot pass
+     * for another). Established flows towards the outside die with it. */
+    snprintf(text, sizeof(text),
+             "flush chain " TABLE " s%d\n"
+             "add rule " TABLE " s%d drop\n"
+             "flush chain " TABLE " e%d\n"
+             "add rule " TABLE " e%d ip saddr %s ip daddr %s tcp dport %d accept\n",
+             s, s, s, s, sbx, host, port);
+    if ((lock = lock_slots(err)) < 0)
+        return lock;
+    rc = slot_owned_by(s, sb->dir) ? nft_run(text, err)
+                                   : wp_err_set(err, WP_ESTATE, "network slot %d is not sandbox %s's", s, sb->id);
+    unlock_slots(lock);
+    return rc < 0 ? wp_err_wrap(err, "sandbox %s egress", sb->id) : 0;
 }
 
 int snap__net_sweep(void)

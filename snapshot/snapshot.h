@@ -189,6 +189,14 @@ struct snap_sandbox {
     double criu_ms;        /* restore: the libcriu call (swrk start to reply) */
 };
 
+/* Confine a networked sandbox to the node's egress proxy (used while a
+ * secret is in play): it forwards nothing (DNS included) and may reach
+ * only tcp `port` on its host end. host/sbx get the link's two addresses
+ * (the proxy listens on host; a connection from sbx is this sandbox).
+ * Lasts until the sandbox is destroyed. WP_ESTATE: network mode none. */
+int snap_net_egress_only(struct snap_ctx *ctx, const struct snap_sandbox *sb, int port,
+                         char host[16], char sbx[16], struct wp_err *err);
+
 /* Progress of long steps (setup commands' output, phases). */
 typedef void (*snap_progress_cb)(void *arg, const char *line);
 
