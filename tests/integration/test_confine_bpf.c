@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "base/err.h"
+#include "lib/snaplib.h"
 #include "snapshot/snap_int.h"
 
 static const char *v2_root(void)
@@ -26,36 +27,6 @@ static const char *v2_root(void)
     if (stat("/sys/fs/cgroup/unified/cgroup.procs", &st) == 0)
         return "/sys/fs/cgroup/unified";
     return NULL;
-}
-
-/* In a child moved into dir: 1 if path opens, -errno otherwise. */
-static int open_in(const char *dir, const char *path)
-{
-    int pfd[2], res = 0;
-    pid_t pid;
-
-    assert_int_equal(pipe(pfd), 0);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        char procs[600], me[32];
-        snprintf(procs, sizeof(procs), "%s/cgroup.procs", dir);
-        snprintf(me, sizeof(me), "%d", (int)getpid());
-        int f = open(procs, O_WRONLY);
-        int r = f >= 0 && write(f, me, strlen(me)) > 0 ? 0 : -EIO;
-        if (r == 0) {
-            int fd = open(path, O_RDONLY | O_NOCTTY);
-            r = fd >= 0 ? 1 : -errno;
-        }
-        if (write(pfd[1], &r, sizeof(r)) < 0)
-            _exit(1);
-        _exit(0);
-    }
-    close(pfd[1]);
-    assert_int_equal(read(pfd[0], &res, sizeof(res)), (ssize_t)sizeof(res));
-    close(pfd[0]);
-    waitpid(pid, NULL, 0);
-    return res;
 }
 
 static void device_program_allows_only_the_list(void **state)
@@ -74,10 +45,10 @@ static void device_program_allows_only_the_list(void **state)
         rmdir(dir);
         fail_msg("%s", err.msg);
     }
-    assert_int_equal(open_in(dir, "/dev/null"), 1);
-    assert_int_equal(open_in(dir, "/dev/zero"), 1);
-    assert_int_equal(open_in(dir, "/dev/urandom"), 1);
-    assert_int_equal(open_in(dir, "/dev/kmsg"), -EPERM); /* char 1:11 */
+    assert_int_equal(th_open_in_cgroup(dir, "/dev/null"), 1);
+    assert_int_equal(th_open_in_cgroup(dir, "/dev/zero"), 1);
+    assert_int_equal(th_open_in_cgroup(dir, "/dev/urandom"), 1);
+    assert_int_equal(th_open_in_cgroup(dir, "/dev/kmsg"), -EPERM); /* char 1:11 */
     /* A block device of the host, if there is one. */
     for (const char *const *b = (const char *const[]){ "/dev/vda", "/dev/sda", "/dev/nvme0n1", "/dev/loop0", NULL }; *b; b++)
         if (stat(*b, &st) == 0 && S_ISBLK(st.st_mode)) {
@@ -85,7 +56,7 @@ static void device_program_allows_only_the_list(void **state)
             break;
         }
     if (blk[0])
-        assert_int_equal(open_in(dir, blk), -EPERM);
+        assert_int_equal(th_open_in_cgroup(dir, blk), -EPERM);
     assert_int_equal(rmdir(dir), 0);
 }
 

@@ -31,36 +31,6 @@ static char ROOT[256];  /* the v2 tree in use */
 static bool LIMITS;     /* it has the memory and pids controllers */
 #define IMG "cg2img"
 
-/* In a child moved into cgroup dir: 1 if path opens, -errno otherwise. */
-static int open_in(const char *dir, const char *path)
-{
-    int pfd[2], res = 0;
-    pid_t pid;
-
-    assert_int_equal(pipe(pfd), 0);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        char procs[600], me[32];
-        snprintf(procs, sizeof(procs), "%s/cgroup.procs", dir);
-        snprintf(me, sizeof(me), "%d", (int)getpid());
-        int f = open(procs, O_WRONLY);
-        int r = f >= 0 && write(f, me, strlen(me)) > 0 ? 0 : -EIO;
-        if (r == 0) {
-            int fd = open(path, O_RDONLY | O_NOCTTY);
-            r = fd >= 0 ? 1 : -errno;
-        }
-        if (write(pfd[1], &r, sizeof(r)) < 0)
-            _exit(1);
-        _exit(0);
-    }
-    close(pfd[1]);
-    assert_int_equal(read(pfd[0], &res, sizeof(res)), (ssize_t)sizeof(res));
-    close(pfd[0]);
-    waitpid(pid, NULL, 0);
-    return res;
-}
-
 static char *slurp(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static char *slurp(const char *fmt, ...)
 {
@@ -137,8 +107,8 @@ static void check_sandbox(const struct snap_sandbox *sb, const char *what)
     assert_true(atoi(procs) > 0);
     free(procs);
     /* The device program is attached to that cgroup. */
-    assert_int_equal(open_in(dir, "/dev/null"), 1);
-    assert_int_equal(open_in(dir, "/dev/kmsg"), -EPERM);
+    assert_int_equal(th_open_in_cgroup(dir, "/dev/null"), 1);
+    assert_int_equal(th_open_in_cgroup(dir, "/dev/kmsg"), -EPERM);
     /* Limits, where the tree has their controllers. */
     if (LIMITS) {
         char *mem = slurp("%s/memory.max", dir), *pids = slurp("%s/pids.max", dir);

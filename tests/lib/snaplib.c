@@ -241,3 +241,38 @@ pid_t th_node_spawn(const char *dir, const char *id, int redis_port, const char 
     snprintf(state, sizeof(state), "%s/state-%s", dir, id);
     return th_node_start(id, redis_port, state, log, "--env", env_spec, (char *)NULL);
 }
+
+int th_open_in_cgroup(const char *dir, const char *path)
+{
+    int pfd[2], res = -EIO;
+    pid_t pid;
+
+    if (pipe(pfd) < 0)
+        return -errno;
+    pid = fork();
+    if (pid < 0) {
+        close(pfd[0]);
+        close(pfd[1]);
+        return -errno;
+    }
+    if (pid == 0) {
+        char procs[600], me[32];
+        snprintf(procs, sizeof(procs), "%s/cgroup.procs", dir);
+        snprintf(me, sizeof(me), "%d", (int)getpid());
+        int f = open(procs, O_WRONLY);
+        int r = f >= 0 && write(f, me, strlen(me)) > 0 ? 0 : -EIO;
+        if (r == 0) {
+            int fd = open(path, O_RDONLY | O_NOCTTY);
+            r = fd >= 0 ? 1 : -errno;
+        }
+        if (write(pfd[1], &r, sizeof(r)) < 0)
+            _exit(1);
+        _exit(0);
+    }
+    close(pfd[1]);
+    if (read(pfd[0], &res, sizeof(res)) != (ssize_t)sizeof(res))
+        res = -EIO;
+    close(pfd[0]);
+    waitpid(pid, NULL, 0);
+    return res;
+}

@@ -38,6 +38,9 @@ long th_read_long(const struct snap_sandbox *sb, const char *path);
 unsigned long th_ns_inode(pid_t pid, const char *ns);
 /* The hostname seen in pid's UTS namespace. */
 int th_hostname_of(pid_t pid, char *out, size_t cap);
+/* In a child moved into cgroup dir: 1 if path opens, -errno otherwise
+ * (a device program or list on that cgroup decides). */
+int th_open_in_cgroup(const char *dir, const char *path);
 /* Sleep ms milliseconds. */
 void th_msleep(int ms);
 
