@@ -28,6 +28,9 @@ PKGS=(
     # test_dashboard: promtool and a real prometheus on the rules, headless
     # chromium rendering /dashboard (a screenshot, figures checked)
     prometheus chromium
+    # test_install: systemd-analyze verifies the units; test_egress: the
+    # openssl CLI makes its test CA
+    systemd openssl
 )
 
 [ "$(id -u)" = 0 ] || { echo "install-deps: must run as root" >&2; exit 1; }

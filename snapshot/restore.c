@@ -122,6 +122,16 @@ out:
     return rc;
 }
 
+/* The one rule an image must pass on this context, given its manifest. */
+static int manifest_usable(const struct snap_ctx *ctx, const char *name,
+                           const struct manifest *m, struct wp_err *err)
+{
+    if (ctx->userns && m->uns < 0)
+        return wp_err_set(err, WP_ESTATE, "image \"%s\" was made without a user namespace: its "
+                          "clones would run as the host's root; rebuild it", name);
+    return 0;
+}
+
 int snap_image_check(struct snap_ctx *ctx, const char *name, struct wp_err *err)
 {
     struct manifest m;
@@ -132,10 +142,7 @@ int snap_image_check(struct snap_ctx *ctx, const char *name, struct wp_err *err)
     if ((rc = manifest_load(ctx, name, &m, err)) < 0)
         return rc;
     snap__network_free(&m.net);
-    if (ctx->userns && m.uns < 0)
-        return wp_err_set(err, WP_ESTATE, "image \"%s\" was made without a user namespace: its "
-                          "clones would run as the host's root; rebuild it", name);
-    return 0;
+    return manifest_usable(ctx, name, &m, err);
 }
 
 static void hwrite(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -472,11 +479,8 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
         return wp_err_wrap(err, "restore %s", name);
     }
     snprintf(lowers, sizeof(lowers), "%s/images/%s/layer:%s", ctx->state_dir, name, m.lower);
-    if (ctx->userns && m.uns < 0) {
-        rc = wp_err_set(err, WP_ESTATE, "image \"%s\" was made without a user namespace: its "
-                        "clones would run as the host's root; rebuild it", name);
+    if ((rc = manifest_usable(ctx, name, &m, err)) < 0)
         goto fail;
-    }
     char rw[600];
     if ((rc = snap__make_dev(sb, err)) < 0 ||
         (rc = snap__confine_host_prepare(ctx, sb, &m.limits, rw, sizeof(rw), err)) < 0)
