@@ -321,8 +321,10 @@ static void sb_ready(struct node *n, struct nsb *s)
                  e->cfg.name, s->tier, s->session, (now_s() - s->t0) * 1e3);
         return;
     }
-    if (n->draining) {
-        destroy_sb(n, s, "node draining");
+    if (n->draining || e->retired) {
+        /* A refill that finished after its environment was withdrawn is
+         * never offered: a claim could otherwise take a clone of it. */
+        destroy_sb(n, s, n->draining ? "node draining" : "environment withdrawn");
         return;
     }
     fmtkey(hot, sizeof(hot), POOL__K_HOT, e->cfg.name);
