@@ -420,9 +420,14 @@ static inline void hh_connect_root(struct hh *h, const char *root)
     hh_connect(h);
 }
 
-static inline void hh_attach(struct hh *h, const char *session)
+/* Attach as session (also its hostname), with one environment variable
+ * when var is not NULL. */
+static inline void hh_attach_env(struct hh *h, const char *session, const char *var,
+                                 const char *value)
 {
-    struct alink_attach a = { .session_id = session, .hostname = session };
+    struct alink_env_var env = { var, value };
+    struct alink_attach a = { .session_id = session, .env = &env, .n_env = var ? 1 : 0,
+                              .hostname = session };
     struct hres r = { 0 };
     struct wp_err err;
 
@@ -431,6 +436,11 @@ static inline void hh_attach(struct hh *h, const char *session)
     if (r.status != 0 || r.is_error)
         fail_msg("attach: %s", r.text);
     hres_free(&r);
+}
+
+static inline void hh_attach(struct hh *h, const char *session)
+{
+    hh_attach_env(h, session, NULL, NULL);
 }
 
 /* Run command through the bash tool (60 s); returns its output (caller
