@@ -222,8 +222,8 @@ static int poll_listening(pid_t pid)
  * writes one byte on its --status-fd then (criu's own readiness signal), so
  * the helper sleeps in poll() instead of checking /proc while criu starts
  * (that check cost the helper ~0.3 ms of CPU a round, every 0.1 ms). */
-static pid_t start_lazy_daemon(struct snap_ctx *ctx, const char *images, const char *workdir,
-                               int out)
+static pid_t start_lazy_daemon(struct snap_ctx *ctx, const char *name, const char *images,
+                               const char *workdir, int out)
 {
     char level[8];
     int sp[2];
@@ -262,7 +262,8 @@ static pid_t start_lazy_daemon(struct snap_ctx *ctx, const char *images, const c
             return pid;
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
-        hwrite(out, "fail criu lazy-pages did not start listening (log: %s/lazy-pages.log)", workdir);
+        hwrite(out, "fail criu lazy-pages did not start listening (log: %s/images/%s.lazy-pages-failed.log)",
+               ctx->state_dir, name);
         return -1;
     }
     struct pollfd pf = { .fd = sp[0], .events = POLLIN };
@@ -278,13 +279,14 @@ static pid_t start_lazy_daemon(struct snap_ctx *ctx, const char *images, const c
     if (n == 0) {
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
-        hwrite(out, "fail criu lazy-pages did not start listening within 5 s (log: %s/lazy-pages.log)",
-               workdir);
+        hwrite(out, "fail criu lazy-pages did not start listening within 5 s (log: "
+                    "%s/images/%s.lazy-pages-failed.log)", ctx->state_dir, name);
         return -1;
     }
     kill(pid, SIGKILL); /* closed its status fd without saying ready: exiting */
     waitpid(pid, NULL, 0);
-    hwrite(out, "fail criu lazy-pages exited at start (log: %s/lazy-pages.log)", workdir);
+    hwrite(out, "fail criu lazy-pages exited at start (log: %s/images/%s.lazy-pages-failed.log)",
+           ctx->state_dir, name);
     return -1;
 }
 
@@ -379,7 +381,7 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
         hwrite(out, "fail open %s: %s", ifd < 0 ? images : sb->dir, strerror(errno));
         _exit(1);
     }
-    if (lazy && (lazy_pid = start_lazy_daemon(ctx, images, sb->dir, out)) < 0)
+    if (lazy && (lazy_pid = start_lazy_daemon(ctx, name, images, sb->dir, out)) < 0)
         _exit(1);
     bool uns = m->uns >= 0;
     /* A new network namespace with only loopback, made here and handed to
