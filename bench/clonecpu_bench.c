@@ -1,21 +1,32 @@
 /* clonecpu_bench.c - what one clone of the 200 MB Python environment
  * costs in CPU to make (issue 20: capacity is bounded by it).
  *
- * One image of PYTHON200_TEMPLATE; then --runs restores, one at a time,
- * eager and lazy, each split by where its CPU went:
+ * One image of PYTHON200_TEMPLATE; then --runs rounds, each one restore of
+ * every variant in turn (interleaved, so the shared machine's load falls
+ * on all alike): eager; lazy as before issue 20 (the helper polled /proc
+ * until the lazy-pages daemon listened); lazy as now (it waits on the
+ * daemon's --status-fd); the same with criu's log at level 1 (errors only)
+ * instead of 4. Each clone's CPU is split by
+ * where it went, everything counted until all its memory is in:
  *   ours      this process (the restore's set-up: dirs, overlay, cgroups),
- *   helper    the reaped helper and everything it reaped (criu swrk, the
- *             lazy-pages daemon when it has exited),
- *   restored  the clone's own processes, read from /proc right after the
- *             restore: criu's restore of a task (page copy, mappings) runs
- *             in the task it becomes,
- * and the destroy, measured apart. Writes clonecpu.{json,md}. */
+ *   helper    the restoring helper itself (fork, netns, cgroups, waits),
+ *   criu      criu swrk (exec, start-up, mount and namespace set-up, fork),
+ *   restored  the clone's own processes once all memory is in: criu's
+ *             restorer runs in the task it becomes (eager: the page copy
+ *             and the first-touch faults of every page),
+ *   lazy      the lazy-pages daemon, read when it has exited (a zombie
+ *             keeps its times): every page copied in by UFFDIO_COPY,
+ *   destroy   the destroy, minus the reaped processes counted above.
+ * Plus the floor of any criu run here: exec to exit of `criu --version`.
+ * Writes clonecpu.{json,md}. */
 #define WP_LOG_COMPONENT "bench"
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -39,30 +50,52 @@ static double rusage_ms(int who)
     return tv_ms(r.ru_utime) + tv_ms(r.ru_stime);
 }
 
-/* utime + stime of the sandbox's processes, ms. */
-static double sandbox_cpu_ms(struct snap_ctx *ctx, const char *id, int *nprocs)
+/* CPU time of one process (a zombie too: its times stay until it is
+ * reaped), ms: schedstat's runtime in ns (stat's ticks are 10 ms here);
+ * *state gets its state letter ('?' when gone). */
+static double pid_cpu_ms(pid_t pid, char *state)
+{
+    char path[64], buf[1024];
+    unsigned long ut = 0, st = 0;
+    unsigned long long ns = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)pid);
+    FILE *sf = fopen(path, "r");
+    bool have_ns = sf && fscanf(sf, "%llu", &ns) == 1;
+    if (sf)
+        fclose(sf);
+
+    *state = '?';
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t k = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[k] = '\0';
+    char *p = strrchr(buf, ')');
+    if (!p || sscanf(p + 2, "%c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", state, &ut,
+                     &st) != 3)
+        return 0;
+    if (have_ns)
+        return (double)ns / 1e6;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK) * 1e3;
+}
+
+/* utime + stime of the sandbox's processes but `skip`, ms. */
+static double sandbox_cpu_ms(struct snap_ctx *ctx, const char *id, pid_t skip, int *nprocs)
 {
     pid_t pids[256];
     struct wp_err err;
     int n = snap_sandbox_pids(ctx, id, pids, 256, &err);
-    double ticks = 0, hz = (double)sysconf(_SC_CLK_TCK);
+    double ms = 0;
+    char st;
 
     *nprocs = n > 0 ? n : 0;
-    for (int i = 0; i < n; i++) {
-        char path[64], buf[1024];
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pids[i]);
-        FILE *f = fopen(path, "r");
-        if (!f)
-            continue;
-        size_t k = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        buf[k] = '\0';
-        char *p = strrchr(buf, ')');
-        unsigned long ut = 0, st = 0;
-        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
-            ticks += (double)(ut + st);
-    }
-    return ticks / hz * 1e3;
+    for (int i = 0; i < n; i++)
+        if (pids[i] != skip)
+            ms += pid_cpu_ms(pids[i], &st);
+    return ms;
 }
 
 static void die(struct wp_err *err, const char *what)
@@ -71,17 +104,78 @@ static void die(struct wp_err *err, const char *what)
     exit(1);
 }
 
+/* CPU of one `criu --version` run (exec, loader, libraries), ms. */
+static double criu_floor_ms(const char *criu)
+{
+    double c0 = rusage_ms(RUSAGE_CHILDREN);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execl(criu, criu, "--version", (char *)NULL);
+        _exit(127);
+    }
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+    return rusage_ms(RUSAGE_CHILDREN) - c0;
+}
+
+#define NV 4
+#define NS 9
+enum { S_WALL, S_FULL, S_TOTAL, S_OURS, S_HELPER, S_CRIU, S_TASKS, S_LAZY, S_DESTROY };
+static const char *sname[NS] = { "restored", "all_in", "total", "ours", "helper",
+                                 "criu", "tasks", "lazy_daemon", "destroy" };
+
+/* One clone of variant (lazy, ctx): its figures into s[]. */
+static void one_clone(struct snap_ctx *ctx, bool lazy, struct series *s)
+{
+    struct snap_restore_opts ro = { .lazy = lazy };
+    struct snap_sandbox *sb;
+    struct wp_err err;
+    char st;
+    int np;
+
+    double s0 = rusage_ms(RUSAGE_SELF);
+    uint64_t t0 = wp_now_ns();
+    if (snap_restore(ctx, "clonecpu-py200", &ro, &sb, &err) < 0)
+        die(&err, "restore");
+    double w = (double)(wp_now_ns() - t0) / 1e6;
+    double ours = rusage_ms(RUSAGE_SELF) - s0;
+    double lz = 0;
+    /* All memory is in once the lazy-pages daemon has served every page
+     * and exited; it stays a zombie (ours to reap) until the destroy. */
+    if (sb->lazy_pid > 0)
+        for (int k = 0; k < 5000; k++) {
+            lz = pid_cpu_ms(sb->lazy_pid, &st);
+            if (st == 'Z' || st == '?')
+                break;
+            usleep(500);
+        }
+    double full = (double)(wp_now_ns() - t0) / 1e6;
+    double tk = sandbox_cpu_ms(ctx, sb->id, sb->lazy_pid, &np);
+    pid_t lazy_pid = sb->lazy_pid;
+    double helper = sb->helper_cpu_ms, criu = sb->criu_cpu_ms; /* destroy frees sb */
+    double d0 = rusage_ms(RUSAGE_SELF) + rusage_ms(RUSAGE_CHILDREN);
+    snap_destroy(ctx, sb, NULL);
+    double d1 = rusage_ms(RUSAGE_SELF) + rusage_ms(RUSAGE_CHILDREN);
+    /* The processes reaped at destroy add their whole life to ours. */
+    double reaped = tk + (lazy_pid > 0 && (pid_cpu_ms(lazy_pid, &st), st == '?') ? lz : 0);
+    double v[NS] = { w, full, 0, ours, helper, criu, tk, lz, d1 - d0 - reaped };
+    v[S_TOTAL] = ours + helper + criu + tk + lz + v[S_DESTROY];
+    for (int k = 0; k < NS; k++)
+        add(&s[k], v[k]);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option lo[] = { { "runs", required_argument, NULL, 'n' },
                                         { "out", required_argument, NULL, 'o' },
                                         { "state-dir", required_argument, NULL, 's' },
-                                        { "eager-only", no_argument, NULL, 'e' },
-                                        { "lazy-only", no_argument, NULL, 'l' },
                                         { NULL, 0, NULL, 0 } };
     struct snap_config cfg = { .state_dir = "/var/lib/warmpool-bench" };
     const char *out = "bench/results";
-    int runs = 10, c, first = 0, modes = 2;
+    int runs = 10, c;
     struct wp_err err;
     struct snap_template *t;
     struct snap_sandbox *sb;
@@ -90,102 +184,100 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         if (bench_std_opt(c, optarg, &runs, &out, &cfg.state_dir))
             continue;
-        if (c == 'e')
-            modes = 1;
-        else if (c == 'l')
-            first = 1;
-        else {
-            fprintf(stderr, "usage: clonecpu_bench [--runs N] [--out DIR] [--state-dir DIR] [--eager-only|--lazy-only]\n");
-            return 2;
-        }
+        fprintf(stderr, "usage: clonecpu_bench [--runs N] [--out DIR] [--state-dir DIR]\n");
+        return 2;
     }
     if (runs < 1 || runs > MAXR)
         runs = 10;
     wp_log_set_level("warn");
-    struct snap_ctx *ctx;
-    if (snap_ctx_open(&cfg, &ctx, &err) < 0)
-        die(&err, "open");
+    /* One context per variant, on one state dir. */
+    static const char *vname[NV] = { "eager", "lazy, before (wait: /proc poll)",
+                                     "lazy, after (wait: status fd)",
+                                     "lazy, after, criu log 1" };
+    static const bool vlazy[NV] = { false, true, true, true };
+    struct snap_ctx *ctx[NV];
+    for (int v = 0; v < NV; v++) {
+        struct snap_config q = cfg;
+        q.criu_log_level = v == 3 ? 1 : 4;
+        q.lazy_ready_poll = v == 1;
+        if (snap_ctx_open(&q, &ctx[v], &err) < 0)
+            die(&err, "open");
+    }
+    if (!snap_ctx_criu(ctx[0])->lazy_ok)
+        fprintf(stderr, "clonecpu_bench: lazy pages do not work here: the lazy rows are eager\n");
     if (snap_template_parse(PYTHON200_TEMPLATE, strlen(PYTHON200_TEMPLATE), &t, &err) < 0)
         die(&err, "template");
-    snap_image_delete(ctx, "clonecpu-py200", NULL);
-    if (snap_boot(ctx, t, NULL, NULL, NULL, &sb, &err) < 0)
+    snap_image_delete(ctx[0], "clonecpu-py200", NULL);
+    if (snap_boot(ctx[0], t, NULL, NULL, NULL, &sb, &err) < 0)
         die(&err, "boot");
-    if (snap_checkpoint(ctx, sb, t, "clonecpu-py200", sb->boot_ms, NULL, &err) < 0)
+    if (snap_checkpoint(ctx[0], sb, t, "clonecpu-py200", sb->boot_ms, NULL, &err) < 0)
         die(&err, "checkpoint");
     uname(&u);
+
+    const char *criu = getenv("WARMPOOL_CRIU") ? getenv("WARMPOOL_CRIU") : WP_PREFIX "/bin/criu";
+    static struct series s[NV][NS];
+    struct series floor = { "criu_floor" };
+    for (int i = 0; i < runs; i++) {
+        for (int v = 0; v < NV; v++)
+            one_clone(ctx[v], vlazy[v], s[v]);
+        add(&floor, criu_floor_ms(criu));
+    }
+
     FILE *js, *md;
     if (bench_open_results(out, "clonecpu", &js, &md) < 0)
         return 1;
-    fprintf(js, "{\"kernel\":\"%s\",\"cpus\":%ld,\"runs\":%d,\"results\":[", u.release,
-            sysconf(_SC_NPROCESSORS_ONLN), runs);
+    double load[3] = { 0 };
+    getloadavg(load, 3);
+    fprintf(js, "{\"kernel\":\"%s\",\"cpus\":%ld,\"runs\":%d,\"load1\":%.2f,\"criu_floor_p50_ms\":%.1f,"
+                "\"results\":[",
+            u.release, sysconf(_SC_NPROCESSORS_ONLN), runs, load[0], pct(&floor, 50));
     fprintf(md, "# CPU per clone: the 200 MB Python environment\n\n"
-                "Kernel %s, %ld CPUs, %d restores of each kind, one at a time (medians, p95 in "
-                "brackets; ms of CPU, user + system). Sandboxes run in a user namespace.\n\n"
-                "`restored` is the wall time until the restore returns, `all memory in` until the "
-                "lazy-pages daemon has served every page (eager: the same); `CPU, restore to "
-                "destroy` is everything the clone cost (set-up, criu, page copy, the clone's "
-                "processes, lazy daemon, teardown); the split is read when the restore returns "
-                "(lazy pages still arriving count in the lifecycle only).\n\n"
-                "| restore | restored | all memory in | CPU, restore to destroy | CPU at restore | "
-                "ours (set-up) | helper + criu | restored tasks | destroy (own) | processes |\n"
-                "|---|---|---|---|---|---|---|---|---|---|\n",
-            u.release, sysconf(_SC_NPROCESSORS_ONLN), runs);
-    for (int lazy = first; lazy < modes; lazy++) {
-        struct series wall = { "wall" }, total = { "total" }, ours = { "ours" },
-                      helper = { "helper" }, tasks = { "tasks" }, destroy = { "destroy" },
-                      full = { "full" }, life = { "lifecycle" };
-        int nprocs = 0;
-        for (int i = 0; i < runs; i++) {
-            struct snap_restore_opts ro = { .lazy = lazy };
-            double s0 = rusage_ms(RUSAGE_SELF), c0 = rusage_ms(RUSAGE_CHILDREN);
-            uint64_t t0 = wp_now_ns();
-            if (snap_restore(ctx, "clonecpu-py200", &ro, &sb, &err) < 0)
-                die(&err, "restore");
-            double w = (double)(wp_now_ns() - t0) / 1e6;
-            double s1 = rusage_ms(RUSAGE_SELF), c1 = rusage_ms(RUSAGE_CHILDREN);
-            double tk = sandbox_cpu_ms(ctx, sb->id, &nprocs);
-            /* Lazy: all memory is in once the lazy-pages daemon has served
-             * every page and exited (the clone's only other process). */
-            int np = nprocs;
-            for (int k = 0; lazy && np > 1 && k < 3000; k++) {
-                usleep(1000);
-                sandbox_cpu_ms(ctx, sb->id, &np);
-            }
-            add(&full, (double)(wp_now_ns() - t0) / 1e6);
-            add(&wall, w);
-            add(&ours, s1 - s0);
-            add(&helper, c1 - c0);
-            add(&tasks, tk);
-            add(&total, (s1 - s0) + (c1 - c0) + tk);
-            double d0 = rusage_ms(RUSAGE_SELF) + rusage_ms(RUSAGE_CHILDREN);
-            snap_destroy(ctx, sb, NULL);
-            double d1 = rusage_ms(RUSAGE_SELF) + rusage_ms(RUSAGE_CHILDREN);
-            /* Reaped at destroy, the clone's processes add their whole
-             * life to ours: what the destroy itself cost is the rest. */
-            add(&destroy, d1 - d0 - tk);
-            add(&life, d1 - (s0 + c0));
+                "Kernel %s, %ld CPUs, %d rounds, each one restore of every variant in turn, one at "
+                "a time (medians, p95 in brackets; ms). Sandboxes run in a user namespace. Load "
+                "average at the end: %.1f.\n\n"
+                "`restored` is the wall time until the restore returns, `all in` until the "
+                "lazy-pages daemon has served every page and exited (eager: the same). CPU (user + "
+                "system) of everything that made the clone, split by process: `ours` the caller's "
+                "set-up (dirs, overlay, cgroups), `helper` the restoring helper itself, `criu` criu "
+                "swrk (exec, start-up, mounts, namespaces, fork), `restored` the clone's processes "
+                "once all memory is in (criu's restorer runs in the task it becomes: eager, the "
+                "page copy and every first-touch fault), `lazy daemon` `criu lazy-pages` (every "
+                "page by UFFDIO_COPY), `destroy` the teardown. One `criu --version` (exec, loader, "
+                "libraries: the floor of any criu run here) costs %.1f ms (p95 %.1f).\n\n"
+                "| variant | restored | all in | CPU per clone | ours | helper | criu | restored "
+                "| lazy daemon | destroy |\n|---|---|---|---|---|---|---|---|---|---|\n",
+            u.release, sysconf(_SC_NPROCESSORS_ONLN), runs, load[0], pct(&floor, 50),
+            pct(&floor, 95));
+    for (int v = 0; v < NV; v++) {
+        fprintf(js, "%s{\"variant\":\"%s\"", v ? "," : "", vname[v]);
+        fprintf(md, "| %s |", vname[v]);
+        for (int k = 0; k < NS; k++) {
+            fprintf(js, ",\"%s_p50_ms\":%.1f,\"%s_p95_ms\":%.1f", sname[k], pct(&s[v][k], 50),
+                    sname[k], pct(&s[v][k], 95));
+            fprintf(md, " %.0f (%.0f) |", pct(&s[v][k], 50), pct(&s[v][k], 95));
         }
-        const char *name = lazy ? "lazy" : "eager";
-        struct series *all[] = { &wall, &full, &life, &total, &ours, &helper, &tasks, &destroy };
-        fprintf(js, "%s{\"restore\":\"%s\",\"processes\":%d", lazy > first ? "," : "", name, nprocs);
-        for (int k = 0; k < 8; k++)
-            fprintf(js, ",\"%s_p50_ms\":%.1f,\"%s_p95_ms\":%.1f", all[k]->name, pct(all[k], 50),
-                    all[k]->name, pct(all[k], 95));
         fprintf(js, "}");
-        fprintf(md, "| %s |", name);
-        for (int k = 0; k < 8; k++)
-            fprintf(md, " %.0f (%.0f) |", pct(all[k], 50), pct(all[k], 95));
-        fprintf(md, " %d |\n", nprocs);
-        fprintf(stderr, "%s: wall %.0f ms (all in %.0f), CPU lifecycle %.0f ms, at restore %.0f "
-                        "(ours %.0f, helper+criu %.0f, restored %.0f), destroy %.0f\n",
-                name, pct(&wall, 50), pct(&full, 50), pct(&life, 50), pct(&total, 50),
-                pct(&ours, 50), pct(&helper, 50), pct(&tasks, 50), pct(&destroy, 50));
+        fprintf(md, "\n");
+        fprintf(stderr, "%s: restored %.0f ms, all in %.0f, CPU %.0f (ours %.0f helper %.0f criu %.0f "
+                        "restored %.0f lazy %.0f destroy %.0f)\n",
+                vname[v], pct(&s[v][0], 50), pct(&s[v][1], 50), pct(&s[v][2], 50),
+                pct(&s[v][3], 50), pct(&s[v][4], 50), pct(&s[v][5], 50), pct(&s[v][6], 50),
+                pct(&s[v][7], 50), pct(&s[v][8], 50));
     }
+    fprintf(md, "\nRatios to `lazy, before` (medians): after: CPU per clone x%.3f, helper x%.2f, "
+                "restored x%.3f, all in x%.3f; after with criu log 1: CPU x%.3f; eager: CPU x%.2f.\n",
+            pct(&s[2][S_TOTAL], 50) / pct(&s[1][S_TOTAL], 50),
+            pct(&s[2][S_HELPER], 50) / pct(&s[1][S_HELPER], 50),
+            pct(&s[2][S_WALL], 50) / pct(&s[1][S_WALL], 50),
+            pct(&s[2][S_FULL], 50) / pct(&s[1][S_FULL], 50),
+            pct(&s[3][S_TOTAL], 50) / pct(&s[1][S_TOTAL], 50),
+            pct(&s[0][S_TOTAL], 50) / pct(&s[1][S_TOTAL], 50));
     fprintf(js, "]}\n");
     fclose(js);
     fclose(md);
-    snap_image_delete(ctx, "clonecpu-py200", NULL);
+    snap_image_delete(ctx[0], "clonecpu-py200", NULL);
     snap_template_free(t);
-    snap_ctx_close(ctx);
+    for (int v = NV - 1; v >= 0; v--)
+        snap_ctx_close(ctx[v]);
     return 0;
 }

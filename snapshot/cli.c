@@ -69,8 +69,9 @@ static void print_line(void *arg, const char *json)
 static void print_sb(const struct snap_sandbox *sb)
 {
     printf("{\"id\":\"%s\",\"init_pid\":%d,\"root\":\"%s\",\"image\":\"%s\",\"ms\":%.2f,"
-           "\"prep_ms\":%.2f,\"criu_ms\":%.2f}\n",
-           sb->id, (int)sb->init_pid, sb->root, sb->image, sb->boot_ms, sb->prep_ms, sb->criu_ms);
+           "\"prep_ms\":%.2f,\"criu_ms\":%.2f,\"helper_cpu_ms\":%.2f,\"criu_cpu_ms\":%.2f}\n",
+           sb->id, (int)sb->init_pid, sb->root, sb->image, sb->boot_ms, sb->prep_ms, sb->criu_ms,
+           sb->helper_cpu_ms, sb->criu_cpu_ms);
 }
 
 static int fail(struct wp_err *err)

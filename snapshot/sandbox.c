@@ -233,6 +233,7 @@ static int criu_setup(struct snap_ctx *ctx, const struct snap_config *cfg, struc
 {
     const char *ms = cfg && cfg->criu_mode ? cfg->criu_mode : getenv("WARMPOOL_CRIU_MODE");
     const char *ts = getenv("WARMPOOL_CRIU_TIMEOUT");
+    const char *ls = getenv("WARMPOOL_CRIU_LOG_LEVEL");
     enum snap_criu_mode mode;
     int rc;
 
@@ -242,6 +243,21 @@ static int criu_setup(struct snap_ctx *ctx, const struct snap_config *cfg, struc
     ctx->criu_timeout_s = cfg && cfg->criu_timeout_s > 0 ? cfg->criu_timeout_s
                           : ts && atof(ts) > 0        ? atof(ts)
                                                       : 120;
+    ctx->criu_log_level = cfg && cfg->criu_log_level ? cfg->criu_log_level : 4;
+    if (!(cfg && cfg->criu_log_level) && ls) {
+        char *end;
+        long l = strtol(ls, &end, 10);
+        if (*ls == '\0' || *end != '\0' || l < 1 || l > 4)
+            return wp_err_set(err, WP_ECONFIG, "WARMPOOL_CRIU_LOG_LEVEL \"%s\": want 1 to 4", ls);
+        ctx->criu_log_level = (int)l;
+    }
+    const char *lr = getenv("WARMPOOL_CRIU_LAZY_READY");
+    if (lr && strcmp(lr, "poll") != 0 && strcmp(lr, "status-fd") != 0)
+        return wp_err_set(err, WP_ECONFIG, "WARMPOOL_CRIU_LAZY_READY \"%s\": want status-fd or poll",
+                          lr);
+    ctx->lazy_ready_poll = (cfg && cfg->lazy_ready_poll) || (lr && strcmp(lr, "poll") == 0);
+    if (ctx->criu_log_level < 1 || ctx->criu_log_level > 4)
+        return wp_err_set(err, WP_ECONFIG, "criu log level %d: want 1 to 4", ctx->criu_log_level);
     if ((rc = snap__criu_version(ctx->criu_bin, ctx->criu_version, sizeof(ctx->criu_version),
                                  err)) < 0)
         return rc;

@@ -25,6 +25,8 @@ struct snap_ctx {
     char criu_version[64];
     struct snap_probe probe;     /* how criu runs here (criu.c) */
     double criu_timeout_s;       /* each dump and restore */
+    int criu_log_level;          /* restores and lazy-pages daemons, 1-4 */
+    bool lazy_ready_poll;        /* snap_config.lazy_ready_poll */
     char kernel[128];
     char host_layer[300];      /* generated base layer for rootfs "host" */
     char criu_dump_uns_conf[300];    /* the same three for sandboxes in a user */

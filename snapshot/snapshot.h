@@ -158,6 +158,16 @@ struct snap_config {
      * (/sys/fs/cgroup/unified), which is how the v2 path is tested on a
      * v1 machine. */
     const char *cgroup2_root;
+    /* criu's log level for restores and lazy-pages daemons, 1 (errors) to
+     * 4 (debug, each VMA, mount and page transfer); 0: env
+     * WARMPOOL_CRIU_LOG_LEVEL, else 4. Errors reach a failed restore's
+     * message at every level; the rest costs a write per line. */
+    int criu_log_level;
+    /* How a restore waits for its lazy-pages daemon to listen: false (the
+     * default) on the daemon's --status-fd; true the way before issue 20,
+     * checking /proc every 0.1 ms (env WARMPOOL_CRIU_LAZY_READY=poll; kept
+     * for comparison, bench/clonecpu_bench.c). */
+    bool lazy_ready_poll;
 };
 struct snap_ctx;
 
@@ -187,6 +197,9 @@ struct snap_sandbox {
     double ready_ms;       /* included in boot_ms: the wait for ready_file */
     double prep_ms;        /* restore: dirs, overlay, cgroups before criu */
     double criu_ms;        /* restore: the libcriu call (swrk start to reply) */
+    double helper_cpu_ms;  /* restore: CPU of the restoring helper itself, and */
+    double criu_cpu_ms;    /* of the criu swrk it ran (the lazy-pages daemon and
+                              the restored tasks are the clone's own processes) */
 };
 
 /* Confine a networked sandbox to the node's egress proxy (used while a

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <ev.h>
+#include <jansson.h>
 
 #include "lib/testlib.h"
 #include "agentlink/agentlink.h"
@@ -408,6 +409,54 @@ static inline void hh_write_file(struct hh *h, const char *rel, const char *data
     assert_non_null(f);
     fputs(data, f);
     fclose(f);
+}
+
+/* The hands of a sandbox whose root is at root (PID 1 there, socket at
+ * /run/warmpool/hands.sock): connect, then attach as session. */
+static inline void hh_connect_root(struct hh *h, const char *root)
+{
+    memset(h, 0, sizeof(*h));
+    snprintf(h->sock, sizeof(h->sock), "%s/run/warmpool/hands.sock", root);
+    hh_connect(h);
+}
+
+/* Attach as session (also its hostname), with one environment variable
+ * when var is not NULL. */
+static inline void hh_attach_env(struct hh *h, const char *session, const char *var,
+                                 const char *value)
+{
+    struct alink_env_var env = { var, value };
+    struct alink_attach a = { .session_id = session, .env = &env, .n_env = var ? 1 : 0,
+                              .hostname = session };
+    struct hres r = { 0 };
+    struct wp_err err;
+
+    assert_true(alink_client_attach(h->c, &a, hh_result_cb, &r, &err) > 0);
+    hh_wait(h, &r);
+    if (r.status != 0 || r.is_error)
+        fail_msg("attach: %s", r.text);
+    hres_free(&r);
+}
+
+static inline void hh_attach(struct hh *h, const char *session)
+{
+    hh_attach_env(h, session, NULL, NULL);
+}
+
+/* Run command through the bash tool (60 s); returns its output (caller
+ * frees). */
+static inline char *hh_bash(struct hh *h, const char *command)
+{
+    json_t *in = json_pack("{s:s, s:i}", "command", command, "timeout_ms", 60000);
+    char *js = json_dumps(in, JSON_COMPACT), *out;
+    struct hres r;
+
+    json_decref(in);
+    hh_call(h, "bash", js, &r);
+    free(js);
+    out = strdup(r.text ? r.text : "");
+    hres_free(&r);
+    return out;
 }
 
 #endif

@@ -43,24 +43,7 @@ static int group_teardown(void **state)
 /* Point the harness at a sandbox's socket (the harness owns no process). */
 static void connect_to(struct hh *h, const struct snap_sandbox *sb)
 {
-    memset(h, 0, sizeof(*h));
-    snprintf(h->sock, sizeof(h->sock), "%s/run/warmpool/hands.sock", sb->root);
-    hh_connect(h);
-}
-
-static void attach(struct hh *h, const char *session, const char *var, const char *value)
-{
-    struct alink_env_var env = { var, value };
-    struct alink_attach a = { .session_id = session, .env = &env, .n_env = var ? 1 : 0,
-                              .hostname = session };
-    struct hres r = { 0 };
-    struct wp_err err;
-
-    assert_true(alink_client_attach(h->c, &a, hh_result_cb, &r, &err) > 0);
-    hh_wait(h, &r);
-    if (r.status != 0 || r.is_error)
-        fail_msg("attach: %s", r.text);
-    hres_free(&r);
+    hh_connect_root(h, sb->root);
 }
 
 static void tools_work_in_a_booted_sandbox(void **state)
@@ -74,7 +57,7 @@ static void tools_work_in_a_booted_sandbox(void **state)
     if (snap_boot(S.ctx, T, NULL, NULL, NULL, &sb, &err) < 0)
         fail_msg("boot: %s", err.msg);
     connect_to(&h, sb);
-    attach(&h, "sess-a", "GREETING", "hello");
+    hh_attach_env(&h, "sess-a", "GREETING", "hello");
     /* The hands are PID 1; the shell runs in the sandbox's namespaces. */
     hh_call(&h, "bash", "{\"command\":\"cat /proc/1/comm; hostname; echo $GREETING; pwd\"}", &r);
     assert_false(r.is_error);
@@ -121,7 +104,7 @@ static void shell_state_survives_checkpoint_and_restore(void **state)
     if (snap_boot(S.ctx, T, NULL, NULL, NULL, &sb, &err) < 0)
         fail_msg("boot: %s", err.msg);
     connect_to(&h, sb);
-    attach(&h, "template", NULL, NULL);
+    hh_attach_env(&h, "template", NULL, NULL);
     hh_call(&h, "bash", "{\"command\":\"mkdir -p /work/deep; cd /work/deep; export KEPT=yes; "
                         "(sleep 0.3; echo background-finished > /work/bg.txt) &\"}", &r);
     assert_false(r.is_error);
@@ -134,7 +117,7 @@ static void shell_state_survives_checkpoint_and_restore(void **state)
     if (snap_restore(S.ctx, IMG, &ro, &sb, &err) < 0)
         fail_msg("restore: %s", err.msg);
     connect_to(&h, sb);
-    attach(&h, "after-restore", NULL, NULL);
+    hh_attach_env(&h, "after-restore", NULL, NULL);
     th_msleep(500);
     hh_call(&h, "bash", "{\"command\":\"pwd; echo $KEPT; cat /work/bg.txt\"}", &r);
     assert_false(r.is_error);
@@ -163,7 +146,7 @@ static void clones_attached_differently_see_only_their_own(void **state)
         snprintf(session, sizeof(session), "session-%d", i);
         snprintf(value, sizeof(value), "v%d", i);
         connect_to(&h[i], sb[i]);
-        attach(&h[i], session, "MINE", value);
+        hh_attach_env(&h[i], session, "MINE", value);
     }
     for (int i = 0; i < 2; i++)
         hh_call(&h[i], "bash", "{\"command\":\"echo $MINE $(hostname) $RANDOM$RANDOM; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\\\n'\"}", &r[i]);
@@ -226,7 +209,7 @@ static void a_clone_holds_its_shell_before_the_first_call(void **state)
             fail_msg("restore: %s", err.msg);
         assert_int_equal(shells_in(sb, sh, 4), 1);
         connect_to(&h, sb);
-        attach(&h, "fresh", "MINE", lazy ? "lazy" : "eager");
+        hh_attach_env(&h, "fresh", "MINE", lazy ? "lazy" : "eager");
         EXPECT_CALL(&h, "bash", "{\"command\":\"echo $MINE; pwd\"}", false,
                     lazy ? "lazy\n/work" : "eager\n/work");
         assert_int_equal(shells_in(sb, after, 4), 1);

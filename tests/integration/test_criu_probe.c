@@ -271,6 +271,64 @@ static void hung_restore_is_killed_and_cleaned(void **state)
     th_snap_close(&s);
 }
 
+/* The helper waits for `criu lazy-pages` on its --status-fd: a daemon
+ * that never says it listens fails the restore after 5 s, one that exits
+ * at start fails it at once; nothing of either clone is left, and the
+ * restore settings from the environment are checked. */
+static void lazy_daemon_that_never_listens(void **state)
+{
+    struct th_snap s;
+    struct snap_sandbox *sb;
+    struct wp_err err;
+    (void)state;
+
+    assert_int_equal(th_snap_open(&s), 0);
+    const char *mode = snap_criu_mode_name(snap_ctx_criu(s.ctx)->mode);
+    struct snap_template *t = th_template(COUNTER, s.rootfs);
+    assert_int_equal(snap_boot(s.ctx, t, NULL, NULL, NULL, &sb, &err), 0);
+    assert_int_equal(snap_checkpoint(s.ctx, sb, t, "img", 0, NULL, &err), 0);
+    static const struct {
+        const char *name, *body, *want;
+        double min_s, max_s;
+    } cases[] = {
+        { "lazy-hang", "[ \"$1\" = lazy-pages ] && " HANG, "did not start listening within 5 s", 4.5, 9 },
+        { "lazy-exit", "[ \"$1\" = lazy-pages ] && exit 3", "lazy-pages exited at start", 0, 3 },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct snap_config cfg = { .state_dir = s.state, .criu_bin = standin(cases[i].name, cases[i].body),
+                                   .criu_mode = mode };
+        struct snap_ctx *ctx;
+        assert_int_equal(snap_ctx_open(&cfg, &ctx, &err), 0);
+        struct snap_restore_opts ro = { .lazy = true, .id = cases[i].name };
+        uint64_t t0 = wp_now_ns();
+        int rc = snap_restore(ctx, "img", &ro, &sb, &err);
+        double secs = (double)(wp_now_ns() - t0) / 1e9;
+        print_message("# %s: %.2f s: %s\n", cases[i].name, secs, err.msg);
+        assert_int_equal(rc, WP_ECRIU);
+        assert_non_null(strstr(err.msg, cases[i].want));
+        assert_true(secs >= cases[i].min_s && secs < cases[i].max_s);
+        assert_true(th_sandbox_gone(&s, cases[i].name, 0));
+        assert_int_equal(count_hung(), 0);
+        snap_ctx_close(ctx);
+    }
+    /* Bad settings are refused, naming what is wanted. */
+    struct snap_config cfg = { .state_dir = s.state, .criu_mode = "none", .criu_log_level = 9 };
+    struct snap_ctx *bad;
+    assert_int_equal(snap_ctx_open(&cfg, &bad, &err), WP_ECONFIG);
+    assert_non_null(strstr(err.msg, "want 1 to 4"));
+    cfg.criu_log_level = 0;
+    setenv("WARMPOOL_CRIU_LOG_LEVEL", "4x", 1);
+    assert_int_equal(snap_ctx_open(&cfg, &bad, &err), WP_ECONFIG);
+    assert_non_null(strstr(err.msg, "WARMPOOL_CRIU_LOG_LEVEL"));
+    unsetenv("WARMPOOL_CRIU_LOG_LEVEL");
+    setenv("WARMPOOL_CRIU_LAZY_READY", "sometimes", 1);
+    assert_int_equal(snap_ctx_open(&cfg, &bad, &err), WP_ECONFIG);
+    assert_non_null(strstr(err.msg, "status-fd or poll"));
+    unsetenv("WARMPOOL_CRIU_LAZY_READY");
+    snap_template_free(t);
+    th_snap_close(&s);
+}
+
 static void hung_dump_is_killed_and_cleaned(void **state)
 {
     struct th_snap s;
@@ -450,6 +508,7 @@ int main(void)
         cmocka_unit_test(real_criu_on_this_machine),
         cmocka_unit_test(hung_restore_is_killed_and_cleaned),
         cmocka_unit_test(hung_dump_is_killed_and_cleaned),
+        cmocka_unit_test(lazy_daemon_that_never_listens),
         cmocka_unit_test(criu_off_refuses_at_once),
         cmocka_unit_test(doctor_reports_each_item),
         cmocka_unit_test(suite_fails_fast_without_criu),

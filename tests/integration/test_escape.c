@@ -115,37 +115,7 @@ static const struct check checks[] = {
 
 static void connect_to(struct hh *h, const struct snap_sandbox *sb)
 {
-    memset(h, 0, sizeof(*h));
-    snprintf(h->sock, sizeof(h->sock), "%s/run/warmpool/hands.sock", sb->root);
-    hh_connect(h);
-}
-
-static void attach(struct hh *h, const char *session)
-{
-    struct alink_attach a = { .session_id = session, .hostname = session };
-    struct hres r = { 0 };
-    struct wp_err err;
-
-    assert_true(alink_client_attach(h->c, &a, hh_result_cb, &r, &err) > 0);
-    hh_wait(h, &r);
-    if (r.status != 0 || r.is_error)
-        fail_msg("attach: %s", r.text);
-    hres_free(&r);
-}
-
-/* Run command through the bash tool; returns the output (caller frees). */
-static char *run(struct hh *h, const char *command)
-{
-    json_t *in = json_pack("{s:s, s:i}", "command", command, "timeout_ms", 60000);
-    char *js = json_dumps(in, JSON_COMPACT), *out;
-    struct hres r;
-
-    json_decref(in);
-    hh_call(h, "bash", js, &r);
-    free(js);
-    out = strdup(r.text ? r.text : "");
-    hres_free(&r);
-    return out;
+    hh_connect_root(h, sb->root);
 }
 
 /* The escape_probe.py next to this test's source: up from the binary. */
@@ -261,9 +231,9 @@ static void escape_probes(int which)
     int failed = 0;
 
     connect_to(&h, SB[which]);
-    attach(&h, KIND[which]);
+    hh_attach(&h, KIND[which]);
     for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
-        char *out = run(&h, probes[i].command);
+        char *out = hh_bash(&h, probes[i].command);
         bool ok = strstr(out, "BLOCKED") && !strstr(out, "ESCAPED");
         out[strcspn(out, "\n")] = '\0';
         printf("# %-5s probe %-18s %s by %-24s %s\n", KIND[which], probes[i].name,
@@ -273,7 +243,7 @@ static void escape_probes(int which)
     }
     /* Root inside is not the host's root: the user namespace maps it to
      * an unprivileged range (snapshot/userns.c). */
-    char *out = run(&h, PY("uid_map"));
+    char *out = hh_bash(&h, PY("uid_map"));
     out[strcspn(out, "\n")] = '\0';
     bool mapped = strstr(out, "BLOCKED") && !strstr(out, "ESCAPED");
     printf("# %-5s probe %-18s %s by %-24s %s\n", KIND[which], "uid_map",
@@ -290,9 +260,9 @@ static void real_work(int which)
     int failed = 0;
 
     connect_to(&h, SB[which]);
-    attach(&h, KIND[which]);
+    hh_attach(&h, KIND[which]);
     for (size_t i = 0; i < sizeof(checks) / sizeof(checks[0]); i++) {
-        char *out = run(&h, checks[i].command);
+        char *out = hh_bash(&h, checks[i].command);
         bool ok = strstr(out, checks[i].want) != NULL;
         for (char *p = out; *p; p++)
             if (*p == '\n')
@@ -345,13 +315,13 @@ static void neighbours_are_out_of_reach(void **state)
         snprintf(path, sizeof(path), "%s/work/secret", SB[me]->root);
         unlink(path); /* its own, from the other direction */
         connect_to(&h, SB[me]);
-        attach(&h, KIND[me]);
+        hh_attach(&h, KIND[me]);
         snprintf(cmd, sizeof(cmd), PY("other %d"), (int)SB[other]->init_pid);
-        char *out = run(&h, cmd);
+        char *out = hh_bash(&h, cmd);
         printf("# %s -> %s: %s\n", KIND[me], KIND[other], out);
         assert_non_null(strstr(out, "BLOCKED"));
         free(out);
-        out = run(&h, "ls /proc | grep -c '^[0-9]'; cat /work/secret 2>&1 | head -1");
+        out = hh_bash(&h, "ls /proc | grep -c '^[0-9]'; cat /work/secret 2>&1 | head -1");
         assert_null(strstr(out, "s3cret"));
         free(out);
         hh_stop(&h);
