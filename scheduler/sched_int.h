@@ -112,7 +112,8 @@ json_t *sched__cred_secrets(const struct sched_vault_keys *vk, const char *seale
 /* The same from an HGET reply for a request: on failure answers 500
  * vault_key_mismatch and returns NULL. */
 json_t *sched__req_cred_secrets(struct sched_req *req, redisReply *reply);
-/* Zero every string in j (objects recursively), then drop the reference. */
+/* Zero every string in j (objects and arrays recursively), then drop the
+ * reference. */
 void sched__json_wipe(json_t *j);
 /* The refresh request of a stored mcp_oauth credential (cred: its JSON,
  * secrets: its unsealed secrets; out borrows from both); false when it
