@@ -124,6 +124,15 @@ struct pool_node_config {
     double criu_timeout_s;  /* each dump and restore; 0: the snapshot default */
     double drain_timeout_s; /* SIGTERM drains this long (leased sandboxes kept until
                                released); 0: stop at once, leases marked lost */
+    /* The egress proxy (node_egress.c): sandboxes of sessions with secrets
+     * in play are confined to it. */
+    bool egress_off;        /* --egress off: such sessions get no sandbox */
+    char egress_bin[512];   /* "": warmpool-egress beside this binary */
+    int egress_port;        /* on each confined sandbox's host end (3129) */
+    char egress_ca_dir[256]; /* "": <state_dir>/egress */
+    char egress_upstream_ca[256];
+    int n_egress_pins;
+    char egress_pins[8][128]; /* "name=ipv4" (tests: hosts with no DNS) */
     bool unconfined;        /* --insecure-allow-unconfined: sandboxes without
                                snapshot/confine.c's layers (never in production) */
     int n_envs;
