@@ -556,7 +556,8 @@ static void conn_done(struct conn *k, int status, const char *proxy, const char 
 
     ev_io_stop(k->loop, &k->io);
     ev_timer_stop(k->loop, &k->timer);
-    OPENSSL_cleanse(k->buf.data, k->buf.cap); /* the route frame may have held secrets */
+    if (k->buf.data) /* the route frame may have held secrets */
+        OPENSSL_cleanse(k->buf.data, k->buf.cap);
     wp_buf_free(&k->buf);
     if (status < 0) {
         va_start(ap, fmt);

@@ -122,7 +122,8 @@ static void disconnect(struct pool__negress *ne, const char *why)
         close(ne->fd);
         ne->fd = -1;
     }
-    OPENSSL_cleanse(ne->out.data, ne->out.cap);
+    if (ne->out.data)
+        OPENSSL_cleanse(ne->out.data, ne->out.cap);
     wp_buf_reset(&ne->out);
     wp_buf_reset(&ne->in);
     fail_all(ne, why);
@@ -388,7 +389,7 @@ int pool__negress_start(struct ev_loop *loop, const struct pool__negress_cfg *cf
     ne->fd = -1;
     ne->pid = -1;
     ne->sent_tail = &ne->sent;
-    wp_buf_init(&ne->out, 0);
+    wp_buf_init(&ne->out, 64u << 20); /* commands queued while the proxy reads */
     wp_buf_init(&ne->in, REPLY_MAX);
     ev_timer_init(&ne->timer, timer_cb, 0., 0.);
     ne->timer.data = ne;
@@ -425,7 +426,8 @@ void pool__negress_stop(struct pool__negress *ne)
         ne->regs = r->next;
         free(r);
     }
-    OPENSSL_cleanse(ne->out.data, ne->out.cap);
+    if (ne->out.data)
+        OPENSSL_cleanse(ne->out.data, ne->out.cap);
     wp_buf_free(&ne->out);
     wp_buf_free(&ne->in);
     free(ne->ca_pem);
