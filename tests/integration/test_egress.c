@@ -36,6 +36,7 @@
 #include <poll.h>
 #include <sys/un.h>
 #include <sys/random.h>
+#include <openssl/evp.h>
 
 #define INET_GW "198.18.4.1"
 #define INET_ADDR "198.18.4.2"
@@ -303,6 +304,44 @@ static void allowed_host_gets_the_secret(void **state)
     snprintf(want, sizeof(want), "token=%s&hdr=%s", S1, P2);
     assert_non_null(strstr(got, want));
     assert_null(strstr(got, P1));
+    free(got);
+    free(out);
+}
+
+static void b64(const char *in, char *out)
+{
+    EVP_EncodeBlock((unsigned char *)out, (const unsigned char *)in, (int)strlen(in));
+}
+
+/* Basic credentials (curl -u, git's user:token@host remotes) carry the
+ * placeholder base64-encoded: the proxy decodes, injects and encodes again
+ * for an allowed host, and leaves them alone elsewhere. */
+static void basic_credentials_get_the_secret_too(void **state)
+{
+    char plain[200], want[400], enc[300];
+    (void)state;
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "curl -sS --max-time 10 -u \"x-access-token:$API_TOKEN\" https://api.allowed.test:%d/basic; "
+             "curl -sS --max-time 10 -u \"x-access-token:$API_TOKEN\" https://api.other.test:%d/basic-other",
+             TLS_PORT, TLS_PORT);
+    char *out = run(cmd);
+    char *got = th_inet_arrived(&I, "/basic");
+    if (!got)
+        fail_msg("nothing arrived; curl said: %s%s", out, chain_note());
+    snprintf(plain, sizeof(plain), "x-access-token:%s", S1);
+    b64(plain, enc);
+    snprintf(want, sizeof(want), "Authorization: Basic %s", enc);
+    if (!strstr(got, want))
+        fail_msg("no injected Basic credentials: %s", got);
+    free(got);
+    got = th_inet_arrived(&I, "/basic-other");
+    assert_non_null(got);
+    snprintf(plain, sizeof(plain), "x-access-token:%s", P1);
+    b64(plain, enc);
+    /* (the recording server folds long header lines) */
+    if (!strstr(got, "Authorization: Basic") || !strstr(got, enc))
+        fail_msg("another host got other than the placeholder: %s", got);
     free(got);
     free(out);
 }
@@ -689,6 +728,7 @@ int main(void)
         cmocka_unit_test(env_shows_only_placeholders),
         cmocka_unit_test(allowed_host_gets_the_secret),
         cmocka_unit_test(other_hosts_get_the_placeholder),
+        cmocka_unit_test(basic_credentials_get_the_secret_too),
         cmocka_unit_test(plain_http_in_absolute_form),
         cmocka_unit_test(large_and_chunked_requests_and_large_answers),
         cmocka_unit_test(only_the_proxy_is_reachable),
