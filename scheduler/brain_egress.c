@@ -26,19 +26,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agentlink/agentlink.h"
 #include "base/log.h"
+#include "base/timeutil.h"
 #include "scheduler/brain_int.h"
 #include "scheduler/sched_int.h"
 
 #define MAX_VAULTS 64
 
-/* KEYS: none. ARGV: org, credential kind name, environment id, vault
- * ids... Returns {environment json or "", then for every vault of org
+/* KEYS: none. ARGV: org, credential kind name, environment id, session
+ * id, vault ids... Returns {environment json or "", session json or "",
+ * {rtok:<resource> field, sealed token, ...}, then for every vault of org
  * that is not archived, in the order given, its credentials not archived
  * in creation order: id, vault id, json, sealed}. */
 static const char lua_egress_creds[] =
-    "local out = {redis.call('HGET', 'wp:obj:' .. ARGV[3], 'json') or ''}\n"
-    "for i = 4, #ARGV do\n"
+    "local out = {redis.call('HGET', 'wp:obj:' .. ARGV[3], 'json') or '',\n"
+    "             redis.call('HGET', 'wp:obj:' .. ARGV[4], 'json') or ''}\n"
+    "local toks = {}\n"
+    "local all = redis.call('HGETALL', 'wp:obj:' .. ARGV[4])\n"
+    "for i = 1, #all, 2 do\n"
+    "  if string.sub(all[i], 1, 5) == 'rtok:' then table.insert(toks, all[i]); table.insert(toks, all[i + 1]) end\n"
+    "end\n"
+    "table.insert(out, toks)\n"
+    "for i = 5, #ARGV do\n"
     "  local v = redis.call('HMGET', 'wp:obj:' .. ARGV[i], 'org', 'archived')\n"
     "  if v[1] == ARGV[1] and v[2] ~= '1' then\n"
     "    local idx = 'wp:idx:' .. ARGV[1] .. ':' .. ARGV[i] .. ':' .. ARGV[2] .. ':active'\n"
@@ -157,6 +167,57 @@ static bool add_cred(struct brain *b, json_t *env_net, const char *id, const cha
     return true;
 }
 
+/* The session's github_repository resources: each to clone at attach
+ * (b->repos), and each token a credential for its host only. */
+static void add_repos(struct brain *b, json_t *sess, redisReply *toks, json_t *creds)
+{
+    size_t i;
+    json_t *r;
+    json_decref(b->repos);
+    b->repos = json_array();
+    json_array_foreach(json_object_get(sess, "resources"), i, r) {
+        const char *id = sget(r, "id"), *url = sget(r, "url");
+        char host[256], field[96], why[256], ph[POOL_EGRESS_PLACEHOLDER_LEN];
+        if (strcmp(sget(r, "type") ?: "", "github_repository") || !id || !url ||
+            sched__repo_host(url, host, sizeof(host)) < 0)
+            continue;
+        snprintf(field, sizeof(field), "rtok:%s", id);
+        const char *sealed = NULL;
+        for (size_t k = 0; k + 1 < toks->elements; k += 2)
+            if (toks->element[k]->str && !strcmp(toks->element[k]->str, field))
+                sealed = toks->element[k + 1]->str;
+        char *remote = NULL;
+        if (sealed) {
+            size_t n = 0;
+            bool stale;
+            char *tok = sched__vault_unseal(&b->srv->vk, sealed, &n, &stale, why, sizeof(why));
+            if (tok && sched__egress_placeholder(b->srv->vk.cur, b->sid, id, ph) == 0) {
+                json_t *c = json_pack("{s:s, s:s%, s:{s:b, s:b}, s:{s:s, s:[s]}}", "placeholder", ph,
+                                      "secret", tok, n, "injection_location", "header", 1, "body", 0,
+                                      "networking", "type", "limited", "allowed_hosts", host);
+                if (c)
+                    json_array_append_new(creds, c);
+                /* git sends these as Basic credentials; the proxy injects
+                 * inside them (egress_http.c). */
+                if (asprintf(&remote, "https://x-access-token:%s@%s", ph, url + 8) < 0)
+                    remote = NULL;
+            } else {
+                log_warn("session=%s repository %s: its token cannot be opened: %s", b->sid, id,
+                         tok ? "no placeholder" : why);
+            }
+            if (tok) {
+                OPENSSL_cleanse(tok, n);
+                free(tok);
+            }
+        }
+        json_array_append_new(b->repos, json_pack("{s:s, s:s, s:s, s:O}", "url", url, "remote",
+                                                  remote ? remote : url, "mount_path",
+                                                  sget(r, "mount_path") ?: "/workspace/repo",
+                                                  "checkout", json_object_get(r, "checkout") ?: json_null()));
+        free(remote);
+    }
+}
+
 static void creds_cb(void *ctx, redisReply *reply)
 {
     struct brain *b = ctx;
@@ -165,7 +226,8 @@ static void creds_cb(void *ctx, redisReply *reply)
         sched__brain_maybe_free(b);
         return;
     }
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 1) {
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+        reply->element[2]->type != REDIS_REPLY_ARRAY) {
         b->egress_state = EGRESS_NONE;
         sched__brain_sandbox_failed(b, "the session's vaults could not be read");
         sched__brain_maybe_free(b);
@@ -174,7 +236,10 @@ static void creds_cb(void *ctx, redisReply *reply)
     json_t *env = json_loads(reply->element[0]->str ?: "", 0, NULL);
     json_t *env_net = json_object_get(json_object_get(env, "config"), "networking");
     json_t *creds = json_array(), *vars = json_array();
-    for (size_t k = 1; k + 3 < reply->elements; k += 4) {
+    json_t *sess = json_loads(reply->element[1]->str ?: "", 0, NULL);
+    add_repos(b, sess, reply->element[2], creds);
+    json_decref(sess);
+    for (size_t k = 3; k + 3 < reply->elements; k += 4) {
         redisReply **e = reply->element + k;
         json_t *c = json_loads(e[2]->str ?: "", 0, NULL);
         const char *ty = sget(json_object_get(c, "auth"), "type");
@@ -203,17 +268,18 @@ bool sched__brain_egress_load(struct brain *b)
     size_t nv = json_array_size(b->vault_ids);
     if (b->egress_state == EGRESS_LOADED)
         return false;
-    if (nv == 0) {
+    if (nv == 0 && !b->has_repos) {
         b->egress_state = EGRESS_LOADED;
         return false;
     }
     if (b->egress_state == EGRESS_LOADING)
         return true;
-    const char *argv[3 + MAX_VAULTS];
+    const char *argv[4 + MAX_VAULTS];
     int argc = 0;
     argv[argc++] = b->org;
     argv[argc++] = sched__kind_cred.name;
     argv[argc++] = b->env_id;
+    argv[argc++] = b->sid;
     for (size_t i = 0; i < nv && i < MAX_VAULTS; i++)
         argv[argc++] = json_string_value(json_array_get(b->vault_ids, i)) ?: "";
     if (wp_redis_script(b->srv->rds, lua_egress_creds, creds_cb, b, 0, argc, argv, NULL) < 0) {
@@ -254,5 +320,80 @@ void sched__brain_egress_free(struct brain *b)
     b->egress = NULL;
     json_decref(b->egress_vars);
     b->egress_vars = NULL;
+    json_decref(b->repos);
+    b->repos = NULL;
     b->egress_state = EGRESS_NONE;
+}
+
+/* ---- the repositories' clone, at attach ---------------------------------- */
+
+static void repo_error(struct brain *b, const char *type, const char *url, const char *why)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), "repository %s: %s", url, why);
+    log_info("session=%s %s (%s)", b->sid, msg, type);
+    sched__brain_emit(b, json_pack("{s:s, s:{s:s, s:s, s:s, s:{s:s}}}", "type", "session.error",
+                                   "error", "type", type, "message", msg, "repository_url", url,
+                                   "retry_status", "type", "retrying"),
+                      NULL);
+}
+
+static void clone_done(void *ctx, int status, const struct alink_result *res,
+                       const struct wp_err *err)
+{
+    struct brain *b = ctx;
+    (void)err;
+    b->refs--;
+    if (b->stopped) {
+        sched__brain_maybe_free(b);
+        return;
+    }
+    b->repos_cloned = true;
+    size_t i;
+    json_t *r;
+    json_array_foreach(b->repos, i, r) {
+        char tag[32];
+        snprintf(tag, sizeof(tag), "WPREPO %zu ", i);
+        const char *at = status == 0 && res->content ? memmem(res->content, res->len, tag, strlen(tag)) : NULL;
+        if (at && !strncmp(at + strlen(tag), "ok", 2))
+            continue;
+        char why[320] = "the clone did not finish";
+        if (at && !strncmp(at + strlen(tag), "failed ", 7)) {
+            const char *w = at + strlen(tag) + 7;
+            const char *end = memchr(w, '\n', res->len - (size_t)(w - res->content));
+            snprintf(why, sizeof(why), "%.*s", (int)(end ? end - w : (long)(res->len - (size_t)(w - res->content))), w);
+        } else if (status != 0) {
+            snprintf(why, sizeof(why), "%.*s", (int)res->len, res->content);
+        }
+        repo_error(b, sched__repo_error_type(why), sget(r, "url") ?: "", why);
+    }
+    log_info("session=%s repositories ready in %.1f ms", b->sid,
+             sched__brain_since(b->clone_t0) * 1e3);
+    sched__brain_sandbox_ready(b);
+    sched__brain_maybe_free(b);
+}
+
+bool sched__brain_repos_clone(struct brain *b)
+{
+    if (b->repos_cloned || json_array_size(b->repos) == 0)
+        return false;
+    struct wp_buf sh;
+    struct wp_err err;
+    wp_buf_init(&sh, 1 << 20);
+    if (sched__repo_clone_script(b->repos, &sh) < 0) {
+        wp_buf_free(&sh);
+        return false;
+    }
+    json_t *in = json_pack("{s:s, s:i}", "command", sh.data, "timeout_ms", 600000);
+    wp_buf_free(&sh);
+    struct alink_call_opts o = { 0 };
+    b->clone_t0 = wp_now_ns();
+    int64_t id = in ? alink_client_call(b->ac, "bash", in, &o, clone_done, b, &err) : -1;
+    json_decref(in);
+    if (id < 0) {
+        b->repos_cloned = true;
+        return false;
+    }
+    b->refs++;
+    return true;
 }

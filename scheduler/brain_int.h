@@ -146,6 +146,10 @@ struct brain {
     json_t *egress_vars;     /* [{name, value: placeholder}] (owned) */
     bool egress_warned;      /* credential_host_unreachable_error checked */
     char proxy[64];          /* the sandbox's egress proxy "host:port" ("" none) */
+    bool has_repos;          /* the session has github_repository resources */
+    json_t *repos;           /* [{url, remote, mount_path, checkout}] (owned) */
+    bool repos_cloned;       /* done in this sandbox (or tried) */
+    uint64_t clone_t0;
 
     ev_timer renew;
     ev_timer linger;
@@ -191,6 +195,11 @@ struct alink_env_var;
 int sched__brain_egress_env(struct brain *b, const char *proxy, struct alink_env_var *vars,
                             size_t cap, struct pool_egress_env *pe);
 void sched__brain_egress_free(struct brain *b);
+/* At attach: clone the session's repositories in the sandbox (true: the
+ * clone runs; sched__brain_sandbox_ready follows). */
+bool sched__brain_repos_clone(struct brain *b);
+/* brain_tools.c: the sandbox can take tool calls now. */
+void sched__brain_sandbox_ready(struct brain *b);
 int sched__egress_placeholder(const unsigned char key[32], const char *session, const char *cred,
                               char out[POOL_EGRESS_PLACEHOLDER_LEN]);
 

@@ -74,12 +74,19 @@ static void attach_cb(void *ctx, int status, const struct alink_result *res, con
         sched__brain_maybe_free(b);
         return;
     }
-    b->sbx = SBX_READY;
     sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_SANDBOX_ATTACHED, b->claim.tier, sched__brain_since(b->claim_t0));
     log_info("session=%s sandbox %s attached tier=%s in %.1f ms", b->sid, b->claim.sandbox,
              b->claim.tier, sched__brain_since(b->claim_t0) * 1e3);
-    sched__brain_tools_run(b);
+    /* The repositories first: the first tool call may need them. */
+    if (!sched__brain_repos_clone(b))
+        sched__brain_sandbox_ready(b);
     sched__brain_maybe_free(b);
+}
+
+void sched__brain_sandbox_ready(struct brain *b)
+{
+    b->sbx = SBX_READY;
+    sched__brain_tools_run(b);
 }
 
 static void hello_cb(void *ctx, int status, const struct wp_err *err)
@@ -134,6 +141,7 @@ static void connect_link(struct brain *b)
 {
     struct wp_err err;
     b->sbx = SBX_LINKING;
+    b->repos_cloned = false; /* a clone already there is kept (repos.c) */
     if (pool_connect_egress(b->srv->loop, &b->claim, b->pool_env, b->egress, relay_cb, b, &err) < 0)
         sched__brain_sandbox_failed(b, "relay: %s", err.msg);
     else

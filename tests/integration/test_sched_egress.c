@@ -47,6 +47,9 @@ static char *DIR_;
 static pid_t NODE = -1;
 static char ENV_ID[64], LIMITED_ENV_ID[64], AGENT_ID[64], VAULT[64], CRED[64];
 static char SECRET[64];
+static char GIT_TOKEN[64], GIT_ROOT[1100], GIT_LOG[1100], MAIN_SHA[64], FIRST_SHA[64];
+static int GIT_PORT;
+static pid_t GIT_PID = -1;
 
 static json_t *call(const char *method, const char *path, const char *body, int want)
 {
@@ -190,6 +193,13 @@ static int write_script(void)
         "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"bash\",\"input\":{\"command\":"
         "\"echo PROXY=${HTTPS_PROXY:-none}; echo TOKEN=${API_TOKEN:-none}\"}}]},"
         "   {\"text\":\"looked\"}]},"
+        " {\"match\":\"check repo\",\"turns\":["
+        "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"bash\",\"input\":{\"command\":"
+        "\"cd /workspace/demo && echo HEAD=$(git rev-parse HEAD) && echo BRANCH=$(git branch --show-current) "
+        "&& cat README && git config user.email t@t && git config user.name t && echo from-sandbox > pushed.txt "
+        "&& git add pushed.txt && git commit -qm pushed && git push -q origin HEAD:refs/heads/from-sandbox-$(hostname) 2>&1; "
+        "echo push=$?; git fetch -q origin 2>&1; echo fetch=$?\"}}]},"
+        "   {\"text\":\"checked\"}]},"
         " {\"turns\":[\"Hello!\"]}]}",
         I.tls_port, I.tls_port, I.addr, I.tls_port);
     snprintf(scr, sizeof(scr), "%s/script.json", DIR_);
@@ -218,16 +228,63 @@ static int write_template(char *path, size_t cap)
     return wp_write_file(path, json, strlen(json), 0644, &err) < 0 ? -1 : 0;
 }
 
+/* A private repository: demo.git with main (two commits) and feature,
+ * served by git_server.py in the test's internet as allowed.test. */
+static int start_git(void)
+{
+    char out[4096], script[1100], ready[1100];
+    uint8_t rnd[8];
+    if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd))
+        return -1;
+    snprintf(GIT_TOKEN, sizeof(GIT_TOKEN), "ghs_%02x%02x%02x%02x%02x%02x%02x%02xGITTOKEN", rnd[0],
+             rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+    snprintf(GIT_ROOT, sizeof(GIT_ROOT), "%s/git", DIR_);
+    if (th_sh(out, sizeof(out),
+              "set -e; mkdir -p %s; cd %s; git init -q --bare -b main demo.git; "
+              "git -C demo.git config http.receivepack true; "
+              "git init -q -b main w; cd w; git config user.email t@t; git config user.name t; "
+              "echo first > README; git add README; git commit -qm first; "
+              "echo second > README; git commit -qam second; "
+              "git checkout -qb feature; echo on-feature > README; git commit -qam feature; "
+              "git push -q ../demo.git main feature; git checkout -q main; "
+              "echo MAIN=$(git rev-parse main); echo FIRST=$(git rev-parse main~1)",
+              GIT_ROOT, GIT_ROOT) != 0) {
+        fprintf(stderr, "git repo: %s\n", out);
+        return -1;
+    }
+    sscanf(strstr(out, "MAIN=") + 5, "%40s", MAIN_SHA);
+    sscanf(strstr(out, "FIRST=") + 6, "%40s", FIRST_SHA);
+    if (th_source_file("git_server.py", script, sizeof(script)) < 0)
+        return -1;
+    snprintf(GIT_LOG, sizeof(GIT_LOG), "%s/git-requests.log", DIR_);
+    snprintf(ready, sizeof(ready), "%s/git.ready", DIR_);
+    GIT_PORT = th_free_port();
+    GIT_PID = fork();
+    if (GIT_PID == 0) {
+        char port[16], cert[700], key[700];
+        snprintf(port, sizeof(port), "%d", GIT_PORT);
+        snprintf(cert, sizeof(cert), "%s/srv.pem", I.tlsdir);
+        snprintf(key, sizeof(key), "%s/srv.key", I.tlsdir);
+        execlp("ip", "ip", "netns", "exec", I.ns, "python3", script, port, cert, key, GIT_ROOT,
+               GIT_TOKEN, GIT_LOG, ready, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 200 && access(ready, F_OK) != 0; i++)
+        th_msleep(50);
+    return access(ready, F_OK) == 0 ? 0 : -1;
+}
+
 static int group_setup(void **state)
 {
     char tmpl[1100], spec[1200], url[128], scr[1100], log[1200], st[1200], upstream[700];
-    char pin1[64], pin2[64];
+    char pin1[64], pin2[64], pin3[64];
     (void)state;
 
     if (th_redis_start(&R, 0) < 0)
         return -1;
     DIR_ = th_tmpdir("sched-egress");
-    if (th_inet_start(&I, DIR_, 6) < 0 || write_script() < 0 || write_template(tmpl, sizeof(tmpl)) < 0)
+    if (th_inet_start(&I, DIR_, 6) < 0 || write_script() < 0 ||
+        write_template(tmpl, sizeof(tmpl)) < 0 || start_git() < 0)
         return -1;
     uint8_t rnd[8];
     if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd))
@@ -250,8 +307,10 @@ static int group_setup(void **state)
     snprintf(upstream, sizeof(upstream), "%s/ca.pem", I.tlsdir);
     snprintf(pin1, sizeof(pin1), "api.allowed.test=%s", I.addr);
     snprintf(pin2, sizeof(pin2), "api.other.test=%s", I.addr);
+    snprintf(pin3, sizeof(pin3), "allowed.test=%s", I.addr);
     NODE = th_node_start("eg1", R.port, st, log, "--env", spec, "--egress-upstream-ca", upstream,
-                         "--egress-pin", pin1, "--egress-pin", pin2, (char *)NULL);
+                         "--egress-pin", pin1, "--egress-pin", pin2, "--egress-pin", pin3,
+                         (char *)NULL);
     if (NODE < 0 || !th_wait_hot(R.port, "egpool", 1, 60))
         return -1;
 
@@ -298,6 +357,10 @@ static int group_teardown(void **state)
         waitpid(NODE, NULL, 0);
     }
     msrv_stop(&M);
+    if (GIT_PID > 0) {
+        kill(GIT_PID, SIGKILL);
+        waitpid(GIT_PID, NULL, 0);
+    }
     th_inet_stop(&I);
     th_redis_stop(&R);
     if (DIR_)
@@ -355,6 +418,7 @@ static void the_proxy_puts_the_secret_in_for_its_host_only(void **state)
 }
 
 static int g_hits;
+static char SECRET_SEARCH[128];
 static char g_where[600];
 static int grep_cb(const char *path, const struct stat *st, int type, struct FTW *f)
 {
@@ -365,7 +429,7 @@ static int grep_cb(const char *path, const struct stat *st, int type, struct FTW
     size_t len = 0;
     struct wp_err err;
     if (wp_read_file(path, (size_t)st->st_size + 1, &data, &len, &err) == 0 &&
-        memmem(data, len, SECRET, strlen(SECRET))) {
+        memmem(data, len, SECRET_SEARCH, strlen(SECRET_SEARCH))) {
         g_hits++;
         snprintf(g_where, sizeof(g_where), "%s", path);
     }
@@ -385,6 +449,7 @@ static void the_secret_is_nowhere_else(void **state)
     char st[1200];
     snprintf(st, sizeof(st), "%s/state", DIR_);
     g_hits = 0;
+    snprintf(SECRET_SEARCH, sizeof(SECRET_SEARCH), "%s", SECRET);
     /* the node's state: sandboxes' roots, images, the proxy's CA dir */
     nftw(st, grep_cb, 32, FTW_PHYS);
     if (g_hits)
@@ -434,6 +499,164 @@ static void a_session_without_secrets_is_not_confined(void **state)
     free(sid);
 }
 
+/* A session with a repository: body is the resource's JSON without url. */
+static char *repo_session_at(const char *repo, const char *token, const char *resource_rest)
+{
+    char body[2048], tok[128] = "";
+    if (token)
+        snprintf(tok, sizeof(tok), ",\"authorization_token\":\"%s\"", token);
+    snprintf(body, sizeof(body),
+             "{\"agent\":\"%s\",\"environment_id\":\"%s\",\"resources\":[{\"type\":"
+             "\"github_repository\",\"url\":\"https://allowed.test:%d/%s\"%s%s}]}",
+             AGENT_ID, ENV_ID, GIT_PORT, repo, tok, resource_rest);
+    json_t *s = call("POST", "/v1/sessions", body, 200);
+    /* The token is write-only: never in what the API serves. */
+    char *dump = json_dumps(s, 0);
+    if (token)
+        assert_null(strstr(dump, token));
+    free(dump);
+    char *id = strdup(s_(s, "id"));
+    json_decref(s);
+    return id;
+}
+
+static char *repo_session(const char *token, const char *resource_rest)
+{
+    return repo_session_at("demo.git", token, resource_rest);
+}
+
+/* A private repository at a branch: cloned before the first tool call,
+ * pushed to and fetched from inside, the token nowhere in the sandbox. */
+static void a_private_repository_is_cloned_at_its_branch(void **state)
+{
+    (void)state;
+    char *sid = repo_session(GIT_TOKEN, ",\"checkout\":{\"type\":\"branch\",\"name\":\"feature\"}");
+    turn(sid, "check repo");
+    char *out = tool_output(sid);
+    if (!strstr(out, "BRANCH=feature") || !strstr(out, "on-feature"))
+        fail_msg("not the feature branch: %s", out);
+    if (!strstr(out, "push=0") || !strstr(out, "fetch=0"))
+        fail_msg("push or fetch from inside failed: %s", out);
+    free(out);
+    char sh[4096];
+    th_sh(sh, sizeof(sh), "git --git-dir=%s/demo.git for-each-ref --format='%%(refname)' refs/heads/",
+          GIT_ROOT);
+    if (!strstr(sh, "refs/heads/from-sandbox-"))
+        fail_msg("the push did not arrive: %s", sh);
+    /* The host got the token (from the proxy); the sandbox never had it. */
+    th_sh(sh, sizeof(sh), "grep -c 'auth=Basic' %s; true", GIT_LOG);
+    assert_true(atoi(sh) > 0);
+    char st[1200];
+    snprintf(st, sizeof(st), "%s/state", DIR_);
+    snprintf(SECRET_SEARCH, sizeof(SECRET_SEARCH), "%s", GIT_TOKEN);
+    g_hits = 0;
+    nftw(st, grep_cb, 32, FTW_PHYS);
+    if (g_hits)
+        fail_msg("the token is in %s", g_where);
+    th_sh(sh, sizeof(sh), "grep -l -a -F '%s' /proc/[0-9]*/environ %s/node.log 2>/dev/null | head -3; true",
+          GIT_TOKEN, DIR_);
+    if (strstr(sh, "environ") || strstr(sh, "node.log"))
+        fail_msg("the token is in %s", sh);
+    char *raw = raw_history(sid);
+    assert_null(strstr(raw, GIT_TOKEN));
+    free(raw);
+    snprintf(SECRET_SEARCH, sizeof(SECRET_SEARCH), "%s", SECRET);
+    free(sid);
+}
+
+/* A commit checkout: HEAD is that commit. */
+static void a_repository_is_checked_out_at_a_commit(void **state)
+{
+    (void)state;
+    char rest[256];
+    snprintf(rest, sizeof(rest), ",\"checkout\":{\"type\":\"commit\",\"sha\":\"%s\"},"
+             "\"mount_path\":\"/workspace/demo\"", FIRST_SHA);
+    char *sid = repo_session(GIT_TOKEN, rest);
+    turn(sid, "check repo");
+    char *out = tool_output(sid), want[80];
+    snprintf(want, sizeof(want), "HEAD=%s", FIRST_SHA);
+    if (!strstr(out, want) || !strstr(out, "first"))
+        fail_msg("not at commit %s: %s", FIRST_SHA, out);
+    free(out);
+    free(sid);
+}
+
+/* What goes wrong is said as the reference's repository errors, and the
+ * session goes on. */
+static void repository_failures_are_session_errors(void **state)
+{
+    (void)state;
+    struct { const char *repo, *token, *rest, *type; } cases[] = {
+        { "demo.git", "ghs_wrong", "", "repository_authentication_error" },
+        { "demo.git", "ghs_readonly", "", "repository_forbidden_error" },
+        { "nothere.git", GIT_TOKEN, "", "repository_not_found_error" },
+        { "demo.git", GIT_TOKEN, ",\"checkout\":{\"type\":\"branch\",\"name\":\"no-such-branch\"}",
+          "repository_checkout_error" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *sid = repo_session_at(cases[i].repo, cases[i].token, cases[i].rest);
+        turn(sid, "check repo");
+        json_t *e = wait_event(sid, "session.error", cases[i].type, 5000);
+        if (!e) {
+            char *raw = raw_history(sid);
+            fail_msg("case %zu: no %s in %s", i, cases[i].type, raw);
+        }
+        assert_string_equal(s_(json_object_get(json_object_get(e, "error"), "retry_status"), "type"),
+                            "retrying");
+        json_decref(e);
+        free(sid);
+    }
+}
+
+/* Bad resources change nothing. */
+static void bad_repository_resources_are_refused(void **state)
+{
+    (void)state;
+    const char *bad[] = {
+        "\"url\":\"http://allowed.test/demo.git\"",
+        "\"url\":\"https://user:pw@allowed.test/demo.git\"",
+        "\"url\":\"https://allowed.test/demo.git\",\"mount_path\":\"/workspace/../etc\"",
+        "\"url\":\"https://allowed.test/demo.git\",\"mount_path\":\"/w/$(reboot)\"",
+        "\"url\":\"https://allowed.test/demo.git\",\"checkout\":{\"type\":\"branch\",\"name\":\"x';reboot;'\"}",
+        "\"url\":\"https://allowed.test/demo.git\",\"checkout\":{\"type\":\"commit\",\"sha\":\"zz\"}",
+        "\"url\":\"https://allowed.test/demo.git\",\"authorization_token\":\"\"",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char body[1024];
+        snprintf(body, sizeof(body),
+                 "{\"agent\":\"%s\",\"environment_id\":\"%s\",\"resources\":[{\"type\":"
+                 "\"github_repository\",%s}]}", AGENT_ID, ENV_ID, bad[i]);
+        json_decref(call("POST", "/v1/sessions", body, 400));
+    }
+}
+
+/* Rotation: the new token is stored (sealed) and a fresh session's
+ * sandbox clones with it. */
+static void a_rotated_token_is_used(void **state)
+{
+    (void)state;
+    char *sid = repo_session("ghs_wrong", "");
+    char path[256], body[256];
+    json_t *rs = call("GET", (snprintf(path, sizeof(path), "/v1/sessions/%s/resources", sid), path),
+                      NULL, 200);
+    const char *rid = s_(json_array_get(json_object_get(rs, "data"), 0), "id");
+    assert_non_null(rid);
+    snprintf(path, sizeof(path), "/v1/sessions/%s/resources/%s", sid, rid);
+    snprintf(body, sizeof(body), "{\"authorization_token\":\"%s\"}", GIT_TOKEN);
+    json_t *up = call("POST", path, body, 200);
+    char *dump = json_dumps(up, 0);
+    assert_null(strstr(dump, GIT_TOKEN));
+    free(dump);
+    json_decref(up);
+    json_decref(rs);
+    turn(sid, "check repo");
+    char *out = tool_output(sid);
+    if (!strstr(out, "BRANCH=main") || !strstr(out, "second"))
+        fail_msg("the rotated token did not clone: %s", out);
+    free(out);
+    free(sid);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -442,6 +665,11 @@ int main(void)
         cmocka_unit_test(the_secret_is_nowhere_else),
         cmocka_unit_test(an_unreachable_credential_host_is_an_error),
         cmocka_unit_test(a_session_without_secrets_is_not_confined),
+        cmocka_unit_test(a_private_repository_is_cloned_at_its_branch),
+        cmocka_unit_test(a_repository_is_checked_out_at_a_commit),
+        cmocka_unit_test(repository_failures_are_session_errors),
+        cmocka_unit_test(bad_repository_resources_are_refused),
+        cmocka_unit_test(a_rotated_token_is_used),
     };
     if (geteuid() != 0) {
         printf("1..0 # SKIP needs root (namespaces, nftables)\n");
