@@ -10,7 +10,8 @@
  * process of its own (warmpool-egress, told about the sandbox on its control
  * socket as the node would tell it), with the test's host names pinned to
  * that address. The credentials are handed in
- * by the test (the scheduler -> claim -> node path is not built yet).
+ * by the test (test_sched_egress.c runs the whole path: API, brain, relay,
+ * node).
  *
  * Credentials: API_TOKEN (header and body, hosts "*.allowed.test") and
  * HDR_ONLY (header only, host "api.allowed.test"). Checked: `env` shows
