@@ -158,7 +158,7 @@ demo: deps
 SYSTEMDDIR ?= /lib/systemd/system
 SYSCONFDIR ?= /etc
 DESTDIR ?=
-INSTALL_BINS := warmpool-scheduler warmpool-node warmpool warmpool-snap warmpool-hands
+INSTALL_BINS := warmpool-scheduler warmpool-node warmpool warmpool-snap warmpool-hands warmpool-egress
 install: $(addprefix $(BUILD)/,$(INSTALL_BINS))
 	install -d -m 755 $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSTEMDDIR) \
 	    $(DESTDIR)$(PREFIX)/share/doc/warmpool $(DESTDIR)$(PREFIX)/share/warmpool

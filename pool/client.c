@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <ev.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -541,12 +542,13 @@ struct conn {
     struct wp_buf buf; /* the route frame out, then the answer in */
     bool sent;
     pool_connect_cb cb;
+    pool_connect_egress_cb ecb;
     void *ctx;
 };
 
-static void conn_done(struct conn *k, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void conn_done(struct conn *k, int status, const char *fmt, ...)
+static void conn_done(struct conn *k, int status, const char *proxy, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void conn_done(struct conn *k, int status, const char *proxy, const char *fmt, ...)
 {
     struct wp_err err = { .code = status };
     int fd = k->io.fd;
@@ -554,6 +556,8 @@ static void conn_done(struct conn *k, int status, const char *fmt, ...)
 
     ev_io_stop(k->loop, &k->io);
     ev_timer_stop(k->loop, &k->timer);
+    if (k->buf.data) /* the route frame may have held secrets */
+        OPENSSL_cleanse(k->buf.data, k->buf.cap);
     wp_buf_free(&k->buf);
     if (status < 0) {
         va_start(ap, fmt);
@@ -562,7 +566,10 @@ static void conn_done(struct conn *k, int status, const char *fmt, ...)
         close(fd);
         fd = -1;
     }
-    k->cb(k->ctx, status, fd, status < 0 ? &err : NULL);
+    if (k->ecb)
+        k->ecb(k->ctx, status, fd, proxy ? proxy : "", status < 0 ? &err : NULL);
+    else
+        k->cb(k->ctx, status, fd, status < 0 ? &err : NULL);
     free(k);
 }
 
@@ -570,7 +577,7 @@ static void conn_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
-    conn_done(w->data, WP_ETIMEDOUT, "relay did not answer in time");
+    conn_done(w->data, WP_ETIMEDOUT, NULL, "relay did not answer in time");
 }
 
 static void conn_io(struct ev_loop *loop, ev_io *w, int revents)
@@ -583,12 +590,12 @@ static void conn_io(struct ev_loop *loop, ev_io *w, int revents)
         socklen_t l = sizeof(soerr);
         getsockopt(w->fd, SOL_SOCKET, SO_ERROR, &soerr, &l);
         if (soerr) {
-            conn_done(k, -soerr, "connect to relay: %s", strerror(soerr));
+            conn_done(k, -soerr, NULL, "connect to relay: %s", strerror(soerr));
             return;
         }
         ssize_t n = send(w->fd, k->buf.data, k->buf.len, MSG_NOSIGNAL);
         if (n != (ssize_t)k->buf.len) {
-            conn_done(k, -EIO, "sending the route frame failed");
+            conn_done(k, -EIO, NULL, "sending the route frame failed");
             return;
         }
         k->sent = true;
@@ -607,7 +614,7 @@ static void conn_io(struct ev_loop *loop, ev_io *w, int revents)
         const uint8_t *h = (const uint8_t *)k->buf.data;
         uint32_t plen = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
         if (plen > 4096) {
-            conn_done(k, WP_EPROTO, "relay answer too large");
+            conn_done(k, WP_EPROTO, NULL, "relay answer too large");
             return;
         }
         want = ALINK_FRAME_HDR + plen;
@@ -617,7 +624,7 @@ static void conn_io(struct ev_loop *loop, ev_io *w, int revents)
     if (n <= 0) {
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             return;
-        conn_done(k, n == 0 ? -ECONNRESET : -errno, "relay closed before answering");
+        conn_done(k, n == 0 ? -ECONNRESET : -errno, NULL, "relay closed before answering");
         return;
     }
     wp_buf_append(&k->buf, tmp, (size_t)n);
@@ -627,29 +634,37 @@ static void conn_io(struct ev_loop *loop, ev_io *w, int revents)
     if (r == 0)
         return;
     if (r < 0) {
-        conn_done(k, WP_EPROTO, "relay answered with a bad frame");
+        conn_done(k, WP_EPROTO, NULL, "relay answered with a bad frame");
         return;
     }
     json_t *o = json_loadb((const char *)payload, plen, 0, NULL);
     const char *t = json_string_value(json_object_get(o, "t"));
     if (t && strcmp(t, "route") == 0 && json_is_true(json_object_get(o, "ok"))) {
+        const char *proxy = json_string_value(json_object_get(o, "proxy"));
+        char px[64];
+        /* Only a "host:port" the node names: it goes into the sandbox's
+         * environment. */
+        snprintf(px, sizeof(px), "%s", proxy && strlen(proxy) < sizeof(px) &&
+                                           strspn(proxy, "0123456789.:") == strlen(proxy) ? proxy : "");
         json_decref(o);
-        conn_done(k, 0, "ok");
+        conn_done(k, 0, px, "ok");
         return;
     }
     const char *code = json_string_value(json_object_get(o, "code"));
     const char *msg = json_string_value(json_object_get(o, "message"));
     int status = code && strcmp(code, "stale_token") == 0 ? WP_ESTALE
                  : code && strcmp(code, "not_found") == 0 ? WP_ENOTFOUND
-                                                          : WP_EPROTO;
+                 : code && strcmp(code, "egress_failed") == 0 ? WP_ECONFIG
+                                                              : WP_EPROTO;
     char text[200];
     snprintf(text, sizeof(text), "%s", msg ? msg : "refused");
     json_decref(o);
-    conn_done(k, status, "relay refused: %s", text);
+    conn_done(k, status, NULL, "relay refused: %s", text);
 }
 
-int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, const char *env,
-                 pool_connect_cb cb, void *ctx, struct wp_err *err)
+static int connect_start(struct ev_loop *loop, const struct pool_claim_result *res,
+                         const char *env, const json_t *egress, pool_connect_cb cb,
+                         pool_connect_egress_cb ecb, void *ctx, struct wp_err *err)
 {
     struct sockaddr_in sa = { .sin_family = AF_INET };
     char host[64], tok[32];
@@ -666,11 +681,13 @@ int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, cons
     k = calloc(1, sizeof(*k));
     if (!k)
         return wp_err_set(err, -ENOMEM, "out of memory");
-    wp_buf_init(&k->buf, 8192);
+    wp_buf_init(&k->buf, POOL__ROUTE_MAX + ALINK_FRAME_HDR);
     snprintf(tok, sizeof(tok), "%llu", (unsigned long long)res->token);
     json_t *route = json_pack("{s:s, s:s, s:s, s:s, s:s}", "t", "route", "env", env, "sandbox",
                               res->sandbox, "token", tok, "key", res->rkey);
-    int rc = alink_frame_encode(&k->buf, route, 4096, err);
+    if (route && egress)
+        json_object_set(route, "egress", (json_t *)egress);
+    int rc = alink_frame_encode(&k->buf, route, POOL__ROUTE_MAX, err);
     json_decref(route);
     fd = rc < 0 ? -1 : socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0 || (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 && errno != EINPROGRESS)) {
@@ -685,6 +702,7 @@ int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, cons
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     k->loop = loop;
     k->cb = cb;
+    k->ecb = ecb;
     k->ctx = ctx;
     ev_io_init(&k->io, conn_io, fd, EV_WRITE);
     k->io.data = k;
@@ -693,4 +711,17 @@ int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, cons
     k->timer.data = k;
     ev_timer_start(loop, &k->timer);
     return 0;
+}
+
+int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, const char *env,
+                 pool_connect_cb cb, void *ctx, struct wp_err *err)
+{
+    return connect_start(loop, res, env, NULL, cb, NULL, ctx, err);
+}
+
+int pool_connect_egress(struct ev_loop *loop, const struct pool_claim_result *res,
+                        const char *env, const json_t *egress, pool_connect_egress_cb cb,
+                        void *ctx, struct wp_err *err)
+{
+    return connect_start(loop, res, env, egress, NULL, cb, ctx, err);
 }

@@ -2,6 +2,7 @@
 #define WP_LOG_COMPONENT "node"
 #include "pool/pool_int.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -58,6 +59,17 @@ static const char usage[] =
     "                          sandboxes stay until released or this deadline\n"
     "                          (default 30; 0: stop at once, leases become lost).\n"
     "                          A second SIGTERM, or SIGINT, stops at once\n"
+    "  --egress on|off         start the egress proxy (warmpool-egress): a session\n"
+    "                          whose vaults hold environment_variable credentials\n"
+    "                          gets a sandbox confined to it, which puts the secrets\n"
+    "                          in place of placeholders (default on; off: such\n"
+    "                          sessions get no sandbox)\n"
+    "  --egress-port PORT      the proxy's port on each confined sandbox's host end\n"
+    "                          (default 3129)\n"
+    "  --egress-bin PATH       warmpool-egress (default: beside warmpool-node)\n"
+    "  --egress-ca-dir DIR     the node's CA for the proxy (default STATE_DIR/egress)\n"
+    "  --egress-upstream-ca FILE  trust these CAs upstream too (besides the system's)\n"
+    "  --egress-pin NAME=IPV4  the proxy resolves NAME to IPV4 (repeatable, 8 at most)\n"
     "  --config FILE           options from FILE, one `option value` per line, the\n"
     "                          flags' names (`env` repeatable, a switch alone or\n"
     "                          on/off), # comments; flags win. Also: ksm-slow-pages,\n"
@@ -224,6 +236,10 @@ static const struct option lo[] = {
     { "drain-timeout", required_argument, NULL, 'G' }, { "claim-wait-max", required_argument, NULL, 'q' },
     { "ksm-slow-pages", required_argument, NULL, 1001 }, { "ksm-fast-pages", required_argument, NULL, 1002 },
     { "ksm-sleep-ms", required_argument, NULL, 1003 },
+    { "egress", required_argument, NULL, 1004 },     { "egress-port", required_argument, NULL, 1005 },
+    { "egress-bin", required_argument, NULL, 1006 }, { "egress-ca-dir", required_argument, NULL, 1007 },
+    { "egress-upstream-ca", required_argument, NULL, 1008 },
+    { "egress-pin", required_argument, NULL, 1009 },
     { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
 };
 
@@ -291,6 +307,36 @@ static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bo
             if (*end || end == optarg)
                 v = -1; /* refused below */
             *(c == 1001 ? &cfg->ksm_slow_pages : c == 1002 ? &cfg->ksm_fast_pages : &cfg->ksm_sleep_ms) = v;
+            break;
+        }
+        case 1004:
+            if (!strcmp(optarg, "on") || !strcmp(optarg, "off"))
+                cfg->egress_off = !strcmp(optarg, "off");
+            else
+                rc = wp_err_set(err, WP_ECONFIG, "--egress on|off");
+            break;
+        case 1005: {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            cfg->egress_port = *end || end == optarg || v < 1 || v > 65535 ? -1 : (int)v;
+            if (cfg->egress_port < 0)
+                rc = wp_err_set(err, WP_ECONFIG, "--egress-port must be 1..65535");
+            break;
+        }
+        case 1006: rc = set_str(cfg->egress_bin, sizeof(cfg->egress_bin), optarg, "--egress-bin", err); break;
+        case 1007: rc = set_str(cfg->egress_ca_dir, sizeof(cfg->egress_ca_dir), optarg, "--egress-ca-dir", err); break;
+        case 1008:
+            rc = set_str(cfg->egress_upstream_ca, sizeof(cfg->egress_upstream_ca), optarg,
+                         "--egress-upstream-ca", err);
+            break;
+        case 1009: {
+            const char *eq = strchr(optarg, '=');
+            struct in_addr a;
+            if (cfg->n_egress_pins == 8 || !eq || eq == optarg || inet_pton(AF_INET, eq + 1, &a) != 1)
+                rc = wp_err_set(err, WP_ECONFIG, "--egress-pin NAME=IPV4 (8 at most)");
+            else
+                rc = set_str(cfg->egress_pins[cfg->n_egress_pins++], sizeof(cfg->egress_pins[0]),
+                             optarg, "--egress-pin", err);
             break;
         }
         case 'q': {
@@ -532,6 +578,7 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
     cfg->api_envs = true;
     cfg->worker.max_idle_ms = 60000;
     cfg->drain_timeout_s = 30;
+    cfg->egress_port = 3129;
     /* The config file first, so flags override it. */
     for (int i = 1; i + 1 < argc; i++)
         if (strcmp(argv[i], "--config") == 0 && (rc = load_file(cfg, argv[i + 1], &eager, err)) < 0)

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <strings.h>
 
 #include "base/buf.h"
@@ -173,6 +175,64 @@ static bool skip_header(const char *name)
     return false;
 }
 
+/* An Authorization header's Basic credentials are base64 of
+ * "user:password": a placeholder inside (git's
+ * https://x-access-token:<placeholder>@host/ remotes, any client that
+ * takes credentials from the URL) is replaced in the decoded form and the
+ * header encoded again. Returns how many were replaced; val holds the
+ * header's value in and out. */
+static int inject_basic(struct pool__egconn *c, struct wp_buf *val)
+{
+    if (!val->data || strncasecmp(val->data, "Basic ", 6) != 0)
+        return 0;
+    const char *v = val->data;
+    const char *b64 = v + 6;
+    size_t bl = strlen(b64);
+    if (bl == 0 || bl % 4 || bl > 8192)
+        return 0;
+    unsigned char plain[6144 + 4];
+    int n = EVP_DecodeBlock(plain, (const unsigned char *)b64, (int)bl);
+    if (n < 0)
+        return 0;
+    while (n > 0 && bl >= 1 && b64[bl - 1] == '=') { /* DecodeBlock counts the padding */
+        n--;
+        bl--;
+    }
+    struct wp_buf cur, r;
+    int injected = 0;
+    wp_buf_init(&cur, POOL__EG_HEAD_MAX * 4);
+    wp_buf_append(&cur, plain, (size_t)n);
+    OPENSSL_cleanse(plain, sizeof(plain));
+    for (size_t k = 0; k < c->sb->n_creds; k++) {
+        const struct pool__egcred *cr = &c->sb->creds[k];
+        if (!cr->in_header || !cred_applies(cr, c->host) || !cur.data ||
+            !memmem(cur.data, cur.len, cr->placeholder, strlen(cr->placeholder)))
+            continue;
+        wp_buf_init(&r, POOL__EG_HEAD_MAX * 4);
+        injected += replace_all(&r, cur.data, cur.len, cr->placeholder, cr->secret);
+        wp_buf_reset(&cur);
+        wp_buf_append(&cur, r.data ? r.data : "", r.len);
+        wp_buf_free(&r);
+    }
+    if (injected) {
+        size_t outcap = 4 * ((cur.len + 2) / 3) + 1;
+        unsigned char *enc = malloc(outcap);
+        if (enc) {
+            EVP_EncodeBlock(enc, (const unsigned char *)cur.data, (int)cur.len);
+            wp_buf_reset(val);
+            wp_buf_printf(val, "Basic %s", enc);
+            OPENSSL_cleanse(enc, outcap);
+            free(enc);
+        } else {
+            injected = 0;
+        }
+    }
+    if (cur.data)
+        OPENSSL_cleanse(cur.data, cur.cap);
+    wp_buf_free(&cur);
+    return injected;
+}
+
 /* The parsed request, rewritten for the origin server into c->to_up. */
 void pool__egress_build_request(struct pool__egconn *c)
 {
@@ -208,6 +268,8 @@ void pool__egress_build_request(struct pool__egconn *c)
         has_host |= strcasecmp(name, "host") == 0;
         wp_buf_reset(&tmp);
         wp_buf_append(&tmp, val, strlen(val));
+        if (strcasecmp(name, "authorization") == 0)
+            injected += inject_basic(c, &tmp);
         for (size_t k = 0; k < c->sb->n_creds; k++) {
             const struct pool__egcred *cr = &c->sb->creds[k];
             if (!cr->in_header || !cred_applies(cr, c->host) || !strstr(tmp.data, cr->placeholder))

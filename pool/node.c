@@ -303,6 +303,41 @@ static void early_stop_handler(int sig)
     early_stop = sig;
 }
 
+/* The egress proxy, beside this binary unless configured. */
+static int start_egress(struct node *n, struct wp_err *err)
+{
+    const struct pool_node_config *cfg = &n->cfg;
+    char bin[512], ca_dir[512];
+    const char *pins[9] = { NULL };
+
+    if (cfg->egress_bin[0]) {
+        snprintf(bin, sizeof(bin), "%s", cfg->egress_bin);
+    } else {
+        ssize_t k = readlink("/proc/self/exe", bin, sizeof(bin) - 1);
+        char *slash = k > 0 ? (bin[k] = '\0', strrchr(bin, '/')) : NULL;
+        if (!slash || (size_t)(slash - bin) + sizeof("/warmpool-egress") > sizeof(bin))
+            return wp_err_set(err, WP_ECONFIG, "cannot tell where warmpool-egress is (--egress-bin)");
+        snprintf(slash, sizeof(bin) - (size_t)(slash - bin), "/warmpool-egress");
+    }
+    if (cfg->egress_ca_dir[0])
+        snprintf(ca_dir, sizeof(ca_dir), "%s", cfg->egress_ca_dir);
+    else
+        snprintf(ca_dir, sizeof(ca_dir), "%s/egress", cfg->state_dir);
+    for (int i = 0; i < cfg->n_egress_pins && i < 8; i++)
+        pins[i] = cfg->egress_pins[i];
+    struct pool__negress_cfg ec = { .bin = bin, .state_dir = cfg->state_dir, .ca_dir = ca_dir,
+                                    .upstream_ca = cfg->egress_upstream_ca, .pins = pins,
+                                    .port = cfg->egress_port };
+    if (!cfg->egress_bin[0] && access(bin, X_OK) != 0) {
+        /* Not installed beside us, and nobody asked for it by path. */
+        log_warn("no egress proxy at %s: sessions with secrets in play get no sandbox here "
+                 "(--egress-bin PATH, or --egress off to say so)", bin);
+        return 0;
+    }
+    int rc = pool__negress_start(n->loop, &ec, node__egress_ready, n, &n->egress, err);
+    return rc < 0 ? wp_err_wrap(err, "egress (--egress off to run without)") : 0;
+}
+
 int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
 {
     struct snap_config sc = { .state_dir = cfg->state_dir,
@@ -370,6 +405,8 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
                                 &n->relay, &port, err)) < 0)
         goto out;
     snprintf(n->relay_addr, sizeof(n->relay_addr), "%s:%d", cfg->listen_host, port);
+    if (!cfg->egress_off && (rc = start_egress(n, err)) < 0)
+        goto out;
     n->r = wp_redis_new(n->loop, cfg->redis_host, cfg->redis_port, "node");
     n->rb = wp_redis_new(n->loop, cfg->redis_host, cfg->redis_port, "node-inbox");
     if (!n->r || !n->rb) {
@@ -442,6 +479,7 @@ out:
     if (n->ksm_on)
         pool__ksm_disable(cfg->state_dir);
     pool__relay_stop(n->relay);
+    pool__negress_stop(n->egress);
     ev_timer_stop(n->loop, &n->cron);
     ev_signal_stop(n->loop, &n->sigterm);
     ev_signal_stop(n->loop, &n->sigint);

@@ -121,6 +121,7 @@ struct node {
     struct wp_redis *rb;     /* blocking inbox reads */
     struct pool__relay *relay;
     char relay_addr[80];     /* host:port */
+    struct pool__negress *egress; /* the egress proxy; NULL with --egress off */
     bool inbox_reading;
     ev_timer cron;
     ev_signal sigterm, sigint;
@@ -204,8 +205,9 @@ void node__measure_memory(struct node *n);
 /* node_reconcile.c */
 void node__register_node(struct node *n);
 void node__reconcile(struct node *n);
-int node__relay_lookup(void *ctx, const char *env, const char *sandbox, unsigned long long token,
-                       const char *rkey, char *root, size_t cap);
+int node__relay_lookup(void *ctx, struct pool__route *rt);
+/* node_egress.c's proxy finished a sandbox's registration. */
+void node__egress_ready(void *ctx, const char *sandbox);
 void node__nodes_cb(void *ctx, redisReply *reply);
 void node__check_orphans(struct node *n);
 

@@ -285,25 +285,42 @@ out:
     free(argv);
 }
 
-/* The relay's check: a current lease here with this token? */
-int node__relay_lookup(void *ctx, const char *env, const char *sandbox, unsigned long long token,
-                       const char *rkey, char *root, size_t cap)
+/* The relay's check: a current lease here with this token? A route with
+ * secrets then waits for the sandbox's egress (node_egress.c). */
+int node__relay_lookup(void *ctx, struct pool__route *rt)
 {
     struct node *n = ctx;
-    struct nsb *s = node__find_sb(n, sandbox);
+    struct nsb *s = node__find_sb(n, rt->sandbox);
 
-    if (!s || strcmp(s->e->cfg.name, env) != 0 || !s->sb || s->sb->init_pid <= 0)
+    if (!s || strcmp(s->e->cfg.name, rt->env) != 0 || !s->sb || s->sb->init_pid <= 0)
         return WP_ENOTFOUND;
     if (s->st == SB_IDLE)
         return WP_ESTATE; /* claimed in Redis, our inbox not read yet */
     if (s->st != SB_LEASED)
         return WP_ENOTFOUND;
     /* No key recorded (a claimer that sent none): nobody gets in. */
-    if (s->token != token || strlen(s->rkey) != 32 || strlen(rkey) != 32 ||
-        CRYPTO_memcmp(s->rkey, rkey, 32) != 0)
+    if (s->token != rt->token || strlen(s->rkey) != 32 || strlen(rt->rkey) != 32 ||
+        CRYPTO_memcmp(s->rkey, rt->rkey, 32) != 0)
         return WP_ESTALE;
-    snprintf(root, cap, "/proc/%d/root", (int)s->sb->init_pid);
+    if (rt->egress) {
+        if (!n->egress) {
+            snprintf(rt->why, sizeof(rt->why), "the session has secrets in play and this node "
+                                               "runs no egress proxy (--egress off)");
+            return WP_EPROTO;
+        }
+        int rc = pool__negress_route(n->egress, n->snap, s->sb, &s->e->t->network, rt->egress,
+                                     rt->egress_len, rt->proxy, rt->why, sizeof(rt->why));
+        if (rc < 0)
+            return rc;
+    }
+    snprintf(rt->root, sizeof(rt->root), "/proc/%d/root", (int)s->sb->init_pid);
     return 0;
+}
+
+void node__egress_ready(void *ctx, const char *sandbox)
+{
+    struct node *n = ctx;
+    pool__relay_retry(n->relay, sandbox);
 }
 
 static void reap_node(struct node *n, const char *other)

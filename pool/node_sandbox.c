@@ -42,8 +42,11 @@ void node__destroy_sb(struct node *n, struct nsb *s, const char *why)
     unlink_sb(n, s);
     if (s->st == SB_IDLE)
         s->e->idle--;
-    if (s->sb)
+    if (s->sb) {
         pool__relay_drop(n->relay, s->sb->id);
+        /* Before its slot (and address) can go to another sandbox. */
+        pool__negress_remove(n->egress, s->sb->id);
+    }
     if (s->sb) {
         log_info("destroy sandbox=%s env=%s why=%s", s->sb->id, s->e->cfg.name, why);
         forget_in_redis(n, s->e, s->sb->id);

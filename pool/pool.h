@@ -124,6 +124,15 @@ struct pool_node_config {
     double criu_timeout_s;  /* each dump and restore; 0: the snapshot default */
     double drain_timeout_s; /* SIGTERM drains this long (leased sandboxes kept until
                                released); 0: stop at once, leases marked lost */
+    /* The egress proxy (node_egress.c): sandboxes of sessions with secrets
+     * in play are confined to it. */
+    bool egress_off;        /* --egress off: such sessions get no sandbox */
+    char egress_bin[512];   /* "": warmpool-egress beside this binary */
+    int egress_port;        /* on each confined sandbox's host end (3129) */
+    char egress_ca_dir[256]; /* "": <state_dir>/egress */
+    char egress_upstream_ca[256];
+    int n_egress_pins;
+    char egress_pins[8][128]; /* "name=ipv4" (tests: hosts with no DNS) */
     bool unconfined;        /* --insecure-allow-unconfined: sandboxes without
                                snapshot/confine.c's layers (never in production) */
     int n_envs;
@@ -187,6 +196,20 @@ int pool_release(struct pool_client *c, const char *env, const char *sandbox, ui
 typedef void (*pool_connect_cb)(void *ctx, int status, int fd, const struct wp_err *err);
 int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, const char *env,
                  pool_connect_cb cb, void *ctx, struct wp_err *err);
+/* The same, for a session with secrets in play: egress is
+ * {"credentials":[...]} in the shape warmpool-egress's "add" takes
+ * (egress_ctl.c; borrowed, it holds secrets: the frame is wiped once
+ * sent). The node confines the sandbox to its egress proxy and registers
+ * the credentials before it answers; cb's proxy is then the proxy's
+ * "host:port" as the sandbox reaches it ("" when the sandbox has no
+ * network). WP_ECONFIG: the node could not set the egress up (err says
+ * why). */
+struct json_t;
+typedef void (*pool_connect_egress_cb)(void *ctx, int status, int fd, const char *proxy,
+                                       const struct wp_err *err);
+int pool_connect_egress(struct ev_loop *loop, const struct pool_claim_result *res,
+                        const char *env, const struct json_t *egress,
+                        pool_connect_egress_cb cb, void *ctx, struct wp_err *err);
 /* Renew a lease; WP_ESTALE for a stale token, WP_ESTATE when the lease was
  * lost (its node died) or released. */
 int pool_renew(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,

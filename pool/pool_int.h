@@ -69,16 +69,25 @@ extern const char pool__lua_release[];
 
 /* relay.c: agentlink over TCP to the sandboxes of this node. lookup
  * answers whether (env, sandbox, token, relay key) is a current lease
- * here (the key compared in constant time): 0 with
- * the sandbox root, WP_ESTALE, WP_ENOTFOUND, or WP_ESTATE when the
- * sandbox is idle here (its claim not read yet: the relay waits for
- * pool__relay_retry). */
+ * here (the key compared in constant time): 0 with the sandbox root,
+ * WP_ESTALE, WP_ENOTFOUND, WP_EPROTO (why says why), or WP_ESTATE when
+ * the node is not ready yet (the claim not read, or the route's egress
+ * still being set up): the relay waits for pool__relay_retry. */
 struct ev_loop;
 struct wp_err;
 struct pool__relay;
-typedef int (*pool__relay_lookup_cb)(void *ctx, const char *env, const char *sandbox,
-                                     unsigned long long token, const char *rkey, char *root,
-                                     size_t cap);
+#define POOL__ROUTE_MAX (256 * 1024) /* a route frame (with credentials) */
+struct pool__route {
+    const char *env, *sandbox, *rkey;
+    unsigned long long token;
+    const char *egress;  /* the route's "egress" object as compact JSON (it
+                            holds secrets: the relay wipes it), NULL: none */
+    size_t egress_len;
+    char root[512];      /* out: /proc/<init>/root */
+    char proxy[64];      /* out: "host:port" of the sandbox's egress proxy, "" none */
+    char why[200];       /* out, with WP_EPROTO */
+};
+typedef int (*pool__relay_lookup_cb)(void *ctx, struct pool__route *rt);
 int pool__relay_start(struct ev_loop *loop, const char *host, int port, pool__relay_lookup_cb lookup,
                       void *ctx, struct pool__relay **out, int *bound_port, struct wp_err *err);
 /* The node just learnt sandbox was claimed: routes waiting for it go on. */
@@ -86,6 +95,35 @@ void pool__relay_retry(struct pool__relay *r, const char *sandbox);
 /* Close every relay to sandbox (released or destroyed). */
 void pool__relay_drop(struct pool__relay *r, const char *sandbox);
 void pool__relay_stop(struct pool__relay *r);
+
+/* node_egress.c: the node's egress proxy (warmpool-egress, started and
+ * watched here) and the sandboxes confined to it. route: for a route
+ * frame's egress object (compact JSON, holding secrets: not kept), 0 when
+ * sb is confined and registered (proxy: "host:port", "" for a sandbox
+ * without network), WP_ESTATE while the proxy has not answered (ready is
+ * called with the sandbox id then: route again), WP_EPROTO with why.
+ * remove: before the sandbox is destroyed. */
+struct snap_ctx;
+struct snap_sandbox;
+struct snap_network;
+struct pool__negress;
+struct pool__negress_cfg {
+    const char *bin;         /* warmpool-egress */
+    const char *state_dir;   /* its control socket: <state_dir>/egress.sock */
+    const char *ca_dir;      /* the node's CA */
+    const char *upstream_ca; /* may be NULL */
+    const char *const *pins; /* "name=ipv4", NULL-ended; may be NULL */
+    int port;
+};
+typedef void (*pool__negress_ready_cb)(void *ctx, const char *sandbox);
+int pool__negress_start(struct ev_loop *loop, const struct pool__negress_cfg *cfg,
+                        pool__negress_ready_cb ready, void *ctx, struct pool__negress **out,
+                        struct wp_err *err);
+int pool__negress_route(struct pool__negress *ne, struct snap_ctx *snap,
+                        const struct snap_sandbox *sb, const struct snap_network *net,
+                        const char *egress, size_t len, char proxy[64], char *why, size_t cap);
+void pool__negress_remove(struct pool__negress *ne, const char *sandbox);
+void pool__negress_stop(struct pool__negress *ne);
 
 /* ksm.c: KSM settings of the host, driven while the node holds mergeable
  * clones. recover: put back settings a killed earlier run left changed

@@ -2,7 +2,10 @@
  * reaches a sandbox that lives behind a Unix socket on this one.
  *
  * A client opens a TCP connection to the node and sends one agentlink
- * frame {"t":"route","env":E,"sandbox":ID,"token":"T","key":K}. The node
+ * frame {"t":"route","env":E,"sandbox":ID,"token":"T","key":K} (plus
+ * "egress":{"credentials":[...]} when the session has secrets in play:
+ * the node confines the sandbox to its egress proxy and registers them
+ * before answering, with the proxy's address in "proxy"). The node
  * checks the token and the lease's relay key (128 random bits the claimer
  * made; the token is a counter anyone can guess) against its own lease
  * record (fencing: a stale or unknown
@@ -34,8 +37,11 @@
 #include "base/log.h"
 #include "base/net.h"
 
+#include <openssl/crypto.h>
+
 #define RELAY_BUF (256 * 1024) /* per direction; reads pause when full */
-#define ROUTE_MAX 4096
+#define ROUTE_MAX POOL__ROUTE_MAX
+#define PARK_S 5.0            /* a route waits this long for the node */
 
 struct pool__relay {
     struct ev_loop *loop;
@@ -61,8 +67,34 @@ struct rconn {
     char sandbox[64], env[64];
     unsigned long long token;
     char rkey[33];
+    char *egress;         /* the route's egress object (secrets: wiped) */
+    size_t egress_len;
     struct rconn *next;
 };
+
+static void drop_egress(struct rconn *c)
+{
+    if (c->egress) {
+        OPENSSL_cleanse(c->egress, c->egress_len);
+        free(c->egress);
+        c->egress = NULL;
+    }
+}
+
+/* jansson frees strings without wiping them: a parsed frame that held
+ * secrets is wiped first. */
+static void wipe_json(json_t *j)
+{
+    const char *k;
+    size_t i;
+    json_t *v;
+    if (json_is_string(j))
+        OPENSSL_cleanse((char *)json_string_value(j), json_string_length(j));
+    else if (json_is_object(j))
+        json_object_foreach(j, k, v) wipe_json(v);
+    else if (json_is_array(j))
+        json_array_foreach(j, i, v) wipe_json(v);
+}
 
 static void rconn_close(struct rconn *c)
 {
@@ -74,6 +106,7 @@ static void rconn_close(struct rconn *c)
             break;
         }
     ev_timer_stop(r->loop, &c->park);
+    drop_egress(c);
     struct pipe_end *ends[2] = { &c->a, &c->b };
     for (int i = 0; i < 2; i++) {
         ev_io_stop(r->loop, &ends[i]->rd);
@@ -148,16 +181,14 @@ static void park_timeout(struct ev_loop *loop, ev_timer *w, int revents);
  * pool__relay_retry. */
 static void route_try(struct rconn *c)
 {
-    char root[512];
-    /* root is /proc/<init>/root: it follows the sandbox's own mount
-     * namespace. */
-    int fd, rc = c->r->lookup(c->r->ctx, c->env, c->sandbox, c->token, c->rkey, root,
-                                  sizeof(root));
+    struct pool__route rt = { .env = c->env, .sandbox = c->sandbox, .rkey = c->rkey,
+                              .token = c->token, .egress = c->egress, .egress_len = c->egress_len };
+    int fd, rc = c->r->lookup(c->r->ctx, &rt);
 
     if (rc == WP_ESTATE) {
         if (!c->parked) {
             c->parked = true;
-            ev_timer_init(&c->park, park_timeout, 2.0, 0.);
+            ev_timer_init(&c->park, park_timeout, PARK_S, 0.);
             c->park.data = c;
             ev_timer_start(c->r->loop, &c->park);
         }
@@ -169,13 +200,19 @@ static void route_try(struct rconn *c)
         refuse(c, "stale_token", "token is not the current lease's");
         return;
     }
+    if (rc == WP_EPROTO) {
+        refuse(c, "egress_failed", rt.why[0] ? rt.why : "the sandbox's egress could not be set up");
+        return;
+    }
     if (rc < 0) {
         refuse(c, "not_found", "no such leased sandbox on this node");
         return;
     }
-    /* Resolved inside the sandbox's root: a sandbox that makes /run or
+    drop_egress(c); /* the secrets are with the proxy now */
+    /* Resolved inside the sandbox's root (/proc/<init>/root: it follows
+     * the sandbox's own mount namespace): a sandbox that makes /run or
      * /run/warmpool a symlink must not point the node at a host socket. */
-    fd = wp_connect_unix_in_root(root, ALINK_SOCK_PATH_DEFAULT, SOCK_STREAM | SOCK_NONBLOCK, NULL);
+    fd = wp_connect_unix_in_root(rt.root, ALINK_SOCK_PATH_DEFAULT, SOCK_STREAM | SOCK_NONBLOCK, NULL);
     if (fd < 0) {
         refuse(c, "unreachable", "the sandbox's hands do not answer");
         return;
@@ -183,7 +220,10 @@ static void route_try(struct rconn *c)
     end_init(c, &c->b, fd);
     c->routed = true;
     c->a.out.max = RELAY_BUF; /* from here on it carries the hands' bytes */
-    send_frame(c, json_pack("{s:s, s:b}", "t", "route", "ok", 1));
+    json_t *ok = json_pack("{s:s, s:b}", "t", "route", "ok", 1);
+    if (rt.proxy[0])
+        json_object_set_new(ok, "proxy", json_string(rt.proxy));
+    send_frame(c, ok);
     ev_io_start(c->r->loop, &c->b.rd);
     log_debug("relay routed sandbox=%s", c->sandbox);
 }
@@ -198,29 +238,41 @@ static void park_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 /* The route frame: validate it, then route_try. */
-static void route(struct rconn *c, const uint8_t *payload, size_t len)
+static void route(struct rconn *c, uint8_t *payload, size_t len)
 {
     json_error_t jerr;
     json_t *o = json_loadb((const char *)payload, len, JSON_REJECT_DUPLICATES, &jerr);
+    OPENSSL_cleanse((void *)payload, len); /* it may hold secrets; o has them now */
     const char *t = json_string_value(json_object_get(o, "t")),
                *env = json_string_value(json_object_get(o, "env")),
                *sb = json_string_value(json_object_get(o, "sandbox")),
                *tok = json_string_value(json_object_get(o, "token")),
                *key = json_string_value(json_object_get(o, "key"));
+    json_t *egress = json_object_get(o, "egress");
     char *end = NULL;
 
     if (!o || !t || strcmp(t, "route") || !env || !sb || !tok || !key || strlen(key) != 32 ||
         strlen(sb) >= sizeof(c->sandbox) || strlen(env) >= sizeof(c->env) ||
-        (c->token = strtoull(tok, &end, 10), *end)) {
+        (egress && !json_is_object(egress)) || (c->token = strtoull(tok, &end, 10), *end)) {
+        wipe_json(o);
         json_decref(o);
-        refuse(c, "bad_route",
-               "first frame must be {\"t\":\"route\",\"env\",\"sandbox\",\"token\",\"key\"}");
+        refuse(c, "bad_route", "first frame must be {\"t\":\"route\",\"env\",\"sandbox\",\"token\","
+                               "\"key\"} (and an \"egress\" object)");
         return;
     }
     snprintf(c->rkey, sizeof(c->rkey), "%s", key);
     snprintf(c->sandbox, sizeof(c->sandbox), "%s", sb);
     snprintf(c->env, sizeof(c->env), "%s", env);
+    if (egress) {
+        c->egress = json_dumps(egress, JSON_COMPACT | JSON_SORT_KEYS);
+        c->egress_len = c->egress ? strlen(c->egress) : 0;
+    }
+    wipe_json(o);
     json_decref(o);
+    if (egress && !c->egress) {
+        refuse(c, "bad_route", "out of memory");
+        return;
+    }
     route_try(c);
 }
 
@@ -256,7 +308,8 @@ static void pipe_rd(struct ev_loop *loop, ev_io *w, int revents)
             refuse(c, "bad_route", "one route frame, then wait for its answer");
             return;
         }
-        route(c, payload, plen);
+        OPENSSL_cleanse(buf, (size_t)n); /* a route frame may hold secrets */
+        route(c, (uint8_t *)src->out.data + (payload - (const uint8_t *)src->out.data), plen);
         return;
     }
     if (wp_buf_append(&dst->out, buf, (size_t)n) < 0) {
@@ -294,7 +347,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             continue;
         }
         c->r = r;
-        ev_timer_init(&c->park, park_timeout, 2.0, 0.);
+        ev_timer_init(&c->park, park_timeout, PARK_S, 0.);
         c->park.data = c;
         end_init(c, &c->a, fd);
         wp_buf_init(&c->a.out, ROUTE_MAX + ALINK_FRAME_HDR);

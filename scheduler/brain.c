@@ -836,6 +836,7 @@ static void brain_free(struct brain *b)
         free(t);
     }
     sched__brain_mcp_free(b);
+    sched__brain_egress_free(b);
     blocks_reset(b);
     wp_buf_free(&b->delta);
     json_decref(b->usage);
@@ -912,6 +913,10 @@ static int load_session(struct brain *b, redisReply *r)
     b->self_hosted = F(3) && !strcmp(F(3), "1");
     b->agent = json_incref(json_object_get(s, "agent"));
     b->vault_ids = json_incref(json_object_get(s, "vault_ids"));
+    size_t ri;
+    json_t *rr;
+    json_array_foreach(json_object_get(s, "resources"), ri, rr)
+        b->has_repos |= !strcmp(json_string_value(json_object_get(rr, "type")) ?: "", "github_repository");
     json_decref(s);
     const char *sb = F(6), *tok = F(7);
     if (sb && *sb && tok && F(8) && F(9)) {

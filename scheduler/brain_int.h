@@ -71,6 +71,7 @@ struct sched_brain_mcp;
 struct mcp_hub;
 
 enum sbx_state { SBX_NONE, SBX_CLAIMING, SBX_LINKING, SBX_READY, SBX_FAILED };
+enum egress_state { EGRESS_NONE, EGRESS_LOADING, EGRESS_LOADED };
 
 /* A built-in tool call this brain runs. */
 struct btool {
@@ -138,6 +139,18 @@ struct brain {
     char sbx_error[200];
     struct btool *tools;
 
+    /* secrets in play (brain_egress.c), read before the first claim */
+    enum egress_state egress_state;
+    json_t *egress;          /* {"credentials":[...]} for the route (owned; holds
+                                secrets: wiped when freed), NULL when none */
+    json_t *egress_vars;     /* [{name, value: placeholder}] (owned) */
+    bool egress_warned;      /* credential_host_unreachable_error checked */
+    char proxy[64];          /* the sandbox's egress proxy "host:port" ("" none) */
+    bool has_repos;          /* the session has github_repository resources */
+    json_t *repos;           /* [{url, remote, mount_path, checkout}] (owned) */
+    bool repos_cloned;       /* done in this sandbox (or tried) */
+    uint64_t clone_t0;
+
     ev_timer renew;
     ev_timer linger;
     struct brain *next, *dnext;
@@ -161,9 +174,34 @@ double sched__brain_since(uint64_t t0);
  * lists (agent.tool_use event) without a result; tools_cancel: interrupt
  * every call (each gets its result). */
 void sched__brain_claim(struct brain *b);
+/* ... the claim itself, once the session's secrets are known (egress_cb). */
+void sched__brain_claim_go(struct brain *b);
+/* The sandbox cannot come: tools waiting for it fail with why. */
+void sched__brain_sandbox_failed(struct brain *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 void sched__brain_tools_run(struct brain *b);
 void sched__brain_tool_start(struct brain *b, json_t *ev);
 void sched__brain_tools_cancel(struct brain *b);
+
+/* brain_egress.c: the session's environment_variable credentials. load:
+ * read them unless done (true while the read is in flight: the claim goes
+ * on from its callback through sched__brain_claim_go); env: the attach's
+ * variables (the proxy's, for a non-empty proxy "host:port", and each
+ * secret's placeholder; pointers into pe and b, valid until the next
+ * load/free); free: wipes the secrets. placeholder: "wpcred_" + 32 hex,
+ * from the vault key, session and credential ids; 0 or -1. */
+bool sched__brain_egress_load(struct brain *b);
+struct alink_env_var;
+int sched__brain_egress_env(struct brain *b, const char *proxy, struct alink_env_var *vars,
+                            size_t cap, struct pool_egress_env *pe);
+void sched__brain_egress_free(struct brain *b);
+/* At attach: clone the session's repositories in the sandbox (true: the
+ * clone runs; sched__brain_sandbox_ready follows). */
+bool sched__brain_repos_clone(struct brain *b);
+/* brain_tools.c: the sandbox can take tool calls now. */
+void sched__brain_sandbox_ready(struct brain *b);
+int sched__egress_placeholder(const unsigned char key[32], const char *session, const char *cred,
+                              char out[POOL_EGRESS_PLACEHOLDER_LEN]);
 
 /* brain_mcp.c: the session's MCP servers. ready: lists every server (its
  * credential first) unless done this turn; true once each is listed or

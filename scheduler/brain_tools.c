@@ -34,8 +34,7 @@ static void save_sandbox(struct brain *b)
     wp_redis_argv(b->srv->rds, NULL, NULL, 16, argv, NULL);
 }
 
-static void sandbox_failed(struct brain *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sandbox_failed(struct brain *b, const char *fmt, ...)
+void sched__brain_sandbox_failed(struct brain *b, const char *fmt, ...)
 {
     va_list ap;
     if (b->stopped)
@@ -60,7 +59,7 @@ static void link_closed(void *ctx, const struct wp_err *err)
     if (b->stopped)
         return;
     sched_metrics_inc(sched__brain_metrics(b), SCHED_CTR_SANDBOX_LOST, NULL);
-    sandbox_failed(b, "the sandbox's link closed: %s", err ? err->msg : "");
+    sched__brain_sandbox_failed(b, "the sandbox's link closed: %s", err ? err->msg : "");
     sched__brain_maybe_free(b);
 }
 
@@ -71,16 +70,23 @@ static void attach_cb(void *ctx, int status, const struct alink_result *res, con
     if (b->stopped)
         return;
     if (status != 0 || res->is_error) {
-        sandbox_failed(b, "attach: %.*s", (int)res->len, res->content);
+        sched__brain_sandbox_failed(b, "attach: %.*s", (int)res->len, res->content);
         sched__brain_maybe_free(b);
         return;
     }
-    b->sbx = SBX_READY;
     sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_SANDBOX_ATTACHED, b->claim.tier, sched__brain_since(b->claim_t0));
     log_info("session=%s sandbox %s attached tier=%s in %.1f ms", b->sid, b->claim.sandbox,
              b->claim.tier, sched__brain_since(b->claim_t0) * 1e3);
-    sched__brain_tools_run(b);
+    /* The repositories first: the first tool call may need them. */
+    if (!sched__brain_repos_clone(b))
+        sched__brain_sandbox_ready(b);
     sched__brain_maybe_free(b);
+}
+
+void sched__brain_sandbox_ready(struct brain *b)
+{
+    b->sbx = SBX_READY;
+    sched__brain_tools_run(b);
 }
 
 static void hello_cb(void *ctx, int status, const struct wp_err *err)
@@ -90,18 +96,23 @@ static void hello_cb(void *ctx, int status, const struct wp_err *err)
     if (b->stopped)
         return;
     if (status != 0)
-        sandbox_failed(b, "connect: %s", err ? err->msg : "failed");
+        sched__brain_sandbox_failed(b, "connect: %s", err ? err->msg : "failed");
     else {
-        struct alink_attach a = { .session_id = b->sid };
+        struct alink_env_var vars[16 + 64];
+        struct pool_egress_env pe;
+        int n = sched__brain_egress_env(b, b->proxy, vars, sizeof(vars) / sizeof(vars[0]), &pe);
+        struct alink_attach a = { .session_id = b->sid, .env = n > 0 ? vars : NULL,
+                                  .n_env = (size_t)n };
         if (alink_client_attach(b->ac, &a, attach_cb, b, &e2) < 0)
-            sandbox_failed(b, "attach: %s", e2.msg);
+            sched__brain_sandbox_failed(b, "attach: %s", e2.msg);
     }
     sched__brain_maybe_free(b);
 }
 
-static void relay_cb(void *ctx, int status, int fd, const struct wp_err *err)
+static void relay_cb(void *ctx, int status, int fd, const char *proxy, const struct wp_err *err)
 {
     struct brain *b = ctx;
+    snprintf(b->proxy, sizeof(b->proxy), "%s", status == 0 && proxy ? proxy : "");
     struct alink_client_opts o = { .on_close = link_closed, .close_ctx = b };
     struct wp_err e2;
     b->refs--;
@@ -117,11 +128,11 @@ static void relay_cb(void *ctx, int status, int fd, const struct wp_err *err)
             memset(&b->claim, 0, sizeof(b->claim));
             sched__brain_claim(b);
         } else {
-            sandbox_failed(b, "relay: %s", err ? err->msg : "failed");
+            sched__brain_sandbox_failed(b, "relay: %s", err ? err->msg : "failed");
         }
     } else if (alink_client_new(b->srv->loop, &o, &b->ac, &e2) < 0 ||
                alink_client_connect_fd(b->ac, fd, hello_cb, b, &e2) < 0) {
-        sandbox_failed(b, "connect: %s", e2.msg);
+        sched__brain_sandbox_failed(b, "connect: %s", e2.msg);
     }
     sched__brain_maybe_free(b);
 }
@@ -130,8 +141,9 @@ static void connect_link(struct brain *b)
 {
     struct wp_err err;
     b->sbx = SBX_LINKING;
-    if (pool_connect(b->srv->loop, &b->claim, b->pool_env, relay_cb, b, &err) < 0)
-        sandbox_failed(b, "relay: %s", err.msg);
+    b->repos_cloned = false; /* a clone already there is kept (repos.c) */
+    if (pool_connect_egress(b->srv->loop, &b->claim, b->pool_env, b->egress, relay_cb, b, &err) < 0)
+        sched__brain_sandbox_failed(b, "relay: %s", err.msg);
     else
         b->refs++;
 }
@@ -144,7 +156,7 @@ static void claim_cb(void *ctx, int status, const struct pool_claim_result *res,
         if (status == 0 && b->srv->pool) /* nobody will use it */
             pool_release(b->srv->pool, b->pool_env, res->sandbox, res->token, NULL, NULL, NULL);
     } else if (status != 0) {
-        sandbox_failed(b, "no sandbox for environment %s: %s", b->pool_env, err ? err->msg : "claim failed");
+        sched__brain_sandbox_failed(b, "no sandbox for environment %s: %s", b->pool_env, err ? err->msg : "claim failed");
     } else {
         b->claim = *res;
         sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_CLAIM, res->tier, res->ms / 1e3);
@@ -163,7 +175,7 @@ static void claim_now(struct brain *b)
 {
     struct wp_err err;
     if (pool_claim(b->srv->pool, b->pool_env, b->sid, 60, claim_cb, b, &err) < 0)
-        sandbox_failed(b, "claim: %s", err.msg);
+        sched__brain_sandbox_failed(b, "claim: %s", err.msg);
     else
         b->refs++;
 }
@@ -177,10 +189,10 @@ static void pool_orgs_cb(void *ctx, redisReply *reply)
     b->refs--;
     if (!b->stopped) {
         if (!reply || reply->type == REDIS_REPLY_ERROR)
-            sandbox_failed(b, "the pool is not reachable");
+            sched__brain_sandbox_failed(b, "the pool is not reachable");
         else if (!sched__pool_org_allowed(reply->type == REDIS_REPLY_STRING ? reply->str : NULL,
                                           b->org))
-            sandbox_failed(b, "organization %s may not use pool environment %s (the operator "
+            sched__brain_sandbox_failed(b, "organization %s may not use pool environment %s (the operator "
                               "names the organizations each pool serves)", b->org, b->pool_env);
         else
             claim_now(b);
@@ -193,17 +205,27 @@ void sched__brain_claim(struct brain *b)
     if (b->self_hosted || b->sbx == SBX_CLAIMING || b->sbx == SBX_LINKING || b->sbx == SBX_READY)
         return;
     if (!b->srv->pool || !pool_client_ready(b->srv->pool)) {
-        sandbox_failed(b, "the pool is not reachable");
+        sched__brain_sandbox_failed(b, "the pool is not reachable");
         return;
     }
     b->claim_t0 = wp_now_ns();
     b->sbx = SBX_CLAIMING;
+    /* Secrets first: the route to the sandbox carries them. */
+    if (sched__brain_egress_load(b))
+        return;
+    sched__brain_claim_go(b);
+}
+
+void sched__brain_claim_go(struct brain *b)
+{
+    if (b->stopped || b->sbx != SBX_CLAIMING)
+        return;
     if (b->claim.sandbox[0]) { /* recorded by an earlier brain of this session */
         connect_link(b);
         return;
     }
     if (!b->pool_env[0]) {
-        sandbox_failed(b, "environment %s has no warmpool pool", b->env_id);
+        sched__brain_sandbox_failed(b, "environment %s has no warmpool pool", b->env_id);
     } else if (strncmp(b->pool_env, "env_", 4) == 0) {
         claim_now(b); /* the organization's own environment */
     } else {
@@ -211,7 +233,7 @@ void sched__brain_claim(struct brain *b)
         snprintf(pol, sizeof(pol), "wp:env:{%s}:policy", b->pool_env);
         const char *argv[] = {"HGET", pol, "orgs"};
         if (wp_redis_argv(b->srv->rds, pool_orgs_cb, b, 3, argv, NULL) < 0)
-            sandbox_failed(b, "the pool is not reachable");
+            sched__brain_sandbox_failed(b, "the pool is not reachable");
         else
             b->refs++;
     }
@@ -246,7 +268,7 @@ static void tool_done(void *ctx, int status, const struct alink_result *res, con
     if (status != 0 && status != -ECANCELED && status != WP_ETIMEDOUT && b->sbx == SBX_READY &&
         !alink_client_connected(b->ac)) {
         sched_metrics_inc(sched__brain_metrics(b), SCHED_CTR_SANDBOX_LOST, NULL);
-        sandbox_failed(b, "the sandbox's link closed during a call");
+        sched__brain_sandbox_failed(b, "the sandbox's link closed during a call");
     }
     sched__brain_step(b);
     sched__brain_maybe_free(b);

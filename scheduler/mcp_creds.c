@@ -39,7 +39,14 @@ void sched__json_wipe(json_t *j)
     json_object_foreach(j, k, v) {
         if (json_is_string(v))
             memset((char *)json_string_value(v), 0, json_string_length(v));
-        else if (json_is_object(v))
+        else if (json_is_object(v) || json_is_array(v))
+            sched__json_wipe(json_incref(v));
+    }
+    size_t i;
+    json_array_foreach(j, i, v) {
+        if (json_is_string(v))
+            memset((char *)json_string_value(v), 0, json_string_length(v));
+        else if (json_is_object(v) || json_is_array(v))
             sched__json_wipe(json_incref(v));
     }
     json_decref(j);

@@ -188,7 +188,7 @@ void sched__obj_create_live(struct sched_req *req, const struct sched_kind *k, c
                             json_t *obj, const char *live, const char *const *extra)
 {
     char kobj[200], kall[200], kact[200], kquota[160];
-    const char *argv[40];
+    const char *argv[64];
     int argc = 0, nkeys = 4;
     const char *id = json_string_value(json_object_get(obj, "id"));
     /* The stored form has no live fields; the response has them. */
@@ -218,7 +218,7 @@ void sched__obj_create_live(struct sched_req *req, const struct sched_kind *k, c
     argv[argc++] = scope;
     argv[argc++] = s;
     argv[argc++] = live ? live : "";
-    for (int i = 0; extra && extra[i] && argc < 38; i++)
+    for (int i = 0; extra && extra[i] && argc < 62; i++)
         argv[argc++] = extra[i];
     json_decref(req->tmp);
     req->tmp = obj;

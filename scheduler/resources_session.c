@@ -155,20 +155,33 @@ static void update_loaded(struct sched_req *req, json_t *s, long long rev)
         sched__bad_request(req, "only github_repository resources support token rotation");
         return;
     }
-    /* The token is a secret: it is not stored in the session object. The
-     * pool issue will keep it sealed for the clone step. */
+    /* The token is a secret: kept sealed beside the session object
+     * (rtok:<resource id>), never in it. Sandboxes attached from now on
+     * use it (the brain's next route to the node registers it). */
+    json_t *tok = json_object_get(req->body, "authorization_token");
+    char *sealed = sched__vault_seal(&req->srv->vk, json_string_value(tok), json_string_length(tok));
+    if (!sealed) {
+        json_decref(s);
+        sched__respond_error(req, 500, "api_error", NULL, "could not seal the token");
+        return;
+    }
+    char field[96];
+    snprintf(field, sizeof(field), "rtok:%s", req->params[1]);
+    const char *extra[] = {field, sealed, NULL};
     sched__rfc3339(wp_wall_ms(), now, sizeof(now));
     json_object_set_new(r, "updated_at", json_string(now));
     req->tmp2 = json_incref(r);
     req->after = respond_taken;
-    sched__obj_store(req, &sched__kind_session, req->org, s, rev, false, NULL, NULL);
+    sched__obj_store(req, &sched__kind_session, req->org, s, rev, false, extra, NULL);
+    free(sealed);
 }
 
 void sched__h_sres_update(struct sched_req *req)
 {
     static const char *const f[] = {"authorization_token", NULL};
-    if (sched__unknown_field(req->body, f) ||
-        !json_is_string(json_object_get(req->body, "authorization_token"))) {
+    json_t *tok = json_object_get(req->body, "authorization_token");
+    if (sched__unknown_field(req->body, f) || !json_is_string(tok) ||
+        json_string_length(tok) == 0 || json_string_length(tok) > 4096) {
         sched__bad_request(req, "update takes {\"authorization_token\": string}");
         return;
     }

@@ -112,7 +112,25 @@ json_t *sched__cred_secrets(const struct sched_vault_keys *vk, const char *seale
 /* The same from an HGET reply for a request: on failure answers 500
  * vault_key_mismatch and returns NULL. */
 json_t *sched__req_cred_secrets(struct sched_req *req, redisReply *reply);
-/* Zero every string in j (objects recursively), then drop the reference. */
+/* repos.c: github_repository resources. check: NULL when url (https,
+ * a host name or IPv4 address, an optional port, a path), checkout (null,
+ * {type: branch, name} or {type: commit, sha}) and mount_path (null or an
+ * absolute path of [A-Za-z0-9._/-] without "..") are usable, else why not;
+ * mount gets the mount path (default /workspace/<repo name>). host:
+ * url's host name (cap bytes). */
+#define SCHED_MAX_REPOS 8
+const char *sched__repo_check(const char *url, json_t *checkout, json_t *mount_path, char *mount,
+                              size_t cap);
+int sched__repo_host(const char *url, char *host, size_t cap);
+/* The shell that clones repos ([{remote, mount_path, checkout}]) in the
+ * sandbox, one "WPREPO <i> ok|failed <why>" line each; 0 or -1. The error
+ * type (events.md) for a failure's text. */
+struct wp_buf;
+int sched__repo_clone_script(json_t *repos, struct wp_buf *out);
+const char *sched__repo_error_type(const char *why);
+
+/* Zero every string in j (objects and arrays recursively), then drop the
+ * reference. */
 void sched__json_wipe(json_t *j);
 /* The refresh request of a stored mcp_oauth credential (cred: its JSON,
  * secrets: its unsealed secrets; out borrows from both); false when it

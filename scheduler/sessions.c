@@ -41,7 +41,7 @@ static const char lua_delete[] =
     "redis.call('ZREM', KEYS[4], ARGV[2])\n"
     "return 1\n";
 
-static const char *norm_resource(json_t *r, const char *now, json_t **out)
+static const char *norm_resource(json_t *r, const char *now, json_t **out, json_t *tokens)
 {
     const char *ty = json_string_value(json_object_get(r, "type"));
     char id[64];
@@ -52,23 +52,21 @@ static const char *norm_resource(json_t *r, const char *now, json_t **out)
         static const char *const f[] = {"type", "url", "authorization_token", "checkout",
                                         "mount_path", NULL};
         json_t *url = json_object_get(r, "url"), *mp = json_object_get(r, "mount_path");
-        json_t *co = json_object_get(r, "checkout");
+        json_t *co = json_object_get(r, "checkout"), *tok = json_object_get(r, "authorization_token");
+        const char *msg;
         if (sched__unknown_field(r, f) || !json_is_string(url))
             return "github_repository needs a url (and only its documented fields)";
+        if ((msg = sched__repo_check(json_string_value(url), co, mp, NULL, 0)))
+            return msg;
+        if (tok && !json_is_null(tok) &&
+            (!json_is_string(tok) || json_string_length(tok) == 0 || json_string_length(tok) > 4096))
+            return "authorization_token must be a non-empty string of at most 4096 characters";
         char mount[512];
-        if (json_is_string(mp)) {
-            snprintf(mount, sizeof(mount), "%s", json_string_value(mp));
-        } else {
-            const char *u = json_string_value(url), *slash = strrchr(u, '/');
-            char name[256];
-            snprintf(name, sizeof(name), "%s", slash ? slash + 1 : u);
-            size_t nl = strlen(name);
-            if (nl > 4 && !strcmp(name + nl - 4, ".git"))
-                name[nl - 4] = '\0';
-            snprintf(mount, sizeof(mount), "/workspace/%s", name);
-        }
-        /* The authorization token is a secret: it is never echoed. The
-         * pool issue will store it sealed for the clone step. */
+        sched__repo_check(json_string_value(url), co, mp, mount, sizeof(mount));
+        /* The token is a secret: never in the session's JSON, kept sealed
+         * beside it (brain_egress.c hands it to the egress proxy). */
+        if (json_is_string(tok))
+            json_object_set(tokens, id, tok);
         *out = json_pack("{s:s,s:s,s:O,s:s,s:O,s:s,s:s}", "id", id, "type", ty, "url", url,
                          "mount_path", mount, "checkout", co ? co : json_null(), "created_at",
                          now, "updated_at", now);
@@ -107,21 +105,29 @@ static const char *norm_resource(json_t *r, const char *now, json_t **out)
     return "resource type must be github_repository, file or memory_store";
 }
 
-/* NOT YET BUILT (issue 16): resources are stored (norm_resource above,
- * resources_session.c) but nothing mounts, clones or attaches them to a
- * sandbox. Refusing them is better than accepting and silently ignoring
- * them, as envtpl.c does for packages it cannot install. vault_ids pass:
- * the brain lends their MCP credentials (brain_mcp.c). Issue 16 removes
- * this function and its two callers. An empty array passes. */
+/* NOT YET BUILT (issue 16): file and memory_store resources are stored
+ * (norm_resource above, resources_session.c) but nothing mounts or
+ * attaches them to a sandbox. Refusing them is better than accepting and
+ * silently ignoring them. github_repository resources are cloned
+ * (repos.c, brain_egress.c). An empty array passes. */
 bool sched__refuse_unbuilt(struct sched_req *req, json_t *vault_ids, json_t *resources)
 {
+    size_t i;
+    json_t *r;
     (void)vault_ids;
-    if (json_array_size(resources) > 0) {
-        const char *ty = json_string_value(json_object_get(json_array_get(resources, 0), "type"));
+    json_array_foreach(resources, i, r) {
+        const char *ty = json_string_value(json_object_get(r, "type"));
+        if (ty && !strcmp(ty, "github_repository"))
+            continue;
         sched__respond_error(req, 400, "invalid_request_error", "not_supported_yet",
                              "resources: %s resources are not supported yet: this server does "
-                             "not yet mount files, clone repositories or attach memory stores; "
-                             "send [] or omit it", ty ? ty : "session");
+                             "not yet mount files or attach memory stores", ty ? ty : "session");
+        return true;
+    }
+    size_t repos = 0;
+    json_array_foreach(resources, i, r) repos++;
+    if (repos > SCHED_MAX_REPOS) {
+        sched__bad_request(req, "at most %d repositories per session", SCHED_MAX_REPOS);
         return true;
     }
     return false;
@@ -283,12 +289,13 @@ static void prep_cb(void *ctx, redisReply *reply)
     snprintf(ms, sizeof(ms), "%llu", (unsigned long long)t);
     sched__new_id("sesn_", id, sizeof(id));
 
-    json_t *resources = json_array();
+    json_t *resources = json_array(), *tokens = json_object();
     size_t i;
     json_t *r;
     json_array_foreach(json_object_get(body, "resources"), i, r) {
         json_t *n = NULL;
-        if ((msg = norm_resource(r, now, &n))) {
+        if ((msg = norm_resource(r, now, &n, tokens))) {
+            sched__json_wipe(tokens);
             json_decref(resources);
             json_decref(snap);
             sched__bad_request(req, "%s", msg);
@@ -309,17 +316,50 @@ static void prep_cb(void *ctx, redisReply *reply)
         "outcome_evaluations", "stats", "active_seconds", 0, "duration_seconds", 0, "usage",
         "created_at", now, "updated_at", now, "archived_at");
     if (!s) {
+        sched__json_wipe(tokens);
         sched__respond_error(req, 500, "api_error", NULL, "could not build the session");
         return;
     }
+    /* Repository tokens: one sealed field per resource, rtok:<id>. */
+    const char *extra[14 + 2 * SCHED_MAX_REPOS + 1];
+    char rkeys[SCHED_MAX_REPOS][80];
+    char *sealed[SCHED_MAX_REPOS] = {NULL};
+    int ne = 0, nt = 0;
+    const char *rid;
+    json_t *tv;
+    json_object_foreach(tokens, rid, tv) {
+        if (nt == SCHED_MAX_REPOS)
+            break;
+        snprintf(rkeys[nt], sizeof(rkeys[nt]), "rtok:%s", rid);
+        sealed[nt] = sched__vault_seal(&req->srv->vk, json_string_value(tv), json_string_length(tv));
+        if (!sealed[nt]) {
+            for (int k = 0; k < nt; k++)
+                free(sealed[k]);
+            sched__json_wipe(tokens);
+            json_decref(s);
+            sched__respond_error(req, 500, "api_error", NULL, "could not seal the token");
+            return;
+        }
+        nt++;
+    }
+    sched__json_wipe(tokens);
     snprintf(ver, sizeof(ver), "%lld",
              (long long)json_integer_value(json_object_get(snap, "version")));
-    const char *extra[] = {"status", "idle", "agent_id", req->scratch, "agent_version", ver,
+    const char *fixed[] = {"status", "idle", "agent_id", req->scratch, "agent_version", ver,
                            "created_ms", ms, "environment_id",
                            json_string_value(json_object_get(body, "environment_id")),
-                           "self_hosted", req->step == 1 ? "1" : "0", NULL};
+                           "self_hosted", req->step == 1 ? "1" : "0"};
+    for (size_t k = 0; k < sizeof(fixed) / sizeof(fixed[0]); k++)
+        extra[ne++] = fixed[k];
+    for (int k = 0; k < nt; k++) {
+        extra[ne++] = rkeys[k];
+        extra[ne++] = sealed[k];
+    }
+    extra[ne] = NULL;
     req->after = created;
     sched__obj_create_live(req, &sched__kind_session, req->org, s, "\"status\":\"idle\"", extra);
+    for (int k = 0; k < nt; k++)
+        free(sealed[k]);
 }
 
 void sched__h_session_create(struct sched_req *req)

@@ -10,7 +10,8 @@
  * process of its own (warmpool-egress, told about the sandbox on its control
  * socket as the node would tell it), with the test's host names pinned to
  * that address. The credentials are handed in
- * by the test (the scheduler -> claim -> node path is not built yet).
+ * by the test (test_sched_egress.c runs the whole path: API, brain, relay,
+ * node).
  *
  * Credentials: API_TOKEN (header and body, hosts "*.allowed.test") and
  * HDR_ONLY (header only, host "api.allowed.test"). Checked: `env` shows
@@ -24,6 +25,7 @@
  * and not in the proxy's log. */
 #include "alink_harness.h"
 #include "lib/sched_testlib.h"
+#include "lib/inetlib.h"
 #include "lib/snaplib.h"
 #include "base/fs.h"
 #include "pool/pool.h"
@@ -35,6 +37,7 @@
 #include <poll.h>
 #include <sys/un.h>
 #include <sys/random.h>
+#include <openssl/evp.h>
 
 #define INET_GW "198.18.4.1"
 #define INET_ADDR "198.18.4.2"
@@ -42,82 +45,18 @@
 static struct th_snap S;
 static struct snap_template *T;
 static struct snap_sandbox *SB;
-static char NS[32], HOSTIF[16], TLSDIR[600], SRVLOG[700], PXLOG[700];
-static int TLS_PORT, HTTP_PORT, PX_PORT;
-static pid_t srv_pid = -1, px_pid = -1;
+static struct th_inet I; /* the test's internet */
+static char PXLOG[700];
+static int PX_PORT;
+static pid_t px_pid = -1;
+#define TLS_PORT I.tls_port
+#define HTTP_PORT I.http_port
 static char PX_HOST[16], SBX_ADDR[16], CTL[700];
 static char P1[POOL_EGRESS_PLACEHOLDER_LEN], P2[POOL_EGRESS_PLACEHOLDER_LEN];
 static char S1[64], S2[64];
 static struct hh H;
 
 /* tests/integration/<name> found above this test binary. */
-static int source_file(const char *name, char *out, size_t cap)
-{
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-
-    if (n <= 0)
-        return -1;
-    exe[n] = '\0';
-    for (int up = 0; up < 6; up++) {
-        char *slash = strrchr(exe, '/');
-        if (!slash)
-            return -1;
-        *slash = '\0';
-        snprintf(out, cap, "%s/tests/integration/%s", exe, name);
-        if (access(out, R_OK) == 0)
-            return 0;
-    }
-    return -1;
-}
-
-static int start_internet(void)
-{
-    char out[2048], script[PATH_MAX], ready[700];
-
-    snprintf(NS, sizeof(NS), "wpt-egr-%d", (int)getpid());
-    snprintf(HOSTIF, sizeof(HOSTIF), "wpe%d", (int)getpid() % 100000);
-    if (th_sh(out, sizeof(out),
-              "set -e; ip netns add %s; ip link add %s type veth peer name eth0 netns %s; "
-              "ip addr add " INET_GW "/30 dev %s; ip link set %s up; "
-              "ip -n %s addr add " INET_ADDR "/30 dev eth0; ip -n %s link set eth0 up; "
-              "ip -n %s link set lo up; ip -n %s route add default via " INET_GW,
-              NS, HOSTIF, NS, HOSTIF, HOSTIF, NS, NS, NS, NS) != 0)
-        return -1;
-    snprintf(TLSDIR, sizeof(TLSDIR), "%s/tls", S.state);
-    if (th_sh(out, sizeof(out),
-              "set -e; mkdir -p %s; cd %s; "
-              "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-              "-keyout ca.key -out ca.pem -days 2 -subj /CN=test-internet-CA 2>/dev/null; "
-              "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout srv.key "
-              "-out srv.csr -subj /CN=api.allowed.test 2>/dev/null; "
-              "echo 'subjectAltName=DNS:api.allowed.test,DNS:allowed.test,DNS:api.other.test' > ext; "
-              "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem "
-              "-days 2 -extfile ext 2>/dev/null",
-              TLSDIR, TLSDIR) != 0)
-        return -1;
-    if (source_file("egress_server.py", script, sizeof(script)) < 0)
-        return -1;
-    snprintf(SRVLOG, sizeof(SRVLOG), "%s/arrived.log", S.state);
-    snprintf(ready, sizeof(ready), "%s/srv.ready", S.state);
-    TLS_PORT = th_free_port();
-    HTTP_PORT = th_free_port();
-    srv_pid = fork();
-    if (srv_pid == 0) {
-        char tp[16], hp[16], cert[700], key[700];
-        snprintf(tp, sizeof(tp), "%d", TLS_PORT);
-        snprintf(hp, sizeof(hp), "%d", HTTP_PORT);
-        snprintf(cert, sizeof(cert), "%s/srv.pem", TLSDIR);
-        snprintf(key, sizeof(key), "%s/srv.key", TLSDIR);
-        execlp("ip", "ip", "netns", "exec", NS, "python3", script, tp, hp, cert, key, SRVLOG,
-               ready, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 200 && access(ready, F_OK) != 0; i++)
-        th_msleep(50);
-    return access(ready, F_OK) == 0 ? 0 : -1;
-}
-
 /* One line to warmpool-egress's control socket, as the node sends it;
  * returns the reply line (caller frees). */
 static char *control(const char *line)
@@ -172,7 +111,7 @@ static int start_proxy(void)
     snprintf(CTL, sizeof(CTL), "%s/egress.sock", S.state);
     snprintf(ca_dir, sizeof(ca_dir), "%s/egress", S.state);
     snprintf(ca_pem, sizeof(ca_pem), "%s/ca.pem", ca_dir);
-    snprintf(upstream, sizeof(upstream), "%s/ca.pem", TLSDIR);
+    snprintf(upstream, sizeof(upstream), "%s/ca.pem", I.tlsdir);
     hh_hands_path(bin, sizeof(bin));
     snprintf(strrchr(bin, '/'), sizeof(bin) - (size_t)(strrchr(bin, '/') - bin), "/warmpool-egress");
     PX_PORT = th_free_port();
@@ -238,7 +177,7 @@ static int group_setup(void **state)
 
     if (th_snap_open(&S) < 0 || th_hands_copy(S.state, dir, sizeof(dir)) < 0)
         return -1;
-    if (start_internet() < 0) {
+    if (th_inet_start(&I, S.state, 4) < 0) {
         fprintf(stderr, "setup: cannot make the test's internet (namespace, certificates, "
                         "egress_server.py)\n");
         return -1;
@@ -276,7 +215,6 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    char out[256];
     struct wp_err err;
     (void)state;
 
@@ -284,11 +222,9 @@ static int group_teardown(void **state)
         hh_stop(&H);
     if (px_pid > 0)
         kill(px_pid, SIGKILL), waitpid(px_pid, NULL, 0);
-    if (srv_pid > 0)
-        kill(srv_pid, SIGKILL), waitpid(srv_pid, NULL, 0);
     if (SB)
         snap_destroy(S.ctx, SB, &err);
-    th_sh(out, sizeof(out), "ip link del %s 2>/dev/null; ip netns del %s 2>/dev/null", HOSTIF, NS);
+    th_inet_stop(&I);
     snap_template_free(T);
     th_snap_close(&S);
     return 0;
@@ -306,26 +242,6 @@ static char *run(const char *command)
     free(js);
     out = strdup(r.text ? r.text : "");
     hres_free(&r);
-    return out;
-}
-
-/* What the server recorded for the request whose path is `path`. */
-static char *arrived(const char *path)
-{
-    char *log = NULL, key[128];
-    struct wp_err err;
-
-    if (wp_read_file(SRVLOG, 1 << 26, &log, NULL, &err) < 0)
-        return NULL;
-    snprintf(key, sizeof(key), " %s HTTP/", path);
-    char *at = strstr(log, key);
-    if (!at) {
-        free(log);
-        return NULL;
-    }
-    char *end = strstr(at + 1, "\n=== ");
-    char *out = strndup(at, end ? (size_t)(end - at) : strlen(at));
-    free(log);
     return out;
 }
 
@@ -376,7 +292,7 @@ static void allowed_host_gets_the_secret(void **state)
     char want[160];
     (void)state;
     char *out = send_from_sandbox("https://api.allowed.test", TLS_PORT, "/allowed", NULL);
-    char *got = arrived("/allowed");
+    char *got = th_inet_arrived(&I, "/allowed");
 
     if (!got)
         fail_msg("nothing arrived; curl said: %s%s", out, chain_note());
@@ -393,6 +309,44 @@ static void allowed_host_gets_the_secret(void **state)
     free(out);
 }
 
+static void b64(const char *in, char *out)
+{
+    EVP_EncodeBlock((unsigned char *)out, (const unsigned char *)in, (int)strlen(in));
+}
+
+/* Basic credentials (curl -u, git's user:token@host remotes) carry the
+ * placeholder base64-encoded: the proxy decodes, injects and encodes again
+ * for an allowed host, and leaves them alone elsewhere. */
+static void basic_credentials_get_the_secret_too(void **state)
+{
+    char plain[200], want[400], enc[300];
+    (void)state;
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "curl -sS --max-time 10 -u \"x-access-token:$API_TOKEN\" https://api.allowed.test:%d/basic; "
+             "curl -sS --max-time 10 -u \"x-access-token:$API_TOKEN\" https://api.other.test:%d/basic-other",
+             TLS_PORT, TLS_PORT);
+    char *out = run(cmd);
+    char *got = th_inet_arrived(&I, "/basic");
+    if (!got)
+        fail_msg("nothing arrived; curl said: %s%s", out, chain_note());
+    snprintf(plain, sizeof(plain), "x-access-token:%s", S1);
+    b64(plain, enc);
+    snprintf(want, sizeof(want), "Authorization: Basic %s", enc);
+    if (!strstr(got, want))
+        fail_msg("no injected Basic credentials: %s", got);
+    free(got);
+    got = th_inet_arrived(&I, "/basic-other");
+    assert_non_null(got);
+    snprintf(plain, sizeof(plain), "x-access-token:%s", P1);
+    b64(plain, enc);
+    /* (the recording server folds long header lines) */
+    if (!strstr(got, "Authorization: Basic") || !strstr(got, enc))
+        fail_msg("another host got other than the placeholder: %s", got);
+    free(got);
+    free(out);
+}
+
 static void other_hosts_get_the_placeholder(void **state)
 {
     char want[160];
@@ -403,7 +357,7 @@ static void other_hosts_get_the_placeholder(void **state)
 
     for (int i = 0; i < 2; i++) {
         char *out = send_from_sandbox(hosts[i], TLS_PORT, paths[i], NULL);
-        char *got = arrived(paths[i]);
+        char *got = th_inet_arrived(&I, paths[i]);
         if (!got)
             fail_msg("%s: nothing arrived; curl said: %s%s", hosts[i], out, chain_note());
         snprintf(want, sizeof(want), "Authorization: Bearer %s", P1);
@@ -422,7 +376,7 @@ static void plain_http_in_absolute_form(void **state)
     char want[160];
     (void)state;
     char *out = send_from_sandbox("http://api.allowed.test", HTTP_PORT, "/plain", NULL);
-    char *got = arrived("/plain");
+    char *got = th_inet_arrived(&I, "/plain");
 
     if (!got)
         fail_msg("nothing arrived; curl said: %s%s", out, chain_note());
@@ -447,7 +401,7 @@ static void large_and_chunked_requests_and_large_answers(void **state)
              "--data-binary @/tmp/big https://api.allowed.test:%d/bigpost; rm -f /tmp/big",
              TLS_PORT);
     char *out = run(cmd);
-    char *got = arrived("/bigpost");
+    char *got = th_inet_arrived(&I, "/bigpost");
     if (!got)
         fail_msg("nothing arrived; curl said: %s%s", out, chain_note());
     snprintf(want, sizeof(want), "aaaa&tok=%s\n", S1);
@@ -461,7 +415,7 @@ static void large_and_chunked_requests_and_large_answers(void **state)
              "curl -sS --max-time 10 -H 'Transfer-Encoding: chunked' --data-binary "
              "\"tok=$API_TOKEN\" https://api.allowed.test:%d/chunked", TLS_PORT);
     out = run(cmd);
-    got = arrived("/chunked");
+    got = th_inet_arrived(&I, "/chunked");
     if (!got)
         fail_msg("nothing arrived; curl said: %s%s", out, chain_note());
     snprintf(want, sizeof(want), "tok=%s", S1);
@@ -478,7 +432,7 @@ static void large_and_chunked_requests_and_large_answers(void **state)
              "2>/dev/null; rm -f /tmp/huge", TLS_PORT);
     out = run(cmd);
     assert_null(strstr(out, "200"));
-    assert_null(arrived("/toobig"));
+    assert_null(th_inet_arrived(&I, "/toobig"));
     free(out);
     /* An answer that does not say it closes is made to (the proxy serves
      * one request per connection). */
@@ -510,9 +464,9 @@ static void only_the_proxy_is_reachable(void **state)
     char *out = run(cmd);
     assert_null(strstr(out, "rc=0"));
     free(out);
-    char *got = arrived("/direct");
+    char *got = th_inet_arrived(&I, "/direct");
     assert_null(got);
-    got = arrived("/direct2");
+    got = th_inet_arrived(&I, "/direct2");
     assert_null(got);
     /* The host's own services through the proxy: refused, not fetched. */
     int port = th_free_port(), one = 1;
@@ -551,8 +505,8 @@ static void one_sandbox_holds_a_bounded_number_of_connections(void **state)
              PX_HOST, PX_PORT, TLS_PORT, TLS_PORT);
     char *out = run(cmd);
     assert_null(strstr(out, "rc=0"));
-    assert_null(arrived("/crowded"));
-    char *got = arrived("/uncrowded");
+    assert_null(th_inet_arrived(&I, "/crowded"));
+    char *got = th_inet_arrived(&I, "/uncrowded");
     if (!got)
         fail_msg("nothing arrived after the crowd left: %s%s", out, chain_note());
     free(got);
@@ -575,7 +529,7 @@ static void nobody_else_uses_the_sandboxs_proxy(void **state)
     assert_int_equal(poll(&pf, 1, 5000), 1);
     assert_true(read(s, buf, sizeof(buf)) <= 0); /* closed without an answer */
     close(s);
-    char *got = arrived("/host");
+    char *got = th_inet_arrived(&I, "/host");
     assert_null(got);
 }
 
@@ -601,7 +555,7 @@ static void bad_commands_change_nothing(void **state)
     }
     /* The sandbox is still served as before. */
     char *out = send_from_sandbox("https://api.allowed.test", TLS_PORT, "/after-bad", NULL);
-    char *got = arrived("/after-bad");
+    char *got = th_inet_arrived(&I, "/after-bad");
     if (!got)
         fail_msg("nothing arrived; curl said: %s%s", out, chain_note());
     assert_non_null(strstr(got, S1));
@@ -620,7 +574,7 @@ static void a_removed_sandbox_is_cut_off(void **state)
     assert_string_equal(reply, "{\"ok\":true}\n");
     free(reply);
     char *out = send_from_sandbox("https://api.allowed.test", TLS_PORT, "/removed", NULL);
-    assert_null(arrived("/removed"));
+    assert_null(th_inet_arrived(&I, "/removed"));
     free(out);
     /* Added again, it works again (the next test wants it served). */
     char *line = add_command();
@@ -629,7 +583,7 @@ static void a_removed_sandbox_is_cut_off(void **state)
     assert_string_equal(reply, "{\"ok\":true}\n");
     free(reply);
     out = send_from_sandbox("https://api.allowed.test", TLS_PORT, "/readded", NULL);
-    char *got = arrived("/readded");
+    char *got = th_inet_arrived(&I, "/readded");
     if (!got)
         fail_msg("nothing arrived; curl said: %s%s", out, chain_note());
     free(got);
@@ -775,6 +729,7 @@ int main(void)
         cmocka_unit_test(env_shows_only_placeholders),
         cmocka_unit_test(allowed_host_gets_the_secret),
         cmocka_unit_test(other_hosts_get_the_placeholder),
+        cmocka_unit_test(basic_credentials_get_the_secret_too),
         cmocka_unit_test(plain_http_in_absolute_form),
         cmocka_unit_test(large_and_chunked_requests_and_large_answers),
         cmocka_unit_test(only_the_proxy_is_reachable),
