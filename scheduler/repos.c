@@ -111,7 +111,13 @@ const char *sched__repo_check(const char *url, json_t *checkout, json_t *mount_p
 /* The shell the brain runs once per sandbox: every repository cloned
  * where it belongs (kept when already there: a sandbox attached again),
  * one "WPREPO <index> <outcome>" line each. Values were checked at
- * create (safe_chars), and are single-quoted besides. */
+ * create (safe_chars), and are single-quoted besides. The clone and the
+ * checkout write reflog entries, which need a committer: without one git
+ * asks DNS for the host's domain, and a sandbox confined to its proxy has
+ * no DNS, so each would wait out the resolver (2 x 5 s). REPO_IDENT is
+ * given to those two commands only (not exported: the model's shell keeps
+ * its own identity). */
+#define REPO_IDENT "GIT_COMMITTER_NAME=warmpool GIT_COMMITTER_EMAIL=warmpool@localhost "
 int sched__repo_clone_script(json_t *repos, struct wp_buf *out)
 {
     size_t i;
@@ -127,13 +133,13 @@ int sched__repo_clone_script(json_t *repos, struct wp_buf *out)
         if (!remote || !mount)
             return -1;
         wp_buf_printf(out, "d='%s'; if [ -e \"$d/.git\" ]; then echo 'WPREPO %zu ok'; else "
-                           "mkdir -p \"$(dirname \"$d\")\" && o=$(git clone -q %s%s%s '%s' \"$d\" 2>&1); "
+                           "mkdir -p \"$(dirname \"$d\")\" && o=$(" REPO_IDENT "git clone -q %s%s%s '%s' \"$d\" 2>&1); "
                            "rc=$?; ",
                       mount, i, ty && !strcmp(ty, "branch") ? "--branch '" : "",
                       ty && !strcmp(ty, "branch") ? name : "",
                       ty && !strcmp(ty, "branch") ? "'" : "", remote);
         if (ty && !strcmp(ty, "commit"))
-            wp_buf_printf(out, "if [ $rc = 0 ]; then o=$(git -C \"$d\" checkout -q '%s' 2>&1) || "
+            wp_buf_printf(out, "if [ $rc = 0 ]; then o=$(" REPO_IDENT "git -C \"$d\" checkout -q '%s' 2>&1) || "
                                "{ rc=1; o=\"checkout: $o\"; }; fi; ",
                           sha);
         wp_buf_printf(out, "if [ $rc = 0 ]; then echo 'WPREPO %zu ok'; else "

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/fs.h"
 #include "lib/testlib.h"
 #include "scheduler/sched_int.h"
 
@@ -433,6 +434,61 @@ static void env_pool_names_and_templates(void **state)
     json_decref(env);
 }
 
+/* The clone script (repos.c), run by bash against a local repository as
+ * the brain runs it in a sandbox: a branch and a commit checkout land, and
+ * their reflog entries carry warmpool's identity, not one git would make
+ * by asking DNS for the host's domain (a sandbox confined to its proxy has
+ * no DNS: each clone waited out the resolver, 10 s). */
+static void repo_clone_script_runs_without_the_host_identity(void **state)
+{
+    (void)state;
+    char *dir = th_tmpdir("repo-clone");
+    char out[4096], first[64] = "", src[600], ma[600], mb[600];
+    assert_non_null(dir);
+    assert_int_equal(th_sh(out, sizeof(out),
+                           "set -e; cd %s; export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null "
+                           "GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@t GIT_COMMITTER_NAME=t "
+                           "GIT_COMMITTER_EMAIL=t@t; git init -q -b main w; cd w; echo one >f; "
+                           "git add f; git commit -qm one; echo two >f; git commit -qam two; "
+                           "git clone -q --bare . ../src.git; git rev-parse HEAD~1",
+                           dir), 0);
+    sscanf(out, "%40s", first);
+    snprintf(src, sizeof(src), "%s/src.git", dir);
+    snprintf(ma, sizeof(ma), "%s/ws/a", dir);
+    snprintf(mb, sizeof(mb), "%s/ws/b", dir);
+    json_t *repos = json_pack("[{s:s, s:s, s:{s:s, s:s}}, {s:s, s:s, s:{s:s, s:s}}]", "remote", src,
+                              "mount_path", ma, "checkout", "type", "branch", "name", "main",
+                              "remote", src, "mount_path", mb, "checkout", "type", "commit", "sha",
+                              first);
+    struct wp_buf sh;
+    wp_buf_init(&sh, 1 << 20);
+    assert_int_equal(sched__repo_clone_script(repos, &sh), 0);
+    char script[700];
+    struct wp_err err;
+    snprintf(script, sizeof(script), "%s/clone.sh", dir);
+    assert_int_equal(wp_write_file(script, sh.data, sh.len, 0600, &err), 0);
+    /* No identity anywhere but what the script gives. */
+    assert_int_equal(th_sh(out, sizeof(out),
+                           "env -i PATH=/usr/bin:/bin HOME=%s GIT_CONFIG_NOSYSTEM=1 "
+                           "GIT_CONFIG_GLOBAL=/dev/null bash %s",
+                           dir, script), 0);
+    if (!strstr(out, "WPREPO 0 ok") || !strstr(out, "WPREPO 1 ok"))
+        fail_msg("the clone script failed: %s", out);
+    th_sh(out, sizeof(out), "git -C %s rev-parse HEAD", mb);
+    assert_true(!strncmp(out, first, strlen(first)));
+    for (int i = 0; i < 2; i++) {
+        th_sh(out, sizeof(out), "env GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null git -C %s "
+              "log -g --format=%%ge HEAD", i ? mb : ma);
+        if (strncmp(out, "warmpool@localhost\n", 19) ||
+            (i == 1 && !strstr(out + 19, "warmpool@localhost")))
+            fail_msg("repository %d's reflog was written with another identity: %s", i, out);
+    }
+    wp_buf_free(&sh);
+    json_decref(repos);
+    th_rmtree(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -446,6 +502,7 @@ int main(void)
         cmocka_unit_test(config_parsing),
         cmocka_unit_test(error_mapping),
         cmocka_unit_test(env_pool_names_and_templates),
+        cmocka_unit_test(repo_clone_script_runs_without_the_host_identity),
     };
     return cmocka_run_group_tests_name("sched_unit", tests, NULL, NULL);
 }
