@@ -122,7 +122,8 @@ int sched__repo_clone_script(json_t *repos, struct wp_buf *out)
 {
     size_t i;
     json_t *r;
-    wp_buf_printf(out, "export GIT_TERMINAL_PROMPT=0; ");
+    /* A subshell: the model's shell keeps its variables and environment. */
+    wp_buf_printf(out, "( export GIT_TERMINAL_PROMPT=0; ");
     json_array_foreach(repos, i, r) {
         const char *remote = json_string_value(json_object_get(r, "remote"));
         const char *mount = json_string_value(json_object_get(r, "mount_path"));
@@ -147,7 +148,7 @@ int sched__repo_clone_script(json_t *repos, struct wp_buf *out)
                            "cut -c1-300)\"; fi; fi; ",
                       i, i);
     }
-    wp_buf_printf(out, "true");
+    wp_buf_printf(out, "true )");
     return 0;
 }
 
