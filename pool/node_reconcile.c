@@ -1,0 +1,361 @@
+/* node_reconcile.c - the node's state in Redis: heartbeat and node hash,
+ * reaping dead nodes, reconciling Redis with what the node has, orphans. */
+#define WP_LOG_COMPONENT "node"
+#include "pool/node_int.h"
+void node__register_node(struct node *n)
+{
+    char key[160], alive[160], ttl[32], cap[16], mem[32], started[32];
+    struct sysinfo si;
+
+    sysinfo(&si);
+    node__fmtkey(key, sizeof(key), POOL__K_NODE, n->cfg.id);
+    node__fmtkey(alive, sizeof(alive), POOL__K_ALIVE, n->cfg.id);
+    snprintf(ttl, sizeof(ttl), "%d", (int)(n->cfg.heartbeat_ttl_s * 1000));
+    snprintf(cap, sizeof(cap), "%d", n->slots);
+    snprintf(mem, sizeof(mem), "%llu", (unsigned long long)si.freeram * si.mem_unit);
+    snprintf(started, sizeof(started), "%llu", (unsigned long long)wp_wall_ms());
+    const char *set[] = { "SET", alive, "1", "PX", ttl };
+    node__cmd(n, "heartbeat", 5, set);
+    const struct snap_probe *cp = snap_ctx_criu(n->snap);
+    const char *hset[] = { "HSET", key, "capacity", cap, "mem_free", mem, "heartbeat_ms", started,
+                           "version", "warmpool-node 0.1", "relay", n->relay_addr,
+                           "criu_mode", snap_criu_mode_name(cp->mode),
+                           "criu_lazy", cp->lazy_ok ? "yes" : "no",
+                           "criu_source", cp->forced ? "configured" : cp->cached ? "cached" : "probed",
+                           "criu_why", cp->why };
+    node__cmd(n, "node", 20, hset);
+    /* Every beat, not once: after a Redis restart that lost writes the
+     * node reappears by itself. */
+    const char *sadd[] = { "SADD", POOL__K_NODES, n->cfg.id };
+    node__cmd(n, "register", 3, sadd);
+    for (int i = 0; i < n->n_envs; i++) {
+        struct env *e = &n->envs[i];
+        char nodes[160], pol[160], mn[16], mx[16];
+        if (e->retired)
+            continue;
+        node__fmtkey(nodes, sizeof(nodes), POOL__K_NODES_OF, e->cfg.name);
+        node__fmtkey(pol, sizeof(pol), POOL__K_POLICY, e->cfg.name);
+        snprintf(mn, sizeof(mn), "%d", e->cfg.min_hot);
+        snprintf(mx, sizeof(mx), "%d", e->cfg.max_hot);
+        const char *s2[] = { "SADD", nodes, n->cfg.id };
+        /* This node's start-up values, written once when it registers and
+         * only where the operator has set nothing for every node: an
+         * operator's `pool set` (which drops per-node fields) must not be
+         * undone by the next heartbeat or by a restart. Without a field the
+         * node uses its start-up value anyway (policy_cb). API environments
+         * have none: their policy comes with them. */
+        static const char lua_startup[] =
+            "for i = 1, 2 do\n"
+            "  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then\n"
+            "    redis.call('HSETNX', KEYS[1], ARGV[i] .. ':' .. ARGV[5], ARGV[i + 2])\n"
+            "  end\n"
+            "end\n"
+            "return 1\n";
+        const char *p1[] = { "EVAL", lua_startup, "1", pol, "min_hot", "max_hot", mn, mx, n->cfg.id };
+        node__cmd(n, "env nodes", 3, s2);
+        if (!e->api && !n->registered)
+            node__cmd(n, "policy", 9, p1);
+    }
+    for (int i = 0; i < n->n_envs; i++) {
+        struct env *e = &n->envs[i];
+        char f1[96], f2[96], f3[96], f4[96], f5[96], v1[32], v2[32], v3[32], v4[32];
+        char f6[96], f7[96], f8[96], v6[32], v7[32], v8[32];
+        if (e->retired)
+            continue; /* its fields were removed from the node's hash */
+        /* The claim queue: how many wait for a restore slot, how long the
+         * oldest has, how many were refused as overloaded (since start). */
+        int waiting = 0;
+        uint64_t oldest = 0, wall = wp_wall_ms();
+        for (const struct claimq *q = e->claims_q; q; q = q->next, waiting++)
+            if (wall > q->at_ms && wall - q->at_ms > oldest)
+                oldest = wall - q->at_ms;
+        snprintf(f6, sizeof(f6), "claims_waiting:%s", e->cfg.name);
+        snprintf(f7, sizeof(f7), "claim_wait_ms:%s", e->cfg.name);
+        snprintf(f8, sizeof(f8), "claims_shed:%s", e->cfg.name);
+        snprintf(v6, sizeof(v6), "%d", waiting);
+        snprintf(v7, sizeof(v7), "%llu", (unsigned long long)oldest);
+        snprintf(v8, sizeof(v8), "%llu", (unsigned long long)e->shed);
+        snprintf(f1, sizeof(f1), "target:%s", e->cfg.name);
+        snprintf(f2, sizeof(f2), "claims_per_s:%s", e->cfg.name);
+        snprintf(f3, sizeof(f3), "refill_ms:%s", e->cfg.name);
+        snprintf(f4, sizeof(f4), "refills:%s", e->cfg.name);
+        snprintf(v1, sizeof(v1), "%d", e->target);
+        snprintf(v2, sizeof(v2), "%.3f", pool_rate_get(&e->claims, n->now));
+        snprintf(v3, sizeof(v3), "%.1f", e->refill.value * 1e3);
+        snprintf(v4, sizeof(v4), "%llu", (unsigned long long)e->refills);
+        snprintf(f5, sizeof(f5), "ksm:%s", e->cfg.name);
+        const char *h[] = { "HSET", key, f1, v1, f2, v2, f3, v3, f4, v4, f5, node__ksm_names[e->ksm],
+                            f6, v6, f7, v7, f8, v8 };
+        node__cmd(n, "node stats", 18, h);
+    }
+    /* Restore histograms: "<count> <sum seconds> <per-bucket counts...>",
+     * bucket bounds in hist_le (base/hist.h), last bucket +Inf. */
+    char hv[3][64 + 21 * (WP_HIST_NB + 1)], hf[3][32];
+    for (int t = 0; t < 3; t++) {
+        int l = snprintf(hv[t], sizeof(hv[t]), "%llu %.6f", (unsigned long long)n->rh[t].count,
+                         n->rh[t].sum);
+        for (size_t b = 0; b <= WP_HIST_NB && l > 0 && (size_t)l < sizeof(hv[t]); b++)
+            l += snprintf(hv[t] + l, sizeof(hv[t]) - (size_t)l, " %llu",
+                          (unsigned long long)n->rh[t].b[b]);
+        snprintf(hf[t], sizeof(hf[t]), "restore_hist:%s", node__rh_names[t]);
+    }
+    const char *hh[] = { "HSET", key, "hist_le", WP_HIST_LE_TEXT, hf[0], hv[0], hf[1], hv[1],
+                         hf[2], hv[2] };
+    node__cmd(n, "restore histograms", 10, hh);
+    {
+        char b[32], u[32], ps[32], pg[32], fs[32], cpu[32], rf[32];
+        snprintf(rf, sizeof(rf), "%llu", (unsigned long long)n->restore_failures);
+        const char *hrf[] = { "HSET", key, "restore_failures", rf };
+        node__cmd(n, "node restore failures", 4, hrf);
+        snprintf(b, sizeof(b), "%llu", (unsigned long long)n->budget);
+        snprintf(u, sizeof(u), "%llu", (unsigned long long)n->used_now);
+        snprintf(ps, sizeof(ps), "%ld", n->kh.pages_shared);
+        snprintf(pg, sizeof(pg), "%ld", n->kh.pages_sharing);
+        snprintf(fs, sizeof(fs), "%ld", n->kh.full_scans);
+        snprintf(cpu, sizeof(cpu), "%llu", (unsigned long long)n->kh.ksmd_cpu_ms);
+        const char *h[] = { "HSET", key, "hot_memory_bytes", b, "mem_used_bytes", u,
+                            "ksm_pages_shared", ps, "ksm_pages_sharing", pg, "ksm_full_scans", fs,
+                            "multi_tenant", n->cfg.multi_tenant ? "yes" : "no",
+                            "confined", n->cfg.unconfined ? "NO (--insecure-allow-unconfined)" : "yes",
+                            "userns", snap_ctx_userns(n->snap) ? "yes" : "UNCONFINED",
+                            "ksmd_cpu_ms", cpu };
+        /* No ksmd (KSM not built in): no CPU figure rather than a false 0. */
+        node__cmd(n, "node memory", n->kh.ksmd_found ? 20 : 18, h);
+    }
+    {
+        /* What the orphan checks could not remove, for pool status. */
+        struct pool__orphans_text ot;
+        pool__orphans_text(n->orphans, &ot);
+        const char *h[] = { "HSET", key, "orphans", ot.count, "orphans_why", ot.why,
+                            "orphans_cleaned", ot.cleaned, "orphans_checked_ms", ot.checked_ms };
+        node__cmd(n, "node orphans", 10, h);
+    }
+    if (n->draining || !n->registered)
+        node__publish_draining(n);
+    if (!n->registered) {
+        log_info("registered node=%s envs=%d slots=%d", n->cfg.id, n->n_envs, n->slots);
+        for (int i = 0; i < n->n_envs; i++)
+            if (n->envs[i].found_on_disk)
+                node__build_status(n, &n->envs[i], "ready (image on disk)");
+    }
+    n->registered = true;
+}
+
+/* Mark every sandbox of a node whose heartbeat expired as lost, drop its
+ * hot entries, forget the node. Idempotent: several reapers may race.
+ * Single-instance Redis only (it spans environments' hash slots). */
+const char node__lua_reap[] =
+    "if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end\n"
+    "local n = 0\n"
+    "for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "  local env, id = string.match(m, '^(%S+) (%S+)$')\n"
+    "  if env then\n"
+    "    local k = 'wp:env:{' .. env .. '}:sb:' .. id\n"
+    "    if redis.call('HGET', k, 'state') == 'idle' then\n"
+    "      redis.call('LREM', 'wp:env:{' .. env .. '}:hot', 0, id)\n"
+    "      redis.call('DEL', k)\n"
+    "    elseif redis.call('EXISTS', k) == 1 then\n"
+    "      redis.call('HSET', k, 'state', 'lost')\n"
+    "      redis.call('PUBLISH', 'wp:lost:' .. env, id)\n"
+    "    end\n"
+    "    redis.call('SREM', 'wp:env:{' .. env .. '}:nodes', ARGV[1])\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "redis.call('DEL', KEYS[1], 'wp:node:' .. ARGV[1])\n"
+    "redis.call('SREM', 'wp:nodes', ARGV[1])\n"
+    "return n\n";
+
+/* The node's view of what exists wins (after a Redis restart, a lost
+ * write, a crash between two commands): every local sandbox is written
+ * back as the node knows it, unless Redis records a claim the node has not
+ * read from its inbox yet; entries naming this node that it does not have
+ * are dropped (idle) or marked lost (leased); the fencing counter never
+ * goes below a token the node has seen. Leases whose holder stopped
+ * renewing are returned so the node destroys them.
+ * KEYS[1] node's sandbox set. ARGV[1] node, ARGV[2] now_ms, ARGV[3]
+ * lease_ms, ARGV[4] relay address, then one record per local sandbox:
+ * "env<TAB>id<TAB>state<TAB>token<TAB>session<TAB>root". */
+static const char lua_reconcile[] =
+    "local have, expired = {}, {}\n"
+    "for i = 5, #ARGV do\n"
+    "  local env, id, st, tok, sess, root =\n"
+    "    string.match(ARGV[i], '^([^\t]+)\t([^\t]+)\t([^\t]+)\t([^\t]*)\t([^\t]*)\t(.*)$')\n"
+    "  if env then\n"
+    "    local m = env .. ' ' .. id\n"
+    "    have[m] = true\n"
+    "    local k = 'wp:env:{' .. env .. '}:sb:' .. id\n"
+    "    local hot = 'wp:env:{' .. env .. '}:hot'\n"
+    "    local cur = redis.call('HGET', k, 'state')\n"
+    "    if st == 'idle' and cur ~= 'leased' then\n"
+    "      redis.call('HSET', k, 'node', ARGV[1], 'addr', root, 'state', 'idle', 'relay', ARGV[4])\n"
+    "      if not redis.call('LPOS', hot, id) then redis.call('RPUSH', hot, id) end\n"
+    "    elseif st == 'leased' then\n"
+    "      local until_ = tonumber(redis.call('HGET', k, 'lease_until') or '0')\n"
+    "      if cur == 'leased' and until_ > 0 and until_ < tonumber(ARGV[2]) then\n"
+    "        expired[#expired + 1] = m\n"
+    "      else\n"
+    "        if until_ == 0 then until_ = tonumber(ARGV[2]) + tonumber(ARGV[3]) end\n"
+    "        redis.call('HSET', k, 'node', ARGV[1], 'addr', root, 'state', 'leased',\n"
+    "                   'token', tok, 'session', sess, 'lease_until', until_, 'relay', ARGV[4])\n"
+    "      end\n"
+    "      local f = 'wp:env:{' .. env .. '}:fence'\n"
+    "      if tonumber(redis.call('GET', f) or '0') < tonumber(tok) then redis.call('SET', f, tok) end\n"
+    "    end\n"
+    "    redis.call('SADD', KEYS[1], m)\n"
+    "  end\n"
+    "end\n"
+    "for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "  if not have[m] then\n"
+    "    local env, id = string.match(m, '^(%S+) (%S+)$')\n"
+    "    if env then\n"
+    "      local k = 'wp:env:{' .. env .. '}:sb:' .. id\n"
+    "      local st = redis.call('HGET', k, 'state')\n"
+    "      if st == 'idle' or st == 'released' then\n"
+    "        redis.call('LREM', 'wp:env:{' .. env .. '}:hot', 0, id)\n"
+    "        redis.call('DEL', k)\n"
+    "      elseif st == 'leased' then\n"
+    "        redis.call('HSET', k, 'state', 'lost')\n"
+    "        redis.call('PUBLISH', 'wp:lost:' .. env, id)\n"
+    "      end\n"
+    "    end\n"
+    "    redis.call('SREM', KEYS[1], m)\n"
+    "  end\n"
+    "end\n"
+    "return expired\n";
+
+static void reconcile_cb(void *ctx, redisReply *reply)
+{
+    struct node *n = ctx;
+
+    if (!reply || reply->type != REDIS_REPLY_ARRAY) {
+        if (reply && reply->type == REDIS_REPLY_ERROR)
+            log_warn("reconcile: %s", reply->str);
+        return;
+    }
+    for (size_t i = 0; i < reply->elements; i++) {
+        char env[128], id[128];
+        if (reply->element[i]->type != REDIS_REPLY_STRING ||
+            sscanf(reply->element[i]->str, "%127s %127s", env, id) != 2)
+            continue;
+        struct nsb *s = node__find_sb(n, id);
+        if (s && s->st == SB_LEASED)
+            node__destroy_sb(n, s, "lease expired (holder stopped renewing)");
+    }
+}
+
+void node__reconcile(struct node *n)
+{
+    const char **argv;
+    char **recs;
+    int cnt = 0, argc = 0;
+    char sbs[160], now[32], lease[32];
+
+    for (struct nsb *s = n->sbs; s; s = s->next)
+        cnt += s->sb && s->st != SB_RESTORING;
+    argv = calloc((size_t)cnt + 5, sizeof(*argv));
+    recs = calloc((size_t)cnt + 1, sizeof(*recs));
+    if (!argv || !recs)
+        goto out;
+    node__fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, n->cfg.id);
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
+    snprintf(lease, sizeof(lease), "%.0f", n->cfg.lease_ms);
+    argv[argc++] = sbs;
+    argv[argc++] = n->cfg.id;
+    argv[argc++] = now;
+    argv[argc++] = lease;
+    argv[argc++] = n->relay_addr;
+    int r = 0;
+    for (struct nsb *s = n->sbs; s; s = s->next) {
+        if (!s->sb || s->st == SB_RESTORING)
+            continue;
+        if (asprintf(&recs[r], "%s\t%s\t%s\t%llu\t%s\t%s", s->e->cfg.name, s->sb->id,
+                     s->st == SB_IDLE ? "idle" : "leased", (unsigned long long)s->token,
+                     s->session, s->sb->root) < 0) {
+            recs[r] = NULL;
+            goto out;
+        }
+        argv[argc++] = recs[r++];
+    }
+    wp_redis_script(n->r, lua_reconcile, reconcile_cb, n, 1, argc, argv, NULL);
+out:
+    for (int i = 0; recs && recs[i]; i++)
+        free(recs[i]);
+    free(recs);
+    free(argv);
+}
+
+/* The relay's check: a current lease here with this token? */
+int node__relay_lookup(void *ctx, const char *env, const char *sandbox, unsigned long long token,
+                       const char *rkey, char *root, size_t cap)
+{
+    struct node *n = ctx;
+    struct nsb *s = node__find_sb(n, sandbox);
+
+    if (!s || strcmp(s->e->cfg.name, env) != 0 || !s->sb || s->sb->init_pid <= 0)
+        return WP_ENOTFOUND;
+    if (s->st == SB_IDLE)
+        return WP_ESTATE; /* claimed in Redis, our inbox not read yet */
+    if (s->st != SB_LEASED)
+        return WP_ENOTFOUND;
+    /* No key recorded (a claimer that sent none): nobody gets in. */
+    if (s->token != token || strlen(s->rkey) != 32 || strlen(rkey) != 32 ||
+        CRYPTO_memcmp(s->rkey, rkey, 32) != 0)
+        return WP_ESTALE;
+    snprintf(root, cap, "/proc/%d/root", (int)s->sb->init_pid);
+    return 0;
+}
+
+static void reap_node(struct node *n, const char *other)
+{
+    char sbs[160], alive[160];
+    node__fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, other);
+    node__fmtkey(alive, sizeof(alive), POOL__K_ALIVE, other);
+    const char *argv[] = { sbs, alive, other };
+    wp_redis_script(n->r, node__lua_reap, node__log_reply, (void *)"reap", 2, 3, argv, NULL);
+}
+
+void node__nodes_cb(void *ctx, redisReply *reply)
+{
+    struct node *n = ctx;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY)
+        return;
+    for (size_t i = 0; i < reply->elements; i++)
+        if (reply->element[i]->type == REDIS_REPLY_STRING &&
+            strcmp(reply->element[i]->str, n->cfg.id) != 0)
+            reap_node(n, reply->element[i]->str);
+}
+
+/* Re-check for sandboxes of dead owners (orphans.c) in a helper. What the
+ * node holds, and what its helpers (alive, or exited but not yet handled)
+ * are making, is in use: the lists say so. */
+void node__check_orphans(struct node *n)
+{
+    const char **ids;
+    pid_t *pids;
+    int ni = 0, np = 0, cap = 1 + POOL_MAX_ENVS;
+    struct wp_err err;
+
+    if (!pool__orphans_due(n->orphans, n->now))
+        return;
+    for (struct nsb *s = n->sbs; s; s = s->next)
+        cap++;
+    ids = calloc((size_t)cap, sizeof(*ids));
+    pids = calloc((size_t)cap, sizeof(*pids));
+    if (ids && pids) {
+        pids[np++] = getpid();
+        for (struct nsb *s = n->sbs; s; s = s->next) {
+            if (s->sb)
+                ids[ni++] = s->sb->id;
+            if (s->boot_helper > 0)
+                pids[np++] = s->boot_helper;
+        }
+        for (int i = 0; i < n->n_envs; i++)
+            if (n->envs[i].build_pid > 0)
+                pids[np++] = n->envs[i].build_pid;
+        if (pool__orphans_start(n->orphans, n->snap, ids, ni, pids, np, n->now, &err) < 0)
+            log_warn("orphan check: %s", err.msg);
+    }
+    free(ids);
+    free(pids);
+}
