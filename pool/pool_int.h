@@ -86,6 +86,10 @@ void pool__relay_retry(struct pool__relay *r, const char *sandbox);
 /* Close every relay to sandbox (released or destroyed). */
 void pool__relay_drop(struct pool__relay *r, const char *sandbox);
 void pool__relay_stop(struct pool__relay *r);
+/* node_files.c: attach data read-only at path inside the sandbox whose
+ * root is root ("/proc/<init>/root"); for the relay's mount frame. */
+int pool__file_mount(const char *root, const char *path, const char *data, size_t len,
+                     struct wp_err *err);
 
 /* ksm.c: KSM settings of the host, driven while the node holds mergeable
  * clones. recover: put back settings a killed earlier run left changed

@@ -61,6 +61,11 @@ struct rconn {
     char sandbox[64], env[64];
     unsigned long long token;
     char rkey[33];
+    /* A mount frame instead of a route (node_files.c): the content
+     * follows the frame in a.out, from mount_at, mount_size bytes. */
+    bool mount, leased;
+    size_t mount_at, mount_size;
+    char mount_path[512], root[512];
     struct rconn *next;
 };
 
@@ -142,6 +147,30 @@ static void end_init(struct rconn *c, struct pipe_end *e, int fd)
 
 static void park_timeout(struct ev_loop *loop, ev_timer *w, int revents);
 
+/* A mount whose lease checked out: once all its content is here, attach
+ * it in the sandbox and answer. */
+static void mount_check(struct rconn *c)
+{
+    struct wp_err err = { 0 };
+    size_t have = c->a.out.len - c->mount_at;
+    if (!c->leased || have < c->mount_size)
+        return;
+    if (have > c->mount_size) {
+        refuse(c, "bad_mount", "more bytes than the mount frame's size");
+        return;
+    }
+    if (pool__file_mount(c->root, c->mount_path, c->a.out.data + c->mount_at, c->mount_size,
+                         &err) < 0) {
+        log_warn("relay mount sandbox=%s path=%s: %s", c->sandbox, c->mount_path, err.msg);
+        refuse(c, "mount_failed", err.msg);
+        return;
+    }
+    log_info("relay mounted %zu bytes at %s in sandbox=%s", c->mount_size, c->mount_path,
+             c->sandbox);
+    send_frame(c, json_pack("{s:s, s:b}", "t", "mount", "ok", 1));
+    rconn_close(c);
+}
+
 /* Check the lease and connect to the hands. A hot claim reaches the node
  * through its inbox, which it may not have read yet when the claimer's
  * route arrives: then the connection waits (at most 2 s) for
@@ -173,6 +202,12 @@ static void route_try(struct rconn *c)
         refuse(c, "not_found", "no such leased sandbox on this node");
         return;
     }
+    if (c->mount) {
+        snprintf(c->root, sizeof(c->root), "%s", root);
+        c->leased = true;
+        mount_check(c);
+        return;
+    }
     /* Resolved inside the sandbox's root: a sandbox that makes /run or
      * /run/warmpool a symlink must not point the node at a host socket. */
     fd = wp_connect_unix_in_root(root, ALINK_SOCK_PATH_DEFAULT, SOCK_STREAM | SOCK_NONBLOCK, NULL);
@@ -198,7 +233,7 @@ static void park_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 /* The route frame: validate it, then route_try. */
-static void route(struct rconn *c, const uint8_t *payload, size_t len)
+static void route(struct rconn *c, const uint8_t *payload, size_t len, bool extra)
 {
     json_error_t jerr;
     json_t *o = json_loadb((const char *)payload, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -209,13 +244,28 @@ static void route(struct rconn *c, const uint8_t *payload, size_t len)
                *key = json_string_value(json_object_get(o, "key"));
     char *end = NULL;
 
-    if (!o || !t || strcmp(t, "route") || !env || !sb || !tok || !key || strlen(key) != 32 ||
-        strlen(sb) >= sizeof(c->sandbox) || strlen(env) >= sizeof(c->env) ||
-        (c->token = strtoull(tok, &end, 10), *end)) {
+    const char *path = json_string_value(json_object_get(o, "path"));
+    json_t *size = json_object_get(o, "size");
+    bool mount = t && !strcmp(t, "mount");
+    if (!o || !t || (strcmp(t, "route") && !mount) || !env || !sb || !tok || !key ||
+        strlen(key) != 32 || strlen(sb) >= sizeof(c->sandbox) || strlen(env) >= sizeof(c->env) ||
+        (c->token = strtoull(tok, &end, 10), *end) ||
+        (mount && (!path || path[0] != '/' || strlen(path) >= sizeof(c->mount_path) ||
+                   !json_is_integer(size) || json_integer_value(size) < 0 ||
+                   json_integer_value(size) > POOL_FILE_MAX)) ||
+        (!mount && extra)) {
         json_decref(o);
         refuse(c, "bad_route",
-               "first frame must be {\"t\":\"route\",\"env\",\"sandbox\",\"token\",\"key\"}");
+               "first frame must be {\"t\":\"route\",\"env\",\"sandbox\",\"token\",\"key\"}"
+               " (or a mount: t, env, sandbox, token, key, path, size, then size bytes)");
         return;
+    }
+    if (mount) {
+        c->mount = true;
+        c->mount_at = len + ALINK_FRAME_HDR;
+        c->mount_size = (size_t)json_integer_value(size);
+        c->a.out.max = c->mount_at + c->mount_size + 1;
+        snprintf(c->mount_path, sizeof(c->mount_path), "%s", path);
     }
     snprintf(c->rkey, sizeof(c->rkey), "%s", key);
     snprintf(c->sandbox, sizeof(c->sandbox), "%s", sb);
@@ -241,9 +291,15 @@ static void pipe_rd(struct ev_loop *loop, ev_io *w, int revents)
         return;
     if (!c->routed) {
         /* Collect the route frame (bounded) in the client's out buffer
-         * slot, which is unused until routed. */
+         * slot, which is unused until routed; a mount's content follows
+         * its frame there. */
         if (wp_buf_append(&src->out, buf, (size_t)n) < 0) {
-            refuse(c, "bad_route", "route frame too large");
+            refuse(c, c->mount ? "bad_mount" : "bad_route",
+                   c->mount ? "more bytes than the mount frame's size" : "route frame too large");
+            return;
+        }
+        if (c->mount) {
+            mount_check(c);
             return;
         }
         const uint8_t *payload;
@@ -252,11 +308,11 @@ static void pipe_rd(struct ev_loop *loop, ev_io *w, int revents)
                                    &payload, &plen);
         if (k == 0)
             return;
-        if (k < 0 || (size_t)k != src->out.len) {
+        if (k < 0) {
             refuse(c, "bad_route", "one route frame, then wait for its answer");
             return;
         }
-        route(c, payload, plen);
+        route(c, payload, plen, (size_t)k != src->out.len);
         return;
     }
     if (wp_buf_append(&dst->out, buf, (size_t)n) < 0) {

@@ -836,6 +836,7 @@ static void brain_free(struct brain *b)
         free(t);
     }
     sched__brain_mcp_free(b);
+    sched__brain_files_free(b);
     blocks_reset(b);
     wp_buf_free(&b->delta);
     json_decref(b->usage);

@@ -137,6 +137,12 @@ struct brain {
     uint64_t claim_t0;
     char sbx_error[200];
     struct btool *tools;
+    /* brain_files.c: the file resources mounted in sandbox files_sbx */
+    char files_sbx[64];
+    json_t *files_mounted;   /* resource id -> true (owned) */
+    json_t *files_todo;      /* the check's resources still to mount (owned) */
+    bool files_busy;         /* a check is running */
+    uint64_t files_t0, files_check_t0; /* the last finished / the running check's start */
 
     ev_timer renew;
     ev_timer linger;
@@ -164,6 +170,12 @@ void sched__brain_claim(struct brain *b);
 void sched__brain_tools_run(struct brain *b);
 void sched__brain_tool_start(struct brain *b, json_t *ev);
 void sched__brain_tools_cancel(struct brain *b);
+
+/* brain_files.c: whether the session's file resources are all in the
+ * sandbox for a tool call due at due (wp_now_ns); if not, a check starts
+ * (when none runs) and sched__brain_tools_run runs again when it ends. */
+bool sched__brain_files_ready(struct brain *b, uint64_t due);
+void sched__brain_files_free(struct brain *b);
 
 /* brain_mcp.c: the session's MCP servers. ready: lists every server (its
  * credential first) unless done this turn; true once each is listed or

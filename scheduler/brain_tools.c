@@ -271,7 +271,7 @@ void sched__brain_tools_run(struct brain *b)
             failed_any = true;
             continue;
         }
-        if (b->sbx != SBX_READY) {
+        if (b->sbx != SBX_READY || !sched__brain_files_ready(b, t->t0)) {
             t->waited = true;
             continue;
         }
@@ -289,6 +289,8 @@ void sched__brain_tools_run(struct brain *b)
         }
         t->call_id = id;
     }
+    if (b->sbx == SBX_READY && !b->tools)
+        sched__brain_files_ready(b, 0); /* mount early: the first call then finds them */
     if (b->sbx == SBX_FAILED) {
         /* The next call claims a fresh sandbox. */
         b->sbx = SBX_NONE;
