@@ -13,9 +13,10 @@
  * target file first. Inside the sandbox the file is a mount point on a
  * read-only mount: writes and chmod fail with EROFS, rm and rename with
  * EBUSY, and the sandbox's seccomp filter refuses mount, umount and
- * friends, so nothing the sandbox runs can change what the next reader
- * sees at path (except by renaming a parent directory away: see
- * ARCHITECTURE.md). The answer is {"t":"mount","ok":true} or an error
+ * friends. Every parent directory of path is made a mount point too (bound
+ * on itself), so none can be renamed away to put another file at path:
+ * nothing the sandbox runs changes what the next reader sees there. The
+ * answer is {"t":"mount","ok":true} or an error
  * frame. */
 #define WP_LOG_COMPONENT "files"
 #include "pool/pool_int.h"
@@ -78,6 +79,19 @@ static int attach_in_sandbox(int tree, const char *path, const char **what)
             *what = "mkdir";
             return errno;
         }
+        /* Each parent a mount point (bound on itself, submounts kept): the
+         * sandbox cannot rename one away and put another file at path. */
+        struct statx sx;
+        if (statx(AT_FDCWD, dir, AT_SYMLINK_NOFOLLOW, STATX_TYPE, &sx) < 0 ||
+            !S_ISDIR(sx.stx_mode)) {
+            *what = "a parent of the mount path is not a directory";
+            return ENOTDIR;
+        }
+        if (!(sx.stx_attributes & STATX_ATTR_MOUNT_ROOT) &&
+            mount(dir, dir, NULL, MS_BIND | MS_REC, NULL) < 0) {
+            *what = "bind a parent on itself";
+            return errno;
+        }
         *s = '/';
     }
     /* O_NOFOLLOW: a symlink the sandbox planted at path is refused. */
@@ -133,9 +147,11 @@ int pool__file_mount(const char *root, const char *path, const char *data, size_
     }
     close(fd);
     tree = (int)syscall(SYS_open_tree, AT_FDCWD, tmp, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-    unlink(tmp); /* the mount keeps the inode; nothing on the host names it */
-    if (tree < 0)
-        return wp_err_errno(err, "open_tree");
+    if (tree < 0) {
+        rc = wp_err_errno(err, "open_tree");
+        unlink(tmp);
+        return rc;
+    }
     if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0) {
         rc = wp_err_errno(err, "mount_setattr read-only");
         goto out;
@@ -185,6 +201,7 @@ int pool__file_mount(const char *root, const char *path, const char *data, size_
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
         rc = wp_err_set(err, -EIO, "mount at %s: %s", path, msg[0] ? msg : "helper failed");
 out:
+    unlink(tmp); /* the mount keeps the inode; nothing on the host names it */
     for (int i = 0; i < 2; i++)
         if (pfd[i] >= 0)
             close(pfd[i]);

@@ -444,7 +444,7 @@ void sched__h_session_create(struct sched_req *req)
     }
     snprintf(req->scratch, sizeof(req->scratch), "%s", agent_id);
     snprintf(req->params[2], sizeof(req->params[2]), "%s", ver); /* unused by this route */
-    sched__files_owned(req, v, prep);
+    sched__files_owned(req, json_object_get(body, "resources"), prep);
 }
 
 /* The files are the caller's: check agent and environment, then create. */
