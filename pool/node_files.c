@@ -215,6 +215,70 @@ out:
     return rc;
 }
 
+int pool__file_unmount(const char *root, const char *path, struct wp_err *err)
+{
+    char ns[64], userns[64], msg[160] = "";
+    int pid = 0, mntfd = -1, userfd = -1, rootfd = -1, rc = 0, pfd[2] = { -1, -1 };
+
+    if (sscanf(root, "/proc/%d/root", &pid) != 1 || pid <= 0)
+        return wp_err_set(err, WP_EINVAL_INPUT, "bad sandbox root %s", root);
+    snprintf(ns, sizeof(ns), "/proc/%d/ns/mnt", pid);
+    snprintf(userns, sizeof(userns), "/proc/%d/ns/user", pid);
+    mntfd = open(ns, O_RDONLY | O_CLOEXEC);
+    rootfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (!same_ns(userns, "/proc/self/ns/user"))
+        userfd = open(userns, O_RDONLY | O_CLOEXEC);
+    if (mntfd < 0 || rootfd < 0 || pipe2(pfd, O_CLOEXEC) < 0) {
+        rc = wp_err_errno(err, "open the sandbox's namespaces (pid %d)", pid);
+        goto out;
+    }
+    pid_t child = fork();
+    if (child < 0) {
+        rc = wp_err_errno(err, "fork");
+        goto out;
+    }
+    if (child == 0) {
+        const char *what = "setns";
+        int e = 0;
+        if ((userfd >= 0 && (setns(userfd, CLONE_NEWUSER) < 0 || setresgid(0, 0, 0) < 0 ||
+                             setresuid(0, 0, 0) < 0)) ||
+            setns(mntfd, CLONE_NEWNS) < 0)
+            e = errno;
+        else if (fchdir(rootfd) < 0 || chroot(".") < 0 || chdir("/") < 0)
+            e = errno, what = "enter the sandbox's root";
+        else if (umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) < 0 && errno != EINVAL)
+            e = errno, what = "umount";
+        else
+            unlink(path); /* the empty file the mount covered */
+        if (e) {
+            char m[160];
+            int n = snprintf(m, sizeof(m), "%s: %s", what, strerror(e));
+            (void)!write(pfd[1], m, (size_t)n);
+        }
+        _exit(e ? 1 : 0);
+    }
+    close(pfd[1]);
+    pfd[1] = -1;
+    ssize_t n = read(pfd[0], msg, sizeof(msg) - 1);
+    msg[n > 0 ? n : 0] = '\0';
+    int st = 0;
+    while (waitpid(child, &st, 0) < 0 && errno == EINTR)
+        ;
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        rc = wp_err_set(err, -EIO, "unmount %s: %s", path, msg[0] ? msg : "helper failed");
+out:
+    for (int i = 0; i < 2; i++)
+        if (pfd[i] >= 0)
+            close(pfd[i]);
+    if (mntfd >= 0)
+        close(mntfd);
+    if (userfd >= 0)
+        close(userfd);
+    if (rootfd >= 0)
+        close(rootfd);
+    return rc;
+}
+
 /* ---- the holder: send a file through the node's relay ---- */
 
 struct put {
@@ -343,7 +407,8 @@ int pool_file_put(struct ev_loop *loop, const struct pool_claim_result *res, con
     wp_buf_init(&p->out, 8192);
     wp_buf_init(&p->in, 8192);
     snprintf(tok, sizeof(tok), "%llu", (unsigned long long)res->token);
-    json_t *m = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "t", "mount", "env", env,
+    json_t *m = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "t", data ? "mount" : "unmount",
+                          "env", env,
                           "sandbox", res->sandbox, "token", tok, "key", res->rkey, "path", path,
                           "size", (json_int_t)len);
     rc = m ? alink_frame_encode(&p->out, m, 4096, err) : wp_err_set(err, -ENOMEM, "oom");

@@ -192,7 +192,8 @@ int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, cons
  * sent through its node's relay, attached there as a read-only mount.
  * Steals data (free()). cb's status: 0, WP_ESTALE / WP_ENOTFOUND (not the
  * lease's holder), WP_EIO (the node could not mount it: err says why),
- * WP_ETIMEDOUT, or a connection error. Same callback contract. */
+ * WP_ETIMEDOUT, or a connection error. Same callback contract. data NULL
+ * (len 0): take away what an earlier put mounted at path. */
 #define POOL_FILE_MAX (64 << 20)
 int pool_file_put(struct ev_loop *loop, const struct pool_claim_result *res, const char *env,
                   const char *path, char *data, size_t len, pool_done_cb cb, void *ctx,

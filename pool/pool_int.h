@@ -90,6 +90,8 @@ void pool__relay_stop(struct pool__relay *r);
  * root is root ("/proc/<init>/root"); for the relay's mount frame. */
 int pool__file_mount(const char *root, const char *path, const char *data, size_t len,
                      struct wp_err *err);
+/* ...and take it away again (a lazy unmount, then its empty target). */
+int pool__file_unmount(const char *root, const char *path, struct wp_err *err);
 
 /* ksm.c: KSM settings of the host, driven while the node holds mergeable
  * clones. recover: put back settings a killed earlier run left changed

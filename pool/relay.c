@@ -63,7 +63,7 @@ struct rconn {
     char rkey[33];
     /* A mount frame instead of a route (node_files.c): the content
      * follows the frame in a.out, from mount_at, mount_size bytes. */
-    bool mount, leased;
+    bool mount, unmount, leased;
     size_t mount_at, mount_size;
     char mount_path[512], root[512];
     struct rconn *next;
@@ -159,14 +159,15 @@ static void mount_check(struct rconn *c)
         refuse(c, "bad_mount", "more bytes than the mount frame's size");
         return;
     }
-    if (pool__file_mount(c->root, c->mount_path, c->a.out.data + c->mount_at, c->mount_size,
-                         &err) < 0) {
+    if ((c->unmount ? pool__file_unmount(c->root, c->mount_path, &err)
+                    : pool__file_mount(c->root, c->mount_path, c->a.out.data + c->mount_at,
+                                       c->mount_size, &err)) < 0) {
         log_warn("relay mount sandbox=%s path=%s: %s", c->sandbox, c->mount_path, err.msg);
         refuse(c, "mount_failed", err.msg);
         return;
     }
-    log_info("relay mounted %zu bytes at %s in sandbox=%s", c->mount_size, c->mount_path,
-             c->sandbox);
+    log_info("relay %s %zu bytes at %s in sandbox=%s", c->unmount ? "unmounted" : "mounted",
+             c->mount_size, c->mount_path, c->sandbox);
     send_frame(c, json_pack("{s:s, s:b}", "t", "mount", "ok", 1));
     rconn_close(c);
 }
@@ -246,13 +247,15 @@ static void route(struct rconn *c, const uint8_t *payload, size_t len, bool extr
 
     const char *path = json_string_value(json_object_get(o, "path"));
     json_t *size = json_object_get(o, "size");
-    bool mount = t && !strcmp(t, "mount");
+    bool unmount = t && !strcmp(t, "unmount");
+    bool mount = t && (!strcmp(t, "mount") || unmount);
     if (!o || !t || (strcmp(t, "route") && !mount) || !env || !sb || !tok || !key ||
         strlen(key) != 32 || strlen(sb) >= sizeof(c->sandbox) || strlen(env) >= sizeof(c->env) ||
         (c->token = strtoull(tok, &end, 10), *end) ||
         (mount && (!path || path[0] != '/' || strlen(path) >= sizeof(c->mount_path) ||
                    !json_is_integer(size) || json_integer_value(size) < 0 ||
-                   json_integer_value(size) > POOL_FILE_MAX)) ||
+                   json_integer_value(size) > POOL_FILE_MAX ||
+                   (unmount && json_integer_value(size) != 0))) ||
         (!mount && extra)) {
         json_decref(o);
         refuse(c, "bad_route",
@@ -262,6 +265,7 @@ static void route(struct rconn *c, const uint8_t *payload, size_t len, bool extr
     }
     if (mount) {
         c->mount = true;
+        c->unmount = unmount;
         c->mount_at = len + ALINK_FRAME_HDR;
         c->mount_size = (size_t)json_integer_value(size);
         c->a.out.max = c->mount_at + c->mount_size + 1;

@@ -39,15 +39,19 @@ static void put_cb(void *ctx, int status, const struct wp_err *err)
         json_t *r = json_array_get(b->files_todo, 0);
         const char *rid = json_string_value(json_object_get(r, "id")) ?: "";
         const char *mp = json_string_value(json_object_get(r, "mount_path")) ?: "";
+        bool un = json_is_true(json_object_get(r, "unmount"));
         if (status == 0) {
-            log_info("session=%s file resource %s mounted at %s in %s", b->sid, rid, mp,
-                     b->claim.sandbox);
+            log_info("session=%s file resource %s %s %s in %s", b->sid, rid,
+                     un ? "taken away from" : "mounted at", mp, b->claim.sandbox);
         } else {
             /* The tool runs anyway; what it reads at mp tells the model. */
             log_warn("session=%s file resource %s at %s: %s", b->sid, rid, mp,
                      err ? err->msg : "mount failed");
         }
-        json_object_set_new(b->files_mounted, rid, json_true());
+        if (un)
+            json_object_del(b->files_mounted, rid);
+        else
+            json_object_set_new(b->files_mounted, rid, json_string(mp));
         json_array_remove(b->files_todo, 0);
         next_mount(b);
     }
@@ -72,14 +76,19 @@ static void next_mount(struct brain *b)
             check_done(b);
             return;
         }
-        if (sched__file_read(&b->srv->cfg, fid, &data, &len, &err) == 0 &&
-            pool_file_put(b->srv->loop, &b->claim, b->pool_env, mp, data, len, put_cb, b,
-                          &err) == 0) {
+        bool un = json_is_true(json_object_get(r, "unmount"));
+        data = NULL;
+        if ((un || sched__file_read(&b->srv->cfg, fid, &data, &len, &err) == 0) &&
+            pool_file_put(b->srv->loop, &b->claim, b->pool_env, mp, un ? NULL : data,
+                          un ? 0 : len, put_cb, b, &err) == 0) {
             b->refs++;
             return;
         }
         log_warn("session=%s file resource %s (%s): %s", b->sid, rid, fid, err.msg);
-        json_object_set_new(b->files_mounted, rid, json_true());
+        if (un)
+            json_object_del(b->files_mounted, rid);
+        else
+            json_object_set_new(b->files_mounted, rid, json_string(mp));
         json_array_remove(b->files_todo, 0);
     }
 }
@@ -96,12 +105,24 @@ static void session_cb(void *ctx, redisReply *reply)
                     ? json_loadb(reply->str, reply->len, 0, NULL)
                     : NULL;
     size_t i;
-    json_t *r;
+    json_t *r, *listed = json_object();
+    const char *rid;
     b->files_todo = json_array();
     json_array_foreach(json_object_get(s, "resources"), i, r) {
+        if ((rid = json_string_value(json_object_get(r, "id"))))
+            json_object_set_new(listed, rid, json_true());
+    }
+    /* Deleted resources go first: another may take their path. */
+    json_object_foreach(b->files_mounted, rid, r) {
+        if (s && !json_object_get(listed, rid))
+            json_array_append_new(b->files_todo, json_pack("{s:s,s:O,s:b}", "id", rid,
+                                                           "mount_path", r, "unmount", 1));
+    }
+    json_decref(listed);
+    json_array_foreach(json_object_get(s, "resources"), i, r) {
         const char *ty = json_string_value(json_object_get(r, "type"));
-        const char *rid = json_string_value(json_object_get(r, "id"));
-        if (ty && !strcmp(ty, "file") && rid && !json_object_get(b->files_mounted, rid))
+        const char *id = json_string_value(json_object_get(r, "id"));
+        if (ty && !strcmp(ty, "file") && id && !json_object_get(b->files_mounted, id))
             json_array_append(b->files_todo, r);
     }
     if (!s)

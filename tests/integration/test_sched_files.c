@@ -61,7 +61,10 @@ static const char script[] =
     "   {\"text\":\"one\"},"
     "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"bash\",\"input\":{\"command\":"
     "\"cat /late/x.txt || echo missing\"}}]},"
-    "   {\"text\":\"two\"}]},"
+    "   {\"text\":\"two\"},"
+    "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"bash\",\"input\":{\"command\":"
+    "\"cat /late/x.txt || echo missing\"}}]},"
+    "   {\"text\":\"three\"}]},"
     " {\"turns\":[\"Hello!\"]}]}";
 
 /* ---- HTTP ---- */
@@ -664,7 +667,7 @@ static void mounted_read_only_in_sandbox(void **state)
 }
 
 /* A resource added while the session runs is in the sandbox for the next
- * tool call. */
+ * tool call; once deleted, it is gone for the call after. */
 static void added_during_session_appears(void **state)
 {
     (void)state;
@@ -682,10 +685,18 @@ static void added_during_session_appears(void **state)
     snprintf(p, sizeof(p), "/v1/sessions/%s/resources", s_(s, "id"));
     snprintf(body, sizeof(body), "{\"type\":\"file\",\"file_id\":\"%s\",\"mount_path\":"
              "\"/late/x.txt\"}", s_(f, "id"));
-    json_decref(call("POST", p, body, 200));
+    json_t *r = call("POST", p, body, 200);
     send_text(s_(s, "id"), "and now");
     text = turn_tool_result(&ss);
     assert_string_equal(text, "late-content");
+    free(text);
+    /* Deleted: gone from the sandbox before the next call. */
+    snprintf(p, sizeof(p), "/v1/sessions/%s/resources/%s", s_(s, "id"), s_(r, "id"));
+    json_decref(call("DELETE", p, NULL, 200));
+    json_decref(r);
+    send_text(s_(s, "id"), "and after the delete");
+    text = turn_tool_result(&ss);
+    assert_non_null(strstr(text, "missing"));
     free(text);
     sse_close(&ss);
     json_decref(s);
