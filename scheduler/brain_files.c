@@ -2,13 +2,14 @@
  *
  * Before a tool call starts, every file resource the session lists must be
  * mounted (read-only, by the node: pool_file_put) in the sandbox it runs
- * in. A check reads the session's resources from Redis and mounts, one at
- * a time, those not yet in this sandbox; tools due before the check began
- * wait for it. The first check starts as soon as the sandbox is attached,
- * so files are usually there before the first tool call is due; the model
- * call never waits for any of this. A resource added during the session
- * (POST /v1/sessions/{id}/resources) is in Redis before the client sees
- * 200, so the check for the next tool call finds it. */
+ * in, and every one deleted since taken away. A check reads the session's
+ * resources from Redis and does that, one file at a time. A tool call waits
+ * for a check that started no earlier than the model request that asked
+ * for it; the brain starts one with each model request (and one as soon as
+ * the sandbox is attached), so it is normally done while the model streams
+ * and a tool call waits for nothing. The model call never waits for it. A
+ * resource added with POST /v1/sessions/{id}/resources is in Redis before
+ * the client sees 200, so a model request started after that sees it. */
 #define WP_LOG_COMPONENT "brain"
 #include <stdio.h>
 #include <stdlib.h>

@@ -79,6 +79,8 @@ struct btool {
     char name[32];
     json_t *input;      /* owned */
     uint64_t t0;        /* when the call was due */
+    uint64_t files_due; /* the start of the model request that asked for it: the file
+                           resources must have been checked since (brain_files.c) */
     int64_t call_id;    /* on the link; 0 while waiting for the sandbox */
     bool waited;
     struct btool *next;
@@ -171,9 +173,11 @@ void sched__brain_tools_run(struct brain *b);
 void sched__brain_tool_start(struct brain *b, json_t *ev);
 void sched__brain_tools_cancel(struct brain *b);
 
-/* brain_files.c: whether the session's file resources are all in the
- * sandbox for a tool call due at due (wp_now_ns); if not, a check starts
- * (when none runs) and sched__brain_tools_run runs again when it ends. */
+/* brain_files.c: whether the session's file resources were all put in the
+ * sandbox by a check that started at or after due (wp_now_ns); if not, a
+ * check starts (when none runs) and sched__brain_tools_run runs again when
+ * it ends. The brain starts one with each model request, so it is usually
+ * done before a tool call is due. */
 bool sched__brain_files_ready(struct brain *b, uint64_t due);
 void sched__brain_files_free(struct brain *b);
 

@@ -271,7 +271,7 @@ void sched__brain_tools_run(struct brain *b)
             failed_any = true;
             continue;
         }
-        if (b->sbx != SBX_READY || !sched__brain_files_ready(b, t->t0)) {
+        if (b->sbx != SBX_READY || !sched__brain_files_ready(b, t->files_due)) {
             t->waited = true;
             continue;
         }
@@ -321,6 +321,7 @@ void sched__brain_tool_start(struct brain *b, json_t *ev)
         return;
     t->b = b;
     t->t0 = wp_now_ns();
+    t->files_due = b->call_t0;
     snprintf(t->use_id, sizeof(t->use_id), "%s", id);
     snprintf(t->name, sizeof(t->name), "%s", name);
     t->input = json_incref(json_object_get(ev, "input"));
