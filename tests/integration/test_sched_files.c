@@ -661,6 +661,27 @@ static void mounted_read_only_in_sandbox(void **state)
     }
     assert_non_null(strstr(text, "C=alpha-content"));
     free(text);
+    /* Only the lease's holder may mount: the right token with another
+     * relay key is refused by the node. */
+    char sbx[128], relay[128], tok[64], frame[1024], ans[512];
+    th_sh(sbx, sizeof(sbx), "redis-cli -p %d hget wp:obj:%s sbx_sandbox", R.port, s_(s, "id"));
+    th_sh(relay, sizeof(relay), "redis-cli -p %d hget wp:obj:%s sbx_relay", R.port, s_(s, "id"));
+    th_sh(tok, sizeof(tok), "redis-cli -p %d hget wp:obj:%s sbx_token", R.port, s_(s, "id"));
+    sbx[strcspn(sbx, "\n")] = relay[strcspn(relay, "\n")] = tok[strcspn(tok, "\n")] = '\0';
+    int n = snprintf(frame + 4, sizeof(frame) - 4,
+                     "{\"t\":\"mount\",\"env\":\"filespool\",\"sandbox\":\"%s\",\"token\":\"%s\","
+                     "\"key\":\"0123456789abcdef0123456789abcdef\",\"path\":\"/data/in.txt\","
+                     "\"size\":4}evil", sbx, tok);
+    uint32_t plen = (uint32_t)n - 4;
+    frame[0] = (char)(plen >> 24), frame[1] = (char)(plen >> 16), frame[2] = (char)(plen >> 8),
+    frame[3] = (char)plen;
+    int fd = th_connect(atoi(strrchr(relay, ':') + 1));
+    assert_true(fd >= 0);
+    assert_int_equal(th_send_all(fd, frame, (size_t)n + 4), 0);
+    int got = th_read_all(fd, ans, sizeof(ans) - 1, 5000);
+    close(fd);
+    ans[got > 4 ? got : 4] = '\0';
+    assert_non_null(strstr(ans + 4, "stale_token"));
     json_decref(s);
     json_decref(a);
     json_decref(b);
