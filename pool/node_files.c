@@ -123,39 +123,20 @@ static int same_ns(const char *a, const char *b)
            sa.st_dev == sb.st_dev;
 }
 
-int pool__file_mount(const char *root, const char *path, const char *data, size_t len,
-                     struct wp_err *err)
+/* What runs inside the sandbox: 0 or an errno, *what naming the step. */
+typedef int (*in_sandbox_fn)(void *arg, const char **what);
+
+/* Run fn(arg) in a forked helper that joined the user namespace (as its
+ * root) and the mount namespace of the sandbox whose root is root
+ * ("/proc/<init>/root") and chrooted there. Returns 0 or -EIO with what
+ * failed in err. */
+static int in_sandbox(const char *root, in_sandbox_fn fn, void *arg, struct wp_err *err)
 {
-    char tmp[256], ns[64], userns[64], msg[160] = "";
-    struct mount_attr attr = { .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID |
-                                           MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC };
-    int pid = 0, tree = -1, mntfd = -1, userfd = -1, rootfd = -1, fd, rc = 0, pfd[2] = { -1, -1 };
+    char ns[64], userns[64], msg[160] = "";
+    int pid = 0, mntfd = -1, userfd = -1, rootfd = -1, rc = 0, pfd[2] = { -1, -1 };
 
     if (sscanf(root, "/proc/%d/root", &pid) != 1 || pid <= 0)
         return wp_err_set(err, WP_EINVAL_INPUT, "bad sandbox root %s", root);
-    if (wp_mkdir_p(STAGING_DIR, 0700, err) < 0)
-        return wp_err_wrap(err, "staging");
-    snprintf(tmp, sizeof(tmp), STAGING_DIR "/f.XXXXXX");
-    fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0)
-        return wp_err_errno(err, "mkstemp %s", tmp);
-    if (write_all(fd, data, len) < 0 || fchmod(fd, 0444) < 0) {
-        rc = wp_err_errno(err, "write %s", tmp);
-        close(fd);
-        unlink(tmp);
-        return rc;
-    }
-    close(fd);
-    tree = (int)syscall(SYS_open_tree, AT_FDCWD, tmp, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-    if (tree < 0) {
-        rc = wp_err_errno(err, "open_tree");
-        unlink(tmp);
-        return rc;
-    }
-    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0) {
-        rc = wp_err_errno(err, "mount_setattr read-only");
-        goto out;
-    }
     snprintf(ns, sizeof(ns), "/proc/%d/ns/mnt", pid);
     snprintf(userns, sizeof(userns), "/proc/%d/ns/user", pid);
     mntfd = open(ns, O_RDONLY | O_CLOEXEC);
@@ -183,7 +164,7 @@ int pool__file_mount(const char *root, const char *path, const char *data, size_
         else if (fchdir(rootfd) < 0 || chroot(".") < 0 || chdir("/") < 0)
             e = errno, what = "enter the sandbox's root";
         else
-            e = attach_in_sandbox(tree, path, &what);
+            e = fn(arg, &what);
         if (e) {
             char m[160];
             int n = snprintf(m, sizeof(m), "%s: %s", what, strerror(e));
@@ -199,9 +180,8 @@ int pool__file_mount(const char *root, const char *path, const char *data, size_
     while (waitpid(child, &st, 0) < 0 && errno == EINTR)
         ;
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        rc = wp_err_set(err, -EIO, "mount at %s: %s", path, msg[0] ? msg : "helper failed");
+        rc = wp_err_set(err, -EIO, "%s", msg[0] ? msg : "the helper in the sandbox failed");
 out:
-    unlink(tmp); /* the mount keeps the inode; nothing on the host names it */
     for (int i = 0; i < 2; i++)
         if (pfd[i] >= 0)
             close(pfd[i]);
@@ -211,72 +191,71 @@ out:
         close(userfd);
     if (rootfd >= 0)
         close(rootfd);
-    close(tree);
     return rc;
+}
+
+struct attach_arg {
+    int tree;
+    const char *path;
+};
+
+static int attach_fn(void *arg, const char **what)
+{
+    struct attach_arg *a = arg;
+    return attach_in_sandbox(a->tree, a->path, what);
+}
+
+int pool__file_mount(const char *root, const char *path, const char *data, size_t len,
+                     struct wp_err *err)
+{
+    char tmp[256];
+    struct mount_attr attr = { .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID |
+                                           MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC };
+    int tree, fd, rc = 0;
+
+    if (wp_mkdir_p(STAGING_DIR, 0700, err) < 0)
+        return wp_err_wrap(err, "staging");
+    snprintf(tmp, sizeof(tmp), STAGING_DIR "/f.XXXXXX");
+    fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0)
+        return wp_err_errno(err, "mkstemp %s", tmp);
+    if (write_all(fd, data, len) < 0 || fchmod(fd, 0444) < 0) {
+        rc = wp_err_errno(err, "write %s", tmp);
+        close(fd);
+        unlink(tmp);
+        return rc;
+    }
+    close(fd);
+    tree = (int)syscall(SYS_open_tree, AT_FDCWD, tmp, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+    if (tree < 0)
+        rc = wp_err_errno(err, "open_tree");
+    else if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0)
+        rc = wp_err_errno(err, "mount_setattr read-only");
+    else
+        rc = in_sandbox(root, attach_fn, &(struct attach_arg){ tree, path }, err);
+    /* Only now: move_mount refuses a source already unlinked (ENOENT). The
+     * mount keeps the inode; nothing on the host names it any more. */
+    unlink(tmp);
+    if (tree >= 0)
+        close(tree);
+    return rc < 0 ? wp_err_wrap(err, "mount at %s", path) : 0;
+}
+
+static int detach_fn(void *arg, const char **what)
+{
+    const char *path = arg;
+    if (umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) < 0 && errno != EINVAL) {
+        *what = "umount";
+        return errno;
+    }
+    unlink(path); /* the empty file the mount covered */
+    return 0;
 }
 
 int pool__file_unmount(const char *root, const char *path, struct wp_err *err)
 {
-    char ns[64], userns[64], msg[160] = "";
-    int pid = 0, mntfd = -1, userfd = -1, rootfd = -1, rc = 0, pfd[2] = { -1, -1 };
-
-    if (sscanf(root, "/proc/%d/root", &pid) != 1 || pid <= 0)
-        return wp_err_set(err, WP_EINVAL_INPUT, "bad sandbox root %s", root);
-    snprintf(ns, sizeof(ns), "/proc/%d/ns/mnt", pid);
-    snprintf(userns, sizeof(userns), "/proc/%d/ns/user", pid);
-    mntfd = open(ns, O_RDONLY | O_CLOEXEC);
-    rootfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (!same_ns(userns, "/proc/self/ns/user"))
-        userfd = open(userns, O_RDONLY | O_CLOEXEC);
-    if (mntfd < 0 || rootfd < 0 || pipe2(pfd, O_CLOEXEC) < 0) {
-        rc = wp_err_errno(err, "open the sandbox's namespaces (pid %d)", pid);
-        goto out;
-    }
-    pid_t child = fork();
-    if (child < 0) {
-        rc = wp_err_errno(err, "fork");
-        goto out;
-    }
-    if (child == 0) {
-        const char *what = "setns";
-        int e = 0;
-        if ((userfd >= 0 && (setns(userfd, CLONE_NEWUSER) < 0 || setresgid(0, 0, 0) < 0 ||
-                             setresuid(0, 0, 0) < 0)) ||
-            setns(mntfd, CLONE_NEWNS) < 0)
-            e = errno;
-        else if (fchdir(rootfd) < 0 || chroot(".") < 0 || chdir("/") < 0)
-            e = errno, what = "enter the sandbox's root";
-        else if (umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) < 0 && errno != EINVAL)
-            e = errno, what = "umount";
-        else
-            unlink(path); /* the empty file the mount covered */
-        if (e) {
-            char m[160];
-            int n = snprintf(m, sizeof(m), "%s: %s", what, strerror(e));
-            (void)!write(pfd[1], m, (size_t)n);
-        }
-        _exit(e ? 1 : 0);
-    }
-    close(pfd[1]);
-    pfd[1] = -1;
-    ssize_t n = read(pfd[0], msg, sizeof(msg) - 1);
-    msg[n > 0 ? n : 0] = '\0';
-    int st = 0;
-    while (waitpid(child, &st, 0) < 0 && errno == EINTR)
-        ;
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        rc = wp_err_set(err, -EIO, "unmount %s: %s", path, msg[0] ? msg : "helper failed");
-out:
-    for (int i = 0; i < 2; i++)
-        if (pfd[i] >= 0)
-            close(pfd[i]);
-    if (mntfd >= 0)
-        close(mntfd);
-    if (userfd >= 0)
-        close(userfd);
-    if (rootfd >= 0)
-        close(rootfd);
-    return rc;
+    int rc = in_sandbox(root, detach_fn, (void *)path, err);
+    return rc < 0 ? wp_err_wrap(err, "unmount %s", path) : 0;
 }
 
 /* ---- the holder: send a file through the node's relay ---- */

@@ -23,6 +23,7 @@
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
 #include "modelserver/msrv_spawn.h"
+#include "sse_client.h"
 
 #define KEY "sk-acme"
 #define OTHER "sk-beta"
@@ -204,64 +205,11 @@ static int listed(const char *key)
     return n;
 }
 
-/* ---- SSE, as test_brain.c reads it ---- */
-
-struct sse {
-    int fd;
-    char *buf;
-    size_t len;
-};
+/* ---- SSE (sse_client.h) ---- */
 
 static void sse_open(struct sse *s, const char *sid)
 {
-    char req[512], head[4096];
-    s->fd = th_connect(S.port);
-    assert_true(s->fd >= 0);
-    s->buf = malloc(1 << 22);
-    s->len = 0;
-    snprintf(req, sizeof(req),
-             "GET /v1/sessions/%s/events/stream HTTP/1.1\r\nHost: x\r\nx-api-key: " KEY "\r\n\r\n",
-             sid);
-    assert_int_equal(th_send_all(s->fd, req, strlen(req)), 0);
-    int n = th_read_until(s->fd, head, sizeof(head), ": connected\n\n", 5000);
-    assert_true(n > 0 && strstr(head, "200 OK"));
-    char *after = strstr(head, ": connected\n\n") + 13;
-    s->len = (size_t)(head + n - after);
-    memcpy(s->buf, after, s->len);
-}
-
-static json_t *sse_next(struct sse *s, int timeout_ms)
-{
-    uint64_t end = wp_now_ns() + (uint64_t)timeout_ms * 1000000ull;
-    for (;;) {
-        char *sep;
-        while (s->len && (sep = memmem(s->buf, s->len, "\n\n", 2))) {
-            size_t used = (size_t)(sep - s->buf) + 2;
-            *sep = '\0';
-            char *data = strstr(s->buf, "data: ");
-            json_t *j = data ? json_loads(data + 6, 0, NULL) : NULL;
-            memmove(s->buf, s->buf + used, s->len - used);
-            s->len -= used;
-            if (j)
-                return j;
-        }
-        int64_t left = (int64_t)(end - wp_now_ns()) / 1000000;
-        if (left <= 0)
-            return NULL;
-        struct pollfd p = { .fd = s->fd, .events = POLLIN };
-        if (poll(&p, 1, (int)left) <= 0)
-            return NULL;
-        ssize_t n = read(s->fd, s->buf + s->len, (1 << 22) - 1 - s->len);
-        if (n <= 0)
-            return NULL;
-        s->len += (size_t)n;
-    }
-}
-
-static void sse_close(struct sse *s)
-{
-    close(s->fd);
-    free(s->buf);
+    sse_open_as(s, S.port, KEY, sid, "");
 }
 
 /* The text of the first tool result of the turn that ends in end_turn. */
