@@ -42,8 +42,9 @@ static void put_cb(void *ctx, int status, const struct wp_err *err)
         const char *mp = json_string_value(json_object_get(r, "mount_path")) ?: "";
         bool un = json_is_true(json_object_get(r, "unmount"));
         if (status == 0) {
-            log_info("session=%s file resource %s %s %s in %s", b->sid, rid,
-                     un ? "taken away from" : "mounted at", mp, b->claim.sandbox);
+            log_info("session=%s file resource %s %s %s in %s (%.2f ms)", b->sid, rid,
+                     un ? "taken away from" : "mounted at", mp, b->claim.sandbox,
+                     sched__brain_since(b->files_put_t0) * 1e3);
         } else {
             /* The tool runs anyway; what it reads at mp tells the model. */
             log_warn("session=%s file resource %s at %s: %s", b->sid, rid, mp,
@@ -79,6 +80,7 @@ static void next_mount(struct brain *b)
         }
         bool un = json_is_true(json_object_get(r, "unmount"));
         data = NULL;
+        b->files_put_t0 = wp_now_ns();
         if ((un || sched__file_read(&b->srv->cfg, fid, &data, &len, &err) == 0) &&
             pool_file_put(b->srv->loop, &b->claim, b->pool_env, mp, un ? NULL : data,
                           un ? 0 : len, put_cb, b, &err) == 0) {

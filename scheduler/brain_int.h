@@ -145,6 +145,7 @@ struct brain {
     json_t *files_todo;      /* the check's resources still to mount (owned) */
     bool files_busy;         /* a check is running */
     uint64_t files_t0, files_check_t0; /* the last finished / the running check's start */
+    uint64_t files_put_t0;   /* the mount in flight started (for the log) */
 
     ev_timer renew;
     ev_timer linger;
