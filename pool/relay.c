@@ -357,7 +357,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         ev_timer_init(&c->park, park_timeout, 2.0, 0.);
         c->park.data = c;
         end_init(c, &c->a, fd);
-        wp_buf_init(&c->a.out, ROUTE_MAX + ALINK_FRAME_HDR);
+        /* One read's worth past the frame: a mount's bytes arrive with it. */
+        wp_buf_init(&c->a.out, ROUTE_MAX + ALINK_FRAME_HDR + 65536);
         c->b.fd = -1;
         wp_buf_init(&c->b.out, RELAY_BUF);
         c->next = r->conns;

@@ -23,6 +23,7 @@
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
 #include "modelserver/msrv_spawn.h"
+#include "scheduler/sched_int.h"
 #include "sse_client.h"
 
 #define KEY "sk-acme"
@@ -45,7 +46,7 @@ static const char script[] =
     "\"conversations\":["
     " {\"match\":\"probe\",\"turns\":["
     "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"bash\",\"input\":{\"command\":"
-    "\"echo A=$(cat /data/in.txt); echo B=$(cat /mnt/session/uploads/file_*); "
+    "\"echo A=$(cat /data/in.txt); echo B=$(sha256sum < /mnt/session/uploads/file_*); "
     TRY("write", "echo evil > /data/in.txt")
     TRY("append", "echo evil >> /data/in.txt")
     TRY("chmod", "chmod 666 /data/in.txt")
@@ -582,7 +583,18 @@ static void mounted_read_only_in_sandbox(void **state)
     (void)state;
     char body[1024];
     json_t *a = upload_as(KEY, "in.txt", "alpha-content", 13, "text/plain", 200);
-    json_t *b = upload_as(KEY, "up.txt", "beta-content", 12, "text/plain", 200);
+    /* Larger than one read of the relay: the bytes come in many pieces. */
+    size_t blen = 300000;
+    char *bdata = malloc(blen), want[80];
+    unsigned char h[32];
+    for (size_t i = 0; i < blen; i++)
+        bdata[i] = (char)(i * 7 + i / 251);
+    sched__sha256(bdata, blen, h);
+    int w = snprintf(want, sizeof(want), "B=");
+    for (int i = 0; i < 32; i++)
+        w += snprintf(want + w, sizeof(want) - (size_t)w, "%02x", h[i]);
+    json_t *b = upload_as(KEY, "up.bin", bdata, blen, NULL, 200);
+    free(bdata);
     snprintf(body, sizeof(body),
              "{\"agent\":\"%s\",\"environment_id\":\"%s\",\"resources\":["
              "{\"type\":\"file\",\"file_id\":\"%s\",\"mount_path\":\"/data/in.txt\"},"
@@ -596,7 +608,7 @@ static void mounted_read_only_in_sandbox(void **state)
     sse_close(&ss);
     printf("# tool result: %s\n", text);
     assert_non_null(strstr(text, "A=alpha-content"));
-    assert_non_null(strstr(text, "B=beta-content"));
+    assert_non_null(strstr(text, want));
     const char *tries[] = {"write", "append", "chmod", "rm", "mv", "remount", "umount",
                            "mvparent", NULL};
     for (int i = 0; tries[i]; i++) {
@@ -630,6 +642,45 @@ static void mounted_read_only_in_sandbox(void **state)
     close(fd);
     ans[got > 4 ? got : 4] = '\0';
     assert_non_null(strstr(ans + 4, "stale_token"));
+    /* With the lease's key the node mounts (what the brain does): each
+     * answer is ok. The time each takes is printed for
+     * bench/results/files.md, not judged here. */
+    char rkey[64];
+    th_sh(rkey, sizeof(rkey), "redis-cli -p %d hget wp:obj:%s sbx_rkey", R.port, s_(s, "id"));
+    rkey[strcspn(rkey, "\n")] = '\0';
+    static const size_t sizes[] = {4096, 1 << 20, 16 << 20};
+    char *payload = calloc(1, 16 << 20);
+    for (int k = 0; k < 3; k++) {
+        double ms[20];
+        for (int i = 0; i < 20; i++) {
+            n = snprintf(frame + 4, sizeof(frame) - 4,
+                         "{\"t\":\"mount\",\"env\":\"filespool\",\"sandbox\":\"%s\",\"token\":"
+                         "\"%s\",\"key\":\"%s\",\"path\":\"/bench/%d-%d\",\"size\":%zu}",
+                         sbx, tok, rkey, k, i, sizes[k]);
+            plen = (uint32_t)n;
+            frame[0] = (char)(plen >> 24), frame[1] = (char)(plen >> 16),
+            frame[2] = (char)(plen >> 8), frame[3] = (char)plen;
+            uint64_t t0 = wp_now_ns();
+            fd = th_connect(atoi(strrchr(relay, ':') + 1));
+            assert_true(fd >= 0);
+            assert_int_equal(th_send_all(fd, frame, (size_t)n + 4), 0);
+            assert_int_equal(th_send_all(fd, payload, sizes[k]), 0);
+            got = th_read_all(fd, ans, sizeof(ans) - 1, 10000);
+            ms[i] = (double)(wp_now_ns() - t0) / 1e6;
+            close(fd);
+            ans[got > 4 ? got : 4] = '\0';
+            if (!strstr(ans + 4, "\"ok\":true"))
+                fail_msg("mount %zu bytes: %s", sizes[k], ans + 4);
+        }
+        for (int i = 1; i < 20; i++) /* sort for the median and p95 */
+            for (int j = i; j > 0 && ms[j - 1] > ms[j]; j--) {
+                double t = ms[j];
+                ms[j] = ms[j - 1], ms[j - 1] = t;
+            }
+        printf("# mount through the relay, %zu bytes: median %.2f ms, p95 %.2f ms (20 runs)\n",
+               sizes[k], (ms[9] + ms[10]) / 2, ms[18]);
+    }
+    free(payload);
     json_decref(s);
     json_decref(a);
     json_decref(b);
