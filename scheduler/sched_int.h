@@ -45,7 +45,8 @@ struct sched_http_parser {
     bool headers_done;
     /* Called once the head is complete, before any body byte is kept: 0
      * to go on, or an HTTP status to refuse the request with (reason in
-     * *why); may lower req.body.max for this request. */
+     * *why); may lower req.body.max for this request (an unverified key)
+     * or raise it (an upload, route.c). */
     int (*on_head)(void *arg, struct sched_http_req *req, const char **why);
     void *on_head_arg;
     size_t max_body;       /* configured; each request starts with it */

@@ -28,7 +28,7 @@
 
 #define KEY "sk-acme"
 #define OTHER "sk-beta"
-#define MAX_BYTES 1048576
+#define MAX_BYTES (6 << 20) /* above --max-body: uploads get their own limit */
 
 static struct th_redis R;
 static struct th_sched S;
@@ -266,7 +266,8 @@ static int group_setup(void **state)
     snprintf(lim, sizeof(lim), "%d", MAX_BYTES);
     setenv("ANTHROPIC_API_KEY", "sk-test-model", 1);
     if (th_sched_start(&S, R.port, "--model-url", url, "--files-dir", FILES, "--files-max-bytes",
-                       lim, "--rate-create", "0", "--rate-read", "0", (char *)NULL) < 0)
+                       lim, "--max-body", "1048576", "--rate-create", "0", "--rate-read", "0",
+                       (char *)NULL) < 0)
         return -1;
     json_t *ag = call("POST", "/v1/agents",
                       "{\"name\":\"f\",\"model\":\"claude-test\",\"tools\":[{\"type\":"
@@ -456,6 +457,16 @@ static void bad_uploads_store_nothing(void **state)
              "multipart/form-data; boundary=b\r\nContent-Length: 100000000\r\n\r\n");
     th_send_all(fd, out, strlen(out));
     int n = th_read_all(fd, out, sizeof(out) - 1, 5000);
+    close(fd);
+    out[n > 0 ? n : 0] = '\0';
+    assert_non_null(strstr(out, "HTTP/1.1 413"));
+    /* The upload limit is the upload route's only: other bodies keep --max-body. */
+    fd = th_connect(S.port);
+    snprintf(out, sizeof(out),
+             "POST /v1/agents HTTP/1.1\r\nHost: x\r\nx-api-key: " KEY "\r\nContent-Type: "
+             "application/json\r\nContent-Length: 2097152\r\n\r\n");
+    th_send_all(fd, out, strlen(out));
+    n = th_read_all(fd, out, sizeof(out) - 1, 5000);
     close(fd);
     out[n > 0 ? n : 0] = '\0';
     assert_non_null(strstr(out, "HTTP/1.1 413"));
