@@ -5,6 +5,7 @@
 #define POOL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* ---- autoscaler (autoscale.c) ----------------------------------------- */
@@ -210,6 +211,16 @@ typedef void (*pool_connect_egress_cb)(void *ctx, int status, int fd, const char
 int pool_connect_egress(struct ev_loop *loop, const struct pool_claim_result *res,
                         const char *env, const struct json_t *egress,
                         pool_connect_egress_cb cb, void *ctx, struct wp_err *err);
+/* Put a file at path inside a leased sandbox, read-only (node_files.c):
+ * sent through its node's relay, attached there as a read-only mount.
+ * Steals data (free()). cb's status: 0, WP_ESTALE / WP_ENOTFOUND (not the
+ * lease's holder), WP_EIO (the node could not mount it: err says why),
+ * WP_ETIMEDOUT, or a connection error. Same callback contract. data NULL
+ * (len 0): take away what an earlier put mounted at path. */
+#define POOL_FILE_MAX (64 << 20)
+int pool_file_put(struct ev_loop *loop, const struct pool_claim_result *res, const char *env,
+                  const char *path, char *data, size_t len, pool_done_cb cb, void *ctx,
+                  struct wp_err *err);
 /* Renew a lease; WP_ESTALE for a stale token, WP_ESTATE when the lease was
  * lost (its node died) or released. */
 int pool_renew(struct pool_client *c, const char *env, const char *sandbox, uint64_t token,

@@ -95,6 +95,12 @@ void pool__relay_retry(struct pool__relay *r, const char *sandbox);
 /* Close every relay to sandbox (released or destroyed). */
 void pool__relay_drop(struct pool__relay *r, const char *sandbox);
 void pool__relay_stop(struct pool__relay *r);
+/* node_files.c: attach data read-only at path inside the sandbox whose
+ * root is root ("/proc/<init>/root"); for the relay's mount frame. */
+int pool__file_mount(const char *root, const char *path, const char *data, size_t len,
+                     struct wp_err *err);
+/* ...and take it away again (a lazy unmount, then its empty target). */
+int pool__file_unmount(const char *root, const char *path, struct wp_err *err);
 
 /* node_egress.c: the node's egress proxy (warmpool-egress, started and
  * watched here) and the sandboxes confined to it. route: for a route

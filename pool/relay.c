@@ -69,6 +69,11 @@ struct rconn {
     char rkey[33];
     char *egress;         /* the route's egress object (secrets: wiped) */
     size_t egress_len;
+    /* A mount frame instead of a route (node_files.c): the content
+     * follows the frame in a.out, from mount_at, mount_size bytes. */
+    bool mount, unmount, leased;
+    size_t mount_at, mount_size;
+    char mount_path[512], root[512];
     struct rconn *next;
 };
 
@@ -175,6 +180,31 @@ static void end_init(struct rconn *c, struct pipe_end *e, int fd)
 
 static void park_timeout(struct ev_loop *loop, ev_timer *w, int revents);
 
+/* A mount whose lease checked out: once all its content is here, attach
+ * it in the sandbox and answer. */
+static void mount_check(struct rconn *c)
+{
+    struct wp_err err = { 0 };
+    size_t have = c->a.out.len - c->mount_at;
+    if (!c->leased || have < c->mount_size)
+        return;
+    if (have > c->mount_size) {
+        refuse(c, "bad_mount", "more bytes than the mount frame's size");
+        return;
+    }
+    if ((c->unmount ? pool__file_unmount(c->root, c->mount_path, &err)
+                    : pool__file_mount(c->root, c->mount_path, c->a.out.data + c->mount_at,
+                                       c->mount_size, &err)) < 0) {
+        log_warn("relay mount sandbox=%s path=%s: %s", c->sandbox, c->mount_path, err.msg);
+        refuse(c, "mount_failed", err.msg);
+        return;
+    }
+    log_info("relay %s %zu bytes at %s in sandbox=%s", c->unmount ? "unmounted" : "mounted",
+             c->mount_size, c->mount_path, c->sandbox);
+    send_frame(c, json_pack("{s:s, s:b}", "t", "mount", "ok", 1));
+    rconn_close(c);
+}
+
 /* Check the lease and connect to the hands. A hot claim reaches the node
  * through its inbox, which it may not have read yet when the claimer's
  * route arrives: then the connection waits (at most 2 s) for
@@ -208,6 +238,12 @@ static void route_try(struct rconn *c)
         refuse(c, "not_found", "no such leased sandbox on this node");
         return;
     }
+    if (c->mount) {
+        snprintf(c->root, sizeof(c->root), "%s", rt.root);
+        c->leased = true;
+        mount_check(c);
+        return;
+    }
     drop_egress(c); /* the secrets are with the proxy now */
     /* Resolved inside the sandbox's root (/proc/<init>/root: it follows
      * the sandbox's own mount namespace): a sandbox that makes /run or
@@ -238,7 +274,7 @@ static void park_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 /* The route frame: validate it, then route_try. */
-static void route(struct rconn *c, uint8_t *payload, size_t len)
+static void route(struct rconn *c, uint8_t *payload, size_t len, bool extra)
 {
     json_error_t jerr;
     json_t *o = json_loadb((const char *)payload, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -251,14 +287,34 @@ static void route(struct rconn *c, uint8_t *payload, size_t len)
     json_t *egress = json_object_get(o, "egress");
     char *end = NULL;
 
-    if (!o || !t || strcmp(t, "route") || !env || !sb || !tok || !key || strlen(key) != 32 ||
-        strlen(sb) >= sizeof(c->sandbox) || strlen(env) >= sizeof(c->env) ||
-        (egress && !json_is_object(egress)) || (c->token = strtoull(tok, &end, 10), *end)) {
+    const char *path = json_string_value(json_object_get(o, "path"));
+    json_t *size = json_object_get(o, "size");
+    bool unmount = t && !strcmp(t, "unmount");
+    bool mount = t && (!strcmp(t, "mount") || unmount);
+    if (!o || !t || (strcmp(t, "route") && !mount) || !env || !sb || !tok || !key ||
+        strlen(key) != 32 || strlen(sb) >= sizeof(c->sandbox) || strlen(env) >= sizeof(c->env) ||
+        (c->token = strtoull(tok, &end, 10), *end) ||
+        (egress && (!json_is_object(egress) || mount)) ||
+        (mount && (!path || path[0] != '/' || strlen(path) >= sizeof(c->mount_path) ||
+                   !json_is_integer(size) || json_integer_value(size) < 0 ||
+                   json_integer_value(size) > POOL_FILE_MAX ||
+                   (unmount && json_integer_value(size) != 0))) ||
+        (!mount && extra)) {
         wipe_json(o);
         json_decref(o);
-        refuse(c, "bad_route", "first frame must be {\"t\":\"route\",\"env\",\"sandbox\",\"token\","
-                               "\"key\"} (and an \"egress\" object)");
+        refuse(c, "bad_route",
+               "first frame must be {\"t\":\"route\",\"env\",\"sandbox\",\"token\",\"key\"}"
+               " (and an \"egress\" object), or a mount: t, env, sandbox, token, key, path, size,"
+               " then size bytes");
         return;
+    }
+    if (mount) {
+        c->mount = true;
+        c->unmount = unmount;
+        c->mount_at = len + ALINK_FRAME_HDR;
+        c->mount_size = (size_t)json_integer_value(size);
+        c->a.out.max = c->mount_at + c->mount_size + 1;
+        snprintf(c->mount_path, sizeof(c->mount_path), "%s", path);
     }
     snprintf(c->rkey, sizeof(c->rkey), "%s", key);
     snprintf(c->sandbox, sizeof(c->sandbox), "%s", sb);
@@ -293,9 +349,15 @@ static void pipe_rd(struct ev_loop *loop, ev_io *w, int revents)
         return;
     if (!c->routed) {
         /* Collect the route frame (bounded) in the client's out buffer
-         * slot, which is unused until routed. */
+         * slot, which is unused until routed; a mount's content follows
+         * its frame there. */
         if (wp_buf_append(&src->out, buf, (size_t)n) < 0) {
-            refuse(c, "bad_route", "route frame too large");
+            refuse(c, c->mount ? "bad_mount" : "bad_route",
+                   c->mount ? "more bytes than the mount frame's size" : "route frame too large");
+            return;
+        }
+        if (c->mount) {
+            mount_check(c);
             return;
         }
         const uint8_t *payload;
@@ -304,12 +366,13 @@ static void pipe_rd(struct ev_loop *loop, ev_io *w, int revents)
                                    &payload, &plen);
         if (k == 0)
             return;
-        if (k < 0 || (size_t)k != src->out.len) {
+        if (k < 0) {
             refuse(c, "bad_route", "one route frame, then wait for its answer");
             return;
         }
         OPENSSL_cleanse(buf, (size_t)n); /* a route frame may hold secrets */
-        route(c, (uint8_t *)src->out.data + (payload - (const uint8_t *)src->out.data), plen);
+        route(c, (uint8_t *)src->out.data + (payload - (const uint8_t *)src->out.data), plen,
+              (size_t)k != src->out.len);
         return;
     }
     if (wp_buf_append(&dst->out, buf, (size_t)n) < 0) {
@@ -350,7 +413,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         ev_timer_init(&c->park, park_timeout, PARK_S, 0.);
         c->park.data = c;
         end_init(c, &c->a, fd);
-        wp_buf_init(&c->a.out, ROUTE_MAX + ALINK_FRAME_HDR);
+        /* One read's worth past the frame: a mount's bytes arrive with it. */
+        wp_buf_init(&c->a.out, ROUTE_MAX + ALINK_FRAME_HDR + 65536);
         c->b.fd = -1;
         wp_buf_init(&c->b.out, RELAY_BUF);
         c->next = r->conns;

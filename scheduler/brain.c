@@ -542,6 +542,8 @@ static void start_model(struct brain *b)
     b->stop_reason[0] = '\0';
     b->call_first_token = false;
     b->call_t0 = wp_now_ns();
+    if (b->sbx == SBX_READY) /* the file resources, checked while the model streams */
+        sched__brain_files_ready(b, b->call_t0);
     sched__brain_emit(b, json_pack("{s:s}", "type", "span.model_request_start"), b->span_id);
     if (sched_model_stream(b->bs->model, req, &cbs, b, &b->call, &err) < 0) {
         struct sched_model_error e = { .retryable = false, .retry_after_s = -1 };
@@ -837,6 +839,7 @@ static void brain_free(struct brain *b)
     }
     sched__brain_mcp_free(b);
     sched__brain_egress_free(b);
+    sched__brain_files_free(b);
     blocks_reset(b);
     wp_buf_free(&b->delta);
     json_decref(b->usage);

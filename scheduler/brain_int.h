@@ -80,6 +80,8 @@ struct btool {
     char name[32];
     json_t *input;      /* owned */
     uint64_t t0;        /* when the call was due */
+    uint64_t files_due; /* the start of the model request that asked for it: the file
+                           resources must have been checked since (brain_files.c) */
     int64_t call_id;    /* on the link; 0 while waiting for the sandbox */
     bool waited;
     struct btool *next;
@@ -138,6 +140,13 @@ struct brain {
     uint64_t claim_t0;
     char sbx_error[200];
     struct btool *tools;
+    /* brain_files.c: the file resources mounted in sandbox files_sbx */
+    char files_sbx[64];
+    json_t *files_mounted;   /* resource id -> true (owned) */
+    json_t *files_todo;      /* the check's resources still to mount (owned) */
+    bool files_busy;         /* a check is running */
+    uint64_t files_t0, files_check_t0; /* the last finished / the running check's start */
+    uint64_t files_put_t0;   /* the mount in flight started (for the log) */
 
     /* secrets in play (brain_egress.c), read before the first claim */
     enum egress_state egress_state;
@@ -202,6 +211,13 @@ bool sched__brain_repos_clone(struct brain *b);
 void sched__brain_sandbox_ready(struct brain *b);
 int sched__egress_placeholder(const unsigned char key[32], const char *session, const char *cred,
                               char out[POOL_EGRESS_PLACEHOLDER_LEN]);
+/* brain_files.c: whether the session's file resources were all put in the
+ * sandbox by a check that started at or after due (wp_now_ns); if not, a
+ * check starts (when none runs) and sched__brain_tools_run runs again when
+ * it ends. The brain starts one with each model request, so it is usually
+ * done before a tool call is due. */
+bool sched__brain_files_ready(struct brain *b, uint64_t due);
+void sched__brain_files_free(struct brain *b);
 
 /* brain_mcp.c: the session's MCP servers. ready: lists every server (its
  * credential first) unless done this turn; true once each is listed or

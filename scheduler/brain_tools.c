@@ -293,7 +293,7 @@ void sched__brain_tools_run(struct brain *b)
             failed_any = true;
             continue;
         }
-        if (b->sbx != SBX_READY) {
+        if (b->sbx != SBX_READY || !sched__brain_files_ready(b, t->files_due)) {
             t->waited = true;
             continue;
         }
@@ -311,6 +311,8 @@ void sched__brain_tools_run(struct brain *b)
         }
         t->call_id = id;
     }
+    if (b->sbx == SBX_READY && !b->tools)
+        sched__brain_files_ready(b, 0); /* mount early: the first call then finds them */
     if (b->sbx == SBX_FAILED) {
         /* The next call claims a fresh sandbox. */
         b->sbx = SBX_NONE;
@@ -341,6 +343,7 @@ void sched__brain_tool_start(struct brain *b, json_t *ev)
         return;
     t->b = b;
     t->t0 = wp_now_ns();
+    t->files_due = b->call_t0;
     snprintf(t->use_id, sizeof(t->use_id), "%s", id);
     snprintf(t->name, sizeof(t->name), "%s", name);
     t->input = json_incref(json_object_get(ev, "input"));

@@ -48,6 +48,8 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->prompt_cache = true;
     cfg->session_log_max = 200000;
     cfg->max_model_rounds = 100;
+    snprintf(cfg->files_dir, sizeof(cfg->files_dir), "/var/lib/warmpool/files");
+    cfg->files_max_bytes = 32u << 20;
     /* Next to our own binary, where `make` builds warmpool-hands. */
     char exe[256];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
@@ -175,6 +177,10 @@ static void usage(void)
            "                           limited with no hosts), none (loopback only)\n"
            "  --hands-dir DIR          directory with warmpool-hands on the nodes, bound at /.wp\n"
            "                           in API environments' templates (default: this binary's)\n"
+"  --files-dir DIR          where uploaded files' content is kept, one file per id\n"
+           "                           (/var/lib/warmpool/files; metadata is in Redis)\n"
+           "  --files-max-bytes N      largest file upload (33554432; at most 50331648: an\n"
+           "                           upload is held in memory while it arrives)\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
            "  --log-components SPEC    e.g. all,-redis\n"
            "  --help                   this text\n");
@@ -388,6 +394,12 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->brain = !strcmp(val, "on") ? 1 : !strcmp(val, "off") ? 0 : -1;
         return 0;
     }
+    if (!strcmp(name, "files-dir")) {
+        if (val[0] != '/' || strlen(val) >= sizeof(cfg->files_dir) - 80)
+            return wp_err_set(err, WP_ECONFIG, "--files-dir wants an absolute path");
+        snprintf(cfg->files_dir, sizeof(cfg->files_dir), "%s", val);
+        return 0;
+    }
     if (!strcmp(name, "hands-dir")) {
         if (val[0] != '/' || strlen(val) >= sizeof(cfg->hands_dir) || strchr(val, '"'))
             return wp_err_set(err, WP_ECONFIG, "--hands-dir wants an absolute path");
@@ -404,6 +416,8 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->rate_sbx_create = (int)d;
     else if (!strcmp(name, "rate-sandbox") && d <= 1e9)
         cfg->rate_sbx = (int)d;
+    else if (!strcmp(name, "files-max-bytes") && d >= 1 && d <= 48 * 1024 * 1024)
+        cfg->files_max_bytes = (size_t)d;
     else if (!strcmp(name, "max-body"))
         cfg->max_body = (size_t)d;
     else if (!strcmp(name, "max-head"))

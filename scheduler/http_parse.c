@@ -126,18 +126,18 @@ static int on_headers_complete(llhttp_t *h)
     snprintf(p->req.method, sizeof(p->req.method), "%s", m ? m : "?");
     if (h->http_major != 1)
         return fail(p, 505, "only HTTP/1.x is supported");
-    if ((h->flags & F_CONTENT_LENGTH) && h->content_length > p->req.body.max)
-        return fail(p, 413, "request body too large");
     p->req.has_content_length = (h->flags & F_CONTENT_LENGTH) != 0;
     p->headers_done = true;
-    if (p->on_head) {
+    size_t before = p->req.body.max;
+    if (p->on_head) { /* may lower the limit (an unverified key) or raise it (an upload) */
         const char *why = "refused";
         int st = p->on_head(p->on_head_arg, &p->req, &why);
         if (st)
             return fail(p, st, why);
-        if ((h->flags & F_CONTENT_LENGTH) && h->content_length > p->req.body.max)
-            return fail(p, 413, "request body too large for an unverified key");
     }
+    if ((h->flags & F_CONTENT_LENGTH) && h->content_length > p->req.body.max)
+        return fail(p, 413, p->req.body.max < before ? "request body too large for an unverified key"
+                                                     : "request body too large");
     return 0;
 }
 

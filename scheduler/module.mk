@@ -2,12 +2,13 @@
 scheduler_SRCS := scheduler/http_parse.c scheduler/server.c scheduler/route.c \
                   scheduler/util.c scheduler/resources.c \
                   scheduler/agents.c scheduler/envs.c scheduler/sessions.c \
-                  scheduler/resources_session.c \
+                  scheduler/resources_session.c scheduler/multipart.c scheduler/files.c \
                   scheduler/events.c scheduler/sse.c scheduler/vaults.c scheduler/work.c \
                   scheduler/config.c scheduler/sandboxes.c \
                   scheduler/model.c scheduler/mcp_rpc.c scheduler/mcp.c \
                   scheduler/metrics.c scheduler/metrics_pool.c scheduler/dashboard.c scheduler/tls.c \
-                  scheduler/brain.c scheduler/brain_log.c scheduler/brain_tools.c scheduler/brain_mcp.c scheduler/brain_egress.c scheduler/repos.c \
+                  scheduler/brain.c scheduler/brain_log.c scheduler/brain_tools.c scheduler/brain_files.c scheduler/brain_mcp.c \
+                  scheduler/brain_egress.c scheduler/repos.c \
                   scheduler/envtpl.c scheduler/vault_key.c scheduler/quota.c scheduler/mcp_creds.c
 
 # /dashboard's page: scheduler/dashboard.html as C string literals.

@@ -388,8 +388,12 @@ static void delete_cb(void *ctx, redisReply *reply)
         sched__not_found(req, "No %s with id %s", ls->kind->name, ls->id);
         return;
     }
-    sched__respond_json(req, 200, json_pack("{s:s,s:s}", "id", ls->id, "type",
-                                            ls->kind->deleted_type));
+    json_t *answer = json_pack("{s:s,s:s}", "id", ls->id, "type", ls->kind->deleted_type);
+    if (req->after) { /* e.g. the file's content goes after its metadata */
+        req->after(req, answer);
+        return;
+    }
+    sched__respond_json(req, 200, answer);
 }
 
 void sched__obj_delete(struct sched_req *req, const struct sched_kind *k, const char *scope,

@@ -54,10 +54,17 @@ static void add_loaded(struct sched_req *req, json_t *s, long long rev)
     sched__new_id("sesrsc_", id, sizeof(id));
     sched__rfc3339(wp_wall_ms(), now, sizeof(now));
     char mount[512];
-    if (json_is_string(mp))
-        snprintf(mount, sizeof(mount), "%s", json_string_value(mp));
-    else
-        snprintf(mount, sizeof(mount), "/mnt/session/uploads/%s", json_string_value(fid));
+    size_t i;
+    json_t *o;
+    sched__file_mount_path(fid, mp, mount, sizeof(mount)); /* checked in sres_add */
+    json_array_foreach(json_object_get(s, "resources"), i, o) {
+        if (!strcmp(mount, json_string_value(json_object_get(o, "mount_path")) ?: "")) {
+            json_decref(s);
+            sched__bad_request(req, "session %s already has a resource at %s", req->params[0],
+                               mount);
+            return;
+        }
+    }
     json_t *r = json_pack("{s:s,s:s,s:O,s:s,s:s,s:s}", "id", id, "type", "file", "file_id", fid,
                           "mount_path", mount, "created_at", now, "updated_at", now);
     json_array_append(json_object_get(s, "resources"), r);
@@ -65,6 +72,11 @@ static void add_loaded(struct sched_req *req, json_t *s, long long rev)
     req->tmp2 = r;
     req->after = respond_taken;
     sched__obj_store(req, &sched__kind_session, req->org, s, rev, false, NULL, NULL);
+}
+
+static void add_file_owned(struct sched_req *req)
+{
+    sched__obj_load(req, &sched__kind_session, req->params[0], add_loaded);
 }
 
 void sched__h_sres_add(struct sched_req *req)
@@ -82,12 +94,16 @@ void sched__h_sres_add(struct sched_req *req)
         sched__bad_request(req, "only {type: file, file_id, mount_path?} resources can be added");
         return;
     }
-    json_t *one = json_pack("[O]", b);
-    bool refused = sched__refuse_unbuilt(req, NULL, one); /* issue 16 removes this */
-    json_decref(one);
-    if (refused)
+    char mount[512];
+    const char *msg = sched__file_mount_path(json_object_get(b, "file_id"), mp, mount,
+                                             sizeof(mount));
+    if (msg) {
+        sched__bad_request(req, "%s", msg);
         return;
-    sched__obj_load(req, &sched__kind_session, req->params[0], add_loaded);
+    }
+    json_t *one = json_pack("[O]", b);
+    sched__files_owned(req, one, add_file_owned);
+    json_decref(one);
 }
 
 static void list_loaded(struct sched_req *req, json_t *s, long long rev)

@@ -68,6 +68,12 @@ static const struct sched_route routes[] = {
     R("DELETE", "/v1/vaults/:id/credentials/:cid", cred_delete, 0),
     R("POST", "/v1/vaults/:id/credentials/:cid/archive", cred_archive, 0),
     R("POST", "/v1/vaults/:id/credentials/:cid/mcp_oauth_validate", cred_validate, 0),
+    /* Files (no anthropic-beta needed, as for every route). */
+    R("POST", "/v1/files", file_upload, SCHED_R_CREATE | SCHED_R_UPLOAD),
+    R("GET", "/v1/files", file_list, 0),
+    R("GET", "/v1/files/:id", file_get, 0),
+    R("GET", "/v1/files/:id/content", file_content, 0),
+    R("DELETE", "/v1/files/:id", file_delete, 0),
     /* warmpool's extension: sandboxes for harnesses with their own loop. */
     R("POST", "/v1/sandboxes", sbx_create, SCHED_R_SBX | SCHED_R_CREATE | SCHED_R_BODY),
     R("GET", "/v1/sandboxes/:id", sbx_get, SCHED_R_SBX),
@@ -247,8 +253,12 @@ int sched__early_auth(struct sched_server *srv, const struct sched_http_req *h, 
     const char *authz = sched_http_header(h, "authorization");
     if (!key && authz && strncasecmp(authz, "Bearer ", 7) == 0)
         key = authz + 7;
-    if (key && auth_org(srv, key))
+    if (key && auth_org(srv, key)) {
+        /* An upload's multipart framing needs a little more than the file. */
+        if (r->flags & SCHED_R_UPLOAD)
+            *max_body = srv->cfg.files_max_bytes + 65536;
         return 0;
+    }
     if (key && (strncmp(key, "wpek_", 5) == 0 || strncmp(key, "sk-wp-req-", 10) == 0)) {
         if (*max_body > UNVERIFIED_MAX_BODY)
             *max_body = UNVERIFIED_MAX_BODY;
@@ -462,7 +472,9 @@ static void dispatch_authed(struct sched_req *req)
 {
     struct sched_server *srv = req->srv;
     const struct sched_http_req *h = req->http;
-    if (h->body.len > 0) {
+    if (req->route->flags & SCHED_R_UPLOAD) {
+        /* the handler parses its multipart body */
+    } else if (h->body.len > 0) {
         const char *ct = sched_http_header(h, "content-type");
         if (ct && strncasecmp(ct, "application/json", 16) != 0 && !strstr(ct, "+json")) {
             sched__respond_error(req, 415, "invalid_request_error", NULL,

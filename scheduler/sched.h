@@ -80,6 +80,8 @@ struct sched_config {
     long session_log_max;    /* a session's log refuses client input beyond this many entries */
     int max_model_rounds;    /* model requests in one turn before it is stopped */
     int api_network;         /* most network an API environment gets: SCHED_NET_* */
+    char files_dir[256];     /* the Files API's content, one file per id */
+    size_t files_max_bytes;  /* largest upload (413 above); bodies are buffered */
     char hands_dir[256];     /* directory holding warmpool-hands on the nodes (bound at
                                 /.wp in API environments' templates) */
 };

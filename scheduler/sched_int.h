@@ -45,7 +45,8 @@ struct sched_http_parser {
     bool headers_done;
     /* Called once the head is complete, before any body byte is kept: 0
      * to go on, or an HTTP status to refuse the request with (reason in
-     * *why); may lower req.body.max for this request. */
+     * *why); may lower req.body.max for this request (an unverified key)
+     * or raise it (an upload, route.c). */
     int (*on_head)(void *arg, struct sched_http_req *req, const char **why);
     void *on_head_arg;
     size_t max_body;       /* configured; each request starts with it */
@@ -71,6 +72,27 @@ void sched_http_parser_next(struct sched_http_parser *p);
 /* Header value by lowercase name, or NULL. Borrowed until next(). */
 const char *sched_http_header(const struct sched_http_req *r, const char *name);
 const char *sched_http_url(const struct sched_http_req *r);
+
+/* ---- multipart/form-data (multipart.c) ---- */
+
+#define SCHED_MP_BOUNDARY_MAX 70
+
+struct sched_mp_part {
+    char name[64];
+    char filename[256];     /* meaningful when has_filename */
+    bool has_filename;
+    char content_type[128]; /* "" when the part has none */
+    const char *data;       /* borrowed from the body */
+    size_t len;
+};
+/* The boundary of a multipart/form-data content type into out. 0, or -1
+ * with *why (static text). */
+int sched__mp_boundary(const char *content_type, char out[SCHED_MP_BOUNDARY_MAX + 1],
+                       const char **why);
+/* Split a whole multipart/form-data body into at most max parts (data
+ * borrowed from body). Returns the count, or -1 with *why (static). */
+int sched__mp_parse(const char *content_type, const char *body, size_t len,
+                    struct sched_mp_part *parts, int max, const char **why);
 
 /* ---- Redis: base/redis.h (wp_redis, shared with the node daemon) ---- */
 
@@ -197,6 +219,7 @@ struct sched_req {
     /* quota.c: what runs once a quota check passed */
     void (*quota_next)(struct sched_req *, json_t *env, long long rev);
     void (*quota_sbx_next)(struct sched_req *, const char *pool, const char *id);
+    void (*files_next)(struct sched_req *); /* files.c: after the file resources' check */
     char scratch[256];       /* handler scratch (ids, cursors) */
     /* Set by a handler: called with the stored object (owned) instead of
      * answering 200 when an object create/store succeeds. */
@@ -274,6 +297,7 @@ enum {
     SCHED_R_BODY = 1 << 1,   /* a JSON object body is required */
     SCHED_R_NOAUTH = 1 << 2,
     SCHED_R_ENVKEY = 1 << 3, /* an environment key is accepted too */
+    SCHED_R_UPLOAD = 1 << 5, /* multipart body of up to --files-max-bytes, not JSON */
     SCHED_R_SBX = 1 << 4,    /* /v1/sandboxes: its own rate limits (with
                                 SCHED_R_CREATE: --rate-sandbox-create) */
 };
@@ -352,6 +376,7 @@ char *sched__unseal(const unsigned char key[32], const char *sealed, size_t *n);
     X(work_get) X(work_update) X(work_stats) X(env_key_create)               \
     X(sres_add) X(sres_list) X(sres_get) X(sres_update) X(sres_delete)     \
     X(sbx_create) X(sbx_get) X(sbx_execute) X(sbx_delete)                  \
+    X(file_upload) X(file_list) X(file_get) X(file_content) X(file_delete)  \
     X(metrics) X(dashboard)
 #define SCHED_HANDLER_DECL(name) void sched__h_##name(struct sched_req *req);
 SCHED_HANDLERS(SCHED_HANDLER_DECL)
@@ -367,7 +392,22 @@ struct sched_kind {
     const char *deleted_type;
 };
 extern const struct sched_kind sched__kind_agent, sched__kind_env, sched__kind_session,
-    sched__kind_vault, sched__kind_cred, sched__kind_work;
+    sched__kind_vault, sched__kind_cred, sched__kind_work, sched__kind_file;
+
+/* ---- files.c: the Files API's store and sessions' file resources ---- */
+/* "file_" + id characters, at most 64 bytes. */
+bool sched__file_id_valid(const char *id);
+/* A file resource's mount path from its file_id and mount_path (absent or
+ * null: /mnt/session/uploads/<file_id>) into out. NULL, or a message
+ * (static) for a bad id or path. */
+const char *sched__file_mount_path(json_t *fid, json_t *mp, char *out, size_t cap);
+/* Check that every file resource in resources names a live file of
+ * req->org, then next(req); else 404 (or 500) answered. */
+void sched__files_owned(struct sched_req *req, json_t *resources,
+                        void (*next)(struct sched_req *req));
+/* A file's content (caller frees *out). */
+int sched__file_read(const struct sched_config *cfg, const char *id, char **out, size_t *len,
+                     struct wp_err *err);
 
 /* Queue a session work item in a self_hosted environment (work.c). */
 void sched__work_enqueue(struct sched_req *req, const char *env, const char *session_id,
@@ -413,6 +453,8 @@ void sched__obj_load_scoped(struct sched_req *req, const struct sched_kind *k, c
                             const char *scope, sched_obj_cb cb);
 /* Parse a stored object with its live fragment. Caller owns the result. */
 json_t *sched__obj_parse(const char *json, size_t jl, const char *live, size_t ll);
+/* Delete; answers {id, type: deleted_type}, or hands that answer (owned)
+ * to req->after when set. */
 void sched__obj_delete(struct sched_req *req, const struct sched_kind *k, const char *scope,
                        const char *id);
 /* List one page of scope's index; filter: Lua-evaluated hash field equality

@@ -75,13 +75,14 @@ static const char *norm_resource(json_t *r, const char *now, json_t **out, json_
     if (!strcmp(ty, "file")) {
         static const char *const f[] = {"type", "file_id", "mount_path", NULL};
         json_t *fid = json_object_get(r, "file_id"), *mp = json_object_get(r, "mount_path");
+        const char *msg;
         if (sched__unknown_field(r, f) || !json_is_string(fid))
             return "file resources need a file_id";
+        if (mp && !json_is_null(mp) && !json_is_string(mp))
+            return "mount_path must be a string or null";
         char mount[512];
-        if (json_is_string(mp))
-            snprintf(mount, sizeof(mount), "%s", json_string_value(mp));
-        else
-            snprintf(mount, sizeof(mount), "/mnt/session/uploads/%s", json_string_value(fid));
+        if ((msg = sched__file_mount_path(fid, mp, mount, sizeof(mount))))
+            return msg;
         *out = json_pack("{s:s,s:s,s:O,s:s,s:s,s:s}", "id", id, "type", ty, "file_id", fid,
                          "mount_path", mount, "created_at", now, "updated_at", now);
         return NULL;
@@ -105,32 +106,58 @@ static const char *norm_resource(json_t *r, const char *now, json_t **out, json_
     return "resource type must be github_repository, file or memory_store";
 }
 
-/* NOT YET BUILT (issue 16): file and memory_store resources are stored
- * (norm_resource above, resources_session.c) but nothing mounts or
- * attaches them to a sandbox. Refusing them is better than accepting and
- * silently ignoring them. github_repository resources are cloned
- * (repos.c, brain_egress.c). An empty array passes. */
+/* NOT YET BUILT (issue 16): memory_store resources are stored
+ * (norm_resource above) but nothing attaches them to a sandbox: refused,
+ * which is better than accepting and silently ignoring them. file
+ * resources are mounted (files.c, brain_files.c), github_repository ones
+ * cloned (repos.c, brain_egress.c). An empty array passes. */
 bool sched__refuse_unbuilt(struct sched_req *req, json_t *vault_ids, json_t *resources)
 {
     size_t i;
     json_t *r;
+    size_t repos = 0;
     (void)vault_ids;
     json_array_foreach(resources, i, r) {
         const char *ty = json_string_value(json_object_get(r, "type"));
-        if (ty && !strcmp(ty, "github_repository"))
+        if (ty && (!strcmp(ty, "file") || !strcmp(ty, "github_repository"))) {
+            repos += !strcmp(ty, "github_repository");
             continue;
+        }
         sched__respond_error(req, 400, "invalid_request_error", "not_supported_yet",
                              "resources: %s resources are not supported yet: this server does "
-                             "not yet mount files or attach memory stores", ty ? ty : "session");
+                             "not yet attach memory stores", ty ? ty : "untyped");
         return true;
     }
-    size_t repos = 0;
-    json_array_foreach(resources, i, r) repos++;
     if (repos > SCHED_MAX_REPOS) {
         sched__bad_request(req, "at most %d repositories per session", SCHED_MAX_REPOS);
         return true;
     }
     return false;
+}
+
+/* Every resource valid and no two at one mount path; NULL or a message. */
+static const char *check_resources(json_t *list)
+{
+    size_t i, j;
+    json_t *r, *all = json_array(), *tokens = json_object();
+    const char *msg = NULL;
+    json_array_foreach(list, i, r) {
+        json_t *n = NULL;
+        if ((msg = norm_resource(r, "", &n, tokens)))
+            break;
+        const char *mp = json_string_value(json_object_get(n, "mount_path"));
+        json_t *o;
+        json_array_foreach(all, j, o) {
+            if (mp && !strcmp(mp, json_string_value(json_object_get(o, "mount_path")) ?: ""))
+                msg = "two resources have the same mount_path";
+        }
+        json_array_append_new(all, n);
+        if (msg)
+            break;
+    }
+    json_decref(all);
+    sched__json_wipe(tokens);
+    return msg;
 }
 
 static const char *check_budget(json_t *b)
@@ -362,11 +389,13 @@ static void prep_cb(void *ctx, redisReply *reply)
         free(sealed[k]);
 }
 
+static void prep(struct sched_req *req);
+
 void sched__h_session_create(struct sched_req *req)
 {
     json_t *body = req->body, *v;
     const char *msg = NULL, *bad = sched__unknown_field(body, create_fields);
-    char kagent[200], kenv[200], kver[200], ver[16] = "";
+    char ver[16] = "";
     size_t i;
     if (bad) {
         sched__bad_request(req, "%s: Extra inputs are not permitted", bad);
@@ -438,6 +467,10 @@ void sched__h_session_create(struct sched_req *req)
     }
     if (sched__refuse_unbuilt(req, json_object_get(body, "vault_ids"), v))
         return;
+    if (v && (msg = check_resources(v))) {
+        sched__bad_request(req, "resources: %s", msg);
+        return;
+    }
     v = json_object_get(body, "budget");
     if (v && !json_is_null(v) && (msg = check_budget(v))) {
         sched__bad_request(req, "%s", msg);
@@ -449,6 +482,16 @@ void sched__h_session_create(struct sched_req *req)
         return;
     }
     snprintf(req->scratch, sizeof(req->scratch), "%s", agent_id);
+    snprintf(req->params[2], sizeof(req->params[2]), "%s", ver); /* unused by this route */
+    sched__files_owned(req, json_object_get(body, "resources"), prep);
+}
+
+/* The files are the caller's: check agent and environment, then create. */
+static void prep(struct sched_req *req)
+{
+    char kagent[200], kenv[200], kver[200];
+    const char *agent_id = req->scratch, *ver = req->params[2];
+    json_t *body = req->body;
     sched__key_obj(kagent, sizeof(kagent), agent_id);
     sched__key_obj(kenv, sizeof(kenv), json_string_value(json_object_get(body, "environment_id")));
     snprintf(kver, sizeof(kver), "wp:agentver:%s", agent_id);

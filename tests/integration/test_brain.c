@@ -18,6 +18,7 @@
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
 #include "modelserver/msrv_spawn.h"
+#include "sse_client.h"
 #include "base/err.h"
 #include "base/fs.h"
 #include "base/timeutil.h"
@@ -74,66 +75,9 @@ static const char *s_(json_t *o, const char *k)
 
 /* ---- an SSE client that records when each event arrived ---- */
 
-struct sse {
-    int fd;
-    char *buf;
-    size_t len;
-};
-
 static void sse_open(struct sse *s, int port, const char *sid)
 {
-    char req[512];
-    s->fd = th_connect(port);
-    assert_true(s->fd >= 0);
-    s->buf = malloc(1 << 22);
-    s->len = 0;
-    snprintf(req, sizeof(req),
-             "GET /v1/sessions/%s/events/stream?event_deltas%%5B%%5D=agent.message HTTP/1.1\r\n"
-             "Host: x\r\nx-api-key: " KEY "\r\nanthropic-beta: managed-agents-2026-04-01\r\n\r\n",
-             sid);
-    assert_int_equal(th_send_all(s->fd, req, strlen(req)), 0);
-    char head[4096];
-    int n = th_read_until(s->fd, head, sizeof(head), ": connected\n\n", 5000);
-    assert_true(n > 0 && strstr(head, "200 OK"));
-    /* keep whatever followed the connected comment */
-    char *after = strstr(head, ": connected\n\n") + 13;
-    s->len = (size_t)(head + n - after);
-    memcpy(s->buf, after, s->len);
-}
-
-/* Next event's data (owned) or NULL after timeout_ms. */
-static json_t *sse_next(struct sse *s, int timeout_ms)
-{
-    uint64_t end = wp_now_ns() + (uint64_t)timeout_ms * 1000000ull;
-    for (;;) {
-        char *sep;
-        while (s->len && (sep = memmem(s->buf, s->len, "\n\n", 2))) {
-            size_t used = (size_t)(sep - s->buf) + 2;
-            *sep = '\0';
-            char *data = strstr(s->buf, "data: ");
-            json_t *j = data ? json_loads(data + 6, 0, NULL) : NULL;
-            memmove(s->buf, s->buf + used, s->len - used);
-            s->len -= used;
-            if (j)
-                return j;
-        }
-        int64_t left = (int64_t)(end - wp_now_ns()) / 1000000;
-        if ((int64_t)(end - wp_now_ns()) <= 0)
-            return NULL;
-        struct pollfd p = { .fd = s->fd, .events = POLLIN };
-        if (poll(&p, 1, (int)left) <= 0)
-            return NULL;
-        ssize_t n = read(s->fd, s->buf + s->len, (1 << 22) - 1 - s->len);
-        if (n <= 0)
-            return NULL;
-        s->len += (size_t)n;
-    }
-}
-
-static void sse_close(struct sse *s)
-{
-    close(s->fd);
-    free(s->buf);
+    sse_open_as(s, port, KEY, sid, "?event_deltas%5B%5D=agent.message");
 }
 
 /* Read until the first event_delta (true) or timeout. */

@@ -1145,10 +1145,11 @@ static void survives_redis_connection_loss(void **state)
     json_decref(call("POST", "/v1/vaults", "{\"display_name\":\"after-restart\"}", 200));
 }
 
-/* Issue 15 defect 10: resources are stored but nothing mounts, clones or
- * attaches them yet (issue 16), so a session that asks for them is refused
- * with a clear invalid_request_error and nothing is stored; an empty array
- * is fine. vault_ids are taken (the brain lends their MCP credentials) and
+/* Issue 15 defect 10: memory stores are stored but nothing attaches them
+ * yet, so a session that asks for one is refused with a clear
+ * invalid_request_error and nothing is stored; an empty array is fine
+ * (repositories and files work since issue 16: test_sched_egress,
+ * test_sched_files). vault_ids are taken (the brain lends their MCP credentials) and
  * kept on the session. The shapes are the reference's (12.6, 14). */
 static void refused_resources_check(json_t *e, const char *what)
 {
@@ -1167,12 +1168,14 @@ static void session_resources(void **state)
     char path[512], body[1024];
     char *a = new_agent("res"), *env = new_env();
     static const char *const refused[][2] = {
-        {"\"resources\":[{\"type\":\"github_repository\",\"url\":\"https://github.com/o/r.git\","
-         "\"authorization_token\":\"ghp_secret\",\"checkout\":{\"type\":\"branch\",\"name\":\"main\"}}]",
-         "github_repository"},
-        {"\"resources\":[{\"type\":\"file\",\"file_id\":\"file_1\",\"mount_path\":null}]", "file"},
         {"\"resources\":[{\"type\":\"memory_store\",\"memory_store_id\":\"memstore_1\"}]", "memory_store"},
-        {"\"resources\":[{\"type\":\"file\",\"file_id\":\"file_1\"}],\"vault_ids\":[\"vlt_1\"]", "file"},
+        {"\"resources\":[{\"type\":\"file\",\"file_id\":\"file_1\"},{\"type\":\"memory_store\","
+         "\"memory_store_id\":\"memstore_1\"}],\"vault_ids\":[\"vlt_1\"]", "memory_store"},
+    };
+    /* Files are mounted (issue 16): one that is not the organization's is 404. */
+    static const char *const no_file[] = {
+        "\"resources\":[{\"type\":\"file\",\"file_id\":\"file_1\",\"mount_path\":null}]",
+        "\"resources\":[{\"type\":\"file\",\"file_id\":\"file_1\"}],\"vault_ids\":[\"vlt_1\"]",
     };
     json_t *before = call("GET", "/v1/sessions?limit=1000", NULL, 200);
     size_t n0 = json_array_size(json_object_get(before, "data"));
@@ -1181,6 +1184,13 @@ static void session_resources(void **state)
         snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\",%s}", a, env,
                  refused[k][0]);
         refused_resources_check(call("POST", "/v1/sessions", body, 400), refused[k][1]);
+    }
+    for (size_t k = 0; k < sizeof(no_file) / sizeof(no_file[0]); k++) {
+        snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\",%s}", a, env,
+                 no_file[k]);
+        json_t *e = call("POST", "/v1/sessions", body, 404);
+        assert_non_null(strstr(s_(json_object_get(e, "error"), "message"), "file_1"));
+        json_decref(e);
     }
     json_t *after = call("GET", "/v1/sessions?limit=1000", NULL, 200);
     assert_int_equal(json_array_size(json_object_get(after, "data")), n0); /* nothing stored */
@@ -1203,7 +1213,7 @@ static void session_resources(void **state)
     json_decref(s);
     json_decref(v);
     snprintf(path, sizeof(path), "/v1/sessions/%s/resources", sid);
-    refused_resources_check(call("POST", path, "{\"type\":\"file\",\"file_id\":\"file_9\"}", 400), "file");
+    json_decref(call("POST", path, "{\"type\":\"file\",\"file_id\":\"file_9\"}", 404));
     json_decref(call("POST", path, "{\"type\":\"github_repository\",\"url\":\"x\"}", 400));
     json_t *r = call("GET", path, NULL, 200);
     assert_int_equal(json_array_size(json_object_get(r, "data")), 0);
