@@ -65,8 +65,9 @@ static const char *norm_resource(json_t *r, const char *now, json_t **out, json_
         sched__repo_check(json_string_value(url), co, mp, mount, sizeof(mount));
         /* The token is a secret: never in the session's JSON, kept sealed
          * beside it (brain_egress.c hands it to the egress proxy). */
+        /* A copy: tokens is wiped, and the request body still needs its own. */
         if (json_is_string(tok))
-            json_object_set(tokens, id, tok);
+            json_object_set_new(tokens, id, json_stringn(json_string_value(tok), json_string_length(tok)));
         *out = json_pack("{s:s,s:s,s:O,s:s,s:O,s:s,s:s}", "id", id, "type", ty, "url", url,
                          "mount_path", mount, "checkout", co ? co : json_null(), "created_at",
                          now, "updated_at", now);

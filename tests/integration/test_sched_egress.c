@@ -363,7 +363,7 @@ static int group_teardown(void **state)
     }
     th_inet_stop(&I);
     th_redis_stop(&R);
-    if (DIR_)
+    if (DIR_ && !getenv("WP_TEST_KEEP"))
         th_rmtree(DIR_);
     free(DIR_);
     return rc;
