@@ -556,7 +556,7 @@ static void session_resources_api(void **state)
     json_decref(call("POST", "/v1/sessions", body, 404));
     snprintf(body, sizeof(body),
              "{\"agent\":\"%s\",\"environment_id\":\"%s\",\"resources\":[{\"type\":"
-             "\"github_repository\",\"url\":\"https://github.com/a/b\"}]}", AGENT_ID, ENV_ID);
+             "\"memory_store\",\"memory_store_id\":\"memstore_1\"}]}", AGENT_ID, ENV_ID);
     json_t *e = call("POST", "/v1/sessions", body, 400);
     assert_string_equal(s_(json_object_get(json_object_get(e, "error"), "details"), "error_code"),
                         "not_supported_yet");
