@@ -1,4 +1,4 @@
-pool_SRCS := pool/autoscale.c pool/scripts.c pool/node.c pool/config.c pool/client.c pool/relay.c pool/ksm.c \
+pool_SRCS := pool/autoscale.c pool/scripts.c pool/node.c pool/config.c pool/client.c pool/relay.c pool/relay_tls.c pool/ksm.c \
              pool/catalog.c pool/memory.c pool/http.c pool/worker.c pool/worker_run.c \
              pool/orphans.c pool/egress.c pool/egress_http.c pool/egress_tls.c pool/egress_ctl.c
 
@@ -15,6 +15,11 @@ $(BUILD)/warmpool-node: $(BUILD)/obj/pool/node_main.o $(BUILD)/libpool.a $(BUILD
 
 BINS += $(BUILD)/bench/pool_bench
 $(BUILD)/bench/pool_bench: $(BUILD)/obj/bench/pool_bench.o $(BUILD)/libpool.a $(BUILD)/libagentlink.a $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+	@mkdir -p $(@D)
+	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
+
+BINS += $(BUILD)/bench/relay_bench
+$(BUILD)/bench/relay_bench: $(BUILD)/obj/bench/relay_bench.o $(BUILD)/libpool.a $(BUILD)/libagentlink.a $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
 	@mkdir -p $(@D)
 	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
 
