@@ -161,6 +161,9 @@ double sched__brain_since(uint64_t t0);
  * lists (agent.tool_use event) without a result; tools_cancel: interrupt
  * every call (each gets its result). */
 void sched__brain_claim(struct brain *b);
+/* The session's sandbox tier as known now, for metric labels (one of
+ * hot, warm, cold; pending while claiming; none; failed; other). */
+const char *sched__brain_tier(const struct brain *b);
 void sched__brain_tools_run(struct brain *b);
 void sched__brain_tool_start(struct brain *b, json_t *ev);
 void sched__brain_tools_cancel(struct brain *b);
