@@ -29,16 +29,7 @@ C=$T/certs
 deploy/relay-certs.sh "$C" ca >/dev/null
 deploy/relay-certs.sh "$C" node n1 10.251.0.1 >/dev/null
 deploy/relay-certs.sh "$C" scheduler s1 >/dev/null
-for e in plain tls; do
-cat >"$T/$e.json" <<JSON
-{"name":"$e","rootfs":"host","workdir":"/work",
- "init_sets_hostname":true,"init":["/.wp/warmpool-hands","--socket","/run/warmpool/hands.sock","--workdir","/work",
-         "--ready-file","/run/warmpool/hands.ready"],
- "ready_file":"/run/warmpool/hands.ready",
- "binds":[{"source":"$T/wp","target":"/.wp"}],
- "limits":{"memory_mb":128,"pids":64}}
-JSON
-done
+for e in plain tls; do wp_bench_template "$T" "$e"; done
 "$BUILD/warmpool-node" --id plain --redis "127.0.0.1:$RPORT" --state-dir "$T/s-plain" --drain-timeout 0 \
     --env "$T/plain.json:2:2" --no-api-envs --log-level warn 2>"$T/plain.log" &
 PIDS+=($!)

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "lib/model_testlib.h"
 #include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
@@ -43,14 +44,7 @@ static const char script[] =
 
 static json_t *call(const char *method, const char *path, const char *body, int want)
 {
-    struct th_resp r;
-    assert_int_equal(th_http(S.port, method, path, KEY, body, &r), 0);
-    if (r.status != want)
-        fail_msg("%s %s: status %d, want %d: %s", method, path, r.status, want, r.body);
-    json_t *o = json_loads(r.body, 0, NULL);
-    th_resp_free(&r);
-    assert_non_null(o);
-    return o;
+    return th_api(S.port, KEY, method, path, body, want);
 }
 
 /* GET /metrics with the token (owned text). */
@@ -73,7 +67,7 @@ static char *scrape(void)
 
 static int group_setup(void **state)
 {
-    char tmpl[1024], env[1200], url[128], scr[1100], log[1100], st[1100];
+    char tmpl[1024], env[1200], url[128], log[1100], st[1100];
     struct wp_err err;
     (void)state;
 
@@ -83,14 +77,8 @@ static int group_setup(void **state)
     if (th_redis_start(&R, 0) < 0)
         return -1;
     DIR_ = th_tmpdir("dash");
-    snprintf(scr, sizeof(scr), "%s/script.json", DIR_);
-    if (wp_write_file(scr, script, strlen(script), 0644, &err) < 0)
+    if (th_model_spawn_script(&M, DIR_, script, NULL, url, sizeof(url)) < 0)
         return -1;
-    const char *margs[] = { "--script", scr, "--log-level", "warn", NULL };
-    if (msrv_spawn(&M, margs) < 0)
-        return -1;
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d", M.port);
-    setenv("ANTHROPIC_API_KEY", "sk-test-model", 1);
     if (th_sched_start(&S, R.port, "--model-url", url, "--metrics-token", TOKEN, NULL) < 0)
         return -1;
     if (th_hands_template(DIR_, POOL, "box", tmpl, sizeof(tmpl)) < 0)

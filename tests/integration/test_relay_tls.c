@@ -28,6 +28,7 @@
 
 #include <ev.h>
 
+#include "lib/model_testlib.h"
 #include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
@@ -84,8 +85,7 @@ static const char *flag(const char *dir, const char *file)
 
 static int group_setup(void **state)
 {
-    char tmpl[1024], env[1200], url[128], scr[1100], out[256], log[1100], st[1100];
-    struct wp_err err;
+    char tmpl[1024], env[1200], url[128], out[256], log[1100], st[1100];
     (void)state;
 
     /* Our own network namespace: lo, and a veth pair whose one end holds
@@ -106,14 +106,8 @@ static int group_setup(void **state)
 
     if (th_redis_start(&R, 0) < 0)
         return -1;
-    snprintf(scr, sizeof(scr), "%s/script.json", DIR_);
-    if (wp_write_file(scr, script, strlen(script), 0644, &err) < 0)
+    if (th_model_spawn_script(&M, DIR_, script, NULL, url, sizeof(url)) < 0)
         return -1;
-    const char *margs[] = { "--script", scr, "--log-level", "warn", NULL };
-    if (msrv_spawn(&M, margs) < 0)
-        return -1;
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d", M.port);
-    setenv("ANTHROPIC_API_KEY", "sk-test-model", 1);
     if (th_sched_start(&S, R.port, "--model-url", url, "--relay-tls-cert", flag(CERTS, "s1.pem"),
                        "--relay-tls-key", flag(CERTS, "s1.key"), "--relay-tls-ca",
                        flag(CERTS, "ca.pem"), NULL) < 0)

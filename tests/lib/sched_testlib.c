@@ -325,6 +325,19 @@ json_t *th_call(int port, const char *key, const char *method, const char *path,
     return j;
 }
 
+json_t *th_api(int port, const char *key, const char *method, const char *path, const char *body,
+               int want)
+{
+    struct th_resp r;
+    assert_int_equal(th_http(port, method, path, key, body, &r), 0);
+    if (r.status != want)
+        fail_msg("%s %s: status %d, want %d: %s", method, path, r.status, want, r.body);
+    json_t *o = json_loads(r.body, 0, NULL);
+    th_resp_free(&r);
+    assert_non_null(o);
+    return o;
+}
+
 void th_resp_free(struct th_resp *r)
 {
     free(r->body);

@@ -50,6 +50,10 @@ int th_http(int port, const char *method, const char *path, const char *key, con
 struct json_t;
 struct json_t *th_call(int port, const char *key, const char *method, const char *path,
                        const char *body, int want);
+/* The same inside a cmocka test: a failed request, another status or a
+ * body that is not JSON fails the test (status and body printed). */
+struct json_t *th_api(int port, const char *key, const char *method, const char *path,
+                      const char *body, int want);
 /* Header value from a response head (case-insensitive name), copied. */
 int th_resp_header(const struct th_resp *r, const char *name, char *out, size_t cap);
 
