@@ -152,10 +152,38 @@ static void drop_vault_key(void)
 
 int th_sched_start(struct th_sched *s, int redis_port, ...)
 {
+    va_list ap;
+    va_start(ap, redis_port);
+    int rc = th_sched_startv(s, redis_port, ap);
+    va_end(ap);
+    return rc;
+}
+
+int th_stack_start(struct th_redis *r, struct th_sched *s, ...)
+{
+    va_list ap;
+    if (th_redis_start(r, 0) < 0)
+        return -1;
+    va_start(ap, s);
+    int rc = th_sched_startv(s, r->port, ap);
+    va_end(ap);
+    if (rc < 0)
+        th_redis_stop(r);
+    return rc;
+}
+
+int th_stack_stop(struct th_redis *r, struct th_sched *s)
+{
+    int st = th_sched_stop(s);
+    th_redis_stop(r);
+    return st == 0 ? 0 : -1;
+}
+
+int th_sched_startv(struct th_sched *s, int redis_port, va_list ap)
+{
     const char *argv[64];
     char bin[4200], redis[64];
     int argc = 0, pfd[2];
-    va_list ap;
 
     snprintf(bin, sizeof(bin), "%s/warmpool-scheduler", th_build_dir());
     snprintf(redis, sizeof(redis), "127.0.0.1:%d", redis_port);
@@ -179,11 +207,9 @@ int th_sched_start(struct th_sched *s, int redis_port, ...)
     }
     argv[argc++] = "--vault-key-file";
     argv[argc++] = vkey;
-    va_start(ap, redis_port);
     const char *a;
     while ((a = va_arg(ap, const char *)) && argc < 62)
         argv[argc++] = a;
-    va_end(ap);
     argv[argc] = NULL;
     if (pipe(pfd) < 0)
         return -1;
