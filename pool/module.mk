@@ -1,6 +1,7 @@
-pool_SRCS := pool/autoscale.c pool/scripts.c pool/node.c pool/config.c pool/client.c pool/relay.c pool/relay_tls.c pool/ksm.c \
+pool_SRCS := pool/autoscale.c pool/scripts.c pool/node.c pool/config.c pool/client.c pool/relay.c pool/ksm.c \
              pool/catalog.c pool/memory.c pool/http.c pool/worker.c pool/worker_run.c \
-             pool/orphans.c pool/egress.c pool/egress_http.c pool/egress_tls.c pool/egress_ctl.c
+             pool/orphans.c pool/egress.c pool/egress_http.c pool/egress_tls.c pool/egress_ctl.c \
+             pool/relay_tls.c
 
 # The egress proxy terminates and re-encrypts TLS with libssl.
 PKGS += libssl
