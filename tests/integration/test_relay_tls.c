@@ -47,7 +47,7 @@ static struct msrv_proc M;
 static char *DIR_, CERTS[1100], ROGUE[1100];
 static pid_t NODE;
 static int RELAY_PORT;
-static char ENV_ID[64], AGENT_ID[64];
+static char ENV_ID[64], AGENT_ID[64], MURL[128];
 
 static const char script[] =
     "{\"seed\":1,\"ttft_ms\":5,\"tokens_per_s\":500,\"chunk_tokens\":4,"
@@ -85,7 +85,7 @@ static const char *flag(const char *dir, const char *file)
 
 static int group_setup(void **state)
 {
-    char tmpl[1024], env[1200], url[128], out[256], log[1100], st[1100];
+    char tmpl[1024], env[1200], out[256], log[1100], st[1100];
     (void)state;
 
     /* Our own network namespace: lo, and a veth pair whose one end holds
@@ -106,9 +106,9 @@ static int group_setup(void **state)
 
     if (th_redis_start(&R, 0) < 0)
         return -1;
-    if (th_model_spawn_script(&M, DIR_, script, NULL, url, sizeof(url)) < 0)
+    if (th_model_spawn_script(&M, DIR_, script, NULL, MURL, sizeof(MURL)) < 0)
         return -1;
-    if (th_sched_start(&S, R.port, "--model-url", url, "--relay-tls-cert", flag(CERTS, "s1.pem"),
+    if (th_sched_start(&S, R.port, "--model-url", MURL, "--relay-tls-cert", flag(CERTS, "s1.pem"),
                        "--relay-tls-key", flag(CERTS, "s1.key"), "--relay-tls-ca",
                        flag(CERTS, "ca.pem"), NULL) < 0)
         return -1;
@@ -210,32 +210,39 @@ static size_t sniff_drain(int fd, int port, char *out, size_t cap, unsigned char
  * 10.251.0.1, over mutual TLS: the result comes back, and no byte of the
  * command, its output or the route frame is readable on the wire, while
  * the same capture does read the plaintext API traffic. */
-static void tool_call_over_mutual_tls(void **state)
+/* A new session on scheduler port runs "please run bash": its
+ * agent.tool_result (owned), or NULL after 30 s. */
+static json_t *bash_turn(int port, char *sid, size_t cap)
 {
-    (void)state;
-    int sn = sniff_open();
     char body[256], path[128];
     snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}", AGENT_ID, ENV_ID);
-    json_t *s = th_call(S.port, KEY, "POST", "/v1/sessions", body, 200);
+    json_t *s = th_call(port, KEY, "POST", "/v1/sessions", body, 200);
     assert_non_null(s);
-    char sid[64];
-    snprintf(sid, sizeof(sid), "%s", s_(s, "id"));
+    snprintf(sid, cap, "%s", s_(s, "id"));
     json_decref(s);
     snprintf(path, sizeof(path), "/v1/sessions/%s/events", sid);
-    json_decref(th_call(S.port, KEY, "POST", path,
+    json_decref(th_call(port, KEY, "POST", path,
                         "{\"events\":[{\"type\":\"user.message\",\"content\":[{\"type\":\"text\","
                         "\"text\":\"please run bash\"}]}]}", 200));
-    /* Wait for the tool result in the history. */
     json_t *res = NULL;
     for (int i = 0; i < 300 && !res; i++, th_msleep(100)) {
         snprintf(path, sizeof(path), "/v1/sessions/%s/events?limit=100", sid);
-        json_t *h = th_call(S.port, KEY, "GET", path, NULL, 200);
+        json_t *h = th_call(port, KEY, "GET", path, NULL, 200);
         json_t *data = json_object_get(h, "data");
         for (size_t k = 0; k < json_array_size(data); k++)
             if (!strcmp(s_(json_array_get(data, k), "type"), "agent.tool_result"))
                 res = json_incref(json_array_get(data, k));
         json_decref(h);
     }
+    return res;
+}
+
+static void tool_call_over_mutual_tls(void **state)
+{
+    (void)state;
+    int sn = sniff_open();
+    char sid[64], path[128];
+    json_t *res = bash_turn(S.port, sid, sizeof(sid));
     assert_non_null(res);
     assert_false(json_is_true(json_object_get(res, "is_error")));
     assert_string_equal(s_(json_array_get(json_object_get(res, "content"), 0), "text"),
@@ -260,6 +267,24 @@ static void tool_call_over_mutual_tls(void **state)
     assert_null(memmem(relay, n, "echo ", 5));                    /* nor the command */
     assert_null(memmem(relay, n, "\"route\"", 7));                /* nor the route frame */
     assert_null(memmem(relay, n, "tlspool", 7));
+}
+
+/* A scheduler with no relay identity: the session's tool call fails with
+ * an error that names what to configure; nothing goes out in plaintext. */
+static void scheduler_without_identity_says_so(void **state)
+{
+    (void)state;
+    struct th_sched bare;
+    char sid[64];
+    assert_int_equal(th_sched_start(&bare, R.port, "--model-url", MURL, NULL), 0);
+    json_t *res = bash_turn(bare.port, sid, sizeof(sid));
+    th_sched_stop(&bare);
+    assert_non_null(res);
+    const char *text = s_(json_array_get(json_object_get(res, "content"), 0), "text");
+    print_message("# tool result without a relay identity: %s\n", text);
+    assert_true(json_is_true(json_object_get(res, "is_error")));
+    assert_non_null(strstr(text, "relay-tls-cert"));
+    json_decref(res);
 }
 
 /* ---- pool_connect from this process, to the node or to a fake relay ---- */
@@ -473,6 +498,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(tool_call_over_mutual_tls),
+        cmocka_unit_test(scheduler_without_identity_says_so),
         cmocka_unit_test(node_refuses_other_ca),
         cmocka_unit_test(plaintext_client_gets_nothing),
         cmocka_unit_test(client_checks_the_node),
