@@ -243,7 +243,8 @@ static void pump_fail(struct pool__tls_pump *p, const char *what)
     pump_free(p);
 }
 
-/* One SSL call's outcome: > 0 done, 0 wait (watchers set), < 0 failed. */
+/* A failed SSL call's outcome: 0 wait (for the socket, as noted), -2 the
+ * peer's clean close (close_notify), -1 failed. */
 static int ssl_wait(struct pool__tls_pump *p, int ret, bool writing)
 {
     int e = SSL_get_error(p->ssl, ret);
@@ -256,8 +257,8 @@ static int ssl_wait(struct pool__tls_pump *p, int ret, bool writing)
         p->tls_wants_write = true;
         return 0;
     }
-    if (e == SSL_ERROR_SYSCALL)
-        p->sys_errno = errno;
+    if (e == SSL_ERROR_SYSCALL) /* errno 0: the peer closed without close_notify */
+        p->sys_errno = errno ? errno : ECONNRESET;
     return e == SSL_ERROR_ZERO_RETURN ? -2 : -1;
 }
 
