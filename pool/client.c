@@ -549,8 +549,9 @@ struct conn {
 static void conn_tls_failed(void *ctx, const char *why)
 {
     struct conn *k = ctx;
-    snprintf(k->tls_why, sizeof(k->tls_why), "%s", why);
-    k->pump = NULL; /* it frees itself */
+    if (why)
+        snprintf(k->tls_why, sizeof(k->tls_why), "%s", why);
+    k->pump = NULL; /* it is gone */
 }
 
 static void conn_done(struct conn *k, int status, const char *fmt, ...)

@@ -97,8 +97,9 @@ int pool__relay_tls_wanted(const char *host, struct wp_err *err);
  * it would have used tcp_fd). The pump lives on loop until either side
  * closes, then frees itself (pool_relay_tls_teardown frees what is left).
  * A client (server false) checks that the peer's certificate names
- * peer_ip. on_fail (may be NULL) runs once if the handshake fails, with
- * why, until pool__tls_pump_detach. */
+ * peer_ip. on_fail (may be NULL) runs once when the pump ends, unless
+ * detached first (pool__tls_pump_detach): why says what failed, or is NULL
+ * when it ended cleanly; the pump is gone after it either way. */
 struct pool__tls_pump;
 typedef void (*pool__tls_fail_cb)(void *ctx, const char *why);
 int pool__tls_pump_new(struct ev_loop *loop, int tcp_fd, bool server, const char *peer_ip,

@@ -49,7 +49,7 @@ struct pool__tls_pump {
     bool hs_done, plain_eof, tls_eof, tls_wants_write, tls_wants_read_for_write;
     char peer[80];
     int sys_errno;             /* of an SSL_ERROR_SYSCALL */
-    pool__tls_fail_cb on_fail; /* until detached: why the handshake failed */
+    pool__tls_fail_cb on_fail; /* until detached: the pump ended (why: NULL if cleanly) */
     void *fail_ctx;
     struct pool__tls_pump *prev, *next;
 };
@@ -199,6 +199,10 @@ int pool__relay_tls_wanted(const char *host, struct wp_err *err)
 
 static void pump_free(struct pool__tls_pump *p)
 {
+    /* Its owner (still attached) learns that it is gone, so it never
+     * detaches a freed pump. */
+    if (p->on_fail)
+        p->on_fail(p->fail_ctx, NULL);
     if (p->prev)
         p->prev->next = p->next;
     else
@@ -240,6 +244,7 @@ static void pump_fail(struct pool__tls_pump *p, const char *what)
      * certificate was refused only at its first read. */
     if (p->on_fail)
         p->on_fail(p->fail_ctx, why);
+    p->on_fail = NULL;
     pump_free(p);
 }
 
