@@ -227,8 +227,8 @@ static const struct option lo[] = {
     { "drain-timeout", required_argument, NULL, 'G' }, { "claim-wait-max", required_argument, NULL, 'q' },
     { "ksm-slow-pages", required_argument, NULL, 1001 }, { "ksm-fast-pages", required_argument, NULL, 1002 },
     { "ksm-sleep-ms", required_argument, NULL, 1003 },
-    { "relay-tls", required_argument, NULL, 1004 }, { "relay-tls-cert", required_argument, NULL, 1005 },
-    { "relay-tls-key", required_argument, NULL, 1006 }, { "relay-tls-ca", required_argument, NULL, 1007 },
+    { "relay-tls", required_argument, NULL, 1020 }, { "relay-tls-cert", required_argument, NULL, 1021 },
+    { "relay-tls-key", required_argument, NULL, 1022 }, { "relay-tls-ca", required_argument, NULL, 1023 },
     { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
 };
 
@@ -306,7 +306,7 @@ static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bo
             *(c == 1001 ? &cfg->ksm_slow_pages : c == 1002 ? &cfg->ksm_fast_pages : &cfg->ksm_sleep_ms) = v;
             break;
         }
-        case 1004: case 1005: case 1006: case 1007:
+        case 1020: case 1021: case 1022: case 1023: /* relay TLS: a range of its own */
             rc = pool_relay_tls_option(&cfg->relay_tls, lo_name(c), optarg, err);
             break;
         case 'q': {

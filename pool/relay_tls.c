@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include <arpa/inet.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -217,6 +218,11 @@ static void pump_free(struct pool__tls_pump *p)
     SSL_free(p->ssl);
     close(p->tfd);
     close(p->pfd);
+    /* Route frames carry secrets (egress credentials): wipe what held them. */
+    if (p->to_tls.data)
+        OPENSSL_cleanse(p->to_tls.data, p->to_tls.cap);
+    if (p->to_plain.data)
+        OPENSSL_cleanse(p->to_plain.data, p->to_plain.cap);
     wp_buf_free(&p->to_tls);
     wp_buf_free(&p->to_plain);
     free(p);
