@@ -175,6 +175,7 @@ install: $(addprefix $(BUILD)/,$(INSTALL_BINS))
 	install -m 644 README.md ARCHITECTURE.md $(DESTDIR)$(PREFIX)/share/doc/warmpool/
 	cp -r deploy/prometheus deploy/grafana deploy/proxy $(DESTDIR)$(PREFIX)/share/warmpool/
 	install -m 755 deploy/postinstall.sh $(DESTDIR)$(PREFIX)/share/warmpool/postinstall.sh
+	install -m 755 deploy/relay-certs.sh $(DESTDIR)$(PREFIX)/share/warmpool/relay-certs.sh
 	install -m 644 deploy/etc/redis-warmpool.conf $(DESTDIR)$(PREFIX)/share/warmpool/
 
 deb: all

@@ -23,14 +23,7 @@ trap cleanup EXIT
 . bench/lib.sh
 wp_bench_redis "$T" "$PORT"
 wp_bench_hands "$BUILD" "$T"
-cat >"$T/bench.json" <<JSON
-{"name":"bench","rootfs":"host","workdir":"/work",
- "init_sets_hostname":true,"init":["/.wp/warmpool-hands","--socket","/run/warmpool/hands.sock","--workdir","/work",
-         "--ready-file","/run/warmpool/hands.ready"],
- "ready_file":"/run/warmpool/hands.ready",
- "binds":[{"source":"$T/wp","target":"/.wp"}],
- "limits":{"memory_mb":128,"pids":64}}
-JSON
+wp_bench_template "$T" bench
 hot() { redis-cli -p "$PORT" llen 'wp:env:{bench}:hot'; }
 wait_hot() {
     for _ in $(seq 6000); do

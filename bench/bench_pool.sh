@@ -20,14 +20,7 @@ trap cleanup EXIT
 . bench/lib.sh
 wp_bench_redis "$T" "$PORT"
 wp_bench_hands "$BUILD" "$T"
-cat >"$T/bench.json" <<JSON
-{"name":"bench","rootfs":"host","workdir":"/work",
- "init_sets_hostname":true,"init":["/.wp/warmpool-hands","--socket","/run/warmpool/hands.sock","--workdir","/work",
-         "--ready-file","/run/warmpool/hands.ready"],
- "ready_file":"/run/warmpool/hands.ready",
- "binds":[{"source":"$T/wp","target":"/.wp"}],
- "limits":{"memory_mb":128,"pids":64}}
-JSON
+wp_bench_template "$T" bench
 "$BUILD/warmpool-node" --id bench-node --redis "127.0.0.1:$PORT" --state-dir "$T/state" \
     --env "$T/bench.json:10:10" --heartbeat-ttl 5 --log-level warn 2>"$T/node.log" &
 NODE=$!

@@ -544,7 +544,17 @@ struct conn {
     pool_connect_cb cb;
     pool_connect_egress_cb ecb;
     void *ctx;
+    struct pool__tls_pump *pump; /* beyond loopback: the TLS end of io's fd */
+    char tls_why[200];           /* why its handshake failed */
 };
+
+static void conn_tls_failed(void *ctx, const char *why)
+{
+    struct conn *k = ctx;
+    if (why)
+        snprintf(k->tls_why, sizeof(k->tls_why), "%s", why);
+    k->pump = NULL; /* it is gone */
+}
 
 static void conn_done(struct conn *k, int status, const char *proxy, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -559,7 +569,12 @@ static void conn_done(struct conn *k, int status, const char *proxy, const char 
     if (k->buf.data) /* the route frame may have held secrets */
         OPENSSL_cleanse(k->buf.data, k->buf.cap);
     wp_buf_free(&k->buf);
-    if (status < 0) {
+    pool__tls_pump_detach(k->pump);
+    if (status < 0 && k->tls_why[0]) {
+        snprintf(err.msg, sizeof(err.msg), "relay TLS: %s", k->tls_why);
+        close(fd);
+        fd = -1;
+    } else if (status < 0) {
         va_start(ap, fmt);
         vsnprintf(err.msg, sizeof(err.msg), fmt, ap);
         va_end(ap);
@@ -678,6 +693,9 @@ static int connect_start(struct ev_loop *loop, const struct pool_claim_result *r
     sa.sin_port = htons((uint16_t)atoi(colon + 1));
     if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
         return wp_err_set(err, WP_EINVAL_INPUT, "bad relay address %s", res->relay);
+    int tls = pool__relay_tls_wanted(host, err);
+    if (tls < 0)
+        return tls;
     k = calloc(1, sizeof(*k));
     if (!k)
         return wp_err_set(err, -ENOMEM, "out of memory");
@@ -700,6 +718,15 @@ static int connect_start(struct ev_loop *loop, const struct pool_claim_result *r
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* Beyond loopback: the route frame and everything after it go through
+     * the TLS pump; io below watches the pump's plain end. */
+    if (tls && (rc = pool__tls_pump_new(loop, fd, false, host, conn_tls_failed, k, &fd, &k->pump,
+                                        err)) < 0) {
+        close(fd);
+        wp_buf_free(&k->buf);
+        free(k);
+        return rc;
+    }
     k->loop = loop;
     k->cb = cb;
     k->ecb = ecb;

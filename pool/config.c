@@ -77,6 +77,9 @@ static const char usage[] =
     "                          releases) is still read, with a warning\n"
     "  --log-level LEVEL       error, warn, info, debug (default info)\n"
     "\n"
+    "Relay TLS (mutual; also used to dial other nodes' relays in worker mode):\n"
+    "%s"
+    "\n"
     "Worker mode: the node also serves a self-hosted environment's work queue\n"
     "(any Managed Agents control plane: warmpool's scheduler or the hosted API),\n"
     "running its sessions' tool calls in sandboxes of its pool:\n"
@@ -240,8 +243,18 @@ static const struct option lo[] = {
     { "egress-bin", required_argument, NULL, 1006 }, { "egress-ca-dir", required_argument, NULL, 1007 },
     { "egress-upstream-ca", required_argument, NULL, 1008 },
     { "egress-pin", required_argument, NULL, 1009 },
+    { "relay-tls", required_argument, NULL, 1020 }, { "relay-tls-cert", required_argument, NULL, 1021 },
+    { "relay-tls-key", required_argument, NULL, 1022 }, { "relay-tls-ca", required_argument, NULL, 1023 },
     { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
 };
+
+static const char *lo_name(int val)
+{
+    for (const struct option *o = lo; o->name; o++)
+        if (o->val == val)
+            return o->name;
+    return "?";
+}
 
 /* getopt over argv (the command line, or a config file's lines made into
  * one): 0, 1 when --help was printed, or < 0 with err set. */
@@ -339,6 +352,9 @@ static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bo
                              optarg, "--egress-pin", err);
             break;
         }
+        case 1020: case 1021: case 1022: case 1023: /* relay TLS: a range of its own */
+            rc = pool_relay_tls_option(&cfg->relay_tls, lo_name(c), optarg, err);
+            break;
         case 'q': {
             char *end;
             cfg->claim_wait_max_ms = strtod(optarg, &end);
@@ -360,7 +376,7 @@ static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bo
         case 'h':
             if (from_file)
                 return wp_err_set(err, WP_ECONFIG, "help is not a config option");
-            fputs(usage, stdout);
+            printf(usage, pool_relay_tls_usage);
             return 1;
         default: return wp_err_set(err, WP_ECONFIG, "bad arguments (see --help)");
         }
@@ -610,6 +626,16 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
         return wp_err_set(err, WP_ECONFIG, "--claim-wait-max must be 0..600000 ms");
     if (cfg->restore_slots < 0 || cfg->restore_slots > 256)
         return wp_err_set(err, WP_ECONFIG, "--restore-slots must be 0..256");
+    if ((rc = pool_relay_tls_check(&cfg->relay_tls, err)) < 0)
+        return rc;
+    /* Beyond loopback the relay is mutual TLS: no material is a start-up
+     * error, not a plaintext relay (`relay-tls off` accepts that). */
+    if (cfg->relay_tls.mode == POOL_RELAY_TLS_AUTO && !cfg->relay_tls.cert[0] &&
+        !pool_addr_is_loopback(cfg->listen_host))
+        return wp_err_set(err, WP_ECONFIG,
+                          "the relay listens on %s, not loopback: give relay-tls-cert, "
+                          "relay-tls-key and relay-tls-ca (mutual TLS), or relay-tls off to "
+                          "accept a plaintext relay", cfg->listen_host);
     if (cfg->n_envs == 0 && !cfg->api_envs)
         return wp_err_set(err, WP_ECONFIG, "no environment to serve (--env TEMPLATE, or drop --no-api-envs)");
     if (cfg->worker.enabled && cfg->n_envs == 0 && !cfg->worker.pool_env[0])

@@ -18,7 +18,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "warmpool-node: %s\n", err.msg);
         return 2;
     }
-    if (pool_node_run(&cfg, &err) < 0) {
+    if (pool_relay_tls_setup(&cfg.relay_tls, &err) < 0) {
+        fprintf(stderr, "warmpool-node: %s\n", err.msg);
+        return 2;
+    }
+    rc = pool_node_run(&cfg, &err);
+    pool_relay_tls_teardown();
+    if (rc < 0) {
         log_error("%s", err.msg);
         return 1;
     }

@@ -98,6 +98,20 @@ struct pool_worker_config {
     int lease_ttl_s;        /* desired_ttl_seconds on heartbeats; 0: not sent (as the SDK) */
 };
 
+/* Relay TLS (relay_tls.c): the same four options for every process that
+ * serves or dials relays (node.conf, scheduler.conf). */
+enum pool_relay_tls_mode {
+    POOL_RELAY_TLS_AUTO = 0, /* TLS when the relay's address is not loopback */
+    POOL_RELAY_TLS_ON,       /* TLS on loopback too */
+    POOL_RELAY_TLS_OFF,      /* never (beyond loopback too: warned) */
+};
+struct pool_relay_tls_conf {
+    enum pool_relay_tls_mode mode;
+    char cert[256]; /* PEM chain of this process (node: with its relay IP as a SAN) */
+    char key[256];  /* its PEM key */
+    char ca[256];   /* PEM CA(s) that sign relay peers: a CA for warmpool relays only */
+};
+
 struct pool_node_config {
     char id[64];
     char redis_host[128];
@@ -106,6 +120,7 @@ struct pool_node_config {
     int redis_port;
     char state_dir[256];
     char listen_host[64];   /* the agentlink relay (default 127.0.0.1) */
+    struct pool_relay_tls_conf relay_tls;
     int listen_port;        /* 0: any free port */
     double heartbeat_ttl_s; /* the node counts as dead this long after its last beat */
     double lease_ms;        /* lease TTL handed out with claims */
@@ -194,6 +209,23 @@ int pool_release(struct pool_client *c, const char *env, const char *sandbox, ui
  * answer. cb gets a connected fd (caller owns it; hand it to
  * alink_client_connect_fd) or status < 0: WP_ESTALE (token no longer the
  * lease's), WP_ENOTFOUND, -ECONNREFUSED... Same callback contract. */
+/* Relay TLS options: name is an option's long name (relay-tls,
+ * relay-tls-cert, relay-tls-key, relay-tls-ca). Returns 1 when it was one
+ * (set), 0 when not, < 0 (WP_ECONFIG) for a bad value. */
+int pool_relay_tls_option(struct pool_relay_tls_conf *c, const char *name, const char *val,
+                          struct wp_err *err);
+/* All three files or none; `on` needs them. */
+int pool_relay_tls_check(const struct pool_relay_tls_conf *c, struct wp_err *err);
+/* The process's relay identity (one per process, like its log level):
+ * loads the files; relays served and dialled from then on follow c.
+ * Call before pool_connect / the node's relay starts. */
+int pool_relay_tls_setup(const struct pool_relay_tls_conf *c, struct wp_err *err);
+/* Frees the identity and any relay TLS connection still open. */
+void pool_relay_tls_teardown(void);
+/* 127.0.0.0/8, ::1 or "localhost": the one definition of "loopback". */
+bool pool_addr_is_loopback(const char *host);
+extern const char pool_relay_tls_usage[];
+
 typedef void (*pool_connect_cb)(void *ctx, int status, int fd, const struct wp_err *err);
 int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, const char *env,
                  pool_connect_cb cb, void *ctx, struct wp_err *err);

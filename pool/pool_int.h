@@ -131,6 +131,27 @@ int pool__negress_route(struct pool__negress *ne, struct snap_ctx *snap,
 void pool__negress_remove(struct pool__negress *ne, const char *sandbox);
 void pool__negress_stop(struct pool__negress *ne);
 
+/* relay_tls.c: the TLS end of a relay connection (either side). Whether
+ * a relay at host needs TLS under this process's settings: 1, 0, or
+ * WP_ECONFIG when it does but no identity was set up (err says what to
+ * configure). */
+int pool__relay_tls_wanted(const char *host, struct wp_err *err);
+/* A pump between the TLS stream on tcp_fd (the pump's once this returns 0) and a
+ * socketpair: *plain_fd gets the other end (caller owns it and uses it as
+ * it would have used tcp_fd). The pump lives on loop until either side
+ * closes, then frees itself (pool_relay_tls_teardown frees what is left).
+ * A client (server false) checks that the peer's certificate names
+ * peer_ip. on_fail (may be NULL) runs once when the pump ends, unless
+ * detached first (pool__tls_pump_detach): why says what failed, or is NULL
+ * when it ended cleanly; the pump is gone after it either way. */
+struct pool__tls_pump;
+typedef void (*pool__tls_fail_cb)(void *ctx, const char *why);
+int pool__tls_pump_new(struct ev_loop *loop, int tcp_fd, bool server, const char *peer_ip,
+                       pool__tls_fail_cb on_fail, void *fail_ctx, int *plain_fd,
+                       struct pool__tls_pump **out, struct wp_err *err);
+/* No on_fail after this (its ctx is going away). NULL ok. */
+void pool__tls_pump_detach(struct pool__tls_pump *p);
+
 /* ksm.c: KSM settings of the host, driven while the node holds mergeable
  * clones. recover: put back settings a killed earlier run left changed
  * (returns 1 if it did). enable: save the host's settings (once) and turn

@@ -12,7 +12,8 @@
  * token is refused), answers {"t":"route","ok":true} or an error frame,
  * connects to the sandbox's hands socket and from then on copies bytes
  * both ways: the client then speaks agentlink to the hands as if local.
- * One TCP connection per sandbox; a released sandbox's relays close. */
+ * One TCP connection per sandbox; a released sandbox's relays close.
+ * Beyond loopback each connection is mutual TLS first (relay_tls.c). */
 #define WP_LOG_COMPONENT "relay"
 #include "pool/pool_int.h"
 
@@ -50,6 +51,7 @@ struct pool__relay {
     pool__relay_lookup_cb lookup;
     void *ctx;
     struct rconn *conns;
+    bool tls; /* beyond loopback: every connection is mutual TLS (relay_tls.c) */
 };
 
 struct pipe_end {
@@ -392,6 +394,29 @@ static void pipe_wr(struct ev_loop *loop, ev_io *w, int revents)
     flush(c, w == &c->a.wr ? &c->a : &c->b);
 }
 
+/* The relay then reads the route frame from the pump's plain end, as
+ * from a TCP socket. */
+static int tls_wrap(struct pool__relay *r, int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN] = "?";
+    struct wp_err err;
+    int plain;
+
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0)
+        inet_ntop(ss.ss_family,
+                  ss.ss_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)&ss)->sin6_addr
+                                           : (void *)&((struct sockaddr_in *)&ss)->sin_addr,
+                  ip, sizeof(ip));
+    if (pool__tls_pump_new(r->loop, fd, true, ip, NULL, NULL, &plain, NULL, &err) < 0) {
+        log_warn("relay: %s", err.msg);
+        close(fd);
+        return -1;
+    }
+    return plain;
+}
+
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct pool__relay *r = w->data;
@@ -404,6 +429,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             return;
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (r->tls && (fd = tls_wrap(r, fd)) < 0)
+            continue;
         struct rconn *c = calloc(1, sizeof(*c));
         if (!c) {
             close(fd);
@@ -427,9 +454,11 @@ int pool__relay_start(struct ev_loop *loop, const char *host, int port, pool__re
                       void *ctx, struct pool__relay **out, int *bound_port, struct wp_err *err)
 {
     struct pool__relay *r;
-    int fd = wp_tcp_listen(host, port, 512, bound_port, err);
+    int tls = pool__relay_tls_wanted(host, err), fd;
 
-    if (fd < 0)
+    if (tls < 0)
+        return tls;
+    if ((fd = wp_tcp_listen(host, port, 512, bound_port, err)) < 0)
         return wp_err_wrap(err, "relay");
     r = calloc(1, sizeof(*r));
     if (!r) {
@@ -440,6 +469,7 @@ int pool__relay_start(struct ev_loop *loop, const char *host, int port, pool__re
     r->fd = fd;
     r->lookup = lookup;
     r->ctx = ctx;
+    r->tls = tls == 1;
     ev_io_init(&r->io, accept_cb, fd, EV_READ);
     r->io.data = r;
     ev_io_start(loop, &r->io);

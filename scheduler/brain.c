@@ -259,8 +259,8 @@ static void flush_delta(struct brain *b)
         return;
     if (!b->turn_first_token) {
         b->turn_first_token = true;
-        sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_TTFT, b->pool_env[0] ? b->pool_env : "none",
-                              sched__brain_since(b->turn_t0));
+        sched_metrics_observe2(sched__brain_metrics(b), SCHED_HIST_TTFT, b->pool_env[0] ? b->pool_env : "none",
+                               sched__brain_tier(b), sched__brain_since(b->turn_t0));
     }
     emit_full(b, d, "", "agent.message", "");
 }

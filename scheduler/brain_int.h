@@ -188,6 +188,9 @@ void sched__brain_claim_go(struct brain *b);
 /* The sandbox cannot come: tools waiting for it fail with why. */
 void sched__brain_sandbox_failed(struct brain *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* The session's sandbox tier as known now, for metric labels (one of
+ * hot, warm, cold; pending while claiming; none; failed; other). */
+const char *sched__brain_tier(const struct brain *b);
 void sched__brain_tools_run(struct brain *b);
 void sched__brain_tool_start(struct brain *b, json_t *ev);
 void sched__brain_tools_cancel(struct brain *b);

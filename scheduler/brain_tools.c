@@ -200,6 +200,21 @@ static void pool_orgs_cb(void *ctx, redisReply *reply)
     sched__brain_maybe_free(b);
 }
 
+const char *sched__brain_tier(const struct brain *b)
+{
+    const char *t = b->claim.tier;
+    switch (b->sbx) {
+    case SBX_NONE: return "none";
+    case SBX_CLAIMING: return "pending";
+    case SBX_FAILED: return "failed";
+    case SBX_LINKING:
+    case SBX_READY:
+        /* from the pool (or Redis after a takeover): only the three */
+        return !strcmp(t, "hot") || !strcmp(t, "warm") || !strcmp(t, "cold") ? t : "other";
+    }
+    return "other";
+}
+
 void sched__brain_claim(struct brain *b)
 {
     if (b->self_hosted || b->sbx == SBX_CLAIMING || b->sbx == SBX_LINKING || b->sbx == SBX_READY)

@@ -183,7 +183,9 @@ static void usage(void)
            "                           upload is held in memory while it arrives)\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
            "  --log-components SPEC    e.g. all,-redis\n"
-           "  --help                   this text\n");
+           "  --help                   this text\n"
+           "Relay TLS (the nodes' agentlink relays beyond loopback are mutual TLS):\n%s",
+           pool_relay_tls_usage);
 }
 
 static int apply_opt(struct sched_config *cfg, const char *name, const char *val,
@@ -357,6 +359,9 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->metrics_open = !strcmp(val, "on");
         return 0;
     }
+    int rt = pool_relay_tls_option(&cfg->relay_tls, name, val, err);
+    if (rt != 0)
+        return rt < 0 ? rt : 0;
     if (!strcmp(name, "tls-cert") || !strcmp(name, "tls-key")) {
         char *dst = name[4] == 'c' ? cfg->tls_cert : cfg->tls_key;
         if (!*val || strlen(val) >= sizeof(cfg->tls_cert))
@@ -469,8 +474,7 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
 
 static bool loopback(const char *host)
 {
-    return strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 ||
-           strcmp(host, "::1") == 0 || strcmp(host, "[::1]") == 0;
+    return pool_addr_is_loopback(host) || strcmp(host, "[::1]") == 0;
 }
 
 int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
@@ -509,6 +513,9 @@ int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
         cfg->sse_hard_limit = cfg->sse_soft_limit;
     if (!cfg->tls_cert[0] != !cfg->tls_key[0])
         return wp_err_set(err, WP_ECONFIG, "HTTPS needs both --tls-cert and --tls-key");
+    int rc = pool_relay_tls_check(&cfg->relay_tls, err);
+    if (rc < 0)
+        return rc;
     /* /metrics shows the whole pool (node names, environments, sizes):
      * beyond loopback only with a token, or by the operator's choice. */
     if (!cfg->metrics_token_set && !cfg->metrics_open && !loopback(cfg->listen_host))

@@ -39,6 +39,12 @@ int main(int argc, char **argv)
         }
         return 0;
     }
+    /* Before any relay is dialled: a claim's relay beyond loopback is then
+     * mutual TLS (or refused when there is no identity). */
+    if (pool_relay_tls_setup(&cfg.relay_tls, &err) < 0) {
+        fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
+        return 2;
+    }
     if (cfg.norgs == 0)
         log_warn("no --api-key configured: every request will be refused with 401");
     signal(SIGPIPE, SIG_IGN);
@@ -46,6 +52,7 @@ int main(int argc, char **argv)
     struct sched_server *srv = sched_server_new(loop, &cfg, &err);
     if (!srv) {
         log_error("start: %s", err.msg);
+        pool_relay_tls_teardown();
         return 1;
     }
     /* Tests and scripts read the bound port from this line. */
@@ -53,6 +60,7 @@ int main(int argc, char **argv)
     fflush(stdout);
     ev_run(loop, 0);
     sched_server_free(srv);
+    pool_relay_tls_teardown();
     log_info("stopped");
     return 0;
 }

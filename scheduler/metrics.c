@@ -1,9 +1,12 @@
 /* metrics.c - the process-local registry behind GET /metrics: histograms
  * with the fixed buckets of base/hist.h and counters, each with at most one
- * label. Label values come from outside (tool names the model chose), so
- * each metric keeps at most SCHED_METRICS_MAX_LABELS distinct values and
- * folds the rest into "other": a scrape's size stays bounded whatever a
- * model sends. Fixed arrays, no allocation after new(). Loop thread only. */
+ * label, or two for a histogram that names a second (TTFT: env and tier).
+ * Label values come from outside (tool names the model chose), so each
+ * metric keeps at most SCHED_METRICS_MAX_LABELS distinct values (pairs of
+ * values for two labels) and folds the rest into "other": a scrape's size
+ * stays bounded whatever a model sends. A pair is kept as one key, the two
+ * values joined by KEY_SEP. Fixed arrays, no allocation after new(). Loop
+ * thread only. */
 #define WP_LOG_COMPONENT "metrics"
 #include <errno.h>
 #include <stdio.h>
@@ -15,7 +18,10 @@
 #include "scheduler/metrics.h"
 
 #define SCHED_METRICS_MAX_LABELS 32
-#define LABEL_MAX 64 /* bytes kept of a label value, NUL included */
+#define VALUE_MAX 64 /* bytes kept of a label value, NUL included */
+#define VALUE2_MAX 16 /* ...of a second label's (a tier) */
+#define LABEL_MAX (VALUE_MAX + VALUE2_MAX) /* a key: value, KEY_SEP, value2 */
+#define KEY_SEP '\x1f'
 
 struct hseries {
     char label[LABEL_MAX];
@@ -47,6 +53,7 @@ struct sched_metrics {
 
 struct def {
     const char *name, *label, *help;
+    const char *label2; /* a second label (histograms only), or NULL */
 };
 
 /* Names follow Prometheus conventions: base unit seconds, _total on
@@ -54,7 +61,9 @@ struct def {
 static const struct def hist_defs[SCHED_HIST__COUNT] = {
     [SCHED_HIST_TTFT] = { "warmpool_ttft_seconds", "env",
                           "Turn started (user input appended) to the first model token appended "
-                          "to the session log, by pool environment" },
+                          "to the session log, by pool environment and the tier of the "
+                          "session's sandbox at that token (hot, warm, cold; pending: still "
+                          "being claimed; none: no sandbox; failed)", "tier" },
     [SCHED_HIST_SANDBOX_ATTACHED] = { "warmpool_sandbox_attached_seconds", "tier",
                                       "Claim started to the sandbox's hands attached, by the "
                                       "tier that served the claim" },
@@ -99,17 +108,22 @@ void sched_metrics_free(struct sched_metrics *m)
     free(m);
 }
 
-/* Copy at most LABEL_MAX - 1 bytes, never cutting a UTF-8 sequence. */
-static void copy_label(char *dst, const char *src)
+/* Copy at most cap - 1 bytes, never cutting a UTF-8 sequence. */
+static void copy_value(char *dst, const char *src, size_t cap)
 {
     size_t n = strlen(src);
-    if (n >= LABEL_MAX) {
-        n = LABEL_MAX - 1;
+    if (n >= cap) {
+        n = cap - 1;
         while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
             n--;
     }
     memcpy(dst, src, n);
     dst[n] = '\0';
+}
+
+static void copy_label(char *dst, const char *src)
+{
+    copy_value(dst, src, LABEL_MAX);
 }
 
 /* The slot for label among n used ones (strings stride bytes apart);
@@ -133,11 +147,35 @@ static int slot(char *first, size_t stride, int *n, const char *label)
 void sched_metrics_observe(struct sched_metrics *m, enum sched_hist h, const char *label,
                            double seconds)
 {
+    sched_metrics_observe2(m, h, label, NULL, seconds);
+}
+
+void sched_metrics_observe2(struct sched_metrics *m, enum sched_hist h, const char *label,
+                            const char *label2, double seconds)
+{
+    char key[LABEL_MAX];
     if (!m || (unsigned)h >= SCHED_HIST__COUNT)
         return;
     struct hist *H = &m->h[h];
     if (!hist_defs[h].label)
         label = NULL;
+    if (label && hist_defs[h].label2) {
+        /* value KEY_SEP value2, each cut to its size; a KEY_SEP inside
+         * the first would move the split: made '_' */
+        char v2[VALUE2_MAX];
+        copy_value(key, label, VALUE_MAX);
+        for (char *p = key; *p; p++)
+            if (*p == KEY_SEP)
+                *p = '_';
+        copy_value(v2, label2 ? label2 : "", sizeof(v2));
+        size_t n = strlen(key);
+        key[n] = KEY_SEP;
+        memcpy(key + n + 1, v2, strlen(v2) + 1);
+        label = key;
+    } else if (label) {
+        copy_value(key, label, VALUE_MAX);
+        label = key;
+    }
     int i = slot(H->s[0].label, sizeof(H->s[0]), &H->n, label);
     struct hseries *s = &H->s[i];
     if (i == SCHED_METRICS_MAX_LABELS)
@@ -154,8 +192,13 @@ void sched_metrics_inc(struct sched_metrics *m, enum sched_counter c, const char
     if (!m || (unsigned)c >= SCHED_CTR__COUNT)
         return;
     struct counter *C = &m->c[c];
+    char v[VALUE_MAX];
     if (!ctr_defs[c].label)
         label = NULL;
+    if (label) {
+        copy_value(v, label, sizeof(v));
+        label = v;
+    }
     int i = slot(C->s[0].label, sizeof(C->s[0]), &C->n, label);
     if (i == SCHED_METRICS_MAX_LABELS)
         snprintf(C->s[i].label, sizeof(C->s[i].label), "other");
@@ -184,19 +227,31 @@ int sched_metrics_label_value(struct wp_buf *out, const char *s)
     return rc;
 }
 
-/* "name{label="value",le="bound"}" pieces; lname NULL: no label. */
-static int series_head(struct wp_buf *out, const char *name, const char *suffix,
-                       const char *lname, const char *lval, const char *le)
+/* "name{label="value",le="bound"}" pieces; lname NULL: no label. With
+ * lname2, lval is a key: both values, split at KEY_SEP ("other" has no
+ * KEY_SEP: other for both). */
+static int series_head2(struct wp_buf *out, const char *name, const char *suffix,
+                        const char *lname, const char *lname2, const char *lval, const char *le)
 {
     int rc = wp_buf_printf(out, "%s%s", name, suffix);
     if (rc == 0 && (lname || le))
         rc = wp_buf_append(out, "{", 1);
     if (rc == 0 && lname) {
+        char v1[LABEL_MAX];
+        const char *sep = lname2 ? strchr(lval, KEY_SEP) : NULL;
+        snprintf(v1, sizeof(v1), "%.*s", sep ? (int)(sep - lval) : (int)strlen(lval), lval);
         rc = wp_buf_printf(out, "%s=\"", lname);
         if (rc == 0)
-            rc = sched_metrics_label_value(out, lval);
+            rc = sched_metrics_label_value(out, v1);
         if (rc == 0)
             rc = wp_buf_append(out, "\"", 1);
+        if (rc == 0 && lname2) {
+            rc = wp_buf_printf(out, ",%s=\"", lname2);
+            if (rc == 0)
+                rc = sched_metrics_label_value(out, sep ? sep + 1 : v1);
+            if (rc == 0)
+                rc = wp_buf_append(out, "\"", 1);
+        }
     }
     if (rc == 0 && le)
         rc = wp_buf_printf(out, "%sle=\"%s\"", lname ? "," : "", le);
@@ -205,8 +260,14 @@ static int series_head(struct wp_buf *out, const char *name, const char *suffix,
     return rc;
 }
 
+static int series_head(struct wp_buf *out, const char *name, const char *suffix,
+                       const char *lname, const char *lval, const char *le)
+{
+    return series_head2(out, name, suffix, lname, NULL, lval, le);
+}
+
 static int render_hseries(struct wp_buf *out, const char *name, const char *lname,
-                          const struct hseries *s)
+                          const char *lname2, const struct hseries *s)
 {
     uint64_t cum = 0;
     char le[32];
@@ -217,16 +278,16 @@ static int render_hseries(struct wp_buf *out, const char *name, const char *lnam
             snprintf(le, sizeof(le), "%g", wp_hist_bound(b));
         else
             snprintf(le, sizeof(le), "+Inf");
-        rc = series_head(out, name, "_bucket", lname, s->label, le);
+        rc = series_head2(out, name, "_bucket", lname, lname2, s->label, le);
         if (rc == 0)
             rc = wp_buf_printf(out, " %llu\n", (unsigned long long)cum);
     }
     if (rc == 0)
-        rc = series_head(out, name, "_sum", lname, s->label, NULL);
+        rc = series_head2(out, name, "_sum", lname, lname2, s->label, NULL);
     if (rc == 0)
         rc = wp_buf_printf(out, " %.9g\n", s->sum);
     if (rc == 0)
-        rc = series_head(out, name, "_count", lname, s->label, NULL);
+        rc = series_head2(out, name, "_count", lname, lname2, s->label, NULL);
     if (rc == 0)
         rc = wp_buf_printf(out, " %llu\n", (unsigned long long)s->count);
     return rc;
@@ -244,13 +305,13 @@ int sched_metrics_render(const struct sched_metrics *m, struct wp_buf *out)
         if (!d->label) {
             /* One series, shown even before the first observation. */
             static const struct hseries zero;
-            rc = rc ? rc : render_hseries(out, d->name, NULL, H->n ? &H->s[0] : &zero);
+            rc = rc ? rc : render_hseries(out, d->name, NULL, NULL, H->n ? &H->s[0] : &zero);
             continue;
         }
         for (int i = 0; i < H->n && rc == 0; i++)
-            rc = render_hseries(out, d->name, d->label, &H->s[i]);
+            rc = render_hseries(out, d->name, d->label, d->label2, &H->s[i]);
         if (rc == 0 && H->s[SCHED_METRICS_MAX_LABELS].count)
-            rc = render_hseries(out, d->name, d->label, &H->s[SCHED_METRICS_MAX_LABELS]);
+            rc = render_hseries(out, d->name, d->label, d->label2, &H->s[SCHED_METRICS_MAX_LABELS]);
     }
     for (int c = 0; c < SCHED_CTR__COUNT && rc == 0; c++) {
         const struct def *d = &ctr_defs[c];

@@ -9,7 +9,8 @@
 #include "base/buf.h"
 
 enum sched_hist {
-    SCHED_HIST_TTFT,             /* turn started (user input appended) -> first token appended */
+    SCHED_HIST_TTFT,             /* turn started (user input appended) -> first token appended;
+                                    labels: env, tier (sched_metrics_observe2) */
     SCHED_HIST_SANDBOX_ATTACHED, /* claim started -> hands attached; label: tier */
     SCHED_HIST_CLAIM,            /* pool claim latency; label: tier */
     SCHED_HIST_CLAIM_NODE_WAIT,  /* of a claim, the wait for a first node to serve its env */
@@ -39,6 +40,11 @@ void sched_metrics_free(struct sched_metrics *m);
  * into "other"). Values in seconds. */
 void sched_metrics_observe(struct sched_metrics *m, enum sched_hist h, const char *label,
                            double seconds);
+/* The same for a histogram with two labels (SCHED_HIST_TTFT): at most 32
+ * distinct pairs, the rest fold into other/other. label2 is cut to 15
+ * bytes (a tier), label to 63. */
+void sched_metrics_observe2(struct sched_metrics *m, enum sched_hist h, const char *label,
+                            const char *label2, double seconds);
 void sched_metrics_inc(struct sched_metrics *m, enum sched_counter c, const char *label);
 
 /* Append the registry in Prometheus text format 0.0.4 (HELP, TYPE, then

@@ -14,6 +14,7 @@
 #include <ev.h>
 
 #include "base/err.h"
+#include "pool/pool.h"
 #include "scheduler/model.h"
 
 #define SCHED_MAX_ORGS 64
@@ -61,6 +62,7 @@ struct sched_config {
     bool metrics_token_set;  /* GET /metrics wants Authorization: Bearer <token> */
     char tls_cert[512];      /* --tls-cert: PEM chain; with tls_key, HTTPS only */
     char tls_key[512];       /* --tls-key: PEM private key */
+    struct pool_relay_tls_conf relay_tls; /* --relay-tls*: mutual TLS to nodes' relays */
     bool metrics_open;       /* --metrics-open: no token although listening beyond loopback */
     double metrics_cache_s;  /* the pool part of /metrics is read from Redis at most this often */
     unsigned char metrics_token_sha256[32]; /* only the hash of the token is kept */

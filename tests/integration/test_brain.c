@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "lib/model_testlib.h"
 #include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
@@ -58,14 +59,7 @@ static const char script[] =
 
 static json_t *call(int port, const char *method, const char *path, const char *body, int want)
 {
-    struct th_resp r;
-    assert_int_equal(th_http(port, method, path, KEY, body, &r), 0);
-    if (r.status != want)
-        fail_msg("%s %s: status %d, want %d: %s", method, path, r.status, want, r.body);
-    json_t *o = json_loads(r.body, 0, NULL);
-    th_resp_free(&r);
-    assert_non_null(o);
-    return o;
+    return th_api(port, KEY, method, path, body, want);
 }
 
 static const char *s_(json_t *o, const char *k)
@@ -157,21 +151,14 @@ static void send_text(int port, const char *sid, const char *text)
 
 static int group_setup(void **state)
 {
-    char tmpl[1024], env[1200], url[128], scr[1100];
-    struct wp_err err;
+    char tmpl[1024], env[1200], url[128];
     (void)state;
 
     if (th_redis_start(&R, 0) < 0)
         return -1;
     DIR_ = th_tmpdir("brain");
-    snprintf(scr, sizeof(scr), "%s/script.json", DIR_);
-    if (wp_write_file(scr, script, strlen(script), 0644, &err) < 0)
+    if (th_model_spawn_script(&M, DIR_, script, NULL, url, sizeof(url)) < 0)
         return -1;
-    const char *margs[] = { "--script", scr, "--log-level", "warn", NULL };
-    if (msrv_spawn(&M, margs) < 0)
-        return -1;
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d", M.port);
-    setenv("ANTHROPIC_API_KEY", "sk-test-model", 1);
     if (th_sched_start(&A, R.port, "--model-url", url, "--brain-lease-ms", "1500", NULL) < 0 ||
         th_sched_start(&B, R.port, "--model-url", url, "--brain-lease-ms", "1500", NULL) < 0)
         return -1;
@@ -464,12 +451,10 @@ static void overloaded_then_success(void **state)
     (void)state;
     struct msrv_proc m2;
     struct th_sched c;
-    char url[128], scr[1100];
-    snprintf(scr, sizeof(scr), "%s/script.json", DIR_);
-    const char *margs[] = { "--script", scr, "--http-fail-first", "1", "--fail-status", "529",
-                            "--retry-after", "0", "--log-level", "warn", NULL };
-    assert_int_equal(msrv_spawn(&m2, margs), 0);
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d", m2.port);
+    char url[128];
+    const char *margs[] = { "--http-fail-first", "1", "--fail-status", "529", "--retry-after", "0",
+                            NULL };
+    assert_int_equal(th_model_spawn_script(&m2, DIR_, script, margs, url, sizeof(url)), 0);
     assert_int_equal(th_sched_start(&c, R.port, "--model-url", url, "--model-backoff", "0.05",
                                     NULL), 0);
     char *sid = new_session(c.port);

@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "lib/model_testlib.h"
 #include "lib/sched_testlib.h"
 #include "lib/testlib.h"
 #include "modelserver/msrv_spawn.h"
@@ -49,14 +50,7 @@ static const char script[] =
 static json_t *call_as(const char *key, int port, const char *method, const char *path, const char *body,
                        int want)
 {
-    struct th_resp r;
-    assert_int_equal(th_http(port, method, path, key, body, &r), 0);
-    if (r.status != want)
-        fail_msg("%s %s: status %d, want %d: %s", method, path, r.status, want, r.body);
-    json_t *o = json_loads(r.body, 0, NULL);
-    th_resp_free(&r);
-    assert_non_null(o);
-    return o;
+    return th_api(port, key, method, path, body, want);
 }
 
 static json_t *call(int port, const char *method, const char *path, const char *body, int want)
@@ -255,20 +249,13 @@ static int mcp_start(void)
 
 static int group_setup(void **state)
 {
-    char url[128], scr[1100];
-    struct wp_err err;
+    char url[128];
     (void)state;
     if (mcp_start() < 0 || th_redis_start(&R, 0) < 0)
         return -1;
     DIR_ = th_tmpdir("brain-mcp");
-    snprintf(scr, sizeof(scr), "%s/script.json", DIR_);
-    if (wp_write_file(scr, script, strlen(script), 0644, &err) < 0)
+    if (th_model_spawn_script(&M, DIR_, script, NULL, url, sizeof(url)) < 0)
         return -1;
-    const char *margs[] = { "--script", scr, "--log-level", "warn", NULL };
-    if (msrv_spawn(&M, margs) < 0)
-        return -1;
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d", M.port);
-    setenv("ANTHROPIC_API_KEY", "sk-test-model", 1);
     /* the MCP server is on loopback: allowed here, refused by default */
     if (th_sched_start(&S, R.port, "--model-url", url, "--rate-create", "0", "--rate-read", "0",
                        "--mcp-private", "on", NULL) < 0)

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "lib/model_testlib.h"
 #include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
@@ -43,14 +44,7 @@ static const char script[] =
 
 static json_t *call(const char *method, const char *path, const char *body, int want)
 {
-    struct th_resp r;
-    assert_int_equal(th_http(S.port, method, path, KEY, body, &r), 0);
-    if (r.status != want)
-        fail_msg("%s %s: status %d, want %d: %s", method, path, r.status, want, r.body);
-    json_t *o = json_loads(r.body, 0, NULL);
-    th_resp_free(&r);
-    assert_non_null(o);
-    return o;
+    return th_api(S.port, KEY, method, path, body, want);
 }
 
 /* GET /metrics with the token (owned text). */
@@ -73,7 +67,7 @@ static char *scrape(void)
 
 static int group_setup(void **state)
 {
-    char tmpl[1024], env[1200], url[128], scr[1100], log[1100], st[1100];
+    char tmpl[1024], env[1200], url[128], log[1100], st[1100];
     struct wp_err err;
     (void)state;
 
@@ -83,14 +77,8 @@ static int group_setup(void **state)
     if (th_redis_start(&R, 0) < 0)
         return -1;
     DIR_ = th_tmpdir("dash");
-    snprintf(scr, sizeof(scr), "%s/script.json", DIR_);
-    if (wp_write_file(scr, script, strlen(script), 0644, &err) < 0)
+    if (th_model_spawn_script(&M, DIR_, script, NULL, url, sizeof(url)) < 0)
         return -1;
-    const char *margs[] = { "--script", scr, "--log-level", "warn", NULL };
-    if (msrv_spawn(&M, margs) < 0)
-        return -1;
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d", M.port);
-    setenv("ANTHROPIC_API_KEY", "sk-test-model", 1);
     if (th_sched_start(&S, R.port, "--model-url", url, "--metrics-token", TOKEN, NULL) < 0)
         return -1;
     if (th_hands_template(DIR_, POOL, "box", tmpl, sizeof(tmpl)) < 0)
@@ -251,17 +239,26 @@ static void quantile_text(const char *text, const char *name, const char *lab, c
                           double q, char *out, size_t cap)
 {
     char les[32][32];
-    double cum[32];
+    double cum[32] = { 0 };
     int n = 0;
     char prefix[256];
-    snprintf(prefix, sizeof(prefix), "%s_bucket{%s=\"%s\",le=\"", name, lab, val);
-    for (const char *p = text; (p = strstr(p, prefix)) && n < 32; p++) {
-        const char *le = p + strlen(prefix);
+    /* Every series of name whose labels start with lab="val", (a second
+     * label, if any, summed over, as `sum by (lab)` does) */
+    snprintf(prefix, sizeof(prefix), "%s_bucket{%s=\"%s\",", name, lab, val);
+    for (const char *p = text; (p = strstr(p, prefix)); p++) {
+        const char *le = strstr(p, "le=\"");
+        assert_non_null(le);
+        le += 4;
         size_t l = strcspn(le, "\"");
-        snprintf(les[n], sizeof(les[n]), "%.*s", (int)l, le);
-        cum[n++] = atof(strchr(le, '}') + 1);
+        int i = 0;
+        while (i < n && (strlen(les[i]) != l || strncmp(les[i], le, l)))
+            i++;
+        if (i == n) {
+            assert_true(n < 32);
+            snprintf(les[n++], sizeof(les[0]), "%.*s", (int)l, le);
+        }
+        cum[i] += atof(strchr(le, '}') + 1);
     }
-    assert_true(n > 1);
     double total = cum[n - 1];
     snprintf(out, cap, "-");
     for (int i = 0; i < n && total > 0; i++)
@@ -334,14 +331,37 @@ static void dashboard_page_shows_metrics(void **state)
     /* Nothing changes between the page's read and ours (no load now). */
     char *text = scrape();
     quantile_text(text, "warmpool_ttft_seconds", "env", POOL, 0.5, want, sizeof(want));
-    cell(dom, POOL ":p50", got, sizeof(got));
+    cell(dom, POOL "/all:p50", got, sizeof(got));
     assert_string_equal(got, want);
     quantile_text(text, "warmpool_ttft_seconds", "env", POOL, 0.95, want, sizeof(want));
-    cell(dom, POOL ":p95", got, sizeof(got));
+    cell(dom, POOL "/all:p95", got, sizeof(got));
     assert_string_equal(got, want);
     print_message("# page: TTFT p95 of %s <= %s, as /metrics says\n", POOL, got);
-    cell(dom, POOL ":turns", got, sizeof(got));
+    cell(dom, POOL "/all:turns", got, sizeof(got));
     assert_string_equal(got, "2");
+    /* Per tier: each of the session's tiers at its first tokens (hot, or
+     * pending when the model answered before the claim) has its row, the
+     * figures those of /metrics, the turns adding up to 2. */
+    int turns = 0;
+    static const char *const tiers[] = { "hot", "warm", "cold", "pending", "none", "failed" };
+    for (int i = 0; i < 6; i++) {
+        char sel[64], key[96], cnt[128];
+        snprintf(sel, sizeof(sel), "%s\",tier=\"%s", POOL, tiers[i]);
+        snprintf(cnt, sizeof(cnt), "warmpool_ttft_seconds_count{env=\"%s\"} ", sel);
+        const char *c = strstr(text, cnt);
+        if (!c)
+            continue;
+        snprintf(key, sizeof(key), POOL "/%s:turns", tiers[i]);
+        cell(dom, key, got, sizeof(got));
+        assert_int_equal(atoi(got), atoi(c + strlen(cnt)));
+        turns += atoi(got);
+        quantile_text(text, "warmpool_ttft_seconds", "env", sel, 0.95, want, sizeof(want));
+        snprintf(key, sizeof(key), POOL "/%s:p95", tiers[i]);
+        cell(dom, key, got, sizeof(got));
+        assert_string_equal(got, want);
+        print_message("# page: TTFT of %s, tier %s: p95 <= %s\n", POOL, tiers[i], got);
+    }
+    assert_int_equal(turns, 2);
     quantile_text(text, "warmpool_claim_seconds", "tier", "hot", 0.95, want, sizeof(want));
     cell(dom, "hot:claim p95", got, sizeof(got));
     assert_string_equal(got, want);
@@ -421,6 +441,23 @@ static void prometheus_scrapes_and_answers_ttft(void **state)
         }
         json_decref(o);
     }
+    /* ...and by environment and tier, as the dashboard's first panel asks. */
+    const char *qt = "histogram_quantile(0.95,sum+by(env,tier,le)(warmpool_ttft_seconds_bucket))";
+    char tier[32] = "";
+    for (int i = 0; i < 20 && !tier[0]; i++, th_msleep(500)) {
+        if (th_sh(out, sizeof(out), "curl -s 'http://127.0.0.1:%d/api/v1/query?query=%s'", port, qt) != 0)
+            continue;
+        json_t *o = json_loads(out, 0, NULL);
+        json_t *res = json_object_get(json_object_get(o, "data"), "result");
+        for (size_t k = 0; k < json_array_size(res); k++) {
+            json_t *lab = json_object_get(json_array_get(res, k), "metric");
+            const char *env = json_string_value(json_object_get(lab, "env"));
+            const char *t = json_string_value(json_object_get(lab, "tier"));
+            if (env && t && !strcmp(env, POOL))
+                snprintf(tier, sizeof(tier), "%s", t);
+        }
+        json_decref(o);
+    }
     /* The alert rules loaded and evaluate (none fires on a healthy pool). */
     th_sh(out, sizeof(out), "curl -s 'http://127.0.0.1:%d/api/v1/rules'", port);
     bool rules_ok = strstr(out, "WarmpoolTTFTHigh") && strstr(out, "WarmpoolNodeLost");
@@ -432,6 +469,8 @@ static void prometheus_scrapes_and_answers_ttft(void **state)
     print_message("# prometheus: TTFT p95 of %s = %.4f s (/metrics: <= %s)\n", POOL, v, want);
     assert_true(rules_ok);
     assert_true(v > 0);
+    print_message("# prometheus: TTFT of %s by tier: a series for tier %s\n", POOL, tier);
+    assert_true(!strcmp(tier, "hot") || !strcmp(tier, "pending"));
     double bound = atof(want) / (strstr(want, "ms") ? 1000.0 : 1.0);
     assert_true(v <= bound + 1e-9);
 }

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "lib/model_testlib.h"
 #include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
@@ -42,14 +43,7 @@ static redisContext *RC;
 
 static json_t *call(int port, const char *method, const char *path, const char *body, int want)
 {
-    struct th_resp r;
-    assert_int_equal(th_http(port, method, path, KEY, body, &r), 0);
-    if (r.status != want)
-        fail_msg("%s %s: status %d, want %d: %s", method, path, r.status, want, r.body);
-    json_t *o = json_loads(r.body, 0, NULL);
-    th_resp_free(&r);
-    assert_non_null(o);
-    return o;
+    return th_api(port, KEY, method, path, body, want);
 }
 
 static const char *s_(json_t *o, const char *k)
@@ -188,11 +182,11 @@ static void warmpool_cli(char *out, size_t cap, int want, const char *args)
 
 /* ---- set-up ---- */
 
-/* A conversation long enough for every round of the load: each user
- * message is a bash call, then a text answer. */
-static int write_script(const char *path)
+/* The model stand-in's script (malloc'ed): a conversation long enough
+ * for every round of the load, each user message a bash call, then a text
+ * answer. */
+static char *build_script(void)
 {
-    struct wp_err err;
     char *buf = malloc(1 << 16);
     int n = snprintf(buf, 1 << 16, "{\"seed\":3,\"ttft_ms\":40,\"tokens_per_s\":200,\"chunk_tokens\":2,"
                                    "\"conversations\":[{\"match\":\"load\",\"turns\":[");
@@ -201,33 +195,28 @@ static int write_script(const char *path)
                       "%s{\"content\":[{\"type\":\"tool_use\",\"name\":\"bash\",\"input\":{\"command\":"
                       "\"echo round-%d\"}}]},{\"text\":\"round %d done, all fine here\"}",
                       i ? "," : "", i, i);
-    n += snprintf(buf + n, (1 << 16) - (size_t)n,
-                  "]},{\"match\":\"slow\",\"turns\":[{\"text\":\"one two three four five six seven "
-                  "eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen "
-                  "nineteen twenty one two three four five six seven eight nine ten\","
-                  "\"tokens_per_s\":15}]},{\"turns\":[\"Hello!\"]}]}");
-    int rc = wp_write_file(path, buf, (size_t)n, 0644, &err);
-    free(buf);
-    return rc;
+    snprintf(buf + n, (1 << 16) - (size_t)n,
+             "]},{\"match\":\"slow\",\"turns\":[{\"text\":\"one two three four five six seven "
+             "eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen "
+             "nineteen twenty one two three four five six seven eight nine ten\","
+             "\"tokens_per_s\":15}]},{\"turns\":[\"Hello!\"]}]}");
+    return buf;
 }
 
 static int group_setup(void **state)
 {
-    char tmpl[1024], scr[1100];
+    char tmpl[1024];
     (void)state;
 
     if (th_redis_start(&R, 1) < 0)
         return -1;
     RC = redisConnect("127.0.0.1", R.port);
     DIR_ = th_tmpdir("drain");
-    snprintf(scr, sizeof(scr), "%s/script.json", DIR_);
-    if (write_script(scr) < 0)
+    char *script = build_script();
+    int rc = th_model_spawn_script(&M, DIR_, script, NULL, MURL, sizeof(MURL));
+    free(script);
+    if (rc < 0)
         return -1;
-    const char *margs[] = { "--script", scr, "--log-level", "warn", NULL };
-    if (msrv_spawn(&M, margs) < 0)
-        return -1;
-    snprintf(MURL, sizeof(MURL), "http://127.0.0.1:%d", M.port);
-    setenv("ANTHROPIC_API_KEY", "sk-test-model", 1);
     if (th_hands_template(DIR_, POOL, "box", tmpl, sizeof(tmpl)) < 0)
         return -1;
     snprintf(SPEC, sizeof(SPEC), "%s:1:1", tmpl);

@@ -42,6 +42,7 @@ static const char *const expected[] = {
     "opt/warmpool/share/warmpool/proxy/haproxy.cfg",
     "opt/warmpool/share/warmpool/proxy/nginx.conf",
     "opt/warmpool/share/warmpool/redis-warmpool.conf",
+    "opt/warmpool/share/warmpool/relay-certs.sh",
     "opt/warmpool/share/warmpool/scheduler.conf",
 };
 

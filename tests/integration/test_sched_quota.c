@@ -74,22 +74,14 @@ static void assert_quota(json_t *e, const char *quota, const char *retry)
 static int group_setup(void **state)
 {
     (void)state;
-    if (th_redis_start(&R, 0) < 0)
-        return -1;
-    if (th_sched_start(&S, R.port, "--rate-create", "0", "--rate-read", "0", "--rate-sandbox",
-                       "0", "--rate-sandbox-create", "0", "--brain", "off", (char *)NULL) < 0) {
-        th_redis_stop(&R);
-        return -1;
-    }
-    return 0;
+    return th_stack_start(&R, &S, "--rate-create", "0", "--rate-read", "0", "--rate-sandbox",
+                          "0", "--rate-sandbox-create", "0", "--brain", "off", (char *)NULL);
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    int st = th_sched_stop(&S);
-    th_redis_stop(&R);
-    return st == 0 ? 0 : -1;
+    return th_stack_stop(&R, &S);
 }
 
 static char *new_id(const char *path, const char *body)

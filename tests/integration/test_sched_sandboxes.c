@@ -77,14 +77,7 @@ static int group_teardown(void **state)
 static json_t *call(struct th_sched *s, const char *method, const char *path, const char *body,
                     int want_status)
 {
-    struct th_resp r;
-    assert_int_equal(th_http(s->port, method, path, KEY, body, &r), 0);
-    if (r.status != want_status)
-        fail_msg("%s %s: status %d, want %d: %s", method, path, r.status, want_status, r.body);
-    json_t *o = json_loads(r.body, 0, NULL);
-    th_resp_free(&r);
-    assert_non_null(o);
-    return o;
+    return th_api(s->port, KEY, method, path, body, want_status);
 }
 
 static void create_answers_at_once_and_execute_waits(void **state)

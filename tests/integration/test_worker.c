@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "lib/model_testlib.h"
 #include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
@@ -50,14 +51,7 @@ static const char script[] =
 
 static json_t *api(const char *method, const char *path, const char *body, int want)
 {
-    struct th_resp r;
-    assert_int_equal(th_http(A.port, method, path, KEY, body, &r), 0);
-    if (r.status != want)
-        fail_msg("%s %s: status %d, want %d: %s", method, path, r.status, want, r.body);
-    json_t *o = json_loads(r.body, 0, NULL);
-    th_resp_free(&r);
-    assert_non_null(o);
-    return o;
+    return th_api(A.port, KEY, method, path, body, want);
 }
 
 static const char *s_(json_t *o, const char *k)
@@ -211,21 +205,14 @@ static int wait_hot(int n)
 
 static int group_setup(void **state)
 {
-    char url[128], scr[1100];
-    struct wp_err err;
+    char url[128];
     (void)state;
 
     if (th_redis_start(&R, 0) < 0)
         return -1;
     DIR_ = th_tmpdir("worker");
-    snprintf(scr, sizeof(scr), "%s/script.json", DIR_);
-    if (wp_write_file(scr, script, strlen(script), 0644, &err) < 0)
+    if (th_model_spawn_script(&M, DIR_, script, NULL, url, sizeof(url)) < 0)
         return -1;
-    const char *margs[] = { "--script", scr, "--log-level", "warn", NULL };
-    if (msrv_spawn(&M, margs) < 0)
-        return -1;
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d", M.port);
-    setenv("ANTHROPIC_API_KEY", "sk-test-model", 1);
     if (th_sched_start(&A, R.port, "--model-url", url, NULL) < 0)
         return -1;
     json_t *ag = api("POST", "/v1/agents",

@@ -152,10 +152,38 @@ static void drop_vault_key(void)
 
 int th_sched_start(struct th_sched *s, int redis_port, ...)
 {
+    va_list ap;
+    va_start(ap, redis_port);
+    int rc = th_sched_startv(s, redis_port, ap);
+    va_end(ap);
+    return rc;
+}
+
+int th_stack_start(struct th_redis *r, struct th_sched *s, ...)
+{
+    va_list ap;
+    if (th_redis_start(r, 0) < 0)
+        return -1;
+    va_start(ap, s);
+    int rc = th_sched_startv(s, r->port, ap);
+    va_end(ap);
+    if (rc < 0)
+        th_redis_stop(r);
+    return rc;
+}
+
+int th_stack_stop(struct th_redis *r, struct th_sched *s)
+{
+    int st = th_sched_stop(s);
+    th_redis_stop(r);
+    return st == 0 ? 0 : -1;
+}
+
+int th_sched_startv(struct th_sched *s, int redis_port, va_list ap)
+{
     const char *argv[64];
     char bin[4200], redis[64];
     int argc = 0, pfd[2];
-    va_list ap;
 
     snprintf(bin, sizeof(bin), "%s/warmpool-scheduler", th_build_dir());
     snprintf(redis, sizeof(redis), "127.0.0.1:%d", redis_port);
@@ -179,11 +207,9 @@ int th_sched_start(struct th_sched *s, int redis_port, ...)
     }
     argv[argc++] = "--vault-key-file";
     argv[argc++] = vkey;
-    va_start(ap, redis_port);
     const char *a;
     while ((a = va_arg(ap, const char *)) && argc < 62)
         argv[argc++] = a;
-    va_end(ap);
     argv[argc] = NULL;
     if (pipe(pfd) < 0)
         return -1;
@@ -323,6 +349,19 @@ json_t *th_call(int port, const char *key, const char *method, const char *path,
         fprintf(stderr, "%s %s -> %d (want %d) %s\n", method, path, r.status, want, r.body);
     th_resp_free(&r);
     return j;
+}
+
+json_t *th_api(int port, const char *key, const char *method, const char *path, const char *body,
+               int want)
+{
+    struct th_resp r;
+    assert_int_equal(th_http(port, method, path, key, body, &r), 0);
+    if (r.status != want)
+        fail_msg("%s %s: status %d, want %d: %s", method, path, r.status, want, r.body);
+    json_t *o = json_loads(r.body, 0, NULL);
+    th_resp_free(&r);
+    assert_non_null(o);
+    return o;
 }
 
 void th_resp_free(struct th_resp *r)

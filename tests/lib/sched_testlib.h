@@ -4,6 +4,7 @@
 #define WP_SCHED_TESTLIB_H
 
 #include <stdbool.h>
+#include <stdarg.h>
 #include <stddef.h>
 
 struct th_sched {
@@ -16,6 +17,13 @@ struct th_sched {
  * --api-key acme:sk-acme --api-key beta:sk-beta plus extra args (NULL-
  * terminated). Waits for its "listening PORT" line. Returns 0 or -1. */
 int th_sched_start(struct th_sched *s, int redis_port, ...);
+int th_sched_startv(struct th_sched *s, int redis_port, va_list ap);
+/* A test group's usual stack: th_redis_start (no AOF), then one scheduler
+ * with the extra args (NULL-terminated). 0, or -1 with nothing left
+ * running. th_stack_stop stops both: 0 when the scheduler exited cleanly. */
+struct th_redis;
+int th_stack_start(struct th_redis *r, struct th_sched *s, ...);
+int th_stack_stop(struct th_redis *r, struct th_sched *s);
 /* SIGTERM, wait up to 10 s (then SIGKILL). Returns the exit status. */
 int th_sched_stop(struct th_sched *s);
 /* Path of the build directory (e.g. "build" or "build/asan"); static. */
@@ -50,6 +58,10 @@ int th_http(int port, const char *method, const char *path, const char *key, con
 struct json_t;
 struct json_t *th_call(int port, const char *key, const char *method, const char *path,
                        const char *body, int want);
+/* The same inside a cmocka test: a failed request, another status or a
+ * body that is not JSON fails the test (status and body printed). */
+struct json_t *th_api(int port, const char *key, const char *method, const char *path,
+                      const char *body, int want);
 /* Header value from a response head (case-insensitive name), copied. */
 int th_resp_header(const struct th_resp *r, const char *name, char *out, size_t cap);
 

@@ -116,6 +116,35 @@ static void labels_are_escaped_and_capped(void **state)
     sched_metrics_free(m);
 }
 
+/* TTFT has two labels, env and tier: each pair its own series, the pairs
+ * bounded like single labels (the rest: env and tier "other"). */
+static void ttft_by_env_and_tier(void **state)
+{
+    (void)state;
+    struct sched_metrics *m = sched_metrics_new();
+    sched_metrics_observe2(m, SCHED_HIST_TTFT, "py", "hot", 0.04);
+    sched_metrics_observe2(m, SCHED_HIST_TTFT, "py", "hot", 0.04);
+    sched_metrics_observe2(m, SCHED_HIST_TTFT, "py", "pending", 0.3);
+    sched_metrics_observe2(m, SCHED_HIST_TTFT, "node\x1fjs", "a-tier-name-far-too-long", 1);
+    char *t = render(m);
+    assert_true(value_of(t, "warmpool_ttft_seconds_count{env=\"py\",tier=\"hot\"}") == 2);
+    assert_true(value_of(t, "warmpool_ttft_seconds_bucket{env=\"py\",tier=\"pending\",le=\"+Inf\"}") == 1);
+    /* the separator inside a value does not move the split; a tier is cut */
+    assert_true(value_of(t, "warmpool_ttft_seconds_count{env=\"node_js\",tier=\"a-tier-name-far\"}") == 1);
+    free(t);
+    for (int i = 0; i < 40; i++) {
+        char env[16];
+        snprintf(env, sizeof(env), "e%d", i);
+        sched_metrics_observe2(m, SCHED_HIST_TTFT, env, "warm", 0.1);
+    }
+    t = render(m);
+    assert_true(value_of(t, "warmpool_ttft_seconds_count{env=\"e28\",tier=\"warm\"}") == 1);
+    assert_null(strstr(t, "env=\"e29\""));
+    assert_true(value_of(t, "warmpool_ttft_seconds_count{env=\"other\",tier=\"other\"}") == 11);
+    free(t);
+    sched_metrics_free(m);
+}
+
 static void pool_snapshot_renders_gauges_and_restores(void **state)
 {
     (void)state;
@@ -234,6 +263,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(buckets_are_cumulative_with_inf_sum_count),
         cmocka_unit_test(labels_are_escaped_and_capped),
+        cmocka_unit_test(ttft_by_env_and_tier),
         cmocka_unit_test(pool_snapshot_renders_gauges_and_restores),
         cmocka_unit_test(bucket_index_follows_le),
     };
