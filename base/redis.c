@@ -17,6 +17,7 @@
 #include "base/log.h"
 #include "base/err.h"
 #include "base/redis.h"
+#include "base/sentinel.h"
 
 struct wp_redis {
     struct ev_loop *loop;
@@ -28,6 +29,7 @@ struct wp_redis {
     char name[32];
     double backoff;
     ev_timer retry;
+    struct wp_sentinel_ask *ask; /* asking the sentinels for host:port */
     /* One subscription, renewed after every reconnect. */
     char sub_chan[128];
     wp_redis_cb sub_cb;
@@ -111,6 +113,81 @@ int wp_redis_auth_sync(redisContext *c, struct wp_err *err)
     return rc;
 }
 
+static void ready_now(struct wp_redis *r)
+{
+    r->connected = true;
+    r->backoff = 0;
+    subscribe_now(r);
+    log_debug("redis connected conn=%s %s:%d", r->name, r->host, r->port);
+}
+
+/* Sentinel mode: a sentinel may still name the old primary (before the
+ * failover ends, or a stale one): only a master's connection is ready. */
+static void role_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct wp_redis *r = privdata;
+    redisReply *rep = reply;
+    if (!r || ac->data != r)
+        return;
+    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+        rep->element[0]->type == REDIS_REPLY_STRING && !strcmp(rep->element[0]->str, "master")) {
+        ready_now(r);
+        return;
+    }
+    log_warn("redis conn=%s %s:%d is not the master (%s): asking the sentinels again", r->name,
+             r->host, r->port, rep && rep->type == REDIS_REPLY_ERROR ? rep->str : "ROLE");
+    redisAsyncDisconnect(ac); /* on_disconnect schedules the retry */
+}
+
+static void connected_now(struct wp_redis *r)
+{
+    if (wp_sentinel_on()) {
+        const char *argv[] = { "ROLE" };
+        redisAsyncCommandArgv(r->ac, role_reply, r, 1, argv, NULL);
+        return;
+    }
+    ready_now(r);
+}
+
+redisContext *wp_redis_connect_sync(const char *host, int port, struct wp_err *err)
+{
+    char mhost[128];
+    int mport = port;
+    struct timeval tv = { 5, 0 };
+    snprintf(mhost, sizeof(mhost), "%s", host);
+    if (wp_sentinel_on() && wp_sentinel_ask_sync(mhost, sizeof(mhost), &mport, err) < 0)
+        return NULL;
+    redisContext *c = redisConnectWithTimeout(mhost, mport, tv);
+    if (!c || c->err) {
+        wp_err_set(err, WP_ECONFIG, "cannot reach redis at %s:%d: %s", mhost, mport,
+                   c ? c->errstr : "out of memory");
+        redisFree(c);
+        return NULL;
+    }
+    if (wp_redis_auth_sync(c, err) < 0) {
+        redisFree(c);
+        return NULL;
+    }
+    if (wp_sentinel_on()) {
+        redisReply *rep = redisCommand(c, "ROLE");
+        bool master = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                      rep->element[0]->type == REDIS_REPLY_STRING &&
+                      !strcmp(rep->element[0]->str, "master");
+        freeReplyObject(rep);
+        if (!master) {
+            wp_err_set(err, WP_ESTATE,
+                       "redis at %s:%d, named by the sentinels as master '%s', is not a master "
+                       "(a failover in progress?): try again",
+                       mhost, mport, wp_sentinel_master());
+            redisFree(c);
+            return NULL;
+        }
+    }
+    /* Commands then block at most this long (a dead peer is an error). */
+    redisSetTimeout(c, (struct timeval){ 30, 0 });
+    return c;
+}
+
 static void auth_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct wp_redis *r = privdata;
@@ -124,10 +201,7 @@ static void auth_reply(redisAsyncContext *ac, void *reply, void *privdata)
         redisAsyncDisconnect(ac); /* on_disconnect schedules the retry */
         return;
     }
-    r->connected = true;
-    r->backoff = 0;
-    subscribe_now(r);
-    log_debug("redis connected conn=%s %s:%d (authenticated)", r->name, r->host, r->port);
+    connected_now(r);
 }
 
 static void on_connect(const redisAsyncContext *ac, int status)
@@ -143,10 +217,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     }
     if (auth.set)
         return; /* ready once AUTH is accepted (auth_reply) */
-    r->connected = true;
-    r->backoff = 0;
-    subscribe_now(r);
-    log_debug("redis connected conn=%s %s:%d", r->name, r->host, r->port);
+    connected_now(r);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -162,7 +233,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     schedule_retry(r);
 }
 
-static void do_connect(struct wp_redis *r)
+static void connect_addr(struct wp_redis *r)
 {
     redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
     if (!ac || ac->err) {
@@ -185,12 +256,38 @@ static void do_connect(struct wp_redis *r)
     }
 }
 
+static void sentinel_answer(void *ctx, const char *host, int port)
+{
+    struct wp_redis *r = ctx;
+    r->ask = NULL;
+    if (!host) {
+        log_warn("redis conn=%s: no sentinel knows master '%s'", r->name, wp_sentinel_master());
+        schedule_retry(r);
+        return;
+    }
+    snprintf(r->host, sizeof(r->host), "%s", host);
+    r->port = port;
+    connect_addr(r);
+}
+
+/* In sentinel mode the address is asked for again before every connect:
+ * that is how a failover is followed. */
+static void do_connect(struct wp_redis *r)
+{
+    if (!wp_sentinel_on()) {
+        connect_addr(r);
+        return;
+    }
+    if (!(r->ask = wp_sentinel_ask(r->loop, sentinel_answer, r)))
+        schedule_retry(r);
+}
+
 static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
     struct wp_redis *r = w->data;
-    if (!r->ac && !r->closing)
+    if (!r->ac && !r->ask && !r->closing)
         do_connect(r);
 }
 
@@ -229,6 +326,7 @@ void wp_redis_free(struct wp_redis *r)
         return;
     r->closing = true;
     ev_timer_stop(r->loop, &r->retry);
+    wp_sentinel_ask_cancel(r->ask);
     if (r->ac) {
         redisAsyncContext *ac = r->ac;
         r->ac = NULL;
@@ -247,9 +345,24 @@ bool wp_redis_ready(const struct wp_redis *r)
     return r && r->ac && r->connected;
 }
 
+/* A write refused by a replica: in sentinel mode the primary moved (a
+ * failover this connection missed); drop it so the next connect asks the
+ * sentinels. The refused command did not run: its caller gets the error. */
+static void check_readonly(redisAsyncContext *ac, const redisReply *rep)
+{
+    struct wp_redis *r = ac->data;
+    if (!r || !rep || rep->type != REDIS_REPLY_ERROR || strncmp(rep->str, "READONLY", 8) ||
+        !wp_sentinel_on() || !r->connected)
+        return;
+    log_warn("redis conn=%s %s:%d is a replica now: asking the sentinels again", r->name, r->host,
+             r->port);
+    r->connected = false;
+    redisAsyncDisconnect(ac);
+}
+
 static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    (void)ac;
+    check_readonly(ac, reply);
     struct cmd *c = privdata;
     wp_redis_cb cb = c->cb;
     void *ctx = c->ctx;

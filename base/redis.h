@@ -49,6 +49,12 @@ int wp_redis_auth_file(const char *user, const char *path, struct wp_err *err);
  * credentials are set or Redis accepted them; < 0 with err otherwise. */
 int wp_redis_auth_sync(redisContext *c, struct wp_err *err);
 
+/* A synchronous connection (CLIs) to the Redis of this process: host:port,
+ * or in sentinel mode (base/sentinel.h) the master the sentinels name,
+ * checked with ROLE; AUTH done. Commands time out after 30 s. Caller owns
+ * it (redisFree); NULL with err when unreachable or refused. */
+redisContext *wp_redis_connect_sync(const char *host, int port, struct wp_err *err);
+
 /* Put this connection in subscribe mode on one channel (again after each
  * reconnect): cb gets every reply on it (the confirmation, then
  * ["message", channel, payload] arrays). Nothing else may be sent on it. */

@@ -30,6 +30,7 @@
 #include "base/hist.h"
 #include "base/log.h"
 #include "base/redis.h"
+#include "base/sentinel.h"
 #include "base/timeutil.h"
 #include "snapshot/snapshot.h"
 
@@ -2204,6 +2205,9 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     if (cfg->redis_password_file[0] &&
         (rc = wp_redis_auth_file(cfg->redis_user[0] ? cfg->redis_user : NULL,
                                  cfg->redis_password_file, err)) < 0)
+        return rc;
+    if ((cfg->redis_sentinels[0] || cfg->redis_master[0]) &&
+        (rc = wp_sentinel_set(cfg->redis_sentinels, cfg->redis_master, err)) < 0)
         return rc;
     n = calloc(1, sizeof(*n));
     if (!n)

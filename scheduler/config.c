@@ -134,6 +134,10 @@ static void usage(void)
            "  --rotate-vault-key       re-seal every stored secret with the current key, exit\n"
            "  --redis-password-file PATH  AUTH to Redis with the password on its first line\n"
            "  --redis-user NAME        ...as this ACL user (default: Redis's default user)\n"
+           "  --redis-sentinels HOST:PORT,...  find Redis through these sentinels (--redis is\n"
+           "                           then unused); every connection asks them again when it\n"
+           "                           reconnects, following a failover\n"
+           "  --redis-master NAME      the master's name at the sentinels (with --redis-sentinels)\n"
            "  --model-url URL          Messages API base (https://api.anthropic.com); the key\n"
            "                           comes from $ANTHROPIC_API_KEY only (never a flag)\n"
            "  --model-version V        anthropic-version header (2023-06-01)\n"
@@ -327,6 +331,15 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
                               file ? "an absolute path" : "a user name");
         snprintf(file ? cfg->redis_password_file : cfg->redis_user, sizeof(cfg->redis_user), "%s",
                  val);
+        return 0;
+    }
+    if (!strcmp(name, "redis-sentinels") || !strcmp(name, "redis-master")) {
+        bool list = name[6] == 's';
+        char *dst = list ? cfg->redis_sentinels : cfg->redis_master;
+        size_t cap = list ? sizeof(cfg->redis_sentinels) : sizeof(cfg->redis_master);
+        if (!val[0] || strlen(val) >= cap)
+            return wp_err_set(err, WP_ECONFIG, "--%s: empty or too long", name);
+        snprintf(dst, cap, "%s", val);
         return 0;
     }
     if (!strcmp(name, "rotate-vault-key")) {

@@ -1,0 +1,359 @@
+/* test_redis_sentinel.c - Redis behind Sentinel: a primary, a replica and
+ * three sentinels (real redis-server processes, `--sentinel` mode). The
+ * scheduler, a node and the CLI find the primary through the sentinels; a
+ * wp_redis client writing continuously follows a `kill -9` of the primary
+ * to the promoted replica (its writes land there) and its subscription
+ * comes back. */
+#include <ev.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "lib/sched_testlib.h"
+#include "lib/snaplib.h"
+#include "lib/testlib.h"
+#include "base/err.h"
+#include "base/fs.h"
+#include "base/redis.h"
+#include "base/sentinel.h"
+
+#define MASTER "wpm"
+#define KEY "sk-acme"
+
+static char *DIR_;
+static int PRIMARY, REPLICA, SENT[3], DEAD;
+static pid_t pids[5]; /* primary, replica, 3 sentinels */
+static char SENTINELS[256]; /* a dead one first: it must be skipped */
+
+static pid_t redis_at(int port, int replica_of)
+{
+    char p[16], of[16], log[512], dir[512];
+    snprintf(p, sizeof(p), "%d", port);
+    snprintf(of, sizeof(of), "%d", replica_of);
+    snprintf(log, sizeof(log), "%s/redis-%d.log", DIR_, port);
+    snprintf(dir, sizeof(dir), "%s/r%d", DIR_, port);
+    wp_mkdir_p(dir, 0755, NULL);
+    const char *argv[] = { "redis-server", "--port", p, "--bind", "127.0.0.1", "--dir", dir, "--save", "",
+                     "--appendonly", "no", "--daemonize", "no",
+                     replica_of ? "--replicaof" : NULL, "127.0.0.1", of, NULL };
+    return th_spawn(log, argv);
+}
+
+static pid_t sentinel_at(int port)
+{
+    char conf[512], log[512], text[1024];
+    snprintf(conf, sizeof(conf), "%s/sentinel-%d.conf", DIR_, port);
+    snprintf(log, sizeof(log), "%s/sentinel-%d.log", DIR_, port);
+    /* Small timeouts keep the failover within a few seconds. */
+    int n = snprintf(text, sizeof(text),
+                     "port %d\nbind 127.0.0.1\ndir %s\n"
+                     "sentinel monitor " MASTER " 127.0.0.1 %d 2\n"
+                     "sentinel down-after-milliseconds " MASTER " 1000\n"
+                     "sentinel failover-timeout " MASTER " 10000\n"
+                     "sentinel parallel-syncs " MASTER " 1\n",
+                     port, DIR_, PRIMARY);
+    if (wp_write_file(conf, text, (size_t)n, 0644, NULL) < 0)
+        return -1;
+    const char *argv[] = { "redis-server", conf, "--sentinel", NULL };
+    return th_spawn(log, argv);
+}
+
+/* redis-cli -p port ARGS prints needle. */
+static bool cli_has(int port, const char *args, const char *needle)
+{
+    char out[4096] = "";
+    th_sh(out, sizeof(out), "redis-cli -p %d %s 2>/dev/null", port, args);
+    return strstr(out, needle) != NULL;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    DIR_ = th_tmpdir("rsent");
+    PRIMARY = th_free_port();
+    REPLICA = th_free_port();
+    DEAD = th_free_port();
+    for (int i = 0; i < 3; i++)
+        SENT[i] = th_free_port();
+    snprintf(SENTINELS, sizeof(SENTINELS), "127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d",
+             DEAD, SENT[0], SENT[1], SENT[2]);
+    pids[0] = redis_at(PRIMARY, 0);
+    pids[1] = redis_at(REPLICA, PRIMARY);
+    for (int i = 0; i < 3; i++)
+        pids[2 + i] = sentinel_at(SENT[i]);
+    /* Ready: the replica in sync, and every sentinel sees the others and
+     * the replica (a failover needs a majority that knows each other). */
+    for (int i = 0; i < 200; i++, th_msleep(100)) {
+        bool ok = cli_has(REPLICA, "info replication", "master_link_status:up");
+        for (int s = 0; s < 3 && ok; s++)
+            ok = cli_has(SENT[s], "sentinel ckquorum " MASTER, "OK 3 usable") &&
+                 cli_has(SENT[s], "sentinel replicas " MASTER, "slave");
+        if (ok)
+            return 0;
+    }
+    fprintf(stderr, "sentinel setup did not converge (logs in %s)\n", DIR_);
+    return -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 5; i++)
+        if (pids[i] > 0) {
+            kill(pids[i], SIGKILL);
+            waitpid(pids[i], NULL, 0);
+        }
+    th_rmtree(DIR_);
+    free(DIR_);
+    return 0;
+}
+
+static void bad_sentinel_config_is_refused(void **state)
+{
+    struct wp_err err;
+    (void)state;
+    assert_true(wp_sentinel_set("127.0.0.1:1", NULL, &err) < 0);
+    assert_true(wp_sentinel_set("", MASTER, &err) < 0);
+    assert_true(wp_sentinel_set("127.0.0.1", MASTER, &err) < 0);
+    assert_true(wp_sentinel_set("127.0.0.1:0", MASTER, &err) < 0);
+    assert_true(wp_sentinel_set("127.0.0.1:70000", MASTER, &err) < 0);
+    assert_true(wp_sentinel_set(":26379", MASTER, &err) < 0);
+    assert_true(wp_sentinel_set("127.0.0.1:1x", MASTER, &err) < 0);
+    assert_non_null(strstr(err.msg, "HOST:PORT"));
+    assert_true(wp_sentinel_set("127.0.0.1:1", "two words", &err) < 0);
+    assert_true(wp_sentinel_set("a:1,a:2,a:3,a:4,a:5,a:6,a:7,a:8,a:9", MASTER, &err) < 0);
+    assert_false(wp_sentinel_on()); /* nothing was set */
+}
+
+/* The processes, configured with sentinels only (their --redis points
+ * nowhere): the scheduler serves, a node registers, the CLI reads. */
+static void processes_find_the_primary(void **state)
+{
+    struct th_sched s;
+    struct th_resp r;
+    char tmpl[1024], env[1200], log[1100], state_dir[1100], out[4096];
+    (void)state;
+
+    assert_int_equal(th_sched_start(&s, DEAD, "--redis-sentinels", SENTINELS, "--redis-master",
+                                    MASTER, NULL), 0);
+    int st = -1;
+    for (int i = 0; i < 100 && st != 200; i++, th_msleep(50))
+        if (th_http(s.port, "POST", "/v1/agents", KEY, "{\"name\":\"a\",\"model\":\"claude-x\"}",
+                    &r) == 0) {
+            st = r.status;
+            th_resp_free(&r);
+        }
+    assert_int_equal(st, 200);
+    assert_int_equal(th_sched_stop(&s), 0);
+    /* The agent is on the primary. */
+    th_sh(out, sizeof(out), "redis-cli -p %d --scan --pattern 'wp:obj:agent_*'", PRIMARY);
+    assert_non_null(strstr(out, "wp:obj:agent_"));
+    /* Half a configuration is refused at start. */
+    assert_int_equal(th_sched_start(&s, DEAD, "--redis-sentinels", SENTINELS, NULL), -1);
+
+    assert_int_equal(th_hands_template(DIR_, "sentenv", NULL, tmpl, sizeof(tmpl)), 0);
+    snprintf(env, sizeof(env), "%s:0:0", tmpl);
+    snprintf(log, sizeof(log), "%s/node.log", DIR_);
+    snprintf(state_dir, sizeof(state_dir), "%s/state", DIR_);
+    pid_t node = th_node_start("sentnode", DEAD, state_dir, log, "--env", env, "--no-api-envs",
+                               "--redis-sentinels", SENTINELS, "--redis-master", MASTER, NULL);
+    assert_true(node > 0);
+    bool registered = false;
+    for (int i = 0; i < 100 && !registered; i++, th_msleep(100)) {
+        th_sh(out, sizeof(out), "redis-cli -p %d sismember wp:nodes sentnode", PRIMARY);
+        registered = atoi(out) == 1;
+    }
+    assert_true(registered);
+    int rc = th_sh(out, sizeof(out),
+                   "%s/warmpool --redis 127.0.0.1:%d --redis-sentinels %s --redis-master %s "
+                   "pool status",
+                   th_build_dir(), DEAD, SENTINELS, MASTER);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "sentnode"));
+    /* An unknown master name: a clear error naming it. */
+    rc = th_sh(out, sizeof(out),
+               "%s/warmpool --redis-sentinels %s --redis-master nosuch pool status 2>&1",
+               th_build_dir(), SENTINELS);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(out, "nosuch"));
+    kill(node, SIGTERM);
+    waitpid(node, NULL, 0);
+}
+
+/* --- the failover ------------------------------------------------------ */
+
+struct writer {
+    struct wp_redis *c, *sub;
+    long next;         /* next value to RPUSH */
+    long acked_before; /* acknowledged before the kill */
+    long acked_after;  /* acknowledged after the kill */
+    long failed;       /* NULL or error replies */
+    bool killed;
+    long *after;       /* values acknowledged after the kill */
+    size_t nafter;
+    char last_msg[64];
+};
+
+struct push {
+    struct writer *w;
+    long v;
+    bool after_kill; /* sent after the kill: cannot have gone to the old primary */
+};
+
+static void pushed(void *ctx, redisReply *rep)
+{
+    struct push *p = ctx;
+    struct writer *w = p->w;
+    if (!rep || rep->type != REDIS_REPLY_INTEGER) {
+        w->failed++;
+    } else if (p->after_kill) {
+        w->acked_after++;
+        if (w->nafter < 100000)
+            w->after[w->nafter++] = p->v;
+    } else {
+        w->acked_before++;
+    }
+    free(p);
+}
+
+static void tick(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct writer *w = t->data;
+    (void)loop;
+    (void)revents;
+    if (!wp_redis_ready(w->c))
+        return;
+    struct push *p = malloc(sizeof(*p));
+    char val[32];
+    assert_non_null(p);
+    *p = (struct push){ w, w->next++, w->killed };
+    snprintf(val, sizeof(val), "%ld", p->v);
+    const char *argv[] = { "RPUSH", "wp:test:writes", val };
+    if (wp_redis_argv(w->c, pushed, p, 3, argv, NULL) < 0)
+        free(p);
+}
+
+static void on_msg(void *ctx, redisReply *rep)
+{
+    struct writer *w = ctx;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 &&
+        rep->element[2]->type == REDIS_REPLY_STRING)
+        snprintf(w->last_msg, sizeof(w->last_msg), "%s", rep->element[2]->str);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Run the loop until done(w) or secs pass; publish msg on port meanwhile. */
+static bool run_until(struct ev_loop *loop, struct writer *w, bool (*done)(struct writer *),
+                      double secs, int pub_port, const char *msg)
+{
+    double end = now_s() + secs, next_pub = 0;
+    while (now_s() < end) {
+        if (done(w))
+            return true;
+        if (pub_port && now_s() >= next_pub) {
+            char out[64];
+            th_sh(out, sizeof(out), "redis-cli -p %d publish wp:test:chan %s", pub_port, msg);
+            next_pub = now_s() + 0.2;
+        }
+        ev_run(loop, EVRUN_ONCE);
+    }
+    return done(w);
+}
+
+static bool warmed_up(struct writer *w)
+{
+    return w->acked_before >= 20 && !strcmp(w->last_msg, "before");
+}
+
+static bool followed(struct writer *w)
+{
+    return w->acked_after >= 50 && !strcmp(w->last_msg, "after");
+}
+
+static void client_follows_a_failover(void **state)
+{
+    struct writer w = { 0 };
+    struct wp_err err;
+    (void)state;
+
+    assert_int_equal(wp_sentinel_set(SENTINELS, MASTER, &err), 0);
+    w.after = calloc(100000, sizeof(long));
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    /* The address given is ignored in sentinel mode. */
+    w.c = wp_redis_new(loop, "127.0.0.1", DEAD, "writer");
+    w.sub = wp_redis_new(loop, "127.0.0.1", DEAD, "writer-sub");
+    assert_int_equal(wp_redis_subscribe(w.sub, "wp:test:chan", on_msg, &w), 0);
+    ev_timer t;
+    ev_timer_init(&t, tick, 0.01, 0.01);
+    t.data = &w;
+    ev_timer_start(loop, &t);
+
+    assert_true(run_until(loop, &w, warmed_up, 20, PRIMARY, "before"));
+
+    kill(pids[0], SIGKILL);
+    waitpid(pids[0], NULL, 0);
+    pids[0] = 0;
+    w.killed = true;
+    double t0 = now_s();
+    /* down-after 1 s + election + promotion: well within 40 s. */
+    bool ok = run_until(loop, &w, followed, 40, REPLICA, "after");
+    fprintf(stderr, "# followed in %.1f s: %ld acked before, %ld after, %ld failed\n",
+            now_s() - t0, w.acked_before, w.acked_after, w.failed);
+    assert_true(ok);
+
+    /* The replica is the primary now, and holds every write acknowledged
+     * after the kill (those before may be lost: replication is async). */
+    redisContext *rc = redisConnect("127.0.0.1", REPLICA);
+    assert_non_null(rc);
+    redisReply *role = redisCommand(rc, "ROLE");
+    assert_string_equal(role->element[0]->str, "master");
+    freeReplyObject(role);
+    redisReply *all = redisCommand(rc, "LRANGE wp:test:writes 0 -1");
+    assert_int_equal(all->type, REDIS_REPLY_ARRAY);
+    char *seen = calloc((size_t)w.next + 1, 1);
+    for (size_t i = 0; i < all->elements; i++) {
+        long v = atol(all->element[i]->str);
+        if (v >= 0 && v <= w.next)
+            seen[v] = 1;
+    }
+    for (size_t i = 0; i < w.nafter; i++)
+        assert_true(seen[w.after[i]]);
+    free(seen);
+    freeReplyObject(all);
+    redisFree(rc);
+
+    /* A synchronous connection (the CLIs') goes to the new primary too. */
+    redisContext *sc = wp_redis_connect_sync("127.0.0.1", DEAD, &err);
+    assert_non_null(sc);
+    assert_int_equal(sc->tcp.port, REPLICA);
+    redisFree(sc);
+
+    ev_timer_stop(loop, &t);
+    wp_redis_free(w.c);
+    wp_redis_free(w.sub);
+    ev_run(loop, EVRUN_NOWAIT);
+    ev_loop_destroy(loop);
+    free(w.after);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(bad_sentinel_config_is_refused),
+        cmocka_unit_test(processes_find_the_primary),
+        cmocka_unit_test(client_follows_a_failover),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
