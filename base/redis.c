@@ -30,6 +30,8 @@ struct wp_redis {
     double backoff;
     ev_timer retry;
     struct wp_sentinel_ask *ask; /* asking the sentinels for host:port */
+    struct wp_redis *next_all, *prev_all; /* every connection (sentinel mode) */
+    bool kick; /* the master moved: close from retry_cb */
     /* One subscription, renewed after every reconnect. */
     char sub_chan[128];
     wp_redis_cb sub_cb;
@@ -287,6 +289,16 @@ static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct wp_redis *r = w->data;
+    if (r->kick && r->ac) { /* master_switched */
+        redisAsyncContext *ac = r->ac;
+        r->kick = false;
+        r->ac = NULL;
+        ac->data = NULL; /* detached: pending replies are NULL, on_disconnect is ours */
+        redisAsyncFree(ac);
+        schedule_retry(r);
+        return;
+    }
+    r->kick = false;
     if (!r->ac && !r->ask && !r->closing)
         do_connect(r);
 }
@@ -304,6 +316,57 @@ static void schedule_retry(struct wp_redis *r)
     ev_timer_start(r->loop, &r->retry);
 }
 
+/* Sentinel mode: every connection of the process (one loop, one thread),
+ * and the +switch-master watch they share, made with the first and freed
+ * with the last. */
+static struct wp_redis *all_conns;
+static struct wp_sentinel_watch *watch;
+
+/* A failover announced: connections elsewhere are closed (their pending
+ * commands get NULL replies: the old primary may be alive but cut off, and
+ * must not take more writes) and reconnect through the sentinels. Each
+ * from its own timer (retry_cb): a NULL reply's callback may free others. */
+static void master_switched(void *ctx, const char *host, int port)
+{
+    (void)ctx;
+    for (struct wp_redis *r = all_conns; r; r = r->next_all) {
+        if (!r->ac || (r->port == port && !strcmp(r->host, host)))
+            continue;
+        log_warn("redis conn=%s leaves %s:%d: the master moved to %s:%d", r->name, r->host,
+                 r->port, host, port);
+        r->connected = false;
+        r->kick = true;
+        ev_timer_stop(r->loop, &r->retry);
+        ev_timer_set(&r->retry, 0., 0.);
+        ev_timer_start(r->loop, &r->retry);
+    }
+}
+
+static void track(struct wp_redis *r, bool add)
+{
+    if (!wp_sentinel_on())
+        return;
+    if (add) {
+        r->next_all = all_conns;
+        if (all_conns)
+            all_conns->prev_all = r;
+        all_conns = r;
+        if (!watch)
+            watch = wp_sentinel_watch_new(r->loop, master_switched, NULL);
+        return;
+    }
+    if (r->prev_all)
+        r->prev_all->next_all = r->next_all;
+    else if (all_conns == r)
+        all_conns = r->next_all;
+    if (r->next_all)
+        r->next_all->prev_all = r->prev_all;
+    if (!all_conns) {
+        wp_sentinel_watch_free(watch);
+        watch = NULL;
+    }
+}
+
 struct wp_redis *wp_redis_new(struct ev_loop *loop, const char *host, int port,
                                      const char *name)
 {
@@ -316,6 +379,7 @@ struct wp_redis *wp_redis_new(struct ev_loop *loop, const char *host, int port,
     r->port = port;
     ev_timer_init(&r->retry, retry_cb, 0., 0.);
     r->retry.data = r;
+    track(r, true);
     do_connect(r);
     return r;
 }
@@ -325,6 +389,7 @@ void wp_redis_free(struct wp_redis *r)
     if (!r)
         return;
     r->closing = true;
+    track(r, false);
     ev_timer_stop(r->loop, &r->retry);
     wp_sentinel_ask_cancel(r->ask);
     if (r->ac) {

@@ -291,3 +291,111 @@ int wp_sentinel_ask_sync(char *host, size_t hostcap, int *port, struct wp_err *e
     return wp_err_set(err, WP_ECONFIG, "no redis sentinel knows master '%s' (%s)", cfg.master,
                       whys);
 }
+
+/* --- +switch-master ------------------------------------------------------- */
+
+struct wp_sentinel_watch {
+    struct ev_loop *loop;
+    wp_sentinel_cb cb;
+    void *ctx;
+    int idx;               /* the sentinel subscribed to */
+    redisAsyncContext *ac; /* NULL between tries */
+    ev_timer retry;
+};
+
+static void watch_later(struct wp_sentinel_watch *w)
+{
+    w->ac = NULL;
+    w->idx = (w->idx + 1) % cfg.n;
+    ev_timer_stop(w->loop, &w->retry);
+    ev_timer_set(&w->retry, 1., 0.);
+    ev_timer_start(w->loop, &w->retry);
+}
+
+/* ["message", "+switch-master", "<name> <old ip> <old port> <new ip> <new port>"] */
+static void switch_msg(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct wp_sentinel_watch *w = privdata;
+    redisReply *rep = reply;
+    char name[128], oldh[128], newh[128];
+    int oldp, newp;
+    if (!rep || ac->data != w || rep->type != REDIS_REPLY_ARRAY || rep->elements != 3 ||
+        rep->element[2]->type != REDIS_REPLY_STRING)
+        return; /* detached, or the subscribe confirmation */
+    if (sscanf(rep->element[2]->str, "%127s %127s %d %127s %d", name, oldh, &oldp, newh,
+               &newp) != 5 ||
+        strcmp(name, cfg.master) || newp < 1 || newp > 65535)
+        return;
+    log_info("redis sentinel: master '%s' switched %s:%d -> %s:%d", name, oldh, oldp, newh, newp);
+    w->cb(w->ctx, newh, newp);
+}
+
+static void watch_connected(const redisAsyncContext *ac, int status)
+{
+    struct wp_sentinel_watch *w = ac->data;
+    if (!w || status == REDIS_OK)
+        return;
+    ((redisAsyncContext *)ac)->data = NULL;
+    watch_later(w);
+}
+
+static void watch_disconnected(const redisAsyncContext *ac, int status)
+{
+    struct wp_sentinel_watch *w = ac->data;
+    (void)status;
+    if (!w)
+        return;
+    ((redisAsyncContext *)ac)->data = NULL;
+    watch_later(w);
+}
+
+static void watch_retry(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct wp_sentinel_watch *w = t->data;
+    (void)loop;
+    (void)revents;
+    if (w->ac)
+        return;
+    redisAsyncContext *ac = redisAsyncConnect(cfg.host[w->idx], cfg.port[w->idx]);
+    if (!ac || ac->err) {
+        if (ac)
+            redisAsyncFree(ac);
+        watch_later(w);
+        return;
+    }
+    const char *argv[] = { "SUBSCRIBE", "+switch-master" };
+    ac->data = w;
+    redisLibevAttach(w->loop, ac);
+    redisAsyncSetConnectCallback(ac, watch_connected);
+    redisAsyncSetDisconnectCallback(ac, watch_disconnected);
+    w->ac = ac;
+    redisAsyncCommandArgv(ac, switch_msg, w, 2, argv, NULL);
+}
+
+struct wp_sentinel_watch *wp_sentinel_watch_new(struct ev_loop *loop, wp_sentinel_cb cb,
+                                                void *ctx)
+{
+    if (!wp_sentinel_on())
+        return NULL;
+    struct wp_sentinel_watch *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    *w = (struct wp_sentinel_watch){ .loop = loop, .cb = cb, .ctx = ctx,
+                                     .idx = atomic_load(&good) };
+    ev_timer_init(&w->retry, watch_retry, 0., 0.);
+    w->retry.data = w;
+    ev_timer_start(loop, &w->retry);
+    return w;
+}
+
+void wp_sentinel_watch_free(struct wp_sentinel_watch *w)
+{
+    if (!w)
+        return;
+    ev_timer_stop(w->loop, &w->retry);
+    if (w->ac) {
+        w->ac->data = NULL;
+        redisAsyncFree(w->ac);
+    }
+    free(w);
+}

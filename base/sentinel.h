@@ -40,4 +40,15 @@ void wp_sentinel_ask_cancel(struct wp_sentinel_ask *a);
  * failure. */
 int wp_sentinel_ask_sync(char *host, size_t hostcap, int *port, struct wp_err *err);
 
+/* Tell cb (host, port: the new primary) of every +switch-master the
+ * sentinels announce for our master: a failover is followed at once, even
+ * by a connection to an old primary that is alive but cut off from the
+ * sentinels. One subscription to one sentinel at a time, the next one
+ * tried a second after a failure. NULL when sentinels are off or out of
+ * memory. */
+struct wp_sentinel_watch;
+struct wp_sentinel_watch *wp_sentinel_watch_new(struct ev_loop *loop, wp_sentinel_cb cb,
+                                                void *ctx);
+void wp_sentinel_watch_free(struct wp_sentinel_watch *w);
+
 #endif

@@ -27,8 +27,10 @@
 #define KEY "sk-acme"
 
 static char *DIR_;
-static int PRIMARY, REPLICA, SENT[3], DEAD;
-static pid_t pids[5]; /* primary, replica, 3 sentinels */
+/* RPORT[0] starts as the primary, [1] and [2] as its replicas. */
+static int RPORT[3], SENT[3], DEAD;
+static pid_t RPID[3], SPID[3];
+#define PRIMARY RPORT[0]
 static char SENTINELS[256]; /* a dead one first: it must be skipped */
 
 static pid_t redis_at(int port, int replica_of)
@@ -55,7 +57,7 @@ static pid_t sentinel_at(int port)
                      "port %d\nbind 127.0.0.1\ndir %s\n"
                      "sentinel monitor " MASTER " 127.0.0.1 %d 2\n"
                      "sentinel down-after-milliseconds " MASTER " 1000\n"
-                     "sentinel failover-timeout " MASTER " 10000\n"
+                     "sentinel failover-timeout " MASTER " 3000\n"
                      "sentinel parallel-syncs " MASTER " 1\n",
                      port, DIR_, PRIMARY);
     if (wp_write_file(conf, text, (size_t)n, 0644, NULL) < 0)
@@ -76,24 +78,24 @@ static int setup(void **state)
 {
     (void)state;
     DIR_ = th_tmpdir("rsent");
-    PRIMARY = th_free_port();
-    REPLICA = th_free_port();
+    for (int i = 0; i < 3; i++)
+        RPORT[i] = th_free_port();
     DEAD = th_free_port();
     for (int i = 0; i < 3; i++)
         SENT[i] = th_free_port();
     snprintf(SENTINELS, sizeof(SENTINELS), "127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d",
              DEAD, SENT[0], SENT[1], SENT[2]);
-    pids[0] = redis_at(PRIMARY, 0);
-    pids[1] = redis_at(REPLICA, PRIMARY);
     for (int i = 0; i < 3; i++)
-        pids[2 + i] = sentinel_at(SENT[i]);
+        RPID[i] = redis_at(RPORT[i], i ? PRIMARY : 0);
+    for (int i = 0; i < 3; i++)
+        SPID[i] = sentinel_at(SENT[i]);
     /* Ready: the replica in sync, and every sentinel sees the others and
      * the replica (a failover needs a majority that knows each other). */
     for (int i = 0; i < 200; i++, th_msleep(100)) {
-        bool ok = cli_has(REPLICA, "info replication", "master_link_status:up");
+        bool ok = cli_has(PRIMARY, "info replication", "connected_slaves:2");
         for (int s = 0; s < 3 && ok; s++)
             ok = cli_has(SENT[s], "sentinel ckquorum " MASTER, "OK 3 usable") &&
-                 cli_has(SENT[s], "sentinel replicas " MASTER, "slave");
+                 cli_has(SENT[s], "sentinel master " MASTER, "num-slaves\n2\n");
         if (ok)
             return 0;
     }
@@ -104,11 +106,16 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    for (int i = 0; i < 5; i++)
-        if (pids[i] > 0) {
-            kill(pids[i], SIGKILL);
-            waitpid(pids[i], NULL, 0);
+    for (int i = 0; i < 3; i++) {
+        if (RPID[i] > 0) {
+            kill(RPID[i], SIGKILL);
+            waitpid(RPID[i], NULL, 0);
         }
+        if (SPID[i] > 0) {
+            kill(SPID[i], SIGKILL);
+            waitpid(SPID[i], NULL, 0);
+        }
+    }
     th_rmtree(DIR_);
     free(DIR_);
     return 0;
@@ -198,6 +205,7 @@ struct writer {
     long *after;       /* values acknowledged after the kill */
     size_t nafter;
     char last_msg[64];
+    char want_msg[64];
 };
 
 struct push {
@@ -279,10 +287,80 @@ static bool warmed_up(struct writer *w)
 
 static bool followed(struct writer *w)
 {
-    return w->acked_after >= 50 && !strcmp(w->last_msg, "after");
+    return w->acked_after >= 50 && !strcmp(w->last_msg, w->want_msg);
 }
 
-static void client_follows_a_failover(void **state)
+/* The primary the sentinels name now. */
+static int current_primary(void)
+{
+    char out[256] = "";
+    th_sh(out, sizeof(out), "redis-cli -p %d sentinel get-master-addr-by-name " MASTER, SENT[0]);
+    char *nl = strchr(out, '\n');
+    return nl ? atoi(nl + 1) : -1;
+}
+
+static int rindex_of(int port)
+{
+    for (int i = 0; i < 3; i++)
+        if (RPORT[i] == port)
+            return i;
+    return -1;
+}
+
+/* Hit the primary with sig, let the writer follow; its writes sent after
+ * the hit are all on the new primary, and its subscription is back there. */
+static int fail_over(struct ev_loop *loop, struct writer *w, int sig, const char *msg)
+{
+    int old = rindex_of(current_primary());
+    assert_true(old >= 0);
+    /* A replica to promote: in sync with this primary. */
+    for (int i = 0; i < 200 && cli_has(RPORT[old], "info replication", "connected_slaves:0"); i++)
+        run_until(loop, w, followed, 0.1, 0, NULL);
+    assert_false(cli_has(RPORT[old], "info replication", "connected_slaves:0"));
+    assert_true(run_until(loop, w, warmed_up, 20, RPORT[old], "before"));
+    w->acked_after = 0;
+    w->nafter = 0;
+    w->killed = true;
+    snprintf(w->want_msg, sizeof(w->want_msg), "%s", msg);
+    kill(RPID[old], sig);
+    if (sig == SIGKILL) {
+        waitpid(RPID[old], NULL, 0);
+        RPID[old] = 0;
+    }
+    double t0 = now_s();
+    int now = -1;
+    for (int i = 0; i < 400 && (now = current_primary()) == RPORT[old]; i++)
+        run_until(loop, w, followed, 0.1, 0, NULL);
+    assert_int_not_equal(now, RPORT[old]);
+    bool ok = run_until(loop, w, followed, 40, now, msg);
+    fprintf(stderr, "# signal %d: followed in %.1f s: %ld acked before, %ld after, %ld failed\n",
+            sig, now_s() - t0, w->acked_before, w->acked_after, w->failed);
+    assert_true(ok);
+
+    redisContext *rc = redisConnect("127.0.0.1", now);
+    assert_non_null(rc);
+    redisReply *role = redisCommand(rc, "ROLE");
+    assert_string_equal(role->element[0]->str, "master");
+    freeReplyObject(role);
+    redisReply *all = redisCommand(rc, "LRANGE wp:test:writes 0 -1");
+    assert_int_equal(all->type, REDIS_REPLY_ARRAY);
+    char *seen = calloc((size_t)w->next + 1, 1);
+    for (size_t i = 0; i < all->elements; i++) {
+        long v = atol(all->element[i]->str);
+        if (v >= 0 && v <= w->next)
+            seen[v] = 1;
+    }
+    for (size_t i = 0; i < w->nafter; i++)
+        assert_true(seen[w->after[i]]);
+    free(seen);
+    freeReplyObject(all);
+    redisFree(rc);
+    w->killed = false;
+    w->acked_before = 0;
+    return now;
+}
+
+static void client_follows_failovers(void **state)
 {
     struct writer w = { 0 };
     struct wp_err err;
@@ -300,44 +378,17 @@ static void client_follows_a_failover(void **state)
     t.data = &w;
     ev_timer_start(loop, &t);
 
-    assert_true(run_until(loop, &w, warmed_up, 20, PRIMARY, "before"));
-
-    kill(pids[0], SIGKILL);
-    waitpid(pids[0], NULL, 0);
-    pids[0] = 0;
-    w.killed = true;
-    double t0 = now_s();
-    /* down-after 1 s + election + promotion: well within 40 s. */
-    bool ok = run_until(loop, &w, followed, 40, REPLICA, "after");
-    fprintf(stderr, "# followed in %.1f s: %ld acked before, %ld after, %ld failed\n",
-            now_s() - t0, w.acked_before, w.acked_after, w.failed);
-    assert_true(ok);
-
-    /* The replica is the primary now, and holds every write acknowledged
-     * after the kill (those before may be lost: replication is async). */
-    redisContext *rc = redisConnect("127.0.0.1", REPLICA);
-    assert_non_null(rc);
-    redisReply *role = redisCommand(rc, "ROLE");
-    assert_string_equal(role->element[0]->str, "master");
-    freeReplyObject(role);
-    redisReply *all = redisCommand(rc, "LRANGE wp:test:writes 0 -1");
-    assert_int_equal(all->type, REDIS_REPLY_ARRAY);
-    char *seen = calloc((size_t)w.next + 1, 1);
-    for (size_t i = 0; i < all->elements; i++) {
-        long v = atol(all->element[i]->str);
-        if (v >= 0 && v <= w.next)
-            seen[v] = 1;
-    }
-    for (size_t i = 0; i < w.nafter; i++)
-        assert_true(seen[w.after[i]]);
-    free(seen);
-    freeReplyObject(all);
-    redisFree(rc);
+    /* Frozen, not dead: its connections stay open and silent. Only the
+     * sentinels' +switch-master can move the client (the old primary is
+     * still stopped when the writes land on the new one). */
+    fail_over(loop, &w, SIGSTOP, "after-stop");
+    /* Dead: the connections drop, the sentinels name the last replica. */
+    int now = fail_over(loop, &w, SIGKILL, "after-kill");
 
     /* A synchronous connection (the CLIs') goes to the new primary too. */
     redisContext *sc = wp_redis_connect_sync("127.0.0.1", DEAD, &err);
     assert_non_null(sc);
-    assert_int_equal(sc->tcp.port, REPLICA);
+    assert_int_equal(sc->tcp.port, now);
     redisFree(sc);
 
     ev_timer_stop(loop, &t);
@@ -353,7 +404,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bad_sentinel_config_is_refused),
         cmocka_unit_test(processes_find_the_primary),
-        cmocka_unit_test(client_follows_a_failover),
+        cmocka_unit_test(client_follows_failovers),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
