@@ -32,6 +32,7 @@ struct wp_redis {
     struct wp_sentinel_ask *ask; /* asking the sentinels for host:port */
     struct wp_redis *next_all, *prev_all; /* every connection (sentinel mode) */
     bool kick; /* the master moved: close from retry_cb */
+    int wait_n, wait_ms; /* wp_redis_set_wait */
     /* One subscription, renewed after every reconnect. */
     char sub_chan[128];
     wp_redis_cb sub_cb;
@@ -436,11 +437,122 @@ static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
         cb(ctx, reply);
 }
 
+/* --- WAIT for replicas (wp_redis_set_wait) ----------------------------------
+ * The command, then WAIT pipelined behind it on the same connection; the
+ * command's reply is copied (hiredis frees it after its callback) and given
+ * to the caller only with WAIT's answer. */
+
+struct waitcmd {
+    wp_redis_cb cb;
+    void *ctx;
+    bool got;           /* the command's reply came (copy may still be NULL: oom) */
+    redisReply *copy;   /* freed with freeReplyObject (same layout as hiredis') */
+    bool wait_sent;
+    int want, ms;
+};
+
+static redisReply *reply_copy(const redisReply *src)
+{
+    redisReply *d = calloc(1, sizeof(*d));
+    if (!d)
+        return NULL;
+    d->type = src->type;
+    d->integer = src->integer;
+    if (src->str) {
+        if (!(d->str = malloc(src->len + 1))) {
+            free(d);
+            return NULL;
+        }
+        memcpy(d->str, src->str, src->len);
+        d->str[src->len] = '\0';
+        d->len = src->len;
+    }
+    if (src->type == REDIS_REPLY_ARRAY && src->elements) {
+        if (!(d->element = calloc(src->elements, sizeof(*d->element)))) {
+            freeReplyObject(d);
+            return NULL;
+        }
+        d->elements = src->elements;
+        for (size_t i = 0; i < src->elements; i++)
+            if (!(d->element[i] = reply_copy(src->element[i]))) {
+                freeReplyObject(d);
+                return NULL;
+            }
+    }
+    return d;
+}
+
+static void held_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct waitcmd *w = privdata;
+    check_readonly(ac, reply);
+    if (!w->wait_sent) { /* WAIT could not be queued: plain command */
+        wp_redis_cb cb = w->cb;
+        void *ctx = w->ctx;
+        free(w);
+        cb(ctx, reply);
+        return;
+    }
+    w->got = reply != NULL;
+    w->copy = reply ? reply_copy(reply) : NULL;
+}
+
+static void wait_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct waitcmd *w = privdata;
+    redisReply *rep = reply, *give = w->copy;
+    redisReply fail = { .type = REDIS_REPLY_ERROR };
+    char msg[128];
+    (void)ac;
+    if (!w->got || !give || !rep) {
+        give = NULL; /* connection lost (or no memory): ran or not, unknown */
+    } else if (give->type != REDIS_REPLY_ERROR &&
+               (rep->type != REDIS_REPLY_INTEGER || rep->integer < w->want)) {
+        /* Written on the primary, not (yet) on enough replicas: not
+         * acknowledged, as a failover now could lose it. */
+        snprintf(msg, sizeof(msg), "NOTREPLICATED %lld of %d replicas within %d ms",
+                 rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1LL, w->want, w->ms);
+        fail.str = msg;
+        fail.len = strlen(msg);
+        give = &fail;
+    }
+    w->cb(w->ctx, give);
+    freeReplyObject(w->copy);
+    free(w);
+}
+
+static int wait_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc, const char **argv,
+                     const size_t *lens)
+{
+    struct waitcmd *w = calloc(1, sizeof(*w));
+    char n[16], ms[16];
+    if (!w)
+        return -ENOMEM;
+    *w = (struct waitcmd){ .cb = cb, .ctx = ctx, .want = r->wait_n, .ms = r->wait_ms };
+    if (redisAsyncCommandArgv(r->ac, held_cb, w, argc, argv, lens) != REDIS_OK) {
+        free(w);
+        return WP_ESTATE;
+    }
+    snprintf(n, sizeof(n), "%d", r->wait_n);
+    snprintf(ms, sizeof(ms), "%d", r->wait_ms);
+    const char *wargv[] = { "WAIT", n, ms };
+    w->wait_sent = redisAsyncCommandArgv(r->ac, wait_cb, w, 3, wargv, NULL) == REDIS_OK;
+    return 0;
+}
+
+void wp_redis_set_wait(struct wp_redis *r, int replicas, int timeout_ms)
+{
+    r->wait_n = replicas > 0 ? replicas : 0;
+    r->wait_ms = timeout_ms > 0 ? timeout_ms : 1000; /* WAIT n 0 would block for ever */
+}
+
 int wp_redis_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc,
                       const char **argv, const size_t *lens)
 {
     if (!wp_redis_ready(r))
         return WP_ESTATE;
+    if (r->wait_n > 0 && cb)
+        return wait_argv(r, cb, ctx, argc, argv, lens);
     struct cmd *c = malloc(sizeof(*c));
     if (!c)
         return -ENOMEM;

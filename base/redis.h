@@ -37,6 +37,15 @@ int wp_redis_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc, const
 int wp_redis_script(struct wp_redis *r, const char *script, wp_redis_cb cb, void *ctx, int nkeys,
                     int argc, const char **argv, const size_t *lens);
 
+/* Durable mode: every command with a callback is followed by WAIT replicas
+ * timeout_ms on this connection, and its reply is given only once that
+ * many replicas have it; when fewer do in time, the caller gets the error
+ * reply "NOTREPLICATED ..." instead (the command did run on the primary). A
+ * lost connection gives NULL as always. Commands without a callback are
+ * sent plain. The connection must not carry subscriptions or blocking
+ * commands. 0 replicas: off (the default). */
+void wp_redis_set_wait(struct wp_redis *r, int replicas, int timeout_ms);
+
 /* Credentials for every connection this process makes (AUTH [user] pass
  * as each connection's first command; a connection is ready only once
  * Redis accepted them). Process-wide on purpose: every connection of a

@@ -193,6 +193,82 @@ static void processes_find_the_primary(void **state)
     waitpid(node, NULL, 0);
 }
 
+/* --- durable mode: WAIT ------------------------------------------------- */
+
+struct one {
+    bool done;
+    int type;
+    char str[128];
+};
+
+static void one_cb(void *ctx, redisReply *rep)
+{
+    struct one *o = ctx;
+    o->done = true;
+    o->type = rep ? rep->type : -1;
+    snprintf(o->str, sizeof(o->str), "%s", rep && rep->str ? rep->str : "");
+}
+
+static void one_set(struct ev_loop *loop, struct wp_redis *r, const char *val, struct one *o)
+{
+    const char *argv[] = { "SET", "wp:test:durable", val };
+    memset(o, 0, sizeof(*o));
+    assert_int_equal(wp_redis_argv(r, one_cb, o, 3, argv, NULL), 0);
+    for (int i = 0; i < 500 && !o->done; i++)
+        ev_run(loop, EVRUN_NOWAIT), th_msleep(5);
+    assert_true(o->done);
+}
+
+/* A write is answered once the replicas have it, and refused (though on
+ * the primary) when too few do in time; the scheduler says 503. */
+static void durable_mode_waits_for_replicas(void **state)
+{
+    struct one o;
+    struct th_sched s;
+    struct th_resp r;
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct wp_redis *c = wp_redis_new(loop, "127.0.0.1", PRIMARY, "durable");
+    for (int i = 0; i < 400 && !wp_redis_ready(c); i++)
+        ev_run(loop, EVRUN_NOWAIT), th_msleep(5);
+    assert_true(wp_redis_ready(c));
+    wp_redis_set_wait(c, 2, 1000);
+    one_set(loop, c, "two", &o);
+    assert_int_equal(o.type, REDIS_REPLY_STATUS);
+    assert_string_equal(o.str, "OK");
+    wp_redis_set_wait(c, 3, 200); /* there are two replicas */
+    one_set(loop, c, "three", &o);
+    assert_int_equal(o.type, REDIS_REPLY_ERROR);
+    assert_non_null(strstr(o.str, "NOTREPLICATED 2 of 3"));
+    assert_true(cli_has(PRIMARY, "get wp:test:durable", "three"));
+    wp_redis_free(c);
+    ev_run(loop, EVRUN_NOWAIT);
+    ev_loop_destroy(loop);
+
+    assert_int_equal(th_sched_start(&s, PRIMARY, "--redis-wait-replicas", "2", NULL), 0);
+    int st = -1;
+    for (int i = 0; i < 100 && st != 200; i++, th_msleep(50))
+        if (th_http(s.port, "POST", "/v1/agents", KEY, "{\"name\":\"d\",\"model\":\"claude-x\"}",
+                    &r) == 0) {
+            st = r.status;
+            th_resp_free(&r);
+        }
+    assert_int_equal(st, 200);
+    assert_int_equal(th_sched_stop(&s), 0);
+    assert_int_equal(th_sched_start(&s, PRIMARY, "--redis-wait-replicas", "3", "--redis-wait-ms",
+                                    "100", NULL), 0);
+    for (int i = 0; i < 100 && st != 503; i++, th_msleep(50))
+        if (th_http(s.port, "POST", "/v1/agents", KEY, "{\"name\":\"d\",\"model\":\"claude-x\"}",
+                    &r) == 0) {
+            st = r.status;
+            if (st == 503)
+                assert_non_null(strstr(r.body, "replicate"));
+            th_resp_free(&r);
+        }
+    assert_int_equal(st, 503);
+    assert_int_equal(th_sched_stop(&s), 0);
+}
+
 /* --- the failover ------------------------------------------------------ */
 
 struct writer {
@@ -404,6 +480,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bad_sentinel_config_is_refused),
         cmocka_unit_test(processes_find_the_primary),
+        cmocka_unit_test(durable_mode_waits_for_replicas),
         cmocka_unit_test(client_follows_failovers),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
