@@ -56,6 +56,8 @@ struct rcmd {
     struct wp_rcl *c;
     wp_redis_cb cb;
     void *ctx;
+    const char *script; /* wp_redis_script's (the caller's static text), or NULL */
+    int nkeys;
     int argc;
     const char **argv;
     size_t *lens;
@@ -296,6 +298,8 @@ static int send_to(struct rcmd *m, int node, bool asking)
             return WP_ESTATE;
     }
     m->sent_node = node;
+    if (m->script)
+        return wp_redis_script(r, m->script, cmd_reply, m, m->nkeys, m->argc, m->argv, m->lens);
     return wp_redis_argv(r, cmd_reply, m, m->argc, m->argv, m->lens);
 }
 
@@ -411,20 +415,17 @@ static int first_key(int argc, const char **argv, const size_t *lens)
     return 1;
 }
 
-int wp_rcl_argv(struct wp_rcl *c, wp_redis_cb cb, void *ctx, int argc, const char **argv,
-                const size_t *lens)
+/* Send a new command to the master of slot (-1: any master). */
+static int route(struct wp_rcl *c, int slot, const char *script, int nkeys, wp_redis_cb cb,
+                 void *ctx, int argc, const char **argv, const size_t *lens)
 {
     if (!c->have_map) {
         want_map(c);
         return WP_ESTATE;
     }
-    int k = first_key(argc, argv, lens);
-    int node = -1;
-    if (k >= 0)
-        node = c->slot[wp_rcl_keyslot(argv[k], lens ? lens[k] : strlen(argv[k]))];
-    else
-        for (int s = 0; s < WP_RCL_SLOTS && node < 0; s += 1024)
-            node = c->slot[s];
+    int node = slot >= 0 ? c->slot[slot] : -1;
+    for (int s = 0; slot < 0 && s < WP_RCL_SLOTS && node < 0; s += 1024)
+        node = c->slot[s];
     if (node < 0 || !wp_redis_ready(c->nodes[node].r)) {
         want_map(c); /* uncovered slot, or its master is down: failed over? */
         return WP_ESTATE;
@@ -432,39 +433,39 @@ int wp_rcl_argv(struct wp_rcl *c, wp_redis_cb cb, void *ctx, int argc, const cha
     struct rcmd *m = rcmd_new(c, cb, ctx, argc, argv, lens);
     if (!m)
         return -ENOMEM;
+    m->script = script;
+    m->nkeys = nkeys;
     int rc = send_to(m, node, false);
     if (rc < 0)
         rcmd_free(m);
     return rc;
 }
 
+static int slot_of(const char **argv, const size_t *lens, int i)
+{
+    return wp_rcl_keyslot(argv[i], lens ? lens[i] : strlen(argv[i]));
+}
+
+int wp_rcl_argv(struct wp_rcl *c, wp_redis_cb cb, void *ctx, int argc, const char **argv,
+                const size_t *lens)
+{
+    int k = first_key(argc, argv, lens);
+    return route(c, k >= 0 ? slot_of(argv, lens, k) : -1, NULL, 0, cb, ctx, argc, argv, lens);
+}
+
 int wp_rcl_script(struct wp_rcl *c, const char *script, wp_redis_cb cb, void *ctx, int nkeys,
                   int argc, const char **argv, const size_t *lens)
 {
-    const char *av[256];
-    size_t al[256];
-    char nk[16];
-    if (argc + 3 > 256 || nkeys < 0 || nkeys > argc)
+    if (nkeys < 0 || nkeys > argc)
         return WP_EINVAL_INPUT;
     for (int i = 1; i < nkeys; i++)
-        if (wp_rcl_keyslot(argv[i], lens ? lens[i] : strlen(argv[i])) !=
-            wp_rcl_keyslot(argv[0], lens ? lens[0] : strlen(argv[0]))) {
+        if (slot_of(argv, lens, i) != slot_of(argv, lens, 0)) {
             log_error("redis cluster conn=%s: script keys in different slots: %s, %s", c->name,
                       argv[0], argv[i]);
             return WP_EINVAL_INPUT;
         }
-    snprintf(nk, sizeof(nk), "%d", nkeys);
-    av[0] = "EVAL";
-    al[0] = 4;
-    av[1] = script;
-    al[1] = strlen(script);
-    av[2] = nk;
-    al[2] = strlen(nk);
-    for (int i = 0; i < argc; i++) {
-        av[3 + i] = argv[i];
-        al[3 + i] = lens ? lens[i] : strlen(argv[i]);
-    }
-    return wp_rcl_argv(c, cb, ctx, argc + 3, av, al);
+    return route(c, nkeys > 0 ? slot_of(argv, lens, 0) : -1, script, nkeys, cb, ctx, argc, argv,
+                 lens);
 }
 
 int wp_rcl_subscribe(struct wp_rcl *c, const char *channel, wp_redis_cb cb, void *ctx)

@@ -53,9 +53,9 @@ bool wp_rcl_ready(const struct wp_rcl *c);
  * master is not connected (a new map is asked for then). */
 int wp_rcl_argv(struct wp_rcl *c, wp_redis_cb cb, void *ctx, int argc, const char **argv,
                 const size_t *lens);
-/* EVAL script with nkeys keys then the arguments in argv (as
- * wp_redis_script). Every key must be in one slot: WP_EINVAL_INPUT
- * otherwise, before anything is sent. */
+/* wp_redis_script on the master of the keys' slot; script must live until
+ * the reply (a redirect resends it). Every key must be in one slot:
+ * WP_EINVAL_INPUT otherwise, before anything is sent. */
 int wp_rcl_script(struct wp_rcl *c, const char *script, wp_redis_cb cb, void *ctx, int nkeys,
                   int argc, const char **argv, const size_t *lens);
 /* A subscription on its own connection to the master of the channel's

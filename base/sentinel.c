@@ -205,6 +205,25 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     try_next(a);
 }
 
+/* A connection to sentinel idx on loop, data and callbacks set; NULL if
+ * it could not even start. */
+static redisAsyncContext *sentinel_conn(struct ev_loop *loop, int idx, void *data,
+                                        redisConnectCallback *on_conn,
+                                        redisDisconnectCallback *on_disc)
+{
+    redisAsyncContext *ac = redisAsyncConnect(cfg.host[idx], cfg.port[idx]);
+    if (!ac || ac->err) {
+        if (ac)
+            redisAsyncFree(ac);
+        return NULL;
+    }
+    ac->data = data;
+    redisLibevAttach(loop, ac);
+    redisAsyncSetConnectCallback(ac, on_conn);
+    redisAsyncSetDisconnectCallback(ac, on_disc);
+    return ac;
+}
+
 static void try_next(struct wp_sentinel_ask *a)
 {
     if (a->tried == cfg.n) {
@@ -212,18 +231,12 @@ static void try_next(struct wp_sentinel_ask *a)
         return;
     }
     a->idx = (atomic_load(&good) + a->tried++) % cfg.n;
-    redisAsyncContext *ac = redisAsyncConnect(cfg.host[a->idx], cfg.port[a->idx]);
-    if (!ac || ac->err) {
-        if (ac)
-            redisAsyncFree(ac);
+    redisAsyncContext *ac = sentinel_conn(a->loop, a->idx, a, on_connect, on_disconnect);
+    if (!ac) {
         fail_one(a, "cannot connect");
         return;
     }
     const char *argv[] = { "SENTINEL", "get-master-addr-by-name", cfg.master };
-    ac->data = a;
-    redisLibevAttach(a->loop, ac);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
     a->ac = ac;
     redisAsyncCommandArgv(ac, addr_reply, a, 3, argv, NULL);
     ev_timer_stop(a->loop, &a->timer);
@@ -356,18 +369,12 @@ static void watch_retry(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     if (w->ac)
         return;
-    redisAsyncContext *ac = redisAsyncConnect(cfg.host[w->idx], cfg.port[w->idx]);
-    if (!ac || ac->err) {
-        if (ac)
-            redisAsyncFree(ac);
+    redisAsyncContext *ac = sentinel_conn(w->loop, w->idx, w, watch_connected, watch_disconnected);
+    if (!ac) {
         watch_later(w);
         return;
     }
     const char *argv[] = { "SUBSCRIBE", "+switch-master" };
-    ac->data = w;
-    redisLibevAttach(w->loop, ac);
-    redisAsyncSetConnectCallback(ac, watch_connected);
-    redisAsyncSetDisconnectCallback(ac, watch_disconnected);
     w->ac = ac;
     redisAsyncCommandArgv(ac, switch_msg, w, 2, argv, NULL);
 }
