@@ -223,7 +223,7 @@ static void one_set(struct ev_loop *loop, struct wp_redis *r, const char *val, s
     const char *argv[] = { "SET", "wp:test:durable", val };
     memset(o, 0, sizeof(*o));
     assert_int_equal(wp_redis_argv(r, one_cb, o, 3, argv, NULL), 0);
-    for (int i = 0; i < 500 && !o->done; i++)
+    for (int i = 0; i < 2000 && !o->done; i++)
         ev_run(loop, EVRUN_NOWAIT), th_msleep(5);
     assert_true(o->done);
 }
@@ -255,7 +255,8 @@ static void durable_mode_waits_for_replicas(void **state)
     ev_run(loop, EVRUN_NOWAIT);
     ev_loop_destroy(loop);
 
-    assert_int_equal(th_sched_start(&s, PRIMARY, "--redis-wait-replicas", "2", "--redis-wait-ms", "5000", NULL), 0);
+    assert_int_equal(th_sched_start(&s, PRIMARY, "--redis-wait-replicas", "2", "--redis-wait-ms",
+                                    "5000", NULL), 0);
     assert_int_equal(post_agent_until(s.port, 200, NULL, 0), 200);
     assert_int_equal(th_sched_stop(&s), 0);
     assert_int_equal(th_sched_start(&s, PRIMARY, "--redis-wait-replicas", "3", "--redis-wait-ms",
