@@ -17,6 +17,7 @@
 #include "base/log.h"
 #include "base/err.h"
 #include "base/redis.h"
+#include "base/sentinel.h"
 
 struct wp_redis {
     struct ev_loop *loop;
@@ -28,6 +29,10 @@ struct wp_redis {
     char name[32];
     double backoff;
     ev_timer retry;
+    struct wp_sentinel_ask *ask; /* asking the sentinels for host:port */
+    struct wp_redis *next_all, *prev_all; /* every connection (sentinel mode) */
+    bool kick; /* the master moved: close from retry_cb */
+    int wait_n, wait_ms; /* wp_redis_set_wait */
     /* One subscription, renewed after every reconnect. */
     char sub_chan[128];
     wp_redis_cb sub_cb;
@@ -111,6 +116,81 @@ int wp_redis_auth_sync(redisContext *c, struct wp_err *err)
     return rc;
 }
 
+static void ready_now(struct wp_redis *r)
+{
+    r->connected = true;
+    r->backoff = 0;
+    subscribe_now(r);
+    log_debug("redis connected conn=%s %s:%d", r->name, r->host, r->port);
+}
+
+/* Sentinel mode: a sentinel may still name the old primary (before the
+ * failover ends, or a stale one): only a master's connection is ready. */
+static void role_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct wp_redis *r = privdata;
+    redisReply *rep = reply;
+    if (!r || ac->data != r)
+        return;
+    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+        rep->element[0]->type == REDIS_REPLY_STRING && !strcmp(rep->element[0]->str, "master")) {
+        ready_now(r);
+        return;
+    }
+    log_warn("redis conn=%s %s:%d is not the master (%s): asking the sentinels again", r->name,
+             r->host, r->port, rep && rep->type == REDIS_REPLY_ERROR ? rep->str : "ROLE");
+    redisAsyncDisconnect(ac); /* on_disconnect schedules the retry */
+}
+
+static void connected_now(struct wp_redis *r)
+{
+    if (wp_sentinel_on()) {
+        const char *argv[] = { "ROLE" };
+        redisAsyncCommandArgv(r->ac, role_reply, r, 1, argv, NULL);
+        return;
+    }
+    ready_now(r);
+}
+
+redisContext *wp_redis_connect_sync(const char *host, int port, struct wp_err *err)
+{
+    char mhost[128];
+    int mport = port;
+    struct timeval tv = { 5, 0 };
+    snprintf(mhost, sizeof(mhost), "%s", host);
+    if (wp_sentinel_on() && wp_sentinel_ask_sync(mhost, sizeof(mhost), &mport, err) < 0)
+        return NULL;
+    redisContext *c = redisConnectWithTimeout(mhost, mport, tv);
+    if (!c || c->err) {
+        wp_err_set(err, WP_ECONFIG, "cannot reach redis at %s:%d: %s", mhost, mport,
+                   c ? c->errstr : "out of memory");
+        redisFree(c);
+        return NULL;
+    }
+    if (wp_redis_auth_sync(c, err) < 0) {
+        redisFree(c);
+        return NULL;
+    }
+    if (wp_sentinel_on()) {
+        redisReply *rep = redisCommand(c, "ROLE");
+        bool master = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                      rep->element[0]->type == REDIS_REPLY_STRING &&
+                      !strcmp(rep->element[0]->str, "master");
+        freeReplyObject(rep);
+        if (!master) {
+            wp_err_set(err, WP_ESTATE,
+                       "redis at %s:%d, named by the sentinels as master '%s', is not a master "
+                       "(a failover in progress?): try again",
+                       mhost, mport, wp_sentinel_master());
+            redisFree(c);
+            return NULL;
+        }
+    }
+    /* Commands then block at most this long (a dead peer is an error). */
+    redisSetTimeout(c, (struct timeval){ 30, 0 });
+    return c;
+}
+
 static void auth_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct wp_redis *r = privdata;
@@ -124,10 +204,7 @@ static void auth_reply(redisAsyncContext *ac, void *reply, void *privdata)
         redisAsyncDisconnect(ac); /* on_disconnect schedules the retry */
         return;
     }
-    r->connected = true;
-    r->backoff = 0;
-    subscribe_now(r);
-    log_debug("redis connected conn=%s %s:%d (authenticated)", r->name, r->host, r->port);
+    connected_now(r);
 }
 
 static void on_connect(const redisAsyncContext *ac, int status)
@@ -143,10 +220,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     }
     if (auth.set)
         return; /* ready once AUTH is accepted (auth_reply) */
-    r->connected = true;
-    r->backoff = 0;
-    subscribe_now(r);
-    log_debug("redis connected conn=%s %s:%d", r->name, r->host, r->port);
+    connected_now(r);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -162,7 +236,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     schedule_retry(r);
 }
 
-static void do_connect(struct wp_redis *r)
+static void connect_addr(struct wp_redis *r)
 {
     redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
     if (!ac || ac->err) {
@@ -185,12 +259,48 @@ static void do_connect(struct wp_redis *r)
     }
 }
 
+static void sentinel_answer(void *ctx, const char *host, int port)
+{
+    struct wp_redis *r = ctx;
+    r->ask = NULL;
+    if (!host) {
+        log_warn("redis conn=%s: no sentinel knows master '%s'", r->name, wp_sentinel_master());
+        schedule_retry(r);
+        return;
+    }
+    snprintf(r->host, sizeof(r->host), "%s", host);
+    r->port = port;
+    connect_addr(r);
+}
+
+/* In sentinel mode the address is asked for again before every connect:
+ * that is how a failover is followed. */
+static void do_connect(struct wp_redis *r)
+{
+    if (!wp_sentinel_on()) {
+        connect_addr(r);
+        return;
+    }
+    if (!(r->ask = wp_sentinel_ask(r->loop, sentinel_answer, r)))
+        schedule_retry(r);
+}
+
 static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
     struct wp_redis *r = w->data;
-    if (!r->ac && !r->closing)
+    if (r->kick && r->ac) { /* master_switched */
+        redisAsyncContext *ac = r->ac;
+        r->kick = false;
+        r->ac = NULL;
+        ac->data = NULL; /* detached: pending replies are NULL, on_disconnect is ours */
+        redisAsyncFree(ac);
+        schedule_retry(r);
+        return;
+    }
+    r->kick = false;
+    if (!r->ac && !r->ask && !r->closing)
         do_connect(r);
 }
 
@@ -207,6 +317,57 @@ static void schedule_retry(struct wp_redis *r)
     ev_timer_start(r->loop, &r->retry);
 }
 
+/* Sentinel mode: every connection of the process (one loop, one thread),
+ * and the +switch-master watch they share, made with the first and freed
+ * with the last. */
+static struct wp_redis *all_conns;
+static struct wp_sentinel_watch *watch;
+
+/* A failover announced: connections elsewhere are closed (their pending
+ * commands get NULL replies: the old primary may be alive but cut off, and
+ * must not take more writes) and reconnect through the sentinels. Each
+ * from its own timer (retry_cb): a NULL reply's callback may free others. */
+static void master_switched(void *ctx, const char *host, int port)
+{
+    (void)ctx;
+    for (struct wp_redis *r = all_conns; r; r = r->next_all) {
+        if (!r->ac || (r->port == port && !strcmp(r->host, host)))
+            continue;
+        log_warn("redis conn=%s leaves %s:%d: the master moved to %s:%d", r->name, r->host,
+                 r->port, host, port);
+        r->connected = false;
+        r->kick = true;
+        ev_timer_stop(r->loop, &r->retry);
+        ev_timer_set(&r->retry, 0., 0.);
+        ev_timer_start(r->loop, &r->retry);
+    }
+}
+
+static void track(struct wp_redis *r, bool add)
+{
+    if (!wp_sentinel_on())
+        return;
+    if (add) {
+        r->next_all = all_conns;
+        if (all_conns)
+            all_conns->prev_all = r;
+        all_conns = r;
+        if (!watch)
+            watch = wp_sentinel_watch_new(r->loop, master_switched, NULL);
+        return;
+    }
+    if (r->prev_all)
+        r->prev_all->next_all = r->next_all;
+    else if (all_conns == r)
+        all_conns = r->next_all;
+    if (r->next_all)
+        r->next_all->prev_all = r->prev_all;
+    if (!all_conns) {
+        wp_sentinel_watch_free(watch);
+        watch = NULL;
+    }
+}
+
 struct wp_redis *wp_redis_new(struct ev_loop *loop, const char *host, int port,
                                      const char *name)
 {
@@ -219,6 +380,7 @@ struct wp_redis *wp_redis_new(struct ev_loop *loop, const char *host, int port,
     r->port = port;
     ev_timer_init(&r->retry, retry_cb, 0., 0.);
     r->retry.data = r;
+    track(r, true);
     do_connect(r);
     return r;
 }
@@ -228,7 +390,9 @@ void wp_redis_free(struct wp_redis *r)
     if (!r)
         return;
     r->closing = true;
+    track(r, false);
     ev_timer_stop(r->loop, &r->retry);
+    wp_sentinel_ask_cancel(r->ask);
     if (r->ac) {
         redisAsyncContext *ac = r->ac;
         r->ac = NULL;
@@ -247,9 +411,24 @@ bool wp_redis_ready(const struct wp_redis *r)
     return r && r->ac && r->connected;
 }
 
+/* A write refused by a replica: in sentinel mode the primary moved (a
+ * failover this connection missed); drop it so the next connect asks the
+ * sentinels. The refused command did not run: its caller gets the error. */
+static void check_readonly(redisAsyncContext *ac, const redisReply *rep)
+{
+    struct wp_redis *r = ac->data;
+    if (!r || !rep || rep->type != REDIS_REPLY_ERROR || strncmp(rep->str, "READONLY", 8) ||
+        !wp_sentinel_on() || !r->connected)
+        return;
+    log_warn("redis conn=%s %s:%d is a replica now: asking the sentinels again", r->name, r->host,
+             r->port);
+    r->connected = false;
+    redisAsyncDisconnect(ac);
+}
+
 static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    (void)ac;
+    check_readonly(ac, reply);
     struct cmd *c = privdata;
     wp_redis_cb cb = c->cb;
     void *ctx = c->ctx;
@@ -258,11 +437,122 @@ static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
         cb(ctx, reply);
 }
 
+/* --- WAIT for replicas (wp_redis_set_wait) ----------------------------------
+ * The command, then WAIT pipelined behind it on the same connection; the
+ * command's reply is copied (hiredis frees it after its callback) and given
+ * to the caller only with WAIT's answer. */
+
+struct waitcmd {
+    wp_redis_cb cb;
+    void *ctx;
+    bool got;           /* the command's reply came (copy may still be NULL: oom) */
+    redisReply *copy;   /* freed with freeReplyObject (same layout as hiredis') */
+    bool wait_sent;
+    int want, ms;
+};
+
+static redisReply *reply_copy(const redisReply *src)
+{
+    redisReply *d = calloc(1, sizeof(*d));
+    if (!d)
+        return NULL;
+    d->type = src->type;
+    d->integer = src->integer;
+    if (src->str) {
+        if (!(d->str = malloc(src->len + 1))) {
+            free(d);
+            return NULL;
+        }
+        memcpy(d->str, src->str, src->len);
+        d->str[src->len] = '\0';
+        d->len = src->len;
+    }
+    if (src->type == REDIS_REPLY_ARRAY && src->elements) {
+        if (!(d->element = calloc(src->elements, sizeof(*d->element)))) {
+            freeReplyObject(d);
+            return NULL;
+        }
+        d->elements = src->elements;
+        for (size_t i = 0; i < src->elements; i++)
+            if (!(d->element[i] = reply_copy(src->element[i]))) {
+                freeReplyObject(d);
+                return NULL;
+            }
+    }
+    return d;
+}
+
+static void held_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct waitcmd *w = privdata;
+    check_readonly(ac, reply);
+    if (!w->wait_sent) { /* WAIT could not be queued: plain command */
+        wp_redis_cb cb = w->cb;
+        void *ctx = w->ctx;
+        free(w);
+        cb(ctx, reply);
+        return;
+    }
+    w->got = reply != NULL;
+    w->copy = reply ? reply_copy(reply) : NULL;
+}
+
+static void wait_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct waitcmd *w = privdata;
+    redisReply *rep = reply, *give = w->copy;
+    redisReply fail = { .type = REDIS_REPLY_ERROR };
+    char msg[128];
+    (void)ac;
+    if (!w->got || !give || !rep) {
+        give = NULL; /* connection lost (or no memory): ran or not, unknown */
+    } else if (give->type != REDIS_REPLY_ERROR &&
+               (rep->type != REDIS_REPLY_INTEGER || rep->integer < w->want)) {
+        /* Written on the primary, not (yet) on enough replicas: not
+         * acknowledged, as a failover now could lose it. */
+        snprintf(msg, sizeof(msg), "NOTREPLICATED %lld of %d replicas within %d ms",
+                 rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1LL, w->want, w->ms);
+        fail.str = msg;
+        fail.len = strlen(msg);
+        give = &fail;
+    }
+    w->cb(w->ctx, give);
+    freeReplyObject(w->copy);
+    free(w);
+}
+
+static int wait_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc, const char **argv,
+                     const size_t *lens)
+{
+    struct waitcmd *w = calloc(1, sizeof(*w));
+    char n[16], ms[16];
+    if (!w)
+        return -ENOMEM;
+    *w = (struct waitcmd){ .cb = cb, .ctx = ctx, .want = r->wait_n, .ms = r->wait_ms };
+    if (redisAsyncCommandArgv(r->ac, held_cb, w, argc, argv, lens) != REDIS_OK) {
+        free(w);
+        return WP_ESTATE;
+    }
+    snprintf(n, sizeof(n), "%d", r->wait_n);
+    snprintf(ms, sizeof(ms), "%d", r->wait_ms);
+    const char *wargv[] = { "WAIT", n, ms };
+    w->wait_sent = redisAsyncCommandArgv(r->ac, wait_cb, w, 3, wargv, NULL) == REDIS_OK;
+    return 0;
+}
+
+void wp_redis_set_wait(struct wp_redis *r, int replicas, int timeout_ms)
+{
+    r->wait_n = replicas > 0 ? replicas : 0;
+    r->wait_ms = timeout_ms > 0 ? timeout_ms : 1000; /* WAIT n 0 would block for ever */
+}
+
 int wp_redis_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc,
                       const char **argv, const size_t *lens)
 {
     if (!wp_redis_ready(r))
         return WP_ESTATE;
+    if (r->wait_n > 0 && cb)
+        return wait_argv(r, cb, ctx, argc, argv, lens);
     struct cmd *c = malloc(sizeof(*c));
     if (!c)
         return -ENOMEM;

@@ -37,6 +37,15 @@ int wp_redis_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc, const
 int wp_redis_script(struct wp_redis *r, const char *script, wp_redis_cb cb, void *ctx, int nkeys,
                     int argc, const char **argv, const size_t *lens);
 
+/* Durable mode: every command with a callback is followed by WAIT replicas
+ * timeout_ms on this connection, and its reply is given only once that
+ * many replicas have it; when fewer do in time, the caller gets the error
+ * reply "NOTREPLICATED ..." instead (the command did run on the primary). A
+ * lost connection gives NULL as always. Commands without a callback are
+ * sent plain. The connection must not carry subscriptions or blocking
+ * commands. 0 replicas: off (the default). */
+void wp_redis_set_wait(struct wp_redis *r, int replicas, int timeout_ms);
+
 /* Credentials for every connection this process makes (AUTH [user] pass
  * as each connection's first command; a connection is ready only once
  * Redis accepted them). Process-wide on purpose: every connection of a
@@ -48,6 +57,12 @@ int wp_redis_auth_file(const char *user, const char *path, struct wp_err *err);
 /* The same AUTH on a synchronous hiredis context (CLIs). 0 when no
  * credentials are set or Redis accepted them; < 0 with err otherwise. */
 int wp_redis_auth_sync(redisContext *c, struct wp_err *err);
+
+/* A synchronous connection (CLIs) to the Redis of this process: host:port,
+ * or in sentinel mode (base/sentinel.h) the master the sentinels name,
+ * checked with ROLE; AUTH done. Commands time out after 30 s. Caller owns
+ * it (redisFree); NULL with err when unreachable or refused. */
+redisContext *wp_redis_connect_sync(const char *host, int port, struct wp_err *err);
 
 /* Put this connection in subscribe mode on one channel (again after each
  * reconnect): cb gets every reply on it (the confirmation, then

@@ -13,11 +13,13 @@
 
 #include "base/err.h"
 #include "base/redis.h"
+#include "base/sentinel.h"
 #include "pool/pool_int.h"
 #include "snapshot/snapshot.h"
 
 static const char usage[] =
-    "usage: warmpool [--redis HOST:PORT] [--redis-password-file PATH [--redis-user NAME]]\n"
+    "usage: warmpool [--redis HOST:PORT | --redis-sentinels HOST:PORT,... --redis-master NAME]\n"
+    "                [--redis-password-file PATH [--redis-user NAME]]\n"
     "                pool COMMAND | quota COMMAND | node drain NODE [--deadline SECS] [--wait]\n"
     "       warmpool doctor [--reprobe]   what this host needs, each item with its fix\n"
     "\n"
@@ -601,7 +603,7 @@ int main(int argc, char **argv)
     char host[128] = "127.0.0.1";
     int port = 6379, i = 1;
 
-    const char *pwfile = NULL, *user = NULL;
+    const char *pwfile = NULL, *user = NULL, *sentinels = NULL, *master = NULL;
     while (i + 1 < argc && strncmp(argv[i], "--redis", 7) == 0) {
         if (strcmp(argv[i], "--redis") == 0) {
             const char *colon = strrchr(argv[i + 1], ':');
@@ -615,6 +617,10 @@ int main(int argc, char **argv)
             pwfile = argv[i + 1];
         } else if (strcmp(argv[i], "--redis-user") == 0) {
             user = argv[i + 1];
+        } else if (strcmp(argv[i], "--redis-sentinels") == 0) {
+            sentinels = argv[i + 1];
+        } else if (strcmp(argv[i], "--redis-master") == 0) {
+            master = argv[i + 1];
         } else {
             fprintf(stderr, "warmpool: unknown option %s\n", argv[i]);
             return 2;
@@ -622,7 +628,8 @@ int main(int argc, char **argv)
         i += 2;
     }
     struct wp_err aerr;
-    if (pwfile && wp_redis_auth_file(user, pwfile, &aerr) < 0) {
+    if ((pwfile && wp_redis_auth_file(user, pwfile, &aerr) < 0) ||
+        ((sentinels || master) && wp_sentinel_set(sentinels, master, &aerr) < 0)) {
         fprintf(stderr, "warmpool: %s\n", aerr.msg);
         return 2;
     }
@@ -637,15 +644,9 @@ int main(int argc, char **argv)
         fputs(usage, stderr);
         return 2;
     }
-    rc = redisConnect(host, port);
-    if (!rc || rc->err) {
-        fprintf(stderr, "warmpool: cannot reach redis at %s:%d: %s\n", host, port,
-                rc ? rc->errstr : "out of memory");
-        return 1;
-    }
-    if (wp_redis_auth_sync(rc, &aerr) < 0) {
+    rc = wp_redis_connect_sync(host, port, &aerr);
+    if (!rc) {
         fprintf(stderr, "warmpool: %s\n", aerr.msg);
-        redisFree(rc);
         return 1;
     }
     int r;

@@ -51,6 +51,9 @@ static const char usage[] =
     "  --ksm-multi-tenant-override  merge anyway on a multi-tenant node\n"
     "  --redis-password-file PATH  AUTH to Redis with the password on its first line\n"
     "  --redis-user NAME       ...as this ACL user (default: Redis's default user)\n"
+    "  --redis-sentinels HOST:PORT,...  find Redis through these sentinels (--redis\n"
+    "                          is then unused), asked again on every reconnect\n"
+    "  --redis-master NAME     the master's name at the sentinels\n"
     "  --criu-mode MODE        auto (default: probe this host, cached), default,\n"
     "                          no-breakpoints (CRIU_FAULT=130 for every criu run),\n"
     "                          none (no images: the pool is cold-booted sandboxes)\n"
@@ -245,6 +248,7 @@ static const struct option lo[] = {
     { "egress-pin", required_argument, NULL, 1009 },
     { "relay-tls", required_argument, NULL, 1020 }, { "relay-tls-cert", required_argument, NULL, 1021 },
     { "relay-tls-key", required_argument, NULL, 1022 }, { "relay-tls-ca", required_argument, NULL, 1023 },
+    { "redis-sentinels", required_argument, NULL, 1010 }, { "redis-master", required_argument, NULL, 1011 },
     { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
 };
 
@@ -307,6 +311,8 @@ static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bo
         case 'K': rc = set_criu_mode(cfg, optarg, err); break;
         case 'Q': rc = set_str(cfg->redis_password_file, sizeof(cfg->redis_password_file), optarg, "--redis-password-file", err); break;
         case 'V': rc = set_str(cfg->redis_user, sizeof(cfg->redis_user), optarg, "--redis-user", err); break;
+        case 1010: rc = set_str(cfg->redis_sentinels, sizeof(cfg->redis_sentinels), optarg, "--redis-sentinels", err); break;
+        case 1011: rc = set_str(cfg->redis_master, sizeof(cfg->redis_master), optarg, "--redis-master", err); break;
         case 'D': {
             char *end;
             cfg->criu_timeout_s = strtod(optarg, &end);
@@ -434,6 +440,12 @@ static int load_json(struct pool_node_config *cfg, const char *path, struct wp_e
         else if (strcmp(k, "redis_password_file") == 0 && json_is_string(v))
             rc = set_str(cfg->redis_password_file, sizeof(cfg->redis_password_file),
                          json_string_value(v), "redis_password_file", err);
+        else if (strcmp(k, "redis_sentinels") == 0 && json_is_string(v))
+            rc = set_str(cfg->redis_sentinels, sizeof(cfg->redis_sentinels),
+                         json_string_value(v), "redis_sentinels", err);
+        else if (strcmp(k, "redis_master") == 0 && json_is_string(v))
+            rc = set_str(cfg->redis_master, sizeof(cfg->redis_master), json_string_value(v),
+                         "redis_master", err);
         else if (strcmp(k, "redis_user") == 0 && json_is_string(v))
             rc = set_str(cfg->redis_user, sizeof(cfg->redis_user), json_string_value(v),
                          "redis_user", err);

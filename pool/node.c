@@ -14,6 +14,8 @@
 #define WP_LOG_COMPONENT "node"
 #include "pool/node_int.h"
 
+#include "base/sentinel.h"
+
 const char *const node__ksm_names[] = { "off", "on", "refused", "on-override" };
 const char *const node__rh_names[] = { "hot", "warm", "cold" };
 
@@ -356,6 +358,9 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     if (cfg->redis_password_file[0] &&
         (rc = wp_redis_auth_file(cfg->redis_user[0] ? cfg->redis_user : NULL,
                                  cfg->redis_password_file, err)) < 0)
+        return rc;
+    if ((cfg->redis_sentinels[0] || cfg->redis_master[0]) &&
+        (rc = wp_sentinel_set(cfg->redis_sentinels, cfg->redis_master, err)) < 0)
         return rc;
     n = calloc(1, sizeof(*n));
     if (!n)

@@ -17,6 +17,7 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->listen_port = 8080;
     snprintf(cfg->redis_host, sizeof(cfg->redis_host), "127.0.0.1");
     cfg->redis_port = 6379;
+    cfg->redis_wait_ms = 1000;
     cfg->max_head = 16 * 1024;
     cfg->max_body = 4 * 1024 * 1024;
     cfg->header_timeout = 10;
@@ -136,6 +137,14 @@ static void usage(void)
            "  --rotate-vault-key       re-seal every stored secret with the current key, exit\n"
            "  --redis-password-file PATH  AUTH to Redis with the password on its first line\n"
            "  --redis-user NAME        ...as this ACL user (default: Redis's default user)\n"
+           "  --redis-sentinels HOST:PORT,...  find Redis through these sentinels (--redis is\n"
+           "                           then unused); every connection asks them again when it\n"
+           "                           reconnects, following a failover\n"
+           "  --redis-master NAME      the master's name at the sentinels (with --redis-sentinels)\n"
+           "  --redis-wait-replicas N  durable mode: answer a write (an appended event...) only\n"
+           "                           once N replicas have it (WAIT), so a failover keeps it;\n"
+           "                           fewer within --redis-wait-ms (1000): 503 (0 = off)\n"
+           "  --redis-wait-ms MS       see --redis-wait-replicas\n"
            "  --model-url URL          Messages API base (https://api.anthropic.com); the key\n"
            "                           comes from $ANTHROPIC_API_KEY only (never a flag)\n"
            "  --model-version V        anthropic-version header (2023-06-01)\n"
@@ -337,6 +346,15 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
                  val);
         return 0;
     }
+    if (!strcmp(name, "redis-sentinels") || !strcmp(name, "redis-master")) {
+        bool list = name[6] == 's';
+        char *dst = list ? cfg->redis_sentinels : cfg->redis_master;
+        size_t cap = list ? sizeof(cfg->redis_sentinels) : sizeof(cfg->redis_master);
+        if (!val[0] || strlen(val) >= cap)
+            return wp_err_set(err, WP_ECONFIG, "--%s: empty or too long", name);
+        snprintf(dst, cap, "%s", val);
+        return 0;
+    }
     if (!strcmp(name, "rotate-vault-key")) {
         cfg->rotate_vault_key = true;
         return 0;
@@ -443,6 +461,10 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->sse_keys_per_conn = (int)d;
     else if (!strcmp(name, "redis-timeout"))
         cfg->redis_timeout = d;
+    else if (!strcmp(name, "redis-wait-replicas") && d >= 0 && d <= 16)
+        cfg->redis_wait_replicas = (int)d;
+    else if (!strcmp(name, "redis-wait-ms") && d >= 1 && d <= 60000)
+        cfg->redis_wait_ms = (int)d;
     else if (!strcmp(name, "drain-timeout"))
         cfg->drain_timeout = d;
     else if (!strcmp(name, "max-conns"))

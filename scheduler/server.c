@@ -707,6 +707,12 @@ static void req_reply_cb(void *ctx, redisReply *reply)
         sched__respond_error(req, 503, "api_error", NULL, "storage unavailable");
         return;
     }
+    if (reply->type == REDIS_REPLY_ERROR && !strncmp(reply->str, "NOTREPLICATED", 13)) {
+        /* Durable mode (--redis-wait-replicas): written on the primary only,
+         * so not acknowledged; a retry may find it there. */
+        sched__respond_error(req, 503, "api_error", NULL, "storage did not replicate in time");
+        return;
+    }
     if (req->pending == 0)
         ev_timer_stop(req->srv->loop, &req->timeout);
     cb(req, reply);
@@ -886,6 +892,7 @@ struct sched_server *sched_server_new(struct ev_loop *loop, const struct sched_c
         wp_err_set(err, -ENOMEM, "redis client");
         goto fail;
     }
+    wp_redis_set_wait(srv->rds, cfg->redis_wait_replicas, cfg->redis_wait_ms);
     srv->metrics = sched_metrics_new();
     if (!srv->metrics) {
         wp_err_set(err, -ENOMEM, "metrics registry");

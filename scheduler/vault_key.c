@@ -205,17 +205,9 @@ int sched__vault_rotate(const struct sched_config *cfg, struct wp_err *err)
 
     if ((rc = sched__vault_keys_load(cfg, &k, err)) < 0)
         return rc;
-    redisContext *r = redisConnect(cfg->redis_host, cfg->redis_port);
-    if (!r || r->err) {
-        rc = wp_err_set(err, WP_ECONFIG, "redis %s:%d: %s", cfg->redis_host, cfg->redis_port,
-                        r ? r->errstr : "out of memory");
-        redisFree(r);
-        return rc;
-    }
-    if ((rc = wp_redis_auth_sync(r, err)) < 0) {
-        redisFree(r);
-        return rc;
-    }
+    redisContext *r = wp_redis_connect_sync(cfg->redis_host, cfg->redis_port, err);
+    if (!r)
+        return err ? err->code : WP_ECONFIG;
     char cursor[32] = "0";
     do {
         redisReply *s = redisCommand(r, "SCAN %s MATCH wp:obj:* COUNT 1000 TYPE hash", cursor);

@@ -58,6 +58,22 @@ int th_free_port(void)
     return port;
 }
 
+int th_spawn(const char *log, const char *const argv[])
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        wp_close_fds_from(3);
+        execvp(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
 static int redis_spawn(struct th_redis *r, int aof)
 {
     char port[16];

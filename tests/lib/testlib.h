@@ -26,6 +26,10 @@ void th_redis_stop(struct th_redis *r);
 /* Kill -9 and start again on the same port and dir (keeps the AOF). */
 int th_redis_restart(struct th_redis *r);
 
+/* fork + execvp argv (NULL-terminated), stdout and stderr appended to log;
+ * the pid, or -1. The caller kills and reaps it. */
+int th_spawn(const char *log, const char *const argv[]);
+
 /* A free TCP port on 127.0.0.1 (bound then released). */
 int th_free_port(void);
 

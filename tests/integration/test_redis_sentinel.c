@@ -1,0 +1,485 @@
+/* test_redis_sentinel.c - Redis behind Sentinel: a primary, a replica and
+ * three sentinels (real redis-server processes, `--sentinel` mode). The
+ * scheduler, a node and the CLI find the primary through the sentinels; a
+ * wp_redis client writing continuously follows a `kill -9` of the primary
+ * to the promoted replica (its writes land there) and its subscription
+ * comes back. */
+#include <ev.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "lib/sched_testlib.h"
+#include "lib/snaplib.h"
+#include "lib/testlib.h"
+#include "base/err.h"
+#include "base/fs.h"
+#include "base/redis.h"
+#include "base/sentinel.h"
+
+#define MASTER "wpm"
+#define KEY "sk-acme"
+
+static char *DIR_;
+/* RPORT[0] starts as the primary, [1] and [2] as its replicas. */
+static int RPORT[3], SENT[3], DEAD;
+static pid_t RPID[3], SPID[3];
+#define PRIMARY RPORT[0]
+static char SENTINELS[256]; /* a dead one first: it must be skipped */
+
+static pid_t redis_at(int port, int replica_of)
+{
+    char p[16], of[16], log[512], dir[512];
+    snprintf(p, sizeof(p), "%d", port);
+    snprintf(of, sizeof(of), "%d", replica_of);
+    snprintf(log, sizeof(log), "%s/redis-%d.log", DIR_, port);
+    snprintf(dir, sizeof(dir), "%s/r%d", DIR_, port);
+    wp_mkdir_p(dir, 0755, NULL);
+    const char *argv[] = { "redis-server", "--port", p, "--bind", "127.0.0.1", "--dir", dir, "--save", "",
+                     "--appendonly", "no", "--daemonize", "no",
+                     replica_of ? "--replicaof" : NULL, "127.0.0.1", of, NULL };
+    return th_spawn(log, argv);
+}
+
+static pid_t sentinel_at(int port)
+{
+    char conf[512], log[512], text[1024];
+    snprintf(conf, sizeof(conf), "%s/sentinel-%d.conf", DIR_, port);
+    snprintf(log, sizeof(log), "%s/sentinel-%d.log", DIR_, port);
+    /* Small timeouts keep the failover within a few seconds. */
+    int n = snprintf(text, sizeof(text),
+                     "port %d\nbind 127.0.0.1\ndir %s\n"
+                     "sentinel monitor " MASTER " 127.0.0.1 %d 2\n"
+                     "sentinel down-after-milliseconds " MASTER " 1000\n"
+                     "sentinel failover-timeout " MASTER " 3000\n"
+                     "sentinel parallel-syncs " MASTER " 1\n",
+                     port, DIR_, PRIMARY);
+    if (wp_write_file(conf, text, (size_t)n, 0644, NULL) < 0)
+        return -1;
+    const char *argv[] = { "redis-server", conf, "--sentinel", NULL };
+    return th_spawn(log, argv);
+}
+
+/* redis-cli -p port ARGS prints needle. */
+static bool cli_has(int port, const char *args, const char *needle)
+{
+    char out[4096] = "";
+    th_sh(out, sizeof(out), "redis-cli -p %d %s 2>/dev/null", port, args);
+    return strstr(out, needle) != NULL;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    DIR_ = th_tmpdir("rsent");
+    for (int i = 0; i < 3; i++)
+        RPORT[i] = th_free_port();
+    DEAD = th_free_port();
+    for (int i = 0; i < 3; i++)
+        SENT[i] = th_free_port();
+    snprintf(SENTINELS, sizeof(SENTINELS), "127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d",
+             DEAD, SENT[0], SENT[1], SENT[2]);
+    for (int i = 0; i < 3; i++)
+        RPID[i] = redis_at(RPORT[i], i ? PRIMARY : 0);
+    for (int i = 0; i < 3; i++)
+        SPID[i] = sentinel_at(SENT[i]);
+    /* Ready: the replica in sync, and every sentinel sees the others and
+     * the replica (a failover needs a majority that knows each other). */
+    for (int i = 0; i < 200; i++, th_msleep(100)) {
+        bool ok = cli_has(PRIMARY, "info replication", "connected_slaves:2");
+        for (int s = 0; s < 3 && ok; s++)
+            ok = cli_has(SENT[s], "sentinel ckquorum " MASTER, "OK 3 usable") &&
+                 cli_has(SENT[s], "sentinel master " MASTER, "num-slaves\n2\n");
+        if (ok)
+            return 0;
+    }
+    fprintf(stderr, "sentinel setup did not converge (logs in %s)\n", DIR_);
+    return -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 3; i++) {
+        if (RPID[i] > 0) {
+            kill(RPID[i], SIGKILL);
+            waitpid(RPID[i], NULL, 0);
+        }
+        if (SPID[i] > 0) {
+            kill(SPID[i], SIGKILL);
+            waitpid(SPID[i], NULL, 0);
+        }
+    }
+    th_rmtree(DIR_);
+    free(DIR_);
+    return 0;
+}
+
+static void bad_sentinel_config_is_refused(void **state)
+{
+    struct wp_err err;
+    (void)state;
+    assert_true(wp_sentinel_set("127.0.0.1:1", NULL, &err) < 0);
+    assert_true(wp_sentinel_set("", MASTER, &err) < 0);
+    assert_true(wp_sentinel_set("127.0.0.1", MASTER, &err) < 0);
+    assert_true(wp_sentinel_set("127.0.0.1:0", MASTER, &err) < 0);
+    assert_true(wp_sentinel_set("127.0.0.1:70000", MASTER, &err) < 0);
+    assert_true(wp_sentinel_set(":26379", MASTER, &err) < 0);
+    assert_true(wp_sentinel_set("127.0.0.1:1x", MASTER, &err) < 0);
+    assert_non_null(strstr(err.msg, "HOST:PORT"));
+    assert_true(wp_sentinel_set("127.0.0.1:1", "two words", &err) < 0);
+    assert_true(wp_sentinel_set("a:1,a:2,a:3,a:4,a:5,a:6,a:7,a:8,a:9", MASTER, &err) < 0);
+    assert_false(wp_sentinel_on()); /* nothing was set */
+}
+
+/* POST an agent until the scheduler answers want (up to 5 s): the last
+ * status; body (may be NULL) gets the start of the last body. */
+static int post_agent_until(int port, int want, char *body, size_t cap)
+{
+    struct th_resp r;
+    int st = -1;
+    for (int i = 0; i < 100 && st != want; i++, th_msleep(50))
+        if (th_http(port, "POST", "/v1/agents", KEY, "{\"name\":\"a\",\"model\":\"claude-x\"}",
+                    &r) == 0) {
+            st = r.status;
+            if (body)
+                snprintf(body, cap, "%s", r.body ? r.body : "");
+            th_resp_free(&r);
+        }
+    return st;
+}
+
+/* The processes, configured with sentinels only (their --redis points
+ * nowhere): the scheduler serves, a node registers, the CLI reads. */
+static void processes_find_the_primary(void **state)
+{
+    struct th_sched s;
+    char tmpl[1024], env[1200], log[1100], state_dir[1100], out[4096];
+    (void)state;
+
+    assert_int_equal(th_sched_start(&s, DEAD, "--redis-sentinels", SENTINELS, "--redis-master",
+                                    MASTER, NULL), 0);
+    assert_int_equal(post_agent_until(s.port, 200, NULL, 0), 200);
+    assert_int_equal(th_sched_stop(&s), 0);
+    /* The agent is on the primary. */
+    th_sh(out, sizeof(out), "redis-cli -p %d --scan --pattern 'wp:obj:agent_*'", PRIMARY);
+    assert_non_null(strstr(out, "wp:obj:agent_"));
+    /* Half a configuration is refused at start. */
+    assert_int_equal(th_sched_start(&s, DEAD, "--redis-sentinels", SENTINELS, NULL), -1);
+
+    assert_int_equal(th_hands_template(DIR_, "sentenv", NULL, tmpl, sizeof(tmpl)), 0);
+    snprintf(env, sizeof(env), "%s:0:0", tmpl);
+    snprintf(log, sizeof(log), "%s/node.log", DIR_);
+    snprintf(state_dir, sizeof(state_dir), "%s/state", DIR_);
+    pid_t node = th_node_start("sentnode", DEAD, state_dir, log, "--env", env, "--no-api-envs",
+                               "--redis-sentinels", SENTINELS, "--redis-master", MASTER, NULL);
+    assert_true(node > 0);
+    bool registered = false;
+    for (int i = 0; i < 100 && !registered; i++, th_msleep(100)) {
+        th_sh(out, sizeof(out), "redis-cli -p %d sismember wp:nodes sentnode", PRIMARY);
+        registered = atoi(out) == 1;
+    }
+    assert_true(registered);
+    int rc = th_sh(out, sizeof(out),
+                   "%s/warmpool --redis 127.0.0.1:%d --redis-sentinels %s --redis-master %s "
+                   "pool status",
+                   th_build_dir(), DEAD, SENTINELS, MASTER);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "sentnode"));
+    /* An unknown master name: a clear error naming it. */
+    rc = th_sh(out, sizeof(out),
+               "%s/warmpool --redis-sentinels %s --redis-master nosuch pool status 2>&1",
+               th_build_dir(), SENTINELS);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(out, "nosuch"));
+    kill(node, SIGTERM);
+    waitpid(node, NULL, 0);
+}
+
+/* --- durable mode: WAIT ------------------------------------------------- */
+
+struct one {
+    bool done;
+    int type;
+    char str[128];
+};
+
+static void one_cb(void *ctx, redisReply *rep)
+{
+    struct one *o = ctx;
+    o->done = true;
+    o->type = rep ? rep->type : -1;
+    snprintf(o->str, sizeof(o->str), "%s", rep && rep->str ? rep->str : "");
+}
+
+static void one_set(struct ev_loop *loop, struct wp_redis *r, const char *val, struct one *o)
+{
+    const char *argv[] = { "SET", "wp:test:durable", val };
+    memset(o, 0, sizeof(*o));
+    assert_int_equal(wp_redis_argv(r, one_cb, o, 3, argv, NULL), 0);
+    for (int i = 0; i < 2000 && !o->done; i++)
+        ev_run(loop, EVRUN_NOWAIT), th_msleep(5);
+    assert_true(o->done);
+}
+
+/* A write is answered once the replicas have it, and refused (though on
+ * the primary) when too few do in time; the scheduler says 503. */
+static void durable_mode_waits_for_replicas(void **state)
+{
+    struct one o;
+    struct th_sched s;
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct wp_redis *c = wp_redis_new(loop, "127.0.0.1", PRIMARY, "durable");
+    for (int i = 0; i < 400 && !wp_redis_ready(c); i++)
+        ev_run(loop, EVRUN_NOWAIT), th_msleep(5);
+    assert_true(wp_redis_ready(c));
+    wp_redis_set_wait(c, 2, 5000); /* generous: the machine is shared */
+    one_set(loop, c, "two", &o);
+    if (o.type != REDIS_REPLY_STATUS)
+        fprintf(stderr, "# SET with WAIT 2: %s\n", o.str);
+    assert_int_equal(o.type, REDIS_REPLY_STATUS);
+    assert_string_equal(o.str, "OK");
+    wp_redis_set_wait(c, 3, 200); /* there are two replicas */
+    one_set(loop, c, "three", &o);
+    assert_int_equal(o.type, REDIS_REPLY_ERROR);
+    assert_non_null(strstr(o.str, "NOTREPLICATED 2 of 3"));
+    assert_true(cli_has(PRIMARY, "get wp:test:durable", "three"));
+    wp_redis_free(c);
+    ev_run(loop, EVRUN_NOWAIT);
+    ev_loop_destroy(loop);
+
+    assert_int_equal(th_sched_start(&s, PRIMARY, "--redis-wait-replicas", "2", "--redis-wait-ms",
+                                    "5000", NULL), 0);
+    assert_int_equal(post_agent_until(s.port, 200, NULL, 0), 200);
+    assert_int_equal(th_sched_stop(&s), 0);
+    assert_int_equal(th_sched_start(&s, PRIMARY, "--redis-wait-replicas", "3", "--redis-wait-ms",
+                                    "100", NULL), 0);
+    char body[512];
+    assert_int_equal(post_agent_until(s.port, 503, body, sizeof(body)), 503);
+    assert_non_null(strstr(body, "replicate"));
+    assert_int_equal(th_sched_stop(&s), 0);
+}
+
+/* --- the failover ------------------------------------------------------ */
+
+struct writer {
+    struct wp_redis *c, *sub;
+    long next;         /* next value to RPUSH */
+    long acked_before; /* acknowledged before the kill */
+    long acked_after;  /* acknowledged after the kill */
+    long failed;       /* NULL or error replies */
+    bool killed;
+    long *after;       /* values acknowledged after the kill */
+    size_t nafter;
+    char last_msg[64];
+    char want_msg[64];
+};
+
+struct push {
+    struct writer *w;
+    long v;
+    bool after_kill; /* sent after the kill: cannot have gone to the old primary */
+};
+
+static void pushed(void *ctx, redisReply *rep)
+{
+    struct push *p = ctx;
+    struct writer *w = p->w;
+    if (!rep || rep->type != REDIS_REPLY_INTEGER) {
+        w->failed++;
+    } else if (p->after_kill) {
+        w->acked_after++;
+        if (w->nafter < 100000)
+            w->after[w->nafter++] = p->v;
+    } else {
+        w->acked_before++;
+    }
+    free(p);
+}
+
+static void tick(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct writer *w = t->data;
+    (void)loop;
+    (void)revents;
+    if (!wp_redis_ready(w->c))
+        return;
+    struct push *p = malloc(sizeof(*p));
+    char val[32];
+    assert_non_null(p);
+    *p = (struct push){ w, w->next++, w->killed };
+    snprintf(val, sizeof(val), "%ld", p->v);
+    const char *argv[] = { "RPUSH", "wp:test:writes", val };
+    if (wp_redis_argv(w->c, pushed, p, 3, argv, NULL) < 0)
+        free(p);
+}
+
+static void on_msg(void *ctx, redisReply *rep)
+{
+    struct writer *w = ctx;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 &&
+        rep->element[2]->type == REDIS_REPLY_STRING)
+        snprintf(w->last_msg, sizeof(w->last_msg), "%s", rep->element[2]->str);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Run the loop until done(w) or secs pass; publish msg on port meanwhile. */
+static bool run_until(struct ev_loop *loop, struct writer *w, bool (*done)(struct writer *),
+                      double secs, int pub_port, const char *msg)
+{
+    double end = now_s() + secs, next_pub = 0;
+    while (now_s() < end) {
+        if (done(w))
+            return true;
+        if (pub_port && now_s() >= next_pub) {
+            char out[64];
+            th_sh(out, sizeof(out), "redis-cli -p %d publish wp:test:chan %s", pub_port, msg);
+            next_pub = now_s() + 0.2;
+        }
+        ev_run(loop, EVRUN_ONCE);
+    }
+    return done(w);
+}
+
+static bool warmed_up(struct writer *w)
+{
+    return w->acked_before >= 20 && !strcmp(w->last_msg, "before");
+}
+
+static bool followed(struct writer *w)
+{
+    return w->acked_after >= 50 && !strcmp(w->last_msg, w->want_msg);
+}
+
+/* The primary the sentinels name now. */
+static int current_primary(void)
+{
+    char out[256] = "";
+    th_sh(out, sizeof(out), "redis-cli -p %d sentinel get-master-addr-by-name " MASTER, SENT[0]);
+    char *nl = strchr(out, '\n');
+    return nl ? atoi(nl + 1) : -1;
+}
+
+static int rindex_of(int port)
+{
+    for (int i = 0; i < 3; i++)
+        if (RPORT[i] == port)
+            return i;
+    return -1;
+}
+
+/* Hit the primary with sig, let the writer follow; its writes sent after
+ * the hit are all on the new primary, and its subscription is back there. */
+static int fail_over(struct ev_loop *loop, struct writer *w, int sig, const char *msg)
+{
+    int old = rindex_of(current_primary());
+    assert_true(old >= 0);
+    /* A replica to promote: in sync with this primary. */
+    for (int i = 0; i < 200 && cli_has(RPORT[old], "info replication", "connected_slaves:0"); i++)
+        run_until(loop, w, followed, 0.1, 0, NULL);
+    assert_false(cli_has(RPORT[old], "info replication", "connected_slaves:0"));
+    assert_true(run_until(loop, w, warmed_up, 20, RPORT[old], "before"));
+    w->acked_after = 0;
+    w->nafter = 0;
+    w->killed = true;
+    snprintf(w->want_msg, sizeof(w->want_msg), "%s", msg);
+    kill(RPID[old], sig);
+    if (sig == SIGKILL) {
+        waitpid(RPID[old], NULL, 0);
+        RPID[old] = 0;
+    }
+    double t0 = now_s();
+    int now = -1;
+    for (int i = 0; i < 400 && (now = current_primary()) == RPORT[old]; i++)
+        run_until(loop, w, followed, 0.1, 0, NULL);
+    assert_int_not_equal(now, RPORT[old]);
+    bool ok = run_until(loop, w, followed, 40, now, msg);
+    fprintf(stderr, "# signal %d: followed in %.1f s: %ld acked before, %ld after, %ld failed\n",
+            sig, now_s() - t0, w->acked_before, w->acked_after, w->failed);
+    assert_true(ok);
+
+    redisContext *rc = redisConnect("127.0.0.1", now);
+    assert_non_null(rc);
+    redisReply *role = redisCommand(rc, "ROLE");
+    assert_string_equal(role->element[0]->str, "master");
+    freeReplyObject(role);
+    redisReply *all = redisCommand(rc, "LRANGE wp:test:writes 0 -1");
+    assert_int_equal(all->type, REDIS_REPLY_ARRAY);
+    char *seen = calloc((size_t)w->next + 1, 1);
+    for (size_t i = 0; i < all->elements; i++) {
+        long v = atol(all->element[i]->str);
+        if (v >= 0 && v <= w->next)
+            seen[v] = 1;
+    }
+    for (size_t i = 0; i < w->nafter; i++)
+        assert_true(seen[w->after[i]]);
+    free(seen);
+    freeReplyObject(all);
+    redisFree(rc);
+    w->killed = false;
+    w->acked_before = 0;
+    return now;
+}
+
+static void client_follows_failovers(void **state)
+{
+    struct writer w = { 0 };
+    struct wp_err err;
+    (void)state;
+
+    assert_int_equal(wp_sentinel_set(SENTINELS, MASTER, &err), 0);
+    w.after = calloc(100000, sizeof(long));
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    /* The address given is ignored in sentinel mode. */
+    w.c = wp_redis_new(loop, "127.0.0.1", DEAD, "writer");
+    w.sub = wp_redis_new(loop, "127.0.0.1", DEAD, "writer-sub");
+    assert_int_equal(wp_redis_subscribe(w.sub, "wp:test:chan", on_msg, &w), 0);
+    ev_timer t;
+    ev_timer_init(&t, tick, 0.01, 0.01);
+    t.data = &w;
+    ev_timer_start(loop, &t);
+
+    /* Frozen, not dead: its connections stay open and silent. Only the
+     * sentinels' +switch-master can move the client (the old primary is
+     * still stopped when the writes land on the new one). */
+    fail_over(loop, &w, SIGSTOP, "after-stop");
+    /* Dead: the connections drop, the sentinels name the last replica. */
+    int now = fail_over(loop, &w, SIGKILL, "after-kill");
+
+    /* A synchronous connection (the CLIs') goes to the new primary too. */
+    redisContext *sc = wp_redis_connect_sync("127.0.0.1", DEAD, &err);
+    assert_non_null(sc);
+    assert_int_equal(sc->tcp.port, now);
+    redisFree(sc);
+
+    ev_timer_stop(loop, &t);
+    wp_redis_free(w.c);
+    wp_redis_free(w.sub);
+    ev_run(loop, EVRUN_NOWAIT);
+    ev_loop_destroy(loop);
+    free(w.after);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(bad_sentinel_config_is_refused),
+        cmocka_unit_test(processes_find_the_primary),
+        cmocka_unit_test(durable_mode_waits_for_replicas),
+        cmocka_unit_test(client_follows_failovers),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
