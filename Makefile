@@ -27,7 +27,9 @@ ifeq ($(WERROR),1)
 WARN += -Werror
 endif
 CFLAGS ?= -O2 -g
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) $(WARN) -I. -MMD -MP \
+# Generated sources (lua/lua2c.sh's output) are found through -I$(GEN).
+GEN := $(BUILD)/gen
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) $(WARN) -I. -I$(GEN) -MMD -MP \
               -DWP_PREFIX='"$(PREFIX)"'
 ifneq ($(SANITIZE),)
 ALL_CFLAGS += -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer
@@ -65,7 +67,20 @@ FLAGS_STAMP := $(BUILD)/.flags
 FLAGS_NOW := $(CC) $(ALL_CFLAGS) $(LDFLAGS)
 $(shell mkdir -p $(BUILD); [ "$$(cat $(FLAGS_STAMP) 2>/dev/null)" = "$(FLAGS_NOW)" ] || echo "$(FLAGS_NOW)" > $(FLAGS_STAMP))
 
-$(BUILD)/obj/%.o: %.c $(FLAGS_STAMP)
+# Lua scripts: the .lua files of lua/<module>/<file>/ become the C arrays of
+# $(GEN)/lua/<module>/<file>.h, which <module>/<file>.c includes. Every object
+# waits for them (order only: the .d files carry the real dependency).
+LUA_DIRS := $(patsubst %/,%,$(sort $(dir $(wildcard lua/*/*/*.lua))))
+LUA_HDRS := $(patsubst %,$(GEN)/%.h,$(LUA_DIRS))
+define LUA_RULE
+$(GEN)/$(1).h: $(wildcard $(1)/*.lua) lua/lua2c.sh
+	@mkdir -p $$(@D)
+	lua/lua2c.sh $(1) > $$@.tmp && mv $$@.tmp $$@
+endef
+$(foreach d,$(LUA_DIRS),$(eval $(call LUA_RULE,$(d))))
+lua: $(LUA_HDRS)
+
+$(BUILD)/obj/%.o: %.c $(FLAGS_STAMP) | $(LUA_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(PKG_CFLAGS) -c $< -o $@
 
@@ -81,7 +96,7 @@ $(BUILD)/tests/%: tests/%.c $(call obj,$(TEST_LIB_SRCS)) $(MODLIBS) $(FLAGS_STAM
 	$(CC) $(ALL_CFLAGS) $(PKG_CFLAGS) -Itests $< $(call obj,$(TEST_LIB_SRCS)) $(MODLIBS) \
 	    $(LDFLAGS) $(TEST_LDLIBS) -o $@
 
-.PHONY: all deps test check test-asan fuzz fuzz-replay-bins bench bench-ttft run demo clean format format-check install deb
+.PHONY: all lua deps test check test-asan fuzz fuzz-replay-bins bench bench-ttft run demo clean format format-check install deb
 all: $(BINS) $(TEST_BINS) fuzz-replay-bins
 
 deps:
@@ -113,11 +128,11 @@ $(BUILD)/fuzz-replay/%: tests/fuzz/fuzz_%.c tests/fuzz/replay_main.c $(MODLIBS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(PKG_CFLAGS) $^ $(LDFLAGS) $(LDLIBS) -o $@
 
-fuzz: deps
+fuzz: deps $(LUA_HDRS) $(GEN)/dashboard_html.h
 	@mkdir -p build/fuzz
 	@for n in $(FUZZ_NAMES); do \
 	  echo "fuzz: building $$n"; \
-	  clang -std=c11 -D_GNU_SOURCE -g -O1 -I. $(PKG_CFLAGS) -DWP_PREFIX='"$(PREFIX)"' \
+	  clang -std=c11 -D_GNU_SOURCE -g -O1 -I. -I$(GEN) $(PKG_CFLAGS) -DWP_PREFIX='"$(PREFIX)"' \
 	    -fsanitize=fuzzer,address,undefined tests/fuzz/fuzz_$$n.c $(FUZZ_LIB_SRCS) \
 	    $(LDLIBS) -o build/fuzz/$$n || exit 1; \
 	  mkdir -p build/fuzz/corpus-$$n; \

@@ -13,15 +13,33 @@
 
 #include <hiredis/adapters/libev.h>
 #include <hiredis/hiredis.h>
+#include <openssl/evp.h>
 
 #include "base/log.h"
 #include "base/err.h"
 #include "base/redis.h"
 #include "base/sentinel.h"
 
+/* A script this connection has run (wp_redis_script): the caller's text
+ * (the lookup key), our copy of it (compared at each lookup, and what a
+ * NOSCRIPT retry sends after the caller's call returned), its SHA1 in hex,
+ * and the connection it last went out as EVAL on (Redis has it there,
+ * unless SCRIPT FLUSH). Freed with the connection. */
+struct script {
+    const char *key;
+    char *text;
+    size_t len;
+    char sha[41];
+    unsigned sent_conn; /* wp_redis.conn when last sent as EVAL; 0: never */
+};
+#define MAX_SCRIPTS 128 /* more (scripts made at run time?): plain EVAL */
+
 struct wp_redis {
     struct ev_loop *loop;
     redisAsyncContext *ac; /* NULL while disconnected */
+    unsigned conn;         /* counts connections made: a new one has no scripts */
+    struct script *scripts[MAX_SCRIPTS];
+    int n_scripts;
     bool connected;
     bool closing;
     char host[128];
@@ -247,6 +265,7 @@ static void connect_addr(struct wp_redis *r)
         return;
     }
     ac->data = r;
+    r->conn++;
     redisLibevAttach(r->loop, ac);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
@@ -402,6 +421,10 @@ void wp_redis_free(struct wp_redis *r)
          * r is gone. Pending commands get NULL replies (now, or then). */
         ac->data = NULL;
         redisAsyncFree(ac);
+    }
+    for (int i = 0; i < r->n_scripts; i++) {
+        free(r->scripts[i]->text);
+        free(r->scripts[i]);
     }
     free(r);
 }
@@ -565,17 +588,110 @@ int wp_redis_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc,
     return 0;
 }
 
+/* The script text's entry, made on first use; NULL when out of room or
+ * memory (the caller then sends EVAL as before). */
+static struct script *script_of(struct wp_redis *r, const char *text)
+{
+    size_t len = strlen(text);
+    for (int i = 0; i < r->n_scripts; i++) {
+        struct script *s = r->scripts[i];
+        if (s->key == text && s->len == len && memcmp(s->text, text, len) == 0)
+            return s;
+    }
+    if (r->n_scripts == MAX_SCRIPTS)
+        return NULL;
+    struct script *s = calloc(1, sizeof(*s));
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    if (!s || !(s->text = malloc(len + 1)) ||
+        !EVP_Digest(text, len, md, &mdlen, EVP_sha1(), NULL) || mdlen != 20) {
+        if (s)
+            free(s->text);
+        free(s);
+        return NULL;
+    }
+    memcpy(s->text, text, len + 1);
+    s->key = text;
+    s->len = len;
+    for (unsigned i = 0; i < mdlen; i++)
+        snprintf(s->sha + 2 * i, 3, "%02x", md[i]);
+    r->scripts[r->n_scripts++] = s;
+    return s;
+}
+
+/* An EVALSHA in flight: the formatted command, kept for a NOSCRIPT retry. */
+struct shacmd {
+    struct wp_redis *r;
+    struct script *s;
+    wp_redis_cb cb;
+    void *ctx;
+    char *cmd; /* "*N\r\n$7\r\nEVALSHA\r\n$40\r\n<sha>\r\n" then numkeys and args */
+    size_t len;
+    bool retried;
+};
+
+/* The same command as EVAL <text>: Redis compiles and caches it again. */
+static int resend_as_eval(redisAsyncContext *ac, struct shacmd *c, redisCallbackFn *fn)
+{
+    const char *tail = memchr(c->cmd, '\n', c->len);
+    int n = atoi(c->cmd + 1);
+    if (!tail)
+        return -1;
+    tail += 1 + 13 + 47; /* "$7\r\nEVALSHA\r\n", "$40\r\n<40 hex>\r\n" */
+    size_t tlen = c->len - (size_t)(tail - c->cmd);
+    char head[64];
+    int hl = snprintf(head, sizeof(head), "*%d\r\n$4\r\nEVAL\r\n$%zu\r\n", n, c->s->len);
+    size_t len = (size_t)hl + c->s->len + 2 + tlen;
+    char *cmd = malloc(len);
+    if (!cmd)
+        return -1;
+    memcpy(cmd, head, (size_t)hl);
+    memcpy(cmd + hl, c->s->text, c->s->len);
+    memcpy(cmd + hl + c->s->len, "\r\n", 2);
+    memcpy(cmd + hl + c->s->len + 2, tail, tlen);
+    int rc = redisAsyncFormattedCommand(ac, fn, c, cmd, len) == REDIS_OK ? 0 : -1;
+    free(cmd); /* hiredis copied it */
+    return rc;
+}
+
+static void sha_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct shacmd *c = privdata;
+    redisReply *rep = reply;
+    check_readonly(ac, rep); /* a replica now: as for every other command */
+    /* Not known there (SCRIPT FLUSH, a script cache evicted): once more as
+     * EVAL, and the caller sees only that reply. ac->data is NULL once the
+     * connection was freed (then c->r and c->s are gone). */
+    if (rep && rep->type == REDIS_REPLY_ERROR && !c->retried && ac->data == c->r &&
+        strncmp(rep->str, "NOSCRIPT", 8) == 0) {
+        c->retried = true;
+        if (resend_as_eval(ac, c, sha_reply) == 0) {
+            c->s->sent_conn = c->r->conn;
+            return;
+        }
+        rep = NULL; /* could not ask again: as if disconnected */
+    }
+    wp_redis_cb cb = c->cb;
+    void *ctx = c->ctx;
+    redisFreeCommand(c->cmd);
+    free(c);
+    if (cb)
+        cb(ctx, rep);
+}
+
 int wp_redis_script(struct wp_redis *r, const char *script, wp_redis_cb cb,
                         void *ctx, int nkeys, int argc, const char **argv,
                         const size_t *lens)
 {
-    /* EVAL with the text each time: Redis caches the compiled script by its
-     * SHA1, so this costs one hash per call and never sees NOSCRIPT. */
+    /* EVAL the first time on a connection (that loads it), then EVALSHA:
+     * the text crosses the wire once per connection, not per call. */
     const char *av[256];
     size_t al[256];
     char nk[16];
     if (argc + 3 > 256)
         return WP_EINVAL_INPUT;
+    if (!wp_redis_ready(r))
+        return WP_ESTATE;
     snprintf(nk, sizeof(nk), "%d", nkeys);
     av[0] = "EVAL";
     al[0] = 4;
@@ -587,7 +703,38 @@ int wp_redis_script(struct wp_redis *r, const char *script, wp_redis_cb cb,
         av[3 + i] = argv[i];
         al[3 + i] = lens ? lens[i] : strlen(argv[i]);
     }
-    return wp_redis_argv(r, cb, ctx, argc + 3, av, al);
+    struct script *s = script_of(r, script);
+    /* The durable mode's WAIT rides on wp_redis_argv: scripts go as EVAL
+     * there (the text every time, the WAIT after each). */
+    if (!s || s->sent_conn != r->conn || r->wait_n > 0) {
+        int rc = wp_redis_argv(r, cb, ctx, argc + 3, av, al);
+        if (rc == 0 && s)
+            s->sent_conn = r->conn;
+        return rc;
+    }
+    av[0] = "EVALSHA";
+    al[0] = 7;
+    av[1] = s->sha;
+    al[1] = 40;
+    struct shacmd *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    int len = redisFormatCommandArgv(&c->cmd, argc + 3, av, al);
+    if (len < 0) {
+        free(c);
+        return -ENOMEM;
+    }
+    c->len = (size_t)len;
+    c->r = r;
+    c->s = s;
+    c->cb = cb;
+    c->ctx = ctx;
+    if (redisAsyncFormattedCommand(r->ac, sha_reply, c, c->cmd, c->len) != REDIS_OK) {
+        redisFreeCommand(c->cmd);
+        free(c);
+        return WP_ESTATE;
+    }
+    return 0;
 }
 
 int wp_redis_subscribe(struct wp_redis *r, const char *channel, wp_redis_cb cb, void *ctx)

@@ -32,8 +32,11 @@ bool wp_redis_ready(const struct wp_redis *r);
  * the sender does not act on). */
 int wp_redis_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc, const char **argv,
                   const size_t *lens);
-/* EVAL a Lua script (Redis caches it by SHA1): argv holds the nkeys keys
- * then the arguments, argc counting both. Same contract. */
+/* Run a Lua script: argv holds the nkeys keys then the arguments, argc
+ * counting both. Same contract. The first call of a script on a connection
+ * sends EVAL (which loads it), later ones EVALSHA; a NOSCRIPT answer (after
+ * SCRIPT FLUSH) is retried as EVAL, and cb sees only that reply (a retried
+ * call runs after what was sent on the connection meanwhile). */
 int wp_redis_script(struct wp_redis *r, const char *script, wp_redis_cb cb, void *ctx, int nkeys,
                     int argc, const char **argv, const size_t *lens);
 

@@ -43,11 +43,7 @@ struct pool__catalog {
     double last;
 };
 
-/* Only while the template hash exists: a late note must not recreate the
- * hash of an environment that was just deleted. */
-static const char lua_note[] =
-    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end\n"
-    "return 1\n";
+#include "lua/pool/catalog.h" /* its Lua scripts: lua/pool/catalog/ (Makefile) */
 
 static void ignore(void *ctx, redisReply *reply)
 {

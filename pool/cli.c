@@ -16,6 +16,7 @@
 #include "base/sentinel.h"
 #include "pool/pool_int.h"
 #include "snapshot/snapshot.h"
+#include "lua/pool/cli.h" /* its Lua scripts: lua/pool/cli/ (Makefile) */
 
 static const char usage[] =
     "usage: warmpool [--redis HOST:PORT | --redis-sentinels HOST:PORT,... --redis-master NAME]\n"
@@ -198,10 +199,7 @@ static int pool_set(int argc, char **argv)
             snprintf(field, sizeof(field), "%s", key);
         freeReplyObject(cmd("HSET wp:env:{%s}:policy %s %ld", env, field, v));
         if (!node) /* every node: drop per-node overrides of this field */
-            freeReplyObject(cmd("EVAL %s 1 wp:env:{%s}:policy %s",
-                                "for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do "
-                                "if string.sub(f, 1, #ARGV[1] + 1) == ARGV[1] .. ':' then "
-                                "redis.call('HDEL', KEYS[1], f) end end return 1",
+            freeReplyObject(cmd("EVAL %s 1 wp:env:{%s}:policy %s", lua_drop_overrides,
                                 env, key));
         printf("%s %s = %ld%s%s\n", env, key, v, node ? " on node " : "", node ? node : "");
         if (strcmp(key, "min_hot") == 0)

@@ -73,27 +73,7 @@ static int quota_set(cmd_fn cmd, int argc, char **argv)
     return 0;
 }
 
-/* One organization's use, computed by Redis as the schedulers count it:
- * {sessions, sandboxes, hot, memory_mb, cpu, disk_mb}. */
-static const char lua_usage[] =
-    "local now = tonumber(ARGV[1])\n"
-    "local sbx = 0\n"
-    "local all = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')\n"
-    "for i = 1, #all, 2 do\n"
-    "  local st = redis.call('HGET', 'wp:sbx:' .. all[i], 'status')\n"
-    "  if not (st == 'failed' or st == 'expired' or (not st and now - tonumber(all[i + 1]) > 60000)) then\n"
-    "    sbx = sbx + 1 end\n"
-    "end\n"
-    "local h, m, c, d = 0, 0, 0, 0\n"
-    "local envs = redis.call('HGETALL', KEYS[3])\n"
-    "for i = 2, #envs, 2 do\n"
-    "  local a, b, x, y = string.match(envs[i], '^(%S+) (%S+) (%S+) (%S+)$')\n"
-    "  a = tonumber(a) or 0\n"
-    "  h = h + a; m = m + a * (tonumber(b) or 0); c = c + a * (tonumber(x) or 0)\n"
-    "  d = d + a * (tonumber(y) or 0)\n"
-    "end\n"
-    "return {tostring(redis.call('ZCARD', KEYS[1])), tostring(sbx), tostring(h), tostring(m),\n"
-    "        tostring(c), tostring(d)}\n";
+#include "lua/pool/cli_quota.h" /* its Lua scripts: lua/pool/cli_quota/ (Makefile) */
 
 static int show_org(cmd_fn cmd, const char *org)
 {
@@ -132,21 +112,7 @@ static int quota_show(cmd_fn cmd, int argc, char **argv)
         return show_org(cmd, argv[1]);
     }
     /* Every organization with a quota or with use counted. */
-    redisReply *k = cmd("EVAL %s 0",
-                          "local seen, out = {}, {}\n"
-                          "for _, p in ipairs({'wp:quota:*', 'wp:quotause:envs:*', 'wp:quotause:sbx:*'}) do\n"
-                          "  local cur = '0'\n"
-                          "  repeat\n"
-                          "    local r = redis.call('SCAN', cur, 'MATCH', p, 'COUNT', 1000)\n"
-                          "    cur = r[1]\n"
-                          "    for _, key in ipairs(r[2]) do\n"
-                          "      local o = string.match(key, '([^:]+)$')\n"
-                          "      if not seen[o] then seen[o] = true; table.insert(out, o) end\n"
-                          "    end\n"
-                          "  until cur == '0'\n"
-                          "end\n"
-                          "table.sort(out)\n"
-                          "return out\n");
+    redisReply *k = cmd("EVAL %s 0", lua_orgs);
     int rc = reply_ok(k) ? 0 : 1;
     if (!rc && k->elements == 0)
         printf("no organization has a quota or counted use\n");
@@ -156,21 +122,7 @@ static int quota_show(cmd_fn cmd, int argc, char **argv)
     if (rc)
         return rc;
     /* Pools open to every organization, the operator should know. */
-    redisReply *p = cmd("EVAL %s 0",
-                          "local out = {}\n"
-                          "local cur = '0'\n"
-                          "repeat\n"
-                          "  local r = redis.call('SCAN', cur, 'MATCH', 'wp:env:{*}:policy', 'COUNT', 1000)\n"
-                          "  cur = r[1]\n"
-                          "  for _, key in ipairs(r[2]) do\n"
-                          "    local name = string.match(key, '^wp:env:{(.*)}:policy$')\n"
-                          "    if name and string.sub(name, 1, 4) ~= 'env_' then\n"
-                          "      table.insert(out, name .. ' ' .. (redis.call('HGET', key, 'orgs') or '*'))\n"
-                          "    end\n"
-                          "  end\n"
-                          "until cur == '0'\n"
-                          "table.sort(out)\n"
-                          "return out\n");
+    redisReply *p = cmd("EVAL %s 0", lua_open_pools);
     for (size_t i = 0; reply_ok(p) && i < p->elements; i++) {
         char name[128], orgs[1024];
         if (sscanf(p->element[i]->str, "%127s %1023s", name, orgs) == 2)

@@ -67,18 +67,7 @@ struct op {
     void *ctx;
 };
 
-/* Pick a random live node among those serving the environment that is
- * not draining. None: {published in wp:tpls (0/1), nodes that served it
- * (live, draining or not)}: a claim waits for a draining node's successor.
- * Single Redis only: node keys live outside the environment's slot. */
-static const char lua_pick_node[] =
-    "local live, all = {}, redis.call('SMEMBERS', KEYS[1])\n"
-    "for _, n in ipairs(all) do\n"
-    "  if redis.call('EXISTS', 'wp:node:' .. n .. ':alive') == 1 and\n"
-    "     redis.call('EXISTS', 'wp:node:' .. n .. ':drain') == 0 then live[#live + 1] = n end\n"
-    "end\n"
-    "if #live == 0 then return {redis.call('HEXISTS', KEYS[2], ARGV[1]), #all} end\n"
-    "return live[math.random(#live)]\n";
+#include "lua/pool/client.h" /* its Lua scripts: lua/pool/client/ (Makefile) */
 
 /* Claim latency by tier as a histogram of power-of-two microsecond
  * buckets (`pool status` reads p50/p95 from it). */

@@ -28,7 +28,6 @@
 #include "base/timeutil.h"
 #include "snapshot/snapshot.h"
 
-
 enum img_state { IMG_NONE, IMG_BUILDING, IMG_READY, IMG_FAILED };
 /* Merging for an environment: off (its template), on, refused (a
  * multi-tenant node), or on by the operator's override on such a node. */

@@ -2,6 +2,8 @@
  * reaping dead nodes, reconciling Redis with what the node has, orphans. */
 #define WP_LOG_COMPONENT "node"
 #include "pool/node_int.h"
+#include "lua/pool/node_reconcile.h" /* its Lua scripts: lua/pool/node_reconcile/ (Makefile) */
+
 void node__register_node(struct node *n)
 {
     char key[160], alive[160], ttl[32], cap[16], mem[32], started[32];
@@ -38,19 +40,6 @@ void node__register_node(struct node *n)
         snprintf(mn, sizeof(mn), "%d", e->cfg.min_hot);
         snprintf(mx, sizeof(mx), "%d", e->cfg.max_hot);
         const char *s2[] = { "SADD", nodes, n->cfg.id };
-        /* This node's start-up values, written once when it registers and
-         * only where the operator has set nothing for every node: an
-         * operator's `pool set` (which drops per-node fields) must not be
-         * undone by the next heartbeat or by a restart. Without a field the
-         * node uses its start-up value anyway (policy_cb). API environments
-         * have none: their policy comes with them. */
-        static const char lua_startup[] =
-            "for i = 1, 2 do\n"
-            "  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then\n"
-            "    redis.call('HSETNX', KEYS[1], ARGV[i] .. ':' .. ARGV[5], ARGV[i + 2])\n"
-            "  end\n"
-            "end\n"
-            "return 1\n";
         const char *p1[] = { "EVAL", lua_startup, "1", pol, "min_hot", "max_hot", mn, mx, n->cfg.id };
         node__cmd(n, "env nodes", 3, s2);
         if (!e->api && !n->registered)
@@ -140,89 +129,6 @@ void node__register_node(struct node *n)
     }
     n->registered = true;
 }
-
-/* Mark every sandbox of a node whose heartbeat expired as lost, drop its
- * hot entries, forget the node. Idempotent: several reapers may race.
- * Single-instance Redis only (it spans environments' hash slots). */
-const char node__lua_reap[] =
-    "if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end\n"
-    "local n = 0\n"
-    "for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
-    "  local env, id = string.match(m, '^(%S+) (%S+)$')\n"
-    "  if env then\n"
-    "    local k = 'wp:env:{' .. env .. '}:sb:' .. id\n"
-    "    if redis.call('HGET', k, 'state') == 'idle' then\n"
-    "      redis.call('LREM', 'wp:env:{' .. env .. '}:hot', 0, id)\n"
-    "      redis.call('DEL', k)\n"
-    "    elseif redis.call('EXISTS', k) == 1 then\n"
-    "      redis.call('HSET', k, 'state', 'lost')\n"
-    "      redis.call('PUBLISH', 'wp:lost:' .. env, id)\n"
-    "    end\n"
-    "    redis.call('SREM', 'wp:env:{' .. env .. '}:nodes', ARGV[1])\n"
-    "    n = n + 1\n"
-    "  end\n"
-    "end\n"
-    "redis.call('DEL', KEYS[1], 'wp:node:' .. ARGV[1])\n"
-    "redis.call('SREM', 'wp:nodes', ARGV[1])\n"
-    "return n\n";
-
-/* The node's view of what exists wins (after a Redis restart, a lost
- * write, a crash between two commands): every local sandbox is written
- * back as the node knows it, unless Redis records a claim the node has not
- * read from its inbox yet; entries naming this node that it does not have
- * are dropped (idle) or marked lost (leased); the fencing counter never
- * goes below a token the node has seen. Leases whose holder stopped
- * renewing are returned so the node destroys them.
- * KEYS[1] node's sandbox set. ARGV[1] node, ARGV[2] now_ms, ARGV[3]
- * lease_ms, ARGV[4] relay address, then one record per local sandbox:
- * "env<TAB>id<TAB>state<TAB>token<TAB>session<TAB>root". */
-static const char lua_reconcile[] =
-    "local have, expired = {}, {}\n"
-    "for i = 5, #ARGV do\n"
-    "  local env, id, st, tok, sess, root =\n"
-    "    string.match(ARGV[i], '^([^\t]+)\t([^\t]+)\t([^\t]+)\t([^\t]*)\t([^\t]*)\t(.*)$')\n"
-    "  if env then\n"
-    "    local m = env .. ' ' .. id\n"
-    "    have[m] = true\n"
-    "    local k = 'wp:env:{' .. env .. '}:sb:' .. id\n"
-    "    local hot = 'wp:env:{' .. env .. '}:hot'\n"
-    "    local cur = redis.call('HGET', k, 'state')\n"
-    "    if st == 'idle' and cur ~= 'leased' then\n"
-    "      redis.call('HSET', k, 'node', ARGV[1], 'addr', root, 'state', 'idle', 'relay', ARGV[4])\n"
-    "      if not redis.call('LPOS', hot, id) then redis.call('RPUSH', hot, id) end\n"
-    "    elseif st == 'leased' then\n"
-    "      local until_ = tonumber(redis.call('HGET', k, 'lease_until') or '0')\n"
-    "      if cur == 'leased' and until_ > 0 and until_ < tonumber(ARGV[2]) then\n"
-    "        expired[#expired + 1] = m\n"
-    "      else\n"
-    "        if until_ == 0 then until_ = tonumber(ARGV[2]) + tonumber(ARGV[3]) end\n"
-    "        redis.call('HSET', k, 'node', ARGV[1], 'addr', root, 'state', 'leased',\n"
-    "                   'token', tok, 'session', sess, 'lease_until', until_, 'relay', ARGV[4])\n"
-    "      end\n"
-    "      local f = 'wp:env:{' .. env .. '}:fence'\n"
-    "      if tonumber(redis.call('GET', f) or '0') < tonumber(tok) then redis.call('SET', f, tok) end\n"
-    "    end\n"
-    "    redis.call('SADD', KEYS[1], m)\n"
-    "  end\n"
-    "end\n"
-    "for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
-    "  if not have[m] then\n"
-    "    local env, id = string.match(m, '^(%S+) (%S+)$')\n"
-    "    if env then\n"
-    "      local k = 'wp:env:{' .. env .. '}:sb:' .. id\n"
-    "      local st = redis.call('HGET', k, 'state')\n"
-    "      if st == 'idle' or st == 'released' then\n"
-    "        redis.call('LREM', 'wp:env:{' .. env .. '}:hot', 0, id)\n"
-    "        redis.call('DEL', k)\n"
-    "      elseif st == 'leased' then\n"
-    "        redis.call('HSET', k, 'state', 'lost')\n"
-    "        redis.call('PUBLISH', 'wp:lost:' .. env, id)\n"
-    "      end\n"
-    "    end\n"
-    "    redis.call('SREM', KEYS[1], m)\n"
-    "  end\n"
-    "end\n"
-    "return expired\n";
 
 static void reconcile_cb(void *ctx, redisReply *reply)
 {

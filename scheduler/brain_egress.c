@@ -34,33 +34,7 @@
 
 #define MAX_VAULTS 64
 
-/* KEYS: none. ARGV: org, credential kind name, environment id, session
- * id, vault ids... Returns {environment json or "", session json or "",
- * {rtok:<resource> field, sealed token, ...}, then for every vault of org
- * that is not archived, in the order given, its credentials not archived
- * in creation order: id, vault id, json, sealed}. */
-static const char lua_egress_creds[] =
-    "local out = {redis.call('HGET', 'wp:obj:' .. ARGV[3], 'json') or '',\n"
-    "             redis.call('HGET', 'wp:obj:' .. ARGV[4], 'json') or ''}\n"
-    "local toks = {}\n"
-    "local all = redis.call('HGETALL', 'wp:obj:' .. ARGV[4])\n"
-    "for i = 1, #all, 2 do\n"
-    "  if string.sub(all[i], 1, 5) == 'rtok:' then table.insert(toks, all[i]); table.insert(toks, all[i + 1]) end\n"
-    "end\n"
-    "table.insert(out, toks)\n"
-    "for i = 5, #ARGV do\n"
-    "  local v = redis.call('HMGET', 'wp:obj:' .. ARGV[i], 'org', 'archived')\n"
-    "  if v[1] == ARGV[1] and v[2] ~= '1' then\n"
-    "    local idx = 'wp:idx:' .. ARGV[1] .. ':' .. ARGV[i] .. ':' .. ARGV[2] .. ':active'\n"
-    "    for _, id in ipairs(redis.call('ZRANGE', idx, 0, 99)) do\n"
-    "      local c = redis.call('HMGET', 'wp:obj:' .. id, 'json', 'sealed', 'archived', 'org')\n"
-    "      if c[1] and c[2] and c[3] ~= '1' and c[4] == ARGV[1] then\n"
-    "        table.insert(out, id); table.insert(out, ARGV[i]); table.insert(out, c[1]); table.insert(out, c[2])\n"
-    "      end\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-    "return out\n";
+#include "lua/scheduler/brain_egress.h" /* its Lua scripts: lua/scheduler/brain_egress/ (Makefile) */
 
 static const char *sget(json_t *o, const char *k)
 {

@@ -74,24 +74,7 @@ struct sched_brain_mcp {
     struct bmcp_call *calls;
 };
 
-/* KEYS: none. ARGV: org, credential kind name, vault ids... For every
- * vault of org that is not archived, in the order given, its credentials
- * not archived in creation order: {id, json, sealed, rev} flattened. */
-static const char lua_creds[] =
-    "local out = {}\n"
-    "for i = 3, #ARGV do\n"
-    "  local v = redis.call('HMGET', 'wp:obj:' .. ARGV[i], 'org', 'archived')\n"
-    "  if v[1] == ARGV[1] and v[2] ~= '1' then\n"
-    "    local idx = 'wp:idx:' .. ARGV[1] .. ':' .. ARGV[i] .. ':' .. ARGV[2] .. ':active'\n"
-    "    for _, id in ipairs(redis.call('ZRANGE', idx, 0, 99)) do\n"
-    "      local c = redis.call('HMGET', 'wp:obj:' .. id, 'json', 'sealed', 'rev', 'archived', 'org')\n"
-    "      if c[1] and c[2] and c[4] ~= '1' and c[5] == ARGV[1] then\n"
-    "        table.insert(out, id); table.insert(out, c[1]); table.insert(out, c[2]); table.insert(out, c[3] or '0')\n"
-    "      end\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-    "return out\n";
+#include "lua/scheduler/brain_mcp.h" /* its Lua scripts: lua/scheduler/brain_mcp/ (Makefile) */
 
 static void list_server(struct sched_brain_mcp *m, int i);
 static void call_run(struct bmcp_call *c);

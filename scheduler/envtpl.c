@@ -449,25 +449,7 @@ json_t *sched__envtpl_template(json_t *env, const char *hands_dir, double *min_h
 
 /* ---- publishing ---------------------------------------------------------- */
 
-/* KEYS: tpl, tpls, policy. ARGV: name, template, digest, org, min, max,
- * now_ms, env id. One script: a node never sees a template without its
- * policy. Spans hash slots (wp:tpls): single Redis, like the reaper. */
-static const char lua_publish[] =
-    "redis.call('HSET', KEYS[1], 'template', ARGV[2], 'digest', ARGV[3], 'org', ARGV[4],\n"
-    "  'updated_ms', ARGV[7], 'env', ARGV[8])\n"
-    "redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n"
-    "redis.call('HSET', KEYS[3], 'api_min_hot', ARGV[5], 'api_max_hot', ARGV[6])\n"
-    "return 1\n";
-
-/* KEYS: tpl, tpls, policy, obj, quota use. ARGV: name, org, env id. Only the owner's
- * environment (the object is checked in the same script). */
-static const char lua_unpublish[] =
-    "if redis.call('HGET', KEYS[4], 'org') ~= ARGV[2] then return 0 end\n"
-    "redis.call('HDEL', KEYS[5], ARGV[3])\n" /* its hot clones leave the org's quota use */
-    "redis.call('DEL', KEYS[1])\n"
-    "redis.call('HDEL', KEYS[2], ARGV[1])\n"
-    "redis.call('HDEL', KEYS[3], 'api_min_hot', 'api_max_hot')\n"
-    "return 1\n";
+#include "lua/scheduler/envtpl.h" /* its Lua scripts: lua/scheduler/envtpl/ (Makefile) */
 
 static void keys_of(const char *name, char *tpl, char *pol, size_t cap)
 {

@@ -15,69 +15,7 @@
 #include "base/timeutil.h"
 #include "scheduler/sched_int.h"
 
-/* KEYS: session obj, stream, brain lease. ARGV: org, a fresh work id, now (ms), now
- * (RFC 3339), then (type, json) pairs.
- * Appends each event and the status events its arrival causes, updates
- * the session's live status; returns the stream ids of the client events
- * followed by the final status. Errors: NOTFOUND, TERMINATED, LOGFULL.
- * ARGV: org, work id, now ms, now, log cap (0: none), then (type, json)
- * pairs.
- * A session of a self_hosted environment whose last work item has stopped
- * (a dormant session) gets a new work item when input arrives, with the
- * fresh id, so a worker picks it up again (work.c has the layout). */
-const char sched__lua_append[] =
-    "local h = redis.call('HMGET', KEYS[1], 'org', 'status', 'archived', 'self_hosted', 'work_id', 'environment_id')\n"
-    "if h[1] ~= ARGV[1] then return redis.error_reply('NOTFOUND') end\n"
-    "local status = h[2] or 'idle'\n"
-    "if status == 'terminated' or h[3] == '1' then return redis.error_reply('TERMINATED') end\n"
-    /* The log's cap: input that would take it past ARGV[5] entries is
-     * refused whole (the turn it would start could not be logged). */
-    "local cap, len = tonumber(ARGV[5]), redis.call('XLEN', KEYS[2])\n"
-    "if cap > 0 and len + (#ARGV - 5) / 2 + 1 > cap then\n"
-    "  return redis.error_reply('LOGFULL ' .. len .. ' ' .. cap)\n"
-    "end\n"
-    "local ids = {}\n"
-    "local input = false\n"
-    "for i = 6, #ARGV, 2 do\n"
-    "  local t = ARGV[i]\n"
-    "  table.insert(ids, redis.call('XADD', KEYS[2], '*', 't', t, 'e', ARGV[i + 1]))\n"
-    "  if t ~= 'user.interrupt' then input = true end\n"
-    /* The status machine of events.md 15. The brain (brain.c) emits the
-     * running -> idle transitions of a finished turn; an interrupt is
-     * answered here only when no brain holds the session (none runs, or
-     * none is configured), so a session without a brain returns to idle. */
-    "  if (t == 'user.message' or t == 'user.define_outcome') and status == 'idle' then\n"
-    "    status = 'running'\n"
-    "    redis.call('XADD', KEYS[2], '*', 't', 'session.status_running', 'e', '{\"type\":\"session.status_running\"}')\n"
-    "  elseif t == 'user.interrupt' and (status == 'running' or status == 'rescheduling') and\n"
-    "         redis.call('EXISTS', KEYS[3]) == 0 then\n"
-    "    status = 'idle'\n"
-    "    redis.call('XADD', KEYS[2], '*', 't', 'session.status_idle', 'e', '{\"type\":\"session.status_idle\",\"stop_reason\":{\"type\":\"end_turn\"},\"stop_details\":null}')\n"
-    "  end\n"
-    "end\n"
-    "redis.call('HSET', KEYS[1], 'status', status, 'live', '\"status\":\"' .. status .. '\"')\n"
-    /* The brain's sweep looks for sessions with input and no brain here. */
-    "if input then redis.call('ZADD', 'wp:brain:active', 'NX', 0, string.match(KEYS[1], '^wp:obj:(.*)$')) end\n"
-    "if input and h[4] == '1' and h[6] then\n"
-    "  local state = h[5] and redis.call('HGET', 'wp:obj:' .. h[5], 'state')\n"
-    "  if not state or state == 'stopped' then\n"
-    "    local env, wid, sid = h[6], ARGV[2], string.match(KEYS[1], '^wp:obj:(.*)$')\n"
-    "    local scope = ARGV[1] .. ':' .. env\n"
-    "    local k = 'wp:obj:' .. wid\n"
-    "    local seq = redis.call('INCR', 'wp:seq')\n"
-    "    local js = '{\"id\":\"' .. wid .. '\",\"type\":\"work\",\"environment_id\":\"' .. env ..\n"
-    "      '\",\"data\":{\"type\":\"session\",\"id\":\"' .. sid .. '\"},\"metadata\":{},\"secret\":null,\"created_at\":\"' .. ARGV[4] .. '\"}'\n"
-    "    redis.call('HSET', k, 'org', ARGV[1], 'scope', scope, 'json', js, 'rev', 1, 'archived', 0,\n"
-    "      'seq', seq, 'state', 'queued', 'created_ms', ARGV[3], 'live',\n"
-    "      '\"state\":\"queued\",\"acknowledged_at\":null,\"started_at\":null,\"latest_heartbeat_at\":null,\"stop_requested_at\":null,\"stopped_at\":null')\n"
-    "    redis.call('ZADD', 'wp:wq:{' .. env .. '}:queued', seq, wid)\n"
-    "    redis.call('ZADD', 'wp:idx:' .. scope .. ':work', seq, wid)\n"
-    "    redis.call('ZADD', 'wp:idx:' .. scope .. ':work:active', seq, wid)\n"
-    "    redis.call('HSET', KEYS[1], 'work_id', wid)\n"
-    "  end\n"
-    "end\n"
-    "table.insert(ids, status)\n"
-    "return ids\n";
+#include "lua/scheduler/events.h" /* its Lua scripts: lua/scheduler/events/ (Makefile) */
 
 static const char *const block_types_user[] = {"text", "image", "document", "redacted", NULL};
 static const char *const block_types_result[] = {"text", "image", "document", "search_result",
@@ -386,40 +324,6 @@ void sched__h_events_send(struct sched_req *req)
 }
 
 /* ---- history ---- */
-
-/* KEYS: obj, stream. ARGV: org, start, end, limit, order, types (comma
- * list or ''). Start/end are XRANGE bounds (exclusive '(' allowed).
- * Entries may carry an explicit event id (field i, set by the brain for
- * events announced before they were written); stream-only previews
- * (event_start, event_delta) are never history.
- * Returns {more, stream id1, explicit id1 or '', json1, ...}. */
-static const char lua_list[] =
-    "if redis.call('HGET', KEYS[1], 'org') ~= ARGV[1] then return redis.error_reply('NOTFOUND') end\n"
-    "local lo, hi, limit, asc, types = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] == 'asc', ARGV[6]\n"
-    "local out, more, scanned = {}, 0, 0\n"
-    "while true do\n"
-    "  local batch\n"
-    "  if asc then batch = redis.call('XRANGE', KEYS[2], lo, hi, 'COUNT', limit + 1)\n"
-    "  else batch = redis.call('XREVRANGE', KEYS[2], hi, lo, 'COUNT', limit + 1) end\n"
-    "  if #batch == 0 then break end\n"
-    "  for _, ent in ipairs(batch) do\n"
-    "    local id, f = ent[1], ent[2]\n"
-    "    scanned = scanned + 1\n"
-    "    if asc then lo = '(' .. id else hi = '(' .. id end\n"
-    "    local t, e, x = f[2], f[4], ''\n"
-    "    if f[5] == 'i' then x = f[6] end\n"
-    "    if t ~= 'event_start' and t ~= 'event_delta' and\n"
-    "       (types == '' or string.find(',' .. types .. ',', ',' .. t .. ',', 1, true)) then\n"
-    "      if #out >= 3 * limit then more = 1; break end\n"
-    "      table.insert(out, id); table.insert(out, x); table.insert(out, e)\n"
-    "    end\n"
-    "  end\n"
-    "  if more == 1 or #batch < limit + 1 or scanned > 20000 then break end\n"
-    "end\n"
-    "if scanned > 20000 and more == 0 then more = 1 end\n"
-    "local res = {more}\n"
-    "for i = 1, #out do table.insert(res, out[i]) end\n"
-    "return res\n";
 
 static void list_cb(void *ctx, redisReply *reply)
 {

@@ -356,14 +356,7 @@ const char *sched__file_mount_path(json_t *fid, json_t *mp, char *out, size_t ca
     return NULL;
 }
 
-/* KEYS: the files' object keys; ARGV[1]: org. The 1-based index of the
- * first that is not a live file of org, or 0. */
-static const char lua_owned[] =
-    "for i = 1, #KEYS do\n"
-    "  local h = redis.call('HMGET', KEYS[i], 'org', 'archived')\n"
-    "  if h[1] ~= ARGV[1] or h[2] ~= '0' then return i end\n"
-    "end\n"
-    "return 0\n";
+#include "lua/scheduler/files.h" /* its Lua scripts: lua/scheduler/files/ (Makefile) */
 
 static void owned_cb(void *ctx, redisReply *reply)
 {

@@ -100,14 +100,7 @@ bool sched__cred_refresh_req(json_t *cred, json_t *secrets, struct mcp_refresh *
     return true;
 }
 
-/* KEYS: credential obj. ARGV: org, rev read, new json, new sealed. Not
- * stored when the credential changed meanwhile: an update through the
- * API wins over a refresh. */
-static const char lua_store_token[] =
-    "local h = redis.call('HMGET', KEYS[1], 'org', 'rev')\n"
-    "if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return 0 end\n"
-    "redis.call('HSET', KEYS[1], 'json', ARGV[3], 'sealed', ARGV[4], 'rev', tonumber(h[2]) + 1)\n"
-    "return 1\n";
+#include "lua/scheduler/mcp_creds.h" /* its Lua scripts: lua/scheduler/mcp_creds/ (Makefile) */
 
 int sched__cred_store_token(struct sched_server *srv, const char *org, const char *cred_id,
                             long long *rev, json_t *cred, json_t *secrets, json_t *tok)

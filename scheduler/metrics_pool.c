@@ -24,48 +24,7 @@
 
 #define METRICS_MAX_BYTES (8u << 20)
 
-/* Returns JSON: {"nodes": {N: {"alive": 0|1, "fields": {node hash},
- * "sbs": {E: {state: count}}}}, "envs": {E: {"hot": LLEN, "policy": {...},
- * "stats": {...}, "nodes": [N...], "mem": {N: {wp:env:{E}:mem:N}}}}}. Environments are those some node
- * holds sandboxes of or publishes a target for. */
-static const char lua_scrape[] =
-    "local out, envs = {nodes = {}, envs = {}}, {}\n"
-    "for _, n in ipairs(redis.call('SMEMBERS', 'wp:nodes')) do\n"
-    "  local h, f = redis.call('HGETALL', 'wp:node:' .. n), {}\n"
-    "  for i = 1, #h, 2 do f[h[i]] = h[i + 1] end\n"
-    "  local node = {alive = redis.call('EXISTS', 'wp:node:' .. n .. ':alive'), fields = f, sbs = {}}\n"
-    "  for k, _ in pairs(f) do\n"
-    "    local e = string.match(k, '^target:(.+)$')\n"
-    "    if e then envs[e] = true end\n"
-    "  end\n"
-    "  for _, m in ipairs(redis.call('SMEMBERS', 'wp:node:' .. n .. ':sbs')) do\n"
-    "    local e, id = string.match(m, '^(%S+) (%S+)$')\n"
-    "    if e then\n"
-    "      envs[e] = true\n"
-    "      local st = redis.call('HGET', 'wp:env:{' .. e .. '}:sb:' .. id, 'state') or 'unknown'\n"
-    "      node.sbs[e] = node.sbs[e] or {}\n"
-    "      node.sbs[e][st] = (node.sbs[e][st] or 0) + 1\n"
-    "    end\n"
-    "  end\n"
-    "  out.nodes[n] = node\n"
-    "end\n"
-    "for e, _ in pairs(envs) do\n"
-    "  local p, s = redis.call('HGETALL', 'wp:env:{' .. e .. '}:policy'),\n"
-    "               redis.call('HGETALL', 'wp:env:{' .. e .. '}:stats')\n"
-    "  local env = {hot = redis.call('LLEN', 'wp:env:{' .. e .. '}:hot'), policy = {}, stats = {},\n"
-    "               nodes = redis.call('SMEMBERS', 'wp:env:{' .. e .. '}:nodes')}\n"
-    "  for i = 1, #p, 2 do env.policy[p[i]] = p[i + 1] end\n"
-    "  for i = 1, #s, 2 do env.stats[s[i]] = s[i + 1] end\n"
-    /* what its clones hold on each node (memory.c publishes it) */
-    "  env.mem = {}\n"
-    "  for _, n in ipairs(env.nodes) do\n"
-    "    local m, f = redis.call('HGETALL', 'wp:env:{' .. e .. '}:mem:' .. n), {}\n"
-    "    for i = 1, #m, 2 do f[m[i]] = m[i + 1] end\n"
-    "    if #m > 0 then env.mem[n] = f end\n"
-    "  end\n"
-    "  out.envs[e] = env\n"
-    "end\n"
-    "return cjson.encode(out)\n";
+#include "lua/scheduler/metrics_pool.h" /* its Lua scripts: lua/scheduler/metrics_pool/ (Makefile) */
 
 /* ---- rendering the snapshot (pure; unit-tested) ---------------------------- */
 

@@ -38,69 +38,7 @@ void sched__key_quota(char *out, size_t cap, const char *what, const char *org)
         snprintf(out, cap, "wp:quota:%s", org);
 }
 
-/* Shared Lua: may ARGV[1] (org) use the pool whose policy is KEYS[3]? */
-#define LUA_POOL_ALLOWED                                                                      \
-    "local function pool_ok(pol, org)\n"                                                      \
-    "  local orgs = redis.call('HGET', pol, 'orgs')\n"                                        \
-    "  if not orgs or orgs == '*' then return true end\n"                                     \
-    "  return string.find(',' .. orgs .. ',', ',' .. org .. ',', 1, true) ~= nil\n"            \
-    "end\n"
-
-/* KEYS: quota, envs use, pool policy. ARGV: org, env id, mode ('pool' |
- * 'hot' | 'none'), min_hot, memory_mb, cpu, disk_mb. */
-static const char lua_env_gate[] = LUA_POOL_ALLOWED
-    "if ARGV[3] == 'pool' and not pool_ok(KEYS[3], ARGV[1]) then\n"
-    "  return redis.error_reply('POOL')\n"
-    "end\n"
-    "if ARGV[3] ~= 'hot' then redis.call('HDEL', KEYS[2], ARGV[2]) return 1 end\n"
-    "local h, m, c, d = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])\n"
-    "local use = {hot = h, memory_mb = h * m, cpu = h * c, disk_mb = h * d}\n"
-    "local one = {memory_mb = m, cpu = c, disk_mb = d}\n"
-    "local all = redis.call('HGETALL', KEYS[2])\n"
-    "for i = 1, #all, 2 do\n"
-    "  if all[i] ~= ARGV[2] then\n"
-    "    local a, b, x, y = string.match(all[i + 1], '^(%S+) (%S+) (%S+) (%S+)$')\n"
-    "    a, b, x, y = tonumber(a) or 0, tonumber(b) or 0, tonumber(x) or 0, tonumber(y) or 0\n"
-    "    use.hot = use.hot + a; use.memory_mb = use.memory_mb + a * b\n"
-    "    use.cpu = use.cpu + a * x; use.disk_mb = use.disk_mb + a * y\n"
-    "  end\n"
-    "end\n"
-    "for _, q in ipairs({'hot', 'memory_mb', 'cpu', 'disk_mb'}) do\n"
-    "  local lim = tonumber(redis.call('HGET', KEYS[1], q) or '')\n"
-    "  if lim then\n"
-    "    if one[q] and one[q] > lim then\n"
-    "      return redis.error_reply('QUOTA ' .. q .. ' ' .. lim .. ' ' .. one[q] .. ' one sandbox')\n"
-    "    end\n"
-    "    if use[q] > lim then\n"
-    "      return redis.error_reply('QUOTA ' .. q .. ' ' .. lim .. ' ' .. use[q] .. ' hot clones')\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-    "redis.call('HSET', KEYS[2], ARGV[2], ARGV[4] .. ' ' .. ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. ARGV[7])\n"
-    "return 1\n";
-
-/* KEYS: quota, sandboxes zset, pool policy. ARGV: org, sandbox id, now ms,
- * '1' for an operator pool. A member is dead once its record says failed or
- * expired, or has been missing for a minute (released, or never written
- * because its claim failed to start). */
-static const char lua_sbx_gate[] = LUA_POOL_ALLOWED
-    "if ARGV[4] == '1' and not pool_ok(KEYS[3], ARGV[1]) then\n"
-    "  return redis.error_reply('POOL')\n"
-    "end\n"
-    "local now, live = tonumber(ARGV[3]), 0\n"
-    "local all = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')\n"
-    "for i = 1, #all, 2 do\n"
-    "  local st = redis.call('HGET', 'wp:sbx:' .. all[i], 'status')\n"
-    "  if st == 'failed' or st == 'expired' or (not st and now - tonumber(all[i + 1]) > 60000) then\n"
-    "    redis.call('ZREM', KEYS[2], all[i])\n"
-    "  else live = live + 1 end\n"
-    "end\n"
-    "local lim = tonumber(redis.call('HGET', KEYS[1], 'sandboxes') or '')\n"
-    "if lim and live >= lim then\n"
-    "  return redis.error_reply('QUOTA sandboxes ' .. lim .. ' ' .. live .. ' live')\n"
-    "end\n"
-    "redis.call('ZADD', KEYS[2], now, ARGV[2])\n"
-    "return 1\n";
+#include "lua/scheduler/quota.h" /* its Lua scripts: lua/scheduler/quota/ (Makefile) */
 
 bool sched__pool_org_allowed(const char *orgs, const char *org)
 {

@@ -268,10 +268,7 @@ int sched__early_auth(struct sched_server *srv, const struct sched_http_req *h, 
     return 401;
 }
 
-const char sched__lua_ratelimit[] =
-    "local n = redis.call('INCR', KEYS[1])\n"
-    "if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end\n"
-    "return n\n";
+#include "lua/scheduler/route.h" /* its Lua scripts: lua/scheduler/route/ (Makefile) */
 
 /* Rate-limit classes, one counter each per organization and minute: the
  * Managed Agents API's create and read limits, and /v1/sandboxes' own,

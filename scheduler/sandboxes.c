@@ -547,19 +547,7 @@ static const char *field(redisReply *r, const char *name)
     return NULL;
 }
 
-/* The record, and the node's own state of the sandbox ("node_state":
- * leased, idle, lost, released, or "gone" when the node destroyed it),
- * in one round trip. Single Redis: the keys are in different slots. */
-static const char lua_sbx_get[] =
-    "local h = redis.call('HGETALL', KEYS[1])\n"
-    "local f = {}\n"
-    "for i = 1, #h, 2 do f[h[i]] = h[i + 1] end\n"
-    "if f.environment and f.sandbox and f.sandbox ~= '' then\n"
-    "  local st = redis.call('HGET', 'wp:env:{' .. f.environment .. '}:sb:' .. f.sandbox, 'state')\n"
-    "  h[#h + 1] = 'node_state'\n"
-    "  h[#h + 1] = st or 'gone'\n"
-    "end\n"
-    "return h\n";
+#include "lua/scheduler/sandboxes.h" /* its Lua scripts: lua/scheduler/sandboxes/ (Makefile) */
 
 /* What the record says, corrected by the node's state: a sandbox the
  * record calls ready whose node no longer holds it leased is failed. */

@@ -18,28 +18,7 @@ static const char *const create_fields[] = {"agent", "environment_id", "title", 
 static const char *const update_fields[] = {"title", "metadata", "agent", "budget",
                                             "vault_ids", NULL};
 
-static const char lua_prep[] =
-    "local a = redis.call('HMGET', KEYS[1], 'org', 'json', 'archived')\n"
-    "if a[1] ~= ARGV[1] then return redis.error_reply('AGENT_NOTFOUND') end\n"
-    "if a[3] == '1' then return redis.error_reply('AGENT_ARCHIVED') end\n"
-    "local js = a[2]\n"
-    "if ARGV[2] ~= '' then\n"
-    "  js = redis.call('LINDEX', KEYS[3], tonumber(ARGV[2]) - 1)\n"
-    "  if not js then return redis.error_reply('VERSION_NOTFOUND') end\n"
-    "end\n"
-    "local e = redis.call('HMGET', KEYS[2], 'org', 'archived', 'config_type')\n"
-    "if e[1] ~= ARGV[1] then return redis.error_reply('ENV_NOTFOUND') end\n"
-    "if e[2] == '1' then return redis.error_reply('ENV_ARCHIVED') end\n"
-    "return {js, e[3] or 'cloud'}\n";
-
-static const char lua_delete[] =
-    "if redis.call('HGET', KEYS[1], 'org') ~= ARGV[1] then return 0 end\n"
-    "redis.call('XADD', KEYS[2], '*', 't', 'session.deleted', 'e', '{\"type\":\"session.deleted\"}')\n"
-    "redis.call('PEXPIRE', KEYS[2], ARGV[3])\n"
-    "redis.call('DEL', KEYS[1])\n"
-    "redis.call('ZREM', KEYS[3], ARGV[2])\n"
-    "redis.call('ZREM', KEYS[4], ARGV[2])\n"
-    "return 1\n";
+#include "lua/scheduler/sessions.h" /* its Lua scripts: lua/scheduler/sessions/ (Makefile) */
 
 static const char *norm_resource(json_t *r, const char *now, json_t **out, json_t *tokens)
 {

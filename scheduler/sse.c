@@ -665,12 +665,7 @@ static void catch_up(struct sched_sse *s)
 
 /* ---- the request ---- */
 
-/* KEYS: session obj, stream. ARGV: org. Returns the log's last id. */
-static const char lua_open[] =
-    "if redis.call('HGET', KEYS[1], 'org') ~= ARGV[1] then return redis.error_reply('NOTFOUND') end\n"
-    "local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)\n"
-    "if #last == 0 then return '0-0' end\n"
-    "return last[1][1]\n";
+#include "lua/scheduler/sse.h" /* its Lua scripts: lua/scheduler/sse/ (Makefile) */
 
 static void open_cb(void *ctx, redisReply *reply)
 {

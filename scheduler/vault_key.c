@@ -191,12 +191,7 @@ char *sched__vault_unseal(const struct sched_vault_keys *k, const char *sealed, 
 
 /* ---- --rotate-vault-key ------------------------------------------------------ */
 
-/* KEYS: object. ARGV: the sealed value read, the new one. Compare and set:
- * a credential written meanwhile keeps its newer value. */
-static const char lua_cas[] =
-    "if redis.call('HGET', KEYS[1], 'sealed') ~= ARGV[1] then return 0 end\n"
-    "redis.call('HSET', KEYS[1], 'sealed', ARGV[2])\n"
-    "return 1\n";
+#include "lua/scheduler/vault_key.h" /* its Lua scripts: lua/scheduler/vault_key/ (Makefile) */
 
 int sched__vault_rotate(const struct sched_config *cfg, struct wp_err *err)
 {

@@ -143,15 +143,7 @@ void sched__h_vault_archive(struct sched_req *req)
     sched__obj_load(req, &sched__kind_vault, req->params[0], vault_archive_loaded);
 }
 
-/* KEYS: vault obj, credential index (all), credential index (active).
- * ARGV: org. Deletes the vault's credentials (their sealed secrets too). */
-static const char lua_drop_creds[] =
-    "if redis.call('HGET', KEYS[1], 'org') ~= ARGV[1] then return 0 end\n"
-    "for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do\n"
-    "  redis.call('DEL', 'wp:obj:' .. id)\n"
-    "end\n"
-    "redis.call('DEL', KEYS[2], KEYS[3])\n"
-    "return 1\n";
+#include "lua/scheduler/vaults.h" /* its Lua scripts: lua/scheduler/vaults/ (Makefile) */
 
 static void creds_dropped(void *ctx, redisReply *reply)
 {
