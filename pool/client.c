@@ -597,11 +597,20 @@ static void conn_io(struct ev_loop *loop, ev_io *w, int revents)
             conn_done(k, -soerr, NULL, "connect to relay: %s", strerror(soerr));
             return;
         }
-        ssize_t n = send(w->fd, k->buf.data, k->buf.len, MSG_NOSIGNAL);
-        if (n != (ssize_t)k->buf.len) {
-            conn_done(k, -EIO, NULL, "sending the route frame failed");
+        /* A frame with credentials can be larger than one send takes
+         * (up to POOL__ROUTE_MAX): the rest on the next EV_WRITE. */
+        ssize_t n = send(w->fd, k->buf.data, k->buf.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n <= 0) {
+            conn_done(k, -EIO, NULL, "sending the route frame failed: %s",
+                      n < 0 ? strerror(errno) : "closed");
             return;
         }
+        OPENSSL_cleanse(k->buf.data, (size_t)n);
+        wp_buf_consume(&k->buf, (size_t)n);
+        if (k->buf.len)
+            return;
         k->sent = true;
         wp_buf_reset(&k->buf);
         ev_io_stop(k->loop, w);
