@@ -48,6 +48,9 @@ struct claim {
     uint64_t wait_t0;   /* when it started waiting for a node; 0: not waiting */
     double waited_ms;   /* how long, once a node was found */
     double backoff;     /* seconds until the next pick while waiting */
+    char tried[POOL__CLAIM_NODES][64]; /* nodes that answered overloaded */
+    int n_tried;
+    char overloaded[256]; /* the last one's words */
     pool_claim_cb cb;
     void *ctx;
     ev_timer timer;
@@ -119,6 +122,7 @@ static void claim_fail(struct claim *cl, int code, const char *fmt, ...)
 }
 
 static void pick(struct claim *cl);
+static void pick_cb(void *ctx, redisReply *reply);
 
 static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
@@ -168,6 +172,18 @@ static void sub_cb(void *ctx, redisReply *reply)
         json_decref(o);
         ev_timer_set(&cl->retry, 0.02, 0.);
         ev_timer_start(c->loop, &cl->retry);
+        return;
+    }
+    if (json_is_integer(st) && json_integer_value(st) == WP_EOVERLOADED &&
+        cl->n_tried < POOL__CLAIM_NODES) {
+        /* Another node may have a restore slot free: the pick skips the
+         * ones that said no; none left is the claim's answer. */
+        const char *msg = json_string_value(json_object_get(o, "error"));
+        snprintf(cl->tried[cl->n_tried++], sizeof(cl->tried[0]), "%s", cl->node);
+        snprintf(cl->overloaded, sizeof(cl->overloaded), "%s", msg ? msg : "overloaded");
+        log_info("claim env=%s: node %s is overloaded, trying another", cl->env, cl->node);
+        json_decref(o);
+        pick(cl);
         return;
     }
     if (!json_is_integer(st) || json_integer_value(st) != 0) {
@@ -265,6 +281,13 @@ static void pick_cb(void *ctx, redisReply *reply)
         cl->backoff = cl->backoff * 2 > 0.25 ? 0.25 : cl->backoff * 2;
         return;
     }
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 &&
+        reply->element[0]->type == REDIS_REPLY_STRING &&
+        !strcmp(reply->element[0]->str, "overloaded")) {
+        claim_fail(cl, WP_EOVERLOADED, "all %d live nodes serving %s are overloaded; %s",
+                   cl->n_tried, cl->env, cl->overloaded);
+        return;
+    }
     if (reply->type != REDIS_REPLY_STRING) {
         claim_fail(cl, WP_EPROTO, "picking a node for %s: malformed reply", cl->env);
         return;
@@ -315,8 +338,10 @@ static void pick(struct claim *cl)
 {
     char nodes[160];
     snprintf(nodes, sizeof(nodes), POOL__K_NODES_OF, cl->env);
-    const char *argv[] = { nodes, POOL__K_TPLS, cl->env };
-    if (wp_redis_script(cl->c->r, lua_pick_node, pick_cb, cl, 2, 3, argv, NULL) < 0)
+    const char *argv[3 + POOL__CLAIM_NODES] = { nodes, POOL__K_TPLS, cl->env };
+    for (int i = 0; i < cl->n_tried; i++)
+        argv[3 + i] = cl->tried[i];
+    if (wp_redis_script(cl->c->r, lua_pick_node, pick_cb, cl, 2, 3 + cl->n_tried, argv, NULL) < 0)
         claim_fail(cl, WP_ESTATE, "redis not connected");
 }
 

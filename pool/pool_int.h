@@ -76,6 +76,7 @@ extern const char pool__lua_release[];
 struct ev_loop;
 struct wp_err;
 struct pool__relay;
+#define POOL__CLAIM_NODES 8 /* nodes one claim tries when they answer overloaded */
 #define POOL__ROUTE_MAX (256 * 1024) /* a route frame (with credentials) */
 struct pool__route {
     const char *env, *sandbox, *rkey;

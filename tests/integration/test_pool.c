@@ -557,6 +557,59 @@ static void overloaded_claims_are_refused_not_queued(void **state)
     ev_loop_destroy(loop);
 }
 
+/* A node that answers overloaded is not the end of the claim (issue 20):
+ * it tries the other live nodes, and is refused only when every one said
+ * no. Two nodes of one restore slot each and a tiny bound, a burst of
+ * warm claims: both nodes serve, and each refusal names every node. */
+static void an_overloaded_node_sends_the_claim_elsewhere(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(0);
+    static struct claim_out o[8];
+    struct wp_err err;
+    char bin[1024], out[4096];
+    (void)state;
+
+    for (int i = 0; i < 3; i++)
+        node_stop(&NODES[i], SIGTERM);
+    freeReplyObject(redisCommand(RC, "DEL wp:env:{" ENV "}:policy wp:env:{" ENV "}:hot"));
+    node_bin(bin, sizeof(bin));
+    strcpy(strrchr(bin, '/') + 1, "warmpool");
+    const char *extra[] = { "--restore-slots", "1", "--claim-wait-max", "1", NULL };
+    node_start_with(&NODES[0], TMPL, 1, 1, extra);
+    node_start_with(&NODES[1], TMPL, 1, 1, extra);
+    assert_true(wait_hot(2, 90)); /* each made one: both know what a restore costs */
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
+                                             " tiers=warm,cold", bin, R.port), 0);
+    struct pool_client *c = client(loop);
+    memset(o, 0, sizeof(o));
+    for (int i = 0; i < 8; i++) {
+        char session[32];
+        snprintf(session, sizeof(session), "spill-%d", i);
+        assert_int_equal(pool_claim(c, ENV, session, 30, claim_cb, &o[i], &err), 0);
+    }
+    run_until(loop, o, 8);
+    int served[2] = { 0, 0 }, refused = 0;
+    for (int i = 0; i < 8; i++) {
+        if (o[i].status == 0) {
+            served[strcmp(o[i].res.node, "node0") == 0 ? 0 : 1]++;
+            release_ok(c, loop, &o[i].res);
+            continue;
+        }
+        if (o[i].status != WP_EOVERLOADED)
+            fail_msg("claim %d: status %d: %s", i, o[i].status, o[i].msg);
+        refused++;
+        if (!strstr(o[i].msg, "all 2 live nodes serving " ENV " are overloaded"))
+            fail_msg("claim %d was refused before every node was asked: %s", i, o[i].msg);
+    }
+    if (served[0] < 1 || served[1] < 1)
+        fail_msg("node0 served %d, node1 %d (%d refused)", served[0], served[1], refused);
+    pool_client_free(c);
+    node_stop(&NODES[0], SIGTERM);
+    node_stop(&NODES[1], SIGTERM);
+    freeReplyObject(redisCommand(RC, "DEL wp:env:{" ENV "}:policy wp:env:{" ENV "}:hot"));
+    ev_loop_destroy(loop);
+}
+
 static void fifty_claims_three_nodes_none_twice(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
@@ -1400,6 +1453,7 @@ int main(void)
         cmocka_unit_test(hung_restores_do_not_stop_the_node),
         /* Last: it stops the nodes the tests above hand on to each other. */
         cmocka_unit_test(overloaded_claims_are_refused_not_queued),
+        cmocka_unit_test(an_overloaded_node_sends_the_claim_elsewhere),
     };
     /* WP_TEST_FILTER=pattern runs only matching tests (while iterating). */
     if (getenv("WP_TEST_FILTER"))
