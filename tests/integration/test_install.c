@@ -28,6 +28,7 @@ static const char *const expected[] = {
     "lib/systemd/system/warmpool-node.service",
     "lib/systemd/system/warmpool-scheduler.service",
     "opt/warmpool/bin/warmpool",
+    "opt/warmpool/bin/warmpool-egress",
     "opt/warmpool/bin/warmpool-hands",
     "opt/warmpool/bin/warmpool-node",
     "opt/warmpool/bin/warmpool-scheduler",
