@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/log.h"
 #include "scheduler/sched_int.h"
 
 #define S3_CONNECT_TIMEOUT_S 5L
@@ -118,8 +119,9 @@ static int s3_request(const struct sched_files_s3 *c, const char *method, const 
         if (resp->too_big)
             return wp_err_set(err, WP_ETOOBIG, "S3 %s %s: larger than %zu bytes", method, id,
                               resp->max);
-        return wp_err_set(err, -EIO, "S3 %s %s: %s", method, id,
-                          cerr[0] ? cerr : curl_easy_strerror(rc));
+        /* curl's detail names the host: the log's, not the client's. */
+        log_error("S3 %s %s: %s", method, url, cerr[0] ? cerr : curl_easy_strerror(rc));
+        return wp_err_set(err, -EIO, "S3 %s %s: %s", method, id, curl_easy_strerror(rc));
     }
     return (int)status;
 }

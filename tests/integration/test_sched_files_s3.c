@@ -85,15 +85,21 @@ static int entries(const char *dir)
 
 /* Start a scheduler on the S3 store with these credentials in its
  * environment (and only there: unset again here). */
-static int start_s3_sched(struct th_sched *s, const char *keyid, const char *secret)
+static int start_s3_sched_at(struct th_sched *s, const char *endpoint, const char *keyid,
+                             const char *secret)
 {
     setenv("AWS_ACCESS_KEY_ID", keyid, 1);
     setenv("AWS_SECRET_ACCESS_KEY", secret, 1);
-    int rc = th_sched_start(s, R.port, "--files-dir", FILES, "--files-s3-endpoint", ENDPOINT,
+    int rc = th_sched_start(s, R.port, "--files-dir", FILES, "--files-s3-endpoint", endpoint,
                             "--files-s3-bucket", BUCKET, (char *)NULL);
     unsetenv("AWS_ACCESS_KEY_ID");
     unsetenv("AWS_SECRET_ACCESS_KEY");
     return rc;
+}
+
+static int start_s3_sched(struct th_sched *s, const char *keyid, const char *secret)
+{
+    return start_s3_sched_at(s, ENDPOINT, keyid, secret);
 }
 
 static int setup(void **state)
@@ -266,6 +272,39 @@ static void wrong_credentials_fail_clearly(void **state)
     assert_int_equal(stopped, 0);
 }
 
+/* A store nobody answers at: the upload is a 500 api_error saying the
+ * connection failed, and no file is listed. */
+static void unreachable_store_fails_clearly(void **state)
+{
+    (void)state;
+    struct th_sched bad;
+    struct wp_buf out;
+    char ep[64];
+    snprintf(ep, sizeof(ep), "http://127.0.0.1:%d", th_free_port());
+    assert_int_equal(start_s3_sched_at(&bad, ep, "S3RVER", "S3RVER"), 0);
+    long st = upload(bad.port, "x", 1, &out);
+    json_t *e = json_loads(out.data, 0, NULL);
+    wp_buf_free(&out);
+    json_t *list = th_call(bad.port, KEY, "GET", "/v1/files?limit=100", NULL, 200);
+    json_t *mine = th_call(S.port, KEY, "GET", "/v1/files?limit=100", NULL, 200);
+    int stopped = th_sched_stop(&bad);
+    assert_int_equal(st, 500);
+    assert_non_null(e);
+    const char *msg = json_string_value(json_object_get(json_object_get(e, "error"), "message"));
+    printf("# %s\n", msg);
+    assert_non_null(strstr(msg, "could not store the file (S3 PUT"));
+    assert_non_null(strstr(msg, "Couldn't connect to server"));
+    assert_null(strstr(msg, "127.0.0.1")); /* the store's address stays in the log */
+    assert_non_null(list);
+    assert_non_null(mine);
+    assert_int_equal(json_array_size(json_object_get(list, "data")),
+                     json_array_size(json_object_get(mine, "data")));
+    json_decref(list);
+    json_decref(mine);
+    json_decref(e);
+    assert_int_equal(stopped, 0);
+}
+
 /* Bad S3 configuration: the scheduler refuses to start, saying why. */
 static void bad_config_refused_at_start(void **state)
 {
@@ -308,6 +347,7 @@ int main(void)
         cmocka_unit_test(round_trip_through_the_bucket),
         cmocka_unit_test(missing_object_is_404),
         cmocka_unit_test(wrong_credentials_fail_clearly),
+        cmocka_unit_test(unreachable_store_fails_clearly),
         cmocka_unit_test(bad_config_refused_at_start),
     };
     return cmocka_run_group_tests_name("sched_files_s3", tests, setup, teardown);
