@@ -51,6 +51,7 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->max_model_rounds = 100;
     snprintf(cfg->files_dir, sizeof(cfg->files_dir), "/var/lib/warmpool/files");
     cfg->files_max_bytes = 32u << 20;
+    snprintf(cfg->files_s3.region, sizeof(cfg->files_s3.region), "us-east-1");
     /* Next to our own binary, where `make` builds warmpool-hands. */
     char exe[256];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
@@ -190,6 +191,11 @@ static void usage(void)
            "                           (/var/lib/warmpool/files; metadata is in Redis)\n"
            "  --files-max-bytes N      largest file upload (33554432; at most 50331648: an\n"
            "                           upload is held in memory while it arrives)\n"
+           "  --files-s3-endpoint URL  keep files' content in an S3-compatible store instead:\n"
+           "                           objects <URL>/<bucket>/<file id> (path-style); needs\n"
+           "  --files-s3-bucket NAME   too, and AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in\n"
+           "                           the environment (never flags; unset once read)\n"
+           "  --files-s3-region NAME   the region requests are signed for (us-east-1)\n"
            "  --log-level LEVEL        error, warn, info (default), debug\n"
            "  --log-components SPEC    e.g. all,-redis\n"
            "  --help                   this text\n"
@@ -423,6 +429,11 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         snprintf(cfg->files_dir, sizeof(cfg->files_dir), "%s", val);
         return 0;
     }
+    if (!strncmp(name, "files-s3-", 9)) {
+        int rc = sched__s3_option(&cfg->files_s3, name, val, err);
+        if (rc <= 0)
+            return rc;
+    }
     if (!strcmp(name, "hands-dir")) {
         if (val[0] != '/' || strlen(val) >= sizeof(cfg->hands_dir) || strchr(val, '"'))
             return wp_err_set(err, WP_ECONFIG, "--hands-dir wants an absolute path");
@@ -530,6 +541,8 @@ int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
             return rc;
     }
     if (model_key_from_env(&cfg->model, err) < 0)
+        return WP_ECONFIG;
+    if (sched__s3_check(&cfg->files_s3, err) < 0)
         return WP_ECONFIG;
     if (cfg->sse_hard_limit < cfg->sse_soft_limit)
         cfg->sse_hard_limit = cfg->sse_soft_limit;

@@ -46,12 +46,19 @@ static int content_path(const struct sched_config *cfg, const char *id, char *ou
     return 0;
 }
 
-/* ---- the directory store ---- */
+/* ---- the store: files_dir, or the S3-compatible one when configured ---- */
+
+static bool s3(const struct sched_config *cfg)
+{
+    return cfg->files_s3.endpoint[0] != '\0';
+}
 
 static int store_put(const struct sched_config *cfg, const char *id, const void *data,
                      size_t len, struct wp_err *err)
 {
     char path[512];
+    if (s3(cfg))
+        return sched__s3_put(&cfg->files_s3, id, data, len, err);
     if (content_path(cfg, id, path, sizeof(path)) < 0)
         return wp_err_set(err, WP_EINVAL_INPUT, "bad file id %s", id);
     if (wp_mkdir_p(cfg->files_dir, 0700, err) < 0)
@@ -63,19 +70,33 @@ static int store_get(const struct sched_config *cfg, const char *id, char **out,
                      struct wp_err *err)
 {
     char path[512];
+    if (s3(cfg))
+        return sched__s3_get(&cfg->files_s3, id, cfg->files_max_bytes + 1, out, len, err);
     if (content_path(cfg, id, path, sizeof(path)) < 0)
         return wp_err_set(err, WP_EINVAL_INPUT, "bad file id %s", id);
-    return wp_read_file(path, cfg->files_max_bytes + 1, out, len, err);
+    int rc = wp_read_file(path, cfg->files_max_bytes + 1, out, len, err);
+    if (rc == -ENOENT && err)
+        err->code = rc = WP_ENOTFOUND;
+    return rc;
 }
 
 static int store_del(const struct sched_config *cfg, const char *id, struct wp_err *err)
 {
     char path[512];
+    if (s3(cfg))
+        return sched__s3_del(&cfg->files_s3, id, err);
     if (content_path(cfg, id, path, sizeof(path)) < 0)
         return wp_err_set(err, WP_EINVAL_INPUT, "bad file id %s", id);
     if (unlink(path) < 0 && errno != ENOENT)
         return wp_err_errno(err, "unlink %s", path);
     return 0;
+}
+
+/* What a client is told of a store error: the S3 store's message (method,
+ * id, the store's answer), not the directory store's (a local path). */
+static const char *store_why(const struct sched_config *cfg, const struct wp_err *err)
+{
+    return s3(cfg) ? err->msg : "the files directory failed";
 }
 
 int sched__file_read(const struct sched_config *cfg, const char *id, char **out, size_t *len,
@@ -179,7 +200,8 @@ void sched__h_file_upload(struct sched_req *req)
     if (store_put(cfg, id, file->data, file->len, &err) < 0) {
         json_decref(expires);
         log_error("file %s: %s", id, err.msg);
-        sched__respond_error(req, 500, "api_error", NULL, "could not store the file");
+        sched__respond_error(req, 500, "api_error", NULL, "could not store the file (%s)",
+                             store_why(cfg, &err));
         return;
     }
     json_t *obj = json_pack("{s:s,s:s,s:s,s:s,s:I,s:s,s:b,s:o,s:n}", "id", id, "type", "file",
@@ -246,7 +268,13 @@ static void content_loaded(struct sched_req *req, json_t *f, long long rev)
     if (store_get(&req->srv->cfg, req->params[0], &data, &len, &err) < 0) {
         json_decref(f);
         log_error("file %s: content: %s", req->params[0], err.msg);
-        sched__respond_error(req, 500, "api_error", NULL, "the file's content is unreadable");
+        if (err.code == WP_ENOTFOUND)
+            sched__not_found(req, "The content of file %s is missing from the store",
+                             req->params[0]);
+        else
+            sched__respond_error(req, 500, "api_error", NULL,
+                                 "the file's content is unreadable (%s)",
+                                 store_why(&req->srv->cfg, &err));
         return;
     }
     char ct[128];

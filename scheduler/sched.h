@@ -88,6 +88,12 @@ struct sched_config {
     int api_network;         /* most network an API environment gets: SCHED_NET_* */
     char files_dir[256];     /* the Files API's content, one file per id */
     size_t files_max_bytes;  /* largest upload (413 above); bodies are buffered */
+    struct sched_files_s3 {  /* --files-s3-*: an S3-compatible store instead of files_dir */
+        char endpoint[200];  /* http(s)://host[:port][/path], no trailing '/'; "" = off */
+        char bucket[64];     /* path-style: <endpoint>/<bucket>/<file id> */
+        char region[32];     /* SigV4's region (us-east-1) */
+        char userpwd[384];   /* "keyid:secret" from $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY */
+    } files_s3;
     char hands_dir[256];     /* directory holding warmpool-hands on the nodes (bound at
                                 /.wp in API environments' templates) */
 };

@@ -409,6 +409,22 @@ void sched__files_owned(struct sched_req *req, json_t *resources,
 int sched__file_read(const struct sched_config *cfg, const char *id, char **out, size_t *len,
                      struct wp_err *err);
 
+/* The S3-compatible files store (files_s3.c). Blocking requests on the
+ * object <endpoint>/<bucket>/<id>; a missing object is WP_ENOTFOUND (GET)
+ * or success (DELETE). Error messages name the method, id and the store's
+ * answer, never the endpoint or credentials (clients may see them). */
+int sched__s3_put(const struct sched_files_s3 *c, const char *id, const void *data, size_t len,
+                  struct wp_err *err);
+int sched__s3_get(const struct sched_files_s3 *c, const char *id, size_t max, char **out,
+                  size_t *len, struct wp_err *err);
+int sched__s3_del(const struct sched_files_s3 *c, const char *id, struct wp_err *err);
+/* --files-s3-NAME VAL: 0 taken, 1 not an S3 option, or WP_ECONFIG. */
+int sched__s3_option(struct sched_files_s3 *c, const char *name, const char *val,
+                     struct wp_err *err);
+/* After all options: both endpoint and bucket or neither; the credentials
+ * from the environment, which is then cleared of them. 0 or WP_ECONFIG. */
+int sched__s3_check(struct sched_files_s3 *c, struct wp_err *err);
+
 /* Queue a session work item in a self_hosted environment (work.c). */
 void sched__work_enqueue(struct sched_req *req, const char *env, const char *session_id,
                          wp_redis_cb cb);
