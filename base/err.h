@@ -9,6 +9,7 @@
 #define WP_ERR_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 /* Project codes, far below any errno. X(name, text). */
 #define WP_ERR_MAP(X)                                              \
@@ -56,5 +57,9 @@ void wp_err_clear(struct wp_err *err);
 const char *wp_strerror(int code);
 /* Symbolic name ("WP_ECRIU", "ENOENT"-like "errno 2"); static storage. */
 const char *wp_errname(int code);
+
+/* The first error on OpenSSL's queue as text into out (the queue is
+ * cleared), "unknown error" when there is none. */
+void wp_err_openssl(char *out, size_t cap);
 
 #endif

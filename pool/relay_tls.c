@@ -115,16 +115,6 @@ int pool_relay_tls_check(const struct pool_relay_tls_conf *c, struct wp_err *err
     return 0;
 }
 
-static void ssl_error(char *out, size_t cap)
-{
-    unsigned long e = ERR_get_error();
-    if (e)
-        ERR_error_string_n(e, out, cap);
-    else
-        snprintf(out, cap, "unknown error");
-    ERR_clear_error();
-}
-
 int pool_relay_tls_setup(const struct pool_relay_tls_conf *c, struct wp_err *err)
 {
     char why[256];
@@ -150,17 +140,17 @@ int pool_relay_tls_setup(const struct pool_relay_tls_conf *c, struct wp_err *err
     SSL_CTX_set_num_tickets(ctx, 0); /* one connection per lease: nothing to resume */
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
     if (SSL_CTX_use_certificate_chain_file(ctx, c->cert) != 1) {
-        ssl_error(why, sizeof(why));
+        wp_err_openssl(why, sizeof(why));
         rc = wp_err_set(err, WP_ECONFIG, "relay-tls-cert %s: %s", c->cert, why);
     } else if (SSL_CTX_use_PrivateKey_file(ctx, c->key, SSL_FILETYPE_PEM) != 1) {
-        ssl_error(why, sizeof(why));
+        wp_err_openssl(why, sizeof(why));
         rc = wp_err_set(err, WP_ECONFIG, "relay-tls-key %s: %s", c->key, why);
     } else if (SSL_CTX_check_private_key(ctx) != 1) {
         ERR_clear_error();
         rc = wp_err_set(err, WP_ECONFIG, "relay-tls-key %s does not match relay-tls-cert %s",
                         c->key, c->cert);
     } else if (SSL_CTX_load_verify_locations(ctx, c->ca, NULL) != 1) {
-        ssl_error(why, sizeof(why));
+        wp_err_openssl(why, sizeof(why));
         rc = wp_err_set(err, WP_ECONFIG, "relay-tls-ca %s: %s", c->ca, why);
     }
     if (rc < 0) {
@@ -238,7 +228,7 @@ static void pump_fail(struct pool__tls_pump *p, const char *what)
     else if (p->sys_errno)
         snprintf(why, sizeof(why), "%s: %s", what, strerror(p->sys_errno));
     else if (ERR_peek_error())
-        ssl_error(why + snprintf(why, sizeof(why), "%s: ", what), sizeof(why) - strlen(what) - 2);
+        wp_err_openssl(why + snprintf(why, sizeof(why), "%s: ", what), sizeof(why) - strlen(what) - 2);
     else
         snprintf(why, sizeof(why), "%s", what);
     ERR_clear_error();

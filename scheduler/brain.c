@@ -541,6 +541,8 @@ static void step_once(struct brain *b)
         span_end(b, d.open_span, true);
         sched__brain_derive(b->log, b->self_hosted, &d);
     }
+    if (d.turn_active && !b->self_hosted)
+        sched__brain_egress_turn_start(b); /* a kept sandbox gets rotated secrets */
     if (d.turn_active && !b->self_hosted && b->sbx == SBX_NONE)
         sched__brain_claim(b); /* in parallel with the model, from the turn's start */
 
@@ -597,6 +599,7 @@ quiet:
      * claims one elsewhere). */
     b->model_rounds = 0;
     sched__brain_mcp_turn_end(b);
+    sched__brain_egress_turn_end(b);
     ev_timer_set(&b->linger, b->srv->cfg.brain_linger_s, 0.);
     ev_timer_start(b->srv->loop, &b->linger);
     if (b->sbx == SBX_READY && b->claim.node[0] && b->srv->pool &&

@@ -36,6 +36,14 @@
 
 #include "lua/scheduler/brain_egress.h" /* its Lua scripts: lua/scheduler/brain_egress/ (Makefile) */
 
+static void wipe_str(char *s)
+{
+    if (s) {
+        OPENSSL_cleanse(s, strlen(s));
+        free(s);
+    }
+}
+
 static const char *sget(json_t *o, const char *k)
 {
     return json_string_value(json_object_get(o, k));
@@ -233,6 +241,18 @@ static void creds_cb(void *ctx, redisReply *reply)
         json_decref(vars);
     }
     b->egress_state = EGRESS_LOADED;
+    if (b->egress_old) { /* read again at a turn's start */
+        char *now = b->egress ? json_dumps(b->egress, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+        bool changed = strcmp(now ? now : "", b->egress_old) != 0;
+        wipe_str(now);
+        wipe_str(b->egress_old);
+        b->egress_old = NULL;
+        if (changed && b->sbx == SBX_READY) {
+            log_info("session=%s its credentials changed: routing to sandbox %s again", b->sid,
+                     b->claim.sandbox);
+            sched__brain_relink(b);
+        }
+    }
     sched__brain_claim_go(b);
     sched__brain_maybe_free(b);
 }
@@ -287,8 +307,37 @@ int sched__brain_egress_env(struct brain *b, const char *proxy, struct alink_env
     return (int)n;
 }
 
+void sched__brain_egress_turn_end(struct brain *b)
+{
+    if (b->egress_state == EGRESS_LOADED && (json_array_size(b->vault_ids) || b->has_repos))
+        b->egress_stale = true;
+}
+
+void sched__brain_egress_turn_start(struct brain *b)
+{
+    if (!b->egress_stale || b->egress_state != EGRESS_LOADED || b->sbx != SBX_READY)
+        return;
+    b->egress_stale = false;
+    wipe_str(b->egress_old);
+    b->egress_old = b->egress ? json_dumps(b->egress, JSON_COMPACT | JSON_SORT_KEYS) : strdup("");
+    if (!b->egress_old)
+        return;
+    if (b->egress)
+        sched__json_wipe(b->egress);
+    b->egress = NULL;
+    json_decref(b->egress_vars);
+    b->egress_vars = NULL;
+    b->egress_state = EGRESS_NONE;
+    if (!sched__brain_egress_load(b)) { /* could not ask: keep what was */
+        wipe_str(b->egress_old);
+        b->egress_old = NULL;
+    }
+}
+
 void sched__brain_egress_free(struct brain *b)
 {
+    wipe_str(b->egress_old);
+    b->egress_old = NULL;
     if (b->egress)
         sched__json_wipe(b->egress); /* drops the reference */
     b->egress = NULL;

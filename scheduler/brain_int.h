@@ -154,6 +154,8 @@ struct brain {
                                 secrets: wiped when freed), NULL when none */
     json_t *egress_vars;     /* [{name, value: placeholder}] (owned) */
     bool egress_warned;      /* credential_host_unreachable_error checked */
+    bool egress_stale;       /* read again at the next turn's start */
+    char *egress_old;        /* while read again: what the route carried (wiped) */
     char proxy[64];          /* the sandbox's egress proxy "host:port" ("" none) */
     bool has_repos;          /* the session has github_repository resources */
     json_t *repos;           /* [{url, remote, mount_path, checkout}] (owned) */
@@ -212,6 +214,13 @@ void sched__brain_egress_free(struct brain *b);
 bool sched__brain_repos_clone(struct brain *b);
 /* brain_tools.c: the sandbox can take tool calls now. */
 void sched__brain_sandbox_ready(struct brain *b);
+/* brain_tools.c: route to the same sandbox again (new credentials). */
+void sched__brain_relink(struct brain *b);
+/* brain_egress.c: a turn ended (the next one reads the credentials
+ * again); a turn starts with the sandbox kept: read them, and route
+ * again when they changed (a rotated token, an updated secret). */
+void sched__brain_egress_turn_end(struct brain *b);
+void sched__brain_egress_turn_start(struct brain *b);
 int sched__egress_placeholder(const unsigned char key[32], const char *session, const char *cred,
                               char out[POOL_EGRESS_PLACEHOLDER_LEN]);
 /* brain_files.c: whether the session's file resources were all put in the

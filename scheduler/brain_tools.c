@@ -148,6 +148,21 @@ static void connect_link(struct brain *b)
         b->refs++;
 }
 
+/* The same sandbox through a new route: the node registers the
+ * credentials the route carries now (rotated ones), and the sandbox is
+ * attached again (the same placeholders; its repositories are kept). */
+void sched__brain_relink(struct brain *b)
+{
+    if (b->stopped || !b->claim.sandbox[0])
+        return;
+    if (b->ac) {
+        struct alink_client *ac = b->ac;
+        b->ac = NULL;
+        alink_client_free(ac);
+    }
+    connect_link(b);
+}
+
 static void claim_cb(void *ctx, int status, const struct pool_claim_result *res, const struct wp_err *err)
 {
     struct brain *b = ctx;

@@ -12,16 +12,6 @@
 #include "base/log.h"
 #include "scheduler/sched_int.h"
 
-static void last_error(char *out, size_t cap)
-{
-    unsigned long e = ERR_get_error();
-    if (e)
-        ERR_error_string_n(e, out, cap);
-    else
-        snprintf(out, cap, "unknown error");
-    ERR_clear_error();
-}
-
 int sched__tls_ctx_new(const char *cert, const char *key, void **out, struct wp_err *err)
 {
     char why[256];
@@ -36,12 +26,12 @@ int sched__tls_ctx_new(const char *cert, const char *key, void **out, struct wp_
                               SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
-        last_error(why, sizeof(why));
+        wp_err_openssl(why, sizeof(why));
         SSL_CTX_free(ctx);
         return wp_err_set(err, WP_ECONFIG, "tls-cert %s: %s", cert, why);
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
-        last_error(why, sizeof(why));
+        wp_err_openssl(why, sizeof(why));
         SSL_CTX_free(ctx);
         return wp_err_set(err, WP_ECONFIG, "tls-key %s: %s", key, why);
     }

@@ -15,6 +15,7 @@
  * namespace layer, snapshot/userns.c; test_snap_userns.c checks it more). */
 #include "alink_harness.h"
 #include "lib/sched_testlib.h"
+#include "lib/inetlib.h"
 #include "lib/snaplib.h"
 #include "base/fs.h"
 
@@ -118,46 +119,34 @@ static void connect_to(struct hh *h, const struct snap_sandbox *sb)
     hh_connect_root(h, sb->root);
 }
 
-/* The escape_probe.py next to this test's source: up from the binary. */
+/* The escape_probe.py next to this test's source, copied where the
+ * sandbox sees it, with the image build's probe script. */
 static int probe_dir(char *out, size_t cap)
 {
-    char exe[PATH_MAX], path[PATH_MAX + 64];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    char path[PATH_MAX], *data = NULL, dst[1200];
+    size_t len = 0;
+    struct wp_err err;
 
-    if (n <= 0)
+    if (th_source_file("escape_probe.py", path, sizeof(path)) < 0)
         return -1;
-    exe[n] = '\0';
-    for (int up = 0; up < 6; up++) {
-        char *slash = strrchr(exe, '/');
-        if (!slash)
-            return -1;
-        *slash = '\0';
-        snprintf(path, sizeof(path), "%s/tests/integration/escape_probe.py", exe);
-        if (access(path, R_OK) == 0) {
-            char *data = NULL, dst[1200];
-            size_t len = 0;
-            struct wp_err err;
-            snprintf(out, cap, "%s/probe", S.state);
-            snprintf(dst, sizeof(dst), "%s/escape_probe.py", out);
-            if (mkdir(out, 0755) < 0 || wp_read_file(path, 1 << 20, &data, &len, &err) < 0 ||
-                wp_write_file(dst, data, len, 0644, &err) < 0)
-                return -1;
-            free(data);
-            /* The image build runs probes too (setup commands are confined). */
-            static const char build[] =
-                "cd /work\n"
-                "for p in status keyctl bpf_map_create open_by_handle_at sysctl_writable mknod; do\n"
-                "  echo \"$p $(python3 /probe/escape_probe.py $p)\"\n"
-                "done > /work/build-probes.txt\n"
-                "if mount -t tmpfs none /tmp >/dev/null 2>&1; then r=ESCAPED; else r=BLOCKED; fi\n"
-                "echo \"mount $r\" >> /work/build-probes.txt\n"
-                "if unshare -U true >/dev/null 2>&1; then r=ESCAPED; else r=BLOCKED; fi\n"
-                "echo \"unshare $r\" >> /work/build-probes.txt\n";
-            snprintf(dst, sizeof(dst), "%s/build.sh", out);
-            return wp_write_file(dst, build, strlen(build), 0644, &err) < 0 ? -1 : 0;
-        }
-    }
-    return -1;
+    snprintf(out, cap, "%s/probe", S.state);
+    snprintf(dst, sizeof(dst), "%s/escape_probe.py", out);
+    if (mkdir(out, 0755) < 0 || wp_read_file(path, 1 << 20, &data, &len, &err) < 0 ||
+        wp_write_file(dst, data, len, 0644, &err) < 0)
+        return -1;
+    free(data);
+    /* The image build runs probes too (setup commands are confined). */
+    static const char build[] =
+        "cd /work\n"
+        "for p in status keyctl bpf_map_create open_by_handle_at sysctl_writable mknod; do\n"
+        "  echo \"$p $(python3 /probe/escape_probe.py $p)\"\n"
+        "done > /work/build-probes.txt\n"
+        "if mount -t tmpfs none /tmp >/dev/null 2>&1; then r=ESCAPED; else r=BLOCKED; fi\n"
+        "echo \"mount $r\" >> /work/build-probes.txt\n"
+        "if unshare -U true >/dev/null 2>&1; then r=ESCAPED; else r=BLOCKED; fi\n"
+        "echo \"unshare $r\" >> /work/build-probes.txt\n";
+    snprintf(dst, sizeof(dst), "%s/build.sh", out);
+    return wp_write_file(dst, build, strlen(build), 0644, &err) < 0 ? -1 : 0;
 }
 
 static int group_setup(void **state)

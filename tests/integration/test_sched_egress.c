@@ -200,6 +200,13 @@ static int write_script(void)
         "&& git add pushed.txt && git commit -qm pushed && git push -q origin HEAD:refs/heads/from-sandbox-$(hostname) 2>&1; "
         "echo push=$?; git fetch -q origin 2>&1; echo fetch=$?\"}}]},"
         "   {\"text\":\"checked\"}]},"
+        " {\"match\":\"keep fetching\",\"turns\":["
+        "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"bash\",\"input\":{\"command\":"
+        "\"cd /workspace/demo && git fetch -q origin 2>&1; echo fetch=$?\"}}]}, {\"text\":\"one\"},"
+        "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"bash\",\"input\":{\"command\":"
+        "\"cd /workspace/demo && git fetch -q origin 2>&1; echo fetch=$?\"}}]}, {\"text\":\"two\"},"
+        "   {\"content\":[{\"type\":\"tool_use\",\"name\":\"bash\",\"input\":{\"command\":"
+        "\"cd /workspace/demo && git fetch -q origin 2>&1; echo fetch=$?\"}}]}, {\"text\":\"three\"}]},"
         " {\"turns\":[\"Hello!\"]}]}",
         I.tls_port, I.tls_port, I.addr, I.tls_port);
     snprintf(scr, sizeof(scr), "%s/script.json", DIR_);
@@ -663,6 +670,60 @@ static void a_rotated_token_is_used(void **state)
     free(sid);
 }
 
+/* The last agent.tool_result's text (caller frees). */
+static char *last_tool_output(const char *sid)
+{
+    char *raw = raw_history(sid);
+    json_t *h = json_loads(raw, 0, NULL), *e, *last = NULL;
+    free(raw);
+    size_t i;
+    json_array_foreach(json_object_get(h, "data"), i, e)
+        if (!strcmp(s_(e, "type") ?: "", "agent.tool_result"))
+            last = e;
+    char *out = strdup(last ? s_(json_array_get(json_object_get(last, "content"), 0), "text") ?: "" : "");
+    json_decref(h);
+    return out;
+}
+
+static void rotate(const char *sid, const char *token)
+{
+    char path[256], body[256];
+    json_t *rs = call("GET", (snprintf(path, sizeof(path), "/v1/sessions/%s/resources", sid), path),
+                      NULL, 200);
+    snprintf(path, sizeof(path), "/v1/sessions/%s/resources/%s", sid,
+             s_(json_array_get(json_object_get(rs, "data"), 0), "id"));
+    snprintf(body, sizeof(body), "{\"authorization_token\":\"%s\"}", token);
+    json_decref(call("POST", path, body, 200));
+    json_decref(rs);
+}
+
+/* A token rotated while the session keeps its sandbox: the next turn's
+ * git fetch from inside uses the new one (a wrong one fails, the right
+ * one again works). */
+static void a_rotated_token_reaches_the_running_sandbox(void **state)
+{
+    (void)state;
+    char *sid = repo_session(GIT_TOKEN, "");
+    turn(sid, "keep fetching");
+    char *out = last_tool_output(sid);
+    if (!strstr(out, "fetch=0"))
+        fail_msg("the first fetch failed: %s", out);
+    free(out);
+    rotate(sid, "ghs_wrong");
+    turn(sid, "again");
+    out = last_tool_output(sid);
+    if (strstr(out, "fetch=0"))
+        fail_msg("a fetch with the rotated (wrong) token still worked: the sandbox kept the old one: %s", out);
+    free(out);
+    rotate(sid, GIT_TOKEN);
+    turn(sid, "and again");
+    out = last_tool_output(sid);
+    if (!strstr(out, "fetch=0"))
+        fail_msg("the fetch after rotating back failed: %s", out);
+    free(out);
+    free(sid);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -676,6 +737,7 @@ int main(void)
         cmocka_unit_test(repository_failures_are_session_errors),
         cmocka_unit_test(bad_repository_resources_are_refused),
         cmocka_unit_test(a_rotated_token_is_used),
+        cmocka_unit_test(a_rotated_token_reaches_the_running_sandbox),
     };
     if (geteuid() != 0) {
         printf("1..0 # SKIP needs root (namespaces, nftables)\n");
