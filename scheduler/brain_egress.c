@@ -247,7 +247,12 @@ static void creds_cb(void *ctx, redisReply *reply)
         wipe_str(now);
         wipe_str(b->egress_old);
         b->egress_old = NULL;
-        if (changed && b->sbx == SBX_READY) {
+        bool busy = false; /* a call running now would be cut: next turn, then */
+        for (struct btool *t = b->tools; t; t = t->next)
+            busy |= t->call_id > 0;
+        if (changed && b->sbx == SBX_READY && busy) {
+            b->egress_stale = true;
+        } else if (changed && b->sbx == SBX_READY) {
             log_info("session=%s its credentials changed: routing to sandbox %s again", b->sid,
                      b->claim.sandbox);
             sched__brain_relink(b);
