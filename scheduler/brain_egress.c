@@ -241,12 +241,11 @@ static void creds_cb(void *ctx, redisReply *reply)
         json_decref(vars);
     }
     b->egress_state = EGRESS_LOADED;
-    if (b->egress_old) { /* read again at a turn's start */
+    if (b->egress_recheck) { /* read again at a turn's start */
+        b->egress_recheck = false;
         char *now = b->egress ? json_dumps(b->egress, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
-        bool changed = strcmp(now ? now : "", b->egress_old) != 0;
+        bool changed = strcmp(now ? now : "", b->egress_routed ? b->egress_routed : "") != 0;
         wipe_str(now);
-        wipe_str(b->egress_old);
-        b->egress_old = NULL;
         bool busy = false; /* a call running now would be cut: next turn, then */
         for (struct btool *t = b->tools; t; t = t->next)
             busy |= t->call_id > 0;
@@ -323,26 +322,27 @@ void sched__brain_egress_turn_start(struct brain *b)
     if (!b->egress_stale || b->egress_state != EGRESS_LOADED || b->sbx != SBX_READY)
         return;
     b->egress_stale = false;
-    wipe_str(b->egress_old);
-    b->egress_old = b->egress ? json_dumps(b->egress, JSON_COMPACT | JSON_SORT_KEYS) : strdup("");
-    if (!b->egress_old)
-        return;
     if (b->egress)
         sched__json_wipe(b->egress);
     b->egress = NULL;
     json_decref(b->egress_vars);
     b->egress_vars = NULL;
     b->egress_state = EGRESS_NONE;
-    if (!sched__brain_egress_load(b)) { /* could not ask: keep what was */
-        wipe_str(b->egress_old);
-        b->egress_old = NULL;
-    }
+    b->egress_recheck = true;
+    if (!sched__brain_egress_load(b))
+        b->egress_recheck = false;
+}
+
+void sched__brain_egress_routed(struct brain *b)
+{
+    wipe_str(b->egress_routed);
+    b->egress_routed = b->egress ? json_dumps(b->egress, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 }
 
 void sched__brain_egress_free(struct brain *b)
 {
-    wipe_str(b->egress_old);
-    b->egress_old = NULL;
+    wipe_str(b->egress_routed);
+    b->egress_routed = NULL;
     if (b->egress)
         sched__json_wipe(b->egress); /* drops the reference */
     b->egress = NULL;

@@ -155,7 +155,8 @@ struct brain {
     json_t *egress_vars;     /* [{name, value: placeholder}] (owned) */
     bool egress_warned;      /* credential_host_unreachable_error checked */
     bool egress_stale;       /* read again at the next turn's start */
-    char *egress_old;        /* while read again: what the route carried (wiped) */
+    bool egress_recheck;     /* being read again: compare with egress_routed */
+    char *egress_routed;     /* what the last route carried (compact JSON; wiped) */
     char proxy[64];          /* the sandbox's egress proxy "host:port" ("" none) */
     bool has_repos;          /* the session has github_repository resources */
     json_t *repos;           /* [{url, remote, mount_path, checkout}] (owned) */
@@ -221,6 +222,8 @@ void sched__brain_relink(struct brain *b);
  * again when they changed (a rotated token, an updated secret). */
 void sched__brain_egress_turn_end(struct brain *b);
 void sched__brain_egress_turn_start(struct brain *b);
+/* A route is about to carry b->egress: remembered (as a wiped copy). */
+void sched__brain_egress_routed(struct brain *b);
 int sched__egress_placeholder(const unsigned char key[32], const char *session, const char *cred,
                               char out[POOL_EGRESS_PLACEHOLDER_LEN]);
 /* brain_files.c: whether the session's file resources were all put in the

@@ -142,6 +142,7 @@ static void connect_link(struct brain *b)
     struct wp_err err;
     b->sbx = SBX_LINKING;
     b->repos_cloned = false; /* a clone already there is kept (repos.c) */
+    sched__brain_egress_routed(b);
     if (pool_connect_egress(b->srv->loop, &b->claim, b->pool_env, b->egress, relay_cb, b, &err) < 0)
         sched__brain_sandbox_failed(b, "relay: %s", err.msg);
     else
