@@ -210,6 +210,16 @@ static void creds_cb(void *ctx, redisReply *reply)
     }
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
         reply->element[2]->type != REDIS_REPLY_ARRAY) {
+        if (b->egress_recheck) {
+            /* Read again for a kept sandbox: what the node has stays in
+             * force; the next turn tries again. */
+            log_warn("session=%s its credentials could not be read again", b->sid);
+            b->egress_recheck = false;
+            b->egress_stale = true;
+            b->egress_state = EGRESS_LOADED;
+            sched__brain_maybe_free(b);
+            return;
+        }
         b->egress_state = EGRESS_NONE;
         sched__brain_sandbox_failed(b, "the session's vaults could not be read");
         sched__brain_maybe_free(b);
