@@ -1235,7 +1235,7 @@ static void memory_budget_caps_hot_clones(void **state)
 
     py_template(tmpl, sizeof(tmpl), "pyplain", false);
     node_start_with(&NODES[0], tmpl, 1, 1, extra);
-    assert_true(wait_env_hot("pyplain", 1, 60));
+    assert_true(wait_env_hot("pyplain", 1, 120)); /* an image build first: slow under ASan */
     node_bin(bin, sizeof(bin));
     strcpy(strrchr(bin, '/') + 1, "warmpool");
     /* Six clones of ~40 MiB each asked for, 100 MiB to hold them. */
@@ -1272,7 +1272,7 @@ static void multi_tenant_node_refuses_ksm(void **state)
 
     py_template(tmpl, sizeof(tmpl), "pyksm", true);
     node_start_with(&NODES[0], tmpl, 1, 1, mt);
-    assert_true(wait_env_hot("pyksm", 1, 60));
+    assert_true(wait_env_hot("pyksm", 1, 120)); /* an image build first: slow under ASan */
     /* The template asks for merging; this node serves several
      * organizations: its clones are not mergeable, KSM is left alone. */
     clone_ksm_stat("pyksm", out, sizeof(out));
