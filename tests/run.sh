@@ -5,7 +5,7 @@
 set -u
 BUILD=${1:-build}
 FILTER=${2:-}
-TIMEOUT=${WP_TEST_TIMEOUT:-600}
+TIMEOUT=${WP_TEST_TIMEOUT:-900} # test_pool (19 tests, real nodes) nears 600 s on a loaded machine
 pass=0; fail=0; failed_bins=()
 
 run_one() {  # name, command...
