@@ -25,6 +25,8 @@ PKGS=(
     libprotobuf-c-dev criu libcmocka-dev node-llhttp
     redis-server iptables nftables busybox-static python3 iproute2 procps
     wrk ca-certificates libssl-dev curl libseccomp-dev strace
+    # repositories: git in the sandboxes (host rootfs) and for the test git host
+    git
     # test_dashboard: promtool and a real prometheus on the rules, headless
     # chromium rendering /dashboard (a screenshot, figures checked)
     prometheus chromium
