@@ -378,6 +378,11 @@ static void reconnect_keeps_shell_state(void **state)
     hh_call_start(&h, "bash", "{\"command\":\"echo started; sleep 4321.8\"}", 0, true, &a);
     while (a.chunks == 0)
         ev_run(h.loop, EVRUN_ONCE);
+    /* The close reaches the hands asynchronously: see the sleeper exist
+     * first, or a slow fork makes "gone" true before it ever ran. */
+    for (int i = 0; i < 500 && !hh_proc_with("sleep 4321.8"); i++)
+        usleep(20000);
+    assert_true(hh_proc_with("sleep 4321.8"));
     alink_client_close(h.c);
     assert_int_equal(a.calls, 1);
     assert_int_equal(a.status, -ECONNABORTED);
