@@ -40,6 +40,7 @@
 #include "base/err.h"
 #include "base/fs.h"
 #include "base/log.h"
+#include "base/wipe.h"
 #include "snapshot/snapshot.h"
 
 #define REPLY_MAX 4096
@@ -528,14 +529,7 @@ int pool__negress_route(struct pool__negress *ne, struct snap_ctx *snap,
             json_decref(cmd);
         }
     }
-    /* jansson frees without wiping. */
-    size_t i;
-    json_t *c;
-    json_array_foreach(creds, i, c) {
-        json_t *s = json_object_get(c, "secret");
-        if (json_is_string(s))
-            OPENSSL_cleanse((char *)json_string_value(s), json_string_length(s));
-    }
+    wp_wipe_json(j); /* jansson frees without wiping */
     json_decref(j);
     if (rc == 0 && r->host[0])
         snprintf(proxy, 64, "%s:%d", r->host, ne->cfg.port);

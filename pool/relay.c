@@ -37,6 +37,7 @@
 #include "base/fs.h"
 #include "base/log.h"
 #include "base/net.h"
+#include "base/wipe.h"
 
 #include <openssl/crypto.h>
 
@@ -86,21 +87,6 @@ static void drop_egress(struct rconn *c)
         free(c->egress);
         c->egress = NULL;
     }
-}
-
-/* jansson frees strings without wiping them: a parsed frame that held
- * secrets is wiped first. */
-static void wipe_json(json_t *j)
-{
-    const char *k;
-    size_t i;
-    json_t *v;
-    if (json_is_string(j))
-        OPENSSL_cleanse((char *)json_string_value(j), json_string_length(j));
-    else if (json_is_object(j))
-        json_object_foreach(j, k, v) wipe_json(v);
-    else if (json_is_array(j))
-        json_array_foreach(j, i, v) wipe_json(v);
 }
 
 static void rconn_close(struct rconn *c)
@@ -302,7 +288,7 @@ static void route(struct rconn *c, uint8_t *payload, size_t len, bool extra)
                    json_integer_value(size) > POOL_FILE_MAX ||
                    (unmount && json_integer_value(size) != 0))) ||
         (!mount && extra)) {
-        wipe_json(o);
+        wp_wipe_json(o); /* jansson frees strings without wiping them */
         json_decref(o);
         refuse(c, "bad_route",
                "first frame must be {\"t\":\"route\",\"env\",\"sandbox\",\"token\",\"key\"}"
@@ -325,7 +311,7 @@ static void route(struct rconn *c, uint8_t *payload, size_t len, bool extra)
         c->egress = json_dumps(egress, JSON_COMPACT | JSON_SORT_KEYS);
         c->egress_len = c->egress ? strlen(c->egress) : 0;
     }
-    wipe_json(o);
+    wp_wipe_json(o); /* jansson frees strings without wiping them */
     json_decref(o);
     if (egress && !c->egress) {
         refuse(c, "bad_route", "out of memory");

@@ -29,20 +29,13 @@
 #include "agentlink/agentlink.h"
 #include "base/log.h"
 #include "base/timeutil.h"
+#include "base/wipe.h"
 #include "scheduler/brain_int.h"
 #include "scheduler/sched_int.h"
 
 #define MAX_VAULTS 64
 
 #include "lua/scheduler/brain_egress.h" /* its Lua scripts: lua/scheduler/brain_egress/ (Makefile) */
-
-static void wipe_str(char *s)
-{
-    if (s) {
-        OPENSSL_cleanse(s, strlen(s));
-        free(s);
-    }
-}
 
 static const char *sget(json_t *o, const char *k)
 {
@@ -255,7 +248,7 @@ static void creds_cb(void *ctx, redisReply *reply)
         b->egress_recheck = false;
         char *now = b->egress ? json_dumps(b->egress, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
         bool changed = strcmp(now ? now : "", b->egress_routed ? b->egress_routed : "") != 0;
-        wipe_str(now);
+        wp_wipe_free_str(now);
         bool busy = false; /* a call running now would be cut: next turn, then */
         for (struct btool *t = b->tools; t; t = t->next)
             busy |= t->call_id > 0;
@@ -345,13 +338,13 @@ void sched__brain_egress_turn_start(struct brain *b)
 
 void sched__brain_egress_routed(struct brain *b)
 {
-    wipe_str(b->egress_routed);
+    wp_wipe_free_str(b->egress_routed);
     b->egress_routed = b->egress ? json_dumps(b->egress, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 }
 
 void sched__brain_egress_free(struct brain *b)
 {
-    wipe_str(b->egress_routed);
+    wp_wipe_free_str(b->egress_routed);
     b->egress_routed = NULL;
     if (b->egress)
         sched__json_wipe(b->egress); /* drops the reference */

@@ -11,6 +11,7 @@
 
 #include "base/log.h"
 #include "base/timeutil.h"
+#include "base/wipe.h"
 #include "scheduler/mcp.h"
 #include "scheduler/sched_int.h"
 
@@ -34,21 +35,7 @@ void sched__mcp_hub_free(struct sched_server *srv)
 
 void sched__json_wipe(json_t *j)
 {
-    const char *k;
-    json_t *v;
-    json_object_foreach(j, k, v) {
-        if (json_is_string(v))
-            memset((char *)json_string_value(v), 0, json_string_length(v));
-        else if (json_is_object(v) || json_is_array(v))
-            sched__json_wipe(json_incref(v));
-    }
-    size_t i;
-    json_array_foreach(j, i, v) {
-        if (json_is_string(v))
-            memset((char *)json_string_value(v), 0, json_string_length(v));
-        else if (json_is_object(v) || json_is_array(v))
-            sched__json_wipe(json_incref(v));
-    }
+    wp_wipe_json(j);
     json_decref(j);
 }
 
