@@ -533,6 +533,23 @@ static int unmount_under(const char *dir, struct wp_err *err)
     return rc;
 }
 
+/* The pid tracing PID (TracerPid in its status), 0 if none or unknown. */
+static pid_t tracer_of(pid_t pid)
+{
+    char path[64], line[256];
+    pid_t t = 0;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    if (!(f = fopen(path, "re")))
+        return 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "TracerPid: %d", &t) == 1)
+            break;
+    fclose(f);
+    return t;
+}
+
 int snap__teardown(struct snap_ctx *ctx, const char *id, pid_t init_pid, struct wp_err *err)
 {
     char dir[600];
@@ -540,6 +557,18 @@ int snap__teardown(struct snap_ctx *ctx, const char *id, pid_t init_pid, struct 
 
     snprintf(dir, sizeof(dir), "%s/sandboxes/%s", ctx->state_dir, id);
     if (init_pid > 0) {
+        /* A criu still holding it (a dump or restore whose helper was
+         * killed, as a node's shutdown kills its builds) would keep it
+         * from dying, and this wait would never end: that criu and its
+         * group go first. */
+        pid_t tracer = tracer_of(init_pid);
+        if (tracer > 0 && tracer != getpid()) {
+            pid_t g = getpgid(tracer);
+            log_warn("destroy %s: criu pid %d still holds its init: killed", id, (int)tracer);
+            if (g > 0 && g != getpgrp())
+                kill(-g, SIGKILL);
+            kill(tracer, SIGKILL);
+        }
         /* Killing PID 1 of the namespace kills every process in it. */
         kill(init_pid, SIGKILL);
         while (waitpid(init_pid, NULL, 0) < 0 && errno == EINTR)

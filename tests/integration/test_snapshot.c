@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -444,6 +446,54 @@ static void pids_limit_contains_fork_bomb(void **state)
     snap_template_free(t);
 }
 
+/* A sandbox whose init a criu still holds (ptrace: a dump or restore whose
+ * helper was killed, as a node's shutdown kills its builds) is destroyed
+ * all the same: the tracer goes first. Before, the destroy's wait for init
+ * never returned (a node stopped during an image checkpoint hung). */
+static void destroy_while_a_tracer_holds_init(void **state)
+{
+    struct snap_template *t;
+    struct snap_sandbox *sb;
+    struct wp_err err;
+    int pfd[2], st;
+    char c;
+    (void)state;
+
+    t = th_template("{\"name\":\"traced\",\"rootfs\":\"%s\",\"init\":[\"/bin/sh\",\"-c\","
+                    "\"touch /tmp/ready; exec sleep 1000\"],\"ready_file\":\"/tmp/ready\"}",
+                    S.rootfs);
+    if (snap_boot(S.ctx, t, NULL, NULL, NULL, &sb, &err) < 0)
+        fail_msg("boot: %s", err.msg);
+    char id[sizeof(sb->id)];
+    snprintf(id, sizeof(id), "%s", sb->id);
+    pid_t init = sb->init_pid;
+    assert_int_equal(pipe(pfd), 0);
+    pid_t tracer = fork();
+    assert_true(tracer >= 0);
+    if (tracer == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed run leaves no tracer */
+        /* As criu does: seize, stop it, then wait on something else. */
+        c = ptrace(PTRACE_SEIZE, init, 0, 0) == 0 && ptrace(PTRACE_INTERRUPT, init, 0, 0) == 0 &&
+                    waitpid(init, &st, __WALL) == init
+                ? 'y'
+                : 'n';
+        (void)!write(pfd[1], &c, 1);
+        for (;;)
+            pause();
+    }
+    close(pfd[1]);
+    assert_int_equal(read(pfd[0], &c, 1), 1);
+    close(pfd[0]);
+    assert_int_equal(c, 'y');
+    alarm(60); /* a hang fails the test instead of the whole run */
+    assert_int_equal(snap_destroy(S.ctx, sb, &err), 0);
+    alarm(0);
+    assert_int_equal(waitpid(tracer, &st, 0), tracer);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    assert_true(th_sandbox_gone(&S, id, 0));
+    snap_template_free(t);
+}
+
 static void corrupt_image_restore_leaves_nothing(void **state)
 {
     char src[1024], dst[1024], cmd[2200];
@@ -739,6 +789,7 @@ int main(void)
         cmocka_unit_test(booted_sandbox_holds_no_host_state),
         cmocka_unit_test(memory_limit_contains_allocation),
         cmocka_unit_test(pids_limit_contains_fork_bomb),
+        cmocka_unit_test(destroy_while_a_tracer_holds_init),
         cmocka_unit_test(corrupt_image_restore_leaves_nothing),
         cmocka_unit_test(failed_dump_leaves_nothing),
         cmocka_unit_test(killed_restorer_is_cleaned_up_by_gc),
