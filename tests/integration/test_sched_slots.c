@@ -309,6 +309,46 @@ static void delete_on_a_cluster_node(void **state)
     assert_no_slot_errors();
 }
 
+/* A store of the layout before this one (a session's object untagged, the
+ * global active set and fence) is moved by --migrate-keys: the session is
+ * served again, waiting input stays waiting, no token can repeat. */
+static void migrate_keys_moves_an_older_store(void **state)
+{
+    (void)state;
+    char out[512], path[160];
+    const char *sid = SID[0];
+    snprintf(path, sizeof(path), "/v1/sessions/%s", sid);
+    json_decref(th_api(A.port, KEY, "GET", path, NULL, 200));
+    /* The old layout, made from a session of this one. */
+    th_sh(out, sizeof(out),
+          "redis-cli -p %d rename 'wp:obj:{%s}' 'wp:obj:%s' && "
+          "redis-cli -p %d hdel 'wp:obj:%s' active && "
+          "redis-cli -p %d zadd wp:brain:active 0 %s && "
+          "redis-cli -p %d set wp:brain:fence 99999999999999999 && "
+          "redis-cli -p %d del wp:layout 'wp:brain:fence:{%s}'",
+          R.port, sid, sid, R.port, sid, R.port, sid, R.port, R.port, sid);
+    json_decref(th_api(A.port, KEY, "GET", path, NULL, 404)); /* invisible until moved */
+    th_sh(out, sizeof(out), "%s/warmpool-scheduler --redis 127.0.0.1:%d --migrate-keys; echo rc=$?",
+          th_build_dir(), R.port);
+    assert_non_null(strstr(out, "rc=0"));
+    json_t *o = th_api(A.port, KEY, "GET", path, NULL, 200);
+    assert_string_equal(s_(o, "id"), sid);
+    json_decref(o);
+    char shard[64];
+    sched__brain_active_key(shard, sizeof(shard), sid);
+    th_sh(out, sizeof(out),
+          "redis-cli -p %d hget 'wp:obj:{%s}' active; redis-cli -p %d zscore '%s' %s; "
+          "redis-cli -p %d get 'wp:brain:fence:{%s}'; redis-cli -p %d get wp:layout; "
+          "redis-cli -p %d exists wp:brain:active wp:brain:fence 'wp:obj:%s'",
+          R.port, sid, R.port, shard, sid, R.port, sid, R.port, R.port, sid);
+    assert_string_equal(out, "1\n0\n99999999999999999\n2\n0\n");
+    /* Once more: nothing left to move, nothing changed. */
+    th_sh(out, sizeof(out), "%s/warmpool-scheduler --redis 127.0.0.1:%d --migrate-keys; echo rc=$?",
+          th_build_dir(), R.port);
+    assert_non_null(strstr(out, "rc=0"));
+    json_decref(th_api(A.port, KEY, "GET", path, NULL, 200));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -317,6 +357,7 @@ int main(void)
         cmocka_unit_test(two_streams_on_a_cluster_node),
         cmocka_unit_test(takeover_on_a_cluster_node),
         cmocka_unit_test(delete_on_a_cluster_node),
+        cmocka_unit_test(migrate_keys_moves_an_older_store),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
