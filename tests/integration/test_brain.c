@@ -138,12 +138,7 @@ static char *new_session(int port)
 
 static void send_text(int port, const char *sid, const char *text)
 {
-    char path[128], body[512];
-    snprintf(path, sizeof(path), "/v1/sessions/%s/events", sid);
-    snprintf(body, sizeof(body),
-             "{\"events\":[{\"type\":\"user.message\",\"content\":[{\"type\":\"text\",\"text\":\"%s\"}]}]}",
-             text);
-    json_decref(call(port, "POST", path, body, 200));
+    th_send_text(port, KEY, sid, text);
 }
 
 /* ---- set-up: Redis, model server, two schedulers, an API environment

@@ -149,12 +149,7 @@ static int group_teardown(void **state)
 
 static void send_text(int port, const char *sid, const char *text)
 {
-    char path[128], body[512];
-    snprintf(path, sizeof(path), "/v1/sessions/%s/events", sid);
-    snprintf(body, sizeof(body),
-             "{\"events\":[{\"type\":\"user.message\",\"content\":[{\"type\":\"text\",\"text\":\"%s\"}]}]}",
-             text);
-    json_decref(th_api(port, KEY, "POST", path, body, 200));
+    th_send_text(port, KEY, sid, text);
 }
 
 /* Stream events until an idle with end_turn; the agent.message texts seen,
