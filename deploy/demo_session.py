@@ -106,7 +106,7 @@ def main():
             break
     tier = ""
     if a.redis_port:
-        tier = subprocess.run(["redis-cli", "-p", str(a.redis_port), "hget", f"wp:obj:{sid}",
+        tier = subprocess.run(["redis-cli", "-p", str(a.redis_port), "hget", f"wp:obj:{{{sid}}}",
                                "sbx_tier"], capture_output=True, text=True).stdout.strip()
     print(bold("summary: ") + f"time to first token {ttft:.1f} ms" if ttft is not None
           else bold("summary: ") + "no token streamed", end="")

@@ -9,16 +9,21 @@
  * runs the same code on the same log, so there is one path, not two.
  *
  * One brain per session in the whole cluster: the brain lease
- * wp:brain:{sid} holds a fencing token (wp:brain:fence + 1, never below
- * Redis's clock in microseconds: see lua_acquire), and
+ * wp:brain:{sid} holds a fencing token (wp:brain:fence:{sid} + 1, never
+ * below Redis's clock in microseconds: see lua_acquire), and
  * every event the brain appends goes through a script that checks the
  * token first; a brain that lost its lease cannot write. Leases are renewed
  * every third of their TTL. Who runs a session:
  *   - the scheduler that appended client input kicks the session: it takes
  *     the lease when free, else publishes wp:brain:wake <sid> so the holder
  *     reads the new input;
- *   - every scheduler sweeps wp:brain:active (sessions with work to do)
- *     once a second and takes over those whose lease has expired.
+ *   - every scheduler sweeps the active set (sessions with work to do)
+ *     and takes over those whose lease has expired. The set is sharded,
+ *     wp:brain:active:{0..15} by the session id's CRC16, so that no one
+ *     key takes every append of a cluster; a sweep reads one shard, in
+ *     turn, all of them about once a second. A session's own 'active'
+ *     field (its slot, written by the same scripts as its log) is the
+ *     truth; a shard entry is the index the sweep reads it through.
  *
  * On the critical path of a turn the model request and the sandbox claim
  * start in the same loop iteration; text deltas are appended as
@@ -35,6 +40,7 @@
 
 #include "agentlink/agentlink.h"
 #include "base/log.h"
+#include "base/rcluster.h"
 #include "base/timeutil.h"
 #include "pool/pool.h"
 #include "scheduler/brain_int.h"
@@ -43,7 +49,8 @@
 #include "scheduler/model.h"
 #include "scheduler/sched_int.h"
 
-#define BRAIN_ACTIVE_KEY "wp:brain:active"
+#define BRAIN_ACTIVE_SHARDS 16
+#define BRAIN_SWEEP_MAX 8 /* sessions one sweep takes over */
 #define BRAIN_WAKE_CHANNEL "wp:brain:wake"
 /* On the wake channel: "handover <sid>", a draining scheduler released the
  * session's lease; any other scheduler takes it at once. */
@@ -59,7 +66,10 @@ struct sched_brains {
     struct brain *dirty;     /* brains with deltas to flush before the loop sleeps */
     ev_prepare flush;
     ev_timer sweep;
-    bool sweeping;
+    int sweeping;            /* sweep commands Redis has not answered */
+    int sweep_shard;         /* the shard the next sweep reads */
+    int sweep_cur;           /* the shard being swept */
+    int sweep_taken;         /* sessions this sweep took over */
     bool handing_over;       /* draining: no brain is taken here any more */
     int handovers;           /* lease releases Redis has not answered yet */
 };
@@ -70,6 +80,47 @@ static void brain_free(struct brain *b);
 /* ---- scripts ------------------------------------------------------------ */
 
 #include "lua/scheduler/brain.h" /* its Lua scripts: lua/scheduler/brain/ (Makefile) */
+
+/* ---- the active set --------------------------------------------------- */
+
+static int active_shard(const char *sid)
+{
+    return wp_rcl_crc16(sid, strlen(sid)) % BRAIN_ACTIVE_SHARDS;
+}
+
+static void active_key(char *out, size_t cap, int shard)
+{
+    snprintf(out, cap, "wp:brain:active:{%d}", shard);
+}
+
+void sched__brain_active_key(char *out, size_t cap, const char *sid)
+{
+    active_key(out, cap, active_shard(sid));
+}
+
+/* Add sid to its shard, or bump its score (microseconds now) so that a
+ * sweep that read the old score does not drop it (lua_active_drop). */
+/* A session id as the API makes them: nothing else goes into a shard. */
+static bool sid_ok(const char *sid)
+{
+    size_t l = sid ? strlen(sid) : 0;
+    return l > 5 && l < 64 && !strncmp(sid, "sesn_", 5) &&
+           strspn(sid, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == l;
+}
+
+void sched__brain_active_add(struct sched_server *srv, const char *sid)
+{
+    char key[64], score[32];
+    if (!sid_ok(sid) || !srv->rds)
+        return;
+    sched__brain_active_key(key, sizeof(key), sid);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(score, sizeof(score), "%llu", /* below 2^53: exact as a score */
+             (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+    const char *argv[] = { "ZADD", key, score, sid };
+    wp_redis_argv(srv->rds, NULL, NULL, 4, argv, NULL);
+}
 
 /* ---- bookkeeping -------------------------------------------------------- */
 
@@ -144,6 +195,10 @@ static void emit_full(struct brain *b, json_t *ev, const char *id, const char *d
     const char *argv[] = { b->key_obj, b->key_ev, b->key_lease, b->token, status, b->sid,
                            type, id, delta_of, js ? js : "{}" };
     int rc = wp_redis_script(b->srv->rds, lua_emit, emit_cb, b, 3, 10, argv, NULL);
+    /* A turn goes on: its shard entry too (the sweep keeps it while this
+     * brain's lease lives, so the order of the two does not matter). */
+    if (rc == 0 && status[0] && strcmp(status, "idle"))
+        sched__brain_active_add(b->srv, b->sid);
     if (strcmp(type, "event_start") && strcmp(type, "event_delta")) {
         if (id[0])
             json_object_set_new(ev, "id", json_string(id));
@@ -504,7 +559,7 @@ static void node_draining_cb(void *ctx, int status, const struct wp_err *err)
 static void step_once(struct brain *b)
 {
     struct sched_brain_state d;
-    if (b->stopped || !b->loaded || b->reading)
+    if (b->stopped || !b->loaded || b->reading || b->env_wait)
         return;
     sched__brain_derive(b->log, b->self_hosted, &d);
     ev_timer_stop(b->srv->loop, &b->linger);
@@ -825,8 +880,8 @@ static const char *hfield(redisReply *r, size_t i)
 
 /* The session as the acquire script read it (fields from index 1 of its
  * reply): org, json, environment_id, self_hosted, status, archived,
- * sbx_sandbox, sbx_token, sbx_relay, sbx_node, sbx_tier, sbx_rkey, then the
- * environment's json. Returns 0 or -1 (the brain stops). */
+ * sbx_sandbox, sbx_token, sbx_relay, sbx_node, sbx_tier, sbx_rkey.
+ * Returns 0 or -1 (the brain stops). */
 static int load_session(struct brain *b, redisReply *r)
 {
 #define F(i) hfield(r, (i) + 1)
@@ -856,13 +911,38 @@ static int load_session(struct brain *b, redisReply *r)
         snprintf(b->claim.tier, sizeof(b->claim.tier), "%s", F(10) ?: "");
         snprintf(b->claim.rkey, sizeof(b->claim.rkey), "%s", F(11) ?: "");
     }
-    /* The environment names the pool its sandboxes come from. */
-    json_t *env = F(12) ? json_loads(F(12), 0, NULL) : NULL;
+    return 0;
+#undef F
+}
+
+/* The environment names the pool its sandboxes come from. Its record is in
+ * another slot than the session's, so it is read beside the acquire: the
+ * brain steps once it is here (env_wait). */
+static void env_cb(void *ctx, redisReply *reply)
+{
+    struct brain *b = ctx;
+    b->refs--;
+    b->env_wait = false;
+    json_t *env = reply && reply->type == REDIS_REPLY_STRING ? json_loads(reply->str, 0, NULL) : NULL;
     if (!env || sched__env_pool_of(env, b->pool_env, sizeof(b->pool_env)) < 0)
         b->pool_env[0] = '\0'; /* no sandbox: tools get an error result saying why */
     json_decref(env);
-    return 0;
-#undef F
+    if (!b->stopped && b->loaded)
+        sched__brain_step(b);
+    sched__brain_maybe_free(b);
+}
+
+static void read_env(struct brain *b)
+{
+    char kenv[200];
+    if (!b->env_id[0])
+        return;
+    sched__key_obj(kenv, sizeof(kenv), b->env_id);
+    const char *argv[] = { "HGET", kenv, "json" };
+    if (wp_redis_argv(b->srv->rds, env_cb, b, 3, argv, NULL) == 0) {
+        b->env_wait = true;
+        b->refs++;
+    }
 }
 
 static void handover_cb(void *ctx, redisReply *reply)
@@ -918,7 +998,7 @@ static void acquire_cb(void *ctx, redisReply *reply)
     struct brain *b = ctx;
     struct sched_brains *bs = b->bs;
     b->reading = false;
-    if (bs->handing_over && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 15 &&
+    if (bs->handing_over && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 14 &&
         reply->element[0]->type == REDIS_REPLY_INTEGER) {
         /* Taken while this scheduler began draining (the brain may be
          * stopped already): the lease goes straight back. */
@@ -928,7 +1008,7 @@ static void acquire_cb(void *ctx, redisReply *reply)
         sched__brain_maybe_free(b);
         return;
     }
-    if (b->stopped || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 15 ||
+    if (b->stopped || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 14 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER) {
         bool held = reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0;
         if (held && !b->stopped) {
@@ -946,8 +1026,9 @@ static void acquire_cb(void *ctx, redisReply *reply)
     log_debug("session=%s brain lease token=%s", b->sid, b->token);
     if (load_session(b, reply) == 0) {
         b->turn_t0 = wp_now_ns();
-        if (reply->element[14]->type == REDIS_REPLY_ARRAY)
-            ingest(b, reply->element[14]);
+        read_env(b);
+        if (reply->element[13]->type == REDIS_REPLY_ARRAY)
+            ingest(b, reply->element[13]);
         else
             brain_stop(b, "reading the log failed");
     }
@@ -956,7 +1037,7 @@ static void acquire_cb(void *ctx, redisReply *reply)
 
 static void take(struct sched_brains *bs, const char *sid, bool takeover)
 {
-    char ttl[32];
+    char ttl[32], kfence[200];
     struct brain *b = calloc(1, sizeof(*b));
     if (!b)
         return;
@@ -966,7 +1047,8 @@ static void take(struct sched_brains *bs, const char *sid, bool takeover)
     snprintf(b->sid, sizeof(b->sid), "%s", sid);
     sched__key_obj(b->key_obj, sizeof(b->key_obj), sid);
     sched__key_events(b->key_ev, sizeof(b->key_ev), sid);
-    snprintf(b->key_lease, sizeof(b->key_lease), "wp:brain:{%s}", sid);
+    sched__key_lease(b->key_lease, sizeof(b->key_lease), sid);
+    sched__key_fence(kfence, sizeof(kfence), sid);
     b->log = json_array();
     wp_buf_init(&b->delta, (size_t)8 << 20);
     ev_timer_init(&b->renew, renew_timer_cb, 1., 1.);
@@ -978,8 +1060,8 @@ static void take(struct sched_brains *bs, const char *sid, bool takeover)
     if (takeover)
         sched_metrics_inc(bs->srv->metrics, SCHED_CTR_TAKEOVERS, NULL);
     snprintf(ttl, sizeof(ttl), "%d", bs->srv->cfg.brain_lease_ms);
-    const char *argv[] = { b->key_lease, b->key_obj, b->key_ev, ttl };
-    if (wp_redis_script(bs->srv->rds, lua_acquire, acquire_cb, b, 3, 4, argv, NULL) == 0)
+    const char *argv[] = { b->key_lease, b->key_obj, b->key_ev, kfence, ttl };
+    if (wp_redis_script(bs->srv->rds, lua_acquire, acquire_cb, b, 4, 5, argv, NULL) == 0)
         b->reading = true;
     else {
         b->stopped = true;
@@ -1087,19 +1169,76 @@ static void wake_cb(void *ctx, redisReply *reply)
         read_new(b);
 }
 
-static void orphans_cb(void *ctx, redisReply *reply)
+/* One member of the shard being swept: asked about in its own slot. */
+struct sweep_item {
+    struct sched_brains *bs;
+    char sid[64];
+    char score[32];
+    int shard;
+};
+
+static void sweep_done(struct sched_brains *bs)
 {
-    struct sched_brains *bs = ctx;
-    bs->sweeping = false;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY)
-        return;
-    for (size_t i = 0; i < reply->elements; i++) {
-        const char *sid = reply->element[i]->str;
-        if (sid && !find(bs, sid)) {
-            log_info("session=%s has no brain: taking it over", sid);
-            take(bs, sid, true);
+    if (--bs->sweeping == 0)
+        bs->sweep_taken = 0;
+}
+
+static void orphan_cb(void *ctx, redisReply *reply)
+{
+    struct sweep_item *it = ctx;
+    struct sched_brains *bs = it->bs;
+    if (reply && reply->type == REDIS_REPLY_INTEGER && !bs->handing_over) {
+        if (reply->integer == 1 && !find(bs, it->sid) && bs->sweep_taken < BRAIN_SWEEP_MAX) {
+            bs->sweep_taken++;
+            log_info("session=%s has no brain: taking it over", it->sid);
+            take(bs, it->sid, true);
+        } else if (reply->integer == -1) {
+            char key[64];
+            active_key(key, sizeof(key), it->shard);
+            const char *argv[] = { key, it->sid, it->score };
+            wp_redis_script(bs->srv->rds, lua_active_drop, NULL, NULL, 1, 3, argv, NULL);
         }
     }
+    sweep_done(bs);
+    free(it);
+}
+
+/* A shard's members (ZRANGE WITHSCORES): each not run here is asked about. */
+static void shard_cb(void *ctx, redisReply *reply)
+{
+    struct sched_brains *bs = ctx;
+    if (reply && reply->type == REDIS_REPLY_ARRAY) {
+        int shard = bs->sweep_cur;
+        for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+            const char *sid = reply->element[i]->str, *score = reply->element[i + 1]->str;
+            /* From Redis: an id of ours or nothing (it names keys). */
+            if (!sid || !sid_ok(sid) || !score || strlen(score) >= sizeof(((struct sweep_item *)0)->score)) {
+                char key[64];
+                active_key(key, sizeof(key), shard);
+                const char *argv[] = { "ZREM", key, sid ? sid : "" };
+                wp_redis_argv(bs->srv->rds, NULL, NULL, 3, argv, NULL);
+                continue;
+            }
+            if (find(bs, sid))
+                continue;
+            struct sweep_item *it = calloc(1, sizeof(*it));
+            if (!it)
+                break;
+            it->bs = bs;
+            it->shard = shard;
+            snprintf(it->sid, sizeof(it->sid), "%s", sid);
+            snprintf(it->score, sizeof(it->score), "%s", score);
+            char klease[200], kobj[200];
+            sched__key_lease(klease, sizeof(klease), sid);
+            sched__key_obj(kobj, sizeof(kobj), sid);
+            const char *argv[] = { klease, kobj };
+            if (wp_redis_script(bs->srv->rds, lua_orphan, orphan_cb, it, 2, 2, argv, NULL) == 0)
+                bs->sweeping++;
+            else
+                free(it);
+        }
+    }
+    sweep_done(bs);
 }
 
 static void sweep_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -1107,13 +1246,19 @@ static void sweep_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct sched_brains *bs = w->data;
-    if (bs->sweeping || !wp_redis_ready(bs->srv->rds))
-        return;
-    const char *argv[] = { "8" };
-    if (wp_redis_script(bs->srv->rds, lua_orphans, orphans_cb, bs, 0, 1, argv, NULL) == 0)
-        bs->sweeping = true;
-    /* jitter so that schedulers do not all sweep at once */
-    w->repeat = 0.8 + (double)(rand() % 400) / 1000.0;
+    if (!bs->sweeping && wp_redis_ready(bs->srv->rds)) {
+        char key[64];
+        active_key(key, sizeof(key), bs->sweep_shard);
+        const char *argv[] = { "ZRANGE", key, "0", "999", "WITHSCORES" };
+        if (wp_redis_argv(bs->srv->rds, shard_cb, bs, 5, argv, NULL) == 0) {
+            bs->sweeping = 1;
+            bs->sweep_cur = bs->sweep_shard;
+            bs->sweep_shard = (bs->sweep_shard + 1) % BRAIN_ACTIVE_SHARDS;
+        }
+    }
+    /* Every shard about once a second; jitter so that schedulers do not
+     * all sweep at once. */
+    w->repeat = (0.8 + (double)(rand() % 400) / 1000.0) / BRAIN_ACTIVE_SHARDS;
     ev_timer_again(loop, w);
 }
 
@@ -1144,7 +1289,8 @@ int sched__brain_init(struct sched_server *srv, struct wp_err *err)
     ev_prepare_init(&bs->flush, flush_all_cb);
     bs->flush.data = bs;
     ev_prepare_start(srv->loop, &bs->flush);
-    ev_timer_init(&bs->sweep, sweep_cb, 0., 1.0);
+    ev_timer_init(&bs->sweep, sweep_cb, 0., 1.0 / BRAIN_ACTIVE_SHARDS);
+    bs->sweep_shard = rand() % BRAIN_ACTIVE_SHARDS;
     bs->sweep.data = bs;
     ev_timer_again(srv->loop, &bs->sweep);
     srv->brains = bs;

@@ -102,6 +102,7 @@ struct brain {
     char key_obj[200], key_ev[200], key_lease[200];
     char token[32];          /* the brain lease's fencing token */
     bool loaded;             /* session read, log read */
+    bool env_wait;           /* the environment's record not read yet: no step */
     bool self_hosted;
     bool stopped;            /* lost the lease or the session is gone: no more writes */
     json_t *agent;           /* the session's agent snapshot (owned) */

@@ -127,6 +127,8 @@ static void usage(void)
            "  --sse-hard-limit BYTES   cut a stream off above this much queued output (4194304)\n"
            "  --sse-soft-seconds SECS  cut a stream off after this long above the soft limit (30)\n"
            "  --sse-keys-per-conn N    streamed sessions one Redis connection tails (1000, 1..100000)\n"
+           "  --sse-slot-groups on|off one tailing connection per hash slot's sessions (Redis\n"
+           "                           Cluster refuses an XREAD across slots; off)\n"
            "  --max-conns N            open connections, streams included (10000); more get 503\n"
            "  --max-conns-per-addr N   ...of them from one client address (2000; 0: no cap)\n"
            "  --vault-key HEX          64 hex digits: AES-256 key for vault secrets (else\n"
@@ -136,6 +138,8 @@ static void usage(void)
            "  --vault-key-previous HEX, --vault-key-previous-file PATH\n"
            "                           the key before a rotation: what it sealed still opens\n"
            "  --rotate-vault-key       re-seal every stored secret with the current key, exit\n"
+           "  --migrate-keys           move sessions stored by an older version to this key\n"
+           "                           layout (every scheduler stopped; single Redis), exit\n"
            "  --redis-password-file PATH  AUTH to Redis with the password on its first line\n"
            "  --redis-user NAME        ...as this ACL user (default: Redis's default user)\n"
            "  --redis-sentinels HOST:PORT,...  find Redis through these sentinels (--redis is\n"
@@ -377,6 +381,16 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         cfg->mcp_private = !strcmp(val, "on");
         return 0;
     }
+    if (!strcmp(name, "sse-slot-groups")) {
+        if (strcmp(val, "on") && strcmp(val, "off"))
+            return wp_err_set(err, WP_ECONFIG, "sse-slot-groups wants on or off");
+        cfg->sse_slot_groups = !strcmp(val, "on");
+        return 0;
+    }
+    if (!strcmp(name, "migrate-keys")) {
+        cfg->migrate_keys = true;
+        return 0;
+    }
     if (!strcmp(name, "metrics-open")) {
         if (strcmp(val, "on") && strcmp(val, "off"))
             return wp_err_set(err, WP_ECONFIG, "metrics-open wants on or off");
@@ -527,7 +541,8 @@ int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
         if (eq) {
             snprintf(name, sizeof(name), "%.*s", (int)(eq - a - 2), a + 2);
             val = eq + 1;
-        } else if (!strcmp(a, "--metrics-open") || !strcmp(a, "--rotate-vault-key")) { /* flags */
+        } else if (!strcmp(a, "--metrics-open") || !strcmp(a, "--rotate-vault-key") ||
+                   !strcmp(a, "--migrate-keys")) { /* flags */
             snprintf(name, sizeof(name), "%s", a + 2);
             val = "on";
         } else {

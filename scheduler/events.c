@@ -208,7 +208,8 @@ int sched__events_prepare(json_t *events, bool initial, int max, json_t **out,
     return 0;
 }
 
-/* Append prepared events for session sid; cb gets the script's reply. */
+/* Append prepared events for session sid; cb gets the script's reply and,
+ * when it is no error, calls sched__brain_active_add(sid). */
 void sched__events_append(struct sched_req *req, const char *sid, json_t *prepared,
                           wp_redis_cb cb)
 {
@@ -228,7 +229,7 @@ void sched__events_append(struct sched_req *req, const char *sid, json_t *prepar
     sched__new_id("work_", wid, sizeof(wid));
     snprintf(ms, sizeof(ms), "%llu", (unsigned long long)t);
     sched__rfc3339(t, now, sizeof(now));
-    snprintf(klease, sizeof(klease), "wp:brain:{%s}", sid);
+    sched__key_lease(klease, sizeof(klease), sid);
     argv[0] = kobj;
     argv[1] = kev;
     argv[2] = klease;
@@ -245,10 +246,16 @@ void sched__events_append(struct sched_req *req, const char *sid, json_t *prepar
         argv[8 + 2 * i] = json_string_value(json_object_get(e, "type"));
         argv[9 + 2 * i] = dumps[i] ? dumps[i] : "{}";
     }
-    if (8 + 2 * n > 250)
+    if (8 + 2 * n > 250) {
         sched__respond_error(req, 400, "invalid_request_error", NULL, "too many events");
-    else
+    } else {
+        /* The active set's shard is another slot than the session's: the
+         * entry goes in before the append (a crash after the append still
+         * leaves it for the sweep) and is bumped after it (cb's caller:
+         * sched__brain_active_add), so a sweep racing the append keeps it. */
+        sched__brain_active_add(req->srv, sid);
         sched__req_script(req, sched__lua_append, cb, 3, (int)(8 + 2 * n), argv, NULL);
+    }
     for (i = 0; i < n; i++)
         free(dumps[i]);
     free(dumps);
@@ -259,6 +266,8 @@ void sched__events_append(struct sched_req *req, const char *sid, json_t *prepar
 static void send_cb(void *ctx, redisReply *reply)
 {
     struct sched_req *req = ctx;
+    if (reply->type != REDIS_REPLY_ERROR)
+        sched__brain_active_add(req->srv, req->params[0]);
     if (reply->type == REDIS_REPLY_ERROR) {
         if (strstr(reply->str, "NOTFOUND"))
             sched__not_found(req, "No session with id %s", req->params[0]);

@@ -45,6 +45,18 @@ int main(int argc, char **argv)
         }
         return 0;
     }
+    if (cfg.migrate_keys) {
+        if (sched__keys_migrate(&cfg, &err) < 0) {
+            fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
+            return 1;
+        }
+        return 0;
+    }
+    /* An older version's sessions move to this key layout before anything
+     * is served (a no-op once done); Redis away: said, and the start goes on. */
+    if (sched__keys_migrate(&cfg, &err) < 0)
+        log_warn("key layout not checked (%s): a store written by an older version needs "
+                 "warmpool-scheduler --migrate-keys", err.msg);
     /* Before any relay is dialled: a claim's relay beyond loopback is then
      * mutual TLS (or refused when there is no identity). */
     if (pool_relay_tls_setup(&cfg.relay_tls, &err) < 0) {

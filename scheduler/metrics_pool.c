@@ -1,9 +1,12 @@
 /* metrics_pool.c - GET /metrics: this process's registry (metrics.c) plus
  * the pool as Redis holds it at scrape time: gauges per environment and
- * node, claims by tier, and the nodes' restore histograms. One Lua script
- * reads it all in one round trip and one consistent view; it spans the
- * environments' hash slots, so it needs the single Redis the reaper needs
- * too. The scan's answer is kept --metrics-cache seconds (1) and scrapes
+ * node, claims by tier, and the nodes' restore histograms. The pool's keys
+ * are in many hash slots (one per environment, one per node), so no script
+ * can read them all on Redis Cluster: the scan is plain reads, each routed
+ * by its key, in three pipelined rounds (the node list; each node's hash,
+ * heartbeat and sandboxes; each sandbox's state and each environment's
+ * keys), not one atomic view: a gauge may be a few milliseconds apart from
+ * another. The scan's answer is kept --metrics-cache seconds (1) and scrapes
  * meanwhile share it; scrapes that arrive while it runs wait for the same
  * one, so ten Prometheus servers cost Redis one scan a second per
  * scheduler. No API key: monitoring scrapes it; --metrics-token makes it
@@ -24,7 +27,6 @@
 
 #define METRICS_MAX_BYTES (8u << 20)
 
-#include "lua/scheduler/metrics_pool.h" /* its Lua scripts: lua/scheduler/metrics_pool/ (Makefile) */
 
 /* ---- rendering the snapshot (pure; unit-tested) ---------------------------- */
 
@@ -430,7 +432,7 @@ static void respond(struct sched_req *req, json_t *snap, bool redis_ok)
         rc = wp_buf_printf(&b, "warmpool_metrics_pool_scrape_ok %d\n", redis_ok && snap && rc == 0);
     if (rc == 0 && req->srv->mcache)
         rc = family(&b, "warmpool_metrics_pool_scans_total", "counter",
-                    "Pool scans (one Lua script over every node and sandbox) this process ran "
+                    "Pool scans (reads of every node and sandbox) this process ran "
                     "for /metrics; scrapes within --metrics-cache share one");
     if (rc == 0 && req->srv->mcache)
         rc = wp_buf_printf(&b, "warmpool_metrics_pool_scans_total %llu\n",
@@ -445,27 +447,242 @@ static void respond(struct sched_req *req, json_t *snap, bool redis_ok)
     wp_buf_free(&b);
 }
 
-static void scrape_cb(void *ctx, redisReply *reply)
+/* ---- the scan: {"nodes": {N: {"alive": 0|1, "fields": {node hash}, "sbs":
+ * {E: {state: count}}}}, "envs": {E: {"hot": LLEN, "policy": {...},
+ * "stats": {...}, "nodes": [N...], "mem": {N: {...}}}}}. Environments are
+ * those some node holds sandboxes of or publishes a target for. ---- */
+
+enum scan_op_kind { OP_NODES, OP_NODE, OP_ALIVE, OP_SBS, OP_SB, OP_POLICY, OP_STATS, OP_HOT,
+                    OP_ENV_NODES, OP_MEM };
+
+struct scan {
+    struct sched_server *srv;
+    json_t *snap;
+    json_t *members; /* N -> ["E id", ...]: round 3 reads their states */
+    int pending;
+    int round;
+    bool failed;
+};
+
+struct scan_op {
+    struct scan *sc;
+    enum scan_op_kind kind;
+    char a[160], b[160]; /* node or environment; sandbox member or node */
+};
+
+static void scan_done(struct scan *sc);
+static void scan_send(struct scan *sc, enum scan_op_kind kind, const char *a, const char *b);
+
+static json_t *hash_of(redisReply *r)
 {
-    struct sched_req *req = ctx;
-    struct sched_mcache *mc = req->srv->mcache;
-    json_t *snap = NULL;
-    if (reply->type == REDIS_REPLY_STRING)
-        snap = json_loadb(reply->str, reply->len, 0, NULL);
-    else
-        log_warn("metrics: pool scrape failed: %s",
-                 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+    json_t *o = json_object();
+    for (size_t i = 0; i + 1 < r->elements; i += 2)
+        if (r->element[i]->type == REDIS_REPLY_STRING && r->element[i + 1]->type == REDIS_REPLY_STRING)
+            json_object_set_new(o, r->element[i]->str, json_string(r->element[i + 1]->str));
+    return o;
+}
+
+static json_t *env_of(struct scan *sc, const char *e)
+{
+    json_t *envs = json_object_get(sc->snap, "envs"), *env = json_object_get(envs, e);
+    if (!env) {
+        env = json_pack("{s:i, s:{}, s:{}, s:[], s:{}}", "hot", 0, "policy", "stats", "nodes", "mem");
+        json_object_set_new(envs, e, env);
+    }
+    return env;
+}
+
+/* Round 3: each sandbox's state and each environment's keys. */
+static void scan_round3(struct scan *sc)
+{
+    const char *n, *e;
+    json_t *ms, *m, *env;
+    size_t i;
+    json_object_foreach(sc->members, n, ms) json_array_foreach(ms, i, m)
+        scan_send(sc, OP_SB, n, json_string_value(m));
+    json_object_foreach(json_object_get(sc->snap, "envs"), e, env) {
+        scan_send(sc, OP_POLICY, e, "");
+        scan_send(sc, OP_STATS, e, "");
+        scan_send(sc, OP_HOT, e, "");
+        scan_send(sc, OP_ENV_NODES, e, "");
+    }
+}
+
+static void scan_reply(struct scan_op *op, redisReply *r)
+{
+    struct scan *sc = op->sc;
+    json_t *nodes = json_object_get(sc->snap, "nodes"), *node = json_object_get(nodes, op->a);
+    bool arr = r->type == REDIS_REPLY_ARRAY;
+    size_t i;
+    switch (op->kind) {
+    case OP_NODES:
+        for (i = 0; arr && i < r->elements; i++)
+            if (r->element[i]->type == REDIS_REPLY_STRING && strlen(r->element[i]->str) < sizeof(op->a)) {
+                const char *nn = r->element[i]->str;
+                json_object_set_new(nodes, nn, json_pack("{s:i, s:{}, s:{}}", "alive", 0, "fields", "sbs"));
+                scan_send(sc, OP_NODE, nn, "");
+                scan_send(sc, OP_ALIVE, nn, "");
+                scan_send(sc, OP_SBS, nn, "");
+            }
+        break;
+    case OP_NODE: {
+        json_t *f = hash_of(r), *v;
+        const char *k;
+        json_object_set_new(node, "fields", f);
+        json_object_foreach(f, k, v) if (!strncmp(k, "target:", 7) && k[7])
+            env_of(sc, k + 7);
+        break;
+    }
+    case OP_ALIVE:
+        json_object_set_new(node, "alive", json_integer(r->type == REDIS_REPLY_INTEGER && r->integer == 1));
+        break;
+    case OP_SBS: {
+        json_t *ms = json_array();
+        for (i = 0; arr && i < r->elements; i++) {
+            char e[160], id[160];
+            if (r->element[i]->type == REDIS_REPLY_STRING &&
+                sscanf(r->element[i]->str, "%159s %159s", e, id) == 2) {
+                env_of(sc, e);
+                json_array_append_new(ms, json_string(r->element[i]->str));
+            }
+        }
+        json_object_set_new(sc->members, op->a, ms);
+        break;
+    }
+    case OP_SB: {
+        char e[160], id[160];
+        sscanf(op->b, "%159s %159s", e, id);
+        json_t *sbs = json_object_get(node, "sbs"), *by = json_object_get(sbs, e);
+        if (!by)
+            json_object_set_new(sbs, e, by = json_object());
+        const char *st = r->type == REDIS_REPLY_STRING ? r->str : "unknown";
+        json_object_set_new(by, st, json_integer(json_integer_value(json_object_get(by, st)) + 1));
+        break;
+    }
+    case OP_POLICY:
+    case OP_STATS:
+        json_object_set_new(env_of(sc, op->a), op->kind == OP_POLICY ? "policy" : "stats", hash_of(r));
+        break;
+    case OP_HOT:
+        json_object_set_new(env_of(sc, op->a), "hot",
+                            json_integer(r->type == REDIS_REPLY_INTEGER ? r->integer : 0));
+        break;
+    case OP_ENV_NODES: {
+        json_t *l = json_array();
+        for (i = 0; arr && i < r->elements; i++)
+            if (r->element[i]->type == REDIS_REPLY_STRING && strlen(r->element[i]->str) < sizeof(op->b)) {
+                json_array_append_new(l, json_string(r->element[i]->str));
+                scan_send(sc, OP_MEM, op->a, r->element[i]->str); /* what its clones hold there */
+            }
+        json_object_set_new(env_of(sc, op->a), "nodes", l);
+        break;
+    }
+    case OP_MEM:
+        if (arr && r->elements > 0)
+            json_object_set_new(json_object_get(env_of(sc, op->a), "mem"), op->b, hash_of(r));
+        break;
+    }
+}
+
+static void scan_cb(void *ctx, redisReply *reply)
+{
+    struct scan_op *op = ctx;
+    struct scan *sc = op->sc;
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        if (!sc->failed)
+            log_warn("metrics: pool scan failed: %s", reply ? reply->str : "redis disconnected");
+        sc->failed = true;
+    } else if (!sc->failed) {
+        scan_reply(op, reply);
+    }
+    free(op);
+    if (--sc->pending > 0)
+        return;
+    if (!sc->failed && sc->round++ == 0) /* rounds 1 and 2 done: every node is known */
+        scan_round3(sc);
+    if (sc->pending == 0)
+        scan_done(sc);
+}
+
+static void scan_send(struct scan *sc, enum scan_op_kind kind, const char *a, const char *b)
+{
+    static const char *const cmd[] = { "SMEMBERS", "HGETALL", "EXISTS", "SMEMBERS", "HGET",
+                                       "HGETALL", "HGETALL", "LLEN", "SMEMBERS", "HGETALL" };
+    char key[400];
+    struct scan_op *op = sc->failed || !sc->srv->rds ? NULL : calloc(1, sizeof(*op));
+    if (!op) {
+        sc->failed = true;
+        return;
+    }
+    op->sc = sc;
+    op->kind = kind;
+    snprintf(op->a, sizeof(op->a), "%s", a);
+    snprintf(op->b, sizeof(op->b), "%s", b);
+    /* The pool's key names (pool/pool_int.h). */
+    switch (kind) {
+    case OP_NODES: snprintf(key, sizeof(key), "wp:nodes"); break;
+    case OP_NODE: snprintf(key, sizeof(key), "wp:node:%s", a); break;
+    case OP_ALIVE: snprintf(key, sizeof(key), "wp:node:%s:alive", a); break;
+    case OP_SBS: snprintf(key, sizeof(key), "wp:node:%s:sbs", a); break;
+    case OP_SB: {
+        char e[160], id[160];
+        sscanf(b, "%159s %159s", e, id);
+        snprintf(key, sizeof(key), "wp:env:{%s}:sb:%s", e, id);
+        break;
+    }
+    case OP_POLICY: snprintf(key, sizeof(key), "wp:env:{%s}:policy", a); break;
+    case OP_STATS: snprintf(key, sizeof(key), "wp:env:{%s}:stats", a); break;
+    case OP_HOT: snprintf(key, sizeof(key), "wp:env:{%s}:hot", a); break;
+    case OP_ENV_NODES: snprintf(key, sizeof(key), "wp:env:{%s}:nodes", a); break;
+    case OP_MEM: snprintf(key, sizeof(key), "wp:env:{%s}:mem:%s", a, b); break;
+    }
+    const char *argv[] = { cmd[kind], key, "state" };
+    if (wp_redis_argv(sc->srv->rds, scan_cb, op, kind == OP_SB ? 3 : 2, argv, NULL) < 0) {
+        free(op);
+        sc->failed = true;
+        return;
+    }
+    sc->pending++;
+}
+
+/* Every scrape that waited for the scan gets its answer. */
+static void answer_waiters(struct sched_mcache *mc, json_t *snap)
+{
     json_decref(mc->snap);
     mc->snap = snap; /* a failed scan is not kept: the next scrape tries again */
     mc->at = wp_now_ns();
     mc->running = false;
-    respond(req, snap, snap != NULL);
-    /* Scrapes that came while it ran get the same answer. */
     int n = mc->nwait;
     mc->nwait = 0;
     for (int i = 0; i < n; i++)
         if (sched__req_release(mc->waiters[i]))
             respond(mc->waiters[i], snap, snap != NULL);
+}
+
+static void scan_done(struct scan *sc)
+{
+    struct sched_mcache *mc = sc->srv->mcache;
+    if (sc->failed)
+        json_decref(sc->snap);
+    json_t *snap = sc->failed ? NULL : sc->snap;
+    json_decref(sc->members);
+    free(sc);
+    answer_waiters(mc, snap);
+}
+
+static void scan_start(struct sched_server *srv)
+{
+    struct scan *sc = calloc(1, sizeof(*sc));
+    if (!sc) {
+        answer_waiters(srv->mcache, NULL);
+        return;
+    }
+    sc->srv = srv;
+    sc->snap = json_pack("{s:{}, s:{}}", "nodes", "envs");
+    sc->members = json_object();
+    scan_send(sc, OP_NODES, "", "");
+    if (sc->pending == 0) /* nothing sent: answered as failed */
+        scan_done(sc);
 }
 
 void sched__h_metrics(struct sched_req *req)
@@ -505,7 +722,13 @@ void sched__h_metrics(struct sched_req *req)
         mc->waiters[mc->nwait++] = req;
         return;
     }
+    if (mc->running) { /* too many waiting: this one is told the pool part is missing */
+        respond(req, NULL, false);
+        return;
+    }
     mc->running = true;
     mc->scans++;
-    sched__req_script(req, lua_scrape, scrape_cb, 0, 0, NULL, NULL);
+    sched__req_hold(req);
+    mc->waiters[mc->nwait++] = req;
+    scan_start(req->srv);
 }

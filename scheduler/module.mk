@@ -9,7 +9,8 @@ scheduler_SRCS := scheduler/http_parse.c scheduler/server.c scheduler/route.c \
                   scheduler/metrics.c scheduler/metrics_pool.c scheduler/dashboard.c scheduler/tls.c \
                   scheduler/brain.c scheduler/brain_log.c scheduler/brain_tools.c scheduler/brain_files.c scheduler/brain_mcp.c \
                   scheduler/brain_egress.c scheduler/repos.c \
-                  scheduler/envtpl.c scheduler/vault_key.c scheduler/quota.c scheduler/mcp_creds.c
+                  scheduler/envtpl.c scheduler/vault_key.c scheduler/quota.c scheduler/mcp_creds.c \
+                  scheduler/migrate.c
 
 # /dashboard's page: scheduler/dashboard.html as C string literals.
 $(BUILD)/gen/dashboard_html.h: scheduler/dashboard.html

@@ -1,6 +1,7 @@
 /* resources.c - the generic object store behind every resource.
  *
- * An object is one Redis hash wp:obj:<id> (org, scope, json, rev, archived,
+ * An object is one Redis hash wp:obj:<id> (a session's: wp:obj:{<id>}, in
+ * the hash slot of its log and brain lease; org, scope, json, rev, archived,
  * seq, live, plus per-kind filter fields). json is the API object as
  * served, except for fields that change without an update (a session's
  * status), which live in the "live" fragment and are spliced in on read.
@@ -22,9 +23,18 @@ const struct sched_kind sched__kind_session = {"session", "sesn_", "session_dele
 const struct sched_kind sched__kind_vault = {"vault", "vlt_", "vault_deleted"};
 const struct sched_kind sched__kind_cred = {"credential", "vcrd_", "vault_credential_deleted"};
 
+/* A session's object carries its own id as hash tag: the scripts of its hot
+ * path (append, history, stream, brain) touch it with its log and lease, so
+ * all of them are one slot and one organization's sessions spread over a
+ * cluster's masters (ARCHITECTURE.md, Redis Cluster). */
+static bool obj_self_tagged(const char *id)
+{
+    return strncmp(id, sched__kind_session.id_prefix, strlen(sched__kind_session.id_prefix)) == 0;
+}
+
 void sched__key_obj(char *out, size_t cap, const char *id)
 {
-    snprintf(out, cap, "wp:obj:%s", id);
+    snprintf(out, cap, obj_self_tagged(id) ? "wp:obj:{%s}" : "wp:obj:%s", id);
 }
 
 void sched__key_idx(char *out, size_t cap, const char *scope, const char *kind, bool active)
@@ -35,6 +45,16 @@ void sched__key_idx(char *out, size_t cap, const char *scope, const char *kind, 
 void sched__key_events(char *out, size_t cap, const char *session_id)
 {
     snprintf(out, cap, "wp:events:{%s}", session_id);
+}
+
+void sched__key_lease(char *out, size_t cap, const char *session_id)
+{
+    snprintf(out, cap, "wp:brain:{%s}", session_id);
+}
+
+void sched__key_fence(char *out, size_t cap, const char *session_id)
+{
+    snprintf(out, cap, "wp:brain:fence:{%s}", session_id);
 }
 
 #include "lua/scheduler/resources.h" /* its Lua scripts: lua/scheduler/resources/ (Makefile) */
@@ -389,6 +409,9 @@ void sched__obj_list(struct sched_req *req, const struct sched_kind *k, const ch
     argv[argc++] = cur;
     argv[argc++] = lim;
     argv[argc++] = (asc != reverse) ? "asc" : "desc";
+    bool tagged = obj_self_tagged(k->id_prefix); /* the script names each object's key */
+    argv[argc++] = tagged ? "wp:obj:{" : "wp:obj:";
+    argv[argc++] = tagged ? "}" : "";
     for (int i = 0; filter && filter[i] && argc < 39; i++)
         argv[argc++] = filter[i];
     req->step = (reverse ? 1 : 0) | (bidirectional ? 2 : 0) | (page ? 4 : 0);

@@ -515,11 +515,24 @@ static void claim_cb(void *ctx, int status, const struct pool_claim_result *res,
 
 /* ---- handlers -------------------------------------------------------------- */
 
-static json_t *record_json(redisReply *r, const char *id)
+/* The record (an HGETALL reply) as a JSON object of strings; a field that
+ * is no UTF-8 is left out (the API never writes one). */
+static json_t *record_of(redisReply *r)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2)
+        if (r->element[i]->type == REDIS_REPLY_STRING && r->element[i + 1]->type == REDIS_REPLY_STRING)
+            json_object_set_new(o, r->element[i]->str, json_string(r->element[i + 1]->str));
+    return o;
+}
+
+static json_t *record_json(json_t *r, const char *id)
 {
     json_t *o = json_pack("{s:s, s:s}", "type", "sandbox", "id", id), *t = json_object();
-    for (size_t i = 0; i + 1 < r->elements; i += 2) {
-        const char *k = r->element[i]->str, *v = r->element[i + 1]->str;
+    const char *k;
+    json_t *jv;
+    json_object_foreach(r, k, jv) {
+        const char *v = json_string_value(jv);
         if (!strcmp(k, "environment") || !strcmp(k, "status") || !strcmp(k, "tier") ||
             !strcmp(k, "node") || !strcmp(k, "created_at") || !strcmp(k, "session_id"))
             json_object_set_new(o, k, *v ? json_string(v) : json_null());
@@ -539,19 +552,14 @@ static json_t *record_json(redisReply *r, const char *id)
     return o;
 }
 
-static const char *field(redisReply *r, const char *name)
+static const char *field(json_t *r, const char *name)
 {
-    for (size_t i = 0; i + 1 < r->elements; i += 2)
-        if (strcmp(r->element[i]->str, name) == 0)
-            return r->element[i + 1]->str;
-    return NULL;
+    return json_string_value(json_object_get(r, name));
 }
-
-#include "lua/scheduler/sandboxes.h" /* its Lua scripts: lua/scheduler/sandboxes/ (Makefile) */
 
 /* What the record says, corrected by the node's state: a sandbox the
  * record calls ready whose node no longer holds it leased is failed. */
-static void truth(redisReply *r, const char **status, char *why, size_t cap)
+static void truth(json_t *r, const char **status, char *why, size_t cap)
 {
     const char *ns = field(r, "node_state");
     why[0] = '\0';
@@ -684,10 +692,9 @@ static void start(struct sched_req *req, const char *name, const char *id)
     sched__req_redis(req, created, 14, argv, NULL);
 }
 
-static void got_record(void *ctx, redisReply *reply)
+static void use_record(struct sched_req *req, json_t *reply)
 {
-    struct sched_req *req = ctx;
-    const char *org = reply->type == REDIS_REPLY_ARRAY ? field(reply, "org") : NULL;
+    const char *org = field(reply, "org");
     if (!org || strcmp(org, req->org) != 0) {
         sched__not_found(req, "sandbox %s not found", req->params[0]);
         return;
@@ -764,7 +771,7 @@ static void got_record(void *ctx, redisReply *reply)
     snprintf(s->res.sandbox, sizeof(s->res.sandbox), "%s", field(reply, "sandbox"));
     snprintf(s->res.relay, sizeof(s->res.relay), "%s", field(reply, "relay"));
     snprintf(s->res.rkey, sizeof(s->res.rkey), "%s", field(reply, "rkey") ?: "");
-    s->res.token = strtoull(field(reply, "token"), NULL, 10);
+    s->res.token = strtoull(field(reply, "token") ?: "0", NULL, 10);
     s->next = req->srv->sbxs;
     req->srv->sbxs = s;
     struct waiter *w = calloc(1, sizeof(*w));
@@ -776,13 +783,46 @@ static void got_record(void *ctx, redisReply *reply)
     connect_link(s);
 }
 
+/* The node's own state of the sandbox ("node_state": leased, idle, lost,
+ * released, or "gone" when the node destroyed it), added to the record. */
+static void got_state(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    json_t *rec = req->tmp;
+    req->tmp = NULL;
+    json_object_set_new(rec, "node_state",
+                        json_string(reply->type == REDIS_REPLY_STRING ? reply->str : "gone"));
+    use_record(req, rec);
+    json_decref(rec);
+}
+
+/* The record, then the node's state of its sandbox: two reads, since the
+ * two are in different hash slots (nothing to keep atomic in a read). */
+static void got_record(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    json_t *rec = record_of(reply);
+    const char *org = field(rec, "org"), *env = field(rec, "environment"),
+               *sb = field(rec, "sandbox");
+    if (org && !strcmp(org, req->org) && env && sb && *sb) {
+        char key[256];
+        snprintf(key, sizeof(key), "wp:env:{%s}:sb:%s", env, sb); /* the pool's (POOL__K_SB) */
+        const char *argv[] = { "HGET", key, "state" };
+        req->tmp = rec;
+        sched__req_redis(req, got_state, 3, argv, NULL);
+        return;
+    }
+    use_record(req, rec);
+    json_decref(rec);
+}
+
 static void load(struct sched_req *req, int step)
 {
     char key[80];
     key_sbx(key, sizeof(key), req->params[0]);
     req->step = step;
-    const char *argv[] = { "EVAL", lua_sbx_get, "1", key };
-    sched__req_redis(req, got_record, 4, argv, NULL);
+    const char *argv[] = { "HGETALL", key };
+    sched__req_redis(req, got_record, 2, argv, NULL);
 }
 
 void sched__h_sbx_get(struct sched_req *req)

@@ -49,6 +49,8 @@ struct sched_config {
     size_t sse_hard_limit;   /* SSE output queued above this: cut the client off */
     double sse_soft_seconds; /* over the soft limit this long: cut the client off */
     int sse_keys_per_conn;   /* streamed sessions tailed by one Redis connection (XREAD keys) */
+    bool sse_slot_groups;    /* one XREAD's keys share a hash slot (Redis Cluster) */
+    bool migrate_keys;       /* --migrate-keys: move old keys, exit */
     int rate_create;         /* per organization and minute; 0 = unlimited */
     int rate_read;
     int rate_sbx_create;     /* POST /v1/sandboxes, per organization and minute */

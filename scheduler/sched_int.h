@@ -429,10 +429,15 @@ int sched__s3_check(struct sched_files_s3 *c, struct wp_err *err);
 void sched__work_enqueue(struct sched_req *req, const char *env, const char *session_id,
                          wp_redis_cb cb);
 
-/* Redis key helpers: "wp:obj:<id>", "wp:idx:<org>:<kind>[:active]". */
+/* Redis key helpers: "wp:obj:<id>" (a session's: "wp:obj:{<sid>}"),
+ * "wp:idx:<org>:<kind>[:active]", "wp:events:{<sid>}". */
 void sched__key_obj(char *out, size_t cap, const char *id);
 void sched__key_idx(char *out, size_t cap, const char *org, const char *kind, bool active);
 void sched__key_events(char *out, size_t cap, const char *session_id);
+/* "wp:brain:{<sid>}": the session's brain lease; "wp:brain:fence:{<sid>}":
+ * its token counter. Every key of one session is in one hash slot. */
+void sched__key_lease(char *out, size_t cap, const char *session_id);
+void sched__key_fence(char *out, size_t cap, const char *session_id);
 
 /* Store a new object (json, steals) and answer 200 with it. extra: flat
  * list of name/value pairs also kept as hash fields (for list filters),
@@ -531,6 +536,16 @@ void sched__brain_free(struct sched_server *srv);
 /* Client input was appended to session sid: run its loop here, or wake
  * the scheduler that does. */
 void sched__brain_kick(struct sched_server *srv, const char *sid);
+/* Puts sid in its shard of the brain's active set (or bumps its score):
+ * before and after an append with input (events.c). Works without a brain
+ * in this process: another scheduler's sweep reads the set. */
+void sched__brain_active_add(struct sched_server *srv, const char *sid);
+/* "wp:brain:active:{<shard>}": the active-set shard sid belongs to. */
+void sched__brain_active_key(char *out, size_t cap, const char *sid);
+
+/* migrate.c: move an older store's session keys to this layout (see
+ * there). Synchronous, single Redis. 0 or an error. */
+int sched__keys_migrate(const struct sched_config *cfg, struct wp_err *err);
 /* Session sid is being archived or deleted: its sandbox goes back to the
  * pool and its brain stops. Call before the delete is sent. */
 void sched__brain_session_end(struct sched_server *srv, const char *org, const char *sid);

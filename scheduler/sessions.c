@@ -204,6 +204,8 @@ static void initial_done(void *ctx, redisReply *reply)
     struct sched_req *req = ctx;
     json_t *s = req->tmp;
     req->tmp = NULL;
+    if (reply->type == REDIS_REPLY_ARRAY)
+        sched__brain_active_add(req->srv, json_string_value(json_object_get(s, "id")));
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0) {
         redisReply *st = reply->element[reply->elements - 1];
         json_object_set_new(s, "status", json_string(st->str));
@@ -589,14 +591,17 @@ static void archived(struct sched_req *req, json_t *s)
 {
     double ttl = req->srv->cfg.archived_ttl_s;
     if (ttl > 0) {
-        char kobj[200], kev[200], ms[32];
+        char kobj[200], kev[200], kfence[200], ms[32];
         const char *id = json_string_value(json_object_get(s, "id"));
         sched__key_obj(kobj, sizeof(kobj), id);
         sched__key_events(kev, sizeof(kev), id);
+        sched__key_fence(kfence, sizeof(kfence), id);
         snprintf(ms, sizeof(ms), "%.0f", ttl * 1000);
-        const char *a1[] = {"PEXPIRE", kobj, ms}, *a2[] = {"PEXPIRE", kev, ms};
+        const char *a1[] = {"PEXPIRE", kobj, ms}, *a2[] = {"PEXPIRE", kev, ms},
+                   *a3[] = {"PEXPIRE", kfence, ms};
         wp_redis_argv(req->srv->rds, NULL, NULL, 3, a1, NULL);
         wp_redis_argv(req->srv->rds, NULL, NULL, 3, a2, NULL);
+        wp_redis_argv(req->srv->rds, NULL, NULL, 3, a3, NULL);
     }
     sched__respond_json(req, 200, s);
 }
@@ -638,21 +643,28 @@ static void delete_cb(void *ctx, redisReply *reply)
         sched__not_found(req, "No session with id %s", req->params[0]);
         return;
     }
+    /* The organization's index is another slot: its entries go now (a
+     * crash before leaves entries that listings drop, finding no object). */
+    char kall[200], kact[200];
+    sched__key_idx(kall, sizeof(kall), req->org, "session", false);
+    sched__key_idx(kact, sizeof(kact), req->org, "session", true);
+    const char *z1[] = {"ZREM", kall, req->params[0]}, *z2[] = {"ZREM", kact, req->params[0]};
+    wp_redis_argv(req->srv->rds, NULL, NULL, 3, z1, NULL);
+    wp_redis_argv(req->srv->rds, NULL, NULL, 3, z2, NULL);
     sched__respond_json(req, 200,
                         json_pack("{s:s,s:s}", "id", req->params[0], "type", "session_deleted"));
 }
 
 void sched__h_session_delete(struct sched_req *req)
 {
-    char kobj[200], kev[200], kall[200], kact[200];
+    char kobj[200], kev[200], kfence[200];
     sched__key_obj(kobj, sizeof(kobj), req->params[0]);
     sched__key_events(kev, sizeof(kev), req->params[0]);
-    sched__key_idx(kall, sizeof(kall), req->org, "session", false);
-    sched__key_idx(kact, sizeof(kact), req->org, "session", true);
+    sched__key_fence(kfence, sizeof(kfence), req->params[0]);
     /* The log outlives the session briefly so open streams see session.deleted. */
-    const char *argv[] = {kobj, kev, kall, kact, req->org, req->params[0], "300000"};
+    const char *argv[] = {kobj, kev, kfence, req->org, "300000"};
     sched__brain_session_end(req->srv, req->org, req->params[0]);
-    sched__req_script(req, lua_delete, delete_cb, 4, 7, argv, NULL);
+    sched__req_script(req, lua_delete, delete_cb, 3, 5, argv, NULL);
 }
 
 void sched__h_session_list(struct sched_req *req)

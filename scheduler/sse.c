@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "base/log.h"
+#include "base/rcluster.h"
 #include "scheduler/sched_int.h"
 
 /* One Redis connection tailing many sessions' logs (one XREAD). */
@@ -53,6 +54,7 @@ struct sse_reader {
     bool dead;                  /* unlinked; freed once unblocks == 0 */
     bool freeing;               /* inside reader_free_now */
     int wait_ticks;
+    int slot;                   /* the hash slot of its keys (cfg.sse_slot_groups) */
     ev_timer start;             /* waits for rd to connect */
     ev_timer retry;             /* re-sends CLIENT UNBLOCK */
     struct sse_reader *next, *prev;
@@ -551,16 +553,21 @@ static void reader_start_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
 }
 
-/* A reader with room for one more hub, made when all are full. */
-static struct sse_reader *reader_for_new_hub(struct sched_server *srv)
+/* A reader with room for one more hub, made when all are full. On Redis
+ * Cluster the keys of one XREAD must share a slot: a reader then tails the
+ * sessions of one slot only (a session's log is tagged by its id, so that
+ * is mostly one session per reader: the cost of spreading sessions). */
+static struct sse_reader *reader_for_new_hub(struct sched_server *srv, const char *key)
 {
+    int slot = srv->cfg.sse_slot_groups ? wp_rcl_keyslot(key, strlen(key)) : -1;
     for (struct sse_reader *r = srv->readers; r; r = r->next)
-        if (!r->broken && r->nhubs < srv->cfg.sse_keys_per_conn)
+        if (!r->broken && r->nhubs < srv->cfg.sse_keys_per_conn && r->slot == slot)
             return r;
     struct sse_reader *r = calloc(1, sizeof(*r));
     if (!r)
         return NULL;
     r->srv = srv;
+    r->slot = slot;
     r->rd = wp_redis_new(srv->loop, srv->cfg.redis_host, srv->cfg.redis_port, "sse");
     if (!r->rd) {
         free(r);
@@ -593,7 +600,7 @@ static void attach(struct sched_sse *s)
         hub_add(h, s);
         return;
     }
-    struct sse_reader *r = reader_for_new_hub(srv);
+    struct sse_reader *r = reader_for_new_hub(srv, s->key);
     h = r ? calloc(1, sizeof(*h)) : NULL;
     if (!h) {
         if (r)

@@ -138,12 +138,7 @@ static char *new_session(int port)
 
 static void send_text(int port, const char *sid, const char *text)
 {
-    char path[128], body[512];
-    snprintf(path, sizeof(path), "/v1/sessions/%s/events", sid);
-    snprintf(body, sizeof(body),
-             "{\"events\":[{\"type\":\"user.message\",\"content\":[{\"type\":\"text\",\"text\":\"%s\"}]}]}",
-             text);
-    json_decref(call(port, "POST", path, body, 200));
+    th_send_text(port, KEY, sid, text);
 }
 
 /* ---- set-up: Redis, model server, two schedulers, an API environment
@@ -285,7 +280,7 @@ static void bash_turn_runs_in_sandbox(void **state)
     /* Deleting the session gives its sandbox back: the node destroys it
      * and nothing of it is left. */
     char sbx[128], sdir[1100];
-    th_sh(sbx, sizeof(sbx), "redis-cli -p %d hget wp:obj:%s sbx_sandbox", R.port, sid);
+    th_sh(sbx, sizeof(sbx), "redis-cli -p %d hget 'wp:obj:{%s}' sbx_sandbox", R.port, sid);
     sbx[strcspn(sbx, "\n")] = '\0';
     assert_true(sbx[0]);
     json_decref(call(A.port, "DELETE", path, NULL, 200));
@@ -415,7 +410,7 @@ static void dead_sandbox_is_replaced(void **state)
     assert_string_equal(s_(json_array_get(json_object_get(json_array_get(ev, (size_t)r1), "content"), 0), "text"),
                         "first");
     json_decref(ev);
-    th_sh(sbx, sizeof(sbx), "redis-cli -p %d hget wp:obj:%s sbx_sandbox", R.port, sid);
+    th_sh(sbx, sizeof(sbx), "redis-cli -p %d hget 'wp:obj:{%s}' sbx_sandbox", R.port, sid);
     sbx[strcspn(sbx, "\n")] = '\0';
     th_sh(pidtxt, sizeof(pidtxt), "head -n1 %s/state-n1/sandboxes/%s/init.pid", DIR_, sbx);
     pid_t init = (pid_t)atoi(pidtxt);
@@ -435,7 +430,7 @@ static void dead_sandbox_is_replaced(void **state)
     else
         assert_non_null(strstr(text, "fresh"));
     char sbx2[128];
-    th_sh(sbx2, sizeof(sbx2), "redis-cli -p %d hget wp:obj:%s sbx_sandbox", R.port, sid);
+    th_sh(sbx2, sizeof(sbx2), "redis-cli -p %d hget 'wp:obj:{%s}' sbx_sandbox", R.port, sid);
     sbx2[strcspn(sbx2, "\n")] = '\0';
     if (!json_is_true(json_object_get(res, "is_error")))
         assert_string_not_equal(sbx2, sbx);
@@ -597,7 +592,7 @@ static void prompt_cache_fifty_turns(void **state)
 /* The scheduler running a session is killed mid-turn: another one takes
  * the session over from its log and finishes the turn. */
 /* Redis restarted from an AOF fsynced every second can lose the last
- * writes: the brain fence counter goes back, and the lease with it. The
+ * writes: the session's brain fence counter goes back, and the lease with it. The
  * next brain's token must still be above every token handed out before
  * (never one a brain may still hold). */
 static void fence_only_grows_after_lost_writes(void **state)
@@ -613,7 +608,7 @@ static void fence_only_grows_after_lost_writes(void **state)
     long long t = atoll(out);
     assert_true(t > 0);
     /* The loss: the counter one back, the lease gone. */
-    th_sh(out, sizeof(out), "redis-cli -p %d set wp:brain:fence %lld", R.port, t - 1);
+    th_sh(out, sizeof(out), "redis-cli -p %d set 'wp:brain:fence:{%s}' %lld", R.port, sid, t - 1);
     th_sh(out, sizeof(out), "redis-cli -p %d del '%s'", R.port, key);
     send_text(A.port, sid, "hello there");
     json_decref(until_idle(&s, "end_turn", 20000));

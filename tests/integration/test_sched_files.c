@@ -635,9 +635,9 @@ static void mounted_read_only_in_sandbox(void **state)
     /* Only the lease's holder may mount: the right token with another
      * relay key is refused by the node. */
     char sbx[128], relay[128], tok[64], frame[1024], ans[512];
-    th_sh(sbx, sizeof(sbx), "redis-cli -p %d hget wp:obj:%s sbx_sandbox", R.port, s_(s, "id"));
-    th_sh(relay, sizeof(relay), "redis-cli -p %d hget wp:obj:%s sbx_relay", R.port, s_(s, "id"));
-    th_sh(tok, sizeof(tok), "redis-cli -p %d hget wp:obj:%s sbx_token", R.port, s_(s, "id"));
+    th_sh(sbx, sizeof(sbx), "redis-cli -p %d hget 'wp:obj:{%s}' sbx_sandbox", R.port, s_(s, "id"));
+    th_sh(relay, sizeof(relay), "redis-cli -p %d hget 'wp:obj:{%s}' sbx_relay", R.port, s_(s, "id"));
+    th_sh(tok, sizeof(tok), "redis-cli -p %d hget 'wp:obj:{%s}' sbx_token", R.port, s_(s, "id"));
     sbx[strcspn(sbx, "\n")] = relay[strcspn(relay, "\n")] = tok[strcspn(tok, "\n")] = '\0';
     int n = snprintf(frame + 4, sizeof(frame) - 4,
                      "{\"t\":\"mount\",\"env\":\"filespool\",\"sandbox\":\"%s\",\"token\":\"%s\","
@@ -657,7 +657,7 @@ static void mounted_read_only_in_sandbox(void **state)
      * answer is ok. The time each takes is printed for
      * bench/results/files.md, not judged here. */
     char rkey[64];
-    th_sh(rkey, sizeof(rkey), "redis-cli -p %d hget wp:obj:%s sbx_rkey", R.port, s_(s, "id"));
+    th_sh(rkey, sizeof(rkey), "redis-cli -p %d hget 'wp:obj:{%s}' sbx_rkey", R.port, s_(s, "id"));
     rkey[strcspn(rkey, "\n")] = '\0';
     static const size_t sizes[] = {4096, 1 << 20, 16 << 20};
     char *payload = calloc(1, 16 << 20);

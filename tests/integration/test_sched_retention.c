@@ -122,7 +122,7 @@ static void archived_session_expires(void **state)
         th_resp_free(&r);
     }
     assert_true(gone);
-    th_sh(out, sizeof(out), "redis-cli -p %d EXISTS wp:events:{%s} wp:obj:%s", R.port, sid, sid);
+    th_sh(out, sizeof(out), "redis-cli -p %d EXISTS 'wp:events:{%s}' 'wp:obj:{%s}'", R.port, sid, sid);
     assert_int_equal(atoi(out), 0);
     /* Listings skip it (and drop its index entry); the live one stays. */
     json_t *l = call("GET", "/v1/sessions?include_archived=true&limit=100", NULL, 200);

@@ -433,3 +433,13 @@ int th_http(int port, const char *method, const char *path, const char *key, con
     free(buf);
     return 0;
 }
+
+void th_send_text(int port, const char *key, const char *sid, const char *text)
+{
+    char path[160], body[1024];
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events", sid);
+    snprintf(body, sizeof(body),
+             "{\"events\":[{\"type\":\"user.message\",\"content\":[{\"type\":\"text\",\"text\":\"%s\"}]}]}",
+             text);
+    json_decref(th_api(port, key, "POST", path, body, 200));
+}

@@ -62,6 +62,9 @@ struct json_t *th_call(int port, const char *key, const char *method, const char
  * body that is not JSON fails the test (status and body printed). */
 struct json_t *th_api(int port, const char *key, const char *method, const char *path,
                       const char *body, int want);
+/* POST one user.message saying text (plain, no quotes) to session sid's
+ * events as key; inside a cmocka test, anything but a 200 fails it. */
+void th_send_text(int port, const char *key, const char *sid, const char *text);
 /* Header value from a response head (case-insensitive name), copied. */
 int th_resp_header(const struct th_resp *r, const char *name, char *out, size_t cap);
 

@@ -5,9 +5,9 @@
 -- that is not archived, in the order given, its credentials not archived
 -- in creation order: id, vault id, json, sealed}.
 local out = {redis.call('HGET', 'wp:obj:' .. ARGV[3], 'json') or '',
-             redis.call('HGET', 'wp:obj:' .. ARGV[4], 'json') or ''}
+             redis.call('HGET', 'wp:obj:{' .. ARGV[4] .. '}', 'json') or ''}
 local toks = {}
-local all = redis.call('HGETALL', 'wp:obj:' .. ARGV[4])
+local all = redis.call('HGETALL', 'wp:obj:{' .. ARGV[4] .. '}')
 for i = 1, #all, 2 do
   if string.sub(all[i], 1, 5) == 'rtok:' then table.insert(toks, all[i]); table.insert(toks, all[i + 1]) end
 end

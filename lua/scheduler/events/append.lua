@@ -1,6 +1,6 @@
 --! const char sched__lua_append[]
--- KEYS: session obj, stream, brain lease. ARGV: org, a fresh work id, now (ms), now
--- (RFC 3339), then (type, json) pairs.
+-- KEYS: session obj, stream, brain lease (all in the session's slot). ARGV:
+-- org, a fresh work id, now (ms), now (RFC 3339), then (type, json) pairs.
 -- Appends each event and the status events its arrival causes, updates
 -- the session's live status; returns the stream ids of the client events
 -- followed by the final status. Errors: NOTFOUND, TERMINATED, LOGFULL.
@@ -39,12 +39,16 @@ for i = 6, #ARGV, 2 do
   end
 end
 redis.call('HSET', KEYS[1], 'status', status, 'live', '"status":"' .. status .. '"')
--- The brain's sweep looks for sessions with input and no brain here.
-if input then redis.call('ZADD', 'wp:brain:active', 'NX', 0, string.match(KEYS[1], '^wp:obj:(.*)$')) end
+-- The brain's sweep looks for sessions with input and no brain: 'active'
+-- says so here, in the session's slot; events.c adds the session to its
+-- shard of the active set (another slot) before and after this script.
+if input then redis.call('HSET', KEYS[1], 'active', '1') end
+-- Not yet one slot: the dormant re-enqueue below touches the work queue
+-- and the organization's index (Redis Cluster: ARCHITECTURE.md).
 if input and h[4] == '1' and h[6] then
   local state = h[5] and redis.call('HGET', 'wp:obj:' .. h[5], 'state')
   if not state or state == 'stopped' then
-    local env, wid, sid = h[6], ARGV[2], string.match(KEYS[1], '^wp:obj:(.*)$')
+    local env, wid, sid = h[6], ARGV[2], string.match(KEYS[1], '^wp:obj:{(.*)}$')
     local scope = ARGV[1] .. ':' .. env
     local k = 'wp:obj:' .. wid
     local seq = redis.call('INCR', 'wp:seq')

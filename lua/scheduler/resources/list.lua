@@ -1,11 +1,14 @@
 --! static const char lua_list[]
--- ARGV: cursor score or '', limit, 'asc'|'desc', then filter triples
--- (field, op, value) with op in eq, in (comma list), gte, lte, gt, lt.
+-- ARGV: cursor score or '', limit, 'asc'|'desc', the object key's prefix
+-- and suffix around an id ('wp:obj:' '' or, for sessions, 'wp:obj:{' '}'),
+-- then filter triples (field, op, value) with op in eq, in (comma list),
+-- gte, lte, gt, lt.
 -- Returns {first, last, more, json1, live1, json2, live2, ...}.
 -- KEYS[1] the index (all or active) of one kind in one scope.
 local idx, cur, limit, asc = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3] == 'asc'
+local kpre, ksuf = ARGV[4], ARGV[5]
 local fields, ops, vals = {'json', 'live'}, {}, {}
-for i = 4, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   table.insert(fields, ARGV[i]); table.insert(ops, ARGV[i+1]); table.insert(vals, ARGV[i+2])
 end
 local function pass(h)
@@ -36,7 +39,7 @@ while #out < 2 * limit and not done and scanned < 5000 do
   end
   if #ids == 0 then done = true end
   for i = 1, #ids, 2 do
-    local h = redis.call('HMGET', 'wp:obj:' .. ids[i], unpack(fields))
+    local h = redis.call('HMGET', kpre .. ids[i] .. ksuf, unpack(fields))
     last = ids[i + 1]
     scanned = scanned + 1
     if not h[1] then redis.call('ZREM', idx, ids[i]) end -- expired (archived TTL)

@@ -1,0 +1,371 @@
+/* test_sched_slots.c - a session's hot path on a Redis that enforces hash
+ * slots: a one-master Redis Cluster node (cluster-enabled, every slot its
+ * own), which refuses a script whose declared keys cross slots (CROSSSLOT)
+ * and one that touches an undeclared key of another slot than its
+ * declared ones (Redis 7), and a multi-key XREAD across slots.
+ *
+ * What is not one slot yet (creating agents, environments and sessions:
+ * ARCHITECTURE.md, Redis Cluster) is done by a scheduler on a plain Redis;
+ * the keys are then copied to the cluster node (MIGRATE COPY), where a
+ * second scheduler, the brain on, serves the session: appends, turns,
+ * history, streams, a takeover after kill -9, delete. The environment is
+ * self_hosted, so no sandbox is claimed (the pool's scripts are the pool's
+ * part of issue 18). */
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lib/model_testlib.h"
+#include "lib/sched_testlib.h"
+#include "lib/snaplib.h"
+#include "lib/testlib.h"
+#include "modelserver/msrv_spawn.h"
+#include "sse_client.h"
+#include "base/rcluster.h"
+#include "base/timeutil.h"
+#include "scheduler/sched_int.h"
+
+#define KEY "sk-acme"
+
+static struct th_redis R;         /* plain: where objects are created */
+static int CPORT, CPID;           /* the cluster node */
+static char *DIR_, URL[128];
+static struct th_sched A, B;      /* A on R (no brain), B on the cluster node */
+static struct msrv_proc M;
+static char SID[3][64];
+
+static const char script[] =
+    "{\"seed\":1,\"ttft_ms\":20,\"tokens_per_s\":40,\"chunk_tokens\":1,"
+    "\"conversations\":["
+    " {\"match\":\"slow\",\"turns\":[{\"text\":\"one two three four five six seven eight nine ten "
+    "eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty "
+    "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen\"}]},"
+    " {\"turns\":[\"Hello from the cluster!\"]}]}";
+
+static const char *s_(json_t *o, const char *k)
+{
+    return json_string_value(json_object_get(o, k));
+}
+
+static int cluster_start(void)
+{
+    char port[16], bus[16], out[4096];
+    CPORT = th_free_port();
+    snprintf(port, sizeof(port), "%d", CPORT);
+    snprintf(bus, sizeof(bus), "%d", th_free_port()); /* port + 10000 may not exist */
+    char log[512];
+    snprintf(log, sizeof(log), "%s/cluster.log", DIR_);
+    const char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", DIR_,
+                          "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
+                          "--cluster-config-file", "nodes.conf", "--cluster-port", bus, NULL};
+    if ((CPID = th_spawn(log, argv)) < 0)
+        return -1;
+    for (int i = 0; i < 100; i++, th_msleep(50))
+        if (th_sh(out, sizeof(out), "redis-cli -p %d ping 2>/dev/null", CPORT) == 0 &&
+            strstr(out, "PONG"))
+            break;
+    th_sh(out, sizeof(out), "redis-cli -p %d cluster addslotsrange 0 16383", CPORT);
+    for (int i = 0; i < 100; i++, th_msleep(50))
+        if (th_sh(out, sizeof(out), "redis-cli -p %d cluster info", CPORT) == 0 &&
+            strstr(out, "cluster_state:ok"))
+            return 0;
+    return -1;
+}
+
+/* Every key of the plain Redis, copied to the cluster node. */
+static int copy_keys(void)
+{
+    static char keys[1 << 16];
+    char out[256];
+    if (th_sh(keys, sizeof(keys), "redis-cli -p %d --scan", R.port) != 0)
+        return -1;
+    int n = 0;
+    for (char *k = strtok(keys, "\n"); k; k = strtok(NULL, "\n"), n++) {
+        th_sh(out, sizeof(out), "redis-cli -p %d MIGRATE 127.0.0.1 %d '%s' 0 5000 COPY REPLACE",
+              R.port, CPORT, k);
+        if (!strstr(out, "OK"))
+            return -1;
+    }
+    return n > 0 ? 0 : -1;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    DIR_ = th_tmpdir("slots");
+    if (!DIR_ || th_redis_start(&R, 0) < 0 || cluster_start() < 0)
+        return -1;
+    if (th_model_spawn_script(&M, DIR_, script, NULL, URL, sizeof(URL)) < 0)
+        return -1;
+    if (th_sched_start(&A, R.port, NULL) < 0)
+        return -1;
+    json_t *ag = th_call(A.port, KEY, "POST", "/v1/agents",
+                         "{\"name\":\"t\",\"model\":\"claude-test\",\"system\":\"be brief\"}", 200);
+    json_t *en = th_call(A.port, KEY, "POST", "/v1/environments",
+                         "{\"name\":\"sh\",\"config\":{\"type\":\"self_hosted\"}}", 200);
+    if (!ag || !en)
+        return -1;
+    for (int i = 0; i < 3; i++) {
+        char body[256];
+        snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}", s_(ag, "id"),
+                 s_(en, "id"));
+        json_t *s = th_call(A.port, KEY, "POST", "/v1/sessions", body, 200);
+        if (!s)
+            return -1;
+        snprintf(SID[i], sizeof(SID[i]), "%s", s_(s, "id"));
+        json_decref(s);
+    }
+    json_decref(ag);
+    json_decref(en);
+    if (copy_keys() < 0)
+        return -1;
+    return th_sched_start(&B, CPORT, "--model-url", URL, "--brain-lease-ms", "1500",
+                          "--sse-slot-groups", "on", NULL);
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    int rc = 0;
+    /* A clean exit (under ASan: no leak) with brains and sweeps running. */
+    if ((A.pid > 0 && th_sched_stop(&A) != 0) || (B.pid > 0 && th_sched_stop(&B) != 0)) {
+        fprintf(stderr, "a scheduler did not exit cleanly\n");
+        rc = -1;
+    }
+    msrv_stop(&M);
+    if (CPID > 0) {
+        kill(CPID, SIGKILL);
+        waitpid(CPID, NULL, 0);
+    }
+    th_redis_stop(&R);
+    th_rmtree(DIR_);
+    free(DIR_);
+    return rc;
+}
+
+static void send_text(int port, const char *sid, const char *text)
+{
+    th_send_text(port, KEY, sid, text);
+}
+
+/* Stream events until an idle with end_turn; the agent.message texts seen,
+ * joined. */
+static void until_idle(struct sse *s, char *text, size_t cap, int timeout_ms)
+{
+    uint64_t end = wp_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    text[0] = '\0';
+    for (;;) {
+        int left = (int)((int64_t)(end - wp_now_ns()) / 1000000);
+        json_t *e = left > 0 ? sse_next(s, left) : NULL;
+        if (!e)
+            fail_msg("no idle within %d ms (messages so far: %s)", timeout_ms, text);
+        const char *t = s_(e, "type");
+        if (!strcmp(t, "agent.message"))
+            strncat(text, s_(json_array_get(json_object_get(e, "content"), 0), "text"),
+                    cap - strlen(text) - 1);
+        bool done = !strcmp(t, "session.status_idle") &&
+                    !strcmp(s_(json_object_get(e, "stop_reason"), "type"), "end_turn");
+        json_decref(e);
+        if (done)
+            return;
+    }
+}
+
+/* No command of the cluster node was refused for its slots. */
+static void assert_no_slot_errors(void)
+{
+    char out[4096];
+    th_sh(out, sizeof(out), "redis-cli -p %d info errorstats", CPORT);
+    print_message("# cluster node errorstats: %s\n", out);
+    assert_null(strstr(out, "CROSSSLOT"));
+    assert_null(strstr(out, "errorstat_ERR")); /* "Script attempted to access ... slot" */
+}
+
+/* The keys one session's scripts touch are all in its slot. */
+static void session_keys_share_a_slot(void **state)
+{
+    (void)state;
+    char k[4][200];
+    sched__key_obj(k[0], sizeof(k[0]), SID[0]);
+    sched__key_events(k[1], sizeof(k[1]), SID[0]);
+    sched__key_lease(k[2], sizeof(k[2]), SID[0]);
+    sched__key_fence(k[3], sizeof(k[3]), SID[0]);
+    int slot = wp_rcl_keyslot(k[0], strlen(k[0]));
+    for (int i = 1; i < 4; i++)
+        assert_int_equal(wp_rcl_keyslot(k[i], strlen(k[i])), slot);
+    /* and the cluster node agrees */
+    char out[64];
+    th_sh(out, sizeof(out), "redis-cli -p %d cluster keyslot '%s'", CPORT, k[3]);
+    assert_int_equal(atoi(out), slot);
+}
+
+/* Input, a turn by the brain, the stream and the history, on slots. */
+static void turn_on_a_cluster_node(void **state)
+{
+    (void)state;
+    struct sse s;
+    char text[512], path[160];
+    sse_open_as(&s, B.port, KEY, SID[0], "");
+    send_text(B.port, SID[0], "hello");
+    until_idle(&s, text, sizeof(text), 20000);
+    assert_string_equal(text, "Hello from the cluster!");
+    sse_close(&s);
+    snprintf(path, sizeof(path), "/v1/sessions/%s/events?order=asc", SID[0]);
+    json_t *h = th_api(B.port, KEY, "GET", path, NULL, 200);
+    json_t *d = json_object_get(h, "data");
+    int user = 0, agent = 0;
+    for (size_t i = 0; i < json_array_size(d); i++) {
+        user += !strcmp(s_(json_array_get(d, i), "type"), "user.message");
+        agent += !strcmp(s_(json_array_get(d, i), "type"), "agent.message");
+    }
+    assert_int_equal(user, 1);
+    assert_int_equal(agent, 1);
+    json_decref(h);
+    snprintf(path, sizeof(path), "/v1/sessions/%s", SID[0]);
+    json_t *o = th_api(B.port, KEY, "GET", path, NULL, 200);
+    assert_string_equal(s_(o, "status"), "idle");
+    json_decref(o);
+    assert_no_slot_errors();
+}
+
+/* Two sessions streamed by one process: their live tails are read per
+ * slot (a cluster refuses one XREAD across them). */
+static void two_streams_on_a_cluster_node(void **state)
+{
+    (void)state;
+    struct sse s1, s2;
+    char text[512];
+    sse_open_as(&s1, B.port, KEY, SID[1], "");
+    sse_open_as(&s2, B.port, KEY, SID[2], "");
+    th_msleep(200); /* both live (hubs on their readers) */
+    send_text(B.port, SID[1], "hi one");
+    send_text(B.port, SID[2], "hi two");
+    until_idle(&s1, text, sizeof(text), 20000);
+    assert_string_equal(text, "Hello from the cluster!");
+    until_idle(&s2, text, sizeof(text), 20000);
+    assert_string_equal(text, "Hello from the cluster!");
+    sse_close(&s1);
+    sse_close(&s2);
+    assert_no_slot_errors();
+}
+
+/* kill -9 mid-turn: another scheduler's sweep (active-set shard, then the
+ * session's own slot) takes the session over and the turn ends. */
+static void takeover_on_a_cluster_node(void **state)
+{
+    (void)state;
+    struct sse s;
+    char text[512];
+    sse_open_as(&s, B.port, KEY, SID[1], "");
+    send_text(B.port, SID[1], "slow please");
+    json_t *e;
+    bool delta = false;
+    while (!delta && (e = sse_next(&s, 10000))) {
+        delta = !strcmp(s_(e, "type"), "event_delta") || !strcmp(s_(e, "type"), "span.model_request_start");
+        json_decref(e);
+    }
+    assert_true(delta);
+    sse_close(&s);
+    kill(B.pid, SIGKILL);
+    waitpid(B.pid, NULL, 0);
+    B.pid = 0;
+    assert_int_equal(th_sched_start(&B, CPORT, "--model-url", URL, "--brain-lease-ms", "1500",
+                                     "--sse-slot-groups", "on", NULL), 0);
+    /* Wait for the turn to end (the history's last status is idle). */
+    char path[160];
+    snprintf(path, sizeof(path), "/v1/sessions/%s", SID[1]);
+    const char *st = "";
+    json_t *o = NULL;
+    for (int i = 0; i < 200; i++, th_msleep(100)) {
+        json_decref(o);
+        o = th_api(B.port, KEY, "GET", path, NULL, 200);
+        st = s_(o, "status");
+        if (!strcmp(st, "idle"))
+            break;
+    }
+    assert_string_equal(st, "idle");
+    json_decref(o);
+    (void)text;
+    assert_no_slot_errors();
+}
+
+static void delete_on_a_cluster_node(void **state)
+{
+    (void)state;
+    char path[160], out[256];
+    snprintf(path, sizeof(path), "/v1/sessions/%s", SID[2]);
+    json_decref(th_api(B.port, KEY, "DELETE", path, NULL, 200));
+    json_decref(th_api(B.port, KEY, "GET", path, NULL, 404));
+    th_sh(out, sizeof(out), "redis-cli -p %d exists 'wp:obj:{%s}' 'wp:brain:fence:{%s}'", CPORT,
+          SID[2], SID[2]);
+    assert_int_equal(atoi(out), 0);
+    assert_no_slot_errors();
+}
+
+/* A store of the layout before this one (a session's object untagged, the
+ * global active set and fence) is moved by --migrate-keys: the session is
+ * served again, waiting input stays waiting, no token can repeat. */
+static void migrate_keys_moves_an_older_store(void **state)
+{
+    (void)state;
+    char out[512], path[160];
+    const char *sid = SID[0];
+    snprintf(path, sizeof(path), "/v1/sessions/%s", sid);
+    json_decref(th_api(A.port, KEY, "GET", path, NULL, 200));
+    /* The old layout, made from a session of this one. */
+    th_sh(out, sizeof(out),
+          "redis-cli -p %d rename 'wp:obj:{%s}' 'wp:obj:%s' && "
+          "redis-cli -p %d hdel 'wp:obj:%s' active && "
+          "redis-cli -p %d zadd wp:brain:active 0 %s && "
+          "redis-cli -p %d set wp:brain:fence 2000000000000000 && "
+          "redis-cli -p %d del wp:layout 'wp:brain:fence:{%s}'",
+          R.port, sid, sid, R.port, sid, R.port, sid, R.port, R.port, sid);
+    json_decref(th_api(A.port, KEY, "GET", path, NULL, 404)); /* invisible until moved */
+    th_sh(out, sizeof(out), "%s/warmpool-scheduler --redis 127.0.0.1:%d --migrate-keys; echo rc=$?",
+          th_build_dir(), R.port);
+    assert_non_null(strstr(out, "rc=0"));
+    json_t *o = th_api(A.port, KEY, "GET", path, NULL, 200);
+    assert_string_equal(s_(o, "id"), sid);
+    json_decref(o);
+    char shard[64];
+    sched__brain_active_key(shard, sizeof(shard), sid);
+    th_sh(out, sizeof(out),
+          "redis-cli -p %d hget 'wp:obj:{%s}' active; redis-cli -p %d zscore '%s' %s; "
+          "redis-cli -p %d get 'wp:brain:fence:{%s}'; redis-cli -p %d get wp:layout; "
+          "redis-cli -p %d exists wp:brain:active wp:brain:fence 'wp:obj:%s'",
+          R.port, sid, R.port, shard, sid, R.port, sid, R.port, R.port, sid);
+    /* active, its shard entry, the fence not below the old global one (a
+     * brain may have taken the session since: then one above), moved, the
+     * old keys gone */
+    long long fence = 0;
+    int active = 0, layout = 0, old = -1;
+    double score = -1;
+    assert_int_equal(sscanf(out, "%d %lf %lld %d %d", &active, &score, &fence, &layout, &old), 5);
+    assert_int_equal(active, 1);
+    assert_true(score >= 0);
+    assert_true(fence >= 2000000000000000LL);
+    assert_int_equal(layout, 2);
+    assert_int_equal(old, 0);
+    /* Once more: nothing left to move, nothing changed. */
+    th_sh(out, sizeof(out), "%s/warmpool-scheduler --redis 127.0.0.1:%d --migrate-keys; echo rc=$?",
+          th_build_dir(), R.port);
+    assert_non_null(strstr(out, "rc=0"));
+    json_decref(th_api(A.port, KEY, "GET", path, NULL, 200));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(session_keys_share_a_slot),
+        cmocka_unit_test(turn_on_a_cluster_node),
+        cmocka_unit_test(two_streams_on_a_cluster_node),
+        cmocka_unit_test(takeover_on_a_cluster_node),
+        cmocka_unit_test(delete_on_a_cluster_node),
+        cmocka_unit_test(migrate_keys_moves_an_older_store),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
