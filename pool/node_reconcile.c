@@ -1,5 +1,6 @@
 /* node_reconcile.c - the node's state in Redis: heartbeat and node hash,
- * reaping dead nodes, reconciling Redis with what the node has, orphans. */
+ * liveness per environment, reconciling Redis with what the node has,
+ * orphans (reaping dead nodes: node_reap.c). */
 #define WP_LOG_COMPONENT "node"
 #include "pool/node_int.h"
 #include "lua/pool/node_reconcile.h" /* its Lua scripts: lua/pool/node_reconcile/ (Makefile) */
@@ -42,6 +43,7 @@ void node__register_node(struct node *n)
         const char *s2[] = { "SADD", nodes, n->cfg.id };
         const char *p1[] = { "EVAL", lua_startup, "1", pol, "min_hot", "max_hot", mn, mx, n->cfg.id };
         node__cmd(n, "env nodes", 3, s2);
+        node__publish_live(n, e, false);
         if (!e->api && !n->registered)
             node__cmd(n, "policy", 9, p1);
     }
@@ -130,6 +132,29 @@ void node__register_node(struct node *n)
     n->registered = true;
 }
 
+void node__publish_live(struct node *n, struct env *e, bool gone)
+{
+    char key[160], ttl[32];
+    node__fmtkey(key, sizeof(key), POOL__K_LIVE, e->cfg.name);
+    if (gone) {
+        const char *hdel[] = { "HDEL", key, n->cfg.id };
+        node__cmd(n, "live", 3, hdel);
+        return;
+    }
+    snprintf(ttl, sizeof(ttl), "%d", (int)(n->cfg.heartbeat_ttl_s * 1000));
+    const char *argv[] = { key, n->cfg.id, ttl, n->draining ? "drain" : "" };
+    wp_redis_script(n->r, lua_live, node__log_reply, (void *)"live", 1, 4, argv, NULL);
+}
+
+/* --- reconcile -------------------------------------------------------------
+ * The node's set (wp:node:<N>:sbs) is read first; then, per environment, one
+ * script on that environment's keys (lua_reconcile_env) writes the node's
+ * sandboxes back and settles the set's entries the node no longer has;
+ * then the set is written: its own sandboxes added, those entries
+ * removed. Keys of one step share one hash slot (Redis Cluster). */
+
+#define RECON_CHUNK 80 /* sandboxes per script call (wp_redis_script's argv cap) */
+
 static void reconcile_cb(void *ctx, redisReply *reply)
 {
     struct node *n = ctx;
@@ -150,45 +175,148 @@ static void reconcile_cb(void *ctx, redisReply *reply)
     }
 }
 
-void node__reconcile(struct node *n)
-{
-    const char **argv;
-    char **recs;
-    int cnt = 0, argc = 0;
-    char sbs[160], now[32], lease[32];
+/* One entry of a reconcile: a sandbox the node has (rec: its record) or
+ * one its set names that it does not (rec NULL). */
+struct recon {
+    const char *env, *id;
+    char *rec;
+};
 
-    for (struct nsb *s = n->sbs; s; s = s->next)
-        cnt += s->sb && s->st != SB_RESTORING;
-    argv = calloc((size_t)cnt + 5, sizeof(*argv));
-    recs = calloc((size_t)cnt + 1, sizeof(*recs));
-    if (!argv || !recs)
-        goto out;
-    node__fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, n->cfg.id);
+/* One script call: up to RECON_CHUNK entries of env, own ones first. */
+static void reconcile_chunk(struct node *n, const char *env, struct recon **ents, int cnt)
+{
+    char keys[2 + RECON_CHUNK][200], now[32], lease[32], nown[16];
+    const char *argv[2 * (2 + RECON_CHUNK) + 6];
+    int argc = 0, own = 0;
+    node__fmtkey(keys[0], sizeof(keys[0]), POOL__K_HOT, env);
+    node__fmtkey(keys[1], sizeof(keys[1]), POOL__K_FENCE, env);
+    for (int i = 0; i < cnt; i++) {
+        node__fmtkey(keys[2 + i], sizeof(keys[0]), POOL__K_SB "%s", env, ents[i]->id);
+        own += ents[i]->rec != NULL;
+    }
+    for (int i = 0; i < 2 + cnt; i++)
+        argv[argc++] = keys[i];
     snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
     snprintf(lease, sizeof(lease), "%.0f", n->cfg.lease_ms);
-    argv[argc++] = sbs;
+    snprintf(nown, sizeof(nown), "%d", own);
     argv[argc++] = n->cfg.id;
     argv[argc++] = now;
     argv[argc++] = lease;
     argv[argc++] = n->relay_addr;
-    int r = 0;
+    argv[argc++] = env;
+    argv[argc++] = nown;
+    for (int i = 0; i < cnt; i++)
+        argv[argc++] = ents[i]->rec ? ents[i]->rec : ents[i]->id;
+    wp_redis_script(n->r, lua_reconcile_env, reconcile_cb, n, 2 + cnt, argc, argv, NULL);
+}
+
+/* Every environment's entries, then the set: own added, others removed. */
+static void reconcile_send(struct node *n, struct recon *all, int cnt)
+{
+    struct recon **chunk = calloc(RECON_CHUNK, sizeof(*chunk));
+    bool *sent = calloc((size_t)cnt + 1, sizeof(*sent));
+    char sbs[160];
+    if (!chunk || !sent)
+        goto out;
+    for (int i = 0; i < cnt; i++) {
+        int k = 0;
+        /* own entries first within each call */
+        for (int pass = 0; pass < 2 && !sent[i]; pass++)
+            for (int j = i; j < cnt; j++) {
+                if (sent[j] || strcmp(all[j].env, all[i].env) != 0 ||
+                    (pass == 0) != (all[j].rec != NULL))
+                    continue;
+                sent[j] = true;
+                chunk[k++] = &all[j];
+                if (k == RECON_CHUNK) {
+                    reconcile_chunk(n, all[i].env, chunk, k);
+                    k = 0;
+                }
+            }
+        if (k > 0)
+            reconcile_chunk(n, all[i].env, chunk, k);
+    }
+    node__fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, n->cfg.id);
+    for (int pass = 0; pass < 2; pass++) {
+        const char *argv[2 + RECON_CHUNK];
+        char members[RECON_CHUNK][260];
+        int argc = 2;
+        argv[0] = pass == 0 ? "SADD" : "SREM";
+        argv[1] = sbs;
+        for (int i = 0; i <= cnt; i++) {
+            if (i < cnt && (pass == 0) == (all[i].rec != NULL)) {
+                snprintf(members[argc - 2], sizeof(members[0]), "%s %s", all[i].env, all[i].id);
+                argv[argc] = members[argc - 2];
+                argc++;
+            }
+            if (argc > 2 && (i == cnt || argc == 2 + RECON_CHUNK)) {
+                node__cmd(n, "reconcile set", argc, argv);
+                argc = 2;
+            }
+        }
+    }
+out:
+    free(chunk);
+    free(sent);
+}
+
+/* The node's set as Redis has it: compared with what the node has now. */
+static void members_cb(void *ctx, redisReply *reply)
+{
+    struct node *n = ctx;
+    int cnt = 0, m = reply && reply->type == REDIS_REPLY_ARRAY ? (int)reply->elements : 0;
+
+    n->reconciling = false;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || n->stopping)
+        return;
+    for (struct nsb *s = n->sbs; s; s = s->next)
+        cnt += s->sb && s->st != SB_RESTORING;
+    struct recon *all = calloc((size_t)(cnt + m) + 1, sizeof(*all));
+    char (*split)[2][128] = calloc((size_t)m + 1, sizeof(*split));
+    int k = 0;
+    if (!all || !split)
+        goto out;
     for (struct nsb *s = n->sbs; s; s = s->next) {
         if (!s->sb || s->st == SB_RESTORING)
             continue;
-        if (asprintf(&recs[r], "%s\t%s\t%s\t%llu\t%s\t%s", s->e->cfg.name, s->sb->id,
+        if (asprintf(&all[k].rec, "%s\t%s\t%llu\t%s\t%s", s->sb->id,
                      s->st == SB_IDLE ? "idle" : "leased", (unsigned long long)s->token,
                      s->session, s->sb->root) < 0) {
-            recs[r] = NULL;
+            all[k].rec = NULL;
             goto out;
         }
-        argv[argc++] = recs[r++];
+        all[k].env = s->e->cfg.name;
+        all[k++].id = s->sb->id;
     }
-    wp_redis_script(n->r, lua_reconcile, reconcile_cb, n, 1, argc, argv, NULL);
+    for (int i = 0; i < m; i++) {
+        redisReply *el = reply->element[i];
+        if (el->type != REDIS_REPLY_STRING ||
+            sscanf(el->str, "%127s %127s", split[i][0], split[i][1]) != 2 ||
+            !snap_name_valid(split[i][0]))
+            continue;
+        struct nsb *s = node__find_sb(n, split[i][1]);
+        if (s && s->sb && s->st != SB_RESTORING && !strcmp(s->e->cfg.name, split[i][0]))
+            continue; /* one it has: written as its own */
+        all[k].env = split[i][0];
+        all[k++].id = split[i][1];
+    }
+    reconcile_send(n, all, k);
 out:
-    for (int i = 0; recs && recs[i]; i++)
-        free(recs[i]);
-    free(recs);
-    free(argv);
+    for (int i = 0; all && i < k; i++)
+        free(all[i].rec);
+    free(all);
+    free(split);
+}
+
+void node__reconcile(struct node *n)
+{
+    char sbs[160];
+    if (n->reconciling)
+        return;
+    node__fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, n->cfg.id);
+    const char *argv[] = { "SMEMBERS", sbs };
+    if (wp_redis_argv(n->r, members_cb, n, 2, argv, NULL) == 0)
+        n->reconciling = true;
 }
 
 /* The relay's check: a current lease here with this token? A route with
@@ -229,15 +357,6 @@ void node__egress_ready(void *ctx, const char *sandbox)
     pool__relay_retry(n->relay, sandbox);
 }
 
-static void reap_node(struct node *n, const char *other)
-{
-    char sbs[160], alive[160];
-    node__fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, other);
-    node__fmtkey(alive, sizeof(alive), POOL__K_ALIVE, other);
-    const char *argv[] = { sbs, alive, other };
-    wp_redis_script(n->r, node__lua_reap, node__log_reply, (void *)"reap", 2, 3, argv, NULL);
-}
-
 void node__nodes_cb(void *ctx, redisReply *reply)
 {
     struct node *n = ctx;
@@ -246,7 +365,7 @@ void node__nodes_cb(void *ctx, redisReply *reply)
     for (size_t i = 0; i < reply->elements; i++)
         if (reply->element[i]->type == REDIS_REPLY_STRING &&
             strcmp(reply->element[i]->str, n->cfg.id) != 0)
-            reap_node(n, reply->element[i]->str);
+            node__reap(n, reply->element[i]->str, NULL, NULL);
 }
 
 /* Re-check for sandboxes of dead owners (orphans.c) in a helper. What the

@@ -9,6 +9,7 @@
 
 #include "base/log.h"
 #include "base/redis.h"
+#include "base/rcluster.h"
 #include "base/sentinel.h"
 #include "scheduler/sched.h"
 #include "scheduler/sched_int.h"
@@ -35,6 +36,10 @@ int main(int argc, char **argv)
     }
     if ((cfg.redis_sentinels[0] || cfg.redis_master[0]) &&
         wp_sentinel_set(cfg.redis_sentinels, cfg.redis_master, &err) < 0) {
+        fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
+        return 2;
+    }
+    if (cfg.redis_cluster[0] && wp_rcl_set(cfg.redis_cluster, &err) < 0) {
         fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
         return 2;
     }
