@@ -495,6 +495,8 @@ int wp__rcl_first_key(int argc, const char **argv, const size_t *lens)
 static int route(struct wp_rcl *c, int slot, const char *script, int nkeys, wp_redis_cb cb,
                  void *ctx, int argc, const char **argv, const size_t *lens)
 {
+    if (c->closing) /* a NULL reply's callback sending more while we are freed */
+        return WP_ESTATE;
     if (!c->have_map) {
         want_map(c);
         return WP_ESTATE;

@@ -155,13 +155,79 @@ void node__publish_live(struct node *n, struct env *e, bool gone)
 
 #define RECON_CHUNK 80 /* sandboxes per script call (wp_redis_script's argv cap) */
 
+/* One entry of a reconcile: a sandbox the node has (rec: its record) or
+ * one its set names that it does not (rec NULL). */
+struct recon {
+    char env[128], id[128];
+    char *rec;
+};
+
+/* One pass: its entries, and the environment scripts still unanswered;
+ * the set is written once every one answered (entries it does not have
+ * are removed only when none failed: the next pass tries again). */
+struct pass {
+    struct node *n;
+    struct recon *all;
+    int cnt;
+    int pending;
+    bool failed;
+};
+
+static void pass_free(struct pass *p)
+{
+    for (int i = 0; i < p->cnt; i++)
+        free(p->all[i].rec);
+    free(p->all);
+    free(p);
+}
+
+/* The node's set: own sandboxes added, the others removed. */
+static void write_set(struct pass *p)
+{
+    struct node *n = p->n;
+    char sbs[160];
+    node__fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, n->cfg.id);
+    for (int pass = 0; pass < (p->failed ? 1 : 2); pass++) {
+        const char *argv[2 + RECON_CHUNK];
+        char members[RECON_CHUNK][260];
+        int argc = 2;
+        argv[0] = pass == 0 ? "SADD" : "SREM";
+        argv[1] = sbs;
+        for (int i = 0; i <= p->cnt; i++) {
+            if (i < p->cnt && (pass == 0) == (p->all[i].rec != NULL)) {
+                snprintf(members[argc - 2], sizeof(members[0]), "%s %s", p->all[i].env,
+                         p->all[i].id);
+                argv[argc] = members[argc - 2];
+                argc++;
+            }
+            if (argc > 2 && (i == p->cnt || argc == 2 + RECON_CHUNK)) {
+                node__cmd(n, "reconcile set", argc, argv);
+                argc = 2;
+            }
+        }
+    }
+}
+
+static void pass_step_done(struct pass *p)
+{
+    if (--p->pending > 0)
+        return;
+    p->n->reconciling = false;
+    if (!p->n->stopping)
+        write_set(p);
+    pass_free(p);
+}
+
 static void reconcile_cb(void *ctx, redisReply *reply)
 {
-    struct node *n = ctx;
+    struct pass *p = ctx;
+    struct node *n = p->n;
 
     if (!reply || reply->type != REDIS_REPLY_ARRAY) {
         if (reply && reply->type == REDIS_REPLY_ERROR)
             log_warn("reconcile: %s", reply->str);
+        p->failed = true;
+        pass_step_done(p);
         return;
     }
     for (size_t i = 0; i < reply->elements; i++) {
@@ -173,18 +239,13 @@ static void reconcile_cb(void *ctx, redisReply *reply)
         if (s && s->st == SB_LEASED)
             node__destroy_sb(n, s, "lease expired (holder stopped renewing)");
     }
+    pass_step_done(p);
 }
 
-/* One entry of a reconcile: a sandbox the node has (rec: its record) or
- * one its set names that it does not (rec NULL). */
-struct recon {
-    const char *env, *id;
-    char *rec;
-};
-
 /* One script call: up to RECON_CHUNK entries of env, own ones first. */
-static void reconcile_chunk(struct node *n, const char *env, struct recon **ents, int cnt)
+static void reconcile_chunk(struct pass *p, const char *env, struct recon **ents, int cnt)
 {
+    struct node *n = p->n;
     char keys[2 + RECON_CHUNK][200], now[32], lease[32], nown[16];
     const char *argv[2 * (2 + RECON_CHUNK) + 6];
     int argc = 0, own = 0;
@@ -207,57 +268,42 @@ static void reconcile_chunk(struct node *n, const char *env, struct recon **ents
     argv[argc++] = nown;
     for (int i = 0; i < cnt; i++)
         argv[argc++] = ents[i]->rec ? ents[i]->rec : ents[i]->id;
-    wp_redis_script(n->r, lua_reconcile_env, reconcile_cb, n, 2 + cnt, argc, argv, NULL);
+    p->pending++;
+    if (wp_redis_script(n->r, lua_reconcile_env, reconcile_cb, p, 2 + cnt, argc, argv, NULL) < 0) {
+        p->pending--;
+        p->failed = true;
+    }
 }
 
-/* Every environment's entries, then the set: own added, others removed. */
-static void reconcile_send(struct node *n, struct recon *all, int cnt)
+/* Every environment's entries (own ones first within each call); p is
+ * freed once the last answer came. */
+static void reconcile_send(struct pass *p)
 {
     struct recon **chunk = calloc(RECON_CHUNK, sizeof(*chunk));
-    bool *sent = calloc((size_t)cnt + 1, sizeof(*sent));
-    char sbs[160];
+    bool *sent = calloc((size_t)p->cnt + 1, sizeof(*sent));
+    p->pending = 1; /* held until every call is sent */
     if (!chunk || !sent)
-        goto out;
-    for (int i = 0; i < cnt; i++) {
+        p->failed = true;
+    for (int i = 0; chunk && sent && i < p->cnt; i++) {
         int k = 0;
-        /* own entries first within each call */
-        for (int pass = 0; pass < 2 && !sent[i]; pass++)
-            for (int j = i; j < cnt; j++) {
-                if (sent[j] || strcmp(all[j].env, all[i].env) != 0 ||
-                    (pass == 0) != (all[j].rec != NULL))
+        for (int own = 1; own >= 0 && !sent[i]; own--)
+            for (int j = i; j < p->cnt; j++) {
+                if (sent[j] || strcmp(p->all[j].env, p->all[i].env) != 0 ||
+                    own != (p->all[j].rec != NULL))
                     continue;
                 sent[j] = true;
-                chunk[k++] = &all[j];
+                chunk[k++] = &p->all[j];
                 if (k == RECON_CHUNK) {
-                    reconcile_chunk(n, all[i].env, chunk, k);
+                    reconcile_chunk(p, p->all[i].env, chunk, k);
                     k = 0;
                 }
             }
         if (k > 0)
-            reconcile_chunk(n, all[i].env, chunk, k);
+            reconcile_chunk(p, p->all[i].env, chunk, k);
     }
-    node__fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, n->cfg.id);
-    for (int pass = 0; pass < 2; pass++) {
-        const char *argv[2 + RECON_CHUNK];
-        char members[RECON_CHUNK][260];
-        int argc = 2;
-        argv[0] = pass == 0 ? "SADD" : "SREM";
-        argv[1] = sbs;
-        for (int i = 0; i <= cnt; i++) {
-            if (i < cnt && (pass == 0) == (all[i].rec != NULL)) {
-                snprintf(members[argc - 2], sizeof(members[0]), "%s %s", all[i].env, all[i].id);
-                argv[argc] = members[argc - 2];
-                argc++;
-            }
-            if (argc > 2 && (i == cnt || argc == 2 + RECON_CHUNK)) {
-                node__cmd(n, "reconcile set", argc, argv);
-                argc = 2;
-            }
-        }
-    }
-out:
     free(chunk);
     free(sent);
+    pass_step_done(p);
 }
 
 /* The node's set as Redis has it: compared with what the node has now. */
@@ -266,46 +312,45 @@ static void members_cb(void *ctx, redisReply *reply)
     struct node *n = ctx;
     int cnt = 0, m = reply && reply->type == REDIS_REPLY_ARRAY ? (int)reply->elements : 0;
 
-    n->reconciling = false;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || n->stopping)
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || n->stopping) {
+        n->reconciling = false;
         return;
+    }
     for (struct nsb *s = n->sbs; s; s = s->next)
         cnt += s->sb && s->st != SB_RESTORING;
-    struct recon *all = calloc((size_t)(cnt + m) + 1, sizeof(*all));
-    char (*split)[2][128] = calloc((size_t)m + 1, sizeof(*split));
-    int k = 0;
-    if (!all || !split)
-        goto out;
+    struct pass *p = calloc(1, sizeof(*p));
+    if (!p || !(p->all = calloc((size_t)(cnt + m) + 1, sizeof(*p->all)))) {
+        free(p);
+        n->reconciling = false;
+        return;
+    }
+    p->n = n;
     for (struct nsb *s = n->sbs; s; s = s->next) {
+        struct recon *r = &p->all[p->cnt];
         if (!s->sb || s->st == SB_RESTORING)
             continue;
-        if (asprintf(&all[k].rec, "%s\t%s\t%llu\t%s\t%s", s->sb->id,
+        if (asprintf(&r->rec, "%s\t%s\t%llu\t%s\t%s", s->sb->id,
                      s->st == SB_IDLE ? "idle" : "leased", (unsigned long long)s->token,
                      s->session, s->sb->root) < 0) {
-            all[k].rec = NULL;
-            goto out;
+            r->rec = NULL;
+            continue; /* written by the next pass */
         }
-        all[k].env = s->e->cfg.name;
-        all[k++].id = s->sb->id;
+        snprintf(r->env, sizeof(r->env), "%s", s->e->cfg.name);
+        snprintf(r->id, sizeof(r->id), "%s", s->sb->id);
+        p->cnt++;
     }
     for (int i = 0; i < m; i++) {
         redisReply *el = reply->element[i];
-        if (el->type != REDIS_REPLY_STRING ||
-            sscanf(el->str, "%127s %127s", split[i][0], split[i][1]) != 2 ||
-            !snap_name_valid(split[i][0]))
+        struct recon *r = &p->all[p->cnt];
+        if (el->type != REDIS_REPLY_STRING || sscanf(el->str, "%127s %127s", r->env, r->id) != 2 ||
+            !snap_name_valid(r->env))
             continue;
-        struct nsb *s = node__find_sb(n, split[i][1]);
-        if (s && s->sb && s->st != SB_RESTORING && !strcmp(s->e->cfg.name, split[i][0]))
+        struct nsb *s = node__find_sb(n, r->id);
+        if (s && s->sb && s->st != SB_RESTORING && !strcmp(s->e->cfg.name, r->env))
             continue; /* one it has: written as its own */
-        all[k].env = split[i][0];
-        all[k++].id = split[i][1];
+        p->cnt++;
     }
-    reconcile_send(n, all, k);
-out:
-    for (int i = 0; all && i < k; i++)
-        free(all[i].rec);
-    free(all);
-    free(split);
+    reconcile_send(p);
 }
 
 void node__reconcile(struct node *n)
