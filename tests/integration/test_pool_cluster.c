@@ -17,6 +17,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include "lib/pool_testlib.h"
 #include "lib/rcluster_testlib.h"
 #include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
@@ -189,71 +190,22 @@ static int group_teardown(void **state)
         node_stop(&NODES[i], SIGTERM);
     wp_rcl_sync_free(RS);
     th_rcluster_stop(&CL);
-    char out[64];
-    th_sh(out, sizeof(out), "mount | grep -c '%s/' || true", DIR_);
-    int mounts = atoi(out);
-    if (mounts)
-        fprintf(stderr, "leak: %d mounts under %s\n", mounts, DIR_);
+    int mounts = th_mounts_left(DIR_);
     th_rmtree(DIR_);
     free(DIR_);
     return mounts ? -1 : 0;
 }
 
-/* ---- claims, driven on a loop ----------------------------------------- */
-
-struct out {
-    int done, status;
-    struct pool_claim_result res;
-    char msg[256];
-};
-
-static void claim_cb(void *ctx, int status, const struct pool_claim_result *res,
-                     const struct wp_err *err)
-{
-    struct out *o = ctx;
-    o->done = 1;
-    o->status = status;
-    o->res = *res;
-    if (err)
-        snprintf(o->msg, sizeof(o->msg), "%s", err->msg);
-}
-
-static void done_cb(void *ctx, int status, const struct wp_err *err)
-{
-    struct out *o = ctx;
-    o->done = 1;
-    o->status = status;
-    if (err)
-        snprintf(o->msg, sizeof(o->msg), "%s", err->msg);
-}
-
-static void run_until(struct ev_loop *loop, struct out *o)
-{
-    while (!o->done)
-        ev_run(loop, EVRUN_ONCE);
-}
-
-static struct pool_client *client(struct ev_loop *loop)
-{
-    struct pool_client *c;
-    struct wp_err err;
-    assert_int_equal(pool_client_new(loop, "127.0.0.1", 1, &c, &err), 0);
-    for (int i = 0; i < 400 && !pool_client_ready(c); i++)
-        ev_run(loop, EVRUN_NOWAIT), th_msleep(5);
-    assert_true(pool_client_ready(c));
-    th_msleep(50); /* the reply channel's SUBSCRIBE goes through */
-    ev_run(loop, EVRUN_NOWAIT);
-    return c;
-}
+/* ---- claims, driven on a loop (lib/pool_testlib.h) ---------------------- */
 
 static void claim(struct pool_client *c, struct ev_loop *loop, const char *env, const char *session,
-                  struct out *o)
+                  struct th_claim_out *o)
 {
     struct wp_err err;
     memset(o, 0, sizeof(*o));
-    if (pool_claim(c, env, session, 30, claim_cb, o, &err) < 0)
+    if (pool_claim(c, env, session, 30, th_claim_cb, o, &err) < 0)
         fail_msg("claim: %s", err.msg);
-    run_until(loop, o);
+    th_run_until(loop, o, 1);
     if (o->status != 0)
         fail_msg("claim %s %s: %s", env, session, o->msg);
 }
@@ -261,27 +213,27 @@ static void claim(struct pool_client *c, struct ev_loop *loop, const char *env, 
 static int release(struct pool_client *c, struct ev_loop *loop, const char *env,
                    const struct pool_claim_result *res, uint64_t token)
 {
-    struct out r = { 0 };
+    struct th_claim_out r = { 0 };
     struct wp_err err;
-    assert_int_equal(pool_release(c, env, res->sandbox, token, done_cb, &r, &err), 0);
-    run_until(loop, &r);
+    assert_int_equal(pool_release(c, env, res->sandbox, token, th_done_cb, &r, &err), 0);
+    th_run_until(loop, &r, 1);
     return r.status;
 }
 
 static int renew(struct pool_client *c, struct ev_loop *loop, const char *env,
                  const struct pool_claim_result *res, uint64_t token)
 {
-    struct out r = { 0 };
+    struct th_claim_out r = { 0 };
     struct wp_err err;
-    assert_int_equal(pool_renew(c, env, res->sandbox, token, done_cb, &r, &err), 0);
-    run_until(loop, &r);
+    assert_int_equal(pool_renew(c, env, res->sandbox, token, th_done_cb, &r, &err), 0);
+    th_run_until(loop, &r, 1);
     return r.status;
 }
 
 /* Claim in env until a sandbox of node comes (the others are kept in
  * held[], *nheld of them). */
 static void claim_on(struct pool_client *c, struct ev_loop *loop, const char *node,
-                     struct out *held, int *nheld, int cap)
+                     struct th_claim_out *held, int *nheld, int cap)
 {
     while (*nheld < cap) {
         char s[32];
@@ -318,7 +270,7 @@ static void both_redis_modes_are_refused(void **state)
 static void claims_renew_release_across_masters(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    struct out o[4];
+    struct th_claim_out o[4];
     (void)state;
 
     node_start(&NODES[0], 2, true);
@@ -339,7 +291,7 @@ static void claims_renew_release_across_masters(void **state)
     assert_int_not_equal(th_rcluster_owner(&CL, wp_rcl_keyslot(ENV, strlen(ENV))),
                          th_rcluster_owner(&CL, wp_rcl_keyslot(ENV2, strlen(ENV2))));
 
-    struct pool_client *c = client(loop);
+    struct pool_client *c = th_pool_client(loop, 1);
     claim(c, loop, ENV, "s1", &o[0]);
     claim(c, loop, ENV, "s2", &o[1]);
     claim(c, loop, ENV, "s3", &o[2]);
@@ -374,10 +326,10 @@ static void claims_renew_release_across_masters(void **state)
     assert_int_not_equal(renew(c, loop, ENV, &o[0].res, o[0].res.token), 0);
     assert_true(wait_hot(ENV, 2, 60));
     /* An environment nobody serves: a clear error at once. */
-    struct out u = { 0 };
+    struct th_claim_out u = { 0 };
     struct wp_err err;
-    assert_int_equal(pool_claim(c, "no-such-env", "s9", 5, claim_cb, &u, &err), 0);
-    run_until(loop, &u);
+    assert_int_equal(pool_claim(c, "no-such-env", "s9", 5, th_claim_cb, &u, &err), 0);
+    th_run_until(loop, &u, 1);
     assert_int_equal(u.status, WP_ENOTFOUND);
     for (int i = 1; i < 3; i++)
         assert_int_equal(release(c, loop, ENV, &o[i].res, o[i].res.token), 0);
@@ -398,7 +350,7 @@ static void claims_renew_release_across_masters(void **state)
 static void killed_node_is_reaped_and_rejoins(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    struct out held[16], o;
+    struct th_claim_out held[16], o;
     int nheld = 0;
     (void)state;
 
@@ -407,7 +359,7 @@ static void killed_node_is_reaped_and_rejoins(void **state)
     node_start(&NODES[0], 2, false);
     node_start(&NODES[1], 3, false);
     assert_true(wait_hot(ENV, 5, 60));
-    struct pool_client *c = client(loop);
+    struct pool_client *c = th_pool_client(loop, 1);
     claim_on(c, loop, "node1", held, &nheld, 16);
     const struct pool_claim_result *lost = &held[nheld - 1].res;
     /* node1's idle clones, to see them go. */
@@ -492,13 +444,13 @@ static void node_set_consistent(const char *node)
 static void restarted_node_reconciles(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    struct out held[16];
+    struct th_claim_out held[16];
     int nheld = 0;
     (void)state;
 
     /* The two nodes of the previous test, refilled. */
     assert_true(wait_hot(ENV, 5, 60));
-    struct pool_client *c = client(loop);
+    struct pool_client *c = th_pool_client(loop, 1);
     claim_on(c, loop, "node0", held, &nheld, 16);
     const struct pool_claim_result *mine = &held[nheld - 1].res;
     char key[256], v[64];
