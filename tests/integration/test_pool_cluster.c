@@ -45,15 +45,12 @@ static struct node_proc NODES[2];
 
 /* ---- Redis, routed ---------------------------------------------------- */
 
-static redisReply *q(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static redisReply *q(const char *fmt, ...)
+/* A command through the cluster router; a failure fails the test. */
+static redisReply *vq(const char *fmt, va_list ap)
 {
     char *f = NULL;
     struct wp_err err;
-    va_list ap;
-    va_start(ap, fmt);
     int len = redisvFormatCommand(&f, fmt, ap);
-    va_end(ap);
     assert_true(len > 0);
     redisReply *r = wp_rcl_sync_formatted(RS, f, (size_t)len, &err);
     redisFreeCommand(f);
@@ -62,18 +59,25 @@ static redisReply *q(const char *fmt, ...)
     return r;
 }
 
+static redisReply *q(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static redisReply *q(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = vq(fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+/* An integer reply, or -1. */
 static long long qint(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static long long qint(const char *fmt, ...)
 {
-    char *f = NULL;
-    struct wp_err err;
     va_list ap;
     va_start(ap, fmt);
-    int len = redisvFormatCommand(&f, fmt, ap);
+    redisReply *r = vq(fmt, ap);
     va_end(ap);
-    redisReply *r = wp_rcl_sync_formatted(RS, f, (size_t)len, &err);
-    redisFreeCommand(f);
-    long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
     freeReplyObject(r);
     return v;
 }
@@ -210,25 +214,20 @@ static void claim(struct pool_client *c, struct ev_loop *loop, const char *env, 
         fail_msg("claim %s %s: %s", env, session, o->msg);
 }
 
-static int release(struct pool_client *c, struct ev_loop *loop, const char *env,
+/* pool_release or pool_renew (op) of res with token: its status. */
+typedef int (*sb_op)(struct pool_client *, const char *, const char *, uint64_t, pool_done_cb,
+                     void *, struct wp_err *);
+static int sb_call(sb_op op, struct pool_client *c, struct ev_loop *loop, const char *env,
                    const struct pool_claim_result *res, uint64_t token)
 {
     struct th_claim_out r = { 0 };
     struct wp_err err;
-    assert_int_equal(pool_release(c, env, res->sandbox, token, th_done_cb, &r, &err), 0);
+    assert_int_equal(op(c, env, res->sandbox, token, th_done_cb, &r, &err), 0);
     th_run_until(loop, &r, 1);
     return r.status;
 }
-
-static int renew(struct pool_client *c, struct ev_loop *loop, const char *env,
-                 const struct pool_claim_result *res, uint64_t token)
-{
-    struct th_claim_out r = { 0 };
-    struct wp_err err;
-    assert_int_equal(pool_renew(c, env, res->sandbox, token, th_done_cb, &r, &err), 0);
-    th_run_until(loop, &r, 1);
-    return r.status;
-}
+#define release(c, loop, env, res, token) sb_call(pool_release, c, loop, env, res, token)
+#define renew(c, loop, env, res, token) sb_call(pool_renew, c, loop, env, res, token)
 
 /* Claim in env until a sandbox of node comes (the others are kept in
  * held[], *nheld of them). */
