@@ -3,7 +3,8 @@
  * Commands are copied (struct rcmd) so a redirect can resend them. A
  * redirect to a node whose connection is not up yet waits on a short
  * queue, polled by a timer, up to WAIT_S; the same timer asks for a new
- * map whenever one is wanted.
+ * map whenever one is wanted. A second, slower timer (refresh) asks for
+ * the map periodically and moves a subscription off a dead node.
  */
 #define WP_LOG_COMPONENT "redis"
 #include <errno.h>
@@ -17,9 +18,54 @@
 #include "base/err.h"
 #include "base/log.h"
 #include "base/rcluster.h"
+#include "base/rcluster_int.h"
+#include "base/sentinel.h"
 
 #define WAIT_S 2.0
 #define TICK_S 0.02
+#define SUB_MOVE_S 1.0 /* a subscription's node down this long: move it */
+
+/* See wp_rcl_set. */
+static char seeds_cfg[WP_RCL_MAX_NODES * 64];
+
+int wp_rcl_set(const char *seeds, struct wp_err *err)
+{
+    if (!seeds || !seeds[0])
+        return wp_err_set(err, WP_ECONFIG, "redis cluster: no seed nodes");
+    if (wp_sentinel_on())
+        return wp_err_set(err, WP_ECONFIG,
+                          "redis cluster and redis sentinels exclude each other: give one");
+    if (strlen(seeds) >= sizeof(seeds_cfg))
+        return wp_err_set(err, WP_ECONFIG, "redis cluster seed list too long");
+    /* Checked the way wp_rcl_new reads it, without connecting. */
+    const char *p = seeds;
+    int n = 0;
+    while (p && *p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char host[128];
+        int port;
+        if (wp__rcl_addr(p, len, NULL, host, sizeof(host), &port) < 0)
+            return wp_err_set(err, WP_ECONFIG, "redis cluster seed '%.*s': want HOST:PORT",
+                              (int)len, p);
+        if (++n > WP_RCL_MAX_NODES)
+            return wp_err_set(err, WP_ECONFIG, "more than %d redis cluster seeds",
+                              WP_RCL_MAX_NODES);
+        p = comma ? comma + 1 : NULL;
+    }
+    snprintf(seeds_cfg, sizeof(seeds_cfg), "%s", seeds);
+    return 0;
+}
+
+bool wp_rcl_on(void)
+{
+    return seeds_cfg[0] != '\0';
+}
+
+const char *wp_rcl_seeds(void)
+{
+    return seeds_cfg;
+}
 
 uint16_t wp_rcl_crc16(const void *buf, size_t len)
 {
@@ -82,7 +128,17 @@ struct wp_rcl {
     bool closing;
     struct rcmd *waiting;
     ev_timer tick;
+    ev_timer refresh;   /* periodic map, subscription moves (unref'd) */
+    double map_at;      /* when the last map was loaded (loop time) */
+    bool master[WP_RCL_MAX_NODES]; /* serves slots in the current map */
+    bool covered;       /* every slot has a master in the map */
+    int wait_n, wait_ms; /* wp_rcl_set_wait */
     struct wp_redis *sub;
+    int sub_node;        /* the node sub is connected to */
+    double sub_down_at;  /* since when sub is not ready; 0: it is */
+    char sub_chan[128];
+    wp_redis_cb sub_cb;
+    void *sub_ctx;
     struct wp_rcl_stats stats;
 };
 
@@ -96,8 +152,10 @@ static int node_index(struct wp_rcl *c, const char *host, int port)
     struct node *n = &c->nodes[c->nnodes];
     snprintf(n->host, sizeof(n->host), "%s", host);
     n->port = port;
-    if (!(n->r = wp_redis_new(c->loop, host, port, c->name)))
+    if (!(n->r = wp_redis_new_direct(c->loop, host, port, c->name)))
         return -1;
+    if (c->wait_n > 0)
+        wp_redis_set_wait(n->r, c->wait_n, c->wait_ms);
     return c->nnodes++;
 }
 
@@ -115,7 +173,7 @@ static void want_map(struct wp_rcl *c)
 
 /* "host:port" of a redirect or a seed; an empty host (the node does not
  * know its own address) is dflt's. 0, or -1. */
-static int parse_addr(const char *s, size_t len, const char *dflt, char *host, size_t cap,
+int wp__rcl_addr(const char *s, size_t len, const char *dflt, char *host, size_t cap,
                       int *port)
 {
     const char *colon = NULL;
@@ -156,9 +214,7 @@ struct map_ask {
     int node; /* asked */
 };
 
-/* One CLUSTER SLOTS entry: [start, end, [host, port, id...], replicas...]. */
-static int map_entry(struct wp_rcl *c, const redisReply *e, const char *asked_host,
-                     int16_t *slots)
+int wp__rcl_map_entry(const redisReply *e, const char *asked_host, struct wp__rcl_range *out)
 {
     if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
         e->element[0]->type != REDIS_REPLY_INTEGER || e->element[1]->type != REDIS_REPLY_INTEGER ||
@@ -171,13 +227,24 @@ static int map_entry(struct wp_rcl *c, const redisReply *e, const char *asked_ho
         m->element[1]->integer > 65535)
         return -1;
     /* "" or "?": the node's address is unknown to the one asked. */
-    const char *host = m->element[0]->str;
-    if (!host[0] || !strcmp(host, "?"))
-        host = asked_host;
-    int n = node_index(c, host, (int)m->element[1]->integer);
-    if (n < 0)
+    out->host = m->element[0]->str;
+    if (!out->host[0] || !strcmp(out->host, "?"))
+        out->host = asked_host;
+    out->lo = (int)lo;
+    out->hi = (int)hi;
+    out->port = (int)m->element[1]->integer;
+    return 0;
+}
+
+/* One CLUSTER SLOTS entry into slots. */
+static int map_entry(struct wp_rcl *c, const redisReply *e, const char *asked_host,
+                     int16_t *slots)
+{
+    struct wp__rcl_range rg;
+    int n;
+    if (wp__rcl_map_entry(e, asked_host, &rg) < 0 || (n = node_index(c, rg.host, rg.port)) < 0)
         return -1;
-    for (long long s = lo; s <= hi; s++)
+    for (int s = rg.lo; s <= rg.hi; s++)
         slots[s] = (int16_t)n;
     return 0;
 }
@@ -215,7 +282,16 @@ static void map_reply(void *ctx, redisReply *rep)
         }
     memcpy(c->slot, slots, sizeof(c->slot));
     free(slots);
+    memset(c->master, 0, sizeof(c->master));
+    c->covered = true;
+    for (int s = 0; s < WP_RCL_SLOTS; s++) {
+        if (c->slot[s] >= 0)
+            c->master[c->slot[s]] = true;
+        else
+            c->covered = false;
+    }
     c->have_map = true;
+    c->map_at = ev_now(c->loop);
     c->stats.maps++;
 }
 
@@ -341,7 +417,7 @@ static void cmd_reply(void *ctx, redisReply *rep)
     int port, node;
     /* An empty host (":6380"): the replying node's. */
     if (!sp || end != sp || slot < 0 || slot >= WP_RCL_SLOTS ||
-        parse_addr(sp + 1, strlen(sp + 1), c->nodes[m->sent_node].host, host, sizeof(host),
+        wp__rcl_addr(sp + 1, strlen(sp + 1), c->nodes[m->sent_node].host, host, sizeof(host),
                    &port) < 0 ||
         (node = node_index(c, host, port)) < 0) {
         log_warn("redis cluster conn=%s: bad redirect '%s'", c->name, rep->str);
@@ -352,6 +428,7 @@ static void cmd_reply(void *ctx, redisReply *rep)
     if (moved) {
         c->stats.moved++;
         c->slot[slot] = (int16_t)node;
+        c->master[node] = true;
         want_map(c); /* more slots likely moved with it */
     } else {
         c->stats.ask++;
@@ -392,8 +469,7 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
 }
 
-/* The index of the first key in argv, or -1 (no key). */
-static int first_key(int argc, const char **argv, const size_t *lens)
+int wp__rcl_first_key(int argc, const char **argv, const size_t *lens)
 {
     if (argc < 2)
         return -1;
@@ -419,6 +495,8 @@ static int first_key(int argc, const char **argv, const size_t *lens)
 static int route(struct wp_rcl *c, int slot, const char *script, int nkeys, wp_redis_cb cb,
                  void *ctx, int argc, const char **argv, const size_t *lens)
 {
+    if (c->closing) /* a NULL reply's callback sending more while we are freed */
+        return WP_ESTATE;
     if (!c->have_map) {
         want_map(c);
         return WP_ESTATE;
@@ -449,7 +527,7 @@ static int slot_of(const char **argv, const size_t *lens, int i)
 int wp_rcl_argv(struct wp_rcl *c, wp_redis_cb cb, void *ctx, int argc, const char **argv,
                 const size_t *lens)
 {
-    int k = first_key(argc, argv, lens);
+    int k = wp__rcl_first_key(argc, argv, lens);
     return route(c, k >= 0 ? slot_of(argv, lens, k) : -1, NULL, 0, cb, ctx, argc, argv, lens);
 }
 
@@ -468,15 +546,77 @@ int wp_rcl_script(struct wp_rcl *c, const char *script, wp_redis_cb cb, void *ct
                  lens);
 }
 
+/* (Re)connect the subscription to the master of its channel's slot, or a
+ * seed before the map is known, avoiding node `avoid` (-1: none). */
+static int sub_connect(struct wp_rcl *c, int avoid)
+{
+    int node = c->have_map ? c->slot[wp_rcl_keyslot(c->sub_chan, strlen(c->sub_chan))] : -1;
+    for (int i = 0; (node < 0 || node == avoid || !wp_redis_ready(c->nodes[node].r)) &&
+                    i < c->nnodes; i++)
+        if (i != avoid && (c->master[i] || !c->have_map) && wp_redis_ready(c->nodes[i].r))
+            node = i;
+    if (node < 0)
+        node = 0;
+    struct wp_redis *r = wp_redis_new_direct(c->loop, c->nodes[node].host, c->nodes[node].port,
+                                             c->name);
+    if (!r)
+        return -ENOMEM;
+    int rc = wp_redis_subscribe(r, c->sub_chan, c->sub_cb, c->sub_ctx);
+    if (rc < 0) {
+        wp_redis_free(r);
+        return rc;
+    }
+    wp_redis_free(c->sub); /* safe inside its callbacks */
+    c->sub = r;
+    c->sub_node = node;
+    c->sub_down_at = 0;
+    return 0;
+}
+
 int wp_rcl_subscribe(struct wp_rcl *c, const char *channel, wp_redis_cb cb, void *ctx)
 {
     if (c->sub)
         return WP_ESTATE;
-    int node = c->have_map ? c->slot[wp_rcl_keyslot(channel, strlen(channel))] : -1;
-    struct node *n = &c->nodes[node >= 0 ? node : 0];
-    if (!(c->sub = wp_redis_new(c->loop, n->host, n->port, c->name)))
-        return -ENOMEM;
-    return wp_redis_subscribe(c->sub, channel, cb, ctx);
+    if (strlen(channel) >= sizeof(c->sub_chan))
+        return WP_EINVAL_INPUT;
+    snprintf(c->sub_chan, sizeof(c->sub_chan), "%s", channel);
+    c->sub_cb = cb;
+    c->sub_ctx = ctx;
+    return sub_connect(c, -1);
+}
+
+/* Periodic: a fresh map now and then (sooner while a master is down), and
+ * a subscription whose node stays unreachable moves to a live master (a
+ * cluster hands PUBLISH to every node, so any serves it). */
+static void refresh_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct wp_rcl *c = w->data;
+    double now = ev_now(loop);
+    bool down = false;
+    (void)revents;
+    for (int i = 0; i < c->nnodes && c->have_map; i++)
+        down |= c->master[i] && !wp_redis_ready(c->nodes[i].r);
+    if (!c->have_map || now - c->map_at >= (down ? WP_RCL_REFRESH_FAST_S : WP_RCL_REFRESH_S))
+        want_map(c);
+    if (!c->sub)
+        return;
+    if (wp_redis_ready(c->sub)) {
+        c->sub_down_at = 0;
+        return;
+    }
+    if (c->sub_down_at == 0) {
+        c->sub_down_at = now;
+        return;
+    }
+    if (now - c->sub_down_at < SUB_MOVE_S)
+        return;
+    int from = c->sub_node;
+    if (sub_connect(c, from) == 0 && c->sub_node != from) {
+        c->stats.sub_moves++;
+        log_warn("redis cluster conn=%s: subscription %s moved from %s:%d to %s:%d", c->name,
+                 c->sub_chan, c->nodes[from].host, c->nodes[from].port,
+                 c->nodes[c->sub_node].host, c->nodes[c->sub_node].port);
+    }
 }
 
 struct wp_rcl *wp_rcl_new(struct ev_loop *loop, const char *seeds, const char *name,
@@ -493,13 +633,17 @@ struct wp_rcl *wp_rcl_new(struct ev_loop *loop, const char *seeds, const char *n
         c->slot[s] = -1;
     ev_timer_init(&c->tick, tick_cb, TICK_S, TICK_S);
     c->tick.data = c;
+    ev_timer_init(&c->refresh, refresh_cb, WP_RCL_REFRESH_FAST_S, WP_RCL_REFRESH_FAST_S);
+    c->refresh.data = c;
+    ev_timer_start(loop, &c->refresh);
+    ev_unref(loop); /* housekeeping: it keeps no loop running by itself */
     const char *p = seeds;
     while (p && *p) {
         const char *comma = strchr(p, ',');
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
         char host[128];
         int port;
-        if (parse_addr(p, len, NULL, host, sizeof(host), &port) < 0 ||
+        if (wp__rcl_addr(p, len, NULL, host, sizeof(host), &port) < 0 ||
             node_index(c, host, port) < 0) {
             wp_err_set(err, WP_ECONFIG, "redis cluster seed '%.*s': want HOST:PORT", (int)len, p);
             wp_rcl_free(c);
@@ -522,6 +666,10 @@ void wp_rcl_free(struct wp_rcl *c)
         return;
     c->closing = true;
     ev_timer_stop(c->loop, &c->tick);
+    if (ev_is_active(&c->refresh)) {
+        ev_ref(c->loop);
+        ev_timer_stop(c->loop, &c->refresh);
+    }
     struct rcmd *m = c->waiting;
     c->waiting = NULL;
     while (m) {
@@ -538,12 +686,22 @@ void wp_rcl_free(struct wp_rcl *c)
 
 bool wp_rcl_ready(const struct wp_rcl *c)
 {
-    if (!c->have_map)
+    if (c->sub && !wp_redis_ready(c->sub))
         return false;
-    for (int s = 0; s < WP_RCL_SLOTS; s++)
-        if (c->slot[s] < 0 || !wp_redis_ready(c->nodes[c->slot[s]].r))
+    if (!c->have_map || !c->covered)
+        return false;
+    for (int i = 0; i < c->nnodes; i++)
+        if (c->master[i] && !wp_redis_ready(c->nodes[i].r))
             return false;
     return true;
+}
+
+void wp_rcl_set_wait(struct wp_rcl *c, int replicas, int timeout_ms)
+{
+    c->wait_n = replicas;
+    c->wait_ms = timeout_ms;
+    for (int i = 0; i < c->nnodes; i++)
+        wp_redis_set_wait(c->nodes[i].r, replicas, timeout_ms);
 }
 
 void wp_rcl_stats(const struct wp_rcl *c, struct wp_rcl_stats *st)

@@ -12,7 +12,16 @@
  * map is asked for again then too (the master may have failed over).
  *
  * Pub/sub: a cluster forwards PUBLISH to every node, so a subscription is
- * one wp_redis to any node (wp_rcl_subscribe).
+ * one wp_redis to any node (wp_rcl_subscribe); when that node stays
+ * unreachable it moves to a master of the current map.
+ *
+ * The map is asked for again every WP_RCL_REFRESH_S, and every
+ * WP_RCL_REFRESH_FAST_S while a master of the map is not connected (a
+ * failover: its replica is named once the cluster has promoted it).
+ *
+ * Process-wide mode (wp_rcl_set, like base/sentinel.h): every wp_redis of
+ * the process is then a wp_rcl under the same API (base/redis.h), so call
+ * sites do not change; the CLIs use the synchronous router below.
  *
  * Loop: every function on the loop's thread, like wp_redis. */
 #ifndef WP_RCLUSTER_H
@@ -29,6 +38,15 @@ struct wp_err;
 struct wp_rcl;
 
 enum { WP_RCL_SLOTS = 16384, WP_RCL_MAX_NODES = 64, WP_RCL_MAX_HOPS = 5 };
+#define WP_RCL_REFRESH_S 5.0
+#define WP_RCL_REFRESH_FAST_S 0.5
+
+/* Cluster mode for the whole process: seeds "host:port,..." (any nodes of
+ * the cluster). Set once at start, before the first wp_redis_new; refused
+ * with Sentinel (set that first). 0, or < 0 with err (changes nothing). */
+int wp_rcl_set(const char *seeds, struct wp_err *err);
+bool wp_rcl_on(void);
+const char *wp_rcl_seeds(void);
 
 /* CRC16-CCITT (XMODEM), the cluster's key hash. */
 uint16_t wp_rcl_crc16(const void *buf, size_t len);
@@ -43,8 +61,11 @@ struct wp_rcl *wp_rcl_new(struct ev_loop *loop, const char *seeds, const char *n
                           struct wp_err *err);
 /* Pending commands get NULL replies. Not from inside one of its callbacks. */
 void wp_rcl_free(struct wp_rcl *c);
-/* A slot map is loaded and every master in it is connected. */
+/* A slot map is loaded and every master in it is connected (and the
+ * subscription's connection, when there is one). */
 bool wp_rcl_ready(const struct wp_rcl *c);
+/* wp_redis_set_wait on the connection to every master, now and later. */
+void wp_rcl_set_wait(struct wp_rcl *c, int replicas, int timeout_ms);
 
 /* As wp_redis_argv, routed by the first key: argv[1], or for EVAL,
  * EVALSHA and FCALL (and _RO) the first of their keys, for XREAD and
@@ -59,13 +80,32 @@ int wp_rcl_argv(struct wp_rcl *c, wp_redis_cb cb, void *ctx, int argc, const cha
 int wp_rcl_script(struct wp_rcl *c, const char *script, wp_redis_cb cb, void *ctx, int nkeys,
                   int argc, const char **argv, const size_t *lens);
 /* A subscription on its own connection to the master of the channel's
- * slot (any node would do), renewed after reconnects (wp_redis_subscribe). */
+ * slot (any node would do), renewed after reconnects (wp_redis_subscribe),
+ * moved to a current master when its node stays down. One per wp_rcl. */
 int wp_rcl_subscribe(struct wp_rcl *c, const char *channel, wp_redis_cb cb, void *ctx);
 
 /* Redirects followed since wp_rcl_new, and maps loaded (tests, metrics). */
 struct wp_rcl_stats {
-    long moved, ask, maps;
+    long moved, ask, maps, sub_moves;
 };
 void wp_rcl_stats(const struct wp_rcl *c, struct wp_rcl_stats *st);
+
+/* --- synchronous (CLIs; rcluster_sync.c) ----------------------------------
+ * Blocking hiredis contexts to the masters of the configured cluster
+ * (wp_rcl_set), AUTH done, commands timing out after 30 s. A command goes
+ * to the master of its first key as for wp_rcl_argv (keyless: any master);
+ * MOVED and ASK are followed. */
+struct wp_rcl_sync;
+/* Caller owns it (wp_rcl_sync_free); NULL with err when no seed answers
+ * CLUSTER SLOTS. */
+struct wp_rcl_sync *wp_rcl_sync_new(struct wp_err *err);
+void wp_rcl_sync_free(struct wp_rcl_sync *s);
+/* A command formatted by hiredis (redisvFormatCommand). The reply is the
+ * caller's (freeReplyObject); NULL with err when no node could be asked. */
+redisReply *wp_rcl_sync_formatted(struct wp_rcl_sync *s, const char *cmd, size_t len,
+                                  struct wp_err *err);
+/* The masters of the map, for what must run on each (KEYS, SCAN): up to cap
+ * contexts (owned by s) into out, their number returned; < 0 with err. */
+int wp_rcl_sync_masters(struct wp_rcl_sync *s, redisContext **out, int cap, struct wp_err *err);
 
 #endif

@@ -17,6 +17,7 @@
 
 #include "base/log.h"
 #include "base/err.h"
+#include "base/rcluster.h"
 #include "base/redis.h"
 #include "base/sentinel.h"
 
@@ -35,6 +36,7 @@ struct script {
 #define MAX_SCRIPTS 128 /* more (scripts made at run time?): plain EVAL */
 
 struct wp_redis {
+    struct wp_rcl *rcl;    /* cluster mode: everything below is unused */
     struct ev_loop *loop;
     redisAsyncContext *ac; /* NULL while disconnected */
     unsigned conn;         /* counts connections made: a new one has no scripts */
@@ -170,17 +172,12 @@ static void connected_now(struct wp_redis *r)
     ready_now(r);
 }
 
-redisContext *wp_redis_connect_sync(const char *host, int port, struct wp_err *err)
+redisContext *wp_redis_connect_sync_addr(const char *host, int port, struct wp_err *err)
 {
-    char mhost[128];
-    int mport = port;
     struct timeval tv = { 5, 0 };
-    snprintf(mhost, sizeof(mhost), "%s", host);
-    if (wp_sentinel_on() && wp_sentinel_ask_sync(mhost, sizeof(mhost), &mport, err) < 0)
-        return NULL;
-    redisContext *c = redisConnectWithTimeout(mhost, mport, tv);
+    redisContext *c = redisConnectWithTimeout(host, port, tv);
     if (!c || c->err) {
-        wp_err_set(err, WP_ECONFIG, "cannot reach redis at %s:%d: %s", mhost, mport,
+        wp_err_set(err, WP_ECONFIG, "cannot reach redis at %s:%d: %s", host, port,
                    c ? c->errstr : "out of memory");
         redisFree(c);
         return NULL;
@@ -189,6 +186,26 @@ redisContext *wp_redis_connect_sync(const char *host, int port, struct wp_err *e
         redisFree(c);
         return NULL;
     }
+    /* Commands then block at most this long (a dead peer is an error). */
+    redisSetTimeout(c, (struct timeval){ 30, 0 });
+    return c;
+}
+
+redisContext *wp_redis_connect_sync(const char *host, int port, struct wp_err *err)
+{
+    char mhost[128];
+    int mport = port;
+    if (wp_rcl_on()) {
+        wp_err_set(err, WP_ECONFIG, "this tool does not speak Redis Cluster yet "
+                                    "(--redis-cluster): give it one master with --redis");
+        return NULL;
+    }
+    snprintf(mhost, sizeof(mhost), "%s", host);
+    if (wp_sentinel_on() && wp_sentinel_ask_sync(mhost, sizeof(mhost), &mport, err) < 0)
+        return NULL;
+    redisContext *c = wp_redis_connect_sync_addr(mhost, mport, err);
+    if (!c)
+        return NULL;
     if (wp_sentinel_on()) {
         redisReply *rep = redisCommand(c, "ROLE");
         bool master = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
@@ -204,8 +221,6 @@ redisContext *wp_redis_connect_sync(const char *host, int port, struct wp_err *e
             return NULL;
         }
     }
-    /* Commands then block at most this long (a dead peer is an error). */
-    redisSetTimeout(c, (struct timeval){ 30, 0 });
     return c;
 }
 
@@ -387,7 +402,25 @@ static void track(struct wp_redis *r, bool add)
     }
 }
 
-struct wp_redis *wp_redis_new(struct ev_loop *loop, const char *host, int port,
+/* Cluster mode (wp_rcl_set): the handle is a wp_rcl over the cluster's
+ * masters, whatever host and port say. */
+struct wp_redis *wp_redis_new(struct ev_loop *loop, const char *host, int port, const char *name)
+{
+    if (!wp_rcl_on())
+        return wp_redis_new_direct(loop, host, port, name);
+    struct wp_redis *r = calloc(1, sizeof(*r));
+    struct wp_err err;
+    if (!r)
+        return NULL;
+    if (!(r->rcl = wp_rcl_new(loop, wp_rcl_seeds(), name, &err))) {
+        log_error("redis cluster conn=%s: %s", name, err.msg);
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+struct wp_redis *wp_redis_new_direct(struct ev_loop *loop, const char *host, int port,
                                      const char *name)
 {
     struct wp_redis *r = calloc(1, sizeof(*r));
@@ -408,6 +441,11 @@ void wp_redis_free(struct wp_redis *r)
 {
     if (!r)
         return;
+    if (r->rcl) {
+        wp_rcl_free(r->rcl);
+        free(r);
+        return;
+    }
     r->closing = true;
     track(r, false);
     ev_timer_stop(r->loop, &r->retry);
@@ -431,6 +469,8 @@ void wp_redis_free(struct wp_redis *r)
 
 bool wp_redis_ready(const struct wp_redis *r)
 {
+    if (r && r->rcl)
+        return wp_rcl_ready(r->rcl);
     return r && r->ac && r->connected;
 }
 
@@ -565,6 +605,10 @@ static int wait_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc, co
 
 void wp_redis_set_wait(struct wp_redis *r, int replicas, int timeout_ms)
 {
+    if (r->rcl) {
+        wp_rcl_set_wait(r->rcl, replicas, timeout_ms > 0 ? timeout_ms : 1000);
+        return;
+    }
     r->wait_n = replicas > 0 ? replicas : 0;
     r->wait_ms = timeout_ms > 0 ? timeout_ms : 1000; /* WAIT n 0 would block for ever */
 }
@@ -572,6 +616,8 @@ void wp_redis_set_wait(struct wp_redis *r, int replicas, int timeout_ms)
 int wp_redis_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc,
                       const char **argv, const size_t *lens)
 {
+    if (r && r->rcl)
+        return wp_rcl_argv(r->rcl, cb, ctx, argc, argv, lens);
     if (!wp_redis_ready(r))
         return WP_ESTATE;
     if (r->wait_n > 0 && cb)
@@ -688,6 +734,8 @@ int wp_redis_script(struct wp_redis *r, const char *script, wp_redis_cb cb,
     const char *av[256];
     size_t al[256];
     char nk[16];
+    if (r && r->rcl)
+        return wp_rcl_script(r->rcl, script, cb, ctx, nkeys, argc, argv, lens);
     if (argc + 3 > 256)
         return WP_EINVAL_INPUT;
     if (!wp_redis_ready(r))
@@ -739,6 +787,8 @@ int wp_redis_script(struct wp_redis *r, const char *script, wp_redis_cb cb,
 
 int wp_redis_subscribe(struct wp_redis *r, const char *channel, wp_redis_cb cb, void *ctx)
 {
+    if (r->rcl)
+        return wp_rcl_subscribe(r->rcl, channel, cb, ctx);
     if (strlen(channel) >= sizeof(r->sub_chan) || r->sub_cb)
         return WP_EINVAL_INPUT;
     snprintf(r->sub_chan, sizeof(r->sub_chan), "%s", channel);

@@ -21,8 +21,16 @@ struct wp_redis;
 typedef void (*wp_redis_cb)(void *ctx, redisReply *reply);
 
 /* Starts connecting at once. Caller owns the result (wp_redis_free);
- * NULL on allocation failure. name appears in logs. */
+ * NULL on allocation failure. name appears in logs. In cluster mode
+ * (base/rcluster.h, wp_rcl_set) host and port are unused: the handle routes
+ * every command, script and subscription below through a wp_rcl (the
+ * master of the first key; scripts' keys must share one slot; keyless
+ * commands to any master; a subscription hears the whole cluster). */
 struct wp_redis *wp_redis_new(struct ev_loop *loop, const char *host, int port, const char *name);
+/* One connection to host:port whatever the process's mode (Sentinel still
+ * applies): base/rcluster.c's connection to each master. */
+struct wp_redis *wp_redis_new_direct(struct ev_loop *loop, const char *host, int port,
+                                     const char *name);
 /* Pending commands get NULL replies. Safe inside a reply callback. */
 void wp_redis_free(struct wp_redis *r);
 bool wp_redis_ready(const struct wp_redis *r);
@@ -64,8 +72,11 @@ int wp_redis_auth_sync(redisContext *c, struct wp_err *err);
 /* A synchronous connection (CLIs) to the Redis of this process: host:port,
  * or in sentinel mode (base/sentinel.h) the master the sentinels name,
  * checked with ROLE; AUTH done. Commands time out after 30 s. Caller owns
- * it (redisFree); NULL with err when unreachable or refused. */
+ * it (redisFree); NULL with err when unreachable or refused, and in
+ * cluster mode (a CLI there uses wp_rcl_sync, base/rcluster.h). */
 redisContext *wp_redis_connect_sync(const char *host, int port, struct wp_err *err);
+/* The same to exactly host:port (no Sentinel, no Cluster). */
+redisContext *wp_redis_connect_sync_addr(const char *host, int port, struct wp_err *err);
 
 /* Put this connection in subscribe mode on one channel (again after each
  * reconnect): cb gets every reply on it (the confirmation, then

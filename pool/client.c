@@ -336,12 +336,14 @@ static void hot_cb(void *ctx, redisReply *reply)
 
 static void pick(struct claim *cl)
 {
-    char nodes[160];
+    char nodes[160], tpl[160], live[160];
     snprintf(nodes, sizeof(nodes), POOL__K_NODES_OF, cl->env);
-    const char *argv[3 + POOL__CLAIM_NODES] = { nodes, POOL__K_TPLS, cl->env };
+    snprintf(tpl, sizeof(tpl), POOL__K_TPL, cl->env);
+    snprintf(live, sizeof(live), POOL__K_LIVE, cl->env);
+    const char *argv[3 + POOL__CLAIM_NODES] = { nodes, tpl, live };
     for (int i = 0; i < cl->n_tried; i++)
         argv[3 + i] = cl->tried[i];
-    if (wp_redis_script(cl->c->r, lua_pick_node, pick_cb, cl, 2, 3 + cl->n_tried, argv, NULL) < 0)
+    if (wp_redis_script(cl->c->r, lua_pick_node, pick_cb, cl, 3, 3 + cl->n_tried, argv, NULL) < 0)
         claim_fail(cl, WP_ESTATE, "redis not connected");
 }
 

@@ -54,6 +54,8 @@ static const char usage[] =
     "  --redis-sentinels HOST:PORT,...  find Redis through these sentinels (--redis\n"
     "                          is then unused), asked again on every reconnect\n"
     "  --redis-master NAME     the master's name at the sentinels\n"
+    "  --redis-cluster HOST:PORT,...  Redis Cluster: any of its nodes (--redis is then\n"
+    "                          unused; not with --redis-sentinels)\n"
     "  --criu-mode MODE        auto (default: probe this host, cached), default,\n"
     "                          no-breakpoints (CRIU_FAULT=130 for every criu run),\n"
     "                          none (no images: the pool is cold-booted sandboxes)\n"
@@ -249,6 +251,7 @@ static const struct option lo[] = {
     { "relay-tls", required_argument, NULL, 1020 }, { "relay-tls-cert", required_argument, NULL, 1021 },
     { "relay-tls-key", required_argument, NULL, 1022 }, { "relay-tls-ca", required_argument, NULL, 1023 },
     { "redis-sentinels", required_argument, NULL, 1010 }, { "redis-master", required_argument, NULL, 1011 },
+    { "redis-cluster", required_argument, NULL, 1012 },
     { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
 };
 
@@ -313,6 +316,7 @@ static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bo
         case 'V': rc = set_str(cfg->redis_user, sizeof(cfg->redis_user), optarg, "--redis-user", err); break;
         case 1010: rc = set_str(cfg->redis_sentinels, sizeof(cfg->redis_sentinels), optarg, "--redis-sentinels", err); break;
         case 1011: rc = set_str(cfg->redis_master, sizeof(cfg->redis_master), optarg, "--redis-master", err); break;
+        case 1012: rc = set_str(cfg->redis_cluster, sizeof(cfg->redis_cluster), optarg, "--redis-cluster", err); break;
         case 'D': {
             char *end;
             cfg->criu_timeout_s = strtod(optarg, &end);
@@ -443,6 +447,9 @@ static int load_json(struct pool_node_config *cfg, const char *path, struct wp_e
         else if (strcmp(k, "redis_sentinels") == 0 && json_is_string(v))
             rc = set_str(cfg->redis_sentinels, sizeof(cfg->redis_sentinels),
                          json_string_value(v), "redis_sentinels", err);
+        else if (strcmp(k, "redis_cluster") == 0 && json_is_string(v))
+            rc = set_str(cfg->redis_cluster, sizeof(cfg->redis_cluster), json_string_value(v),
+                         "redis_cluster", err);
         else if (strcmp(k, "redis_master") == 0 && json_is_string(v))
             rc = set_str(cfg->redis_master, sizeof(cfg->redis_master), json_string_value(v),
                          "redis_master", err);

@@ -1,5 +1,5 @@
 pool_SRCS := pool/autoscale.c pool/scripts.c pool/node.c pool/node_sandbox.c pool/node_image.c pool/node_inbox.c pool/node_memory.c \
-             pool/node_reconcile.c pool/node_shutdown.c pool/config.c pool/client.c pool/relay.c pool/node_files.c pool/ksm.c \
+             pool/node_reconcile.c pool/node_reap.c pool/node_shutdown.c pool/config.c pool/client.c pool/relay.c pool/node_files.c pool/ksm.c \
              pool/catalog.c pool/memory.c pool/http.c pool/worker.c pool/worker_run.c \
              pool/orphans.c pool/egress.c pool/egress_http.c pool/egress_tls.c pool/egress_ctl.c \
              pool/node_egress.c pool/relay_tls.c

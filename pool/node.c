@@ -14,6 +14,7 @@
 #define WP_LOG_COMPONENT "node"
 #include "pool/node_int.h"
 
+#include "base/rcluster.h"
 #include "base/sentinel.h"
 
 const char *const node__ksm_names[] = { "off", "on", "refused", "on-override" };
@@ -362,6 +363,8 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     if ((cfg->redis_sentinels[0] || cfg->redis_master[0]) &&
         (rc = wp_sentinel_set(cfg->redis_sentinels, cfg->redis_master, err)) < 0)
         return rc;
+    if (cfg->redis_cluster[0] && (rc = wp_rcl_set(cfg->redis_cluster, err)) < 0)
+        return rc;
     n = calloc(1, sizeof(*n));
     if (!n)
         return wp_err_set(err, -ENOMEM, "out of memory");
@@ -413,8 +416,10 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     if (!cfg->egress_off && (rc = start_egress(n, err)) < 0)
         goto out;
     n->r = wp_redis_new(n->loop, cfg->redis_host, cfg->redis_port, "node");
-    n->rb = wp_redis_new(n->loop, cfg->redis_host, cfg->redis_port, "node-inbox");
-    if (!n->r || !n->rb) {
+    /* Redis Cluster: one inbox handle per environment instead (node_inbox.c). */
+    if (!wp_rcl_on())
+        n->rb = wp_redis_new(n->loop, cfg->redis_host, cfg->redis_port, "node-inbox");
+    if (!n->r || (!n->rb && !wp_rcl_on())) {
         rc = wp_err_set(err, -ENOMEM, "out of memory");
         goto out;
     }
@@ -440,8 +445,9 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
         (rc = pool__worker_start(n->loop, &cfg->worker, cfg->worker.pool_env[0] ? cfg->worker.pool_env : n->envs[0].cfg.name,
                                  cfg->redis_host, cfg->redis_port, cfg->lease_ms, worker_fatal, n, &n->worker, err)) < 0)
         goto out;
-    log_info("node=%s state=%s redis=%s:%d relay=%s hot_memory_mb=%llu%s", cfg->id, cfg->state_dir,
-             cfg->redis_host, cfg->redis_port, n->relay_addr, (unsigned long long)(n->budget >> 20),
+    log_info("node=%s state=%s redis=%s%s:%d relay=%s hot_memory_mb=%llu%s", cfg->id, cfg->state_dir,
+             wp_rcl_on() ? "cluster seeds " : "", wp_rcl_on() ? wp_rcl_seeds() : cfg->redis_host,
+             wp_rcl_on() ? 0 : cfg->redis_port, n->relay_addr, (unsigned long long)(n->budget >> 20),
              cfg->multi_tenant ? " multi-tenant" : "");
     ev_run(n->loop, 0);
 
@@ -492,6 +498,8 @@ out:
     pool__catalog_free(n->catalog);
     wp_redis_free(n->r);
     wp_redis_free(n->rb);
+    for (int i = 0; i < POOL_MAX_ENVS; i++)
+        wp_redis_free(n->rbs[i]);
     for (int i = 0; i < n->n_envs; i++) {
         snap_template_free(n->envs[i].t);
         while (n->envs[i].claims_q) {

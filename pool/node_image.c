@@ -318,6 +318,7 @@ int node__env_retire(void *ctx, const char *name)
         node__fmtkey(nodes, sizeof(nodes), POOL__K_NODES_OF, name);
         const char *srem[] = { "SREM", nodes, n->cfg.id };
         node__cmd(n, "env nodes", 3, srem);
+        node__publish_live(n, e, true);
         char key[160], f[9][96];
         static const char *const fields[] = { "build", "target", "claims_per_s", "refill_ms",
                                               "refills", "ksm", "claims_waiting",

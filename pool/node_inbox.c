@@ -2,6 +2,7 @@
  * releases read from Redis streams, queued claims, overload refusals. */
 #define WP_LOG_COMPONENT "node"
 #include "pool/node_int.h"
+#include "base/rcluster.h"
 /* ---- inbox -------------------------------------------------------------- */
 
 static const char *field(redisReply *kv, const char *name)
@@ -183,45 +184,65 @@ static void handle_entry(struct node *n, struct env *e, const char *id, redisRep
 }
 
 
+/* XREAD's answer: [[stream, [[id, [k, v, ...]], ...]], ...] */
+static void inbox_entries(struct node *n, redisReply *reply)
+{
+    for (size_t i = 0; i < reply->elements; i++) {
+        redisReply *st = reply->element[i];
+        if (st->type != REDIS_REPLY_ARRAY || st->elements != 2 ||
+            st->element[0]->type != REDIS_REPLY_STRING || st->element[1]->type != REDIS_REPLY_ARRAY)
+            continue;
+        struct env *e = NULL;
+        for (int j = 0; j < n->n_envs; j++)
+            if (strcmp(n->envs[j].inbox, st->element[0]->str) == 0)
+                e = &n->envs[j];
+        if (!e)
+            continue;
+        redisReply *entries = st->element[1];
+        for (size_t k = 0; k < entries->elements; k++) {
+            redisReply *ent = entries->element[k];
+            if (ent->type != REDIS_REPLY_ARRAY || ent->elements != 2 ||
+                ent->element[0]->type != REDIS_REPLY_STRING ||
+                ent->element[1]->type != REDIS_REPLY_ARRAY)
+                continue;
+            snprintf(e->last_id, sizeof(e->last_id), "%s", ent->element[0]->str);
+            handle_entry(n, e, ent->element[0]->str, ent->element[1]);
+        }
+    }
+}
+
+/* After a read: true when the next one may go at once. An error is not
+ * read again at once (that would spin): the cron retries. No reply: the
+ * connection dropped; the cron reads again once it is back. */
+static bool inbox_handled(struct node *n, redisReply *reply)
+{
+    if (n->stopping || !reply)
+        return false;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        log_warn("inbox read: %s", reply->str);
+        return false;
+    }
+    if (reply->type == REDIS_REPLY_ARRAY)
+        inbox_entries(n, reply);
+    return true;
+}
+
 static void inbox_cb(void *ctx, redisReply *reply)
 {
     struct node *n = ctx;
-
     n->inbox_reading = false;
-    if (n->stopping)
-        return;
-    if (reply && reply->type == REDIS_REPLY_ARRAY) {
-        /* [[stream, [[id, [k, v, ...]], ...]], ...] */
-        for (size_t i = 0; i < reply->elements; i++) {
-            redisReply *st = reply->element[i];
-            if (st->type != REDIS_REPLY_ARRAY || st->elements != 2)
-                continue;
-            struct env *e = NULL;
-            for (int j = 0; j < n->n_envs; j++)
-                if (strcmp(n->envs[j].inbox, st->element[0]->str) == 0)
-                    e = &n->envs[j];
-            if (!e)
-                continue;
-            redisReply *entries = st->element[1];
-            for (size_t k = 0; k < entries->elements; k++) {
-                redisReply *ent = entries->element[k];
-                if (ent->type != REDIS_REPLY_ARRAY || ent->elements != 2 ||
-                    ent->element[0]->type != REDIS_REPLY_STRING ||
-                    ent->element[1]->type != REDIS_REPLY_ARRAY)
-                    continue;
-                snprintf(e->last_id, sizeof(e->last_id), "%s", ent->element[0]->str);
-                handle_entry(n, e, ent->element[0]->str, ent->element[1]);
-            }
-        }
-    } else if (reply && reply->type == REDIS_REPLY_ERROR) {
-        /* Not again at once (that would spin): the cron retries. */
-        log_warn("inbox read: %s", reply->str);
-        return;
-    }
-    if (reply)
+    if (inbox_handled(n, reply))
         node__read_inbox(n);
-    /* No reply: the connection dropped; the cron reads again once it is
-     * back. */
+}
+
+/* Redis Cluster: one environment's read (ctx: its struct env). */
+static void inbox_env_cb(void *ctx, redisReply *reply)
+{
+    struct env *e = ctx;
+    struct node *n = e->n;
+    n->rbs_reading[e - n->envs] = false;
+    if (inbox_handled(n, reply))
+        node__read_inbox(n);
 }
 
 /* "<ms>-<seq>" as Redis writes stream ids; false for anything else. */
@@ -307,13 +328,37 @@ void node__inbox_position(struct node *n)
         n->last_trim = n->now;
 }
 
+/* Redis Cluster: each environment's inbox is a key of its own slot, and
+ * one XREAD may not span slots: one blocking read per environment, each on
+ * its own handle (blocked reads would stall one another on a shared one). */
+static void read_inbox_each(struct node *n)
+{
+    for (int i = 0; i < n->n_envs; i++) {
+        struct env *e = &n->envs[i];
+        if (!e->inbox_started || n->rbs_reading[i])
+            continue;
+        if (!n->rbs[i] && !(n->rbs[i] = wp_redis_new(n->loop, n->cfg.redis_host,
+                                                     n->cfg.redis_port, "node-inbox")))
+            continue;
+        const char *argv[] = { "XREAD", "BLOCK", "1000", "STREAMS", e->inbox, e->last_id };
+        if (wp_redis_ready(n->rbs[i]) && wp_redis_argv(n->rbs[i], inbox_env_cb, e, 6, argv, NULL) == 0)
+            n->rbs_reading[i] = true;
+    }
+}
+
 void node__read_inbox(struct node *n)
 {
     const char *argv[4 + 2 * POOL_MAX_ENVS];
     int argc = 0;
 
-    if (n->inbox_reading || !wp_redis_ready(n->rb) || n->stopping || n->n_envs == 0)
+    if (n->stopping || n->n_envs == 0)
         return; /* no environment yet (API ones arrive through the catalog) */
+    if (wp_rcl_on()) {
+        read_inbox_each(n);
+        return;
+    }
+    if (n->inbox_reading || !wp_redis_ready(n->rb))
+        return;
     argv[argc++] = "XREAD";
     argv[argc++] = "BLOCK";
     argv[argc++] = "1000";

@@ -122,6 +122,11 @@ struct node {
     char relay_addr[80];     /* host:port */
     struct pool__negress *egress; /* the egress proxy; NULL with --egress off */
     bool inbox_reading;
+    /* Redis Cluster: an environment's inbox is a stream of its own slot, so
+     * each is read (XREAD BLOCK) on a handle of its own, by envs index. */
+    struct wp_redis *rbs[POOL_MAX_ENVS];
+    bool rbs_reading[POOL_MAX_ENVS];
+    bool reconciling;        /* a reconcile's steps are in flight */
     ev_timer cron;
     ev_signal sigterm, sigint;
     ev_child child;
@@ -163,7 +168,6 @@ struct node {
 
 enum { RH_HOT, RH_WARM, RH_COLD };
 extern const char *const node__rh_names[]; /* by RH_* */
-extern const char node__lua_reap[];
 
 /* node.c */
 double node__now_s(void);
@@ -209,6 +213,14 @@ int node__relay_lookup(void *ctx, struct pool__route *rt);
 void node__egress_ready(void *ctx, const char *sandbox);
 void node__nodes_cb(void *ctx, redisReply *reply);
 void node__check_orphans(struct node *n);
+/* This node's liveness in E's live hash (lua/pool/node_reconcile/live.lua);
+ * gone: its field removed (a clean stop, E retired). */
+void node__publish_live(struct node *n, struct env *e, bool gone);
+
+/* node_reap.c: forget node (its sandboxes marked lost or dropped, its
+ * keys deleted) unless its heartbeat is there; done (may be NULL) gets
+ * the last reply, NULL when it stopped early. 0, or < 0 (done not called). */
+int node__reap(struct node *n, const char *node, wp_redis_cb done, void *ctx);
 
 /* node_shutdown.c */
 void node__publish_draining(struct node *n);

@@ -1,5 +1,6 @@
 /* node_reconcile.c - the node's state in Redis: heartbeat and node hash,
- * reaping dead nodes, reconciling Redis with what the node has, orphans. */
+ * liveness per environment, reconciling Redis with what the node has,
+ * orphans (reaping dead nodes: node_reap.c). */
 #define WP_LOG_COMPONENT "node"
 #include "pool/node_int.h"
 #include "lua/pool/node_reconcile.h" /* its Lua scripts: lua/pool/node_reconcile/ (Makefile) */
@@ -42,6 +43,7 @@ void node__register_node(struct node *n)
         const char *s2[] = { "SADD", nodes, n->cfg.id };
         const char *p1[] = { "EVAL", lua_startup, "1", pol, "min_hot", "max_hot", mn, mx, n->cfg.id };
         node__cmd(n, "env nodes", 3, s2);
+        node__publish_live(n, e, false);
         if (!e->api && !n->registered)
             node__cmd(n, "policy", 9, p1);
     }
@@ -130,13 +132,102 @@ void node__register_node(struct node *n)
     n->registered = true;
 }
 
+void node__publish_live(struct node *n, struct env *e, bool gone)
+{
+    char key[160], ttl[32];
+    node__fmtkey(key, sizeof(key), POOL__K_LIVE, e->cfg.name);
+    if (gone) {
+        const char *hdel[] = { "HDEL", key, n->cfg.id };
+        node__cmd(n, "live", 3, hdel);
+        return;
+    }
+    snprintf(ttl, sizeof(ttl), "%d", (int)(n->cfg.heartbeat_ttl_s * 1000));
+    const char *argv[] = { key, n->cfg.id, ttl, n->draining ? "drain" : "" };
+    wp_redis_script(n->r, lua_live, node__log_reply, (void *)"live", 1, 4, argv, NULL);
+}
+
+/* --- reconcile -------------------------------------------------------------
+ * The node's set (wp:node:<N>:sbs) is read first; then, per environment, one
+ * script on that environment's keys (lua_reconcile_env) writes the node's
+ * sandboxes back and settles the set's entries the node no longer has;
+ * then the set is written: its own sandboxes added, those entries
+ * removed. Keys of one step share one hash slot (Redis Cluster). */
+
+#define RECON_CHUNK 80 /* sandboxes per script call (wp_redis_script's argv cap) */
+
+/* One entry of a reconcile: a sandbox the node has (rec: its record) or
+ * one its set names that it does not (rec NULL). */
+struct recon {
+    char env[128], id[128];
+    char *rec;
+};
+
+/* One pass: its entries, and the environment scripts still unanswered;
+ * the set is written once every one answered (entries it does not have
+ * are removed only when none failed: the next pass tries again). */
+struct pass {
+    struct node *n;
+    struct recon *all;
+    int cnt;
+    int pending;
+    bool failed;
+};
+
+static void pass_free(struct pass *p)
+{
+    for (int i = 0; i < p->cnt; i++)
+        free(p->all[i].rec);
+    free(p->all);
+    free(p);
+}
+
+/* The node's set: own sandboxes added, the others removed. */
+static void write_set(struct pass *p)
+{
+    struct node *n = p->n;
+    char sbs[160];
+    node__fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, n->cfg.id);
+    for (int pass = 0; pass < (p->failed ? 1 : 2); pass++) {
+        const char *argv[2 + RECON_CHUNK];
+        char members[RECON_CHUNK][260];
+        int argc = 2;
+        argv[0] = pass == 0 ? "SADD" : "SREM";
+        argv[1] = sbs;
+        for (int i = 0; i <= p->cnt; i++) {
+            if (i < p->cnt && (pass == 0) == (p->all[i].rec != NULL)) {
+                snprintf(members[argc - 2], sizeof(members[0]), "%s %s", p->all[i].env,
+                         p->all[i].id);
+                argv[argc] = members[argc - 2];
+                argc++;
+            }
+            if (argc > 2 && (i == p->cnt || argc == 2 + RECON_CHUNK)) {
+                node__cmd(n, "reconcile set", argc, argv);
+                argc = 2;
+            }
+        }
+    }
+}
+
+static void pass_step_done(struct pass *p)
+{
+    if (--p->pending > 0)
+        return;
+    p->n->reconciling = false;
+    if (!p->n->stopping)
+        write_set(p);
+    pass_free(p);
+}
+
 static void reconcile_cb(void *ctx, redisReply *reply)
 {
-    struct node *n = ctx;
+    struct pass *p = ctx;
+    struct node *n = p->n;
 
     if (!reply || reply->type != REDIS_REPLY_ARRAY) {
         if (reply && reply->type == REDIS_REPLY_ERROR)
             log_warn("reconcile: %s", reply->str);
+        p->failed = true;
+        pass_step_done(p);
         return;
     }
     for (size_t i = 0; i < reply->elements; i++) {
@@ -148,47 +239,129 @@ static void reconcile_cb(void *ctx, redisReply *reply)
         if (s && s->st == SB_LEASED)
             node__destroy_sb(n, s, "lease expired (holder stopped renewing)");
     }
+    pass_step_done(p);
 }
 
-void node__reconcile(struct node *n)
+/* One script call: up to RECON_CHUNK entries of env, own ones first. */
+static void reconcile_chunk(struct pass *p, const char *env, struct recon **ents, int cnt)
 {
-    const char **argv;
-    char **recs;
-    int cnt = 0, argc = 0;
-    char sbs[160], now[32], lease[32];
-
-    for (struct nsb *s = n->sbs; s; s = s->next)
-        cnt += s->sb && s->st != SB_RESTORING;
-    argv = calloc((size_t)cnt + 5, sizeof(*argv));
-    recs = calloc((size_t)cnt + 1, sizeof(*recs));
-    if (!argv || !recs)
-        goto out;
-    node__fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, n->cfg.id);
+    struct node *n = p->n;
+    char keys[2 + RECON_CHUNK][200], now[32], lease[32], nown[16];
+    const char *argv[2 * (2 + RECON_CHUNK) + 6];
+    int argc = 0, own = 0;
+    node__fmtkey(keys[0], sizeof(keys[0]), POOL__K_HOT, env);
+    node__fmtkey(keys[1], sizeof(keys[1]), POOL__K_FENCE, env);
+    for (int i = 0; i < cnt; i++) {
+        node__fmtkey(keys[2 + i], sizeof(keys[0]), POOL__K_SB "%s", env, ents[i]->id);
+        own += ents[i]->rec != NULL;
+    }
+    for (int i = 0; i < 2 + cnt; i++)
+        argv[argc++] = keys[i];
     snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
     snprintf(lease, sizeof(lease), "%.0f", n->cfg.lease_ms);
-    argv[argc++] = sbs;
+    snprintf(nown, sizeof(nown), "%d", own);
     argv[argc++] = n->cfg.id;
     argv[argc++] = now;
     argv[argc++] = lease;
     argv[argc++] = n->relay_addr;
-    int r = 0;
+    argv[argc++] = env;
+    argv[argc++] = nown;
+    for (int i = 0; i < cnt; i++)
+        argv[argc++] = ents[i]->rec ? ents[i]->rec : ents[i]->id;
+    p->pending++;
+    if (wp_redis_script(n->r, lua_reconcile_env, reconcile_cb, p, 2 + cnt, argc, argv, NULL) < 0) {
+        p->pending--;
+        p->failed = true;
+    }
+}
+
+/* Every environment's entries (own ones first within each call); p is
+ * freed once the last answer came. */
+static void reconcile_send(struct pass *p)
+{
+    struct recon **chunk = calloc(RECON_CHUNK, sizeof(*chunk));
+    bool *sent = calloc((size_t)p->cnt + 1, sizeof(*sent));
+    p->pending = 1; /* held until every call is sent */
+    if (!chunk || !sent)
+        p->failed = true;
+    for (int i = 0; chunk && sent && i < p->cnt; i++) {
+        int k = 0;
+        for (int own = 1; own >= 0 && !sent[i]; own--)
+            for (int j = i; j < p->cnt; j++) {
+                if (sent[j] || strcmp(p->all[j].env, p->all[i].env) != 0 ||
+                    own != (p->all[j].rec != NULL))
+                    continue;
+                sent[j] = true;
+                chunk[k++] = &p->all[j];
+                if (k == RECON_CHUNK) {
+                    reconcile_chunk(p, p->all[i].env, chunk, k);
+                    k = 0;
+                }
+            }
+        if (k > 0)
+            reconcile_chunk(p, p->all[i].env, chunk, k);
+    }
+    free(chunk);
+    free(sent);
+    pass_step_done(p);
+}
+
+/* The node's set as Redis has it: compared with what the node has now. */
+static void members_cb(void *ctx, redisReply *reply)
+{
+    struct node *n = ctx;
+    int cnt = 0, m = reply && reply->type == REDIS_REPLY_ARRAY ? (int)reply->elements : 0;
+
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || n->stopping) {
+        n->reconciling = false;
+        return;
+    }
+    for (struct nsb *s = n->sbs; s; s = s->next)
+        cnt += s->sb && s->st != SB_RESTORING;
+    struct pass *p = calloc(1, sizeof(*p));
+    if (!p || !(p->all = calloc((size_t)(cnt + m) + 1, sizeof(*p->all)))) {
+        free(p);
+        n->reconciling = false;
+        return;
+    }
+    p->n = n;
     for (struct nsb *s = n->sbs; s; s = s->next) {
+        struct recon *r = &p->all[p->cnt];
         if (!s->sb || s->st == SB_RESTORING)
             continue;
-        if (asprintf(&recs[r], "%s\t%s\t%s\t%llu\t%s\t%s", s->e->cfg.name, s->sb->id,
+        if (asprintf(&r->rec, "%s\t%s\t%llu\t%s\t%s", s->sb->id,
                      s->st == SB_IDLE ? "idle" : "leased", (unsigned long long)s->token,
                      s->session, s->sb->root) < 0) {
-            recs[r] = NULL;
-            goto out;
+            r->rec = NULL;
+            continue; /* written by the next pass */
         }
-        argv[argc++] = recs[r++];
+        snprintf(r->env, sizeof(r->env), "%s", s->e->cfg.name);
+        snprintf(r->id, sizeof(r->id), "%s", s->sb->id);
+        p->cnt++;
     }
-    wp_redis_script(n->r, lua_reconcile, reconcile_cb, n, 1, argc, argv, NULL);
-out:
-    for (int i = 0; recs && recs[i]; i++)
-        free(recs[i]);
-    free(recs);
-    free(argv);
+    for (int i = 0; i < m; i++) {
+        redisReply *el = reply->element[i];
+        struct recon *r = &p->all[p->cnt];
+        if (el->type != REDIS_REPLY_STRING || sscanf(el->str, "%127s %127s", r->env, r->id) != 2 ||
+            !snap_name_valid(r->env))
+            continue;
+        struct nsb *s = node__find_sb(n, r->id);
+        if (s && s->sb && s->st != SB_RESTORING && !strcmp(s->e->cfg.name, r->env))
+            continue; /* one it has: written as its own */
+        p->cnt++;
+    }
+    reconcile_send(p);
+}
+
+void node__reconcile(struct node *n)
+{
+    char sbs[160];
+    if (n->reconciling)
+        return;
+    node__fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, n->cfg.id);
+    const char *argv[] = { "SMEMBERS", sbs };
+    if (wp_redis_argv(n->r, members_cb, n, 2, argv, NULL) == 0)
+        n->reconciling = true;
 }
 
 /* The relay's check: a current lease here with this token? A route with
@@ -229,15 +402,6 @@ void node__egress_ready(void *ctx, const char *sandbox)
     pool__relay_retry(n->relay, sandbox);
 }
 
-static void reap_node(struct node *n, const char *other)
-{
-    char sbs[160], alive[160];
-    node__fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, other);
-    node__fmtkey(alive, sizeof(alive), POOL__K_ALIVE, other);
-    const char *argv[] = { sbs, alive, other };
-    wp_redis_script(n->r, node__lua_reap, node__log_reply, (void *)"reap", 2, 3, argv, NULL);
-}
-
 void node__nodes_cb(void *ctx, redisReply *reply)
 {
     struct node *n = ctx;
@@ -246,7 +410,7 @@ void node__nodes_cb(void *ctx, redisReply *reply)
     for (size_t i = 0; i < reply->elements; i++)
         if (reply->element[i]->type == REDIS_REPLY_STRING &&
             strcmp(reply->element[i]->str, n->cfg.id) != 0)
-            reap_node(n, reply->element[i]->str);
+            node__reap(n, reply->element[i]->str, NULL, NULL);
 }
 
 /* Re-check for sandboxes of dead owners (orphans.c) in a helper. What the

@@ -20,6 +20,10 @@ void node__publish_draining(struct node *n)
         node__cmd(n, "node draining", 4, hs);
     else
         node__cmd(n, "node draining", 3, hd);
+    /* Claims stop picking it at once (the live hashes say "drain"). */
+    for (int i = 0; i < n->n_envs; i++)
+        if (!n->envs[i].retired)
+            node__publish_live(n, &n->envs[i], false);
 }
 static void bye_cb(void *ctx, redisReply *reply)
 {
@@ -41,7 +45,7 @@ static void bye_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 void node__stop(struct node *n)
 {
     struct ev_loop *loop = n->loop;
-    char alive[160], sbs[160];
+    char alive[160];
 
     if (n->stopping)
         return;
@@ -49,9 +53,7 @@ void node__stop(struct node *n)
     log_info("stopping node=%s", n->cfg.id);
     n->stopping = true;
     node__fmtkey(alive, sizeof(alive), POOL__K_ALIVE, n->cfg.id);
-    node__fmtkey(sbs, sizeof(sbs), POOL__K_NODE_SBS, n->cfg.id);
     const char *del[] = { "DEL", alive };
-    const char *argv[] = { sbs, alive, n->cfg.id };
     if (wp_redis_ready(n->r)) {
         node__inbox_position(n);
         node__cmd(n, "bye", 2, del);
@@ -60,8 +62,9 @@ void node__stop(struct node *n)
             node__fmtkey(mk, sizeof(mk), POOL__K_MEM "%s", n->envs[i].cfg.name, n->cfg.id);
             const char *dm[] = { "DEL", mk };
             node__cmd(n, "bye", 2, dm);
+            node__publish_live(n, &n->envs[i], true);
         }
-        if (wp_redis_script(n->r, node__lua_reap, bye_cb, n, 2, 3, argv, NULL) == 0) {
+        if (node__reap(n, n->cfg.id, bye_cb, n) == 0) {
             static ev_timer t;
             ev_timer_init(&t, bye_timeout, 2.0, 0.);
             ev_timer_start(loop, &t);

@@ -119,6 +119,7 @@ struct pool_node_config {
     char redis_password_file[256]; /* AUTH password's file ("" = no AUTH) */
     char redis_sentinels[512];     /* "host:port,..." ("" = no Sentinel: redis_host) */
     char redis_master[128];        /* the master's name at the sentinels */
+    char redis_cluster[1024];      /* "host:port,..." of Redis Cluster nodes ("" = none) */
     int redis_port;
     char state_dir[256];
     char listen_host[64];   /* the agentlink relay (default 127.0.0.1) */

@@ -26,6 +26,10 @@
  *                                    that took at most 2^b microseconds
  *   wp:env:{E}:mem:<node>     HASH   what E's clones on a node hold (memory.c,
  *                                    ARCHITECTURE.md); expires with the node
+ *   wp:env:{E}:live           HASH   <node> -> "<until ms>[ drain]": nodes serving E,
+ *                                    alive until then by Redis's clock, written
+ *                                    with each heartbeat (the node pick reads
+ *                                    only E's slot)
  * Nodes:
  *   wp:nodes                  SET    node ids
  *   wp:node:<N>               HASH   addr, capacity, mem_free, versions, started_ms
@@ -50,6 +54,7 @@
 #define POOL__K_STATS "wp:env:{%s}:stats"
 #define POOL__K_LAT "wp:env:{%s}:lat:"
 #define POOL__K_MEM "wp:env:{%s}:mem:"
+#define POOL__K_LIVE "wp:env:{%s}:live"
 #define POOL__K_NODES "wp:nodes"
 #define POOL__K_NODE "wp:node:%s"
 #define POOL__K_ALIVE "wp:node:%s:alive"

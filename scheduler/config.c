@@ -128,7 +128,8 @@ static void usage(void)
            "  --sse-soft-seconds SECS  cut a stream off after this long above the soft limit (30)\n"
            "  --sse-keys-per-conn N    streamed sessions one Redis connection tails (1000, 1..100000)\n"
            "  --sse-slot-groups on|off one tailing connection per hash slot's sessions (Redis\n"
-           "                           Cluster refuses an XREAD across slots; off)\n"
+           "                           Cluster refuses an XREAD across slots; off, on with\n"
+           "                           --redis-cluster)\n"
            "  --max-conns N            open connections, streams included (10000); more get 503\n"
            "  --max-conns-per-addr N   ...of them from one client address (2000; 0: no cap)\n"
            "  --vault-key HEX          64 hex digits: AES-256 key for vault secrets (else\n"
@@ -146,6 +147,8 @@ static void usage(void)
            "                           then unused); every connection asks them again when it\n"
            "                           reconnects, following a failover\n"
            "  --redis-master NAME      the master's name at the sentinels (with --redis-sentinels)\n"
+           "  --redis-cluster HOST:PORT,...  Redis Cluster: any of its nodes (--redis is then\n"
+           "                           unused; not with --redis-sentinels)\n"
            "  --redis-wait-replicas N  durable mode: answer a write (an appended event...) only\n"
            "                           once N replicas have it (WAIT), so a failover keeps it;\n"
            "                           fewer within --redis-wait-ms (1000): 503 (0 = off)\n"
@@ -363,6 +366,12 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
         if (!val[0] || strlen(val) >= cap)
             return wp_err_set(err, WP_ECONFIG, "--%s: empty or too long", name);
         snprintf(dst, cap, "%s", val);
+        return 0;
+    }
+    if (!strcmp(name, "redis-cluster")) {
+        if (!val[0] || strlen(val) >= sizeof(cfg->redis_cluster))
+            return wp_err_set(err, WP_ECONFIG, "--%s: empty or too long", name);
+        snprintf(cfg->redis_cluster, sizeof(cfg->redis_cluster), "%s", val);
         return 0;
     }
     if (!strcmp(name, "rotate-vault-key")) {

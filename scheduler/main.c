@@ -9,6 +9,7 @@
 
 #include "base/log.h"
 #include "base/redis.h"
+#include "base/rcluster.h"
 #include "base/sentinel.h"
 #include "scheduler/sched.h"
 #include "scheduler/sched_int.h"
@@ -38,6 +39,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
         return 2;
     }
+    if (cfg.redis_cluster[0] && wp_rcl_set(cfg.redis_cluster, &err) < 0) {
+        fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
+        return 2;
+    }
+    /* One XREAD may not span slots: on a cluster, readers tail per slot. */
+    if (cfg.redis_cluster[0])
+        cfg.sse_slot_groups = true;
     if (cfg.rotate_vault_key) {
         if (sched__vault_rotate(&cfg, &err) < 0) {
             fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
@@ -46,7 +54,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (cfg.migrate_keys) {
-        if (sched__keys_migrate(&cfg, &err) < 0) {
+        if (!cfg.redis_cluster[0] && sched__keys_migrate(&cfg, &err) < 0) /* never ran on one */ {
             fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
             return 1;
         }
@@ -54,7 +62,7 @@ int main(int argc, char **argv)
     }
     /* An older version's sessions move to this key layout before anything
      * is served (a no-op once done); Redis away: said, and the start goes on. */
-    if (sched__keys_migrate(&cfg, &err) < 0)
+    if (!cfg.redis_cluster[0] && sched__keys_migrate(&cfg, &err) < 0) /* never ran on one */
         log_warn("key layout not checked (%s): a store written by an older version needs "
                  "warmpool-scheduler --migrate-keys", err.msg);
     /* Before any relay is dialled: a claim's relay beyond loopback is then

@@ -34,6 +34,7 @@ struct sched_config {
     char redis_password_file[256]; /* AUTH password's file ("" = no AUTH) */
     char redis_sentinels[512];     /* "host:port,..." ("" = no Sentinel: redis_host) */
     char redis_master[128];        /* the master's name at the sentinels */
+    char redis_cluster[1024];      /* "host:port,..." of Redis Cluster nodes ("" = none) */
     int redis_wait_replicas;       /* durable mode: WAIT this many replicas (0: off) */
     int redis_wait_ms;             /* ...for at most this long (1000) */
     int redis_port;

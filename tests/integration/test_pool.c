@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "lib/pool_testlib.h"
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
 #include "base/err.h"
@@ -183,94 +184,39 @@ static int group_teardown(void **state)
     th_redis_stop(&R);
     /* Every node stopped: nothing any of them made may be left, whatever
      * the tests did to them (kill -9, a stop during start-up). */
-    char out[64];
-    th_sh(out, sizeof(out), "mount | grep -c '%s/' || true", DIR_);
-    int mounts = atoi(out);
-    if (mounts)
-        fprintf(stderr, "leak: %d mounts under %s\n", mounts, DIR_);
+    int mounts = th_mounts_left(DIR_);
     th_rmtree(DIR_);
     free(DIR_);
     return mounts ? -1 : 0;
 }
 
-/* ---- an event loop driving claims to completion ---- */
-
-struct claim_out {
-    int done, status;
-    struct pool_claim_result res;
-    char msg[256];
-};
-
-static void claim_cb(void *ctx, int status, const struct pool_claim_result *res,
-                     const struct wp_err *err)
-{
-    struct claim_out *o = ctx;
-    o->done = 1;
-    o->status = status;
-    o->res = *res;
-    if (err)
-        snprintf(o->msg, sizeof(o->msg), "%s", err->msg);
-}
-
-static void done_cb(void *ctx, int status, const struct wp_err *err)
-{
-    struct claim_out *o = ctx;
-    o->done = 1;
-    o->status = status;
-    if (err)
-        snprintf(o->msg, sizeof(o->msg), "%s", err->msg);
-}
-
-static struct pool_client *client(struct ev_loop *loop)
-{
-    struct pool_client *c;
-    struct wp_err err;
-    assert_int_equal(pool_client_new(loop, "127.0.0.1", R.port, &c, &err), 0);
-    for (int i = 0; i < 200 && !pool_client_ready(c); i++)
-        ev_run(loop, EVRUN_ONCE | EVRUN_NOWAIT), th_msleep(5);
-    assert_true(pool_client_ready(c));
-    th_msleep(50); /* the reply channel's SUBSCRIBE goes through */
-    ev_run(loop, EVRUN_NOWAIT);
-    return c;
-}
-
-static void run_until(struct ev_loop *loop, struct claim_out *o, int n)
-{
-    for (;;) {
-        int done = 0;
-        for (int i = 0; i < n; i++)
-            done += o[i].done;
-        if (done == n)
-            return;
-        ev_run(loop, EVRUN_ONCE);
-    }
-}
+/* ---- an event loop driving claims to completion (lib/pool_testlib.h) ---- */
 
 static void claim_one(struct pool_client *c, struct ev_loop *loop, const char *session,
-                      struct claim_out *o)
+                      struct th_claim_out *o)
 {
     struct wp_err err;
     memset(o, 0, sizeof(*o));
-    if (pool_claim(c, ENV, session, 30, claim_cb, o, &err) < 0)
+    if (pool_claim(c, ENV, session, 30, th_claim_cb, o, &err) < 0)
         fail_msg("claim: %s", err.msg);
-    run_until(loop, o, 1);
+    th_run_until(loop, o, 1);
 }
 
 /* Release a claimed sandbox and expect success. */
 static void release_ok(struct pool_client *c, struct ev_loop *loop, const struct pool_claim_result *res)
 {
-    struct claim_out r = { 0 };
+    struct th_claim_out r = { 0 };
     struct wp_err err;
 
-    assert_int_equal(pool_release(c, ENV, res->sandbox, res->token, done_cb, &r, &err), 0);
-    run_until(loop, &r, 1);
+    assert_int_equal(pool_release(c, ENV, res->sandbox, res->token, th_done_cb, &r, &err), 0);
+    th_run_until(loop, &r, 1);
     assert_int_equal(r.status, 0);
 }
 
 static void hot_then_warm_and_fenced_release(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    struct claim_out o[3], r;
+    struct th_claim_out o[3], r;
     struct wp_err err;
     (void)state;
 
@@ -281,7 +227,7 @@ static void hot_then_warm_and_fenced_release(void **state)
     assert_true(b && b->type == REDIS_REPLY_STRING);
     assert_string_equal(b->str, "ready");
     freeReplyObject(b);
-    struct pool_client *c = client(loop);
+    struct pool_client *c = th_pool_client(loop, R.port);
     claim_one(c, loop, "s1", &o[0]);
     claim_one(c, loop, "s2", &o[1]);
     claim_one(c, loop, "s3", &o[2]);
@@ -304,14 +250,14 @@ static void hot_then_warm_and_fenced_release(void **state)
     }
     /* A stale token cannot release it... */
     memset(&r, 0, sizeof(r));
-    assert_int_equal(pool_release(c, ENV, o[0].res.sandbox, o[0].res.token - 1, done_cb, &r, &err), 0);
-    run_until(loop, &r, 1);
+    assert_int_equal(pool_release(c, ENV, o[0].res.sandbox, o[0].res.token - 1, th_done_cb, &r, &err), 0);
+    th_run_until(loop, &r, 1);
     assert_int_equal(r.status, WP_ESTALE);
     assert_int_equal(access(o[0].res.root, F_OK), 0);
     /* ...the holder can, and the node destroys it. */
     memset(&r, 0, sizeof(r));
-    assert_int_equal(pool_release(c, ENV, o[0].res.sandbox, o[0].res.token, done_cb, &r, &err), 0);
-    run_until(loop, &r, 1);
+    assert_int_equal(pool_release(c, ENV, o[0].res.sandbox, o[0].res.token, th_done_cb, &r, &err), 0);
+    th_run_until(loop, &r, 1);
     assert_int_equal(r.status, 0);
     bool gone = false;
     for (int i = 0; i < 100 && !gone; i++, th_msleep(20))
@@ -321,12 +267,12 @@ static void hot_then_warm_and_fenced_release(void **state)
     assert_true(wait_hot(2, 30));
     /* Unknown environment: a clear error, nothing claimed. */
     memset(&r, 0, sizeof(r));
-    struct claim_out u;
+    struct th_claim_out u;
     memset(&u, 0, sizeof(u));
-    assert_int_equal(pool_claim(c, "no-such-env", "s9", 5, claim_cb, &u, &err), 0);
-    run_until(loop, &u, 1);
+    assert_int_equal(pool_claim(c, "no-such-env", "s9", 5, th_claim_cb, &u, &err), 0);
+    th_run_until(loop, &u, 1);
     assert_int_equal(u.status, WP_ENOTFOUND);
-    assert_int_equal(pool_claim(c, "../bad", "s9", 5, claim_cb, &u, &err), WP_EINVAL_INPUT);
+    assert_int_equal(pool_claim(c, "../bad", "s9", 5, th_claim_cb, &u, &err), WP_EINVAL_INPUT);
     for (int i = 1; i < 3; i++) {
         release_ok(c, loop, &o[i].res);
     }
@@ -404,7 +350,7 @@ static void operator_tunes_the_pool_live(void **state)
 static void claim_tiers_follow_the_policy(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    struct claim_out o;
+    struct th_claim_out o;
     char bin[1024], out[4096];
     (void)state;
 
@@ -412,7 +358,7 @@ static void claim_tiers_follow_the_policy(void **state)
     strcpy(strrchr(bin, '/') + 1, "warmpool");
     node_start(&NODES[0], 2, 2);
     assert_true(wait_hot(2, 30));
-    struct pool_client *c = client(loop);
+    struct pool_client *c = th_pool_client(loop, R.port);
     assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
                                              " tiers=cold,warm", bin, R.port), 0);
     assert_non_null(strstr(out, "tiers = warm,cold")); /* stored in canonical order */
@@ -464,7 +410,7 @@ static void claim_tiers_follow_the_policy(void **state)
 static void overloaded_claims_are_refused_not_queued(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    static struct claim_out o[6];
+    static struct th_claim_out o[6];
     struct wp_err err;
     char bin[1024], out[4096];
     (void)state;
@@ -488,14 +434,14 @@ static void overloaded_claims_are_refused_not_queued(void **state)
                 th_msleep(50);
         assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
                                                  " tiers=warm,cold", bin, R.port), 0);
-        struct pool_client *c = client(loop);
+        struct pool_client *c = th_pool_client(loop, R.port);
         memset(o, 0, sizeof(o));
         for (int i = 0; i < 6; i++) {
             char session[32];
             snprintf(session, sizeof(session), "burst-%d-%d", phase, i);
-            assert_int_equal(pool_claim(c, ENV, session, 30, claim_cb, &o[i], &err), 0);
+            assert_int_equal(pool_claim(c, ENV, session, 30, th_claim_cb, &o[i], &err), 0);
         }
-        run_until(loop, o, 6);
+        th_run_until(loop, o, 6);
         int served = 0, refused = 0;
         for (int i = 0; i < 6; i++) {
             if (o[i].status == 0) {
@@ -564,7 +510,7 @@ static void overloaded_claims_are_refused_not_queued(void **state)
 static void an_overloaded_node_sends_the_claim_elsewhere(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    static struct claim_out o[8];
+    static struct th_claim_out o[8];
     struct wp_err err;
     char bin[1024], out[4096];
     (void)state;
@@ -580,14 +526,14 @@ static void an_overloaded_node_sends_the_claim_elsewhere(void **state)
     assert_true(wait_hot(2, 90)); /* each made one: both know what a restore costs */
     assert_int_equal(th_sh(out, sizeof(out), "%s --redis 127.0.0.1:%d pool set " ENV
                                              " tiers=warm,cold", bin, R.port), 0);
-    struct pool_client *c = client(loop);
+    struct pool_client *c = th_pool_client(loop, R.port);
     memset(o, 0, sizeof(o));
     for (int i = 0; i < 8; i++) {
         char session[32];
         snprintf(session, sizeof(session), "spill-%d", i);
-        assert_int_equal(pool_claim(c, ENV, session, 30, claim_cb, &o[i], &err), 0);
+        assert_int_equal(pool_claim(c, ENV, session, 30, th_claim_cb, &o[i], &err), 0);
     }
-    run_until(loop, o, 8);
+    th_run_until(loop, o, 8);
     int served[2] = { 0, 0 }, refused = 0;
     for (int i = 0; i < 8; i++) {
         if (o[i].status == 0) {
@@ -613,7 +559,7 @@ static void an_overloaded_node_sends_the_claim_elsewhere(void **state)
 static void fifty_claims_three_nodes_none_twice(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    static struct claim_out o[50];
+    static struct th_claim_out o[50];
     struct wp_err err;
     int hot = 0, warm = 0, cold = 0;
     (void)state;
@@ -625,15 +571,15 @@ static void fifty_claims_three_nodes_none_twice(void **state)
     node_start_with(&NODES[1], TMPL, 3, 3, unbounded);
     node_start_with(&NODES[2], TMPL, 4, 4, unbounded);
     assert_true(wait_hot(10, 60));
-    struct pool_client *c = client(loop);
+    struct pool_client *c = th_pool_client(loop, R.port);
     memset(o, 0, sizeof(o));
     for (int i = 0; i < 50; i++) {
         char session[32];
         snprintf(session, sizeof(session), "session-%d", i);
-        if (pool_claim(c, ENV, session, 60, claim_cb, &o[i], &err) < 0)
+        if (pool_claim(c, ENV, session, 60, th_claim_cb, &o[i], &err) < 0)
             fail_msg("claim: %s", err.msg);
     }
-    run_until(loop, o, 50);
+    th_run_until(loop, o, 50);
     for (int i = 0; i < 50; i++) {
         if (o[i].status != 0)
             fail_msg("claim %d: %s", i, o[i].msg);
@@ -664,15 +610,15 @@ static void fifty_claims_three_nodes_none_twice(void **state)
 static void killed_node_leases_lost_and_rejoin(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    struct claim_out o;
+    struct th_claim_out o;
     struct wp_err err;
     (void)state;
 
     /* The three nodes of the previous test are running and refilled. */
     assert_true(wait_hot(10, 60));
-    struct pool_client *c = client(loop);
+    struct pool_client *c = th_pool_client(loop, R.port);
     /* Claim until one lands on node1. */
-    struct claim_out mine[12];
+    struct th_claim_out mine[12];
     int on1 = -1, n = 0;
     for (; n < 12 && on1 < 0; n++) {
         char s[32];
@@ -697,17 +643,17 @@ static void killed_node_leases_lost_and_rejoin(void **state)
     assert_string_equal(state_, "lost");
     /* The holder learns it on renewal. */
     memset(&o, 0, sizeof(o));
-    pool_renew(c, ENV, mine[on1].res.sandbox, mine[on1].res.token, done_cb, &o, &err);
-    run_until(loop, &o, 1);
+    pool_renew(c, ENV, mine[on1].res.sandbox, mine[on1].res.token, th_done_cb, &o, &err);
+    th_run_until(loop, &o, 1);
     assert_int_equal(o.status, WP_ESTATE);
     /* The survivors keep serving, none of node1's idle clones is handed out. */
     for (int i = 0; i < 8; i++) {
         claim_one(c, loop, "after-kill", &o);
         assert_int_equal(o.status, 0);
         assert_string_not_equal(o.res.node, "node1");
-        struct claim_out r = { 0 };
-        pool_release(c, ENV, o.res.sandbox, o.res.token, done_cb, &r, &err);
-        run_until(loop, &r, 1);
+        struct th_claim_out r = { 0 };
+        pool_release(c, ENV, o.res.sandbox, o.res.token, th_done_cb, &r, &err);
+        th_run_until(loop, &r, 1);
     }
     /* Restarted, it removes what its killed run left and rejoins. */
     node_start(&NODES[1], 3, 3);
@@ -724,9 +670,9 @@ static void killed_node_leases_lost_and_rejoin(void **state)
     for (int i = 0; i < n; i++) {
         if (i == on1)
             continue;
-        struct claim_out r = { 0 };
-        pool_release(c, ENV, mine[i].res.sandbox, mine[i].res.token, done_cb, &r, &err);
-        run_until(loop, &r, 1);
+        struct th_claim_out r = { 0 };
+        pool_release(c, ENV, mine[i].res.sandbox, mine[i].res.token, th_done_cb, &r, &err);
+        th_run_until(loop, &r, 1);
     }
     pool_client_free(c);
     ev_loop_destroy(loop);
@@ -735,12 +681,12 @@ static void killed_node_leases_lost_and_rejoin(void **state)
 static void redis_restart_converges_without_double_assignment(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    struct claim_out held, o[12], r;
+    struct th_claim_out held, o[12], r;
     struct wp_err err;
     (void)state;
 
     assert_true(wait_hot(10, 60));
-    struct pool_client *c = client(loop);
+    struct pool_client *c = th_pool_client(loop, R.port);
     claim_one(c, loop, "before-restart", &held);
     assert_int_equal(held.status, 0);
     /* Redis dies hard and comes back from its append-only file. */
@@ -751,21 +697,21 @@ static void redis_restart_converges_without_double_assignment(void **state)
     /* The nodes reconnect and write their view back: the pool converges. */
     assert_true(wait_hot(10, 60));
     pool_client_free(c);
-    c = client(loop);
+    c = th_pool_client(loop, R.port);
     /* The lease taken before the restart is intact... */
     memset(&r, 0, sizeof(r));
-    pool_renew(c, ENV, held.res.sandbox, held.res.token, done_cb, &r, &err);
-    run_until(loop, &r, 1);
+    pool_renew(c, ENV, held.res.sandbox, held.res.token, th_done_cb, &r, &err);
+    th_run_until(loop, &r, 1);
     assert_int_equal(r.status, 0);
     /* ...its sandbox is never handed out again, and tokens keep growing. */
     memset(o, 0, sizeof(o));
     for (int i = 0; i < 12; i++) {
         char s[32];
         snprintf(s, sizeof(s), "after-%d", i);
-        if (pool_claim(c, ENV, s, 60, claim_cb, &o[i], &err) < 0)
+        if (pool_claim(c, ENV, s, 60, th_claim_cb, &o[i], &err) < 0)
             fail_msg("claim: %s", err.msg);
     }
-    run_until(loop, o, 12);
+    th_run_until(loop, o, 12);
     for (int i = 0; i < 12; i++) {
         assert_int_equal(o[i].status, 0);
         assert_string_not_equal(o[i].res.sandbox, held.res.sandbox);
@@ -784,7 +730,7 @@ static void redis_restart_converges_without_double_assignment(void **state)
 static void malformed_entries_are_skipped(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    struct claim_out o;
+    struct th_claim_out o;
     (void)state;
 
     assert_true(wait_hot(10, 60));
@@ -793,16 +739,16 @@ static void malformed_entries_are_skipped(void **state)
     freeReplyObject(redisCommand(RC, "LPUSH wp:env:{" ENV "}:hot no-such-sandbox"));
     freeReplyObject(redisCommand(RC, "HSET wp:env:{" ENV "}:sb:bogus state weird node x"));
     freeReplyObject(redisCommand(RC, "LPUSH wp:env:{" ENV "}:hot bogus"));
-    struct pool_client *c = client(loop);
+    struct pool_client *c = th_pool_client(loop, R.port);
     claim_one(c, loop, "after-garbage", &o);
     assert_int_equal(o.status, 0);
     assert_string_equal(o.res.tier, "hot");
     assert_string_not_equal(o.res.sandbox, "bogus");
     assert_string_not_equal(o.res.sandbox, "no-such-sandbox");
-    struct claim_out r = { 0 };
+    struct th_claim_out r = { 0 };
     struct wp_err err;
-    pool_release(c, ENV, o.res.sandbox, o.res.token, done_cb, &r, &err);
-    run_until(loop, &r, 1);
+    pool_release(c, ENV, o.res.sandbox, o.res.token, th_done_cb, &r, &err);
+    th_run_until(loop, &r, 1);
     assert_int_equal(r.status, 0);
     freeReplyObject(redisCommand(RC, "DEL wp:env:{" ENV "}:sb:bogus"));
     pool_client_free(c);
@@ -812,7 +758,7 @@ static void malformed_entries_are_skipped(void **state)
 static void refill_stall_and_failing_image_do_not_fail_claims(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    struct claim_out o[14];
+    struct th_claim_out o[14];
     char cmdline[2048], out[256];
     (void)state;
 
@@ -827,7 +773,7 @@ static void refill_stall_and_failing_image_do_not_fail_claims(void **state)
              "dd if=/dev/urandom of=$f bs=1 seek=8 count=64 conv=notrunc 2>/dev/null; done",
              NODES[0].state, NODES[0].state);
     assert_int_equal(system(cmdline), 0);
-    struct pool_client *c = client(loop);
+    struct pool_client *c = th_pool_client(loop, R.port);
     /* Drain the hot tier and go on: the refills fail, the claims do not. */
     int hot = 0, cold = 0;
     for (int i = 0; i < 6; i++) {
@@ -863,10 +809,10 @@ static void autoscaler_grows_the_hot_tier_under_load(void **state)
     freeReplyObject(redisCommand(RC, "DEL wp:env:{" ENV "}:policy"));
     node_start(&NODES[0], 1, 6);
     assert_true(wait_hot(1, 60));
-    struct pool_client *c = client(loop);
+    struct pool_client *c = th_pool_client(loop, R.port);
     /* A burst of claims, each released at once. */
     for (int i = 0; i < 60; i++) {
-        struct claim_out o;
+        struct th_claim_out o;
         claim_one(c, loop, "burst", &o);
         assert_int_equal(o.status, 0);
         release_ok(c, loop, &o.res);
@@ -931,13 +877,13 @@ static void link_closed(void *ctx, const struct wp_err *err)
 static void relay_reaches_the_hands_and_fences(void **state)
 {
     struct ev_loop *loop = ev_loop_new(0);
-    struct claim_out o;
+    struct th_claim_out o;
     struct link l = { 0 }, bad = { 0 };
     struct wp_err err;
     (void)state;
 
     assert_true(wait_hot_at_least(1, 60));
-    struct pool_client *c = client(loop);
+    struct pool_client *c = th_pool_client(loop, R.port);
     claim_one(c, loop, "relay", &o);
     assert_int_equal(o.status, 0);
     assert_non_null(strchr(o.res.relay, ':'));
@@ -1312,7 +1258,7 @@ static void node_without_criu_serves_cold(void **state)
 {
     struct node_proc *np = &NOCRIU;
     struct ev_loop *loop = ev_loop_new(0);
-    struct claim_out o;
+    struct th_claim_out o;
     char out[4096], path[1200];
     (void)state;
 
@@ -1325,7 +1271,7 @@ static void node_without_criu_serves_cold(void **state)
     snprintf(base, sizeof(base), "%s/counter.json", DIR_);
     node_start_with(np, base, 2, 2, extra);
     assert_true(wait_hot(2, 60));
-    struct pool_client *c = client(loop);
+    struct pool_client *c = th_pool_client(loop, R.port);
     claim_one(c, loop, "nocriu-1", &o);
     if (o.status != 0)
         fail_msg("claim: %s", o.msg);
@@ -1415,8 +1361,8 @@ static void hung_restores_do_not_stop_the_node(void **state)
     }
     assert_true(timed_out);
     struct ev_loop *loop = ev_loop_new(0);
-    struct pool_client *c = client(loop);
-    struct claim_out o;
+    struct pool_client *c = th_pool_client(loop, R.port);
+    struct th_claim_out o;
     claim_one(c, loop, "beside-hang", &o);
     if (o.status != 0)
         fail_msg("claim: %s", o.msg);

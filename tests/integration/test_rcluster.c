@@ -2,7 +2,8 @@
  * (redis-server --cluster-enabled, made with redis-cli --cluster create):
  * the key hash against CLUSTER KEYSLOT, commands and scripts on the right
  * master, pub/sub across nodes, an ASK while a slot migrates and a MOVED
- * after, and a master restarted under the client. */
+ * after, a master restarted under the client, and a master killed for
+ * good (its replica promoted, the map and a subscription follow). */
 #include <ev.h>
 #include <signal.h>
 #include <stdio.h>
@@ -14,46 +15,19 @@
 
 #include <hiredis/hiredis.h>
 
+#include "lib/rcluster_testlib.h"
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
 #include "base/err.h"
 #include "base/fs.h"
 #include "base/rcluster.h"
 
-static char *DIR_;
-static int PORT[3];
-static pid_t PID[3];
-static char ID[3][64];
-
-static pid_t node_start(int i)
-{
-    char p[16], dir[512], log[512];
-    snprintf(p, sizeof(p), "%d", PORT[i]);
-    snprintf(dir, sizeof(dir), "%s/n%d", DIR_, i);
-    snprintf(log, sizeof(log), "%s/n%d.log", DIR_, i);
-    wp_mkdir_p(dir, 0755, NULL);
-    const char *argv[] = { "redis-server", "--port", p, "--bind", "127.0.0.1", "--dir", dir,
-                           "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                           "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
-                           "--daemonize", "no", NULL };
-    return th_spawn(log, argv);
-}
-
-/* A free port whose cluster bus port (+10000) is a port too. */
-static int cluster_port(void)
-{
-    int p = -1;
-    for (int i = 0; i < 1000 && (p = th_free_port()) > 55535; i++)
-        ;
-    return p;
-}
-
-static bool cli_has(int port, const char *args, const char *needle)
-{
-    char out[8192] = "";
-    th_sh(out, sizeof(out), "redis-cli -p %d %s 2>/dev/null", port, args);
-    return strstr(out, needle) != NULL;
-}
+/* Three masters, one replica each: node i < 3 is a master at the start
+ * (redis-cli makes the first ones masters). */
+static struct th_rcluster CL;
+#define PORT CL.port
+#define PID CL.pid
+#define ID CL.id
 
 /* redis-cli -p port ARGS prints exactly want (one line). */
 static bool cli_is(int port, const char *args, const char *want)
@@ -64,50 +38,16 @@ static bool cli_is(int port, const char *args, const char *want)
     return strcmp(out, want) == 0;
 }
 
-static bool cluster_ok(void)
-{
-    for (int i = 0; i < 3; i++)
-        if (!cli_has(PORT[i], "cluster info", "cluster_state:ok"))
-            return false;
-    return true;
-}
-
 static int setup(void **state)
 {
-    char out[8192];
     (void)state;
-    DIR_ = th_tmpdir("rcl");
-    for (int i = 0; i < 3; i++) {
-        PORT[i] = cluster_port();
-        PID[i] = node_start(i);
-    }
-    for (int i = 0; i < 3; i++)
-        for (int k = 0; k < 100 && !cli_has(PORT[i], "ping", "PONG"); k++)
-            th_msleep(50);
-    if (th_sh(out, sizeof(out),
-              "redis-cli --cluster create 127.0.0.1:%d 127.0.0.1:%d 127.0.0.1:%d --cluster-yes "
-              ">%s/create.log 2>&1",
-              PORT[0], PORT[1], PORT[2], DIR_) != 0)
-        return -1;
-    for (int k = 0; k < 200 && !cluster_ok(); k++)
-        th_msleep(100);
-    for (int i = 0; i < 3; i++) {
-        th_sh(ID[i], sizeof(ID[i]), "redis-cli -p %d cluster myid", PORT[i]);
-        ID[i][strcspn(ID[i], "\r\n")] = '\0';
-    }
-    return cluster_ok() ? 0 : -1;
+    return th_rcluster_start(&CL, 3, 1);
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    for (int i = 0; i < 3; i++)
-        if (PID[i] > 0) {
-            kill(PID[i], SIGKILL);
-            waitpid(PID[i], NULL, 0);
-        }
-    th_rmtree(DIR_);
-    free(DIR_);
+    th_rcluster_stop(&CL);
     return 0;
 }
 
@@ -174,28 +114,14 @@ static struct wp_rcl *connect_cluster(struct ev_loop *loop)
     return c;
 }
 
-/* The port of the master serving slot, from CLUSTER SLOTS of node 0. */
 static int owner(int slot)
 {
-    redisContext *s = redisConnect("127.0.0.1", PORT[0]);
-    redisReply *rep = redisCommand(s, "CLUSTER SLOTS");
-    int port = -1;
-    for (size_t i = 0; rep && i < rep->elements; i++) {
-        redisReply *e = rep->element[i];
-        if (slot >= e->element[0]->integer && slot <= e->element[1]->integer)
-            port = (int)e->element[2]->element[1]->integer;
-    }
-    freeReplyObject(rep);
-    redisFree(s);
-    return port;
+    return th_rcluster_owner(&CL, slot);
 }
 
 static int index_of(int port)
 {
-    for (int i = 0; i < 3; i++)
-        if (PORT[i] == port)
-            return i;
-    return -1;
+    return th_rcluster_index(&CL, port);
 }
 
 /* --- tests -------------------------------------------------------------- */
@@ -398,7 +324,7 @@ static void master_restart_is_followed(void **state)
 
     kill(PID[2], SIGKILL);
     waitpid(PID[2], NULL, 0);
-    PID[2] = node_start(2); /* same port, same nodes.conf: same slots */
+    th_rcluster_node_start(&CL, 2); /* same port, same nodes.conf: same slots */
     const char *set2[] = { "SET", key, "after" };
     bool ok = false;
     double end = mono() + 30;
@@ -414,9 +340,99 @@ static void master_restart_is_followed(void **state)
     char cmd[64];
     snprintf(cmd, sizeof(cmd), "get %s", key);
     assert_true(cli_is(PORT[2], cmd, "after"));
-    for (int k = 0; k < 100 && !cluster_ok(); k++)
+    for (int k = 0; k < 100 && !th_rcluster_ok(&CL); k++)
         th_msleep(100);
-    assert_true(cluster_ok());
+    assert_true(th_rcluster_ok(&CL));
+    wp_rcl_free(c);
+    ev_loop_destroy(loop);
+}
+
+static int sub_msgs;
+static char sub_last[64];
+
+static void on_sub(void *ctx, redisReply *rep)
+{
+    (void)ctx;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 && rep->element[2]->str &&
+        !strcmp(rep->element[0]->str, "message")) {
+        sub_msgs++;
+        snprintf(sub_last, sizeof(sub_last), "%s", rep->element[2]->str);
+    }
+}
+
+/* A master dies for good: its replica is promoted, the client finds the new
+ * master by itself (the periodic map, no command needed to trigger it) and
+ * a subscription held on the dead master moves and hears the cluster. */
+static void failover_is_followed(void **state)
+{
+    struct result r;
+    struct wp_rcl_stats st;
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct wp_rcl *c = connect_cluster(loop);
+    /* A key and a channel on master 1. */
+    char key[16] = "", chan[24] = "";
+    for (int i = 0; i < 1000 && !(key[0] && chan[0]); i++) {
+        char k[24];
+        snprintf(k, sizeof(k), "f%d", i);
+        if (owner(wp_rcl_keyslot(k, strlen(k))) == PORT[1]) {
+            if (!key[0])
+                snprintf(key, sizeof(key), "%s", k);
+            else
+                snprintf(chan, sizeof(chan), "%s", k);
+        }
+    }
+    assert_true(key[0] && chan[0]);
+    sub_msgs = 0;
+    assert_int_equal(wp_rcl_subscribe(c, chan, on_sub, NULL), 0);
+    double end = mono() + 10;
+    while (!wp_rcl_ready(c) && mono() < end)
+        ev_run(loop, EVRUN_NOWAIT), th_msleep(2);
+    const char *set[] = { "SET", key, "before" };
+    assert_int_equal(call(loop, c, &r, 3, set), 0);
+    assert_string_equal(r.str, "OK");
+
+    kill(PID[1], SIGKILL);
+    waitpid(PID[1], NULL, 0);
+    PID[1] = 0;
+    /* No command is sent while the cluster fails over: the map refresh
+     * alone has to find the promoted replica. */
+    int promoted = -1;
+    end = mono() + 30;
+    while (promoted < 0 && mono() < end) {
+        double t = mono() + 0.2;
+        while (mono() < t)
+            ev_run(loop, EVRUN_NOWAIT), th_msleep(2);
+        int o = owner(wp_rcl_keyslot(key, strlen(key)));
+        if (o > 0 && o != PORT[1])
+            promoted = index_of(o);
+    }
+    assert_true(promoted >= 0);
+    end = mono() + 10;
+    while (!wp_rcl_ready(c) && mono() < end)
+        ev_run(loop, EVRUN_NOWAIT), th_msleep(2);
+    wp_rcl_stats(c, &st);
+    long moved = st.moved;
+    const char *set2[] = { "SET", key, "after" };
+    assert_int_equal(call(loop, c, &r, 3, set2), 0);
+    assert_string_equal(r.str, "OK");
+    char cmd[64];
+    snprintf(cmd, sizeof(cmd), "get %s", key);
+    assert_true(cli_is(PORT[promoted], cmd, "after"));
+    wp_rcl_stats(c, &st);
+    assert_int_equal(st.moved, moved); /* the map already knew */
+    assert_true(st.sub_moves >= 1);
+    /* The moved subscription hears a PUBLISH sent to any live node. */
+    end = mono() + 10;
+    while (sub_msgs == 0 && mono() < end) {
+        char out[32];
+        th_sh(out, sizeof(out), "redis-cli -p %d publish %s hello", PORT[0], chan);
+        double t = mono() + 0.1;
+        while (mono() < t)
+            ev_run(loop, EVRUN_NOWAIT), th_msleep(2);
+    }
+    assert_true(sub_msgs > 0);
+    assert_string_equal(sub_last, "hello");
     wp_rcl_free(c);
     ev_loop_destroy(loop);
 }
@@ -442,6 +458,7 @@ int main(void)
         cmocka_unit_test(commands_and_scripts_reach_their_master),
         cmocka_unit_test(ask_while_migrating_then_moved),
         cmocka_unit_test(master_restart_is_followed),
+        cmocka_unit_test(failover_is_followed),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
