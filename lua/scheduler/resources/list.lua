@@ -1,8 +1,8 @@
 --! static const char lua_list[]
 -- ARGV: cursor score or '', limit, 'asc'|'desc', the object key's prefix
--- and suffix around an id ('wp:obj:' '' or, for sessions, 'wp:obj:{' '}'),
--- then filter triples (field, op, value) with op in eq, in (comma list),
--- gte, lte, gt, lt.
+-- and suffix around an id ('wp:obj:{<org>}:' '' for org-tagged kinds,
+-- 'wp:obj:{' '}' for sessions, 'wp:obj:' '' for the rest), then filter
+-- triples (field, op, value) with op in eq, in (comma list), gte, lte, gt, lt.
 -- Returns {first, last, more, json1, live1, json2, live2, ...}.
 -- KEYS[1] the index (all or active) of one kind in one scope.
 local idx, cur, limit, asc = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3] == 'asc'
