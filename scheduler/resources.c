@@ -210,6 +210,7 @@ struct sched_load_state {
     const struct sched_kind *kind;
     char id[128];
     char scope[200];
+    bool unindex; /* store: the archived session's active index entry goes after */
 };
 
 static void load_cb(void *ctx, redisReply *reply)
@@ -265,6 +266,16 @@ void sched__obj_load(struct sched_req *req, const struct sched_kind *k, const ch
 static void store_cb(void *ctx, redisReply *reply)
 {
     struct sched_req *req = ctx;
+    struct sched_load_state *ls = (void *)req->load_state;
+    if (reply->type == REDIS_REPLY_INTEGER && ls->unindex) {
+        /* The organization's index is another slot than the session: its
+         * entry goes now (a crash before leaves it, and the next listing
+         * of the active index drops it, finding the object archived). */
+        char kact[200];
+        sched__key_idx(kact, sizeof(kact), req->org, ls->scope, ls->kind, true);
+        const char *z[] = {"ZREM", kact, ls->id};
+        wp_redis_argv(req->srv->rds, NULL, NULL, 3, z, NULL);
+    }
     if (reply->type == REDIS_REPLY_ERROR) {
         if (strstr(reply->str, "CONFLICT")) {
             snprintf(req->extra_headers, sizeof(req->extra_headers), "x-should-retry: true\r\n");
@@ -316,10 +327,18 @@ void sched__obj_store_aux(struct sched_req *req, const struct sched_kind *k,
     sched__key_obj(kobj, sizeof(kobj), req->org, id);
     sched__key_idx(kact, sizeof(kact), req->org, scope, k, true);
     snprintf(revs, sizeof(revs), "%lld", rev);
+    /* A session's script stays in its slot: the index is left out. */
+    bool own_slot = obj_self_tagged(id);
+    struct sched_load_state *ls = (void *)req->load_state;
+    ls->unindex = own_slot && archive;
+    ls->kind = k;
+    snprintf(ls->id, sizeof(ls->id), "%s", id);
+    snprintf(ls->scope, sizeof(ls->scope), "%s", scope);
     argv[argc++] = kobj;
-    argv[argc++] = kact;
     if (auxkey)
         argv[argc++] = auxkey;
+    if (!own_slot)
+        argv[argc++] = kact;
     int nkeys = argc;
     argv[argc++] = revs;
     argv[argc++] = s;

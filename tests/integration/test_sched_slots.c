@@ -352,6 +352,54 @@ static void objects_on_a_cluster_node(void **state)
     assert_no_slot_errors();
 }
 
+/* A session's update and archive are its own slot's scripts; the archived
+ * session's entry in the organization's active index goes after. */
+static void archive_on_a_cluster_node(void **state)
+{
+    (void)state;
+    char path[160], out[256];
+    snprintf(path, sizeof(path), "/v1/sessions/%s", SID[0]);
+    json_t *o = th_api(B.port, KEY, "POST", path, "{\"title\":\"renamed\"}", 200);
+    assert_string_equal(s_(o, "title"), "renamed");
+    json_decref(o);
+    snprintf(path, sizeof(path), "/v1/sessions/%s/archive", SID[0]);
+    json_decref(th_api(B.port, KEY, "POST", path, NULL, 200));
+    snprintf(path, sizeof(path), "/v1/sessions/%s", SID[0]);
+    o = th_api(B.port, KEY, "GET", path, NULL, 200);
+    assert_string_equal(s_(o, "title"), "renamed");
+    assert_true(json_is_string(json_object_get(o, "archived_at")));
+    json_decref(o);
+    th_sh(out, sizeof(out), "printf '%%s,%%s' \"$(redis-cli -p %d zscore wp:idx:acme:session:active %s)\" "
+          "\"$(redis-cli -p %d zscore wp:idx:acme:session %s)\"", CPORT, SID[0], CPORT, SID[0]);
+    assert_true(out[0] == ',' && atof(out + 1) > 0); /* out of the active index only */
+    assert_no_slot_errors();
+}
+
+/* An archived session left in the active index (its scheduler died between
+ * the archive and the index entry's removal) is dropped by the next
+ * listing, not listed. */
+static void listing_drops_an_archived_sessions_entry(void **state)
+{
+    (void)state;
+    char path[160], out[256];
+    json_t *l = th_api(A.port, KEY, "GET", "/v1/sessions?limit=100", NULL, 200);
+    size_t before = json_array_size(json_object_get(l, "data"));
+    json_decref(l);
+    snprintf(path, sizeof(path), "/v1/sessions/%s/archive", SID[1]);
+    json_decref(th_api(A.port, KEY, "POST", path, NULL, 200));
+    th_sh(out, sizeof(out), "redis-cli -p %d zadd wp:idx:acme:session:active 1 %s", R.port,
+          SID[1]);
+    l = th_api(A.port, KEY, "GET", "/v1/sessions?limit=100", NULL, 200);
+    json_t *d = json_object_get(l, "data");
+    assert_int_equal(json_array_size(d), before - 1);
+    for (size_t i = 0; i < json_array_size(d); i++)
+        assert_string_not_equal(s_(json_array_get(d, i), "id"), SID[1]);
+    json_decref(l);
+    th_sh(out, sizeof(out), "printf '%%s,' \"$(redis-cli -p %d zscore wp:idx:acme:session:active %s)\"",
+          R.port, SID[1]);
+    assert_string_equal(out, ","); /* dropped */
+}
+
 static void delete_on_a_cluster_node(void **state)
 {
     (void)state;
@@ -519,10 +567,12 @@ int main(void)
         cmocka_unit_test(turn_on_a_cluster_node),
         cmocka_unit_test(two_streams_on_a_cluster_node),
         cmocka_unit_test(takeover_on_a_cluster_node),
+        cmocka_unit_test(archive_on_a_cluster_node),
         cmocka_unit_test(delete_on_a_cluster_node),
         cmocka_unit_test(objects_on_a_cluster_node),
         cmocka_unit_test(migrate_keys_moves_an_older_store),
         cmocka_unit_test(migrate_keys_moves_org_objects),
+        cmocka_unit_test(listing_drops_an_archived_sessions_entry),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
