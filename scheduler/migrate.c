@@ -5,7 +5,7 @@
  * wp:obj:<sid> became wp:obj:{<sid>}, the global active set wp:brain:active
  * became a field of the session plus a shard wp:brain:active:{0..15}, and
  * the global fence wp:brain:fence one per session (layout "2"). Then
- * agents, environments, vaults and credentials moved to their
+ * agents, environments, vaults, credentials and files moved to their
  * organization's slot with their indexes, agent versions and a sequence per
  * organization: wp:obj:<id> -> wp:obj:{<org>}:<id> (layout "3"). wp:layout
  * says which layout the data is in. The scheduler moves an older
@@ -120,7 +120,8 @@ static int migrate(redisContext *r, struct wp_err *err)
     long moved = 0, moved_org = 0;
     rc = move_all(r, sched__kind_session.id_prefix, NULL, fence, &moved, err);
     const struct sched_kind *const kinds[] = {&sched__kind_agent, &sched__kind_env,
-                                              &sched__kind_vault, &sched__kind_cred};
+                                              &sched__kind_vault, &sched__kind_cred,
+                                              &sched__kind_file};
     for (size_t i = 0; rc == 0 && i < sizeof(kinds) / sizeof(kinds[0]); i++)
         rc = move_all(r, kinds[i]->id_prefix, kinds[i], seq, &moved_org, err);
     if (rc < 0)

@@ -5,7 +5,7 @@
  * seq, live, plus per-kind filter fields). json is the API object as
  * served, except for fields that change without an update (a session's
  * status), which live in the "live" fragment and are spliced in on read.
- * Agents, environments, vaults and credentials are wp:obj:{<org>}:<id>, in
+ * Agents, environments, vaults, credentials, files are wp:obj:{<org>}:<id>, in
  * their organization's slot with its indexes and sequence (sched_int.h).
  * Listing uses two sorted sets per scope and kind (all, active) scored by
  * a creation sequence; a cursor is the last score served. Every
@@ -34,12 +34,14 @@ static bool obj_self_tagged(const char *id)
     return strncmp(id, sched__kind_session.id_prefix, strlen(sched__kind_session.id_prefix)) == 0;
 }
 
-/* Agents, environments, vaults and credentials carry their organization as
- * hash tag, with its indexes, sequence and agent versions: the scripts that
- * create, list and read them together (creds, a session's prep) are one
- * slot. Files and work items are not moved yet (their own steps). */
+/* Agents, environments, vaults, credentials and files carry their
+ * organization as hash tag, with its indexes, sequence and agent versions:
+ * the scripts that create, list and read them together (creds, a session's
+ * prep, its files' check) are one slot. Work items are not moved yet (the
+ * work queue's step). */
 static const struct sched_kind *const org_kinds[] = {&sched__kind_agent, &sched__kind_env,
-                                                    &sched__kind_vault, &sched__kind_cred};
+                                                    &sched__kind_vault, &sched__kind_cred,
+                                                    &sched__kind_file};
 
 static bool id_org_tagged(const char *id)
 {

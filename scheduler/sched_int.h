@@ -431,7 +431,7 @@ void sched__work_enqueue(struct sched_req *req, const char *env, const char *ses
 
 /* Redis key helpers (ARCHITECTURE.md, Redis keys): an object is
  * "wp:obj:{<sid>}" (a session), "wp:obj:{<org>}:<id>" (agent, environment,
- * vault, credential: sched__kind_org_tagged) or "wp:obj:<id>" (files, work
+ * vault, credential, file: sched__kind_org_tagged) or "wp:obj:<id>" (work
  * items); org is ignored but for the org-tagged kinds. An index is
  * "wp:idx:{<org>}[:<parent>]:<kind>[:active]" for org-tagged kinds, else
  * "wp:idx:<scope>:<kind>[:active]" (scope "<org>[:<parent>]"); the creation

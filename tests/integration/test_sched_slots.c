@@ -10,7 +10,8 @@
  * a plain Redis; the keys are then copied to the cluster node (MIGRATE
  * COPY), where a second scheduler, the brain on, serves the session:
  * appends, turns, history, streams, a takeover after kill -9, delete.
- * Agents, vaults and credentials are created on the cluster node itself. The environment is
+ * Agents, vaults, credentials and files are created on the cluster node
+ * itself. The environment is
  * self_hosted, so no sandbox is claimed (the pool's scripts are the pool's
  * part of issue 18). */
 #include <hiredis.h>
@@ -36,7 +37,7 @@
 
 static struct th_redis R;         /* plain: where objects are created */
 static int CPORT, CPID;           /* the cluster node */
-static char *DIR_, URL[128];
+static char *DIR_, URL[128], FDIR[512];
 static struct th_sched A, B;      /* A on R (no brain), B on the cluster node */
 static struct msrv_proc M;
 static char SID[3][64], ENV_ID[64];
@@ -102,9 +103,10 @@ static int group_setup(void **state)
     DIR_ = th_tmpdir("slots");
     if (!DIR_ || th_redis_start(&R, 0) < 0 || cluster_start() < 0)
         return -1;
+    snprintf(FDIR, sizeof(FDIR), "%s/files", DIR_);
     if (th_model_spawn_script(&M, DIR_, script, NULL, URL, sizeof(URL)) < 0)
         return -1;
-    if (th_sched_start(&A, R.port, NULL) < 0)
+    if (th_sched_start(&A, R.port, "--files-dir", FDIR, NULL) < 0)
         return -1;
     json_t *ag = th_call(A.port, KEY, "POST", "/v1/agents",
                          "{\"name\":\"t\",\"model\":\"claude-test\",\"system\":\"be brief\"}", 200);
@@ -128,7 +130,7 @@ static int group_setup(void **state)
     if (copy_keys() < 0)
         return -1;
     return th_sched_start(&B, CPORT, "--model-url", URL, "--brain-lease-ms", "1500",
-                          "--sse-slot-groups", "on", NULL);
+                          "--sse-slot-groups", "on", "--files-dir", FDIR, NULL);
 }
 
 static int group_teardown(void **state)
@@ -278,7 +280,7 @@ static void takeover_on_a_cluster_node(void **state)
     waitpid(B.pid, NULL, 0);
     B.pid = 0;
     assert_int_equal(th_sched_start(&B, CPORT, "--model-url", URL, "--brain-lease-ms", "1500",
-                                     "--sse-slot-groups", "on", NULL), 0);
+                                     "--sse-slot-groups", "on", "--files-dir", FDIR, NULL), 0);
     /* Wait for the turn to end (the history's last status is idle). */
     char path[160];
     snprintf(path, sizeof(path), "/v1/sessions/%s", SID[1]);
@@ -309,21 +311,40 @@ static int list_has(int port, const char *path, const char *id)
     return found;
 }
 
-/* Agents, vaults and credentials are created, updated, listed and deleted
- * on the cluster node, environments read and listed: their scripts
+/* A new agent updated once (two versions); path gets /v1/agents/<id>. */
+static json_t *agent_v2(int port, char *path, size_t cap)
+{
+    json_t *ag = th_api(port, KEY, "POST", "/v1/agents",
+                        "{\"name\":\"a\",\"model\":\"claude-test\"}", 200);
+    snprintf(path, cap, "/v1/agents/%s", s_(ag, "id"));
+    json_t *up = th_api(port, KEY, "POST", path, "{\"version\":1,\"system\":\"v2\"}", 200);
+    assert_int_equal(json_integer_value(json_object_get(up, "version")), 2);
+    json_decref(up);
+    return ag;
+}
+
+/* A file uploaded (multipart, by curl); its object. */
+static json_t *upload(int port, const char *name)
+{
+    char out[4096];
+    th_sh(out, sizeof(out), "printf 'some bytes' > %s/%s && curl -s -H 'x-api-key: %s' "
+          "-F 'file=@%s/%s;type=text/plain' http://127.0.0.1:%d/v1/files",
+          DIR_, name, KEY, DIR_, name, port);
+    json_t *f = json_loads(out, 0, NULL);
+    assert_non_null(s_(f, "id"));
+    return f;
+}
+
+/* Agents, vaults, credentials and files are created, updated, listed and
+ * deleted on the cluster node, environments read and listed: their scripts
  * (create, store, list, delete, the vault's credential drop) are in the
  * organization's slot. */
 static void objects_on_a_cluster_node(void **state)
 {
     (void)state;
     char path[200], body[256];
-    json_t *ag = th_api(B.port, KEY, "POST", "/v1/agents",
-                        "{\"name\":\"c\",\"model\":\"claude-test\"}", 200);
+    json_t *ag = agent_v2(B.port, path, sizeof(path));
     const char *aid = s_(ag, "id");
-    snprintf(path, sizeof(path), "/v1/agents/%s", aid);
-    json_t *up = th_api(B.port, KEY, "POST", path, "{\"version\":1,\"system\":\"v2\"}", 200);
-    assert_int_equal(json_integer_value(json_object_get(up, "version")), 2);
-    json_decref(up);
     snprintf(path, sizeof(path), "/v1/agents/%s/versions", aid);
     json_t *vs = th_api(B.port, KEY, "GET", path, NULL, 200);
     assert_int_equal(json_array_size(json_object_get(vs, "data")), 2);
@@ -346,6 +367,15 @@ static void objects_on_a_cluster_node(void **state)
     snprintf(path, sizeof(path), "/v1/vaults/%s", vid);
     json_decref(th_api(B.port, KEY, "DELETE", path, NULL, 200));
     json_decref(th_api(B.port, KEY, "GET", body, NULL, 404)); /* its credentials went too */
+    /* A file: uploaded, listed, read, deleted. */
+    json_t *f = upload(B.port, "up.txt");
+    const char *fid = s_(f, "id");
+    assert_true(list_has(B.port, "/v1/files", fid));
+    snprintf(path, sizeof(path), "/v1/files/%s", fid);
+    json_decref(th_api(B.port, KEY, "GET", path, NULL, 200));
+    json_decref(th_api(B.port, KEY, "DELETE", path, NULL, 200));
+    json_decref(th_api(B.port, KEY, "GET", path, NULL, 404));
+    json_decref(f);
     json_decref(c);
     json_decref(v);
     json_decref(ag);
@@ -487,19 +517,16 @@ static void unmove_obj(redisContext *rc, const char *id, const char *kind, const
     freeReplyObject(r);
 }
 
-/* Agents, environments, vaults and credentials of the layout before the
- * per-organization one are moved by --migrate-keys: served, listed, their
+/* Agents, environments, vaults, credentials and files of the layout before
+ * the per-organization one are moved by --migrate-keys: served, listed, their
  * versions kept, a session made from them, the organization's sequence
  * above every old score (new objects list first). */
 static void migrate_keys_moves_org_objects(void **state)
 {
     (void)state;
     char path[200], out[512];
-    json_t *ag = th_api(A.port, KEY, "POST", "/v1/agents",
-                        "{\"name\":\"m\",\"model\":\"claude-test\"}", 200);
+    json_t *ag = agent_v2(A.port, path, sizeof(path));
     const char *aid = s_(ag, "id");
-    snprintf(path, sizeof(path), "/v1/agents/%s", aid);
-    json_decref(th_api(A.port, KEY, "POST", path, "{\"version\":1,\"system\":\"v2\"}", 200));
     json_t *en = th_api(A.port, KEY, "POST", "/v1/environments",
                         "{\"name\":\"m\",\"config\":{\"type\":\"self_hosted\"}}", 200);
     json_t *v = th_api(A.port, KEY, "POST", "/v1/vaults", "{\"display_name\":\"m\"}", 200);
@@ -509,9 +536,13 @@ static void migrate_keys_moves_org_objects(void **state)
     json_t *c = th_api(A.port, KEY, "POST", cpath,
                        "{\"auth\":{\"type\":\"static_bearer\",\"mcp_server_url\":\"https://m\","
                        "\"token\":\"t\"}}", 200);
+    json_t *f = upload(A.port, "old.txt");
+    char fpath[200];
+    snprintf(fpath, sizeof(fpath), "/v1/files/%s", s_(f, "id"));
     redisContext *rc = redisConnect("127.0.0.1", R.port);
     assert_true(rc && !rc->err);
     unmove_obj(rc, aid, "agent", "");
+    unmove_obj(rc, s_(f, "id"), "file", "");
     unmove_obj(rc, s_(en, "id"), "environment", "");
     unmove_obj(rc, vid, "vault", "");
     snprintf(rest, sizeof(rest), ":%s", vid);
@@ -519,6 +550,7 @@ static void migrate_keys_moves_org_objects(void **state)
     freeReplyObject(redisCommand(rc, "DEL wp:layout wp:seq:{acme}"));
     freeReplyObject(redisCommand(rc, "SET wp:seq 1000000"));
     json_decref(th_api(A.port, KEY, "GET", path, NULL, 404)); /* invisible until moved */
+    json_decref(th_api(A.port, KEY, "GET", fpath, NULL, 404));
     for (int round = 0; round < 2; round++) { /* the second finds nothing to move */
         th_sh(out, sizeof(out),
               "%s/warmpool-scheduler --redis 127.0.0.1:%d --migrate-keys; echo rc=$?",
@@ -534,6 +566,8 @@ static void migrate_keys_moves_org_objects(void **state)
         assert_true(list_has(A.port, "/v1/environments?limit=100", s_(en, "id")));
         assert_true(list_has(A.port, "/v1/vaults?limit=100", vid));
         assert_true(list_has(A.port, cpath, s_(c, "id")));
+        json_decref(th_api(A.port, KEY, "GET", fpath, NULL, 200));
+        assert_true(list_has(A.port, "/v1/files", s_(f, "id")));
     }
     redisReply *r = redisCommand(rc, "EXISTS wp:obj:%s wp:obj:%s wp:idx:acme:agent "
                                  "wp:idx:acme:%s:credential wp:agentver:%s",
@@ -554,6 +588,7 @@ static void migrate_keys_moves_org_objects(void **state)
     /* A session from the moved agent and environment (lua_prep). */
     snprintf(out, sizeof(out), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}", aid, s_(en, "id"));
     json_decref(th_api(A.port, KEY, "POST", "/v1/sessions", out, 200));
+    json_decref(f);
     json_decref(c);
     json_decref(v);
     json_decref(en);

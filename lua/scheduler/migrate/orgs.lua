@@ -1,7 +1,7 @@
 --! static const char lua_migrate_orgs[]
 -- No KEYS: single Redis only (the layout it moves from never ran on a
 -- cluster). ARGV: the old global sequence's value, then (object id, kind
--- name) pairs of agents, environments, vaults and credentials. Moves each
+-- name) pairs of agents, environments, vaults, credentials and files. Moves each
 -- to its organization's slot: wp:obj:<id> -> wp:obj:{<org>}:<id> (TTL
 -- kept), its entries of wp:idx:<scope>:<kind>[:active] to
 -- wp:idx:{<org>}[:<parent>]:<kind>[:active], an agent's wp:agentver:<id>
