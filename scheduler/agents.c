@@ -1,6 +1,6 @@
 /* agents.c - /v1/agents: create, retrieve (by version), update with
  * optimistic concurrency, list, archive, versions. Each version is a full
- * snapshot kept in the list wp:agentver:<id> (index = version - 1). */
+ * snapshot kept in the list wp:agentver:{<org>}:<id> (index = version - 1). */
 #define WP_LOG_COMPONENT "agents"
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,11 +16,6 @@ static const char *const create_fields[] = {
 static const char *const update_fields[] = {
     "model", "name", "description", "system", "tools", "mcp_servers", "skills",
     "multiagent", "execution_identity", "metadata", "version", NULL};
-
-static void key_versions(char *out, size_t cap, const char *id)
-{
-    snprintf(out, cap, "wp:agentver:%s", id);
-}
 
 static bool is_effort(const char *s)
 {
@@ -359,7 +354,7 @@ void sched__h_agent_create(struct sched_req *req)
     json_object_set_new(a, "updated_at", json_string(now));
     json_object_set_new(a, "archived_at", json_null());
     char *snap = json_dumps(a, JSON_COMPACT | JSON_ENSURE_ASCII);
-    key_versions(kver, sizeof(kver), id);
+    sched__key_agentver(kver, sizeof(kver), req->org, id);
     const char *argv[] = {"RPUSH", kver, snap ? snap : "{}"};
     sched__req_redis(req, noop_cb, 3, argv, NULL); /* same connection: ordered */
     free(snap);
@@ -401,7 +396,7 @@ static void get_loaded(struct sched_req *req, json_t *obj, long long rev)
     }
     json_decref(req->tmp);
     req->tmp = obj;
-    key_versions(kver, sizeof(kver), req->params[0]);
+    sched__key_agentver(kver, sizeof(kver), req->org, req->params[0]);
     snprintf(idx, sizeof(idx), "%ld", v - 1);
     const char *argv[] = {"LINDEX", kver, idx};
     sched__req_redis(req, version_cb, 3, argv, NULL);
@@ -451,7 +446,7 @@ static void update_loaded(struct sched_req *req, json_t *a, long long rev)
     sched__rfc3339(wp_wall_ms(), now, sizeof(now));
     json_object_set_new(a, "version", json_integer(cur + 1));
     json_object_set_new(a, "updated_at", json_string(now));
-    key_versions(kver, sizeof(kver), req->params[0]);
+    sched__key_agentver(kver, sizeof(kver), req->org, req->params[0]);
     sched__obj_store(req, &sched__kind_agent, req->org, a, rev, false, NULL, kver);
 }
 
@@ -562,7 +557,7 @@ static void versions_loaded(struct sched_req *req, json_t *a, long long rev)
     if (low < 1)
         low = 1;
     req->step = top;
-    key_versions(kver, sizeof(kver), req->params[0]);
+    sched__key_agentver(kver, sizeof(kver), req->org, req->params[0]);
     snprintf(s0, sizeof(s0), "%d", low - 1);
     snprintf(s1, sizeof(s1), "%d", top - 1);
     const char *argv[] = {"LRANGE", kver, s0, s1};

@@ -937,7 +937,7 @@ static void read_env(struct brain *b)
     char kenv[200];
     if (!b->env_id[0])
         return;
-    sched__key_obj(kenv, sizeof(kenv), b->env_id);
+    sched__key_obj(kenv, sizeof(kenv), b->org, b->env_id);
     const char *argv[] = { "HGET", kenv, "json" };
     if (wp_redis_argv(b->srv->rds, env_cb, b, 3, argv, NULL) == 0) {
         b->env_wait = true;
@@ -1045,7 +1045,7 @@ static void take(struct sched_brains *bs, const char *sid, bool takeover)
     b->srv = bs->srv;
     b->mcp_hub = sched__mcp_hub(bs->srv);
     snprintf(b->sid, sizeof(b->sid), "%s", sid);
-    sched__key_obj(b->key_obj, sizeof(b->key_obj), sid);
+    sched__key_obj(b->key_obj, sizeof(b->key_obj), NULL, sid);
     sched__key_events(b->key_ev, sizeof(b->key_ev), sid);
     sched__key_lease(b->key_lease, sizeof(b->key_lease), sid);
     sched__key_fence(kfence, sizeof(kfence), sid);
@@ -1133,7 +1133,7 @@ void sched__brain_session_end(struct sched_server *srv, const char *org, const c
     se->srv = srv;
     snprintf(se->org, sizeof(se->org), "%s", org);
     snprintf(se->sid, sizeof(se->sid), "%s", sid);
-    sched__key_obj(kobj, sizeof(kobj), sid);
+    sched__key_obj(kobj, sizeof(kobj), NULL, sid);
     /* Sent before the caller's delete on the same connection: read first. */
     const char *argv[] = { "HMGET", kobj, "org", "sbx_sandbox", "sbx_token", "sbx_env" };
     if (wp_redis_argv(srv->rds, end_cb, se, 6, argv, NULL) < 0)
@@ -1230,7 +1230,7 @@ static void shard_cb(void *ctx, redisReply *reply)
             snprintf(it->score, sizeof(it->score), "%s", score);
             char klease[200], kobj[200];
             sched__key_lease(klease, sizeof(klease), sid);
-            sched__key_obj(kobj, sizeof(kobj), sid);
+            sched__key_obj(kobj, sizeof(kobj), NULL, sid);
             const char *argv[] = { klease, kobj };
             if (wp_redis_script(bs->srv->rds, lua_orphan, orphan_cb, it, 2, 2, argv, NULL) == 0)
                 bs->sweeping++;

@@ -144,7 +144,7 @@ static bool add_cred(struct brain *b, json_t *env_net, const char *id, const cha
 
 /* The session's github_repository resources: each to clone at attach
  * (b->repos), and each token a credential for its host only. */
-static void add_repos(struct brain *b, json_t *sess, redisReply *toks, json_t *creds)
+static void add_repos(struct brain *b, json_t *sess, json_t *toks, json_t *creds)
 {
     size_t i;
     json_t *r;
@@ -157,10 +157,7 @@ static void add_repos(struct brain *b, json_t *sess, redisReply *toks, json_t *c
             sched__repo_host(url, host, sizeof(host)) < 0)
             continue;
         snprintf(field, sizeof(field), "rtok:%s", id);
-        const char *sealed = NULL;
-        for (size_t k = 0; k + 1 < toks->elements; k += 2)
-            if (toks->element[k]->str && !strcmp(toks->element[k]->str, field))
-                sealed = toks->element[k + 1]->str;
+        const char *sealed = json_string_value(json_object_get(toks, field));
         char *remote = NULL;
         if (sealed) {
             size_t n = 0;
@@ -193,6 +190,32 @@ static void add_repos(struct brain *b, json_t *sess, redisReply *toks, json_t *c
     }
 }
 
+/* The session's part, in its own slot (HGETALL): its json and its
+ * repositories' sealed tokens, kept for creds_cb, which comes right after
+ * on the same connection. */
+static void sess_cb(void *ctx, redisReply *reply)
+{
+    struct brain *b = ctx;
+    b->refs--;
+    json_decref(b->egress_sess);
+    b->egress_sess = NULL;
+    if (!b->stopped && reply && reply->type == REDIS_REPLY_ARRAY) {
+        json_t *toks = json_object();
+        const char *js = "";
+        for (size_t k = 0; k + 1 < reply->elements; k += 2) {
+            const char *f = reply->element[k]->str, *v = reply->element[k + 1]->str;
+            if (!f || !v)
+                continue;
+            if (!strcmp(f, "json"))
+                js = v;
+            else if (!strncmp(f, "rtok:", 5))
+                json_object_set_new(toks, f, json_string(v));
+        }
+        b->egress_sess = json_pack("{s:s, s:o}", "json", js, "rtok", toks);
+    }
+    sched__brain_maybe_free(b);
+}
+
 static void creds_cb(void *ctx, redisReply *reply)
 {
     struct brain *b = ctx;
@@ -201,8 +224,7 @@ static void creds_cb(void *ctx, redisReply *reply)
         sched__brain_maybe_free(b);
         return;
     }
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
-        reply->element[2]->type != REDIS_REPLY_ARRAY) {
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 || !b->egress_sess) {
         if (b->egress_recheck) {
             /* Read again for a kept sandbox: what the node has stays in
              * force; the next turn tries again. */
@@ -221,10 +243,12 @@ static void creds_cb(void *ctx, redisReply *reply)
     json_t *env = json_loads(reply->element[0]->str ?: "", 0, NULL);
     json_t *env_net = json_object_get(json_object_get(env, "config"), "networking");
     json_t *creds = json_array(), *vars = json_array();
-    json_t *sess = json_loads(reply->element[1]->str ?: "", 0, NULL);
-    add_repos(b, sess, reply->element[2], creds);
+    json_t *sess = json_loads(json_string_value(json_object_get(b->egress_sess, "json")), 0, NULL);
+    add_repos(b, sess, json_object_get(b->egress_sess, "rtok"), creds);
     json_decref(sess);
-    for (size_t k = 3; k + 3 < reply->elements; k += 4) {
+    json_decref(b->egress_sess);
+    b->egress_sess = NULL;
+    for (size_t k = 1; k + 3 < reply->elements; k += 4) {
         redisReply **e = reply->element + k;
         json_t *c = json_loads(e[2]->str ?: "", 0, NULL);
         const char *ty = sget(json_object_get(c, "auth"), "type");
@@ -275,15 +299,25 @@ bool sched__brain_egress_load(struct brain *b)
     }
     if (b->egress_state == EGRESS_LOADING)
         return true;
+    /* Two slots: the session's own (its object), then the organization's
+     * (environment, vaults, credentials), on one connection, in order. */
+    const char *hg[] = {"HGETALL", b->key_obj};
     const char *argv[4 + MAX_VAULTS];
+    char kseq[160];
     int argc = 0;
+    sched__key_seq(kseq, sizeof(kseq), b->org, &sched__kind_cred); /* names the org's slot */
+    argv[argc++] = kseq;
     argv[argc++] = b->org;
     argv[argc++] = sched__kind_cred.name;
     argv[argc++] = b->env_id;
-    argv[argc++] = b->sid;
     for (size_t i = 0; i < nv && i < MAX_VAULTS; i++)
         argv[argc++] = json_string_value(json_array_get(b->vault_ids, i)) ?: "";
-    if (wp_redis_script(b->srv->rds, lua_egress_creds, creds_cb, b, 0, argc, argv, NULL) < 0) {
+    if (wp_redis_argv(b->srv->rds, sess_cb, b, 2, hg, NULL) < 0) {
+        sched__brain_sandbox_failed(b, "the session's vaults could not be read");
+        return true;
+    }
+    b->refs++;
+    if (wp_redis_script(b->srv->rds, lua_egress_creds, creds_cb, b, 1, argc, argv, NULL) < 0) {
         sched__brain_sandbox_failed(b, "the session's vaults could not be read");
         return true;
     }
@@ -353,6 +387,8 @@ void sched__brain_egress_free(struct brain *b)
     b->egress_vars = NULL;
     json_decref(b->repos);
     b->repos = NULL;
+    json_decref(b->egress_sess);
+    b->egress_sess = NULL;
     b->egress_state = EGRESS_NONE;
 }
 

@@ -158,6 +158,8 @@ struct brain {
     bool egress_stale;       /* read again at the next turn's start */
     bool egress_recheck;     /* being read again: compare with egress_routed */
     char *egress_routed;     /* what the last route carried (compact JSON; wiped) */
+    json_t *egress_sess;     /* read beside the credentials, in the session's slot:
+                                {"json": the session, "rtok": {field: sealed}} (owned) */
     char proxy[64];          /* the sandbox's egress proxy "host:port" ("" none) */
     bool has_repos;          /* the session has github_repository resources */
     json_t *repos;           /* [{url, remote, mount_path, checkout}] (owned) */

@@ -204,13 +204,16 @@ static void load_creds(struct sched_brain_mcp *m)
             list_server(m, i);
         return;
     }
-    const char *argv[66];
+    const char *argv[67];
+    char kseq[160];
     int argc = 0;
+    sched__key_seq(kseq, sizeof(kseq), b->org, &sched__kind_cred); /* the org's slot */
+    argv[argc++] = kseq;
     argv[argc++] = b->org;
     argv[argc++] = sched__kind_cred.name;
     for (size_t i = 0; i < nv; i++)
         argv[argc++] = json_string_value(json_array_get(vids, i)) ?: "";
-    if (wp_redis_script(b->srv->rds, lua_creds, creds_cb, b, 0, argc, argv, NULL) == 0) {
+    if (wp_redis_script(b->srv->rds, lua_creds, creds_cb, b, 1, argc, argv, NULL) == 0) {
         b->refs++;
         m->creds_loading = true;
     } else {

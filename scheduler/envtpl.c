@@ -544,7 +544,7 @@ static void unpublish(struct sched_req *req, const char *id, json_t *obj)
         return;
     }
     keys_of(name, tpl, pol, sizeof(tpl));
-    sched__key_obj(kobj, sizeof(kobj), id);
+    sched__key_obj(kobj, sizeof(kobj), req->org, id);
     char ku[160];
     sched__key_quota(ku, sizeof(ku), "envs", req->org);
     const char *argv[] = { tpl, "wp:tpls", pol, kobj, ku, name, req->org, id };

@@ -223,7 +223,7 @@ void sched__events_append(struct sched_req *req, const char *sid, json_t *prepar
         sched__respond_error(req, 500, "api_error", NULL, "out of memory");
         return;
     }
-    sched__key_obj(kobj, sizeof(kobj), sid);
+    sched__key_obj(kobj, sizeof(kobj), NULL, sid);
     sched__key_events(kev, sizeof(kev), sid);
     uint64_t t = wp_wall_ms();
     sched__new_id("work_", wid, sizeof(wid));
@@ -429,7 +429,7 @@ void sched__h_events_list(struct sched_req *req)
         else
             snprintf(hi, sizeof(hi), "(%s", id);
     }
-    sched__key_obj(kobj, sizeof(kobj), req->params[0]);
+    sched__key_obj(kobj, sizeof(kobj), NULL, req->params[0]);
     sched__key_events(kev, sizeof(kev), req->params[0]);
     snprintf(lim, sizeof(lim), "%d", limit);
     const char *argv[] = {kobj, kev, req->org, lo, hi, lim, asc ? "asc" : "desc", types};

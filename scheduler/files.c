@@ -436,7 +436,7 @@ void sched__files_owned(struct sched_req *req, json_t *resources,
         return;
     }
     for (i = 0; i < n; i++) {
-        sched__key_obj(keys[i], sizeof(keys[i]), json_string_value(json_array_get(ids, i)));
+        sched__key_obj(keys[i], sizeof(keys[i]), req->org, json_string_value(json_array_get(ids, i)));
         argv[i] = keys[i];
     }
     argv[n] = req->org;

@@ -116,7 +116,7 @@ int sched__cred_store_token(struct sched_server *srv, const char *org, const cha
     char *js = json_dumps(cred, JSON_COMPACT);
     char kobj[200], rv[32];
     int rc = -1;
-    sched__key_obj(kobj, sizeof(kobj), cred_id);
+    sched__key_obj(kobj, sizeof(kobj), org, cred_id);
     snprintf(rv, sizeof(rv), "%lld", *rev);
     if (sealed && js) {
         const char *argv[] = { kobj, org, rv, js, sealed };
@@ -299,7 +299,7 @@ static void loaded(struct sched_req *req, json_t *cred, long long rev)
     }
     req->tmp2 = cred;
     req->step = (int)rev;
-    sched__key_obj(kobj, sizeof(kobj), req->params[1]);
+    sched__key_obj(kobj, sizeof(kobj), req->org, req->params[1]);
     const char *argv[] = { "HGET", kobj, "sealed" };
     sched__req_redis(req, sealed_reply, 3, argv, NULL);
 }

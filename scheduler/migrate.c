@@ -4,8 +4,11 @@
  * session's scripts touch so that all are in the session's hash slot:
  * wp:obj:<sid> became wp:obj:{<sid>}, the global active set wp:brain:active
  * became a field of the session plus a shard wp:brain:active:{0..15}, and
- * the global fence wp:brain:fence one per session. wp:layout says which
- * layout the data is in ("2": this one). The scheduler moves an older
+ * the global fence wp:brain:fence one per session (layout "2"). Then
+ * agents, environments, vaults, credentials and files moved to their
+ * organization's slot with their indexes, agent versions and a sequence per
+ * organization: wp:obj:<id> -> wp:obj:{<org>}:<id> (layout "3"). wp:layout
+ * says which layout the data is in. The scheduler moves an older
  * store at start (and `--migrate-keys` does it alone): synchronous, before
  * it serves, single Redis only; idempotent, so two schedulers starting at
  * once do no harm. Schedulers of the older version must all be stopped
@@ -21,13 +24,15 @@
 #include "base/redis.h"
 #include "scheduler/sched_int.h"
 
-#define LAYOUT "2"
+#define LAYOUT "3"
 
 #include "lua/scheduler/migrate.h" /* its Lua scripts: lua/scheduler/migrate/ (Makefile) */
 
-/* One SCAN batch of old session objects: moved in one script. */
-static int move_batch(redisContext *r, redisReply *keys, const char *fence, long *moved,
-                      struct wp_err *err)
+/* One SCAN batch of old objects, moved in one script: sessions (kind NULL)
+ * with the old global fence, or org-tagged objects of kind k with the old
+ * global sequence (first). */
+static int move_batch(redisContext *r, redisReply *keys, const struct sched_kind *k,
+                      const char *first, long *moved, struct wp_err *err)
 {
     size_t n = keys->elements;
     const char **argv = calloc(4 + 2 * n, sizeof(*argv));
@@ -40,24 +45,64 @@ static int move_batch(redisContext *r, redisReply *keys, const char *fence, long
     }
     size_t argc = 0;
     argv[argc++] = "EVAL";
-    argv[argc++] = lua_migrate_sessions;
+    argv[argc++] = k ? lua_migrate_orgs : lua_migrate_sessions;
     argv[argc++] = "0";
-    argv[argc++] = fence;
+    argv[argc++] = first;
     for (size_t i = 0; i < n; i++) {
-        const char *sid = keys->element[i]->str + strlen("wp:obj:");
-        sched__brain_active_key(shard[i], sizeof(shard[i]), sid);
-        argv[argc++] = sid;
-        argv[argc++] = shard[i];
+        const char *id = keys->element[i]->str + strlen("wp:obj:");
+        argv[argc++] = id;
+        if (k) {
+            argv[argc++] = k->name;
+        } else {
+            sched__brain_active_key(shard[i], sizeof(shard[i]), id);
+            argv[argc++] = shard[i];
+        }
     }
     redisReply *m = redisCommandArgv(r, (int)argc, argv, NULL);
     if (m && m->type == REDIS_REPLY_INTEGER)
         *moved += m->integer;
     else
-        rc = wp_err_set(err, WP_EPROTO, "moving sessions: %s", m && m->str ? m->str : r->errstr);
+        rc = wp_err_set(err, WP_EPROTO, "moving %ss: %s", k ? k->name : "session",
+                        m && m->str ? m->str : r->errstr);
     freeReplyObject(m);
     free(argv);
     free(shard);
     return rc;
+}
+
+/* A non-negative integer stored at key, or "0". */
+static void get_count(redisContext *r, const char *key, char *out, size_t cap)
+{
+    redisReply *f = redisCommand(r, "GET %s", key);
+    snprintf(out, cap, "0");
+    if (f && f->type == REDIS_REPLY_STRING && strlen(f->str) < cap &&
+        strspn(f->str, "0123456789") == strlen(f->str))
+        snprintf(out, cap, "%s", f->str);
+    freeReplyObject(f);
+}
+
+/* Moves every object whose old key starts wp:obj:<prefix>. */
+static int move_all(redisContext *r, const char *prefix, const struct sched_kind *k,
+                    const char *first, long *moved, struct wp_err *err)
+{
+    char cursor[32] = "0";
+    int rc = 0;
+    do {
+        redisReply *s = redisCommand(r, "SCAN %s MATCH wp:obj:%s* COUNT 1000 TYPE hash", cursor,
+                                     prefix);
+        if (!s || s->type != REDIS_REPLY_ARRAY || s->elements != 2) {
+            rc = wp_err_set(err, WP_EPROTO, "SCAN: %s", s && s->str ? s->str : r->errstr);
+            freeReplyObject(s);
+            return rc;
+        }
+        snprintf(cursor, sizeof(cursor), "%s", s->element[0]->str);
+        if (s->element[1]->elements > 0)
+            rc = move_batch(r, s->element[1], k, first, moved, err);
+        freeReplyObject(s);
+        if (rc < 0)
+            return rc;
+    } while (strcmp(cursor, "0") != 0);
+    return 0;
 }
 
 static int migrate(redisContext *r, struct wp_err *err)
@@ -69,28 +114,18 @@ static int migrate(redisContext *r, struct wp_err *err)
     freeReplyObject(v);
     if (done || bad)
         return rc;
-    redisReply *f = redisCommand(r, "GET wp:brain:fence");
-    char fence[32] = "0";
-    if (f && f->type == REDIS_REPLY_STRING && strlen(f->str) < sizeof(fence) &&
-        strspn(f->str, "0123456789") == strlen(f->str))
-        snprintf(fence, sizeof(fence), "%s", f->str);
-    freeReplyObject(f);
-    char cursor[32] = "0";
-    long moved = 0;
-    do {
-        redisReply *s = redisCommand(r, "SCAN %s MATCH wp:obj:sesn_* COUNT 1000 TYPE hash", cursor);
-        if (!s || s->type != REDIS_REPLY_ARRAY || s->elements != 2) {
-            rc = wp_err_set(err, WP_EPROTO, "SCAN: %s", s && s->str ? s->str : r->errstr);
-            freeReplyObject(s);
-            return rc;
-        }
-        snprintf(cursor, sizeof(cursor), "%s", s->element[0]->str);
-        if (s->element[1]->elements > 0)
-            rc = move_batch(r, s->element[1], fence, &moved, err);
-        freeReplyObject(s);
-        if (rc < 0)
-            return rc;
-    } while (strcmp(cursor, "0") != 0);
+    char fence[32], seq[32];
+    get_count(r, "wp:brain:fence", fence, sizeof(fence));
+    get_count(r, "wp:seq", seq, sizeof(seq));
+    long moved = 0, moved_org = 0;
+    rc = move_all(r, sched__kind_session.id_prefix, NULL, fence, &moved, err);
+    const struct sched_kind *const kinds[] = {&sched__kind_agent, &sched__kind_env,
+                                              &sched__kind_vault, &sched__kind_cred,
+                                              &sched__kind_file};
+    for (size_t i = 0; rc == 0 && i < sizeof(kinds) / sizeof(kinds[0]); i++)
+        rc = move_all(r, kinds[i]->id_prefix, kinds[i], seq, &moved_org, err);
+    if (rc < 0)
+        return rc;
     /* Members left name sessions that are gone; the global keys go too. */
     redisReply *d = redisCommand(r, "DEL wp:brain:active wp:brain:fence");
     freeReplyObject(d);
@@ -99,6 +134,8 @@ static int migrate(redisContext *r, struct wp_err *err)
     freeReplyObject(l);
     if (rc == 0 && moved > 0)
         log_info("moved %ld session(s) to the per-session key layout", moved);
+    if (rc == 0 && moved_org > 0)
+        log_info("moved %ld object(s) to their organization's hash slot", moved_org);
     return rc;
 }
 

@@ -5,8 +5,10 @@
  * seq, live, plus per-kind filter fields). json is the API object as
  * served, except for fields that change without an update (a session's
  * status), which live in the "live" fragment and are spliced in on read.
+ * Agents, environments, vaults, credentials, files are wp:obj:{<org>}:<id>, in
+ * their organization's slot with its indexes and sequence (sched_int.h).
  * Listing uses two sorted sets per scope and kind (all, active) scored by
- * a global creation sequence; a cursor is the last score served. Every
+ * a creation sequence; a cursor is the last score served. Every
  * write is one Lua script so processes never interleave half-writes.
  */
 #define WP_LOG_COMPONENT "store"
@@ -32,14 +34,65 @@ static bool obj_self_tagged(const char *id)
     return strncmp(id, sched__kind_session.id_prefix, strlen(sched__kind_session.id_prefix)) == 0;
 }
 
-void sched__key_obj(char *out, size_t cap, const char *id)
+/* Agents, environments, vaults, credentials and files carry their
+ * organization as hash tag, with its indexes, sequence and agent versions:
+ * the scripts that create, list and read them together (creds, a session's
+ * prep, its files' check) are one slot. Work items are not moved yet (the
+ * work queue's step). */
+static const struct sched_kind *const org_kinds[] = {&sched__kind_agent, &sched__kind_env,
+                                                    &sched__kind_vault, &sched__kind_cred,
+                                                    &sched__kind_file};
+
+static bool id_org_tagged(const char *id)
 {
-    snprintf(out, cap, obj_self_tagged(id) ? "wp:obj:{%s}" : "wp:obj:%s", id);
+    for (size_t i = 0; i < sizeof(org_kinds) / sizeof(org_kinds[0]); i++)
+        if (!strncmp(id, org_kinds[i]->id_prefix, strlen(org_kinds[i]->id_prefix)))
+            return true;
+    return false;
 }
 
-void sched__key_idx(char *out, size_t cap, const char *scope, const char *kind, bool active)
+bool sched__kind_org_tagged(const struct sched_kind *k)
 {
-    snprintf(out, cap, "wp:idx:%s:%s%s", scope, kind, active ? ":active" : "");
+    for (size_t i = 0; i < sizeof(org_kinds) / sizeof(org_kinds[0]); i++)
+        if (k == org_kinds[i])
+            return true;
+    return false;
+}
+
+void sched__key_obj(char *out, size_t cap, const char *org, const char *id)
+{
+    if (obj_self_tagged(id))
+        snprintf(out, cap, "wp:obj:{%s}", id);
+    else if (id_org_tagged(id))
+        snprintf(out, cap, "wp:obj:{%s}:%s", org ? org : "", id);
+    else
+        snprintf(out, cap, "wp:obj:%s", id);
+}
+
+void sched__key_idx(char *out, size_t cap, const char *org, const char *scope,
+                    const struct sched_kind *k, bool active)
+{
+    size_t ol = strlen(org);
+    const char *act = active ? ":active" : "";
+    if (!sched__kind_org_tagged(k))
+        snprintf(out, cap, "wp:idx:%s:%s%s", scope, k->name, act);
+    else if (!strncmp(scope, org, ol) && (scope[ol] == ':' || scope[ol] == '\0'))
+        snprintf(out, cap, "wp:idx:{%s}%s:%s%s", org, scope + ol, k->name, act);
+    else /* a scope is always "<org>[:<parent>]"; never mixed with another's */
+        snprintf(out, cap, "wp:idx:{%s}:%s:%s%s", org, scope, k->name, act);
+}
+
+void sched__key_seq(char *out, size_t cap, const char *org, const struct sched_kind *k)
+{
+    if (sched__kind_org_tagged(k))
+        snprintf(out, cap, "wp:seq:{%s}", org);
+    else
+        snprintf(out, cap, "wp:seq");
+}
+
+void sched__key_agentver(char *out, size_t cap, const char *org, const char *agent_id)
+{
+    snprintf(out, cap, "wp:agentver:{%s}:%s", org, agent_id);
 }
 
 void sched__key_events(char *out, size_t cap, const char *session_id)
@@ -106,7 +159,7 @@ static void create_cb(void *ctx, redisReply *reply)
 void sched__obj_create_live(struct sched_req *req, const struct sched_kind *k, const char *scope,
                             json_t *obj, const char *live, const char *const *extra)
 {
-    char kobj[200], kall[200], kact[200], kquota[160];
+    char kobj[200], kall[200], kact[200], kquota[160], kseq[160];
     const char *argv[64];
     int argc = 0, nkeys = 4;
     const char *id = json_string_value(json_object_get(obj, "id"));
@@ -120,13 +173,14 @@ void sched__obj_create_live(struct sched_req *req, const struct sched_kind *k, c
         sched__respond_error(req, 500, "api_error", NULL, "could not encode %s", k->name);
         return;
     }
-    sched__key_obj(kobj, sizeof(kobj), id);
-    sched__key_idx(kall, sizeof(kall), scope, k->name, false);
-    sched__key_idx(kact, sizeof(kact), scope, k->name, true);
+    sched__key_obj(kobj, sizeof(kobj), req->org, id);
+    sched__key_idx(kall, sizeof(kall), req->org, scope, k, false);
+    sched__key_idx(kact, sizeof(kact), req->org, scope, k, true);
+    sched__key_seq(kseq, sizeof(kseq), req->org, k);
     argv[argc++] = kobj;
     argv[argc++] = kall;
     argv[argc++] = kact;
-    argv[argc++] = "wp:seq";
+    argv[argc++] = kseq;
     if (k == &sched__kind_session) { /* live sessions: the org's quota */
         sched__key_quota(kquota, sizeof(kquota), NULL, req->org);
         argv[argc++] = kquota;
@@ -158,6 +212,7 @@ struct sched_load_state {
     const struct sched_kind *kind;
     char id[128];
     char scope[200];
+    bool unindex; /* store: the archived session's active index entry goes after */
 };
 
 static void load_cb(void *ctx, redisReply *reply)
@@ -197,7 +252,7 @@ void sched__obj_load_scoped(struct sched_req *req, const struct sched_kind *k, c
     ls->kind = k;
     snprintf(ls->id, sizeof(ls->id), "%s", id);
     snprintf(ls->scope, sizeof(ls->scope), "%s", scope ? scope : "");
-    sched__key_obj(kobj, sizeof(kobj), id);
+    sched__key_obj(kobj, sizeof(kobj), req->org, id);
     const char *argv[] = {"HMGET", kobj, "org", "json", "rev", "archived", "scope", "live"};
     sched__req_redis(req, load_cb, 8, argv, NULL);
 }
@@ -213,6 +268,16 @@ void sched__obj_load(struct sched_req *req, const struct sched_kind *k, const ch
 static void store_cb(void *ctx, redisReply *reply)
 {
     struct sched_req *req = ctx;
+    struct sched_load_state *ls = (void *)req->load_state;
+    if (reply->type == REDIS_REPLY_INTEGER && ls->unindex) {
+        /* The organization's index is another slot than the session: its
+         * entry goes now (a crash before leaves it, and the next listing
+         * of the active index drops it, finding the object archived). */
+        char kact[200];
+        sched__key_idx(kact, sizeof(kact), req->org, ls->scope, ls->kind, true);
+        const char *z[] = {"ZREM", kact, ls->id};
+        wp_redis_argv(req->srv->rds, NULL, NULL, 3, z, NULL);
+    }
     if (reply->type == REDIS_REPLY_ERROR) {
         if (strstr(reply->str, "CONFLICT")) {
             snprintf(req->extra_headers, sizeof(req->extra_headers), "x-should-retry: true\r\n");
@@ -261,13 +326,21 @@ void sched__obj_store_aux(struct sched_req *req, const struct sched_kind *k,
         sched__respond_error(req, 500, "api_error", NULL, "could not encode %s", k->name);
         return;
     }
-    sched__key_obj(kobj, sizeof(kobj), id);
-    sched__key_idx(kact, sizeof(kact), scope, k->name, true);
+    sched__key_obj(kobj, sizeof(kobj), req->org, id);
+    sched__key_idx(kact, sizeof(kact), req->org, scope, k, true);
     snprintf(revs, sizeof(revs), "%lld", rev);
+    /* A session's script stays in its slot: the index is left out. */
+    bool own_slot = obj_self_tagged(id);
+    struct sched_load_state *ls = (void *)req->load_state;
+    ls->unindex = own_slot && archive;
+    ls->kind = k;
+    snprintf(ls->id, sizeof(ls->id), "%s", id);
+    snprintf(ls->scope, sizeof(ls->scope), "%s", scope);
     argv[argc++] = kobj;
-    argv[argc++] = kact;
     if (auxkey)
         argv[argc++] = auxkey;
+    if (!own_slot)
+        argv[argc++] = kact;
     int nkeys = argc;
     argv[argc++] = revs;
     argv[argc++] = s;
@@ -322,9 +395,9 @@ void sched__obj_delete(struct sched_req *req, const struct sched_kind *k, const 
     char kobj[200], kall[200], kact[200];
     ls->kind = k;
     snprintf(ls->id, sizeof(ls->id), "%s", id);
-    sched__key_obj(kobj, sizeof(kobj), id);
-    sched__key_idx(kall, sizeof(kall), scope, k->name, false);
-    sched__key_idx(kact, sizeof(kact), scope, k->name, true);
+    sched__key_obj(kobj, sizeof(kobj), req->org, id);
+    sched__key_idx(kall, sizeof(kall), req->org, scope, k, false);
+    sched__key_idx(kact, sizeof(kact), req->org, scope, k, true);
     const char *argv[] = {kobj, kall, kact, id, req->org};
     sched__req_script(req, lua_delete, delete_cb, 3, 5, argv, NULL);
 }
@@ -383,7 +456,7 @@ void sched__obj_list(struct sched_req *req, const struct sched_kind *k, const ch
 {
     int limit;
     const char *page;
-    char kidx[200], cur[32] = "", lim[16];
+    char kidx[200], cur[32] = "", lim[16], kpre[160];
     const char *argv[40];
     int argc = 0;
     bool reverse = false;
@@ -403,14 +476,19 @@ void sched__obj_list(struct sched_req *req, const struct sched_kind *k, const ch
         }
         snprintf(cur, sizeof(cur), "%lld", v);
     }
-    sched__key_idx(kidx, sizeof(kidx), scope, k->name, !include_archived);
+    sched__key_idx(kidx, sizeof(kidx), req->org, scope, k, !include_archived);
     snprintf(lim, sizeof(lim), "%d", limit);
     argv[argc++] = kidx;
     argv[argc++] = cur;
     argv[argc++] = lim;
     argv[argc++] = (asc != reverse) ? "asc" : "desc";
-    bool tagged = obj_self_tagged(k->id_prefix); /* the script names each object's key */
-    argv[argc++] = tagged ? "wp:obj:{" : "wp:obj:";
+    /* The script names each object's key: prefix, id, suffix. */
+    bool tagged = obj_self_tagged(k->id_prefix);
+    if (sched__kind_org_tagged(k))
+        snprintf(kpre, sizeof(kpre), "wp:obj:{%s}:", req->org);
+    else
+        snprintf(kpre, sizeof(kpre), "%s", tagged ? "wp:obj:{" : "wp:obj:");
+    argv[argc++] = kpre;
     argv[argc++] = tagged ? "}" : "";
     for (int i = 0; filter && filter[i] && argc < 39; i++)
         argv[argc++] = filter[i];

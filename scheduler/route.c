@@ -393,7 +393,7 @@ static void key_lookup_cb(void *ctx, redisReply *reply)
         }
     } else if (!strncmp(req->route->pattern, "/v1/sessions/", 13)) {
         char kobj[200];
-        sched__key_obj(kobj, sizeof(kobj), req->params[0]);
+        sched__key_obj(kobj, sizeof(kobj), NULL, req->params[0]);
         const char *argv[] = { "HMGET", kobj, "org", "json" };
         sched__req_redis(req, env_session_cb, 4, argv, NULL);
         return;

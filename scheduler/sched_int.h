@@ -429,10 +429,20 @@ int sched__s3_check(struct sched_files_s3 *c, struct wp_err *err);
 void sched__work_enqueue(struct sched_req *req, const char *env, const char *session_id,
                          wp_redis_cb cb);
 
-/* Redis key helpers: "wp:obj:<id>" (a session's: "wp:obj:{<sid>}"),
- * "wp:idx:<org>:<kind>[:active]", "wp:events:{<sid>}". */
-void sched__key_obj(char *out, size_t cap, const char *id);
-void sched__key_idx(char *out, size_t cap, const char *org, const char *kind, bool active);
+/* Redis key helpers (ARCHITECTURE.md, Redis keys): an object is
+ * "wp:obj:{<sid>}" (a session), "wp:obj:{<org>}:<id>" (agent, environment,
+ * vault, credential, file: sched__kind_org_tagged) or "wp:obj:<id>" (work
+ * items); org is ignored but for the org-tagged kinds. An index is
+ * "wp:idx:{<org>}[:<parent>]:<kind>[:active]" for org-tagged kinds, else
+ * "wp:idx:<scope>:<kind>[:active]" (scope "<org>[:<parent>]"); the creation
+ * sequence "wp:seq:{<org>}" for them, else "wp:seq". */
+bool sched__kind_org_tagged(const struct sched_kind *k);
+void sched__key_obj(char *out, size_t cap, const char *org, const char *id);
+void sched__key_idx(char *out, size_t cap, const char *org, const char *scope,
+                    const struct sched_kind *k, bool active);
+void sched__key_seq(char *out, size_t cap, const char *org, const struct sched_kind *k);
+/* "wp:agentver:{<org>}:<agent id>": an agent's version snapshots. */
+void sched__key_agentver(char *out, size_t cap, const char *org, const char *agent_id);
 void sched__key_events(char *out, size_t cap, const char *session_id);
 /* "wp:brain:{<sid>}": the session's brain lease; "wp:brain:fence:{<sid>}":
  * its token counter. Every key of one session is in one hash slot. */

@@ -474,9 +474,9 @@ static void prep(struct sched_req *req)
     char kagent[200], kenv[200], kver[200];
     const char *agent_id = req->scratch, *ver = req->params[2];
     json_t *body = req->body;
-    sched__key_obj(kagent, sizeof(kagent), agent_id);
-    sched__key_obj(kenv, sizeof(kenv), json_string_value(json_object_get(body, "environment_id")));
-    snprintf(kver, sizeof(kver), "wp:agentver:%s", agent_id);
+    sched__key_obj(kagent, sizeof(kagent), req->org, agent_id);
+    sched__key_obj(kenv, sizeof(kenv), req->org, json_string_value(json_object_get(body, "environment_id")));
+    sched__key_agentver(kver, sizeof(kver), req->org, agent_id);
     const char *argv[] = {kagent, kenv, kver, req->org, ver};
     sched__req_script(req, lua_prep, prep_cb, 3, 5, argv, NULL);
 }
@@ -593,7 +593,7 @@ static void archived(struct sched_req *req, json_t *s)
     if (ttl > 0) {
         char kobj[200], kev[200], kfence[200], ms[32];
         const char *id = json_string_value(json_object_get(s, "id"));
-        sched__key_obj(kobj, sizeof(kobj), id);
+        sched__key_obj(kobj, sizeof(kobj), NULL, id);
         sched__key_events(kev, sizeof(kev), id);
         sched__key_fence(kfence, sizeof(kfence), id);
         snprintf(ms, sizeof(ms), "%.0f", ttl * 1000);
@@ -646,8 +646,8 @@ static void delete_cb(void *ctx, redisReply *reply)
     /* The organization's index is another slot: its entries go now (a
      * crash before leaves entries that listings drop, finding no object). */
     char kall[200], kact[200];
-    sched__key_idx(kall, sizeof(kall), req->org, "session", false);
-    sched__key_idx(kact, sizeof(kact), req->org, "session", true);
+    sched__key_idx(kall, sizeof(kall), req->org, req->org, &sched__kind_session, false);
+    sched__key_idx(kact, sizeof(kact), req->org, req->org, &sched__kind_session, true);
     const char *z1[] = {"ZREM", kall, req->params[0]}, *z2[] = {"ZREM", kact, req->params[0]};
     wp_redis_argv(req->srv->rds, NULL, NULL, 3, z1, NULL);
     wp_redis_argv(req->srv->rds, NULL, NULL, 3, z2, NULL);
@@ -658,7 +658,7 @@ static void delete_cb(void *ctx, redisReply *reply)
 void sched__h_session_delete(struct sched_req *req)
 {
     char kobj[200], kev[200], kfence[200];
-    sched__key_obj(kobj, sizeof(kobj), req->params[0]);
+    sched__key_obj(kobj, sizeof(kobj), NULL, req->params[0]);
     sched__key_events(kev, sizeof(kev), req->params[0]);
     sched__key_fence(kfence, sizeof(kfence), req->params[0]);
     /* The log outlives the session briefly so open streams see session.deleted. */

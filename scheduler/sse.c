@@ -737,7 +737,7 @@ void sched__h_events_stream(struct sched_req *req)
         }
         snprintf(req->scratch, sizeof(req->scratch), "%s", id);
     }
-    sched__key_obj(kobj, sizeof(kobj), req->params[0]);
+    sched__key_obj(kobj, sizeof(kobj), NULL, req->params[0]);
     sched__key_events(kev, sizeof(kev), req->params[0]);
     const char *argv[] = {kobj, kev, req->org};
     sched__req_script(req, lua_open, open_cb, 2, 3, argv, NULL);

@@ -154,13 +154,15 @@ static void creds_dropped(void *ctx, redisReply *reply)
 void sched__h_vault_delete(struct sched_req *req)
 {
     char kobj[200], scope[200], kall[200], kact[200];
-    sched__key_obj(kobj, sizeof(kobj), req->params[0]);
+    sched__key_obj(kobj, sizeof(kobj), req->org, req->params[0]);
     cred_scope(req, scope, sizeof(scope));
-    sched__key_idx(kall, sizeof(kall), scope, sched__kind_cred.name, false);
-    sched__key_idx(kact, sizeof(kact), scope, sched__kind_cred.name, true);
-    const char *argv[] = {kobj, kall, kact, req->org};
+    sched__key_idx(kall, sizeof(kall), req->org, scope, &sched__kind_cred, false);
+    sched__key_idx(kact, sizeof(kact), req->org, scope, &sched__kind_cred, true);
+    char kpre[160];
+    snprintf(kpre, sizeof(kpre), "wp:obj:{%s}:", req->org);
+    const char *argv[] = {kobj, kall, kact, req->org, kpre};
     /* Same connection, so it runs before the delete below. */
-    if (sched__req_script(req, lua_drop_creds, creds_dropped, 3, 4, argv, NULL) < 0)
+    if (sched__req_script(req, lua_drop_creds, creds_dropped, 3, 5, argv, NULL) < 0)
         return;
     sched__obj_delete(req, &sched__kind_vault, req->org, req->params[0]);
 }
@@ -439,7 +441,7 @@ static void cred_update_loaded(struct sched_req *req, json_t *c, long long rev)
     req->tmp = secrets;
     req->tmp2 = c;
     req->step = (int)rev;
-    sched__key_obj(kobj, sizeof(kobj), req->params[1]);
+    sched__key_obj(kobj, sizeof(kobj), req->org, req->params[1]);
     const char *argv[] = {"HGET", kobj, "sealed"};
     sched__req_redis(req, cred_sealed_cb, 3, argv, NULL);
 }

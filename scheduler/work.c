@@ -93,11 +93,11 @@ void sched__work_enqueue(struct sched_req *req, const char *env, const char *ses
                           "metadata", "secret", "created_at", now);
     char *js = json_dumps(w, JSON_COMPACT | JSON_ENSURE_ASCII);
     json_decref(w);
-    sched__key_obj(kobj, sizeof(kobj), id);
+    sched__key_obj(kobj, sizeof(kobj), NULL, id);
     wq_key(kq, sizeof(kq), env, "queued");
-    sched__key_idx(kall, sizeof(kall), scope, "work", false);
-    sched__key_idx(kact, sizeof(kact), scope, "work", true);
-    sched__key_obj(ksess, sizeof(ksess), session_id);
+    sched__key_idx(kall, sizeof(kall), req->org, scope, &sched__kind_work, false);
+    sched__key_idx(kact, sizeof(kact), req->org, scope, &sched__kind_work, true);
+    sched__key_obj(ksess, sizeof(ksess), NULL, session_id);
     const char *argv[] = {kobj, kq, kall, kact, "wp:seq", ksess, id, req->org, scope, js ? js : "{}",
                           "\"state\":\"queued\",\"acknowledged_at\":null,\"started_at\":null,"
                           "\"latest_heartbeat_at\":null,\"stop_requested_at\":null,\"stopped_at\":null",
@@ -257,7 +257,7 @@ void sched__h_work_ack(struct sched_req *req)
     uint64_t t = wp_wall_ms();
     if (!env_allowed(req))
         return;
-    sched__key_obj(kobj, sizeof(kobj), req->params[1]);
+    sched__key_obj(kobj, sizeof(kobj), NULL, req->params[1]);
     wq_key(kp, sizeof(kp), req->params[0], "pending");
     wq_key(kl, sizeof(kl), req->params[0], "leased");
     scope_of(req, scope, sizeof(scope));
@@ -312,7 +312,7 @@ void sched__h_work_heartbeat(struct sched_req *req)
             want = 3600;
     }
     (void)bad;
-    sched__key_obj(kobj, sizeof(kobj), req->params[1]);
+    sched__key_obj(kobj, sizeof(kobj), NULL, req->params[1]);
     wq_key(kl, sizeof(kl), req->params[0], "leased");
     scope_of(req, scope, sizeof(scope));
     sched__rfc3339(t, now, sizeof(now));
@@ -334,7 +334,7 @@ void sched__h_work_stop(struct sched_req *req)
         sched__bad_request(req, "stop takes {\"force\": boolean}");
         return;
     }
-    sched__key_obj(kobj, sizeof(kobj), req->params[1]);
+    sched__key_obj(kobj, sizeof(kobj), NULL, req->params[1]);
     wq_key(kq, sizeof(kq), req->params[0], "queued");
     wq_key(kp, sizeof(kp), req->params[0], "pending");
     wq_key(kl, sizeof(kl), req->params[0], "leased");

@@ -643,7 +643,7 @@ static void oauth_expired_token_refreshed_and_stored(void **state)
              url, exp, tokurl);
     char *cred = new_cred(vault, auth);
     char kobj[128], sealed_before[4096], sealed_after[4096];
-    snprintf(kobj, sizeof(kobj), "wp:obj:%s", cred);
+    snprintf(kobj, sizeof(kobj), "'wp:obj:{acme}:%s'", cred);
     th_sh(sealed_before, sizeof(sealed_before), "redis-cli -p %d HGET %s sealed", R.port, kobj);
 
     char *agent = new_agent(url);

@@ -168,8 +168,8 @@ static void processes_find_the_primary(void **state)
     assert_int_equal(post_agent_until(s.port, 200, NULL, 0), 200);
     assert_int_equal(th_sched_stop(&s), 0);
     /* The agent is on the primary. */
-    th_sh(out, sizeof(out), "redis-cli -p %d --scan --pattern 'wp:obj:agent_*'", PRIMARY);
-    assert_non_null(strstr(out, "wp:obj:agent_"));
+    th_sh(out, sizeof(out), "redis-cli -p %d --scan --pattern 'wp:obj:{acme}:agent_*'", PRIMARY);
+    assert_non_null(strstr(out, "wp:obj:{acme}:agent_"));
     /* Half a configuration is refused at start. */
     assert_int_equal(th_sched_start(&s, DEAD, "--redis-sentinels", SENTINELS, NULL), -1);
 

@@ -785,7 +785,7 @@ static void vault_key_survives_api_keys_and_rotates(void **state)
     th_resp_free(&r);
     char *cid = strdup(s_(v, "id"));
     json_decref(v);
-    th_sh(out, sizeof(out), "redis-cli -p %d HGET wp:obj:%s sealed", R.port, cid);
+    th_sh(out, sizeof(out), "redis-cli -p %d HGET 'wp:obj:{acme}:%s' sealed", R.port, cid);
     assert_int_equal(strncmp(out, "v2:", 3), 0);
     assert_int_equal(th_sched_stop(&s2), 0);
     snprintf(path, sizeof(path), "/v1/vaults/%s/credentials/%s", vid, cid);
@@ -863,7 +863,7 @@ static void vault_secrets_never_returned(void **state)
     th_resp_free(&r);
     /* In Redis the secret is sealed, not stored in clear. */
     char out[4096];
-    th_sh(out, sizeof(out), "redis-cli -p %d HGETALL wp:obj:%s", R.port, cid);
+    th_sh(out, sizeof(out), "redis-cli -p %d HGETALL 'wp:obj:{acme}:%s'", R.port, cid);
     assert_null(strstr(out, "hunter"));
     assert_non_null(strstr(out, "sealed"));
     snprintf(path, sizeof(path), "/v1/vaults/%s/credentials/%s", vid, cid);
@@ -879,7 +879,7 @@ static void vault_secrets_never_returned(void **state)
     v = call("DELETE", path, NULL, 200);
     assert_string_equal(s_(v, "type"), "vault_deleted");
     json_decref(v);
-    th_sh(out, sizeof(out), "redis-cli -p %d EXISTS wp:obj:%s", R.port, cid);
+    th_sh(out, sizeof(out), "redis-cli -p %d EXISTS 'wp:obj:{acme}:%s'", R.port, cid);
     assert_int_equal(atoi(out), 0);
     snprintf(path, sizeof(path), "/v1/vaults/%s/credentials/%s", vid, cid);
     json_decref(call("GET", path, NULL, 404));

@@ -333,8 +333,9 @@ static void upload_list_retrieve_download_delete(void **state)
     assert_memory_equal(disk, data, len);
     free(disk);
     assert_int_equal(files_on_disk(), disk0 + 1);
-    th_sh(out, sizeof(out), "redis-cli -p %d --no-raw hgetall wp:obj:%s", R.port, id);
-    assert_null(strstr(out, "boundary"));
+    th_sh(out, sizeof(out), "redis-cli -p %d --no-raw hgetall 'wp:obj:{acme}:%s'", R.port, id);
+    assert_non_null(strstr(out, "\"json\"")); /* the metadata is there, */
+    assert_null(strstr(out, "boundary"));      /* the content is not */
 
     char p[256];
     snprintf(p, sizeof(p), "/v1/files/%s", id);

@@ -4,13 +4,17 @@
  * and one that touches an undeclared key of another slot than its
  * declared ones (Redis 7), and a multi-key XREAD across slots.
  *
- * What is not one slot yet (creating agents, environments and sessions:
- * ARCHITECTURE.md, Redis Cluster) is done by a scheduler on a plain Redis;
- * the keys are then copied to the cluster node (MIGRATE COPY), where a
- * second scheduler, the brain on, serves the session: appends, turns,
- * history, streams, a takeover after kill -9, delete. The environment is
+ * What is not one slot yet (creating environments, which passes the quota
+ * gate, and sessions, whose index entries and quota count are the
+ * organization's: ARCHITECTURE.md, Redis Cluster) is done by a scheduler on
+ * a plain Redis; the keys are then copied to the cluster node (MIGRATE
+ * COPY), where a second scheduler, the brain on, serves the session:
+ * appends, turns, history, streams, a takeover after kill -9, delete.
+ * Agents, vaults, credentials and files are created on the cluster node
+ * itself. The environment is
  * self_hosted, so no sandbox is claimed (the pool's scripts are the pool's
  * part of issue 18). */
+#include <hiredis.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -33,10 +37,10 @@
 
 static struct th_redis R;         /* plain: where objects are created */
 static int CPORT, CPID;           /* the cluster node */
-static char *DIR_, URL[128];
+static char *DIR_, URL[128], FDIR[512];
 static struct th_sched A, B;      /* A on R (no brain), B on the cluster node */
 static struct msrv_proc M;
-static char SID[3][64];
+static char SID[3][64], ENV_ID[64];
 
 static const char script[] =
     "{\"seed\":1,\"ttft_ms\":20,\"tokens_per_s\":40,\"chunk_tokens\":1,"
@@ -99,9 +103,10 @@ static int group_setup(void **state)
     DIR_ = th_tmpdir("slots");
     if (!DIR_ || th_redis_start(&R, 0) < 0 || cluster_start() < 0)
         return -1;
+    snprintf(FDIR, sizeof(FDIR), "%s/files", DIR_);
     if (th_model_spawn_script(&M, DIR_, script, NULL, URL, sizeof(URL)) < 0)
         return -1;
-    if (th_sched_start(&A, R.port, NULL) < 0)
+    if (th_sched_start(&A, R.port, "--files-dir", FDIR, NULL) < 0)
         return -1;
     json_t *ag = th_call(A.port, KEY, "POST", "/v1/agents",
                          "{\"name\":\"t\",\"model\":\"claude-test\",\"system\":\"be brief\"}", 200);
@@ -119,12 +124,13 @@ static int group_setup(void **state)
         snprintf(SID[i], sizeof(SID[i]), "%s", s_(s, "id"));
         json_decref(s);
     }
+    snprintf(ENV_ID, sizeof(ENV_ID), "%s", s_(en, "id"));
     json_decref(ag);
     json_decref(en);
     if (copy_keys() < 0)
         return -1;
     return th_sched_start(&B, CPORT, "--model-url", URL, "--brain-lease-ms", "1500",
-                          "--sse-slot-groups", "on", NULL);
+                          "--sse-slot-groups", "on", "--files-dir", FDIR, NULL);
 }
 
 static int group_teardown(void **state)
@@ -190,7 +196,7 @@ static void session_keys_share_a_slot(void **state)
 {
     (void)state;
     char k[4][200];
-    sched__key_obj(k[0], sizeof(k[0]), SID[0]);
+    sched__key_obj(k[0], sizeof(k[0]), NULL, SID[0]);
     sched__key_events(k[1], sizeof(k[1]), SID[0]);
     sched__key_lease(k[2], sizeof(k[2]), SID[0]);
     sched__key_fence(k[3], sizeof(k[3]), SID[0]);
@@ -274,7 +280,7 @@ static void takeover_on_a_cluster_node(void **state)
     waitpid(B.pid, NULL, 0);
     B.pid = 0;
     assert_int_equal(th_sched_start(&B, CPORT, "--model-url", URL, "--brain-lease-ms", "1500",
-                                     "--sse-slot-groups", "on", NULL), 0);
+                                     "--sse-slot-groups", "on", "--files-dir", FDIR, NULL), 0);
     /* Wait for the turn to end (the history's last status is idle). */
     char path[160];
     snprintf(path, sizeof(path), "/v1/sessions/%s", SID[1]);
@@ -291,6 +297,137 @@ static void takeover_on_a_cluster_node(void **state)
     json_decref(o);
     (void)text;
     assert_no_slot_errors();
+}
+
+/* How many objects a list answer holds, and whether id is among them. */
+static int list_has(int port, const char *path, const char *id)
+{
+    json_t *l = th_api(port, KEY, "GET", path, NULL, 200);
+    json_t *d = json_object_get(l, "data");
+    int found = 0;
+    for (size_t i = 0; i < json_array_size(d); i++)
+        found |= !strcmp(s_(json_array_get(d, i), "id"), id);
+    json_decref(l);
+    return found;
+}
+
+/* A new agent updated once (two versions); path gets /v1/agents/<id>. */
+static json_t *agent_v2(int port, char *path, size_t cap)
+{
+    json_t *ag = th_api(port, KEY, "POST", "/v1/agents",
+                        "{\"name\":\"a\",\"model\":\"claude-test\"}", 200);
+    snprintf(path, cap, "/v1/agents/%s", s_(ag, "id"));
+    json_t *up = th_api(port, KEY, "POST", path, "{\"version\":1,\"system\":\"v2\"}", 200);
+    assert_int_equal(json_integer_value(json_object_get(up, "version")), 2);
+    json_decref(up);
+    return ag;
+}
+
+/* A file uploaded (multipart, by curl); its object. */
+static json_t *upload(int port, const char *name)
+{
+    char out[4096];
+    th_sh(out, sizeof(out), "printf 'some bytes' > %s/%s && curl -s -H 'x-api-key: %s' "
+          "-F 'file=@%s/%s;type=text/plain' http://127.0.0.1:%d/v1/files",
+          DIR_, name, KEY, DIR_, name, port);
+    json_t *f = json_loads(out, 0, NULL);
+    assert_non_null(s_(f, "id"));
+    return f;
+}
+
+/* Agents, vaults, credentials and files are created, updated, listed and
+ * deleted on the cluster node, environments read and listed: their scripts
+ * (create, store, list, delete, the vault's credential drop) are in the
+ * organization's slot. */
+static void objects_on_a_cluster_node(void **state)
+{
+    (void)state;
+    char path[200], body[256];
+    json_t *ag = agent_v2(B.port, path, sizeof(path));
+    const char *aid = s_(ag, "id");
+    snprintf(path, sizeof(path), "/v1/agents/%s/versions", aid);
+    json_t *vs = th_api(B.port, KEY, "GET", path, NULL, 200);
+    assert_int_equal(json_array_size(json_object_get(vs, "data")), 2);
+    json_decref(vs);
+    assert_true(list_has(B.port, "/v1/agents?limit=100", aid));
+    /* Environments are listed here; creating one passes the quota gate,
+     * whose keys are not one slot yet (ARCHITECTURE.md, Redis Cluster). */
+    assert_true(list_has(B.port, "/v1/environments?limit=100", ENV_ID));
+    snprintf(path, sizeof(path), "/v1/environments/%s", ENV_ID);
+    json_decref(th_api(B.port, KEY, "GET", path, NULL, 200));
+    json_t *v = th_api(B.port, KEY, "POST", "/v1/vaults", "{\"display_name\":\"c\"}", 200);
+    const char *vid = s_(v, "id");
+    snprintf(path, sizeof(path), "/v1/vaults/%s/credentials", vid);
+    json_t *c = th_api(B.port, KEY, "POST", path,
+                       "{\"auth\":{\"type\":\"static_bearer\",\"mcp_server_url\":\"https://m\","
+                       "\"token\":\"t\"}}", 200);
+    assert_true(list_has(B.port, path, s_(c, "id")));
+    snprintf(body, sizeof(body), "/v1/vaults/%s/credentials/%s", vid, s_(c, "id"));
+    json_decref(th_api(B.port, KEY, "GET", body, NULL, 200));
+    snprintf(path, sizeof(path), "/v1/vaults/%s", vid);
+    json_decref(th_api(B.port, KEY, "DELETE", path, NULL, 200));
+    json_decref(th_api(B.port, KEY, "GET", body, NULL, 404)); /* its credentials went too */
+    /* A file: uploaded, listed, read, deleted. */
+    json_t *f = upload(B.port, "up.txt");
+    const char *fid = s_(f, "id");
+    assert_true(list_has(B.port, "/v1/files", fid));
+    snprintf(path, sizeof(path), "/v1/files/%s", fid);
+    json_decref(th_api(B.port, KEY, "GET", path, NULL, 200));
+    json_decref(th_api(B.port, KEY, "DELETE", path, NULL, 200));
+    json_decref(th_api(B.port, KEY, "GET", path, NULL, 404));
+    json_decref(f);
+    json_decref(c);
+    json_decref(v);
+    json_decref(ag);
+    assert_no_slot_errors();
+}
+
+/* A session's update and archive are its own slot's scripts; the archived
+ * session's entry in the organization's active index goes after. */
+static void archive_on_a_cluster_node(void **state)
+{
+    (void)state;
+    char path[160], out[256];
+    snprintf(path, sizeof(path), "/v1/sessions/%s", SID[0]);
+    json_t *o = th_api(B.port, KEY, "POST", path, "{\"title\":\"renamed\"}", 200);
+    assert_string_equal(s_(o, "title"), "renamed");
+    json_decref(o);
+    snprintf(path, sizeof(path), "/v1/sessions/%s/archive", SID[0]);
+    json_decref(th_api(B.port, KEY, "POST", path, NULL, 200));
+    snprintf(path, sizeof(path), "/v1/sessions/%s", SID[0]);
+    o = th_api(B.port, KEY, "GET", path, NULL, 200);
+    assert_string_equal(s_(o, "title"), "renamed");
+    assert_true(json_is_string(json_object_get(o, "archived_at")));
+    json_decref(o);
+    th_sh(out, sizeof(out), "printf '%%s,%%s' \"$(redis-cli -p %d zscore wp:idx:acme:session:active %s)\" "
+          "\"$(redis-cli -p %d zscore wp:idx:acme:session %s)\"", CPORT, SID[0], CPORT, SID[0]);
+    assert_true(out[0] == ',' && atof(out + 1) > 0); /* out of the active index only */
+    assert_no_slot_errors();
+}
+
+/* An archived session left in the active index (its scheduler died between
+ * the archive and the index entry's removal) is dropped by the next
+ * listing, not listed. */
+static void listing_drops_an_archived_sessions_entry(void **state)
+{
+    (void)state;
+    char path[160], out[256];
+    json_t *l = th_api(A.port, KEY, "GET", "/v1/sessions?limit=100", NULL, 200);
+    size_t before = json_array_size(json_object_get(l, "data"));
+    json_decref(l);
+    snprintf(path, sizeof(path), "/v1/sessions/%s/archive", SID[1]);
+    json_decref(th_api(A.port, KEY, "POST", path, NULL, 200));
+    th_sh(out, sizeof(out), "redis-cli -p %d zadd wp:idx:acme:session:active 1 %s", R.port,
+          SID[1]);
+    l = th_api(A.port, KEY, "GET", "/v1/sessions?limit=100", NULL, 200);
+    json_t *d = json_object_get(l, "data");
+    assert_int_equal(json_array_size(d), before - 1);
+    for (size_t i = 0; i < json_array_size(d); i++)
+        assert_string_not_equal(s_(json_array_get(d, i), "id"), SID[1]);
+    json_decref(l);
+    th_sh(out, sizeof(out), "printf '%%s,' \"$(redis-cli -p %d zscore wp:idx:acme:session:active %s)\"",
+          R.port, SID[1]);
+    assert_string_equal(out, ","); /* dropped */
 }
 
 static void delete_on_a_cluster_node(void **state)
@@ -348,13 +485,114 @@ static void migrate_keys_moves_an_older_store(void **state)
     assert_int_equal(active, 1);
     assert_true(score >= 0);
     assert_true(fence >= 2000000000000000LL);
-    assert_int_equal(layout, 2);
+    assert_int_equal(layout, 3);
     assert_int_equal(old, 0);
     /* Once more: nothing left to move, nothing changed. */
     th_sh(out, sizeof(out), "%s/warmpool-scheduler --redis 127.0.0.1:%d --migrate-keys; echo rc=$?",
           th_build_dir(), R.port);
     assert_non_null(strstr(out, "rc=0"));
     json_decref(th_api(A.port, KEY, "GET", path, NULL, 200));
+}
+
+/* Turns one org-tagged object of organization acme back into the layout
+ * before: wp:obj:<id>, its index entries untagged, its agent versions. */
+static const char unmove[] =
+    "local id, kind, rest = ARGV[1], ARGV[2], ARGV[3]\n"
+    "redis.call('RENAME', 'wp:obj:{acme}:' .. id, 'wp:obj:' .. id)\n"
+    "for _, suf in ipairs({'', ':active'}) do\n"
+    "  local ni = 'wp:idx:{acme}' .. rest .. ':' .. kind .. suf\n"
+    "  local sc = redis.call('ZSCORE', ni, id)\n"
+    "  if sc then redis.call('ZADD', 'wp:idx:acme' .. rest .. ':' .. kind .. suf, sc, id)\n"
+    "    redis.call('ZREM', ni, id) end\n"
+    "end\n"
+    "if redis.call('EXISTS', 'wp:agentver:{acme}:' .. id) == 1 then\n"
+    "  redis.call('RENAME', 'wp:agentver:{acme}:' .. id, 'wp:agentver:' .. id) end\n"
+    "return 1\n";
+
+static void unmove_obj(redisContext *rc, const char *id, const char *kind, const char *rest)
+{
+    redisReply *r = redisCommand(rc, "EVAL %s 0 %s %s %s", unmove, id, kind, rest);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    freeReplyObject(r);
+}
+
+/* Agents, environments, vaults, credentials and files of the layout before
+ * the per-organization one are moved by --migrate-keys: served, listed, their
+ * versions kept, a session made from them, the organization's sequence
+ * above every old score (new objects list first). */
+static void migrate_keys_moves_org_objects(void **state)
+{
+    (void)state;
+    char path[200], out[512];
+    json_t *ag = agent_v2(A.port, path, sizeof(path));
+    const char *aid = s_(ag, "id");
+    json_t *en = th_api(A.port, KEY, "POST", "/v1/environments",
+                        "{\"name\":\"m\",\"config\":{\"type\":\"self_hosted\"}}", 200);
+    json_t *v = th_api(A.port, KEY, "POST", "/v1/vaults", "{\"display_name\":\"m\"}", 200);
+    const char *vid = s_(v, "id");
+    char cpath[200], rest[100];
+    snprintf(cpath, sizeof(cpath), "/v1/vaults/%s/credentials", vid);
+    json_t *c = th_api(A.port, KEY, "POST", cpath,
+                       "{\"auth\":{\"type\":\"static_bearer\",\"mcp_server_url\":\"https://m\","
+                       "\"token\":\"t\"}}", 200);
+    json_t *f = upload(A.port, "old.txt");
+    char fpath[200];
+    snprintf(fpath, sizeof(fpath), "/v1/files/%s", s_(f, "id"));
+    redisContext *rc = redisConnect("127.0.0.1", R.port);
+    assert_true(rc && !rc->err);
+    unmove_obj(rc, aid, "agent", "");
+    unmove_obj(rc, s_(f, "id"), "file", "");
+    unmove_obj(rc, s_(en, "id"), "environment", "");
+    unmove_obj(rc, vid, "vault", "");
+    snprintf(rest, sizeof(rest), ":%s", vid);
+    unmove_obj(rc, s_(c, "id"), "credential", rest);
+    freeReplyObject(redisCommand(rc, "DEL wp:layout wp:seq:{acme}"));
+    freeReplyObject(redisCommand(rc, "SET wp:seq 1000000"));
+    json_decref(th_api(A.port, KEY, "GET", path, NULL, 404)); /* invisible until moved */
+    json_decref(th_api(A.port, KEY, "GET", fpath, NULL, 404));
+    for (int round = 0; round < 2; round++) { /* the second finds nothing to move */
+        th_sh(out, sizeof(out),
+              "%s/warmpool-scheduler --redis 127.0.0.1:%d --migrate-keys; echo rc=$?",
+              th_build_dir(), R.port);
+        assert_non_null(strstr(out, "rc=0"));
+        json_decref(th_api(A.port, KEY, "GET", path, NULL, 200));
+        snprintf(path, sizeof(path), "/v1/agents/%s/versions", aid);
+        json_t *vs = th_api(A.port, KEY, "GET", path, NULL, 200);
+        assert_int_equal(json_array_size(json_object_get(vs, "data")), 2);
+        json_decref(vs);
+        snprintf(path, sizeof(path), "/v1/agents/%s", aid);
+        assert_true(list_has(A.port, "/v1/agents?limit=100", aid));
+        assert_true(list_has(A.port, "/v1/environments?limit=100", s_(en, "id")));
+        assert_true(list_has(A.port, "/v1/vaults?limit=100", vid));
+        assert_true(list_has(A.port, cpath, s_(c, "id")));
+        json_decref(th_api(A.port, KEY, "GET", fpath, NULL, 200));
+        assert_true(list_has(A.port, "/v1/files", s_(f, "id")));
+    }
+    redisReply *r = redisCommand(rc, "EXISTS wp:obj:%s wp:obj:%s wp:idx:acme:agent "
+                                 "wp:idx:acme:%s:credential wp:agentver:%s",
+                                 aid, s_(c, "id"), vid, aid);
+    assert_int_equal(r->integer, 0); /* the old keys are gone */
+    freeReplyObject(r);
+    r = redisCommand(rc, "GET wp:layout");
+    assert_string_equal(r->str, "3");
+    freeReplyObject(r);
+    redisFree(rc);
+    /* A new agent lists before the moved ones (newest first). */
+    json_t *ag2 = th_api(A.port, KEY, "POST", "/v1/agents",
+                         "{\"name\":\"n\",\"model\":\"claude-test\"}", 200);
+    json_t *l = th_api(A.port, KEY, "GET", "/v1/agents?limit=1", NULL, 200);
+    assert_string_equal(s_(json_array_get(json_object_get(l, "data"), 0), "id"), s_(ag2, "id"));
+    json_decref(l);
+    json_decref(ag2);
+    /* A session from the moved agent and environment (lua_prep). */
+    snprintf(out, sizeof(out), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}", aid, s_(en, "id"));
+    json_decref(th_api(A.port, KEY, "POST", "/v1/sessions", out, 200));
+    json_decref(f);
+    json_decref(c);
+    json_decref(v);
+    json_decref(en);
+    json_decref(ag);
 }
 
 int main(void)
@@ -364,8 +602,12 @@ int main(void)
         cmocka_unit_test(turn_on_a_cluster_node),
         cmocka_unit_test(two_streams_on_a_cluster_node),
         cmocka_unit_test(takeover_on_a_cluster_node),
+        cmocka_unit_test(archive_on_a_cluster_node),
         cmocka_unit_test(delete_on_a_cluster_node),
+        cmocka_unit_test(objects_on_a_cluster_node),
         cmocka_unit_test(migrate_keys_moves_an_older_store),
+        cmocka_unit_test(migrate_keys_moves_org_objects),
+        cmocka_unit_test(listing_drops_an_archived_sessions_entry),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
