@@ -4,6 +4,33 @@
 #include "pool/node_int.h"
 #include "lua/pool/node_reconcile.h" /* its Lua scripts: lua/pool/node_reconcile/ (Makefile) */
 
+static void heartbeat_cb(void *ctx, redisReply *reply)
+{
+    struct node *n = ctx;
+    if (reply && reply->type == REDIS_REPLY_STATUS)
+        n->heartbeat_ok = node__now_s();
+    else
+        node__log_reply((void *)"heartbeat", reply);
+}
+
+void node__fence_tick(struct node *n)
+{
+    if (!n->registered || n->fenced || n->heartbeat_ok <= 0 ||
+        n->now - n->heartbeat_ok <= n->cfg.heartbeat_ttl_s)
+        return;
+    int leased = 0;
+    for (struct nsb *s = n->sbs; s; s = s->next)
+        if (s->st == SB_LEASED && s->sb) {
+            pool__relay_drop(n->relay, s->sb->id); /* nothing more reaches it */
+            leased++;
+        }
+    n->fenced = true;
+    n->fenced_at = n->now;
+    log_warn("no heartbeat acknowledged by Redis for %.1f s (TTL %.1f s): other nodes may have "
+             "reaped this one; %d leased sandboxes take no routes until Redis confirms them",
+             n->now - n->heartbeat_ok, n->cfg.heartbeat_ttl_s, leased);
+}
+
 void node__register_node(struct node *n)
 {
     char key[160], alive[160], ttl[32], cap[16], mem[32], started[32];
@@ -17,7 +44,8 @@ void node__register_node(struct node *n)
     snprintf(mem, sizeof(mem), "%llu", (unsigned long long)si.freeram * si.mem_unit);
     snprintf(started, sizeof(started), "%llu", (unsigned long long)wp_wall_ms());
     const char *set[] = { "SET", alive, "1", "PX", ttl };
-    node__cmd(n, "heartbeat", 5, set);
+    if (wp_redis_argv(n->r, heartbeat_cb, n, 5, set, NULL) < 0)
+        log_debug("redis not ready: heartbeat dropped");
     const struct snap_probe *cp = snap_ctx_criu(n->snap);
     const char *hset[] = { "HSET", key, "capacity", cap, "mem_free", mem, "heartbeat_ms", started,
                            "version", "warmpool-node 0.1", "relay", n->relay_addr,
@@ -130,24 +158,48 @@ void node__register_node(struct node *n)
     n->registered = true;
 }
 
-static void reconcile_cb(void *ctx, redisReply *reply)
+/* Returns false when the reply was no answer (the fence stays). */
+static bool reconciled(struct node *n, redisReply *reply, int *lost)
 {
-    struct node *n = ctx;
-
     if (!reply || reply->type != REDIS_REPLY_ARRAY) {
         if (reply && reply->type == REDIS_REPLY_ERROR)
             log_warn("reconcile: %s", reply->str);
-        return;
+        return false;
     }
     for (size_t i = 0; i < reply->elements; i++) {
-        char env[128], id[128];
+        char env[128], id[128], why[16] = "";
         if (reply->element[i]->type != REDIS_REPLY_STRING ||
-            sscanf(reply->element[i]->str, "%127s %127s", env, id) != 2)
+            sscanf(reply->element[i]->str, "%127s %127s %15s", env, id, why) < 2)
             continue;
         struct nsb *s = node__find_sb(n, id);
-        if (s && s->st == SB_LEASED)
+        if (!s || s->st != SB_LEASED)
+            continue;
+        if (!strcmp(why, "lost")) {
+            (*lost)++;
+            node__destroy_sb(n, s, "its lease was declared lost while this node was out of contact");
+        } else
             node__destroy_sb(n, s, "lease expired (holder stopped renewing)");
     }
+    return true;
+}
+
+static void reconcile_cb(void *ctx, redisReply *reply)
+{
+    int lost = 0;
+    reconciled(ctx, reply, &lost);
+}
+
+/* The first reconcile sent after contact came back: what it did not
+ * return as lost or expired is still this node's to serve. */
+static void reconcile_confirm_cb(void *ctx, redisReply *reply)
+{
+    struct node *n = ctx;
+    int lost = 0;
+    if (!reconciled(n, reply, &lost) || !n->fenced)
+        return;
+    n->fenced = false;
+    log_warn("contact with Redis back after %.1f s: leases confirmed, %d sandboxes whose lease "
+             "was declared lost destroyed", node__now_s() - n->fenced_at, lost);
 }
 
 void node__reconcile(struct node *n)
@@ -183,7 +235,11 @@ void node__reconcile(struct node *n)
         }
         argv[argc++] = recs[r++];
     }
-    wp_redis_script(n->r, lua_reconcile, reconcile_cb, n, 1, argc, argv, NULL);
+    /* Fenced: only a heartbeat acknowledged since proves this reconcile
+     * runs after the partition (one connection: Redis runs it after). */
+    bool confirm = n->fenced && n->heartbeat_ok > n->fenced_at;
+    wp_redis_script(n->r, lua_reconcile, confirm ? reconcile_confirm_cb : reconcile_cb, n, 1,
+                    argc, argv, NULL);
 out:
     for (int i = 0; recs && recs[i]; i++)
         free(recs[i]);
@@ -204,6 +260,8 @@ int node__relay_lookup(void *ctx, struct pool__route *rt)
         return WP_ESTATE; /* claimed in Redis, our inbox not read yet */
     if (s->st != SB_LEASED)
         return WP_ENOTFOUND;
+    if (n->fenced)
+        return WP_ESTALE; /* its lease may have been given up for it: Redis decides */
     /* No key recorded (a claimer that sent none): nobody gets in. */
     if (s->token != rt->token || strlen(s->rkey) != 32 || strlen(rt->rkey) != 32 ||
         CRYPTO_memcmp(s->rkey, rt->rkey, 32) != 0)

@@ -5,7 +5,11 @@
 -- read from its inbox yet; entries naming this node that it does not have
 -- are dropped (idle) or marked lost (leased); the fencing counter never
 -- goes below a token the node has seen. Leases whose holder stopped
--- renewing are returned so the node destroys them.
+-- renewing are returned so the node destroys them, and so are leases the
+-- pool declared lost (another node reaped this one: it was dead or cut
+-- off, and the holder was told): those are never written back (fencing:
+-- the holder may hold another sandbox by now); their hash goes, so a
+-- renewal with the old token is refused as GONE.
 -- KEYS[1] node's sandbox set. ARGV[1] node, ARGV[2] now_ms, ARGV[3]
 -- lease_ms, ARGV[4] relay address, then one record per local sandbox:
 -- "env<TAB>id<TAB>state<TAB>token<TAB>session<TAB>root".
@@ -22,6 +26,9 @@ for i = 5, #ARGV do
     if st == 'idle' and cur ~= 'leased' then
       redis.call('HSET', k, 'node', ARGV[1], 'addr', root, 'state', 'idle', 'relay', ARGV[4])
       if not redis.call('LPOS', hot, id) then redis.call('RPUSH', hot, id) end
+    elseif st == 'leased' and cur == 'lost' then
+      redis.call('DEL', k)
+      expired[#expired + 1] = m .. ' lost'
     elseif st == 'leased' then
       local until_ = tonumber(redis.call('HGET', k, 'lease_until') or '0')
       if cur == 'leased' and until_ > 0 and until_ < tonumber(ARGV[2]) then
@@ -34,7 +41,7 @@ for i = 5, #ARGV do
       local f = 'wp:env:{' .. env .. '}:fence'
       if tonumber(redis.call('GET', f) or '0') < tonumber(tok) then redis.call('SET', f, tok) end
     end
-    redis.call('SADD', KEYS[1], m)
+    if not (st == 'leased' and cur == 'lost') then redis.call('SADD', KEYS[1], m) end
   end
 end
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
