@@ -140,6 +140,7 @@ struct node {
      * a new acknowledgement has said which leases still hold. */
     double heartbeat_ok, fenced_at;
     bool fenced;
+    int fence_lost;          /* sandboxes destroyed as lost since fenced_at */
     /* Draining (`warmpool node drain`, or SIGTERM): no claims taken, idle
      * clones destroyed, leased sandboxes kept until released or until the
      * deadline; then the node stops as on SIGINT. */

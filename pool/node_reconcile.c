@@ -185,8 +185,8 @@ static bool reconciled(struct node *n, redisReply *reply, int *lost)
 
 static void reconcile_cb(void *ctx, redisReply *reply)
 {
-    int lost = 0;
-    reconciled(ctx, reply, &lost);
+    struct node *n = ctx;
+    reconciled(n, reply, &n->fence_lost);
 }
 
 /* The first reconcile sent after contact came back: what it did not
@@ -194,12 +194,12 @@ static void reconcile_cb(void *ctx, redisReply *reply)
 static void reconcile_confirm_cb(void *ctx, redisReply *reply)
 {
     struct node *n = ctx;
-    int lost = 0;
-    if (!reconciled(n, reply, &lost) || !n->fenced)
+    if (!reconciled(n, reply, &n->fence_lost) || !n->fenced)
         return;
     n->fenced = false;
     log_warn("contact with Redis back after %.1f s: leases confirmed, %d sandboxes whose lease "
-             "was declared lost destroyed", node__now_s() - n->fenced_at, lost);
+             "was declared lost destroyed", node__now_s() - n->fenced_at, n->fence_lost);
+    n->fence_lost = 0;
 }
 
 void node__reconcile(struct node *n)

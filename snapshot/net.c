@@ -331,8 +331,17 @@ static unsigned long self_netns(void)
     return stat("/proc/self/ns/net", &st) == 0 ? (unsigned long)st.st_ino : 0;
 }
 
+/* The host's network namespace (PID 1's): where records of earlier
+ * releases, which do not say, were made. 0 if unknown. */
+static unsigned long init_netns(void)
+{
+    struct stat st;
+    return stat("/proc/1/ns/net", &st) == 0 ? (unsigned long)st.st_ino : 0;
+}
+
 /* Slot s's record: the sandbox dir (first line) and its namespace ("netns
- * <inode>"; 0 in records of earlier releases). 0, or -1 when unreadable. */
+ * <inode>"; the host's for records of earlier releases, 0 if unknown). 0,
+ * or -1 when unreadable. */
 static int slot_read(int s, char *dir, size_t cap, unsigned long *ns)
 {
     char path[128], *t = NULL, *nl;
@@ -345,6 +354,8 @@ static int slot_read(int s, char *dir, size_t cap, unsigned long *ns)
         if (sscanf(nl + 1, "netns %lu", ns) != 1)
             *ns = 0;
     }
+    if (*ns == 0)
+        *ns = init_netns();
     snprintf(dir, cap, "%s", t);
     free(t);
     return 0;
@@ -378,8 +389,8 @@ static int alloc_slot(const char *dir, struct wp_err *err)
     return rc;
 }
 
-/* Slots whose host end is in namespace ns (an old record, with none, counts
- * everywhere: its table is kept rather than pulled from under it). */
+/* Slots whose host end is in namespace ns (one whose namespace is unknown
+ * counts everywhere: its table is kept rather than pulled from under it). */
 static int count_slots(unsigned long ns)
 {
     DIR *d = opendir(SLOT_DIR);

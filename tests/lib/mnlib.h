@@ -83,8 +83,10 @@ const char *mn_redis_flag(struct mn_cluster *c, bool node_side);
 void mn_track(struct mn_cluster *c, pid_t pid, const char *what);
 /* What of this run's sandboxes is left on the machine: sandbox dirs in the
  * state dirs, mounts under MN_ROOT, warmpool cgroups whose sandbox dir was
- * in a state dir, network slots naming a state dir, wpn links in the
- * namespaces. Empty when nothing (a line per finding otherwise). */
+ * in a state dir, network slots naming a state dir, wpn links and the nft
+ * table in the namespaces (the table unless a slot record of an older
+ * build, which counts in every namespace, exists). Empty when nothing (a
+ * line per finding otherwise). */
 void mn_leftovers(struct mn_cluster *c, char *out, size_t cap);
 /* Stop everything and remove it all (namespaces, links, bridge, processes,
  * sandboxes, MN_ROOT). */
