@@ -339,38 +339,42 @@ static unsigned long init_netns(void)
     return stat("/proc/1/ns/net", &st) == 0 ? (unsigned long)st.st_ino : 0;
 }
 
-/* Slot s's record: the sandbox dir (first line) and its namespace ("netns
- * <inode>"; the host's for records of earlier releases, 0 if unknown). 0,
- * or -1 when unreadable. */
+/* Slot s's record: the sandbox dir (the slot file, as earlier releases
+ * wrote and read it, so their gc does not take ours for orphans) and its
+ * namespace, from the file beside it, ".ns-<s>" = "<inode> <dir>" (valid
+ * when it names the same dir; else the host's, PID 1's, for a record of an
+ * earlier release, or 0 if unknown). 0, or -1 when unreadable. */
 static int slot_read(int s, char *dir, size_t cap, unsigned long *ns)
 {
-    char path[128], *t = NULL, *nl;
+    char path[128], *t = NULL, *n = NULL;
     snprintf(path, sizeof(path), SLOT_DIR "/%d", s);
     if (wp_read_file(path, 1024, &t, NULL, NULL) < 0)
         return -1;
+    snprintf(dir, cap, "%s", t);
+    free(t);
     *ns = 0;
-    if ((nl = strchr(t, '\n'))) {
-        *nl = '\0';
-        if (sscanf(nl + 1, "netns %lu", ns) != 1)
-            *ns = 0;
+    snprintf(path, sizeof(path), SLOT_DIR "/.ns-%d", s);
+    if (wp_read_file(path, 1100, &n, NULL, NULL) == 0) {
+        unsigned long ino;
+        int off = 0;
+        if (sscanf(n, "%lu %n", &ino, &off) == 1 && off > 0 && strcmp(n + off, dir) == 0)
+            *ns = ino;
+        free(n);
     }
     if (*ns == 0)
         *ns = init_netns();
-    snprintf(dir, cap, "%s", t);
-    free(t);
     return 0;
 }
 
 /* A free slot, taken by linking a file naming dir: atomic machine-wide. */
 static int alloc_slot(const char *dir, struct wp_err *err)
 {
-    char tmp[128], path[128], rec[700];
+    char tmp[128], path[128];
     int rc = WP_ESTATE;
 
     snprintf(tmp, sizeof(tmp), SLOT_DIR "/.new-%d", (int)getpid());
     unlink(tmp);
-    snprintf(rec, sizeof(rec), "%s\nnetns %lu\n", dir, self_netns());
-    if (wp_write_file(tmp, rec, strlen(rec), 0600, err) < 0)
+    if (wp_write_file(tmp, dir, strlen(dir), 0600, err) < 0)
         return wp_err_wrap(err, "network");
     for (int s = 0; s < MAX_SLOTS; s++) {
         snprintf(path, sizeof(path), SLOT_DIR "/%d", s);
@@ -386,6 +390,12 @@ static int alloc_slot(const char *dir, struct wp_err *err)
     unlink(tmp);
     if (rc == WP_ESTATE)
         return wp_err_set(err, WP_ESTATE, "network: all %d address slots are in use", MAX_SLOTS);
+    /* Its namespace, beside it (lock held: nobody reads it before). */
+    char rec[700];
+    snprintf(path, sizeof(path), SLOT_DIR "/.ns-%d", rc);
+    snprintf(rec, sizeof(rec), "%lu %s", self_netns(), dir);
+    if (wp_write_file(path, rec, strlen(rec), 0600, NULL) < 0)
+        log_warn("network: cannot record slot %d's namespace; it counts in every one", rc);
     return rc;
 }
 
@@ -492,6 +502,8 @@ static void release_slot(int s)
          * touch, and a same-named link here is someone else's. */
         log_info("network slot=%d was set up in another network namespace: record removed", s);
         unlink(path);
+        snprintf(path, sizeof(path), SLOT_DIR "/.ns-%d", s);
+        unlink(path);
         return;
     }
     snprintf(ifname, sizeof(ifname), "wpn%d", s);
@@ -505,7 +517,12 @@ static void release_slot(int s)
         }
     }
     unlink(path);
-    if (count_slots(self) == 0) {
+    snprintf(path, sizeof(path), SLOT_DIR "/.ns-%d", s);
+    unlink(path);
+    int left = count_slots(self);
+    log_debug("network slot=%d released, %d left in this namespace", s, left);
+    if (left == 0) {
+        log_info("network: the last networked sandbox of this namespace is gone: table removed");
         nft_run("delete table " TABLE "\n", NULL);
         forwarding_restore();
     }

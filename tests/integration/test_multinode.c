@@ -107,8 +107,8 @@ static void dump_logs(void)
 
 static int group_setup(void **state)
 {
-    char extra_n[8][32] = { "--heartbeat-ttl", "3", "--lease-ms", LEASE_S "000" };
-    const char *nx[] = { extra_n[0], extra_n[1], extra_n[2], extra_n[3], NULL };
+    const char *nx[] = { "--heartbeat-ttl", "3", "--lease-ms", LEASE_S "000", "--log-level",
+                         getenv("WP_MN_LOG") ?: "info", NULL };
     (void)state;
 
     if (mn_start(&C, NN) < 0)
@@ -213,7 +213,7 @@ static int idle_of(int k)
 static void a_node_picks_up_an_environment_built_elsewhere(void **state)
 {
     char img1[256], img2[256], img3[256], out[256];
-    const char *nx[] = { "--heartbeat-ttl", "3", "--lease-ms", LEASE_S "000", NULL };
+    const char *nx[] = { "--heartbeat-ttl", "3", "--lease-ms", LEASE_S "000", "--log-level", getenv("WP_MN_LOG") ?: "info", NULL };
     (void)state;
 
     assert_true(wait_build("n1", 120));

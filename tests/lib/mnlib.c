@@ -426,10 +426,11 @@ void mn_leftovers(struct mn_cluster *c, char *out, size_t cap)
             add(out, cap, "links in %s: %s", n->ns, buf);
         /* The table goes with the namespace's last networked sandbox. A slot
          * record of an earlier release (no "netns" line: a process of an
-         * older build on this machine) counts in every namespace and keeps
+         * older build on this machine, with no .ns- file beside it) counts in every namespace and keeps
          * it: not a leak of this run's. */
         char old[256];
-        th_sh(old, sizeof(old), "grep -L '^netns ' /run/warmpool/net/[0-9]* 2>/dev/null");
+        th_sh(old, sizeof(old), "cd /run/warmpool/net 2>/dev/null && for f in [0-9]*; do "
+              "[ -e \"$f\" ] && [ ! -e .ns-$f ] && echo $f; done");
         if (!old[0] && mn_in_node(c, k, buf, sizeof(buf), "nft list table inet warmpool >/dev/null 2>&1") == 0)
             add(out, cap, "nft table inet warmpool in %s\n", n->ns);
     }
