@@ -134,38 +134,17 @@ static int certs(struct mn_cluster *c, const char *args)
 static int redis_start(struct mn_cluster *c)
 {
     struct th_redis *r = &c->redis;
-    char port[16], out[64];
 
     snprintf(r->dir, sizeof(r->dir), "%s/redis", c->root);
     if (mkdir(r->dir, 0700) < 0)
         return -1;
     r->port = th_free_port();
-    snprintf(port, sizeof(port), "%d", r->port);
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        int dn = open("/dev/null", O_RDWR);
-        dup2(dn, 0);
-        dup2(dn, 1);
-        wp_close_fds_from(3);
-        /* Bound to the bridge address (the nodes' way in) and loopback,
-         * nowhere else: no password, so not on the host's own network. */
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
-               MN_HOST_ADDR, "--protected-mode", "no", "--dir", r->dir, "--save", "",
-               "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
-               (char *)NULL);
-        _exit(127);
-    }
-    r->pid = pid;
-    mn_track(c, pid, "redis-server");
-    for (int i = 0; i < 500; i++) {
-        if (th_sh(out, sizeof(out), "redis-cli -h " MN_HOST_ADDR " -p %d ping 2>/dev/null",
-                  r->port) == 0 && strncmp(out, "PONG", 4) == 0)
-            return 0;
-        th_msleep(10);
-    }
-    return -1;
+    /* Bound to the bridge address (the nodes' way in) and loopback, nowhere
+     * else: no password, so not on the host's own network. */
+    int rc = th_redis_spawn_on(r, MN_HOST_ADDR);
+    if (r->pid > 0)
+        mn_track(c, r->pid, "redis-server");
+    return rc;
 }
 
 static int net_start(struct mn_cluster *c)
@@ -334,21 +313,9 @@ int mn_node_start(struct mn_cluster *c, int k, const char *const *extra)
 int mn_node_stop(struct mn_cluster *c, int k)
 {
     struct mn_node *n = &c->nodes[k];
-    int st = 0;
-    if (n->pid <= 0)
-        return -1;
-    kill(n->pid, SIGTERM);
-    for (int i = 0; i < 400; i++) {
-        if (waitpid(n->pid, &st, WNOHANG) == n->pid) {
-            n->pid = 0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        th_msleep(50);
-    }
-    kill(n->pid, SIGKILL);
-    waitpid(n->pid, &st, 0);
+    int rc = th_term_wait(n->pid, 20000);
     n->pid = 0;
-    return -1;
+    return rc;
 }
 
 int mn_sched_start(struct mn_cluster *c, int m, const char *const *extra)
