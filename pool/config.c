@@ -27,6 +27,9 @@ static const char usage[] =
     "  --state-dir DIR         sandboxes and images (default /var/lib/warmpool)\n"
     "  --listen HOST:PORT      agentlink relay for schedulers (default 127.0.0.1:0,\n"
     "                          any free port; use a private interface for other machines)\n"
+    "  --relay-advertise HOST  the relay's address as claims carry it to schedulers\n"
+    "                          (default: the --listen host; needed when that is a\n"
+    "                          wildcard such as 0.0.0.0, or NAT stands between)\n"
     "  --env TEMPLATE[:MIN[:MAX]]  serve an environment (repeatable); MIN/MAX\n"
     "                          hot clones on this node until `pool set` changes them\n"
     "  --no-api-envs           serve only --env environments, not those the scheduler\n"
@@ -248,6 +251,7 @@ static const struct option lo[] = {
     { "egress-bin", required_argument, NULL, 1006 }, { "egress-ca-dir", required_argument, NULL, 1007 },
     { "egress-upstream-ca", required_argument, NULL, 1008 },
     { "egress-pin", required_argument, NULL, 1009 },
+    { "relay-advertise", required_argument, NULL, 1024 },
     { "relay-tls", required_argument, NULL, 1020 }, { "relay-tls-cert", required_argument, NULL, 1021 },
     { "relay-tls-key", required_argument, NULL, 1022 }, { "relay-tls-ca", required_argument, NULL, 1023 },
     { "redis-sentinels", required_argument, NULL, 1010 }, { "redis-master", required_argument, NULL, 1011 },
@@ -284,6 +288,8 @@ static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bo
             rc = parse_hostport(optarg, cfg->listen_host, sizeof(cfg->listen_host),
                                 &cfg->listen_port, true, err);
             break;
+        case 1024: rc = set_str(cfg->advertise_host, sizeof(cfg->advertise_host), optarg,
+                                "--relay-advertise", err); break;
         case 'e': rc = add_env(cfg, optarg, err); break;
         case 'E': *eager = true; break;
         case 'A': cfg->api_envs = false; break;
@@ -655,6 +661,15 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
                           "the relay listens on %s, not loopback: give relay-tls-cert, "
                           "relay-tls-key and relay-tls-ca (mutual TLS), or relay-tls off to "
                           "accept a plaintext relay", cfg->listen_host);
+    /* What schedulers dial: a wildcard listen address is not an address. */
+    const char *adv = cfg->advertise_host[0] ? cfg->advertise_host : cfg->listen_host;
+    if (!strcmp(adv, "0.0.0.0") || !strcmp(adv, "::") || !strcmp(adv, "[::]") || !adv[0] ||
+        strpbrk(adv, " \t") != NULL)
+        return wp_err_set(err, WP_ECONFIG,
+                          cfg->advertise_host[0]
+                              ? "--relay-advertise '%s' is not an address schedulers can dial"
+                              : "the relay listens on every address (%s): give --relay-advertise "
+                                "HOST, the address schedulers dial", adv);
     if (cfg->n_envs == 0 && !cfg->api_envs)
         return wp_err_set(err, WP_ECONFIG, "no environment to serve (--env TEMPLATE, or drop --no-api-envs)");
     if (cfg->worker.enabled && cfg->n_envs == 0 && !cfg->worker.pool_env[0])

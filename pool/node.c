@@ -119,6 +119,7 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
         node__register_node(n);
         n->last_beat = n->now;
     }
+    node__fence_tick(n);
     if (wp_redis_ready(n->r) && n->now - n->last_policy >= 1) {
         for (int i = 0; i < n->n_envs; i++) {
             char pol[160];
@@ -412,7 +413,8 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     if ((rc = pool__relay_start(n->loop, cfg->listen_host, cfg->listen_port, node__relay_lookup, n,
                                 &n->relay, &port, err)) < 0)
         goto out;
-    snprintf(n->relay_addr, sizeof(n->relay_addr), "%s:%d", cfg->listen_host, port);
+    snprintf(n->relay_addr, sizeof(n->relay_addr), "%s:%d",
+             cfg->advertise_host[0] ? cfg->advertise_host : cfg->listen_host, port);
     if (!cfg->egress_off && (rc = start_egress(n, err)) < 0)
         goto out;
     n->r = wp_redis_new(n->loop, cfg->redis_host, cfg->redis_port, "node");

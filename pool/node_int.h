@@ -138,6 +138,14 @@ struct node {
     double now;
     double last_beat, last_policy, last_reap, last_reconcile, last_trim;
     bool registered, stopping;
+    /* Fencing across a partition: heartbeat_ok is when Redis last
+     * acknowledged a heartbeat. Past the TTL the other nodes may have
+     * reaped this one and its holders moved on, so its leased sandboxes
+     * take no routes (fenced, since fenced_at) until a reconcile sent after
+     * a new acknowledgement has said which leases still hold. */
+    double heartbeat_ok, fenced_at;
+    bool fenced;
+    int fence_lost;          /* sandboxes destroyed as lost since fenced_at */
     /* Draining (`warmpool node drain`, or SIGTERM): no claims taken, idle
      * clones destroyed, leased sandboxes kept until released or until the
      * deadline; then the node stops as on SIGINT. */
@@ -208,6 +216,8 @@ void node__measure_memory(struct node *n);
 /* node_reconcile.c */
 void node__register_node(struct node *n);
 void node__reconcile(struct node *n);
+/* Each cron tick: fence when no heartbeat was acknowledged for a TTL. */
+void node__fence_tick(struct node *n);
 int node__relay_lookup(void *ctx, struct pool__route *rt);
 /* node_egress.c's proxy finished a sandbox's registration. */
 void node__egress_ready(void *ctx, const char *sandbox);

@@ -5,6 +5,33 @@
 #include "pool/node_int.h"
 #include "lua/pool/node_reconcile.h" /* its Lua scripts: lua/pool/node_reconcile/ (Makefile) */
 
+static void heartbeat_cb(void *ctx, redisReply *reply)
+{
+    struct node *n = ctx;
+    if (reply && reply->type == REDIS_REPLY_STATUS)
+        n->heartbeat_ok = node__now_s();
+    else
+        node__log_reply((void *)"heartbeat", reply);
+}
+
+void node__fence_tick(struct node *n)
+{
+    if (!n->registered || n->fenced || n->heartbeat_ok <= 0 ||
+        n->now - n->heartbeat_ok <= n->cfg.heartbeat_ttl_s)
+        return;
+    int leased = 0;
+    for (struct nsb *s = n->sbs; s; s = s->next)
+        if (s->st == SB_LEASED && s->sb) {
+            pool__relay_drop(n->relay, s->sb->id); /* nothing more reaches it */
+            leased++;
+        }
+    n->fenced = true;
+    n->fenced_at = n->now;
+    log_warn("no heartbeat acknowledged by Redis for %.1f s (TTL %.1f s): other nodes may have "
+             "reaped this one; %d leased sandboxes take no routes until Redis confirms them",
+             n->now - n->heartbeat_ok, n->cfg.heartbeat_ttl_s, leased);
+}
+
 void node__register_node(struct node *n)
 {
     char key[160], alive[160], ttl[32], cap[16], mem[32], started[32];
@@ -18,7 +45,8 @@ void node__register_node(struct node *n)
     snprintf(mem, sizeof(mem), "%llu", (unsigned long long)si.freeram * si.mem_unit);
     snprintf(started, sizeof(started), "%llu", (unsigned long long)wp_wall_ms());
     const char *set[] = { "SET", alive, "1", "PX", ttl };
-    node__cmd(n, "heartbeat", 5, set);
+    if (wp_redis_argv(n->r, heartbeat_cb, n, 5, set, NULL) < 0)
+        log_debug("redis not ready: heartbeat dropped");
     const struct snap_probe *cp = snap_ctx_criu(n->snap);
     const char *hset[] = { "HSET", key, "capacity", cap, "mem_free", mem, "heartbeat_ms", started,
                            "version", "warmpool-node 0.1", "relay", n->relay_addr,
@@ -171,6 +199,7 @@ struct pass {
     int cnt;
     int pending;
     bool failed;
+    bool confirm; /* sent after contact came back: its answers lift the fence */
 };
 
 static void pass_free(struct pass *p)
@@ -210,11 +239,19 @@ static void write_set(struct pass *p)
 
 static void pass_step_done(struct pass *p)
 {
+    struct node *n = p->n;
     if (--p->pending > 0)
         return;
-    p->n->reconciling = false;
-    if (!p->n->stopping)
+    n->reconciling = false;
+    if (!n->stopping)
         write_set(p);
+    /* What no answer returned as lost or expired is still this node's. */
+    if (p->confirm && !p->failed && n->fenced) {
+        n->fenced = false;
+        log_warn("contact with Redis back after %.1f s: leases confirmed, %d sandboxes whose "
+                 "lease was declared lost destroyed", node__now_s() - n->fenced_at, n->fence_lost);
+        n->fence_lost = 0;
+    }
     pass_free(p);
 }
 
@@ -231,12 +268,23 @@ static void reconcile_cb(void *ctx, redisReply *reply)
         return;
     }
     for (size_t i = 0; i < reply->elements; i++) {
-        char env[128], id[128];
+        char env[128], id[128], why[16] = "";
         if (reply->element[i]->type != REDIS_REPLY_STRING ||
-            sscanf(reply->element[i]->str, "%127s %127s", env, id) != 2)
+            sscanf(reply->element[i]->str, "%127s %127s %15s", env, id, why) < 2)
             continue;
         struct nsb *s = node__find_sb(n, id);
-        if (s && s->st == SB_LEASED)
+        if (!s || s->st != SB_LEASED)
+            continue;
+        /* Destroyed: no longer one of the node's own for the set. */
+        for (int j = 0; j < p->cnt; j++)
+            if (p->all[j].rec && !strcmp(p->all[j].id, id)) {
+                free(p->all[j].rec);
+                p->all[j].rec = NULL;
+            }
+        if (!strcmp(why, "lost")) {
+            n->fence_lost++;
+            node__destroy_sb(n, s, "its lease was declared lost while this node was out of contact");
+        } else
             node__destroy_sb(n, s, "lease expired (holder stopped renewing)");
     }
     pass_step_done(p);
@@ -350,6 +398,9 @@ static void members_cb(void *ctx, redisReply *reply)
             continue; /* one it has: written as its own */
         p->cnt++;
     }
+    /* Fenced: only a heartbeat acknowledged since proves this pass runs
+     * after the partition (Redis answers in order). */
+    p->confirm = n->fenced && n->heartbeat_ok > n->fenced_at;
     reconcile_send(p);
 }
 
@@ -377,6 +428,8 @@ int node__relay_lookup(void *ctx, struct pool__route *rt)
         return WP_ESTATE; /* claimed in Redis, our inbox not read yet */
     if (s->st != SB_LEASED)
         return WP_ENOTFOUND;
+    if (n->fenced)
+        return WP_ESTALE; /* its lease may have been given up for it: Redis decides */
     /* No key recorded (a claimer that sent none): nobody gets in. */
     if (s->token != rt->token || strlen(s->rkey) != 32 || strlen(rt->rkey) != 32 ||
         CRYPTO_memcmp(s->rkey, rt->rkey, 32) != 0)

@@ -123,6 +123,7 @@ struct pool_node_config {
     int redis_port;
     char state_dir[256];
     char listen_host[64];   /* the agentlink relay (default 127.0.0.1) */
+    char advertise_host[64]; /* the relay's address in claims ("": listen_host) */
     struct pool_relay_tls_conf relay_tls;
     int listen_port;        /* 0: any free port */
     double heartbeat_ttl_s; /* the node counts as dead this long after its last beat */

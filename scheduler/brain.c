@@ -850,7 +850,7 @@ static void renew_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     if (wp_redis_script(b->srv->rds, lua_renew, renew_cb, b, 1, 3, argv, NULL) == 0)
         b->refs++;
     if (b->sbx == SBX_READY && b->claim.sandbox[0])
-        pool_renew(b->srv->pool, b->pool_env, b->claim.sandbox, b->claim.token, NULL, NULL, NULL);
+        sched__brain_sandbox_renew(b);
 }
 
 /* Nothing happened for a while: give the session back (lease and sandbox). */

@@ -179,6 +179,10 @@ struct brain {
 void sched__brain_emit(struct brain *b, json_t *ev, const char *id);
 void sched__brain_step(struct brain *b);
 void sched__brain_maybe_free(struct brain *b);
+/* Renew the session's sandbox lease (--sandbox-lease); a lease the pool
+ * says is lost (its node was reaped: dead or cut off), stale or gone fails
+ * the sandbox: calls in flight end in error, the next one claims anew. */
+void sched__brain_sandbox_renew(struct brain *b);
 struct sched_metrics *sched__brain_metrics(struct brain *b);
 double sched__brain_since(uint64_t t0);
 

@@ -53,6 +53,46 @@ void sched__brain_sandbox_failed(struct brain *b, const char *fmt, ...)
     sched__brain_tools_run(b);
 }
 
+struct renew_ctx {
+    struct brain *b;
+    uint64_t token; /* the lease renewed (the brain may have another by the reply) */
+};
+
+static void renew_cb(void *ctx, int status, const struct wp_err *err)
+{
+    struct renew_ctx *rc = ctx;
+    struct brain *b = rc->b;
+    bool same = b->claim.token == rc->token && b->claim.sandbox[0];
+    free(rc);
+    b->refs--;
+    /* Redis away (WP_ESTATE "redis disconnected") is no answer: the next
+     * renewal asks again. LOST, STALE, GONE are the pool's answer. */
+    bool refused = status == WP_ESTALE || status == WP_ENOTFOUND ||
+                   (status == WP_ESTATE && err && strncmp(err->msg, "LOST", 4) == 0);
+    if (!b->stopped && same && refused &&
+        (b->sbx == SBX_READY || b->sbx == SBX_LINKING)) {
+        sched_metrics_inc(sched__brain_metrics(b), SCHED_CTR_SANDBOX_LOST, NULL);
+        sched__brain_sandbox_failed(b, "the sandbox's lease was lost (%s): its node stopped "
+                                    "answering the pool", err ? err->msg : "refused");
+    }
+    sched__brain_maybe_free(b);
+}
+
+void sched__brain_sandbox_renew(struct brain *b)
+{
+    struct renew_ctx *rc = malloc(sizeof(*rc));
+    if (!rc)
+        return;
+    rc->b = b;
+    rc->token = b->claim.token;
+    if (pool_renew_for(b->srv->pool, b->pool_env, b->claim.sandbox, b->claim.token,
+                       b->srv->cfg.sandbox_lease_s * 1e3, renew_cb, rc, NULL) < 0) {
+        free(rc); /* Redis away: the next round tries again */
+        return;
+    }
+    b->refs++;
+}
+
 static void link_closed(void *ctx, const struct wp_err *err)
 {
     struct brain *b = ctx;
@@ -295,7 +335,13 @@ static void tool_done(void *ctx, int status, const struct alink_result *res, con
     if (b->stopped)
         return; /* brain_free frees t */
     sched_metrics_observe(sched__brain_metrics(b), SCHED_HIST_TOOL, t->name, sched__brain_since(t->t0));
-    tool_result(b, t, res->content, res->len, status != 0 || res->is_error);
+    if (status != 0 && b->sbx == SBX_FAILED) {
+        /* cut by sched__brain_sandbox_failed: the reason, not the socket's */
+        char msg[400];
+        int n = snprintf(msg, sizeof(msg), "sandbox lost during the call: %s", b->sbx_error);
+        tool_result(b, t, msg, (size_t)(n < (int)sizeof(msg) ? n : (int)sizeof(msg) - 1), true);
+    } else
+        tool_result(b, t, res->content, res->len, status != 0 || res->is_error);
     if (status != 0 && status != -ECANCELED && status != WP_ETIMEDOUT && b->sbx == SBX_READY &&
         !alink_client_connected(b->ac)) {
         sched_metrics_inc(sched__brain_metrics(b), SCHED_CTR_SANDBOX_LOST, NULL);

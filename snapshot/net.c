@@ -5,9 +5,13 @@
  * end "wpn<N>" holds .1, the sandbox's "eth0" holds .2 with a default route
  * via .1. Point-to-point links, not a bridge, so sandboxes share no L2 and
  * reach each other only through the forward hook (where 10/8 is dropped).
- * Slots are machine-wide: a file SLOT_DIR/<N> (holding the sandbox's dir)
- * created with link() is the allocation, whatever state dir a process
- * uses; SLOT_DIR/.lock serialises allocation, nft changes and release.
+ * Slots are machine-wide: a file SLOT_DIR/<N> (holding the sandbox's dir
+ * and the network namespace its host end lives in) created with link() is
+ * the allocation, whatever state dir a process uses; SLOT_DIR/.lock
+ * serialises allocation, nft changes and release. The table, the links and
+ * net.ipv4.ip_forward belong to a network namespace: a node run in a
+ * namespace of its own (a container, the multi-node tests) keeps them
+ * there, so "the first" and "the last" sandbox are counted per namespace.
  *
  * Filtering (table `inet warmpool`, created with the first networked
  * sandbox and deleted with the last; nothing else of the host's ruleset is
@@ -320,6 +324,48 @@ static void unlock_slots(int fd)
         close(fd); /* drops the flock */
 }
 
+/* This process's network namespace (its inode; 0 if unknown). */
+static unsigned long self_netns(void)
+{
+    struct stat st;
+    return stat("/proc/self/ns/net", &st) == 0 ? (unsigned long)st.st_ino : 0;
+}
+
+/* The host's network namespace (PID 1's): where records of earlier
+ * releases, which do not say, were made. 0 if unknown. */
+static unsigned long init_netns(void)
+{
+    struct stat st;
+    return stat("/proc/1/ns/net", &st) == 0 ? (unsigned long)st.st_ino : 0;
+}
+
+/* Slot s's record: the sandbox dir (the slot file, as earlier releases
+ * wrote and read it, so their gc does not take ours for orphans) and its
+ * namespace, from the file beside it, ".ns-<s>" = "<inode> <dir>" (valid
+ * when it names the same dir; else the host's, PID 1's, for a record of an
+ * earlier release, or 0 if unknown). 0, or -1 when unreadable. */
+static int slot_read(int s, char *dir, size_t cap, unsigned long *ns)
+{
+    char path[128], *t = NULL, *n = NULL;
+    snprintf(path, sizeof(path), SLOT_DIR "/%d", s);
+    if (wp_read_file(path, 1024, &t, NULL, NULL) < 0)
+        return -1;
+    snprintf(dir, cap, "%s", t);
+    free(t);
+    *ns = 0;
+    snprintf(path, sizeof(path), SLOT_DIR "/.ns-%d", s);
+    if (wp_read_file(path, 1100, &n, NULL, NULL) == 0) {
+        unsigned long ino;
+        int off = 0;
+        if (sscanf(n, "%lu %n", &ino, &off) == 1 && off > 0 && strcmp(n + off, dir) == 0)
+            *ns = ino;
+        free(n);
+    }
+    if (*ns == 0)
+        *ns = init_netns();
+    return 0;
+}
+
 /* A free slot, taken by linking a file naming dir: atomic machine-wide. */
 static int alloc_slot(const char *dir, struct wp_err *err)
 {
@@ -344,10 +390,18 @@ static int alloc_slot(const char *dir, struct wp_err *err)
     unlink(tmp);
     if (rc == WP_ESTATE)
         return wp_err_set(err, WP_ESTATE, "network: all %d address slots are in use", MAX_SLOTS);
+    /* Its namespace, beside it (lock held: nobody reads it before). */
+    char rec[700];
+    snprintf(path, sizeof(path), SLOT_DIR "/.ns-%d", rc);
+    snprintf(rec, sizeof(rec), "%lu %s", self_netns(), dir);
+    if (wp_write_file(path, rec, strlen(rec), 0600, NULL) < 0)
+        log_warn("network: cannot record slot %d's namespace; it counts in every one", rc);
     return rc;
 }
 
-static int count_slots(void)
+/* Slots whose host end is in namespace ns (one whose namespace is unknown
+ * counts everywhere: its table is kept rather than pulled from under it). */
+static int count_slots(unsigned long ns)
 {
     DIR *d = opendir(SLOT_DIR);
     struct dirent *e;
@@ -355,8 +409,13 @@ static int count_slots(void)
 
     if (!d)
         return 0;
-    while ((e = readdir(d)))
-        n += e->d_name[0] >= '0' && e->d_name[0] <= '9';
+    while ((e = readdir(d))) {
+        char dir[600];
+        unsigned long sns;
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        n += slot_read(atoi(e->d_name), dir, sizeof(dir), &sns) < 0 || sns == 0 || sns == ns;
+    }
     closedir(d);
     return n;
 }
@@ -375,7 +434,11 @@ static int sysctl_write(const char *path, const char *v)
     close(fd);
     return rc;
 }
-#define FWD_SAVED SLOT_DIR "/.ip_forward"
+/* The value found before our first sandbox, per namespace. */
+static void fwd_saved(char *out, size_t cap)
+{
+    snprintf(out, cap, SLOT_DIR "/.ip_forward-%lu", self_netns());
+}
 
 /* Forwarding on, remembering the value found (once) for the last release. */
 static int forwarding_on(struct wp_err *err)
@@ -387,8 +450,10 @@ static int forwarding_on(struct wp_err *err)
     if ((rc = wp_read_file(FWD_SYSCTL, 16, &v, NULL, err)) < 0)
         return wp_err_wrap(err, "network");
     bool on = v[0] == '1';
-    if (!on && stat(FWD_SAVED, &st) < 0)
-        wp_write_file(FWD_SAVED, v, strlen(v), 0600, NULL);
+    char saved[128];
+    fwd_saved(saved, sizeof(saved));
+    if (!on && stat(saved, &st) < 0)
+        wp_write_file(saved, v, strlen(v), 0600, NULL);
     free(v);
     if (!on && (rc = sysctl_write(FWD_SYSCTL, "1\n")) < 0)
         return wp_err_set(err, rc, "network: enable %s: %s", FWD_SYSCTL, strerror(-rc));
@@ -397,14 +462,15 @@ static int forwarding_on(struct wp_err *err)
 
 static void forwarding_restore(void)
 {
-    char *v = NULL;
+    char *v = NULL, saved[128];
 
-    if (wp_read_file(FWD_SAVED, 16, &v, NULL, NULL) < 0)
+    fwd_saved(saved, sizeof(saved));
+    if (wp_read_file(saved, 16, &v, NULL, NULL) < 0)
         return;
     if (v[0] == '0')
         sysctl_write(FWD_SYSCTL, "0\n");
     free(v);
-    unlink(FWD_SAVED);
+    unlink(saved);
 }
 
 /* nft text removing slot s's objects; a missing one fails the batch, so
@@ -426,8 +492,20 @@ static void link_delete(const char *name);
  * forwarding setting with the last slot. */
 static void release_slot(int s)
 {
-    char text[512], path[128], ifname[IFNAMSIZ];
+    char text[512], path[128], ifname[IFNAMSIZ], dir[600];
+    unsigned long ns = 0, self = self_netns();
 
+    snprintf(path, sizeof(path), SLOT_DIR "/%d", s);
+    if (slot_read(s, dir, sizeof(dir), &ns) == 0 && ns && ns != self) {
+        /* Its link and rules are another namespace's (gone with it, or
+         * removed there with that namespace's last sandbox): not ours to
+         * touch, and a same-named link here is someone else's. */
+        log_info("network slot=%d was set up in another network namespace: record removed", s);
+        unlink(path);
+        snprintf(path, sizeof(path), SLOT_DIR "/.ns-%d", s);
+        unlink(path);
+        return;
+    }
     snprintf(ifname, sizeof(ifname), "wpn%d", s);
     link_delete(ifname);
     slot_rules_del(s, text, sizeof(text));
@@ -438,9 +516,13 @@ static void release_slot(int s)
             nft_run(one, NULL);
         }
     }
-    snprintf(path, sizeof(path), SLOT_DIR "/%d", s);
     unlink(path);
-    if (count_slots() == 0) {
+    snprintf(path, sizeof(path), SLOT_DIR "/.ns-%d", s);
+    unlink(path);
+    int left = count_slots(self);
+    log_debug("network slot=%d released, %d left in this namespace", s, left);
+    if (left == 0) {
+        log_info("network: the last networked sandbox of this namespace is gone: table removed");
         nft_run("delete table " TABLE "\n", NULL);
         forwarding_restore();
     }
@@ -487,7 +569,9 @@ int snap__net_prepare(struct snap_ctx *ctx, const struct snap_sandbox *sb,
         goto fail;
     }
     /* A saved value means we turned forwarding on: the host did not forward. */
-    bool host_forwards = access(FWD_SAVED, F_OK) != 0;
+    char saved[128];
+    fwd_saved(saved, sizeof(saved));
+    bool host_forwards = access(saved, F_OK) != 0;
     bool ok = base_rules(text, TEXT_CAP, ns, n_ns, host_forwards) &&
               cat(text, TEXT_CAP,
                   "add chain " TABLE " s%d\n"
@@ -758,15 +842,10 @@ static int read_slot_file(const char *path)
 /* Whether SLOT_DIR/<s> names dir (so the slot is still this sandbox's). */
 static bool slot_owned_by(int s, const char *dir)
 {
-    char path[128], *t = NULL;
-    bool mine;
+    char rec[600];
+    unsigned long ns;
 
-    snprintf(path, sizeof(path), SLOT_DIR "/%d", s);
-    if (wp_read_file(path, 1024, &t, NULL, NULL) < 0)
-        return false;
-    mine = strcmp(t, dir) == 0;
-    free(t);
-    return mine;
+    return slot_read(s, rec, sizeof(rec), &ns) == 0 && strcmp(rec, dir) == 0;
 }
 
 int snap__net_release(struct snap_ctx *ctx, const char *id, struct wp_err *err)
@@ -837,15 +916,14 @@ int snap__net_sweep(void)
         return 0;
     }
     while ((e = readdir(d))) {
-        char path[300], *t = NULL;
+        char dir[600];
+        unsigned long ns;
         struct stat st;
         if (e->d_name[0] < '0' || e->d_name[0] > '9')
             continue;
-        snprintf(path, sizeof(path), SLOT_DIR "/%s", e->d_name);
-        if (wp_read_file(path, 1024, &t, NULL, NULL) < 0)
+        if (slot_read(atoi(e->d_name), dir, sizeof(dir), &ns) < 0)
             continue;
-        bool gone = t[0] == '/' && stat(t, &st) < 0 && errno == ENOENT;
-        free(t);
+        bool gone = dir[0] == '/' && stat(dir, &st) < 0 && errno == ENOENT;
         if (gone) {
             log_info("gc: releasing network slot=%s of a removed sandbox", e->d_name);
             release_slot(atoi(e->d_name));

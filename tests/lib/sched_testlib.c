@@ -252,23 +252,12 @@ int th_sched_startv(struct th_sched *s, int redis_port, va_list ap)
 
 int th_sched_stop(struct th_sched *s)
 {
-    int st = 0;
     if (s->pid <= 0)
         return -1;
     track(s->pid, false);
-    kill(s->pid, SIGTERM);
-    for (int i = 0; i < 1000; i++) {
-        int r = waitpid(s->pid, &st, WNOHANG);
-        if (r == s->pid) {
-            s->pid = 0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        usleep(10000);
-    }
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, &st, 0);
+    int rc = th_term_wait(s->pid, 10000);
     s->pid = 0;
-    return -1;
+    return rc;
 }
 
 int th_connect(int port)

@@ -74,7 +74,7 @@ int th_spawn(const char *log, const char *const argv[])
     return pid;
 }
 
-static int redis_spawn(struct th_redis *r, int aof)
+static int redis_spawn(struct th_redis *r, int aof, const char *extra_bind)
 {
     char port[16];
     pid_t pid;
@@ -88,10 +88,18 @@ static int redis_spawn(struct th_redis *r, int aof)
         dup2(devnull, 0);
         dup2(devnull, 1);
         wp_close_fds_from(3);
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
-               "--dir", r->dir, "--save", "", "--appendonly", aof ? "yes" : "no",
-               "--appendfsync", "everysec", "--daemonize", "no",
-               "--loglevel", "warning", (char *)NULL);
+        /* Beyond loopback only where asked (no password: protected mode
+         * would refuse those clients). */
+        if (extra_bind)
+            execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
+                   extra_bind, "--protected-mode", "no", "--dir", r->dir, "--save", "",
+                   "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
+                   (char *)NULL);
+        else
+            execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
+                   "--dir", r->dir, "--save", "", "--appendonly", aof ? "yes" : "no",
+                   "--appendfsync", "everysec", "--daemonize", "no",
+                   "--loglevel", "warning", (char *)NULL);
         _exit(127);
     }
     r->pid = pid;
@@ -106,6 +114,7 @@ static int redis_spawn(struct th_redis *r, int aof)
     }
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+    r->pid = 0;
     return -1;
 }
 
@@ -118,7 +127,29 @@ int th_redis_start(struct th_redis *r, int aof)
     snprintf(r->dir, sizeof(r->dir), "%s", dir);
     free(dir);
     r->port = th_free_port();
-    return redis_spawn(r, aof);
+    return redis_spawn(r, aof, NULL);
+}
+
+int th_redis_spawn_on(struct th_redis *r, const char *extra_bind)
+{
+    return redis_spawn(r, 0, extra_bind);
+}
+
+int th_term_wait(int pid, int ms)
+{
+    int st = 0;
+    if (pid <= 0)
+        return -1;
+    kill(pid, SIGTERM);
+    for (int i = 0; i < ms / 10; i++) {
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        struct timespec ts = { 0, 10 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return -1;
 }
 
 int th_redis_restart(struct th_redis *r)
@@ -127,7 +158,7 @@ int th_redis_restart(struct th_redis *r)
         kill(r->pid, SIGKILL);
         waitpid(r->pid, NULL, 0);
     }
-    return redis_spawn(r, 1);
+    return redis_spawn(r, 1, NULL);
 }
 
 void th_redis_stop(struct th_redis *r)

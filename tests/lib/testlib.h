@@ -22,6 +22,10 @@ struct th_redis {
     char dir[256];
 };
 int th_redis_start(struct th_redis *r, int aof);
+/* The same in r->dir (made by the caller) on r->port, bound to 127.0.0.1
+ * and also to extra_bind (an address of the host's, e.g. a bridge's for
+ * network namespaces; may be NULL). No AOF. 0 or -1. */
+int th_redis_spawn_on(struct th_redis *r, const char *extra_bind);
 void th_redis_stop(struct th_redis *r);
 /* Kill -9 and start again on the same port and dir (keeps the AOF). */
 int th_redis_restart(struct th_redis *r);
@@ -29,6 +33,10 @@ int th_redis_restart(struct th_redis *r);
 /* fork + execvp argv (NULL-terminated), stdout and stderr appended to log;
  * the pid, or -1. The caller kills and reaps it. */
 int th_spawn(const char *log, const char *const argv[]);
+
+/* SIGTERM pid, wait up to ms for it to exit (then SIGKILL and reap).
+ * Its exit status (128 + signal when killed by one), or -1 past ms. */
+int th_term_wait(int pid, int ms);
 
 /* A free TCP port on 127.0.0.1 (bound then released). */
 int th_free_port(void);

@@ -6,7 +6,11 @@
 -- from its inbox yet; entries of E its set names that it does not have are
 -- dropped (idle) or marked lost (leased); E's fencing counter never goes
 -- below a token the node has seen. Leases whose holder stopped renewing
--- are returned so the node destroys them. The node's set is written by
+-- are returned so the node destroys them, and so are leases the pool
+-- declared lost (another node reaped this one: it was dead or cut off, and
+-- the holder was told): those are never written back (fencing: the holder
+-- may hold another sandbox by now); their hash goes, so a renewal with the
+-- old token is refused as GONE. The node's set is written by
 -- the node after this script (another slot). Every key is E's.
 -- KEYS[1] wp:env:{E}:hot, KEYS[2] wp:env:{E}:fence, KEYS[3..] wp:env:{E}:sb:<id>:
 -- first the node's own sandboxes, then the entries it does not have.
@@ -14,7 +18,7 @@
 -- ARGV[5] E, ARGV[6] how many of KEYS[3..] are the node's own; then one
 -- record per own sandbox "id<TAB>state<TAB>token<TAB>session<TAB>root",
 -- then the id of each entry it does not have. Returns "E id" per expired
--- lease.
+-- lease, "E id lost" per lease declared lost.
 local nown = tonumber(ARGV[6])
 local expired = {}
 for i = 1, nown do
@@ -26,6 +30,9 @@ for i = 1, nown do
     if st == 'idle' and cur ~= 'leased' then
       redis.call('HSET', k, 'node', ARGV[1], 'addr', root, 'state', 'idle', 'relay', ARGV[4])
       if not redis.call('LPOS', KEYS[1], id) then redis.call('RPUSH', KEYS[1], id) end
+    elseif st == 'leased' and cur == 'lost' then
+      redis.call('DEL', k)
+      expired[#expired + 1] = ARGV[5] .. ' ' .. id .. ' lost'
     elseif st == 'leased' then
       local until_ = tonumber(redis.call('HGET', k, 'lease_until') or '0')
       if cur == 'leased' and until_ > 0 and until_ < tonumber(ARGV[2]) then
