@@ -4,7 +4,8 @@
 -- Single-instance Redis only (it spans environments' hash slots).
 -- KEYS[1] wp:node:<N>:sbs, KEYS[2] wp:node:<N>:alive. ARGV[1] node N.
 -- Outside KEYS: wp:env:{E}:sb:<id>, :hot, :nodes, wp:node:<N>, wp:nodes,
--- channel wp:lost:<E>.
+-- channel wp:lost:<E>. A lost record expires a minute past its lease.
+--#include _lost.lua
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local n = 0
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -15,8 +16,7 @@ for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       redis.call('LREM', 'wp:env:{' .. env .. '}:hot', 0, id)
       redis.call('DEL', k)
     elseif redis.call('EXISTS', k) == 1 then
-      redis.call('HSET', k, 'state', 'lost')
-      redis.call('PUBLISH', 'wp:lost:' .. env, id)
+      lost(k, env, id)
     end
     redis.call('SREM', 'wp:env:{' .. env .. '}:nodes', ARGV[1])
     n = n + 1

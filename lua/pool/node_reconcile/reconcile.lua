@@ -9,6 +9,7 @@
 -- KEYS[1] node's sandbox set. ARGV[1] node, ARGV[2] now_ms, ARGV[3]
 -- lease_ms, ARGV[4] relay address, then one record per local sandbox:
 -- "env<TAB>id<TAB>state<TAB>token<TAB>session<TAB>root".
+--#include _lost.lua
 local have, expired = {}, {}
 for i = 5, #ARGV do
   local env, id, st, tok, sess, root =
@@ -47,8 +48,7 @@ for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         redis.call('LREM', 'wp:env:{' .. env .. '}:hot', 0, id)
         redis.call('DEL', k)
       elseif st == 'leased' then
-        redis.call('HSET', k, 'state', 'lost')
-        redis.call('PUBLISH', 'wp:lost:' .. env, id)
+        lost(k, env, id)
       end
     end
     redis.call('SREM', KEYS[1], m)
