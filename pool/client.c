@@ -63,6 +63,7 @@ struct pool_client {
     struct wp_redis *r, *sub;
     char chan[64];
     struct claim *claims;
+    bool subscribed; /* the answer channel was subscribed once already */
 };
 
 struct op {
@@ -144,11 +145,48 @@ static void timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
         claim_fail(cl, WP_ETIMEDOUT, "claim for environment %s timed out", cl->env);
 }
 
+static void new_rid(struct claim *cl)
+{
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+        r = wp_now_ns();
+    snprintf(cl->rid, sizeof(cl->rid), "%016llx", (unsigned long long)r);
+}
+
+/* The answer channel is subscribed again after a lost connection: a
+ * node's answer published meanwhile is gone (pub/sub keeps nothing), so
+ * every claim already sent to a node is sent again under a new request id
+ * rather than waiting for its timeout. A node that did serve the first
+ * request holds a sandbox no one renews: its lease runs out and the node
+ * takes it back. */
+static void resubscribed(struct pool_client *c)
+{
+    struct claim *next;
+    for (struct claim *cl = c->claims; cl; cl = next) {
+        next = cl->next;
+        if (!cl->token)
+            continue; /* not sent yet: its own callbacks go on */
+        log_warn("claim env=%s: the answer channel was lost while node %s served it: sending it again",
+                 cl->env, cl->node);
+        cl->token = 0;
+        new_rid(cl);
+        pick(cl);
+    }
+}
+
 static void sub_cb(void *ctx, redisReply *reply)
 {
     struct pool_client *c = ctx;
     json_error_t jerr;
     json_t *o;
+
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 && reply->element[0]->type == REDIS_REPLY_STRING &&
+        strcmp(reply->element[0]->str, "subscribe") == 0) {
+        if (c->subscribed)
+            resubscribed(c);
+        c->subscribed = true;
+        return;
+    }
 
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
         reply->element[0]->type != REDIS_REPLY_STRING ||
@@ -388,7 +426,6 @@ int pool_claim(struct pool_client *c, const char *env, const char *session, doub
 {
     char hot[160], fence[160], stats[160], policy[160], sbp[160], inbox[160], now[32], lease[32];
     struct claim *cl;
-    uint64_t r = 0;
 
     if (!snap_name_valid(env))
         return wp_err_set(err, WP_EINVAL_INPUT, "bad environment name \"%s\"", env ? env : "");
@@ -405,9 +442,7 @@ int pool_claim(struct pool_client *c, const char *env, const char *session, doub
     cl->t0 = wp_now_ns();
     snprintf(cl->env, sizeof(cl->env), "%s", env);
     snprintf(cl->session, sizeof(cl->session), "%s", session);
-    if (getrandom(&r, sizeof(r), 0) != sizeof(r))
-        r = wp_now_ns();
-    snprintf(cl->rid, sizeof(cl->rid), "%016llx", (unsigned long long)r);
+    new_rid(cl);
     unsigned char kb[16];
     if (getrandom(kb, sizeof(kb), 0) != sizeof(kb)) {
         free(cl);
