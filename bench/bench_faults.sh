@@ -66,21 +66,27 @@ WHY = {
   "`everysec` only risks what the kernel had not written to the disk when the machine itself "
   "crashes (up to about 1 s, 2 s when an fsync stalls), which a test on one running machine cannot "
   "produce. Clients reconnect, nodes write their view back, brains re-acquire with a fencing token "
-  "above any earlier one; requests meanwhile get 503 and the load resends.",
+  "above any earlier one; requests meanwhile get 503 and the load resends. A warm/cold claim a "
+  "node was serving when the connection dropped lost its answer (pub/sub keeps nothing): the pool "
+  "client now sends it again when its subscription is back (before: the tool call failed after the "
+  "claim's 60 s timeout); a sandbox the node made for the first request is an orphan until its "
+  "60 s lease runs out (orphans column).",
  "Redis SHUTDOWN + restart (AOF)":
   "A clean `SHUTDOWN` flushes and fsyncs the AOF: nothing is lost; the rest is the kill -9 case.",
  "kill -9 Redis, AOF always":
   "As with everysec; `always` also fsyncs before each reply, so not even a machine crash loses an "
   "acknowledged event (at the throughput cost in durability.md).",
- "disk full: image build (boot)":
-  "A node whose state directory is a 64 KiB tmpfs: the image build's boot cannot write the sandbox, "
-  "the build fails with the kernel's `No space left on device` in the node's `build:<env>` status, "
-  "the node stays up and heartbeating, nothing of the build is left, and once space is given "
-  "(remount) its build retry succeeds and it serves a hot clone. The load on the other nodes is "
-  "untouched.",
- "disk full: checkpoint":
-  "The same with a 2 MiB tmpfs: the boot fits, criu's dump of the image does not; the half-written "
-  "image and the booted sandbox are removed.",
+ "disk full: node start (base layer)":
+  "A third node whose state directory is a 64 KiB tmpfs: it cannot write its base layer and exits 1 "
+  "with `No space left on device` in its log. Grown (remount), the next start removes the staging dir "
+  "the failed one left, builds and serves a hot clone. The load on the other nodes is untouched.",
+ "disk full: image build checkpoint":
+  "The same node with a 400 KiB tmpfs: the base layer and the build's boot fit, criu's dump of the "
+  "image does not; the build fails with criu's `No space left on device` lines in the node's "
+  "`build:<env>` status, the node stays up and heartbeating, the booted sandbox and the half image "
+  "are gone (criu's log is kept as `images/<image>.dump-failed.log`); grown, the build retry "
+  "succeeds and the node serves. (With about 300 KiB criu cannot write its log either and the "
+  "error says only `criu dump failed (-52)` with the log's path.)",
  "kill -9 Redis primary (Sentinel, WAIT 1)":
   "Three Redis (a primary, two replicas), three sentinels (`down-after-milliseconds 1000`), the "
   "schedulers in the durable mode (`--redis-wait-replicas 1`: a write is acknowledged once a replica "
@@ -103,16 +109,18 @@ L.append("Columns: *acked* user messages `POST .../events` answered 200; *lost* 
          "turn ended by `retries_exhausted` or never ended; *errors* `session.error` events "
          "(retrying/exhausted); *tool err* error tool results; *sbx err* failed `/v1/sandboxes` "
          "executes; *recover* seconds from the fault until every session ended a turn begun after it "
-         "and the sandbox user executed again (median over rounds); *leaks* what the settle check found.\n")
-L.append("| fault | load | acked | lost | dup | extra | failed | errors (retrying) | tool err | sbx err | stream resumes | recover s | leaks |")
-L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+         "and the sandbox user executed again (median over rounds); *orphans* sandboxes a resent claim left "
+         "leased to no one until their 60 s lease ran out (see the Redis cases); *leaks* what the settle check "
+         "found.\n")
+L.append("| fault | load | acked | lost | dup | extra | failed | errors (retrying) | tool err | sbx err | stream resumes | recover s | orphans | leaks |")
+L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for f, rs in by.items():
     rec = med(rs, "recover_s")
-    L.append("| %s | %s | %d | %d | %d | %d | %d | %d (%d) | %d | %d | %d | %s | %d |" % (
+    L.append("| %s | %s | %d | %d | %d | %d | %d | %d (%d) | %d | %d | %d | %s | %d | %d |" % (
         f, rs[-1]["load"], total(rs, "acked"), total(rs, "lost"), total(rs, "dup") + total(rs, "stream_dup"),
         total(rs, "extra_input"), total(rs, "sessions_failed"), total(rs, "errors"), total(rs, "retrying"),
         total(rs, "tool_errors"), total(rs, "sbx_err"), total(rs, "stream_resumes"),
-        "%.1f" % rec if rec is not None else "-", total(rs, "leaks")))
+        "%.1f" % rec if rec is not None else "-", sum(r.get("orphans", 0) for r in rs), total(rs, "leaks")))
 L.append("")
 for f, rs in by.items():
     L.append("**%s.** %s" % (f, WHY.get(f, "")))

@@ -146,18 +146,49 @@ static int node_set(int n, char ids[][128], int cap)
     return c;
 }
 
-/* Sandboxes leased on node n (say: each printed with its holder). */
-static int leased_on_say(int n, bool say)
+/* Sandboxes a resent claim left (pool/client.c: the first request's
+ * answer was lost with the subscription): leased to a session that holds
+ * another, never renewed, so back to the node within the claim's 60 s
+ * lease. id -> the lease_until first seen; a later, larger one means
+ * someone renews it: then it is a leak. */
+static json_t *ORPH;
+
+static bool orphan(const char *id, const char *session, const char *until)
+{
+    if (!session || !until || (strncmp(session, "sesn_", 5) && strncmp(session, "sbx_", 4)))
+        return false;
+    redisReply *h = strncmp(session, "sbx_", 4) ? cmd("HGET wp:obj:%s sbx_sandbox", session)
+                                                : cmd("HGET wp:sbx:%s sandbox", session);
+    bool other = h && (h->type != REDIS_REPLY_STRING || strcmp(h->str, id)); /* none, or another */
+    freeReplyObject(h);
+    double u = atof(until), left = (u - (double)wp_wall_ms()) / 1e3;
+    json_t *first = json_object_get(ORPH, id);
+    if (!other || left > 65 || (first && json_real_value(first) < u))
+        return false;
+    if (!first)
+        json_object_set_new(ORPH, id, json_real(u));
+    return true;
+}
+
+/* Sandboxes leased on node n (say: each printed with its holder; orphans:
+ * count those a resent claim left too). */
+static int leased_on_say(int n, bool say, bool orphans)
 {
     char ids[64][128];
     int c = 0, k = node_set(n, ids, 64);
     for (int i = 0; i < k; i++) {
         redisReply *s = cmd("HMGET wp:env:{" POOL "}:sb:%s state session lease_until", ids[i]);
         bool l = s && s->type == REDIS_REPLY_ARRAY && s->element[0]->str && !strcmp(s->element[0]->str, "leased");
-        if (l && say)
-            print_message("# leak: %s leased on %s by %s, lease until %+.1f s\n", ids[i], NODE_ID[n],
-                          s->element[1]->str ? s->element[1]->str : "?",
+        if (l && !orphans && orphan(ids[i], s->element[1]->str, s->element[2]->str))
+            l = false;
+        if (l && say) {
+            redisReply *h = s->element[1]->str ? cmd("HGET wp:obj:%s sbx_sandbox", s->element[1]->str) : NULL;
+            print_message("# leak: %s leased on %s by %s (which holds %s), lease until %+.1f s\n", ids[i],
+                          NODE_ID[n], s->element[1]->str ? s->element[1]->str : "?",
+                          h && h->type == REDIS_REPLY_STRING ? h->str : "-",
                           s->element[2]->str ? (atof(s->element[2]->str) - (double)wp_wall_ms()) / 1e3 : 0.0);
+            freeReplyObject(h);
+        }
         c += l;
         freeReplyObject(s);
     }
@@ -166,7 +197,7 @@ static int leased_on_say(int n, bool say)
 
 static int leased_on(int n)
 {
-    return leased_on_say(n, false);
+    return leased_on_say(n, false, true);
 }
 
 /* Sandbox dirs of node n on disk. */
@@ -221,7 +252,7 @@ static bool quiet(bool say)
         if (NODE[n] <= 0)
             continue;
         int nd = node_dirs(n, dirs, 64), ns = node_set(n, set, 64);
-        if (leased_on_say(n, say))
+        if (leased_on_say(n, say, false))
             ok = false;
         for (int i = 0; i < nd; i++)
             if (!has_id(set, ns, dirs[i])) {
@@ -410,6 +441,8 @@ static void row(const char *fault, struct th_load *l, const struct th_load_repor
     char load[128];
     snprintf(load, sizeof(load), "%d sessions, %d turns, 1 sandbox user", l->nsess, l->turns);
     json_object_set_new(o, "load", json_string(load));
+    json_object_set_new(o, "orphans", json_integer((json_int_t)json_object_size(ORPH)));
+    json_object_clear(ORPH);
     char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     print_message("# row %s\n", line);
     if (out) {
@@ -492,6 +525,7 @@ static int stack_common(void)
     char tmpl[1024];
     struct wp_err err;
     KNOWN = json_object();
+    ORPH = json_object();
     char *script = build_script();
     snprintf(SCRIPT, sizeof(SCRIPT), "%s/script.json", DIR_);
     int rc = wp_write_file(SCRIPT, script, strlen(script), 0644, &err);
@@ -564,6 +598,7 @@ static void stack_stop(void)
     if (n)
         print_message("# %d leaks after the stack stopped\n", n);
     json_decref(KNOWN);
+    json_decref(ORPH);
     th_rmtree(DIR_);
     free(DIR_);
 }

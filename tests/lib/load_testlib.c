@@ -169,18 +169,23 @@ static void *load_main(void *arg)
 
 /* ---- the /v1/sandboxes user ---- */
 
+/* DELETE until a scheduler answers 200 or 404 (10 s): one that cannot
+ * reach Redis answers 503 and keeps the sandbox (renewing it). */
 static void sbx_delete(struct th_load *l, const char *id)
 {
     char path[160];
     struct th_resp r;
     snprintf(path, sizeof(path), "/v1/sandboxes/%s", id);
-    for (int k = 0; k < l->nports; k++)
-        if (l->ports[k] > 0 && th_http(l->ports[k], "DELETE", path, l->key, NULL, &r) == 0) {
-            if (r.status != 200)
-                fprintf(stderr, "# DELETE %s: %d %.200s\n", path, r.status, r.body ? r.body : "");
-            th_resp_free(&r);
+    for (int k = 0; k < 50; k++, th_msleep(200)) {
+        int port = l->ports[k % l->nports];
+        if (port <= 0 || th_http(port, "DELETE", path, l->key, NULL, &r) < 0)
+            continue;
+        int st = r.status;
+        th_resp_free(&r);
+        if (st == 200 || st == 404)
             return;
-        }
+    }
+    fprintf(stderr, "# DELETE %s: no scheduler deleted it\n", path);
 }
 
 static void *sbx_main(void *arg)
@@ -220,7 +225,7 @@ static void *sbx_main(void *arg)
         }
         l->sbx_err++;
         fprintf(stderr, "# execute on %s: %d\n", id, st);
-        if (st != 503) { /* gone (its node died): give it back, take another */
+        if (st < 500) { /* gone (its node died): give it back, take another */
             sbx_delete(l, id);
             id[0] = '\0';
         }
