@@ -146,28 +146,28 @@ static int node_set(int n, char ids[][128], int cap)
     return c;
 }
 
-/* Sandboxes a resent claim left (pool/client.c: the first request's
- * answer was lost with the subscription): leased to a session that holds
- * another, never renewed, so back to the node within the claim's 60 s
- * lease. id -> the lease_until first seen; a later, larger one means
- * someone renews it: then it is a leak. */
+/* Sandboxes leased to no live holder: a resent claim's first request
+ * (pool/client.c: its answer was lost), or the sandbox of a brain that
+ * stopped when its Redis connection died (it cannot release then). Never
+ * renewed (a holder renews at a third of the 60 s claim lease, so its
+ * lease always has 40 s or more left), they go back to their node when
+ * the lease ends: counted as orphans, not leaks. id -> the lease_until
+ * first seen; a larger one later means someone renews it after all. */
 static json_t *ORPH;
 
-static bool orphan(const char *id, const char *session, const char *until)
+static bool orphan(const char *id, const char *until)
 {
-    if (!session || !until || (strncmp(session, "sesn_", 5) && strncmp(session, "sbx_", 4)))
+    if (!until)
         return false;
-    redisReply *h = strncmp(session, "sbx_", 4) ? cmd("HGET wp:obj:%s sbx_sandbox", session)
-                                                : cmd("HGET wp:sbx:%s sandbox", session);
-    bool other = h && (h->type != REDIS_REPLY_STRING || strcmp(h->str, id)); /* none, or another */
-    freeReplyObject(h);
-    double u = atof(until), left = (u - (double)wp_wall_ms()) / 1e3;
+    double u = atof(until), now = (double)wp_wall_ms(), left = (u - now) / 1e3;
     json_t *first = json_object_get(ORPH, id);
-    if (!other || left > 65 || (first && json_real_value(first) < u))
+    if (left > 38)
         return false;
-    if (!first)
-        json_object_set_new(ORPH, id, json_real(u));
-    return true;
+    if (!first || json_real_value(json_array_get(first, 0)) != u) { /* first seen, or renewed */
+        json_object_set_new(ORPH, id, json_pack("[f,f]", u, now));
+        return false;
+    }
+    return now - json_real_value(json_array_get(first, 1)) >= 3000; /* the same for 3 s */
 }
 
 /* Sandboxes leased on node n (say: each printed with its holder; orphans:
@@ -179,7 +179,7 @@ static int leased_on_say(int n, bool say, bool orphans)
     for (int i = 0; i < k; i++) {
         redisReply *s = cmd("HMGET wp:env:{" POOL "}:sb:%s state session lease_until", ids[i]);
         bool l = s && s->type == REDIS_REPLY_ARRAY && s->element[0]->str && !strcmp(s->element[0]->str, "leased");
-        if (l && !orphans && orphan(ids[i], s->element[1]->str, s->element[2]->str))
+        if (l && !orphans && orphan(ids[i], s->element[2]->str))
             l = false;
         if (l && say) {
             redisReply *h = s->element[1]->str ? cmd("HGET wp:obj:%s sbx_sandbox", s->element[1]->str) : NULL;
@@ -376,7 +376,7 @@ static struct th_load *load_new(int nsess, const char *text, int max_turns, bool
     char body[256];
     l->key = KEY;
     l->text = text;
-    l->max_turns = max_turns;
+    l->max_turns = max_turns ? max_turns : 60; /* a history page (1000 events) holds them */
     l->sandbox_env = sbx ? POOL : NULL;
     l->nports = 2;
     l->ports[0] = S[0].port;
@@ -441,7 +441,12 @@ static void row(const char *fault, struct th_load *l, const struct th_load_repor
     char load[128];
     snprintf(load, sizeof(load), "%d sessions, %d turns, 1 sandbox user", l->nsess, l->turns);
     json_object_set_new(o, "load", json_string(load));
-    json_object_set_new(o, "orphans", json_integer((json_int_t)json_object_size(ORPH)));
+    int orphans = 0;
+    const char *oid;
+    json_t *ov;
+    json_object_foreach(ORPH, oid, ov)
+        orphans += (double)wp_wall_ms() - json_real_value(json_array_get(ov, 1)) >= 3000;
+    json_object_set_new(o, "orphans", json_integer(orphans));
     json_object_clear(ORPH);
     char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     print_message("# row %s\n", line);

@@ -225,7 +225,7 @@ static void *sbx_main(void *arg)
         }
         l->sbx_err++;
         fprintf(stderr, "# execute on %s: %d\n", id, st);
-        if (st < 500) { /* gone (its node died): give it back, take another */
+        if (st != 503 && st != 409) { /* gone (its node died): give it back, take another */
             sbx_delete(l, id);
             id[0] = '\0';
         }
