@@ -51,7 +51,10 @@ WHY = {
   "sandboxes `lost`; a brain learns it on its next renewal or the `wp:lost` message, a bash call "
   "cut by the death becomes an error `agent.tool_result` the model reads (tool errors column), the next "
   "call claims a new sandbox on the live node. The `/v1/sandboxes` user's execute fails, it deletes "
-  "that sandbox and creates another. The killed node, restarted, removes what its dead run left.",
+  "that sandbox and creates another. A claim on its way to the dead node is sent "
+  "again once the node's heartbeat key is gone (before: it waited its 60 s timeout). The killed node, "
+  "restarted, removes what its dead run left; the `lost` records of its sandboxes expire a minute "
+  "past their lease (before: kept forever).",
  "model server: 5xx, error events, drops, stalls":
   "The stand-in is restarted (every stream in flight cut) with 20% HTTP 500s, 10% `error` events, 10% "
   "dropped connections and 10% stalls (the stream stops after 3 segments and stays open) for a "
@@ -109,8 +112,9 @@ L.append("Columns: *acked* user messages `POST .../events` answered 200; *lost* 
          "turn ended by `retries_exhausted` or never ended; *errors* `session.error` events "
          "(retrying/exhausted); *tool err* error tool results; *sbx err* failed `/v1/sandboxes` "
          "executes; *recover* seconds from the fault until every session ended a turn begun after it "
-         "and the sandbox user executed again (median over rounds); *orphans* sandboxes a resent claim left "
-         "leased to no one until their 60 s lease ran out (see the Redis cases); *leaks* what the settle check "
+         "and the sandbox user executed again (median over rounds); *orphans* sandboxes leased to no live "
+         "holder (a resent claim's first request, a brain stopped by a lost Redis connection), never renewed, "
+         "back to their node when the 60 s claim lease ends; *leaks* what the settle check "
          "found.\n")
 L.append("| fault | load | acked | lost | dup | extra | failed | errors (retrying) | tool err | sbx err | stream resumes | recover s | orphans | leaks |")
 L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
