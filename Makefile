@@ -73,7 +73,7 @@ $(shell mkdir -p $(BUILD); [ "$$(cat $(FLAGS_STAMP) 2>/dev/null)" = "$(FLAGS_NOW
 LUA_DIRS := $(patsubst %/,%,$(sort $(dir $(wildcard lua/*/*/*.lua))))
 LUA_HDRS := $(patsubst %,$(GEN)/%.h,$(LUA_DIRS))
 define LUA_RULE
-$(GEN)/$(1).h: $(wildcard $(1)/*.lua) lua/lua2c.sh
+$(GEN)/$(1).h: $(wildcard $(1)/*.lua) $(wildcard lua/*/_*.lua) lua/lua2c.sh
 	@mkdir -p $$(@D)
 	lua/lua2c.sh $(1) > $$@.tmp && mv $$@.tmp $$@
 endef

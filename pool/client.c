@@ -45,6 +45,7 @@ struct claim {
     char rkey[33];  /* the lease's relay key, made here (see pool.h) */
     uint64_t token;
     uint64_t t0;
+    bool started;       /* the hot claim was sent (else: Redis was away, retried) */
     uint64_t wait_t0;   /* when it started waiting for a node; 0: not waiting */
     double waited_ms;   /* how long, once a node was found */
     double backoff;     /* seconds until the next pick while waiting */
@@ -55,6 +56,7 @@ struct claim {
     void *ctx;
     ev_timer timer;
     ev_timer retry;     /* the next pick while waiting for a node */
+    ev_timer watch;     /* sent to a node: is it still alive? */
     struct claim *next;
 };
 
@@ -63,6 +65,7 @@ struct pool_client {
     struct wp_redis *r, *sub;
     char chan[64];
     struct claim *claims;
+    bool subscribed; /* the answer channel was subscribed once already */
 };
 
 struct op {
@@ -101,6 +104,7 @@ static void claim_finish(struct claim *cl, int status, const struct pool_claim_r
         }
     ev_timer_stop(c->loop, &cl->timer);
     ev_timer_stop(c->loop, &cl->retry);
+    ev_timer_stop(c->loop, &cl->watch);
     if (status == 0)
         record_latency(c, cl->env, res);
     cl->cb(cl->ctx, status, res, err);
@@ -124,11 +128,18 @@ static void claim_fail(struct claim *cl, int code, const char *fmt, ...)
 static void pick(struct claim *cl);
 static void pick_cb(void *ctx, redisReply *reply);
 
+static int claim_hot(struct claim *cl);
+
 static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-    (void)loop;
+    struct claim *cl = w->data;
     (void)revents;
-    pick(w->data);
+    if (cl->started)
+        pick(cl);
+    else if (claim_hot(cl) < 0) { /* Redis still away (a restart, a failover) */
+        ev_timer_set(&cl->retry, 0.25, 0.);
+        ev_timer_start(loop, &cl->retry);
+    }
 }
 
 static void timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -144,11 +155,94 @@ static void timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
         claim_fail(cl, WP_ETIMEDOUT, "claim for environment %s timed out", cl->env);
 }
 
+static void new_rid(struct claim *cl)
+{
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+        r = wp_now_ns();
+    snprintf(cl->rid, sizeof(cl->rid), "%016llx", (unsigned long long)r);
+}
+
+/* The answer channel is subscribed again after a lost connection: a
+ * node's answer published meanwhile is gone (pub/sub keeps nothing), so
+ * every claim already sent to a node is sent again under a new request id
+ * rather than waiting for its timeout. A node that did serve the first
+ * request holds a sandbox no one renews: its lease runs out and the node
+ * takes it back. */
+static void resend(struct claim *cl, const char *why)
+{
+    log_warn("claim env=%s: %s (node %s): sending it again", cl->env, why, cl->node);
+    ev_timer_stop(cl->c->loop, &cl->watch);
+    cl->token = 0;
+    new_rid(cl);
+    pick(cl);
+}
+
+static void resubscribed(struct pool_client *c)
+{
+    struct claim *next;
+    for (struct claim *cl = c->claims; cl; cl = next) {
+        next = cl->next;
+        if (cl->token) /* else not sent yet: its own callbacks go on */
+            resend(cl, "the answer channel was lost while a node served it");
+    }
+}
+
+/* A claim sent to a node that died before answering would wait for its
+ * whole timeout: once the node's heartbeat key is gone, it is sent again
+ * (the pick skips dead nodes). */
+struct alive_ask {
+    struct pool_client *c;
+    char rid[40]; /* the claim may be done (freed) or resent by the reply */
+};
+
+static void alive_cb(void *ctx, redisReply *reply)
+{
+    struct alive_ask *a = ctx;
+    struct claim *cl = a->c->claims;
+    while (cl && strcmp(cl->rid, a->rid) != 0)
+        cl = cl->next;
+    free(a);
+    if (!cl || !cl->token)
+        return;
+    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0)
+        resend(cl, "the node it was sent to died");
+    else
+        ev_timer_start(cl->c->loop, &cl->watch);
+}
+
+static void watch_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct claim *cl = w->data;
+    char alive[160];
+    (void)loop;
+    (void)revents;
+    struct alive_ask *a = malloc(sizeof(*a));
+    if (a) {
+        a->c = cl->c;
+        snprintf(a->rid, sizeof(a->rid), "%s", cl->rid);
+        snprintf(alive, sizeof(alive), POOL__K_ALIVE, cl->node);
+        const char *argv[] = { "EXISTS", alive };
+        if (wp_redis_argv(cl->c->r, alive_cb, a, 2, argv, NULL) == 0)
+            return;
+        free(a);
+    }
+    ev_timer_start(cl->c->loop, &cl->watch); /* Redis away: later */
+}
+
 static void sub_cb(void *ctx, redisReply *reply)
 {
     struct pool_client *c = ctx;
     json_error_t jerr;
     json_t *o;
+
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 && reply->element[0]->type == REDIS_REPLY_STRING &&
+        strcmp(reply->element[0]->str, "subscribe") == 0) {
+        if (c->subscribed)
+            resubscribed(c);
+        c->subscribed = true;
+        return;
+    }
 
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
         reply->element[0]->type != REDIS_REPLY_STRING ||
@@ -225,7 +319,8 @@ static void xadd_cb(void *ctx, redisReply *reply)
     if (!reply || reply->type == REDIS_REPLY_ERROR)
         claim_fail(cl, WP_ESTATE, "sending the claim to node failed: %s",
                    reply ? reply->str : "redis disconnected");
-    /* else: wait for the node's answer on our channel */
+    else /* wait for the node's answer on our channel, watching the node */
+        ev_timer_start(cl->c->loop, &cl->watch);
 }
 
 static void fence_cb(void *ctx, redisReply *reply)
@@ -385,19 +480,36 @@ bool pool_client_ready(const struct pool_client *c)
     return wp_redis_ready(c->r) && wp_redis_ready(c->sub);
 }
 
+/* The first step: the hot tier, one script. */
+static int claim_hot(struct claim *cl)
+{
+    char hot[160], fence[160], stats[160], policy[160], sbp[160], inbox[160], now[32], lease[32];
+    const char *env = cl->env;
+    snprintf(hot, sizeof(hot), POOL__K_HOT, env);
+    snprintf(fence, sizeof(fence), POOL__K_FENCE, env);
+    snprintf(stats, sizeof(stats), POOL__K_STATS, env);
+    snprintf(policy, sizeof(policy), POOL__K_POLICY, env);
+    snprintf(sbp, sizeof(sbp), POOL__K_SB, env);
+    snprintf(inbox, sizeof(inbox), POOL__K_INBOX, env);
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
+    snprintf(lease, sizeof(lease), "60000");
+    const char *argv[] = { hot, fence, stats, policy, sbp, cl->session, now, lease, inbox, cl->rkey };
+    if (!pool_client_ready(cl->c) ||
+        wp_redis_script(cl->c->r, pool__lua_claim_hot, hot_cb, cl, 4, 10, argv, NULL) < 0)
+        return -1;
+    cl->started = true;
+    return 0;
+}
+
 int pool_claim(struct pool_client *c, const char *env, const char *session, double timeout_s,
                pool_claim_cb cb, void *ctx, struct wp_err *err)
 {
-    char hot[160], fence[160], stats[160], policy[160], sbp[160], inbox[160], now[32], lease[32];
     struct claim *cl;
-    uint64_t r = 0;
 
     if (!snap_name_valid(env))
         return wp_err_set(err, WP_EINVAL_INPUT, "bad environment name \"%s\"", env ? env : "");
     if (!session || !*session || strlen(session) >= sizeof(cl->session))
         return wp_err_set(err, WP_EINVAL_INPUT, "session id must be 1-127 bytes");
-    if (!pool_client_ready(c))
-        return wp_err_set(err, WP_ESTATE, "not connected to Redis");
     cl = calloc(1, sizeof(*cl));
     if (!cl)
         return wp_err_set(err, -ENOMEM, "out of memory");
@@ -407,9 +519,7 @@ int pool_claim(struct pool_client *c, const char *env, const char *session, doub
     cl->t0 = wp_now_ns();
     snprintf(cl->env, sizeof(cl->env), "%s", env);
     snprintf(cl->session, sizeof(cl->session), "%s", session);
-    if (getrandom(&r, sizeof(r), 0) != sizeof(r))
-        r = wp_now_ns();
-    snprintf(cl->rid, sizeof(cl->rid), "%016llx", (unsigned long long)r);
+    new_rid(cl);
     unsigned char kb[16];
     if (getrandom(kb, sizeof(kb), 0) != sizeof(kb)) {
         free(cl);
@@ -417,23 +527,18 @@ int pool_claim(struct pool_client *c, const char *env, const char *session, doub
     }
     for (int i = 0; i < 16; i++)
         snprintf(cl->rkey + 2 * i, 3, "%02x", kb[i]);
-    snprintf(hot, sizeof(hot), POOL__K_HOT, env);
-    snprintf(fence, sizeof(fence), POOL__K_FENCE, env);
-    snprintf(stats, sizeof(stats), POOL__K_STATS, env);
-    snprintf(policy, sizeof(policy), POOL__K_POLICY, env);
-    snprintf(sbp, sizeof(sbp), POOL__K_SB, env);
-    snprintf(inbox, sizeof(inbox), POOL__K_INBOX, env);
-    snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
-    snprintf(lease, sizeof(lease), "60000");
-    const char *argv[] = { hot, fence, stats, policy, sbp, session, now, lease, inbox, cl->rkey };
-    if (wp_redis_script(c->r, pool__lua_claim_hot, hot_cb, cl, 4, 10, argv, NULL) < 0) {
-        free(cl);
-        return wp_err_set(err, WP_ESTATE, "not connected to Redis");
-    }
     ev_timer_init(&cl->timer, timeout_cb, timeout_s > 0 ? timeout_s : 30, 0.);
     cl->timer.data = cl;
     ev_timer_init(&cl->retry, retry_cb, 1., 0.);
     cl->retry.data = cl;
+    ev_timer_init(&cl->watch, watch_cb, 1., 0.);
+    cl->watch.data = cl;
+    /* Redis away (restarting, failing over): the claim waits for it, within
+     * its timeout, instead of failing at once. */
+    if (claim_hot(cl) < 0) {
+        ev_timer_set(&cl->retry, 0.25, 0.);
+        ev_timer_start(c->loop, &cl->retry);
+    }
     ev_timer_start(c->loop, &cl->timer);
     cl->next = c->claims;
     c->claims = cl;

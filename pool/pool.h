@@ -201,7 +201,10 @@ bool pool_client_ready(const struct pool_client *c);
 /* Claim a sandbox of env for session. Hot if one is idle; otherwise a node
  * serving env restores one (warm) or boots one (cold). If this returns
  * < 0, cb is never called; else exactly once (status 0 or < 0, e.g.
- * WP_ENOTFOUND for an environment no node serves, WP_ETIMEDOUT). */
+ * WP_ENOTFOUND for an environment no node serves, WP_ETIMEDOUT). Redis
+ * away (a restart, a failover) is waited for within timeout_s; a claim a
+ * node was serving is sent again when that node dies or the answer
+ * channel was lost meanwhile. */
 int pool_claim(struct pool_client *c, const char *env, const char *session, double timeout_s,
                pool_claim_cb cb, void *ctx, struct wp_err *err);
 /* Release a claimed sandbox (the node destroys it). WP_ESTALE when token

@@ -275,7 +275,7 @@ void sched__brain_claim(struct brain *b)
 {
     if (b->self_hosted || b->sbx == SBX_CLAIMING || b->sbx == SBX_LINKING || b->sbx == SBX_READY)
         return;
-    if (!b->srv->pool || !pool_client_ready(b->srv->pool)) {
+    if (!b->srv->pool) { /* Redis away: the claim waits for it (pool_claim) */
         sched__brain_sandbox_failed(b, "the pool is not reachable");
         return;
     }

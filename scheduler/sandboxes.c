@@ -715,7 +715,11 @@ static void use_record(struct sched_req *req, json_t *reply)
         const char *sb = field(reply, "sandbox"), *env = field(reply, "environment"),
                    *tok = field(reply, "token");
         struct sched_sbx *s = find_local(req->srv, req->params[0]);
-        if (s && s->st == SBX_PROVISIONING) {
+        /* Provisioning here or in another process (the record says so):
+         * a release now would find no token, and the claim, once done,
+         * would write the record back and keep the lease for the idle
+         * timeout. */
+        if ((s && s->st == SBX_PROVISIONING) || (!s && status && !strcmp(status, "provisioning"))) {
             sched__respond_error(req, 409, "invalid_request_error", NULL,
                                  "sandbox %s is still being provisioned; delete it once ready",
                                  req->params[0]);

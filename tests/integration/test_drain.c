@@ -13,10 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "lib/load_testlib.h"
 #include "lib/model_testlib.h"
 #include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
@@ -384,49 +384,9 @@ static char *new_session(int port)
     return id;
 }
 
-/* The session's history (data array, owned) from scheduler port, or NULL. */
 static json_t *history(int port, const char *sid)
 {
-    char path[160];
-    struct th_resp r;
-    snprintf(path, sizeof(path), "/v1/sessions/%s/events?limit=1000", sid);
-    if (th_http(port, "GET", path, KEY, NULL, &r) < 0)
-        return NULL;
-    json_t *o = r.status == 200 ? json_loads(r.body, 0, NULL) : NULL;
-    th_resp_free(&r);
-    json_t *d = json_incref(json_object_get(o, "data"));
-    json_decref(o);
-    return d;
-}
-
-static int count_idle_end(json_t *data)
-{
-    int n = 0;
-    for (size_t i = 0; i < json_array_size(data); i++) {
-        json_t *e = json_array_get(data, i);
-        n += !strcmp(s_(e, "type"), "session.status_idle") &&
-             !strcmp(s_(json_object_get(e, "stop_reason"), "type") ?: "", "end_turn");
-    }
-    return n;
-}
-
-/* Tool results that are errors (a sandbox lost under a call, say). */
-static int count_tool_errors(json_t *data)
-{
-    int n = 0;
-    for (size_t i = 0; i < json_array_size(data); i++) {
-        json_t *e = json_array_get(data, i);
-        n += !strcmp(s_(e, "type"), "agent.tool_result") && json_is_true(json_object_get(e, "is_error"));
-    }
-    return n;
-}
-
-static int count_type(json_t *data, const char *type)
-{
-    int n = 0;
-    for (size_t i = 0; i < json_array_size(data); i++)
-        n += !strcmp(s_(json_array_get(data, i), "type"), type);
-    return n;
+    return th_history(port, KEY, sid);
 }
 
 /* SIGTERM to the scheduler running a turn: its lease is released at once
@@ -463,11 +423,11 @@ static void scheduler_sigterm_hands_over(void **state)
     for (int i = 0; i < 100; i++, th_msleep(100)) {
         json_decref(h);
         h = history(S[1].port, sid);
-        if (count_idle_end(h) >= 1)
+        if (th_count_idle(h, "end_turn") >= 1)
             break;
     }
-    assert_int_equal(count_idle_end(h), 1);
-    assert_int_equal(count_type(h, "session.error"), 0);
+    assert_int_equal(th_count_idle(h, "end_turn"), 1);
+    assert_int_equal(th_count_type(h, "session.error"), 0);
     json_t *seen = json_object();
     for (size_t i = 0; i < json_array_size(h); i++) {
         const char *id = s_(json_array_get(h, i), "id");
@@ -483,100 +443,13 @@ static void scheduler_sigterm_hands_over(void **state)
 /* ---- the rolling restart ---- */
 
 #define NSESS 3
-struct shared {
-    volatile int ports[2];
-    volatile int stop;
-    int turns, failed;
-    char why[512];
-    char acked[NSESS][64][64]; /* event ids the API acknowledged, per session */
-    int nacked[NSESS];
-};
 
-/* POST a user.message to any scheduler; its acknowledged id, or -1 when
- * none answered 200 within 30 s (nothing acknowledged: the load resends). */
-static int load_send(struct shared *sh, const char *sid, char *id, size_t cap)
-{
-    char path[160];
-    const char *body = "{\"events\":[{\"type\":\"user.message\",\"content\":[{\"type\":\"text\","
-                       "\"text\":\"load round\"}]}]}";
-    snprintf(path, sizeof(path), "/v1/sessions/%s/events", sid);
-    for (int i = 0; i < 300; i++) {
-        struct th_resp r;
-        int port = sh->ports[i % 2];
-        if (port > 0 && th_http(port, "POST", path, KEY, body, &r) == 0) {
-            json_t *o = r.status == 200 ? json_loads(r.body, 0, NULL) : NULL;
-            const char *eid = json_string_value(json_object_get(json_array_get(json_object_get(o, "data"), 0), "id"));
-            if (eid)
-                snprintf(id, cap, "%s", eid);
-            json_decref(o);
-            th_resp_free(&r);
-            if (eid)
-                return 0;
-        }
-        th_msleep(100);
-    }
-    return -1;
-}
-
-/* The load: NSESS sessions, each a turn at a time (a bash call in its
- * sandbox, then text), until told to stop; fails on a session.error or a
- * turn that does not end within 60 s. */
-static void load_run(struct shared *sh, char **sids)
-{
-    bool inflight[NSESS] = { false };
-    uint64_t t0[NSESS] = { 0 };
-    for (;;) {
-        bool busy = false;
-        for (int s = 0; s < NSESS; s++) {
-            if (!inflight[s]) {
-                if (sh->stop || sh->nacked[s] >= 64)
-                    continue;
-                if (load_send(sh, sids[s], sh->acked[s][sh->nacked[s]], 64) < 0) {
-                    snprintf(sh->why, sizeof(sh->why), "session %s: no scheduler acknowledged input", sids[s]);
-                    sh->failed = 1;
-                    return;
-                }
-                sh->nacked[s]++;
-                inflight[s] = true;
-                t0[s] = wp_now_ns();
-            }
-            busy = true;
-            json_t *h = history(sh->ports[s % 2], sids[s]);
-            if (!h)
-                h = history(sh->ports[1 - s % 2], sids[s]);
-            if (!h)
-                continue;
-            if (count_type(h, "session.error") > 0 || count_tool_errors(h) > 0) {
-                snprintf(sh->why, sizeof(sh->why), "session %s: %s", sids[s],
-                         count_tool_errors(h) ? "a tool call failed" : "session.error");
-                sh->failed = 1;
-                json_decref(h);
-                return;
-            }
-            if (count_idle_end(h) >= sh->nacked[s]) {
-                inflight[s] = false;
-                sh->turns++;
-            } else if (wp_now_ns() - t0[s] > 60000000000ull) {
-                snprintf(sh->why, sizeof(sh->why), "session %s: turn %d did not end within 60 s",
-                         sids[s], sh->nacked[s]);
-                sh->failed = 1;
-                json_decref(h);
-                return;
-            }
-            json_decref(h);
-        }
-        if (sh->stop && !busy)
-            return;
-        th_msleep(150);
-    }
-}
-
-static void restart_sched(struct shared *sh, int i)
+static void restart_sched(struct th_load *l, int i)
 {
     assert_int_equal(th_sched_stop(&S[i]), 0);
-    sh->ports[i] = 0;
+    l->ports[i] = 0;
     sched_start(i);
-    sh->ports[i] = S[i].port;
+    l->ports[i] = S[i].port;
 }
 
 /* Drains of node i that ended at their deadline (leased sandboxes lost). */
@@ -603,27 +476,26 @@ static void restart_node(int i)
 static void rolling_restart_under_load(void **state)
 {
     (void)state;
-    struct shared *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    assert_true(sh != MAP_FAILED);
-    memset(sh, 0, sizeof(*sh));
-    char *sids[NSESS];
-    for (int s = 0; s < NSESS; s++)
-        sids[s] = new_session(S[s % 2].port);
-    sh->ports[0] = S[0].port;
-    sh->ports[1] = S[1].port;
-    pid_t load = fork();
-    if (load == 0) {
-        load_run(sh, sids);
-        _exit(sh->failed);
+    struct th_load *l = calloc(1, sizeof(*l));
+    l->key = KEY;
+    l->nports = 2;
+    l->nsess = NSESS;
+    for (int s = 0; s < NSESS; s++) {
+        char *sid = new_session(S[s % 2].port);
+        snprintf(l->s[s].sid, sizeof(l->s[s].sid), "%s", sid);
+        free(sid);
     }
+    l->ports[0] = S[0].port;
+    l->ports[1] = S[1].port;
+    assert_int_equal(th_load_start(l), 0);
     int lost0 = deadline_drains(0), lost1 = deadline_drains(1);
     th_msleep(3000);
-    int before = sh->turns;
-    restart_sched(sh, 0);
+    int before = l->turns;
+    restart_sched(l, 0);
     th_msleep(2000);
     restart_node(0);
     th_msleep(2000);
-    restart_sched(sh, 1);
+    restart_sched(l, 1);
     th_msleep(2000);
     restart_node(1);
     th_msleep(2000);
@@ -634,39 +506,31 @@ static void rolling_restart_under_load(void **state)
     redisFree(RC);
     RC = redisConnect("127.0.0.1", R.port);
     th_msleep(4000);
-    sh->stop = 1;
-    int st;
-    waitpid(load, &st, 0);
-    print_message("# %d turns under load (%d before the first restart)%s%s\n", sh->turns, before,
-                  sh->why[0] ? ": " : "", sh->why);
-    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    assert_true(sh->turns > before + NSESS);
+    th_load_stop(l);
+    print_message("# %d turns under load (%d before the first restart)%s%s\n", l->turns, before,
+                  l->why[0] ? ": " : "", l->why);
+    assert_false(l->failed);
+    assert_true(l->turns > before + NSESS);
     /* Each node drained because its sandboxes were released, not because
      * its deadline cut them off: sessions between turns give a draining
      * node's sandbox back. */
     assert_int_equal(deadline_drains(0), lost0);
     assert_int_equal(deadline_drains(1), lost1);
-    /* Every acknowledged event is in the history; every turn ended. */
-    for (int s = 0; s < NSESS; s++) {
-        json_t *h = history(S[0].port, sids[s]);
-        assert_non_null(h);
-        json_t *ids = json_object();
-        for (size_t i = 0; i < json_array_size(h); i++) {
-            const char *id = s_(json_array_get(h, i), "id");
-            assert_null(json_object_get(ids, id)); /* none twice */
-            json_object_set_new(ids, id, json_true());
-        }
-        for (int k = 0; k < sh->nacked[s]; k++)
-            if (!json_object_get(ids, sh->acked[s][k]))
-                fail_msg("session %s: acknowledged event %s lost", sids[s], sh->acked[s][k]);
-        assert_int_equal(count_idle_end(h), sh->nacked[s]);
-        assert_int_equal(count_type(h, "session.error"), 0);
-        assert_int_equal(count_tool_errors(h), 0);
-        json_decref(ids);
-        json_decref(h);
-        free(sids[s]);
-    }
-    munmap(sh, sizeof(*sh));
+    /* Every acknowledged event is in the history once, every turn ended
+     * without error, every stream (resumed across the restarts) saw every
+     * event once. */
+    struct th_load_report rep;
+    th_load_check(l, S[0].port, &rep);
+    assert_int_equal(rep.lost, 0);
+    assert_int_equal(rep.dup, 0);
+    assert_int_equal(rep.unended, 0);
+    assert_int_equal(rep.errors, 0);
+    assert_int_equal(rep.tool_errors, 0);
+    assert_int_equal(rep.exhausted, 0);
+    assert_int_equal(rep.stream_missing, 0);
+    assert_int_equal(rep.stream_dup, 0);
+    th_load_free(l);
+    free(l);
 }
 
 int main(void)

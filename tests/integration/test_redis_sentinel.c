@@ -16,6 +16,7 @@
 #include <hiredis/hiredis.h>
 
 #include "lib/sched_testlib.h"
+#include "lib/sentinel_testlib.h"
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
 #include "base/err.h"
@@ -26,98 +27,19 @@
 #define MASTER "wpm"
 #define KEY "sk-acme"
 
-static char *DIR_;
-/* RPORT[0] starts as the primary, [1] and [2] as its replicas. */
-static int RPORT[3], SENT[3], DEAD;
-static pid_t RPID[3], SPID[3];
-#define PRIMARY RPORT[0]
-static char SENTINELS[256]; /* a dead one first: it must be skipped */
-
-static pid_t redis_at(int port, int replica_of)
-{
-    char p[16], of[16], log[512], dir[512];
-    snprintf(p, sizeof(p), "%d", port);
-    snprintf(of, sizeof(of), "%d", replica_of);
-    snprintf(log, sizeof(log), "%s/redis-%d.log", DIR_, port);
-    snprintf(dir, sizeof(dir), "%s/r%d", DIR_, port);
-    wp_mkdir_p(dir, 0755, NULL);
-    const char *argv[] = { "redis-server", "--port", p, "--bind", "127.0.0.1", "--dir", dir, "--save", "",
-                     "--appendonly", "no", "--daemonize", "no",
-                     replica_of ? "--replicaof" : NULL, "127.0.0.1", of, NULL };
-    return th_spawn(log, argv);
-}
-
-static pid_t sentinel_at(int port)
-{
-    char conf[512], log[512], text[1024];
-    snprintf(conf, sizeof(conf), "%s/sentinel-%d.conf", DIR_, port);
-    snprintf(log, sizeof(log), "%s/sentinel-%d.log", DIR_, port);
-    /* Small timeouts keep the failover within a few seconds. */
-    int n = snprintf(text, sizeof(text),
-                     "port %d\nbind 127.0.0.1\ndir %s\n"
-                     "sentinel monitor " MASTER " 127.0.0.1 %d 2\n"
-                     "sentinel down-after-milliseconds " MASTER " 1000\n"
-                     "sentinel failover-timeout " MASTER " 3000\n"
-                     "sentinel parallel-syncs " MASTER " 1\n",
-                     port, DIR_, PRIMARY);
-    if (wp_write_file(conf, text, (size_t)n, 0644, NULL) < 0)
-        return -1;
-    const char *argv[] = { "redis-server", conf, "--sentinel", NULL };
-    return th_spawn(log, argv);
-}
-
-/* redis-cli -p port ARGS prints needle. */
-static bool cli_has(int port, const char *args, const char *needle)
-{
-    char out[4096] = "";
-    th_sh(out, sizeof(out), "redis-cli -p %d %s 2>/dev/null", port, args);
-    return strstr(out, needle) != NULL;
-}
+static struct th_sentinel T; /* rport[0] starts as the primary */
+#define PRIMARY T.rport[0]
 
 static int setup(void **state)
 {
     (void)state;
-    DIR_ = th_tmpdir("rsent");
-    for (int i = 0; i < 3; i++)
-        RPORT[i] = th_free_port();
-    DEAD = th_free_port();
-    for (int i = 0; i < 3; i++)
-        SENT[i] = th_free_port();
-    snprintf(SENTINELS, sizeof(SENTINELS), "127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d",
-             DEAD, SENT[0], SENT[1], SENT[2]);
-    for (int i = 0; i < 3; i++)
-        RPID[i] = redis_at(RPORT[i], i ? PRIMARY : 0);
-    for (int i = 0; i < 3; i++)
-        SPID[i] = sentinel_at(SENT[i]);
-    /* Ready: the replica in sync, and every sentinel sees the others and
-     * the replica (a failover needs a majority that knows each other). */
-    for (int i = 0; i < 200; i++, th_msleep(100)) {
-        bool ok = cli_has(PRIMARY, "info replication", "connected_slaves:2");
-        for (int s = 0; s < 3 && ok; s++)
-            ok = cli_has(SENT[s], "sentinel ckquorum " MASTER, "OK 3 usable") &&
-                 cli_has(SENT[s], "sentinel master " MASTER, "num-slaves\n2\n");
-        if (ok)
-            return 0;
-    }
-    fprintf(stderr, "sentinel setup did not converge (logs in %s)\n", DIR_);
-    return -1;
+    return th_sentinel_start(&T, MASTER);
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    for (int i = 0; i < 3; i++) {
-        if (RPID[i] > 0) {
-            kill(RPID[i], SIGKILL);
-            waitpid(RPID[i], NULL, 0);
-        }
-        if (SPID[i] > 0) {
-            kill(SPID[i], SIGKILL);
-            waitpid(SPID[i], NULL, 0);
-        }
-    }
-    th_rmtree(DIR_);
-    free(DIR_);
+    th_sentinel_stop(&T);
     return 0;
 }
 
@@ -163,7 +85,7 @@ static void processes_find_the_primary(void **state)
     char tmpl[1024], env[1200], log[1100], state_dir[1100], out[4096];
     (void)state;
 
-    assert_int_equal(th_sched_start(&s, DEAD, "--redis-sentinels", SENTINELS, "--redis-master",
+    assert_int_equal(th_sched_start(&s, T.dead, "--redis-sentinels", T.list, "--redis-master",
                                     MASTER, NULL), 0);
     assert_int_equal(post_agent_until(s.port, 200, NULL, 0), 200);
     assert_int_equal(th_sched_stop(&s), 0);
@@ -171,14 +93,14 @@ static void processes_find_the_primary(void **state)
     th_sh(out, sizeof(out), "redis-cli -p %d --scan --pattern 'wp:obj:{acme}:agent_*'", PRIMARY);
     assert_non_null(strstr(out, "wp:obj:{acme}:agent_"));
     /* Half a configuration is refused at start. */
-    assert_int_equal(th_sched_start(&s, DEAD, "--redis-sentinels", SENTINELS, NULL), -1);
+    assert_int_equal(th_sched_start(&s, T.dead, "--redis-sentinels", T.list, NULL), -1);
 
-    assert_int_equal(th_hands_template(DIR_, "sentenv", NULL, tmpl, sizeof(tmpl)), 0);
+    assert_int_equal(th_hands_template(T.dir, "sentenv", NULL, tmpl, sizeof(tmpl)), 0);
     snprintf(env, sizeof(env), "%s:0:0", tmpl);
-    snprintf(log, sizeof(log), "%s/node.log", DIR_);
-    snprintf(state_dir, sizeof(state_dir), "%s/state", DIR_);
-    pid_t node = th_node_start("sentnode", DEAD, state_dir, log, "--env", env, "--no-api-envs",
-                               "--redis-sentinels", SENTINELS, "--redis-master", MASTER, NULL);
+    snprintf(log, sizeof(log), "%s/node.log", T.dir);
+    snprintf(state_dir, sizeof(state_dir), "%s/state", T.dir);
+    pid_t node = th_node_start("sentnode", T.dead, state_dir, log, "--env", env, "--no-api-envs",
+                               "--redis-sentinels", T.list, "--redis-master", MASTER, NULL);
     assert_true(node > 0);
     bool registered = false;
     for (int i = 0; i < 100 && !registered; i++, th_msleep(100)) {
@@ -189,13 +111,13 @@ static void processes_find_the_primary(void **state)
     int rc = th_sh(out, sizeof(out),
                    "%s/warmpool --redis 127.0.0.1:%d --redis-sentinels %s --redis-master %s "
                    "pool status",
-                   th_build_dir(), DEAD, SENTINELS, MASTER);
+                   th_build_dir(), T.dead, T.list, MASTER);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "sentnode"));
     /* An unknown master name: a clear error naming it. */
     rc = th_sh(out, sizeof(out),
                "%s/warmpool --redis-sentinels %s --redis-master nosuch pool status 2>&1",
-               th_build_dir(), SENTINELS);
+               th_build_dir(), T.list);
     assert_int_not_equal(rc, 0);
     assert_non_null(strstr(out, "nosuch"));
     kill(node, SIGTERM);
@@ -250,7 +172,7 @@ static void durable_mode_waits_for_replicas(void **state)
     one_set(loop, c, "three", &o);
     assert_int_equal(o.type, REDIS_REPLY_ERROR);
     assert_non_null(strstr(o.str, "NOTREPLICATED 2 of 3"));
-    assert_true(cli_has(PRIMARY, "get wp:test:durable", "three"));
+    assert_true(th_redis_cli_has(PRIMARY, "get wp:test:durable", "three"));
     wp_redis_free(c);
     ev_run(loop, EVRUN_NOWAIT);
     ev_loop_destroy(loop);
@@ -364,48 +286,31 @@ static bool followed(struct writer *w)
     return w->acked_after >= 50 && !strcmp(w->last_msg, w->want_msg);
 }
 
-/* The primary the sentinels name now. */
-static int current_primary(void)
-{
-    char out[256] = "";
-    th_sh(out, sizeof(out), "redis-cli -p %d sentinel get-master-addr-by-name " MASTER, SENT[0]);
-    char *nl = strchr(out, '\n');
-    return nl ? atoi(nl + 1) : -1;
-}
-
-static int rindex_of(int port)
-{
-    for (int i = 0; i < 3; i++)
-        if (RPORT[i] == port)
-            return i;
-    return -1;
-}
-
 /* Hit the primary with sig, let the writer follow; its writes sent after
  * the hit are all on the new primary, and its subscription is back there. */
 static int fail_over(struct ev_loop *loop, struct writer *w, int sig, const char *msg)
 {
-    int old = rindex_of(current_primary());
+    int old = th_sentinel_index(&T, th_sentinel_primary(&T));
     assert_true(old >= 0);
     /* A replica to promote: in sync with this primary. */
-    for (int i = 0; i < 200 && cli_has(RPORT[old], "info replication", "connected_slaves:0"); i++)
+    for (int i = 0; i < 200 && th_redis_cli_has(T.rport[old], "info replication", "connected_slaves:0"); i++)
         run_until(loop, w, followed, 0.1, 0, NULL);
-    assert_false(cli_has(RPORT[old], "info replication", "connected_slaves:0"));
-    assert_true(run_until(loop, w, warmed_up, 20, RPORT[old], "before"));
+    assert_false(th_redis_cli_has(T.rport[old], "info replication", "connected_slaves:0"));
+    assert_true(run_until(loop, w, warmed_up, 20, T.rport[old], "before"));
     w->acked_after = 0;
     w->nafter = 0;
     w->killed = true;
     snprintf(w->want_msg, sizeof(w->want_msg), "%s", msg);
-    kill(RPID[old], sig);
+    kill(T.rpid[old], sig);
     if (sig == SIGKILL) {
-        waitpid(RPID[old], NULL, 0);
-        RPID[old] = 0;
+        waitpid(T.rpid[old], NULL, 0);
+        T.rpid[old] = 0;
     }
     double t0 = now_s();
     int now = -1;
-    for (int i = 0; i < 400 && (now = current_primary()) == RPORT[old]; i++)
+    for (int i = 0; i < 400 && (now = th_sentinel_primary(&T)) == T.rport[old]; i++)
         run_until(loop, w, followed, 0.1, 0, NULL);
-    assert_int_not_equal(now, RPORT[old]);
+    assert_int_not_equal(now, T.rport[old]);
     bool ok = run_until(loop, w, followed, 40, now, msg);
     fprintf(stderr, "# signal %d: followed in %.1f s: %ld acked before, %ld after, %ld failed\n",
             sig, now_s() - t0, w->acked_before, w->acked_after, w->failed);
@@ -440,12 +345,12 @@ static void client_follows_failovers(void **state)
     struct wp_err err;
     (void)state;
 
-    assert_int_equal(wp_sentinel_set(SENTINELS, MASTER, &err), 0);
+    assert_int_equal(wp_sentinel_set(T.list, MASTER, &err), 0);
     w.after = calloc(100000, sizeof(long));
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     /* The address given is ignored in sentinel mode. */
-    w.c = wp_redis_new(loop, "127.0.0.1", DEAD, "writer");
-    w.sub = wp_redis_new(loop, "127.0.0.1", DEAD, "writer-sub");
+    w.c = wp_redis_new(loop, "127.0.0.1", T.dead, "writer");
+    w.sub = wp_redis_new(loop, "127.0.0.1", T.dead, "writer-sub");
     assert_int_equal(wp_redis_subscribe(w.sub, "wp:test:chan", on_msg, &w), 0);
     ev_timer t;
     ev_timer_init(&t, tick, 0.01, 0.01);
@@ -460,7 +365,7 @@ static void client_follows_failovers(void **state)
     int now = fail_over(loop, &w, SIGKILL, "after-kill");
 
     /* A synchronous connection (the CLIs') goes to the new primary too. */
-    redisContext *sc = wp_redis_connect_sync("127.0.0.1", DEAD, &err);
+    redisContext *sc = wp_redis_connect_sync("127.0.0.1", T.dead, &err);
     assert_non_null(sc);
     assert_int_equal(sc->tcp.port, now);
     redisFree(sc);

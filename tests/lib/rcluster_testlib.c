@@ -41,13 +41,6 @@ static int cluster_port(const struct th_rcluster *c, int upto)
     return -1;
 }
 
-bool th_redis_cli_has(int port, const char *args, const char *needle)
-{
-    char out[8192] = "";
-    th_sh(out, sizeof(out), "redis-cli -p %d %s 2>/dev/null", port, args);
-    return strstr(out, needle) != NULL;
-}
-
 bool th_rcluster_ok(const struct th_rcluster *c)
 {
     for (int i = 0; i < c->n; i++)

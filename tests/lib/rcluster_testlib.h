@@ -33,8 +33,6 @@ bool th_rcluster_ok(const struct th_rcluster *c);
 void th_rcluster_seeds(const struct th_rcluster *c, char *out, size_t cap);
 /* The port of the master serving slot (CLUSTER SLOTS of a live node), or -1. */
 int th_rcluster_owner(const struct th_rcluster *c, int slot);
-/* `redis-cli -p port ARGS` prints needle somewhere. */
-bool th_redis_cli_has(int port, const char *args, const char *needle);
 /* The node index of port, or -1. */
 int th_rcluster_index(const struct th_rcluster *c, int port);
 

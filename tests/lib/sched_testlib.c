@@ -260,6 +260,18 @@ int th_sched_stop(struct th_sched *s)
     return rc;
 }
 
+int th_sched_kill(struct th_sched *s)
+{
+    int st = 0;
+    if (s->pid <= 0)
+        return -1;
+    track(s->pid, false);
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, &st, 0);
+    s->pid = 0;
+    return 0;
+}
+
 int th_connect(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);

@@ -26,6 +26,8 @@ int th_stack_start(struct th_redis *r, struct th_sched *s, ...);
 int th_stack_stop(struct th_redis *r, struct th_sched *s);
 /* SIGTERM, wait up to 10 s (then SIGKILL). Returns the exit status. */
 int th_sched_stop(struct th_sched *s);
+/* kill -9 and reap (a crash, not a stop). 0, or -1 when not running. */
+int th_sched_kill(struct th_sched *s);
 /* Path of the build directory (e.g. "build" or "build/asan"); static. */
 const char *th_build_dir(void);
 

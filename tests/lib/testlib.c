@@ -198,3 +198,10 @@ int th_sh(char *out, size_t cap, const char *fmt, ...)
         return -1;
     return WEXITSTATUS(st);
 }
+
+bool th_redis_cli_has(int port, const char *args, const char *needle)
+{
+    char out[8192] = "";
+    th_sh(out, sizeof(out), "redis-cli -p %d %s 2>/dev/null", port, args);
+    return strstr(out, needle) != NULL;
+}

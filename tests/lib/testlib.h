@@ -5,6 +5,7 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
@@ -45,5 +46,8 @@ int th_free_port(void);
  * Returns the exit status (or -1). */
 int th_sh(char *out, size_t cap, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* `redis-cli -p port ARGS` prints needle somewhere. */
+bool th_redis_cli_has(int port, const char *args, const char *needle);
 
 #endif

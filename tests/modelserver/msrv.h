@@ -95,6 +95,7 @@ enum msrv_fault_kind {
     MSRV_FAULT_STATUS,       /* HTTP error status before any stream */
     MSRV_FAULT_STREAM_ERROR, /* `event: error` mid-stream */
     MSRV_FAULT_DROP,         /* connection closed mid-stream */
+    MSRV_FAULT_STALL,        /* nothing more sent mid-stream, the connection kept open */
 };
 
 struct msrv_turn {
@@ -134,7 +135,7 @@ struct msrv_config {
     /* Faults. Each rule counts only the requests that reach it. */
     int fault_status;      /* 529 default */
     int retry_after;       /* seconds, for the retry-after header; < 0 = none */
-    struct msrv_fault_rule status_rule, error_rule, drop_rule;
+    struct msrv_fault_rule status_rule, error_rule, drop_rule, stall_rule;
     int fault_after;       /* segments sent before a mid-stream fault */
     struct msrv_conv *convs; /* owned */
     size_t n_convs;

@@ -57,8 +57,8 @@ struct msrv_server {
     struct msrv_conn *conns, *closed;
     struct msrv_rng id_rng;
     uint64_t n_http, n_messages, n_streams, n_active, n_client_gone;
-    uint64_t n_fault_status, n_fault_error, n_fault_drop;
-    int seen_status, seen_error, seen_drop; /* requests that reached each rule */
+    uint64_t n_fault_status, n_fault_error, n_fault_drop, n_fault_stall;
+    int seen_status, seen_error, seen_drop, seen_stall; /* requests that reached each rule */
     json_t *by_status;                      /* "200": count */
     json_t *last_tools;                     /* names of the last request's tools (owned) */
     double ttft[MSRV_TTFT_RING];

@@ -32,6 +32,8 @@ static const char usage[] =
     "  --stream-error-rate P  ... and this fraction of the rest\n"
     "  --drop-first N         drop the connection of the first N streams mid-stream\n"
     "  --drop-rate P          ... and this fraction of the rest\n"
+    "  --stall-first N        stop sending the first N streams mid-stream (kept open)\n"
+    "  --stall-rate P         ... and this fraction of the rest\n"
     "  --fault-after N        SSE segments sent before a mid-stream fault (2)\n"
     "  --ev-timer             libev timers instead of timerfds (up to 1 ms late)\n"
     "  --log-level LEVEL      error | warn | info | debug (info)\n";
@@ -39,7 +41,7 @@ static const char usage[] =
 enum {
     OPT_HOST = 256, OPT_PORT, OPT_SCRIPT, OPT_SEED, OPT_TTFT, OPT_RATE, OPT_CHUNK, OPT_TEXT,
     OPT_NOAUTH, OPT_FSTATUS, OPT_RETRY, OPT_HFIRST, OPT_HRATE, OPT_EFIRST, OPT_ERATE,
-    OPT_DFIRST, OPT_DRATE, OPT_AFTER, OPT_LOG, OPT_HELP, OPT_EVTIMER,
+    OPT_DFIRST, OPT_DRATE, OPT_SFIRST, OPT_SRATE, OPT_AFTER, OPT_LOG, OPT_HELP, OPT_EVTIMER,
 };
 
 static const struct option options[] = {
@@ -60,6 +62,8 @@ static const struct option options[] = {
     { "stream-error-rate", required_argument, NULL, OPT_ERATE },
     { "drop-first", required_argument, NULL, OPT_DFIRST },
     { "drop-rate", required_argument, NULL, OPT_DRATE },
+    { "stall-first", required_argument, NULL, OPT_SFIRST },
+    { "stall-rate", required_argument, NULL, OPT_SRATE },
     { "fault-after", required_argument, NULL, OPT_AFTER },
     { "log-level", required_argument, NULL, OPT_LOG },
     { "ev-timer", no_argument, NULL, OPT_EVTIMER },
@@ -124,6 +128,8 @@ static int apply(struct msrv_config *cfg, int opt, const char *arg, struct wp_er
     case OPT_ERATE: rc = num(arg, 0, 1, &v, err); cfg->error_rule.rate = v; break;
     case OPT_DFIRST: rc = num(arg, 0, 1e9, &v, err); cfg->drop_rule.first = (int)v; break;
     case OPT_DRATE: rc = num(arg, 0, 1, &v, err); cfg->drop_rule.rate = v; break;
+    case OPT_SFIRST: rc = num(arg, 0, 1e9, &v, err); cfg->stall_rule.first = (int)v; break;
+    case OPT_SRATE: rc = num(arg, 0, 1, &v, err); cfg->stall_rule.rate = v; break;
     case OPT_AFTER: rc = num(arg, 0, 1e9, &v, err); cfg->fault_after = (int)v; break;
     default: return wp_err_set(err, WP_ECONFIG, "unknown option");
     }

@@ -71,6 +71,8 @@ static void h_messages(struct msrv_conn *c, struct msrv_req *req)
         c->fault = MSRV_FAULT_STREAM_ERROR;
     } else if (mr.stream && rule_hits(&cfg->drop_rule, &srv->seen_drop, &frng)) {
         c->fault = MSRV_FAULT_DROP;
+    } else if (mr.stream && rule_hits(&cfg->stall_rule, &srv->seen_stall, &frng)) {
+        c->fault = MSRV_FAULT_STALL;
     }
     if (c->fault == MSRV_FAULT_STATUS) {
         int st = turn && turn->fault_status ? turn->fault_status : cfg->fault_status;
@@ -178,13 +180,13 @@ static void h_stats(struct msrv_conn *c, struct msrv_req *req)
     char *body;
     (void)req;
 
-    j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:O, s:{s:I, s:I, s:I}, s:o, s:o, s:o, s:O}",
+    j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:O, s:{s:I, s:I, s:I, s:I}, s:o, s:o, s:o, s:O}",
                   "http_requests", (json_int_t)srv->n_http, "messages",
                   (json_int_t)srv->n_messages, "streams", (json_int_t)srv->n_streams,
                   "active_streams", (json_int_t)srv->n_active, "client_gone",
                   (json_int_t)srv->n_client_gone, "status", srv->by_status, "faults", "status",
                   (json_int_t)srv->n_fault_status, "stream_error",
-                  (json_int_t)srv->n_fault_error, "drop", (json_int_t)srv->n_fault_drop,
+                  (json_int_t)srv->n_fault_error, "drop", (json_int_t)srv->n_fault_drop, "stall", (json_int_t)srv->n_fault_stall,
                   "ttft_ms", summary(srv->ttft, n), "ttft_late_ms", summary(srv->late, n),
                   "recent", recent_json(srv, RECENT_IN_STATS), "last_tools",
                   srv->last_tools ? srv->last_tools : json_null());

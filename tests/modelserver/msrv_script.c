@@ -177,6 +177,7 @@ static int fault_kind_parse(const char *s, enum msrv_fault_kind *out)
         { "status", MSRV_FAULT_STATUS },
         { "error", MSRV_FAULT_STREAM_ERROR },
         { "drop", MSRV_FAULT_DROP },
+        { "stall", MSRV_FAULT_STALL },
     };
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
         if (s && strcmp(s, table[i].name) == 0) {
@@ -274,7 +275,7 @@ static int turn_from_json(json_t *j, struct msrv_turn *t, struct wp_err *err)
         if (json_is_string(fault))
             kind = json_string_value(fault);
         if (fault_kind_parse(kind, &t->fault) < 0)
-            return wp_err_set(err, WP_ECONFIG, "fault kind: none, status, error or drop");
+            return wp_err_set(err, WP_ECONFIG, "fault kind: none, status, error, drop or stall");
         t->fault_status = (int)json_integer_value(json_object_get(fault, "status"));
         t->fault_after = json_is_integer(json_object_get(fault, "after"))
                              ? (int)json_integer_value(json_object_get(fault, "after"))
@@ -333,6 +334,7 @@ static int faults_from_json(struct msrv_config *cfg, json_t *f, struct wp_err *e
     rule_from_json(json_object_get(f, "http"), &cfg->status_rule);
     rule_from_json(json_object_get(f, "stream_error"), &cfg->error_rule);
     rule_from_json(json_object_get(f, "drop"), &cfg->drop_rule);
+    rule_from_json(json_object_get(f, "stall"), &cfg->stall_rule);
     return 0;
 }
 

@@ -128,7 +128,7 @@ static void stats_count(struct msrv_server *srv, int status)
 
 static const char *fault_name(enum msrv_fault_kind f)
 {
-    static const char *names[] = { "none", "status", "error", "drop" };
+    static const char *names[] = { "none", "status", "error", "drop", "stall" };
     return names[f];
 }
 
@@ -266,6 +266,12 @@ static void stream_fault(struct msrv_conn *c)
 {
     struct msrv_server *srv = c->srv;
 
+    if (c->fault == MSRV_FAULT_STALL) {
+        /* A hung upstream: no timer is armed again; the client's idle
+         * deadline (or its going away) ends the request. */
+        srv->n_fault_stall++;
+        return;
+    }
     if (c->fault == MSRV_FAULT_DROP) {
         srv->n_fault_drop++;
         request_done(c, "dropped");

@@ -68,7 +68,9 @@ static inline int msrv_build_dir(char *out, size_t cap)
     return 0;
 }
 
-static inline int msrv_spawn(struct msrv_proc *m, const char *const *args)
+/* The same on a given port (0: a free one), e.g. to start it again where
+ * its clients already point. */
+static inline int msrv_spawn_port(struct msrv_proc *m, int at, const char *const *args)
 {
     const char *argv[64];
     char port[16];
@@ -78,7 +80,7 @@ static inline int msrv_spawn(struct msrv_proc *m, const char *const *args)
     memset(m, 0, sizeof(*m));
     if (msrv_find_bin(m->bin, sizeof(m->bin)) < 0)
         return -1;
-    m->port = th_free_port();
+    m->port = at > 0 ? at : th_free_port();
     snprintf(port, sizeof(port), "%d", m->port);
     snprintf(m->log, sizeof(m->log), "/tmp/wp-msrv-%d-%d.log", (int)getpid(), m->port);
     argv[n++] = m->bin;
@@ -118,6 +120,11 @@ static inline int msrv_spawn(struct msrv_proc *m, const char *const *args)
     waitpid(pid, NULL, 0);
     m->pid = 0;
     return -1;
+}
+
+static inline int msrv_spawn(struct msrv_proc *m, const char *const *args)
+{
+    return msrv_spawn_port(m, 0, args);
 }
 
 /* SIGTERM, then the exit status (0 = clean shutdown). */

@@ -4,10 +4,12 @@
 -- their holders hear it on wp:lost:<E>) or dropped with their hot entries
 -- (idle), and N leaves E's nodes and live hash. Only entries still naming
 -- N are touched and a lost one is not announced twice: idempotent, several
--- reapers may race. Every key is E's (one hash slot).
+-- reapers may race. Every key is E's (one hash slot). A lost record
+-- expires a minute past its lease (../_lost.lua).
 -- KEYS[1] wp:env:{E}:hot, KEYS[2] wp:env:{E}:nodes, KEYS[3] wp:env:{E}:live,
 -- KEYS[4..] wp:env:{E}:sb:<id>. ARGV[1] node N, ARGV[2] E, ARGV[3..] the
 -- ids (ARGV[i - 1] is the id of KEYS[i]).
+--#include ../_lost.lua
 local n = 0
 for i = 4, #KEYS do
   local k, id = KEYS[i], ARGV[i - 1]
@@ -17,8 +19,7 @@ for i = 4, #KEYS do
       redis.call('LREM', KEYS[1], 0, id)
       redis.call('DEL', k)
     elseif st ~= 'lost' then
-      redis.call('HSET', k, 'state', 'lost')
-      redis.call('PUBLISH', 'wp:lost:' .. ARGV[2], id)
+      lost(k, ARGV[2], id)
     end
     n = n + 1
   end

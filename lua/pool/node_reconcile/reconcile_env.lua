@@ -19,6 +19,7 @@
 -- record per own sandbox "id<TAB>state<TAB>token<TAB>session<TAB>root",
 -- then the id of each entry it does not have. Returns "E id" per expired
 -- lease, "E id lost" per lease declared lost.
+--#include ../_lost.lua
 local nown = tonumber(ARGV[6])
 local expired = {}
 for i = 1, nown do
@@ -55,8 +56,7 @@ for i = nown + 1, #KEYS - 2 do
     redis.call('LREM', KEYS[1], 0, id)
     redis.call('DEL', k)
   elseif st == 'leased' then
-    redis.call('HSET', k, 'state', 'lost')
-    redis.call('PUBLISH', 'wp:lost:' .. ARGV[5], id)
+    lost(k, ARGV[5], id)
   end
 end
 return expired
