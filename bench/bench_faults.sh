@@ -116,6 +116,7 @@ L.append("Columns: *acked* user messages `POST .../events` answered 200; *lost* 
          "holder (a resent claim's first request, a brain stopped by a lost Redis connection), never renewed, "
          "back to their node when the 60 s claim lease ends; *leaks* what the settle check "
          "found.\n")
+L.append("The network partition of a node (nodes in network namespaces, `tests/integration/test_multinode.c`) is in `faults-partition.md`; the Cluster master case waits for the scheduler side of the Cluster layout.\n")
 L.append("| fault | load | acked | lost | dup | extra | failed | errors (retrying) | tool err | sbx err | stream resumes | recover s | orphans | leaks |")
 L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for f, rs in by.items():
