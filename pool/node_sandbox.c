@@ -63,7 +63,8 @@ void node__destroy_sb(struct node *n, struct nsb *s, const char *why)
     free(s);
 }
 
-void node__publish_reply(struct node *n, struct nsb *s, int status, const char *msg)
+/* The claim's answer as the claimer reads it (caller frees). */
+static char *reply_text(struct node *n, struct nsb *s, int status, const char *msg)
 {
     json_t *o = json_pack("{s:s, s:i}", "rid", s->rid, "status", status);
     if (status == 0)
@@ -78,9 +79,35 @@ void node__publish_reply(struct node *n, struct nsb *s, int status, const char *
         json_object_set_new(o, "retry", json_true());
     char *text = json_dumps(o, JSON_COMPACT);
     json_decref(o);
+    return text;
+}
+
+void node__publish_reply(struct node *n, struct nsb *s, int status, const char *msg)
+{
+    char *text = reply_text(n, s, status, msg);
     const char *argv[] = { "PUBLISH", s->reply_chan, text };
     node__cmd(n, "reply", 3, argv);
     free(text);
+}
+
+/* A served claim's answer, sent once its lease is written: on a cluster
+ * the answer's channel and the sandbox's hash live on different masters,
+ * and a claimer that heard of its sandbox before the hash was there got
+ * GONE for its first renew or release. */
+struct leased_reply {
+    struct node *n;
+    char chan[128];
+    char *text;
+};
+
+static void leased_cb(void *ctx, redisReply *reply)
+{
+    struct leased_reply *lr = ctx;
+    node__log_reply((void *)"lease sandbox", reply);
+    const char *argv[] = { "PUBLISH", lr->chan, lr->text };
+    node__cmd(lr->n, "reply", 3, argv);
+    free(lr->text);
+    free(lr);
 }
 
 static void sb_ready(struct node *n, struct nsb *s)
@@ -108,13 +135,28 @@ static void sb_ready(struct node *n, struct nsb *s)
         const char *hset[] = { "HSET", k, "node", n->cfg.id, "addr", s->sb->root, "state",
                                "leased", "session", s->session, "token", tok, "tier", s->tier,
                                "lease_until", until, "created_ms", created, "relay", n->relay_addr };
-        node__cmd(n, "lease sandbox", 20, hset);
+        struct leased_reply *lr = calloc(1, sizeof(*lr));
+        char *text = reply_text(n, s, 0, NULL);
+        if (lr && text) {
+            lr->n = n;
+            snprintf(lr->chan, sizeof(lr->chan), "%s", s->reply_chan);
+            lr->text = text;
+        }
+        if (!lr || !text || wp_redis_argv(n->r, leased_cb, lr, 20, hset, NULL) < 0) {
+            /* Redis not ready (or no memory): the answer goes out now, as
+             * the claimer's renew will tell it what Redis has. */
+            node__cmd(n, "lease sandbox", 20, hset);
+            const char *pub[] = { "PUBLISH", s->reply_chan, text ? text : "" };
+            if (text)
+                node__cmd(n, "reply", 3, pub);
+            free(text);
+            free(lr);
+        }
         char stats[160];
         node__fmtkey(stats, sizeof(stats), POOL__K_STATS, e->cfg.name);
         const char *incr[] = { "HINCRBY", stats, strcmp(s->tier, "warm") == 0 ? "claims_warm" : "claims_cold", "1" };
         node__cmd(n, "stats", 4, incr);
         s->st = SB_LEASED;
-        node__publish_reply(n, s, 0, NULL);
         log_info("claim served sandbox=%s env=%s tier=%s session=%s ms=%.1f", s->sb->id,
                  e->cfg.name, s->tier, s->session, (node__now_s() - s->t0) * 1e3);
         return;
