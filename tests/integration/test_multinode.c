@@ -401,8 +401,8 @@ static void sessions_through_two_schedulers(void **state)
         assert_non_null(strstr(text, "eth0:")); /* a networked sandbox */
         json_decref(res);
         char node[64], relay[128];
-        rcli(node, sizeof(node), "hget wp:obj:%s sbx_node", sid[i]);
-        rcli(relay, sizeof(relay), "hget wp:obj:%s sbx_relay", sid[i]);
+        rcli(node, sizeof(node), "hget wp:obj:{%s} sbx_node", sid[i]);
+        rcli(relay, sizeof(relay), "hget wp:obj:{%s} sbx_relay", sid[i]);
         int k = node_index(node);
         assert_true(k >= 0);
         assert_true(strncmp(relay, C.nodes[k].addr, strlen(C.nodes[k].addr)) == 0);
@@ -557,15 +557,15 @@ static void partition_of_a_node(void **state)
         json_decref(u);
         char node[64] = "";
         for (int t = 0; t < 100 && !node[0]; t++, th_msleep(100))
-            rcli(node, sizeof(node), "hget wp:obj:%s sbx_node", sid[i]);
+            rcli(node, sizeof(node), "hget wp:obj:{%s} sbx_node", sid[i]);
         home[i] = node_index(node);
         assert_true(home[i] >= 0);
         memset(&old[i], 0, sizeof(old[i]));
         char tok[32];
-        rcli(old[i].sandbox, sizeof(old[i].sandbox), "hget wp:obj:%s sbx_sandbox", sid[i]);
-        rcli(old[i].relay, sizeof(old[i].relay), "hget wp:obj:%s sbx_relay", sid[i]);
-        rcli(old[i].rkey, sizeof(old[i].rkey), "hget wp:obj:%s sbx_rkey", sid[i]);
-        rcli(tok, sizeof(tok), "hget wp:obj:%s sbx_token", sid[i]);
+        rcli(old[i].sandbox, sizeof(old[i].sandbox), "hget wp:obj:{%s} sbx_sandbox", sid[i]);
+        rcli(old[i].relay, sizeof(old[i].relay), "hget wp:obj:{%s} sbx_relay", sid[i]);
+        rcli(old[i].rkey, sizeof(old[i].rkey), "hget wp:obj:{%s} sbx_rkey", sid[i]);
+        rcli(tok, sizeof(tok), "hget wp:obj:{%s} sbx_token", sid[i]);
         old[i].token = strtoull(tok, NULL, 10);
         snprintf(old[i].node, sizeof(old[i].node), "%s", node);
     }
@@ -600,7 +600,7 @@ static void partition_of_a_node(void **state)
         assert_non_null(strstr(result_text(res), "again-42"));
         json_decref(res);
         char node[64];
-        rcli(node, sizeof(node), "hget wp:obj:%s sbx_node", sid[i]);
+        rcli(node, sizeof(node), "hget wp:obj:{%s} sbx_node", sid[i]);
         assert_string_not_equal(node, vid);
         recovered = now_s() - t0;
     }
