@@ -136,20 +136,17 @@ static void sb_ready(struct node *n, struct nsb *s)
                                "leased", "session", s->session, "token", tok, "tier", s->tier,
                                "lease_until", until, "created_ms", created, "relay", n->relay_addr };
         struct leased_reply *lr = calloc(1, sizeof(*lr));
-        char *text = reply_text(n, s, 0, NULL);
-        if (lr && text) {
+        if (lr && (lr->text = reply_text(n, s, 0, NULL))) {
             lr->n = n;
             snprintf(lr->chan, sizeof(lr->chan), "%s", s->reply_chan);
-            lr->text = text;
         }
-        if (!lr || !text || wp_redis_argv(n->r, leased_cb, lr, 20, hset, NULL) < 0) {
-            /* Redis not ready (or no memory): the answer goes out now, as
-             * the claimer's renew will tell it what Redis has. */
-            node__cmd(n, "lease sandbox", 20, hset);
-            const char *pub[] = { "PUBLISH", s->reply_chan, text ? text : "" };
-            if (text)
-                node__cmd(n, "reply", 3, pub);
-            free(text);
+        /* Redis away (or no memory): no answer; the claimer's deadline
+         * ends the claim, and reconcile records the lease, which expires
+         * unrenewed. */
+        if (!lr || !lr->text || wp_redis_argv(n->r, leased_cb, lr, 20, hset, NULL) < 0) {
+            log_warn("claim sandbox=%s: its lease could not be written: no answer", s->sb->id);
+            if (lr)
+                free(lr->text);
             free(lr);
         }
         char stats[160];
