@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "lib/pool_testlib.h"
+#include "lib/sched_testlib.h"
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
 #include "base/err.h"
@@ -134,9 +135,7 @@ static bool wait_hot_at_least(long long n, int seconds)
 
 static int group_setup(void **state)
 {
-    char json[2048], hands[1024], wp[1024], dst[1200], *data = NULL;
-    size_t len = 0;
-    struct wp_err err;
+    char wp[1200];
     (void)state;
 
     if (th_redis_start(&R, 1) < 0)
@@ -146,24 +145,8 @@ static int group_setup(void **state)
         return -1;
     DIR_ = th_tmpdir("pool");
     /* Sandboxes run the hands as PID 1, bound read-only from a copy. */
-    node_bin(hands, sizeof(hands));
-    strcpy(strrchr(hands, '/') + 1, "warmpool-hands");
-    snprintf(wp, sizeof(wp), "%s/wp", DIR_);
-    snprintf(dst, sizeof(dst), "%s/warmpool-hands", wp);
-    if (mkdir(wp, 0755) < 0 || wp_read_file(hands, 64 << 20, &data, &len, &err) < 0 ||
-        wp_write_file(dst, data, len, 0755, &err) < 0)
-        return -1;
-    free(data);
     snprintf(TMPL, sizeof(TMPL), "%s/counter.json", DIR_);
-    snprintf(json, sizeof(json),
-             "{\"name\":\"" ENV "\",\"rootfs\":\"host\",\"workdir\":\"/work\","
-             "\"init_sets_hostname\":true,\"init\":[\"/.wp/warmpool-hands\",\"--socket\",\"/run/warmpool/hands.sock\","
-             "\"--workdir\",\"/work\",\"--ready-file\",\"/run/warmpool/hands.ready\"],"
-             "\"ready_file\":\"/run/warmpool/hands.ready\","
-             "\"binds\":[{\"source\":\"%s\",\"target\":\"/.wp\"}],"
-             "\"limits\":{\"memory_mb\":64,\"pids\":32}}",
-             wp);
-    if (wp_write_file(TMPL, json, strlen(json), 0644, &err) < 0)
+    if (th_hands_copy(DIR_, wp, sizeof(wp)) < 0 || th_pool_template(TMPL, ENV, wp) < 0)
         return -1;
     for (int i = 0; i < 3; i++) {
         snprintf(NODES[i].id, sizeof(NODES[i].id), "node%d", i);

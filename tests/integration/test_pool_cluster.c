@@ -139,21 +139,6 @@ static void node_stop(struct node_proc *np, int sig)
     np->pid = 0;
 }
 
-static int write_template(const char *path, const char *name, const char *wp)
-{
-    char json[2048];
-    struct wp_err err;
-    snprintf(json, sizeof(json),
-             "{\"name\":\"%s\",\"rootfs\":\"host\",\"workdir\":\"/work\","
-             "\"init_sets_hostname\":true,\"init\":[\"/.wp/warmpool-hands\",\"--socket\","
-             "\"/run/warmpool/hands.sock\",\"--workdir\",\"/work\",\"--ready-file\","
-             "\"/run/warmpool/hands.ready\"],\"ready_file\":\"/run/warmpool/hands.ready\","
-             "\"binds\":[{\"source\":\"%s\",\"target\":\"/.wp\"}],"
-             "\"limits\":{\"memory_mb\":64,\"pids\":32}}",
-             name, wp);
-    return wp_write_file(path, json, strlen(json), 0644, &err);
-}
-
 static int group_setup(void **state)
 {
     char wp[1200];
@@ -178,7 +163,7 @@ static int group_setup(void **state)
     }
     snprintf(TMPL, sizeof(TMPL), "%s/counter.json", DIR_);
     snprintf(TMPL2, sizeof(TMPL2), "%s/%s.json", DIR_, ENV2);
-    if (!ENV2[0] || write_template(TMPL, ENV, wp) < 0 || write_template(TMPL2, ENV2, wp) < 0)
+    if (!ENV2[0] || th_pool_template(TMPL, ENV, wp) < 0 || th_pool_template(TMPL2, ENV2, wp) < 0)
         return -1;
     for (int i = 0; i < 2; i++) {
         snprintf(NODES[i].id, sizeof(NODES[i].id), "node%d", i);

@@ -2,11 +2,13 @@
 #include <ev.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "pool_testlib.h"
 #include "snaplib.h"
 #include "testlib.h"
 #include "base/err.h"
+#include "base/fs.h"
 
 void th_claim_cb(void *ctx, int status, const struct pool_claim_result *res,
                  const struct wp_err *err)
@@ -61,4 +63,19 @@ int th_mounts_left(const char *dir)
     if (mounts)
         fprintf(stderr, "leak: %d mounts under %s\n", mounts, dir);
     return mounts;
+}
+
+int th_pool_template(const char *path, const char *name, const char *wp)
+{
+    char json[2048];
+    struct wp_err err;
+    snprintf(json, sizeof(json),
+             "{\"name\":\"%s\",\"rootfs\":\"host\",\"workdir\":\"/work\","
+             "\"init_sets_hostname\":true,\"init\":[\"/.wp/warmpool-hands\",\"--socket\","
+             "\"/run/warmpool/hands.sock\",\"--workdir\",\"/work\",\"--ready-file\","
+             "\"/run/warmpool/hands.ready\"],\"ready_file\":\"/run/warmpool/hands.ready\","
+             "\"binds\":[{\"source\":\"%s\",\"target\":\"/.wp\"}],"
+             "\"limits\":{\"memory_mb\":64,\"pids\":32}}",
+             name, wp);
+    return wp_write_file(path, json, strlen(json), 0644, &err);
 }

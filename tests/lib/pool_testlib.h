@@ -25,5 +25,8 @@ void th_run_until(struct ev_loop *loop, struct th_claim_out *o, int n);
 struct pool_client *th_pool_client(struct ev_loop *loop, int port);
 /* Mounts left under dir (said on stderr when there are any). */
 int th_mounts_left(const char *dir);
+/* Writes path: pool environment name whose sandboxes run the hands of wp
+ * (th_hands_copy) as PID 1, 64 MB and 32 pids. 0 or < 0. */
+int th_pool_template(const char *path, const char *name, const char *wp);
 
 #endif
