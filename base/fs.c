@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +104,27 @@ int wp_write_file(const char *path, const void *data, size_t len, int mode,
         return code;
     }
     return 0;
+}
+
+int wp_read_secret_line(const char *path, char *buf, size_t cap, struct wp_err *err)
+{
+    char line[1024] = "";
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return wp_err_errno(err, "password file %s", path);
+    bool ok = fgets(line, sizeof(line), f) != NULL;
+    fclose(f);
+    size_t n = strcspn(line, "\r\n");
+    int rc = 0;
+    if (!ok || n == 0)
+        rc = wp_err_set(err, WP_ECONFIG, "password file %s: empty first line", path);
+    else if (n >= cap || n >= sizeof(line) - 1)
+        rc = wp_err_set(err, WP_ECONFIG, "password file %s: first line longer than %zu bytes",
+                        path, cap - 1);
+    else
+        snprintf(buf, cap, "%.*s", (int)n, line);
+    explicit_bzero(line, sizeof(line));
+    return rc;
 }
 
 int wp_read_file(const char *path, size_t max, char **out, size_t *len,

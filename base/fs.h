@@ -18,6 +18,10 @@ int wp_write_file(const char *path, const void *data, size_t len, int mode,
  * NUL-terminated. WP_ETOOBIG if larger. */
 int wp_read_file(const char *path, size_t max, char **out, size_t *len,
                  struct wp_err *err);
+/* The first line of a secret file (a password), without its line end,
+ * into buf (cap bytes); the copy on the stack is wiped. 0, or < 0 with err
+ * (unreadable, empty first line, or longer than cap - 1). */
+int wp_read_secret_line(const char *path, char *buf, size_t cap, struct wp_err *err);
 /* Paths inside a sandbox's root (root: its host path, e.g. the overlay
  * mount or /proc/<pid>/root), for host processes running as root: every
  * component of path resolves within root (openat2 RESOLVE_IN_ROOT |

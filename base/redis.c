@@ -7,6 +7,9 @@
  */
 #define WP_LOG_COMPONENT "redis"
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +20,7 @@
 
 #include "base/log.h"
 #include "base/err.h"
+#include "base/fs.h"
 #include "base/rcluster.h"
 #include "base/redis.h"
 #include "base/sentinel.h"
@@ -92,22 +96,42 @@ static struct {
 
 int wp_redis_auth_file(const char *user, const char *path, struct wp_err *err)
 {
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return wp_err_errno(err, "redis password file %s", path);
-    char line[sizeof(auth.pass)] = "";
-    bool ok = fgets(line, sizeof(line), f) != NULL;
-    fclose(f);
-    line[strcspn(line, "\r\n")] = '\0';
-    if (!ok || !line[0])
-        return wp_err_set(err, WP_ECONFIG, "redis password file %s: empty first line", path);
+    char pass[sizeof(auth.pass)];
     if (user && strlen(user) >= sizeof(auth.user))
         return wp_err_set(err, WP_ECONFIG, "redis user name too long");
+    if (wp_read_secret_line(path, pass, sizeof(pass), err) < 0)
+        return -1;
     snprintf(auth.user, sizeof(auth.user), "%s", user ? user : "");
-    memcpy(auth.pass, line, sizeof(auth.pass));
-    memset(line, 0, sizeof(line));
+    memcpy(auth.pass, pass, sizeof(auth.pass));
+    explicit_bzero(pass, sizeof(pass));
     auth.set = true;
     return 0;
+}
+
+static int net_timeout_ms = WP_REDIS_NET_TIMEOUT_MS;
+
+void wp_redis_set_net_timeout(int ms)
+{
+    net_timeout_ms = ms > 0 ? ms : 0;
+}
+
+void wp_redis_net_deadline(int fd)
+{
+    if (fd < 0 || net_timeout_ms <= 0)
+        return;
+    /* Probes start after a third of the bound idle, every sixth of it:
+     * an idle connection to a dead peer (a blocked XREAD, a subscription)
+     * is dropped about when a busy one is. Failures are harmless (a unix
+     * socket): the kernel's defaults stay. */
+    int one = 1, idle = net_timeout_ms / 3000, intvl = net_timeout_ms / 6000, cnt = 3;
+    unsigned int ut = (unsigned int)net_timeout_ms;
+    idle = idle > 0 ? idle : 1;
+    intvl = intvl > 0 ? intvl : 1;
+    (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof(ut));
 }
 
 static int auth_argv(const char *argv[3])
@@ -281,6 +305,7 @@ static void connect_addr(struct wp_redis *r)
     }
     ac->data = r;
     r->conn++;
+    wp_redis_net_deadline(ac->c.fd);
     redisLibevAttach(r->loop, ac);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);

@@ -78,6 +78,21 @@ redisContext *wp_redis_connect_sync(const char *host, int port, struct wp_err *e
 /* The same to exactly host:port (no Sentinel, no Cluster). */
 redisContext *wp_redis_connect_sync_addr(const char *host, int port, struct wp_err *err);
 
+/* How long data this process sent to Redis (or a sentinel) may stay
+ * unacknowledged by the peer's TCP before the kernel drops the connection,
+ * and so how long an idle connection to a vanished peer lives (keepalive
+ * probes, bounded the same way). hiredis has no command deadline: without
+ * this a command sent into a network partition waits for TCP's own
+ * retransmission timeout (~15 min), and its reply, or the NULL that lets the
+ * caller act, with it. A busy Redis still acknowledges at the TCP level, so
+ * a slow command is never cut. Process-wide, set before the first
+ * connection; default WP_REDIS_NET_TIMEOUT_MS; 0 = the kernel's defaults. */
+#define WP_REDIS_NET_TIMEOUT_MS 5000
+void wp_redis_set_net_timeout(int ms);
+/* Applies it to a connected or connecting TCP socket (every connection
+ * base/ opens: wp_redis, sentinels, the synchronous CLIs). */
+void wp_redis_net_deadline(int fd);
+
 /* Put this connection in subscribe mode on one channel (again after each
  * reconnect): cb gets every reply on it (the confirmation, then
  * ["message", channel, payload] arrays). Nothing else may be sent on it. */

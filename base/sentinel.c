@@ -7,6 +7,7 @@
  */
 #define WP_LOG_COMPONENT "redis"
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +18,9 @@
 #include <hiredis/hiredis.h>
 
 #include "base/err.h"
+#include "base/fs.h"
 #include "base/log.h"
+#include "base/redis.h"
 #include "base/sentinel.h"
 
 #define ASK_TIMEOUT 1.0
@@ -27,6 +30,7 @@ static struct {
     char host[WP_SENTINEL_MAX][128];
     int port[WP_SENTINEL_MAX];
     char master[128];
+    char pass[512]; /* "" = sentinels want no AUTH */
 } cfg;
 static atomic_int good; /* index of the sentinel that answered last */
 
@@ -64,6 +68,11 @@ int wp_sentinel_set(const char *list, const char *master, struct wp_err *err)
     snprintf(cfg.master, sizeof(cfg.master), "%s", master);
     cfg.n = n;
     return 0;
+}
+
+int wp_sentinel_auth_file(const char *path, struct wp_err *err)
+{
+    return wp_read_secret_line(path, cfg.pass, sizeof(cfg.pass), err);
 }
 
 bool wp_sentinel_on(void)
@@ -205,8 +214,20 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     try_next(a);
 }
 
-/* A connection to sentinel idx on loop, data and callbacks set; NULL if
- * it could not even start. */
+/* A refused AUTH is said here; the command queued after it then fails
+ * with NOAUTH and the caller moves on to the next sentinel. */
+static void auth_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    redisReply *rep = reply;
+    int idx = (int)(intptr_t)privdata;
+    (void)ac;
+    if (rep && rep->type == REDIS_REPLY_ERROR)
+        log_warn("redis sentinel %s:%d refused AUTH: %s", cfg.host[idx], cfg.port[idx], rep->str);
+}
+
+/* A connection to sentinel idx on loop, data and callbacks set, AUTH
+ * queued first when the sentinels want a password; NULL if it could not
+ * even start. */
 static redisAsyncContext *sentinel_conn(struct ev_loop *loop, int idx, void *data,
                                         redisConnectCallback *on_conn,
                                         redisDisconnectCallback *on_disc)
@@ -218,9 +239,14 @@ static redisAsyncContext *sentinel_conn(struct ev_loop *loop, int idx, void *dat
         return NULL;
     }
     ac->data = data;
+    wp_redis_net_deadline(ac->c.fd);
     redisLibevAttach(loop, ac);
     redisAsyncSetConnectCallback(ac, on_conn);
     redisAsyncSetDisconnectCallback(ac, on_disc);
+    if (cfg.pass[0]) {
+        const char *argv[] = { "AUTH", cfg.pass };
+        redisAsyncCommandArgv(ac, auth_reply, (void *)(intptr_t)idx, 2, argv, NULL);
+    }
     return ac;
 }
 
@@ -270,6 +296,24 @@ void wp_sentinel_ask_cancel(struct wp_sentinel_ask *a)
     free(a);
 }
 
+/* AUTH on a synchronous sentinel connection when wanted: 0, or -1 and
+ * why (valid until the next command on c). */
+static int sync_auth(redisContext *c, const char **why)
+{
+    static char said[256];
+    if (!cfg.pass[0])
+        return 0;
+    redisReply *rep = redisCommand(c, "AUTH %s", cfg.pass);
+    if (rep && rep->type != REDIS_REPLY_ERROR) {
+        freeReplyObject(rep);
+        return 0;
+    }
+    snprintf(said, sizeof(said), "AUTH refused: %s", rep ? rep->str : c->errstr);
+    freeReplyObject(rep);
+    *why = said;
+    return -1;
+}
+
 int wp_sentinel_ask_sync(char *host, size_t hostcap, int *port, struct wp_err *err)
 {
     char whys[WP_SENTINEL_MAX * 64] = "";
@@ -283,10 +327,12 @@ int wp_sentinel_ask_sync(char *host, size_t hostcap, int *port, struct wp_err *e
         const char *why = "out of memory";
         int rc = -1;
         if (c && !c->err && redisSetTimeout(c, tv) == REDIS_OK) {
-            rep = redisCommand(c, "SENTINEL get-master-addr-by-name %s", cfg.master);
-            rc = parse_addr(rep, host, hostcap, port, &why);
-            if (!rep)
-                why = c->errstr;
+            if (sync_auth(c, &why) == 0) {
+                rep = redisCommand(c, "SENTINEL get-master-addr-by-name %s", cfg.master);
+                rc = parse_addr(rep, host, hostcap, port, &why);
+                if (!rep)
+                    why = c->errstr;
+            }
         } else if (c) {
             why = c->errstr;
         }
@@ -296,7 +342,7 @@ int wp_sentinel_ask_sync(char *host, size_t hostcap, int *port, struct wp_err *e
             return 0;
         }
         if (used < sizeof(whys))
-            used += (size_t)snprintf(whys + used, sizeof(whys) - used, "%s%s:%d: %.40s",
+            used += (size_t)snprintf(whys + used, sizeof(whys) - used, "%s%s:%d: %.60s",
                                      i ? "; " : "", cfg.host[i], cfg.port[i], why);
         freeReplyObject(rep);
         redisFree(c);

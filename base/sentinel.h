@@ -22,6 +22,11 @@ enum { WP_SENTINEL_MAX = 8 };
  * the sentinels monitor. Both or neither. 0, or < 0 with err (changes
  * nothing). */
 int wp_sentinel_set(const char *list, const char *master, struct wp_err *err);
+/* The sentinels' own password (their requirepass; not the master's,
+ * which wp_redis_auth_file sets), read from the first line of path: every
+ * connection to a sentinel then starts with AUTH. Set once at start. 0, or
+ * < 0 with err. */
+int wp_sentinel_auth_file(const char *path, struct wp_err *err);
 bool wp_sentinel_on(void);
 const char *wp_sentinel_master(void);
 

@@ -21,6 +21,7 @@
 
 static const char usage[] =
     "usage: warmpool [--redis HOST:PORT | --redis-sentinels HOST:PORT,... --redis-master NAME\n"
+    "                 [--redis-sentinel-password-file PATH]\n"
     "                 | --redis-cluster HOST:PORT,...]\n"
     "                [--redis-password-file PATH [--redis-user NAME]]\n"
     "                pool COMMAND | quota COMMAND | node drain NODE [--deadline SECS] [--wait]\n"
@@ -643,7 +644,8 @@ int main(int argc, char **argv)
     char host[128] = "127.0.0.1";
     int port = 6379, i = 1;
 
-    const char *pwfile = NULL, *user = NULL, *sentinels = NULL, *master = NULL, *cluster = NULL;
+    const char *pwfile = NULL, *user = NULL, *sentinels = NULL, *master = NULL, *cluster = NULL,
+               *spwfile = NULL;
     while (i + 1 < argc && strncmp(argv[i], "--redis", 7) == 0) {
         if (strcmp(argv[i], "--redis") == 0) {
             const char *colon = strrchr(argv[i + 1], ':');
@@ -659,6 +661,8 @@ int main(int argc, char **argv)
             user = argv[i + 1];
         } else if (strcmp(argv[i], "--redis-sentinels") == 0) {
             sentinels = argv[i + 1];
+        } else if (strcmp(argv[i], "--redis-sentinel-password-file") == 0) {
+            spwfile = argv[i + 1];
         } else if (strcmp(argv[i], "--redis-master") == 0) {
             master = argv[i + 1];
         } else if (strcmp(argv[i], "--redis-cluster") == 0) {
@@ -671,7 +675,8 @@ int main(int argc, char **argv)
     }
     struct wp_err aerr;
     if ((pwfile && wp_redis_auth_file(user, pwfile, &aerr) < 0) ||
-        ((sentinels || master) && wp_sentinel_set(sentinels, master, &aerr) < 0) ||
+        ((sentinels || master || spwfile) && wp_sentinel_set(sentinels, master, &aerr) < 0) ||
+        (spwfile && wp_sentinel_auth_file(spwfile, &aerr) < 0) ||
         (cluster && wp_rcl_set(cluster, &aerr) < 0)) {
         fprintf(stderr, "warmpool: %s\n", aerr.msg);
         return 2;

@@ -57,6 +57,8 @@ static const char usage[] =
     "  --redis-sentinels HOST:PORT,...  find Redis through these sentinels (--redis\n"
     "                          is then unused), asked again on every reconnect\n"
     "  --redis-master NAME     the master's name at the sentinels\n"
+    "  --redis-sentinel-password-file PATH  AUTH to the sentinels (their\n"
+    "                          requirepass) with the password on its first line\n"
     "  --redis-cluster HOST:PORT,...  Redis Cluster: any of its nodes (--redis is then\n"
     "                          unused; not with --redis-sentinels)\n"
     "  --criu-mode MODE        auto (default: probe this host, cached), default,\n"
@@ -256,6 +258,7 @@ static const struct option lo[] = {
     { "relay-tls-key", required_argument, NULL, 1022 }, { "relay-tls-ca", required_argument, NULL, 1023 },
     { "redis-sentinels", required_argument, NULL, 1010 }, { "redis-master", required_argument, NULL, 1011 },
     { "redis-cluster", required_argument, NULL, 1012 },
+    { "redis-sentinel-password-file", required_argument, NULL, 1013 },
     { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
 };
 
@@ -323,6 +326,7 @@ static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bo
         case 1010: rc = set_str(cfg->redis_sentinels, sizeof(cfg->redis_sentinels), optarg, "--redis-sentinels", err); break;
         case 1011: rc = set_str(cfg->redis_master, sizeof(cfg->redis_master), optarg, "--redis-master", err); break;
         case 1012: rc = set_str(cfg->redis_cluster, sizeof(cfg->redis_cluster), optarg, "--redis-cluster", err); break;
+        case 1013: rc = set_str(cfg->redis_sentinel_password_file, sizeof(cfg->redis_sentinel_password_file), optarg, "--redis-sentinel-password-file", err); break;
         case 'D': {
             char *end;
             cfg->criu_timeout_s = strtod(optarg, &end);
@@ -456,6 +460,10 @@ static int load_json(struct pool_node_config *cfg, const char *path, struct wp_e
         else if (strcmp(k, "redis_cluster") == 0 && json_is_string(v))
             rc = set_str(cfg->redis_cluster, sizeof(cfg->redis_cluster), json_string_value(v),
                          "redis_cluster", err);
+        else if (strcmp(k, "redis_sentinel_password_file") == 0 && json_is_string(v))
+            rc = set_str(cfg->redis_sentinel_password_file,
+                         sizeof(cfg->redis_sentinel_password_file), json_string_value(v),
+                         "redis_sentinel_password_file", err);
         else if (strcmp(k, "redis_master") == 0 && json_is_string(v))
             rc = set_str(cfg->redis_master, sizeof(cfg->redis_master), json_string_value(v),
                          "redis_master", err);

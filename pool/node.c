@@ -361,8 +361,10 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
         (rc = wp_redis_auth_file(cfg->redis_user[0] ? cfg->redis_user : NULL,
                                  cfg->redis_password_file, err)) < 0)
         return rc;
-    if ((cfg->redis_sentinels[0] || cfg->redis_master[0]) &&
-        (rc = wp_sentinel_set(cfg->redis_sentinels, cfg->redis_master, err)) < 0)
+    if ((cfg->redis_sentinels[0] || cfg->redis_master[0] || cfg->redis_sentinel_password_file[0]) &&
+        ((rc = wp_sentinel_set(cfg->redis_sentinels, cfg->redis_master, err)) < 0 ||
+         (cfg->redis_sentinel_password_file[0] &&
+          (rc = wp_sentinel_auth_file(cfg->redis_sentinel_password_file, err)) < 0)))
         return rc;
     if (cfg->redis_cluster[0] && (rc = wp_rcl_set(cfg->redis_cluster, err)) < 0)
         return rc;

@@ -117,6 +117,7 @@ struct pool_node_config {
     char redis_host[128];
     char redis_user[128];          /* AUTH user ("" = default) */
     char redis_password_file[256]; /* AUTH password's file ("" = no AUTH) */
+    char redis_sentinel_password_file[256]; /* the sentinels' own ("" = none) */
     char redis_sentinels[512];     /* "host:port,..." ("" = no Sentinel: redis_host) */
     char redis_master[128];        /* the master's name at the sentinels */
     char redis_cluster[1024];      /* "host:port,..." of Redis Cluster nodes ("" = none) */

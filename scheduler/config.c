@@ -148,6 +148,8 @@ static void usage(void)
            "                           then unused); every connection asks them again when it\n"
            "                           reconnects, following a failover\n"
            "  --redis-master NAME      the master's name at the sentinels (with --redis-sentinels)\n"
+           "  --redis-sentinel-password-file PATH  AUTH to the sentinels (their requirepass)\n"
+           "                           with the password on its first line\n"
            "  --redis-cluster HOST:PORT,...  Redis Cluster: any of its nodes (--redis is then\n"
            "                           unused; not with --redis-sentinels)\n"
            "  --redis-wait-replicas N  durable mode: answer a write (an appended event...) only\n"
@@ -358,6 +360,13 @@ static int apply_opt(struct sched_config *cfg, const char *name, const char *val
                               file ? "an absolute path" : "a user name");
         snprintf(file ? cfg->redis_password_file : cfg->redis_user, sizeof(cfg->redis_user), "%s",
                  val);
+        return 0;
+    }
+    if (!strcmp(name, "redis-sentinel-password-file")) {
+        if (val[0] != '/' || strlen(val) >= sizeof(cfg->redis_sentinel_password_file))
+            return wp_err_set(err, WP_ECONFIG, "--%s wants an absolute path", name);
+        snprintf(cfg->redis_sentinel_password_file, sizeof(cfg->redis_sentinel_password_file),
+                 "%s", val);
         return 0;
     }
     if (!strcmp(name, "redis-sentinels") || !strcmp(name, "redis-master")) {

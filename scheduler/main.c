@@ -34,8 +34,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
         return 2;
     }
-    if ((cfg.redis_sentinels[0] || cfg.redis_master[0]) &&
-        wp_sentinel_set(cfg.redis_sentinels, cfg.redis_master, &err) < 0) {
+    if ((cfg.redis_sentinels[0] || cfg.redis_master[0] || cfg.redis_sentinel_password_file[0]) &&
+        (wp_sentinel_set(cfg.redis_sentinels, cfg.redis_master, &err) < 0 ||
+         (cfg.redis_sentinel_password_file[0] &&
+          wp_sentinel_auth_file(cfg.redis_sentinel_password_file, &err) < 0))) {
         fprintf(stderr, "warmpool-scheduler: %s\n", err.msg);
         return 2;
     }

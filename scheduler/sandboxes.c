@@ -135,6 +135,17 @@ static struct keep_ctx *keep_ctx_new(struct sched_sbx *s)
     return k;
 }
 
+/* A sandbox this process no longer holds (lease lost, idle released):
+ * its relay link goes too, so nothing more reaches it through us. Calls in
+ * flight get their callbacks with an error. */
+static void close_link(struct sched_sbx *s)
+{
+    if (s->ac) {
+        alink_client_free(s->ac);
+        s->ac = NULL;
+    }
+}
+
 static void renew_done(void *ctx, int status, const struct wp_err *err)
 {
     struct keep_ctx *k = ctx;
@@ -147,6 +158,7 @@ static void renew_done(void *ctx, int status, const struct wp_err *err)
     snprintf(s->error, sizeof(s->error), "its lease was lost: %s", err ? err->msg : "unknown");
     log_warn("sandbox=%s %s", s->id, s->error);
     save(s);
+    close_link(s);
 }
 
 static void last_used_cb(void *ctx, redisReply *reply)
@@ -170,10 +182,7 @@ static void last_used_cb(void *ctx, redisReply *reply)
                  s->srv->cfg.sandbox_idle_s);
         log_info("sandbox=%s %s", s->id, s->error);
         save(s);
-        if (s->ac) {
-            alink_client_free(s->ac);
-            s->ac = NULL;
-        }
+        close_link(s);
         return;
     }
     if (pool_renew_for(s->srv->pool, s->env, s->res.sandbox, s->res.token,

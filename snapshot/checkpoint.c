@@ -28,10 +28,29 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sys/statvfs.h>
+
 #include "base/err.h"
 #include "base/fs.h"
 #include "base/log.h"
 #include "base/timeutil.h"
+
+/* A full disk is the likeliest reason criu wrote no log at all (it could
+ * not): say so instead of leaving only its bare error number. */
+static void disk_hint(const char *path, char *out, size_t cap)
+{
+    char dir[700];
+    struct statvfs vs;
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir)
+        *slash = '\0';
+    if (statvfs(dir, &vs) < 0 || (uint64_t)vs.f_bavail * vs.f_frsize >= (8u << 20))
+        return;
+    size_t used = strlen(out);
+    snprintf(out + used, cap - used, "%sthe filesystem of %s has %llu KiB free (disk full?)",
+             used ? " | " : "", dir, (unsigned long long)vs.f_bavail * vs.f_frsize / 1024);
+}
 
 void snap__log_excerpt(const char *path, char *out, size_t cap)
 {
@@ -40,8 +59,10 @@ void snap__log_excerpt(const char *path, char *out, size_t cap)
     int n = 0;
 
     out[0] = '\0';
-    if (wp_read_file(path, 64 << 20, &data, &len, NULL) < 0)
+    if (wp_read_file(path, 64 << 20, &data, &len, NULL) < 0) {
+        disk_hint(path, out, cap);
         return;
+    }
     /* Keep the last few error lines; else the last lines at all. */
     for (int pass = 0; pass < 2 && n == 0; pass++) {
         char *end = data + len;
@@ -63,6 +84,7 @@ void snap__log_excerpt(const char *path, char *out, size_t cap)
         snprintf(out + used, cap - used, "%s%s", used ? " | " : "", lines[i]);
     }
     free(data);
+    disk_hint(path, out, cap);
 }
 
 static uint64_t du_total;

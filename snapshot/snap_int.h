@@ -192,7 +192,8 @@ int snap__userns_net(pid_t pid, int slot, bool here, struct wp_err *err);
 int snap__userns_parent(int sync, pid_t mid, uid_t base, int slot, struct wp_err *err);
 int snap__userns_child(int sync, int flags, char *msg, size_t cap);
 
-/* checkpoint.c: the last lines of a criu log, for error messages. */
+/* checkpoint.c: the last lines of a criu log, for error messages, and a
+ * word on its filesystem when that is (nearly) full. */
 void snap__log_excerpt(const char *path, char *out, size_t cap);
 uint64_t snap__du(const char *path);
 

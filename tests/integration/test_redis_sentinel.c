@@ -124,6 +124,54 @@ static void processes_find_the_primary(void **state)
     waitpid(node, NULL, 0);
 }
 
+/* A sentinel that wants a password (its requirepass): the CLI and the
+ * scheduler reach it with --redis-sentinel-password-file; without the
+ * password, or with a wrong one, they say so instead of finding nothing. */
+static void sentinels_with_a_password(void **state)
+{
+    char pw[512], bad[512], list[64], out[4096];
+    struct th_sched s;
+    (void)state;
+
+    snprintf(pw, sizeof(pw), "%s/sentinel-pw", T.dir);
+    snprintf(bad, sizeof(bad), "%s/sentinel-bad", T.dir);
+    assert_int_equal(wp_write_file(pw, "sentinel-s3cret\n", 16, 0600, NULL), 0);
+    assert_int_equal(wp_write_file(bad, "wrong\n", 6, 0600, NULL), 0);
+    int port = th_free_port();
+    pid_t sp = th_sentinel_add(&T, port, "sentinel-s3cret");
+    assert_true(sp > 0);
+    snprintf(list, sizeof(list), "127.0.0.1:%d", port);
+
+    int rc = th_sh(out, sizeof(out),
+                   "%s/warmpool --redis-sentinels %s --redis-master %s pool status 2>&1",
+                   th_build_dir(), list, MASTER);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(out, "NOAUTH"));
+    rc = th_sh(out, sizeof(out),
+               "%s/warmpool --redis-sentinels %s --redis-master %s "
+               "--redis-sentinel-password-file %s pool status 2>&1",
+               th_build_dir(), list, MASTER, bad);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(out, "AUTH refused"));
+    rc = th_sh(out, sizeof(out),
+               "%s/warmpool --redis-sentinels %s --redis-master %s "
+               "--redis-sentinel-password-file %s pool status 2>&1",
+               th_build_dir(), list, MASTER, pw);
+    assert_int_equal(rc, 0);
+    /* Without sentinels the password file means nothing: refused. */
+    rc = th_sh(out, sizeof(out), "%s/warmpool --redis-sentinel-password-file %s pool status 2>&1",
+               th_build_dir(), pw);
+    assert_int_not_equal(rc, 0);
+
+    /* The scheduler's connections (asynchronous) and its +switch-master watch. */
+    assert_int_equal(th_sched_start(&s, T.dead, "--redis-sentinels", list, "--redis-master",
+                                    MASTER, "--redis-sentinel-password-file", pw, NULL), 0);
+    assert_int_equal(post_agent_until(s.port, 200, NULL, 0), 200);
+    assert_int_equal(th_sched_stop(&s), 0);
+    kill(sp, SIGKILL);
+    waitpid(sp, NULL, 0);
+}
+
 /* --- durable mode: WAIT ------------------------------------------------- */
 
 struct one {
@@ -168,7 +216,7 @@ static void durable_mode_waits_for_replicas(void **state)
         fprintf(stderr, "# SET with WAIT 2: %s\n", o.str);
     assert_int_equal(o.type, REDIS_REPLY_STATUS);
     assert_string_equal(o.str, "OK");
-    wp_redis_set_wait(c, 3, 200); /* there are two replicas */
+    wp_redis_set_wait(c, 3, 2000); /* there are two replicas (2 s: a loaded machine) */
     one_set(loop, c, "three", &o);
     assert_int_equal(o.type, REDIS_REPLY_ERROR);
     assert_non_null(strstr(o.str, "NOTREPLICATED 2 of 3"));
@@ -383,6 +431,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bad_sentinel_config_is_refused),
         cmocka_unit_test(processes_find_the_primary),
+        cmocka_unit_test(sentinels_with_a_password),
         cmocka_unit_test(durable_mode_waits_for_replicas),
         cmocka_unit_test(client_follows_failovers),
     };

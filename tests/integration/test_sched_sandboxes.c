@@ -65,6 +65,7 @@ static int group_teardown(void **state)
     th_sched_stop(&A);
     th_sched_stop(&B);
     if (NODE > 0) {
+        kill(NODE, SIGCONT); /* in case a test stopped it and failed */
         kill(NODE, SIGTERM);
         waitpid(NODE, NULL, 0);
     }
@@ -290,13 +291,33 @@ static void bad_input_is_refused(void **state)
     json_decref(sb);
 }
 
+/* A field of the scheduler's record of sandbox sbx_id, newline cut. */
+static void record_field(const char *sbx_id, const char *name, char *out, size_t cap)
+{
+    char got[256];
+    th_sh(got, sizeof(got), "redis-cli -p %d hget wp:sbx:%s %s", R.port, sbx_id, name);
+    snprintf(out, cap, "%.*s", (int)strcspn(got, "\n"), got);
+}
+
 static long long node_lease_until(const char *sbx_id)
 {
     char out[128], sandbox[128];
-    th_sh(out, sizeof(out), "redis-cli -p %d hget wp:sbx:%s sandbox", R.port, sbx_id);
-    snprintf(sandbox, sizeof(sandbox), "%.*s", (int)strcspn(out, "\n"), out);
+    record_field(sbx_id, "sandbox", sandbox, sizeof(sandbox));
     th_sh(out, sizeof(out), "redis-cli -p %d hget 'wp:env:{py}:sb:%s' lease_until", R.port, sandbox);
     return atoll(out);
+}
+
+/* Established TCP connections of process pid to the relay of sandbox sbx_id. */
+static int relay_conns(int pid, const char *sbx_id)
+{
+    char relay[128], out[64];
+    record_field(sbx_id, "relay", relay, sizeof(relay));
+    const char *colon = strrchr(relay, ':');
+    assert_non_null(colon);
+    th_sh(out, sizeof(out),
+          "ss -tnpH state established '( dport = :%s )' | grep -c 'pid=%d,' || true", colon + 1,
+          pid);
+    return atoi(out);
 }
 
 /* GET path until the sandbox is no longer ready (10 s at most); the last
@@ -378,6 +399,46 @@ static void lease_renewed_while_used_released_when_idle(void **state)
     json_decref(got);
     json_decref(call(&A, "DELETE", path, NULL, 200));
     json_decref(sb);
+}
+
+/* A lease taken away from the process that holds it (another holder's
+ * token on the node, as after the pool gave the sandbox to someone else):
+ * the sandbox fails, says why, and its holder closes its relay connection
+ * instead of keeping a link to a sandbox it no longer owns. The node is
+ * stopped meanwhile, so neither its reconcile (which writes its own view
+ * of the token back) nor its relay closes anything for the holder. */
+static void lost_lease_fails_and_closes_the_relay_link(void **state)
+{
+    struct th_sched C;
+    char path[160], sandbox[128], out[256];
+    (void)state;
+
+    assert_int_equal(th_sched_start(&C, R.port, "--sandbox-lease", "3", NULL), 0);
+    json_t *sb = call(&C, "POST", "/v1/sandboxes", "{\"environment\":\"py\"}", 200);
+    const char *id = json_string_value(json_object_get(sb, "id"));
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
+    json_decref(call(&C, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", 200));
+    assert_true(relay_conns(C.pid, id) >= 1);
+
+    record_field(id, "sandbox", sandbox, sizeof(sandbox));
+    kill(NODE, SIGSTOP);
+    int rc = th_sh(out, sizeof(out), "redis-cli -p %d hset 'wp:env:{py}:sb:%s' token 4242",
+                   R.port, sandbox);
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", id);
+    json_t *got = until_not_ready(&C, path);
+    int n = -1;
+    for (int i = 0; i < 50 && (n = relay_conns(C.pid, id)) != 0; i++)
+        th_msleep(100);
+    kill(NODE, SIGCONT);
+    assert_int_equal(rc, 0);
+    assert_string_equal(json_string_value(json_object_get(got, "status")), "failed");
+    assert_non_null(strstr(json_string_value(json_object_get(got, "error")), "lease was lost"));
+    json_decref(got);
+    assert_int_equal(n, 0);
+
+    json_decref(call(&C, "DELETE", path, NULL, 200));
+    json_decref(sb);
+    assert_int_equal(th_sched_stop(&C), 0);
 }
 
 /* Scrapes share one pool scan per --metrics-cache (ten Prometheus servers
@@ -523,6 +584,7 @@ int main(void)
         cmocka_unit_test(two_creates_never_share_and_release_destroys),
         cmocka_unit_test(bad_input_is_refused),
         cmocka_unit_test(lease_renewed_while_used_released_when_idle),
+        cmocka_unit_test(lost_lease_fails_and_closes_the_relay_link),
         cmocka_unit_test(metrics_scans_shared_and_token_beyond_loopback),
         cmocka_unit_test(overloaded_claims_answer_529_and_a_retry_runs),
     };

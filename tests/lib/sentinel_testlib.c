@@ -25,9 +25,9 @@ static pid_t redis_at(struct th_sentinel *t, int port, int replica_of)
     return th_spawn(log, argv);
 }
 
-static pid_t sentinel_at(struct th_sentinel *t, int port)
+static pid_t sentinel_at(struct th_sentinel *t, int port, const char *requirepass)
 {
-    char conf[512], log[512], text[1024];
+    char conf[512], log[512], text[1200];
     snprintf(conf, sizeof(conf), "%s/sentinel-%d.conf", t->dir, port);
     snprintf(log, sizeof(log), "%s/sentinel-%d.log", t->dir, port);
     /* Small timeouts keep the failover within a few seconds. */
@@ -36,8 +36,10 @@ static pid_t sentinel_at(struct th_sentinel *t, int port)
                      "sentinel monitor %s 127.0.0.1 %d 2\n"
                      "sentinel down-after-milliseconds %s 1000\n"
                      "sentinel failover-timeout %s 3000\n"
-                     "sentinel parallel-syncs %s 1\n",
-                     port, t->dir, t->master, t->rport[0], t->master, t->master, t->master);
+                     "sentinel parallel-syncs %s 1\n"
+                     "%s%s\n",
+                     port, t->dir, t->master, t->rport[0], t->master, t->master, t->master,
+                     requirepass ? "requirepass " : "", requirepass ? requirepass : "");
     if (wp_write_file(conf, text, (size_t)n, 0644, NULL) < 0)
         return -1;
     const char *argv[] = { "redis-server", conf, "--sentinel", NULL };
@@ -62,7 +64,7 @@ int th_sentinel_start(struct th_sentinel *t, const char *master)
     for (int i = 0; i < 3; i++)
         t->rpid[i] = redis_at(t, t->rport[i], i ? t->rport[0] : 0);
     for (int i = 0; i < 3; i++)
-        t->spid[i] = sentinel_at(t, t->sent[i]);
+        t->spid[i] = sentinel_at(t, t->sent[i], NULL);
     /* Ready: the replicas in sync, and every sentinel sees the others and
      * the replicas (a failover needs a majority that knows each other). */
     snprintf(q1, sizeof(q1), "sentinel ckquorum %s", master);
@@ -119,5 +121,22 @@ int th_sentinel_index(const struct th_sentinel *t, int port)
     for (int i = 0; i < 3; i++)
         if (t->rport[i] == port)
             return i;
+    return -1;
+}
+
+pid_t th_sentinel_add(struct th_sentinel *t, int port, const char *requirepass)
+{
+    char q[160];
+    pid_t pid = sentinel_at(t, port, requirepass);
+    if (pid <= 0)
+        return -1;
+    snprintf(q, sizeof(q), "%s%s%s sentinel get-master-addr-by-name %s",
+             requirepass ? "--no-auth-warning -a '" : "", requirepass ? requirepass : "",
+             requirepass ? "'" : "", t->master);
+    for (int i = 0; i < 100; i++, th_msleep(100))
+        if (th_redis_cli_has(port, q, "127.0.0.1"))
+            return pid;
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
     return -1;
 }

@@ -22,6 +22,10 @@ struct th_sentinel {
  * is left for th_sentinel_stop). */
 int th_sentinel_start(struct th_sentinel *t, const char *master);
 void th_sentinel_stop(struct th_sentinel *t);
+/* One more sentinel on port watching the same master, wanting requirepass
+ * when not NULL (then reached only with AUTH); waits (10 s) until it
+ * names the master. Its pid (caller kills it), or -1. */
+pid_t th_sentinel_add(struct th_sentinel *t, int port, const char *requirepass);
 /* The primary's port as the first live sentinel names it now, or -1. */
 int th_sentinel_primary(const struct th_sentinel *t);
 /* Index of port in rport[], or -1. */
