@@ -432,6 +432,10 @@ void sched__h_events_list(struct sched_req *req)
     sched__key_obj(kobj, sizeof(kobj), NULL, req->params[0]);
     sched__key_events(kev, sizeof(kev), req->params[0]);
     snprintf(lim, sizeof(lim), "%d", limit);
-    const char *argv[] = {kobj, kev, req->org, lo, hi, lim, asc ? "asc" : "desc", types};
-    sched__req_script(req, lua_list, list_cb, 2, 8, argv, NULL);
+    /* Durable mode: history, like streams, shows only what the replicas
+     * have (the connection's WAIT then covers what the script read). */
+    bool fence = req->srv->cfg.redis_wait_replicas > 0 && !req->srv->cfg.redis_cluster[0];
+    const char *argv[] = {kobj, kev, req->org, lo, hi, lim, asc ? "asc" : "desc", types,
+                          fence ? "1" : ""};
+    sched__req_script(req, lua_list, list_cb, 2, 9, argv, NULL);
 }

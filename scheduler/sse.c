@@ -26,6 +26,15 @@
  * catches up on its own; over the soft limit for sse_soft_seconds, or over
  * the hard limit, it is cut off and resumes with Last-Event-ID.
  *
+ * Durable mode (--redis-wait-replicas N): an event is shown only once N
+ * replicas have it, like a write is acknowledged only then, so a failover
+ * never takes back an event a client saw. A batch read (live or catch-up)
+ * is held (copied) while its connection sends a propagated no-op (PUBLISH:
+ * it follows every entry the read saw in the replication stream) and
+ * WAIT N; too few replicas in time: WAIT again, holding the batch. Not on
+ * Redis Cluster (WAIT there is per master and the no-op would have to
+ * reach the reader's own): there the read is shown as it comes.
+ *
  * Freeing: a subscriber, hub or reader is never freed inside a callback
  * that still uses it (in_cb / in_read flags); the last step frees it.
  */
@@ -52,6 +61,7 @@ struct sse_reader {
     bool wake;                  /* a hub joined that the XREAD in flight lacks */
     int unblocks;               /* CLIENT UNBLOCKs in flight (they point at this) */
     bool dead;                  /* unlinked; freed once unblocks == 0 */
+    redisReply *held;           /* durable mode: the batch waiting for its fence; owned */
     bool freeing;               /* inside reader_free_now */
     int wait_ticks;
     int slot;                   /* the hash slot of its keys (cfg.sse_slot_groups) */
@@ -80,7 +90,8 @@ struct sched_sse {
     struct sched_sse *hnext, *hprev;
     char key[200];
     char last_id[64];          /* last event written to this client */
-    bool catching;             /* a catch-up XREAD is in flight */
+    bool catching;             /* a catch-up XREAD (or its fence) is in flight */
+    redisReply *held;          /* durable mode: the catch-up batch waiting for its fence; owned */
     bool deltas_msg, deltas_thinking; /* event_deltas[] asked for these previews */
     bool in_cb;
     bool closed;
@@ -90,6 +101,40 @@ struct sched_sse {
 
 static void catch_up(struct sched_sse *s);
 static void cut_off(struct sched_sse *s, const char *why);
+
+/* ---- durable mode: show what the replicas have (see the top) ---- */
+
+static bool durable(const struct sched_server *srv)
+{
+    return srv->cfg.redis_wait_replicas > 0 && !srv->cfg.redis_cluster[0];
+}
+
+/* After a read on rd: a no-op that replicates behind what it saw, then
+ * WAIT. 0 and cb once, or < 0 (rd not connected). */
+static int fence(struct sched_server *srv, struct wp_redis *rd, wp_redis_cb cb, void *ctx)
+{
+    char n[16], ms[16];
+    snprintf(n, sizeof(n), "%d", srv->cfg.redis_wait_replicas);
+    snprintf(ms, sizeof(ms), "%d", srv->cfg.redis_wait_ms);
+    const char *pub[] = { "PUBLISH", "wp:sse:fence", "" };
+    const char *wait[] = { "WAIT", n, ms };
+    if (wp_redis_argv(rd, NULL, NULL, 3, pub, NULL) < 0)
+        return -1;
+    return wp_redis_argv(rd, cb, ctx, 3, wait, NULL);
+}
+
+/* A fence's answer: 1 passed, 0 too few replicas so far (ask again; on
+ * the command connection, its own WAIT says NOTREPLICATED), -1 Redis gone. */
+static int fence_passed(const struct sched_server *srv, const redisReply *reply)
+{
+    if (!reply)
+        return -1;
+    if (reply->type == REDIS_REPLY_INTEGER)
+        return reply->integer >= srv->cfg.redis_wait_replicas;
+    if (reply->type == REDIS_REPLY_ERROR && !strncmp(reply->str, "NOTREPLICATED", 13))
+        return 0;
+    return -1;
+}
 static void reader_read(struct sse_reader *r);
 static void reader_release(struct sse_reader *r);
 
@@ -207,6 +252,8 @@ static void hub_ka_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static void sse_free(struct sched_sse *s)
 {
     ev_timer_stop(s->srv->loop, &s->slow);
+    if (s->held)
+        freeReplyObject(s->held);
     free(s);
 }
 
@@ -325,6 +372,8 @@ static void reader_free_now(struct sse_reader *r)
     ev_timer_stop(r->srv->loop, &r->start);
     ev_timer_stop(r->srv->loop, &r->retry);
     wp_redis_free(rd); /* a pending XREAD callback sees dead */
+    if (r->held)
+        freeReplyObject(r->held);
     free(r->inflight);
     free(r);
 }
@@ -365,7 +414,7 @@ static void unblock_cb(void *ctx, redisReply *reply);
 /* Wake the blocked XREAD so the next one includes the hubs that joined. */
 static void reader_wake(struct sse_reader *r)
 {
-    if (!r->reading || r->unblocks || r->dead)
+    if (!r->reading || r->unblocks || r->dead || r->held)
         return; /* the XREAD not yet sent will include them */
     char id[32];
     snprintf(id, sizeof(id), "%lld", r->client_id);
@@ -430,9 +479,40 @@ static void hub_deliver(struct sched_hub *h, redisReply *entries)
     set_id(h->last_id, sizeof(h->last_id), top);
 }
 
+static void reader_got(struct sse_reader *r, redisReply *reply);
+
+static void reader_fence_cb(void *ctx, redisReply *reply)
+{
+    struct sse_reader *r = ctx;
+    int ok = r->dead ? -1 : fence_passed(r->srv, reply);
+    if (ok == 0 && fence(r->srv, r->rd, reader_fence_cb, r) == 0)
+        return; /* still holding the batch */
+    redisReply *held = r->held;
+    r->held = NULL;
+    reader_got(r, ok == 1 ? held : NULL);
+    if (held)
+        freeReplyObject(held);
+}
+
 static void reader_read_cb(void *ctx, redisReply *reply)
 {
     struct sse_reader *r = ctx;
+    if (durable(r->srv) && !r->dead && reply && reply->type == REDIS_REPLY_ARRAY &&
+        reply->elements) {
+        /* Stays "reading" (no new XREAD, no CLIENT UNBLOCK) until the fence. */
+        if ((r->held = wp_redis_reply_dup(reply)) &&
+            fence(r->srv, r->rd, reader_fence_cb, r) == 0)
+            return;
+        if (r->held)
+            freeReplyObject(r->held);
+        r->held = NULL;
+        reply = NULL; /* as a lost connection: its hubs are cut, clients resume */
+    }
+    reader_got(r, reply);
+}
+
+static void reader_got(struct sse_reader *r, redisReply *reply)
+{
     r->reading = false;
     r->in_cb = true;
     if (r->dead) {
@@ -633,9 +713,38 @@ static void attach(struct sched_sse *s)
     }
 }
 
+static void catch_got(struct sched_sse *s, redisReply *reply);
+
+static void catch_fence_cb(void *ctx, redisReply *reply)
+{
+    struct sched_sse *s = ctx;
+    int ok = s->closed ? -1 : fence_passed(s->srv, reply);
+    if (ok == 0 && fence(s->srv, s->srv->rds, catch_fence_cb, s) == 0)
+        return;
+    redisReply *held = s->held;
+    s->held = NULL;
+    catch_got(s, ok == 1 ? held : NULL);
+    if (held)
+        freeReplyObject(held);
+}
+
 static void catch_cb(void *ctx, redisReply *reply)
 {
     struct sched_sse *s = ctx;
+    if (durable(s->srv) && !s->closed && reply && reply->type == REDIS_REPLY_ARRAY) {
+        if ((s->held = wp_redis_reply_dup(reply)) &&
+            fence(s->srv, s->srv->rds, catch_fence_cb, s) == 0)
+            return; /* still "catching" */
+        if (s->held)
+            freeReplyObject(s->held);
+        s->held = NULL;
+        reply = NULL;
+    }
+    catch_got(s, reply);
+}
+
+static void catch_got(struct sched_sse *s, redisReply *reply)
+{
     s->catching = false;
     if (s->closed) {
         if (!s->in_cb)

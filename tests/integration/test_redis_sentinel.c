@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <hiredis/hiredis.h>
+#include <jansson.h>
 
 #include "lib/sched_testlib.h"
 #include "lib/sentinel_testlib.h"
@@ -237,6 +238,88 @@ static void durable_mode_waits_for_replicas(void **state)
     assert_int_equal(th_sched_stop(&s), 0);
 }
 
+/* Durable mode: a stream shows an event only once the replicas have it,
+ * as a write is acknowledged only then. With both replicas frozen an event
+ * written to the primary is not shown; once they catch up, the live
+ * stream shows it. */
+static void durable_streams_show_only_replicated_events(void **state)
+{
+    struct th_sched s;
+    char body[8192], req[400], buf[16384], out[4096];
+    (void)state;
+
+    assert_int_equal(th_sched_start(&s, PRIMARY, "--redis-wait-replicas", "2", "--redis-wait-ms",
+                                    "500", NULL), 0);
+    assert_int_equal(post_agent_until(s.port, 200, body, sizeof(body)), 200);
+    json_t *ag = json_loads(body, 0, NULL);
+    assert_non_null(ag);
+    json_t *en = th_api(s.port, KEY, "POST", "/v1/environments",
+                        "{\"name\":\"dur\",\"config\":{\"type\":\"self_hosted\"}}", 200);
+    snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}",
+             json_string_value(json_object_get(ag, "id")),
+             json_string_value(json_object_get(en, "id")));
+    json_t *se = th_api(s.port, KEY, "POST", "/v1/sessions", body, 200);
+    const char *sid = json_string_value(json_object_get(se, "id"));
+
+    int fd = th_connect(s.port);
+    assert_true(fd >= 0);
+    int n = snprintf(req, sizeof(req),
+                     "GET /v1/sessions/%s/events/stream HTTP/1.1\r\nHost: t\r\n"
+                     "x-api-key: %s\r\n\r\n", sid, KEY);
+    assert_int_equal(th_send_all(fd, req, (size_t)n), 0);
+    th_read_until(fd, buf, sizeof(buf), "\r\n\r\n", 5000);
+    assert_non_null(strstr(buf, " 200 "));
+    th_send_text(s.port, KEY, sid, "seen-while-replicated");
+    th_read_until(fd, buf, sizeof(buf), "seen-while-replicated", 5000);
+    assert_non_null(strstr(buf, "seen-while-replicated"));
+
+    kill(T.rpid[1], SIGSTOP);
+    kill(T.rpid[2], SIGSTOP);
+    /* As the brain's emit leaves an event: on the primary, its WAIT not
+     * answered yet (a POST would not even get that far: its first read
+     * waits for the replicas too and answers 503). */
+    int rc = th_sh(out, sizeof(out),
+                   "redis-cli -p %d xadd 'wp:events:{%s}' '*' t user.message e "
+                   "'{\"type\":\"user.message\",\"content\":[{\"type\":\"text\","
+                   "\"text\":\"held-until-replicated\"}]}'",
+                   PRIMARY, sid);
+    th_read_until(fd, buf, sizeof(buf), "held-until-replicated", 2500);
+    bool shown_early = strstr(buf, "held-until-replicated") != NULL;
+    char hpath[200];
+    snprintf(hpath, sizeof(hpath), "/v1/sessions/%s/events?limit=100", sid);
+    struct th_resp hr = { 0 };
+    bool listed_early = true;
+    if (th_http(s.port, "GET", hpath, KEY, NULL, &hr) == 0) {
+        listed_early = hr.body && strstr(hr.body, "held-until-replicated");
+        th_resp_free(&hr);
+    }
+    kill(T.rpid[1], SIGCONT);
+    kill(T.rpid[2], SIGCONT);
+    assert_int_equal(rc, 0);
+    assert_false(shown_early);
+    assert_false(listed_early); /* 503, or a history without it */
+    th_read_until(fd, buf, sizeof(buf), "held-until-replicated", 15000);
+    assert_non_null(strstr(buf, "held-until-replicated"));
+    json_t *h = NULL;
+    for (int i = 0; i < 50; i++, th_msleep(100)) {
+        struct th_resp r2 = { 0 };
+        if (th_http(s.port, "GET", hpath, KEY, NULL, &r2) == 0 && r2.status == 200 && r2.body &&
+            strstr(r2.body, "held-until-replicated"))
+            h = json_loads(r2.body, 0, NULL);
+        th_resp_free(&r2);
+        if (h)
+            break;
+    }
+    assert_non_null(h);
+    json_decref(h);
+
+    close(fd);
+    json_decref(ag);
+    json_decref(en);
+    json_decref(se);
+    assert_int_equal(th_sched_stop(&s), 0);
+}
+
 /* --- the failover ------------------------------------------------------ */
 
 struct writer {
@@ -433,6 +516,7 @@ int main(void)
         cmocka_unit_test(processes_find_the_primary),
         cmocka_unit_test(sentinels_with_a_password),
         cmocka_unit_test(durable_mode_waits_for_replicas),
+        cmocka_unit_test(durable_streams_show_only_replicated_events),
         cmocka_unit_test(client_follows_failovers),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -1,11 +1,13 @@
 --! static const char lua_list[]
 -- KEYS: obj, stream. ARGV: org, start, end, limit, order, types (comma
--- list or ''). Start/end are XRANGE bounds (exclusive '(' allowed).
+-- list or ''), fence ('1' in the durable mode: a propagated no-op, so the
+-- WAIT behind this script covers every entry it read; see sse.c). Start/end are XRANGE bounds (exclusive '(' allowed).
 -- Entries may carry an explicit event id (field i, set by the brain for
 -- events announced before they were written); stream-only previews
 -- (event_start, event_delta) are never history.
 -- Returns {more, stream id1, explicit id1 or '', json1, ...}.
 if redis.call('HGET', KEYS[1], 'org') ~= ARGV[1] then return redis.error_reply('NOTFOUND') end
+if ARGV[7] == '1' then redis.call('PUBLISH', 'wp:sse:fence', '') end
 local lo, hi, limit, asc, types = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] == 'asc', ARGV[6]
 local out, more, scanned = {}, 0, 0
 while true do
