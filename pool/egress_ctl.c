@@ -29,10 +29,12 @@
 #include "base/buf.h"
 #include "base/err.h"
 #include "base/log.h"
+#include "snapshot/snapshot.h"
 
 #define LINE_MAX_BYTES (1 << 20)
 #define MAX_CREDS 64
-#define MAX_HOSTS 16
+#define MAX_CRED_HOSTS 16                      /* the API's limit for a credential */
+#define MAX_ENV_HOSTS SNAP_MAX_ALLOWED_HOSTS  /* a template's, with the ones added for it */
 
 struct pool_egress_ctl {
     struct ev_loop *loop;
@@ -51,9 +53,10 @@ struct ctl_conn {
 };
 
 /* hosts[] from a networking object; *limited false for unrestricted. */
-static const char *net_hosts(json_t *net, bool *limited, const char **hosts, size_t *n,
-                             bool patterns)
+static const char *net_hosts(json_t *net, bool *limited, const char **hosts, size_t max,
+                             size_t *n, bool patterns)
 {
+    static char said[64];
     const char *t = json_string_value(json_object_get(net, "type"));
     json_t *arr = json_object_get(net, "allowed_hosts"), *v;
     size_t i;
@@ -64,8 +67,10 @@ static const char *net_hosts(json_t *net, bool *limited, const char **hosts, siz
     *limited = strcmp(t, "limited") == 0;
     if (!*limited)
         return strcmp(t, "unrestricted") == 0 ? NULL : "networking: type unrestricted or limited";
-    if (!json_is_array(arr) || json_array_size(arr) > MAX_HOSTS)
-        return "networking: limited needs allowed_hosts (up to 16)";
+    if (!json_is_array(arr) || json_array_size(arr) > max) {
+        snprintf(said, sizeof(said), "networking: limited needs allowed_hosts (up to %zu)", max);
+        return said;
+    }
     json_array_foreach(arr, i, v) {
         const char *h = json_string_value(v);
         if (!h || (patterns && pool_egress_host_pattern_check(h)))
@@ -91,7 +96,7 @@ static const char *apply(struct pool_egress_ctl *ctl, json_t *j, char *why, size
     if (strcmp(t, "add") != 0)
         return "t must be add or remove";
     struct pool_egress_sandbox s = { .sandbox_id = id };
-    const char *env_hosts[MAX_HOSTS], *cred_hosts[MAX_CREDS][MAX_HOSTS], *msg;
+    const char *env_hosts[MAX_ENV_HOSTS], *cred_hosts[MAX_CREDS][MAX_CRED_HOSTS], *msg;
     struct pool_egress_cred creds[MAX_CREDS];
     json_t *cs = json_object_get(j, "credentials"), *c;
     size_t i;
@@ -101,7 +106,8 @@ static const char *apply(struct pool_egress_ctl *ctl, json_t *j, char *why, size
     if (!s.host_addr || !s.sbx_addr || inet_pton(AF_INET, s.host_addr, &a) != 1 ||
         inet_pton(AF_INET, s.sbx_addr, &a) != 1)
         return "host and addr must be IPv4 addresses";
-    if ((msg = net_hosts(json_object_get(j, "network"), &s.limited, env_hosts, &s.n_allowed, false)))
+    if ((msg = net_hosts(json_object_get(j, "network"), &s.limited, env_hosts, MAX_ENV_HOSTS,
+                         &s.n_allowed, false)))
         return msg;
     s.allowed_hosts = env_hosts;
     if (!json_is_array(cs) || json_array_size(cs) > MAX_CREDS)
@@ -118,7 +124,7 @@ static const char *apply(struct pool_egress_ctl *ctl, json_t *j, char *why, size
         cr->in_header = json_is_true(json_object_get(inj, "header"));
         cr->in_body = json_is_true(json_object_get(inj, "body"));
         if ((msg = net_hosts(json_object_get(c, "networking"), &limited, cred_hosts[i],
-                             &cr->n_hosts, true)))
+                             MAX_CRED_HOSTS, &cr->n_hosts, true)))
             return msg;
         cr->any_host = !limited;
         cr->hosts = cred_hosts[i];

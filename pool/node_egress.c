@@ -457,7 +457,7 @@ static json_t *network_of(const struct snap_network *net)
     if (net->mode != SNAP_NET_LIMITED)
         return json_pack("{s:s}", "type", "unrestricted");
     json_t *hosts = json_array();
-    for (int i = 0; i < net->n_hosts && i < 16; i++)
+    for (int i = 0; i < net->n_hosts; i++) /* at most SNAP_MAX_ALLOWED_HOSTS, as the proxy */
         json_array_append_new(hosts, json_string(net->hosts[i]));
     return json_pack("{s:s, s:o}", "type", "limited", "allowed_hosts", hosts);
 }

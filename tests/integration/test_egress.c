@@ -563,6 +563,60 @@ static void bad_commands_change_nothing(void **state)
     free(out);
 }
 
+/* A limited network of a template's size (more than a credential's 16
+ * hosts): every listed host is reached, one not listed is not, and one
+ * host more than a template may have is refused. The original add is put
+ * back after. */
+static char *limited_add(int n_hosts, const char *last)
+{
+    json_t *hosts = json_array();
+    for (int i = 0; i < n_hosts - 1; i++) {
+        char h[32];
+        snprintf(h, sizeof(h), "h%d.example.test", i);
+        json_array_append_new(hosts, json_string(h));
+    }
+    json_array_append_new(hosts, json_string(last));
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:{s:s, s:o}, s:[]}", "t", "add", "sandbox",
+                          SB->id, "host", PX_HOST, "addr", SBX_ADDR, "network", "type", "limited",
+                          "allowed_hosts", hosts, "credentials");
+    char *line = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    return line;
+}
+
+static void a_template_sized_host_list_is_honoured(void **state)
+{
+    (void)state;
+    char *line = limited_add(SNAP_MAX_ALLOWED_HOSTS + 1, "api.allowed.test"), *reply = control(line);
+    free(line);
+    assert_non_null(strstr(reply, "\"ok\":false"));
+    assert_non_null(strstr(reply, "up to 64"));
+    free(reply);
+
+    line = limited_add(40, "api.allowed.test");
+    reply = control(line);
+    free(line);
+    assert_string_equal(reply, "{\"ok\":true}\n");
+    free(reply);
+    char *out = send_from_sandbox("https://api.allowed.test", TLS_PORT, "/fortieth", NULL);
+    char *got = th_inet_arrived(&I, "/fortieth");
+    if (!got)
+        fail_msg("the 40th allowed host: nothing arrived; curl said: %s%s", out, chain_note());
+    free(got);
+    free(out);
+    out = send_from_sandbox("https://api.other.test", TLS_PORT, "/not-listed", NULL);
+    got = th_inet_arrived(&I, "/not-listed");
+    if (got)
+        fail_msg("a host not listed was reached: %s", got);
+    free(out);
+
+    line = add_command();
+    reply = control(line);
+    free(line);
+    assert_string_equal(reply, "{\"ok\":true}\n");
+    free(reply);
+}
+
 static void a_removed_sandbox_is_cut_off(void **state)
 {
     (void)state;
@@ -736,6 +790,7 @@ int main(void)
         cmocka_unit_test(nobody_else_uses_the_sandboxs_proxy),
         cmocka_unit_test(one_sandbox_holds_a_bounded_number_of_connections),
         cmocka_unit_test(bad_commands_change_nothing),
+        cmocka_unit_test(a_template_sized_host_list_is_honoured),
         cmocka_unit_test(a_removed_sandbox_is_cut_off),
         cmocka_unit_test(the_secret_is_nowhere_in_the_sandbox),
         cmocka_unit_test(the_proxy_stops_cleanly),
