@@ -12,9 +12,11 @@ run_one() {  # name, command...
     local name=$1; shift
     local out; out=$(mktemp)
     echo "# --- $name"
+    local t0=$SECONDS
     CMOCKA_MESSAGE_OUTPUT=TAP timeout -k 10 "$TIMEOUT" "$@" >"$out" 2>&1
     local rc=$?
     cat "$out"
+    echo "# $name took $((SECONDS - t0)) s"  # the suite's budget: see which binary spends it
     local ok nok
     ok=$(grep -cE '^ok [0-9]+' "$out")
     nok=$(grep -cE '^not ok [0-9]+' "$out")
