@@ -11,6 +11,7 @@
  * resource added with POST /v1/sessions/{id}/resources is in Redis before
  * the client sees 200, so a model request started after that sees it. */
 #define WP_LOG_COMPONENT "brain"
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,39 +61,79 @@ static void put_cb(void *ctx, int status, const struct wp_err *err)
     sched__brain_maybe_free(b);
 }
 
+/* r could not be mounted (or taken away): said, and not tried again in
+ * this sandbox (the tool runs anyway; what it reads at the path tells). */
+static void skip(struct brain *b, json_t *r, const char *why)
+{
+    const char *rid = json_string_value(json_object_get(r, "id")) ?: "";
+    const char *fid = json_string_value(json_object_get(r, "file_id")) ?: "";
+    const char *mp = json_string_value(json_object_get(r, "mount_path")) ?: "";
+    log_warn("session=%s file resource %s (%s): %s", b->sid, rid, fid, why);
+    if (json_is_true(json_object_get(r, "unmount")))
+        json_object_del(b->files_mounted, rid);
+    else
+        json_object_set_new(b->files_mounted, rid, json_string(mp));
+    json_array_remove(b->files_todo, 0);
+}
+
+/* Put the first resource's content (stolen; NULL: take it away). True
+ * when it went (put_cb follows); else it was skipped. */
+static bool put_first(struct brain *b, char *data, size_t len)
+{
+    json_t *r = json_array_get(b->files_todo, 0);
+    const char *mp = json_string_value(json_object_get(r, "mount_path")) ?: "";
+    struct wp_err err = { 0 };
+    if (pool_file_put(b->srv->loop, &b->claim, b->pool_env, mp, data, len, put_cb, b, &err) ==
+        0) {
+        b->refs++;
+        return true;
+    }
+    skip(b, r, err.msg);
+    return false;
+}
+
+static void file_read_cb(void *ctx, int rc, const struct wp_err *err, char *data, size_t len)
+{
+    struct brain *b = ctx;
+    b->refs--;
+    if (b->stopped) {
+        free(data);
+    } else if (b->sbx != SBX_READY) { /* the sandbox went: the next check starts over */
+        free(data);
+        check_done(b);
+    } else if (rc < 0) {
+        skip(b, json_array_get(b->files_todo, 0), err->msg);
+        next_mount(b);
+    } else if (!put_first(b, data, len)) {
+        next_mount(b);
+    }
+    sched__brain_maybe_free(b);
+}
+
+/* Mount the resources to do one at a time: a file's content is read by
+ * the files worker (fileio.c: the store may be slow, the loop must not
+ * wait), then put through the sandbox's node. */
 static void next_mount(struct brain *b)
 {
-    struct wp_err err = { 0 };
-    char *data = NULL;
-    size_t len = 0;
     for (;;) {
         json_t *r = json_array_get(b->files_todo, 0);
-        if (!r) {
+        if (!r || b->sbx != SBX_READY) { /* done, or the sandbox went */
             check_done(b);
             return;
         }
-        const char *rid = json_string_value(json_object_get(r, "id")) ?: "";
-        const char *fid = json_string_value(json_object_get(r, "file_id")) ?: "";
-        const char *mp = json_string_value(json_object_get(r, "mount_path")) ?: "";
-        if (b->sbx != SBX_READY) { /* the sandbox went: the next check starts over */
-            check_done(b);
-            return;
-        }
-        bool un = json_is_true(json_object_get(r, "unmount"));
-        data = NULL;
         b->files_put_t0 = wp_now_ns();
-        if ((un || sched__file_read(&b->srv->cfg, fid, &data, &len, &err) == 0) &&
-            pool_file_put(b->srv->loop, &b->claim, b->pool_env, mp, un ? NULL : data,
-                          un ? 0 : len, put_cb, b, &err) == 0) {
+        if (json_is_true(json_object_get(r, "unmount"))) {
+            if (put_first(b, NULL, 0))
+                return;
+            continue;
+        }
+        const char *fid = json_string_value(json_object_get(r, "file_id")) ?: "";
+        int rc = sched__fio_get(b->srv->fio, fid, file_read_cb, b);
+        if (rc == 0) {
             b->refs++;
             return;
         }
-        log_warn("session=%s file resource %s (%s): %s", b->sid, rid, fid, err.msg);
-        if (un)
-            json_object_del(b->files_mounted, rid);
-        else
-            json_object_set_new(b->files_mounted, rid, json_string(mp));
-        json_array_remove(b->files_todo, 0);
+        skip(b, r, rc == -ENOMEM ? "out of memory" : "not a file id");
     }
 }
 

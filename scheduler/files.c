@@ -53,7 +53,7 @@ static bool s3(const struct sched_config *cfg)
     return cfg->files_s3.endpoint[0] != '\0';
 }
 
-static int store_put(const struct sched_config *cfg, const char *id, const void *data,
+int sched__store_put(const struct sched_config *cfg, const char *id, const void *data,
                      size_t len, struct wp_err *err)
 {
     char path[512];
@@ -66,7 +66,7 @@ static int store_put(const struct sched_config *cfg, const char *id, const void 
     return wp_write_file(path, data, len, 0600, err);
 }
 
-static int store_get(const struct sched_config *cfg, const char *id, char **out, size_t *len,
+int sched__store_get(const struct sched_config *cfg, const char *id, char **out, size_t *len,
                      struct wp_err *err)
 {
     char path[512];
@@ -80,7 +80,7 @@ static int store_get(const struct sched_config *cfg, const char *id, char **out,
     return rc;
 }
 
-static int store_del(const struct sched_config *cfg, const char *id, struct wp_err *err)
+int sched__store_del(const struct sched_config *cfg, const char *id, struct wp_err *err)
 {
     char path[512];
     if (s3(cfg))
@@ -94,15 +94,9 @@ static int store_del(const struct sched_config *cfg, const char *id, struct wp_e
 
 /* What a client is told of a store error: the S3 store's message (method,
  * id, the store's answer), not the directory store's (a local path). */
-static const char *store_why(const struct sched_config *cfg, const struct wp_err *err)
+const char *sched__store_why(const struct sched_config *cfg, const struct wp_err *err)
 {
     return s3(cfg) ? err->msg : "the files directory failed";
-}
-
-int sched__file_read(const struct sched_config *cfg, const char *id, char **out, size_t *len,
-                     struct wp_err *err)
-{
-    return store_get(cfg, id, out, len, err);
 }
 
 /* ---- upload ---- */
@@ -134,6 +128,73 @@ static bool filename_ok(const char *f)
     return true;
 }
 
+/* An upload while its content is being stored: what its metadata needs. */
+struct upload {
+    struct sched_req *req;
+    char id[64], now[40], filename[256], mime[128];
+    size_t len;
+    json_t *expires; /* owned */
+};
+
+static void quiet_del_cb(void *ctx, int rc, const struct wp_err *err, char *data, size_t len)
+{
+    (void)data;
+    (void)len;
+    if (rc < 0)
+        log_error("file %s: content left in the store: %s", (char *)ctx, err->msg);
+    free(ctx);
+}
+
+/* Content stored with no metadata to find it by (the client went, or the
+ * metadata could not be made): take it away again. */
+static void drop_content(struct sched_server *srv, const char *id)
+{
+    char *copy = strdup(id);
+    if (!copy || sched__fio_del(srv->fio, id, quiet_del_cb, copy) < 0) {
+        log_error("file %s: content left in the store", id);
+        free(copy);
+    }
+}
+
+static void upload_stored(void *ctx, int rc, const struct wp_err *err, char *data, size_t len)
+{
+    struct upload *u = ctx;
+    struct sched_req *req = u->req;
+    struct sched_server *srv = req->srv;
+    (void)data;
+    (void)len;
+    if (!sched__req_release(req)) { /* the client went while it was stored */
+        if (rc == 0)
+            drop_content(srv, u->id);
+        json_decref(u->expires);
+        free(u);
+        return;
+    }
+    if (rc < 0) {
+        log_error("file %s: %s", u->id, err->msg);
+        sched__respond_error(req, 500, "api_error", NULL, "could not store the file (%s)",
+                             sched__store_why(&srv->cfg, err));
+        json_decref(u->expires);
+        free(u);
+        return;
+    }
+    json_t *obj = json_pack("{s:s,s:s,s:s,s:s,s:I,s:s,s:b,s:o,s:n}", "id", u->id, "type", "file",
+                            "filename", u->filename, "mime_type", u->mime, "size_bytes",
+                            (json_int_t)u->len, "created_at", u->now, "downloadable", 1,
+                            "expires_at", u->expires, "scope");
+    u->expires = NULL; /* the object has it (or json_pack freed it) */
+    if (!obj) {
+        drop_content(srv, u->id);
+        sched__respond_error(req, 500, "api_error", NULL, "could not build the file's metadata");
+        free(u);
+        return;
+    }
+    log_info("file %s stored: %zu bytes org=%s", u->id, u->len, req->org);
+    const char *extra[] = {"file_id", u->id, NULL};
+    sched__obj_create(req, &sched__kind_file, req->org, obj, extra);
+    free(u);
+}
+
 void sched__h_file_upload(struct sched_req *req)
 {
     const struct sched_config *cfg = &req->srv->cfg;
@@ -142,7 +203,6 @@ void sched__h_file_upload(struct sched_req *req)
     const struct sched_mp_part *file = NULL, *exp = NULL;
     const char *why = NULL;
     char id[64], now[40];
-    struct wp_err err = {0};
 
     int n = sched__mp_parse(sched_http_header(h, "content-type"), h->body.data, h->body.len,
                             parts, MAX_PARTS, &why);
@@ -197,26 +257,33 @@ void sched__h_file_upload(struct sched_req *req)
     }
     sched__new_id("file_", id, sizeof(id));
     sched__rfc3339(t, now, sizeof(now));
-    if (store_put(cfg, id, file->data, file->len, &err) < 0) {
+    struct upload *u = calloc(1, sizeof(*u));
+    if (!u) {
         json_decref(expires);
-        log_error("file %s: %s", id, err.msg);
-        sched__respond_error(req, 500, "api_error", NULL, "could not store the file (%s)",
-                             store_why(cfg, &err));
+        sched__respond_error(req, 500, "api_error", NULL, "out of memory");
         return;
     }
-    json_t *obj = json_pack("{s:s,s:s,s:s,s:s,s:I,s:s,s:b,s:o,s:n}", "id", id, "type", "file",
-                            "filename", file->filename, "mime_type",
-                            mime_or_default(file->content_type), "size_bytes",
-                            (json_int_t)file->len, "created_at", now, "downloadable", 1,
-                            "expires_at", expires, "scope");
-    if (!obj) {
-        store_del(cfg, id, NULL);
-        sched__respond_error(req, 500, "api_error", NULL, "could not build the file's metadata");
-        return;
+    u->req = req;
+    u->expires = expires;
+    u->len = file->len;
+    snprintf(u->id, sizeof(u->id), "%s", id);
+    snprintf(u->now, sizeof(u->now), "%s", now);
+    snprintf(u->filename, sizeof(u->filename), "%s", file->filename);
+    snprintf(u->mime, sizeof(u->mime), "%s", mime_or_default(file->content_type));
+    /* The body goes with the job, taken from the parser rather than copied
+     * (up to --files-max-bytes); the next request on the connection starts
+     * a buffer of its own. */
+    struct wp_buf *body = (struct wp_buf *)&h->body;
+    char *owned = body->data;
+    body->data = NULL;
+    body->len = body->cap = 0;
+    sched__req_hold(req);
+    if (sched__fio_put(req->srv->fio, id, owned, file->data, file->len, upload_stored, u) < 0) {
+        json_decref(u->expires);
+        free(u);
+        if (sched__req_release(req))
+            sched__respond_error(req, 500, "api_error", NULL, "could not store the file");
     }
-    log_info("file %s stored: %zu bytes org=%s", id, file->len, req->org);
-    const char *extra[] = {"file_id", id, NULL};
-    sched__obj_create(req, &sched__kind_file, req->org, obj, extra);
 }
 
 /* ---- retrieve, download, list, delete ---- */
@@ -254,35 +321,61 @@ void sched__h_file_get(struct sched_req *req)
     load(req, got);
 }
 
+/* A download while its content is read. */
+struct download {
+    struct sched_req *req;
+    char id[64], ct[128];
+};
+
+static void content_read(void *ctx, int rc, const struct wp_err *err, char *data, size_t len)
+{
+    struct download *d = ctx;
+    struct sched_req *req = d->req;
+    if (!sched__req_release(req)) {
+        free(data);
+        free(d);
+        return;
+    }
+    if (rc < 0) {
+        log_error("file %s: content: %s", d->id, err->msg);
+        if (rc == WP_ENOTFOUND)
+            sched__not_found(req, "The content of file %s is missing from the store", d->id);
+        else
+            sched__respond_error(req, 500, "api_error", NULL,
+                                 "the file's content is unreadable (%s)",
+                                 sched__store_why(&req->srv->cfg, err));
+    } else {
+        sched__respond_body(req, 200, d->ct, data, len);
+    }
+    free(data);
+    free(d);
+}
+
 static void content_loaded(struct sched_req *req, json_t *f, long long rev)
 {
     (void)rev;
-    char *data = NULL;
-    size_t len = 0;
-    struct wp_err err = {0};
     if (expired(f)) {
         json_decref(f);
         sched__not_found(req, "No file with id %s", req->params[0]);
         return;
     }
-    if (store_get(&req->srv->cfg, req->params[0], &data, &len, &err) < 0) {
+    struct download *d = calloc(1, sizeof(*d));
+    if (!d) {
         json_decref(f);
-        log_error("file %s: content: %s", req->params[0], err.msg);
-        if (err.code == WP_ENOTFOUND)
-            sched__not_found(req, "The content of file %s is missing from the store",
-                             req->params[0]);
-        else
-            sched__respond_error(req, 500, "api_error", NULL,
-                                 "the file's content is unreadable (%s)",
-                                 store_why(&req->srv->cfg, &err));
+        sched__respond_error(req, 500, "api_error", NULL, "out of memory");
         return;
     }
-    char ct[128];
-    snprintf(ct, sizeof(ct), "%s",
+    d->req = req;
+    snprintf(d->id, sizeof(d->id), "%s", req->params[0]);
+    snprintf(d->ct, sizeof(d->ct), "%s",
              mime_or_default(json_string_value(json_object_get(f, "mime_type")) ?: ""));
     json_decref(f);
-    sched__respond_body(req, 200, ct, data, len);
-    free(data);
+    sched__req_hold(req);
+    if (sched__fio_get(req->srv->fio, d->id, content_read, d) < 0) {
+        free(d);
+        if (sched__req_release(req))
+            sched__respond_error(req, 500, "api_error", NULL, "out of memory");
+    }
 }
 
 void sched__h_file_content(struct sched_req *req)
@@ -331,15 +424,50 @@ void sched__h_file_list(struct sched_req *req)
     sched__obj_list(req, &sched__kind_file, req->org, false, false, filter, false);
 }
 
+/* A delete while its content is taken away (the metadata already is). */
+struct removal {
+    struct sched_req *req;
+    char id[64];
+    json_t *answer; /* owned */
+};
+
+static void content_deleted(void *ctx, int rc, const struct wp_err *err, char *data, size_t len)
+{
+    struct removal *m = ctx;
+    (void)data;
+    (void)len;
+    if (rc < 0)
+        log_error("file %s: metadata deleted, content not: %s", m->id, err->msg);
+    else
+        log_info("file %s deleted org=%s", m->id, m->req->org);
+    if (sched__req_release(m->req))
+        sched__respond_json(m->req, 200, m->answer);
+    else
+        json_decref(m->answer);
+    free(m);
+}
+
 static void deleted(struct sched_req *req, json_t *answer)
 {
-    struct wp_err err = {0};
     req->after = NULL;
-    if (store_del(&req->srv->cfg, req->params[0], &err) < 0)
-        log_error("file %s: metadata deleted, content not: %s", req->params[0], err.msg);
-    else
-        log_info("file %s deleted org=%s", req->params[0], req->org);
-    sched__respond_json(req, 200, answer);
+    struct removal *m = calloc(1, sizeof(*m));
+    if (!m) {
+        log_error("file %s: metadata deleted, content not: out of memory", req->params[0]);
+        sched__respond_json(req, 200, answer);
+        return;
+    }
+    m->req = req;
+    m->answer = answer;
+    snprintf(m->id, sizeof(m->id), "%s", req->params[0]);
+    sched__req_hold(req);
+    if (sched__fio_del(req->srv->fio, m->id, content_deleted, m) < 0) {
+        log_error("file %s: metadata deleted, content not: out of memory", m->id);
+        free(m);
+        if (sched__req_release(req))
+            sched__respond_json(req, 200, answer);
+        else
+            json_decref(answer);
+    }
 }
 
 void sched__h_file_delete(struct sched_req *req)

@@ -2,9 +2,8 @@
  * the object <endpoint>/<bucket>/<file id> (path-style), signed by libcurl's
  * own SigV4 (CURLOPT_AWS_SIGV4), and the checks of its configuration.
  *
- * Requests are blocking easy handles on the event loop's thread, as the
- * directory store's file I/O is: a slow store stalls the scheduler for as
- * long as a request takes (bounded by the timeouts below). */
+ * Requests are blocking easy handles, bounded by the timeouts below; they
+ * run on the files worker's thread (fileio.c), never on the event loop. */
 #define WP_LOG_COMPONENT "files"
 #include <curl/curl.h>
 #include <errno.h>

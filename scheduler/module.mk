@@ -2,7 +2,7 @@
 scheduler_SRCS := scheduler/http_parse.c scheduler/server.c scheduler/route.c \
                   scheduler/util.c scheduler/resources.c \
                   scheduler/agents.c scheduler/envs.c scheduler/sessions.c \
-                  scheduler/resources_session.c scheduler/multipart.c scheduler/files.c scheduler/files_s3.c \
+                  scheduler/resources_session.c scheduler/multipart.c scheduler/files.c scheduler/files_s3.c scheduler/fileio.c \
                   scheduler/events.c scheduler/sse.c scheduler/vaults.c scheduler/work.c \
                   scheduler/config.c scheduler/sandboxes.c \
                   scheduler/model.c scheduler/mcp_rpc.c scheduler/mcp.c \

@@ -181,6 +181,7 @@ struct sched_server {
     int nconns;
     struct sched_conn *close_list;  /* closed, freed in prepare */
     struct wp_redis *rds;        /* request/response traffic */
+    struct sched_fio *fio;       /* the files store's worker (fileio.c) */
     struct sched_hub *hubs;         /* sse.c: one live tail per streamed session */
     struct sse_reader *readers;     /* sse.c: the Redis connections tailing the hubs */
     struct pool_client *pool;       /* sandboxes.c: claims for /v1/sandboxes */
@@ -405,9 +406,37 @@ const char *sched__file_mount_path(json_t *fid, json_t *mp, char *out, size_t ca
  * req->org, then next(req); else 404 (or 500) answered. */
 void sched__files_owned(struct sched_req *req, json_t *resources,
                         void (*next)(struct sched_req *req));
-/* A file's content (caller frees *out). */
-int sched__file_read(const struct sched_config *cfg, const char *id, char **out, size_t *len,
+/* The store itself (files_dir, or S3 when configured): blocking, so only
+ * the files worker (fileio.c) calls them. get: *out caller-owned. */
+int sched__store_put(const struct sched_config *cfg, const char *id, const void *data,
+                     size_t len, struct wp_err *err);
+int sched__store_get(const struct sched_config *cfg, const char *id, char **out, size_t *len,
                      struct wp_err *err);
+int sched__store_del(const struct sched_config *cfg, const char *id, struct wp_err *err);
+/* What a client is told of a store error: the S3 store's message, not the
+ * directory store's (a local path). */
+const char *sched__store_why(const struct sched_config *cfg, const struct wp_err *err);
+
+/* The files worker (fileio.c): the store's blocking work on a thread of
+ * its own, one job at a time in order; cb runs on the loop with rc (0, or
+ * < 0 and err), and for a GET data/len (the callback's to free; NULL
+ * otherwise). -ECANCELED when the scheduler stops first. The submit calls
+ * return 0 (cb will run once) or < 0 (it will not). */
+struct sched_fio;
+typedef void (*sched_fio_cb)(void *ctx, int rc, const struct wp_err *err, char *data,
+                             size_t len);
+struct sched_fio *sched__fio_new(struct ev_loop *loop, const struct sched_config *cfg,
+                                 struct wp_err *err);
+/* Waits for the job running; the rest are called back with -ECANCELED. */
+void sched__fio_free(struct sched_fio *f);
+/* Jobs submitted and not yet called back. */
+int sched__fio_queued(const struct sched_fio *f);
+/* Stores data (len bytes); owned (may be NULL) is the buffer it lies in,
+ * freed once stored (also when this fails). */
+int sched__fio_put(struct sched_fio *f, const char *id, char *owned, const void *data,
+                   size_t len, sched_fio_cb cb, void *ctx);
+int sched__fio_get(struct sched_fio *f, const char *id, sched_fio_cb cb, void *ctx);
+int sched__fio_del(struct sched_fio *f, const char *id, sched_fio_cb cb, void *ctx);
 
 /* The S3-compatible files store (files_s3.c). Blocking requests on the
  * object <endpoint>/<bucket>/<id>; a missing object is WP_ENOTFOUND (GET)

@@ -845,6 +845,10 @@ void sched_server_drain(struct sched_server *srv)
     ev_timer_stop(loop, &srv->drain_timer);
     ev_signal_stop(loop, &srv->sigterm);
     ev_signal_stop(loop, &srv->sigint);
+    /* The files worker first: its jobs' callbacks still reach requests
+     * and brains. */
+    sched__fio_free(srv->fio);
+    srv->fio = NULL;
     sched__brain_shutdown(srv);
     sched__mcp_hub_free(srv);
     sched__sbx_shutdown(srv);
@@ -898,6 +902,9 @@ struct sched_server *sched_server_new(struct ev_loop *loop, const struct sched_c
         wp_err_set(err, -ENOMEM, "metrics registry");
         goto fail;
     }
+    /* srv->cfg, not cfg: the worker reads the configuration the server keeps. */
+    if (!(srv->fio = sched__fio_new(loop, &srv->cfg, err)))
+        goto fail;
     if (sched__sbx_init(srv, err) < 0 || sched__brain_init(srv, err) < 0)
         goto fail;
     ev_timer_init(&srv->accept_pause, accept_pause_cb, 0.1, 0.);
@@ -922,6 +929,7 @@ fail:
     if (srv && srv->listen_fd >= 0)
         close(srv->listen_fd);
     if (srv) {
+        sched__fio_free(srv->fio);
         wp_redis_free(srv->rds);
         sched_metrics_free(srv->metrics);
         sched__tls_ctx_free(srv->tls);

@@ -10,6 +10,9 @@
 #include <curl/curl.h>
 #include <dirent.h>
 #include <jansson.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +22,7 @@
 
 #include "base/buf.h"
 #include "base/fs.h"
+#include "base/net.h"
 #include "lib/sched_testlib.h"
 #include "lib/testlib.h"
 
@@ -305,6 +309,95 @@ static void unreachable_store_fails_clearly(void **state)
     assert_int_equal(stopped, 0);
 }
 
+/* A store that takes its time: a stand-in that accepts the PUT and answers
+ * only when the test says so. Meanwhile the scheduler answers other
+ * requests (the store's work is off its loop); then the upload completes.
+ * The stand-in is a child: it tells the test on `got` when the request is
+ * in, and answers 200 when a byte arrives on `go`. */
+static pid_t slow_store(int *port, int got[2], int go[2])
+{
+    int lfd = wp_tcp_listen("127.0.0.1", 0, 4, port, NULL);
+    if (lfd < 0 || pipe(got) < 0 || pipe(go) < 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        char buf[8192];
+        size_t n = 0;
+        fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) & ~O_NONBLOCK); /* wp_tcp_listen's is not blocking */
+        int fd = accept(lfd, NULL, NULL);
+        while (fd >= 0 && n < sizeof(buf) - 1) { /* the head and a 1-byte body */
+            ssize_t k = read(fd, buf + n, sizeof(buf) - 1 - n);
+            if (k <= 0)
+                break;
+            n += (size_t)k;
+            buf[n] = '\0';
+            char *end = strstr(buf, "\r\n\r\n");
+            if (end && (size_t)(end + 4 - buf) < n)
+                break;
+        }
+        (void)!write(got[1], "g", 1);
+        char c;
+        (void)!read(go[0], &c, 1);
+        const char *ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        (void)!write(fd, ok, strlen(ok));
+        _exit(0);
+    }
+    close(lfd);
+    return pid;
+}
+
+struct bg_upload {
+    int port;
+    long status;
+    struct wp_buf out;
+};
+
+static void *upload_thread(void *arg)
+{
+    struct bg_upload *u = arg;
+    u->status = upload(u->port, "x", 1, &u->out);
+    return NULL;
+}
+
+static void slow_store_does_not_stall_the_scheduler(void **state)
+{
+    (void)state;
+    struct th_sched s;
+    int port, got[2], go[2];
+    char ep[64];
+    pid_t store = slow_store(&port, got, go);
+    assert_true(store > 0);
+    snprintf(ep, sizeof(ep), "http://127.0.0.1:%d", port);
+    assert_int_equal(start_s3_sched_at(&s, ep, "S3RVER", "S3RVER"), 0);
+
+    struct bg_upload u = { .port = s.port };
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, upload_thread, &u), 0);
+    struct pollfd p = { .fd = got[0], .events = POLLIN };
+    int in = poll(&p, 1, 20000); /* the PUT reached the store, which holds it */
+    /* While the store holds the PUT, the scheduler answers (th_http: 10 s). */
+    struct th_resp r = { 0 };
+    int rc = in == 1 ? th_http(s.port, "GET", "/v1/agents", KEY, NULL, &r) : -1;
+    int status = rc == 0 ? r.status : -1;
+    th_resp_free(&r);
+    (void)!write(go[1], "g", 1);
+    pthread_join(th, NULL);
+    waitpid(store, NULL, 0);
+    int stopped = th_sched_stop(&s);
+    assert_int_equal(in, 1);
+    assert_int_equal(status, 200);
+    if (u.status != 200)
+        printf("# upload: %ld %s\n", u.status, u.out.data);
+    assert_int_equal(u.status, 200); /* the upload completed once the store answered */
+    assert_non_null(strstr(u.out.data, "\"file_"));
+    wp_buf_free(&u.out);
+    assert_int_equal(stopped, 0);
+    for (int i = 0; i < 2; i++) {
+        close(got[i]);
+        close(go[i]);
+    }
+}
+
 /* Bad S3 configuration: the scheduler refuses to start, saying why. */
 static void bad_config_refused_at_start(void **state)
 {
@@ -348,6 +441,7 @@ int main(void)
         cmocka_unit_test(missing_object_is_404),
         cmocka_unit_test(wrong_credentials_fail_clearly),
         cmocka_unit_test(unreachable_store_fails_clearly),
+        cmocka_unit_test(slow_store_does_not_stall_the_scheduler),
         cmocka_unit_test(bad_config_refused_at_start),
     };
     return cmocka_run_group_tests_name("sched_files_s3", tests, setup, teardown);
