@@ -265,6 +265,11 @@ static void append_done(void *ctx, redisReply *reply)
     w->req = req;
     freeReplyObject(w->reply->element[--w->reply->elements]);
     sched__req_hold(req);
+    /* the request's deadline, as for its Redis commands (server.c) */
+    if (!ev_is_active(&req->timeout)) {
+        ev_timer_set(&req->timeout, req->srv->cfg.redis_timeout, 0.);
+        ev_timer_start(req->srv->loop, &req->timeout);
+    }
     if (sched__work_enqueue_for(req->srv, req->org, env->str, req->append_sid, append_enqueued,
                                 w) < 0)
         append_enqueued(w, NULL);
