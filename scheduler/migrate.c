@@ -7,7 +7,9 @@
  * the global fence wp:brain:fence one per session (layout "2"). Then
  * agents, environments, vaults, credentials and files moved to their
  * organization's slot with their indexes, agent versions and a sequence per
- * organization: wp:obj:<id> -> wp:obj:{<org>}:<id> (layout "3"). wp:layout
+ * organization: wp:obj:<id> -> wp:obj:{<org>}:<id> (layout "3"), and work
+ * items to their environment's slot with its queue: wp:obj:<work id> ->
+ * wp:wq:{<env>}:item:<work id> (layout "4", move_work_items). wp:layout
  * says which layout the data is in. The scheduler moves an older
  * store at start (and `--migrate-keys` does it alone): synchronous, before
  * it serves, single Redis only; idempotent, so two schedulers starting at
@@ -24,7 +26,7 @@
 #include "base/redis.h"
 #include "scheduler/sched_int.h"
 
-#define LAYOUT "3"
+#define LAYOUT "4"
 
 #include "lua/scheduler/migrate.h" /* its Lua scripts: lua/scheduler/migrate/ (Makefile) */
 
@@ -45,13 +47,17 @@ static int move_batch(redisContext *r, redisReply *keys, const struct sched_kind
     }
     size_t argc = 0;
     argv[argc++] = "EVAL";
-    argv[argc++] = k ? lua_migrate_orgs : lua_migrate_sessions;
+    argv[argc++] = k == &sched__kind_work ? lua_migrate_work
+                   : k                       ? lua_migrate_orgs
+                                             : lua_migrate_sessions;
     argv[argc++] = "0";
     argv[argc++] = first;
     for (size_t i = 0; i < n; i++) {
         const char *id = keys->element[i]->str + strlen("wp:obj:");
         argv[argc++] = id;
-        if (k) {
+        if (k == &sched__kind_work) {
+            /* the id alone */
+        } else if (k) {
             argv[argc++] = k->name;
         } else {
             sched__brain_active_key(shard[i], sizeof(shard[i]), id);
@@ -105,6 +111,18 @@ static int move_all(redisContext *r, const char *prefix, const struct sched_kind
     return 0;
 }
 
+/* Layout 4: work items into their environment's hash slot (work.c), with
+ * their index entries, the environment's sequence and the sessions' latest
+ * items (lua/scheduler/migrate/work.lua). */
+static int move_work_items(redisContext *r, const char *seq, struct wp_err *err)
+{
+    long moved = 0;
+    int rc = move_all(r, sched__kind_work.id_prefix, &sched__kind_work, seq, &moved, err);
+    if (rc == 0 && moved > 0)
+        log_info("moved %ld work item(s) to their environment's hash slot", moved);
+    return rc;
+}
+
 static int migrate(redisContext *r, struct wp_err *err)
 {
     redisReply *v = redisCommand(r, "GET wp:layout");
@@ -124,6 +142,8 @@ static int migrate(redisContext *r, struct wp_err *err)
                                               &sched__kind_file};
     for (size_t i = 0; rc == 0 && i < sizeof(kinds) / sizeof(kinds[0]); i++)
         rc = move_all(r, kinds[i]->id_prefix, kinds[i], seq, &moved_org, err);
+    if (rc == 0)
+        rc = move_work_items(r, seq, err);
     if (rc < 0)
         return rc;
     /* Members left name sessions that are gone; the global keys go too. */
