@@ -824,33 +824,3 @@ int wp_redis_subscribe(struct wp_redis *r, const char *channel, wp_redis_cb cb, 
     return 0;
 }
 
-redisReply *wp_redis_reply_dup(const redisReply *r)
-{
-    redisReply *c = calloc(1, sizeof(*c));
-    if (!c)
-        return NULL;
-    c->type = r->type;
-    c->integer = r->integer;
-    if (r->str) {
-        if (!(c->str = malloc(r->len + 1))) {
-            free(c);
-            return NULL;
-        }
-        memcpy(c->str, r->str, r->len);
-        c->str[r->len] = '\0';
-        c->len = r->len;
-    }
-    if (r->type == REDIS_REPLY_ARRAY && r->elements) {
-        if (!(c->element = calloc(r->elements, sizeof(*c->element)))) {
-            freeReplyObject(c);
-            return NULL;
-        }
-        c->elements = r->elements;
-        for (size_t i = 0; i < r->elements; i++)
-            if (!(c->element[i] = wp_redis_reply_dup(r->element[i]))) {
-                freeReplyObject(c);
-                return NULL;
-            }
-    }
-    return c;
-}

@@ -98,11 +98,6 @@ void wp_redis_set_net_timeout(int ms);
  * base/ opens: wp_redis, sentinels, the synchronous CLIs). */
 void wp_redis_net_deadline(int fd);
 
-/* A deep copy of a reply, to keep it past its callback (hiredis frees
- * the original when the callback returns). Caller owns it
- * (freeReplyObject); NULL when out of memory. */
-redisReply *wp_redis_reply_dup(const redisReply *r);
-
 /* Put this connection in subscribe mode on one channel (again after each
  * reconnect): cb gets every reply on it (the confirmation, then
  * ["message", channel, payload] arrays). Nothing else may be sent on it. */

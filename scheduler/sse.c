@@ -500,7 +500,7 @@ static void reader_read_cb(void *ctx, redisReply *reply)
     if (durable(r->srv) && !r->dead && reply && reply->type == REDIS_REPLY_ARRAY &&
         reply->elements) {
         /* Stays "reading" (no new XREAD, no CLIENT UNBLOCK) until the fence. */
-        if ((r->held = wp_redis_reply_dup(reply)) &&
+        if ((r->held = wp_redis_reply_copy(reply)) &&
             fence(r->srv, r->rd, reader_fence_cb, r) == 0)
             return;
         if (r->held)
@@ -732,7 +732,7 @@ static void catch_cb(void *ctx, redisReply *reply)
 {
     struct sched_sse *s = ctx;
     if (durable(s->srv) && !s->closed && reply && reply->type == REDIS_REPLY_ARRAY) {
-        if ((s->held = wp_redis_reply_dup(reply)) &&
+        if ((s->held = wp_redis_reply_copy(reply)) &&
             fence(s->srv, s->srv->rds, catch_fence_cb, s) == 0)
             return; /* still "catching" */
         if (s->held)
