@@ -221,6 +221,7 @@ struct sched_req {
     void (*quota_next)(struct sched_req *, json_t *env, long long rev);
     void (*quota_sbx_next)(struct sched_req *, const char *pool, const char *id);
     void (*files_next)(struct sched_req *); /* files.c: after the file resources' check */
+    void (*work_next)(struct sched_req *);  /* work.c: once the environment is the caller's */
     char scratch[256];       /* handler scratch (ids, cursors) */
     /* Set by a handler: called with the stored object (owned) instead of
      * answering 200 when an object create/store succeeds. */

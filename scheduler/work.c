@@ -58,6 +58,35 @@ static bool env_allowed(struct sched_req *req)
     return true;
 }
 
+static void env_owned_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    if (reply->type != REDIS_REPLY_INTEGER || reply->integer != 1) {
+        sched__not_found(req, "No environment with id %s", req->params[0]);
+        return;
+    }
+    req->work_next(req);
+}
+
+/* next(req) once the environment is the caller's. An environment key names
+ * its own; an API key's organization must own it (the queue's keys carry
+ * only the environment: without this, any organization's key could take
+ * another's work items or read its queue's figures). Else 403 or 404. */
+static void env_check(struct sched_req *req, void (*next)(struct sched_req *))
+{
+    char kobj[200];
+    if (!env_allowed(req))
+        return;
+    if (req->env_key[0]) {
+        next(req);
+        return;
+    }
+    sched__key_obj(kobj, sizeof(kobj), req->org, req->params[0]);
+    const char *argv[] = {"EXISTS", kobj};
+    req->work_next = next;
+    sched__req_redis(req, env_owned_cb, 2, argv, NULL);
+}
+
 static void respond_work(struct sched_req *req, redisReply *json, redisReply *live)
 {
     json_t *w = sched__obj_parse(json->str, json->len, live->str ? live->str : "",
@@ -265,11 +294,9 @@ static long query_int(struct sched_req *req, const char *k, long def, long lo, l
     return n;
 }
 
-void sched__h_work_poll(struct sched_req *req)
+static void poll_start(struct sched_req *req)
 {
     bool bad = false;
-    if (!env_allowed(req))
-        return;
     req->block_ms = (int)query_int(req, "block_ms", 0, 1, 999, &bad);
     req->reclaim_ms = (int)query_int(req, "reclaim_older_than_ms", 5000, 0, 86400000, &bad);
     if (bad) {
@@ -278,6 +305,11 @@ void sched__h_work_poll(struct sched_req *req)
     }
     req->started_ms = wp_now_ms();
     poll_send(req);
+}
+
+void sched__h_work_poll(struct sched_req *req)
+{
+    env_check(req, poll_start);
 }
 
 /* ---- ack, heartbeat, stop ---- */
@@ -473,11 +505,9 @@ static void stats_cb(void *ctx, redisReply *reply)
     sched__respond_json(req, 200, s);
 }
 
-void sched__h_work_stats(struct sched_req *req)
+static void stats_start(struct sched_req *req)
 {
     char kq[200], kp[200], kw[200], now[32], ipre[200];
-    if (!env_allowed(req))
-        return;
     sched__key_wq(kq, sizeof(kq), req->params[0], "queued");
     sched__key_wq(kp, sizeof(kp), req->params[0], "pending");
     sched__key_wq(kw, sizeof(kw), req->params[0], "workers");
@@ -485,6 +515,11 @@ void sched__h_work_stats(struct sched_req *req)
     sched__key_work(ipre, sizeof(ipre), req->params[0], "");
     const char *argv[] = {kq, kp, kw, now, ipre};
     sched__req_script(req, lua_stats, stats_cb, 3, 5, argv, NULL);
+}
+
+void sched__h_work_stats(struct sched_req *req)
+{
+    env_check(req, stats_start);
 }
 
 /* ---- environment keys (warmpool extension) ---- */

@@ -978,7 +978,16 @@ static void work_queue(void **state)
     json_decref(callk(ek, "GET", "/v1/sessions/sesn_nope", NULL, 404));
     json_decref(osess);
     json_decref(oenv);
+    /* Another organization's API key neither reads this queue nor takes
+     * its item (the queue's keys carry only the environment). */
     snprintf(path, sizeof(path), "/v1/environments/%s/work/stats", env);
+    json_decref(callk("sk-beta", "GET", path, NULL, 404));
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/poll", env);
+    json_decref(callk("sk-beta", "GET", path, NULL, 404));
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/stats", env);
+    e = call("GET", path, NULL, 200); /* the owner's API key does */
+    assert_int_equal(json_integer_value(json_object_get(e, "depth")), 1);
+    json_decref(e);
     e = callk(ek, "GET", path, NULL, 200);
     assert_int_equal(json_integer_value(json_object_get(e, "depth")), 1);
     assert_non_null(s_(e, "oldest_queued_at"));
