@@ -345,11 +345,11 @@ static void claims_spread_over_nodes(void **state)
         if (json_is_true(json_object_get(res, "is_error")) || !text || strncmp(text, want, strlen(want)))
             fail_msg("sandbox %d: %s", i, text ? text : "(no text)");
         json_decref(res);
-        rcli(out, sizeof(out), "hget wp:sbx:%s node", ids[i]);
+        rcli(out, sizeof(out), "hget 'wp:sbx:{acme}:%s' node", ids[i]);
         int k = node_index(out);
         assert_true(k >= 0);
         per_node[k]++;
-        rcli(pool_ids[i], sizeof(pool_ids[i]), "hget wp:sbx:%s sandbox", ids[i]);
+        rcli(pool_ids[i], sizeof(pool_ids[i]), "hget 'wp:sbx:{acme}:%s' sandbox", ids[i]);
         assert_true(pool_ids[i][0]);
         for (int j = 0; j < i; j++)
             assert_string_not_equal(pool_ids[i], pool_ids[j]);

@@ -155,10 +155,10 @@ static void two_creates_never_share_and_release_destroys(void **state)
     assert_string_equal(json_string_value(json_object_get(c0, "text")), "warmpool-hands");
     json_decref(res);
     /* Different sandboxes underneath. */
-    th_sh(out, sizeof(out), "redis-cli -p %d hget wp:sbx:%s sandbox", R.port, ida);
+    th_sh(out, sizeof(out), "redis-cli -p %d hget 'wp:sbx:{acme}:%s' sandbox", R.port, ida);
     char sa[128];
     snprintf(sa, sizeof(sa), "%s", out);
-    th_sh(out, sizeof(out), "redis-cli -p %d hget wp:sbx:%s sandbox", R.port, idb);
+    th_sh(out, sizeof(out), "redis-cli -p %d hget 'wp:sbx:{acme}:%s' sandbox", R.port, idb);
     assert_string_not_equal(sa, out);
     /* Release destroys it on the node. */
     sa[strcspn(sa, "\n")] = '\0';
@@ -293,7 +293,7 @@ static void bad_input_is_refused(void **state)
 static long long node_lease_until(const char *sbx_id)
 {
     char out[128], sandbox[128];
-    th_sh(out, sizeof(out), "redis-cli -p %d hget wp:sbx:%s sandbox", R.port, sbx_id);
+    th_sh(out, sizeof(out), "redis-cli -p %d hget 'wp:sbx:{acme}:%s' sandbox", R.port, sbx_id);
     snprintf(sandbox, sizeof(sandbox), "%.*s", (int)strcspn(out, "\n"), out);
     th_sh(out, sizeof(out), "redis-cli -p %d hget 'wp:env:{py}:sb:%s' lease_until", R.port, sandbox);
     return atoll(out);
@@ -364,7 +364,7 @@ static void lease_renewed_while_used_released_when_idle(void **state)
     id = json_string_value(json_object_get(sb, "id"));
     snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
     json_decref(call(&A, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", 200));
-    th_sh(out, sizeof(out), "redis-cli -p %d hget wp:sbx:%s sandbox", R.port, id);
+    th_sh(out, sizeof(out), "redis-cli -p %d hget 'wp:sbx:{acme}:%s' sandbox", R.port, id);
     out[strcspn(out, "\n")] = '\0';
     char cmd[1400];
     snprintf(cmd, sizeof(cmd), "%s/warmpool-snap --state-dir %s/state destroy %s >/dev/null",
