@@ -792,6 +792,88 @@ static void migrate_keys_moves_org_objects(void **state)
     json_decref(ag);
 }
 
+/* Turns acme's quota keys, a sandbox record and its session indexes back
+ * into layout 3 (untagged names) and the store's layout with them. */
+static const char unmove_keys[] =
+    "local function mv(a, b) if redis.call('EXISTS', a) == 1 then redis.call('RENAME', a, b) end end\n"
+    "mv('wp:quota:{acme}', 'wp:quota:acme')\n"
+    "mv('wp:quotause:{acme}:sbx', 'wp:quotause:sbx:acme')\n"
+    "mv('wp:quotause:{acme}:envs', 'wp:quotause:envs:acme')\n"
+    "mv('wp:sbx:{acme}:' .. ARGV[1], 'wp:sbx:' .. ARGV[1])\n"
+    "mv('wp:idx:{acme}:session', 'wp:idx:acme:session')\n"
+    "mv('wp:idx:{acme}:session:active', 'wp:idx:acme:session:active')\n"
+    "redis.call('SET', 'wp:layout', '3')\n"
+    "redis.call('SET', 'wp:seq', tonumber(redis.call('GET', 'wp:seq:{acme}')) + 1000000)\n"
+    "return 1\n";
+
+/* A store of layout 3 (quota keys, /v1/sandboxes records and session
+ * indexes untagged) is moved by --migrate-keys: the quota applies again,
+ * the sandbox is found and counted, the sessions list as before and a
+ * page cursor given out before the move still pages, twice over; new
+ * sessions list first. */
+static void migrate_keys_moves_quota_sandboxes_and_session_indexes(void **state)
+{
+    (void)state;
+    char out[4096], path[200], ids[1024], next[64], page2[1024], first[1024];
+    redisContext *rc = redisConnect("127.0.0.1", R.port);
+    assert_true(rc && !rc->err);
+    assert_int_equal(wp_cli(out, sizeof(out), R.port, "quota set acme sessions=100 sandboxes=5"), 0);
+    freeReplyObject(redisCommand(rc, "HSET wp:sbx:{acme}:sbx_mig org acme environment wpt "
+                                     "status ready session_id sbx_mig"));
+    freeReplyObject(redisCommand(rc, "ZADD wp:quotause:{acme}:sbx %llu sbx_mig",
+                                 (unsigned long long)wp_wall_ms()));
+    page_of(A.port, KEY, "/v1/sessions?limit=1", first, sizeof(first), next, NULL);
+    assert_true(next[0]);
+    snprintf(path, sizeof(path), "/v1/sessions?limit=1&page=%s", next);
+    page_of(A.port, KEY, path, page2, sizeof(page2), NULL, NULL);
+    assert_true(page2[0]);
+    redisReply *r = redisCommand(rc, "EVAL %s 0 sbx_mig", unmove_keys);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    freeReplyObject(r);
+    /* Invisible until moved. */
+    page_of(A.port, KEY, "/v1/sessions", ids, sizeof(ids), NULL, NULL);
+    assert_string_equal(ids, "");
+    json_decref(th_api(A.port, KEY, "GET", "/v1/sandboxes/sbx_mig", NULL, 404));
+    for (int round = 0; round < 2; round++) { /* the second finds nothing to move */
+        th_sh(out, sizeof(out),
+              "%s/warmpool-scheduler --redis 127.0.0.1:%d --migrate-keys; echo rc=$?",
+              th_build_dir(), R.port);
+        assert_non_null(strstr(out, "rc=0"));
+        page_of(A.port, KEY, "/v1/sessions?limit=1", ids, sizeof(ids), NULL, NULL);
+        assert_string_equal(ids, first);
+        page_of(A.port, KEY, path, ids, sizeof(ids), NULL, NULL); /* the old cursor */
+        assert_string_equal(ids, page2);
+        json_t *g = th_api(A.port, KEY, "GET", "/v1/sandboxes/sbx_mig", NULL, 200);
+        assert_string_equal(s_(g, "status"), "ready");
+        json_decref(g);
+        assert_int_equal(wp_cli(out, sizeof(out), R.port, "quota show acme"), 0);
+        assert_non_null(strstr(out, "sandboxes           1 used of 5"));
+        assert_non_null(strstr(out, "used of 100"));
+    }
+    r = redisCommand(rc, "EXISTS wp:quota:acme wp:quotause:sbx:acme wp:sbx:sbx_mig "
+                         "wp:idx:acme:session wp:idx:acme:session:active");
+    assert_int_equal(r->integer, 0); /* the old keys are gone */
+    freeReplyObject(r);
+    r = redisCommand(rc, "GET wp:layout");
+    assert_string_equal(r->str, "4");
+    freeReplyObject(r);
+    /* The organization's sequence is past every moved score: a new
+     * session lists first. */
+    json_t *l = th_api(A.port, KEY, "GET", "/v1/sessions?limit=1", NULL, 200);
+    const char *aid = s_(json_object_get(json_array_get(json_object_get(l, "data"), 0), "agent"),
+                         "id");
+    snprintf(out, sizeof(out), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}", aid, ENV_ID);
+    json_decref(l);
+    json_t *o = th_api(A.port, KEY, "POST", "/v1/sessions", out, 200);
+    page_of(A.port, KEY, "/v1/sessions?limit=1", ids, sizeof(ids), NULL, NULL);
+    assert_string_equal(ids, s_(o, "id"));
+    json_decref(o);
+    assert_int_equal(wp_cli(out, sizeof(out), R.port, "quota set acme sessions=none sandboxes=none"),
+                     0);
+    freeReplyObject(redisCommand(rc, "DEL wp:sbx:{acme}:sbx_mig"));
+    redisFree(rc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -806,6 +888,7 @@ int main(void)
         cmocka_unit_test(sandbox_quota_on_a_cluster_node),
         cmocka_unit_test(migrate_keys_moves_an_older_store),
         cmocka_unit_test(migrate_keys_moves_org_objects),
+        cmocka_unit_test(migrate_keys_moves_quota_sandboxes_and_session_indexes),
         cmocka_unit_test(listing_drops_an_archived_sessions_entry),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
