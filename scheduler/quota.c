@@ -142,10 +142,24 @@ static void env_gate_run(struct sched_req *req, const char *orgs)
     sched__req_script(req, lua_env_gate, env_gated, 2, 10, argv, NULL);
 }
 
+/* The pool policy's orgs field (absent: NULL); false when Redis refused
+ * the read (answered 500). */
+static bool policy_orgs(struct sched_req *req, redisReply *reply, const char **orgs)
+{
+    if (reply->type == REDIS_REPLY_ERROR) {
+        sched__respond_error(req, 500, "api_error", NULL, "pool policy: %s", reply->str);
+        return false;
+    }
+    *orgs = reply->type == REDIS_REPLY_STRING ? reply->str : NULL;
+    return true;
+}
+
 static void env_policy_read(void *ctx, redisReply *reply)
 {
     struct sched_req *req = ctx;
-    env_gate_run(req, reply->type == REDIS_REPLY_STRING ? reply->str : NULL);
+    const char *orgs;
+    if (policy_orgs(req, reply, &orgs))
+        env_gate_run(req, orgs);
 }
 
 void sched__quota_env(struct sched_req *req, json_t *env, long long rev,
@@ -206,7 +220,9 @@ static void sbx_gate_run(struct sched_req *req, const char *orgs)
 static void sbx_policy_read(void *ctx, redisReply *reply)
 {
     struct sched_req *req = ctx;
-    sbx_gate_run(req, reply->type == REDIS_REPLY_STRING ? reply->str : NULL);
+    const char *orgs;
+    if (policy_orgs(req, reply, &orgs))
+        sbx_gate_run(req, orgs);
 }
 
 void sched__quota_sbx(struct sched_req *req, const char *pool,

@@ -147,14 +147,9 @@ json_t *sched__obj_parse(const char *json, size_t jl, const char *live, size_t l
 
 /* ---- create ---- */
 
-static void create_cb(void *ctx, redisReply *reply)
+/* The stored object (req->tmp) to the handler's after, or answered 200. */
+static void obj_stored(struct sched_req *req)
 {
-    struct sched_req *req = ctx;
-    if (reply->type == REDIS_REPLY_ERROR) {
-        if (!sched__quota_refused(req, reply->str))
-            sched__respond_error(req, 500, "api_error", NULL, "store failed: %s", reply->str);
-        return;
-    }
     json_t *obj = req->tmp;
     req->tmp = NULL;
     if (req->after) {
@@ -164,8 +159,37 @@ static void create_cb(void *ctx, redisReply *reply)
     sched__respond_json(req, 200, obj);
 }
 
+static void create_cb(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        if (!sched__quota_refused(req, reply->str))
+            sched__respond_error(req, 500, "api_error", NULL, "store failed: %s", reply->str);
+        return;
+    }
+    obj_stored(req);
+}
+
 static void session_create(struct sched_req *req, const char *scope, const char *id,
                            const char *json, const char *live, const char *const *extra);
+
+/* A create script's ARGV after its keys (argv[argc...], up to 62): id, org,
+ * scope, json, live[, pending], then the extra (field, value) pairs. */
+static int create_argv(const char **argv, int argc, struct sched_req *req, const char *id,
+                       const char *scope, const char *json, const char *live,
+                       const char *pending, const char *const *extra)
+{
+    argv[argc++] = id;
+    argv[argc++] = req->org;
+    argv[argc++] = scope;
+    argv[argc++] = json;
+    argv[argc++] = live ? live : "";
+    if (pending)
+        argv[argc++] = pending;
+    for (int i = 0; extra && extra[i] && argc < 62; i++)
+        argv[argc++] = extra[i];
+    return argc;
+}
 
 void sched__obj_create_live(struct sched_req *req, const struct sched_kind *k, const char *scope,
                             json_t *obj, const char *live, const char *const *extra)
@@ -199,13 +223,7 @@ void sched__obj_create_live(struct sched_req *req, const struct sched_kind *k, c
     argv[argc++] = kall;
     argv[argc++] = kact;
     argv[argc++] = kseq;
-    argv[argc++] = id;
-    argv[argc++] = req->org;
-    argv[argc++] = scope;
-    argv[argc++] = s;
-    argv[argc++] = live ? live : "";
-    for (int i = 0; extra && extra[i] && argc < 62; i++)
-        argv[argc++] = extra[i];
+    argc = create_argv(argv, argc, req, id, scope, s, live, NULL, extra);
     sched__req_script(req, lua_create, create_cb, 4, argc, argv, NULL);
     free(s);
 }
@@ -243,13 +261,7 @@ static void session_persisted(void *ctx, redisReply *reply)
                              reply->type == REDIS_REPLY_ERROR ? reply->str : "session gone");
         return;
     }
-    json_t *obj = req->tmp;
-    req->tmp = NULL;
-    if (req->after) {
-        req->after(req, obj);
-        return;
-    }
-    sched__respond_json(req, 200, obj);
+    obj_stored(req);
 }
 
 static void session_refused(void *ctx, redisReply *reply)
@@ -306,14 +318,7 @@ static void session_create(struct sched_req *req, const char *scope, const char 
     snprintf(ls->scope, sizeof(ls->scope), "%s", scope);
     sched__key_obj(kobj, sizeof(kobj), req->org, id);
     argv[argc++] = kobj;
-    argv[argc++] = id;
-    argv[argc++] = req->org;
-    argv[argc++] = scope;
-    argv[argc++] = json;
-    argv[argc++] = live ? live : "";
-    argv[argc++] = SESSION_PENDING_MS;
-    for (int i = 0; extra && extra[i] && argc < 62; i++)
-        argv[argc++] = extra[i];
+    argc = create_argv(argv, argc, req, id, scope, json, live, SESSION_PENDING_MS, extra);
     sched__req_script(req, lua_create_own, session_written, 1, argc, argv, NULL);
 }
 
@@ -392,13 +397,7 @@ static void store_cb(void *ctx, redisReply *reply)
         }
         return;
     }
-    json_t *obj = req->tmp;
-    req->tmp = NULL;
-    if (req->after) {
-        req->after(req, obj);
-        return;
-    }
-    sched__respond_json(req, 200, obj);
+    obj_stored(req);
 }
 
 void sched__obj_store_live(struct sched_req *req, const struct sched_kind *k,
@@ -506,22 +505,28 @@ void sched__obj_delete(struct sched_req *req, const struct sched_kind *k, const 
 
 /* ---- list ---- */
 
-/* The page's answer: n objects (json, live pairs, in index order), the
- * scores of the first listed and the last scanned entry, whether the
+/* One listed object: its json and live fragment, from src (a script's
+ * reply or a page of strings). */
+typedef void (*list_item_fn)(const void *src, size_t i, const char **js, size_t *jl,
+                             const char **lv, size_t *ll);
+
+/* The page's answer: n objects (in index order, read by item from src),
+ * the scores of the first listed and the last scanned entry, whether the
  * index holds more past it. */
 static void list_respond(struct sched_req *req, const char *first, const char *last, bool more,
-                         size_t n, const char *const *js, const size_t *jl,
-                         const char *const *lv, const size_t *ll)
+                         size_t n, list_item_fn item, const void *src)
 {
     bool reverse = req->step & 1, bidi = req->step & 2, had_cursor = req->step & 4;
     struct wp_buf b;
     wp_buf_init(&b, (size_t)1 << 30);
     wp_buf_append(&b, "{\"data\":[", 9);
     for (size_t i = 0; i < n; i++) {
-        size_t j = reverse ? n - 1 - i : i;
+        const char *js, *lv;
+        size_t jl, ll;
+        item(src, reverse ? n - 1 - i : i, &js, &jl, &lv, &ll);
         if (i)
             wp_buf_append(&b, ",", 1);
-        append_obj(&b, js[j], jl[j], lv[j], ll[j]);
+        append_obj(&b, js, jl, lv, ll);
     }
     char next[64] = "", prev[64] = "";
     if (!reverse) {
@@ -545,6 +550,17 @@ static void list_respond(struct sched_req *req, const char *first, const char *l
     wp_buf_free(&b);
 }
 
+/* list.lua's reply: {first, last, more, json1, live1, ...}. */
+static void script_item(const void *src, size_t i, const char **js, size_t *jl, const char **lv,
+                        size_t *ll)
+{
+    const redisReply *r = src, *j = r->element[3 + 2 * i], *l = r->element[4 + 2 * i];
+    *js = j->str ? j->str : "";
+    *jl = j->str ? j->len : 0;
+    *lv = l->str ? l->str : "";
+    *ll = l->str ? l->len : 0;
+}
+
 static void list_cb(void *ctx, redisReply *reply)
 {
     struct sched_req *req = ctx;
@@ -554,26 +570,9 @@ static void list_cb(void *ctx, redisReply *reply)
         return;
     }
     redisReply **e = reply->element;
-    size_t n = (reply->elements - 3) / 2;
-    const char **js = calloc(n + 1, sizeof(*js)), **lv = calloc(n + 1, sizeof(*lv));
-    size_t *jl = calloc(n + 1, sizeof(*jl)), *ll = calloc(n + 1, sizeof(*ll));
-    if (!js || !lv || !jl || !ll) {
-        sched__respond_error(req, 500, "api_error", NULL, "out of memory");
-    } else {
-        for (size_t i = 0; i < n; i++) {
-            redisReply *j = e[3 + 2 * i], *l = e[4 + 2 * i];
-            js[i] = j->str ? j->str : "";
-            jl[i] = j->str ? j->len : 0;
-            lv[i] = l->str ? l->str : "";
-            ll[i] = l->str ? l->len : 0;
-        }
-        list_respond(req, e[0]->str ? e[0]->str : "", e[1]->str ? e[1]->str : "",
-                     e[2]->type == REDIS_REPLY_INTEGER && e[2]->integer == 1, n, js, jl, lv, ll);
-    }
-    free(js);
-    free(jl);
-    free(lv);
-    free(ll);
+    list_respond(req, e[0]->str ? e[0]->str : "", e[1]->str ? e[1]->str : "",
+                 e[2]->type == REDIS_REPLY_INTEGER && e[2]->integer == 1,
+                 (reply->elements - 3) / 2, script_item, reply);
 }
 
 /* ---- list sessions: each object in its own slot ----
@@ -636,32 +635,25 @@ static bool own_pass(json_t *row, json_t *filter)
     return true;
 }
 
+/* The page built here: json, live strings in a JSON array. */
+static void page_item(const void *src, size_t i, const char **js, size_t *jl, const char **lv,
+                      size_t *ll)
+{
+    json_t *j = json_array_get(src, 2 * i), *l = json_array_get(src, 2 * i + 1);
+    *js = json_string_value(j);
+    *jl = json_string_length(j);
+    *lv = json_string_value(l);
+    *ll = json_string_length(l);
+}
+
 /* Whether the index has an entry past the last scanned; then the answer. */
 static void own_more(void *ctx, redisReply *reply)
 {
     struct sched_req *req = ctx;
     struct own_list *ol = (void *)req->load_state;
     json_t *page = json_object_get(req->tmp, "page");
-    size_t n = json_array_size(page) / 2;
-    bool more = reply->type == REDIS_REPLY_ARRAY && reply->elements > 0;
-    const char **js = calloc(n + 1, sizeof(*js)), **lv = calloc(n + 1, sizeof(*lv));
-    size_t *jl = calloc(n + 1, sizeof(*jl)), *ll = calloc(n + 1, sizeof(*ll));
-    if (!js || !lv || !jl || !ll) {
-        sched__respond_error(req, 500, "api_error", NULL, "out of memory");
-    } else {
-        for (size_t i = 0; i < n; i++) {
-            json_t *j = json_array_get(page, 2 * i), *l = json_array_get(page, 2 * i + 1);
-            js[i] = json_string_value(j);
-            jl[i] = json_string_length(j);
-            lv[i] = json_string_value(l);
-            ll[i] = json_string_length(l);
-        }
-        list_respond(req, ol->first, ol->last, more, n, js, jl, lv, ll);
-    }
-    free(js);
-    free(jl);
-    free(lv);
-    free(ll);
+    list_respond(req, ol->first, ol->last, reply->type == REDIS_REPLY_ARRAY && reply->elements > 0,
+                 json_array_size(page) / 2, page_item, page);
 }
 
 static void own_finish(struct sched_req *req, bool ask_more)

@@ -7,7 +7,7 @@
 -- failed to start).
 --#include _pool_allowed.lua
 if ARGV[4] == '1' and not pool_ok(ARGV[5], ARGV[1]) then
-  return redis.error_reply('POOL')
+  return redis.error_reply('POOL not allowed') -- a code of its own (a bare word is ERR)
 end
 local now, live = tonumber(ARGV[3]), 0
 local all = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
