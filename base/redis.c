@@ -514,7 +514,7 @@ struct waitcmd {
     int want, ms;
 };
 
-static redisReply *reply_copy(const redisReply *src)
+redisReply *wp_redis_reply_copy(const redisReply *src)
 {
     redisReply *d = calloc(1, sizeof(*d));
     if (!d)
@@ -537,7 +537,7 @@ static redisReply *reply_copy(const redisReply *src)
         }
         d->elements = src->elements;
         for (size_t i = 0; i < src->elements; i++)
-            if (!(d->element[i] = reply_copy(src->element[i]))) {
+            if (!(d->element[i] = wp_redis_reply_copy(src->element[i]))) {
                 freeReplyObject(d);
                 return NULL;
             }
@@ -557,7 +557,7 @@ static void held_cb(redisAsyncContext *ac, void *reply, void *privdata)
         return;
     }
     w->got = reply != NULL;
-    w->copy = reply ? reply_copy(reply) : NULL;
+    w->copy = reply ? wp_redis_reply_copy(reply) : NULL;
 }
 
 static void wait_cb(redisAsyncContext *ac, void *reply, void *privdata)

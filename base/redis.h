@@ -55,6 +55,11 @@ int wp_redis_argv_nowait(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc
 int wp_redis_script(struct wp_redis *r, const char *script, wp_redis_cb cb, void *ctx, int nkeys,
                     int argc, const char **argv, const size_t *lens);
 
+/* A deep copy of a reply, for a callback that must keep it past its return
+ * (hiredis frees the original then). Caller frees it with freeReplyObject;
+ * NULL when out of memory. */
+redisReply *wp_redis_reply_copy(const redisReply *src);
+
 /* Durable mode: every command with a callback is followed by WAIT replicas
  * timeout_ms on this connection, and its reply is given only once that
  * many replicas have it; when fewer do in time, the caller gets the error

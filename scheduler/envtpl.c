@@ -1,7 +1,8 @@
 /* envtpl.c - an API environment's config becomes a warmpool environment
  * template and its pool policy, published in Redis for the nodes.
  *
- *   wp:tpls            HASH  pool env name -> template digest (what nodes serve)
+ *   wp:tpls            HASH  pool env name -> template digest (what nodes serve;
+ *                            written after, removed before the two below)
  *   wp:tpl:{E}         HASH  template (JSON), digest, org, env (API id),
  *                            updated_ms; nodes add build:<node>
  *   wp:env:{E}:policy  HASH  api_min_hot, api_max_hot (from metadata); the
@@ -47,6 +48,7 @@
 #define CA_DIR "/etc/ssl/certs"
 #define CA_BUNDLE CA_DIR "/ca-certificates.crt"
 #define MAX_NPM_TEXT 3500 /* the install command is one setup step (< 4096) */
+#define POOL_TPLS "wp:tpls" /* the nodes' list (pool/pool_int.h: POOL__K_TPLS) */
 
 /* Hosts added to a limited environment's allowed_hosts by
  * allow_package_managers: Debian's archive and security mirror, and the
@@ -457,7 +459,14 @@ static void keys_of(const char *name, char *tpl, char *pol, size_t cap)
     snprintf(pol, cap, "wp:env:{%s}:policy", name);
 }
 
-static void published(void *ctx, redisReply *reply)
+/* Publishing is two steps: the template and policy in the environment's
+ * slot (publish.lua), then its entry in wp:tpls (a global hash the nodes
+ * read, routed to its own master), so a node never lists a template that is
+ * not there. A crash between leaves an environment stored and not served:
+ * the client saw an error, and its next update publishes it. Withdrawing
+ * runs the other way round (unpublish). req->scratch holds "<name> <digest>"
+ * between the steps. */
+static void listed(void *ctx, redisReply *reply)
 {
     struct sched_req *req = ctx;
     json_t *obj = req->tmp;
@@ -470,6 +479,24 @@ static void published(void *ctx, redisReply *reply)
         return;
     }
     sched__respond_json(req, 200, obj);
+}
+
+static void published(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    char name[64], digest[72];
+    if (reply->type == REDIS_REPLY_ERROR) {
+        listed(req, reply);
+        return;
+    }
+    if (sscanf(req->scratch, "%63s %71s", name, digest) != 2) { /* cannot be: set above */
+        json_decref(req->tmp);
+        req->tmp = NULL;
+        sched__respond_error(req, 500, "api_error", NULL, "lost the template's name");
+        return;
+    }
+    const char *argv[] = { "HSET", POOL_TPLS, name, digest };
+    sched__req_redis(req, listed, 4, argv, NULL);
 }
 
 void sched__envtpl_publish(struct sched_req *req, json_t *env)
@@ -506,27 +533,75 @@ void sched__envtpl_publish(struct sched_req *req, json_t *env)
     snprintf(mn, sizeof(mn), "%d", (int)min_hot);
     snprintf(mx, sizeof(mx), "%d", (int)max_hot);
     snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
-    const char *argv[] = { tpl, "wp:tpls", pol, name, s, digest, req->org, mn, mx, now,
+    snprintf(req->scratch, sizeof(req->scratch), "%s %s", name, digest);
+    const char *argv[] = { tpl, pol, s, digest, req->org, mn, mx, now,
                            json_string_value(json_object_get(env, "id")) };
     json_decref(req->tmp);
     req->tmp = env;
-    sched__req_script(req, lua_publish, published, 3, 11, argv, NULL);
+    sched__req_script(req, lua_publish, published, 2, 9, argv, NULL);
     log_info("publish env=%s digest=%.12s min_hot=%s max_hot=%s", name, digest, mn, mx);
     free(s);
 }
 
-static void unpublished(void *ctx, redisReply *reply)
+/* ---- withdrawing ---------------------------------------------------------
+ * In order, each step once the one before answered (req->step), so nodes
+ * stop listing the template before it goes: the object's owner checked
+ * (HGET, the organization's slot), the wp:tpls entry removed (its master),
+ * template and policy fields (unpublish.lua, the environment's slot), the
+ * environment's entry in its organization's quota use (quota_use_drop),
+ * then the object deleted (a delete) or the archived object answered. A
+ * crash between leaves the environment stored, possibly still counted in
+ * its organization's quota use: the client saw an error and asks again. */
+
+enum { WD_OWNER, WD_TPLS, WD_TPL, WD_QUOTA };
+
+/* The one place here that touches a quota key (quota.c owns them). */
+static void quota_use_drop(struct sched_req *req, const char *id, wp_redis_cb cb)
+{
+    char ku[160];
+    sched__key_quota(ku, sizeof(ku), "envs", req->org);
+    const char *argv[] = { "HDEL", ku, id };
+    sched__req_redis(req, cb, 3, argv, NULL);
+}
+
+static void withdraw_step(void *ctx, redisReply *reply)
 {
     struct sched_req *req = ctx;
-    json_t *obj = req->tmp;
-    req->tmp = NULL;
+    char name[64], tpl[128], pol[128];
+    const char *id = req->scratch; /* the environment's id (= its pool name) */
     if (reply->type == REDIS_REPLY_ERROR) {
-        json_decref(obj);
+        json_decref(req->tmp);
+        req->tmp = NULL;
         sched__respond_error(req, 500, "api_error", NULL, "unpublish failed: %s", reply->str);
         return;
     }
+    snprintf(name, sizeof(name), "%s", id);
+    keys_of(name, tpl, pol, sizeof(tpl));
+    switch (req->step++) {
+    case WD_OWNER: {
+        /* Only the owner's environment: another organization's is not
+         * found here (and answered as such by the delete). */
+        if (reply->type != REDIS_REPLY_STRING || strcmp(reply->str, req->org) != 0)
+            break;
+        const char *argv[] = { "HDEL", POOL_TPLS, name };
+        sched__req_redis(req, withdraw_step, 3, argv, NULL);
+        return;
+    }
+    case WD_TPLS: {
+        const char *argv[] = { tpl, pol };
+        sched__req_script(req, lua_unpublish, withdraw_step, 2, 2, argv, NULL);
+        return;
+    }
+    case WD_TPL:
+        quota_use_drop(req, id, withdraw_step);
+        return;
+    default:
+        break;
+    }
+    json_t *obj = req->tmp;
+    req->tmp = NULL;
     if (!obj) { /* delete: now the object itself */
-        sched__obj_delete(req, &sched__kind_env, req->org, req->params[0]);
+        sched__obj_delete(req, &sched__kind_env, req->org, id);
         return;
     }
     sched__respond_json(req, 200, obj);
@@ -534,7 +609,7 @@ static void unpublished(void *ctx, redisReply *reply)
 
 static void unpublish(struct sched_req *req, const char *id, json_t *obj)
 {
-    char name[64], tpl[128], pol[128], kobj[200];
+    char name[64], kobj[200];
     if (sched__env_pool_name(id, name, sizeof(name)) < 0) {
         /* Never published (no such pool name): nothing to withdraw. */
         if (obj)
@@ -543,14 +618,13 @@ static void unpublish(struct sched_req *req, const char *id, json_t *obj)
             sched__obj_delete(req, &sched__kind_env, req->org, id);
         return;
     }
-    keys_of(name, tpl, pol, sizeof(tpl));
+    snprintf(req->scratch, sizeof(req->scratch), "%s", id);
     sched__key_obj(kobj, sizeof(kobj), req->org, id);
-    char ku[160];
-    sched__key_quota(ku, sizeof(ku), "envs", req->org);
-    const char *argv[] = { tpl, "wp:tpls", pol, kobj, ku, name, req->org, id };
     json_decref(req->tmp);
     req->tmp = obj;
-    sched__req_script(req, lua_unpublish, unpublished, 5, 8, argv, NULL);
+    req->step = WD_OWNER;
+    const char *argv[] = { "HGET", kobj, "org" };
+    sched__req_redis(req, withdraw_step, 3, argv, NULL);
 }
 
 void sched__envtpl_withdraw(struct sched_req *req, json_t *env)

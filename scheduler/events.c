@@ -208,12 +208,79 @@ int sched__events_prepare(json_t *events, bool initial, int max, json_t **out,
     return 0;
 }
 
+/* An append of input to a self_hosted session: its reply (without the
+ * last element) waits while the session's work item is queued; req is held
+ * meanwhile (sched__req_hold). */
+struct append_wait {
+    struct sched_req *req;
+    redisReply *reply; /* owned (freeReplyObject) */
+};
+
+static void append_enqueued(void *ctx, redisReply *reply)
+{
+    struct append_wait *w = ctx;
+    struct sched_req *req = w->req;
+    if (sched__req_release(req)) {
+        if (reply && reply->type != REDIS_REPLY_ERROR)
+            req->append_cb(req, w->reply);
+        else /* in the log, the worker not told: the same input again tells it */
+            sched__respond_error(req, 503, "api_error", NULL,
+                                 "the events were appended but the work queue did not answer "
+                                 "(%s): send them again",
+                                 reply ? reply->str : "connection lost");
+    }
+    freeReplyObject(w->reply);
+    free(w);
+}
+
+/* The append's reply ends with the environment whose work queue must see
+ * the input ('' for none), taken off before the caller sees it. For a
+ * self_hosted session enqueue.lua runs in the environment's slot (a new
+ * item only when the session's latest one stopped) before the caller's
+ * callback, whether or not the client is still there. A scheduler dying in
+ * between leaves the input without a worker and the request unanswered:
+ * the same input sent again (or any next input) queues the item, never
+ * two. */
+static void append_done(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    redisReply *env = reply->type == REDIS_REPLY_ARRAY && reply->elements >= 2
+                          ? reply->element[reply->elements - 1] : NULL;
+    if (!env) {
+        req->append_cb(req, reply);
+        return;
+    }
+    if (env->type != REDIS_REPLY_STRING || env->len == 0) {
+        reply->elements--; /* hidden from the caller, freed by hiredis after */
+        req->append_cb(req, reply);
+        reply->elements++;
+        return;
+    }
+    struct append_wait *w = calloc(1, sizeof(*w));
+    if (!w || !(w->reply = wp_redis_reply_copy(reply))) {
+        free(w);
+        sched__respond_error(req, 500, "api_error", NULL, "out of memory");
+        return;
+    }
+    w->req = req;
+    freeReplyObject(w->reply->element[--w->reply->elements]);
+    sched__req_hold(req);
+    /* the request's deadline, as for its Redis commands (server.c) */
+    if (!ev_is_active(&req->timeout)) {
+        ev_timer_set(&req->timeout, req->srv->cfg.redis_timeout, 0.);
+        ev_timer_start(req->srv->loop, &req->timeout);
+    }
+    if (sched__work_enqueue_for(req->srv, req->org, env->str, req->append_sid, append_enqueued,
+                                w) < 0)
+        append_enqueued(w, NULL);
+}
+
 /* Append prepared events for session sid; cb gets the script's reply and,
  * when it is no error, calls sched__brain_active_add(sid). */
 void sched__events_append(struct sched_req *req, const char *sid, json_t *prepared,
                           wp_redis_cb cb)
 {
-    char kobj[200], kev[200], klease[200], wid[64], ms[32], now[40];
+    char kobj[200], kev[200], klease[200], ms[32], now[40];
     size_t n = json_array_size(prepared), i;
     const char **argv = calloc(8 + 2 * n, sizeof(*argv));
     char **dumps = calloc(n + 1, sizeof(*dumps));
@@ -223,10 +290,11 @@ void sched__events_append(struct sched_req *req, const char *sid, json_t *prepar
         sched__respond_error(req, 500, "api_error", NULL, "out of memory");
         return;
     }
+    req->append_cb = cb;
+    snprintf(req->append_sid, sizeof(req->append_sid), "%s", sid);
     sched__key_obj(kobj, sizeof(kobj), NULL, sid);
     sched__key_events(kev, sizeof(kev), sid);
     uint64_t t = wp_wall_ms();
-    sched__new_id("work_", wid, sizeof(wid));
     snprintf(ms, sizeof(ms), "%llu", (unsigned long long)t);
     sched__rfc3339(t, now, sizeof(now));
     sched__key_lease(klease, sizeof(klease), sid);
@@ -234,7 +302,7 @@ void sched__events_append(struct sched_req *req, const char *sid, json_t *prepar
     argv[1] = kev;
     argv[2] = klease;
     argv[3] = req->org;
-    argv[4] = wid;
+    argv[4] = ""; /* was a work id: enqueue.lua makes its own now */
     argv[5] = ms;
     argv[6] = now;
     char cap[32];
@@ -254,7 +322,7 @@ void sched__events_append(struct sched_req *req, const char *sid, json_t *prepar
          * leaves it for the sweep) and is bumped after it (cb's caller:
          * sched__brain_active_add), so a sweep racing the append keeps it. */
         sched__brain_active_add(req->srv, sid);
-        sched__req_script(req, sched__lua_append, cb, 3, (int)(8 + 2 * n), argv, NULL);
+        sched__req_script(req, sched__lua_append, append_done, 3, (int)(8 + 2 * n), argv, NULL);
     }
     for (i = 0; i < n; i++)
         free(dumps[i]);

@@ -9,7 +9,9 @@
  * organization's slot with their indexes, agent versions and a sequence per
  * organization: wp:obj:<id> -> wp:obj:{<org>}:<id> (layout "3"). Then an
  * organization's quota keys, /v1/sandboxes records and session indexes
- * moved to its slot too (layout "4": org_keys.lua). wp:layout
+ * moved to its slot too (org_keys.lua), and work items to their
+ * environment's slot with its queue: wp:obj:<work id> ->
+ * wp:wq:{<env>}:item:<work id> (move_work_items), both layout "4". wp:layout
  * says which layout the data is in. The scheduler moves an older
  * store at start (and `--migrate-keys` does it alone): synchronous, before
  * it serves, single Redis only; idempotent, so two schedulers starting at
@@ -47,13 +49,17 @@ static int move_batch(redisContext *r, redisReply *keys, const struct sched_kind
     }
     size_t argc = 0;
     argv[argc++] = "EVAL";
-    argv[argc++] = k ? lua_migrate_orgs : lua_migrate_sessions;
+    argv[argc++] = k == &sched__kind_work ? lua_migrate_work
+                   : k                       ? lua_migrate_orgs
+                                             : lua_migrate_sessions;
     argv[argc++] = "0";
     argv[argc++] = first;
     for (size_t i = 0; i < n; i++) {
         const char *id = keys->element[i]->str + strlen("wp:obj:");
         argv[argc++] = id;
-        if (k) {
+        if (k == &sched__kind_work) {
+            /* the id alone */
+        } else if (k) {
             argv[argc++] = k->name;
         } else {
             sched__brain_active_key(shard[i], sizeof(shard[i]), id);
@@ -154,6 +160,18 @@ static int move_org_keys(redisContext *r, const char *seq, long *moved, struct w
     return 0;
 }
 
+/* Layout 4: work items into their environment's hash slot (work.c), with
+ * their index entries, the environment's sequence and the sessions' latest
+ * items (lua/scheduler/migrate/work.lua). */
+static int move_work_items(redisContext *r, const char *seq, struct wp_err *err)
+{
+    long moved = 0;
+    int rc = move_all(r, sched__kind_work.id_prefix, &sched__kind_work, seq, &moved, err);
+    if (rc == 0 && moved > 0)
+        log_info("moved %ld work item(s) to their environment's hash slot", moved);
+    return rc;
+}
+
 static int migrate(redisContext *r, struct wp_err *err)
 {
     redisReply *v = redisCommand(r, "GET wp:layout");
@@ -177,6 +195,8 @@ static int migrate(redisContext *r, struct wp_err *err)
         rc = move_all(r, kinds[i]->id_prefix, kinds[i], seq, &moved_org, err);
     if (rc == 0)
         rc = move_org_keys(r, seq, &moved_keys, err);
+    if (rc == 0)
+        rc = move_work_items(r, seq, err);
     if (rc < 0)
         return rc;
     /* Members left name sessions that are gone; the global keys go too. */

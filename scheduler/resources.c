@@ -37,8 +37,8 @@ static bool obj_self_tagged(const char *id)
 /* Agents, environments, vaults, credentials and files carry their
  * organization as hash tag, with its indexes, sequence and agent versions:
  * the scripts that create, list and read them together (creds, a session's
- * prep, its files' check) are one slot. Work items are not moved yet (the
- * work queue's step). */
+ * prep, its files' check) are one slot. Work items live in their
+ * environment's slot with its queue (obj_key, work.c). */
 static const struct sched_kind *const org_kinds[] = {&sched__kind_agent, &sched__kind_env,
                                                     &sched__kind_vault, &sched__kind_cred,
                                                     &sched__kind_file};
@@ -77,12 +77,42 @@ static bool idx_org_tagged(const struct sched_kind *k)
     return sched__kind_org_tagged(k) || k == &sched__kind_session;
 }
 
+/* The environment of a work item's scope "<org>:<env>". */
+static const char *scope_env(const char *scope)
+{
+    const char *c = strrchr(scope, ':');
+    return c ? c + 1 : scope;
+}
+
+void sched__key_wq(char *out, size_t cap, const char *env, const char *which)
+{
+    snprintf(out, cap, "wp:wq:{%s}:%s", env, which);
+}
+
+void sched__key_work(char *out, size_t cap, const char *env, const char *id)
+{
+    snprintf(out, cap, "wp:wq:{%s}:item:%s", env, id);
+}
+
+/* An object's key where the kind and scope name it: a work item's is its
+ * environment's (sched__key_work), every other one's sched__key_obj. */
+static void obj_key(char *out, size_t cap, const struct sched_kind *k, const char *org,
+                    const char *scope, const char *id)
+{
+    if (k == &sched__kind_work && scope && *scope)
+        sched__key_work(out, cap, scope_env(scope), id);
+    else
+        sched__key_obj(out, cap, org, id);
+}
+
 void sched__key_idx(char *out, size_t cap, const char *org, const char *scope,
                     const struct sched_kind *k, bool active)
 {
     size_t ol = strlen(org);
     const char *act = active ? ":active" : "";
-    if (!idx_org_tagged(k))
+    if (k == &sched__kind_work) /* in the environment's slot, per organization */
+        snprintf(out, cap, "wp:wq:{%s}:%s:work%s", scope_env(scope), org, act);
+    else if (!idx_org_tagged(k))
         snprintf(out, cap, "wp:idx:%s:%s%s", scope, k->name, act);
     else if (!strncmp(scope, org, ol) && (scope[ol] == ':' || scope[ol] == '\0'))
         snprintf(out, cap, "wp:idx:{%s}%s:%s%s", org, scope + ol, k->name, act);
@@ -359,7 +389,7 @@ void sched__obj_load_scoped(struct sched_req *req, const struct sched_kind *k, c
     ls->kind = k;
     snprintf(ls->id, sizeof(ls->id), "%s", id);
     snprintf(ls->scope, sizeof(ls->scope), "%s", scope ? scope : "");
-    sched__key_obj(kobj, sizeof(kobj), req->org, id);
+    obj_key(kobj, sizeof(kobj), k, req->org, scope, id);
     const char *argv[] = {"HMGET", kobj, "org", "json", "rev", "archived", "scope", "live"};
     sched__req_redis(req, load_cb, 8, argv, NULL);
 }
@@ -427,7 +457,7 @@ void sched__obj_store_aux(struct sched_req *req, const struct sched_kind *k,
         sched__respond_error(req, 500, "api_error", NULL, "could not encode %s", k->name);
         return;
     }
-    sched__key_obj(kobj, sizeof(kobj), req->org, id);
+    obj_key(kobj, sizeof(kobj), k, req->org, scope, id);
     sched__key_idx(kact, sizeof(kact), req->org, scope, k, true);
     snprintf(revs, sizeof(revs), "%lld", rev);
     /* A session's script stays in its slot: the index is left out. */
@@ -496,7 +526,7 @@ void sched__obj_delete(struct sched_req *req, const struct sched_kind *k, const 
     char kobj[200], kall[200], kact[200];
     ls->kind = k;
     snprintf(ls->id, sizeof(ls->id), "%s", id);
-    sched__key_obj(kobj, sizeof(kobj), req->org, id);
+    obj_key(kobj, sizeof(kobj), k, req->org, scope, id);
     sched__key_idx(kall, sizeof(kall), req->org, scope, k, false);
     sched__key_idx(kact, sizeof(kact), req->org, scope, k, true);
     const char *argv[] = {kobj, kall, kact, id, req->org};
@@ -879,6 +909,8 @@ void sched__obj_list(struct sched_req *req, const struct sched_kind *k, const ch
     bool tagged = obj_self_tagged(k->id_prefix);
     if (sched__kind_org_tagged(k))
         snprintf(kpre, sizeof(kpre), "wp:obj:{%s}:", req->org);
+    else if (k == &sched__kind_work)
+        sched__key_work(kpre, sizeof(kpre), scope_env(scope), "");
     else
         snprintf(kpre, sizeof(kpre), "%s", tagged ? "wp:obj:{" : "wp:obj:");
     argv[argc++] = kpre;

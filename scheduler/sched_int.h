@@ -227,6 +227,10 @@ struct sched_req {
     char env_key[128];        /* set when authenticated by an environment key: its env */
     char tok_session[64];     /* set when authenticated by a work item's sessions token */
     char tok_work[64];
+    /* events.c: an append's caller and session, while a self_hosted
+     * session's work item is queued after the append */
+    wp_redis_cb append_cb;
+    char append_sid[64];
     int block_ms, reclaim_ms; /* work poll */
     double started_ms;
     ev_timer retry;           /* work poll re-check */
@@ -425,17 +429,30 @@ int sched__s3_option(struct sched_files_s3 *c, const char *name, const char *val
  * from the environment, which is then cleared of them. 0 or WP_ECONFIG. */
 int sched__s3_check(struct sched_files_s3 *c, struct wp_err *err);
 
-/* Queue a session work item in a self_hosted environment (work.c). */
+/* Queue a session work item in a self_hosted environment (work.c), unless
+ * the session's latest item there is live (not stopped): at creation, and
+ * for input to a dormant session (events.c). cb gets the script's reply:
+ * the item's sequence, or 0 when one was live. */
 void sched__work_enqueue(struct sched_req *req, const char *env, const char *session_id,
                          wp_redis_cb cb);
+/* The same for org, outside a request's bookkeeping; 0, or < 0 (not
+ * connected: cb is never called). */
+int sched__work_enqueue_for(struct sched_server *srv, const char *org, const char *env,
+                            const char *session_id, wp_redis_cb cb, void *ctx);
 
 /* Redis key helpers (ARCHITECTURE.md, Redis keys): an object is
- * "wp:obj:{<sid>}" (a session), "wp:obj:{<org>}:<id>" (agent, environment,
- * vault, credential, file: sched__kind_org_tagged) or "wp:obj:<id>" (work
- * items); org is ignored but for the org-tagged kinds. An index is
- * "wp:idx:{<org>}[:<parent>]:<kind>[:active]" for org-tagged kinds, else
+ * "wp:obj:{<sid>}" (a session) or "wp:obj:{<org>}:<id>" (agent, environment,
+ * vault, credential, file: sched__kind_org_tagged); org is ignored but for
+ * the org-tagged kinds. A work item is "wp:wq:{<env>}:item:<id>" (the
+ * generic object calls find it from its scope "<org>:<env>"), with the
+ * queue's other keys "wp:wq:{<env>}:<which>". An index is
+ * "wp:idx:{<org>}[:<parent>]:<kind>[:active]" for org-tagged kinds,
+ * "wp:wq:{<env>}:<org>:work[:active]" for work items, else
  * "wp:idx:<scope>:<kind>[:active]" (scope "<org>[:<parent>]"); the creation
- * sequence "wp:seq:{<org>}" for them, else "wp:seq". */
+ * sequence "wp:seq:{<org>}" for org-tagged kinds, else "wp:seq" (work
+ * items: "wp:wq:{<env>}:seq"). */
+void sched__key_work(char *out, size_t cap, const char *env, const char *id);
+void sched__key_wq(char *out, size_t cap, const char *env, const char *which);
 bool sched__kind_org_tagged(const struct sched_kind *k);
 void sched__key_obj(char *out, size_t cap, const char *org, const char *id);
 void sched__key_idx(char *out, size_t cap, const char *org, const char *scope,

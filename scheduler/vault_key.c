@@ -28,6 +28,7 @@
 #include "base/err.h"
 #include "base/fs.h"
 #include "base/log.h"
+#include "base/rcluster.h"
 #include "base/redis.h"
 #include "scheduler/sched_int.h"
 
@@ -193,50 +194,51 @@ char *sched__vault_unseal(const struct sched_vault_keys *k, const char *sealed, 
 
 #include "lua/scheduler/vault_key.h" /* its Lua scripts: lua/scheduler/vault_key/ (Makefile) */
 
-int sched__vault_rotate(const struct sched_config *cfg, struct wp_err *err)
-{
-    struct sched_vault_keys k;
-    int rc, done = 0, current = 0, failed = 0;
+struct rotate_count {
+    int done, current, failed;
+};
 
-    if ((rc = sched__vault_keys_load(cfg, &k, err)) < 0)
-        return rc;
-    redisContext *r = wp_redis_connect_sync(cfg->redis_host, cfg->redis_port, err);
-    if (!r)
-        return err ? err->code : WP_ECONFIG;
+/* Re-seal the credentials of one Redis (every master of a cluster in turn:
+ * a SCAN sees only its own node's keys, and each key found is that node's). */
+static int rotate_on(redisContext *r, const struct sched_vault_keys *k, struct rotate_count *n,
+                     struct wp_err *err)
+{
     char cursor[32] = "0";
     do {
         redisReply *s = redisCommand(r, "SCAN %s MATCH wp:obj:* COUNT 1000 TYPE hash", cursor);
         if (!s || s->type != REDIS_REPLY_ARRAY || s->elements != 2) {
-            rc = wp_err_set(err, WP_EPROTO, "SCAN: %s", s && s->str ? s->str : r->errstr);
+            int rc = wp_err_set(err, WP_EPROTO, "SCAN: %s", s && s->str ? s->str : r->errstr);
             freeReplyObject(s);
-            redisFree(r);
             return rc;
         }
         snprintf(cursor, sizeof(cursor), "%s", s->element[0]->str);
         for (size_t i = 0; i < s->element[1]->elements; i++) {
             const char *key = s->element[1]->element[i]->str;
             redisReply *v = redisCommand(r, "HGET %s sealed", key);
-            if (v && v->type == REDIS_REPLY_STRING) {
-                size_t n = 0;
+            if (v && v->type == REDIS_REPLY_ERROR) { /* e.g. MOVED: a slot migrating */
+                fprintf(stderr, "%s: %s\n", key + 7, v->str);
+                n->failed++;
+            } else if (v && v->type == REDIS_REPLY_STRING) {
+                size_t len = 0;
                 bool stale;
                 char why[256];
-                char *plain = sched__vault_unseal(&k, v->str, &n, &stale, why, sizeof(why));
+                char *plain = sched__vault_unseal(k, v->str, &len, &stale, why, sizeof(why));
                 if (!plain) {
                     fprintf(stderr, "%s: %s\n", key + 7, why);
-                    failed++;
+                    n->failed++;
                 } else if (!stale) {
-                    current++;
+                    n->current++;
                 } else {
-                    char *sealed = sched__vault_seal(&k, plain, n);
+                    char *sealed = sched__vault_seal(k, plain, len);
                     redisReply *c = sealed ? redisCommand(r, "EVAL %s 1 %s %s %s", lua_cas, key,
                                                           v->str, sealed)
                                            : NULL;
-                    done += c && c->type == REDIS_REPLY_INTEGER && c->integer == 1;
+                    n->done += c && c->type == REDIS_REPLY_INTEGER && c->integer == 1;
                     freeReplyObject(c);
                     free(sealed);
                 }
                 if (plain) {
-                    memset(plain, 0, n);
+                    memset(plain, 0, len);
                     free(plain);
                 }
             }
@@ -244,10 +246,39 @@ int sched__vault_rotate(const struct sched_config *cfg, struct wp_err *err)
         }
         freeReplyObject(s);
     } while (strcmp(cursor, "0") != 0);
-    redisFree(r);
-    printf("{\"resealed\":%d,\"already_current\":%d,\"failed\":%d,\"key\":\"%s\"}\n", done,
-           current, failed, k.cur_kid);
-    return failed ? wp_err_set(err, WP_ESTATE,
-                               "%d stored value(s) open with no key given", failed)
-                  : 0;
+    return 0;
+}
+
+int sched__vault_rotate(const struct sched_config *cfg, struct wp_err *err)
+{
+    struct sched_vault_keys k;
+    struct rotate_count n = {0, 0, 0};
+    redisContext *one = NULL, *ctx[WP_RCL_MAX_NODES];
+    struct wp_rcl_sync *rcs = NULL;
+    int rc, nctx = 1;
+
+    if ((rc = sched__vault_keys_load(cfg, &k, err)) < 0)
+        return rc;
+    if (wp_rcl_on()) { /* every master's share of the keys */
+        if (!(rcs = wp_rcl_sync_new(err)))
+            return err ? err->code : WP_ECONFIG;
+        nctx = wp_rcl_sync_masters(rcs, ctx, WP_RCL_MAX_NODES, err);
+    } else if ((ctx[0] = one = wp_redis_connect_sync(cfg->redis_host, cfg->redis_port, err))) {
+        nctx = 1;
+    } else {
+        return err ? err->code : WP_ECONFIG;
+    }
+    rc = nctx < 0 ? nctx : 0;
+    for (int i = 0; rc == 0 && i < nctx; i++)
+        rc = rotate_on(ctx[i], &k, &n, err);
+    if (one)
+        redisFree(one);
+    wp_rcl_sync_free(rcs);
+    if (rc < 0)
+        return rc;
+    printf("{\"resealed\":%d,\"already_current\":%d,\"failed\":%d,\"key\":\"%s\"}\n", n.done,
+           n.current, n.failed, k.cur_kid);
+    return n.failed ? wp_err_set(err, WP_ESTATE,
+                                 "%d stored value(s) open with no key given", n.failed)
+                    : 0;
 }

@@ -3,7 +3,15 @@
  *
  * A work item is a generic object (resources.c; kind "work", scope
  * "<org>:<env>") whose changing fields (state and the five timestamps) are
- * its live fragment, rebuilt by the Lua scripts below. Per environment:
+ * its live fragment, rebuilt by the Lua scripts below. Every key of one
+ * environment's queue carries its id as hash tag, so each script here is
+ * one slot (Redis Cluster):
+ *   wp:wq:{<env>}:item:<id> HASH the work item (object fields, state, hb,
+ *                          the timestamps, its session)
+ *   wp:wq:{<env>}:<org>:work[:active] ZSET list index, score = seq
+ *   wp:wq:{<env>}:seq      the environment's creation sequence
+ *   wp:wq:{<env>}:latest   HASH session id -> its latest work item, while
+ *                          that item is not stopped (else it is dormant)
  *   wp:wq:{<env>}:queued   ZSET id -> creation seq (FIFO)
  *   wp:wq:{<env>}:pending  ZSET id -> poll time ms (polled, not acked)
  *   wp:wq:{<env>}:leased   ZSET id -> lease expiry ms (acked/heartbeated)
@@ -13,11 +21,14 @@
  * old holder then gets 412 on its next heartbeat). Long polls re-check the
  * queue every 25 ms on the loop, up to block_ms (at most 999 ms).
  * Items are queued when a session is created in a self_hosted environment
- * and when a dormant one (its item stopped) gets input (events.c).
+ * and when a dormant one (its item stopped) gets input (events.c: the
+ * session's append, then enqueue.lua, which queues nothing while the
+ * session's latest item is live).
  * Each poll answer carries a fresh sessions token in its secret
  * (work-queue.md 2.1); route.c limits it to the item's session and lease.
  */
 #define WP_LOG_COMPONENT "work"
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,11 +42,6 @@
 const struct sched_kind sched__kind_work = {"work", "work_", NULL};
 
 #include "lua/scheduler/work.h" /* its Lua scripts: lua/scheduler/work/ (Makefile) */
-
-static void wq_key(char *out, size_t cap, const char *env, const char *which)
-{
-    snprintf(out, cap, "wp:wq:{%s}:%s", env, which);
-}
 
 static void scope_of(struct sched_req *req, char *out, size_t cap)
 {
@@ -76,34 +82,66 @@ static bool map_error(struct sched_req *req, redisReply *reply)
     return true;
 }
 
-/* ---- enqueue (from sessions.c) ---- */
+/* ---- enqueue (from sessions.c and events.c) ---- */
+
+/* One enqueue.lua call's keys and arguments (every key the environment's). */
+struct enq {
+    char id[64], now[40], ms[32], scope[200], kobj[200], kq[200], kall[200], kact[200];
+    char kseq[200], klatest[200];
+    char *js;
+    const char *argv[13];
+};
+
+static int enq_make(struct enq *q, const char *org, const char *env, const char *session_id)
+{
+    uint64_t t = wp_wall_ms();
+    sched__new_id("work_", q->id, sizeof(q->id));
+    sched__rfc3339(t, q->now, sizeof(q->now));
+    snprintf(q->ms, sizeof(q->ms), "%llu", (unsigned long long)t);
+    snprintf(q->scope, sizeof(q->scope), "%s:%s", org, env);
+    json_t *w = json_pack("{s:s,s:s,s:s,s:{s:s,s:s},s:{},s:n,s:s}", "id", q->id, "type", "work",
+                          "environment_id", env, "data", "type", "session", "id", session_id,
+                          "metadata", "secret", "created_at", q->now);
+    q->js = w ? json_dumps(w, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    json_decref(w);
+    if (!q->js)
+        return -1;
+    sched__key_work(q->kobj, sizeof(q->kobj), env, q->id);
+    sched__key_wq(q->kq, sizeof(q->kq), env, "queued");
+    sched__key_idx(q->kall, sizeof(q->kall), org, q->scope, &sched__kind_work, false);
+    sched__key_idx(q->kact, sizeof(q->kact), org, q->scope, &sched__kind_work, true);
+    sched__key_wq(q->kseq, sizeof(q->kseq), env, "seq");
+    sched__key_wq(q->klatest, sizeof(q->klatest), env, "latest");
+    const char *argv[] = {q->kobj, q->kq, q->kall, q->kact, q->kseq, q->klatest, q->id, org,
+                          q->scope, q->js,
+                          "\"state\":\"queued\",\"acknowledged_at\":null,\"started_at\":null,"
+                          "\"latest_heartbeat_at\":null,\"stop_requested_at\":null,\"stopped_at\":null",
+                          q->ms, session_id};
+    memcpy(q->argv, argv, sizeof(argv));
+    return 0;
+}
 
 void sched__work_enqueue(struct sched_req *req, const char *env, const char *session_id,
                          wp_redis_cb cb)
 {
-    char id[64], now[40], ms[32], scope[200], kobj[200], kq[200], kall[200], kact[200];
-    char ksess[200];
-    uint64_t t = wp_wall_ms();
-    sched__new_id("work_", id, sizeof(id));
-    sched__rfc3339(t, now, sizeof(now));
-    snprintf(ms, sizeof(ms), "%llu", (unsigned long long)t);
-    snprintf(scope, sizeof(scope), "%s:%s", req->org, env);
-    json_t *w = json_pack("{s:s,s:s,s:s,s:{s:s,s:s},s:{},s:n,s:s}", "id", id, "type", "work",
-                          "environment_id", env, "data", "type", "session", "id", session_id,
-                          "metadata", "secret", "created_at", now);
-    char *js = json_dumps(w, JSON_COMPACT | JSON_ENSURE_ASCII);
-    json_decref(w);
-    sched__key_obj(kobj, sizeof(kobj), NULL, id);
-    wq_key(kq, sizeof(kq), env, "queued");
-    sched__key_idx(kall, sizeof(kall), req->org, scope, &sched__kind_work, false);
-    sched__key_idx(kact, sizeof(kact), req->org, scope, &sched__kind_work, true);
-    sched__key_obj(ksess, sizeof(ksess), NULL, session_id);
-    const char *argv[] = {kobj, kq, kall, kact, "wp:seq", ksess, id, req->org, scope, js ? js : "{}",
-                          "\"state\":\"queued\",\"acknowledged_at\":null,\"started_at\":null,"
-                          "\"latest_heartbeat_at\":null,\"stop_requested_at\":null,\"stopped_at\":null",
-                          ms};
-    sched__req_script(req, lua_enqueue, cb, 6, 12, argv, NULL);
-    free(js);
+    struct enq q;
+    if (enq_make(&q, req->org, env, session_id) < 0) {
+        sched__respond_error(req, 500, "api_error", NULL, "could not encode a work item");
+        return;
+    }
+    sched__req_script(req, lua_enqueue, cb, 6, 13, q.argv, NULL);
+    free(q.js);
+}
+
+int sched__work_enqueue_for(struct sched_server *srv, const char *org, const char *env,
+                            const char *session_id, wp_redis_cb cb, void *ctx)
+{
+    struct enq q;
+    if (enq_make(&q, org, env, session_id) < 0)
+        return -ENOMEM;
+    int rc = wp_redis_script(srv->rds, lua_enqueue, cb, ctx, 6, 13, q.argv, NULL);
+    free(q.js);
+    return rc;
 }
 
 /* ---- poll ---- */
@@ -201,17 +239,18 @@ static void poll_cb(void *ctx, redisReply *reply)
 
 static void poll_send(struct sched_req *req)
 {
-    char kq[200], kp[200], kl[200], kw[200], now[32], reclaim[32];
+    char kq[200], kp[200], kl[200], kw[200], now[32], reclaim[32], ipre[200];
     const char *env = req->params[0];
     const char *worker = sched_http_header(req->http, "anthropic-worker-id");
-    wq_key(kq, sizeof(kq), env, "queued");
-    wq_key(kp, sizeof(kp), env, "pending");
-    wq_key(kl, sizeof(kl), env, "leased");
-    wq_key(kw, sizeof(kw), env, "workers");
+    sched__key_wq(kq, sizeof(kq), env, "queued");
+    sched__key_wq(kp, sizeof(kp), env, "pending");
+    sched__key_wq(kl, sizeof(kl), env, "leased");
+    sched__key_wq(kw, sizeof(kw), env, "workers");
     snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
     snprintf(reclaim, sizeof(reclaim), "%d", req->reclaim_ms);
-    const char *argv[] = {kq, kp, kl, kw, now, reclaim, worker ? worker : ""};
-    sched__req_script(req, lua_poll, poll_cb, 4, 7, argv, NULL);
+    sched__key_work(ipre, sizeof(ipre), env, "");
+    const char *argv[] = {kq, kp, kl, kw, now, reclaim, worker ? worker : "", ipre};
+    sched__req_script(req, lua_poll, poll_cb, 4, 8, argv, NULL);
 }
 
 static long query_int(struct sched_req *req, const char *k, long def, long lo, long hi, bool *bad)
@@ -257,9 +296,9 @@ void sched__h_work_ack(struct sched_req *req)
     uint64_t t = wp_wall_ms();
     if (!env_allowed(req))
         return;
-    sched__key_obj(kobj, sizeof(kobj), NULL, req->params[1]);
-    wq_key(kp, sizeof(kp), req->params[0], "pending");
-    wq_key(kl, sizeof(kl), req->params[0], "leased");
+    sched__key_work(kobj, sizeof(kobj), req->params[0], req->params[1]);
+    sched__key_wq(kp, sizeof(kp), req->params[0], "pending");
+    sched__key_wq(kl, sizeof(kl), req->params[0], "leased");
     scope_of(req, scope, sizeof(scope));
     sched__rfc3339(t, now, sizeof(now));
     snprintf(ms, sizeof(ms), "%llu", (unsigned long long)t);
@@ -312,8 +351,8 @@ void sched__h_work_heartbeat(struct sched_req *req)
             want = 3600;
     }
     (void)bad;
-    sched__key_obj(kobj, sizeof(kobj), NULL, req->params[1]);
-    wq_key(kl, sizeof(kl), req->params[0], "leased");
+    sched__key_work(kobj, sizeof(kobj), req->params[0], req->params[1]);
+    sched__key_wq(kl, sizeof(kl), req->params[0], "leased");
     scope_of(req, scope, sizeof(scope));
     sched__rfc3339(t, now, sizeof(now));
     snprintf(ms, sizeof(ms), "%llu", (unsigned long long)t);
@@ -324,7 +363,7 @@ void sched__h_work_heartbeat(struct sched_req *req)
 
 void sched__h_work_stop(struct sched_req *req)
 {
-    char kobj[200], kq[200], kp[200], kl[200], scope[200], now[40];
+    char kobj[200], kq[200], kp[200], kl[200], klatest[200], scope[200], now[40];
     if (!env_allowed(req))
         return;
     json_t *force = req->body ? json_object_get(req->body, "force") : NULL;
@@ -334,15 +373,16 @@ void sched__h_work_stop(struct sched_req *req)
         sched__bad_request(req, "stop takes {\"force\": boolean}");
         return;
     }
-    sched__key_obj(kobj, sizeof(kobj), NULL, req->params[1]);
-    wq_key(kq, sizeof(kq), req->params[0], "queued");
-    wq_key(kp, sizeof(kp), req->params[0], "pending");
-    wq_key(kl, sizeof(kl), req->params[0], "leased");
+    sched__key_work(kobj, sizeof(kobj), req->params[0], req->params[1]);
+    sched__key_wq(kq, sizeof(kq), req->params[0], "queued");
+    sched__key_wq(kp, sizeof(kp), req->params[0], "pending");
+    sched__key_wq(kl, sizeof(kl), req->params[0], "leased");
     scope_of(req, scope, sizeof(scope));
     sched__rfc3339(wp_wall_ms(), now, sizeof(now));
-    const char *argv[] = {kobj, kq, kp, kl, scope, now, json_is_true(force) ? "1" : "0",
-                          req->params[1]};
-    sched__req_script(req, lua_stop, ack_cb, 4, 8, argv, NULL);
+    sched__key_wq(klatest, sizeof(klatest), req->params[0], "latest");
+    const char *argv[] = {kobj, kq, kp, kl, klatest, scope, now,
+                          json_is_true(force) ? "1" : "0", req->params[1]};
+    sched__req_script(req, lua_stop, ack_cb, 5, 9, argv, NULL);
 }
 
 /* ---- list, retrieve, update, stats ---- */
@@ -435,15 +475,16 @@ static void stats_cb(void *ctx, redisReply *reply)
 
 void sched__h_work_stats(struct sched_req *req)
 {
-    char kq[200], kp[200], kw[200], now[32];
+    char kq[200], kp[200], kw[200], now[32], ipre[200];
     if (!env_allowed(req))
         return;
-    wq_key(kq, sizeof(kq), req->params[0], "queued");
-    wq_key(kp, sizeof(kp), req->params[0], "pending");
-    wq_key(kw, sizeof(kw), req->params[0], "workers");
+    sched__key_wq(kq, sizeof(kq), req->params[0], "queued");
+    sched__key_wq(kp, sizeof(kp), req->params[0], "pending");
+    sched__key_wq(kw, sizeof(kw), req->params[0], "workers");
     snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
-    const char *argv[] = {kq, kp, kw, now};
-    sched__req_script(req, lua_stats, stats_cb, 3, 4, argv, NULL);
+    sched__key_work(ipre, sizeof(ipre), req->params[0], "");
+    const char *argv[] = {kq, kp, kw, now, ipre};
+    sched__req_script(req, lua_stats, stats_cb, 3, 5, argv, NULL);
 }
 
 /* ---- environment keys (warmpool extension) ---- */

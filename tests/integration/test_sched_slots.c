@@ -874,6 +874,388 @@ static void migrate_keys_moves_quota_sandboxes_and_session_indexes(void **state)
     redisFree(rc);
 }
 
+/* ==== The work queue, environment templates and key rotation on slots
+ * (issue 18, part 2). Work items and their queue are their environment's
+ * ({env}), a template and its policy too; wp:tpls, the nodes' list, is
+ * written by a command of its own. ==== */
+
+/* ':', '#', '+' of a heartbeat token, percent-encoded for a query. */
+static void url_enc(const char *in, char *out, size_t cap)
+{
+    size_t k = 0;
+    for (const char *p = in; *p && k + 4 < cap; p++) {
+        if (*p == ':' || *p == '#' || *p == '+')
+            k += (size_t)snprintf(out + k, cap - k, "%%%02X", (unsigned char)*p);
+        else
+            out[k++] = *p;
+    }
+    out[k] = '\0';
+}
+
+/* After an error the test caused on purpose. */
+static void reset_errorstats(void)
+{
+    char out[64];
+    th_sh(out, sizeof(out), "redis-cli -p %d config resetstat", CPORT);
+    assert_non_null(strstr(out, "OK"));
+}
+
+/* Polls (as environment key ek) until an item of session sid other than
+ * not_id comes; items of other sessions are stopped on the way. The item,
+ * or NULL after 8 polls. */
+static json_t *poll_for(int port, const char *ek, const char *sid, const char *not_id)
+{
+    char path[256];
+    for (int i = 0; i < 8; i++) {
+        snprintf(path, sizeof(path), "/v1/environments/%s/work/poll?block_ms=999", ENV_ID);
+        json_t *w = th_api(port, ek, "GET", path, NULL, 200);
+        if (json_is_null(w)) {
+            json_decref(w);
+            continue;
+        }
+        if (!strcmp(s_(json_object_get(w, "data"), "id"), sid) &&
+            (!not_id || strcmp(s_(w, "id"), not_id)))
+            return w;
+        snprintf(path, sizeof(path), "/v1/environments/%s/work/%s/stop", ENV_ID, s_(w, "id"));
+        json_decref(th_api(port, ek, "POST", path, "{\"force\":true}", 200));
+        json_decref(w);
+    }
+    return NULL;
+}
+
+/* How many of session sid's work items are not stopped (the list, as the
+ * organization's API key). */
+static int live_items(int port, const char *sid)
+{
+    char path[160];
+    int n = 0;
+    snprintf(path, sizeof(path), "/v1/environments/%s/work?limit=100", ENV_ID);
+    json_t *l = th_api(port, KEY, "GET", path, NULL, 200);
+    json_t *d = json_object_get(l, "data");
+    for (size_t i = 0; i < json_array_size(d); i++) {
+        json_t *w = json_array_get(d, i);
+        n += !strcmp(s_(json_object_get(w, "data"), "id"), sid) &&
+             strcmp(s_(w, "state"), "stopped") != 0;
+    }
+    json_decref(l);
+    return n;
+}
+
+/* A worker's calls (poll, ack, heartbeats, stop) and the organization's
+ * (stats, list, retrieve, update) on the cluster node; then input to the
+ * now dormant session queues a new item (the append in the session's slot,
+ * enqueue.lua in the environment's), and more input no second one. */
+static void work_queue_on_a_cluster_node(void **state)
+{
+    (void)state;
+    char path[256], hb[128], enc[256], wid[64];
+    const char *sid = SID[1]; /* not archived or deleted on the cluster node */
+    snprintf(path, sizeof(path), "/v1/environments/%s/keys", ENV_ID);
+    json_t *k = th_api(B.port, KEY, "POST", path, NULL, 200);
+    char ek[128];
+    snprintf(ek, sizeof(ek), "%s", s_(k, "key"));
+    json_decref(k);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/stats", ENV_ID);
+    json_t *st = th_api(B.port, ek, "GET", path, NULL, 200);
+    assert_true(json_integer_value(json_object_get(st, "depth")) >= 1);
+    json_decref(st);
+    json_t *w = poll_for(B.port, ek, sid, NULL);
+    assert_non_null(w);
+    assert_string_equal(s_(w, "state"), "queued");
+    assert_non_null(s_(w, "secret"));
+    snprintf(wid, sizeof(wid), "%s", s_(w, "id"));
+    json_decref(w);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/%s/ack", ENV_ID, wid);
+    w = th_api(B.port, ek, "POST", path, NULL, 200);
+    assert_string_equal(s_(w, "state"), "starting");
+    json_decref(w);
+    snprintf(path, sizeof(path),
+             "/v1/environments/%s/work/%s/heartbeat?expected_last_heartbeat=NO_HEARTBEAT", ENV_ID,
+             wid);
+    w = th_api(B.port, ek, "POST", path, NULL, 200);
+    assert_string_equal(s_(w, "state"), "active");
+    assert_true(json_is_true(json_object_get(w, "lease_extended")));
+    snprintf(hb, sizeof(hb), "%s", s_(w, "last_heartbeat"));
+    json_decref(w);
+    json_decref(th_api(B.port, ek, "POST", path, NULL, 412)); /* NO_HEARTBEAT again */
+    url_enc(hb, enc, sizeof(enc));
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/%s/heartbeat?expected_last_heartbeat=%s",
+             ENV_ID, wid, enc);
+    w = th_api(B.port, ek, "POST", path, NULL, 200);
+    assert_string_not_equal(s_(w, "last_heartbeat"), hb);
+    json_decref(w);
+    /* The organization's view: retrieve, update, list. */
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/%s", ENV_ID, wid);
+    w = th_api(B.port, KEY, "POST", path, "{\"metadata\":{\"host\":\"w1\"}}", 200);
+    assert_string_equal(s_(json_object_get(w, "metadata"), "host"), "w1");
+    json_decref(w);
+    w = th_api(B.port, KEY, "GET", path, NULL, 200);
+    assert_string_equal(s_(w, "state"), "active");
+    assert_string_equal(s_(json_object_get(w, "metadata"), "host"), "w1");
+    json_decref(w);
+    json_decref(th_api(B.port, "sk-beta", "GET", path, NULL, 404)); /* not another org's */
+    assert_int_equal(live_items(B.port, sid), 1);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/%s/stop", ENV_ID, wid);
+    w = th_api(B.port, ek, "POST", path, "{\"force\":true}", 200);
+    assert_string_equal(s_(w, "state"), "stopped");
+    json_decref(w);
+    /* An error reply without a space counts as ERR, like a slot refusal:
+     * checked before, the count reset after. */
+    assert_no_slot_errors();
+    json_decref(th_api(B.port, ek, "POST", path, "{}", 409));
+    reset_errorstats();
+    assert_int_equal(live_items(B.port, sid), 0);
+    /* Dormant: input queues a new item, more input no second one. */
+    send_text(B.port, sid, "wake up");
+    w = poll_for(B.port, ek, sid, wid);
+    assert_non_null(w);
+    assert_string_equal(s_(w, "state"), "queued");
+    json_decref(w);
+    send_text(B.port, sid, "again");
+    assert_int_equal(live_items(B.port, sid), 1);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/stats", ENV_ID);
+    st = th_api(B.port, ek, "GET", path, NULL, 200);
+    assert_int_equal(json_integer_value(json_object_get(st, "pending")), 1);
+    json_decref(st);
+    assert_no_slot_errors();
+}
+
+/* Copies the named keys of the plain Redis to the cluster node. */
+static void copy_named(const char *const *keys)
+{
+    char out[256];
+    for (int i = 0; keys[i]; i++) {
+        th_sh(out, sizeof(out), "redis-cli -p %d MIGRATE 127.0.0.1 %d '%s' 0 5000 COPY REPLACE",
+              R.port, CPORT, keys[i]);
+        assert_true(strstr(out, "OK") || strstr(out, "NOKEY"));
+    }
+}
+
+/* "1" when the cluster node's hash key has field, else "0". */
+static int chexists(const char *key, const char *field)
+{
+    char out[64];
+    th_sh(out, sizeof(out), "redis-cli -p %d hexists '%s' '%s'", CPORT, key, field);
+    return atoi(out);
+}
+
+/* Two cloud environments published by A (creating one passes the quota
+ * gate, not one slot yet) and copied to the cluster node, where one is
+ * archived and the other deleted: the nodes' list loses each, then its
+ * template, its policy's API fields and its quota use; another
+ * organization's delete is refused and changes nothing. */
+static void env_template_withdrawn_on_a_cluster_node(void **state)
+{
+    (void)state;
+    char tpl[2][128], pol[2][128], idx[2][128], obj[2][160], ku[160], path[160], out[256];
+    char id[2][64];
+    for (int i = 0; i < 2; i++) {
+        json_t *e = th_api(A.port, KEY, "POST", "/v1/environments",
+                           "{\"name\":\"c\",\"config\":{\"type\":\"cloud\",\"networking\":"
+                           "{\"type\":\"unrestricted\"}}}", 200);
+        snprintf(id[i], sizeof(id[i]), "%s", s_(e, "id"));
+        json_decref(e);
+        snprintf(tpl[i], sizeof(tpl[i]), "wp:tpl:{%s}", id[i]);
+        snprintf(pol[i], sizeof(pol[i]), "wp:env:{%s}:policy", id[i]);
+        sched__key_obj(obj[i], sizeof(obj[i]), "acme", id[i]);
+        sched__key_idx(idx[i], sizeof(idx[i]), "acme", "acme", &sched__kind_env, i == 1);
+    }
+    sched__key_quota(ku, sizeof(ku), "envs", "acme");
+    const char *keys[] = {tpl[0], tpl[1], pol[0], pol[1], obj[0], obj[1], idx[0], idx[1], ku,
+                          "wp:tpls", NULL};
+    copy_named(keys);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(chexists("wp:tpls", id[i]), 1);
+        assert_int_equal(chexists(pol[i], "api_min_hot"), 1);
+    }
+    snprintf(path, sizeof(path), "/v1/environments/%s", id[1]);
+    json_decref(th_api(B.port, "sk-beta", "DELETE", path, NULL, 404));
+    assert_int_equal(chexists("wp:tpls", id[1]), 1);
+    /* archive: withdrawn, the object kept */
+    snprintf(path, sizeof(path), "/v1/environments/%s/archive", id[0]);
+    json_t *e = th_api(B.port, KEY, "POST", path, NULL, 200);
+    assert_true(json_is_string(json_object_get(e, "archived_at")));
+    json_decref(e);
+    assert_int_equal(chexists("wp:tpls", id[0]), 0);
+    assert_int_equal(chexists(pol[0], "api_min_hot"), 0);
+    assert_int_equal(chexists(ku, id[0]), 0);
+    th_sh(out, sizeof(out), "redis-cli -p %d exists '%s'", CPORT, tpl[0]);
+    assert_int_equal(atoi(out), 0);
+    assert_int_equal(chexists("wp:tpls", id[1]), 1); /* the other one untouched */
+    /* delete: withdrawn, then gone */
+    snprintf(path, sizeof(path), "/v1/environments/%s", id[1]);
+    json_decref(th_api(B.port, KEY, "DELETE", path, NULL, 200));
+    json_decref(th_api(B.port, KEY, "GET", path, NULL, 404));
+    assert_int_equal(chexists("wp:tpls", id[1]), 0);
+    th_sh(out, sizeof(out), "redis-cli -p %d exists '%s'; redis-cli -p %d exists '%s'", CPORT,
+          tpl[1], CPORT, obj[1]);
+    assert_string_equal(out, "0\n0\n");
+    assert_no_slot_errors();
+}
+
+/* A template and its policy are one slot: publish.lua as the scheduler
+ * sends it (keys declared), run on the cluster node (envtpl.c writes the
+ * nodes' list after it; test_sched_envtpl covers that order end to end on
+ * a plain Redis, and a cluster scheduler reaches it once creating and
+ * updating environments pass the quota gate there). */
+#include "lua/scheduler/envtpl.h"
+static void publish_script_is_one_slot(void **state)
+{
+    (void)state;
+    redisContext *rc = redisConnect("127.0.0.1", CPORT);
+    assert_true(rc && !rc->err);
+    redisReply *r = redisCommand(rc, "EVAL %s 2 wp:tpl:{env_x} wp:env:{env_x}:policy {} d acme 1 2 "
+                                 "0 env_x", lua_publish);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    freeReplyObject(r);
+    r = redisCommand(rc, "HGET wp:env:{env_x}:policy api_max_hot");
+    assert_string_equal(r->str, "2");
+    freeReplyObject(r);
+    r = redisCommand(rc, "EVAL %s 2 wp:tpl:{env_x} wp:env:{env_x}:policy", lua_unpublish);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    freeReplyObject(r);
+    r = redisCommand(rc, "EXISTS wp:tpl:{env_x}");
+    assert_int_equal(r->integer, 0);
+    freeReplyObject(r);
+    /* and the node would refuse the old form (wp:tpls beside {E}); the
+     * count of that refusal reset */
+    assert_no_slot_errors();
+    r = redisCommand(rc, "EVAL %s 2 wp:tpl:{env_x} wp:tpls", "return 1");
+    assert_int_equal(r->type, REDIS_REPLY_ERROR);
+    assert_non_null(strstr(r->str, "CROSSSLOT"));
+    freeReplyObject(r);
+    redisFree(rc);
+    reset_errorstats();
+}
+
+/* --rotate-vault-key with --redis-cluster SCANs every master of the map
+ * (here the one) and re-seals there; a scheduler with the new key alone
+ * then opens the credential. */
+static void rotate_vault_key_on_a_cluster(void **state)
+{
+    (void)state;
+    char path[256], out[4096], k2[600], prev[64], cid[64];
+    json_t *v = th_api(B.port, KEY, "POST", "/v1/vaults", "{\"display_name\":\"rot\"}", 200);
+    snprintf(path, sizeof(path), "/v1/vaults/%s/credentials", s_(v, "id"));
+    json_t *c = th_api(B.port, KEY, "POST", path,
+                       "{\"auth\":{\"type\":\"static_bearer\",\"mcp_server_url\":\"https://m\","
+                       "\"token\":\"t\"}}", 200);
+    snprintf(cid, sizeof(cid), "%s", s_(c, "id"));
+    json_decref(c);
+    snprintf(k2, sizeof(k2), "%s/k2", DIR_);
+    snprintf(prev, sizeof(prev), "/tmp/wp-test-vault-%d.key", (int)getpid()); /* sched_testlib's */
+    for (int round = 0; round < 2; round++) {
+        th_sh(out, sizeof(out), "%s/warmpool-scheduler --redis-cluster 127.0.0.1:%d "
+              "--vault-key-file %s --vault-key-previous-file %s --rotate-vault-key; echo rc=$?",
+              th_build_dir(), CPORT, k2, prev);
+        print_message("# rotate: %s", out);
+        assert_non_null(strstr(out, "rc=0"));
+        assert_non_null(strstr(out, round ? "\"resealed\":0" : "\"resealed\":"));
+        assert_null(strstr(out, round ? "\"already_current\":0," : "\"resealed\":0"));
+        assert_non_null(strstr(out, "\"failed\":0"));
+    }
+    char kid[32] = "";
+    const char *kp = strstr(out, "\"key\":\"");
+    assert_non_null(kp);
+    sscanf(kp + 7, "%16[0-9a-f]", kid);
+    th_sh(out, sizeof(out), "redis-cli -p %d hget 'wp:obj:{acme}:%s' sealed", CPORT, cid);
+    assert_int_equal(strncmp(out, "v2:", 3), 0);
+    assert_int_equal(strncmp(out + 3, kid, 16), 0);
+    /* A scheduler with the new key alone reads and updates it. */
+    struct th_sched s3;
+    assert_int_equal(th_sched_start(&s3, CPORT, "--vault-key-file", k2, NULL), 0);
+    snprintf(path, sizeof(path), "/v1/vaults/%s/credentials/%s", s_(v, "id"), cid);
+    json_decref(th_api(s3.port, KEY, "POST", path,
+                       "{\"auth\":{\"type\":\"static_bearer\",\"token\":\"t2\"}}", 200));
+    assert_int_equal(th_sched_stop(&s3), 0);
+    json_decref(v);
+    assert_no_slot_errors();
+}
+
+/* Turns a work item of the plain Redis back into the layout before
+ * (wp:obj:<id>, indexes wp:idx:acme:<env>:work[:active], the session's
+ * latest item as its work_id field). */
+static const char unmove_work[] =
+    "local id, env, sid = ARGV[1], ARGV[2], ARGV[3]\n"
+    "local wq = 'wp:wq:{' .. env .. '}:'\n"
+    "redis.call('RENAME', wq .. 'item:' .. id, 'wp:obj:' .. id)\n"
+    "redis.call('HDEL', 'wp:obj:' .. id, 'session')\n"
+    "for _, suf in ipairs({'', ':active'}) do\n"
+    "  local sc = redis.call('ZSCORE', wq .. 'acme:work' .. suf, id)\n"
+    "  if sc then redis.call('ZADD', 'wp:idx:acme:' .. env .. ':work' .. suf, sc, id)\n"
+    "    redis.call('ZREM', wq .. 'acme:work' .. suf, id) end\n"
+    "end\n"
+    "redis.call('HSET', 'wp:obj:{' .. sid .. '}', 'work_id', id)\n"
+    "redis.call('HDEL', wq .. 'latest', sid)\n"
+    "redis.call('DEL', wq .. 'seq', 'wp:layout')\n"
+    "redis.call('SET', 'wp:seq', 3000000)\n"
+    "return 1\n";
+
+/* A work item of the layout before (layout 3) is moved by --migrate-keys,
+ * twice over: served, listed, polled, still its session's latest (input
+ * queues no second one), the environment's sequence above the old one. */
+static void migrate_keys_moves_work_items(void **state)
+{
+    (void)state;
+    char body[256], path[256], out[512], wid[64] = "", sid[64];
+    json_t *ag = th_api(A.port, KEY, "POST", "/v1/agents",
+                        "{\"name\":\"w\",\"model\":\"claude-test\"}", 200);
+    snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}", s_(ag, "id"),
+             ENV_ID);
+    json_t *s = th_api(A.port, KEY, "POST", "/v1/sessions", body, 200);
+    snprintf(sid, sizeof(sid), "%s", s_(s, "id"));
+    json_decref(s);
+    json_decref(ag);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work?limit=100", ENV_ID);
+    json_t *l = th_api(A.port, KEY, "GET", path, NULL, 200);
+    json_t *d = json_object_get(l, "data");
+    for (size_t i = 0; i < json_array_size(d); i++)
+        if (!strcmp(s_(json_object_get(json_array_get(d, i), "data"), "id"), sid))
+            snprintf(wid, sizeof(wid), "%s", s_(json_array_get(d, i), "id"));
+    json_decref(l);
+    assert_true(wid[0]);
+    redisContext *rc = redisConnect("127.0.0.1", R.port);
+    assert_true(rc && !rc->err);
+    redisReply *r = redisCommand(rc, "EVAL %s 0 %s %s %s", unmove_work, wid, ENV_ID, sid);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    freeReplyObject(r);
+    snprintf(path, sizeof(path), "/v1/environments/%s/work/%s", ENV_ID, wid);
+    json_decref(th_api(A.port, KEY, "GET", path, NULL, 404)); /* invisible until moved */
+    for (int round = 0; round < 2; round++) {
+        th_sh(out, sizeof(out),
+              "%s/warmpool-scheduler --redis 127.0.0.1:%d --migrate-keys; echo rc=$?",
+              th_build_dir(), R.port);
+        assert_non_null(strstr(out, "rc=0"));
+        json_t *w = th_api(A.port, KEY, "GET", path, NULL, 200);
+        assert_string_equal(s_(w, "state"), "queued");
+        json_decref(w);
+        assert_int_equal(live_items(A.port, sid), 1);
+        r = redisCommand(rc, "HGET wp:wq:{%s}:latest %s", ENV_ID, sid);
+        assert_string_equal(r->str, wid);
+        freeReplyObject(r);
+    }
+    r = redisCommand(rc, "EXISTS wp:obj:%s wp:idx:acme:%s:work", wid, ENV_ID);
+    assert_int_equal(r->integer, 0);
+    freeReplyObject(r);
+    r = redisCommand(rc, "GET wp:wq:{%s}:seq", ENV_ID);
+    assert_true(atoll(r->str) >= 3000000);
+    freeReplyObject(r);
+    r = redisCommand(rc, "GET wp:layout");
+    assert_string_equal(r->str, "4");
+    freeReplyObject(r);
+    redisFree(rc);
+    /* Still the session's live item: input queues none; the queue serves it. */
+    send_text(A.port, sid, "hello");
+    assert_int_equal(live_items(A.port, sid), 1);
+    snprintf(path, sizeof(path), "/v1/environments/%s/keys", ENV_ID);
+    json_t *k = th_api(A.port, KEY, "POST", path, NULL, 200);
+    json_t *w = poll_for(A.port, s_(k, "key"), sid, NULL);
+    assert_non_null(w);
+    assert_string_equal(s_(w, "id"), wid);
+    json_decref(w);
+    json_decref(k);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -890,6 +1272,12 @@ int main(void)
         cmocka_unit_test(migrate_keys_moves_org_objects),
         cmocka_unit_test(migrate_keys_moves_quota_sandboxes_and_session_indexes),
         cmocka_unit_test(listing_drops_an_archived_sessions_entry),
+        /* issue 18 part 2: work queue, templates, key rotation */
+        cmocka_unit_test(work_queue_on_a_cluster_node),
+        cmocka_unit_test(env_template_withdrawn_on_a_cluster_node),
+        cmocka_unit_test(publish_script_is_one_slot),
+        cmocka_unit_test(rotate_vault_key_on_a_cluster),
+        cmocka_unit_test(migrate_keys_moves_work_items),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -1,9 +1,7 @@
 --! static const char lua_unpublish[]
--- KEYS: tpl, tpls, policy, obj, quota use. ARGV: name, org, env id. Only the owner's
--- environment (the object is checked in the same script).
-if redis.call('HGET', KEYS[4], 'org') ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[5], ARGV[3]) -- its hot clones leave the org's quota use
+-- KEYS: tpl, policy (both the environment's slot). Run once its entry in
+-- wp:tpls is gone and its owner checked (envtpl.c): the template and the
+-- API's policy fields go (the operator's stay).
 redis.call('DEL', KEYS[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], 'api_min_hot', 'api_max_hot')
+redis.call('HDEL', KEYS[2], 'api_min_hot', 'api_max_hot')
 return 1

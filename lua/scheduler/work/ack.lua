@@ -1,5 +1,5 @@
 --! static const char lua_ack[]
--- KEYS: obj, pending, leased. ARGV: scope, now_ms, now_str, ttl_s, id.
+-- KEYS (the environment's slot): item, pending, leased. ARGV: scope, now_ms, now_str, ttl_s, id.
 --#include _live.lua
 local h = redis.call('HMGET', KEYS[1], 'scope', 'state')
 if h[1] ~= ARGV[1] then return redis.error_reply('NOTFOUND') end

@@ -1,5 +1,5 @@
 --! static const char lua_heartbeat[]
--- KEYS: obj, leased. ARGV: scope, now_ms, now_str, ttl_s, id, expected.
+-- KEYS (the environment's slot): item, leased. ARGV: scope, now_ms, now_str, ttl_s, id, expected.
 -- Returns {ok(1|0), last_heartbeat, lease_extended, state, ttl}.
 --#include _live.lua
 local h = redis.call('HMGET', KEYS[1], 'scope', 'state', 'hb')
