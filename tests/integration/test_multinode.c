@@ -13,7 +13,10 @@
  *     return: its sessions get an error result for the interrupted call
  *     and a new sandbox elsewhere; once back, the node's old sandboxes are
  *     fenced (route refused, lease rejected, destroyed by reconcile);
- *   - at the end nothing is left (sandboxes, cgroups, mounts, links, slots). */
+ *   - at the end nothing is left (sandboxes, cgroups, mounts, links, slots).
+ * Then the environment's build on every node and the claim spread again,
+ * with Redis behind Sentinel and as a Redis Cluster (3 masters + a replica
+ * each), which the namespaces reach on the bridge address. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
@@ -763,10 +766,8 @@ int main(void)
         cmocka_unit_test(every_node_builds),
         cmocka_unit_test(claims_spread_over_nodes),
     };
-    /* WP_MN_GROUPS: a list of single, sentinel, cluster. The Cluster group
-     * waits for the scheduler's Cluster layout (creating an environment
-     * still crosses slots): not in the default yet. */
-    const char *g = getenv("WP_MN_GROUPS") ?: "single,sentinel";
+    /* WP_MN_GROUPS: a list of single, sentinel, cluster (default: all). */
+    const char *g = getenv("WP_MN_GROUPS") ?: "single,sentinel,cluster";
     int rc = 0;
     if (strstr(g, "single"))
         rc |= cmocka_run_group_tests_name("single Redis", tests, group_setup, group_teardown);
