@@ -101,14 +101,18 @@ WHY = {
   "succeeds and the node serves. (With about 300 KiB criu cannot write its log either and the "
   "error says only `criu dump failed (-52)` with the log's path.)",
  "kill -9 one Redis Cluster master (replica promoted, WAIT 1)":
-  "A Redis Cluster of 3 masters with a replica each (`cluster-node-timeout 2000`), every process with "
-  "`--redis-cluster`, the schedulers in the durable mode (`--redis-wait-replicas 1`: `WAIT` on every "
-  "master, so an acknowledged write is on that master's replica). The master of a load session's slot "
-  "is killed; the other masters vote its replica in after the node timeout; each process's router "
+  "A Redis Cluster of 3 masters with two replicas each (`cluster-node-timeout 2000`; two, so that "
+  "`WAIT 1` still has a replica to count once one is promoted, as the Sentinel primary has), every "
+  "process with `--redis-cluster`, the schedulers in the durable mode (`--redis-wait-replicas 1`: `WAIT` on every "
+  "master, so an acknowledged write is on one of that master's replicas). The master of a load session's "
+  "slot is killed; the other masters vote a replica in after the node timeout; each process's router "
   "finds the new master in the slot map (read again every 0.5 s while a master is missing) and moves "
   "subscriptions that were on the dead node. Sessions whose slots are on the two live masters never "
   "notice; those on the dead one get 503 on input and a retry until the promotion, their brains "
-  "re-acquire with a higher fencing token. Every acknowledged event is on the promoted replica.",
+  "re-acquire with a higher fencing token. Every acknowledged event is on the promoted replica. Found "
+  "by this test and fixed: with `--redis-wait-replicas` every process sent the map's `CLUSTER SLOTS` "
+  "behind a `WAIT` too, which replicas refuse and a master whose replica died answers too late, so no "
+  "process ever learned the new map and nothing recovered (`CLUSTER SLOTS` is now sent without it).",
  "kill -9 Redis primary (Sentinel, WAIT 1)":
   "Three Redis (a primary, two replicas), three sentinels (`down-after-milliseconds 1000`), the "
   "schedulers in the durable mode (`--redis-wait-replicas 1`: a write is acknowledged once a replica "
@@ -125,8 +129,8 @@ L.append("`bench/bench_faults.sh` runs `tests/integration/test_faults` (%d round
          "Sentinel and Cluster cases), the model stand-in. One fault at a time.%s\n"
          % (rounds, "" if rounds == 1 else "s", "" if not failed else ", %d run(s) failed a check" % failed,
             datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"),
-            " This file's rows for `%s` were run again alone at that time; the others are from the last full run."
-            % only if only else ""))
+            " The rows for `%s` were run again alone at that time (%d round%s); the others are from the last "
+            "full run (1 round)." % (only, rounds, "" if rounds == 1 else "s") if only else ""))
 L.append("Columns: *acked* user messages `POST .../events` answered 200; *lost* acknowledged but not in "
          "the history; *dup* an event id twice in a history or a stream; *extra* user messages in the "
          "history no 200 acknowledged (a resent POST whose first try landed); *failed* sessions with a "
