@@ -306,7 +306,9 @@ static void ask_map(struct wp_rcl *c)
         if (!ma)
             return;
         *ma = (struct map_ask){ c, i };
-        if (wp_redis_argv(c->nodes[i].r, map_reply, ma, 2, argv, NULL) < 0) {
+        /* not behind the durable mode's WAIT: replicas refuse it, and a
+         * master whose replica died answers it too late or not enough */
+        if (wp_redis_argv_nowait(c->nodes[i].r, map_reply, ma, 2, argv, NULL) < 0) {
             free(ma);
             continue;
         }

@@ -647,6 +647,16 @@ int wp_redis_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc,
         return WP_ESTATE;
     if (r->wait_n > 0 && cb)
         return wait_argv(r, cb, ctx, argc, argv, lens);
+    return wp_redis_argv_nowait(r, cb, ctx, argc, argv, lens);
+}
+
+int wp_redis_argv_nowait(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc, const char **argv,
+                         const size_t *lens)
+{
+    if (r && r->rcl)
+        return wp_rcl_argv(r->rcl, cb, ctx, argc, argv, lens);
+    if (!wp_redis_ready(r))
+        return WP_ESTATE;
     struct cmd *c = malloc(sizeof(*c));
     if (!c)
         return -ENOMEM;

@@ -40,6 +40,13 @@ bool wp_redis_ready(const struct wp_redis *r);
  * the sender does not act on). */
 int wp_redis_argv(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc, const char **argv,
                   const size_t *lens);
+/* The same without the durable mode's WAIT (wp_redis_set_wait): for a read
+ * no replica has to confirm and that must work where WAIT cannot (a
+ * cluster's CLUSTER SLOTS, asked of replicas too, and of a master whose
+ * replica just died). On a handle routed through a cluster (wp_rcl_set),
+ * the same as wp_redis_argv. */
+int wp_redis_argv_nowait(struct wp_redis *r, wp_redis_cb cb, void *ctx, int argc, const char **argv,
+                         const size_t *lens);
 /* Run a Lua script: argv holds the nkeys keys then the arguments, argc
  * counting both. Same contract. The first call of a script on a connection
  * sends EVAL (which loads it), later ones EVALSHA; a NOSCRIPT answer (after

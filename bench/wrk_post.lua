@@ -1,10 +1,21 @@
--- wrk script: POST a JSON body (WRK_BODY) to WRK_PATH with the API key;
+-- wrk script: POST a JSON body (WRK_BODY) to WRK_PATH with the API key
+-- (or, with WRK_PATHS, to each of its space-separated paths in turn);
 -- done() prints one JSON line with rps and latency percentiles (ms).
 wrk.method = "POST"
 wrk.path = os.getenv("WRK_PATH")
 wrk.body = os.getenv("WRK_BODY")
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["x-api-key"] = os.getenv("WRK_KEY")
+
+local paths = {}
+for p in string.gmatch(os.getenv("WRK_PATHS") or "", "%S+") do paths[#paths + 1] = p end
+if #paths > 0 then
+  local i = 0
+  function request()
+    i = i % #paths + 1
+    return wrk.format(nil, paths[i])
+  end
+end
 
 local errors = 0
 function response(status, headers, body)

@@ -703,14 +703,8 @@ int main(int argc, char **argv)
     int r;
     if (drain)
         r = node_drain(argc - i - 1, argv + i + 1);
-    else if (strcmp(argv[i], "quota") == 0 && rcs && strcmp(argv[i + 1], "show") == 0) {
-        /* Its scripts read an organization's keys of several slots and
-         * SCAN one Redis: the quota keys' cluster layout is issue 18's
-         * scheduler side. */
-        fprintf(stderr, "warmpool: quota show does not run on Redis Cluster yet\n");
-        r = 1;
-    } else if (strcmp(argv[i], "quota") == 0)
-        r = pool__cli_quota(cmd, argc - i - 1, argv + i + 1);
+    else if (strcmp(argv[i], "quota") == 0)
+        r = pool__cli_quota(cmd, keys_everywhere, argc - i - 1, argv + i + 1);
     else if (strcmp(argv[i + 1], "set") == 0)
         r = pool_set(argc - i - 1, argv + i + 1);
     else if (strcmp(argv[i + 1], "status") == 0)

@@ -1,6 +1,9 @@
 /* cli_quota.c - `warmpool quota set|show`: an organization's quotas, set by
  * the operator straight into Redis (where every scheduler's check script
- * reads them: scheduler/quota.c), and what each organization uses. */
+ * reads them: scheduler/quota.c), and what each organization uses. An
+ * organization's keys share its hash tag ({<org>}), so its use is one
+ * script on Redis Cluster too; the organizations and pools are found by
+ * KEYS on every master. */
 #include <hiredis/hiredis.h>
 #include <math.h>
 #include <stdarg.h>
@@ -26,6 +29,9 @@ static bool org_valid(const char *o)
 /* cli.c's command helper (exits on a dead connection); error replies are
  * checked where one can come. */
 typedef redisReply *(*cmd_fn)(const char *fmt, ...);
+typedef int (*keys_fn)(const char *pattern, char (*names)[128], int cap);
+
+#define MAX_NAMES 4096 /* organizations, pools listed by `quota show` */
 
 static bool reply_ok(redisReply *r)
 {
@@ -65,9 +71,9 @@ static int quota_set(cmd_fn cmd, int argc, char **argv)
         const char *eq = strchr(argv[i], '=');
         snprintf(name, sizeof(name), "%.*s", (int)(eq - argv[i]), argv[i]);
         if (!strcmp(eq + 1, "none"))
-            freeReplyObject(cmd("HDEL wp:quota:%s %s", org, name));
+            freeReplyObject(cmd("HDEL wp:quota:{%s} %s", org, name));
         else
-            freeReplyObject(cmd("HSET wp:quota:%s %s %s", org, name, eq + 1));
+            freeReplyObject(cmd("HSET wp:quota:{%s} %s %s", org, name, eq + 1));
         printf("%s %s = %s\n", org, name, eq + 1);
     }
     return 0;
@@ -80,15 +86,16 @@ static int show_org(cmd_fn cmd, const char *org)
     struct timeval tv;
     gettimeofday(&tv, NULL);
     long long now = (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-    redisReply *u = cmd("EVAL %s 3 wp:idx:%s:session:active wp:quotause:sbx:%s "
-                        "wp:quotause:envs:%s %lld", lua_usage, org, org, org, now);
+    redisReply *u = cmd("EVAL %s 3 wp:idx:{%s}:session:active wp:quotause:{%s}:sbx "
+                        "wp:quotause:{%s}:envs %lld wp:sbx:{%s}:", lua_usage, org, org, org, now,
+                        org);
     if (!reply_ok(u)) {
         freeReplyObject(u);
         return 1;
     }
     printf("%s\n", org);
     for (int k = 0; quota_names[k]; k++) {
-        redisReply *q = cmd("HGET wp:quota:%s %s", org, quota_names[k]);
+        redisReply *q = cmd("HGET wp:quota:{%s} %s", org, quota_names[k]);
         const char *use = u->type == REDIS_REPLY_ARRAY && (size_t)k < u->elements
                               ? u->element[k]->str : "?";
         const char *lim = q->type == REDIS_REPLY_STRING ? q->str : NULL;
@@ -102,7 +109,38 @@ static int show_org(cmd_fn cmd, const char *org)
     return 0;
 }
 
-static int quota_show(cmd_fn cmd, int argc, char **argv)
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* The hash tags ({<name>}) of the keys matching each pattern on every
+ * master, sorted, each once; their number (-1: out of memory). */
+static int tags_of(keys_fn keys, const char *const *patterns, char (**out)[128])
+{
+    char(*names)[128] = calloc(MAX_NAMES, sizeof(*names));
+    int n = 0;
+    if (!names)
+        return -1;
+    for (int p = 0; patterns[p] && n < MAX_NAMES; p++)
+        n += keys(patterns[p], names + n, MAX_NAMES - n);
+    for (int i = 0; i < n; i++) { /* the key -> its tag */
+        char *l = strchr(names[i], '{'), *r = l ? strchr(l, '}') : NULL;
+        size_t len = l && r ? (size_t)(r - l - 1) : 0;
+        if (len)
+            memmove(names[i], l + 1, len);
+        names[i][len] = '\0';
+    }
+    qsort(names, (size_t)n, sizeof(*names), by_name);
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (names[i][0] && (m == 0 || strcmp(names[m - 1], names[i])))
+            memmove(names[m++], names[i], sizeof(*names));
+    *out = names;
+    return m;
+}
+
+static int quota_show(cmd_fn cmd, keys_fn keys, int argc, char **argv)
 {
     if (argc >= 2) {
         if (!org_valid(argv[1])) {
@@ -112,33 +150,42 @@ static int quota_show(cmd_fn cmd, int argc, char **argv)
         return show_org(cmd, argv[1]);
     }
     /* Every organization with a quota or with use counted. */
-    redisReply *k = cmd("EVAL %s 0", lua_orgs);
-    int rc = reply_ok(k) ? 0 : 1;
-    if (!rc && k->elements == 0)
+    static const char *const org_keys[] = {"wp:quota:{*}", "wp:quotause:{*}:envs",
+                                           "wp:quotause:{*}:sbx", NULL};
+    static const char *const pool_keys[] = {"wp:env:{*}:policy", NULL};
+    char(*orgs)[128] = NULL, (*pools)[128] = NULL;
+    int n = tags_of(keys, org_keys, &orgs), rc = n < 0;
+    if (n == 0)
         printf("no organization has a quota or counted use\n");
-    for (size_t i = 0; !rc && i < k->elements; i++)
-        rc = show_org(cmd, k->element[i]->str);
-    freeReplyObject(k);
+    for (int i = 0; !rc && i < n; i++)
+        rc = org_valid(orgs[i]) ? show_org(cmd, orgs[i]) : 0;
+    free(orgs);
     if (rc)
         return rc;
     /* Pools open to every organization, the operator should know. */
-    redisReply *p = cmd("EVAL %s 0", lua_open_pools);
-    for (size_t i = 0; reply_ok(p) && i < p->elements; i++) {
-        char name[128], orgs[1024];
-        if (sscanf(p->element[i]->str, "%127s %1023s", name, orgs) == 2)
-            printf("pool %s: %s\n", name,
-                   strcmp(orgs, "*") ? orgs : "every organization (warmpool pool set NAME orgs=...)");
+    n = tags_of(keys, pool_keys, &pools);
+    for (int i = 0; i < n; i++) {
+        if (!strncmp(pools[i], "env_", 4)) /* an API environment's own pool */
+            continue;
+        redisReply *o = cmd("HGET wp:env:{%s}:policy orgs", pools[i]);
+        const char *orgs_of = o->type == REDIS_REPLY_STRING ? o->str : "*";
+        if (reply_ok(o))
+            printf("pool %s: %s\n", pools[i],
+                   strcmp(orgs_of, "*") ? orgs_of
+                                        : "every organization (warmpool pool set NAME orgs=...)");
+        freeReplyObject(o);
     }
-    freeReplyObject(p);
-    return 0;
+    free(pools);
+    return n < 0;
 }
 
-int pool__cli_quota(redisReply *(*cmd)(const char *fmt, ...), int argc, char **argv)
+int pool__cli_quota(redisReply *(*cmd)(const char *fmt, ...), keys_fn keys, int argc,
+                    char **argv)
 {
     if (argc >= 1 && !strcmp(argv[0], "set"))
         return quota_set(cmd, argc, argv);
     if (argc >= 1 && !strcmp(argv[0], "show"))
-        return quota_show(cmd, argc, argv);
+        return quota_show(cmd, keys, argc, argv);
     fprintf(stderr, "warmpool: quota set ORG NAME=N|none ... | quota show [ORG]\n");
     return 2;
 }

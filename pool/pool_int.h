@@ -373,9 +373,13 @@ void pool__worker_free(struct pool__worker *w);
 /* doctor.c: `warmpool doctor` (argv from "doctor" on). Exit status. */
 int pool__doctor(int argc, char **argv);
 /* `warmpool quota set|show` (cli_quota.c); argv[0] is "set" or "show";
- * cmd: the CLI's Redis command helper. */
+ * cmd: the CLI's Redis command helper (routed on a cluster); keys: KEYS
+ * pattern on the one Redis or every master, the names (up to cap) into
+ * names, their number. */
 struct redisReply;
-int pool__cli_quota(struct redisReply *(*cmd)(const char *fmt, ...), int argc, char **argv);
+int pool__cli_quota(struct redisReply *(*cmd)(const char *fmt, ...),
+                    int (*keys)(const char *pattern, char (*names)[128], int cap), int argc,
+                    char **argv);
 
 /* egress_tls.c: the proxy's CA, leaf certificates and upstream trust. */
 typedef struct ssl_st SSL;

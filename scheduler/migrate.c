@@ -7,9 +7,11 @@
  * the global fence wp:brain:fence one per session (layout "2"). Then
  * agents, environments, vaults, credentials and files moved to their
  * organization's slot with their indexes, agent versions and a sequence per
- * organization: wp:obj:<id> -> wp:obj:{<org>}:<id> (layout "3"), and work
- * items to their environment's slot with its queue: wp:obj:<work id> ->
- * wp:wq:{<env>}:item:<work id> (layout "4", move_work_items). wp:layout
+ * organization: wp:obj:<id> -> wp:obj:{<org>}:<id> (layout "3"). Then an
+ * organization's quota keys, /v1/sandboxes records and session indexes
+ * moved to its slot too (org_keys.lua), and work items to their
+ * environment's slot with its queue: wp:obj:<work id> ->
+ * wp:wq:{<env>}:item:<work id> (move_work_items), both layout "4". wp:layout
  * says which layout the data is in. The scheduler moves an older
  * store at start (and `--migrate-keys` does it alone): synchronous, before
  * it serves, single Redis only; idempotent, so two schedulers starting at
@@ -111,6 +113,53 @@ static int move_all(redisContext *r, const char *prefix, const struct sched_kind
     return 0;
 }
 
+/* Layout 3 -> 4: every old name of an organization's quota keys,
+ * sandbox records and session indexes (SCAN), moved in one script per
+ * batch (org_keys.lua). */
+static int move_org_keys(redisContext *r, const char *seq, long *moved, struct wp_err *err)
+{
+    static const char *const match[] = {"wp:quota:*", "wp:quotause:*", "wp:sbx:*",
+                                        "wp:idx:*:session", "wp:idx:*:session:active"};
+    for (size_t p = 0; p < sizeof(match) / sizeof(match[0]); p++) {
+        char cursor[32] = "0";
+        do {
+            redisReply *s = redisCommand(r, "SCAN %s MATCH %s COUNT 1000", cursor, match[p]);
+            if (!s || s->type != REDIS_REPLY_ARRAY || s->elements != 2) {
+                int rc = wp_err_set(err, WP_EPROTO, "SCAN: %s", s && s->str ? s->str : r->errstr);
+                freeReplyObject(s);
+                return rc;
+            }
+            snprintf(cursor, sizeof(cursor), "%s", s->element[0]->str);
+            redisReply *keys = s->element[1];
+            const char **argv = calloc(4 + keys->elements, sizeof(*argv));
+            if (!argv) {
+                freeReplyObject(s);
+                return wp_err_set(err, -ENOMEM, "out of memory");
+            }
+            size_t argc = 0;
+            argv[argc++] = "EVAL";
+            argv[argc++] = lua_migrate_org_keys;
+            argv[argc++] = "0";
+            argv[argc++] = seq;
+            for (size_t i = 0; i < keys->elements; i++)
+                argv[argc++] = keys->element[i]->str;
+            redisReply *m = keys->elements ? redisCommandArgv(r, (int)argc, argv, NULL) : NULL;
+            int rc = 0;
+            if (m && m->type == REDIS_REPLY_INTEGER)
+                *moved += m->integer;
+            else if (keys->elements)
+                rc = wp_err_set(err, WP_EPROTO, "moving %s: %s", match[p],
+                                m && m->str ? m->str : r->errstr);
+            freeReplyObject(m);
+            free(argv);
+            freeReplyObject(s);
+            if (rc < 0)
+                return rc;
+        } while (strcmp(cursor, "0") != 0);
+    }
+    return 0;
+}
+
 /* Layout 4: work items into their environment's hash slot (work.c), with
  * their index entries, the environment's sequence and the sessions' latest
  * items (lua/scheduler/migrate/work.lua). */
@@ -127,6 +176,7 @@ static int migrate(redisContext *r, struct wp_err *err)
 {
     redisReply *v = redisCommand(r, "GET wp:layout");
     bool done = v && v->type == REDIS_REPLY_STRING && !strcmp(v->str, LAYOUT);
+    bool at3 = v && v->type == REDIS_REPLY_STRING && !strcmp(v->str, "3");
     bool bad = !v || v->type == REDIS_REPLY_ERROR;
     int rc = bad ? wp_err_set(err, WP_EPROTO, "GET wp:layout: %s", v && v->str ? v->str : r->errstr) : 0;
     freeReplyObject(v);
@@ -135,13 +185,16 @@ static int migrate(redisContext *r, struct wp_err *err)
     char fence[32], seq[32];
     get_count(r, "wp:brain:fence", fence, sizeof(fence));
     get_count(r, "wp:seq", seq, sizeof(seq));
-    long moved = 0, moved_org = 0;
-    rc = move_all(r, sched__kind_session.id_prefix, NULL, fence, &moved, err);
+    long moved = 0, moved_org = 0, moved_keys = 0;
+    if (!at3)
+        rc = move_all(r, sched__kind_session.id_prefix, NULL, fence, &moved, err);
     const struct sched_kind *const kinds[] = {&sched__kind_agent, &sched__kind_env,
                                               &sched__kind_vault, &sched__kind_cred,
                                               &sched__kind_file};
-    for (size_t i = 0; rc == 0 && i < sizeof(kinds) / sizeof(kinds[0]); i++)
+    for (size_t i = 0; !at3 && rc == 0 && i < sizeof(kinds) / sizeof(kinds[0]); i++)
         rc = move_all(r, kinds[i]->id_prefix, kinds[i], seq, &moved_org, err);
+    if (rc == 0)
+        rc = move_org_keys(r, seq, &moved_keys, err);
     if (rc == 0)
         rc = move_work_items(r, seq, err);
     if (rc < 0)
@@ -156,6 +209,9 @@ static int migrate(redisContext *r, struct wp_err *err)
         log_info("moved %ld session(s) to the per-session key layout", moved);
     if (rc == 0 && moved_org > 0)
         log_info("moved %ld object(s) to their organization's hash slot", moved_org);
+    if (rc == 0 && moved_keys > 0)
+        log_info("moved %ld quota, sandbox and session index key(s) to their organization's "
+                 "hash slot", moved_keys);
     return rc;
 }
 

@@ -3,19 +3,23 @@
  * The operator sets them with `warmpool quota set ORG ...` (pool/cli.c)
  * straight into Redis; every check here is one Lua script that reads the
  * quota, counts the use and records the new use together, so two
- * schedulers racing for an organization's last slot cannot both win.
+ * schedulers racing for an organization's last slot cannot both win. Its
+ * keys all carry the organization's hash tag (one slot on Redis Cluster):
  *
- *   wp:quota:<org>       HASH  sessions, sandboxes, hot, memory_mb, cpu, disk_mb
+ *   wp:quota:{<org>}     HASH  sessions, sandboxes, hot, memory_mb, cpu, disk_mb
  *                              (absent field: no limit)
- *   wp:quotause:envs:<org> HASH  env id -> "min_hot memory_mb cpu disk_mb": what each
- *                              of its published cloud environments keeps hot
- *   wp:quotause:sbx:<org>  ZSET  /v1/sandboxes ids -> created ms (dead ones are
- *                              dropped by the next check)
+ *   wp:quotause:{<org>}:envs HASH  env id -> "min_hot memory_mb cpu disk_mb": what
+ *                              each of its published cloud environments keeps hot
+ *   wp:quotause:{<org>}:sbx  ZSET  /v1/sandboxes ids -> created ms (dead ones are
+ *                              dropped by the next check; records wp:sbx:{<org>}:<id>)
  *   wp:env:{P}:policy    HASH  orgs: who may use operator pool P ("a,b" or "*";
  *                              absent: every organization)
  *
- * Live sessions are the organization's active session index (resources.c
- * checks the limit inside its create script). A refusal is 429
+ * The pool's policy is another slot: its orgs field is read just before
+ * the script and passed in ARGV (an operator's change racing a request
+ * may let that one request through; a session's brain checks again at
+ * each claim, brain_tools.c). Live sessions are the organization's active
+ * session index (resources.c checks the limit in its index script). A refusal is 429
  * rate_limit_error with x-should-retry: false (a quota does not clear in
  * the SDK's retry window) and details {error_code: quota_exceeded, quota,
  * limit, usage}; a pool the organization may not use is 403
@@ -33,9 +37,9 @@
 void sched__key_quota(char *out, size_t cap, const char *what, const char *org)
 {
     if (what)
-        snprintf(out, cap, "wp:quotause:%s:%s", what, org);
+        snprintf(out, cap, "wp:quotause:{%s}:%s", org, what);
     else
-        snprintf(out, cap, "wp:quota:%s", org);
+        snprintf(out, cap, "wp:quota:{%s}", org);
 }
 
 #include "lua/scheduler/quota.h" /* its Lua scripts: lua/scheduler/quota/ (Makefile) */
@@ -103,38 +107,78 @@ static void env_gated(void *ctx, redisReply *reply)
     req->quota_next(req, env, rev);
 }
 
-void sched__quota_env(struct sched_req *req, json_t *env, long long rev,
-                      void (*next)(struct sched_req *, json_t *, long long))
+/* What env (req->tmp) keeps hot: mode "pool" (an operator's pool, into
+ * pool), "hot" (its own, sized into h m c d) or "none". */
+static const char *env_mode(json_t *env, char *pool, size_t cap, double *h, double *m,
+                            double *c, double *d)
 {
-    char kq[160], ku[160], pol[160], pool[64], mh[32], mem[32], cpu[32], disk[32];
     const char *id = json_string_value(json_object_get(env, "id"));
     const char *type = json_string_value(json_object_get(json_object_get(env, "config"), "type"));
-    const char *mode = "none";
-    double h = 0, m = 0, c = 0, d = 0;
-    snprintf(pol, sizeof(pol), "wp:quota:none"); /* an unused key */
-    if (type && !strcmp(type, "cloud") && json_is_null(json_object_get(env, "archived_at")) &&
-        sched__env_pool_of(env, pool, sizeof(pool)) == 0) {
-        if (strcmp(pool, id)) {
-            mode = "pool";
-            snprintf(pol, sizeof(pol), "wp:env:{%s}:policy", pool);
-        } else {
-            mode = "hot";
-            sched__envtpl_size(env, &h, &m, &c, &d);
-        }
-    }
+    *h = *m = *c = *d = 0;
+    if (!type || strcmp(type, "cloud") || !json_is_null(json_object_get(env, "archived_at")) ||
+        sched__env_pool_of(env, pool, cap) < 0)
+        return "none";
+    if (strcmp(pool, id))
+        return "pool";
+    sched__envtpl_size(env, h, m, c, d);
+    return "hot";
+}
+
+/* The gate itself; orgs: the pool's policy (NULL when none applies). */
+static void env_gate_run(struct sched_req *req, const char *orgs)
+{
+    char kq[160], ku[160], pool[64], mh[32], mem[32], cpu[32], disk[32];
+    double h, m, c, d;
+    json_t *env = req->tmp;
+    const char *mode = env_mode(env, pool, sizeof(pool), &h, &m, &c, &d);
     sched__key_quota(kq, sizeof(kq), NULL, req->org);
     sched__key_quota(ku, sizeof(ku), "envs", req->org);
     snprintf(mh, sizeof(mh), "%.0f", h);
     snprintf(mem, sizeof(mem), "%.0f", m);
     snprintf(cpu, sizeof(cpu), "%g", c);
     snprintf(disk, sizeof(disk), "%.0f", d);
+    const char *argv[] = {kq, ku, req->org, json_string_value(json_object_get(env, "id")), mode,
+                          mh, mem, cpu, disk, orgs ? orgs : "*"};
+    sched__req_script(req, lua_env_gate, env_gated, 2, 10, argv, NULL);
+}
+
+/* The pool policy's orgs field (absent: NULL); false when Redis refused
+ * the read (answered 500). */
+static bool policy_orgs(struct sched_req *req, redisReply *reply, const char **orgs)
+{
+    if (reply->type == REDIS_REPLY_ERROR) {
+        sched__respond_error(req, 500, "api_error", NULL, "pool policy: %s", reply->str);
+        return false;
+    }
+    *orgs = reply->type == REDIS_REPLY_STRING ? reply->str : NULL;
+    return true;
+}
+
+static void env_policy_read(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    const char *orgs;
+    if (policy_orgs(req, reply, &orgs))
+        env_gate_run(req, orgs);
+}
+
+void sched__quota_env(struct sched_req *req, json_t *env, long long rev,
+                      void (*next)(struct sched_req *, json_t *, long long))
+{
+    char pool[64], pol[160];
+    double h, m, c, d;
     json_decref(req->tmp);
     json_decref(req->tmp2);
     req->tmp = env;
     req->tmp2 = json_integer(rev);
     req->quota_next = next;
-    const char *argv[] = {kq, ku, pol, req->org, id, mode, mh, mem, cpu, disk};
-    sched__req_script(req, lua_env_gate, env_gated, 3, 10, argv, NULL);
+    if (strcmp(env_mode(env, pool, sizeof(pool), &h, &m, &c, &d), "pool")) {
+        env_gate_run(req, NULL);
+        return;
+    }
+    snprintf(pol, sizeof(pol), "wp:env:{%s}:policy", pool);
+    const char *argv[] = {"HGET", pol, "orgs"};
+    sched__req_redis(req, env_policy_read, 3, argv, NULL);
 }
 
 /* ---- /v1/sandboxes ---- */
@@ -157,18 +201,43 @@ static void sbx_gated(void *ctx, redisReply *reply)
     req->quota_sbx_next(req, pool, id);
 }
 
+/* The gate; orgs: the operator pool's policy (NULL for an API
+ * environment's own pool, or no policy). */
+static void sbx_gate_run(struct sched_req *req, const char *orgs)
+{
+    char kq[160], kz[160], krec[160], now[32];
+    json_t *g = req->tmp2;
+    const char *pool = json_string_value(json_object_get(g, "pool"));
+    sched__key_quota(kq, sizeof(kq), NULL, req->org);
+    sched__key_quota(kz, sizeof(kz), "sbx", req->org);
+    sched__key_sbx(krec, sizeof(krec), req->org, ""); /* the records' prefix: the same slot */
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
+    const char *argv[] = {kq, kz, req->org, json_string_value(json_object_get(g, "id")), now,
+                          strncmp(pool, "env_", 4) ? "1" : "0", orgs ? orgs : "*", krec};
+    sched__req_script(req, lua_sbx_gate, sbx_gated, 2, 8, argv, NULL);
+}
+
+static void sbx_policy_read(void *ctx, redisReply *reply)
+{
+    struct sched_req *req = ctx;
+    const char *orgs;
+    if (policy_orgs(req, reply, &orgs))
+        sbx_gate_run(req, orgs);
+}
+
 void sched__quota_sbx(struct sched_req *req, const char *pool,
                       void (*next)(struct sched_req *, const char *pool, const char *id))
 {
-    char kq[160], kz[160], pol[160], id[64], now[32];
+    char pol[160], id[64];
     sched__new_id("sbx_", id, sizeof(id));
-    sched__key_quota(kq, sizeof(kq), NULL, req->org);
-    sched__key_quota(kz, sizeof(kz), "sbx", req->org);
-    snprintf(pol, sizeof(pol), "wp:env:{%s}:policy", pool);
-    snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
     json_decref(req->tmp2);
     req->tmp2 = json_pack("{s:s,s:s}", "pool", pool, "id", id);
     req->quota_sbx_next = next;
-    const char *argv[] = {kq, kz, pol, req->org, id, now, strncmp(pool, "env_", 4) ? "1" : "0"};
-    sched__req_script(req, lua_sbx_gate, sbx_gated, 3, 7, argv, NULL);
+    if (!strncmp(pool, "env_", 4)) { /* an API environment's own pool: no policy */
+        sbx_gate_run(req, NULL);
+        return;
+    }
+    snprintf(pol, sizeof(pol), "wp:env:{%s}:policy", pool);
+    const char *argv[] = {"HGET", pol, "orgs"};
+    sched__req_redis(req, sbx_policy_read, 3, argv, NULL);
 }

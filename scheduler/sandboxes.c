@@ -17,7 +17,7 @@
  * at a third of --sandbox-lease until the sandbox has had no execute (from any
  * process: each one stamps last_used_ms) for --sandbox-idle-timeout, then
  * releases it ("expired"). GET reads the node's own record of the
- * sandbox too, so a sandbox its node destroyed is never reported ready. The record lives in Redis (wp:sbx:<id>): any scheduler
+ * sandbox too, so a sandbox its node destroyed is never reported ready. The record lives in Redis (wp:sbx:{<org>}:<id>): any scheduler
  * process can execute on a ready sandbox by connecting through its node's
  * relay with the lease's token; the process that created it keeps its
  * link open. */
@@ -68,18 +68,21 @@ struct sched_sbx {
 static const char *const create_fields[] = { "environment", "env", "workdir", "hostname",
                                              "session_id", NULL };
 
-static void key_sbx(char *out, size_t cap, const char *id)
+/* A sandbox's record carries its organization's tag, the slot of the
+ * organization's sandbox count (quota.c's gate reads the records). Every
+ * request names its organization, and a sandbox of another is not found. */
+void sched__key_sbx(char *out, size_t cap, const char *org, const char *id)
 {
-    snprintf(out, cap, "wp:sbx:%s", id);
+    snprintf(out, cap, "wp:sbx:{%s}:%s", org, id);
 }
 
 /* Write the record's changing fields (best effort: the request that reads
  * it answers from Redis, so a lost write shows an older state). */
 static void save(struct sched_sbx *s)
 {
-    char key[80], tok[32], cms[32], ams[32], wms[32];
+    char key[160], tok[32], cms[32], ams[32], wms[32];
 
-    key_sbx(key, sizeof(key), s->id);
+    sched__key_sbx(key, sizeof(key), s->org, s->id);
     snprintf(tok, sizeof(tok), "%llu", (unsigned long long)s->res.token);
     snprintf(cms, sizeof(cms), "%.3f", s->claim_ms);
     snprintf(ams, sizeof(ams), "%.3f", s->attached_ms);
@@ -193,24 +196,24 @@ static void last_used_cb(void *ctx, redisReply *reply)
 static void keep_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct sched_sbx *s = w->data;
-    char key[80];
+    char key[160];
     (void)loop;
     (void)revents;
 
     struct keep_ctx *k = keep_ctx_new(s);
     if (!k)
         return;
-    key_sbx(key, sizeof(key), s->id);
+    sched__key_sbx(key, sizeof(key), s->org, s->id);
     const char *argv[] = { "HGET", key, "last_used_ms" };
     if (wp_redis_argv(s->srv->rds, last_used_cb, k, 3, argv, NULL) < 0)
         free(k);
 }
 
 /* An execute (any process): the sandbox is in use now. */
-static void stamp_used(struct sched_server *srv, const char *id)
+static void stamp_used(struct sched_server *srv, const char *org, const char *id)
 {
-    char key[80], now[32];
-    key_sbx(key, sizeof(key), id);
+    char key[160], now[32];
+    sched__key_sbx(key, sizeof(key), org, id);
     snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
     const char *argv[] = { "HSET", key, "last_used_ms", now };
     wp_redis_argv(srv->rds, NULL, NULL, 4, argv, NULL);
@@ -354,7 +357,7 @@ static void run_call_held(struct sched_sbx *s, struct sched_req *req, json_t *ca
 
 static void run_call(struct sched_sbx *s, struct sched_req *req, json_t *call)
 {
-    stamp_used(s->srv, s->id);
+    stamp_used(s->srv, s->org, s->id);
     /* A streamed call finishes req (whose body call may be) before the
      * call is sent: hold it until then. */
     json_incref(call);
@@ -513,7 +516,7 @@ static void claim_cb(void *ctx, int status, const struct pool_claim_result *res,
         sched_metrics_observe(s->srv->metrics, SCHED_HIST_CLAIM_NODE_WAIT, NULL,
                               res->node_wait_ms / 1e3);
     save(s);
-    stamp_used(s->srv, s->id); /* the idle clock starts with the sandbox */
+    stamp_used(s->srv, s->org, s->id); /* the idle clock starts with the sandbox */
     double every = s->srv->cfg.sandbox_lease_s / 3;
     /* The first renewal soon: the claim's own lease may be shorter. */
     ev_timer_init(&s->keep, keep_cb, every < 10 ? every : 10, every);
@@ -657,7 +660,7 @@ static void start(struct sched_req *req, const char *name, const char *id)
     struct sched_server *srv = req->srv;
     struct sched_sbx *s;
     struct wp_err err;
-    char key[80], now[40], created_ms[32];
+    char key[160], now[40], created_ms[32];
 
     if (!srv->pool || !pool_client_ready(srv->pool)) {
         sched__respond_error(req, 503, "api_error", NULL, "the pool is not reachable");
@@ -687,7 +690,7 @@ static void start(struct sched_req *req, const char *name, const char *id)
     srv->sbxs = s;
     sched__rfc3339(wp_wall_ms(), now, sizeof(now));
     snprintf(created_ms, sizeof(created_ms), "%llu", (unsigned long long)wp_wall_ms());
-    key_sbx(key, sizeof(key), s->id);
+    sched__key_sbx(key, sizeof(key), s->org, s->id);
     req->tmp = json_pack("{s:s, s:s, s:s, s:s, s:s, s:n, s:n, s:{}, s:n}", "type", "sandbox", "id",
                          s->id, "environment", name, "session_id", s->session, "status",
                          "provisioning", "tier", "node", "timings", "error");
@@ -738,8 +741,8 @@ static void use_record(struct sched_req *req, json_t *reply)
             drop_local(s);
         if (sb && *sb && env && tok)
             pool_release(req->srv->pool, env, sb, strtoull(tok, NULL, 10), NULL, NULL, NULL);
-        char key[80];
-        key_sbx(key, sizeof(key), req->params[0]);
+        char key[160];
+        sched__key_sbx(key, sizeof(key), req->org, req->params[0]);
         const char *argv[] = { "DEL", key };
         wp_redis_argv(req->srv->rds, NULL, NULL, 2, argv, NULL);
         char kz[160]; /* no longer counted against the org's quota */
@@ -831,8 +834,8 @@ static void got_record(void *ctx, redisReply *reply)
 
 static void load(struct sched_req *req, int step)
 {
-    char key[80];
-    key_sbx(key, sizeof(key), req->params[0]);
+    char key[160];
+    sched__key_sbx(key, sizeof(key), req->org, req->params[0]);
     req->step = step;
     const char *argv[] = { "HGETALL", key };
     sched__req_redis(req, got_record, 2, argv, NULL);

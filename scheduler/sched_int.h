@@ -629,11 +629,13 @@ void sched__envtpl_size(json_t *env, double *min_hot, double *memory_mb, double 
                         double *disk_mb);
 
 /* ---- quota.c: per-organization quotas, operator pools' organizations ---- */
-/* wp:quota:<org> (what NULL) or wp:quotause:<what>:<org>. */
+/* wp:quota:{<org>} (what NULL) or wp:quotause:{<org>}:<what>. */
 void sched__key_quota(char *out, size_t cap, const char *what, const char *org);
 /* Whether an operator pool whose policy says orgs (NULL: never set) serves
  * org: "*" or unset, every organization; else a comma list. */
 bool sched__pool_org_allowed(const char *orgs, const char *org);
+/* sandboxes.c: wp:sbx:{<org>}:<id>, a /v1/sandboxes record. */
+void sched__key_sbx(char *out, size_t cap, const char *org, const char *id);
 /* Answer a script's QUOTA / POOL error (429 quota_exceeded, 403
  * pool_not_allowed); false when lua_err is neither. */
 bool sched__quota_refused(struct sched_req *req, const char *lua_err);

@@ -10,6 +10,7 @@
  * WP_FAULTS_OUT=FILE: one JSON line per fault (bench/bench_faults.sh). */
 #include <dirent.h>
 #include <errno.h>
+#include <fnmatch.h>
 #include <glob.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
@@ -27,12 +28,14 @@
 #include "lib/load_testlib.h"
 #include "lib/model_testlib.h"
 #include "lib/sched_testlib.h"
+#include "lib/rcluster_testlib.h"
 #include "lib/sentinel_testlib.h"
 #include "lib/snaplib.h"
 #include "lib/testlib.h"
 #include "modelserver/msrv_spawn.h"
 #include "base/err.h"
 #include "base/fs.h"
+#include "base/rcluster.h"
 #include "base/timeutil.h"
 
 #define KEY "sk-acme"
@@ -52,6 +55,10 @@ static pid_t NODE[2];
 static int NNODES;
 static redisContext *RC;
 static bool SENTINEL;
+static bool CLUSTER;         /* the Redis Cluster group: RS instead of RC */
+static struct th_rcluster CL;
+static char SEEDS[512];
+static struct wp_rcl_sync *RS;
 
 /* ---- helpers ---- */
 
@@ -66,11 +73,33 @@ static const char *s_(json_t *o, const char *k)
     return v ? v : "";
 }
 
+/* On a cluster: the slot map read again (after a failover), and RPORT the
+ * master of the pool's slot (th_wait_hot reads it there). */
 static void rc_reconnect(void)
 {
+    struct wp_err err;
+    if (CLUSTER) {
+        wp_rcl_sync_free(RS);
+        RS = wp_rcl_sync_new(&err);
+        RPORT = th_rcluster_owner(&CL, wp_rcl_keyslot("{" POOL "}", strlen("{" POOL "}")));
+        return;
+    }
     if (RC)
         redisFree(RC);
     RC = redisConnect("127.0.0.1", RPORT);
+}
+
+/* One command: to the one Redis, or routed by its key on a cluster. */
+static redisReply *vcmd(const char *fmt, va_list ap)
+{
+    if (!CLUSTER)
+        return RC ? redisvCommand(RC, fmt, ap) : NULL;
+    char *f = NULL;
+    struct wp_err err;
+    int len = redisvFormatCommand(&f, fmt, ap);
+    redisReply *r = len > 0 && RS ? wp_rcl_sync_formatted(RS, f, (size_t)len, &err) : NULL;
+    redisFreeCommand(f);
+    return r;
 }
 
 static redisReply *cmd(const char *fmt, ...)
@@ -78,7 +107,7 @@ static redisReply *cmd(const char *fmt, ...)
     for (int t = 0; t < 2; t++) {
         va_list ap;
         va_start(ap, fmt);
-        redisReply *r = RC ? redisvCommand(RC, fmt, ap) : NULL;
+        redisReply *r = vcmd(fmt, ap);
         va_end(ap);
         if (r)
             return r;
@@ -91,7 +120,7 @@ static long long rint_cmd(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    redisReply *r = RC ? redisvCommand(RC, fmt, ap) : NULL;
+    redisReply *r = vcmd(fmt, ap);
     va_end(ap);
     long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer
                   : r && r->type == REDIS_REPLY_STRING ? atoll(r->str)
@@ -111,6 +140,9 @@ static void node_start(int i)
         NODE[i] = th_node_start(NODE_ID[i], T.dead, state, log, "--env", SPEC, "--no-api-envs",
                                 "--heartbeat-ttl", "2", "--redis-sentinels", T.list, "--redis-master",
                                 MASTER, NULL);
+    else if (CLUSTER)
+        NODE[i] = th_node_start(NODE_ID[i], CL.port[0], state, log, "--env", SPEC, "--no-api-envs",
+                                "--heartbeat-ttl", "2", "--redis-cluster", SEEDS, NULL);
     else
         NODE[i] = th_node_start(NODE_ID[i], RPORT, state, log, "--env", SPEC, "--no-api-envs",
                                 "--heartbeat-ttl", "2", NULL);
@@ -124,6 +156,11 @@ static void sched_start(int i)
         rc = th_sched_start(&S[i], T.dead, "--model-url", MURL, "--brain-lease-ms", "3000",
                             "--brain-linger", "1", "--model-idle-timeout", "3", "--model-backoff", "0.2",
                             "--sandbox-lease", "6", "--rate-read", "0", "--rate-sandbox", "0", "--redis-sentinels", T.list, "--redis-master", MASTER,
+                            "--redis-wait-replicas", "1", "--redis-wait-ms", "2000", NULL);
+    else if (CLUSTER)
+        rc = th_sched_start(&S[i], CL.port[0], "--model-url", MURL, "--brain-lease-ms", "3000",
+                            "--brain-linger", "1", "--model-idle-timeout", "3", "--model-backoff", "0.2",
+                            "--sandbox-lease", "6", "--rate-read", "0", "--rate-sandbox", "0", "--redis-cluster", SEEDS,
                             "--redis-wait-replicas", "1", "--redis-wait-ms", "2000", NULL);
     else
         rc = th_sched_start(&S[i], RPORT, "--model-url", MURL, "--brain-lease-ms", "3000",
@@ -336,14 +373,20 @@ static int leaks(void)
         freeReplyObject(h);
     }
     freeReplyObject(keys);
-    /* Brain leases: each of a session some scheduler still runs. */
-    redisReply *bl = cmd("KEYS wp:brain:{*}");
-    for (size_t i = 0; bl && bl->type == REDIS_REPLY_ARRAY && i < bl->elements; i++)
-        if (rint_cmd("PTTL %s", bl->element[i]->str) < 0) {
-            print_message("# leak: brain lease %s without expiry\n", bl->element[i]->str);
-            n++;
-        }
-    freeReplyObject(bl);
+    /* Brain leases: each of a session some scheduler still runs (on a
+     * cluster they are on every master). */
+    redisContext *masters[TH_RCL_MAX];
+    struct wp_err err;
+    int nm = CLUSTER ? (RS ? wp_rcl_sync_masters(RS, masters, TH_RCL_MAX, &err) : 0) : 1;
+    for (int m = 0; m < nm; m++) {
+        redisReply *bl = CLUSTER ? redisCommand(masters[m], "KEYS wp:brain:{*}") : cmd("KEYS wp:brain:{*}");
+        for (size_t i = 0; bl && bl->type == REDIS_REPLY_ARRAY && i < bl->elements; i++)
+            if (rint_cmd("PTTL %s", bl->element[i]->str) < 0) {
+                print_message("# leak: brain lease %s without expiry\n", bl->element[i]->str);
+                n++;
+            }
+        freeReplyObject(bl);
+    }
     return n;
 }
 
@@ -938,6 +981,108 @@ static void sentinel_primary_killed(void **state)
                 &r);
 }
 
+/* ---- Redis Cluster ---- */
+
+static int cluster_setup(void **state)
+{
+    struct wp_err err;
+    (void)state;
+    SENTINEL = false;
+    CLUSTER = true;
+    NNODES = 1;
+    if (th_rcluster_start(&CL, 3, 1) < 0)
+        return -1;
+    th_rcluster_seeds(&CL, SEEDS, sizeof(SEEDS));
+    if (wp_rcl_set(SEEDS, &err) < 0)
+        return -1;
+    rc_reconnect();
+    if (!RS)
+        return -1;
+    DIR_ = th_tmpdir("faults-cl");
+    return stack_common();
+}
+
+static int cluster_teardown(void **state)
+{
+    (void)state;
+    stack_stop();
+    wp_rcl_sync_free(RS);
+    RS = NULL;
+    th_rcluster_stop(&CL);
+    CLUSTER = false;
+    return 0;
+}
+
+/* kill -9 of the master of a session's slot, the schedulers in the durable
+ * mode (--redis-wait-replicas 1: WAIT on every master, so an acknowledged
+ * write is on the master's one replica): the cluster promotes that replica
+ * (cluster-node-timeout 2 s), every client finds it in the slot map, every
+ * acknowledged event is on it. The killed process is started again once
+ * the replica took over, as a supervisor would: it rejoins as the new
+ * master's replica, and until then WAIT 1 on that master cannot succeed
+ * (writes of its slots answer NOTREPLICATED, retried). */
+static void cluster_master_killed(void **state)
+{
+    struct th_load_report r;
+    char tag[96], vtag[96], note[320];
+    (void)state;
+    struct th_load *l = load_new(NSESS, "load round", 0, true);
+    load_turns(l, 2 * NSESS, 30);
+    snprintf(vtag, sizeof(vtag), "{%s}", l->s[0].sid);
+    int port = th_rcluster_owner(&CL, wp_rcl_keyslot(vtag, strlen(vtag)));
+    int victim = th_rcluster_index(&CL, port);
+    assert_true(victim >= 0);
+    /* What lives there: sessions of the load, the pool's keys. */
+    int sess = 0;
+    for (int i = 0; i < l->nsess; i++) {
+        snprintf(tag, sizeof(tag), "{%s}", l->s[i].sid);
+        sess += th_rcluster_owner(&CL, wp_rcl_keyslot(tag, strlen(tag))) == port;
+    }
+    bool pool = RPORT == port;
+    load_fault_now(l);
+    uint64_t t0 = wp_now_ns();
+    kill(CL.pid[victim], SIGKILL);
+    waitpid(CL.pid[victim], NULL, 0);
+    CL.pid[victim] = 0;
+    /* The replica promoted: another node serves the slot, the cluster ok. */
+    int now = port;
+    for (int i = 0; i < 300 && (now == port || now < 0 || !th_rcluster_ok(&CL)); i++, th_msleep(100))
+        now = th_rcluster_owner(&CL, wp_rcl_keyslot(vtag, strlen(vtag)));
+    double failover_s = (double)(wp_now_ns() - t0) / 1e9;
+    assert_int_not_equal(now, port);
+    assert_true(th_rcluster_ok(&CL));
+    assert_true(th_rcluster_node_start(&CL, victim) > 0);
+    bool synced = false;
+    for (int i = 0; i < 200 && !synced; i++, th_msleep(100))
+        synced = th_redis_cli_has(CL.port[victim], "info replication", "master_link_status:up");
+    double rejoined_s = (double)(wp_now_ns() - t0) / 1e9;
+    assert_true(synced);
+    rc_reconnect();
+    bool rec = load_recovered(l, 40);
+    load_turns(l, NSESS, 20);
+    snprintf(note, sizeof(note),
+             "the master held %d of %d sessions%s; replica promoted %.1f s after the kill, the killed one "
+             "restarted as its replica %.1f s after%s",
+             sess, l->nsess, pool ? " and the pool's keys" : "", failover_s, rejoined_s,
+             rec ? "" : "; not recovered within 40 s");
+    print_message("# %s\n", note);
+    load_finish(l, "kill -9 one Redis Cluster master (replica promoted, WAIT 1)", note, true, &r);
+}
+
+/* A group runs (its set-up is minutes of work) when WP_FAULTS_ONLY is
+ * unset or matches one of its tests (as cmocka's filter does). */
+static bool wanted(const struct CMUnitTest *t, size_t n)
+{
+    const char *only = getenv("WP_FAULTS_ONLY");
+    for (size_t i = 0; only && i < n; i++)
+        if (fnmatch(only, t[i].name, 0) == 0)
+            return true;
+    return !only;
+}
+
+#define RUN_GROUP(name, t, setup, teardown) \
+    (wanted(t, sizeof(t) / sizeof(t[0])) ? cmocka_run_group_tests_name(name, t, setup, teardown) : 0)
+
 int main(void)
 {
     if (geteuid() != 0) {
@@ -957,10 +1102,14 @@ int main(void)
     const struct CMUnitTest sentinel[] = {
         cmocka_unit_test(sentinel_primary_killed),
     };
+    const struct CMUnitTest cluster[] = {
+        cmocka_unit_test(cluster_master_killed),
+    };
     /* WP_FAULTS_ONLY=PATTERN: the tests whose name matches (cmocka's filter). */
     if (getenv("WP_FAULTS_ONLY"))
         cmocka_set_test_filter(getenv("WP_FAULTS_ONLY"));
-    int rc = cmocka_run_group_tests_name("single Redis", single, group_setup, group_teardown);
-    rc |= cmocka_run_group_tests_name("Sentinel", sentinel, sentinel_setup, sentinel_teardown);
+    int rc = RUN_GROUP("single Redis", single, group_setup, group_teardown);
+    rc |= RUN_GROUP("Sentinel", sentinel, sentinel_setup, sentinel_teardown);
+    rc |= RUN_GROUP("Redis Cluster", cluster, cluster_setup, cluster_teardown);
     return rc;
 }

@@ -13,7 +13,10 @@
  *     return: its sessions get an error result for the interrupted call
  *     and a new sandbox elsewhere; once back, the node's old sandboxes are
  *     fenced (route refused, lease rejected, destroyed by reconcile);
- *   - at the end nothing is left (sandboxes, cgroups, mounts, links, slots). */
+ *   - at the end nothing is left (sandboxes, cgroups, mounts, links, slots).
+ * Then the environment's build on every node and the claim spread again,
+ * with Redis behind Sentinel and as a Redis Cluster (3 masters + a replica
+ * each), which the namespaces reach on the bridge address. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
@@ -83,8 +86,19 @@ static void rcli(char *out, size_t cap, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(args, sizeof(args), fmt, ap);
     va_end(ap);
-    th_sh(out, cap, "redis-cli -p %d %s", C.redis.port, args);
+    char cli[128];
+    mn_redis_cli(&C, NULL, cli, sizeof(cli));
+    th_sh(out, cap, "%s %s", cli, args);
     out[strcspn(out, "\n")] = '\0';
+}
+
+/* The sandbox hash keys of ENV (on a cluster: on the master of its slot). */
+static void env_sandboxes(char *out, size_t cap, char *cli, size_t clicap)
+{
+    char tag[96];
+    snprintf(tag, sizeof(tag), "{%s}", ENV);
+    mn_redis_cli(&C, tag, cli, clicap);
+    th_sh(out, cap, "%s --scan --pattern 'wp:env:{%s}:sb:*'", cli, ENV);
 }
 
 static int node_index(const char *id)
@@ -105,13 +119,14 @@ static void dump_logs(void)
     }
 }
 
-static int group_setup(void **state)
+/* Redis of kind, the model stand-in, two schedulers, the first `nodes`
+ * nodes, an agent and an environment. */
+static int setup_with(enum mn_redis_kind kind, int nodes)
 {
     const char *nx[] = { "--heartbeat-ttl", "3", "--lease-ms", LEASE_S "000", "--log-level",
                          getenv("WP_MN_LOG") ?: "info", NULL };
-    (void)state;
 
-    if (mn_start(&C, NN) < 0)
+    if (mn_start_redis(&C, NN, kind) < 0)
         return -1;
     if (th_model_spawn_script(&M, C.root, script, NULL, MURL, sizeof(MURL)) < 0)
         return -1;
@@ -119,9 +134,9 @@ static int group_setup(void **state)
     const char *sx[] = { "--model-url", MURL, "--sandbox-lease", LEASE_S, NULL };
     if (mn_sched_start(&C, 0, sx) < 0 || mn_sched_start(&C, 1, sx) < 0)
         return -1;
-    /* Two nodes now; the third joins once they have built the environment. */
-    if (mn_node_start(&C, 0, nx) < 0 || mn_node_start(&C, 1, nx) < 0)
-        return -1;
+    for (int k = 0; k < nodes; k++)
+        if (mn_node_start(&C, k, nx) < 0)
+            return -1;
     json_t *ag = th_call(C.scheds[0].port, KEY, "POST", "/v1/agents",
                          "{\"name\":\"mn\",\"model\":\"claude-test\","
                          "\"tools\":[{\"type\":\"agent_toolset_20260401\"}]}", 200);
@@ -136,6 +151,26 @@ static int group_setup(void **state)
     json_decref(ag);
     json_decref(en);
     return 0;
+}
+
+/* Two nodes now; the third joins once they have built the environment. */
+static int group_setup(void **state)
+{
+    (void)state;
+    return setup_with(MN_REDIS_SINGLE, 2);
+}
+
+/* Sentinel and Cluster: the three nodes at once. */
+static int sentinel_setup(void **state)
+{
+    (void)state;
+    return setup_with(MN_REDIS_SENTINEL, NN);
+}
+
+static int cluster_setup(void **state)
+{
+    (void)state;
+    return setup_with(MN_REDIS_CLUSTER, NN);
 }
 
 static int group_teardown(void **state)
@@ -192,12 +227,12 @@ static void image_of(int k, char *out, size_t cap)
 /* How many idle sandboxes of ENV node k offers in Redis. */
 static int idle_of(int k)
 {
-    char out[16384];
+    char out[16384], cli[128];
     int n = 0;
-    th_sh(out, sizeof(out), "redis-cli -p %d --scan --pattern 'wp:env:{%s}:sb:*'", C.redis.port, ENV);
+    env_sandboxes(out, sizeof(out), cli, sizeof(cli));
     for (char *save = NULL, *key = strtok_r(out, "\n", &save); key; key = strtok_r(NULL, "\n", &save)) {
         char more[256];
-        th_sh(more, sizeof(more), "redis-cli -p %d hmget '%s' node state | tr '\\n' ' '", C.redis.port, key);
+        th_sh(more, sizeof(more), "%s hmget '%s' node state | tr '\\n' ' '", cli, key);
         char node[64], s[64];
         if (sscanf(more, "%63s %63s", node, s) == 2 && !strcmp(node, C.nodes[k].id) && !strcmp(s, "idle"))
             n++;
@@ -245,6 +280,20 @@ static void a_node_picks_up_an_environment_built_elsewhere(void **state)
         offered = idle_of(2) >= 1;
     assert_true(offered);
     print_message("# image %s built by each of n1, n2 and (joining later) n3\n", img1);
+}
+
+/* Sentinel and Cluster groups: every node builds the environment (each its
+ * own image, as above) and offers it. */
+static void every_node_builds(void **state)
+{
+    (void)state;
+    for (int k = 0; k < NN; k++) {
+        assert_true(wait_build(C.nodes[k].id, 120));
+        bool offered = false;
+        for (int i = 0; i < 300 && !offered; i++, th_msleep(100))
+            offered = idle_of(k) >= 1;
+        assert_true(offered);
+    }
 }
 
 /* ---- claims -------------------------------------------------------------- */
@@ -299,11 +348,11 @@ static void claims_spread_over_nodes(void **state)
         if (json_is_true(json_object_get(res, "is_error")) || !text || strncmp(text, want, strlen(want)))
             fail_msg("sandbox %d: %s", i, text ? text : "(no text)");
         json_decref(res);
-        rcli(out, sizeof(out), "hget wp:sbx:%s node", ids[i]);
+        rcli(out, sizeof(out), "hget 'wp:sbx:{acme}:%s' node", ids[i]);
         int k = node_index(out);
         assert_true(k >= 0);
         per_node[k]++;
-        rcli(pool_ids[i], sizeof(pool_ids[i]), "hget wp:sbx:%s sandbox", ids[i]);
+        rcli(pool_ids[i], sizeof(pool_ids[i]), "hget 'wp:sbx:{acme}:%s' sandbox", ids[i]);
         assert_true(pool_ids[i][0]);
         for (int j = 0; j < i; j++)
             assert_string_not_equal(pool_ids[i], pool_ids[j]);
@@ -479,12 +528,12 @@ static const char *renew_old(const struct pool_claim_result *res)
 /* How many sandboxes Redis records as leased to session sid. */
 static int leased_to(const char *sid)
 {
-    char out[16384];
+    char out[16384], cli[128];
     int n = 0;
-    th_sh(out, sizeof(out), "redis-cli -p %d --scan --pattern 'wp:env:{%s}:sb:*'", C.redis.port, ENV);
+    env_sandboxes(out, sizeof(out), cli, sizeof(cli));
     for (char *save = NULL, *key = strtok_r(out, "\n", &save); key; key = strtok_r(NULL, "\n", &save)) {
         char v[256], st[64], s[128];
-        th_sh(v, sizeof(v), "redis-cli -p %d hmget '%s' state session | tr '\\n' ' '", C.redis.port, key);
+        th_sh(v, sizeof(v), "%s hmget '%s' state session | tr '\\n' ' '", cli, key);
         if (sscanf(v, "%63s %127s", st, s) == 2 && !strcmp(st, "leased") && !strcmp(s, sid))
             n++;
     }
@@ -710,5 +759,21 @@ int main(void)
         cmocka_unit_test(sessions_through_two_schedulers),
         cmocka_unit_test(partition_of_a_node),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    /* The same claims with the nodes and schedulers reaching Redis through
+     * sentinels, and on a Redis Cluster: from the namespaces, by the
+     * bridge addresses the sentinels and CLUSTER SLOTS name. */
+    const struct CMUnitTest spread[] = {
+        cmocka_unit_test(every_node_builds),
+        cmocka_unit_test(claims_spread_over_nodes),
+    };
+    /* WP_MN_GROUPS: a list of single, sentinel, cluster (default: all). */
+    const char *g = getenv("WP_MN_GROUPS") ?: "single,sentinel,cluster";
+    int rc = 0;
+    if (strstr(g, "single"))
+        rc |= cmocka_run_group_tests_name("single Redis", tests, group_setup, group_teardown);
+    if (strstr(g, "sentinel"))
+        rc |= cmocka_run_group_tests_name("Sentinel", spread, sentinel_setup, group_teardown);
+    if (strstr(g, "cluster"))
+        rc |= cmocka_run_group_tests_name("Redis Cluster", spread, cluster_setup, group_teardown);
+    return rc;
 }

@@ -529,13 +529,22 @@ static void pool_status_reads_every_master(void **state)
         snprintf(line, sizeof(line), "  %-20s %6s %7d", NODES[i].id, "yes", i ? 3 : 2);
         assert_non_null(strstr(out, line));
     }
-    /* One environment by name; quota show says it does not run here. */
+    /* One environment by name; quota set and show, their keys found on
+     * every master. */
     assert_int_equal(th_sh(out, sizeof(out), "%s --redis-cluster %s pool status " ENV, bin, SEEDS),
                      0);
     assert_non_null(strstr(out, "hot now: 5"));
-    assert_int_not_equal(th_sh(out, sizeof(out), "%s --redis-cluster %s quota show 2>&1", bin,
-                               SEEDS), 0);
-    assert_non_null(strstr(out, "Redis Cluster"));
+    static const char *const orgs[] = {"acme", "beta", "gamma", "delta"}; /* over the masters */
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(th_sh(out, sizeof(out), "%s --redis-cluster %s quota set %s sessions=%d",
+                               bin, SEEDS, orgs[i], i + 1), 0);
+    }
+    assert_int_equal(th_sh(out, sizeof(out), "%s --redis-cluster %s quota show 2>&1", bin, SEEDS),
+                     0);
+    for (int i = 0; i < 4; i++) {
+        snprintf(line, sizeof(line), "%s\n  sessions            0 used of %-10d", orgs[i], i + 1);
+        assert_non_null(strstr(out, line));
+    }
 }
 
 int main(void)

@@ -135,7 +135,7 @@ static void archived_session_expires(void **state)
     }
     assert_true(saw_keep);
     json_decref(l);
-    th_sh(out, sizeof(out), "redis-cli -p %d ZSCORE wp:idx:acme:session %s", R.port, sid);
+    th_sh(out, sizeof(out), "redis-cli -p %d ZSCORE 'wp:idx:{acme}:session' %s", R.port, sid);
     assert_int_equal(strlen(out) <= 1 ? 0 : 1, 0);
     snprintf(path, sizeof(path), "/v1/sessions/%s", keep);
     json_decref(call("GET", path, NULL, 200)); /* not archived: kept */

@@ -156,10 +156,10 @@ static void two_creates_never_share_and_release_destroys(void **state)
     assert_string_equal(json_string_value(json_object_get(c0, "text")), "warmpool-hands");
     json_decref(res);
     /* Different sandboxes underneath. */
-    th_sh(out, sizeof(out), "redis-cli -p %d hget wp:sbx:%s sandbox", R.port, ida);
+    th_sh(out, sizeof(out), "redis-cli -p %d hget 'wp:sbx:{acme}:%s' sandbox", R.port, ida);
     char sa[128];
     snprintf(sa, sizeof(sa), "%s", out);
-    th_sh(out, sizeof(out), "redis-cli -p %d hget wp:sbx:%s sandbox", R.port, idb);
+    th_sh(out, sizeof(out), "redis-cli -p %d hget 'wp:sbx:{acme}:%s' sandbox", R.port, idb);
     assert_string_not_equal(sa, out);
     /* Release destroys it on the node. */
     sa[strcspn(sa, "\n")] = '\0';
@@ -295,7 +295,7 @@ static void bad_input_is_refused(void **state)
 static void record_field(const char *sbx_id, const char *name, char *out, size_t cap)
 {
     char got[256];
-    th_sh(got, sizeof(got), "redis-cli -p %d hget wp:sbx:%s %s", R.port, sbx_id, name);
+    th_sh(got, sizeof(got), "redis-cli -p %d hget 'wp:sbx:{acme}:%s' %s", R.port, sbx_id, name);
     snprintf(out, cap, "%.*s", (int)strcspn(got, "\n"), got);
 }
 
@@ -385,7 +385,7 @@ static void lease_renewed_while_used_released_when_idle(void **state)
     id = json_string_value(json_object_get(sb, "id"));
     snprintf(path, sizeof(path), "/v1/sandboxes/%s/execute", id);
     json_decref(call(&A, "POST", path, "{\"name\":\"bash\",\"input\":{\"command\":\"true\"}}", 200));
-    th_sh(out, sizeof(out), "redis-cli -p %d hget wp:sbx:%s sandbox", R.port, id);
+    th_sh(out, sizeof(out), "redis-cli -p %d hget 'wp:sbx:{acme}:%s' sandbox", R.port, id);
     out[strcspn(out, "\n")] = '\0';
     char cmd[1400];
     snprintf(cmd, sizeof(cmd), "%s/warmpool-snap --state-dir %s/state destroy %s >/dev/null",

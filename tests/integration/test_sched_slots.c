@@ -4,16 +4,15 @@
  * and one that touches an undeclared key of another slot than its
  * declared ones (Redis 7), and a multi-key XREAD across slots.
  *
- * What is not one slot yet (creating environments, which passes the quota
- * gate, and sessions, whose index entries and quota count are the
- * organization's: ARCHITECTURE.md, Redis Cluster) is done by a scheduler on
- * a plain Redis; the keys are then copied to the cluster node (MIGRATE
- * COPY), where a second scheduler, the brain on, serves the session:
- * appends, turns, history, streams, a takeover after kill -9, delete.
- * Agents, vaults, credentials and files are created on the cluster node
- * itself. The environment is
- * self_hosted, so no sandbox is claimed (the pool's scripts are the pool's
- * part of issue 18). */
+ * A scheduler on a plain Redis makes the first objects; the keys are then
+ * copied to the cluster node (MIGRATE COPY), where a second scheduler, the
+ * brain on, serves the sessions: appends, turns, history, streams, a
+ * takeover after kill -9, delete. Agents, environments, sessions (with a
+ * quota refusal), vaults, credentials and files are created on the
+ * cluster node itself, sessions listed there (pages, filters), a
+ * /v1/sandboxes create passes the quota gate there, and `warmpool quota`
+ * reads and writes it through its cluster router. The environment is
+ * self_hosted, so no session claims a sandbox. */
 #include <hiredis.h>
 #include <jansson.h>
 #include <signal.h>
@@ -34,6 +33,7 @@
 #include "scheduler/sched_int.h"
 
 #define KEY "sk-acme"
+#define KEY_B "sk-beta" /* organization beta: made on the cluster node only */
 
 static struct th_redis R;         /* plain: where objects are created */
 static int CPORT, CPID;           /* the cluster node */
@@ -41,6 +41,7 @@ static char *DIR_, URL[128], FDIR[512];
 static struct th_sched A, B;      /* A on R (no brain), B on the cluster node */
 static struct msrv_proc M;
 static char SID[3][64], ENV_ID[64];
+static char ENV_B[64]; /* beta's cloud environment (publishing is not one slot yet) */
 
 static const char script[] =
     "{\"seed\":1,\"ttft_ms\":20,\"tokens_per_s\":40,\"chunk_tokens\":1,"
@@ -125,6 +126,13 @@ static int group_setup(void **state)
         json_decref(s);
     }
     snprintf(ENV_ID, sizeof(ENV_ID), "%s", s_(en, "id"));
+    json_t *eb = th_call(A.port, KEY_B, "POST", "/v1/environments",
+                         "{\"name\":\"c\",\"config\":{\"type\":\"cloud\"},"
+                         "\"metadata\":{\"warmpool.min_hot\":\"0\"}}", 200);
+    if (!eb)
+        return -1;
+    snprintf(ENV_B, sizeof(ENV_B), "%s", s_(eb, "id"));
+    json_decref(eb);
     json_decref(ag);
     json_decref(en);
     if (copy_keys() < 0)
@@ -382,6 +390,195 @@ static void objects_on_a_cluster_node(void **state)
     assert_no_slot_errors();
 }
 
+/* `warmpool ARGS` through the CLI's cluster router (the cluster node), or
+ * on the plain Redis (port > 0); its exit status, output in out. */
+static int wp_cli(char *out, size_t cap, int port, const char *args)
+{
+    if (port > 0)
+        return th_sh(out, cap, "%s/warmpool --redis 127.0.0.1:%d %s 2>&1", th_build_dir(), port,
+                     args);
+    return th_sh(out, cap, "%s/warmpool --redis-cluster 127.0.0.1:%d %s 2>&1", th_build_dir(),
+                 CPORT, args);
+}
+
+/* The number of keys matching pattern on the cluster node. */
+static int count_keys(const char *pattern)
+{
+    char out[64];
+    th_sh(out, sizeof(out), "redis-cli -p %d --scan --pattern '%s' | wc -l", CPORT, pattern);
+    return atoi(out);
+}
+
+/* A list page's ids, "a,b,c", and its cursors. */
+static void page_of(int port, const char *key, const char *path, char *ids, size_t cap,
+                    char *next, char *prev)
+{
+    json_t *l = th_api(port, key, "GET", path, NULL, 200);
+    json_t *d = json_object_get(l, "data");
+    ids[0] = '\0';
+    for (size_t i = 0; i < json_array_size(d); i++)
+        snprintf(ids + strlen(ids), cap - strlen(ids), "%s%s", i ? "," : "",
+                 s_(json_array_get(d, i), "id"));
+    if (next)
+        snprintf(next, 64, "%s", s_(l, "next_page") ? s_(l, "next_page") : "");
+    if (prev)
+        snprintf(prev, 64, "%s", s_(l, "prev_page") ? s_(l, "prev_page") : "");
+    json_decref(l);
+}
+
+/* A 429 quota refusal naming quota. */
+static void assert_quota_refused(int port, const char *path, const char *body, const char *quota)
+{
+    json_t *e = th_api(port, KEY_B, "POST", path, body, 429);
+    json_t *d = json_object_get(json_object_get(e, "error"), "details");
+    assert_string_equal(s_(d, "error_code"), "quota_exceeded");
+    assert_string_equal(s_(d, "quota"), quota);
+    json_decref(e);
+}
+
+/* Organization beta, made on the cluster node: an environment and a
+ * refusal of another (the quota gate; a cloud environment that passes it
+ * is then published, which is not one slot yet: its environment was made
+ * in the setup), sessions (object in its slot, then quota count and index
+ * in the organization's), a refusal that leaves no object, listings with
+ * pages, cursors both ways and filters, an archive, and `warmpool quota`.
+ * The sessions are on a cloud environment: a self_hosted one's enqueue
+ * work items, whose scripts are not one slot yet. */
+static void sessions_created_and_listed_on_a_cluster_node(void **state)
+{
+    (void)state;
+    char out[4096], body[256], path[256], ids[1024], next[64], prev[64], sid[5][64];
+    json_t *en = th_api(B.port, KEY_B, "POST", "/v1/environments",
+                        "{\"name\":\"b\",\"config\":{\"type\":\"self_hosted\"}}", 200);
+    page_of(B.port, KEY_B, "/v1/environments?limit=100", ids, sizeof(ids), NULL, NULL);
+    assert_non_null(strstr(ids, s_(en, "id")));
+    assert_false(list_has(B.port, "/v1/environments?limit=100", s_(en, "id"))); /* not acme's */
+    json_decref(en);
+    assert_int_equal(wp_cli(out, sizeof(out), 0, "quota set beta hot=0"), 0);
+    assert_quota_refused(B.port, "/v1/environments",
+                         "{\"name\":\"h\",\"config\":{\"type\":\"cloud\"},"
+                         "\"metadata\":{\"warmpool.min_hot\":\"1\"}}", "hot");
+    assert_int_equal(wp_cli(out, sizeof(out), 0, "quota set beta hot=none"), 0);
+    json_t *a1 = th_api(B.port, KEY_B, "POST", "/v1/agents",
+                        "{\"name\":\"a1\",\"model\":\"claude-test\"}", 200);
+    json_t *a2 = th_api(B.port, KEY_B, "POST", "/v1/agents",
+                        "{\"name\":\"a2\",\"model\":\"claude-test\"}", 200);
+    assert_int_equal(wp_cli(out, sizeof(out), 0, "quota set beta sessions=4"), 0);
+    for (int i = 0; i < 4; i++) {
+        snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}",
+                 s_(i < 3 ? a1 : a2, "id"), ENV_B);
+        json_t *o = th_api(B.port, KEY_B, "POST", "/v1/sessions", body, 200);
+        snprintf(sid[i], sizeof(sid[i]), "%s", s_(o, "id"));
+        json_decref(o);
+        /* persistent once answered (its TTL was for a create cut short) */
+        th_sh(out, sizeof(out), "redis-cli -p %d pttl 'wp:obj:{%s}'", CPORT, sid[i]);
+        assert_int_equal(atoi(out), -1);
+    }
+    /* The fifth is refused and leaves no object behind. */
+    int objects = count_keys("wp:obj:{sesn_*");
+    assert_quota_refused(B.port, "/v1/sessions", body, "sessions");
+    assert_int_equal(count_keys("wp:obj:{sesn_*"), objects);
+    th_sh(out, sizeof(out), "redis-cli -p %d zcard 'wp:idx:{beta}:session:active'", CPORT);
+    assert_int_equal(atoi(out), 4);
+    /* Pages of 3, newest first, and back. */
+    page_of(B.port, KEY_B, "/v1/sessions?limit=3", ids, sizeof(ids), next, NULL);
+    snprintf(out, sizeof(out), "%s,%s,%s", sid[3], sid[2], sid[1]);
+    assert_string_equal(ids, out);
+    assert_true(next[0]);
+    snprintf(path, sizeof(path), "/v1/sessions?limit=3&page=%s", next);
+    page_of(B.port, KEY_B, path, ids, sizeof(ids), next, prev);
+    assert_string_equal(ids, sid[0]);
+    assert_string_equal(next, "");
+    snprintf(path, sizeof(path), "/v1/sessions?limit=3&page=%s", prev);
+    page_of(B.port, KEY_B, path, ids, sizeof(ids), NULL, NULL);
+    snprintf(out, sizeof(out), "%s,%s,%s", sid[3], sid[2], sid[1]);
+    assert_string_equal(ids, out);
+    /* Filters: agent (ascending, pages of 2), agent version, status. */
+    snprintf(path, sizeof(path), "/v1/sessions?agent_id=%s", s_(a2, "id"));
+    page_of(B.port, KEY_B, path, ids, sizeof(ids), NULL, NULL);
+    assert_string_equal(ids, sid[3]);
+    snprintf(path, sizeof(path), "/v1/sessions?agent_id=%s&order=asc&limit=2", s_(a1, "id"));
+    page_of(B.port, KEY_B, path, ids, sizeof(ids), next, NULL);
+    snprintf(out, sizeof(out), "%s,%s", sid[0], sid[1]);
+    assert_string_equal(ids, out);
+    snprintf(path, sizeof(path), "/v1/sessions?agent_id=%s&order=asc&limit=2&page=%s",
+             s_(a1, "id"), next);
+    page_of(B.port, KEY_B, path, ids, sizeof(ids), next, NULL);
+    assert_string_equal(ids, sid[2]);
+    assert_string_equal(next, "");
+    snprintf(path, sizeof(path), "/v1/sessions?agent_id=%s&agent_version=2", s_(a1, "id"));
+    page_of(B.port, KEY_B, path, ids, sizeof(ids), NULL, NULL);
+    assert_string_equal(ids, "");
+    page_of(B.port, KEY_B, "/v1/sessions?statuses[]=running", ids, sizeof(ids), NULL, NULL);
+    assert_string_equal(ids, "");
+    page_of(B.port, KEY_B, "/v1/sessions?statuses[]=idle&statuses[]=running&limit=10", ids,
+            sizeof(ids), NULL, NULL);
+    snprintf(out, sizeof(out), "%s,%s,%s,%s", sid[3], sid[2], sid[1], sid[0]);
+    assert_string_equal(ids, out);
+    /* Archived: out of the default listing and of the quota count. */
+    snprintf(path, sizeof(path), "/v1/sessions/%s/archive", sid[0]);
+    json_decref(th_api(B.port, KEY_B, "POST", path, NULL, 200));
+    page_of(B.port, KEY_B, "/v1/sessions", ids, sizeof(ids), NULL, NULL);
+    snprintf(out, sizeof(out), "%s,%s,%s", sid[3], sid[2], sid[1]);
+    assert_string_equal(ids, out);
+    page_of(B.port, KEY_B, "/v1/sessions?include_archived=true&order=asc&limit=1", ids,
+            sizeof(ids), NULL, NULL);
+    assert_string_equal(ids, sid[0]);
+    json_t *o = th_api(B.port, KEY_B, "POST", "/v1/sessions", body, 200);
+    snprintf(sid[4], sizeof(sid[4]), "%s", s_(o, "id"));
+    json_decref(o);
+    assert_quota_refused(B.port, "/v1/sessions", body, "sessions");
+    /* Another organization's listing does not see them. */
+    assert_false(list_has(B.port, "/v1/sessions?limit=100", sid[4]));
+    /* The CLI on the cluster: use against quota, every organization. */
+    assert_int_equal(wp_cli(out, sizeof(out), 0, "quota show beta"), 0);
+    print_message("# %s", out);
+    assert_non_null(strstr(out, "sessions            4 used of 4"));
+    assert_int_equal(wp_cli(out, sizeof(out), 0, "quota show"), 0);
+    assert_true(!strncmp(out, "beta\n", 5) || strstr(out, "\nbeta\n"));
+    assert_int_equal(wp_cli(out, sizeof(out), 0, "quota set beta sessions=none"), 0);
+    assert_int_equal(wp_cli(out, sizeof(out), 0, "quota show beta"), 0);
+    assert_non_null(strstr(out, "4 used of unlimited"));
+    json_decref(a1);
+    json_decref(a2);
+    assert_no_slot_errors();
+}
+
+/* /v1/sandboxes on the cluster node: the operator pool's organizations
+ * (read before the gate), the sandbox quota, the record in the
+ * organization's slot. */
+static void sandbox_quota_on_a_cluster_node(void **state)
+{
+    (void)state;
+    char out[4096], key[128];
+    const char *sb = "{\"environment\":\"wpt\"}";
+    assert_int_equal(wp_cli(out, sizeof(out), 0, "pool set wpt orgs=acme"), 0);
+    json_t *e = th_api(B.port, KEY_B, "POST", "/v1/sandboxes", sb, 403);
+    assert_string_equal(s_(json_object_get(json_object_get(e, "error"), "details"), "error_code"),
+                        "pool_not_allowed");
+    json_decref(e);
+    assert_int_equal(wp_cli(out, sizeof(out), 0, "pool set wpt orgs=acme,beta"), 0);
+    assert_int_equal(wp_cli(out, sizeof(out), 0, "quota set beta sandboxes=1"), 0);
+    json_t *o = th_api(B.port, KEY_B, "POST", "/v1/sandboxes", sb, 200);
+    snprintf(key, sizeof(key), "wp:sbx:{beta}:%s", s_(o, "id"));
+    th_sh(out, sizeof(out), "redis-cli -p %d hget '%s' org; redis-cli -p %d zscore "
+          "'wp:quotause:{beta}:sbx' %s", CPORT, key, CPORT, s_(o, "id"));
+    assert_true(!strncmp(out, "beta\n", 5) && atof(out + 5) > 0); /* counted */
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/sandboxes/%s", s_(o, "id"));
+    json_t *g = th_api(B.port, KEY_B, "GET", path, NULL, 200);
+    assert_string_equal(s_(g, "id"), s_(o, "id"));
+    json_decref(g);
+    json_decref(th_api(B.port, KEY, "GET", path, NULL, 404)); /* not acme's */
+    json_decref(o);
+    assert_int_equal(wp_cli(out, sizeof(out), 0, "quota set beta sandboxes=0"), 0);
+    assert_quota_refused(B.port, "/v1/sandboxes", sb, "sandboxes");
+    assert_int_equal(wp_cli(out, sizeof(out), 0, "quota show"), 0);
+    assert_non_null(strstr(out, "pool wpt: acme,beta"));
+    assert_int_equal(wp_cli(out, sizeof(out), 0, "quota set beta sandboxes=none"), 0);
+    assert_no_slot_errors();
+}
+
 /* A session's update and archive are its own slot's scripts; the archived
  * session's entry in the organization's active index goes after. */
 static void archive_on_a_cluster_node(void **state)
@@ -399,8 +596,8 @@ static void archive_on_a_cluster_node(void **state)
     assert_string_equal(s_(o, "title"), "renamed");
     assert_true(json_is_string(json_object_get(o, "archived_at")));
     json_decref(o);
-    th_sh(out, sizeof(out), "printf '%%s,%%s' \"$(redis-cli -p %d zscore wp:idx:acme:session:active %s)\" "
-          "\"$(redis-cli -p %d zscore wp:idx:acme:session %s)\"", CPORT, SID[0], CPORT, SID[0]);
+    th_sh(out, sizeof(out), "printf '%%s,%%s' \"$(redis-cli -p %d zscore 'wp:idx:{acme}:session:active' %s)\" "
+          "\"$(redis-cli -p %d zscore 'wp:idx:{acme}:session' %s)\"", CPORT, SID[0], CPORT, SID[0]);
     assert_true(out[0] == ',' && atof(out + 1) > 0); /* out of the active index only */
     assert_no_slot_errors();
 }
@@ -417,7 +614,7 @@ static void listing_drops_an_archived_sessions_entry(void **state)
     json_decref(l);
     snprintf(path, sizeof(path), "/v1/sessions/%s/archive", SID[1]);
     json_decref(th_api(A.port, KEY, "POST", path, NULL, 200));
-    th_sh(out, sizeof(out), "redis-cli -p %d zadd wp:idx:acme:session:active 1 %s", R.port,
+    th_sh(out, sizeof(out), "redis-cli -p %d zadd 'wp:idx:{acme}:session:active' 1 %s", R.port,
           SID[1]);
     l = th_api(A.port, KEY, "GET", "/v1/sessions?limit=100", NULL, 200);
     json_t *d = json_object_get(l, "data");
@@ -425,7 +622,7 @@ static void listing_drops_an_archived_sessions_entry(void **state)
     for (size_t i = 0; i < json_array_size(d); i++)
         assert_string_not_equal(s_(json_array_get(d, i), "id"), SID[1]);
     json_decref(l);
-    th_sh(out, sizeof(out), "printf '%%s,' \"$(redis-cli -p %d zscore wp:idx:acme:session:active %s)\"",
+    th_sh(out, sizeof(out), "printf '%%s,' \"$(redis-cli -p %d zscore 'wp:idx:{acme}:session:active' %s)\"",
           R.port, SID[1]);
     assert_string_equal(out, ","); /* dropped */
 }
@@ -593,6 +790,88 @@ static void migrate_keys_moves_org_objects(void **state)
     json_decref(v);
     json_decref(en);
     json_decref(ag);
+}
+
+/* Turns acme's quota keys, a sandbox record and its session indexes back
+ * into layout 3 (untagged names) and the store's layout with them. */
+static const char unmove_keys[] =
+    "local function mv(a, b) if redis.call('EXISTS', a) == 1 then redis.call('RENAME', a, b) end end\n"
+    "mv('wp:quota:{acme}', 'wp:quota:acme')\n"
+    "mv('wp:quotause:{acme}:sbx', 'wp:quotause:sbx:acme')\n"
+    "mv('wp:quotause:{acme}:envs', 'wp:quotause:envs:acme')\n"
+    "mv('wp:sbx:{acme}:' .. ARGV[1], 'wp:sbx:' .. ARGV[1])\n"
+    "mv('wp:idx:{acme}:session', 'wp:idx:acme:session')\n"
+    "mv('wp:idx:{acme}:session:active', 'wp:idx:acme:session:active')\n"
+    "redis.call('SET', 'wp:layout', '3')\n"
+    "redis.call('SET', 'wp:seq', tonumber(redis.call('GET', 'wp:seq:{acme}')) + 1000000)\n"
+    "return 1\n";
+
+/* A store of layout 3 (quota keys, /v1/sandboxes records and session
+ * indexes untagged) is moved by --migrate-keys: the quota applies again,
+ * the sandbox is found and counted, the sessions list as before and a
+ * page cursor given out before the move still pages, twice over; new
+ * sessions list first. */
+static void migrate_keys_moves_quota_sandboxes_and_session_indexes(void **state)
+{
+    (void)state;
+    char out[4096], path[200], ids[1024], next[64], page2[1024], first[1024];
+    redisContext *rc = redisConnect("127.0.0.1", R.port);
+    assert_true(rc && !rc->err);
+    assert_int_equal(wp_cli(out, sizeof(out), R.port, "quota set acme sessions=100 sandboxes=5"), 0);
+    freeReplyObject(redisCommand(rc, "HSET wp:sbx:{acme}:sbx_mig org acme environment wpt "
+                                     "status ready session_id sbx_mig"));
+    freeReplyObject(redisCommand(rc, "ZADD wp:quotause:{acme}:sbx %llu sbx_mig",
+                                 (unsigned long long)wp_wall_ms()));
+    page_of(A.port, KEY, "/v1/sessions?limit=1", first, sizeof(first), next, NULL);
+    assert_true(next[0]);
+    snprintf(path, sizeof(path), "/v1/sessions?limit=1&page=%s", next);
+    page_of(A.port, KEY, path, page2, sizeof(page2), NULL, NULL);
+    assert_true(page2[0]);
+    redisReply *r = redisCommand(rc, "EVAL %s 0 sbx_mig", unmove_keys);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    freeReplyObject(r);
+    /* Invisible until moved. */
+    page_of(A.port, KEY, "/v1/sessions", ids, sizeof(ids), NULL, NULL);
+    assert_string_equal(ids, "");
+    json_decref(th_api(A.port, KEY, "GET", "/v1/sandboxes/sbx_mig", NULL, 404));
+    for (int round = 0; round < 2; round++) { /* the second finds nothing to move */
+        th_sh(out, sizeof(out),
+              "%s/warmpool-scheduler --redis 127.0.0.1:%d --migrate-keys; echo rc=$?",
+              th_build_dir(), R.port);
+        assert_non_null(strstr(out, "rc=0"));
+        page_of(A.port, KEY, "/v1/sessions?limit=1", ids, sizeof(ids), NULL, NULL);
+        assert_string_equal(ids, first);
+        page_of(A.port, KEY, path, ids, sizeof(ids), NULL, NULL); /* the old cursor */
+        assert_string_equal(ids, page2);
+        json_t *g = th_api(A.port, KEY, "GET", "/v1/sandboxes/sbx_mig", NULL, 200);
+        assert_string_equal(s_(g, "status"), "ready");
+        json_decref(g);
+        assert_int_equal(wp_cli(out, sizeof(out), R.port, "quota show acme"), 0);
+        assert_non_null(strstr(out, "sandboxes           1 used of 5"));
+        assert_non_null(strstr(out, "used of 100"));
+    }
+    r = redisCommand(rc, "EXISTS wp:quota:acme wp:quotause:sbx:acme wp:sbx:sbx_mig "
+                         "wp:idx:acme:session wp:idx:acme:session:active");
+    assert_int_equal(r->integer, 0); /* the old keys are gone */
+    freeReplyObject(r);
+    r = redisCommand(rc, "GET wp:layout");
+    assert_string_equal(r->str, "4");
+    freeReplyObject(r);
+    /* The organization's sequence is past every moved score: a new
+     * session lists first. */
+    json_t *l = th_api(A.port, KEY, "GET", "/v1/sessions?limit=1", NULL, 200);
+    const char *aid = s_(json_object_get(json_array_get(json_object_get(l, "data"), 0), "agent"),
+                         "id");
+    snprintf(out, sizeof(out), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}", aid, ENV_ID);
+    json_decref(l);
+    json_t *o = th_api(A.port, KEY, "POST", "/v1/sessions", out, 200);
+    page_of(A.port, KEY, "/v1/sessions?limit=1", ids, sizeof(ids), NULL, NULL);
+    assert_string_equal(ids, s_(o, "id"));
+    json_decref(o);
+    assert_int_equal(wp_cli(out, sizeof(out), R.port, "quota set acme sessions=none sandboxes=none"),
+                     0);
+    freeReplyObject(redisCommand(rc, "DEL wp:sbx:{acme}:sbx_mig"));
+    redisFree(rc);
 }
 
 /* ==== The work queue, environment templates and key rotation on slots
@@ -987,8 +1266,11 @@ int main(void)
         cmocka_unit_test(archive_on_a_cluster_node),
         cmocka_unit_test(delete_on_a_cluster_node),
         cmocka_unit_test(objects_on_a_cluster_node),
+        cmocka_unit_test(sessions_created_and_listed_on_a_cluster_node),
+        cmocka_unit_test(sandbox_quota_on_a_cluster_node),
         cmocka_unit_test(migrate_keys_moves_an_older_store),
         cmocka_unit_test(migrate_keys_moves_org_objects),
+        cmocka_unit_test(migrate_keys_moves_quota_sandboxes_and_session_indexes),
         cmocka_unit_test(listing_drops_an_archived_sessions_entry),
         /* issue 18 part 2: work queue, templates, key rotation */
         cmocka_unit_test(work_queue_on_a_cluster_node),

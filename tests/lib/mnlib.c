@@ -19,6 +19,7 @@
 #include "snaplib.h"
 #include "base/err.h"
 #include "base/fs.h"
+#include "base/rcluster.h"
 
 #define MN_LOCK "/run/wpmn.lock"
 
@@ -134,17 +135,53 @@ static int certs(struct mn_cluster *c, const char *args)
 static int redis_start(struct mn_cluster *c)
 {
     struct th_redis *r = &c->redis;
+    int rc = -1;
 
-    snprintf(r->dir, sizeof(r->dir), "%s/redis", c->root);
-    if (mkdir(r->dir, 0700) < 0)
-        return -1;
-    r->port = th_free_port();
-    /* Bound to the bridge address (the nodes' way in) and loopback, nowhere
-     * else: no password, so not on the host's own network. */
-    int rc = th_redis_spawn_on(r, MN_HOST_ADDR);
-    if (r->pid > 0)
-        mn_track(c, r->pid, "redis-server");
-    return rc;
+    switch (c->redis_kind) {
+    case MN_REDIS_SINGLE:
+        snprintf(r->dir, sizeof(r->dir), "%s/redis", c->root);
+        if (mkdir(r->dir, 0700) < 0)
+            return -1;
+        r->port = th_free_port();
+        /* Bound to the bridge address (the nodes' way in) and loopback,
+         * nowhere else: no password, so not on the host's own network. */
+        rc = th_redis_spawn_on(r, MN_HOST_ADDR);
+        if (r->pid > 0)
+            mn_track(c, r->pid, "redis-server");
+        return rc;
+    case MN_REDIS_SENTINEL:
+        rc = th_sentinel_start_on(&c->sent, MN_SENTINEL_MASTER, MN_HOST_ADDR);
+        for (int i = 0; i < 3; i++) {
+            if (c->sent.rpid[i] > 0)
+                mn_track(c, c->sent.rpid[i], "redis-server");
+            if (c->sent.spid[i] > 0)
+                mn_track(c, c->sent.spid[i], "redis-server");
+        }
+        return rc;
+    case MN_REDIS_CLUSTER:
+        rc = th_rcluster_start_on(&c->rcl, 3, 1, MN_HOST_ADDR);
+        for (int i = 0; i < c->rcl.n; i++)
+            if (c->rcl.pid[i] > 0)
+                mn_track(c, c->rcl.pid[i], "redis-server");
+        th_rcluster_seeds(&c->rcl, c->seeds, sizeof(c->seeds));
+        return rc;
+    }
+    return -1;
+}
+
+/* Every Redis process's port (sentinels included). Their number. */
+static int redis_ports(struct mn_cluster *c, int *ports, int cap)
+{
+    int n = 0;
+    if (c->redis_kind == MN_REDIS_SINGLE && n < cap)
+        ports[n++] = c->redis.port;
+    for (int i = 0; c->redis_kind == MN_REDIS_SENTINEL && i < 3 && n + 1 < cap; i++) {
+        ports[n++] = c->sent.rport[i];
+        ports[n++] = c->sent.sent[i];
+    }
+    for (int i = 0; c->redis_kind == MN_REDIS_CLUSTER && i < c->rcl.n && n < cap; i++)
+        ports[n++] = c->rcl.port[i];
+    return n;
 }
 
 static int net_start(struct mn_cluster *c)
@@ -171,23 +208,34 @@ static int net_start(struct mn_cluster *c)
     return 0;
 }
 
-/* Each namespace reaches Redis on the bridge. */
+/* Each namespace reaches every Redis process (sentinels, every cluster
+ * node) on the bridge. */
 static int net_check(struct mn_cluster *c)
 {
     char out[512], cmd[128];
-    snprintf(cmd, sizeof(cmd), "redis-cli -h " MN_HOST_ADDR " -p %d ping", c->redis.port);
+    int ports[TH_RCL_MAX + 6], n = redis_ports(c, ports, TH_RCL_MAX + 6);
     for (int k = 0; k < c->n_nodes; k++)
-        if (mn_in_node(c, k, out, sizeof(out), cmd) != 0 || strncmp(out, "PONG", 4) != 0) {
-            fprintf(stderr, "# mnlib: %s cannot reach Redis on the host\n", c->nodes[k].id);
-            return -1;
+        for (int i = 0; i < n; i++) {
+            snprintf(cmd, sizeof(cmd), "redis-cli -h " MN_HOST_ADDR " -p %d ping", ports[i]);
+            if (mn_in_node(c, k, out, sizeof(out), cmd) != 0 || strncmp(out, "PONG", 4) != 0) {
+                fprintf(stderr, "# mnlib: %s cannot reach Redis on the host (port %d)\n", c->nodes[k].id,
+                        ports[i]);
+                return -1;
+            }
         }
     return 0;
 }
 
 int mn_start(struct mn_cluster *c, int n_nodes)
 {
+    return mn_start_redis(c, n_nodes, MN_REDIS_SINGLE);
+}
+
+int mn_start_redis(struct mn_cluster *c, int n_nodes, enum mn_redis_kind kind)
+{
     memset(c, 0, sizeof(*c));
     c->lock_fd = -1;
+    c->redis_kind = kind;
     if (n_nodes < 1 || n_nodes > MN_MAX_NODES)
         return -1;
     c->n_nodes = n_nodes;
@@ -239,13 +287,44 @@ int mn_start(struct mn_cluster *c, int n_nodes)
     return 0;
 }
 
-const char *mn_redis_flag(struct mn_cluster *c, bool node_side)
+int mn_redis_args(struct mn_cluster *c, const char **argv)
 {
-    static char buf[2][64];
-    /* MN_REDIS_SINGLE: the one address. */
-    snprintf(buf[node_side], sizeof(buf[0]), "%s:%d", node_side ? MN_HOST_ADDR : "127.0.0.1",
-             c->redis.port);
-    return buf[node_side];
+    switch (c->redis_kind) {
+    case MN_REDIS_SINGLE:
+        snprintf(c->redis_addr, sizeof(c->redis_addr), MN_HOST_ADDR ":%d", c->redis.port);
+        argv[0] = "--redis";
+        argv[1] = c->redis_addr;
+        return 2;
+    case MN_REDIS_SENTINEL:
+        argv[0] = "--redis-sentinels";
+        argv[1] = c->sent.list;
+        argv[2] = "--redis-master";
+        argv[3] = MN_SENTINEL_MASTER;
+        return 4;
+    case MN_REDIS_CLUSTER:
+        argv[0] = "--redis-cluster";
+        argv[1] = c->seeds;
+        return 2;
+    }
+    return 0;
+}
+
+void mn_redis_cli(struct mn_cluster *c, const char *key, char *out, size_t cap)
+{
+    int port = -1;
+    switch (c->redis_kind) {
+    case MN_REDIS_SINGLE:
+        port = c->redis.port;
+        break;
+    case MN_REDIS_SENTINEL:
+        port = th_sentinel_primary(&c->sent);
+        break;
+    case MN_REDIS_CLUSTER:
+        port = th_rcluster_owner(&c->rcl, key ? wp_rcl_keyslot(key, strlen(key)) : 0);
+        break;
+    }
+    snprintf(out, cap, "redis-cli%s -h " MN_HOST_ADDR " -p %d", c->redis_kind == MN_REDIS_CLUSTER ? " -c" : "",
+             port);
 }
 
 /* ---- nodes and schedulers --------------------------------------------- */
@@ -253,7 +332,7 @@ const char *mn_redis_flag(struct mn_cluster *c, bool node_side)
 int mn_node_start(struct mn_cluster *c, int k, const char *const *extra)
 {
     struct mn_node *n = &c->nodes[k];
-    char bin[4200], listen[64], cert[700], key[700], ca[700], nsp[64], out[128];
+    char bin[4200], listen[64], cert[700], key[700], ca[700], nsp[64], out[128], cli[128];
     const char *argv[64];
     int argc = 0;
 
@@ -263,12 +342,13 @@ int mn_node_start(struct mn_cluster *c, int k, const char *const *extra)
     snprintf(key, sizeof(key), "%s/%s.key", c->certs, n->id);
     snprintf(ca, sizeof(ca), "%s/ca.pem", c->certs);
     snprintf(nsp, sizeof(nsp), "/run/netns/%s", n->ns);
-    const char *fixed[] = { bin, "--id", n->id, "--redis", mn_redis_flag(c, true), "--state-dir",
+    const char *fixed[] = { bin, "--id", n->id, "--state-dir",
                             n->state, "--listen", listen, "--relay-advertise", n->addr,
                             "--relay-tls-cert", cert,
                             "--relay-tls-key", key, "--relay-tls-ca", ca, "--drain-timeout", "0" };
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
         argv[argc++] = fixed[i];
+    argc += mn_redis_args(c, argv + argc);
     for (int i = 0; extra && extra[i] && argc < 62; i++)
         argv[argc++] = extra[i];
     argv[argc] = NULL;
@@ -296,7 +376,8 @@ int mn_node_start(struct mn_cluster *c, int k, const char *const *extra)
     n->pid = pid;
     /* Registered, with its relay on its own address. */
     for (int i = 0; i < 600; i++) {
-        th_sh(out, sizeof(out), "redis-cli -p %d hget wp:node:%s relay", c->redis.port, n->id);
+        mn_redis_cli(c, NULL, cli, sizeof(cli));
+        th_sh(out, sizeof(out), "%s hget wp:node:%s relay", cli, n->id);
         if (strncmp(out, n->addr, strlen(n->addr)) == 0 && out[strlen(n->addr)] == ':')
             return 0;
         if (waitpid(pid, NULL, WNOHANG) == pid) {
@@ -332,12 +413,19 @@ int mn_sched_start(struct mn_cluster *c, int m, const char *const *extra)
                             "--hands-dir", c->hands };
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
         a[argc++] = fixed[i];
+    /* th_sched_start passes --redis 127.0.0.1:<port> itself: single Redis
+     * through loopback; the other kinds' flags take precedence over it. */
+    if (c->redis_kind != MN_REDIS_SINGLE)
+        argc += mn_redis_args(c, a + argc);
     for (int i = 0; extra && extra[i] && argc < 46; i++)
         a[argc++] = extra[i];
     while (argc < 47)
         a[argc++] = NULL;
     /* th_sched_start takes varargs: pass the array's slots (NULL ends). */
-    int rc = th_sched_start(&c->scheds[m], c->redis.port, a[0], a[1], a[2], a[3], a[4], a[5],
+    int rc = th_sched_start(&c->scheds[m], c->redis_kind == MN_REDIS_SINGLE    ? c->redis.port
+                            : c->redis_kind == MN_REDIS_SENTINEL ? c->sent.dead
+                                                                 : c->rcl.port[0],
+                            a[0], a[1], a[2], a[3], a[4], a[5],
                             a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15],
                             a[16], a[17], a[18], a[19], a[20], a[21], a[22], a[23], (char *)NULL);
     if (rc == 0)
@@ -422,6 +510,8 @@ void mn_stop(struct mn_cluster *c)
         waitpid(c->redis.pid, NULL, 0);
         c->redis.pid = 0;
     }
+    th_sentinel_stop(&c->sent);
+    th_rcluster_stop(&c->rcl);
     if (c->root[0]) {
         cleanup_stale(c->root); /* namespaces, links, sandboxes, the dir */
         sh("ip link del " MN_BRIDGE " 2>/dev/null");

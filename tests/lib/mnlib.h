@@ -21,18 +21,27 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#include "testlib.h"
+#include "rcluster_testlib.h"
 #include "sched_testlib.h"
+#include "sentinel_testlib.h"
+#include "testlib.h"
 
 #define MN_MAX_NODES 6
 #define MN_MAX_SCHEDS 4
 #define MN_BRIDGE "wpmn-br"
 #define MN_HOST_ADDR "10.251.200.1"
 
-/* Where Redis is and how clients find it. Single now; Sentinel and Cluster
- * would set other flags in mn_redis_flags (the one place that says how a
- * process reaches Redis). */
-enum mn_redis_kind { MN_REDIS_SINGLE = 0 };
+/* Where Redis is and how clients find it (mn_redis_args is the one place
+ * that says how a process reaches it):
+ *   SINGLE    one redis-server on the bridge address and loopback;
+ *   SENTINEL  a primary, two replicas and three sentinels, all bound to
+ *             the bridge address (and loopback) and knowing each other by
+ *             it, so a sentinel names the primary by an address the
+ *             namespaces reach (master name MN_SENTINEL_MASTER);
+ *   CLUSTER   3 masters with a replica each, announced on the bridge
+ *             address (CLUSTER SLOTS names it). */
+enum mn_redis_kind { MN_REDIS_SINGLE = 0, MN_REDIS_SENTINEL, MN_REDIS_CLUSTER };
+#define MN_SENTINEL_MASTER "wpmn"
 
 struct mn_node {
     char id[16];             /* n1.. */
@@ -48,7 +57,11 @@ struct mn_cluster {
     char certs[600];
     char hands[700];         /* the hands copy sandboxes bind (th_hands_copy) */
     enum mn_redis_kind redis_kind;
-    struct th_redis redis;
+    struct th_redis redis;       /* SINGLE */
+    struct th_sentinel sent;     /* SENTINEL */
+    struct th_rcluster rcl;      /* CLUSTER */
+    char seeds[256];             /* CLUSTER: every node, bridge addresses */
+    char redis_addr[32];         /* SINGLE: the bridge address and port */
     int n_nodes;
     struct mn_node nodes[MN_MAX_NODES];
     struct th_sched scheds[MN_MAX_SCHEDS];
@@ -60,6 +73,8 @@ struct mn_cluster {
  * certificates. No node or scheduler runs yet. 0, or -1 (said on stderr)
  * with everything removed. */
 int mn_start(struct mn_cluster *c, int n_nodes);
+/* The same with Redis of that kind. */
+int mn_start_redis(struct mn_cluster *c, int n_nodes, enum mn_redis_kind kind);
 /* Start node k (0-based) in its namespace: --id, --redis, --state-dir,
  * --listen 0.0.0.0:0 (its namespace's addresses) with --relay-advertise
  * its address, the relay identity, --drain-timeout 0, then
@@ -75,9 +90,13 @@ int mn_link(struct mn_cluster *c, int k, bool up);
 /* Run a shell command inside node k's namespace (ip netns exec), output
  * into out. The exit status. */
 int mn_in_node(struct mn_cluster *c, int k, char *out, size_t cap, const char *cmd);
-/* The flags that point a process at Redis: host side (schedulers, the
- * test's redis-cli) or node side. Static strings. */
-const char *mn_redis_flag(struct mn_cluster *c, bool node_side);
+/* The flags that point a process (node or scheduler) at Redis, appended to
+ * argv (at most 4; the strings live in c). The number appended. */
+int mn_redis_args(struct mn_cluster *c, const char **argv);
+/* "redis-cli -h A -p P" (with -c on a cluster) for the master that holds
+ * key (NULL: any key; on a cluster the owner of key's slot, so a --scan
+ * for a pattern of one hash tag sees all of it), into out. */
+void mn_redis_cli(struct mn_cluster *c, const char *key, char *out, size_t cap);
 /* Record a host process this run started (killed by the next run if this
  * one crashes). */
 void mn_track(struct mn_cluster *c, pid_t pid, const char *what);

@@ -19,10 +19,17 @@ pid_t th_rcluster_node_start(struct th_rcluster *c, int i)
     snprintf(dir, sizeof(dir), "%s/n%d", c->dir, i);
     snprintf(log, sizeof(log), "%s/n%d.log", c->dir, i);
     wp_mkdir_p(dir, 0755, NULL);
-    const char *argv[] = { "redis-server", "--port", p, "--bind", "127.0.0.1", "--dir", dir,
-                           "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                           "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
-                           "--daemonize", "no", NULL };
+    const char *argv[32] = { "redis-server", "--port", p, "--dir", dir,
+                             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                             "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
+                             "--daemonize", "no", "--bind", "127.0.0.1" };
+    int n = 19;
+    if (strcmp(c->addr, "127.0.0.1")) { /* no password: protected mode would refuse */
+        const char *more[] = { c->addr, "--protected-mode", "no", "--cluster-announce-ip", c->addr };
+        for (size_t k = 0; k < sizeof(more) / sizeof(more[0]); k++)
+            argv[n++] = more[k];
+    }
+    argv[n] = NULL;
     return c->pid[i] = th_spawn(log, argv);
 }
 
@@ -61,8 +68,14 @@ static bool replicas_up(const struct th_rcluster *c)
 
 int th_rcluster_start(struct th_rcluster *c, int masters, int replicas)
 {
+    return th_rcluster_start_on(c, masters, replicas, "127.0.0.1");
+}
+
+int th_rcluster_start_on(struct th_rcluster *c, int masters, int replicas, const char *addr)
+{
     char out[256], addrs[TH_RCL_MAX * 24] = "";
     memset(c, 0, sizeof(*c));
+    snprintf(c->addr, sizeof(c->addr), "%s", addr);
     if (masters < 1 || masters > 3 || replicas < 0 || replicas > 2)
         return -1;
     c->masters = masters;
@@ -73,7 +86,7 @@ int th_rcluster_start(struct th_rcluster *c, int masters, int replicas)
         if ((c->port[i] = cluster_port(c, i)) < 0 || th_rcluster_node_start(c, i) < 0)
             return -1;
         size_t l = strlen(addrs);
-        snprintf(addrs + l, sizeof(addrs) - l, " 127.0.0.1:%d", c->port[i]);
+        snprintf(addrs + l, sizeof(addrs) - l, " %s:%d", addr, c->port[i]);
     }
     for (int i = 0; i < c->n; i++)
         for (int k = 0; k < 100 && !th_redis_cli_has(c->port[i], "ping", "PONG"); k++)
@@ -113,7 +126,7 @@ void th_rcluster_seeds(const struct th_rcluster *c, char *out, size_t cap)
     out[0] = '\0';
     for (int i = 0; i < c->n; i++) {
         size_t l = strlen(out);
-        snprintf(out + l, cap - l, "%s127.0.0.1:%d", i ? "," : "", c->port[i]);
+        snprintf(out + l, cap - l, "%s%s:%d", i ? "," : "", c->addr, c->port[i]);
     }
 }
 

@@ -11,6 +11,13 @@
 #include "base/err.h"
 #include "base/fs.h"
 
+/* Loopback only, or loopback and addr: then without protected mode (no
+ * password, and clients come from another address). */
+static bool beyond_loopback(const struct th_sentinel *t)
+{
+    return strcmp(t->addr, "127.0.0.1") != 0;
+}
+
 static pid_t redis_at(struct th_sentinel *t, int port, int replica_of)
 {
     char p[16], of[16], log[512], dir[512];
@@ -19,27 +26,42 @@ static pid_t redis_at(struct th_sentinel *t, int port, int replica_of)
     snprintf(log, sizeof(log), "%s/redis-%d.log", t->dir, port);
     snprintf(dir, sizeof(dir), "%s/r%d", t->dir, port);
     wp_mkdir_p(dir, 0755, NULL);
-    const char *argv[] = { "redis-server", "--port", p, "--bind", "127.0.0.1", "--dir", dir, "--save", "",
-                           "--appendonly", "no", "--daemonize", "no",
-                           replica_of ? "--replicaof" : NULL, "127.0.0.1", of, NULL };
+    const char *argv[24] = { "redis-server", "--port", p, "--dir", dir, "--save", "", "--appendonly", "no",
+                             "--daemonize", "no", "--bind", "127.0.0.1" };
+    int n = 13;
+    if (beyond_loopback(t)) {
+        argv[n++] = t->addr;
+        argv[n++] = "--protected-mode";
+        argv[n++] = "no";
+    }
+    if (replica_of) {
+        argv[n++] = "--replicaof";
+        argv[n++] = t->addr;
+        argv[n++] = of;
+    }
+    argv[n] = NULL;
     return th_spawn(log, argv);
 }
 
 static pid_t sentinel_at(struct th_sentinel *t, int port, const char *requirepass)
 {
-    char conf[512], log[512], text[1200];
+    char conf[512], log[512], text[1200], bind[64];
+    if (beyond_loopback(t))
+        snprintf(bind, sizeof(bind), "127.0.0.1 %s\nprotected-mode no", t->addr);
+    else
+        snprintf(bind, sizeof(bind), "127.0.0.1");
     snprintf(conf, sizeof(conf), "%s/sentinel-%d.conf", t->dir, port);
     snprintf(log, sizeof(log), "%s/sentinel-%d.log", t->dir, port);
     /* Small timeouts keep the failover within a few seconds. */
     int n = snprintf(text, sizeof(text),
-                     "port %d\nbind 127.0.0.1\ndir %s\n"
-                     "sentinel monitor %s 127.0.0.1 %d 2\n"
+                     "port %d\nbind %s\ndir %s\n"
+                     "sentinel monitor %s %s %d 2\n"
                      "sentinel down-after-milliseconds %s 1000\n"
                      "sentinel failover-timeout %s 3000\n"
                      "sentinel parallel-syncs %s 1\n"
                      "%s%s\n",
-                     port, t->dir, t->master, t->rport[0], t->master, t->master, t->master,
-                     requirepass ? "requirepass " : "", requirepass ? requirepass : "");
+                     port, bind, t->dir, t->master, t->addr, t->rport[0], t->master, t->master,
+                     t->master, requirepass ? "requirepass " : "", requirepass ? requirepass : "");
     if (wp_write_file(conf, text, (size_t)n, 0644, NULL) < 0)
         return -1;
     const char *argv[] = { "redis-server", conf, "--sentinel", NULL };
@@ -48,9 +70,15 @@ static pid_t sentinel_at(struct th_sentinel *t, int port, const char *requirepas
 
 int th_sentinel_start(struct th_sentinel *t, const char *master)
 {
+    return th_sentinel_start_on(t, master, "127.0.0.1");
+}
+
+int th_sentinel_start_on(struct th_sentinel *t, const char *master, const char *addr)
+{
     char q1[128], q2[128];
     memset(t, 0, sizeof(*t));
     snprintf(t->master, sizeof(t->master), "%s", master);
+    snprintf(t->addr, sizeof(t->addr), "%s", addr);
     t->dir = th_tmpdir("rsent");
     if (!t->dir)
         return -1;
@@ -59,8 +87,8 @@ int th_sentinel_start(struct th_sentinel *t, const char *master)
     t->dead = th_free_port();
     for (int i = 0; i < 3; i++)
         t->sent[i] = th_free_port();
-    snprintf(t->list, sizeof(t->list), "127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d", t->dead,
-             t->sent[0], t->sent[1], t->sent[2]);
+    snprintf(t->list, sizeof(t->list), "%s:%d,%s:%d,%s:%d,%s:%d", addr, t->dead, addr, t->sent[0], addr,
+             t->sent[1], addr, t->sent[2]);
     for (int i = 0; i < 3; i++)
         t->rpid[i] = redis_at(t, t->rport[i], i ? t->rport[0] : 0);
     for (int i = 0; i < 3; i++)

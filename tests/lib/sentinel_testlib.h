@@ -14,13 +14,18 @@ struct th_sentinel {
     int sent[3];
     int dead;         /* a port nobody listens on, first in list: clients must skip it */
     pid_t rpid[3], spid[3];
-    char list[256];   /* "127.0.0.1:<dead>,127.0.0.1:<sent0>,..." for --redis-sentinels */
+    char addr[32];    /* where everything listens besides loopback and is known by */
+    char list[256];   /* "<addr>:<dead>,<addr>:<sent0>,..." for --redis-sentinels */
 };
 
 /* Start everything and wait (20 s) until the replicas are in sync and
  * every sentinel knows the others and both replicas. 0, or -1 (what runs
  * is left for th_sentinel_stop). */
 int th_sentinel_start(struct th_sentinel *t, const char *master);
+/* The same, every process bound to 127.0.0.1 and addr and known to the
+ * others (replicas, sentinels, clients) by addr: a host address that
+ * network namespaces reach (tests/lib/mnlib's bridge). */
+int th_sentinel_start_on(struct th_sentinel *t, const char *master, const char *addr);
 void th_sentinel_stop(struct th_sentinel *t);
 /* One more sentinel on port watching the same master, wanting requirepass
  * when not NULL (then reached only with AUTH); waits (10 s) until it

@@ -1,6 +1,6 @@
--- Shared Lua: may ARGV[1] (org) use the pool whose policy is KEYS[3]?
-local function pool_ok(pol, org)
-  local orgs = redis.call('HGET', pol, 'orgs')
-  if not orgs or orgs == '*' then return true end
+-- Shared Lua: may org use a pool whose policy's orgs field is orgs ('*':
+-- every organization; read by the caller just before, another slot)?
+local function pool_ok(orgs, org)
+  if orgs == '*' then return true end
   return string.find(',' .. orgs .. ',', ',' .. org .. ',', 1, true) ~= nil
 end

@@ -1,9 +1,10 @@
 --! static const char lua_env_gate[]
--- KEYS: quota, envs use, pool policy. ARGV: org, env id, mode ('pool' |
--- 'hot' | 'none'), min_hot, memory_mb, cpu, disk_mb.
+-- KEYS: wp:quota:{org}, wp:quotause:{org}:envs (one slot). ARGV: org, env
+-- id, mode ('pool' | 'hot' | 'none'), min_hot, memory_mb, cpu, disk_mb, the
+-- operator pool's orgs ('*': every organization).
 --#include _pool_allowed.lua
-if ARGV[3] == 'pool' and not pool_ok(KEYS[3], ARGV[1]) then
-  return redis.error_reply('POOL')
+if ARGV[3] == 'pool' and not pool_ok(ARGV[8], ARGV[1]) then
+  return redis.error_reply('POOL not allowed') -- a code of its own (a bare word is ERR)
 end
 if ARGV[3] ~= 'hot' then redis.call('HDEL', KEYS[2], ARGV[2]) return 1 end
 local h, m, c, d = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
