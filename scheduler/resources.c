@@ -782,6 +782,7 @@ static void own_ids(void *ctx, redisReply *reply)
         ev_timer_start(req->srv->loop, &req->timeout);
     }
     ol->outstanding = (int)n;
+    sched__req_hold(req); /* req outlives the loop, whatever answers come */
     for (size_t i = 0; i < n; i++) {
         char kobj[200];
         struct own_row *or = malloc(sizeof(*or));
@@ -795,12 +796,14 @@ static void own_ids(void *ctx, redisReply *reply)
             free(or);
             ol->outstanding -= (int)(n - i); /* those never sent */
             free(argv);
-            sched__respond_error(req, 503, "api_error", NULL, "storage unavailable");
+            if (sched__req_release(req))
+                sched__respond_error(req, 503, "api_error", NULL, "storage unavailable");
             return;
         }
         sched__req_hold(req);
     }
     free(argv);
+    sched__req_release(req);
 }
 
 static void own_batch(struct sched_req *req)
