@@ -38,11 +38,11 @@ one() { # build label round
         --api-key "bench:$KEY" --rate-create 0 --rate-read 0 --log-level warn \
         >"$TMP/sched.out" 2>"$TMP/sched.err" &
     SCHED_PID=$!
-    for _ in $(seq 50); do grep -q listening "$TMP/sched.out" 2>/dev/null && break; sleep 0.1; done
+    for _ in $(seq 200); do grep -q listening "$TMP/sched.out" 2>/dev/null && break; sleep 0.1; done
     port=$(awk '/listening/ {print $2}' "$TMP/sched.out")
     url=http://127.0.0.1:$port
     sleep 0.2
-    post() { curl -sf -H "x-api-key: $KEY" -H 'content-type: application/json' -d "$2" "$url$1"; }
+    post() { curl -sf --retry 5 --retry-connrefused --retry-delay 1 -H "x-api-key: $KEY" -H 'content-type: application/json' -d "$2" "$url$1"; }
     id() { python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }
     local agent env
     agent=$(post /v1/agents '{"name":"bench","model":"claude-sonnet-4-5"}' | id)
