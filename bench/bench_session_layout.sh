@@ -43,7 +43,8 @@ one() { # build label round
     url=http://127.0.0.1:$port
     sleep 0.2
     post() { curl -sf --retry 5 --retry-connrefused --retry-delay 1 -H "x-api-key: $KEY" -H 'content-type: application/json' -d "$2" "$url$1"; }
-    id() { python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }
+    id() { python3 -c 'import json,sys; t=sys.stdin.read(); print(json.loads(t)["id"]) if t.startswith("{") else sys.exit("no object: " + t)' \
+        || { echo "bench: setup failed; scheduler log:" >&2; tail -5 "$TMP/sched.err" >&2; exit 1; }; }
     local agent env
     agent=$(post /v1/agents '{"name":"bench","model":"claude-sonnet-4-5"}' | id)
     env=$(post /v1/environments '{"name":"bench","config":{"type":"cloud"}}' | id)
