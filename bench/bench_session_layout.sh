@@ -14,30 +14,25 @@ ROUNDS=${BENCH_ROUNDS:-5}
 DUR=${BENCH_SECONDS:-5}
 CONNS=${BENCH_CONNS:-16}
 HERE=$(cd "$(dirname "$0")" && pwd)
-OUT=$HERE/results
-TMP=$(mktemp -d)
-REDIS_PID=; SCHED_PID=
-stop() {
-    [ -n "$SCHED_PID" ] && kill "$SCHED_PID" 2>/dev/null || true
-    [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true
-    wait 2>/dev/null || true
-    SCHED_PID=; REDIS_PID=
-}
-trap 'stop; rm -rf "$TMP"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+OUT=${BENCH_OUT:-$HERE/results}
+. "$HERE/lib.sh"
+T=$(mktemp -d)
+TMP=$T
+PIDS=(); RPORT=
+RUNS=$(mktemp)
+stop() { wp_bench_cleanup; PIDS=(); mkdir -p "$T"; } # each run on a fresh Redis and scratch dir
+trap 'wp_bench_cleanup; rm -f "$RUNS"' EXIT
 KEY=sk-bench
 
 one() { # build label round
-    local build=$1 label=$2 round=$3 rport port url
-    rport=$(free_port)
-    redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" \
-        >"$TMP/redis.log" 2>&1 &
-    REDIS_PID=$!
-    for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    "$build/warmpool-scheduler" --listen 127.0.0.1:0 --redis "127.0.0.1:$rport" \
+    local build=$1 label=$2 round=$3 port url
+    RPORT=$(wp_free_port)
+    wp_bench_redis "$TMP" "$RPORT"
+    for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    "$build/warmpool-scheduler" --listen 127.0.0.1:0 --redis "127.0.0.1:$RPORT" \
         --api-key "bench:$KEY" --rate-create 0 --rate-read 0 --log-level warn \
         >"$TMP/sched.out" 2>"$TMP/sched.err" &
-    SCHED_PID=$!
+    PIDS=($!)
     for _ in $(seq 200); do grep -q listening "$TMP/sched.out" 2>/dev/null && break; sleep 0.1; done
     port=$(awk '/listening/ {print $2}' "$TMP/sched.out")
     url=http://127.0.0.1:$port
@@ -57,7 +52,7 @@ one() { # build label round
     l20=$(wrk1 GET "/v1/sessions?limit=20" "")
     l100=$(wrk1 GET "/v1/sessions?limit=100&agent_id=$agent" "")
     echo "{\"build\":\"$label\",\"round\":$round,\"create\":$c,\"list20\":$l20,\"list100\":$l100}" \
-        >>"$TMP/runs.jsonl"
+        >>"$RUNS"
     echo "bench: $label round $round: create $(echo "$c" | python3 -c 'import json,sys; print(json.load(sys.stdin)["rps"])') rps" >&2
     stop
 }
@@ -68,7 +63,7 @@ for r in $(seq "$ROUNDS"); do
 done
 
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
-python3 - "$TMP/runs.jsonl" "$OUT/session-layout.json" "$OUT/session-layout.md" \
+python3 - "$RUNS" "$OUT/session-layout.json" "$OUT/session-layout.md" \
     "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git -C "$HERE/.." rev-parse --short HEAD)" "$CPU" \
     "$(nproc)" "$ROUNDS" "$DUR" "$CONNS" <<'PY'
 import json, statistics, sys
