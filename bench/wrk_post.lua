@@ -1,7 +1,8 @@
 -- wrk script: POST a JSON body (WRK_BODY) to WRK_PATH with the API key
--- (or, with WRK_PATHS, to each of its space-separated paths in turn);
--- done() prints one JSON line with rps and latency percentiles (ms).
-wrk.method = "POST"
+-- (or, with WRK_PATHS, to each of its space-separated paths in turn;
+-- WRK_METHOD=GET: no body); done() prints one JSON line with rps and
+-- latency percentiles (ms).
+wrk.method = os.getenv("WRK_METHOD") or "POST"
 wrk.path = os.getenv("WRK_PATH")
 wrk.body = os.getenv("WRK_BODY")
 wrk.headers["Content-Type"] = "application/json"

@@ -708,8 +708,8 @@ static void own_batch_read(struct sched_req *req)
     struct own_list *ol = (void *)req->load_state;
     json_t *ids = json_object_get(req->tmp, "ids"), *rows = json_object_get(req->tmp, "rows");
     json_t *page = json_object_get(req->tmp, "page");
-    size_t n = json_array_size(ids) / 2, i;
-    for (i = 0; i < n; i++) {
+    size_t n = json_array_size(ids) / 2, m = json_array_size(rows), i;
+    for (i = 0; i < m; i++) {
         const char *id = json_string_value(json_array_get(ids, 2 * i));
         json_t *row = json_array_get(rows, i);
         snprintf(ol->last, sizeof(ol->last), "%s", json_string_value(json_array_get(ids, 2 * i + 1)));
@@ -733,13 +733,13 @@ static void own_batch_read(struct sched_req *req)
             break;
     }
     if (json_array_size(page) / 2 >= (size_t)ol->limit) {
-        if (i + 1 < n) { /* entries past the last one scanned: more */
+        if (i + 1 < n) { /* entries past the last one scanned (read or not): more */
             redisReply one = {.type = REDIS_REPLY_ARRAY, .elements = 1};
             own_more(req, &one);
         } else {
             own_finish(req, true);
         }
-    } else if (n < (size_t)ol->batch) {
+    } else if (m == n && n < (size_t)ol->batch) {
         own_finish(req, false); /* the index ends here */
     } else if (ol->scanned >= OWN_LIST_SCAN_MAX) {
         own_finish(req, true);
@@ -781,12 +781,13 @@ static void own_ids(void *ctx, redisReply *reply)
                              reply->type == REDIS_REPLY_ERROR ? reply->str : "bad reply");
         return;
     }
-    size_t n = reply->elements / 2;
+    /* one id more than are read: whether the index goes on past them */
+    size_t n = reply->elements / 2, m = n < (size_t)ol->batch - 1 ? n : (size_t)ol->batch - 1;
     json_t *ids = json_array(), *rows = json_array();
     for (size_t i = 0; i < 2 * n; i++)
         json_array_append_new(ids, json_stringn(reply->element[i]->str ? reply->element[i]->str : "",
                                                 reply->element[i]->len));
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < m; i++)
         json_array_append_new(rows, json_null());
     json_object_set_new(req->tmp, "ids", ids);
     json_object_set_new(req->tmp, "rows", rows);
@@ -811,8 +812,9 @@ static void own_ids(void *ctx, redisReply *reply)
         ev_timer_set(&req->timeout, req->srv->cfg.redis_timeout, 0.);
         ev_timer_start(req->srv->loop, &req->timeout);
     }
-    ol->outstanding = (int)n;
-    for (size_t i = 0; i < n; i++) {
+    ol->outstanding = (int)m;
+    sched__req_hold(req); /* req outlives the loop, whatever answers come */
+    for (size_t i = 0; i < m; i++) {
         char kobj[200];
         struct own_row *or = malloc(sizeof(*or));
         sched__key_obj(kobj, sizeof(kobj), NULL, json_string_value(json_array_get(ids, 2 * i)));
@@ -823,20 +825,26 @@ static void own_ids(void *ctx, redisReply *reply)
         }
         if (!or || wp_redis_argv(req->srv->rds, own_row_cb, or, (int)(5 + nf), argv, NULL) < 0) {
             free(or);
-            ol->outstanding -= (int)(n - i); /* those never sent */
+            ol->outstanding -= (int)(m - i); /* those never sent */
             free(argv);
-            sched__respond_error(req, 503, "api_error", NULL, "storage unavailable");
+            if (sched__req_release(req))
+                sched__respond_error(req, 503, "api_error", NULL, "storage unavailable");
             return;
         }
         sched__req_hold(req);
     }
     free(argv);
+    sched__req_release(req);
 }
 
+/* The next batch of the index: as many entries as the page still needs
+ * (at least 10: filters may skip some), plus one. */
 static void own_batch(struct sched_req *req)
 {
     struct own_list *ol = (void *)req->load_state;
     char from[40], lim[16];
+    int want = ol->limit - (int)(json_array_size(json_object_get(req->tmp, "page")) / 2);
+    ol->batch = (want > 10 ? want : 10) + 1;
     if (ol->last[0])
         snprintf(from, sizeof(from), "(%s", ol->last);
     else
@@ -855,7 +863,6 @@ static void own_list_start(struct sched_req *req, const char *kidx, const char *
     snprintf(ol->idx, sizeof(ol->idx), "%s", kidx);
     snprintf(ol->last, sizeof(ol->last), "%s", cur);
     ol->limit = limit;
-    ol->batch = limit + 10;
     ol->asc = asc;
     ol->active = active;
     json_decref(req->tmp);

@@ -539,6 +539,18 @@ static void sessions_created_and_listed_on_a_cluster_node(void **state)
     assert_int_equal(wp_cli(out, sizeof(out), 0, "quota set beta sessions=none"), 0);
     assert_int_equal(wp_cli(out, sizeof(out), 0, "quota show beta"), 0);
     assert_non_null(strstr(out, "4 used of unlimited"));
+    /* a1's sessions behind a batch of others: found over several reads */
+    snprintf(body, sizeof(body), "{\"agent\":\"%s\",\"environment_id\":\"%s\"}",
+             s_(a2, "id"), ENV_B);
+    for (int i = 0; i < 14; i++)
+        json_decref(th_api(B.port, KEY_B, "POST", "/v1/sessions", body, 200));
+    snprintf(path, sizeof(path), "/v1/sessions?agent_id=%s&limit=1", s_(a1, "id"));
+    page_of(B.port, KEY_B, path, ids, sizeof(ids), next, NULL);
+    assert_string_equal(ids, sid[2]);
+    snprintf(path, sizeof(path), "/v1/sessions?agent_id=%s&limit=1&page=%s", s_(a1, "id"), next);
+    page_of(B.port, KEY_B, path, ids, sizeof(ids), next, NULL);
+    assert_string_equal(ids, sid[1]);
+    assert_string_equal(next, ""); /* the archived one is not in the active index */
     json_decref(a1);
     json_decref(a2);
     assert_no_slot_errors();
