@@ -124,6 +124,7 @@ struct wp_rcl {
     bool have_map;
     bool want_map;
     bool asking_map; /* a CLUSTER SLOTS is in flight */
+    struct map_ask *map_ask; /* its context, cut loose by wp_rcl_free */
     int next_seed;   /* which node to ask for the map next */
     bool closing;
     struct rcmd *waiting;
@@ -210,7 +211,7 @@ int wp__rcl_addr(const char *s, size_t len, const char *dflt, char *host, size_t
 /* --- the slot map -------------------------------------------------------- */
 
 struct map_ask {
-    struct wp_rcl *c;
+    struct wp_rcl *c; /* NULL: c was freed first (wp_rcl_free) */
     int node; /* asked */
 };
 
@@ -255,6 +256,9 @@ static void map_reply(void *ctx, redisReply *rep)
     struct wp_rcl *c = ma->c;
     int asked = ma->node;
     free(ma);
+    if (!c) /* freed from inside a reply callback: hiredis answered later */
+        return;
+    c->map_ask = NULL;
     if (c->closing)
         return;
     c->asking_map = false;
@@ -313,6 +317,7 @@ static void ask_map(struct wp_rcl *c)
             continue;
         }
         c->next_seed = i + 1;
+        c->map_ask = ma;
         c->asking_map = true;
         c->want_map = false;
         return;
@@ -679,7 +684,12 @@ void wp_rcl_free(struct wp_rcl *c)
         finish(m, NULL);
         m = next;
     }
-    /* Their pending commands get NULL replies now, while c still exists. */
+    /* Their pending commands get NULL replies now, while c still exists,
+     * or, when this runs inside a reply callback of one of them, once that
+     * returns (hiredis defers the free): the map's answer must not find c
+     * then. */
+    if (c->map_ask)
+        c->map_ask->c = NULL;
     for (int i = 0; i < c->nnodes; i++)
         wp_redis_free(c->nodes[i].r);
     wp_redis_free(c->sub);
