@@ -124,6 +124,12 @@ struct wp_rcl {
     bool have_map;
     bool want_map;
     bool asking_map; /* a CLUSTER SLOTS is in flight */
+    /* Replies the node connections still owe (cmd_reply, map_reply). Freed
+     * from inside one of their callbacks, a connection answers its other
+     * pending commands only after that callback returns (hiredis defers
+     * the free): c then outlives wp_rcl_free until the last is in. */
+    int owed;
+    bool freed;
     int next_seed;   /* which node to ask for the map next */
     bool closing;
     struct rcmd *waiting;
@@ -214,6 +220,13 @@ struct map_ask {
     int node; /* asked */
 };
 
+/* A reply owed to c came: c goes once wp_rcl_free ran and none is owed. */
+static void owed_in(struct wp_rcl *c)
+{
+    if (--c->owed == 0 && c->freed)
+        free(c);
+}
+
 int wp__rcl_map_entry(const redisReply *e, const char *asked_host, struct wp__rcl_range *out)
 {
     if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
@@ -249,12 +262,8 @@ static int map_entry(struct wp_rcl *c, const redisReply *e, const char *asked_ho
     return 0;
 }
 
-static void map_reply(void *ctx, redisReply *rep)
+static void map_got(struct wp_rcl *c, int asked, redisReply *rep)
 {
-    struct map_ask *ma = ctx;
-    struct wp_rcl *c = ma->c;
-    int asked = ma->node;
-    free(ma);
     if (c->closing)
         return;
     c->asking_map = false;
@@ -295,6 +304,16 @@ static void map_reply(void *ctx, redisReply *rep)
     c->stats.maps++;
 }
 
+static void map_reply(void *ctx, redisReply *rep)
+{
+    struct map_ask *ma = ctx;
+    struct wp_rcl *c = ma->c;
+    int asked = ma->node;
+    free(ma);
+    map_got(c, asked, rep);
+    owed_in(c);
+}
+
 static void ask_map(struct wp_rcl *c)
 {
     for (int k = 0; k < c->nnodes; k++) {
@@ -312,6 +331,7 @@ static void ask_map(struct wp_rcl *c)
             free(ma);
             continue;
         }
+        c->owed++;
         c->next_seed = i + 1;
         c->asking_map = true;
         c->want_map = false;
@@ -376,9 +396,11 @@ static int send_to(struct rcmd *m, int node, bool asking)
             return WP_ESTATE;
     }
     m->sent_node = node;
-    if (m->script)
-        return wp_redis_script(r, m->script, cmd_reply, m, m->nkeys, m->argc, m->argv, m->lens);
-    return wp_redis_argv(r, cmd_reply, m, m->argc, m->argv, m->lens);
+    int rc = m->script ? wp_redis_script(r, m->script, cmd_reply, m, m->nkeys, m->argc, m->argv, m->lens)
+                       : wp_redis_argv(r, cmd_reply, m, m->argc, m->argv, m->lens);
+    if (rc == 0)
+        m->c->owed++;
+    return rc;
 }
 
 /* Send now, or queue until the node's connection is up. */
@@ -395,9 +417,8 @@ static void redirect(struct rcmd *m, int node, bool asking)
     start_tick(c);
 }
 
-static void cmd_reply(void *ctx, redisReply *rep)
+static void cmd_got(struct rcmd *m, redisReply *rep)
 {
-    struct rcmd *m = ctx;
     struct wp_rcl *c = m->c;
     if (!rep) {
         if (!c->closing)
@@ -436,6 +457,14 @@ static void cmd_reply(void *ctx, redisReply *rep)
         c->stats.ask++;
     }
     redirect(m, node, ask);
+}
+
+static void cmd_reply(void *ctx, redisReply *rep)
+{
+    struct rcmd *m = ctx;
+    struct wp_rcl *c = m->c; /* m may be gone after cmd_got */
+    cmd_got(m, rep);
+    owed_in(c);
 }
 
 static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -679,11 +708,15 @@ void wp_rcl_free(struct wp_rcl *c)
         finish(m, NULL);
         m = next;
     }
-    /* Their pending commands get NULL replies now, while c still exists. */
+    /* Their pending commands get NULL replies now, or, when this runs
+     * inside a reply callback of one of them, once that returns (owed). */
     for (int i = 0; i < c->nnodes; i++)
         wp_redis_free(c->nodes[i].r);
     wp_redis_free(c->sub);
-    free(c);
+    if (c->owed > 0)
+        c->freed = true;
+    else
+        free(c);
 }
 
 bool wp_rcl_ready(const struct wp_rcl *c)

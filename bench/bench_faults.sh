@@ -111,7 +111,7 @@ WHY = {
   "succeed on that master, so writes to its slots answer 503 (`NOTREPLICATED`) and are resent; such a "
   "write did land on the master, so a resent `user.message` can appear twice (*extra*: the SDK sends "
   "nothing to deduplicate with). Sessions whose slots are on the two live masters never notice; brains "
-  "re-acquire with a higher fencing token. Every acknowledged event is on the promoted replica. Recovery (~10 s) is the promotion (~4 s) plus the restart and resync of the killed process as its replica (~5 s), during which the promoted master's slots cannot acknowledge. An "
+  "re-acquire with a higher fencing token. Every acknowledged event is on the promoted replica. Recovery (~10 s) is the promotion (~4 s) plus the restart and resync of the killed process as its replica (~5 s), during which the promoted master's slots cannot acknowledge; when those hold the pool's keys that is longer than the sandbox lease (`--sandbox-lease 6` here), so a bash call in flight may end with an error result and a new sandbox (*tool err*, as when a node dies). An "
   "earlier version of this test ran two replicas per master (so that `WAIT 1` had a replica left after "
   "the promotion): in 1 of 13 runs one acknowledged event was missing afterwards, which fits `WAIT 1` "
   "being met by the replica the cluster did not promote (its election ranks replicas by offsets learnt "
