@@ -468,10 +468,17 @@ void pool_client_free(struct pool_client *c)
 {
     if (!c)
         return;
-    while (c->claims)
+    /* The connections first: a claim with a command in flight is that
+     * command's callback context, and its NULL reply (given during the
+     * free) fails the claim. Failing claims first freed them under those
+     * callbacks (ASan: pick_cb after a scheduler's shutdown). Handles are
+     * detached first, so a callback sends nothing on a freed one. */
+    struct wp_redis *r = c->r, *sub = c->sub;
+    c->r = c->sub = NULL;
+    wp_redis_free(r);
+    wp_redis_free(sub);
+    while (c->claims) /* the rest: waiting on timers or an answer */
         claim_fail(c->claims, -ECANCELED, "client closed");
-    wp_redis_free(c->r);
-    wp_redis_free(c->sub);
     free(c);
 }
 

@@ -1036,14 +1036,21 @@ static long long hot_len(const char *env)
     return rint_cmd("LLEN wp:env:{%s}:hot", env);
 }
 
-static bool wait_env_hot(const char *env, long long n, int seconds)
+/* Until env has exactly n hot clones (at_least: n or more). */
+static bool wait_env_hot_n(const char *env, long long n, int seconds, bool at_least)
 {
     long long got = -1;
     for (int i = 0; i < seconds * 20; i++, th_msleep(50))
-        if ((got = hot_len(env)) == n)
+        if ((got = hot_len(env)) == n || (at_least && got > n))
             return true;
-    print_message("# %s: %lld hot after %d s, not %lld\n", env, got, seconds, n);
+    print_message("# %s: %lld hot after %d s, not %s%lld\n", env, got, seconds,
+                  at_least ? "at least " : "", n);
     return false;
+}
+
+static bool wait_env_hot(const char *env, long long n, int seconds)
+{
+    return wait_env_hot_n(env, n, seconds, false);
 }
 
 static void pool_status_of(const char *env, char *out, size_t cap)
@@ -1203,7 +1210,10 @@ static void multi_tenant_node_refuses_ksm(void **state)
 
     py_template(tmpl, sizeof(tmpl), "pyksm", true);
     node_start_with(&NODES[0], tmpl, 1, 1, mt);
-    assert_true(wait_env_hot("pyksm", 1, 120)); /* an image build first: slow under ASan */
+    /* A hot clone to look at. At least one: the environment's policy in
+     * Redis may still say 3 from an earlier test, and two restores ending
+     * within one poll skipped "exactly 1" (seen in CI: 3 hot, never 1). */
+    assert_true(wait_env_hot_n("pyksm", 1, 120, true)); /* an image build first: slow under ASan */
     /* The template asks for merging; this node serves several
      * organizations: its clones are not mergeable, KSM is left alone. */
     clone_ksm_stat("pyksm", out, sizeof(out));
@@ -1221,7 +1231,7 @@ static void multi_tenant_node_refuses_ksm(void **state)
     node_stop(&NODES[0], SIGTERM);
     /* The operator's explicit override merges, and pool status says how. */
     node_start_with(&NODES[0], tmpl, 1, 1, override);
-    assert_true(wait_env_hot("pyksm", 1, 120)); /* slow under ASan: timed out at 60 s once */
+    assert_true(wait_env_hot_n("pyksm", 1, 120, true)); /* slow under ASan */
     clone_ksm_stat("pyksm", out, sizeof(out));
     assert_non_null(strstr(out, "ksm_merge_any: yes"));
     said = false;
