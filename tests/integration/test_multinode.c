@@ -379,16 +379,6 @@ static void new_session(int port, char *sid, size_t cap)
     json_decref(s);
 }
 
-static void say(int port, const char *sid, const char *text)
-{
-    char path[128], body[512];
-    snprintf(path, sizeof(path), "/v1/sessions/%s/events", sid);
-    snprintf(body, sizeof(body),
-             "{\"events\":[{\"type\":\"user.message\",\"content\":[{\"type\":\"text\",\"text\":\"%s\"}]}]}",
-             text);
-    json_decref(th_api(port, KEY, "POST", path, body, 200));
-}
-
 static json_t *history(int port, const char *sid)
 {
     char path[160];
@@ -438,7 +428,7 @@ static void sessions_through_two_schedulers(void **state)
 
     for (int i = 0; i < S; i++) {
         new_session(C.scheds[i % 2].port, sid[i], sizeof(sid[i]));
-        say(C.scheds[(i + 1) % 2].port, sid[i], "please run bash");
+        th_send_text(C.scheds[(i + 1) % 2].port, KEY, sid[i], "please run bash");
     }
     for (int i = 0; i < S; i++) {
         json_t *res = wait_event(C.scheds[i % 2].port, sid[i], "agent.tool_result", 0, 60);
@@ -597,7 +587,7 @@ static void partition_of_a_node(void **state)
 
     for (int i = 0; i < S; i++) {
         new_session(C.scheds[i % 2].port, sid[i], sizeof(sid[i]));
-        say(C.scheds[i % 2].port, sid[i], "please slow bash");
+        th_send_text(C.scheds[i % 2].port, KEY, sid[i], "please slow bash");
     }
     /* every call running (tool use written, sandbox recorded) */
     for (int i = 0; i < S; i++) {
@@ -641,7 +631,7 @@ static void partition_of_a_node(void **state)
         json_t *idle = wait_event(C.scheds[0].port, sid[i], "session.status_idle", 0, 30);
         assert_non_null(idle);
         json_decref(idle);
-        say(C.scheds[1].port, sid[i], "now again");
+        th_send_text(C.scheds[1].port, KEY, sid[i], "now again");
         said[i]++;
         res = wait_event(C.scheds[0].port, sid[i], "agent.tool_result", 1, 60);
         assert_non_null(res);
