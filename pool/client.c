@@ -196,6 +196,17 @@ struct alive_ask {
     char rid[40]; /* the claim may be done (freed) or resent by the reply */
 };
 
+/* (Re)arms the node watch 1 s out. A one-shot libev timer that fired holds
+ * ~0 s, so a bare ev_timer_start on it fires at once: that made every
+ * waiting claim ask EXISTS in a loop, ~100k/s between the scheduler and
+ * Redis while warm claims waited (issue 20's capacity runs). */
+static void watch_start(struct claim *cl)
+{
+    ev_timer_stop(cl->c->loop, &cl->watch);
+    ev_timer_set(&cl->watch, 1., 0.);
+    ev_timer_start(cl->c->loop, &cl->watch);
+}
+
 static void alive_cb(void *ctx, redisReply *reply)
 {
     struct alive_ask *a = ctx;
@@ -208,7 +219,7 @@ static void alive_cb(void *ctx, redisReply *reply)
     if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0)
         resend(cl, "the node it was sent to died");
     else
-        ev_timer_start(cl->c->loop, &cl->watch);
+        watch_start(cl);
 }
 
 static void watch_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -227,7 +238,7 @@ static void watch_cb(struct ev_loop *loop, ev_timer *w, int revents)
             return;
         free(a);
     }
-    ev_timer_start(cl->c->loop, &cl->watch); /* Redis away: later */
+    watch_start(cl); /* Redis away: later */
 }
 
 static void sub_cb(void *ctx, redisReply *reply)
@@ -320,7 +331,7 @@ static void xadd_cb(void *ctx, redisReply *reply)
         claim_fail(cl, WP_ESTATE, "sending the claim to node failed: %s",
                    reply ? reply->str : "redis disconnected");
     else /* wait for the node's answer on our channel, watching the node */
-        ev_timer_start(cl->c->loop, &cl->watch);
+        watch_start(cl);
 }
 
 static void fence_cb(void *ctx, redisReply *reply)
