@@ -1,42 +1,50 @@
 #!/usr/bin/env bash
 # Capacity curve (issue 20): offered session rate vs. hot hit rate, first
 # tool result p50/p95, and sessions shed or refused, per environment, for
-# three node set-ups in one run, each a full bench_ttft.sh pass in mode hot:
-#   eager   eager refills (what a node does where lazy pages do not work,
-#           e.g. vm.unprivileged_userfaultfd=0 under user namespaces: the
-#           issue's machine), the shell started on the first call
+# four node set-ups in one run, each a full bench_ttft.sh pass in mode hot:
+#   eager   eager refills into 4 KiB pages (a host with THP "madvise" where
+#           lazy pages do not work, e.g. vm.unprivileged_userfaultfd=0 under
+#           user namespaces), the shell started on the first call
 #           (--lazy-shell), claims queued without bound (--claim-wait-max 0)
-#   before  the same with lazy refills (this code before issue 20, where
-#           lazy pages work)
-#   after   lazy refills, the shell started with the hands, claims refused
-#           past 5 s (the node's defaults now)
-# Knobs: RATES (default "2 5 10"), ENVS ("trivial py200"), DURATION (10 s),
-# HOT (hot clones asked per environment, 8), OUT (bench/results).
+#   before  the same with lazy refills (this code before issue 20)
+#   lazy    lazy refills, the shell started with the hands, claims refused
+#           past 5 s (the node's defaults on a host with THP "madvise")
+#   thp     the same with --thp always: the node sets the host's THP to
+#           "always" while it runs and refills with eager restores, whose
+#           memory lands in huge pages (bench/results/clonecpu.md)
+# Knobs: RATES (default "2 5 10 15"), ENVS ("trivial py200 slow5s"),
+# DURATION (10 s), HOT (hot clones asked per environment, 8), VARIANTS,
+# OUT (bench/results).
 set -euo pipefail
 BUILD=${1:-build}
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
-export RATES=${RATES:-"2 5 10"} ENVS=${ENVS:-"trivial py200"} DURATION=${DURATION:-10}
+export RATES=${RATES:-"2 5 10 15"} ENVS=${ENVS:-"trivial py200 slow5s"} DURATION=${DURATION:-10}
 export HOT=${HOT:-8} MODES=hot
 T=$(mktemp -d /tmp/wp-capacity-XXXXXX)
 trap '[ -n "${KEEP:-}" ] || rm -rf "$T"' EXIT
-VARIANTS="eager before after"
+VARIANTS=${VARIANTS:-"eager before lazy thp"}
+THP0=$(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo none)
+LOADS=""
 for v in $VARIANTS; do
     case $v in
         eager) na="--eager --claim-wait-max 0" ha=--lazy-shell ;;
         before) na="--claim-wait-max 0" ha=--lazy-shell ;;
-        after) na="" ha="" ;;
+        lazy) na="--refill auto" ha="" ;;
+        thp) na="--thp always" ha="" ;;
+        *) echo "bench_capacity: unknown variant $v" >&2; exit 2 ;;
     esac
     echo "bench_capacity: $v (node: ${na:-defaults}; hands: ${ha:-defaults})"
     NODE_ARGS="${NODE_ARGS:-} $na" HANDS_ARGS="$ha" OUT="$T/$v" RUNS_OUT="$T/runs-$v" \
         nice bash bench/bench_ttft.sh "$BUILD" >"$T/$v.log" 2>&1 ||
         { tail -20 "$T/$v.log" >&2; exit 1; }
+    LOADS="$LOADS $v:$(cut -d' ' -f1 /proc/loadavg)"
 done
-python3 - "$T" "$OUT" "$(uname -r)" "$(nproc)" "$DURATION" "$HOT" <<'PY'
+python3 - "$T" "$OUT" "$(uname -r)" "$(nproc)" "$DURATION" "$HOT" "$THP0" "$LOADS" <<'PY'
 import glob, json, os, sys
-t, out, kern, ncpu, dur, hot = sys.argv[1:7]
+t, out, kern, ncpu, dur, hot, thp0, loads = sys.argv[1:9]
 rows = []
-order = ("eager", "before", "after")
+order = ("eager", "before", "lazy", "thp")
 for v in order:
     for f in sorted(glob.glob(os.path.join(t, "runs-" + v, "*.json"))):
         o = json.load(open(f))
@@ -51,27 +59,34 @@ for v in order:
                      "tool_p95": o["first_tool_result_ms"].get("p95"),
                      "model_p50": o["model_ttft_ms"].get("p50")})
 rows.sort(key=lambda r: (r["env"], r["rate"], order.index(r["variant"])))
-json.dump({"kernel": kern, "cpus": int(ncpu), "duration_s": float(dur), "runs": rows},
+json.dump({"kernel": kern, "cpus": int(ncpu), "duration_s": float(dur), "thp_before": thp0.strip(),
+           "loadavg": loads.strip(), "runs": rows},
           open(os.path.join(out, "capacity.json"), "w"), indent=1)
 f = lambda x: "-" if x is None else ("%.0f" % x)
 md = ["# Capacity curve", "",
-      "Kernel %s, %s CPUs (shared with other work), one node (restore slots: one per CPU), one scheduler," % (kern, ncpu),
-      "Redis and the model server on this machine; warmpool sessions (bench_ttft.sh mode hot, %s hot clones" % hot,
-      "asked per environment), open-loop Poisson arrivals, %s s per rate, the model's TTFT median 400 ms." % dur,
-      "`eager`: eager refills (as where lazy pages do not work), shell started on the first call, claims",
-      "queued without bound; `before`: the same with lazy refills (the code before issue 20 on this machine);",
-      "`after`: lazy refills, shell started with the hands, claims refused past 5 s (retryable overloaded error).",
+      "Kernel %s, %s CPUs, load average at the end of each variant: %s; host THP before the run: %s." % (
+          kern, ncpu, loads.strip(), thp0.strip()),
+      "One node (restore slots: one per CPU), one scheduler, Redis and the model server on this machine;",
+      "warmpool sessions (bench_ttft.sh mode hot, %s hot clones asked per environment), open-loop Poisson" % hot,
+      "arrivals, %s s per rate, the model's TTFT median 400 ms." % dur,
+      "`eager`: eager refills into 4 KiB pages (where lazy pages do not work), shell started on the first",
+      "call, claims queued without bound; `before`: the same with lazy refills (the code before issue 20);",
+      "`lazy`: lazy refills, shell started with the hands, claims refused past 5 s (retryable overloaded",
+      "error): the node's defaults on a host whose THP is not \"always\"; `thp`: the same node with",
+      "`--thp always`: eager refills whose memory lands in huge pages.",
       "Hot hit = claims served by an idle hot clone / all claims of the run (pool stats). Shed = arrivals the",
       "driver dropped at its in-flight cap; failed includes sessions whose claim was refused as overloaded",
       "(in brackets: how many of the first 20 failure reasons per run name the overload).",
-      "First tool result from the user message, ms.", "",
-      "| env | offered /s | variant | done / arrived | shed | failed (overloaded) | hot hit | first tool result p50 / p95 | model TTFT p50 |",
-      "|---|---|---|---|---|---|---|---|---|"]
+      "First tool result from the user message, ms; `over TTFT` = its p50 minus the model's TTFT p50 (the",
+      "issue's target: <= 100 ms).", "",
+      "| env | offered /s | variant | done / arrived | shed | failed (overloaded) | hot hit | first tool result p50 / p95 | model TTFT p50 | over TTFT |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
 for r in rows:
     hh = "-" if r["hot_hit"] is None else "%.0f%%" % (100 * r["hot_hit"])
-    md.append("| %s | %g | %s | %d / %d | %d | %d (%d) | %s | %s / %s | %s |" % (
+    over = None if r["tool_p50"] is None or r["model_p50"] is None else r["tool_p50"] - r["model_p50"]
+    md.append("| %s | %g | %s | %d / %d | %d | %d (%d) | %s | %s / %s | %s | %s |" % (
         r["env"], r["rate"], r["variant"], r["completed"], r["arrivals"], r["shed"], r["failed"],
-        r["overloaded"], hh, f(r["tool_p50"]), f(r["tool_p95"]), f(r["model_p50"])))
+        r["overloaded"], hh, f(r["tool_p50"]), f(r["tool_p95"]), f(r["model_p50"]), f(over)))
 open(os.path.join(out, "capacity.md"), "w").write("\n".join(md) + "\n")
 print("\n".join(md))
 PY

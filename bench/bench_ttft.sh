@@ -127,6 +127,13 @@ policy() { # env tiers min_hot
     done
     echo "bench_ttft: $1: hot tier never reached $3" >&2
 }
+refill_wait() { # env n: until the hot tier holds n again (60 s at most)
+    for _ in $(seq 600); do
+        [ "$(hot "$1")" -ge "$2" ] 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "bench_ttft: $1: hot tier not back at $2 within 60 s" >&2
+}
 for _ in $(seq 100); do curl -sf "127.0.0.1:$SPORT/metrics" >/dev/null && break; sleep 0.1; done
 echo "bench_ttft: building images for $ENVS (first run only takes a while)"
 wait_images
@@ -188,6 +195,9 @@ for mode in $MODES; do
             hot) policy "$e" hot,warm,cold "$HOT" ;;
         esac
         for r in $RATES; do
+            # Each rate starts from a full hot tier (the run before it may
+            # have drained it): the curve shows what a rate sustains.
+            [ "$mode" = hot ] && refill_wait "$e" "$HOT"
             f="$T/run-$mode-$e-$r.json"
             echo "bench_ttft: mode=$mode env=$e rate=$r/s for ${DURATION}s"
             before=$(claim_counts "$e")

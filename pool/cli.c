@@ -518,10 +518,10 @@ static void nodes_status(void)
     for (size_t i = 0; i < nodes->elements; i++) {
         const char *n = nodes->element[i]->str;
         redisReply *alive = cmd("EXISTS wp:node:%s:alive", n);
-        redisReply *h = cmd("HMGET wp:node:%s criu_mode criu_lazy criu_source criu_why", n);
-        const char *v[4];
-        for (int k = 0; k < 4; k++)
-            v[k] = h->type == REDIS_REPLY_ARRAY && h->elements == 4 &&
+        redisReply *h = cmd("HMGET wp:node:%s criu_mode criu_lazy criu_source criu_why thp refill", n);
+        const char *v[6];
+        for (int k = 0; k < 6; k++)
+            v[k] = h->type == REDIS_REPLY_ARRAY && h->elements == 6 &&
                            h->element[k]->type == REDIS_REPLY_STRING
                        ? h->element[k]->str
                        : "";
@@ -531,6 +531,11 @@ static void nodes_status(void)
                v[2][0] ? ", " : "", v[2]);
         if (strcmp(v[0], "none") == 0)
             printf("  %-20s criu does not work there: every sandbox is booted cold\n", "");
+        else if (v[5][0])
+            printf("  %-20s hot refills %s, THP %s%s\n", "", v[5], v[4][0] ? v[4] : "?",
+                   strcmp(v[4], "always") != 0 && strcmp(v[5], "lazy") == 0
+                       ? " (with THP always eager refills cost less: --thp always)"
+                       : "");
         node_draining(n);
         if (v[3][0])
             printf("  %-20s why: %s\n", "", v[3]);

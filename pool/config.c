@@ -34,7 +34,13 @@ static const char usage[] =
     "                          hot clones on this node until `pool set` changes them\n"
     "  --no-api-envs           serve only --env environments, not those the scheduler\n"
     "                          publishes for API environments (default: serve them too)\n"
-    "  --eager                 refill with eager restores (default: lazy pages)\n"
+    "  --refill auto|eager|lazy  how hot clones are restored: auto (default) is\n"
+    "                          eager while the host's THP is \"always\" (a 200 MB clone\n"
+    "                          ~0.75x the CPU of a lazy one), lazy pages otherwise;\n"
+    "                          restores a claim waits for stay lazy. --eager = eager\n"
+    "  --thp always|leave      always: set the host's transparent huge pages to\n"
+    "                          \"always\" while the node runs, put back at exit\n"
+    "                          (host-wide; default leave: the host's setting)\n"
     "  --restore-slots N       restores at once (default: one per CPU)\n"
     "  --claim-wait-max MS     a warm/cold claim that would wait longer than this\n"
     "                          for a restore slot is refused at once as overloaded\n"
@@ -180,7 +186,6 @@ static int add_env(struct pool_node_config *cfg, const char *spec, struct wp_err
     memset(e, 0, sizeof(*e));
     e->min_hot = 2;
     e->max_hot = 8;
-    e->lazy = true;
     mn = strchr(buf, ':');
     if (mn) {
         *mn++ = '\0';
@@ -229,10 +234,30 @@ static int set_criu_mode(struct pool_node_config *cfg, const char *v, struct wp_
     return 0;
 }
 
+static int set_refill(struct pool_node_config *cfg, const char *v, struct wp_err *err)
+{
+    static const char *const words[] = { "auto", "eager", "lazy" };
+    for (int i = 0; i < 3; i++)
+        if (strcmp(v, words[i]) == 0) {
+            cfg->refill = (enum pool_refill)i;
+            return 0;
+        }
+    return wp_err_set(err, WP_ECONFIG, "refill '%s': auto, eager or lazy", v);
+}
+
+static int set_thp(struct pool_node_config *cfg, const char *v, struct wp_err *err)
+{
+    if (strcmp(v, "always") != 0 && strcmp(v, "leave") != 0)
+        return wp_err_set(err, WP_ECONFIG, "thp '%s': always or leave", v);
+    cfg->thp_always = v[0] == 'a';
+    return 0;
+}
+
 static const struct option lo[] = {
     { "id", required_argument, NULL, 'i' },          { "redis", required_argument, NULL, 'r' },
     { "state-dir", required_argument, NULL, 's' },   { "env", required_argument, NULL, 'e' },
-    { "eager", no_argument, NULL, 'E' },             { "restore-slots", required_argument, NULL, 'S' },
+    { "eager", no_argument, NULL, 'E' },             { "refill", required_argument, NULL, 1025 },
+    { "thp", required_argument, NULL, 1026 },             { "restore-slots", required_argument, NULL, 'S' },
     { "heartbeat-ttl", required_argument, NULL, 't' }, { "lease-ms", required_argument, NULL, 'L' },
     { "config", required_argument, NULL, 'c' },      { "log-level", required_argument, NULL, 'l' },
     { "listen", required_argument, NULL, 'H' },      { "no-api-envs", no_argument, NULL, 'A' },
@@ -272,8 +297,8 @@ static const char *lo_name(int val)
 
 /* getopt over argv (the command line, or a config file's lines made into
  * one): 0, 1 when --help was printed, or < 0 with err set. */
-static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bool *eager,
-                         bool from_file, struct wp_err *err)
+static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bool from_file,
+                         struct wp_err *err)
 {
     int c, rc;
 
@@ -294,7 +319,9 @@ static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bo
         case 1024: rc = set_str(cfg->advertise_host, sizeof(cfg->advertise_host), optarg,
                                 "--relay-advertise", err); break;
         case 'e': rc = add_env(cfg, optarg, err); break;
-        case 'E': *eager = true; break;
+        case 'E': cfg->refill = POOL_REFILL_EAGER; break;
+        case 1025: rc = set_refill(cfg, optarg, err); break;
+        case 1026: rc = set_thp(cfg, optarg, err); break;
         case 'A': cfg->api_envs = false; break;
         case 'S': cfg->restore_slots = atoi(optarg); break;
         case 't': cfg->heartbeat_ttl_s = atof(optarg); break;
@@ -408,10 +435,9 @@ static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bo
     return 0;
 }
 
-static int apply_args(struct pool_node_config *cfg, int argc, char **argv, bool *eager,
-                      struct wp_err *err)
+static int apply_args(struct pool_node_config *cfg, int argc, char **argv, struct wp_err *err)
 {
-    return apply_args_in(cfg, argc, argv, eager, false, err);
+    return apply_args_in(cfg, argc, argv, false, err);
 }
 
 /* The old JSON config (read for one more release, with a warning). */
@@ -507,7 +533,7 @@ static int load_json(struct pool_node_config *cfg, const char *path, struct wp_e
  * warmpool-scheduler's --config. A switch takes no value, or on/off (yes,
  * no, true, false). A file starting with `{` is the JSON of earlier
  * releases: read, with a warning. */
-static int load_file(struct pool_node_config *cfg, const char *path, bool *eager, struct wp_err *err)
+static int load_file(struct pool_node_config *cfg, const char *path, struct wp_err *err)
 {
     char *data = NULL;
     size_t len = 0;
@@ -595,7 +621,7 @@ static int load_file(struct pool_node_config *cfg, const char *path, bool *eager
     }
     argv[argc] = NULL;
     if (rc == 0) {
-        rc = apply_args_in(cfg, argc, argv, eager, true, err);
+        rc = apply_args_in(cfg, argc, argv, true, err);
         if (rc < 0)
             wp_err_wrap(err, "%s", path);
     }
@@ -609,7 +635,6 @@ static int load_file(struct pool_node_config *cfg, const char *path, bool *eager
 int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
                            struct wp_err *err)
 {
-    bool eager = false;
     int rc;
 
     memset(cfg, 0, sizeof(*cfg));
@@ -630,14 +655,11 @@ int pool_node_config_parse(struct pool_node_config *cfg, int argc, char **argv,
     cfg->egress_port = 3129;
     /* The config file first, so flags override it. */
     for (int i = 1; i + 1 < argc; i++)
-        if (strcmp(argv[i], "--config") == 0 && (rc = load_file(cfg, argv[i + 1], &eager, err)) < 0)
+        if (strcmp(argv[i], "--config") == 0 && (rc = load_file(cfg, argv[i + 1], err)) < 0)
             return rc;
-    rc = apply_args(cfg, argc, argv, &eager, err);
+    rc = apply_args(cfg, argc, argv, err);
     if (rc != 0)
         return rc;
-    if (eager)
-        for (int i = 0; i < cfg->n_envs; i++)
-            cfg->envs[i].lazy = false;
     for (const char *p = cfg->id; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
               *p == '-' || *p == '_' || *p == '.'))

@@ -104,6 +104,19 @@ static void check_criu(struct doctor *d, const char *criu, const char *cache, bo
              "lazy restores fail here; the node restores eagerly: %s", p.why);
 }
 
+/* What a refill costs hangs on THP (pool/thp.c). */
+static void check_thp(struct doctor *d)
+{
+    enum pool__thp m = pool__thp_mode();
+    if (m == POOL_THP_ALWAYS)
+        item(d, OK, "thp", NULL, "always: hot refills are eager restores (the cheaper ones here)");
+    else
+        item(d, WARN, "thp", "--thp always (node.conf: `thp always`) sets it while the node runs",
+             "%s: hot refills are lazy restores; with THP \"always\" eager ones cost ~0.75x "
+             "their CPU (a 200 MB clone, bench/results/clonecpu.md)",
+             pool__thp_name(m));
+}
+
 static void check_uffd(struct doctor *d)
 {
     int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
@@ -304,6 +317,7 @@ int pool__doctor(int argc, char **argv)
         item(&d, OK, "root", NULL, "yes");
     check_criu(&d, criu, cache, reprobe, deadline);
     check_uffd(&d);
+    check_thp(&d);
     check_cgroups(&d);
     check_overlay(&d);
     check_userns(&d);

@@ -386,6 +386,19 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     /* KSM settings a killed earlier run left changed go back first. */
     if (pool__ksm_recover(cfg->state_dir) > 0)
         log_info("put back the host's KSM settings changed by an earlier run");
+    if (pool__thp_recover(cfg->state_dir) > 0)
+        log_info("put back the host's THP mode changed by an earlier run");
+    if (cfg->thp_always) {
+        if ((rc = pool__thp_enable(cfg->state_dir, err)) < 0)
+            goto out;
+        n->thp_set = rc == 1;
+    }
+    n->thp = pool__thp_mode();
+    log_info("THP %s: hot refills %s%s", pool__thp_name(n->thp),
+             node__restore_lazy(n, false) ? "lazy" : "eager",
+             cfg->refill == POOL_REFILL_AUTO && n->thp != POOL_THP_ALWAYS
+                 ? " (THP \"always\" makes eager ones cheaper: --thp always)"
+                 : "");
     /* Sandboxes of an earlier run of this node are orphans now (checked
      * again from the cron: see orphans.c). */
     if ((rc = pool__orphans_new(n->loop, node__now_s(), &n->orphans, err)) < 0)
@@ -493,6 +506,8 @@ out:
     pool__worker_free(n->worker);
     if (n->ksm_on)
         pool__ksm_disable(cfg->state_dir);
+    if (n->thp_set)
+        pool__thp_recover(cfg->state_dir);
     pool__relay_stop(n->relay);
     pool__negress_stop(n->egress);
     ev_timer_stop(n->loop, &n->cron);

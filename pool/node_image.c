@@ -296,7 +296,7 @@ int node__env_put(void *ctx, const char *name, struct snap_template *t, struct w
         return wp_err_set(err, WP_ETOOBIG, "node full: at most %d environments", POOL_MAX_ENVS);
     }
     /* Policy until the first refresh (within a second): nothing hot. */
-    struct pool_env_config c = { .min_hot = 0, .max_hot = 0, .lazy = true };
+    struct pool_env_config c = { .min_hot = 0, .max_hot = 0 };
     node__env_init(n, e, &c, t);
     e->api = true;
     if (e->found_on_disk)

@@ -157,6 +157,8 @@ struct node {
     struct pool__catalog *catalog; /* environments published in Redis */
     struct pool__orphans *orphans; /* checks for sandboxes of dead owners */
     bool ksm_on;             /* we turned KSM on (some env has "ksm") */
+    enum pool__thp thp;      /* the host's THP mode, re-read every heartbeat */
+    bool thp_set;            /* we set it (--thp always): put back at exit */
     /* Restore latency by tier (hot refill, warm claim, cold boot), in the
      * buckets of base/hist.h, published as restore_hist:<tier> for
      * /metrics. Since the node started; all environments together. */
@@ -191,6 +193,7 @@ void node__publish_reply(struct node *n, struct nsb *s, int status, const char *
 void node__image_set_aside(struct node *n, struct env *e);
 void node__expire_restores(struct node *n);
 struct nsb *node__start_restore(struct node *n, struct env *e, bool for_claim);
+bool node__restore_lazy(const struct node *n, bool for_claim);
 struct nsb *node__start_cold_boot(struct node *n, struct env *e, bool for_claim);
 
 /* node_image.c */

@@ -48,13 +48,15 @@ void node__register_node(struct node *n)
     if (wp_redis_argv(n->r, heartbeat_cb, n, 5, set, NULL) < 0)
         log_debug("redis not ready: heartbeat dropped");
     const struct snap_probe *cp = snap_ctx_criu(n->snap);
+    n->thp = pool__thp_mode();
     const char *hset[] = { "HSET", key, "capacity", cap, "mem_free", mem, "heartbeat_ms", started,
                            "version", "warmpool-node 0.1", "relay", n->relay_addr,
                            "criu_mode", snap_criu_mode_name(cp->mode),
                            "criu_lazy", cp->lazy_ok ? "yes" : "no",
                            "criu_source", cp->forced ? "configured" : cp->cached ? "cached" : "probed",
-                           "criu_why", cp->why };
-    node__cmd(n, "node", 20, hset);
+                           "criu_why", cp->why, "thp", pool__thp_name(n->thp),
+                           "refill", node__restore_lazy(n, false) ? "lazy" : "eager" };
+    node__cmd(n, "node", 24, hset);
     /* Every beat, not once: after a Redis restart that lost writes the
      * node reappears by itself. */
     const char *sadd[] = { "SADD", POOL__K_NODES, n->cfg.id };

@@ -80,7 +80,15 @@ struct pool_env_config {
     char template_path[512];
     int min_hot;            /* initial policy; live values come from Redis */
     int max_hot;
-    bool lazy;              /* refill the hot tier with lazy restores */
+};
+
+/* How the node restores clones for its hot tier (thp.c says why). A
+ * restore a claim waits for is lazy whenever lazy pages work: the clone
+ * runs sooner. */
+enum pool_refill {
+    POOL_REFILL_AUTO = 0, /* eager while the host's THP is "always", else lazy */
+    POOL_REFILL_EAGER,    /* always eager (--eager) */
+    POOL_REFILL_LAZY,     /* always lazy pages */
 };
 
 /* The work-queue worker (worker.c): the node serves one self-hosted
@@ -130,6 +138,9 @@ struct pool_node_config {
     double heartbeat_ttl_s; /* the node counts as dead this long after its last beat */
     double lease_ms;        /* lease TTL handed out with claims */
     int restore_slots;      /* restores at once; 0 = one per CPU */
+    enum pool_refill refill;
+    bool thp_always;        /* --thp always: set the host's THP to "always" while
+                               running (put back at exit) */
     double claim_wait_max_ms; /* a warm/cold claim that would wait longer than
                                  this for a restore slot is refused as
                                  overloaded (WP_EOVERLOADED); 0 = never */

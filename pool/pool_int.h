@@ -167,6 +167,20 @@ int pool__ksm_enable(const char *state_dir, long pages_to_scan, long sleep_ms, s
 int pool__ksm_scan_rate(long pages_to_scan);
 void pool__ksm_disable(const char *state_dir);
 
+/* thp.c: the host's transparent huge pages (an eager refill's cost hangs
+ * on them). mode: read now, UNKNOWN where there is no THP. recover: put
+ * back a mode a killed earlier run changed (1 if it did). enable: save
+ * the mode (when it is not "always" already) and set "always"; 1 when it
+ * changed it (then recover at exit puts it back), 0 when it was already.
+ * set_path: tests point it at a file of their own. */
+enum pool__thp { POOL_THP_UNKNOWN, POOL_THP_ALWAYS, POOL_THP_MADVISE, POOL_THP_NEVER };
+enum pool__thp pool__thp_mode(void);
+enum pool__thp pool__thp_parse(const char *text);
+const char *pool__thp_name(enum pool__thp m);
+int pool__thp_recover(const char *state_dir);
+int pool__thp_enable(const char *state_dir, struct wp_err *err);
+void pool__thp_set_path(const char *path);
+
 /* catalog.c: environments learnt from Redis (wp:tpls), next to the
  * config file's. put: serve template t (steals it) as environment name, or
  * swap the template of one already served from the catalog; returns 0,

@@ -1061,14 +1061,23 @@ static void pool_status_of(const char *env, char *out, size_t cap)
     th_sh(out, cap, "%s --redis 127.0.0.1:%d pool status %s", bin, R.port, env);
 }
 
-/* The ksm_stat of the init of one of node0's sandboxes of env. */
-static void clone_ksm_stat(const char *env, char *out, size_t cap)
+/* `pool status` whole: the nodes section first. */
+static void pool_status_all(char *out, size_t cap)
+{
+    char bin[1024];
+    node_bin(bin, sizeof(bin));
+    strcpy(strrchr(bin, '/') + 1, "warmpool");
+    th_sh(out, cap, "%s --redis 127.0.0.1:%d pool status", bin, R.port);
+}
+
+/* The init pid of one of node0's sandboxes of env, and its lazy-pages
+ * daemon's (0: restored eagerly); 0 when none is there. */
+static int clone_pid(const char *env, int *lazy_out)
 {
     redisReply *r = redisCommand(RC, "SMEMBERS wp:node:node0:sbs");
     char path[1200], *text = NULL, e[128], id[128];
     int pid = 0, lazy = 0;
 
-    out[0] = '\0';
     assert_true(r && r->type == REDIS_REPLY_ARRAY);
     for (size_t i = 0; i < r->elements && !pid; i++) {
         if (sscanf(r->element[i]->str, "%127s %127s", e, id) != 2 || strcmp(e, env))
@@ -1080,6 +1089,18 @@ static void clone_ksm_stat(const char *env, char *out, size_t cap)
         text = NULL;
     }
     freeReplyObject(r);
+    if (lazy_out)
+        *lazy_out = lazy;
+    return pid;
+}
+
+/* The ksm_stat of the init of one of node0's sandboxes of env. */
+static void clone_ksm_stat(const char *env, char *out, size_t cap)
+{
+    char path[64], *text = NULL;
+
+    out[0] = '\0';
+    int pid = clone_pid(env, NULL);
     assert_true(pid > 0);
     snprintf(path, sizeof(path), "/proc/%d/ksm_stat", pid);
     assert_int_equal(wp_read_file(path, 4096, &text, NULL, NULL), 0);
@@ -1244,6 +1265,171 @@ static void multi_tenant_node_refuses_ksm(void **state)
     assert_true(access(saved, F_OK) < 0); /* the host's KSM settings are back */
 }
 
+/* Redis's count of a command since start (INFO commandstats). */
+static long long cmd_calls(const char *name)
+{
+    redisReply *r = redisCommand(RC, "INFO commandstats");
+    char key[64];
+    long long n = 0;
+    snprintf(key, sizeof(key), "cmdstat_%s:calls=", name);
+    const char *at = r && r->type == REDIS_REPLY_STRING ? strstr(r->str, key) : NULL;
+    if (at)
+        n = strtoll(at + strlen(key), NULL, 10);
+    freeReplyObject(r);
+    return n;
+}
+
+/* A claim waiting on a node that is alive but slow to answer (a restore
+ * in a busy node) checks the node's heartbeat once a second, not in a
+ * loop: a one-shot timer re-armed without a new time fired at once, and
+ * every waiting claim asked EXISTS ~50k times a second. */
+static void a_waiting_claim_watches_its_node_once_a_second(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(0);
+    struct th_claim_out o = { 0 };
+    struct wp_err err;
+    (void)state;
+
+    /* A node that registered and never answers. */
+    redisReply *t = redisCommand(RC, "TIME");
+    assert_true(t && t->type == REDIS_REPLY_ARRAY);
+    long long until = strtoll(t->element[0]->str, NULL, 10) * 1000 + 60000;
+    freeReplyObject(t);
+    freeReplyObject(redisCommand(RC, "SADD wp:env:{mute}:nodes node-mute"));
+    freeReplyObject(redisCommand(RC, "HSET wp:env:{mute}:live node-mute %lld", until));
+    freeReplyObject(redisCommand(RC, "SET wp:node:node-mute:alive 1 EX 60"));
+    struct pool_client *c = th_pool_client(loop, R.port);
+    long long before = cmd_calls("exists");
+    assert_int_equal(pool_claim(c, "mute", "s-mute", 3.5, th_claim_cb, &o, &err), 0);
+    th_run_until(loop, &o, 1);
+    long long asked = cmd_calls("exists") - before;
+    assert_int_equal(o.status, WP_ETIMEDOUT); /* nobody answered */
+    if (asked < 2 || asked > 6)
+        fail_msg("a claim waiting 3.5 s asked EXISTS %lld times (once a second: 3)", asked);
+    pool_client_free(c);
+    ev_loop_destroy(loop);
+    freeReplyObject(redisCommand(RC, "DEL wp:env:{mute}:nodes wp:env:{mute}:live "
+                                     "wp:node:node-mute:alive wp:node:node-mute:inbox"));
+}
+
+/* ---- transparent huge pages: what a refill costs ------------------------ */
+
+static char *thp_text(void)
+{
+    char *v = NULL;
+    if (wp_read_file("/sys/kernel/mm/transparent_hugepage/enabled", 256, &v, NULL, NULL) < 0)
+        return NULL;
+    return v;
+}
+
+static bool thp_is(const char *word)
+{
+    char *v = thp_text(), want[32];
+    snprintf(want, sizeof(want), "[%s]", word);
+    bool is = v && strstr(v, want);
+    free(v);
+    return is;
+}
+
+/* AnonHugePages of a process, bytes (-1: gone). */
+static long long anon_huge(int pid)
+{
+    char path[64], *text = NULL;
+    long long kb = -1;
+    snprintf(path, sizeof(path), "/proc/%d/smaps_rollup", pid);
+    if (wp_read_file(path, 1 << 14, &text, NULL, NULL) == 0) {
+        const char *a = strstr(text, "AnonHugePages:");
+        kb = a ? strtoll(a + strlen("AnonHugePages:"), NULL, 10) : -1;
+    }
+    free(text);
+    return kb < 0 ? -1 : kb * 1024;
+}
+
+/* --thp always: the node sets the host's THP while it runs and puts it
+ * back (after a kill, at the next start); its hot refills are then eager
+ * restores whose memory lands in huge pages (the cheap path of
+ * bench/results/clonecpu.md), and pool status says so. Without it, on a
+ * host whose THP is not "always", refills stay lazy. */
+static void thp_always_refills_eagerly_with_huge_pages(void **state)
+{
+    char tmpl[1200], out[16384], saved[1200], *thp0 = thp_text();
+    const char *const always[] = { "--thp", "always", NULL };
+    int lazy = -1;
+    (void)state;
+
+    if (!thp0)
+        skip(); /* a kernel without THP: --thp always is refused (unit test) */
+    bool was_always = thp_is("always");
+    for (int i = 0; i < 3; i++)
+        node_stop(&NODES[i], SIGTERM);
+    py_template(tmpl, sizeof(tmpl), "pythp", false);
+    snprintf(saved, sizeof(saved), "%s/thp-saved", NODES[0].state);
+
+    node_start_with(&NODES[0], tmpl, 2, 2, always);
+    assert_true(wait_env_hot_n("pythp", 1, 120, true)); /* an image build first */
+    assert_true(thp_is("always"));
+    assert_int_equal(access(saved, F_OK) == 0, !was_always);
+    int pid = clone_pid("pythp", &lazy);
+    assert_true(pid > 0);
+    assert_int_equal(lazy, 0); /* eager: no lazy-pages daemon */
+    /* The 32 MiB the template's Python holds came back in huge pages (2 MiB
+     * aligned parts of it: at least half). */
+    long long huge = anon_huge(pid);
+    if (huge < 16 * MiB)
+        fail_msg("clone %d holds %lld bytes in huge pages, want >= 16 MiB", pid, huge);
+    bool said = false;
+    for (int i = 0; i < 50 && !said; i++, th_msleep(100)) {
+        pool_status_all(out, sizeof(out));
+        said = strstr(out, "hot refills eager, THP always") != NULL;
+    }
+    if (!said)
+        fail_msg("pool status does not say how it refills:\n%s", out);
+    node_stop(&NODES[0], SIGTERM);
+    char *now = thp_text();
+    assert_string_equal(now, thp0); /* put back as found */
+    free(now);
+    assert_true(access(saved, F_OK) < 0);
+    if (was_always) {
+        free(thp0);
+        return; /* the rest needs a host whose THP is not "always" */
+    }
+
+    /* Killed: THP stays "always" and the saved mode stays on disk... */
+    node_start_with(&NODES[0], tmpl, 2, 2, always);
+    bool on = false;
+    for (int i = 0; i < 200 && !on; i++, th_msleep(25))
+        on = thp_is("always") && access(saved, F_OK) == 0;
+    assert_true(on);
+    node_stop(&NODES[0], SIGKILL);
+    assert_true(thp_is("always"));
+    /* ...and the next start without it puts the host's back, and refills
+     * lazily: eager ones would cost ~5x the CPU without huge pages. */
+    node_start_with(&NODES[0], tmpl, 2, 2, NULL);
+    bool back = false;
+    for (int i = 0; i < 200 && !back; i++, th_msleep(25))
+        back = !thp_is("always") && access(saved, F_OK) < 0;
+    assert_true(back);
+    now = thp_text();
+    assert_string_equal(now, thp0);
+    free(now);
+    /* A clone restored by this node (the killed one's are orphans, gone). */
+    said = false;
+    for (int i = 0; i < 100 && !said; i++, th_msleep(100)) {
+        pool_status_all(out, sizeof(out));
+        said = strstr(out, "hot refills lazy") && strstr(out, "--thp always");
+    }
+    if (!said)
+        fail_msg("pool status does not say refills are lazy:\n%s", out);
+    assert_true(wait_env_hot_n("pythp", 1, 120, true));
+    lazy = -1;
+    for (int i = 0; i < 100 && lazy <= 0; i++, th_msleep(100))
+        if (clone_pid("pythp", &lazy) == 0)
+            lazy = -1;
+    assert_true(lazy > 0);
+    node_stop(&NODES[0], SIGTERM);
+    free(thp0);
+}
+
 /* ---- where criu does not work, or hangs ---------------------------------- */
 
 /* A node on a host where no criu mode works (here: the operator says so):
@@ -1390,6 +1576,8 @@ int main(void)
         cmocka_unit_test(unmerged_clones_share_nothing),
         cmocka_unit_test(memory_budget_caps_hot_clones),
         cmocka_unit_test(multi_tenant_node_refuses_ksm),
+        cmocka_unit_test(thp_always_refills_eagerly_with_huge_pages),
+        cmocka_unit_test(a_waiting_claim_watches_its_node_once_a_second),
         cmocka_unit_test(node_without_criu_serves_cold),
         cmocka_unit_test(hung_restores_do_not_stop_the_node),
         /* Last: it stops the nodes the tests above hand on to each other. */
