@@ -6,7 +6,9 @@
  * on all alike): eager; lazy as before issue 20 (the helper polled /proc
  * until the lazy-pages daemon listened); lazy as now (it waits on the
  * daemon's --status-fd); the same with criu's log at level 1 (errors only)
- * instead of 4. Each clone's CPU is split by
+ * instead of 4; and eager and lazy again with the host's transparent huge
+ * pages set to "always" for that restore (what `warmpool-node --thp always`
+ * does; the mode found is put back after each). Each clone's CPU is split by
  * where it went, everything counted until all its memory is in:
  *   ours      this process (the restore's set-up: dirs, overlay, cgroups),
  *   helper    the restoring helper itself (fork, netns, cgroups, waits),
@@ -37,6 +39,26 @@
 #include "snapshot/snapshot.h"
 
 #include "bench/bench_stats.h"
+
+#define THP_PATH "/sys/kernel/mm/transparent_hugepage/enabled"
+
+static void thp_write(const char *word)
+{
+    FILE *f = fopen(THP_PATH, "we");
+    if (!f || fprintf(f, "%s\n", word) < 0 || fclose(f) != 0) {
+        fprintf(stderr, "clonecpu_bench: cannot set THP to %s\n", word);
+        exit(1);
+    }
+}
+
+/* The kernel shows "always [madvise] never": write the bracketed word. */
+static void thp_put_back(const char *shown)
+{
+    char word[16] = "";
+    const char *o = strchr(shown, '[');
+    if (o && sscanf(o + 1, "%15[a-z]", word) == 1)
+        thp_write(word);
+}
 
 static double tv_ms(struct timeval t)
 {
@@ -121,7 +143,7 @@ static double criu_floor_ms(const char *criu)
     return rusage_ms(RUSAGE_CHILDREN) - c0;
 }
 
-#define NV 4
+#define NV 6
 #define NS 9
 enum { S_WALL, S_FULL, S_TOTAL, S_OURS, S_HELPER, S_CRIU, S_TASKS, S_LAZY, S_DESTROY };
 static const char *sname[NS] = { "restored", "all_in", "total", "ours", "helper",
@@ -193,8 +215,15 @@ int main(int argc, char **argv)
     /* One context per variant, on one state dir. */
     static const char *vname[NV] = { "eager", "lazy, before (wait: /proc poll)",
                                      "lazy, after (wait: status fd)",
-                                     "lazy, after, criu log 1" };
-    static const bool vlazy[NV] = { false, true, true, true };
+                                     "lazy, after, criu log 1", "eager, THP always",
+                                     "lazy, after, THP always" };
+    static const bool vlazy[NV] = { false, true, true, true, false, true };
+    static const bool vthp[NV] = { false, false, false, false, true, true };
+    char *thp0 = NULL;
+    if (wp_read_file(THP_PATH, 256, &thp0, NULL, NULL) < 0)
+        fprintf(stderr, "clonecpu_bench: no THP here: the THP rows are the host's mode\n");
+    else
+        thp0[strcspn(thp0, "\n")] = '\0';
     struct snap_ctx *ctx[NV];
     for (int v = 0; v < NV; v++) {
         struct snap_config q = cfg;
@@ -218,8 +247,13 @@ int main(int argc, char **argv)
     static struct series s[NV][NS];
     struct series floor = { "criu_floor" };
     for (int i = 0; i < runs; i++) {
-        for (int v = 0; v < NV; v++)
+        for (int v = 0; v < NV; v++) {
+            if (vthp[v] && thp0)
+                thp_write("always");
             one_clone(ctx[v], vlazy[v], s[v]);
+            if (vthp[v] && thp0)
+                thp_put_back(thp0);
+        }
         add(&floor, criu_floor_ms(criu));
     }
 
@@ -272,6 +306,14 @@ int main(int argc, char **argv)
             pct(&s[2][S_FULL], 50) / pct(&s[1][S_FULL], 50),
             pct(&s[3][S_TOTAL], 50) / pct(&s[1][S_TOTAL], 50),
             pct(&s[0][S_TOTAL], 50) / pct(&s[1][S_TOTAL], 50));
+    fprintf(md, "\nHost THP before the run: %s. Under THP `always` (to `lazy, after` with the host's "
+                "mode): eager CPU per clone x%.3f, all in x%.3f; lazy CPU x%.3f. Eager under THP "
+                "`always` to eager without: CPU x%.3f.\n",
+            thp0 ? thp0 : "none", pct(&s[4][S_TOTAL], 50) / pct(&s[2][S_TOTAL], 50),
+            pct(&s[4][S_FULL], 50) / pct(&s[2][S_FULL], 50),
+            pct(&s[5][S_TOTAL], 50) / pct(&s[2][S_TOTAL], 50),
+            pct(&s[4][S_TOTAL], 50) / pct(&s[0][S_TOTAL], 50));
+    free(thp0);
     fprintf(js, "]}\n");
     fclose(js);
     fclose(md);

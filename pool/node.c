@@ -395,7 +395,7 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
     }
     n->thp = pool__thp_mode();
     log_info("THP %s: hot refills %s%s", pool__thp_name(n->thp),
-             node__restore_lazy(n, false) ? "lazy" : "eager",
+             node__restore_lazy(n) ? "lazy" : "eager",
              cfg->refill == POOL_REFILL_AUTO && n->thp != POOL_THP_ALWAYS
                  ? " (THP \"always\" makes eager ones cheaper: --thp always)"
                  : "");

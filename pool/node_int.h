@@ -193,7 +193,7 @@ void node__publish_reply(struct node *n, struct nsb *s, int status, const char *
 void node__image_set_aside(struct node *n, struct env *e);
 void node__expire_restores(struct node *n);
 struct nsb *node__start_restore(struct node *n, struct env *e, bool for_claim);
-bool node__restore_lazy(const struct node *n, bool for_claim);
+bool node__restore_lazy(const struct node *n);
 struct nsb *node__start_cold_boot(struct node *n, struct env *e, bool for_claim);
 
 /* node_image.c */

@@ -55,7 +55,7 @@ void node__register_node(struct node *n)
                            "criu_lazy", cp->lazy_ok ? "yes" : "no",
                            "criu_source", cp->forced ? "configured" : cp->cached ? "cached" : "probed",
                            "criu_why", cp->why, "thp", pool__thp_name(n->thp),
-                           "refill", node__restore_lazy(n, false) ? "lazy" : "eager" };
+                           "refill", node__restore_lazy(n) ? "lazy" : "eager" };
     node__cmd(n, "node", 24, hset);
     /* Every beat, not once: after a Redis restart that lost writes the
      * node reappears by itself. */

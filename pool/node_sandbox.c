@@ -280,20 +280,22 @@ void node__expire_restores(struct node *n)
     }
 }
 
-/* Lazy pages whenever a claim waits (the clone runs ~20 ms sooner); for
- * the hot tier, what costs less CPU: eager under THP "always" (thp.c). */
-bool node__restore_lazy(const struct node *n, bool for_claim)
+/* What costs less CPU: eager under THP "always" (thp.c), else lazy pages.
+ * Restores a claim waits for too: a lazy one runs ~20 ms sooner on a
+ * quiet node, but claims wait for restores when the node is short of CPU,
+ * and then the cheaper restore is the faster one. */
+bool node__restore_lazy(const struct node *n)
 {
     switch (n->cfg.refill) {
     case POOL_REFILL_EAGER: return false;
     case POOL_REFILL_LAZY: return true;
-    default: return for_claim || n->thp != POOL_THP_ALWAYS;
+    default: return n->thp != POOL_THP_ALWAYS;
     }
 }
 
 struct nsb *node__start_restore(struct node *n, struct env *e, bool for_claim)
 {
-    struct snap_restore_opts ro = { .lazy = node__restore_lazy(n, for_claim),
+    struct snap_restore_opts ro = { .lazy = node__restore_lazy(n),
                                     .merge = e->ksm == KSM_ON || e->ksm == KSM_OVERRIDE ? 1 : -1 };
     struct nsb *s = calloc(1, sizeof(*s));
     struct wp_err err;

@@ -82,9 +82,8 @@ struct pool_env_config {
     int max_hot;
 };
 
-/* How the node restores clones for its hot tier (thp.c says why). A
- * restore a claim waits for is lazy whenever lazy pages work: the clone
- * runs sooner. */
+/* How the node restores clones, for its hot tier and for claims that wait
+ * (thp.c says why). */
 enum pool_refill {
     POOL_REFILL_AUTO = 0, /* eager while the host's THP is "always", else lazy */
     POOL_REFILL_EAGER,    /* always eager (--eager) */
