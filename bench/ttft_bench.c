@@ -63,7 +63,7 @@ struct hreq {
 
 struct sess {
     int idx;
-    double t_arrival, t_ready, t_sent, t_first, t_tool, t_done;
+    double t_arrival, t_ready, t_sent, t_first, t_tool_use, t_tool, t_done;
     char id[64];                 /* sandbox or session id */
     char model_reqid[64];
     double planned_ms;
@@ -310,6 +310,10 @@ static void sse_event(struct hreq *h, json_t *d)
     if (!strcmp(type, "event_delta") || !strcmp(type, "agent.message")) {
         if (!s->t_first)
             s->t_first = now_ms();
+    } else if (!strcmp(type, "agent.tool_use")) {
+        /* The model's tool call is whole: from here the wait is ours. */
+        if (!s->t_tool_use)
+            s->t_tool_use = now_ms();
     } else if (!strcmp(type, "agent.tool_result")) {
         /* A tool that did not run (e.g. its sandbox was refused as
          * overloaded) is a failed session, not a fast first result. */
@@ -578,8 +582,8 @@ static double lookup_ttft(json_t *reqs, const char *rid)
 
 static int write_results(void)
 {
-    static double ttft[MAXS], tool[MAXS], added[MAXS], model[MAXS];
-    int nt = 0, nl = 0, na = 0, nm = 0, failed = 0;
+    static double ttft[MAXS], tool[MAXS], added[MAXS], model[MAXS], tadd[MAXS];
+    int nt = 0, nl = 0, na = 0, nm = 0, nu = 0, failed = 0;
     json_t *reqs = msrv_requests(), *fails = json_array();
     const char *join = "request_id";
     size_t order = 0;
@@ -605,6 +609,8 @@ static int write_results(void)
         ttft[nt++] = s->t_first - t0;
         if (s->t_tool)
             tool[nl++] = s->t_tool - t0;
+        if (s->t_tool && s->t_tool_use)
+            tadd[nu++] = s->t_tool - s->t_tool_use;
         double m = lookup_ttft(reqs, s->model_reqid);
         if (m < 0 && warm) {
             /* No model_request_id from the brain: first turns in order. */
@@ -621,12 +627,13 @@ static int write_results(void)
             added[na++] = s->t_first - t0 - m;
         }
     }
-    json_t *o = json_pack("{s:s, s:s, s:f, s:f, s:i, s:i, s:i, s:i, s:s, s:o, s:o, s:o, s:o, s:o}",
+    json_t *o = json_pack("{s:s, s:s, s:f, s:f, s:i, s:i, s:i, s:i, s:s, s:o, s:o, s:o, s:o, s:o, s:o}",
                           "mode", B.mode, "env", B.env, "rate", B.rate, "duration_s", B.duration,
                           "arrivals", B.n + B.shed, "completed", B.n - failed, "failed", failed,
                           "shed", B.shed, "model_join", join, "ttft_ms", pcts(ttft, nt),
                           "first_tool_result_ms", pcts(tool, nl), "added_over_model_ms",
-                          pcts(added, na), "model_ttft_ms", pcts(model, nm), "failures", fails);
+                          pcts(added, na), "model_ttft_ms", pcts(model, nm),
+                          "tool_result_after_tool_use_ms", pcts(tadd, nu), "failures", fails);
     int rc = json_dump_file(o, B.out, JSON_INDENT(1));
     json_decref(o);
     json_decref(reqs);
