@@ -59,6 +59,7 @@ for v in order:
                      "tool_p50": o["first_tool_result_ms"].get("p50"),
                      "tool_p95": o["first_tool_result_ms"].get("p95"),
                      "model_p50": o["model_ttft_ms"].get("p50"),
+                     "busy_per_session_ms": (o["machine_busy_ms"] / o["completed"]) if o.get("machine_busy_ms") and o["completed"] else None,
                      "ours_p50": (o.get("tool_result_after_tool_use_ms") or {}).get("p50"),
                      "ours_p95": (o.get("tool_result_after_tool_use_ms") or {}).get("p95")})
 rows.sort(key=lambda r: (r["env"], r["rate"], order.index(r["variant"])))
@@ -84,16 +85,19 @@ md = ["# Capacity curve", "",
       "issue's measure; it includes the model's own streaming of its text and tool call after the first",
       "token, ~300 ms in this script at 80 tokens/s); `after tool_use` = from the session's `agent.tool_use`",
       "event (the model's call complete) to its `agent.tool_result`: what warmpool adds (the sandbox's",
-      "claim and attach, the bash run), p50 / p95.", "",
-      "| env | offered /s | variant | done / arrived | shed | failed (overloaded) | hot hit | first tool result p50 / p95 | model TTFT p50 | over TTFT | after tool_use p50 / p95 |",
-      "|---|---|---|---|---|---|---|---|---|---|---|"]
+      "claim and attach, the bash run), p50 / p95. `CPU/session`: the whole machine's busy CPU from the",
+      "run's start until 2 s after its last session (the released sandboxes destroyed), over the sessions",
+      "done: every process on the one machine (refills, scheduler, Redis, node, the model stand-in and the",
+      "driver; other work on the machine too), ms; 2 CPUs give 2000 ms a second.", "",
+      "| env | offered /s | variant | done / arrived | shed | failed (overloaded) | hot hit | first tool result p50 / p95 | model TTFT p50 | over TTFT | after tool_use p50 / p95 | CPU/session |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for r in rows:
     hh = "-" if r["hot_hit"] is None else "%.0f%%" % (100 * r["hot_hit"])
     over = None if r["tool_p50"] is None or r["model_p50"] is None else r["tool_p50"] - r["model_p50"]
-    md.append("| %s | %g | %s | %d / %d | %d | %d (%d) | %s | %s / %s | %s | %s | %s / %s |" % (
+    md.append("| %s | %g | %s | %d / %d | %d | %d (%d) | %s | %s / %s | %s | %s | %s / %s | %s |" % (
         r["env"], r["rate"], r["variant"], r["completed"], r["arrivals"], r["shed"], r["failed"],
         r["overloaded"], hh, f(r["tool_p50"]), f(r["tool_p95"]), f(r["model_p50"]), f(over),
-        f(r["ours_p50"]), f(r["ours_p95"])))
+        f(r["ours_p50"]), f(r["ours_p95"]), f(r["busy_per_session_ms"])))
 open(os.path.join(out, "capacity.md"), "w").write("\n".join(md) + "\n")
 print("\n".join(md))
 PY

@@ -127,6 +127,9 @@ policy() { # env tiers min_hot
     done
     echo "bench_ttft: $1: hot tier never reached $3" >&2
 }
+# Busy CPU time of the whole machine so far (user, nice, system, irq,
+# softirq, steal), in clock ticks.
+cpu_busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 refill_wait() { # env n: until the hot tier holds n again (60 s at most)
     for _ in $(seq 600); do
         [ "$(hot "$1")" -ge "$2" ] 2>/dev/null && return 0
@@ -201,16 +204,19 @@ for mode in $MODES; do
             f="$T/run-$mode-$e-$r.json"
             echo "bench_ttft: mode=$mode env=$e rate=$r/s for ${DURATION}s"
             before=$(claim_counts "$e")
+            busy0=$(cpu_busy)
             run "$mode" "$e" "$r" "$f" || true
             [ -f "$f" ] && RUNS+=("$f")
-            if [ -f "$f" ] && [ -n "${RUNS_OUT:-}" ]; then
-                after=$(claim_counts "$e")
-                mkdir -p "$RUNS_OUT"
-                python3 -c 'import json,sys; o=json.load(open(sys.argv[1])); b=[int(x or 0) for x in sys.argv[2].split()]; a=[int(x or 0) for x in sys.argv[3].split()]; o["claims"]={t: a[i]-b[i] for i, t in enumerate(["hot","warm","cold"])}; json.dump(o, open(sys.argv[4], "w"))' \
-                    "$f" "$before" "$after" "$RUNS_OUT/$(basename "$f")"
-            fi
-            # Let the node destroy what the run released before the next.
+            after=$(claim_counts "$e")
+            # Let the node destroy what the run released before the next
+            # (counted in the run's CPU: a session's sandbox goes too).
             sleep 2
+            busy1=$(cpu_busy)
+            if [ -f "$f" ] && [ -n "${RUNS_OUT:-}" ]; then
+                mkdir -p "$RUNS_OUT"
+                python3 -c 'import json,sys; o=json.load(open(sys.argv[1])); b=[int(x or 0) for x in sys.argv[2].split()]; a=[int(x or 0) for x in sys.argv[3].split()]; o["claims"]={t: a[i]-b[i] for i, t in enumerate(["hot","warm","cold"])}; o["machine_busy_ms"]=int(sys.argv[5]); json.dump(o, open(sys.argv[4], "w"))' \
+                    "$f" "$before" "$after" "$RUNS_OUT/$(basename "$f")" "$(( (busy1 - busy0) * 1000 / $(getconf CLK_TCK) ))"
+            fi
         done
         [ "$mode" = hot ] && policy "$e" hot,warm,cold 0
     done
