@@ -428,6 +428,8 @@ static void attach_cb(void *ctx, int status, const struct alink_result *res, con
 {
     struct sched_sbx *s = ctx;
     (void)err;
+    if (s->st == SBX_FAILED)
+        return; /* failed meanwhile (the handshake's failure fails this first) */
     if (status != 0 || res->is_error)
         fail(s, "attach: %.*s", (int)res->len, res->content);
     else
@@ -446,17 +448,24 @@ static void link_closed(void *ctx, const struct wp_err *err)
 static void hello_cb(void *ctx, int status, const struct wp_err *err)
 {
     struct sched_sbx *s = ctx;
-    struct wp_err e2;
 
     if (status != 0) {
-        fail(s, "connect: %s", err ? err->msg : "failed");
+        if (s->st != SBX_FAILED) /* else the pipelined attach said why */
+            fail(s, "connect: %s", err ? err->msg : "failed");
         return;
     }
-    if (!s->attach) {
+    if (!s->attach) /* else the attach's result makes it ready */
         ready(s);
-        return;
-    }
-    /* Per-session settings, applied to a warm clone without a cold start. */
+}
+
+/* Per-session settings, applied to a warm clone without a cold start.
+ * Sent right behind the hello, through the relay's pipelined route: the
+ * route, the hello and the attach go out together and come back as one
+ * round trip (issue 20). */
+static void send_attach(struct sched_sbx *s)
+{
+    struct wp_err e2;
+
     json_t *env = json_object_get(s->settings, "env"), *v;
     const char *k;
     struct alink_env_var vars[64];
@@ -489,14 +498,19 @@ static void relay_cb(void *ctx, int status, int fd, const struct wp_err *err)
         return;
     }
     if (alink_client_new(s->srv->loop, &o, &s->ac, &e2) < 0 ||
-        alink_client_connect_fd(s->ac, fd, hello_cb, s, &e2) < 0)
+        alink_client_connect_fd(s->ac, fd, hello_cb, s, &e2) < 0) {
         fail(s, "connect: %s", e2.msg);
+        return;
+    }
+    if (s->attach)
+        send_attach(s);
 }
 
 static void connect_link(struct sched_sbx *s)
 {
     struct wp_err err;
-    if (pool_connect(s->srv->loop, &s->res, s->env, relay_cb, s, &err) < 0)
+    if ((s->srv->cfg.relay_pipe ? pool_connect_pipe : pool_connect)(s->srv->loop, &s->res, s->env,
+                                                                   relay_cb, s, &err) < 0)
         fail(s, "relay: %s", err.msg);
 }
 
