@@ -336,15 +336,11 @@ static void handle_attach(struct alink__conn *c, struct alink_msg *m)
         shq(&pre, hostname);
         wp_buf_append(&pre, "\n", 1);
     }
-    snprintf(h->session, sizeof(h->session), "%s", session);
-    /* The answer first, then the shell's settings: writing them wakes the
-     * shell, which then ran ahead of this reply (~1 ms of the first call,
-     * issue 20). A call after this attach still finds them applied: its
-     * command goes into the shell's input behind them. */
-    alink__replyf(c, m->id, false, "attached %s", h->session);
     alink__bash_preamble(h, pre.data, pre.len);
+    snprintf(h->session, sizeof(h->session), "%s", session);
     log_info("attach session=%s workdir=%s env=%zu", h->session, h->workdir,
              json_object_size(env));
+    alink__replyf(c, m->id, false, "attached %s", h->session);
 out:
     wp_buf_free(&pre);
 }
