@@ -13,10 +13,12 @@
 #                            its node, scheduler and hands, with their own
 #                            Redis): before and after in one run
 # A real Redis, node and scheduler; hot clones only (each environment keeps
-# HOT of them; sandboxes are made one at a time, and each create waits until
-# its environment's hot tier is full again; the previous row's refill may
-# still run). Knobs: N (sandboxes per row, default 60), HOT (4), OUT
-# (results dir), BASE, BASE_NAME (its label, default "before").
+# HOT of them; sandboxes are made one at a time, rows in a shuffled order
+# each round, and each create waits until every row's hot tier is full
+# again, then SETTLE_MS: what is measured is the claim, attach and call, not
+# a refill's restore competing for the CPUs). Knobs: N (sandboxes per row,
+# default 60), HOT (4), SETTLE_MS (50), OUT (results dir), BASE, BASE_NAME
+# (its label, default "before").
 set -euo pipefail
 BUILD=${1:-build}
 cd "$(dirname "$0")/.."
@@ -110,9 +112,10 @@ for p in "$SPORT" "$SPORT_OFF" ${BSPORT:-}; do # the schedulers listen
 done
 echo "bench_firstcall: $N sandboxes per row"
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-nice python3 - "$KEY" "$N" "$HOT" "$OUT" "$(uname -r)" "$(nproc)" "$ROWS" "$LOAD0" <<'PY'
-import http.client, json, subprocess, sys, time
+nice python3 - "$KEY" "$N" "$HOT" "$OUT" "$(uname -r)" "$(nproc)" "$ROWS" "$LOAD0" "${SETTLE_MS:-50}" <<'PY'
+import http.client, json, random, subprocess, sys, time
 key, n, hot, out, kern, ncpu, rowspec, load0 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8]
+settle = float(sys.argv[9]) / 1e3
 rows = []
 for r in rowspec.split(";"):
     label, port, rport, env = r.split("=")
@@ -129,12 +132,18 @@ def hot_len(row):
     return int(subprocess.check_output(["redis-cli", "-p", row["rport"], "llen", "wp:env:{%s}:hot" % row["env"]]).strip())
 keys = ("create", "first", "second", "total", "claim", "attached")
 res = {r["label"]: {**{k: [] for k in keys}, "miss": 0} for r in rows}
+rng = random.Random(20)
 for i in range(n):
-    for row in rows:  # interleaved, so every row sees the same machine
-        for _ in range(200):
-            if hot_len(row) >= hot:
+    order = rows[:]
+    rng.shuffle(order)  # no row always follows the same one
+    for row in order:  # interleaved, so every row sees the same machine
+        # Every row's hot tier full again: no refill of an earlier row runs
+        # meanwhile (SETTLE_MS more for a lazy restore's background copy).
+        for _ in range(500):
+            if all(hot_len(r) >= hot for r in rows):
                 break
             time.sleep(0.02)
+        time.sleep(settle)
         t0 = time.monotonic()
         st, sb = req(row, "POST", "/v1/sandboxes", {"environment": row["env"]})
         t1 = time.monotonic()
@@ -173,7 +182,8 @@ json.dump({"kernel": kern, "cpus": int(ncpu), "load_before": load0, "load_after"
 md = ["# First bash call of a new sandbox", "",
       "Kernel %s, %s CPUs, load average %s before and %s after; one node and scheduler per" % (kern, ncpu, load0, load1),
       "revision, Redis on this machine; hot clones of a host-rootfs environment, made one at a time",
-      "(%d per row, rows interleaved). Times in ms, client-side (Python http.client, one keep-alive" % n,
+      "(%d per row, rows interleaved in a shuffled order; each create waits until every hot tier is" % n,
+      "full again, then %.0f ms: no refill runs meanwhile). Times in ms, client-side (Python http.client, one keep-alive" % (settle * 1e3),
       "connection per scheduler). `not hot`: sandboxes not served from the hot tier. Claimed / attached:",
       "the scheduler's own timings from the create (`timings.claim_ms`, `attached_ms`).", "",
       "Rows: `shell-at-boot`: this build, the hands start their shell as they come up and a new link's",

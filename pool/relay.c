@@ -221,7 +221,8 @@ static void mount_check(struct rconn *c)
 static void route_try(struct rconn *c)
 {
     struct pool__route rt = { .env = c->env, .sandbox = c->sandbox, .rkey = c->rkey,
-                              .token = c->token, .egress = c->egress, .egress_len = c->egress_len };
+                              .token = c->token, .egress = c->egress, .egress_len = c->egress_len,
+                              .want_hands = !c->mount, .hands_fd = -1 };
     int fd, rc = c->r->lookup(c->r->ctx, &rt);
 
     if (rc == WP_ESTATE) {
@@ -257,7 +258,9 @@ static void route_try(struct rconn *c)
     /* Resolved inside the sandbox's root (/proc/<init>/root: it follows
      * the sandbox's own mount namespace): a sandbox that makes /run or
      * /run/warmpool a symlink must not point the node at a host socket. */
-    fd = wp_connect_unix_in_root(rt.root, ALINK_SOCK_PATH_DEFAULT, SOCK_STREAM | SOCK_NONBLOCK, NULL);
+    fd = rt.hands_fd >= 0 ? rt.hands_fd
+                          : wp_connect_unix_in_root(rt.root, ALINK_SOCK_PATH_DEFAULT,
+                                                    SOCK_STREAM | SOCK_NONBLOCK, NULL);
     if (fd < 0) {
         refuse(c, "unreachable", "the sandbox's hands do not answer");
         return;
