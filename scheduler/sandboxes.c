@@ -298,14 +298,14 @@ static void exec_done(void *ctx, int status, const struct alink_result *res, con
          * hands then refused the call) or its link did. */
         struct sched_sbx *s = find_local(x->srv, x->sbx);
         if (!s || s->st != SBX_READY) {
-            if (!x->starting)
-                free(x);
             if (sched__req_release(req))
                 sched__respond_error(req, 502, "api_error", "sandbox_failed",
                                      "sandbox %s could not be provisioned: %s", x->sbx,
                                      s && s->error[0] ? s->error
                                      : err              ? err->msg
                                                         : "its attach did not complete");
+            if (!x->starting)
+                free(x);
             return;
         }
     }
