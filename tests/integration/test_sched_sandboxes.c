@@ -141,7 +141,8 @@ static void create_answers_at_once_and_execute_waits(void **state)
 /* Issue 20: an execute sent while the sandbox attaches goes right behind
  * the attach. An attach that fails (a workdir that cannot be made) must
  * not let it run without the settings: the execute answers 502 with the
- * attach's reason, as one that waited for the attach would. */
+ * attach's reason, as one that waited for the attach would (which of the
+ * three paths it takes depends on timing; each must answer so). */
 static void execute_behind_a_failed_attach_is_not_run(void **state)
 {
     char path[128];
@@ -155,10 +156,11 @@ static void execute_behind_a_failed_attach_is_not_run(void **state)
     struct th_resp r;
     assert_int_equal(th_http(A.port, "POST", path, KEY,
                              "{\"name\":\"bash\",\"input\":{\"command\":\"echo ran\"}}", &r), 0);
-    assert_int_equal(r.status, 502);
-    assert_non_null(strstr(r.body, "could not be provisioned"));
-    assert_non_null(strstr(r.body, "workdir"));
-    assert_null(strstr(r.body, "ran\\n"));
+    /* "could not be provisioned" when it waited or went behind the attach,
+     * "is not available" when the attach had failed before it came. */
+    if (r.status != 502 || !strstr(r.body, "sandbox_failed") || !strstr(r.body, "attach: workdir") ||
+        strstr(r.body, "ran\\n"))
+        fail_msg("want a 502 naming the attach's workdir failure, got %d %s", r.status, r.body);
     th_resp_free(&r);
     snprintf(path, sizeof(path), "/v1/sandboxes/%s", id);
     json_t *got = call(&A, "GET", path, NULL, 200);
@@ -619,5 +621,8 @@ int main(void)
         cmocka_unit_test(metrics_scans_shared_and_token_beyond_loopback),
         cmocka_unit_test(overloaded_claims_answer_529_and_a_retry_runs),
     };
+    /* WP_TEST_FILTER=pattern runs only matching tests (as test_pool). */
+    if (getenv("WP_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("WP_TEST_FILTER"));
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
