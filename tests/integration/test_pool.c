@@ -928,8 +928,8 @@ static void relay_reaches_the_hands_and_fences(void **state)
  * one answers nothing of its own, and the hands answer all three. */
 struct plink {
     struct link l;
-    int hello, attached, called, hello_status, attach_status, call_status;
-    char attach_text[256], call_text[256];
+    int hello, hello_status;
+    struct link attach, call; /* their results (link_result_cb) */
 };
 
 static void plink_hello_cb(void *ctx, int status, const struct wp_err *err)
@@ -938,26 +938,6 @@ static void plink_hello_cb(void *ctx, int status, const struct wp_err *err)
     (void)err;
     p->hello = 1;
     p->hello_status = status;
-}
-
-static void plink_attach_cb(void *ctx, int status, const struct alink_result *res,
-                            const struct wp_err *err)
-{
-    struct plink *p = ctx;
-    (void)err;
-    p->attached = 1;
-    p->attach_status = status != 0 ? status : res->is_error ? -1 : 0;
-    snprintf(p->attach_text, sizeof(p->attach_text), "%.*s", (int)res->len, res->content);
-}
-
-static void plink_call_cb(void *ctx, int status, const struct alink_result *res,
-                          const struct wp_err *err)
-{
-    struct plink *p = ctx;
-    (void)err;
-    p->called = 1;
-    p->call_status = status != 0 ? status : res->is_error ? -1 : 0;
-    snprintf(p->call_text, sizeof(p->call_text), "%.*s", (int)res->len, res->content);
 }
 
 /* Route, hello, attach and one bash call, all sent before any answer. */
@@ -973,13 +953,13 @@ static void plink_run(struct ev_loop *loop, const struct pool_claim_result *res,
     assert_int_equal(alink_client_new(loop, NULL, &p->l.c, &err), 0);
     assert_int_equal(alink_client_connect_fd(p->l.c, p->l.fd, plink_hello_cb, p, &err), 0);
     struct alink_attach a = { .session_id = "piped", .workdir = "/work/piped" };
-    assert_true(alink_client_attach(p->l.c, &a, plink_attach_cb, p, &err) > 0);
+    assert_true(alink_client_attach(p->l.c, &a, link_result_cb, &p->attach, &err) > 0);
     json_t *in = json_pack("{s:s}", "command", command);
-    assert_true(alink_client_call(p->l.c, "bash", in, NULL, plink_call_cb, p, &err) > 0);
+    assert_true(alink_client_call(p->l.c, "bash", in, NULL, link_result_cb, &p->call, &err) > 0);
     json_decref(in);
-    for (int i = 0; i < 20000 && !(p->hello && p->attached && p->called); i++)
+    for (int i = 0; i < 20000 && !(p->hello && p->attach.done && p->call.done); i++)
         ev_run(loop, EVRUN_ONCE);
-    assert_true(p->hello && p->attached && p->called);
+    assert_true(p->hello && p->attach.done && p->call.done);
 }
 
 static void relay_pipelined_route_checks_the_lease_first(void **state)
@@ -1001,9 +981,9 @@ static void relay_pipelined_route_checks_the_lease_first(void **state)
     guess.rkey[7] = guess.rkey[7] == 'a' ? 'b' : 'a';
     plink_run(loop, &guess, &bad, "touch /tmp/pipelined-by-a-stranger");
     assert_int_not_equal(bad.hello_status, 0);
-    assert_int_not_equal(bad.attach_status, 0);
-    assert_non_null(strstr(bad.attach_text, "stale_token"));
-    assert_int_not_equal(bad.call_status, 0);
+    assert_true(bad.attach.status != 0 || bad.attach.is_error);
+    assert_non_null(strstr(bad.attach.text, "stale_token"));
+    assert_true(bad.call.status != 0 || bad.call.is_error);
     alink_client_free(bad.l.c);
     /* The holder: the hands answer the hello, the attach (its workdir
      * made) and the call, which ran after the attach; and the stranger's
@@ -1011,9 +991,11 @@ static void relay_pipelined_route_checks_the_lease_first(void **state)
     plink_run(loop, &o.res, &good,
               "pwd; test -e /tmp/pipelined-by-a-stranger && echo LEAKED || echo clean");
     assert_int_equal(good.hello_status, 0);
-    assert_int_equal(good.attach_status, 0);
-    assert_int_equal(good.call_status, 0);
-    assert_string_equal(good.call_text, "/work/piped\nclean");
+    assert_int_equal(good.attach.status, 0);
+    assert_false(good.attach.is_error);
+    assert_int_equal(good.call.status, 0);
+    assert_false(good.call.is_error);
+    assert_string_equal(good.call.text, "/work/piped\nclean");
     alink_client_free(good.l.c);
     release_ok(c, loop, &o.res);
     pool_client_free(c);
