@@ -319,9 +319,12 @@ void alink__bash_preamble(struct alink__hands *h, const char *text, size_t len)
      * environment and workdir, nothing to send. */
     if (!sh->pid || !len)
         return;
+    /* Kept until the next command, which goes out with them: the shell is
+     * not woken for the attach (whose answer then waits for nothing), and
+     * wakes once for the first call (issue 20). Nothing of the shell can
+     * see them earlier: it only runs what it reads. */
     if (wp_buf_append(&sh->inbuf, text, len) < 0)
         log_warn("shell input buffer full: attach settings not sent to the running shell");
-    shell_flush_soon(h);
 }
 
 /* ---- output --------------------------------------------------------------- */
