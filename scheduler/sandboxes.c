@@ -379,7 +379,7 @@ static void run_call_held(struct sched_sbx *s, struct sched_req *req, json_t *ca
         alink_client_cancel(x->ac, id, NULL);
 }
 
-static void run_call_early(struct sched_sbx *s, struct sched_req *req, json_t *call, bool early)
+static void start_call(struct sched_sbx *s, struct sched_req *req, json_t *call, bool early)
 {
     stamp_used(s->srv, s->org, s->id);
     /* A streamed call finishes req (whose body call may be) before the
@@ -391,7 +391,7 @@ static void run_call_early(struct sched_sbx *s, struct sched_req *req, json_t *c
 
 static void run_call(struct sched_sbx *s, struct sched_req *req, json_t *call)
 {
-    run_call_early(s, req, call, false);
+    start_call(s, req, call, false);
 }
 
 /* 529 overloaded_error (retried by the SDK): the node would not have
@@ -958,7 +958,7 @@ void sched__h_sbx_execute(struct sched_req *req)
      * known to be good, and its errors are plain responses. */
     if (s->st == SBX_PROVISIONING && s->attach_sent && s->ac && !s->waiters &&
         s->srv->cfg.relay_pipe && !json_is_true(json_object_get(b, "stream"))) {
-        run_call_early(s, req, b, true);
+        start_call(s, req, b, true);
         return;
     }
     /* Not attached yet: wait for it (the claim has its own timeout). */
