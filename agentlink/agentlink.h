@@ -174,7 +174,11 @@ int alink_client_connect_fd(struct alink_client *c, int fd, alink_connect_cb cb,
                             struct wp_err *err);
 
 /* Send attach. cb as for calls. Returns the request id (> 0) or < 0 (cb
- * never called). a is borrowed for the duration of this call. */
+ * never called). a is borrowed for the duration of this call.
+ * Attach and calls may be sent while the hello handshake is in flight
+ * (pipelined, one round trip less): they go right behind the hello, which
+ * the hands answer first; a failed handshake fails them with its reason,
+ * before the connect callback. */
 int64_t alink_client_attach(struct alink_client *c, const struct alink_attach *a,
                             alink_result_cb cb, void *ctx, struct wp_err *err);
 

@@ -110,6 +110,8 @@ struct alink__conn {
     size_t skip;        /* bytes of an oversized frame still to discard */
     bool hello;         /* handshake done */
     bool closing;
+    bool attach_failed; /* its last attach failed: calls are refused until one succeeds
+                         * (a host may pipeline its first call behind the attach) */
     struct alink__conn *next;
 };
 

@@ -506,7 +506,7 @@ int64_t alink_client_call(struct alink_client *c, const char *tool, const json_t
     wp_assert(c && c->magic == CLIENT_MAGIC);
     if (!tool || !json_is_object(input) || !cb)
         return wp_err_set(err, -EINVAL, "call: tool, input object and cb are required");
-    if (c->state != ST_READY || c->freeing)
+    if (c->state == ST_IDLE || c->freeing)
         return wp_err_set(err, WP_ESTATE, "call: agentlink client not connected");
     if (opts)
         o = *opts;
@@ -539,7 +539,7 @@ int64_t alink_client_attach(struct alink_client *c, const struct alink_attach *a
     wp_assert(c && c->magic == CLIENT_MAGIC);
     if (!a || !a->session_id || !cb)
         return wp_err_set(err, -EINVAL, "attach: session id and cb are required");
-    if (c->state != ST_READY || c->freeing)
+    if (c->state == ST_IDLE || c->freeing)
         return wp_err_set(err, WP_ESTATE, "attach: agentlink client not connected");
     s = a->seed;
     slen = a->seed_len;

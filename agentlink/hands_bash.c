@@ -293,6 +293,17 @@ static void shell_flush_in(struct alink__hands *h)
         ev_io_stop(h->loop, &sh->in_w);
 }
 
+/* Written from the loop's next turn rather than now: the frames read in
+ * this turn (an attach and the call behind it, issue 20) reach the shell
+ * as one write, one wake-up of it, and replies sent meanwhile (the
+ * attach's) leave before the shell competes for the CPU. */
+static void shell_flush_soon(struct alink__hands *h)
+{
+    struct alink__shell *sh = &h->shell;
+    if (sh->pid && sh->inbuf.len)
+        ev_io_start(h->loop, &sh->in_w);
+}
+
 static void in_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
@@ -308,9 +319,12 @@ void alink__bash_preamble(struct alink__hands *h, const char *text, size_t len)
      * environment and workdir, nothing to send. */
     if (!sh->pid || !len)
         return;
+    /* Kept until the next command, which goes out with them: the shell is
+     * not woken for the attach (whose answer then waits for nothing), and
+     * wakes once for the first call (issue 20). Nothing of the shell can
+     * see them earlier: it only runs what it reads. */
     if (wp_buf_append(&sh->inbuf, text, len) < 0)
         log_warn("shell input buffer full: attach settings not sent to the running shell");
-    shell_flush_in(h);
 }
 
 /* ---- output --------------------------------------------------------------- */
@@ -623,7 +637,7 @@ static void start_next(struct alink__hands *h)
         ev_timer_init(&call->timer, timeout_cb, (double)tmo / 1000.0, 0.);
         call->timer.data = h;
         ev_timer_start(h->loop, &call->timer);
-        shell_flush_in(h);
+        shell_flush_soon(h);
     }
     /* A call killed the shell (timeout, cancel, restart, exit): the next
      * one is started now rather than on the next call. */

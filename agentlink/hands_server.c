@@ -274,6 +274,7 @@ static void handle_attach(struct alink__conn *c, struct alink_msg *m)
     const char *k;
 
     wp_buf_init(&pre, 256 * 1024);
+    c->attach_failed = true; /* until it succeeds below */
     if (strlen(session) >= sizeof(h->session)) {
         alink__replyf(c, m->id, true, "attach: session id too long");
         goto out;
@@ -340,6 +341,7 @@ static void handle_attach(struct alink__conn *c, struct alink_msg *m)
     snprintf(h->session, sizeof(h->session), "%s", session);
     log_info("attach session=%s workdir=%s env=%zu", h->session, h->workdir,
              json_object_size(env));
+    c->attach_failed = false;
     alink__replyf(c, m->id, false, "attached %s", h->session);
 out:
     wp_buf_free(&pre);
@@ -364,6 +366,12 @@ static const struct {
 static void handle_call(struct alink__conn *c, struct alink_msg *m)
 {
     size_t i;
+
+    /* Never run a call meant for an attached sandbox without its settings. */
+    if (c->attach_failed) {
+        alink__replyf(c, m->id, true, "Error: not run: this connection's attach failed");
+        return;
+    }
 
     for (i = 0; i < sizeof(tools) / sizeof(tools[0]); i++)
         if (strcmp(tools[i].name, m->tool) == 0)

@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
-# First-call benchmark: `POST /v1/sandboxes` to the first `bash` result,
-# with the shell started when the hands come up (in the image, so every
-# clone holds one) against the same environment whose hands start their
-# shell on the first call (`--lazy-shell`, the old way), in one run.
+# First-call benchmark: `POST /v1/sandboxes` to the first `bash` result, in
+# one run, for (rows interleaved, so each sees the same machine):
+#   shell-at-boot            this build: the hands start their shell when they
+#                            come up; the link's route, hello and attach go out
+#                            together (pipelined, issue 20)
+#   shell-at-boot, one by one  the same node and hands through a second
+#                            scheduler with WARMPOOL_RELAY_PIPE=off: each of the
+#                            three waits for the answer before the next
+#   shell-lazy               the same hands with --lazy-shell: the shell starts
+#                            on the first call (before issue 20)
+#   shell-at-boot, BASE      with BASE=DIR (a build dir of another revision:
+#                            its node, scheduler and hands, with their own
+#                            Redis): before and after in one run
 # A real Redis, node and scheduler; hot clones only (each environment keeps
-# HOT of them; sandboxes are made one at a time, a pause lets the pool
-# refill). Knobs: N (sandboxes per environment, default 60), HOT (4),
-# OUT (results dir).
+# HOT of them; sandboxes are made one at a time, rows in a shuffled order
+# each round, and each create waits until every row's hot tier is full
+# again, then SETTLE_MS: what is measured is the claim, attach and call, not
+# a refill's restore competing for the CPUs). Knobs: N (sandboxes per row,
+# default 60), HOT (4), SETTLE_MS (50), OUT (results dir), BASE, BASE_NAME
+# (its label, default "before").
 set -euo pipefail
 BUILD=${1:-build}
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
 N=${N:-60}
 HOT=${HOT:-4}
+BASE=${BASE:-}
+BASE_NAME=${BASE_NAME:-before}
 KEY=sk-bench
 . bench/lib.sh
 mkdir -p "$OUT"
@@ -20,76 +34,135 @@ mkdir -p "$OUT"
 T=$(mktemp -d /tmp/wp-firstcall-XXXXXX)
 chmod 711 "$T"
 RPORT=$(wp_free_port)
-SPORT=$(wp_free_port)
 PIDS=()
-trap wp_bench_cleanup EXIT
-wp_bench_redis "$T" "$RPORT"
-wp_bench_hands "$BUILD" "$T"
-tmpl() { # name extra-hands-flag
-    cat >"$T/$1.json" <<JSON
-{"name":"$1","rootfs":"host","workdir":"/work","env":{"PATH":"/usr/bin:/bin"},
+cleanup() {
+    [ -z "${BPORT:-}" ] || redis-cli -p "$BPORT" shutdown nosave >/dev/null 2>&1 || true
+    wp_bench_cleanup
+}
+trap cleanup EXIT
+tmpl() { # dir name extra-hands-flag
+    cat >"$1/$2.json" <<JSON
+{"name":"$2","rootfs":"host","workdir":"/work","env":{"PATH":"/usr/bin:/bin"},
  "init_sets_hostname":true,"init":["/.wp/warmpool-hands","--socket","/run/warmpool/hands.sock","--workdir","/work",
-         "--ready-file","/run/warmpool/hands.ready"$2],
+         "--ready-file","/run/warmpool/hands.ready"$3],
  "ready_file":"/run/warmpool/hands.ready",
- "binds":[{"source":"$T/wp","target":"/.wp"}],
+ "binds":[{"source":"$1/wp","target":"/.wp"}],
  "limits":{"memory_mb":128,"pids":64}}
 JSON
 }
-tmpl shell-at-boot ''
-tmpl shell-lazy ',"--lazy-shell"'
-"$BUILD/warmpool-node" --id fc-node --redis "127.0.0.1:$RPORT" --state-dir "$T/state" \
-    --env "$T/shell-at-boot.json:$HOT:$HOT" --env "$T/shell-lazy.json:$HOT:$HOT" \
-    --heartbeat-ttl 5 --log-level warn ${NODE_ARGS:-} 2>"$T/node.log" &
-PIDS+=($!)
-"$BUILD/warmpool-scheduler" --listen "127.0.0.1:$SPORT" --redis "127.0.0.1:$RPORT" \
-    --api-key "bench:$KEY" --rate-create 0 --rate-read 0 --log-level warn 2>"$T/sched.log" &
-PIDS+=($!)
-for _ in $(seq 3000); do
-    a=$(redis-cli -p "$RPORT" llen 'wp:env:{shell-at-boot}:hot')
-    b=$(redis-cli -p "$RPORT" llen 'wp:env:{shell-lazy}:hot')
-    [ "$a" -ge "$HOT" ] && [ "$b" -ge "$HOT" ] && break
-    sleep 0.2
+# stack DIR BUILD REDIS-PORT NODE-ID ENV-FLAGS...: Redis, the hands, a node.
+stack() {
+    local d=$1 b=$2 rp=$3 id=$4
+    shift 4
+    mkdir -p "$d"
+    chmod 711 "$d"
+    wp_bench_redis "$d" "$rp"
+    wp_bench_hands "$b" "$d"
+    "$b/warmpool-node" --id "$id" --redis "127.0.0.1:$rp" --state-dir "$d/state" "$@" \
+        --heartbeat-ttl 5 --log-level warn ${NODE_ARGS:-} 2>"$d/node.log" &
+    PIDS+=($!)
+}
+sched() { # BUILD REDIS-PORT PORT LOG
+    "$1/warmpool-scheduler" --listen "127.0.0.1:$3" --redis "127.0.0.1:$2" \
+        --api-key "bench:$KEY" --rate-create 0 --rate-read 0 --log-level warn 2>"$4" &
+    PIDS+=($!)
+}
+wait_hot() { # REDIS-PORT ENV...
+    local rp=$1
+    shift
+    for _ in $(seq 3000); do
+        local full=1
+        for e in "$@"; do
+            [ "$(redis-cli -p "$rp" llen "wp:env:{$e}:hot")" -ge "$HOT" ] || full=0
+        done
+        [ "$full" = 1 ] && return 0
+        sleep 0.2
+    done
+    echo "bench_firstcall: the hot tier of $* did not fill" >&2
+    return 1
+}
+
+tmpl "$T" shell-at-boot ''
+tmpl "$T" shell-lazy ',"--lazy-shell"'
+stack "$T" "$BUILD" "$RPORT" fc-node --env "$T/shell-at-boot.json:$HOT:$HOT" \
+    --env "$T/shell-lazy.json:$HOT:$HOT"
+SPORT=$(wp_free_port)
+SPORT_OFF=$(wp_free_port)
+sched "$BUILD" "$RPORT" "$SPORT" "$T/sched.log"
+WARMPOOL_RELAY_PIPE=off sched "$BUILD" "$RPORT" "$SPORT_OFF" "$T/sched-off.log"
+ROWS="shell-at-boot=$SPORT=$RPORT=shell-at-boot"
+ROWS="$ROWS;shell-at-boot, one by one=$SPORT_OFF=$RPORT=shell-at-boot"
+if [ -n "$BASE" ]; then
+    BPORT=$(wp_free_port)
+    BSPORT=$(wp_free_port)
+    mkdir -p "$T/base"
+    tmpl "$T/base" shell-at-boot ''
+    stack "$T/base" "$BASE" "$BPORT" fc-base --env "$T/base/shell-at-boot.json:$HOT:$HOT"
+    sched "$BASE" "$BPORT" "$BSPORT" "$T/base/sched.log"
+    ROWS="$ROWS;shell-at-boot, $BASE_NAME=$BSPORT=$BPORT=shell-at-boot"
+fi
+ROWS="$ROWS;shell-lazy=$SPORT=$RPORT=shell-lazy"
+wait_hot "$RPORT" shell-at-boot shell-lazy
+[ -z "$BASE" ] || wait_hot "$BPORT" shell-at-boot
+for p in "$SPORT" "$SPORT_OFF" ${BSPORT:-}; do # the schedulers listen
+    for _ in $(seq 100); do
+        python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$p),1)" 2>/dev/null && break
+        sleep 0.1
+    done
 done
-echo "bench_firstcall: $N sandboxes per environment"
-nice python3 - "$SPORT" "$KEY" "$RPORT" "$N" "$HOT" "$OUT" "$(uname -r)" "$(nproc)" <<'PY'
-import http.client, json, subprocess, sys, time
-port, key, rport, n, hot, out, kern, ncpu = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7], sys.argv[8]
-conn = http.client.HTTPConnection("127.0.0.1", int(port))
+echo "bench_firstcall: $N sandboxes per row"
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+nice python3 - "$KEY" "$N" "$HOT" "$OUT" "$(uname -r)" "$(nproc)" "$ROWS" "$LOAD0" "${SETTLE_MS:-50}" <<'PY'
+import http.client, json, random, subprocess, sys, time
+key, n, hot, out, kern, ncpu, rowspec, load0 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8]
+settle = float(sys.argv[9]) / 1e3
+rows = []
+for r in rowspec.split(";"):
+    label, port, rport, env = r.split("=")
+    rows.append({"label": label, "port": int(port), "rport": rport, "env": env,
+                 "conn": http.client.HTTPConnection("127.0.0.1", int(port))})
 H = {"x-api-key": key, "content-type": "application/json"}
-def req(method, path, body=None):
-    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=H)
-    r = conn.getresponse()
+def req(row, method, path, body=None):
+    c = row["conn"]
+    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=H)
+    r = c.getresponse()
     data = r.read()
     return r.status, json.loads(data) if data else None
-def hot_len(env):
-    return int(subprocess.check_output(["redis-cli", "-p", rport, "llen", "wp:env:{%s}:hot" % env]).strip())
-envs = ["shell-at-boot", "shell-lazy"]
-res = {e: {"create": [], "first": [], "second": [], "total": [], "claim": [], "attached": [], "miss": 0} for e in envs}
+def hot_len(row):
+    return int(subprocess.check_output(["redis-cli", "-p", row["rport"], "llen", "wp:env:{%s}:hot" % row["env"]]).strip())
+keys = ("create", "first", "second", "total", "claim", "attached")
+res = {r["label"]: {**{k: [] for k in keys}, "miss": 0} for r in rows}
+rng = random.Random(20)
 for i in range(n):
-    for e in envs:  # interleaved, so both see the same machine
-        for _ in range(200):
-            if hot_len(e) >= hot:
+    order = rows[:]
+    rng.shuffle(order)  # no row always follows the same one
+    for row in order:  # interleaved, so every row sees the same machine
+        # Every row's hot tier full again: no refill of an earlier row runs
+        # meanwhile (SETTLE_MS more for a lazy restore's background copy).
+        for _ in range(500):
+            if all(hot_len(r) >= hot for r in rows):
                 break
             time.sleep(0.02)
+        time.sleep(settle)
         t0 = time.monotonic()
-        st, sb = req("POST", "/v1/sandboxes", {"environment": e})
+        st, sb = req(row, "POST", "/v1/sandboxes", {"environment": row["env"]})
         t1 = time.monotonic()
         if st >= 300:
             sys.exit("create: %d %s" % (st, sb))
-        st, r1 = req("POST", "/v1/sandboxes/%s/execute" % sb["id"], {"name": "bash", "input": {"command": "echo first"}})
+        st, r1 = req(row, "POST", "/v1/sandboxes/%s/execute" % sb["id"], {"name": "bash", "input": {"command": "echo first"}})
         t2 = time.monotonic()
-        st2, r2 = req("POST", "/v1/sandboxes/%s/execute" % sb["id"], {"name": "bash", "input": {"command": "echo second"}})
+        st2, r2 = req(row, "POST", "/v1/sandboxes/%s/execute" % sb["id"], {"name": "bash", "input": {"command": "echo second"}})
         t3 = time.monotonic()
         if st >= 300 or st2 >= 300 or "first" not in json.dumps(r1) or "second" not in json.dumps(r2):
             sys.exit("execute: %d %s / %d %s" % (st, r1, st2, r2))
-        st, info = req("GET", "/v1/sandboxes/%s" % sb["id"])
+        st, info = req(row, "GET", "/v1/sandboxes/%s" % sb["id"])
+        d = res[row["label"]]
         if info.get("tier") != "hot":
-            res[e]["miss"] += 1
+            d["miss"] += 1
         tm = info.get("timings") or {}
-        res[e]["claim"].append(tm.get("claim_ms", 0.0))
-        res[e]["attached"].append(tm.get("attached_ms", 0.0))
-        req("DELETE", "/v1/sandboxes/%s" % sb["id"])
-        d = res[e]
+        d["claim"].append(tm.get("claim_ms", 0.0))
+        d["attached"].append(tm.get("attached_ms", 0.0))
+        req(row, "DELETE", "/v1/sandboxes/%s" % sb["id"])
         d["create"].append((t1 - t0) * 1e3)
         d["first"].append((t2 - t1) * 1e3)
         d["second"].append((t3 - t2) * 1e3)
@@ -97,23 +170,30 @@ for i in range(n):
 def pct(v, p):
     v = sorted(v)
     return v[min(len(v) - 1, max(0, int(round(p / 100.0 * len(v) + 0.5)) - 1))]
-rows = []
-for e in envs:
-    d = res[e]
-    rows.append({"env": e, "n": len(d["total"]), "not_hot": d["miss"],
-                 **{k + "_p50_ms": pct(d[k], 50) for k in ("create", "first", "second", "total", "claim", "attached")},
-                 **{k + "_p95_ms": pct(d[k], 95) for k in ("create", "first", "second", "total", "claim", "attached")}})
-json.dump({"kernel": kern, "cpus": int(ncpu), "runs": rows}, open(out + "/firstcall.json", "w"), indent=1)
+out_rows = []
+for row in rows:
+    d = res[row["label"]]
+    out_rows.append({"env": row["label"], "n": len(d["total"]), "not_hot": d["miss"],
+                     **{k + "_p50_ms": pct(d[k], 50) for k in keys},
+                     **{k + "_p95_ms": pct(d[k], 95) for k in keys}})
+load1 = " ".join(open("/proc/loadavg").read().split()[:3])
+json.dump({"kernel": kern, "cpus": int(ncpu), "load_before": load0, "load_after": load1, "runs": out_rows},
+          open(out + "/firstcall.json", "w"), indent=1)
 md = ["# First bash call of a new sandbox", "",
-      "Kernel %s, %s CPUs; one node, one scheduler, Redis on this machine; hot clones of a" % (kern, ncpu),
-      "host-rootfs environment, made one at a time (%d per row, interleaved). `shell-at-boot`: the hands start" % n,
-      "their shell when they come up, so the image and every clone hold it; `shell-lazy`: the same hands with",
-      "`--lazy-shell`, the shell starts on the first call (before issue 20). Times in ms, client-side",
-      "(Python http.client, one keep-alive connection). `not hot`: sandboxes not served from the hot tier.",
-      "Claimed / attached: the scheduler's own timings from the create (`timings.claim_ms`, `attached_ms`).", "",
-      "| environment | n | not hot | create p50 / p95 | create to first result p50 / p95 | claimed p50 | attached p50 | first call p50 / p95 | second call p50 / p95 |",
+      "Kernel %s, %s CPUs, load average %s before and %s after; one node and scheduler per" % (kern, ncpu, load0, load1),
+      "revision, Redis on this machine; hot clones of a host-rootfs environment, made one at a time",
+      "(%d per row, rows interleaved in a shuffled order; each create waits until every hot tier is" % n,
+      "full again, then %.0f ms: no refill runs meanwhile). Times in ms, client-side (Python http.client, one keep-alive" % (settle * 1e3),
+      "connection per scheduler). `not hot`: sandboxes not served from the hot tier. Claimed / attached:",
+      "the scheduler's own timings from the create (`timings.claim_ms`, `attached_ms`).", "",
+      "Rows: `shell-at-boot`: this build, the hands start their shell as they come up and a new link's",
+      "route, hello and attach go out together; `one by one`: the same node and hands through a scheduler",
+      "with `WARMPOOL_RELAY_PIPE=off` (route, then hello, then attach, each after the last one's answer);",
+      "`shell-lazy`: this build's hands with `--lazy-shell`, the shell starts on the first call (before",
+      "issue 20); a row naming a revision: that revision's node, scheduler and hands (own Redis).", "",
+      "| row | n | not hot | create p50 / p95 | create to first result p50 / p95 | claimed p50 | attached p50 | first call p50 / p95 | second call p50 / p95 |",
       "|---|---|---|---|---|---|---|---|---|"]
-for r in rows:
+for r in out_rows:
     md.append("| %s | %d | %d | %.1f / %.1f | **%.1f** / %.1f | %.1f | %.1f | %.1f / %.1f | %.1f / %.1f |" % (
         r["env"], r["n"], r["not_hot"], r["create_p50_ms"], r["create_p95_ms"], r["total_p50_ms"], r["total_p95_ms"],
         r["claim_p50_ms"], r["attached_p50_ms"],

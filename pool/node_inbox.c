@@ -3,6 +3,9 @@
 #define WP_LOG_COMPONENT "node"
 #include "pool/node_int.h"
 #include "base/rcluster.h"
+#include "base/fs.h"
+
+#include <sys/socket.h>
 /* ---- inbox -------------------------------------------------------------- */
 
 static const char *field(redisReply *kv, const char *name)
@@ -136,6 +139,15 @@ static void handle_entry(struct node *n, struct env *e, const char *id, redisRep
         e->idle--;
         log_info("claimed sandbox=%s env=%s tier=hot token=%llu", sbid, e->cfg.name,
                  (unsigned long long)token);
+        /* The claimer's route follows: its connection to the hands is made
+         * now, so the route finds it open and the hands awake (issue 20).
+         * Only a route that passes the lease check gets it. */
+        if (s->sb && s->sb->init_pid > 0 && s->hands_fd < 0) {
+            char root[64];
+            snprintf(root, sizeof(root), "/proc/%d/root", (int)s->sb->init_pid);
+            s->hands_fd = wp_connect_unix_in_root(root, ALINK_SOCK_PATH_DEFAULT,
+                                                  SOCK_STREAM | SOCK_NONBLOCK, NULL);
+        }
         pool__relay_retry(n->relay, sbid);
     } else if (strcmp(type, "release") == 0 && sbid) {
         struct nsb *s = node__find_sb(n, sbid);

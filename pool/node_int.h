@@ -103,6 +103,8 @@ struct nsb {
     bool for_claim;                 /* warm/cold claim: reply when ready */
     char reply_chan[128], rid[64], session[128], tier[8];
     char rkey[33];                  /* the lease's relay key (leased only) */
+    int hands_fd;                   /* leased hot: its hands, connected ahead of the
+                                       claimer's route (relay lookup takes it), or -1 */
     uint64_t token;
     double t0;
     double ready_at;                /* restored or booted */

@@ -448,6 +448,10 @@ int node__relay_lookup(void *ctx, struct pool__route *rt)
             return rc;
     }
     snprintf(rt->root, sizeof(rt->root), "/proc/%d/root", (int)s->sb->init_pid);
+    if (rt->want_hands && s->hands_fd >= 0) { /* once: a later route connects anew */
+        rt->hands_fd = s->hands_fd;
+        s->hands_fd = -1;
+    }
     return 0;
 }
 

@@ -42,6 +42,8 @@ void node__destroy_sb(struct node *n, struct nsb *s, const char *why)
     unlink_sb(n, s);
     if (s->st == SB_IDLE)
         s->e->idle--;
+    if (s->hands_fd >= 0)
+        close(s->hands_fd);
     if (s->sb) {
         pool__relay_drop(n->relay, s->sb->id);
         /* Before its slot (and address) can go to another sandbox. */
@@ -304,6 +306,7 @@ struct nsb *node__start_restore(struct node *n, struct env *e, bool for_claim)
         return NULL;
     s->n = n;
     s->e = e;
+    s->hands_fd = -1;
     s->for_claim = for_claim;
     s->t0 = node__now_s();
     if (snap_restore_start(n->snap, e->image, &ro, &s->job, &err) < 0) {
@@ -409,6 +412,7 @@ struct nsb *node__start_cold_boot(struct node *n, struct env *e, bool for_claim)
     s->boot_helper = pid;
     s->n = n;
     s->e = e;
+    s->hands_fd = -1;
     s->for_claim = for_claim;
     if (!for_claim)
         e->restoring++;

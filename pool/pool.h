@@ -247,6 +247,17 @@ extern const char pool_relay_tls_usage[];
 typedef void (*pool_connect_cb)(void *ctx, int status, int fd, const struct wp_err *err);
 int pool_connect(struct ev_loop *loop, const struct pool_claim_result *res, const char *env,
                  pool_connect_cb cb, void *ctx, struct wp_err *err);
+/* Pipelined (issue 20: one round trip less per new link): cb gets the fd
+ * as soon as the route frame is sent, and the caller speaks agentlink at
+ * once (hello first, then attach: alink_client lets them go together).
+ * The node keeps those bytes until the lease checked out, as for
+ * pool_connect, and answers nothing on success; a refusal reaches the
+ * agentlink client as the same error frame (`stale_token`, `not_found`,
+ * `unreachable`), i.e. a refused handshake, and the relay closes. Beyond
+ * loopback (TLS) it is pool_connect: the answer is waited for. Nodes of
+ * issue 20 and later (an older relay refuses bytes behind a route). */
+int pool_connect_pipe(struct ev_loop *loop, const struct pool_claim_result *res, const char *env,
+                      pool_connect_cb cb, void *ctx, struct wp_err *err);
 /* The same, for a session with secrets in play: egress is
  * {"credentials":[...]} in the shape warmpool-egress's "add" takes
  * (egress_ctl.c; borrowed, it holds secrets: the frame is wiped once

@@ -90,6 +90,9 @@ struct pool__route {
                             holds secrets: the relay wipes it), NULL: none */
     size_t egress_len;
     char root[512];      /* out: /proc/<init>/root */
+    bool want_hands;     /* a route (not a mount): may take hands_fd */
+    int hands_fd;        /* out: a connection to the hands the node opened when it
+                            read the claim (the relay's to own), or -1: connect */
     char proxy[64];      /* out: "host:port" of the sandbox's egress proxy, "" none */
     char why[200];       /* out, with WP_EPROTO */
 };

@@ -12,6 +12,10 @@
  * token is refused), answers {"t":"route","ok":true} or an error frame,
  * connects to the sandbox's hands socket and from then on copies bytes
  * both ways: the client then speaks agentlink to the hands as if local.
+ * A route with "pipe":true is pipelined: the client sends its first
+ * agentlink frames right behind it without waiting, the node keeps them
+ * until the lease checked out and sends no answer on success (a refusal
+ * is the same error frame, an agentlink error to the client's handshake).
  * One TCP connection per sandbox; a released sandbox's relays close.
  * Beyond loopback each connection is mutual TLS first (relay_tls.c). */
 #define WP_LOG_COMPONENT "relay"
@@ -44,6 +48,7 @@
 #define RELAY_BUF (256 * 1024) /* per direction; reads pause when full */
 #define ROUTE_MAX POOL__ROUTE_MAX
 #define PARK_S 5.0            /* a route waits this long for the node */
+#define LINGER_S 2.0          /* a refused pipelined client's bytes are read this long */
 
 struct pool__relay {
     struct ev_loop *loop;
@@ -66,6 +71,9 @@ struct rconn {
     struct pipe_end a, b; /* a: the client, b: the hands */
     bool routed;
     bool parked;          /* waiting for the node to read the claim */
+    bool pipe;            /* pipelined route: no answer on success, bytes behind it kept */
+    bool closing;         /* refused pipelined: reading to EOF before the close */
+    size_t frame_end;     /* pipe: where the client's bytes after the route frame start */
     ev_timer park;
     char sandbox[64], env[64];
     unsigned long long token;
@@ -151,7 +159,20 @@ static void refuse(struct rconn *c, const char *code, const char *msg)
 {
     log_info("relay refused sandbox=%s: %s", c->sandbox[0] ? c->sandbox : "?", msg);
     send_frame(c, alink_msg_error(0, code, msg));
-    rconn_close(c);
+    if (!c->pipe) {
+        rconn_close(c);
+        return;
+    }
+    /* The client may have bytes on their way behind the route: closing
+     * with them unread would reset the connection, and a reset can reach
+     * the client before the error frame is read. Say EOF, read theirs. */
+    shutdown(c->a.fd, SHUT_WR);
+    c->closing = true;
+    c->parked = false;
+    ev_timer_stop(c->r->loop, &c->park);
+    ev_timer_set(&c->park, LINGER_S, 0.);
+    ev_timer_start(c->r->loop, &c->park);
+    ev_io_start(c->r->loop, &c->a.rd);
 }
 
 static void pipe_rd(struct ev_loop *loop, ev_io *w, int revents);
@@ -195,12 +216,13 @@ static void mount_check(struct rconn *c)
 
 /* Check the lease and connect to the hands. A hot claim reaches the node
  * through its inbox, which it may not have read yet when the claimer's
- * route arrives: then the connection waits (at most 2 s) for
+ * route arrives: then the connection waits (at most PARK_S) for
  * pool__relay_retry. */
 static void route_try(struct rconn *c)
 {
     struct pool__route rt = { .env = c->env, .sandbox = c->sandbox, .rkey = c->rkey,
-                              .token = c->token, .egress = c->egress, .egress_len = c->egress_len };
+                              .token = c->token, .egress = c->egress, .egress_len = c->egress_len,
+                              .want_hands = !c->mount, .hands_fd = -1 };
     int fd, rc = c->r->lookup(c->r->ctx, &rt);
 
     if (rc == WP_ESTATE) {
@@ -236,13 +258,33 @@ static void route_try(struct rconn *c)
     /* Resolved inside the sandbox's root (/proc/<init>/root: it follows
      * the sandbox's own mount namespace): a sandbox that makes /run or
      * /run/warmpool a symlink must not point the node at a host socket. */
-    fd = wp_connect_unix_in_root(rt.root, ALINK_SOCK_PATH_DEFAULT, SOCK_STREAM | SOCK_NONBLOCK, NULL);
+    fd = rt.hands_fd >= 0 ? rt.hands_fd
+                          : wp_connect_unix_in_root(rt.root, ALINK_SOCK_PATH_DEFAULT,
+                                                    SOCK_STREAM | SOCK_NONBLOCK, NULL);
     if (fd < 0) {
         refuse(c, "unreachable", "the sandbox's hands do not answer");
         return;
     }
     end_init(c, &c->b, fd);
     c->routed = true;
+    if (c->pipe) {
+        /* The client's frames that came with the route go to the hands
+         * first; the rest of its bytes follow from the socket. */
+        size_t have = c->a.out.len;
+        int rc2 = have > c->frame_end ? wp_buf_append(&c->b.out, c->a.out.data + c->frame_end,
+                                                      have - c->frame_end)
+                                      : 0;
+        wp_buf_reset(&c->a.out);
+        c->a.out.max = RELAY_BUF;
+        if (rc2 < 0) {
+            rconn_close(c);
+            return;
+        }
+        log_debug("relay routed sandbox=%s (pipelined)", c->sandbox);
+        ev_io_start(c->r->loop, &c->b.rd);
+        flush(c, &c->b); /* reads the client again; may close c */
+        return;
+    }
     c->a.out.max = RELAY_BUF; /* from here on it carries the hands' bytes */
     json_t *ok = json_pack("{s:s, s:b}", "t", "route", "ok", 1);
     if (rt.proxy[0])
@@ -257,6 +299,10 @@ static void park_timeout(struct ev_loop *loop, ev_timer *w, int revents)
     struct rconn *c = w->data;
     (void)loop;
     (void)revents;
+    if (c->closing) { /* a refused client that did not close: done waiting */
+        rconn_close(c);
+        return;
+    }
     c->parked = false;
     refuse(c, "not_found", "no such leased sandbox on this node");
 }
@@ -272,7 +318,7 @@ static void route(struct rconn *c, uint8_t *payload, size_t len, bool extra)
                *sb = json_string_value(json_object_get(o, "sandbox")),
                *tok = json_string_value(json_object_get(o, "token")),
                *key = json_string_value(json_object_get(o, "key"));
-    json_t *egress = json_object_get(o, "egress");
+    json_t *egress = json_object_get(o, "egress"), *pipe = json_object_get(o, "pipe");
     char *end = NULL;
 
     const char *path = json_string_value(json_object_get(o, "path"));
@@ -283,17 +329,18 @@ static void route(struct rconn *c, uint8_t *payload, size_t len, bool extra)
         strlen(key) != 32 || strlen(sb) >= sizeof(c->sandbox) || strlen(env) >= sizeof(c->env) ||
         (c->token = strtoull(tok, &end, 10), *end) ||
         (egress && (!json_is_object(egress) || mount)) ||
+        (pipe && (!json_is_boolean(pipe) || mount || egress)) ||
         (mount && (!path || path[0] != '/' || strlen(path) >= sizeof(c->mount_path) ||
                    !json_is_integer(size) || json_integer_value(size) < 0 ||
                    json_integer_value(size) > POOL_FILE_MAX ||
                    (unmount && json_integer_value(size) != 0))) ||
-        (!mount && extra)) {
+        (!mount && !json_is_true(pipe) && extra)) {
         wp_wipe_json(o); /* jansson frees strings without wiping them */
         json_decref(o);
         refuse(c, "bad_route",
                "first frame must be {\"t\":\"route\",\"env\",\"sandbox\",\"token\",\"key\"}"
-               " (and an \"egress\" object), or a mount: t, env, sandbox, token, key, path, size,"
-               " then size bytes");
+               " (and an \"egress\" object, or \"pipe\": true and frames behind it), or a"
+               " mount: t, env, sandbox, token, key, path, size, then size bytes");
         return;
     }
     if (mount) {
@@ -303,6 +350,13 @@ static void route(struct rconn *c, uint8_t *payload, size_t len, bool extra)
         c->mount_size = (size_t)json_integer_value(size);
         c->a.out.max = c->mount_at + c->mount_size + 1;
         snprintf(c->mount_path, sizeof(c->mount_path), "%s", path);
+    }
+    if (json_is_true(pipe)) {
+        /* Nothing more is read until the lease checked out: what came
+         * with the frame waits in a.out, the rest in the socket. */
+        c->pipe = true;
+        c->frame_end = len + ALINK_FRAME_HDR;
+        ev_io_stop(c->r->loop, &c->a.rd);
     }
     snprintf(c->rkey, sizeof(c->rkey), "%s", key);
     snprintf(c->sandbox, sizeof(c->sandbox), "%s", sb);
@@ -333,7 +387,7 @@ static void pipe_rd(struct ev_loop *loop, ev_io *w, int revents)
         rconn_close(c);
         return;
     }
-    if (n < 0)
+    if (n < 0 || c->closing) /* refused: the client's bytes go nowhere */
         return;
     if (!c->routed) {
         /* Collect the route frame (bounded) in the client's out buffer

@@ -42,6 +42,7 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->brain_lease_ms = 6000;
     cfg->brain_linger_s = 300;
     cfg->sandbox_idle_s = 1800;
+    cfg->relay_pipe = true;
     snprintf(cfg->vault_key_file, sizeof(cfg->vault_key_file), "/etc/warmpool/vault.key");
     cfg->metrics_cache_s = 1;
     cfg->sandbox_lease_s = 60;
@@ -316,6 +317,22 @@ static int model_key_from_env(struct sched_model_config *mc, struct wp_err *err)
     return 0;
 }
 
+/* WARMPOOL_RELAY_PIPE=off: a new sandbox's link waits for each answer in
+ * turn (the relay's route, the hello, then the attach), as before issue 20;
+ * kept for the first-call benchmark's comparison. */
+static int relay_pipe_from_env(struct sched_config *cfg, struct wp_err *err)
+{
+    const char *v = getenv("WARMPOOL_RELAY_PIPE");
+
+    cfg->relay_pipe = true;
+    if (!v || !strcmp(v, "on"))
+        return 0;
+    if (strcmp(v, "off") != 0)
+        return wp_err_set(err, WP_ECONFIG, "WARMPOOL_RELAY_PIPE: on or off, not \"%.40s\"", v);
+    cfg->relay_pipe = false;
+    return 0;
+}
+
 static int apply_opt(struct sched_config *cfg, const char *name, const char *val,
                      struct wp_err *err)
 {
@@ -574,7 +591,7 @@ int sched_config_parse_args(struct sched_config *cfg, int argc, char **argv,
         if (rc < 0)
             return rc;
     }
-    if (model_key_from_env(&cfg->model, err) < 0)
+    if (model_key_from_env(&cfg->model, err) < 0 || relay_pipe_from_env(cfg, err) < 0)
         return WP_ECONFIG;
     if (sched__s3_check(&cfg->files_s3, err) < 0)
         return WP_ECONFIG;

@@ -54,6 +54,7 @@ struct sched_sbx {
     bool overloaded;             /* failed: its node refused the claim as overloaded */
     bool overload_told;          /* ...and an execute got the 529: the next claims anew */
     bool attach;                 /* this process provisions: attach with settings */
+    bool attach_sent;            /* ...and the attach is on the link: calls may follow it */
     json_t *settings;            /* env, workdir, hostname (owned) */
     struct pool_claim_result res;
     struct alink_client *ac;
@@ -230,6 +231,9 @@ struct exec {
     struct alink_client *ac;    /* alive while the call is in flight */
     int64_t call_id;
     bool starting, done;        /* the result came before alink_client_call returned */
+    bool early;                 /* sent behind the attach, before the sandbox was ready */
+    struct sched_server *srv;
+    char sbx[40];
     struct sched_metrics *metrics;
     uint64_t t0;
     char tool[64];
@@ -288,6 +292,23 @@ static void exec_done(void *ctx, int status, const struct alink_result *res, con
 
     sched_metrics_observe(x->metrics, SCHED_HIST_TOOL, x->tool, (double)(wp_now_ns() - x->t0) / 1e9);
     x->done = true;
+    if (x->early && req) {
+        /* Sent behind the attach: a sandbox that did not become ready
+         * answers as a waiter would (502), whether its attach failed (the
+         * hands then refused the call) or its link did. */
+        struct sched_sbx *s = find_local(x->srv, x->sbx);
+        if (!s || s->st != SBX_READY) {
+            if (sched__req_release(req))
+                sched__respond_error(req, 502, "api_error", "sandbox_failed",
+                                     "sandbox %s could not be provisioned: %s", x->sbx,
+                                     s && s->error[0] ? s->error
+                                     : err              ? err->msg
+                                                        : "its attach did not complete");
+            if (!x->starting)
+                free(x);
+            return;
+        }
+    }
     if (c) {
         x->conn = NULL;
         sched__conn_on_close(c, NULL, NULL);
@@ -301,7 +322,7 @@ static void exec_done(void *ctx, int status, const struct alink_result *res, con
     sched__respond_json(req, 200, result_json(status, res));
 }
 
-static void run_call_held(struct sched_sbx *s, struct sched_req *req, json_t *call)
+static void run_call_held(struct sched_sbx *s, struct sched_req *req, json_t *call, bool early)
 {
     bool stream = json_is_true(json_object_get(call, "stream"));
     struct alink_call_opts o = { .timeout_ms = json_integer_value(json_object_get(call, "timeout_ms")),
@@ -314,6 +335,9 @@ static void run_call_held(struct sched_sbx *s, struct sched_req *req, json_t *ca
         return;
     }
     x->ac = s->ac;
+    x->early = early;
+    x->srv = s->srv;
+    snprintf(x->sbx, sizeof(x->sbx), "%s", s->id);
     x->metrics = s->srv->metrics;
     x->t0 = wp_now_ns();
     snprintf(x->tool, sizeof(x->tool), "%s", json_string_value(json_object_get(call, "name")) ?: "");
@@ -355,14 +379,19 @@ static void run_call_held(struct sched_sbx *s, struct sched_req *req, json_t *ca
         alink_client_cancel(x->ac, id, NULL);
 }
 
-static void run_call(struct sched_sbx *s, struct sched_req *req, json_t *call)
+static void start_call(struct sched_sbx *s, struct sched_req *req, json_t *call, bool early)
 {
     stamp_used(s->srv, s->org, s->id);
     /* A streamed call finishes req (whose body call may be) before the
      * call is sent: hold it until then. */
     json_incref(call);
-    run_call_held(s, req, call);
+    run_call_held(s, req, call, early);
     json_decref(call);
+}
+
+static void run_call(struct sched_sbx *s, struct sched_req *req, json_t *call)
+{
+    start_call(s, req, call, false);
 }
 
 /* 529 overloaded_error (retried by the SDK): the node would not have
@@ -428,6 +457,8 @@ static void attach_cb(void *ctx, int status, const struct alink_result *res, con
 {
     struct sched_sbx *s = ctx;
     (void)err;
+    if (s->st == SBX_FAILED)
+        return; /* failed meanwhile (the handshake's failure fails this first) */
     if (status != 0 || res->is_error)
         fail(s, "attach: %.*s", (int)res->len, res->content);
     else
@@ -446,17 +477,24 @@ static void link_closed(void *ctx, const struct wp_err *err)
 static void hello_cb(void *ctx, int status, const struct wp_err *err)
 {
     struct sched_sbx *s = ctx;
-    struct wp_err e2;
 
     if (status != 0) {
-        fail(s, "connect: %s", err ? err->msg : "failed");
+        if (s->st != SBX_FAILED) /* else the pipelined attach said why */
+            fail(s, "connect: %s", err ? err->msg : "failed");
         return;
     }
-    if (!s->attach) {
+    if (!s->attach) /* else the attach's result makes it ready */
         ready(s);
-        return;
-    }
-    /* Per-session settings, applied to a warm clone without a cold start. */
+}
+
+/* Per-session settings, applied to a warm clone without a cold start.
+ * Sent right behind the hello, through the relay's pipelined route: the
+ * route, the hello and the attach go out together and come back as one
+ * round trip (issue 20). */
+static void send_attach(struct sched_sbx *s)
+{
+    struct wp_err e2;
+
     json_t *env = json_object_get(s->settings, "env"), *v;
     const char *k;
     struct alink_env_var vars[64];
@@ -476,6 +514,8 @@ static void hello_cb(void *ctx, int status, const struct wp_err *err)
     };
     if (alink_client_attach(s->ac, &a, attach_cb, s, &e2) < 0)
         fail(s, "attach: %s", e2.msg);
+    else
+        s->attach_sent = true;
 }
 
 static void relay_cb(void *ctx, int status, int fd, const struct wp_err *err)
@@ -489,14 +529,19 @@ static void relay_cb(void *ctx, int status, int fd, const struct wp_err *err)
         return;
     }
     if (alink_client_new(s->srv->loop, &o, &s->ac, &e2) < 0 ||
-        alink_client_connect_fd(s->ac, fd, hello_cb, s, &e2) < 0)
+        alink_client_connect_fd(s->ac, fd, hello_cb, s, &e2) < 0) {
         fail(s, "connect: %s", e2.msg);
+        return;
+    }
+    if (s->attach)
+        send_attach(s);
 }
 
 static void connect_link(struct sched_sbx *s)
 {
     struct wp_err err;
-    if (pool_connect(s->srv->loop, &s->res, s->env, relay_cb, s, &err) < 0)
+    if ((s->srv->cfg.relay_pipe ? pool_connect_pipe : pool_connect)(s->srv->loop, &s->res, s->env,
+                                                                   relay_cb, s, &err) < 0)
         fail(s, "relay: %s", err.msg);
 }
 
@@ -904,6 +949,16 @@ void sched__h_sbx_execute(struct sched_req *req)
     }
     if (s->st == SBX_READY) {
         run_call(s, req, b);
+        return;
+    }
+    /* Its attach is on the link already: the call goes right behind it
+     * (the hands run it after the attach, or refuse it if that failed),
+     * one round trip sooner than after the attach's answer (issue 20).
+     * Not a streamed one: its headers would go out before the sandbox is
+     * known to be good, and its errors are plain responses. */
+    if (s->st == SBX_PROVISIONING && s->attach_sent && s->ac && !s->waiters &&
+        s->srv->cfg.relay_pipe && !json_is_true(json_object_get(b, "stream"))) {
+        start_call(s, req, b, true);
         return;
     }
     /* Not attached yet: wait for it (the claim has its own timeout). */

@@ -84,6 +84,8 @@ struct sched_config {
     double sandbox_idle_s;   /* a /v1/sandboxes sandbox without an execute this long is
                                 released (its lease is renewed until then) */
     double sandbox_lease_s;  /* ...and its lease, renewed at a third (default 60) */
+    bool relay_pipe;         /* a new link's route, hello and attach in one round trip
+                              * (pool_connect_pipe; $WARMPOOL_RELAY_PIPE=off: one each) */
     int max_tokens;          /* max_tokens of each model request */
     bool prompt_cache;       /* cache_control on the end of each request's prompt */
     double archived_ttl_s;   /* an archived session's object and log expire after this (0: kept) */

@@ -643,6 +643,14 @@ static void attach_applies(void **state)
     /* Bad attach input is an error result, not a dropped link. */
     raw_frame(fd, "{\"t\":\"attach\",\"id\":3,\"session\":\"s\",\"seed\":\"zz\"}");
     expect_result(fd, 3, "attach: seed is not hex");
+    /* A call behind a failed attach (a host pipelines its first call) is
+     * not run on this connection until an attach succeeds. */
+    raw_frame(fd, "{\"t\":\"call\",\"id\":5,\"tool\":\"bash\",\"input\":{\"command\":\"echo ran\"}}");
+    expect_result(fd, 5, "Error: not run: this connection's attach failed");
+    raw_frame(fd, "{\"t\":\"attach\",\"id\":6,\"session\":\"s2\"}");
+    expect_result(fd, 6, "attached s2");
+    raw_frame(fd, "{\"t\":\"call\",\"id\":7,\"tool\":\"bash\",\"input\":{\"command\":\"echo ran\"}}");
+    expect_result(fd, 7, "ran");
     raw_frame(fd, "{\"t\":\"attach\",\"id\":4,\"session\":\"s\",\"env\":{\"A=B\":\"x\"}}");
     expect_type(fd, "error", "bad_message");
     close(fd);

@@ -921,6 +921,87 @@ static void relay_reaches_the_hands_and_fences(void **state)
     ev_loop_destroy(loop);
 }
 
+/* Issue 20: a pipelined route (pool_connect_pipe) with the hello, the
+ * attach and a call sent behind it before any answer. The node checks the
+ * lease first: a refused route reaches the agentlink client as a refused
+ * handshake and none of the bytes behind it reach the hands; an accepted
+ * one answers nothing of its own, and the hands answer all three. */
+struct plink {
+    struct link l;
+    int hello, hello_status;
+    struct link attach, call; /* their results (link_result_cb) */
+};
+
+static void plink_hello_cb(void *ctx, int status, const struct wp_err *err)
+{
+    struct plink *p = ctx;
+    (void)err;
+    p->hello = 1;
+    p->hello_status = status;
+}
+
+/* Route, hello, attach and one bash call, all sent before any answer. */
+static void plink_run(struct ev_loop *loop, const struct pool_claim_result *res, struct plink *p,
+                      const char *command)
+{
+    struct wp_err err;
+    assert_int_equal(pool_connect_pipe(loop, res, ENV, link_fd_cb, &p->l, &err), 0);
+    while (!p->l.connected)
+        ev_run(loop, EVRUN_ONCE);
+    /* Pipelined: the fd comes before the node has said anything. */
+    assert_int_equal(p->l.status, 0);
+    assert_int_equal(alink_client_new(loop, NULL, &p->l.c, &err), 0);
+    assert_int_equal(alink_client_connect_fd(p->l.c, p->l.fd, plink_hello_cb, p, &err), 0);
+    struct alink_attach a = { .session_id = "piped", .workdir = "/work/piped" };
+    assert_true(alink_client_attach(p->l.c, &a, link_result_cb, &p->attach, &err) > 0);
+    json_t *in = json_pack("{s:s}", "command", command);
+    assert_true(alink_client_call(p->l.c, "bash", in, NULL, link_result_cb, &p->call, &err) > 0);
+    json_decref(in);
+    for (int i = 0; i < 20000 && !(p->hello && p->attach.done && p->call.done); i++)
+        ev_run(loop, EVRUN_ONCE);
+    assert_true(p->hello && p->attach.done && p->call.done);
+}
+
+static void relay_pipelined_route_checks_the_lease_first(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(0);
+    struct th_claim_out o;
+    struct plink bad = { 0 }, good = { 0 };
+    (void)state;
+
+    if (NODES[0].pid <= 0 && NODES[1].pid <= 0 && NODES[2].pid <= 0)
+        node_start(&NODES[0], 1, 2); /* run alone (WP_TEST_FILTER) */
+    assert_true(wait_hot_at_least(1, 60));
+    struct pool_client *c = th_pool_client(loop, R.port);
+    claim_one(c, loop, "piped", &o);
+    assert_int_equal(o.status, 0);
+    /* The right token with another relay key: refused, said as the
+     * handshake's failure, which fails the attach and the call with it. */
+    struct pool_claim_result guess = o.res;
+    guess.rkey[7] = guess.rkey[7] == 'a' ? 'b' : 'a';
+    plink_run(loop, &guess, &bad, "touch /tmp/pipelined-by-a-stranger");
+    assert_int_not_equal(bad.hello_status, 0);
+    assert_true(bad.attach.status != 0 || bad.attach.is_error);
+    assert_non_null(strstr(bad.attach.text, "stale_token"));
+    assert_true(bad.call.status != 0 || bad.call.is_error);
+    alink_client_free(bad.l.c);
+    /* The holder: the hands answer the hello, the attach (its workdir
+     * made) and the call, which ran after the attach; and the stranger's
+     * call never reached them. */
+    plink_run(loop, &o.res, &good,
+              "pwd; test -e /tmp/pipelined-by-a-stranger && echo LEAKED || echo clean");
+    assert_int_equal(good.hello_status, 0);
+    assert_int_equal(good.attach.status, 0);
+    assert_false(good.attach.is_error);
+    assert_int_equal(good.call.status, 0);
+    assert_false(good.call.is_error);
+    assert_string_equal(good.call.text, "/work/piped\nclean");
+    alink_client_free(good.l.c);
+    release_ok(c, loop, &o.res);
+    pool_client_free(c);
+    ev_loop_destroy(loop);
+}
+
 static long ksm_knob(const char *name)
 {
     char path[128], *v = NULL;
@@ -1571,6 +1652,7 @@ int main(void)
         cmocka_unit_test(refill_stall_and_failing_image_do_not_fail_claims),
         cmocka_unit_test(autoscaler_grows_the_hot_tier_under_load),
         cmocka_unit_test(relay_reaches_the_hands_and_fences),
+        cmocka_unit_test(relay_pipelined_route_checks_the_lease_first),
         cmocka_unit_test(node_with_ksm_leaves_host_settings_as_found),
         cmocka_unit_test(merged_clones_hold_one_shared_copy),
         cmocka_unit_test(unmerged_clones_share_nothing),
