@@ -88,7 +88,7 @@ stack "$T" "$BUILD" "$RPORT" fc-node --env "$T/shell-at-boot.json:$HOT:$HOT" \
     --env "$T/shell-lazy.json:$HOT:$HOT"
 SPORT=$(wp_free_port)
 SPORT_OFF=$(wp_free_port)
-sched "$BUILD" "$RPORT" "$SPORT" "$T/sched.log"
+WARMPOOL_RELAY_PIPE=on sched "$BUILD" "$RPORT" "$SPORT" "$T/sched.log"
 WARMPOOL_RELAY_PIPE=off sched "$BUILD" "$RPORT" "$SPORT_OFF" "$T/sched-off.log"
 ROWS="shell-at-boot=$SPORT=$RPORT=shell-at-boot"
 ROWS="$ROWS;shell-at-boot, one by one=$SPORT_OFF=$RPORT=shell-at-boot"

@@ -42,7 +42,7 @@ void sched_config_defaults(struct sched_config *cfg)
     cfg->brain_lease_ms = 6000;
     cfg->brain_linger_s = 300;
     cfg->sandbox_idle_s = 1800;
-    cfg->relay_pipe = true;
+    cfg->relay_pipe = false; /* WARMPOOL_RELAY_PIPE=on turns it on */
     snprintf(cfg->vault_key_file, sizeof(cfg->vault_key_file), "/etc/warmpool/vault.key");
     cfg->metrics_cache_s = 1;
     cfg->sandbox_lease_s = 60;
@@ -317,19 +317,22 @@ static int model_key_from_env(struct sched_model_config *mc, struct wp_err *err)
     return 0;
 }
 
-/* WARMPOOL_RELAY_PIPE=off: a new sandbox's link waits for each answer in
- * turn (the relay's route, the hello, then the attach), as before issue 20;
- * kept for the first-call benchmark's comparison. */
+/* WARMPOOL_RELAY_PIPE=on: a new /v1/sandboxes link sends its route, hello
+ * and attach in one write, and a first execute right behind them (issue
+ * 20). Off by default: a node older than this refuses bytes behind a
+ * route (bad_route), so it is turned on once every node runs this version
+ * (a rolling upgrade does nodes first). Off: each waits for the answer
+ * before it, as before issue 20. */
 static int relay_pipe_from_env(struct sched_config *cfg, struct wp_err *err)
 {
     const char *v = getenv("WARMPOOL_RELAY_PIPE");
 
-    cfg->relay_pipe = true;
-    if (!v || !strcmp(v, "on"))
-        return 0;
-    if (strcmp(v, "off") != 0)
-        return wp_err_set(err, WP_ECONFIG, "WARMPOOL_RELAY_PIPE: on or off, not \"%.40s\"", v);
     cfg->relay_pipe = false;
+    if (!v || !strcmp(v, "off"))
+        return 0;
+    if (strcmp(v, "on") != 0)
+        return wp_err_set(err, WP_ECONFIG, "WARMPOOL_RELAY_PIPE: on or off, not \"%.40s\"", v);
+    cfg->relay_pipe = true;
     return 0;
 }
 

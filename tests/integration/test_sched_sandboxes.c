@@ -53,6 +53,9 @@ static int group_setup(void **state)
     NODE = th_node_start("n1", R.port, state_dir, log, "--env", env, "--no-api-envs", NULL);
     if (NODE < 0)
         return -1;
+    /* Pipelined links (off by default until every node has them): the
+     * execute-behind-the-attach path is tested here. */
+    setenv("WARMPOOL_RELAY_PIPE", "on", 1);
     if (th_sched_start(&A, R.port, NULL) < 0 || th_sched_start(&B, R.port, NULL) < 0)
         return -1;
     /* Wait for the node's hot tier. */
