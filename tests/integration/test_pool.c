@@ -1275,7 +1275,10 @@ static void memory_budget_caps_hot_clones(void **state)
 
     py_template(tmpl, sizeof(tmpl), "pyplain", false);
     node_start_with(&NODES[0], tmpl, 1, 1, extra);
-    assert_true(wait_env_hot("pyplain", 1, 120)); /* an image build first: slow under ASan */
+    /* At least one: the policy unmerged_clones_share_nothing left in Redis
+     * says 2, and two restores ending within one poll skipped "exactly 1"
+     * (seen under ASan in CI: 2 hot, never 1). */
+    assert_true(wait_env_hot_n("pyplain", 1, 120, true)); /* an image build first: slow under ASan */
     node_bin(bin, sizeof(bin));
     strcpy(strrchr(bin, '/') + 1, "warmpool");
     /* Six clones of ~40 MiB each asked for, 100 MiB to hold them. */
