@@ -8,6 +8,7 @@
  * proxy puts the token in on the way to the repository's host only. The
  * same remote then serves `git fetch` and `git push` from inside. */
 #define WP_LOG_COMPONENT "sessions"
+#include <ctype.h>
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -152,18 +153,33 @@ int sched__repo_clone_script(json_t *repos, struct wp_buf *out)
     return 0;
 }
 
+/* Whether why holds the HTTP status code as a word of its own: not part of
+ * a port (":53403"), a path ("/403/") or a longer number, all of which the
+ * repository's URL in git's message may hold. */
+static bool has_status(const char *why, const char *code)
+{
+    size_t n = strlen(code);
+    for (const char *p = strstr(why, code); p; p = strstr(p + 1, code)) {
+        char before = p > why ? p[-1] : ' ', after = p[n];
+        if (!isdigit((unsigned char)before) && before != ':' && before != '/' && before != '.' &&
+            !isdigit((unsigned char)after))
+            return true;
+    }
+    return false;
+}
+
 /* What went wrong, as the reference's error types. */
 const char *sched__repo_error_type(const char *why)
 {
     if (strstr(why, "checkout:") || strstr(why, "Remote branch") ||
         strstr(why, "did not match any") || strstr(why, "reference is not a tree"))
         return "repository_checkout_error";
-    if (strstr(why, "401") || strstr(why, "Authentication failed") ||
+    if (has_status(why, "401") || strstr(why, "Authentication failed") ||
         strstr(why, "could not read Username") || strstr(why, "Invalid username or password"))
         return "repository_authentication_error";
-    if (strstr(why, "403") || strstr(why, "forbidden") || strstr(why, "Forbidden"))
+    if (has_status(why, "403") || strstr(why, "forbidden") || strstr(why, "Forbidden"))
         return "repository_forbidden_error";
-    if (strstr(why, "404") || strstr(why, "not found") || strstr(why, "does not exist"))
+    if (has_status(why, "404") || strstr(why, "not found") || strstr(why, "does not exist"))
         return "repository_not_found_error";
     return "repository_clone_error";
 }

@@ -87,6 +87,16 @@ static void error_types(void **state)
     assert_string_equal(sched__repo_error_type("checkout: error: pathspec 'abc' did not match"),
                         "repository_checkout_error");
     assert_string_equal(sched__repo_error_type("Could not resolve host: h"), "repository_clone_error");
+    /* A status code only as a word of its own, not inside the URL's port
+     * or path (a free port 53403 read as 403 Forbidden: seen in CI). */
+    assert_string_equal(sched__repo_error_type("fatal: repository 'https://allowed.test:53403/nothere.git/' not found"),
+                        "repository_not_found_error");
+    assert_string_equal(sched__repo_error_type("fatal: repository 'https://h:40123/401/x.git/' not found"),
+                        "repository_not_found_error");
+    assert_string_equal(sched__repo_error_type("unable to access 'https://h:4040/x/': The requested URL returned error: 403"),
+                        "repository_forbidden_error");
+    assert_string_equal(sched__repo_error_type("fatal: unable to access 'https://h.403.test/x/': Could not resolve host"),
+                        "repository_clone_error");
 }
 
 static void clone_script(void **state)
