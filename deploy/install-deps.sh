@@ -23,6 +23,8 @@ PKGS=(
     build-essential pkg-config clang libclang-rt-14-dev
     libev-dev libhiredis-dev libcurl4-openssl-dev libjansson-dev
     libprotobuf-c-dev criu libcmocka-dev node-llhttp
+    # the private criu's own loader and libraries, written into its binary
+    patchelf
     redis-server iptables nftables busybox-static python3 iproute2 procps
     wrk ca-certificates libssl-dev curl libseccomp-dev strace
     # repositories: git in the sandboxes (host rootfs) and for the test git host
@@ -71,12 +73,29 @@ if ! mountpoint -q /run || [ "$(stat -f -c %T /run)" != tmpfs ]; then
 fi
 
 WRAPPER="$PREFIX/bin/criu"
+# criu from Debian trixie needs glibc >= 2.38: a copy of its binary names the
+# private loader as its interpreter and the private libraries as its rpath, so
+# every restore execs criu alone (a shell wrapper running the loader cost each
+# restore a shell and an exec more).
+private_criu_link() {  # $1: the private root
+    local lib="$1/usr/lib/x86_64-linux-gnu"
+    cp "$1/usr/sbin/criu" "$1/usr/sbin/criu.wp.new"
+    patchelf --set-interpreter "$lib/ld-linux-x86-64.so.2" --force-rpath --set-rpath "$lib" \
+        "$1/usr/sbin/criu.wp.new"
+    mv "$1/usr/sbin/criu.wp.new" "$1/usr/sbin/criu.wp"
+    mkdir -p "$PREFIX/bin"
+    ln -sfn "$1/usr/sbin/criu.wp" "$WRAPPER"
+}
 if /usr/sbin/criu check >/dev/null 2>&1; then
     say "system criu passes 'criu check': using /usr/sbin/criu"
     mkdir -p "$PREFIX/bin"
     ln -sf /usr/sbin/criu "$WRAPPER"
-elif [ -x "$WRAPPER" ] && "$WRAPPER" check >/dev/null 2>&1; then
+elif [ -x "$WRAPPER" ] && [ "$(head -c 2 "$WRAPPER")" != "#!" ] &&
+     "$WRAPPER" check >/dev/null 2>&1; then
     say "private criu at $WRAPPER passes 'criu check'"
+elif [ -x "$PREFIX/criu/usr/sbin/criu" ] && private_criu_link "$PREFIX/criu" &&
+     "$WRAPPER" check >/dev/null 2>&1; then
+    say "private criu in $PREFIX/criu linked to its own loader (was a shell wrapper)"
 else
     say "system criu fails 'criu check' on $(uname -r): fetching the next Debian release's criu into $PREFIX/criu"
     root="$PREFIX/criu"
@@ -113,14 +132,7 @@ SRC
     done
     rm -rf "$root"
     mv "$root.new" "$root"
-    mkdir -p "$PREFIX/bin"
-    cat >"$WRAPPER" <<WRAP
-#!/bin/sh
-# criu from Debian trixie, run through its own loader (needs glibc >= 2.38).
-P=$root
-exec "\$P/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path "\$P/usr/lib/x86_64-linux-gnu" "\$P/usr/sbin/criu" "\$@"
-WRAP
-    chmod 755 "$WRAPPER"
+    private_criu_link "$root"
     "$WRAPPER" check >/dev/null 2>&1 || {
         echo "install-deps: the private criu fails 'criu check':" >&2
         "$WRAPPER" check >&2 || true
