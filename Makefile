@@ -31,6 +31,11 @@ CFLAGS ?= -O2 -g
 GEN := $(BUILD)/gen
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) $(WARN) -I. -I$(GEN) -MMD -MP \
               -DWP_PREFIX='"$(PREFIX)"'
+# Symbols bound at start (and the GOT read-only after it): the node forks a
+# helper per restore and per destroy, and each one binding the functions it
+# calls first wrote (copied) the parent's GOT pages and searched symbol
+# tables, in every child.
+LDFLAGS += -Wl,-z,relro,-z,now
 ifneq ($(SANITIZE),)
 ALL_CFLAGS += -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer
 LDFLAGS += -fsanitize=$(SANITIZE)

@@ -90,6 +90,7 @@ for e in $ENVS; do NODE_ENVS+=(--env "$T/$e.json:0:0"); done
 "$BUILD/warmpool-node" --id bench-node --redis "127.0.0.1:$RPORT" --state-dir "$T/state" \
     "${NODE_ENVS[@]}" --heartbeat-ttl 5 --log-level warn ${NODE_ARGS:-} 2>"$T/node.log" &
 PIDS+=($!)
+NODE_PID=$!
 
 if [ -z "${SCHED_MODEL_ARGS+x}" ]; then
     # The brain's flag for the model's base URL, whatever it is called.
@@ -101,6 +102,7 @@ fi
     --api-key "bench:$KEY" --rate-create 0 --rate-read 0 --log-level warn \
     $SCHED_MODEL_ARGS 2>"$T/sched.log" &
 PIDS+=($!)
+SCHED_PID=$!
 
 WP="$BUILD/warmpool --redis 127.0.0.1:$RPORT"
 hot() { redis-cli -p "$RPORT" llen "wp:env:{$1}:hot"; }
@@ -130,6 +132,11 @@ policy() { # env tiers min_hot
 # Busy CPU time of the whole machine so far (user, nice, system, irq,
 # softirq, steal), in clock ticks.
 cpu_busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# CPU of a process and of the children it has reaped (clock ticks): the
+# node's is every restore and destroy (helpers, criu, the clones' tasks once
+# reaped), whatever else runs on the machine.
+tree_cpu() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13 + $14 + $15}'; }
+REDIS_PID=""
 refill_wait() { # env n: until the hot tier holds n again (60 s at most)
     for _ in $(seq 600); do
         [ "$(hot "$1")" -ge "$2" ] 2>/dev/null && return 0
@@ -204,18 +211,23 @@ for mode in $MODES; do
             f="$T/run-$mode-$e-$r.json"
             echo "bench_ttft: mode=$mode env=$e rate=$r/s for ${DURATION}s"
             before=$(claim_counts "$e")
-            busy0=$(cpu_busy)
+            [ -n "$REDIS_PID" ] || REDIS_PID=$(redis-cli -p "$RPORT" info server | tr -d '\r' | awk -F: '/^process_id:/{print $2}')
+            busy0=$(cpu_busy) node0=$(tree_cpu "$NODE_PID") sched0=$(tree_cpu "$SCHED_PID") redis0=$(tree_cpu "$REDIS_PID")
             run "$mode" "$e" "$r" "$f" || true
             [ -f "$f" ] && RUNS+=("$f")
             after=$(claim_counts "$e")
-            # Let the node destroy what the run released before the next
-            # (counted in the run's CPU: a session's sandbox goes too).
+            # Let the node destroy what the run released, and refill what
+            # it claimed, before the next (counted in the run's CPU: a
+            # session's sandbox goes, and its replacement is made).
             sleep 2
-            busy1=$(cpu_busy)
+            [ "$mode" = hot ] && refill_wait "$e" "$HOT"
+            busy1=$(cpu_busy) node1=$(tree_cpu "$NODE_PID") sched1=$(tree_cpu "$SCHED_PID") redis1=$(tree_cpu "$REDIS_PID")
             if [ -f "$f" ] && [ -n "${RUNS_OUT:-}" ]; then
                 mkdir -p "$RUNS_OUT"
-                python3 -c 'import json,sys; o=json.load(open(sys.argv[1])); b=[int(x or 0) for x in sys.argv[2].split()]; a=[int(x or 0) for x in sys.argv[3].split()]; o["claims"]={t: a[i]-b[i] for i, t in enumerate(["hot","warm","cold"])}; o["machine_busy_ms"]=int(sys.argv[5]); json.dump(o, open(sys.argv[4], "w"))' \
-                    "$f" "$before" "$after" "$RUNS_OUT/$(basename "$f")" "$(( (busy1 - busy0) * 1000 / $(getconf CLK_TCK) ))"
+                tck=$(getconf CLK_TCK)
+                python3 -c 'import json,sys; o=json.load(open(sys.argv[1])); b=[int(x or 0) for x in sys.argv[2].split()]; a=[int(x or 0) for x in sys.argv[3].split()]; o["claims"]={t: a[i]-b[i] for i, t in enumerate(["hot","warm","cold"])}; o["machine_busy_ms"], o["node_cpu_ms"], o["sched_cpu_ms"], o["redis_cpu_ms"] = map(int, sys.argv[5:9]); json.dump(o, open(sys.argv[4], "w"))' \
+                    "$f" "$before" "$after" "$RUNS_OUT/$(basename "$f")" "$(( (busy1 - busy0) * 1000 / tck ))" \
+                    "$(( (node1 - node0) * 1000 / tck ))" "$(( (sched1 - sched0) * 1000 / tck ))" "$(( (redis1 - redis0) * 1000 / tck ))"
             fi
         done
         [ "$mode" = hot ] && policy "$e" hot,warm,cold 0

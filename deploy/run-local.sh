@@ -95,7 +95,7 @@ fi
 # The node serves the environments created through the API (its catalog
 # reads them from Redis); sandboxes bind the hands from the build directory.
 start node "$BUILD/warmpool-node" --id local --redis "127.0.0.1:$RPORT" --state-dir "$STATE" \
-    --thp always --log-level info
+    --thp always --free-page-reporting off --log-level info
 start api "$BUILD/warmpool-scheduler" --listen "127.0.0.1:$HPORT" --redis "127.0.0.1:$RPORT" \
     --api-key "local:$KEY" --model-url "$MODEL_URL" --brain on --hands-dir "$BUILD"
 api() { curl -sS -H "x-api-key: $KEY" -H 'content-type: application/json' "$@"; }

@@ -518,10 +518,12 @@ static void nodes_status(void)
     for (size_t i = 0; i < nodes->elements; i++) {
         const char *n = nodes->element[i]->str;
         redisReply *alive = cmd("EXISTS wp:node:%s:alive", n);
-        redisReply *h = cmd("HMGET wp:node:%s criu_mode criu_lazy criu_source criu_why thp refill", n);
-        const char *v[6];
-        for (int k = 0; k < 6; k++)
-            v[k] = h->type == REDIS_REPLY_ARRAY && h->elements == 6 &&
+        redisReply *h = cmd("HMGET wp:node:%s criu_mode criu_lazy criu_source criu_why thp refill "
+                            "page_reporting",
+                            n);
+        const char *v[7];
+        for (int k = 0; k < 7; k++)
+            v[k] = h->type == REDIS_REPLY_ARRAY && h->elements == 7 &&
                            h->element[k]->type == REDIS_REPLY_STRING
                        ? h->element[k]->str
                        : "";
@@ -536,6 +538,13 @@ static void nodes_status(void)
                    strcmp(v[4], "always") != 0 && strcmp(v[5], "lazy") == 0
                        ? " (with THP always eager refills cost less: --thp always)"
                        : "");
+        if (strcmp(v[6], "on") == 0)
+            printf("  %-20s free page reporting on: freed memory goes back to the hypervisor and "
+                   "refills fault it in again (--free-page-reporting off)\n",
+                   "");
+        else if (strcmp(v[6], "off") == 0)
+            printf("  %-20s free page reporting off: freed memory stays for the next clones\n",
+                   "");
         node_draining(n);
         if (v[3][0])
             printf("  %-20s why: %s\n", "", v[3]);

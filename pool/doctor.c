@@ -117,6 +117,24 @@ static void check_thp(struct doctor *d)
              pool__thp_name(m));
 }
 
+/* Memory given back to the hypervisor is faulted in again by the next
+ * clone (pool/fpr.c). */
+static void check_fpr(struct doctor *d)
+{
+    enum pool__fpr s = pool__fpr_state();
+    if (s == POOL_FPR_NONE)
+        item(d, OK, "page reporting", NULL, "no balloon reports free pages here");
+    else if (s == POOL_FPR_OFF)
+        item(d, OK, "page reporting", NULL, "off: freed memory stays with this machine");
+    else
+        item(d, WARN, "page reporting",
+             "--free-page-reporting off (node.conf: `free-page-reporting off`) keeps it "
+             "while the node runs",
+             "on: memory freed here goes back to the hypervisor within seconds, and a clone "
+             "restored into it faults it in on the host too (a 200 MB clone ~3x slower, "
+             "bench/results/clonecpu.md)");
+}
+
 static void check_uffd(struct doctor *d)
 {
     int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
@@ -318,6 +336,7 @@ int pool__doctor(int argc, char **argv)
     check_criu(&d, criu, cache, reprobe, deadline);
     check_uffd(&d);
     check_thp(&d);
+    check_fpr(&d);
     check_cgroups(&d);
     check_overlay(&d);
     check_userns(&d);

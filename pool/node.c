@@ -393,6 +393,17 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
             goto out;
         n->thp_set = rc == 1;
     }
+    if (pool__fpr_recover(cfg->state_dir) > 0)
+        log_info("put back the host's free page reporting changed by an earlier run");
+    if (cfg->fpr_off) {
+        if ((rc = pool__fpr_disable(cfg->state_dir, err)) < 0)
+            goto out;
+        n->fpr_set = rc == 1;
+    }
+    n->fpr = pool__fpr_state();
+    if (n->fpr == POOL_FPR_ON)
+        log_info("free page reporting is on: memory freed here goes back to the hypervisor "
+                 "and refills fault it in again (--free-page-reporting off keeps it)");
     n->thp = pool__thp_mode();
     log_info("THP %s: hot refills %s%s", pool__thp_name(n->thp),
              node__restore_lazy(n) ? "lazy" : "eager",
@@ -508,6 +519,8 @@ out:
         pool__ksm_disable(cfg->state_dir);
     if (n->thp_set)
         pool__thp_recover(cfg->state_dir);
+    if (n->fpr_set)
+        pool__fpr_recover(cfg->state_dir);
     pool__relay_stop(n->relay);
     pool__negress_stop(n->egress);
     ev_timer_stop(n->loop, &n->cron);

@@ -161,6 +161,8 @@ struct node {
     bool ksm_on;             /* we turned KSM on (some env has "ksm") */
     enum pool__thp thp;      /* the host's THP mode, re-read every heartbeat */
     bool thp_set;            /* we set it (--thp always): put back at exit */
+    enum pool__fpr fpr;      /* free page reporting, read at start and every heartbeat */
+    bool fpr_set;            /* we turned it off: put back at exit */
     /* Restore latency by tier (hot refill, warm claim, cold boot), in the
      * buckets of base/hist.h, published as restore_hist:<tier> for
      * /metrics. Since the node started; all environments together. */

@@ -49,14 +49,16 @@ void node__register_node(struct node *n)
         log_debug("redis not ready: heartbeat dropped");
     const struct snap_probe *cp = snap_ctx_criu(n->snap);
     n->thp = pool__thp_mode();
+    n->fpr = pool__fpr_state();
     const char *hset[] = { "HSET", key, "capacity", cap, "mem_free", mem, "heartbeat_ms", started,
                            "version", "warmpool-node 0.1", "relay", n->relay_addr,
                            "criu_mode", snap_criu_mode_name(cp->mode),
                            "criu_lazy", cp->lazy_ok ? "yes" : "no",
                            "criu_source", cp->forced ? "configured" : cp->cached ? "cached" : "probed",
                            "criu_why", cp->why, "thp", pool__thp_name(n->thp),
-                           "refill", node__restore_lazy(n) ? "lazy" : "eager" };
-    node__cmd(n, "node", 24, hset);
+                           "refill", node__restore_lazy(n) ? "lazy" : "eager",
+                           "page_reporting", pool__fpr_name(n->fpr) };
+    node__cmd(n, "node", 26, hset);
     /* Every beat, not once: after a Redis restart that lost writes the
      * node reappears by itself. */
     const char *sadd[] = { "SADD", POOL__K_NODES, n->cfg.id };

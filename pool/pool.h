@@ -140,6 +140,8 @@ struct pool_node_config {
     enum pool_refill refill;
     bool thp_always;        /* --thp always: set the host's THP to "always" while
                                running (put back at exit) */
+    bool fpr_off;           /* --free-page-reporting off: keep freed memory from
+                               the hypervisor while running (put back at exit) */
     double claim_wait_max_ms; /* a warm/cold claim that would wait longer than
                                  this for a restore slot is refused as
                                  overloaded (WP_EOVERLOADED); 0 = never */

@@ -184,6 +184,35 @@ int pool__thp_recover(const char *state_dir);
 int pool__thp_enable(const char *state_dir, struct wp_err *err);
 void pool__thp_set_path(const char *path);
 
+/* hostset.c: a host-wide setting changed while the node runs, saved in
+ * state_dir/<name>-saved first. change: save was, write to (0, or an error
+ * with nothing changed and no file left). recover: put back what a file
+ * holds if valid() takes it (1), else 0; the file goes either way.
+ * write: one value into a sysfs file (-errno). */
+struct pool__hostset {
+    const char *name;                  /* the saved file's stem: "thp" */
+    const char *path;                  /* the setting's file */
+    bool (*valid)(const char *saved);  /* a value fit to write back */
+};
+int pool__hostset_change(const struct pool__hostset *h, const char *state_dir, const char *was,
+                         const char *to, struct wp_err *err);
+int pool__hostset_recover(const struct pool__hostset *h, const char *state_dir);
+int pool__hostset_write(const char *path, const char *value);
+
+/* fpr.c: free page reporting (memory freed in a guest given back to the
+ * hypervisor, the next touch faulting it in again). state: NONE where no
+ * balloon device reports (or no such kernel), ON or OFF. disable: 1 when it
+ * turned reporting off (recover at exit puts it back), 0 when there was
+ * nothing to do. orders: the allocator's block orders (/proc/buddyinfo).
+ * set_paths: tests point the three files at their own. */
+enum pool__fpr { POOL_FPR_NONE, POOL_FPR_ON, POOL_FPR_OFF };
+enum pool__fpr pool__fpr_state(void);
+const char *pool__fpr_name(enum pool__fpr s);
+int pool__fpr_orders(void);
+int pool__fpr_recover(const char *state_dir);
+int pool__fpr_disable(const char *state_dir, struct wp_err *err);
+void pool__fpr_set_paths(const char *order, const char *virtio, const char *buddyinfo);
+
 /* catalog.c: environments learnt from Redis (wp:tpls), next to the
  * config file's. put: serve template t (steals it) as environment name, or
  * swap the template of one already served from the catalog; returns 0,

@@ -16,11 +16,9 @@
 
 #include "pool/pool_int.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "base/err.h"
 #include "base/fs.h"
@@ -63,46 +61,28 @@ enum pool__thp pool__thp_mode(void)
     return m;
 }
 
-static int write_mode(const char *word)
+static bool valid_saved(const char *text)
 {
-    FILE *f = fopen(thp_path, "we");
-    if (!f)
-        return -errno;
-    int ok = fprintf(f, "%s\n", word) > 0;
-    return fclose(f) == 0 && ok ? 0 : -EIO;
+    for (int m = POOL_THP_ALWAYS; m <= POOL_THP_NEVER; m++)
+        if (strcmp(names[m], text) == 0)
+            return true;
+    return false;
 }
 
-static void saved_path(const char *state_dir, char *out, size_t cap)
+static struct pool__hostset setting(void)
 {
-    snprintf(out, cap, "%s/thp-saved", state_dir);
+    return (struct pool__hostset){ "thp", thp_path, valid_saved };
 }
 
 int pool__thp_recover(const char *state_dir)
 {
-    char path[400], *text = NULL;
-
-    saved_path(state_dir, path, sizeof(path));
-    if (wp_read_file(path, 64, &text, NULL, NULL) < 0)
-        return 0;
-    text[strcspn(text, "\n")] = '\0';
-    int m = POOL_THP_ALWAYS;
-    while (m <= POOL_THP_NEVER && strcmp(names[m], text) != 0)
-        m++;
-    int rc = m > POOL_THP_NEVER ? 0 : write_mode(text);
-    if (m > POOL_THP_NEVER)
-        log_warn("%s is malformed ('%.20s'); leaving THP as it is", path, text);
-    else if (rc < 0)
-        log_warn("cannot put THP back to %s: %s", text, strerror(-rc));
-    else
-        log_info("THP put back to %s", text);
-    free(text);
-    unlink(path);
-    return m > POOL_THP_NEVER ? 0 : 1;
+    struct pool__hostset h = setting();
+    return pool__hostset_recover(&h, state_dir);
 }
 
 int pool__thp_enable(const char *state_dir, struct wp_err *err)
 {
-    char path[400];
+    struct pool__hostset h = setting();
     enum pool__thp was = pool__thp_mode();
 
     if (was == POOL_THP_UNKNOWN)
@@ -110,14 +90,8 @@ int pool__thp_enable(const char *state_dir, struct wp_err *err)
                           thp_path);
     if (was == POOL_THP_ALWAYS)
         return 0; /* nothing changed, nothing to put back */
-    saved_path(state_dir, path, sizeof(path));
-    int rc = wp_write_file(path, names[was], strlen(names[was]), 0600, err);
-    if (rc < 0)
-        return rc;
-    if (write_mode("always") < 0) {
-        unlink(path);
-        return wp_err_set(err, WP_ECONFIG, "--thp always: cannot write %s (not root?)", thp_path);
-    }
+    if (pool__hostset_change(&h, state_dir, names[was], "always", err) < 0)
+        return wp_err_wrap(err, "--thp always (not root?)");
     log_info("THP %s -> always while this node runs (host-wide; --thp leave keeps the host's)",
              names[was]);
     return 1;
