@@ -37,28 +37,29 @@
 #include "base/fs.h"
 #include "base/log.h"
 #include "base/timeutil.h"
+#include "pool/pool_int.h"
 #include "snapshot/snapshot.h"
 
 #include "bench/bench_stats.h"
 
-#define THP_PATH "/sys/kernel/mm/transparent_hugepage/enabled"
+/* Host settings a row needs, set through the node's own code and put back
+ * after the restore (saved files in a directory of the bench's own). */
+static char hostdir[64] = "/tmp/wp-clonecpu-host-XXXXXX";
 
-static void thp_write(const char *word)
+static void host_set(bool thp, bool fpr_off)
 {
-    FILE *f = fopen(THP_PATH, "we");
-    if (!f || fprintf(f, "%s\n", word) < 0 || fclose(f) != 0) {
-        fprintf(stderr, "clonecpu_bench: cannot set THP to %s\n", word);
+    struct wp_err err;
+    if ((thp && pool__thp_enable(hostdir, &err) < 0) ||
+        (fpr_off && pool__fpr_disable(hostdir, &err) < 0)) {
+        fprintf(stderr, "clonecpu_bench: %s\n", err.msg);
         exit(1);
     }
 }
 
-/* The kernel shows "always [madvise] never": write the bracketed word. */
-static void thp_put_back(const char *shown)
+static void host_put_back(void)
 {
-    char word[16] = "";
-    const char *o = strchr(shown, '[');
-    if (o && sscanf(o + 1, "%15[a-z]", word) == 1)
-        thp_write(word);
+    pool__thp_recover(hostdir);
+    pool__fpr_recover(hostdir);
 }
 
 static double tv_ms(struct timeval t)
@@ -166,7 +167,7 @@ static double criu_floor_ms(const char *criu)
     return rusage_ms(RUSAGE_CHILDREN) - c0;
 }
 
-#define NV 7
+#define NV 9
 #define NS 9
 enum { S_WALL, S_FULL, S_TOTAL, S_OURS, S_HELPER, S_CRIU, S_TASKS, S_LAZY, S_DESTROY };
 static const char *sname[NS] = { "restored", "all_in", "total", "ours", "helper",
@@ -236,26 +237,40 @@ int main(int argc, char **argv)
         runs = 10;
     wp_log_set_level("warn");
     /* One context per variant, on one state dir. */
-    static const char *vname[NV] = { "eager", "lazy, before (wait: /proc poll)",
-                                     "lazy, after (wait: status fd)",
-                                     "lazy, after, criu log 1", "eager, THP always",
-                                     "lazy, after, THP always",
-                                     "eager, THP always, criu as before session 9" };
-    static const bool vlazy[NV] = { false, true, true, true, false, true, false };
-    static const bool vthp[NV] = { false, false, false, false, true, true, true };
-    char *thp0 = NULL;
-    if (wp_read_file(THP_PATH, 256, &thp0, NULL, NULL) < 0)
+    static const struct {
+        const char *name;
+        bool lazy, thp, poll, log1, old_criu, fpr_off;
+        int idle_s; /* before the restore: freed memory is given back meanwhile */
+    } V[NV] = {
+        { "eager", false, false, false, false, false, false, 0 },
+        { "lazy, before (wait: /proc poll)", true, false, true, false, false, false, 0 },
+        { "lazy, after (wait: status fd)", true, false, false, false, false, false, 0 },
+        { "lazy, after, criu log 1", true, false, false, true, false, false, 0 },
+        { "eager, THP always", false, true, false, false, false, false, 0 },
+        { "lazy, after, THP always", true, true, false, false, false, false, 0 },
+        { "eager, THP always, criu as before session 9", false, true, false, false, true, false, 0 },
+        { "eager, THP always, after 3 s idle", false, true, false, false, false, false, 3 },
+        { "eager, THP always, after 3 s idle, page reporting off", false, true, false, false,
+          false, true, 3 },
+    };
+    if (!mkdtemp(hostdir)) {
+        perror("clonecpu_bench: mkdtemp");
+        return 1;
+    }
+    bool has_thp = pool__thp_mode() != POOL_THP_UNKNOWN;
+    enum pool__fpr fpr0 = pool__fpr_state();
+    enum pool__thp thp0 = pool__thp_mode();
+    if (!has_thp)
         fprintf(stderr, "clonecpu_bench: no THP here: the THP rows are the host's mode\n");
-    else
-        thp0[strcspn(thp0, "\n")] = '\0';
     struct snap_ctx *ctx[NV];
     for (int v = 0; v < NV; v++) {
         struct snap_config q = cfg;
-        q.criu_log_level = v == 3 ? 1 : 4;
-        q.lazy_ready_poll = v == 1;
+        q.criu_log_level = V[v].log1 ? 1 : 4;
+        q.lazy_ready_poll = V[v].poll;
         /* criu as it ran before session 9: a shell wrapper running the
          * private loader, GnuTLS set up at load. */
-        if (v == 6 && (q.criu_bin = old_criu(cfg.state_dir ? cfg.state_dir : "/tmp")) == NULL)
+        if (V[v].old_criu &&
+            (q.criu_bin = old_criu(cfg.state_dir ? cfg.state_dir : "/tmp")) == NULL)
             q.criu_bin = cfg.criu_bin;
         if (snap_ctx_open(&q, &ctx[v], &err) < 0)
             die(&err, "open");
@@ -276,14 +291,15 @@ int main(int argc, char **argv)
     struct series floor = { "criu_floor" };
     for (int i = 0; i < runs; i++) {
         for (int v = 0; v < NV; v++) {
-            if (vthp[v] && thp0)
-                thp_write("always");
-            one_clone(ctx[v], vlazy[v], s[v]);
-            if (vthp[v] && thp0)
-                thp_put_back(thp0);
+            host_set(V[v].thp && has_thp, V[v].fpr_off);
+            if (V[v].idle_s)
+                sleep((unsigned)V[v].idle_s);
+            one_clone(ctx[v], V[v].lazy, s[v]);
+            host_put_back();
         }
         add(&floor, criu_floor_ms(criu));
     }
+    rmdir(hostdir);
 
     FILE *js, *md;
     if (bench_open_results(out, "clonecpu", &js, &md) < 0)
@@ -311,8 +327,8 @@ int main(int argc, char **argv)
             u.release, sysconf(_SC_NPROCESSORS_ONLN), runs, load[0], pct(&floor, 50),
             pct(&floor, 95));
     for (int v = 0; v < NV; v++) {
-        fprintf(js, "%s{\"variant\":\"%s\"", v ? "," : "", vname[v]);
-        fprintf(md, "| %s |", vname[v]);
+        fprintf(js, "%s{\"variant\":\"%s\"", v ? "," : "", V[v].name);
+        fprintf(md, "| %s |", V[v].name);
         for (int k = 0; k < NS; k++) {
             fprintf(js, ",\"%s_p50_ms\":%.1f,\"%s_p95_ms\":%.1f", sname[k], pct(&s[v][k], 50),
                     sname[k], pct(&s[v][k], 95));
@@ -322,7 +338,7 @@ int main(int argc, char **argv)
         fprintf(md, "\n");
         fprintf(stderr, "%s: restored %.0f ms, all in %.0f, CPU %.0f (ours %.0f helper %.0f criu %.0f "
                         "restored %.0f lazy %.0f destroy %.0f)\n",
-                vname[v], pct(&s[v][0], 50), pct(&s[v][1], 50), pct(&s[v][2], 50),
+                V[v].name, pct(&s[v][0], 50), pct(&s[v][1], 50), pct(&s[v][2], 50),
                 pct(&s[v][3], 50), pct(&s[v][4], 50), pct(&s[v][5], 50), pct(&s[v][6], 50),
                 pct(&s[v][7], 50), pct(&s[v][8], 50));
     }
@@ -337,7 +353,7 @@ int main(int argc, char **argv)
     fprintf(md, "\nHost THP before the run: %s. Under THP `always` (to `lazy, after` with the host's "
                 "mode): eager CPU per clone x%.3f, all in x%.3f; lazy CPU x%.3f. Eager under THP "
                 "`always` to eager without: CPU x%.3f.\n",
-            thp0 ? thp0 : "none", pct(&s[4][S_TOTAL], 50) / pct(&s[2][S_TOTAL], 50),
+            pool__thp_name(thp0), pct(&s[4][S_TOTAL], 50) / pct(&s[2][S_TOTAL], 50),
             pct(&s[4][S_FULL], 50) / pct(&s[2][S_FULL], 50),
             pct(&s[5][S_TOTAL], 50) / pct(&s[2][S_TOTAL], 50),
             pct(&s[4][S_TOTAL], 50) / pct(&s[0][S_TOTAL], 50));
@@ -347,7 +363,16 @@ int main(int argc, char **argv)
             pct(&s[4][S_CRIU], 50) / pct(&s[6][S_CRIU], 50),
             pct(&s[4][S_TOTAL], 50) / pct(&s[6][S_TOTAL], 50),
             pct(&s[4][S_WALL], 50) / pct(&s[6][S_WALL], 50));
-    free(thp0);
+    fprintf(md, "\nAfter 3 s idle (memory freed by the previous clone has been free that long; "
+                "the host's free page reporting was %s at the start): page reporting off "
+                "against the host's: restored x%.3f (%.0f against %.0f ms), CPU per clone x%.3f. "
+                "Against back to back (`eager, THP always`): restored x%.3f with the host's "
+                "reporting, x%.3f with it off.\n",
+            pool__fpr_name(fpr0), pct(&s[8][S_WALL], 50) / pct(&s[7][S_WALL], 50),
+            pct(&s[8][S_WALL], 50), pct(&s[7][S_WALL], 50),
+            pct(&s[8][S_TOTAL], 50) / pct(&s[7][S_TOTAL], 50),
+            pct(&s[7][S_WALL], 50) / pct(&s[4][S_WALL], 50),
+            pct(&s[8][S_WALL], 50) / pct(&s[4][S_WALL], 50));
     fprintf(js, "]}\n");
     fclose(js);
     fclose(md);

@@ -22,6 +22,6 @@ $(BUILD)/bench/criu_bench: $(BUILD)/obj/bench/criu_bench.o $(BUILD)/libsnapshot.
 	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
 
 BINS += $(BUILD)/bench/clonecpu_bench
-$(BUILD)/bench/clonecpu_bench: $(BUILD)/obj/bench/clonecpu_bench.o $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
+$(BUILD)/bench/clonecpu_bench: $(BUILD)/obj/bench/clonecpu_bench.o $(BUILD)/libpool.a $(BUILD)/libsnapshot.a $(BUILD)/libbase.a
 	@mkdir -p $(@D)
 	$(CC) $^ $(LDFLAGS) $(LDLIBS) -o $@
