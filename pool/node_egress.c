@@ -341,16 +341,23 @@ static void spawn(struct pool__negress *ne)
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) {
-        /* It dies with the node: a new node starts its own. */
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent)
-            _exit(1);
+        /* It dies with the node: a new node starts its own. Until exec
+         * this child runs the node's signal handlers, and a death signal
+         * they caught would be consumed here: the proxy would start with
+         * its parent gone and no signal left to come (a leak, seen when a
+         * node was killed within a few ms of spawning it). So the default
+         * action first, then the death signal, then the check for a
+         * parent that died before it was set. */
+        for (int sig = 1; sig < NSIG; sig++)
+            if (sig != SIGKILL && sig != SIGSTOP)
+                signal(sig, SIG_DFL);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
-        int maxfd = (int)sysconf(_SC_OPEN_MAX);
-        for (int fd = 3; fd < maxfd && fd < 65536; fd++)
-            close(fd);
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+            _exit(1);
+        wp_close_fds_from(3);
         execv(ne->bin, (char *const *)argv);
         _exit(127);
     }

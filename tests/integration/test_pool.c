@@ -1,6 +1,7 @@
 /* test_pool.c - node daemons against a real Redis with real sandboxes:
  * hot/warm claims, 50 concurrent claims over three nodes, fencing, a node
  * killed with SIGKILL and restarted, bad input. */
+#include <dirent.h>
 #include <errno.h>
 #include <ev.h>
 #include <fcntl.h>
@@ -20,6 +21,7 @@
 #include "lib/testlib.h"
 #include "base/err.h"
 #include "base/fs.h"
+#include "base/timeutil.h"
 #include "agentlink/agentlink.h"
 #include "pool/pool.h"
 #include "pool/pool_int.h"
@@ -1592,6 +1594,135 @@ static void free_page_reporting_off_while_the_node_runs(void **state)
     node_stop(&NODES[0], SIGTERM);
 }
 
+/* Pids of warmpool-egress processes serving port (cap at most). */
+static int egress_pids(int port, pid_t *out, int cap)
+{
+    char want[32];
+    int n = 0, wl = snprintf(want, sizeof(want), "--port%c%d%c", 0, port, 0);
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    while (d && (e = readdir(d)) && n < cap) {
+        char path[64], buf[4096];
+        pid_t pid = (pid_t)atoi(e->d_name);
+        if (pid <= 0)
+            continue;
+        snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t len = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (len <= 0)
+            continue;
+        buf[len] = '\0';
+        const char *slash = strrchr(buf, '/');
+        if (strcmp(slash ? slash + 1 : buf, "warmpool-egress") == 0 &&
+            memmem(buf, (size_t)len, want, (size_t)wl))
+            out[n++] = pid;
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
+/* The node's children now, and what each runs (exe's base name). */
+static int node_children(pid_t node, pid_t *kids, char (*exe)[32], int cap)
+{
+    char path[64], buf[1024], link[512];
+    snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)node, (int)node);
+    int fd = open(path, O_RDONLY | O_CLOEXEC), n = 0;
+    if (fd < 0)
+        return 0;
+    ssize_t len = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    buf[len > 0 ? len : 0] = '\0';
+    for (char *t = strtok(buf, " \n"); t && n < cap; t = strtok(NULL, " \n")) {
+        kids[n] = (pid_t)atoi(t);
+        snprintf(path, sizeof(path), "/proc/%d/exe", (int)kids[n]);
+        ssize_t l = readlink(path, link, sizeof(link) - 1);
+        link[l > 0 ? l : 0] = '\0';
+        const char *b = strrchr(link, '/');
+        snprintf(exe[n], sizeof(exe[n]), "%s", b ? b + 1 : link);
+        n++;
+    }
+    return n;
+}
+
+/* The egress proxy dies with its node (PR_SET_PDEATHSIG), a node killed as
+ * it spawns the proxy too: until exec the child ran the node's signal
+ * handlers, which swallowed the death signal, and the proxy started with
+ * no parent and nothing left to stop it (warmpool-egress processes
+ * outliving test nodes). Each round kills the node the moment a new child
+ * that has not exec'd yet shows up near the time the proxy is spawned
+ * (the old code failed 4 runs out of 4, each within 3 rounds). */
+static void a_node_killed_as_it_spawns_its_egress_leaves_none(void **state)
+{
+    char base[1200], port_s[16], exe[16][32];
+    pid_t left[8], kids[16];
+    (void)state;
+
+    for (int i = 0; i < 3; i++)
+        node_stop(&NODES[i], SIGTERM);
+    snprintf(base, sizeof(base), "%s/counter.json", DIR_);
+    int port = th_free_port();
+    snprintf(port_s, sizeof(port_s), "%d", port);
+    const char *const extra[] = { "--egress", "on", "--egress-port", port_s, NULL };
+
+    /* When the proxy runs, from the node's start (the second start: the
+     * first may build the image and probe criu). */
+    double spawned_ms = -1;
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t t0 = wp_now_ns();
+        node_start_with(&NODES[0], base, 0, 0, extra);
+        spawned_ms = -1;
+        for (int i = 0; i < 50000 && spawned_ms < 0; i++, usleep(200)) {
+            int n = node_children(NODES[0].pid, kids, exe, 16);
+            for (int k = 0; k < n; k++)
+                if (strcmp(exe[k], "warmpool-egress") == 0)
+                    spawned_ms = (double)(wp_now_ns() - t0) / 1e6;
+        }
+        node_stop(&NODES[0], SIGKILL);
+        if (spawned_ms < 0)
+            fail_msg("no warmpool-egress child within 10 s of the node's start");
+    }
+    for (int round = 0; round < 16; round++) {
+        pid_t seen[64];
+        int n_seen = 0;
+        bool killed = false;
+        uint64_t t0 = wp_now_ns();
+        node_start_with(&NODES[0], base, 0, 0, extra);
+        while (!killed && (double)(wp_now_ns() - t0) / 1e6 < 2 * spawned_ms + 50) {
+            int n = node_children(NODES[0].pid, kids, exe, 16);
+            double now = (double)(wp_now_ns() - t0) / 1e6;
+            for (int k = 0; k < n && !killed; k++) {
+                bool old = false;
+                for (int j = 0; j < n_seen; j++)
+                    old |= seen[j] == kids[k];
+                if (old)
+                    continue;
+                if (n_seen < 64)
+                    seen[n_seen++] = kids[k];
+                if (strcmp(exe[k], "warmpool-node") == 0 && now > spawned_ms * 0.5) {
+                    kill(NODES[0].pid, SIGKILL);
+                    killed = true;
+                }
+            }
+            usleep(100);
+        }
+        node_stop(&NODES[0], SIGKILL);
+        int n = 0;
+        for (int i = 0; i < 60 && (n = egress_pids(port, left, 8)) > 0; i++)
+            th_msleep(50);
+        if (n > 0) {
+            for (int k = 0; k < n; k++)
+                kill(left[k], SIGKILL);
+            fail_msg("round %d: node killed as a child it had just forked had not exec'd yet: "
+                     "warmpool-egress %d outlived it by 3 s",
+                     round, (int)left[0]);
+        }
+    }
+}
+
 /* ---- where criu does not work, or hangs ---------------------------------- */
 
 /* A node on a host where no criu mode works (here: the operator says so):
@@ -1741,6 +1872,7 @@ int main(void)
         cmocka_unit_test(multi_tenant_node_refuses_ksm),
         cmocka_unit_test(thp_always_refills_eagerly_with_huge_pages),
         cmocka_unit_test(free_page_reporting_off_while_the_node_runs),
+        cmocka_unit_test(a_node_killed_as_it_spawns_its_egress_leaves_none),
         cmocka_unit_test(a_waiting_claim_watches_its_node_once_a_second),
         cmocka_unit_test(node_without_criu_serves_cold),
         cmocka_unit_test(hung_restores_do_not_stop_the_node),
