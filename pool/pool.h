@@ -140,6 +140,8 @@ struct pool_node_config {
     enum pool_refill refill;
     bool thp_always;        /* --thp always: set the host's THP to "always" while
                                running (put back at exit) */
+    bool warm_off;          /* --warm-clones off: no warm-up call in new hot
+                               clones (node_warm.c) */
     double claim_wait_max_ms; /* a warm/cold claim that would wait longer than
                                  this for a restore slot is refused as
                                  overloaded (WP_EOVERLOADED); 0 = never */
