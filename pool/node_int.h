@@ -158,6 +158,7 @@ struct node {
     double last_drain_check;
     uint64_t started_ms;     /* wall clock: older drain requests are stale */
     uint64_t restore_failures; /* since start, all environments (/metrics) */
+    uint64_t warmed;         /* warm-up calls done since start (node_warm.c) */
     struct pool__catalog *catalog; /* environments published in Redis */
     struct pool__orphans *orphans; /* checks for sandboxes of dead owners */
     bool ksm_on;             /* we turned KSM on (some env has "ksm") */

@@ -120,9 +120,11 @@ void node__register_node(struct node *n)
                           (unsigned long long)n->rh[t].b[b]);
         snprintf(hf[t], sizeof(hf[t]), "restore_hist:%s", node__rh_names[t]);
     }
+    char warmed[32];
+    snprintf(warmed, sizeof(warmed), "%llu", (unsigned long long)n->warmed);
     const char *hh[] = { "HSET", key, "hist_le", WP_HIST_LE_TEXT, hf[0], hv[0], hf[1], hv[1],
-                         hf[2], hv[2] };
-    node__cmd(n, "restore histograms", 10, hh);
+                         hf[2], hv[2], "warmed", warmed };
+    node__cmd(n, "restore histograms", 12, hh);
     {
         char b[32], u[32], ps[32], pg[32], fs[32], cpu[32], rf[32];
         snprintf(rf, sizeof(rf), "%llu", (unsigned long long)n->restore_failures);

@@ -63,8 +63,10 @@ static void warm_done(void *ctx, int status, const struct alink_result *res, con
     if (status != 0 || res->is_error)
         log_debug("warm-up sandbox=%s: %s", w->sandbox,
                   status != 0 ? (err ? err->msg : "failed") : "error result");
-    else
+    else {
+        w->n->warmed++;
         log_debug("warm-up sandbox=%s ms=%.1f", w->sandbox, (node__now_s() - w->t0) * 1e3);
+    }
     unlink_warm(w);
     alink_client_free(w->ac); /* freed once this callback returns */
     free(w);
