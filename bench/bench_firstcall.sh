@@ -11,8 +11,9 @@
 #   shell-at-boot, one by one  the same node and hands through a second
 #                            scheduler with WARMPOOL_RELAY_PIPE=off: each of the
 #                            three waits for the answer before the next
-#   shell-lazy               the same hands with --lazy-shell: the shell starts
-#                            on the first call (before issue 20)
+#   shell-lazy               the same hands with --lazy-shell, on the node with
+#                            --warm-clones off: the shell starts on the first
+#                            call (before issue 20)
 #   shell-at-boot, BASE      with BASE=DIR (a build dir of another revision:
 #                            its node, scheduler and hands, with their own
 #                            Redis): before and after in one run
@@ -88,9 +89,7 @@ wait_hot() { # REDIS-PORT ENV...
 }
 
 tmpl "$T" shell-at-boot ''
-tmpl "$T" shell-lazy ',"--lazy-shell"'
-stack "$T" "$BUILD" "$RPORT" fc-node --env "$T/shell-at-boot.json:$HOT:$HOT" \
-    --env "$T/shell-lazy.json:$HOT:$HOT"
+stack "$T" "$BUILD" "$RPORT" fc-node --env "$T/shell-at-boot.json:$HOT:$HOT"
 SPORT=$(wp_free_port)
 SPORT_OFF=$(wp_free_port)
 WARMPOOL_RELAY_PIPE=on sched "$BUILD" "$RPORT" "$SPORT" "$T/sched.log"
@@ -102,7 +101,9 @@ CPORT=$(wp_free_port)
 CSPORT=$(wp_free_port)
 mkdir -p "$T/cold"
 tmpl "$T/cold" shell-at-boot ''
-stack "$T/cold" "$BUILD" "$CPORT" fc-cold --env "$T/cold/shell-at-boot.json:$HOT:$HOT" --warm-clones off
+tmpl "$T/cold" shell-lazy ',"--lazy-shell"'
+stack "$T/cold" "$BUILD" "$CPORT" fc-cold --env "$T/cold/shell-at-boot.json:$HOT:$HOT" \
+    --env "$T/cold/shell-lazy.json:$HOT:$HOT" --warm-clones off
 WARMPOOL_RELAY_PIPE=on sched "$BUILD" "$CPORT" "$CSPORT" "$T/cold/sched.log"
 ROWS="$ROWS;shell-at-boot, not warmed=$CSPORT=$CPORT=shell-at-boot"
 if [ -n "$BASE" ]; then
@@ -114,9 +115,9 @@ if [ -n "$BASE" ]; then
     sched "$BASE" "$BPORT" "$BSPORT" "$T/base/sched.log"
     ROWS="$ROWS;shell-at-boot, $BASE_NAME=$BSPORT=$BPORT=shell-at-boot"
 fi
-ROWS="$ROWS;shell-lazy=$SPORT=$RPORT=shell-lazy"
-wait_hot "$RPORT" shell-at-boot shell-lazy
-wait_hot "$CPORT" shell-at-boot
+ROWS="$ROWS;shell-lazy=$CSPORT=$CPORT=shell-lazy"
+wait_hot "$RPORT" shell-at-boot
+wait_hot "$CPORT" shell-at-boot shell-lazy
 [ -z "$BASE" ] || wait_hot "$BPORT" shell-at-boot
 for p in "$SPORT" "$SPORT_OFF" "$CSPORT" ${BSPORT:-}; do # the schedulers listen
     for _ in $(seq 100); do
@@ -204,8 +205,8 @@ md = ["# First bash call of a new sandbox", "",
       "route, hello and attach go out together, and the node runs a no-op call in each new hot clone;",
       "`not warmed`: the same build, its own node and Redis, with `--warm-clones off`; `one by one`: the same node and hands through a scheduler",
       "with `WARMPOOL_RELAY_PIPE=off` (route, then hello, then attach, each after the last one's answer);",
-      "`shell-lazy`: this build's hands with `--lazy-shell`, the shell starts on the first call (before",
-      "issue 20); a row naming a revision: that revision's node, scheduler and hands (own Redis).", "",
+      "`shell-lazy`: this build's hands with `--lazy-shell` on the `not warmed` node, the shell starts on the",
+      "first call (before issue 20); a row naming a revision: that revision's node, scheduler and hands (own Redis).", "",
       "| row | n | not hot | create p50 / p95 | create to first result p50 / p95 | claimed p50 | attached p50 | first call p50 / p95 | second call p50 / p95 |",
       "|---|---|---|---|---|---|---|---|---|"]
 for r in out_rows:
