@@ -5,8 +5,8 @@
 -- then the new sandbox's record as field, value pairs: written with the
 -- count, so the create answers after this one round trip (issue 20). A
 -- member is dead once its record says failed or expired, or has been
--- missing for a minute (released, or never written because its claim
--- failed to start).
+-- missing for a minute (deleted; a record written by an older scheduler
+-- after this script).
 --#include _pool_allowed.lua
 if ARGV[4] == '1' and not pool_ok(ARGV[5], ARGV[1]) then
   return redis.error_reply('POOL not allowed') -- a code of its own (a bare word is ERR)
