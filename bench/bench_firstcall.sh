@@ -3,12 +3,17 @@
 # one run, for (rows interleaved, so each sees the same machine):
 #   shell-at-boot            this build: the hands start their shell when they
 #                            come up; the link's route, hello and attach go out
-#                            together (pipelined, issue 20)
+#                            together (pipelined, issue 20); the node runs a
+#                            no-op call in each new hot clone (--warm-clones)
+#   shell-at-boot, not warmed  the same with a second node (own Redis) started
+#                            with --warm-clones off: the clone's first call
+#                            faults in the shell's code
 #   shell-at-boot, one by one  the same node and hands through a second
 #                            scheduler with WARMPOOL_RELAY_PIPE=off: each of the
 #                            three waits for the answer before the next
-#   shell-lazy               the same hands with --lazy-shell: the shell starts
-#                            on the first call (before issue 20)
+#   shell-lazy               the same hands with --lazy-shell, on the node with
+#                            --warm-clones off: the shell starts on the first
+#                            call (before issue 20)
 #   shell-at-boot, BASE      with BASE=DIR (a build dir of another revision:
 #                            its node, scheduler and hands, with their own
 #                            Redis): before and after in one run
@@ -37,6 +42,7 @@ RPORT=$(wp_free_port)
 PIDS=()
 cleanup() {
     [ -z "${BPORT:-}" ] || redis-cli -p "$BPORT" shutdown nosave >/dev/null 2>&1 || true
+    [ -z "${CPORT:-}" ] || redis-cli -p "$CPORT" shutdown nosave >/dev/null 2>&1 || true
     wp_bench_cleanup
 }
 trap cleanup EXIT
@@ -83,15 +89,23 @@ wait_hot() { # REDIS-PORT ENV...
 }
 
 tmpl "$T" shell-at-boot ''
-tmpl "$T" shell-lazy ',"--lazy-shell"'
-stack "$T" "$BUILD" "$RPORT" fc-node --env "$T/shell-at-boot.json:$HOT:$HOT" \
-    --env "$T/shell-lazy.json:$HOT:$HOT"
+stack "$T" "$BUILD" "$RPORT" fc-node --env "$T/shell-at-boot.json:$HOT:$HOT"
 SPORT=$(wp_free_port)
 SPORT_OFF=$(wp_free_port)
 WARMPOOL_RELAY_PIPE=on sched "$BUILD" "$RPORT" "$SPORT" "$T/sched.log"
 WARMPOOL_RELAY_PIPE=off sched "$BUILD" "$RPORT" "$SPORT_OFF" "$T/sched-off.log"
 ROWS="shell-at-boot=$SPORT=$RPORT=shell-at-boot"
 ROWS="$ROWS;shell-at-boot, one by one=$SPORT_OFF=$RPORT=shell-at-boot"
+# The same build with the warm-up off: a node of its own (its own Redis).
+CPORT=$(wp_free_port)
+CSPORT=$(wp_free_port)
+mkdir -p "$T/cold"
+tmpl "$T/cold" shell-at-boot ''
+tmpl "$T/cold" shell-lazy ',"--lazy-shell"'
+stack "$T/cold" "$BUILD" "$CPORT" fc-cold --env "$T/cold/shell-at-boot.json:$HOT:$HOT" \
+    --env "$T/cold/shell-lazy.json:$HOT:$HOT" --warm-clones off
+WARMPOOL_RELAY_PIPE=on sched "$BUILD" "$CPORT" "$CSPORT" "$T/cold/sched.log"
+ROWS="$ROWS;shell-at-boot, not warmed=$CSPORT=$CPORT=shell-at-boot"
 if [ -n "$BASE" ]; then
     BPORT=$(wp_free_port)
     BSPORT=$(wp_free_port)
@@ -101,10 +115,11 @@ if [ -n "$BASE" ]; then
     sched "$BASE" "$BPORT" "$BSPORT" "$T/base/sched.log"
     ROWS="$ROWS;shell-at-boot, $BASE_NAME=$BSPORT=$BPORT=shell-at-boot"
 fi
-ROWS="$ROWS;shell-lazy=$SPORT=$RPORT=shell-lazy"
-wait_hot "$RPORT" shell-at-boot shell-lazy
+ROWS="$ROWS;shell-lazy=$CSPORT=$CPORT=shell-lazy"
+wait_hot "$RPORT" shell-at-boot
+wait_hot "$CPORT" shell-at-boot shell-lazy
 [ -z "$BASE" ] || wait_hot "$BPORT" shell-at-boot
-for p in "$SPORT" "$SPORT_OFF" ${BSPORT:-}; do # the schedulers listen
+for p in "$SPORT" "$SPORT_OFF" "$CSPORT" ${BSPORT:-}; do # the schedulers listen
     for _ in $(seq 100); do
         python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$p),1)" 2>/dev/null && break
         sleep 0.1
@@ -186,11 +201,12 @@ md = ["# First bash call of a new sandbox", "",
       "full again, then %.0f ms: no refill runs meanwhile). Times in ms, client-side (Python http.client, one keep-alive" % (settle * 1e3),
       "connection per scheduler). `not hot`: sandboxes not served from the hot tier. Claimed / attached:",
       "the scheduler's own timings from the create (`timings.claim_ms`, `attached_ms`).", "",
-      "Rows: `shell-at-boot`: this build, the hands start their shell as they come up and a new link's",
-      "route, hello and attach go out together; `one by one`: the same node and hands through a scheduler",
+      "Rows: `shell-at-boot`: this build, the hands start their shell as they come up, a new link's",
+      "route, hello and attach go out together, and the node runs a no-op call in each new hot clone;",
+      "`not warmed`: the same build, its own node and Redis, with `--warm-clones off`; `one by one`: the same node and hands through a scheduler",
       "with `WARMPOOL_RELAY_PIPE=off` (route, then hello, then attach, each after the last one's answer);",
-      "`shell-lazy`: this build's hands with `--lazy-shell`, the shell starts on the first call (before",
-      "issue 20); a row naming a revision: that revision's node, scheduler and hands (own Redis).", "",
+      "`shell-lazy`: this build's hands with `--lazy-shell` on the `not warmed` node, the shell starts on the",
+      "first call (before issue 20); a row naming a revision: that revision's node, scheduler and hands (own Redis).", "",
       "| row | n | not hot | create p50 / p95 | create to first result p50 / p95 | claimed p50 | attached p50 | first call p50 / p95 | second call p50 / p95 |",
       "|---|---|---|---|---|---|---|---|---|"]
 for r in out_rows:

@@ -46,6 +46,10 @@ static const char usage[] =
     "                          next touch of it faults on the host too (a 200 MB\n"
     "                          clone into memory freed 3 s before: ~3x the time);\n"
     "                          put back at exit (host-wide; default leave)\n"
+    "  --warm-clones on|off    on (default): run a no-op bash call in each new hot\n"
+    "                          clone, so a session's first call finds the shell's\n"
+    "                          code mapped (~2 ms of CPU per clone, ~1.6 ms less on\n"
+    "                          the first call)\n"
     "  --restore-slots N       restores at once (default: one per CPU)\n"
     "  --claim-wait-max MS     a warm/cold claim that would wait longer than this\n"
     "                          for a restore slot is refused at once as overloaded\n"
@@ -270,8 +274,8 @@ static const struct option lo[] = {
     { "id", required_argument, NULL, 'i' },          { "redis", required_argument, NULL, 'r' },
     { "state-dir", required_argument, NULL, 's' },   { "env", required_argument, NULL, 'e' },
     { "eager", no_argument, NULL, 'E' },             { "refill", required_argument, NULL, 1025 },
-    { "thp", required_argument, NULL, 1026 },
-    { "free-page-reporting", required_argument, NULL, 1027 },             { "restore-slots", required_argument, NULL, 'S' },
+    { "thp", required_argument, NULL, 1026 },             { "warm-clones", required_argument, NULL, 1027 },
+    { "free-page-reporting", required_argument, NULL, 1028 }, { "restore-slots", required_argument, NULL, 'S' },
     { "heartbeat-ttl", required_argument, NULL, 't' }, { "lease-ms", required_argument, NULL, 'L' },
     { "config", required_argument, NULL, 'c' },      { "log-level", required_argument, NULL, 'l' },
     { "listen", required_argument, NULL, 'H' },      { "no-api-envs", no_argument, NULL, 'A' },
@@ -336,7 +340,12 @@ static int apply_args_in(struct pool_node_config *cfg, int argc, char **argv, bo
         case 'E': cfg->refill = POOL_REFILL_EAGER; break;
         case 1025: rc = set_refill(cfg, optarg, err); break;
         case 1026: rc = set_thp(cfg, optarg, err); break;
-        case 1027: rc = set_fpr(cfg, optarg, err); break;
+        case 1027:
+            if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0)
+                rc = wp_err_set(err, WP_ECONFIG, "warm-clones '%s': on or off", optarg);
+            cfg->warm_off = optarg[1] == 'f';
+            break;
+        case 1028: rc = set_fpr(cfg, optarg, err); break;
         case 'A': cfg->api_envs = false; break;
         case 'S': cfg->restore_slots = atoi(optarg); break;
         case 't': cfg->heartbeat_ttl_s = atof(optarg); break;

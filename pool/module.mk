@@ -2,7 +2,7 @@ pool_SRCS := pool/autoscale.c pool/scripts.c pool/node.c pool/node_sandbox.c poo
              pool/node_reconcile.c pool/node_reap.c pool/node_shutdown.c pool/config.c pool/client.c pool/relay.c pool/node_files.c pool/ksm.c \
              pool/catalog.c pool/memory.c pool/http.c pool/worker.c pool/worker_run.c \
              pool/orphans.c pool/egress.c pool/egress_http.c pool/egress_tls.c pool/egress_ctl.c \
-             pool/node_egress.c pool/relay_tls.c pool/thp.c pool/hostset.c pool/fpr.c
+             pool/node_egress.c pool/node_warm.c pool/relay_tls.c pool/thp.c pool/hostset.c pool/fpr.c
 
 # The egress proxy terminates and re-encrypts TLS with libssl.
 PKGS += libssl

@@ -178,6 +178,7 @@ static void cron_cb(struct ev_loop *loop, ev_timer *w, int revents)
         node__drain_tick(n);
         return;
     }
+    node__warm_tick(n);
     /* Where criu does not work there are no images: the hot tier is made
      * of cold-booted sandboxes (the probe's reason is in the log, the
      * node's hash and /metrics). */
@@ -478,6 +479,7 @@ int pool_node_run(const struct pool_node_config *cfg, struct wp_err *err)
              wp_rcl_on() ? 0 : cfg->redis_port, n->relay_addr, (unsigned long long)(n->budget >> 20),
              cfg->multi_tenant ? " multi-tenant" : "");
     ev_run(n->loop, 0);
+    node__warm_stop(n);
 
     /* Clean shutdown: our sandboxes and our entries go. Boots and builds
      * still running in helpers are stopped; what they made (their sandbox

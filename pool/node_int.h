@@ -111,6 +111,7 @@ struct nsb {
     long scans_at_change;           /* KSM full_scans when its private bytes last moved */
     uint64_t last_private;          /* at the previous measure */
     bool settled;                   /* measured as it will stay (see measure_memory) */
+    bool warmed;                    /* its warm-up call was started (node_warm.c) */
     struct nsb *next;
 };
 
@@ -135,6 +136,7 @@ struct node {
     struct env envs[POOL_MAX_ENVS];
     int n_envs;
     struct nsb *sbs;
+    struct nwarm *warms;     /* warm-up calls in flight (node_warm.c) */
     int restores;            /* restores in flight */
     int slots;
     double now;
@@ -156,6 +158,7 @@ struct node {
     double last_drain_check;
     uint64_t started_ms;     /* wall clock: older drain requests are stale */
     uint64_t restore_failures; /* since start, all environments (/metrics) */
+    uint64_t warmed;         /* warm-up calls done since start (node_warm.c) */
     struct pool__catalog *catalog; /* environments published in Redis */
     struct pool__orphans *orphans; /* checks for sandboxes of dead owners */
     bool ksm_on;             /* we turned KSM on (some env has "ksm") */
@@ -238,6 +241,11 @@ void node__publish_live(struct node *n, struct env *e, bool gone);
  * keys deleted) unless its heartbeat is there; done (may be NULL) gets
  * the last reply, NULL when it stopped early. 0, or < 0 (done not called). */
 int node__reap(struct node *n, const char *node, wp_redis_cb done, void *ctx);
+
+/* node_warm.c: a no-op bash call through each new hot clone's hands, so
+ * the session's first call finds their code paths mapped. */
+void node__warm_tick(struct node *n);
+void node__warm_stop(struct node *n);
 
 /* node_shutdown.c */
 void node__publish_draining(struct node *n);

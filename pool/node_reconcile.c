@@ -58,7 +58,7 @@ void node__register_node(struct node *n)
                            "criu_why", cp->why, "thp", pool__thp_name(n->thp),
                            "refill", node__restore_lazy(n) ? "lazy" : "eager",
                            "page_reporting", pool__fpr_name(n->fpr) };
-    node__cmd(n, "node", 26, hset);
+    node__cmd(n, "node", (int)(sizeof(hset) / sizeof(hset[0])), hset);
     /* Every beat, not once: after a Redis restart that lost writes the
      * node reappears by itself. */
     const char *sadd[] = { "SADD", POOL__K_NODES, n->cfg.id };
@@ -122,9 +122,11 @@ void node__register_node(struct node *n)
                           (unsigned long long)n->rh[t].b[b]);
         snprintf(hf[t], sizeof(hf[t]), "restore_hist:%s", node__rh_names[t]);
     }
+    char warmed[32];
+    snprintf(warmed, sizeof(warmed), "%llu", (unsigned long long)n->warmed);
     const char *hh[] = { "HSET", key, "hist_le", WP_HIST_LE_TEXT, hf[0], hv[0], hf[1], hv[1],
-                         hf[2], hv[2] };
-    node__cmd(n, "restore histograms", 10, hh);
+                         hf[2], hv[2], "warmed", warmed };
+    node__cmd(n, "restore histograms", 12, hh);
     {
         char b[32], u[32], ps[32], pg[32], fs[32], cpu[32], rf[32];
         snprintf(rf, sizeof(rf), "%llu", (unsigned long long)n->restore_failures);

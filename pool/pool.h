@@ -142,6 +142,8 @@ struct pool_node_config {
                                running (put back at exit) */
     bool fpr_off;           /* --free-page-reporting off: keep freed memory from
                                the hypervisor while running (put back at exit) */
+    bool warm_off;          /* --warm-clones off: no warm-up call in new hot
+                               clones (node_warm.c) */
     double claim_wait_max_ms; /* a warm/cold claim that would wait longer than
                                  this for a restore slot is refused as
                                  overloaded (WP_EOVERLOADED); 0 = never */

@@ -197,24 +197,35 @@ static void sbx_gated(void *ctx, redisReply *reply)
     char pool[64], id[64];
     snprintf(pool, sizeof(pool), "%s", json_string_value(json_object_get(g, "pool")));
     snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(g, "id")));
+    req->quota_sbx_next(req, pool, id, json_object_get(g, "record"));
     json_decref(g);
-    req->quota_sbx_next(req, pool, id);
 }
+
+#define SBX_RECORD_MAX 16 /* fields of a new sandbox's record */
 
 /* The gate; orgs: the operator pool's policy (NULL for an API
  * environment's own pool, or no policy). */
 static void sbx_gate_run(struct sched_req *req, const char *orgs)
 {
     char kq[160], kz[160], krec[160], now[32];
-    json_t *g = req->tmp2;
-    const char *pool = json_string_value(json_object_get(g, "pool"));
+    json_t *g = req->tmp2, *v;
+    const char *pool = json_string_value(json_object_get(g, "pool")), *k;
     sched__key_quota(kq, sizeof(kq), NULL, req->org);
     sched__key_quota(kz, sizeof(kz), "sbx", req->org);
     sched__key_sbx(krec, sizeof(krec), req->org, ""); /* the records' prefix: the same slot */
     snprintf(now, sizeof(now), "%llu", (unsigned long long)wp_wall_ms());
-    const char *argv[] = {kq, kz, req->org, json_string_value(json_object_get(g, "id")), now,
-                          strncmp(pool, "env_", 4) ? "1" : "0", orgs ? orgs : "*", krec};
-    sched__req_script(req, lua_sbx_gate, sbx_gated, 2, 8, argv, NULL);
+    const char *argv[8 + 2 * SBX_RECORD_MAX] = {kq, kz, req->org,
+                                                json_string_value(json_object_get(g, "id")), now,
+                                                strncmp(pool, "env_", 4) ? "1" : "0",
+                                                orgs ? orgs : "*", krec};
+    int argc = 8;
+    json_object_foreach(json_object_get(g, "record"), k, v) {
+        if (argc < 8 + 2 * SBX_RECORD_MAX && json_is_string(v)) {
+            argv[argc++] = k;
+            argv[argc++] = json_string_value(v);
+        }
+    }
+    sched__req_script(req, lua_sbx_gate, sbx_gated, 2, argc, argv, NULL);
 }
 
 static void sbx_policy_read(void *ctx, redisReply *reply)
@@ -225,13 +236,17 @@ static void sbx_policy_read(void *ctx, redisReply *reply)
         sbx_gate_run(req, orgs);
 }
 
-void sched__quota_sbx(struct sched_req *req, const char *pool,
-                      void (*next)(struct sched_req *, const char *pool, const char *id))
+void sched__quota_sbx(struct sched_req *req, const char *pool, const char *id, json_t *record,
+                      void (*next)(struct sched_req *, const char *pool, const char *id,
+                                   json_t *record))
 {
-    char pol[160], id[64];
-    sched__new_id("sbx_", id, sizeof(id));
+    char pol[160];
     json_decref(req->tmp2);
-    req->tmp2 = json_pack("{s:s,s:s}", "pool", pool, "id", id);
+    req->tmp2 = json_pack("{s:s,s:s,s:o}", "pool", pool, "id", id, "record", record);
+    if (!req->tmp2) {
+        sched__respond_error(req, 500, "api_error", NULL, "out of memory");
+        return;
+    }
     req->quota_sbx_next = next;
     if (!strncmp(pool, "env_", 4)) { /* an API environment's own pool: no policy */
         sbx_gate_run(req, NULL);

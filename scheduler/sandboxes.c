@@ -628,15 +628,38 @@ static void truth(json_t *r, const char **status, char *why, size_t cap)
                                                        : "took it back");
 }
 
-static void created(void *ctx, redisReply *reply)
+static void start(struct sched_req *req, const char *name, const char *id, json_t *record);
+
+/* The organization's sandbox quota and the pool's orgs, and the new
+ * sandbox's record, written by the same script (quota.c): the create's
+ * answer then waits for no other round trip. */
+static void gate(struct sched_req *req, const char *name)
 {
-    struct sched_req *req = ctx;
-    (void)reply;
-    /* Answer at once; the claim goes on in the background. */
-    sched__respond_json(req, 200, req->tmp ? json_incref(req->tmp) : json_object());
+    char id[64], now[40], idle[32];
+    const char *sid = json_string_value(json_object_get(req->body, "session_id"));
+
+    sched__new_id("sbx_", id, sizeof(id));
+    sched__rfc3339(wp_wall_ms(), now, sizeof(now));
+    snprintf(idle, sizeof(idle), "%.0f", req->srv->cfg.sandbox_idle_s);
+    json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "org", req->org, "environment",
+                            name, "status", "provisioning", "session_id", sid ? sid : id,
+                            "created_at", now, "idle_timeout_s", idle);
+    if (!rec) {
+        sched__respond_error(req, 500, "api_error", NULL, "out of memory");
+        return;
+    }
+    sched__quota_sbx(req, name, id, rec, start);
 }
 
-static void start(struct sched_req *req, const char *name, const char *id);
+/* The record was written but no claim started: it says failed (which
+ * also ends its count against the quota). */
+static void record_failed(struct sched_req *req, const char *id, const char *why)
+{
+    char key[160];
+    sched__key_sbx(key, sizeof(key), req->org, id);
+    const char *argv[] = { "HSET", key, "status", "failed", "error", why };
+    wp_redis_argv(req->srv->rds, NULL, NULL, 6, argv, NULL);
+}
 
 /* An API environment: the organization's own, cloud, not archived; its
  * sandboxes come from its pool environment (sched__env_pool_of). */
@@ -653,7 +676,7 @@ static void api_env_loaded(struct sched_req *req, json_t *env, long long rev)
     } else if (sched__env_pool_of(env, name, sizeof(name)) < 0) {
         sched__bad_request(req, "environment %s has no pool environment", req->scratch);
     } else {
-        sched__quota_sbx(req, name, start); /* the org's sandbox quota, the pool's orgs */
+        gate(req, name);
     }
     json_decref(env);
 }
@@ -690,29 +713,35 @@ void sched__h_sbx_create(struct sched_req *req)
         sched__bad_request(req, "workdir must be an absolute path; hostname and session_id strings");
         return;
     }
+    const char *sid = json_string_value(json_object_get(b, "session_id"));
+    if (sid && (!*sid || strlen(sid) > 127)) { /* the pool's limit (pool_claim) */
+        sched__bad_request(req, "session_id: 1-127 bytes");
+        return;
+    }
     if (strncmp(name, "env_", 4) == 0) {
         snprintf(req->scratch, sizeof(req->scratch), "%s", name);
         sched__obj_load(req, &sched__kind_env, name, api_env_loaded);
         return;
     }
-    sched__quota_sbx(req, name, start);
+    gate(req, name);
 }
 
-/* Claim in the background and answer at once. */
-static void start(struct sched_req *req, const char *name, const char *id)
+/* Claim in the background and answer at once (the record is written). */
+static void start(struct sched_req *req, const char *name, const char *id, json_t *record)
 {
     json_t *b = req->body;
     struct sched_server *srv = req->srv;
     struct sched_sbx *s;
     struct wp_err err;
-    char key[160], now[40], created_ms[32];
 
     if (!srv->pool || !pool_client_ready(srv->pool)) {
+        record_failed(req, id, "the pool is not reachable");
         sched__respond_error(req, 503, "api_error", NULL, "the pool is not reachable");
         return;
     }
     s = calloc(1, sizeof(*s));
     if (!s) {
+        record_failed(req, id, "out of memory");
         sched__respond_error(req, 500, "api_error", NULL, "out of memory");
         return;
     }
@@ -722,31 +751,27 @@ static void start(struct sched_req *req, const char *name, const char *id)
     snprintf(s->id, sizeof(s->id), "%s", id); /* counted by sched__quota_sbx */
     snprintf(s->org, sizeof(s->org), "%s", req->org);
     snprintf(s->env, sizeof(s->env), "%s", name);
-    const char *sid = json_string_value(json_object_get(b, "session_id"));
-    snprintf(s->session, sizeof(s->session), "%s", sid ? sid : s->id);
+    snprintf(s->session, sizeof(s->session), "%s",
+             json_string_value(json_object_get(record, "session_id")) ?: s->id);
     s->settings = json_deep_copy(b);
     if (pool_claim(srv->pool, name, s->session, 60, claim_cb, s, &err) < 0) {
         json_decref(s->settings);
         free(s);
-        sched__respond_error(req, 503, "api_error", NULL, "claim: %s", err.msg);
+        char why[160];
+        snprintf(why, sizeof(why), "claim: %s", err.msg);
+        record_failed(req, id, why);
+        sched__respond_error(req, 503, "api_error", NULL, "%s", why);
         return;
     }
     s->next = srv->sbxs;
     srv->sbxs = s;
-    sched__rfc3339(wp_wall_ms(), now, sizeof(now));
-    snprintf(created_ms, sizeof(created_ms), "%llu", (unsigned long long)wp_wall_ms());
-    sched__key_sbx(key, sizeof(key), s->org, s->id);
-    req->tmp = json_pack("{s:s, s:s, s:s, s:s, s:s, s:n, s:n, s:{}, s:n}", "type", "sandbox", "id",
-                         s->id, "environment", name, "session_id", s->session, "status",
-                         "provisioning", "tier", "node", "timings", "error");
-    json_object_set_new(req->tmp, "created_at", json_string(now));
-    char idle[32];
-    snprintf(idle, sizeof(idle), "%.0f", srv->cfg.sandbox_idle_s);
-    json_object_set_new(req->tmp, "idle_timeout_s", json_integer((json_int_t)srv->cfg.sandbox_idle_s));
-    const char *argv[] = { "HSET", key, "org", s->org, "environment", name, "status",
-                           "provisioning", "session_id", s->session, "created_at", now,
-                           "idle_timeout_s", idle };
-    sched__req_redis(req, created, 14, argv, NULL);
+    /* Answer at once; the claim goes on in the background. */
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:n, s:n, s:{}, s:n, s:O?, s:I}", "type",
+                          "sandbox", "id", s->id, "environment", name, "session_id", s->session,
+                          "status", "provisioning", "tier", "node", "timings", "error",
+                          "created_at", json_object_get(record, "created_at"), "idle_timeout_s",
+                          (json_int_t)srv->cfg.sandbox_idle_s);
+    sched__respond_json(req, 200, o ? o : json_object());
 }
 
 static void use_record(struct sched_req *req, json_t *reply)

@@ -219,7 +219,7 @@ struct sched_req {
     _Alignas(16) unsigned char load_state[512]; /* resources.c scratch */
     /* quota.c: what runs once a quota check passed */
     void (*quota_next)(struct sched_req *, json_t *env, long long rev);
-    void (*quota_sbx_next)(struct sched_req *, const char *pool, const char *id);
+    void (*quota_sbx_next)(struct sched_req *, const char *pool, const char *id, json_t *record);
     void (*files_next)(struct sched_req *); /* files.c: after the file resources' check */
     void (*work_next)(struct sched_req *);  /* work.c: once the environment is the caller's */
     char scratch[256];       /* handler scratch (ids, cursors) */
@@ -644,10 +644,14 @@ bool sched__quota_refused(struct sched_req *req, const char *lua_err);
  * an error answer. Takes env. */
 void sched__quota_env(struct sched_req *req, json_t *env, long long rev,
                       void (*next)(struct sched_req *, json_t *, long long));
-/* Count one more live sandbox of the org (and check it may use pool);
- * then next(req, pool, new sandbox id), or an error answer. */
-void sched__quota_sbx(struct sched_req *req, const char *pool,
-                      void (*next)(struct sched_req *, const char *pool, const char *id));
+/* Count sandbox id as one more live sandbox of the org (and check it may
+ * use pool) and, in the same script, write its record wp:sbx:{org}:id from
+ * record (an object of strings; taken), so the create's answer needs no
+ * round trip of its own (issue 20); then next(req, pool, id, record
+ * (borrowed for the call)), or an error answer (nothing written). */
+void sched__quota_sbx(struct sched_req *req, const char *pool, const char *id, json_t *record,
+                      void (*next)(struct sched_req *, const char *pool, const char *id,
+                                   json_t *record));
 /* Check what the pool needs of a (merged) environment: warmpool.* metadata
  * keys and values, supported package managers, apt names. NULL or a
  * message valid until the next call. */

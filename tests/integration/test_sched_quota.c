@@ -260,7 +260,18 @@ static void sandboxes_and_operator_pools(void **state)
     /* Raising the quota lets one more in. */
     assert_int_equal(cli(NULL, 0, "quota set acme sandboxes=3"), 0);
     json_decref(s2);
+    /* A session id the pool cannot take is refused before the quota
+     * counts anything (it was a 503 that held the slot for a minute). */
+    char bad[512], long_sid[201];
+    memset(long_sid, 's', 200);
+    long_sid[200] = '\0';
+    snprintf(bad, sizeof(bad), "{\"environment\":\"%s\",\"session_id\":\"%s\"}", env, long_sid);
+    json_decref(call("POST", "/v1/sandboxes", bad, 400));
+    snprintf(bad, sizeof(bad), "{\"environment\":\"%s\",\"session_id\":\"\"}", env);
+    json_decref(call("POST", "/v1/sandboxes", bad, 400));
     json_decref(call("POST", "/v1/sandboxes", sb, 200));
+    assert_int_equal(cli(out, sizeof(out), "quota show"), 0);
+    assert_non_null(strstr(out, "3 used of 3"));
     assert_int_equal(cli(NULL, 0, "quota set acme sandboxes=none"), 0);
     free(env);
 }

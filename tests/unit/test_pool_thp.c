@@ -167,6 +167,19 @@ static void config_refill_and_thp(void **state)
     const char *bad2[] = { "node", "--thp", "never" };
     assert_int_equal(parse_node(3, bad2, &cfg, &err), WP_ECONFIG);
     assert_non_null(strstr(err.msg, "always or leave"));
+
+    /* Warm-up calls in new hot clones (node_warm.c): on unless told. */
+    assert_int_equal(parse_node(3, dflt, &cfg, &err), 0);
+    assert_false(cfg.warm_off);
+    const char *off[] = { "node", "--warm-clones", "off" };
+    assert_int_equal(parse_node(3, off, &cfg, &err), 0);
+    assert_true(cfg.warm_off);
+    const char *on[] = { "node", "--warm-clones", "on" };
+    assert_int_equal(parse_node(3, on, &cfg, &err), 0);
+    assert_false(cfg.warm_off);
+    const char *bad3[] = { "node", "--warm-clones", "often" };
+    assert_int_equal(parse_node(3, bad3, &cfg, &err), WP_ECONFIG);
+    assert_non_null(strstr(err.msg, "on or off"));
 }
 
 int main(void)

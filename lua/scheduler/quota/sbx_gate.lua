@@ -1,10 +1,12 @@
 --! static const char lua_sbx_gate[]
 -- KEYS: wp:quota:{org}, wp:quotause:{org}:sbx. ARGV: org, sandbox id, now
 -- ms, '1' for an operator pool, that pool's orgs ('*': every organization),
--- the records' key prefix wp:sbx:{org}: (their slot: read outside KEYS). A
+-- the records' key prefix wp:sbx:{org}: (their slot: read outside KEYS),
+-- then the new sandbox's record as field, value pairs: written with the
+-- count, so the create answers after this one round trip (issue 20). A
 -- member is dead once its record says failed or expired, or has been
--- missing for a minute (released, or never written because its claim
--- failed to start).
+-- missing for a minute (deleted; a record written by an older scheduler
+-- after this script).
 --#include _pool_allowed.lua
 if ARGV[4] == '1' and not pool_ok(ARGV[5], ARGV[1]) then
   return redis.error_reply('POOL not allowed') -- a code of its own (a bare word is ERR)
@@ -22,4 +24,7 @@ if lim and live >= lim then
   return redis.error_reply('QUOTA sandboxes ' .. lim .. ' ' .. live .. ' live')
 end
 redis.call('ZADD', KEYS[2], now, ARGV[2])
+if #ARGV > 6 then
+  redis.call('HSET', ARGV[6] .. ARGV[2], unpack(ARGV, 7))
+end
 return 1
