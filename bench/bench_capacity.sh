@@ -12,6 +12,8 @@
 #   thp     the same with --thp always: the node sets the host's THP to
 #           "always" while it runs and refills with eager restores, whose
 #           memory lands in huge pages (bench/results/clonecpu.md)
+#   fpr     thp with --free-page-reporting off: memory freed in this VM is
+#           not handed back to the hypervisor while the node runs
 # Knobs: RATES (default "2 5 10 15"), ENVS ("trivial py200 slow5s"),
 # DURATION (10 s), HOT (hot clones asked per environment, 8), VARIANTS,
 # OUT (bench/results).
@@ -24,7 +26,7 @@ export RATES=${RATES:-"2 5 10 15"} ENVS=${ENVS:-"trivial py200 slow5s"} DURATION
 export HOT=${HOT:-8} MODES=hot
 T=$(mktemp -d /tmp/wp-capacity-XXXXXX)
 trap '[ -n "${KEEP:-}" ] || rm -rf "$T"' EXIT
-VARIANTS=${VARIANTS:-"eager before lazy thp"}
+VARIANTS=${VARIANTS:-"eager before lazy thp fpr"}
 THP0=$(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo none)
 LOADS=""
 for v in $VARIANTS; do
@@ -33,6 +35,7 @@ for v in $VARIANTS; do
         before) na="--claim-wait-max 0" ha=--lazy-shell ;;
         lazy) na="--refill auto" ha="" ;;
         thp) na="--thp always" ha="" ;;
+        fpr) na="--thp always --free-page-reporting off" ha="" ;;
         *) echo "bench_capacity: unknown variant $v" >&2; exit 2 ;;
     esac
     echo "bench_capacity: $v (node: ${na:-defaults}; hands: ${ha:-defaults})"
@@ -45,7 +48,7 @@ python3 - "$T" "$OUT" "$(uname -r)" "$(nproc)" "$DURATION" "$HOT" "$THP0" "$LOAD
 import glob, json, os, sys
 t, out, kern, ncpu, dur, hot, thp0, loads = sys.argv[1:9]
 rows = []
-order = ("eager", "before", "lazy", "thp")
+order = ("eager", "before", "lazy", "thp", "fpr")
 for v in order:
     for f in sorted(glob.glob(os.path.join(t, "runs-" + v, "*.json"))):
         o = json.load(open(f))
@@ -60,6 +63,8 @@ for v in order:
                      "tool_p95": o["first_tool_result_ms"].get("p95"),
                      "model_p50": o["model_ttft_ms"].get("p50"),
                      "busy_per_session_ms": (o["machine_busy_ms"] / o["completed"]) if o.get("machine_busy_ms") and o["completed"] else None,
+                     "node_per_session_ms": (o["node_cpu_ms"] / o["completed"]) if o.get("node_cpu_ms") is not None and o["completed"] else None,
+                     "sched_redis_per_session_ms": ((o["sched_cpu_ms"] + o["redis_cpu_ms"]) / o["completed"]) if o.get("sched_cpu_ms") is not None and o["completed"] else None,
                      "ours_p50": (o.get("tool_result_after_tool_use_ms") or {}).get("p50"),
                      "ours_p95": (o.get("tool_result_after_tool_use_ms") or {}).get("p95")})
 rows.sort(key=lambda r: (r["env"], r["rate"], order.index(r["variant"])))
@@ -77,7 +82,8 @@ md = ["# Capacity curve", "",
       "call, claims queued without bound; `before`: the same with lazy refills (the code before issue 20);",
       "`lazy`: lazy refills, shell started with the hands, claims refused past 5 s (retryable overloaded",
       "error): the node's defaults on a host whose THP is not \"always\"; `thp`: the same node with",
-      "`--thp always`: eager refills whose memory lands in huge pages.",
+      "`--thp always`: eager refills whose memory lands in huge pages; `fpr`: `thp` with",
+      "`--free-page-reporting off` (memory freed in this VM not handed back to the hypervisor).",
       "Hot hit = claims served by an idle hot clone / all claims of the run (pool stats). Shed = arrivals the",
       "driver dropped at its in-flight cap; failed includes sessions whose claim was refused as overloaded",
       "(in brackets: how many of the first 20 failure reasons per run name the overload).",
@@ -86,18 +92,21 @@ md = ["# Capacity curve", "",
       "token, ~300 ms in this script at 80 tokens/s); `after tool_use` = from the session's `agent.tool_use`",
       "event (the model's call complete) to its `agent.tool_result`: what warmpool adds (the sandbox's",
       "claim and attach, the bash run), p50 / p95. `CPU/session`: the whole machine's busy CPU from the",
-      "run's start until 2 s after its last session (the released sandboxes destroyed), over the sessions",
-      "done: every process on the one machine (refills, scheduler, Redis, node, the model stand-in and the",
-      "driver; other work on the machine too), ms; 2 CPUs give 2000 ms a second.", "",
-      "| env | offered /s | variant | done / arrived | shed | failed (overloaded) | hot hit | first tool result p50 / p95 | model TTFT p50 | over TTFT | after tool_use p50 / p95 | CPU/session |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+      "run's start until its released sandboxes are destroyed and the hot tier is full again, over the",
+      "sessions done: every process on the one machine (refills, scheduler, Redis, node, the model",
+      "stand-in and the driver; other work on the machine too), ms; 2 CPUs give 2000 ms a second.",
+      "`node`: of it, the node's own CPU and its reaped children's (restore helpers, criu, the clones'",
+      "tasks once destroyed, the destroys); `sched+redis`: the scheduler's and Redis's.", "",
+      "| env | offered /s | variant | done / arrived | shed | failed (overloaded) | hot hit | first tool result p50 / p95 | model TTFT p50 | over TTFT | after tool_use p50 / p95 | CPU/session | node | sched+redis |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for r in rows:
     hh = "-" if r["hot_hit"] is None else "%.0f%%" % (100 * r["hot_hit"])
     over = None if r["tool_p50"] is None or r["model_p50"] is None else r["tool_p50"] - r["model_p50"]
-    md.append("| %s | %g | %s | %d / %d | %d | %d (%d) | %s | %s / %s | %s | %s | %s / %s | %s |" % (
+    md.append("| %s | %g | %s | %d / %d | %d | %d (%d) | %s | %s / %s | %s | %s | %s / %s | %s | %s | %s |" % (
         r["env"], r["rate"], r["variant"], r["completed"], r["arrivals"], r["shed"], r["failed"],
         r["overloaded"], hh, f(r["tool_p50"]), f(r["tool_p95"]), f(r["model_p50"]), f(over),
-        f(r["ours_p50"]), f(r["ours_p95"]), f(r["busy_per_session_ms"])))
+        f(r["ours_p50"]), f(r["ours_p95"]), f(r["busy_per_session_ms"]),
+        f(r.get("node_per_session_ms")), f(r.get("sched_redis_per_session_ms"))))
 open(os.path.join(out, "capacity.md"), "w").write("\n".join(md) + "\n")
 print("\n".join(md))
 PY
