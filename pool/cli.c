@@ -519,11 +519,11 @@ static void nodes_status(void)
         const char *n = nodes->element[i]->str;
         redisReply *alive = cmd("EXISTS wp:node:%s:alive", n);
         redisReply *h = cmd("HMGET wp:node:%s criu_mode criu_lazy criu_source criu_why thp refill "
-                            "page_reporting",
+                            "page_reporting warmed",
                             n);
-        const char *v[7];
-        for (int k = 0; k < 7; k++)
-            v[k] = h->type == REDIS_REPLY_ARRAY && h->elements == 7 &&
+        const char *v[8];
+        for (int k = 0; k < 8; k++)
+            v[k] = h->type == REDIS_REPLY_ARRAY && h->elements == 8 &&
                            h->element[k]->type == REDIS_REPLY_STRING
                        ? h->element[k]->str
                        : "";
@@ -545,6 +545,10 @@ static void nodes_status(void)
         else if (strcmp(v[6], "off") == 0)
             printf("  %-20s free page reporting off: freed memory stays for the next clones\n",
                    "");
+        if (v[7][0])
+            printf("  %-20s %s hot clones warmed since start (a no-op call before the session's "
+                   "first)\n",
+                   "", v[7]);
         node_draining(n);
         if (v[3][0])
             printf("  %-20s why: %s\n", "", v[3]);

@@ -1767,9 +1767,13 @@ static long long first_call_faults(const char *const *extra, bool wait_warmed)
      * it is done in its hash. Without it, as long as it would take. */
     for (int i = 0; i < 100 && (wait_warmed ? node0_warmed() < 1 : i < 10); i++)
         th_msleep(50);
-    if (wait_warmed)
+    if (wait_warmed) {
+        char out[16384];
         assert_true(node0_warmed() >= 1);
-    else
+        pool_status_all(out, sizeof(out));
+        if (!strstr(out, "hot clones warmed since start"))
+            fail_msg("pool status does not say clones are warmed:\n%s", out);
+    } else
         assert_true(node0_warmed() <= 0); /* off: never */
     struct pool_client *c = th_pool_client(loop, R.port);
     claim_one(c, loop, "first-call", &o);
