@@ -71,6 +71,8 @@ struct pool__negress {
     struct ev_loop *loop;
     struct pool__negress_cfg cfg;
     char bin[512], sock[512], ca_dir[512];
+    char *pins[65];          /* ours (cfg.pins points here): a respawn reads them
+                                long after the caller's array is gone */
     char *ca_pem;
     pid_t pid;
     ev_child child;
@@ -389,9 +391,19 @@ int pool__negress_start(struct ev_loop *loop, const struct pool__negress_cfg *cf
         return wp_err_set(err, -ENOMEM, "out of memory");
     ne->loop = loop;
     ne->cfg = *cfg;
+    for (int i = 0; cfg->pins && cfg->pins[i] && i < 64; i++)
+        if (!(ne->pins[i] = strdup(cfg->pins[i]))) {
+            for (int k = 0; k < i; k++)
+                free(ne->pins[k]);
+            free(ne);
+            return wp_err_set(err, -ENOMEM, "out of memory");
+        }
+    ne->cfg.pins = (const char *const *)ne->pins;
     snprintf(ne->bin, sizeof(ne->bin), "%s", cfg->bin);
     snprintf(ne->sock, sizeof(ne->sock), "%s/egress.sock", cfg->state_dir);
     snprintf(ne->ca_dir, sizeof(ne->ca_dir), "%s", cfg->ca_dir);
+    ne->cfg.bin = ne->bin; /* the caller's strings may not outlive this call */
+    ne->cfg.ca_dir = ne->ca_dir;
     ne->ready = ready;
     ne->ctx = ctx;
     ne->fd = -1;
@@ -439,6 +451,8 @@ void pool__negress_stop(struct pool__negress *ne)
     wp_buf_free(&ne->out);
     wp_buf_free(&ne->in);
     free(ne->ca_pem);
+    for (int i = 0; ne->pins[i]; i++)
+        free(ne->pins[i]);
     unlink(ne->sock);
     free(ne);
 }

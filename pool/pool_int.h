@@ -122,6 +122,8 @@ struct snap_ctx;
 struct snap_sandbox;
 struct snap_network;
 struct pool__negress;
+/* start copies bin, ca_dir and pins; state_dir and upstream_ca must live as
+ * long as the proxy (the node's config). */
 struct pool__negress_cfg {
     const char *bin;         /* warmpool-egress */
     const char *state_dir;   /* its control socket: <state_dir>/egress.sock */

@@ -1723,6 +1723,58 @@ static void a_node_killed_as_it_spawns_its_egress_leaves_none(void **state)
     }
 }
 
+/* The proxy killed alone is started again by its node, with the node's
+ * configuration: its --pin arguments were read from an array gone with the
+ * call that started the first proxy (ASan: stack-use-after-scope in the
+ * respawn; a node on a full disk, whose proxy could not write its CA,
+ * died of it in test_faults). */
+static void a_respawned_egress_keeps_its_pins(void **state)
+{
+    char base[1200], port_s[16], path[64], buf[4096];
+    pid_t first[8], next[8];
+    (void)state;
+
+    for (int i = 0; i < 3; i++)
+        node_stop(&NODES[i], SIGTERM);
+    snprintf(base, sizeof(base), "%s/counter.json", DIR_);
+    int port = th_free_port();
+    snprintf(port_s, sizeof(port_s), "%d", port);
+    const char *const extra[] = { "--egress", "on", "--egress-port", port_s, "--egress-pin",
+                                  "pinned.example=10.9.8.7", "--egress-pin",
+                                  "other.example=10.9.8.6", NULL };
+    node_start_with(&NODES[0], base, 0, 0, extra);
+    int n = 0;
+    for (int i = 0; i < 200 && (n = egress_pids(port, first, 8)) == 0; i++)
+        th_msleep(50);
+    assert_int_equal(n, 1);
+    kill(first[0], SIGKILL);
+    n = 0;
+    for (int i = 0; i < 100; i++, th_msleep(50)) {
+        n = egress_pids(port, next, 8);
+        if (n == 1 && next[0] != first[0])
+            break;
+    }
+    bool up = n == 1 && next[0] != first[0] && kill(NODES[0].pid, 0) == 0;
+    int len = 0;
+    if (up) {
+        snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)next[0]);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        len = fd >= 0 ? (int)read(fd, buf, sizeof(buf) - 1) : 0;
+        if (fd >= 0)
+            close(fd);
+    }
+    node_stop(&NODES[0], SIGTERM);
+    if (!up)
+        fail_msg("no new warmpool-egress (or no node) 5 s after the first was killed");
+    const char *want[] = { "--pin", "pinned.example=10.9.8.7", "--pin", "other.example=10.9.8.6" };
+    char want_s[200];
+    int wl = 0;
+    for (size_t i = 0; i < 4; i++)
+        wl += snprintf(want_s + wl, sizeof(want_s) - (size_t)wl, "%s%c", want[i], 0);
+    if (len <= 0 || !memmem(buf, (size_t)len, want_s, (size_t)wl))
+        fail_msg("the respawned proxy lost its --pin arguments");
+}
+
 /* ---- issue 20: a hot clone's first call ---------------------------------- */
 
 /* Minor faults of a process so far (/proc/PID/stat field 10). */
@@ -1991,6 +2043,7 @@ int main(void)
         cmocka_unit_test(thp_always_refills_eagerly_with_huge_pages),
         cmocka_unit_test(free_page_reporting_off_while_the_node_runs),
         cmocka_unit_test(a_node_killed_as_it_spawns_its_egress_leaves_none),
+        cmocka_unit_test(a_respawned_egress_keeps_its_pins),
         cmocka_unit_test(hot_clones_are_warmed_before_their_first_call),
         cmocka_unit_test(a_waiting_claim_watches_its_node_once_a_second),
         cmocka_unit_test(node_without_criu_serves_cold),
