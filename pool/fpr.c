@@ -177,7 +177,13 @@ int pool__fpr_disable(const char *state_dir, struct wp_err *err)
         /* Kernels that cap the order at the largest one: blocks of that
          * order are still reported, smaller ones (a freed huge page) not. */
         snprintf(to, sizeof(to), "%d", orders - 1);
-        if (was >= orders - 1 || pool__hostset_change(&h, state_dir, from, to, err) < 0)
+        if (was >= orders - 1) {
+            log_warn("free page reporting: the kernel takes no order above %ld; blocks of that "
+                     "order are still given back to the hypervisor",
+                     was);
+            return 0;
+        }
+        if (pool__hostset_change(&h, state_dir, from, to, err) < 0)
             return wp_err_wrap(err, "--free-page-reporting off (not root?)");
         log_warn("free page reporting: the kernel takes no order above %d; blocks of that "
                  "order are still given back to the hypervisor", orders - 1);
