@@ -44,7 +44,7 @@ static const char usage[] =
     "  --free-page-reporting off|leave  off: while the node runs, memory freed in\n"
     "                          this VM is not handed back to the hypervisor, whose\n"
     "                          next touch of it faults on the host too (a 200 MB\n"
-    "                          clone into memory freed 3 s before: ~3x the time);\n"
+    "                          clone 3 s after the last: p95 451 ms against 124);\n"
     "                          put back at exit (host-wide; default leave)\n"
     "  --warm-clones on|off    on (default): run a no-op bash call in each new hot\n"
     "                          clone, so a session's first call finds the shell's\n"

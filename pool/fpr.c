@@ -2,8 +2,8 @@
  * offers it hands free blocks of 2^order pages (order 9: 2 MiB) back to the
  * hypervisor about two seconds after they are freed, and the next touch of
  * such memory faults in the host too. On this project's VM a 200 MB clone
- * restored into memory freed 3 s earlier took 456 ms, against 153 ms with
- * reporting off (bench/results/clonecpu.md): a warm pool frees and refills
+ * restored 3 s after the last took 150 ms p50 and 451 p95, against 100 and
+ * 124 with reporting off (bench/results/clonecpu.md): a warm pool frees and refills
  * the same memory all day, so giving it back between clones only makes
  * every clone fault it in again.
  *
