@@ -137,6 +137,8 @@ static void handle_entry(struct node *n, struct env *e, const char *id, redisRep
         snprintf(s->rkey, sizeof(s->rkey), "%s", field(kv, "rkey") ? field(kv, "rkey") : "");
         snprintf(s->session, sizeof(s->session), "%s", field(kv, "session") ? field(kv, "session") : "");
         e->idle--;
+        /* Its replacement starts soon, not at the next tick. */
+        node__kick(n, NODE__CLAIM_REFILL_DELAY_S);
         log_info("claimed sandbox=%s env=%s tier=hot token=%llu", sbid, e->cfg.name,
                  (unsigned long long)token);
         /* The claimer's route follows: its connection to the hands is made

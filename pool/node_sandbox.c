@@ -221,6 +221,7 @@ static void job_done(struct node *n, struct nsb *s)
 
     ev_io_stop(n->loop, &s->job_io);
     n->restores--;
+    node__kick(n, 0); /* the slot is free for the next refill now */
     if (!s->for_claim)
         s->e->restoring--;
     if (snap_restore_finish(n->snap, s->job, &s->sb, &err) < 0) {

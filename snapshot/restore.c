@@ -337,6 +337,41 @@ static int notify_cb(char *action, criu_notify_arg_t na)
 }
 
 /* The helper: never returns. Reports "pid N [lazy M]" or "fail text". */
+/* The clone's file system and cgroups: /dev, the rw tmpfs, the overlay on
+ * the image's layers, the cgroups with its limits. Run by the helper, not
+ * the caller (whose meta.json, written before the fork, names the caller
+ * as the owner, so no gc takes the clone for a dead helper's): it is ~2-5 ms of mkdir, mount and cgroup writes
+ * that blocked the node's event loop (and the relay traffic it carries,
+ * such as the attach of the claim that asked for this refill). A failure
+ * is the restore's; teardown removes what was made. */
+static int clone_setup(struct snap_ctx *ctx, const char *name, const struct manifest *m,
+                       const struct snap_sandbox *sb, struct wp_err *err)
+{
+    char lowers[1300], rw[600];
+    int rc;
+
+    snprintf(lowers, sizeof(lowers), "%s/images/%s/layer:%s", ctx->state_dir, name, m->lower);
+    if ((rc = snap__make_dev(sb, err)) < 0 ||
+        (rc = snap__confine_host_prepare(ctx, sb, &m->limits, rw, sizeof(rw), err)) < 0)
+        return rc;
+    if (m->uns >= 0) {
+        /* The clone's upper and work dirs belong to the image's range;
+         * layers owned by the host's root are seen through idmapped mounts. */
+        char layer[700];
+        snprintf(layer, sizeof(layer), "%s/images/%s/layer", ctx->state_dir, name);
+        const char *ls[2] = { layer, m->lower };
+        uid_t base = snap__userns_base(m->uns);
+        /* The image owns the range, not the clone: nothing recorded. */
+        if ((rc = snap__userns_own_dirs(sb, rw, base, err)) < 0 ||
+            (rc = snap__userns_lowers(sb, base, ls, 2, lowers, sizeof(lowers), err)) < 0)
+            return rc;
+    }
+    if ((rc = snap__mount_overlay(sb, lowers, rw, err)) < 0 ||
+        (rc = snap__cg_create(ctx, sb->id, &m->limits, err)) < 0)
+        return rc;
+    return 0;
+}
+
 static void helper(struct snap_ctx *ctx, const char *name, const struct manifest *m,
                    const struct snap_sandbox *sb, bool lazy, int out)
 {
@@ -352,6 +387,10 @@ static void helper(struct snap_ctx *ctx, const char *name, const struct manifest
     /* A group of its own: past the deadline the caller kills it whole
      * (criu swrk, the lazy-pages daemon) before the clone's cgroup. */
     setpgid(0, 0);
+    if (clone_setup(ctx, name, m, sb, &err) < 0) {
+        hwrite(out, "fail %s", err.msg);
+        _exit(1);
+    }
     snap__criu_env(ctx->probe.mode);
     /* The network's slot, rules and files: here, not in the caller, whose
      * event loop must not wait for DNS or nft; and before joining the
@@ -455,10 +494,10 @@ opts:
     double criu_ms = (double)(wp_now_ns() - c0) / 1e6;
     if (pid < 0) {
         snprintf(log, sizeof(log), "%s/restore.log", sb->dir);
-        snap__log_excerpt(log, excerpt, sizeof(excerpt));
-        hwrite(out, "fail criu restore failed (%d), full log: %s/images/%s.restore-failed.log: %s%s%s",
-               pid, ctx->state_dir, name, excerpt[0] ? excerpt : "no log",
-               uns_net.msg[0] ? " | " : "", uns_net.msg);
+        /* Short: the cause and where the log is must fit one wp_err. */
+        snap__log_excerpt(log, excerpt, 130);
+        hwrite(out, "fail criu restore failed (%d): %s%s%.80s; full log: <state dir>/images/%s.restore-failed.log",
+               pid, excerpt[0] ? excerpt : "no log", uns_net.msg[0] ? " | " : "", uns_net.msg, name);
         if (lazy_pid > 0)
             kill(lazy_pid, SIGKILL);
         _exit(1);
@@ -491,7 +530,6 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
     struct manifest m;
     struct snap_restore_job *job;
     struct snap_sandbox *sb;
-    char lowers[1300];
     int pfd[2] = { -1, -1 }, rc;
     uint64_t t0 = wp_now_ns();
     bool lazy = ro && ro->lazy;
@@ -542,27 +580,7 @@ int snap_restore_start(struct snap_ctx *ctx, const char *name, const struct snap
         snap__network_free(&m.net);
         return wp_err_wrap(err, "restore %s", name);
     }
-    snprintf(lowers, sizeof(lowers), "%s/images/%s/layer:%s", ctx->state_dir, name, m.lower);
-    if ((rc = manifest_usable(ctx, name, &m, err)) < 0)
-        goto fail;
-    char rw[600];
-    if ((rc = snap__make_dev(sb, err)) < 0 ||
-        (rc = snap__confine_host_prepare(ctx, sb, &m.limits, rw, sizeof(rw), err)) < 0)
-        goto fail;
-    if (m.uns >= 0) {
-        /* The clone's upper and work dirs belong to the image's range;
-         * layers owned by the host's root are seen through idmapped mounts. */
-        char layer[700];
-        snprintf(layer, sizeof(layer), "%s/images/%s/layer", ctx->state_dir, name);
-        const char *ls[2] = { layer, m.lower };
-        uid_t base = snap__userns_base(m.uns);
-        /* The image owns the range, not the clone: nothing recorded. */
-        if ((rc = snap__userns_own_dirs(sb, rw, base, err)) < 0 ||
-            (rc = snap__userns_lowers(sb, base, ls, 2, lowers, sizeof(lowers), err)) < 0)
-            goto fail;
-    }
-    if ((rc = snap__mount_overlay(sb, lowers, rw, err)) < 0 ||
-        (rc = snap__cg_create(ctx, sb->id, &m.limits, err)) < 0 ||
+    if ((rc = manifest_usable(ctx, name, &m, err)) < 0 ||
         (rc = snap__meta_write(ctx, sb, "clone", err)) < 0)
         goto fail;
     if (pipe2(pfd, O_CLOEXEC) < 0) {
