@@ -48,8 +48,8 @@ static void disk_hint(const char *path, char *out, size_t cap)
     if (statvfs(dir, &vs) < 0 || (uint64_t)vs.f_bavail * vs.f_frsize >= (8u << 20))
         return;
     size_t used = strlen(out);
-    snprintf(out + used, cap - used, "%sthe filesystem of %s has %llu KiB free (disk full?)",
-             used ? " | " : "", dir, (unsigned long long)vs.f_bavail * vs.f_frsize / 1024);
+    snprintf(out + used, cap - used, "%sthe state dir's file system has %llu KiB free (disk full?)",
+             used ? " | " : "", (unsigned long long)vs.f_bavail * vs.f_frsize / 1024);
 }
 
 void snap__log_excerpt(const char *path, char *out, size_t cap)
@@ -63,6 +63,11 @@ void snap__log_excerpt(const char *path, char *out, size_t cap)
         disk_hint(path, out, cap);
         return;
     }
+    /* The cause first: the caller's message is short (struct wp_err), and
+     * on a full disk criu's last lines are the failures that followed it. */
+    if (memmem(data, len, "No space left on device", 23))
+        snprintf(out, cap, "No space left on device");
+    disk_hint(path, out, cap);
     /* Keep the last few error lines; else the last lines at all. */
     for (int pass = 0; pass < 2 && n == 0; pass++) {
         char *end = data + len;
@@ -84,7 +89,6 @@ void snap__log_excerpt(const char *path, char *out, size_t cap)
         snprintf(out + used, cap - used, "%s%s", used ? " | " : "", lines[i]);
     }
     free(data);
-    disk_hint(path, out, cap);
 }
 
 static uint64_t du_total;
@@ -281,7 +285,8 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
     snprintf(log, sizeof(log), "%s/dump.log", tmp);
     if (rc < 0) {
         char kept[700];
-        snap__log_excerpt(log, excerpt, sizeof(excerpt));
+        /* Short: the cause and where the log is must fit one wp_err. */
+        snap__log_excerpt(log, excerpt, 130);
         /* Keep the log for the operator next to where the image would be. */
         snprintf(kept, sizeof(kept), "%s/images/%s.dump-failed.log", ctx->state_dir, name);
         if (rename(log, kept) < 0) {
@@ -293,8 +298,8 @@ int snap_checkpoint(struct snap_ctx *ctx, struct snap_sandbox *sb, const struct 
                             "criu dump did not finish within %.0f s (killed; mode %s), log: %s",
                             ctx->criu_timeout_s, snap_criu_mode_name(ctx->probe.mode), kept);
         else
-            rc = wp_err_set(err, WP_ECRIU, "criu dump failed (%d), full log: %s: %s", rc, kept,
-                            excerpt[0] ? excerpt : "no log");
+            rc = wp_err_set(err, WP_ECRIU, "criu dump failed (%d): %s; full log: <state dir>/%s", rc,
+                            excerpt[0] ? excerpt : "no log", kept + strlen(ctx->state_dir) + 1);
         goto fail;
     }
     /* criu killed the tree after the dump: reap init, keep the layer. */

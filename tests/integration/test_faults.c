@@ -844,6 +844,32 @@ static void build_status(char *out, size_t cap)
  * clear error in the node's build status, the node stays up, nothing of
  * the build is left but criu's log. Either way, given space (the tmpfs
  * grown), the node builds and serves a hot clone. */
+/* What disk_full has running or mounted, for its teardown to undo when an
+ * assertion ended the test early (a tmpfs left mounted, a node left up). */
+static struct {
+    pid_t node;
+    char state[1100];
+} FULL;
+
+static int disk_full_teardown(void **state)
+{
+    (void)state;
+    if (FULL.node > 0) {
+        kill(FULL.node, SIGINT);
+        int i = 0;
+        while (waitpid(FULL.node, NULL, WNOHANG) == 0 && i++ < 100)
+            th_msleep(100);
+        if (i > 100) {
+            kill(FULL.node, SIGKILL);
+            waitpid(FULL.node, NULL, 0);
+        }
+    }
+    if (FULL.state[0])
+        umount2(FULL.state, MNT_DETACH);
+    memset(&FULL, 0, sizeof(FULL));
+    return 0;
+}
+
 static void disk_full(const char *size, bool at_start)
 {
     char state[1100], log[1100], tmpl[1100], spec[1200], opts[64], out[1024], ls[4096];
@@ -854,18 +880,23 @@ static void disk_full(const char *size, bool at_start)
     assert_int_equal(wp_mkdir_p(state, 0755, NULL), 0);
     snprintf(opts, sizeof(opts), "size=%s", size);
     assert_int_equal(mount("tmpfs", state, "tmpfs", 0, opts), 0);
+    snprintf(FULL.state, sizeof(FULL.state), "%s", state);
     assert_int_equal(th_hands_template(DIR_, "fullpool", "full", tmpl, sizeof(tmpl)), 0);
     snprintf(spec, sizeof(spec), "%s:1:1", tmpl);
     struct th_load *l = load_new(NSESS, "load round", 0, true);
     load_turns(l, NSESS, 30);
     load_fault_now(l);
     pid_t node = th_node_start("fnfull", RPORT, state, log, "--env", spec, "--no-api-envs", NULL);
+    FULL.node = node;
     assert_true(node > 0);
     int left = 0;
     if (at_start) {
         int st = -1;
-        for (int i = 0; i < 200 && waitpid(node, &st, WNOHANG) == 0; i++)
+        pid_t w = 0;
+        for (int i = 0; i < 200 && (w = waitpid(node, &st, WNOHANG)) == 0; i++)
             th_msleep(50);
+        if (w == node)
+            FULL.node = 0; /* reaped */
         th_sh(out, sizeof(out), "grep -m1 -i 'space' '%s'", log);
         print_message("# disk full at start (tmpfs %s): exit %d: %s", size, WIFEXITED(st) ? WEXITSTATUS(st) : -1,
                       out);
@@ -873,6 +904,7 @@ static void disk_full(const char *size, bool at_start)
         assert_non_null(strstr(out, "No space left on device"));
         assert_int_equal(mount(NULL, state, NULL, MS_REMOUNT, "size=512m"), 0);
         node = th_node_start("fnfull", RPORT, state, log, "--env", spec, "--no-api-envs", NULL);
+        FULL.node = node;
         build_status(out, sizeof(out));
     } else {
         build_status(out, sizeof(out));
@@ -907,6 +939,7 @@ static void disk_full(const char *size, bool at_start)
     kill(node, SIGINT);
     waitpid(node, NULL, 0);
     umount2(state, MNT_DETACH);
+    memset(&FULL, 0, sizeof(FULL));
     load_turns(l, NSESS, 20);
     char note[512];
     snprintf(note, sizeof(note), "tmpfs %s: %.300s; %s %.1f s after the tmpfs was grown", size,
@@ -1100,8 +1133,8 @@ int main(void)
         cmocka_unit_test(redis_killed_everysec),
         cmocka_unit_test(redis_clean_shutdown),
         cmocka_unit_test(redis_killed_always),
-        cmocka_unit_test(disk_full_at_node_start),
-        cmocka_unit_test(disk_full_during_checkpoint),
+        cmocka_unit_test_teardown(disk_full_at_node_start, disk_full_teardown),
+        cmocka_unit_test_teardown(disk_full_during_checkpoint, disk_full_teardown),
     };
     const struct CMUnitTest sentinel[] = {
         cmocka_unit_test(sentinel_primary_killed),
