@@ -313,6 +313,17 @@ int sched__metrics_render_pool(json_t *snap, struct wp_buf *o)
             rc = rc ? rc : sample(o, "warmpool_node_criu_lazy", "node", node, NULL, NULL,
                                   strcmp(lazy, "yes") == 0);
     }
+    /* Warm-up calls (node_warm.c): a clone's first call pays its page
+     * faults here, before a session's does. Not a number: not shown. */
+    rc = rc ? rc : family(o, "warmpool_node_warmed_total", "counter",
+                          "Hot clones a node warmed with a no-op call since it started");
+    json_object_foreach(nodes, node, n) {
+        const char *w = str(json_object_get(n, "fields"), "warmed");
+        char *end;
+        double v = w ? strtod(w, &end) : -1;
+        if (w && *w && !*end && v >= 0 && v < 1e18)
+            rc = rc ? rc : sample(o, "warmpool_node_warmed_total", "node", node, NULL, NULL, v);
+    }
     rc = rc ? rc : family(o, "warmpool_pool_hot", "gauge",
                           "Idle hot sandboxes an environment's claims can take now");
     json_object_foreach(envs, env, e)

@@ -154,13 +154,13 @@ static void pool_snapshot_renders_gauges_and_restores(void **state)
         l += snprintf(hist + l, sizeof(hist) - (size_t)l, " %d",
                       i == 8 ? 1 : i == 9 ? 2 : 0);
     json_t *snap = json_pack(
-        "{s:{s:{s:i, s:{s:s, s:s, s:s, s:s, s:s}, s:{s:{s:i, s:i}}}, s:{s:i, s:{s:s}, s:{}}},"
+        "{s:{s:{s:i, s:{s:s, s:s, s:s, s:s, s:s, s:s}, s:{s:{s:i, s:i}}}, s:{s:i, s:{s:s, s:s}, s:{}}},"
         " s:{s:{s:i, s:{s:s, s:s, s:s, s:s}, s:{s:s, s:s}, s:[s, s]}}}",
         "nodes",
         "n1", "alive", 1, "fields", "hist_le", WP_HIST_LE_TEXT, "restore_hist:warm", hist,
-        "target:py", "4", "criu_mode", "no-breakpoints", "criu_lazy", "no", "sbs", "py", "idle",
-        2, "leased", 1,
-        "n2", "alive", 0, "fields", "restore_hist:warm", hist, "sbs",
+        "target:py", "4", "criu_mode", "no-breakpoints", "criu_lazy", "no", "warmed", "12", "sbs",
+        "py", "idle", 2, "leased", 1,
+        "n2", "alive", 0, "fields", "restore_hist:warm", hist, "warmed", "12x", "sbs",
         "envs",
         "py", "hot", 2, "policy", "min_hot", "2", "max_hot", "5", "max_hot:n1", "4", "tiers",
         "warm,cold", "stats", "claims_hot", "7", "claims_cold", "1", "nodes", "n1", "n2");
@@ -174,6 +174,8 @@ static void pool_snapshot_renders_gauges_and_restores(void **state)
     assert_true(value_of(t, "warmpool_node_criu_mode{node=\"n1\",mode=\"no-breakpoints\"}") == 1);
     assert_true(value_of(t, "warmpool_node_criu_lazy{node=\"n1\"}") == 0);
     assert_null(strstr(t, "warmpool_node_criu_mode{node=\"n2\"")); /* publishes none */
+    assert_true(value_of(t, "warmpool_node_warmed_total{node=\"n1\"}") == 12);
+    assert_null(strstr(t, "warmpool_node_warmed_total{node=\"n2\"")); /* "12x": not a count */
     assert_true(value_of(t, "warmpool_pool_hot{env=\"py\"}") == 2);
     assert_true(value_of(t, "warmpool_pool_sandboxes{env=\"py\",node=\"n1\",state=\"leased\"}") == 1);
     assert_true(value_of(t, "warmpool_pool_min_hot{env=\"py\",node=\"n2\"}") == 2);
