@@ -1154,6 +1154,19 @@ static void pool_status_all(char *out, size_t cap)
     th_sh(out, cap, "%s --redis 127.0.0.1:%d pool status", bin, R.port);
 }
 
+/* Poll `pool status` (whole) every 0.1 s, tries times, until it holds a
+ * and, when given, b; else fail with why and what it said last. */
+static void status_says(const char *a, const char *b, int tries, const char *why)
+{
+    char out[16384];
+    for (int i = 0; i < tries; i++, th_msleep(100)) {
+        pool_status_all(out, sizeof(out));
+        if (strstr(out, a) && (!b || strstr(out, b)))
+            return;
+    }
+    fail_msg("pool status does not say %s:\n%s", why, out);
+}
+
 /* The init pid of one of node0's sandboxes of env, and its lazy-pages
  * daemon's (0: restored eagerly); 0 when none is there. */
 static int clone_pid(const char *env, int *lazy_out)
@@ -1439,7 +1452,7 @@ static long long anon_huge(int pid)
  * host whose THP is not "always", refills stay lazy. */
 static void thp_always_refills_eagerly_with_huge_pages(void **state)
 {
-    char tmpl[1200], out[16384], saved[1200], *thp0 = thp_text();
+    char tmpl[1200], saved[1200], *thp0 = thp_text();
     const char *const always[] = { "--thp", "always", NULL };
     int lazy = -1;
     (void)state;
@@ -1464,13 +1477,7 @@ static void thp_always_refills_eagerly_with_huge_pages(void **state)
     long long huge = anon_huge(pid);
     if (huge < 16 * MiB)
         fail_msg("clone %d holds %lld bytes in huge pages, want >= 16 MiB", pid, huge);
-    bool said = false;
-    for (int i = 0; i < 50 && !said; i++, th_msleep(100)) {
-        pool_status_all(out, sizeof(out));
-        said = strstr(out, "hot refills eager, THP always") != NULL;
-    }
-    if (!said)
-        fail_msg("pool status does not say how it refills:\n%s", out);
+    status_says("hot refills eager, THP always", NULL, 50, "how it refills");
     node_stop(&NODES[0], SIGTERM);
     char *now = thp_text();
     assert_string_equal(now, thp0); /* put back as found */
@@ -1500,13 +1507,7 @@ static void thp_always_refills_eagerly_with_huge_pages(void **state)
     assert_string_equal(now, thp0);
     free(now);
     /* A clone restored by this node (the killed one's are orphans, gone). */
-    said = false;
-    for (int i = 0; i < 100 && !said; i++, th_msleep(100)) {
-        pool_status_all(out, sizeof(out));
-        said = strstr(out, "hot refills lazy") && strstr(out, "--thp always");
-    }
-    if (!said)
-        fail_msg("pool status does not say refills are lazy:\n%s", out);
+    status_says("hot refills lazy", "--thp always", 100, "refills are lazy");
     assert_true(wait_env_hot_n("pythp", 1, 120, true));
     lazy = -1;
     for (int i = 0; i < 100 && lazy <= 0; i++, th_msleep(100))
@@ -1536,7 +1537,7 @@ static long fpr_order(void)
 static void free_page_reporting_off_while_the_node_runs(void **state)
 {
     const char *const off[] = { "--free-page-reporting", "off", NULL };
-    char base[1200], saved[1200], out[16384];
+    char base[1200], saved[1200];
     (void)state;
 
     long order0 = fpr_order();
@@ -1556,13 +1557,7 @@ static void free_page_reporting_off_while_the_node_runs(void **state)
         on = fpr_order() >= orders;
     assert_true(on);
     assert_int_equal(access(saved, F_OK) == 0, !was_off);
-    bool said = false;
-    for (int i = 0; i < 50 && !said; i++, th_msleep(100)) {
-        pool_status_all(out, sizeof(out));
-        said = strstr(out, "free page reporting off") != NULL;
-    }
-    if (!said)
-        fail_msg("pool status does not say page reporting is off:\n%s", out);
+    status_says("free page reporting off", NULL, 50, "page reporting is off");
     node_stop(&NODES[0], SIGTERM);
     assert_int_equal(fpr_order(), order0); /* put back as found */
     assert_true(access(saved, F_OK) < 0);
@@ -1584,13 +1579,7 @@ static void free_page_reporting_off_while_the_node_runs(void **state)
     for (int i = 0; i < 200 && !back; i++, th_msleep(25))
         back = fpr_order() == order0 && access(saved, F_OK) < 0;
     assert_true(back);
-    said = false;
-    for (int i = 0; i < 50 && !said; i++, th_msleep(100)) {
-        pool_status_all(out, sizeof(out));
-        said = strstr(out, "free page reporting on") && strstr(out, "--free-page-reporting off");
-    }
-    if (!said)
-        fail_msg("pool status does not say page reporting is on:\n%s", out);
+    status_says("free page reporting on", "--free-page-reporting off", 50, "page reporting is on");
     node_stop(&NODES[0], SIGTERM);
 }
 
