@@ -14,6 +14,10 @@
 #           memory lands in huge pages (bench/results/clonecpu.md)
 #   fpr     thp with --free-page-reporting off: memory freed in this VM is
 #           not handed back to the hypervisor while the node runs
+#   auto    fpr with the hot tier left to the node's autoscaler between HOT
+#           and AUTO_MAX (default 32) clones instead of fixed at HOT
+#   base    auto run by the build in BASE_BUILD (another commit's build
+#           dir, e.g. a worktree's): before and after a change in one run
 # Knobs: RATES (default "2 5 10 15"), ENVS ("trivial py200 slow5s"),
 # DURATION (10 s), HOT (hot clones asked per environment, 8), VARIANTS,
 # OUT (bench/results).
@@ -36,19 +40,29 @@ for v in $VARIANTS; do
         lazy) na="--refill auto" ha="" ;;
         thp) na="--thp always" ha="" ;;
         fpr) na="--thp always --free-page-reporting off" ha="" ;;
+        auto|base) na="--thp always --free-page-reporting off" ha="" ;;
         *) echo "bench_capacity: unknown variant $v" >&2; exit 2 ;;
     esac
     echo "bench_capacity: $v (node: ${na:-defaults}; hands: ${ha:-defaults})"
-    NODE_ARGS="${NODE_ARGS:-} $na" HANDS_ARGS="$ha" OUT="$T/$v" RUNS_OUT="$T/runs-$v" \
-        nice bash bench/bench_ttft.sh "$BUILD" >"$T/$v.log" 2>&1 ||
+    hmax=$HOT build=$BUILD
+    case $v in auto|base) hmax=${AUTO_MAX:-32} ;; esac
+    if [ "$v" = base ]; then
+        build=${BASE_BUILD:?variant base needs BASE_BUILD, another commit build dir}
+    fi
+    NODE_ARGS="${NODE_ARGS:-} $na" HANDS_ARGS="$ha" HOT_MAX=$hmax OUT="$T/$v" RUNS_OUT="$T/runs-$v" \
+        nice bash bench/bench_ttft.sh "$build" >"$T/$v.log" 2>&1 ||
         { tail -20 "$T/$v.log" >&2; exit 1; }
     LOADS="$LOADS $v:$(cut -d' ' -f1 /proc/loadavg)"
 done
-python3 - "$T" "$OUT" "$(uname -r)" "$(nproc)" "$DURATION" "$HOT" "$THP0" "$LOADS" <<'PY'
+BASE_DESC=-
+if [ -n "${BASE_BUILD:-}" ]; then
+    BASE_DESC=$(git -C "$BASE_BUILD/.." log -1 --format='%h' 2>/dev/null || echo "$BASE_BUILD")
+fi
+python3 - "$T" "$OUT" "$(uname -r)" "$(nproc)" "$DURATION" "$HOT" "$THP0" "$LOADS" "$BASE_DESC" <<'PY'
 import glob, json, os, sys
-t, out, kern, ncpu, dur, hot, thp0, loads = sys.argv[1:9]
+t, out, kern, ncpu, dur, hot, thp0, loads, base = sys.argv[1:10]
 rows = []
-order = ("eager", "before", "lazy", "thp", "fpr")
+order = ("eager", "before", "lazy", "thp", "fpr", "base", "auto")
 for v in order:
     for f in sorted(glob.glob(os.path.join(t, "runs-" + v, "*.json"))):
         o = json.load(open(f))
@@ -83,7 +97,9 @@ md = ["# Capacity curve", "",
       "`lazy`: lazy refills, shell started with the hands, claims refused past 5 s (retryable overloaded",
       "error): the node's defaults on a host whose THP is not \"always\"; `thp`: the same node with",
       "`--thp always`: eager refills whose memory lands in huge pages; `fpr`: `thp` with",
-      "`--free-page-reporting off` (memory freed in this VM not handed back to the hypervisor).",
+      "`--free-page-reporting off` (memory freed in this VM not handed back to the hypervisor);",
+      "`auto`: `fpr` with the hot tier sized by the node's autoscaler between %s and AUTO_MAX clones" % hot,
+      "(the other variants fix it at %s); `base`: `auto` run by another commit's build (%s)." % (hot, base),
       "Hot hit = claims served by an idle hot clone / all claims of the run (pool stats). Shed = arrivals the",
       "driver dropped at its in-flight cap; failed includes sessions whose claim was refused as overloaded",
       "(in brackets: how many of the first 20 failure reasons per run name the overload).",

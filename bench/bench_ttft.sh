@@ -19,7 +19,10 @@
 # Knobs (environment): FULL=1 (rates 1 5 10 25 50 100, 20 s each), RATES,
 # DURATION (s per rate), MODES, ENVS, MAX_INFLIGHT (sessions at once; more
 # arrivals are counted as shed), TIMEOUT (s per session), HOT (hot clones
-# per environment in mode hot), SCHED_MODEL_ARGS (how the scheduler reaches
+# per environment in mode hot: the pool's min_hot), HOT_MAX (its max_hot,
+# default HOT; above HOT the node's autoscaler sizes the tier),
+# SCRIPT (the model server's script; bench-bash-first.json calls bash
+# before any text, streamed fast), SCHED_MODEL_ARGS (how the scheduler reaches
 # the model server; default: detected from warmpool-scheduler --help),
 # NODE_ARGS (extra warmpool-node flags, e.g. --insecure-allow-unconfined),
 # HANDS_ARGS (extra warmpool-hands flags in every template, e.g. --lazy-shell),
@@ -42,6 +45,8 @@ ENVS=${ENVS:-"trivial py200 slow5s"}
 MAX_INFLIGHT=${MAX_INFLIGHT:-48}
 TIMEOUT=${TIMEOUT:-60}
 HOT=${HOT:-8}
+HOT_MAX=${HOT_MAX:-$HOT}
+SCRIPT=${SCRIPT:-tests/modelserver/scripts/bench-bash.json}
 KEY=sk-bench
 
 T=$(mktemp -d /tmp/wp-ttftbench-XXXXXX)
@@ -61,7 +66,7 @@ trap cleanup EXIT
 
 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
     --dir "$T" --logfile "$T/redis.log" >/dev/null
-"$BUILD/wp-modelserver" --port "$MPORT" --script tests/modelserver/scripts/bench-bash.json \
+"$BUILD/wp-modelserver" --port "$MPORT" --script "$SCRIPT" \
     --seed 1 --no-auth --log-level warn 2>"$T/msrv.log" &
 PIDS+=($!)
 
@@ -120,9 +125,9 @@ wait_images() {
     echo "bench_ttft: images not built in 10 minutes" >&2
     exit 1
 }
-policy() { # env tiers min_hot
+policy() { # env tiers min_hot [max_hot]
     $WP pool set "$1" "tiers=$2" >/dev/null
-    $WP pool set "$1" --node bench-node "min_hot=$3" "max_hot=$3" >/dev/null
+    $WP pool set "$1" --node bench-node "min_hot=$3" "max_hot=${4:-$3}" >/dev/null
     for _ in $(seq 1200); do
         [ "$(hot "$1")" = "$3" ] && return 0
         sleep 0.1
@@ -202,7 +207,7 @@ for mode in $MODES; do
         case $mode in
             baseline|cold) policy "$e" cold 0 ;;
             warm) policy "$e" warm,cold 0 ;;
-            hot) policy "$e" hot,warm,cold "$HOT" ;;
+            hot) policy "$e" hot,warm,cold "$HOT" "$HOT_MAX" ;;
         esac
         for r in $RATES; do
             # Each rate starts from a full hot tier (the run before it may

@@ -302,6 +302,8 @@ static void sse_event(struct hreq *h, json_t *d)
                 s->t_first = now_ms();
         } else if (!strcmp(type, "content_block_delta") && dt && !strcmp(dt, "input_json_delta")) {
             const char *pj = json_string_value(json_object_get(delta, "partial_json"));
+            if (!s->t_first) /* a reply that calls a tool before any text */
+                s->t_first = now_ms();
             if (pj)
                 wp_buf_append(&s->tool_input, pj, strlen(pj));
         }
@@ -314,6 +316,8 @@ static void sse_event(struct hreq *h, json_t *d)
         /* The model's tool call is whole: from here the wait is ours. */
         if (!s->t_tool_use)
             s->t_tool_use = now_ms();
+        if (!s->t_first) /* the reply called a tool before any text */
+            s->t_first = s->t_tool_use;
     } else if (!strcmp(type, "agent.tool_result")) {
         /* A tool that did not run (e.g. its sandbox was refused as
          * overloaded) is a failed session, not a fast first result. */
