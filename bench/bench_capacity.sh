@@ -20,7 +20,8 @@
 #           dir, e.g. a worktree's): before and after a change in one run
 # Knobs: RATES (default "2 5 10 15"), ENVS ("trivial py200 slow5s"),
 # DURATION (10 s), HOT (hot clones asked per environment, 8), VARIANTS,
-# OUT (bench/results).
+# OUT (bench/results), WARM_MB (memory touched once before the first
+# variant; 0: none).
 set -euo pipefail
 BUILD=${1:-build}
 cd "$(dirname "$0")/.."
@@ -32,6 +33,19 @@ T=$(mktemp -d /tmp/wp-capacity-XXXXXX)
 trap '[ -n "${KEEP:-}" ] || rm -rf "$T"' EXIT
 VARIANTS=${VARIANTS:-"eager before lazy thp fpr"}
 THP0=$(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo none)
+# A VM's memory costs more the first time the guest touches it (the
+# hypervisor backs it then): in session 10 the variant that ran first on a
+# fresh machine paid ~2x the CPU per py200 session. Touch WARM_MB (default
+# half of what is available, at most 12 GiB) once, in a tmpfs, first.
+WARM_MB=${WARM_MB:-$(awk '/^MemAvailable:/ { m = int($2 / 2048); print (m > 12288 ? 12288 : m) }' /proc/meminfo)}
+if [ "${WARM_MB:-0}" -gt 0 ]; then
+    W=$(mktemp -d /tmp/wp-capacity-warm-XXXXXX)
+    if mount -t tmpfs -o "size=${WARM_MB}m" tmpfs "$W"; then
+        dd if=/dev/zero of="$W/touch" bs=1M count="$WARM_MB" status=none || true
+        umount "$W"
+    fi
+    rmdir "$W"
+fi
 LOADS=""
 for v in $VARIANTS; do
     case $v in
