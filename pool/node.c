@@ -108,9 +108,10 @@ static void hot_total_cb(void *ctx, redisReply *reply)
 
 /* Keep e's hot tier at the autoscaler's target: start refills while a
  * restore slot, the memory budget and the backoff allow, and drop the idle
- * surplus. Run by the cron, and at once when a slot frees or a clone is
- * claimed (node__kick): a refill that waited for the next tick left its slot
- * idle ~50 ms a round, which at 10 claims/s was the hot tier's shortfall. */
+ * surplus. Run by the cron, at once when a slot frees and 20 ms after a
+ * clone is claimed (node__kick): a refill that waited for the next tick left
+ * its slot idle ~50 ms a round, which at 10 claims/s was the hot tier's
+ * shortfall. */
 static void pool_step(struct node *n, struct env *e, bool criu_off)
 {
     if ((e->img != IMG_READY && !criu_off) || !n->registered)

@@ -131,7 +131,7 @@ struct node {
     bool rbs_reading[POOL_MAX_ENVS];
     bool reconciling;        /* a reconcile's steps are in flight */
     ev_timer cron;
-    ev_timer kick; /* node__kick: a refill step on the next loop pass */
+    ev_timer kick; /* node__kick: a refill step before the next cron tick */
     ev_signal sigterm, sigint;
     ev_child child;
     struct env envs[POOL_MAX_ENVS];
