@@ -104,6 +104,13 @@ static void node_stop(struct node_proc *np, int sig)
     np->pid = 0;
 }
 
+/* SIGTERM to every node of the group: a test that needs its own set-up. */
+static void stop_nodes(void)
+{
+    for (int i = 0; i < 3; i++)
+        node_stop(&NODES[i], SIGTERM);
+}
+
 static long long rint_cmd(const char *fmt, ...)
 {
     va_list ap;
@@ -161,8 +168,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    for (int i = 0; i < 3; i++)
-        node_stop(&NODES[i], SIGTERM);
+    stop_nodes();
     node_stop(&NOCRIU, SIGTERM);
     node_stop(&HANGING, SIGTERM);
     if (RC)
@@ -401,8 +407,7 @@ static void overloaded_claims_are_refused_not_queued(void **state)
     char bin[1024], out[4096];
     (void)state;
 
-    for (int i = 0; i < 3; i++)
-        node_stop(&NODES[i], SIGTERM);
+    stop_nodes();
     freeReplyObject(redisCommand(RC, "DEL wp:env:{" ENV "}:policy wp:env:{" ENV "}:hot"));
     node_bin(bin, sizeof(bin));
     strcpy(strrchr(bin, '/') + 1, "warmpool");
@@ -501,8 +506,7 @@ static void an_overloaded_node_sends_the_claim_elsewhere(void **state)
     char bin[1024], out[4096];
     (void)state;
 
-    for (int i = 0; i < 3; i++)
-        node_stop(&NODES[i], SIGTERM);
+    stop_nodes();
     freeReplyObject(redisCommand(RC, "DEL wp:env:{" ENV "}:policy wp:env:{" ENV "}:hot"));
     node_bin(bin, sizeof(bin));
     strcpy(strrchr(bin, '/') + 1, "warmpool");
@@ -1026,8 +1030,7 @@ static void node_with_ksm_leaves_host_settings_as_found(void **state)
     long run0 = ksm_knob("run"), pages0 = ksm_knob("pages_to_scan");
     long smart0 = ksm_knob("smart_scan"); /* -1 on kernels without it */
     assert_true(run0 >= 0 && pages0 >= 0);
-    for (int i = 0; i < 3; i++)
-        node_stop(&NODES[i], SIGTERM);
+    stop_nodes();
     /* The same environment under another name, with merging on. */
     assert_int_equal(wp_read_file(TMPL, 1 << 16, &orig, &len, &err), 0);
     char *name = strstr(orig, "\"name\":\"" ENV "\"");
@@ -1219,8 +1222,7 @@ static void merged_clones_hold_one_shared_copy(void **state)
     char tmpl[1200], out[8192];
     (void)state;
 
-    for (int i = 0; i < 3; i++)
-        node_stop(&NODES[i], SIGTERM);
+    stop_nodes();
     py_template(tmpl, sizeof(tmpl), "pyksm", true);
     node_start_with(&NODES[0], tmpl, 3, 3, NULL);
     assert_true(wait_env_hot("pyksm", 3, 60));
@@ -1460,8 +1462,7 @@ static void thp_always_refills_eagerly_with_huge_pages(void **state)
     if (!thp0)
         skip(); /* a kernel without THP: --thp always is refused (unit test) */
     bool was_always = thp_is("always");
-    for (int i = 0; i < 3; i++)
-        node_stop(&NODES[i], SIGTERM);
+    stop_nodes();
     py_template(tmpl, sizeof(tmpl), "pythp", false);
     snprintf(saved, sizeof(saved), "%s/thp-saved", NODES[0].state);
 
@@ -1546,8 +1547,7 @@ static void free_page_reporting_off_while_the_node_runs(void **state)
     int orders = pool__fpr_orders();
     assert_true(orders > 0);
     bool was_off = order0 >= orders;
-    for (int i = 0; i < 3; i++)
-        node_stop(&NODES[i], SIGTERM);
+    stop_nodes();
     snprintf(base, sizeof(base), "%s/counter.json", DIR_);
     snprintf(saved, sizeof(saved), "%s/page-reporting-saved", NODES[0].state);
 
@@ -1637,6 +1637,18 @@ static int node_children(pid_t node, pid_t *kids, char (*exe)[32], int cap)
     return n;
 }
 
+/* The egress tests' start: every node stopped, base the counter template
+ * (TMPL may be changed by a failed KSM test), a free port for the proxy
+ * (returned, and in port_s). */
+static int egress_setup(char *base, size_t cap, char *port_s, size_t port_cap)
+{
+    stop_nodes();
+    snprintf(base, cap, "%s/counter.json", DIR_);
+    int port = th_free_port();
+    snprintf(port_s, port_cap, "%d", port);
+    return port;
+}
+
 /* The egress proxy dies with its node (PR_SET_PDEATHSIG), a node killed as
  * it spawns the proxy too: until exec the child ran the node's signal
  * handlers, which swallowed the death signal, and the proxy started with
@@ -1650,11 +1662,7 @@ static void a_node_killed_as_it_spawns_its_egress_leaves_none(void **state)
     pid_t left[8], kids[16];
     (void)state;
 
-    for (int i = 0; i < 3; i++)
-        node_stop(&NODES[i], SIGTERM);
-    snprintf(base, sizeof(base), "%s/counter.json", DIR_);
-    int port = th_free_port();
-    snprintf(port_s, sizeof(port_s), "%d", port);
+    int port = egress_setup(base, sizeof(base), port_s, sizeof(port_s));
     const char *const extra[] = { "--egress", "on", "--egress-port", port_s, NULL };
 
     /* When the proxy runs, from the node's start (the second start: the
@@ -1723,11 +1731,7 @@ static void a_respawned_egress_keeps_its_pins(void **state)
     pid_t first[8], next[8];
     (void)state;
 
-    for (int i = 0; i < 3; i++)
-        node_stop(&NODES[i], SIGTERM);
-    snprintf(base, sizeof(base), "%s/counter.json", DIR_);
-    int port = th_free_port();
-    snprintf(port_s, sizeof(port_s), "%d", port);
+    int port = egress_setup(base, sizeof(base), port_s, sizeof(port_s));
     const char *const extra[] = { "--egress", "on", "--egress-port", port_s, "--egress-pin",
                                   "pinned.example=10.9.8.7", "--egress-pin",
                                   "other.example=10.9.8.6", NULL };
@@ -1872,8 +1876,7 @@ static void hot_clones_are_warmed_before_their_first_call(void **state)
     const char *const off[] = { "--warm-clones", "off", NULL };
     (void)state;
 
-    for (int i = 0; i < 3; i++)
-        node_stop(&NODES[i], SIGTERM);
+    stop_nodes();
     long long cold = first_call_faults(off, false);
     long long warm = first_call_faults(NULL, true);
     print_message("# first call's page faults (hands + shell): %lld warmed, %lld not\n", warm, cold);
@@ -1895,8 +1898,7 @@ static void node_without_criu_serves_cold(void **state)
     char out[4096], path[1200];
     (void)state;
 
-    for (int i = 0; i < 3; i++)
-        node_stop(&NODES[i], SIGTERM);
+    stop_nodes();
     freeReplyObject(redisCommand(RC, "DEL wp:env:{" ENV "}:policy wp:env:{" ENV "}:hot"));
     snprintf(np->state, sizeof(np->state), "%s/state-nocriu", DIR_);
     const char *extra[] = { "--criu-mode", "none", NULL };
@@ -1972,8 +1974,7 @@ static void hung_restores_do_not_stop_the_node(void **state)
     snprintf(tmpl2, sizeof(tmpl2), "%s/hang-env.json", DIR_);
     assert_int_equal(wp_write_file(tmpl2, json, strlen(json), 0644, NULL), 0);
 
-    for (int i = 0; i < 3; i++)
-        node_stop(&NODES[i], SIGTERM);
+    stop_nodes();
     freeReplyObject(redisCommand(RC, "DEL wp:env:{" ENV "}:policy wp:env:{" ENV "}:hot"));
     snprintf(np->state, sizeof(np->state), "%s/state-hang", DIR_);
     char env2[1300];
